@@ -1,0 +1,323 @@
+"""``lockgate.yaml``: the one configuration file, validated at start.
+
+Example (``lockgate init DIR`` writes a working one)::
+
+    data_dir: ./data                      # SQLite state, keys, audit; created on first start
+    issuer: https://127.0.0.1:8470        # defaults to the control listener's URL
+    listeners:
+      control: {host: 127.0.0.1, port: 8470, tls: {cert: tls/cert.pem, key: tls/key.pem}}
+      http:    {host: 127.0.0.1, port: 8471}
+    tokens: {default_ttl: 900, max_ttl: 3600}
+    deployments:
+      - name: prod
+        proof: {type: client_secret, secret_sha256: "<hex sha256 of the secret>"}
+        dags: ["finance_*", "orders_*"]
+    oidc_issuers:
+      - issuer: https://login.microsoftonline.com/<tenant>/v2.0
+        audience: api://lockgate
+        deployment: prod
+        subjects: ["system:serviceaccount:airflow:*"]
+    resources:
+      - name: orders-api
+        kind: http
+        upstream: https://orders.azurewebsites.net
+        credential: orders-api-key
+        conn_id: orders_api
+    credentials:
+      - name: orders-api-key
+        type: static
+    policies: ["policies/*.yaml"]
+
+Relative paths are resolved against the directory of the config file. Errors raise
+:class:`~lockgate.errors.ConfigError` naming the file, the field path and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lockgate.errors import ConfigError
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Model):
+    cert: Path
+    key: Path
+
+
+class ListenerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: TlsConfig | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+class Listeners(_Model):
+    control: ListenerConfig = ListenerConfig(port=8470)
+    http: ListenerConfig = ListenerConfig(port=8471)
+
+
+class TokenSettings(_Model):
+    default_ttl: int = Field(900, gt=0, description="seconds; used when policy sets no max")
+    max_ttl: int = Field(3600, gt=0, description="hard cap for any token, seconds")
+    leeway: int = Field(5, ge=0, le=60, description="clock skew allowed on exp/nbf, seconds")
+
+
+class ClientSecretProof(_Model):
+    type: Literal["client_secret"]
+    secret_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class PrivateKeyJwtProof(_Model):
+    type: Literal["private_key_jwt"]
+    public_key: Path  # PEM, Ed25519 or RSA or EC
+
+
+Proof = Annotated[ClientSecretProof | PrivateKeyJwtProof, Field(discriminator="type")]
+
+
+class AirflowApi(_Model):
+    """Attest asserted task coordinates against the deployment's Airflow REST API."""
+
+    url: str
+    token_env: str | None = None  # env var holding a bearer token for the Airflow API
+    verify_tls: bool = True
+
+
+class Deployment(_Model):
+    name: str = Field(pattern=NAME_RE)
+    proof: Proof
+    dags: list[str] = Field(min_length=1, description="globs of dag_ids it may act for")
+    airflow_api: AirflowApi | None = None
+
+
+class OidcIssuer(_Model):
+    issuer: str
+    audience: str
+    deployment: str
+    jwks_uri: str | None = None  # else taken from OIDC discovery
+    subjects: list[str] = ["*"]
+    algorithms: list[str] = ["RS256", "ES256", "EdDSA"]
+
+    @field_validator("algorithms")
+    @classmethod
+    def _no_symmetric(cls, algs: list[str]) -> list[str]:
+        bad = [a for a in algs if a.lower() == "none" or a.upper().startswith("HS")]
+        if bad:
+            raise ValueError(f"symmetric or 'none' algorithms are not accepted: {bad}")
+        return algs
+
+
+class UpstreamAuth(_Model):
+    """How the upstream credential goes onto the request."""
+
+    header: str = "Authorization"
+    scheme: str | None = "Bearer"  # None: the raw secret is the header value
+
+
+class Route(_Model):
+    method: str = "*"
+    path: str  # glob on the normalised path, e.g. /orders/*
+    action: Literal["read", "write", "admin", "run"]
+    object: str | None = None  # default: the normalised path
+
+
+class RetrySettings(_Model):
+    max_attempts: int = Field(4, ge=1, le=20)
+    base_delay: float = Field(0.1, gt=0)
+    max_delay: float = Field(5.0, gt=0)
+    deadline: float = Field(30.0, gt=0, description="seconds for all attempts together")
+
+
+class Resource(_Model):
+    name: str = Field(pattern=NAME_RE)
+    kind: Literal["http"]
+    upstream: str
+    credential: str | None = None
+    conn_id: str | None = None
+    auth: UpstreamAuth = UpstreamAuth()
+    routes: list[Route] = []
+    retry: RetrySettings = RetrySettings()
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    identity_header: str | None = "X-Lockgate-Assertion"  # signed caller identity; None: off
+
+    @field_validator("upstream")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("expected an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+class StaticCredential(_Model):
+    name: str = Field(pattern=NAME_RE)
+    type: Literal["static"]
+    overlap: int = Field(600, ge=0, description="seconds the previous version stays usable")
+
+
+class OAuth2ClientCredential(_Model):
+    """OAuth2 client credentials (Entra ID, Databricks M2M); the client secret is the stored value."""
+
+    name: str = Field(pattern=NAME_RE)
+    type: Literal["oauth2_client_credentials"]
+    token_url: str
+    client_id: str
+    scope: str | None = None
+    audience: str | None = None
+    overlap: int = Field(600, ge=0)
+    refresh_before: int = Field(300, ge=0, description="refresh this many seconds before expiry")
+
+
+Credential = Annotated[StaticCredential | OAuth2ClientCredential, Field(discriminator="type")]
+
+
+class AuditSettings(_Model):
+    jsonl: Path | None = None
+    write_timeout: float = Field(1.0, gt=0, description="a write slower than this fails closed")
+
+
+class LockgateConfig(_Model):
+    data_dir: Path = Path("data")
+    issuer: str | None = None
+    listeners: Listeners = Listeners()
+    tokens: TokenSettings = TokenSettings()
+    deployments: list[Deployment] = []
+    oidc_issuers: list[OidcIssuer] = []
+    resources: list[Resource] = []
+    credentials: list[Credential] = []
+    policies: list[str] = []
+    audit: AuditSettings = AuditSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    source: Path | None = Field(None, exclude=True)  # set by load_config
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> LockgateConfig:
+        _unique("deployments", [d.name for d in self.deployments])
+        _unique("resources", [r.name for r in self.resources])
+        _unique("credentials", [c.name for c in self.credentials])
+        _unique("resources[].conn_id", [r.conn_id for r in self.resources if r.conn_id])
+        creds = {c.name for c in self.credentials}
+        for i, r in enumerate(self.resources):
+            if r.credential and r.credential not in creds:
+                raise ValueError(
+                    f"resources[{i}].credential: unknown credential {r.credential!r}; "
+                    f"expected one of {sorted(creds)}"
+                )
+        deps = {d.name for d in self.deployments}
+        for i, o in enumerate(self.oidc_issuers):
+            if o.deployment not in deps:
+                raise ValueError(
+                    f"oidc_issuers[{i}].deployment: unknown deployment {o.deployment!r}"
+                )
+        return self
+
+    # -- lookups -----------------------------------------------------------------------------
+    @property
+    def issuer_url(self) -> str:
+        if self.issuer:
+            return self.issuer.rstrip("/")
+        c = self.listeners.control
+        return f"{c.scheme}://{c.host}:{c.port}"
+
+    def resource(self, name: str) -> Resource | None:
+        return next((r for r in self.resources if r.name == name), None)
+
+    def resource_for_conn_id(self, conn_id: str) -> Resource | None:
+        return next((r for r in self.resources if r.conn_id == conn_id), None)
+
+    def deployment(self, name: str) -> Deployment | None:
+        return next((d for d in self.deployments if d.name == name), None)
+
+    def credential(self, name: str) -> StaticCredential | OAuth2ClientCredential | None:
+        return next((c for c in self.credentials if c.name == name), None)
+
+    def policy_files(self) -> list[Path]:
+        base = self.source.parent if self.source else Path.cwd()
+        found: list[Path] = []
+        for pattern in self.policies:
+            p = Path(pattern)
+            if p.is_absolute():
+                matches = sorted(Path(p.anchor).glob(str(p.relative_to(p.anchor))))
+            else:
+                matches = sorted(base.glob(pattern))
+            found.extend(m for m in matches if m.is_file())
+        return found
+
+
+def _unique(field: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"{field}: duplicate name {n!r}")
+        seen.add(n)
+
+
+def _resolve_paths(data: Any, base: Path) -> Any:
+    """Make relative file paths absolute against the config file's directory."""
+    path_keys = {"cert", "key", "public_key", "data_dir", "jsonl", "ca_file"}
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            if k in path_keys and isinstance(v, str) and not Path(v).is_absolute():
+                out[k] = str((base / v).resolve())
+            else:
+                out[k] = _resolve_paths(v, base)
+        return out
+    if isinstance(data, list):
+        return [_resolve_paths(v, base) for v in data]
+    return data
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"])
+        loc = loc.replace(".[", "[")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {loc or '<root>'}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: Path | str = "<config>") -> LockgateConfig:
+    src = Path(source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    data = _resolve_paths(data, src.parent.resolve() if src.suffix else Path.cwd())
+    data["source"] = str(src.resolve()) if src.suffix else None
+    try:
+        return LockgateConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(str(source), exc)) from None
+
+
+def load_config(path: Path | str) -> LockgateConfig:
+    """Read and validate ``path``. Raises ConfigError naming the file and field."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read configuration: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, p)
