@@ -24,29 +24,38 @@ UPSTREAM_LATENCY = Histogram(
     registry=REGISTRY,
 )
 UPSTREAM_RETRIES = Counter(
-    "lockgate_upstream_retries_total", "Upstream attempts retried", ["resource", "reason"],
+    "lockgate_upstream_retries_total",
+    "Upstream attempts retried",
+    ["resource", "reason"],
     registry=REGISTRY,
 )
 UPSTREAM_THROTTLES = Counter(
     "lockgate_upstream_throttled_total", "Upstream 429 answers", ["resource"], registry=REGISTRY
 )
 UPSTREAM_ERRORS = Counter(
-    "lockgate_upstream_errors_total", "Upstream failures after retries", ["resource", "reason"],
+    "lockgate_upstream_errors_total",
+    "Upstream failures after retries",
+    ["resource", "reason"],
     registry=REGISTRY,
 )
 TOKENS_ISSUED = Counter(
-    "lockgate_tokens_issued_total", "Lockgate tokens minted", ["deployment", "resource"],
+    "lockgate_tokens_issued_total",
+    "Lockgate tokens minted",
+    ["deployment", "resource"],
     registry=REGISTRY,
 )
 TOKEN_REJECTIONS = Counter(
     "lockgate_token_rejections_total", "Tokens or proofs refused", ["reason"], registry=REGISTRY
 )
 CREDENTIAL_AGE = Gauge(
-    "lockgate_credential_age_seconds", "Age of the current version of each upstream credential",
-    ["credential"], registry=REGISTRY,
+    "lockgate_credential_age_seconds",
+    "Age of the current version of each upstream credential",
+    ["credential"],
+    registry=REGISTRY,
 )
 AUDIT_FAILURES = Counter(
-    "lockgate_audit_write_failures_total", "Audit writes that failed or timed out",
+    "lockgate_audit_write_failures_total",
+    "Audit writes that failed or timed out",
     registry=REGISTRY,
 )
 POLICY_RELOADS = Counter(

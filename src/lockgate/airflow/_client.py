@@ -1,0 +1,127 @@
+"""A small synchronous client for the Lockgate token service, used inside Airflow tasks.
+
+Standard library only (urllib), so the provider adds no dependency to Airflow workers.
+The deployment's client secret is read from a file or an environment variable, sent only
+in the token request body, and never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class GatewayDenied(Exception):
+    """The token service refused (policy, delegation or attestation)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        reason = body.get("reason") or body.get("error_description") or body.get("error")
+        super().__init__(f"Lockgate refused (HTTP {status}): {reason}")
+
+
+class GatewayUnavailable(Exception):
+    """The token service could not be reached or answered an unexpected error."""
+
+
+@dataclass(frozen=True)
+class MintedToken:
+    token: str
+    expires_at: float
+    jti: str
+    principal: str
+
+
+class TokenServiceClient:
+    def __init__(
+        self,
+        url: str,
+        deployment: str,
+        *,
+        client_secret: str | None = None,
+        client_secret_file: str | None = None,
+        client_secret_env: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.deployment = deployment
+        self._secret = client_secret
+        self._secret_file = client_secret_file
+        self._secret_env = client_secret_env
+        self.timeout = timeout
+        self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
+
+    def _client_secret(self) -> str:
+        if self._secret:
+            return self._secret
+        if self._secret_env and os.environ.get(self._secret_env):
+            return os.environ[self._secret_env].strip()
+        if self._secret_file:
+            return Path(self._secret_file).read_text(encoding="utf-8").strip()
+        raise GatewayUnavailable(
+            "Lockgate secrets backend has no client secret: set client_secret_file or "
+            "client_secret_env in [workers] secrets_backend_kwargs"
+        )
+
+    def _post(self, path: str, fields: dict[str, Any]) -> dict[str, Any]:
+        data = urllib.parse.urlencode({k: str(v) for k, v in fields.items() if v is not None})
+        req = urllib.request.Request(  # noqa: S310 - URL comes from operator config
+            self.url + path,
+            data=data.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            method="POST",
+        )
+        return self._send(req)
+
+    def _send(self, req: urllib.request.Request) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:  # noqa: S310
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read() or b"{}")
+            except ValueError:
+                body = {"error": f"HTTP {exc.code}"}
+            if exc.code in (400, 401, 403, 404):
+                raise GatewayDenied(exc.code, body) from None
+            raise GatewayUnavailable(f"Lockgate token service answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise GatewayUnavailable(
+                f"Lockgate token service unreachable at {self.url}: {exc}"
+            ) from None
+
+    def _auth(self) -> dict[str, str]:
+        return {"client_id": self.deployment, "client_secret": self._client_secret()}
+
+    def catalog(self) -> dict[str, dict[str, Any]]:
+        """conn_id → connection template, for the conn_ids this deployment may ask for."""
+        body = self._post("/v1/catalog", self._auth())
+        return {entry["conn_id"]: entry for entry in body.get("connections", [])}
+
+    def mint(
+        self, *, conn_id: str, coords: dict[str, Any], requested_ttl: int | None
+    ) -> MintedToken:
+        fields = {**self._auth(), "grant_type": "client_credentials", "conn_id": conn_id, **coords}
+        if requested_ttl:
+            fields["requested_ttl"] = requested_ttl
+        body = self._post("/v1/token", fields)
+        import time
+
+        return MintedToken(
+            token=body["access_token"],
+            expires_at=time.time() + int(body["expires_in"]),
+            jti=body.get("jti", ""),
+            principal=body.get("principal", ""),
+        )
+
+    def revoke_task_try(self, coords: dict[str, Any]) -> None:
+        self._post("/v1/revoke", {**self._auth(), **coords})

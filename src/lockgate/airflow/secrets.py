@@ -1,0 +1,210 @@
+"""``LockgateSecretsBackend``: per-task Connections that point at the gateway.
+
+Configure it in the worker-side slot so it runs inside the task process::
+
+    [workers]
+    secrets_backend = lockgate.airflow.secrets.LockgateSecretsBackend
+    secrets_backend_kwargs = {"url": "https://lockgate.internal:8470", "deployment": "prod",
+                              "client_secret_file": "/var/run/secrets/lockgate/prod",
+                              "ca_file": "/etc/lockgate/ca.pem"}
+
+Rules:
+
+- A conn_id that is not in the gateway's catalog → ``None``, so Airflow's other backends
+  still answer.
+- No task context (the API-server copy of the chain, callbacks) → ``None`` and an info log
+  line saying why: a token is only ever minted for a running task try.
+- The gateway refuses (policy, delegation, attestation) → ``AirflowSecretsBackendAccessDenied``
+  with the gateway's reason, so Airflow does not fall through to another backend.
+- Tokens are cached per (task try, conn_id) and reused until a minute before expiry; hooks
+  such as ``HttpHook`` look the connection up on every request.
+- The requested lifetime covers the task's ``execution_timeout`` (policy may cap it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from lockgate.airflow._client import (
+    GatewayDenied,
+    GatewayUnavailable,
+    MintedToken,
+    TokenServiceClient,
+)
+
+try:  # Airflow 3 task SDK
+    from airflow.sdk.bases.secrets_backend import BaseSecretsBackend
+    from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
+except ImportError:  # pragma: no cover - lets the module import where Airflow is absent
+    BaseSecretsBackend = object  # type: ignore[misc,assignment]
+
+    class AirflowSecretsBackendAccessDenied(PermissionError):  # type: ignore[no-redef]
+        pass
+
+
+log = logging.getLogger(__name__)
+
+TOKEN_PLACEHOLDER = "{lockgate_token}"
+RENEW_BEFORE = 60.0
+DEFAULT_TTL = 900
+
+# Backends that minted tokens in this process; the listener revokes through them.
+_ACTIVE: list[LockgateSecretsBackend] = []
+
+
+def task_coordinates() -> dict[str, Any] | None:
+    """The running task try's coordinates, or None outside a task's execution context."""
+    try:
+        from airflow.sdk import get_current_context
+
+        ti = get_current_context()["ti"]
+    except Exception:
+        return None
+    return coordinates_of(ti)
+
+
+def coordinates_of(ti: Any) -> dict[str, Any]:
+    return {
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": ti.run_id,
+        "try_number": int(ti.try_number),
+        "map_index": int(ti.map_index if ti.map_index is not None else -1),
+    }
+
+
+def _requested_ttl(ti_task: Any) -> int | None:
+    timeout = getattr(ti_task, "execution_timeout", None)
+    if timeout is None:
+        return None
+    return int(timeout.total_seconds()) + 120
+
+
+def _fill(template: Any, token: str) -> Any:
+    if isinstance(template, str):
+        return template.replace(TOKEN_PLACEHOLDER, token)
+    if isinstance(template, dict):
+        return {k: _fill(v, token) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, token) for v in template]
+    return template
+
+
+class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
+    def __init__(
+        self,
+        url: str,
+        deployment: str,
+        client_secret_file: str | None = None,
+        client_secret_env: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = 10.0,
+        catalog_ttl: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.client = TokenServiceClient(
+            url,
+            deployment,
+            client_secret_file=client_secret_file,
+            client_secret_env=client_secret_env,
+            ca_file=ca_file,
+            timeout=timeout,
+        )
+        self.catalog_ttl = catalog_ttl
+        self._catalog: dict[str, dict[str, Any]] = {}
+        self._catalog_at = 0.0
+        self._tokens: dict[tuple[Any, ...], MintedToken] = {}
+        self._lock = threading.Lock()
+        _ACTIVE.append(self)
+
+    # -- catalog ---------------------------------------------------------------------------
+    def _template(self, conn_id: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        if now - self._catalog_at > self.catalog_ttl or (
+            conn_id not in self._catalog and now - self._catalog_at > 1.0
+        ):
+            try:
+                self._catalog = self.client.catalog()
+                self._catalog_at = now
+            except (GatewayDenied, GatewayUnavailable) as exc:
+                log.warning(
+                    "Lockgate catalog unavailable, conn_id %s not resolved: %s", conn_id, exc
+                )
+                if not self._catalog:
+                    return None
+        return self._catalog.get(conn_id)
+
+    # -- BaseSecretsBackend ----------------------------------------------------------------
+    def get_conn_value(self, conn_id: str, team_name: str | None = None) -> str | None:
+        template = self._template(conn_id)
+        if template is None:
+            return None
+        coords = task_coordinates()
+        if coords is None:
+            log.info(
+                "Lockgate: no running task context for conn_id %s (API server, callback or "
+                "DAG parsing); no token minted",
+                conn_id,
+            )
+            return None
+        token = self._token_for(conn_id, coords)
+        return json.dumps(_fill(template["connection"], token.token))
+
+    def get_variable(self, key: str, team_name: str | None = None) -> str | None:
+        return None
+
+    # -- tokens ----------------------------------------------------------------------------
+    def _token_for(self, conn_id: str, coords: dict[str, Any]) -> MintedToken:
+        key = (conn_id, *coords.values())
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached and cached.expires_at - RENEW_BEFORE > time.time():
+                return cached
+        try:
+            from airflow.sdk import get_current_context
+
+            ttl = _requested_ttl(get_current_context()["ti"].task)
+        except Exception:
+            ttl = None
+        try:
+            minted = self.client.mint(conn_id=conn_id, coords=coords, requested_ttl=ttl)
+        except GatewayDenied as exc:
+            raise AirflowSecretsBackendAccessDenied(
+                f"Lockgate denied conn_id {conn_id!r} for {coords['dag_id']}.{coords['task_id']}: "
+                f"{exc.body.get('reason') or exc.body.get('error_description') or exc.body}"
+            ) from None
+        log.info(
+            "Lockgate token minted for conn_id %s as %s (jti %s, expires in %ds)",
+            conn_id,
+            minted.principal,
+            minted.jti,
+            int(minted.expires_at - time.time()),
+        )
+        with self._lock:
+            self._tokens[key] = minted
+        return minted
+
+    def end_task_try(self, coords: dict[str, Any]) -> None:
+        """Forget and revoke every token minted for this task try."""
+        with self._lock:
+            keys = [k for k in self._tokens if tuple(k[1:]) == tuple(coords.values())]
+            for k in keys:
+                del self._tokens[k]
+        if not keys:
+            return
+        try:
+            self.client.revoke_task_try(coords)
+            log.info("Lockgate tokens of %s revoked at task end", coords)
+        except (GatewayDenied, GatewayUnavailable) as exc:
+            log.warning("Lockgate could not revoke the tokens of %s: %s", coords, exc)
+
+
+def end_task_try(ti: Any) -> None:
+    coords = coordinates_of(ti)
+    for backend in list(_ACTIVE):
+        backend.end_task_try(coords)

@@ -1,0 +1,107 @@
+"""An App Service-style HTTP API that demands its own bearer secret.
+
+It stands in for a real upstream in the demo and the tests: it accepts only the secrets in
+``accepted`` (a set the caller may change at runtime, as a real service does during key
+rotation), keeps a small in-memory ``orders`` collection, and records what each request
+looked like on arrival so tests can check what the gateway forwarded.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    authorization: str
+    assertion: str | None
+    body_len: int
+
+
+@dataclass
+class DemoUpstream:
+    accepted: set[str]
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    keep_seen: int = 1000
+
+    def _authorised(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer "):
+            return False
+        presented = header[7:].encode()
+        # Check every accepted secret, constant-time each, so timing says nothing.
+        ok = False
+        for secret in list(self.accepted):
+            ok |= hmac.compare_digest(presented, secret.encode())
+        return ok
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        body = await request.read()
+        if len(self.seen) < self.keep_seen:
+            self.seen.append(
+                Seen(
+                    request.method,
+                    request.path,
+                    request.headers.get("Authorization", ""),
+                    request.headers.get("X-Lockgate-Assertion"),
+                    len(body),
+                )
+            )
+        if not self._authorised(request):
+            return web.json_response(
+                {"error": "unauthorized"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="orders"'},
+            )
+        return await handler(request)
+
+    async def list_orders(self, request: web.Request) -> web.Response:
+        return web.json_response({"orders": list(self.orders.values())})
+
+    async def get_order(self, request: web.Request) -> web.Response:
+        order = self.orders.get(request.match_info["oid"])
+        if order is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(order)
+
+    async def put_order(self, request: web.Request) -> web.Response:
+        try:
+            order = json.loads(await request.read() or b"{}")
+        except ValueError:
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        oid = str(order.get("id") or request.match_info.get("oid") or len(self.orders) + 1)
+        order["id"] = oid
+        self.orders[oid] = order
+        return web.json_response(order, status=201)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/orders", self.list_orders)
+        app.router.add_post("/orders", self.put_order)
+        app.router.add_get("/orders/{oid}", self.get_order)
+        app.router.add_put("/orders/{oid}", self.put_order)
+        return app
+
+
+async def start_upstream(
+    upstream: DemoUpstream, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(upstream.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound

@@ -1,0 +1,163 @@
+"""``lockgate init DIR``: write a working configuration to start from.
+
+It writes ``lockgate.yaml``, a team policy with its tests, development TLS material, and a
+client secret for the ``prod`` deployment (0600; the config holds only its SHA-256). The
+upstream resource points at the local demo API (``lockgate demo-upstream``) so the result
+runs as written; edit ``resources`` for a real service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from lockgate.tlsgen import write_dev_tls
+
+CONFIG_TEMPLATE = """\
+# Lockgate configuration. Relative paths are relative to this file.
+data_dir: ./data
+
+listeners:
+  control:                      # token service, JWKS, /metrics, /healthz, /readyz
+    host: 127.0.0.1
+    port: {control_port}
+    {control_tls}
+  http:                         # HTTP engine: https://HOST:PORT/<resource>/<path>
+    host: 127.0.0.1
+    port: {http_port}
+    {http_tls}
+
+tokens:
+  default_ttl: 900              # 15 minutes unless a policy's max_token_ttl says less
+  max_ttl: 3600
+
+deployments:
+  - name: prod                  # one Airflow installation Lockgate trusts
+    proof:
+      type: client_secret
+      secret_sha256: "{secret_sha256}"   # of the secret in deployment-prod.secret
+    dags: ["finance_*", "orders_*", "marketing_*"]
+
+resources:
+  - name: orders-api
+    kind: http
+    upstream: {upstream}
+    credential: orders-api-key
+    conn_id: orders_api
+    routes:
+      - {{method: GET, path: "/orders/**", action: read, object: "orders"}}
+      - {{method: GET, path: "/orders", action: read, object: "orders"}}
+      - {{method: POST, path: "/orders", action: write, object: "orders"}}
+      - {{method: PUT, path: "/orders/**", action: write, object: "orders"}}
+
+credentials:
+  - name: orders-api-key        # set with: lockgate creds set orders-api-key
+    type: static
+    overlap: 600
+
+policies: ["policies/*.yaml"]
+
+audit:
+  write_timeout: 1.0
+"""
+
+POLICY_TEMPLATE = """\
+# Team policy: deny by default; an explicit deny beats any allow.
+rules:
+  - id: finance-read-orders
+    effect: allow
+    principals: ["airflow:prod/finance_*/*"]
+    actions: [read]
+    resources: [orders-api]
+    objects: [orders]
+    conditions:
+      max_token_ttl: 900
+  - id: orders-load-writes
+    effect: allow
+    principals: ["airflow:prod/orders_load/*"]
+    actions: [read, write]
+    resources: [orders-api]
+    objects: [orders]
+  - id: no-admin-on-orders
+    effect: deny
+    principals: ["*"]
+    actions: [admin]
+    resources: [orders-api]
+"""
+
+POLICY_TESTS_TEMPLATE = """\
+tests:
+  - name: finance DAGs read orders
+    principal: airflow:prod/finance_daily/read_orders
+    action: read
+    resource: orders-api
+    object: orders
+    expect: allow
+    rule: finance-read-orders
+  - name: finance DAGs cannot write orders
+    principal: airflow:prod/finance_daily/read_orders
+    action: write
+    resource: orders-api
+    object: orders
+    expect: deny
+  - name: marketing cannot read orders
+    principal: airflow:prod/marketing_daily/peek
+    action: read
+    resource: orders-api
+    object: orders
+    expect: deny
+"""
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_init(
+    directory: Path,
+    *,
+    force: bool = False,
+    tls: bool = True,
+    control_port: int = 8470,
+    http_port: int = 8471,
+    upstream: str = "http://127.0.0.1:8480",
+) -> dict[str, Path]:
+    """Write a working example configuration into ``directory``; return what was written."""
+    directory = directory.resolve()
+    config_path = directory / "lockgate.yaml"
+    if config_path.exists() and not force:
+        raise FileExistsError(f"{config_path} exists; pass --force to overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "policies").mkdir(exist_ok=True)
+    (directory / "policy-tests").mkdir(exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    written: dict[str, Path] = {}
+    secret_path = directory / "deployment-prod.secret"
+    _write_private(secret_path, secret + "\n")
+    written["deployment_secret"] = secret_path
+    tls_line = ""
+    if tls:
+        paths = write_dev_tls(directory / "tls")
+        written.update({f"tls_{k}": v for k, v in paths.items()})
+        tls_line = "tls: {cert: tls/cert.pem, key: tls/key.pem}"
+    config_path.write_text(
+        CONFIG_TEMPLATE.format(
+            control_port=control_port,
+            http_port=http_port,
+            control_tls=tls_line,
+            http_tls=tls_line,
+            secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
+            upstream=upstream,
+        ),
+        encoding="utf-8",
+    )
+    written["config"] = config_path
+    (directory / "policies" / "orders.yaml").write_text(POLICY_TEMPLATE, encoding="utf-8")
+    (directory / "policy-tests" / "orders.yaml").write_text(POLICY_TESTS_TEMPLATE, encoding="utf-8")
+    written["policy"] = directory / "policies" / "orders.yaml"
+    written["policy_tests"] = directory / "policy-tests" / "orders.yaml"
+    return written
