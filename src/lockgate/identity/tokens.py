@@ -1,0 +1,223 @@
+"""Mint and verify Lockgate tokens: EdDSA JWTs whose audience is one resource name.
+
+Verification strategy, strictest first and cheapest on repeat:
+
+1. Size and shape: at most 8 KiB, exactly three strict base64url segments.
+2. The header is parsed here, not by a library: a JSON object, ``alg`` exactly ``EdDSA``,
+   no ``crit``, and a ``kid`` that is a known RFC 7638 thumbprint in the :class:`KeyStore`.
+   Embedded ``jwk``/``jku``/``x5u``/``x5c`` are ignored: keys come only from the store.
+3. Signature via PyJWT with ``algorithms=["EdDSA"]`` and the store's public key.
+4. Claims: every claim present and typed, ``sub`` equal to the principal, issuer, then
+   time (``exp``/``nbf``/``iat`` with leeway), audience and revocation.
+
+Verified claims are cached by token string (bounded). A cache hit re-checks only time,
+audience and revocation, which keeps the hot path in the low microseconds.
+Errors are :class:`AuthenticationError` with a reason slug, never the token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+
+from lockgate.errors import AuthenticationError
+from lockgate.identity.keys import KID_RE, KeyStore
+from lockgate.identity.model import Claims, TaskIdentity
+from lockgate.identity.revocation import RevocationStore
+
+MAX_TOKEN_BYTES = 8 * 1024
+ALGORITHM = "EdDSA"
+_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_ED25519_SIG_LEN = 64
+
+
+def b64url_decode(segment: str) -> bytes:
+    """Strict base64url without padding; ``ValueError`` on anything else."""
+    if not _B64URL_RE.match(segment) or len(segment) % 4 == 1:
+        raise ValueError("not base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64url") from None
+
+
+def split_jwt(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> tuple[dict[str, Any], bytes]:
+    """Check shape and return (header, signature). Reasons: missing/oversized/malformed/bad_header.
+
+    Shared with the proof and OIDC verifiers, which then apply their own ``alg`` rules.
+    """
+    if not token or not isinstance(token, str):
+        raise AuthenticationError("missing")
+    if len(token) > max_bytes:
+        raise AuthenticationError("oversized")
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise AuthenticationError("malformed")
+    try:
+        raw_header = b64url_decode(parts[0])
+        b64url_decode(parts[1])
+        signature = b64url_decode(parts[2])
+    except ValueError:
+        raise AuthenticationError("malformed") from None
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, ValueError):
+        raise AuthenticationError("bad_header") from None
+    if not isinstance(header, dict):
+        raise AuthenticationError("bad_header")
+    if "crit" in header:  # we understand no extensions, so any critical one must fail
+        raise AuthenticationError("bad_header")
+    if not isinstance(header.get("alg"), str):
+        raise AuthenticationError("bad_header")
+    return header, signature
+
+
+class TokenIssuer:
+    """Mints Lockgate tokens with the KeyStore's current key."""
+
+    def __init__(
+        self, keys: KeyStore, issuer: str, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._keys = keys
+        self.issuer = issuer
+        self._clock = clock
+
+    def mint(self, identity: TaskIdentity, audience: str, ttl: int) -> tuple[str, Claims]:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        now = int(self._clock())
+        claims = Claims(
+            iss=self.issuer,
+            sub=identity.principal,
+            aud=audience,
+            exp=now + int(ttl),
+            iat=now,
+            nbf=now,
+            jti=secrets.token_hex(16),  # 128 random bits
+            deployment=identity.deployment,
+            dag_id=identity.dag_id,
+            task_id=identity.task_id,
+            run_id=identity.run_id,
+            try_number=int(identity.try_number),
+            map_index=int(identity.map_index),
+        )
+        key = self._keys.current()
+        token = jwt.encode(
+            claims.to_payload(),
+            key.private,
+            algorithm=ALGORITHM,
+            headers={"kid": key.kid, "typ": "JWT"},
+        )
+        return token, claims
+
+
+class TokenVerifier:
+    """Verifies Lockgate tokens for one resource (audience) at a time."""
+
+    def __init__(
+        self,
+        keys: KeyStore,
+        revocations: RevocationStore | None,
+        issuer: str,
+        leeway: int = 5,
+        clock: Callable[[], float] = time.time,
+        *,
+        cache_size: int = 10_000,
+        reload_interval: float = 1.0,
+    ) -> None:
+        self._keys = keys
+        self._revocations = revocations
+        self.issuer = issuer
+        self.leeway = leeway
+        self._clock = clock
+        self._cache: dict[str, Claims] = {}
+        self._cache_size = cache_size
+        self._reload_interval = reload_interval
+
+    def verify(self, token: str, audience: str) -> Claims:
+        claims = self._cache.get(token) if isinstance(token, str) else None
+        if claims is None:
+            claims = self._verify_fresh(token)
+        elif self._clock() >= claims.exp + self.leeway:
+            self._cache.pop(token, None)  # dead for good; free the slot
+        self._check_dynamic(claims, audience)
+        return claims
+
+    def verify_any_audience(self, token: str) -> Claims:
+        """Signature, issuer, time and revocation, for callers that hold no resource name."""
+        claims = self._cache.get(token) if isinstance(token, str) else None
+        if claims is None:
+            claims = self._verify_fresh(token)
+        self._check_dynamic(claims, claims.aud)
+        return claims
+
+    # -- internals ----------------------------------------------------------------------------
+    def _check_dynamic(self, claims: Claims, audience: str) -> None:
+        now = self._clock()
+        if now >= claims.exp + self.leeway:
+            raise AuthenticationError("expired")
+        if now + self.leeway < claims.nbf or now + self.leeway < claims.iat:
+            raise AuthenticationError("not_yet_valid")
+        if claims.aud != audience:
+            raise AuthenticationError("wrong_audience")
+        if self._revocations is not None and self._revocations.is_revoked(claims):
+            raise AuthenticationError("revoked")
+
+    def _verify_fresh(self, token: str) -> Claims:
+        header, signature = split_jwt(token)
+        if header["alg"] != ALGORITHM:
+            raise AuthenticationError("unsupported_alg")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not KID_RE.match(kid):
+            raise AuthenticationError("unknown_kid")
+        public = self._keys.public_key(kid)
+        if public is None and self._keys.maybe_reload(self._reload_interval):
+            public = self._keys.public_key(kid)  # a rotation by another process
+        if public is None:
+            raise AuthenticationError("unknown_kid")
+        if len(signature) != _ED25519_SIG_LEN:
+            raise AuthenticationError("bad_signature")
+        try:
+            payload = jwt.decode(
+                token,
+                public,
+                algorithms=[ALGORITHM],
+                # Claims are checked below with our clock and reason slugs.
+                options={
+                    "verify_signature": True,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                    "verify_sub": False,
+                    "verify_jti": False,
+                },
+            )
+        except jwt.InvalidSignatureError:
+            raise AuthenticationError("bad_signature") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthenticationError("unsupported_alg") from None
+        except jwt.PyJWTError:
+            raise AuthenticationError("malformed") from None
+        if not isinstance(payload, dict):
+            raise AuthenticationError("malformed")
+        claims = Claims.from_payload(payload)
+        if claims is None:
+            raise AuthenticationError("missing_claims")
+        if claims.iss != self.issuer:
+            raise AuthenticationError("wrong_issuer")
+        if self._clock() < claims.exp + self.leeway:  # never cache what is already dead
+            if len(self._cache) >= self._cache_size:
+                # Evict the oldest insert; dicts keep insertion order.
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[token] = claims
+        return claims
