@@ -1,1 +1,42 @@
-"""TODO"""
+"""Identity: who a task is, how it proves it, and the short-lived tokens it gets.
+
+- :mod:`.model`       TaskIdentity, Claims, MintDecision
+- :mod:`.keys`        Ed25519 signing keys on disk, rotation with overlap, JWKS
+- :mod:`.revocation`  revoked tokens / DAGs / runs / task tries (SQLite, answered from memory)
+- :mod:`.tokens`      TokenIssuer and TokenVerifier (EdDSA JWTs, audience = resource name)
+- :mod:`.proofs`      deployment client secret and private-key JWT assertions
+- :mod:`.oidc`        OIDC subject tokens from trusted issuers (RFC 8693 exchange)
+- :mod:`.attestation` optional check against the deployment's Airflow REST API
+- :mod:`.service`     the aiohttp token service (/v1/token, /v1/revoke, JWKS, discovery)
+"""
+
+from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable
+from lockgate.identity.keys import KeyStore, SigningKey, thumbprint
+from lockgate.identity.model import Claims, MintDecision, TaskIdentity
+from lockgate.identity.oidc import OidcVerifier, SubjectToken
+from lockgate.identity.proofs import AssertionVerifier, check_client_secret
+from lockgate.identity.revocation import Revocation, RevocationStore
+from lockgate.identity.service import MintPolicy, TokenService
+from lockgate.identity.tokens import MAX_TOKEN_BYTES, TokenIssuer, TokenVerifier
+
+__all__ = [
+    "MAX_TOKEN_BYTES",
+    "AssertionVerifier",
+    "AttestationFailed",
+    "AttestationUnavailable",
+    "Claims",
+    "KeyStore",
+    "MintDecision",
+    "MintPolicy",
+    "OidcVerifier",
+    "Revocation",
+    "RevocationStore",
+    "SigningKey",
+    "SubjectToken",
+    "TaskIdentity",
+    "TokenIssuer",
+    "TokenService",
+    "TokenVerifier",
+    "check_client_secret",
+    "thumbprint",
+]

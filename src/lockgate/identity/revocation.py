@@ -135,10 +135,18 @@ class RevocationStore:
     def is_revoked(self, claims: Claims) -> bool:
         if claims.jti in self._jtis:
             return True
-        if self._tries and (
-            claims.deployment, claims.dag_id, claims.task_id, claims.run_id,
-            claims.try_number, claims.map_index,
-        ) in self._tries:  # fmt: skip
+        if (
+            self._tries
+            and (
+                claims.deployment,
+                claims.dag_id,
+                claims.task_id,
+                claims.run_id,
+                claims.try_number,
+                claims.map_index,
+            )
+            in self._tries
+        ):
             return True
         if self._dags:
             for dep in (claims.deployment, ANY_DEPLOYMENT):

@@ -1,0 +1,173 @@
+"""Parsing and validation of token-service request bodies, and the OAuth2 error shape.
+
+Rules: bodies are small (16 KiB), form-encoded or JSON, and a field may appear once
+(RFC 6749 §3.2). Airflow ids are checked against Airflow's own shapes so a principal
+(``airflow:dep/dag/task``) can never be ambiguous: dag and task ids may not hold ``/``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from lockgate.config import Deployment, LockgateConfig
+from lockgate.identity.model import TaskIdentity
+
+MAX_BODY = 16 * 1024
+_ID_RE = re.compile(r"^[\w.-]{1,250}$", re.ASCII)  # Airflow's KEY_REGEX, bounded
+_RUN_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,250}$")
+_JTI_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class OAuthError(Exception):
+    """An OAuth2 error answer. ``reason`` is the metrics/audit slug; ``body`` extra JSON."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        *,
+        reason: str,
+        body: dict[str, Any] | None = None,
+        basic_challenge: bool = False,
+        **fields: Any,
+    ) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.reason = reason
+        self.body = body or {}
+        self.basic_challenge = basic_challenge
+        self.fields = fields  # for the audit event only, never secrets
+
+    def response(self) -> web.Response:
+        headers = {"Cache-Control": "no-store"}
+        if self.basic_challenge:
+            headers["WWW-Authenticate"] = 'Basic realm="lockgate"'
+        payload = {"error": self.error, "error_description": self.description, **self.body}
+        return web.json_response(payload, status=self.status, headers=headers)
+
+
+def _invalid(description: str) -> OAuthError:
+    return OAuthError(400, "invalid_request", description, reason="invalid_request")
+
+
+async def read_body(request: web.Request) -> dict[str, str]:
+    """The request's fields as strings; JSON ints are accepted and turned into strings."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _invalid("request body too large")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise _invalid("request body too large")
+    ctype = request.content_type
+    if ctype == "application/json":
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise _invalid("body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise _invalid("body must be a JSON object")
+        out: dict[str, str] = {}
+        for k, v in data.items():
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, str | int):
+                raise _invalid(f"field {k[:40]!r} must be a string or an integer")
+            out[k] = str(v)
+        return out
+    if ctype == "application/x-www-form-urlencoded":
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise _invalid("body is not UTF-8") from None
+        form: dict[str, str] = {}
+        for k, v in pairs:
+            if k in form:
+                raise _invalid(f"field {k[:40]!r} given more than once")
+            form[k] = v
+        return form
+    raise _invalid("expected application/x-www-form-urlencoded or application/json")
+
+
+def _int_field(body: dict[str, str], name: str, default: int | None, lo: int, hi: int) -> int:
+    raw = body.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise _invalid(f"missing field {name!r}")
+        return default
+    if not re.fullmatch(r"-?[0-9]{1,9}", raw):
+        raise _invalid(f"field {name!r} must be an integer")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise _invalid(f"field {name!r} must be between {lo} and {hi}")
+    return value
+
+
+def _str_field(body: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
+    value = body.get(name)
+    if not value:
+        raise _invalid(f"missing field {name!r}")
+    if not pattern.match(value):
+        raise _invalid(f"field {name!r} has an invalid value")
+    return value
+
+
+def task_request(
+    config: LockgateConfig, deployment: str, body: dict[str, str]
+) -> tuple[TaskIdentity, str, int | None]:
+    """(identity, resource name, requested ttl) from a /v1/token body."""
+    resource = body.get("resource")
+    conn_id = body.get("conn_id")
+    if bool(resource) == bool(conn_id):
+        raise _invalid("give exactly one of 'resource' or 'conn_id'")
+    if conn_id:
+        found = config.resource_for_conn_id(conn_id)
+        if found is None:
+            raise OAuthError(
+                404, "unknown_resource", "no resource has this conn_id", reason="unknown_resource"
+            )
+        resource = found.name
+    assert resource is not None
+    identity = TaskIdentity(
+        deployment=deployment,
+        dag_id=_str_field(body, "dag_id", _ID_RE),
+        task_id=_str_field(body, "task_id", _ID_RE),
+        run_id=_str_field(body, "run_id", _RUN_ID_RE),
+        try_number=_int_field(body, "try_number", None, 0, 100_000),
+        map_index=_int_field(body, "map_index", -1, -1, 10_000_000),
+    )
+    requested = body.get("requested_ttl")
+    ttl = None if not requested else _int_field(body, "requested_ttl", None, 1, 86_400)
+    return identity, resource, ttl
+
+
+def revoke_target(body: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """("jti" | "dag" | "task_try", fields) from a /v1/revoke body."""
+    if body.get("jti"):
+        if not _JTI_RE.match(body["jti"]):
+            raise _invalid("field 'jti' has an invalid value")
+        return "jti", {"jti": body["jti"]}
+    dag_id = _str_field(body, "dag_id", _ID_RE)
+    if not body.get("task_id"):
+        target: dict[str, Any] = {"dag_id": dag_id}
+        if body.get("run_id"):
+            target["run_id"] = _str_field(body, "run_id", _RUN_ID_RE)
+        return "dag", target
+    return "task_try", {
+        "dag_id": dag_id,
+        "task_id": _str_field(body, "task_id", _ID_RE),
+        "run_id": _str_field(body, "run_id", _RUN_ID_RE),
+        "try_number": _int_field(body, "try_number", None, 0, 100_000),
+        "map_index": _int_field(body, "map_index", -1, -1, 10_000_000),
+    }
+
+
+def may_act_for(deployment: Deployment, dag_id: str) -> bool:
+    return any(fnmatch.fnmatchcase(dag_id, pattern) for pattern in deployment.dags)

@@ -1,0 +1,97 @@
+"""Attest asserted task coordinates against the deployment's Airflow REST API.
+
+A deployment credential proves *which Airflow* is asking, not that the task it names is
+really running. When ``Deployment.airflow_api`` is set we ask Airflow itself: the task
+instance must exist, be ``running`` and be on the asserted ``try_number``.
+
+Fail closed: any answer other than that is a refusal (:class:`AttestationFailed`); an
+unreachable API is :class:`AttestationUnavailable` so callers can say "try again".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from lockgate.config import AirflowApi
+from lockgate.errors import LockgateError
+from lockgate.identity.model import TaskIdentity
+
+_MAX_BODY = 256 * 1024
+
+
+class AttestationFailed(LockgateError):
+    """Airflow does not confirm the task try is running."""
+
+
+class AttestationUnavailable(LockgateError):
+    """The Airflow API could not be asked."""
+
+
+def task_instance_url(api: AirflowApi, identity: TaskIdentity) -> URL:
+    segs = [
+        "api",
+        "v2",
+        "dags",
+        identity.dag_id,
+        "dagRuns",
+        identity.run_id,
+        "taskInstances",
+        identity.task_id,
+    ]
+    if identity.map_index >= 0:
+        segs.append(str(identity.map_index))
+    # run_ids carry ':' and '+'; quote every segment fully and tell yarl not to re-quote.
+    path = "/".join(quote(s, safe="") for s in segs)
+    return URL(api.url.rstrip("/") + "/" + path, encoded=True)
+
+
+async def attest(
+    api: AirflowApi,
+    identity: TaskIdentity,
+    session: Callable[[], Awaitable[aiohttp.ClientSession]],
+    *,
+    timeout: float = 5.0,
+) -> None:
+    headers = {"Accept": "application/json"}
+    if api.token_env:
+        bearer = os.environ.get(api.token_env)
+        if not bearer:
+            raise AttestationUnavailable(f"environment variable {api.token_env} is not set")
+        headers["Authorization"] = f"Bearer {bearer}"
+    url = task_instance_url(api, identity)
+    try:
+        http = await session()
+        async with http.get(
+            url,
+            headers=headers,
+            ssl=None if api.verify_tls else False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as resp:
+            if resp.status in (401, 403) or resp.status >= 500:
+                raise AttestationUnavailable(f"airflow api answered {resp.status}")
+            if resp.status != 200:
+                raise AttestationFailed(f"airflow api answered {resp.status}")
+            body = await resp.content.read(_MAX_BODY + 1)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise AttestationUnavailable(f"airflow api unreachable ({type(exc).__name__})") from None
+    if len(body) > _MAX_BODY:
+        raise AttestationFailed("airflow api answer too large")
+    try:
+        ti = json.loads(body)
+    except ValueError:
+        raise AttestationFailed("airflow api answer is not JSON") from None
+    if not isinstance(ti, dict):
+        raise AttestationFailed("airflow api answer is not an object")
+    if ti.get("state") != "running":
+        raise AttestationFailed(f"task instance state is {ti.get('state')!r}, not 'running'")
+    if ti.get("try_number") != identity.try_number:
+        raise AttestationFailed(
+            f"task instance is on try {ti.get('try_number')!r}, not {identity.try_number}"
+        )

@@ -1,0 +1,149 @@
+"""Deployment client authentication at the token endpoint.
+
+Two proofs, chosen by the deployment's configured ``proof.type`` (a deployment configured
+for one never authenticates with the other):
+
+- ``client_secret``: the config holds only ``sha256(secret)``; we hash what was presented
+  and compare with :func:`hmac.compare_digest`. Unknown client ids still hash, so timing
+  does not tell which names exist.
+- ``private_key_jwt`` (RFC 7523): a short-lived JWT signed by the deployment's key.
+  ``alg`` must match the key type (Ed25519 → EdDSA, RSA → RS256, EC P-256 → ES256),
+  ``iss == sub == deployment``, ``aud`` is the token endpoint or the issuer, ``exp`` is at
+  most 5 minutes ahead, and a ``jti`` is accepted once (remembered until its ``exp``).
+
+Failures raise :class:`AuthenticationError` with a slug; messages never echo the proof.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from lockgate.config import ClientSecretProof, LockgateConfig, PrivateKeyJwtProof
+from lockgate.errors import AuthenticationError
+from lockgate.identity.tokens import split_jwt
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+MAX_ASSERTION_LIFETIME = 300
+_DUMMY_SHA256 = "0" * 64
+
+
+def check_client_secret(config: LockgateConfig, client_id: str, secret: str) -> str:
+    """Return the deployment name if ``secret`` is its client secret."""
+    dep = config.deployment(client_id)
+    expected = (
+        dep.proof.secret_sha256
+        if dep is not None and isinstance(dep.proof, ClientSecretProof)
+        else _DUMMY_SHA256
+    )
+    presented = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+    ok = hmac.compare_digest(presented.encode(), expected.encode())
+    if not ok or dep is None or not isinstance(dep.proof, ClientSecretProof):
+        raise AuthenticationError("bad_client_secret")
+    return dep.name
+
+
+def _alg_for_key(key: Any) -> str | None:
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    return None
+
+
+class AssertionVerifier:
+    """Verifies RFC 7523 client assertions; keeps seen jtis to refuse replays."""
+
+    def __init__(
+        self,
+        config: LockgateConfig,
+        *,
+        leeway: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._audiences = {config.issuer_url, config.issuer_url + "/v1/token"}
+        self._leeway = config.tokens.leeway if leeway is None else leeway
+        self._clock = clock
+        self._keys: dict[Path, Any] = {}
+        self._seen: dict[tuple[str, str], float] = {}  # (deployment, jti) -> exp
+        self._lock = threading.Lock()
+
+    def verify(self, assertion: str, client_id: str | None = None) -> str:
+        """Return the deployment name the assertion proves."""
+        header, _ = split_jwt(assertion)
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise AuthenticationError("malformed") from None
+        name = unverified.get("iss") if isinstance(unverified, dict) else None
+        if not isinstance(name, str) or (client_id is not None and client_id != name):
+            raise AuthenticationError("bad_assertion")
+        dep = self._config.deployment(name)
+        if dep is None or not isinstance(dep.proof, PrivateKeyJwtProof):
+            raise AuthenticationError("bad_assertion")
+        key = self._public_key(dep.proof.public_key)
+        alg = _alg_for_key(key)
+        if alg is None or header["alg"] != alg:
+            raise AuthenticationError("unsupported_alg")
+        try:
+            claims = jwt.decode(
+                assertion,
+                key,
+                algorithms=[alg],
+                audience=sorted(self._audiences),
+                issuer=name,
+                leeway=self._leeway,
+                options={"require": ["exp", "iss", "sub", "aud", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationError("expired") from None
+        except jwt.InvalidSignatureError:
+            raise AuthenticationError("bad_signature") from None
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            raise AuthenticationError("bad_assertion") from None
+        except jwt.MissingRequiredClaimError:
+            raise AuthenticationError("missing_claims") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthenticationError("not_yet_valid") from None
+        except jwt.PyJWTError:
+            raise AuthenticationError("malformed") from None
+        now = self._clock()
+        exp, jti = claims["exp"], claims["jti"]
+        if claims.get("sub") != name or not isinstance(jti, str) or not jti:
+            raise AuthenticationError("bad_assertion")
+        if not isinstance(exp, int | float) or exp > now + MAX_ASSERTION_LIFETIME + self._leeway:
+            raise AuthenticationError("assertion_too_long")
+        self._remember(name, jti, float(exp), now)
+        return name
+
+    def _remember(self, name: str, jti: str, exp: float, now: float) -> None:
+        with self._lock:
+            # Bounded by construction: every entry dies within MAX_ASSERTION_LIFETIME.
+            for k in [k for k, e in self._seen.items() if e + self._leeway < now]:
+                del self._seen[k]
+            if (name, jti) in self._seen:
+                raise AuthenticationError("assertion_replayed")
+            self._seen[(name, jti)] = exp
+
+    def _public_key(self, path: Path) -> Any:
+        key = self._keys.get(path)
+        if key is None:
+            try:
+                key = serialization.load_pem_public_key(path.read_bytes())
+            except (OSError, ValueError):
+                # A config problem, not the client's; the slug stays generic for the client.
+                raise AuthenticationError("bad_assertion", f"cannot load {path}") from None
+            self._keys[path] = key
+        return key

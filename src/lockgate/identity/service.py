@@ -1,0 +1,383 @@
+"""The token service: ``POST /v1/token``, ``POST /v1/revoke``, JWKS and OIDC discovery.
+
+One request to ``/v1/token`` goes through fixed steps, each able to refuse:
+
+1. read the body (form or JSON, small, no repeated fields);
+2. authenticate the deployment (client secret, private-key JWT, or OIDC token exchange);
+3. parse the task coordinates and the resource (``resource`` or ``conn_id``);
+4. the deployment must be delegated the ``dag_id`` (globs in ``Deployment.dags``);
+5. optionally, Airflow's REST API must confirm the task try is running;
+6. the injected ``mint_policy`` decides and caps the TTL;
+7. mint, tell ``on_event`` (an audit failure refuses the token), answer.
+
+Errors are OAuth2 JSON ``{error, error_description}``. Neither the token nor any presented
+secret or assertion is ever logged, passed to ``on_event`` or put in a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote_plus
+
+import aiohttp
+from aiohttp import web
+
+from lockgate import _log, metrics
+from lockgate.config import Deployment, LockgateConfig
+from lockgate.errors import AuthenticationError
+from lockgate.identity._request import (
+    OAuthError,
+    may_act_for,
+    read_body,
+    revoke_target,
+    task_request,
+)
+from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable, attest
+from lockgate.identity.keys import KeyStore
+from lockgate.identity.model import MintDecision, TaskIdentity
+from lockgate.identity.oidc import SUBJECT_TOKEN_TYPES, OidcVerifier
+from lockgate.identity.proofs import ASSERTION_TYPE, AssertionVerifier, check_client_secret
+from lockgate.identity.revocation import RevocationStore
+from lockgate.identity.tokens import TokenIssuer
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
+MintPolicy = Callable[[TaskIdentity, str, "int | None"], Any]  # MintDecision or awaitable
+EventSink = Callable[..., Any]
+log = _log.get("identity.service")
+
+
+class TokenService:
+    def __init__(
+        self,
+        config: LockgateConfig,
+        keys: KeyStore,
+        revocations: RevocationStore,
+        issuer: TokenIssuer,
+        mint_policy: MintPolicy,
+        on_event: EventSink = lambda kind, **f: None,
+        http: aiohttp.ClientSession | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self.revocations = revocations
+        self.issuer = issuer
+        self._mint_policy = mint_policy
+        self._on_event = on_event
+        self._http = http
+        self._owns_http = http is None
+        self._clock = clock
+        self._assertions = AssertionVerifier(config, clock=clock)
+        self._oidc = OidcVerifier(config.oidc_issuers, self._session, leeway=config.tokens.leeway)
+
+    # -- wiring -------------------------------------------------------------------------------
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/token", self.handle_token)
+        app.router.add_post("/v1/revoke", self.handle_revoke)
+        app.router.add_get("/.well-known/jwks.json", self.handle_jwks)
+        app.router.add_get("/.well-known/openid-configuration", self.handle_discovery)
+        app.on_cleanup.append(lambda _app: self.close())
+
+    async def close(self) -> None:
+        if self._owns_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    # -- handlers -----------------------------------------------------------------------------
+    async def handle_token(self, request: web.Request) -> web.Response:
+        ctx: dict[str, Any] = {"remote": request.remote}
+        try:
+            body = await read_body(request)
+            ctx["deployment"], ctx["proof"] = await self._authenticate(request, body)
+            dep = self.config.deployment(ctx["deployment"])
+            assert dep is not None  # _authenticate only returns configured deployments
+            identity, resource_name, requested_ttl = task_request(self.config, dep.name, body)
+            ctx.update(_identity_fields(identity), resource=resource_name)
+            if not may_act_for(dep, identity.dag_id):
+                raise OAuthError(
+                    403,
+                    "access_denied",
+                    f"deployment {dep.name!r} may not act for this dag",
+                    reason="dag_not_delegated",
+                    principal=identity.principal,
+                    body={"principal": identity.principal, "reason": "dag_not_delegated"},
+                )
+            resource = self.config.resource(resource_name)
+            if resource is None:
+                raise OAuthError(
+                    404,
+                    "unknown_resource",
+                    "no such resource",
+                    reason="unknown_resource",
+                    body={"resource": resource_name},
+                )
+            await self._attest(dep, identity)
+            decision = await _maybe_await(self._mint_policy(identity, resource.name, requested_ttl))
+            if not isinstance(decision, MintDecision) or not decision.allowed:
+                reason = getattr(decision, "reason", "") or "denied by policy"
+                raise OAuthError(
+                    403,
+                    "access_denied",
+                    reason,
+                    reason="policy_denied",
+                    body={
+                        "principal": identity.principal,
+                        "resource": resource.name,
+                        "reason": reason,
+                    },
+                    principal=identity.principal,
+                    policy_reason=reason,
+                    rule=getattr(decision, "rule", None),
+                )
+            ttl = self._ttl(decision, requested_ttl)
+            token, claims = self.issuer.mint(identity, resource.name, ttl)
+        except OAuthError as exc:
+            await self._refused(exc, ctx)
+            return exc.response()
+        try:
+            await _maybe_await(
+                self._on_event(
+                    "token_issued",
+                    **ctx,
+                    jti=claims.jti,
+                    ttl=ttl,
+                    rule=decision.rule,
+                    principal=identity.principal,
+                    expires_at=claims.exp,
+                )
+            )
+        except Exception as exc:
+            # No audit record, no token: the token is dropped before anyone sees it.
+            log.error(
+                "token not issued: audit failed", extra={"fields": {"error": type(exc).__name__}}
+            )
+            metrics.TOKEN_REJECTIONS.labels(reason="audit_unavailable").inc()
+            return OAuthError(503, "temporarily_unavailable", "audit unavailable").response()
+        metrics.TOKENS_ISSUED.labels(deployment=dep.name, resource=resource.name).inc()
+        log.info("token issued", extra={"fields": {**ctx, "jti": claims.jti, "ttl": ttl}})
+        return web.json_response(
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": ttl,
+                "issued_token_type": JWT_TOKEN_TYPE,
+                "principal": identity.principal,
+                "jti": claims.jti,
+            },
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
+    async def handle_revoke(self, request: web.Request) -> web.Response:
+        ctx: dict[str, Any] = {"remote": request.remote}
+        try:
+            body = await read_body(request)
+            ctx["deployment"], ctx["proof"] = await self._authenticate(request, body)
+            dep = self.config.deployment(ctx["deployment"])
+            assert dep is not None
+            kind, target = revoke_target(body)
+            ctx.update(target)
+            reason = f"revoked by deployment {dep.name}"
+            if kind == "jti":
+                # jtis are 128 random bits, so only someone who saw the token can name it.
+                expires = self._clock() + self.config.tokens.max_ttl + self.config.tokens.leeway
+                self.revocations.revoke_jti(target["jti"], expires, reason)
+            elif not may_act_for(dep, target["dag_id"]):
+                raise OAuthError(
+                    403,
+                    "access_denied",
+                    f"deployment {dep.name!r} may not act for this dag",
+                    reason="dag_not_delegated",
+                )
+            elif kind == "dag":
+                self.revocations.revoke_dag(
+                    dep.name, target["dag_id"], target.get("run_id"), reason
+                )
+            else:
+                self.revocations.revoke_task_try(dep.name, **target, reason=reason)
+        except OAuthError as exc:
+            await self._refused(exc, ctx)
+            return exc.response()
+        try:
+            await _maybe_await(self._on_event("token_revoked", kind=kind, **ctx))
+        except Exception as exc:  # the revocation already holds; auditing it is best effort
+            log.error("revocation not audited", extra={"fields": {"error": type(exc).__name__}})
+        log.info("tokens revoked", extra={"fields": {**ctx, "kind": kind}})
+        return web.json_response({"revoked": kind}, headers={"Cache-Control": "no-store"})
+
+    async def handle_jwks(self, request: web.Request) -> web.Response:
+        self.keys.maybe_reload()  # show rotations made by `lockgate keys rotate` promptly
+        return web.json_response(self.keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+    async def handle_discovery(self, request: web.Request) -> web.Response:
+        base = self.issuer.issuer
+        return web.json_response(
+            {
+                "issuer": base,
+                "jwks_uri": f"{base}/.well-known/jwks.json",
+                "token_endpoint": f"{base}/v1/token",
+                "revocation_endpoint": f"{base}/v1/revoke",
+                "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_basic",
+                    "client_secret_post",
+                    "private_key_jwt",
+                ],
+                "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "RS256", "ES256"],
+                "id_token_signing_alg_values_supported": ["EdDSA"],
+                "response_types_supported": ["token"],
+                "subject_types_supported": ["public"],
+            },
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+
+    # -- steps --------------------------------------------------------------------------------
+    async def _authenticate(self, request: web.Request, body: dict[str, str]) -> tuple[str, str]:
+        """Return (deployment name, proof kind) or raise OAuthError."""
+        grant = body.get("grant_type")
+        if grant == TOKEN_EXCHANGE or (grant is None and "subject_token" in body):
+            if body.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
+                raise OAuthError(
+                    400,
+                    "invalid_request",
+                    "unsupported subject_token_type",
+                    reason="bad_subject_token_type",
+                )
+            try:
+                subject = await self._oidc.verify(body.get("subject_token", ""))
+            except AuthenticationError as exc:
+                raise OAuthError(
+                    400, "invalid_grant", "subject token rejected", reason=f"oidc_{exc.reason}"
+                ) from None
+            return subject.deployment, "oidc"
+        if grant not in (None, "client_credentials"):
+            raise OAuthError(
+                400,
+                "unsupported_grant_type",
+                "unsupported grant_type",
+                reason="unsupported_grant_type",
+            )
+        basic = _basic_credentials(request)
+        if "client_assertion" in body:
+            if body.get("client_assertion_type") != ASSERTION_TYPE or basic is not None:
+                raise OAuthError(
+                    401,
+                    "invalid_client",
+                    "unsupported client assertion",
+                    reason="bad_assertion_type",
+                )
+            try:
+                name = self._assertions.verify(body["client_assertion"], body.get("client_id"))
+            except AuthenticationError as exc:
+                raise OAuthError(
+                    401,
+                    "invalid_client",
+                    "client assertion rejected",
+                    reason=f"assertion_{exc.reason}",
+                ) from None
+            return name, "private_key_jwt"
+        if basic is not None and ("client_secret" in body):
+            raise OAuthError(
+                400,
+                "invalid_request",
+                "use one client authentication method",
+                reason="multiple_client_auth",
+            )
+        client_id, secret = basic or (body.get("client_id"), body.get("client_secret"))
+        if not client_id or not secret:
+            raise OAuthError(
+                401,
+                "invalid_client",
+                "client authentication required",
+                reason="missing_client_auth",
+                basic_challenge=True,
+            )
+        try:
+            return check_client_secret(self.config, client_id, secret), "client_secret"
+        except AuthenticationError:
+            raise OAuthError(
+                401,
+                "invalid_client",
+                "client authentication failed",
+                reason="bad_client_secret",
+                basic_challenge=True,
+                client_id=client_id[:64],
+            ) from None
+
+    async def _attest(self, dep: Deployment, identity: TaskIdentity) -> None:
+        if dep.airflow_api is None:
+            return
+        try:
+            await attest(dep.airflow_api, identity, self._session)
+        except AttestationFailed as exc:
+            raise OAuthError(
+                403, "attestation_failed", str(exc), reason="attestation_failed"
+            ) from None
+        except AttestationUnavailable as exc:
+            raise OAuthError(
+                503, "temporarily_unavailable", str(exc), reason="attestation_unavailable"
+            ) from None
+
+    def _ttl(self, decision: MintDecision, requested: int | None) -> int:
+        ttl = decision.ttl if decision.ttl > 0 else self.config.tokens.default_ttl
+        if requested is not None:
+            ttl = min(ttl, requested)
+        return max(1, min(ttl, self.config.tokens.max_ttl))
+
+    async def _refused(self, exc: OAuthError, ctx: dict[str, Any]) -> None:
+        metrics.TOKEN_REJECTIONS.labels(reason=exc.reason).inc()
+        kind = (
+            "proof_rejected"
+            if exc.status in (400, 401) and "deployment" not in ctx
+            else ("token_denied")
+        )
+        fields = {**ctx, **exc.fields, "reason": exc.reason, "status": exc.status}
+        log.warning("token request refused", extra={"fields": fields})
+        try:
+            await _maybe_await(self._on_event(kind, **fields))
+        except Exception as err:  # the request is refused either way
+            log.error("refusal not audited", extra={"fields": {"error": type(err).__name__}})
+
+
+def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    if header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise OAuthError(
+            401, "invalid_client", "malformed basic credentials", reason="bad_basic_auth"
+        ) from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise OAuthError(
+            401, "invalid_client", "malformed basic credentials", reason="bad_basic_auth"
+        )
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def _identity_fields(identity: TaskIdentity) -> dict[str, Any]:
+    return {
+        "dag_id": identity.dag_id,
+        "task_id": identity.task_id,
+        "run_id": identity.run_id,
+        "try_number": identity.try_number,
+        "map_index": identity.map_index,
+    }
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
