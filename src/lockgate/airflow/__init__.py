@@ -34,5 +34,4 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "secrets-backends": ["lockgate.airflow.secrets.LockgateSecretsBackend"],
-        "plugins": [{"name": "lockgate", "plugin-class": "lockgate.airflow.plugin.LockgatePlugin"}],
     }

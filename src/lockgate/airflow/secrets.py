@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - lets the module import where Airflow i
 
 log = logging.getLogger(__name__)
 
-TOKEN_PLACEHOLDER = "{lockgate_token}"
+TOKEN_PLACEHOLDER = "{lockgate_token}"  # noqa: S105 - a template marker, not a secret
 RENEW_BEFORE = 60.0
 DEFAULT_TTL = 900
 

@@ -1,0 +1,34 @@
+# Lockgate developer entry points. Each target sets up what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[airflow,test]'
+	touch $(STAMP)
+
+## demo: set up and run the end-to-end demo on embedded defaults (SQLite, local demo upstream)
+demo: $(STAMP)
+	$(BIN)/lockgate demo --dir demo
+
+## test: set up and run ruff and the whole test suite (real Airflow 3 DAGs included)
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+## bench: set up and run the benchmarks (installs nginx and wrk from Debian when missing)
+bench: $(STAMP)
+	./benchmarks/setup.sh
+	$(BIN)/python -m benchmarks.run
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

@@ -1,0 +1,391 @@
+"""``lockgate``: the command line.
+
+    lockgate init DIR                      write a working config, policy, TLS and deployment secret
+    lockgate serve                         run the gateway (token service, engines, metrics)
+    lockgate config check                  validate lockgate.yaml
+    lockgate policy check PRINCIPAL ACTION RESOURCE[/OBJECT]
+    lockgate policy lint | policy test FILE...
+    lockgate token revoke --jti J | --dag D [--run R] [--deployment N]
+    lockgate token revocations
+    lockgate keys rotate [--retire-after S] | keys list
+    lockgate creds set NAME | creds rotate NAME | creds list
+    lockgate audit tail | audit search --dag D [--run R] [--decision deny] | audit verify
+    lockgate demo                          run the end-to-end demo on embedded defaults
+
+The config file is ``--config``, else ``$LOCKGATE_CONFIG``, else ``./lockgate.yaml``.
+Errors print one clear line (or a list of fields) to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from lockgate.config import LockgateConfig, load_config
+from lockgate.errors import LockgateError
+
+
+def _config(args: argparse.Namespace) -> LockgateConfig:
+    path = args.config or os.environ.get("LOCKGATE_CONFIG") or "lockgate.yaml"
+    return load_config(path)
+
+
+def _state(args: argparse.Namespace):  # noqa: ANN202 - imported lazily to keep the CLI quick
+    from lockgate.server import State
+
+    return State(_config(args))
+
+
+# -- init / serve / config ------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    from lockgate.scaffold import write_init
+
+    written = write_init(Path(args.dir), force=args.force, tls=not args.no_tls)
+    d = Path(args.dir)
+    print(f"Wrote a working Lockgate configuration in {d}/:")
+    for label, path in written.items():
+        print(f"  {label:20} {path}")
+    print(
+        "\nNext:\n"
+        f"  lockgate --config {d}/lockgate.yaml creds set orders-api-key     # the upstream's secret\n"
+        f"  lockgate --config {d}/lockgate.yaml serve\n"
+        "Airflow workers (airflow.cfg):\n"
+        "  [workers]\n"
+        "  secrets_backend = lockgate.airflow.secrets.LockgateSecretsBackend\n"
+        '  secrets_backend_kwargs = {"url": "https://127.0.0.1:8470", "deployment": "prod",\n'
+        f'     "client_secret_file": "{written["deployment_secret"]}",\n'
+        f'     "ca_file": "{written.get("tls_ca", "")}"}}\n'
+        f"Trust the dev CA for HTTPS clients: export SSL_CERT_FILE={written.get('tls_ca', '')}"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lockgate.server import run
+
+    run(_config(args))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    print(
+        f"{cfg.source}: ok — {len(cfg.deployments)} deployment(s), {len(cfg.resources)} "
+        f"resource(s), {len(cfg.credentials)} credential(s), "
+        f"{len(cfg.policy_files())} policy file(s)"
+    )
+    return 0
+
+
+# -- policy ---------------------------------------------------------------------------------
+def _policy_set(args: argparse.Namespace):  # noqa: ANN202
+    from lockgate.policy import load_policy_files
+
+    cfg = _config(args)
+    return load_policy_files(cfg.policy_files(), {r.name for r in cfg.resources}), cfg
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from lockgate.policy import cmd_check
+
+    ps, _ = _policy_set(args)
+    code, text = cmd_check(ps, args.principal, args.action, args.target)
+    print(text)
+    return code
+
+
+def cmd_policy_lint(args: argparse.Namespace) -> int:
+    from lockgate.policy import cmd_lint
+
+    ps, cfg = _policy_set(args)
+    code, text = cmd_lint(ps, {r.name for r in cfg.resources}, strict=args.strict)
+    print(text)
+    return code
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from lockgate.policy import cmd_test
+
+    ps, _ = _policy_set(args)
+    worst = 0
+    for f in args.files:
+        code, text = cmd_test(ps, Path(f))
+        print(text)
+        worst = max(worst, code)
+    return worst
+
+
+# -- tokens and keys ------------------------------------------------------------------------
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    st = _state(args)
+    if args.jti:
+        st.revocations.revoke_jti(args.jti, time.time() + st.config.tokens.max_ttl, args.reason)
+        print(f"revoked token {args.jti}")
+    elif args.dag:
+        st.revocations.revoke_dag(args.deployment, args.dag, args.run)
+        scope = f"dag {args.dag}" + (f" run {args.run}" if args.run else "")
+        print(f"revoked every token issued so far for {scope}")
+    else:
+        print("lockgate token revoke: give --jti or --dag", file=sys.stderr)
+        return 2
+    _audit_now(
+        st, "token_revoked", dag_id=args.dag, run_id=args.run, jti=args.jti, reason=args.reason
+    )
+    print("running gateways apply it within about a second")
+    return 0
+
+
+def cmd_token_revocations(args: argparse.Namespace) -> int:
+    st = _state(args)
+    for r in st.revocations.list():
+        print(json.dumps(r.__dict__ if hasattr(r, "__dict__") else r._asdict(), default=str))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    st = _state(args)
+    retire = args.retire_after or st.config.tokens.max_ttl + 300
+    key = st.keys.rotate(retire_after=retire)
+    print(f"new signing key {key.kid}; previous keys stay published for {retire}s")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    st = _state(args)
+    current = st.keys.current().kid
+    for k in st.keys.published():
+        mark = "current" if k.kid == current else f"retires at {time.ctime(k.retire_at or 0)}"
+        print(f"{k.kid}  created {time.ctime(k.created)}  {mark}")
+    return 0
+
+
+# -- credentials ----------------------------------------------------------------------------
+def _read_secret(args: argparse.Namespace) -> str:
+    if args.from_env:
+        value = os.environ.get(args.from_env)
+        if not value:
+            raise LockgateError(f"environment variable {args.from_env} is empty or unset")
+        return value.strip()
+    if args.from_file:
+        return Path(args.from_file).read_text(encoding="utf-8").strip()
+    if sys.stdin.isatty():
+        return getpass.getpass(f"value for {args.name}: ")
+    return sys.stdin.read().strip()
+
+
+def _check_credential_name(cfg: LockgateConfig, name: str) -> None:
+    if cfg.credential(name) is None:
+        known = ", ".join(c.name for c in cfg.credentials) or "none"
+        raise LockgateError(f"{cfg.source}: no credential named {name!r} (known: {known})")
+
+
+def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
+    st = _state(args)
+    _check_credential_name(st.config, args.name)
+    value = _read_secret(args)
+    if not value:
+        raise LockgateError("refusing to store an empty credential")
+    version = (st.credentials.rotate if rotate else st.credentials.set)(args.name, value)
+    _audit_now(
+        st,
+        "credential_rotated" if rotate else "credential_set",
+        resource=None,
+        object=args.name,
+        detail={"credential": args.name, "version": version},
+    )
+    verb = "rotated" if rotate else "stored"
+    print(f"credential {args.name} {verb}: version {version} is current")
+    if rotate:
+        cred = st.config.credential(args.name)
+        print(
+            f"the previous version stays usable for {getattr(cred, 'overlap', 0)}s on upstream 401"
+        )
+    return 0
+
+
+def cmd_creds_list(args: argparse.Namespace) -> int:
+    st = _state(args)
+    for c in st.config.credentials:
+        versions = st.credentials.versions(c.name)
+        if versions:
+            v = versions[-1]
+            print(f"{c.name:24} {c.type:26} version {v.version}  set {time.ctime(v.created_at)}")
+        else:
+            print(f"{c.name:24} {c.type:26} NOT SET (lockgate creds set {c.name})")
+    return 0
+
+
+# -- audit ----------------------------------------------------------------------------------
+def _audit_now(st, event: str, **fields) -> None:  # noqa: ANN001
+    from lockgate.audit import AuditRecord
+
+    import asyncio
+
+    log = st.audit_log()
+    try:
+        record = AuditRecord(event=event, **{k: v for k, v in fields.items() if v is not None})
+        asyncio.run(log.write(record))
+    finally:
+        log.close()
+
+
+def _audit_log(args: argparse.Namespace):  # noqa: ANN202
+    return _state(args).audit_log()
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from lockgate.audit import format_records
+
+    log = _audit_log(args)
+    print(format_records(log.tail(args.n), as_json=args.json))
+    return 0
+
+
+def cmd_audit_search(args: argparse.Namespace) -> int:
+    from lockgate.audit import format_records
+
+    log = _audit_log(args)
+    rows = log.search(
+        dag=args.dag,
+        run=args.run,
+        decision=args.decision,
+        event=args.event,
+        resource=args.resource,
+        limit=args.limit,
+    )
+    print(format_records(rows, as_json=args.json))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    log = _audit_log(args)
+    result = log.verify()
+    if result.ok:
+        print(f"audit chain intact: {result.checked} records")
+        return 0
+    print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.problem}")
+    return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lockgate.demo.run import main as demo_main
+
+    return demo_main(Path(args.dir), airflow=not args.no_airflow)
+
+
+# -- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lockgate", description="Identity-aware access gateway for data pipelines."
+    )
+    p.add_argument(
+        "-c",
+        "--config",
+        help="path to lockgate.yaml (default: $LOCKGATE_CONFIG or ./lockgate.yaml)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(parent, name: str, fn: Callable[[argparse.Namespace], int], help: str):  # noqa: ANN001, ANN202, A002
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add(sub, "init", cmd_init, "write a working example configuration into DIR")
+    sp.add_argument("dir")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing lockgate.yaml")
+    sp.add_argument("--no-tls", action="store_true", help="plain HTTP listeners (development only)")
+    add(sub, "serve", cmd_serve, "run the gateway")
+
+    cfg = sub.add_parser("config", help="configuration commands").add_subparsers(
+        dest="sub", required=True
+    )
+    add(cfg, "check", cmd_config_check, "validate the configuration file")
+
+    pol = sub.add_parser("policy", help="policy commands").add_subparsers(dest="sub", required=True)
+    sp = add(pol, "check", cmd_policy_check, "print the decision and the deciding rule")
+    sp.add_argument("principal")
+    sp.add_argument("action", choices=["read", "write", "admin", "run"])
+    sp.add_argument("target", metavar="RESOURCE[/OBJECT]")
+    sp = add(pol, "lint", cmd_policy_lint, "report overbroad, shadowed and dangling rules")
+    sp.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    sp = add(pol, "test", cmd_policy_test, "run YAML policy test cases; exit 1 on a mismatch")
+    sp.add_argument("files", nargs="+")
+
+    tok = sub.add_parser("token", help="token commands").add_subparsers(dest="sub", required=True)
+    sp = add(
+        tok, "revoke", cmd_token_revoke, "revoke a token by jti, or every token of a DAG (run)"
+    )
+    sp.add_argument("--jti")
+    sp.add_argument("--dag")
+    sp.add_argument("--run")
+    sp.add_argument("--deployment", help="limit a DAG revocation to one deployment")
+    sp.add_argument("--reason", default="revoked by operator")
+    add(tok, "revocations", cmd_token_revocations, "list active revocations")
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="sub", required=True)
+    sp = add(
+        keys,
+        "rotate",
+        cmd_keys_rotate,
+        "add a signing key; old keys stay published until their tokens expire",
+    )
+    sp.add_argument("--retire-after", type=int, help="seconds to keep the old key published")
+    add(keys, "list", cmd_keys_list, "list published signing keys")
+
+    creds = sub.add_parser("creds", help="upstream credentials").add_subparsers(
+        dest="sub", required=True
+    )
+    for name, fn, text in (
+        (
+            "set",
+            cmd_creds_set,
+            "store a credential (read from stdin, a prompt, --from-env or --from-file)",
+        ),
+        (
+            "rotate",
+            lambda a: cmd_creds_set(a, rotate=True),
+            "new version, used at once; previous kept for the overlap",
+        ),
+    ):
+        sp = add(creds, name, fn, text)
+        sp.add_argument("name")
+        sp.add_argument("--from-env", metavar="VAR")
+        sp.add_argument("--from-file", metavar="PATH")
+    add(creds, "list", cmd_creds_list, "list credentials and their current version (never values)")
+
+    aud = sub.add_parser("audit", help="audit trail").add_subparsers(dest="sub", required=True)
+    sp = add(aud, "tail", cmd_audit_tail, "show the newest records")
+    sp.add_argument("-n", type=int, default=20)
+    sp.add_argument("--json", action="store_true")
+    sp = add(aud, "search", cmd_audit_search, "search records")
+    sp.add_argument("--dag")
+    sp.add_argument("--run")
+    sp.add_argument("--decision", choices=["allow", "deny"])
+    sp.add_argument("--event")
+    sp.add_argument("--resource")
+    sp.add_argument("--limit", type=int, default=100)
+    sp.add_argument("--json", action="store_true")
+    add(aud, "verify", cmd_audit_verify, "check the hash chain; exit 1 at the first bad record")
+
+    sp = add(sub, "demo", cmd_demo, "run the end-to-end demo on embedded defaults")
+    sp.add_argument("--dir", default="demo", help="working directory for the demo (default ./demo)")
+    sp.add_argument("--no-airflow", action="store_true", help="skip the Airflow DAG runs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except LockgateError as exc:
+        print(f"lockgate: {exc}", file=sys.stderr)
+        return 2
+    except FileExistsError as exc:
+        print(f"lockgate: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,332 @@
+"""The Lockgate process: token service, engines, metrics and health in one event loop.
+
+``Gateway(config)`` wires the parts together; each part stays ignorant of the others:
+
+- identity: KeyStore, RevocationStore, TokenIssuer, TokenVerifier, TokenService
+- policy:   PolicyStore (reloads on change, keeps the last good set)
+- credentials: CredentialStore (encrypted) and CredentialBroker (what engines call)
+- audit:    AuditLog (hash-chained SQLite, fail closed)
+- gateway:  HttpEngine on the ``http`` listener
+
+Background loops pick up what the CLI changes in another process (revocations, rotated
+credentials and keys, policy files) about once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+from lockgate import _log, metrics
+from lockgate.audit import AuditLog, AuditRecord
+from lockgate.config import LockgateConfig, ListenerConfig
+from lockgate.credentials import CredentialBroker, CredentialStore, load_or_create_master_key
+from lockgate.errors import AuditUnavailable
+from lockgate.gateway.http import HttpEngine
+from lockgate.identity import (
+    Claims,
+    KeyStore,
+    MintDecision,
+    RevocationStore,
+    TaskIdentity,
+    TokenIssuer,
+    TokenService,
+    TokenVerifier,
+)
+from lockgate.policy import PolicyStore
+
+log = _log.get("server")
+
+ASSERTION_TTL = 300
+
+
+@dataclass
+class State:
+    """The durable parts, openable without starting servers (the CLI uses this too)."""
+
+    config: LockgateConfig
+
+    def __post_init__(self) -> None:
+        data = self.config.data_dir
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.keys = KeyStore(data)
+        self.revocations = RevocationStore(data / "revocations.db")
+        self.master_key = load_or_create_master_key(data)
+        self.credentials = CredentialStore(data / "credentials.db", self.master_key)
+
+    def audit_log(self) -> AuditLog:
+        a = self.config.audit
+        return AuditLog(self.config.data_dir / "audit.db", a.jsonl, a.write_timeout)
+
+    def policy_store(self) -> PolicyStore:
+        known = {r.name for r in self.config.resources}
+        return PolicyStore(self.config.policy_files, known)
+
+
+def server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    if listener.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(listener.tls.cert), str(listener.tls.key))
+    return ctx
+
+
+class Gateway:
+    def __init__(self, config: LockgateConfig) -> None:
+        self.config = config
+        self.state = State(config)
+        self.audit = self.state.audit_log()
+        self.policy = self.state.policy_store()
+        self.issuer = TokenIssuer(self.state.keys, config.issuer_url)
+        self.verifier = TokenVerifier(
+            self.state.keys, self.state.revocations, config.issuer_url, config.tokens.leeway
+        )
+        self.broker: CredentialBroker | None = None
+        self.engine: HttpEngine | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.control_port = 0
+        self.http_port = 0
+        self._ready = False
+
+    # -- policy at mint time ------------------------------------------------------------------
+    def mint_policy(
+        self, identity: TaskIdentity, resource: str, requested_ttl: int | None
+    ) -> MintDecision:
+        policy_set = self.policy.current
+        decision = policy_set.mint_check(identity.principal, resource)
+        if not decision.allowed:
+            return MintDecision(False, 0, decision.explain(), decision.rule)
+        cap = min(
+            self.config.tokens.max_ttl,
+            policy_set.max_ttl(identity.principal, resource) or self.config.tokens.max_ttl,
+        )
+        wanted = requested_ttl or self.config.tokens.default_ttl
+        ttl = max(1, min(wanted, cap))
+        if requested_ttl is None:
+            ttl = min(ttl, self.config.tokens.default_ttl)
+        return MintDecision(True, ttl, decision.explain(), decision.rule)
+
+    async def on_token_event(self, kind: str, **fields: Any) -> None:
+        """Audit what the token service decided; a token is only issued once this is durable."""
+        known = {
+            "deployment",
+            "dag_id",
+            "task_id",
+            "run_id",
+            "try_number",
+            "map_index",
+            "principal",
+            "resource",
+            "rule",
+            "reason",
+            "jti",
+        }
+        record = AuditRecord(
+            event=kind,
+            decision="allow"
+            if kind == "token_issued"
+            else "deny"
+            if kind == "token_denied"
+            else None,
+            action="mint" if kind.startswith("token_") else None,
+            **{k: v for k, v in fields.items() if k in known},
+            detail={k: v for k, v in fields.items() if k not in known},
+        )
+        await self.audit.write(record)
+
+    # -- caller identity for upstreams ----------------------------------------------------
+    def sign_assertion(self, claims: Claims, resource: str) -> str:
+        now = int(time.time())
+        key = self.state.keys.current()
+        payload = {
+            "iss": self.config.issuer_url,
+            "sub": claims.sub,
+            "aud": f"{self.config.issuer_url}/upstream/{resource}",
+            "iat": now,
+            "exp": min(claims.exp, now + ASSERTION_TTL),
+            "deployment": claims.deployment,
+            "dag_id": claims.dag_id,
+            "task_id": claims.task_id,
+            "run_id": claims.run_id,
+            "try_number": claims.try_number,
+            "map_index": claims.map_index,
+            "token_jti": claims.jti,
+        }
+        return jwt.encode(payload, key.private, algorithm="EdDSA", headers={"kid": key.kid})
+
+    # -- control plane --------------------------------------------------------------------
+    def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:
+        http = self.config.listeners.http
+        host = "localhost" if http.host in ("0.0.0.0", "::") else http.host  # noqa: S104
+        base = f"{http.scheme}://{host}:{self.http_port or http.port}"
+        out = []
+        for r in self.config.resources:
+            if not r.conn_id:
+                continue
+            out.append(
+                {
+                    "conn_id": r.conn_id,
+                    "resource": r.name,
+                    "kind": r.kind,
+                    "connection": {
+                        "conn_type": "http",
+                        "host": f"{base}/{r.name}",
+                        "extra": {"Authorization": "Bearer {lockgate_token}"},
+                    },
+                }
+            )
+        return out
+
+    async def _catalog(self, request: web.Request) -> web.Response:
+        form = (
+            dict(await request.post())
+            if request.content_type != "application/json"
+            else await request.json()
+        )
+        deployment = self.token_service.authenticate_client(
+            form, request.headers.get("Authorization")
+        )
+        if deployment is None:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        return web.json_response({"connections": self._catalog_entries(deployment)})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problems = []
+        if not self._ready:
+            problems.append("starting")
+        try:
+            self.audit.check_writable()
+        except AuditUnavailable as exc:
+            problems.append(f"audit: {exc}")
+        if self.policy.last_error:
+            problems.append(f"policy: {self.policy.last_error}")
+        status = 200 if not problems or problems == [f"policy: {self.policy.last_error}"] else 503
+        return web.json_response({"ready": status == 200, "problems": problems}, status=status)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    def control_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        self.token_service = TokenService(
+            self.config,
+            self.state.keys,
+            self.state.revocations,
+            self.issuer,
+            self.mint_policy,
+            on_event=self.on_token_event,
+        )
+        self.token_service.routes(app)
+        app.router.add_post("/v1/catalog", self._catalog)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.broker = CredentialBroker(self.config, self.state.credentials, None)
+        self.policy.reload_if_changed()
+        if self.policy.last_error:
+            log.error("policy not loaded", extra={"fields": {"error": self.policy.last_error}})
+        c = self.config.listeners.control
+        self._runner = web.AppRunner(self.control_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, c.host, c.port, ssl_context=server_ssl_context(c))
+        await site.start()
+        self.control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        h = self.config.listeners.http
+        self.engine = HttpEngine(
+            list(self.config.resources),
+            self.verifier,
+            self.policy,
+            self.broker,
+            self.audit,
+            self.sign_assertion,
+        )
+        server = await self.engine.start(h.host, h.port, ssl=server_ssl_context(h))
+        self.http_port = server.sockets[0].getsockname()[1]
+        self._tasks = [
+            asyncio.create_task(self._every(1.0, self._refresh), name="lockgate-refresh"),
+        ]
+        self._ready = True
+        log.info(
+            "lockgate serving",
+            extra={
+                "fields": {
+                    "control": f"{c.scheme}://{c.host}:{self.control_port}",
+                    "http": f"{h.scheme}://{h.host}:{self.http_port}",
+                    "resources": [r.name for r in self.config.resources],
+                    "policy_files": [str(p) for p in self.config.policy_files()],
+                }
+            },
+        )
+
+    async def _refresh(self) -> None:
+        self.state.revocations.refresh()
+        self.state.keys.maybe_reload()
+        self.policy.reload_if_changed()
+        if self.broker is not None:
+            self.broker.refresh()
+
+    async def _every(self, interval: float, fn: Any) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await fn()
+            except Exception:  # noqa: BLE001 - a background refresh must never stop the loop
+                log.exception("background refresh failed")
+
+    async def stop(self) -> None:
+        self._ready = False
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.engine is not None:
+            await self.engine.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.audit.flush(2.0)
+        self.audit.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+
+def run(config: LockgateConfig) -> None:
+    """Serve until interrupted, on uvloop when it is installed."""
+    _log.setup(config.log_level)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(Gateway(config).serve_forever())
+
+
+def data_path(config: LockgateConfig, name: str) -> Path:
+    return config.data_dir / name
+
+
+__all__ = ["Gateway", "State", "run", "server_ssl_context", "fnmatch"]
