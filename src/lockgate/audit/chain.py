@@ -1,0 +1,247 @@
+"""The hash-chained audit table in SQLite: schema, append, verify and queries.
+
+Rules:
+
+- Rows are append-only: ``seq`` is a dense 1, 2, 3 ... sequence, each row stores
+  ``prev_hash`` and ``hash = sha256(prev_hash || canonical JSON of the record incl. seq)``.
+- A one-row ``audit_head`` table holds the last ``seq`` and ``hash``; it is updated in the
+  same transaction as the rows, so a truncated tail shows as head ahead of the rows.
+- Triggers refuse UPDATE and DELETE on ``audit`` so a bug cannot rewrite history.
+- :func:`append` reads the head inside its write transaction (``BEGIN IMMEDIATE``), so two
+  writers on one file (the server and a CLI command) still build one chain.
+
+What this does NOT protect against: someone with write access to the whole database file can
+drop the triggers, rewrite rows and recompute every hash and the head. The chain makes
+tampering *detectable* only against an anchor kept elsewhere: the JSON-lines sink (each line
+carries seq and hash) and the ``audit head`` log line written on open and close. Pass such an
+anchor to :func:`verify` to check the stored chain still contains it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lockgate.audit.record import (
+    GENESIS,
+    RECORD_FIELDS,
+    AuditRecord,
+    AuditRow,
+    canonical_json,
+    chain_hash,
+    hash_values,
+    values,
+)
+
+_COLUMNS = RECORD_FIELDS  # detail is the last one
+assert _COLUMNS[-1] == "detail"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    event TEXT NOT NULL,
+    deployment TEXT, dag_id TEXT, task_id TEXT, run_id TEXT,
+    try_number INTEGER, map_index INTEGER,
+    principal TEXT, resource TEXT, action TEXT, object TEXT,
+    decision TEXT, rule TEXT, reason TEXT,
+    status INTEGER, latency_ms REAL, bytes_in INTEGER, bytes_out INTEGER,
+    jti TEXT,
+    detail TEXT NOT NULL DEFAULT '{}',
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_dag ON audit(dag_id, seq);
+CREATE INDEX IF NOT EXISTS audit_run ON audit(run_id, seq);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"""
+
+# Column names come from the dataclass, never from input.
+_INSERT = (
+    f"INSERT INTO audit (seq, {', '.join(_COLUMNS)}, prev_hash, hash) "  # noqa: S608
+    f"VALUES ({', '.join('?' * (len(_COLUMNS) + 3))})"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def connect(db_path: Path, *, timeout: float = 5.0, readonly: bool = False) -> sqlite3.Connection:
+    """Open the audit DB (WAL, synchronous=NORMAL), creating the schema unless ``readonly``."""
+    conn = sqlite3.connect(db_path, timeout=timeout, isolation_level=None)
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+        return conn
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def read_head(conn: sqlite3.Connection) -> tuple[int, str]:
+    row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+
+def append(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[tuple[int, str, str]]:
+    """Append already-sanitized ``records`` in one transaction; return (seq, prev_hash, hash).
+
+    The caller commits nothing: this function commits or rolls back itself.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        seq, prev = read_head(conn)
+        params: list[tuple[Any, ...]] = []
+        out: list[tuple[int, str, str]] = []
+        for rec in records:
+            seq += 1
+            vals = values(rec)
+            h = hash_values(prev, vals, seq)
+            detail = canonical_json(vals[-1]) if vals[-1] else "{}"
+            params.append((seq, *vals[:-1], detail, prev, h))
+            out.append((seq, prev, h))
+            prev = h
+        conn.executemany(_INSERT, params)
+        conn.execute(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (seq, prev),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _row(r: sqlite3.Row | tuple[Any, ...]) -> AuditRow:
+    seq, *vals, prev_hash, h = r
+    kw = dict(zip(_COLUMNS, vals, strict=True))
+    kw["detail"] = json.loads(kw["detail"]) if kw["detail"] else {}
+    return AuditRow(seq=seq, prev_hash=prev_hash, hash=h, **kw)
+
+
+_SELECT = f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, hash FROM audit"  # noqa: S608
+
+
+def iter_rows(conn: sqlite3.Connection) -> Iterator[AuditRow]:
+    for r in conn.execute(f"{_SELECT} ORDER BY seq"):
+        yield _row(r)
+
+
+def tail(conn: sqlite3.Connection, n: int = 20) -> list[AuditRow]:
+    rows = conn.execute(f"{_SELECT} ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
+    return [_row(r) for r in reversed(rows)]
+
+
+def search(
+    conn: sqlite3.Connection,
+    *,
+    dag: str | None = None,
+    run: str | None = None,
+    decision: str | None = None,
+    event: str | None = None,
+    resource: str | None = None,
+    since: float | None = None,
+    limit: int = 100,
+) -> list[AuditRow]:
+    """Newest ``limit`` rows matching every given filter, returned oldest first."""
+    where: list[str] = []
+    args: list[Any] = []
+    for col, val in (
+        ("dag_id", dag),
+        ("run_id", run),
+        ("decision", decision),
+        ("event", event),
+        ("resource", resource),
+    ):
+        if val is not None:
+            where.append(f"{col} = ?")
+            args.append(val)
+    if since is not None:
+        where.append("ts >= ?")
+        args.append(float(since))
+    sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+    rows = conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, int(limit))).fetchall()
+    return [_row(r) for r in reversed(rows)]
+
+
+def verify(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]] = ()) -> VerifyResult:
+    """Walk the whole chain; report the first row that breaks it.
+
+    Detects an edited row (hash mismatch), a deleted or reordered row (gap in seq or
+    prev_hash mismatch), a truncated tail (head ahead of the last row) and rows appended
+    without the head. ``anchors`` are (seq, hash) pairs recorded elsewhere (JSON-lines sink,
+    logs); each must still be in the chain.
+    """
+    want = dict(anchors)
+    expected_seq, prev, checked = 1, GENESIS, 0
+    for row in iter_rows(conn):
+        if row.seq != expected_seq:
+            what = "missing row(s)" if row.seq > expected_seq else "out-of-order row"
+            return VerifyResult(
+                False,
+                checked,
+                expected_seq,
+                f"{what}: expected seq {expected_seq}, found {row.seq}",
+            )
+        if row.prev_hash != prev:
+            return VerifyResult(
+                False,
+                checked,
+                row.seq,
+                "prev_hash does not match the previous row (row deleted, inserted or reordered)",
+            )
+        if chain_hash(prev, row, row.seq) != row.hash:
+            return VerifyResult(False, checked, row.seq, "hash mismatch (row edited)")
+        if row.seq in want and want.pop(row.seq) != row.hash:
+            return VerifyResult(
+                False,
+                checked,
+                row.seq,
+                "hash differs from the anchor recorded outside the database (chain rewritten)",
+            )
+        prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
+    last = expected_seq - 1
+    head_row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+    if head_row is None:
+        if last:
+            return VerifyResult(False, checked, 1, "head row missing")
+    else:
+        head_seq, head_hash = int(head_row[0]), str(head_row[1])
+        if head_seq > last:
+            return VerifyResult(
+                False,
+                checked,
+                last + 1,
+                f"truncated: head says seq {head_seq} but the last row is {last}",
+            )
+        if head_seq < last:
+            return VerifyResult(False, checked, head_seq + 1, "rows after the recorded head")
+        if head_hash != prev:
+            return VerifyResult(False, checked, last, "head hash does not match the last row")
+    if want:
+        s = min(want)
+        return VerifyResult(
+            False, checked, s, f"anchor seq {s} is beyond the stored chain (truncated)"
+        )
+    return VerifyResult(True, checked)

@@ -1,0 +1,353 @@
+"""AuditLog: a non-blocking, fail-closed front door to the hash-chained audit trail.
+
+Strategy: the event loop never touches the disk. ``emit`` appends to a bounded in-memory
+queue; one background writer *thread* owns the SQLite connection (WAL, synchronous=NORMAL),
+takes whatever is queued (up to ``batch_size``), appends it to the chain in one transaction,
+mirrors it to the JSON-lines sink, then wakes anyone awaiting durability.
+
+Fail closed. The data path calls :meth:`AuditLog.check_writable` before serving an allowed
+request; it raises :class:`~lockgate.errors.AuditUnavailable` when
+
+- the last write attempt failed (disk full, "database is locked", sink OSError ...), or
+- the oldest unwritten record has waited longer than ``write_timeout`` (a hung write), or
+- the queue is full, or the log is closed.
+
+Recovery is automatic: the writer keeps retrying the same batch with a capped backoff and
+the first success makes the log healthy again. Records are never dropped while unhealthy;
+only an overflowing queue drops (counted in ``lockgate_audit_dropped_total`` and logged).
+
+``write`` (used by the token service) enqueues and awaits the commit for up to
+``write_timeout``. On timeout the caller must not act (no token is issued), but the record
+stays queued and may still land later: the trail then shows an issuance attempt that the
+caller refused, never the reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from prometheus_client import Counter, Gauge
+
+from lockgate import _log, metrics
+from lockgate.audit import chain
+from lockgate.audit.chain import VerifyResult
+from lockgate.audit.reader import AuditReader
+from lockgate.audit.record import EVENTS, AuditRecord, AuditRow, sanitize
+from lockgate.audit.sinks import JsonlSink
+from lockgate.errors import AuditUnavailable
+
+log = _log.get("audit")
+
+AUDIT_DROPPED = Counter(
+    "lockgate_audit_dropped_total",
+    "Audit records dropped because the writer queue was full",
+    registry=metrics.REGISTRY,
+)
+AUDIT_QUEUE = Gauge(
+    "lockgate_audit_queue_depth", "Audit records waiting to be written", registry=metrics.REGISTRY
+)
+
+_MAX_BACKOFF = 0.5  # seconds between retries of a failing batch; small so recovery is quick
+_LOG_EVERY = 10.0  # seconds between repeated warnings of the same trouble
+
+
+class _Waiter(NamedTuple):
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+class _Entry(NamedTuple):
+    record: AuditRecord
+    enqueued: float  # time.monotonic()
+    waiter: _Waiter | None
+
+
+class AuditLog:
+    def __init__(
+        self,
+        db_path: Path,
+        jsonl_path: Path | None = None,
+        write_timeout: float = 1.0,
+        *,
+        max_queue: int = 100_000,
+        batch_size: int = 2_000,
+        _fault: Callable[[], None] | None = None,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.write_timeout = write_timeout
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self._fault = _fault
+        self._reader = AuditReader(self.db_path)
+        self._sink = JsonlSink(Path(jsonl_path)) if jsonl_path else None
+
+        # Open once here so a bad path or a corrupt file fails at start, not in the thread.
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = chain.connect(self.db_path)
+        try:
+            seq, h = chain.read_head(conn)
+        finally:
+            conn.close()
+        log.info("audit head", extra={"fields": {"audit_seq": seq, "audit_hash": h}})
+
+        self._pending: deque[_Entry] = deque()
+        self._busy_since: float | None = None  # enqueue time of the oldest record being written
+        self._error: str | None = None
+        self._closing = False
+        self._abandon = False
+        self._dropped = 0
+        self._last_drop_log = 0.0
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="lockgate-audit", daemon=True)
+        self._thread.start()
+
+    # -- write side (event loop) -----------------------------------------------------------
+    def emit(self, record: AuditRecord) -> None:
+        """Queue ``record`` without blocking. Used by the data path after serving."""
+        self._enqueue(record, None)
+
+    async def write(self, record: AuditRecord) -> None:
+        """Queue ``record`` and wait until it is committed, at most ``write_timeout``.
+
+        Raises AuditUnavailable when the log is unhealthy or the commit takes too long.
+        """
+        self.check_writable()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self._enqueue(record, _Waiter(loop, fut)):
+            raise AuditUnavailable("audit log queue is full")
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.write_timeout)
+        except TimeoutError:
+            metrics.AUDIT_FAILURES.inc()
+            raise AuditUnavailable(
+                f"audit record not durable within {self.write_timeout:g}s"
+            ) from None
+
+    def _enqueue(self, record: AuditRecord, waiter: _Waiter | None) -> bool:
+        if record.event not in EVENTS:
+            raise ValueError(f"unknown audit event {record.event!r}")
+        if not record.ts:
+            record.ts = time.time()
+        if self._closing or len(self._pending) >= self.max_queue:
+            self._drop()
+            return False
+        self._pending.append(_Entry(record, time.monotonic(), waiter))
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    def _drop(self) -> None:
+        self._dropped += 1
+        AUDIT_DROPPED.inc()
+        now = time.monotonic()
+        if now - self._last_drop_log > _LOG_EVERY:
+            self._last_drop_log = now
+            log.error(
+                "audit record dropped",
+                extra={"fields": {"dropped_total": self._dropped, "closing": self._closing}},
+            )
+
+    def check_writable(self) -> None:
+        """Raise AuditUnavailable unless records are currently being written in time."""
+        err = self._error
+        if err is not None:
+            raise AuditUnavailable(f"audit log cannot write: {err}")
+        if self._closing:
+            raise AuditUnavailable("audit log is closed")
+        since = self._busy_since
+        if since is None:
+            try:
+                since = self._pending[0].enqueued
+            except IndexError:
+                return
+        if time.monotonic() - since > self.write_timeout:
+            raise AuditUnavailable(f"audit write pending for more than {self.write_timeout:g}s")
+        if len(self._pending) >= self.max_queue:
+            raise AuditUnavailable("audit log queue is full")
+
+    @property
+    def healthy(self) -> bool:
+        try:
+            self.check_writable()
+        except AuditUnavailable:
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + (0 if self._busy_since is None else 1)
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is written; False on timeout."""
+        self._wake.set()
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: not self._pending and self._busy_since is None, timeout
+            )
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (for up to ``timeout``), then stop the writer."""
+        if self._closing and not self._thread.is_alive():
+            return
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abandon = True
+            self._wake.set()
+            self._thread.join(1.0)
+            log.error(
+                "audit log closed with unwritten records",
+                extra={"fields": {"unwritten": len(self._pending), "error": self._error}},
+            )
+
+    # -- read side (own connection per call) -----------------------------------------------
+    def tail(self, n: int = 20) -> list[AuditRow]:
+        return self._reader.tail(n)
+
+    def search(
+        self,
+        dag: str | None = None,
+        run: str | None = None,
+        decision: str | None = None,
+        event: str | None = None,
+        resource: str | None = None,
+        since: float | datetime | None = None,
+        limit: int = 100,
+    ) -> list[AuditRow]:
+        return self._reader.search(dag, run, decision, event, resource, since, limit)
+
+    def verify(self, anchors: Iterable[tuple[int, str]] = ()) -> VerifyResult:
+        return self._reader.verify(anchors)
+
+    def head(self) -> tuple[int, str]:
+        return self._reader.head()
+
+    # -- writer thread ---------------------------------------------------------------------
+    def _take(self) -> list[_Entry]:
+        batch: list[_Entry] = []
+        pending = self._pending
+        if pending:
+            # mark busy *before* popping so check_writable never sees "nothing pending"
+            self._busy_since = pending[0].enqueued
+        while pending and len(batch) < self.batch_size:
+            batch.append(pending.popleft())
+        return batch
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        batch: list[_Entry] = []
+        records: list[AuditRecord] = []
+        unsunk: list[AuditRow] = []  # committed but not yet in the JSON-lines sink
+        waiters: list[_Waiter] = []  # committed, waiting for the sink too
+        backoff = 0.0
+        last_warn = 0.0
+        try:
+            while not self._abandon:
+                if not batch and not unsunk:
+                    self._wake.clear()
+                    batch = self._take()
+                    AUDIT_QUEUE.set(len(self._pending))
+                    if not batch:
+                        if self._closing:
+                            break
+                        self._wake.wait(0.25)
+                        continue
+                    now = time.time()
+                    records = [sanitize(e.record, now) for e in batch]
+                try:
+                    if batch:
+                        if conn is None:
+                            conn = chain.connect(self.db_path, timeout=self._busy_timeout())
+                        if self._fault is not None:
+                            self._fault()
+                        placed = chain.append(conn, records)
+                        waiters.extend(e.waiter for e in batch if e.waiter is not None)
+                        if self._sink is not None:
+                            unsunk.extend(_rows(records, placed))
+                        batch, records = [], []
+                    if unsunk:
+                        assert self._sink is not None
+                        self._sink.write(unsunk)
+                        unsunk = []
+                except Exception as exc:  # any failure: stay unhealthy, keep the batch, retry
+                    metrics.AUDIT_FAILURES.inc()
+                    self._error = _describe(exc)
+                    if conn is not None and isinstance(exc, sqlite3.Error):
+                        conn.close()  # reopen next time: the file may have been replaced
+                        conn = None
+                    now_m = time.monotonic()
+                    if now_m - last_warn > _LOG_EVERY:
+                        last_warn = now_m
+                        log.error(
+                            "audit write failed; refusing allowed requests until it recovers",
+                            extra={"fields": {"error": self._error, "queued": self.pending}},
+                        )
+                    backoff = min(max(backoff * 2, 0.02), _MAX_BACKOFF)
+                    time.sleep(backoff)
+                    continue
+                # success
+                if self._error is not None:
+                    log.warning("audit log recovered", extra={"fields": {"was": self._error}})
+                self._error = None
+                backoff = 0.0
+                for w in waiters:
+                    _resolve(w)
+                waiters = []
+                self._busy_since = None
+                with self._idle:
+                    self._idle.notify_all()
+        except BaseException as exc:  # a bug in the writer: fail closed for good
+            self._error = f"audit writer stopped: {_describe(exc)}"
+            log.exception("audit writer crashed")
+            raise
+        finally:
+            if self._sink is not None:
+                self._sink.close()
+            if conn is not None:
+                seq, h = chain.read_head(conn)
+                conn.close()
+                log.info("audit head", extra={"fields": {"audit_seq": seq, "audit_hash": h}})
+            with self._idle:
+                self._idle.notify_all()
+
+    def _busy_timeout(self) -> float:
+        # wait for another process's write lock a little, but well inside write_timeout
+        return max(0.05, min(self.write_timeout / 2, 1.0))
+
+
+def _rows(records: list[AuditRecord], placed: list[tuple[int, str, str]]) -> list[AuditRow]:
+    return [
+        AuditRow(**r.to_dict(), seq=seq, prev_hash=prev, hash=h)
+        for r, (seq, prev, h) in zip(records, placed, strict=True)
+    ]
+
+
+def _resolve(w: _Waiter) -> None:
+    def done(fut: asyncio.Future[None] = w.future) -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
+        w.loop.call_soon_threadsafe(done)
+
+
+def _describe(exc: BaseException) -> str:
+    # error text from sqlite/OS never carries record contents, only the failure
+    msg = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {msg}"[:200]
