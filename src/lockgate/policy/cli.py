@@ -1,0 +1,88 @@
+"""What ``lockgate policy check | lint | test`` do, as pure functions.
+
+Each returns ``(exit_code, text)`` and prints nothing, so the CLI stays a thin argparse layer
+and these stay testable. Exit codes: 0 ok/allow, 1 deny / findings / failing tests,
+2 bad input (unknown action, unreadable test file).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path, PurePath
+
+from lockgate.errors import ConfigError
+from lockgate.policy.engine import PolicySet, Request
+from lockgate.policy.lint import lint
+from lockgate.policy.model import ACTIONS
+from lockgate.policy.testrunner import run_policy_tests
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """``orders-api/orders/1`` -> ``("orders-api", "/orders/1")``; ``orders-api`` -> ``(.., "")``.
+
+    The object is everything after the first ``/``, with that ``/`` kept (HTTP paths).
+    """
+    cut = target.find("/")
+    if cut == -1:
+        return target, ""
+    return target[:cut], target[cut:]
+
+
+def cmd_check(
+    policy_set: PolicySet,
+    principal: str,
+    action: str,
+    target: str,
+    *,
+    token_ttl: int | None = None,
+    at: datetime | None = None,
+) -> tuple[int, str]:
+    """Decide one request. Without ``token_ttl``, assume a token freshly minted for the pair."""
+    if action not in ACTIONS:
+        return 2, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}"
+    resource, obj = split_target(target)
+    if not resource:
+        return 2, f"bad target {target!r}; expected RESOURCE[/OBJECT]"
+    ttl = token_ttl if token_ttl is not None else policy_set.max_ttl(principal, resource)
+    decision = policy_set.decide(Request(principal, action, resource, obj, ttl, at))
+    verdict = "ALLOW" if decision.allowed else "DENY"
+    lines = [
+        f"{verdict} {principal} {action} {resource}" + (f" object {obj}" if obj else ""),
+        f"  {decision.explain()}",
+    ]
+    rule = policy_set.rule(decision.rule) if decision.rule else None
+    if rule is not None and rule.description:
+        lines.append(f"  rule description: {rule.description}")
+    if decision.rule is None:
+        lines.append("  no rule decided; denied by default")
+    return (0 if decision.allowed else 1), "\n".join(lines)
+
+
+def cmd_lint(
+    policy_set: PolicySet, known_resources: set[str], *, strict: bool = False
+) -> tuple[int, str]:
+    """Exit 1 on any error finding, or on any finding at all with ``strict``."""
+    findings = lint(policy_set, known_resources)
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
+    lines = [str(f) for f in findings]
+    files = ", ".join(PurePath(s).name for s in policy_set.sources) or "no files"
+    lines.append(
+        f"{len(policy_set)} rules in {files}: {errors} error(s), {warnings} warning(s)"
+        if findings
+        else f"{len(policy_set)} rules in {files}: no problems found"
+    )
+    failed = errors > 0 or (strict and warnings > 0)
+    return (1 if failed else 0), "\n".join(lines)
+
+
+def cmd_test(policy_set: PolicySet, test_file: Path) -> tuple[int, str]:
+    """Run a policy test file; exit 1 if any case fails, 2 if the file is invalid."""
+    try:
+        results = run_policy_tests(policy_set, test_file)
+    except ConfigError as exc:
+        return 2, str(exc)
+    failures = [r for r in results if not r.passed]
+    lines = [str(r) for r in failures]
+    lines.append(f"{len(results) - len(failures)} passed, {len(failures)} failed")
+    return (1 if failures else 0), "\n".join(lines)

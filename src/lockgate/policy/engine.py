@@ -1,0 +1,281 @@
+"""Decisions: :class:`Request` in, :class:`Decision` out, deny by default.
+
+Order of evaluation for one request:
+
+1. Rules are indexed by action at build time ("*" rules sit in every bucket), so only rules
+   that name the request's action are looked at.
+2. Pattern matching (principal, resource, object) is the costly part; its result (which deny
+   and allow rules match) is cached in a bounded LRU keyed by
+   ``(principal, action, resource, object)``. Patterns never change inside a
+   :class:`PolicySet` (a reload builds a new set), so the cache never goes stale.
+3. If no matched rule has conditions, the final decision is cached too and returned as is.
+   Otherwise conditions are evaluated per request (they depend on the clock and the token).
+4. A matching deny whose conditions hold wins over everything. Else the first matching allow
+   whose conditions hold allows. Else deny, explaining either the condition that failed on the
+   first matching allow, or that no rule allows the request.
+
+Unknown condition inputs fail closed: a request without ``token_ttl`` does not satisfy an
+allow rule's ``max_token_ttl`` and does make a deny rule's ``max_token_ttl`` apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import PurePath
+
+from lockgate.policy.globs import Matcher
+from lockgate.policy.model import ACTIONS, RuleSpec, parse_clock
+
+DEFAULT_CACHE_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    principal: str  # airflow:<deployment>/<dag_id>/<task_id>
+    action: str  # read | write | admin | run
+    resource: str
+    object: str = ""
+    token_ttl: int | None = None  # lifetime of the caller's token in seconds
+    now: datetime | None = None  # UTC; None means the current time
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    rule: str | None  # id of the rule that decided; None when deny-by-default decided
+    source: str | None  # file the rule came from
+    reason: str  # the whole human explanation
+
+    def explain(self) -> str:
+        return self.reason
+
+
+def target_text(resource: str, obj: str) -> str:
+    """``orders-api`` + ``/orders/1`` -> ``orders-api/orders/1`` (inverse of the CLI target)."""
+    if not obj:
+        return resource
+    return resource + obj if obj.startswith("/") else f"{resource}/{obj}"
+
+
+def _source_name(source: str) -> str:
+    return PurePath(source).name or source
+
+
+class Rule:
+    """One compiled rule: matchers built once, decisions for it pre-made."""
+
+    __slots__ = (
+        "actions",
+        "decision",
+        "description",
+        "effect",
+        "id",
+        "index",
+        "max_token_ttl",
+        "objects",
+        "principals",
+        "resources",
+        "source",
+        "window",
+    )
+
+    def __init__(self, spec: RuleSpec, source: str, index: int) -> None:
+        self.id = spec.id
+        self.effect = spec.effect
+        self.source = source
+        self.index = index
+        self.description = spec.description
+        self.principals = Matcher(spec.principals, "name")
+        self.resources = Matcher(spec.resources, "name")
+        self.objects = Matcher(spec.objects, "object")
+        self.actions: frozenset[str] = frozenset(spec.actions)
+        self.max_token_ttl = spec.conditions.max_token_ttl
+        tw = spec.conditions.time_window
+        self.window: tuple[int, int, str] | None = (
+            (parse_clock(tw.start), parse_clock(tw.end), f"{tw.start}-{tw.end} UTC") if tw else None
+        )
+        verb = "allowed" if self.effect == "allow" else "denied"
+        self.decision = Decision(
+            self.effect == "allow",
+            self.id,
+            source,
+            f"{verb} by rule {self.id} ({_source_name(source)})",
+        )
+
+    @property
+    def conditional(self) -> bool:
+        return self.max_token_ttl is not None or self.window is not None
+
+    @property
+    def all_actions(self) -> bool:
+        return "*" in self.actions or self.actions.issuperset(ACTIONS)
+
+    def matches(self, principal: str, resource: str, obj: str) -> bool:
+        # Resource first: it is the most selective and usually an exact-set hit or miss.
+        return self.resources(resource) and self.principals(principal) and self.objects(obj)
+
+    def failed_condition(self, token_ttl: int | None, now: datetime | None) -> str | None:
+        """Describe the first condition that does not hold (unknown TTL does not hold)."""
+        if self.max_token_ttl is not None and (token_ttl is None or token_ttl > self.max_token_ttl):
+            lives = "unknown" if token_ttl is None else f"{token_ttl}s"
+            return f"max_token_ttl {self.max_token_ttl}s does not hold (token TTL {lives})"
+        if self.window is not None:
+            start, end, text = self.window
+            if not in_window(now, start, end):
+                return f"time_window {text} does not hold"
+        return None
+
+    def deny_applies(self, token_ttl: int | None, now: datetime | None) -> bool:
+        """A deny's conditions say *when* it denies; unknown inputs make it apply."""
+        ttl_cap = self.max_token_ttl
+        if ttl_cap is not None and token_ttl is not None and token_ttl > ttl_cap:
+            return False
+        if self.window is not None:
+            return in_window(now, self.window[0], self.window[1])
+        return True
+
+    def __repr__(self) -> str:
+        return f"<Rule {self.id} {self.effect} from {self.source}>"
+
+
+def in_window(now: datetime | None, start: int, end: int) -> bool:
+    """Half-open UTC window [start, end) in seconds after midnight; wraps if start > end."""
+    t = now or datetime.now(UTC)
+    if t.tzinfo is not None:
+        t = t.astimezone(UTC)
+    s = t.hour * 3600 + t.minute * 60 + t.second
+    if start < end:
+        return start <= s < end
+    return s >= start or s < end
+
+
+class _Match:
+    """Cached pattern-match result for one (principal, action, resource, object)."""
+
+    __slots__ = ("allows", "denies", "none", "static")
+
+    def __init__(self, denies: tuple[Rule, ...], allows: tuple[Rule, ...], none: Decision) -> None:
+        self.denies = denies
+        self.allows = allows
+        self.none = none
+        self.static: Decision | None = None
+        if not any(r.conditional for r in denies) and not any(r.conditional for r in allows):
+            self.static = denies[0].decision if denies else allows[0].decision if allows else none
+
+
+class PolicySet:
+    """An immutable set of compiled rules from one or more files."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        sources: Sequence[str] = (),
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        self.sources: tuple[str, ...] = tuple(sources)
+        self._by_id = {r.id: r for r in self.rules}
+        self._by_action: dict[str, tuple[Rule, ...]] = {
+            a: tuple(r for r in self.rules if a in r.actions or "*" in r.actions) for a in ACTIONS
+        }
+        self._match = lru_cache(maxsize=cache_size)(self._match_uncached)
+
+    @classmethod
+    def empty(cls) -> PolicySet:
+        return cls(())
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self.rules)
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return self._by_id.get(rule_id)
+
+    def cache_info(self) -> object:
+        return self._match.cache_info()
+
+    # -- per request ---------------------------------------------------------------------------
+    def decide(self, req: Request) -> Decision:
+        m = self._match(req.principal, req.action, req.resource, req.object)
+        if m.static is not None:
+            return m.static
+        return _evaluate(m, req)
+
+    def decide_uncached(self, req: Request) -> Decision:
+        """Same answer as :meth:`decide` without touching the cache (tests, tooling)."""
+        m = self._match_uncached(req.principal, req.action, req.resource, req.object)
+        return m.static if m.static is not None else _evaluate(m, req)
+
+    def _match_uncached(self, principal: str, action: str, resource: str, obj: str) -> _Match:
+        candidates = self._by_action.get(action)
+        if candidates is None:
+            return _Match((), (), Decision(False, None, None, f"unknown action {action!r}"))
+        denies: list[Rule] = []
+        allows: list[Rule] = []
+        for r in candidates:
+            if r.matches(principal, resource, obj):
+                (allows if r.effect == "allow" else denies).append(r)
+        none = Decision(
+            False,
+            None,
+            None,
+            f"no rule allows {principal} to {action} {target_text(resource, obj)}",
+        )
+        return _Match(tuple(denies), tuple(allows), none)
+
+    # -- at token mint -------------------------------------------------------------------------
+    def _mint_rules(self, principal: str, resource: str) -> tuple[list[Rule], list[Rule]]:
+        allows: list[Rule] = []
+        total_denies: list[Rule] = []
+        for r in self.rules:
+            if not r.actions or not r.objects.patterns:
+                continue
+            if not (r.resources(resource) and r.principals(principal)):
+                continue
+            if r.effect == "allow":
+                allows.append(r)
+            elif r.all_actions and r.objects.match_all and not r.conditional:
+                total_denies.append(r)
+        return allows, total_denies
+
+    def mint_check(self, principal: str, resource: str) -> Decision:
+        """May a token for ``resource`` be minted for ``principal`` at all?
+
+        Allowed if some allow rule could match for some action and object (conditions are
+        checked per request, not here), unless an unconditional deny with actions "*" and
+        objects "*" covers the pair.
+        """
+        allows, total_denies = self._mint_rules(principal, resource)
+        if total_denies:
+            return total_denies[0].decision
+        if allows:
+            return allows[0].decision
+        return Decision(False, None, None, f"no rule allows {principal} to use {resource}")
+
+    def max_ttl(self, principal: str, resource: str) -> int | None:
+        """Smallest ``max_token_ttl`` among allow rules matching the pair; None if none set."""
+        allows, _ = self._mint_rules(principal, resource)
+        ttls = [r.max_token_ttl for r in allows if r.max_token_ttl is not None]
+        return min(ttls) if ttls else None
+
+
+def _evaluate(m: _Match, req: Request) -> Decision:
+    now = req.now or datetime.now(UTC)  # one clock reading for every rule of this request
+    for r in m.denies:
+        if r.deny_applies(req.token_ttl, now):
+            return r.decision
+    first_failure: str | None = None
+    for r in m.allows:
+        failed = r.failed_condition(req.token_ttl, now)
+        if failed is None:
+            return r.decision
+        if first_failure is None:
+            first_failure = f"rule {r.id} matched but its condition {failed}"
+    if first_failure is not None:
+        return Decision(False, None, None, first_failure)
+    return m.none

@@ -1,0 +1,181 @@
+"""Policy lint: rules that are too broad, dead, duplicated or point at nothing.
+
+Findings (severity in brackets):
+
+* **overbroad** — an allow granting ``write``, ``admin`` or ``*``: to every principal
+  (``*``, ``airflow:*``, ``airflow:*/*/*`` ...) [error], or on every resource (``*``) [warning].
+* **shadowed** — an allow that can never decide because an unconditional deny covers it
+  [warning]; an allow identical to, or a subset of, another allow that is no more
+  restricted by conditions [warning].
+* **unknown-resource** — a resource pattern matching no resource in the catalog [error].
+* **no-effect** — a rule with an empty ``principals``, ``actions``, ``resources`` or
+  ``objects`` list [warning].
+
+Subset checks use :func:`~lockgate.policy.globs.covers`, which is conservative: lint may miss
+a shadowed rule, but never calls a live rule shadowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Literal
+
+from lockgate.policy.engine import PolicySet, Rule
+from lockgate.policy.globs import covers_all, match_one
+from lockgate.policy.model import ACTIONS
+
+Severity = Literal["warning", "error"]
+
+_DANGEROUS = frozenset({"write", "admin", "*"})
+_ANY_PRINCIPAL = re.compile(r"(airflow:)?[*?/]*")  # only wildcards (and separators) after it
+_ANY_RESOURCE = re.compile(r"[*?]*")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    severity: Severity
+    rule: str | None
+    file: str | None
+    message: str
+    kind: str = ""
+
+    def __str__(self) -> str:
+        where = PurePath(self.file).name if self.file else "<policy>"
+        rule = f" rule {self.rule}:" if self.rule else ""
+        return f"{self.severity}: {where}:{rule} {self.message}"
+
+
+def _finding(sev: Severity, rule: Rule, kind: str, message: str) -> Finding:
+    return Finding(sev, rule.id, rule.source, message, kind)
+
+
+def _any_principal(pattern: str) -> bool:
+    return "*" in pattern and _ANY_PRINCIPAL.fullmatch(pattern) is not None
+
+
+def _any_resource(pattern: str) -> bool:
+    return "*" in pattern and _ANY_RESOURCE.fullmatch(pattern) is not None
+
+
+def _actions_cover(wide: Rule, narrow: Rule) -> bool:
+    if "*" in wide.actions or wide.actions.issuperset(ACTIONS):
+        return True
+    return "*" not in narrow.actions and narrow.actions <= wide.actions
+
+
+def _covers(wide: Rule, narrow: Rule) -> bool:
+    """Every request ``narrow`` matches is matched by ``wide`` (patterns and actions only)."""
+    return (
+        _actions_cover(wide, narrow)
+        and covers_all(wide.principals.patterns, narrow.principals.patterns, "name")
+        and covers_all(wide.resources.patterns, narrow.resources.patterns, "name")
+        and covers_all(wide.objects.patterns, narrow.objects.patterns, "object")
+    )
+
+
+def _empty(rule: Rule) -> list[str]:
+    fields = {
+        "principals": rule.principals.patterns,
+        "actions": rule.actions,
+        "resources": rule.resources.patterns,
+        "objects": rule.objects.patterns,
+    }
+    return [name for name, value in fields.items() if not value]
+
+
+def _same_conditions(a: Rule, b: Rule) -> bool:
+    return a.max_token_ttl == b.max_token_ttl and a.window == b.window
+
+
+def lint(policy_set: PolicySet, known_resources: set[str]) -> list[Finding]:
+    """Report problems in ``policy_set``, in rule order."""
+    out: list[Finding] = []
+    rules = policy_set.rules
+    for rule in rules:
+        empty = _empty(rule)
+        if empty:
+            out.append(
+                _finding(
+                    "warning",
+                    rule,
+                    "no-effect",
+                    f"has no effect: empty {', '.join(empty)} list(s) match nothing",
+                )
+            )
+            continue  # a rule that matches nothing cannot be broad, shadowed or unknown
+
+        for pattern in rule.resources.patterns:
+            if not any(match_one(pattern, name, "name") for name in known_resources):
+                out.append(
+                    _finding(
+                        "error",
+                        rule,
+                        "unknown-resource",
+                        f"resource pattern {pattern!r} matches no configured resource",
+                    )
+                )
+
+        if rule.effect != "allow":
+            continue
+        risky = sorted(rule.actions & _DANGEROUS)
+        if risky:
+            wide_p = [p for p in rule.principals.patterns if _any_principal(p)]
+            wide_r = [p for p in rule.resources.patterns if _any_resource(p)]
+            if wide_p:
+                out.append(
+                    _finding(
+                        "error",
+                        rule,
+                        "overbroad",
+                        f"grants {', '.join(risky)} to every principal ({wide_p[0]!r})",
+                    )
+                )
+            if wide_r:
+                out.append(
+                    _finding(
+                        "warning",
+                        rule,
+                        "overbroad",
+                        f"grants {', '.join(risky)} on every resource ({wide_r[0]!r})",
+                    )
+                )
+        out.extend(_shadowing(rule, rules))
+    return out
+
+
+def _shadowing(rule: Rule, rules: tuple[Rule, ...]) -> list[Finding]:
+    for other in rules:
+        if other is rule or _empty(other):
+            continue
+        if other.effect == "deny" and not other.conditional and _covers(other, rule):
+            return [
+                _finding(
+                    "warning",
+                    rule,
+                    "shadowed",
+                    f"never allows anything: deny rule {other.id} "
+                    f"({PurePath(other.source).name}) covers it",
+                )
+            ]
+    for other in rules:
+        if other is rule or other.effect != "allow" or _empty(other):
+            continue
+        if other.conditional and not _same_conditions(other, rule):
+            continue  # a conditional allow does not make an unconditional one redundant
+        if not _covers(other, rule):
+            continue
+        mutual = _covers(rule, other) and _same_conditions(other, rule)
+        if mutual and rules.index(rule) < rules.index(other):
+            continue  # report only the later of two identical rules
+        what = "duplicates" if mutual else "is covered by"
+        return [
+            _finding(
+                "warning",
+                rule,
+                "shadowed",
+                f"{what} allow rule {other.id} ({PurePath(other.source).name})",
+            )
+        ]
+    return []

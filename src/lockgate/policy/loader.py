@@ -1,0 +1,119 @@
+"""Read policy files into one :class:`PolicySet`.
+
+Three entry points, one pipeline (paths -> text -> YAML -> validated rules -> PolicySet):
+:func:`load_policy_files` for paths on disk, :func:`parse_policy_texts` for already-read
+text (the store reads each file once, hashes and parses the same bytes), and
+:func:`parse_policies` for already-parsed data (tests, tooling).
+
+Every failure is a :class:`~lockgate.errors.ConfigError` naming the file, the field path and
+the rule id. YAML duplicate keys are errors (PyYAML would silently keep the last one, which
+for a key like ``effect`` changes the meaning of a rule). Rule ids are unique across all
+files; a clash names both files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lockgate.errors import ConfigError
+from lockgate.policy.engine import PolicySet, Rule
+from lockgate.policy.globs import is_literal
+from lockgate.policy.model import validate_file
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, str | int | float | bool) or key is None:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _mapping_without_duplicates,  # type: ignore[arg-type]
+)
+
+
+def parse_yaml(source: str, text: str) -> Any:
+    """Parse one YAML document; ConfigError names the file, line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
+        raise ConfigError(
+            f"{source}:{where} not valid YAML: {getattr(exc, 'problem', None) or exc}"
+        ) from None
+
+
+def parse_policies(
+    docs: Iterable[tuple[str, Any]], known_resources: set[str] | None = None
+) -> PolicySet:
+    """Build a PolicySet from ``(source, parsed_yaml)`` pairs, in order."""
+    rules: list[Rule] = []
+    sources: list[str] = []
+    seen: dict[str, tuple[str, int]] = {}
+    for source, data in docs:
+        sources.append(source)
+        try:
+            pf = validate_file(source, data)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for i, spec in enumerate(pf.rules):
+            if spec.id in seen:
+                other, j = seen[spec.id]
+                raise ConfigError(
+                    f"{source}: rules[{i}].id: duplicate rule id {spec.id!r}, "
+                    f"already defined in {other} rules[{j}]"
+                )
+            seen[spec.id] = (source, i)
+            if known_resources is not None:
+                for k, pattern in enumerate(spec.resources):
+                    if is_literal(pattern) and pattern not in known_resources:
+                        known = ", ".join(sorted(known_resources)) or "none configured"
+                        raise ConfigError(
+                            f"{source}: rules[{i}].resources[{k}] (rule {spec.id}): "
+                            f"unknown resource {pattern!r} (known: {known})"
+                        )
+            rules.append(Rule(spec, source, i))
+    return PolicySet(rules, sources)
+
+
+def parse_policy_texts(
+    docs: Iterable[tuple[str, str]], known_resources: set[str] | None = None
+) -> PolicySet:
+    """Build a PolicySet from ``(source, yaml_text)`` pairs, in order."""
+    return parse_policies(((src, parse_yaml(src, text)) for src, text in docs), known_resources)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: policy file is not valid UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read policy file: {exc.strerror or exc}") from None
+
+
+def load_policy_files(paths: list[Path], known_resources: set[str] | None = None) -> PolicySet:
+    """Load and validate ``paths`` (in order) into one PolicySet.
+
+    With ``known_resources``, a literal resource name that is not in the catalog is an error
+    (a typo would otherwise silently grant nothing, then grant the wrong thing once a resource
+    with that name appears). Glob resource patterns that match nothing are left to lint.
+    """
+    return parse_policy_texts(((str(p), read_text(Path(p))) for p in paths), known_resources)

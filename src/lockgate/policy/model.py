@@ -1,0 +1,220 @@
+"""The policy file schema (pydantic, strict) and how its errors are worded.
+
+Strategy: validate a whole file against :class:`PolicyFile` with unknown fields forbidden and
+no type coercion, then turn pydantic's error list into lines that name the file, the field
+path (``rules[2].actions[0]``), the rule id when there is one, and what was expected. YAML
+quirks that bite policy authors get a hint: unquoted ``06:00`` is read by YAML as the number
+360, so times must be quoted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ACTIONS: tuple[str, ...] = ("read", "write", "admin", "run")
+Action = Literal["read", "write", "admin", "run", "*"]
+Effect = Literal["allow", "deny"]
+
+RULE_ID_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def parse_duration(value: Any) -> int:
+    """``900``, ``"900"``, ``"900s"``, ``"15m"``, ``"1h30m"`` -> seconds (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or a duration like '15m'")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            seconds = int(text)
+        else:
+            m = _DURATION_RE.match(text)
+            if not text or not m:
+                raise ValueError("expected seconds or a duration like '15m', '1h', '90s'")
+            h, mi, s = (int(g) if g else 0 for g in m.groups())
+            seconds = h * 3600 + mi * 60 + s
+    else:
+        raise ValueError("expected seconds or a duration like '15m'")
+    if seconds <= 0:
+        raise ValueError("expected a positive duration")
+    return seconds
+
+
+def parse_clock(value: Any) -> int:
+    """``"HH:MM"`` (UTC) -> seconds after midnight; ``"24:00"`` allowed as an end."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(
+            'expected a quoted time like "06:00" (YAML reads an unquoted 06:00 as a number)'
+        )
+    if not isinstance(value, str) or not _TIME_RE.match(value):
+        raise ValueError('expected a time like "06:00" (HH:MM, UTC)')
+    hours, minutes = value.split(":")
+    return int(hours) * 3600 + int(minutes) * 60
+
+
+class TimeWindow(_Strict):
+    start: str
+    end: str
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _clock(cls, v: Any) -> Any:
+        parse_clock(v)
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TimeWindow:
+        if parse_clock(self.start) % 86400 == parse_clock(self.end) % 86400:
+            raise ValueError("start and end must differ (omit time_window to allow all day)")
+        return self
+
+    @property
+    def start_s(self) -> int:
+        return parse_clock(self.start)
+
+    @property
+    def end_s(self) -> int:
+        return parse_clock(self.end)
+
+
+class Conditions(_Strict):
+    max_token_ttl: int | None = None
+    time_window: TimeWindow | None = None
+
+    @field_validator("max_token_ttl", mode="before")
+    @classmethod
+    def _ttl(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+
+class RuleSpec(_Strict):
+    id: str = Field(pattern=RULE_ID_RE)
+    effect: Effect
+    principals: list[str]
+    actions: list[Action]
+    resources: list[str]
+    objects: list[str] = ["*"]
+    conditions: Conditions = Conditions()
+    description: str = ""
+
+    @field_validator("principals", "resources")
+    @classmethod
+    def _non_empty_patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.strip():
+                raise ValueError("expected a non-empty pattern")
+        return v
+
+
+class PolicyFile(_Strict):
+    rules: list[RuleSpec]
+
+
+# -- error wording ---------------------------------------------------------------------------
+
+_FIELDS_AT: dict[str, type[BaseModel]] = {
+    "": PolicyFile,
+    "rule": RuleSpec,
+    "conditions": Conditions,
+    "time_window": TimeWindow,
+}
+
+
+def _loc_text(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """The model whose fields are allowed at ``loc`` (for 'unknown field' messages)."""
+    names = [p for p in loc if isinstance(p, str)]
+    if names[-1:] and names[-1] in ("conditions", "time_window"):
+        return _FIELDS_AT[names[-1]]
+    return RuleSpec if names[:1] == ["rules"] else PolicyFile
+
+
+AllowedFields = Callable[[tuple[int | str, ...]], Iterable[str]]
+
+
+def _policy_fields(loc: tuple[int | str, ...]) -> Iterable[str]:
+    return _model_at(loc).model_fields
+
+
+def _describe(
+    err: dict[str, Any], allowed_at: AllowedFields = _policy_fields
+) -> tuple[tuple[int | str, ...], str]:
+    loc: tuple[int | str, ...] = tuple(err["loc"])
+    kind = err["type"]
+    got = err.get("input")
+    shown = ""
+    if not isinstance(got, dict | list) and got is not None and kind != "missing":
+        shown = f" (got {got!r})"
+    if kind == "literal_error":
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        choices = expected.replace("'", "").replace(" or ", ", ")
+        return loc, f"expected one of {choices}{shown}"
+    if kind == "extra_forbidden":
+        allowed = ", ".join(allowed_at(loc[:-1]))
+        return loc, f"unknown field (allowed: {allowed})"
+    if kind == "missing":
+        return loc, "required field is missing"
+    if kind == "list_type":
+        return loc, f"expected a list{shown}"
+    if kind == "string_type":
+        return loc, f"expected a string{shown}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return loc, f"expected a mapping{shown}"
+    if kind == "string_pattern_mismatch":
+        return loc, f"expected letters, digits and _.:- (starting with a letter or digit){shown}"
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    return loc, f"{msg}{shown}"
+
+
+def format_errors(
+    source: str, exc: ValidationError, data: Any, allowed_at: AllowedFields = _policy_fields
+) -> str:
+    """One line per problem: ``file: rules[2].actions[0] (rule x): expected ...``."""
+    lines: list[str] = []
+    for err in exc.errors():
+        loc, msg = _describe(dict(err), allowed_at)
+        where = _loc_text(loc) or "<top level>"
+        rule_id = _rule_id_at(data, loc)
+        if rule_id:
+            where += f" (rule {rule_id})"
+        lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def _rule_id_at(data: Any, loc: tuple[int | str, ...]) -> str | None:
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(data, dict):
+        rules = data.get("rules")
+        if isinstance(rules, list) and 0 <= loc[1] < len(rules) and isinstance(rules[loc[1]], dict):
+            rid = rules[loc[1]].get("id")
+            if isinstance(rid, str) and rid:
+                return rid
+    return None
+
+
+def validate_file(source: str, data: Any) -> PolicyFile:
+    """Validate parsed YAML. Raises ValueError with the worded message (caller wraps it)."""
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise ValueError(f"{source}: expected a mapping with a 'rules' list (got {kind})")
+    try:
+        return PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(format_errors(source, exc, data)) from None
