@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import ssl
 import time
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from lockgate.identity import (
     TokenService,
     TokenVerifier,
 )
+from lockgate.identity.service import OAuthError, read_body
 from lockgate.policy import PolicyStore
 
 log = _log.get("server")
@@ -189,16 +189,14 @@ class Gateway:
         return out
 
     async def _catalog(self, request: web.Request) -> web.Response:
-        form = (
-            dict(await request.post())
-            if request.content_type != "application/json"
-            else await request.json()
-        )
-        deployment = self.token_service.authenticate_client(
-            form, request.headers.get("Authorization")
-        )
-        if deployment is None:
-            return web.json_response({"error": "invalid_client"}, status=401)
+        """conn_id → connection template, for a deployment that proves who it is."""
+        try:
+            body = await read_body(request)
+            deployment, _proof = await self.token_service._authenticate(request, body)
+        except OAuthError as exc:
+            return web.json_response(
+                {"error": exc.error, "error_description": exc.description}, status=exc.status
+            )
         return web.json_response({"connections": self._catalog_entries(deployment)})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -329,4 +327,4 @@ def data_path(config: LockgateConfig, name: str) -> Path:
     return config.data_dir / name
 
 
-__all__ = ["Gateway", "State", "run", "server_ssl_context", "fnmatch"]
+__all__ = ["Gateway", "State", "run", "server_ssl_context"]
