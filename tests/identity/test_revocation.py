@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from lockgate.identity import RevocationStore, TaskIdentity, TokenIssuer
+
+from .conftest import Clock
+
+
+def mint(issuer: TokenIssuer, **changes: object):
+    ident = TaskIdentity("prod", "finance_daily", "load_orders", "run1", 1)
+    return issuer.mint(replace(ident, **changes), "orders-api", 600)[1]
+
+
+def test_jti(revocations: RevocationStore, issuer: TokenIssuer, clock: Clock) -> None:
+    a, b = mint(issuer), mint(issuer)
+    revocations.revoke_jti(a.jti, a.exp, "leaked")
+    assert revocations.is_revoked(a)
+    assert not revocations.is_revoked(b)
+
+
+def test_dag_revokes_only_tokens_issued_before(
+    revocations: RevocationStore, issuer: TokenIssuer, clock: Clock
+) -> None:
+    before = mint(issuer)
+    other_dag = mint(issuer, dag_id="hr_daily")
+    other_dep = mint(issuer, deployment="staging")
+    revocations.revoke_dag("prod", "finance_daily")
+    assert revocations.is_revoked(before)
+    assert not revocations.is_revoked(other_dag)
+    assert not revocations.is_revoked(other_dep)
+    clock.t += 2
+    assert not revocations.is_revoked(mint(issuer))  # issued after the revocation
+
+
+def test_dag_for_any_deployment(revocations: RevocationStore, issuer: TokenIssuer) -> None:
+    revocations.revoke_dag(None, "finance_daily")
+    assert revocations.is_revoked(mint(issuer, deployment="staging"))
+
+
+def test_run(revocations: RevocationStore, issuer: TokenIssuer) -> None:
+    revocations.revoke_dag("prod", "finance_daily", "run1")
+    assert revocations.is_revoked(mint(issuer))
+    assert not revocations.is_revoked(mint(issuer, run_id="run2"))
+
+
+def test_task_try(revocations: RevocationStore, issuer: TokenIssuer, clock: Clock) -> None:
+    revocations.revoke_task_try("prod", "finance_daily", "load_orders", "run1", 1, -1)
+    clock.t += 100  # any time later: the try is over
+    assert revocations.is_revoked(mint(issuer))
+    assert not revocations.is_revoked(mint(issuer, try_number=2))
+    assert not revocations.is_revoked(mint(issuer, map_index=0))
+    assert not revocations.is_revoked(mint(issuer, task_id="other"))
+
+
+def test_second_instance_sees_revocations_after_refresh(
+    tmp_path: Path, issuer: TokenIssuer, clock: Clock
+) -> None:
+    server = RevocationStore(tmp_path / "r.db", clock=clock)
+    cli = RevocationStore(tmp_path / "r.db", clock=clock)
+    try:
+        a, b, c = mint(issuer), mint(issuer, dag_id="orders_x"), mint(issuer, try_number=7)
+        assert server.refresh() is False  # nothing new
+        cli.revoke_jti(a.jti, a.exp, "cli")
+        cli.revoke_dag("prod", "orders_x", None, "cli")
+        cli.revoke_task_try("prod", "finance_daily", "load_orders", "run1", 7, -1)
+        assert not server.is_revoked(a)  # answered from memory until refreshed
+        assert server.refresh() is True
+        assert server.is_revoked(a) and server.is_revoked(b) and server.is_revoked(c)
+        assert {r.kind for r in server.list()} == {"jti", "dag", "task_try"}
+    finally:
+        server.close()
+        cli.close()
+
+
+def test_rows_are_purged_after_expiry(tmp_path: Path, issuer: TokenIssuer, clock: Clock) -> None:
+    store = RevocationStore(tmp_path / "r.db", retention=100, clock=clock)
+    try:
+        a = mint(issuer)
+        store.revoke_jti(a.jti, clock.t + 50, "x")
+        store.revoke_dag("prod", "finance_daily")
+        assert len(store.list()) == 2
+        clock.t += 200
+        assert store.refresh() is True
+        assert store.list() == []
+    finally:
+        store.close()
