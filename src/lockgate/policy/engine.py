@@ -38,8 +38,8 @@ class Request:
     action: str  # read | write | admin | run
     resource: str
     object: str = ""
-    token_ttl: int | None = None  # lifetime of the caller's token in seconds
-    now: datetime | None = None  # UTC; None means the current time
+    token_ttl: float | None = None  # lifetime of the caller's token in seconds
+    now: datetime | float | None = None  # UTC datetime or epoch seconds; None: the current time
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +117,10 @@ class Rule:
         # Resource first: it is the most selective and usually an exact-set hit or miss.
         return self.resources(resource) and self.principals(principal) and self.objects(obj)
 
-    def failed_condition(self, token_ttl: int | None, now: datetime | None) -> str | None:
+    def failed_condition(self, token_ttl: float | None, now: datetime | float | None) -> str | None:
         """Describe the first condition that does not hold (unknown TTL does not hold)."""
         if self.max_token_ttl is not None and (token_ttl is None or token_ttl > self.max_token_ttl):
-            lives = "unknown" if token_ttl is None else f"{token_ttl}s"
+            lives = "unknown" if token_ttl is None else f"{token_ttl:g}s"
             return f"max_token_ttl {self.max_token_ttl}s does not hold (token TTL {lives})"
         if self.window is not None:
             start, end, text = self.window
@@ -128,7 +128,7 @@ class Rule:
                 return f"time_window {text} does not hold"
         return None
 
-    def deny_applies(self, token_ttl: int | None, now: datetime | None) -> bool:
+    def deny_applies(self, token_ttl: float | None, now: datetime | float | None) -> bool:
         """A deny's conditions say *when* it denies; unknown inputs make it apply."""
         ttl_cap = self.max_token_ttl
         if ttl_cap is not None and token_ttl is not None and token_ttl > ttl_cap:
@@ -141,11 +141,18 @@ class Rule:
         return f"<Rule {self.id} {self.effect} from {self.source}>"
 
 
-def in_window(now: datetime | None, start: int, end: int) -> bool:
+def utc(now: datetime | float | None) -> datetime:
+    """A UTC datetime from a datetime (naive means UTC), epoch seconds, or None (now)."""
+    if now is None:
+        return datetime.now(UTC)
+    if isinstance(now, int | float):
+        return datetime.fromtimestamp(now, UTC)
+    return now.astimezone(UTC) if now.tzinfo is not None else now.replace(tzinfo=UTC)
+
+
+def in_window(now: datetime | float | None, start: int, end: int) -> bool:
     """Half-open UTC window [start, end) in seconds after midnight; wraps if start > end."""
-    t = now or datetime.now(UTC)
-    if t.tzinfo is not None:
-        t = t.astimezone(UTC)
+    t = utc(now)
     s = t.hour * 3600 + t.minute * 60 + t.second
     if start < end:
         return start <= s < end
@@ -265,7 +272,7 @@ class PolicySet:
 
 
 def _evaluate(m: _Match, req: Request) -> Decision:
-    now = req.now or datetime.now(UTC)  # one clock reading for every rule of this request
+    now = utc(req.now)  # one clock reading for every rule of this request
     for r in m.denies:
         if r.deny_applies(req.token_ttl, now):
             return r.decision

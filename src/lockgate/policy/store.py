@@ -12,8 +12,9 @@ Strategy:
   names the file and field, the error is logged once and counted
   (``lockgate_policy_reloads_total{outcome="error"}``). Fixing the file reloads it.
 * The swap is one reference assignment, so readers see the old set or the new one, whole.
-* The first load happens in the constructor and raises :class:`ConfigError`: a gateway
-  should not start on a broken policy.
+* The first load happens in the constructor. If it fails, ``current`` is the empty set (which
+  denies everything) and ``last_error`` says why; pass ``raise_on_error=True`` to get a
+  :class:`ConfigError` instead (a gateway may prefer not to start on a broken policy).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class PolicyStore:
         self,
         paths_fn: Callable[[], Sequence[Path]],
         known_resources: set[str] | None = None,
+        *,
+        raise_on_error: bool = False,
     ) -> None:
         self._paths_fn = paths_fn
         self._known = set(known_resources) if known_resources is not None else None
@@ -52,7 +55,7 @@ class PolicyStore:
         self.last_error: str | None = None
         self.loaded_at: float | None = None
         self.reload_if_changed()
-        if self.loaded_at is None:
+        if raise_on_error and self.loaded_at is None:
             raise ConfigError(self.last_error or "policy: nothing loaded")
 
     @property
