@@ -47,6 +47,18 @@ from lockgate.policy import PolicyStore
 log = _log.get("server")
 
 ASSERTION_TTL = 300
+# token service event → (audit event, decision)
+_TOKEN_EVENTS = {
+    "token_issued": ("token_issued", "allow"),
+    "token_denied": ("denied", "deny"),
+    "proof_rejected": ("auth_failed", "deny"),
+}
+_RECORD_KEYS = frozenset(
+    {
+        "deployment", "dag_id", "task_id", "run_id", "try_number", "map_index", "principal",
+        "resource", "rule", "reason", "jti", "status",
+    }
+)
 
 
 @dataclass
@@ -119,29 +131,13 @@ class Gateway:
 
     async def on_token_event(self, kind: str, **fields: Any) -> None:
         """Audit what the token service decided; a token is only issued once this is durable."""
-        known = {
-            "deployment",
-            "dag_id",
-            "task_id",
-            "run_id",
-            "try_number",
-            "map_index",
-            "principal",
-            "resource",
-            "rule",
-            "reason",
-            "jti",
-        }
+        event, decision = _TOKEN_EVENTS.get(kind, ("auth_failed", "deny"))
         record = AuditRecord(
-            event=kind,
-            decision="allow"
-            if kind == "token_issued"
-            else "deny"
-            if kind == "token_denied"
-            else None,
-            action="mint" if kind.startswith("token_") else None,
-            **{k: v for k, v in fields.items() if k in known},
-            detail={k: v for k, v in fields.items() if k not in known},
+            event=event,
+            decision=decision,
+            action="mint",
+            **{k: v for k, v in fields.items() if k in _RECORD_KEYS},
+            detail={k: v for k, v in fields.items() if k not in _RECORD_KEYS},
         )
         await self.audit.write(record)
 

@@ -1,0 +1,27 @@
+"""Run every Lockgate benchmark and print ratios measured in the same run.
+
+    make bench        # or: python -m benchmarks.run
+
+Numbers from one 2-core machine are noisy; compare ratios, not absolute values.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def main() -> int:
+    print("== tokens and policy ==", flush=True)
+    importlib.import_module("benchmarks.tokens_policy").main()
+    print("\n== HTTP data path ==", flush=True)
+    try:
+        http = importlib.import_module("benchmarks.http_proxy")
+    except ModuleNotFoundError as exc:
+        print(f"HTTP benchmark unavailable: {exc}")
+        return 1
+    return int(http.main() or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
