@@ -124,7 +124,7 @@ class AssertionVerifier:
         if claims.get("sub") != name or not isinstance(jti, str) or not jti:
             raise AuthenticationError("bad_assertion")
         if not isinstance(exp, int | float) or exp > now + MAX_ASSERTION_LIFETIME + self._leeway:
-            raise AuthenticationError("assertion_too_long")
+            raise AuthenticationError("lifetime_too_long")
         self._remember(name, jti, float(exp), now)
         return name
 
@@ -134,7 +134,7 @@ class AssertionVerifier:
             for k in [k for k, e in self._seen.items() if e + self._leeway < now]:
                 del self._seen[k]
             if (name, jti) in self._seen:
-                raise AuthenticationError("assertion_replayed")
+                raise AuthenticationError("replayed")
             self._seen[(name, jti)] = exp
 
     def _public_key(self, path: Path) -> Any:

@@ -164,7 +164,9 @@ class TokenService:
                 "token not issued: audit failed", extra={"fields": {"error": type(exc).__name__}}
             )
             metrics.TOKEN_REJECTIONS.labels(reason="audit_unavailable").inc()
-            return OAuthError(503, "temporarily_unavailable", "audit unavailable").response()
+            return OAuthError(
+                503, "temporarily_unavailable", "audit unavailable", reason="audit_unavailable"
+            ).response()
         metrics.TOKENS_ISSUED.labels(deployment=dep.name, resource=resource.name).inc()
         log.info("token issued", extra={"fields": {**ctx, "jti": claims.jti, "ttl": ttl}})
         return web.json_response(
