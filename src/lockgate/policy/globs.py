@@ -113,25 +113,58 @@ def match_one(pattern: str, value: str, kind: Kind) -> bool:
     return Matcher((pattern,), kind)(value)
 
 
+# Private-use characters standing for the wildcards of a *narrow* pattern when it is matched,
+# as a string, against the wide pattern (see covers()).
+_STAR, _DSTAR, _QMARK = "\ue000", "\ue001", "\ue002"
+_TOKENS = _STAR + _DSTAR + _QMARK
+
+
+def _encode(pattern: str, kind: Kind) -> str:
+    if kind == "object":
+        pattern = re.sub(r"\*{2,}", _DSTAR, pattern)
+    return pattern.replace("*", _STAR).replace("?", _QMARK)
+
+
+def _wide_regex(pattern: str, kind: Kind) -> re.Pattern[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*" and kind == "object" and pattern[i : i + 2] == "**":
+            while i < len(pattern) and pattern[i] == "*":
+                i += 1
+            out.append(".*")  # crosses everything, narrow ** included
+            continue
+        if c == "*":
+            # names: anything; objects: one segment, which a narrow * or ? stays within too
+            out.append(".*" if kind == "name" else f"[^/{_DSTAR}]*")
+        elif c == "?":
+            out.append(f"[^{_STAR}{_DSTAR}]" if kind == "name" else f"[^/{_STAR}{_DSTAR}]")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
 def covers(wide: str, narrow: str, kind: Kind) -> bool:
     """True only if every string ``narrow`` matches is also matched by ``wide``.
 
-    Conservative: identical patterns, a match-all ``wide``, a literal ``narrow`` that ``wide``
-    matches, or a ``wide`` that is a literal prefix followed by ``*`` (names) / ``**``
-    (objects) when ``narrow`` starts with that same literal prefix.
+    Sound but incomplete: ``narrow`` is read as a string in which each of its wildcards is a
+    symbol that only an equal-or-wider wildcard of ``wide`` may consume (``*`` by ``*``/``**``,
+    ``**`` only by ``**``, ``?`` by ``?``/``*``/``**``), and ``wide`` must match that string.
+    Patterns with ``[...]`` classes are only covered by an identical or match-all pattern.
     """
     if wide == narrow or is_match_all(wide, kind):
         return True
     if is_match_all(narrow, kind):
         return False
-    if is_literal(narrow):
-        return match_one(wide, narrow, kind)
-    tail = "**" if kind == "object" else "*"
-    if wide.endswith(tail):
-        prefix = wide[: -len(tail)]
-        if is_literal(prefix) and narrow.startswith(prefix):
-            return True
-    return False
+    if any(c in _TOKENS for c in wide + narrow):
+        return False
+    if "[" in narrow:
+        return False
+    if "[" in wide:
+        return is_literal(narrow) and match_one(wide, narrow, kind)
+    return _wide_regex(wide, kind).fullmatch(_encode(narrow, kind)) is not None
 
 
 def covers_all(wide: Iterable[str], narrow: Iterable[str], kind: Kind) -> bool:
