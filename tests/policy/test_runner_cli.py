@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lockgate.errors import ConfigError
 from lockgate.policy import (
@@ -19,6 +20,7 @@ from tests.policy.conftest import EXAMPLES, rule
 
 Build = Callable[..., PolicySet]
 P = "airflow:prod/finance_daily/load"
+T = "tests:\n  - {name: x, principal: p, action: read, resource: r, "
 
 
 @pytest.fixture
@@ -81,14 +83,21 @@ def test_at_and_token_ttl(build: Build, tmp_path: Path) -> None:
             )
         ]
     )
+    base = {"principal": P, "action": "read", "resource": "r"}
+    cases = [
+        {"name": "day", "at": "2026-01-01T10:00:00Z", "expect": "allow"},
+        {"name": "night, naive time is UTC", "at": "2026-01-01T21:00:00", "expect": "deny"},
+        {"name": "long", "at": "2026-01-01T10:00:00+00:00", "token_ttl": "1h", "expect": "deny"},
+        {
+            "name": "short",
+            "at": "2026-01-01T10:00:00Z",
+            "token_ttl": 60,
+            "expect": "allow",
+            "rule": "day",
+        },
+    ]
     f = tmp_path / "t.yaml"
-    f.write_text(
-        "tests:\n"
-        f"  - {{name: day, principal: '{P}', action: read, resource: r, at: '2026-01-01T10:00:00Z', expect: allow}}\n"
-        f"  - {{name: night, principal: '{P}', action: read, resource: r, at: '2026-01-01T21:00:00', expect: deny}}\n"
-        f"  - {{name: long token, principal: '{P}', action: read, resource: r, at: '2026-01-01T10:00:00+00:00', token_ttl: 1h, expect: deny}}\n"
-        f"  - {{name: short token, principal: '{P}', action: read, resource: r, at: '2026-01-01T10:00:00Z', token_ttl: 60, expect: allow, rule: day}}\n"
-    )
+    f.write_text(yaml.safe_dump({"tests": [{**base, **c} for c in cases]}))
     assert all(r.passed for r in run_policy_tests(ps, f)), [str(r) for r in run_policy_tests(ps, f)]
 
 
@@ -100,7 +109,7 @@ def test_at_and_token_ttl(build: Build, tmp_path: Path) -> None:
             "tests[0].action: expected one of read, write, admin, run (got 'delete')",
         ),
         (
-            "tests:\n  - {name: x, principal: p, action: read, resource: r, expect: allow, foo: 1}\n",
+            T + "expect: allow, foo: 1}\n",
             "tests[0].foo: unknown field (allowed: name, principal",
         ),
         (
@@ -108,7 +117,7 @@ def test_at_and_token_ttl(build: Build, tmp_path: Path) -> None:
             "tests[0].expect",
         ),
         (
-            "tests:\n  - {name: x, principal: p, action: read, resource: r, expect: allow, at: soon}\n",
+            T + "expect: allow, at: soon}\n",
             "tests[0].at: expected an ISO time",
         ),
         ("nope\n", "expected a mapping with a 'tests' list"),
