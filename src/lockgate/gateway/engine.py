@@ -1,0 +1,235 @@
+"""What every gateway engine shares: the shapes of its collaborators and two hot-path caches.
+
+Engines depend on the token verifier, policy, credential broker, audit sink and assertion
+signer only through the :class:`typing.Protocol` s below (duck typing), so each engine can be
+built and tested alone with small fakes and the server wires the real objects later.
+
+Hot-path rules, common to all engines:
+
+* the verifier is called per request (it caches verified tokens itself);
+* upstream secrets are cached per credential for about a second (:class:`SecretCache`), so a
+  request costs a dict lookup, not a broker round trip, while rotation is seen within a second;
+* signed identity assertions are cached per (token id, resource) (:class:`AssertionCache`),
+  never past the token's expiry;
+* audit records are built by an injected factory (``lockgate.audit.AuditRecord`` by default)
+  and emitted without blocking; a failing ``emit`` never breaks a request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from lockgate import _log
+
+log = _log.get("gateway")
+
+Clock = Callable[[], float]
+
+
+# -- collaborator shapes ----------------------------------------------------------------------
+class Claims(Protocol):
+    """A verified Lockgate token (see ``lockgate.identity``)."""
+
+    sub: str
+    aud: str
+    exp: float
+    jti: str
+    deployment: str
+    dag_id: str
+    task_id: str
+    run_id: str | None
+    try_number: int | None
+    map_index: int | None
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str, audience: str) -> Any:
+        """Return claims or raise ``AuthenticationError`` with a ``reason`` slug."""
+        ...
+
+
+class Decision(Protocol):
+    allowed: bool
+    rule: str | None
+    reason: str
+
+    def explain(self) -> str: ...
+
+
+class PolicySet(Protocol):
+    def decide(self, req: Any) -> Decision: ...
+
+
+class PolicySource(Protocol):
+    @property
+    def current(self) -> PolicySet: ...
+
+
+class UpstreamSecret(Protocol):
+    value: str
+    version: int
+
+
+class CredentialBroker(Protocol):
+    def upstream_secret(
+        self, credential_name: str, previous: bool = False
+    ) -> Awaitable[UpstreamSecret | None]: ...
+
+
+@runtime_checkable
+class AuditSink(Protocol):
+    def check_writable(self) -> None:
+        """Raise ``AuditUnavailable`` when records cannot be written (fail closed)."""
+        ...
+
+    def emit(self, record: Any) -> None: ...
+
+
+AssertionSigner = Callable[[Any, str], str]
+RecordFactory = Callable[..., Any]
+RequestFactory = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """Fallback for ``lockgate.policy.Request`` with the same attributes."""
+
+    principal: str
+    action: str
+    resource: str
+    object: str
+    token_ttl: float | None = None
+    now: float | None = None
+
+
+@dataclass(slots=True)
+class FallbackAuditRecord:
+    """Fallback for ``lockgate.audit.AuditRecord`` when that package is not importable."""
+
+    event: str
+    deployment: str | None = None
+    dag_id: str | None = None
+    task_id: str | None = None
+    run_id: str | None = None
+    try_number: int | None = None
+    map_index: int | None = None
+    principal: str | None = None
+    resource: str | None = None
+    action: str | None = None
+    object: str | None = None
+    decision: str | None = None
+    rule: str | None = None
+    reason: str | None = None
+    status: int | None = None
+    latency_ms: float | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
+    jti: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+def default_request_factory() -> RequestFactory:
+    try:
+        from lockgate.policy import Request  # type: ignore[attr-defined]
+    except ImportError:
+        return PolicyRequest
+    return Request  # type: ignore[no-any-return]
+
+
+def default_record_factory() -> RecordFactory:
+    try:
+        from lockgate.audit import AuditRecord  # type: ignore[attr-defined]
+    except ImportError:
+        return FallbackAuditRecord
+    return AuditRecord  # type: ignore[no-any-return]
+
+
+# -- hot-path caches --------------------------------------------------------------------------
+class SecretCache:
+    """Upstream secrets per (credential, previous) for ``ttl`` seconds.
+
+    Returns the same object while fresh, so callers may cache derived bytes keyed on identity.
+    Concurrent misses for one key share a single broker call.
+    """
+
+    def __init__(
+        self, broker: CredentialBroker, *, ttl: float = 1.0, clock: Clock = time.monotonic
+    ):
+        self._broker = broker
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[tuple[str, bool], tuple[float, UpstreamSecret | None]] = {}
+
+    def peek(self, name: str, previous: bool = False) -> UpstreamSecret | None:
+        """The cached secret if fresh, else None (sync fast path)."""
+        entry = self._entries.get((name, previous))
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        return None
+
+    async def get(self, name: str, previous: bool = False) -> UpstreamSecret | None:
+        key = (name, previous)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        secret = await self._broker.upstream_secret(name, previous=previous)
+        self._entries[key] = (self._clock() + self._ttl, secret)
+        return secret
+
+    def invalidate(self, name: str | None = None) -> None:
+        if name is None:
+            self._entries.clear()
+        else:
+            self._entries.pop((name, False), None)
+            self._entries.pop((name, True), None)
+
+
+class AssertionCache:
+    """Signed identity assertions per (jti, resource), reused for ``ttl`` seconds.
+
+    ``ttl`` must be shorter than the signer's assertion lifetime; an entry never outlives
+    the token it was made for (``claims.exp`` is wall-clock seconds).
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(
+        self,
+        signer: AssertionSigner,
+        *,
+        ttl: float = 30.0,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+    ):
+        self._signer = signer
+        self._ttl = ttl
+        self._clock = clock
+        self._wall = wall
+        self._entries: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def get(self, claims: Any, resource: str) -> str:
+        key = (str(getattr(claims, "jti", "")), resource)
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        value = self._signer(claims, resource)
+        left = float(getattr(claims, "exp", 0) or 0) - self._wall()
+        if key[0] and left > 0:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()  # cheap bound; entries are re-signed on demand
+            self._entries[key] = (now + min(self._ttl, left), value)
+        return value
+
+
+def emit_safely(audit: AuditSink, record: Any) -> None:
+    """Emit an audit record; a sink failure is logged, never raised into a request."""
+    try:
+        audit.emit(record)
+    except Exception:
+        log.exception(
+            "audit emit failed", extra={"fields": {"event": getattr(record, "event", None)}}
+        )

@@ -1,0 +1,578 @@
+"""The per-request pipeline: normalise → authenticate → classify → decide → forward → audit.
+
+Order matters for safety: the path is normalised before anything reads it, refusals (400,
+401, 403, 404) never touch the upstream and are answered even when audit is unhealthy, and
+an allowed request is served only while ``audit.check_writable()`` passes (fail closed).
+
+Forwarding (:meth:`Proxy._forward`) owns retries: 429/502/503/504 and connection failures
+for idempotent, replayable requests (backoff with full jitter and server hints, within the
+resource's deadline), a fresh-connection retry when a pooled connection turns out closed,
+and one retry with the previous credential version when the upstream answers 401 during a
+rotation. A body that was already streaming upstream is never replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import time
+from base64 import b64decode
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from lockgate import _log, metrics
+from lockgate.errors import AuditUnavailable, AuthenticationError, UpstreamUnavailable
+from lockgate.gateway.engine import (
+    AssertionCache,
+    AuditSink,
+    PolicySource,
+    RecordFactory,
+    RequestFactory,
+    SecretCache,
+    TokenVerifier,
+    emit_safely,
+)
+from lockgate.gateway.http import framing, responses
+from lockgate.gateway.http.classify import Classifier
+from lockgate.gateway.http.normalize import PathError, Target, split_target
+from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, RETRY_STATUSES, Backoff, retry_after
+from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
+from lockgate.gateway.http.upstream import UpstreamConnection, UpstreamPool, UpstreamTarget
+
+log = _log.get("gateway.http")
+
+# Never forwarded upstream: hop-by-hop, framing (re-added), credentials, and headers some
+# servers use to override the method or the path policy judged.
+_DROP_REQUEST = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"host",
+        b"expect",
+        b"authorization",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-override-url",
+    }
+)
+_DROP_RESPONSE = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+    }
+)
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
+def _status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+
+
+def _safe(value: bytes) -> bool:
+    return b"\r" not in value and b"\n" not in value and b"\x00" not in value
+
+
+class ResourceState:
+    """Everything about one resource that can be computed once, not per request."""
+
+    def __init__(self, resource: Any, pool: UpstreamPool | None = None) -> None:
+        self.resource = resource
+        self.name: str = resource.name
+        self.target = UpstreamTarget.from_resource(resource)
+        self.pool = pool or UpstreamPool(self.target)
+        self.classifier = Classifier(resource.routes)
+        self.backoff = Backoff(resource.retry)
+        self.credential: str | None = resource.credential
+        auth_name = resource.auth.header.encode("latin-1")
+        self._auth_prefix = (
+            auth_name
+            + b": "
+            + (resource.auth.scheme.encode("latin-1") + b" " if resource.auth.scheme else b"")
+        )
+        ident = resource.identity_header
+        self.identity_prefix = ident.encode("latin-1") + b": " if ident else None
+        drop = set(_DROP_REQUEST) | {auth_name.lower()}
+        if ident:
+            drop.add(ident.lower().encode("latin-1"))
+        self.drop = frozenset(drop)
+        self.host_line = b"Host: " + self.target.host_header + b"\r\n"
+        self._auth_cache: tuple[Any, bytes] | None = None
+
+    def auth_line(self, secret: Any) -> bytes:
+        cached = self._auth_cache
+        if cached is not None and cached[0] is secret:
+            return cached[1]
+        value = str(secret.value).encode("latin-1")
+        if not _safe(value):
+            raise UpstreamUnavailable("credential value is not header-safe")
+        line = self._auth_prefix + value + b"\r\n"
+        self._auth_cache = (secret, line)
+        return line
+
+    def forwarded_headers(self, head: framing.Head) -> bytes:
+        drop = self.drop
+        named = head.connection  # headers the client listed in Connection are hop-by-hop
+        out: list[bytes] = []
+        for name, value in head.headers:
+            low = name.lower()
+            if low in drop or low.startswith(b"x-lockgate-") or (named and low in named):
+                continue
+            out.append(b"%s: %s\r\n" % (name, value))
+        return b"".join(out)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    status: int
+    keep: bool
+    error: str | None = None  # upstream_error reason slug, when the gateway answered 5xx
+    retries: int = 0
+
+
+def extract_token(headers: framing.Headers) -> tuple[str | None, str]:
+    """Bearer token, or HTTP Basic whose password is the token; else (None, reason)."""
+    found: bytes | None = None
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            if found is not None:
+                return None, "malformed"
+            found = value
+    if found is None:
+        return None, "missing"
+    scheme, _, cred = found.partition(b" ")
+    scheme = scheme.lower()
+    cred = cred.strip()
+    if scheme == b"bearer" and cred:
+        return cred.decode("latin-1"), ""
+    if scheme == b"basic" and cred:
+        try:
+            decoded = b64decode(cred, validate=True)
+        except (binascii.Error, ValueError):
+            return None, "malformed"
+        _, sep, password = decoded.partition(b":")
+        if sep and password:
+            return password.decode("latin-1"), ""
+    return None, "malformed"
+
+
+class Proxy:
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        policy: PolicySource,
+        secrets: SecretCache,
+        assertions: AssertionCache,
+        audit: AuditSink,
+        make_request: RequestFactory,
+        make_record: RecordFactory,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.resources: dict[str, ResourceState] = {}
+        self._verifier = verifier
+        self._policy = policy
+        self._secrets = secrets
+        self._assertions = assertions
+        self._audit = audit
+        self._make_request = make_request
+        self._make_record = make_record
+        self._clock = clock
+
+    # -- the pipeline --------------------------------------------------------------------
+    async def handle(self, conn: ClientConnection, head: framing.Head, body: RequestBody) -> bool:
+        t0 = self._clock()
+        method = head.method.decode("ascii")
+        head_only = method == "HEAD"
+        keep = head.keep_alive
+        try:
+            target = split_target(head.target)
+        except PathError as exc:
+            conn.write(responses.bad_request(str(exc)))
+            return False
+        rs = self.resources.get(target.resource)
+        if rs is None:
+            conn.write(
+                responses.error(
+                    404,
+                    "unknown_resource",
+                    resource=target.resource,
+                    close=not body.complete,
+                    head_only=head_only,
+                )
+            )
+            return keep
+        token, why = extract_token(head.headers)
+        try:
+            if token is None:
+                raise AuthenticationError(why)
+            claims = self._verifier.verify(token, rs.name)
+            aud = getattr(claims, "aud", None)
+            if aud != rs.name and not (isinstance(aud, list | tuple) and rs.name in aud):
+                raise AuthenticationError("wrong_audience")
+        except AuthenticationError as exc:
+            reason = str(getattr(exc, "reason", "invalid"))
+            metrics.TOKEN_REJECTIONS.labels(reason).inc()
+            self._emit(
+                "auth_failed", None, rs.name, None, target.path, t0, status=401, reason=reason
+            )
+            conn.write(responses.unauthorized(reason, close=not body.complete, head_only=head_only))
+            return keep
+        action, obj = rs.classifier.classify(method, target.path)
+        principal: str = claims.sub
+        iat = getattr(claims, "iat", None)
+        ttl = float(claims.exp) - float(iat) if iat is not None else None
+        decision = self._policy.current.decide(
+            self._make_request(
+                principal=principal, action=action, resource=rs.name, object=obj, token_ttl=ttl
+            )
+        )
+        if not decision.allowed:
+            metrics.REQUESTS.labels(rs.name, action, "deny").inc()
+            reason = decision.explain()
+            self._emit(
+                "denied",
+                claims,
+                rs.name,
+                action,
+                obj,
+                t0,
+                status=403,
+                decision="deny",
+                rule=decision.rule,
+                reason=decision.reason,
+            )
+            conn.write(
+                responses.forbidden(
+                    principal=principal,
+                    action=action,
+                    resource=rs.name,
+                    obj=obj,
+                    reason=reason,
+                    rule=decision.rule,
+                    close=not body.complete,
+                    head_only=head_only,
+                )
+            )
+            return keep
+        try:
+            self._audit.check_writable()
+        except AuditUnavailable:
+            conn.write(
+                responses.error(
+                    503, "audit_unavailable", close=not body.complete, head_only=head_only
+                )
+            )
+            return keep
+        metrics.REQUESTS.labels(rs.name, action, "allow").inc()
+        if head.expect_continue and not body.complete:
+            conn.write(responses.CONTINUE)
+            conn.bytes_out = 0
+        try:
+            out = await self._forward(conn, head, body, rs, target, claims, method, head_only)
+        except asyncio.CancelledError:
+            self._emit(
+                "upstream_error",
+                claims,
+                rs.name,
+                action,
+                obj,
+                t0,
+                status=499,
+                decision="allow",
+                rule=decision.rule,
+                reason="client_closed",
+                bytes_in=body.total,
+                bytes_out=conn.bytes_out,
+            )
+            raise
+        event = "upstream_error" if out.error else "allowed"
+        self._emit(
+            event,
+            claims,
+            rs.name,
+            action,
+            obj,
+            t0,
+            status=out.status,
+            decision="allow",
+            rule=decision.rule,
+            reason=out.error or decision.reason,
+            bytes_in=body.total,
+            bytes_out=conn.bytes_out,
+            detail={"retries": out.retries} if out.retries else None,
+        )
+        return keep and out.keep
+
+    # -- upstream ------------------------------------------------------------------------
+    async def _forward(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        rs: ResourceState,
+        target: Target,
+        claims: Any,
+        method: str,
+        head_only: bool,
+    ) -> _Outcome:
+        clock = self._clock
+        backoff = rs.backoff
+        deadline_at = clock() + backoff.deadline
+        idempotent = method in IDEMPOTENT_METHODS
+        path = rs.target.base_path + target.path
+        if target.query:
+            path += "?" + target.query
+        fixed = [
+            head.method + b" " + path.encode("ascii") + b" HTTP/1.1\r\n",
+            rs.host_line,
+            rs.forwarded_headers(head),
+        ]
+        if rs.identity_prefix is not None:
+            assertion = self._assertions.get(claims, rs.name).encode("latin-1")
+            if not _safe(assertion):
+                raise ValueError("assertion is not header-safe")
+            fixed.append(rs.identity_prefix + assertion + b"\r\n")
+        fixed_bytes = b"".join(fixed)
+        attempt = 0
+        previous = False
+        stale_retry_used = False
+        while True:
+            secret = None
+            auth = b""
+            if rs.credential is not None:
+                secret = self._secrets.peek(rs.credential, previous) or await self._secrets.get(
+                    rs.credential, previous
+                )
+                if secret is None:
+                    metrics.UPSTREAM_ERRORS.labels(rs.name, "credential").inc()
+                    conn.write(
+                        responses.error(502, "credential_unavailable", close=not body.complete)
+                    )
+                    return _Outcome(502, False, "credential_unavailable", attempt)
+                auth = rs.auth_line(secret)
+            streaming = not body.complete
+            if streaming:
+                frame = (
+                    b"Transfer-Encoding: chunked\r\n"
+                    if head.chunked
+                    else b"Content-Length: %d\r\n" % (head.content_length or 0)
+                )
+            elif body.total or head.content_length is not None or head.chunked:
+                frame = b"Content-Length: %d\r\n" % body.total
+            else:
+                frame = b""
+            req_head = fixed_bytes + auth + frame + b"\r\n"
+            try:
+                up = await rs.pool.acquire(deadline_at - clock())
+            except (OSError, TimeoutError) as exc:
+                # Nothing was sent: any method may be retried.
+                wait = backoff.next_delay(attempt, clock(), deadline_at)
+                if wait is None:
+                    slug = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_failed"
+                    metrics.UPSTREAM_ERRORS.labels(rs.name, slug).inc()
+                    conn.write(
+                        responses.error(
+                            502, "upstream_unreachable", reason=slug, close=not body.complete
+                        )
+                    )
+                    return _Outcome(502, True, slug, attempt)
+                metrics.UPSTREAM_RETRIES.labels(rs.name, "connect").inc()
+                await asyncio.sleep(wait)
+                attempt += 1
+                continue
+            sent_at = clock()
+            if streaming:
+                head_fut = up.begin(head_only=head_only, timeout=float("inf"))
+                up.on_pause = conn.pause_for_upstream
+                up.on_resume = conn.resume_for_upstream
+                up.write(req_head)
+                body.attach(*self._body_writers(up, head.chunked, backoff.deadline))
+            else:
+                head_fut = up.begin(head_only=head_only, timeout=deadline_at - sent_at)
+                up.write(req_head + body.data() if body.total else req_head)
+            try:
+                resp = await head_fut
+            except TimeoutError:
+                up.abort()
+                metrics.UPSTREAM_ERRORS.labels(rs.name, "timeout").inc()
+                conn.write(responses.error(504, "upstream_timeout", close=True))
+                return _Outcome(504, False, "upstream_timeout", attempt)
+            except UpstreamUnavailable:
+                up.abort()
+                if not streaming and up.reused and not up.got_bytes and not stale_retry_used:
+                    stale_retry_used = True  # a pooled connection closed under us: try a fresh one
+                    if idempotent:
+                        continue
+                wait = (
+                    backoff.next_delay(attempt, clock(), deadline_at)
+                    if idempotent and not streaming
+                    else None
+                )
+                if wait is None:
+                    metrics.UPSTREAM_ERRORS.labels(rs.name, "connection").inc()
+                    conn.write(responses.error(502, "upstream_connection_failed", close=True))
+                    return _Outcome(502, False, "upstream_connection_failed", attempt)
+                metrics.UPSTREAM_RETRIES.labels(rs.name, "connection").inc()
+                await asyncio.sleep(wait)
+                attempt += 1
+                continue
+            metrics.UPSTREAM_LATENCY.labels(rs.name).observe(clock() - sent_at)
+            status = resp.status
+            if status in RETRY_STATUSES:
+                if status == 429:
+                    metrics.UPSTREAM_THROTTLES.labels(rs.name).inc()
+                if idempotent and not streaming:
+                    hint = retry_after(resp.headers)
+                    wait = backoff.next_delay(attempt, clock(), deadline_at, hint)
+                    if wait is not None:
+                        up.close()
+                        metrics.UPSTREAM_RETRIES.labels(rs.name, str(status)).inc()
+                        await asyncio.sleep(wait)
+                        attempt += 1
+                        continue
+            elif status == 401 and secret is not None and not previous and not streaming:
+                older = await self._secrets.get(rs.credential or "", previous=True)
+                if older is not None and older.version != secret.version:
+                    up.close()
+                    previous = True
+                    metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
+                    continue
+            return await self._relay(conn, head, body, rs, up, resp, head_only, attempt)
+
+    @staticmethod
+    def _body_writers(
+        up: UpstreamConnection, chunked: bool, head_timeout: float
+    ) -> tuple[Any, Any]:
+        if chunked:
+
+            def write(piece: bytes) -> None:
+                up.write(framing.chunk(piece))
+
+            def end() -> None:
+                up.write(framing.LAST_CHUNK)
+                up.arm_head_timeout(head_timeout)
+
+            return write, end
+
+        def end_plain() -> None:
+            up.arm_head_timeout(head_timeout)
+
+        return up.write, end_plain
+
+    async def _relay(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        rs: ResourceState,
+        up: UpstreamConnection,
+        resp: framing.Head,
+        head_only: bool,
+        retries: int,
+    ) -> _Outcome:
+        status = resp.status
+        no_body = head_only or status in (204, 304)
+        named = resp.connection
+        lines = [_status_line(status)]
+        for name, value in resp.headers:
+            low = name.lower()
+            if low in _DROP_RESPONSE or (named and low in named):
+                continue
+            lines.append(b"%s: %s\r\n" % (name, value))
+        keep = head.keep_alive
+        chunked_out = False
+        if resp.content_length is not None and not resp.chunked:
+            lines.append(b"Content-Length: %d\r\n" % resp.content_length)
+        elif not no_body:
+            if head.version == 1:
+                chunked_out = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep = False  # HTTP/1.0 client: the end of the body is the end of the connection
+        if not keep:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        conn.write(b"".join(lines))
+        conn.upstream = up
+        up.attach(ChunkedWriter(conn) if chunked_out else conn)
+        try:
+            await up.done
+        except UpstreamUnavailable:
+            # The head is out: the only honest signal left is an aborted connection.
+            metrics.UPSTREAM_ERRORS.labels(rs.name, "truncated").inc()
+            conn.upstream = None
+            conn.abort()
+            return _Outcome(status, False, "upstream_truncated", retries)
+        finally:
+            conn.upstream = None
+        if chunked_out:
+            conn.write(framing.LAST_CHUNK)
+        if body.complete and not conn.closed:
+            rs.pool.release(up)
+        else:
+            up.close()
+            if not body.complete:
+                body.discard()
+                keep = False
+        return _Outcome(status, keep, None, retries)
+
+    # -- audit ---------------------------------------------------------------------------
+    def _emit(
+        self,
+        event: str,
+        claims: Any,
+        resource: str,
+        action: str | None,
+        obj: str | None,
+        t0: float,
+        *,
+        status: int,
+        decision: str | None = None,
+        rule: str | None = None,
+        reason: str | None = None,
+        bytes_in: int | None = None,
+        bytes_out: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        c = claims
+        record = self._make_record(
+            event=event,
+            deployment=getattr(c, "deployment", None),
+            dag_id=getattr(c, "dag_id", None),
+            task_id=getattr(c, "task_id", None),
+            run_id=getattr(c, "run_id", None),
+            try_number=getattr(c, "try_number", None),
+            map_index=getattr(c, "map_index", None),
+            principal=getattr(c, "sub", None),
+            resource=resource,
+            action=action,
+            object=obj,
+            decision=decision,
+            rule=rule,
+            reason=reason,
+            status=status,
+            latency_ms=round((self._clock() - t0) * 1000.0, 3),
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            jti=getattr(c, "jti", None),
+            detail=detail or {},
+        )
+        emit_safely(self._audit, record)

@@ -1,0 +1,311 @@
+"""Client side: one ``asyncio.Protocol`` per client connection.
+
+The connection parses strictly (see :mod:`framing`), then runs one request at a time through
+the proxy pipeline as a task; bytes of a pipelined next request wait in a buffer (reading is
+paused when it grows) until the current response is complete, so pipelining cannot reorder
+or smuggle. Any framing refusal answers 400 with ``Connection: close`` and closes.
+
+Flow control, so a large body streams in bounded memory:
+
+* request body: buffered up to ``BODY_HIGH`` bytes until the upstream connection is ready,
+  then written straight to the upstream transport; client reading pauses while the upstream
+  write buffer is full (``UpstreamConnection.on_pause``) or the buffer is full;
+* response body: written straight to this transport; while its write buffer is full
+  (``pause_writing``) the upstream transport stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lockgate import _log
+from lockgate.errors import RemoteProtocolError
+from lockgate.gateway.http import framing, responses
+
+log = _log.get("gateway.http")
+
+BODY_HIGH = 256 * 1024
+WRITE_HIGH = 256 * 1024
+_PAUSE_BODY, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
+_HEAD, _BODY, _WAIT, _CLOSED = range(4)
+
+Handler = Callable[["ClientConnection", framing.Head, "RequestBody"], Awaitable[bool]]
+
+
+class RequestBody:
+    """The request body as it arrives: buffered until a sink is attached, then streamed."""
+
+    __slots__ = ("_conn", "_end", "_sink", "chunks", "complete", "size", "total")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+        self.chunks: list[bytes] = []
+        self.size = 0  # bytes currently buffered
+        self.total = 0  # bytes received in all
+        self.complete = False
+        self._sink: Callable[[bytes], None] | None = None
+        self._end: Callable[[], None] | None = None
+
+    def feed(self, pieces: list[bytes]) -> None:
+        sink = self._sink
+        for piece in pieces:
+            self.total += len(piece)
+            if sink is not None:
+                sink(piece)
+            else:
+                self.chunks.append(piece)
+                self.size += len(piece)
+        if sink is None and self.size > BODY_HIGH:
+            self._conn.pause(_PAUSE_BODY)
+
+    def finish(self) -> None:
+        self.complete = True
+        if self._end is not None:
+            self._end()
+
+    def data(self) -> bytes:
+        """The whole buffered body (only meaningful when ``complete``); kept for replays."""
+        chunks = self.chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def attach(self, write: Callable[[bytes], None], end: Callable[[], None]) -> None:
+        """Stream from now on: flush what is buffered, then forward each piece as it comes."""
+        chunks, self.chunks, self.size = self.chunks, [], 0
+        for piece in chunks:
+            write(piece)
+        self._sink = write
+        self._end = end
+        self._conn.resume(_PAUSE_BODY)
+        if self.complete:
+            end()
+
+    def discard(self) -> None:
+        """Drop whatever else arrives (the request was answered without its body)."""
+        self.chunks, self.size = [], 0
+        self._sink = _drop
+        self._end = None
+        self._conn.resume(_PAUSE_BODY)
+
+
+def _drop(_: bytes) -> None:
+    return None
+
+
+class ChunkedWriter:
+    """Response sink re-encoding body pieces as chunks for the client."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+
+    def write(self, data: bytes) -> None:
+        self._conn.write(framing.chunk(data))
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_header_bytes: int = 64 * 1024,
+        idle_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_close: Callable[[ClientConnection], None] | None = None,
+    ) -> None:
+        self._handler = handler
+        self._max_head = max_header_bytes
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self._state = _HEAD
+        self._buf = b""
+        self._reader: framing.BodyReader | None = None
+        self._body: RequestBody | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._paused = 0
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.upstream: Any = None  # the UpstreamConnection relaying to us, for back-pressure
+        self.bytes_out = 0
+        self.peer: Any = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        self._last = self._clock()
+        self._timer = self._loop.call_later(self._idle_timeout, self._idle_check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state = _CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self._last = self._clock()
+        state = self._state
+        if state == _BODY:
+            self._feed_body(data)
+        elif state == _HEAD:
+            self._buf = self._buf + data if self._buf else data
+            self._parse()
+        elif state == _WAIT:
+            self._buf += data
+            if len(self._buf) > self._max_head:
+                self.pause(_PAUSE_PIPELINE)
+
+    def eof_received(self) -> bool | None:
+        # Half-close: finish the request in flight, then close (return True keeps us open).
+        return self._task is not None and not self._task.done()
+
+    # -- parsing -------------------------------------------------------------------------
+    def _parse(self) -> None:
+        buf = self._buf
+        while buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
+            buf = buf[2:]
+        end = framing.find_head_end(buf)
+        try:
+            if end < 0:
+                framing.check_partial(buf, self._max_head)
+                self._buf = buf
+                return
+            if end > self._max_head:
+                raise RemoteProtocolError("header block too large")
+            head = framing.parse_request_head(buf[:end])
+        except RemoteProtocolError as exc:
+            self.refuse(responses.bad_request(str(exc)))
+            return
+        if head.chunked:
+            self._reader = framing.ChunkedReader()
+        else:
+            self._reader = framing.LengthReader(head.content_length or 0)
+        body = self._body = RequestBody(self)
+        self._buf = b""
+        self._state = _BODY
+        self._feed_body(buf[end:])
+        if self._state != _CLOSED:
+            self._task = self._loop.create_task(self._run(head, body))
+
+    def _feed_body(self, data: bytes) -> None:
+        assert self._reader is not None and self._body is not None
+        try:
+            pieces, rest = self._reader.read(data)
+        except RemoteProtocolError as exc:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+            self.refuse(responses.bad_request(str(exc)))
+            return
+        if pieces:
+            self._body.feed(pieces)
+        if rest is not None:
+            self._state = _WAIT
+            self._buf = rest
+            self._body.finish()
+            if len(rest) > self._max_head:
+                self.pause(_PAUSE_PIPELINE)
+
+    async def _run(self, head: framing.Head, body: RequestBody) -> None:
+        keep = False
+        try:
+            keep = await self._handler(self, head, body)
+        except asyncio.CancelledError:
+            keep = False
+        except Exception:
+            log.exception("request failed")
+            if self.bytes_out == 0:
+                self.write(responses.error(500, "internal_error", close=True))
+        finally:
+            self.upstream = None
+            self._task = None
+        self._request_done(keep and body.complete)
+
+    def _request_done(self, keep: bool) -> None:
+        transport = self.transport
+        if transport is None or self._state == _CLOSED:
+            return
+        if not keep or transport.is_closing():
+            self._state = _CLOSED
+            transport.close()
+            return
+        self._state = _HEAD
+        self._body = None
+        self._reader = None
+        self.bytes_out = 0
+        self.resume(_PAUSE_PIPELINE | _PAUSE_BODY | _PAUSE_UPSTREAM)
+        if self._buf:
+            self._parse()
+
+    # -- helpers used by the proxy -------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def refuse(self, data: bytes) -> None:
+        """Answer and close: the byte stream can no longer be trusted."""
+        self._state = _CLOSED
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.transport.close()
+
+    def abort(self) -> None:
+        self._state = _CLOSED
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause(self, reason: int) -> None:
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def resume(self, reason: int) -> None:
+        if not self._paused:
+            return
+        self._paused &= ~reason
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def pause_for_upstream(self) -> None:
+        self.pause(_PAUSE_UPSTREAM)
+
+    def resume_for_upstream(self) -> None:
+        self.resume(_PAUSE_UPSTREAM)
+
+    @property
+    def closed(self) -> bool:
+        return self._state == _CLOSED
+
+    def _idle_check(self) -> None:
+        self._timer = None
+        if self._state == _CLOSED or self.transport is None:
+            return
+        left = self._last + self._idle_timeout - self._clock()
+        if self._state == _HEAD and self._task is None and left <= 0:
+            self._state = _CLOSED
+            if self._buf:  # a head that never finished
+                self.refuse(responses.error(408, "request_timeout", close=True))
+            else:
+                self.transport.close()
+            return
+        self._timer = self._loop.call_later(max(left, 1.0), self._idle_check)
