@@ -328,3 +328,27 @@ def test_controls_for_attack_builders(
     c = Ctx(keys, issuer, revocations, clock, identity)
     assert verifier.verify(c.sign_ed(c.header(), c.payload()), AUD).dag_id == "finance_daily"
     assert verifier.verify(c.sign_ed(c.header(jku="https://x"), c.payload()), AUD)
+
+
+def test_rejections_are_counted(verifier: TokenVerifier) -> None:
+    from lockgate import metrics
+
+    counter = metrics.TOKEN_REJECTIONS.labels(reason="malformed")
+    before = counter._value.get()
+    with pytest.raises(AuthenticationError):
+        verifier.verify("a.b", AUD)
+    assert counter._value.get() == before + 1
+
+
+def test_corrupt_key_index_does_not_break_verification(
+    tmp_path, keys: KeyStore, issuer: TokenIssuer, revocations, clock, identity
+) -> None:
+    verifier = TokenVerifier(keys, revocations, ISSUER, clock=clock, reload_interval=0)
+    good, _ = issuer.mint(identity, AUD, 60)
+    (tmp_path / "keys" / "index.json").write_text("{not json")
+    assert verifier.verify(good, AUD).aud == AUD
+    attacker = Ctx(keys, issuer, revocations, clock, identity)
+    forged = attacker.sign_ed(attacker.header(kid=ATTACKER_KID), attacker.payload(), ATTACKER)
+    with pytest.raises(AuthenticationError) as exc:
+        verifier.verify(forged, AUD)
+    assert exc.value.reason == "unknown_kid"

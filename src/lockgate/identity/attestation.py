@@ -89,9 +89,12 @@ async def attest(
         raise AttestationFailed("airflow api answer is not JSON") from None
     if not isinstance(ti, dict):
         raise AttestationFailed("airflow api answer is not an object")
+    # Values from Airflow go into the error text; keep them short.
     if ti.get("state") != "running":
-        raise AttestationFailed(f"task instance state is {ti.get('state')!r}, not 'running'")
+        raise AttestationFailed(
+            f"task instance state is {str(ti.get('state'))[:32]!r}, not running"
+        )
     if ti.get("try_number") != identity.try_number:
         raise AttestationFailed(
-            f"task instance is on try {ti.get('try_number')!r}, not {identity.try_number}"
+            f"task instance is on try {str(ti.get('try_number'))[:16]}, not {identity.try_number}"
         )

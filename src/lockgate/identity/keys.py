@@ -200,7 +200,8 @@ class KeyStore:
             old = self._keys.get(kid)
             if old is None:
                 private = self._read_pem(kid)
-                old = SigningKey(kid, private, private.public_key(), entry["created"], None)
+                created = float(entry.get("created") or 0)
+                old = SigningKey(kid, private, private.public_key(), created, None)
             keys[kid] = _replace_retire(old, entry.get("retire_at"))
         if current not in keys:
             raise ConfigError(f"{path}: current kid is not in the key index")

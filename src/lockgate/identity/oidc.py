@@ -3,8 +3,8 @@
 Strategy: pick the configured issuer by the token's (unverified) ``iss`` — exact string
 match, nothing else is trusted — then verify with keys from that issuer's JWKS only.
 Discovery (``/.well-known/openid-configuration``) and the JWKS are fetched with aiohttp and
-cached; an unknown ``kid`` triggers one refetch, at most every ``refetch_interval`` seconds,
-so a flood of garbage kids cannot turn us into a load generator against the IdP.
+cached for ``max_age``; an unknown ``kid`` triggers one refetch, at most every
+``refetch_interval`` seconds, so a flood of garbage kids cannot make us hammer the IdP.
 
 Rules: ``alg`` must be in the issuer's configured ``algorithms`` (config already forbids
 ``none`` and HS*), and must fit the JWK's key type; ``iss``, ``aud``, ``exp`` are required
@@ -63,12 +63,14 @@ class OidcVerifier:
         *,
         leeway: int = 5,
         refetch_interval: float = 10.0,
+        max_age: float = 3600.0,
         timeout: float = 5.0,
     ) -> None:
         self._issuers = {i.issuer.rstrip("/"): i for i in issuers}
         self._session = session
         self._leeway = leeway
         self._refetch_interval = refetch_interval
+        self._max_age = max_age
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._cache: dict[str, _IssuerKeys] = {}
 
@@ -123,11 +125,14 @@ class OidcVerifier:
     # -- keys ---------------------------------------------------------------------------------
     async def _key_for(self, conf: OidcIssuer, kid: str | None, alg: str) -> jwt.PyJWK:
         entry = self._cache.setdefault(conf.issuer, _IssuerKeys())
-        jwk = _pick(entry.keys, kid, alg)
+        # Stale keys are refetched too, so a key the IdP withdrew stops working within max_age.
+        stale = time.monotonic() - entry.fetched_at >= self._max_age
+        jwk = None if stale else _pick(entry.keys, kid, alg)
         if jwk is None:
             async with entry.lock:
                 jwk = _pick(entry.keys, kid, alg)  # another request may have refetched
-                if jwk is None and time.monotonic() - entry.fetched_at >= self._refetch_interval:
+                due = time.monotonic() - entry.fetched_at >= self._refetch_interval
+                if (jwk is None or stale) and due:
                     entry.fetched_at = time.monotonic()
                     entry.keys = await self._fetch_jwks(conf)
                     jwk = _pick(entry.keys, kid, alg)
@@ -142,7 +147,8 @@ class OidcVerifier:
                 discovery = await self._get_json(
                     conf.issuer.rstrip("/") + "/.well-known/openid-configuration"
                 )
-                if discovery.get("issuer", "").rstrip("/") != conf.issuer.rstrip("/"):
+                named = discovery.get("issuer")
+                if not isinstance(named, str) or named.rstrip("/") != conf.issuer.rstrip("/"):
                     log.warning(
                         "oidc discovery names another issuer",
                         extra={"fields": {"issuer": conf.issuer}},

@@ -28,7 +28,8 @@ from typing import Any
 
 import jwt
 
-from lockgate.errors import AuthenticationError
+from lockgate import _log, metrics
+from lockgate.errors import AuthenticationError, LockgateError
 from lockgate.identity.keys import KID_RE, KeyStore
 from lockgate.identity.model import Claims, TaskIdentity
 from lockgate.identity.revocation import RevocationStore
@@ -37,6 +38,7 @@ MAX_TOKEN_BYTES = 8 * 1024
 ALGORITHM = "EdDSA"
 _B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 _ED25519_SIG_LEN = 64
+log = _log.get("identity.tokens")
 
 
 def b64url_decode(segment: str) -> bytes:
@@ -143,12 +145,21 @@ class TokenVerifier:
         self._reload_interval = reload_interval
 
     def verify(self, token: str, audience: str) -> Claims:
-        claims = self._cache.get(token) if isinstance(token, str) else None
-        if claims is None:
-            claims = self._verify_fresh(token)
-        elif self._clock() >= claims.exp + self.leeway:
-            self._cache.pop(token, None)  # dead for good; free the slot
-        self._check_dynamic(claims, audience)
+        """The token's claims if valid for ``audience`` now; else AuthenticationError(reason).
+
+        Every refusal also counts in ``lockgate_token_rejections_total{reason}``, so callers
+        (the gateway engines) need not count them again.
+        """
+        try:
+            claims = self._cache.get(token) if isinstance(token, str) else None
+            if claims is None:
+                claims = self._verify_fresh(token)
+            elif self._clock() >= claims.exp + self.leeway:
+                self._cache.pop(token, None)  # dead for good; free the slot
+            self._check_dynamic(claims, audience)
+        except AuthenticationError as exc:
+            metrics.TOKEN_REJECTIONS.labels(reason=exc.reason).inc()
+            raise
         return claims
 
     def verify_any_audience(self, token: str) -> Claims:
@@ -171,6 +182,15 @@ class TokenVerifier:
         if self._revocations is not None and self._revocations.is_revoked(claims):
             raise AuthenticationError("revoked")
 
+    def _reload_keys(self) -> bool:
+        try:
+            return self._keys.maybe_reload(self._reload_interval)
+        except LockgateError as exc:
+            # A broken index on disk must not turn into a 500 per request; keep the keys we
+            # have and say so. ConfigError messages carry paths, never key material.
+            log.error("signing keys not reloaded", extra={"fields": {"error": str(exc)}})
+            return False
+
     def _verify_fresh(self, token: str) -> Claims:
         header, signature = split_jwt(token)
         if header["alg"] != ALGORITHM:
@@ -179,7 +199,7 @@ class TokenVerifier:
         if not isinstance(kid, str) or not KID_RE.match(kid):
             raise AuthenticationError("unknown_kid")
         public = self._keys.public_key(kid)
-        if public is None and self._keys.maybe_reload(self._reload_interval):
+        if public is None and self._reload_keys():
             public = self._keys.public_key(kid)  # a rotation by another process
         if public is None:
             raise AuthenticationError("unknown_kid")
