@@ -559,3 +559,17 @@ async def test_tokens_and_secrets_never_logged(env: Env) -> None:
         assert secret not in everything
     for part in (ok["access_token"].split(".")[2], subject.split(".")[2], a.split(".")[2]):
         assert part not in everything  # not even a signature
+
+
+async def test_failing_mint_policy_denies(env: Env, tmp_path: Path) -> None:
+    def broken(identity: TaskIdentity, resource: str, ttl: int | None) -> MintDecision:
+        raise RuntimeError("policy store down")
+
+    app = web.Application()
+    keys = KeyStore(tmp_path / "c")
+    TokenService(env.config, keys, env.revocations, TokenIssuer(keys, ISSUER), broken).routes(app)
+    async with serve(app) as srv:
+        body = {"client_id": "prod", "client_secret": SECRET, "resource": "orders-api", **TASK}
+        async with env.http.post(srv.make_url("/v1/token"), data=body) as resp:
+            assert resp.status == 503
+            assert "access_token" not in await resp.json()

@@ -124,7 +124,7 @@ class TokenService:
                     body={"resource": resource_name},
                 )
             await self._attest(dep, identity)
-            decision = await _maybe_await(self._mint_policy(identity, resource.name, requested_ttl))
+            decision = await self._decide(identity, resource.name, requested_ttl)
             if not isinstance(decision, MintDecision) or not decision.allowed:
                 reason = getattr(decision, "reason", "") or "denied by policy"
                 raise OAuthError(
@@ -329,6 +329,18 @@ class TokenService:
         except AttestationUnavailable as exc:
             raise OAuthError(
                 503, "temporarily_unavailable", str(exc), reason="attestation_unavailable"
+            ) from None
+
+    async def _decide(
+        self, identity: TaskIdentity, resource: str, requested_ttl: int | None
+    ) -> MintDecision:
+        try:
+            return await _maybe_await(self._mint_policy(identity, resource, requested_ttl))
+        except Exception as exc:
+            # A policy that cannot answer denies; say so without guessing at the cause.
+            log.error("mint policy failed", extra={"fields": {"error": type(exc).__name__}})
+            raise OAuthError(
+                503, "temporarily_unavailable", "policy unavailable", reason="policy_error"
             ) from None
 
     def _ttl(self, decision: MintDecision, requested: int | None) -> int:
