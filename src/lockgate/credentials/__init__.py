@@ -1,1 +1,24 @@
-"""TODO"""
+"""Credentials: what the gateway uses upstream, encrypted at rest, versioned, rotated.
+
+Door: :class:`CredentialBroker` (what engines call: ``upstream_secret``,
+``fallback_secret``), :class:`CredentialStore` (encrypted versions in SQLite, shared with
+the CLI), :func:`load_or_create_master_key`.
+
+Rooms: ``master_key`` (where the key comes from), ``store`` (AES-256-GCM rows, versions,
+overlap), ``oauth2`` (client-credentials token request), ``broker`` (caching, single-flight,
+rotation pick-up, metrics).
+"""
+
+from lockgate.credentials.broker import CredentialBroker, UpstreamSecret
+from lockgate.credentials.master_key import ENV_VAR, load_or_create_master_key
+from lockgate.credentials.store import CredentialStore, Version, VersionInfo
+
+__all__ = [
+    "ENV_VAR",
+    "CredentialBroker",
+    "CredentialStore",
+    "UpstreamSecret",
+    "Version",
+    "VersionInfo",
+    "load_or_create_master_key",
+]

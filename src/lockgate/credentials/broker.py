@@ -1,0 +1,214 @@
+"""CredentialBroker: the one door engines use to get what goes on an upstream request.
+
+- ``static``: the stored secret itself.
+- ``oauth2_client_credentials``: an access token obtained with the stored client secret,
+  cached per (credential, version), refreshed ``refresh_before`` seconds before expiry
+  (capped at half the lifetime). Concurrent callers share one in-flight request. If a
+  refresh fails while the cached token is still valid, the cached token is served and a
+  warning logged: the token endpoint having a bad minute should not fail requests.
+
+Rotation: ``store.changed()`` is checked on every call (one ``PRAGMA data_version``), so a
+rotation done by the CLI in another process is used by the very next request; the server
+also calls :meth:`CredentialBroker.refresh` about once a second to update metrics.
+
+Overlap: after a rotation the previous version stays usable for the credential's
+``overlap`` seconds. The HTTP engine's rule "an upstream 401 with the newest version is
+retried once with the previous one" is :meth:`CredentialBroker.fallback_secret`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from lockgate import _log, metrics
+from lockgate.config import LockgateConfig, OAuth2ClientCredential, StaticCredential
+from lockgate.credentials.oauth2 import AccessToken, fetch_token
+from lockgate.credentials.store import CredentialStore, Version
+from lockgate.errors import CredentialError
+
+log = _log.get("credentials")
+
+_Key = tuple[str, int]  # (credential name, version)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSecret:
+    """What to put in the upstream auth header, and which stored version it came from."""
+
+    value: str = field(repr=False)
+    version: int
+    credential: str = ""
+    expires_at: float | None = None  # access tokens only
+
+
+class CredentialBroker:
+    def __init__(
+        self,
+        config: LockgateConfig,
+        store: CredentialStore,
+        http: aiohttp.ClientSession | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._http = http
+        self._own_http = http is None
+        self._clock = clock
+        self._current: dict[str, Version] = {}
+        self._tokens: dict[_Key, AccessToken] = {}
+        self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
+
+    # -- the engines' API ------------------------------------------------------------------
+    async def upstream_secret(
+        self, credential_name: str, previous: bool = False
+    ) -> UpstreamSecret | None:
+        """The secret for ``credential_name``'s current version.
+
+        With ``previous=True``: the previous version's secret while inside the overlap
+        window, else None. Raises CredentialError when the credential is unknown, unset,
+        undecryptable or its token endpoint refuses.
+        """
+        cfg = self._credential_config(credential_name)
+        self._notice_changes()
+        if previous:
+            version = self._store.previous(credential_name, cfg.overlap)
+            if version is None:
+                return None
+        else:
+            version = self._current_version(credential_name)
+        if isinstance(cfg, StaticCredential):
+            return UpstreamSecret(version.value, version.version, credential_name)
+        return await self._oauth2_secret(cfg, version)
+
+    async def fallback_secret(
+        self, credential_name: str, failed: UpstreamSecret
+    ) -> UpstreamSecret | None:
+        """After an upstream 401 with ``failed``: the previous version to retry once, or None.
+
+        None when ``failed`` was not the newest version, or the overlap window is over.
+        """
+        current = self._current_version(credential_name)
+        if failed.version != current.version:
+            return None
+        prev = await self.upstream_secret(credential_name, previous=True)
+        if prev is None or prev.version == failed.version:
+            return None
+        return prev
+
+    def invalidate(self, credential_name: str, version: int | None = None) -> None:
+        """Forget cached access tokens (e.g. the upstream says a token was revoked)."""
+        for key in [k for k in self._tokens if k[0] == credential_name]:
+            if version is None or key[1] == version:
+                del self._tokens[key]
+
+    # -- housekeeping ----------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Pick up rotations by other processes and update the age metric. True if changed."""
+        changed = self._notice_changes()
+        for cred in self._config.credentials:
+            with contextlib.suppress(CredentialError):
+                self.age_seconds(cred.name)
+        return changed
+
+    def age_seconds(self, name: str) -> float | None:
+        """Seconds since the current version was created; None when unset."""
+        try:
+            version = self._current_version(name)
+        except CredentialError:
+            return None
+        age = max(0.0, self._clock() - version.created_at)
+        metrics.CREDENTIAL_AGE.labels(credential=name).set(age)
+        return age
+
+    async def close(self) -> None:
+        for fut in self._inflight.values():
+            fut.cancel()
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # -- internals -------------------------------------------------------------------------
+    def _credential_config(self, name: str) -> StaticCredential | OAuth2ClientCredential:
+        cfg = self._config.credential(name)
+        if cfg is None:
+            raise CredentialError(f"credential {name!r} is not configured")
+        return cfg
+
+    def _notice_changes(self) -> bool:
+        if not self._store.changed():
+            return False
+        self._current.clear()
+        # drop tokens of versions that can no longer be current or previous
+        for name in {k[0] for k in self._tokens}:
+            try:
+                cur = self._store.current(name)
+            except CredentialError:
+                cur = None
+            keep_from = cur.version - 1 if cur else None
+            for key in [k for k in self._tokens if k[0] == name]:
+                if keep_from is None or key[1] < keep_from:
+                    del self._tokens[key]
+        return True
+
+    def _current_version(self, name: str) -> Version:
+        version = self._current.get(name)
+        if version is None:
+            version = self._store.current(name)
+            if version is None:
+                raise CredentialError(
+                    f"credential {name!r} has no value; set it with `lockgate creds set {name}`"
+                )
+            self._current[name] = version
+        return version
+
+    async def _oauth2_secret(self, cfg: OAuth2ClientCredential, version: Version) -> UpstreamSecret:
+        key = (cfg.name, version.version)
+        cached = self._tokens.get(key)
+        if cached is not None and self._clock() < cached.refresh_at:
+            return UpstreamSecret(cached.value, version.version, cfg.name, cached.expires_at)
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._fetch(cfg, version))
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda f, k=key: self._fetch_done(k, f))
+        try:
+            token = await asyncio.shield(fut)  # one caller giving up does not cancel the rest
+        except CredentialError:
+            if cached is not None and self._clock() < cached.expires_at:
+                log.warning(
+                    "token refresh failed; using the cached token until it expires",
+                    extra={"fields": {"credential": cfg.name, "version": version.version}},
+                )
+                return UpstreamSecret(cached.value, version.version, cfg.name, cached.expires_at)
+            raise
+        return UpstreamSecret(token.value, version.version, cfg.name, token.expires_at)
+
+    async def _fetch(self, cfg: OAuth2ClientCredential, version: Version) -> AccessToken:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        token = await fetch_token(self._http, cfg, version.value, clock=self._clock)
+        self._tokens[(cfg.name, version.version)] = token
+        log.info(
+            "upstream access token obtained",
+            extra={
+                "fields": {
+                    "credential": cfg.name,
+                    "version": version.version,
+                    "expires_in": round(token.expires_at - self._clock()),
+                }
+            },
+        )
+        return token
+
+    def _fetch_done(self, key: _Key, fut: asyncio.Future[AccessToken]) -> None:
+        if self._inflight.get(key) is fut:
+            del self._inflight[key]
+        if not fut.cancelled():
+            fut.exception()  # mark retrieved: callers that gave up must not cause a warning

@@ -1,0 +1,117 @@
+"""The master key that encrypts upstream credentials at rest.
+
+Where it comes from, first match wins:
+
+1. ``LOCKGATE_MASTER_KEY``: base64 of 32 random bytes (from a secret manager, a Kubernetes
+   secret ...). Nothing is written to disk.
+2. ``<data_dir>/master.key``: base64 text, created on first start with mode 0600 inside a
+   0700 directory. A key file readable by group or others is refused, like ssh refuses an
+   unprotected private key: fix the mode, then rotate the credentials if in doubt.
+
+Losing the key means losing every stored credential (they must be set again); back it up
+with the same care as the credentials themselves. Messages never contain key material.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from lockgate import _log
+from lockgate.errors import CredentialError
+
+ENV_VAR = "LOCKGATE_MASTER_KEY"
+KEY_FILE = "master.key"
+KEY_BYTES = 32
+
+log = _log.get("credentials")
+
+
+def load_or_create_master_key(data_dir: Path, env: Mapping[str, str] | None = None) -> bytes:
+    """Return the 32-byte master key from the environment or ``data_dir/master.key``.
+
+    Creates the file (0600) and the directory (0700) on first start. Raises CredentialError
+    when the key is malformed or the file is group/world readable.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(ENV_VAR)
+    if raw:
+        return decode_key(raw, f"${ENV_VAR}")
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        _create(path)
+    return _read(path)
+
+
+def decode_key(text: str, source: str) -> bytes:
+    """Decode base64 (standard or URL-safe) of exactly 32 bytes; the message never shows it."""
+    data = text.strip().encode("ascii", "replace")
+    for candidate in (_b64(data), _b64(data, urlsafe=True)):
+        if candidate is not None and len(candidate) == KEY_BYTES:
+            return candidate
+    raise CredentialError(
+        f"{source}: master key must be base64 of exactly {KEY_BYTES} random bytes "
+        "(e.g. `openssl rand -base64 32`)"
+    )
+
+
+def _b64(data: bytes, urlsafe: bool = False) -> bytes | None:
+    try:
+        if urlsafe:
+            return base64.b64decode(data, altchars=b"-_", validate=True)
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _create(path: Path) -> None:
+    key = os.urandom(KEY_BYTES)
+    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(base64.b64encode(key) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # atomic and never overwrites: a racing process may have won
+        except FileExistsError:
+            return
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    log.warning(
+        "created a new master key; back it up, stored credentials cannot be read without it",
+        extra={"fields": {"path": str(path)}},
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise CredentialError(f"{path}: cannot open master key: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise CredentialError(f"{path}: master key is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise CredentialError(
+                f"{path}: master key file is accessible by group or others (mode {mode:04o}); "
+                f"refusing to use it. Run: chmod 600 {path}"
+            )
+        data = fh.read(4096)
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise CredentialError(f"{path}: master key must be base64 text") from None
+    return decode_key(text, str(path))

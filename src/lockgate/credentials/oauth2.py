@@ -1,0 +1,96 @@
+"""OAuth2 client-credentials grant (Entra ID, Databricks M2M): one token request.
+
+The stored credential value is the client secret. The request is a form POST with
+``grant_type=client_credentials``, ``client_id``, ``scope`` / ``audience`` when configured,
+and the secret in the body (``client_secret_post``, what Entra ID documents) or, if the
+credential config carries ``token_auth: client_secret_basic``, in HTTP Basic auth.
+
+Errors become :class:`~lockgate.errors.CredentialError` naming the credential and the HTTP
+status, plus the RFC 6749 ``error`` code when it is a plain slug. The response body, the
+secret and the token never appear in a message.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from lockgate.config import OAuth2ClientCredential
+from lockgate.errors import CredentialError
+
+_ERROR_SLUG = re.compile(r"^[a-z_]{1,64}$")
+_DEFAULT_EXPIRES_IN = 3600  # when the endpoint does not say
+TIMEOUT = aiohttp.ClientTimeout(total=10)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    value: str = field(repr=False)
+    expires_at: float
+    refresh_at: float  # when to fetch a new one; before expires_at
+
+
+async def fetch_token(
+    session: aiohttp.ClientSession,
+    cred: OAuth2ClientCredential,
+    client_secret: str,
+    *,
+    clock: Any = time.time,
+) -> AccessToken:
+    """Request an access token for ``cred`` with ``client_secret``."""
+    form = {"grant_type": "client_credentials"}
+    auth = None
+    if getattr(cred, "token_auth", "client_secret_post") == "client_secret_basic":
+        auth = aiohttp.BasicAuth(cred.client_id, client_secret)
+    else:
+        form["client_id"] = cred.client_id
+        form["client_secret"] = client_secret
+    if cred.scope:
+        form["scope"] = cred.scope
+    if cred.audience:
+        form["audience"] = cred.audience
+    name = cred.name
+    started = clock()
+    try:
+        async with session.post(
+            cred.token_url,
+            data=form,
+            auth=auth,
+            headers={"Accept": "application/json"},
+            timeout=TIMEOUT,
+            allow_redirects=False,  # never replay a secret to wherever a redirect points
+        ) as resp:
+            status = resp.status
+            try:
+                body = await resp.json(content_type=None)
+            except (ValueError, aiohttp.ContentTypeError):
+                body = None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise CredentialError(
+            f"credential {name!r}: token endpoint unreachable ({type(exc).__name__})"
+        ) from None
+    if status != 200:
+        code = body.get("error") if isinstance(body, dict) else None
+        suffix = f", {code}" if isinstance(code, str) and _ERROR_SLUG.match(code) else ""
+        if status in (400, 401, 403):
+            raise CredentialError(
+                f"credential {name!r}: token endpoint refused the client (HTTP {status}{suffix})"
+            )
+        raise CredentialError(f"credential {name!r}: token endpoint failed (HTTP {status})")
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        raise CredentialError(f"credential {name!r}: token endpoint returned no access_token")
+    try:
+        expires_in = float(body.get("expires_in", _DEFAULT_EXPIRES_IN))  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        expires_in = _DEFAULT_EXPIRES_IN
+    expires_in = max(expires_in, 1.0)
+    # refresh_before larger than the lifetime would refetch on every call: cap it at half
+    lead = min(float(cred.refresh_before), expires_in / 2)
+    return AccessToken(
+        value=token, expires_at=started + expires_in, refresh_at=started + expires_in - lead
+    )
