@@ -64,6 +64,7 @@ class CredentialBroker:
         self._current: dict[str, Version] = {}
         self._tokens: dict[_Key, AccessToken] = {}
         self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
+        store.changed()  # baseline: nothing is cached yet, so earlier writes need no reload
 
     # -- the engines' API ------------------------------------------------------------------
     async def upstream_secret(
