@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -184,3 +185,13 @@ async def raw_request(port: int, data: bytes, *, timeout: float = 3.0) -> bytes:
         chunks.append(b"<timeout>")
     writer.close()
     return b"".join(chunks)
+
+
+async def call(method: str, url: str, **kw: Any) -> tuple[int, dict[str, str], Any]:
+    """One request on a fresh session: (status, headers, JSON body or None)."""
+    async with aiohttp.ClientSession() as s, s.request(method, url, **kw) as r:
+        try:
+            body = await r.json(content_type=None)
+        except ValueError:
+            body = None
+        return r.status, dict(r.headers), body

@@ -4,7 +4,7 @@
   (RFC 9110 §9.2.2), or any method when nothing was sent (connect failed). The request
   body must still be replayable.
 * Delay: exponential backoff with full jitter, ``uniform(0, min(max_delay,
-  base_delay * 2**attempt))``; a server hint wins when given: ``x-ms-retry-after-ms``
+  base_delay * 2**attempt))``; a server hint, when given, is a floor: ``x-ms-retry-after-ms``
   (milliseconds, Azure) or ``Retry-After`` (delta-seconds or an HTTP-date).
 * Deadline: all attempts together stay within ``deadline`` seconds; when the next wait
   would end past it, the last answer is relayed as it is.
@@ -69,9 +69,9 @@ class Backoff:
 
     def delay(self, attempt: int, hint: float | None = None) -> float:
         """Wait before attempt number ``attempt + 1`` (``attempt`` counts from 0)."""
-        if hint is not None:
-            return hint
-        return self._random() * min(self.cap, self.base * (2**attempt))
+        jitter = self._random() * min(self.cap, self.base * (2**attempt))
+        # A hint is a floor: "Retry-After: 0" must not turn retries into a hot loop.
+        return jitter if hint is None else max(hint, jitter)
 
     def next_delay(
         self, attempt: int, now: float, deadline_at: float, hint: float | None = None
