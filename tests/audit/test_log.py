@@ -381,3 +381,27 @@ def test_format_records(tmp_path: Path) -> None:
     (obj,) = [json.loads(x) for x in format_records(rows, as_json=True).splitlines()]
     assert obj["seq"] == 1 and obj["status"] == 403 and len(obj["hash"]) == 64
     assert format_records([], as_json=False) == "(no audit records)"
+
+
+def test_odd_values_never_block_the_writer(tmp_path: Path) -> None:
+    class Boom:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    log = AuditLog(tmp_path / "audit.db", write_timeout=0.5)
+    try:
+        log.emit(rec(1, latency_ms=float("nan"), status=2**70, object="bad \udcff surrogate"))
+        log.emit(rec(2, detail=["not", "a", "dict"], try_number="3"))  # type: ignore[arg-type]
+        log.emit(rec(3, principal=Boom()))  # type: ignore[arg-type]
+        log.emit(rec(4, detail={"nan": float("nan"), "when": time}))
+        assert log.flush(3)
+        assert log.healthy
+        rows = log.tail()
+    finally:
+        log.close()
+    assert len(rows) == 4
+    assert rows[0].latency_ms is None and rows[0].status is None
+    assert rows[0].object == "bad ? surrogate"
+    assert rows[1].detail == {"detail": ["not", "a", "dict"]} and rows[1].try_number == 3
+    assert rows[2].reason == "audit record could not be normalised"
+    assert AuditReader(tmp_path / "audit.db").verify().ok

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
@@ -102,6 +103,7 @@ _STR_FIELDS = tuple(
     f.name for f in fields(AuditRecord) if f.name not in {"event", "detail"} and "str" in f.type
 )
 _INT_FIELDS = ("try_number", "map_index", "status", "bytes_in", "bytes_out")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # what SQLite INTEGER can bind
 
 
 def sanitize(rec: AuditRecord, now: float) -> AuditRecord:
@@ -109,12 +111,29 @@ def sanitize(rec: AuditRecord, now: float) -> AuditRecord:
 
     The audit log owns a record once it is emitted. Code should never hand a secret to the
     audit log; redacting JWT-shaped strings and secret-ish ``detail`` keys is the second
-    line of defence.
+    line of defence. A record that cannot be normalised is replaced by a minimal one naming
+    the problem: one bad record must never block the writer (and so fail the gateway closed
+    for good).
     """
-    if not rec.ts:
+    try:
+        return _sanitize(rec, now)
+    except Exception as exc:
+        event = rec.event if isinstance(rec.event, str) and rec.event in EVENTS else "allowed"
+        return AuditRecord(
+            event=event,
+            ts=now,
+            reason="audit record could not be normalised",
+            detail={"error": type(exc).__name__},
+        )
+
+
+def _sanitize(rec: AuditRecord, now: float) -> AuditRecord:
+    ts = rec.ts
+    if not ts:
         rec.ts = now
-    elif type(rec.ts) is not float:
-        rec.ts = float(rec.ts)
+    elif type(ts) is not float or not math.isfinite(ts):
+        ts = float(ts)
+        rec.ts = ts if math.isfinite(ts) else now
     for name in _STR_FIELDS:
         v = getattr(rec, name)
         if v is None:
@@ -122,21 +141,31 @@ def sanitize(rec: AuditRecord, now: float) -> AuditRecord:
         if type(v) is not str:
             v = str(v)
             setattr(rec, name, v)
+        if not v.isascii():  # lone surrogates cannot be stored or hashed as UTF-8
+            v = v.encode("utf-8", "replace").decode("utf-8")
+            setattr(rec, name, v)
         if "eyJ" in v:  # cheap pre-check before the regex: the hot path is usually clean
             setattr(rec, name, _JWT_RE.sub(REDACTED, v))
     for name in _INT_FIELDS:
         v = getattr(rec, name)
-        if v is not None and type(v) is not int:
-            setattr(rec, name, int(v))
-    if rec.latency_ms is not None and type(rec.latency_ms) is not float:
-        rec.latency_ms = float(rec.latency_ms)
-    if rec.detail:
-        # default=str then loads: the stored detail is plain JSON and hashes the same on reread
-        detail = json.loads(json.dumps(redact(dict(rec.detail)), default=str))
+        if v is not None and (type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX):
+            v = int(v)
+            setattr(rec, name, v if _INT64_MIN <= v <= _INT64_MAX else None)
+    lat = rec.latency_ms
+    if lat is not None and (type(lat) is not float or not math.isfinite(lat)):
+        lat = float(lat)
+        rec.latency_ms = lat if math.isfinite(lat) else None  # SQLite stores NaN as NULL
+    detail = rec.detail
+    if detail:
+        if not isinstance(detail, dict):
+            detail = {"detail": detail}
+        # through JSON and back: the stored detail is plain JSON and re-hashes identically
+        text = json.dumps(redact(dict(detail)), default=str, ensure_ascii=False)
+        detail = json.loads(text.encode("utf-8", "replace"))
         if len(canonical_json(detail)) > MAX_DETAIL_BYTES:
             detail = {"truncated": True}
         rec.detail = detail
-    elif rec.detail is None or type(rec.detail) is not dict:
+    elif type(detail) is not dict:
         rec.detail = {}
     return rec
 
