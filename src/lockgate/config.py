@@ -44,6 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lockgate.errors import ConfigError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# Fields whose rejected value is never echoed back in an error message.
+_SECRETISH = re.compile(r"(?i)secret|password|token")
 
 
 class _Model(BaseModel):
@@ -170,7 +172,10 @@ class StaticCredential(_Model):
 
 
 class OAuth2ClientCredential(_Model):
-    """OAuth2 client credentials (Entra ID, Databricks M2M); the client secret is the stored value."""
+    """OAuth2 client credentials (Entra ID, Databricks M2M).
+
+    The client secret is the value stored with ``lockgate creds set``.
+    """
 
     name: str = Field(pattern=NAME_RE)
     type: Literal["oauth2_client_credentials"]
@@ -206,10 +211,10 @@ class LockgateConfig(_Model):
 
     @model_validator(mode="after")
     def _cross_refs(self) -> LockgateConfig:
-        _unique("deployments", [d.name for d in self.deployments])
-        _unique("resources", [r.name for r in self.resources])
-        _unique("credentials", [c.name for c in self.credentials])
-        _unique("resources[].conn_id", [r.conn_id for r in self.resources if r.conn_id])
+        _unique("deployments", "name", [d.name for d in self.deployments])
+        _unique("resources", "name", [r.name for r in self.resources])
+        _unique("credentials", "name", [c.name for c in self.credentials])
+        _unique("resources", "conn_id", [r.conn_id for r in self.resources])
         creds = {c.name for c in self.credentials}
         for i, r in enumerate(self.resources):
             if r.credential and r.credential not in creds:
@@ -258,12 +263,18 @@ class LockgateConfig(_Model):
         return found
 
 
-def _unique(field: str, names: list[str]) -> None:
-    seen: set[str] = set()
-    for n in names:
-        if n in seen:
-            raise ValueError(f"{field}: duplicate name {n!r}")
-        seen.add(n)
+def _unique(section: str, field: str, values: list[str | None]) -> None:
+    """Raise naming the second occurrence, e.g. ``resources[2].conn_id: duplicate ...``."""
+    seen: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if v in seen:
+            raise ValueError(
+                f"{section}[{i}].{field}: duplicate {field} {v!r} "
+                f"(first used by {section}[{seen[v]}]); expected unique values"
+            )
+        seen[v] = i
 
 
 def _resolve_paths(data: Any, base: Path) -> Any:
@@ -287,20 +298,38 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"])
         loc = loc.replace(".[", "[")
+        msg = e["msg"].removeprefix("Value error, ")
+        if not loc:
+            # Cross-reference checks run on the whole model and put the field path in the
+            # message themselves ("resources[1].credential: ..."); show that as the path.
+            lines.append(f"  {msg}" if ": " in msg else f"  <root>: {msg}")
+            continue
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  {loc or '<root>'}: {e['msg']}{shown}")
+        if _SECRETISH.search(str(e["loc"][-1])):
+            shown = ""  # someone may have pasted the secret itself where its hash belongs
+        lines.append(f"  {loc}: {msg}{shown}")
     return "\n".join(lines)
 
 
 def parse_config(data: Any, source: Path | str = "<config>") -> LockgateConfig:
+    """Validate already-parsed YAML. ``source`` is the file it came from, or a ``<label>``.
+
+    Relative paths (and the default ``data_dir``) are resolved against the file's directory;
+    for a ``<label>`` source, against the current directory.
+    """
+    is_file = not str(source).startswith("<")
     src = Path(source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    data = _resolve_paths(data, src.parent.resolve() if src.suffix else Path.cwd())
-    data["source"] = str(src.resolve()) if src.suffix else None
+    base = src.parent.resolve() if is_file else Path.cwd()
+    data = _resolve_paths(data, base)
+    # The default data_dir follows the same rule as an explicit one, so the state of a
+    # config in /etc/lockgate never lands in whatever directory the CLI was started from.
+    data.setdefault("data_dir", str(base / "data"))
+    data["source"] = str(src.resolve()) if is_file else None
     try:
         return LockgateConfig.model_validate(data)
     except ValidationError as exc:
