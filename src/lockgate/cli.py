@@ -19,6 +19,7 @@ Errors print one clear line (or a list of fields) to stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -26,9 +27,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lockgate.config import LockgateConfig, load_config
 from lockgate.errors import LockgateError
+
+if TYPE_CHECKING:  # the server and audit packages load lazily to keep the CLI quick
+    from lockgate.audit import AuditReader
+    from lockgate.server import State
 
 
 def _config(args: argparse.Namespace) -> LockgateConfig:
@@ -36,8 +42,8 @@ def _config(args: argparse.Namespace) -> LockgateConfig:
     return load_config(path)
 
 
-def _state(args: argparse.Namespace):  # noqa: ANN202 - imported lazily to keep the CLI quick
-    from lockgate.server import State
+def _state(args: argparse.Namespace) -> State:
+    from lockgate.server import State  # lazily: keeps `config check` and `--help` quick
 
     return State(_config(args))
 
@@ -48,21 +54,23 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     written = write_init(Path(args.dir), force=args.force, tls=not args.no_tls)
     d = Path(args.dir)
+    scheme = "http" if args.no_tls else "https"
+    ca_line = "" if args.no_tls else f',\n     "ca_file": "{written["tls_ca"]}"'
     print(f"Wrote a working Lockgate configuration in {d}/:")
     for label, path in written.items():
         print(f"  {label:20} {path}")
     print(
         "\nNext:\n"
-        f"  lockgate --config {d}/lockgate.yaml creds set orders-api-key     # the upstream's secret\n"
+        f"  lockgate --config {d}/lockgate.yaml creds set orders-api-key  # upstream secret\n"
         f"  lockgate --config {d}/lockgate.yaml serve\n"
         "Airflow workers (airflow.cfg):\n"
         "  [workers]\n"
         "  secrets_backend = lockgate.airflow.secrets.LockgateSecretsBackend\n"
-        '  secrets_backend_kwargs = {"url": "https://127.0.0.1:8470", "deployment": "prod",\n'
-        f'     "client_secret_file": "{written["deployment_secret"]}",\n'
-        f'     "ca_file": "{written.get("tls_ca", "")}"}}\n'
-        f"Trust the dev CA for HTTPS clients: export SSL_CERT_FILE={written.get('tls_ca', '')}"
+        f'  secrets_backend_kwargs = {{"url": "{scheme}://127.0.0.1:8470", "deployment": "prod",\n'
+        f'     "client_secret_file": "{written["deployment_secret"]}"{ca_line}}}'
     )
+    if not args.no_tls:
+        print(f"Trust the dev CA for HTTPS clients: export SSL_CERT_FILE={written['tls_ca']}")
     return 0
 
 
@@ -84,7 +92,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 # -- policy ---------------------------------------------------------------------------------
-def _policy_set(args: argparse.Namespace):  # noqa: ANN202
+def _policy_set(args: argparse.Namespace):
     from lockgate.policy import load_policy_files
 
     cfg = _config(args)
@@ -128,14 +136,20 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
         st.revocations.revoke_jti(args.jti, time.time() + st.config.tokens.max_ttl, args.reason)
         print(f"revoked token {args.jti}")
     elif args.dag:
-        st.revocations.revoke_dag(args.deployment, args.dag, args.run)
+        st.revocations.revoke_dag(args.deployment, args.dag, args.run, args.reason)
         scope = f"dag {args.dag}" + (f" run {args.run}" if args.run else "")
         print(f"revoked every token issued so far for {scope}")
     else:
         print("lockgate token revoke: give --jti or --dag", file=sys.stderr)
         return 2
     _audit_now(
-        st, "token_revoked", dag_id=args.dag, run_id=args.run, jti=args.jti, reason=args.reason
+        st,
+        "token_revoked",
+        deployment=args.deployment,
+        dag_id=args.dag,
+        run_id=args.run,
+        jti=args.jti,
+        reason=args.reason,
     )
     print("running gateways apply it within about a second")
     return 0
@@ -144,7 +158,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_token_revocations(args: argparse.Namespace) -> int:
     st = _state(args)
     for r in st.revocations.list():
-        print(json.dumps(r.__dict__ if hasattr(r, "__dict__") else r._asdict(), default=str))
+        print(json.dumps(dataclasses.asdict(r), default=str))
     return 0
 
 
@@ -160,7 +174,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     st = _state(args)
     current = st.keys.current().kid
     for k in st.keys.published():
-        mark = "current" if k.kid == current else f"retires at {time.ctime(k.retire_at or 0)}"
+        if k.kid == current:
+            mark = "current"
+        elif k.retire_at:
+            mark = f"retires at {time.ctime(k.retire_at)}"
+        else:
+            mark = "published"
         print(f"{k.kid}  created {time.ctime(k.created)}  {mark}")
     return 0
 
@@ -173,7 +192,10 @@ def _read_secret(args: argparse.Namespace) -> str:
             raise LockgateError(f"environment variable {args.from_env} is empty or unset")
         return value.strip()
     if args.from_file:
-        return Path(args.from_file).read_text(encoding="utf-8").strip()
+        try:
+            return Path(args.from_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise LockgateError(f"cannot read {args.from_file}: {exc.strerror}") from None
     if sys.stdin.isatty():
         return getpass.getpass(f"value for {args.name}: ")
     return sys.stdin.read().strip()
@@ -222,10 +244,10 @@ def cmd_creds_list(args: argparse.Namespace) -> int:
 
 
 # -- audit ----------------------------------------------------------------------------------
-def _audit_now(st, event: str, **fields) -> None:  # noqa: ANN001
-    from lockgate.audit import AuditRecord
-
+def _audit_now(st: State, event: str, **fields: object) -> None:
     import asyncio
+
+    from lockgate.audit import AuditRecord
 
     log = st.audit_log()
     try:
@@ -235,8 +257,11 @@ def _audit_now(st, event: str, **fields) -> None:  # noqa: ANN001
         log.close()
 
 
-def _audit_log(args: argparse.Namespace):  # noqa: ANN202
-    return _state(args).audit_log()
+def _audit_log(args: argparse.Namespace) -> AuditReader:
+    """Read-only view: no writer thread, no master key, no empty database created."""
+    from lockgate.audit import AuditReader
+
+    return AuditReader(_config(args).data_dir / "audit.db")
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
@@ -291,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(parent, name: str, fn: Callable[[argparse.Namespace], int], help: str):  # noqa: ANN001, ANN202, A002
+    def add(parent, name: str, fn: Callable[[argparse.Namespace], int], help: str):
         sp = parent.add_parser(name, help=help, description=help)
         sp.set_defaults(fn=fn)
         return sp
@@ -386,6 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LockgateError as exc:
         print(f"lockgate: {exc}", file=sys.stderr)
         return 2
-    except FileExistsError as exc:
+    except OSError as exc:  # existing init target, unwritable data_dir ...: one line, no trace
         print(f"lockgate: {exc}", file=sys.stderr)
         return 2
