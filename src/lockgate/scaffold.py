@@ -46,11 +46,11 @@ resources:
     upstream: {upstream}
     credential: orders-api-key
     conn_id: orders_api
-    routes:
-      - {{method: GET, path: "/orders/**", action: read, object: "orders"}}
-      - {{method: GET, path: "/orders", action: read, object: "orders"}}
-      - {{method: POST, path: "/orders", action: write, object: "orders"}}
-      - {{method: PUT, path: "/orders/**", action: write, object: "orders"}}
+    routes:                     # the object is the normalised path, e.g. /orders/o-1001
+      - {{method: GET, path: "/orders", action: read}}
+      - {{method: GET, path: "/orders/**", action: read}}
+      - {{method: POST, path: "/orders", action: write}}
+      - {{method: PUT, path: "/orders/**", action: write}}
 
 credentials:
   - name: orders-api-key        # set with: lockgate creds set orders-api-key
@@ -71,7 +71,7 @@ rules:
     principals: ["airflow:prod/finance_*/*"]
     actions: [read]
     resources: [orders-api]
-    objects: [orders]
+    objects: ["/orders", "/orders/**"]
     conditions:
       max_token_ttl: 900
   - id: orders-load-writes
@@ -79,7 +79,7 @@ rules:
     principals: ["airflow:prod/orders_load/*"]
     actions: [read, write]
     resources: [orders-api]
-    objects: [orders]
+    objects: ["/orders", "/orders/**"]
   - id: no-admin-on-orders
     effect: deny
     principals: ["*"]
@@ -93,20 +93,20 @@ tests:
     principal: airflow:prod/finance_daily/read_orders
     action: read
     resource: orders-api
-    object: orders
+    object: /orders
     expect: allow
     rule: finance-read-orders
   - name: finance DAGs cannot write orders
     principal: airflow:prod/finance_daily/read_orders
     action: write
     resource: orders-api
-    object: orders
+    object: /orders
     expect: deny
   - name: marketing cannot read orders
     principal: airflow:prod/marketing_daily/peek
     action: read
     resource: orders-api
-    object: orders
+    object: /orders
     expect: deny
 """
 
