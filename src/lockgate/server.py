@@ -52,6 +52,7 @@ _TOKEN_EVENTS = {
     "token_issued": ("token_issued", "allow"),
     "token_denied": ("denied", "deny"),
     "proof_rejected": ("auth_failed", "deny"),
+    "token_revoked": ("token_revoked", None),
 }
 _RECORD_KEYS = frozenset(
     {
@@ -135,7 +136,7 @@ class Gateway:
         record = AuditRecord(
             event=event,
             decision=decision,
-            action="mint",
+            action="mint" if event != "token_revoked" else "revoke",
             **{k: v for k, v in fields.items() if k in _RECORD_KEYS},
             detail={k: v for k, v in fields.items() if k not in _RECORD_KEYS},
         )
