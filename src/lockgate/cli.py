@@ -164,7 +164,12 @@ def cmd_token_revocations(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     st = _state(args)
-    retire = args.retire_after or st.config.tokens.max_ttl + 300
+    # 0 is a real answer (retire the old keys now), so test for None, not falsiness.
+    retire = args.retire_after
+    if retire is None:
+        retire = st.config.tokens.max_ttl + 300
+    if retire < 0:
+        raise LockgateError("--retire-after must be 0 or more seconds")
     key = st.keys.rotate(retire_after=retire)
     print(f"new signing key {key.kid}; previous keys stay published for {retire}s")
     return 0
