@@ -195,3 +195,10 @@ async def call(method: str, url: str, **kw: Any) -> tuple[int, dict[str, str], A
         except ValueError:
             body = None
         return r.status, dict(r.headers), body
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any]:
+    """Every async test runs on the stock loop and on uvloop (what the server installs)."""
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

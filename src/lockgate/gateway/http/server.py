@@ -137,8 +137,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         self._last = self._clock()
