@@ -18,6 +18,7 @@ from typing import Any
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _SECRET_KEYS = re.compile(r"(?i)(secret|password|token|authorization|key|credential)")
 REDACTED = "[redacted]"
+_CORE_KEYS = frozenset({"ts", "level", "logger", "msg", "exc"})
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -44,7 +45,10 @@ class JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            entry.update(redact(fields))
+            for k, v in redact(fields).items():
+                # A field never overwrites ts/level/logger/msg: a value that came from a
+                # request must not be able to forge what the line says about itself.
+                entry[f"field_{k}" if k in _CORE_KEYS else k] = v
         if record.exc_info:
             entry["exc"] = _JWT_RE.sub(REDACTED, self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
