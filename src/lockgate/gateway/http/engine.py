@@ -114,11 +114,24 @@ class HttpEngine:
         return conn
 
     async def start(
-        self, host: str, port: int, ssl: ssl_module.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        ssl: ssl_module.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> asyncio.Server:
+        """Listen on ``host:port``. ``reuse_port`` lets several worker processes share the
+        port (SO_REUSEPORT): one engine is one event loop, i.e. at most one core."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._protocol, host, port, ssl=ssl, backlog=1024, reuse_address=True
+            self._protocol,
+            host,
+            port,
+            ssl=ssl,
+            backlog=1024,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
         return self._server
 

@@ -510,9 +510,8 @@ class Proxy:
         if not keep:
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")
-        conn.write(b"".join(lines))
         conn.upstream = up
-        up.attach(ChunkedWriter(conn) if chunked_out else conn)
+        up.attach(ChunkedWriter(conn) if chunked_out else conn, b"".join(lines))
         try:
             await up.done
         except UpstreamUnavailable:

@@ -105,6 +105,9 @@ class ChunkedWriter:
     def write(self, data: bytes) -> None:
         self._conn.write(framing.chunk(data))
 
+    def write_first(self, head: bytes, pieces: list[bytes]) -> None:
+        self._conn.write(b"".join([head, *map(framing.chunk, pieces)]))
+
 
 class ClientConnection(asyncio.Protocol):
     def __init__(
@@ -260,6 +263,9 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out += len(data)
         if self.transport is not None:
             self.transport.write(data)
+
+    def write_first(self, head: bytes, pieces: list[bytes]) -> None:
+        self.write(b"".join([head, *pieces]) if pieces else head)
 
     def refuse(self, data: bytes) -> None:
         """Answer and close: the byte stream can no longer be trusted."""

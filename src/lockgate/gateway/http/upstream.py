@@ -35,6 +35,10 @@ _IDLE, _HEAD, _BODY, _DONE, _CLOSED = range(5)
 class BodySink(Protocol):
     def write(self, data: bytes) -> None: ...
 
+    def write_first(self, head: bytes, pieces: list[bytes]) -> None:
+        """Write the response head and the body pieces already received, in one write."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamTarget:
@@ -172,13 +176,12 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
-    def attach(self, sink: BodySink) -> None:
-        """Send the response body to ``sink`` from now on (buffered pieces first)."""
+    def attach(self, sink: BodySink, head: bytes) -> None:
+        """Send ``head``, then the response body, to ``sink`` (buffered pieces first)."""
         pending = self._pending
         self._pending = []
         self._pending_size = 0
-        for piece in pending:
-            sink.write(piece)
+        sink.write_first(head, pending)  # one syscall for a small response
         self._sink = sink
         if pending and self.transport is not None and self._state == _BODY:
             self.transport.resume_reading()
