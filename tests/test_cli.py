@@ -219,6 +219,7 @@ def test_creds_errors(conf: Path, run: Run, monkeypatch: pytest.MonkeyPatch) -> 
     code, out, err = run(*lg(conf, "creds", "set", "orders-api-kee", "--from-env", "ORDERS_KEY"))
     assert code == 2 and out == ""
     assert "orders-api-kee" in err and "orders-api-key" in err  # what exists is listed
+    assert not (conf.parent / "data").exists()  # a typo opens no state
     code, _, err = run(*lg(conf, "creds", "rotate", "nope", "--from-env", "ORDERS_KEY"))
     assert code == 2 and "'nope'" in err
     monkeypatch.delenv("UNSET_VAR", raising=False)

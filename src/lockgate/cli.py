@@ -213,11 +213,16 @@ def _check_credential_name(cfg: LockgateConfig, name: str) -> None:
 
 
 def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
-    st = _state(args)
-    _check_credential_name(st.config, args.name)
+    from lockgate.server import State
+
+    # Check the name and read the value before opening any state: a typo must not create
+    # a data directory or a master key.
+    cfg = _config(args)
+    _check_credential_name(cfg, args.name)
     value = _read_secret(args)
     if not value:
         raise LockgateError("refusing to store an empty credential")
+    st = State(cfg)
     version = (st.credentials.rotate if rotate else st.credentials.set)(args.name, value)
     _audit_now(
         st,
