@@ -27,7 +27,7 @@ from aiohttp import web
 
 from lockgate import _log, metrics
 from lockgate.audit import AuditLog, AuditRecord
-from lockgate.config import LockgateConfig, ListenerConfig
+from lockgate.config import ListenerConfig, LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore, load_or_create_master_key
 from lockgate.errors import AuditUnavailable
 from lockgate.gateway.http import HttpEngine
@@ -56,8 +56,18 @@ _TOKEN_EVENTS = {
 }
 _RECORD_KEYS = frozenset(
     {
-        "deployment", "dag_id", "task_id", "run_id", "try_number", "map_index", "principal",
-        "resource", "rule", "reason", "jti", "status",
+        "deployment",
+        "dag_id",
+        "task_id",
+        "run_id",
+        "try_number",
+        "map_index",
+        "principal",
+        "resource",
+        "rule",
+        "reason",
+        "jti",
+        "status",
     }
 )
 
@@ -165,7 +175,7 @@ class Gateway:
     # -- control plane --------------------------------------------------------------------
     def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:
         http = self.config.listeners.http
-        host = "localhost" if http.host in ("0.0.0.0", "::") else http.host  # noqa: S104
+        host = "localhost" if http.host in ("0.0.0.0", "::") else http.host
         base = f"{http.scheme}://{host}:{self.http_port or http.port}"
         out = []
         for r in self.config.resources:
@@ -283,7 +293,7 @@ class Gateway:
             await asyncio.sleep(interval)
             try:
                 await fn()
-            except Exception:  # noqa: BLE001 - a background refresh must never stop the loop
+            except Exception:  # a background refresh must never stop the loop
                 log.exception("background refresh failed")
 
     async def stop(self) -> None:

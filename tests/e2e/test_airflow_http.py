@@ -124,7 +124,7 @@ def test_gateway_restart_keeps_issued_tokens_valid(stack: LocalStack) -> None:
             "try_number": 1,
         }
     ).encode()
-    with urllib.request.urlopen(  # noqa: S310 - local test URL
+    with urllib.request.urlopen(
         urllib.request.Request(stack.control_url + "/v1/token", data=form), context=ssl_ctx
     ) as resp:
         token = json.loads(resp.read())["access_token"]
@@ -133,7 +133,7 @@ def test_gateway_restart_keeps_issued_tokens_valid(stack: LocalStack) -> None:
         req = urllib.request.Request(
             stack.http_url + "/orders-api/orders", headers={"Authorization": f"Bearer {token}"}
         )
-        with urllib.request.urlopen(req, context=ssl_ctx) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, context=ssl_ctx) as resp:
             return resp.status
 
     assert get_orders() == 200

@@ -24,6 +24,7 @@ from lockgate.scaffold import write_init
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_DAGS = REPO_ROOT / "examples" / "dags"
+BACKEND_CLASS = "lockgate.airflow.secrets.LockgateSecretsBackend"
 
 
 def free_port() -> int:
@@ -173,7 +174,7 @@ class LocalStack:
                 "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
                 "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-                "AIRFLOW__WORKERS__SECRETS_BACKEND": "lockgate.airflow.secrets.LockgateSecretsBackend",
+                "AIRFLOW__WORKERS__SECRETS_BACKEND": BACKEND_CLASS,
                 "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps(kwargs),
                 "PYTHONUNBUFFERED": "1",
             }
