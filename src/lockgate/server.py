@@ -140,9 +140,9 @@ class Gateway:
             ttl = min(ttl, self.config.tokens.default_ttl)
         return MintDecision(True, ttl, decision.explain(), decision.rule)
 
-    async def on_token_event(self, kind: str, **fields: Any) -> None:
+    async def on_token_event(self, event_kind: str, /, **fields: Any) -> None:
         """Audit what the token service decided; a token is only issued once this is durable."""
-        event, decision = _TOKEN_EVENTS.get(kind, ("auth_failed", "deny"))
+        event, decision = _TOKEN_EVENTS.get(event_kind, ("auth_failed", "deny"))
         record = AuditRecord(
             event=event,
             decision=decision,

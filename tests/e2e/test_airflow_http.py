@@ -68,6 +68,14 @@ def test_granted_succeeds_ungranted_fails_with_reason_and_both_are_audited(
     code, text = _cli(stack, "audit", "verify")
     assert code == 0, text
 
+    # The task-end listener revoked each finished try's tokens, and that is audited too.
+    revoked = stack.gateway.audit.search(event="token_revoked", dag="finance_daily")
+    assert any(r.run_id == by_dag["finance_daily"]["run_id"] for r in revoked), revoked
+    revocations = stack.gateway.state.revocations.list()
+    assert any(
+        r.kind == "task_try" and r.target.get("dag_id") == "finance_daily" for r in revocations
+    )
+
 
 def test_rotation_between_and_during_runs_fails_nothing(
     stack: LocalStack, airflow_home: Path

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lockgate import _log
 from lockgate.demo.stack import EXAMPLE_DAGS, LocalStack, airflow_bin
 
 EXPECTED = {
@@ -54,7 +55,11 @@ def run_dags(stack: LocalStack, airflow_home: Path, dag_ids: list[str]) -> tuple
 
 def main(workdir: Path, airflow: bool = True) -> int:
     print(f"Lockgate demo in {workdir.resolve()}")
-    with LocalStack(workdir) as stack:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "lockgate.log"
+    with log_path.open("w", encoding="utf-8") as log_file, LocalStack(workdir) as stack:
+        _log.setup("info", stream=log_file)  # the gateway's JSON logs, kept out of the way
+        print(f"  gateway logs (JSON lines) in {log_path}")
         print(f"  gateway control plane {stack.control_url}, HTTP engine {stack.http_url}")
         print(f"  demo orders API on 127.0.0.1:{stack.upstream_port} (demands its own secret)")
         if not airflow:
