@@ -1,19 +1,34 @@
-"""Requests/s and latency: an upstream directly vs the same upstream through Lockgate's HTTP engine.
+"""Requests/s and latency: an upstream directly, through nginx, and through the real Lockgate.
 
 Usage::
 
-    .venv/bin/python benchmarks/http_proxy.py [--conns 50] [--duration 10] [--warmup 2]
+    .venv/bin/python -m benchmarks.http_proxy [--conns 50] [--moderate 8] [--duration 10]
 
-Three kinds of process (this script re-runs itself in each role):
+One run measures, against the same upstream and with the same load tool:
 
-* ``upstream``: a minimal uvloop ``asyncio.Protocol`` server answering every request with a
-  small fixed response (the stand-in for nginx-fast upstreams);
-* ``gateway``: ``HttpEngine`` with in-process fakes that always allow (token verification,
-  policy, broker, audit are trivially cheap, so the engine's own cost is what is measured);
-* ``load``: ``wrk`` when it is on PATH, else a small uvloop load generator (keep-alive, one
-  request in flight per connection, fixed duration) printing JSON.
+* ``direct``: straight to the upstream (the client sends the upstream secret itself);
+* ``nginx``: ``nginx proxy_pass`` (worker_processes auto, access_log off, upstream keepalive
+  64, the secret added by ``proxy_set_header``) when ``nginx`` is installed;
+* ``lockgate``: the real :class:`lockgate.server.Gateway` in its own uvloop process, built from
+  ``lockgate.scaffold.write_init`` (no TLS) with the ``orders-api-key`` credential stored in
+  the encrypted credential store, the scaffold policy, a real minted token (verified on every
+  request, cached), real policy decisions and the real hash-chained SQLite audit trail
+  (one record per request);
+* ``engine``: ``HttpEngine`` alone with trivially cheap fakes for verifier, policy, broker
+  and audit (the engine's own cost; the difference to ``lockgate`` is identity, policy and
+  audit).
 
-Prints direct and Lockgate requests/s, p50/p99 latency, the ratio and the added p50.
+The upstream is a minimal uvloop ``asyncio.Protocol`` server with a small fixed JSON answer;
+it checks the upstream credential on every request (a bytes search for the exact
+``Authorization: Bearer <secret>`` line) and answers 401 without it, so a gateway that does
+not inject the credential shows up as errors. Load is ``wrk`` (2 threads, keep-alive) when it
+is installed, else a small uvloop load generator (one request in flight per connection).
+
+Two load levels: *saturation* (``--conns``, default 50) gives requests/s and the ratios;
+*moderate* (``--moderate``, default 8 connections) gives the latency Lockgate adds at a load
+far from saturation (added p50 = Lockgate p50 - direct p50 at that load).
+
+``main()`` returns 0, or 1 when a measurement saw errors (non-2xx or socket errors).
 """
 
 from __future__ import annotations
@@ -23,20 +38,24 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-TOKEN = "bench-token"
 BODY = b'{"ok":true,"items":[1,2,3]}'
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
     len(BODY),
     BODY,
 )
+DENIED = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"
+FAKE_TOKEN = "bench-token"
+PATH = "/orders"
 
 
 def _loop() -> asyncio.AbstractEventLoop:
@@ -55,28 +74,37 @@ def _free_port() -> int:
 
 
 # -- upstream ---------------------------------------------------------------------------------
-class _Upstream(asyncio.Protocol):
-    def connection_made(self, transport: Any) -> None:
-        self.t = transport
-        self.buf = b""
+def run_upstream(port: int, secret: str) -> None:
+    need = b"\r\nAuthorization: Bearer " + secret.encode() + b"\r\n"
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        n = buf.count(b"\r\n\r\n")  # GET only: every head end is one request
-        if n:
-            self.t.write(RESPONSE * n)
-            buf = buf[buf.rfind(b"\r\n\r\n") + 4 :]
-        self.buf = buf
+    class Upstream(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.t = transport
+            self.buf = b""
 
+        def data_received(self, data: bytes) -> None:
+            buf = self.buf + data if self.buf else data
+            out = []
+            start = 0
+            while True:  # GET only: every head end is one request
+                end = buf.find(b"\r\n\r\n", start)
+                if end < 0:
+                    break
+                ok = buf.find(need, start, end + 2) >= 0
+                out.append(RESPONSE if ok else DENIED)
+                start = end + 4
+            if out:
+                self.t.write(b"".join(out))
+            self.buf = buf[start:]
 
-def run_upstream(port: int) -> None:
     loop = _loop()
-    loop.run_until_complete(loop.create_server(_Upstream, "127.0.0.1", port, backlog=1024))
+    loop.run_until_complete(loop.create_server(Upstream, "127.0.0.1", port, backlog=1024))
     loop.run_forever()
 
 
-# -- gateway ----------------------------------------------------------------------------------
-def run_gateway(port: int, upstream_port: int) -> None:
+# -- gateways ---------------------------------------------------------------------------------
+def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
+    """HttpEngine with fakes: the engine's own cost per request."""
     from dataclasses import dataclass
 
     from lockgate.config import Resource
@@ -84,15 +112,15 @@ def run_gateway(port: int, upstream_port: int) -> None:
 
     @dataclass
     class Claims:
-        sub: str = "airflow:prod/bench/task"
-        aud: str = "bench"
+        sub: str = "airflow:prod/finance_daily/read_orders"
+        aud: str = "orders-api"
         jti: str = "j1"
         exp: float = time.time() + 86400
         iat: float = time.time()
         deployment: str = "prod"
-        dag_id: str = "bench"
-        task_id: str = "task"
-        run_id: str = "r"
+        dag_id: str = "finance_daily"
+        task_id: str = "read_orders"
+        run_id: str = "bench"
         try_number: int = 1
         map_index: int = -1
 
@@ -122,7 +150,7 @@ def run_gateway(port: int, upstream_port: int) -> None:
 
     @dataclass(frozen=True)
     class Secret:
-        value: str = "upstream-secret"
+        value: str = secret_value
         version: int = 1
 
     secret = Secret()
@@ -139,7 +167,10 @@ def run_gateway(port: int, upstream_port: int) -> None:
             return None
 
     res = Resource(
-        name="bench", kind="http", upstream=f"http://127.0.0.1:{upstream_port}", credential="c"
+        name="orders-api",
+        kind="http",
+        upstream=f"http://127.0.0.1:{upstream_port}",
+        credential="orders-api-key",
     )
     loop = _loop()
     asyncio.set_event_loop(loop)
@@ -148,6 +179,98 @@ def run_gateway(port: int, upstream_port: int) -> None:
     )
     loop.run_until_complete(engine.start("127.0.0.1", port))
     loop.run_forever()
+
+
+def run_real_gateway(config_path: str) -> None:
+    """The real Lockgate process: ``lockgate.server.run`` on uvloop."""
+    import logging
+
+    from lockgate.config import load_config
+    from lockgate.server import run
+
+    cfg = load_config(config_path)
+    if os.environ.get("LOCKGATE_BENCH_PROFILE"):
+        import cProfile
+        import signal
+
+        prof = cProfile.Profile()
+
+        def stop(*_: Any) -> None:
+            prof.disable()
+            prof.dump_stats(os.environ["LOCKGATE_BENCH_PROFILE"])
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        prof.enable()
+    logging.disable(logging.INFO)  # the benchmark measures the data path, not log output
+    run(cfg)
+
+
+def make_lockgate_config(directory: Path, upstream_port: int, secret: str) -> tuple[Path, str]:
+    """Scaffold config + stored credential + a minted token; returns (config path, token)."""
+    from lockgate.config import load_config
+    from lockgate.identity import TaskIdentity, TokenIssuer
+    from lockgate.scaffold import write_init
+    from lockgate.server import State
+
+    written = write_init(
+        directory,
+        tls=False,
+        control_port=_free_port(),
+        http_port=_free_port(),
+        upstream=f"http://127.0.0.1:{upstream_port}",
+    )
+    config = load_config(written["config"])
+    state = State(config)
+    state.credentials.set("orders-api-key", secret)
+    identity = TaskIdentity("prod", "finance_daily", "read_orders", "bench", 1, -1)
+    token, _ = TokenIssuer(state.keys, config.issuer_url).mint(identity, "orders-api", 900)
+    return written["config"], token
+
+
+# -- nginx ------------------------------------------------------------------------------------
+NGINX_CONF = """\
+worker_processes auto;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer {secret}";
+        }}
+    }}
+}}
+"""
+
+
+def start_nginx(directory: Path, port: int, upstream_port: int, secret: str) -> Any:
+    nginx = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if nginx is None:
+        return None
+    conf = directory / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(dir=directory, port=port, upstream=upstream_port, secret=secret)
+    )
+    return subprocess.Popen(
+        [nginx, "-p", str(directory), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # -- load generator ---------------------------------------------------------------------------
@@ -196,10 +319,10 @@ class _Client(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def _load(port: int, path: str, conns: int, duration: float) -> dict[str, Any]:
+async def _load(port: int, path: str, auth: str, conns: int, duration: float) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {auth}\r\n\r\n"
     ).encode()
     stats: dict[str, Any] = {"lat": [], "errors": 0}
     start = time.perf_counter()
@@ -223,15 +346,16 @@ async def _load(port: int, path: str, conns: int, duration: float) -> dict[str, 
     }
 
 
-def run_load(port: int, path: str, conns: int, duration: float) -> None:
+def run_load(port: int, path: str, auth: str, conns: int, duration: float) -> None:
     loop = _loop()
-    print(json.dumps(loop.run_until_complete(_load(port, path, conns, duration))))
+    print(json.dumps(loop.run_until_complete(_load(port, path, auth, conns, duration))))
 
 
-def _wrk(port: int, path: str, conns: int, duration: float) -> dict[str, Any]:
+def _wrk(port: int, path: str, auth: str, conns: int, duration: float) -> dict[str, Any]:
+    threads = max(1, min(2, conns))
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{conns}", f"-d{int(duration)}s", "--latency",
-         "-H", f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}{path}"],
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration))}s", "--latency",
+         "-H", f"Authorization: Bearer {auth}", f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
 
@@ -243,18 +367,54 @@ def _wrk(port: int, path: str, conns: int, duration: float) -> dict[str, Any]:
         return float(m.group(1)) * scale
 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50_ms": ms("50"), "p99_ms": ms("99")}
+    total = re.search(r"(\d+) requests in", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return {
+        "requests": int(total.group(1)) if total else 0,
+        "errors": errors,
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50_ms": ms("50"),
+        "p99_ms": ms("99"),
+    }
+
+
+def measure(
+    port: int, path: str, auth: str, conns: int, duration: float, warmup: float
+) -> dict[str, Any]:
+    if shutil.which("wrk"):
+        if warmup:
+            _wrk(port, path, auth, conns, max(1.0, warmup))
+        return {"tool": "wrk", **_wrk(port, path, auth, conns, duration)}
+    args = [str(port), path, auth, str(conns)]
+    if warmup:
+        subprocess.run(_self("load", *args, str(warmup)), capture_output=True, env=_env())
+    out = subprocess.run(
+        _self("load", *args, str(duration)), capture_output=True, check=True, env=_env()
+    )
+    return {"tool": "asyncio", **json.loads(out.stdout)}
 
 
 # -- orchestration ----------------------------------------------------------------------------
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
+def _env() -> dict[str, str]:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, __file__, *args], env=env)
+    return env
 
 
-def _wait_port(port: int, timeout: float = 10.0) -> None:
+def _self(*args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+def _spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(_self(*args), env=_env())
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -265,59 +425,130 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def measure(port: int, path: str, conns: int, duration: float, warmup: float) -> dict[str, Any]:
-    if shutil.which("wrk"):
-        if warmup:
-            _wrk(port, path, conns, max(1.0, warmup))
-        return {"tool": "wrk", **_wrk(port, path, conns, duration)}
-    args = [str(port), path, str(conns)]
-    if warmup:
-        subprocess.run([sys.executable, __file__, "load", *args, str(warmup)], capture_output=True)
-    out = subprocess.run(
-        [sys.executable, __file__, "load", *args, str(duration)], capture_output=True, check=True
-    )
-    return {"tool": "asyncio", **json.loads(out.stdout)}
+def _stop(proc: Any) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
-def main() -> None:
+def _fmt(name: str, r: dict[str, Any] | None) -> str:
+    if r is None:
+        return f"{name:>16}: (not measured)"
+    p50 = f"{r['p50_ms']:.3f}" if r.get("p50_ms") is not None else "?"
+    p99 = f"{r['p99_ms']:.3f}" if r.get("p99_ms") is not None else "?"
+    err = f"  errors {r['errors']}" if r.get("errors") else ""
+    return f"{name:>16}: {r['rps']:10.0f} req/s  p50 {p50} ms  p99 {p99} ms{err}"
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--conns", type=int, default=50)
+    p.add_argument("--conns", type=int, default=50, help="connections at saturation")
+    p.add_argument("--moderate", type=int, default=8, help="connections at moderate load")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
-    a = p.parse_args()
-    up_port, gw_port = _free_port(), _free_port()
-    procs = [_spawn("upstream", str(up_port)), _spawn("gateway", str(gw_port), str(up_port))]
-    try:
-        _wait_port(up_port)
-        _wait_port(gw_port)
-        direct = measure(up_port, "/items/1", a.conns, a.duration, a.warmup)
-        gated = measure(gw_port, "/bench/items/1", a.conns, a.duration, a.warmup)
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(5)
-    ratio = gated["rps"] / direct["rps"] if direct["rps"] else 0.0
+    p.add_argument("--no-engine", action="store_true", help="skip the engine-only (fakes) run")
+    p.add_argument("--no-nginx", action="store_true")
+    a = p.parse_args(argv)
+    secret = secrets.token_urlsafe(24)
+    results: dict[str, dict[str, Any] | None] = {}
+    procs: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="lockgate-bench-") as tmp:
+        tmpdir = Path(tmp)
+        up_port = _free_port()
+        procs.append(_spawn("upstream", str(up_port), secret))
+        try:
+            _wait_port(up_port)
+            config_path, token = make_lockgate_config(tmpdir / "lockgate", up_port, secret)
+            from lockgate.config import load_config
+
+            gw_port = load_config(config_path).listeners.http.port
+            gw = _spawn("gateway", str(config_path))
+            procs.append(gw)
+            nginx_port = _free_port()
+            nginx = None
+            if not a.no_nginx:
+                (tmpdir / "nginx").mkdir()
+                nginx = start_nginx(tmpdir / "nginx", nginx_port, up_port, secret)
+                procs.append(nginx)
+            _wait_port(gw_port)
+
+            def run(port: int, path: str, auth: str, conns: int) -> dict[str, Any]:
+                return measure(port, path, auth, conns, a.duration, a.warmup)
+
+            gpath = "/orders-api" + PATH
+            results["direct"] = run(up_port, PATH, secret, a.conns)
+            if nginx is not None:
+                _wait_port(nginx_port)
+                results["nginx"] = run(nginx_port, PATH, "client-token-ignored", a.conns)
+            results["lockgate"] = run(gw_port, gpath, token, a.conns)
+            results["direct@moderate"] = run(up_port, PATH, secret, a.moderate)
+            if nginx is not None:
+                results["nginx@moderate"] = run(nginx_port, PATH, "x", a.moderate)
+            results["lockgate@moderate"] = run(gw_port, gpath, token, a.moderate)
+            _stop(gw)
+            if nginx is not None:
+                _stop(nginx)
+            if not a.no_engine:
+                eng_port = _free_port()
+                eng = _spawn("engine", str(eng_port), str(up_port), secret)
+                procs.append(eng)
+                _wait_port(eng_port)
+                results["engine"] = run(eng_port, gpath, FAKE_TOKEN, a.conns)
+                _stop(eng)
+        finally:
+            for proc in procs:
+                _stop(proc)
+    direct, gated, ngx = results["direct"], results["lockgate"], results.get("nginx")
+    assert direct is not None and gated is not None
+    dm, gm = results["direct@moderate"], results["lockgate@moderate"]
+    assert dm is not None and gm is not None
+    vs_direct = gated["rps"] / direct["rps"] if direct["rps"] else 0.0
+    vs_nginx = gated["rps"] / ngx["rps"] if ngx and ngx["rps"] else None
     added = (
-        gated["p50_ms"] - direct["p50_ms"]
-        if gated.get("p50_ms") is not None and direct.get("p50_ms") is not None
+        gm["p50_ms"] - dm["p50_ms"]
+        if gm.get("p50_ms") is not None and dm.get("p50_ms") is not None
         else None
     )
-    print(f"load tool: {direct['tool']}, {a.conns} connections, {a.duration:g}s")
-    for name, r in (("direct", direct), ("lockgate", gated)):
-        print(
-            f"{name:>9}: {r['rps']:10.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
-        )
-    print(f"    ratio: {ratio:.2f}x  added p50: {added:.3f} ms" if added is not None else "")
-    print(json.dumps({"direct": direct, "lockgate": gated, "ratio": ratio, "added_p50_ms": added}))
+    print(f"load tool: {direct['tool']}; saturation {a.conns} connections, moderate "
+          f"{a.moderate} connections; {a.duration:g}s each after {a.warmup:g}s warm-up")  # fmt: skip
+    for name in ("direct", "nginx", "lockgate", "engine"):
+        if name in results or name != "nginx":
+            print(_fmt(name, results.get(name)))
+    for name in ("direct@moderate", "nginx@moderate", "lockgate@moderate"):
+        if name in results:
+            print(_fmt(name, results[name]))
+    print(f"  lockgate/direct: {vs_direct:.2f}x")
+    if vs_nginx is not None:
+        print(f"   lockgate/nginx: {vs_nginx:.2f}x  (target >= 0.5x)")
+    if added is not None:
+        print(f"added p50 @ {a.moderate} conns: {added:.3f} ms  (target <= 0.3 ms)")
+    summary = {
+        **results,
+        "lockgate_vs_direct": vs_direct,
+        "lockgate_vs_nginx": vs_nginx,
+        "added_p50_ms_moderate": added,
+    }
+    print(json.dumps(summary))
+    errors = sum(r.get("errors", 0) for r in results.values() if r)
+    if errors:
+        print(f"errors seen: {errors}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
     role = sys.argv[1] if len(sys.argv) > 1 else ""
     if role == "upstream":
-        run_upstream(int(sys.argv[2]))
+        run_upstream(int(sys.argv[2]), sys.argv[3])
+    elif role == "engine":
+        run_fake_gateway(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif role == "gateway":
-        run_gateway(int(sys.argv[2]), int(sys.argv[3]))
+        run_real_gateway(sys.argv[2])
     elif role == "load":
-        run_load(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+        run_load(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
     else:
-        main()
+        sys.exit(main())
