@@ -8,7 +8,6 @@ backend, to the real gateway on 127.0.0.1.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,6 @@ import pytest
 from lockgate.demo.stack import LocalStack, airflow_bin
 
 pytest.importorskip("airflow.providers.http", reason="Airflow 3 with the HTTP provider")
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("lockgate")) as s:
-        yield s
 
 
 @pytest.fixture(scope="session")
