@@ -184,6 +184,7 @@ class OAuth2ClientCredential(_Model):
     scope: str | None = None
     audience: str | None = None
     overlap: int = Field(600, ge=0)
+    token_auth: Literal["client_secret_post", "client_secret_basic"] = "client_secret_post"  # noqa: S105
     refresh_before: int = Field(300, ge=0, description="refresh this many seconds before expiry")
 
 

@@ -306,6 +306,8 @@ class Gateway:
             await self.engine.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.broker is not None:
+            await self.broker.close()
         self.audit.flush(2.0)
         self.audit.close()
 
