@@ -102,6 +102,25 @@ def run_upstream(port: int, secret: str) -> None:
     loop.run_forever()
 
 
+def _maybe_profile() -> None:
+    """With LOCKGATE_BENCH_PROFILE=<file>, cProfile this process until SIGTERM."""
+    out = os.environ.get("LOCKGATE_BENCH_PROFILE")
+    if not out:
+        return
+    import cProfile
+    import signal
+
+    prof = cProfile.Profile()
+
+    def stop(*_: Any) -> None:
+        prof.disable()
+        prof.dump_stats(out)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    prof.enable()
+
+
 # -- gateways ---------------------------------------------------------------------------------
 def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
     """HttpEngine with fakes: the engine's own cost per request."""
@@ -172,6 +191,7 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
         upstream=f"http://127.0.0.1:{upstream_port}",
         credential="orders-api-key",
     )
+    _maybe_profile()
     loop = _loop()
     asyncio.set_event_loop(loop)
     engine = HttpEngine(
@@ -189,19 +209,7 @@ def run_real_gateway(config_path: str) -> None:
     from lockgate.server import run
 
     cfg = load_config(config_path)
-    if os.environ.get("LOCKGATE_BENCH_PROFILE"):
-        import cProfile
-        import signal
-
-        prof = cProfile.Profile()
-
-        def stop(*_: Any) -> None:
-            prof.disable()
-            prof.dump_stats(os.environ["LOCKGATE_BENCH_PROFILE"])
-            os._exit(0)
-
-        signal.signal(signal.SIGTERM, stop)
-        prof.enable()
+    _maybe_profile()
     logging.disable(logging.INFO)  # the benchmark measures the data path, not log output
     run(cfg)
 
@@ -514,8 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         if gm.get("p50_ms") is not None and dm.get("p50_ms") is not None
         else None
     )
-    print(f"load tool: {direct['tool']}; saturation {a.conns} connections, moderate "
-          f"{a.moderate} connections; {a.duration:g}s each after {a.warmup:g}s warm-up")  # fmt: skip
+    print(
+        f"load tool: {direct['tool']}; saturation {a.conns} connections, moderate "
+        f"{a.moderate} connections; {a.duration:g}s each after {a.warmup:g}s warm-up"
+    )
     for name in ("direct", "nginx", "lockgate", "engine"):
         if name in results or name != "nginx":
             print(_fmt(name, results.get(name)))

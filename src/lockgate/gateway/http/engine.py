@@ -109,6 +109,7 @@ class HttpEngine:
             idle_timeout=self._idle_timeout,
             clock=self._clock,
             on_close=self._connections.discard,
+            fast=self.proxy.serve,
         )
         self._connections.add(conn)
         return conn

@@ -18,8 +18,7 @@ import binascii
 import time
 from base64 import b64decode
 from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 
 from lockgate import _log, metrics
 from lockgate.errors import AuditUnavailable, AuthenticationError, UpstreamUnavailable
@@ -35,6 +34,7 @@ from lockgate.gateway.engine import (
 )
 from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.classify import Classifier
+from lockgate.gateway.http.exchange import Exchange, body_frame, response_head
 from lockgate.gateway.http.normalize import PathError, Target, split_target
 from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, RETRY_STATUSES, Backoff, retry_after
 from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
@@ -66,24 +66,6 @@ _DROP_REQUEST = frozenset(
         b"x-override-url",
     }
 )
-_DROP_RESPONSE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
-
-
-def _status_line(status: int) -> bytes:
-    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
 
 
 def _safe(value: bytes) -> bool:
@@ -115,6 +97,17 @@ class ResourceState:
         self.drop = frozenset(drop)
         self.host_line = b"Host: " + self.target.host_header + b"\r\n"
         self._auth_cache: tuple[Any, bytes] | None = None
+        self._counters: dict[tuple[str, str], Any] = {}
+        self.latency = metrics.UPSTREAM_LATENCY.labels(self.name)
+
+    def count(self, action: str, decision: str) -> None:
+        """``lockgate_requests_total`` += 1; labelled children are cached (labels() is slow)."""
+        child = self._counters.get((action, decision))
+        if child is None:
+            child = self._counters[(action, decision)] = metrics.REQUESTS.labels(
+                self.name, action, decision
+            )
+        child.inc()
 
     def auth_line(self, secret: Any) -> bytes:
         cached = self._auth_cache
@@ -137,6 +130,47 @@ class ResourceState:
                 continue
             out.append(b"%s: %s\r\n" % (name, value))
         return b"".join(out)
+
+
+class Admitted:
+    """A request that passed normalise → authenticate → classify → decide → audit check."""
+
+    __slots__ = ("action", "claims", "decision", "head_only", "method", "obj", "rs", "t0", "target")
+
+    def __init__(
+        self,
+        rs: ResourceState,
+        target: Target,
+        claims: Any,
+        method: str,
+        head_only: bool,
+        action: str,
+        obj: str,
+        decision: Any,
+        t0: float,
+    ) -> None:
+        self.rs = rs
+        self.target = target
+        self.claims = claims
+        self.method = method
+        self.head_only = head_only
+        self.action = action
+        self.obj = obj
+        self.decision = decision
+        self.t0 = t0
+
+
+#: The first attempt, already made by the fast path: (connection, its response head or the
+#: error it ended with, the secret it carried).
+FirstAttempt = tuple[UpstreamConnection, "framing.Head | Exception", Any]
+
+
+class _Sent(NamedTuple):
+    up: UpstreamConnection
+    head_fut: asyncio.Future[framing.Head]
+    secret: Any
+    streaming: bool
+    sent_at: float
 
 
 @dataclass(slots=True)
@@ -194,10 +228,46 @@ class Proxy:
         self._audit = audit
         self._make_request = make_request
         self._make_record = make_record
-        self._clock = clock
+        self._clock = self.clock = clock
 
     # -- the pipeline --------------------------------------------------------------------
+    def serve(self, conn: ClientConnection, head: framing.Head, body: RequestBody) -> bool | None:
+        """Entry for a request whose body is complete, called from ``data_received``.
+
+        Refusals are answered here and then; an allowed request goes upstream on the fast
+        path (:mod:`exchange`) when a warm pooled connection and a cached secret are at
+        hand, else through :meth:`serve_admitted` in a task. Returns ``keep`` when answered,
+        None when the answer is under way.
+        """
+        adm = self.admit(conn, head, body)
+        if adm is True or adm is False:
+            return adm
+        rs = adm.rs
+        secret = None
+        if rs.credential is not None:
+            secret = self._secrets.peek(rs.credential)
+        if (secret is not None or rs.credential is None) and not head.expect_continue:
+            up = rs.pool.take_idle()
+            if up is not None:
+                Exchange(self, conn, head, body, adm, up, secret).start()
+                return None
+        conn.run(self.serve_admitted(conn, head, body, adm))
+        return None
+
     async def handle(self, conn: ClientConnection, head: framing.Head, body: RequestBody) -> bool:
+        """Entry for a request whose body is still arriving (it will stream upstream)."""
+        adm = self.admit(conn, head, body)
+        if adm is True or adm is False:
+            return adm
+        return await self.serve_admitted(conn, head, body, adm)
+
+    def admit(
+        self, conn: ClientConnection, head: framing.Head, body: RequestBody
+    ) -> Admitted | bool:
+        """Normalise, authenticate, classify, decide, check audit; answer refusals.
+
+        Returns the admitted request, or ``keep`` after writing a refusal.
+        """
         t0 = self._clock()
         method = head.method.decode("ascii")
         head_only = method == "HEAD"
@@ -224,13 +294,13 @@ class Proxy:
             if token is None:
                 raise AuthenticationError(why)
             claims = self._verifier.verify(token, rs.name)
-            aud = getattr(claims, "aud", None)
+            aud = claims.aud
             if aud != rs.name and not (isinstance(aud, list | tuple) and rs.name in aud):
                 raise AuthenticationError("wrong_audience")
         except AuthenticationError as exc:
             reason = str(getattr(exc, "reason", "invalid"))
             metrics.TOKEN_REJECTIONS.labels(reason).inc()
-            self._emit(
+            self.emit(
                 "auth_failed", None, rs.name, None, target.path, t0, status=401, reason=reason
             )
             conn.write(responses.unauthorized(reason, close=not body.complete, head_only=head_only))
@@ -245,9 +315,9 @@ class Proxy:
             )
         )
         if not decision.allowed:
-            metrics.REQUESTS.labels(rs.name, action, "deny").inc()
+            rs.count(action, "deny")
             reason = decision.explain()
-            self._emit(
+            self.emit(
                 "denied",
                 claims,
                 rs.name,
@@ -281,62 +351,62 @@ class Proxy:
                 )
             )
             return keep
-        metrics.REQUESTS.labels(rs.name, action, "allow").inc()
+        rs.count(action, "allow")
+        return Admitted(rs, target, claims, method, head_only, action, obj, decision, t0)
+
+    async def serve_admitted(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        adm: Admitted,
+        first: FirstAttempt | None = None,
+    ) -> bool:
+        """Forward an admitted request (the task path), relay and audit it."""
+        rs = adm.rs
         if head.expect_continue and not body.complete:
             conn.write(responses.CONTINUE)
             conn.bytes_out = 0
         try:
-            out = await self._forward(conn, head, body, rs, target, claims, method, head_only)
+            out = await self._forward(conn, head, body, adm, first)
         except asyncio.CancelledError:
-            self._emit(
+            self.emit(
                 "upstream_error",
-                claims,
+                adm.claims,
                 rs.name,
-                action,
-                obj,
-                t0,
+                adm.action,
+                adm.obj,
+                adm.t0,
                 status=499,
                 decision="allow",
-                rule=decision.rule,
+                rule=adm.decision.rule,
                 reason="client_closed",
                 bytes_in=body.total,
                 bytes_out=conn.bytes_out,
             )
             raise
         event = "upstream_error" if out.error else "allowed"
-        self._emit(
+        self.emit(
             event,
-            claims,
+            adm.claims,
             rs.name,
-            action,
-            obj,
-            t0,
+            adm.action,
+            adm.obj,
+            adm.t0,
             status=out.status,
             decision="allow",
-            rule=decision.rule,
-            reason=out.error or decision.reason,
+            rule=adm.decision.rule,
+            reason=out.error or adm.decision.reason,
             bytes_in=body.total,
             bytes_out=conn.bytes_out,
             detail={"retries": out.retries} if out.retries else None,
         )
-        return keep and out.keep
+        return head.keep_alive and out.keep
 
-    # -- upstream ------------------------------------------------------------------------
-    async def _forward(
-        self,
-        conn: ClientConnection,
-        head: framing.Head,
-        body: RequestBody,
-        rs: ResourceState,
-        target: Target,
-        claims: Any,
-        method: str,
-        head_only: bool,
-    ) -> _Outcome:
-        clock = self._clock
-        backoff = rs.backoff
-        deadline_at = clock() + backoff.deadline
-        idempotent = method in IDEMPOTENT_METHODS
+    def request_head(self, head: framing.Head, adm: Admitted) -> bytes:
+        """Request line, Host, forwarded headers and identity assertion (no auth, no framing)."""
+        rs = adm.rs
+        target = adm.target
         path = rs.target.base_path + target.path
         if target.query:
             path += "?" + target.query
@@ -346,76 +416,80 @@ class Proxy:
             rs.forwarded_headers(head),
         ]
         if rs.identity_prefix is not None:
-            assertion = self._assertions.get(claims, rs.name).encode("latin-1")
+            assertion = self._assertions.get(adm.claims, rs.name).encode("latin-1")
             if not _safe(assertion):
                 raise ValueError("assertion is not header-safe")
             fixed.append(rs.identity_prefix + assertion + b"\r\n")
-        fixed_bytes = b"".join(fixed)
+        return b"".join(fixed)
+
+    # -- upstream ------------------------------------------------------------------------
+    async def _forward(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        adm: Admitted,
+        first: FirstAttempt | None = None,
+    ) -> _Outcome:
+        rs = adm.rs
+        head_only = adm.head_only
+        clock = self._clock
+        backoff = rs.backoff
+        deadline_at = adm.t0 + backoff.deadline
+        idempotent = adm.method in IDEMPOTENT_METHODS
+        fixed_bytes = self.request_head(head, adm)
         attempt = 0
         previous = False
         stale_retry_used = False
         while True:
-            secret = None
-            auth = b""
-            if rs.credential is not None:
-                secret = self._secrets.peek(rs.credential, previous) or await self._secrets.get(
-                    rs.credential, previous
-                )
-                if secret is None:
-                    metrics.UPSTREAM_ERRORS.labels(rs.name, "credential").inc()
-                    conn.write(
-                        responses.error(502, "credential_unavailable", close=not body.complete)
-                    )
-                    return _Outcome(502, False, "credential_unavailable", attempt)
-                auth = rs.auth_line(secret)
-            streaming = not body.complete
-            if streaming:
-                frame = (
-                    b"Transfer-Encoding: chunked\r\n"
-                    if head.chunked
-                    else b"Content-Length: %d\r\n" % (head.content_length or 0)
-                )
-            elif body.total or head.content_length is not None or head.chunked:
-                frame = b"Content-Length: %d\r\n" % body.total
+            if first is not None:
+                # The fast path made attempt 0 and met a retry status or a failure.
+                up, result, secret = first
+                first = None
+                streaming = False
+                if isinstance(result, Exception):
+                    resp_or_exc: framing.Head | Exception = result
+                else:
+                    resp_or_exc = result
+                    up.detach()
             else:
-                frame = b""
-            req_head = fixed_bytes + auth + frame + b"\r\n"
-            try:
-                up = await rs.pool.acquire(deadline_at - clock())
-            except (OSError, TimeoutError) as exc:
-                # Nothing was sent: any method may be retried.
-                wait = backoff.next_delay(attempt, clock(), deadline_at)
-                if wait is None:
-                    slug = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_failed"
-                    metrics.UPSTREAM_ERRORS.labels(rs.name, slug).inc()
-                    conn.write(
-                        responses.error(
-                            502, "upstream_unreachable", reason=slug, close=not body.complete
+                made = await self._attempt(
+                    conn, head, body, rs, fixed_bytes, previous, head_only, deadline_at, attempt
+                )
+                if isinstance(made, _Outcome):
+                    return made
+                if isinstance(made, Exception):  # connect failed, nothing sent
+                    wait = backoff.next_delay(attempt, clock(), deadline_at)
+                    if wait is None:
+                        slug = (
+                            "connect_timeout"
+                            if isinstance(made, TimeoutError)
+                            else "connect_failed"
                         )
-                    )
-                    return _Outcome(502, True, slug, attempt)
-                metrics.UPSTREAM_RETRIES.labels(rs.name, "connect").inc()
-                await asyncio.sleep(wait)
-                attempt += 1
-                continue
-            sent_at = clock()
-            if streaming:
-                head_fut = up.begin(head_only=head_only, timeout=float("inf"))
-                up.on_pause = conn.pause_for_upstream
-                up.on_resume = conn.resume_for_upstream
-                up.write(req_head)
-                body.attach(*self._body_writers(up, head.chunked, backoff.deadline))
-            else:
-                head_fut = up.begin(head_only=head_only, timeout=deadline_at - sent_at)
-                up.write(req_head + body.data() if body.total else req_head)
-            try:
-                resp = await head_fut
-            except TimeoutError:
+                        metrics.UPSTREAM_ERRORS.labels(rs.name, slug).inc()
+                        conn.write(
+                            responses.error(
+                                502, "upstream_unreachable", reason=slug, close=not body.complete
+                            )
+                        )
+                        return _Outcome(502, True, slug, attempt)
+                    metrics.UPSTREAM_RETRIES.labels(rs.name, "connect").inc()
+                    await asyncio.sleep(wait)
+                    attempt += 1
+                    continue
+                up, head_fut, secret, streaming, sent_at = made
+                try:
+                    resp_or_exc = await head_fut
+                except (TimeoutError, UpstreamUnavailable) as exc:
+                    resp_or_exc = exc
+                else:
+                    rs.latency.observe(clock() - sent_at)
+            if isinstance(resp_or_exc, TimeoutError):
                 up.abort()
                 metrics.UPSTREAM_ERRORS.labels(rs.name, "timeout").inc()
                 conn.write(responses.error(504, "upstream_timeout", close=True))
                 return _Outcome(504, False, "upstream_timeout", attempt)
-            except UpstreamUnavailable:
+            if isinstance(resp_or_exc, Exception):
                 up.abort()
                 if not streaming and up.reused and not up.got_bytes and not stale_retry_used:
                     stale_retry_used = True  # a pooled connection closed under us: try a fresh one
@@ -434,7 +508,7 @@ class Proxy:
                 await asyncio.sleep(wait)
                 attempt += 1
                 continue
-            metrics.UPSTREAM_LATENCY.labels(rs.name).observe(clock() - sent_at)
+            resp = resp_or_exc
             status = resp.status
             if status in RETRY_STATUSES:
                 if status == 429:
@@ -456,6 +530,57 @@ class Proxy:
                     metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
                     continue
             return await self._relay(conn, head, body, rs, up, resp, head_only, attempt)
+
+    async def _attempt(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        rs: ResourceState,
+        fixed_bytes: bytes,
+        previous: bool,
+        head_only: bool,
+        deadline_at: float,
+        attempt: int,
+    ) -> _Sent | _Outcome | OSError | TimeoutError:
+        """Send one attempt; the connect error when no connection could be made."""
+        clock = self._clock
+        secret = None
+        auth = b""
+        if rs.credential is not None:
+            secret = self._secrets.peek(rs.credential, previous) or await self._secrets.get(
+                rs.credential, previous
+            )
+            if secret is None:
+                metrics.UPSTREAM_ERRORS.labels(rs.name, "credential").inc()
+                conn.write(responses.error(502, "credential_unavailable", close=not body.complete))
+                return _Outcome(502, False, "credential_unavailable", attempt)
+            auth = rs.auth_line(secret)
+        streaming = not body.complete
+        if streaming:
+            frame = (
+                b"Transfer-Encoding: chunked\r\n"
+                if head.chunked
+                else b"Content-Length: %d\r\n" % (head.content_length or 0)
+            )
+        else:
+            frame = body_frame(head, body)
+        req_head = fixed_bytes + auth + frame + b"\r\n"
+        try:
+            up = await rs.pool.acquire(deadline_at - clock())
+        except (OSError, TimeoutError) as exc:
+            return exc  # nothing was sent: any method may be retried
+        sent_at = clock()
+        if streaming:
+            head_fut = up.begin(head_only=head_only, timeout=float("inf"))
+            up.on_pause = conn.pause_for_upstream
+            up.on_resume = conn.resume_for_upstream
+            up.write(req_head)
+            body.attach(*self._body_writers(up, head.chunked, rs.backoff.deadline))
+        else:
+            head_fut = up.begin(head_only=head_only, timeout=deadline_at - sent_at)
+            up.write(req_head + body.data() if body.total else req_head)
+        return _Sent(up, head_fut, secret, streaming, sent_at)
 
     @staticmethod
     def _body_writers(
@@ -489,29 +614,9 @@ class Proxy:
         retries: int,
     ) -> _Outcome:
         status = resp.status
-        no_body = head_only or status in (204, 304)
-        named = resp.connection
-        lines = [_status_line(status)]
-        for name, value in resp.headers:
-            low = name.lower()
-            if low in _DROP_RESPONSE or (named and low in named):
-                continue
-            lines.append(b"%s: %s\r\n" % (name, value))
-        keep = head.keep_alive
-        chunked_out = False
-        if resp.content_length is not None and not resp.chunked:
-            lines.append(b"Content-Length: %d\r\n" % resp.content_length)
-        elif not no_body:
-            if head.version == 1:
-                chunked_out = True
-                lines.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                keep = False  # HTTP/1.0 client: the end of the body is the end of the connection
-        if not keep:
-            lines.append(b"Connection: close\r\n")
-        lines.append(b"\r\n")
+        out_head, keep, chunked_out = response_head(head, resp, head_only)
         conn.upstream = up
-        up.attach(ChunkedWriter(conn) if chunked_out else conn, b"".join(lines))
+        up.attach(ChunkedWriter(conn) if chunked_out else conn, out_head)
         try:
             await up.done
         except UpstreamUnavailable:
@@ -534,7 +639,7 @@ class Proxy:
         return _Outcome(status, keep, None, retries)
 
     # -- audit ---------------------------------------------------------------------------
-    def _emit(
+    def emit(
         self,
         event: str,
         claims: Any,

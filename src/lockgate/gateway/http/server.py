@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from lockgate import _log
 from lockgate.errors import RemoteProtocolError
@@ -33,6 +33,14 @@ _PAUSE_BODY, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
 _HEAD, _BODY, _WAIT, _CLOSED = range(4)
 
 Handler = Callable[["ClientConnection", framing.Head, "RequestBody"], Awaitable[bool]]
+#: Synchronous entry for a request whose body is complete: returns ``keep`` (True/False)
+#: when it answered at once, or None when the answer is under way; then whoever serves it
+#: calls :meth:`ClientConnection.finish` (or :meth:`ClientConnection.run` a coroutine).
+FastHandler = Callable[["ClientConnection", framing.Head, "RequestBody"], bool | None]
+
+
+class InFlight(Protocol):
+    def on_client_lost(self) -> None: ...
 
 
 class RequestBody:
@@ -118,8 +126,11 @@ class ClientConnection(asyncio.Protocol):
         idle_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         on_close: Callable[[ClientConnection], None] | None = None,
+        fast: FastHandler | None = None,
     ) -> None:
         self._handler = handler
+        self._fast = fast
+        self.inflight: InFlight | None = None  # a request served by callbacks, not a task
         self._max_head = max_header_bytes
         self._idle_timeout = idle_timeout
         self._clock = clock
@@ -153,6 +164,10 @@ class ClientConnection(asyncio.Protocol):
             self._timer = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        inflight = self.inflight
+        if inflight is not None:
+            self.inflight = None
+            inflight.on_client_lost()
         if self._on_close is not None:
             self._on_close(self)
 
@@ -179,35 +194,67 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # Half-close: finish the request in flight, then close (return True keeps us open).
-        return self._task is not None and not self._task.done()
+        return self.inflight is not None or (self._task is not None and not self._task.done())
 
     # -- parsing -------------------------------------------------------------------------
     def _parse(self) -> None:
-        buf = self._buf
-        while buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
-            buf = buf[2:]
-        end = framing.find_head_end(buf)
-        try:
-            if end < 0:
-                framing.check_partial(buf, self._max_head)
-                self._buf = buf
+        # A loop, not recursion: requests answered synchronously may be pipelined deeply.
+        while True:
+            buf = self._buf
+            while buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
+                buf = buf[2:]
+            end = framing.find_head_end(buf)
+            try:
+                if end < 0:
+                    framing.check_partial(buf, self._max_head)
+                    self._buf = buf
+                    return
+                if end > self._max_head:
+                    raise RemoteProtocolError("header block too large")
+                head = framing.parse_request_head(buf[:end])
+            except RemoteProtocolError as exc:
+                self.refuse(responses.bad_request(str(exc)))
                 return
-            if end > self._max_head:
-                raise RemoteProtocolError("header block too large")
-            head = framing.parse_request_head(buf[:end])
-        except RemoteProtocolError as exc:
-            self.refuse(responses.bad_request(str(exc)))
+            if head.chunked:
+                self._reader = framing.ChunkedReader()
+            else:
+                self._reader = framing.LengthReader(head.content_length or 0)
+            body = self._body = RequestBody(self)
+            self._buf = b""
+            self._state = _BODY
+            self._feed_body(buf[end:])
+            state = self._state
+            if state == _CLOSED:
+                return
+            if state == _WAIT and self._fast is not None:
+                # Complete request: serve it from this callback, no task unless needed.
+                try:
+                    keep = self._fast(self, head, body)
+                except Exception:
+                    log.exception("request failed")
+                    if self.bytes_out == 0:
+                        self.write(responses.error(500, "internal_error", close=True))
+                    keep = False
+                if keep is None:
+                    return
+                if not self._request_done(keep, reparse=False):
+                    return
+                continue
+            self.run(self._handler(self, head, body))
             return
-        if head.chunked:
-            self._reader = framing.ChunkedReader()
-        else:
-            self._reader = framing.LengthReader(head.content_length or 0)
-        body = self._body = RequestBody(self)
-        self._buf = b""
-        self._state = _BODY
-        self._feed_body(buf[end:])
-        if self._state != _CLOSED:
-            self._task = self._loop.create_task(self._run(head, body))
+
+    def run(self, handler: Awaitable[bool]) -> None:
+        """Serve the current request with a task (bodies that stream, retries, connects)."""
+        assert self._body is not None
+        self.inflight = None
+        self._task = self._loop.create_task(self._run(handler, self._body))
+
+    def finish(self, keep: bool) -> None:
+        """The request served by callbacks is complete (its response is written)."""
+        self.inflight = None
+        self.upstream = None
+        body = self._body
+        self._request_done(keep and body is not None and body.complete)
 
     def _feed_body(self, data: bytes) -> None:
         assert self._reader is not None and self._body is not None
@@ -227,10 +274,10 @@ class ClientConnection(asyncio.Protocol):
             if len(rest) > self._max_head:
                 self.pause(_PAUSE_PIPELINE)
 
-    async def _run(self, head: framing.Head, body: RequestBody) -> None:
+    async def _run(self, handler: Awaitable[bool], body: RequestBody) -> None:
         keep = False
         try:
-            keep = await self._handler(self, head, body)
+            keep = await handler
         except asyncio.CancelledError:
             keep = False
         except Exception:
@@ -242,21 +289,26 @@ class ClientConnection(asyncio.Protocol):
             self._task = None
         self._request_done(keep and body.complete)
 
-    def _request_done(self, keep: bool) -> None:
+    def _request_done(self, keep: bool, reparse: bool = True) -> bool:
+        """Ready for the next request; True when there may be one in the buffer."""
         transport = self.transport
         if transport is None or self._state == _CLOSED:
-            return
+            return False
         if not keep or transport.is_closing():
             self._state = _CLOSED
             transport.close()
-            return
+            return False
         self._state = _HEAD
         self._body = None
         self._reader = None
         self.bytes_out = 0
-        self.resume(_PAUSE_PIPELINE | _PAUSE_BODY | _PAUSE_UPSTREAM)
-        if self._buf:
+        if self._paused:
+            self.resume(_PAUSE_PIPELINE | _PAUSE_BODY | _PAUSE_UPSTREAM)
+        if not self._buf:
+            return False
+        if reparse:
             self._parse()
+        return True
 
     # -- helpers used by the proxy -------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -306,7 +358,7 @@ class ClientConnection(asyncio.Protocol):
         if self._state == _CLOSED or self.transport is None:
             return
         left = self._last + self._idle_timeout - self._clock()
-        if self._state == _HEAD and self._task is None and left <= 0:
+        if self._state == _HEAD and self._task is None and self.inflight is None and left <= 0:
             self._state = _CLOSED
             if self._buf:  # a head that never finished
                 self.refuse(responses.error(408, "request_timeout", close=True))

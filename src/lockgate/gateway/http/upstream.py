@@ -70,11 +70,30 @@ class UpstreamTarget:
         return cls(u.scheme, host, port, u.path.rstrip("/"), header, ctx)
 
 
+class Listener(Protocol):
+    """Callback-driven alternative to the head/done futures (the proxy's fast path).
+
+    Called from ``data_received`` (or the timeout timer) on the loop, never re-entered:
+    ``on_head`` once the head and whatever body came with it are read (the body waits in
+    the pending buffer until a sink is attached), ``on_done`` when the response ended
+    cleanly after ``on_head``, ``on_error`` for a failure (``TimeoutError`` or
+    ``UpstreamUnavailable``) at any point. A listener may hand the connection over to the
+    future-based path with :meth:`UpstreamConnection.detach` from ``on_head``.
+    """
+
+    def on_head(self, head: framing.Head) -> None: ...
+
+    def on_done(self) -> None: ...
+
+    def on_error(self, exc: Exception) -> None: ...
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "_buf", "_done", "_head_fut", "_head_only", "_loop", "_pending", "_pending_size",
-        "_reader", "_sink", "_state", "_timer", "got_bytes", "head", "last_used", "on_pause",
-        "on_resume", "reusable", "reused", "transport", "write_paused",
+        "_buf", "_delivered", "_done", "_head_fut", "_head_only", "_listener", "_loop",
+        "_pending", "_pending_size", "_reader", "_sink", "_state", "_timer", "got_bytes",
+        "head", "last_used", "on_pause", "on_resume", "reusable", "reused", "transport",
+        "write_paused",
     )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -87,6 +106,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._sink: BodySink | None = None
+        self._listener: Listener | None = None
+        self._delivered = False  # on_head was called: on_done/on_error go to the listener
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._head_only = False
@@ -148,6 +169,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._pending = []
         self._pending_size = 0
         self.got_bytes = False
+        self._listener = None
+        self._delivered = False
         fut: asyncio.Future[framing.Head] = self._loop.create_future()
         self._head_fut = fut
         self._done = self._loop.create_future()
@@ -155,6 +178,34 @@ class UpstreamConnection(asyncio.Protocol):
         if timeout != float("inf"):
             self.arm_head_timeout(timeout)
         return fut
+
+    def begin_listening(self, listener: Listener, *, head_only: bool, timeout: float) -> None:
+        """Arm for one response reported by callbacks (no futures, no task hop)."""
+        self._state = _HEAD
+        self._head_only = head_only
+        self._buf = b""
+        self.head = None
+        self._reader = None
+        self._sink = None
+        if self._pending:
+            self._pending = []
+        self._pending_size = 0
+        self.got_bytes = False
+        self._listener = listener
+        self._delivered = False
+        self._head_fut = self._done = None
+        self._timer = self._loop.call_later(max(timeout, 0.0), self._head_timeout)
+
+    def detach(self) -> None:
+        """Leave callback mode after ``on_head``: from now on ``done`` reports the end."""
+        self._listener = None
+        self._delivered = False
+        done = self._done = self._loop.create_future()
+        if self._state == _DONE:
+            done.set_result(None)
+        elif self._state == _CLOSED:
+            done.set_exception(UpstreamUnavailable("upstream connection closed"))
+            done.exception()
 
     def arm_head_timeout(self, timeout: float) -> None:
         """Fail the head future if no response head arrives within ``timeout`` seconds."""
@@ -199,6 +250,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def cancel(self) -> None:
+        """Nobody wants the answer any more (the client left): drop the listener and abort."""
+        self._listener = None
+        self.abort()
+
     def abort(self) -> None:
         self.reusable = False
         if self.transport is not None:
@@ -241,6 +297,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.reusable = False
         self.head = head
         self._state = _BODY
+        listener = self._listener
+        if listener is not None:
+            # Read the body that came with the head first, so that the head and a small
+            # body leave for the client in one write when on_head attaches the sink.
+            self._body(buf)
+            if self._listener is not listener:  # failed while reading
+                return
+            self._delivered = True
+            listener.on_head(head)
+            if self._state == _DONE and self._listener is listener:
+                self._listener = None
+                listener.on_done()
+            return
         fut = self._head_fut
         if fut is not None and not fut.done():
             fut.set_result(head)
@@ -270,12 +339,24 @@ class UpstreamConnection(asyncio.Protocol):
         if rest:
             self.reusable = False
         self._state = _DONE
+        listener = self._listener
+        if listener is not None:
+            if self._delivered:  # else _head reports the end right after on_head
+                self._listener = None
+                listener.on_done()
+            return
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
 
     def _head_timeout(self) -> None:
         self._timer = None
+        listener = self._listener
+        if listener is not None:
+            self._listener = None
+            self.abort()
+            listener.on_error(TimeoutError())
+            return
         fut = self._head_fut
         if fut is not None and not fut.done():
             fut.set_exception(TimeoutError())
@@ -286,6 +367,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        listener = self._listener
+        if listener is not None:
+            self._listener = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.abort()
+            listener.on_error(exc)
+            return
         for fut in (self._head_fut, self._done):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
@@ -313,6 +401,20 @@ class UpstreamPool:
         self._clock = clock
         self._idle: list[UpstreamConnection] = []
         self.connects = 0  # opened so far; tests and metrics read it
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """A warm idle connection, or None (then ``acquire`` would have to connect)."""
+        idle = self._idle
+        if not idle:
+            return None
+        now = self._clock()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.last_used < self._idle_expiry:
+                conn.reused = True
+                return conn
+            conn.close()
+        return None
 
     async def acquire(self, timeout: float) -> UpstreamConnection:
         now = self._clock()
