@@ -70,6 +70,7 @@ class ListenerConfig(_Model):
 class Listeners(_Model):
     control: ListenerConfig = ListenerConfig(port=8470)
     http: ListenerConfig = ListenerConfig(port=8471)
+    cql: ListenerConfig | None = None  # e.g. {port: 9042}; needed for kind: cql resources
 
 
 class TokenSettings(_Model):
@@ -144,7 +145,9 @@ class RetrySettings(_Model):
     deadline: float = Field(30.0, gt=0, description="seconds for all attempts together")
 
 
-class Resource(_Model):
+class HttpResource(_Model):
+    """An HTTP upstream served by the HTTP engine at ``/<name>/...``."""
+
     name: str = Field(pattern=NAME_RE)
     kind: Literal["http"]
     upstream: str
@@ -163,6 +166,41 @@ class Resource(_Model):
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("expected an http:// or https:// URL")
         return v.rstrip("/")
+
+
+class CqlResource(_Model):
+    """A Cassandra cluster (or Cosmos DB for Apache Cassandra) served by the CQL engine.
+
+    Clients connect to the ``cql`` listener with the resource name as the SASL PLAIN user
+    and their Lockgate token as the password.
+    """
+
+    name: str = Field(pattern=NAME_RE)
+    kind: Literal["cql"]
+    contact_points: list[str] = Field(min_length=1, description="host:port, tried in order")
+    username: str = Field(description="the gateway's own upstream login")
+    credential: str = Field(description="credential holding the upstream password")
+    conn_id: str | None = None
+    keyspace: str | None = None
+    tls: bool = False
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    handshake_timeout: float = Field(10.0, gt=0, description="seconds to finish auth")
+    idle_timeout: float = Field(300.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+    dynamic_roles: bool = False
+
+    @field_validator("contact_points")
+    @classmethod
+    def _host_ports(cls, points: list[str]) -> list[str]:
+        for p in points:
+            if not re.match(r"^[A-Za-z0-9_.:\[\]-]+:\d{1,5}$", p):
+                raise ValueError(f"expected host:port, got {p!r}")
+        return points
+
+
+Resource = Annotated[HttpResource | CqlResource, Field(discriminator="kind")]
 
 
 class StaticCredential(_Model):
@@ -223,6 +261,13 @@ class LockgateConfig(_Model):
                     f"resources[{i}].credential: unknown credential {r.credential!r}; "
                     f"expected one of {sorted(creds)}"
                 )
+        if self.listeners.cql is None:
+            for i, r in enumerate(self.resources):
+                if r.kind == "cql":
+                    raise ValueError(
+                        f"resources[{i}].kind: 'cql' needs a listeners.cql section "
+                        "(for example {port: 9042})"
+                    )
         deps = {d.name for d in self.deployments}
         for i, o in enumerate(self.oidc_issuers):
             if o.deployment not in deps:
@@ -239,10 +284,10 @@ class LockgateConfig(_Model):
         c = self.listeners.control
         return f"{c.scheme}://{c.host}:{c.port}"
 
-    def resource(self, name: str) -> Resource | None:
+    def resource(self, name: str) -> HttpResource | CqlResource | None:
         return next((r for r in self.resources if r.name == name), None)
 
-    def resource_for_conn_id(self, conn_id: str) -> Resource | None:
+    def resource_for_conn_id(self, conn_id: str) -> HttpResource | CqlResource | None:
         return next((r for r in self.resources if r.conn_id == conn_id), None)
 
     def deployment(self, name: str) -> Deployment | None:
@@ -294,10 +339,33 @@ def _resolve_paths(data: Any, base: Path) -> Any:
     return data
 
 
+# Tags pydantic puts in the location of a discriminated union member; users never wrote them.
+_UNION_TAGS = frozenset({"http", "cql", "client_secret", "private_key_jwt", "static",
+                         "oauth2_client_credentials"})  # fmt: skip
+_UNION_FIELD = {"resources": "kind", "credentials": "type", "proof": "type"}
+
+
+def _readable_loc(e: Any) -> list[Any]:
+    """The field path as written in the file: no union tags; the tag field when it is wrong."""
+    loc = list(e["loc"])
+    parts = [
+        p
+        for i, p in enumerate(loc)
+        if not (
+            i > 0 and p in _UNION_TAGS and (isinstance(loc[i - 1], int) or loc[i - 1] == "proof")
+        )
+    ]
+    if e.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        owner = next((str(p) for p in reversed(parts) if isinstance(p, str)), "")
+        parts.append(_UNION_FIELD.get(owner, "kind"))
+    return parts
+
+
 def format_validation_error(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
-        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in e["loc"])
+        parts = _readable_loc(e)
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
         loc = loc.replace(".[", "[")
         msg = e["msg"].removeprefix("Value error, ")
         if not loc:

@@ -104,6 +104,10 @@ def server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _public_host(host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "::") else host
+
+
 class Gateway:
     def __init__(self, config: LockgateConfig) -> None:
         self.config = config
@@ -120,6 +124,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self.control_port = 0
         self.http_port = 0
+        self.cql_port = 0
         self._ready = False
 
     # -- policy at mint time ------------------------------------------------------------------
@@ -174,26 +179,46 @@ class Gateway:
 
     # -- control plane --------------------------------------------------------------------
     def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:
-        http = self.config.listeners.http
-        host = "localhost" if http.host in ("0.0.0.0", "::") else http.host
-        base = f"{http.scheme}://{host}:{self.http_port or http.port}"
+        """What the secrets backend turns into a Connection, per conn_id.
+
+        ``{lockgate_token}`` and ``{lockgate_ca_file}`` are filled in on the worker.
+        """
         out = []
         for r in self.config.resources:
             if not r.conn_id:
                 continue
-            out.append(
-                {
-                    "conn_id": r.conn_id,
-                    "resource": r.name,
-                    "kind": r.kind,
-                    "connection": {
-                        "conn_type": "http",
-                        "host": f"{base}/{r.name}",
-                        "extra": {"Authorization": "Bearer {lockgate_token}"},
-                    },
-                }
-            )
+            connection = self._connection_template(r)
+            if connection is not None:
+                out.append(
+                    {"conn_id": r.conn_id, "resource": r.name, "kind": r.kind,
+                     "connection": connection}
+                )  # fmt: skip
         return out
+
+    def _connection_template(self, r: Any) -> dict[str, Any] | None:
+        if r.kind == "http":
+            http = self.config.listeners.http
+            base = f"{http.scheme}://{_public_host(http.host)}:{self.http_port or http.port}"
+            return {
+                "conn_type": "http",
+                "host": f"{base}/{r.name}",
+                "extra": {"Authorization": "Bearer {lockgate_token}"},
+            }
+        cql = self.config.listeners.cql
+        if r.kind == "cql" and cql is not None:
+            extra: dict[str, Any] = {"protocol_version": 4}
+            if cql.tls:
+                extra["ssl_options"] = {"ca_certs": "{lockgate_ca_file}", "cert_reqs": 2}
+            return {
+                "conn_type": "cassandra",
+                "host": _public_host(cql.host),
+                "port": self.cql_port or cql.port,
+                "login": r.name,
+                "password": "{lockgate_token}",
+                "schema": r.keyspace or "",
+                "extra": extra,
+            }
+        return None
 
     async def _catalog(self, request: web.Request) -> web.Response:
         """conn_id → connection template, for a deployment that proves who it is."""
@@ -256,7 +281,7 @@ class Gateway:
         self.control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         h = self.config.listeners.http
         self.engine = HttpEngine(
-            list(self.config.resources),
+            [r for r in self.config.resources if r.kind == "http"],
             self.verifier,
             self.policy,
             self.broker,

@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - lets the module import where Airflow i
 
 log = logging.getLogger(__name__)
 
+CA_PLACEHOLDER = "{lockgate_ca_file}"
 TOKEN_PLACEHOLDER = "{lockgate_token}"  # noqa: S105 - a template marker, not a secret
 RENEW_BEFORE = 60.0
 DEFAULT_TTL = 900
@@ -84,13 +85,13 @@ def _requested_ttl(ti_task: Any) -> int | None:
     return int(timeout.total_seconds()) + 120
 
 
-def _fill(template: Any, token: str) -> Any:
+def _fill(template: Any, token: str, ca_file: str = "") -> Any:
     if isinstance(template, str):
-        return template.replace(TOKEN_PLACEHOLDER, token)
+        return template.replace(TOKEN_PLACEHOLDER, token).replace(CA_PLACEHOLDER, ca_file)
     if isinstance(template, dict):
-        return {k: _fill(v, token) for k, v in template.items()}
+        return {k: _fill(v, token, ca_file) for k, v in template.items()}
     if isinstance(template, list):
-        return [_fill(v, token) for v in template]
+        return [_fill(v, token, ca_file) for v in template]
     return template
 
 
@@ -116,6 +117,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             timeout=timeout,
         )
         self.catalog_ttl = catalog_ttl
+        self.ca_file = ca_file
         self._catalog: dict[str, dict[str, Any]] = {}
         self._catalog_at = 0.0
         self._tokens: dict[tuple[Any, ...], MintedToken] = {}
@@ -153,7 +155,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             )
             return None
         token = self._token_for(conn_id, coords)
-        return json.dumps(_fill(template["connection"], token.token))
+        return json.dumps(_fill(template["connection"], token.token, self.ca_file or ""))
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         return None
