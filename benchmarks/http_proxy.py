@@ -126,7 +126,7 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
     """HttpEngine with fakes: the engine's own cost per request."""
     from dataclasses import dataclass
 
-    from lockgate.config import Resource
+    from lockgate.config import HttpResource as Resource
     from lockgate.gateway.http import HttpEngine
 
     @dataclass

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lockgate.config import Resource
+from lockgate.config import HttpResource as Resource
 from lockgate.gateway.http import HttpEngine
 
 from ..fakes import (

@@ -167,6 +167,40 @@ def parse_response_head(head: bytes) -> Head:
     return Head(b"", b"", int(m.group(2)), version, headers, length, chunked, keep, tokens)
 
 
+# -- memoised parsing -------------------------------------------------------------------------
+# Parsing is a pure function of the head bytes, and a pipeline repeats the same heads (same
+# path, same token; an upstream repeats its answer head until its Date header ticks), so
+# parsed heads are memoised by their exact bytes. A hit is exactly what parsing would return;
+# refusals are never cached (they raise). Entries are shared and must be treated as
+# read-only. Bounded: cleared when full, so churn costs speed only.
+CACHE_ENTRIES = 512
+CACHE_MAX_HEAD = 8 * 1024
+_requests: dict[bytes, Head] = {}
+_responses: dict[bytes, Head] = {}
+
+
+def parse_request_head_cached(raw: bytes) -> Head:
+    head = _requests.get(raw)
+    if head is None:
+        head = parse_request_head(raw)
+        if len(raw) <= CACHE_MAX_HEAD:
+            if len(_requests) >= CACHE_ENTRIES:
+                _requests.clear()
+            _requests[raw] = head
+    return head
+
+
+def parse_response_head_cached(raw: bytes) -> Head:
+    head = _responses.get(raw)
+    if head is None:
+        head = parse_response_head(raw)
+        if len(raw) <= CACHE_MAX_HEAD:
+            if len(_responses) >= CACHE_ENTRIES:
+                _responses.clear()
+            _responses[raw] = head
+    return head
+
+
 # -- body readers -----------------------------------------------------------------------------
 class LengthReader:
     __slots__ = ("remaining",)

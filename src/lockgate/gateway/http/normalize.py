@@ -87,8 +87,26 @@ def remove_dots(segments: list[str], trailing: bool) -> str:
     return "/" + "/".join(out) + tail
 
 
+_CACHE_ENTRIES = 1024
+_cache: dict[bytes, Target] = {}
+
+
 def split_target(raw: bytes) -> Target:
-    """Normalise a raw request target into (resource, object path, query)."""
+    """Normalise a raw request target into (resource, object path, query).
+
+    Memoised by the raw bytes (a pure function; refusals raise and are not cached).
+    """
+    target = _cache.get(raw)
+    if target is None:
+        target = _split_target(raw)
+        if len(raw) <= 2048:
+            if len(_cache) >= _CACHE_ENTRIES:
+                _cache.clear()
+            _cache[raw] = target
+    return target
+
+
+def _split_target(raw: bytes) -> Target:
     try:
         target = raw.decode("ascii")
     except UnicodeDecodeError:

@@ -211,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
                     return
                 if end > self._max_head:
                     raise RemoteProtocolError("header block too large")
-                head = framing.parse_request_head(buf[:end])
+                head = framing.parse_request_head_cached(buf[:end])
             except RemoteProtocolError as exc:
                 self.refuse(responses.bad_request(str(exc)))
                 return

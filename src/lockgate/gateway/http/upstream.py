@@ -270,7 +270,7 @@ class UpstreamConnection(asyncio.Protocol):
                     framing.check_partial(buf, MAX_RESPONSE_HEAD)
                     self._buf = buf
                     return
-                head = framing.parse_response_head(buf[:end])
+                head = framing.parse_response_head_cached(buf[:end])
                 buf = buf[end:]
                 if head.status == 101:
                     raise RemoteProtocolError("unexpected protocol switch")
