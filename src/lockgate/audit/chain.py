@@ -76,6 +76,30 @@ _INSERT = (
 )
 
 
+# Many rows per INSERT statement: Python's sqlite3 releases the GIL around every step, and a
+# thread that releases the GIL often waits for it again behind a busy event loop (up to the
+# switch interval each time), so one step per row starves the writer under load. The same
+# rows, the same order, one step per _ROWS_PER_INSERT rows.
+_ROWS_PER_INSERT = 40
+_ROW_MARKS = f"({', '.join('?' * (len(_COLUMNS) + 3))})"
+
+
+def _insert_sql(rows: int) -> str:
+    return _INSERT.rsplit("VALUES", 1)[0] + "VALUES " + ", ".join([_ROW_MARKS] * rows)
+
+
+def _insert(conn: sqlite3.Connection, params: list[tuple[Any, ...]]) -> None:
+    n = _ROWS_PER_INSERT
+    full = len(params) - len(params) % n
+    if full:
+        sql = _insert_sql(n)
+        for i in range(0, full, n):
+            conn.execute(sql, [v for row in params[i : i + n] for v in row])
+    rest = params[full:]
+    if rest:
+        conn.execute(_insert_sql(len(rest)), [v for row in rest for v in row])
+
+
 @dataclass(frozen=True, slots=True)
 class VerifyResult:
     ok: bool
@@ -119,7 +143,7 @@ def append(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[tup
             params.append((seq, *vals[:-1], detail, prev, h))
             out.append((seq, prev, h))
             prev = h
-        conn.executemany(_INSERT, params)
+        _insert(conn, params)
         conn.execute(
             "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
