@@ -393,7 +393,7 @@ def test_handshake_responses_and_flags() -> None:
     raw, _ = roundtrip(codec.Ready(stream=1))
     assert isinstance(driver_decode(raw), dp.ReadyMessage)
     trace = uuid.uuid4()
-    raw, back = roundtrip(
+    raw, _ = roundtrip(
         codec.Void(
             flags=0x0E, tracing_id=trace.bytes, warnings=["w1", "w2"], custom_payload={"p": b"1"}
         )
