@@ -101,7 +101,9 @@ class CqlServer:
         if task is not None:
             self._tasks.add(task)
         try:
-            await Session(self, reader, writer).serve()
+            # close() cancels sessions; ending quietly keeps asyncio from logging it.
+            with contextlib.suppress(asyncio.CancelledError):
+                await Session(self, reader, writer).serve()
         finally:
             self.connections -= 1
             if task is not None:
