@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -24,6 +26,7 @@ from cassandra.cluster import (
 from cassandra.policies import DCAwareRoundRobinPolicy
 from cassandra.query import BatchStatement, BatchType, SimpleStatement
 
+from lockgate.tlsgen import write_dev_tls
 from tests.fakes.cqlserver import CqlServer, start_cql_server
 
 T = TypeVar("T")
@@ -318,3 +321,17 @@ async def test_faults_unprepared_and_statement_log(server: CqlServer) -> None:
     assert texts.count("SELECT k FROM ks.t WHERE k = ?") == 3
     assert all(role == "cassandra" for role, _ in server.statements)
     assert any("system.local" in t for _, t in server.statements)
+
+
+async def test_tls_listener_with_the_driver(tmp_path: Path) -> None:
+    paths = write_dev_tls(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(paths["cert"], paths["key"])
+    client_ctx = ssl.create_default_context(cafile=str(paths["ca"]))
+    async with await start_cql_server(ssl=server_ctx) as srv:
+
+        def go() -> str:
+            with connected(srv.port, ssl_context=client_ctx) as s:
+                return s.execute("SELECT cluster_name FROM system.local").one().cluster_name
+
+        assert await in_thread(go) == "Fake Cluster"
