@@ -126,3 +126,21 @@ def test_retry_after_parsing():
     )
     assert retry_after([(b"Retry-After", b"soon")]) is None
     assert retry_after([]) is None
+
+
+async def test_rotation_on_the_fast_path_hands_over_once(make_gateway, upstream):
+    """A warm pooled connection and a cached secret take the callback path; its 401 must be
+    retried with the previous version by the task path, with exactly one answer and record."""
+    gw = await make_gateway()
+    assert (await call("GET", f"{gw.url}/orders/warm", headers=bearer()))[0] == 200
+    gw.broker.versions["orders-key"].append("up-secret-v3")  # upstream does not know v3 yet
+    gw.engine.secrets.invalidate()
+    assert (await call("GET", f"{gw.url}/orders/a", headers=bearer()))[0] == 200  # caches v3
+    before = _retries("orders", "rotation")
+    records = len(gw.audit.records)
+    for _ in range(3):
+        status, _, seen = await call("GET", f"{gw.url}/orders/b", headers=bearer())
+        assert status == 200
+        assert seen["headers"]["Authorization"] == "Bearer up-secret-v2"
+    assert _retries("orders", "rotation") - before == 3
+    assert [r.event for r in gw.audit.records[records:]] == ["allowed"] * 3

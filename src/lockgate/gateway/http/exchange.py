@@ -193,6 +193,8 @@ class Exchange:
 
     # -- helpers -------------------------------------------------------------------------
     def _hand_over(self, result: framing.Head | Exception) -> None:
+        if not isinstance(result, Exception):
+            self.up.detach()  # now, so the end of this response no longer reaches on_done
         conn = self.conn
         conn.inflight = None
         conn.run(

@@ -447,11 +447,7 @@ class Proxy:
                 up, result, secret = first
                 first = None
                 streaming = False
-                if isinstance(result, Exception):
-                    resp_or_exc: framing.Head | Exception = result
-                else:
-                    resp_or_exc = result
-                    up.detach()
+                resp_or_exc: framing.Head | Exception = result  # detached by the fast path
             else:
                 made = await self._attempt(
                     conn, head, body, rs, fixed_bytes, previous, head_only, deadline_at, attempt

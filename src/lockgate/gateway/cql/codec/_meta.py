@@ -138,7 +138,9 @@ def read_rows_metadata(r: Reader, version: int) -> RowsMetadata:
 
 
 def write_rows_metadata(out: Out, m: RowsMetadata, version: int) -> None:
-    flags = m.flags & ~(HAS_MORE_PAGES | NO_METADATA | METADATA_CHANGED)
+    flags = m.flags & ~(HAS_MORE_PAGES | NO_METADATA)
+    if version >= 5:
+        flags &= ~METADATA_CHANGED  # derived from new_metadata_id; a bare bit in v4
     if m.paging_state is not None:
         flags |= HAS_MORE_PAGES
     if m.columns is None:
