@@ -11,6 +11,8 @@ import struct
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.fakes.cqlserver import CqlServer, start_cql_server
 from tests.fakes.cqlserver.types import parse_type
@@ -69,6 +71,14 @@ class Raw:
 
     async def close(self) -> None:
         self.writer.close()
+
+
+QUERIES = [
+    "SELECT * FROM system.local WHERE key = ?",
+    "SELECT * FROM system_schema.tables LIMIT ?",
+    "CREATE KEYSPACE k WITH replication = {'class': 'SimpleStrategy'}",
+    "SELECT * FROM",
+]
 
 
 def error_of(body: bytes) -> tuple[int, str]:
@@ -176,3 +186,31 @@ def test_type_round_trips() -> None:
         t = parse_type(text)
         assert t.deserialize(t.serialize(value)) == value, text
     assert str(parse_type("map<varchar,frozen<list<int>>>")) == "map<text, frozen<list<int>>>"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    opcode=st.sampled_from([0x05, 0x07, 0x09, 0x0A, 0x0B, 0x0D]),
+    body=st.one_of(
+        st.binary(max_size=64),
+        # A well-formed query text followed by arbitrary parameters reaches deeper code.
+        st.builds(lambda q, tail: ls(q) + tail, st.sampled_from(QUERIES), st.binary(max_size=24)),
+    ),
+)
+async def test_random_bodies_get_an_answer_or_a_close(
+    server: CqlServer, opcode: int, body: bytes
+) -> None:
+    c = await Raw.open(server.port)
+    assert (await c.login())[0] == 0x10
+    await c.send(frame(opcode, body, stream=7))
+    try:
+        _, stream, resp, answer = await c.recv()
+        assert stream == 7 and resp in (0x00, 0x02, 0x06, 0x08)
+        if resp == 0x00:
+            assert error_of(answer)[0] != 0x0000, error_of(answer)  # no crash inside the fake
+    except asyncio.IncompleteReadError:
+        pass  # undecodable body: that connection is closed
+    await c.close()
+    await c.writer.wait_closed()

@@ -68,6 +68,11 @@ class Session:
                     self._send(h.stream, *self.handle(h.opcode, r))
                 except CqlError as err:
                     self._error(h.stream, err)
+                except WireError:
+                    raise
+                except Exception as exc:  # a fake's bug must not look like a hang
+                    msg = f"fake server error: {type(exc).__name__}: {exc}"
+                    self._error(h.stream, CqlError(wire.SERVER_ERROR, msg))
                 await self.writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, WireError):
             return
