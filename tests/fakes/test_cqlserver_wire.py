@@ -214,3 +214,21 @@ async def test_random_bodies_get_an_answer_or_a_close(
         pass  # undecodable body: that connection is closed
     await c.close()
     await c.writer.wait_closed()
+
+
+async def test_query_with_bound_values_and_paging_state(server: CqlServer) -> None:
+    c = await Raw.open(server.port)
+    assert (await c.login())[0] == 0x10
+    value = struct.pack(">i", 5) + b"local"
+    params = struct.pack(">HBH", 1, 0x01 | 0x04, 1) + value + struct.pack(">i", 10)
+    await c.send(frame(0x07, ls("SELECT key FROM system.local WHERE key = ?") + params))
+    body = (await c.recv())[3]
+    kind, flags, ncols = struct.unpack(">iii", body[:12])
+    assert (kind, flags & 0x02, ncols) == (2, 0, 1)  # Rows, no more pages, one column
+    assert body.endswith(struct.pack(">ii", 1, 5) + b"local")
+    await c.send(
+        frame(0x07, ls("SELECT key FROM system.local WHERE key = ?") + struct.pack(">HB", 1, 0))
+    )
+    code, msg = error_of((await c.recv())[3])
+    assert code == 0x2200 and "markers" in msg
+    await c.close()
