@@ -109,7 +109,7 @@ CASES: list[tuple[str, str | None, list[tuple[str, str]]]] = [
         "CREATE MATERIALIZED VIEW ks.v AS SELECT * FROM ks.base WHERE k IS NOT NULL "
         "PRIMARY KEY (k)",
         None,
-        [(A, "ks.v"), (A, "ks.base")],
+        [(A, "ks.v"), (R, "ks.base")],
     ),
     ("DROP MATERIALIZED VIEW ks.v", None, [(A, "ks.v")]),
     ("CREATE TRIGGER trig ON ks.t USING 'Cls'", None, [(A, "ks.t")]),
