@@ -30,6 +30,7 @@ from lockgate.audit import AuditLog, AuditRecord
 from lockgate.config import ListenerConfig, LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore, load_or_create_master_key
 from lockgate.errors import AuditUnavailable
+from lockgate.gateway.cql import CqlEngine
 from lockgate.gateway.http import HttpEngine
 from lockgate.identity import (
     Claims,
@@ -120,6 +121,7 @@ class Gateway:
         )
         self.broker: CredentialBroker | None = None
         self.engine: HttpEngine | None = None
+        self.cql_engine: CqlEngine | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.control_port = 0
@@ -290,6 +292,17 @@ class Gateway:
         )
         server = await self.engine.start(h.host, h.port, ssl=server_ssl_context(h))
         self.http_port = server.sockets[0].getsockname()[1]
+        cql = self.config.listeners.cql
+        if cql is not None:
+            self.cql_engine = CqlEngine(
+                [r for r in self.config.resources if r.kind == "cql"],
+                self.verifier,
+                self.policy,
+                self.broker,
+                self.audit,
+            )
+            await self.cql_engine.start(cql.host, cql.port, ssl=server_ssl_context(cql))
+            self.cql_port = self.cql_engine.port
         self._tasks = [
             asyncio.create_task(self._every(1.0, self._refresh), name="lockgate-refresh"),
         ]
@@ -329,6 +342,8 @@ class Gateway:
                 await t
         if self.engine is not None:
             await self.engine.close()
+        if self.cql_engine is not None:
+            await self.cql_engine.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.broker is not None:

@@ -1,7 +1,27 @@
 """Cassandra (CQL native protocol) support for the Lockgate gateway.
 
+* :class:`CqlEngine` (:mod:`.engine`) — the ``cql`` listener: token login, per-statement
+  policy, upstream relay, audit. :mod:`.session`, :mod:`.handshake`, :mod:`.upstream`,
+  :mod:`.statements` and :mod:`.rewrite` are its parts.
 * :mod:`lockgate.gateway.cql.codec` — sans-I/O protocol v4 frame codec (bytes in, events out).
 * :mod:`lockgate.gateway.cql.classify` — CQL statement → ``(action, object)`` targets for policy.
-
-The engine that drives them over sockets lives in its own modules of this package.
+* :mod:`lockgate.gateway.cql.roles` — optional dynamic least-privilege Cassandra roles.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .engine import CqlEngine
+
+__all__ = ["CqlEngine"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so importing the codec alone stays light.
+    if name == "CqlEngine":
+        from .engine import CqlEngine
+
+        return CqlEngine
+    raise AttributeError(name)

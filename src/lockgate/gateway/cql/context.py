@@ -1,0 +1,125 @@
+"""What every CQL client connection shares: collaborators, caches, audit and metrics helpers.
+
+One :class:`EngineContext` per engine. Sessions call :meth:`EngineContext.record` to audit
+(never blocking; a failing sink is logged, not raised) and :meth:`EngineContext.count` for
+``lockgate_requests_total``; metric children are cached so the hot path does no label lookup.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockgate import metrics
+from lockgate.config import CqlResource
+from lockgate.gateway.engine import (
+    AuditSink,
+    Clock,
+    CredentialBroker,
+    PolicySource,
+    RecordFactory,
+    RequestFactory,
+    SecretCache,
+    TokenVerifier,
+    default_record_factory,
+    default_request_factory,
+    emit_safely,
+)
+
+from .statements import PreparedStatements
+
+#: Max bytes of a frame before the client has authenticated (handshake frames are tiny).
+PRE_AUTH_MAX_FRAME_BYTES = 64 * 1024
+#: What the gateway answers to OPTIONS. The driver requires a COMPRESSION key.
+SUPPORTED_OPTIONS: dict[str, list[str]] = {
+    "CQL_VERSION": ["3.4.4"],
+    "PROTOCOL_VERSIONS": ["4/v4"],
+    "COMPRESSION": [],
+}
+AUTHENTICATOR = "org.apache.cassandra.auth.PasswordAuthenticator"
+
+
+@dataclass
+class EngineContext:
+    resources: dict[str, CqlResource]
+    verifier: TokenVerifier
+    policy: PolicySource
+    broker: CredentialBroker
+    audit: AuditSink
+    make_request: RequestFactory = field(default_factory=default_request_factory)
+    make_record: RecordFactory = field(default_factory=default_record_factory)
+    prepared: PreparedStatements = field(default_factory=PreparedStatements)
+    clock: Clock = time.monotonic
+    secrets: SecretCache = field(init=False)
+    _counters: dict[tuple[str, str, str], Any] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.secrets = SecretCache(self.broker)
+
+    @classmethod
+    def build(
+        cls,
+        resources: Sequence[CqlResource],
+        verifier: TokenVerifier,
+        policy: PolicySource,
+        broker: CredentialBroker,
+        audit: AuditSink,
+        **kw: Any,
+    ) -> EngineContext:
+        kw = {k: v for k, v in kw.items() if v is not None}
+        return cls({r.name: r for r in resources}, verifier, policy, broker, audit, **kw)
+
+    @property
+    def handshake_timeout(self) -> float:
+        """Before the client names its resource, the strictest handshake timeout applies."""
+        return min((r.handshake_timeout for r in self.resources.values()), default=10.0)
+
+    def count(self, resource: str, action: str, decision: str) -> None:
+        key = (resource, action, decision)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = metrics.REQUESTS.labels(resource, action, decision)
+        child.inc()
+
+    def observe_upstream(self, resource: str, seconds: float) -> None:
+        metrics.UPSTREAM_LATENCY.labels(resource).observe(seconds)
+
+    def record(
+        self,
+        event: str,
+        claims: Any,
+        resource: str | None,
+        t0: float,
+        *,
+        action: str | None = None,
+        obj: str | None = None,
+        status: int | None = None,
+        decision: str | None = None,
+        rule: str | None = None,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        c = claims
+        record = self.make_record(
+            event=event,
+            deployment=getattr(c, "deployment", None),
+            dag_id=getattr(c, "dag_id", None),
+            task_id=getattr(c, "task_id", None),
+            run_id=getattr(c, "run_id", None),
+            try_number=getattr(c, "try_number", None),
+            map_index=getattr(c, "map_index", None),
+            principal=getattr(c, "sub", None),
+            resource=resource,
+            action=action,
+            object=obj,
+            decision=decision,
+            rule=rule,
+            reason=reason,
+            status=status,
+            latency_ms=round((self.clock() - t0) * 1000.0, 3),
+            jti=getattr(c, "jti", None),
+            detail=detail or {},
+        )
+        emit_safely(self.audit, record)

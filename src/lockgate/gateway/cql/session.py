@@ -1,0 +1,485 @@
+"""One client connection through the CQL engine: handshake, then decide and relay.
+
+Strategy: one upstream connection per client connection, so stream ids pass through
+unchanged and responses need no renumbering. Two pumps run side by side:
+
+* client → upstream: each request is parsed by the codec; statement-bearing ones
+  (QUERY, PREPARE, EXECUTE, BATCH) get a :class:`~.statements.Plan`, every target that is
+  not a driver metadata read or ``USE`` is decided by policy, and the request is either
+  answered by the gateway (Unauthorized, Unprepared, audit unavailable) or forwarded as its
+  exact bytes. OPTIONS (driver heartbeats) and REGISTER are forwarded.
+* upstream → client: frames are split by their 9-byte header; only those the gateway must
+  look into (anything but plain Rows, or Rows of system.local/peers reads) are decoded.
+  SetKeyspace updates the connection's keyspace, Prepared fills the shared prepared map,
+  topology/status EVENTs are dropped, and every audited statement is recorded with its
+  result kind or error code and its latency.
+
+Robustness: a malformed or oversized client frame, a frame that stalls for longer than the
+resource's ``handshake_timeout``, or an unfinished handshake closes this connection only,
+with an audit record. A connection with nothing in flight and no traffic for
+``idle_timeout`` is closed quietly. No exception leaves :meth:`ClientSession.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from lockgate import _log
+from lockgate.errors import AuditUnavailable, AuthenticationError
+
+from . import codec
+from .context import PRE_AUTH_MAX_FRAME_BYTES, EngineContext
+from .handshake import Authenticated, handshake
+from .rewrite import forward_event, rewrite_rows
+from .statements import Plan, plan_for
+from .upstream import UPSTREAM_MAX_FRAME_BYTES
+
+log = _log.get("gateway.cql")
+
+_READ_SIZE = 65536
+_HEADER = struct.Struct(">BBhBi")
+_RANK = {"read": 1, "write": 2, "admin": 3}
+_REVERIFY_EVERY = 1.0  # seconds between token re-checks (expiry, revocation) on a connection
+
+
+class _Stalled(Exception):
+    """A frame did not complete in time (slow-loris)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    t0: float
+    plan: Plan | None
+    audited: bool
+    action: str | None = None
+    obj: str | None = None
+
+
+class ClientSession:
+    def __init__(
+        self, ctx: EngineContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.ctx = ctx
+        self.reader = reader
+        self.writer = writer
+        self.client = codec.Connection(codec.Role.SERVER, max_frame_bytes=PRE_AUTH_MAX_FRAME_BYTES)
+        sock = writer.get_extra_info("sockname") or ("127.0.0.1", 0)
+        self.local_address: str = str(sock[0])
+        self.local_port: int = int(sock[1])
+        self.auth: Authenticated | None = None
+        self.keyspace: str | None = None
+        self.pending: dict[int, _Pending] = {}
+        self._frame_deadline: float | None = None
+        self._frame_timeout = ctx.handshake_timeout
+        self._idle_timeout: float | None = None
+        self._verified_at = 0.0
+        self._inspector = codec.Connection(
+            codec.Role.CLIENT, max_frame_bytes=UPSTREAM_MAX_FRAME_BYTES
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        t0 = self.ctx.clock()
+        try:
+            try:
+                async with asyncio.timeout(self.ctx.handshake_timeout):
+                    self.auth = await handshake(self.ctx, self, t0)
+            except TimeoutError:
+                self._refuse("auth_failed", "handshake_timeout", t0)
+                return
+            if self.auth is None:
+                return
+            r = self.auth.resource
+            self.keyspace = None
+            self.client.max_frame_bytes = r.max_frame_bytes
+            self._frame_timeout = r.handshake_timeout
+            self._idle_timeout = r.idle_timeout
+            self._verified_at = self.ctx.clock()
+            await self._relay()
+        except codec.UnsupportedProtocolVersion as exc:
+            # Driver protocol negotiation (DSE/v5 first): expected, cheap, not an attack.
+            self._write(exc.error_frame())
+            log.debug("cql protocol version refused", extra={"fields": {"version": exc.version}})
+        except codec.CqlProtocolError as exc:
+            self._write(exc.error_frame())
+            reason = "frame_too_large" if "exceeds the limit" in str(exc) else "protocol_error"
+            self._refuse("denied" if self.auth else "auth_failed", reason, t0, str(exc))
+        except _Stalled:
+            self._refuse("denied" if self.auth else "auth_failed", "frame_timeout", t0)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:  # the connection handler must never raise
+            log.exception("cql connection failed")
+        finally:
+            await self._close()
+
+    def _refuse(self, event: str, reason: str, t0: float, detail: str | None = None) -> None:
+        auth = self.auth
+        self.ctx.record(
+            event,
+            auth.claims if auth else None,
+            auth.resource.name if auth else None,
+            t0,
+            action="connect",
+            decision="deny",
+            reason=reason,
+            detail={"error": detail[:500]} if detail else None,
+        )
+
+    async def _close(self) -> None:
+        if self.auth is not None:
+            self.auth.link.close()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+    def _write(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    # ClientIO for the handshake
+    def write(self, data: bytes) -> None:
+        self._write(data)
+
+    async def read_event(self) -> codec.Event | None:
+        """The next client frame as an event; None at EOF. Raises CqlProtocolError, _Stalled."""
+        while True:
+            event = self.client.next_event()
+            if event is not codec.NEED_DATA:
+                assert isinstance(event, codec.Event)
+                self._frame_deadline = None
+                return event
+            if self.client.eof:
+                return None
+            now = self.ctx.clock()
+            if self.client.buffered:
+                if self._frame_deadline is None:
+                    self._frame_deadline = now + self._frame_timeout
+                timeout: float | None = self._frame_deadline - now
+                if timeout <= 0:
+                    raise _Stalled
+            else:
+                timeout = self._idle_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(_READ_SIZE)
+            except TimeoutError:
+                if self.client.buffered:
+                    raise _Stalled from None
+                if self.pending:
+                    continue  # a long statement is running; the client waits for it
+                log.info("cql connection idle; closing", extra={"fields": self._fields()})
+                return None
+            self.client.receive_data(data)
+
+    def _fields(self) -> dict[str, Any]:
+        auth = self.auth
+        return {
+            "resource": auth.resource.name if auth else None,
+            "principal": getattr(auth.claims, "sub", None) if auth else None,
+        }
+
+    # -- relay ----------------------------------------------------------------------------------
+    async def _relay(self) -> None:
+        assert self.auth is not None
+        pumps = [
+            asyncio.create_task(self._pump_client(), name="cql-client"),
+            asyncio.create_task(self._pump_upstream(), name="cql-upstream"),
+        ]
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    async def _pump_client(self) -> None:
+        assert self.auth is not None
+        up = self.auth.link.writer
+        while True:
+            event = await self.read_event()
+            if event is None:
+                return
+            self._on_request(event)
+            if self.client.buffered == 0:
+                await up.drain()
+
+    def _on_request(self, event: codec.Event) -> None:
+        auth = self.auth
+        assert auth is not None
+        t0 = self.ctx.clock()
+        if isinstance(event, codec.Options | codec.Register):
+            self._forward(event, _Pending(t0, None, False))
+            return
+        plan = plan_for(event, auth.resource.name, self.keyspace, self.ctx.prepared)
+        if plan is None:
+            self._answer(event, codec.ERR_PROTOCOL, f"unexpected {type(event).__name__}")
+            return
+        if not self._token_valid(event, plan, t0):
+            return
+        if plan.unprepared is not None:
+            self._write(
+                codec.encode_frame(
+                    codec.Error(
+                        stream=event.stream,
+                        code=codec.ERR_UNPREPARED,
+                        unprepared_id=plan.unprepared,
+                        message="prepared statement unknown to Lockgate; prepare it again",
+                    )
+                )
+            )
+            return
+        checked = plan.checked
+        if not checked:
+            self._forward(event, _Pending(t0, plan, False))
+            return
+        claims = auth.claims
+        ttl = _token_ttl(claims)
+        policy = self.ctx.policy.current
+        for target in checked:
+            decision = policy.decide(
+                self.ctx.make_request(
+                    principal=claims.sub,
+                    action=target.action,
+                    resource=auth.resource.name,
+                    object=target.object,
+                    token_ttl=ttl,
+                )
+            )
+            if not decision.allowed:
+                self._deny(event, plan, target.action, target.object, decision, t0)
+                return
+        action = max((t.action for t in checked), key=lambda a: _RANK.get(a, 3))
+        obj = ",".join(dict.fromkeys(t.object for t in checked))
+        try:
+            self.ctx.audit.check_writable()
+        except AuditUnavailable:
+            self._answer(
+                event,
+                codec.ERR_OVERLOADED,
+                "Lockgate audit unavailable: statement not run; retry later",
+            )
+            log.error("cql statement refused: audit unavailable", extra={"fields": self._fields()})
+            return
+        self.ctx.count(auth.resource.name, action, "allow")
+        self._forward(event, _Pending(t0, plan, True, action, obj))
+
+    def _token_valid(self, event: codec.Event, plan: Plan, t0: float) -> bool:
+        """Re-check the connection's token (expiry, revocation) about once a second."""
+        auth = self.auth
+        assert auth is not None
+        if t0 - self._verified_at < _REVERIFY_EVERY:
+            return True
+        try:
+            auth.claims = self.ctx.verifier.verify(auth.token, auth.resource.name)
+        except AuthenticationError as exc:
+            reason = str(getattr(exc, "reason", "invalid"))
+            self._answer(
+                event,
+                codec.ERR_UNAUTHORIZED,
+                f"Lockgate token no longer valid ({reason}); reconnect with a fresh token",
+            )
+            self.ctx.record(
+                "auth_failed",
+                auth.claims,
+                auth.resource.name,
+                t0,
+                reason=reason,
+                decision="deny",
+                status=codec.ERR_UNAUTHORIZED,
+                detail={"statement": plan.audit_text},
+            )
+            return False
+        self._verified_at = t0
+        return True
+
+    def _deny(
+        self, event: codec.Event, plan: Plan, action: str, obj: str, decision: Any, t0: float
+    ) -> None:
+        auth = self.auth
+        assert auth is not None
+        reason = decision.explain()
+        self.ctx.count(auth.resource.name, action, "deny")
+        self._answer(
+            event,
+            codec.ERR_UNAUTHORIZED,
+            f"Lockgate denied {action} on {obj} in {auth.resource.name} for "
+            f"{auth.claims.sub}: {reason}",
+        )
+        self.ctx.record(
+            "denied",
+            auth.claims,
+            auth.resource.name,
+            t0,
+            action=action,
+            obj=obj,
+            status=codec.ERR_UNAUTHORIZED,
+            decision="deny",
+            rule=decision.rule,
+            reason=reason,
+            detail=self._detail(plan),
+        )
+
+    def _detail(self, plan: Plan) -> dict[str, Any]:
+        detail: dict[str, Any] = {"statement": plan.audit_text, "op": plan.op}
+        if plan.keyspace:
+            detail["keyspace"] = plan.keyspace
+        return detail
+
+    def _answer(self, event: codec.Event, code: int, message: str) -> None:
+        self._write(
+            codec.encode_frame(codec.Error(stream=event.stream, code=code, message=message))
+        )
+
+    def _forward(self, event: codec.Event, pending: _Pending) -> None:
+        assert self.auth is not None
+        self.pending[event.stream] = pending
+        self.auth.link.writer.write(event.raw)
+
+    # -- upstream → client ----------------------------------------------------------------------
+    async def _pump_upstream(self) -> None:
+        assert self.auth is not None
+        reader = self.auth.link.reader
+        buf = bytearray()
+        while True:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                self._upstream_lost()
+                return
+            buf += data
+            pos = 0
+            while len(buf) - pos >= 9:
+                vbyte, flags, stream, opcode, length = _HEADER.unpack_from(buf, pos)
+                if vbyte != 0x84 or length < 0 or length > UPSTREAM_MAX_FRAME_BYTES:
+                    log.error(
+                        "cql upstream sent an invalid frame header; closing",
+                        extra={"fields": self._fields()},
+                    )
+                    self._upstream_lost()
+                    return
+                end = pos + 9 + length
+                if len(buf) < end:
+                    break
+                self._on_response(bytes(buf[pos:end]), flags, stream, opcode)
+                pos = end
+            if pos:
+                del buf[:pos]
+            await self.writer.drain()
+
+    def _on_response(self, frame: bytes, flags: int, stream: int, opcode: int) -> None:
+        p = self.pending.pop(stream, None) if stream >= 0 else None
+        if (
+            opcode == codec.RESULT
+            and flags == 0
+            and frame[9:13] == b"\x00\x00\x00\x02"  # Rows
+            and (p is None or p.plan is None or p.plan.rewrite is None)
+        ):
+            self._write(frame)  # the hot path: rows relayed without decoding
+            self._finish(p, codec.RESULT_ROWS)
+            return
+        event = self._inspect(frame)
+        if event is None:
+            if p is not None and p.plan is not None and p.plan.rewrite is not None:
+                # Fail closed: never relay undecodable topology rows.
+                self._write(
+                    codec.encode_frame(
+                        codec.Error(
+                            stream=stream,
+                            code=codec.ERR_SERVER,
+                            message="Lockgate could not decode the cluster's answer",
+                        )
+                    )
+                )
+            else:
+                self._write(frame)
+            self._finish(p, codec.ERR_SERVER, error=True)
+            return
+        if isinstance(event, codec.ServerEvent):
+            if forward_event(event):
+                self._write(frame)
+            return
+        status: int | None = None
+        if isinstance(event, codec.Error):
+            status = event.code
+        elif isinstance(event, codec.Result):
+            status = event.kind
+            if isinstance(event, codec.SetKeyspace):
+                self.keyspace = event.keyspace
+            elif isinstance(event, codec.Prepared) and p is not None and p.plan is not None:
+                if p.plan.op == "prepare" and self.auth is not None:
+                    self.ctx.prepared.remember(
+                        self.auth.resource.name, event.query_id, p.plan.text, p.plan.keyspace
+                    )
+            elif isinstance(event, codec.Rows) and p is not None and p.plan is not None:
+                kind = p.plan.rewrite
+                if kind is not None:
+                    rows = rewrite_rows(event, kind, self.local_address, self.local_port)
+                    if rows is not event:
+                        frame = codec.encode_frame(rows)
+        self._write(frame)
+        self._finish(p, status, error=isinstance(event, codec.Error))
+
+    def _inspect(self, frame: bytes) -> codec.Event | None:
+        self._inspector.receive_data(frame)
+        try:
+            event = self._inspector.next_event()
+        except codec.CqlProtocolError as exc:
+            log.error("cql upstream frame not decodable", extra={"fields": {"error": str(exc)}})
+            self._inspector = codec.Connection(
+                codec.Role.CLIENT, max_frame_bytes=UPSTREAM_MAX_FRAME_BYTES
+            )
+            return None
+        return event if isinstance(event, codec.Event) else None
+
+    def _finish(self, p: _Pending | None, status: int | None, *, error: bool = False) -> None:
+        if p is None or not p.audited or self.auth is None:
+            return
+        auth = self.auth
+        self.ctx.observe_upstream(auth.resource.name, self.ctx.clock() - p.t0)
+        assert p.plan is not None
+        # Server-side failures (0x0000-0x1fff) are upstream errors; request errors are answers.
+        event = "upstream_error" if error and (status or 0) < 0x2000 else "allowed"
+        self.ctx.record(
+            event,
+            auth.claims,
+            auth.resource.name,
+            p.t0,
+            action=p.action,
+            obj=p.obj,
+            status=status,
+            decision="allow",
+            detail=self._detail(p.plan),
+        )
+
+    def _upstream_lost(self) -> None:
+        auth = self.auth
+        if auth is None:
+            return
+        for p in self.pending.values():
+            if p.audited and p.plan is not None:
+                self.ctx.record(
+                    "upstream_error",
+                    auth.claims,
+                    auth.resource.name,
+                    p.t0,
+                    action=p.action,
+                    obj=p.obj,
+                    decision="allow",
+                    reason="upstream_closed",
+                    detail=self._detail(p.plan),
+                )
+        self.pending.clear()
+        log.warning("cql upstream connection closed", extra={"fields": self._fields()})
+
+
+def _token_ttl(claims: Any) -> float | None:
+    iat = getattr(claims, "iat", None)
+    return float(claims.exp) - float(iat) if iat is not None else None
