@@ -76,8 +76,9 @@ class CqlEngine:
     async def start(
         self, host: str, port: int, *, ssl: ssl_mod.SSLContext | None = None
     ) -> asyncio.Server:
+        tls_timeout = self.ctx.handshake_timeout if ssl is not None else None
         self._server = await asyncio.start_server(
-            self._accept, host, port, ssl=ssl, ssl_handshake_timeout=self.ctx.handshake_timeout
+            self._accept, host, port, ssl=ssl, ssl_handshake_timeout=tls_timeout
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info(
