@@ -209,7 +209,9 @@ class RawClient:
     async def login(self, token: str, user: str = RESOURCE) -> codec.Event | None:
         self.send(codec.Startup(stream=1, options={"CQL_VERSION": "3.0.0"}))
         assert isinstance(await self.recv(), codec.Authenticate)
-        self.send(codec.AuthResponse(stream=2, token=b"\0" + user.encode() + b"\0" + token.encode()))
+        self.send(
+            codec.AuthResponse(stream=2, token=b"\0" + user.encode() + b"\0" + token.encode())
+        )
         return await self.recv()
 
     def close(self) -> None:

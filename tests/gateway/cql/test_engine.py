@@ -12,10 +12,12 @@ from cassandra.cluster import NoHostAvailable, Session
 from cassandra.query import BatchStatement
 
 from lockgate.errors import AuditUnavailable
+from lockgate.gateway.cql import codec
 
 from .engine_stack import (
     RESOURCE,
     UPSTREAM_USER,
+    RawClient,
     Stack,
     connect,
     stack_fixture,
@@ -68,8 +70,11 @@ async def test_token_login_downgrades_to_v4_and_relays_as_gateway_user(
     assert not any(r.object and r.object.startswith("system") for r in stack.audit())
 
 
-@pytest.mark.parametrize("which", ["garbage", "expired", "wrong_resource"])
-async def test_bad_tokens_fail_authentication(stack: Stack, which: str) -> None:
+@pytest.mark.parametrize(
+    ("which", "reason"),
+    [("garbage", "malformed"), ("expired", "expired"), ("wrong_resource", "unknown_resource")],
+)
+async def test_bad_tokens_fail_authentication(stack: Stack, which: str, reason: str) -> None:
     token = {
         "garbage": "not-a-token",
         "expired": stack.token("etl", ttl=60, age=3600),
@@ -80,11 +85,9 @@ async def test_bad_tokens_fail_authentication(stack: Stack, which: str) -> None:
         await asyncio.to_thread(connect, stack.port, token, user=user)
     errors = list(info.value.errors.values())
     assert errors and all(isinstance(e, AuthenticationFailed) for e in errors)
-    assert "Lockgate authentication failed" in str(errors[0])
+    assert f"Lockgate authentication failed ({reason})" in str(errors[0])
     failed = stack.audit("auth_failed")
-    assert failed and failed[0].reason in {"malformed", "expired", "unknown_resource"} | {
-        failed[0].reason
-    }
+    assert failed and {r.reason for r in failed} == {reason}
     assert all("not-a-token" not in str(r.to_dict()) for r in stack.audit())
     assert stack.fake.user_statements() == []
 
@@ -128,17 +131,29 @@ async def test_prepared_statements_are_enforced(stack: Stack, etl: Session) -> N
     assert any(r.detail.get("op") == "execute" for r in writes)
 
 
-async def test_execute_of_statement_prepared_by_someone_else_is_checked(
-    stack: Stack, etl: Session
-) -> None:
+async def test_execute_of_statement_prepared_by_someone_else_is_checked(stack: Stack) -> None:
     ops = await asyncio.to_thread(connect, stack.port, stack.token("ops"), "ks")
     try:
-        await asyncio.to_thread(ops.prepare, "DELETE FROM orders WHERE id = ?")
-        # same text prepared by ops: etl's driver must still be refused on PREPARE/EXECUTE
-        with pytest.raises(Unauthorized):
-            await asyncio.to_thread(etl.prepare, "TRUNCATE orders")
+        truncate = await asyncio.to_thread(ops.prepare, "TRUNCATE orders")
     finally:
         await asyncio.to_thread(ops.cluster.shutdown)
+    seen = len(stack.fake.statements)
+    # etl replays the id ops prepared, on a raw connection: EXECUTE is decided on its text
+    raw = await RawClient.open(stack.port)
+    try:
+        assert isinstance(await raw.login(stack.token("etl")), codec.AuthSuccess)
+        raw.send(codec.Execute(stream=3, query_id=truncate.query_id))
+        answer = await raw.recv()
+        assert isinstance(answer, codec.Error) and answer.code == codec.ERR_UNAUTHORIZED
+        assert "admin on ks.orders" in answer.message
+        # an id the gateway never saw is answered Unprepared, so a driver re-prepares
+        raw.send(codec.Execute(stream=4, query_id=b"\x01" * 16))
+        answer = await raw.recv()
+        assert isinstance(answer, codec.Error) and answer.code == codec.ERR_UNPREPARED
+        assert answer.unprepared_id == b"\x01" * 16
+    finally:
+        raw.close()
+    assert not any(t.startswith("TRUNCATE") for _, t in stack.fake.statements[seen:])
 
 
 async def test_batch_with_one_denied_statement_is_denied_whole(stack: Stack, etl: Session) -> None:
