@@ -31,7 +31,7 @@ from tests.fakes.cqlserver.grammar import parse
 from tests.fakes.cqlserver.session import Session as FakeSession
 
 UPSTREAM_USER = "lockgate"
-UPSTREAM_PASSWORD = "upstream-pw-not-a-token"  # noqa: S105 - test value
+UPSTREAM_PASSWORD = "upstream-pw-not-a-token"
 RESOURCE = "cass"
 
 CONFIG = """\

@@ -122,7 +122,7 @@ async def test_prepared_statements_are_enforced(stack: Stack, etl: Session) -> N
     await execute(etl, insert, (7, "pear"))
     select = await asyncio.to_thread(etl.prepare, "SELECT item FROM orders WHERE id = ?")
     assert [r.item for r in await execute(etl, select, (7,))] == ["pear"]
-    with pytest.raises(Unauthorized, match="ks.secrets"):
+    with pytest.raises(Unauthorized, match=r"ks\.secrets"):
         await asyncio.to_thread(etl.prepare, "INSERT INTO secrets (id, v) VALUES (?, ?)")
     # the gateway forgot its prepared map (restart): EXECUTE → Unprepared → driver re-prepares
     stack.gw.cql_engine.ctx.prepared._entries.clear()  # type: ignore[union-attr]
@@ -160,7 +160,7 @@ async def test_batch_with_one_denied_statement_is_denied_whole(stack: Stack, etl
     batch = BatchStatement()
     batch.add("INSERT INTO ks.orders (id, item) VALUES (2, 'kiwi')")
     batch.add("INSERT INTO ks.secrets (id, v) VALUES (2, 'x')")
-    with pytest.raises(Unauthorized, match="ks.secrets"):
+    with pytest.raises(Unauthorized, match=r"ks\.secrets"):
         await execute(etl, batch)
     assert not any("kiwi" in t for _, t in stack.fake.statements)
     ok = BatchStatement()

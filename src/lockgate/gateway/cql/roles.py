@@ -1,0 +1,245 @@
+"""Dynamic least-privilege Cassandra roles (``dynamic_roles: true``), for clients that cannot
+go through the gateway.
+
+Strategy: for one Lockgate token (one task try) :meth:`DynamicRoles.issue` creates a role
+``lg_<16 hex of sha256(resource, jti)>`` with a random password and LOGIN, then grants it
+exactly what policy allows that principal on the resource: every user table of the cluster
+(read from ``system_schema.tables``) is checked for ``read`` / ``write`` / ``admin``, and
+each allow becomes table-level GRANTs (read → SELECT, write → MODIFY, admin → ALTER, DROP;
+plus CREATE on the keyspace when admin is allowed on every table of it). Policy globs are thus
+resolved against real tables, never guessed. The role is dropped by :meth:`revoke` (task
+end) or by :meth:`sweep` once the token has expired; :meth:`sweep_orphans` drops ``lg_``
+roles this process does not know (after a restart).
+
+Rules: statements run over the gateway's own upstream login (which must be allowed to
+create roles and grant). Statements that carry a password are never logged and upstream
+error messages for them are not repeated. The token service does not call this yet; it is a
+function it can call (see the CQL engine docs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockgate import _log
+from lockgate.config import CqlResource
+from lockgate.errors import UpstreamError
+from lockgate.gateway.engine import PolicySource, default_request_factory
+
+from . import codec, upstream
+
+log = _log.get("gateway.cql.roles")
+
+PREFIX = "lg_"
+PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "read": ("SELECT",),
+    "write": ("MODIFY",),
+    "admin": ("ALTER", "DROP"),
+}
+_SYSTEM_KEYSPACES = frozenset(
+    {"system", "system_schema", "system_auth", "system_distributed", "system_traces",
+     "system_views", "system_virtual_schema"}
+)  # fmt: skip
+
+PasswordSource = Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class RoleCredential:
+    """What a task gets: log in to the cluster directly as ``username``/``password``."""
+
+    username: str
+    password: str = field(repr=False)
+    expires_at: float
+    grants: tuple[tuple[str, str], ...]  # (permission, resource text)
+
+
+def role_name(resource: str, jti: str) -> str:
+    return PREFIX + hashlib.sha256(f"{resource}\0{jti}".encode()).hexdigest()[:16]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _table_ref(ks: str, table: str) -> str:
+    return f"TABLE {_quote(ks)}.{_quote(table)}"
+
+
+class AdminConnection:
+    """A tiny sequential CQL client over an authenticated upstream link."""
+
+    def __init__(self, link: upstream.UpstreamLink) -> None:
+        self.link = link
+        self._stream = 0
+
+    async def query(self, text: str, *, secret: bool = False) -> codec.Event:
+        self._stream = (self._stream + 1) % 32768
+        self.link.writer.write(self.link.conn.send(codec.Query(stream=self._stream, query=text)))
+        while True:
+            event = self.link.conn.next_event()
+            if event is not codec.NEED_DATA:
+                assert isinstance(event, codec.Event)
+                if isinstance(event, codec.ServerEvent):
+                    continue
+                if isinstance(event, codec.Error):
+                    msg = "(message withheld)" if secret else event.message[:300]
+                    raise UpstreamError(f"upstream error 0x{event.code:04x}: {msg}")
+                return event
+            data = await self.link.reader.read(65536)
+            if not data:
+                raise UpstreamError("upstream closed the admin connection")
+            self.link.conn.receive_data(data)
+
+    def close(self) -> None:
+        self.link.close()
+
+
+class DynamicRoles:
+    """Issue, revoke and sweep per-token Cassandra roles for one ``kind: cql`` resource."""
+
+    def __init__(
+        self,
+        resource: CqlResource,
+        password: PasswordSource,
+        policy: PolicySource,
+        *,
+        clock: Callable[[], float] = time.time,
+        make_request: Any = None,
+    ) -> None:
+        self.resource = resource
+        self._password = password
+        self._policy = policy
+        self._clock = clock
+        self._make_request = make_request or default_request_factory()
+        self._issued: dict[str, RoleCredential] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def issued(self) -> dict[str, RoleCredential]:
+        return dict(self._issued)
+
+    async def _admin(self) -> AdminConnection:
+        return AdminConnection(await upstream.connect(self.resource, await self._password()))
+
+    async def issue(self, claims: Any) -> RoleCredential:
+        """Create (or return) the role for ``claims`` with the grants policy allows."""
+        name = role_name(self.resource.name, str(claims.jti))
+        async with self._lock:
+            known = self._issued.get(name)
+            if known is not None:
+                return known
+            password = secrets.token_urlsafe(24)  # URL-safe: never a quote
+            admin = await self._admin()
+            try:
+                tables = await self._user_tables(admin)
+                grants = self._allowed_grants(claims, tables)
+                await admin.query(
+                    f"CREATE ROLE IF NOT EXISTS {_quote(name)} "
+                    f"WITH PASSWORD = '{password}' AND LOGIN = true",
+                    secret=True,
+                )
+                for perm, target in grants:
+                    await admin.query(f"GRANT {perm} ON {target} TO {_quote(name)}")
+            finally:
+                admin.close()
+            cred = RoleCredential(name, password, float(claims.exp), tuple(grants))
+            self._issued[name] = cred
+        log.info("dynamic cql role issued", extra={"fields": {
+            "resource": self.resource.name, "role": name, "principal": claims.sub,
+            "grants": len(grants)}})  # fmt: skip
+        return cred
+
+    async def _user_tables(self, admin: AdminConnection) -> list[tuple[str, str]]:
+        rows = await admin.query("SELECT keyspace_name, table_name FROM system_schema.tables")
+        out: list[tuple[str, str]] = []
+        if isinstance(rows, codec.Rows):
+            for row in rows.rows:
+                ks, table = (codec.values.decode_varchar(c or b"") for c in row[:2])
+                if ks not in _SYSTEM_KEYSPACES:
+                    out.append((ks, table))
+        return out
+
+    def _allowed_grants(self, claims: Any, tables: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        policy = self._policy.current
+        iat = getattr(claims, "iat", None)
+        ttl = float(claims.exp) - float(iat) if iat is not None else None
+        grants: list[tuple[str, str]] = []
+        admin_tables: dict[str, list[bool]] = {}
+        for ks, table in tables:
+            for action, perms in PERMISSIONS.items():
+                decision = policy.decide(
+                    self._make_request(
+                        principal=claims.sub,
+                        action=action,
+                        resource=self.resource.name,
+                        object=f"{ks}.{table}",
+                        token_ttl=ttl,
+                    )  # fmt: skip
+                )
+                if action == "admin":
+                    admin_tables.setdefault(ks, []).append(decision.allowed)
+                if decision.allowed:
+                    grants.extend((p, _table_ref(ks, table)) for p in perms)
+        for ks, allowed in admin_tables.items():
+            if allowed and all(allowed):
+                grants.append(("CREATE", f"KEYSPACE {_quote(ks)}"))
+        return grants
+
+    async def revoke(self, name: str) -> bool:
+        """Drop one role (task ended). True if it was dropped or did not exist."""
+        admin = await self._admin()
+        try:
+            await admin.query(f"DROP ROLE IF EXISTS {_quote(name)}")
+        finally:
+            admin.close()
+        self._issued.pop(name, None)
+        log.info("dynamic cql role dropped", extra={"fields": {"role": name}})
+        return True
+
+    async def revoke_token(self, claims: Any) -> bool:
+        return await self.revoke(role_name(self.resource.name, str(claims.jti)))
+
+    async def sweep(self, now: float | None = None) -> list[str]:
+        """Drop every issued role whose token has expired; returns the dropped names."""
+        t = self._clock() if now is None else now
+        expired = [n for n, c in self._issued.items() if c.expires_at <= t]
+        for name in expired:
+            try:
+                await self.revoke(name)
+            except (UpstreamError, OSError) as exc:
+                log.warning("dynamic cql role not dropped yet", extra={"fields": {
+                    "role": name, "error": str(exc)}})  # fmt: skip
+        return [n for n in expired if n not in self._issued]
+
+    async def sweep_orphans(self) -> list[str]:
+        """Drop ``lg_`` roles upstream that this process did not issue (e.g. after a restart)."""
+        admin = await self._admin()
+        dropped: list[str] = []
+        try:
+            rows = await admin.query("SELECT role FROM system_auth.roles")
+            names = []
+            if isinstance(rows, codec.Rows):
+                names = [codec.values.decode_varchar(r[0] or b"") for r in rows.rows]
+            for name in names:
+                if name.startswith(PREFIX) and name not in self._issued:
+                    await admin.query(f"DROP ROLE IF EXISTS {_quote(name)}")
+                    dropped.append(name)
+        finally:
+            admin.close()
+        return dropped
+
+    async def run_sweeper(self, interval: float = 30.0) -> None:
+        """Sweep forever (run as a background task; cancel to stop)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:  # a sweep failure must not stop the loop
+                log.exception("dynamic cql role sweep failed")
