@@ -43,9 +43,16 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
     "admin": ("ALTER", "DROP"),
 }
 _SYSTEM_KEYSPACES = frozenset(
-    {"system", "system_schema", "system_auth", "system_distributed", "system_traces",
-     "system_views", "system_virtual_schema"}
-)  # fmt: skip
+    {
+        "system",
+        "system_schema",
+        "system_auth",
+        "system_distributed",
+        "system_traces",
+        "system_views",
+        "system_virtual_schema",
+    }
+)
 
 PasswordSource = Callable[[], Awaitable[str]]
 
@@ -181,7 +188,7 @@ class DynamicRoles:
                         resource=self.resource.name,
                         object=f"{ks}.{table}",
                         token_ttl=ttl,
-                    )  # fmt: skip
+                    )
                 )
                 if action == "admin":
                     admin_tables.setdefault(ks, []).append(decision.allowed)
