@@ -145,8 +145,39 @@ class RetrySettings(_Model):
     deadline: float = Field(30.0, gt=0, description="seconds for all attempts together")
 
 
+class DatabricksGuardrail(_Model):
+    """Cluster-cost limits for the principals matching ``principals`` (first match wins).
+
+    Checked on the cluster specs a request would start: the submitted spec for
+    ``jobs/runs/submit``, the job's own spec (``jobs/get``) for ``jobs/run-now``.
+    """
+
+    principals: list[str] = Field(min_length=1, description="globs on airflow:<dep>/<dag>/<task>")
+    max_workers: int | None = Field(None, ge=0, description="num_workers / autoscale max cap")
+    allowed_node_types: list[str] | None = None  # globs on node_type_id / driver_node_type_id
+    require_instance_pool: bool = False
+    require_policy_id: bool = False
+    max_timeout_seconds: int | None = Field(None, gt=0)
+    allow_existing_clusters: bool = True
+
+
+class DatabricksSettings(_Model):
+    """Settings of ``profile: databricks`` (see ``docs/databricks.md``)."""
+
+    guardrails: list[DatabricksGuardrail] = []
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    job_cache_seconds: float = Field(30.0, ge=0)
+    poll_token_ttl: int = Field(3600, gt=0, le=86400, description="triggerer poll tokens")
+    run_read_max_age: int = Field(7 * 86400, gt=0, description="poll tokens read runs this young")
+
+
 class HttpResource(_Model):
-    """An HTTP upstream served by the HTTP engine at ``/<name>/...``."""
+    """An HTTP upstream served by the HTTP engine at ``/<name>/...``.
+
+    With ``listen``, the resource is also served at the root of its own listener (clients
+    such as the Databricks hook cannot put a path prefix in front of their API paths).
+    ``profile`` adds upstream-specific classification, guardrails and audit detail.
+    """
 
     name: str = Field(pattern=NAME_RE)
     kind: Literal["http"]
@@ -159,6 +190,9 @@ class HttpResource(_Model):
     verify_tls: bool = True
     ca_file: Path | None = None
     identity_header: str | None = "X-Lockgate-Assertion"  # signed caller identity; None: off
+    listen: ListenerConfig | None = None  # serve this resource alone at the root of a port
+    profile: Literal["databricks"] | None = None
+    databricks: DatabricksSettings = DatabricksSettings()
 
     @field_validator("upstream")
     @classmethod

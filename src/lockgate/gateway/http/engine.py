@@ -4,6 +4,12 @@ Wiring only; the pipeline is :mod:`proxy`, the wire handling :mod:`server` (clie
 :mod:`upstream` (pool). ``update_resources`` swaps the catalog atomically: requests in flight
 finish on the old state, new ones see the new one, and pools of unchanged resources are kept
 so warm connections survive a reload.
+
+A resource with ``listen`` is also served at the root of its own port
+(:meth:`HttpEngine.start_mounted`): clients such as the Databricks hook build
+``https://host:port/api/...`` and cannot add a ``/<resource>`` prefix. The token's audience
+must still be that resource. ``profile`` resources get their profile object here (kept
+across reloads while the resource is unchanged).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import ssl as ssl_module
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from lockgate.gateway.engine import (
@@ -28,6 +35,7 @@ from lockgate.gateway.engine import (
     default_record_factory,
     default_request_factory,
 )
+from lockgate.gateway.http.profiles import make_profile
 from lockgate.gateway.http.proxy import Proxy, ResourceState
 from lockgate.gateway.http.server import ClientConnection
 from lockgate.gateway.http.upstream import UpstreamPool
@@ -54,8 +62,12 @@ class HttpEngine:
         max_idle_per_resource: int = 64,
         make_request: RequestFactory | None = None,
         make_record: RecordFactory | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self._clock = clock
+        self._data_dir = data_dir  # profile state (e.g. the Databricks run registry)
+        self._mounted: list[asyncio.Server] = []
+        self._closing: set[asyncio.Task[None]] = set()
         self._max_header_bytes = max_header_bytes
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
@@ -93,17 +105,33 @@ class HttpEngine:
                 )
             else:
                 state = ResourceState(r, pool)
+            if pool is not None and prev is not None:
+                state.profile = prev.profile
+            else:
+                state.profile = make_profile(r, state.target, self._data_dir)
             new[r.name] = state
         self.proxy.resources = new
         for name, state in old.items():
             if name not in new or new[name].pool is not state.pool:
                 state.pool.close()
+                self._close_profile(state)
+
+    def _close_profile(self, state: ResourceState) -> None:
+        if state.profile is None:
+            return
+        profile, state.profile = state.profile, None
+        try:
+            task = asyncio.get_running_loop().create_task(profile.close())
+        except RuntimeError:  # no loop (built outside one): nothing async was opened yet
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def pool(self, name: str) -> UpstreamPool:
         return self.proxy.resources[name].pool
 
-    def _protocol(self) -> ClientConnection:
-        conn = ClientConnection(
+    def _protocol(self, mount: str | None = None) -> ClientConnection:
+        conn = (MountedConnection if mount is not None else ClientConnection)(
             self.proxy.handle,
             max_header_bytes=self._max_header_bytes,
             idle_timeout=self._idle_timeout,
@@ -111,8 +139,22 @@ class HttpEngine:
             on_close=self._connections.discard,
             fast=self.proxy.serve,
         )
+        if mount is not None:
+            conn.mount = mount  # type: ignore[attr-defined]
         self._connections.add(conn)
         return conn
+
+    async def start_mounted(
+        self, resource: str, host: str, port: int, ssl: ssl_module.SSLContext | None = None
+    ) -> asyncio.Server:
+        """Serve ``resource`` alone at the root of ``host:port`` (``/api/...``, no prefix)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: self._protocol(resource), host, port, ssl=ssl, backlog=1024,
+            reuse_address=True,
+        )  # fmt: skip
+        self._mounted.append(server)
+        return server
 
     async def start(
         self,
@@ -144,11 +186,27 @@ class HttpEngine:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for server in self._mounted:
+            server.close()
         for conn in list(self._connections):
             if conn.transport is not None:
                 conn.transport.close()
         for state in self.proxy.resources.values():
             state.pool.close()
+            if state.profile is not None:
+                await state.profile.close()
+                state.profile = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        for server in self._mounted:
+            await server.wait_closed()
+        self._mounted = []
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+
+class MountedConnection(ClientConnection):
+    """A client connection on a resource's own listener: paths carry no resource prefix."""
+
+    mount: str

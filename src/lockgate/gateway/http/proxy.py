@@ -36,6 +36,8 @@ from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.classify import Classifier
 from lockgate.gateway.http.exchange import Exchange, body_frame, response_head
 from lockgate.gateway.http.normalize import PathError, Target, split_target
+from lockgate.gateway.http.profiles import Profile, ProfileRequest, Verdict
+from lockgate.gateway.http.profiles.databricks import CAPTURE_LIMIT
 from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, RETRY_STATUSES, Backoff, retry_after
 from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
 from lockgate.gateway.http.upstream import UpstreamConnection, UpstreamPool, UpstreamTarget
@@ -99,6 +101,7 @@ class ResourceState:
         self._auth_cache: tuple[Any, bytes] | None = None
         self._counters: dict[tuple[str, str], Any] = {}
         self.latency = metrics.UPSTREAM_LATENCY.labels(self.name)
+        self.profile: Profile | None = None  # set by the engine for ``profile:`` resources
 
     def count(self, action: str, decision: str) -> None:
         """``lockgate_requests_total`` += 1; labelled children are cached (labels() is slow)."""
@@ -135,7 +138,10 @@ class ResourceState:
 class Admitted:
     """A request that passed normalise → authenticate → classify → decide → audit check."""
 
-    __slots__ = ("action", "claims", "decision", "head_only", "method", "obj", "rs", "t0", "target")
+    __slots__ = (
+        "action", "claims", "decision", "head_only", "method", "obj", "rs", "t0", "target",
+        "verdict",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -158,6 +164,28 @@ class Admitted:
         self.obj = obj
         self.decision = decision
         self.t0 = t0
+        self.verdict: Verdict | None = None  # a profile's verdict, for on_response
+
+
+class Pending(NamedTuple):
+    """Authenticated, for a profiled resource: the profile classifies it (maybe async)."""
+
+    rs: ResourceState
+    target: Target
+    claims: Any
+    method: str
+    head_only: bool
+    t0: float
+
+
+def split_mounted(raw: bytes, resource: str) -> Target:
+    """A request on a resource's own listener: the whole path is the object path."""
+    if not raw.startswith(b"/"):
+        raise PathError("only origin-form request targets are accepted")
+    target = split_target(b"/" + resource.encode("ascii") + raw)
+    if target.resource != resource:
+        raise PathError("invalid request target")
+    return target
 
 
 #: The first attempt, already made by the fast path: (connection, its response head or the
@@ -179,6 +207,8 @@ class _Outcome:
     keep: bool
     error: str | None = None  # upstream_error reason slug, when the gateway answered 5xx
     retries: int = 0
+    captured: bytes | None = None  # the response body, when a profile asked to see it
+    resp_headers: framing.Headers | None = None
 
 
 def extract_token(headers: framing.Headers) -> tuple[str | None, str]:
@@ -205,6 +235,76 @@ def extract_token(headers: framing.Headers) -> tuple[str | None, str]:
         if sep and password:
             return password.decode("latin-1"), ""
     return None, "malformed"
+
+
+class _Tee:
+    """A response sink that also keeps the first ``limit`` body bytes (for a profile)."""
+
+    __slots__ = ("_inner", "_limit", "_parts", "_size", "overflow")
+
+    def __init__(self, inner: Any, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.overflow = False
+
+    def _keep(self, piece: bytes) -> None:
+        if self._size + len(piece) > self._limit:
+            self.overflow = True
+            return
+        self._parts.append(piece)
+        self._size += len(piece)
+
+    def write(self, data: bytes) -> None:
+        self._keep(data)
+        self._inner.write(data)
+
+    def write_first(self, head: bytes, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self._keep(piece)
+        self._inner.write_first(head, pieces)
+
+    def data(self) -> bytes:
+        return b"" if self.overflow else b"".join(self._parts)
+
+
+async def read_whole(body: RequestBody, limit: int) -> bytes | None:
+    """The rest of a request body, or None (and the rest dropped) once it passes ``limit``."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    parts: list[bytes] = []
+    size = 0
+
+    def write(piece: bytes) -> None:
+        nonlocal size
+        size += len(piece)
+        if size > limit:
+            if not done.done():
+                done.set_result(None)
+            return
+        parts.append(piece)
+
+    def end() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    body.attach(write, end)
+    await done
+    if size > limit:
+        body.discard()
+        return None
+    return b"".join(parts)
+
+
+def buffered_body(conn: ClientConnection, data: bytes) -> RequestBody:
+    """A complete in-memory body (what :func:`read_whole` collected), for forwarding."""
+    out = RequestBody(conn)
+    if data:
+        out.chunks = [data]
+    out.size = out.total = len(data)
+    out.complete = True
+    return out
 
 
 class Proxy:
@@ -242,6 +342,9 @@ class Proxy:
         adm = self.admit(conn, head, body)
         if adm is True or adm is False:
             return adm
+        if isinstance(adm, Pending):
+            conn.run(self.serve_profiled(conn, head, body, adm))
+            return None
         rs = adm.rs
         secret = None
         if rs.credential is not None:
@@ -259,21 +362,27 @@ class Proxy:
         adm = self.admit(conn, head, body)
         if adm is True or adm is False:
             return adm
+        if isinstance(adm, Pending):
+            return await self.serve_profiled(conn, head, body, adm)
         return await self.serve_admitted(conn, head, body, adm)
 
     def admit(
         self, conn: ClientConnection, head: framing.Head, body: RequestBody
-    ) -> Admitted | bool:
+    ) -> Admitted | Pending | bool:
         """Normalise, authenticate, classify, decide, check audit; answer refusals.
 
-        Returns the admitted request, or ``keep`` after writing a refusal.
+        Returns the admitted request, a :class:`Pending` one for a profiled resource, or
+        ``keep`` after writing a refusal.
         """
         t0 = self._clock()
         method = head.method.decode("ascii")
         head_only = method == "HEAD"
         keep = head.keep_alive
+        mount = getattr(conn, "mount", None)
         try:
-            target = split_target(head.target)
+            target = (
+                split_target(head.target) if mount is None else split_mounted(head.target, mount)
+            )
         except PathError as exc:
             conn.write(responses.bad_request(str(exc)))
             return False
@@ -289,6 +398,12 @@ class Proxy:
                 )
             )
             return keep
+        profile = rs.profile
+        if profile is not None and body.complete:
+            local = profile.local_answer(method, target.path)
+            if local is not None:
+                conn.write(local)
+                return keep
         token, why = extract_token(head.headers)
         try:
             if token is None:
@@ -305,43 +420,63 @@ class Proxy:
             )
             conn.write(responses.unauthorized(reason, close=not body.complete, head_only=head_only))
             return keep
+        if profile is not None:
+            return Pending(rs, target, claims, method, head_only, t0)
         action, obj = rs.classifier.classify(method, target.path)
-        principal: str = claims.sub
+        decision = self._decide(claims, rs, action, obj)
+        if not decision.allowed:
+            self._refuse(conn, body, claims, rs, action, obj, t0, decision.rule,
+                         decision.reason, decision.explain(), head_only)  # fmt: skip
+            return keep
+        if not self._audit_ok(conn, body, head_only):
+            return keep
+        rs.count(action, "allow")
+        return Admitted(rs, target, claims, method, head_only, action, obj, decision, t0)
+
+    def _decide(self, claims: Any, rs: ResourceState, action: str, obj: str) -> Any:
         iat = getattr(claims, "iat", None)
         ttl = float(claims.exp) - float(iat) if iat is not None else None
-        decision = self._policy.current.decide(
+        return self._policy.current.decide(
             self._make_request(
-                principal=principal, action=action, resource=rs.name, object=obj, token_ttl=ttl
+                principal=claims.sub, action=action, resource=rs.name, object=obj, token_ttl=ttl
             )
         )
-        if not decision.allowed:
-            rs.count(action, "deny")
-            reason = decision.explain()
-            self.emit(
-                "denied",
-                claims,
-                rs.name,
-                action,
-                obj,
-                t0,
-                status=403,
-                decision="deny",
-                rule=decision.rule,
-                reason=decision.reason,
+
+    def _refuse(
+        self,
+        conn: ClientConnection,
+        body: RequestBody,
+        claims: Any,
+        rs: ResourceState,
+        action: str,
+        obj: str,
+        t0: float,
+        rule: str | None,
+        reason: str,
+        explained: str,
+        head_only: bool,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """A 403 with principal/action/object/reason, counted and audited."""
+        rs.count(action, "deny")
+        self.emit(
+            "denied", claims, rs.name, action, obj, t0, status=403, decision="deny", rule=rule,
+            reason=reason, detail=detail,
+        )  # fmt: skip
+        conn.write(
+            responses.forbidden(
+                principal=claims.sub,
+                action=action,
+                resource=rs.name,
+                obj=obj,
+                reason=explained,
+                rule=rule,
+                close=not body.complete,
+                head_only=head_only,
             )
-            conn.write(
-                responses.forbidden(
-                    principal=principal,
-                    action=action,
-                    resource=rs.name,
-                    obj=obj,
-                    reason=reason,
-                    rule=decision.rule,
-                    close=not body.complete,
-                    head_only=head_only,
-                )
-            )
-            return keep
+        )
+
+    def _audit_ok(self, conn: ClientConnection, body: RequestBody, head_only: bool) -> bool:
         try:
             self._audit.check_writable()
         except AuditUnavailable:
@@ -350,9 +485,82 @@ class Proxy:
                     503, "audit_unavailable", close=not body.complete, head_only=head_only
                 )
             )
+            return False
+        return True
+
+    # -- profiled resources --------------------------------------------------------------
+    async def serve_profiled(
+        self, conn: ClientConnection, head: framing.Head, body: RequestBody, p: Pending
+    ) -> bool:
+        """Classify with the profile (body read first when it asks), decide, forward."""
+        rs = p.rs
+        profile = rs.profile
+        assert profile is not None
+        data = b""
+        if profile.wants_body(p.method, p.target.path):
+            if not body.complete:
+                whole = await read_whole(body, profile.max_body)
+                if whole is None:
+                    conn.write(
+                        responses.error(413, "body_too_large", limit=profile.max_body, close=True)
+                    )
+                    return False
+                body = buffered_body(conn, whole)
+            elif body.total > profile.max_body:
+                conn.write(responses.error(413, "body_too_large", limit=profile.max_body))
+                return head.keep_alive
+            data = body.data() if body.total else b""
+        claims = p.claims
+        req = ProfileRequest(
+            p.method, p.target.path, p.target.query, data, claims, claims.sub,
+            rs.classifier.classify(p.method, p.target.path),
+        )  # fmt: skip
+        verdict = await profile.authorize(
+            req, lambda action, obj: self._decide(claims, rs, action, obj), self._headers_for(rs)
+        )
+        keep = head.keep_alive and body.complete
+        if not verdict.allowed:
+            if verdict.status != 403:
+                self.emit(
+                    "denied", claims, rs.name, verdict.action, verdict.obj, p.t0,
+                    status=verdict.status, decision="deny", rule=verdict.rule,
+                    reason=verdict.reason,
+                )  # fmt: skip
+                conn.write(
+                    responses.error(
+                        verdict.status,
+                        verdict.slug,
+                        reason=verdict.reason,
+                        close=not body.complete,
+                        head_only=p.head_only,
+                    )
+                )
+                return keep
+            self._refuse(conn, body, claims, rs, verdict.action, verdict.obj, p.t0, verdict.rule,
+                         verdict.reason, verdict.reason, p.head_only, verdict.detail)  # fmt: skip
             return keep
-        rs.count(action, "allow")
-        return Admitted(rs, target, claims, method, head_only, action, obj, decision, t0)
+        if not self._audit_ok(conn, body, p.head_only):
+            return keep
+        rs.count(verdict.action, "allow")
+        adm = Admitted(
+            rs, p.target, claims, p.method, p.head_only, verdict.action, verdict.obj,
+            verdict.decision, p.t0,
+        )  # fmt: skip
+        adm.verdict = verdict
+        return await self.serve_admitted(conn, head, body, adm)
+
+    def _headers_for(self, rs: ResourceState) -> Any:
+        async def headers() -> dict[str, str]:
+            if rs.credential is None:
+                return {}
+            secret = await self._secrets.get(rs.credential)
+            if secret is None:
+                raise UpstreamUnavailable("credential unavailable")
+            auth = rs.resource.auth
+            value = f"{auth.scheme} {secret.value}" if auth.scheme else str(secret.value)
+            return {auth.header: value}
+
+        return headers
 
     async def serve_admitted(
         self,
@@ -399,9 +607,23 @@ class Proxy:
             reason=out.error or adm.decision.reason,
             bytes_in=body.total,
             bytes_out=conn.bytes_out,
-            detail={"retries": out.retries} if out.retries else None,
+            detail=self._detail(adm, out),
         )
         return head.keep_alive and out.keep
+
+    def _detail(self, adm: Admitted, out: _Outcome) -> dict[str, Any] | None:
+        detail: dict[str, Any] = {"retries": out.retries} if out.retries else {}
+        v = adm.verdict
+        profile = adm.rs.profile
+        if v is not None and profile is not None:
+            extra = v.detail
+            if out.captured is not None and not out.error:
+                try:
+                    extra = profile.on_response(v, out.status, out.resp_headers or [], out.captured)
+                except Exception:  # audit detail must never fail a relayed request
+                    log.exception("profile response hook failed")
+            detail.update(extra)
+        return detail or None
 
     def request_head(self, head: framing.Head, adm: Admitted) -> bytes:
         """Request line, Host, forwarded headers and identity assertion (no auth, no framing)."""
@@ -525,7 +747,8 @@ class Proxy:
                     previous = True
                     metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
                     continue
-            return await self._relay(conn, head, body, rs, up, resp, head_only, attempt)
+            capture = adm.verdict is not None and adm.verdict.capture
+            return await self._relay(conn, head, body, rs, up, resp, head_only, attempt, capture)
 
     async def _attempt(
         self,
@@ -608,11 +831,14 @@ class Proxy:
         resp: framing.Head,
         head_only: bool,
         retries: int,
+        capture: bool = False,
     ) -> _Outcome:
         status = resp.status
         out_head, keep, chunked_out = response_head(head, resp, head_only)
         conn.upstream = up
-        up.attach(ChunkedWriter(conn) if chunked_out else conn, out_head)
+        sink: Any = ChunkedWriter(conn) if chunked_out else conn
+        tee = _Tee(sink, CAPTURE_LIMIT) if capture and not head_only else None
+        up.attach(tee or sink, out_head)
         try:
             await up.done
         except UpstreamUnavailable:
@@ -632,6 +858,8 @@ class Proxy:
             if not body.complete:
                 body.discard()
                 keep = False
+        if tee is not None:
+            return _Outcome(status, keep, None, retries, tee.data(), resp.headers)
         return _Outcome(status, keep, None, retries)
 
     # -- audit ---------------------------------------------------------------------------

@@ -1,0 +1,345 @@
+"""``profile: databricks``: jobs and runs as policy objects, cluster-cost guardrails.
+
+Classification (``/api/2.0|2.1|2.2/...``; anything else falls back to the route table):
+
+=========================  ======  ===============================================
+request                    action  object
+=========================  ======  ===============================================
+POST jobs/run-now          run     ``job:<job_id>`` (or ``job-name:<settings.name>``)
+POST jobs/runs/cancel-all  run     ``job:<job_id>`` (or ``job-name:<name>``)
+POST jobs/runs/submit      run     ``job:submit``
+GET  jobs/get              read    ``job:<job_id>`` (or ``job-name:<name>``)
+GET  jobs/runs/get         read    ``run:<run_id>``  — only runs this DAG started here
+GET  jobs/runs/get-output  read    ``run:<run_id>``  — idem
+POST jobs/runs/cancel      run     ``run:<run_id>``  — idem
+POST jobs/runs/repair      run     ``run:<run_id>``  — idem
+GET  clusters/get          read    ``cluster:<cluster_id>``
+=========================  ======  ===============================================
+
+Ids come from the query string or the JSON body (the hook's async client sends GET
+parameters as a JSON body). A job-name grant is consulted when the job id is not granted;
+an explicit deny on either object wins. Runs are owned: ``run:<id>`` objects are refused
+unless the run was started through Lockgate by the same deployment and DAG (see
+:mod:`.registry`); triggerer poll tokens (task ``@poll``) may only read such runs.
+
+Guardrails (``databricks.guardrails``, first entry whose principal glob matches) are
+checked on the submitted spec (runs/submit) or on the job's spec fetched with the gateway's
+own credential (run-now; cached ``job_cache_seconds``). ``GET /.well-known/databricks-config``
+is answered 404 by the gateway itself, without a token: the SDK's probe is best effort and
+workspace metadata is not the caller's business.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zlib
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import parse_qs
+
+import aiohttp
+
+from lockgate import _log
+from lockgate.gateway.http import responses
+from lockgate.gateway.http.profiles import Decide, ProfileRequest, UpstreamHeaders, Verdict
+from lockgate.gateway.http.profiles import guardrails as g
+from lockgate.gateway.http.profiles.registry import RunRecord, RunRegistry
+
+log = _log.get("gateway.http.databricks")
+
+POLL_TASK = "@poll"  # task_id of triggerer poll tokens (not a valid Airflow task id)
+DEPLOYMENT_WIDE = "@triggerer"  # dag_id of a poll token not narrowed to one DAG
+_API = re.compile(r"^/api/2\.[012]/(?P<op>[a-z/_-]+)$")
+_BODY_OPS = frozenset(
+    {"jobs/run-now", "jobs/runs/submit", "jobs/runs/get", "jobs/runs/get-output",
+     "jobs/runs/cancel", "jobs/runs/repair", "jobs/runs/cancel-all", "jobs/get", "clusters/get"}
+)  # fmt: skip
+_RUN_OPS = {
+    "jobs/runs/get": "read",
+    "jobs/runs/get-output": "read",
+    "jobs/runs/cancel": "run",
+    "jobs/runs/repair": "run",
+}
+_JOB_OPS = {"jobs/run-now": "run", "jobs/runs/cancel-all": "run", "jobs/get": "read"}
+_CAPTURE_LIMIT = 256 * 1024
+_NOT_FOUND = responses.json_response(
+    404, {"error_code": "NOT_FOUND", "message": "not served by the Lockgate gateway"}
+)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, slug: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.slug, self.reason = status, slug, reason
+
+
+class DatabricksProfile:
+    def __init__(self, resource: Any, target: Any, registry: RunRegistry) -> None:
+        self.resource = resource
+        self.name: str = resource.name
+        self.settings = resource.databricks
+        self.max_body: int = self.settings.max_body_bytes
+        self.registry = registry
+        self._base = resource.upstream.rstrip("/")
+        self._ssl = target.ssl
+        self._jobs: dict[int, tuple[float, int, dict[str, Any] | None]] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    # -- Profile API ---------------------------------------------------------------------
+    def local_answer(self, method: str, path: str) -> bytes | None:
+        if path == "/.well-known/databricks-config" and method in ("GET", "HEAD"):
+            return _NOT_FOUND
+        return None
+
+    def wants_body(self, method: str, path: str) -> bool:
+        m = _API.match(path)
+        return m is not None and m.group("op") in _BODY_OPS
+
+    async def authorize(
+        self, req: ProfileRequest, decide: Decide, headers: UpstreamHeaders
+    ) -> Verdict:
+        try:
+            return await self._authorize(req, decide, headers)
+        except _Refusal as exc:
+            action, obj = req.default
+            return Verdict(False, action, obj, exc.reason, status=exc.status, slug=exc.slug)
+
+    def on_response(
+        self, verdict: Verdict, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> dict[str, Any]:
+        st: dict[str, Any] = verdict.state or {}
+        detail = dict(verdict.detail)
+        if status != 200 or not body:
+            return detail
+        data = _json(_decode(headers, body))
+        if not isinstance(data, dict):
+            return detail
+        op = st.get("op")
+        claims = st.get("claims")
+        if op in ("jobs/run-now", "jobs/runs/submit") and isinstance(data.get("run_id"), int):
+            run_id = data["run_id"]
+            detail["run_id"] = run_id
+            self.registry.add(
+                RunRecord(
+                    resource=self.name,
+                    run_id=run_id,
+                    deployment=getattr(claims, "deployment", None),
+                    dag_id=getattr(claims, "dag_id", None),
+                    airflow_run_id=getattr(claims, "run_id", None),
+                    task_id=getattr(claims, "task_id", None),
+                    job_id=st.get("job_id"),
+                    clusters=detail.get("cluster") or {},
+                    created_at=time.time(),
+                )
+            )
+        elif op == "jobs/runs/get":
+            url = data.get("run_page_url")
+            state = data.get("state") if isinstance(data.get("state"), dict) else {}
+            for k in ("job_id", "run_page_url"):
+                if data.get(k) is not None:
+                    detail[k] = data[k]
+            for k in ("life_cycle_state", "result_state"):
+                if state.get(k):
+                    detail[k] = state[k]
+            if isinstance(url, str) and isinstance(st.get("run_id"), int):
+                self.registry.set_page_url(self.name, st["run_id"], url)
+        return detail
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        self.registry.close()
+
+    # -- classification ------------------------------------------------------------------
+    async def _authorize(
+        self, req: ProfileRequest, decide: Decide, headers: UpstreamHeaders
+    ) -> Verdict:
+        claims = req.claims
+        poll = getattr(claims, "task_id", None) == POLL_TASK
+        m = _API.match(req.path)
+        op = m.group("op") if m else None
+        if poll and not (op in ("jobs/runs/get", "jobs/runs/get-output") and req.method == "GET"):
+            action, obj = req.default
+            return Verdict(
+                False, action, obj, "poll tokens may only read runs (jobs/runs/get)",
+                rule="databricks-poll-token",
+            )  # fmt: skip
+        if op is None or (op not in _RUN_OPS and op not in _JOB_OPS and op not in (
+            "jobs/runs/submit", "clusters/get")):  # fmt: skip
+            action, obj = req.default
+            return _policy(decide, action, obj)
+        params = _params(req)
+        st: dict[str, Any] = {"op": op, "claims": claims}
+        if op in _RUN_OPS:
+            run_id = _id(params, "run_id")
+            st["run_id"] = run_id
+            v = _policy(decide, _RUN_OPS[op], f"run:{run_id}")
+            if v.allowed:
+                why = self._ownership(claims, run_id, poll)
+                if why is not None:
+                    return Verdict(False, v.action, v.obj, why, rule="databricks-run-ownership")
+            v.state, v.capture = st, op == "jobs/runs/get"
+            v.detail = {"run_id": run_id}
+            return v
+        if op == "clusters/get":
+            cluster = str(params.get("cluster_id") or "")
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,100}", cluster):
+                raise _Refusal(400, "bad_request", "cluster_id missing or malformed")
+            return _policy(decide, "read", f"cluster:{cluster}")
+        if op == "jobs/runs/submit":
+            v = _policy(decide, "run", "job:submit")
+            if not v.allowed:
+                return v
+            return self._guard(v, req, st, params)
+        job_id = _id(params, "job_id")
+        st["job_id"] = job_id
+        action = _JOB_OPS[op]
+        v = _policy(decide, action, f"job:{job_id}")
+        need_job = op == "jobs/run-now" or (not v.allowed and v.rule is None)
+        status, job = await self._job(job_id, headers) if need_job else (0, None)
+        name = job.get("name") if isinstance(job, dict) else None
+        if isinstance(name, str) and name:
+            by_name = _policy(decide, action, f"job-name:{name}")
+            if not by_name.allowed and by_name.rule is not None:
+                v = by_name  # an explicit deny on the name beats an allow on the id
+            elif not v.allowed and v.rule is None and by_name.allowed:
+                v = by_name
+        if not v.allowed:
+            return v
+        v.detail = {"job_id": job_id}
+        if op != "jobs/run-now":
+            return v
+        if status == 404:
+            raise _Refusal(404, "job_not_found", f"job {job_id} does not exist upstream")
+        if job is None:
+            raise _Refusal(502, "job_lookup_failed", f"job {job_id}: cluster spec unavailable")
+        return self._guard(v, req, st, job)
+
+    def _guard(
+        self, v: Verdict, req: ProfileRequest, st: dict[str, Any], payload: dict[str, Any]
+    ) -> Verdict:
+        specs = g.cluster_specs(payload)
+        summary = g.summarize(specs)
+        v.detail = {**v.detail, "cluster": summary}
+        if st.get("job_id") is not None:
+            v.detail["job_id"] = st["job_id"]
+        rule = next(
+            (r for r in self.settings.guardrails
+             if any(fnmatchcase(req.principal, p) for p in r.principals)),
+            None,
+        )  # fmt: skip
+        if rule is not None:
+            why = g.violation(rule, specs, g.timeouts(payload), _glob_for(rule, req.principal))
+            if why is not None:
+                return Verdict(
+                    False, v.action, v.obj, why, rule="databricks-guardrail", detail=v.detail
+                )
+        v.state, v.capture = st, True
+        return v
+
+    def _ownership(self, claims: Any, run_id: int, poll: bool) -> str | None:
+        rec = self.registry.get(self.name, run_id)
+        dep = getattr(claims, "deployment", None)
+        dag = getattr(claims, "dag_id", None)
+        if rec is None or rec.deployment != dep:
+            return f"run {run_id} was not started through Lockgate by deployment {dep}"
+        if poll:
+            if time.time() - rec.created_at > self.settings.run_read_max_age:
+                return f"run {run_id} is older than the poll window"
+            if dag == DEPLOYMENT_WIDE:
+                return None
+            aruns = getattr(claims, "run_id", None)
+            if rec.dag_id != dag or (aruns and rec.airflow_run_id != aruns):
+                return f"run {run_id} was not started by {dag} run {aruns}"
+            return None
+        if rec.dag_id != dag:
+            return f"run {run_id} was started by DAG {rec.dag_id}, not {dag}"
+        return None
+
+    # -- upstream lookups ----------------------------------------------------------------
+    async def _job(
+        self, job_id: int, headers: UpstreamHeaders
+    ) -> tuple[int, dict[str, Any] | None]:
+        """(upstream status, the job's ``settings``) — cached; (0, None) when unreachable."""
+        now = time.monotonic()
+        hit = self._jobs.get(job_id)
+        if hit is not None and hit[0] > now:
+            return hit[1], hit[2]
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        try:
+            async with self._http.get(
+                f"{self._base}/api/2.2/jobs/get",
+                params={"job_id": str(job_id)},
+                headers=await headers(),
+                ssl=self._ssl if self._ssl is not None else True,
+            ) as resp:
+                status = resp.status
+                data = await resp.json(content_type=None) if status == 200 else None
+        except Exception as exc:  # unreachable, credential trouble, bad JSON: fail closed
+            log.warning(
+                "jobs/get failed", extra={"fields": {"job_id": job_id, "error": type(exc).__name__}}
+            )
+            return 0, None
+        settings = data.get("settings") if isinstance(data, dict) else None
+        if not isinstance(settings, dict):
+            return status, None
+        if len(self._jobs) > 1024:
+            self._jobs.clear()
+        self._jobs[job_id] = (now + self.settings.job_cache_seconds, status, settings)
+        return status, settings
+
+
+def _policy(decide: Decide, action: str, obj: str) -> Verdict:
+    d = decide(action, obj)
+    return Verdict(bool(d.allowed), action, obj, d.reason, rule=d.rule, decision=d)
+
+
+def _glob_for(rule: Any, principal: str) -> str:
+    return next((p for p in rule.principals if fnmatchcase(principal, p)), principal)
+
+
+def _params(req: ProfileRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v[-1] for k, v in parse_qs(req.query).items()}
+    if req.body:
+        data = _json(req.body)
+        if not isinstance(data, dict):
+            raise _Refusal(400, "bad_request", "request body is not a JSON object")
+        out.update(data)
+    return out
+
+
+def _id(params: dict[str, Any], key: str) -> int:
+    v = params.get(key)
+    if isinstance(v, str) and v.isdigit() and len(v) <= 19:
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise _Refusal(400, "bad_request", f"{key} missing or not an integer")
+    return v
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _decode(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    enc = next((v.strip().lower() for k, v in headers if k.lower() == b"content-encoding"), b"")
+    if enc in (b"", b"identity"):
+        return body
+    if enc not in (b"gzip", b"deflate"):
+        return b""
+    # Bounded inflation: a small compressed body must not become a large one here.
+    d = zlib.decompressobj(wbits=47 if enc == b"gzip" else 15)
+    try:
+        return d.decompress(body, _CAPTURE_LIMIT * 4)
+    except zlib.error:
+        return b""
+
+
+CAPTURE_LIMIT = _CAPTURE_LIMIT
