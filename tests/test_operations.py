@@ -58,10 +58,8 @@ def test_audit_failure_fails_closed_and_recovers_by_itself(stack: LocalStack) ->
     auth = {"Authorization": f"Bearer {_token(stack)}"}
     url = stack.http_url + "/orders-api/orders"
 
-    def disk_full() -> None:
-        raise OSError(28, "No space left on device")
-
-    audit._fault = disk_full
+    # the writer process fails every commit until told otherwise (as a full disk would)
+    audit.inject_fault("error", "OSError: [Errno 28] No space left on device")
     try:
         audit.emit(AuditRecord(event="policy_reloaded"))  # the next write hits the fault
         deadline = time.time() + 5
@@ -72,7 +70,7 @@ def test_audit_failure_fails_closed_and_recovers_by_itself(stack: LocalStack) ->
         assert status == 503 and json.loads(body)["error"] == "audit_unavailable"
         assert _get(stack, stack.control_url + "/readyz")[0] == 503
     finally:
-        audit._fault = None
+        audit.inject_fault("clear")
     deadline = time.time() + 10
     status = 503
     while status != 200 and time.time() < deadline:

@@ -5,8 +5,13 @@
 - identity: KeyStore, RevocationStore, TokenIssuer, TokenVerifier, TokenService
 - policy:   PolicyStore (reloads on change, keeps the last good set)
 - credentials: CredentialStore (encrypted) and CredentialBroker (what engines call)
-- audit:    AuditLog (hash-chained SQLite, fail closed)
+- audit:    RemoteAuditLog (hash-chained SQLite written by a writer process, fail closed)
 - gateway:  HttpEngine on the ``http`` listener
+
+With ``lockgate serve --workers N`` (:mod:`lockgate.workers`) N processes each run a Gateway
+on the same http port (SO_REUSEPORT) and share one audit writer process; only worker 0
+serves the control plane (token service, catalog, /metrics, health), so /metrics covers
+worker 0's own traffic only.
 
 Background loops pick up what the CLI changes in another process (revocations, rotated
 credentials and keys, policy files) about once a second.
@@ -26,7 +31,7 @@ import jwt
 from aiohttp import web
 
 from lockgate import _log, metrics
-from lockgate.audit import AuditLog, AuditRecord
+from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
 from lockgate.config import ListenerConfig, LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore, load_or_create_master_key
 from lockgate.errors import AuditUnavailable
@@ -88,8 +93,17 @@ class State:
         self.credentials = CredentialStore(data / "credentials.db", self.master_key)
 
     def audit_log(self) -> AuditLog:
+        """The in-process (thread) audit log: for the CLI and one-off writers."""
         a = self.config.audit
         return AuditLog(self.config.data_dir / "audit.db", a.jsonl, a.write_timeout)
+
+    def remote_audit_log(self, socket_path: Path | None = None) -> RemoteAuditLog:
+        """The gateway's audit log: a writer process does the work (started here unless
+        ``socket_path`` names one a supervisor runs)."""
+        a = self.config.audit
+        return RemoteAuditLog(
+            self.config.data_dir / "audit.db", a.jsonl, a.write_timeout, socket_path=socket_path
+        )
 
     def policy_store(self) -> PolicyStore:
         known = {r.name for r in self.config.resources}
@@ -110,10 +124,20 @@ def _public_host(host: str) -> str:
 
 
 class Gateway:
-    def __init__(self, config: LockgateConfig) -> None:
+    def __init__(
+        self,
+        config: LockgateConfig,
+        *,
+        worker: int = 0,
+        audit_socket: Path | None = None,
+        reuse_port: bool = False,
+    ) -> None:
         self.config = config
+        self.worker = worker
+        self.primary = worker == 0  # runs the control plane (token service, /metrics ...)
+        self.reuse_port = reuse_port
         self.state = State(config)
-        self.audit = self.state.audit_log()
+        self.audit: AuditLog | RemoteAuditLog = self.state.remote_audit_log(audit_socket)
         self.policy = self.state.policy_store()
         self.issuer = TokenIssuer(self.state.keys, config.issuer_url)
         self.verifier = TokenVerifier(
@@ -276,11 +300,12 @@ class Gateway:
         if self.policy.last_error:
             log.error("policy not loaded", extra={"fields": {"error": self.policy.last_error}})
         c = self.config.listeners.control
-        self._runner = web.AppRunner(self.control_app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, c.host, c.port, ssl_context=server_ssl_context(c))
-        await site.start()
-        self.control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.primary:
+            self._runner = web.AppRunner(self.control_app(), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, c.host, c.port, ssl_context=server_ssl_context(c))
+            await site.start()
+            self.control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         h = self.config.listeners.http
         self.engine = HttpEngine(
             [r for r in self.config.resources if r.kind == "http"],
@@ -290,10 +315,12 @@ class Gateway:
             self.audit,
             self.sign_assertion,
         )
-        server = await self.engine.start(h.host, h.port, ssl=server_ssl_context(h))
+        server = await self.engine.start(
+            h.host, h.port, ssl=server_ssl_context(h), reuse_port=self.reuse_port
+        )
         self.http_port = server.sockets[0].getsockname()[1]
         cql = self.config.listeners.cql
-        if cql is not None:
+        if cql is not None and self.primary:  # with --workers, CQL runs in worker 0 only
             self.cql_engine = CqlEngine(
                 [r for r in self.config.resources if r.kind == "cql"],
                 self.verifier,

@@ -1,17 +1,20 @@
 """Audit: one tamper-evident record per decision.
 
-Door: :class:`AuditLog` (write side, non-blocking, fail-closed), :class:`AuditRecord`,
+Door: :class:`AuditLog` (write side in a thread, non-blocking, fail-closed),
+:class:`RemoteAuditLog` (same contract, writing done by ``python -m lockgate.audit.writer``), :class:`AuditRecord`,
 :class:`AuditReader` (queries from any process), :func:`format_records` (CLI output).
 
 Rooms: ``record`` (the record and its canonical hash form), ``chain`` (SQLite schema,
 append, verify), ``log`` (writer thread and health), ``sinks`` (JSON-lines mirror),
-``reader`` (queries), ``format`` (CLI rendering).
+``reader`` (queries), ``format`` (CLI rendering), ``wire`` (sender/writer framing),
+``remote`` (sender side and writer process handle), ``writer`` (the writer process).
 """
 
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.format import format_records
 from lockgate.audit.log import AuditLog
 from lockgate.audit.reader import AuditReader
+from lockgate.audit.remote import RemoteAuditLog
 from lockgate.audit.record import EVENTS, AuditRecord, AuditRow
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "AuditReader",
     "AuditRecord",
     "AuditRow",
+    "RemoteAuditLog",
     "VerifyResult",
     "format_records",
 ]

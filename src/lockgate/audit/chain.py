@@ -63,6 +63,10 @@ CREATE TABLE IF NOT EXISTS audit_head (
     seq INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_senders (
+    sender TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -125,9 +129,20 @@ def read_head(conn: sqlite3.Connection) -> tuple[int, str]:
     return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
 
-def append(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[tuple[int, str, str]]:
+def read_senders(conn: sqlite3.Connection) -> dict[str, int]:
+    """Per-sender sequence numbers already committed (out-of-process writer dedupe)."""
+    return {str(s): int(n) for s, n in conn.execute("SELECT sender, seq FROM audit_senders")}
+
+
+def append(
+    conn: sqlite3.Connection,
+    records: Sequence[AuditRecord],
+    senders: dict[str, int] | None = None,
+) -> list[tuple[int, str, str]]:
     """Append already-sanitized ``records`` in one transaction; return (seq, prev_hash, hash).
 
+    ``senders`` (sender id → last sender sequence number in this batch) is stored in the same
+    transaction, so a restarted writer knows exactly which resent records it already has.
     The caller commits nothing: this function commits or rolls back itself.
     """
     conn.execute("BEGIN IMMEDIATE")
@@ -149,6 +164,12 @@ def append(conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> list[tup
             "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
             (seq, prev),
         )
+        if senders:
+            conn.executemany(
+                "INSERT INTO audit_senders (sender, seq) VALUES (?, ?) "
+                "ON CONFLICT(sender) DO UPDATE SET seq = max(seq, excluded.seq)",
+                list(senders.items()),
+            )
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

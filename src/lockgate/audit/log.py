@@ -30,8 +30,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,8 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from lockgate import _log, metrics
 from lockgate.audit import chain
-from lockgate.audit.chain import VerifyResult
-from lockgate.audit.reader import AuditReader
+from lockgate.audit.reader import AuditQueries, AuditReader
 from lockgate.audit.record import EVENTS, AuditRecord, AuditRow, sanitize
 from lockgate.audit.sinks import JsonlSink
 from lockgate.errors import AuditUnavailable
@@ -71,7 +69,7 @@ class _Entry(NamedTuple):
     waiter: _Waiter | None
 
 
-class AuditLog:
+class AuditLog(AuditQueries):
     def __init__(
         self,
         db_path: Path,
@@ -223,28 +221,6 @@ class AuditLog:
                 "audit log closed with unwritten records",
                 extra={"fields": {"unwritten": len(self._pending), "error": self._error}},
             )
-
-    # -- read side (own connection per call) -----------------------------------------------
-    def tail(self, n: int = 20) -> list[AuditRow]:
-        return self._reader.tail(n)
-
-    def search(
-        self,
-        dag: str | None = None,
-        run: str | None = None,
-        decision: str | None = None,
-        event: str | None = None,
-        resource: str | None = None,
-        since: float | datetime | None = None,
-        limit: int = 100,
-    ) -> list[AuditRow]:
-        return self._reader.search(dag, run, decision, event, resource, since, limit)
-
-    def verify(self, anchors: Iterable[tuple[int, str]] = ()) -> VerifyResult:
-        return self._reader.verify(anchors)
-
-    def head(self) -> tuple[int, str]:
-        return self._reader.head()
 
     # -- writer thread ---------------------------------------------------------------------
     def _take(self) -> list[_Entry]:
