@@ -1,7 +1,8 @@
 """Audit: one tamper-evident record per decision.
 
 Door: :class:`AuditLog` (write side in a thread, non-blocking, fail-closed),
-:class:`RemoteAuditLog` (same contract, writing done by ``python -m lockgate.audit.writer``), :class:`AuditRecord`,
+:class:`RemoteAuditLog` (same contract, writing done by ``python -m lockgate.audit.writer``),
+:class:`AuditRecord`,
 :class:`AuditReader` (queries from any process), :func:`format_records` (CLI output).
 
 Rooms: ``record`` (the record and its canonical hash form), ``chain`` (SQLite schema,
@@ -14,8 +15,8 @@ from lockgate.audit.chain import VerifyResult
 from lockgate.audit.format import format_records
 from lockgate.audit.log import AuditLog
 from lockgate.audit.reader import AuditReader
-from lockgate.audit.remote import RemoteAuditLog
 from lockgate.audit.record import EVENTS, AuditRecord, AuditRow
+from lockgate.audit.remote import RemoteAuditLog
 
 __all__ = [
     "EVENTS",
