@@ -1,0 +1,277 @@
+"""The HTTP side of the fake Cosmos DB account (aiohttp).
+
+Strategy: check auth first and exactly (nothing is answered to an unsigned or badly signed
+request, not even ``GET /``), then throttle on demand, then route on the URL-decoded path
+segments to the in-memory :class:`~tests.fakes.cosmos.store.Store`. The signature check is a
+separate, deliberately small implementation written from the REST docs, not Lockgate's signing
+module, so a bug in one is caught by the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import ssl as ssl_lib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from .routes import handle
+from .store import CosmosError, Store
+
+__all__ = ["CosmosFake", "RequestRecord", "running_cosmos", "start_cosmos"]
+
+MAX_SKEW_SECONDS = 15 * 60
+AadVerifier = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    method: str
+    path: str
+    auth_type: str  # master | aad | resource | none | bad
+    status: int
+    headers: dict[str, str]
+
+
+def new_key() -> str:
+    """A fresh 64-byte account key, base64 like the portal shows it."""
+    return base64.b64encode(uuid.uuid4().bytes * 4).decode()
+
+
+class CosmosFake:
+    """One fake account. Mutable at runtime from the test: keys, throttling, public_url."""
+
+    def __init__(self, master_keys: list[str], aad_verifier: AadVerifier | None) -> None:
+        self.keys: list[str] = list(master_keys)
+        self.aad_verifier = aad_verifier
+        self.store = Store()
+        self.requests: list[RequestRecord] = []
+        self.url = ""
+        self.port = 0
+        self._public_url: str | None = None
+        self._throttle_left = 0
+        self._throttle_until = 0.0
+        self._retry_after_ms = 0
+        self._runner: web.AppRunner | None = None
+        self.account_id = "fakeaccount"
+
+    # knobs -----------------------------------------------------------------------------------
+    @property
+    def public_url(self) -> str:
+        """The endpoint advertised in writable/readable locations (default: our own URL)."""
+        return self._public_url or self.url
+
+    @public_url.setter
+    def public_url(self, value: str | None) -> None:
+        self._public_url = value
+
+    def throttle(self, n: int, retry_after_ms: int = 10) -> None:
+        """Answer the next ``n`` data requests with 429."""
+        self._throttle_left, self._retry_after_ms = n, retry_after_ms
+
+    def throttle_for(self, seconds: float, retry_after_ms: int = 10) -> None:
+        """Answer every data request with 429 for ``seconds``."""
+        self._throttle_until, self._retry_after_ms = time.monotonic() + seconds, retry_after_ms
+
+    def regenerate(self, which: str) -> str:
+        """Replace the primary (index 0) or secondary (index 1) key; return the new one."""
+        index = {"primary": 0, "secondary": 1}[which]
+        key = new_key()
+        self.keys[index] = key
+        return key
+
+    def count(
+        self, method: str | None = None, path_prefix: str = "", status: int | None = None
+    ) -> int:
+        return sum(
+            1
+            for r in self.requests
+            if (method is None or r.method == method)
+            and r.path.startswith(path_prefix)
+            and (status is None or r.status == status)
+        )
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # request handling ------------------------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        auth_type = "none"
+        try:
+            auth_type = self._authenticate(request)
+            if self._throttled(request):
+                response = _throttle_response(self._retry_after_ms)
+            else:
+                body = await request.read()
+                response = handle(self, request, _segments(request.raw_path), body)
+        except CosmosError as err:
+            response = error_response(err)
+        except Exception as err:  # a bug in the fake: answer like the service would
+            response = error_response(CosmosError(500, "InternalServerError", type(err).__name__))
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
+        self.requests.append(
+            RequestRecord(request.method, request.path, auth_type, response.status, headers)
+        )
+        response.headers.setdefault("x-ms-activity-id", str(uuid.uuid4()))
+        response.headers.setdefault("x-ms-gatewayversion", "version=2.14.0")
+        return response
+
+    def _throttled(self, request: web.Request) -> bool:
+        if request.path.strip("/") == "":  # account reads are metadata; never throttled here
+            return False
+        if self._throttle_left > 0:
+            self._throttle_left -= 1
+            return True
+        return time.monotonic() < self._throttle_until
+
+    def _authenticate(self, request: web.Request) -> str:
+        raw = request.headers.get("authorization")
+        if not raw:
+            raise _unauthorized("Required Header authorization is missing.")
+        fields = dict(part.partition("=")[::2] for part in unquote(raw).split("&"))
+        kind, sig = fields.get("type", ""), fields.get("sig", "")
+        if fields.get("ver") != "1.0" or not sig:
+            raise _unauthorized("The input authorization token can't serve the request.")
+        if kind == "aad":
+            if self.aad_verifier is None or not self.aad_verifier(sig):
+                raise _unauthorized("Local Authorization is disabled or AAD token is invalid.")
+            return "aad"
+        if kind != "master":
+            raise _unauthorized("The input authorization token can't serve the request.")
+        x_date = request.headers.get("x-ms-date", "")
+        if not x_date:
+            raise _unauthorized("The request must carry an x-ms-date header.")
+        try:
+            sent = parsedate_to_datetime(x_date).timestamp()
+        except (TypeError, ValueError):
+            raise _unauthorized("The x-ms-date header is not a valid date.") from None
+        if abs(time.time() - sent) > MAX_SKEW_SECONDS:
+            raise _unauthorized(
+                "The authorization token is not valid at the current time. Please create another "
+                "token and retry (token start time: see x-ms-date)."
+            )
+        rtype, link = _type_and_link(_segments(request.raw_path))
+        text = f"{request.method.lower()}\n{rtype.lower()}\n{link}\n{x_date.lower()}\n\n"
+        matched = False
+        for key in list(self.keys):
+            try:
+                secret = base64.b64decode(key)
+            except binascii.Error:
+                continue
+            digest = hmac.new(secret, text.encode(), hashlib.sha256).digest()
+            matched |= hmac.compare_digest(base64.b64encode(digest), sig.encode())
+        if not matched:
+            raise _unauthorized(
+                "The input authorization token can't serve the request. The wrong key is being "
+                "used or the expected payload is not built as per the protocol."
+            )
+        return "master"
+
+
+def _segments(raw_path: str) -> list[str]:
+    path = raw_path.split("?", 1)[0].strip("/")
+    return [unquote(s) for s in path.split("/")] if path else []
+
+
+def _type_and_link(segments: list[str]) -> tuple[str, str]:
+    """Per the docs: odd segment count = feed (type last, link = parent), even = item."""
+    if not segments:
+        return "", ""
+    if segments[-2:] == ["operations", "partitionkeydelete"]:
+        return "colls", "/".join(segments[:-2])
+    if len(segments) % 2:
+        return segments[-1], "/".join(segments[:-1])
+    return segments[-2], "/".join(segments)
+
+
+def _unauthorized(message: str) -> CosmosError:
+    return CosmosError(401, "Unauthorized", message)
+
+
+def error_response(err: CosmosError) -> web.Response:
+    headers = {"x-ms-request-charge": "0"}
+    if err.substatus is not None:
+        headers["x-ms-substatus"] = str(err.substatus)
+    body = {"code": err.code, "message": err.message}
+    return web.json_response(body, status=err.status, headers=headers)
+
+
+def _throttle_response(retry_after_ms: int) -> web.Response:
+    return web.json_response(
+        {"code": "429", "message": "Request rate is large. More Request Units may be needed."},
+        status=429,
+        headers={
+            "x-ms-retry-after-ms": str(retry_after_ms),
+            "x-ms-substatus": "3200",
+            "x-ms-request-charge": "0.38",
+        },
+    )
+
+
+async def start_cosmos(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    master_keys: list[str] | None = None,
+    aad_verifier: AadVerifier | None = None,
+    ssl: ssl_lib.SSLContext | None = None,
+) -> CosmosFake:
+    """Start a fake account on ``host:port`` (0 = a free port) in the running loop."""
+    fake = CosmosFake(master_keys or [new_key(), new_key()], aad_verifier)
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", fake._handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl)
+    await site.start()
+    fake._runner = runner
+    sockets = site._server.sockets  # type: ignore[union-attr]
+    fake.port = sockets[0].getsockname()[1]
+    fake.url = f"{'https' if ssl else 'http'}://{host}:{fake.port}/"
+    return fake
+
+
+@contextmanager
+def running_cosmos(**kwargs: Any) -> Iterator[CosmosFake]:
+    """Run a fake account on its own loop in a thread, for tests using the synchronous SDK."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            box["fake"] = loop.run_until_complete(start_cosmos(**kwargs))
+        except BaseException as err:  # surface start failures in the test thread
+            box["error"] = err
+        started.set()
+        if "fake" in box:
+            loop.run_forever()
+
+    thread = threading.Thread(target=run, name="cosmos-fake", daemon=True)
+    thread.start()
+    started.wait(10)
+    if "error" in box:
+        raise box["error"]
+    fake: CosmosFake = box["fake"]
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
