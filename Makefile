@@ -19,6 +19,8 @@ demo: $(STAMP)
 ## test: set up and run ruff and the whole test suite (real Airflow 3 DAGs included)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	@# The Node.js CQL smoke client (tests/node); its test skips only where node/npm are absent.
+	if command -v npm >/dev/null 2>&1; then npm install --prefix tests/node --no-audit --no-fund; fi
 	$(BIN)/pytest -q
 
 ## bench: set up and run the benchmarks (installs nginx and wrk from Debian when missing)
