@@ -115,6 +115,7 @@ class ProcessStack:
     fake_port: int
     cql_port: int
     ca_file: Path | None = None
+    upstream_password: str = field(default="", repr=False)
     _issuer: Any = field(default=None, repr=False)
 
     def token(self, dag: str = "etl", ttl: int = 3600) -> str:
@@ -217,7 +218,9 @@ def start_process_stack(
             cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_port(cql_port, gateway)
-        return ProcessStack(workdir, config_path, fake, gateway, fake_port, cql_port, ca_file)
+        return ProcessStack(
+            workdir, config_path, fake, gateway, fake_port, cql_port, ca_file, password
+        )
     except BaseException:
         for proc in (gateway, fake):
             if proc is not None and proc.poll() is None:
