@@ -2,7 +2,7 @@
 
 Grammar (case-insensitive keywords)::
 
-    SELECT [TOP n] (* | VALUE COUNT(1) | VALUE COUNT(*)) FROM alias
+    SELECT [TOP n] (* | VALUE COUNT(1) | VALUE COUNT(*)) FROM name [[AS] alias]
         [WHERE alias.path = operand [AND alias.path = operand]...]
     operand := @param | 'string' | "string" | number | true | false | null
 
@@ -110,6 +110,11 @@ def parse_query(text: str) -> Query:
     kind, alias = p.take()
     if kind != "word":
         raise QueryError("FROM needs an alias")
+    # "FROM root r" / "FROM root AS r": the second name is the alias terms refer to.
+    p.keyword("AS")
+    nxt = p.peek()
+    if nxt and nxt[0] == "word" and nxt[1].upper() != "WHERE":
+        alias = p.take()[1]
     query = Query(alias=alias, top=top, count=count)
     if p.keyword("WHERE"):
         while True:
