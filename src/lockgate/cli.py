@@ -1,7 +1,7 @@
 """``lockgate``: the command line.
 
     lockgate init DIR                      write a working config, policy, TLS and deployment secret
-    lockgate serve                         run the gateway (token service, engines, metrics)
+    lockgate serve [--workers N]           run the gateway (token service, engines, metrics)
     lockgate config check                  validate lockgate.yaml
     lockgate policy check PRINCIPAL ACTION RESOURCE[/OBJECT]
     lockgate policy lint | policy test FILE...
@@ -77,7 +77,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from lockgate.server import run
 
-    run(_config(args))
+    if args.workers < 1:
+        raise LockgateError("--workers must be at least 1")
+    run(_config(args), workers=args.workers)
     return 0
 
 
@@ -335,7 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir")
     sp.add_argument("--force", action="store_true", help="overwrite an existing lockgate.yaml")
     sp.add_argument("--no-tls", action="store_true", help="plain HTTP listeners (development only)")
-    add(sub, "serve", cmd_serve, "run the gateway")
+    sp = add(sub, "serve", cmd_serve, "run the gateway")
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the http port (SO_REUSEPORT) and one audit writer; "
+        "worker 0 alone serves the control plane, so /metrics covers its traffic only",
+    )
 
     cfg = sub.add_parser("config", help="configuration commands").add_subparsers(
         dest="sub", required=True

@@ -8,10 +8,13 @@
 - audit:    RemoteAuditLog (hash-chained SQLite written by a writer process, fail closed)
 - gateway:  HttpEngine on the ``http`` listener
 
-With ``lockgate serve --workers N`` (:mod:`lockgate.workers`) N processes each run a Gateway
-on the same http port (SO_REUSEPORT) and share one audit writer process; only worker 0
-serves the control plane (token service, catalog, /metrics, health), so /metrics covers
-worker 0's own traffic only.
+With ``lockgate serve --workers N`` (:func:`run`) a supervisor process starts one audit
+writer process and N worker processes; each worker runs a Gateway on the same http port
+(SO_REUSEPORT, the kernel spreads connections) with its own verifier, policy store and
+broker, and sends its audit records to the shared writer (one chain). Only worker 0 serves
+the control plane (token service, catalog, /metrics, health) and the cql listener, so
+/metrics covers worker 0's own traffic only. The supervisor restarts a worker or the writer
+that dies.
 
 Background loops pick up what the CLI changes in another process (revocations, rotated
 credentials and keys, policy files) about once a second.
@@ -21,7 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import signal
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +39,13 @@ from aiohttp import web
 
 from lockgate import _log, metrics
 from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
+from lockgate.audit.remote import WriterProcess
 from lockgate.config import ListenerConfig, LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore, load_or_create_master_key
-from lockgate.errors import AuditUnavailable
+from lockgate.errors import AuditUnavailable, ConfigError
 from lockgate.gateway.cql import CqlEngine
 from lockgate.gateway.http import HttpEngine
+from lockgate.gateway.http.profiles import control as http_control
 from lockgate.identity import (
     Claims,
     KeyStore,
@@ -131,11 +140,13 @@ class Gateway:
         worker: int = 0,
         audit_socket: Path | None = None,
         reuse_port: bool = False,
+        http_port: int | None = None,
     ) -> None:
         self.config = config
         self.worker = worker
         self.primary = worker == 0  # runs the control plane (token service, /metrics ...)
         self.reuse_port = reuse_port
+        self._http_listen_port = http_port  # the supervisor's pick when the config says 0
         self.state = State(config)
         self.audit: AuditLog | RemoteAuditLog = self.state.remote_audit_log(audit_socket)
         self.policy = self.state.policy_store()
@@ -151,6 +162,7 @@ class Gateway:
         self.control_port = 0
         self.http_port = 0
         self.cql_port = 0
+        self.mounted_ports: dict[str, int] = {}  # http resources served on their own port
         self._ready = False
 
     # -- policy at mint time ------------------------------------------------------------------
@@ -217,11 +229,13 @@ class Gateway:
             if connection is not None:
                 out.append(
                     {"conn_id": r.conn_id, "resource": r.name, "kind": r.kind,
-                     "connection": connection}
+                     "connection": connection, **http_control.catalog_extras(r)}
                 )  # fmt: skip
         return out
 
     def _connection_template(self, r: Any) -> dict[str, Any] | None:
+        if r.kind == "http" and getattr(r, "listen", None) is not None:
+            return http_control.connection_template(r, self.mounted_ports.get(r.name))
         if r.kind == "http":
             http = self.config.listeners.http
             base = f"{http.scheme}://{_public_host(http.host)}:{self.http_port or http.port}"
@@ -288,6 +302,7 @@ class Gateway:
         )
         self.token_service.routes(app)
         app.router.add_post("/v1/catalog", self._catalog)
+        app.router.add_post("/v1/poll-token", http_control.poll_token_handler(self))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -314,11 +329,20 @@ class Gateway:
             self.broker,
             self.audit,
             self.sign_assertion,
+            data_dir=self.config.data_dir,
         )
+        port = h.port if self._http_listen_port is None else self._http_listen_port
         server = await self.engine.start(
-            h.host, h.port, ssl=server_ssl_context(h), reuse_port=self.reuse_port
+            h.host, port, ssl=server_ssl_context(h), reuse_port=self.reuse_port
         )
         self.http_port = server.sockets[0].getsockname()[1]
+        for r in self.config.resources:
+            if r.kind == "http" and r.listen is not None:
+                ml = await self.engine.start_mounted(
+                    r.name, r.listen.host, r.listen.port, ssl=server_ssl_context(r.listen),
+                    reuse_port=self.reuse_port,
+                )  # fmt: skip
+                self.mounted_ports[r.name] = ml.sockets[0].getsockname()[1]
         cql = self.config.listeners.cql
         if cql is not None and self.primary:  # with --workers, CQL runs in worker 0 only
             self.cql_engine = CqlEngine(
@@ -386,17 +410,93 @@ class Gateway:
             await self.stop()
 
 
-def run(config: LockgateConfig) -> None:
-    """Serve until interrupted, on uvloop when it is installed."""
+def run(config: LockgateConfig, workers: int = 1) -> None:
+    """Serve until interrupted, on uvloop when it is installed; ``workers`` > 1 supervises
+    that many worker processes sharing the http port and one audit writer process."""
     _log.setup(config.log_level)
+    if workers > 1:
+        _supervise(config, workers)
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        _event_loop_runner()(Gateway(config).serve_forever())
+
+
+def _event_loop_runner() -> Any:
     try:
         import uvloop
 
-        runner: Any = uvloop.run
+        return uvloop.run
     except ImportError:  # pragma: no cover
-        runner = asyncio.run
+        return asyncio.run
+
+
+def _worker_main(source: str, index: int, audit_socket: str, http_port: int) -> None:
+    """One worker process (spawned): SIGTERM stops it like Ctrl-C, which drains the audit."""
+    from lockgate.config import load_config
+
+    config = load_config(source)
+    _log.setup(config.log_level)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    gw = Gateway(
+        config, worker=index, audit_socket=Path(audit_socket), reuse_port=True, http_port=http_port
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        runner(Gateway(config).serve_forever())
+        _event_loop_runner()(gw.serve_forever())
+
+
+def _supervise(config: LockgateConfig, workers: int) -> None:
+    if config.source is None:
+        raise ConfigError("--workers needs a configuration file (each worker loads it)")
+    h = config.listeners.http
+    holder: socket.socket | None = None
+    port = h.port
+    if port == 0:  # one port for every worker: hold it, bound but not listening, in the group
+        holder = socket.socket(socket.AF_INET6 if ":" in h.host else socket.AF_INET)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((h.host, 0))
+        port = holder.getsockname()[1]
+    a = config.audit
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    writer = WriterProcess(
+        config.data_dir / "audit.db", a.jsonl, busy_timeout=max(0.05, min(a.write_timeout / 2, 1))
+    )
+    writer.start()
+    ctx = multiprocessing.get_context("spawn")
+
+    def spawn(i: int) -> Any:
+        args = (str(config.source), i, str(writer.socket_path), port)
+        p = ctx.Process(target=_worker_main, args=args, name=f"lockgate-worker-{i}")
+        p.start()
+        return p
+
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    procs = {i: spawn(i) for i in range(workers)}
+    log.info("lockgate supervising", extra={"fields": {"workers": workers, "http_port": port}})
+    try:
+        while not stopping.wait(0.5):
+            writer.ensure_running()
+            for i, p in procs.items():
+                if not p.is_alive():
+                    log.error(
+                        "worker exited; restarting it",
+                        extra={"fields": {"worker": i, "exit_code": p.exitcode}},
+                    )
+                    procs[i] = spawn(i)
+    finally:
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()
+        for p in procs.values():
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        writer.stop()
+        if holder is not None:
+            holder.close()
 
 
 def data_path(config: LockgateConfig, name: str) -> Path:
