@@ -13,7 +13,11 @@ Rules:
 - A conn_id that is not in the gateway's catalog → ``None``, so Airflow's other backends
   still answer.
 - No task context (the API-server copy of the chain, callbacks) → ``None`` and an info log
-  line saying why: a token is only ever minted for a running task try.
+  line saying why: a token is only ever minted for a running task try. Exception: a conn_id
+  the catalog marks ``poll`` (Databricks) gets a *poll token* from ``/v1/poll-token``, so a
+  deferred operator's trigger can watch its run from the triggerer. A poll token may only
+  read runs this deployment's DAGs started through Lockgate; when the triggerer's log
+  context names the trigger's DAG run, the token is narrowed to that DAG run.
 - The gateway refuses (policy, delegation, attestation) → ``AirflowSecretsBackendAccessDenied``
   with the gateway's reason, so Airflow does not fall through to another backend.
 - Tokens are cached per (task try, conn_id) and reused until a minute before expiry; hooks
@@ -76,6 +80,24 @@ def coordinates_of(ti: Any) -> dict[str, Any]:
         "try_number": int(ti.try_number),
         "map_index": int(ti.map_index if ti.map_index is not None else -1),
     }
+
+
+def trigger_scope() -> dict[str, str]:
+    """The trigger's DAG run as the triggerer binds it into its log context, if it does.
+
+    Airflow's trigger runner binds ``dag_id``/``run_id`` of the deferred task instance with
+    structlog's contextvars around each trigger; ``dag.test()`` runs triggers without it.
+    """
+    try:
+        import structlog.contextvars
+
+        bound = structlog.contextvars.get_contextvars()
+    except Exception:
+        return {}
+    dag_id, run_id = bound.get("dag_id"), bound.get("run_id")
+    if isinstance(dag_id, str) and dag_id and isinstance(run_id, str) and run_id:
+        return {"dag_id": dag_id, "run_id": run_id}
+    return {}
 
 
 def _requested_ttl(ti_task: Any) -> int | None:
@@ -147,6 +169,9 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
         if template is None:
             return None
         coords = task_coordinates()
+        if coords is None and template.get("poll"):
+            token = self._poll_token(conn_id)
+            return json.dumps(_fill(template["connection"], token.token, self.ca_file or ""))
         if coords is None:
             log.info(
                 "Lockgate: no running task context for conn_id %s (API server, callback or "
@@ -186,6 +211,39 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             minted.principal,
             minted.jti,
             int(minted.expires_at - time.time()),
+        )
+        with self._lock:
+            self._tokens[key] = minted
+        return minted
+
+    def _poll_token(self, conn_id: str) -> MintedToken:
+        """A read-only poll token for ``conn_id``, outside any task (the triggerer)."""
+        scope = trigger_scope()
+        key = ("@poll", conn_id, *scope.values())
+        with self._lock:
+            cached = self._tokens.get(key)
+            if cached and cached.expires_at - RENEW_BEFORE > time.time():
+                return cached
+        try:
+            body = self.client._post(
+                "/v1/poll-token", {**self.client._auth(), "conn_id": conn_id, **scope}
+            )
+        except GatewayDenied as exc:
+            raise AirflowSecretsBackendAccessDenied(
+                f"Lockgate denied a poll token for conn_id {conn_id!r}: "
+                f"{exc.body.get('error_description') or exc.body}"
+            ) from None
+        minted = MintedToken(
+            token=body["access_token"],
+            expires_at=time.time() + int(body["expires_in"]),
+            jti=body.get("jti", ""),
+            principal=body.get("principal", ""),
+        )
+        log.info(
+            "Lockgate poll token minted for conn_id %s as %s (jti %s)",
+            conn_id,
+            minted.principal,
+            minted.jti,
         )
         with self._lock:
             self._tokens[key] = minted

@@ -145,14 +145,25 @@ class HttpEngine:
         return conn
 
     async def start_mounted(
-        self, resource: str, host: str, port: int, ssl: ssl_module.SSLContext | None = None
+        self,
+        resource: str,
+        host: str,
+        port: int,
+        ssl: ssl_module.SSLContext | None = None,
+        *,
+        reuse_port: bool = False,
     ) -> asyncio.Server:
         """Serve ``resource`` alone at the root of ``host:port`` (``/api/...``, no prefix)."""
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: self._protocol(resource), host, port, ssl=ssl, backlog=1024,
+            lambda: self._protocol(resource),
+            host,
+            port,
+            ssl=ssl,
+            backlog=1024,
             reuse_address=True,
-        )  # fmt: skip
+            reuse_port=reuse_port or None,
+        )
         self._mounted.append(server)
         return server
 

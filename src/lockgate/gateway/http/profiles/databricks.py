@@ -51,6 +51,7 @@ log = _log.get("gateway.http.databricks")
 
 POLL_TASK = "@poll"  # task_id of triggerer poll tokens (not a valid Airflow task id)
 DEPLOYMENT_WIDE = "@triggerer"  # dag_id of a poll token not narrowed to one DAG
+ANY_RUN = "@any"  # run_id of a poll token not narrowed to one DAG run
 _API = re.compile(r"^/api/2\.[012]/(?P<op>[a-z/_-]+)$")
 _BODY_OPS = frozenset(
     {"jobs/run-now", "jobs/runs/submit", "jobs/runs/get", "jobs/runs/get-output",
@@ -252,7 +253,9 @@ class DatabricksProfile:
             if dag == DEPLOYMENT_WIDE:
                 return None
             aruns = getattr(claims, "run_id", None)
-            if rec.dag_id != dag or (aruns and rec.airflow_run_id != aruns):
+            if rec.dag_id != dag or (
+                aruns not in (None, "", ANY_RUN) and rec.airflow_run_id != aruns
+            ):
                 return f"run {run_id} was not started by {dag} run {aruns}"
             return None
         if rec.dag_id != dag:

@@ -6,7 +6,9 @@ or in a job's ``settings`` (``jobs/get``): top-level ``new_cluster`` (single-tas
 ``violation(rule, specs, timeouts, principal)`` returns the first broken limit as a message
 naming the limit, the value requested and the principal, or None.
 
-Rules fail closed: a cluster without ``num_workers`` or ``autoscale.max_workers`` counts as
+Numbers may arrive as JSON strings (the Airflow provider normalises every number to a
+string, and Databricks accepts both), so ``"64"`` is read as 64. Rules fail closed: a
+cluster without ``num_workers`` or ``autoscale.max_workers`` counts as
 unbounded when a cap is set; a missing or zero ``timeout_seconds`` means "no timeout" and
 breaks a ``max_timeout_seconds`` limit; a missing node type (no pool, no policy) breaks an
 ``allowed_node_types`` limit.
@@ -32,12 +34,8 @@ class ClusterSpec:
             return None
         auto = self.spec.get("autoscale")
         if isinstance(auto, dict):
-            v = auto.get("max_workers")
-            return v if isinstance(v, int) and not isinstance(v, bool) else None
-        if "num_workers" not in self.spec:
-            return None
-        v = self.spec["num_workers"]
-        return v if isinstance(v, int) and not isinstance(v, bool) else None
+            return _num(auto.get("max_workers"))
+        return _num(self.spec.get("num_workers"))
 
     def summary(self) -> dict[str, Any]:
         if self.spec is None:
@@ -160,5 +158,16 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
+def _num(value: Any) -> int | None:
+    """A non-negative integer from an int or a digit string; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
+        return int(value)
+    return None
+
+
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return _num(value) or 0

@@ -1,0 +1,121 @@
+"""Control-plane pieces of mounted and profiled HTTP resources.
+
+* :func:`connection_template` — what the secrets backend turns into an Airflow Connection
+  for a resource served at the root of its own listener. For ``profile: databricks`` that
+  is a ``databricks`` connection in PAT mode (empty login, the Lockgate token as password),
+  which the stock ``DatabricksHook`` sends as ``Authorization: Bearer <token>`` to
+  ``<schema>://<host>:<port>/api/...``.
+* :func:`catalog_extras` — flags the secrets backend reads (``poll``: the conn_id may be
+  used without a task context, by a triggerer, through a poll token).
+* :func:`poll_token_handler` — ``POST /v1/poll-token``: the deployment authenticates as for
+  ``/v1/token`` and gets a short-lived token whose task is ``@poll``. The Databricks profile
+  lets such a token only *read* runs that this deployment's DAGs started through Lockgate
+  (narrowed to one DAG run when ``dag_id``/``run_id`` are given), and policy must still
+  grant ``read`` on ``run:*`` to ``airflow:<deployment>/*/@poll``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from lockgate.gateway.http.profiles.databricks import ANY_RUN, DEPLOYMENT_WIDE, POLL_TASK
+
+
+def _public_host(host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "::") else host
+
+
+def connection_template(resource: Any, port: int | None) -> dict[str, Any]:
+    listen = resource.listen
+    scheme = "https" if listen.tls else "http"
+    host = _public_host(listen.host)
+    port = port or listen.port
+    if resource.profile == "databricks":
+        return {
+            "conn_type": "databricks",
+            "host": host,
+            "port": port,
+            "schema": scheme,
+            "login": "",
+            "password": "{lockgate_token}",
+        }
+    return {
+        "conn_type": "http",
+        "host": f"{scheme}://{host}:{port}",
+        "extra": {"Authorization": "Bearer {lockgate_token}"},
+    }
+
+
+def catalog_extras(resource: Any) -> dict[str, Any]:
+    return {"poll": True} if getattr(resource, "profile", None) == "databricks" else {}
+
+
+def poll_token_handler(gateway: Any) -> Any:
+    """The ``/v1/poll-token`` handler bound to a running ``lockgate.server.Gateway``."""
+    from lockgate.identity import TaskIdentity
+    from lockgate.identity.service import OAuthError, read_body
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            body = await read_body(request)
+            deployment, _proof = await gateway.token_service._authenticate(request, body)
+        except OAuthError as exc:
+            return web.json_response(
+                {"error": exc.error, "error_description": exc.description}, status=exc.status
+            )
+        config = gateway.config
+        resource = config.resource(body.get("resource", "")) or config.resource_for_conn_id(
+            body.get("conn_id", "")
+        )
+        if resource is None or getattr(resource, "profile", None) != "databricks":
+            return web.json_response(
+                {"error": "invalid_target", "error_description": "not a pollable resource"},
+                status=400,
+            )
+        dag_id = body.get("dag_id") or DEPLOYMENT_WIDE
+        dep = config.deployment(deployment)
+        if dag_id != DEPLOYMENT_WIDE:
+            from lockgate.identity._request import may_act_for
+
+            if dep is None or not may_act_for(dep, dag_id):
+                return web.json_response(
+                    {"error": "access_denied", "error_description": "dag not delegated"},
+                    status=403,
+                )
+        try:
+            try_number = int(body.get("try_number") or 0)
+        except ValueError:
+            try_number = 0
+        identity = TaskIdentity(
+            deployment, dag_id, POLL_TASK, body.get("run_id", "") or ANY_RUN, try_number
+        )
+        ttl_cap = resource.databricks.poll_token_ttl
+        decision = gateway.mint_policy(identity, resource.name, ttl_cap)
+        fields = {
+            "deployment": deployment,
+            "dag_id": dag_id,
+            "task_id": POLL_TASK,
+            "run_id": None if identity.run_id == ANY_RUN else identity.run_id,
+            "principal": identity.principal,
+            "resource": resource.name,
+            "rule": decision.rule,
+        }
+        if not decision.allowed:
+            await gateway.on_token_event("token_denied", **fields, reason=decision.reason)
+            return web.json_response(
+                {"error": "access_denied", "error_description": decision.reason}, status=403
+            )
+        ttl = max(1, min(decision.ttl, ttl_cap))
+        token, claims = gateway.issuer.mint(identity, resource.name, ttl)
+        await gateway.on_token_event(
+            "token_issued", **fields, jti=claims.jti, reason="poll token", ttl=ttl
+        )
+        return web.json_response(
+            {"access_token": token, "token_type": "Bearer", "expires_in": ttl,
+             "jti": claims.jti, "principal": identity.principal},
+            headers={"Cache-Control": "no-store"},
+        )  # fmt: skip
+
+    return handle
