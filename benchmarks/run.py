@@ -20,7 +20,14 @@ def main() -> int:
     except ModuleNotFoundError as exc:
         print(f"HTTP benchmark unavailable: {exc}")
         return 1
-    return int(http.main() or 0)
+    code = int(http.main() or 0)
+    print("\n== Databricks runs/get: Lockgate vs direct ==", flush=True)
+    try:
+        dbx = importlib.import_module("benchmarks.databricks")
+    except ModuleNotFoundError as exc:
+        print(f"Databricks benchmark unavailable: {exc}")
+        return 1
+    return code or int(dbx.main([]) or 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""Databricks ``jobs/runs/get`` through Lockgate vs direct to the test workspace, same run.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.databricks [--requests 2000] [--concurrency 8]
+
+The test workspace (tests/fakes/databricks, aiohttp) and the real :class:`Gateway` (profile
+databricks on its own listener, OAuth M2M upstream credential, run registry, policy, the
+hash-chained audit trail) run on one uvloop in a background thread; the client (aiohttp,
+keep-alive) runs in the main thread. ``direct`` polls the workspace with an OAuth token of
+its own; ``lockgate`` polls the gateway with a Lockgate token for the DAG that started the
+run (every request verified, classified with its query, checked for run ownership, decided,
+relayed with the gateway's token and audited with the run page URL). The ratio is
+``lockgate / direct`` in requests per second; the upstream is a Python app, so the ratio
+says what the gateway costs relative to a slow-ish upstream on the same machine.
+
+``main()`` returns 0, or 1 when a request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+POLICY = """\
+rules:
+  - id: bench-run
+    effect: allow
+    principals: ["airflow:prod/bench_*/*"]
+    actions: [run, read]
+    resources: [dbx]
+    objects: ["job:*", "run:*"]
+"""
+
+
+class Backend:
+    """Fake workspace + gateway on a private loop in a daemon thread."""
+
+    def __init__(self, workdir: Path) -> None:
+        from tests.fakes.databricks import DEFAULT_CLIENT_ID, FakeDatabricks
+
+        self.fake = FakeDatabricks({"bench-secret"}, pending_polls=10**9)
+        cluster = {"node_type_id": "i3.xlarge", "num_workers": 2}
+        self.fake.add_job(
+            1, {"name": "bench", "tasks": [{"task_key": "t", "new_cluster": cluster}]}
+        )
+        self.client_id = DEFAULT_CLIENT_ID
+        self.workdir = workdir
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.call(self._boot())
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    async def _boot(self) -> None:
+        from tests.fakes.databricks import start
+
+        from lockgate.config import parse_config
+        from lockgate.server import Gateway, State
+
+        self.runner, port = await start(self.fake)
+        self.upstream = f"http://127.0.0.1:{port}"
+        (self.workdir / "p.yaml").write_text(POLICY)
+        cfg = parse_config(
+            {
+                "data_dir": str(self.workdir / "data"),
+                "listeners": {"control": {"port": 0}, "http": {"port": 0}},
+                "deployments": [{"name": "prod", "dags": ["bench_*"], "proof": {
+                    "type": "client_secret", "secret_sha256": "0" * 64}}],
+                "resources": [{"name": "dbx", "kind": "http", "upstream": self.upstream,
+                               "credential": "sp", "profile": "databricks",
+                               "listen": {"host": "127.0.0.1", "port": 0}}],
+                "credentials": [{"name": "sp", "type": "oauth2_client_credentials",
+                                 "token_url": f"{self.upstream}/oidc/v1/token",
+                                 "client_id": self.client_id, "scope": "all-apis",
+                                 "token_auth": "client_secret_basic"}],
+                "policies": [str(self.workdir / "p.yaml")],
+            },
+            self.workdir / "lockgate.yaml",
+        )  # fmt: skip
+        State(cfg).credentials.set("sp", "bench-secret")
+        self.gw = Gateway(cfg)
+        await self.gw.start()
+        self.gateway = f"http://127.0.0.1:{self.gw.mounted_ports['dbx']}"
+
+    async def _down(self) -> None:
+        await self.gw.stop()
+        await self.runner.cleanup()
+
+    def stop(self) -> None:
+        self.call(self._down())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _load(
+    base: str, token: str, run_id: int, n: int, conc: int
+) -> tuple[float, list[float], int]:
+    lat: list[float] = []
+    errors = 0
+    left = n
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"{base}/api/2.2/jobs/runs/get?run_id={run_id}"
+    conn = aiohttp.TCPConnector(limit=conc)
+    async with aiohttp.ClientSession(connector=conn) as http:
+
+        async def worker() -> None:
+            nonlocal left, errors
+            while left > 0:
+                left -= 1
+                t = time.perf_counter()
+                async with http.get(url, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                lat.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        return time.perf_counter() - t0, lat, errors
+
+
+async def _client(b: Backend, n: int, conc: int) -> int:
+    from lockgate.identity import TaskIdentity
+
+    basic = base64.b64encode(f"{b.client_id}:bench-secret".encode()).decode()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{b.upstream}/oidc/v1/token",
+            data={"grant_type": "client_credentials", "scope": "all-apis"},
+            headers={"Authorization": f"Basic {basic}"},
+        ) as r:
+            direct_token = (await r.json())["access_token"]
+        lg_token = b.gw.issuer.mint(TaskIdentity("prod", "bench_dag", "t", "r", 1), "dbx", 3600)[0]
+        async with http.post(
+            f"{b.gateway}/api/2.2/jobs/run-now", json={"job_id": 1},
+            headers={"Authorization": f"Bearer {lg_token}"},
+        ) as r:  # fmt: skip
+            run_id = (await r.json())["run_id"]
+    await _load(b.upstream, direct_token, run_id, 200, conc)  # warm up both paths
+    await _load(b.gateway, lg_token, run_id, 200, conc)
+    failed = 0
+    rates: dict[str, float] = {}
+    for name, base, tok in (("direct", b.upstream, direct_token),
+                            ("lockgate", b.gateway, lg_token)):  # fmt: skip
+        took, lat, errors = await _load(base, tok, run_id, n, conc)
+        failed += errors
+        rates[name] = n / took
+        lat.sort()
+        print(
+            f"  {name:9} {rates[name]:8.0f} req/s   p50 {statistics.median(lat) * 1000:6.2f} ms"
+            f"   p99 {lat[int(len(lat) * 0.99) - 1] * 1000:6.2f} ms   errors {errors}"
+        )
+    print(f"  ratio lockgate/direct: {rates['lockgate'] / rates['direct']:.2f}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args(argv if argv is not None else [])
+    with tempfile.TemporaryDirectory() as d:
+        b = Backend(Path(d))
+        try:
+            print(f"runs/get x{args.requests}, {args.concurrency} connections")
+            return asyncio.run(_client(b, args.requests, args.concurrency))
+        finally:
+            b.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
