@@ -1,26 +1,28 @@
 """CQL data path: statements/s and p50/p99 through Lockgate vs direct to the same node.
 
-    .venv/bin/python -m benchmarks.cql [--duration 5] [--window 64]
+    .venv/bin/python -m benchmarks.cql [--duration 5] [--window 64] [--rounds 3]
 
 The fake Cassandra node (tests/fakes/cqlserver) and the gateway (``lockgate serve``) run in
 their own processes; this process is the client, the real cassandra-driver (protocol v4)
 with ``execute_async`` and a fixed window of statements in flight. Two workloads, each for
-``--duration`` seconds after a short warm-up, first direct (the gateway's own upstream login)
-then through Lockgate (resource name + token; every statement classified, decided by policy
-and audited):
+``--duration`` seconds after a short warm-up, direct (the gateway's own upstream login) and
+through Lockgate (resource name + token; every statement classified, decided by policy and
+audited) alternating in ``--rounds`` slices, so load from elsewhere hits both sides alike:
 
 * prepared INSERT ``INSERT INTO ks.kv (k, v) VALUES (?, ?)``
 * prepared point SELECT ``SELECT id, item FROM ks.orders WHERE id = ?`` (a small table: the
   fake node scans a table to answer, and the point is the protocol path, not its scan)
 
 The node is written in Python, so it is the bottleneck of the direct path too; the ratio
-lockgate/direct shows what the extra hop costs on this machine, in the same run.
+lockgate/direct shows what the extra hop costs on this machine, in the same run. The
+gateway's CPU time per statement (from /proc) is the steadiest number on a busy machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -41,12 +43,32 @@ KEYS = 10_000
 READ_KEYS = 50
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Result:
     statements: int
     seconds: float
     errors: int
     latencies_ms: list[float]
+    gateway_cpu: float = 0.0  # seconds of gateway CPU spent during the measurement
+
+    def merge(self, other: Result) -> Result:
+        return Result(
+            self.statements + other.statements,
+            self.seconds + other.seconds,
+            self.errors + other.errors,
+            self.latencies_ms + other.latencies_ms,
+            self.gateway_cpu + other.gateway_cpu,
+        )
+
+    @property
+    def cpu_us_per_statement(self) -> float:
+        return self.gateway_cpu / self.statements * 1e6 if self.statements else 0.0
 
     @property
     def rate(self) -> float:
@@ -120,17 +142,31 @@ def drive(
     return Result(len(latencies), elapsed, errors[0], latencies)
 
 
-def workload(session: Session, duration: float, window: int, warmup: float) -> dict[str, Result]:
-    insert = session.prepare("INSERT INTO ks.kv (k, v) VALUES (?, ?)")
-    select = session.prepare("SELECT id, item FROM ks.orders WHERE id = ?")
-    out: dict[str, Result] = {}
-    cases: list[tuple[str, Any, Callable[[int], tuple[Any, ...]]]] = [
-        ("prepared INSERT", insert, lambda i: (i % KEYS, f"value-{i}")),
-        ("point SELECT", select, lambda i: (i % READ_KEYS,)),
-    ]
-    for name, stmt, params in cases:
-        drive(session, stmt, params, warmup, window)
-        out[name] = drive(session, stmt, params, duration, window)
+Params = Callable[[int], tuple[Any, ...]]
+WORKLOADS: list[tuple[str, str, Params]] = [
+    ("prepared INSERT", "INSERT INTO ks.kv (k, v) VALUES (?, ?)", lambda i: (i % KEYS, f"v{i}")),
+    ("point SELECT", "SELECT id, item FROM ks.orders WHERE id = ?", lambda i: (i % READ_KEYS,)),
+]
+
+
+def compare(
+    direct: Session, via: Session, gateway_pid: int, a: argparse.Namespace
+) -> dict[str, tuple[Result, Result]]:
+    """Per workload: direct and through Lockgate, alternating in ``a.rounds`` slices so that
+    load from elsewhere on the machine hits both sides alike."""
+    out: dict[str, tuple[Result, Result]] = {}
+    for name, text, params in WORKLOADS:
+        d_stmt, v_stmt = direct.prepare(text), via.prepare(text)
+        drive(direct, d_stmt, params, a.warmup, a.window)
+        drive(via, v_stmt, params, a.warmup, a.window)
+        d_total = v_total = Result(0, 0.0, 0, [])
+        for _ in range(a.rounds):
+            d_total = d_total.merge(drive(direct, d_stmt, params, a.duration / a.rounds, a.window))
+            cpu0 = cpu_seconds(gateway_pid)
+            v = drive(via, v_stmt, params, a.duration / a.rounds, a.window)
+            v.gateway_cpu = cpu_seconds(gateway_pid) - cpu0
+            v_total = v_total.merge(v)
+        out[name] = (d_total, v_total)
     return out
 
 
@@ -146,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--window", type=int, default=64, help="statements in flight")
+    p.add_argument("--rounds", type=int, default=3, help="direct/lockgate alternations")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d, start_process_stack(Path(d) / "stack") as stack:
         direct_session = connect(stack.fake_port, UPSTREAM_USER, stack.upstream_password)
@@ -154,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             direct_session.execute(seed, (k, f"item-{k}"))
         gw_session = connect(stack.cql_port, RESOURCE, stack.token("etl"))
         try:
-            direct = workload(direct_session, a.duration, a.window, a.warmup)
-            via = workload(gw_session, a.duration, a.window, a.warmup)
+            results = compare(direct_session, gw_session, stack.gateway.pid, a)
         finally:
             direct_session.cluster.shutdown()
             gw_session.cluster.shutdown()
@@ -165,15 +201,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary: dict[str, Any] = {}
     errors = 0
-    for name in direct:
-        d, v = direct[name], via[name]
+    for name, (d, v) in results.items():
         ratio = v.rate / d.rate if d.rate else 0.0
         added = v.pct(0.5) - d.pct(0.5)
         print(f"{name}:")
         print(_fmt("direct", d))
         print(_fmt("lockgate", v))
-        print(f"  lockgate/direct: {ratio:.2f}x   added p50: {added:.2f} ms")
-        summary[name] = {"direct": d.summary(), "lockgate": v.summary(), "ratio": round(ratio, 3)}
+        print(
+            f"  lockgate/direct: {ratio:.2f}x   added p50: {added:.2f} ms   "
+            f"gateway CPU: {v.cpu_us_per_statement:.0f} us/statement"
+        )
+        summary[name] = {
+            "direct": d.summary(),
+            "lockgate": v.summary(),
+            "ratio": round(ratio, 3),
+            "gateway_cpu_us_per_statement": round(v.cpu_us_per_statement, 1),
+        }
         errors += d.errors + v.errors
     print(json.dumps(summary))
     if errors:

@@ -27,7 +27,14 @@ def main() -> int:
     except ModuleNotFoundError as exc:
         print(f"Databricks benchmark unavailable: {exc}")
         return 1
-    return code or int(dbx.main([]) or 0)
+    code = code or int(dbx.main([]) or 0)
+    print("\n== CQL data path: Lockgate vs direct ==", flush=True)
+    try:
+        cql = importlib.import_module("benchmarks.cql")
+    except ModuleNotFoundError as exc:
+        print(f"CQL benchmark unavailable: {exc}")
+        return 1
+    return code or int(cql.main([]) or 0)
 
 
 if __name__ == "__main__":
