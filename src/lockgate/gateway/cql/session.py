@@ -14,6 +14,10 @@ unchanged and responses need no renumbering. Two pumps run side by side:
   topology/status EVENTs are dropped, and every audited statement is recorded with its
   result kind or error code and its latency.
 
+Writes are coalesced: frames bound for one side are collected while a read chunk is being
+processed and written with one call before the pump next waits (one syscall per chunk, not
+per frame; with 64 statements in flight this was the largest cost per statement).
+
 Robustness: a malformed or oversized client frame, a frame that stalls for longer than the
 resource's ``handshake_timeout``, or an unfinished handshake closes this connection only,
 with an audit record. A connection with nothing in flight and no traffic for
@@ -77,6 +81,8 @@ class ClientSession:
         self._frame_timeout = ctx.handshake_timeout
         self._idle_timeout: float | None = None
         self._verified_at = 0.0
+        self._to_upstream: list[bytes] = []  # forwarded requests not yet written (coalesced)
+        self._to_client: list[bytes] = []  # upstream answers not yet written (coalesced)
         self._inspector = codec.Connection(
             codec.Role.CLIENT, max_frame_bytes=UPSTREAM_MAX_FRAME_BYTES
         )
@@ -155,6 +161,7 @@ class ClientSession:
                 return event
             if self.client.eof:
                 return None
+            self._flush_upstream()  # before waiting for more: nothing forwarded may sit here
             now = self.ctx.clock()
             if self.client.buffered:
                 if self._frame_deadline is None:
@@ -210,6 +217,7 @@ class ClientSession:
                 return
             self._on_request(event)
             if self.client.buffered == 0:
+                self._flush_upstream()
                 await up.drain()
 
     def _on_request(self, event: codec.Event) -> None:
@@ -340,9 +348,18 @@ class ClientSession:
         )
 
     def _forward(self, event: codec.Event, pending: _Pending) -> None:
-        assert self.auth is not None
         self.pending[event.stream] = pending
-        self.auth.link.writer.write(event.raw)
+        self._to_upstream.append(event.raw)
+
+    def _flush_upstream(self) -> None:
+        if self._to_upstream and self.auth is not None:
+            data = b"".join(self._to_upstream)
+            self._to_upstream.clear()
+            self.auth.link.writer.write(data)
+
+    def _emit(self, frame: bytes) -> None:
+        """Queue an answer for the client; written once per upstream read chunk."""
+        self._to_client.append(frame)
 
     # -- upstream → client ----------------------------------------------------------------------
     async def _pump_upstream(self) -> None:
@@ -363,6 +380,7 @@ class ClientSession:
                         "cql upstream sent an invalid frame header; closing",
                         extra={"fields": self._fields()},
                     )
+                    self._flush_client()  # the valid frames before it still reach the client
                     self._upstream_lost()
                     return
                 end = pos + 9 + length
@@ -372,7 +390,14 @@ class ClientSession:
                 pos = end
             if pos:
                 del buf[:pos]
+            self._flush_client()
             await self.writer.drain()
+
+    def _flush_client(self) -> None:
+        if self._to_client:
+            data = b"".join(self._to_client)
+            self._to_client.clear()
+            self._write(data)
 
     def _on_response(self, frame: bytes, flags: int, stream: int, opcode: int) -> None:
         p = self.pending.pop(stream, None) if stream >= 0 else None
@@ -382,14 +407,14 @@ class ClientSession:
             and frame[9:13] == b"\x00\x00\x00\x02"  # Rows
             and (p is None or p.plan is None or p.plan.rewrite is None)
         ):
-            self._write(frame)  # the hot path: rows relayed without decoding
+            self._emit(frame)  # the hot path: rows relayed without decoding
             self._finish(p, codec.RESULT_ROWS)
             return
         event = self._inspect(frame)
         if event is None:
             if p is not None and p.plan is not None and p.plan.rewrite is not None:
                 # Fail closed: never relay undecodable topology rows.
-                self._write(
+                self._emit(
                     codec.encode_frame(
                         codec.Error(
                             stream=stream,
@@ -399,12 +424,12 @@ class ClientSession:
                     )
                 )
             else:
-                self._write(frame)
+                self._emit(frame)
             self._finish(p, codec.ERR_SERVER, error=True)
             return
         if isinstance(event, codec.ServerEvent):
             if forward_event(event):
-                self._write(frame)
+                self._emit(frame)
             return
         status: int | None = None
         if isinstance(event, codec.Error):
@@ -424,7 +449,7 @@ class ClientSession:
                     rows = rewrite_rows(event, kind, self.local_address, self.local_port)
                     if rows is not event:
                         frame = codec.encode_frame(rows)
-        self._write(frame)
+        self._emit(frame)
         self._finish(p, status, error=isinstance(event, codec.Error))
 
     def _inspect(self, frame: bytes) -> codec.Event | None:

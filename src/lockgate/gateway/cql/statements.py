@@ -6,6 +6,7 @@ keyspace; EXECUTE maps the prepared id back to the text and keyspace it was prep
 classifies every child. A prepared id the gateway has not seen (restart, eviction, a
 PREPARE made on another replica) yields ``plan.unprepared``: the engine answers Unprepared
 (0x2500) with that id, and the driver re-prepares through the gateway and retries.
+Classification is cached per (text, keyspace) for texts up to 4 KiB (:func:`classify_statement`).
 
 Rules: targets that are reads of driver metadata tables (``system.local``, ``system.peers``,
 ``system_schema.*`` ...) or ``USE`` need no policy decision (``Target`` kinds ``system`` /
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from . import codec
 from .classify import Target, classify, is_system_metadata_read
@@ -24,6 +26,22 @@ from .rewrite import rewrite_kind
 
 MAX_AUDIT_TEXT = 2048
 DEFAULT_PREPARED_ENTRIES = 20_000
+#: Statement texts up to this length have their classification cached (drivers send the same
+#: prepared/parameterised texts over and over; tokenizing each time was the hot path's cost).
+CACHE_TEXT_MAX = 4096
+CACHE_ENTRIES = 4096
+
+
+@lru_cache(maxsize=CACHE_ENTRIES)
+def _classify_cached(text: str, keyspace: str | None) -> tuple[Target, ...]:
+    return tuple(classify(text, keyspace))
+
+
+def classify_statement(text: str, keyspace: str | None) -> list[Target]:
+    """``classify`` with a bounded cache; classification is a pure function of its inputs."""
+    if len(text) > CACHE_TEXT_MAX:
+        return classify(text, keyspace)
+    return list(_classify_cached(text, keyspace))
 
 
 @dataclass(slots=True)
@@ -87,15 +105,15 @@ def plan_for(
 ) -> Plan | None:
     """The plan of a statement-bearing request, or None for other requests."""
     if isinstance(event, codec.Query):
-        return Plan("query", event.query, classify(event.query, keyspace), keyspace)
+        return Plan("query", event.query, classify_statement(event.query, keyspace), keyspace)
     if isinstance(event, codec.Prepare):
-        return Plan("prepare", event.query, classify(event.query, keyspace), keyspace)
+        return Plan("prepare", event.query, classify_statement(event.query, keyspace), keyspace)
     if isinstance(event, codec.Execute):
         found = prepared.lookup(resource, event.query_id)
         if found is None:
             return Plan("execute", "", [], keyspace, unprepared=event.query_id)
         text, ks = found
-        return Plan("execute", text, classify(text, ks), ks)
+        return Plan("execute", text, classify_statement(text, ks), ks)
     if isinstance(event, codec.Batch):
         return _batch_plan(event, resource, keyspace, prepared)
     return None
@@ -115,7 +133,7 @@ def _batch_plan(
                 return Plan("batch", "", [], keyspace, unprepared=child.query_id or b"")
             text, ks = found
         texts.append(text)
-        found_targets = classify(text, ks)
+        found_targets = classify_statement(text, ks)
         # Only data changes may be batched; anything else (a SELECT, DDL) fails closed.
         if any(t.action not in ("write",) for t in found_targets):
             found_targets = [t if t.action == "write" else _unknown(t) for t in found_targets]
