@@ -9,11 +9,16 @@ One run measures, against the same upstream and with the same load tool:
 * ``direct``: straight to the upstream (the client sends the upstream secret itself);
 * ``nginx``: ``nginx proxy_pass`` (worker_processes auto, access_log off, upstream keepalive
   64, the secret added by ``proxy_set_header``) when ``nginx`` is installed;
-* ``lockgate``: the real :class:`lockgate.server.Gateway` in its own uvloop process, built from
+* ``lockgate``: the real :class:`lockgate.server.Gateway` in its own uvloop process (audit
+  written by the out-of-process writer, the default), built from
   ``lockgate.scaffold.write_init`` (no TLS) with the ``orders-api-key`` credential stored in
   the encrypted credential store, the scaffold policy, a real minted token (verified on every
   request, cached), real policy decisions and the real hash-chained SQLite audit trail
   (one record per request);
+* ``lockgate-thread``: the same with the audit written by a thread inside the gateway process
+  (the previous default), for comparison;
+* ``lockgate-w2``: ``lockgate serve --workers 2`` (two SO_REUSEPORT worker processes, one
+  audit writer process);
 * ``engine``: ``HttpEngine`` alone with trivially cheap fakes for verifier, policy, broker
   and audit (the engine's own cost; the difference to ``lockgate`` is identity, policy and
   audit).
@@ -201,17 +206,19 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
     loop.run_forever()
 
 
-def run_real_gateway(config_path: str) -> None:
+def run_real_gateway(config_path: str, variant: str = "lockgate") -> None:
     """The real Lockgate process: ``lockgate.server.run`` on uvloop."""
     import logging
 
+    from lockgate import server
     from lockgate.config import load_config
-    from lockgate.server import run
 
     cfg = load_config(config_path)
+    if variant == "lockgate-thread":  # the in-process writer thread instead of the process
+        server.State.remote_audit_log = lambda self, socket_path=None: self.audit_log()  # type: ignore[method-assign,assignment]
     _maybe_profile()
     logging.disable(logging.INFO)  # the benchmark measures the data path, not log output
-    run(cfg)
+    server.run(cfg, workers=2 if variant == "lockgate-w2" else 1)
 
 
 def make_lockgate_config(directory: Path, upstream_port: int, secret: str) -> tuple[Path, str]:
@@ -444,13 +451,26 @@ def _stop(proc: Any) -> None:
         proc.wait(5)
 
 
+VARIANTS = ("lockgate-thread", "lockgate", "lockgate-w2")
+
+
+def _wait_closed(port: int, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
 def _fmt(name: str, r: dict[str, Any] | None) -> str:
     if r is None:
-        return f"{name:>16}: (not measured)"
+        return f"{name:>18}: (not measured)"
     p50 = f"{r['p50_ms']:.3f}" if r.get("p50_ms") is not None else "?"
     p99 = f"{r['p99_ms']:.3f}" if r.get("p99_ms") is not None else "?"
     err = f"  errors {r['errors']}" if r.get("errors") else ""
-    return f"{name:>16}: {r['rps']:10.0f} req/s  p50 {p50} ms  p99 {p99} ms{err}"
+    return f"{name:>18}: {r['rps']:10.0f} req/s  p50 {p50} ms  p99 {p99} ms{err}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,32 +495,33 @@ def main(argv: list[str] | None = None) -> int:
             from lockgate.config import load_config
 
             gw_port = load_config(config_path).listeners.http.port
-            gw = _spawn("gateway", str(config_path))
-            procs.append(gw)
             nginx_port = _free_port()
             nginx = None
             if not a.no_nginx:
                 (tmpdir / "nginx").mkdir()
                 nginx = start_nginx(tmpdir / "nginx", nginx_port, up_port, secret)
                 procs.append(nginx)
-            _wait_port(gw_port)
 
             def run(port: int, path: str, auth: str, conns: int) -> dict[str, Any]:
                 return measure(port, path, auth, conns, a.duration, a.warmup)
 
             gpath = "/orders-api" + PATH
             results["direct"] = run(up_port, PATH, secret, a.conns)
+            results["direct@moderate"] = run(up_port, PATH, secret, a.moderate)
             if nginx is not None:
                 _wait_port(nginx_port)
                 results["nginx"] = run(nginx_port, PATH, "client-token-ignored", a.conns)
-            results["lockgate"] = run(gw_port, gpath, token, a.conns)
-            results["direct@moderate"] = run(up_port, PATH, secret, a.moderate)
-            if nginx is not None:
                 results["nginx@moderate"] = run(nginx_port, PATH, "x", a.moderate)
-            results["lockgate@moderate"] = run(gw_port, gpath, token, a.moderate)
-            _stop(gw)
-            if nginx is not None:
                 _stop(nginx)
+            for variant in VARIANTS:
+                gw = _spawn("gateway", str(config_path), variant)
+                procs.append(gw)
+                _wait_port(gw_port)
+                time.sleep(1.0)  # every worker in the port group, writer connected
+                results[variant] = run(gw_port, gpath, token, a.conns)
+                results[f"{variant}@moderate"] = run(gw_port, gpath, token, a.moderate)
+                _stop(gw)
+                _wait_closed(gw_port)
             if not a.no_engine:
                 eng_port = _free_port()
                 eng = _spawn("engine", str(eng_port), str(up_port), secret)
@@ -511,38 +532,36 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for proc in procs:
                 _stop(proc)
-    direct, gated, ngx = results["direct"], results["lockgate"], results.get("nginx")
-    assert direct is not None and gated is not None
-    dm, gm = results["direct@moderate"], results["lockgate@moderate"]
-    assert dm is not None and gm is not None
-    vs_direct = gated["rps"] / direct["rps"] if direct["rps"] else 0.0
-    vs_nginx = gated["rps"] / ngx["rps"] if ngx and ngx["rps"] else None
-    added = (
-        gm["p50_ms"] - dm["p50_ms"]
-        if gm.get("p50_ms") is not None and dm.get("p50_ms") is not None
-        else None
-    )
+    direct, ngx, dm = results["direct"], results.get("nginx"), results["direct@moderate"]
+    assert direct is not None and dm is not None
     print(
         f"load tool: {direct['tool']}; saturation {a.conns} connections, moderate "
         f"{a.moderate} connections; {a.duration:g}s each after {a.warmup:g}s warm-up"
     )
-    for name in ("direct", "nginx", "lockgate", "engine"):
+    for name in ("direct", "nginx", *VARIANTS, "engine"):
         if name in results or name != "nginx":
             print(_fmt(name, results.get(name)))
-    for name in ("direct@moderate", "nginx@moderate", "lockgate@moderate"):
-        if name in results:
-            print(_fmt(name, results[name]))
-    print(f"  lockgate/direct: {vs_direct:.2f}x")
-    if vs_nginx is not None:
-        print(f"   lockgate/nginx: {vs_nginx:.2f}x  (target >= 0.5x)")
-    if added is not None:
-        print(f"added p50 @ {a.moderate} conns: {added:.3f} ms  (target <= 0.3 ms)")
-    summary = {
-        **results,
-        "lockgate_vs_direct": vs_direct,
-        "lockgate_vs_nginx": vs_nginx,
-        "added_p50_ms_moderate": added,
-    }
+    for name in ("direct", "nginx", *VARIANTS):
+        if f"{name}@moderate" in results:
+            print(_fmt(f"{name}@moderate", results[f"{name}@moderate"]))
+    summary: dict[str, Any] = dict(results)
+    for variant in (*VARIANTS, "engine"):
+        r, m = results.get(variant), results.get(f"{variant}@moderate")
+        if r is None:
+            continue
+        vs_direct = r["rps"] / direct["rps"] if direct["rps"] else 0.0
+        vs_nginx = r["rps"] / ngx["rps"] if ngx and ngx["rps"] else None
+        line = f"{variant:>16}: {vs_direct:.2f}x direct"
+        if vs_nginx is not None:
+            line += f", {vs_nginx:.2f}x nginx (target >= 0.5x)"
+        added = None
+        if m and m.get("p50_ms") is not None and dm.get("p50_ms") is not None:
+            added = m["p50_ms"] - dm["p50_ms"]
+            line += f", added p50 @ {a.moderate} conns {added:.3f} ms (target <= 0.3 ms)"
+        print(line)
+        summary[f"{variant}_vs_direct"] = vs_direct
+        summary[f"{variant}_vs_nginx"] = vs_nginx
+        summary[f"{variant}_added_p50_ms_moderate"] = added
     print(json.dumps(summary))
     errors = sum(r.get("errors", 0) for r in results.values() if r)
     if errors:
@@ -557,7 +576,7 @@ if __name__ == "__main__":
     elif role == "engine":
         run_fake_gateway(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif role == "gateway":
-        run_real_gateway(sys.argv[2])
+        run_real_gateway(sys.argv[2], *sys.argv[3:4])
     elif role == "load":
         run_load(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
     else:
