@@ -266,6 +266,9 @@ Credential = Annotated[StaticCredential | OAuth2ClientCredential, Field(discrimi
 class AuditSettings(_Model):
     jsonl: Path | None = None
     write_timeout: float = Field(1.0, gt=0, description="a write slower than this fails closed")
+    # thread: a writer thread in the gateway process (fastest on small machines);
+    # process: a separate writer process (frees the event loop's core; needed by --workers).
+    writer: Literal["thread", "process"] = "thread"
 
 
 class LockgateConfig(_Model):

@@ -162,6 +162,29 @@ class AuditLog(AuditQueries):
                 extra={"fields": {"dropped_total": self._dropped, "closing": self._closing}},
             )
 
+    def inject_fault(self, kind: str, arg: float | str = 0.0) -> None:
+        """Test hook, same as RemoteAuditLog's: fail each write (``error``, message), stall
+        the next write (``hang``, seconds) or behave again (``clear``)."""
+        if kind == "clear":
+            self._fault = None
+        elif kind == "error":
+            message = str(arg) or "injected audit failure"
+
+            def fail() -> None:
+                raise OSError(message)
+
+            self._fault = fail
+        elif kind == "hang":
+            seconds = float(arg)
+
+            def stall() -> None:
+                self._fault = None
+                time.sleep(seconds)
+
+            self._fault = stall
+        else:
+            raise ValueError(f"unknown fault {kind!r}")
+
     def check_writable(self) -> None:
         """Raise AuditUnavailable unless records are currently being written in time."""
         err = self._error
