@@ -15,8 +15,8 @@ One run measures, against the same upstream and with the same load tool:
   the encrypted credential store, the scaffold policy, a real minted token (verified on every
   request, cached), real policy decisions and the real hash-chained SQLite audit trail
   (one record per request);
-* ``lockgate-process``: the same with ``audit.writer: process`` (a separate writer process)
-  (the previous default), for comparison;
+* ``lockgate-process``: the same with ``audit.writer: process`` (a separate writer process),
+  for comparison;
 * ``lockgate-w2``: ``lockgate serve --workers 2`` (two SO_REUSEPORT worker processes, one
   audit writer process);
 * ``engine``: ``HttpEngine`` alone with trivially cheap fakes for verifier, policy, broker
