@@ -8,18 +8,22 @@ exactly what policy allows that principal on the resource: every user table of t
 each allow becomes table-level GRANTs (read → SELECT, write → MODIFY, admin → ALTER, DROP;
 plus CREATE on the keyspace when admin is allowed on every table of it). Policy globs are thus
 resolved against real tables, never guessed. The role is dropped by :meth:`revoke` (task
-end) or by :meth:`sweep` once the token has expired; :meth:`sweep_orphans` drops ``lg_``
-roles this process does not know (after a restart).
+end: :meth:`revoke_matching` finds the roles of one task try, DAG run or DAG; :meth:`revoke_jti`
+the role of one token) or by :meth:`sweep` once the token has expired; :meth:`sweep_orphans`
+drops ``lg_`` roles this process does not know (after a restart). A role whose drop failed
+is retried by every sweep until it goes.
 
 Rules: statements run over the gateway's own upstream login (which must be allowed to
 create roles and grant). Statements that carry a password are never logged and upstream
-error messages for them are not repeated. The token service does not call this yet; it is a
-function it can call (see the CQL engine docs).
+error messages for them are not repeated. A role is created only once all its grants are
+known, and dropped again if a GRANT fails, so a half-granted role never outlives the request.
+``POST /v1/db-role`` (:mod:`lockgate.identity.db_roles`) is the door to this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
@@ -55,6 +59,12 @@ _SYSTEM_KEYSPACES = frozenset(
 )
 
 PasswordSource = Callable[[], Awaitable[str]]
+# (deployment, dag_id, task_id, run_id, try_number, map_index) of the token a role serves
+Owner = tuple[str, str, str, str, int, int]
+
+
+class NoGrants(Exception):
+    """Policy allows this principal nothing on any table of the resource."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,17 @@ class RoleCredential:
     password: str = field(repr=False)
     expires_at: float
     grants: tuple[tuple[str, str], ...]  # (permission, resource text)
+
+
+def _owner(claims: Any) -> Owner:
+    return (
+        str(claims.deployment),
+        str(claims.dag_id),
+        str(claims.task_id),
+        str(claims.run_id),
+        int(claims.try_number),
+        int(claims.map_index),
+    )
 
 
 def role_name(resource: str, jti: str) -> str:
@@ -126,6 +147,8 @@ class DynamicRoles:
         self._clock = clock
         self._make_request = make_request or default_request_factory()
         self._issued: dict[str, RoleCredential] = {}
+        self._owners: dict[str, Owner] = {}
+        self._pending: set[str] = set()  # revoked, but the DROP failed: the sweeper retries
         self._lock = asyncio.Lock()
 
     @property
@@ -135,8 +158,12 @@ class DynamicRoles:
     async def _admin(self) -> AdminConnection:
         return AdminConnection(await upstream.connect(self.resource, await self._password()))
 
-    async def issue(self, claims: Any) -> RoleCredential:
-        """Create (or return) the role for ``claims`` with the grants policy allows."""
+    async def issue(self, claims: Any, *, require_grants: bool = False) -> RoleCredential:
+        """Create (or return) the role for ``claims`` with the grants policy allows.
+
+        With ``require_grants``, raise :class:`NoGrants` (and create nothing) when policy
+        allows the principal nothing on any table.
+        """
         name = role_name(self.resource.name, str(claims.jti))
         async with self._lock:
             known = self._issued.get(name)
@@ -147,17 +174,26 @@ class DynamicRoles:
             try:
                 tables = await self._user_tables(admin)
                 grants = self._allowed_grants(claims, tables)
+                if require_grants and not grants:
+                    raise NoGrants(f"policy grants {claims.sub} nothing on {self.resource.name}")
                 await admin.query(
                     f"CREATE ROLE IF NOT EXISTS {_quote(name)} "
                     f"WITH PASSWORD = '{password}' AND LOGIN = true",
                     secret=True,
                 )
-                for perm, target in grants:
-                    await admin.query(f"GRANT {perm} ON {target} TO {_quote(name)}")
+                try:
+                    for perm, target in grants:
+                        await admin.query(f"GRANT {perm} ON {target} TO {_quote(name)}")
+                except BaseException:
+                    # A role with half its grants must not outlive this request.
+                    with contextlib.suppress(Exception):
+                        await admin.query(f"DROP ROLE IF EXISTS {_quote(name)}")
+                    raise
             finally:
                 admin.close()
             cred = RoleCredential(name, password, float(claims.exp), tuple(grants))
             self._issued[name] = cred
+            self._owners[name] = _owner(claims)
         log.info("dynamic cql role issued", extra={"fields": {
             "resource": self.resource.name, "role": name, "principal": claims.sub,
             "grants": len(grants)}})  # fmt: skip
@@ -200,30 +236,75 @@ class DynamicRoles:
         return grants
 
     async def revoke(self, name: str) -> bool:
-        """Drop one role (task ended). True if it was dropped or did not exist."""
+        """Drop one role (task ended). True if it was dropped or did not exist.
+
+        If the drop fails the role is kept for the sweeper to retry, and the error raised.
+        """
+        self._pending.add(name)
         admin = await self._admin()
         try:
             await admin.query(f"DROP ROLE IF EXISTS {_quote(name)}")
         finally:
             admin.close()
         self._issued.pop(name, None)
+        self._owners.pop(name, None)
+        self._pending.discard(name)
         log.info("dynamic cql role dropped", extra={"fields": {"role": name}})
         return True
 
     async def revoke_token(self, claims: Any) -> bool:
         return await self.revoke(role_name(self.resource.name, str(claims.jti)))
 
+    async def revoke_jti(self, jti: str) -> list[str]:
+        """Drop the role issued for token ``jti``, if this process issued one."""
+        name = role_name(self.resource.name, jti)
+        if name not in self._issued:
+            return []
+        return await self._revoke_all([name])
+
+    async def revoke_matching(
+        self,
+        deployment: str,
+        dag_id: str,
+        *,
+        run_id: str | None = None,
+        task_id: str | None = None,
+        try_number: int | None = None,
+        map_index: int | None = None,
+    ) -> list[str]:
+        """Drop the roles of one task try, one DAG run or one DAG (``None`` matches any)."""
+        want = (deployment, dag_id, task_id, run_id, try_number, map_index)
+        names = [
+            n
+            for n, owner in self._owners.items()
+            if all(w is None or w == have for w, have in zip(want, owner, strict=True))
+        ]
+        return await self._revoke_all(names)
+
+    async def _revoke_all(self, names: list[str]) -> list[str]:
+        dropped = []
+        for name in names:
+            try:
+                await self.revoke(name)
+                dropped.append(name)
+            except (UpstreamError, OSError) as exc:
+                log.warning("dynamic cql role not dropped yet", extra={"fields": {
+                    "role": name, "error": str(exc)}})  # fmt: skip
+        return dropped
+
     async def sweep(self, now: float | None = None) -> list[str]:
-        """Drop every issued role whose token has expired; returns the dropped names."""
+        """Drop every issued role whose token has expired, and every role whose drop failed
+        before; returns the dropped names."""
         t = self._clock() if now is None else now
         expired = [n for n, c in self._issued.items() if c.expires_at <= t]
+        expired += [n for n in self._pending if n not in expired]
         for name in expired:
             try:
                 await self.revoke(name)
             except (UpstreamError, OSError) as exc:
                 log.warning("dynamic cql role not dropped yet", extra={"fields": {
                     "role": name, "error": str(exc)}})  # fmt: skip
-        return [n for n in expired if n not in self._issued]
+        return [n for n in expired if n not in self._issued and n not in self._pending]
 
     async def sweep_orphans(self) -> list[str]:
         """Drop ``lg_`` roles upstream that this process did not issue (e.g. after a restart)."""
