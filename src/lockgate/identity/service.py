@@ -10,6 +10,11 @@ One request to ``/v1/token`` goes through fixed steps, each able to refuse:
 6. the injected ``mint_policy`` decides and caps the TTL;
 7. mint, tell ``on_event`` (an audit failure refuses the token), answer.
 
+Steps 1-6 are :meth:`TokenService.authorize`, which ``POST /v1/db-role``
+(:mod:`lockgate.identity.db_roles`) reuses so both doors refuse alike. ``on_revoke`` hears
+every revocation after it is stored (kind and target), so per-token state elsewhere (dynamic
+database roles) ends with the tokens.
+
 Errors are OAuth2 JSON ``{error, error_description}``. Neither the token nor any presented
 secret or assertion is ever logged, passed to ``on_event`` or put in a message.
 """
@@ -21,6 +26,7 @@ import binascii
 import inspect
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -49,7 +55,19 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
 MintPolicy = Callable[[TaskIdentity, str, "int | None"], Any]  # MintDecision or awaitable
 EventSink = Callable[..., Any]
+RevokeHook = Callable[[str, dict[str, Any]], Any]  # (kind, target with deployment); may await
 log = _log.get("identity.service")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskGrant:
+    """What :meth:`TokenService.authorize` concluded: this task may have a token this long."""
+
+    deployment: Deployment
+    identity: TaskIdentity
+    resource: Any  # lockgate.config.Resource
+    decision: MintDecision
+    ttl: int
 
 
 class TokenService:
@@ -64,6 +82,7 @@ class TokenService:
         http: aiohttp.ClientSession | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        on_revoke: RevokeHook | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
@@ -74,6 +93,7 @@ class TokenService:
         self._http = http
         self._owns_http = http is None
         self._clock = clock
+        self._on_revoke = on_revoke
         self._assertions = AssertionVerifier(config, clock=clock)
         self._oidc = OidcVerifier(config.oidc_issuers, self._session, leeway=config.tokens.leeway)
 
@@ -96,52 +116,61 @@ class TokenService:
         return self._http
 
     # -- handlers -----------------------------------------------------------------------------
+    async def authorize(
+        self, request: web.Request, body: dict[str, str], ctx: dict[str, Any]
+    ) -> TaskGrant:
+        """Steps 2-6: who asks, for which task and resource, and may it; fills ``ctx`` for the
+        audit as it learns. Raises :class:`OAuthError` on any refusal."""
+        ctx["deployment"], ctx["proof"] = await self._authenticate(request, body)
+        dep = self.config.deployment(ctx["deployment"])
+        assert dep is not None  # _authenticate only returns configured deployments
+        identity, resource_name, requested_ttl = task_request(self.config, dep.name, body)
+        ctx.update(_identity_fields(identity), resource=resource_name)
+        if not may_act_for(dep, identity.dag_id):
+            raise OAuthError(
+                403,
+                "access_denied",
+                f"deployment {dep.name!r} may not act for this dag",
+                reason="dag_not_delegated",
+                principal=identity.principal,
+                body={"principal": identity.principal, "reason": "dag_not_delegated"},
+            )
+        resource = self.config.resource(resource_name)
+        if resource is None:
+            raise OAuthError(
+                404,
+                "unknown_resource",
+                "no such resource",
+                reason="unknown_resource",
+                body={"resource": resource_name},
+            )
+        await self._attest(dep, identity)
+        decision = await self._decide(identity, resource.name, requested_ttl)
+        if not isinstance(decision, MintDecision) or not decision.allowed:
+            reason = getattr(decision, "reason", "") or "denied by policy"
+            raise OAuthError(
+                403,
+                "access_denied",
+                reason,
+                reason="policy_denied",
+                body={
+                    "principal": identity.principal,
+                    "resource": resource.name,
+                    "reason": reason,
+                },
+                principal=identity.principal,
+                policy_reason=reason,
+                rule=getattr(decision, "rule", None),
+            )
+        return TaskGrant(dep, identity, resource, decision, self._ttl(decision, requested_ttl))
+
     async def handle_token(self, request: web.Request) -> web.Response:
         ctx: dict[str, Any] = {"remote": request.remote}
         try:
             body = await read_body(request)
-            ctx["deployment"], ctx["proof"] = await self._authenticate(request, body)
-            dep = self.config.deployment(ctx["deployment"])
-            assert dep is not None  # _authenticate only returns configured deployments
-            identity, resource_name, requested_ttl = task_request(self.config, dep.name, body)
-            ctx.update(_identity_fields(identity), resource=resource_name)
-            if not may_act_for(dep, identity.dag_id):
-                raise OAuthError(
-                    403,
-                    "access_denied",
-                    f"deployment {dep.name!r} may not act for this dag",
-                    reason="dag_not_delegated",
-                    principal=identity.principal,
-                    body={"principal": identity.principal, "reason": "dag_not_delegated"},
-                )
-            resource = self.config.resource(resource_name)
-            if resource is None:
-                raise OAuthError(
-                    404,
-                    "unknown_resource",
-                    "no such resource",
-                    reason="unknown_resource",
-                    body={"resource": resource_name},
-                )
-            await self._attest(dep, identity)
-            decision = await self._decide(identity, resource.name, requested_ttl)
-            if not isinstance(decision, MintDecision) or not decision.allowed:
-                reason = getattr(decision, "reason", "") or "denied by policy"
-                raise OAuthError(
-                    403,
-                    "access_denied",
-                    reason,
-                    reason="policy_denied",
-                    body={
-                        "principal": identity.principal,
-                        "resource": resource.name,
-                        "reason": reason,
-                    },
-                    principal=identity.principal,
-                    policy_reason=reason,
-                    rule=getattr(decision, "rule", None),
-                )
-            ttl = self._ttl(decision, requested_ttl)
+            grant = await self.authorize(request, body, ctx)
+            dep, identity, resource = grant.deployment, grant.identity, grant.resource
+            decision, ttl = grant.decision, grant.ttl
             token, claims = self.issuer.mint(identity, resource.name, ttl)
         except OAuthError as exc:
             await self._refused(exc, ctx)
@@ -211,6 +240,11 @@ class TokenService:
         except OAuthError as exc:
             await self._refused(exc, ctx)
             return exc.response()
+        if self._on_revoke is not None:
+            try:
+                await _maybe_await(self._on_revoke(kind, {"deployment": dep.name, **target}))
+            except Exception as exc:  # tokens are revoked already; the hook retries on its own
+                log.error("revocation hook failed", extra={"fields": {"error": type(exc).__name__}})
         try:
             await _maybe_await(self._on_event("token_revoked", kind=kind, **ctx))
         except Exception as exc:  # the revocation already holds; auditing it is best effort
