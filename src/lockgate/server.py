@@ -7,6 +7,8 @@
 - credentials: CredentialStore (encrypted) and CredentialBroker (what engines call)
 - audit:    RemoteAuditLog (hash-chained SQLite written by a writer process, fail closed)
 - gateway:  HttpEngine on the ``http`` listener
+- dynamic roles: one DynamicRoles per ``dynamic_roles: true`` cql resource behind
+  ``POST /v1/db-role`` (identity/db_roles), swept in the background, dropped on revocation
 
 With ``lockgate serve --workers N`` (:func:`run`) a supervisor process starts one audit
 writer process and N worker processes; each worker runs a Gateway on the same http port
@@ -42,7 +44,7 @@ from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
 from lockgate.audit.remote import WriterProcess
 from lockgate.config import ListenerConfig, LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore, load_or_create_master_key
-from lockgate.errors import AuditUnavailable, ConfigError
+from lockgate.errors import AuditUnavailable, ConfigError, CredentialError
 from lockgate.gateway.cql import CqlEngine
 from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.profiles import control as http_control
@@ -56,6 +58,7 @@ from lockgate.identity import (
     TokenService,
     TokenVerifier,
 )
+from lockgate.identity import db_roles as db_role_route
 from lockgate.identity.service import OAuthError, read_body
 from lockgate.policy import PolicyStore
 
@@ -163,6 +166,8 @@ class Gateway:
         self.broker: CredentialBroker | None = None
         self.engine: HttpEngine | None = None
         self.cql_engine: CqlEngine | None = None
+        self.db_roles: db_role_route.DbRoles | None = None
+        self.db_role_sweep_interval = 15.0  # seconds; tests shorten it before start()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.control_port = 0
@@ -221,6 +226,23 @@ class Gateway:
         }
         return jwt.encode(payload, key.private, algorithm="EdDSA", headers={"kid": key.kid})
 
+    async def _upstream_password(self, resource: Any) -> str:
+        """The gateway's own upstream password for ``resource`` (dynamic roles log in as it)."""
+        assert self.broker is not None
+        secret = await self.broker.upstream_secret(resource.credential)
+        if secret is None:
+            raise CredentialError(f"credential {resource.credential!r} has no secret")
+        return str(secret.value)
+
+    async def _on_revoke(self, kind: str, target: dict[str, Any]) -> None:
+        if self.db_roles is not None:
+            await self.db_roles.on_revoke(kind, target)
+
+    async def _db_role(self, request: web.Request) -> web.Response:
+        if self.db_roles is None:
+            raise web.HTTPNotFound()
+        return await self.db_roles.handler(self.token_service, self.on_token_event)(request)
+
     # -- control plane --------------------------------------------------------------------
     def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:
         """What the secrets backend turns into a Connection, per conn_id.
@@ -230,6 +252,9 @@ class Gateway:
         out = []
         for r in self.config.resources:
             if not r.conn_id:
+                continue
+            if self.db_roles is not None and self.db_roles.serves(r.name):
+                out.append(db_role_route.catalog_entry(r))  # the task logs in directly
                 continue
             connection = self._connection_template(r)
             if connection is not None:
@@ -305,9 +330,11 @@ class Gateway:
             self.issuer,
             self.mint_policy,
             on_event=self.on_token_event,
+            on_revoke=self._on_revoke,
         )
         self.token_service.routes(app)
         app.router.add_post("/v1/catalog", self._catalog)
+        app.router.add_post("/v1/db-role", self._db_role)
         app.router.add_post("/v1/poll-token", http_control.poll_token_handler(self))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -322,6 +349,14 @@ class Gateway:
             log.error("policy not loaded", extra={"fields": {"error": self.policy.last_error}})
         c = self.config.listeners.control
         if self.primary:
+            self.db_roles = db_role_route.DbRoles(
+                self.config.resources,
+                self._upstream_password,
+                self.policy,
+                self.state.revocations,
+                sweep_interval=self.db_role_sweep_interval,
+            )
+            self.db_roles.start()
             self._runner = web.AppRunner(self.control_app(), access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, c.host, c.port, ssl_context=server_ssl_context(c))
@@ -403,6 +438,8 @@ class Gateway:
             await self.cql_engine.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.db_roles is not None:  # before the broker: dropping roles needs the password
+            await self.db_roles.close()
         if self.broker is not None:
             await self.broker.close()
         self.audit.flush(2.0)

@@ -13,7 +13,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,17 @@ class GatewayUnavailable(Exception):
 @dataclass(frozen=True)
 class MintedToken:
     token: str
+    expires_at: float
+    jti: str
+    principal: str
+
+
+@dataclass(frozen=True)
+class DbRole:
+    """A per-task database role (``POST /v1/db-role``): log in to the cluster directly."""
+
+    username: str
+    password: str = field(repr=False)
     expires_at: float
     jti: str
     principal: str
@@ -119,6 +130,20 @@ class TokenServiceClient:
         return MintedToken(
             token=body["access_token"],
             expires_at=time.time() + int(body["expires_in"]),
+            jti=body.get("jti", ""),
+            principal=body.get("principal", ""),
+        )
+
+    def db_role(self, *, conn_id: str, coords: dict[str, Any], requested_ttl: int | None) -> DbRole:
+        """A dynamic database role for this task try (the password is never logged)."""
+        fields = {**self._auth(), "conn_id": conn_id, **coords}
+        if requested_ttl:
+            fields["requested_ttl"] = requested_ttl
+        body = self._post("/v1/db-role", fields)
+        return DbRole(
+            username=body["username"],
+            password=body["password"],
+            expires_at=float(body["expires_at"]),
             jti=body.get("jti", ""),
             principal=body.get("principal", ""),
         )

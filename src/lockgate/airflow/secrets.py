@@ -23,6 +23,10 @@ Rules:
 - Tokens are cached per (task try, conn_id) and reused until a minute before expiry; hooks
   such as ``HttpHook`` look the connection up on every request.
 - The requested lifetime covers the task's ``execution_timeout`` (policy may cap it).
+- A conn_id the catalog marks ``"mode": "dynamic_role"`` (a Cassandra resource with
+  ``dynamic_roles: true``) gets a per-task role from ``/v1/db-role`` instead of a token: the
+  Connection points straight at the cluster's contact points with the role's username and
+  password. The role is cached like a token and dropped when the task try ends.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import time
 from typing import Any
 
 from lockgate.airflow._client import (
+    DbRole,
     GatewayDenied,
     GatewayUnavailable,
     MintedToken,
@@ -54,6 +59,9 @@ log = logging.getLogger(__name__)
 
 CA_PLACEHOLDER = "{lockgate_ca_file}"
 TOKEN_PLACEHOLDER = "{lockgate_token}"  # noqa: S105 - a template marker, not a secret
+ROLE_USER_PLACEHOLDER = "{lockgate_role_user}"
+ROLE_PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
+DYNAMIC_ROLE = "dynamic_role"
 RENEW_BEFORE = 60.0
 DEFAULT_TTL = 900
 
@@ -117,6 +125,18 @@ def _fill(template: Any, token: str, ca_file: str = "") -> Any:
     return template
 
 
+def _substitute(template: Any, values: dict[str, str]) -> Any:
+    if isinstance(template, str):
+        for marker, value in values.items():
+            template = template.replace(marker, value)
+        return template
+    if isinstance(template, dict):
+        return {k: _substitute(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_substitute(v, values) for v in template]
+    return template
+
+
 class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
     def __init__(
         self,
@@ -143,6 +163,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
         self._catalog: dict[str, dict[str, Any]] = {}
         self._catalog_at = 0.0
         self._tokens: dict[tuple[Any, ...], MintedToken] = {}
+        self._roles: dict[tuple[Any, ...], DbRole] = {}  # (conn_id, *coords) -> role
         self._lock = threading.Lock()
         _ACTIVE.append(self)
 
@@ -179,6 +200,13 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
                 conn_id,
             )
             return None
+        if template.get("mode") == DYNAMIC_ROLE:
+            role = self._role_for(conn_id, coords)
+            values = {
+                ROLE_USER_PLACEHOLDER: role.username,
+                ROLE_PASSWORD_PLACEHOLDER: role.password,
+            }
+            return json.dumps(_substitute(template["connection"], values))
         token = self._token_for(conn_id, coords)
         return json.dumps(_fill(template["connection"], token.token, self.ca_file or ""))
 
@@ -249,13 +277,48 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             self._tokens[key] = minted
         return minted
 
+    def _role_for(self, conn_id: str, coords: dict[str, Any]) -> DbRole:
+        """The task try's dynamic database role for ``conn_id`` (cached until near expiry)."""
+        key = (conn_id, *coords.values())
+        with self._lock:
+            cached = self._roles.get(key)
+            if cached and cached.expires_at - RENEW_BEFORE > time.time():
+                return cached
+        try:
+            from airflow.sdk import get_current_context
+
+            ttl = _requested_ttl(get_current_context()["ti"].task)
+        except Exception:
+            ttl = None
+        try:
+            role = self.client.db_role(conn_id=conn_id, coords=coords, requested_ttl=ttl)
+        except GatewayDenied as exc:
+            raise AirflowSecretsBackendAccessDenied(
+                f"Lockgate denied a database role for conn_id {conn_id!r} for "
+                f"{coords['dag_id']}.{coords['task_id']}: "
+                f"{exc.body.get('reason') or exc.body.get('error_description') or exc.body}"
+            ) from None
+        log.info(
+            "Lockgate database role %s issued for conn_id %s as %s (expires in %ds)",
+            role.username,
+            conn_id,
+            role.principal,
+            int(role.expires_at - time.time()),
+        )
+        with self._lock:
+            self._roles[key] = role
+        return role
+
     def end_task_try(self, coords: dict[str, Any]) -> None:
-        """Forget and revoke every token minted for this task try."""
+        """Forget and revoke every token and database role issued for this task try."""
         with self._lock:
             keys = [k for k in self._tokens if tuple(k[1:]) == tuple(coords.values())]
             for k in keys:
                 del self._tokens[k]
-        if not keys:
+            roles = [k for k in self._roles if tuple(k[1:]) == tuple(coords.values())]
+            for k in roles:
+                del self._roles[k]
+        if not keys and not roles:
             return
         try:
             self.client.revoke_task_try(coords)
