@@ -67,10 +67,31 @@ class ListenerConfig(_Model):
         return "https" if self.tls else "http"
 
 
+class ForwardProxyConfig(_Model):
+    """The HTTPS forward proxy (HTTP CONNECT) for clients with a fixed upstream URL.
+
+    CONNECT to a host that an ``http`` resource lists in ``intercept`` is terminated here
+    with a leaf certificate for that host signed by ``ca``; anything else is refused.
+    See ``docs/azure-data-factory.md``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: TlsConfig | None = None  # the proxy listener itself; usually plain like most proxies
+    ca: TlsConfig  # CA certificate and key that sign leaf certificates for intercepted hosts
+    leaf_days: int = Field(7, ge=1, le=365)
+    handshake_timeout: float = Field(10.0, gt=0)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
 class Listeners(_Model):
     control: ListenerConfig = ListenerConfig(port=8470)
     http: ListenerConfig = ListenerConfig(port=8471)
     cql: ListenerConfig | None = None  # e.g. {port: 9042}; needed for kind: cql resources
+    forward_proxy: ForwardProxyConfig | None = None  # needed by resources with ``intercept``
 
 
 class TokenSettings(_Model):
@@ -171,6 +192,20 @@ class DatabricksSettings(_Model):
     run_read_max_age: int = Field(7 * 86400, gt=0, description="poll tokens read runs this young")
 
 
+class ArmSettings(_Model):
+    """Settings of ``profile: arm`` (Azure Data Factory over ARM; docs/azure-data-factory.md).
+
+    The subscription (and resource group, when set) bound what the resource serves: requests
+    for any other are refused. They also fill the ``azure_data_factory`` connection.
+    """
+
+    subscription_id: str = Field(pattern=r"^[A-Za-z0-9-]{1,64}$")
+    resource_group: str | None = None
+    factory: str | None = None
+    tenant_id: str | None = None
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+
+
 class HttpResource(_Model):
     """An HTTP upstream served by the HTTP engine at ``/<name>/...``.
 
@@ -191,8 +226,29 @@ class HttpResource(_Model):
     ca_file: Path | None = None
     identity_header: str | None = "X-Lockgate-Assertion"  # signed caller identity; None: off
     listen: ListenerConfig | None = None  # serve this resource alone at the root of a port
-    profile: Literal["databricks"] | None = None
+    profile: Literal["databricks", "arm"] | None = None
     databricks: DatabricksSettings = DatabricksSettings()
+    arm: ArmSettings | None = None  # required by profile: arm
+    # Hosts (host or host:port, port 443 by default) the forward proxy serves as this
+    # resource, e.g. ["management.azure.com"] for clients with a fixed ARM URL.
+    intercept: list[str] = []
+
+    @field_validator("intercept")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        out = []
+        for h in hosts:
+            if not re.match(r"^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$", h):
+                raise ValueError(f"expected host or host:port, got {h!r}")
+            out.append(h.lower() if ":" in h else f"{h.lower()}:443")
+        return out
+
+    @model_validator(mode="after")
+    def _profile_settings(self) -> HttpResource:
+        if self.profile == "arm" and self.arm is None:
+            raise ValueError("profile 'arm' needs an arm section (at least subscription_id)")
+        return self
+
 
     @field_validator("upstream")
     @classmethod
@@ -256,11 +312,35 @@ class OAuth2ClientCredential(_Model):
     scope: str | None = None
     audience: str | None = None
     overlap: int = Field(600, ge=0)
-    token_auth: Literal["client_secret_post", "client_secret_basic"] = "client_secret_post"  # noqa: S105
+    # private_key_jwt: the stored value is a PEM private key followed by its certificate;
+    # the request carries a client_assertion JWT signed with the key (x5t header, Entra ID).
+    token_auth: Literal["client_secret_post", "client_secret_basic", "private_key_jwt"] = (
+        "client_secret_post"  # noqa: S105
+    )
     refresh_before: int = Field(300, ge=0, description="refresh this many seconds before expiry")
 
 
-Credential = Annotated[StaticCredential | OAuth2ClientCredential, Field(discriminator="type")]
+class ManagedIdentityCredential(_Model):
+    """The gateway's own Azure managed identity (IMDS, or App Service ``IDENTITY_ENDPOINT``).
+
+    Nothing is stored: the host hands out the token. ``resource`` is the audience, e.g.
+    ``https://management.azure.com``.
+    """
+
+    name: str = Field(pattern=NAME_RE)
+    type: Literal["managed_identity"]
+    resource: str
+    client_id: str | None = None  # a user-assigned identity
+    endpoint: str | None = None  # IMDS token URL override (tests, pod identity)
+    overlap: int = Field(0, ge=0)
+    refresh_before: int = Field(300, ge=0)
+
+
+Credential = Annotated[
+    StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential,
+    Field(discriminator="type"),
+]
+
 
 
 class AuditSettings(_Model):
@@ -298,6 +378,20 @@ class LockgateConfig(_Model):
                     f"resources[{i}].credential: unknown credential {r.credential!r}; "
                     f"expected one of {sorted(creds)}"
                 )
+        intercepted: dict[str, int] = {}
+        for i, r in enumerate(self.resources):
+            for h in getattr(r, "intercept", []):
+                if h in intercepted:
+                    raise ValueError(
+                        f"resources[{i}].intercept: {h!r} is already intercepted by "
+                        f"resources[{intercepted[h]}]"
+                    )
+                intercepted[h] = i
+        if intercepted and self.listeners.forward_proxy is None:
+            raise ValueError(
+                "resources: 'intercept' needs a listeners.forward_proxy section "
+                "(for example {port: 8472, ca: {cert: tls/proxy-ca.pem, key: tls/proxy-ca.key}})"
+            )
         if self.listeners.cql is None:
             for i, r in enumerate(self.resources):
                 if r.kind == "cql":
@@ -330,7 +424,9 @@ class LockgateConfig(_Model):
     def deployment(self, name: str) -> Deployment | None:
         return next((d for d in self.deployments if d.name == name), None)
 
-    def credential(self, name: str) -> StaticCredential | OAuth2ClientCredential | None:
+    def credential(
+        self, name: str
+    ) -> StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential | None:
         return next((c for c in self.credentials if c.name == name), None)
 
     def policy_files(self) -> list[Path]:
@@ -378,7 +474,7 @@ def _resolve_paths(data: Any, base: Path) -> Any:
 
 # Tags pydantic puts in the location of a discriminated union member; users never wrote them.
 _UNION_TAGS = frozenset({"http", "cql", "client_secret", "private_key_jwt", "static",
-                         "oauth2_client_credentials"})  # fmt: skip
+                         "oauth2_client_credentials", "managed_identity"})  # fmt: skip
 _UNION_FIELD = {"resources": "kind", "credentials": "type", "proof": "type"}
 
 

@@ -62,6 +62,13 @@ POLICY_RELOADS = Counter(
     "lockgate_policy_reloads_total", "Policy reloads by outcome", ["outcome"], registry=REGISTRY
 )
 
+FORWARD_PROXY_TUNNELS = Counter(
+    "lockgate_forward_proxy_tunnels_total",
+    "CONNECT tunnels by resource and outcome (open, tls_failed, or the refusal slug)",
+    ["resource", "outcome"],
+    registry=REGISTRY,
+)
+
 
 def render() -> bytes:
     return generate_latest(REGISTRY)

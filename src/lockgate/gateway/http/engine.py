@@ -144,6 +144,11 @@ class HttpEngine:
         self._connections.add(conn)
         return conn
 
+    def client_protocol(self, resource: str) -> ClientConnection:
+        """A client connection serving ``resource`` at the root; the forward proxy hands it
+        the decrypted stream of a CONNECT tunnel (:mod:`.forward_proxy`)."""
+        return self._protocol(resource)
+
     async def start_mounted(
         self,
         resource: str,
