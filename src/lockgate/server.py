@@ -47,6 +47,7 @@ from lockgate.credentials import CredentialBroker, CredentialStore, load_or_crea
 from lockgate.errors import AuditUnavailable, ConfigError, CredentialError
 from lockgate.gateway.cql import CqlEngine
 from lockgate.gateway.http import HttpEngine
+from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.gateway.http.profiles import control as http_control
 from lockgate.identity import (
     Claims,
@@ -59,6 +60,7 @@ from lockgate.identity import (
     TokenVerifier,
 )
 from lockgate.identity import db_roles as db_role_route
+from lockgate.identity import managed_identity as msi
 from lockgate.identity.service import OAuthError, read_body
 from lockgate.policy import PolicyStore
 
@@ -174,6 +176,8 @@ class Gateway:
         self.http_port = 0
         self.cql_port = 0
         self.mounted_ports: dict[str, int] = {}  # http resources served on their own port
+        self.forward_proxy: ForwardProxy | None = None
+        self.forward_proxy_port = 0
         self._ready = False
 
     # -- policy at mint time ------------------------------------------------------------------
@@ -252,6 +256,9 @@ class Gateway:
         out = []
         for r in self.config.resources:
             if not r.conn_id:
+                continue
+            if getattr(r, "profile", None) == "arm":  # identity endpoint + forward proxy
+                out.append(msi.catalog_entry(self, r))
                 continue
             if self.db_roles is not None and self.db_roles.serves(r.name):
                 out.append(db_role_route.catalog_entry(r))  # the task logs in directly
@@ -336,6 +343,7 @@ class Gateway:
         app.router.add_post("/v1/catalog", self._catalog)
         app.router.add_post("/v1/db-role", self._db_role)
         app.router.add_post("/v1/poll-token", http_control.poll_token_handler(self))
+        app.router.add_get(msi.PATH, msi.msi_handler(self))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
@@ -384,6 +392,13 @@ class Gateway:
                     reuse_port=self.reuse_port,
                 )  # fmt: skip
                 self.mounted_ports[r.name] = ml.sockets[0].getsockname()[1]
+        fp = self.config.listeners.forward_proxy
+        if fp is not None:  # CONNECT for clients with a fixed upstream URL (ARM)
+            self.forward_proxy = ForwardProxy.from_config(self.engine, self.config)
+            fsrv = await self.forward_proxy.start(
+                fp.host, fp.port, ssl=server_ssl_context(fp), reuse_port=self.reuse_port
+            )
+            self.forward_proxy_port = fsrv.sockets[0].getsockname()[1]
         cql = self.config.listeners.cql
         if cql is not None and self.primary:  # with --workers, CQL runs in worker 0 only
             self.cql_engine = CqlEngine(
@@ -432,6 +447,8 @@ class Gateway:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self.forward_proxy is not None:
+            await self.forward_proxy.close()
         if self.engine is not None:
             await self.engine.close()
         if self.cql_engine is not None:

@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Any
 
+from lockgate.airflow import task_env
 from lockgate.airflow._client import (
     DbRole,
     GatewayDenied,
@@ -208,6 +209,8 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             }
             return json.dumps(_substitute(template["connection"], values))
         token = self._token_for(conn_id, coords)
+        if template.get("env"):  # e.g. ARM: identity endpoint, forward proxy (task_env)
+            task_env.export(_fill(template["env"], token.token, self.ca_file or ""))
         return json.dumps(_fill(template["connection"], token.token, self.ca_file or ""))
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:

@@ -463,6 +463,23 @@ class Proxy:
             "denied", claims, rs.name, action, obj, t0, status=403, decision="deny", rule=rule,
             reason=reason, detail=detail,
         )  # fmt: skip
+        shape = getattr(rs.profile, "error_body", None)
+        if shape is not None:  # the upstream's error shape, so its SDK shows our reason
+            refusal = {
+                "error": "forbidden",
+                "principal": claims.sub,
+                "action": action,
+                "resource": rs.name,
+                "object": obj,
+                "reason": explained,
+                "rule": rule,
+            }
+            conn.write(
+                responses.json_response(
+                    403, shape(403, refusal), close=not body.complete, head_only=head_only
+                )
+            )
+            return
         conn.write(
             responses.forbidden(
                 principal=claims.sub,

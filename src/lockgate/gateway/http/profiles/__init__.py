@@ -85,6 +85,10 @@ def make_profile(resource: Any, target: Any, data_dir: Path | None) -> Profile |
 
         registry = RunRegistry(data_dir / "databricks_runs.db" if data_dir else None)
         return DatabricksProfile(resource, target, registry)
+    if name == "arm":
+        from lockgate.gateway.http.profiles.arm import AdfRuns, ArmProfile
+
+        return ArmProfile(resource, AdfRuns(data_dir / "adf_runs.db" if data_dir else None))
     raise ValueError(f"resource {resource.name}: unknown profile {name!r}")
 
 

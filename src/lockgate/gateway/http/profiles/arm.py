@@ -1,0 +1,230 @@
+"""``profile: arm``: Azure Data Factory over Azure Resource Manager, pipelines as objects.
+
+Classification (paths are case-insensitive in ARM, so they are matched without case and
+factory, pipeline and run names are lower-cased in objects — ``LOAD`` and ``load`` are the
+same pipeline upstream, so they must be the same object here):
+
+================================================  ======  ===================================
+request (under .../providers/Microsoft.DataFactory)  action  object
+================================================  ======  ===================================
+POST factories/{f}/pipelines/{p}/createRun         run     ``factory:<f>/pipeline:<p>``
+GET  factories/{f}/pipelineruns/{id}               read    the run's pipeline object (below)
+POST factories/{f}/pipelineruns/{id}/cancel        run     idem
+POST factories/{f}/pipelineruns/{id}/queryActivityruns  read  idem
+GET  factories/{f}/pipelines/{p}                   read    ``factory:<f>/pipeline:<p>``
+GET  factories/{f}                                 read    ``factory:<f>``
+anything else                                      admin   ``arm:<path>`` (deny by default)
+================================================  ======  ===================================
+
+A run started through Lockgate is recorded from the ``createRun`` answer (run id →
+factory, pipeline, who started it), so reading or cancelling it is judged on its pipeline:
+``factory:<f>/pipeline:<p>``. A run Lockgate did not start (an ADF trigger, another tool)
+is ``factory:<f>/run:<id>``, which needs its own grant. Requests outside the configured
+subscription (and resource group, when set) are refused whatever the policy says.
+
+Refusals are shaped as ARM errors (``{"error": {"code", "message"}}``) so the Azure SDK
+puts Lockgate's reason in the exception message, i.e. in the Airflow task log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from lockgate.gateway.http.profiles import Decide, ProfileRequest, UpstreamHeaders, Verdict
+
+_ADF = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
+    r"/providers/microsoft\.datafactory/factories/(?P<f>[^/]+)(?P<rest>/.*)?$",
+    re.IGNORECASE,
+)
+_PIPELINE = re.compile(r"^/pipelines/(?P<p>[^/]+)(?P<op>/createrun)?$", re.IGNORECASE)
+_RUN = re.compile(
+    r"^/pipelineruns/(?P<id>[^/]+)(?P<op>/cancel|/queryactivityruns)?$", re.IGNORECASE
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS adf_runs (
+    resource TEXT NOT NULL, factory TEXT NOT NULL, run_id TEXT NOT NULL, pipeline TEXT NOT NULL,
+    deployment TEXT, dag_id TEXT, airflow_run_id TEXT, task_id TEXT, created_at REAL NOT NULL,
+    PRIMARY KEY (resource, factory, run_id)
+)
+"""
+
+
+class AdfRuns:
+    """Pipeline runs started through Lockgate (SQLite in the data dir; memory in tests)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._db = sqlite3.connect(
+            str(path) if path else ":memory:", check_same_thread=False, isolation_level=None
+        )
+        if path is not None:
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str, str], str] = {}
+
+    def add(self, resource: str, factory: str, run_id: str, pipeline: str, claims: Any) -> None:
+        row = (resource, factory, run_id, pipeline, getattr(claims, "deployment", None),
+               getattr(claims, "dag_id", None), getattr(claims, "run_id", None),
+               getattr(claims, "task_id", None), time.time())  # fmt: skip
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO adf_runs VALUES (?,?,?,?,?,?,?,?,?)", row)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[(resource, factory, run_id)] = pipeline
+
+    def pipeline_of(self, resource: str, factory: str, run_id: str) -> str | None:
+        key = (resource, factory, run_id)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pipeline FROM adf_runs WHERE resource=? AND factory=? AND run_id=?", key
+            ).fetchone()
+        if row is None:
+            return None  # not cached: another replica's run shows up once it is written
+        self._cache[key] = row[0]
+        return str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _name(segment: str) -> str:
+    return unquote(segment).lower()
+
+
+class ArmProfile:
+    def __init__(self, resource: Any, runs: AdfRuns) -> None:
+        self.name: str = resource.name
+        self.settings = resource.arm
+        self.max_body: int = self.settings.max_body_bytes
+        self.runs = runs
+
+    # -- Profile API ---------------------------------------------------------------------
+    def local_answer(self, method: str, path: str) -> bytes | None:
+        return None
+
+    def wants_body(self, method: str, path: str) -> bool:
+        return False  # classification needs only the path
+
+    async def authorize(
+        self, req: ProfileRequest, decide: Decide, headers: UpstreamHeaders
+    ) -> Verdict:
+        action, obj, st = self.classify(req.method, req.path)
+        scope = self._out_of_scope(req.path)
+        if scope is not None:
+            return Verdict(False, action, obj, scope, rule="arm-scope")
+        d = decide(action, obj)
+        v = Verdict(bool(d.allowed), action, obj, d.reason, rule=d.rule, decision=d)
+        if not v.allowed:
+            v.reason = d.explain() if hasattr(d, "explain") else d.reason
+            return v
+        v.state = {**st, "claims": req.claims}
+        v.capture = st.get("op") in ("createrun", "get_run")
+        v.detail = {k: st[k] for k in ("factory", "pipeline", "run_id") if st.get(k)}
+        return v
+
+    def on_response(
+        self, verdict: Verdict, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> dict[str, Any]:
+        st = verdict.state or {}
+        detail = dict(verdict.detail)
+        if status != 200 or not body:
+            return detail
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return detail
+        if not isinstance(data, dict):
+            return detail
+        if st.get("op") == "createrun" and isinstance(data.get("runId"), str):
+            run_id = data["runId"].lower()
+            if re.fullmatch(r"[A-Za-z0-9-]{1,64}", run_id):
+                self.runs.add(self.name, st["factory"], run_id, st["pipeline"], st.get("claims"))
+                detail["run_id"] = run_id
+        elif st.get("op") == "get_run":
+            for key, out in (("status", "status"), ("pipelineName", "pipeline_name")):
+                if isinstance(data.get(key), str):
+                    detail[out] = data[key][:128]
+        return detail
+
+    def error_body(self, status: int, body: dict[str, Any]) -> dict[str, Any]:
+        """An ARM-shaped error around the gateway's own refusal body."""
+        if body.get("error") == "forbidden":
+            message = (
+                f"Lockgate denied {body.get('principal')} {body.get('action')} on "
+                f"{body.get('object')} of {body.get('resource')}: {body.get('reason')}"
+            )
+            code = "LockgateAccessDenied"
+        else:
+            message = f"Lockgate: {body.get('reason') or body.get('error')}"
+            code = "Lockgate" + "".join(p.title() for p in str(body.get("error")).split("_"))
+        return {"error": {"code": code, "message": message}, "lockgate": body}
+
+    async def close(self) -> None:
+        self.runs.close()
+
+    # -- classification ------------------------------------------------------------------
+    def classify(self, method: str, path: str) -> tuple[str, str, dict[str, Any]]:
+        m = _ADF.match(path)
+        if m is None:
+            return "admin", f"arm:{path.lower()}", {}
+        factory = _name(m.group("f"))
+        rest = m.group("rest") or ""
+        st: dict[str, Any] = {"factory": factory}
+        if rest in ("", "/"):
+            return ("read" if method in ("GET", "HEAD") else "admin"), f"factory:{factory}", st
+        pm = _PIPELINE.match(rest)
+        if pm is not None:
+            st["pipeline"] = pipeline = _name(pm.group("p"))
+            obj = f"factory:{factory}/pipeline:{pipeline}"
+            if pm.group("op") and method == "POST":
+                st["op"] = "createrun"
+                return "run", obj, st
+            if not pm.group("op") and method in ("GET", "HEAD"):
+                return "read", obj, st
+            return "admin", obj, st
+        rm = _RUN.match(rest)
+        if rm is not None:
+            st["run_id"] = run_id = _name(rm.group("id"))
+            pipeline = self.runs.pipeline_of(self.name, factory, run_id)
+            if pipeline is not None:
+                st["pipeline"] = pipeline
+                obj = f"factory:{factory}/pipeline:{pipeline}"
+            else:
+                obj = f"factory:{factory}/run:{run_id}"
+            op = (rm.group("op") or "").lower()
+            if op == "" and method in ("GET", "HEAD"):
+                st["op"] = "get_run"
+                return "read", obj, st
+            if op == "/cancel" and method == "POST":
+                return "run", obj, st
+            if op == "/queryactivityruns" and method == "POST":
+                return "read", obj, st
+            return "admin", obj, st
+        return "admin", f"arm:{path.lower()}", st
+
+    def _out_of_scope(self, path: str) -> str | None:
+        m = re.match(r"^/subscriptions/([^/]+)(?:/resourcegroups/([^/]+))?", path, re.IGNORECASE)
+        if m is None:
+            return None  # tenant-level paths: classified admin, left to policy (deny)
+        s = self.settings
+        if _name(m.group(1)) != s.subscription_id.lower():
+            return f"subscription {_name(m.group(1))} is not served by resource {self.name}"
+        rg = m.group(2)
+        if rg is not None and s.resource_group and _name(rg) != s.resource_group.lower():
+            return f"resource group {_name(rg)} is not served by resource {self.name}"
+        return None
+
+
+__all__ = ["AdfRuns", "ArmProfile"]

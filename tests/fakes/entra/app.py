@@ -1,0 +1,215 @@
+"""An Entra ID (v2.0) token endpoint, as far as the client-credentials grant goes, written
+from Microsoft's public protocol reference.
+
+Routes (tenant = the one configured; any other tenant is 400 ``invalid_tenant``):
+
+- ``GET /{tenant}/v2.0/.well-known/openid-configuration`` — OIDC discovery (what MSAL reads
+  with ``disable_instance_discovery=True``);
+- ``GET /{tenant}/discovery/v2.0/keys`` — JWKS of the RS256 signing key;
+- ``POST /{tenant}/oauth2/v2.0/token`` — ``grant_type=client_credentials`` with
+  ``scope=<resource>/.default`` and either ``client_secret`` or a ``client_assertion``
+  (``urn:ietf:params:oauth:client-assertion-type:jwt-bearer``): an RS256/PS256 JWT whose
+  ``x5t`` (or ``x5t#S256``) names a certificate registered for the client, ``aud`` the token
+  endpoint, ``iss`` = ``sub`` = client id, unexpired, ``jti`` not seen before.
+
+Issued access tokens are RS256 JWTs: ``aud`` the resource, ``iss``
+``https://sts.windows.net/{tenant}/``, ``appid``/``azp`` the client, ``tid``, ``exp``.
+Secrets and certificates can be added and withdrawn while running (rotation).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class FakeEntra:
+    tenant: str = "contoso-tenant"
+    token_ttl: int = 3600
+    client_secrets: dict[str, set[str]] = field(default_factory=dict)
+    client_certs: dict[str, list[x509.Certificate]] = field(default_factory=dict)
+    base_url: str = ""
+    token_calls: int = 0
+    refusals: list[str] = field(default_factory=list)
+    issued: list[dict[str, Any]] = field(default_factory=list)  # claims of issued tokens
+
+    def __post_init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = secrets.token_hex(8)
+        self._jtis: set[str] = set()
+
+    @property
+    def issuer(self) -> str:
+        return f"https://sts.windows.net/{self.tenant}/"
+
+    @property
+    def authority(self) -> str:
+        return self.base_url
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}/{self.tenant}/oauth2/v2.0/token"
+
+    def public_pem(self) -> bytes:
+        return self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def verify(self, token: str, audience: str) -> dict[str, Any]:
+        """Check an access token this endpoint issued (what an upstream such as ARM does)."""
+        return jwt.decode(
+            token, self.key.public_key(), algorithms=["RS256"], audience=audience,
+            issuer=self.issuer,
+        )  # fmt: skip
+
+    # -- handlers ------------------------------------------------------------------------
+    def _tenant_ok(self, request: web.Request) -> bool:
+        return request.match_info["tenant"] == self.tenant
+
+    async def discovery(self, request: web.Request) -> web.Response:
+        if not self._tenant_ok(request):
+            return _err(400, "invalid_tenant", "AADSTS90002: tenant not found")
+        base = f"{self.base_url}/{self.tenant}"
+        return web.json_response(
+            {
+                "issuer": f"{base}/v2.0",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post", "private_key_jwt", "client_secret_basic"],
+                "response_types_supported": ["code", "id_token", "token"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "tenant_region_scope": "EU",
+            }
+        )  # fmt: skip
+
+    async def keys(self, request: web.Request) -> web.Response:
+        nums = self.key.public_key().public_numbers()
+        jwk = {
+            "kty": "RSA", "use": "sig", "kid": self.kid, "alg": "RS256",
+            "n": _b64(nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")),
+            "e": _b64(nums.e.to_bytes(3, "big")),
+        }  # fmt: skip
+        return web.json_response({"keys": [jwk]})
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.token_calls += 1
+        if not self._tenant_ok(request):
+            return self._refuse(400, "invalid_tenant", "tenant not found")
+        form = await request.post()
+        if form.get("grant_type") != "client_credentials":
+            return self._refuse(400, "unsupported_grant_type", "only client_credentials")
+        client_id = str(form.get("client_id", ""))
+        scope = str(form.get("scope", ""))
+        if not scope.endswith("/.default") or " " in scope.strip():
+            return self._refuse(400, "invalid_scope", "AADSTS1002012: scope must be /.default")
+        if "client_assertion" in form:
+            why = self._check_assertion(client_id, form)
+        else:
+            why = self._check_secret(client_id, str(form.get("client_secret", "")))
+        if why is not None:
+            return self._refuse(401, "invalid_client", why)
+        now = int(time.time())
+        claims = {
+            "aud": scope.removesuffix("/.default"), "iss": self.issuer, "iat": now, "nbf": now,
+            "exp": now + self.token_ttl, "appid": client_id, "azp": client_id,
+            "tid": self.tenant, "oid": hashlib.sha256(client_id.encode()).hexdigest()[:32],
+            "sub": client_id, "ver": "1.0", "uti": secrets.token_urlsafe(12),
+        }  # fmt: skip
+        self.issued.append(claims)
+        token = jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
+        return web.json_response(
+            {"token_type": "Bearer", "expires_in": self.token_ttl,
+             "ext_expires_in": self.token_ttl, "access_token": token}
+        )  # fmt: skip
+
+    def _check_secret(self, client_id: str, secret: str) -> str | None:
+        known = self.client_secrets.get(client_id, set())
+        if not secret or not any(hmac.compare_digest(secret, s) for s in known):
+            return "AADSTS7000215: Invalid client secret provided."
+        return None
+
+    def _check_assertion(self, client_id: str, form: Any) -> str | None:
+        if form.get("client_assertion_type") != ASSERTION_TYPE or "client_secret" in form:
+            return "AADSTS700024: unsupported client assertion"
+        assertion = str(form.get("client_assertion", ""))
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.PyJWTError:
+            return "AADSTS700023: malformed assertion"
+        cert = None
+        # MSAL pads its thumbprints; RFC 7515 says base64url without padding: accept both.
+        x5t = str(header.get("x5t", "")).rstrip("=")
+        x5t256 = str(header.get("x5t#S256", "")).rstrip("=")
+        for c in self.client_certs.get(client_id, []):
+            der = c.public_bytes(serialization.Encoding.DER)
+            sha1 = _b64(hashlib.sha1(der).digest())  # noqa: S324 - the x5t header is SHA-1
+            if x5t == sha1 or x5t256 == _b64(hashlib.sha256(der).digest()):
+                cert = c
+        if cert is None:
+            return "AADSTS700027: the certificate (x5t) is not registered for the client"
+        try:
+            claims = jwt.decode(
+                assertion, cert.public_key(), algorithms=["RS256", "PS256"],  # type: ignore[arg-type]
+                audience=self.token_url, options={"require": ["exp", "aud", "iss", "sub", "jti"]},
+            )  # fmt: skip
+        except jwt.PyJWTError as exc:
+            return f"AADSTS700027: assertion rejected ({type(exc).__name__})"
+        if claims["iss"] != client_id or claims["sub"] != client_id:
+            return "AADSTS700021: iss and sub must be the client id"
+        if claims["jti"] in self._jtis:
+            return "AADSTS700028: assertion replayed"
+        self._jtis.add(claims["jti"])
+        return None
+
+    def _refuse(self, status: int, error: str, description: str) -> web.Response:
+        self.refusals.append(error)
+        return _err(status, error, description)
+
+
+def _err(status: int, error: str, description: str) -> web.Response:
+    return web.json_response(
+        {"error": error, "error_description": description, "error_codes": [0],
+         "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ"), "trace_id": secrets.token_hex(8),
+         "correlation_id": secrets.token_hex(8)},
+        status=status,
+    )  # fmt: skip
+
+
+def make_app(entra: FakeEntra) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", entra.discovery)
+    app.router.add_get("/{tenant}/discovery/v2.0/keys", entra.keys)
+    app.router.add_post("/{tenant}/oauth2/v2.0/token", entra.token)
+    return app
+
+
+async def start(entra: FakeEntra, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
+    """Serve on 127.0.0.1 (HTTPS when ``ssl_context``); sets ``entra.base_url``."""
+    runner = web.AppRunner(make_app(entra), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
+    await site.start()
+    bound = runner.addresses[0][1]
+    entra.base_url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
+    return runner
