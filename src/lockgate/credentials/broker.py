@@ -1,6 +1,8 @@
 """CredentialBroker: the one door engines use to get what goes on an upstream request.
 
 - ``static``: the stored secret itself.
+- ``managed_identity``: the host's managed identity token (IMDS or App Service), nothing
+  stored; cached and refreshed like OAuth2 tokens.
 - ``oauth2_client_credentials``: an access token obtained with the stored client secret,
   cached per (credential, version), refreshed ``refresh_before`` seconds before expiry
   (capped at half the lifetime). Concurrent callers share one in-flight request. If a
@@ -27,7 +29,13 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from lockgate import _log, metrics
-from lockgate.config import LockgateConfig, OAuth2ClientCredential, StaticCredential
+from lockgate.config import (
+    LockgateConfig,
+    ManagedIdentityCredential,
+    OAuth2ClientCredential,
+    StaticCredential,
+)
+from lockgate.credentials.managed_identity import fetch_mi_token
 from lockgate.credentials.oauth2 import AccessToken, fetch_token
 from lockgate.credentials.store import CredentialStore, Version
 from lockgate.errors import CredentialError
@@ -63,6 +71,7 @@ class CredentialBroker:
         self._clock = clock
         self._current: dict[str, Version] = {}
         self._tokens: dict[_Key, AccessToken] = {}
+        self._mi_tokens: dict[str, AccessToken] = {}  # managed identity, per credential
         self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
         store.changed()  # baseline: nothing is cached yet, so earlier writes need no reload
 
@@ -77,6 +86,8 @@ class CredentialBroker:
         undecryptable or its token endpoint refuses.
         """
         cfg = self._credential_config(credential_name)
+        if isinstance(cfg, ManagedIdentityCredential):  # nothing stored, no versions
+            return None if previous else await self._mi_secret(cfg)
         self._notice_changes()
         if previous:
             version = self._store.previous(credential_name, cfg.overlap)
@@ -136,7 +147,9 @@ class CredentialBroker:
             self._http = None
 
     # -- internals -------------------------------------------------------------------------
-    def _credential_config(self, name: str) -> StaticCredential | OAuth2ClientCredential:
+    def _credential_config(
+        self, name: str
+    ) -> StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential:
         cfg = self._config.credential(name)
         if cfg is None:
             raise CredentialError(f"credential {name!r} is not configured")
@@ -190,6 +203,41 @@ class CredentialBroker:
                 return UpstreamSecret(cached.value, version.version, cfg.name, cached.expires_at)
             raise
         return UpstreamSecret(token.value, version.version, cfg.name, token.expires_at)
+
+    async def _mi_secret(self, cfg: ManagedIdentityCredential) -> UpstreamSecret:
+        """The host's managed identity token: cached, refreshed early, one request at a time."""
+        key = (cfg.name, 0)
+        cached = self._mi_tokens.get(cfg.name)
+        if cached is not None and self._clock() < cached.refresh_at:
+            return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._fetch_mi(cfg))
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda f, k=key: self._fetch_done(k, f))
+        try:
+            token = await asyncio.shield(fut)
+        except CredentialError:
+            if cached is not None and self._clock() < cached.expires_at:
+                log.warning(
+                    "managed identity refresh failed; using the cached token until it expires",
+                    extra={"fields": {"credential": cfg.name}},
+                )
+                return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
+            raise
+        return UpstreamSecret(token.value, 0, cfg.name, token.expires_at)
+
+    async def _fetch_mi(self, cfg: ManagedIdentityCredential) -> AccessToken:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        token = await fetch_mi_token(self._http, cfg, clock=self._clock)
+        self._mi_tokens[cfg.name] = token
+        log.info(
+            "managed identity token obtained",
+            extra={"fields": {"credential": cfg.name,
+                              "expires_in": round(token.expires_at - self._clock())}},
+        )  # fmt: skip
+        return token
 
     async def _fetch(self, cfg: OAuth2ClientCredential, version: Version) -> AccessToken:
         if self._http is None:

@@ -5,6 +5,12 @@ The stored credential value is the client secret. The request is a form POST wit
 and the secret in the body (``client_secret_post``, what Entra ID documents) or, if the
 credential config carries ``token_auth: client_secret_basic``, in HTTP Basic auth.
 
+``token_auth: private_key_jwt`` (Entra ID certificate credentials): the stored value is a
+PEM RSA private key followed by its certificate. Each request carries a fresh
+``client_assertion`` (RFC 7523): an RS256 JWT with ``aud`` the token URL, ``iss`` = ``sub``
+= the client id, a random ``jti``, a 10-minute ``exp``, and the certificate's SHA-1
+thumbprint in ``x5t`` (what Entra ID matches; ``x5t#S256`` too). The key never leaves.
+
 Errors become :class:`~lockgate.errors.CredentialError` naming the credential and the HTTP
 status, plus the RFC 6749 ``error`` code when it is a plain slug. The response body, the
 secret and the token never appear in a message.
@@ -12,16 +18,25 @@ secret and the token never appear in a message.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lockgate.config import OAuth2ClientCredential
 from lockgate.errors import CredentialError
 
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_TTL = 600
 _ERROR_SLUG = re.compile(r"^[a-z_]{1,64}$")
 _DEFAULT_EXPIRES_IN = 3600  # when the endpoint does not say
 TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -44,7 +59,14 @@ async def fetch_token(
     """Request an access token for ``cred`` with ``client_secret``."""
     form = {"grant_type": "client_credentials"}
     auth = None
-    if getattr(cred, "token_auth", "client_secret_post") == "client_secret_basic":
+    method = getattr(cred, "token_auth", "client_secret_post")
+    if method == "private_key_jwt":
+        form["client_id"] = cred.client_id
+        form["client_assertion_type"] = ASSERTION_TYPE
+        form["client_assertion"] = client_assertion(
+            client_secret, cred.client_id, cred.token_url, now=clock(), name=cred.name
+        )
+    elif method == "client_secret_basic":
         auth = aiohttp.BasicAuth(cred.client_id, client_secret)
     else:
         form["client_id"] = cred.client_id
@@ -94,3 +116,30 @@ async def fetch_token(
     return AccessToken(
         value=token, expires_at=started + expires_in, refresh_at=started + expires_in - lead
     )
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def client_assertion(pem: str, client_id: str, audience: str, *, now: float, name: str) -> str:
+    """An RS256 client assertion signed with the key in ``pem`` (key + certificate)."""
+    data = pem.encode()
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+        cert = x509.load_pem_x509_certificate(data[data.index(b"-----BEGIN CERTIFICATE-----") :])
+    except (ValueError, TypeError):
+        raise CredentialError(
+            f"credential {name!r}: expected a PEM private key followed by its certificate"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CredentialError(f"credential {name!r}: Entra ID certificates need an RSA key")
+    der = cert.public_bytes(serialization.Encoding.DER)
+    headers = {
+        "x5t": _b64(hashlib.sha1(der).digest()),  # noqa: S324 - the header Entra ID matches
+        "x5t#S256": _b64(hashlib.sha256(der).digest()),
+    }
+    t = int(now)
+    claims = {"aud": audience, "iss": client_id, "sub": client_id, "jti": secrets.token_hex(16),
+              "nbf": t, "iat": t, "exp": t + ASSERTION_TTL}  # fmt: skip
+    return jwt.encode(claims, key, algorithm="RS256", headers=headers)
