@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 
 from lockgate.airflow import task_env
 
+_NAMES = ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "IDENTITY_ENDPOINT",
+          "IDENTITY_HEADER")  # fmt: skip
+
 
 @pytest.fixture(autouse=True)
-def clean(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "IDENTITY_ENDPOINT",
-                 "IDENTITY_HEADER"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
+def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    saved = {n: os.environ.pop(n) for n in _NAMES if n in os.environ}
     monkeypatch.setattr(task_env, "_exported", {})
+    yield
+    for n in _NAMES:  # task_env writes os.environ directly: undo it for the next tests
+        os.environ.pop(n, None)
+    os.environ.update(saved)
 
 
 def test_exports_identity_and_proxy_and_extends_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     monkeypatch.setenv("NO_PROXY", "internal.example")
     task_env.export({"IDENTITY_ENDPOINT": "https://gw:8470/msi/token", "IDENTITY_HEADER": "t1",
                      "HTTPS_PROXY": "http://gw:8472", "NO_PROXY": "gw"})  # fmt: skip
@@ -33,8 +39,6 @@ def test_exports_identity_and_proxy_and_extends_no_proxy(monkeypatch: pytest.Mon
 def test_another_proxy_is_left_alone(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import os
-
     monkeypatch.setenv("https_proxy", "http://corporate:3128")
     task_env.export({"HTTPS_PROXY": "http://gw:8472"})
     assert os.environ["https_proxy"] == "http://corporate:3128"
