@@ -206,6 +206,24 @@ class ArmSettings(_Model):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024)
 
 
+class CosmosSettings(_Model):
+    """Settings of ``profile: cosmos`` (Azure Cosmos DB for NoSQL; see ``docs/cosmos.md``).
+
+    ``upstream_auth``: ``master_key`` re-signs every request with the account key stored in
+    the resource's ``static`` credential (primary, then secondary after a rotation);
+    ``aad`` sends the Entra ID token of an ``oauth2_client_credentials`` credential.
+    ``database``/``container``/``partition_key`` fill the Airflow connection's extras.
+    """
+
+    upstream_auth: Literal["master_key", "aad"] = "master_key"
+    max_skew: int = Field(900, ge=30, le=3600, description="x-ms-date window, seconds")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    timeout: float = Field(65.0, gt=0, description="seconds for one upstream exchange")
+    database: str | None = None
+    container: str | None = None
+    partition_key: str | None = None
+
+
 class HttpResource(_Model):
     """An HTTP upstream served by the HTTP engine at ``/<name>/...``.
 
@@ -226,8 +244,9 @@ class HttpResource(_Model):
     ca_file: Path | None = None
     identity_header: str | None = "X-Lockgate-Assertion"  # signed caller identity; None: off
     listen: ListenerConfig | None = None  # serve this resource alone at the root of a port
-    profile: Literal["databricks", "arm"] | None = None
+    profile: Literal["databricks", "arm", "cosmos"] | None = None
     databricks: DatabricksSettings = DatabricksSettings()
+    cosmos: CosmosSettings = CosmosSettings()
     arm: ArmSettings | None = None  # required by profile: arm
     # Hosts (host or host:port, port 443 by default) the forward proxy serves as this
     # resource, e.g. ["management.azure.com"] for clients with a fixed ARM URL.
@@ -248,7 +267,6 @@ class HttpResource(_Model):
         if self.profile == "arm" and self.arm is None:
             raise ValueError("profile 'arm' needs an arm section (at least subscription_id)")
         return self
-
 
     @field_validator("upstream")
     @classmethod
@@ -340,7 +358,6 @@ Credential = Annotated[
     StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential,
     Field(discriminator="type"),
 ]
-
 
 
 class AuditSettings(_Model):

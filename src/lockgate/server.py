@@ -49,6 +49,7 @@ from lockgate.gateway.cql import CqlEngine
 from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.gateway.http.profiles import control as http_control
+from lockgate.gateway.http.profiles import cosmos as cosmos_profile
 from lockgate.identity import (
     Claims,
     KeyStore,
@@ -265,13 +266,25 @@ class Gateway:
                 continue
             connection = self._connection_template(r)
             if connection is not None:
+                extras = http_control.catalog_extras(r)
+                if getattr(r, "profile", None) == "cosmos":
+                    extras["cosmos_key"] = True  # the backend fetches the task key too
                 out.append(
                     {"conn_id": r.conn_id, "resource": r.name, "kind": r.kind,
-                     "connection": connection, **http_control.catalog_extras(r)}
+                     "connection": connection, **extras}
                 )  # fmt: skip
         return out
 
     def _connection_template(self, r: Any) -> dict[str, Any] | None:
+        if r.kind == "http" and getattr(r, "profile", None) == "cosmos":
+            if r.listen is not None:
+                port = self.mounted_ports.get(r.name) or r.listen.port
+                base = f"{r.listen.scheme}://{_public_host(r.listen.host)}:{port}"
+            else:
+                http = self.config.listeners.http
+                host = _public_host(http.host)
+                base = f"{http.scheme}://{host}:{self.http_port or http.port}/{r.name}"
+            return cosmos_profile.connection_template(r, base)
         if r.kind == "http" and getattr(r, "listen", None) is not None:
             return http_control.connection_template(r, self.mounted_ports.get(r.name))
         if r.kind == "http":
@@ -343,6 +356,7 @@ class Gateway:
         app.router.add_post("/v1/catalog", self._catalog)
         app.router.add_post("/v1/db-role", self._db_role)
         app.router.add_post("/v1/poll-token", http_control.poll_token_handler(self))
+        app.router.add_post("/v1/cosmos-key", cosmos_profile.task_key_handler(self))
         app.router.add_get(msi.PATH, msi.msi_handler(self))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)

@@ -20,6 +20,9 @@ Rules:
   context names the trigger's DAG run, the token is narrowed to that DAG run.
 - The gateway refuses (policy, delegation, attestation) → ``AirflowSecretsBackendAccessDenied``
   with the gateway's reason, so Airflow does not fall through to another backend.
+- A conn_id the catalog marks ``cosmos_key`` (Cosmos DB) also gets the task's derived
+  account key from ``/v1/cosmos-key`` (the deployment authenticates and shows the token):
+  the password the stock hook signs with, valid only together with that token.
 - Tokens are cached per (task try, conn_id) and reused until a minute before expiry; hooks
   such as ``HttpHook`` look the connection up on every request.
 - The requested lifetime covers the task's ``execution_timeout`` (policy may cap it).
@@ -60,6 +63,7 @@ log = logging.getLogger(__name__)
 
 CA_PLACEHOLDER = "{lockgate_ca_file}"
 TOKEN_PLACEHOLDER = "{lockgate_token}"  # noqa: S105 - a template marker, not a secret
+COSMOS_KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
 ROLE_USER_PLACEHOLDER = "{lockgate_role_user}"
 ROLE_PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
 DYNAMIC_ROLE = "dynamic_role"
@@ -116,13 +120,16 @@ def _requested_ttl(ti_task: Any) -> int | None:
     return int(timeout.total_seconds()) + 120
 
 
-def _fill(template: Any, token: str, ca_file: str = "") -> Any:
+def _fill(template: Any, token: str, ca_file: str = "", more: dict[str, str] | None = None) -> Any:
     if isinstance(template, str):
-        return template.replace(TOKEN_PLACEHOLDER, token).replace(CA_PLACEHOLDER, ca_file)
+        out = template.replace(TOKEN_PLACEHOLDER, token).replace(CA_PLACEHOLDER, ca_file)
+        for marker, value in (more or {}).items():
+            out = out.replace(marker, value)
+        return out
     if isinstance(template, dict):
-        return {k: _fill(v, token, ca_file) for k, v in template.items()}
+        return {k: _fill(v, token, ca_file, more) for k, v in template.items()}
     if isinstance(template, list):
-        return [_fill(v, token, ca_file) for v in template]
+        return [_fill(v, token, ca_file, more) for v in template]
     return template
 
 
@@ -164,6 +171,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
         self._catalog: dict[str, dict[str, Any]] = {}
         self._catalog_at = 0.0
         self._tokens: dict[tuple[Any, ...], MintedToken] = {}
+        self._cosmos_keys: dict[str, str] = {}  # jti -> the task's derived Cosmos key
         self._roles: dict[tuple[Any, ...], DbRole] = {}  # (conn_id, *coords) -> role
         self._lock = threading.Lock()
         _ACTIVE.append(self)
@@ -211,7 +219,10 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
         token = self._token_for(conn_id, coords)
         if template.get("env"):  # e.g. ARM: identity endpoint, forward proxy (task_env)
             task_env.export(_fill(template["env"], token.token, self.ca_file or ""))
-        return json.dumps(_fill(template["connection"], token.token, self.ca_file or ""))
+        more = {}
+        if template.get("cosmos_key"):  # Cosmos DB: the key the task signs with
+            more[COSMOS_KEY_PLACEHOLDER] = self._cosmos_key(conn_id, token)
+        return json.dumps(_fill(template["connection"], token.token, self.ca_file or "", more))
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         return None
@@ -246,6 +257,27 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
         with self._lock:
             self._tokens[key] = minted
         return minted
+
+    def _cosmos_key(self, conn_id: str, token: MintedToken) -> str:
+        """The Cosmos key derived for ``token`` (the gateway derives it; cached per jti)."""
+        with self._lock:
+            cached = self._cosmos_keys.get(token.jti)
+        if cached:
+            return cached
+        try:
+            body = self.client._post(
+                "/v1/cosmos-key", {**self.client._auth(), "token": token.token}
+            )
+        except GatewayDenied as exc:
+            raise AirflowSecretsBackendAccessDenied(
+                f"Lockgate refused the Cosmos key for conn_id {conn_id!r}: "
+                f"{exc.body.get('error_description') or exc.body}"
+            ) from None
+        with self._lock:
+            if len(self._cosmos_keys) > 256:
+                self._cosmos_keys.clear()
+            self._cosmos_keys[token.jti] = body["key"]
+        return str(body["key"])
 
     def _poll_token(self, conn_id: str) -> MintedToken:
         """A read-only poll token for ``conn_id``, outside any task (the triggerer)."""

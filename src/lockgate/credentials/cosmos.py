@@ -55,6 +55,7 @@ __all__ = [
     "sign",
     "signing_link",
     "string_to_sign",
+    "task_key_secret",
     "verify_master_signature",
 ]
 
@@ -62,6 +63,7 @@ AUTH_TYPES = frozenset({"master", "aad", "resource"})
 # Characters the SDK leaves unescaped when it URL-encodes the header (RFC 2396 "mark" set).
 _SAFE = "-_.!~*'()"
 _TASK_KEY_LABEL = b"cosmos-task-key:"
+_TASK_SECRET_INFO = b"lockgate cosmos task-key secret v1:"
 # A header longer than this is not a Cosmos header (an AAD JWT is a few KB at most).
 _MAX_HEADER = 16 * 1024
 
@@ -244,3 +246,24 @@ def derive_task_key(gateway_secret: bytes, jti: str) -> str:
         raise ValueError("jti is required")
     digest = hmac.new(gateway_secret, _TASK_KEY_LABEL + jti.encode("utf-8"), hashlib.sha256)
     return base64.b64encode(digest.digest()).decode()
+
+
+def task_key_secret(master_key: bytes, resource: str) -> bytes:
+    """The gateway secret behind :func:`derive_task_key` for one Cosmos resource.
+
+    HKDF-SHA256 of Lockgate's master key (the one that encrypts the credential store), bound
+    to the resource name: nothing extra to store or configure, the same in every worker
+    process, and a task key for one resource is worthless at another.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    if len(master_key) < 32:
+        raise ValueError("master key must be at least 32 bytes")
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=_TASK_SECRET_INFO + resource.encode("utf-8"),
+    )
+    return hkdf.derive(master_key)

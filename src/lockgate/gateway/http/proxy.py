@@ -404,6 +404,10 @@ class Proxy:
             if local is not None:
                 conn.write(local)
                 return keep
+        if profile is not None and hasattr(profile, "serve"):
+            # The profile authenticates, decides and forwards itself (Cosmos DB: the token
+            # rides in the path and every request is re-signed upstream): claims None.
+            return Pending(rs, target, None, method, head_only, t0)
         token, why = extract_token(head.headers)
         try:
             if token is None:
@@ -513,6 +517,8 @@ class Proxy:
         rs = p.rs
         profile = rs.profile
         assert profile is not None
+        if p.claims is None:
+            return bool(await profile.serve(self, conn, head, body, p))  # type: ignore[attr-defined]
         data = b""
         if profile.wants_body(p.method, p.target.path):
             if not body.complete:

@@ -85,6 +85,10 @@ def make_profile(resource: Any, target: Any, data_dir: Path | None) -> Profile |
 
         registry = RunRegistry(data_dir / "databricks_runs.db" if data_dir else None)
         return DatabricksProfile(resource, target, registry)
+    if name == "cosmos":
+        from lockgate.gateway.http.profiles.cosmos import CosmosProfile
+
+        return CosmosProfile.for_resource(resource, target, data_dir)
     if name == "arm":
         from lockgate.gateway.http.profiles.arm import AdfRuns, ArmProfile
 

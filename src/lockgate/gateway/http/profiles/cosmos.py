@@ -1,0 +1,613 @@
+"""``profile: cosmos``: Azure Cosmos DB for NoSQL (REST) with the stock SDK and hook.
+
+The stock ``AzureCosmosDBHook`` does ``CosmosClient(conn.login, {"masterKey": conn.password})``
+and signs every request with that key; the signature names no key. So a task gets:
+
+* ``login`` = ``https://<gateway>/<resource>/_t/<Lockgate token>/`` (the SDK keeps a path
+  prefix on every request), ``password`` = ``derive_task_key(secret, jti)`` (never the key).
+
+For each request the profile (which serves the exchange itself, :meth:`CosmosProfile.serve`):
+
+1. takes the token from the path and verifies it (audience = this resource);
+2. verifies the master-key signature with the task key derived from the token's ``jti``
+   (``x-ms-date`` within ``max_skew``): holding the token (it may show up in URL logs) is
+   not enough, the key is needed too, and a key dies with its token;
+3. classifies (verb, resource type, link, query/upsert headers) into (action, object):
+   objects are ``<db>/<container>``, ``<db>`` or ``*`` (the account); see :func:`classify`;
+4. asks policy; a denial is a Cosmos-shaped 403 whose message carries the reason;
+5. re-signs upstream with the real account key (current version; an upstream 401 is tried
+   once more with the previous version inside the credential's overlap) or sends the Entra
+   ID token (``type=aad``), with a fresh ``x-ms-date``;
+6. relays the answer. ``GET /`` (account discovery) has its ``databaseAccountEndpoint``
+   values rewritten to the gateway URL with the same token prefix, or the SDK would go
+   straight to the account. 429s are relayed with their ``x-ms-retry-after-ms`` and never
+   retried here: the SDK's own throttling budget is the one that counts.
+
+Rules: deny by default (anything :func:`classify` does not know is refused); ``_rid``-based
+links are refused (policy names objects by name); no token, key or signature is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from lockgate import _log, metrics
+from lockgate.credentials import cosmos as sig
+from lockgate.errors import AuthenticationError, CredentialError, UpstreamUnavailable
+from lockgate.gateway.http import responses
+from lockgate.gateway.http.profiles import Decide, ProfileRequest, UpstreamHeaders, Verdict
+
+log = _log.get("gateway.http.cosmos")
+
+TOKEN_SEGMENT = "_t"  # noqa: S105 - a path segment name, not a secret
+KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
+ACCOUNT = "*"
+_JWT = re.compile(r"[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}")
+# The hook's existence checks; with exactly this text the @id value names the object.
+_EXISTS = re.compile(r"select\s+\*\s+from\s+r\s+where\s+r\.id\s*=\s*@id", re.IGNORECASE)
+_QUERY_TYPES = ("application/query+json", "application/sql")
+_DROP_REQUEST = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
+     "transfer-encoding", "upgrade", "content-length", "host", "expect", "authorization",
+     "x-ms-date", "date"}
+)  # fmt: skip
+_DROP_RESPONSE = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+     b"transfer-encoding", b"upgrade", b"content-length"}
+)  # fmt: skip
+_READ = ("GET", "HEAD")
+
+
+class Refused(Exception):
+    """A request the profile answers itself (400/405/403 before policy)."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason = status, code, reason
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    action: str
+    obj: str
+    name: str  # for the audit detail, e.g. upsert_document
+
+
+# -- classification ----------------------------------------------------------------------
+def classify(method: str, path: str, headers: dict[str, str], body: bytes) -> Operation:
+    """(action, object, operation) of one request; :class:`Refused` when unknown."""
+    seg = (
+        [unquote(s) for s in path.split("?", 1)[0].strip("/").split("/")] if path.strip("/") else []
+    )
+    if len(seg) >= 2 and seg[0] == "dbs" and sig.is_rid_based("/".join(seg)):
+        raise Refused(403, "Forbidden", "_rid-based links are not served; address by name")
+    query = (
+        headers.get("x-ms-documentdb-isquery", "").lower() == "true"
+        or headers.get("content-type", "").split(";")[0].strip().lower() in _QUERY_TYPES
+        or headers.get("x-ms-cosmos-is-query-plan-request", "").lower() == "true"
+    )
+    read = method in _READ or (method == "POST" and query)
+    n = len(seg)
+    if n == 0:
+        if method in _READ:
+            return Operation("read", ACCOUNT, "read_account")
+        raise Refused(405, "MethodNotAllowed", "only GET is allowed on the account")
+    if seg[0] == "offers":  # throughput: reading it is harmless, changing it costs money
+        return Operation("read" if read else "admin", ACCOUNT, "offers")
+    if seg[0] != "dbs" or n > 6:
+        raise Refused(403, "Forbidden", f"unsupported Cosmos DB path /{seg[0]}")
+    if n == 1:
+        if method in _READ:
+            return Operation("read", ACCOUNT, "list_databases")
+        if method == "POST" and query:
+            return Operation("read", _exists_id(body) or ACCOUNT, "query_databases")
+        if method == "POST":
+            return Operation("admin", _body_id(body), "create_database")
+        raise _bad_method(method)
+    db = seg[1]
+    if n == 2:
+        if method in _READ:
+            return Operation("read", db, "read_database")
+        if method in ("DELETE", "PUT"):
+            return Operation("admin", db, "delete_database" if method == "DELETE" else
+                             "replace_database")  # fmt: skip
+        raise _bad_method(method)
+    if seg[2] != "colls":  # users, permissions, client encryption keys: security admin
+        return Operation("admin", db, f"{seg[2]}")
+    if n == 3:
+        if method in _READ:
+            return Operation("read", db, "list_containers")
+        if method == "POST" and query:
+            found = _exists_id(body)
+            return Operation("read", f"{db}/{found}" if found else db, "query_containers")
+        if method == "POST":
+            return Operation("admin", f"{db}/{_body_id(body)}", "create_container")
+        raise _bad_method(method)
+    obj = f"{db}/{seg[3]}"
+    if n == 4:
+        if method in _READ:
+            return Operation("read", obj, "read_container")
+        if method in ("PUT", "DELETE"):
+            return Operation(
+                "admin", obj, f"{'replace' if method == 'PUT' else 'delete'}_container"
+            )
+        raise _bad_method(method)
+    kind = seg[4]
+    if kind == "operations":  # partition-key delete: a mass delete is not a document write
+        return Operation("admin", obj, "delete_partition_key")
+    if kind not in ("docs", "pkranges", "sprocs", "triggers", "udfs", "conflicts"):
+        raise Refused(403, "Forbidden", f"unsupported Cosmos DB feed {kind}")
+    if n == 5:
+        if read:
+            return Operation("read", obj, f"{'query' if method == 'POST' else 'read'}_{kind}")
+        if method == "POST" and kind == "docs":
+            if headers.get("x-ms-cosmos-is-batch-request", "").lower() == "true":
+                return Operation("write", obj, "batch")
+            upsert = headers.get("x-ms-documentdb-is-upsert", "").lower() == "true"
+            return Operation("write", obj, "upsert_document" if upsert else "create_document")
+        if method == "POST" and kind in ("sprocs", "triggers", "udfs"):
+            return Operation("admin", obj, f"create_{kind}")  # server-side code
+        raise _bad_method(method)
+    if method in _READ:
+        return Operation("read", obj, f"read_{kind}")
+    if kind == "docs" and method in ("PUT", "PATCH", "DELETE"):
+        op = {"PUT": "replace", "PATCH": "patch", "DELETE": "delete"}[method]
+        return Operation("write", obj, f"{op}_document")
+    if kind == "sprocs" and method == "POST":
+        return Operation("write", obj, "execute_sproc")
+    if kind == "conflicts" and method == "DELETE":
+        return Operation("write", obj, "delete_conflict")
+    if kind in ("sprocs", "triggers", "udfs") and method in ("PUT", "DELETE"):
+        return Operation("admin", obj, f"{'replace' if method == 'PUT' else 'delete'}_{kind}")
+    raise _bad_method(method)
+
+
+def _bad_method(method: str) -> Refused:
+    return Refused(405, "MethodNotAllowed", f"{method} is not served on this Cosmos DB path")
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except ValueError:
+        return None
+
+
+def _body_id(body: bytes) -> str:
+    data = _json(body)
+    rid = data.get("id") if isinstance(data, dict) else None
+    if not isinstance(rid, str) or not rid or "/" in rid:
+        raise Refused(400, "BadRequest", "the request body has no valid id")
+    return rid
+
+
+def _exists_id(body: bytes) -> str | None:
+    """The @id of the hook's ``SELECT * FROM r WHERE r.id=@id`` (and only that query)."""
+    data = _json(body)
+    if not isinstance(data, dict) or not isinstance(data.get("query"), str):
+        return None
+    params = data.get("parameters") or []
+    if not _EXISTS.fullmatch(data["query"].strip()) or not isinstance(params, list):
+        return None
+    if len(params) != 1 or not isinstance(params[0], dict) or params[0].get("name") != "@id":
+        return None
+    value = params[0].get("value")
+    return value if isinstance(value, str) and value and "/" not in value else None
+
+
+# -- the profile -------------------------------------------------------------------------
+class CosmosProfile:
+    """Serves a ``profile: cosmos`` resource (the proxy hands it the whole exchange)."""
+
+    def __init__(self, resource: Any, target: Any, task_secret: bytes) -> None:
+        self.resource = resource
+        self.name: str = resource.name
+        self.settings = resource.cosmos
+        self.max_body: int = self.settings.max_body_bytes
+        self._secret = task_secret
+        self._base = resource.upstream.rstrip("/")
+        self._ssl = target.ssl
+        self._http: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_resource(cls, resource: Any, target: Any, data_dir: Path | None) -> CosmosProfile:
+        from lockgate.credentials import load_or_create_master_key
+        from lockgate.credentials.master_key import ENV_VAR, decode_key
+
+        if data_dir is not None:
+            master = load_or_create_master_key(data_dir)
+        elif os.environ.get(ENV_VAR):
+            master = decode_key(os.environ[ENV_VAR], f"${ENV_VAR}")
+        else:
+            raise ValueError(f"resource {resource.name}: profile cosmos needs a data_dir")
+        return cls(resource, target, sig.task_key_secret(master, resource.name))
+
+    def task_key(self, jti: str) -> str:
+        return sig.derive_task_key(self._secret, jti)
+
+    # -- Profile protocol (the engine calls serve instead of these) ------------------------
+    def local_answer(self, method: str, path: str) -> bytes | None:
+        return None
+
+    def wants_body(self, method: str, path: str) -> bool:
+        return True
+
+    async def authorize(
+        self, req: ProfileRequest, decide: Decide, headers: UpstreamHeaders
+    ) -> Verdict:
+        action, obj = req.default
+        return Verdict(False, action, obj, "served by CosmosProfile.serve")
+
+    def on_response(
+        self, verdict: Verdict, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> dict[str, Any]:
+        return dict(verdict.detail)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # -- the exchange ----------------------------------------------------------------------
+    async def serve(self, proxy: Any, conn: Any, head: Any, body: Any, p: Any) -> bool:
+        """Authenticate, classify, decide, forward, relay and audit one request."""
+        from lockgate.gateway.http.proxy import buffered_body, read_whole
+
+        rs, t0, method, head_only = p.rs, p.t0, p.method, p.head_only
+        keep = bool(head.keep_alive and body.complete)
+        parts = p.target.path.split("/", 3)  # "", "_t", token, rest
+        if len(parts) < 3 or parts[1] != TOKEN_SEGMENT or not _JWT.fullmatch(parts[2]):
+            return self._auth_failed(proxy, conn, rs, p, "missing", keep)
+        token = parts[2]
+        path = "/" + (parts[3] if len(parts) > 3 else "")
+        headers = _header_map(head)
+        try:
+            claims = proxy._verifier.verify(token, rs.name)
+            auth = sig.parse_auth_header(headers.get("authorization", ""))
+            sig.verify_master_signature(
+                self.task_key(claims.jti), auth, method, path, headers.get("x-ms-date"),
+                time.time(), self.settings.max_skew,
+            )  # fmt: skip
+        except AuthenticationError as exc:
+            return self._auth_failed(proxy, conn, rs, p, str(getattr(exc, "reason", "")), keep)
+        if not body.complete:
+            whole = await read_whole(body, self.max_body)
+            if whole is None:
+                conn.write(_cosmos(413, "RequestEntityTooLarge", "request body too large",
+                                   close=True))  # fmt: skip
+                return False
+            body = buffered_body(conn, whole)
+        elif body.total > self.max_body:
+            conn.write(_cosmos(413, "RequestEntityTooLarge", "request body too large"))
+            return keep
+        data = body.data() if body.total else b""
+        keep = bool(head.keep_alive)
+        try:
+            op = classify(method, path, headers, data)
+        except Refused as exc:
+            rs.count("unknown", "deny")
+            proxy.emit("denied", claims, rs.name, None, path, t0, status=exc.status,
+                       decision="deny", rule="cosmos-classify", reason=exc.reason)  # fmt: skip
+            conn.write(_cosmos(exc.status, exc.code, exc.reason, head_only=head_only))
+            return keep
+        detail: dict[str, Any] = {"operation": op.name, **_db_container(op.obj)}
+        if op.name == "read_account":  # discovery: every client needs it, it names no data
+            rule, reason = "cosmos-account-discovery", "account discovery"
+        else:
+            decision = proxy._decide(claims, rs, op.action, op.obj)
+            if not decision.allowed:
+                rs.count(op.action, "deny")
+                proxy.emit("denied", claims, rs.name, op.action, op.obj, t0, status=403,
+                           decision="deny", rule=decision.rule, reason=decision.reason,
+                           detail=detail)  # fmt: skip
+                message = (
+                    f"Lockgate denied {op.action} on {op.obj} ({op.name}) for {claims.sub}: "
+                    f"{decision.explain()}"
+                )
+                conn.write(_cosmos(403, "Forbidden", message, head_only=head_only,
+                                   lockgate={"principal": claims.sub, "action": op.action,
+                                             "resource": rs.name, "object": op.obj,
+                                             "rule": decision.rule}))  # fmt: skip
+                return keep
+            rule, reason = decision.rule, decision.reason
+        if not proxy._audit_ok(conn, body, head_only):
+            return keep
+        rs.count(op.action, "allow")
+        base = _public_base(conn, head, p.target.path, parts[2])
+        out = await self._forward(proxy, rs, method, path, p.target.query, headers, data, base)
+        status, resp_headers, resp_body, retries, error = out
+        if retries:
+            detail["retries"] = retries
+        if status == 429:
+            metrics.UPSTREAM_THROTTLES.labels(rs.name).inc()
+            detail["retry_after_ms"] = _header(resp_headers, b"x-ms-retry-after-ms")
+        charge = _header(resp_headers, b"x-ms-request-charge")
+        if charge:
+            detail["request_charge"] = charge
+        conn.write(_relay(status, resp_headers, resp_body, head_only, keep))
+        proxy.emit("upstream_error" if error else "allowed", claims, rs.name, op.action, op.obj,
+                   t0, status=status, decision="allow", rule=rule, reason=error or reason,
+                   bytes_in=len(data), bytes_out=len(resp_body), detail=detail)  # fmt: skip
+        return keep
+
+    def _auth_failed(self, proxy: Any, conn: Any, rs: Any, p: Any, reason: str, keep: bool) -> bool:
+        reason = reason or "invalid"
+        proxy.emit("auth_failed", None, rs.name, None, "/_t/<token>", p.t0, status=401,
+                   reason=reason)  # fmt: skip
+        message = (
+            "Lockgate: the endpoint must carry a task token (/_t/<token>/)"
+            if reason == "missing"
+            else f"Lockgate refused the request: {reason}"
+        )
+        conn.write(_cosmos(401, "Unauthorized", message, head_only=p.head_only, close=not keep))
+        return keep
+
+    async def _forward(
+        self,
+        proxy: Any,
+        rs: Any,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        data: bytes,
+        base: str,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, int, str | None]:
+        """(status, headers, body, retries, gateway error slug). No retry on 429/5xx."""
+        secrets = proxy._secrets
+        cred = rs.credential
+        discovery = path == "/" and method == "GET"
+        fwd = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}
+        if discovery:
+            fwd["accept-encoding"] = "identity"  # the body is rewritten below
+        url = URL(self._base + path + (f"?{query}" if query else ""), encoded=True)
+        rtype, link = sig.resource_of(path)
+        secret = None
+        retries = 0
+        try:
+            if cred is not None:
+                secret = await secrets.get(cred)
+                if secret is None:
+                    raise UpstreamUnavailable("credential unavailable")
+            while True:
+                fwd["x-ms-date"] = sig.rfc1123_now()
+                if secret is not None:
+                    fwd["authorization"] = self._authorization(secret.value, method, rtype,
+                                                               link, fwd["x-ms-date"])  # fmt: skip
+                started = time.monotonic()
+                status, resp_headers, body = await self._send(method, url, fwd, data)
+                rs.latency.observe(time.monotonic() - started)
+                if status == 401 and secret is not None and retries == 0:
+                    other = await self._other_version(secrets, cred, secret)
+                    if other is not None:
+                        metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
+                        secret, retries = other, 1
+                        continue
+                break
+        except (UpstreamUnavailable, Exception) as exc:
+            if isinstance(exc, TimeoutError):
+                slug, status = "upstream_timeout", 504
+            elif isinstance(exc, UpstreamUnavailable | AuthenticationError | CredentialError):
+                slug, status = "credential_unavailable", 502
+            elif isinstance(exc, aiohttp.ClientError | OSError):
+                slug, status = "upstream_unreachable", 502
+            else:
+                log.exception("cosmos exchange failed")
+                slug, status = "gateway_error", 502
+            metrics.UPSTREAM_ERRORS.labels(rs.name, slug).inc()
+            payload = json.dumps({"code": "BadGateway", "message": f"Lockgate: {slug}"}).encode()
+            return status, [(b"Content-Type", b"application/json")], payload, retries, slug
+        if discovery and status == 200:
+            body, resp_headers = _rewrite_discovery(body, resp_headers, base)
+        return status, resp_headers, body, retries, None
+
+    @staticmethod
+    async def _other_version(secrets: Any, cred: str, failed: Any) -> Any:
+        """After an upstream 401: a rotation the secret cache has not seen yet (the newer
+        version), else the previous version inside the overlap; None when neither differs."""
+        secrets.invalidate(cred)
+        current = await secrets.get(cred)
+        if current is not None and current.version != failed.version:
+            return current
+        older = await secrets.get(cred, previous=True)
+        if older is not None and older.version != failed.version:
+            return older
+        return None
+
+    def _authorization(self, value: str, method: str, rtype: str, link: str, x_ms_date: str) -> str:
+        if self.settings.upstream_auth == "aad":
+            return f"type=aad&ver=1.0&sig={value}"
+        return sig.sign(value, method, rtype, link, x_ms_date)
+
+    async def _send(
+        self, method: str, url: URL, headers: dict[str, str], data: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=512, ssl=self._ssl or True),
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+        async with self._http.request(
+            method, url, headers=headers, data=data or None, allow_redirects=False
+        ) as resp:
+            body = await resp.read()
+            return resp.status, list(resp.raw_headers), body
+
+
+# -- helpers -----------------------------------------------------------------------------
+def _header_map(head: Any) -> dict[str, str]:
+    named = head.connection
+    out: dict[str, str] = {}
+    for name, value in head.headers:
+        low = name.lower()
+        if low.startswith(b"x-lockgate-") or (named and low in named):
+            continue
+        out[low.decode("latin-1")] = value.decode("latin-1")
+    return out
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None
+
+
+def _db_container(obj: str) -> dict[str, str]:
+    if obj == ACCOUNT:
+        return {}
+    db, _, container = obj.partition("/")
+    return {"db": db, "container": container} if container else {"db": db}
+
+
+def _public_base(conn: Any, head: Any, path: str, token: str) -> str:
+    """The URL the client used, up to and including ``/_t/<token>/``."""
+    host = head.host.decode("latin-1") if head.host else _header(head.headers, b"host") or ""
+    transport = getattr(conn, "transport", None)
+    tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+    raw = head.target.decode("latin-1").split("?", 1)[0]
+    cut = raw.find(f"/{TOKEN_SEGMENT}/{token}")
+    prefix = raw[: cut + len(TOKEN_SEGMENT) + len(token) + 2] if cut >= 0 else path
+    return f"{'https' if tls else 'http'}://{host}{prefix}/"
+
+
+def _rewrite_discovery(
+    body: bytes, headers: list[tuple[bytes, bytes]], base: str
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    data = _json(body)
+    if not isinstance(data, dict):
+        return body, headers
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: base if k == "databaseAccountEndpoint" and isinstance(v, str) else walk(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out = json.dumps(walk(data), separators=(",", ":")).encode()
+    kept = [(k, v) for k, v in headers if k.lower() not in (b"content-encoding", b"etag")]
+    return out, kept
+
+
+def _relay(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes, head_only: bool, keep: bool
+) -> bytes:
+    from lockgate.gateway.http.exchange import _STATUS_LINES  # one status line table
+
+    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+    for k, v in headers:
+        if k.lower() in _DROP_RESPONSE or (head_only and k.lower() == b"content-length"):
+            continue
+        lines.append(b"%s: %s\r\n" % (k, v))
+    if not head_only:
+        lines.append(b"Content-Length: %d\r\n" % len(body))
+    else:
+        length = _header(headers, b"content-length")
+        if length:
+            lines.append(b"Content-Length: %s\r\n" % length.encode("latin-1"))
+    if not keep:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head_only:
+        lines.append(body)
+    return b"".join(lines)
+
+
+def _cosmos(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    head_only: bool = False,
+    close: bool = False,
+    lockgate: dict[str, Any] | None = None,
+) -> bytes:
+    """A Cosmos-shaped error body: the SDK puts ``message`` in its exception text."""
+    payload: dict[str, Any] = {"code": code, "message": message}
+    if lockgate:
+        payload["lockgate"] = lockgate
+    return responses.json_response(status, payload, close=close, head_only=head_only)
+
+
+# -- control plane -----------------------------------------------------------------------
+def connection_template(resource: Any, base_url: str) -> dict[str, Any]:
+    """An ``azure_cosmos`` connection: endpoint with the token prefix, the task key."""
+    s = resource.cosmos
+    extra = {k: v for k, v in (("database_name", s.database), ("collection_name", s.container),
+                               ("partition_key", s.partition_key)) if v}  # fmt: skip
+    return {
+        "conn_type": "azure_cosmos",
+        "login": f"{base_url.rstrip('/')}/{TOKEN_SEGMENT}/{{lockgate_token}}/",
+        "password": KEY_PLACEHOLDER,
+        "extra": extra,
+    }
+
+
+def task_key_handler(gateway: Any) -> Any:
+    """``POST /v1/cosmos-key``: the task key of a token, for the deployment that holds it.
+
+    The deployment authenticates as for ``/v1/token`` and sends ``token``; the token must be
+    valid, for a ``profile: cosmos`` resource, and minted for this deployment.
+    """
+    from lockgate.identity.service import OAuthError, read_body
+
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            body = await read_body(request)
+            deployment, _proof = await gateway.token_service._authenticate(request, body)
+        except OAuthError as exc:
+            return web.json_response(
+                {"error": exc.error, "error_description": exc.description}, status=exc.status
+            )
+        try:
+            claims = gateway.verifier.verify_any_audience(str(body.get("token", "")))
+        except AuthenticationError as exc:
+            return web.json_response(
+                {"error": "invalid_token", "error_description": str(exc.reason)}, status=400
+            )
+        resource = gateway.config.resource(str(claims.aud))
+        if (
+            resource is None
+            or getattr(resource, "profile", None) != "cosmos"
+            or claims.deployment != deployment
+        ):
+            return web.json_response(
+                {"error": "invalid_target", "error_description": "not a Cosmos token of yours"},
+                status=400,
+            )
+        secret = sig.task_key_secret(gateway.state.master_key, resource.name)
+        return web.json_response(
+            {"key": sig.derive_task_key(secret, claims.jti), "jti": claims.jti},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return handle
+
+
+__all__ = [
+    "ACCOUNT",
+    "KEY_PLACEHOLDER",
+    "CosmosProfile",
+    "Operation",
+    "Refused",
+    "classify",
+    "connection_template",
+    "task_key_handler",
+]
