@@ -28,6 +28,13 @@ def main() -> int:
         print(f"Databricks benchmark unavailable: {exc}")
         return 1
     code = code or int(dbx.main([]) or 0)
+    print("\n== Cosmos DB point reads: Lockgate vs direct ==", flush=True)
+    try:
+        cosmos = importlib.import_module("benchmarks.cosmos")
+    except ModuleNotFoundError as exc:
+        print(f"Cosmos DB benchmark unavailable: {exc}")
+        return 1
+    code = code or int(cosmos.main([]) or 0)
     print("\n== CQL data path: Lockgate vs direct ==", flush=True)
     try:
         cql = importlib.import_module("benchmarks.cql")
