@@ -296,3 +296,13 @@ def test_container_create_is_admin_and_denied_with_the_hook_pattern() -> None:
     for method, path in (("POST", "/"), ("GET", "/media/x"), ("GET", "/dbs/abcdEA==/colls")):
         with pytest.raises(Refused):
             classify(method, path, {}, b"")
+
+
+def test_example_policy_passes_its_own_tests() -> None:
+    from lockgate.demo.stack import REPO_ROOT
+    from lockgate.policy import cmd_test, load_policy_files
+
+    examples = REPO_ROOT / "examples" / "policies"
+    ps = load_policy_files([examples / "cosmos.yaml"], {"orders-cosmos"})
+    code, text = cmd_test(ps, examples / "cosmos_tests.yaml")
+    assert code == 0, text
