@@ -71,6 +71,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     )
     if not args.no_tls:
         print(f"Trust the dev CA for HTTPS clients: export SSL_CERT_FILE={written['tls_ca']}")
+        print(
+            "For Azure ARM (Data Factory) through the forward proxy, uncomment "
+            "listeners.forward_proxy and trust its CA on workers too:\n"
+            f"  cat {written['tls_ca']} {written['proxy_ca_cert']} > worker-ca.pem; "
+            "export REQUESTS_CA_BUNDLE=$PWD/worker-ca.pem"
+        )
     return 0
 
 

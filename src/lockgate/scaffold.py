@@ -13,7 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
-from lockgate.tlsgen import write_dev_tls
+from lockgate.tlsgen import write_dev_ca, write_dev_tls
 
 CONFIG_TEMPLATE = """\
 # Lockgate configuration. Relative paths are relative to this file.
@@ -28,6 +28,10 @@ listeners:
     host: 127.0.0.1
     port: {http_port}
     {http_tls}
+  # forward_proxy:              # HTTPS_PROXY for SDKs whose endpoint is fixed (Azure ARM);
+  #   host: 127.0.0.1           # only hosts a resource lists in `intercept` are served
+  #   port: 8473
+  #   ca: {{cert: tls/proxy-ca.pem, key: tls/proxy-ca.key}}   # workers trust tls/proxy-ca.pem
 
 tokens:
   default_ttl: 900              # 15 minutes unless a policy's max_token_ttl says less
@@ -143,6 +147,9 @@ def write_init(
     if tls:
         paths = write_dev_tls(directory / "tls")
         written.update({f"tls_{k}": v for k, v in paths.items()})
+        # The interception CA for the forward proxy (Azure ARM); its key stays here, 0600.
+        proxy_ca = write_dev_ca(directory / "tls")
+        written.update({f"proxy_ca_{k}": v for k, v in proxy_ca.items()})
         tls_line = "tls: {cert: tls/cert.pem, key: tls/key.pem}"
     config_path.write_text(
         CONFIG_TEMPLATE.format(
