@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from lockgate import _log
@@ -93,58 +92,31 @@ RecordFactory = Callable[..., Any]
 RequestFactory = Callable[..., Any]
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyRequest:
-    """Fallback for ``lockgate.policy.Request`` with the same attributes."""
-
-    principal: str
-    action: str
-    resource: str
-    object: str
-    token_ttl: float | None = None
-    now: float | None = None
-
-
-@dataclass(slots=True)
-class FallbackAuditRecord:
-    """Fallback for ``lockgate.audit.AuditRecord`` when that package is not importable."""
-
-    event: str
-    deployment: str | None = None
-    dag_id: str | None = None
-    task_id: str | None = None
-    run_id: str | None = None
-    try_number: int | None = None
-    map_index: int | None = None
-    principal: str | None = None
-    resource: str | None = None
-    action: str | None = None
-    object: str | None = None
-    decision: str | None = None
-    rule: str | None = None
-    reason: str | None = None
-    status: int | None = None
-    latency_ms: float | None = None
-    bytes_in: int | None = None
-    bytes_out: int | None = None
-    jti: str | None = None
-    detail: dict[str, Any] | None = None
-
-
 def default_request_factory() -> RequestFactory:
-    try:
-        from lockgate.policy import Request  # type: ignore[attr-defined]
-    except ImportError:
-        return PolicyRequest
-    return Request  # type: ignore[no-any-return]
+    from lockgate.policy import Request
+
+    return Request
 
 
 def default_record_factory() -> RecordFactory:
-    try:
-        from lockgate.audit import AuditRecord  # type: ignore[attr-defined]
-    except ImportError:
-        return FallbackAuditRecord
-    return AuditRecord  # type: ignore[no-any-return]
+    from lockgate.audit import AuditRecord
+
+    return AuditRecord
+
+
+def identity_fields(claims: Any) -> dict[str, Any]:
+    """The audit record fields that say who acted, from verified claims (or None)."""
+    c = claims
+    return {
+        "deployment": getattr(c, "deployment", None),
+        "dag_id": getattr(c, "dag_id", None),
+        "task_id": getattr(c, "task_id", None),
+        "run_id": getattr(c, "run_id", None),
+        "try_number": getattr(c, "try_number", None),
+        "map_index": getattr(c, "map_index", None),
+        "principal": getattr(c, "sub", None),
+        "jti": getattr(c, "jti", None),
+    }
 
 
 # -- hot-path caches --------------------------------------------------------------------------

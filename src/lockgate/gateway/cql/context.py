@@ -26,6 +26,7 @@ from lockgate.gateway.engine import (
     default_record_factory,
     default_request_factory,
     emit_safely,
+    identity_fields,
 )
 
 from .statements import PreparedStatements
@@ -101,16 +102,9 @@ class EngineContext:
         reason: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        c = claims
         record = self.make_record(
             event=event,
-            deployment=getattr(c, "deployment", None),
-            dag_id=getattr(c, "dag_id", None),
-            task_id=getattr(c, "task_id", None),
-            run_id=getattr(c, "run_id", None),
-            try_number=getattr(c, "try_number", None),
-            map_index=getattr(c, "map_index", None),
-            principal=getattr(c, "sub", None),
+            **identity_fields(claims),
             resource=resource,
             action=action,
             object=obj,
@@ -119,7 +113,6 @@ class EngineContext:
             reason=reason,
             status=status,
             latency_ms=round((self.clock() - t0) * 1000.0, 3),
-            jti=getattr(c, "jti", None),
             detail=detail or {},
         )
         emit_safely(self.audit, record)

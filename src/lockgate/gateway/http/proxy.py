@@ -31,6 +31,7 @@ from lockgate.gateway.engine import (
     SecretCache,
     TokenVerifier,
     emit_safely,
+    identity_fields,
 )
 from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.classify import Classifier
@@ -903,16 +904,9 @@ class Proxy:
         bytes_out: int | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        c = claims
         record = self._make_record(
             event=event,
-            deployment=getattr(c, "deployment", None),
-            dag_id=getattr(c, "dag_id", None),
-            task_id=getattr(c, "task_id", None),
-            run_id=getattr(c, "run_id", None),
-            try_number=getattr(c, "try_number", None),
-            map_index=getattr(c, "map_index", None),
-            principal=getattr(c, "sub", None),
+            **identity_fields(claims),
             resource=resource,
             action=action,
             object=obj,
@@ -923,7 +917,6 @@ class Proxy:
             latency_ms=round((self._clock() - t0) * 1000.0, 3),
             bytes_in=bytes_in,
             bytes_out=bytes_out,
-            jti=getattr(c, "jti", None),
             detail=detail or {},
         )
         emit_safely(self._audit, record)
