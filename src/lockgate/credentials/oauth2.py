@@ -58,7 +58,7 @@ async def fetch_token(
 ) -> AccessToken:
     """Request an access token for ``cred`` with ``client_secret``."""
     form = {"grant_type": "client_credentials"}
-    auth = None
+    headers = {"Accept": "application/json"}
     method = getattr(cred, "token_auth", "client_secret_post")
     if method == "private_key_jwt":
         form["client_id"] = cred.client_id
@@ -67,7 +67,8 @@ async def fetch_token(
             client_secret, cred.client_id, cred.token_url, now=clock(), name=cred.name
         )
     elif method == "client_secret_basic":
-        auth = aiohttp.BasicAuth(cred.client_id, client_secret)
+        pair = f"{cred.client_id}:{client_secret}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
     else:
         form["client_id"] = cred.client_id
         form["client_secret"] = client_secret
@@ -81,8 +82,7 @@ async def fetch_token(
         async with session.post(
             cred.token_url,
             data=form,
-            auth=auth,
-            headers={"Accept": "application/json"},
+            headers=headers,
             timeout=TIMEOUT,
             allow_redirects=False,  # never replay a secret to wherever a redirect points
         ) as resp:
