@@ -2,7 +2,9 @@
 
     make bench        # or: python -m benchmarks.run
 
-Numbers from one 2-core machine are noisy; compare ratios, not absolute values.
+Numbers from one 2-core machine are noisy; compare ratios, not absolute values. Every
+benchmark runs even when an earlier one reported errors; the exit code is non-zero if any
+of them did.
 """
 
 from __future__ import annotations
@@ -10,38 +12,32 @@ from __future__ import annotations
 import importlib
 import sys
 
+# (title, module, arguments for main(); None means main() takes none)
+BENCHMARKS: list[tuple[str, str, list[str] | None]] = [
+    ("tokens and policy", "benchmarks.tokens_policy", None),
+    ("HTTP data path: direct vs Lockgate vs nginx", "benchmarks.http_proxy", []),
+    ("Databricks runs/get: Lockgate vs direct", "benchmarks.databricks", []),
+    ("Cosmos DB point reads: Lockgate vs direct", "benchmarks.cosmos", []),
+    ("CQL data path: Lockgate vs direct", "benchmarks.cql", []),
+]
+
 
 def main() -> int:
-    print("== tokens and policy ==", flush=True)
-    importlib.import_module("benchmarks.tokens_policy").main()
-    print("\n== HTTP data path ==", flush=True)
-    try:
-        http = importlib.import_module("benchmarks.http_proxy")
-    except ModuleNotFoundError as exc:
-        print(f"HTTP benchmark unavailable: {exc}")
-        return 1
-    code = int(http.main() or 0)
-    print("\n== Databricks runs/get: Lockgate vs direct ==", flush=True)
-    try:
-        dbx = importlib.import_module("benchmarks.databricks")
-    except ModuleNotFoundError as exc:
-        print(f"Databricks benchmark unavailable: {exc}")
-        return 1
-    code = code or int(dbx.main([]) or 0)
-    print("\n== Cosmos DB point reads: Lockgate vs direct ==", flush=True)
-    try:
-        cosmos = importlib.import_module("benchmarks.cosmos")
-    except ModuleNotFoundError as exc:
-        print(f"Cosmos DB benchmark unavailable: {exc}")
-        return 1
-    code = code or int(cosmos.main([]) or 0)
-    print("\n== CQL data path: Lockgate vs direct ==", flush=True)
-    try:
-        cql = importlib.import_module("benchmarks.cql")
-    except ModuleNotFoundError as exc:
-        print(f"CQL benchmark unavailable: {exc}")
-        return 1
-    return code or int(cql.main([]) or 0)
+    failed: list[str] = []
+    for title, module, argv in BENCHMARKS:
+        print(f"\n== {title} ==", flush=True)
+        try:
+            bench = importlib.import_module(module)
+            result = bench.main() if argv is None else bench.main(argv)
+        except Exception as exc:  # report and go on: one broken benchmark hides no others
+            print(f"{module} failed: {type(exc).__name__}: {exc}", flush=True)
+            failed.append(module)
+            continue
+        if isinstance(result, int) and result != 0:
+            failed.append(module)
+    if failed:
+        print(f"\nbenchmarks with errors: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -102,7 +102,10 @@ class AuditLog(AuditQueries):
         log.info("audit head", extra={"fields": {"audit_seq": seq, "audit_hash": h}})
 
         self._pending: deque[_Entry] = deque()
-        self._busy_since: float | None = None  # enqueue time of the oldest record being written
+        # When the batch being written was taken (hang detection), and when a batch last
+        # committed (a backlog that moves is healthy; a writer that stopped taking is not).
+        self._busy_since: float | None = None
+        self._last_progress = time.monotonic()
         self._error: str | None = None
         self._closing = False
         self._abandon = False
@@ -192,10 +195,13 @@ class AuditLog(AuditQueries):
             raise AuditUnavailable(f"audit log cannot write: {err}")
         if self._closing:
             raise AuditUnavailable("audit log is closed")
+        # A write that hangs, or a writer that stops taking records, fails closed after
+        # write_timeout. A deep backlog that keeps committing does not: it is bounded by
+        # max_queue below, which refuses (backpressure) rather than growing.
         since = self._busy_since
         if since is None:
             try:
-                since = self._pending[0].enqueued
+                since = max(self._pending[0].enqueued, self._last_progress)
             except IndexError:
                 return
         if time.monotonic() - since > self.write_timeout:
@@ -251,7 +257,7 @@ class AuditLog(AuditQueries):
         pending = self._pending
         if pending:
             # mark busy *before* popping so check_writable never sees "nothing pending"
-            self._busy_since = pending[0].enqueued
+            self._busy_since = time.monotonic()
         while pending and len(batch) < self.batch_size:
             batch.append(pending.popleft())
         return batch
@@ -319,6 +325,7 @@ class AuditLog(AuditQueries):
                 self._error = None
                 backoff = 0.0
                 last_commit = time.monotonic()
+                self._last_progress = last_commit
                 for w in waiters:
                     _resolve(w)
                 waiters = []
