@@ -77,7 +77,7 @@ class AuditLog(AuditQueries):
         write_timeout: float = 1.0,
         *,
         max_queue: int = 100_000,
-        batch_size: int = 2_000,
+        batch_size: int = 256,
         batch_interval: float = 0.02,
         _fault: Callable[[], None] | None = None,
     ) -> None:
