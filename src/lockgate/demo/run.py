@@ -32,9 +32,13 @@ def run_dags(stack: LocalStack, airflow_home: Path, dag_ids: list[str]) -> tuple
     env = stack.airflow_env(airflow_home)
     if not (airflow_home / "airflow.db").exists():
         airflow_home.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [airflow_bin(), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
+        migrate = subprocess.run(
+            [airflow_bin(), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
         )
+        if migrate.returncode != 0:
+            raise RuntimeError(
+                f"airflow db migrate failed:\n{(migrate.stdout + migrate.stderr)[-3000:]}"
+            )
     proc = subprocess.run(
         [sys.executable, "-m", "lockgate.demo.airflow_runner", *dag_ids],
         env=env,
@@ -54,7 +58,8 @@ def run_dags(stack: LocalStack, airflow_home: Path, dag_ids: list[str]) -> tuple
 
 
 def main(workdir: Path, airflow: bool = True) -> int:
-    print(f"Lockgate demo in {workdir.resolve()}")
+    workdir = workdir.resolve()  # Airflow needs an absolute AIRFLOW_HOME
+    print(f"Lockgate demo in {workdir}")
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "lockgate.log"
     with log_path.open("w", encoding="utf-8") as log_file, LocalStack(workdir) as stack:
