@@ -477,9 +477,17 @@ class Gateway:
         self.audit.close()
 
     async def serve_forever(self) -> None:
+        """Serve until SIGINT or SIGTERM, then stop cleanly (drains the audit trail)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # Not available off the main thread or on some platforms: Ctrl-C still works.
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
         await self.start()
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
+            log.info("lockgate stopping")
         finally:
             await self.stop()
 
