@@ -69,6 +69,7 @@ class Env:
         self.gw, self.fake, self.entra, self.config_path = gw, fake, entra, config_path
         self.base = f"http://127.0.0.1:{gw.http_port}/cosmos"
         self.rejected: list[str] = []  # why the account refused a bearer token
+        self.revoked: set[str] = set()  # token ids (uti) the account no longer accepts
 
     def client(self) -> CosmosClient:
         token, claims = self.gw.issuer.mint(
@@ -91,6 +92,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             claims = entra.verify(token, audience=box["audience"])
         except jwt.PyJWTError as exc:
             box["env"].rejected.append(type(exc).__name__)
+            return False
+        if claims.get("uti") in box["env"].revoked:
+            box["env"].rejected.append("revoked")
             return False
         return bool(claims.get("appid") == CLIENT_ID)
 
@@ -220,3 +224,34 @@ async def test_entra_secret_rotation_under_write_load_fails_no_write(
               if r.action == "write"]  # fmt: skip
     assert len(writes) == threads * per_thread
     assert all(r.status in (200, 201) for r in writes)
+
+
+async def test_a_refused_bearer_is_replaced_by_a_fresh_token_of_the_current_secret(
+    env: Env,
+) -> None:
+    # Long-lived tokens: the broker would serve its cached one for an hour. The account
+    # refuses it (revoked, or expired by the account's clock); the retry must fetch a new
+    # token with the current secret, not fall back to the withdrawn one.
+    env.entra.token_ttl = 3600
+    c = await asyncio.to_thread(
+        lambda: env.client().get_database_client("sales").get_container_client("orders")
+    )
+    await asyncio.to_thread(c.upsert_item, {"id": "a", "pk": "p"})
+    env.entra.client_secrets[CLIENT_ID].add(SECRET_V2)
+    State(env.gw.config).credentials.rotate(CRED, SECRET_V2)
+    env.entra.client_secrets[CLIENT_ID].discard(SECRET_V1)
+    env.gw.engine.secrets.invalidate()  # type: ignore[union-attr]  # skip the 1 s cache
+    await asyncio.to_thread(c.upsert_item, {"id": "b", "pk": "p"})
+    assert [label for _t, label in env.entra.accepted] == ["v1", "v2"]
+    issued = len(env.entra.issued)
+    env.revoked |= {claims["uti"] for claims in env.entra.issued}
+    await asyncio.to_thread(c.upsert_item, {"id": "c", "pk": "p"})
+    docs = env.fake.store.container("sales", "orders").items(None)
+    assert sorted(d["id"] for d in docs) == ["a", "b", "c"]
+    assert "revoked" in env.rejected and env.fake.count(status=401) == 1
+    assert len(env.entra.issued) == issued + 1  # one fresh token ...
+    assert env.entra.accepted[-1][1] == "v2" and env.entra.refusals == []  # ... with v2
+    env.gw.audit.flush(5.0)
+    writes = [r for r in env.gw.audit.search(resource="cosmos", event="allowed", limit=100)
+              if r.action == "write"]  # fmt: skip
+    assert writes[-1].status in (200, 201) and writes[-1].detail.get("retries") == 1

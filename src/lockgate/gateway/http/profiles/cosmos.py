@@ -415,10 +415,21 @@ class CosmosProfile:
     @staticmethod
     async def _other_version(secrets: Any, cred: str, failed: Any) -> Any:
         """After an upstream 401: a rotation the secret cache has not seen yet (the newer
-        version), else the previous version inside the overlap; None when neither differs."""
+        version), else the previous version inside the overlap; None when neither differs.
+
+        An Entra token (``aad``) can be refused before the broker plans to refresh it (revoked,
+        or expired by the account's clock): the broker then forgets it, so the current
+        version comes back as a freshly fetched token rather than the same one, and the
+        withdrawn previous secret is not needed."""
         secrets.invalidate(cred)
+        if getattr(failed, "expires_at", None) is not None:  # an access token, not a key
+            forget = getattr(getattr(secrets, "_broker", None), "invalidate", None)
+            if forget is not None:
+                forget(cred, failed.version)
         current = await secrets.get(cred)
-        if current is not None and current.version != failed.version:
+        if current is not None and (
+            current.version != failed.version or current.value != failed.value
+        ):
             return current
         older = await secrets.get(cred, previous=True)
         if older is not None and older.version != failed.version:
