@@ -158,6 +158,14 @@ class SecretCache:
             self._entries.pop((name, False), None)
             self._entries.pop((name, True), None)
 
+    def forget_token(self, name: str, version: int) -> None:
+        """The upstream refused an access token: drop it here and in the broker, so the
+        next ``get`` fetches a fresh one instead of returning the refused token again."""
+        self.invalidate(name)
+        forget = getattr(self._broker, "invalidate", None)  # brokers without a token cache
+        if forget is not None:
+            forget(name, version)
+
 
 class AssertionCache:
     """Signed identity assertions per (jti, resource), reused for ``ttl`` seconds.

@@ -421,11 +421,10 @@ class CosmosProfile:
         or expired by the account's clock): the broker then forgets it, so the current
         version comes back as a freshly fetched token rather than the same one, and the
         withdrawn previous secret is not needed."""
-        secrets.invalidate(cred)
         if getattr(failed, "expires_at", None) is not None:  # an access token, not a key
-            forget = getattr(getattr(secrets, "_broker", None), "invalidate", None)
-            if forget is not None:
-                forget(cred, failed.version)
+            secrets.forget_token(cred, failed.version)
+        else:
+            secrets.invalidate(cred)
         current = await secrets.get(cred)
         if current is not None and (
             current.version != failed.version or current.value != failed.value
