@@ -142,7 +142,16 @@ async def test_gateway_fetches_caches_refreshes_and_rotates_the_upstream_token(s
         await asyncio.sleep(2.2)  # cached upstream token expires; the next fetch must use v2
         assert [await get() for _ in range(3)] == [200] * 3
         assert entra.api_calls >= 9
+
+        # The upstream refuses the current token before its expiry (revoked): the gateway
+        # drops it and fetches a fresh one once, and the caller never sees the 401.
+        entra.ttl = 3600.0
+        assert await get() == 200
+        calls = entra.token_calls
+        entra.issued.clear()
+        assert await get() == 200
+        assert entra.token_calls == calls + 1
     gw.audit.flush(5.0)
     records = gw.audit.search(resource="entra-api", event="allowed")
-    assert len(records) == 9
+    assert len(records) == 11
     assert all(r.status == 200 for r in records)

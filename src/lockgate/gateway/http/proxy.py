@@ -686,6 +686,7 @@ class Proxy:
         fixed_bytes = self.request_head(head, adm)
         attempt = 0
         previous = False
+        token_refreshed = False  # a refused access token is re-fetched once before rotation
         stale_retry_used = False
         while True:
             if first is not None:
@@ -765,6 +766,14 @@ class Proxy:
                         attempt += 1
                         continue
             elif status == 401 and secret is not None and not previous and not streaming:
+                if getattr(secret, "expires_at", None) is not None and not token_refreshed:
+                    # An OAuth2 token the upstream refused before its expiry (revoked, clock
+                    # skew): fetch a fresh one with the current secret before trying rotation.
+                    token_refreshed = True
+                    self._secrets.forget_token(rs.credential or "", secret.version)
+                    up.close()
+                    metrics.UPSTREAM_RETRIES.labels(rs.name, "token_refresh").inc()
+                    continue
                 older = await self._secrets.get(rs.credential or "", previous=True)
                 if older is not None and older.version != secret.version:
                     up.close()
