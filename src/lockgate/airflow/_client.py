@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -124,15 +125,15 @@ class TokenServiceClient:
         fields = {**self._auth(), "grant_type": "client_credentials", "conn_id": conn_id, **coords}
         if requested_ttl:
             fields["requested_ttl"] = requested_ttl
-        body = self._post("/v1/token", fields)
-        import time
+        return _minted(self._post("/v1/token", fields))
 
-        return MintedToken(
-            token=body["access_token"],
-            expires_at=time.time() + int(body["expires_in"]),
-            jti=body.get("jti", ""),
-            principal=body.get("principal", ""),
-        )
+    def poll_token(self, *, conn_id: str, scope: dict[str, str]) -> MintedToken:
+        """A read-only token for polling from the triggerer (no task context)."""
+        return _minted(self._post("/v1/poll-token", {**self._auth(), "conn_id": conn_id, **scope}))
+
+    def cosmos_key(self, token: str) -> str:
+        """The Cosmos DB key the gateway derives for ``token`` (the task signs with it)."""
+        return str(self._post("/v1/cosmos-key", {**self._auth(), "token": token})["key"])
 
     def db_role(self, *, conn_id: str, coords: dict[str, Any], requested_ttl: int | None) -> DbRole:
         """A dynamic database role for this task try (the password is never logged)."""
@@ -150,3 +151,12 @@ class TokenServiceClient:
 
     def revoke_task_try(self, coords: dict[str, Any]) -> None:
         self._post("/v1/revoke", {**self._auth(), **coords})
+
+
+def _minted(body: dict[str, Any]) -> MintedToken:
+    return MintedToken(
+        token=body["access_token"],
+        expires_at=time.time() + int(body["expires_in"]),
+        jti=body.get("jti", ""),
+        principal=body.get("principal", ""),
+    )

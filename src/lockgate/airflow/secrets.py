@@ -38,6 +38,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lockgate.airflow import task_env
@@ -68,7 +69,6 @@ ROLE_USER_PLACEHOLDER = "{lockgate_role_user}"
 ROLE_PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
 DYNAMIC_ROLE = "dynamic_role"
 RENEW_BEFORE = 60.0
-DEFAULT_TTL = 900
 
 # Backends that minted tokens in this process; the listener revokes through them.
 _ACTIVE: list[LockgateSecretsBackend] = []
@@ -120,20 +120,8 @@ def _requested_ttl(ti_task: Any) -> int | None:
     return int(timeout.total_seconds()) + 120
 
 
-def _fill(template: Any, token: str, ca_file: str = "", more: dict[str, str] | None = None) -> Any:
-    if isinstance(template, str):
-        out = template.replace(TOKEN_PLACEHOLDER, token).replace(CA_PLACEHOLDER, ca_file)
-        for marker, value in (more or {}).items():
-            out = out.replace(marker, value)
-        return out
-    if isinstance(template, dict):
-        return {k: _fill(v, token, ca_file, more) for k, v in template.items()}
-    if isinstance(template, list):
-        return [_fill(v, token, ca_file, more) for v in template]
-    return template
-
-
 def _substitute(template: Any, values: dict[str, str]) -> Any:
+    """``template`` with every placeholder in ``values`` replaced, in strings at any depth."""
     if isinstance(template, str):
         for marker, value in values.items():
             template = template.replace(marker, value)
@@ -143,6 +131,24 @@ def _substitute(template: Any, values: dict[str, str]) -> Any:
     if isinstance(template, list):
         return [_substitute(v, values) for v in template]
     return template
+
+
+def _current_ttl() -> int | None:
+    """The lifetime to ask for: the running task's execution_timeout plus a margin."""
+    try:
+        from airflow.sdk import get_current_context
+
+        return _requested_ttl(get_current_context()["ti"].task)
+    except Exception:
+        return None
+
+
+def _denied(what: str, conn_id: str, exc: GatewayDenied) -> AirflowSecretsBackendAccessDenied:
+    body = exc.body
+    reason = body.get("reason") or body.get("error_description") or body
+    return AirflowSecretsBackendAccessDenied(
+        f"Lockgate denied {what} for conn_id {conn_id!r}: {reason}"
+    )
 
 
 class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
@@ -201,7 +207,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
         coords = task_coordinates()
         if coords is None and template.get("poll"):
             token = self._poll_token(conn_id)
-            return json.dumps(_fill(template["connection"], token.token, self.ca_file or ""))
+            return json.dumps(_substitute(template["connection"], self._values(token)))
         if coords is None:
             log.info(
                 "Lockgate: no running task context for conn_id %s (API server, callback or "
@@ -217,46 +223,82 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             }
             return json.dumps(_substitute(template["connection"], values))
         token = self._token_for(conn_id, coords)
+        values = self._values(token)
         if template.get("env"):  # e.g. ARM: identity endpoint, forward proxy (task_env)
-            task_env.export(_fill(template["env"], token.token, self.ca_file or ""))
-        more = {}
+            task_env.export(_substitute(template["env"], values))
         if template.get("cosmos_key"):  # Cosmos DB: the key the task signs with
-            more[COSMOS_KEY_PLACEHOLDER] = self._cosmos_key(conn_id, token)
-        return json.dumps(_fill(template["connection"], token.token, self.ca_file or "", more))
+            values[COSMOS_KEY_PLACEHOLDER] = self._cosmos_key(conn_id, token)
+        return json.dumps(_substitute(template["connection"], values))
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         return None
 
-    # -- tokens ----------------------------------------------------------------------------
-    def _token_for(self, conn_id: str, coords: dict[str, Any]) -> MintedToken:
-        key = (conn_id, *coords.values())
+    # -- tokens, roles and keys ----------------------------------------------------------
+    def _values(self, token: MintedToken) -> dict[str, str]:
+        return {TOKEN_PLACEHOLDER: token.token, CA_PLACEHOLDER: self.ca_file or ""}
+
+    def _cached(self, cache: dict[Any, Any], key: Any, fetch: Callable[[], Any]) -> Any:
+        """``cache[key]`` while it is more than a minute from expiry, else ``fetch()``d anew."""
         with self._lock:
-            cached = self._tokens.get(key)
+            cached = cache.get(key)
             if cached and cached.expires_at - RENEW_BEFORE > time.time():
                 return cached
-        try:
-            from airflow.sdk import get_current_context
-
-            ttl = _requested_ttl(get_current_context()["ti"].task)
-        except Exception:
-            ttl = None
-        try:
-            minted = self.client.mint(conn_id=conn_id, coords=coords, requested_ttl=ttl)
-        except GatewayDenied as exc:
-            raise AirflowSecretsBackendAccessDenied(
-                f"Lockgate denied conn_id {conn_id!r} for {coords['dag_id']}.{coords['task_id']}: "
-                f"{exc.body.get('reason') or exc.body.get('error_description') or exc.body}"
-            ) from None
-        log.info(
-            "Lockgate token minted for conn_id %s as %s (jti %s, expires in %ds)",
-            conn_id,
-            minted.principal,
-            minted.jti,
-            int(minted.expires_at - time.time()),
-        )
+        fresh = fetch()
         with self._lock:
-            self._tokens[key] = minted
-        return minted
+            cache[key] = fresh
+        return fresh
+
+    def _token_for(self, conn_id: str, coords: dict[str, Any]) -> MintedToken:
+        def mint() -> MintedToken:
+            try:
+                minted = self.client.mint(
+                    conn_id=conn_id, coords=coords, requested_ttl=_current_ttl()
+                )
+            except GatewayDenied as exc:
+                raise _denied(f"{coords['dag_id']}.{coords['task_id']}", conn_id, exc) from None
+            log.info(
+                "Lockgate token minted for conn_id %s as %s (jti %s, expires in %ds)",
+                conn_id, minted.principal, minted.jti, int(minted.expires_at - time.time()),
+            )  # fmt: skip
+            return minted
+
+        return self._cached(self._tokens, (conn_id, *coords.values()), mint)  # type: ignore[no-any-return]
+
+    def _poll_token(self, conn_id: str) -> MintedToken:
+        """A read-only poll token for ``conn_id``, outside any task (the triggerer)."""
+        scope = trigger_scope()
+
+        def mint() -> MintedToken:
+            try:
+                minted = self.client.poll_token(conn_id=conn_id, scope=scope)
+            except GatewayDenied as exc:
+                raise _denied("a poll token", conn_id, exc) from None
+            log.info(
+                "Lockgate poll token minted for conn_id %s as %s (jti %s)",
+                conn_id, minted.principal, minted.jti,
+            )  # fmt: skip
+            return minted
+
+        return self._cached(self._tokens, ("@poll", conn_id, *scope.values()), mint)  # type: ignore[no-any-return]
+
+    def _role_for(self, conn_id: str, coords: dict[str, Any]) -> DbRole:
+        """The task try's dynamic database role for ``conn_id`` (cached until near expiry)."""
+
+        def issue() -> DbRole:
+            try:
+                role = self.client.db_role(
+                    conn_id=conn_id, coords=coords, requested_ttl=_current_ttl()
+                )
+            except GatewayDenied as exc:
+                what = f"a database role for {coords['dag_id']}.{coords['task_id']}"
+                raise _denied(what, conn_id, exc) from None
+            log.info(
+                "Lockgate database role %s issued for conn_id %s as %s (expires in %ds)",
+                role.username, conn_id, role.principal, int(role.expires_at - time.time()),
+            )  # fmt: skip
+            return role
+
+        return self._cached(self._roles, (conn_id, *coords.values()), issue)  # type: ignore[no-any-return]
 
     def _cosmos_key(self, conn_id: str, token: MintedToken) -> str:
         """The Cosmos key derived for ``token`` (the gateway derives it; cached per jti)."""
@@ -265,84 +307,14 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
         if cached:
             return cached
         try:
-            body = self.client._post(
-                "/v1/cosmos-key", {**self.client._auth(), "token": token.token}
-            )
+            key = self.client.cosmos_key(token.token)
         except GatewayDenied as exc:
-            raise AirflowSecretsBackendAccessDenied(
-                f"Lockgate refused the Cosmos key for conn_id {conn_id!r}: "
-                f"{exc.body.get('error_description') or exc.body}"
-            ) from None
+            raise _denied("the Cosmos key", conn_id, exc) from None
         with self._lock:
             if len(self._cosmos_keys) > 256:
                 self._cosmos_keys.clear()
-            self._cosmos_keys[token.jti] = body["key"]
-        return str(body["key"])
-
-    def _poll_token(self, conn_id: str) -> MintedToken:
-        """A read-only poll token for ``conn_id``, outside any task (the triggerer)."""
-        scope = trigger_scope()
-        key = ("@poll", conn_id, *scope.values())
-        with self._lock:
-            cached = self._tokens.get(key)
-            if cached and cached.expires_at - RENEW_BEFORE > time.time():
-                return cached
-        try:
-            body = self.client._post(
-                "/v1/poll-token", {**self.client._auth(), "conn_id": conn_id, **scope}
-            )
-        except GatewayDenied as exc:
-            raise AirflowSecretsBackendAccessDenied(
-                f"Lockgate denied a poll token for conn_id {conn_id!r}: "
-                f"{exc.body.get('error_description') or exc.body}"
-            ) from None
-        minted = MintedToken(
-            token=body["access_token"],
-            expires_at=time.time() + int(body["expires_in"]),
-            jti=body.get("jti", ""),
-            principal=body.get("principal", ""),
-        )
-        log.info(
-            "Lockgate poll token minted for conn_id %s as %s (jti %s)",
-            conn_id,
-            minted.principal,
-            minted.jti,
-        )
-        with self._lock:
-            self._tokens[key] = minted
-        return minted
-
-    def _role_for(self, conn_id: str, coords: dict[str, Any]) -> DbRole:
-        """The task try's dynamic database role for ``conn_id`` (cached until near expiry)."""
-        key = (conn_id, *coords.values())
-        with self._lock:
-            cached = self._roles.get(key)
-            if cached and cached.expires_at - RENEW_BEFORE > time.time():
-                return cached
-        try:
-            from airflow.sdk import get_current_context
-
-            ttl = _requested_ttl(get_current_context()["ti"].task)
-        except Exception:
-            ttl = None
-        try:
-            role = self.client.db_role(conn_id=conn_id, coords=coords, requested_ttl=ttl)
-        except GatewayDenied as exc:
-            raise AirflowSecretsBackendAccessDenied(
-                f"Lockgate denied a database role for conn_id {conn_id!r} for "
-                f"{coords['dag_id']}.{coords['task_id']}: "
-                f"{exc.body.get('reason') or exc.body.get('error_description') or exc.body}"
-            ) from None
-        log.info(
-            "Lockgate database role %s issued for conn_id %s as %s (expires in %ds)",
-            role.username,
-            conn_id,
-            role.principal,
-            int(role.expires_at - time.time()),
-        )
-        with self._lock:
-            self._roles[key] = role
-        return role
+            self._cosmos_keys[token.jti] = key
+        return key
 
     def end_task_try(self, coords: dict[str, Any]) -> None:
         """Forget and revoke every token and database role issued for this task try."""
