@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,42 +42,40 @@ def write_dev_tls(
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("Lockgate dev CA"))
-        .issuer_name(_name("Lockgate dev CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_cert = _ca_cert(ca_key, "Lockgate dev CA", now, days)
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = _leaf_cert(key, hosts, ca_cert, ca_key, now, days)
+    paths = {
+        "ca": directory / "ca.pem",
+        "cert": directory / "cert.pem",
+        "key": directory / "key.pem",
+    }
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    # The chain file lets clients that only know the CA validate the leaf.
+    paths["cert"].write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + ca_cert.public_bytes(serialization.Encoding.PEM)
+    )
+    _write_private(paths["key"], key)
+    return paths
+
+
+def _leaf_cert(
+    key: ec.EllipticCurvePrivateKey,
+    hosts: list[str],
+    ca_cert: x509.Certificate,
+    ca_key: Any,
+    now: dt.datetime,
+    days: int,
+) -> x509.Certificate:
+    """A server certificate for ``hosts`` (IP or DNS names) signed by the CA."""
     sans: list[x509.GeneralName] = []
     for h in hosts:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
             sans.append(x509.DNSName(h))
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(_name(hosts[0]))
         .issuer_name(ca_cert.subject)
@@ -92,27 +91,6 @@ def write_dev_tls(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    paths = {
-        "ca": directory / "ca.pem",
-        "cert": directory / "cert.pem",
-        "key": directory / "key.pem",
-    }
-    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    # The chain file lets clients that only know the CA validate the leaf.
-    paths["cert"].write_bytes(
-        cert.public_bytes(serialization.Encoding.PEM)
-        + ca_cert.public_bytes(serialization.Encoding.PEM)
-    )
-    fd = os.open(paths["key"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return paths
 
 
 # -- a CA that signs leaf certificates on demand (the forward proxy's interception CA) --------
@@ -215,29 +193,7 @@ class LeafIssuer:
     def _build(self, host: str) -> ssl.SSLContext:
         now = dt.datetime.now(dt.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
-        try:
-            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-        except ValueError:
-            san = x509.DNSName(host)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(host))
-            .issuer_name(self._ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=self._days))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self._ca_key.public_key()  # type: ignore[arg-type]
-                ),
-                critical=False,
-            )
-            .sign(self._ca_key, hashes.SHA256())
-        )
+        cert = _leaf_cert(key, [host], self._ca, self._ca_key, now, self._days)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         with tempfile.TemporaryDirectory(prefix="lockgate-leaf-") as tmp:
