@@ -38,6 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from lockgate import _log, metrics
 from lockgate.audit import chain
+from lockgate.audit.health import check_health
 from lockgate.audit.reader import AuditQueries, AuditReader
 from lockgate.audit.record import EVENTS, AuditRecord, AuditRow, sanitize
 from lockgate.audit.sinks import JsonlSink
@@ -190,24 +191,17 @@ class AuditLog(AuditQueries):
 
     def check_writable(self) -> None:
         """Raise AuditUnavailable unless records are currently being written in time."""
-        err = self._error
-        if err is not None:
-            raise AuditUnavailable(f"audit log cannot write: {err}")
-        if self._closing:
-            raise AuditUnavailable("audit log is closed")
-        # A write that hangs, or a writer that stops taking records, fails closed after
-        # write_timeout. A deep backlog that keeps committing does not: it is bounded by
-        # max_queue below, which refuses (backpressure) rather than growing.
-        since = self._busy_since
-        if since is None:
-            try:
-                since = max(self._pending[0].enqueued, self._last_progress)
-            except IndexError:
-                return
-        if time.monotonic() - since > self.write_timeout:
-            raise AuditUnavailable(f"audit write pending for more than {self.write_timeout:g}s")
-        if len(self._pending) >= self.max_queue:
-            raise AuditUnavailable("audit log queue is full")
+        since = self._busy_since  # a batch being written: measured from when it was taken
+        if since is None and self._pending:
+            since = max(self._pending[0].enqueued, self._last_progress)
+        check_health(
+            error=self._error,
+            closing=self._closing,
+            stalled_since=since,
+            queued=len(self._pending),
+            write_timeout=self.write_timeout,
+            max_queue=self.max_queue,
+        )
 
     @property
     def healthy(self) -> bool:

@@ -41,6 +41,7 @@ from typing import Any
 
 from lockgate import _log, metrics
 from lockgate.audit import chain
+from lockgate.audit.health import check_health
 from lockgate.audit.log import AUDIT_DROPPED, AUDIT_QUEUE, _describe
 from lockgate.audit.reader import AuditQueries, AuditReader
 from lockgate.audit.record import EVENTS, AuditRecord, sanitize, values
@@ -181,6 +182,7 @@ class RemoteAuditLog(AuditQueries):
         self._urgent = False
         self._sleeping = False
         self._dropped = 0
+        self._last_progress = time.monotonic()  # last acknowledgement (a moving backlog is fine)
         self._last_drop_log = 0.0
         self._sock: socket.socket | None = None
         self._frames = FrameBuffer()
@@ -250,20 +252,16 @@ class RemoteAuditLog(AuditQueries):
             )
 
     def check_writable(self) -> None:
-        """Raise AuditUnavailable unless records are currently being written in time."""
-        err = self._error
-        if err is not None:
-            raise AuditUnavailable(f"audit log cannot write: {err}")
-        if self._closing:
-            raise AuditUnavailable("audit log is closed")
-        try:
-            since = (self._inflight or self._outbox)[0].enqueued
-        except IndexError:
-            return
-        if time.monotonic() - since > self.write_timeout:
-            raise AuditUnavailable(f"audit write pending for more than {self.write_timeout:g}s")
-        if len(self._outbox) + len(self._inflight) >= self.max_queue:
-            raise AuditUnavailable("audit log queue is full")
+        """Raise AuditUnavailable unless records are currently being acknowledged in time."""
+        waiting = self._inflight or self._outbox
+        check_health(
+            error=self._error,
+            closing=self._closing,
+            stalled_since=max(waiting[0].enqueued, self._last_progress) if waiting else None,
+            queued=len(self._outbox) + len(self._inflight),
+            write_timeout=self.write_timeout,
+            max_queue=self.max_queue,
+        )
 
     @property
     def healthy(self) -> bool:
@@ -530,6 +528,7 @@ class RemoteAuditLog(AuditQueries):
         while inflight and inflight[0].seq <= seq:
             e = inflight.popleft()
             done = True
+            self._last_progress = time.monotonic()
             if e.waiter is not None:
                 _resolve(e.waiter)
         if done and not inflight and not self._outbox:
