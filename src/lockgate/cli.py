@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(aud, "search", cmd_audit_search, "search records")
     sp.add_argument("--dag")
     sp.add_argument("--run")
-    sp.add_argument("--decision", choices=["allow", "deny"])
+    sp.add_argument("--decision", choices=["allow", "deny", "error"])
     sp.add_argument("--event")
     sp.add_argument("--resource")
     sp.add_argument("--limit", type=int, default=100)

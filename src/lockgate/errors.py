@@ -25,11 +25,14 @@ class AuthenticationError(LockgateError):
     """A token or proof is missing, malformed, expired, revoked or for someone else.
 
     ``reason`` is a short machine-readable slug (``expired``, ``bad_signature`` ...) used for
-    metrics and the ``WWW-Authenticate`` error description.
+    metrics and the ``WWW-Authenticate`` error description. ``claims`` are the token's claims
+    when its signature verified but it was refused anyway (expired, revoked, wrong audience),
+    so the refusal can be audited against its DAG; None when nothing about it can be trusted.
     """
 
-    def __init__(self, reason: str, message: str | None = None) -> None:
+    def __init__(self, reason: str, message: str | None = None, *, claims: Any = None) -> None:
         self.reason = reason
+        self.claims = claims
         super().__init__(message or reason)
 
 

@@ -53,6 +53,12 @@ CREDENTIAL_AGE = Gauge(
     ["credential"],
     registry=REGISTRY,
 )
+REFUSALS = Counter(
+    "lockgate_refusals_total",
+    "Requests, connections and handshakes refused, by protocol and reason slug",
+    ["protocol", "reason"],
+    registry=REGISTRY,
+)
 AUDIT_FAILURES = Counter(
     "lockgate_audit_write_failures_total",
     "Audit writes that failed or timed out",

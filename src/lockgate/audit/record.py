@@ -40,7 +40,7 @@ EVENTS = frozenset(
         "policy_reloaded",
     }
 )
-DECISIONS = frozenset({"allow", "deny"})
+DECISIONS = frozenset({"allow", "deny", "error"})  # error: the gateway's own fault
 #: prev_hash of the first row.
 GENESIS = "0" * 64
 #: A detail dict larger than this (as JSON) is replaced by a marker: records stay small.

@@ -12,7 +12,10 @@ Verification strategy, strictest first and cheapest on repeat:
 
 Verified claims are cached by token string (bounded). A cache hit re-checks only time,
 audience and revocation, which keeps the hot path in the low microseconds.
-Errors are :class:`AuthenticationError` with a reason slug, never the token.
+Errors are :class:`AuthenticationError` with a reason slug, never the token. A refusal at
+step 4's time, audience or revocation checks (the signature verified) also carries the
+claims (``exc.claims``), so it is audited with the token's jti, deployment and DAG; every
+earlier refusal carries None: nothing in an unverified token is worth recording.
 """
 
 from __future__ import annotations
@@ -172,15 +175,17 @@ class TokenVerifier:
 
     # -- internals ----------------------------------------------------------------------------
     def _check_dynamic(self, claims: Claims, audience: str) -> None:
+        # Only reached with claims whose signature and issuer verified, so each refusal
+        # carries them: the caller audits it against the token's jti, deployment and DAG.
         now = self._clock()
         if now >= claims.exp + self.leeway:
-            raise AuthenticationError("expired")
+            raise AuthenticationError("expired", claims=claims)
         if now + self.leeway < claims.nbf or now + self.leeway < claims.iat:
-            raise AuthenticationError("not_yet_valid")
+            raise AuthenticationError("not_yet_valid", claims=claims)
         if claims.aud != audience:
-            raise AuthenticationError("wrong_audience")
+            raise AuthenticationError("wrong_audience", claims=claims)
         if self._revocations is not None and self._revocations.is_revoked(claims):
-            raise AuthenticationError("revoked")
+            raise AuthenticationError("revoked", claims=claims)
 
     def _reload_keys(self) -> bool:
         try:

@@ -39,8 +39,17 @@ MAX_TRAILER_BYTES = 16 * 1024
 Headers = list[tuple[bytes, bytes]]
 
 
-def bad(reason: str) -> RemoteProtocolError:
-    return RemoteProtocolError(reason)
+class FramingError(RemoteProtocolError):
+    """A message the framing rules refuse. ``slug`` is the reason recorded in the audit
+    trail and metrics (a few fixed words); the message says which rule, never echoes bytes."""
+
+    def __init__(self, reason: str, slug: str) -> None:
+        self.slug = slug
+        super().__init__(reason)
+
+
+def bad(reason: str, slug: str) -> FramingError:
+    return FramingError(reason, slug)
 
 
 @dataclass(slots=True)
@@ -63,9 +72,9 @@ class Head:
 def check_partial(buf: bytes | bytearray, limit: int) -> None:
     """Refuse an incomplete head early: too big, or using bare LF (it would never end)."""
     if len(buf) > limit:
-        raise bad("header block too large")
+        raise bad("header block too large", "head_too_large")
     if buf.count(b"\n") != buf.count(b"\r\n"):
-        raise bad("bare LF in head")
+        raise bad("bare LF in head", "malformed_head")
 
 
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
@@ -76,10 +85,10 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
 
 def _parse_fields(block: bytes) -> tuple[Headers, dict[bytes, list[bytes]]]:
     if HEADER_BLOCK.fullmatch(block) is None:
-        raise bad("malformed header line")
+        raise bad("malformed header line", "malformed_head")
     headers = [(n, v.strip(b" \t")) for n, v in HEADER_LINE.findall(block)]
     if len(headers) > MAX_HEADERS:
-        raise bad("too many headers")
+        raise bad("too many headers", "head_too_large")
     special: dict[bytes, list[bytes]] = {}
     for name, value in headers:
         low = name.lower()
@@ -100,19 +109,19 @@ def _framing(special: dict[bytes, list[bytes]], version: int) -> tuple[int | Non
     if cls is not None:
         values = {v.strip(b" \t") for item in cls for v in item.split(b",")}
         if len(values) != 1:
-            raise bad("differing Content-Length values")
+            raise bad("differing Content-Length values", "ambiguous_length")
         (value,) = values
         if _CL.fullmatch(value) is None:
-            raise bad("malformed Content-Length")
+            raise bad("malformed Content-Length", "ambiguous_length")
         length = int(value)
     if te is None:
         return length, False
     if cls is not None:
-        raise bad("Content-Length with Transfer-Encoding")
+        raise bad("Content-Length with Transfer-Encoding", "ambiguous_length")
     if version == 0:
-        raise bad("Transfer-Encoding in HTTP/1.0")
+        raise bad("Transfer-Encoding in HTTP/1.0", "ambiguous_length")
     if len(te) != 1 or te[0].lower() != b"chunked":
-        raise bad("unsupported Transfer-Encoding")
+        raise bad("unsupported Transfer-Encoding", "ambiguous_length")
     return None, True
 
 
@@ -132,7 +141,7 @@ def parse_request_head(head: bytes) -> Head:
     eol = head.find(b"\r\n")
     m = REQUEST_LINE.fullmatch(head, 0, eol)
     if m is None:
-        raise bad("malformed request line")
+        raise bad("malformed request line", "malformed_request_line")
     method, target, minor = m.group(1), m.group(2), m.group(3)
     version = 1 if minor == b"1" else 0
     headers, special = _parse_fields(head[eol + 2 : -2])
@@ -140,14 +149,14 @@ def parse_request_head(head: bytes) -> Head:
     tokens, keep = _connection(special, version)
     hosts = special.get(b"host")
     if hosts is not None and len(hosts) > 1:
-        raise bad("duplicate Host")
+        raise bad("duplicate Host", "bad_host")
     if hosts is None and version == 1:
-        raise bad("missing Host")
+        raise bad("missing Host", "bad_host")
     expect = special.get(b"expect")
     cont = False
     if expect is not None:
         if len(expect) != 1 or expect[0].lower() != b"100-continue":
-            raise bad("unsupported Expect")
+            raise bad("unsupported Expect", "unsupported_expect")
         cont = version == 1
     return Head(
         method, target, 0, version, headers, length, chunked, keep, tokens, cont,
@@ -159,7 +168,7 @@ def parse_response_head(head: bytes) -> Head:
     eol = head.find(b"\r\n")
     m = STATUS_LINE.fullmatch(head, 0, eol)
     if m is None:
-        raise bad("malformed status line")
+        raise bad("malformed status line", "malformed_head")
     version = 1 if m.group(1) == b"1" else 0
     headers, special = _parse_fields(head[eol + 2 : -2])
     length, chunked = _framing(special, 1)
@@ -269,27 +278,27 @@ class ChunkedReader:
             elif state == _DATA_END:
                 if n - pos < 2:
                     if buf[pos : pos + 1] != b"\r":
-                        raise bad("bad chunk terminator")
+                        raise bad("bad chunk terminator", "bad_chunk")
                     break
                 if buf[pos : pos + 2] != b"\r\n":
-                    raise bad("bad chunk terminator")
+                    raise bad("bad chunk terminator", "bad_chunk")
                 pos += 2
                 state = _SIZE
             else:
                 i = buf.find(b"\r\n", pos)
                 line_end = n if i < 0 else i
                 if b"\n" in buf[pos:line_end] or b"\r" in buf[pos : line_end - 1 if i < 0 else i]:
-                    raise bad("bare CR or LF in chunk framing")
+                    raise bad("bare CR or LF in chunk framing", "bad_chunk")
                 if i < 0:
                     if n - pos > MAX_CHUNK_LINE:
-                        raise bad("chunk line too long")
+                        raise bad("chunk line too long", "bad_chunk")
                     break
                 line = buf[pos:i]
                 pos = i + 2
                 if state == _SIZE:
                     m = CHUNK_SIZE.fullmatch(line)
                     if m is None:
-                        raise bad("bad chunk size")
+                        raise bad("bad chunk size", "bad_chunk")
                     size = int(m.group(1), 16)
                     if size:
                         self._remaining = size
@@ -299,9 +308,9 @@ class ChunkedReader:
                 elif line:  # a trailer field: validated, then dropped
                     self._trailer_bytes += len(line) + 2
                     if self._trailer_bytes > MAX_TRAILER_BYTES:
-                        raise bad("trailers too large")
+                        raise bad("trailers too large", "bad_chunk")
                     if HEADER_BLOCK.fullmatch(line + b"\r\n") is None:
-                        raise bad("malformed trailer")
+                        raise bad("malformed trailer", "bad_chunk")
                 else:
                     self._state = _SIZE
                     self._buf = b""
