@@ -12,7 +12,8 @@ For each request the profile (which serves the exchange itself, :meth:`CosmosPro
 2. verifies the master-key signature with the task key derived from the token's ``jti``
    (``x-ms-date`` within ``max_skew``): holding the token (it may show up in URL logs) is
    not enough, the key is needed too, and a key dies with its token;
-3. classifies (verb, resource type, link, query/upsert headers) into (action, object):
+3. classifies (verb, path, query/upsert/batch headers) into (action, object), failing
+   closed (:mod:`.cosmos_classify`):
    objects are ``<db>/<container>``, ``<db>`` or ``*`` (the account); see :func:`classify`;
 4. asks policy; a denial is a Cosmos-shaped 403 whose message carries the reason;
 5. re-signs upstream with the real account key (current version; an upstream 401 is tried
@@ -33,10 +34,8 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
@@ -47,16 +46,14 @@ from lockgate.credentials import cosmos as sig
 from lockgate.errors import AuthenticationError, CredentialError, UpstreamUnavailable
 from lockgate.gateway.http import responses
 from lockgate.gateway.http.profiles import Decide, ProfileRequest, UpstreamHeaders, Verdict
+from lockgate.gateway.http.profiles.cosmos_classify import ACCOUNT, Operation, Refused, classify
+from lockgate.gateway.http.profiles.cosmos_classify import json_or_none as _json
 
 log = _log.get("gateway.http.cosmos")
 
 TOKEN_SEGMENT = "_t"  # noqa: S105 - a path segment name, not a secret
 KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
-ACCOUNT = "*"
 _JWT = re.compile(r"[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}")
-# The hook's existence checks; with exactly this text the @id value names the object.
-_EXISTS = re.compile(r"select\s+\*\s+from\s+r\s+where\s+r\.id\s*=\s*@id", re.IGNORECASE)
-_QUERY_TYPES = ("application/query+json", "application/sql")
 _DROP_REQUEST = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
      "transfer-encoding", "upgrade", "content-length", "host", "expect", "authorization",
@@ -66,144 +63,6 @@ _DROP_RESPONSE = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
      b"transfer-encoding", b"upgrade", b"content-length"}
 )  # fmt: skip
-_READ = ("GET", "HEAD")
-
-
-class Refused(Exception):
-    """A request the profile answers itself (400/405/403 before policy)."""
-
-    def __init__(self, status: int, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.code, self.reason = status, code, reason
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    action: str
-    obj: str
-    name: str  # for the audit detail, e.g. upsert_document
-
-
-# -- classification ----------------------------------------------------------------------
-def classify(method: str, path: str, headers: dict[str, str], body: bytes) -> Operation:
-    """(action, object, operation) of one request; :class:`Refused` when unknown."""
-    seg = (
-        [unquote(s) for s in path.split("?", 1)[0].strip("/").split("/")] if path.strip("/") else []
-    )
-    if len(seg) >= 2 and seg[0] == "dbs" and sig.is_rid_based("/".join(seg)):
-        raise Refused(403, "Forbidden", "_rid-based links are not served; address by name")
-    query = (
-        headers.get("x-ms-documentdb-isquery", "").lower() == "true"
-        or headers.get("content-type", "").split(";")[0].strip().lower() in _QUERY_TYPES
-        or headers.get("x-ms-cosmos-is-query-plan-request", "").lower() == "true"
-    )
-    read = method in _READ or (method == "POST" and query)
-    n = len(seg)
-    if n == 0:
-        if method in _READ:
-            return Operation("read", ACCOUNT, "read_account")
-        raise Refused(405, "MethodNotAllowed", "only GET is allowed on the account")
-    if seg[0] == "offers":  # throughput: reading it is harmless, changing it costs money
-        return Operation("read" if read else "admin", ACCOUNT, "offers")
-    if seg[0] != "dbs" or n > 6:
-        raise Refused(403, "Forbidden", f"unsupported Cosmos DB path /{seg[0]}")
-    if n == 1:
-        if method in _READ:
-            return Operation("read", ACCOUNT, "list_databases")
-        if method == "POST" and query:
-            return Operation("read", _exists_id(body) or ACCOUNT, "query_databases")
-        if method == "POST":
-            return Operation("admin", _body_id(body), "create_database")
-        raise _bad_method(method)
-    db = seg[1]
-    if n == 2:
-        if method in _READ:
-            return Operation("read", db, "read_database")
-        if method in ("DELETE", "PUT"):
-            return Operation("admin", db, "delete_database" if method == "DELETE" else
-                             "replace_database")  # fmt: skip
-        raise _bad_method(method)
-    if seg[2] != "colls":  # users, permissions, client encryption keys: security admin
-        return Operation("admin", db, f"{seg[2]}")
-    if n == 3:
-        if method in _READ:
-            return Operation("read", db, "list_containers")
-        if method == "POST" and query:
-            found = _exists_id(body)
-            return Operation("read", f"{db}/{found}" if found else db, "query_containers")
-        if method == "POST":
-            return Operation("admin", f"{db}/{_body_id(body)}", "create_container")
-        raise _bad_method(method)
-    obj = f"{db}/{seg[3]}"
-    if n == 4:
-        if method in _READ:
-            return Operation("read", obj, "read_container")
-        if method in ("PUT", "DELETE"):
-            return Operation(
-                "admin", obj, f"{'replace' if method == 'PUT' else 'delete'}_container"
-            )
-        raise _bad_method(method)
-    kind = seg[4]
-    if kind == "operations":  # partition-key delete: a mass delete is not a document write
-        return Operation("admin", obj, "delete_partition_key")
-    if kind not in ("docs", "pkranges", "sprocs", "triggers", "udfs", "conflicts"):
-        raise Refused(403, "Forbidden", f"unsupported Cosmos DB feed {kind}")
-    if n == 5:
-        if read:
-            return Operation("read", obj, f"{'query' if method == 'POST' else 'read'}_{kind}")
-        if method == "POST" and kind == "docs":
-            if headers.get("x-ms-cosmos-is-batch-request", "").lower() == "true":
-                return Operation("write", obj, "batch")
-            upsert = headers.get("x-ms-documentdb-is-upsert", "").lower() == "true"
-            return Operation("write", obj, "upsert_document" if upsert else "create_document")
-        if method == "POST" and kind in ("sprocs", "triggers", "udfs"):
-            return Operation("admin", obj, f"create_{kind}")  # server-side code
-        raise _bad_method(method)
-    if method in _READ:
-        return Operation("read", obj, f"read_{kind}")
-    if kind == "docs" and method in ("PUT", "PATCH", "DELETE"):
-        op = {"PUT": "replace", "PATCH": "patch", "DELETE": "delete"}[method]
-        return Operation("write", obj, f"{op}_document")
-    if kind == "sprocs" and method == "POST":
-        return Operation("write", obj, "execute_sproc")
-    if kind == "conflicts" and method == "DELETE":
-        return Operation("write", obj, "delete_conflict")
-    if kind in ("sprocs", "triggers", "udfs") and method in ("PUT", "DELETE"):
-        return Operation("admin", obj, f"{'replace' if method == 'PUT' else 'delete'}_{kind}")
-    raise _bad_method(method)
-
-
-def _bad_method(method: str) -> Refused:
-    return Refused(405, "MethodNotAllowed", f"{method} is not served on this Cosmos DB path")
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body or b"null")
-    except ValueError:
-        return None
-
-
-def _body_id(body: bytes) -> str:
-    data = _json(body)
-    rid = data.get("id") if isinstance(data, dict) else None
-    if not isinstance(rid, str) or not rid or "/" in rid:
-        raise Refused(400, "BadRequest", "the request body has no valid id")
-    return rid
-
-
-def _exists_id(body: bytes) -> str | None:
-    """The @id of the hook's ``SELECT * FROM r WHERE r.id=@id`` (and only that query)."""
-    data = _json(body)
-    if not isinstance(data, dict) or not isinstance(data.get("query"), str):
-        return None
-    params = data.get("parameters") or []
-    if not _EXISTS.fullmatch(data["query"].strip()) or not isinstance(params, list):
-        return None
-    if len(params) != 1 or not isinstance(params[0], dict) or params[0].get("name") != "@id":
-        return None
-    value = params[0].get("value")
-    return value if isinstance(value, str) and value and "/" not in value else None
 
 
 # -- the profile -------------------------------------------------------------------------
