@@ -25,6 +25,7 @@ async def _main(args: argparse.Namespace) -> None:
         users={**users, **logins},
         superusers=set(users),
         fake_peers=args.peer or (),
+        execution_log=args.execution_log,
     )
     print(f"fake CQL server on {server.host}:{server.port}", flush=True)
     try:
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--user", type=_pair, action="append", help="superuser NAME:PASSWORD")
     ap.add_argument("--login", type=_pair, action="append", help="ordinary role NAME:PASSWORD")
     ap.add_argument("--peer", action="append", help="fake system.peers address")
+    ap.add_argument("--execution-log", help="append every executed statement here (JSON lines)")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(ap.parse_args()))
 

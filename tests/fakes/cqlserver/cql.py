@@ -1,6 +1,8 @@
 """A parser for the CQL subset the fake server executes.
 
-Strategy: a regex tokenizer and a small recursive-descent parser producing frozen dataclasses.
+Strategy: tokens from ``lexer`` (Cassandra's Lexer.g) and a small recursive-descent parser
+producing frozen dataclasses; a text is one statement followed by any number of ``;`` (the
+``query`` rule of Cql.g), and unquoted reserved keywords are not identifiers.
 Bind markers (``?`` and ``:name``) are numbered in order of appearance across the whole text
 (so a text ``BEGIN BATCH ... APPLY BATCH`` numbers them like Cassandra does); the executor
 finds each marker's column later to learn its type. Unquoted names fold to lower case,
@@ -9,28 +11,12 @@ finds each marker's column later to learn its type. Unquoted names fold to lower
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from .lexer import tokenize
 from .wire import SYNTAX_ERROR, CqlError
-
-_TOKEN = re.compile(
-    r"""
-    (?P<ws>\s+|--[^\n]*|//[^\n]*|/\*.*?\*/)
-  | (?P<str>'(?:[^']|'')*')
-  | (?P<qid>"(?:[^"]|"")+")
-  | (?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)
-  | (?P<blob>0[xX][0-9a-fA-F]*)
-  | (?P<num>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
-  | (?P<id>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<mark>\?)
-  | (?P<nmark>:[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op><=|>=|!=|[(),;.=*<>{}\[\]:+-])
-    """,
-    re.VERBOSE | re.DOTALL,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +150,17 @@ class GrantStmt:
     role: str
 
 
+# org.apache.cassandra.cql3.ReservedKeywords (3.11): never an unquoted identifier.
+RESERVED = frozenset({
+    "select", "from", "where", "and", "entries", "full", "insert", "update", "with", "limit",
+    "using", "use", "set", "begin", "unlogged", "batch", "apply", "truncate", "delete", "in",
+    "create", "keyspace", "schema", "columnfamily", "table", "materialized", "view", "index",
+    "on", "to", "drop", "primary", "into", "alter", "rename", "add", "order", "by", "asc",
+    "desc", "allow", "if", "is", "grant", "of", "revoke", "modify", "authorize", "describe",
+    "execute", "norecursive", "token", "null", "not", "nan", "infinity", "or", "replace",
+    "default", "unset", "mbean", "mbeans",
+})  # fmt: skip
+
 PERMISSIONS = frozenset({"create", "alter", "drop", "select", "modify", "authorize", "describe"})
 
 
@@ -173,15 +170,7 @@ def syntax(msg: str) -> CqlError:
 
 class Parser:
     def __init__(self, text: str) -> None:
-        self.toks: list[tuple[str, str]] = []
-        pos = 0
-        while pos < len(text):
-            m = _TOKEN.match(text, pos)
-            if not m:
-                raise syntax(f"line 1:{pos} character {text[pos]!r} not recognised")
-            pos = m.end()
-            if m.lastgroup != "ws":
-                self.toks.append((m.lastgroup or "", m.group()))
+        self.toks = tokenize(text)
         self.i = 0
         self.markers = 0
 
@@ -224,16 +213,26 @@ class Parser:
     def ident(self) -> str:
         kind, val = self.next()
         if kind == "id":
-            return val.lower()
+            low = val.lower()
+            if low in RESERVED:
+                raise syntax(f"line 1: no viable alternative at input {val!r} (reserved keyword)")
+            return low
         if kind == "qid":
-            return val[1:-1].replace('""', '"')
+            return val
         raise syntax(f"line 1: expecting an identifier near {val!r}")
+
+    def word(self) -> str:
+        """An unquoted word, reserved or not (permission names, option keywords)."""
+        kind, val = self.next()
+        if kind != "id":
+            raise syntax(f"line 1: expecting a keyword near {val!r}")
+        return val.lower()
 
     def name_or_string(self) -> str:
         kind, val = self.peek()
         if kind == "str":
             self.i += 1
-            return val[1:-1].replace("''", "'")
+            return val
         return self.ident()
 
     def table_ref(self) -> TableRef:
@@ -249,7 +248,8 @@ class Parser:
         return False
 
     def end(self) -> None:
-        self.op(";")
+        while self.op(";"):  # Cql.g: query : cqlStatement (';')* EOF
+            pass
         if self.peek()[0] != "eof":
             raise syntax(f"line 1: extraneous input {self.peek()[1]!r}")
 
@@ -257,9 +257,9 @@ class Parser:
     def term(self) -> Any:
         kind, val = self.next()
         if kind == "str":
-            return val[1:-1].replace("''", "'")
+            return val
         if kind == "num":
-            return float(val) if any(c in val for c in ".eE") else int(val)
+            return float(val) if any(c in val for c in ".eEnNiI") else int(val)
         if kind == "uuid":
             return uuid.UUID(val)
         if kind == "blob":
@@ -267,15 +267,18 @@ class Parser:
         if kind == "mark":
             self.markers += 1
             return Marker(self.markers - 1)
-        if kind == "nmark":
+        if (kind, val) == ("op", ":"):  # Parser.g: ':' noncol_ident, a named bind marker
+            name = self.ident()
             self.markers += 1
-            return Marker(self.markers - 1, val[1:].lower())
+            return Marker(self.markers - 1, name)
         if kind == "id":
             low = val.lower()
             if low in ("true", "false"):
                 return low == "true"
             if low == "null":
                 return None
+            if low in ("nan", "infinity"):
+                return float(low)
             if self.op("("):
                 args: list[Any] = []
                 while not self.op(")"):
@@ -315,7 +318,7 @@ class Parser:
         while True:
             col = self.ident()
             if self.kw("in"):
-                if self.peek()[0] in ("mark", "nmark"):
+                if self.peek()[0] == "mark" or self.peek() == ("op", ":"):
                     raise syntax("IN with a single bind marker is not supported by the fake")
                 self.expect("(")
                 items = []

@@ -142,22 +142,24 @@ def _delete(p: Parser) -> cql.Delete:
 
 
 def _batch(p: Parser) -> cql.Batch:
-    p.kw("unlogged", "logged", "counter")
+    # Parser.g batchStatement: K_BEGIN (K_UNLOGGED | K_COUNTER)? K_BATCH usingClause?
+    #   (batchStatementObjective ';'?)* K_APPLY K_BATCH
+    # so children need no ';' between them, and ';' may not lead or repeat.
+    p.kw("unlogged", "counter")
     p.expect_kw("batch")
     p.using()
     stmts = []
     while not p.kw("apply"):
-        if p.op(";"):
-            continue
         if not p.is_kw("insert", "update", "delete"):
             raise syntax("Only INSERT, UPDATE and DELETE are allowed in a BATCH")
         stmts.append(_statement(p))
+        p.op(";")
     p.expect_kw("batch")
     return cql.Batch(tuple(stmts))
 
 
 def _create(p: Parser) -> Any:
-    if p.kw("keyspace"):
+    if p.kw("keyspace", "schema"):
         ine = p.if_clause(("not", "exists"))
         name = p.ident()
         p.expect_kw("with")
@@ -235,7 +237,7 @@ def _create_table(p: Parser) -> cql.CreateTable:
 
 
 def _type_text(p: Parser) -> str:
-    out = p.ident()
+    out = p.word()  # type names such as set, map and list are keywords
     if p.op("<"):
         depth, parts = 1, [out, "<"]
         while depth:
@@ -247,7 +249,7 @@ def _type_text(p: Parser) -> str:
 
 
 def _drop(p: Parser) -> Any:
-    if p.kw("keyspace"):
+    if p.kw("keyspace", "schema"):
         ie = p.if_clause(("exists",))
         return cql.DropKeyspace(p.ident(), ie)
     if p.kw("table", "columnfamily"):
@@ -287,7 +289,7 @@ def _grant(p: Parser, grant: bool) -> cql.GrantStmt:
     if p.kw("all"):
         perms = cql.PERMISSIONS
     else:
-        word = p.ident()
+        word = p.word()
         if word not in cql.PERMISSIONS:
             raise syntax(f"unknown permission {word!r} (role grants are not supported)")
         perms = frozenset({word})

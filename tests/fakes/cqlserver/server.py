@@ -2,7 +2,8 @@
 
 Strategy: one asyncio server, one ``Session`` per connection, one shared ``Store`` and prepared
 statement cache (prepared ids are per node in Cassandra, so every connection sees them).
-Tests observe what reached the node through ``statements`` and steer failures with
+Tests observe what reached the node through ``statements`` (every text received), what it
+actually executed through ``executions`` (see ``execlog``), and steer failures with
 ``fail_next``. Faults never hit reads of system tables, so the driver's control connection
 keeps working while user statements fail.
 """
@@ -15,9 +16,11 @@ import re
 import ssl as ssl_mod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import encode, wire
+from .execlog import ExecutionLog
 from .executor import Executor, Spec
 from .session import Session
 from .store import Store
@@ -59,13 +62,24 @@ class CqlServer:
     port: int = 0
     statements: list[tuple[str, str]] = field(default_factory=list)
     prepared: dict[bytes, Prepared] = field(default_factory=dict)
+    executions: ExecutionLog = field(default_factory=ExecutionLog)
     connections: int = 0  # currently open
     total_connections: int = 0  # accepted since start
+    sessions: int = 0  # Session objects numbered so far (connections and direct runs)
+    requests: int = 0  # QUERY/EXECUTE/BATCH frames numbered so far
     _server: asyncio.Server | None = None
     _faults: list[Fault] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     # -- test hooks --------------------------------------------------------------------
+    def next_connection(self) -> int:
+        self.sessions += 1
+        return self.sessions
+
+    def next_request(self) -> int:
+        self.requests += 1
+        return self.requests
+
     def record(self, role: str, text: str) -> None:
         self.statements.append((role, text))
 
@@ -144,15 +158,22 @@ async def start_cql_server(
     superusers: Iterable[str] = ("cassandra",),
     ssl: ssl_mod.SSLContext | None = None,
     fake_peers: Iterable[FakePeer | str | tuple[Any, ...]] = (),
+    execution_log: str | Path | None = None,
 ) -> CqlServer:
     """Start a fake Cassandra 3.11 node speaking native protocol v4 with PasswordAuthenticator.
 
     ``fake_peers`` are rows of system.peers (address or (address, data_center, rack)); the
     default data center "dc-remote" keeps the driver's DC-aware policy from dialling them.
+    ``execution_log`` is a JSON-lines file that receives every execution as it happens.
     """
     store = Store(dict(users if users is not None else {"cassandra": "cassandra"}), set(superusers))
     system = SystemTables(store, host, [_peer(p) for p in fake_peers])
-    srv = CqlServer(host=host, store=store, executor=Executor(store, system))
+    srv = CqlServer(
+        host=host,
+        store=store,
+        executor=Executor(store, system),
+        executions=ExecutionLog(execution_log),
+    )
     srv._server = await asyncio.start_server(srv._accept, host, port, ssl=ssl)
     srv.port = srv._server.sockets[0].getsockname()[1]
     return srv

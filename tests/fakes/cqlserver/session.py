@@ -14,6 +14,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from . import cql, encode, wire
+from .execlog import Execution, describe
 from .executor import Bound, Result, SchemaChange, SetKeyspace, Void
 from .grammar import parse
 from .store import SYSTEM_KEYSPACES, Role, Table
@@ -38,6 +39,9 @@ class Session:
         self.started = False
         self.role_name: str | None = None
         self.keyspace: str | None = None
+        self.connection = server.next_connection()
+        # The request being executed, for the execution log: (number, opcode, text).
+        self.request: tuple[int, str, str] = (0, "DIRECT", "")
 
     # -- frame loop --------------------------------------------------------------------
     async def serve(self) -> None:
@@ -114,6 +118,7 @@ class Session:
             text = r.long_string()
             params = wire.read_query_params(r)
             self.server.record(role.name, text)
+            self.request = (self.server.next_request(), "QUERY", text)
             stmt, count = self._parse(text)
             self.server.maybe_fail(text)
             specs = self.server.executor.bind_specs(stmt, self.keyspace, count)
@@ -131,6 +136,7 @@ class Session:
             p = self._prepared(r.short_bytes())
             params = wire.read_query_params(r)
             self.server.record(role.name, p.text)
+            self.request = (self.server.next_request(), "EXECUTE", p.text)
             self.server.maybe_fail(p.text)
             bound = self._bound(params, [s.name for s in p.specs])
             res = self.run(p.stmt, bound, p.keyspace, role, (params.page_size, params.paging_state))
@@ -208,9 +214,7 @@ class Session:
         if isinstance(stmt, cql.Select):
             t = ex.lookup(stmt.table, self.keyspace)
             result_cols = (t.keyspace, t.name, ex.select_columns(stmt, t))
-        qid = hashlib.md5(
-            (self.keyspace or "").encode() + text.encode(), usedforsecurity=False
-        ).digest()
+        qid = prepared_id(text, None if _fully_qualified(stmt) else self.keyspace)
         self.server.prepared[qid] = Prepared(text, self.keyspace, stmt, specs)
         return encode.prepared(qid, specs, pk, result_cols)
 
@@ -264,12 +268,32 @@ class Session:
         for _, text, _, _ in items:
             self.server.record(role.name, text)
         self.server.maybe_fail(" ".join(text for _, text, _, _ in items))
-        for stmt, _, bound, ks in items:
+        number = self.server.next_request()
+        for stmt, text, bound, ks in items:
+            self.request = (number, "BATCH", text)
             self.run(stmt, bound, ks, role, (None, None))
         return wire.RESULT, encode.result(Void())
 
     # -- statements --------------------------------------------------------------------
     def run(
+        self,
+        stmt: Any,
+        bound: Bound,
+        ks: str | None,
+        role: Role,
+        page: tuple[int | None, bytes | None],
+    ) -> Result:
+        """Execute one statement under keyspace ``ks``; log it once it succeeded."""
+        result = self._execute(stmt, bound, ks, role, page)
+        if not isinstance(stmt, cql.Batch):  # its children were logged one by one
+            op, action, obj = describe(stmt, ks)
+            number, opcode, text = self.request
+            self.server.executions.append(
+                Execution(self.connection, role.name, number, opcode, op, action, obj, ks, text)
+            )
+        return result
+
+    def _execute(
         self,
         stmt: Any,
         bound: Bound,
@@ -328,3 +352,20 @@ class Session:
         raise CqlError(
             wire.INVALID, f"Statement not supported by the fake server: {type(stmt).__name__}"
         )
+
+
+def prepared_id(text: str, keyspace: str | None) -> bytes:
+    """Cassandra's ``QueryProcessor.computeId``: md5 of keyspace + query, or of the query alone
+    when the keyspace is null (UTF-8, as ``MD5Digest.compute`` encodes)."""
+    to_hash = text if keyspace is None else keyspace + text
+    return hashlib.md5(to_hash.encode(), usedforsecurity=False).digest()
+
+
+def _fully_qualified(stmt: Any) -> bool:
+    """Whether Cassandra 4 prepares ``stmt`` as fully qualified (id without the keyspace).
+
+    Only single-table statements (``QualifiedStatement`` in Cassandra) can be; every other
+    statement, batches included, is hashed with the connection's keyspace.
+    """
+    tabled = cql.Select | cql.Insert | cql.Update | cql.Delete | cql.Truncate
+    return isinstance(stmt, tabled) and stmt.table.keyspace is not None
