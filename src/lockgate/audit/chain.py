@@ -9,6 +9,9 @@ Rules:
 - Triggers refuse UPDATE and DELETE on ``audit`` so a bug cannot rewrite history.
 - :func:`append` reads the head inside its write transaction (``BEGIN IMMEDIATE``), so two
   writers on one file (the server and a CLI command) still build one chain.
+- ``audit_senders`` holds, per writing process (sender), the highest sender sequence number
+  committed, stored with the rows: the mark that makes resends and journal replays
+  (:func:`append_after_mark`, see :mod:`lockgate.audit.journal`) exactly-once.
 
 What this does NOT protect against: someone with write access to the whole database file can
 drop the triggers, rewrite rows and recompute every hash and the head. The chain makes
@@ -147,35 +150,81 @@ def append(
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        seq, prev = read_head(conn)
-        params: list[tuple[Any, ...]] = []
-        out: list[tuple[int, str, str]] = []
-        for rec in records:
-            seq += 1
-            vals = values(rec)
-            h = hash_values(prev, vals, seq)
-            detail = canonical_json(vals[-1]) if vals[-1] else "{}"
-            params.append((seq, *vals[:-1], detail, prev, h))
-            out.append((seq, prev, h))
-            prev = h
-        _insert(conn, params)
-        conn.execute(
-            "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            (seq, prev),
-        )
+        out = _append_rows(conn, records)
         if senders:
-            conn.executemany(
-                "INSERT INTO audit_senders (sender, seq) VALUES (?, ?) "
-                "ON CONFLICT(sender) DO UPDATE SET seq = max(seq, excluded.seq)",
-                list(senders.items()),
-            )
+            _set_marks(conn, senders)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return out
+
+
+def append_after_mark(
+    conn: sqlite3.Connection, sender: str, entries: Sequence[tuple[float, AuditRecord]]
+) -> list[AuditRow]:
+    """Append the sanitized records of ``entries`` ((sender seq, record), in seq order) that
+    lie past ``sender``'s committed mark, and move the mark, in one transaction.
+
+    The mark is read inside the write transaction, so two processes replaying the same
+    journal (or a replay racing the writer) can never chain an entry twice.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT seq FROM audit_senders WHERE sender = ?", (sender,)).fetchone()
+        mark = int(row[0]) if row else 0
+        new = [(s, r) for s, r in entries if s > mark]
+        records = [r for _, r in new]
+        placed = _append_rows(conn, records) if records else []
+        if new:
+            _set_marks(conn, {sender: int(new[-1][0])})
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return [
+        AuditRow(**r.to_dict(), seq=s, prev_hash=p, hash=h)
+        for r, (s, p, h) in zip(records, placed, strict=True)
+    ]
+
+
+def forget_sender(conn: sqlite3.Connection, sender: str) -> None:
+    """Drop the mark of a sender whose journal is gone (it will never send again)."""
+    conn.execute("DELETE FROM audit_senders WHERE sender = ?", (sender,))
+
+
+def _append_rows(
+    conn: sqlite3.Connection, records: Sequence[AuditRecord]
+) -> list[tuple[int, str, str]]:
+    """Hash-chain ``records`` after the head and insert them (inside a transaction)."""
+    seq, prev = read_head(conn)
+    params: list[tuple[Any, ...]] = []
+    out: list[tuple[int, str, str]] = []
+    for rec in records:
+        seq += 1
+        vals = values(rec)
+        h = hash_values(prev, vals, seq)
+        detail = canonical_json(vals[-1]) if vals[-1] else "{}"
+        params.append((seq, *vals[:-1], detail, prev, h))
+        out.append((seq, prev, h))
+        prev = h
+    _insert(conn, params)
+    conn.execute(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
+        "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        (seq, prev),
+    )
+    return out
+
+
+def _set_marks(conn: sqlite3.Connection, senders: dict[str, int]) -> None:
+    conn.executemany(
+        "INSERT INTO audit_senders (sender, seq) VALUES (?, ?) "
+        "ON CONFLICT(sender) DO UPDATE SET seq = max(seq, excluded.seq)",
+        list(senders.items()),
+    )
 
 
 def _row(r: sqlite3.Row | tuple[Any, ...]) -> AuditRow:

@@ -5,6 +5,13 @@ queue; one background writer *thread* owns the SQLite connection (WAL, synchrono
 takes whatever is queued (up to ``batch_size``), appends it to the chain in one transaction,
 mirrors it to the JSON-lines sink, then wakes anyone awaiting durability.
 
+Write-ahead. The record of an allowed request goes through :meth:`AuditLog.write_ahead`
+before the request is forwarded: it is sanitised, appended to this process's journal with one
+``write()`` (:mod:`lockgate.audit.journal`), then queued like any other record. A crash of the
+process after that point loses nothing: the next audit log to start on this database replays
+the journal entries the chain does not hold yet (the chain stores, per sender, the highest
+journal sequence number it committed, in the same transaction as the rows).
+
 Fail closed. The data path calls :meth:`AuditLog.check_writable` before serving an allowed
 request; it raises :class:`~lockgate.errors.AuditUnavailable` when
 
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -39,8 +48,9 @@ from prometheus_client import Counter, Gauge
 from lockgate import _log, metrics
 from lockgate.audit import chain
 from lockgate.audit.health import check_health
+from lockgate.audit.journal import Journal, journal_dir, replay
 from lockgate.audit.reader import AuditQueries, AuditReader
-from lockgate.audit.record import EVENTS, AuditRecord, AuditRow, sanitize
+from lockgate.audit.record import EVENTS, AuditRecord, AuditRow, sanitize, values
 from lockgate.audit.sinks import JsonlSink
 from lockgate.errors import AuditUnavailable
 
@@ -68,6 +78,7 @@ class _Entry(NamedTuple):
     record: AuditRecord
     enqueued: float  # time.monotonic()
     waiter: _Waiter | None
+    jseq: int = 0  # journal sequence number of a written-ahead record (already sanitised)
 
 
 class AuditLog(AuditQueries):
@@ -80,6 +91,7 @@ class AuditLog(AuditQueries):
         max_queue: int = 100_000,
         batch_size: int = 256,
         batch_interval: float = 0.02,
+        fsync: bool = False,
         _fault: Callable[[], None] | None = None,
     ) -> None:
         self.db_path = Path(db_path)
@@ -97,10 +109,18 @@ class AuditLog(AuditQueries):
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = chain.connect(self.db_path)
         try:
+            replayed = replay(journal_dir(self.db_path), conn)
             seq, h = chain.read_head(conn)
         finally:
             conn.close()
+        if replayed and self._sink is not None:
+            mirror(self._sink, replayed)
         log.info("audit head", extra={"fields": {"audit_seq": seq, "audit_hash": h}})
+        self.sender_id = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._journal = Journal(journal_dir(self.db_path), self.sender_id, fsync=fsync)
+        self._journal_lock = threading.Lock()
+        self._jseq = 0  # last journal sequence number handed out
+        self._chained_jseq = 0  # highest one committed to the chain
 
         self._pending: deque[_Entry] = deque()
         # When the batch being written was taken (hang detection), and when a batch last
@@ -123,6 +143,34 @@ class AuditLog(AuditQueries):
         """Queue ``record`` without blocking. Used by the data path after serving."""
         self._enqueue(record, None)
 
+    def write_ahead(self, record: AuditRecord) -> str:
+        """Make ``record`` survive a crash of this process, then queue it for the chain.
+
+        The data path calls this for an allowed request *before* forwarding it. Returns the
+        record's reference (``<sender>/<seq>``) for the outcome record to carry. Raises
+        AuditUnavailable (the caller refuses the request) when the log is unhealthy or the
+        journal cannot be written.
+        """
+        self.check_writable()
+        if record.event not in EVENTS:
+            raise ValueError(f"unknown audit event {record.event!r}")
+        record = sanitize(record, time.time())
+        vals = values(record)
+        with self._journal_lock:
+            seq = self._jseq + 1
+            try:
+                self._journal.append(seq, vals)
+            except AuditUnavailable:
+                metrics.AUDIT_FAILURES.inc()
+                raise
+            self._jseq = seq
+            if not self._enqueue(record, None, seq):
+                # on disk, so it is not lost (replayed at the next start), but the queue is
+                # full: refuse rather than serve past the bound
+                raise AuditUnavailable("audit log queue is full")
+        self._journal.sync()
+        return f"{self.sender_id}/{seq}"
+
     async def write(self, record: AuditRecord) -> None:
         """Queue ``record`` and wait until it is committed, at most ``write_timeout``.
 
@@ -142,7 +190,7 @@ class AuditLog(AuditQueries):
                 f"audit record not durable within {self.write_timeout:g}s"
             ) from None
 
-    def _enqueue(self, record: AuditRecord, waiter: _Waiter | None) -> bool:
+    def _enqueue(self, record: AuditRecord, waiter: _Waiter | None, jseq: int = 0) -> bool:
         if record.event not in EVENTS:
             raise ValueError(f"unknown audit event {record.event!r}")
         if not record.ts:
@@ -150,7 +198,7 @@ class AuditLog(AuditQueries):
         if self._closing or len(self._pending) >= self.max_queue:
             self._drop()
             return False
-        self._pending.append(_Entry(record, time.monotonic(), waiter))
+        self._pending.append(_Entry(record, time.monotonic(), waiter, jseq))
         if not self._wake.is_set():
             self._wake.set()
         return True
@@ -244,6 +292,9 @@ class AuditLog(AuditQueries):
                 "audit log closed with unwritten records",
                 extra={"fields": {"unwritten": len(self._pending), "error": self._error}},
             )
+        # what the chain holds is removed; the rest stays for the next start to replay
+        with self._journal_lock:
+            self._journal.close(chained_up_to=self._chained_jseq)
 
     # -- writer thread ---------------------------------------------------------------------
     def _take(self) -> list[_Entry]:
@@ -265,6 +316,7 @@ class AuditLog(AuditQueries):
         backoff = 0.0
         last_warn = 0.0
         last_commit = 0.0
+        jseq = 0  # highest journal seq in the batch being written
         try:
             while not self._abandon:
                 if not batch and not unsunk:
@@ -281,17 +333,21 @@ class AuditLog(AuditQueries):
                         self._wake.wait(0.25)
                         continue
                     now = time.time()
-                    records = [sanitize(e.record, now) for e in batch]
+                    records = [e.record if e.jseq else sanitize(e.record, now) for e in batch]
+                    jseq = max(e.jseq for e in batch)
                 try:
                     if batch:
                         if conn is None:
                             conn = chain.connect(self.db_path, timeout=self._busy_timeout())
                         if self._fault is not None:
                             self._fault()
-                        placed = chain.append(conn, records)
+                        marks = {self.sender_id: jseq} if jseq else None
+                        placed = chain.append(conn, records, marks)
                         waiters.extend(e.waiter for e in batch if e.waiter is not None)
                         if self._sink is not None:
                             unsunk.extend(_rows(records, placed))
+                        if jseq:  # the chain holds them now, whatever the mirror does
+                            self._chained_jseq = jseq
                         batch, records = [], []
                     if unsunk:
                         assert self._sink is not None
@@ -320,6 +376,10 @@ class AuditLog(AuditQueries):
                 backoff = 0.0
                 last_commit = time.monotonic()
                 self._last_progress = last_commit
+                if jseq:
+                    self._chained_jseq = jseq
+                    self._journal.committed(jseq)
+                    jseq = 0
                 for w in waiters:
                     _resolve(w)
                 waiters = []
@@ -343,6 +403,17 @@ class AuditLog(AuditQueries):
     def _busy_timeout(self) -> float:
         # wait for another process's write lock a little, but well inside write_timeout
         return max(0.05, min(self.write_timeout / 2, 1.0))
+
+
+def mirror(sink: JsonlSink, rows: list[AuditRow]) -> None:
+    """Mirror replayed rows; a failing mirror is reported, never a reason to lose them."""
+    try:
+        sink.write(rows)
+    except OSError as exc:
+        log.error(
+            "audit mirror missed replayed records",
+            extra={"fields": {"records": len(rows), "error": _describe(exc)}},
+        )
 
 
 def _rows(records: list[AuditRecord], placed: list[tuple[int, str, str]]) -> list[AuditRow]:

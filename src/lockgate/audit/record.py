@@ -30,6 +30,9 @@ from lockgate._log import _JWT_RE, REDACTED, redact
 EVENTS = frozenset(
     {
         "token_issued",
+        # an allowed request, written ahead (journal) before it is forwarded; its outcome
+        # (status, bytes, latency) follows as "allowed" or "upstream_error", same "ref"
+        "admitted",
         "allowed",
         "denied",
         "upstream_error",
@@ -37,6 +40,8 @@ EVENTS = frozenset(
         "credential_rotated",
         "credential_set",
         "token_revoked",
+        "mint_blocked",  # the kill switch: lockgate token revoke --block
+        "mint_unblocked",
         "policy_reloaded",
     }
 )

@@ -16,6 +16,10 @@ Rules (same contract as :class:`lockgate.audit.log.AuditLog`):
 - nothing lost, nothing twice: a record leaves memory only when acknowledged; after a
   reconnect the writer says what it has committed and the rest is resent (the writer skips
   sequence numbers it already has);
+- write-ahead: :meth:`RemoteAuditLog.write_ahead` (an allowed request, before forwarding)
+  also appends the record to this sender's journal under the same sequence number, so a
+  crash of this process loses nothing: the writer replays what it never committed
+  (:mod:`lockgate.audit.journal`). Sequence numbers are therefore handed out on enqueue;
 - the owner (``socket_path=None``) starts the writer process itself and restarts it when it
   dies; with ``socket_path`` given, a supervisor owns the writer and this only reconnects.
 """
@@ -42,6 +46,7 @@ from typing import Any
 from lockgate import _log, metrics
 from lockgate.audit import chain
 from lockgate.audit.health import check_health
+from lockgate.audit.journal import Journal, journal_dir
 from lockgate.audit.log import AUDIT_DROPPED, AUDIT_QUEUE, _describe
 from lockgate.audit.reader import AuditQueries, AuditReader
 from lockgate.audit.record import EVENTS, AuditRecord, sanitize, values
@@ -134,11 +139,11 @@ class WriterProcess:
 class _Entry:
     __slots__ = ("enqueued", "seq", "vals", "waiter")
 
-    def __init__(self, vals: tuple[Any, ...], enqueued: float, waiter: Any) -> None:
+    def __init__(self, vals: tuple[Any, ...], enqueued: float, waiter: Any, seq: int) -> None:
         self.vals = vals
         self.enqueued = enqueued  # time.monotonic()
         self.waiter = waiter  # (loop, future) or None
-        self.seq = 0
+        self.seq = seq  # this sender's sequence number (0: a test hook, not a record)
 
 
 class RemoteAuditLog(AuditQueries):
@@ -153,6 +158,7 @@ class RemoteAuditLog(AuditQueries):
         batch_size: int = 2_000,
         batch_interval: float = 0.005,
         start_timeout: float = 15.0,
+        fsync: bool = False,
     ) -> None:
         self.db_path = Path(db_path)
         self.write_timeout = write_timeout
@@ -172,6 +178,9 @@ class RemoteAuditLog(AuditQueries):
             self.writer.start()
             socket_path = self.writer.socket_path
         self.socket_path = Path(socket_path)
+        self._journal = Journal(journal_dir(self.db_path), self.sender_id, fsync=fsync)
+        self._seq_lock = threading.Lock()  # seq order == outbox order, whichever thread emits
+        self._acked = 0  # highest seq the writer committed
 
         self._outbox: deque[_Entry] = deque()  # emitted, not yet sent (event loop appends)
         self._inflight: deque[_Entry] = deque()  # sent, not yet acknowledged (thread only)
@@ -205,6 +214,33 @@ class RemoteAuditLog(AuditQueries):
         """Queue ``record`` without blocking. Used by the data path after serving."""
         self._enqueue(record, None)
 
+    def write_ahead(self, record: AuditRecord) -> str:
+        """Make ``record`` survive a crash of this process, then queue it for the writer.
+
+        Same contract as :meth:`lockgate.audit.log.AuditLog.write_ahead`: call it before
+        forwarding an allowed request; AuditUnavailable means refuse the request.
+        """
+        self.check_writable()
+        if record.event not in EVENTS:
+            raise ValueError(f"unknown audit event {record.event!r}")
+        vals = values(sanitize(record, time.time()))  # no secret ever reaches the journal
+        with self._seq_lock:
+            if self._closing or len(self._outbox) + len(self._inflight) >= self.max_queue:
+                raise AuditUnavailable("audit log queue is full")
+            seq = self._next_seq
+            try:
+                self._journal.append(seq, vals)
+            except AuditUnavailable:
+                metrics.AUDIT_FAILURES.inc()
+                raise
+            self._next_seq = seq + 1
+            self._outbox.append(_Entry(vals, time.monotonic(), None, seq))
+        if self._sleeping:
+            self._sleeping = False
+            self._poke()
+        self._journal.sync()
+        return f"{self.sender_id}/{seq}"
+
     async def write(self, record: AuditRecord) -> None:
         """Queue ``record`` and wait until the writer acknowledged it, at most write_timeout."""
         self.check_writable()
@@ -227,10 +263,13 @@ class RemoteAuditLog(AuditQueries):
             raise ValueError(f"unknown audit event {record.event!r}")
         if not record.ts:
             record.ts = time.time()
-        if self._closing or len(self._outbox) + len(self._inflight) >= self.max_queue:
-            self._drop()
-            return False
-        self._outbox.append(_Entry(values(record), time.monotonic(), waiter))
+        vals = values(record)
+        with self._seq_lock:
+            if self._closing or len(self._outbox) + len(self._inflight) >= self.max_queue:
+                self._drop()
+                return False
+            self._outbox.append(_Entry(vals, time.monotonic(), waiter, self._next_seq))
+            self._next_seq += 1
         if self._sleeping:  # the sender idles with nothing queued: wake it (rare under load)
             self._sleeping = False
             self._poke()
@@ -307,13 +346,16 @@ class RemoteAuditLog(AuditQueries):
             self._sel.close()
             self._wake_r.close()
             self._wake_w.close()
+        # what the writer committed is removed; the rest stays for the writer to replay
+        with self._seq_lock:
+            self._journal.close(chained_up_to=self._acked)
         if self.writer is not None:
             self.writer.stop()
 
     def inject_fault(self, kind: str, arg: float | str = 0.0) -> None:
         """Test hook: ask the writer to fail (``error``, message), stall once (``hang``,
         seconds), die (``exit``) or behave again (``clear``). Sent in order with records."""
-        self._outbox.append(_Entry(("\0fault", kind, arg), time.monotonic(), None))
+        self._outbox.append(_Entry(("\0fault", kind, arg), time.monotonic(), None, 0))
         self._urgent = True
         self._poke()
 
@@ -468,8 +510,6 @@ class RemoteAuditLog(AuditQueries):
                 batch = []
                 self._outbuf += frame(("fault", e.vals[1], e.vals[2]))
                 continue
-            e.seq = self._next_seq
-            self._next_seq += 1
             inflight.append(e)
             batch.append(e)
         self._send_records(batch, urgent)
@@ -523,6 +563,9 @@ class RemoteAuditLog(AuditQueries):
             self._error = None
 
     def _ack(self, seq: int) -> None:
+        if seq > self._acked:
+            self._acked = seq
+            self._journal.committed(seq)
         inflight = self._inflight
         done = False
         while inflight and inflight[0].seq <= seq:

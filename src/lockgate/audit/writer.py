@@ -14,6 +14,12 @@ per sender is stored in ``audit_senders`` in the same transaction as the rows, a
 in the ``hello`` reply, so after a crash of either side the sender resends only what is not
 committed, and a duplicate resend (seq already accepted) is skipped here.
 
+Journals: each sender also writes its allowed records ahead to a journal file
+(:mod:`lockgate.audit.journal`). At start, whenever a sender says hello (a restarted worker)
+and every ``_REPLAY_EVERY`` seconds, the journals of senders that are gone are replayed: what
+is past a sender's committed mark is chained, then its files are removed. A sender whose
+records this process holds but has not committed yet is left for a later pass.
+
 Failures: a failing commit (or mirror write) is retried with a capped backoff; senders are
 told ``error`` at once and ``ok`` on recovery, and keep their records until acknowledged. The
 process exits after draining on SIGTERM/SIGINT, and when its parent process is gone.
@@ -36,6 +42,8 @@ from typing import Any
 
 from lockgate import _log
 from lockgate.audit import chain
+from lockgate.audit.journal import journal_dir, replay
+from lockgate.audit.log import mirror
 from lockgate.audit.record import EVENTS, RECORD_FIELDS, AuditRecord, AuditRow, sanitize
 from lockgate.audit.sinks import JsonlSink
 from lockgate.audit.wire import FrameBuffer, WireError, frame
@@ -45,6 +53,7 @@ log = _log.get("audit.writer")
 _MAX_BACKOFF = 0.5
 _LOG_EVERY = 10.0
 _NFIELDS = len(RECORD_FIELDS)
+_REPLAY_EVERY = 5.0  # seconds between looks for journals of senders that died
 
 
 class _Conn:
@@ -96,12 +105,14 @@ class Writer:
         # test hooks, set by a ("fault", ...) message
         self._fault_error: str | None = None
         self._fault_hang = 0.0
+        self._replay_at = 0.0  # next look at the journals (monotonic); 0: at once
 
     # -- loop ------------------------------------------------------------------------------
     def run(self) -> None:
         self._db = chain.connect(self.db_path, timeout=self.busy_timeout)
         self._done = chain.read_senders(self._db)
         self._accepted = dict(self._done)
+        self._replay()  # before any sender connects: leftovers of a previous run first
         listener = self._listen()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -128,6 +139,8 @@ class Writer:
                         self._io(key.data, events)
                 if self._due():
                     self._commit()
+                if time.monotonic() >= self._replay_at:
+                    self._replay()
         finally:
             for c in list(self._conns.values()):
                 self._flush_out(c)
@@ -141,6 +154,23 @@ class Writer:
                 seq, h = chain.read_head(self._db)
                 self._db.close()
                 log.info("audit head", extra={"fields": {"audit_seq": seq, "audit_hash": h}})
+
+    def _replay(self) -> None:
+        """Chain what dead senders journaled but never sent (see the module docstring)."""
+        self._replay_at = time.monotonic() + _REPLAY_EVERY
+        if self._batch or self._error is not None or self._db is None:
+            return  # a failing database: the next pass tries again
+
+        def busy(sender: str) -> bool:  # records of it taken but not committed yet
+            return self._accepted.get(sender, 0) != self._done.get(sender, 0)
+
+        try:
+            rows = replay(journal_dir(self.db_path), self._db, skip=busy)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("audit journal replay failed", extra={"fields": {"error": _describe(exc)}})
+            return
+        if rows and self._sink is not None:
+            mirror(self._sink, rows)
 
     def _on_signal(self, signum: int, frame_: Any) -> None:
         self._stopping = True
@@ -257,6 +287,7 @@ class Writer:
                 self._close(old)
             c.sender = sender
             self._conns[sender] = c
+            self._replay_at = 0.0  # a new sender may be a restarted one: look for leftovers
             # records of this sender still in _pending/_batch are not committed yet: the
             # sender resends them and _take skips them (already accepted)
             self._send(c, ("hello", self._done.get(sender, 0), self._error))

@@ -1,0 +1,340 @@
+"""The write-ahead journal: an allowed request's record is on disk before it goes upstream.
+
+Why: records reach the SQLite chain through a queue (a writer thread or process commits
+them in batches). A gateway killed between "forward" and "commit" would have served requests
+that the trail never shows. So the engines hand the record of an allowed request to
+:meth:`Journal.append` first: it is serialised as one JSON line and written with **one**
+``os.write`` on an ``O_APPEND`` descriptor. Once that call returns the line is in the page
+cache, which outlives the process (``kill -9``, an OOM kill, a crash); only then is the
+request forwarded. With ``fsync=True`` each line is also flushed to the device (group
+commit: one ``fdatasync`` covers every line written while the previous one ran), which
+outlives a machine crash too, at the cost reported by ``benchmarks/http_proxy.py``.
+
+Layout: one directory per audit database (:func:`journal_dir`), one file per writing
+process and generation, ``<sender>.<generation>.journal``. The first line names the fields
+(so a replay after an upgrade still maps values to names), every other line is
+``[sender_seq, value, ...]``. The owner holds an exclusive ``flock`` on each of its files
+for as long as it lives; a file nobody holds belongs to a process that is gone.
+
+Marks: every record carries its sender's sequence number, and the chain stores the highest
+one committed per sender (``audit_senders``) in the same transaction as the rows. So
+:func:`replay` (at start-up of any audit log and, with a writer process, whenever a sender
+connects) appends exactly the entries past the mark of each dead sender, then removes its
+files: a crash loses nothing that went upstream, and nothing is chained twice.
+
+A torn last line (the process died inside ``write``, or the disk filled up) was never
+acknowledged, so its request was never forwarded: it is skipped. An unreadable complete line
+is chained as a marker record, so the gap is visible instead of silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lockgate import _log
+from lockgate.audit import chain
+from lockgate.audit.record import RECORD_FIELDS, AuditRecord, AuditRow, sanitize
+from lockgate.errors import AuditUnavailable
+
+log = _log.get("audit")
+
+SUFFIX = ".journal"
+#: Start a new generation file past this size; the old one is removed once chained.
+ROTATE_BYTES = 64 << 20
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # ASCII: one line per record
+
+
+def journal_dir(db_path: Path) -> Path:
+    """Where the journals of the audit database ``db_path`` live."""
+    return Path(db_path).parent / "audit-journal"
+
+
+class Journal:
+    """This process's append-only journal (see the module docstring).
+
+    :meth:`append` is called on the data path (any thread); :meth:`committed` by whoever
+    learns that the chain holds records up to a sequence number (writer thread, sender
+    thread), which removes rotated files that are fully chained.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        sender: str,
+        *,
+        fsync: bool = False,
+        rotate_bytes: int = ROTATE_BYTES,
+    ) -> None:
+        self.directory = Path(directory)
+        self.sender = sender
+        self.fsync = fsync
+        self.rotate_bytes = rotate_bytes
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._generation = 0
+        self._fd = -1
+        self._path: Path | None = None
+        self._size = 0
+        self._last_seq = 0  # highest seq in the current file
+        self._retired: list[tuple[Path, int, int]] = []  # (path, fd, last seq), oldest first
+        self._lock = threading.Lock()
+        self._sync = _GroupSync() if fsync else None
+        self._open_next()
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def append(self, seq: int, vals: tuple[Any, ...]) -> None:
+        """Write one record (sanitised values in RECORD_FIELDS order) with one ``write``.
+
+        Raises AuditUnavailable when the line is not wholly written: the caller must not
+        forward the request. With ``fsync``, call :meth:`sync` before forwarding too.
+        """
+        line = _ENCODER.encode([seq, *vals]).encode("ascii") + b"\n"
+        with self._lock:
+            if self._fd < 0 or self._size >= self.rotate_bytes:
+                self._rotate()
+            fd = self._fd
+            try:
+                n = os.write(fd, line)
+            except OSError as exc:
+                self._broken()
+                raise AuditUnavailable(f"audit journal not writable: {exc}") from None
+            if n != len(line):  # disk full mid-line: that torn line is skipped on replay
+                self._broken()
+                raise AuditUnavailable("audit journal not writable: short write")
+            self._size += n
+            self._last_seq = seq
+
+    def sync(self) -> None:
+        """With ``fsync``: return once every line appended so far is on the device."""
+        if self._sync is not None:
+            self._sync.wait(self._fd)
+
+    def committed(self, seq: int) -> None:
+        """The chain holds this sender's records up to ``seq``: drop fully chained files."""
+        if not self._retired or self._retired[0][2] > seq:
+            return
+        with self._lock:
+            while self._retired and self._retired[0][2] <= seq:
+                path, fd, _ = self._retired.pop(0)
+                _remove(path, fd)
+
+    def close(self, *, chained_up_to: int | None) -> None:
+        """Close every file; remove those wholly chained (``chained_up_to`` ≥ their last seq).
+
+        Files left behind are replayed by the next audit log that starts on this database.
+        """
+        if self._sync is not None:
+            self._sync.stop()
+        with self._lock:
+            files = [*self._retired]
+            if self._fd >= 0 and self._path is not None:
+                files.append((self._path, self._fd, self._last_seq))
+            self._retired, self._fd, self._path = [], -1, None
+            for path, fd, last in files:
+                if chained_up_to is not None and last <= chained_up_to:
+                    _remove(path, fd)
+                else:
+                    os.close(fd)
+
+    # -- internals (lock held) -------------------------------------------------------------
+    def _open_next(self) -> None:
+        self._generation += 1
+        path = self.directory / f"{self.sender}.{self._generation:06d}{SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            header = _ENCODER.encode({"lockgate_journal": 1, "fields": RECORD_FIELDS})
+            data = header.encode("ascii") + b"\n"
+            if os.write(fd, data) != len(data):
+                raise OSError("short write of the journal header")
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._fd, self._path, self._size = fd, path, len(data)
+
+    def _rotate(self) -> None:
+        try:
+            if self._fd >= 0 and self._path is not None:
+                if self._sync is not None:  # waiters sync the new file only
+                    os.fdatasync(self._fd)
+                self._retired.append((self._path, self._fd, self._last_seq))
+                self._fd, self._path = -1, None
+            self._open_next()
+        except OSError as exc:
+            raise AuditUnavailable(f"audit journal not writable: {exc}") from None
+
+    def _broken(self) -> None:
+        """Never append after a torn line: the next record starts a new file."""
+        if self._fd >= 0 and self._path is not None:
+            self._retired.append((self._path, self._fd, self._last_seq))
+        self._fd, self._path = -1, None
+
+
+class _GroupSync:
+    """Group commit: callers wait until an ``fdatasync`` that began after their write ends.
+
+    One sync at a time; everyone who wrote while it ran is covered by the next one, so under
+    load one device flush serves many requests.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._started = 0  # syncs begun
+        self._done = 0  # syncs finished
+        self._running = False
+        self._error: OSError | None = None
+
+    def wait(self, fd: int) -> None:
+        with self._cond:
+            need = self._started + 1  # a sync that starts after this write
+            while self._done < need:
+                if not self._running:
+                    self._running = True
+                    self._started += 1
+                    mine = self._started
+                    self._cond.release()
+                    try:
+                        os.fdatasync(fd)
+                        error = None
+                    except OSError as exc:
+                        error = exc
+                    finally:
+                        self._cond.acquire()
+                    self._running = False
+                    self._done = mine
+                    self._error = error
+                    self._cond.notify_all()
+                    if error is not None:
+                        raise AuditUnavailable(f"audit journal not synced: {error}")
+                else:
+                    self._cond.wait(1.0)
+            if self._error is not None:
+                raise AuditUnavailable(f"audit journal not synced: {self._error}")
+
+    def stop(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+def _remove(path: Path, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()  # while still locked: nobody replays a file being removed
+    os.close(fd)
+
+
+# -- replay ------------------------------------------------------------------------------------
+def replay(
+    directory: Path,
+    conn: sqlite3.Connection,
+    *,
+    skip: Callable[[str], bool] = lambda sender: False,
+) -> list[AuditRow]:
+    """Chain the unchained entries of every journal no live process holds; remove the files.
+
+    ``skip(sender)`` says to leave a sender's files alone (the caller still holds records of
+    it that are not committed). Returns the rows appended, for the JSON-lines mirror.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    by_sender: dict[str, list[Path]] = {}
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        sender = path.name[: -len(SUFFIX)].rpartition(".")[0]
+        if sender:
+            by_sender.setdefault(sender, []).append(path)
+    rows: list[AuditRow] = []
+    for sender, paths in by_sender.items():
+        if skip(sender):
+            continue
+        held = _lock_all(paths)
+        if held is None:
+            continue  # its owner lives
+        try:
+            entries = [e for path, fd in held for e in _read(path, fd)]
+            placed = chain.append_after_mark(conn, sender, entries)
+            rows.extend(placed)
+            for path, fd in held:
+                _remove(path, fd)
+            held = []
+            chain.forget_sender(conn, sender)
+        finally:
+            for _, fd in held:
+                os.close(fd)
+        if placed:
+            log.warning(
+                "audit journal replayed",
+                extra={"fields": {"sender": sender, "records": len(placed)}},
+            )
+    return rows
+
+
+def _lock_all(paths: list[Path]) -> list[tuple[Path, int]] | None:
+    held: list[tuple[Path, int]] = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # removed by another replayer meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            for _, f in held:
+                os.close(f)
+            return None
+        held.append((path, fd))
+    return held
+
+
+def _read(path: Path, fd: int) -> Iterator[tuple[float, AuditRecord]]:
+    """(seq, record) per complete line; a torn last line is skipped (never acknowledged)."""
+    with os.fdopen(os.dup(fd), "rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    if lines and lines[-1]:
+        log.warning("audit journal: torn last line skipped", extra={"fields": {"file": path.name}})
+    lines = lines[:-1]
+    if not lines:
+        return
+    try:
+        header = json.loads(lines[0])
+        names = [str(n) for n in header["fields"]]
+    except (ValueError, KeyError, TypeError):
+        names = list(RECORD_FIELDS)
+        lines.insert(0, b"")  # no header: treat every line as an entry
+    known = set(RECORD_FIELDS)
+    last: float = 0
+    for raw in lines[1:]:
+        try:
+            seq, *vals = json.loads(raw)
+            fields = {n: v for n, v in zip(names, vals, strict=True) if n in known}
+            rec = AuditRecord(**fields)
+            last = int(seq)
+        except (ValueError, TypeError):
+            # A complete line we cannot read: record the gap right after the previous entry.
+            # Half a step past it, so it is chained exactly when its predecessor's successors
+            # are (after the mark), and never taken for a record of its own.
+            last += 0.5
+            rec = AuditRecord(
+                event="admitted",
+                decision="allow",
+                reason="unreadable audit journal entry",
+                detail={"journal": path.name},
+            )
+        yield last, sanitize(rec, 0.0) if rec.ts else sanitize(rec, _mtime(fd))
+
+
+def _mtime(fd: int) -> float:
+    return os.fstat(fd).st_mtime
