@@ -187,6 +187,9 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
         def check_writable(self) -> None:
             return None
 
+        def write_ahead(self, record: Any) -> str:
+            return ""
+
         def emit(self, record: Any) -> None:
             return None
 

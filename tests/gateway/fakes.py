@@ -121,11 +121,18 @@ class FakeBroker:
 class FakeAudit:
     def __init__(self) -> None:
         self.records: list[Any] = []
+        self.ahead: list[Any] = []
         self.writable = True
 
     def check_writable(self) -> None:
         if not self.writable:
             raise AuditUnavailable("sink failing")
+
+    def write_ahead(self, record: Any) -> str:
+        """Written-ahead ("admitted") records are kept apart: ``records`` holds outcomes."""
+        self.check_writable()
+        self.ahead.append(record)
+        return f"fake/{len(self.ahead)}"
 
     def emit(self, record: Any) -> None:
         self.records.append(record)

@@ -11,8 +11,10 @@ Hot-path rules, common to all engines:
   request costs a dict lookup, not a broker round trip, while rotation is seen within a second;
 * signed identity assertions are cached per (token id, resource) (:class:`AssertionCache`),
   never past the token's expiry;
-* audit records are built by an injected factory (``lockgate.audit.AuditRecord`` by default)
-  and emitted without blocking; a failing ``emit`` never breaks a request.
+* audit records are built by an injected factory (``lockgate.audit.AuditRecord`` by default);
+  an allowed request's ``admitted`` record is written ahead (``AuditSink.write_ahead``, one
+  journal ``write()``) before anything is forwarded, and refused when that fails; outcome and
+  refusal records are emitted without blocking; a failing ``emit`` never breaks a request.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ class CredentialBroker(Protocol):
 class AuditSink(Protocol):
     def check_writable(self) -> None:
         """Raise ``AuditUnavailable`` when records cannot be written (fail closed)."""
+        ...
+
+    def write_ahead(self, record: Any) -> str:
+        """Make the ``admitted`` record of an allowed request survive a crash of this process
+        *before* the request is forwarded; return its reference (``ref`` in the outcome
+        record's detail). Raises ``AuditUnavailable``: refuse the request, forward nothing."""
         ...
 
     def emit(self, record: Any) -> None: ...

@@ -34,6 +34,7 @@ from typing import Any
 
 from lockgate import _log
 from lockgate.errors import AuditUnavailable, AuthenticationError
+from lockgate.gateway.engine import identity_fields
 
 from . import codec
 from .context import PRE_AUTH_MAX_FRAME_BYTES, EngineContext
@@ -61,6 +62,7 @@ class _Pending:
     audited: bool
     action: str | None = None
     obj: str | None = None
+    ref: str | None = None  # the written-ahead "admitted" record, named in the outcome
 
 
 class ClientSession:
@@ -267,8 +269,14 @@ class ClientSession:
                 return
         action = max((t.action for t in checked), key=lambda a: _RANK.get(a, 3))
         obj = ",".join(dict.fromkeys(t.object for t in checked))
+        # Durable before a byte goes upstream: the outcome record follows in _finish.
+        admitted = self.ctx.make_record(
+            event="admitted", **identity_fields(claims), resource=auth.resource.name,
+            action=action, object=obj, decision="allow", rule=decision.rule,
+            reason=decision.reason, detail=self._detail(plan),
+        )  # fmt: skip
         try:
-            self.ctx.audit.check_writable()
+            ref = self.ctx.audit.write_ahead(admitted)
         except AuditUnavailable:
             self._answer(
                 event,
@@ -278,7 +286,7 @@ class ClientSession:
             log.error("cql statement refused: audit unavailable", extra={"fields": self._fields()})
             return
         self.ctx.count(auth.resource.name, action, "allow")
-        self._forward(event, _Pending(t0, plan, True, action, obj))
+        self._forward(event, _Pending(t0, plan, True, action, obj, ref))
 
     def _token_valid(self, event: codec.Event, plan: Plan, t0: float) -> bool:
         """Re-check the connection's token (expiry, revocation) about once a second."""
@@ -481,7 +489,7 @@ class ClientSession:
             obj=p.obj,
             status=status,
             decision="allow",
-            detail=self._detail(p.plan),
+            detail={**self._detail(p.plan), "ref": p.ref},
         )
 
     def _upstream_lost(self) -> None:
@@ -499,7 +507,7 @@ class ClientSession:
                     obj=p.obj,
                     decision="allow",
                     reason="upstream_closed",
-                    detail=self._detail(p.plan),
+                    detail={**self._detail(p.plan), "ref": p.ref},
                 )
         self.pending.clear()
         log.warning("cql upstream connection closed", extra={"fields": self._fields()})
