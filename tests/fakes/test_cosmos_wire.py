@@ -130,10 +130,11 @@ async def test_query_plan_and_pkranges(fake: CosmosFake) -> None:
         "/dbs/d/colls",
         {"id": "c", "partitionKey": {"paths": ["/pk"], "kind": "Hash"}},
     )
-    plan_headers = {
-        "content-type": "application/query+json",
+    plan_headers = {  # what the Python SDK sends (Java and .NET: application/query+json)
+        "content-type": "application/json",
         "x-ms-cosmos-is-query-plan-request": "True",
-        "x-ms-documentdb-isquery": "True",
+        "x-ms-cosmos-supported-query-features": "Aggregate,Distinct,OrderBy,Top",
+        "x-ms-cosmos-query-version": "1.0",
     }
     status, _, plan = await call(
         fake, "POST", "/dbs/d/colls/c/docs", {"query": "SELECT * FROM c"}, headers=plan_headers

@@ -3,8 +3,10 @@
 Paths are the URL-decoded segments: ``[]`` is the account, ``[dbs]``, ``[dbs, d]``,
 ``[dbs, d, colls]``, ``[dbs, d, colls, c]``, ``[dbs, d, colls, c, docs]``,
 ``[dbs, d, colls, c, docs, id]`` and ``[dbs, d, colls, c, pkranges]``. Anything else is 404.
-Feeds answer ``{"_rid", "<Kind>", "_count"}`` in one page (no continuation). Queries are
-``POST`` to a feed with ``Content-Type: application/query+json``.
+Feeds answer ``{"_rid", "<Kind>", "_count"}`` in one page (no continuation). Which operation
+a request runs (query, query plan, create, upsert, batch, ...) is decided once, by
+:func:`~tests.fakes.cosmos.operations.operation_of`, and logged in ``fake.executed``; the
+branches below only carry it out, so the log cannot differ from what was done.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .operations import operation_of
 from .query import QueryError, parse_query, run_query
 from .store import Container, CosmosError
 
@@ -23,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["handle"]
 
 _FEED_KEYS = {"dbs": "Databases", "colls": "DocumentCollections", "docs": "Documents"}
-_QUERY_TYPES = ("application/query+json", "application/sql")
 # The pkranges change feed ends on 304; the single range never changes, so one etag suffices.
 _PKRANGES_ETAG = '"pkranges-1"'
 
@@ -48,16 +50,16 @@ def _feed(kind: str, items: list[Any], rid: str = "", **headers: str) -> web.Res
     return _ok({"_rid": rid, _FEED_KEYS.get(kind, kind): items, "_count": len(items)}, **headers)
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    return request.headers.get(name, "").lower() == "true"
-
-
 def _not_found() -> CosmosError:
     return CosmosError(404, "NotFound", "Entity with the specified id does not exist.")
 
 
 def handle(fake: CosmosFake, request: web.Request, seg: list[str], body: bytes) -> web.Response:
     verb = request.method
+    op = operation_of(verb, seg, request.headers)
+    if op is not None:
+        fake.executed.append(op)
+    how = op.op if op is not None else ""
     if not seg:
         if verb != "GET":
             raise CosmosError(405, "MethodNotAllowed", "Only GET is allowed on the account.")
@@ -68,10 +70,12 @@ def handle(fake: CosmosFake, request: web.Request, seg: list[str], body: bytes) 
     if len(seg) == 1:
         if verb == "GET":
             return _feed("dbs", [db.props for db in store.databases.values()])
-        if verb == "POST" and _is_query(request):
+        if how == "query":
             return _query(request, body, "dbs", [db.props for db in store.databases.values()])
-        if verb == "POST":
-            return _ok(store.create_database(_json_body(body)), 201)
+        if how == "create_database":
+            created = store.create_database(_json_body(body))
+            op.db = created["id"]  # type: ignore[union-attr]  # the log names what was made
+            return _ok(created, 201)
     elif len(seg) == 2:
         db = store.database(seg[1])
         if verb == "GET":
@@ -87,10 +91,12 @@ def handle(fake: CosmosFake, request: web.Request, seg: list[str], body: bytes) 
         alt = {"x-ms-alt-content-path": f"dbs/{seg[1]}"}
         if verb == "GET":
             return _feed("colls", colls, db.props["_rid"], **alt)
-        if verb == "POST" and _is_query(request):
+        if how == "query":
             return _query(request, body, "colls", colls, db.props["_rid"])
-        if verb == "POST":
-            return _ok(store.create_container(seg[1], _json_body(body)), 201, **alt)
+        if how == "create_container":
+            created = store.create_container(seg[1], _json_body(body))
+            op.container = created["id"]  # type: ignore[union-attr]
+            return _ok(created, 201, **alt)
     elif len(seg) == 4:
         alt = {"x-ms-alt-content-path": f"dbs/{seg[1]}"}
         if verb == "GET":
@@ -101,7 +107,8 @@ def handle(fake: CosmosFake, request: web.Request, seg: list[str], body: bytes) 
             store.delete_container(seg[1], seg[3])
             return web.Response(status=204, headers={"x-ms-request-charge": "1"})
     else:
-        return _collection_child(request, store.container(seg[1], seg[3]), seg, body)
+        coll = store.container(seg[1], seg[3])
+        return _collection_child(request, coll, seg, body, how, fake.plan_cross_partition)
     raise CosmosError(405, "MethodNotAllowed", f"{verb} is not allowed here.")
 
 
@@ -135,7 +142,7 @@ def _account(fake: CosmosFake) -> web.Response:
 
 
 def _collection_child(
-    request: web.Request, coll: Container, seg: list[str], body: bytes
+    request: web.Request, coll: Container, seg: list[str], body: bytes, how: str, plan: bool
 ) -> web.Response:
     verb, kind = request.method, seg[4]
     alt = {"x-ms-alt-content-path": f"dbs/{seg[1]}/colls/{seg[3]}"}
@@ -176,19 +183,23 @@ def _collection_child(
                     "_count": len(coll.items(pk)),
                 }
             )
-        if verb == "POST" and _is_query(request):
-            if _flag(request, "x-ms-cosmos-is-query-plan-request"):
-                return _query_plan(body)
+        if how == "query_plan":
+            return _query_plan(body)
+        if how == "query":
+            if plan and _needs_plan(request, pk):
+                raise _not_servable()
             items = coll.items(pk)
             response = _query(request, body, "docs", items, coll.props["_rid"])
             response.headers["x-ms-session-token"] = f"0:1#{coll.lsn}"
             response.headers.update(alt)
             return response
-        if verb == "POST":
+        if how in ("create", "upsert", "batch"):
             if pk is None:
                 raise CosmosError(400, "BadRequest", "PartitionKey value must be supplied.")
-            mode = "upsert" if _flag(request, "x-ms-documentdb-is-upsert") else "create"
-            doc, created = coll.put(pk, _json_body(body), mode=mode)
+            if how == "batch":
+                results, ok = coll.batch(pk, _json_body(body))
+                return _ok(results, 200 if ok else 207, **{"x-ms-session-token": f"0:1#{coll.lsn}"})
+            doc, created = coll.put(pk, _json_body(body), mode=how)
             return done(doc, 201 if created else 200)
     else:
         if pk is None:
@@ -207,6 +218,9 @@ def _collection_child(
             _check_if_match(request, coll.get(pk, doc_id))
             coll.delete(pk, doc_id)
             return done(None, 204)
+        if verb == "PATCH":
+            _check_if_match(request, coll.get(pk, doc_id))
+            return done(coll.patch(pk, doc_id, _json_body(body)))
     raise CosmosError(405, "MethodNotAllowed", f"{verb} is not allowed here.")
 
 
@@ -220,9 +234,23 @@ def _check_if_match(request: web.Request, current: dict[str, Any]) -> None:
         )
 
 
-def _is_query(request: web.Request) -> bool:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return ctype in _QUERY_TYPES or _flag(request, "x-ms-documentdb-isquery")
+def _needs_plan(request: web.Request, pk: str | None) -> bool:
+    """A cross-partition query the service cannot answer without a plan (when the knob is on):
+    it answers 400/1004 and the SDK asks for a query plan, then queries range by range."""
+    return (
+        pk is None
+        and request.headers.get("x-ms-documentdb-query-enablecrosspartition", "").lower() == "true"
+        and "x-ms-documentdb-partitionkeyrangeid" not in request.headers
+    )
+
+
+def _not_servable() -> CosmosError:
+    return CosmosError(
+        400,
+        "BadRequest",
+        "The provided cross partition query can not be directly served by the gateway.",
+        1004,
+    )
 
 
 def _parse(body: bytes) -> tuple[str, dict[str, Any]]:

@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from .operations import Executed
 from .routes import handle
 from .store import CosmosError, Store
 
@@ -58,6 +59,10 @@ class CosmosFake:
         self.aad_verifier = aad_verifier
         self.store = Store()
         self.requests: list[RequestRecord] = []
+        self.executed: list[Executed] = []  # what the account ran, with what it answered
+        # Answer cross-partition queries 400/1004 so the SDK fetches a query plan first, as
+        # the service does for ORDER BY, TOP, aggregates and the like.
+        self.plan_cross_partition = False
         self.url = ""
         self.port = 0
         self._public_url: str | None = None
@@ -111,6 +116,7 @@ class CosmosFake:
     # request handling ------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         auth_type = "none"
+        ran = len(self.executed)
         try:
             auth_type = self._authenticate(request)
             if self._throttled(request):
@@ -122,6 +128,8 @@ class CosmosFake:
             response = error_response(err)
         except Exception as err:  # a bug in the fake: answer like the service would
             response = error_response(CosmosError(500, "InternalServerError", type(err).__name__))
+        for op in self.executed[ran:]:
+            op.status = response.status
         headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
         self.requests.append(
             RequestRecord(request.method, request.path, auth_type, response.status, headers)

@@ -4,7 +4,9 @@ Rules kept from the service: ids are unique per database account (databases), pe
 (containers) and per logical partition (documents); every resource carries ``_rid``,
 ``_self``, ``_etag`` and ``_ts``; ``_rid`` sizes follow the real hierarchy (4 bytes for a
 database, 8 for a container, 16 for a document) so the SDK's ``_rid`` sniffing sees real-looking
-values. Errors are raised as :class:`CosmosError` with the service's status and code.
+values. Errors are raised as :class:`CosmosError` with the service's status and code. Patch and
+transactional batches follow the REST reference (a batch is all or nothing: on a failure the
+failing operation carries its status and every other one 424).
 """
 
 from __future__ import annotations
@@ -105,11 +107,78 @@ class Container:
         del self.docs[(_canon(pk), doc_id)]
         self.lsn += 1
 
+    def patch(self, pk: str, doc_id: str, spec: Any) -> dict[str, Any]:
+        """Apply a JSON-patch-like ``{"operations": [...]}`` (add, set, replace, remove, incr)."""
+        ops = spec.get("operations") if isinstance(spec, dict) else None
+        if not isinstance(ops, list) or not ops:
+            raise CosmosError(400, "BadRequest", "Patch needs a non-empty operations list.")
+        doc = json.loads(json.dumps(self.get(pk, doc_id)))
+        for op in ops:
+            _patch_one(doc, op)
+        if doc.get("id") != doc_id or self.pk_of(doc) != _canon(pk):
+            raise CosmosError(400, "BadRequest", "Patch may not change the id or partition key.")
+        stored, _ = self.put(pk, doc, mode="replace")
+        return stored
+
+    def batch(self, pk: str, ops: Any) -> tuple[list[dict[str, Any]], bool]:
+        """Run a transactional batch: all operations or none. Returns (results, succeeded)."""
+        if not isinstance(ops, list) or not ops or not all(isinstance(o, dict) for o in ops):
+            raise CosmosError(400, "BadRequest", "A batch is a non-empty list of operations.")
+        saved, saved_lsn = dict(self.docs), self.lsn
+        results: list[dict[str, Any]] = []
+        for index, op in enumerate(ops):
+            try:
+                status, body = self._batch_one(pk, op)
+            except CosmosError as err:
+                self.docs, self.lsn = saved, saved_lsn
+                failed = [{"statusCode": 424, "requestCharge": 0.0} for _ in ops]
+                failed[index] = {"statusCode": err.status, "requestCharge": 1.0}
+                return failed, False
+            result: dict[str, Any] = {"statusCode": status, "requestCharge": 1.0}
+            if body is not None:
+                result.update(eTag=body["_etag"], resourceBody=body)
+            results.append(result)
+        return results, True
+
+    def _batch_one(self, pk: str, op: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+        kind, doc_id, body = op.get("operationType"), op.get("id"), op.get("resourceBody")
+        if kind in ("Create", "Upsert", "Replace") and isinstance(body, dict):
+            doc, created = self.put(pk, body, mode=kind.lower())
+            return (201 if created else 200), doc
+        if kind == "Read" and isinstance(doc_id, str):
+            return 200, self.get(pk, doc_id)
+        if kind == "Delete" and isinstance(doc_id, str):
+            self.delete(pk, doc_id)
+            return 204, None
+        if kind == "Patch" and isinstance(doc_id, str):
+            return 200, self.patch(pk, doc_id, body)
+        raise CosmosError(400, "BadRequest", f"Unsupported batch operation {kind!r}.")
+
     def items(self, pk: str | None) -> list[dict[str, Any]]:
         if pk is None:
             return list(self.docs.values())
         wanted = _canon(pk)
         return [doc for (key, _), doc in self.docs.items() if key == wanted]
+
+
+def _patch_one(doc: dict[str, Any], op: Any) -> None:
+    if not isinstance(op, dict) or not isinstance(op.get("path"), str):
+        raise CosmosError(400, "BadRequest", "A patch operation needs op and path.")
+    *parents, last = [p for p in op["path"].split("/") if p] or [""]
+    target: Any = doc
+    for name in parents:
+        target = target.get(name) if isinstance(target, dict) else None
+    if not isinstance(target, dict) or not last:
+        raise CosmosError(400, "BadRequest", f"Patch path {op['path']} does not exist.")
+    kind, value = op.get("op"), op.get("value")
+    if kind in ("add", "set") or (kind == "replace" and last in target):
+        target[last] = value
+    elif kind == "remove" and last in target:
+        del target[last]
+    elif kind == "incr" and isinstance(target.get(last, 0), int | float):
+        target[last] = target.get(last, 0) + value
+    else:
+        raise CosmosError(400, "BadRequest", f"Patch operation {kind} on {op['path']} failed.")
 
 
 def _canon(pk_json: str) -> str:
