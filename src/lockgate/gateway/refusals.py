@@ -17,10 +17,13 @@ bytes escaped as ``\\xNN``, capped in length, so an attacker's bytes are never w
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from lockgate import metrics
 
 #: Longest description kept in a record or log line (after escaping).
 MAX_DESCRIPTION = 200
@@ -155,3 +158,92 @@ class RefusalBudget:
         pending = [w.start for w in self._peers.values() if w.suppressed]
         if pending:
             self._arm(min(pending) + self.window - now)
+
+
+class RefusalRecorder:
+    """One engine's refusals: counted, logged and audited, budgeted before authentication.
+
+    ``emit`` builds and writes one audit record; it is called with the keywords ``event``,
+    ``claims``, ``resource``, ``action``, ``obj``, ``t0``, ``status``, ``decision``, ``rule``,
+    ``reason`` and ``detail`` (the shape of the HTTP proxy's ``emit`` and of the CQL
+    context's ``record``).
+    """
+
+    def __init__(
+        self,
+        protocol: str,
+        emit: Callable[..., None],
+        log: logging.Logger,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        budget: RefusalBudget | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self._emit = emit
+        self._log = log
+        self._clock = clock
+        self._counters: dict[str, Any] = {}
+        self.budget = budget or RefusalBudget(clock=clock)
+        self.budget.report = self._summary
+
+    def refuse(
+        self,
+        *,
+        peer: Any,
+        status: int | None,
+        reason: str,
+        event: str = "denied",
+        decision: str = "deny",
+        claims: Any = None,
+        resource: str | None = None,
+        action: str | None = None,
+        obj: str | None = None,
+        t0: float | None = None,
+        rule: str | None = None,
+        description: str | None = None,
+        request: bytes | str | None = None,
+    ) -> bool:
+        """Count, log and audit one refusal; False when it only counted into a summary.
+
+        ``description`` and ``request`` (the offending request line, say) pass through
+        :func:`describe`; neither may carry a secret to begin with.
+        """
+        counter = self._counters.get(reason)
+        if counter is None:
+            counter = self._counters[reason] = metrics.REFUSALS.labels(self.protocol, reason)
+        counter.inc()
+        who = peer_key(peer)
+        if claims is None and decision == "deny" and not self.budget.admit(who, reason):
+            return False
+        detail: dict[str, Any] = {"peer": who}
+        if description:
+            detail["description"] = describe(description)
+        if request:
+            detail["request"] = describe(request, 120)
+        fields = {"status": status, "reason": reason, "decision": decision, "resource": resource,
+                  "jti": getattr(claims, "jti", None), "dag_id": getattr(claims, "dag_id", None),
+                  **detail}  # fmt: skip
+        level = logging.ERROR if decision == "error" else logging.WARNING
+        self._log.log(level, f"{self.protocol} refused: {reason}", extra={"fields": fields})
+        self._emit(
+            event=event, claims=claims, resource=resource, action=action, obj=obj,
+            t0=self._clock() if t0 is None else t0, status=status, decision=decision,
+            rule=rule, reason=reason, detail=detail,
+        )  # fmt: skip
+        return True
+
+    def close(self) -> None:
+        """Write the pending summaries (shutdown)."""
+        self.budget.close()
+
+    def _summary(self, s: Suppressed) -> None:
+        detail = {"peer": s.peer, "suppressed": s.count, "reasons": s.reasons,
+                  "window_s": s.window}  # fmt: skip
+        self._log.warning(
+            f"{self.protocol} refusals suppressed", extra={"fields": dict(detail)}
+        )
+        self._emit(
+            event="denied", claims=None, resource=None, action=None, obj=None,
+            t0=self._clock(), status=None, decision="deny", rule=None,
+            reason="refusals_suppressed", detail=detail,
+        )  # fmt: skip

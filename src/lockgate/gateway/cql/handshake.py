@@ -13,8 +13,10 @@ Rules:
 * STARTUP asking for COMPRESSION is refused with a clear protocol error (frames are relayed
   and inspected uncompressed).
 * Anything but OPTIONS/STARTUP/AUTH_RESPONSE before authentication is refused and closed.
-* Every refusal is audited ``auth_failed`` with a reason slug; the client's message names the
-  slug, never the token.
+* Every refusal is audited ``auth_failed`` with ``decision: deny`` and a reason slug (with
+  the token's jti, deployment and DAG when its signature verified: expired, revoked, wrong
+  audience); the client's message names the slug, never the token. An upstream that cannot
+  be reached is ``upstream_error`` with ``decision: error``.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ async def _authenticate(
         name = resource.name if resource is not None else None
         ctx.record(
             "auth_failed",
-            None,
+            getattr(exc, "claims", None),  # the token's jti/DAG when its signature verified
             name,
             t0,
             reason=reason,
@@ -160,6 +162,7 @@ async def _authenticate(
             resource.name,
             t0,
             action="connect",
+            decision="error",
             reason="upstream_unavailable",
             detail={"error": str(exc)[:1000]},
             status=codec.ERR_SERVER,

@@ -138,6 +138,7 @@ class HttpEngine:
             clock=self._clock,
             on_close=self._connections.discard,
             fast=self.proxy.serve,
+            on_refused=self.proxy.connection_refused,
         )
         if mount is not None:
             conn.mount = mount  # type: ignore[attr-defined]
@@ -207,6 +208,7 @@ class HttpEngine:
         for conn in list(self._connections):
             if conn.transport is not None:
                 conn.transport.close()
+        self.proxy.refusals.close()  # pending refusal summaries go to the audit trail
         for state in self.proxy.resources.values():
             state.pool.close()
             if state.profile is not None:

@@ -219,4 +219,5 @@ class Exchange:
             reason=error or decision.reason,
             bytes_in=self.body.total,
             bytes_out=self.conn.bytes_out,
+            detail={"ref": adm.ref},
         )

@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from lockgate import _log, metrics
-from lockgate.errors import AuditUnavailable, AuthenticationError, UpstreamUnavailable
+from lockgate.errors import (
+    AuditUnavailable,
+    AuthenticationError,
+    CredentialError,
+    UpstreamUnavailable,
+)
 from lockgate.gateway.engine import (
     AssertionCache,
     AuditSink,
@@ -36,12 +41,14 @@ from lockgate.gateway.engine import (
 from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.classify import Classifier
 from lockgate.gateway.http.exchange import Exchange, body_frame, response_head
+from lockgate.gateway.http.forwarded import forwarding_block
 from lockgate.gateway.http.normalize import PathError, Target, split_target
 from lockgate.gateway.http.profiles import Profile, ProfileRequest, Verdict
 from lockgate.gateway.http.profiles.databricks import CAPTURE_LIMIT
 from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, RETRY_STATUSES, Backoff, retry_after
 from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
 from lockgate.gateway.http.upstream import UpstreamConnection, UpstreamPool, UpstreamTarget
+from lockgate.gateway.refusals import RefusalRecorder
 
 log = _log.get("gateway.http")
 
@@ -67,8 +74,13 @@ _DROP_REQUEST = frozenset(
         b"x-original-url",
         b"x-rewrite-url",
         b"x-override-url",
+        # set by the gateway itself (:mod:`.forwarded`), never taken from the client
+        b"forwarded",
+        b"x-real-ip",
     }
 )
+# Prefixes of headers never forwarded: the gateway's own, and X-Forwarded-* (set by it).
+_DROP_PREFIXES = (b"x-lockgate-", b"x-forwarded-")
 
 
 def _safe(value: bytes) -> bool:
@@ -130,7 +142,7 @@ class ResourceState:
         out: list[bytes] = []
         for name, value in head.headers:
             low = name.lower()
-            if low in drop or low.startswith(b"x-lockgate-") or (named and low in named):
+            if low in drop or low.startswith(_DROP_PREFIXES) or (named and low in named):
                 continue
             out.append(b"%s: %s\r\n" % (name, value))
         return b"".join(out)
@@ -140,8 +152,8 @@ class Admitted:
     """A request that passed normalise → authenticate → classify → decide → audit check."""
 
     __slots__ = (
-        "action", "claims", "decision", "head_only", "method", "obj", "rs", "t0", "target",
-        "verdict",
+        "action", "claims", "decision", "forwarded", "head_only", "method", "obj", "ref", "rs",
+        "t0", "target", "verdict",
     )  # fmt: skip
 
     def __init__(
@@ -166,6 +178,8 @@ class Admitted:
         self.decision = decision
         self.t0 = t0
         self.verdict: Verdict | None = None  # a profile's verdict, for on_response
+        self.ref: str | None = None  # its written-ahead "admitted" record, named in the outcome
+        self.forwarded = b""  # the gateway's forwarding headers (:mod:`.forwarded`)
 
 
 class Pending(NamedTuple):
@@ -179,13 +193,18 @@ class Pending(NamedTuple):
     t0: float
 
 
+def _request_line(head: framing.Head) -> bytes:
+    """Method and path of a request for a refusal's record: the query may carry secrets."""
+    return head.method + b" " + head.target.partition(b"?")[0]
+
+
 def split_mounted(raw: bytes, resource: str) -> Target:
     """A request on a resource's own listener: the whole path is the object path."""
     if not raw.startswith(b"/"):
-        raise PathError("only origin-form request targets are accepted")
+        raise PathError("only origin-form request targets are accepted", "bad_target_form")
     target = split_target(b"/" + resource.encode("ascii") + raw)
     if target.resource != resource:
-        raise PathError("invalid request target")
+        raise PathError("invalid request target", "bad_path")
     return target
 
 
@@ -330,6 +349,8 @@ class Proxy:
         self._make_request = make_request
         self._make_record = make_record
         self._clock = self.clock = clock
+        # Every refusal: counted, logged, audited; budgeted per peer before authentication.
+        self.refusals = RefusalRecorder("http", self.emit, log, clock=clock)
 
     # -- the pipeline --------------------------------------------------------------------
     def serve(self, conn: ClientConnection, head: framing.Head, body: RequestBody) -> bool | None:
@@ -385,10 +406,18 @@ class Proxy:
                 split_target(head.target) if mount is None else split_mounted(head.target, mount)
             )
         except PathError as exc:
+            self.refusals.refuse(
+                peer=conn.peer, status=400, reason=exc.slug, t0=t0, description=str(exc),
+                request=_request_line(head),
+            )  # fmt: skip
             conn.write(responses.bad_request(str(exc)))
             return False
         rs = self.resources.get(target.resource)
         if rs is None:
+            self.refusals.refuse(
+                peer=conn.peer, status=404, reason="unknown_resource", t0=t0,
+                description=f"no resource named {target.resource}", request=_request_line(head),
+            )  # fmt: skip
             conn.write(
                 responses.error(
                     404,
@@ -416,13 +445,9 @@ class Proxy:
             claims = self._verifier.verify(token, rs.name)
             aud = claims.aud
             if aud != rs.name and not (isinstance(aud, list | tuple) and rs.name in aud):
-                raise AuthenticationError("wrong_audience")
+                raise AuthenticationError("wrong_audience", claims=claims)
         except AuthenticationError as exc:
-            reason = str(getattr(exc, "reason", "invalid"))
-            metrics.TOKEN_REJECTIONS.labels(reason).inc()
-            self.emit(
-                "auth_failed", None, rs.name, None, target.path, t0, status=401, reason=reason
-            )
+            reason = self.auth_refused(conn, exc, rs.name, target.path, t0)
             conn.write(responses.unauthorized(reason, close=not body.complete, head_only=head_only))
             return keep
         if profile is not None:
@@ -433,10 +458,37 @@ class Proxy:
             self._refuse(conn, body, claims, rs, action, obj, t0, decision.rule,
                          decision.reason, decision.explain(), head_only)  # fmt: skip
             return keep
-        if not self._audit_ok(conn, body, head_only):
+        if not self._audit_ok(conn, body, head_only, claims, rs, action, obj, t0):
             return keep
         rs.count(action, "allow")
-        return Admitted(rs, target, claims, method, head_only, action, obj, decision, t0)
+        adm = Admitted(rs, target, claims, method, head_only, action, obj, decision, t0)
+        adm.forwarded = forwarding_block(conn, head.host)
+        if not self._write_ahead(conn, body, adm):
+            return keep
+        return adm
+
+    def auth_refused(
+        self, conn: ClientConnection, exc: AuthenticationError, resource: str, obj: str, t0: float
+    ) -> str:
+        """Count, log and audit a 401; returns its reason slug. The token's claims (jti,
+        deployment, DAG) are recorded when its signature verified, else none are."""
+        reason = str(getattr(exc, "reason", "invalid"))
+        metrics.TOKEN_REJECTIONS.labels(reason).inc()
+        self.refusals.refuse(
+            peer=conn.peer, status=401, reason=reason, event="auth_failed",
+            claims=getattr(exc, "claims", None), resource=resource, obj=obj, t0=t0,
+        )  # fmt: skip
+        return reason
+
+    def connection_refused(
+        self, conn: ClientConnection, status: int, reason: str, description: str, line: bytes | None
+    ) -> None:
+        """A refusal the connection answered itself (framing 400, 408, 500): audited."""
+        self.refusals.refuse(
+            peer=conn.peer, status=status, reason=reason,
+            decision="error" if status >= 500 else "deny", description=description,
+            request=line.partition(b"?")[0] if line else None,
+        )  # fmt: skip
 
     def _decide(self, claims: Any, rs: ResourceState, action: str, obj: str) -> Any:
         iat = getattr(claims, "iat", None)
@@ -498,10 +550,70 @@ class Proxy:
             )
         )
 
-    def _audit_ok(self, conn: ClientConnection, body: RequestBody, head_only: bool) -> bool:
+    def write_ahead(
+        self,
+        conn: ClientConnection,
+        body: RequestBody,
+        head_only: bool,
+        claims: Any,
+        rs: ResourceState,
+        action: str,
+        obj: str,
+        rule: str | None,
+        reason: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Make the allowed request's ``admitted`` record durable before anything is
+        forwarded; return its reference for the outcome record, or None after answering 503
+        ``audit_unavailable`` (then nothing may be forwarded)."""
+        record = self._make_record(
+            event="admitted", **identity_fields(claims), resource=rs.name, action=action,
+            object=obj, decision="allow", rule=rule, reason=reason, detail=detail or {},
+        )  # fmt: skip
+        try:
+            return self._audit.write_ahead(record)
+        except AuditUnavailable as exc:
+            self.emit(
+                "upstream_error", claims, rs.name, action, obj, self._clock(), status=503,
+                decision="error", rule=rule, reason="audit_unavailable",
+                detail={"error": str(exc)[:200]},
+            )  # fmt: skip
+            conn.write(
+                responses.error(
+                    503, "audit_unavailable", close=not body.complete, head_only=head_only
+                )
+            )
+            return None
+
+    def _write_ahead(self, conn: ClientConnection, body: RequestBody, adm: Admitted) -> bool:
+        detail = adm.verdict.detail if adm.verdict is not None else None
+        adm.ref = self.write_ahead(
+            conn, body, adm.head_only, adm.claims, adm.rs, adm.action, adm.obj,
+            adm.decision.rule, adm.decision.reason, detail,
+        )  # fmt: skip
+        return adm.ref is not None
+
+    def _audit_ok(
+        self,
+        conn: ClientConnection,
+        body: RequestBody,
+        head_only: bool,
+        claims: Any = None,
+        rs: ResourceState | None = None,
+        action: str | None = None,
+        obj: str | None = None,
+        t0: float | None = None,
+    ) -> bool:
+        """Audit can take records (else 503 ``audit_unavailable``, decision error)."""
         try:
             self._audit.check_writable()
-        except AuditUnavailable:
+        except AuditUnavailable as exc:
+            # Recorded anyway: the sink may take it once it recovers, and the log has it.
+            self.refusals.refuse(
+                peer=conn.peer, status=503, reason="audit_unavailable", decision="error",
+                claims=claims, resource=rs.name if rs else None, action=action, obj=obj, t0=t0,
+                description=str(exc),
+            )  # fmt: skip
             conn.write(
                 responses.error(
                     503, "audit_unavailable", close=not body.complete, head_only=head_only
@@ -563,7 +675,9 @@ class Proxy:
             self._refuse(conn, body, claims, rs, verdict.action, verdict.obj, p.t0, verdict.rule,
                          verdict.reason, verdict.reason, p.head_only, verdict.detail)  # fmt: skip
             return keep
-        if not self._audit_ok(conn, body, p.head_only):
+        if not self._audit_ok(
+            conn, body, p.head_only, claims, rs, verdict.action, verdict.obj, p.t0
+        ):
             return keep
         rs.count(verdict.action, "allow")
         adm = Admitted(
@@ -571,13 +685,19 @@ class Proxy:
             verdict.decision, p.t0,
         )  # fmt: skip
         adm.verdict = verdict
+        if not self._write_ahead(conn, body, adm):
+            return keep
+        adm.forwarded = forwarding_block(conn, head.host)
         return await self.serve_admitted(conn, head, body, adm)
 
     def _headers_for(self, rs: ResourceState) -> Any:
         async def headers() -> dict[str, str]:
             if rs.credential is None:
                 return {}
-            secret = await self._secrets.get(rs.credential)
+            try:
+                secret = await self._secrets.get(rs.credential)
+            except CredentialError:
+                secret = None
             if secret is None:
                 raise UpstreamUnavailable("credential unavailable")
             auth = rs.resource.auth
@@ -615,9 +735,16 @@ class Proxy:
                 reason="client_closed",
                 bytes_in=body.total,
                 bytes_out=conn.bytes_out,
+                detail={"ref": adm.ref},
             )
             raise
         event = "upstream_error" if out.error else "allowed"
+        if out.error:  # the gateway answered (or cut) the request itself: decision "error"
+            log.warning(
+                "upstream failure",
+                extra={"fields": {"resource": rs.name, "reason": out.error, "status": out.status,
+                                  "jti": getattr(adm.claims, "jti", None)}},
+            )  # fmt: skip
         self.emit(
             event,
             adm.claims,
@@ -626,7 +753,7 @@ class Proxy:
             adm.obj,
             adm.t0,
             status=out.status,
-            decision="allow",
+            decision="error" if out.error else "allow",
             rule=adm.decision.rule,
             reason=out.error or adm.decision.reason,
             bytes_in=body.total,
@@ -636,7 +763,9 @@ class Proxy:
         return head.keep_alive and out.keep
 
     def _detail(self, adm: Admitted, out: _Outcome) -> dict[str, Any] | None:
-        detail: dict[str, Any] = {"retries": out.retries} if out.retries else {}
+        detail: dict[str, Any] = {"ref": adm.ref}
+        if out.retries:
+            detail["retries"] = out.retries
         v = adm.verdict
         profile = adm.rs.profile
         if v is not None and profile is not None:
@@ -660,6 +789,7 @@ class Proxy:
             head.method + b" " + path.encode("ascii") + b" HTTP/1.1\r\n",
             rs.host_line,
             rs.forwarded_headers(head),
+            adm.forwarded,
         ]
         if rs.identity_prefix is not None:
             assertion = self._assertions.get(adm.claims, rs.name).encode("latin-1")
@@ -800,13 +930,15 @@ class Proxy:
         secret = None
         auth = b""
         if rs.credential is not None:
-            secret = self._secrets.peek(rs.credential, previous) or await self._secrets.get(
-                rs.credential, previous
-            )
+            why = "the credential has no value"
+            try:
+                secret = self._secrets.peek(rs.credential, previous) or await self._secrets.get(
+                    rs.credential, previous
+                )
+            except CredentialError as exc:  # never set, undecryptable, token endpoint refused
+                secret, why = None, str(exc)  # messages name the credential, never its value
             if secret is None:
-                metrics.UPSTREAM_ERRORS.labels(rs.name, "credential").inc()
-                conn.write(responses.error(502, "credential_unavailable", close=not body.complete))
-                return _Outcome(502, False, "credential_unavailable", attempt)
+                return self._credential_unavailable(conn, body, rs, why, attempt)
             auth = rs.auth_line(secret)
         streaming = not body.complete
         if streaming:
@@ -833,6 +965,28 @@ class Proxy:
             head_fut = up.begin(head_only=head_only, timeout=deadline_at - sent_at)
             up.write(req_head + body.data() if body.total else req_head)
         return _Sent(up, head_fut, secret, streaming, sent_at)
+
+    def _credential_unavailable(
+        self, conn: ClientConnection, body: RequestBody, rs: ResourceState, why: str, attempt: int
+    ) -> _Outcome:
+        """503 naming the resource (not the credential or its value); the gateway's fault."""
+        metrics.UPSTREAM_ERRORS.labels(rs.name, "credential").inc()
+        metrics.REFUSALS.labels("http", "credential_unavailable").inc()
+        log.error(
+            "upstream credential unavailable",
+            extra={"fields": {"resource": rs.name, "credential": rs.credential, "error": why}},
+        )
+        conn.write(
+            responses.error(
+                503,
+                "credential_unavailable",
+                resource=rs.name,
+                message=f"Lockgate has no usable upstream credential for resource {rs.name!r}; "
+                "an operator must set it (lockgate creds set) or fix its source",
+                close=not body.complete,
+            )
+        )
+        return _Outcome(503, False, "credential_unavailable", attempt)
 
     @staticmethod
     def _body_writers(

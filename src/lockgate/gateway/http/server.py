@@ -37,6 +37,9 @@ Handler = Callable[["ClientConnection", framing.Head, "RequestBody"], Awaitable[
 #: when it answered at once, or None when the answer is under way; then whoever serves it
 #: calls :meth:`ClientConnection.finish` (or :meth:`ClientConnection.run` a coroutine).
 FastHandler = Callable[["ClientConnection", framing.Head, "RequestBody"], bool | None]
+#: Told about every refusal the connection answers itself (framing 400, 408, 500):
+#: (connection, status, reason slug, description, offending request line or None).
+RefusalHook = Callable[["ClientConnection", int, str, str, "bytes | None"], None]
 
 
 class InFlight(Protocol):
@@ -127,9 +130,12 @@ class ClientConnection(asyncio.Protocol):
         clock: Callable[[], float] = time.monotonic,
         on_close: Callable[[ClientConnection], None] | None = None,
         fast: FastHandler | None = None,
+        on_refused: RefusalHook | None = None,
     ) -> None:
         self._handler = handler
         self._fast = fast
+        self._on_refused = on_refused
+        self.forwarded: tuple[bytes | None, bytes] | None = None  # see :mod:`forwarded`
         self.inflight: InFlight | None = None  # a request served by callbacks, not a task
         self._max_head = max_header_bytes
         self._idle_timeout = idle_timeout
@@ -210,9 +216,10 @@ class ClientConnection(asyncio.Protocol):
                     self._buf = buf
                     return
                 if end > self._max_head:
-                    raise RemoteProtocolError("header block too large")
+                    raise framing.bad("header block too large", "head_too_large")
                 head = framing.parse_request_head_cached(buf[:end])
             except RemoteProtocolError as exc:
+                self._refused(400, exc, buf)
                 self.refuse(responses.bad_request(str(exc)))
                 return
             if head.chunked:
@@ -232,8 +239,7 @@ class ClientConnection(asyncio.Protocol):
                     keep = self._fast(self, head, body)
                 except Exception:
                     log.exception("request failed")
-                    if self.bytes_out == 0:
-                        self.write(responses.error(500, "internal_error", close=True))
+                    self._failed(head.method + b" " + head.target)
                     keep = False
                 if keep is None:
                     return
@@ -263,6 +269,7 @@ class ClientConnection(asyncio.Protocol):
         except RemoteProtocolError as exc:
             if self._task is not None and not self._task.done():
                 self._task.cancel()
+            self._refused(400, exc, None)
             self.refuse(responses.bad_request(str(exc)))
             return
         if pieces:
@@ -282,8 +289,7 @@ class ClientConnection(asyncio.Protocol):
             keep = False
         except Exception:
             log.exception("request failed")
-            if self.bytes_out == 0:
-                self.write(responses.error(500, "internal_error", close=True))
+            self._failed(None)
         finally:
             self.upstream = None
             self._task = None
@@ -318,6 +324,22 @@ class ClientConnection(asyncio.Protocol):
 
     def write_first(self, head: bytes, pieces: list[bytes]) -> None:
         self.write(b"".join([head, *pieces]) if pieces else head)
+
+    def _refused(self, status: int, exc: Exception, raw: bytes | None) -> None:
+        """Report a refusal to the hook (audit, log, metric); ``raw``: the buffered head."""
+        if self._on_refused is not None:
+            # the request line only (up to any CR or LF): headers may carry credentials
+            line = raw.split(b"\n", 1)[0].split(b"\r", 1)[0] if raw else None
+            self._on_refused(
+                self, status, getattr(exc, "slug", "bad_request"), str(exc), line or None
+            )
+
+    def _failed(self, line: bytes | None) -> None:
+        """A request failed inside the gateway: 500 (when nothing was sent yet), reported."""
+        if self.bytes_out == 0:
+            self.write(responses.error(500, "internal_error", close=True))
+        if self._on_refused is not None:
+            self._on_refused(self, 500, "internal_error", "the gateway failed the request", line)
 
     def refuse(self, data: bytes) -> None:
         """Answer and close: the byte stream can no longer be trusted."""
@@ -361,6 +383,8 @@ class ClientConnection(asyncio.Protocol):
         if self._state == _HEAD and self._task is None and self.inflight is None and left <= 0:
             self._state = _CLOSED
             if self._buf:  # a head that never finished
+                timeout = framing.bad("request head not complete in time", "request_timeout")
+                self._refused(408, timeout, self._buf)
                 self.refuse(responses.error(408, "request_timeout", close=True))
             else:
                 self.transport.close()

@@ -183,6 +183,11 @@ class CosmosProfile:
         if not proxy._audit_ok(conn, body, head_only):
             return keep
         rs.count(op.action, "allow")
+        ref = proxy.write_ahead(conn, body, head_only, claims, rs, op.action, op.obj, rule,
+                                reason, dict(detail))  # fmt: skip
+        if ref is None:
+            return keep
+        detail["ref"] = ref
         base = _public_base(conn, head, p.target.path, parts[2])
         out = await self._forward(proxy, rs, method, path, p.target.query, headers, data, base)
         status, resp_headers, resp_body, retries, error = out

@@ -1,0 +1,69 @@
+"""Forwarding headers: the upstream learns who connected from the gateway, never the client.
+
+A client may send ``Forwarded``, ``X-Forwarded-For``/``-Host``/``-Proto`` (any
+``X-Forwarded-*``) or ``X-Real-IP`` to make an upstream believe a request came from
+somewhere else (an allow-listed address, an internal host, https). Those headers are dropped
+(:func:`is_forwarding`) and the gateway sets its own (:func:`forwarding_block`):
+
+* ``for``: the client's peer address as the gateway's socket saw it;
+* ``host``: the Host the client addressed when it is a plain ``host[:port]`` (letters,
+  digits, ``.``, ``-``, ``_`` or a bracketed IPv6 literal), else the listener's own address;
+* ``proto``: ``https`` when the client connection is TLS (including a forward-proxy
+  tunnel), else ``http``.
+
+They are the same for every request of a connection (only Host could differ), so the block
+is built once per connection and host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+_DROPPED = frozenset({b"forwarded", b"x-real-ip"})
+_HOST = re.compile(rb"(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
+def is_forwarding(low: bytes) -> bool:
+    """True for a (lowercased) header name the gateway sets itself."""
+    return low in _DROPPED or low.startswith(b"x-forwarded-")
+
+
+def _address(info: Any) -> str | None:
+    if isinstance(info, tuple) and info:
+        try:
+            return str(ipaddress.ip_address(str(info[0]).partition("%")[0]))
+        except ValueError:
+            return None
+    return None
+
+
+def _authority(addr: str, port: Any) -> str:
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"{host}:{port}" if port else host
+
+
+def forwarding_block(conn: Any, host: bytes | None) -> bytes:
+    """The ``Forwarded`` and ``X-Forwarded-*``/``X-Real-IP`` lines for a request of ``conn``."""
+    cached = conn.forwarded
+    if cached is not None and cached[0] == host:
+        return cached[1]
+    transport = conn.transport
+    get = transport.get_extra_info if transport is not None else (lambda _name: None)
+    peer = _address(get("peername")) or "unknown"
+    if host is not None and _HOST.fullmatch(host):
+        shown = host.decode("ascii")
+    else:
+        local = get("sockname")
+        addr = _address(local)
+        shown = _authority(addr, local[1]) if addr else "unknown"
+    proto = "https" if get("sslcontext") is not None else "http"
+    node = f'"[{peer}]"' if ":" in peer else peer
+    block = (
+        f'Forwarded: for={node};host="{shown}";proto={proto}\r\n'
+        f"X-Forwarded-For: {peer}\r\nX-Forwarded-Host: {shown}\r\n"
+        f"X-Forwarded-Proto: {proto}\r\nX-Real-IP: {peer}\r\n"
+    ).encode("ascii")
+    conn.forwarded = (host, block)
+    return block
