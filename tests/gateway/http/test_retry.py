@@ -28,7 +28,9 @@ async def test_503_twice_then_200(make_gateway, upstream):
     assert status == 200
     assert upstream.hits["/flaky1"] == 3
     assert _retries("orders", "503") - before == 2
-    assert gw.audit.records[-1].detail == {"retries": 2}
+    # one admitted record written ahead, one outcome naming it, however many attempts
+    assert [r.event for r in gw.audit.ahead] == ["admitted"]
+    assert gw.audit.records[-1].detail == {"retries": 2, "ref": "fake/1"}
 
 
 async def test_post_is_not_retried_on_503(make_gateway, upstream):
