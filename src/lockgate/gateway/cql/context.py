@@ -1,8 +1,11 @@
 """What every CQL client connection shares: collaborators, caches, audit and metrics helpers.
 
-One :class:`EngineContext` per engine. Sessions call :meth:`EngineContext.record` to audit
-(never blocking; a failing sink is logged, not raised) and :meth:`EngineContext.count` for
-``lockgate_requests_total``; metric children are cached so the hot path does no label lookup.
+One :class:`EngineContext` per engine: the resources, the token verifier (called for every
+statement: it re-checks expiry and revocation in memory), policy, credentials, the shared
+prepared-statement registry and the bounds of frames held behind a USE. Sessions call
+:meth:`EngineContext.record` to audit (never blocking; a failing sink is logged, not raised)
+and :meth:`EngineContext.count` for ``lockgate_requests_total``; metric children are cached
+so the hot path does no label lookup.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ SUPPORTED_OPTIONS: dict[str, list[str]] = {
     "COMPRESSION": [],
 }
 AUTHENTICATOR = "org.apache.cassandra.auth.PasswordAuthenticator"
+#: Frames one connection may have waiting behind an unanswered USE (:mod:`.holds`), by count
+#: and by bytes; beyond them the client is not read until the USE is answered.
+MAX_HELD_FRAMES = 256
+MAX_HELD_BYTES = 1024 * 1024
+#: Seconds the upstream has to answer a USE that frames wait for; then the connection closes.
+USE_ANSWER_TIMEOUT = 10.0
 
 
 @dataclass
@@ -53,6 +62,9 @@ class EngineContext:
     make_record: RecordFactory = field(default_factory=default_record_factory)
     prepared: PreparedStatements = field(default_factory=PreparedStatements)
     clock: Clock = time.monotonic
+    max_held_frames: int = MAX_HELD_FRAMES
+    max_held_bytes: int = MAX_HELD_BYTES
+    use_answer_timeout: float = USE_ANSWER_TIMEOUT
     secrets: SecretCache = field(init=False)
     _counters: dict[tuple[str, str, str], Any] = field(default_factory=dict, init=False)
 

@@ -4,13 +4,16 @@ Strategy: one upstream connection per client connection, so stream ids pass thro
 unchanged and responses need no renumbering. Two pumps run side by side:
 
 * client → upstream: each request is parsed by the codec; statement-bearing ones
-  (QUERY, PREPARE, EXECUTE, BATCH) get a :class:`~.statements.Plan`, every target that is
-  not a driver metadata read or ``USE`` is decided by policy, and the request is either
-  answered by the gateway (Unauthorized, Unprepared, audit unavailable) or forwarded as its
-  exact bytes. OPTIONS (driver heartbeats) and REGISTER are forwarded.
+  (QUERY, PREPARE, EXECUTE, BATCH) get a :class:`~.statements.Plan`, the token is verified
+  again (expiry and revocation, in memory), every target that is not a driver metadata read
+  or ``USE`` is decided by policy, and the request is either answered by the gateway
+  (Unauthorized, Unprepared, audit unavailable) or forwarded as its exact bytes. OPTIONS
+  (driver heartbeats) and REGISTER are forwarded. While a USE is in flight, later frames
+  wait in :class:`~.holds.UseHold` and are judged once its answer names the keyspace.
 * upstream → client: frames are split by their 9-byte header; only those the gateway must
   look into (anything but plain Rows, or Rows of system.local/peers reads) are decoded.
-  SetKeyspace updates the connection's keyspace, Prepared fills the shared prepared map,
+  SetKeyspace updates the connection's keyspace and releases held frames, Prepared fills
+  the shared prepared map (after checking its metadata names the tables that were judged),
   topology/status EVENTs are dropped, and every audited statement is recorded with its
   result kind or error code and its latency.
 
@@ -21,7 +24,8 @@ per frame; with 64 statements in flight this was the largest cost per statement)
 Robustness: a malformed or oversized client frame, a frame that stalls for longer than the
 resource's ``handshake_timeout``, or an unfinished handshake closes this connection only,
 with an audit record. A connection with nothing in flight and no traffic for
-``idle_timeout`` is closed quietly. No exception leaves :meth:`ClientSession.run`.
+``idle_timeout`` is closed quietly. A request reusing the stream id of one in flight is
+refused (its answer could not be told apart). No exception leaves :meth:`ClientSession.run`.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from lockgate.gateway.engine import identity_fields
 from . import codec
 from .context import PRE_AUTH_MAX_FRAME_BYTES, EngineContext
 from .handshake import Authenticated, handshake
+from .holds import UseHold
 from .rewrite import forward_event, rewrite_rows
-from .statements import Plan, plan_for
+from .statements import Plan, plan_for, tables_outside_plan
 from .upstream import UPSTREAM_MAX_FRAME_BYTES
 
 log = _log.get("gateway.cql")
@@ -48,7 +53,6 @@ log = _log.get("gateway.cql")
 _READ_SIZE = 65536
 _HEADER = struct.Struct(">BBhBi")
 _RANK = {"read": 1, "write": 2, "admin": 3}
-_REVERIFY_EVERY = 1.0  # seconds between token re-checks (expiry, revocation) on a connection
 
 
 class _Stalled(Exception):
@@ -82,7 +86,12 @@ class ClientSession:
         self._frame_deadline: float | None = None
         self._frame_timeout = ctx.handshake_timeout
         self._idle_timeout: float | None = None
-        self._verified_at = 0.0
+        self.holds = UseHold(
+            max_frames=ctx.max_held_frames,
+            max_bytes=ctx.max_held_bytes,
+            timeout=ctx.use_answer_timeout,
+            on_expired=self._use_unanswered,
+        )
         self._to_upstream: list[bytes] = []  # forwarded requests not yet written (coalesced)
         self._to_client: list[bytes] = []  # upstream answers not yet written (coalesced)
         self._inspector = codec.Connection(
@@ -106,7 +115,6 @@ class ClientSession:
             self.client.max_frame_bytes = r.max_frame_bytes
             self._frame_timeout = r.handshake_timeout
             self._idle_timeout = r.idle_timeout
-            self._verified_at = self.ctx.clock()
             await self._relay()
         except codec.UnsupportedProtocolVersion as exc:
             # Driver protocol negotiation (DSE/v5 first): expected, cheap, not an attack.
@@ -218,6 +226,10 @@ class ClientSession:
             if event is None:
                 return
             self._on_request(event)
+            if self.holds.full:  # stop reading the client until the USE is answered
+                self._flush_upstream()
+                await up.drain()
+                await self.holds.wait_for_room()
             if self.client.buffered == 0:
                 self._flush_upstream()
                 await up.drain()
@@ -225,7 +237,20 @@ class ClientSession:
     def _on_request(self, event: codec.Event) -> None:
         auth = self.auth
         assert auth is not None
+        if self.holds.must_wait(event):
+            self.holds.hold(event)  # judged when the USE in flight is answered
+            return
         t0 = self.ctx.clock()
+        if event.stream in self.pending:
+            self._refuse_request(
+                event,
+                None,
+                t0,
+                codec.ERR_PROTOCOL,
+                f"stream id {event.stream} is already in use by a request in flight",
+                "stream_in_use",
+            )
+            return
         if isinstance(event, codec.Options | codec.Register):
             self._forward(event, _Pending(t0, None, False))
             return
@@ -234,6 +259,17 @@ class ClientSession:
             self._answer(event, codec.ERR_PROTOCOL, f"unexpected {type(event).__name__}")
             return
         if not self._token_valid(event, plan, t0):
+            return
+        if plan.ambiguous is not None:
+            self._refuse_request(
+                event,
+                plan,
+                t0,
+                codec.ERR_INVALID,
+                f"Lockgate refuses prepared id {plan.ambiguous.hex()}: it was prepared for "
+                "more than one statement; prepare the statement again under a fresh text",
+                "prepared_ambiguous",
+            )
             return
         if plan.unprepared is not None:
             self._write(
@@ -289,11 +325,13 @@ class ClientSession:
         self._forward(event, _Pending(t0, plan, True, action, obj, ref))
 
     def _token_valid(self, event: codec.Event, plan: Plan, t0: float) -> bool:
-        """Re-check the connection's token (expiry, revocation) about once a second."""
+        """Re-check the connection's token (expiry, revocation) for every statement.
+
+        The verifier keeps verified tokens and revocations in memory, so this costs a few
+        dictionary lookups; a statement sent once the revocation store knows is refused.
+        """
         auth = self.auth
         assert auth is not None
-        if t0 - self._verified_at < _REVERIFY_EVERY:
-            return True
         try:
             auth.claims = self.ctx.verifier.verify(auth.token, auth.resource.name)
         except AuthenticationError as exc:
@@ -314,7 +352,6 @@ class ClientSession:
                 detail={"statement": plan.audit_text},
             )
             return False
-        self._verified_at = t0
         return True
 
     def _deny(
@@ -344,10 +381,35 @@ class ClientSession:
             detail=self._detail(plan),
         )
 
+    def _refuse_request(
+        self,
+        event: codec.Event,
+        plan: Plan | None,
+        t0: float,
+        code: int,
+        message: str,
+        reason: str,
+    ) -> None:
+        """Answer ``event`` with an error the gateway decided (not policy) and audit it."""
+        auth = self.auth
+        assert auth is not None
+        self._answer(event, code, message)
+        self.ctx.record(
+            "denied",
+            auth.claims,
+            auth.resource.name,
+            t0,
+            status=code,
+            decision="deny",
+            reason=reason,
+            detail=self._detail(plan) if plan is not None else None,
+        )
+
     def _detail(self, plan: Plan) -> dict[str, Any]:
         detail: dict[str, Any] = {"statement": plan.audit_text, "op": plan.op}
         if plan.keyspace:
-            detail["keyspace"] = plan.keyspace
+            # "_name": a bare "keyspace" key would be taken for a secret and redacted.
+            detail["keyspace_name"] = plan.keyspace
         return detail
 
     def _answer(self, event: codec.Event, code: int, message: str) -> None:
@@ -358,6 +420,8 @@ class ClientSession:
     def _forward(self, event: codec.Event, pending: _Pending) -> None:
         self.pending[event.stream] = pending
         self._to_upstream.append(event.raw)
+        if pending.plan is not None and pending.plan.changes_keyspace:
+            self.holds.started(event.stream)
 
     def _flush_upstream(self) -> None:
         if self._to_upstream and self.auth is not None:
@@ -409,6 +473,16 @@ class ClientSession:
 
     def _on_response(self, frame: bytes, flags: int, stream: int, opcode: int) -> None:
         p = self.pending.pop(stream, None) if stream >= 0 else None
+        if stream == self.holds.use_stream:
+            self._use_answered(self._relay_answer(frame, flags, stream, opcode, p))
+        else:
+            self._relay_answer(frame, flags, stream, opcode, p)
+
+    def _relay_answer(
+        self, frame: bytes, flags: int, stream: int, opcode: int, p: _Pending | None
+    ) -> codec.Event | None:
+        """Relay one upstream answer (rewritten or refused where needed) and record its
+        outcome; the decoded answer, None when it was relayed without decoding."""
         if (
             opcode == codec.RESULT
             and flags == 0
@@ -417,7 +491,7 @@ class ClientSession:
         ):
             self._emit(frame)  # the hot path: rows relayed without decoding
             self._finish(p, codec.RESULT_ROWS)
-            return
+            return None
         event = self._inspect(frame)
         if event is None:
             if p is not None and p.plan is not None and p.plan.rewrite is not None:
@@ -434,12 +508,13 @@ class ClientSession:
             else:
                 self._emit(frame)
             self._finish(p, codec.ERR_SERVER, error=True)
-            return
+            return None
         if isinstance(event, codec.ServerEvent):
             if forward_event(event):
                 self._emit(frame)
-            return
+            return event
         status: int | None = None
+        failed = isinstance(event, codec.Error)
         if isinstance(event, codec.Error):
             status = event.code
         elif isinstance(event, codec.Result):
@@ -447,9 +522,11 @@ class ClientSession:
             if isinstance(event, codec.SetKeyspace):
                 self.keyspace = event.keyspace
             elif isinstance(event, codec.Prepared) and p is not None and p.plan is not None:
-                if p.plan.op == "prepare" and self.auth is not None:
-                    self.ctx.prepared.remember(
-                        self.auth.resource.name, event.query_id, p.plan.text, p.plan.keyspace
+                refusal = self._remember_prepared(event, p) if p.plan.op == "prepare" else None
+                if refusal is not None:
+                    status, failed = codec.ERR_INVALID, True
+                    frame = codec.encode_frame(
+                        codec.Error(stream=stream, code=codec.ERR_INVALID, message=refusal)
                     )
             elif isinstance(event, codec.Rows) and p is not None and p.plan is not None:
                 kind = p.plan.rewrite
@@ -458,7 +535,88 @@ class ClientSession:
                     if rows is not event:
                         frame = codec.encode_frame(rows)
         self._emit(frame)
-        self._finish(p, status, error=isinstance(event, codec.Error))
+        self._finish(p, status, error=failed)
+        return event
+
+    def _remember_prepared(self, event: codec.Prepared, p: _Pending) -> str | None:
+        """File a PREPARED id under the text and keyspace that produced it; the refusal for
+        the client when the id cannot be trusted (its metadata names tables the statement
+        was not judged on, or the id is known for another statement)."""
+        auth = self.auth
+        plan = p.plan
+        assert auth is not None and plan is not None
+        outside = tables_outside_plan(plan, event)
+        if outside:
+            reason = "prepared_mismatch"
+            message = (
+                f"Lockgate refuses this prepared statement: the cluster resolved it to "
+                f"{', '.join(outside)}, not to what was judged"
+            )
+        elif not self.ctx.prepared.remember(
+            auth.resource.name, event.query_id, plan.text, plan.keyspace
+        ):
+            reason = "prepared_ambiguous"
+            message = (
+                f"Lockgate refuses prepared id {event.query_id.hex()}: it is already known "
+                "for another statement"
+            )
+        else:
+            return None
+        log.error(
+            "cql prepared statement not remembered",
+            extra={"fields": {**self._fields(), "reason": reason, "tables": outside}},
+        )
+        self.ctx.record(
+            "denied",
+            auth.claims,
+            auth.resource.name,
+            p.t0,
+            action=p.action,
+            obj=p.obj,
+            status=codec.ERR_INVALID,
+            decision="deny",
+            reason=reason,
+            detail={**self._detail(plan), "prepared_on": outside},
+        )
+        return message
+
+    # -- frames held behind a USE ---------------------------------------------------------------
+    def _use_answered(self, event: codec.Event | None) -> None:
+        """The in-flight USE was answered: judge the frames that waited for it, in order."""
+        self.holds.answered()
+        if not isinstance(event, codec.SetKeyspace | codec.Error):
+            # Not an answer a USE gets: which keyspace the upstream now uses is unknown, so
+            # unqualified names resolve to none (which nothing grants) until the next USE.
+            self.keyspace = None
+            log.warning("cql USE got an unexpected answer", extra={"fields": self._fields()})
+        while (held := self.holds.release_next()) is not None:
+            self._on_request(held)
+        self._flush_upstream()
+
+    def _use_unanswered(self, frames: list[codec.Event]) -> None:
+        """The upstream did not answer a USE in time: refuse what waited and close."""
+        log.warning(
+            "cql USE not answered in time; closing the connection",
+            extra={"fields": {**self._fields(), "held": len(frames)}},
+        )
+        self._refuse_held(frames, "use_unanswered")
+        if self.auth is not None:
+            self.auth.link.close()  # the upstream pump sees the end and the session closes
+
+    def _refuse_held(self, frames: list[codec.Event], reason: str) -> None:
+        auth = self.auth
+        assert auth is not None
+        for event in frames:
+            plan = plan_for(event, auth.resource.name, None, self.ctx.prepared)
+            self._refuse_request(
+                event,
+                plan,
+                self.ctx.clock(),
+                codec.ERR_SERVER,
+                "Lockgate did not run this statement: the cluster did not confirm the keyspace "
+                "of the USE before it; reconnect and retry",
+                reason,
+            )
 
     def _inspect(self, frame: bytes) -> codec.Event | None:
         self._inspector.receive_data(frame)
@@ -496,6 +654,7 @@ class ClientSession:
         auth = self.auth
         if auth is None:
             return
+        self._refuse_held(self.holds.drain(), "upstream_closed")
         for p in self.pending.values():
             if p.audited and p.plan is not None:
                 self.ctx.record(

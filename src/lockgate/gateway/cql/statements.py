@@ -1,17 +1,20 @@
 """What a CQL request does: its statement text and policy targets (:class:`Plan`).
 
-Strategy: QUERY and PREPARE are classified from their text against the connection's current
-keyspace; EXECUTE maps the prepared id back to the text and keyspace it was prepared with
+Strategy: QUERY and PREPARE are classified from their text against the keyspace the upstream
+will run them under (the session holds frames behind a USE until its answer, so that keyspace
+is exact); EXECUTE maps the prepared id back to the text and keyspace that produced it
 (:class:`PreparedStatements`, filled from PREPARED results) and classifies that; BATCH
 classifies every child. A prepared id the gateway has not seen (restart, eviction, a
 PREPARE made on another replica) yields ``plan.unprepared``: the engine answers Unprepared
-(0x2500) with that id, and the driver re-prepares through the gateway and retries.
+(0x2500) with that id, and the driver re-prepares through the gateway and retries. An id
+the gateway has seen for two statements that are judged differently yields
+``plan.ambiguous``: the engine refuses it rather than guess which one the upstream runs.
 Classification is cached per (text, keyspace) for texts up to 4 KiB (:func:`classify_statement`).
 
 Rules: targets that are reads of driver metadata tables (``system.local``, ``system.peers``,
 ``system_schema.*`` ...) or ``USE`` need no policy decision (``Target`` kinds ``system`` /
-``use``); every other target does. The statement text kept for audit is capped; bound
-values are never kept.
+``use``); every other target does. The statement text kept for audit is capped and has its
+password literals redacted; bound values are never kept.
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from lockgate import _log
+
 from . import codec
-from .classify import Target, classify, is_system_metadata_read
+from .classify import ANY_OBJECT, Target, classify, is_system_metadata_read
 from .rewrite import rewrite_kind
+
+log = _log.get("gateway.cql")
 
 MAX_AUDIT_TEXT = 2048
 DEFAULT_PREPARED_ENTRIES = 20_000
@@ -44,6 +51,29 @@ def classify_statement(text: str, keyspace: str | None) -> list[Target]:
     return list(_classify_cached(text, keyspace))
 
 
+def _withhold_passwords(text: str) -> str:
+    # Stand-in until the lexer offers token-aware redaction: a text that may carry a password
+    # literal is not kept at all.
+    return "[withheld: statement sets a password]" if "password" in text.lower() else text
+
+
+try:
+    from .classify import redact_secrets as _redact
+except ImportError:  # pragma: no cover - depends on the lexer's version
+    _redact = _withhold_passwords
+
+
+@lru_cache(maxsize=CACHE_ENTRIES)
+def _audit_text_cached(text: str) -> str:
+    return audit_text(text)
+
+
+def audit_text(text: str) -> str:
+    """``text`` as it may appear in an audit record or a log line: passwords redacted, capped."""
+    safe = _redact(text)
+    return safe if len(safe) <= MAX_AUDIT_TEXT else safe[:MAX_AUDIT_TEXT] + "…"
+
+
 @dataclass(slots=True)
 class Plan:
     """One request's statement(s) and what they touch."""
@@ -51,13 +81,22 @@ class Plan:
     op: str  # query | prepare | execute | batch
     text: str
     targets: list[Target] = field(default_factory=list)
-    keyspace: str | None = None  # in effect when the request was sent
+    keyspace: str | None = None  # the keyspace the upstream runs the request under
     unprepared: bytes | None = None  # an EXECUTE/BATCH child id unknown to the gateway
+    ambiguous: bytes | None = None  # an EXECUTE/BATCH child id known for two statements
 
     @property
     def checked(self) -> list[Target]:
         """Targets that need a policy decision."""
         return [t for t in self.targets if t.action != "use" and not is_system_metadata_read(t)]
+
+    @property
+    def changes_keyspace(self) -> bool:
+        """True when running this request may change the connection's keyspace: a USE, or a
+        statement the classifier could not place (it is refused unless allowed on ``*``)."""
+        if self.op not in ("query", "execute"):
+            return False  # PREPARE never switches; BATCH holds only data changes
+        return any(t.action == "use" or t.object == ANY_OBJECT for t in self.targets)
 
     @property
     def rewrite(self) -> str | None:
@@ -68,28 +107,67 @@ class Plan:
 
     @property
     def audit_text(self) -> str:
-        return self.text if len(self.text) <= MAX_AUDIT_TEXT else self.text[:MAX_AUDIT_TEXT] + "…"
+        if len(self.text) <= CACHE_TEXT_MAX:
+            return _audit_text_cached(self.text)
+        return audit_text(self.text)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEntry:
+    """What produced a prepared id: its text and the keyspace the upstream prepared it under.
+    ``ambiguous``: the id was also seen for a statement judged differently; never executed."""
+
+    text: str
+    keyspace: str | None
+    ambiguous: bool = False
 
 
 class PreparedStatements:
-    """Prepared id → (text, keyspace) per resource, a bounded LRU shared by all connections.
+    """Prepared id → :class:`PreparedEntry` per resource, a bounded LRU shared by all
+    connections.
 
     Cassandra's prepared ids are per node and not per connection (the driver prepares on one
-    connection and executes on any), so the gateway keeps one map per process.
+    connection and executes on any), so the gateway keeps one map per process. An entry is
+    never overwritten by a different statement: a second (text, keyspace) for a known id
+    that classifies differently makes the id ambiguous until it is evicted, so no connection,
+    principal or keyspace can make an id stand for a statement other than the one it runs.
     """
 
     def __init__(self, max_entries: int = DEFAULT_PREPARED_ENTRIES) -> None:
         self._max = max_entries
-        self._entries: OrderedDict[tuple[str, bytes], tuple[str, str | None]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, bytes], PreparedEntry] = OrderedDict()
 
-    def remember(self, resource: str, query_id: bytes, text: str, keyspace: str | None) -> None:
+    def remember(self, resource: str, query_id: bytes, text: str, keyspace: str | None) -> bool:
+        """Record what the upstream prepared under ``query_id``; False when the id is (now)
+        ambiguous."""
         key = (resource, query_id)
-        self._entries[key] = (text, keyspace)
+        known = self._entries.get(key)
+        if known is not None and not _same_statement(known, text, keyspace):
+            if not known.ambiguous:
+                log.warning(
+                    "cql prepared id seen for two different statements; refusing it",
+                    extra={
+                        "fields": {
+                            "resource": resource,
+                            "query_id": query_id.hex(),
+                            "known": audit_text(known.text),
+                            "known_ks": known.keyspace,
+                            "new": audit_text(text),
+                            "new_ks": keyspace,
+                        }
+                    },
+                )
+                self._entries[key] = PreparedEntry(known.text, known.keyspace, ambiguous=True)
+            self._entries.move_to_end(key)
+            return False
+        if known is None:
+            self._entries[key] = PreparedEntry(text, keyspace)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+        return True
 
-    def lookup(self, resource: str, query_id: bytes) -> tuple[str, str | None] | None:
+    def lookup(self, resource: str, query_id: bytes) -> PreparedEntry | None:
         key = (resource, query_id)
         entry = self._entries.get(key)
         if entry is not None:
@@ -98,6 +176,32 @@ class PreparedStatements:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _same_statement(known: PreparedEntry, text: str, keyspace: str | None) -> bool:
+    """One id, one judgement: same text, and the same targets under either keyspace (a
+    qualified statement prepared under two keyspaces is still one statement)."""
+    if known.ambiguous or known.text != text:
+        return False
+    return known.keyspace == keyspace or classify_statement(
+        text, known.keyspace
+    ) == classify_statement(text, keyspace)
+
+
+def tables_outside_plan(plan: Plan, prepared: codec.Prepared) -> list[str]:
+    """Tables a PREPARED result's metadata names that the plan's read/write targets do not.
+
+    Bind and result columns carry the keyspace and table the upstream resolved the statement
+    against; for a read or a write they must be among the objects it was judged on, or the
+    upstream prepared something other than what policy allowed. Statements without read or
+    write targets (DDL, roles, USE) are not checked: their metadata names no judged table.
+    """
+    objects = {t.object for t in plan.targets if t.action in ("read", "write")}
+    if not objects or ANY_OBJECT in objects:
+        return []
+    columns = [*prepared.metadata.columns, *(prepared.result_metadata.columns or ())]
+    named = {f"{c.keyspace}.{c.table}" for c in columns}
+    return sorted(named - objects)
 
 
 def plan_for(
@@ -112,8 +216,11 @@ def plan_for(
         found = prepared.lookup(resource, event.query_id)
         if found is None:
             return Plan("execute", "", [], keyspace, unprepared=event.query_id)
-        text, ks = found
-        return Plan("execute", text, classify_statement(text, ks), ks)
+        if found.ambiguous:
+            return Plan("execute", found.text, [], keyspace, ambiguous=event.query_id)
+        return Plan(
+            "execute", found.text, classify_statement(found.text, found.keyspace), found.keyspace
+        )
     if isinstance(event, codec.Batch):
         return _batch_plan(event, resource, keyspace, prepared)
     return None
@@ -128,10 +235,13 @@ def _batch_plan(
         if child.kind == 0 and child.query is not None:
             text, ks = child.query, keyspace
         else:
-            found = prepared.lookup(resource, child.query_id or b"")
+            query_id = child.query_id or b""
+            found = prepared.lookup(resource, query_id)
             if found is None:
-                return Plan("batch", "", [], keyspace, unprepared=child.query_id or b"")
-            text, ks = found
+                return Plan("batch", "", [], keyspace, unprepared=query_id)
+            if found.ambiguous:
+                return Plan("batch", found.text, [], keyspace, ambiguous=query_id)
+            text, ks = found.text, found.keyspace
         texts.append(text)
         found_targets = classify_statement(text, ks)
         # Only data changes may be batched; anything else (a SELECT, DDL) fails closed.
