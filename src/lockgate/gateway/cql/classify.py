@@ -1,37 +1,58 @@
 """CQL statement → policy targets ``(action, object, statement_kind)``.
 
-Strategy: tokenize the whole text with CQL's own lexical rules (``--`` and ``//`` line
-comments, ``/* */`` block comments, ``'...'`` strings with ``''`` escapes, ``$$...$$``
-strings, ``"..."`` quoted identifiers with ``""`` escapes and case kept, unquoted identifiers
-lowercased), split it into statements on ``;`` outside strings and comments, and read only
-the grammar's fixed prefix of each statement (verb, object kind, name). No regex ever looks
-at raw text, so comments and literals cannot hide or forge a verb or an object.
+Strategy: lex the whole text with Cassandra's own lexical rules (:mod:`.lexer`, written from
+``Lexer.g``), check it has the shape Cassandra's ``query`` rule accepts — one statement,
+optionally followed by ``;`` — and read the grammar's fixed prefix of that statement (verb,
+object kind, name). No regex ever looks at raw text, so comments and literals cannot hide
+or forge a verb or an object, and a text the node would read as two statements is refused.
 
 Rules:
 
 * ``SELECT`` → ``read``; ``INSERT`` / ``UPDATE`` / ``DELETE`` → ``write``; ``CREATE`` /
   ``ALTER`` / ``DROP`` / ``TRUNCATE`` / ``GRANT`` / ``REVOKE`` / ``LIST`` → ``admin``;
-  ``USE ks`` → ``use`` on ``ks`` (the new keyspace; later statements in the same text are
-  resolved against it); ``BEGIN [UNLOGGED|COUNTER] BATCH ... APPLY BATCH`` → one target per
-  inner statement (only INSERT/UPDATE/DELETE may appear inside).
+  ``USE ks`` → ``use`` on ``ks`` (the keyspace in effect after the text).
+  ``BEGIN [UNLOGGED|COUNTER] BATCH [USING ...] ... APPLY BATCH`` → one target per child;
+  children are INSERT, UPDATE or DELETE, each followed by at most one ``;`` (Parser.g
+  ``batchStatement``); the three verbs are reserved words, so each starts a child whether
+  or not a ``;`` precedes it. Only ``;`` may follow ``APPLY BATCH``.
 * Objects: ``keyspace.table`` for table statements; unqualified names use
   ``current_keyspace``, and with none the keyspace is ``""`` (object ``".table"``), which
-  no policy grants, so the engine denies. ``keyspace`` for CREATE/ALTER/DROP KEYSPACE;
-  ``role:<name>`` for roles and users; ``keyspace.<name>`` for INDEX, TYPE, FUNCTION,
-  AGGREGATE and MATERIALIZED VIEW (an index lives in its table's keyspace; an unnamed index
-  is named after its table); TRIGGER → its table. ``CREATE MATERIALIZED VIEW`` also reads
-  its base table. ``GRANT``/``REVOKE`` of a permission → admin on the resource and on
-  ``role:<grantee>``; of a role → admin on both roles. ``LIST ROLES|USERS|PERMISSIONS`` →
-  admin on ``role:<name>`` after ``OF``, else ``role:*``.
-* Fail closed: anything unknown, unparseable (unterminated string or comment, missing
-  name, a table or keyspace name that is not ``[A-Za-z0-9_]+``, an unterminated batch, a
-  non-DML statement inside a batch, empty text) yields ``admin`` on ``"*"`` (kind
-  ``"unknown"``), which only a full administrator may do.
+  no policy grants, so the engine denies. ``keyspace`` for CREATE/ALTER/DROP KEYSPACE
+  (or SCHEMA); ``role:<name>`` for roles and users; ``keyspace.<name>`` for INDEX, TYPE,
+  FUNCTION, AGGREGATE and MATERIALIZED VIEW (an index lives in its table's keyspace; an
+  unnamed index is named after its table); TRIGGER → its table. ``CREATE MATERIALIZED
+  VIEW`` also reads its base table, ``CREATE TABLE ... LIKE`` its source table.
+  ``GRANT``/``REVOKE`` of a permission → admin on the resource and on ``role:<grantee>``;
+  of a role → admin on both roles. ``LIST ROLES|USERS|PERMISSIONS`` → admin on
+  ``role:<name>`` after ``OF``, else ``role:*``.
+* Names follow Parser.g: unquoted names are lowercased (``CREATE/ALTER/DROP USER`` keeps
+  the case as written, as Cassandra does), quoted names keep their case, a reserved
+  keyword is never a name, and a keyspace or table name must be ``[A-Za-z0-9_]+``.
+* Fail closed: a lexer error, more than one statement in a text, an unknown statement,
+  a missing name, an unterminated or empty batch, a non-DML batch child, text after
+  ``APPLY BATCH`` or an empty text yields ``admin`` on ``"*"`` (kind ``"unknown"``), which
+  only a full administrator may do.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .lexer import RESERVED, CqlSyntaxError, Token, lex
+from .redact import redact_secrets
+
+__all__ = [
+    "ANY_OBJECT",
+    "UNKNOWN",
+    "CqlSyntaxError",
+    "Target",
+    "Token",
+    "classify",
+    "classify_with_keyspace",
+    "is_system_metadata_read",
+    "redact_secrets",
+    "tokenize",
+]
 
 ANY_OBJECT = "*"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -53,78 +74,15 @@ class Target:
 UNKNOWN = Target("admin", ANY_OBJECT, "unknown")
 
 
-class _Unparseable(Exception):
-    pass
-
-
-# -- tokenizer ----------------------------------------------------------------------------------
-# Token kinds: "id" (unquoted, lowercased), "qid" (quoted, case kept), "str", "num", "p" (punct).
-Token = tuple[str, str]
+_SEMI: Token = ("p", ";")
+#: Statements a batch may hold (Parser.g ``batchStatementObjective``); all three verbs are
+#: reserved words, so each occurrence starts the next child.
+_BATCH_CHILD_VERBS = frozenset({("id", "insert"), ("id", "update"), ("id", "delete")})
 
 
 def tokenize(text: str) -> list[Token]:
-    """Split CQL text into tokens; raises ``_Unparseable`` on unterminated constructs."""
-    out: list[Token] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c.isspace():
-            i += 1
-        elif text.startswith(("--", "//"), i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif text.startswith("/*", i):
-            j = text.find("*/", i + 2)
-            if j < 0:
-                raise _Unparseable("unterminated comment")
-            i = j + 2
-        elif c == "'" or c == '"':
-            buf: list[str] = []
-            i += 1
-            while True:
-                j = text.find(c, i)
-                if j < 0:
-                    raise _Unparseable("unterminated string or identifier")
-                buf.append(text[i:j])
-                if text.startswith(c, j + 1):  # doubled quote = one literal quote
-                    buf.append(c)
-                    i = j + 2
-                    continue
-                i = j + 1
-                break
-            out.append(("str" if c == "'" else "qid", "".join(buf)))
-        elif text.startswith("$$", i):
-            j = text.find("$$", i + 2)
-            if j < 0:
-                raise _Unparseable("unterminated $$ string")
-            out.append(("str", text[i + 2 : j]))
-            i = j + 2
-        elif c.isascii() and c.isalpha():
-            j = i + 1
-            while j < n and text[j] in _NAME_CHARS:
-                j += 1
-            out.append(("id", text[i:j].lower()))
-            i = j
-        elif c.isascii() and c.isdigit():
-            j = i + 1
-            while j < n and (text[j] in _NAME_CHARS or text[j] == "."):
-                j += 1
-            out.append(("num", text[i:j]))
-            i = j
-        else:
-            out.append(("p", c))
-            i += 1
-    return out
-
-
-def _split(tokens: list[Token]) -> list[list[Token]]:
-    stmts: list[list[Token]] = [[]]
-    for t in tokens:
-        if t == ("p", ";"):
-            stmts.append([])
-        else:
-            stmts[-1].append(t)
-    return [s for s in stmts if s]
+    """CQL tokens of ``text`` (see :mod:`.lexer`); raises ``CqlSyntaxError`` if it has none."""
+    return lex(text)
 
 
 # -- statement parser ---------------------------------------------------------------------------
@@ -136,6 +94,9 @@ class _Cursor:
     def peek(self, k: int = 0) -> Token | None:
         j = self.i + k
         return self.toks[j] if j < len(self.toks) else None
+
+    def at_end(self) -> bool:
+        return self.i >= len(self.toks)
 
     def kw(self, *words: str) -> bool:
         """Consume the unquoted keywords ``words`` if they come next."""
@@ -153,11 +114,20 @@ class _Cursor:
         return None
 
     def name(self) -> str:
+        """Parser.g ``ident``: IDENT or unreserved keyword (lowercased), or QUOTED_NAME."""
         t = self.peek()
-        if t is None or t[0] not in ("id", "qid") or not t[1]:
-            raise _Unparseable("expected a name")
+        if t is None or not t[1] or not (t[0] == "qid" or (t[0] == "id" and t[1] not in RESERVED)):
+            raise CqlSyntaxError("expected a name")
         self.i += 1
         return t[1]
+
+    def role_name(self) -> str:
+        """Parser.g ``roleName``: a name, or a STRING_LITERAL (case kept)."""
+        t = self.peek()
+        if t is not None and t[0] == "str" and t[1]:
+            self.i += 1
+            return t[1]
+        return self.name()
 
     def qualified(self) -> tuple[str | None, str]:
         first = self.name()
@@ -182,13 +152,28 @@ class _Cursor:
 
 def _schema_name(name: str) -> str:
     if not name or not set(name) <= _NAME_CHARS:
-        raise _Unparseable("not a keyspace/table name")
+        raise CqlSyntaxError("not a keyspace/table name")
     return name
 
 
 class _Parser:
-    def __init__(self, keyspace: str | None) -> None:
+    def __init__(self, text: str, keyspace: str | None) -> None:
+        self.text = text
         self.keyspace = keyspace
+
+    def query(self, tokens: list[Token]) -> list[Target]:
+        """Parser.g ``query: cqlStatement (';')* EOF`` — exactly one statement."""
+        end = len(tokens)
+        while end and tokens[end - 1] == _SEMI:
+            end -= 1
+        if not end:
+            raise CqlSyntaxError("no statement")
+        body = tokens if end == len(tokens) else tokens[:end]
+        if body[0] == ("id", "begin"):
+            return self.batch(body)
+        if _SEMI in body:
+            raise CqlSyntaxError("more than one statement in one text")
+        return self.statement(body)
 
     def table(self, c: _Cursor) -> str:
         ks, name = c.qualified()
@@ -200,23 +185,25 @@ class _Parser:
         verb = c.word()
         if verb == "select":
             if not c.find_kw("from"):
-                raise _Unparseable("SELECT without FROM")
+                raise CqlSyntaxError("SELECT without FROM")
             return [Target("read", self.table(c), "select")]
         if verb == "insert":
             if not c.kw("into"):
-                raise _Unparseable("INSERT without INTO")
+                raise CqlSyntaxError("INSERT without INTO")
             return [Target("write", self.table(c), "insert")]
         if verb == "update":
             return [Target("write", self.table(c), "update")]
         if verb == "delete":
             if not c.find_kw("from"):
-                raise _Unparseable("DELETE without FROM")
+                raise CqlSyntaxError("DELETE without FROM")
             return [Target("write", self.table(c), "delete")]
         if verb == "truncate":
-            c.kw("table") or c.kw("columnfamily")
+            c.kw("columnfamily") or c.kw("table")
             return [Target("admin", self.table(c), "truncate")]
         if verb == "use":
             ks = _schema_name(c.name())
+            if not c.at_end():
+                raise CqlSyntaxError("USE takes one keyspace name")
             self.keyspace = ks
             return [Target("use", ks, "use")]
         if verb in ("create", "alter", "drop"):
@@ -225,7 +212,7 @@ class _Parser:
             return self.grant(verb, c)
         if verb == "list":
             return self.list_(c)
-        raise _Unparseable("unknown statement")
+        raise CqlSyntaxError("unknown statement")
 
     def ddl(self, verb: str, c: _Cursor) -> list[Target]:
         if verb == "create":
@@ -234,52 +221,93 @@ class _Parser:
         thing = c.word()
         if thing == "materialized":
             if not c.kw("view"):
-                raise _Unparseable("MATERIALIZED without VIEW")
+                raise CqlSyntaxError("MATERIALIZED without VIEW")
             thing = "materialized_view"
-        if thing == "columnfamily":
-            thing = "table"
+        # Lexer.g: K_COLUMNFAMILY is also spelt TABLE, K_KEYSPACE also SCHEMA.
+        thing = {"columnfamily": "table", "schema": "keyspace"}.get(thing or "", thing)
         if custom and thing != "index":
-            raise _Unparseable("CUSTOM is only for indexes")
+            raise CqlSyntaxError("CUSTOM is only for indexes")
         kind = f"{verb}_{thing}"
         c.kw("if", "not", "exists") or c.kw("if", "exists")
         if thing == "keyspace":
             return [Target("admin", _schema_name(c.name()), kind)]
-        if thing in ("table", "type", "function", "aggregate"):
+        if thing == "table":
+            targets = [Target("admin", self.table(c), kind)]
+            if verb == "create" and c.kw("like"):  # CREATE TABLE new LIKE source
+                targets.append(Target("read", self.table(c), kind))
+            return targets
+        if thing in ("type", "function", "aggregate"):
             return [Target("admin", self.table(c), kind)]
         if thing == "materialized_view":
             view = self.table(c)
             targets = [Target("admin", view, kind)]
             if verb == "create":
                 if not (c.kw("as", "select") and c.find_kw("from")):
-                    raise _Unparseable("view without AS SELECT ... FROM")
+                    raise CqlSyntaxError("view without AS SELECT ... FROM")
                 targets.append(Target("read", self.table(c), kind))
             return targets
-        if thing in ("role", "user"):
-            return [Target("admin", f"role:{c.name()}", kind)]
+        if thing == "user":
+            return [Target("admin", f"role:{self.user_name(c)}", kind)]
+        if thing == "role":
+            return [Target("admin", f"role:{c.role_name()}", kind)]
         if thing == "index" and verb == "drop":
             return [Target("admin", self.table(c), kind)]
         if thing == "index":
             index = None if c.peek() == ("id", "on") else _schema_name(c.name())
             if not c.kw("on"):
-                raise _Unparseable("INDEX without ON")
+                raise CqlSyntaxError("INDEX without ON")
             table = self.table(c)
             ks = table.split(".", 1)[0]
             return [Target("admin", f"{ks}.{index}" if index else table, kind)]
         if thing == "trigger":
             c.name()
             if not c.kw("on"):
-                raise _Unparseable("TRIGGER without ON")
+                raise CqlSyntaxError("TRIGGER without ON")
             return [Target("admin", self.table(c), kind)]
-        raise _Unparseable("unknown schema object")
+        raise CqlSyntaxError("unknown schema object")
+
+    def user_name(self, c: _Cursor) -> str:
+        """Parser.g ``username``: IDENT with its case as written, or a STRING_LITERAL."""
+        t = c.peek()
+        if t is None or not t[1] or t[0] not in ("id", "str"):
+            raise CqlSyntaxError("expected a user name")
+        if t[0] == "id":
+            if t[1] in RESERVED:
+                raise CqlSyntaxError("expected a user name")
+            # The token list holds the lowercased word; Cassandra keeps the case of a user
+            # name (``name.setName($u.text, true)``), so read it back from the text.
+            spans: list[tuple[int, int]] = []
+            lex(self.text, spans)
+            start, end = spans[c.i]
+            c.i += 1
+            return self.text[start:end]
+        c.i += 1
+        return t[1]
 
     def resource(self, c: _Cursor) -> str:
-        if c.kw("all", "keyspaces") or c.kw("all", "roles") or c.kw("all", "functions"):
+        if c.kw("all", "keyspaces") or c.kw("all", "roles") or c.kw("all", "mbeans"):
+            return ANY_OBJECT
+        if c.kw("all", "functions") or c.kw("all", "tables"):
+            if c.kw("in", "keyspace"):
+                return _schema_name(c.name())
             return ANY_OBJECT
         if c.kw("keyspace"):
             return _schema_name(c.name())
         if c.kw("role"):
-            return f"role:{c.name()}"
-        c.kw("table")
+            return f"role:{c.role_name()}"
+        if c.kw("mbean") or c.kw("mbeans"):
+            c.i += 1  # the MBean name (a string): JMX is cluster-wide
+            return ANY_OBJECT
+        if c.kw("function"):  # FUNCTION ks.f(<argument types>)
+            target = self.table(c)
+            if c.peek() == ("p", "("):  # types nest with <>, never with ()
+                while (t := c.peek()) is not None and t != ("p", ")"):
+                    c.i += 1
+                if t is None:
+                    raise CqlSyntaxError("unterminated argument types")
+                c.i += 1
+            return target
+        c.kw("columnfamily") or c.kw("table")
         return self.table(c)
 
     def grant(self, verb: str, c: _Cursor) -> list[Target]:
@@ -287,76 +315,94 @@ class _Parser:
         if c.find_kw("on"):  # GRANT <permission> ON <resource> TO <role>
             resource = self.resource(c)
             if not c.kw(to_word):
-                raise _Unparseable(f"{verb.upper()} without {to_word.upper()}")
+                raise CqlSyntaxError(f"{verb.upper()} without {to_word.upper()}")
             return [
                 Target("admin", resource, f"{verb}_permission"),
-                Target("admin", f"role:{c.name()}", f"{verb}_permission"),
+                Target("admin", f"role:{c.role_name()}", f"{verb}_permission"),
             ]
         c.i = 1  # GRANT <role> TO <role>
-        granted = c.name()
+        granted = c.role_name()
         if not c.kw(to_word):
-            raise _Unparseable(f"{verb.upper()} without {to_word.upper()}")
+            raise CqlSyntaxError(f"{verb.upper()} without {to_word.upper()}")
         return [
             Target("admin", f"role:{granted}", f"{verb}_role"),
-            Target("admin", f"role:{c.name()}", f"{verb}_role"),
+            Target("admin", f"role:{c.role_name()}", f"{verb}_role"),
         ]
 
     def list_(self, c: _Cursor) -> list[Target]:
         what = c.word()
         if what == "all":
             what = c.word()
-        if what not in ("roles", "users", "permissions", "permission"):
-            raise _Unparseable("unknown LIST")
+        if what not in ("roles", "users", "superusers", "permissions", "permission"):
+            raise CqlSyntaxError("unknown LIST")
         kind = f"list_{what}"
         if c.find_kw("of"):
-            return [Target("admin", f"role:{c.name()}", kind)]
+            return [Target("admin", f"role:{c.role_name()}", kind)]
         return [Target("admin", "role:*", kind)]
 
-    def batch(self, stmts: list[list[Token]], start: int) -> tuple[list[Target], int]:
-        """Parse ``BEGIN ... BATCH`` at ``stmts[start]``; return targets and the next index."""
-        c = _Cursor(stmts[start])
+    def batch(self, body: list[Token]) -> list[Target]:
+        """Parser.g ``batchStatement``: the header, children, ``APPLY BATCH`` and nothing else.
+
+        ``body`` has no trailing ``;``. Children are ``(batchStatementObjective ';'?)*``: an
+        INSERT, UPDATE or DELETE, each followed by at most one ``;``.
+        """
+        c = _Cursor(body)
         c.kw("begin")
         c.kw("unlogged") or c.kw("counter")
         if not c.kw("batch"):
-            raise _Unparseable("BEGIN without BATCH")
-        if c.kw("using"):  # USING TIMESTAMP <n>
-            c.i += 2
-        inner = [stmts[start][c.i :], *stmts[start + 1 :]]
+            raise CqlSyntaxError("BEGIN without BATCH")
+        if c.kw("using"):
+            self.using_clause(c)
+        if body[-2:] != [("id", "apply"), ("id", "batch")]:
+            raise CqlSyntaxError("a batch must end with APPLY BATCH")
+        end = len(body) - 2
+        if ("id", "apply") in body[c.i : end]:
+            raise CqlSyntaxError("text after APPLY BATCH")
         targets: list[Target] = []
-        for k, toks in enumerate(inner):
-            done = toks[-2:] == [("id", "apply"), ("id", "batch")]
-            body = toks[:-2] if done else toks
-            if body:
-                if body[0] not in (("id", "insert"), ("id", "update"), ("id", "delete")):
-                    raise _Unparseable("only INSERT, UPDATE and DELETE may be batched")
-                targets.extend(self.statement(body))
-            if done:
-                if not targets:
-                    raise _Unparseable("empty batch")
-                return targets, start + 1 + k
-        raise _Unparseable("BATCH without APPLY BATCH")
+        start = c.i
+        while start < end:
+            if body[start] not in _BATCH_CHILD_VERBS:
+                raise CqlSyntaxError("only INSERT, UPDATE and DELETE may be batched")
+            stop = start + 1
+            while stop < end and body[stop] not in _BATCH_CHILD_VERBS:
+                stop += 1
+            child = body[start:stop]
+            if child[-1] == _SEMI:
+                child = child[:-1]
+            if _SEMI in child:  # ';' only ever ends a child, and only one of them
+                raise CqlSyntaxError("misplaced ';' in a batch")
+            targets.extend(self.statement(child))
+            start = stop
+        if not targets:
+            raise CqlSyntaxError("empty batch")
+        return targets
+
+    @staticmethod
+    def using_clause(c: _Cursor) -> None:
+        """``USING (TIMESTAMP|TTL) intValue (AND ...)*``; intValue is INTEGER or a marker."""
+        while True:
+            if not (c.kw("timestamp") or c.kw("ttl")):
+                raise CqlSyntaxError("USING without TIMESTAMP or TTL")
+            t = c.peek()
+            if t is not None and (t[0] == "int" or t == ("p", "?")):
+                c.i += 1
+            elif t == ("p", ":"):
+                c.i += 1
+                c.name()
+            else:
+                raise CqlSyntaxError("USING needs an integer or a bind marker")
+            if not c.kw("and"):
+                return
 
 
 def classify_with_keyspace(
     statement: str, current_keyspace: str | None
 ) -> tuple[list[Target], str | None]:
     """Like :func:`classify`, also returning the keyspace in effect after the text (USE)."""
-    parser = _Parser(current_keyspace)
+    parser = _Parser(statement, current_keyspace)
     try:
-        stmts = _split(tokenize(statement))
-        if not stmts:
-            return [UNKNOWN], current_keyspace
-        targets: list[Target] = []
-        i = 0
-        while i < len(stmts):
-            if stmts[i][0] == ("id", "begin"):
-                found, i = parser.batch(stmts, i)
-                targets.extend(found)
-            else:
-                targets.extend(parser.statement(stmts[i]))
-            i += 1
-        return targets, parser.keyspace
-    except _Unparseable:
+        return parser.query(lex(statement)), parser.keyspace
+    except CqlSyntaxError:
         return [UNKNOWN], current_keyspace
 
 
