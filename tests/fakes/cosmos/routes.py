@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .operations import operation_of
+from .operations import Executed, operation_of
 from .query import QueryError, parse_query, run_query
 from .store import Container, CosmosError
 
 if TYPE_CHECKING:
     from .server import CosmosFake
 
-__all__ = ["handle"]
+__all__ = ["EXECUTED", "handle"]
+
+EXECUTED = web.RequestKey("executed", Executed)
 
 _FEED_KEYS = {"dbs": "Databases", "colls": "DocumentCollections", "docs": "Documents"}
 # The pkranges change feed ends on 304; the single range never changes, so one etag suffices.
@@ -59,6 +61,7 @@ def handle(fake: CosmosFake, request: web.Request, seg: list[str], body: bytes) 
     op = operation_of(verb, seg, request.headers)
     if op is not None:
         fake.executed.append(op)
+        request[EXECUTED] = op  # requests run concurrently: the server reads it back here
     how = op.op if op is not None else ""
     if not seg:
         if verb != "GET":

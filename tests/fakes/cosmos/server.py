@@ -28,7 +28,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from .operations import Executed
-from .routes import handle
+from .routes import EXECUTED, handle
 from .store import CosmosError, Store
 
 __all__ = ["CosmosFake", "RequestRecord", "running_cosmos", "start_cosmos"]
@@ -44,6 +44,9 @@ class RequestRecord:
     auth_type: str  # master | aad | resource | none | bad
     status: int
     headers: dict[str, str]
+    raw_path: str = ""  # as sent (percent-encoded), without the query string
+    body: bytes = b""
+    operation: str | None = None  # what the account executed for it (None: nothing)
 
 
 def new_key() -> str:
@@ -116,7 +119,6 @@ class CosmosFake:
     # request handling ------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         auth_type = "none"
-        ran = len(self.executed)
         try:
             auth_type = self._authenticate(request)
             if self._throttled(request):
@@ -128,12 +130,23 @@ class CosmosFake:
             response = error_response(err)
         except Exception as err:  # a bug in the fake: answer like the service would
             response = error_response(CosmosError(500, "InternalServerError", type(err).__name__))
-        for op in self.executed[ran:]:
-            op.status = response.status
+        ran = request.get(EXECUTED)
+        if ran is not None:
+            ran.status = response.status
         headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
-        self.requests.append(
-            RequestRecord(request.method, request.path, auth_type, response.status, headers)
+        body = await request.read() if request.can_read_body or request.body_exists else b""
+        raw_path = request.raw_path.split("?", 1)[0]
+        record = RequestRecord(
+            request.method,
+            request.path,
+            auth_type,
+            response.status,
+            headers,
+            raw_path,
+            body,
+            ran.op if ran is not None else None,
         )
+        self.requests.append(record)
         response.headers.setdefault("x-ms-activity-id", str(uuid.uuid4()))
         response.headers.setdefault("x-ms-gatewayversion", "version=2.14.0")
         return response
