@@ -258,7 +258,7 @@ def test_token_revoke_and_revocations(conf: Path, run: Run) -> None:
     )
     assert code == 0 and "finance_daily" in out and "r1" in out
     code, _, err = run(*lg(conf, "token", "revoke"))
-    assert code == 2 and "--jti or --dag" in err
+    assert code == 2 and "--jti, --dag or --deployment" in err
 
     code, out, _ = run(*lg(conf, "token", "revocations"))
     assert code == 0

@@ -2,10 +2,12 @@
 
     lockgate init DIR                      write a working config, policy, TLS and deployment secret
     lockgate serve [--workers N]           run the gateway (token service, engines, metrics)
-    lockgate config check                  validate lockgate.yaml
+    lockgate config check                  validate lockgate.yaml and the policy files it names
     lockgate policy check PRINCIPAL ACTION RESOURCE[/OBJECT]
     lockgate policy lint | policy test FILE...
-    lockgate token revoke --jti J | --dag D [--run R] [--deployment N]
+    lockgate token revoke --jti J | --dag D [--run R] [--deployment N] | --deployment N
+    lockgate token revoke --dag D | --deployment N --block   kill switch: no new token either
+    lockgate token unblock --dag D | --deployment N
     lockgate token revocations
     lockgate keys rotate [--retire-after S] | keys list
     lockgate creds set NAME | creds rotate NAME | creds list
@@ -90,7 +92,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """The configuration, then the policy files as the gateway would load them: a policy the
+    gateway would refuse (parse error, unknown resource) fails the check, exit 2."""
+    from lockgate.policy import policy_problems
+
     cfg = _config(args)
+    problems = policy_problems(cfg.policies, cfg.policy_files(), {r.name for r in cfg.resources})
+    if problems:
+        for problem in problems:
+            print(f"lockgate: {problem}", file=sys.stderr)
+        print(f"lockgate: {cfg.source}: {len(problems)} policy problem(s)", file=sys.stderr)
+        return 2
     print(
         f"{cfg.source}: ok — {len(cfg.deployments)} deployment(s), {len(cfg.resources)} "
         f"resource(s), {len(cfg.credentials)} credential(s), "
@@ -110,9 +122,16 @@ def _policy_set(args: argparse.Namespace):
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from lockgate.policy import cmd_check
 
-    ps, _ = _policy_set(args)
-    code, text = cmd_check(ps, args.principal, args.action, args.target)
-    print(text)
+    ps, cfg = _policy_set(args)
+    code, text = cmd_check(
+        ps,
+        args.principal,
+        args.action,
+        args.target,
+        known_resources={r.name for r in cfg.resources},
+        deployments={d.name: d.dags for d in cfg.deployments},
+    )
+    print(text, file=sys.stderr if code == 2 else sys.stdout)
     return code
 
 
@@ -139,6 +158,8 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 # -- tokens and keys ------------------------------------------------------------------------
 def cmd_token_revoke(args: argparse.Namespace) -> int:
+    if args.block:
+        return _block(args)
     st = _state(args)
     if args.jti:
         st.revocations.revoke_jti(args.jti, time.time() + st.config.tokens.max_ttl, args.reason)
@@ -147,8 +168,14 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
         st.revocations.revoke_dag(args.deployment, args.dag, args.run, args.reason)
         scope = f"dag {args.dag}" + (f" run {args.run}" if args.run else "")
         print(f"revoked every token issued so far for {scope}")
+    elif args.deployment and not args.run:
+        from lockgate.identity.revocation import ANY_DAG
+
+        _check_deployment(st.config, args.deployment)
+        st.revocations.revoke_dag(args.deployment, ANY_DAG, None, args.reason)
+        print(f"revoked every token issued so far for deployment {args.deployment}")
     else:
-        print("lockgate token revoke: give --jti or --dag", file=sys.stderr)
+        print("lockgate token revoke: give --jti, --dag or --deployment", file=sys.stderr)
         return 2
     _audit_now(
         st,
@@ -159,7 +186,74 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
         jti=args.jti,
         reason=args.reason,
     )
-    print("running gateways apply it within about a second")
+    _say_when_applied()
+    return 0
+
+
+def _say_when_applied() -> None:
+    from lockgate.identity.revocation import REFRESH_INTERVAL
+
+    print(f"running gateways apply it within {REFRESH_INTERVAL:g}s")
+
+
+def _operator() -> str:
+    try:
+        return f"operator {getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return "operator (unknown user)"
+
+
+def _check_deployment(cfg: LockgateConfig, name: str | None) -> None:
+    # A typo here would stop nothing: refuse it rather than store a no-op.
+    if name is not None and cfg.deployment(name) is None:
+        known = ", ".join(d.name for d in cfg.deployments) or "none"
+        raise LockgateError(f"{cfg.source}: no deployment named {name!r} (known: {known})")
+
+
+def _block_scope(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    if args.jti or args.run or not (args.dag or args.deployment):
+        raise LockgateError("--block and unblock take --dag, --deployment or both (no --jti/--run)")
+    return args.deployment, args.dag
+
+
+def _block(args: argparse.Namespace) -> int:
+    deployment, dag = _block_scope(args)
+    st = _state(args)
+    _check_deployment(st.config, deployment)
+    blk = st.revocations.block(deployment, dag, _operator(), args.reason)
+    _audit_now(
+        st,
+        "mint_blocked",
+        action="revoke",
+        deployment=deployment,
+        dag_id=dag,
+        reason=args.reason,
+        detail={"by": blk.by},
+    )
+    print(blk.message())
+    print("its live tokens are revoked and it gets no new one until `lockgate token unblock`")
+    _say_when_applied()
+    return 0
+
+
+def cmd_token_unblock(args: argparse.Namespace) -> int:
+    deployment, dag = _block_scope(args)
+    st = _state(args)
+    if not st.revocations.unblock(deployment, dag):
+        scope = " ".join(
+            x for x in (deployment and f"deployment {deployment}", dag and f"dag {dag}") if x
+        )
+        print(f"lockgate: no block on {scope} (see lockgate token revocations)", file=sys.stderr)
+        return 1
+    _audit_now(
+        st,
+        "mint_unblocked",
+        action="unblock",
+        deployment=deployment,
+        dag_id=dag,
+        detail={"by": _operator()},
+    )
+    print("unblocked: new tokens can be minted again; tokens revoked by the block stay revoked")
     return 0
 
 
@@ -374,9 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jti")
     sp.add_argument("--dag")
     sp.add_argument("--run")
-    sp.add_argument("--deployment", help="limit a DAG revocation to one deployment")
+    sp.add_argument(
+        "--deployment", help="limit a DAG revocation to one deployment; alone: all its DAGs"
+    )
     sp.add_argument("--reason", default="revoked by operator")
-    add(tok, "revocations", cmd_token_revocations, "list active revocations")
+    sp.add_argument(
+        "--block",
+        action="store_true",
+        help="kill switch: also refuse new tokens for the DAG (or deployment) until unblocked",
+    )
+    sp = add(tok, "unblock", cmd_token_unblock, "lift a --block (revoked tokens stay revoked)")
+    sp.add_argument("--dag")
+    sp.add_argument("--deployment")
+    sp.set_defaults(jti=None, run=None)
+    add(tok, "revocations", cmd_token_revocations, "list active revocations and blocks")
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="sub", required=True)
     sp = add(

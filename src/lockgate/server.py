@@ -18,8 +18,9 @@ the control plane (token service, catalog, /metrics, health) and the cql listene
 /metrics covers worker 0's own traffic only. The supervisor restarts a worker or the writer
 that dies.
 
-Background loops pick up what the CLI changes in another process (revocations, rotated
-credentials and keys, policy files) about once a second.
+Background loops pick up what the CLI changes in another process: revocations and mint
+blocks five times a second (so they hold on every worker within well under a second),
+rotated credentials and keys and policy files about once a second.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
 from lockgate.audit.remote import WriterProcess
 from lockgate.config import ListenerConfig, LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore, load_or_create_master_key
-from lockgate.errors import AuditUnavailable, ConfigError, CredentialError
+from lockgate.errors import ConfigError, CredentialError
 from lockgate.gateway.cql import CqlEngine
 from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.forward_proxy import ForwardProxy
@@ -62,8 +63,10 @@ from lockgate.identity import (
 )
 from lockgate.identity import db_roles as db_role_route
 from lockgate.identity import managed_identity as msi
+from lockgate.identity.revocation import REFRESH_INTERVAL as REVOCATION_REFRESH
 from lockgate.identity.service import OAuthError, read_body
 from lockgate.policy import PolicyStore
+from lockgate.readiness import Readiness
 
 log = _log.get("server")
 
@@ -74,6 +77,7 @@ _TOKEN_EVENTS = {
     "token_denied": ("denied", "deny"),
     "proof_rejected": ("auth_failed", "deny"),
     "token_revoked": ("token_revoked", None),
+    "mint_blocked": ("mint_blocked", None),
 }
 _RECORD_KEYS = frozenset(
     {
@@ -162,6 +166,13 @@ class Gateway:
             else self.state.audit_log()
         )
         self.policy = self.state.policy_store()
+        self.readiness = Readiness(
+            config,
+            audit=self.audit,
+            policy=self.policy,
+            credentials=self.state.credentials,
+            keys=self.state.keys,
+        )
         self.issuer = TokenIssuer(self.state.keys, config.issuer_url)
         self.verifier = TokenVerifier(
             self.state.keys, self.state.revocations, config.issuer_url, config.tokens.leeway
@@ -185,6 +196,11 @@ class Gateway:
     def mint_policy(
         self, identity: TaskIdentity, resource: str, requested_ttl: int | None
     ) -> MintDecision:
+        # The kill switch holds for every door that mints (the token service checks it
+        # first with its own refusal slug; poll tokens come straight here).
+        blk = self.state.revocations.blocked(identity.deployment, identity.dag_id)
+        if blk is not None:
+            return MintDecision(False, 0, blk.message(identity.dag_id), None)
         policy_set = self.policy.current
         decision = policy_set.mint_check(identity.principal, resource)
         if not decision.allowed:
@@ -205,7 +221,7 @@ class Gateway:
         record = AuditRecord(
             event=event,
             decision=decision,
-            action="mint" if event != "token_revoked" else "revoke",
+            action="revoke" if event in ("token_revoked", "mint_blocked") else "mint",
             **{k: v for k, v in fields.items() if k in _RECORD_KEYS},
             detail={k: v for k, v in fields.items() if k not in _RECORD_KEYS},
         )
@@ -326,17 +342,8 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        problems = []
-        if not self._ready:
-            problems.append("starting")
-        try:
-            self.audit.check_writable()
-        except AuditUnavailable as exc:
-            problems.append(f"audit: {exc}")
-        if self.policy.last_error:
-            problems.append(f"policy: {self.policy.last_error}")
-        status = 200 if not problems or problems == [f"policy: {self.policy.last_error}"] else 503
-        return web.json_response({"ready": status == 200, "problems": problems}, status=status)
+        report = self.readiness.report(self._ready)  # what each check means: lockgate.readiness
+        return web.json_response(report.body(), status=200 if report.ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
@@ -426,6 +433,10 @@ class Gateway:
             self.cql_port = self.cql_engine.port
         self._tasks = [
             asyncio.create_task(self._every(1.0, self._refresh), name="lockgate-refresh"),
+            asyncio.create_task(
+                self._every(REVOCATION_REFRESH, self._refresh_revocations),
+                name="lockgate-revocations",
+            ),
         ]
         self._ready = True
         log.info(
@@ -440,8 +451,12 @@ class Gateway:
             },
         )
 
-    async def _refresh(self) -> None:
+    async def _refresh_revocations(self) -> None:
+        # One PRAGMA when nothing changed: revocations by the CLI or another worker are
+        # enforced here within REVOCATION_REFRESH seconds.
         self.state.revocations.refresh()
+
+    async def _refresh(self) -> None:
         self.state.keys.maybe_reload()
         self.policy.reload_if_changed()
         if self.broker is not None:

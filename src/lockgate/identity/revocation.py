@@ -1,17 +1,23 @@
-"""Token revocations: SQLite (WAL) on disk, answered from memory on the hot path.
+"""Token revocations and mint blocks: SQLite (WAL) on disk, answered from memory.
 
-Three kinds of revocation, each a table:
+Three kinds of revocation and one kill switch, each a table:
 
 - ``revoked_jti``   one token, kept until the token would have expired anyway;
 - ``revoked_dag``   every token of a DAG (optionally one run) issued at or before a moment;
+  ``dag_id`` ``*`` stands for every DAG of the deployment;
 - ``revoked_try``   every token of one task try (the Airflow listener sends this when a
-  try ends, so a leaked token dies with its task).
+  try ends, so a leaked token dies with its task);
+- ``mint_block``    the kill switch: a DAG (or, with ``dag_id`` ``*``, a whole deployment)
+  gets no new token until unblocked, and every token it holds is refused meanwhile,
+  whenever issued. Blocks never expire; they are persisted with who set them, when and why.
 
 Rules: :meth:`is_revoked` never touches SQLite; it reads sets and dicts rebuilt by
 :meth:`refresh`, which is cheap when nothing changed (``PRAGMA data_version`` only moves when
-*another* connection commits — our own writes update memory directly). Rows are purged once
-no token they could match can still be valid (``retention`` seconds, default a day, longer
-than any token's max TTL).
+*another* connection commits — our own writes update memory directly). The gateway calls
+:meth:`refresh` every :data:`REFRESH_INTERVAL` seconds, so a revocation stored by any process
+(the CLI, another worker) is enforced everywhere well within a second. Revocation rows are
+purged once no token they could match can still be valid (``retention`` seconds, default a
+day, longer than any token's max TTL).
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from typing import Any
 from lockgate.identity.model import Claims
 
 ANY_DEPLOYMENT = "*"  # stored for revoke_dag(deployment=None)
+ANY_DAG = "*"  # every DAG of a deployment (Airflow dag_ids cannot contain "*")
+#: Seconds between two :meth:`RevocationStore.refresh` calls of a running gateway: one
+#: ``PRAGMA data_version`` each when nothing changed, so revocations land in well under 1 s.
+REFRESH_INTERVAL = 0.2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revoked_jti (
@@ -43,6 +53,11 @@ CREATE TABLE IF NOT EXISTS revoked_try (
     expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
     PRIMARY KEY (deployment, dag_id, task_id, run_id, try_number, map_index)
 );
+CREATE TABLE IF NOT EXISTS mint_block (
+    deployment TEXT NOT NULL, dag_id TEXT NOT NULL,
+    blocked_at REAL NOT NULL, blocked_by TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (deployment, dag_id)
+);
 """
 
 TryKey = tuple[str, str, str, str, int, int]
@@ -52,10 +67,33 @@ TryKey = tuple[str, str, str, str, int, int]
 class Revocation:
     """One row, as :meth:`RevocationStore.list` shows it."""
 
-    kind: str  # "jti" | "dag" | "task_try"
+    kind: str  # "jti" | "dag" | "task_try" | "block"
     target: dict[str, Any]
     reason: str
-    expires_at: float
+    expires_at: float | None  # None: a block, which lasts until unblocked
+    by: str | None = None  # blocks: who set it
+    since: float | None = None  # blocks: when
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A kill switch on a DAG, or on every DAG of a deployment (``dag_id`` :data:`ANY_DAG`)."""
+
+    deployment: str  # or ANY_DEPLOYMENT
+    dag_id: str  # or ANY_DAG
+    since: float
+    by: str
+    reason: str
+
+    def message(self, dag_id: str | None = None) -> str:
+        """What a refused mint tells DAG ``dag_id``; without it, what the block covers."""
+        whole = self.dag_id == ANY_DAG
+        target = "every DAG" if whole and not dag_id else f"DAG {dag_id or self.dag_id}"
+        where = f" of deployment {self.deployment}" if self.deployment != ANY_DEPLOYMENT else ""
+        scope = " (the whole deployment is)" if whole and dag_id else ""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
+        why = f": {self.reason}" if self.reason else ""
+        return f"{target}{where} is blocked{scope} by {self.by} since {when}{why}"
 
 
 class RevocationStore:
@@ -79,6 +117,7 @@ class RevocationStore:
         # (deployment, dag_id) -> {run_id or "": before}; "" means every run.
         self._dags: dict[tuple[str, str], dict[str, float]] = {}
         self._tries: set[TryKey] = set()
+        self._blocks: dict[tuple[str, str], Block] = {}
         self._version: int | None = None
         self._last_purge = float("-inf")
         self.refresh(force=True)
@@ -100,7 +139,8 @@ class RevocationStore:
     def revoke_dag(
         self, deployment: str | None, dag_id: str, run_id: str | None = None, reason: str = ""
     ) -> None:
-        """Revoke every token of ``dag_id`` (and ``run_id``) issued up to now."""
+        """Revoke every token of ``dag_id`` (and ``run_id``) issued up to now; ``dag_id``
+        :data:`ANY_DAG` revokes every token of ``deployment``."""
         now = self._clock()
         dep = deployment or ANY_DEPLOYMENT
         run = run_id or ""
@@ -131,9 +171,64 @@ class RevocationStore:
             )
             self._tries.add(key)
 
+    def block(self, deployment: str | None, dag_id: str | None, by: str, reason: str = "") -> Block:
+        """Kill switch: no new token for ``dag_id`` (``None``: every DAG of ``deployment``)
+        until :meth:`unblock`, and every live token of it revoked."""
+        if deployment is None and dag_id is None:
+            raise ValueError("block needs a DAG, a deployment or both")
+        now = self._clock()
+        blk = Block(deployment or ANY_DEPLOYMENT, dag_id or ANY_DAG, now, by, reason)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO mint_block VALUES (?, ?, ?, ?, ?)",
+                    (blk.deployment, blk.dag_id, now, by, reason),
+                )
+                # The revocation outlives the block: tokens issued before it stay dead after
+                # an unblock.
+                self._db.execute(
+                    "INSERT OR REPLACE INTO revoked_dag VALUES (?, ?, '', ?, ?, ?)",
+                    (blk.deployment, blk.dag_id, now, now + self._retention, reason),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._dags.setdefault((blk.deployment, blk.dag_id), {})[""] = now
+            self._blocks = {**self._blocks, (blk.deployment, blk.dag_id): blk}
+        return blk
+
+    def unblock(self, deployment: str | None, dag_id: str | None) -> bool:
+        """Lift a block set with the same arguments. False if there was none."""
+        key = (deployment or ANY_DEPLOYMENT, dag_id or ANY_DAG)
+        with self._lock:
+            gone = self._db.execute(
+                "DELETE FROM mint_block WHERE deployment = ? AND dag_id = ?", key
+            ).rowcount
+            self._blocks = {k: v for k, v in self._blocks.items() if k != key}
+        return bool(gone)
+
     # -- reads --------------------------------------------------------------------------------
+    def blocked(self, deployment: str, dag_id: str) -> Block | None:
+        """The block that stops ``dag_id`` of ``deployment`` from getting tokens, if any."""
+        blocks = self._blocks
+        if not blocks:
+            return None
+        for key in (
+            (deployment, dag_id),
+            (ANY_DEPLOYMENT, dag_id),
+            (deployment, ANY_DAG),
+        ):
+            blk = blocks.get(key)
+            if blk is not None:
+                return blk
+        return None
+
     def is_revoked(self, claims: Claims) -> bool:
         if claims.jti in self._jtis:
+            return True
+        if self._blocks and self.blocked(claims.deployment, claims.dag_id) is not None:
             return True
         if (
             self._tries
@@ -149,8 +244,12 @@ class RevocationStore:
         ):
             return True
         if self._dags:
-            for dep in (claims.deployment, ANY_DEPLOYMENT):
-                runs = self._dags.get((dep, claims.dag_id))
+            for key in (
+                (claims.deployment, claims.dag_id),
+                (ANY_DEPLOYMENT, claims.dag_id),
+                (claims.deployment, ANY_DAG),
+            ):
+                runs = self._dags.get(key)
                 if not runs:
                     continue
                 # A token issued in the same second as the revocation counts as before it:
@@ -185,8 +284,15 @@ class RevocationStore:
                     "FROM revoked_try"
                 )
             )
+            blocks = {
+                (row[0], row[1]): Block(*row)
+                for row in self._db.execute(
+                    "SELECT deployment, dag_id, blocked_at, blocked_by, reason FROM mint_block"
+                )
+            }
             # Swap whole objects so concurrent readers never see a half-built view.
             self._jtis, self._dags, self._tries = jtis, dags, tries
+            self._blocks = blocks
             self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
             return True
 
@@ -203,7 +309,7 @@ class RevocationStore:
             ):
                 target = {
                     "deployment": None if dep == ANY_DEPLOYMENT else dep,
-                    "dag_id": dag,
+                    "dag_id": None if dag == ANY_DAG else dag,
                     "run_id": run or None,
                     "issued_before": before,
                 }
@@ -216,6 +322,15 @@ class RevocationStore:
                 out.append(
                     Revocation("task_try", dict(zip(cols, row[:6], strict=True)), row[7], row[6])
                 )
+            for dep, dag, since, by, reason in self._db.execute(
+                "SELECT deployment, dag_id, blocked_at, blocked_by, reason FROM mint_block "
+                "ORDER BY blocked_at"
+            ):
+                target = {
+                    "deployment": None if dep == ANY_DEPLOYMENT else dep,
+                    "dag_id": None if dag == ANY_DAG else dag,
+                }
+                out.append(Revocation("block", target, reason, None, by, since))
         return out
 
     def _purge(self, now: float) -> None:

@@ -135,6 +135,7 @@ class TokenService:
                 principal=identity.principal,
                 body={"principal": identity.principal, "reason": "dag_not_delegated"},
             )
+        self._refuse_if_blocked(dep.name, identity.dag_id, identity.principal)
         resource = self.config.resource(resource_name)
         if resource is None:
             raise OAuthError(
@@ -220,6 +221,14 @@ class TokenService:
             kind, target = revoke_target(body)
             ctx.update(target)
             reason = f"revoked by deployment {dep.name}"
+            block = _flag(body.get("block"))
+            if block and (kind != "dag" or "run_id" in target):
+                raise OAuthError(
+                    400,
+                    "invalid_request",
+                    "block takes a dag_id alone (no jti, run or task)",
+                    reason="bad_block_target",
+                )
             if kind == "jti":
                 # jtis are 128 random bits, so only someone who saw the token can name it.
                 expires = self._clock() + self.config.tokens.max_ttl + self.config.tokens.leeway
@@ -231,6 +240,14 @@ class TokenService:
                     f"deployment {dep.name!r} may not act for this dag",
                     reason="dag_not_delegated",
                 )
+            elif block:
+                # A deployment may stop its own DAG; lifting the block is an operator's call
+                # (``lockgate token unblock``), so a stolen deployment secret cannot undo it.
+                by = f"deployment {dep.name}"
+                self.revocations.block(
+                    dep.name, target["dag_id"], by, _note(body.get("reason")) or by
+                )
+                kind = "block"
             elif kind == "dag":
                 self.revocations.revoke_dag(
                     dep.name, target["dag_id"], target.get("run_id"), reason
@@ -246,7 +263,8 @@ class TokenService:
             except Exception as exc:  # tokens are revoked already; the hook retries on its own
                 log.error("revocation hook failed", extra={"fields": {"error": type(exc).__name__}})
         try:
-            await _maybe_await(self._on_event("token_revoked", kind=kind, **ctx))
+            event = "mint_blocked" if kind == "block" else "token_revoked"
+            await _maybe_await(self._on_event(event, kind=kind, **ctx))
         except Exception as exc:  # the revocation already holds; auditing it is best effort
             log.error("revocation not audited", extra={"fields": {"error": type(exc).__name__}})
         log.info("tokens revoked", extra={"fields": {**ctx, "kind": kind}})
@@ -351,6 +369,25 @@ class TokenService:
                 client_id=client_id[:64],
             ) from None
 
+    def _refuse_if_blocked(self, deployment: str, dag_id: str, principal: str) -> None:
+        """The kill switch: a blocked DAG (or deployment) gets no token, with a message that
+        says who blocked it and since when."""
+        # A block set by the CLI a moment ago must hold now, not at the next refresh tick;
+        # one PRAGMA when nothing changed, and mints are not the per-request path.
+        self.revocations.refresh()
+        blk = self.revocations.blocked(deployment, dag_id)
+        if blk is not None:
+            message = blk.message(dag_id)
+            raise OAuthError(
+                403,
+                "access_denied",
+                message,
+                reason="dag_blocked",
+                principal=principal,
+                body={"principal": principal, "reason": message},  # what the task shows
+                policy_reason=message,
+            )
+
     async def _attest(self, dep: Deployment, identity: TaskIdentity) -> None:
         if dep.airflow_api is None:
             return
@@ -425,6 +462,15 @@ def _identity_fields(identity: TaskIdentity) -> dict[str, Any]:
         "try_number": identity.try_number,
         "map_index": identity.map_index,
     }
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
+
+
+def _note(value: str | None) -> str:
+    """A caller's free-text reason, bounded and printable (it is shown to operators)."""
+    return "".join(c for c in (value or "")[:200] if c.isprintable()).strip()
 
 
 async def _maybe_await(value: Any) -> Any:

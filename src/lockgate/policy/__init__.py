@@ -32,7 +32,7 @@ Doors: :func:`load_policy_files` -> :class:`PolicySet` (``decide``, ``mint_check
 
 from lockgate.policy.cli import cmd_check, cmd_lint, cmd_test, split_target
 from lockgate.policy.engine import Decision, PolicySet, Request, Rule
-from lockgate.policy.lint import Finding, lint
+from lockgate.policy.lint import Finding, lint, policy_problems
 from lockgate.policy.loader import load_policy_files, parse_policies, parse_policy_texts
 from lockgate.policy.model import ACTIONS
 from lockgate.policy.store import PolicyStore
@@ -54,6 +54,7 @@ __all__ = [
     "load_policy_files",
     "parse_policies",
     "parse_policy_texts",
+    "policy_problems",
     "run_policy_tests",
     "split_target",
 ]

@@ -2,11 +2,19 @@
 
 Each returns ``(exit_code, text)`` and prints nothing, so the CLI stays a thin argparse layer
 and these stay testable. Exit codes: 0 ok/allow, 1 deny / findings / failing tests,
-2 bad input (unknown action, unreadable test file).
+2 bad input (unknown action, resource or deployment, unreadable test file).
+
+``cmd_check`` answers for the world the configuration describes when given its catalog
+(``known_resources``) and delegations (``deployments``: name -> DAG globs): a request to a
+resource that does not exist, or from a deployment that does not exist, is a mistake in the
+question, not a DENY; a DAG its deployment is not delegated gets DENY, because no token would
+ever be minted for it.
 """
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path, PurePath
 
@@ -36,6 +44,8 @@ def cmd_check(
     *,
     token_ttl: int | None = None,
     at: datetime | None = None,
+    known_resources: set[str] | None = None,
+    deployments: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[int, str]:
     """Decide one request. Without ``token_ttl``, assume a token freshly minted for the pair."""
     if action not in ACTIONS:
@@ -43,6 +53,14 @@ def cmd_check(
     resource, obj = split_target(target)
     if not resource:
         return 2, f"bad target {target!r}; expected RESOURCE[/OBJECT]"
+    if known_resources is not None and resource not in known_resources:
+        known = ", ".join(sorted(known_resources)) or "none configured"
+        return 2, f"unknown resource {resource!r} (known: {known}); nothing can be decided"
+    undelegated = None
+    if deployments is not None:
+        problem, undelegated = _principal_problem(principal, deployments)
+        if problem:
+            return 2, problem
     ttl = token_ttl if token_ttl is not None else policy_set.max_ttl(principal, resource)
     decision = policy_set.decide(Request(principal, action, resource, obj, ttl, at))
     verdict = "ALLOW" if decision.allowed else "DENY"
@@ -55,7 +73,31 @@ def cmd_check(
         lines.append(f"  rule description: {rule.description}")
     if decision.rule is None:
         lines.append("  no rule decided; denied by default")
+    if undelegated:
+        lines[0] = "DENY" + lines[0][len(verdict) :]
+        lines.append(f"  {undelegated}")
+        return 1, "\n".join(lines)
     return (0 if decision.allowed else 1), "\n".join(lines)
+
+
+def _principal_problem(
+    principal: str, deployments: Mapping[str, Sequence[str]]
+) -> tuple[str | None, str | None]:
+    """(why the question is wrong, why no token would be minted), either or both None."""
+    shape = "expected airflow:DEPLOYMENT/DAG/TASK"
+    if not principal.startswith("airflow:") or principal.count("/") != 2:
+        return f"bad principal {principal!r}; {shape}", None
+    deployment, dag_id, _task = principal[len("airflow:") :].split("/")
+    if deployment not in deployments:
+        known = ", ".join(sorted(deployments)) or "none configured"
+        return f"unknown deployment {deployment!r} in {principal!r} (known: {known})", None
+    globs = deployments[deployment]
+    if not any(fnmatch.fnmatchcase(dag_id, g) for g in globs):
+        return None, (
+            f"but deployment {deployment} may not act for dag {dag_id} "
+            f"(its dags: {', '.join(globs)}), so no token would be minted"
+        )
+    return None, None
 
 
 def cmd_lint(

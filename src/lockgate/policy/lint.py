@@ -13,17 +13,26 @@ Findings (severity in brackets):
 
 Subset checks use :func:`~lockgate.policy.globs.covers`, which is conservative: lint may miss
 a shadowed rule, but never calls a live rule shadowed.
+
+:func:`policy_problems` is what ``lockgate config check`` asks: would the gateway load these
+files, and does every resource they name exist? Each problem is one line
+``file:line: field (rule id): message``, every file checked (not only the first broken one).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Literal
 
+import yaml
+
+from lockgate.errors import ConfigError
 from lockgate.policy.engine import PolicySet, Rule
 from lockgate.policy.globs import covers_all, match_one
+from lockgate.policy.loader import parse_policy_texts, read_text
 from lockgate.policy.model import ACTIONS
 
 Severity = Literal["warning", "error"]
@@ -40,6 +49,7 @@ class Finding:
     file: str | None
     message: str
     kind: str = ""
+    field: str | None = None  # e.g. rules[2].resources[0], where a line can be looked up
 
     def __str__(self) -> str:
         where = PurePath(self.file).name if self.file else "<policy>"
@@ -47,8 +57,10 @@ class Finding:
         return f"{self.severity}: {where}:{rule} {self.message}"
 
 
-def _finding(sev: Severity, rule: Rule, kind: str, message: str) -> Finding:
-    return Finding(sev, rule.id, rule.source, message, kind)
+def _finding(
+    sev: Severity, rule: Rule, kind: str, message: str, field: str | None = None
+) -> Finding:
+    return Finding(sev, rule.id, rule.source, message, kind, field or f"rules[{rule.index}]")
 
 
 def _any_principal(pattern: str) -> bool:
@@ -106,7 +118,7 @@ def lint(policy_set: PolicySet, known_resources: set[str]) -> list[Finding]:
             )
             continue  # a rule that matches nothing cannot be broad, shadowed or unknown
 
-        for pattern in rule.resources.patterns:
+        for k, pattern in enumerate(rule.resources.patterns):
             if not any(match_one(pattern, name, "name") for name in known_resources):
                 out.append(
                     _finding(
@@ -114,6 +126,7 @@ def lint(policy_set: PolicySet, known_resources: set[str]) -> list[Finding]:
                         rule,
                         "unknown-resource",
                         f"resource pattern {pattern!r} matches no configured resource",
+                        f"rules[{rule.index}].resources[{k}]",
                     )
                 )
 
@@ -179,3 +192,75 @@ def _shadowing(rule: Rule, rules: tuple[Rule, ...]) -> list[Finding]:
             )
         ]
     return []
+
+
+# -- lockgate config check --------------------------------------------------------------------
+def policy_problems(
+    patterns: Sequence[str], files: Sequence[Path], known_resources: set[str]
+) -> list[str]:
+    """Why the gateway would not load these policy files as they are; [] when it would."""
+    if patterns and not files:
+        return [f"policies {list(patterns)}: no file matches, the gateway would deny everything"]
+    problems: list[str] = []
+    texts: list[tuple[str, str]] = []
+    for path in files:
+        try:
+            text = read_text(Path(path))
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        try:
+            parse_policy_texts([(str(path), text)], known_resources)
+        except ConfigError as exc:
+            problems.extend(_with_line(line, text) for line in str(exc).splitlines())
+            continue
+        texts.append((str(path), text))
+    if problems:
+        return problems
+    try:  # across files: rule ids must be unique
+        policy_set = parse_policy_texts(texts, known_resources)
+    except ConfigError as exc:
+        return [str(exc)]
+    by_file = dict(texts)
+    return [
+        _with_line(f"{f.file}: {f.field} (rule {f.rule}): {f.message}", by_file.get(f.file or ""))
+        for f in lint(policy_set, known_resources)
+        if f.kind == "unknown-resource"
+    ]
+
+
+# "file: rules[1].resources[0] (rule x): message" -> the file, the field path and the rest
+_AT_FIELD = re.compile(r"^(?P<file>.+?): (?P<field>\w+(?:\[\d+\]|\.\w+)*)(?P<rest>(?: \(|:).*)$")
+
+
+def _with_line(message: str, text: str | None) -> str:
+    """Put the line of the named field after the file name, when it can be found."""
+    m = _AT_FIELD.match(message)
+    if m is None or text is None or re.match(r" line \d+", message[len(m["file"]) + 1 :]):
+        return message
+    line = _line_of(text, m["field"])
+    if line is None:
+        return message
+    return f"{m['file']}:{line}: {m['field']}{m['rest']}"
+
+
+def _line_of(text: str, field: str) -> int | None:
+    """1-based line of ``rules[2].resources[0]`` in a YAML text (the deepest part found)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for name, index in re.findall(r"(\w+)|\[(\d+)\]", field):
+        child = None
+        if name and isinstance(node, yaml.MappingNode):
+            pair = next((kv for kv in node.value if getattr(kv[0], "value", None) == name), None)
+            if pair is not None:
+                line, child = pair[0].start_mark.line + 1, pair[1]
+        elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
+            child = node.value[int(index)]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line

@@ -1,0 +1,147 @@
+"""What ``/readyz`` answers: may a load balancer send this gateway traffic right now?
+
+``/healthz`` is liveness only (the process answers). ``/readyz`` is 200 only when every
+check below passes, else 503; both carry every check's outcome as JSON::
+
+    {"ready": false,
+     "checks": {"started": "ok", "audit": "ok", "policy": "last reload failed ...",
+                "credentials": "no value stored for orders-api-key (resource orders-api) ...",
+                "signing_keys": "ok"},
+     "problems": ["policy: last reload failed ...", "credentials: ..."]}
+
+- **started**: listeners are up (false while starting and stopping).
+- **audit**: the audit trail accepts records in time (``check_writable``); while it does
+  not, every request is refused anyway.
+- **policy**: the policy files loaded. It says which failure it is: never loaded (every
+  request is denied) or the last reload failed (the previous good policy is still served,
+  the files on disk are not what runs).
+- **credentials**: every credential a resource uses that needs a stored value (``static``,
+  ``oauth2_client_credentials``) has one (``lockgate creds set``). Managed identities store
+  nothing and are not checked here.
+- **signing_keys**: the current signing key is loaded and not retired, and its files are on
+  disk (a restart without them would mint with a fresh key and strand every token).
+
+Cost: audit, policy and the in-memory key checks are attribute reads; the checks that touch
+disk (one SQLite query for credentials, two ``stat`` calls for keys) are cached for
+:data:`DISK_CHECK_TTL` seconds, so a probe every few hundred milliseconds costs nothing.
+Secrets never appear in an answer: only names.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lockgate.audit import AuditLog, RemoteAuditLog
+from lockgate.config import LockgateConfig, ManagedIdentityCredential
+from lockgate.credentials import CredentialStore
+from lockgate.errors import AuditUnavailable
+from lockgate.identity import KeyStore
+from lockgate.policy import PolicyStore
+
+DISK_CHECK_TTL = 1.0
+OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    ready: bool
+    checks: dict[str, str]
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{name}: {text}" for name, text in self.checks.items() if text != OK]
+
+    def body(self) -> dict[str, Any]:
+        return {"ready": self.ready, "checks": self.checks, "problems": self.problems}
+
+
+class Readiness:
+    """The checks of one gateway process; :meth:`report` is what ``/readyz`` serves."""
+
+    def __init__(
+        self,
+        config: LockgateConfig,
+        *,
+        audit: AuditLog | RemoteAuditLog,
+        policy: PolicyStore,
+        credentials: CredentialStore,
+        keys: KeyStore,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._audit = audit
+        self._policy = policy
+        self._credentials = credentials
+        self._keys = keys
+        self._clock = clock
+        # credential name -> resources using it, for those that need a stored value
+        self._needed: dict[str, list[str]] = {}
+        for r in config.resources:
+            cred = config.credential(r.credential) if r.credential else None
+            if cred is not None and not isinstance(cred, ManagedIdentityCredential):
+                self._needed.setdefault(cred.name, []).append(r.name)
+        self._disk: tuple[float, str, str] | None = None  # (at, credentials, signing_keys)
+
+    def report(self, started: bool) -> Report:
+        credentials, signing_keys = self._disk_checks()
+        checks = {
+            "started": OK if started else "not serving yet (starting or stopping)",
+            "audit": self._audit_check(),
+            "policy": self._policy_check(),
+            "credentials": credentials,
+            "signing_keys": signing_keys,
+        }
+        return Report(all(v == OK for v in checks.values()), checks)
+
+    # -- checks -----------------------------------------------------------------------------
+    def _audit_check(self) -> str:
+        try:
+            self._audit.check_writable()
+        except AuditUnavailable as exc:
+            return f"refusing records: {exc}"
+        return OK
+
+    def _policy_check(self) -> str:
+        error = self._policy.last_error
+        if self._policy.loaded_at is None:
+            return f"never loaded, every request is denied: {error or 'no policy loaded'}"
+        if error:
+            loaded = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._policy.loaded_at))
+            return f"last reload failed, still serving the policy loaded at {loaded}: {error}"
+        return OK
+
+    def _disk_checks(self) -> tuple[str, str]:
+        now = self._clock()
+        if self._disk is None or now - self._disk[0] >= DISK_CHECK_TTL:
+            self._disk = (now, self._credentials_check(), self._keys_check())
+        return self._disk[1], self._disk[2]
+
+    def _credentials_check(self) -> str:
+        if not self._needed:
+            return OK
+        stored = set(self._credentials.names())
+        missing = [
+            f"{name} (resource {', '.join(resources)})"
+            for name, resources in self._needed.items()
+            if name not in stored
+        ]
+        if missing:
+            return f"no value stored for {'; '.join(missing)} (lockgate creds set NAME)"
+        return OK
+
+    def _keys_check(self) -> str:
+        try:
+            key = self._keys.current()
+        except (AssertionError, KeyError):
+            return "no current signing key"
+        if self._keys.public_key(key.kid) is None:
+            return f"current signing key {key.kid} is retired"
+        for path in (self._keys.dir / "index.json", self._keys.dir / f"{key.kid}.pem"):
+            if not path.is_file():
+                return f"{path} is missing (a restart would mint with a new key)"
+        return OK
+
+
+__all__ = ["DISK_CHECK_TTL", "Readiness", "Report"]
