@@ -153,7 +153,7 @@ async def test_run_now_and_poll_record_job_run_page_and_cluster_size(env: Env) -
     # The upstream saw only the gateway's OAuth token, never the Lockgate token.
     assert all(s.authorised for s in env.fake.seen)
     assert env.fake.token_calls == 1
-    rows = _audit(env, dag="etl_daily")
+    rows = _audit(env, dag="etl_daily", event="allowed")  # outcomes (after "admitted")
     started = [r for r in rows if r.object == "job:101" and r.action == "run"]
     assert started and started[0].detail["run_id"] == run_id
     assert started[0].detail["cluster"]["max_workers_total"] == 4

@@ -1,0 +1,190 @@
+"""Property: the node never executes what the gateway's audit does not show as allowed.
+
+Hypothesis writes CQL the way an attacker would: statements wrapped in ``--``, ``//`` and
+``/* */`` comments ended by CR, LF or CRLF, comments hiding statements, strings with ``''``
+and ``$$``, quoted and mixed-case names, ``BEGIN BATCH`` texts with and without ``;``, USE of
+a keyspace holding same-named tables, PREPARE and EXECUTE of the ids it got back. Each
+example plays rounds on two connections of one principal, one request at a time or
+pipelined (all frames in one write), through the real gateway in front of the fake node.
+The judge (``oracle.judge``) then holds the node's execution log against the audit of that
+principal: every executed request covered by an ``allow`` record with the same action and
+object, and nothing executed outside ``GRANT``.
+
+One sync test drives its own event loop, so the stack is started once for all examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fakes.cqlserver.client import (
+    Answer,
+    execute_frame,
+    prepare_frame,
+    query_frame,
+)
+
+from .engine_stack import stop_stack
+from .test_oracle import Oracle
+
+REFS = [
+    "orders", "items", "secrets", "ks.orders", "ks.items", "ks.secrets", "other.orders",
+    "other.items", '"orders"', "KS.Items", '"ks"."secrets"', 'Other."orders"', "ITEMS",
+]  # fmt: skip
+KEYSPACES = ["ks", "other", '"ks"', "Other", "KS", '"other"']
+STRINGS = [
+    "'x'", "'it''s'", "$$a -- b$$", "$$/* c */$$", "'\r-- '", "'; DELETE FROM secrets'",
+    "$$\n$$", "''", "'*/'", '$$"q"$$',
+]  # fmt: skip
+GAPS = ["", " ", "\n", "\r", "\r\n", "\t", " \r\n "]
+LINE_ENDS = ["\n", "\r", "\r\n"]
+
+refs = st.sampled_from(REFS)
+strings = st.sampled_from(STRINGS)
+
+
+def _column(ref: str) -> str:
+    return "item" if "orders" in ref.lower() else "v"
+
+
+selects = st.builds(
+    lambda r, where: f"SELECT * FROM {r}{' WHERE id = 1' if where else ''}",  # noqa: S608
+    refs,
+    st.booleans(),
+)
+inserts = st.builds(
+    lambda r, s: f"INSERT INTO {r} (id, {_column(r)}) VALUES (1, {s})",  # noqa: S608
+    refs,
+    strings,
+)
+updates = st.builds(
+    lambda r, s: f"UPDATE {r} SET {_column(r)} = {s} WHERE id = 1",  # noqa: S608
+    refs,
+    strings,
+)
+deletes = st.builds(lambda r: f"DELETE FROM {r} WHERE id = 1", refs)  # noqa: S608
+writes = st.one_of(inserts, updates, deletes)
+uses = st.builds(lambda k: f"USE {k}", st.sampled_from(KEYSPACES))
+child_seps = st.sampled_from([" ", "; ", "\n", "\r", ";\r\n", " -- c\r", " // c\n", " /* c */ "])
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> str:
+    children = draw(st.lists(writes, min_size=1, max_size=3))
+    parts = [draw(st.sampled_from(["BEGIN BATCH", "BEGIN UNLOGGED BATCH", "begin batch"]))]
+    for child in children:
+        parts += [draw(child_seps), child]
+    parts += [draw(child_seps), "APPLY BATCH", draw(st.sampled_from(["", ";", " ;;"]))]
+    return "".join(parts)
+
+
+statements = st.one_of(selects, writes, uses, batches())
+
+
+@st.composite
+def comments(draw: st.DrawFn) -> str:
+    filler = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from([" x ", "/* ", " */", " -- ", " // ", "\n", "\r", "'", "$$"]),
+                statements,
+            ),
+            max_size=3,
+        )
+    )
+    body = "".join(filler)
+    if draw(st.booleans()):
+        return draw(st.sampled_from(["--", "//"])) + body + draw(st.sampled_from(LINE_ENDS))
+    return "/*" + body.replace("*/", "* /") + "*/"
+
+
+@st.composite
+def hidden(draw: st.DrawFn) -> str:
+    """A statement after a CR-ended line comment, a granted-looking one in a block comment."""
+    lead = draw(st.sampled_from(["--", "//"]))
+    tail = draw(st.sampled_from(["--", "//"]))
+    return (
+        f"{lead} x{draw(st.sampled_from(LINE_ENDS))}{draw(statements)}{draw(st.sampled_from(GAPS))}"
+        f"/*{draw(st.sampled_from(LINE_ENDS))}{draw(statements)} {tail} */"
+    )
+
+
+composites = st.lists(
+    st.one_of(statements, comments(), st.sampled_from(GAPS), st.just(";")), min_size=1, max_size=5
+).map("".join)
+texts = st.one_of(statements, composites, hidden())
+steps = st.one_of(
+    st.tuples(st.just("query"), texts),
+    st.tuples(st.just("prepare"), st.one_of(selects, writes, batches())),
+    st.tuples(st.just("execute"), st.integers(0, 7)),
+)
+rounds = st.lists(
+    st.tuples(st.integers(0, 1), st.booleans(), st.lists(steps, min_size=1, max_size=4)),
+    min_size=1,
+    max_size=4,
+)
+
+
+async def play(
+    oracle: Oracle, dag: str, plan: list[tuple[int, bool, list[tuple[str, object]]]]
+) -> list[str]:
+    clients = [await oracle.connect(dag), await oracle.connect(dag)]
+    since = oracle.mark()
+    prepared: list[bytes] = []
+    try:
+        for which, pipelined, round_steps in plan:
+            client = clients[which]
+            frames = []
+            for kind, arg in round_steps:
+                stream = client.stream()
+                if kind == "query":
+                    frames.append(query_frame(stream, str(arg)))
+                elif kind == "prepare":
+                    frames.append(prepare_frame(stream, str(arg)))
+                elif prepared:
+                    frames.append(execute_frame(stream, prepared[int(str(arg)) % len(prepared)]))
+            answers: list[Answer | None] = []
+            try:
+                if pipelined:
+                    await client.send(*frames)
+                    answers = list((await client.answers(len(frames))).values())
+                else:
+                    answers = [await client.request(frame) for frame in frames]
+            except ConnectionError:
+                pass  # the gateway may close a connection it cannot judge; the node log tells
+            prepared += [a.prepared_id for a in answers if a is not None and a.prepared_id]
+    finally:
+        for client in clients:
+            await client.close()
+    return oracle.breaches(since, dag)
+
+
+@pytest.mark.slow
+def test_node_executes_only_what_the_audit_shows_allowed(tmp_path: Path) -> None:
+    loop = asyncio.new_event_loop()
+    oracle = loop.run_until_complete(Oracle.start(tmp_path))
+    numbers = itertools.count()
+
+    @settings(
+        max_examples=200,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(plan=rounds)
+    def check(plan: list[tuple[int, bool, list[tuple[str, object]]]]) -> None:
+        dag = f"oracle{next(numbers)}"
+        breaches = loop.run_until_complete(asyncio.wait_for(play(oracle, dag, plan), 60))
+        assert breaches == [], "\n".join(breaches)
+
+    try:
+        check()
+    finally:
+        loop.run_until_complete(stop_stack(oracle.stack))
+        loop.close()
