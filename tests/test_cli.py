@@ -171,6 +171,72 @@ def test_policy_test_passing_and_failing(conf: Path, run: Run) -> None:
     assert code == 2 and "broken.yaml" in out
 
 
+def test_config_check_loads_the_policy_files(conf: Path, run: Run) -> None:
+    extra = conf.parent / "policies" / "extra.yaml"
+    extra.write_text(
+        "rules:\n"
+        "  - id: ghost\n"
+        "    effect: allow\n"
+        '    principals: ["airflow:prod/x/*"]\n'
+        "    actions: [read]\n"
+        "    resources: [orders-api, no-such-resource]\n"
+    )
+    code, out, err = run(*lg(conf, "config", "check"))
+    assert code == 2 and out == "" and "ok" not in err
+    # file:line: field (rule): what is wrong
+    assert f"{extra}:6: rules[0].resources[1] (rule ghost): unknown resource" in err
+    assert "'no-such-resource'" in err
+
+    # a glob naming nothing is as dead as a typo
+    extra.write_text(extra.read_text().replace("no-such-resource", "no-such-*"))
+    code, _, err = run(*lg(conf, "config", "check"))
+    assert code == 2
+    assert f"{extra}:6: rules[0].resources[1] (rule ghost):" in err and "'no-such-*'" in err
+
+    # every broken file is reported, each with its line and field
+    extra.write_text(extra.read_text().replace("effect: allow", "effect: alow"))
+    (conf.parent / "policies" / "more.yaml").write_text("rules:\n  - id: y\n   effect: [\n")
+    code, _, err = run(*lg(conf, "config", "check"))
+    assert code == 2
+    assert f"{extra}:3: rules[0].effect (rule ghost): expected one of allow, deny" in err
+    assert "more.yaml: line 3 column 4: not valid YAML" in err
+
+
+def test_config_check_when_no_policy_file_matches(conf: Path, run: Run) -> None:
+    for f in (conf.parent / "policies").iterdir():
+        f.unlink()
+    code, _, err = run(*lg(conf, "config", "check"))
+    assert code == 2 and "no file matches" in err and "policies/*.yaml" in err
+
+
+def test_policy_check_says_what_is_unknown(conf: Path, run: Run) -> None:
+    code, out, err = run(*lg(conf, "policy", "check", "airflow:prod/finance_daily/t", "read",
+                             "no-such-api/orders"))  # fmt: skip
+    assert code == 2 and out == "" and "DENY" not in err
+    assert "unknown resource 'no-such-api'" in err and "orders-api" in err
+
+    code, out, err = run(*lg(conf, "policy", "check", "airflow:staging/finance_daily/t", "read",
+                             "orders-api/orders"))  # fmt: skip
+    assert code == 2 and "unknown deployment 'staging'" in err and "prod" in err
+
+    code, _, err = run(*lg(conf, "policy", "check", "finance_daily", "read", "orders-api"))
+    assert code == 2 and "airflow:DEPLOYMENT/DAG/TASK" in err
+
+    # policy alone would allow this DAG, but its deployment is not delegated it
+    (conf.parent / "policies" / "extra.yaml").write_text(
+        "rules:\n"
+        "  - id: hr-read\n"
+        "    effect: allow\n"
+        '    principals: ["airflow:prod/hr_daily/*"]\n'
+        "    actions: [read]\n"
+        "    resources: [orders-api]\n"
+    )
+    code, out, _ = run(*lg(conf, "policy", "check", "airflow:prod/hr_daily/t", "read",
+                           "orders-api/orders"))  # fmt: skip
+    assert code == 1 and out.startswith("DENY") and "allowed by rule hr-read" in out
+    assert "may not act for dag hr_daily" in out and "no token would be minted" in out
+
+
 # -- credentials ----------------------------------------------------------------------------
 def test_creds_set_list_rotate(conf: Path, run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _ = run(*lg(conf, "creds", "list"))
@@ -269,6 +335,49 @@ def test_token_revoke_and_revocations(conf: Path, run: Run) -> None:
     dag = by_kind["dag"]
     assert dag["target"]["dag_id"] == "finance_daily" and dag["target"]["run_id"] == "r1"
     assert dag["reason"] == "leak"
+
+
+def test_token_block_and_unblock(conf: Path, run: Run) -> None:
+    code, out, _ = run(*lg(conf, "token", "revoke", "--dag", "finance_daily", "--block",
+                           "--reason", "incident 42"))  # fmt: skip
+    assert code == 0
+    assert "DAG finance_daily is blocked by operator " in out and ": incident 42" in out
+    code, out, _ = run(*lg(conf, "token", "revoke", "--deployment", "prod", "--block"))
+    assert code == 0 and "every DAG of deployment prod is blocked" in out
+
+    code, out, _ = run(*lg(conf, "token", "revocations"))
+    rows = [json.loads(line) for line in out.splitlines()]
+    blocks = {(r["target"]["deployment"], r["target"]["dag_id"]): r for r in rows
+              if r["kind"] == "block"}  # fmt: skip
+    assert set(blocks) == {(None, "finance_daily"), ("prod", None)}
+    dag_block = blocks[(None, "finance_daily")]
+    assert dag_block["by"].startswith("operator ") and dag_block["reason"] == "incident 42"
+    assert dag_block["since"] > 0 and dag_block["expires_at"] is None
+    # the block also revoked what was live
+    assert {(r["target"]["deployment"], r["target"]["dag_id"]) for r in rows
+            if r["kind"] == "dag"} == {(None, "finance_daily"), ("prod", None)}  # fmt: skip
+
+    code, out, _ = run(*lg(conf, "audit", "search", "--event", "mint_blocked", "--json"))
+    assert [json.loads(line)["dag_id"] for line in out.splitlines()] in (
+        ["finance_daily", None],
+        [None, "finance_daily"],
+    )
+
+    assert run(*lg(conf, "token", "unblock", "--dag", "finance_daily"))[0] == 0
+    code, _, err = run(*lg(conf, "token", "unblock", "--dag", "finance_daily"))
+    assert code == 1 and "no block on dag finance_daily" in err
+    assert run(*lg(conf, "token", "unblock", "--deployment", "prod"))[0] == 0
+    code, out, _ = run(*lg(conf, "token", "revocations"))
+    assert '"block"' not in out
+    code, out, _ = run(*lg(conf, "audit", "search", "--event", "mint_unblocked", "--json"))
+    assert len(out.splitlines()) == 2
+
+    # what a kill switch cannot be: vague, a typo, or about one token
+    assert run(*lg(conf, "token", "revoke", "--block"))[0] == 2
+    assert run(*lg(conf, "token", "revoke", "--jti", "j1", "--block"))[0] == 2
+    assert run(*lg(conf, "token", "revoke", "--dag", "d", "--run", "r", "--block"))[0] == 2
+    code, _, err = run(*lg(conf, "token", "revoke", "--deployment", "prd", "--block"))
+    assert code == 2 and "no deployment named 'prd'" in err
 
 
 # -- audit ----------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ import pytest
 
 from lockgate.demo.stack import LocalStack
 from lockgate.errors import AuditUnavailable
-from lockgate.readiness import DISK_CHECK_TTL
 
-SETTLE = DISK_CHECK_TTL + 2.5  # disk checks are cached; policy files are re-read once settled
+DISK_CHECK_TTL = 1.0  # lockgate.readiness caches its disk checks this long
+SETTLE = DISK_CHECK_TTL + 2.5  # and policy files are re-read once their mtime has settled
 
 
 @pytest.fixture(scope="module")

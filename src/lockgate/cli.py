@@ -160,6 +160,7 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     if args.block:
         return _block(args)
+    args.reason = args.reason or "revoked by operator"
     st = _state(args)
     if args.jti:
         st.revocations.revoke_jti(args.jti, time.time() + st.config.tokens.max_ttl, args.reason)
@@ -220,7 +221,7 @@ def _block(args: argparse.Namespace) -> int:
     deployment, dag = _block_scope(args)
     st = _state(args)
     _check_deployment(st.config, deployment)
-    blk = st.revocations.block(deployment, dag, _operator(), args.reason)
+    blk = st.revocations.block(deployment, dag, _operator(), args.reason or "")
     _audit_now(
         st,
         "mint_blocked",
@@ -471,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--deployment", help="limit a DAG revocation to one deployment; alone: all its DAGs"
     )
-    sp.add_argument("--reason", default="revoked by operator")
+    sp.add_argument("--reason", help="shown in the list, the audit and refused mints")
     sp.add_argument(
         "--block",
         action="store_true",
