@@ -19,11 +19,13 @@ from cassandra.cluster import Session
 
 from lockgate.gateway.cql import codec
 from tests.fakes.cqlserver import session as fake_session
+from tests.fakes.cqlserver.session import prepared_id
 from tests.fakes.cqlserver.wire import RESULT_SET_KEYSPACE, int32, string
 
 from .engine_stack import RawClient, Stack, connect, run_on_fake, stack_fixture
 
 SECRET_ITEM = "other-keyspace-secret"
+SELECT = "SELECT * FROM orders"
 EXTRA_SCHEMA = [
     "CREATE KEYSPACE other WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
     "CREATE TABLE other.orders (id int PRIMARY KEY, item text)",
@@ -76,6 +78,23 @@ def ran_after_use(stack: Stack, keyspace: str, text: str) -> bool:
         elif seen_use and t == text:
             return True
     return False
+
+
+def node_id(keyspace: str | None, text: str) -> bytes:
+    """The id the node gives ``text`` prepared under ``keyspace`` (Cassandra 4's rule: a
+    fully qualified single-table statement is hashed without the keyspace)."""
+    qualified = " ks." in text or " other." in text
+    return prepared_id(text, None if qualified else keyspace)
+
+
+async def execute_id(stack: Stack, query_id: bytes) -> codec.Event | None:
+    """EXECUTE ``query_id`` on a fresh etl connection whose keyspace is ks."""
+    raw = await etl_raw(stack)
+    try:
+        raw.send(codec.Execute(stream=9, query_id=query_id))
+        return await raw.recv()
+    finally:
+        raw.close()
 
 
 def leaked(event: codec.Event) -> bool:
@@ -175,6 +194,27 @@ async def test_real_driver_use_then_select_without_waiting(stack: Stack) -> None
     assert isinstance(select, Unauthorized), select
     assert "other.orders" in str(select)
     assert not ran_after_use(stack, "other", "SELECT * FROM orders")
+
+
+async def test_prepare_behind_use_cannot_file_an_id_under_the_old_keyspace(stack: Stack) -> None:
+    raw = await etl_raw(stack)
+    try:
+        send_together(
+            raw,
+            codec.Query(stream=3, query="USE other"),
+            codec.Prepare(stream=4, query=SELECT),
+        )
+        got = await answers(raw, 2)
+    finally:
+        raw.close()
+    prepare = got[4]
+    assert isinstance(prepare, codec.Error) and prepare.code == codec.ERR_UNAUTHORIZED
+    assert "other.orders" in prepare.message
+    # whatever the node holds under that id, no connection may run it as a read of ks.orders
+    answer = await execute_id(stack, node_id("other", SELECT))
+    assert answer is not None and not leaked(answer)
+    assert isinstance(answer, codec.Error) and answer.code == codec.ERR_UNPREPARED
+    assert not any(r.object == "ks.orders" and r.action == "read" for r in stack.audit("allowed"))
 
 
 # -- bounds and failure of the hold --------------------------------------------------------------
