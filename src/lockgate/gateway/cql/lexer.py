@@ -41,44 +41,49 @@ _ISO_PERIOD = "(?:[0-9]+Y(?:[0-9]+M)?(?:[0-9]+D)?|[0-9]+M(?:[0-9]+D)?|[0-9]+D)"
 _ISO_FORMS = f"(?:{_ISO_TIME}|[0-9]+W|{_ISO_PERIOD}(?:{_ISO_TIME})?)"
 _ISO_ALT = "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
 
-_TOKEN_RE = re.compile(
-    "|".join(
-        [
-            r"(?P<ws>[ \t\n\r]+)",
-            # COMMENT: ('--' | '//') .* ('\n'|'\r') — ends at the first \n OR \r, and needs
-            # one: a line comment running into the end of the text is a lexer error.
-            # MULTILINE_COMMENT: '/*' .* '*/' — not nested, ends at the first '*/'.
-            r"(?P<comment>(?:--|//)[^\n\r]*[\n\r]|/\*(?s:.*?)\*/)",
-            # STRING_LITERAL, conventional form: '' inside is one quote; any char else.
-            r"(?P<str>'[^']*(?:''[^']*)*')",
-            # STRING_LITERAL, pg form: everything up to the first '$$', verbatim.
-            r"(?P<dstr>\$\$(?s:.*?)\$\$)",
-            # QUOTED_NAME ("" inside is one quote) and EMPTY_QUOTED_NAME ("").
-            r'(?P<qid>"[^"]*(?:""[^"]*)*")',
-            rf"(?P<uuid>{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}})",
-            r"(?P<hex>0[xX][0-9A-Fa-f]*)",
-            # DURATION, ISO 8601 forms: alternative format, PT..., P..W, P<period>[T<time>].
-            # DURATION is listed before IDENT, so "P1D" is a DURATION, but the longer
-            # token wins: "P1Dx" is an IDENT (hence the look-ahead on the unsigned forms).
-            rf"(?P<iso>-?P{_ISO_ALT}|-P{_ISO_FORMS}|P{_ISO_FORMS}(?![A-Za-z0-9_]))",
-            rf"(?P<duration>-?(?:[0-9]+{_UNIT})+)",
-            # FLOAT: (INTEGER '.' RANGE) => INTEGER '.'  |  (INTEGER RANGE) => INTEGER
-            #        | INTEGER ('.' DIGIT*)? EXPONENT?     — so "1..2" is 1 .. 2.
-            r"(?P<float_before_range>-?[0-9]+\.(?=\.\.))",
-            r"(?P<int_before_range>-?[0-9]+(?=\.\.))",
-            r"(?P<number>-?[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)",
-            # K_NEGATIVE_NAN, K_NEGATIVE_INFINITY.
-            r"(?P<negconst>-(?:[Nn][Aa][Nn]|[Ii][Nn][Ff][Ii][Nn][Ii][Tt][Yy]))",
-            # Parser.g's literal token 'expr(' (custom index expressions), case-sensitive.
-            r"(?P<expr>expr\()",
-            r"(?P<ident>[A-Za-z][A-Za-z0-9_]*)",
-            # The beginning of a comment, string or name that never ends: refused.
-            r"(?P<unterminated>--|//|/\*|['\"$])",
-            r"(?P<p>\.\.|<=|>=|!=|\+=|-=|[-+*/%=<>(),;.\[\]{}:?])",
-            r"(?P<error>(?s:.))",
-        ]
-    )
-)
+# One match = the whitespace and comments before a token, then the token (or nothing, at
+# the end of the text). WS is only space, tab, \n and \r.
+# COMMENT: ('--' | '//') .* ('\n'|'\r') — ends at the first \n OR \r, and needs one: a line
+# comment running into the end of the text is a lexer error, as is '/*' without '*/'.
+# MULTILINE_COMMENT: '/*' .* '*/' — not nested, ends at the first '*/'.
+_TRIVIA = r"(?:[ \t\n\r]+|(?:--|//)[^\n\r]*[\n\r]|/\*(?s:.*?)\*/)*"
+_UUID = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
+# Ordered so that the first alternative that matches is the token Lexer.g makes there; the
+# most frequent tokens come first, guarded by look-aheads where a rule listed before them
+# in Lexer.g would take the same text.
+_TOKENS = [
+    # IDENT and keywords — unless the word is the start of a UUID, is exactly an ISO 8601
+    # DURATION (DURATION is listed first and wins the tie: "P1D"; a longer IDENT wins:
+    # "P1Dx"), or is Parser.g's literal token 'expr(' (case-sensitive).
+    rf"(?P<ident>(?!{_HEX}{{8}}-)(?!P{_ISO_ALT}|P{_ISO_FORMS}(?![A-Za-z0-9_]))(?!expr\()"
+    r"[A-Za-z][A-Za-z0-9_]*)",
+    # Parser.g's operators and punctuation, RANGE and QMARK; '-' and '/' only when they do
+    # not start a comment, a negative constant or '-='.
+    r"(?P<p>\.\.|<=|>=|!=|\+=|[+*%=<>(),;.\[\]{}:?]|-(?![-=0-9PnNiI])|/(?![/*]))",
+    # STRING_LITERAL, conventional form: '' inside is one quote; any char else.
+    r"(?P<str>'[^']*(?:''[^']*)*')",
+    # QUOTED_NAME ("" inside is one quote) and EMPTY_QUOTED_NAME ("").
+    r'(?P<qid>"[^"]*(?:""[^"]*)*")',
+    rf"(?P<uuid>{_UUID})",
+    r"(?P<hex>0[xX][0-9A-Fa-f]*)",
+    # DURATION: ISO 8601 forms, then DIGIT+ DURATION_UNIT (DIGIT+ DURATION_UNIT)*.
+    rf"(?P<duration>-?P{_ISO_ALT}|-?P{_ISO_FORMS}|-?(?:[0-9]+{_UNIT})+)",
+    # FLOAT: (INTEGER '.' RANGE) => INTEGER '.'  |  (INTEGER RANGE) => INTEGER
+    #        | INTEGER ('.' DIGIT*)? EXPONENT?     — so "1..2" is 1 .. 2 and "1...2" 1. .. 2
+    r"(?P<float_before_range>-?[0-9]+\.(?=\.\.))",
+    r"(?P<number>-?[0-9]++(?!\.\.)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|-?[0-9]+)",
+    # K_NEGATIVE_NAN, K_NEGATIVE_INFINITY.
+    r"(?P<negconst>-(?:[Nn][Aa][Nn]|[Ii][Nn][Ff][Ii][Nn][Ii][Tt][Yy]))",
+    r"(?P<expr>expr\()",
+    # STRING_LITERAL, pg form: everything up to the first '$$', verbatim.
+    r"(?P<dstr>\$\$(?s:.*?)\$\$)",
+    # The beginning of a comment, string or name that never ends: refused.
+    r"(?P<unterminated>--|//|/\*|['\"$])",
+    r"(?P<minus>-=?)",
+    r"(?P<error>(?s:.))",
+    r"(?P<end>\Z)",
+]
+_TOKEN_RE = re.compile(_TRIVIA + "(?:" + "|".join(_TOKENS) + ")")
 
 # Every keyword of Lexer.g (lowercased; K_KEYSPACE also spells "schema", K_COLUMNFAMILY
 # "table", K_TABLES "columnfamilies") that Parser.g's unreserved_keyword rule does not
@@ -96,7 +101,6 @@ RESERVED = frozenset((
 ))
 # fmt: on
 _CONSTANT_WORDS = {"true": "bool", "false": "bool", "nan": "float", "infinity": "float"}
-_NUMBER_KIND = {"float_before_range": "float", "int_before_range": "int"}
 
 
 def lex(text: str, spans: list[tuple[int, int]] | None = None) -> list[Token]:
@@ -108,39 +112,36 @@ def lex(text: str, spans: list[tuple[int, int]] | None = None) -> list[Token]:
     append = out.append
     for m in _TOKEN_RE.finditer(text):
         group = m.lastgroup
-        if group == "ws" or group == "comment":
-            continue
-        raw = m.group()
+        raw = m[group]  # type: ignore[index]
         if group == "ident":
             word = raw.lower()
             append((_CONSTANT_WORDS.get(word, "id"), word))
-        elif group == "p" or group == "expr":
+        elif group == "p" or group == "minus" or group == "expr":
             append(("p", raw))
         elif group == "str":
             append(("str", raw[1:-1].replace("''", "'")))
-        elif group == "dstr":
-            append(("str", raw[2:-2]))
+        elif group == "end":
+            break
+        elif group == "number":
+            append(("float" if ("." in raw or "e" in raw or "E" in raw) else "int", raw))
         elif group == "qid":
             if raw == '""' and text.startswith('"', m.end()):
                 # '"""...' is a QUOTED_NAME (it starts with an escaped quote) that never
                 # ends; the alternation only fell back to EMPTY_QUOTED_NAME because of that.
                 raise CqlSyntaxError("unterminated quoted name")
             append(("qid", raw[1:-1].replace('""', '"')))
-        elif group == "number":
-            kind = "float" if ("." in raw or "e" in raw or "E" in raw) else "int"
-            append((kind, raw))
-        elif group == "iso" or group == "duration":
-            append(("duration", raw))
-        elif group == "uuid" or group == "hex":
+        elif group == "dstr":
+            append(("str", raw[2:-2]))
+        elif group == "duration" or group == "uuid" or group == "hex":
             append((group, raw))
-        elif group in _NUMBER_KIND:
-            append((_NUMBER_KIND[group], raw))
+        elif group == "float_before_range":
+            append(("float", raw))
         elif group == "negconst":
             append(("float", raw.lower()))
         elif group == "unterminated":
-            raise CqlSyntaxError(f"unterminated {raw!r} at offset {m.start()}")
+            raise CqlSyntaxError(f"unterminated {raw!r} at offset {m.start(group)}")
         else:
-            raise CqlSyntaxError(f"no CQL token starts with {raw!r} at offset {m.start()}")
+            raise CqlSyntaxError(f"no CQL token starts with {raw!r} at offset {m.start(group)}")
         if spans is not None:
-            spans.append(m.span())
+            spans.append(m.span(group))
     return out
