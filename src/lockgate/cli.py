@@ -464,7 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = sub.add_parser("token", help="token commands").add_subparsers(dest="sub", required=True)
     sp = add(
-        tok, "revoke", cmd_token_revoke, "revoke a token by jti, or every token of a DAG (run)"
+        tok,
+        "revoke",
+        cmd_token_revoke,
+        "revoke a token by jti, or every token of a DAG (run) or deployment; "
+        "--block: and mint none until unblocked",
     )
     sp.add_argument("--jti")
     sp.add_argument("--dag")
