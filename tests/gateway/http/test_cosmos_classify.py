@@ -130,7 +130,7 @@ CONTENT_TYPES = [
 ]
 
 
-def _combinations() -> list[dict[str, str]]:
+def marker_combinations() -> list[dict[str, str]]:
     out = []
     for is_query, plan, plan_extras, upsert, batch, ctype, op_type in itertools.product(
         TRUTHS,
@@ -171,7 +171,7 @@ def _reading(headers: dict[str, str]) -> str:
 
 
 def test_every_marker_combination_is_read_only_when_the_account_queries() -> None:
-    combos = _combinations()
+    combos = marker_combinations()
     seen: dict[str, int] = {}
     for headers in combos:
         ours, account = _reading(headers), post_operation(headers)
@@ -194,43 +194,43 @@ def test_every_marker_combination_is_read_only_when_the_account_queries() -> Non
     }
 
 
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        (SDK_QUERY, "query_docs"),
-        ({**SDK_QUERY, "x-ms-documentdb-isquery": "True"}, "query_docs"),
-        ({**SDK_QUERY, "content-type": "application/sql"}, "query_docs"),
-        (SDK_PLAN, "query_plan"),
-        ({**SDK_PLAN, "content-type": "application/query+json"}, "query_plan"),  # Java / .NET
-        ({}, "create_document"),
-        ({"content-type": "application/json"}, "create_document"),
-        ({"x-ms-documentdb-is-upsert": "True"}, "upsert_document"),
-        ({"x-ms-documentdb-is-upsert": " TRUE "}, "upsert_document"),
-        ({"x-ms-cosmos-is-batch-request": "True"}, "batch"),
-        ({"x-ms-cosmos-batch-continue-on-error": "False"}, "batch"),
-        # the known attack: the plan header alone (the account stores the body)
-        ({"x-ms-cosmos-is-query-plan-request": "True"}, "refused"),
-        (
-            {"x-ms-cosmos-is-query-plan-request": "True", "content-type": "application/json"},
-            "refused",
-        ),
-        ({**SDK_PLAN, "x-ms-cosmos-query-version": ""}, "refused"),
-        ({**SDK_PLAN, "x-ms-documentdb-isquery": "true"}, "refused"),
-        ({**SDK_PLAN, "content-type": "text/plain"}, "refused"),
-        # half a query, or a query with write markers
-        ({"x-ms-documentdb-isquery": "True"}, "refused"),
-        ({"content-type": "application/query+json"}, "refused"),
-        ({**SDK_QUERY, "x-ms-documentdb-isquery": " TRUE "}, "refused"),
-        ({**SDK_QUERY, "content-type": "application/query+json;charset=utf-8"}, "refused"),
-        ({**SDK_QUERY, "x-ms-documentdb-is-upsert": "True"}, "refused"),
-        ({**SDK_QUERY, "x-ms-documentdb-is-upsert": "False"}, "refused"),
-        ({**SDK_QUERY, "x-ms-cosmos-is-batch-request": "True"}, "refused"),
-        ({**SDK_QUERY, "x-ms-cosmos-batch-atomic": "True"}, "refused"),
-        ({**SDK_QUERY, "x-ms-cosmos-is-query-plan-request": "True"}, "refused"),
-        ({**SDK_QUERY, "x-ms-thinclient-proxy-operation-type": "Create"}, "refused"),
-        ({"x-ms-thinclient-proxy-operation-type": "SqlQuery"}, "refused"),
-    ],
-)
+POST_CASES: list[tuple[dict[str, str], str]] = [
+    (SDK_QUERY, "query_docs"),
+    ({**SDK_QUERY, "x-ms-documentdb-isquery": "True"}, "query_docs"),
+    ({**SDK_QUERY, "content-type": "application/sql"}, "query_docs"),
+    (SDK_PLAN, "query_plan"),
+    ({**SDK_PLAN, "content-type": "application/query+json"}, "query_plan"),  # Java / .NET
+    ({}, "create_document"),
+    ({"content-type": "application/json"}, "create_document"),
+    ({"x-ms-documentdb-is-upsert": "True"}, "upsert_document"),
+    ({"x-ms-documentdb-is-upsert": " TRUE "}, "upsert_document"),
+    ({"x-ms-cosmos-is-batch-request": "True"}, "batch"),
+    ({"x-ms-cosmos-batch-continue-on-error": "False"}, "batch"),
+    # the known attack: the plan header alone (the account stores the body)
+    ({"x-ms-cosmos-is-query-plan-request": "True"}, "refused"),
+    (
+        {"x-ms-cosmos-is-query-plan-request": "True", "content-type": "application/json"},
+        "refused",
+    ),
+    ({**SDK_PLAN, "x-ms-cosmos-query-version": ""}, "refused"),
+    ({**SDK_PLAN, "x-ms-documentdb-isquery": "true"}, "refused"),
+    ({**SDK_PLAN, "content-type": "text/plain"}, "refused"),
+    # half a query, or a query with write markers
+    ({"x-ms-documentdb-isquery": "True"}, "refused"),
+    ({"content-type": "application/query+json"}, "refused"),
+    ({**SDK_QUERY, "x-ms-documentdb-isquery": " TRUE "}, "refused"),
+    ({**SDK_QUERY, "content-type": "application/query+json;charset=utf-8"}, "refused"),
+    ({**SDK_QUERY, "x-ms-documentdb-is-upsert": "True"}, "refused"),
+    ({**SDK_QUERY, "x-ms-documentdb-is-upsert": "False"}, "refused"),
+    ({**SDK_QUERY, "x-ms-cosmos-is-batch-request": "True"}, "refused"),
+    ({**SDK_QUERY, "x-ms-cosmos-batch-atomic": "True"}, "refused"),
+    ({**SDK_QUERY, "x-ms-cosmos-is-query-plan-request": "True"}, "refused"),
+    ({**SDK_QUERY, "x-ms-thinclient-proxy-operation-type": "Create"}, "refused"),
+    ({"x-ms-thinclient-proxy-operation-type": "SqlQuery"}, "refused"),
+]
+
+
+@pytest.mark.parametrize(("headers", "expected"), POST_CASES)
 def test_post_to_docs(headers: dict[str, str], expected: str) -> None:
     assert _reading(headers) == expected
 
