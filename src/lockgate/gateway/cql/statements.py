@@ -26,7 +26,7 @@ from functools import lru_cache
 from lockgate import _log
 
 from . import codec
-from .classify import ANY_OBJECT, Target, classify, is_system_metadata_read
+from .classify import ANY_OBJECT, Target, classify, is_system_metadata_read, redact_secrets
 from .rewrite import rewrite_kind
 
 log = _log.get("gateway.cql")
@@ -51,18 +51,6 @@ def classify_statement(text: str, keyspace: str | None) -> list[Target]:
     return list(_classify_cached(text, keyspace))
 
 
-def _withhold_passwords(text: str) -> str:
-    # Stand-in until the lexer offers token-aware redaction: a text that may carry a password
-    # literal is not kept at all.
-    return "[withheld: statement sets a password]" if "password" in text.lower() else text
-
-
-try:
-    from .classify import redact_secrets as _redact
-except ImportError:  # pragma: no cover - depends on the lexer's version
-    _redact = _withhold_passwords
-
-
 @lru_cache(maxsize=CACHE_ENTRIES)
 def _audit_text_cached(text: str) -> str:
     return audit_text(text)
@@ -70,7 +58,7 @@ def _audit_text_cached(text: str) -> str:
 
 def audit_text(text: str) -> str:
     """``text`` as it may appear in an audit record or a log line: passwords redacted, capped."""
-    safe = _redact(text)
+    safe = redact_secrets(text)
     return safe if len(safe) <= MAX_AUDIT_TEXT else safe[:MAX_AUDIT_TEXT] + "…"
 
 
