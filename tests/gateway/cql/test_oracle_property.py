@@ -13,6 +13,7 @@ object, and nothing executed outside ``GRANT``.
 One sync test drives its own event loop, so the stack is started once for all examples.
 """
 
+# ruff: noqa: S608  (building CQL text from parts is this test's whole point)
 from __future__ import annotations
 
 import asyncio
@@ -45,6 +46,20 @@ STRINGS = [
 GAPS = ["", " ", "\n", "\r", "\r\n", "\t", " \r\n "]
 LINE_ENDS = ["\n", "\r", "\r\n"]
 
+# Names the gateway grants once the connection is in ``ks``: the visible half of an attack.
+GRANTED_LOOKING = ["orders", "items", "ks.orders", "ks.items", "ITEMS", '"orders"', "KS.Items"]
+UNQUALIFIED = ["orders", "items", "secrets", '"orders"', "ITEMS"]
+# Names no rule grants reads of (and orders is not granted for writes): the hidden half.
+FORBIDDEN = [
+    "secrets",
+    "ks.secrets",
+    "other.orders",
+    "other.items",
+    'Other."orders"',
+    '"ks"."secrets"',
+]
+CR_FIRST = ["\r", "\r", "\n", "\r\n"]  # CR is what the attacks need; LF and CRLF stay in
+
 refs = st.sampled_from(REFS)
 strings = st.sampled_from(STRINGS)
 
@@ -54,29 +69,49 @@ def _column(ref: str) -> str:
 
 
 selects = st.builds(
-    lambda r, where: f"SELECT * FROM {r}{' WHERE id = 1' if where else ''}",  # noqa: S608
+    lambda r, where: f"SELECT * FROM {r}{' WHERE id = 1' if where else ''}",
     refs,
     st.booleans(),
 )
 inserts = st.builds(
-    lambda r, s: f"INSERT INTO {r} (id, {_column(r)}) VALUES (1, {s})",  # noqa: S608
+    lambda r, s: f"INSERT INTO {r} (id, {_column(r)}) VALUES (1, {s})",
     refs,
     strings,
 )
 updates = st.builds(
-    lambda r, s: f"UPDATE {r} SET {_column(r)} = {s} WHERE id = 1",  # noqa: S608
+    lambda r, s: f"UPDATE {r} SET {_column(r)} = {s} WHERE id = 1",
     refs,
     strings,
 )
-deletes = st.builds(lambda r: f"DELETE FROM {r} WHERE id = 1", refs)  # noqa: S608
+deletes = st.builds(lambda r: f"DELETE FROM {r} WHERE id = 1", refs)
 writes = st.one_of(inserts, updates, deletes)
+granted_writes = st.builds(
+    lambda r, s: f"UPDATE {r} SET v = {s} WHERE id = 1",
+    st.sampled_from(["items", "ks.items", "ITEMS", "KS.Items"]),
+    strings,
+)
+granted_reads = st.builds(lambda r: f"SELECT * FROM {r}", st.sampled_from(GRANTED_LOOKING))
+forbidden = st.one_of(
+    st.builds(lambda r: f"SELECT * FROM {r}", st.sampled_from(FORBIDDEN)),
+    st.builds(lambda r: f"DELETE FROM {r} WHERE id = 1", st.sampled_from([*FORBIDDEN, "orders"])),
+)
+forbidden_writes = st.builds(
+    lambda r, s: f"INSERT INTO {r} (id, {_column(r)}) VALUES (1, {s})",
+    st.sampled_from([*FORBIDDEN, "orders", "ks.orders"]),
+    strings,
+)
+unqualified = st.one_of(
+    st.builds(lambda r: f"SELECT * FROM {r}", st.sampled_from(UNQUALIFIED)),
+    st.builds(lambda s: f"UPDATE items SET v = {s} WHERE id = 1", strings),
+)
 uses = st.builds(lambda k: f"USE {k}", st.sampled_from(KEYSPACES))
 child_seps = st.sampled_from([" ", "; ", "\n", "\r", ";\r\n", " -- c\r", " // c\n", " /* c */ "])
 
 
 @st.composite
 def batches(draw: st.DrawFn) -> str:
-    children = draw(st.lists(writes, min_size=1, max_size=3))
+    first = draw(st.one_of(granted_writes, writes))  # a granted first child hides the rest
+    children = [first, *draw(st.lists(st.one_of(forbidden_writes, writes), max_size=2))]
     parts = [draw(st.sampled_from(["BEGIN BATCH", "BEGIN UNLOGGED BATCH", "begin batch"]))]
     for child in children:
         parts += [draw(child_seps), child]
@@ -109,23 +144,32 @@ def hidden(draw: st.DrawFn) -> str:
     """A statement after a CR-ended line comment, a granted-looking one in a block comment."""
     lead = draw(st.sampled_from(["--", "//"]))
     tail = draw(st.sampled_from(["--", "//"]))
-    return (
-        f"{lead} x{draw(st.sampled_from(LINE_ENDS))}{draw(statements)}{draw(st.sampled_from(GAPS))}"
-        f"/*{draw(st.sampled_from(LINE_ENDS))}{draw(statements)} {tail} */"
-    )
+    inner = draw(st.one_of(forbidden, statements))
+    visible = draw(st.one_of(granted_reads, granted_writes, statements))
+    end, gap, end2 = draw(st.sampled_from(CR_FIRST)), draw(st.sampled_from(GAPS)), draw(ends)
+    return f"{lead} x{end}{inner}{gap}/*{end2}{visible} {tail} */"
+
+
+ends = st.sampled_from(LINE_ENDS)
 
 
 composites = st.lists(
     st.one_of(statements, comments(), st.sampled_from(GAPS), st.just(";")), min_size=1, max_size=5
 ).map("".join)
-texts = st.one_of(statements, composites, hidden())
+texts = st.one_of(hidden(), batches(), statements, composites)  # the attack shapes first
 steps = st.one_of(
     st.tuples(st.just("query"), texts),
     st.tuples(st.just("prepare"), st.one_of(selects, writes, batches())),
     st.tuples(st.just("execute"), st.integers(0, 7)),
+    # USE, then (in the same round, so pipelined when the round is) an unqualified statement
+    st.tuples(st.sampled_from(["use+query", "use+prepare"]), st.tuples(uses, unqualified)),
 )
 rounds = st.lists(
-    st.tuples(st.integers(0, 1), st.booleans(), st.lists(steps, min_size=1, max_size=4)),
+    st.tuples(
+        st.integers(0, 1),
+        st.sampled_from([True, True, False]),  # pipelined or one request at a time
+        st.lists(steps, min_size=1, max_size=4),
+    ),
     min_size=1,
     max_size=4,
 )
@@ -143,7 +187,12 @@ async def play(
             frames = []
             for kind, arg in round_steps:
                 stream = client.stream()
-                if kind == "query":
+                if kind.startswith("use+"):
+                    use, text = arg  # type: ignore[misc]
+                    frames.append(query_frame(stream, use))
+                    make = query_frame if kind == "use+query" else prepare_frame
+                    frames.append(make(client.stream(), text))
+                elif kind == "query":
                     frames.append(query_frame(stream, str(arg)))
                 elif kind == "prepare":
                     frames.append(prepare_frame(stream, str(arg)))
