@@ -239,9 +239,7 @@ class RefusalRecorder:
     def _summary(self, s: Suppressed) -> None:
         detail = {"peer": s.peer, "suppressed": s.count, "reasons": s.reasons,
                   "window_s": s.window}  # fmt: skip
-        self._log.warning(
-            f"{self.protocol} refusals suppressed", extra={"fields": dict(detail)}
-        )
+        self._log.warning(f"{self.protocol} refusals suppressed", extra={"fields": dict(detail)})
         self._emit(
             event="denied", claims=None, resource=None, action=None, obj=None,
             t0=self._clock(), status=None, decision="deny", rule=None,

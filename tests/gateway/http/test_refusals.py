@@ -93,9 +93,10 @@ async def make_stack(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Any]:
 
 
 def refusals_metric(reason: str) -> float:
-    return REGISTRY.get_sample_value(
-        "lockgate_refusals_total", {"protocol": "http", "reason": reason}
-    ) or 0.0
+    return (
+        REGISTRY.get_sample_value("lockgate_refusals_total", {"protocol": "http", "reason": reason})
+        or 0.0
+    )
 
 
 def is_clean(text: str) -> bool:
@@ -273,7 +274,10 @@ async def test_audit_and_upstream_failures_are_errors(make_stack: Any, upstream:
     assert status == 502
     first, second = audit.records
     assert (first.decision, first.reason, first.status, first.jti) == (
-        "error", "audit_unavailable", 503, jti
+        "error",
+        "audit_unavailable",
+        503,
+        jti,
     )
     assert (second.decision, second.event, second.status) == ("error", "upstream_error", 502)
     assert second.reason == "connect_failed"

@@ -70,11 +70,16 @@ class Head:
 
 
 def check_partial(buf: bytes | bytearray, limit: int) -> None:
-    """Refuse an incomplete head early: too big, or using bare LF (it would never end)."""
+    """Refuse an incomplete head early: using bare LF (it would never end), or too big.
+
+    Only the first ``limit + 1`` bytes are looked at, and bare LF before size, so the verdict
+    is the same however the bytes were split into reads (one read or one byte at a time).
+    """
+    seen = buf if len(buf) <= limit else buf[: limit + 1]
+    if seen.count(b"\n") != seen.count(b"\r\n"):
+        raise bad("bare LF in head", "malformed_head")
     if len(buf) > limit:
         raise bad("header block too large", "head_too_large")
-    if buf.count(b"\n") != buf.count(b"\r\n"):
-        raise bad("bare LF in head", "malformed_head")
 
 
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
@@ -138,6 +143,8 @@ def _connection(special: dict[bytes, list[bytes]], version: int) -> tuple[frozen
 
 def parse_request_head(head: bytes) -> Head:
     """Parse a complete request head (ending with CRLF CRLF)."""
+    if head.count(b"\n") != head.count(b"\r\n"):  # first, as :func:`check_partial` does
+        raise bad("bare LF in head", "malformed_head")
     eol = head.find(b"\r\n")
     m = REQUEST_LINE.fullmatch(head, 0, eol)
     if m is None:

@@ -215,8 +215,8 @@ class ClientConnection(asyncio.Protocol):
                     framing.check_partial(buf, self._max_head)
                     self._buf = buf
                     return
-                if end > self._max_head:
-                    raise framing.bad("header block too large", "head_too_large")
+                if end > self._max_head:  # the verdict a slow sender of these bytes gets
+                    framing.check_partial(buf[:end], self._max_head)
                 head = framing.parse_request_head_cached(buf[:end])
             except RemoteProtocolError as exc:
                 self._refused(400, exc, buf)
