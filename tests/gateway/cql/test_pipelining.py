@@ -156,6 +156,26 @@ async def test_statements_behind_a_use_run_in_order_under_it(stack: Stack) -> No
     assert ("read", "other.orders") not in allowed
 
 
+async def test_execute_of_a_prepared_use_holds_what_follows(stack: Stack) -> None:
+    raw = await etl_raw(stack)
+    try:
+        raw.send(codec.Prepare(stream=3, query="USE other"))
+        prepared = await raw.recv()
+        assert isinstance(prepared, codec.Prepared)
+        send_together(
+            raw,
+            codec.Execute(stream=4, query_id=prepared.query_id),
+            codec.Query(stream=5, query=SELECT),
+        )
+        got = await answers(raw, 2)
+    finally:
+        raw.close()
+    assert isinstance(got[4], codec.SetKeyspace) and got[4].keyspace == "other"
+    assert not leaked(got[5])
+    assert isinstance(got[5], codec.Error) and got[5].code == codec.ERR_UNAUTHORIZED
+    assert not ran_after_use(stack, "other", SELECT)
+
+
 async def test_failed_use_keeps_the_keyspace_for_held_frames(stack: Stack) -> None:
     raw = await etl_raw(stack)
     try:
