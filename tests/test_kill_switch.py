@@ -163,6 +163,7 @@ def test_a_deployment_blocks_its_own_dag_over_the_api(
             mint(client, "finance_hourly")
         rows = audit_rows(stack, dag="finance_hourly", event="mint_blocked")
         assert len(rows) == 1 and rows[0].deployment == "prod"
+        assert rows[0].reason == "runaway job"
     finally:
         argv = ("token", "unblock", "--deployment", "prod", "--dag", "finance_hourly")
         assert cli(stack, *argv) == 0

@@ -244,9 +244,8 @@ class TokenService:
                 # A deployment may stop its own DAG; lifting the block is an operator's call
                 # (``lockgate token unblock``), so a stolen deployment secret cannot undo it.
                 by = f"deployment {dep.name}"
-                self.revocations.block(
-                    dep.name, target["dag_id"], by, _note(body.get("reason")) or by
-                )
+                ctx["reason"] = _note(body.get("reason")) or by
+                self.revocations.block(dep.name, target["dag_id"], by, ctx["reason"])
                 kind = "block"
             elif kind == "dag":
                 self.revocations.revoke_dag(
