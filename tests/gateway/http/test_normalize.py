@@ -59,6 +59,61 @@ def test_refuses(raw: bytes) -> None:
         split_target(raw)
 
 
+# Percent-decoded bytes must be strict UTF-8 (RFC 3629): overlong forms of "." and "/" are
+# what lenient decoders turn into a traversal; the rest a decoder could read two ways.
+INVALID_UTF8 = [
+    b"/orders/%C0%AE%C0%AE/admin",  # overlong "..", two bytes
+    b"/orders/a%C0%AFadmin",  # overlong "/"
+    b"/orders/%E0%80%AE%E0%80%AE/x",  # overlong ".", three bytes
+    b"/orders/%F0%80%80%AF",  # overlong "/", four bytes
+    b"/orders/%C1%9C",  # overlong "\\"
+    b"/orders/%ED%A0%80",  # a UTF-16 surrogate
+    b"/orders/%F4%90%80%80",  # past U+10FFFF
+    b"/orders/%80x",  # a lone continuation byte
+    b"/orders/%E2%82",  # truncated sequence
+    b"/orders/%FF",  # never valid
+    b"/orders/%c3",  # lower-case escapes are decoded the same way
+]
+
+
+@pytest.mark.parametrize("raw", INVALID_UTF8)
+def test_invalid_utf8_after_percent_decoding_is_refused(raw: bytes) -> None:
+    with pytest.raises(PathError) as info:
+        split_target(raw)
+    assert info.value.slug == "invalid_utf8"
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        (b"/orders/caf%C3%A9", "/caf%C3%A9"),  # é
+        (b"/orders/%e2%82%ac", "/%E2%82%AC"),  # €
+        (b"/orders/%F0%9F%98%80/x", "/%F0%9F%98%80/x"),  # an emoji, four bytes
+    ],
+)
+def test_valid_utf8_escapes_pass_unchanged(raw: bytes, path: str) -> None:
+    assert split_target(raw).path == path
+
+
+@pytest.mark.parametrize(
+    ("raw", "slug"),
+    [
+        (b"/orders/a/../../x", "path_traversal"),
+        (b"/orders/a%2fb", "encoded_separator"),
+        (b"/orders/a%5Cb", "encoded_separator"),
+        (b"/orders/a%00", "encoded_nul"),
+        (b"/orders/%252e%252e/x", "double_encoding"),
+        (b"/orders/a%zz", "bad_percent_encoding"),
+        (b"/orders/a\\b", "invalid_character"),
+        (b"http://evil/orders/x", "bad_target_form"),
+    ],
+)
+def test_refusals_carry_their_reason_slug(raw: bytes, slug: str) -> None:
+    with pytest.raises(PathError) as info:
+        split_target(raw)
+    assert info.value.slug == slug
+
+
 BYPASSES = [
     b"/orders/x/../admin/y",
     b"/orders/%61dmin/y",
@@ -80,7 +135,10 @@ async def test_deny_rule_cannot_be_bypassed(make_gateway, upstream, target: byte
     assert upstream.seen == []
 
 
-@pytest.mark.parametrize("target", [b"/orders/a%2fadmin", b"/orders/a\\..\\admin", b"/orders/../x"])
+@pytest.mark.parametrize(
+    "target",
+    [b"/orders/a%2fadmin", b"/orders/a\\..\\admin", b"/orders/../x", b"/orders/%C0%AE%C0%AE/x"],
+)
 async def test_ambiguous_paths_are_400(make_gateway, upstream, target: bytes) -> None:
     gw = await make_gateway()
     req = b"GET " + target + b" HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer "
