@@ -366,6 +366,11 @@ class AuditSettings(_Model):
     # thread: a writer thread in the gateway process (fastest on small machines);
     # process: a separate writer process (frees the event loop's core; needed by --workers).
     writer: Literal["thread", "process"] = "thread"
+    # What an allowed request's record survives before the request is forwarded (it is
+    # journaled first, see docs/audit.md): process: a crash of the gateway process (one
+    # write() to the page cache); fsync: a crash of the machine too (group-committed
+    # fdatasync per request, at a cost in latency and requests/s).
+    durability: Literal["process", "fsync"] = "process"
 
 
 class LockgateConfig(_Model):

@@ -114,15 +114,19 @@ class State:
     def audit_log(self) -> AuditLog:
         """The in-process (thread) audit log: for the CLI and one-off writers."""
         a = self.config.audit
-        return AuditLog(self.config.data_dir / "audit.db", a.jsonl, a.write_timeout)
+        return AuditLog(
+            self.config.data_dir / "audit.db", a.jsonl, a.write_timeout,
+            fsync=a.durability == "fsync",
+        )  # fmt: skip
 
     def remote_audit_log(self, socket_path: Path | None = None) -> RemoteAuditLog:
         """The gateway's audit log: a writer process does the work (started here unless
         ``socket_path`` names one a supervisor runs)."""
         a = self.config.audit
         return RemoteAuditLog(
-            self.config.data_dir / "audit.db", a.jsonl, a.write_timeout, socket_path=socket_path
-        )
+            self.config.data_dir / "audit.db", a.jsonl, a.write_timeout, socket_path=socket_path,
+            fsync=a.durability == "fsync",
+        )  # fmt: skip
 
     def policy_store(self) -> PolicyStore:
         known = {r.name for r in self.config.resources}
