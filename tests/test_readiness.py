@@ -105,6 +105,19 @@ def test_a_policy_that_never_loaded_is_not_ready(stack: LocalStack) -> None:
     wait_for(stack, 200)
 
 
+def test_no_policy_file_at_all_is_not_ready(stack: LocalStack, tmp_path: Path) -> None:
+    policies = stack.workdir / "policies"
+    moved = [shutil.move(f, tmp_path / f.name) for f in sorted(policies.iterdir())]
+    assert moved
+    try:
+        body = wait_for(stack, 503)
+        assert body["checks"]["policy"].startswith("no file matches policies ['policies/")
+    finally:
+        for f in moved:
+            shutil.move(f, policies / Path(f).name)
+    wait_for(stack, 200)
+
+
 def test_missing_signing_keys_are_not_ready(stack: LocalStack, tmp_path: Path) -> None:
     keys = stack.config.data_dir / "keys"
     shutil.move(keys / "index.json", tmp_path / "index.json")

@@ -13,8 +13,9 @@ check below passes, else 503; both carry every check's outcome as JSON::
 - **audit**: the audit trail accepts records in time (``check_writable``); while it does
   not, every request is refused anyway.
 - **policy**: the policy files loaded. It says which failure it is: never loaded (every
-  request is denied) or the last reload failed (the previous good policy is still served,
-  the files on disk are not what runs).
+  request is denied), the last reload failed (the previous good policy is still served,
+  the files on disk are not what runs), or ``policies:`` matches no file at all (nothing to
+  load, so every request is denied).
 - **credentials**: every credential a resource uses that needs a stored value (``static``,
   ``oauth2_client_credentials``) has one (``lockgate creds set``). Managed identities store
   nothing and are not checked here.
@@ -73,6 +74,7 @@ class Readiness:
     ) -> None:
         self._audit = audit
         self._policy = policy
+        self._policy_patterns = list(config.policies)
         self._credentials = credentials
         self._keys = keys
         self._clock = clock
@@ -110,6 +112,8 @@ class Readiness:
         if error:
             loaded = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._policy.loaded_at))
             return f"last reload failed, still serving the policy loaded at {loaded}: {error}"
+        if self._policy_patterns and not self._policy.current.sources:
+            return f"no file matches policies {self._policy_patterns}, every request is denied"
         return OK
 
     def _disk_checks(self) -> tuple[str, str]:
