@@ -23,7 +23,6 @@ from lockgate.cli import main as cli_main
 from lockgate.config import LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore
 from lockgate.gateway.http import HttpEngine
-from lockgate.gateway.refusals import MAX_DESCRIPTION
 from lockgate.identity import KeyStore, RevocationStore, TaskIdentity, TokenIssuer, TokenVerifier
 from lockgate.metrics import REGISTRY
 
@@ -32,6 +31,7 @@ from .conftest import SECRETS, Upstream, call, raw_request, resource
 from .test_smuggling import SMUGGLING
 
 ISSUER = "https://lockgate.test"
+MAX_DESCRIPTION = 200  # printable ASCII, at most this long (plus "...")
 IDENTITY = TaskIdentity("prod", "finance_daily", "load_orders", "manual__1", 1)
 
 
