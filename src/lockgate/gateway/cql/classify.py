@@ -78,6 +78,16 @@ _SEMI: Token = ("p", ";")
 #: Statements a batch may hold (Parser.g ``batchStatementObjective``); all three verbs are
 #: reserved words, so each occurrence starts the next child.
 _BATCH_CHILD_VERBS = frozenset({("id", "insert"), ("id", "update"), ("id", "delete")})
+#: Reserved words that start a statement (or a batch's end) and never occur inside a
+#: SELECT, INSERT, UPDATE or DELETE: one of them there means a second statement.
+_STATEMENT_WORDS = frozenset(
+    ("id", w)
+    for w in (
+        "select", "insert", "update", "delete", "begin", "apply", "batch", "use",
+        "truncate", "create", "alter", "drop", "grant", "revoke", "describe",
+    )
+)  # fmt: skip
+_DML_VERBS = frozenset({"select", "insert", "update", "delete"})
 
 
 def tokenize(text: str) -> list[Token]:
@@ -183,6 +193,8 @@ class _Parser:
     def statement(self, toks: list[Token]) -> list[Target]:
         c = _Cursor(toks)
         verb = c.word()
+        if verb in _DML_VERBS and not _STATEMENT_WORDS.isdisjoint(toks[1:]):
+            raise CqlSyntaxError("a second statement inside a data statement")
         if verb == "select":
             if not c.find_kw("from"):
                 raise CqlSyntaxError("SELECT without FROM")

@@ -55,7 +55,7 @@ _TOKENS = [
     # IDENT and keywords — unless the word is the start of a UUID, is exactly an ISO 8601
     # DURATION (DURATION is listed first and wins the tie: "P1D"; a longer IDENT wins:
     # "P1Dx"), or is Parser.g's literal token 'expr(' (case-sensitive).
-    rf"(?P<ident>(?!{_HEX}{{8}}-)(?!P{_ISO_ALT}|P{_ISO_FORMS}(?![A-Za-z0-9_]))(?!expr\()"
+    rf"(?P<ident>(?!{_UUID})(?!P{_ISO_ALT}|P{_ISO_FORMS}(?![A-Za-z0-9_]))(?!expr\()"
     r"[A-Za-z][A-Za-z0-9_]*)",
     # Parser.g's operators and punctuation, RANGE and QMARK; '-' and '/' only when they do
     # not start a comment, a negative constant or '-='.
