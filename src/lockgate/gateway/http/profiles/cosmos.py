@@ -127,10 +127,11 @@ class CosmosProfile:
         keep = bool(head.keep_alive and body.complete)
         parts = p.target.path.split("/", 3)  # "", "_t", token, rest
         if len(parts) < 3 or parts[1] != TOKEN_SEGMENT or not _JWT.fullmatch(parts[2]):
-            return self._auth_failed(proxy, conn, rs, p, "missing", keep)
+            return self._auth_failed(proxy, conn, rs, p, AuthenticationError("missing"), keep)
         token = parts[2]
         path = "/" + (parts[3] if len(parts) > 3 else "")
         headers = _header_map(head)
+        claims = None
         try:
             claims = proxy._verifier.verify(token, rs.name)
             auth = sig.parse_auth_header(headers.get("authorization", ""))
@@ -139,7 +140,9 @@ class CosmosProfile:
                 time.time(), self.settings.max_skew,
             )  # fmt: skip
         except AuthenticationError as exc:
-            return self._auth_failed(proxy, conn, rs, p, str(getattr(exc, "reason", "")), keep)
+            if exc.claims is None:  # the token verified, the request signature did not
+                exc.claims = claims
+            return self._auth_failed(proxy, conn, rs, p, exc, keep)
         if not body.complete:
             whole = await read_whole(body, self.max_body)
             if whole is None:
@@ -205,10 +208,11 @@ class CosmosProfile:
                    bytes_in=len(data), bytes_out=len(resp_body), detail=detail)  # fmt: skip
         return keep
 
-    def _auth_failed(self, proxy: Any, conn: Any, rs: Any, p: Any, reason: str, keep: bool) -> bool:
-        reason = reason or "invalid"
-        proxy.emit("auth_failed", None, rs.name, None, "/_t/<token>", p.t0, status=401,
-                   reason=reason)  # fmt: skip
+    def _auth_failed(
+        self, proxy: Any, conn: Any, rs: Any, p: Any, exc: AuthenticationError, keep: bool
+    ) -> bool:
+        # audited as every engine's 401: decision deny, the token's DAG when it verified
+        reason = proxy.auth_refused(conn, exc, rs.name, "/_t/<token>", p.t0) or "invalid"
         message = (
             "Lockgate: the endpoint must carry a task token (/_t/<token>/)"
             if reason == "missing"
