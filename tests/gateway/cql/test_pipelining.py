@@ -303,3 +303,34 @@ async def test_hold_is_bounded_and_stops_reading_the_client(stack: Stack) -> Non
     assert all(isinstance(e, codec.Error) and e.code == codec.ERR_SERVER for e in refused)
     assert [e.stream for e in refused] == list(range(10, 10 + len(refused)))
     assert not any("WHERE id =" in t for _, t in stack.fake.user_statements())
+
+
+async def test_use_hold_releases_in_order_and_expires() -> None:
+    # Imported here: the attack tests above import nothing new, so they also run (and fail)
+    # against a gateway without holds.
+    from lockgate.gateway.cql.holds import UseHold
+
+    expired: list[list[codec.Event]] = []
+    hold = UseHold(max_frames=2, max_bytes=1 << 20, timeout=0.2, on_expired=expired.append)
+    use = codec.Query(stream=1, query="USE other")
+    select = codec.Query(stream=2, query=SELECT, raw=b"x" * 10)
+    heartbeat, same_stream = codec.Options(stream=3), codec.Options(stream=1)
+    assert not hold.must_wait(select)
+    hold.started(use.stream)
+    assert hold.must_wait(select) and hold.must_wait(same_stream)
+    assert not hold.must_wait(heartbeat)
+    hold.hold(select)
+    assert not hold.full and hold.release_next() is None  # the USE is still in flight
+    hold.hold(same_stream)
+    assert hold.full
+    hold.answered()
+    assert [hold.release_next(), hold.release_next(), hold.release_next()] == [
+        select,
+        same_stream,
+        None,
+    ]
+    await asyncio.wait_for(hold.wait_for_room(), 0.1)  # room again once released
+    hold.started(use.stream)
+    hold.hold(select)
+    await asyncio.sleep(0.4)
+    assert expired == [[select]] and len(hold) == 0

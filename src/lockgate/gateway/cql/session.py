@@ -147,6 +147,7 @@ class ClientSession:
         )
 
     async def _close(self) -> None:
+        self.holds.drain()  # the client is gone: what waited for a USE is dropped, unjudged
         if self.auth is not None:
             self.auth.link.close()
         with contextlib.suppress(Exception):
