@@ -188,6 +188,8 @@ class Gateway:
         self.db_role_sweep_interval = 15.0  # seconds; tests shorten it before start()
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._role_sweep: asyncio.Task[Any] | None = None  # db roles of revoked tokens
+        self._roles_stale = False
         self.control_port = 0
         self.http_port = 0
         self.cql_port = 0
@@ -458,7 +460,21 @@ class Gateway:
     async def _refresh_revocations(self) -> None:
         # One PRAGMA when nothing changed: revocations by the CLI or another worker are
         # enforced here within REVOCATION_REFRESH seconds.
-        self.state.revocations.refresh()
+        if self.state.revocations.refresh():
+            self._roles_stale = self.db_roles is not None
+        if self._roles_stale and (self._role_sweep is None or self._role_sweep.done()):
+            # A dynamic database role is a login the gateway never sees again: drop those of
+            # newly revoked tokens now, not at the next sweep; in a task of its own, so a
+            # slow cluster never delays the next revocation refresh.
+            self._roles_stale = False
+            self._role_sweep = asyncio.create_task(self._sweep_roles(), name="lockgate-role-drop")
+
+    async def _sweep_roles(self) -> None:
+        assert self.db_roles is not None
+        try:
+            await self.db_roles.sweep()
+        except Exception:  # the periodic sweeper tries again
+            log.exception("dropping the database roles of revoked tokens failed")
 
     async def _refresh(self) -> None:
         self.state.keys.maybe_reload()
@@ -476,7 +492,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self._ready = False
-        for t in self._tasks:
+        for t in [*self._tasks, *([self._role_sweep] if self._role_sweep else [])]:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
