@@ -45,6 +45,7 @@ from lockgate import _log, metrics
 from lockgate.credentials import cosmos as sig
 from lockgate.errors import AuthenticationError, CredentialError, UpstreamUnavailable
 from lockgate.gateway.http import responses
+from lockgate.gateway.http.forwarded import is_forwarding
 from lockgate.gateway.http.profiles import Decide, ProfileRequest, UpstreamHeaders, Verdict
 from lockgate.gateway.http.profiles.cosmos_classify import ACCOUNT, Operation, Refused, classify
 from lockgate.gateway.http.profiles.cosmos_classify import json_or_none as _json
@@ -204,8 +205,9 @@ class CosmosProfile:
             detail["request_charge"] = charge
         conn.write(_relay(status, resp_headers, resp_body, head_only, keep))
         proxy.emit("upstream_error" if error else "allowed", claims, rs.name, op.action, op.obj,
-                   t0, status=status, decision="allow", rule=rule, reason=error or reason,
-                   bytes_in=len(data), bytes_out=len(resp_body), detail=detail)  # fmt: skip
+                   t0, status=status, decision="error" if error else "allow", rule=rule,
+                   reason=error or reason, bytes_in=len(data), bytes_out=len(resp_body),
+                   detail=detail)  # fmt: skip
         return keep
 
     def _auth_failed(
@@ -236,7 +238,11 @@ class CosmosProfile:
         secrets = proxy._secrets
         cred = rs.credential
         discovery = path == "/" and method == "GET"
-        fwd = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}
+        fwd = {
+            k: v
+            for k, v in headers.items()
+            if k not in _DROP_REQUEST and not is_forwarding(k.encode("latin-1"))
+        }  # client-sent Forwarded / X-Forwarded-* / X-Real-IP never reach the account
         if discovery:
             fwd["accept-encoding"] = "identity"  # the body is rewritten below
         url = URL(self._base + path + (f"?{query}" if query else ""), encoded=True)
@@ -267,7 +273,7 @@ class CosmosProfile:
             if isinstance(exc, TimeoutError):
                 slug, status = "upstream_timeout", 504
             elif isinstance(exc, UpstreamUnavailable | AuthenticationError | CredentialError):
-                slug, status = "credential_unavailable", 502
+                slug, status = "credential_unavailable", 503
             elif isinstance(exc, aiohttp.ClientError | OSError):
                 slug, status = "upstream_unreachable", 502
             else:
