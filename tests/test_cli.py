@@ -378,6 +378,9 @@ def test_token_block_and_unblock(conf: Path, run: Run) -> None:
     assert run(*lg(conf, "token", "revoke", "--dag", "d", "--run", "r", "--block"))[0] == 2
     code, _, err = run(*lg(conf, "token", "revoke", "--deployment", "prd", "--block"))
     assert code == 2 and "no deployment named 'prd'" in err
+    # a DAG no deployment may act for is blocked anyway (it may come), with a warning
+    code, _, err = run(*lg(conf, "token", "revoke", "--dag", "hr_daily", "--block"))
+    assert code == 0 and "no configured deployment may act for dag hr_daily" in err
 
 
 # -- audit ----------------------------------------------------------------------------------

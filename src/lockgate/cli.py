@@ -211,6 +211,12 @@ def _check_deployment(cfg: LockgateConfig, name: str | None) -> None:
         raise LockgateError(f"{cfg.source}: no deployment named {name!r} (known: {known})")
 
 
+def _delegated(cfg: LockgateConfig, deployment: str | None, dag: str) -> bool:
+    from lockgate.identity._request import may_act_for
+
+    return any(may_act_for(d, dag) for d in cfg.deployments if deployment in (None, d.name))
+
+
 def _block_scope(args: argparse.Namespace) -> tuple[str | None, str | None]:
     if args.jti or args.run or not (args.dag or args.deployment):
         raise LockgateError("--block and unblock take --dag, --deployment or both (no --jti/--run)")
@@ -221,6 +227,8 @@ def _block(args: argparse.Namespace) -> int:
     deployment, dag = _block_scope(args)
     st = _state(args)
     _check_deployment(st.config, deployment)
+    if dag is not None and not _delegated(st.config, deployment, dag):
+        print(f"warning: no configured deployment may act for dag {dag}", file=sys.stderr)
     blk = st.revocations.block(deployment, dag, _operator(), args.reason or "")
     _audit_now(
         st,
