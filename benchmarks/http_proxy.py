@@ -190,6 +190,9 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
         def write_ahead(self, record: Any) -> str:
             return ""
 
+        def durable(self) -> None:
+            return None
+
         def emit(self, record: Any) -> None:
             return None
 

@@ -134,6 +134,9 @@ class FakeAudit:
         self.ahead.append(record)
         return f"fake/{len(self.ahead)}"
 
+    def durable(self) -> None:
+        return None
+
     def emit(self, record: Any) -> None:
         self.records.append(record)
 

@@ -92,6 +92,12 @@ class AuditSink(Protocol):
         record's detail). Raises ``AuditUnavailable``: refuse the request, forward nothing."""
         ...
 
+    def durable(self) -> Awaitable[None] | None:
+        """None when every record written ahead so far is as durable as configured (always
+        with ``durability: process``); else an awaitable to await before forwarding, which
+        raises ``AuditUnavailable`` when the records cannot be made durable."""
+        ...
+
     def emit(self, record: Any) -> None: ...
 
 

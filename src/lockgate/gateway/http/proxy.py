@@ -17,6 +17,7 @@ import asyncio
 import binascii
 import time
 from base64 import b64decode
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -371,12 +372,17 @@ class Proxy:
         secret = None
         if rs.credential is not None:
             secret = self._secrets.peek(rs.credential)
-        if (secret is not None or rs.credential is None) and not head.expect_continue:
+        durable = self._audit.durable()  # None unless audit durability is fsync
+        if (
+            (secret is not None or rs.credential is None)
+            and not head.expect_continue
+            and durable is None
+        ):
             up = rs.pool.take_idle()
             if up is not None:
                 Exchange(self, conn, head, body, adm, up, secret).start()
                 return None
-        conn.run(self.serve_admitted(conn, head, body, adm))
+        conn.run(self.serve_admitted(conn, head, body, adm, durable=durable))
         return None
 
     async def handle(self, conn: ClientConnection, head: framing.Head, body: RequestBody) -> bool:
@@ -585,6 +591,32 @@ class Proxy:
             )
             return None
 
+    async def until_durable(
+        self,
+        conn: ClientConnection,
+        body: RequestBody,
+        head_only: bool,
+        wait: Awaitable[None],
+        claims: Any,
+        resource: str,
+        action: str,
+        obj: str,
+        ref: str | None,
+    ) -> bool:
+        """Wait until the written-ahead record is on the device (``durability: fsync``);
+        False after answering 503 ``audit_unavailable`` when it cannot be."""
+        try:
+            await wait
+        except AuditUnavailable as exc:
+            self.emit(
+                "upstream_error", claims, resource, action, obj, self._clock(), status=503,
+                decision="error", reason="audit_unavailable",
+                detail={"ref": ref, "error": str(exc)[:200]},
+            )  # fmt: skip
+            conn.write(responses.error(503, "audit_unavailable", close=True, head_only=head_only))
+            return False
+        return True
+
     def _write_ahead(self, conn: ClientConnection, body: RequestBody, adm: Admitted) -> bool:
         detail = adm.verdict.detail if adm.verdict is not None else None
         adm.ref = self.write_ahead(
@@ -713,9 +745,18 @@ class Proxy:
         body: RequestBody,
         adm: Admitted,
         first: FirstAttempt | None = None,
+        *,
+        durable: Awaitable[None] | None = None,
     ) -> bool:
         """Forward an admitted request (the task path), relay and audit it."""
         rs = adm.rs
+        if first is None:  # (a hand-over from the fast path was durable before it started)
+            wait = durable or self._audit.durable()
+            if wait is not None and not await self.until_durable(
+                conn, body, adm.head_only, wait, adm.claims, rs.name, adm.action, adm.obj,
+                adm.ref,
+            ):  # fmt: skip
+                return False
         if head.expect_continue and not body.complete:
             conn.write(responses.CONTINUE)
             conn.bytes_out = 0

@@ -192,6 +192,11 @@ class CosmosProfile:
         if ref is None:
             return keep
         detail["ref"] = ref
+        wait = proxy._audit.durable()  # None unless audit durability is fsync
+        if wait is not None and not await proxy.until_durable(
+            conn, body, head_only, wait, claims, rs.name, op.action, op.obj, ref
+        ):
+            return False
         base = _public_base(conn, head, p.target.path, parts[2])
         out = await self._forward(proxy, rs, method, path, p.target.query, headers, data, base)
         status, resp_headers, resp_body, retries, error = out
