@@ -5,6 +5,8 @@
   :mod:`.statements` and :mod:`.rewrite` are its parts.
 * :mod:`lockgate.gateway.cql.codec` — sans-I/O protocol v4 frame codec (bytes in, events out).
 * :mod:`lockgate.gateway.cql.classify` — CQL statement → ``(action, object)`` targets for policy.
+  Its lexer (:mod:`.lexer`) is written from Cassandra's Lexer.g; :mod:`.redact` hides
+  password literals in statement texts kept for audit.
 * :mod:`lockgate.gateway.cql.roles` — optional dynamic least-privilege Cassandra roles.
 """
 

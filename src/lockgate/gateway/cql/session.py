@@ -93,6 +93,8 @@ class ClientSession:
             on_expired=self._use_unanswered,
         )
         self._to_upstream: list[bytes] = []  # forwarded requests not yet written (coalesced)
+        # durability fsync: the task that writes them once their records are on the device
+        self._durable_writer: asyncio.Task[None] | None = None
         self._to_client: list[bytes] = []  # upstream answers not yet written (coalesced)
         self._inspector = codec.Connection(
             codec.Role.CLIENT, max_frame_bytes=UPSTREAM_MAX_FRAME_BYTES
@@ -425,10 +427,40 @@ class ClientSession:
             self.holds.started(event.stream)
 
     def _flush_upstream(self) -> None:
-        if self._to_upstream and self.auth is not None:
+        if self._to_upstream and self.auth is not None and self._durable_writer is None:
             data = b"".join(self._to_upstream)
             self._to_upstream.clear()
-            self.auth.link.writer.write(data)
+            wait = self.ctx.audit.durable()  # None unless audit durability is fsync
+            if wait is None:
+                self.auth.link.writer.write(data)
+            else:
+                self._durable_writer = asyncio.ensure_future(self._write_when_durable(data, wait))
+
+    async def _write_when_durable(self, data: bytes, wait: Any) -> None:
+        """Write forwarded frames once their written-ahead records are on the device, in
+        order; frames forwarded meanwhile follow in the next round. If the records cannot be
+        made durable nothing is written and the upstream link is closed (the pending
+        statements are then recorded as upstream errors)."""
+        assert self.auth is not None
+        writer = self.auth.link.writer
+        try:
+            while True:
+                await wait
+                writer.write(data)
+                if not self._to_upstream:
+                    return
+                data = b"".join(self._to_upstream)
+                self._to_upstream.clear()
+                wait = self.ctx.audit.durable() or asyncio.sleep(0)
+        except AuditUnavailable:
+            log.error(
+                "cql statements not forwarded: audit not durable",
+                extra={"fields": self._fields()},
+            )
+            self._to_upstream.clear()
+            writer.close()
+        finally:
+            self._durable_writer = None
 
     def _emit(self, frame: bytes) -> None:
         """Queue an answer for the client; written once per upstream read chunk."""
