@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import os
@@ -194,10 +195,20 @@ def test_fsync_durability_writes_and_syncs(tmp_path: Path) -> None:
     try:
         for i in range(20):
             log.write_ahead(admitted(i))
+        log._journal.sync()  # blocking form of durable()
+
+        async def forwarded() -> bool:
+            log.write_ahead(admitted(20))
+            wait = log.durable()
+            assert wait is not None  # the line is not on the device yet
+            await wait
+            return log.durable() is None
+
+        assert asyncio.run(forwarded())
         assert log.flush(5)
     finally:
         log.close()
-    assert len(objects(db)) == 20
+    assert len(objects(db)) == 21
 
 
 def _worker_dies(db: str, socket_path: str, n: int) -> None:

@@ -29,12 +29,14 @@ is chained as a marker record, so the gap is visible instead of silent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,8 +87,8 @@ class Journal:
         self._last_seq = 0  # highest seq in the current file
         self._retired: list[tuple[Path, int, int]] = []  # (path, fd, last seq), oldest first
         self._lock = threading.Lock()
-        self._sync = _GroupSync() if fsync else None
         self._open_next()
+        self._sync = _Flusher(self) if fsync else None
 
     @property
     def path(self) -> Path | None:
@@ -96,7 +98,7 @@ class Journal:
         """Write one record (sanitised values in RECORD_FIELDS order) with one ``write``.
 
         Raises AuditUnavailable when the line is not wholly written: the caller must not
-        forward the request. With ``fsync``, call :meth:`sync` before forwarding too.
+        forward the request. With ``fsync``, await :meth:`durable` before forwarding too.
         """
         line = _ENCODER.encode([seq, *vals]).encode("ascii") + b"\n"
         with self._lock:
@@ -113,11 +115,28 @@ class Journal:
                 raise AuditUnavailable("audit journal not writable: short write")
             self._size += n
             self._last_seq = seq
-
-    def sync(self) -> None:
-        """With ``fsync``: return once every line appended so far is on the device."""
         if self._sync is not None:
-            self._sync.wait(self._fd)
+            self._sync.wrote()
+
+    def durable(self) -> asyncio.Future[None] | None:
+        """With ``fsync``: a future done once every line appended so far is on the device
+        (AuditUnavailable if the device refuses); None when that is already so."""
+        return self._sync.future() if self._sync is not None else None
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Blocking :meth:`durable`, for callers outside an event loop."""
+        if self._sync is not None:
+            self._sync.wait(timeout)
+
+    def fdatasync(self) -> None:
+        with self._lock:  # a descriptor of its own: appends go on while the device flushes
+            if self._fd < 0:
+                raise OSError("audit journal file is closed")
+            fd = os.dup(self._fd)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def committed(self, seq: int) -> None:
         """The chain holds this sender's records up to ``seq``: drop fully chained files."""
@@ -182,50 +201,91 @@ class Journal:
         self._fd, self._path = -1, None
 
 
-class _GroupSync:
-    """Group commit: callers wait until an ``fdatasync`` that began after their write ends.
+class _Flusher:
+    """Group commit: one thread runs ``fdatasync`` while lines are written; everyone who
+    wrote before a sync began is released when it ends, so under load one device flush
+    serves many requests. Waiting is asynchronous (an event-loop future) or blocking."""
 
-    One sync at a time; everyone who wrote while it ran is covered by the next one, so under
-    load one device flush serves many requests.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
         self._cond = threading.Condition()
-        self._started = 0  # syncs begun
-        self._done = 0  # syncs finished
-        self._running = False
-        self._error: OSError | None = None
+        self._written = 0  # lines appended (counter)
+        self._synced = 0  # lines known to be on the device
+        self._error: str | None = None
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="lockgate-journal-sync", daemon=True)
+        self._thread.start()
 
-    def wait(self, fd: int) -> None:
+    def wrote(self) -> None:
         with self._cond:
-            need = self._started + 1  # a sync that starts after this write
-            while self._done < need:
-                if not self._running:
-                    self._running = True
-                    self._started += 1
-                    mine = self._started
-                    self._cond.release()
-                    try:
-                        os.fdatasync(fd)
-                        error = None
-                    except OSError as exc:
-                        error = exc
-                    finally:
-                        self._cond.acquire()
-                    self._running = False
-                    self._done = mine
-                    self._error = error
-                    self._cond.notify_all()
-                    if error is not None:
-                        raise AuditUnavailable(f"audit journal not synced: {error}")
-                else:
-                    self._cond.wait(1.0)
+            self._written += 1
+            self._cond.notify_all()
+
+    def future(self) -> asyncio.Future[None] | None:
+        """None when every line written so far is synced, else a future for that moment."""
+        if self._synced >= self._written and self._error is None:
+            return None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if self._error is not None:
+                fut.set_exception(AuditUnavailable(f"audit journal not synced: {self._error}"))
+            elif self._synced >= self._written:
+                fut.set_result(None)
+            else:
+                self._waiters.append((self._written, loop, fut))
+        return fut
+
+    def wait(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            target = self._written
+            if not self._cond.wait_for(
+                lambda: self._synced >= target or self._error is not None, timeout
+            ):
+                raise AuditUnavailable("audit journal not synced in time")
             if self._error is not None:
                 raise AuditUnavailable(f"audit journal not synced: {self._error}")
 
     def stop(self) -> None:
         with self._cond:
+            self._stop = True
             self._cond.notify_all()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._written > self._synced or self._stop)
+                if self._stop and self._written <= self._synced:
+                    return
+                target = self._written
+            try:
+                self._journal.fdatasync()
+                error = None
+            except OSError as exc:
+                error = str(exc) or type(exc).__name__
+            with self._cond:
+                self._error = error
+                if error is None:
+                    self._synced = target
+                done = [w for w in self._waiters if error is not None or w[0] <= target]
+                self._waiters = [w for w in self._waiters if w not in done]
+                self._cond.notify_all()
+            for _, loop, fut in done:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(_settle, fut, error)
+            if error is not None:
+                time.sleep(0.05)  # a failing device: retry, without spinning
+
+
+def _settle(fut: asyncio.Future[None], error: str | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(AuditUnavailable(f"audit journal not synced: {error}"))
 
 
 def _remove(path: Path, fd: int) -> None:

@@ -168,8 +168,13 @@ class AuditLog(AuditQueries):
                 # on disk, so it is not lost (replayed at the next start), but the queue is
                 # full: refuse rather than serve past the bound
                 raise AuditUnavailable("audit log queue is full")
-        self._journal.sync()
         return f"{self.sender_id}/{seq}"
+
+    def durable(self) -> asyncio.Future[None] | None:
+        """With ``durability: fsync``: a future done once every record written ahead so far
+        is on the device (AuditUnavailable when it cannot be); None when that is already so
+        (always, with ``durability: process``). Await it before forwarding."""
+        return self._journal.durable()
 
     async def write(self, record: AuditRecord) -> None:
         """Queue ``record`` and wait until it is committed, at most ``write_timeout``.

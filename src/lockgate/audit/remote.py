@@ -238,8 +238,13 @@ class RemoteAuditLog(AuditQueries):
         if self._sleeping:
             self._sleeping = False
             self._poke()
-        self._journal.sync()
         return f"{self.sender_id}/{seq}"
+
+    def durable(self) -> asyncio.Future[None] | None:
+        """With ``durability: fsync``: a future done once every record written ahead so far
+        is on the device (AuditUnavailable when it cannot be); None when that is already so
+        (always, with ``durability: process``). Await it before forwarding."""
+        return self._journal.durable()
 
     async def write(self, record: AuditRecord) -> None:
         """Queue ``record`` and wait until the writer acknowledged it, at most write_timeout."""
