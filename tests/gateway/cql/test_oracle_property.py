@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -175,9 +176,10 @@ rounds = st.lists(
 )
 
 
-async def play(
-    oracle: Oracle, dag: str, plan: list[tuple[int, bool, list[tuple[str, object]]]]
-) -> list[str]:
+Plan = list[tuple[int, bool, list[tuple[str, Any]]]]  # (connection, pipelined, steps) rounds
+
+
+async def play(oracle: Oracle, dag: str, plan: Plan) -> list[str]:
     clients = [await oracle.connect(dag), await oracle.connect(dag)]
     since = oracle.mark()
     prepared: list[bytes] = []
@@ -188,7 +190,7 @@ async def play(
             for kind, arg in round_steps:
                 stream = client.stream()
                 if kind.startswith("use+"):
-                    use, text = arg  # type: ignore[misc]
+                    use, text = arg
                     frames.append(query_frame(stream, use))
                     make = query_frame if kind == "use+query" else prepare_frame
                     frames.append(make(client.stream(), text))
@@ -227,7 +229,7 @@ def test_node_executes_only_what_the_audit_shows_allowed(tmp_path: Path) -> None
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(plan=rounds)
-    def check(plan: list[tuple[int, bool, list[tuple[str, object]]]]) -> None:
+    def check(plan: Plan) -> None:
         dag = f"oracle{next(numbers)}"
         breaches = loop.run_until_complete(asyncio.wait_for(play(oracle, dag, plan), 60))
         assert breaches == [], "\n".join(breaches)
