@@ -7,9 +7,11 @@ get through: bare LF or bare CR, obs-fold (continuation lines), whitespace befor
 invalid header-name bytes, control bytes in values, extra spaces in the request line,
 Content-Length together with Transfer-Encoding, differing or malformed Content-Length,
 any Transfer-Encoding other than exactly ``chunked``, duplicate Host, bad chunk sizes or
-chunk terminators. Violations raise :class:`RemoteProtocolError`; the caller answers 400 and
-closes. Lockgate parses HTTP itself (rather than through httptools) because it needs the raw
-head for these checks anyway, controls pipelining precisely, and knows HEAD responses.
+chunk terminators. Violations raise :class:`FramingError` (a :class:`RemoteProtocolError`
+with a reason ``slug`` for the audit trail); the caller answers 400, audits and closes. The
+verdict on a byte stream does not depend on how it was split into reads. Lockgate parses
+HTTP itself (rather than through httptools) because it needs the raw head for these checks
+anyway, controls pipelining precisely, and knows HEAD responses.
 
 Body readers share one interface: ``read(data) -> (pieces, rest)`` where ``pieces`` are body
 bytes and ``rest`` is None while the body continues, else the bytes after the message.

@@ -666,17 +666,20 @@ class Proxy:
             return bool(await profile.serve(self, conn, head, body, p))  # type: ignore[attr-defined]
         data = b""
         if profile.wants_body(p.method, p.target.path):
+            whole = await read_whole(body, profile.max_body) if not body.complete else b""
+            if whole is None or body.total > profile.max_body:
+                self.refusals.refuse(
+                    peer=conn.peer, status=413, reason="body_too_large", claims=p.claims,
+                    resource=rs.name, obj=p.target.path, t0=p.t0,
+                    description=f"body over {profile.max_body} bytes",
+                )  # fmt: skip
+                close = whole is None
+                conn.write(
+                    responses.error(413, "body_too_large", limit=profile.max_body, close=close)
+                )
+                return not close and head.keep_alive
             if not body.complete:
-                whole = await read_whole(body, profile.max_body)
-                if whole is None:
-                    conn.write(
-                        responses.error(413, "body_too_large", limit=profile.max_body, close=True)
-                    )
-                    return False
                 body = buffered_body(conn, whole)
-            elif body.total > profile.max_body:
-                conn.write(responses.error(413, "body_too_large", limit=profile.max_body))
-                return head.keep_alive
             data = body.data() if body.total else b""
         claims = p.claims
         req = ProfileRequest(
