@@ -192,6 +192,23 @@ async def test_failed_use_keeps_the_keyspace_for_held_frames(stack: Stack) -> No
     assert ("read", "ks.orders") in {(r.action, r.object) for r in stack.audit("allowed")}
 
 
+@pytest.fixture
+def use_other_answered_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node runs ``USE other`` at once but its answer leaves 0.3 s later, so whatever the
+    driver sends meanwhile reaches the gateway before the answer does."""
+    late = int32(RESULT_SET_KEYSPACE) + string("other")
+    send = fake_session.Session._send
+
+    def delay(self: fake_session.Session, stream: int, opcode: int, body: bytes) -> None:
+        if body == late:
+            asyncio.get_running_loop().call_later(0.3, send, self, stream, opcode, body)
+        else:
+            send(self, stream, opcode, body)
+
+    monkeypatch.setattr(fake_session.Session, "_send", delay)
+
+
+@pytest.mark.usefixtures("use_other_answered_late")
 async def test_real_driver_use_then_select_without_waiting(stack: Stack) -> None:
     """The stock driver's execute_async pipelines on its one connection per host."""
 
