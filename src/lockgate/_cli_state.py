@@ -1,0 +1,43 @@
+"""What the ``lockgate`` commands that open state share: the config lookup, the state, and
+one-off audit records written by the command itself.
+
+The server and audit packages are imported lazily, so ``config check`` and ``--help`` stay
+quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+from lockgate.config import LockgateConfig, load_config
+
+if TYPE_CHECKING:
+    from lockgate.server import State
+
+
+def config_from(args: argparse.Namespace) -> LockgateConfig:
+    """``--config``, else ``$LOCKGATE_CONFIG``, else ``./lockgate.yaml``."""
+    path = args.config or os.environ.get("LOCKGATE_CONFIG") or "lockgate.yaml"
+    return load_config(path)
+
+
+def open_state(args: argparse.Namespace) -> State:
+    from lockgate.server import State
+
+    return State(config_from(args))
+
+
+def audit_now(st: State, event: str, **fields: object) -> None:
+    """Write one audit record from the command (None fields left out) and wait for it."""
+    import asyncio
+
+    from lockgate.audit import AuditRecord
+
+    log = st.audit_log()
+    try:
+        record = AuditRecord(event=event, **{k: v for k, v in fields.items() if v is not None})
+        asyncio.run(log.write(record))
+    finally:
+        log.close()
