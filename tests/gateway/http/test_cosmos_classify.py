@@ -205,7 +205,7 @@ POST_CASES: list[tuple[dict[str, str], str]] = [
     ({"x-ms-documentdb-is-upsert": "True"}, "upsert_document"),
     ({"x-ms-documentdb-is-upsert": " TRUE "}, "upsert_document"),
     ({"x-ms-cosmos-is-batch-request": "True"}, "batch"),
-    ({"x-ms-cosmos-batch-continue-on-error": "False"}, "batch"),
+    ({"x-ms-cosmos-batch-continue-on-error": "False"}, "create_document"),  # a write either way
     # the known attack: the plan header alone (the account stores the body)
     ({"x-ms-cosmos-is-query-plan-request": "True"}, "refused"),
     (

@@ -47,6 +47,7 @@ _QUERY_OPS = ("SqlQuery", "Query", "QueryPlan")
 _NOT_IN_IDS = frozenset("/\\?#")
 # The hook's existence checks; with exactly this text the @id value names the object.
 _EXISTS = re.compile(r"select\s+\*\s+from\s+r\s+where\s+r\.id\s*=\s*@id", re.IGNORECASE)
+_BAD_CHARS = re.compile(r"[\\?#]")
 _FEEDS = ("docs", "pkranges", "sprocs", "triggers", "udfs", "conflicts")
 
 
@@ -75,19 +76,21 @@ def post_kind(headers: Mapping[str, str]) -> str:
     is_plan = headers.get(_IS_PLAN)
     op_type = headers.get(_OP_TYPE)
     upsert = headers.get(_IS_UPSERT)
-    batch = headers.get(_IS_BATCH) is not None or any(k.startswith(_BATCH_PREFIX) for k in headers)
-    query_marked = (
-        is_query is not None
-        or is_plan is not None
-        or ctype in _QUERY_TYPES
-        or (op_type is not None and op_type in _QUERY_OPS)
-    )
-    if not query_marked:  # a create of some kind; which one only names the audit detail
-        if batch:
+    if (
+        is_query is None
+        and is_plan is None
+        and ctype not in _QUERY_TYPES
+        and (op_type is None or op_type not in _QUERY_OPS)
+    ):  # no query marker: a create of some kind, and which one only names the audit detail
+        if _IS_BATCH in headers:
             return "batch"
         return "upsert" if upsert is not None and upsert.strip().lower() == "true" else "create"
-    op_ok = op_type is None or op_type in _QUERY_OPS
-    if upsert is None and not batch and op_ok:
+    write_marked = (
+        upsert is not None
+        or _IS_BATCH in headers
+        or any(name.startswith(_BATCH_PREFIX) for name in headers)
+    )
+    if not write_marked and (op_type is None or op_type in _QUERY_OPS):
         if is_query in _TRUE and ctype in _QUERY_TYPES and is_plan is None:
             return "query"
         if (
@@ -213,10 +216,20 @@ def _segments(path: str) -> list[str]:
     bare = path.split("?", 1)[0].strip("/")
     if not bare:
         return []
-    seg = [unquote(s) for s in bare.split("/")]
-    if not all(_is_name(s) for s in seg):
-        raise Refused(400, "BadRequest", "a path segment is not a valid Cosmos DB name")
+    seg = bare.split("/")
+    text = bare
+    if "%" in bare:  # only decoding can put a "/" inside a segment
+        seg = [unquote(s) for s in seg]
+        if any("/" in s for s in seg):
+            raise _not_a_name()
+        text = "/".join(seg)
+    if "" in seg or "." in seg or ".." in seg or not text.isprintable() or _BAD_CHARS.search(text):
+        raise _not_a_name()
     return seg
+
+
+def _not_a_name() -> Refused:
+    return Refused(400, "BadRequest", "a path segment is not a valid Cosmos DB name")
 
 
 def _bad_method(method: str) -> Refused:
