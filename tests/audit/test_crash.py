@@ -3,10 +3,11 @@
 The oracle is the upstream itself: it logs the path of every request it received (each
 client request has its own path, so its own audit object). The gateway runs as
 ``lockgate serve`` in its own process group, with the audit writer thread or the writer
-process (alternating), under several concurrent keep-alive clients; at a random moment the
-whole group (gateway and writer) gets SIGKILL. After the last cycle the gateway starts once
-more (replaying the journals) and stops cleanly. Then every path the upstream received must
-have exactly one allowed record in a chain that verifies: none missing, none twice.
+process and durability process or fsync (alternating), under several concurrent keep-alive
+clients; at a random moment the whole group (gateway and writer) gets SIGKILL. After the
+last cycle the gateway starts once more (replaying the journals) and stops cleanly. Then
+every path the upstream received must have exactly one allowed record in a chain that
+verifies: none missing, none twice.
 """
 
 from __future__ import annotations
@@ -156,12 +157,14 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, token: str) -> None:
         time.sleep(0.05)
 
 
-def _set_writer(config: Path, writer: str) -> None:
+def _set_audit(config: Path, writer: str, durability: str) -> None:
     text = config.read_text()
     head, sep, _ = text.partition("\naudit:")
     if not sep:
         head = text.rstrip("\n")
-    config.write_text(f"{head}\naudit: {{writer: {writer}, write_timeout: 2.0}}\n")
+    config.write_text(
+        f"{head}\naudit: {{writer: {writer}, durability: {durability}, write_timeout: 2.0}}\n"
+    )
 
 
 def test_sigkill_under_load_loses_no_served_request(
@@ -185,7 +188,13 @@ def test_sigkill_under_load_loses_no_served_request(
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
     answered = 0
     for cycle in range(CYCLES):
-        _set_writer(config_path, "thread" if cycle % 2 == 0 else "process")
+        # every writer with every durability: thread, process; process, process; thread,
+        # fsync; process, fsync (the kill is of the process, so fsync must hold as well)
+        _set_audit(
+            config_path,
+            "thread" if cycle % 2 == 0 else "process",
+            "process" if cycle % 4 < 2 else "fsync",
+        )
         proc = _serve(config_path)
         try:
             _wait_ready(proc, http_port, token)
@@ -199,7 +208,7 @@ def test_sigkill_under_load_loses_no_served_request(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
     # one more start replays what the last kill left; a clean stop commits the rest
-    _set_writer(config_path, "thread")
+    _set_audit(config_path, "thread", "process")
     proc = _serve(config_path)
     try:
         _wait_ready(proc, http_port, token)
