@@ -19,6 +19,8 @@ One run measures, against the same upstream and with the same load tool:
   for comparison;
 * ``lockgate-w2``: ``lockgate serve --workers 2`` (two SO_REUSEPORT worker processes, one
   audit writer process);
+* ``lockgate-fsync``: ``lockgate`` with ``audit.durability: fsync`` (an allowed request is
+  forwarded once its journal line is on the device: group-committed ``fdatasync``);
 * ``engine``: ``HttpEngine`` alone with trivially cheap fakes for verifier, policy, broker
   and audit (the engine's own cost; the difference to ``lockgate`` is identity, policy and
   audit).
@@ -222,6 +224,9 @@ def run_real_gateway(config_path: str, variant: str = "lockgate") -> None:
     cfg = load_config(config_path)
     if variant == "lockgate-process":  # audit written by a separate writer process
         cfg = cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"writer": "process"})})
+    elif variant == "lockgate-fsync":  # each request waits for its journal line's fdatasync
+        audit = cfg.audit.model_copy(update={"durability": "fsync"})
+        cfg = cfg.model_copy(update={"audit": audit})
     _maybe_profile()
     logging.disable(logging.INFO)  # the benchmark measures the data path, not log output
     server.run(cfg, workers=2 if variant == "lockgate-w2" else 1)
@@ -457,7 +462,7 @@ def _stop(proc: Any) -> None:
         proc.wait(5)
 
 
-VARIANTS = ("lockgate", "lockgate-process", "lockgate-w2")
+VARIANTS = ("lockgate", "lockgate-process", "lockgate-w2", "lockgate-fsync")
 
 
 def _wait_closed(port: int, timeout: float = 10.0) -> None:
@@ -487,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--no-engine", action="store_true", help="skip the engine-only (fakes) run")
     p.add_argument("--no-nginx", action="store_true")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help="Lockgate variants to run, comma-separated"
+    )
     a = p.parse_args(argv)
+    variants = tuple(v for v in a.variants.split(",") if v in VARIANTS)
     secret = secrets.token_urlsafe(24)
     results: dict[str, dict[str, Any] | None] = {}
     procs: list[Any] = []
@@ -519,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["nginx"] = run(nginx_port, PATH, "client-token-ignored", a.conns)
                 results["nginx@moderate"] = run(nginx_port, PATH, "x", a.moderate)
                 _stop(nginx)
-            for variant in VARIANTS:
+            for variant in variants:
                 gw = _spawn("gateway", str(config_path), variant)
                 procs.append(gw)
                 _wait_port(gw_port)
