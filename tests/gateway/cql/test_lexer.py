@@ -271,4 +271,7 @@ def test_rendered_tokens_lex_back_to_the_same_tokens(
         text += rendered
         expected.append(token)
         previous = rendered
-    assert lex(text) == expected, text
+    spans: list[tuple[int, int]] = []
+    assert lex(text, spans) == expected, text
+    # Each span is exactly its token: lexed alone, it gives that token back.
+    assert [lex(text[start:end]) for start, end in spans] == [[t] for t in expected], text
