@@ -1,6 +1,7 @@
 """Audit: one tamper-evident record per decision.
 
-Door: :class:`AuditLog` (write side in a thread, non-blocking, fail-closed),
+Door: :class:`AuditLog` (write side in a thread, non-blocking, fail-closed; ``write_ahead``
+journals an allowed request's record before it is forwarded),
 :class:`RemoteAuditLog` (same contract, writing done by ``python -m lockgate.audit.writer``),
 :class:`AuditRecord`,
 :class:`AuditReader` (queries from any process), :func:`format_records` (CLI output).
@@ -8,7 +9,8 @@ Door: :class:`AuditLog` (write side in a thread, non-blocking, fail-closed),
 Rooms: ``record`` (the record and its canonical hash form), ``chain`` (SQLite schema,
 append, verify), ``log`` (writer thread and health), ``sinks`` (JSON-lines mirror),
 ``reader`` (queries), ``format`` (CLI rendering), ``wire`` (sender/writer framing),
-``remote`` (sender side and writer process handle), ``writer`` (the writer process).
+``remote`` (sender side and writer process handle), ``writer`` (the writer process),
+``journal`` (write-ahead journal, marks and replay after a crash).
 """
 
 from lockgate.audit.chain import VerifyResult
