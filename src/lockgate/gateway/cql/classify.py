@@ -91,7 +91,7 @@ _DML_VERBS = frozenset({"select", "insert", "update", "delete"})
 
 
 def tokenize(text: str) -> list[Token]:
-    """CQL tokens of ``text`` (see :mod:`.lexer`); raises ``CqlSyntaxError`` if it has none."""
+    """CQL tokens of ``text`` (:func:`.lexer.lex`); ``CqlSyntaxError`` where Cassandra errs too."""
     return lex(text)
 
 
