@@ -23,8 +23,10 @@ from lockgate.cli import main as cli_main
 from lockgate.config import LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore
 from lockgate.gateway.http import HttpEngine
+from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.identity import KeyStore, RevocationStore, TaskIdentity, TokenIssuer, TokenVerifier
 from lockgate.metrics import REGISTRY
+from lockgate.tlsgen import LeafIssuer, write_dev_ca
 
 from ..fakes import FakeAudit, FakeBroker, FakePolicy, FakePolicySet, FakeSigner
 from .conftest import SECRETS, Upstream, call, raw_request, resource
@@ -316,3 +318,28 @@ async def test_a_flood_before_authentication_is_summarised_not_recorded_one_by_o
     assert summary.detail["suppressed"] == 35
     assert summary.detail["reasons"] == {"malformed_head": 35}
     assert refusals_metric("malformed_head") >= 40  # metrics count every one
+
+
+async def test_forward_proxy_connect_refusals_are_audited(
+    make_gateway: Any, upstream: Upstream, tmp_path: Path
+) -> None:
+    ca = write_dev_ca(tmp_path / "ca")
+    gw = await make_gateway()
+    issuer = LeafIssuer.from_files(ca["cert"], ca["key"])
+    fp = ForwardProxy(gw.engine, {"management.azure.com:443": "orders"}, issuer)
+    await fp.start("127.0.0.1", 0)
+    try:
+        out = await raw_request(fp.port, b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 403")
+        out = await raw_request(fp.port, b"GET http://example.com/?k=s3cr3t HTTP/1.1\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 403")
+    finally:
+        await fp.close()
+    got = [(r.event, r.decision, r.status, r.reason) for r in gw.audit.records]
+    assert got == [
+        ("denied", "deny", 403, "not_intercepted"),
+        ("denied", "deny", 403, "only_connect"),
+    ]
+    assert gw.audit.records[0].detail["request"] == "CONNECT example.com:443 HTTP/1.1"
+    assert all(is_clean(r.detail["request"]) for r in gw.audit.records)
+    assert "s3cr3t" not in json.dumps([r.detail for r in gw.audit.records])

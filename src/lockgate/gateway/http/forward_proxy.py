@@ -273,6 +273,13 @@ class _ConnectProtocol(asyncio.Protocol):
         self._cancel_timer()
         t = self._transport
         if t is not None and not t.is_closing():
+            # Audited like every HTTP refusal (budgeted per peer: nothing names a principal);
+            # the request line only, up to any CR or LF, without a query (it may hold secrets).
+            line = self._buf.split(b"\n", 1)[0].split(b"\r", 1)[0].partition(b"?")[0]
+            self._proxy.engine.proxy.refusals.refuse(
+                peer=t.get_extra_info("peername"), status=status, reason=reason,
+                description="forward proxy: CONNECT refused", request=line,
+            )  # fmt: skip
             t.write(_answer(status, phrase, reason))
             t.close()
 
