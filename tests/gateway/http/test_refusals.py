@@ -343,3 +343,18 @@ async def test_forward_proxy_connect_refusals_are_audited(
     assert gw.audit.records[0].detail["request"] == "CONNECT example.com:443 HTTP/1.1"
     assert all(is_clean(r.detail["request"]) for r in gw.audit.records)
     assert "s3cr3t" not in json.dumps([r.detail for r in gw.audit.records])
+
+
+async def test_a_credential_value_unsafe_as_a_header_is_503_not_sent(
+    make_stack: Any, upstream: Upstream
+) -> None:
+    st = await make_stack(broker=FakeBroker({"orders-key": ["v1\r\nX-Injected: 1"]}))
+    token, jti = st.token()
+    for _ in range(2):  # the second finds the secret cached: still refused, never sent
+        status, _, body = await call(
+            "GET", f"{st.url}/orders/ok", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert (status, body["error"]) == (503, "credential_unavailable")
+    rows = st.rows(decision="error")
+    assert [(r.reason, r.jti) for r in rows] == [("credential_unavailable", jti)] * 2
+    assert upstream.seen == []

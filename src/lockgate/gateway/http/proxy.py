@@ -983,7 +983,10 @@ class Proxy:
                 secret, why = None, str(exc)  # messages name the credential, never its value
             if secret is None:
                 return self._credential_unavailable(conn, body, rs, why, attempt)
-            auth = rs.auth_line(secret)
+            try:
+                auth = rs.auth_line(secret)
+            except UpstreamUnavailable as exc:  # a value with CR/LF/NUL: never sent as a header
+                return self._credential_unavailable(conn, body, rs, str(exc), attempt)
         streaming = not body.complete
         if streaming:
             frame = (
