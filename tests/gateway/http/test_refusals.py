@@ -234,7 +234,11 @@ async def test_unknown_resource_and_request_timeout_are_audited(make_stack: Any)
 
 # -- the gateway's own faults: decision "error" ------------------------------------------------
 async def test_a_credential_never_set_is_503_credential_unavailable(
-    make_stack: Any, upstream: Upstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    make_stack: Any,
+    upstream: Upstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = LockgateConfig.model_validate(
         {"credentials": [{"name": "orders-key", "type": "static", "overlap": 60}]}
@@ -256,6 +260,11 @@ async def test_a_credential_never_set_is_503_credential_unavailable(
     assert (row.event, row.status, row.reason) == ("upstream_error", 503, "credential_unavailable")
     assert row.jti == jti and row.dag_id == "finance_daily"
     assert upstream.seen == []
+    conf = tmp_path / "lockgate.yaml"
+    conf.write_text(f"data_dir: {st.data_dir}\n")
+    assert cli_main(["-c", str(conf), "audit", "search", "--decision", "error", "--json"]) == 0
+    found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["reason"], r["jti"]) for r in found] == [("credential_unavailable", jti)]
 
 
 async def test_audit_and_upstream_failures_are_errors(make_stack: Any, upstream: Upstream) -> None:
