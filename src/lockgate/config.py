@@ -61,6 +61,10 @@ class ListenerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     tls: TlsConfig | None = None
+    # A TLS client that has not finished its handshake by then is closed (port scans,
+    # health checks, wrong CA); see docs/architecture.md "Connections".
+    handshake_timeout: float = Field(10.0, gt=0, le=300, description="TLS handshake, seconds")
+    max_connections: int = Field(10_000, ge=1, description="open connections, handshakes included")
 
     @property
     def scheme(self) -> str:
@@ -80,7 +84,8 @@ class ForwardProxyConfig(_Model):
     tls: TlsConfig | None = None  # the proxy listener itself; usually plain like most proxies
     ca: TlsConfig  # CA certificate and key that sign leaf certificates for intercepted hosts
     leaf_days: int = Field(7, ge=1, le=365)
-    handshake_timeout: float = Field(10.0, gt=0)
+    handshake_timeout: float = Field(10.0, gt=0)  # the listener's TLS and the tunnel's
+    max_connections: int = Field(10_000, ge=1)
 
     @property
     def scheme(self) -> str:

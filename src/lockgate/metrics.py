@@ -6,9 +6,19 @@ decisions and short reason slugs, so cardinality stays bounded.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_resident_memory_bytes, process_open_fds, process_max_fds, CPU seconds, start time
+# (read from /proc on each scrape; absent on platforms without it)
+PROCESS = ProcessCollector(registry=REGISTRY)
 
 REQUESTS = Counter(
     "lockgate_requests_total",
@@ -72,6 +82,19 @@ FORWARD_PROXY_TUNNELS = Counter(
     "lockgate_forward_proxy_tunnels_total",
     "CONNECT tunnels by resource and outcome (open, tls_failed, or the refusal slug)",
     ["resource", "outcome"],
+    registry=REGISTRY,
+)
+
+OPEN_CONNECTIONS = Gauge(
+    "lockgate_open_connections",
+    "Client connections accepted and not yet closed (TLS handshakes under way included)",
+    ["listener"],
+    registry=REGISTRY,
+)
+CONNECTIONS_REFUSED = Counter(
+    "lockgate_connections_refused_total",
+    "Connections refused because the listener was at its max_connections",
+    ["listener"],
     registry=REGISTRY,
 )
 

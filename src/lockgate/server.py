@@ -51,6 +51,7 @@ from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.gateway.http.profiles import control as http_control
 from lockgate.gateway.http.profiles import cosmos as cosmos_profile
+from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
 from lockgate.identity import (
     Claims,
     KeyStore,
@@ -142,6 +143,32 @@ def server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _limits(listener: ListenerConfig) -> dict[str, Any]:
+    """A listener's connection limits, as the engines' ``start`` takes them."""
+    return {
+        "handshake_timeout": listener.handshake_timeout,
+        "max_connections": listener.max_connections,
+    }
+
+
+async def _serve_control(runner: web.AppRunner, c: ListenerConfig) -> asyncio.Server:
+    """The control listener: aiohttp's protocol behind a :class:`ConnectionGuard` (instead
+    of ``web.TCPSite``, which sets neither a TLS handshake timeout nor a cap)."""
+    app_server = runner.server
+    assert app_server is not None
+    tls = server_ssl_context(c)
+    guard = ConnectionGuard("control", max_connections=c.max_connections, tls=tls is not None)
+    return await asyncio.get_running_loop().create_server(
+        guard.factory(lambda ticket: TrackedProtocol(app_server(), ticket)),
+        c.host,
+        c.port,
+        ssl=tls,
+        ssl_handshake_timeout=c.handshake_timeout if tls is not None else None,
+        backlog=128,
+        reuse_address=True,
+    )
+
+
 def _public_host(host: str) -> str:
     return "localhost" if host in ("0.0.0.0", "::") else host
 
@@ -187,6 +214,7 @@ class Gateway:
         self.db_roles: db_role_route.DbRoles | None = None
         self.db_role_sweep_interval = 15.0  # seconds; tests shorten it before start()
         self._runner: web.AppRunner | None = None
+        self._control_server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._role_sweep: asyncio.Task[Any] | None = None  # db roles of revoked tokens
         self._roles_stale = False
@@ -394,9 +422,8 @@ class Gateway:
             self.db_roles.start()
             self._runner = web.AppRunner(self.control_app(), access_log=None)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, c.host, c.port, ssl_context=server_ssl_context(c))
-            await site.start()
-            self.control_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self._control_server = await _serve_control(self._runner, c)
+            self.control_port = self._control_server.sockets[0].getsockname()[1]
         h = self.config.listeners.http
         self.engine = HttpEngine(
             [r for r in self.config.resources if r.kind == "http"],
@@ -409,14 +436,14 @@ class Gateway:
         )
         port = h.port if self._http_listen_port is None else self._http_listen_port
         server = await self.engine.start(
-            h.host, port, ssl=server_ssl_context(h), reuse_port=self.reuse_port
+            h.host, port, ssl=server_ssl_context(h), reuse_port=self.reuse_port, **_limits(h)
         )
         self.http_port = server.sockets[0].getsockname()[1]
         for r in self.config.resources:
             if r.kind == "http" and r.listen is not None:
                 ml = await self.engine.start_mounted(
                     r.name, r.listen.host, r.listen.port, ssl=server_ssl_context(r.listen),
-                    reuse_port=self.reuse_port,
+                    reuse_port=self.reuse_port, **_limits(r.listen),
                 )  # fmt: skip
                 self.mounted_ports[r.name] = ml.sockets[0].getsockname()[1]
         fp = self.config.listeners.forward_proxy
@@ -435,7 +462,9 @@ class Gateway:
                 self.broker,
                 self.audit,
             )
-            await self.cql_engine.start(cql.host, cql.port, ssl=server_ssl_context(cql))
+            await self.cql_engine.start(
+                cql.host, cql.port, ssl=server_ssl_context(cql), **_limits(cql)
+            )
             self.cql_port = self.cql_engine.port
         self._tasks = [
             asyncio.create_task(self._every(1.0, self._refresh), name="lockgate-refresh"),
@@ -502,8 +531,12 @@ class Gateway:
             await self.engine.close()
         if self.cql_engine is not None:
             await self.cql_engine.close()
+        if self._control_server is not None:
+            self._control_server.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._control_server is not None:
+            await self._control_server.wait_closed()
         if self.db_roles is not None:  # before the broker: dropping roles needs the password
             await self.db_roles.close()
         if self.broker is not None:

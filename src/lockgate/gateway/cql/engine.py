@@ -31,6 +31,12 @@ from typing import Any
 from lockgate import _log
 from lockgate.config import CqlResource
 from lockgate.gateway.engine import AuditSink, CredentialBroker, PolicySource, TokenVerifier
+from lockgate.gateway.listeners import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionGuard,
+    Ticket,
+)
 
 from .context import EngineContext
 from .session import ClientSession
@@ -66,6 +72,7 @@ class CqlEngine:
         )
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[Any]] = set()
+        self.guard: ConnectionGuard | None = None
         self.port = 0
 
     @property
@@ -74,11 +81,23 @@ class CqlEngine:
         return len(self._sessions)
 
     async def start(
-        self, host: str, port: int, *, ssl: ssl_mod.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl: ssl_mod.SSLContext | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> asyncio.Server:
-        tls_timeout = self.ctx.handshake_timeout if ssl is not None else None
-        self._server = await asyncio.start_server(
-            self._accept, host, port, ssl=ssl, ssl_handshake_timeout=tls_timeout
+        """Listen; ``handshake_timeout`` bounds the TLS handshake, ``max_connections`` the
+        connections open at once (past it a new one is closed, see :mod:`..listeners`)."""
+        self.guard = ConnectionGuard("cql", max_connections=max_connections, tls=ssl is not None)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.guard.factory(self._protocol),
+            host,
+            port,
+            ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info(
@@ -89,7 +108,17 @@ class CqlEngine:
         )
         return self._server
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _protocol(self, ticket: Ticket) -> asyncio.StreamReaderProtocol:
+        """What ``asyncio.start_server`` builds per connection, plus the ticket, which the
+        session opens when it starts (after the TLS handshake) and closes when it ends."""
+        return asyncio.StreamReaderProtocol(
+            asyncio.StreamReader(), lambda reader, writer: self._accept(reader, writer, ticket)
+        )
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ticket: Ticket
+    ) -> None:
+        ticket.opened()
         task = asyncio.current_task()
         if task is not None:
             self._sessions.add(task)
@@ -97,6 +126,7 @@ class CqlEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await ClientSession(self.ctx, reader, writer).run()
         finally:
+            ticket.closed()
             if task is not None:
                 self._sessions.discard(task)
 

@@ -39,6 +39,13 @@ from lockgate.gateway.http.profiles import make_profile
 from lockgate.gateway.http.proxy import Proxy, ResourceState
 from lockgate.gateway.http.server import ClientConnection
 from lockgate.gateway.http.upstream import UpstreamPool
+from lockgate.gateway.listeners import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionGuard,
+    Ticket,
+    http_refusal,
+)
 
 
 class HttpEngine:
@@ -84,7 +91,8 @@ class HttpEngine:
             clock=clock,
         )
         self._server: asyncio.Server | None = None
-        self._connections: set[ClientConnection] = set()
+        self._connections: set[ClientConnection] = set()  # made and not yet lost
+        self.guards: dict[str, ConnectionGuard] = {}  # listener name -> its connection count
         self.update_resources(resources)
 
     def update_resources(self, resources: Iterable[Any]) -> None:
@@ -130,7 +138,7 @@ class HttpEngine:
     def pool(self, name: str) -> UpstreamPool:
         return self.proxy.resources[name].pool
 
-    def _protocol(self, mount: str | None = None) -> ClientConnection:
+    def _protocol(self, mount: str | None = None, ticket: Ticket | None = None) -> ClientConnection:
         conn = (MountedConnection if mount is not None else ClientConnection)(
             self.proxy.handle,
             max_header_bytes=self._max_header_bytes,
@@ -139,10 +147,11 @@ class HttpEngine:
             on_close=self._connections.discard,
             fast=self.proxy.serve,
             on_refused=self.proxy.connection_refused,
+            on_open=self._connections.add,  # once made: see :mod:`lockgate.gateway.listeners`
+            ticket=ticket,
         )
         if mount is not None:
             conn.mount = mount  # type: ignore[attr-defined]
-        self._connections.add(conn)
         return conn
 
     def client_protocol(self, resource: str) -> ClientConnection:
@@ -158,18 +167,10 @@ class HttpEngine:
         ssl: ssl_module.SSLContext | None = None,
         *,
         reuse_port: bool = False,
+        **limits: Any,
     ) -> asyncio.Server:
         """Serve ``resource`` alone at the root of ``host:port`` (``/api/...``, no prefix)."""
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: self._protocol(resource),
-            host,
-            port,
-            ssl=ssl,
-            backlog=1024,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-        )
+        server = await self._listen(resource, resource, host, port, ssl, reuse_port, **limits)
         self._mounted.append(server)
         return server
 
@@ -180,20 +181,43 @@ class HttpEngine:
         ssl: ssl_module.SSLContext | None = None,
         *,
         reuse_port: bool = False,
+        **limits: Any,
     ) -> asyncio.Server:
         """Listen on ``host:port``. ``reuse_port`` lets several worker processes share the
-        port (SO_REUSEPORT): one engine is one event loop, i.e. at most one core."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._protocol,
+        port (SO_REUSEPORT): one engine is one event loop, i.e. at most one core.
+        ``limits``: ``handshake_timeout`` (TLS, seconds) and ``max_connections``, as the
+        listener's config; see :mod:`lockgate.gateway.listeners`."""
+        self._server = await self._listen("http", None, host, port, ssl, reuse_port, **limits)
+        return self._server
+
+    async def _listen(
+        self,
+        listener: str,
+        mount: str | None,
+        host: str,
+        port: int,
+        ssl: ssl_module.SSLContext | None,
+        reuse_port: bool,
+        *,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> asyncio.Server:
+        guard = self.guards[listener] = ConnectionGuard(
+            listener,
+            max_connections=max_connections,
+            tls=ssl is not None,
+            refusal=http_refusal(listener, max_connections),
+        )
+        return await asyncio.get_running_loop().create_server(
+            guard.factory(lambda ticket: self._protocol(mount, ticket)),
             host,
             port,
             ssl=ssl,
+            ssl_handshake_timeout=handshake_timeout if ssl is not None else None,
             backlog=1024,
             reuse_address=True,
             reuse_port=reuse_port or None,
         )
-        return self._server
 
     @property
     def port(self) -> int:

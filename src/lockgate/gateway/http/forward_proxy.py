@@ -28,6 +28,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from lockgate import _log, metrics
+from lockgate.gateway.listeners import (
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionGuard,
+    Ticket,
+    http_refusal,
+)
 from lockgate.tlsgen import LeafIssuer
 
 log = _log.get("gateway.http.forward_proxy")
@@ -57,12 +63,15 @@ class ForwardProxy:
         *,
         handshake_timeout: float = 10.0,
         head_timeout: float = 10.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.engine = engine
         self.routes = {k.lower(): v for k, v in routes.items()}  # "host:port" -> resource
         self.issuer = issuer
         self.handshake_timeout = handshake_timeout
         self.head_timeout = head_timeout
+        self.max_connections = max_connections
+        self.guard: ConnectionGuard | None = None
         self._server: asyncio.Server | None = None
         self._tunnels: set[asyncio.Task[None]] = set()
 
@@ -71,7 +80,13 @@ class ForwardProxy:
         fp = config.listeners.forward_proxy
         routes = {h: r.name for r in config.resources if r.kind == "http" for h in r.intercept}
         issuer = LeafIssuer.from_files(fp.ca.cert, fp.ca.key, days=fp.leaf_days)
-        return cls(engine, routes, issuer, handshake_timeout=fp.handshake_timeout)
+        return cls(
+            engine,
+            routes,
+            issuer,
+            handshake_timeout=fp.handshake_timeout,
+            max_connections=fp.max_connections,
+        )
 
     async def start(
         self,
@@ -82,11 +97,21 @@ class ForwardProxy:
         reuse_port: bool = False,
     ) -> asyncio.Server:
         loop = asyncio.get_running_loop()
+        # One count from accept to the tunnel's end: the ticket travels with the socket.
+        name, cap = "forward_proxy", self.max_connections
+        self.guard = ConnectionGuard(
+            name,
+            max_connections=cap,
+            tls=ssl is not None,
+            refusal=http_refusal(name, cap),
+            tls_inside=True,
+        )
         self._server = await loop.create_server(
-            lambda: _ConnectProtocol(self),
+            self.guard.factory(lambda ticket: _ConnectProtocol(self, ticket)),
             host,
             port,
             ssl=ssl,
+            ssl_handshake_timeout=self.handshake_timeout if ssl is not None else None,
             backlog=256,
             reuse_address=True,
             reuse_port=reuse_port or None,
@@ -125,15 +150,20 @@ class ForwardProxy:
             return None, "not_intercepted"
         return resource, host
 
-    def tunnel(self, transport: asyncio.Transport, resource: str, host: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._upgrade(transport, resource, host))
+    def tunnel(
+        self, transport: asyncio.Transport, resource: str, host: str, ticket: Ticket
+    ) -> None:
+        upgrade = self._upgrade(transport, resource, host, ticket)
+        task = asyncio.get_running_loop().create_task(upgrade)
         self._tunnels.add(task)
         task.add_done_callback(self._tunnels.discard)
 
-    async def _upgrade(self, transport: asyncio.Transport, resource: str, host: str) -> None:
+    async def _upgrade(
+        self, transport: asyncio.Transport, resource: str, host: str, ticket: Ticket
+    ) -> None:
         loop = asyncio.get_running_loop()
         conn = self.engine.client_protocol(resource)
-        handoff = _Handoff(conn)
+        handoff = _Handoff(conn, ticket)
         try:
             ctx = await loop.run_in_executor(None, self.issuer.context, host)  # may sign a leaf
             if transport.is_closing():
@@ -154,9 +184,11 @@ class ForwardProxy:
             )
             transport.abort()
             conn.connection_lost(None)
+            ticket.closed()
             return
         if tls is None:  # the client went away during the handshake
             conn.connection_lost(None)
+            ticket.closed()
             return
         metrics.FORWARD_PROXY_TUNNELS.labels(resource, "open").inc()
         handoff.start(tls)
@@ -169,10 +201,11 @@ class _Handoff(asyncio.Protocol):
     bytes may arrive before the awaiting task resumes; they wait here until then.
     """
 
-    __slots__ = ("_conn", "_lost", "_pending", "_ready")
+    __slots__ = ("_conn", "_lost", "_pending", "_ready", "_ticket")
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, ticket: Ticket) -> None:
         self._conn = conn
+        self._ticket = ticket
         self._pending: list[bytes] = []
         self._ready = False
         self._lost: list[Exception | None] = []
@@ -197,6 +230,7 @@ class _Handoff(asyncio.Protocol):
         return self._conn.eof_received() if self._ready else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._ticket.closed()
         if self._ready:
             self._conn.connection_lost(exc)
         else:
@@ -214,8 +248,9 @@ class _Handoff(asyncio.Protocol):
 class _ConnectProtocol(asyncio.Protocol):
     """Reads the CONNECT head, then either refuses or hands the socket to TLS."""
 
-    def __init__(self, proxy: ForwardProxy) -> None:
+    def __init__(self, proxy: ForwardProxy, ticket: Ticket) -> None:
         self._proxy = proxy
+        self._ticket = ticket  # closed here, or by the tunnel once TLS owns the socket
         self._buf = b""
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -223,9 +258,11 @@ class _ConnectProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._ticket.opened()
         self._timer = asyncio.get_running_loop().call_later(self._proxy.head_timeout, self._timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._ticket.closed()
         self._cancel_timer()
 
     def _cancel_timer(self) -> None:
@@ -266,7 +303,7 @@ class _ConnectProtocol(asyncio.Protocol):
         # The client's ClientHello follows our 200 at once: stop reading until TLS owns the
         # socket, so those bytes wait in the kernel instead of reaching this protocol.
         self._transport.pause_reading()
-        self._proxy.tunnel(self._transport, resource, host)
+        self._proxy.tunnel(self._transport, resource, host, self._ticket)
 
     def _refuse(self, status: int, phrase: str, reason: str) -> None:
         self._done = True

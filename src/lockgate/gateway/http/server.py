@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from lockgate import _log
 from lockgate.errors import RemoteProtocolError
 from lockgate.gateway.http import framing, responses
+from lockgate.gateway.listeners import Ticket
 
 log = _log.get("gateway.http")
 
@@ -131,6 +132,8 @@ class ClientConnection(asyncio.Protocol):
         on_close: Callable[[ClientConnection], None] | None = None,
         fast: FastHandler | None = None,
         on_refused: RefusalHook | None = None,
+        on_open: Callable[[ClientConnection], None] | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
         self._handler = handler
         self._fast = fast
@@ -141,6 +144,10 @@ class ClientConnection(asyncio.Protocol):
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._on_close = on_close
+        # Registered only once made: a TLS handshake that never completes gets neither
+        # connection_made nor connection_lost (its ticket covers that stage).
+        self._on_open = on_open
+        self._ticket = ticket
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._state = _HEAD
@@ -162,9 +169,15 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         self._last = self._clock()
         self._timer = self._loop.call_later(self._idle_timeout, self._idle_check)
+        if self._ticket is not None:
+            self._ticket.opened()
+        if self._on_open is not None:
+            self._on_open(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = _CLOSED
+        if self._ticket is not None:
+            self._ticket.closed()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
