@@ -19,6 +19,7 @@ BENCHMARKS: list[tuple[str, str, list[str] | None]] = [
     ("Databricks runs/get: Lockgate vs direct", "benchmarks.databricks", []),
     ("Cosmos DB point reads: Lockgate vs direct", "benchmarks.cosmos", []),
     ("CQL data path: Lockgate vs direct", "benchmarks.cql", []),
+    ("audit per allowed request: emit vs write-ahead, fsync", "benchmarks.audit", []),
 ]
 
 
