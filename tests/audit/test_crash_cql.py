@@ -1,5 +1,8 @@
 """Never served unaudited, CQL: SIGKILL ``lockgate serve`` while clients pipeline INSERTs.
 
+Cycles alternate ``audit.durability`` process and fsync (with fsync a connection's frames
+are written upstream only once their records are synced).
+
 The oracle is the fake node's execution log (statements it actually ran, written by the node
 process as it runs them). Each INSERT carries its own key, so its own statement. After
 ``CYCLES`` kills and a last start (which replays the journal), every key the node executed
@@ -103,12 +106,12 @@ def test_sigkill_under_pipelined_cql_loses_no_executed_statement(tmp_path: Path)
         (tmp_path / "policies" / "team.yaml").write_text(POLICY)
         cql_port = free_port()
         config_path = tmp_path / "lockgate.yaml"
-        config_path.write_text(
-            CONFIG.format(
+        text = CONFIG.format(
                 data=tmp_path / "data", log_level="warning", cql_tls="", upstream=node_port,
                 control=free_port(), http=free_port(), cql=cql_port,
-            )
         )  # fmt: skip
+        assert "audit: {write_timeout: 2.0}" in text
+        config_path.write_text(text)
         config = load_config(config_path)
         state = State(config)
         state.credentials.set("cass-pw", password)
@@ -118,7 +121,11 @@ def test_sigkill_under_pipelined_cql_loses_no_executed_statement(tmp_path: Path)
         keys = itertools.count(1)
         answered = 0
         serve = [sys.executable, "-m", "lockgate", "--config", str(config_path), "serve"]
-        for _ in range(CYCLES):
+        for cycle in range(CYCLES):
+            durability = "fsync" if cycle % 2 else "process"  # both must hold
+            config_path.write_text(
+                text.replace("audit: {write_timeout: 2.0}", f"audit: {{durability: {durability}}}")
+            )
             gateway = subprocess.Popen(
                 serve, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, start_new_session=True,
