@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import json
 import time
 import weakref
@@ -53,7 +54,7 @@ log = _log.get("gateway.listeners")
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 10_000
 LOG_EVERY = 10.0  # seconds between two "connections refused" lines of one listener
-TRIM_AFTER = 256  # closed TLS connections that make a trim worth its few milliseconds
+TRIM_AFTER = 100  # closed TLS connections that make a trim worth its few milliseconds
 TRIM_QUIET = 0.5  # seconds without such a close before the trim runs
 TRIM_LATEST = 5.0  # seconds; under steady churn, trim at least this often
 
@@ -118,6 +119,7 @@ class ConnectionGuard:
         self._refusal = refusal
         self._refused_since_log = 0
         self._last_log = float("-inf")
+        self._last_collect = float("-inf")
         self._refused_metric = metrics.CONNECTIONS_REFUSED.labels(listener)
         metrics.OPEN_CONNECTIONS.labels(listener).set_function(self.count)
 
@@ -127,7 +129,7 @@ class ConnectionGuard:
 
     def admit(self) -> Ticket | None:
         """A ticket for a connection just accepted, or None when the listener is full."""
-        if self.pending + self.open >= self.max_connections:
+        if self.pending + self.open >= self.max_connections and not self._reclaim():
             self._note_refused()
             return None
         self.pending += 1
@@ -148,6 +150,20 @@ class ConnectionGuard:
             return protocol
 
         return build
+
+    def _reclaim(self) -> bool:
+        """At the cap with handshakes pending: collect cycles once a second, then look again.
+
+        asyncio's own TLS layer (not uvloop's) keeps a failed handshake's protocol in a
+        reference cycle through the exception it stores, so its finalizer waits for the
+        collector; without this the count could stay at the cap after such a burst.
+        """
+        now = time.monotonic()
+        if not self.pending or now - self._last_collect < 1.0:
+            return False
+        self._last_collect = now
+        gc.collect()
+        return self.pending + self.open < self.max_connections
 
     def _note_refused(self) -> None:
         self.refused += 1
@@ -271,6 +287,8 @@ class _MemoryRelease:
             self._timer = loop.call_later(quiet_at - now, self._maybe_release, loop)
             return
         self.release()
+        if now < quiet_at:  # mid-burst: the rest of the burst gets its own trim
+            self._closed = TRIM_AFTER
 
     def release(self) -> None:
         if self._timer is not None:

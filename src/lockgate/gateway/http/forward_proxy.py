@@ -185,6 +185,10 @@ class ForwardProxy:
             transport.abort()
             conn.connection_lost(None)
             ticket.closed()
+            # The traceback holds this frame and, through it, the failed TLS protocol with
+            # its buffers in a reference cycle: drop it so they go now, not at the next
+            # full collection (1,000 plaintext tunnels otherwise held ~30 MiB).
+            exc.__traceback__ = None
             return
         if tls is None:  # the client went away during the handshake
             conn.connection_lost(None)
