@@ -153,7 +153,10 @@ def test_stock_operators_guardrails_denials_deferrable_and_audit(
     code, text = _cli(dbx, "audit", "search", "--dag", "databricks_run_now", "--json")
     assert code == 0
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    started = [r for r in rows if r["action"] == "run" and r["object"] == "job:101"]
+    started = [  # the outcome record: its "admitted" record has no run id yet
+        r for r in rows
+        if r["event"] == "allowed" and r["action"] == "run" and r["object"] == "job:101"
+    ]  # fmt: skip
     assert started and started[0]["detail"]["cluster"]["max_workers_total"] == 4
     run_id = started[0]["detail"]["run_id"]
     assert any(r["detail"].get("run_page_url", "").endswith(f"/run/{run_id}") for r in rows), rows

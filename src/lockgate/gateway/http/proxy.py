@@ -666,7 +666,8 @@ class Proxy:
             return bool(await profile.serve(self, conn, head, body, p))  # type: ignore[attr-defined]
         data = b""
         if profile.wants_body(p.method, p.target.path):
-            whole = await read_whole(body, profile.max_body) if not body.complete else b""
+            streamed = not body.complete  # (read_whole completes it: decide before reading)
+            whole = await read_whole(body, profile.max_body) if streamed else b""
             if whole is None or body.total > profile.max_body:
                 self.refusals.refuse(
                     peer=conn.peer, status=413, reason="body_too_large", claims=p.claims,
@@ -678,7 +679,7 @@ class Proxy:
                     responses.error(413, "body_too_large", limit=profile.max_body, close=close)
                 )
                 return not close and head.keep_alive
-            if not body.complete:
+            if streamed:
                 body = buffered_body(conn, whole)
             data = body.data() if body.total else b""
         claims = p.claims
