@@ -364,8 +364,13 @@ async def test_http_listener_refuses_past_its_cap_with_a_503_naming_it(tmp_path:
     from lockgate import metrics
 
     gw = await _gateway(tmp_path, handshake_timeout=5, max_connections=2, tls=False)
-    refused = metrics.CONNECTIONS_REFUSED.labels("http")
-    before = refused._value.get()
+
+    def refused() -> float:
+        labels = {"listener": "http"}
+        value = metrics.REGISTRY.get_sample_value("lockgate_connections_refused_total", labels)
+        return value or 0.0
+
+    before = refused()
     try:
         held = [await asyncio.open_connection("127.0.0.1", gw.http_port) for _ in range(2)]
         await asyncio.sleep(0.1)
@@ -375,7 +380,7 @@ async def test_http_listener_refuses_past_its_cap_with_a_503_naming_it(tmp_path:
         writer.close()
         assert answer.startswith(b"HTTP/1.1 503 ")
         assert b"at its cap of 2 open connections" in answer
-        assert refused._value.get() == before + 1
+        assert refused() == before + 1
         # a place freed is a place taken: the next client is served (404: unknown resource)
         held[0][1].close()
         await asyncio.sleep(0.1)
