@@ -10,7 +10,9 @@ Actions and objects use the gateway's vocabulary so tests can compare them with 
 ``read`` (SELECT) and ``write`` (INSERT, UPDATE, DELETE, TRUNCATE) on ``"keyspace.table"``;
 ``admin`` for schema changes (the keyspace for keyspace DDL, ``"keyspace.table"`` for table
 DDL and grants on a table, ``"role:<name>"`` for role statements, ``"*"`` for grants on all
-keyspaces); ``use`` for USE, with the keyspace.
+keyspaces); ``use`` for USE, with the keyspace. A conditional INSERT, UPDATE or DELETE
+(``IF [NOT] EXISTS``) is logged twice, as a ``write`` and a ``read`` of its table: its
+answer shows the row it found.
 
 ``ExecutionLog`` keeps the records in memory and, when given a path, also appends them to
 a JSON-lines file (one ``write`` per record) for nodes running in another process.
@@ -70,6 +72,18 @@ def describe(stmt: Any, keyspace: str | None) -> tuple[str, str, str]:
         obj = "*" if res[0] == "all" else res[1] if res[0] == "ks" else f"{res[1]}.{res[2]}"
         return "grant" if stmt.grant else "revoke", "admin", obj
     raise TypeError(f"no description for {type(stmt).__name__}")
+
+
+def describe_all(stmt: Any, keyspace: str | None) -> list[tuple[str, str, str]]:
+    """Everything one executed, non-batch statement did: :func:`describe`, plus a ``read``
+    of the table for a conditional write (a failed ``IF`` answers with the row it found)."""
+    op, action, obj = describe(stmt, keyspace)
+    done = [(op, action, obj)]
+    if (isinstance(stmt, cql.Update | cql.Delete) and stmt.if_exists) or (
+        isinstance(stmt, cql.Insert) and stmt.if_not_exists
+    ):
+        done.append((op, "read", obj))
+    return done
 
 
 class ExecutionLog:

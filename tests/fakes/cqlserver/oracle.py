@@ -5,8 +5,13 @@ covered by an ``allow`` audit record of the principal whose connection carried i
 same action and an object list naming every object the node touched; and, when a grant is
 given, nothing the node executed may lie outside it. One audit record covers one request
 (a QUERY, an EXECUTE, a protocol BATCH or a ``BEGIN BATCH`` text), however many children
-it had. USE is not judged against the audit: it touches no data, and the gateway lets it
-through unaudited by design; its effect is judged through the statements that follow it.
+it had; it carries the strongest action of the request, so a ``write`` or ``admin`` record
+also covers the ``read`` of a table it names (a conditional write reads its row).
+
+USE and reads of driver metadata tables (``system.local``, ``system.peers``,
+``system.peers_v2``, ``system_schema.*``, ``system_virtual_schema.*``) are allowed to every
+principal, so the grant does not limit them; they must still be in the audit like anything
+else the node ran (the gateway records them under a built-in rule).
 
 Audit rows are read through attributes (``principal``, ``action``, ``object``,
 ``decision``), so any record type with those names will do; the node does not import
@@ -20,10 +25,26 @@ from typing import Any
 
 from .execlog import Execution
 
+_METADATA_TABLES = frozenset({"system.local", "system.peers", "system.peers_v2"})
+_METADATA_KEYSPACES = ("system_schema.", "system_virtual_schema.")
+
+
+def always_allowed(e: Execution) -> bool:
+    """USE and driver metadata reads: allowed to every principal, outside any grant."""
+    if e.action == "use":
+        return True
+    return e.action == "read" and (
+        e.object in _METADATA_TABLES or e.object.startswith(_METADATA_KEYSPACES)
+    )
+
 
 def _covers(record: Any, group: list[Execution]) -> bool:
     objects = set(str(record.object or "").split(","))
-    return all(e.action == record.action and e.object in objects for e in group)
+    return all(
+        e.object in objects
+        and (e.action == record.action or (e.action == "read" and record.action != "use"))
+        for e in group
+    )
 
 
 def judge(
@@ -47,19 +68,16 @@ def judge(
         if principal is None:
             problems.append(f"node connection {connection} (no client) executed {text!r}")
             continue
-        judged = [e for e in group if e.action != "use"]
         if grant is not None:
             problems.extend(
                 f"{principal} got {e.action} on {e.object}, outside the grant: {e.text!r}"
-                for e in judged
-                if (e.action, e.object) not in grant
+                for e in group
+                if (e.action, e.object) not in grant and not always_allowed(e)
             )
-        if not judged:
-            continue
         candidates = unused.get(principal, [])
-        match = next((r for r in candidates if _covers(r, judged)), None)
+        match = next((r for r in candidates if _covers(r, group)), None)
         if match is None:
-            done = sorted({f"{e.action} {e.object}" for e in judged})
+            done = sorted({f"{e.action} {e.object}" for e in group})
             problems.append(
                 f"no allowed audit record of {principal} covers what the node executed "
                 f"({', '.join(done)}) for {group[0].opcode} {text!r}"

@@ -14,7 +14,7 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 from . import cql, encode, wire
-from .execlog import Execution, describe
+from .execlog import Execution, describe_all
 from .executor import Bound, Result, SchemaChange, SetKeyspace, Void
 from .grammar import parse
 from .store import SYSTEM_KEYSPACES, Role, Table
@@ -286,11 +286,11 @@ class Session:
         """Execute one statement under keyspace ``ks``; log it once it succeeded."""
         result = self._execute(stmt, bound, ks, role, page)
         if not isinstance(stmt, cql.Batch):  # its children were logged one by one
-            op, action, obj = describe(stmt, ks)
             number, opcode, text = self.request
-            self.server.executions.append(
-                Execution(self.connection, role.name, number, opcode, op, action, obj, ks, text)
-            )
+            for op, action, obj in describe_all(stmt, ks):
+                self.server.executions.append(
+                    Execution(self.connection, role.name, number, opcode, op, action, obj, ks, text)
+                )
         return result
 
     def _execute(

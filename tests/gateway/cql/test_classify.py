@@ -60,7 +60,11 @@ CASES: list[tuple[str, str | None, list[tuple[str, str]]]] = [
     ("FROBNICATE ks.t", None, DENY_ALL),
     ("SELECT * FROM ks.t; EXPLODE", None, DENY_ALL),
     # writes
-    ("INSERT INTO ks.t (k, v) VALUES (1, 'x') IF NOT EXISTS", None, [(W, "ks.t")]),
+    # a conditional write (LWT) answers with the row it found: Cassandra wants SELECT too
+    ("INSERT INTO ks.t (k, v) VALUES (1, 'x') IF NOT EXISTS", None, [(W, "ks.t"), (R, "ks.t")]),
+    ("UPDATE t SET v = 1 WHERE k = 1 IF v = 0", "ks", [(W, "ks.t"), (R, "ks.t")]),
+    ("DELETE FROM ks.t WHERE k = 1 IF EXISTS", None, [(W, "ks.t"), (R, "ks.t")]),
+    ('UPDATE ks.t SET "if" = 1 WHERE k = 1', None, [(W, "ks.t")]),
     ("INSERT INTO t JSON '{\"k\": 1}'", "ks", [(W, "ks.t")]),
     ("UPDATE ks.t USING TTL 10 SET v = 1 WHERE k = 1", None, [(W, "ks.t")]),
     ("DELETE FROM ks.t WHERE k = 1", None, [(W, "ks.t")]),

@@ -83,7 +83,7 @@ CASES: list[tuple[str, list[tuple[str, str]]]] = [
     (
         "BEGIN BATCH UPDATE ks.a SET v = 1 WHERE k = 1 IF v = 0 "
         "INSERT INTO ks.b (k) VALUES (2) IF NOT EXISTS USING TTL 9 APPLY BATCH",
-        [(W, "ks.a"), (W, "ks.b")],
+        [(W, "ks.a"), (R, "ks.a"), (W, "ks.b"), (R, "ks.b")],
     ),
     (f"BEGIN BATCH {INS_A} -- x\r{DEL_B}\nAPPLY BATCH", [(W, "ks.a"), (W, "ks.b")]),
     (
@@ -152,9 +152,13 @@ def test_use_in_a_two_statement_text_changes_no_keyspace() -> None:
 # -- batches as the grammar generates them -------------------------------------------------------
 _table = st.sampled_from(["a", "b", "Orders", '"Mixed"', "ks.c", "user"])
 _child = st.one_of(
-    st.builds(lambda t: (f"INSERT INTO {t} (k, v) VALUES (1, 'x')", t), _table),  # noqa: S608
-    st.builds(lambda t: (f"UPDATE {t} USING TTL 5 SET v = 1 WHERE k = 1 IF EXISTS", t), _table),  # noqa: S608
-    st.builds(lambda t: (f"DELETE v FROM {t} WHERE k = 1", t), _table),
+    st.builds(lambda t: (f"INSERT INTO {t} (k, v) VALUES (1, 'x')", t, [W]), _table),  # noqa: S608
+    # conditional: also a read of the table (the answer shows the row found)
+    st.builds(
+        lambda t: (f"UPDATE {t} USING TTL 5 SET v = 1 WHERE k = 1 IF EXISTS", t, [W, R]),  # noqa: S608
+        _table,
+    ),
+    st.builds(lambda t: (f"DELETE v FROM {t} WHERE k = 1", t, [W]), _table),
 )
 _gap = st.sampled_from([" ", "\n", "\r", ";", " ; ", "\r\n", " -- c\r", " // c\n", " /* ; */ "])
 
@@ -173,8 +177,9 @@ def _object(table: str) -> str:
 )
 @settings(max_examples=200, deadline=None)
 def test_every_batch_child_is_judged(
-    begin: str, using: str, children: list[tuple[tuple[str, str], str]], end: str
+    begin: str, using: str, children: list[tuple[tuple[str, str, list[str]], str]], end: str
 ) -> None:
-    text = begin + using + " " + "".join(c + g for (c, _), g in children) + " APPLY BATCH" + end
+    text = begin + using + " " + "".join(c + g for (c, _, _), g in children) + " APPLY BATCH" + end
     got = [(t.action, t.object) for t in classify(text, "ks")]
-    assert got == [(W, _object(table)) for (_, table), _ in children], text
+    want = [(a, _object(table)) for (_, table, actions), _ in children for a in actions]
+    assert got == want, text

@@ -66,8 +66,17 @@ async def test_token_login_downgrades_to_v4_and_relays_as_gateway_user(
     assert insert.principal == "airflow:prod/etl/load"
     assert insert.dag_id == "etl" and insert.jti
     assert insert.status == 1  # RESULT Void
-    # driver metadata reads are not audited
-    assert not any(r.object and r.object.startswith("system") for r in stack.audit())
+    # driver metadata reads and USE are audited too, allowed by the built-in rules
+    admitted = stack.audit("admitted")
+    metadata = {r.object for r in admitted if r.rule == "builtin:driver-metadata"}
+    assert "system.local" in metadata and all(
+        o.startswith(("system.", "system_schema.", "system_virtual_schema.")) for o in metadata
+    )
+    assert all(r.action == "read" for r in admitted if r.rule == "builtin:driver-metadata")
+    assert [(r.action, r.object) for r in admitted if r.rule == "builtin:use"] == [("use", "ks")]
+    # ... each with its outcome record, as for any other allowed statement
+    assert "system.local" in {r.object for r in allowed if r.action == "read"}
+    assert [r.status for r in allowed if r.action == "use"] == [3]  # SetKeyspace
 
 
 @pytest.mark.parametrize(

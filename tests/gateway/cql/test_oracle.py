@@ -16,10 +16,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.fakes.cqlserver.client import RawCql, execute_frame, prepare_frame, query_frame
+from tests.fakes.cqlserver.client import (
+    RawCql,
+    batch_frame,
+    execute_frame,
+    prepare_frame,
+    query_frame,
+)
 from tests.fakes.cqlserver.oracle import judge
 
 from .engine_stack import RESOURCE, Stack, run_on_fake, start_stack, stop_stack
@@ -38,9 +45,17 @@ rules:
     actions: [write]
     resources: [cass]
     objects: ["ks.items"]
+  - id: oracle-write-only
+    effect: allow
+    principals: ["airflow:prod/writer*/*"]
+    actions: [write]
+    resources: [cass]
+    objects: ["ks.items"]
 """
 # What ORACLE_POLICY grants, as the node's log names it: the oracle's second rule.
 GRANT = {("read", "ks.orders"), ("read", "ks.items"), ("write", "ks.items")}
+# What it grants to the writer* DAGs.
+WRITE_ONLY = {("write", "ks.items")}
 EXTRA_SCHEMA = [
     "CREATE TABLE ks.items (id int PRIMARY KEY, v text)",
     "CREATE KEYSPACE other WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
@@ -83,12 +98,16 @@ class Oracle:
     def mark(self) -> int:
         return len(self.stack.fake.executions)
 
-    def breaches(self, since: int, dag: str) -> list[str]:
+    def breaches(
+        self, since: int, dag: str, grant: set[tuple[str, str]] | None = None
+    ) -> list[str]:
         """What the node executed since ``since`` that the audit of ``dag`` does not explain."""
-        self.stack.gw.audit.flush(2.0)
-        audit = self.stack.gw.audit.search(dag=dag, limit=100_000)
         executed = self.stack.fake.executions.records[since:]
-        return judge(executed, self.principal_of, audit, GRANT)
+        return judge(executed, self.principal_of, self.audit(dag), grant or GRANT)
+
+    def audit(self, dag: str) -> list[Any]:
+        self.stack.gw.audit.flush(2.0)
+        return self.stack.gw.audit.search(dag=dag, limit=100_000)
 
     def executed(self, since: int) -> list[tuple[str, str]]:
         return [(e.action, e.object) for e in self.stack.fake.executions.records[since:]]
@@ -188,3 +207,96 @@ async def test_prepare_behind_inflight_use_then_execute_on_another_connection(
     assert oracle.breaches(since, "oracle_prep") == []
     await first.close()
     await second.close()
+
+
+# -- conditional writes read: a failed IF answers with the row it found ---------------------------
+@pytest.mark.parametrize(
+    "send",
+    [
+        "INSERT INTO ks.items (id, v) VALUES (7, 'mine') IF NOT EXISTS",
+        "BEGIN BATCH INSERT INTO items (id, v) VALUES (7, 'mine') IF NOT EXISTS APPLY BATCH",
+        "UPDATE items SET v = 'mine' WHERE id = 7 IF EXISTS",
+        "batch frame",
+        "prepared",
+    ],
+)
+async def test_a_write_only_grant_cannot_read_through_a_conditional_write(
+    oracle: Oracle, send: str
+) -> None:
+    run_on_fake(oracle.stack.fake, "INSERT INTO ks.items (id, v) VALUES (7, 'secret')")
+    client = await oracle.connect("writer_lwt")
+    lwt = "INSERT INTO ks.items (id, v) VALUES (7, 'mine') IF NOT EXISTS"
+    since = oracle.mark()
+    if send == "batch frame":
+        answer = await client.request(batch_frame(client.stream(), [lwt]))
+    elif send == "prepared":
+        answer = await client.request(prepare_frame(client.stream(), lwt))
+        if answer is not None and answer.prepared_id is not None:
+            answer = await client.request(execute_frame(client.stream(), answer.prepared_id))
+    else:
+        answer = await client.request(query_frame(client.stream(), send))
+    assert answer is not None and answer.error_code == 0x2100, answer  # Unauthorized
+    assert oracle.breaches(since, "writer_lwt", WRITE_ONLY) == []
+    # A plain write is still the writer's to make.
+    since = oracle.mark()
+    plain = "UPDATE items SET v = 'mine' WHERE id = 8"
+    answer = await client.request(query_frame(client.stream(), plain))
+    assert answer is not None and not answer.is_error, answer
+    assert oracle.executed(since) == [("write", "ks.items")]
+    assert oracle.breaches(since, "writer_lwt", WRITE_ONLY) == []
+    await client.close()
+
+
+async def test_a_read_write_grant_runs_a_conditional_write_audited(oracle: Oracle) -> None:
+    client = await oracle.connect("oracle_lwt")
+    since = oracle.mark()
+    lwt = "INSERT INTO items (id, v) VALUES (9, 'x') IF NOT EXISTS"
+    answer = await client.request(query_frame(client.stream(), lwt))
+    assert answer is not None and not answer.is_error, answer
+    assert oracle.executed(since) == [("write", "ks.items"), ("read", "ks.items")]
+    assert oracle.breaches(since, "oracle_lwt") == []
+    await client.close()
+
+
+# -- USE and driver metadata reads are served audited ---------------------------------------------
+async def test_use_and_driver_metadata_reads_are_audited(oracle: Oracle) -> None:
+    client = await oracle.connect("oracle_meta", keyspace=None)
+    since = oracle.mark()
+    texts = [
+        "USE other",
+        "SELECT * FROM system.local WHERE key = 'local'",
+        "SELECT * FROM system.peers",
+        "SELECT * FROM system_schema.tables",
+        'USE "ks"',
+        "SELECT * FROM orders",
+    ]
+    for text in texts:
+        answer = await client.request(query_frame(client.stream(), text))
+        assert answer is not None and not answer.is_error, (text, answer)
+    stream = client.stream()
+    answer = await client.request(prepare_frame(stream, "USE other"))
+    assert answer is not None and answer.prepared_id is not None, answer
+    answer = await client.request(execute_frame(client.stream(), answer.prepared_id))
+    assert answer is not None and answer.result_kind == SET_KEYSPACE, answer
+    executed = oracle.executed(since)
+    assert executed == [
+        ("use", "other"),
+        ("read", "system.local"),
+        ("read", "system.peers"),
+        ("read", "system_schema.tables"),
+        ("use", "ks"),
+        ("read", "ks.orders"),
+        ("use", "other"),
+    ]
+    assert oracle.breaches(since, "oracle_meta") == []
+    audit = oracle.audit("oracle_meta")
+    admitted = [r for r in audit if r.event == "admitted"]
+    rules = {(r.action, r.object): r.rule for r in admitted}
+    assert rules[("use", "other")] == "builtin:use"
+    assert rules[("read", "system.local")] == "builtin:driver-metadata"
+    assert rules[("read", "ks.orders")] == "oracle-read"
+    # The same executions judged without the built-in records are breaches: the check can fail.
+    ruled = [r for r in audit if r.action != "use" and not str(r.object).startswith("system")]
+    records = oracle.stack.fake.executions.records[since:]
+    assert len(judge(records, oracle.principal_of, ruled)) == len(executed) - 1
+    await client.close()

@@ -8,7 +8,8 @@ or forge a verb or an object, and a text the node would read as two statements i
 
 Rules:
 
-* ``SELECT`` → ``read``; ``INSERT`` / ``UPDATE`` / ``DELETE`` → ``write``; ``CREATE`` /
+* ``SELECT`` → ``read``; ``INSERT`` / ``UPDATE`` / ``DELETE`` → ``write``, and also
+  ``read`` when conditional (``IF ...``: a failed condition returns the row); ``CREATE`` /
   ``ALTER`` / ``DROP`` / ``TRUNCATE`` / ``GRANT`` / ``REVOKE`` / ``LIST`` → ``admin``;
   ``USE ks`` → ``use`` on ``ks`` (the keyspace in effect after the text).
   ``BEGIN [UNLOGGED|COUNTER] BATCH [USING ...] ... APPLY BATCH`` → one target per child;
@@ -88,6 +89,7 @@ _STATEMENT_WORDS = frozenset(
     )
 )  # fmt: skip
 _DML_VERBS = frozenset({"select", "insert", "update", "delete"})
+_IF: Token = ("id", "if")
 
 
 def tokenize(text: str) -> list[Token]:
@@ -202,13 +204,13 @@ class _Parser:
         if verb == "insert":
             if not c.kw("into"):
                 raise CqlSyntaxError("INSERT without INTO")
-            return [Target("write", self.table(c), "insert")]
+            return self.modification("insert", self.table(c), toks)
         if verb == "update":
-            return [Target("write", self.table(c), "update")]
+            return self.modification("update", self.table(c), toks)
         if verb == "delete":
             if not c.find_kw("from"):
                 raise CqlSyntaxError("DELETE without FROM")
-            return [Target("write", self.table(c), "delete")]
+            return self.modification("delete", self.table(c), toks)
         if verb == "truncate":
             c.kw("columnfamily") or c.kw("table")
             return [Target("admin", self.table(c), "truncate")]
@@ -225,6 +227,18 @@ class _Parser:
         if verb == "list":
             return self.list_(c)
         raise CqlSyntaxError("unknown statement")
+
+    @staticmethod
+    def modification(kind: str, table: str, toks: list[Token]) -> list[Target]:
+        """A write; a conditional one (``IF ...``, a lightweight transaction) reads too.
+
+        A failed condition answers with the row's current values, so Cassandra requires
+        SELECT as well as MODIFY for it (``ModificationStatement.checkAccess``). ``if`` is
+        reserved, so an unquoted ``if`` token in an INSERT, UPDATE or DELETE is its condition.
+        """
+        if _IF in toks:
+            return [Target("write", table, kind), Target("read", table, kind)]
+        return [Target("write", table, kind)]
 
     def ddl(self, verb: str, c: _Cursor) -> list[Target]:
         if verb == "create":

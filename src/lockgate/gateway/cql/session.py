@@ -52,7 +52,7 @@ log = _log.get("gateway.cql")
 
 _READ_SIZE = 65536
 _HEADER = struct.Struct(">BBhBi")
-_RANK = {"read": 1, "write": 2, "admin": 3}
+_RANK = {"use": 0, "read": 1, "write": 2, "admin": 3}
 
 
 class _Stalled(Exception):
@@ -286,33 +286,35 @@ class ClientSession:
                 )
             )
             return
-        checked = plan.checked
-        if not checked:
-            self._forward(event, _Pending(t0, plan, False))
-            return
         claims = auth.claims
-        ttl = _token_ttl(claims)
-        policy = self.ctx.policy.current
-        for target in checked:
-            decision = policy.decide(
-                self.ctx.make_request(
-                    principal=claims.sub,
-                    action=target.action,
-                    resource=auth.resource.name,
-                    object=target.object,
-                    token_ttl=ttl,
+        checked = plan.checked
+        if checked:
+            ttl = _token_ttl(claims)
+            policy = self.ctx.policy.current
+            for target in checked:
+                decision = policy.decide(
+                    self.ctx.make_request(
+                        principal=claims.sub,
+                        action=target.action,
+                        resource=auth.resource.name,
+                        object=target.object,
+                        token_ttl=ttl,
+                    )
                 )
-            )
-            if not decision.allowed:
-                self._deny(event, plan, target.action, target.object, decision, t0)
-                return
-        action = max((t.action for t in checked), key=lambda a: _RANK.get(a, 3))
-        obj = ",".join(dict.fromkeys(t.object for t in checked))
+                if not decision.allowed:
+                    self._deny(event, plan, target.action, target.object, decision, t0)
+                    return
+            rule, reason = decision.rule, decision.reason
+        else:  # USE and driver metadata reads: every principal's, audited all the same
+            rule, reason = plan.builtin_rule, None
+        targets = plan.targets
+        action = max((t.action for t in targets), key=lambda a: _RANK.get(a, 3))
+        obj = ",".join(dict.fromkeys(t.object for t in targets))
         # Durable before a byte goes upstream: the outcome record follows in _finish.
         admitted = self.ctx.make_record(
             event="admitted", **identity_fields(claims), resource=auth.resource.name,
-            action=action, object=obj, decision="allow", rule=decision.rule,
-            reason=decision.reason, detail=self._detail(plan),
+            action=action, object=obj, decision="allow", rule=rule, reason=reason,
+            detail=self._detail(plan),
         )  # fmt: skip
         try:
             ref = self.ctx.audit.write_ahead(admitted)

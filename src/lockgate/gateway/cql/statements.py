@@ -12,9 +12,10 @@ the gateway has seen for two statements that are judged differently yields
 Classification is cached per (text, keyspace) for texts up to 4 KiB (:func:`classify_statement`).
 
 Rules: targets that are reads of driver metadata tables (``system.local``, ``system.peers``,
-``system_schema.*`` ...) or ``USE`` need no policy decision (``Target`` kinds ``system`` /
-``use``); every other target does. The statement text kept for audit is capped and has its
-password literals redacted; bound values are never kept.
+``system_schema.*`` ...) or ``USE`` need no policy decision; they are allowed to every
+authenticated principal by a built-in rule (:attr:`Plan.builtin_rule`) and audited like any
+other statement. Every other target needs a policy decision. The statement text kept for
+audit is capped and has its password literals redacted; bound values are never kept.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ DEFAULT_PREPARED_ENTRIES = 20_000
 #: prepared/parameterised texts over and over; tokenizing each time was the hot path's cost).
 CACHE_TEXT_MAX = 4096
 CACHE_ENTRIES = 4096
+#: Rules named in the audit for what every authenticated principal may do.
+BUILTIN_USE = "builtin:use"
+BUILTIN_DRIVER_METADATA = "builtin:driver-metadata"
+#: Statement kinds a BATCH may hold (Parser.g ``batchStatementObjective``).
+_BATCHABLE = frozenset({"insert", "update", "delete"})
 
 
 @lru_cache(maxsize=CACHE_ENTRIES)
@@ -77,6 +83,14 @@ class Plan:
     def checked(self) -> list[Target]:
         """Targets that need a policy decision."""
         return [t for t in self.targets if t.action != "use" and not is_system_metadata_read(t)]
+
+    @property
+    def builtin_rule(self) -> str:
+        """The built-in allowance of a plan that needs no policy decision (:attr:`checked`
+        is empty): ``builtin:use`` for a USE, ``builtin:driver-metadata`` for metadata reads."""
+        if any(t.action == "use" for t in self.targets):
+            return BUILTIN_USE
+        return BUILTIN_DRIVER_METADATA
 
     @property
     def changes_keyspace(self) -> bool:
@@ -232,9 +246,12 @@ def _batch_plan(
             text, ks = found.text, found.keyspace
         texts.append(text)
         found_targets = classify_statement(text, ks)
-        # Only data changes may be batched; anything else (a SELECT, DDL) fails closed.
-        if any(t.action not in ("write",) for t in found_targets):
-            found_targets = [t if t.action == "write" else _unknown(t) for t in found_targets]
+        # Only data changes may be batched (a conditional one also reads its table);
+        # anything else (a SELECT, DDL) fails closed.
+        if any(t.statement_kind not in _BATCHABLE for t in found_targets):
+            found_targets = [
+                t if t.statement_kind in _BATCHABLE else _unknown(t) for t in found_targets
+            ]
         targets.extend(found_targets)
     if not targets:
         targets = [Target("admin", "*", "unknown")]
