@@ -72,6 +72,7 @@ class CosmosFake:
         self._throttle_left = 0
         self._throttle_until = 0.0
         self._retry_after_ms = 0
+        self._drop_left = 0
         self._runner: web.AppRunner | None = None
         self.account_id = "fakeaccount"
 
@@ -92,6 +93,11 @@ class CosmosFake:
     def throttle_for(self, seconds: float, retry_after_ms: int = 10) -> None:
         """Answer every data request with 429 for ``seconds``."""
         self._throttle_until, self._retry_after_ms = time.monotonic() + seconds, retry_after_ms
+
+    def drop_answers(self, n: int) -> None:
+        """Run the next ``n`` data requests, then cut their connection before answering
+        (the answer lost on the way back: the client cannot know the account ran it)."""
+        self._drop_left = n
 
     def regenerate(self, which: str) -> str:
         """Replace the primary (index 0) or secondary (index 1) key; return the new one."""
@@ -147,6 +153,9 @@ class CosmosFake:
             ran.op if ran is not None else None,
         )
         self.requests.append(record)
+        if self._drop_left > 0 and request.path.strip("/") and request.transport is not None:
+            self._drop_left -= 1
+            request.transport.abort()
         response.headers.setdefault("x-ms-activity-id", str(uuid.uuid4()))
         response.headers.setdefault("x-ms-gatewayversion", "version=2.14.0")
         return response

@@ -40,6 +40,7 @@ class Upstream:
     peers: set[Any] = field(default_factory=set)
     hits: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seen: list[dict[str, Any]] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)  # every request's path, before auth
 
 
 def _authorized(up: Upstream, request: web.Request) -> bool:
@@ -50,6 +51,7 @@ def _authorized(up: Upstream, request: web.Request) -> bool:
 def make_app(up: Upstream) -> web.Application:
     async def echo(request: web.Request) -> web.StreamResponse:
         up.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        up.received.append(request.path)
         if not _authorized(up, request):
             return web.json_response({"error": "upstream_unauthorized"}, status=401)
         key = request.path

@@ -22,7 +22,22 @@ import re
 from typing import Any
 
 _DROPPED = frozenset({b"forwarded", b"x-real-ip"})
+# Headers some servers and frameworks read to change the method or the path policy judged.
+OVERRIDES = frozenset(
+    {b"x-http-method-override", b"x-http-method", b"x-method-override", b"x-original-url",
+     b"x-rewrite-url", b"x-override-url"}
+)  # fmt: skip
 _HOST = re.compile(rb"(?:[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
+def header_key(name: bytes) -> bytes:
+    """The name as an upstream may read it: lowercased, ``_`` read as ``-``.
+
+    CGI/WSGI servers (and any framework on them) turn ``X-Forwarded-For`` and
+    ``X_Forwarded_For`` into the same ``HTTP_X_FORWARDED_FOR`` key, so a header the gateway
+    drops must also be dropped in its underscore spelling."""
+    low = name.lower()
+    return low.replace(b"_", b"-") if b"_" in low else low
 
 
 def is_forwarding(low: bytes) -> bool:

@@ -42,7 +42,7 @@ from lockgate.gateway.engine import (
 from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.classify import Classifier
 from lockgate.gateway.http.exchange import Exchange, body_frame, response_head
-from lockgate.gateway.http.forwarded import forwarding_block
+from lockgate.gateway.http.forwarded import OVERRIDES, forwarding_block, header_key
 from lockgate.gateway.http.normalize import PathError, Target, split_target
 from lockgate.gateway.http.profiles import Profile, ProfileRequest, Verdict
 from lockgate.gateway.http.profiles.databricks import CAPTURE_LIMIT
@@ -69,15 +69,10 @@ _DROP_REQUEST = frozenset(
         b"host",
         b"expect",
         b"authorization",
-        b"x-http-method-override",
-        b"x-http-method",
-        b"x-method-override",
-        b"x-original-url",
-        b"x-rewrite-url",
-        b"x-override-url",
         # set by the gateway itself (:mod:`.forwarded`), never taken from the client
         b"forwarded",
         b"x-real-ip",
+        *OVERRIDES,
     }
 )
 # Prefixes of headers never forwarded: the gateway's own, and X-Forwarded-* (set by it).
@@ -142,8 +137,12 @@ class ResourceState:
         named = head.connection  # headers the client listed in Connection are hop-by-hop
         out: list[bytes] = []
         for name, value in head.headers:
-            low = name.lower()
-            if low in drop or low.startswith(_DROP_PREFIXES) or (named and low in named):
+            low = header_key(name)
+            if (
+                low in drop
+                or low.startswith(_DROP_PREFIXES)
+                or (named and (low in named or name.lower() in named))
+            ):
                 continue
             out.append(b"%s: %s\r\n" % (name, value))
         return b"".join(out)
@@ -863,6 +862,7 @@ class Proxy:
         previous = False
         token_refreshed = False  # a refused access token is re-fetched once before rotation
         stale_retry_used = False
+        resent = 0  # sends that did not advance ``attempt``: each is still an upstream request
         while True:
             if first is not None:
                 # The fast path made attempt 0 and met a retry status or a failure.
@@ -872,8 +872,9 @@ class Proxy:
                 resp_or_exc: framing.Head | Exception = result  # detached by the fast path
             else:
                 made = await self._attempt(
-                    conn, head, body, rs, fixed_bytes, previous, head_only, deadline_at, attempt
-                )
+                    conn, head, body, rs, fixed_bytes, previous, head_only, deadline_at,
+                    attempt + resent,
+                )  # fmt: skip
                 if isinstance(made, _Outcome):
                     return made
                 if isinstance(made, Exception):  # connect failed, nothing sent
@@ -890,7 +891,7 @@ class Proxy:
                                 502, "upstream_unreachable", reason=slug, close=not body.complete
                             )
                         )
-                        return _Outcome(502, True, slug, attempt)
+                        return _Outcome(502, True, slug, attempt + resent)
                     metrics.UPSTREAM_RETRIES.labels(rs.name, "connect").inc()
                     await asyncio.sleep(wait)
                     attempt += 1
@@ -906,12 +907,13 @@ class Proxy:
                 up.abort()
                 metrics.UPSTREAM_ERRORS.labels(rs.name, "timeout").inc()
                 conn.write(responses.error(504, "upstream_timeout", close=True))
-                return _Outcome(504, False, "upstream_timeout", attempt)
+                return _Outcome(504, False, "upstream_timeout", attempt + resent)
             if isinstance(resp_or_exc, Exception):
                 up.abort()
                 if not streaming and up.reused and not up.got_bytes and not stale_retry_used:
                     stale_retry_used = True  # a pooled connection closed under us: try a fresh one
                     if idempotent:
+                        resent += 1  # the closed connection may have delivered it: say so
                         continue
                 wait = (
                     backoff.next_delay(attempt, clock(), deadline_at)
@@ -921,7 +923,7 @@ class Proxy:
                 if wait is None:
                     metrics.UPSTREAM_ERRORS.labels(rs.name, "connection").inc()
                     conn.write(responses.error(502, "upstream_connection_failed", close=True))
-                    return _Outcome(502, False, "upstream_connection_failed", attempt)
+                    return _Outcome(502, False, "upstream_connection_failed", attempt + resent)
                 metrics.UPSTREAM_RETRIES.labels(rs.name, "connection").inc()
                 await asyncio.sleep(wait)
                 attempt += 1
@@ -948,15 +950,19 @@ class Proxy:
                     self._secrets.forget_token(rs.credential or "", secret.version)
                     up.close()
                     metrics.UPSTREAM_RETRIES.labels(rs.name, "token_refresh").inc()
+                    resent += 1
                     continue
                 older = await self._secrets.get(rs.credential or "", previous=True)
                 if older is not None and older.version != secret.version:
                     up.close()
                     previous = True
                     metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
+                    resent += 1
                     continue
             capture = adm.verdict is not None and adm.verdict.capture
-            return await self._relay(conn, head, body, rs, up, resp, head_only, attempt, capture)
+            return await self._relay(
+                conn, head, body, rs, up, resp, head_only, attempt + resent, capture
+            )
 
     async def _attempt(
         self,

@@ -45,7 +45,7 @@ from lockgate import _log, metrics
 from lockgate.credentials import cosmos as sig
 from lockgate.errors import AuthenticationError, CredentialError, UpstreamUnavailable
 from lockgate.gateway.http import responses
-from lockgate.gateway.http.forwarded import is_forwarding
+from lockgate.gateway.http.forwarded import OVERRIDES, is_forwarding
 from lockgate.gateway.http.profiles import Decide, ProfileRequest, UpstreamHeaders, Verdict
 from lockgate.gateway.http.profiles.cosmos_classify import ACCOUNT, Operation, Refused, classify
 from lockgate.gateway.http.profiles.cosmos_classify import json_or_none as _json
@@ -58,7 +58,7 @@ _JWT = re.compile(r"[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}")
 _DROP_REQUEST = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
      "transfer-encoding", "upgrade", "content-length", "host", "expect", "authorization",
-     "x-ms-date", "date"}
+     "x-ms-date", "date", *(name.decode() for name in OVERRIDES)}
 )  # fmt: skip
 _DROP_RESPONSE = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -253,7 +253,12 @@ class CosmosProfile:
         url = URL(self._base + path + (f"?{query}" if query else ""), encoded=True)
         rtype, link = sig.resource_of(path)
         secret = None
-        retries = 0
+        sends = [0]  # upstream requests made, whoever made them (rotation, aiohttp's resend)
+        rotated = False
+
+        def retries() -> int:
+            return max(sends[0] - 1, 0)
+
         try:
             if cred is not None:
                 secret = await secrets.get(cred)
@@ -265,13 +270,14 @@ class CosmosProfile:
                     fwd["authorization"] = self._authorization(secret.value, method, rtype,
                                                                link, fwd["x-ms-date"])  # fmt: skip
                 started = time.monotonic()
-                status, resp_headers, body = await self._send(method, url, fwd, data)
+                status, resp_headers, body = await self._send(method, url, fwd, data, sends)
                 rs.latency.observe(time.monotonic() - started)
-                if status == 401 and secret is not None and retries == 0:
+                if status == 401 and secret is not None and not rotated:
                     other = await self._other_version(secrets, cred, secret)
+                    rotated = True
                     if other is not None:
                         metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
-                        secret, retries = other, 1
+                        secret = other
                         continue
                 break
         except (UpstreamUnavailable, Exception) as exc:
@@ -286,10 +292,10 @@ class CosmosProfile:
                 slug, status = "gateway_error", 502
             metrics.UPSTREAM_ERRORS.labels(rs.name, slug).inc()
             payload = json.dumps({"code": "BadGateway", "message": f"Lockgate: {slug}"}).encode()
-            return status, [(b"Content-Type", b"application/json")], payload, retries, slug
+            return status, [(b"Content-Type", b"application/json")], payload, retries(), slug
         if discovery and status == 200:
             body, resp_headers = _rewrite_discovery(body, resp_headers, base)
-        return status, resp_headers, body, retries, None
+        return status, resp_headers, body, retries(), None
 
     @staticmethod
     async def _other_version(secrets: Any, cred: str, failed: Any) -> Any:
@@ -320,20 +326,32 @@ class CosmosProfile:
         return sig.sign(value, method, rtype, link, x_ms_date)
 
     async def _send(
-        self, method: str, url: URL, headers: dict[str, str], data: bytes
+        self, method: str, url: URL, headers: dict[str, str], data: bytes, sends: list[int]
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """(status, headers, body); ``sends[0]`` counts the requests that went out. aiohttp
+        resends an idempotent request (GET, PUT, DELETE) once by itself when a connection
+        drops before the answer, though the account may have run the first: the count lets
+        the outcome record say so."""
         if self._http is None:
+            counting = aiohttp.TraceConfig()
+            counting.on_request_headers_sent.append(_count_send)
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=512, ssl=self._ssl or True),
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+                trace_configs=[counting],
             )
         async with self._http.request(
-            method, url, headers=headers, data=data or None, allow_redirects=False
-        ) as resp:
+            method, url, headers=headers, data=data or None, allow_redirects=False,
+            trace_request_ctx=sends,
+        ) as resp:  # fmt: skip
             body = await resp.read()
             return resp.status, list(resp.raw_headers), body
+
+
+async def _count_send(session: Any, ctx: Any, params: Any) -> None:
+    ctx.trace_request_ctx[0] += 1
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -342,8 +360,8 @@ def _header_map(head: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in head.headers:
         low = name.lower()
-        if low.startswith(b"x-lockgate-") or (named and low in named):
-            continue
+        if low.startswith(b"x-lockgate-") or (named and low in named) or b"_" in low:
+            continue  # (the SDKs send no "_" name; some servers read "_" as "-")
         out[low.decode("latin-1")] = value.decode("latin-1")
     return out
 

@@ -1,0 +1,64 @@
+"""Every request the account receives is in the audit trail as often as it was sent.
+
+The account's own request log (tests/fakes/cosmos) is the oracle: a request it ran must
+have an ``admitted`` record, and a second copy of it (a resend after a dropped answer, a
+retry with another key version) must show in the outcome record's ``retries``."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+
+from lockgate.credentials.cosmos import sign
+from tests.gateway.http import test_cosmos
+from tests.gateway.http.test_cosmos import Env
+
+cosmos_env = test_cosmos.env  # the account and gateway of test_cosmos
+
+DOC = "dbs/sales/colls/orders/docs/o1"
+
+
+async def _signed(env: Env, method: str, path: str, rtype: str, link: str, **kw: object) -> int:
+    token, claims = env.token()
+    x_date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+    headers = {
+        "authorization": sign(env.task_key(claims.jti), method, rtype, link, x_date),
+        "x-ms-date": x_date,
+        "x-ms-documentdb-partitionkey": '["eu"]',
+        **kw.pop("headers", {}),  # type: ignore[dict-item]
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, f"{env.base}/_t/{token}/{path}", headers=headers, **kw) as r,  # type: ignore[arg-type]
+    ):
+        await r.read()
+        return r.status
+
+
+async def test_a_resent_delete_is_counted_in_the_outcome(cosmos_env: Env) -> None:
+    env = cosmos_env
+    docs = env.fake.store.container("sales", "orders")
+    doc = {"id": "o1", "pk": "eu"}
+    docs.put(docs.pk_of(doc), doc, mode="create")
+    env.fake.drop_answers(1)  # the account deletes, the answer is lost on the way back
+    status = await _signed(env, "DELETE", DOC, "docs", DOC)
+    ran = [r for r in env.fake.requests if r.method == "DELETE"]
+    assert len(ran) == 2 and ran[0].operation is not None  # the first one did delete
+    assert status == 404  # the resend found nothing left
+    admitted = [r for r in env.audit(event="admitted") if r.action == "write"]
+    outcome = [r for r in env.audit(event="allowed") if r.action == "write"]
+    assert len(admitted) == 1 and len(outcome) == 1
+    assert outcome[0].detail.get("retries") == len(ran) - 1
+
+
+async def test_underscore_header_names_never_reach_the_account(cosmos_env: Env) -> None:
+    env = cosmos_env
+    status = await _signed(
+        env, "GET", DOC, "docs", DOC,
+        headers={"x_ms_documentdb_isquery": "True", "X_HTTP_Method_Override": "DELETE"},
+    )  # fmt: skip
+    assert status == 404
+    got = env.fake.requests[-1]
+    assert got.method == "GET"
+    assert not [name for name in got.headers if "_" in name]
