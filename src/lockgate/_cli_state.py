@@ -1,7 +1,7 @@
 """What the ``lockgate`` commands that open state share: the config lookup, the state, and
 one-off audit records written by the command itself.
 
-The server and audit packages are imported lazily, so ``config check`` and ``--help`` stay
+The state and audit modules are imported lazily, so ``config check`` and ``--help`` stay
 quick.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from lockgate.config import LockgateConfig, load_config
 
 if TYPE_CHECKING:
-    from lockgate.server import State
+    from lockgate.state import State
 
 
 def config_from(args: argparse.Namespace) -> LockgateConfig:
@@ -24,7 +24,7 @@ def config_from(args: argparse.Namespace) -> LockgateConfig:
 
 
 def open_state(args: argparse.Namespace) -> State:
-    from lockgate.server import State
+    from lockgate.state import State
 
     return State(config_from(args))
 

@@ -198,7 +198,7 @@ def _check_credential_name(cfg: LockgateConfig, name: str) -> None:
 
 
 def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
-    from lockgate.server import State
+    from lockgate.state import State
 
     # Check the name and read the value before opening any state: a typo must not create
     # a data directory or a master key.

@@ -5,18 +5,16 @@
 - identity: KeyStore, RevocationStore, TokenIssuer, TokenVerifier, TokenService
 - policy:   PolicyStore (reloads on change, keeps the last good set)
 - credentials: CredentialStore (encrypted) and CredentialBroker (what engines call)
-- audit:    RemoteAuditLog (hash-chained SQLite written by a writer process, fail closed)
-- gateway:  HttpEngine on the ``http`` listener
+- audit:    AuditLog (a writer thread) or RemoteAuditLog (a writer process), fail closed
+- gateway:  HttpEngine on the ``http`` listener and resource listeners, the forward proxy,
+  CqlEngine on the ``cql`` listener
+- control:  the control listener's routes (:mod:`lockgate.control`)
 - dynamic roles: one DynamicRoles per ``dynamic_roles: true`` cql resource behind
   ``POST /v1/db-role`` (identity/db_roles), swept in the background, dropped on revocation
 
-With ``lockgate serve --workers N`` (:func:`run`) a supervisor process starts one audit
-writer process and N worker processes; each worker runs a Gateway on the same http port
-(SO_REUSEPORT, the kernel spreads connections) with its own verifier, policy store and
-broker, and sends its audit records to the shared writer (one chain). Only worker 0 serves
-the control plane (token service, catalog, /metrics, health) and the cql listener, so
-/metrics covers worker 0's own traffic only. The supervisor restarts a worker or the writer
-that dies.
+The durable parts alone (keys, revocations, credentials, audit, policy files) are
+:class:`lockgate.state.State`, which the CLI opens without serving. ``lockgate serve
+--workers N`` runs N Gateways under a supervisor (:mod:`lockgate.supervisor`).
 
 Background loops pick up what the CLI changes in another process: revocations and mint
 blocks five times a second (so they hold on every worker within well under a second),
@@ -27,47 +25,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import signal
-import socket
 import ssl
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
 from aiohttp import web
 
-from lockgate import _log, metrics
+from lockgate import _log, control
 from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
-from lockgate.audit.remote import WriterProcess
 from lockgate.config import ListenerConfig, LockgateConfig
-from lockgate.credentials import CredentialBroker, CredentialStore, load_or_create_master_key
-from lockgate.errors import ConfigError, CredentialError
+from lockgate.credentials import CredentialBroker
+from lockgate.errors import CredentialError
 from lockgate.gateway.cql import CqlEngine
 from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.forward_proxy import ForwardProxy
-from lockgate.gateway.http.profiles import control as http_control
-from lockgate.gateway.http.profiles import cosmos as cosmos_profile
-from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
 from lockgate.identity import (
     Claims,
-    KeyStore,
     MintDecision,
-    RevocationStore,
     TaskIdentity,
     TokenIssuer,
     TokenService,
     TokenVerifier,
 )
 from lockgate.identity import db_roles as db_role_route
-from lockgate.identity import managed_identity as msi
 from lockgate.identity.revocation import REFRESH_INTERVAL as REVOCATION_REFRESH
-from lockgate.identity.service import OAuthError, read_body
-from lockgate.policy import PolicyStore
 from lockgate.readiness import Readiness
+from lockgate.state import State
+from lockgate.supervisor import event_loop_runner, supervise
 
 log = _log.get("server")
 
@@ -98,42 +85,6 @@ _RECORD_KEYS = frozenset(
 )
 
 
-@dataclass
-class State:
-    """The durable parts, openable without starting servers (the CLI uses this too)."""
-
-    config: LockgateConfig
-
-    def __post_init__(self) -> None:
-        data = self.config.data_dir
-        data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.keys = KeyStore(data)
-        self.revocations = RevocationStore(data / "revocations.db")
-        self.master_key = load_or_create_master_key(data)
-        self.credentials = CredentialStore(data / "credentials.db", self.master_key)
-
-    def audit_log(self) -> AuditLog:
-        """The in-process (thread) audit log: for the CLI and one-off writers."""
-        a = self.config.audit
-        return AuditLog(
-            self.config.data_dir / "audit.db", a.jsonl, a.write_timeout,
-            fsync=a.durability == "fsync",
-        )  # fmt: skip
-
-    def remote_audit_log(self, socket_path: Path | None = None) -> RemoteAuditLog:
-        """The gateway's audit log: a writer process does the work (started here unless
-        ``socket_path`` names one a supervisor runs)."""
-        a = self.config.audit
-        return RemoteAuditLog(
-            self.config.data_dir / "audit.db", a.jsonl, a.write_timeout, socket_path=socket_path,
-            fsync=a.durability == "fsync",
-        )  # fmt: skip
-
-    def policy_store(self) -> PolicyStore:
-        known = {r.name for r in self.config.resources}
-        return PolicyStore(self.config.policy_files, known)
-
-
 def server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     if listener.tls is None:
         return None
@@ -151,29 +102,11 @@ def _limits(listener: ListenerConfig) -> dict[str, Any]:
     }
 
 
-async def _serve_control(runner: web.AppRunner, c: ListenerConfig) -> asyncio.Server:
-    """The control listener: aiohttp's protocol behind a :class:`ConnectionGuard` (instead
-    of ``web.TCPSite``, which sets neither a TLS handshake timeout nor a cap)."""
-    app_server = runner.server
-    assert app_server is not None
-    tls = server_ssl_context(c)
-    guard = ConnectionGuard("control", max_connections=c.max_connections, tls=tls is not None)
-    return await asyncio.get_running_loop().create_server(
-        guard.factory(lambda ticket: TrackedProtocol(app_server(), ticket)),
-        c.host,
-        c.port,
-        ssl=tls,
-        ssl_handshake_timeout=c.handshake_timeout if tls is not None else None,
-        backlog=128,
-        reuse_address=True,
-    )
-
-
-def _public_host(host: str) -> str:
-    return "localhost" if host in ("0.0.0.0", "::") else host
-
-
 class Gateway:
+    """One serving process: :meth:`start` opens the listeners this worker runs (all of
+    them for worker 0, the http listeners only for the others), :meth:`stop` closes them
+    and drains the audit trail."""
+
     def __init__(
         self,
         config: LockgateConfig,
@@ -293,97 +226,9 @@ class Gateway:
         if self.db_roles is not None:
             await self.db_roles.on_revoke(kind, target)
 
-    async def _db_role(self, request: web.Request) -> web.Response:
-        if self.db_roles is None:
-            raise web.HTTPNotFound()
-        return await self.db_roles.handler(self.token_service, self.on_token_event)(request)
-
-    # -- control plane --------------------------------------------------------------------
-    def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:
-        """What the secrets backend turns into a Connection, per conn_id.
-
-        ``{lockgate_token}`` and ``{lockgate_ca_file}`` are filled in on the worker.
-        """
-        out = []
-        for r in self.config.resources:
-            if not r.conn_id:
-                continue
-            if getattr(r, "profile", None) == "arm":  # identity endpoint + forward proxy
-                out.append(msi.catalog_entry(self, r))
-                continue
-            if self.db_roles is not None and self.db_roles.serves(r.name):
-                out.append(db_role_route.catalog_entry(r))  # the task logs in directly
-                continue
-            connection = self._connection_template(r)
-            if connection is not None:
-                extras = http_control.catalog_extras(r)
-                if getattr(r, "profile", None) == "cosmos":
-                    extras["cosmos_key"] = True  # the backend fetches the task key too
-                out.append(
-                    {"conn_id": r.conn_id, "resource": r.name, "kind": r.kind,
-                     "connection": connection, **extras}
-                )  # fmt: skip
-        return out
-
-    def _connection_template(self, r: Any) -> dict[str, Any] | None:
-        if r.kind == "http" and getattr(r, "profile", None) == "cosmos":
-            if r.listen is not None:
-                port = self.mounted_ports.get(r.name) or r.listen.port
-                base = f"{r.listen.scheme}://{_public_host(r.listen.host)}:{port}"
-            else:
-                http = self.config.listeners.http
-                host = _public_host(http.host)
-                base = f"{http.scheme}://{host}:{self.http_port or http.port}/{r.name}"
-            return cosmos_profile.connection_template(r, base)
-        if r.kind == "http" and getattr(r, "listen", None) is not None:
-            return http_control.connection_template(r, self.mounted_ports.get(r.name))
-        if r.kind == "http":
-            http = self.config.listeners.http
-            base = f"{http.scheme}://{_public_host(http.host)}:{self.http_port or http.port}"
-            return {
-                "conn_type": "http",
-                "host": f"{base}/{r.name}",
-                "extra": {"Authorization": "Bearer {lockgate_token}"},
-            }
-        cql = self.config.listeners.cql
-        if r.kind == "cql" and cql is not None:
-            extra: dict[str, Any] = {"protocol_version": 4}
-            if cql.tls:
-                extra["ssl_options"] = {"ca_certs": "{lockgate_ca_file}", "cert_reqs": 2}
-            return {
-                "conn_type": "cassandra",
-                "host": _public_host(cql.host),
-                "port": self.cql_port or cql.port,
-                "login": r.name,
-                "password": "{lockgate_token}",
-                "schema": r.keyspace or "",
-                "extra": extra,
-            }
-        return None
-
-    async def _catalog(self, request: web.Request) -> web.Response:
-        """conn_id → connection template, for a deployment that proves who it is."""
-        try:
-            body = await read_body(request)
-            deployment, _proof = await self.token_service._authenticate(request, body)
-        except OAuthError as exc:
-            return web.json_response(
-                {"error": exc.error, "error_description": exc.description}, status=exc.status
-            )
-        return web.json_response({"connections": self._catalog_entries(deployment)})
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        report = self.readiness.report(self._ready)  # what each check means: lockgate.readiness
-        return web.json_response(report.body(), status=200 if report.ready else 503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
-
+    # -- control plane (routes in lockgate.control) -----------------------------------------
     def control_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        """The control listener's routes, with this gateway's token service."""
         self.token_service = TokenService(
             self.config,
             self.state.keys,
@@ -393,16 +238,18 @@ class Gateway:
             on_event=self.on_token_event,
             on_revoke=self._on_revoke,
         )
-        self.token_service.routes(app)
-        app.router.add_post("/v1/catalog", self._catalog)
-        app.router.add_post("/v1/db-role", self._db_role)
-        app.router.add_post("/v1/poll-token", http_control.poll_token_handler(self))
-        app.router.add_post("/v1/cosmos-key", cosmos_profile.task_key_handler(self))
-        app.router.add_get(msi.PATH, msi.msi_handler(self))
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        return app
+        return control.control_app(self)
+
+    def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:
+        return control.catalog_entries(self, deployment)
+
+    def _connection_template(self, resource: Any) -> dict[str, Any] | None:
+        return control.connection_template(self, resource)
+
+    @property
+    def serving(self) -> bool:
+        """Listeners are up (readiness' ``started`` check)."""
+        return self._ready
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -422,7 +269,9 @@ class Gateway:
             self.db_roles.start()
             self._runner = web.AppRunner(self.control_app(), access_log=None)
             await self._runner.setup()
-            self._control_server = await _serve_control(self._runner, c)
+            self._control_server = await control.serve_control(
+                self._runner, c, server_ssl_context(c)
+            )
             self.control_port = self._control_server.sockets[0].getsockname()[1]
         h = self.config.listeners.http
         self.engine = HttpEngine(
@@ -565,92 +414,10 @@ def run(config: LockgateConfig, workers: int = 1) -> None:
     that many worker processes sharing the http port and one audit writer process."""
     _log.setup(config.log_level)
     if workers > 1:
-        _supervise(config, workers)
+        supervise(config, workers)
         return
     with contextlib.suppress(KeyboardInterrupt):
-        _event_loop_runner()(Gateway(config).serve_forever())
-
-
-def _event_loop_runner() -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run
-    except ImportError:  # pragma: no cover
-        return asyncio.run
-
-
-def _worker_main(source: str, index: int, audit_socket: str, http_port: int) -> None:
-    """One worker process (spawned): SIGTERM stops it like Ctrl-C, which drains the audit."""
-    from lockgate.config import load_config
-
-    config = load_config(source)
-    _log.setup(config.log_level)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    gw = Gateway(
-        config, worker=index, audit_socket=Path(audit_socket), reuse_port=True, http_port=http_port
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        _event_loop_runner()(gw.serve_forever())
-
-
-def _supervise(config: LockgateConfig, workers: int) -> None:
-    if config.source is None:
-        raise ConfigError("--workers needs a configuration file (each worker loads it)")
-    h = config.listeners.http
-    holder: socket.socket | None = None
-    port = h.port
-    if port == 0:  # one port for every worker: hold it, bound but not listening, in the group
-        holder = socket.socket(socket.AF_INET6 if ":" in h.host else socket.AF_INET)
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        holder.bind((h.host, 0))
-        port = holder.getsockname()[1]
-    a = config.audit
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    writer = WriterProcess(
-        config.data_dir / "audit.db", a.jsonl, busy_timeout=max(0.05, min(a.write_timeout / 2, 1))
-    )
-    writer.start()
-    ctx = multiprocessing.get_context("spawn")
-
-    def spawn(i: int) -> Any:
-        args = (str(config.source), i, str(writer.socket_path), port)
-        p = ctx.Process(target=_worker_main, args=args, name=f"lockgate-worker-{i}")
-        p.start()
-        return p
-
-    stopping = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopping.set())
-    procs = {i: spawn(i) for i in range(workers)}
-    log.info("lockgate supervising", extra={"fields": {"workers": workers, "http_port": port}})
-    try:
-        while not stopping.wait(0.5):
-            writer.ensure_running()
-            for i, p in procs.items():
-                if not p.is_alive():
-                    log.error(
-                        "worker exited; restarting it",
-                        extra={"fields": {"worker": i, "exit_code": p.exitcode}},
-                    )
-                    procs[i] = spawn(i)
-    finally:
-        for p in procs.values():
-            if p.is_alive():
-                p.terminate()
-        for p in procs.values():
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
-        writer.stop()
-        if holder is not None:
-            holder.close()
-
-
-def data_path(config: LockgateConfig, name: str) -> Path:
-    return config.data_dir / name
+        event_loop_runner()(Gateway(config).serve_forever())
 
 
 __all__ = ["Gateway", "State", "run", "server_ssl_context"]

@@ -1,0 +1,112 @@
+"""``lockgate serve --workers N``: a supervisor process, one audit writer process and N
+worker processes.
+
+Each worker runs a :class:`lockgate.server.Gateway` on the same http port (SO_REUSEPORT, the
+kernel spreads connections) with its own verifier, policy store and broker, and sends its
+audit records to the shared writer (one chain). Only worker 0 serves the control plane
+(token service, catalog, /metrics, health) and the cql listener, so /metrics covers worker
+0's own traffic only. The supervisor restarts a worker or the writer that dies, and on
+SIGINT or SIGTERM stops the workers (each drains its audit records) before the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from lockgate import _log
+from lockgate.audit.remote import WriterProcess
+from lockgate.config import LockgateConfig
+from lockgate.errors import ConfigError
+
+log = _log.get("server")  # one logger name for everything `serve` says
+
+
+def event_loop_runner() -> Any:
+    """``uvloop.run`` when uvloop is installed, else ``asyncio.run``."""
+    try:
+        import uvloop
+
+        return uvloop.run
+    except ImportError:  # pragma: no cover
+        return asyncio.run
+
+
+def _worker_main(source: str, index: int, audit_socket: str, http_port: int) -> None:
+    """One worker process (spawned): SIGTERM stops it like Ctrl-C, which drains the audit."""
+    from lockgate.config import load_config
+    from lockgate.server import Gateway
+
+    config = load_config(source)
+    _log.setup(config.log_level)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    gw = Gateway(
+        config, worker=index, audit_socket=Path(audit_socket), reuse_port=True, http_port=http_port
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        event_loop_runner()(gw.serve_forever())
+
+
+def supervise(config: LockgateConfig, workers: int) -> None:
+    """Run ``workers`` worker processes and one audit writer until SIGINT or SIGTERM."""
+    if config.source is None:
+        raise ConfigError("--workers needs a configuration file (each worker loads it)")
+    h = config.listeners.http
+    holder: socket.socket | None = None
+    port = h.port
+    if port == 0:  # one port for every worker: hold it, bound but not listening, in the group
+        holder = socket.socket(socket.AF_INET6 if ":" in h.host else socket.AF_INET)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((h.host, 0))
+        port = holder.getsockname()[1]
+    a = config.audit
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    writer = WriterProcess(
+        config.data_dir / "audit.db", a.jsonl, busy_timeout=max(0.05, min(a.write_timeout / 2, 1))
+    )
+    writer.start()
+    ctx = multiprocessing.get_context("spawn")
+
+    def spawn(i: int) -> Any:
+        args = (str(config.source), i, str(writer.socket_path), port)
+        p = ctx.Process(target=_worker_main, args=args, name=f"lockgate-worker-{i}")
+        p.start()
+        return p
+
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    procs = {i: spawn(i) for i in range(workers)}
+    log.info("lockgate supervising", extra={"fields": {"workers": workers, "http_port": port}})
+    try:
+        while not stopping.wait(0.5):
+            writer.ensure_running()
+            for i, p in procs.items():
+                if not p.is_alive():
+                    log.error(
+                        "worker exited; restarting it",
+                        extra={"fields": {"worker": i, "exit_code": p.exitcode}},
+                    )
+                    procs[i] = spawn(i)
+    finally:
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()
+        for p in procs.values():
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        writer.stop()
+        if holder is not None:
+            holder.close()
+
+
+__all__ = ["event_loop_runner", "supervise"]
