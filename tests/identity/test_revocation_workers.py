@@ -8,84 +8,29 @@ requests on fresh connections are sampled and every one after :data:`LIMIT` must
 
 from __future__ import annotations
 
-import http.server
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from lockgate.cli import main
-from lockgate.config import load_config
-from lockgate.identity import TaskIdentity, TokenIssuer
-from lockgate.scaffold import write_init
-from lockgate.server import State
+from tests._gateway_process import BearerUpstream, get_status, scaffold, serve, stop, wait_serving
 
 LIMIT = 0.6  # seconds from the revocation call to "refused on every worker"
 SAMPLE = 1.2  # seconds of sampling after each revocation
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def upstream() -> Iterator[tuple[int, str]]:
-    secret = secrets.token_urlsafe(16)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            ok = self.headers.get("Authorization") == f"Bearer {secret}"
-            body = b'{"ok":true}' if ok else b""
-            self.send_response(200 if ok else 401)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield srv.server_address[1], secret
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
-def _get(url: str, token: str) -> int:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
-
-
-def _refused_after(url: str, token: str, revoke: object) -> float:
+def _refused_after(url: str, token: str, revoke: Callable[[], object]) -> float:
     """Call ``revoke()``, sample for SAMPLE s; return when the last 200 was seen (0 if none)."""
     t0 = time.monotonic()
-    revoke()  # type: ignore[operator]
+    revoke()
     last_ok = 0.0
     late: list[tuple[float, int]] = []
     while (now := time.monotonic() - t0) < SAMPLE:
-        status = _get(url, token)
+        status = get_status(url, token)
         if status == 200:
             last_ok = now
         if now >= LIMIT:
@@ -97,56 +42,28 @@ def _refused_after(url: str, token: str, revoke: object) -> float:
 
 @pytest.mark.slow
 def test_revocations_reach_every_worker_within_a_second(
-    tmp_path: Path, upstream: tuple[int, str]
+    tmp_path: Path, bearer_upstream: BearerUpstream
 ) -> None:
-    up_port, secret = upstream
-    http_port, control_port = _free_port(), _free_port()
-    written = write_init(
-        tmp_path / "lg",
-        tls=False,
-        control_port=control_port,
-        http_port=http_port,
-        upstream=f"http://127.0.0.1:{up_port}",
-    )
-    config = load_config(written["config"])
-    state = State(config)
-    state.credentials.set("orders-api-key", secret)
-    issuer = TokenIssuer(state.keys, config.issuer_url)
-
-    def token(dag: str) -> tuple[str, str]:
-        tok, claims = issuer.mint(TaskIdentity("prod", dag, "t", "r", 1), "orders-api", 300)
-        return tok, claims.jti
-
-    by_jti, by_dag, by_api, by_block = (token(f"finance_{n}") for n in ("a", "b", "c", "d"))
-    url = f"http://127.0.0.1:{http_port}/orders-api/orders"
-    cli = ("-c", str(written["config"]), "token", "revoke")
+    gw = scaffold(tmp_path / "lg", bearer_upstream)
+    by_jti, by_dag, by_api, by_block = (gw.mint(f"finance_{n}") for n in ("a", "b", "c", "d"))
+    url = gw.url()
+    cli = ("-c", str(gw.config_path), "token", "revoke")
 
     def api_revoke(jti: str) -> None:
-        form = {
-            "client_id": "prod",
-            "client_secret": written["deployment_secret"].read_text().strip(),
-            "jti": jti,
-        }
+        form = {"client_id": "prod", "client_secret": gw.deployment_secret, "jti": jti}
         req = urllib.request.Request(
-            f"http://127.0.0.1:{control_port}/v1/revoke",
+            f"http://127.0.0.1:{gw.control_port}/v1/revoke",
             data=urllib.parse.urlencode(form).encode(),
         )
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.status == 200
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lockgate", "--config", str(written["config"]), "serve",
-         "--workers", "2"],
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = serve(gw.config_path, "--workers", "2")
     try:
-        deadline = time.monotonic() + 30
-        while _get(url, by_jti[0]) != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+        wait_serving(proc, url, by_jti[0])
         time.sleep(1.0)  # let the second worker join the port group too
         for tok, _ in (by_jti, by_dag, by_api, by_block):
-            assert [_get(url, tok) for _ in range(10)] == [200] * 10
+            assert [get_status(url, tok) for _ in range(10)] == [200] * 10
 
         seen = {
             "cli jti": _refused_after(url, by_jti[0], lambda: main([*cli, "--jti", by_jti[1]])),
@@ -159,5 +76,4 @@ def test_revocations_reach_every_worker_within_a_second(
         print("last 200 after the revocation call (s):", seen)  # the measurement
         assert max(seen.values()) < LIMIT
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        stop(proc)
