@@ -1,12 +1,22 @@
-"""Shared fixtures: a key store, revocation store, issuer and verifier on a settable clock."""
+"""Shared fixtures: a key store, revocation store, issuer and verifier on a settable clock;
+two revocation stores on one file (the gateway's and a CLI command's); claims to revoke."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from lockgate.identity import KeyStore, RevocationStore, TaskIdentity, TokenIssuer, TokenVerifier
+from lockgate.identity import (
+    Claims,
+    KeyStore,
+    RevocationStore,
+    TaskIdentity,
+    TokenIssuer,
+    TokenVerifier,
+)
 
 ISSUER = "https://lockgate.test"
 T0 = 1_800_000_000.0
@@ -33,7 +43,7 @@ def keys(tmp_path: Path, clock: Clock) -> KeyStore:
 
 
 @pytest.fixture
-def revocations(tmp_path: Path, clock: Clock) -> RevocationStore:
+def revocations(tmp_path: Path, clock: Clock) -> Iterator[RevocationStore]:
     store = RevocationStore(tmp_path / "revocations.db", clock=clock)
     yield store
     store.close()
@@ -52,3 +62,23 @@ def verifier(keys: KeyStore, revocations: RevocationStore, clock: Clock) -> Toke
 @pytest.fixture
 def identity() -> TaskIdentity:
     return TaskIdentity("prod", "finance_daily", "load_orders", "manual__2025-01-01", 1)
+
+
+@pytest.fixture
+def gateway_and_cli(
+    tmp_path: Path, clock: Clock
+) -> Iterator[tuple[RevocationStore, RevocationStore]]:
+    """Two stores on one file, as the gateway and a CLI command in another process hold it:
+    what one writes, the other sees only after its ``refresh()``."""
+    gateway = RevocationStore(tmp_path / "shared.db", clock=clock)
+    cli = RevocationStore(tmp_path / "shared.db", clock=clock)
+    yield gateway, cli
+    gateway.close()
+    cli.close()
+
+
+def mint_claims(issuer: TokenIssuer, **changes: object) -> Claims:
+    """The claims of a token for ``prod/finance_daily/load_orders`` run1 try 1, with the
+    identity fields in ``changes`` replaced."""
+    ident = TaskIdentity("prod", "finance_daily", "load_orders", "run1", 1)
+    return issuer.mint(replace(ident, **changes), "orders-api", 600)[1]  # type: ignore[arg-type]

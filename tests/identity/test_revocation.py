@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from lockgate.identity import RevocationStore, TaskIdentity, TokenIssuer
+from lockgate.identity import RevocationStore, TokenIssuer
 
 from .conftest import Clock
-
-
-def mint(issuer: TokenIssuer, **changes: object):
-    ident = TaskIdentity("prod", "finance_daily", "load_orders", "run1", 1)
-    return issuer.mint(replace(ident, **changes), "orders-api", 600)[1]
+from .conftest import mint_claims as mint
 
 
 def test_jti(revocations: RevocationStore, issuer: TokenIssuer, clock: Clock) -> None:
@@ -55,23 +50,18 @@ def test_task_try(revocations: RevocationStore, issuer: TokenIssuer, clock: Cloc
 
 
 def test_second_instance_sees_revocations_after_refresh(
-    tmp_path: Path, issuer: TokenIssuer, clock: Clock
+    gateway_and_cli: tuple[RevocationStore, RevocationStore], issuer: TokenIssuer
 ) -> None:
-    server = RevocationStore(tmp_path / "r.db", clock=clock)
-    cli = RevocationStore(tmp_path / "r.db", clock=clock)
-    try:
-        a, b, c = mint(issuer), mint(issuer, dag_id="orders_x"), mint(issuer, try_number=7)
-        assert server.refresh() is False  # nothing new
-        cli.revoke_jti(a.jti, a.exp, "cli")
-        cli.revoke_dag("prod", "orders_x", None, "cli")
-        cli.revoke_task_try("prod", "finance_daily", "load_orders", "run1", 7, -1)
-        assert not server.is_revoked(a)  # answered from memory until refreshed
-        assert server.refresh() is True
-        assert server.is_revoked(a) and server.is_revoked(b) and server.is_revoked(c)
-        assert {r.kind for r in server.list()} == {"jti", "dag", "task_try"}
-    finally:
-        server.close()
-        cli.close()
+    server, cli = gateway_and_cli
+    a, b, c = mint(issuer), mint(issuer, dag_id="orders_x"), mint(issuer, try_number=7)
+    assert server.refresh() is False  # nothing new
+    cli.revoke_jti(a.jti, a.exp, "cli")
+    cli.revoke_dag("prod", "orders_x", None, "cli")
+    cli.revoke_task_try("prod", "finance_daily", "load_orders", "run1", 7, -1)
+    assert not server.is_revoked(a)  # answered from memory until refreshed
+    assert server.refresh() is True
+    assert server.is_revoked(a) and server.is_revoked(b) and server.is_revoked(c)
+    assert {r.kind for r in server.list()} == {"jti", "dag", "task_try"}
 
 
 def test_rows_are_purged_after_expiry(tmp_path: Path, issuer: TokenIssuer, clock: Clock) -> None:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from lockgate.identity import RevocationStore, TaskIdentity, TokenIssuer
+from lockgate.identity import RevocationStore, TokenIssuer
 from lockgate.identity.revocation import REFRESH_INTERVAL
 
 from .conftest import T0, Clock
-
-
-def mint(issuer: TokenIssuer, **changes: object):
-    ident = TaskIdentity("prod", "finance_daily", "load_orders", "run1", 1)
-    return issuer.mint(replace(ident, **changes), "orders-api", 600)[1]
+from .conftest import mint_claims as mint
 
 
 def test_block_refuses_every_token_of_the_dag_until_unblocked(
@@ -78,35 +73,24 @@ def test_deployment_wide_revocation(
 
 
 def test_blocks_persist_and_reach_other_processes(
-    tmp_path: Path, issuer: TokenIssuer, clock: Clock
+    gateway_and_cli: tuple[RevocationStore, RevocationStore], issuer: TokenIssuer, clock: Clock
 ) -> None:
-    gateway = RevocationStore(tmp_path / "r.db", clock=clock)
-    cli = RevocationStore(tmp_path / "r.db", clock=clock)
-    try:
-        token = mint(issuer)
-        cli.block(None, "finance_daily", "operator carol", "leak")
-        assert gateway.blocked("prod", "finance_daily") is None  # memory until refreshed
-        assert gateway.refresh() is True
-        assert gateway.blocked("prod", "finance_daily") is not None
-        assert gateway.is_revoked(token)
-        (row,) = [r for r in gateway.list() if r.kind == "block"]
-        assert row.target == {"deployment": None, "dag_id": "finance_daily"}
-        assert (row.by, row.since, row.reason, row.expires_at) == (
-            "operator carol",
-            T0,
-            "leak",
-            None,
-        )
-    finally:
-        gateway.close()
-        cli.close()
+    gateway, cli = gateway_and_cli
+    token = mint(issuer)
+    cli.block(None, "finance_daily", "operator carol", "leak")
+    assert gateway.blocked("prod", "finance_daily") is None  # memory until refreshed
+    assert gateway.refresh() is True
+    assert gateway.blocked("prod", "finance_daily") is not None
+    assert gateway.is_revoked(token)
+    (row,) = [r for r in gateway.list() if r.kind == "block"]
+    assert row.target == {"deployment": None, "dag_id": "finance_daily"}
+    assert (row.by, row.since, row.reason, row.expires_at) == ("operator carol", T0, "leak", None)
+    gateway.close()
     clock.t += 7 * 86400  # a week later, after a restart: blocks do not expire
-    restarted = RevocationStore(tmp_path / "r.db", clock=clock)
+    restarted = RevocationStore(gateway.path, clock=clock)
     try:
         assert restarted.blocked("prod", "finance_daily") is not None
-        cli = RevocationStore(tmp_path / "r.db", clock=clock)
         assert cli.unblock(None, "finance_daily")
-        cli.close()
         restarted.refresh()
         assert restarted.blocked("prod", "finance_daily") is None
     finally:
