@@ -48,6 +48,14 @@ def wait_for(stack: LocalStack, status: int, limit: float = SETTLE) -> dict[str,
         time.sleep(0.05)
 
 
+def write_rule(path: Path, rule_id: str, effect: str, resource: str) -> None:
+    """One policy file holding one rule: how an operator's typo reaches the gateway."""
+    path.write_text(
+        f"rules:\n  - id: {rule_id}\n    effect: {effect}\n    principals: [x]\n"
+        f"    actions: [read]\n    resources: [{resource}]\n"
+    )
+
+
 def test_ready_when_everything_is_in_place(stack: LocalStack) -> None:
     status, body = probe(stack)
     assert status == 200 and body["ready"] is True and body["problems"] == []
@@ -73,10 +81,7 @@ def test_a_credential_without_a_value_is_not_ready(stack: LocalStack) -> None:
 
 def test_a_policy_that_fails_to_reload_is_not_ready(stack: LocalStack) -> None:
     broken = stack.workdir / "policies" / "zz-broken.yaml"
-    broken.write_text(
-        "rules:\n  - id: typo\n    effect: alow\n    principals: [x]\n"
-        "    actions: [read]\n    resources: [orders-api]\n"
-    )
+    write_rule(broken, "typo", "alow", "orders-api")
     try:
         body = wait_for(stack, 503)
         text = body["checks"]["policy"]
@@ -89,10 +94,7 @@ def test_a_policy_that_fails_to_reload_is_not_ready(stack: LocalStack) -> None:
 
 def test_a_policy_that_never_loaded_is_not_ready(stack: LocalStack) -> None:
     broken = stack.workdir / "policies" / "zz-ghost.yaml"
-    broken.write_text(
-        "rules:\n  - id: ghost\n    effect: allow\n    principals: [x]\n"
-        "    actions: [read]\n    resources: [no-such-resource]\n"
-    )
+    write_rule(broken, "ghost", "allow", "no-such-resource")
     try:
         stack.restart_gateway()  # starts with the broken file: nothing was ever loaded
         status, body = probe(stack)
