@@ -4,8 +4,8 @@ Clients (the stock cassandra-driver, Airflow's ``CassandraHook``) connect to the
 listener as to a single Cassandra node, log in with the resource name as username and their
 Lockgate token as password, and then speak native protocol v4. Each connection gets its own
 upstream connection opened as the gateway's own user, so stream ids pass through unchanged
-(:mod:`.session`). Per statement the engine classifies, asks policy, forwards or refuses,
-and audits.
+(:mod:`.session`; requests are judged in :mod:`.judge`, answers relayed in :mod:`.answers`).
+Per statement the engine classifies, asks policy, forwards or refuses, and audits.
 
 Usage::
 
@@ -16,8 +16,9 @@ Usage::
 
 Defaults worth knowing: reads of driver metadata tables (``system.local``, ``system.peers``,
 ``system.peers_v2``, ``system_schema.*``, ``system_virtual_schema.*``) and ``USE`` are allowed
-for every authenticated principal and not audited (they touch no user data and would drown
-the trail); everything else needs a policy allow on ``keyspace.table``.
+for every authenticated principal (they touch no user data) and audited like every statement,
+under the rules ``builtin:driver-metadata`` and ``builtin:use``; everything else needs a
+policy allow on ``keyspace.table``.
 """
 
 from __future__ import annotations
