@@ -152,7 +152,9 @@ def test_replay_skips_what_the_chain_already_holds(tmp_path: Path) -> None:
         chain.append(conn, recs, {"s-7": 3})
         j.close(chained_up_to=None)
         assert [r.object for r in replay(journal_dir(db), conn)] == ["/o/4", "/o/5"]
-        assert chain.read_senders(conn) == {}  # its journal is gone: its mark too
+        # its journal is gone, its mark stays: a writer process may still hold its records
+        assert chain.read_senders(conn) == {"s-7": 5}
+        assert chain.append_past_marks(conn, [("s-7", 5, recs[0])]) == ([], [])
     finally:
         conn.close()
     assert objects(db) == [f"/o/{i}" for i in range(1, 6)]
@@ -237,4 +239,39 @@ def test_writer_process_replays_a_dead_worker_while_it_runs(tmp_path: Path) -> N
     finally:
         owner.close()
     assert len(AuditReader(db).search(run="worker", limit=1000)) == 100
+    assert AuditReader(db).verify().ok
+
+
+def _worker_sends_then_dies(db: str, socket_path: str, n: int) -> None:
+    """A worker whose records reach the writer, which holds them (a slow commit), then dies."""
+    log = RemoteAuditLog(Path(db), socket_path=Path(socket_path))
+    log.inject_fault("hang", 4.0)  # the writer's next commit waits 4 s holding the batch
+    for i in range(n):
+        log.write_ahead(admitted(i, run_id="held"))
+    time.sleep(1.0)  # sent (the sender flushes every few ms), not committed
+    os._exit(9)
+
+
+@pytest.mark.slow
+def test_a_replay_racing_the_writer_chains_a_dead_workers_records_once(tmp_path: Path) -> None:
+    """A CLI command's audit log starts while the writer still holds a dead worker's records:
+    the CLI replays the worker's journal, then the writer commits what it held."""
+    db = tmp_path / "audit.db"
+    owner = RemoteAuditLog(db)
+    try:
+        p = multiprocessing.get_context("spawn").Process(
+            target=_worker_sends_then_dies, args=(str(db), str(owner.socket_path), 50)
+        )
+        p.start()
+        p.join(60)
+        assert p.exitcode == 9
+        cli = AuditLog(db)  # replays the dead worker's journal at start
+        cli.close()
+        assert len(AuditReader(db).search(run="held", limit=1000)) == 50
+        time.sleep(4.0)  # the writer wakes and commits what it held
+        owner.flush(5.0)
+    finally:
+        owner.close()
+    rows = AuditReader(db).search(run="held", limit=1000)
+    assert sorted(r.object for r in rows) == sorted(f"/o/{i}" for i in range(50))
     assert AuditReader(db).verify().ok

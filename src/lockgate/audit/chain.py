@@ -161,6 +161,38 @@ def append(
     return out
 
 
+def append_past_marks(
+    conn: sqlite3.Connection, entries: Sequence[tuple[str, int, AuditRecord]]
+) -> tuple[list[AuditRecord], list[tuple[int, str, str]]]:
+    """Append the sanitized records of ``entries`` ((sender, sender seq, record)) that lie
+    past their sender's committed mark, and move the marks, in one transaction.
+
+    The writer process commits what senders sent it this way: a journal replay by another
+    process (a CLI command's audit log starting just after a worker died) may have chained
+    the same entries from the worker's journal while the writer still held them. Returns
+    the records kept and their (seq, prev_hash, hash)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        names = sorted({sender for sender, _, _ in entries})
+        marks = dict(
+            conn.execute(
+                f"SELECT sender, seq FROM audit_senders WHERE sender IN ({','.join('?' * len(names))})",  # noqa: E501, S608 - placeholders only
+                names,
+            ).fetchall()
+        )
+        kept = [(sender, seq, r) for sender, seq, r in entries if seq > marks.get(sender, 0)]
+        records = [r for _, _, r in kept]
+        placed = _append_rows(conn, records) if records else []
+        if kept:
+            _set_marks(conn, {sender: seq for sender, seq, _ in kept})
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return records, placed
+
+
 def append_after_mark(
     conn: sqlite3.Connection, sender: str, entries: Sequence[tuple[float, AuditRecord]]
 ) -> list[AuditRow]:

@@ -300,11 +300,15 @@ def replay(
     conn: sqlite3.Connection,
     *,
     skip: Callable[[str], bool] = lambda sender: False,
+    forget: bool = False,
 ) -> list[AuditRow]:
     """Chain the unchained entries of every journal no live process holds; remove the files.
 
     ``skip(sender)`` says to leave a sender's files alone (the caller still holds records of
-    it that are not committed). Returns the rows appended, for the JSON-lines mirror.
+    it that are not committed). ``forget`` drops a replayed sender's mark: only the writer
+    process may, as only it knows that no one else holds records of that sender (a dead
+    worker's records may still wait in the writer; they are committed past the mark, so the
+    mark must outlive the journal). Returns the rows appended, for the JSON-lines mirror.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -328,7 +332,8 @@ def replay(
             for path, fd in held:
                 _remove(path, fd)
             held = []
-            chain.forget_sender(conn, sender)
+            if forget:
+                chain.forget_sender(conn, sender)
         finally:
             for _, fd in held:
                 os.close(fd)

@@ -165,7 +165,7 @@ class Writer:
             return self._accepted.get(sender, 0) != self._done.get(sender, 0)
 
         try:
-            rows = replay(journal_dir(self.db_path), self._db, skip=busy)
+            rows = replay(journal_dir(self.db_path), self._db, skip=busy, forget=True)
         except (OSError, sqlite3.Error) as exc:
             log.error("audit journal replay failed", extra={"fields": {"error": _describe(exc)}})
             return
@@ -343,14 +343,17 @@ class Writer:
             if self._records:  # not yet in the database
                 if self._db is None:
                     self._db = chain.connect(self.db_path, timeout=self.busy_timeout)
-                senders: dict[str, int] = {}
-                for sender, seq, _ in self._batch:
-                    senders[sender] = seq
-                placed = chain.append(self._db, self._records, senders)
+                # past each sender's mark only: another process may have replayed the
+                # journal of a sender that died while its records waited here
+                entries = [
+                    (sender, seq, r)
+                    for (sender, seq, _), r in zip(self._batch, self._records, strict=True)
+                ]
+                kept, placed = chain.append_past_marks(self._db, entries)
                 if self._sink is not None:
                     self._unsunk = [
                         AuditRow(**r.to_dict(), seq=s, prev_hash=p, hash=h)
-                        for r, (s, p, h) in zip(self._records, placed, strict=True)
+                        for r, (s, p, h) in zip(kept, placed, strict=True)
                     ]
                 self._records = []
             if self._unsunk:
