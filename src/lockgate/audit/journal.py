@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -310,16 +311,8 @@ def replay(
     worker's records may still wait in the writer; they are committed past the mark, so the
     mark must outlive the journal). Returns the rows appended, for the JSON-lines mirror.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    by_sender: dict[str, list[Path]] = {}
-    for path in sorted(directory.glob(f"*{SUFFIX}")):
-        sender = path.name[: -len(SUFFIX)].rpartition(".")[0]
-        if sender:
-            by_sender.setdefault(sender, []).append(path)
     rows: list[AuditRow] = []
-    for sender, paths in by_sender.items():
+    for sender, paths in _by_sender(Path(directory)).items():
         if skip(sender):
             continue
         held = _lock_all(paths)
@@ -343,6 +336,53 @@ def replay(
                 extra={"fields": {"sender": sender, "records": len(placed)}},
             )
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Journal entries of one sender that the chain does not hold yet."""
+
+    sender: str
+    entries: int
+    live: bool  # its process holds the journal and chains them itself; else only a replay will
+
+
+def backlog(directory: Path, marks: dict[str, int]) -> list[Backlog]:
+    """What every journal in ``directory`` holds past its sender's mark (read only).
+
+    A stopped process's entries wait for the next audit log to start on this database (or
+    ``lockgate audit verify --replay``); a live one's are on their way into the chain."""
+    out: list[Backlog] = []
+    for sender, paths in _by_sender(Path(directory)).items():
+        held = _lock_all(paths)
+        live = held is None
+        fds = held or [(p, fd) for p in paths if (fd := _open(p)) >= 0]
+        try:
+            mark = marks.get(sender, 0)
+            count = sum(1 for path, fd in fds for seq, _ in _read(path, fd) if seq > mark)
+        finally:
+            for _, fd in fds:
+                os.close(fd)
+        if count:
+            out.append(Backlog(sender, count, live))
+    return out
+
+
+def _by_sender(directory: Path) -> dict[str, list[Path]]:
+    by_sender: dict[str, list[Path]] = {}
+    if directory.is_dir():
+        for path in sorted(directory.glob(f"*{SUFFIX}")):
+            sender = path.name[: -len(SUFFIX)].rpartition(".")[0]
+            if sender:
+                by_sender.setdefault(sender, []).append(path)
+    return by_sender
+
+
+def _open(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return -1
 
 
 def _lock_all(paths: list[Path]) -> list[tuple[Path, int]] | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lockgate.audit import chain
 from lockgate.audit.chain import VerifyResult
+from lockgate.audit.journal import Backlog, backlog, journal_dir
 from lockgate.audit.record import GENESIS, AuditRow
 
 
@@ -75,6 +76,12 @@ class AuditReader:
                 return chain.verify(conn, anchors)
             finally:
                 conn.execute("ROLLBACK")
+
+    def journal_backlog(self) -> list[Backlog]:
+        """Written-ahead records not in the chain yet, per sender (see :func:`backlog`)."""
+        with self._conn() as conn:
+            marks = chain.read_senders(conn) if conn and _has_schema(conn) else {}
+        return backlog(journal_dir(self.db_path), marks)
 
     def head(self) -> tuple[int, str]:
         """(last seq, its hash): an anchor worth keeping outside the database."""
