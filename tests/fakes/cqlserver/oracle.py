@@ -5,8 +5,8 @@ covered by an ``allow`` audit record of the principal whose connection carried i
 same action and an object list naming every object the node touched; and, when a grant is
 given, nothing the node executed may lie outside it. One audit record covers one request
 (a QUERY, an EXECUTE, a protocol BATCH or a ``BEGIN BATCH`` text), however many children
-it had; it carries the strongest action of the request, so a ``write`` or ``admin`` record
-also covers the ``read`` of a table it names (a conditional write reads its row).
+it had; it carries the strongest action of the request, so a ``write`` record also covers
+the ``read`` of the same table by the same request (a conditional write reads its row).
 
 USE and reads of driver metadata tables (``system.local``, ``system.peers``,
 ``system.peers_v2``, ``system_schema.*``, ``system_virtual_schema.*``) are allowed to every
@@ -40,11 +40,18 @@ def always_allowed(e: Execution) -> bool:
 
 def _covers(record: Any, group: list[Execution]) -> bool:
     objects = set(str(record.object or "").split(","))
-    return all(
-        e.object in objects
-        and (e.action == record.action or (e.action == "read" and record.action != "use"))
-        for e in group
-    )
+    done = {(e.action, e.object) for e in group}
+
+    def covered(e: Execution) -> bool:
+        if e.object not in objects:
+            return False
+        # A record names its request's strongest action: the read of a conditional write is
+        # covered by the write of the same table in the same request, and by nothing else.
+        return e.action == record.action or (
+            e.action == "read" and (record.action, e.object) in done
+        )
+
+    return all(covered(e) for e in group)
 
 
 def judge(

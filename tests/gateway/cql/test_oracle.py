@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from tests.fakes.cqlserver.client import (
     prepare_frame,
     query_frame,
 )
+from tests.fakes.cqlserver.execlog import Execution
 from tests.fakes.cqlserver.oracle import judge
 
 from .engine_stack import RESOURCE, Stack, run_on_fake, start_stack, stop_stack
@@ -139,6 +141,29 @@ async def test_oracle_sees_allowed_statements_and_flags_nothing(oracle: Oracle) 
     # The same executions judged against an empty audit are all breaches: the check can fail.
     assert len(judge(oracle.stack.fake.executions.records[since:], oracle.principal_of, [])) == 3
     await client.close()
+
+
+def test_the_judge_wants_each_execution_audited_with_its_own_action() -> None:
+    def ran(action: str, obj: str) -> Execution:
+        return Execution(1, "lockgate", 1, "QUERY", "op", action, obj, "ks", "text")
+
+    def allowed(action: str, obj: str) -> SimpleNamespace:
+        return SimpleNamespace(principal="p", action=action, object=obj, decision="allow")
+
+    who = {1: "p"}
+    conditional = [ran("write", "ks.items"), ran("read", "ks.items")]
+    assert judge(conditional, who, [allowed("write", "ks.items")]) == []
+    # a read the audit calls a write, a read of another table, an unaudited USE: breaches
+    assert judge([ran("read", "ks.items")], who, [allowed("write", "ks.items")])
+    assert judge([*conditional, ran("read", "ks.other")], who, [allowed("write", "ks.items")])
+    assert judge([ran("use", "other")], who, [])
+    # USE and metadata reads are outside any grant, but never outside the audit
+    builtin = [ran("use", "other"), ran("read", "system_schema.tables")]
+    records = [allowed("use", "other"), allowed("read", "system_schema.tables")]
+    assert judge(builtin[:1], who, records[:1], grant=set()) == []
+    assert judge(builtin[1:], who, records[1:], grant=set()) == []
+    assert judge([ran("read", "system_auth.roles")], who, [allowed("read", "system_auth.roles")],
+                 grant=set())  # fmt: skip
 
 
 # -- comment ends: CR ends a line comment in Cassandra -------------------------------------------
