@@ -3,12 +3,14 @@
 Hypothesis writes CQL the way an attacker would: statements wrapped in ``--``, ``//`` and
 ``/* */`` comments ended by CR, LF or CRLF, comments hiding statements, strings with ``''``
 and ``$$``, quoted and mixed-case names, ``BEGIN BATCH`` texts with and without ``;``, USE of
-a keyspace holding same-named tables, PREPARE and EXECUTE of the ids it got back. Each
-example plays rounds on two connections of one principal, one request at a time or
-pipelined (all frames in one write), through the real gateway in front of the fake node.
-The judge (``oracle.judge``) then holds the node's execution log against the audit of that
-principal: every executed request covered by an ``allow`` record with the same action and
-object, and nothing executed outside ``GRANT``.
+a keyspace holding same-named tables, conditional writes (which read the row they find),
+driver metadata reads, PREPARE and EXECUTE of the ids it got back. Each example plays rounds
+on two connections of one principal — one granted reads and writes, or one granted writes
+only — one request at a time or pipelined (all frames in one write), through the real
+gateway in front of the fake node. The judge (``oracle.judge``) then holds the node's
+execution log against the audit of that principal: every executed request, USE and metadata
+reads included, covered by an ``allow`` record with the same action and object, and nothing
+but those two executed outside the principal's grant (``GRANT`` or ``WRITE_ONLY``).
 
 One sync test drives its own event loop, so the stack is started once for all examples.
 """
@@ -33,7 +35,7 @@ from tests.fakes.cqlserver.client import (
 )
 
 from .engine_stack import stop_stack
-from .test_oracle import Oracle
+from .test_oracle import GRANT, WRITE_ONLY, Oracle
 
 REFS = [
     "orders", "items", "secrets", "ks.orders", "ks.items", "ks.secrets", "other.orders",
@@ -86,6 +88,16 @@ updates = st.builds(
 )
 deletes = st.builds(lambda r: f"DELETE FROM {r} WHERE id = 1", refs)
 writes = st.one_of(inserts, updates, deletes)
+# Conditional writes: a failed condition answers with the row found, so they read as well.
+conditional = st.builds(
+    lambda w, k: f"{w} IF {'NOT ' if w.startswith('INSERT') else ''}EXISTS{k}",
+    writes,
+    st.sampled_from(["", ";"]),
+)
+metadata = st.builds(
+    lambda t: f"SELECT * FROM {t}",
+    st.sampled_from(["system.local", "system.peers", "system_schema.tables", "SYSTEM.local"]),
+)
 granted_writes = st.builds(
     lambda r, s: f"UPDATE {r} SET v = {s} WHERE id = 1",
     st.sampled_from(["items", "ks.items", "ITEMS", "KS.Items"]),
@@ -112,7 +124,8 @@ child_seps = st.sampled_from([" ", "; ", "\n", "\r", ";\r\n", " -- c\r", " // c\
 @st.composite
 def batches(draw: st.DrawFn) -> str:
     first = draw(st.one_of(granted_writes, writes))  # a granted first child hides the rest
-    children = [first, *draw(st.lists(st.one_of(forbidden_writes, writes), max_size=2))]
+    others = st.one_of(forbidden_writes, writes, conditional)
+    children = [first, *draw(st.lists(others, max_size=2))]
     parts = [draw(st.sampled_from(["BEGIN BATCH", "BEGIN UNLOGGED BATCH", "begin batch"]))]
     for child in children:
         parts += [draw(child_seps), child]
@@ -120,7 +133,7 @@ def batches(draw: st.DrawFn) -> str:
     return "".join(parts)
 
 
-statements = st.one_of(selects, writes, uses, batches())
+statements = st.one_of(selects, writes, conditional, uses, metadata, batches())
 
 
 @st.composite
@@ -160,7 +173,7 @@ composites = st.lists(
 texts = st.one_of(hidden(), batches(), statements, composites)  # the attack shapes first
 steps = st.one_of(
     st.tuples(st.just("query"), texts),
-    st.tuples(st.just("prepare"), st.one_of(selects, writes, batches())),
+    st.tuples(st.just("prepare"), st.one_of(selects, writes, conditional, metadata, batches())),
     st.tuples(st.just("execute"), st.integers(0, 7)),
     # USE, then (in the same round, so pipelined when the round is) an unqualified statement
     st.tuples(st.sampled_from(["use+query", "use+prepare"]), st.tuples(uses, unqualified)),
@@ -179,7 +192,7 @@ rounds = st.lists(
 Plan = list[tuple[int, bool, list[tuple[str, Any]]]]  # (connection, pipelined, steps) rounds
 
 
-async def play(oracle: Oracle, dag: str, plan: Plan) -> list[str]:
+async def play(oracle: Oracle, dag: str, plan: Plan, grant: set[tuple[str, str]]) -> list[str]:
     clients = [await oracle.connect(dag), await oracle.connect(dag)]
     since = oracle.mark()
     prepared: list[bytes] = []
@@ -213,7 +226,7 @@ async def play(oracle: Oracle, dag: str, plan: Plan) -> list[str]:
     finally:
         for client in clients:
             await client.close()
-    return oracle.breaches(since, dag)
+    return oracle.breaches(since, dag, grant)
 
 
 @pytest.mark.slow
@@ -228,10 +241,12 @@ def test_node_executes_only_what_the_audit_shows_allowed(tmp_path: Path) -> None
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(plan=rounds)
-    def check(plan: Plan) -> None:
-        dag = f"oracle{next(numbers)}"
-        breaches = loop.run_until_complete(asyncio.wait_for(play(oracle, dag, plan), 60))
+    @given(plan=rounds, write_only=st.booleans())
+    def check(plan: Plan, write_only: bool) -> None:
+        dag = f"{'writer' if write_only else 'oracle'}{next(numbers)}"
+        grant = WRITE_ONLY if write_only else GRANT
+        run = play(oracle, dag, plan, grant)
+        breaches = loop.run_until_complete(asyncio.wait_for(run, 60))
         assert breaches == [], "\n".join(breaches)
 
     try:
