@@ -162,6 +162,10 @@ def _sanitize(rec: AuditRecord, now: float) -> AuditRecord:
         rec.latency_ms = lat if math.isfinite(lat) else None  # SQLite stores NaN as NULL
     detail = rec.detail
     if detail:
+        flat = _flat_detail(detail) if type(detail) is dict else None
+        if flat is not None:
+            rec.detail = flat
+            return rec
         if not isinstance(detail, dict):
             detail = {"detail": detail}
         # through JSON and back: the stored detail is plain JSON and re-hashes identically
@@ -173,6 +177,44 @@ def _sanitize(rec: AuditRecord, now: float) -> AuditRecord:
     elif type(detail) is not dict:
         rec.detail = {}
     return rec
+
+
+_SECRET_KEY: dict[str, bool] = {}  # detail key -> redact() withholds its value (a few keys)
+
+
+def _flat_detail(detail: dict[Any, Any]) -> dict[str, Any] | None:
+    """What the JSON round trip below makes of a flat ``detail`` (str keys; str, int, bool or
+    None values, short enough), without the round trip; None for any other detail.
+
+    Most details are flat (``{"ref": ...}`` on every outcome record, the Cosmos operation
+    names): this is a fifth of the round trip's cost on the data path. Same rules, same
+    result: secret-ish keys withheld, JWT-shaped strings redacted, lone surrogates replaced."""
+    out: dict[str, Any] = {}
+    size = 2
+    for k, v in detail.items():
+        if type(k) is not str:
+            return None
+        secret = _SECRET_KEY.get(k)
+        if secret is None:
+            secret = redact(None, k) == REDACTED
+            if len(_SECRET_KEY) < 1024:
+                _SECRET_KEY[k] = secret
+        kind = type(v)
+        if secret:
+            v = REDACTED
+        elif kind is str:
+            if "eyJ" in v:
+                v = _JWT_RE.sub(REDACTED, v)
+            if not v.isascii():
+                v = v.encode("utf-8", "replace").decode("utf-8")
+        elif not (kind is int or kind is bool or v is None):
+            return None
+        if not k.isascii():
+            k = k.encode("utf-8", "replace").decode("utf-8")
+        # at most 6 characters per character (\u00XX), quotes, colon and comma
+        size += 6 * (len(k) + len(v if type(v) is str else str(v))) + 6
+        out[k] = v
+    return out if size <= MAX_DETAIL_BYTES else None
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
