@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lockgate.config import LockgateConfig, load_config
 
@@ -29,7 +29,7 @@ def open_state(args: argparse.Namespace) -> State:
     return State(config_from(args))
 
 
-def audit_now(st: State, event: str, **fields: object) -> None:
+def audit_now(st: State, event: str, **fields: Any) -> None:
     """Write one audit record from the command (None fields left out) and wait for it."""
     import asyncio
 

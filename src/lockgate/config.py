@@ -63,8 +63,12 @@ class ListenerConfig(_Model):
     tls: TlsConfig | None = None
     # A TLS client that has not finished its handshake by then is closed (port scans,
     # health checks, wrong CA); see docs/architecture.md "Connections".
-    handshake_timeout: float = Field(10.0, gt=0, le=300, description="TLS handshake, seconds")
-    max_connections: int = Field(10_000, ge=1, description="open connections, handshakes included")
+    handshake_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="TLS handshake, seconds"
+    )
+    max_connections: int = Field(
+        default=10_000, ge=1, description="open connections, handshakes included"
+    )
 
     @property
     def scheme(self) -> str:
@@ -83,9 +87,9 @@ class ForwardProxyConfig(_Model):
     port: int = Field(ge=0, le=65535)
     tls: TlsConfig | None = None  # the proxy listener itself; usually plain like most proxies
     ca: TlsConfig  # CA certificate and key that sign leaf certificates for intercepted hosts
-    leaf_days: int = Field(7, ge=1, le=365)
-    handshake_timeout: float = Field(10.0, gt=0)  # the listener's TLS and the tunnel's
-    max_connections: int = Field(10_000, ge=1)
+    leaf_days: int = Field(default=7, ge=1, le=365)
+    handshake_timeout: float = Field(default=10.0, gt=0)  # the listener's TLS and the tunnel's
+    max_connections: int = Field(default=10_000, ge=1)
 
     @property
     def scheme(self) -> str:
@@ -100,9 +104,11 @@ class Listeners(_Model):
 
 
 class TokenSettings(_Model):
-    default_ttl: int = Field(900, gt=0, description="seconds; used when policy sets no max")
-    max_ttl: int = Field(3600, gt=0, description="hard cap for any token, seconds")
-    leeway: int = Field(5, ge=0, le=60, description="clock skew allowed on exp/nbf, seconds")
+    default_ttl: int = Field(default=900, gt=0, description="seconds; used when policy sets no max")
+    max_ttl: int = Field(default=3600, gt=0, description="hard cap for any token, seconds")
+    leeway: int = Field(
+        default=5, ge=0, le=60, description="clock skew allowed on exp/nbf, seconds"
+    )
 
 
 class ClientSecretProof(_Model):
@@ -165,10 +171,10 @@ class Route(_Model):
 
 
 class RetrySettings(_Model):
-    max_attempts: int = Field(4, ge=1, le=20)
-    base_delay: float = Field(0.1, gt=0)
-    max_delay: float = Field(5.0, gt=0)
-    deadline: float = Field(30.0, gt=0, description="seconds for all attempts together")
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    base_delay: float = Field(default=0.1, gt=0)
+    max_delay: float = Field(default=5.0, gt=0)
+    deadline: float = Field(default=30.0, gt=0, description="seconds for all attempts together")
 
 
 class DatabricksGuardrail(_Model):
@@ -179,11 +185,13 @@ class DatabricksGuardrail(_Model):
     """
 
     principals: list[str] = Field(min_length=1, description="globs on airflow:<dep>/<dag>/<task>")
-    max_workers: int | None = Field(None, ge=0, description="num_workers / autoscale max cap")
+    max_workers: int | None = Field(
+        default=None, ge=0, description="num_workers / autoscale max cap"
+    )
     allowed_node_types: list[str] | None = None  # globs on node_type_id / driver_node_type_id
     require_instance_pool: bool = False
     require_policy_id: bool = False
-    max_timeout_seconds: int | None = Field(None, gt=0)
+    max_timeout_seconds: int | None = Field(default=None, gt=0)
     allow_existing_clusters: bool = True
 
 
@@ -191,10 +199,12 @@ class DatabricksSettings(_Model):
     """Settings of ``profile: databricks`` (see ``docs/databricks.md``)."""
 
     guardrails: list[DatabricksGuardrail] = []
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024)
-    job_cache_seconds: float = Field(30.0, ge=0)
-    poll_token_ttl: int = Field(3600, gt=0, le=86400, description="triggerer poll tokens")
-    run_read_max_age: int = Field(7 * 86400, gt=0, description="poll tokens read runs this young")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    job_cache_seconds: float = Field(default=30.0, ge=0)
+    poll_token_ttl: int = Field(default=3600, gt=0, le=86400, description="triggerer poll tokens")
+    run_read_max_age: int = Field(
+        default=7 * 86400, gt=0, description="poll tokens read runs this young"
+    )
 
 
 class ArmSettings(_Model):
@@ -208,7 +218,7 @@ class ArmSettings(_Model):
     resource_group: str | None = None
     factory: str | None = None
     tenant_id: str | None = None
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
 
 
 class CosmosSettings(_Model):
@@ -221,9 +231,9 @@ class CosmosSettings(_Model):
     """
 
     upstream_auth: Literal["master_key", "aad"] = "master_key"
-    max_skew: int = Field(900, ge=30, le=3600, description="x-ms-date window, seconds")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
-    timeout: float = Field(65.0, gt=0, description="seconds for one upstream exchange")
+    max_skew: int = Field(default=900, ge=30, le=3600, description="x-ms-date window, seconds")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    timeout: float = Field(default=65.0, gt=0, description="seconds for one upstream exchange")
     database: str | None = None
     container: str | None = None
     partition_key: str | None = None
@@ -299,9 +309,9 @@ class CqlResource(_Model):
     verify_tls: bool = True
     ca_file: Path | None = None
     max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
-    handshake_timeout: float = Field(10.0, gt=0, description="seconds to finish auth")
-    idle_timeout: float = Field(300.0, gt=0)
-    connect_timeout: float = Field(5.0, gt=0)
+    handshake_timeout: float = Field(default=10.0, gt=0, description="seconds to finish auth")
+    idle_timeout: float = Field(default=300.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
     dynamic_roles: bool = False
 
     @field_validator("contact_points")
@@ -319,7 +329,7 @@ Resource = Annotated[HttpResource | CqlResource, Field(discriminator="kind")]
 class StaticCredential(_Model):
     name: str = Field(pattern=NAME_RE)
     type: Literal["static"]
-    overlap: int = Field(600, ge=0, description="seconds the previous version stays usable")
+    overlap: int = Field(default=600, ge=0, description="seconds the previous version stays usable")
 
 
 class OAuth2ClientCredential(_Model):
@@ -334,13 +344,15 @@ class OAuth2ClientCredential(_Model):
     client_id: str
     scope: str | None = None
     audience: str | None = None
-    overlap: int = Field(600, ge=0)
+    overlap: int = Field(default=600, ge=0)
     # private_key_jwt: the stored value is a PEM private key followed by its certificate;
     # the request carries a client_assertion JWT signed with the key (x5t header, Entra ID).
     token_auth: Literal["client_secret_post", "client_secret_basic", "private_key_jwt"] = (
         "client_secret_post"  # noqa: S105
     )
-    refresh_before: int = Field(300, ge=0, description="refresh this many seconds before expiry")
+    refresh_before: int = Field(
+        default=300, ge=0, description="refresh this many seconds before expiry"
+    )
 
 
 class ManagedIdentityCredential(_Model):
@@ -355,8 +367,8 @@ class ManagedIdentityCredential(_Model):
     resource: str
     client_id: str | None = None  # a user-assigned identity
     endpoint: str | None = None  # IMDS token URL override (tests, pod identity)
-    overlap: int = Field(0, ge=0)
-    refresh_before: int = Field(300, ge=0)
+    overlap: int = Field(default=0, ge=0)
+    refresh_before: int = Field(default=300, ge=0)
 
 
 Credential = Annotated[
@@ -367,7 +379,9 @@ Credential = Annotated[
 
 class AuditSettings(_Model):
     jsonl: Path | None = None
-    write_timeout: float = Field(1.0, gt=0, description="a write slower than this fails closed")
+    write_timeout: float = Field(
+        default=1.0, gt=0, description="a write slower than this fails closed"
+    )
     # thread: a writer thread in the gateway process (fastest on small machines);
     # process: a separate writer process (frees the event loop's core; needed by --workers).
     writer: Literal["thread", "process"] = "thread"
@@ -390,7 +404,7 @@ class LockgateConfig(_Model):
     policies: list[str] = []
     audit: AuditSettings = AuditSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    source: Path | None = Field(None, exclude=True)  # set by load_config
+    source: Path | None = Field(default=None, exclude=True)  # set by load_config
 
     @model_validator(mode="after")
     def _cross_refs(self) -> LockgateConfig:

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from lockgate import _log, control
 from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
-from lockgate.config import ListenerConfig, LockgateConfig
+from lockgate.config import ForwardProxyConfig, ListenerConfig, LockgateConfig
 from lockgate.credentials import CredentialBroker
 from lockgate.errors import CredentialError
 from lockgate.gateway.cql import CqlEngine
@@ -85,7 +85,7 @@ _RECORD_KEYS = frozenset(
 )
 
 
-def server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+def server_ssl_context(listener: ListenerConfig | ForwardProxyConfig) -> ssl.SSLContext | None:
     if listener.tls is None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

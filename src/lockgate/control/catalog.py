@@ -38,7 +38,7 @@ def catalog_entries(gateway: Gateway, deployment: str) -> list[dict[str, Any]]:
         if getattr(r, "profile", None) == "arm":  # identity endpoint + forward proxy
             out.append(msi.catalog_entry(gateway, r))
             continue
-        if gateway.db_roles is not None and gateway.db_roles.serves(r.name):
+        if r.kind == "cql" and gateway.db_roles is not None and gateway.db_roles.serves(r.name):
             out.append(db_role_route.catalog_entry(r))  # the task logs in directly
             continue
         connection = connection_template(gateway, r)

@@ -70,7 +70,7 @@ async def attest(
         async with http.get(
             url,
             headers=headers,
-            ssl=None if api.verify_tls else False,
+            ssl=api.verify_tls,  # True: the default verification, False: none
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
         ) as resp:
