@@ -325,3 +325,29 @@ async def test_use_and_driver_metadata_reads_are_audited(oracle: Oracle) -> None
     records = oracle.stack.fake.executions.records[since:]
     assert len(judge(records, oracle.principal_of, ruled)) == len(executed) - 1
     await client.close()
+
+
+# -- system keyspaces: only driver metadata is everyone's ------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SELECT * FROM system_auth.roles",
+        "SELECT salted_hash FROM system_auth.roles WHERE role = 'cassandra'",
+        "SELECT * FROM system.paxos",
+        "SELECT * FROM system_views.settings",
+        "SELECT * FROM system_traces.sessions",
+        "DELETE FROM system_schema.tables WHERE keyspace_name = 'ks'",
+        "INSERT INTO system.local (key) VALUES ('x')",
+        "UPDATE system_schema.keyspaces SET durable_writes = false WHERE keyspace_name = 'ks'",
+    ],
+)
+async def test_system_keyspaces_beyond_driver_metadata_need_a_grant(
+    oracle: Oracle, text: str
+) -> None:
+    client = await oracle.connect("oracle_sys")
+    since = oracle.mark()
+    answer = await client.request(query_frame(client.stream(), text))
+    assert answer is not None and answer.error_code == 0x2100, answer  # Unauthorized
+    assert oracle.executed(since) == []
+    assert oracle.breaches(since, "oracle_sys") == []
+    await client.close()
