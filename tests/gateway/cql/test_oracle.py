@@ -47,6 +47,12 @@ rules:
     actions: [write]
     resources: [cass]
     objects: ["ks.items"]
+  - id: no-schema-for-hidden
+    effect: deny
+    principals: ["airflow:prod/hidden*/*"]
+    actions: [read]
+    resources: [cass]
+    objects: ["system_schema.*"]
   - id: oracle-write-only
     effect: allow
     principals: ["airflow:prod/writer*/*"]
@@ -350,4 +356,23 @@ async def test_system_keyspaces_beyond_driver_metadata_need_a_grant(
     assert answer is not None and answer.error_code == 0x2100, answer  # Unauthorized
     assert oracle.executed(since) == []
     assert oracle.breaches(since, "oracle_sys") == []
+    await client.close()
+
+
+async def test_an_explicit_deny_withdraws_a_builtin_allowance(oracle: Oracle) -> None:
+    client = await oracle.connect("hidden_meta")  # USE ks: still everyone's
+    since = oracle.mark()
+    schema = await client.request(
+        query_frame(client.stream(), "SELECT * FROM system_schema.tables")
+    )
+    assert schema is not None and schema.error_code == 0x2100, schema
+    assert "no-schema-for-hidden" in schema.message
+    local = await client.request(query_frame(client.stream(), "SELECT * FROM system.local"))
+    assert local is not None and not local.is_error, local
+    assert oracle.executed(since) == [("read", "system.local")]
+    assert oracle.breaches(since, "hidden_meta") == []
+    denied = [r for r in oracle.audit("hidden_meta") if r.event == "denied"]
+    assert [(r.object, r.rule) for r in denied] == [
+        ("system_schema.tables", "no-schema-for-hidden")
+    ]
     await client.close()

@@ -17,8 +17,8 @@ Usage::
 Defaults worth knowing: reads of driver metadata tables (``system.local``, ``system.peers``,
 ``system.peers_v2``, ``system_schema.*``, ``system_virtual_schema.*``) and ``USE`` are allowed
 for every authenticated principal (they touch no user data) and audited like every statement,
-under the rules ``builtin:driver-metadata`` and ``builtin:use``; everything else needs a
-policy allow on ``keyspace.table``.
+under the rules ``builtin:driver-metadata`` and ``builtin:use`` (an explicit deny rule still
+refuses a metadata read); everything else needs a policy allow on ``keyspace.table``.
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ Strategy: a statement-bearing request (QUERY, PREPARE, EXECUTE, BATCH) gets a
 in memory); every target that needs one is decided by policy, and the request is either
 answered by the gateway (Unauthorized, Unprepared, Invalid, audit unavailable) or forwarded
 as its exact bytes once its ``admitted`` record is written ahead. USE and driver metadata
-reads need no policy decision: they are admitted under a built-in rule (``builtin:use``,
-``builtin:driver-metadata``) and audited like the rest. OPTIONS (driver heartbeats) and
-REGISTER are forwarded. While a USE is in flight, later frames wait in
-:class:`~.holds.UseHold` and are judged once its answer names the keyspace.
+reads need no policy allow: they are admitted under a built-in rule (``builtin:use``,
+``builtin:driver-metadata``) unless a policy rule denies them explicitly, and audited like
+the rest. OPTIONS (driver heartbeats) and REGISTER are forwarded. While a USE is in
+flight, later frames wait in :class:`~.holds.UseHold` and are judged once its answer names
+the keyspace.
 
 :class:`SessionState` is what both halves of a session (this one and :mod:`.answers`)
 share: the connection's keyspace, the requests in flight and how to write to the client.
@@ -144,25 +145,28 @@ class RequestJudging(SessionState):
             return
         claims = auth.claims
         checked = plan.checked
-        if checked:
-            ttl = _token_ttl(claims)
-            policy = self.ctx.policy.current
-            for target in checked:
-                decision = policy.decide(
-                    self.ctx.make_request(
-                        principal=claims.sub,
-                        action=target.action,
-                        resource=auth.resource.name,
-                        object=target.object,
-                        token_ttl=ttl,
-                    )
+        # USE and driver metadata reads are every principal's (a built-in rule), audited all
+        # the same; only an explicit deny rule withdraws them (a deny beats any allow).
+        builtin = not checked
+        ttl = _token_ttl(claims)
+        policy = self.ctx.policy.current
+        for target in plan.targets if builtin else checked:
+            decision = policy.decide(
+                self.ctx.make_request(
+                    principal=claims.sub,
+                    action=target.action,
+                    resource=auth.resource.name,
+                    object=target.object,
+                    token_ttl=ttl,
                 )
-                if not decision.allowed:
-                    self._deny(event, plan, target.action, target.object, decision, t0)
-                    return
-            rule, reason = decision.rule, decision.reason
-        else:  # USE and driver metadata reads: every principal's, audited all the same
+            )
+            if not decision.allowed and (not builtin or decision.rule is not None):
+                self._deny(event, plan, target.action, target.object, decision, t0)
+                return
+        if builtin:
             rule, reason = plan.builtin_rule, None
+        else:
+            rule, reason = decision.rule, decision.reason
         targets = plan.targets
         action = max((t.action for t in targets), key=lambda a: _RANK.get(a, 3))
         obj = ",".join(dict.fromkeys(t.object for t in targets))
