@@ -28,7 +28,7 @@ from pathlib import Path
 from lockgate.config import LockgateConfig, load_config
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.scaffold import write_init
-from lockgate.state import State
+from lockgate.server import State
 
 RESOURCE = "orders-api"  # what `lockgate init` names the upstream
 CREDENTIAL = "orders-api-key"

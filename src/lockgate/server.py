@@ -188,7 +188,9 @@ class Gateway:
         record = AuditRecord(
             event=event,
             decision=decision,
-            action="revoke" if event in ("token_revoked", "mint_blocked") else "mint",
+            # a route other than /v1/token names its own action (authenticate_deployment)
+            action=fields.pop("action", None)
+            or ("revoke" if event in ("token_revoked", "mint_blocked") else "mint"),
             **{k: v for k, v in fields.items() if k in _RECORD_KEYS},
             detail={k: v for k, v in fields.items() if k not in _RECORD_KEYS},
         )

@@ -18,7 +18,7 @@ from lockgate.gateway.http.profiles import control as http_control
 from lockgate.gateway.http.profiles import cosmos as cosmos_profile
 from lockgate.identity import db_roles as db_role_route
 from lockgate.identity import managed_identity as msi
-from lockgate.identity.service import OAuthError, read_body
+from lockgate.identity.service import OAuthError
 
 if TYPE_CHECKING:
     from lockgate.server import Gateway
@@ -98,12 +98,11 @@ def catalog_handler(gateway: Gateway) -> Any:
 
     async def handle(request: web.Request) -> web.Response:
         try:
-            body = await read_body(request)
-            deployment, _proof = await gateway.token_service._authenticate(request, body)
-        except OAuthError as exc:
-            return web.json_response(
-                {"error": exc.error, "error_description": exc.description}, status=exc.status
+            deployment, _body = await gateway.token_service.authenticate_deployment(
+                request, "/v1/catalog"
             )
+        except OAuthError as exc:
+            return exc.response()
         return web.json_response({"connections": catalog_entries(gateway, deployment)})
 
     return handle

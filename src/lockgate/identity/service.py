@@ -295,6 +295,22 @@ class TokenService:
             headers={"Cache-Control": "public, max-age=300"},
         )
 
+    async def authenticate_deployment(
+        self, request: web.Request, route: str
+    ) -> tuple[str, dict[str, str]]:
+        """For the other control routes a deployment calls (``route`` names it): read the
+        body and authenticate the deployment as ``/v1/token`` does; (deployment, body).
+        A refusal is audited and counted like a token request's, then raised as
+        :class:`OAuthError` (``exc.response()`` is the answer)."""
+        try:
+            body = await read_body(request)
+            deployment, _proof = await self._authenticate(request, body)
+        except OAuthError as exc:
+            ctx = {"remote": request.remote, "route": route, "action": "authenticate"}
+            await self._refused(exc, ctx)
+            raise
+        return deployment, body
+
     # -- steps --------------------------------------------------------------------------------
     async def _authenticate(self, request: web.Request, body: dict[str, str]) -> tuple[str, str]:
         """Return (deployment name, proof kind) or raise OAuthError."""
