@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
-from .conftest import SECRETS, bearer, call
+import pytest
+
+from .conftest import SECRETS, TOKEN, bearer, call, raw_request, resource
 
 
 def _cgi(name: str) -> str:
@@ -51,3 +53,36 @@ async def test_rotation_resend_is_counted_on_both_paths(make_gateway, upstream):
         outcome = [r for r in gw.audit.records[before:] if r.event == "allowed"]
         assert len(outcome) == 1
         assert outcome[0].detail.get("retries", 0) == sent - 1
+
+
+# -- paths the upstream matches without regard to case -------------------------------------
+# ASP.NET Core and Express route case-insensitively by default, IIS serves /ADMIN as /admin:
+# the upstream's own reading of a path is its lower-cased form.
+@pytest.mark.parametrize("target", [b"/orders/ADMIN/y", b"/orders/Admin/y", b"/orders/%41dmin/y"])
+async def test_a_deny_rule_holds_for_upstreams_that_ignore_case(
+    make_gateway, upstream, target: bytes
+) -> None:
+    gw = await make_gateway(deny=[("*", "/admin/*")])
+    req = b"GET " + target + b" HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer "
+    req += TOKEN.encode() + b"\r\nConnection: close\r\n\r\n"
+    out = await raw_request(gw.port, req)
+    ran = [seen["path"].lower() for seen in upstream.seen]
+    assert not [p for p in ran if p.startswith("/admin/")], out[:200]
+    assert out.startswith(b"HTTP/1.1 403 ")
+    assert (gw.audit.records[-1].event, gw.audit.records[-1].object) == ("denied", "/admin/y")
+
+
+async def test_a_route_holds_for_upstreams_that_ignore_case(make_gateway, upstream) -> None:
+    routes = [{"method": "POST", "path": "/admin/*", "action": "admin"}]
+    res = [resource("orders", upstream.url, routes=routes)]
+    gw = await make_gateway(resources=res, allow=[("read", "*"), ("write", "*")])
+    status, _, _ = await call("POST", f"{gw.url}/orders/ADMIN/purge", headers=bearer())
+    assert status == 403 and upstream.seen == []
+    assert (gw.audit.records[-1].action, gw.audit.records[-1].object) == ("admin", "/admin/purge")
+
+
+async def test_mixed_case_allow_rules_keep_working(make_gateway, upstream) -> None:
+    gw = await make_gateway(allow=[("read", "/Reports/*")])
+    status, _, seen = await call("GET", f"{gw.url}/orders/Reports/q1", headers=bearer())
+    assert status == 200 and seen["path"] == "/Reports/q1"
+    assert gw.audit.records[-1].object == "/Reports/q1"

@@ -459,6 +459,12 @@ class Proxy:
             return Pending(rs, target, claims, method, head_only, t0)
         action, obj = rs.classifier.classify(method, target.path)
         decision = self._decide(claims, rs, action, obj)
+        if decision.allowed:
+            folded = target.path.lower()
+            if folded != target.path:
+                decision, action, obj = self._judge_folded(
+                    claims, rs, method, folded, decision, action, obj
+                )
         if not decision.allowed:
             self._refuse(conn, body, claims, rs, action, obj, t0, decision.rule,
                          decision.reason, decision.explain(), head_only)  # fmt: skip
@@ -471,6 +477,30 @@ class Proxy:
         if not self._write_ahead(conn, body, adm):
             return keep
         return adm
+
+    def _judge_folded(
+        self,
+        claims: Any,
+        rs: ResourceState,
+        method: str,
+        folded: str,
+        decision: Any,
+        action: str,
+        obj: str,
+    ) -> tuple[Any, str, str]:
+        """Judge an allowed mixed-case path lower-cased as well: many upstreams match paths
+        case-insensitively (ASP.NET Core and Express routing by default, IIS), so
+        ``/ADMIN/x`` runs what ``/admin/x`` runs. Refused (as that form) when it is denied
+        by a rule, or when it maps to another action or object that policy does not allow;
+        a lower-cased form that merely matches no rule keeps the request allowed, so
+        mixed-case allow rules keep working."""
+        f_action, f_obj = rs.classifier.classify(method, folded)
+        other = self._decide(claims, rs, f_action, f_obj)
+        if other.allowed:
+            return decision, action, obj
+        if other.rule is not None or f_action != action or f_obj != obj.lower():
+            return other, f_action, f_obj
+        return decision, action, obj
 
     def auth_refused(
         self, conn: ClientConnection, exc: AuthenticationError, resource: str, obj: str, t0: float
