@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.server
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,18 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockgate.config import LockgateConfig, load_config
+from lockgate.demo.stack import free_port
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.scaffold import write_init
 from lockgate.server import State
 
 RESOURCE = "orders-api"  # what `lockgate init` names the upstream
 CREDENTIAL = "orders-api-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BearerUpstream:
