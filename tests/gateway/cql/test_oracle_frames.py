@@ -27,6 +27,11 @@ FORBIDDEN = "DELETE FROM ks.secrets WHERE id = 1"
 GRANTED = "SELECT * FROM ks.orders"
 
 
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">H", len(raw)) + raw
+
+
 def _long_string(text: str) -> bytes:
     raw = text.encode()
     return struct.pack(">i", len(raw)) + raw
@@ -141,3 +146,21 @@ async def test_use_then_select_written_one_byte_at_a_time(oracle: Oracle) -> Non
     assert oracle.executed(since) == [("use", "other")]
     assert oracle.breaches(since, "oracle_bytes") == []
     await client.close()
+
+
+async def test_a_second_login_on_a_connection_is_refused_and_audited(oracle: Oracle) -> None:
+    client = await oracle.connect("oracle_relogin")
+    since = oracle.mark()
+    startup = struct.pack(">H", 1) + _string("CQL_VERSION") + _string("3.0.0")
+    token = oracle.stack.token("admin_dag").encode()
+    auth = b"\x00cass\x00" + token
+    for opcode, body in ((0x01, startup), (0x0F, struct.pack(">i", len(auth)) + auth)):
+        frame = _HEADER.pack(0x04, 0, client.stream(), opcode, len(body)) + body
+        assert await _send(client, frame) == 0x000A  # Protocol error
+    # the connection keeps its first identity
+    assert await _send(client, query_with(client.stream(), FORBIDDEN)) == 0x2100
+    assert oracle.executed(since) == []
+    assert oracle.breaches(since, "oracle_relogin") == []
+    refused = [r for r in oracle.audit("oracle_relogin") if r.reason == "unexpected_request"]
+    assert len(refused) == 2 and all(r.decision == "deny" for r in refused)
+    assert token.decode() not in repr(refused)

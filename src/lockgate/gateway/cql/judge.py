@@ -116,7 +116,15 @@ class RequestJudging(SessionState):
             return
         plan = plan_for(event, auth.resource.name, self.keyspace, self.ctx.prepared)
         if plan is None:
-            self._answer(event, codec.ERR_PROTOCOL, f"unexpected {type(event).__name__}")
+            # STARTUP or AUTH_RESPONSE again: the connection's identity cannot change.
+            self._refuse_request(
+                event,
+                None,
+                t0,
+                codec.ERR_PROTOCOL,
+                f"unexpected {type(event).__name__}",
+                "unexpected_request",
+            )
             return
         if not self._token_valid(event, plan, t0):
             return
