@@ -73,6 +73,7 @@ class CosmosFake:
         self._throttle_until = 0.0
         self._retry_after_ms = 0
         self._drop_left = 0
+        self.answer_delay = 0.0  # seconds to sit on a data request's answer, once run
         self._runner: web.AppRunner | None = None
         self.account_id = "fakeaccount"
 
@@ -153,6 +154,8 @@ class CosmosFake:
             ran.op if ran is not None else None,
         )
         self.requests.append(record)
+        if self.answer_delay and request.path.strip("/"):
+            await asyncio.sleep(self.answer_delay)
         if self._drop_left > 0 and request.path.strip("/") and request.transport is not None:
             self._drop_left -= 1
             request.transport.abort()

@@ -6,6 +6,8 @@ retry with another key version) must show in the outcome record's ``retries``.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -62,3 +64,20 @@ async def test_underscore_header_names_never_reach_the_account(cosmos_env: Env) 
     got = env.fake.requests[-1]
     assert got.method == "GET"
     assert not [name for name in got.headers if "_" in name]
+
+
+async def test_a_client_that_leaves_mid_request_leaves_an_outcome(cosmos_env: Env) -> None:
+    """The account runs the request; the client is gone before the answer: the audit has
+    the admitted record and one outcome for it."""
+    env = cosmos_env
+    env.fake.answer_delay = 0.6
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await _signed(env, "GET", DOC, "docs", DOC)
+    await asyncio.sleep(1.0)  # past the answer
+    assert [r.path for r in env.fake.requests if r.method == "GET"] == [f"/{DOC}"]
+    admitted = [r for r in env.audit(event="admitted") if r.object == "sales/orders"]
+    outcomes = [r for r in env.audit() if r.event in ("allowed", "upstream_error")]
+    assert len(admitted) == 1
+    assert len(outcomes) == 1 and outcomes[0].object == "sales/orders"
+    assert str(outcomes[0].detail.get("ref", "")).endswith("/1")  # the admitted record's

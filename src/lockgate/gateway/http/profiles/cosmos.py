@@ -30,6 +30,7 @@ links are refused (policy names objects by name); no token, key or signature is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -198,7 +199,14 @@ class CosmosProfile:
         ):
             return False
         base = _public_base(conn, head, p.target.path, parts[2])
-        out = await self._forward(proxy, rs, method, path, p.target.query, headers, data, base)
+        try:
+            out = await self._forward(proxy, rs, method, path, p.target.query, headers, data,
+                                      base)  # fmt: skip
+        except asyncio.CancelledError:  # the client left: the account may have run it
+            proxy.emit("upstream_error", claims, rs.name, op.action, op.obj, t0, status=499,
+                       decision="allow", rule=rule, reason="client_closed",
+                       bytes_in=len(data), detail=detail)  # fmt: skip
+            raise
         status, resp_headers, resp_body, retries, error = out
         if retries:
             detail["retries"] = retries
