@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,10 +152,18 @@ def get_status(url: str, token: str) -> int:
         return 0
 
 
-def wait_serving(proc: subprocess.Popen[bytes], url: str, token: str, timeout: float = 30) -> None:
-    """Until a request through the gateway is answered 200; fails if it exits or times out."""
+def wait_serving(
+    proc: subprocess.Popen[bytes], url: str | Callable[[], str], token: str, timeout: float = 30
+) -> None:
+    """Until a request through the gateway is answered 200; fails if it exits or times out.
+    ``url`` may be a function giving a fresh URL per attempt (when the upstream's log of
+    paths is an oracle, each request needs its own path)."""
+
+    def next_url() -> str:
+        return url() if callable(url) else url
+
     deadline = time.monotonic() + timeout
-    while get_status(url, token) != 200:
+    while get_status(next_url(), token) != 200:
         assert proc.poll() is None, "gateway exited during start-up"
         assert time.monotonic() < deadline, "gateway did not start"
         time.sleep(0.1)
