@@ -81,3 +81,12 @@ async def test_a_client_that_leaves_mid_request_leaves_an_outcome(cosmos_env: En
     assert len(admitted) == 1
     assert len(outcomes) == 1 and outcomes[0].object == "sales/orders"
     assert str(outcomes[0].detail.get("ref", "")).endswith("/1")  # the admitted record's
+
+
+async def test_a_query_string_never_reaches_the_account(cosmos_env: Env) -> None:
+    env = cosmos_env
+    status = await _signed(env, "GET", DOC + "?a=1", "docs", DOC)
+    assert status == 400
+    assert [r for r in env.fake.requests if r.path.endswith("/o1")] == []
+    denied = env.audit(event="denied")
+    assert denied and denied[-1].decision == "deny" and "query string" in str(denied[-1].reason)
