@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .conftest import SECRETS, TOKEN, bearer, call, raw_request, resource
@@ -86,3 +88,35 @@ async def test_mixed_case_allow_rules_keep_working(make_gateway, upstream) -> No
     status, _, seen = await call("GET", f"{gw.url}/orders/Reports/q1", headers=bearer())
     assert status == 200 and seen["path"] == "/Reports/q1"
     assert gw.audit.records[-1].object == "/Reports/q1"
+
+
+# -- pipelined requests on one connection ----------------------------------------------------
+async def test_pipelined_requests_reach_the_upstream_as_the_audit_says(make_gateway, upstream):
+    """Five requests in one write: allowed, denied with a body that is itself a request,
+    allowed with such a body, HEAD, allowed. The upstream's log equals the allowed records."""
+    gw = await make_gateway(deny=[("*", "/admin/*")])
+    auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+    inner = b"GET /orders/admin/inner HTTP/1.1\r\nHost: g\r\n" + auth + b"\r\n"
+
+    def req(method: bytes, path: bytes, body: bytes = b"") -> bytes:
+        length = b"Content-Length: %d\r\n" % len(body) if body else b""
+        return method + b" " + path + b" HTTP/1.1\r\nHost: g\r\n" + auth + length + b"\r\n" + body
+
+    data = (
+        req(b"GET", b"/orders/a")
+        + req(b"POST", b"/orders/admin/x", inner)
+        + req(b"POST", b"/orders/b", inner)
+        + req(b"HEAD", b"/orders/c")
+        + req(b"GET", b"/orders/d")
+    )
+    out = await raw_request(gw.port, data + b"GET /orders/e HTTP/1.1\r\nHost: g\r\n" + auth
+                            + b"Connection: close\r\n\r\n")  # fmt: skip
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", out)
+    assert statuses == [b"200", b"403", b"200", b"200", b"200", b"200"]
+    ran = [(s["method"], s["path"]) for s in upstream.seen]
+    assert ran == [("GET", "/a"), ("POST", "/b"), ("HEAD", "/c"), ("GET", "/d"), ("GET", "/e")]
+    allowed = [r.object for r in gw.audit.records if r.event == "allowed"]
+    admitted = [r.object for r in gw.audit.ahead]
+    assert allowed == admitted == ["/a", "/b", "/c", "/d", "/e"]
+    assert [r.object for r in gw.audit.records if r.event == "denied"] == ["/admin/x"]
+    assert upstream.seen[1]["size"] == len(inner)  # the body went as a body, not a request
