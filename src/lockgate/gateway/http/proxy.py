@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import re
 import time
 from base64 import b64decode
 from collections.abc import Awaitable
@@ -77,6 +78,19 @@ _DROP_REQUEST = frozenset(
 )
 # Prefixes of headers never forwarded: the gateway's own, and X-Forwarded-* (set by it).
 _DROP_PREFIXES = (b"x-lockgate-", b"x-forwarded-")
+
+
+# Segment ends that Windows (IIS, App Service on Windows) drops when it maps a URL to a file.
+_WINDOWS_TAIL = re.compile(r"(?:\.|%20)+(?=/|$)")
+
+
+def upstream_reading(path: str) -> str:
+    """``path`` as a lenient upstream may read it: lower-cased (ASP.NET Core, Express, IIS
+    route without regard to case) and without trailing dots or spaces in a segment (IIS)."""
+    folded = path.lower()
+    if "." in folded or "%20" in folded:
+        folded = _WINDOWS_TAIL.sub("", folded)
+    return folded
 
 
 def _safe(value: bytes) -> bool:
@@ -460,7 +474,7 @@ class Proxy:
         action, obj = rs.classifier.classify(method, target.path)
         decision = self._decide(claims, rs, action, obj)
         if decision.allowed:
-            folded = target.path.lower()
+            folded = upstream_reading(target.path)
             if folded != target.path:
                 decision, action, obj = self._judge_folded(
                     claims, rs, method, folded, decision, action, obj
@@ -488,17 +502,16 @@ class Proxy:
         action: str,
         obj: str,
     ) -> tuple[Any, str, str]:
-        """Judge an allowed mixed-case path lower-cased as well: many upstreams match paths
-        case-insensitively (ASP.NET Core and Express routing by default, IIS), so
-        ``/ADMIN/x`` runs what ``/admin/x`` runs. Refused (as that form) when it is denied
-        by a rule, or when it maps to another action or object that policy does not allow;
-        a lower-cased form that merely matches no rule keeps the request allowed, so
-        mixed-case allow rules keep working."""
+        """Judge an allowed path as a lenient upstream reads it as well
+        (:func:`upstream_reading`): ``/ADMIN/x`` and ``/admin./x`` run what ``/admin/x``
+        runs there. Refused (as that form) when it is denied by a rule, or when it maps to
+        another action or object that policy does not allow; a form that merely matches no
+        rule keeps the request allowed, so mixed-case allow rules keep working."""
         f_action, f_obj = rs.classifier.classify(method, folded)
         other = self._decide(claims, rs, f_action, f_obj)
         if other.allowed:
             return decision, action, obj
-        if other.rule is not None or f_action != action or f_obj != obj.lower():
+        if other.rule is not None or f_action != action or f_obj != upstream_reading(obj):
             return other, f_action, f_obj
         return decision, action, obj
 
