@@ -22,6 +22,8 @@ from aiohttp import web
 
 from lockgate.gateway.http.profiles.databricks import ANY_RUN, DEPLOYMENT_WIDE, POLL_TASK
 
+POLL_ROUTE = "/v1/poll-token"
+
 
 def _public_host(host: str) -> str:
     return "localhost" if host in ("0.0.0.0", "::") else host
@@ -48,6 +50,37 @@ def connection_template(resource: Any, port: int | None) -> dict[str, Any]:
     }
 
 
+async def refuse(
+    gateway: Any,
+    status: int,
+    error: str,
+    description: str,
+    *,
+    reason: str,
+    route: str,
+    **fields: Any,
+) -> web.Response:
+    """Audit a refusal of a deployment-authenticated control route, then answer it (OAuth2
+    error shape). Every refusal is recorded with ``decision: deny`` and its reason slug."""
+    await gateway.on_token_event("token_denied", **fields, route=route, reason=reason)
+    return web.json_response({"error": error, "error_description": description}, status=status)
+
+
+async def authenticate(gateway: Any, request: web.Request, route: str) -> Any:
+    """(deployment, body) of a control request, or the (already audited) refusal."""
+    from lockgate.identity.service import OAuthError
+
+    try:
+        result: tuple[str, dict[str, str]] = await gateway.token_service.authenticate_deployment(
+            request, route
+        )
+    except OAuthError as exc:
+        return web.json_response(
+            {"error": exc.error, "error_description": exc.description}, status=exc.status
+        )
+    return result
+
+
 def catalog_extras(resource: Any) -> dict[str, Any]:
     return {"poll": True} if getattr(resource, "profile", None) == "databricks" else {}
 
@@ -55,35 +88,32 @@ def catalog_extras(resource: Any) -> dict[str, Any]:
 def poll_token_handler(gateway: Any) -> Any:
     """The ``/v1/poll-token`` handler bound to a running ``lockgate.server.Gateway``."""
     from lockgate.identity import TaskIdentity
-    from lockgate.identity.service import OAuthError, read_body
 
     async def handle(request: web.Request) -> web.Response:
-        try:
-            body = await read_body(request)
-            deployment, _proof = await gateway.token_service._authenticate(request, body)
-        except OAuthError as exc:
-            return web.json_response(
-                {"error": exc.error, "error_description": exc.description}, status=exc.status
-            )
+        authenticated = await authenticate(gateway, request, POLL_ROUTE)
+        if isinstance(authenticated, web.Response):
+            return authenticated
+        deployment, body = authenticated
         config = gateway.config
         resource = config.resource(body.get("resource", "")) or config.resource_for_conn_id(
             body.get("conn_id", "")
         )
         if resource is None or getattr(resource, "profile", None) != "databricks":
-            return web.json_response(
-                {"error": "invalid_target", "error_description": "not a pollable resource"},
-                status=400,
-            )
+            return await refuse(
+                gateway, 400, "invalid_target", "not a pollable resource",
+                reason="not_pollable", route=POLL_ROUTE, deployment=deployment,
+            )  # fmt: skip
         dag_id = body.get("dag_id") or DEPLOYMENT_WIDE
         dep = config.deployment(deployment)
         if dag_id != DEPLOYMENT_WIDE:
             from lockgate.identity._request import may_act_for
 
             if dep is None or not may_act_for(dep, dag_id):
-                return web.json_response(
-                    {"error": "access_denied", "error_description": "dag not delegated"},
-                    status=403,
-                )
+                return await refuse(
+                    gateway, 403, "access_denied", "dag not delegated",
+                    reason="dag_not_delegated", route=POLL_ROUTE, deployment=deployment,
+                    dag_id=dag_id, resource=resource.name,
+                )  # fmt: skip
         try:
             try_number = int(body.get("try_number") or 0)
         except ValueError:

@@ -483,32 +483,33 @@ def task_key_handler(gateway: Any) -> Any:
     The deployment authenticates as for ``/v1/token`` and sends ``token``; the token must be
     valid, for a ``profile: cosmos`` resource, and minted for this deployment.
     """
-    from lockgate.identity.service import OAuthError, read_body
+    from lockgate.gateway.http.profiles.control import authenticate, refuse
+
+    route = "/v1/cosmos-key"
 
     async def handle(request: web.Request) -> web.Response:
-        try:
-            body = await read_body(request)
-            deployment, _proof = await gateway.token_service._authenticate(request, body)
-        except OAuthError as exc:
-            return web.json_response(
-                {"error": exc.error, "error_description": exc.description}, status=exc.status
-            )
+        authenticated = await authenticate(gateway, request, route)
+        if isinstance(authenticated, web.Response):
+            return authenticated
+        deployment, body = authenticated
         try:
             claims = gateway.verifier.verify_any_audience(str(body.get("token", "")))
         except AuthenticationError as exc:
-            return web.json_response(
-                {"error": "invalid_token", "error_description": str(exc.reason)}, status=400
-            )
+            return await refuse(
+                gateway, 400, "invalid_token", str(exc.reason),
+                reason=f"token_{exc.reason}", route=route, deployment=deployment,
+            )  # fmt: skip
         resource = gateway.config.resource(str(claims.aud))
         if (
             resource is None
             or getattr(resource, "profile", None) != "cosmos"
             or claims.deployment != deployment
         ):
-            return web.json_response(
-                {"error": "invalid_target", "error_description": "not a Cosmos token of yours"},
-                status=400,
-            )
+            return await refuse(
+                gateway, 400, "invalid_target", "not a Cosmos token of yours",
+                reason="not_own_cosmos_token", route=route, deployment=deployment,
+                jti=claims.jti,
+            )  # fmt: skip
         secret = sig.task_key_secret(gateway.state.master_key, resource.name)
         return web.json_response(
             {"key": sig.derive_task_key(secret, claims.jti), "jti": claims.jti},

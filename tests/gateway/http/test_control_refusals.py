@@ -1,0 +1,111 @@
+"""Refusals of the deployment-authenticated profile routes are audited like /v1/token's.
+
+``/v1/cosmos-key`` (a task key for a Cosmos token) and ``/v1/poll-token`` (a triggerer's
+Databricks token) each refuse a bad deployment proof, a token that is not the caller's, and a
+resource that is not theirs to ask for. Every such answer must leave a ``decision: deny``
+record with a reason slug, and none of them may issue anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from lockgate.config import parse_config
+from lockgate.identity import TaskIdentity
+from lockgate.server import Gateway, State
+
+SECRET = "control-refusal-secret"
+POLICY = """\
+rules:
+  - id: everyone-reads
+    effect: allow
+    principals: ["airflow:*"]
+    actions: [read, write]
+    resources: [cosmos, api]
+"""
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    (tmp_path / "p.yaml").write_text(POLICY)
+    sha = hashlib.sha256(SECRET.encode()).hexdigest()
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "listeners": {"control": {"port": 0}, "http": {"port": 0}},
+            "deployments": [
+                {"name": "prod", "proof": {"type": "client_secret", "secret_sha256": sha},
+                 "dags": ["*"]},
+                {"name": "other", "proof": {"type": "client_secret", "secret_sha256": sha},
+                 "dags": ["*"]},
+            ],
+            "resources": [
+                {"name": "cosmos", "kind": "http", "upstream": "http://127.0.0.1:9",
+                 "credential": "k", "conn_id": "cosmos_default", "profile": "cosmos",
+                 "cosmos": {"database": "sales", "container": "orders"}},
+                {"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9",
+                 "credential": "k", "conn_id": "api"},
+            ],
+            "credentials": [{"name": "k", "type": "static"}],
+            "policies": [str(tmp_path / "p.yaml")],
+        },
+        tmp_path / "lockgate.yaml",
+    )  # fmt: skip
+    State(cfg).credentials.set("k", base64.b64encode(b"x" * 32).decode())
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+
+
+async def post(gw: Gateway, route: str, deployment: str, secret: str, **form: str) -> int:
+    basic = base64.b64encode(f"{deployment}:{secret}".encode()).decode()
+    headers = {"Authorization": f"Basic {basic}"}  # what the secrets backend's client sends
+    url = f"http://127.0.0.1:{gw.control_port}{route}"
+    async with aiohttp.ClientSession() as s, s.post(url, data=form, headers=headers) as r:
+        body: dict[str, Any] = await r.json()
+        assert "key" not in body and "access_token" not in body
+        return r.status
+
+
+def refusals(gw: Gateway, route: str) -> list[Any]:
+    gw.audit.flush(5.0)
+    return [r for r in gw.audit.search(limit=1000) if (r.detail or {}).get("route") == route]
+
+
+@pytest.mark.parametrize("route", ["/v1/cosmos-key", "/v1/poll-token"])
+async def test_a_bad_deployment_proof_is_audited(gw: Gateway, route: str) -> None:
+    assert await post(gw, route, "prod", "wrong", token="x", resource="api") == 401
+    [rec] = refusals(gw, route)
+    assert rec.decision == "deny" and rec.reason and rec.event == "auth_failed"
+
+
+async def test_cosmos_key_refusals_are_audited(gw: Gateway) -> None:
+    route = "/v1/cosmos-key"
+    assert await post(gw, route, "prod", SECRET, token="not-a-token") == 400
+    theirs, _ = gw.issuer.mint(TaskIdentity("other", "d", "t", "r", 1), "cosmos", 60)
+    assert await post(gw, route, "prod", SECRET, token=theirs) == 400
+    http_token, _ = gw.issuer.mint(TaskIdentity("prod", "d", "t", "r", 1), "api", 60)
+    assert await post(gw, route, "prod", SECRET, token=http_token) == 400
+    records = refusals(gw, route)
+    assert [r.decision for r in records] == ["deny"] * 3
+    assert records[0].reason.startswith("token_")
+    assert {r.reason for r in records[1:]} == {"not_own_cosmos_token"}
+    assert all(r.deployment == "prod" for r in records)
+    assert not any(SECRET in str(r.to_dict()) or theirs in str(r.to_dict()) for r in records)
+
+
+async def test_poll_token_for_a_resource_that_is_not_pollable_is_audited(gw: Gateway) -> None:
+    route = "/v1/poll-token"
+    assert await post(gw, route, "prod", SECRET, resource="api") == 400
+    [rec] = refusals(gw, route)
+    assert (rec.decision, rec.reason, rec.deployment) == ("deny", "not_pollable", "prod")
