@@ -226,3 +226,5 @@ async def test_audit_unavailable_refuses_then_recovers(
     assert [t for _, t in stack.fake.user_statements() if not t.startswith("USE")] == []
     monkeypatch.undo()
     assert await execute(etl, "SELECT * FROM orders") == []
+    refused = [r for r in stack.audit("upstream_error") if r.reason == "audit_unavailable"]
+    assert [(r.decision, r.action, r.object) for r in refused] == [("error", "read", "ks.orders")]

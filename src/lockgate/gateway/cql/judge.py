@@ -186,13 +186,20 @@ class RequestJudging(SessionState):
         )  # fmt: skip
         try:
             ref = self.ctx.audit.write_ahead(admitted)
-        except AuditUnavailable:
+        except AuditUnavailable as exc:
             self._answer(
                 event,
                 codec.ERR_OVERLOADED,
                 "Lockgate audit unavailable: statement not run; retry later",
             )
             log.error("cql statement refused: audit unavailable", extra={"fields": self._fields()})
+            # Queued, not written ahead: it lands once the audit recovers (nothing was sent).
+            self.ctx.record(
+                "upstream_error", claims, auth.resource.name, t0, action=action, obj=obj,
+                status=codec.ERR_OVERLOADED, decision="error", rule=rule,
+                reason="audit_unavailable",
+                detail={**self._detail(plan), "error": str(exc)[:200]},
+            )  # fmt: skip
             return
         self.ctx.count(auth.resource.name, action, "allow")
         self._forward(event, Pending(t0, plan, True, action, obj, ref))
