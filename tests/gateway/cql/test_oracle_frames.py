@@ -164,3 +164,22 @@ async def test_a_second_login_on_a_connection_is_refused_and_audited(oracle: Ora
     refused = [r for r in oracle.audit("oracle_relogin") if r.reason == "unexpected_request"]
     assert len(refused) == 2 and all(r.decision == "deny" for r in refused)
     assert token.decode() not in repr(refused)
+
+
+@pytest.mark.parametrize(
+    "text", ["SELECT * FROM system.local", "SELECT * FROM ks.orders", "USE other"]
+)
+async def test_a_negative_stream_id_is_refused(oracle: Oracle, text: str) -> None:
+    """Negative stream ids are the server's (native_protocol_v4.spec §2.3): an answer on one
+    cannot be told from an EVENT, so its outcome, its topology rewrite and a USE's keyspace
+    would be lost. The gateway refuses such a request, audited, and runs nothing."""
+    client = await oracle.connect("oracle_negstream")
+    since = oracle.mark()
+    assert await _send(client, query_with(-7, text)) == 0x000A  # Protocol error
+    # the connection stays usable, and the granted read still runs on a positive stream
+    assert await _send(client, query_with(client.stream(), GRANTED)) == 0
+    assert oracle.executed(since) == [("read", "ks.orders")]
+    assert oracle.breaches(since, "oracle_negstream") == []
+    refused = [r for r in oracle.audit("oracle_negstream") if r.reason == "negative_stream"]
+    assert len(refused) == 1 and refused[0].decision == "deny"
+    await client.close()

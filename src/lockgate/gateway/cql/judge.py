@@ -101,6 +101,18 @@ class RequestJudging(SessionState):
             self.holds.hold(event)  # judged when the USE in flight is answered
             return
         t0 = self.ctx.clock()
+        if event.stream < 0:
+            # Negative ids are the server's (EVENTs): an answer on one could not be told
+            # apart from an event, so its outcome, rewrite or keyspace would be lost.
+            self._refuse_request(
+                event,
+                None,
+                t0,
+                codec.ERR_PROTOCOL,
+                f"stream id {event.stream} is negative; negative stream ids are the server's",
+                "negative_stream",
+            )
+            return
         if event.stream in self.pending:
             self._refuse_request(
                 event,
