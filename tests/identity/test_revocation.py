@@ -76,3 +76,38 @@ def test_rows_are_purged_after_expiry(tmp_path: Path, issuer: TokenIssuer, clock
         assert store.list() == []
     finally:
         store.close()
+
+
+def test_jti_revoked_by_a_deployment_reaches_only_its_tokens(
+    revocations: RevocationStore, issuer: TokenIssuer
+) -> None:
+    prod = mint(issuer)
+    revocations.revoke_jti(prod.jti, prod.exp, "not yours", deployment="staging")
+    assert not revocations.is_revoked(prod)
+    revocations.refresh(force=True)  # the same answer once rebuilt from the file
+    assert not revocations.is_revoked(prod)
+    revocations.revoke_jti(prod.jti, prod.exp, "mine", deployment="prod")
+    assert revocations.is_revoked(prod)
+    assert {r.target["deployment"] for r in revocations.list()} == {"staging", "prod"}
+
+
+def test_unscoped_jti_rows_of_an_older_store_still_revoke(
+    tmp_path: Path, issuer: TokenIssuer
+) -> None:
+    import sqlite3
+
+    a = mint(issuer)
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute(
+        "CREATE TABLE revoked_jti (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL, "
+        "reason TEXT NOT NULL, revoked_at REAL NOT NULL)"
+    )
+    db.execute("INSERT INTO revoked_jti VALUES (?, ?, 'old', 0)", (a.jti, a.exp))
+    db.commit()
+    db.close()
+    store = RevocationStore(tmp_path / "old.db", clock=lambda: a.iat)
+    try:
+        assert store.is_revoked(a)
+        assert store.list()[0].target == {"jti": a.jti, "deployment": None}
+    finally:
+        store.close()

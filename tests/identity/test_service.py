@@ -507,6 +507,23 @@ async def test_revoke_requires_auth_and_delegation(env: Env) -> None:
     assert status == 400
 
 
+async def test_revoke_by_jti_reaches_only_the_callers_tokens(env: Env) -> None:
+    # A jti is no secret (task logs and audit records show it): another deployment that
+    # names it must not kill this deployment's token, and must not learn whether it exists.
+    _, ours = await env.token()
+    other = {"client_id": "attested", "client_secret": ATTESTED_SECRET}
+    status, body = await env.post("/v1/revoke", {**other, "jti": ours["jti"]})
+    assert (status, body) == (200, {"revoked": "jti"})
+    env.revocations.refresh(force=True)
+    env.verifier.verify(ours["access_token"], "orders-api")  # still valid
+    status, _ = await env.post(
+        "/v1/revoke", {"client_id": "prod", "client_secret": SECRET, "jti": ours["jti"]}
+    )
+    assert status == 200
+    with pytest.raises(AuthenticationError, match="revoked"):
+        env.verifier.verify(ours["access_token"], "orders-api")
+
+
 # -- discovery ----------------------------------------------------------------------------------
 
 

@@ -153,10 +153,13 @@ class DbRoles:
     # -- revocation hook (TokenService on_revoke) -----------------------------------------
     async def on_revoke(self, kind: str, target: dict[str, Any]) -> list[str]:
         dropped: list[str] = []
-        for roles in self.roles.values():
-            if kind == "jti":
-                dropped += await roles.revoke_jti(target["jti"])
-            else:
+        if kind == "jti":
+            # Only the revoking deployment's token: a jti is no secret (see revocation.py).
+            for (resource, _role), claims in list(self._claims.items()):
+                if claims.jti == target["jti"] and claims.deployment == target["deployment"]:
+                    dropped += await self.roles[resource].revoke_jti(claims.jti)
+        else:
+            for roles in self.roles.values():
                 dropped += await roles.revoke_matching(
                     target["deployment"],
                     target["dag_id"],

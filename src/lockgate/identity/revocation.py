@@ -2,7 +2,9 @@
 
 Three kinds of revocation and one kill switch, each a table:
 
-- ``revoked_jti``   one token, kept until the token would have expired anyway;
+- ``revoked_jti``   one token, kept until the token would have expired anyway; scoped to the
+  deployment that revoked it (``*`` for an operator), since a jti is no secret — task logs and
+  audit records show it — so one deployment naming another's jti must revoke nothing;
 - ``revoked_dag``   every token of a DAG (optionally one run) issued at or before a moment;
   ``dag_id`` ``*`` stands for every DAG of the deployment;
 - ``revoked_try``   every token of one task try (the Airflow listener sends this when a
@@ -40,7 +42,9 @@ REFRESH_INTERVAL = 0.2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revoked_jti (
-    jti TEXT PRIMARY KEY, expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL
+    jti TEXT NOT NULL, deployment TEXT NOT NULL,
+    expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
+    PRIMARY KEY (jti, deployment)
 );
 CREATE TABLE IF NOT EXISTS revoked_dag (
     deployment TEXT NOT NULL, dag_id TEXT NOT NULL, run_id TEXT NOT NULL DEFAULT '',
@@ -58,6 +62,19 @@ CREATE TABLE IF NOT EXISTS mint_block (
     blocked_at REAL NOT NULL, blocked_by TEXT NOT NULL, reason TEXT NOT NULL,
     PRIMARY KEY (deployment, dag_id)
 );
+"""
+
+# Stores written before jti revocations were scoped to a deployment hold them for any.
+_MIGRATE_UNSCOPED_JTI = """
+ALTER TABLE revoked_jti RENAME TO revoked_jti_unscoped;
+CREATE TABLE revoked_jti (
+    jti TEXT NOT NULL, deployment TEXT NOT NULL,
+    expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
+    PRIMARY KEY (jti, deployment)
+);
+INSERT INTO revoked_jti
+    SELECT jti, '*', expires_at, reason, revoked_at FROM revoked_jti_unscoped;
+DROP TABLE revoked_jti_unscoped;
 """
 
 TryKey = tuple[str, str, str, str, int, int]
@@ -113,7 +130,9 @@ class RevocationStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
-        self._jtis: dict[str, float] = {}
+        self._migrate()
+        # jti -> the deployments whose token of that jti is revoked (ANY_DEPLOYMENT: any).
+        self._jtis: dict[str, frozenset[str]] = {}
         # (deployment, dag_id) -> {run_id or "": before}; "" means every run.
         self._dags: dict[tuple[str, str], dict[str, float]] = {}
         self._tries: set[TryKey] = set()
@@ -126,15 +145,32 @@ class RevocationStore:
         with self._lock:
             self._db.close()
 
+    def _migrate(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
+        try:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(revoked_jti)")}
+            if "deployment" not in columns:
+                for statement in _MIGRATE_UNSCOPED_JTI.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     # -- writes -------------------------------------------------------------------------------
-    def revoke_jti(self, jti: str, expires_at: float, reason: str = "") -> None:
+    def revoke_jti(
+        self, jti: str, expires_at: float, reason: str = "", deployment: str | None = None
+    ) -> None:
+        """Revoke token ``jti`` if ``deployment`` issued it (``None``: whoever did)."""
         now = self._clock()
+        dep = deployment or ANY_DEPLOYMENT
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO revoked_jti VALUES (?, ?, ?, ?)",
-                (jti, expires_at, reason, now),
+                "INSERT OR REPLACE INTO revoked_jti VALUES (?, ?, ?, ?, ?)",
+                (jti, dep, expires_at, reason, now),
             )
-            self._jtis[jti] = expires_at
+            self._jtis = {**self._jtis, jti: self._jtis.get(jti, frozenset()) | {dep}}
 
     def revoke_dag(
         self, deployment: str | None, dag_id: str, run_id: str | None = None, reason: str = ""
@@ -226,7 +262,10 @@ class RevocationStore:
         return None
 
     def is_revoked(self, claims: Claims) -> bool:
-        if claims.jti in self._jtis:
+        deployments = self._jtis.get(claims.jti)
+        if deployments is not None and (
+            ANY_DEPLOYMENT in deployments or claims.deployment in deployments
+        ):
             return True
         if self._blocks and self.blocked(claims.deployment, claims.dag_id) is not None:
             return True
@@ -272,7 +311,10 @@ class RevocationStore:
                 return False
             if purge_due:
                 self._purge(now)
-            jtis = dict(self._db.execute("SELECT jti, expires_at FROM revoked_jti"))
+            scopes: dict[str, set[str]] = {}
+            for jti, dep in self._db.execute("SELECT jti, deployment FROM revoked_jti"):
+                scopes.setdefault(jti, set()).add(dep)
+            jtis = {jti: frozenset(deps) for jti, deps in scopes.items()}
             dags: dict[tuple[str, str], dict[str, float]] = {}
             for dep, dag, run, before in self._db.execute(
                 "SELECT deployment, dag_id, run_id, before FROM revoked_dag"
@@ -299,10 +341,11 @@ class RevocationStore:
     def list(self) -> list[Revocation]:
         out: list[Revocation] = []
         with self._lock:
-            for jti, exp, reason in self._db.execute(
-                "SELECT jti, expires_at, reason FROM revoked_jti ORDER BY revoked_at"
+            for jti, dep, exp, reason in self._db.execute(
+                "SELECT jti, deployment, expires_at, reason FROM revoked_jti ORDER BY revoked_at"
             ):
-                out.append(Revocation("jti", {"jti": jti}, reason, exp))
+                target = {"jti": jti, "deployment": None if dep == ANY_DEPLOYMENT else dep}
+                out.append(Revocation("jti", target, reason, exp))
             for dep, dag, run, before, exp, reason in self._db.execute(
                 "SELECT deployment, dag_id, run_id, before, expires_at, reason FROM revoked_dag "
                 "ORDER BY before"

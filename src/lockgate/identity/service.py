@@ -230,9 +230,10 @@ class TokenService:
                     reason="bad_block_target",
                 )
             if kind == "jti":
-                # jtis are 128 random bits, so only someone who saw the token can name it.
+                # A jti is no secret (task logs, audit records): the revocation holds for this
+                # deployment's token of that jti only, and the answer is the same either way.
                 expires = self._clock() + self.config.tokens.max_ttl + self.config.tokens.leeway
-                self.revocations.revoke_jti(target["jti"], expires, reason)
+                self.revocations.revoke_jti(target["jti"], expires, reason, dep.name)
             elif not may_act_for(dep, target["dag_id"]):
                 raise OAuthError(
                     403,
