@@ -9,6 +9,7 @@ which names the table the node resolved the statement against.
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -143,6 +144,26 @@ def test_registry_is_bounded() -> None:
         reg.remember("cass", bytes([i]) * 16, f"SELECT * FROM ks.t{i}", None)  # noqa: S608
     assert len(reg) == 3
     assert reg.lookup("cass", b"\x00" * 16) is None
+
+
+def test_registry_memory_is_bounded_whatever_the_text_sizes() -> None:
+    """A reader of one table can PREPARE texts as long as a frame; 200 distinct 1 MiB texts
+    must not stay pinned (measured by tracemalloc, not by the registry's own count)."""
+    reg = PreparedStatements()
+    filler = "0," * (512 * 1024)  # ~1 MiB of IN-list per text
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(200):
+            text = f"SELECT * FROM ks.orders WHERE id IN ({filler}{i})"  # noqa: S608
+            reg.remember("cass", i.to_bytes(16, "big"), text, None)
+            del text
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 96 * 2**20, f"{held / 2**20:.0f} MiB held"  # the budget is 64 MiB
+    assert reg.lookup("cass", (199).to_bytes(16, "big")) is not None  # the newest stays
+    assert reg.lookup("cass", (0).to_bytes(16, "big")) is None  # the oldest went
 
 
 def test_execute_and_batch_plans_of_an_ambiguous_id_are_refused() -> None:

@@ -20,6 +20,7 @@ audit is capped and has its password literals redacted; bound values are never k
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,6 +35,10 @@ log = _log.get("gateway.cql")
 
 MAX_AUDIT_TEXT = 2048
 DEFAULT_PREPARED_ENTRIES = 20_000
+#: Memory the registry's texts may hold in all. A text may be as long as a frame (16 MiB by
+#: default), so a count alone let a reader of one table pin 20,000 frames' worth of texts;
+#: Cassandra bounds its own prepared cache by size too.
+DEFAULT_PREPARED_BYTES = 64 * 1024 * 1024
 #: Statement texts up to this length have their classification cached (drivers send the same
 #: prepared/parameterised texts over and over; tokenizing each time was the hot path's cost).
 CACHE_TEXT_MAX = 4096
@@ -125,8 +130,8 @@ class PreparedEntry:
 
 
 class PreparedStatements:
-    """Prepared id → :class:`PreparedEntry` per resource, a bounded LRU shared by all
-    connections.
+    """Prepared id → :class:`PreparedEntry` per resource, an LRU shared by all connections,
+    bounded by entries and by the memory of their texts (the newest entry always stays).
 
     Cassandra's prepared ids are per node and not per connection (the driver prepares on one
     connection and executes on any), so the gateway keeps one map per process. An entry is
@@ -135,8 +140,14 @@ class PreparedStatements:
     principal or keyspace can make an id stand for a statement other than the one it runs.
     """
 
-    def __init__(self, max_entries: int = DEFAULT_PREPARED_ENTRIES) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_PREPARED_ENTRIES,
+        max_bytes: int = DEFAULT_PREPARED_BYTES,
+    ) -> None:
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0  # sys.getsizeof of the texts held
         self._entries: OrderedDict[tuple[str, bytes], PreparedEntry] = OrderedDict()
 
     def remember(self, resource: str, query_id: bytes, text: str, keyspace: str | None) -> bool:
@@ -164,9 +175,13 @@ class PreparedStatements:
             return False
         if known is None:
             self._entries[key] = PreparedEntry(text, keyspace)
+            self._bytes += sys.getsizeof(text)
         self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        while len(self._entries) > 1 and (
+            len(self._entries) > self._max or self._bytes > self._max_bytes
+        ):
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= sys.getsizeof(evicted.text)
         return True
 
     def lookup(self, resource: str, query_id: bytes) -> PreparedEntry | None:
