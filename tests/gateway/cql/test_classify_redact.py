@@ -83,6 +83,22 @@ def test_unlexable_text_with_a_password_is_withheld_whole(text: str) -> None:
     assert "hunter2" not in got and "unterminated" not in got
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "CREATE ROLE r WITH OPTIONS = {'token': 'hunter2'} \u00a0",
+        "ALTER USER u WITH OPTIONS = {'k': 'hunter2'} -- no end",
+        "create role 'hunter2",
+    ],
+)
+def test_unlexable_role_statement_is_withheld_whole(text: str) -> None:
+    """A role statement's OPTIONS may carry a secret without the word password; one the
+    lexer cannot read (so its literals cannot be found) is withheld, not kept as written."""
+    got = redact_secrets(text)
+    assert "hunter2" not in got
+    assert got.startswith(f"<statement withheld: {len(text.encode())} bytes")
+
+
 # '#' occurs nowhere in the templates, so any '#' in the output would come from the secret.
 _secret = (
     st.text(max_size=30).map(lambda s: "#" + s).filter(lambda s: "$$" not in s and "*/" not in s)

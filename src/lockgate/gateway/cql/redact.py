@@ -7,7 +7,9 @@ custom role manager). In a sensitive text every string literal, and whatever tok
 follows ``PASSWORD [=]``, becomes ``'***'`` and comments are dropped; the rest of the text
 is kept as written. Positions come from the lexer's token spans, never from a pattern over
 the raw text, so a quote inside a comment or a ``$$`` string cannot shift what is hidden.
-A sensitive text the lexer cannot read is withheld whole; anything else is returned as is.
+A text the lexer cannot read is withheld whole when it mentions ``password``, ``role`` or
+``user`` (it may be a role statement: where its literals are cannot be known); anything
+else is returned as is.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ def redact_secrets(text: str) -> str:
     try:
         tokens = lex(text, spans)
     except CqlSyntaxError:
-        if "password" not in lowered:
-            return text
+        # Unlexable, so where its literals are is unknown: a text that may hold a role
+        # statement (whose OPTIONS need not say "password") is withheld too.
         size = len(text.encode("utf-8", "surrogatepass"))
-        return f"<statement withheld: {size} bytes, contains a password option>"
+        if "password" in lowered:
+            return f"<statement withheld: {size} bytes, contains a password option>"
+        return f"<statement withheld: {size} bytes, may be a role statement>"
     if "password" not in lowered and not _has_role_statement(tokens):
         return text
     return _masked(text, tokens, spans)
