@@ -321,3 +321,47 @@ def test_guardrails_read_numbers_sent_as_strings() -> None:
     payload["tasks"][0]["new_cluster"] = {"node_type_id": "i3.xlarge", "autoscale": {}}
     why = g.violation(rule, g.cluster_specs(payload), g.timeouts(payload), "p")
     assert why is not None and "does not bound its workers" in why
+
+
+async def test_a_run_id_named_twice_is_refused_not_judged_on_one_copy(env: Env) -> None:
+    # The gateway read the body's (or the last) run_id, the workspace the query's (or the
+    # first): a DAG could read another DAG's run by naming its own run as a decoy.
+    _, theirs = await env.call("POST", "/api/2.2/jobs/run-now", env.token(), {"job_id": 101})
+    mine_tok = env.token(dag="etl_other")
+    _, mine = await env.call("POST", "/api/2.2/jobs/run-now", mine_tok, {"job_id": 101})
+    victim, decoy = theirs["run_id"], mine["run_id"]
+    before = len(env.fake.api_calls("runs/get"))
+    url = env.base + "/api/2.2/jobs/runs/get"
+    auth = {"Authorization": f"Bearer {mine_tok}"}
+    attempts: list[dict[str, Any]] = [
+        {"params": {"run_id": str(victim)}, "json": {"run_id": decoy}},
+        {"params": [("run_id", str(victim)), ("run_id", str(decoy))]},
+        {"data": f'{{"run_id": {victim}, "run_id": {decoy}}}'},
+    ]
+    for kw in attempts:
+        async with env.http.get(url, headers=auth, **kw) as r:
+            answer = await r.json(content_type=None)
+            assert r.status == 400, (kw, answer)
+            assert answer.get("run_id") != victim
+    assert len(env.fake.api_calls("runs/get")) == before  # none reached the workspace
+    refused = _audit(env, dag="etl_other", decision="deny")
+    assert sum(r.status == 400 for r in refused) >= len(attempts)
+
+
+async def test_guardrails_see_nested_clusters_and_odd_numbers(env: Env) -> None:
+    def submit(cluster: dict[str, Any], nested: bool = False) -> dict[str, Any]:
+        task: dict[str, Any] = {"task_key": "t", "notebook_task": {"notebook_path": "/x"},
+                                "new_cluster": cluster}  # fmt: skip
+        if nested:  # for_each_task runs its inner task on the inner task's own cluster
+            task = {"task_key": "each", "for_each_task": {"inputs": "[1,2]", "task": task}}
+        return {"run_name": "odd", "timeout_seconds": 600, "tasks": [task]}
+
+    big = {"spark_version": "15.4.x-scala2.12", "node_type_id": "i3.xlarge", "num_workers": 64}
+    status, body = await env.call("POST", "/api/2.2/jobs/runs/submit", env.token(),
+                                  submit(big, nested=True))  # fmt: skip
+    assert status == 403 and "num_workers 64 exceeds the limit 8" in body["reason"], body
+    for odd in ("\u00b2", "\u0661\u0662", "6.4e1"):  # superscript two, Arabic-Indic 12
+        status, body = await env.call("POST", "/api/2.2/jobs/runs/submit", env.token(),
+                                      submit({**big, "num_workers": odd}))  # fmt: skip
+        assert status == 403 and "does not bound its workers" in body["reason"], (odd, body)
+    assert not env.fake.api_calls("runs/submit")

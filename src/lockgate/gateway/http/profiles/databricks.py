@@ -17,7 +17,10 @@ GET  clusters/get          read    ``cluster:<cluster_id>``
 =========================  ======  ===============================================
 
 Ids come from the query string or the JSON body (the hook's async client sends GET
-parameters as a JSON body). A job-name grant is consulted when the job id is not granted;
+parameters as a JSON body). A parameter named twice — twice in the query, in both the query
+and the body, or a key twice in one JSON object anywhere in the body — is refused (400):
+which copy the workspace reads is not ours to guess, and a decoy copy would be judged.
+A job-name grant is consulted when the job id is not granted;
 an explicit deny on either object wins. Runs are owned: ``run:<id>`` objects are refused
 unless the run was started through Lockgate by the same deployment and DAG (see
 :mod:`.registry`); triggerer poll tokens (task ``@poll``) may only read such runs.
@@ -37,7 +40,7 @@ import time
 import zlib
 from fnmatch import fnmatchcase
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 import aiohttp
 
@@ -306,18 +309,39 @@ def _glob_for(rule: Any, principal: str) -> str:
 
 
 def _params(req: ProfileRequest) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v[-1] for k, v in parse_qs(req.query).items()}
+    out: dict[str, Any] = {}
+    for key, value in parse_qsl(req.query, keep_blank_values=True):
+        if key in out:
+            raise _Refusal(400, "bad_request", f"query parameter {key!r} given twice")
+        out[key] = value
     if req.body:
-        data = _json(req.body)
+        try:
+            data = json.loads(req.body, object_pairs_hook=_unique_keys)
+        except _Refusal:
+            raise
+        except ValueError:
+            data = None
         if not isinstance(data, dict):
             raise _Refusal(400, "bad_request", "request body is not a JSON object")
+        both = out.keys() & data.keys()
+        if both:
+            raise _Refusal(
+                400, "bad_request", f"parameter {min(both)!r} given in both query and body"
+            )
         out.update(data)
     return out
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _Refusal(400, "bad_request", "a JSON object in the body names a key twice")
+    return obj
+
+
 def _id(params: dict[str, Any], key: str) -> int:
     v = params.get(key)
-    if isinstance(v, str) and v.isdigit() and len(v) <= 19:
+    if isinstance(v, str) and v.isascii() and v.isdigit() and len(v) <= 19:
         v = int(v)
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
         raise _Refusal(400, "bad_request", f"{key} missing or not an integer")

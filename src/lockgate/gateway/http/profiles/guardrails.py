@@ -2,12 +2,14 @@
 
 ``cluster_specs(payload)`` finds every cluster a run would start, in a ``runs/submit`` body
 or in a job's ``settings`` (``jobs/get``): top-level ``new_cluster`` (single-task form),
-``tasks[].new_cluster``, ``job_clusters[].new_cluster``, and ``existing_cluster_id`` uses.
+``tasks[].new_cluster``, ``job_clusters[].new_cluster``, and ``existing_cluster_id`` uses;
+a ``for_each_task`` task's inner ``task`` counts as a task of its own.
 ``violation(rule, specs, timeouts, principal)`` returns the first broken limit as a message
 naming the limit, the value requested and the principal, or None.
 
 Numbers may arrive as JSON strings (the Airflow provider normalises every number to a
-string, and Databricks accepts both), so ``"64"`` is read as 64. Rules fail closed: a
+string, and Databricks accepts both), so ``"64"`` is read as 64; only ASCII digits are
+digits (``"²"`` or Arabic-Indic digits are no number here). Rules fail closed: a
 cluster without ``num_workers`` or ``autoscale.max_workers`` counts as
 unbounded when a cap is set; a missing or zero ``timeout_seconds`` means "no timeout" and
 breaks a ``max_timeout_seconds`` limit; a missing node type (no pool, no policy) breaks an
@@ -63,7 +65,7 @@ def cluster_specs(payload: dict[str, Any]) -> list[ClusterSpec]:
         if isinstance(jc.get("new_cluster"), dict):
             key = str(jc.get("job_cluster_key", "job_cluster"))
             out.append(ClusterSpec(key, jc["new_cluster"]))
-    for t in _dicts(payload.get("tasks")):
+    for t in _tasks(payload):
         key = str(t.get("task_key", "task"))
         if isinstance(t.get("new_cluster"), dict):
             out.append(ClusterSpec(key, t["new_cluster"]))
@@ -75,7 +77,7 @@ def cluster_specs(payload: dict[str, Any]) -> list[ClusterSpec]:
 def timeouts(payload: dict[str, Any]) -> list[tuple[str, int]]:
     """(where, timeout_seconds) of the run: top level, and each task that sets its own."""
     out = [("run", _int(payload.get("timeout_seconds")))]
-    for t in _dicts(payload.get("tasks")):
+    for t in _tasks(payload):
         if "timeout_seconds" in t:
             out.append((f"task {t.get('task_key', '?')}", _int(t.get("timeout_seconds"))))
     return out
@@ -154,6 +156,16 @@ def violation(
     return None
 
 
+def _tasks(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every task of a run, ``for_each_task`` inner tasks (at any depth) included."""
+    out = _dicts(payload.get("tasks"))
+    for task in out:  # grows as inner tasks are found, so every depth is reached
+        loop = task.get("for_each_task")
+        if isinstance(loop, dict) and isinstance(loop.get("task"), dict):
+            out.append(loop["task"])
+    return out
+
+
 def _dicts(value: Any) -> list[dict[str, Any]]:
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
@@ -164,7 +176,7 @@ def _num(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if value >= 0 else None
-    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         return int(value)
     return None
 
