@@ -1,7 +1,8 @@
 """The flat-detail fast path of ``sanitize`` gives what the JSON round trip gives.
 
 The oracle is the round trip itself (redact, ``json.dumps``, UTF-8 with replacement,
-``json.loads``, the size cap), written out here as ``sanitize`` did it for every detail."""
+``json.loads`` with NaN and Infinity as null, the size cap), written out here as ``sanitize``
+did it for every detail."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
 
 def round_trip(detail: dict[Any, Any]) -> dict[str, Any]:
     text = json.dumps(redact(dict(detail)), default=str, ensure_ascii=False)
-    out = json.loads(text.encode("utf-8", "replace"))
+    out = json.loads(text.encode("utf-8", "replace"), parse_constant=lambda _name: None)
     return {"truncated": True} if len(canonical_json(out)) > MAX_DETAIL_BYTES else out
 
 
@@ -54,3 +55,32 @@ def test_secrets_never_pass_the_fast_path() -> None:
         AuditRecord(event="allowed", detail={"ref": JWT, "api_key": "k", "token": 7}), 1.0
     )
     assert rec.detail == {"ref": "[redacted]", "api_key": "[redacted]", "token": "[redacted]"}
+
+
+WHO = {
+    "deployment": "prod", "dag_id": "etl_daily", "task_id": "load", "principal": "p",
+    "resource": "dbx", "action": "read", "object": "run:1", "decision": "allow", "jti": "a" * 32,
+}  # fmt: skip
+
+
+def test_a_detail_that_cannot_be_stored_never_hides_who_did_what() -> None:
+    # A value no JSON encoder takes (an integer past Python's 4,300-digit limit, a tuple
+    # key) costs the record its detail, not its deployment, DAG, object and decision.
+    for bad in ({"x": 10**5000}, {"a": {"b": 10**5000}}, {"a": {(1, 2): 1}}):
+        rec = sanitize(AuditRecord(event="admitted", **WHO, detail=bad), 1.0)
+        assert {k: getattr(rec, k) for k in WHO} == WHO, bad
+        assert rec.detail["detail_dropped"] is True
+        assert rec.detail["error"] in ("ValueError", "TypeError")
+        json.loads(canonical_json(rec.to_dict()))
+
+
+def test_non_finite_numbers_in_a_detail_are_stored_as_null() -> None:
+    # NaN and Infinity are not JSON: a record holding them breaks strict readers of the trail.
+    detail = {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": float("-inf")}}
+    rec = sanitize(AuditRecord(event="allowed", detail=detail), 1.0)
+    assert rec.detail == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+    json.loads(canonical_json(rec.detail), parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise AssertionError(f"{name} in a stored detail")

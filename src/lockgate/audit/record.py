@@ -116,12 +116,21 @@ def sanitize(rec: AuditRecord, now: float) -> AuditRecord:
 
     The audit log owns a record once it is emitted. Code should never hand a secret to the
     audit log; redacting JWT-shaped strings and secret-ish ``detail`` keys is the second
-    line of defence. A record that cannot be normalised is replaced by a minimal one naming
-    the problem: one bad record must never block the writer (and so fail the gateway closed
-    for good).
+    line of defence. A detail that cannot be stored (no JSON for it) is replaced by one naming
+    the problem, and the record keeps who did what: whoever can shape a detail must not be
+    able to erase the rest of the record. A record that still cannot be normalised is
+    replaced by a minimal one: one bad record must never block the writer (and so fail the
+    gateway closed for good).
     """
     try:
         return _sanitize(rec, now)
+    except Exception as exc:
+        failure = {"error": type(exc).__name__, "detail_dropped": True}
+    try:
+        rec.detail = {}
+        rec = _sanitize(rec, now)
+        rec.detail = failure
+        return rec
     except Exception as exc:
         event = rec.event if isinstance(rec.event, str) and rec.event in EVENTS else "allowed"
         return AuditRecord(
@@ -170,13 +179,18 @@ def _sanitize(rec: AuditRecord, now: float) -> AuditRecord:
             detail = {"detail": detail}
         # through JSON and back: the stored detail is plain JSON and re-hashes identically
         text = json.dumps(redact(dict(detail)), default=str, ensure_ascii=False)
-        detail = json.loads(text.encode("utf-8", "replace"))
+        # NaN and Infinity are no JSON: stored as null, so strict readers can read the trail.
+        detail = json.loads(text.encode("utf-8", "replace"), parse_constant=_no_constant)
         if len(canonical_json(detail)) > MAX_DETAIL_BYTES:
             detail = {"truncated": True}
         rec.detail = detail
     elif type(detail) is not dict:
         rec.detail = {}
     return rec
+
+
+def _no_constant(_name: str) -> None:
+    return None
 
 
 _SECRET_KEY: dict[str, bool] = {}  # detail key -> redact() withholds its value (a few keys)
