@@ -507,6 +507,41 @@ async def test_revoke_requires_auth_and_delegation(env: Env) -> None:
     assert status == 400
 
 
+async def test_an_id_with_a_trailing_newline_is_refused_not_a_way_past_a_block(
+    env: Env,
+) -> None:
+    # "$" matches before a final newline: "finance_daily\n" passed the id check, still
+    # matched the deployment's "finance_*" delegation, and was not the blocked DAG.
+    env.revocations.block("prod", "finance_daily", "operator", "incident")
+    status, body = await env.token()
+    assert status == 403, body
+    for name in ("dag_id", "task_id", "run_id"):
+        status, body = await env.token(**{name: TASK[name] + "\n"})
+        assert status == 400 and body["error"] == "invalid_request", (name, body)
+    async with env.http.post(
+        env.url + "/v1/token",
+        json={"client_id": "prod", "client_secret": SECRET, "resource": "orders-api",
+              **TASK, "dag_id": "finance_daily\n"},
+    ) as resp:  # fmt: skip
+        assert resp.status == 400
+    status, _ = await env.post(
+        "/v1/revoke", {"client_id": "prod", "client_secret": SECRET, "jti": "a" * 32 + "\n"}
+    )
+    assert status == 400
+
+
+async def test_a_json_body_naming_a_field_twice_is_refused(env: Env) -> None:
+    body = (
+        f'{{"client_id": "prod", "client_secret": "{SECRET}", "resource": "orders-api", '
+        '"dag_id": "finance_daily", "task_id": "load_orders", "task_id": "other", '
+        f'"run_id": "{RUN_ID}", "try_number": 1}}'
+    )
+    headers = {"Content-Type": "application/json"}
+    async with env.http.post(env.url + "/v1/token", data=body, headers=headers) as resp:
+        answer = await resp.json()
+        assert resp.status == 400 and "more than once" in answer["error_description"], answer
+
+
 async def test_revoke_by_jti_reaches_only_the_callers_tokens(env: Env) -> None:
     # A jti is no secret (task logs and audit records show it): another deployment that
     # names it must not kill this deployment's token, and must not learn whether it exists.

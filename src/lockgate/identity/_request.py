@@ -19,9 +19,11 @@ from lockgate.config import Deployment, LockgateConfig
 from lockgate.identity.model import TaskIdentity
 
 MAX_BODY = 16 * 1024
-_ID_RE = re.compile(r"^[\w.-]{1,250}$", re.ASCII)  # Airflow's KEY_REGEX, bounded
-_RUN_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,250}$")
-_JTI_RE = re.compile(r"^[0-9a-f]{32}$")
+# Used with fullmatch only: "$" also matches before a final newline, and "finance_daily\n"
+# would be another DAG to a block, a revocation or an exact policy glob, yet match "finance_*".
+_ID_RE = re.compile(r"[\w.-]{1,250}", re.ASCII)  # Airflow's KEY_REGEX, bounded
+_RUN_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,250}")
+_JTI_RE = re.compile(r"[0-9a-f]{32}")
 
 
 class OAuthError(Exception):
@@ -69,7 +71,7 @@ async def read_body(request: web.Request) -> dict[str, str]:
     ctype = request.content_type
     if ctype == "application/json":
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, object_pairs_hook=_fields_once)
         except ValueError:
             raise _invalid("body is not valid JSON") from None
         if not isinstance(data, dict):
@@ -96,6 +98,16 @@ async def read_body(request: web.Request) -> dict[str, str]:
     raise _invalid("expected application/x-www-form-urlencoded or application/json")
 
 
+def _fields_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (RFC 6749 §3.2, as for the form body)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _invalid(f"field {k[:40]!r} given more than once")
+        out[k] = v
+    return out
+
+
 def _int_field(body: dict[str, str], name: str, default: int | None, lo: int, hi: int) -> int:
     raw = body.get(name)
     if raw is None or raw == "":
@@ -114,7 +126,7 @@ def _str_field(body: dict[str, str], name: str, pattern: re.Pattern[str]) -> str
     value = body.get(name)
     if not value:
         raise _invalid(f"missing field {name!r}")
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise _invalid(f"field {name!r} has an invalid value")
     return value
 
@@ -151,7 +163,7 @@ def task_request(
 def revoke_target(body: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """("jti" | "dag" | "task_try", fields) from a /v1/revoke body."""
     if body.get("jti"):
-        if not _JTI_RE.match(body["jti"]):
+        if not _JTI_RE.fullmatch(body["jti"]):
             raise _invalid("field 'jti' has an invalid value")
         return "jti", {"jti": body["jti"]}
     dag_id = _str_field(body, "dag_id", _ID_RE)

@@ -39,7 +39,7 @@ from lockgate.identity.revocation import RevocationStore
 
 MAX_TOKEN_BYTES = 8 * 1024
 ALGORITHM = "EdDSA"
-_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*\Z")  # \Z: "$" would pass a final newline
 _ED25519_SIG_LEN = 64
 log = _log.get("identity.tokens")
 
