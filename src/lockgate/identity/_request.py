@@ -181,5 +181,14 @@ def revoke_target(body: dict[str, str]) -> tuple[str, dict[str, Any]]:
     }
 
 
+def valid_airflow_id(value: str) -> bool:
+    """A dag or task id as Airflow shapes them (no ``/``, no newline at its end)."""
+    return _ID_RE.fullmatch(value) is not None
+
+
+def valid_run_id(value: str) -> bool:
+    return _RUN_ID_RE.fullmatch(value) is not None
+
+
 def may_act_for(deployment: Deployment, dag_id: str) -> bool:
     return any(fnmatch.fnmatchcase(dag_id, pattern) for pattern in deployment.dags)

@@ -28,7 +28,7 @@ rules:
     effect: allow
     principals: ["airflow:*"]
     actions: [read, write]
-    resources: [cosmos, api]
+    resources: [cosmos, api, dbx]
 """
 
 
@@ -52,6 +52,8 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
                  "cosmos": {"database": "sales", "container": "orders"}},
                 {"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9",
                  "credential": "k", "conn_id": "api"},
+                {"name": "dbx", "kind": "http", "upstream": "http://127.0.0.1:9",
+                 "credential": "k", "conn_id": "dbx", "profile": "databricks"},
             ],
             "credentials": [{"name": "k", "type": "static"}],
             "policies": [str(tmp_path / "p.yaml")],
@@ -109,3 +111,15 @@ async def test_poll_token_for_a_resource_that_is_not_pollable_is_audited(gw: Gat
     assert await post(gw, route, "prod", SECRET, resource="api") == 400
     [rec] = refusals(gw, route)
     assert (rec.decision, rec.reason, rec.deployment) == ("deny", "not_pollable", "prod")
+
+
+async def test_poll_token_ids_are_checked_like_the_token_routes(gw: Gateway) -> None:
+    # "finance_daily\n" is not the blocked DAG to the kill switch, yet a DAG to delegation.
+    route = "/v1/poll-token"
+    gw.state.revocations.block("prod", "finance_daily", "operator", "incident")
+    assert await post(gw, route, "prod", SECRET, resource="dbx", dag_id="finance_daily") == 403
+    for bad in ({"dag_id": "finance_daily\n"}, {"dag_id": "a/b"}, {"run_id": "r\x01"}):
+        assert await post(gw, route, "prod", SECRET, resource="dbx", **bad) == 400, bad
+    records = refusals(gw, route)
+    assert [r.decision for r in records] == ["deny"] * 4
+    assert [r.reason for r in records[1:]] == ["invalid_request"] * 3

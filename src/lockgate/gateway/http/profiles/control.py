@@ -103,24 +103,32 @@ def poll_token_handler(gateway: Any) -> Any:
                 gateway, 400, "invalid_target", "not a pollable resource",
                 reason="not_pollable", route=POLL_ROUTE, deployment=deployment,
             )  # fmt: skip
-        dag_id = body.get("dag_id") or DEPLOYMENT_WIDE
-        dep = config.deployment(deployment)
-        if dag_id != DEPLOYMENT_WIDE:
-            from lockgate.identity._request import may_act_for
+        from lockgate.identity._request import may_act_for, valid_airflow_id, valid_run_id
 
-            if dep is None or not may_act_for(dep, dag_id):
-                return await refuse(
-                    gateway, 403, "access_denied", "dag not delegated",
-                    reason="dag_not_delegated", route=POLL_ROUTE, deployment=deployment,
-                    dag_id=dag_id, resource=resource.name,
-                )  # fmt: skip
+        dag_id = body.get("dag_id") or DEPLOYMENT_WIDE
+        run_id = body.get("run_id", "")
+        # Checked as /v1/token checks them: "finance_daily\n" would be delegated (finance_*)
+        # and yet not the DAG a block names.
+        if (dag_id != DEPLOYMENT_WIDE and not valid_airflow_id(dag_id)) or (
+            run_id and not valid_run_id(run_id)
+        ):
+            return await refuse(
+                gateway, 400, "invalid_request", "dag_id or run_id has an invalid value",
+                reason="invalid_request", route=POLL_ROUTE, deployment=deployment,
+                resource=resource.name,
+            )  # fmt: skip
+        dep = config.deployment(deployment)
+        if dag_id != DEPLOYMENT_WIDE and (dep is None or not may_act_for(dep, dag_id)):
+            return await refuse(
+                gateway, 403, "access_denied", "dag not delegated",
+                reason="dag_not_delegated", route=POLL_ROUTE, deployment=deployment,
+                dag_id=dag_id, resource=resource.name,
+            )  # fmt: skip
         try:
             try_number = int(body.get("try_number") or 0)
         except ValueError:
             try_number = 0
-        identity = TaskIdentity(
-            deployment, dag_id, POLL_TASK, body.get("run_id", "") or ANY_RUN, try_number
-        )
+        identity = TaskIdentity(deployment, dag_id, POLL_TASK, run_id or ANY_RUN, try_number)
         ttl_cap = resource.databricks.poll_token_ttl
         decision = gateway.mint_policy(identity, resource.name, ttl_cap)
         fields = {
@@ -133,7 +141,9 @@ def poll_token_handler(gateway: Any) -> Any:
             "rule": decision.rule,
         }
         if not decision.allowed:
-            await gateway.on_token_event("token_denied", **fields, reason=decision.reason)
+            await gateway.on_token_event(
+                "token_denied", **fields, reason=decision.reason, route=POLL_ROUTE
+            )
             return web.json_response(
                 {"error": "access_denied", "error_description": decision.reason}, status=403
             )
