@@ -76,6 +76,15 @@ class CreateTable:
 
 
 @dataclass(frozen=True, slots=True)
+class CreateView:
+    """CREATE MATERIALIZED VIEW: the node serves the base table's rows under the view's name."""
+
+    view: TableRef
+    base: TableRef
+    if_not_exists: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DropTable:
     table: TableRef
     if_exists: bool

@@ -63,6 +63,8 @@ def describe(stmt: Any, keyspace: str | None) -> tuple[str, str, str]:
         return "drop_keyspace", "admin", stmt.name
     if isinstance(stmt, cql.CreateTable):
         return "create_table", "admin", table(stmt.table)
+    if isinstance(stmt, cql.CreateView):
+        return "create_materialized_view", "admin", table(stmt.view)
     if isinstance(stmt, cql.DropTable):
         return "drop_table", "admin", table(stmt.table)
     if isinstance(stmt, cql.RoleStmt):

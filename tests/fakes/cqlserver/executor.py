@@ -131,7 +131,8 @@ class Executor:
             terms = term if isinstance(term, tuple) else (term,)
             for x in terms:
                 if isinstance(x, cql.Marker):
-                    out[x.index] = Spec(t.keyspace, t.name, name, ctype)
+                    # Cassandra names a view's columns after the view, not its base.
+                    out[x.index] = Spec(t.keyspace, stmt.table.name, name, ctype)
 
         def col(name: str) -> CqlType:
             if name not in t.columns:

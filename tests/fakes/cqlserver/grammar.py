@@ -180,6 +180,8 @@ def _create(p: Parser) -> Any:
         return cql.CreateKeyspace(name, ine, repl, durable)
     if p.kw("table", "columnfamily"):
         return _create_table(p)
+    if p.kw("materialized"):
+        return _create_view(p)
     if p.kw("role", "user"):
         user = p.toks[p.i - 1][1].lower() == "user"
         ine = p.if_clause(("not", "exists"))
@@ -187,6 +189,22 @@ def _create(p: Parser) -> Any:
         opts = _user_options(p) if user else _role_options(p)
         return cql.RoleStmt("create", name, ine, opts)
     raise syntax(f"line 1: CREATE {p.peek()[1]} is not supported by the fake server")
+
+
+def _create_view(p: Parser) -> cql.CreateView:
+    """``VIEW [IF NOT EXISTS] v AS SELECT ... FROM base ...``; the node keeps the view's name
+    and base only (its rows are the base's), so the rest of the text is skipped."""
+    p.expect_kw("view")
+    ine = p.if_clause(("not", "exists"))
+    view = p.table_ref()
+    p.expect_kw("as")
+    p.expect_kw("select")
+    while not p.kw("from"):
+        p.next()
+    base = p.table_ref()
+    while p.peek()[0] != "eof" and p.peek() != ("op", ";"):
+        p.next()
+    return cql.CreateView(view, base, ine)
 
 
 def _create_table(p: Parser) -> cql.CreateTable:

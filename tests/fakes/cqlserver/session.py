@@ -287,7 +287,17 @@ class Session:
         result = self._execute(stmt, bound, ks, role, page)
         if not isinstance(stmt, cql.Batch):  # its children were logged one by one
             number, opcode, text = self.request
-            for op, action, obj in describe_all(stmt, ks):
+            done = describe_all(stmt, ks)
+            if isinstance(stmt, cql.Select | cql.CreateView):
+                # A view's rows are its base table's: reading it (or defining one) reads that.
+                ref = stmt.table if isinstance(stmt, cql.Select) else stmt.base
+                view_ks = ref.keyspace or ks
+                base = self.server.store.base_of(view_ks, ref.name) or (
+                    ref.name if isinstance(stmt, cql.CreateView) else None
+                )
+                if base is not None:
+                    done.append((done[0][0], "read", f"{view_ks}.{base}"))
+            for op, action, obj in done:
                 self.server.executions.append(
                     Execution(self.connection, role.name, number, opcode, op, action, obj, ks, text)
                 )
@@ -309,13 +319,17 @@ class Session:
             return SetKeyspace(stmt.keyspace)
         if isinstance(stmt, cql.Select):
             t = ex.lookup(stmt.table, ks)
-            store.authorize(role, "select", t.keyspace, t.name)
-            return ex.select(stmt, t, bound, page)
+            store.authorize(role, "select", t.keyspace, t.name)  # a view's: its base's
+            rows = ex.select(stmt, t, bound, page)
+            rows.table = stmt.table.name  # a view's result metadata names the view
+            return rows
         if isinstance(stmt, cql.Insert | cql.Update | cql.Delete | cql.Truncate):
             t = ex.lookup(stmt.table, ks)
             store.authorize(role, "modify", t.keyspace, t.name)
             if not isinstance(t, Table):
                 raise CqlError(wire.UNAUTHORIZED, f"{t.keyspace} keyspace is not user-modifiable.")
+            if store.base_of(t.keyspace, stmt.table.name) is not None:
+                raise CqlError(wire.INVALID, "Cannot directly modify a materialized view")
             if isinstance(stmt, cql.Truncate):
                 t.partitions.clear()
                 return Void()
@@ -340,6 +354,10 @@ class Session:
             else:
                 done, change = store.drop_table(stmt, target_ks, role), "DROPPED"
             return SchemaChange(change, "TABLE", target_ks, stmt.table.name) if done else Void()
+        if isinstance(stmt, cql.CreateView):
+            target_ks = ex.keyspace_of(stmt.view, ks)
+            done = store.create_view(stmt, target_ks, role)
+            return SchemaChange("CREATED", "TABLE", target_ks, stmt.view.name) if done else Void()
         if isinstance(stmt, cql.RoleStmt):
             store.role_statement(stmt, role)
             return Void()

@@ -69,6 +69,7 @@ class Keyspace:
     replication: dict[str, str]
     durable_writes: bool = True
     tables: dict[str, Table] = field(default_factory=dict)
+    views: dict[str, str] = field(default_factory=dict)  # materialized view -> base table
 
 
 @dataclass
@@ -118,7 +119,10 @@ class Store:
             raise CqlError(INVALID, f"Keyspace '{name}' does not exist") from None
 
     def table(self, ks: str, name: str) -> Table:
-        t = self.keyspace(ks).tables.get(name)
+        """A table by name; a materialized view's name gives its base table (its rows, and
+        the permissions Cassandra checks for reading it)."""
+        keyspace = self.keyspace(ks)
+        t = keyspace.tables.get(keyspace.views.get(name, name))
         if t is None:
             raise CqlError(INVALID, f"unconfigured table {name}")
         return t
@@ -197,6 +201,27 @@ class Store:
             ks, s.table.name, columns, s.partition_key, s.clustering, s.descending
         )
         role.permissions |= {(p, ("table", ks, s.table.name)) for p in cql.PERMISSIONS}
+        self._schema_changed()
+        return True
+
+    def base_of(self, ks: str | None, name: str) -> str | None:
+        """The base table of materialized view ``ks.name``; None for anything else."""
+        keyspace = self.keyspaces.get(ks or "")
+        return keyspace.views.get(name) if keyspace is not None else None
+
+    def create_view(self, s: cql.CreateView, ks: str, role: Role) -> bool:
+        keyspace = self.keyspace(ks)
+        if s.base.keyspace not in (None, ks):
+            raise CqlError(
+                INVALID, "Cannot create a materialized view on a table in another keyspace"
+            )
+        base = self.table(ks, s.base.name)
+        self.authorize(role, "alter", ks, base.name)
+        if s.view.name in keyspace.tables or s.view.name in keyspace.views:
+            if s.if_not_exists:
+                return False
+            raise already_exists(ks, s.view.name)
+        keyspace.views[s.view.name] = base.name
         self._schema_changed()
         return True
 

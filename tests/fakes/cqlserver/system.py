@@ -178,6 +178,8 @@ class SystemTables:
                 return VirtualTable(ks, name, _TABLE_COLS, self._table_rows())
             if name == "columns":
                 return VirtualTable(ks, name, _COLUMN_COLS, self._column_rows())
+            if name == "views":
+                return VirtualTable(ks, name, _EMPTY_TABLES[name], self._view_rows())
             if name in _EMPTY_TABLES:
                 return VirtualTable(ks, name, _EMPTY_TABLES[name], [])
         if ks == "system_auth" and name == "roles":
@@ -188,6 +190,16 @@ class SystemTables:
             ]  # fmt: skip
             return VirtualTable(ks, name, _ROLE_COLS, rows, ("role",))
         return None
+
+    def _view_rows(self) -> list[dict[str, object]]:
+        return [
+            {"keyspace_name": ks.name, "view_name": view, "base_table_name": base,
+             "base_table_id": ks.tables[base].id, "include_all_columns": True,
+             "where_clause": "", "id": uuid.uuid5(ks.tables[base].id, view)}
+            for ks in self.store.keyspaces.values()
+            for view, base in ks.views.items()
+            if base in ks.tables
+        ]  # fmt: skip
 
     def _local(self) -> VirtualTable:
         row = {

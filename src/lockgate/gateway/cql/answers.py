@@ -124,6 +124,8 @@ class AnswerRelay(SessionState):
             status = event.kind
             if isinstance(event, codec.SetKeyspace):
                 self.keyspace = event.keyspace
+            elif isinstance(event, codec.SchemaChange) and self.auth is not None:
+                self.ctx.views.invalidate(self.auth.resource.name)  # a view may be new
             elif isinstance(event, codec.Prepared) and p is not None and p.plan is not None:
                 refusal = self._remember_prepared(event, p) if p.plan.op == "prepare" else None
                 if refusal is not None:

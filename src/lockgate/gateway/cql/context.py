@@ -33,6 +33,7 @@ from lockgate.gateway.engine import (
 )
 
 from .statements import PreparedStatements
+from .views import ViewCatalog
 
 #: Max bytes of a frame before the client has authenticated (handshake frames are tiny).
 PRE_AUTH_MAX_FRAME_BYTES = 64 * 1024
@@ -61,6 +62,7 @@ class EngineContext:
     make_request: RequestFactory = field(default_factory=default_request_factory)
     make_record: RecordFactory = field(default_factory=default_record_factory)
     prepared: PreparedStatements = field(default_factory=PreparedStatements)
+    views: ViewCatalog = field(default_factory=ViewCatalog)
     clock: Clock = time.monotonic
     max_held_frames: int = MAX_HELD_FRAMES
     max_held_bytes: int = MAX_HELD_BYTES

@@ -145,6 +145,12 @@ async def _authenticate(
         if secret is None:
             raise UpstreamUnavailable(f"credential {resource.credential!r} has no value")
         link = await upstream.connect(resource, secret.value)
+        if ctx.views.stale(resource.name):
+            try:
+                await ctx.views.refresh(resource.name, link)
+            except BaseException:
+                link.close()
+                raise
     except UpstreamUnavailable as exc:
         io.write(
             _encode(

@@ -30,6 +30,7 @@ from .context import EngineContext
 from .handshake import Authenticated
 from .holds import UseHold
 from .statements import Plan, plan_for
+from .views import with_view_bases
 
 log = _log.get("gateway.cql")
 
@@ -138,6 +139,9 @@ class RequestJudging(SessionState):
                 "unexpected_request",
             )
             return
+        bases = self.ctx.views.bases(auth.resource.name)
+        if bases:  # a view's rows are its base table's: reading one reads both
+            plan.targets = with_view_bases(plan.targets, bases)
         if not self._token_valid(event, plan, t0):
             return
         if plan.ambiguous is not None:
