@@ -81,3 +81,39 @@ async def test_unreachable_issuer_fails_closed(idp: FakeOidcIssuer) -> None:
         with pytest.raises(AuthenticationError) as exc:
             await v.verify(idp.token())
         assert exc.value.reason == "unknown_kid"
+
+
+async def test_one_issuer_trusted_by_two_deployments_picks_by_subject(
+    idp: FakeOidcIssuer,
+) -> None:
+    # One Kubernetes cluster (or Entra tenant) is the issuer of two Airflow deployments:
+    # each entry's subjects decide which deployment a token speaks for, and a token both
+    # entries would take is refused, never handed to whichever was configured last.
+    def entry(deployment: str, subjects: list[str]) -> OidcIssuer:
+        return OidcIssuer(issuer=idp.url, audience="api://lockgate", deployment=deployment,
+                          subjects=subjects, algorithms=["RS256"])  # fmt: skip
+
+    async with aiohttp.ClientSession() as http:
+
+        async def session() -> aiohttp.ClientSession:
+            return http
+
+        v = OidcVerifier(
+            [
+                entry("prod", ["system:serviceaccount:airflow-prod:*"]),
+                entry("staging", ["system:serviceaccount:airflow-staging:*"]),
+                entry("shared", ["system:serviceaccount:airflow-*:scheduler"]),
+            ],
+            session,
+        )
+        prod = idp.token(sub="system:serviceaccount:airflow-prod:worker")
+        staging = idp.token(sub="system:serviceaccount:airflow-staging:worker")
+        assert (await v.verify(prod)).deployment == "prod"
+        assert (await v.verify(staging)).deployment == "staging"
+        with pytest.raises(AuthenticationError) as exc:
+            await v.verify(idp.token(sub="system:serviceaccount:airflow-prod:scheduler"))
+        assert exc.value.reason == "ambiguous_subject"
+        with pytest.raises(AuthenticationError) as exc:
+            await v.verify(idp.token(sub="system:serviceaccount:other:worker"))
+        assert exc.value.reason == "subject_not_allowed"
+        assert idp.jwks_hits == 1  # one key cache for the issuer

@@ -9,6 +9,11 @@ cached for ``max_age``; an unknown ``kid`` triggers one refetch, at most every
 Rules: ``alg`` must be in the issuer's configured ``algorithms`` (config already forbids
 ``none`` and HS*), and must fit the JWK's key type; ``iss``, ``aud``, ``exp`` are required
 and checked; ``sub`` must match one of the issuer's ``subjects`` globs.
+
+One issuer may be trusted by several deployments (one Kubernetes cluster or Entra tenant
+hosting two Airflow installations): each entry is tried, and the token speaks for the one
+deployment whose entry takes it (audience, algorithm, subjects). A token that entries of
+two deployments would take is refused (``ambiguous_subject``), never given to either.
 """
 
 from __future__ import annotations
@@ -66,13 +71,15 @@ class OidcVerifier:
         max_age: float = 3600.0,
         timeout: float = 5.0,
     ) -> None:
-        self._issuers = {i.issuer.rstrip("/"): i for i in issuers}
+        self._issuers: dict[str, list[OidcIssuer]] = {}
+        for entry in issuers:
+            self._issuers.setdefault(entry.issuer.rstrip("/"), []).append(entry)
         self._session = session
         self._leeway = leeway
         self._refetch_interval = refetch_interval
         self._max_age = max_age
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._cache: dict[str, _IssuerKeys] = {}
+        self._cache: dict[tuple[str, str | None], _IssuerKeys] = {}
 
     async def verify(self, token: str) -> SubjectToken:
         header, _ = split_jwt(token)
@@ -81,15 +88,35 @@ class OidcVerifier:
         except jwt.PyJWTError:
             raise AuthenticationError("malformed") from None
         iss = unverified.get("iss") if isinstance(unverified, dict) else None
-        conf = self._issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
-        if conf is None:
+        entries = self._issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
+        if not entries:
             raise AuthenticationError("wrong_issuer")
         alg = header["alg"]
-        if alg not in conf.algorithms or alg.upper().startswith("HS") or alg.lower() == "none":
+        if alg.upper().startswith("HS") or alg.lower() == "none":
+            raise AuthenticationError("unsupported_alg")
+        entries = [conf for conf in entries if alg in conf.algorithms]
+        if not entries:
             raise AuthenticationError("unsupported_alg")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthenticationError("bad_header")
+        taken: list[SubjectToken] = []
+        refusal: AuthenticationError | None = None
+        for conf in entries:
+            try:
+                taken.append(await self._verify_for(conf, token, iss, kid, alg))
+            except AuthenticationError as exc:
+                refusal = refusal or exc
+        if len({subject.deployment for subject in taken}) > 1:
+            raise AuthenticationError("ambiguous_subject")
+        if taken:
+            return taken[0]
+        assert refusal is not None
+        raise refusal
+
+    async def _verify_for(
+        self, conf: OidcIssuer, token: str, iss: str, kid: str | None, alg: str
+    ) -> SubjectToken:
         jwk = await self._key_for(conf, kid, alg)
         try:
             claims = jwt.decode(
@@ -124,7 +151,7 @@ class OidcVerifier:
 
     # -- keys ---------------------------------------------------------------------------------
     async def _key_for(self, conf: OidcIssuer, kid: str | None, alg: str) -> jwt.PyJWK:
-        entry = self._cache.setdefault(conf.issuer, _IssuerKeys())
+        entry = self._cache.setdefault((conf.issuer.rstrip("/"), conf.jwks_uri), _IssuerKeys())
         # Stale keys are refetched too, so a key the IdP withdrew stops working within max_age.
         stale = time.monotonic() - entry.fetched_at >= self._max_age
         jwk = None if stale else _pick(entry.keys, kid, alg)
