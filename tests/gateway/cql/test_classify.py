@@ -102,7 +102,9 @@ CASES: list[tuple[str, str | None, list[tuple[str, str]]]] = [
     ("DROP TABLE ks.t", None, [(A, "ks.t")]),
     ("TRUNCATE ks.t", None, [(A, "ks.t")]),
     ("TRUNCATE TABLE t", "ks", [(A, "ks.t")]),
-    ("CREATE INDEX idx ON ks.t (v)", None, [(A, "ks.idx")]),
+    # Cassandra's CreateIndexStatement.authorize: ALTER on the indexed table
+    ("CREATE INDEX idx ON ks.t (v)", None, [(A, "ks.idx"), (A, "ks.t")]),
+    ("CREATE INDEX IF NOT EXISTS idx ON t (v)", "ks", [(A, "ks.idx"), (A, "ks.t")]),
     ("CREATE CUSTOM INDEX IF NOT EXISTS ON ks.t (v) USING 'x'", None, [(A, "ks.t")]),
     ("DROP INDEX ks.idx", None, [(A, "ks.idx")]),
     ("CREATE TYPE ks.addr (street text)", None, [(A, "ks.addr")]),
@@ -117,7 +119,7 @@ CASES: list[tuple[str, str | None, list[tuple[str, str]]]] = [
         "CREATE MATERIALIZED VIEW ks.v AS SELECT * FROM ks.base WHERE k IS NOT NULL "
         "PRIMARY KEY (k)",
         None,
-        [(A, "ks.v"), (R, "ks.base")],
+        [(A, "ks.v"), (R, "ks.base"), (A, "ks.base")],  # CreateViewStatement: ALTER on base
     ),
     ("DROP MATERIALIZED VIEW ks.v", None, [(A, "ks.v")]),
     ("CREATE TRIGGER trig ON ks.t USING 'Cls'", None, [(A, "ks.t")]),

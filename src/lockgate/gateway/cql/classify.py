@@ -21,8 +21,10 @@ Rules:
   no policy grants, so the engine denies. ``keyspace`` for CREATE/ALTER/DROP KEYSPACE
   (or SCHEMA); ``role:<name>`` for roles and users; ``keyspace.<name>`` for INDEX, TYPE,
   FUNCTION, AGGREGATE and MATERIALIZED VIEW (an index lives in its table's keyspace; an
-  unnamed index is named after its table); TRIGGER → its table. ``CREATE MATERIALIZED
-  VIEW`` also reads its base table, ``CREATE TABLE ... LIKE`` its source table.
+  unnamed index is named after its table); TRIGGER → its table. ``CREATE INDEX`` is also
+  admin on its table and ``CREATE MATERIALIZED VIEW`` reads and is admin on its base table
+  (Cassandra requires ALTER on that table for both), ``CREATE TABLE ... LIKE`` reads its
+  source table.
   ``GRANT``/``REVOKE`` of a permission → admin on the resource and on ``role:<grantee>``;
   of a role → admin on both roles. ``LIST ROLES|USERS|PERMISSIONS`` → admin on
   ``role:<name>`` after ``OF``, else ``role:*``.
@@ -270,7 +272,10 @@ class _Parser:
             if verb == "create":
                 if not (c.kw("as", "select") and c.find_kw("from")):
                     raise CqlSyntaxError("view without AS SELECT ... FROM")
-                targets.append(Target("read", self.table(c), kind))
+                base = self.table(c)
+                # The view serves the base's rows, and Cassandra requires ALTER on the base
+                # to create one (CreateViewStatement.authorize).
+                targets += [Target("read", base, kind), Target("admin", base, kind)]
             return targets
         if thing == "user":
             return [Target("admin", f"role:{self.user_name(c)}", kind)]
@@ -283,8 +288,12 @@ class _Parser:
             if not c.kw("on"):
                 raise CqlSyntaxError("INDEX without ON")
             table = self.table(c)
-            ks = table.split(".", 1)[0]
-            return [Target("admin", f"{ks}.{index}" if index else table, kind)]
+            if index is None:
+                return [Target("admin", table, kind)]
+            # Cassandra requires ALTER on the indexed table (CreateIndexStatement.authorize):
+            # a grant on an index name must not let a principal index any table.
+            return [Target("admin", f"{table.split('.', 1)[0]}.{index}", kind),
+                    Target("admin", table, kind)]  # fmt: skip
         if thing == "trigger":
             c.name()
             if not c.kw("on"):
