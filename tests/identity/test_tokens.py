@@ -109,6 +109,33 @@ def test_unknown_kid_reload_is_rate_limited(
     assert exc.value.reason == "unknown_kid"
 
 
+def test_a_retired_key_stops_its_tokens_even_once_verified_and_cached(
+    tmp_path, revocations: RevocationStore, identity: TaskIdentity, clock: Clock
+) -> None:
+    # `keys rotate --retire-after 0` promises every token the old key signed stops working;
+    # a token verified before (and so cached) must not outlive its key.
+    server_keys = KeyStore(tmp_path, clock=clock)
+    verifier = TokenVerifier(server_keys, revocations, ISSUER, clock=clock, reload_interval=0)
+    old, _ = TokenIssuer(server_keys, ISSUER, clock=clock).mint(identity, AUD, 600)
+    verifier.verify(old, AUD)
+    cli_keys = KeyStore(tmp_path, clock=clock)  # the CLI, another process
+    cli_keys.rotate(retire_after=0)
+    server_keys.maybe_reload(0)  # the gateway's periodic reload
+    with pytest.raises(AuthenticationError) as exc:
+        verifier.verify(old, AUD)
+    assert exc.value.reason == "unknown_kid"
+    # and a key retired later: its cached tokens stop when the time comes
+    newer, _ = TokenIssuer(server_keys, ISSUER, clock=clock).mint(identity, AUD, 600)
+    verifier.verify(newer, AUD)
+    server_keys.rotate(retire_after=60)
+    clock.t += 30
+    assert verifier.verify(newer, AUD).jti
+    clock.t += 31
+    with pytest.raises(AuthenticationError) as exc:
+        verifier.verify(newer, AUD)
+    assert exc.value.reason == "unknown_kid"
+
+
 def test_cached_verification_is_fast(
     issuer: TokenIssuer, verifier: TokenVerifier, identity: TaskIdentity
 ) -> None:

@@ -92,6 +92,9 @@ class KeyStore:
         self._current: str | None = None
         self._index_stamp: tuple[int, int] | None = None
         self._last_reload = float("-inf")
+        #: Moves whenever the key set or a retirement changes (rotate, a reload that read a
+        #: new index): a verifier's cached verdicts are only good for one value of it.
+        self.changes = 0
         self._load_or_create()
 
     # -- public API ---------------------------------------------------------------------------
@@ -105,6 +108,13 @@ class KeyStore:
         if key is None or self._retired(key):
             return None
         return key.public
+
+    def next_retirement(self) -> float:
+        """When the next published key retires (``inf``: none is scheduled)."""
+        return min(
+            (k.retire_at for k in self.published() if k.retire_at is not None),
+            default=float("inf"),
+        )
 
     def published(self) -> list[SigningKey]:
         return [k for k in self._keys.values() if not self._retired(k)]
@@ -128,6 +138,7 @@ class KeyStore:
             self._current = new.kid
             self._prune(now)
             self._write_index()
+            self.changes += 1
             return new
 
     def reload(self) -> bool:
@@ -206,6 +217,7 @@ class KeyStore:
         if current not in keys:
             raise ConfigError(f"{path}: current kid is not in the key index")
         self._keys, self._current, self._index_stamp = keys, current, stamp
+        self.changes += 1
 
     def _read_pem(self, kid: str) -> Ed25519PrivateKey:
         path = self.dir / f"{kid}.pem"

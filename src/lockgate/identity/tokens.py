@@ -144,6 +144,10 @@ class TokenVerifier:
         self.leeway = leeway
         self._clock = clock
         self._cache: dict[str, Claims] = {}
+        # The cache holds verdicts of one key set: emptied when keys change (a rotation with
+        # --retire-after 0) or when the next published key's retirement time comes.
+        self._cache_keys = keys.changes
+        self._cache_until = keys.next_retirement()
         self._cache_size = cache_size
         self._reload_interval = reload_interval
 
@@ -154,12 +158,9 @@ class TokenVerifier:
         (the gateway engines) need not count them again.
         """
         try:
-            claims = self._cache.get(token) if isinstance(token, str) else None
-            if claims is None:
-                claims = self._verify_fresh(token)
-            elif self._clock() >= claims.exp + self.leeway:
-                self._cache.pop(token, None)  # dead for good; free the slot
-            self._check_dynamic(claims, audience)
+            now = self._clock()
+            claims = self._claims(token, now)
+            self._check_dynamic(claims, audience, now)
         except AuthenticationError as exc:
             metrics.TOKEN_REJECTIONS.labels(reason=exc.reason).inc()
             raise
@@ -167,17 +168,31 @@ class TokenVerifier:
 
     def verify_any_audience(self, token: str) -> Claims:
         """Signature, issuer, time and revocation, for callers that hold no resource name."""
-        claims = self._cache.get(token) if isinstance(token, str) else None
-        if claims is None:
-            claims = self._verify_fresh(token)
-        self._check_dynamic(claims, claims.aud)
+        now = self._clock()
+        claims = self._claims(token, now)
+        self._check_dynamic(claims, claims.aud, now)
         return claims
 
     # -- internals ----------------------------------------------------------------------------
-    def _check_dynamic(self, claims: Claims, audience: str) -> None:
+    def _claims(self, token: str, now: float) -> Claims:
+        """The token's verified claims: from the cache while the key set that verified them
+        stands, else verified afresh."""
+        claims = self._cache.get(token) if isinstance(token, str) else None
+        if claims is not None and (
+            self._keys.changes != self._cache_keys or now >= self._cache_until
+        ):
+            self._cache.clear()  # verdicts of a key set that is no more
+            self._cache_keys, self._cache_until = self._keys.changes, self._keys.next_retirement()
+            claims = None
+        if claims is None:
+            return self._verify_fresh(token)
+        if now >= claims.exp + self.leeway:
+            self._cache.pop(token, None)  # dead for good; free the slot
+        return claims
+
+    def _check_dynamic(self, claims: Claims, audience: str, now: float) -> None:
         # Only reached with claims whose signature and issuer verified, so each refusal
         # carries them: the caller audits it against the token's jti, deployment and DAG.
-        now = self._clock()
         if now >= claims.exp + self.leeway:
             raise AuthenticationError("expired", claims=claims)
         if now + self.leeway < claims.nbf or now + self.leeway < claims.iat:
