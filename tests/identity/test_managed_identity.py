@@ -38,7 +38,14 @@ def _config(tmp_path: Path) -> LockgateConfig:
 def served(tmp_path: Path) -> Iterator[Any]:
     keys = KeyStore(tmp_path)
     revocations = RevocationStore(tmp_path / "revocations.db")
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    async def on_token_event(kind: str, /, **fields: Any) -> None:
+        events.append((kind, fields))
+
     gw = SimpleNamespace(
+        events=events,
+        on_token_event=on_token_event,
         config=_config(tmp_path),
         verifier=TokenVerifier(keys, revocations, ISSUER),
         issuer=TokenIssuer(keys, ISSUER),
@@ -138,3 +145,23 @@ def test_catalog_entry_has_no_secret_and_exports_the_task_env(served: Any) -> No
     assert env["IDENTITY_ENDPOINT"] == "http://127.0.0.1:8470/msi/token"
     assert env["IDENTITY_HEADER"] == "{lockgate_token}"
     assert env["HTTPS_PROXY"] == "http://127.0.0.1:8472" and env["NO_PROXY"] == "127.0.0.1"
+
+
+def test_every_refusal_is_audited_with_whose_token_it_was(served: Any) -> None:
+    other = _token(served, resource="orders")  # signature fine, audience not this one
+    _get(served, _token(served), **{"api-version": "2000-01-01"})
+    _get(served, None)
+    _get(served, "garbage")
+    _get(served, other)
+    kinds = [(k, f["reason"]) for k, f in served.events]
+    assert kinds == [
+        ("token_denied", "bad_api_version"),
+        ("proof_rejected", "missing_identity_header"),
+        ("proof_rejected", "malformed"),
+        ("proof_rejected", "wrong_audience"),
+    ], kinds
+    assert all(f["route"] == mi.PATH and f["action"] == "authenticate" for _, f in served.events)
+    assert "jti" not in served.events[2][1]  # no verified signature, no claims
+    wrong = served.events[3][1]
+    assert (wrong["deployment"], wrong["dag_id"], wrong["resource"]) == ("prod", "adf_load", "arm")
+    assert other not in repr(served.events) and other.split(".")[2] not in repr(served.events)

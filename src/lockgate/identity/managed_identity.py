@@ -19,6 +19,9 @@ Rules:
   with ``expires_on`` (what MSAL requires). Nothing new is minted, so nothing can outlive
   the token the task already holds; the gateway's own Entra credential never leaves.
 - Refusals are ``{"error", "error_description"}`` with 400/401, never echoing the header.
+  Each is audited (``denied`` for a bad request, ``auth_failed`` for a bad header; decision
+  ``deny``, action ``authenticate``, ``route`` ``/msi/token`` in the detail, a reason slug),
+  with the token's jti, deployment and DAG when its signature verified, as the engines do.
 
 :func:`catalog_entry` builds what the secrets backend turns into the ``azure_data_factory``
 connection (no secret in it) plus the environment it exports in the task process.
@@ -65,8 +68,30 @@ def resource_for(audiences: dict[str, str], requested: str) -> str | None:
     return audiences.get(parts.hostname.lower())
 
 
-def _error(status: int, error: str, description: str) -> web.Response:
+_CLAIM_FIELDS = ("deployment", "dag_id", "task_id", "run_id", "try_number", "map_index", "jti")
+
+
+async def _refuse(
+    gateway: Any,
+    status: int,
+    error: str,
+    description: str,
+    reason: str,
+    resource: str | None = None,
+    claims: Any = None,
+) -> web.Response:
     metrics.TOKEN_REJECTIONS.labels(reason=f"msi_{error}").inc()
+    fields: dict[str, Any] = {"route": PATH, "action": "authenticate", "reason": reason}
+    if resource is not None:
+        fields["resource"] = resource
+    if claims is not None:  # the signature verified: say whose token it was
+        fields.update({k: getattr(claims, k, None) for k in _CLAIM_FIELDS})
+        fields["principal"] = getattr(claims, "sub", None)
+    try:
+        event = "proof_rejected" if status == 401 else "token_denied"
+        await gateway.on_token_event(event, **fields)
+    except Exception as exc:  # nothing is served either way; the refusal stands
+        log.error("msi refusal not audited", extra={"fields": {"error": type(exc).__name__}})
     return web.json_response(
         {"error": error, "error_description": description},
         status=status,
@@ -80,16 +105,27 @@ def msi_handler(gateway: Any) -> Any:
     async def handle(request: web.Request) -> web.Response:
         q = request.query
         if q.get("api-version") not in API_VERSIONS:
-            return _error(400, "invalid_request", "unsupported api-version")
+            return await _refuse(
+                gateway, 400, "invalid_request", "unsupported api-version", "bad_api_version"
+            )
         if any(k in q for k in ("client_id", "object_id", "mi_res_id", "principal_id")):
             # One identity per task: a user-assigned selector would be ignored, so refuse it.
-            return _error(400, "invalid_request", "identity selectors are not supported")
+            return await _refuse(
+                gateway, 400, "invalid_request", "identity selectors are not supported",
+                "identity_selector",
+            )  # fmt: skip
         resource = resource_for(audience_map(gateway.config), q.get("resource", ""))
         if resource is None:
-            return _error(400, "invalid_resource", "no Lockgate resource serves this audience")
+            return await _refuse(
+                gateway, 400, "invalid_resource", "no Lockgate resource serves this audience",
+                "unknown_audience",
+            )  # fmt: skip
         headers = request.headers.getall("X-IDENTITY-HEADER", [])
         if len(headers) != 1 or not headers[0]:
-            return _error(401, "invalid_client", "X-IDENTITY-HEADER required")
+            return await _refuse(
+                gateway, 401, "invalid_client", "X-IDENTITY-HEADER required",
+                "missing_identity_header", resource,
+            )  # fmt: skip
         token = headers[0]
         try:
             claims = gateway.verifier.verify(token, resource)
@@ -98,9 +134,15 @@ def msi_handler(gateway: Any) -> Any:
                 "managed identity request refused",
                 extra={"fields": {"resource": resource, "reason": exc.reason}},
             )
-            return _error(401, "invalid_client", f"identity header rejected ({exc.reason})")
+            return await _refuse(
+                gateway, 401, "invalid_client", f"identity header rejected ({exc.reason})",
+                str(exc.reason), resource, getattr(exc, "claims", None),
+            )  # fmt: skip
         if not hmac.compare_digest(claims.aud, resource):  # verify() checked it; belt and braces
-            return _error(401, "invalid_client", "identity header rejected (wrong_audience)")
+            return await _refuse(
+                gateway, 401, "invalid_client", "identity header rejected (wrong_audience)",
+                "wrong_audience", resource, claims,
+            )  # fmt: skip
         log.info(
             "managed identity token served",
             extra={"fields": {"resource": resource, "principal": claims.sub, "jti": claims.jti}},
