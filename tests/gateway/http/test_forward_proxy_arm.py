@@ -126,3 +126,28 @@ async def test_run_id_from_create_run_is_recorded(arm_gw: Any, upstream: Upstrea
     assert detail["run_id"] == "run-42"
     assert profile.runs.pipeline_of("orders", "adf-prod", "run-42") == "load"
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{F}/pipelines/drop./createRun",  # IIS and older .NET drop a segment's trailing dots
+        f"{F}/pipelines/drop%20/createRun",  # and trailing spaces
+        f"{F}/pipelines/dr%25op/createRun",  # "%" is in no ADF name
+        f"{F}./pipelines/drop/createRun",
+        f"{F}/pipelineruns/abc-1./cancel",
+    ],
+)
+async def test_names_adf_cannot_hold_are_refused_not_judged(path: str) -> None:
+    # A name ADF would never create, but ARM may read as another (trailing dots and spaces
+    # dropped), passed a deny on that other name: it is refused before policy is asked.
+    def decide(action: str, obj: str) -> Any:
+        denied = obj.endswith(("pipeline:drop", "run:abc-1")) or obj == "factory:adf-prod"
+        return type("D", (), {"allowed": not denied, "rule": "r", "reason": "test"})()
+
+    profile = ArmProfile(arm_resource(), AdfRuns(None))
+    fields = {"method": "POST", "path": path, "query": "", "body": b"", "claims": None,
+              "principal": "p", "default": ("admin", path)}  # fmt: skip
+    req = type("R", (), fields)()
+    verdict = await profile.authorize(req, decide, bearer)  # type: ignore[arg-type]
+    assert not verdict.allowed and verdict.status == 400, (path, verdict)

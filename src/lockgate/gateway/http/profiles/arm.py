@@ -22,6 +22,12 @@ factory, pipeline, who started it), so reading or cancelling it is judged on its
 is ``factory:<f>/run:<id>``, which needs its own grant. Requests outside the configured
 subscription (and resource group, when set) are refused whatever the policy says.
 
+Names are checked against what ADF can hold before policy is asked: a factory name is
+letters, digits and inner hyphens; a pipeline name starts with a letter, digit or ``_`` and
+holds none of ``<>*#.%&:\\+?/`` nor ends with a space; a run id is letters, digits and
+hyphens. Anything else is refused (400 ``bad_name``): no such object exists, and ARM (IIS,
+.NET) may read ``drop.`` or ``drop%20`` as ``drop``, past a deny on ``drop``.
+
 Refusals are shaped as ARM errors (``{"error": {"code", "message"}}``) so the Azure SDK
 puts Lockgate's reason in the exception message, i.e. in the Airflow task log.
 """
@@ -48,6 +54,9 @@ _PIPELINE = re.compile(r"^/pipelines/(?P<p>[^/]+)(?P<op>/createrun)?$", re.IGNOR
 _RUN = re.compile(
     r"^/pipelineruns/(?P<id>[^/]+)(?P<op>/cancel|/queryactivityruns)?$", re.IGNORECASE
 )
+_FACTORY_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+_PIPELINE_NAME = re.compile(r"[a-z0-9_][^<>*#.%&:\\+?/\x00-\x1f]*(?<! )")
+_RUN_ID = re.compile(r"[a-z0-9-]{1,64}")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS adf_runs (
     resource TEXT NOT NULL, factory TEXT NOT NULL, run_id TEXT NOT NULL, pipeline TEXT NOT NULL,
@@ -103,6 +112,17 @@ def _name(segment: str) -> str:
     return unquote(segment).lower()
 
 
+class _BadName(ValueError):
+    """A factory, pipeline or run name that ADF cannot hold."""
+
+
+def _checked(kind: str, pattern: re.Pattern[str], segment: str) -> str:
+    name = _name(segment)
+    if pattern.fullmatch(name) is None:
+        raise _BadName(f"not a valid {kind} name")
+    return name
+
+
 class ArmProfile:
     def __init__(self, resource: Any, runs: AdfRuns) -> None:
         self.name: str = resource.name
@@ -120,7 +140,11 @@ class ArmProfile:
     async def authorize(
         self, req: ProfileRequest, decide: Decide, headers: UpstreamHeaders
     ) -> Verdict:
-        action, obj, st = self.classify(req.method, req.path)
+        try:
+            action, obj, st = self.classify(req.method, req.path)
+        except _BadName as exc:
+            action, obj = req.default
+            return Verdict(False, action, obj, str(exc), status=400, slug="bad_name")
         scope = self._out_of_scope(req.path)
         if scope is not None:
             return Verdict(False, action, obj, scope, rule="arm-scope")
@@ -179,14 +203,14 @@ class ArmProfile:
         m = _ADF.match(path)
         if m is None:
             return "admin", f"arm:{path.lower()}", {}
-        factory = _name(m.group("f"))
+        factory = _checked("factory", _FACTORY_NAME, m.group("f"))
         rest = m.group("rest") or ""
         st: dict[str, Any] = {"factory": factory}
         if rest in ("", "/"):
             return ("read" if method in ("GET", "HEAD") else "admin"), f"factory:{factory}", st
         pm = _PIPELINE.match(rest)
         if pm is not None:
-            st["pipeline"] = pipeline = _name(pm.group("p"))
+            st["pipeline"] = pipeline = _checked("pipeline", _PIPELINE_NAME, pm.group("p"))
             obj = f"factory:{factory}/pipeline:{pipeline}"
             if pm.group("op") and method == "POST":
                 st["op"] = "createrun"
@@ -196,7 +220,7 @@ class ArmProfile:
             return "admin", obj, st
         rm = _RUN.match(rest)
         if rm is not None:
-            st["run_id"] = run_id = _name(rm.group("id"))
+            st["run_id"] = run_id = _checked("run id", _RUN_ID, rm.group("id"))
             pipeline = self.runs.pipeline_of(self.name, factory, run_id)
             if pipeline is not None:
                 st["pipeline"] = pipeline
