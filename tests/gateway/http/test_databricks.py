@@ -365,3 +365,29 @@ async def test_guardrails_see_nested_clusters_and_odd_numbers(env: Env) -> None:
                                       submit({**big, "num_workers": odd}))  # fmt: skip
         assert status == 403 and "does not bound its workers" in body["reason"], (odd, body)
     assert not env.fake.api_calls("runs/submit")
+
+
+async def test_a_submitted_run_job_task_is_judged_as_a_run_now_of_that_job(env: Env) -> None:
+    # runs/submit may hold tasks that trigger existing jobs (run_job_task): job:submit alone
+    # ran a job whose name is denied, one never granted, or one over the guardrails.
+    def submit(job_id: Any, nested: bool = False) -> dict[str, Any]:
+        task: dict[str, Any] = {"task_key": "t", "run_job_task": {"job_id": job_id}}
+        if nested:
+            task = {"task_key": "each", "for_each_task": {"inputs": "[1]", "task": task}}
+        return {"run_name": "trigger", "timeout_seconds": 600, "tasks": [task]}
+
+    env.fake.add_job(505, {"name": "nightly-huge", "timeout_seconds": 600, "tasks": [
+        {"task_key": "a", "new_cluster": {"node_type_id": "i3.xlarge", "num_workers": 64}}]})
+    tok = env.token()
+    for job_id, nested, why in [
+        (303, False, "nightly-secret"),  # an explicit deny on the job's name
+        (404, True, "job:404"),  # granted neither by id nor by name
+        (505, False, "num_workers 64 exceeds the limit 8"),  # the job's own cluster
+        ("abc", False, "job_id"),
+    ]:
+        status, body = await env.call("POST", "/api/2.2/jobs/runs/submit", tok,
+                                      submit(job_id, nested))  # fmt: skip
+        assert status in (400, 403) and why in str(body), (job_id, body)
+    assert not env.fake.api_calls("runs/submit")
+    status, body = await env.call("POST", "/api/2.2/jobs/runs/submit", tok, submit(101, True))
+    assert status == 200, body

@@ -7,7 +7,7 @@ request                    action  object
 =========================  ======  ===============================================
 POST jobs/run-now          run     ``job:<job_id>`` (or ``job-name:<settings.name>``)
 POST jobs/runs/cancel-all  run     ``job:<job_id>`` (or ``job-name:<name>``)
-POST jobs/runs/submit      run     ``job:submit``
+POST jobs/runs/submit      run     ``job:submit`` (and each ``run_job_task``'s job, below)
 GET  jobs/get              read    ``job:<job_id>`` (or ``job-name:<name>``)
 GET  jobs/runs/get         read    ``run:<run_id>``  — only runs this DAG started here
 GET  jobs/runs/get-output  read    ``run:<run_id>``  — idem
@@ -24,6 +24,11 @@ A job-name grant is consulted when the job id is not granted;
 an explicit deny on either object wins. Runs are owned: ``run:<id>`` objects are refused
 unless the run was started through Lockgate by the same deployment and DAG (see
 :mod:`.registry`); triggerer poll tokens (task ``@poll``) may only read such runs.
+
+A submitted run's ``run_job_task`` (at any depth, ``for_each_task`` included) triggers an
+existing job: each is judged as a run-now of that job (``run`` on ``job:<id>`` or its
+``job-name:``, an explicit deny on either wins, the job's own spec under the guardrails), so
+``job:submit`` is no door to a job policy does not grant.
 
 Guardrails (``databricks.guardrails``, first entry whose principal glob matches) are
 checked on the submitted spec (runs/submit) or on the job's spec fetched with the gateway's
@@ -197,12 +202,34 @@ class DatabricksProfile:
             v = _policy(decide, "run", "job:submit")
             if not v.allowed:
                 return v
-            return self._guard(v, req, st, params)
+            for raw in g.run_job_ids(params):
+                triggered = await self._run_of_job(
+                    req, decide, headers, _id({"job_id": raw}, "job_id")
+                )
+                if not triggered.allowed:
+                    triggered.reason = f"runs/submit triggers a job: {triggered.reason}"
+                    return triggered
+            why = self._violation(req, params)
+            if why is not None:
+                return _guardrail_refusal(v, why, params, None)
+            return _admit(v, st, params)
         job_id = _id(params, "job_id")
         st["job_id"] = job_id
-        action = _JOB_OPS[op]
+        if op == "jobs/run-now":
+            v = await self._run_of_job(req, decide, headers, job_id)
+            return _admit(v, st, v.state) if v.allowed else v
+        v, _status, _job = await self._job_verdict(decide, _JOB_OPS[op], job_id, headers, False)
+        if v.allowed:
+            v.detail = {"job_id": job_id}
+        return v
+
+    async def _job_verdict(
+        self, decide: Decide, action: str, job_id: int, headers: UpstreamHeaders, spec: bool
+    ) -> tuple[Verdict, int, dict[str, Any] | None]:
+        """``action`` on job ``job_id`` by id or by name (an explicit deny on either wins);
+        the job's settings are fetched when ``spec`` or when only its name can grant."""
         v = _policy(decide, action, f"job:{job_id}")
-        need_job = op == "jobs/run-now" or (not v.allowed and v.rule is None)
+        need_job = spec or (not v.allowed and v.rule is None)
         status, job = await self._job(job_id, headers) if need_job else (0, None)
         name = job.get("name") if isinstance(job, dict) else None
         if isinstance(name, str) and name:
@@ -211,38 +238,37 @@ class DatabricksProfile:
                 v = by_name  # an explicit deny on the name beats an allow on the id
             elif not v.allowed and v.rule is None and by_name.allowed:
                 v = by_name
+        return v, status, job
+
+    async def _run_of_job(
+        self, req: ProfileRequest, decide: Decide, headers: UpstreamHeaders, job_id: int
+    ) -> Verdict:
+        """A run of job ``job_id``: policy, then the guardrails on the job's own spec. An
+        allowed verdict carries the spec in ``state`` (for the audit's cluster summary)."""
+        v, status, job = await self._job_verdict(decide, "run", job_id, headers, True)
         if not v.allowed:
-            return v
-        v.detail = {"job_id": job_id}
-        if op != "jobs/run-now":
             return v
         if status == 404:
             raise _Refusal(404, "job_not_found", f"job {job_id} does not exist upstream")
         if job is None:
             raise _Refusal(502, "job_lookup_failed", f"job {job_id}: cluster spec unavailable")
-        return self._guard(v, req, st, job)
+        why = self._violation(req, job)
+        if why is not None:
+            return _guardrail_refusal(v, why, job, job_id)
+        v.state = job
+        return v
 
-    def _guard(
-        self, v: Verdict, req: ProfileRequest, st: dict[str, Any], payload: dict[str, Any]
-    ) -> Verdict:
-        specs = g.cluster_specs(payload)
-        summary = g.summarize(specs)
-        v.detail = {**v.detail, "cluster": summary}
-        if st.get("job_id") is not None:
-            v.detail["job_id"] = st["job_id"]
+    def _violation(self, req: ProfileRequest, payload: dict[str, Any]) -> str | None:
+        """The first guardrail ``payload``'s clusters break for this principal, or None."""
         rule = next(
             (r for r in self.settings.guardrails
              if any(fnmatchcase(req.principal, p) for p in r.principals)),
             None,
         )  # fmt: skip
-        if rule is not None:
-            why = g.violation(rule, specs, g.timeouts(payload), _glob_for(rule, req.principal))
-            if why is not None:
-                return Verdict(
-                    False, v.action, v.obj, why, rule="databricks-guardrail", detail=v.detail
-                )
-        v.state, v.capture = st, True
-        return v
+        if rule is None:
+            return None
+        specs = g.cluster_specs(payload)
+        return g.violation(rule, specs, g.timeouts(payload), _glob_for(rule, req.principal))
 
     def _ownership(self, claims: Any, run_id: int, poll: bool) -> str | None:
         rec = self.registry.get(self.name, run_id)
@@ -297,6 +323,27 @@ class DatabricksProfile:
             self._jobs.clear()
         self._jobs[job_id] = (now + self.settings.job_cache_seconds, status, settings)
         return status, settings
+
+
+def _cluster_detail(payload: dict[str, Any], job_id: int | None) -> dict[str, Any]:
+    detail: dict[str, Any] = {"cluster": g.summarize(g.cluster_specs(payload))}
+    if job_id is not None:
+        detail["job_id"] = job_id
+    return detail
+
+
+def _admit(v: Verdict, st: dict[str, Any], payload: dict[str, Any]) -> Verdict:
+    """An allowed run: its clusters in the audit detail, its answer captured (run id)."""
+    v.detail = _cluster_detail(payload, st.get("job_id"))
+    v.state, v.capture = st, True
+    return v
+
+
+def _guardrail_refusal(
+    v: Verdict, why: str, payload: dict[str, Any], job_id: int | None
+) -> Verdict:
+    detail = _cluster_detail(payload, job_id)
+    return Verdict(False, v.action, v.obj, why, rule="databricks-guardrail", detail=detail)
 
 
 def _policy(decide: Decide, action: str, obj: str) -> Verdict:

@@ -83,6 +83,15 @@ def timeouts(payload: dict[str, Any]) -> list[tuple[str, int]]:
     return out
 
 
+def run_job_ids(payload: dict[str, Any]) -> list[Any]:
+    """The ``job_id`` of every ``run_job_task`` of a run, as sent (a run that triggers jobs)."""
+    return [
+        t["run_job_task"].get("job_id")
+        for t in _tasks(payload)
+        if isinstance(t.get("run_job_task"), dict)
+    ]
+
+
 def summarize(specs: list[ClusterSpec]) -> dict[str, Any]:
     """Audit detail: each cluster's size, and the total worker cap (None if unbounded)."""
     total: int | None = 0
