@@ -12,6 +12,8 @@ budget and is always recorded. Metrics count every refusal, suppressed or not.
 
 Descriptions in records and logs come from :func:`describe`: printable ASCII only, other
 bytes escaped as ``\\xNN``, capped in length, so an attacker's bytes are never written raw.
+A request line passes :func:`request_line` first: no query, no fragment, no userinfo, since
+any of them may hold a secret (``?sig=``, ``#access_token=``, ``user:password@host``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,30 @@ def describe(text: str | bytes, limit: int = MAX_DESCRIPTION) -> str:
     if len(data) > limit:
         return "".join(out) + "..."
     return "".join(out)
+
+
+def request_line(line: bytes) -> bytes:
+    """``line`` (a request line or a bare target) without what may hold a secret: cut at
+    the query or fragment, userinfo of an absolute- or authority-form target withheld."""
+    cuts = [i for i in (line.find(b"?"), line.find(b"#")) if i >= 0]
+    if cuts:
+        line = line[: min(cuts)]
+    parts = line.split(b" ")
+    i = 1 if len(parts) > 1 else 0
+    parts[i] = _without_userinfo(parts[i])
+    return b" ".join(parts)
+
+
+def _without_userinfo(target: bytes) -> bytes:
+    if target.startswith(b"/"):
+        return target
+    start = target.find(b"://") + 3 if b"://" in target else 0
+    end = target.find(b"/", start)
+    authority = target[start : end if end >= 0 else len(target)]
+    at = authority.rfind(b"@")  # the last one: a password may hold "@" too
+    if at < 0:
+        return target
+    return target[:start] + b"[userinfo]" + target[start + at :]
 
 
 def peer_key(peer: Any) -> str:

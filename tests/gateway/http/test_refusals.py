@@ -367,3 +367,39 @@ async def test_a_credential_value_unsafe_as_a_header_is_503_not_sent(
     rows = st.rows(decision="error")
     assert [(r.reason, r.jti) for r in rows] == [("credential_unavailable", jti)] * 2
     assert upstream.seen == []
+
+
+async def test_credentials_in_a_refused_target_reach_no_record_and_no_log(
+    make_gateway: Any, make_stack: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client configured with a proxy URL or a full URL sends absolute-form targets, and
+    # with them userinfo, a query or a fragment: the refusal keeps method, host and path.
+    secrets = ("pa55word", "s3cr3t", "fr4gtoken")
+    st = await make_stack()
+    for target in (
+        b"http://alice:pa55word@orders.test/orders/x?k=s3cr3t",
+        b"/orders/x#access_token=fr4gtoken",
+        b"alice:pa55word@orders.test:443",
+    ):
+        await raw_request(st.port, b"GET " + target + b" HTTP/1.1\r\nHost: g\r\n\r\n")
+    ca = write_dev_ca(tmp_path / "ca")
+    gw = await make_gateway()
+    fp = ForwardProxy(gw.engine, {"management.azure.com:443": "orders"},
+                      LeafIssuer.from_files(ca["cert"], ca["key"]))  # fmt: skip
+    await fp.start("127.0.0.1", 0)
+    try:
+        for line in (
+            b"GET http://alice:pa55word@example.com/?k=s3cr3t HTTP/1.1",
+            b"CONNECT alice:pa55word@example.com:443 HTTP/1.1",
+        ):
+            await raw_request(fp.port, line + b"\r\n\r\n")
+    finally:
+        await fp.close()
+    records = [r.to_dict() for r in st.rows(decision="deny")] + [
+        r.to_dict() for r in gw.audit.records
+    ]
+    assert len(records) == 5, records
+    written = json.dumps(records) + caplog.text
+    assert "orders.test" in written and "example.com" in written  # the host is kept
+    for secret in secrets:
+        assert secret not in written, secret

@@ -34,6 +34,7 @@ from lockgate.gateway.listeners import (
     Ticket,
     http_refusal,
 )
+from lockgate.gateway.refusals import describe, request_line
 from lockgate.tlsgen import LeafIssuer
 
 log = _log.get("gateway.http.forward_proxy")
@@ -315,8 +316,8 @@ class _ConnectProtocol(asyncio.Protocol):
         t = self._transport
         if t is not None and not t.is_closing():
             # Audited like every HTTP refusal (budgeted per peer: nothing names a principal);
-            # the request line only, up to any CR or LF, without a query (it may hold secrets).
-            line = self._buf.split(b"\n", 1)[0].split(b"\r", 1)[0].partition(b"?")[0]
+            # the request line only, up to any CR or LF, without what may hold a secret.
+            line = request_line(self._buf.split(b"\n", 1)[0].split(b"\r", 1)[0])
             self._proxy.engine.proxy.refusals.refuse(
                 peer=t.get_extra_info("peername"), status=status, reason=reason,
                 description="forward proxy: CONNECT refused", request=line,
@@ -326,10 +327,10 @@ class _ConnectProtocol(asyncio.Protocol):
 
 
 def _target(head: bytes) -> str:
-    """The request target, for the log line (bounded, printable)."""
+    """The request target, for the log line (bounded, printable, no query or userinfo)."""
     parts = head.split(b"\r\n", 1)[0].split(b" ")
-    raw = parts[1] if len(parts) > 1 else b""
-    return raw[:128].decode("ascii", "replace")
+    raw = request_line(parts[1]) if len(parts) > 1 else b""
+    return describe(raw, 128)
 
 
 __all__ = ["ForwardProxy"]

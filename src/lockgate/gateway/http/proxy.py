@@ -50,7 +50,7 @@ from lockgate.gateway.http.profiles.databricks import CAPTURE_LIMIT
 from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, RETRY_STATUSES, Backoff, retry_after
 from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
 from lockgate.gateway.http.upstream import UpstreamConnection, UpstreamPool, UpstreamTarget
-from lockgate.gateway.refusals import RefusalRecorder
+from lockgate.gateway.refusals import RefusalRecorder, request_line
 
 log = _log.get("gateway.http")
 
@@ -208,8 +208,9 @@ class Pending(NamedTuple):
 
 
 def _request_line(head: framing.Head) -> bytes:
-    """Method and path of a request for a refusal's record: the query may carry secrets."""
-    return head.method + b" " + head.target.partition(b"?")[0]
+    """Method and target of a request for a refusal's record, without what may carry a
+    secret (:func:`~lockgate.gateway.refusals.request_line`)."""
+    return request_line(head.method + b" " + head.target)
 
 
 def split_mounted(raw: bytes, resource: str) -> Target:
@@ -535,7 +536,7 @@ class Proxy:
         self.refusals.refuse(
             peer=conn.peer, status=status, reason=reason,
             decision="error" if status >= 500 else "deny", description=description,
-            request=line.partition(b"?")[0] if line else None,
+            request=request_line(line) if line else None,
         )  # fmt: skip
 
     def _decide(self, claims: Any, rs: ResourceState, action: str, obj: str) -> Any:
