@@ -613,6 +613,31 @@ async def test_tokens_and_secrets_never_logged(env: Env) -> None:
         assert part not in everything  # not even a signature
 
 
+async def test_a_secret_given_as_the_client_id_is_not_recorded(env: Env) -> None:
+    # Id and secret swapped (a common slip): the "client id" is the secret, and a refusal
+    # that records the client id as given would write the secret into audit and logs.
+    stream = io.StringIO()
+    root = logging.getLogger("lockgate")
+    saved = (root.handlers[:], root.level, root.propagate)
+    _log.setup("debug", stream=stream)
+    try:
+        status, _ = await env.token(client_id=SECRET, client_secret="prod")
+        basic = base64.b64encode(f"{SECRET}:prod".encode()).decode()
+        async with env.http.post(
+            env.url + "/v1/token", data={"resource": "orders-api", **TASK},
+            headers={"Authorization": f"Basic {basic}"},
+        ) as resp:  # fmt: skip
+            assert resp.status == 401
+    finally:
+        root.handlers[:], root.level, root.propagate = saved
+    assert status == 401
+    refusals = [f for kind, f in env.events if f.get("reason") == "bad_client_secret"]
+    assert len(refusals) == 2
+    assert SECRET not in stream.getvalue() + repr(env.events)
+    await env.token(client_secret=SECRET + "x")  # a known id is still recorded
+    assert last_event(env)[1]["client_id"] == "prod"
+
+
 async def test_failing_mint_policy_denies(env: Env, tmp_path: Path) -> None:
     def broken(identity: TaskIdentity, resource: str, ttl: int | None) -> MintDecision:
         raise RuntimeError("policy store down")

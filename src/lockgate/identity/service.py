@@ -382,7 +382,9 @@ class TokenService:
                 "client authentication failed",
                 reason="bad_client_secret",
                 basic_challenge=True,
-                client_id=client_id[:64],
+                # Only a configured name: an unknown "client id" may be the secret itself
+                # (id and secret swapped), which must reach neither audit nor logs.
+                client_id=client_id if self.config.deployment(client_id) else "(unknown)",
             ) from None
 
     def _refuse_if_blocked(self, deployment: str, dag_id: str, principal: str) -> None:
