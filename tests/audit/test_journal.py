@@ -275,3 +275,33 @@ def test_a_replay_racing_the_writer_chains_a_dead_workers_records_once(tmp_path:
     rows = AuditReader(db).search(run="held", limit=1000)
     assert sorted(r.object for r in rows) == sorted(f"/o/{i}" for i in range(50))
     assert AuditReader(db).verify().ok
+
+
+def test_a_journal_file_another_user_could_have_written_is_not_replayed(
+    tmp_path: Path,
+) -> None:
+    # Replay turns journal lines into chained `admitted` records, so only files this
+    # process's user wrote and nobody else could: a group- or world-writable file, or a
+    # symlink (planted while a pre-existing directory was loose), is left alone.
+    db, j = _journal(tmp_path, sender="real")
+    j.append(1, _vals(1))
+    real = j.path
+    assert real is not None
+    j.close(chained_up_to=None)
+    directory = journal_dir(db)
+    forged = directory / "forged.000001.journal"
+    forged.write_bytes(real.read_bytes().replace(b"/o/1", b"/o/forged"))
+    forged.chmod(0o666)
+    outside = tmp_path / "elsewhere.journal"
+    outside.write_bytes(real.read_bytes().replace(b"/o/1", b"/o/linked"))
+    (directory / "linked.000001.journal").symlink_to(outside)
+    directory.chmod(0o777)
+    Journal(directory, "next").close(chained_up_to=None)
+    assert directory.stat().st_mode & 0o777 == 0o700  # tightened by the next journal
+    conn = chain.connect(db)
+    try:
+        rows = replay(directory, conn)
+    finally:
+        conn.close()
+    assert [r.object for r in rows] == ["/o/1"]
+    assert forged.exists()  # left for an operator to look at, never chained

@@ -22,6 +22,13 @@ one committed per sender (``audit_senders``) in the same transaction as the rows
 connects) appends exactly the entries past the mark of each dead sender, then removes its
 files: a crash loses nothing that went upstream, and nothing is chained twice.
 
+Trust: a replayed line becomes a chained ``admitted`` record, so only files that this
+process's user wrote and no one else could are replayed: regular files (no symlink), owned
+by the effective uid, not writable by group or others. Any other file is left in place and
+logged as an error. The directory is made 0700 whenever a journal opens in it (a directory
+that existed with looser modes is tightened). Whoever runs as the gateway's user (or root)
+can still write a journal line; see docs/audit.md for what the chain proves against whom.
+
 A torn last line (the process died inside ``write``, or the disk filled up) was never
 acknowledged, so its request was never forwarded: it is skipped. An unreadable complete line
 is chained as a marker record, so the gap is visible instead of silent.
@@ -35,6 +42,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -90,6 +98,8 @@ class Journal:
         self.fsync = fsync
         self.rotate_bytes = rotate_bytes
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):  # mkdir leaves an existing directory's modes alone
+            os.chmod(self.directory, 0o700)
         self._generation = 0
         self._fd = -1
         self._path: Path | None = None
@@ -382,9 +392,21 @@ def _by_sender(directory: Path) -> dict[str, list[Path]]:
     if directory.is_dir():
         for path in sorted(directory.glob(f"*{SUFFIX}")):
             sender = path.name[: -len(SUFFIX)].rpartition(".")[0]
-            if sender:
+            if sender and _trusted(path):
                 by_sender.setdefault(sender, []).append(path)
     return by_sender
+
+
+def _trusted(path: Path) -> bool:
+    """A journal this user wrote and no one else could have: see the module docstring."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+        return True
+    log.error("audit journal file not trusted, not replayed", extra={"fields": {"path": str(path)}})
+    return False
 
 
 def _open(path: Path) -> int:
