@@ -391,3 +391,13 @@ async def test_a_submitted_run_job_task_is_judged_as_a_run_now_of_that_job(env: 
     assert not env.fake.api_calls("runs/submit")
     status, body = await env.call("POST", "/api/2.2/jobs/runs/submit", tok, submit(101, True))
     assert status == 200, body
+
+
+async def test_a_submitted_pipeline_task_needs_a_grant_on_that_pipeline(env: Env) -> None:
+    # A pipeline_task starts an existing Delta Live Tables pipeline on its own clusters:
+    # no guardrail sees them, so it runs only under a grant of run on pipeline:<id>.
+    body = {"run_name": "dlt", "timeout_seconds": 600,
+            "tasks": [{"task_key": "p", "pipeline_task": {"pipeline_id": "abc-123"}}]}
+    status, answer = await env.call("POST", "/api/2.2/jobs/runs/submit", env.token(), body)
+    assert status == 403 and "pipeline:abc-123" in str(answer), answer
+    assert not env.fake.api_calls("runs/submit")

@@ -28,7 +28,9 @@ unless the run was started through Lockgate by the same deployment and DAG (see
 A submitted run's ``run_job_task`` (at any depth, ``for_each_task`` included) triggers an
 existing job: each is judged as a run-now of that job (``run`` on ``job:<id>`` or its
 ``job-name:``, an explicit deny on either wins, the job's own spec under the guardrails), so
-``job:submit`` is no door to a job policy does not grant.
+``job:submit`` is no door to a job policy does not grant. A ``pipeline_task`` starts an
+existing pipeline on its own clusters, out of the guardrails' sight: it needs ``run`` on
+``pipeline:<pipeline_id>``.
 
 Guardrails (``databricks.guardrails``, first entry whose principal glob matches) are
 checked on the submitted spec (runs/submit) or on the job's spec fetched with the gateway's
@@ -60,6 +62,7 @@ log = _log.get("gateway.http.databricks")
 POLL_TASK = "@poll"  # task_id of triggerer poll tokens (not a valid Airflow task id)
 DEPLOYMENT_WIDE = "@triggerer"  # dag_id of a poll token not narrowed to one DAG
 ANY_RUN = "@any"  # run_id of a poll token not narrowed to one DAG run
+_PIPELINE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _API = re.compile(r"^/api/2\.[012]/(?P<op>[a-z/_-]+)$")
 _BODY_OPS = frozenset(
     {"jobs/run-now", "jobs/runs/submit", "jobs/runs/get", "jobs/runs/get-output",
@@ -202,7 +205,15 @@ class DatabricksProfile:
             v = _policy(decide, "run", "job:submit")
             if not v.allowed:
                 return v
-            for raw in g.run_job_ids(params):
+            for pipeline in g.triggered(params, "pipeline_task", "pipeline_id"):
+                # An existing pipeline runs on its own clusters: no guardrail sees them.
+                if not isinstance(pipeline, str) or not _PIPELINE_ID.fullmatch(pipeline):
+                    raise _Refusal(400, "bad_request", "pipeline_id missing or malformed")
+                by_pipeline = _policy(decide, "run", f"pipeline:{pipeline}")
+                if not by_pipeline.allowed:
+                    by_pipeline.reason = f"runs/submit starts a pipeline: {by_pipeline.reason}"
+                    return by_pipeline
+            for raw in g.triggered(params, "run_job_task", "job_id"):
                 triggered = await self._run_of_job(
                     req, decide, headers, _id({"job_id": raw}, "job_id")
                 )

@@ -83,13 +83,10 @@ def timeouts(payload: dict[str, Any]) -> list[tuple[str, int]]:
     return out
 
 
-def run_job_ids(payload: dict[str, Any]) -> list[Any]:
-    """The ``job_id`` of every ``run_job_task`` of a run, as sent (a run that triggers jobs)."""
-    return [
-        t["run_job_task"].get("job_id")
-        for t in _tasks(payload)
-        if isinstance(t.get("run_job_task"), dict)
-    ]
+def triggered(payload: dict[str, Any], kind: str, key: str) -> list[Any]:
+    """``key`` of every ``kind`` task of a run, as sent: the jobs (``run_job_task``,
+    ``job_id``) and pipelines (``pipeline_task``, ``pipeline_id``) a run starts."""
+    return [t[kind].get(key) for t in _tasks(payload) if isinstance(t.get(kind), dict)]
 
 
 def summarize(specs: list[ClusterSpec]) -> dict[str, Any]:
