@@ -89,7 +89,7 @@ class OidcVerifier:
             raise AuthenticationError("malformed") from None
         iss = unverified.get("iss") if isinstance(unverified, dict) else None
         entries = self._issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
-        if not entries:
+        if not entries or not isinstance(iss, str):
             raise AuthenticationError("wrong_issuer")
         alg = header["alg"]
         if alg.upper().startswith("HS") or alg.lower() == "none":

@@ -221,10 +221,10 @@ class ArmProfile:
         rm = _RUN.match(rest)
         if rm is not None:
             st["run_id"] = run_id = _checked("run id", _RUN_ID, rm.group("id"))
-            pipeline = self.runs.pipeline_of(self.name, factory, run_id)
-            if pipeline is not None:
-                st["pipeline"] = pipeline
-                obj = f"factory:{factory}/pipeline:{pipeline}"
+            recorded = self.runs.pipeline_of(self.name, factory, run_id)
+            if recorded is not None:
+                st["pipeline"] = recorded
+                obj = f"factory:{factory}/pipeline:{recorded}"
             else:
                 obj = f"factory:{factory}/run:{run_id}"
             op = (rm.group("op") or "").lower()
