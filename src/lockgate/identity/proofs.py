@@ -9,7 +9,9 @@ for one never authenticates with the other):
 - ``private_key_jwt`` (RFC 7523): a short-lived JWT signed by the deployment's key.
   ``alg`` must match the key type (Ed25519 → EdDSA, RSA → RS256, EC P-256 → ES256),
   ``iss == sub == deployment``, ``aud`` is the token endpoint or the issuer, ``exp`` is at
-  most 5 minutes ahead, and a ``jti`` is accepted once (remembered until its ``exp``).
+  most 5 minutes ahead, and a ``jti`` is accepted once (remembered until its ``exp``) by
+  every process on the data directory (:mod:`lockgate.identity.once`), so a captured
+  assertion cannot be replayed to a sibling ``--workers`` process or after a restart.
 
 Failures raise :class:`AuthenticationError` with a slug; messages never echo the proof.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +32,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from lockgate.config import ClientSecretProof, LockgateConfig, PrivateKeyJwtProof
 from lockgate.errors import AuthenticationError
+from lockgate.identity.once import OnceLedger
 from lockgate.identity.tokens import split_jwt
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_ASSERTION_LIFETIME = 300
+ASSERTION_LEDGER = "assertions.db"  # in data_dir, shared by every worker process
 _DUMMY_SHA256 = "0" * 64
 
 
@@ -63,7 +67,8 @@ def _alg_for_key(key: Any) -> str | None:
 
 
 class AssertionVerifier:
-    """Verifies RFC 7523 client assertions; keeps seen jtis to refuse replays."""
+    """Verifies RFC 7523 client assertions; seen jtis go to a ledger in ``data_dir`` that every
+    process of the gateway shares (``ledger=None``: ``data_dir/assertions.db``)."""
 
     def __init__(
         self,
@@ -71,14 +76,14 @@ class AssertionVerifier:
         *,
         leeway: int | None = None,
         clock: Callable[[], float] = time.time,
+        ledger: OnceLedger | None = None,
     ) -> None:
         self._config = config
         self._audiences = {config.issuer_url, config.issuer_url + "/v1/token"}
         self._leeway = config.tokens.leeway if leeway is None else leeway
         self._clock = clock
         self._keys: dict[Path, Any] = {}
-        self._seen: dict[tuple[str, str], float] = {}  # (deployment, jti) -> exp
-        self._lock = threading.Lock()
+        self._ledger = ledger or OnceLedger(Path(config.data_dir) / ASSERTION_LEDGER)
 
     def verify(self, assertion: str, client_id: str | None = None) -> str:
         """Return the deployment name the assertion proves."""
@@ -129,13 +134,13 @@ class AssertionVerifier:
         return name
 
     def _remember(self, name: str, jti: str, exp: float, now: float) -> None:
-        with self._lock:
-            # Bounded by construction: every entry dies within MAX_ASSERTION_LIFETIME.
-            for k in [k for k, e in self._seen.items() if e + self._leeway < now]:
-                del self._seen[k]
-            if (name, jti) in self._seen:
-                raise AuthenticationError("replayed")
-            self._seen[(name, jti)] = exp
+        try:
+            first = self._ledger.claim(name, jti, exp + self._leeway, now)
+        except sqlite3.Error:
+            # Unable to tell a replay from a first use: refuse (fail closed).
+            raise AuthenticationError("replay_check_unavailable") from None
+        if not first:
+            raise AuthenticationError("replayed")
 
     def _public_key(self, path: Path) -> Any:
         key = self._keys.get(path)
