@@ -44,7 +44,8 @@ def test_example_loads() -> None:
 def test_bad_action_names_file_index_rule_and_field(tmp_path: Path) -> None:
     text = "rules:" + GOOD_RULE * 0 + GOOD_RULE.replace("[read]", "[delete]")
     msg = load_error(tmp_path, text)
-    assert msg.startswith(f"{tmp_path / 'finance.yaml'}: rules[0].actions[0] (rule finance-read)")
+    where = f"{tmp_path / 'finance.yaml'}:5: rules[0].actions[0] (rule finance-read)"
+    assert msg.startswith(where), msg
     assert "expected one of read, write, admin, run, * (got 'delete')" in msg
 
 
@@ -150,3 +151,27 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_empty_pattern_rejected(tmp_path: Path) -> None:
     msg = load_error(tmp_path, "rules:" + GOOD_RULE.replace("[orders-api]", "['']"))
     assert "rules[0].resources (rule finance-read): expected a non-empty pattern" in msg
+
+
+def test_deny_with_max_token_ttl_refused(tmp_path: Path) -> None:
+    """A deny's max_token_ttl said when it denies: tokens at most that long. A task holding a
+    longer-lived token escaped the deny and was allowed by any matching allow; ambiguous
+    conditions on a deny are refused at load, never guessed."""
+    deny = """
+  - id: no-long-reads
+    effect: deny
+    principals: ["airflow:prod/*"]
+    actions: [read]
+    resources: [orders-api]
+    conditions: {max_token_ttl: 15m}
+"""
+    msg = load_error(tmp_path, "rules:" + GOOD_RULE + deny)
+    assert "finance.yaml:8: rules[1] (rule no-long-reads):" in msg, msg
+    assert "max_token_ttl" in msg and "deny" in msg
+
+
+def test_unknown_field_names_its_line(tmp_path: Path) -> None:
+    """A typo'd field fails with the file, the line it is on and the field path."""
+    text = "rules:" + GOOD_RULE + "    objets: ['/orders/**']\n"
+    msg = load_error(tmp_path, text)
+    assert "finance.yaml:7: rules[0].objets (rule finance-read): unknown field" in msg, msg

@@ -58,10 +58,7 @@ def ref_decide(rules: list[dict[str, Any]], req: Request) -> tuple[bool, str | N
         return (int(tw["start"][:2]), int(tw["end"][:2])) if tw else None
 
     for r in rules:
-        if r["effect"] == "deny" and matches(r):
-            cap = r.get("conditions", {}).get("max_token_ttl")
-            if cap is not None and req.token_ttl is not None and req.token_ttl > cap:
-                continue
+        if r["effect"] == "deny" and matches(r):  # a deny's only condition is a time window
             w = window(r)
             if w and not ref_in_window(hour, *w):
                 continue
@@ -115,6 +112,8 @@ def rule_dicts(draw: st.DrawFn, effect: str | None = None) -> dict[str, Any]:
         "objects": draw(st.lists(obj_pat, min_size=1, max_size=2)),
     }
     cond = draw(conditions)
+    if r["effect"] == "deny":  # max_token_ttl on a deny is refused at load
+        cond.pop("max_token_ttl", None)
     if cond:
         r["conditions"] = cond
     return r

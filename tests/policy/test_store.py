@@ -102,7 +102,7 @@ def test_broken_file_keeps_last_good_then_recovers(
         assert store.reload_if_changed() is False
     assert store.current is good and allowed(store, "read")
     assert store.last_error is not None
-    assert "finance.yaml: rules[0].actions[0] (rule finance-read)" in store.last_error
+    assert "finance.yaml:5: rules[0].actions[0] (rule finance-read)" in store.last_error
     assert reloads("error") == errors + 1
     assert any("keeping the last good policy" in r.getMessage() for r in caplog.records)
     # Checking again without a change neither re-logs nor re-counts.
@@ -120,7 +120,7 @@ def test_unknown_resource_is_a_reload_error(policy_dir: Path) -> None:
         policy_dir / "hr.yaml", RULE.format(rid="hr", action="read").replace("orders-api", "hr-api")
     )
     assert store.reload_if_changed() is False
-    assert "hr.yaml: rules[0].resources[0] (rule hr): unknown resource 'hr-api'" in (
+    assert "hr.yaml:6: rules[0].resources[0] (rule hr): unknown resource 'hr-api'" in (
         store.last_error or ""
     )
 

@@ -27,13 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Literal
 
-import yaml
-
 from lockgate.errors import ConfigError
 from lockgate.policy.engine import PolicySet, Rule
 from lockgate.policy.globs import covers_all, match_one
-from lockgate.policy.loader import parse_policy_texts, read_text
-from lockgate.policy.model import ACTIONS
+from lockgate.policy.loader import parse_policy_texts, read_text, yaml_lines
+from lockgate.policy.model import ACTIONS, located
 
 Severity = Literal["warning", "error"]
 
@@ -212,7 +210,7 @@ def policy_problems(
         try:
             parse_policy_texts([(str(path), text)], known_resources)
         except ConfigError as exc:
-            problems.extend(_with_line(line, text) for line in str(exc).splitlines())
+            problems.extend(str(exc).splitlines())  # the loader names file:line already
             continue
         texts.append((str(path), text))
     if problems:
@@ -223,44 +221,15 @@ def policy_problems(
         return [str(exc)]
     by_file = dict(texts)
     return [
-        _with_line(f"{f.file}: {f.field} (rule {f.rule}): {f.message}", by_file.get(f.file or ""))
+        _located_finding(f, by_file.get(f.file or ""))
         for f in lint(policy_set, known_resources)
         if f.kind == "unknown-resource"
     ]
 
 
-# "file: rules[1].resources[0] (rule x): message" -> the file, the field path and the rest
-_AT_FIELD = re.compile(r"^(?P<file>.+?): (?P<field>\w+(?:\[\d+\]|\.\w+)*)(?P<rest>(?: \(|:).*)$")
-
-
-def _with_line(message: str, text: str | None) -> str:
-    """Put the line of the named field after the file name, when it can be found."""
-    m = _AT_FIELD.match(message)
-    if m is None or text is None or re.match(r" line \d+", message[len(m["file"]) + 1 :]):
-        return message
-    line = _line_of(text, m["field"])
-    if line is None:
-        return message
-    return f"{m['file']}:{line}: {m['field']}{m['rest']}"
-
-
-def _line_of(text: str, field: str) -> int | None:
-    """1-based line of ``rules[2].resources[0]`` in a YAML text (the deepest part found)."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for name, index in re.findall(r"(\w+)|\[(\d+)\]", field):
-        child = None
-        if name and isinstance(node, yaml.MappingNode):
-            pair = next((kv for kv in node.value if getattr(kv[0], "value", None) == name), None)
-            if pair is not None:
-                line, child = pair[0].start_mark.line + 1, pair[1]
-        elif index and isinstance(node, yaml.SequenceNode) and int(index) < len(node.value):
-            child = node.value[int(index)]
-            line = child.start_mark.line + 1
-        if child is None:
-            break
-        node = child
-    return line
+def _located_finding(f: Finding, text: str | None) -> str:
+    """``file:line: field (rule x): message`` for a lint finding (the line when found)."""
+    parts = re.findall(r"(\w+)|\[(\d+)\]", f.field or "")
+    loc = tuple(int(index) if index else name for name, index in parts)
+    where = located(f.file or "", loc, yaml_lines(text) if text is not None else None)
+    return f"{where}: {f.field} (rule {f.rule}): {f.message}"

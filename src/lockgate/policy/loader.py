@@ -5,15 +5,15 @@ Three entry points, one pipeline (paths -> text -> YAML -> validated rules -> Po
 text (the store reads each file once, hashes and parses the same bytes), and
 :func:`parse_policies` for already-parsed data (tests, tooling).
 
-Every failure is a :class:`~lockgate.errors.ConfigError` naming the file, the field path and
-the rule id. YAML duplicate keys are errors (PyYAML would silently keep the last one, which
-for a key like ``effect`` changes the meaning of a rule). Rule ids are unique across all
-files; a clash names both files.
+Every failure is a :class:`~lockgate.errors.ConfigError` naming the file, the line (when the
+text is at hand), the field path and the rule id. YAML duplicate keys are errors (PyYAML
+would silently keep the last one, which for a key like ``effect`` changes the meaning of a
+rule). Rule ids are unique across all files; a clash names both files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import yaml
 from lockgate.errors import ConfigError
 from lockgate.policy.engine import PolicySet, Rule
 from lockgate.policy.globs import is_literal
-from lockgate.policy.model import validate_file
+from lockgate.policy.model import LineOf, located, validate_file
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -60,33 +60,67 @@ def parse_yaml(source: str, text: str) -> Any:
         ) from None
 
 
+def yaml_lines(text: str) -> LineOf:
+    """Field path -> 1-based line of that field in ``text`` (of its nearest present parent
+    when the field itself is missing). The text is composed again only when asked: errors."""
+
+    def line_of(loc: tuple[int | str, ...]) -> int | None:
+        try:
+            node = yaml.compose(text, Loader=_StrictLoader)
+        except yaml.YAMLError:
+            return None
+        line = None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                pair = next((kv for kv in node.value if kv[0].value == part), None)
+                if pair is None:
+                    break
+                line, node = pair[0].start_mark.line + 1, pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if not 0 <= part < len(node.value):
+                    break
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    return line_of
+
+
 def parse_policies(
-    docs: Iterable[tuple[str, Any]], known_resources: set[str] | None = None
+    docs: Iterable[tuple[str, Any]],
+    known_resources: set[str] | None = None,
+    texts: Mapping[str, str] | None = None,
 ) -> PolicySet:
-    """Build a PolicySet from ``(source, parsed_yaml)`` pairs, in order."""
+    """Build a PolicySet from ``(source, parsed_yaml)`` pairs, in order; ``texts`` (source ->
+    YAML text) lets errors name their line."""
     rules: list[Rule] = []
     sources: list[str] = []
     seen: dict[str, tuple[str, int]] = {}
     for source, data in docs:
         sources.append(source)
+        text = texts.get(source) if texts is not None else None
+        line_of = yaml_lines(text) if text is not None else None
         try:
-            pf = validate_file(source, data)
+            pf = validate_file(source, data, line_of)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for i, spec in enumerate(pf.rules):
             if spec.id in seen:
                 other, j = seen[spec.id]
                 raise ConfigError(
-                    f"{source}: rules[{i}].id: duplicate rule id {spec.id!r}, "
-                    f"already defined in {other} rules[{j}]"
+                    f"{located(source, ('rules', i, 'id'), line_of)}: rules[{i}].id: "
+                    f"duplicate rule id {spec.id!r}, already defined in {other} rules[{j}]"
                 )
             seen[spec.id] = (source, i)
             if known_resources is not None:
                 for k, pattern in enumerate(spec.resources):
                     if is_literal(pattern) and pattern not in known_resources:
                         known = ", ".join(sorted(known_resources)) or "none configured"
+                        where = located(source, ("rules", i, "resources", k), line_of)
                         raise ConfigError(
-                            f"{source}: rules[{i}].resources[{k}] (rule {spec.id}): "
+                            f"{where}: rules[{i}].resources[{k}] (rule {spec.id}): "
                             f"unknown resource {pattern!r} (known: {known})"
                         )
             rules.append(Rule(spec, source, i))
@@ -97,7 +131,10 @@ def parse_policy_texts(
     docs: Iterable[tuple[str, str]], known_resources: set[str] | None = None
 ) -> PolicySet:
     """Build a PolicySet from ``(source, yaml_text)`` pairs, in order."""
-    return parse_policies(((src, parse_yaml(src, text)) for src, text in docs), known_resources)
+    pairs = list(docs)  # a file listed twice stays twice (its rule ids then clash)
+    return parse_policies(
+        ((src, parse_yaml(src, text)) for src, text in pairs), known_resources, dict(pairs)
+    )
 
 
 def read_text(path: Path) -> str:

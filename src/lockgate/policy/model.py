@@ -2,7 +2,8 @@
 
 Strategy: validate a whole file against :class:`PolicyFile` with unknown fields forbidden and
 no type coercion, then turn pydantic's error list into lines that name the file, the field
-path (``rules[2].actions[0]``), the rule id when there is one, and what was expected. YAML
+path (``rules[2].actions[0]``), the line when the caller can find it (``file:7:``), the rule
+id when there is one, and what was expected. YAML
 quirks that bite policy authors get a hint: unquoted ``06:00`` is read by YAML as the number
 360, so times must be quoted.
 """
@@ -108,6 +109,17 @@ class RuleSpec(_Strict):
     conditions: Conditions = Conditions()
     description: str = ""
 
+    @model_validator(mode="after")
+    def _deny_without_ttl(self) -> RuleSpec:
+        # On a deny, max_token_ttl would say "deny tokens that live at most this long": a task
+        # holding a longer-lived token would escape the deny. Refused, never guessed.
+        if self.effect == "deny" and self.conditions.max_token_ttl is not None:
+            raise ValueError(
+                "conditions.max_token_ttl cannot be on a deny rule (a longer-lived token would "
+                "escape the deny); put it on the allow rules, or use time_window"
+            )
+        return self
+
     @field_validator("principals", "resources")
     @classmethod
     def _non_empty_patterns(cls, v: list[str]) -> list[str]:
@@ -147,6 +159,7 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
 
 
 AllowedFields = Callable[[tuple[int | str, ...]], Iterable[str]]
+LineOf = Callable[[tuple[int | str, ...]], int | None]  # field path -> 1-based line
 
 
 def _policy_fields(loc: tuple[int | str, ...]) -> Iterable[str]:
@@ -185,9 +198,13 @@ def _describe(
 
 
 def format_errors(
-    source: str, exc: ValidationError, data: Any, allowed_at: AllowedFields = _policy_fields
+    source: str,
+    exc: ValidationError,
+    data: Any,
+    allowed_at: AllowedFields = _policy_fields,
+    line_of: LineOf | None = None,
 ) -> str:
-    """One line per problem: ``file: rules[2].actions[0] (rule x): expected ...``."""
+    """One line per problem: ``file:7: rules[2].actions[0] (rule x): expected ...``."""
     lines: list[str] = []
     for err in exc.errors():
         loc, msg = _describe(dict(err), allowed_at)
@@ -195,8 +212,14 @@ def format_errors(
         rule_id = _rule_id_at(data, loc)
         if rule_id:
             where += f" (rule {rule_id})"
-        lines.append(f"{source}: {where}: {msg}")
+        lines.append(f"{located(source, loc, line_of)}: {where}: {msg}")
     return "\n".join(lines)
+
+
+def located(source: str, loc: tuple[int | str, ...], line_of: LineOf | None) -> str:
+    """``file:line`` when the line of ``loc`` is known, else ``file``."""
+    line = line_of(loc) if line_of is not None else None
+    return f"{source}:{line}" if line else source
 
 
 def _rule_id_at(data: Any, loc: tuple[int | str, ...]) -> str | None:
@@ -209,7 +232,7 @@ def _rule_id_at(data: Any, loc: tuple[int | str, ...]) -> str | None:
     return None
 
 
-def validate_file(source: str, data: Any) -> PolicyFile:
+def validate_file(source: str, data: Any, line_of: LineOf | None = None) -> PolicyFile:
     """Validate parsed YAML. Raises ValueError with the worded message (caller wraps it)."""
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
@@ -217,4 +240,4 @@ def validate_file(source: str, data: Any) -> PolicyFile:
     try:
         return PolicyFile.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(format_errors(source, exc, data)) from None
+        raise ValueError(format_errors(source, exc, data, line_of=line_of)) from None
