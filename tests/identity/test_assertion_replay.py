@@ -117,3 +117,24 @@ def test_a_refused_assertion_burns_nothing(tmp_path: Path) -> None:
     with pytest.raises(AuthenticationError):
         _verifier(config).verify(forged)
     assert _verifier(config).verify(_assertion(jti)) == "pk"
+
+
+def test_a_replaced_deployment_key_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    """An operator who replaces a leaked deployment key's PEM file expects the old key to stop
+    working then, as policy files do; the verifier kept the first key it read for good."""
+    config = _config(tmp_path)
+    verifier = _verifier(config)
+    assert verifier.verify(_assertion()) == "pk"
+    new_key = Ed25519PrivateKey.generate()
+    (tmp_path / "pk.pem").write_bytes(
+        new_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(AuthenticationError) as caught:
+        verifier.verify(_assertion())  # signed with the leaked key
+    assert caught.value.reason == "bad_signature"
+    now = int(time.time())
+    claims = {"iss": "pk", "sub": "pk", "aud": f"{ISSUER}/v1/token", "exp": now + 60}
+    fresh = jwt.encode({**claims, "jti": uuid.uuid4().hex}, new_key, algorithm="EdDSA")
+    assert verifier.verify(fresh) == "pk"

@@ -11,7 +11,8 @@ for one never authenticates with the other):
   ``iss == sub == deployment``, ``aud`` is the token endpoint or the issuer, ``exp`` is at
   most 5 minutes ahead, and a ``jti`` is accepted once (remembered until its ``exp``) by
   every process on the data directory (:mod:`lockgate.identity.once`), so a captured
-  assertion cannot be replayed to a sibling ``--workers`` process or after a restart.
+  assertion cannot be replayed to a sibling ``--workers`` process or after a restart. The
+  public key file is read again when it changes, so replacing a leaked key needs no restart.
 
 Failures raise :class:`AuthenticationError` with a slug; messages never echo the proof.
 """
@@ -82,7 +83,7 @@ class AssertionVerifier:
         self._audiences = {config.issuer_url, config.issuer_url + "/v1/token"}
         self._leeway = config.tokens.leeway if leeway is None else leeway
         self._clock = clock
-        self._keys: dict[Path, Any] = {}
+        self._keys: dict[Path, tuple[tuple[int, ...], Any]] = {}  # path -> (file stamp, key)
         self._ledger = ledger or OnceLedger(Path(config.data_dir) / ASSERTION_LEDGER)
 
     def verify(self, assertion: str, client_id: str | None = None) -> str:
@@ -143,12 +144,19 @@ class AssertionVerifier:
             raise AuthenticationError("replayed")
 
     def _public_key(self, path: Path) -> Any:
-        key = self._keys.get(path)
-        if key is None:
-            try:
-                key = serialization.load_pem_public_key(path.read_bytes())
-            except (OSError, ValueError):
-                # A config problem, not the client's; the slug stays generic for the client.
-                raise AuthenticationError("bad_assertion", f"cannot load {path}") from None
-            self._keys[path] = key
+        """The deployment's public key, read again whenever its file changes: an operator who
+        replaces a leaked key's file expects the old key refused from then on, not after a
+        restart. One stat per assertion; assertions are not the per-request path."""
+        try:
+            st = path.stat()
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            cached = self._keys.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            key = serialization.load_pem_public_key(path.read_bytes())
+        except (OSError, ValueError):
+            # A config problem, not the client's; the slug stays generic for the client.
+            self._keys.pop(path, None)
+            raise AuthenticationError("bad_assertion", f"cannot load {path}") from None
+        self._keys[path] = (stamp, key)
         return key
