@@ -84,4 +84,6 @@ class FakeAirflowApi:
         ti = self.instances.get(key)
         if ti is None:
             return web.json_response({"detail": "not found"}, status=404)
-        return web.json_response(ti)
+        # Airflow's TaskInstanceResponse names the instance it describes.
+        named = dict(zip(("dag_id", "dag_run_id", "task_id", "map_index"), key, strict=True))
+        return web.json_response({**named, **ti})

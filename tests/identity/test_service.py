@@ -460,6 +460,29 @@ async def test_attestation(env: Env) -> None:
     assert (await env.token(**body, map_index="4"))[0] == 403  # Airflow says 404
 
 
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"dag_id": "finance_other"},
+        {"dag_run_id": "manual__2025-01-02"},
+        {"task_id": "load_refunds"},
+        {"map_index": 3},
+        {"map_index": None},
+    ],
+)
+async def test_attestation_answer_must_name_the_asserted_task(
+    env: Env, other: dict[str, Any]
+) -> None:
+    """Airflow's answer must describe the task try the token is for: an API that answers a
+    URL with another instance (a dot segment a proxy resolved, a mapped task answered for
+    its parent) attests nothing about this one."""
+    key = ("finance_daily", RUN_ID, "load_orders", -1)
+    env.airflow.instances[key] = {"state": "running", "try_number": 1, **other}
+    status, answer = await env.token(client_id="attested", client_secret=ATTESTED_SECRET)
+    assert status == 403 and answer["error"] == "attestation_failed", answer
+    assert "access_token" not in answer
+
+
 async def test_attestation_with_wrong_airflow_bearer_fails_closed(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,7 +2,9 @@
 
 A deployment credential proves *which Airflow* is asking, not that the task it names is
 really running. When ``Deployment.airflow_api`` is set we ask Airflow itself: the task
-instance must exist, be ``running`` and be on the asserted ``try_number``.
+instance must exist, be ``running`` and be on the asserted ``try_number``, and the answer must
+name that very instance (dag_id, dag_run_id, task_id, map_index): an answer about another one
+(a dot segment resolved on the way, a proxy's rewrite) attests nothing about this one.
 
 Fail closed: any answer other than that is a refusal (:class:`AttestationFailed`); an
 unreachable API is :class:`AttestationUnavailable` so callers can say "try again".
@@ -89,6 +91,9 @@ async def attest(
         raise AttestationFailed("airflow api answer is not JSON") from None
     if not isinstance(ti, dict):
         raise AttestationFailed("airflow api answer is not an object")
+    named = (ti.get("dag_id"), ti.get("dag_run_id"), ti.get("task_id"), ti.get("map_index"))
+    if named != (identity.dag_id, identity.run_id, identity.task_id, identity.map_index):
+        raise AttestationFailed("airflow api answered about another task instance")
     # Values from Airflow go into the error text; keep them short.
     if ti.get("state") != "running":
         raise AttestationFailed(
