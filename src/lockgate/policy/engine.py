@@ -15,7 +15,8 @@ Order of evaluation for one request:
    first matching allow, or that no rule allows the request.
 
 Unknown condition inputs fail closed: a request without ``token_ttl`` does not satisfy an
-allow rule's ``max_token_ttl`` and does make a deny rule's ``max_token_ttl`` apply.
+allow rule's ``max_token_ttl``. A deny's only condition is a ``time_window`` (the schema
+refuses ``max_token_ttl`` on a deny: a longer-lived token would escape it).
 """
 
 from __future__ import annotations
@@ -128,11 +129,8 @@ class Rule:
                 return f"time_window {text} does not hold"
         return None
 
-    def deny_applies(self, token_ttl: float | None, now: datetime | float | None) -> bool:
-        """A deny's conditions say *when* it denies; unknown inputs make it apply."""
-        ttl_cap = self.max_token_ttl
-        if ttl_cap is not None and token_ttl is not None and token_ttl > ttl_cap:
-            return False
+    def deny_applies(self, now: datetime | float | None) -> bool:
+        """A deny's time window says *when* it denies (a freeze window)."""
         if self.window is not None:
             return in_window(now, self.window[0], self.window[1])
         return True
@@ -274,7 +272,7 @@ class PolicySet:
 def _evaluate(m: _Match, req: Request) -> Decision:
     now = utc(req.now)  # one clock reading for every rule of this request
     for r in m.denies:
-        if r.deny_applies(req.token_ttl, now):
+        if r.deny_applies(now):
             return r.decision
     first_failure: str | None = None
     for r in m.allows:
