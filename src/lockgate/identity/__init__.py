@@ -5,6 +5,7 @@
 - :mod:`.revocation`  revoked tokens / DAGs / runs / task tries (SQLite, answered from memory)
 - :mod:`.tokens`      TokenIssuer and TokenVerifier (EdDSA JWTs, audience = resource name)
 - :mod:`.proofs`      deployment client secret and private-key JWT assertions
+- :mod:`.once`        one-time values (assertion jtis) shared by every process on a data dir
 - :mod:`.oidc`        OIDC subject tokens from trusted issuers (RFC 8693 exchange)
 - :mod:`.attestation` optional check against the deployment's Airflow REST API
 - :mod:`.service`     the aiohttp token service (/v1/token, /v1/revoke, JWKS, discovery)

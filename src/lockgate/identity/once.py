@@ -45,6 +45,9 @@ class OnceLedger:
         self._db.execute("PRAGMA busy_timeout=5000")
         if path is not None:
             self._db.execute("PRAGMA journal_mode=WAL")
+            # A commit survives the process (what a replay across workers or a restart needs);
+            # only a power loss within an assertion's 5 minutes could forget one.
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
         self._last_purge = float("-inf")
