@@ -945,6 +945,9 @@ class Proxy:
                     resp_or_exc = await head_fut
                 except (TimeoutError, UpstreamUnavailable) as exc:
                     resp_or_exc = exc
+                except asyncio.CancelledError:  # the client left mid-request: so does its upstream
+                    up.abort()
+                    raise
                 else:
                     rs.latency.observe(clock() - sent_at)
             if isinstance(resp_or_exc, TimeoutError):
@@ -1132,6 +1135,9 @@ class Proxy:
             conn.upstream = None
             conn.abort()
             return _Outcome(status, False, "upstream_truncated", retries)
+        except asyncio.CancelledError:  # the client left or stalled: a paused upstream stays
+            up.abort()  # open forever otherwise, holding its connection and the account's
+            raise
         finally:
             conn.upstream = None
         if chunked_out:

@@ -156,7 +156,9 @@ class ClientConnection(asyncio.Protocol):
         self._body: RequestBody | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused = 0
-        self._last = 0.0
+        self._last = 0.0  # when the client last sent a byte
+        self._head_started = 0.0  # when the first byte of the current head arrived
+        self._write_stalled: float | None = None  # since when the client reads nothing
         self._timer: asyncio.TimerHandle | None = None
         self.upstream: Any = None  # the UpstreamConnection relaying to us, for back-pressure
         self.bytes_out = 0
@@ -167,7 +169,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(high=WRITE_HIGH)
-        self._last = self._clock()
+        self._last = self._head_started = self._clock()
         self._timer = self._loop.call_later(self._idle_timeout, self._idle_check)
         if self._ticket is not None:
             self._ticket.opened()
@@ -191,10 +193,12 @@ class ClientConnection(asyncio.Protocol):
             self._on_close(self)
 
     def pause_writing(self) -> None:
+        self._write_stalled = self._clock()
         if self.upstream is not None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
+        self._write_stalled = None
         if self.upstream is not None:
             self.upstream.resume_reading()
 
@@ -204,6 +208,8 @@ class ClientConnection(asyncio.Protocol):
         if state == _BODY:
             self._feed_body(data)
         elif state == _HEAD:
+            if not self._buf:
+                self._head_started = self._last
             self._buf = self._buf + data if self._buf else data
             self._parse()
         elif state == _WAIT:
@@ -318,6 +324,7 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             return False
         self._state = _HEAD
+        self._head_started = self._clock()
         self._body = None
         self._reader = None
         self.bytes_out = 0
@@ -376,6 +383,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._paused &= ~reason
         if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self._last = self._clock()  # the client was not idle while we held its bytes
             self.transport.resume_reading()
 
     def pause_for_upstream(self) -> None:
@@ -389,17 +397,49 @@ class ClientConnection(asyncio.Protocol):
         return self._state == _CLOSED
 
     def _idle_check(self) -> None:
+        """Close a connection that holds the gateway without moving within the idle timeout.
+
+        Each stall costs its connection only: a head must be complete within the timeout
+        of its first byte (one byte a minute would hold a head forever otherwise), a body
+        must keep arriving while the gateway is reading it, and a response must keep being
+        read (a client that reads nothing holds a paused upstream connection).
+        """
         self._timer = None
         if self._state == _CLOSED or self.transport is None:
             return
-        left = self._last + self._idle_timeout - self._clock()
-        if self._state == _HEAD and self._task is None and self.inflight is None and left <= 0:
-            self._state = _CLOSED
-            if self._buf:  # a head that never finished
-                timeout = framing.bad("request head not complete in time", "request_timeout")
-                self._refused(408, timeout, self._buf)
-                self.refuse(responses.error(408, "request_timeout", close=True))
-            else:
-                self.transport.close()
-            return
-        self._timer = self._loop.call_later(max(left, 1.0), self._idle_check)
+        limit, now, state = self._idle_timeout, self._clock(), self._state
+        if self._write_stalled is not None:
+            left = self._write_stalled + limit - now
+            if left <= 0:
+                log.info("client reads no response within %.1f s: closed", limit)
+                self.abort()
+                return
+        elif state == _HEAD and self._task is None and self.inflight is None:
+            left = (self._head_started if self._buf else self._last) + limit - now
+            if left <= 0:
+                self._state = _CLOSED
+                if self._buf:  # a head that never finished
+                    timeout = framing.bad("request head not complete in time", "request_timeout")
+                    self._refused(408, timeout, self._buf)
+                    self.refuse(responses.error(408, "request_timeout", close=True))
+                else:
+                    self.transport.close()
+                return
+        elif state == _BODY and not self._paused:
+            left = self._last + limit - now
+            if left <= 0:
+                self._body_timeout()
+                return
+        else:
+            left = limit
+        self._timer = self._loop.call_later(max(left, min(1.0, limit)), self._idle_check)
+
+    def _body_timeout(self) -> None:
+        """A request body stopped arriving: 408 when nothing was answered yet, then close
+        (closing cancels the request in flight, which records its own outcome)."""
+        timeout = framing.bad("request body not complete in time", "request_timeout")
+        self._refused(408, timeout, None)
+        if self.bytes_out == 0:
+            self.refuse(responses.error(408, "request_timeout", close=True))
+        else:
+            self.abort()
