@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,15 +49,21 @@ def describe(text: str | bytes, limit: int = MAX_DESCRIPTION) -> str:
     return "".join(out)
 
 
+#: A JWT-shaped path segment: the Cosmos DB profile carries the Lockgate token in its path
+#: (``/_t/<token>/``), so a refused request line would otherwise hold it (or its start).
+_JWT_SEGMENT = re.compile(rb"(?<=/)[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]+")
+
+
 def request_line(line: bytes) -> bytes:
     """``line`` (a request line or a bare target) without what may hold a secret: cut at
-    the query or fragment, userinfo of an absolute- or authority-form target withheld."""
+    the query or fragment, userinfo of an absolute- or authority-form target withheld, a
+    token-shaped path segment withheld."""
     cuts = [i for i in (line.find(b"?"), line.find(b"#")) if i >= 0]
     if cuts:
         line = line[: min(cuts)]
     parts = line.split(b" ")
     i = 1 if len(parts) > 1 else 0
-    parts[i] = _without_userinfo(parts[i])
+    parts[i] = _JWT_SEGMENT.sub(b"[token]", _without_userinfo(parts[i]))
     return b" ".join(parts)
 
 
