@@ -376,8 +376,16 @@ async def test_a_submitted_run_job_task_is_judged_as_a_run_now_of_that_job(env: 
             task = {"task_key": "each", "for_each_task": {"inputs": "[1]", "task": task}}
         return {"run_name": "trigger", "timeout_seconds": 600, "tasks": [task]}
 
-    env.fake.add_job(505, {"name": "nightly-huge", "timeout_seconds": 600, "tasks": [
-        {"task_key": "a", "new_cluster": {"node_type_id": "i3.xlarge", "num_workers": 64}}]})
+    env.fake.add_job(
+        505,
+        {
+            "name": "nightly-huge",
+            "timeout_seconds": 600,
+            "tasks": [
+                {"task_key": "a", "new_cluster": {"node_type_id": "i3.xlarge", "num_workers": 64}}
+            ],
+        },
+    )
     tok = env.token()
     for job_id, nested, why in [
         (303, False, "nightly-secret"),  # an explicit deny on the job's name
@@ -396,8 +404,11 @@ async def test_a_submitted_run_job_task_is_judged_as_a_run_now_of_that_job(env: 
 async def test_a_submitted_pipeline_task_needs_a_grant_on_that_pipeline(env: Env) -> None:
     # A pipeline_task starts an existing Delta Live Tables pipeline on its own clusters:
     # no guardrail sees them, so it runs only under a grant of run on pipeline:<id>.
-    body = {"run_name": "dlt", "timeout_seconds": 600,
-            "tasks": [{"task_key": "p", "pipeline_task": {"pipeline_id": "abc-123"}}]}
+    body = {
+        "run_name": "dlt",
+        "timeout_seconds": 600,
+        "tasks": [{"task_key": "p", "pipeline_task": {"pipeline_id": "abc-123"}}],
+    }
     status, answer = await env.call("POST", "/api/2.2/jobs/runs/submit", env.token(), body)
     assert status == 403 and "pipeline:abc-123" in str(answer), answer
     assert not env.fake.api_calls("runs/submit")

@@ -284,8 +284,13 @@ def body(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def request(draw: st.DrawFn) -> bytes:
-    line = draw(_METHODS) + b" " + draw(_TARGETS) + draw(
-        st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b" HTTP/1.1 ", b" HTTP/2.0", b" http/1.1"])
+    line = (
+        draw(_METHODS)
+        + b" "
+        + draw(_TARGETS)
+        + draw(
+            st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b" HTTP/1.1 ", b" HTTP/2.0", b" http/1.1"])
+        )
     )
     host = draw(st.sampled_from([[b"Host: g\r\n"], [], [b"Host: a\r\n", b"Host: b\r\n"]]))
     headers = host + draw(st.lists(header(), max_size=5))
