@@ -13,7 +13,6 @@ verifies: none missing, none twice.
 from __future__ import annotations
 
 import http.client
-import http.server
 import os
 import random
 import secrets
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +31,7 @@ from lockgate.config import load_config
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.scaffold import write_init
 from lockgate.server import State
+from tests._gateway_process import BearerUpstream
 
 pytestmark = pytest.mark.slow
 
@@ -44,51 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Upstream:
-    """A keep-alive HTTP server that logs the path of every request it received."""
-
-    def __init__(self, secret: str) -> None:
-        self.received: list[str] = []
-        lock = threading.Lock()
-        received = self.received
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                ok = self.headers.get("Authorization") == f"Bearer {secret}"
-                if ok:
-                    with lock:  # logged on receipt, before any answer
-                        received.append(self.path)
-                body = b'{"ok":true}' if ok else b""
-                self.send_response(200 if ok else 401)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def upstream() -> Iterator[tuple[Upstream, str]]:
-    secret = secrets.token_urlsafe(16)
-    up = Upstream(secret)
-    try:
-        yield up, secret
-    finally:
-        up.stop()
 
 
 class Load:
@@ -168,9 +122,9 @@ def _set_audit(config: Path, writer: str, durability: str) -> None:
 
 
 def test_sigkill_under_load_loses_no_served_request(
-    tmp_path: Path, upstream: tuple[Upstream, str]
+    tmp_path: Path, bearer_upstream: BearerUpstream
 ) -> None:
-    up, secret = upstream
+    up, secret = bearer_upstream, bearer_upstream.secret
     http_port = _free_port()
     written = write_init(
         tmp_path / "lg",
