@@ -354,10 +354,11 @@ async def test_forward_proxy_connect_refusals_are_audited(
     assert "s3cr3t" not in json.dumps([r.detail for r in gw.audit.records])
 
 
+@pytest.mark.parametrize("value", ["v1\r\nX-Injected: 1", "v1-\u20ac-not-latin-1"])
 async def test_a_credential_value_unsafe_as_a_header_is_503_not_sent(
-    make_stack: Any, upstream: Upstream
+    make_stack: Any, upstream: Upstream, value: str
 ) -> None:
-    st = await make_stack(broker=FakeBroker({"orders-key": ["v1\r\nX-Injected: 1"]}))
+    st = await make_stack(broker=FakeBroker({"orders-key": [value]}))
     token, jti = st.token()
     for _ in range(2):  # the second finds the secret cached: still refused, never sent
         status, _, body = await call(

@@ -139,8 +139,11 @@ class ResourceState:
         cached = self._auth_cache
         if cached is not None and cached[0] is secret:
             return cached[1]
-        value = str(secret.value).encode("latin-1")
-        if not _safe(value):
+        try:
+            value = str(secret.value).encode("latin-1")
+        except UnicodeEncodeError:  # the error's text names characters of the value: dropped
+            value = None
+        if value is None or not _safe(value):
             raise UpstreamUnavailable("credential value is not header-safe")
         line = self._auth_prefix + value + b"\r\n"
         self._auth_cache = (secret, line)
