@@ -487,13 +487,11 @@ class Proxy:
             self._refuse(conn, body, claims, rs, action, obj, t0, decision.rule,
                          decision.reason, decision.explain(), head_only)  # fmt: skip
             return keep
-        if not self._audit_ok(conn, body, head_only, claims, rs, action, obj, t0):
-            return keep
-        rs.count(action, "allow")
         adm = Admitted(rs, target, claims, method, head_only, action, obj, decision, t0)
         adm.forwarded = forwarding_block(conn, head.host)
-        if not self._write_ahead(conn, body, adm):
+        if not self._write_ahead(conn, body, adm):  # checks the audit is writable, refuses
             return keep
+        rs.count(action, "allow")
         return adm
 
     def _judge_folded(
