@@ -59,6 +59,16 @@ def send_together(raw: RawClient, *events: codec.Event) -> None:
     raw.writer.write(b"".join(raw.conn.send(e) for e in events))
 
 
+async def pipelined(stack: Stack, *events: codec.Event) -> dict[int, codec.Event]:
+    """Send ``events`` together on a fresh connection of the etl principal; their answers."""
+    raw = await etl_raw(stack)
+    try:
+        send_together(raw, *events)
+        return await answers(raw, len(events))
+    finally:
+        raw.close()
+
+
 async def answers(raw: RawClient, count: int, timeout: float = 5.0) -> dict[int, codec.Event]:
     found: dict[int, codec.Event] = {}
     while len(found) < count:
@@ -177,16 +187,11 @@ async def test_execute_of_a_prepared_use_holds_what_follows(stack: Stack) -> Non
 
 
 async def test_failed_use_keeps_the_keyspace_for_held_frames(stack: Stack) -> None:
-    raw = await etl_raw(stack)
-    try:
-        send_together(
-            raw,
-            codec.Query(stream=3, query="USE nosuchkeyspace"),
-            codec.Query(stream=4, query="SELECT item FROM orders WHERE id = 1"),
-        )
-        got = await answers(raw, 2)
-    finally:
-        raw.close()
+    got = await pipelined(
+        stack,
+        codec.Query(stream=3, query="USE nosuchkeyspace"),
+        codec.Query(stream=4, query="SELECT item FROM orders WHERE id = 1"),
+    )
     assert isinstance(got[3], codec.Error)
     assert isinstance(got[4], codec.Rows)  # judged and run under ks, as on the node
     assert ("read", "ks.orders") in {(r.action, r.object) for r in stack.audit("allowed")}
@@ -234,16 +239,11 @@ async def test_real_driver_use_then_select_without_waiting(stack: Stack) -> None
 
 
 async def test_prepare_behind_use_cannot_file_an_id_under_the_old_keyspace(stack: Stack) -> None:
-    raw = await etl_raw(stack)
-    try:
-        send_together(
-            raw,
-            codec.Query(stream=3, query="USE other"),
-            codec.Prepare(stream=4, query=SELECT),
-        )
-        got = await answers(raw, 2)
-    finally:
-        raw.close()
+    got = await pipelined(
+        stack,
+        codec.Query(stream=3, query="USE other"),
+        codec.Prepare(stream=4, query=SELECT),
+    )
     prepare = got[4]
     assert isinstance(prepare, codec.Error) and prepare.code == codec.ERR_UNAUTHORIZED
     assert "other.orders" in prepare.message

@@ -41,10 +41,10 @@ from .engine_stack import (
 from .test_pipelining import (
     EXTRA_SCHEMA,
     SELECT,
-    answers,
     etl_raw,
     execute_id,
     node_id,
+    pipelined,
     send_together,
 )
 
@@ -67,16 +67,11 @@ async def test_metadata_check_alone_refuses_a_prepare_resolved_elsewhere(
     """Second line: with holds switched off the race reaches the node, and the PREPARED
     metadata (other.orders) betrays it; the id is not remembered."""
     monkeypatch.setattr(UseHold, "must_wait", lambda self, event: False)
-    raw = await etl_raw(stack)
-    try:
-        send_together(
-            raw,
-            codec.Query(stream=3, query="USE other"),
-            codec.Prepare(stream=4, query=SELECT),
-        )
-        got = await answers(raw, 2)
-    finally:
-        raw.close()
+    got = await pipelined(
+        stack,
+        codec.Query(stream=3, query="USE other"),
+        codec.Prepare(stream=4, query=SELECT),
+    )
     prepare = got[4]
     assert isinstance(prepare, codec.Error) and prepare.code == codec.ERR_INVALID
     assert "other.orders" in prepare.message
