@@ -14,8 +14,8 @@ from aiohttp import web
 from lockgate import metrics
 from lockgate.config import ListenerConfig
 from lockgate.control.catalog import catalog_handler
-from lockgate.gateway.http.profiles import control as http_control
-from lockgate.gateway.http.profiles import cosmos as cosmos_profile
+from lockgate.control.cosmos_key import task_key_handler
+from lockgate.control.poll_token import poll_token_handler
 from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
 from lockgate.identity import managed_identity as msi
 
@@ -49,8 +49,8 @@ def control_app(gateway: Gateway) -> web.Application:
 
     app.router.add_post("/v1/catalog", catalog_handler(gateway))
     app.router.add_post("/v1/db-role", db_role)
-    app.router.add_post("/v1/poll-token", http_control.poll_token_handler(gateway))
-    app.router.add_post("/v1/cosmos-key", cosmos_profile.task_key_handler(gateway))
+    app.router.add_post("/v1/poll-token", poll_token_handler(gateway))
+    app.router.add_post("/v1/cosmos-key", task_key_handler(gateway))
     app.router.add_get(msi.PATH, msi.msi_handler(gateway))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

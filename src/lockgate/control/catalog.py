@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from lockgate.gateway.http.profiles import control as http_control
-from lockgate.gateway.http.profiles import cosmos as cosmos_profile
+from lockgate.control import cosmos_key
 from lockgate.identity import db_roles as db_role_route
 from lockgate.identity import managed_identity as msi
 from lockgate.identity.service import OAuthError
@@ -43,7 +42,9 @@ def catalog_entries(gateway: Gateway, deployment: str) -> list[dict[str, Any]]:
             continue
         connection = connection_template(gateway, r)
         if connection is not None:
-            extras = http_control.catalog_extras(r)
+            extras: dict[str, Any] = (
+                {"poll": True} if getattr(r, "profile", None) == "databricks" else {}
+            )
             if getattr(r, "profile", None) == "cosmos":
                 extras["cosmos_key"] = True  # the backend fetches the task key too
             out.append(
@@ -65,9 +66,9 @@ def connection_template(gateway: Gateway, r: Any) -> dict[str, Any] | None:
             http = listeners.http
             host = public_host(http.host)
             base = f"{http.scheme}://{host}:{gateway.http_port or http.port}/{r.name}"
-        return cosmos_profile.connection_template(r, base)
+        return cosmos_key.connection_template(r, base)
     if r.kind == "http" and getattr(r, "listen", None) is not None:
-        return http_control.connection_template(r, gateway.mounted_ports.get(r.name))
+        return _mounted_template(r, gateway.mounted_ports.get(r.name))
     if r.kind == "http":
         http = listeners.http
         base = f"{http.scheme}://{public_host(http.host)}:{gateway.http_port or http.port}"
@@ -91,6 +92,31 @@ def connection_template(gateway: Gateway, r: Any) -> dict[str, Any] | None:
             "extra": extra,
         }
     return None
+
+
+def _mounted_template(resource: Any, port: int | None) -> dict[str, Any]:
+    """A resource served at the root of its own listener. For ``profile: databricks`` that
+    is a ``databricks`` connection in PAT mode (empty login, the Lockgate token as password),
+    which the stock ``DatabricksHook`` sends as ``Authorization: Bearer <token>`` to
+    ``<schema>://<host>:<port>/api/...``."""
+    listen = resource.listen
+    scheme = "https" if listen.tls else "http"
+    host = public_host(listen.host)
+    port = port or listen.port
+    if resource.profile == "databricks":
+        return {
+            "conn_type": "databricks",
+            "host": host,
+            "port": port,
+            "schema": scheme,
+            "login": "",
+            "password": "{lockgate_token}",
+        }
+    return {
+        "conn_type": "http",
+        "host": f"{scheme}://{host}:{port}",
+        "extra": {"Authorization": "Bearer {lockgate_token}"},
+    }
 
 
 def catalog_handler(gateway: Gateway) -> Any:

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from yarl import URL
 
 from lockgate import _log, metrics
@@ -54,7 +53,6 @@ from lockgate.gateway.http.profiles.cosmos_classify import json_or_none as _json
 log = _log.get("gateway.http.cosmos")
 
 TOKEN_SEGMENT = "_t"  # noqa: S105 - a path segment name, not a secret
-KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
 _JWT = re.compile(r"[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}")
 _DROP_REQUEST = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
@@ -463,69 +461,10 @@ def _cosmos(
     return responses.json_response(status, payload, close=close, head_only=head_only)
 
 
-# -- control plane -----------------------------------------------------------------------
-def connection_template(resource: Any, base_url: str) -> dict[str, Any]:
-    """An ``azure_cosmos`` connection: endpoint with the token prefix, the task key."""
-    s = resource.cosmos
-    extra = {k: v for k, v in (("database_name", s.database), ("collection_name", s.container),
-                               ("partition_key", s.partition_key)) if v}  # fmt: skip
-    return {
-        "conn_type": "azure_cosmos",
-        "login": f"{base_url.rstrip('/')}/{TOKEN_SEGMENT}/{{lockgate_token}}/",
-        "password": KEY_PLACEHOLDER,
-        "extra": extra,
-    }
-
-
-def task_key_handler(gateway: Any) -> Any:
-    """``POST /v1/cosmos-key``: the task key of a token, for the deployment that holds it.
-
-    The deployment authenticates as for ``/v1/token`` and sends ``token``; the token must be
-    valid, for a ``profile: cosmos`` resource, and minted for this deployment.
-    """
-    from lockgate.gateway.http.profiles.control import authenticate, refuse
-
-    route = "/v1/cosmos-key"
-
-    async def handle(request: web.Request) -> web.Response:
-        authenticated = await authenticate(gateway, request, route)
-        if isinstance(authenticated, web.Response):
-            return authenticated
-        deployment, body = authenticated
-        try:
-            claims = gateway.verifier.verify_any_audience(str(body.get("token", "")))
-        except AuthenticationError as exc:
-            return await refuse(
-                gateway, 400, "invalid_token", str(exc.reason),
-                reason=f"token_{exc.reason}", route=route, deployment=deployment,
-            )  # fmt: skip
-        resource = gateway.config.resource(str(claims.aud))
-        if (
-            resource is None
-            or getattr(resource, "profile", None) != "cosmos"
-            or claims.deployment != deployment
-        ):
-            return await refuse(
-                gateway, 400, "invalid_target", "not a Cosmos token of yours",
-                reason="not_own_cosmos_token", route=route, deployment=deployment,
-                jti=claims.jti,
-            )  # fmt: skip
-        secret = sig.task_key_secret(gateway.state.master_key, resource.name)
-        return web.json_response(
-            {"key": sig.derive_task_key(secret, claims.jti), "jti": claims.jti},
-            headers={"Cache-Control": "no-store"},
-        )
-
-    return handle
-
-
 __all__ = [
     "ACCOUNT",
-    "KEY_PLACEHOLDER",
     "CosmosProfile",
     "Operation",
     "Refused",
     "classify",
-    "connection_template",
-    "task_key_handler",
 ]

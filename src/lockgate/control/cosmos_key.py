@@ -1,0 +1,74 @@
+"""The Cosmos DB side of the control plane: the task key route and the connection template.
+
+A ``profile: cosmos`` resource is reached by the stock SDK with the task's token in the
+endpoint path and a *task key* (derived from the token's ``jti``, never the account key) as
+the master key. :func:`connection_template` is the ``azure_cosmos`` Connection the secrets
+backend fills in; ``POST /v1/cosmos-key`` (:func:`task_key_handler`) gives it the task key
+of a token this deployment holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from lockgate.control.deployment import authenticate, refuse
+from lockgate.credentials import cosmos as sig
+from lockgate.errors import AuthenticationError
+from lockgate.gateway.http.profiles.cosmos import TOKEN_SEGMENT
+
+ROUTE = "/v1/cosmos-key"
+KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
+
+
+def connection_template(resource: Any, base_url: str) -> dict[str, Any]:
+    """An ``azure_cosmos`` connection: endpoint with the token prefix, the task key."""
+    s = resource.cosmos
+    extra = {k: v for k, v in (("database_name", s.database), ("collection_name", s.container),
+                               ("partition_key", s.partition_key)) if v}  # fmt: skip
+    return {
+        "conn_type": "azure_cosmos",
+        "login": f"{base_url.rstrip('/')}/{TOKEN_SEGMENT}/{{lockgate_token}}/",
+        "password": KEY_PLACEHOLDER,
+        "extra": extra,
+    }
+
+
+def task_key_handler(gateway: Any) -> Any:
+    """``POST /v1/cosmos-key``: the task key of a token, for the deployment that holds it.
+
+    The deployment authenticates as for ``/v1/token`` and sends ``token``; the token must be
+    valid, for a ``profile: cosmos`` resource, and minted for this deployment.
+    """
+
+    async def handle(request: web.Request) -> web.Response:
+        authenticated = await authenticate(gateway, request, ROUTE)
+        if isinstance(authenticated, web.Response):
+            return authenticated
+        deployment, body = authenticated
+        try:
+            claims = gateway.verifier.verify_any_audience(str(body.get("token", "")))
+        except AuthenticationError as exc:
+            return await refuse(
+                gateway, 400, "invalid_token", str(exc.reason),
+                reason=f"token_{exc.reason}", route=ROUTE, deployment=deployment,
+            )  # fmt: skip
+        resource = gateway.config.resource(str(claims.aud))
+        if (
+            resource is None
+            or getattr(resource, "profile", None) != "cosmos"
+            or claims.deployment != deployment
+        ):
+            return await refuse(
+                gateway, 400, "invalid_target", "not a Cosmos token of yours",
+                reason="not_own_cosmos_token", route=ROUTE, deployment=deployment,
+                jti=claims.jti,
+            )  # fmt: skip
+        secret = sig.task_key_secret(gateway.state.master_key, resource.name)
+        return web.json_response(
+            {"key": sig.derive_task_key(secret, claims.jti), "jti": claims.jti},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return handle
