@@ -11,7 +11,7 @@ so the hot path does no label lookup.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +28,8 @@ from lockgate.gateway.engine import (
     TokenVerifier,
     default_record_factory,
     default_request_factory,
-    emit_safely,
-    identity_fields,
 )
+from lockgate.gateway.records import RecordBuilder
 
 from .statements import PreparedStatements
 from .views import ViewCatalog
@@ -68,10 +67,15 @@ class EngineContext:
     max_held_bytes: int = MAX_HELD_BYTES
     use_answer_timeout: float = USE_ANSWER_TIMEOUT
     secrets: SecretCache = field(init=False)
+    records: RecordBuilder = field(init=False)
+    #: ``record(event, claims, resource, t0, ...)``: audit an outcome or a refusal
+    record: Callable[..., None] = field(init=False, repr=False)
     _counters: dict[tuple[str, str, str], Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.secrets = SecretCache(self.broker)
+        self.records = RecordBuilder(self.audit, self.clock)
+        self.record = self.records.emit
 
     @classmethod
     def build(
@@ -100,33 +104,3 @@ class EngineContext:
 
     def observe_upstream(self, resource: str, seconds: float) -> None:
         metrics.UPSTREAM_LATENCY.labels(resource).observe(seconds)
-
-    def record(
-        self,
-        event: str,
-        claims: Any,
-        resource: str | None,
-        t0: float,
-        *,
-        action: str | None = None,
-        obj: str | None = None,
-        status: int | None = None,
-        decision: str | None = None,
-        rule: str | None = None,
-        reason: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        record = self.make_record(
-            event=event,
-            **identity_fields(claims),
-            resource=resource,
-            action=action,
-            object=obj,
-            decision=decision,
-            rule=rule,
-            reason=reason,
-            status=status,
-            latency_ms=round((self.clock() - t0) * 1000.0, 3),
-            detail=detail or {},
-        )
-        emit_safely(self.audit, record)
