@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from lockgate.airflow import task_env
 from lockgate.airflow._client import (
@@ -69,6 +69,9 @@ ROLE_USER_PLACEHOLDER = "{lockgate_role_user}"
 ROLE_PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
 DYNAMIC_ROLE = "dynamic_role"
 RENEW_BEFORE = 60.0
+
+# What the backend caches until a minute before it expires.
+_Expiring = TypeVar("_Expiring", MintedToken, DbRole)
 
 # Backends that minted tokens in this process; the listener revokes through them.
 _ACTIVE: list[LockgateSecretsBackend] = []
@@ -151,7 +154,7 @@ def _denied(what: str, conn_id: str, exc: GatewayDenied) -> AirflowSecretsBacken
     )
 
 
-class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
+class LockgateSecretsBackend(BaseSecretsBackend):
     def __init__(
         self,
         url: str,
@@ -176,9 +179,9 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
         self.ca_file = ca_file
         self._catalog: dict[str, dict[str, Any]] = {}
         self._catalog_at = 0.0
-        self._tokens: dict[tuple[Any, ...], MintedToken] = {}
+        self._tokens: dict[tuple[object, ...], MintedToken] = {}
         self._cosmos_keys: dict[str, str] = {}  # jti -> the task's derived Cosmos key
-        self._roles: dict[tuple[Any, ...], DbRole] = {}  # (conn_id, *coords) -> role
+        self._roles: dict[tuple[object, ...], DbRole] = {}  # (conn_id, *coords) -> role
         self._lock = threading.Lock()
         _ACTIVE.append(self)
 
@@ -237,7 +240,12 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
     def _values(self, token: MintedToken) -> dict[str, str]:
         return {TOKEN_PLACEHOLDER: token.token, CA_PLACEHOLDER: self.ca_file or ""}
 
-    def _cached(self, cache: dict[Any, Any], key: Any, fetch: Callable[[], Any]) -> Any:
+    def _cached(
+        self,
+        cache: dict[tuple[object, ...], _Expiring],
+        key: tuple[object, ...],
+        fetch: Callable[[], _Expiring],
+    ) -> _Expiring:
         """``cache[key]`` while it is more than a minute from expiry, else ``fetch()``d anew."""
         with self._lock:
             cached = cache.get(key)
@@ -262,7 +270,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             )  # fmt: skip
             return minted
 
-        return self._cached(self._tokens, (conn_id, *coords.values()), mint)  # type: ignore[no-any-return]
+        return self._cached(self._tokens, (conn_id, *coords.values()), mint)
 
     def _poll_token(self, conn_id: str) -> MintedToken:
         """A read-only poll token for ``conn_id``, outside any task (the triggerer)."""
@@ -279,7 +287,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             )  # fmt: skip
             return minted
 
-        return self._cached(self._tokens, ("@poll", conn_id, *scope.values()), mint)  # type: ignore[no-any-return]
+        return self._cached(self._tokens, ("@poll", conn_id, *scope.values()), mint)
 
     def _role_for(self, conn_id: str, coords: dict[str, Any]) -> DbRole:
         """The task try's dynamic database role for ``conn_id`` (cached until near expiry)."""
@@ -298,7 +306,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):  # type: ignore[misc]
             )  # fmt: skip
             return role
 
-        return self._cached(self._roles, (conn_id, *coords.values()), issue)  # type: ignore[no-any-return]
+        return self._cached(self._roles, (conn_id, *coords.values()), issue)
 
     def _cosmos_key(self, conn_id: str, token: MintedToken) -> str:
         """The Cosmos key derived for ``token`` (the gateway derives it; cached per jti)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -191,7 +192,7 @@ class CredentialBroker:
         if fut is None:
             fut = asyncio.ensure_future(self._fetch(cfg, version))
             self._inflight[key] = fut
-            fut.add_done_callback(lambda f, k=key: self._fetch_done(k, f))
+            fut.add_done_callback(functools.partial(self._fetch_done, key))
         try:
             token = await asyncio.shield(fut)  # one caller giving up does not cancel the rest
         except CredentialError:
@@ -214,7 +215,7 @@ class CredentialBroker:
         if fut is None:
             fut = asyncio.ensure_future(self._fetch_mi(cfg))
             self._inflight[key] = fut
-            fut.add_done_callback(lambda f, k=key: self._fetch_done(k, f))
+            fut.add_done_callback(functools.partial(self._fetch_done, key))
         try:
             token = await asyncio.shield(fut)
         except CredentialError:

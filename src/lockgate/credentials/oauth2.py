@@ -87,28 +87,34 @@ async def fetch_token(
             allow_redirects=False,  # never replay a secret to wherever a redirect points
         ) as resp:
             status = resp.status
+            body: dict[str, object] = {}  # a body that is not a JSON object names nothing
             try:
-                body = await resp.json(content_type=None)
+                decoded: object = await resp.json(content_type=None)
             except (ValueError, aiohttp.ContentTypeError):
-                body = None
+                decoded = None
+            if isinstance(decoded, dict):
+                body = decoded
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise CredentialError(
             f"credential {name!r}: token endpoint unreachable ({type(exc).__name__})"
         ) from None
     if status != 200:
-        code = body.get("error") if isinstance(body, dict) else None
+        code = body.get("error")
         suffix = f", {code}" if isinstance(code, str) and _ERROR_SLUG.match(code) else ""
         if status in (400, 401, 403):
             raise CredentialError(
                 f"credential {name!r}: token endpoint refused the client (HTTP {status}{suffix})"
             )
         raise CredentialError(f"credential {name!r}: token endpoint failed (HTTP {status})")
-    token = body.get("access_token") if isinstance(body, dict) else None
+    token = body.get("access_token")
     if not isinstance(token, str) or not token:
         raise CredentialError(f"credential {name!r}: token endpoint returned no access_token")
+    lifetime = body.get("expires_in", _DEFAULT_EXPIRES_IN)
     try:
-        expires_in = float(body.get("expires_in", _DEFAULT_EXPIRES_IN))  # type: ignore[union-attr]
-    except (TypeError, ValueError):
+        expires_in = (
+            float(lifetime) if isinstance(lifetime, str | int | float) else _DEFAULT_EXPIRES_IN
+        )
+    except ValueError:
         expires_in = _DEFAULT_EXPIRES_IN
     expires_in = max(expires_in, 1.0)
     # refresh_before larger than the lifetime would refetch on every call: cap it at half
