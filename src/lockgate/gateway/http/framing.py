@@ -15,6 +15,7 @@ anyway, controls pipelining precisely, and knows HEAD responses.
 
 Body readers share one interface: ``read(data) -> (pieces, rest)`` where ``pieces`` are body
 bytes and ``rest`` is None while the body continues, else the bytes after the message.
+The connection-level state machines that drive these rules live in :mod:`.codec`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ MAX_HEADERS = 128
 MAX_CHUNK_LINE = 4096
 MAX_TRAILER_BYTES = 16 * 1024
 
-Headers = list[tuple[bytes, bytes]]
+Headers = tuple[tuple[bytes, bytes], ...]
 
 
 class FramingError(RemoteProtocolError):
@@ -54,9 +55,13 @@ def bad(reason: str, slug: str) -> FramingError:
     return FramingError(reason, slug)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Head:
-    """A parsed request or response head; ``headers`` keep their original names."""
+    """A parsed request or response head; ``headers`` keep their original names.
+
+    Frozen: parsed heads are cached by their raw bytes and shared by every request that
+    repeats them, so nobody may change one in place.
+    """
 
     method: bytes  # b"" for responses
     target: bytes  # b"" for responses
@@ -93,7 +98,7 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
 def _parse_fields(block: bytes) -> tuple[Headers, dict[bytes, list[bytes]]]:
     if HEADER_BLOCK.fullmatch(block) is None:
         raise bad("malformed header line", "malformed_head")
-    headers = [(n, v.strip(b" \t")) for n, v in HEADER_LINE.findall(block)]
+    headers = tuple([(n, v.strip(b" \t")) for n, v in HEADER_LINE.findall(block)])
     if len(headers) > MAX_HEADERS:
         raise bad("too many headers", "head_too_large")
     special: dict[bytes, list[bytes]] = {}
@@ -226,6 +231,11 @@ class LengthReader:
     def __init__(self, length: int) -> None:
         self.remaining = length
 
+    def reset(self, length: int) -> LengthReader:
+        """Ready for the next message (a connection reuses its reader)."""
+        self.remaining = length
+        return self
+
     def read(self, data: bytes) -> tuple[list[bytes], bytes | None]:
         r = self.remaining
         n = len(data)
@@ -262,10 +272,15 @@ class ChunkedReader:
     __slots__ = ("_buf", "_remaining", "_state", "_trailer_bytes")
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> ChunkedReader:
+        """Ready for the next message (a connection reuses its reader)."""
         self._state = _SIZE
         self._buf = b""
         self._remaining = 0
         self._trailer_bytes = 0
+        return self
 
     def eof(self) -> bool:
         return False

@@ -1,9 +1,10 @@
 """Client side: one ``asyncio.Protocol`` per client connection.
 
-The connection parses strictly (see :mod:`framing`), then runs one request at a time through
-the proxy pipeline as a task; bytes of a pipelined next request wait in a buffer (reading is
-paused when it grows) until the current response is complete, so pipelining cannot reorder
-or smuggle. Any framing refusal answers 400 with ``Connection: close`` and closes.
+The connection feeds bytes to a :class:`~.codec.RequestParser` and acts on its events: a
+head starts a request (served from the callback when its body is complete, else as a task),
+body pieces go to its :class:`RequestBody`, a refusal answers 400 with ``Connection: close``
+and closes. Bytes of a pipelined next request wait in the parser (reading is paused when
+they grow) until the current response is complete, so pipelining cannot reorder or smuggle.
 
 Flow control, so a large body streams in bounded memory:
 
@@ -19,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from lockgate import _log
-from lockgate.errors import RemoteProtocolError
-from lockgate.gateway.http import framing, responses
+from lockgate.gateway.http import codec, framing, responses
 from lockgate.gateway.listeners import Ticket
 
 log = _log.get("gateway.http")
@@ -31,7 +31,6 @@ log = _log.get("gateway.http")
 BODY_HIGH = 256 * 1024
 WRITE_HIGH = 256 * 1024
 _PAUSE_BODY, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
-_HEAD, _BODY, _WAIT, _CLOSED = range(4)
 
 Handler = Callable[["ClientConnection", framing.Head, "RequestBody"], Awaitable[bool]]
 #: Synchronous entry for a request whose body is complete: returns ``keep`` (True/False)
@@ -150,9 +149,8 @@ class ClientConnection(asyncio.Protocol):
         self._ticket = ticket
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self._state = _HEAD
-        self._buf = b""
-        self._reader: framing.BodyReader | None = None
+        self._parser = codec.RequestParser(max_header_bytes)
+        self._closed = False
         self._body: RequestBody | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused = 0
@@ -166,7 +164,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a stream transport: the loop gives a Transport to a Protocol's connection_made
+        transport = self.transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         self._last = self._head_started = self._clock()
@@ -177,7 +176,7 @@ class ClientConnection(asyncio.Protocol):
             self._on_open(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._state = _CLOSED
+        self._closed = True
         if self._ticket is not None:
             self._ticket.closed()
         if self._timer is not None:
@@ -204,55 +203,55 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last = self._clock()
-        state = self._state
-        if state == _BODY:
-            self._feed_body(data)
-        elif state == _HEAD:
-            if not self._buf:
-                self._head_started = self._last
-            self._buf = self._buf + data if self._buf else data
-            self._parse()
-        elif state == _WAIT:
-            self._buf += data
-            if len(self._buf) > self._max_head:
+        if self._closed:
+            return
+        parser = self._parser
+        state = parser.state
+        if state == codec.DONE:  # a pipelined request: held until this one is answered
+            parser.feed(data)
+            if len(parser.buffered) > self._max_head:
                 self.pause(_PAUSE_PIPELINE)
+            return
+        if state == codec.HEAD and not parser.buffered:
+            self._head_started = self._last
+        self._handle(parser.feed(data))
 
     def eof_received(self) -> bool | None:
         # Half-close: finish the request in flight, then close (return True keeps us open).
         return self.inflight is not None or (self._task is not None and not self._task.done())
 
-    # -- parsing -------------------------------------------------------------------------
-    def _parse(self) -> None:
-        # A loop, not recursion: requests answered synchronously may be pipelined deeply.
-        while True:
-            buf = self._buf
-            while buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
-                buf = buf[2:]
-            end = framing.find_head_end(buf)
-            try:
-                if end < 0:
-                    framing.check_partial(buf, self._max_head)
-                    self._buf = buf
-                    return
-                if end > self._max_head:  # the verdict a slow sender of these bytes gets
-                    framing.check_partial(buf[:end], self._max_head)
-                head = framing.parse_request_head_cached(buf[:end])
-            except RemoteProtocolError as exc:
-                self._refused(400, exc, buf)
-                self.refuse(responses.bad_request(str(exc)))
+    # -- driving the codec ---------------------------------------------------------------
+    def _handle(self, events: list[codec.Event]) -> None:
+        """Act on the parser's events; a loop, not recursion, because requests answered
+        synchronously may be pipelined deeply."""
+        while events:
+            first = events[0]
+            head: framing.Head | None = None
+            body = self._body
+            start = 0
+            if type(first) is framing.Head:
+                head = first
+                body = self._body = RequestBody(self)
+                start = 1
+            last = events[-1]
+            if isinstance(last, framing.FramingError):
+                if self._task is not None and not self._task.done():
+                    self._task.cancel()
+                # the refused head, if it is one: _refused keeps only its request line
+                self._refused(400, last, self._parser.buffered or None)
+                self.refuse(responses.bad_request(str(last)))
                 return
-            if head.chunked:
-                self._reader = framing.ChunkedReader()
-            else:
-                self._reader = framing.LengthReader(head.content_length or 0)
-            body = self._body = RequestBody(self)
-            self._buf = b""
-            self._state = _BODY
-            self._feed_body(buf[end:])
-            state = self._state
-            if state == _CLOSED:
+            assert body is not None
+            stop = len(events) if type(last) is bytes else len(events) - 1
+            if stop > start:
+                body.feed(cast("list[bytes]", events[start:stop]))
+            if last is codec.END:
+                body.finish()
+                if len(self._parser.buffered) > self._max_head:
+                    self.pause(_PAUSE_PIPELINE)
+            if head is None or self._closed:
                 return
-            if state == _WAIT and self._fast is not None:
+            if body.complete and self._fast is not None:
                 # Complete request: serve it from this callback, no task unless needed.
                 try:
                     keep = self._fast(self, head, body)
@@ -262,8 +261,7 @@ class ClientConnection(asyncio.Protocol):
                     keep = False
                 if keep is None:
                     return
-                if not self._request_done(keep, reparse=False):
-                    return
+                events = self._request_done(keep)
                 continue
             self.run(self._handler(self, head, body))
             return
@@ -279,26 +277,7 @@ class ClientConnection(asyncio.Protocol):
         self.inflight = None
         self.upstream = None
         body = self._body
-        self._request_done(keep and body is not None and body.complete)
-
-    def _feed_body(self, data: bytes) -> None:
-        assert self._reader is not None and self._body is not None
-        try:
-            pieces, rest = self._reader.read(data)
-        except RemoteProtocolError as exc:
-            if self._task is not None and not self._task.done():
-                self._task.cancel()
-            self._refused(400, exc, None)
-            self.refuse(responses.bad_request(str(exc)))
-            return
-        if pieces:
-            self._body.feed(pieces)
-        if rest is not None:
-            self._state = _WAIT
-            self._buf = rest
-            self._body.finish()
-            if len(rest) > self._max_head:
-                self.pause(_PAUSE_PIPELINE)
+        self._handle(self._request_done(keep and body is not None and body.complete))
 
     async def _run(self, handler: Awaitable[bool], body: RequestBody) -> None:
         keep = False
@@ -312,29 +291,24 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.upstream = None
             self._task = None
-        self._request_done(keep and body.complete)
+        self._handle(self._request_done(keep and body.complete))
 
-    def _request_done(self, keep: bool, reparse: bool = True) -> bool:
-        """Ready for the next request; True when there may be one in the buffer."""
+    def _request_done(self, keep: bool) -> list[codec.Event]:
+        """The response is complete: close, or start the next request and return the events
+        of the bytes the client already sent for it."""
         transport = self.transport
-        if transport is None or self._state == _CLOSED:
-            return False
+        if transport is None or self._closed:
+            return []
         if not keep or transport.is_closing():
-            self._state = _CLOSED
+            self._closed = True
             transport.close()
-            return False
-        self._state = _HEAD
+            return []
         self._head_started = self._clock()
         self._body = None
-        self._reader = None
         self.bytes_out = 0
         if self._paused:
             self.resume(_PAUSE_PIPELINE | _PAUSE_BODY | _PAUSE_UPSTREAM)
-        if not self._buf:
-            return False
-        if reparse:
-            self._parse()
-        return True
+        return self._parser.next_cycle()
 
     # -- helpers used by the proxy -------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -363,13 +337,13 @@ class ClientConnection(asyncio.Protocol):
 
     def refuse(self, data: bytes) -> None:
         """Answer and close: the byte stream can no longer be trusted."""
-        self._state = _CLOSED
+        self._closed = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
             self.transport.close()
 
     def abort(self) -> None:
-        self._state = _CLOSED
+        self._closed = True
         if self.transport is not None:
             self.transport.abort()
 
@@ -394,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self._state == _CLOSED
+        return self._closed
 
     def _idle_check(self) -> None:
         """Close a connection that holds the gateway without moving within the idle timeout.
@@ -405,27 +379,28 @@ class ClientConnection(asyncio.Protocol):
         read (a client that reads nothing holds a paused upstream connection).
         """
         self._timer = None
-        if self._state == _CLOSED or self.transport is None:
+        if self._closed or self.transport is None:
             return
-        limit, now, state = self._idle_timeout, self._clock(), self._state
+        limit, now, state = self._idle_timeout, self._clock(), self._parser.state
+        held = self._parser.buffered
         if self._write_stalled is not None:
             left = self._write_stalled + limit - now
             if left <= 0:
                 log.info("client reads no response within %.1f s: closed", limit)
                 self.abort()
                 return
-        elif state == _HEAD and self._task is None and self.inflight is None:
-            left = (self._head_started if self._buf else self._last) + limit - now
+        elif state == codec.HEAD and self._task is None and self.inflight is None:
+            left = (self._head_started if held else self._last) + limit - now
             if left <= 0:
-                self._state = _CLOSED
-                if self._buf:  # a head that never finished
+                self._closed = True
+                if held:  # a head that never finished
                     timeout = framing.bad("request head not complete in time", "request_timeout")
-                    self._refused(408, timeout, self._buf)
+                    self._refused(408, timeout, held)
                     self.refuse(responses.error(408, "request_timeout", close=True))
                 else:
                     self.transport.close()
                 return
-        elif state == _BODY and not self._paused:
+        elif state == codec.BODY and not self._paused:
             left = self._last + limit - now
             if left <= 0:
                 self._body_timeout()

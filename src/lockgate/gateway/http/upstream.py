@@ -19,17 +19,16 @@ import ssl as ssl_module
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-from lockgate.errors import RemoteProtocolError, UpstreamUnavailable
-from lockgate.gateway.http import framing
+from lockgate.errors import UpstreamUnavailable
+from lockgate.gateway.http import codec, framing
+from lockgate.gateway.http.deadlines import Deadlines
 
 MAX_RESPONSE_HEAD = 64 * 1024
 PENDING_HIGH = 256 * 1024
 WRITE_HIGH = 256 * 1024
-
-_IDLE, _HEAD, _BODY, _DONE, _CLOSED = range(5)
 
 
 class BodySink(Protocol):
@@ -89,29 +88,31 @@ class Listener(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
+    """One upstream connection: drives a :class:`~.codec.ResponseParser` and does the I/O.
+
+    Its head timeout is a deadline in a shared :class:`~.deadlines.Deadlines` (one loop timer
+    for all connections of a pool), not a timer per request.
+    """
+
     __slots__ = (
-        "_buf", "_delivered", "_done", "_head_fut", "_head_only", "_listener", "_loop",
-        "_pending", "_pending_size", "_reader", "_sink", "_state", "_timer", "got_bytes",
-        "head", "last_used", "on_pause", "on_resume", "reusable", "reused", "transport",
-        "write_paused",
+        "_deadlines", "_delivered", "_done", "_head_fut", "_listener", "_loop", "_lost",
+        "_parser", "_pending", "_pending_size", "_sink", "got_bytes", "last_used",
+        "on_pause", "on_resume", "reusable", "reused", "transport", "write_paused",
     )  # fmt: skip
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: Deadlines | None = None) -> None:
         self._loop = loop
+        self._deadlines = deadlines if deadlines is not None else Deadlines(loop)
         self.transport: asyncio.Transport | None = None
-        self._state = _IDLE
-        self._buf = b""
-        self._reader: framing.BodyReader | None = None
+        self._parser = codec.ResponseParser(MAX_RESPONSE_HEAD)
+        self._lost = False
         self._head_fut: asyncio.Future[framing.Head] | None = None
         self._done: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._sink: BodySink | None = None
         self._listener: Listener | None = None
         self._delivered = False  # on_head was called: on_done/on_error go to the listener
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._head_only = False
-        self.head: framing.Head | None = None
         self.reusable = True
         self.reused = False
         self.got_bytes = False
@@ -120,9 +121,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.on_pause: Callable[[], None] | None = None
         self.on_resume: Callable[[], None] | None = None
 
+    @property
+    def head(self) -> framing.Head | None:
+        """The current response's head, once read."""
+        return self._parser.head
+
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a stream transport: the loop gives a Transport to a Protocol's connection_made
+        transport = self.transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH)
 
     def pause_writing(self) -> None:
@@ -136,83 +143,73 @@ class UpstreamConnection(asyncio.Protocol):
             self.on_resume()
 
     def data_received(self, data: bytes) -> None:
-        state = self._state
-        if state == _BODY:
-            self._body(data)
-        elif state == _HEAD:
+        state = self._parser.state
+        if state == codec.BODY:
+            self._events(self._parser.feed(data))
+        elif state == codec.HEAD:
             self.got_bytes = True
-            self._head(data)
-        elif data:  # bytes nobody asked for: this connection is out of sync
+            self._events(self._parser.feed(data))
+        elif data and not self._lost:  # bytes nobody asked for: this connection is out of sync
             self._fail(UpstreamUnavailable("unexpected bytes from upstream"))
 
     def eof_received(self) -> bool | None:
-        if self._state == _BODY and self._reader is not None and self._reader.eof():
-            self._finish(b"")
+        if self._parser.state == codec.BODY:
+            self._events(self._parser.feed_eof())
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        if self._state == _BODY and self._reader is not None and self._reader.eof():
-            self._finish(b"")
+        if self._parser.state == codec.BODY:
+            self._events(self._parser.feed_eof())
         self._fail(UpstreamUnavailable("upstream connection closed"))
-        self._state = _CLOSED
+        self._lost = True
 
     # -- request lifecycle ---------------------------------------------------------------
-    def begin(self, *, head_only: bool, timeout: float) -> asyncio.Future[framing.Head]:
-        """Arm for one response; the returned future gets its head (or an error)."""
-        self._state = _HEAD
-        self._head_only = head_only
-        self._buf = b""
-        self.head = None
-        self._reader = None
+    def _start(self, head_only: bool) -> None:
+        self._parser.start(head_only=head_only)
         self._sink = None
-        self._pending = []
+        if self._pending:
+            self._pending = []
         self._pending_size = 0
         self.got_bytes = False
-        self._listener = None
         self._delivered = False
+
+    def begin(self, *, head_only: bool, timeout: float) -> asyncio.Future[framing.Head]:
+        """Arm for one response; the returned future gets its head (or an error)."""
+        self._start(head_only)
+        self._listener = None
         fut: asyncio.Future[framing.Head] = self._loop.create_future()
         self._head_fut = fut
         self._done = self._loop.create_future()
-        self._timer = None
+        self._deadlines.disarm(self)
         if timeout != float("inf"):
             self.arm_head_timeout(timeout)
         return fut
 
     def begin_listening(self, listener: Listener, *, head_only: bool, timeout: float) -> None:
         """Arm for one response reported by callbacks (no futures, no task hop)."""
-        self._state = _HEAD
-        self._head_only = head_only
-        self._buf = b""
-        self.head = None
-        self._reader = None
-        self._sink = None
-        if self._pending:
-            self._pending = []
-        self._pending_size = 0
-        self.got_bytes = False
+        self._start(head_only)
         self._listener = listener
-        self._delivered = False
         self._head_fut = self._done = None
-        self._timer = self._loop.call_later(max(timeout, 0.0), self._head_timeout)
+        self._deadlines.arm(self, timeout)
 
     def detach(self) -> None:
         """Leave callback mode after ``on_head``: from now on ``done`` reports the end."""
         self._listener = None
         self._delivered = False
         done = self._done = self._loop.create_future()
-        if self._state == _DONE:
-            done.set_result(None)
-        elif self._state == _CLOSED:
+        if self._lost:
             done.set_exception(UpstreamUnavailable("upstream connection closed"))
             done.exception()
+        elif self._parser.state == codec.DONE:
+            done.set_result(None)
 
     def arm_head_timeout(self, timeout: float) -> None:
         """Fail the head future if no response head arrives within ``timeout`` seconds."""
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._state == _HEAD:
-            self._timer = self._loop.call_later(max(timeout, 0.0), self._head_timeout)
+        if self._parser.state == codec.HEAD:
+            self._deadlines.arm(self, timeout)
+        else:
+            self._deadlines.disarm(self)
 
     @property
     def done(self) -> asyncio.Future[None]:
@@ -221,7 +218,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self._state == _CLOSED or self.transport is None or self.transport.is_closing()
+        return self._lost or self.transport is None or self.transport.is_closing()
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -234,7 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._pending_size = 0
         sink.write_first(head, pending)  # one syscall for a small response
         self._sink = sink
-        if pending and self.transport is not None and self._state == _BODY:
+        if pending and self.transport is not None and self._parser.state == codec.BODY:
             self.transport.resume_reading()
 
     def pause_reading(self) -> None:
@@ -247,6 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.reusable = False
+        self._deadlines.disarm(self)
         if self.transport is not None:
             self.transport.close()
 
@@ -257,91 +255,64 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.reusable = False
+        self._deadlines.disarm(self)
         if self.transport is not None:
             self.transport.abort()
 
-    # -- parsing -------------------------------------------------------------------------
-    def _head(self, data: bytes) -> None:
-        buf = self._buf + data if self._buf else data
-        try:
-            while True:
-                end = framing.find_head_end(buf)
-                if end < 0:
-                    framing.check_partial(buf, MAX_RESPONSE_HEAD)
-                    self._buf = buf
-                    return
-                head = framing.parse_response_head_cached(buf[:end])
-                buf = buf[end:]
-                if head.status == 101:
-                    raise RemoteProtocolError("unexpected protocol switch")
-                if head.status >= 200:
-                    break  # 1xx interim answers are dropped
-        except RemoteProtocolError as exc:
-            self._fail(UpstreamUnavailable(f"invalid response from upstream: {exc}"))
+    def idle(self) -> None:
+        """Back in the pool: any byte before the next request is unexpected."""
+        self._parser.idle()
+
+    # -- acting on the codec's events ----------------------------------------------------
+    def _events(self, events: list[codec.Event]) -> None:
+        if not events:
             return
-        self._buf = b""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        status = head.status
-        if self._head_only or status in (204, 304):
-            self._reader = framing.LengthReader(0)
-        elif head.chunked:
-            self._reader = framing.ChunkedReader()
-        elif head.content_length is not None:
-            self._reader = framing.LengthReader(head.content_length)
-        else:
-            self._reader = framing.UntilCloseReader()
+        parser = self._parser
+        first = events[0]
+        head: framing.Head | None = None
+        start = 0
+        if type(first) is framing.Head:
+            head = first
+            start = 1
+            self._deadlines.disarm(self)
+            if self._listener is None:
+                fut = self._head_fut
+                if fut is not None and not fut.done():
+                    fut.set_result(head)
+        last = events[-1]
+        stop = len(events) if type(last) is bytes else len(events) - 1
+        if stop > start:
+            self._pieces(cast("list[bytes]", events[start:stop]))
+        if not parser.keep_alive:
             self.reusable = False
-        if not head.keep_alive:
-            self.reusable = False
-        self.head = head
-        self._state = _BODY
+        if isinstance(last, framing.FramingError):
+            where = "response from upstream" if parser.head is None else "response body"
+            self._fail(UpstreamUnavailable(f"invalid {where}: {last}"))
+            return
         listener = self._listener
-        if listener is not None:
-            # Read the body that came with the head first, so that the head and a small
-            # body leave for the client in one write when on_head attaches the sink.
-            self._body(buf)
-            if self._listener is not listener:  # failed while reading
-                return
+        if head is not None and listener is not None:
+            # The body that came with the head is pending, so that the head and a small body
+            # leave for the client in one write when on_head attaches the sink.
             self._delivered = True
             listener.on_head(head)
-            if self._state == _DONE and self._listener is listener:
-                self._listener = None
-                listener.on_done()
-            return
-        fut = self._head_fut
-        if fut is not None and not fut.done():
-            fut.set_result(head)
-        self._body(buf)
+        if last is codec.END:
+            self._finish()
 
-    def _body(self, data: bytes) -> None:
-        assert self._reader is not None
-        try:
-            pieces, rest = self._reader.read(data)
-        except RemoteProtocolError as exc:
-            self._fail(UpstreamUnavailable(f"invalid response body: {exc}"))
-            return
-        if pieces:
-            sink = self._sink
-            if sink is None:
-                self._pending.extend(pieces)
-                self._pending_size += sum(map(len, pieces))
-                if self._pending_size > PENDING_HIGH and self.transport is not None:
-                    self.transport.pause_reading()
-            else:
-                for piece in pieces:
-                    sink.write(piece)
-        if rest is not None:
-            self._finish(rest)
+    def _pieces(self, pieces: list[bytes]) -> None:
+        sink = self._sink
+        if sink is None:
+            self._pending.extend(pieces)
+            self._pending_size += sum(map(len, pieces))
+            if self._pending_size > PENDING_HIGH and self.transport is not None:
+                self.transport.pause_reading()
+        else:
+            for piece in pieces:
+                sink.write(piece)
 
-    def _finish(self, rest: bytes) -> None:
-        if rest:
-            self.reusable = False
-        self._state = _DONE
+    def _finish(self) -> None:
         listener = self._listener
         if listener is not None:
-            if self._delivered:  # else _head reports the end right after on_head
+            if self._delivered:
                 self._listener = None
                 listener.on_done()
             return
@@ -349,8 +320,8 @@ class UpstreamConnection(asyncio.Protocol):
         if done is not None and not done.done():
             done.set_result(None)
 
-    def _head_timeout(self) -> None:
-        self._timer = None
+    def expired(self) -> None:
+        """The response head did not arrive in time (called by the deadlines)."""
         listener = self._listener
         if listener is not None:
             self._listener = None
@@ -364,9 +335,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _fail(self, exc: Exception) -> None:
         self.reusable = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadlines.disarm(self)
         listener = self._listener
         if listener is not None:
             self._listener = None
@@ -400,6 +369,7 @@ class UpstreamPool:
         self._idle_expiry = idle_expiry
         self._clock = clock
         self._idle: list[UpstreamConnection] = []
+        self._deadlines: Deadlines | None = None  # head timeouts of all its connections
         self.connects = 0  # opened so far; tests and metrics read it
 
     def take_idle(self) -> UpstreamConnection | None:
@@ -417,23 +387,23 @@ class UpstreamPool:
         return None
 
     async def acquire(self, timeout: float) -> UpstreamConnection:
-        now = self._clock()
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and now - conn.last_used < self._idle_expiry:
-                conn.reused = True
-                return conn
-            conn.close()
+        """A warm idle connection, else a new one (within ``timeout`` and the connect
+        timeout)."""
+        conn = self.take_idle()
+        if conn is not None:
+            return conn
         return await self._connect(min(timeout, self._connect_timeout))
 
     async def _connect(self, timeout: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines(loop)
         t = self.target
         self.connects += 1
         async with asyncio.timeout(max(timeout, 0.001)):
             _, proto = await loop.create_connection(
-                lambda: UpstreamConnection(loop),
+                lambda: UpstreamConnection(loop, deadlines),
                 t.host,
                 t.port,
                 ssl=t.ssl,
@@ -445,7 +415,7 @@ class UpstreamPool:
         conn.on_pause = conn.on_resume = None
         if conn.reusable and not conn.closed and len(self._idle) < self._max_idle:
             conn.last_used = self._clock()
-            conn._state = _IDLE
+            conn.idle()
             self._idle.append(conn)
         else:
             conn.close()
