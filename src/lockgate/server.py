@@ -8,9 +8,11 @@
 - audit:    AuditLog (a writer thread) or RemoteAuditLog (a writer process), fail closed
 - gateway:  HttpEngine on the ``http`` listener and resource listeners, the forward proxy,
   CqlEngine on the ``cql`` listener
-- control:  the control listener's routes (:mod:`lockgate.control`)
+- control:  ControlPlane, the control listener's routes (:mod:`lockgate.control`), with the
+  mint policy and the token audit sink
 - dynamic roles: one DynamicRoles per ``dynamic_roles: true`` cql resource behind
-  ``POST /v1/db-role`` (identity/db_roles), swept in the background, dropped on revocation
+  ``POST /v1/db-role`` (:mod:`lockgate.gateway.cql.dynamic_roles`), swept in the
+  background, dropped on revocation
 
 The durable parts alone (keys, revocations, credentials, audit, policy files) are
 :class:`lockgate.state.State`, which the CLI opens without serving. ``lockgate serve
@@ -27,62 +29,26 @@ import asyncio
 import contextlib
 import signal
 import ssl
-import time
 from pathlib import Path
 from typing import Any
 
-import jwt
-from aiohttp import web
-
 from lockgate import _log, control
-from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
+from lockgate.audit import AuditLog, RemoteAuditLog
 from lockgate.config import ForwardProxyConfig, ListenerConfig, LockgateConfig
+from lockgate.control import ControlPlane, MintPolicy, TokenAudit
 from lockgate.credentials import CredentialBroker
-from lockgate.errors import CredentialError
 from lockgate.gateway.cql import CqlEngine
+from lockgate.gateway.cql.dynamic_roles import DbRoles, upstream_password
 from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.forward_proxy import ForwardProxy
-from lockgate.identity import (
-    Claims,
-    MintDecision,
-    TaskIdentity,
-    TokenIssuer,
-    TokenService,
-    TokenVerifier,
-)
-from lockgate.identity import db_roles as db_role_route
+from lockgate.identity import TokenIssuer, TokenVerifier
 from lockgate.identity.revocation import REFRESH_INTERVAL as REVOCATION_REFRESH
+from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
 from lockgate.readiness import Readiness
 from lockgate.state import State
 from lockgate.supervisor import event_loop_runner, supervise
 
 log = _log.get("server")
-
-ASSERTION_TTL = 300
-# token service event → (audit event, decision)
-_TOKEN_EVENTS = {
-    "token_issued": ("token_issued", "allow"),
-    "token_denied": ("denied", "deny"),
-    "proof_rejected": ("auth_failed", "deny"),
-    "token_revoked": ("token_revoked", None),
-    "mint_blocked": ("mint_blocked", None),
-}
-_RECORD_KEYS = frozenset(
-    {
-        "deployment",
-        "dag_id",
-        "task_id",
-        "run_id",
-        "try_number",
-        "map_index",
-        "principal",
-        "resource",
-        "rule",
-        "reason",
-        "jti",
-        "status",
-    }
-)
 
 
 def server_ssl_context(listener: ListenerConfig | ForwardProxyConfig) -> ssl.SSLContext | None:
@@ -141,16 +107,17 @@ class Gateway:
         self.verifier = TokenVerifier(
             self.state.keys, self.state.revocations, config.issuer_url, config.tokens.leeway
         )
+        # every door that mints asks it (the token service, poll tokens, database roles)
+        self.mint_policy = MintPolicy(config, self.policy, self.state.revocations)
+        self.token_audit = TokenAudit(self.audit)
+        self.sign_assertion = UpstreamAssertionSigner(self.state.keys, config.issuer_url)
         self.broker: CredentialBroker | None = None
         self.engine: HttpEngine | None = None
         self.cql_engine: CqlEngine | None = None
-        self.db_roles: db_role_route.DbRoles | None = None
+        self.control: ControlPlane | None = None  # worker 0 only
+        self.db_roles: DbRoles | None = None
         self.db_role_sweep_interval = 15.0  # seconds; tests shorten it before start()
-        self._runner: web.AppRunner | None = None
-        self._control_server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._role_sweep: asyncio.Task[Any] | None = None  # db roles of revoked tokens
-        self._roles_stale = False
         self.control_port = 0
         self.http_port = 0
         self.cql_port = 0
@@ -159,94 +126,37 @@ class Gateway:
         self.forward_proxy_port = 0
         self._ready = False
 
-    # -- policy at mint time ------------------------------------------------------------------
-    def mint_policy(
-        self, identity: TaskIdentity, resource: str, requested_ttl: int | None
-    ) -> MintDecision:
-        # The kill switch holds for every door that mints (the token service checks it
-        # first with its own refusal slug; poll tokens come straight here).
-        blk = self.state.revocations.blocked(identity.deployment, identity.dag_id)
-        if blk is not None:
-            return MintDecision(False, 0, blk.message(identity.dag_id), None)
-        policy_set = self.policy.current
-        decision = policy_set.mint_check(identity.principal, resource)
-        if not decision.allowed:
-            return MintDecision(False, 0, decision.explain(), decision.rule)
-        cap = min(
-            self.config.tokens.max_ttl,
-            policy_set.max_ttl(identity.principal, resource) or self.config.tokens.max_ttl,
-        )
-        wanted = requested_ttl or self.config.tokens.default_ttl
-        ttl = max(1, min(wanted, cap))
-        if requested_ttl is None:
-            ttl = min(ttl, self.config.tokens.default_ttl)
-        return MintDecision(True, ttl, decision.explain(), decision.rule)
-
-    async def on_token_event(self, event_kind: str, /, **fields: Any) -> None:
-        """Audit what the token service decided; a token is only issued once this is durable."""
-        event, decision = _TOKEN_EVENTS.get(event_kind, ("auth_failed", "deny"))
-        record = AuditRecord(
-            event=event,
-            decision=decision,
-            # a route other than /v1/token names its own action (authenticate_deployment)
-            action=fields.pop("action", None)
-            or ("revoke" if event in ("token_revoked", "mint_blocked") else "mint"),
-            **{k: v for k, v in fields.items() if k in _RECORD_KEYS},
-            detail={k: v for k, v in fields.items() if k not in _RECORD_KEYS},
-        )
-        await self.audit.write(record)
-
-    # -- caller identity for upstreams ----------------------------------------------------
-    def sign_assertion(self, claims: Claims, resource: str) -> str:
-        now = int(time.time())
-        key = self.state.keys.current()
-        payload = {
-            "iss": self.config.issuer_url,
-            "sub": claims.sub,
-            "aud": f"{self.config.issuer_url}/upstream/{resource}",
-            "iat": now,
-            "exp": min(claims.exp, now + ASSERTION_TTL),
-            "deployment": claims.deployment,
-            "dag_id": claims.dag_id,
-            "task_id": claims.task_id,
-            "run_id": claims.run_id,
-            "try_number": claims.try_number,
-            "map_index": claims.map_index,
-            "token_jti": claims.jti,
-        }
-        return jwt.encode(payload, key.private, algorithm="EdDSA", headers={"kid": key.kid})
-
-    async def _upstream_password(self, resource: Any) -> str:
-        """The gateway's own upstream password for ``resource`` (dynamic roles log in as it)."""
-        assert self.broker is not None
-        secret = await self.broker.upstream_secret(resource.credential)
-        if secret is None:
-            raise CredentialError(f"credential {resource.credential!r} has no secret")
-        return str(secret.value)
-
-    async def _on_revoke(self, kind: str, target: dict[str, Any]) -> None:
-        if self.db_roles is not None:
-            await self.db_roles.on_revoke(kind, target)
-
     # -- control plane (routes in lockgate.control) -----------------------------------------
-    def control_app(self) -> web.Application:
-        """The control listener's routes, with this gateway's token service."""
-        self.token_service = TokenService(
-            self.config,
-            self.state.keys,
+    def _start_control_plane(self) -> ControlPlane:
+        assert self.broker is not None
+        self.db_roles = DbRoles(
+            self.config.resources,
+            upstream_password(self.broker),
+            self.policy,
             self.state.revocations,
-            self.issuer,
-            self.mint_policy,
-            on_event=self.on_token_event,
-            on_revoke=self._on_revoke,
+            sweep_interval=self.db_role_sweep_interval,
         )
-        return control.control_app(self)
+        return ControlPlane.build(
+            self.config,
+            keys=self.state.keys,
+            revocations=self.state.revocations,
+            issuer=self.issuer,
+            verifier=self.verifier,
+            mint_policy=self.mint_policy,
+            audit=self.token_audit,
+            master_key=self.state.master_key,
+            ports=self,
+            readiness=lambda: self.readiness.report(self.serving),
+            db_roles=self.db_roles,
+        )
 
     def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:
-        return control.catalog_entries(self, deployment)
+        assert self.control is not None
+        return control.catalog_entries(self.control.ctx, deployment)
 
     def _connection_template(self, resource: Any) -> dict[str, Any] | None:
-        return control.connection_template(self, resource)
+        assert self.control is not None
+        return control.connection_template(self.control.ctx, resource)
 
     @property
     def serving(self) -> bool:
@@ -261,20 +171,8 @@ class Gateway:
             log.error("policy not loaded", extra={"fields": {"error": self.policy.last_error}})
         c = self.config.listeners.control
         if self.primary:
-            self.db_roles = db_role_route.DbRoles(
-                self.config.resources,
-                self._upstream_password,
-                self.policy,
-                self.state.revocations,
-                sweep_interval=self.db_role_sweep_interval,
-            )
-            self.db_roles.start()
-            self._runner = web.AppRunner(self.control_app(), access_log=None)
-            await self._runner.setup()
-            self._control_server = await control.serve_control(
-                self._runner, c, server_ssl_context(c)
-            )
-            self.control_port = self._control_server.sockets[0].getsockname()[1]
+            self.control = self._start_control_plane()
+            self.control_port = await self.control.start(c, server_ssl_context(c))
         h = self.config.listeners.http
         self.engine = HttpEngine(
             [r for r in self.config.resources if r.kind == "http"],
@@ -340,21 +238,9 @@ class Gateway:
     async def _refresh_revocations(self) -> None:
         # One PRAGMA when nothing changed: revocations by the CLI or another worker are
         # enforced here within REVOCATION_REFRESH seconds.
-        if self.state.revocations.refresh():
-            self._roles_stale = self.db_roles is not None
-        if self._roles_stale and (self._role_sweep is None or self._role_sweep.done()):
-            # A dynamic database role is a login the gateway never sees again: drop those of
-            # newly revoked tokens now, not at the next sweep; in a task of its own, so a
-            # slow cluster never delays the next revocation refresh.
-            self._roles_stale = False
-            self._role_sweep = asyncio.create_task(self._sweep_roles(), name="lockgate-role-drop")
-
-    async def _sweep_roles(self) -> None:
-        assert self.db_roles is not None
-        try:
-            await self.db_roles.sweep()
-        except Exception:  # the periodic sweeper tries again
-            log.exception("dropping the database roles of revoked tokens failed")
+        changed = self.state.revocations.refresh()
+        if self.db_roles is not None:  # their roles go with the newly revoked tokens
+            self.db_roles.after_refresh(changed)
 
     async def _refresh(self) -> None:
         self.state.keys.maybe_reload()
@@ -372,7 +258,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self._ready = False
-        for t in [*self._tasks, *([self._role_sweep] if self._role_sweep else [])]:
+        for t in self._tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
@@ -382,14 +268,8 @@ class Gateway:
             await self.engine.close()
         if self.cql_engine is not None:
             await self.cql_engine.close()
-        if self._control_server is not None:
-            self._control_server.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._control_server is not None:
-            await self._control_server.wait_closed()
-        if self.db_roles is not None:  # before the broker: dropping roles needs the password
-            await self.db_roles.close()
+        if self.control is not None:  # before the broker: dropping roles needs the password
+            await self.control.close()
         if self.broker is not None:
             await self.broker.close()
         self.audit.flush(2.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lockgate.gateway.cql.dynamic_roles import DbRoles
 from lockgate.identity import RevocationStore, TokenIssuer
-from lockgate.identity.db_roles import DbRoles
 
 from .conftest import mint_claims as mint
 

@@ -1,15 +1,40 @@
-"""The control plane: the routes of the control listener.
+"""The control plane: every route of the control listener, over one flow.
 
-One door, :func:`control_app`, binds every route to a running
-:class:`lockgate.server.Gateway`: the token service (``/v1/token``, ``/v1/revoke``, JWKS,
-discovery: :mod:`lockgate.identity.service`), ``/v1/catalog`` (:mod:`.catalog`),
-``/v1/poll-token``, ``/v1/db-role``, ``/v1/cosmos-key``, the managed-identity endpoint, and
-the operations routes ``/healthz``, ``/readyz`` (:mod:`lockgate.readiness`) and
-``/metrics``. :func:`serve_control` accepts the listener's connections with the same
-handshake timeout and cap as every other listener.
+A deployment authenticates (client secret, private-key JWT or OIDC token exchange), its
+delegation and the mint policy are checked, then something is minted: a token
+(``/v1/token``), a triggerer's poll token (``/v1/poll-token``), a dynamic database role
+(``/v1/db-role``), a Cosmos DB task key (``/v1/cosmos-key``). Besides: ``/v1/revoke``,
+``/v1/catalog``, the managed-identity endpoint (``/msi/token``), JWKS and OIDC discovery,
+``/healthz``, ``/readyz`` and ``/metrics``.
+
+- :mod:`.app`              ControlPlane: builds the token service, binds the routes, serves
+- :mod:`.context`          ControlContext: the routes' typed collaborators, authenticate/refuse
+- :mod:`.mint`             MintPolicy: kill switch, policy mint check, TTL caps
+- :mod:`.events`           TokenAudit: one audit record per control-plane decision
+- :mod:`.offers`           what each HTTP profile offers the control plane (one table)
+- :mod:`.catalog`          ``/v1/catalog`` and the connection templates
+- :mod:`.poll_token`       ``/v1/poll-token``
+- :mod:`.db_role`          ``/v1/db-role``
+- :mod:`.cosmos_key`       ``/v1/cosmos-key``
+- :mod:`.managed_identity` ``/msi/token``
+
+The identity logic (proofs, token issue and verify, keys, revocation) stays in
+:mod:`lockgate.identity`; the dynamic roles themselves in :mod:`lockgate.gateway.cql`.
 """
 
-from lockgate.control.app import control_app, serve_control
+from lockgate.control.app import ControlPlane, control_app, serve_control
 from lockgate.control.catalog import catalog_entries, connection_template
+from lockgate.control.context import ControlContext
+from lockgate.control.events import TokenAudit
+from lockgate.control.mint import MintPolicy
 
-__all__ = ["catalog_entries", "connection_template", "control_app", "serve_control"]
+__all__ = [
+    "ControlContext",
+    "ControlPlane",
+    "MintPolicy",
+    "TokenAudit",
+    "catalog_entries",
+    "connection_template",
+    "control_app",
+    "serve_control",
+]

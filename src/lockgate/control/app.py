@@ -1,61 +1,135 @@
-"""The control listener: its aiohttp application (token service, catalog, poll token,
-database role, Cosmos DB task key, managed-identity endpoint, health, readiness, metrics)
-and the server that accepts its connections.
+"""The control listener: its aiohttp application and the server that accepts its connections.
+
+:class:`ControlPlane` is built once per primary worker from typed collaborators
+(:meth:`ControlPlane.build`): it makes the token service (with the dynamic roles as its
+revocation hook), binds every route to one :class:`~lockgate.control.context.ControlContext`
+and serves them on the control listener with the same handshake timeout and cap as every
+other listener. It owns the dynamic roles' lifecycle (start, and drop every live role on
+close).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from lockgate import metrics
-from lockgate.config import ListenerConfig
+from lockgate.config import ListenerConfig, LockgateConfig
 from lockgate.control.catalog import catalog_handler
+from lockgate.control.context import ControlContext, EventSink, ListenerPorts, MintPolicy
 from lockgate.control.cosmos_key import task_key_handler
+from lockgate.control.db_role import db_role_handler
+from lockgate.control.managed_identity import PATH as MSI_PATH
+from lockgate.control.managed_identity import msi_handler
 from lockgate.control.poll_token import poll_token_handler
+from lockgate.gateway.cql.dynamic_roles import DbRoles
 from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
-from lockgate.identity import managed_identity as msi
-
-if TYPE_CHECKING:
-    from lockgate.server import Gateway
+from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenService, TokenVerifier
 
 BODY_LIMIT = 64 * 1024  # every control request is a small form or JSON document
 
 
-def control_app(gateway: Gateway) -> web.Application:
-    """Every route of the control listener, bound to ``gateway`` (its token service must
-    exist: :meth:`lockgate.server.Gateway.control_app` makes it first)."""
-    app = web.Application(client_max_size=BODY_LIMIT)
-    gateway.token_service.routes(app)
+class ReadinessReport(Protocol):
+    """What ``/readyz`` serves (see :mod:`lockgate.readiness`)."""
 
-    async def db_role(request: web.Request) -> web.Response:
-        if gateway.db_roles is None:
-            raise web.HTTPNotFound()
-        handler = gateway.db_roles.handler(gateway.token_service, gateway.on_token_event)
-        return await handler(request)
+    @property
+    def ready(self) -> bool: ...
+
+    def body(self) -> dict[str, Any]: ...
+
+
+def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -> web.Application:
+    """Every route of the control listener, over ``ctx``."""
+    app = web.Application(client_max_size=BODY_LIMIT)
+    ctx.tokens.routes(app)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        report = gateway.readiness.report(gateway.serving)  # each check: lockgate.readiness
+        report = readiness()
         return web.json_response(report.body(), status=200 if report.ready else 503)
 
     async def metrics_page(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
-    app.router.add_post("/v1/catalog", catalog_handler(gateway))
-    app.router.add_post("/v1/db-role", db_role)
-    app.router.add_post("/v1/poll-token", poll_token_handler(gateway))
-    app.router.add_post("/v1/cosmos-key", task_key_handler(gateway))
-    app.router.add_get(msi.PATH, msi.msi_handler(gateway))
+    app.router.add_post("/v1/catalog", catalog_handler(ctx))
+    app.router.add_post("/v1/db-role", db_role_handler(ctx))
+    app.router.add_post("/v1/poll-token", poll_token_handler(ctx))
+    app.router.add_post("/v1/cosmos-key", task_key_handler(ctx))
+    app.router.add_get(MSI_PATH, msi_handler(ctx))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     return app
+
+
+class ControlPlane:
+    """The control listener of one gateway process."""
+
+    def __init__(self, ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -> None:
+        self.ctx = ctx
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @classmethod
+    def build(
+        cls,
+        config: LockgateConfig,
+        *,
+        keys: KeyStore,
+        revocations: RevocationStore,
+        issuer: TokenIssuer,
+        verifier: TokenVerifier,
+        mint_policy: MintPolicy,
+        audit: EventSink,
+        master_key: bytes,
+        ports: ListenerPorts,
+        readiness: Callable[[], ReadinessReport],
+        db_roles: DbRoles | None = None,
+    ) -> ControlPlane:
+        tokens = TokenService(
+            config,
+            keys,
+            revocations,
+            issuer,
+            mint_policy,
+            on_event=audit,
+            # per-token state elsewhere ends with the tokens: dynamic roles are dropped
+            on_revoke=db_roles.on_revoke if db_roles is not None else None,
+        )
+        ctx = ControlContext(
+            config, tokens, verifier, issuer, mint_policy, audit, master_key, ports, db_roles
+        )
+        return cls(ctx, readiness)
+
+    async def start(self, listener: ListenerConfig, tls: ssl.SSLContext | None) -> int:
+        """Start the dynamic roles' sweeper and serve the routes; the port bound."""
+        if self.ctx.db_roles is not None:
+            self.ctx.db_roles.start()
+        self._runner = web.AppRunner(control_app(self.ctx, self._readiness), access_log=None)
+        await self._runner.setup()
+        self._server = await serve_control(self._runner, listener, tls)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def close(self) -> None:
+        """Stop serving, then drop every live dynamic role (before the credentials close:
+        dropping a role needs the gateway's own upstream login)."""
+        if self._server is not None:
+            self._server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self.ctx.db_roles is not None:
+            await self.ctx.db_roles.close()
 
 
 async def serve_control(

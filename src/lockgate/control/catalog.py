@@ -3,49 +3,47 @@ conn_id, for a deployment that proves who it is.
 
 Each entry names the resource and carries a connection template that points at this
 gateway's listeners (the ports actually bound, so ``port: 0`` in tests works);
-``{lockgate_token}`` and ``{lockgate_ca_file}`` are filled in on the Airflow worker. ARM
-resources get the managed-identity endpoint, ``dynamic_roles`` cql resources a direct login,
-Cosmos DB resources the task key flag, Databricks resources the poll flag.
+``{lockgate_token}`` and ``{lockgate_ca_file}`` are filled in on the Airflow worker. What a
+profile adds is asked of :func:`lockgate.control.offers.offer_of`, never read from its name:
+resources behind the identity endpoint get it (and the forward proxy), resources with task
+keys the ``cosmos_key`` flag, pollable ones the ``poll`` flag; ``dynamic_roles`` cql
+resources a direct login.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from lockgate.control import cosmos_key
-from lockgate.identity import db_roles as db_role_route
-from lockgate.identity import managed_identity as msi
-from lockgate.identity.service import OAuthError
+from lockgate.config import CqlResource, HttpResource
+from lockgate.control import cosmos_key, db_role, managed_identity
+from lockgate.control.context import ControlContext, public_host
+from lockgate.control.offers import TOKEN, offer_of
 
-if TYPE_CHECKING:
-    from lockgate.server import Gateway
-
-
-def public_host(host: str) -> str:
-    """The host a client dials for a listener bound to ``host`` (a wildcard is localhost)."""
-    return "localhost" if host in ("0.0.0.0", "::") else host
+ROUTE = "/v1/catalog"
 
 
-def catalog_entries(gateway: Gateway, deployment: str) -> list[dict[str, Any]]:
+def catalog_entries(ctx: ControlContext, deployment: str) -> list[dict[str, Any]]:
     """Every resource with a ``conn_id``, as the secrets backend reads it."""
     out = []
-    for r in gateway.config.resources:
+    for r in ctx.config.resources:
         if not r.conn_id:
             continue
-        if getattr(r, "profile", None) == "arm":  # identity endpoint + forward proxy
-            out.append(msi.catalog_entry(gateway, r))
+        offer = offer_of(r)
+        if isinstance(r, HttpResource) and offer.identity_endpoint:
+            out.append(managed_identity.catalog_entry(ctx, r))  # + the forward proxy
             continue
-        if r.kind == "cql" and gateway.db_roles is not None and gateway.db_roles.serves(r.name):
-            out.append(db_role_route.catalog_entry(r))  # the task logs in directly
+        if isinstance(r, CqlResource) and ctx.db_roles is not None and ctx.db_roles.serves(r.name):
+            out.append(db_role.catalog_entry(r))  # the task logs in directly
             continue
-        connection = connection_template(gateway, r)
+        connection = connection_template(ctx, r)
         if connection is not None:
-            extras: dict[str, Any] = (
-                {"poll": True} if getattr(r, "profile", None) == "databricks" else {}
-            )
-            if getattr(r, "profile", None) == "cosmos":
+            extras: dict[str, Any] = {}
+            if offer.poll_tokens:
+                extras["poll"] = True  # a triggerer may poll its runs (/v1/poll-token)
+            if offer.task_keys:
                 extras["cosmos_key"] = True  # the backend fetches the task key too
             out.append(
                 {"conn_id": r.conn_id, "resource": r.name, "kind": r.kind,
@@ -54,81 +52,49 @@ def catalog_entries(gateway: Gateway, deployment: str) -> list[dict[str, Any]]:
     return out
 
 
-def connection_template(gateway: Gateway, r: Any) -> dict[str, Any] | None:
-    """The Airflow Connection fields for resource ``r`` through ``gateway``; None for a
+def connection_template(
+    ctx: ControlContext, r: HttpResource | CqlResource
+) -> dict[str, Any] | None:
+    """The Airflow Connection fields for resource ``r`` through this gateway; None for a
     resource no listener serves."""
-    listeners = gateway.config.listeners
-    if r.kind == "http" and getattr(r, "profile", None) == "cosmos":
-        if r.listen is not None:
-            port = gateway.mounted_ports.get(r.name) or r.listen.port
-            base = f"{r.listen.scheme}://{public_host(r.listen.host)}:{port}"
-        else:
-            http = listeners.http
-            host = public_host(http.host)
-            base = f"{http.scheme}://{host}:{gateway.http_port or http.port}/{r.name}"
-        return cosmos_key.connection_template(r, base)
-    if r.kind == "http" and getattr(r, "listen", None) is not None:
-        return _mounted_template(r, gateway.mounted_ports.get(r.name))
-    if r.kind == "http":
+    listeners, ports = ctx.config.listeners, ctx.ports
+    if isinstance(r, HttpResource):
+        if r.listen is not None:  # served at the root of its own listener
+            port = ports.mounted_ports.get(r.name) or r.listen.port
+            scheme, host = r.listen.scheme, public_host(r.listen.host)
+            if offer_of(r).task_keys:
+                return cosmos_key.connection_template(r, f"{scheme}://{host}:{port}")
+            return offer_of(r).root_connection(scheme, host, port)
         http = listeners.http
-        base = f"{http.scheme}://{public_host(http.host)}:{gateway.http_port or http.port}"
-        return {
-            "conn_type": "http",
-            "host": f"{base}/{r.name}",
-            "extra": {"Authorization": "Bearer {lockgate_token}"},
-        }
+        base = f"{http.scheme}://{public_host(http.host)}:{ports.http_port or http.port}/{r.name}"
+        if offer_of(r).task_keys:
+            return cosmos_key.connection_template(r, base)
+        return {"conn_type": "http", "host": base, "extra": {"Authorization": f"Bearer {TOKEN}"}}
     cql = listeners.cql
-    if r.kind == "cql" and cql is not None:
-        extra: dict[str, Any] = {"protocol_version": 4}
-        if cql.tls:
-            extra["ssl_options"] = {"ca_certs": "{lockgate_ca_file}", "cert_reqs": 2}
-        return {
-            "conn_type": "cassandra",
-            "host": public_host(cql.host),
-            "port": gateway.cql_port or cql.port,
-            "login": r.name,
-            "password": "{lockgate_token}",
-            "schema": r.keyspace or "",
-            "extra": extra,
-        }
-    return None
-
-
-def _mounted_template(resource: Any, port: int | None) -> dict[str, Any]:
-    """A resource served at the root of its own listener. For ``profile: databricks`` that
-    is a ``databricks`` connection in PAT mode (empty login, the Lockgate token as password),
-    which the stock ``DatabricksHook`` sends as ``Authorization: Bearer <token>`` to
-    ``<schema>://<host>:<port>/api/...``."""
-    listen = resource.listen
-    scheme = "https" if listen.tls else "http"
-    host = public_host(listen.host)
-    port = port or listen.port
-    if resource.profile == "databricks":
-        return {
-            "conn_type": "databricks",
-            "host": host,
-            "port": port,
-            "schema": scheme,
-            "login": "",
-            "password": "{lockgate_token}",
-        }
+    if cql is None:
+        return None
+    extra: dict[str, Any] = {"protocol_version": 4}
+    if cql.tls:
+        extra["ssl_options"] = {"ca_certs": "{lockgate_ca_file}", "cert_reqs": 2}
     return {
-        "conn_type": "http",
-        "host": f"{scheme}://{host}:{port}",
-        "extra": {"Authorization": "Bearer {lockgate_token}"},
+        "conn_type": "cassandra",
+        "host": public_host(cql.host),
+        "port": ports.cql_port or cql.port,
+        "login": r.name,
+        "password": TOKEN,
+        "schema": r.keyspace or "",
+        "extra": extra,
     }
 
 
-def catalog_handler(gateway: Gateway) -> Any:
-    """The ``/v1/catalog`` handler bound to ``gateway``."""
+def catalog_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The ``/v1/catalog`` handler over the control plane's collaborators."""
 
     async def handle(request: web.Request) -> web.Response:
-        try:
-            deployment, _body = await gateway.token_service.authenticate_deployment(
-                request, "/v1/catalog"
-            )
-        except OAuthError as exc:
-            return exc.response()
-        return web.json_response({"connections": catalog_entries(gateway, deployment)})
+        authenticated = await ctx.authenticate(request, ROUTE)
+        if isinstance(authenticated, web.Response):
+            return authenticated
+        deployment, _body = authenticated
+        return web.json_response({"connections": catalog_entries(ctx, deployment)})
 
     return handle

@@ -9,11 +9,14 @@ of a token this deployment holds.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from lockgate.control.deployment import authenticate, refuse
+from lockgate.config import HttpResource
+from lockgate.control.context import ControlContext
+from lockgate.control.offers import offer_of
 from lockgate.credentials import cosmos as sig
 from lockgate.errors import AuthenticationError
 from lockgate.gateway.http.profiles.cosmos import TOKEN_SEGMENT
@@ -22,7 +25,7 @@ ROUTE = "/v1/cosmos-key"
 KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
 
 
-def connection_template(resource: Any, base_url: str) -> dict[str, Any]:
+def connection_template(resource: HttpResource, base_url: str) -> dict[str, Any]:
     """An ``azure_cosmos`` connection: endpoint with the token prefix, the task key."""
     s = resource.cosmos
     extra = {k: v for k, v in (("database_name", s.database), ("collection_name", s.container),
@@ -35,7 +38,7 @@ def connection_template(resource: Any, base_url: str) -> dict[str, Any]:
     }
 
 
-def task_key_handler(gateway: Any) -> Any:
+def task_key_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
     """``POST /v1/cosmos-key``: the task key of a token, for the deployment that holds it.
 
     The deployment authenticates as for ``/v1/token`` and sends ``token``; the token must be
@@ -43,29 +46,25 @@ def task_key_handler(gateway: Any) -> Any:
     """
 
     async def handle(request: web.Request) -> web.Response:
-        authenticated = await authenticate(gateway, request, ROUTE)
+        authenticated = await ctx.authenticate(request, ROUTE)
         if isinstance(authenticated, web.Response):
             return authenticated
         deployment, body = authenticated
         try:
-            claims = gateway.verifier.verify_any_audience(str(body.get("token", "")))
+            claims = ctx.verifier.verify_any_audience(str(body.get("token", "")))
         except AuthenticationError as exc:
-            return await refuse(
-                gateway, 400, "invalid_token", str(exc.reason),
+            return await ctx.refuse(
+                400, "invalid_token", str(exc.reason),
                 reason=f"token_{exc.reason}", route=ROUTE, deployment=deployment,
             )  # fmt: skip
-        resource = gateway.config.resource(str(claims.aud))
-        if (
-            resource is None
-            or getattr(resource, "profile", None) != "cosmos"
-            or claims.deployment != deployment
-        ):
-            return await refuse(
-                gateway, 400, "invalid_target", "not a Cosmos token of yours",
+        resource = ctx.config.resource(str(claims.aud))
+        if resource is None or not offer_of(resource).task_keys or claims.deployment != deployment:
+            return await ctx.refuse(
+                400, "invalid_target", "not a Cosmos token of yours",
                 reason="not_own_cosmos_token", route=ROUTE, deployment=deployment,
                 jti=claims.jti,
             )  # fmt: skip
-        secret = sig.task_key_secret(gateway.state.master_key, resource.name)
+        secret = sig.task_key_secret(ctx.master_key, resource.name)
         return web.json_response(
             {"key": sig.derive_task_key(secret, claims.jti), "jti": claims.jti},
             headers={"Cache-Control": "no-store"},

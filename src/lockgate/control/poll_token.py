@@ -9,11 +9,13 @@ given), and policy must still grant ``read`` on ``run:*`` to
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from lockgate.control.deployment import authenticate, refuse
+from lockgate.config import HttpResource
+from lockgate.control.context import ControlContext
+from lockgate.control.offers import offer_of
 from lockgate.gateway.http.profiles.databricks import ANY_RUN, DEPLOYMENT_WIDE, POLL_TASK
 from lockgate.identity import TaskIdentity
 from lockgate.identity._request import may_act_for, valid_airflow_id, valid_run_id
@@ -21,21 +23,21 @@ from lockgate.identity._request import may_act_for, valid_airflow_id, valid_run_
 ROUTE = "/v1/poll-token"
 
 
-def poll_token_handler(gateway: Any) -> Any:
-    """The ``/v1/poll-token`` handler bound to a running ``lockgate.server.Gateway``."""
+def poll_token_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The ``/v1/poll-token`` handler over the control plane's collaborators."""
 
     async def handle(request: web.Request) -> web.Response:
-        authenticated = await authenticate(gateway, request, ROUTE)
+        authenticated = await ctx.authenticate(request, ROUTE)
         if isinstance(authenticated, web.Response):
             return authenticated
         deployment, body = authenticated
-        config = gateway.config
+        config = ctx.config
         resource = config.resource(body.get("resource", "")) or config.resource_for_conn_id(
             body.get("conn_id", "")
         )
-        if resource is None or getattr(resource, "profile", None) != "databricks":
-            return await refuse(
-                gateway, 400, "invalid_target", "not a pollable resource",
+        if not isinstance(resource, HttpResource) or not offer_of(resource).poll_tokens:
+            return await ctx.refuse(
+                400, "invalid_target", "not a pollable resource",
                 reason="not_pollable", route=ROUTE, deployment=deployment,
             )  # fmt: skip
         dag_id = body.get("dag_id") or DEPLOYMENT_WIDE
@@ -45,15 +47,15 @@ def poll_token_handler(gateway: Any) -> Any:
         if (dag_id != DEPLOYMENT_WIDE and not valid_airflow_id(dag_id)) or (
             run_id and not valid_run_id(run_id)
         ):
-            return await refuse(
-                gateway, 400, "invalid_request", "dag_id or run_id has an invalid value",
+            return await ctx.refuse(
+                400, "invalid_request", "dag_id or run_id has an invalid value",
                 reason="invalid_request", route=ROUTE, deployment=deployment,
                 resource=resource.name,
             )  # fmt: skip
         dep = config.deployment(deployment)
         if dag_id != DEPLOYMENT_WIDE and (dep is None or not may_act_for(dep, dag_id)):
-            return await refuse(
-                gateway, 403, "access_denied", "dag not delegated",
+            return await ctx.refuse(
+                403, "access_denied", "dag not delegated",
                 reason="dag_not_delegated", route=ROUTE, deployment=deployment,
                 dag_id=dag_id, resource=resource.name,
             )  # fmt: skip
@@ -63,7 +65,7 @@ def poll_token_handler(gateway: Any) -> Any:
             try_number = 0
         identity = TaskIdentity(deployment, dag_id, POLL_TASK, run_id or ANY_RUN, try_number)
         ttl_cap = resource.databricks.poll_token_ttl
-        decision = gateway.mint_policy(identity, resource.name, ttl_cap)
+        decision = ctx.mint_policy(identity, resource.name, ttl_cap)
         fields = {
             "deployment": deployment,
             "dag_id": dag_id,
@@ -74,17 +76,13 @@ def poll_token_handler(gateway: Any) -> Any:
             "rule": decision.rule,
         }
         if not decision.allowed:
-            await gateway.on_token_event(
-                "token_denied", **fields, reason=decision.reason, route=ROUTE
-            )
+            await ctx.audit("token_denied", **fields, reason=decision.reason, route=ROUTE)
             return web.json_response(
                 {"error": "access_denied", "error_description": decision.reason}, status=403
             )
         ttl = max(1, min(decision.ttl, ttl_cap))
-        token, claims = gateway.issuer.mint(identity, resource.name, ttl)
-        await gateway.on_token_event(
-            "token_issued", **fields, jti=claims.jti, reason="poll token", ttl=ttl
-        )
+        token, claims = ctx.issuer.mint(identity, resource.name, ttl)
+        await ctx.audit("token_issued", **fields, jti=claims.jti, reason="poll token", ttl=ttl)
         return web.json_response(
             {"access_token": token, "token_type": "Bearer", "expires_in": ttl,
              "jti": claims.jti, "principal": identity.principal},

@@ -8,7 +8,11 @@
 - :mod:`.once`        one-time values (assertion jtis) shared by every process on a data dir
 - :mod:`.oidc`        OIDC subject tokens from trusted issuers (RFC 8693 exchange)
 - :mod:`.attestation` optional check against the deployment's Airflow REST API
-- :mod:`.service`     the aiohttp token service (/v1/token, /v1/revoke, JWKS, discovery)
+- :mod:`.service`     the token service (/v1/token, /v1/revoke, JWKS, discovery)
+- :mod:`.upstream_assertion` the signed caller-identity assertion sent to upstreams
+
+The control listener's other routes (catalog, poll token, database role, Cosmos DB task
+key, managed-identity endpoint) and the mint policy are in :mod:`lockgate.control`.
 """
 
 from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable
@@ -19,6 +23,7 @@ from lockgate.identity.proofs import AssertionVerifier, check_client_secret
 from lockgate.identity.revocation import Revocation, RevocationStore
 from lockgate.identity.service import MintPolicy, TokenService
 from lockgate.identity.tokens import MAX_TOKEN_BYTES, TokenIssuer, TokenVerifier
+from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
 
 __all__ = [
     "MAX_TOKEN_BYTES",
@@ -38,6 +43,7 @@ __all__ = [
     "TokenIssuer",
     "TokenService",
     "TokenVerifier",
+    "UpstreamAssertionSigner",
     "check_client_secret",
     "thumbprint",
 ]

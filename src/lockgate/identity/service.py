@@ -11,7 +11,8 @@ One request to ``/v1/token`` goes through fixed steps, each able to refuse:
 7. mint, tell ``on_event`` (an audit failure refuses the token), answer.
 
 Steps 1-6 are :meth:`TokenService.authorize`, which ``POST /v1/db-role``
-(:mod:`lockgate.identity.db_roles`) reuses so both doors refuse alike. ``on_revoke`` hears
+(:mod:`lockgate.control.db_role`) reuses so both doors refuse alike, and :meth:`refused`
+records a refusal for it as for a token. ``on_revoke`` hears
 every revocation after it is stored (kind and target), so per-token state elsewhere (dynamic
 database roles) ends with the tokens.
 
@@ -25,7 +26,7 @@ import base64
 import binascii
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -53,7 +54,7 @@ from lockgate.identity.tokens import TokenIssuer
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
-MintPolicy = Callable[[TaskIdentity, str, "int | None"], Any]  # MintDecision or awaitable
+MintPolicy = Callable[[TaskIdentity, str, "int | None"], "MintDecision | Awaitable[MintDecision]"]
 EventSink = Callable[..., Any]
 RevokeHook = Callable[[str, dict[str, Any]], Any]  # (kind, target with deployment); may await
 log = _log.get("identity.service")
@@ -174,7 +175,7 @@ class TokenService:
             decision, ttl = grant.decision, grant.ttl
             token, claims = self.issuer.mint(identity, resource.name, ttl)
         except OAuthError as exc:
-            await self._refused(exc, ctx)
+            await self.refused(exc, ctx)
             return exc.response()
         try:
             await _maybe_await(
@@ -255,7 +256,7 @@ class TokenService:
             else:
                 self.revocations.revoke_task_try(dep.name, **target, reason=reason)
         except OAuthError as exc:
-            await self._refused(exc, ctx)
+            await self.refused(exc, ctx)
             return exc.response()
         if self._on_revoke is not None:
             try:
@@ -308,7 +309,7 @@ class TokenService:
             deployment, _proof = await self._authenticate(request, body)
         except OAuthError as exc:
             ctx = {"remote": request.remote, "route": route, "action": "authenticate"}
-            await self._refused(exc, ctx)
+            await self.refused(exc, ctx)
             raise
         return deployment, body
 
@@ -422,7 +423,8 @@ class TokenService:
 
     async def _decide(
         self, identity: TaskIdentity, resource: str, requested_ttl: int | None
-    ) -> MintDecision:
+    ) -> object:
+        """The mint policy's answer (a :class:`MintDecision` unless it is broken)."""
         try:
             return await _maybe_await(self._mint_policy(identity, resource, requested_ttl))
         except Exception as exc:
@@ -438,7 +440,7 @@ class TokenService:
             ttl = min(ttl, requested)
         return max(1, min(ttl, self.config.tokens.max_ttl))
 
-    async def _refused(self, exc: OAuthError, ctx: dict[str, Any]) -> None:
+    async def refused(self, exc: OAuthError, ctx: dict[str, Any]) -> None:
         metrics.TOKEN_REJECTIONS.labels(reason=exc.reason).inc()
         kind = (
             "proof_rejected"

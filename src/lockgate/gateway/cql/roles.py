@@ -17,7 +17,8 @@ Rules: statements run over the gateway's own upstream login (which must be allow
 create roles and grant). Statements that carry a password are never logged and upstream
 error messages for them are not repeated. A role is created only once all its grants are
 known, and dropped again if a GRANT fails, so a half-granted role never outlives the request.
-``POST /v1/db-role`` (:mod:`lockgate.identity.db_roles`) is the door to this module.
+``POST /v1/db-role`` (:mod:`lockgate.control.db_role`) is the door to this module, through
+:class:`lockgate.gateway.cql.dynamic_roles.DbRoles` (every resource's roles as one set).
 """
 
 from __future__ import annotations

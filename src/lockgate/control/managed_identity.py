@@ -30,26 +30,30 @@ connection (no secret in it) plus the environment it exports in the task process
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from lockgate import _log, metrics
+from lockgate.config import HttpResource, LockgateConfig
+from lockgate.control.context import ControlContext, public_host
 from lockgate.errors import AuthenticationError
+from lockgate.identity.model import Claims
 
-log = _log.get("identity.managed_identity")
+log = _log.get("control.managed_identity")
 
 API_VERSIONS = frozenset({"2019-08-01", "2017-09-01"})
 PATH = "/msi/token"
 TOKEN_PLACEHOLDER = "{lockgate_token}"  # noqa: S105 - a template marker, not a secret
 
 
-def audience_map(config: Any) -> dict[str, str]:
+def audience_map(config: LockgateConfig) -> dict[str, str]:
     """``host`` of an upstream audience (``https://management.azure.com``) → resource name."""
     out: dict[str, str] = {}
     for r in config.resources:
-        for hostport in getattr(r, "intercept", []) or []:
+        for hostport in r.intercept if isinstance(r, HttpResource) else ():
             host, _, port = hostport.rpartition(":")
             if port == "443":
                 out[host] = r.name
@@ -72,24 +76,24 @@ _CLAIM_FIELDS = ("deployment", "dag_id", "task_id", "run_id", "try_number", "map
 
 
 async def _refuse(
-    gateway: Any,
+    ctx: ControlContext,
     status: int,
     error: str,
     description: str,
     reason: str,
     resource: str | None = None,
-    claims: Any = None,
+    claims: Claims | None = None,
 ) -> web.Response:
     metrics.TOKEN_REJECTIONS.labels(reason=f"msi_{error}").inc()
     fields: dict[str, Any] = {"route": PATH, "action": "authenticate", "reason": reason}
     if resource is not None:
         fields["resource"] = resource
     if claims is not None:  # the signature verified: say whose token it was
-        fields.update({k: getattr(claims, k, None) for k in _CLAIM_FIELDS})
-        fields["principal"] = getattr(claims, "sub", None)
+        fields.update({k: getattr(claims, k) for k in _CLAIM_FIELDS})
+        fields["principal"] = claims.sub
     try:
         event = "proof_rejected" if status == 401 else "token_denied"
-        await gateway.on_token_event(event, **fields)
+        await ctx.audit(event, **fields)
     except Exception as exc:  # nothing is served either way; the refusal stands
         log.error("msi refusal not audited", extra={"fields": {"error": type(exc).__name__}})
     return web.json_response(
@@ -99,48 +103,49 @@ async def _refuse(
     )
 
 
-def msi_handler(gateway: Any) -> Any:
-    """``GET /msi/token`` bound to a running ``lockgate.server.Gateway``."""
+def msi_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /msi/token`` over the control plane's collaborators."""
+    audiences = audience_map(ctx.config)  # the config is fixed for the plane's life
 
     async def handle(request: web.Request) -> web.Response:
         q = request.query
         if q.get("api-version") not in API_VERSIONS:
             return await _refuse(
-                gateway, 400, "invalid_request", "unsupported api-version", "bad_api_version"
+                ctx, 400, "invalid_request", "unsupported api-version", "bad_api_version"
             )
         if any(k in q for k in ("client_id", "object_id", "mi_res_id", "principal_id")):
             # One identity per task: a user-assigned selector would be ignored, so refuse it.
             return await _refuse(
-                gateway, 400, "invalid_request", "identity selectors are not supported",
+                ctx, 400, "invalid_request", "identity selectors are not supported",
                 "identity_selector",
             )  # fmt: skip
-        resource = resource_for(audience_map(gateway.config), q.get("resource", ""))
+        resource = resource_for(audiences, q.get("resource", ""))
         if resource is None:
             return await _refuse(
-                gateway, 400, "invalid_resource", "no Lockgate resource serves this audience",
+                ctx, 400, "invalid_resource", "no Lockgate resource serves this audience",
                 "unknown_audience",
             )  # fmt: skip
         headers = request.headers.getall("X-IDENTITY-HEADER", [])
         if len(headers) != 1 or not headers[0]:
             return await _refuse(
-                gateway, 401, "invalid_client", "X-IDENTITY-HEADER required",
+                ctx, 401, "invalid_client", "X-IDENTITY-HEADER required",
                 "missing_identity_header", resource,
             )  # fmt: skip
         token = headers[0]
         try:
-            claims = gateway.verifier.verify(token, resource)
+            claims = ctx.verifier.verify(token, resource)
         except AuthenticationError as exc:
             log.info(
                 "managed identity request refused",
                 extra={"fields": {"resource": resource, "reason": exc.reason}},
             )
             return await _refuse(
-                gateway, 401, "invalid_client", f"identity header rejected ({exc.reason})",
-                str(exc.reason), resource, getattr(exc, "claims", None),
+                ctx, 401, "invalid_client", f"identity header rejected ({exc.reason})",
+                str(exc.reason), resource, exc.claims,
             )  # fmt: skip
         if not hmac.compare_digest(claims.aud, resource):  # verify() checked it; belt and braces
             return await _refuse(
-                gateway, 401, "invalid_client", "identity header rejected (wrong_audience)",
+                ctx, 401, "invalid_client", "identity header rejected (wrong_audience)",
                 "wrong_audience", resource, claims,
             )  # fmt: skip
         log.info(
@@ -161,11 +166,12 @@ def msi_handler(gateway: Any) -> Any:
     return handle
 
 
-def catalog_entry(gateway: Any, resource: Any) -> dict[str, Any]:
+def catalog_entry(ctx: ControlContext, resource: HttpResource) -> dict[str, Any]:
     """The catalog entry of a ``profile: arm`` resource: an ``azure_data_factory``
     connection without a secret, and ``env`` for the task process (identity endpoint,
     identity header = the task's token, and the forward proxy)."""
     arm = resource.arm
+    assert arm is not None  # the config refuses an identity-endpoint profile without it
     extra: dict[str, Any] = {"subscriptionId": arm.subscription_id}
     if arm.tenant_id:
         extra["tenantId"] = arm.tenant_id
@@ -173,14 +179,14 @@ def catalog_entry(gateway: Any, resource: Any) -> dict[str, Any]:
         extra["resource_group_name"] = arm.resource_group
     if arm.factory:
         extra["factory_name"] = arm.factory
-    c = gateway.config.listeners.control
-    host = "localhost" if c.host in ("0.0.0.0", "::") else c.host
-    control = f"{c.scheme}://{host}:{gateway.control_port or c.port}"
+    c = ctx.config.listeners.control
+    host = public_host(c.host)
+    control = f"{c.scheme}://{host}:{ctx.ports.control_port or c.port}"
     env = {"IDENTITY_ENDPOINT": control + PATH, "IDENTITY_HEADER": TOKEN_PLACEHOLDER}
-    fp = gateway.config.listeners.forward_proxy
+    fp = ctx.config.listeners.forward_proxy
     if fp is not None:
-        fhost = "localhost" if fp.host in ("0.0.0.0", "::") else fp.host
-        env["HTTPS_PROXY"] = f"{fp.scheme}://{fhost}:{gateway.forward_proxy_port or fp.port}"
+        fport = ctx.ports.forward_proxy_port or fp.port
+        env["HTTPS_PROXY"] = f"{fp.scheme}://{public_host(fp.host)}:{fport}"
         env["NO_PROXY"] = host  # the control plane (token service, /msi/token) goes direct
     return {
         "conn_id": resource.conn_id,

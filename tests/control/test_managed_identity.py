@@ -14,8 +14,8 @@ import requests
 from aiohttp import web
 
 from lockgate.config import LockgateConfig
+from lockgate.control import managed_identity as mi
 from lockgate.identity import KeyStore, RevocationStore, TaskIdentity, TokenIssuer, TokenVerifier
-from lockgate.identity import managed_identity as mi
 from tests.fakes.entra.thread import LoopThread
 
 ISSUER = "https://lockgate.test"
@@ -43,15 +43,15 @@ def served(tmp_path: Path) -> Iterator[Any]:
     async def on_token_event(kind: str, /, **fields: Any) -> None:
         events.append((kind, fields))
 
+    # What the routes read of a ControlContext (the rest is not the endpoint's business).
     gw = SimpleNamespace(
         events=events,
-        on_token_event=on_token_event,
+        audit=on_token_event,
         config=_config(tmp_path),
         verifier=TokenVerifier(keys, revocations, ISSUER),
         issuer=TokenIssuer(keys, ISSUER),
         revocations=revocations,
-        control_port=0,
-        forward_proxy_port=0,
+        ports=SimpleNamespace(control_port=0, forward_proxy_port=0),
     )
     app = web.Application()
     app.router.add_get(mi.PATH, mi.msi_handler(gw))
@@ -134,7 +134,7 @@ def test_revoked_task_try_gets_nothing(served: Any) -> None:
 
 
 def test_catalog_entry_has_no_secret_and_exports_the_task_env(served: Any) -> None:
-    served.control_port, served.forward_proxy_port = 8470, 8472
+    served.ports.control_port, served.ports.forward_proxy_port = 8470, 8472
     r = served.config.resource("arm")
     entry = mi.catalog_entry(served, r)
     conn = entry["connection"]

@@ -1,0 +1,90 @@
+"""What every control route works with: typed collaborators and the deployment door.
+
+:class:`ControlContext` bundles the config, the token service, verifier, issuer, mint
+policy, the audit sink, the master key (Cosmos DB task keys), the listener ports (the
+catalog points at the ports actually bound) and the dynamic roles. Its two methods are the
+one flow every deployment-called route starts with:
+
+* :meth:`ControlContext.authenticate` reads the body and authenticates the deployment as
+  ``/v1/token`` does (through :meth:`TokenService.authenticate_deployment`); a refusal there
+  is already audited and counted;
+* :meth:`ControlContext.refuse` audits a later refusal (``decision: deny`` and a reason
+  slug), then answers it in the OAuth2 error shape.
+
+Minting itself is the token service's (:meth:`TokenService.authorize` then
+:meth:`TokenService.issue`) or, for a route with its own rules, ``mint_policy`` then
+``issuer.mint`` with its ``token_issued`` record written first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from lockgate.config import LockgateConfig
+from lockgate.gateway.cql.dynamic_roles import DbRoles
+from lockgate.identity import TokenIssuer, TokenService, TokenVerifier
+from lockgate.identity._request import OAuthError
+from lockgate.identity.model import MintDecision, TaskIdentity
+
+EventSink = Callable[..., Awaitable[None]]  # (event_kind, /, **fields): the audit
+MintPolicy = Callable[[TaskIdentity, str, "int | None"], MintDecision]
+
+
+def public_host(host: str) -> str:
+    """The host a client dials for a listener bound to ``host`` (a wildcard is localhost)."""
+    return "localhost" if host in ("0.0.0.0", "::") else host
+
+
+class ListenerPorts(Protocol):
+    """The ports the gateway's listeners are bound to (0 until they are)."""
+
+    control_port: int
+    http_port: int
+    cql_port: int
+    forward_proxy_port: int
+    mounted_ports: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlContext:
+    config: LockgateConfig
+    tokens: TokenService
+    verifier: TokenVerifier
+    issuer: TokenIssuer
+    mint_policy: MintPolicy
+    audit: EventSink
+    master_key: bytes
+    ports: ListenerPorts
+    db_roles: DbRoles | None = None
+
+    async def authenticate(
+        self, request: web.Request, route: str
+    ) -> tuple[str, dict[str, str]] | web.Response:
+        """(deployment, body) of a control request, or the (already audited) refusal."""
+        try:
+            return await self.tokens.authenticate_deployment(request, route)
+        except OAuthError as exc:
+            return exc.response()
+
+    async def refuse(
+        self,
+        status: int,
+        error: str,
+        description: str,
+        *,
+        reason: str,
+        route: str,
+        **fields: Any,
+    ) -> web.Response:
+        """Audit a refusal of a deployment-authenticated control route, then answer it.
+        Every refusal is recorded with ``decision: deny`` and its reason slug."""
+        await self.audit("token_denied", **fields, route=route, reason=reason)
+        return web.json_response(
+            {"error": error, "error_description": description},
+            status=status,
+            headers={"Cache-Control": "no-store"},
+        )

@@ -1,0 +1,166 @@
+"""``POST /v1/db-role``: a per-task Cassandra role for clients that cannot use the gateway.
+
+Strategy: the request is a ``/v1/token`` request (same client authentication, task
+coordinates, delegation, attestation and mint policy, through
+:meth:`TokenService.authorize`), for a ``kind: cql`` resource with ``dynamic_roles: true``.
+Instead of returning the token, the route mints it only for its claims (jti, exp) and asks
+that resource's dynamic roles (:class:`lockgate.gateway.cql.dynamic_roles.DbRoles`) for a
+role granted exactly what policy allows. The task then logs in to the contact points
+directly with the role's username and password. The role lives as long as the token would
+have: the sweeper drops it at expiry, a revocation (the Airflow listener at task end,
+``/v1/revoke`` or the CLI) drops it at once.
+
+Rules:
+
+- Deny by default: a principal that may mint but is granted nothing on any table gets a 403,
+  not an empty role. Any refusal is audited exactly like a refused token.
+- The audit record (``token_issued``) names the role and its grants, never the password; an
+  audit failure drops the role again and answers 503, as for tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from lockgate import _log, metrics
+from lockgate.config import CqlResource
+from lockgate.control.context import ControlContext
+from lockgate.errors import CredentialError, UpstreamError
+from lockgate.gateway.cql.roles import DynamicRoles, NoGrants, RoleCredential
+from lockgate.gateway.cql.upstream import split_host_port
+from lockgate.identity._request import OAuthError, read_body
+from lockgate.identity.model import Claims
+
+log = _log.get("control.db_role")
+
+ROUTE = "/v1/db-role"
+MODE = "dynamic_role"
+USER_PLACEHOLDER = "{lockgate_role_user}"
+PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
+
+
+def connection_template(r: CqlResource) -> dict[str, Any]:
+    """An Airflow ``cassandra`` Connection pointing straight at the cluster.
+
+    Airflow's Connection has one port, so every contact point is taken to listen on the
+    first one's port (CassandraHook splits ``host`` on commas).
+    """
+    points = [split_host_port(p) for p in r.contact_points]
+    return {
+        "conn_type": "cassandra",
+        "host": ",".join(dict.fromkeys(h for h, _ in points)),
+        "port": points[0][1],
+        "login": USER_PLACEHOLDER,
+        "password": PASSWORD_PLACEHOLDER,
+        "schema": r.keyspace or "",
+        "extra": {"protocol_version": 4},
+    }
+
+
+def catalog_entry(r: CqlResource) -> dict[str, Any]:
+    return {
+        "conn_id": r.conn_id,
+        "resource": r.name,
+        "kind": r.kind,
+        "mode": MODE,
+        "connection": connection_template(r),
+    }
+
+
+def db_role_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``POST /v1/db-role`` over the control plane's collaborators (404 without roles)."""
+    service = ctx.tokens
+
+    async def handle(request: web.Request) -> web.Response:
+        if ctx.db_roles is None:
+            raise web.HTTPNotFound()
+        audit: dict[str, Any] = {"remote": request.remote}
+        try:
+            body = await read_body(request)
+            grant = await service.authorize(request, body, audit)
+            resource = grant.resource
+            roles = ctx.db_roles.roles.get(resource.name)
+            if roles is None:
+                raise OAuthError(
+                    400,
+                    "invalid_target",
+                    "resource does not offer dynamic roles",
+                    reason="not_dynamic_roles",
+                    body={"resource": resource.name},
+                )
+            _token, claims = service.issuer.mint(grant.identity, resource.name, grant.ttl)
+            cred = await _issue(roles, claims)
+        except OAuthError as exc:
+            await service.refused(exc, audit)
+            return exc.response()
+        grants = [f"{perm} ON {target}" for perm, target in cred.grants]
+        try:
+            await ctx.audit(
+                "token_issued",
+                **audit,
+                jti=claims.jti,
+                ttl=grant.ttl,
+                rule=grant.decision.rule,
+                principal=claims.sub,
+                expires_at=claims.exp,
+                dynamic_role=cred.username,
+                grants=grants,
+            )
+        except Exception as exc:
+            # No audit record, no role: drop it before anyone could log in with it.
+            log.error(
+                "dynamic role not issued: audit failed",
+                extra={"fields": {"error": type(exc).__name__}},
+            )
+            with contextlib.suppress(Exception):
+                await roles.revoke(cred.username)
+            metrics.TOKEN_REJECTIONS.labels(reason="audit_unavailable").inc()
+            return OAuthError(
+                503, "temporarily_unavailable", "audit unavailable", reason="audit_unavailable"
+            ).response()
+        ctx.db_roles.issued(resource.name, cred, claims)
+        metrics.TOKENS_ISSUED.labels(deployment=claims.deployment, resource=resource.name).inc()
+        fields = {**audit, "jti": claims.jti, "role": cred.username, "grants": len(grants)}
+        log.info("dynamic role issued", extra={"fields": fields})
+        return web.json_response(
+            {
+                "username": cred.username,
+                "password": cred.password,
+                "expires_at": cred.expires_at,
+                "expires_in": grant.ttl,
+                "contact_points": list(roles.resource.contact_points),
+                "keyspace": roles.resource.keyspace,
+                "grants": grants,
+                "principal": claims.sub,
+                "jti": claims.jti,
+            },
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+
+    return handle
+
+
+async def _issue(roles: DynamicRoles, claims: Claims) -> RoleCredential:
+    try:
+        return await roles.issue(claims, require_grants=True)
+    except NoGrants:
+        raise OAuthError(
+            403,
+            "access_denied",
+            "policy grants this task nothing on any table of the resource",
+            reason="no_grants",
+            principal=claims.sub,
+            body={"principal": claims.sub, "resource": roles.resource.name,
+                  "reason": "no_grants"},
+        ) from None  # fmt: skip
+    except (UpstreamError, CredentialError, OSError) as exc:
+        # The upstream message may echo a statement; say only what kind of failure it was.
+        log.error("dynamic role not created", extra={"fields": {
+            "resource": roles.resource.name, "error": type(exc).__name__}})  # fmt: skip
+        raise OAuthError(
+            503, "temporarily_unavailable", "cluster unavailable", reason="upstream_unavailable"
+        ) from None
