@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lockgate.errors import RemoteProtocolError
-from lockgate.gateway.http import framing
+from lockgate.gateway.http import codec, framing
 
 from .conftest import TOKEN, raw_request
 
@@ -107,18 +107,16 @@ def test_head_parser_accepts_the_plain_case() -> None:
 
 
 def _feed_connection(data: bytes) -> None:
-    """What the client protocol does with bytes: head checks, then the body reader."""
-    end = framing.find_head_end(data)
-    if end < 0:
-        framing.check_partial(data, 65536)
-        return
-    head = framing.parse_request_head(data[:end])
-    reader = (
-        framing.ChunkedReader() if head.chunked else framing.LengthReader(head.content_length or 0)
-    )
-    rest = data[end:]
-    for i in range(0, len(rest), 7):  # in small pieces, like a slow socket
-        reader.read(rest[i : i + 7])
+    """What the client connection does with bytes: the request codec, in small reads (like
+    a slow socket), the next request read as soon as one ends; a refusal is raised."""
+    parser = codec.RequestParser(65536)
+    for i in range(0, len(data), 7):
+        events = parser.feed(data[i : i + 7])
+        while events:
+            last = events[-1]
+            if isinstance(last, framing.FramingError):
+                raise last
+            events = parser.next_cycle() if last is codec.END else []
 
 
 PREFIX = b"POST /orders/x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n"
