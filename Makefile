@@ -12,6 +12,7 @@ STAMP  := $(VENV)/.installed
 MYPY_PATHS := \
 	src/lockgate/audit \
 	src/lockgate/policy \
+	src/lockgate/config \
 	src/lockgate/credentials \
 	src/lockgate/airflow \
 	src/lockgate/demo \

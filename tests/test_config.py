@@ -258,6 +258,36 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
     assert 3 <= line <= 5
 
 
+def test_errors_name_the_line_of_the_field(tmp_path: Path) -> None:
+    text = (
+        "listeners:\n"
+        "  http: {port: abc}\n"
+        "resources:\n"
+        "  - name: a\n"
+        "    kind: http\n"
+        "    upstream: https://a.example\n"
+        "    routes:\n"
+        "      - path: /x\n"
+        "  - name: a\n"
+        "    kind: http\n"
+        "    upstream: https://b.example\n"
+    )
+    _, msg = error_of(tmp_path, text)
+    assert "line 2: listeners.http.port: " in msg
+    # A missing field points at the nearest enclosing one that is there.
+    assert "line 8: resources[0].routes[0].action: Field required" in msg
+    fixed = text.replace("port: abc", "port: 1").replace("- path: /x", "- {path: /x, action: read}")
+    _, msg = error_of(tmp_path, fixed)
+    # A check across sections names its field in the message, and the line follows it.
+    assert "line 9: resources[1].name: duplicate name 'a'" in msg
+
+
+def test_parsed_data_has_no_lines_to_name() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"listeners": {"http": {"port": "abc"}}})
+    assert "\n  listeners.http.port: " in str(info.value)
+
+
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     path, msg = error_of(tmp_path, "- a\n- b\n")
     assert str(path) in msg and "mapping" in msg

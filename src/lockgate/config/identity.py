@@ -1,0 +1,63 @@
+"""``tokens:``, ``deployments:`` and ``oidc_issuers:``: who may ask for a Lockgate token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from lockgate.config._base import NAME_RE, Section
+
+
+class TokenSettings(Section):
+    default_ttl: int = Field(default=900, gt=0, description="seconds; used when policy sets no max")
+    max_ttl: int = Field(default=3600, gt=0, description="hard cap for any token, seconds")
+    leeway: int = Field(
+        default=5, ge=0, le=60, description="clock skew allowed on exp/nbf, seconds"
+    )
+
+
+class ClientSecretProof(Section):
+    type: Literal["client_secret"]
+    secret_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class PrivateKeyJwtProof(Section):
+    type: Literal["private_key_jwt"]
+    public_key: Path  # PEM, Ed25519 or RSA or EC
+
+
+Proof = Annotated[ClientSecretProof | PrivateKeyJwtProof, Field(discriminator="type")]
+
+
+class AirflowApi(Section):
+    """Attest asserted task coordinates against the deployment's Airflow REST API."""
+
+    url: str
+    token_env: str | None = None  # env var holding a bearer token for the Airflow API
+    verify_tls: bool = True
+
+
+class Deployment(Section):
+    name: str = Field(pattern=NAME_RE)
+    proof: Proof
+    dags: list[str] = Field(min_length=1, description="globs of dag_ids it may act for")
+    airflow_api: AirflowApi | None = None
+
+
+class OidcIssuer(Section):
+    issuer: str
+    audience: str
+    deployment: str
+    jwks_uri: str | None = None  # else taken from OIDC discovery
+    subjects: list[str] = ["*"]
+    algorithms: list[str] = ["RS256", "ES256", "EdDSA"]
+
+    @field_validator("algorithms")
+    @classmethod
+    def _no_symmetric(cls, algs: list[str]) -> list[str]:
+        bad = [a for a in algs if a.lower() == "none" or a.upper().startswith("HS")]
+        if bad:
+            raise ValueError(f"symmetric or 'none' algorithms are not accepted: {bad}")
+        return algs

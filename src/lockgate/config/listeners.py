@@ -1,0 +1,60 @@
+"""``listeners:``: the ports Lockgate serves, with their TLS and connection limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from lockgate.config._base import Section
+
+
+class TlsConfig(Section):
+    cert: Path
+    key: Path
+
+
+class ListenerConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: TlsConfig | None = None
+    # A TLS client that has not finished its handshake by then is closed (port scans,
+    # health checks, wrong CA); see docs/architecture.md "Connections".
+    handshake_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="TLS handshake, seconds"
+    )
+    max_connections: int = Field(
+        default=10_000, ge=1, description="open connections, handshakes included"
+    )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+class ForwardProxyConfig(Section):
+    """The HTTPS forward proxy (HTTP CONNECT) for clients with a fixed upstream URL.
+
+    CONNECT to a host that an ``http`` resource lists in ``intercept`` is terminated here
+    with a leaf certificate for that host signed by ``ca``; anything else is refused.
+    See ``docs/azure-data-factory.md``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    tls: TlsConfig | None = None  # the proxy listener itself; usually plain like most proxies
+    ca: TlsConfig  # CA certificate and key that sign leaf certificates for intercepted hosts
+    leaf_days: int = Field(default=7, ge=1, le=365)
+    handshake_timeout: float = Field(default=10.0, gt=0)  # the listener's TLS and the tunnel's
+    max_connections: int = Field(default=10_000, ge=1)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+class Listeners(Section):
+    control: ListenerConfig = ListenerConfig(port=8470)
+    http: ListenerConfig = ListenerConfig(port=8471)
+    cql: ListenerConfig | None = None  # e.g. {port: 9042}; needed for kind: cql resources
+    forward_proxy: ForwardProxyConfig | None = None  # needed by resources with ``intercept``

@@ -1,0 +1,144 @@
+"""``LockgateConfig``: the whole file, with the checks that span its sections.
+
+Cross-references (a resource's credential, an OIDC issuer's deployment), unique names and
+conn_ids, and the listeners some resources need are checked here, after each section has
+validated on its own; the error names the field the way it is written in the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lockgate.config._base import Section
+from lockgate.config.credentials import (
+    Credential,
+    ManagedIdentityCredential,
+    OAuth2ClientCredential,
+    StaticCredential,
+)
+from lockgate.config.identity import Deployment, OidcIssuer, TokenSettings
+from lockgate.config.listeners import Listeners
+from lockgate.config.resources import CqlResource, HttpResource, Resource
+
+
+class AuditSettings(Section):
+    jsonl: Path | None = None
+    write_timeout: float = Field(
+        default=1.0, gt=0, description="a write slower than this fails closed"
+    )
+    # thread: a writer thread in the gateway process (fastest on small machines);
+    # process: a separate writer process (frees the event loop's core; needed by --workers).
+    writer: Literal["thread", "process"] = "thread"
+    # What an allowed request's record survives before the request is forwarded (it is
+    # journaled first, see docs/audit.md): process: a crash of the gateway process (one
+    # write() to the page cache); fsync: a crash of the machine too (group-committed
+    # fdatasync per request, at a cost in latency and requests/s).
+    durability: Literal["process", "fsync"] = "process"
+
+
+class LockgateConfig(Section):
+    data_dir: Path = Path("data")
+    issuer: str | None = None
+    listeners: Listeners = Listeners()
+    tokens: TokenSettings = TokenSettings()
+    deployments: list[Deployment] = []
+    oidc_issuers: list[OidcIssuer] = []
+    resources: list[Resource] = []
+    credentials: list[Credential] = []
+    policies: list[str] = []
+    audit: AuditSettings = AuditSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    source: Path | None = Field(default=None, exclude=True)  # set by load_config
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> LockgateConfig:
+        _unique("deployments", "name", [d.name for d in self.deployments])
+        _unique("resources", "name", [r.name for r in self.resources])
+        _unique("credentials", "name", [c.name for c in self.credentials])
+        _unique("resources", "conn_id", [r.conn_id for r in self.resources])
+        creds = {c.name for c in self.credentials}
+        for i, r in enumerate(self.resources):
+            if r.credential and r.credential not in creds:
+                raise ValueError(
+                    f"resources[{i}].credential: unknown credential {r.credential!r}; "
+                    f"expected one of {sorted(creds)}"
+                )
+        intercepted: dict[str, int] = {}
+        for i, r in enumerate(self.resources):
+            for h in r.intercept if isinstance(r, HttpResource) else ():
+                if h in intercepted:
+                    raise ValueError(
+                        f"resources[{i}].intercept: {h!r} is already intercepted by "
+                        f"resources[{intercepted[h]}]"
+                    )
+                intercepted[h] = i
+        if intercepted and self.listeners.forward_proxy is None:
+            raise ValueError(
+                "resources: 'intercept' needs a listeners.forward_proxy section "
+                "(for example {port: 8472, ca: {cert: tls/proxy-ca.pem, key: tls/proxy-ca.key}})"
+            )
+        if self.listeners.cql is None:
+            for i, r in enumerate(self.resources):
+                if r.kind == "cql":
+                    raise ValueError(
+                        f"resources[{i}].kind: 'cql' needs a listeners.cql section "
+                        "(for example {port: 9042})"
+                    )
+        deps = {d.name for d in self.deployments}
+        for i, o in enumerate(self.oidc_issuers):
+            if o.deployment not in deps:
+                raise ValueError(
+                    f"oidc_issuers[{i}].deployment: unknown deployment {o.deployment!r}"
+                )
+        return self
+
+    # -- lookups -----------------------------------------------------------------------------
+    @property
+    def issuer_url(self) -> str:
+        if self.issuer:
+            return self.issuer.rstrip("/")
+        c = self.listeners.control
+        return f"{c.scheme}://{c.host}:{c.port}"
+
+    def resource(self, name: str) -> HttpResource | CqlResource | None:
+        return next((r for r in self.resources if r.name == name), None)
+
+    def resource_for_conn_id(self, conn_id: str) -> HttpResource | CqlResource | None:
+        return next((r for r in self.resources if r.conn_id == conn_id), None)
+
+    def deployment(self, name: str) -> Deployment | None:
+        return next((d for d in self.deployments if d.name == name), None)
+
+    def credential(
+        self, name: str
+    ) -> StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential | None:
+        return next((c for c in self.credentials if c.name == name), None)
+
+    def policy_files(self) -> list[Path]:
+        base = self.source.parent if self.source else Path.cwd()
+        found: list[Path] = []
+        for pattern in self.policies:
+            p = Path(pattern)
+            if p.is_absolute():
+                matches = sorted(Path(p.anchor).glob(str(p.relative_to(p.anchor))))
+            else:
+                matches = sorted(base.glob(pattern))
+            found.extend(m for m in matches if m.is_file())
+        return found
+
+
+def _unique(section: str, field: str, values: list[str | None]) -> None:
+    """Raise naming the second occurrence, e.g. ``resources[2].conn_id: duplicate ...``."""
+    seen: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if v in seen:
+            raise ValueError(
+                f"{section}[{i}].{field}: duplicate {field} {v!r} "
+                f"(first used by {section}[{seen[v]}]); expected unique values"
+            )
+        seen[v] = i
