@@ -306,7 +306,7 @@ async def test_fake_workspace_rejects_unknown_tokens_and_secrets(env: Env) -> No
 
 def test_guardrails_read_numbers_sent_as_strings() -> None:
     from lockgate.config import DatabricksGuardrail
-    from lockgate.gateway.http.profiles import guardrails as g
+    from lockgate.gateway.http.profiles.databricks import guardrails as g
 
     cluster = {"node_type_id": "i3.xlarge", "num_workers": "64"}
     payload: dict[str, Any] = {

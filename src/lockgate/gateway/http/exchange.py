@@ -1,123 +1,534 @@
-"""The fast path: one admitted request and its response, driven by transport callbacks only.
+"""The one HTTP exchange: forward an admitted request, retry, relay the answer, audit it.
 
-Most requests a pipeline sends are small and complete when their head arrives, and a warm
-pooled upstream connection is waiting. For those the proxy needs no task, no future and no
-loop hop: the client connection's ``data_received`` admits the request (verify, decide and
-audit check, all synchronous and cached) and :class:`Exchange` writes it upstream; the
-upstream connection's ``data_received`` hands the response head (with whatever body came
-along) to :meth:`Exchange.on_head`, which writes it to the client in one write; the end of
-the body (:meth:`Exchange.on_done`) returns the connection to the pool, emits the audit
-record and lets the client connection read its next request.
+Two drivers share every piece of it (request bytes, retry judgement, relay, outcome record):
 
-Anything unusual goes back to the task path (:meth:`Proxy.serve_admitted`) with the first
-attempt's result, so it is handled exactly as there: a retry status (429/502/503/504), a
-401 that may need the previous credential version, a timeout, a pooled connection that
-turned out closed. The proxy only takes this path when the secret is cached and a pooled
-connection is idle; every request is still verified, decided and audited.
+* the fast path, :class:`Exchange`: most requests a pipeline sends are small and complete
+  when their head arrives, and a warm pooled upstream connection is waiting. The client
+  connection's ``data_received`` admits the request (all synchronous and cached) and
+  :meth:`Exchange.start` writes it upstream; the upstream connection hands the response
+  head to :meth:`Exchange.on_head`, which relays it in one write; :meth:`Exchange.on_done`
+  returns the connection to the pool and records the outcome. No task, no future. Anything
+  unusual — a retry status, a 401 that may need a rotated credential, a timeout, a pooled
+  connection that turned out closed — is handed to the task path with the first attempt's
+  result, so it is handled exactly as there;
+* the task path, :meth:`Forwarder.forward`: retries 429/502/503/504 (a profile may narrow
+  these) and connection failures for idempotent, replayable requests (backoff with full
+  jitter and server hints, within the resource's deadline), a fresh-connection retry when a
+  pooled connection turns out closed, and one credential retry when the upstream answers
+  401 (a refreshed access token, a rotation the cache has not seen, or the previous
+  version inside the overlap). A body that was already streaming upstream is never
+  replayed. Profiles plug in through their hooks (sign the upstream request, rewrite a
+  small buffered response, see the response for audit detail).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from lockgate import metrics
-from lockgate.gateway.http import framing
-from lockgate.gateway.http.retry import RETRY_STATUSES
+from lockgate import _log, metrics
+from lockgate.errors import CredentialError, UpstreamUnavailable
+from lockgate.gateway.engine import AssertionCache, SecretCache, UpstreamSecret
+from lockgate.gateway.http import framing, responses
+from lockgate.gateway.http.admission import Admitted, refusal
+from lockgate.gateway.http.bodies import CAPTURE_LIMIT, Collector, Tee
+from lockgate.gateway.http.outcome import FirstAttempt, Outcome, Sent, retry_statuses
+from lockgate.gateway.http.profiles import UpstreamCall
+from lockgate.gateway.http.relay import body_frame, response_head
+from lockgate.gateway.http.resources import ResourceState, header_safe
+from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, retry_after
 from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
-from lockgate.gateway.http.upstream import UpstreamConnection
+from lockgate.gateway.http.trail import Trail
+from lockgate.gateway.http.upstream import BodySink, UpstreamConnection
 
 if TYPE_CHECKING:
-    from lockgate.gateway.http.proxy import Admitted, Proxy
+    from collections.abc import Awaitable
 
-_DROP_RESPONSE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"content-length",
-    }
-)
+log = _log.get("gateway.http")
 
 
-def _status_line(status: int) -> bytes:
-    from http import HTTPStatus
+class Forwarder:
+    """Builds upstream requests and drives the task path; records every outcome."""
 
-    try:
-        phrase = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        phrase = b"Unknown"
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+    def __init__(
+        self,
+        *,
+        secrets: SecretCache,
+        assertions: AssertionCache,
+        trail: Trail,
+        clock: Callable[[], float],
+    ) -> None:
+        self._secrets = secrets
+        self._assertions = assertions
+        self._trail = trail
+        self.clock = clock
 
-
-_STATUS_LINES = {s: _status_line(s) for s in range(100, 600)}
-
-
-def response_head(
-    head: framing.Head, resp: framing.Head, head_only: bool
-) -> tuple[bytes, bool, bool]:
-    """The response head for the client: (bytes, keep the client connection, chunked)."""
-    status = resp.status
-    named = resp.connection
-    lines = [_STATUS_LINES.get(status) or _status_line(status)]
-    drop = _DROP_RESPONSE
-    for name, value in resp.headers:
-        low = name.lower()
-        if low in drop or (named and low in named):
-            continue
-        lines.append(b"%s: %s\r\n" % (name, value))
-    keep = head.keep_alive
-    chunked_out = False
-    if resp.content_length is not None and not resp.chunked:
-        lines.append(b"Content-Length: %d\r\n" % resp.content_length)
-    elif not (head_only or status in (204, 304)):
-        if head.version == 1:
-            chunked_out = True
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+    # -- request bytes (both paths) --------------------------------------------------------
+    def request_head(self, head: framing.Head, adm: Admitted) -> bytes:
+        """Request line, Host, forwarded headers and identity assertion (no auth, no framing)."""
+        rs = adm.rs
+        target = adm.target
+        path = rs.target.base_path + target.path
+        if target.query:
+            path += "?" + target.query
+        profile = rs.profile
+        verdict = adm.verdict
+        if profile is None:
+            forwarded = rs.forwarded_headers(head)
         else:
-            keep = False  # HTTP/1.0 client: the end of the body is the end of the connection
-    if not keep:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines), keep, chunked_out
+            drop = profile.drop_headers
+            if verdict is not None and verdict.drop_headers:
+                drop = drop | verdict.drop_headers
+            forwarded = rs.forwarded_headers(head, drop, profile.drop_underscored)
+        fixed = [
+            head.method + b" " + path.encode("ascii") + b" HTTP/1.1\r\n",
+            rs.host_line,
+            forwarded,
+            adm.forwarded,
+        ]
+        if rs.identity_prefix is not None and (profile is None or profile.identity_assertion):
+            assertion = self._assertions.get(adm.claims, rs.name).encode("latin-1")
+            if not header_safe(assertion):
+                raise ValueError("assertion is not header-safe")
+            fixed.append(rs.identity_prefix + assertion + b"\r\n")
+        return b"".join(fixed)
+
+    @staticmethod
+    def auth_lines(adm: Admitted, secret: UpstreamSecret | None) -> bytes:
+        """The credential header lines of one attempt (a profile may sign it itself)."""
+        if secret is None:
+            return b""
+        rs = adm.rs
+        profile = rs.profile
+        if profile is not None and adm.verdict is not None:
+            call = UpstreamCall(adm.method, adm.target.path, adm.verdict)
+            signed = profile.sign_upstream(call, secret)
+            if signed is not None:
+                if not header_safe(signed.replace(b"\r\n", b"")):
+                    raise UpstreamUnavailable("credential value is not header-safe")
+                return signed
+        return rs.auth_line(secret)
+
+    # -- outcome records (both paths) ------------------------------------------------------
+    def record(
+        self, adm: Admitted, body: RequestBody, conn: ClientConnection, out: Outcome
+    ) -> None:
+        """The outcome record of an admitted request, naming its written-ahead record."""
+        if out.error:  # the gateway answered (or cut) the request itself: decision "error"
+            log.warning(
+                "upstream failure",
+                extra={"fields": {"resource": adm.rs.name, "reason": out.error,
+                                  "status": out.status, "jti": adm.claims.jti}},
+            )  # fmt: skip
+        self._trail.emit(
+            "upstream_error" if out.error else "allowed", adm.claims, adm.rs.name, adm.action,
+            adm.obj, adm.t0, status=out.status, decision="error" if out.error else "allow",
+            rule=adm.rule, reason=out.error or adm.reason, bytes_in=body.total,
+            bytes_out=conn.bytes_out, detail=self._detail(adm, out),
+        )  # fmt: skip
+
+    def record_client_lost(self, adm: Admitted, body: RequestBody, conn: ClientConnection) -> None:
+        """The client left mid-request: the upstream may have run it all the same."""
+        self._trail.emit(
+            "upstream_error", adm.claims, adm.rs.name, adm.action, adm.obj, adm.t0, status=499,
+            decision="allow", rule=adm.rule, reason="client_closed", bytes_in=body.total,
+            bytes_out=conn.bytes_out, detail={"ref": adm.ref},
+        )  # fmt: skip
+
+    @staticmethod
+    def _detail(adm: Admitted, out: Outcome) -> dict[str, Any]:
+        detail: dict[str, Any] = {"ref": adm.ref}
+        if out.retries:
+            detail["retries"] = out.retries
+        v = adm.verdict
+        profile = adm.rs.profile
+        if v is not None and profile is not None:
+            extra = v.detail
+            if not out.error:
+                try:
+                    extra = profile.on_response(
+                        v, out.status, out.resp_headers or [], out.captured or b""
+                    )
+                except Exception:  # audit detail must never fail a relayed request
+                    log.exception("profile response hook failed")
+            detail.update(extra)
+        return detail
+
+    # -- the task path ---------------------------------------------------------------------
+    async def forward(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        adm: Admitted,
+        first: FirstAttempt | None = None,
+    ) -> Outcome:
+        """Send, retry and relay an admitted request; the outcome (already answered)."""
+        rs = adm.rs
+        clock = self.clock
+        backoff = rs.backoff
+        deadline_at = adm.t0 + backoff.deadline
+        idempotent = adm.method in IDEMPOTENT_METHODS
+        retried = retry_statuses(rs)
+        fixed_bytes = self.request_head(head, adm)
+        attempt = 0
+        previous = False
+        credential_retried = False  # one 401 retry: a refreshed or rotated credential
+        token_refreshed = False  # a refused access token is re-fetched once before rotation
+        stale_retry_used = False
+        resent = 0  # sends that did not advance ``attempt``: each is still an upstream request
+        while True:
+            streaming = False
+            if first is not None:
+                # The fast path made attempt 0 and met a retry status or a failure.
+                up, resp_or_exc, secret = first  # (detached by the fast path)
+                first = None
+            else:
+                made = await self._attempt(
+                    conn, head, body, adm, fixed_bytes, previous, deadline_at, attempt + resent
+                )
+                if isinstance(made, Outcome):
+                    return made
+                if isinstance(made, Exception):  # connect failed, nothing sent
+                    wait = backoff.next_delay(attempt, clock(), deadline_at)
+                    if wait is None:
+                        slug = (
+                            "connect_timeout"
+                            if isinstance(made, TimeoutError)
+                            else "connect_failed"
+                        )
+                        metrics.UPSTREAM_ERRORS.labels(rs.name, slug).inc()
+                        answer = {"error": "upstream_unreachable", "reason": slug}
+                        conn.write(refusal(rs, 502, answer, close=not body.complete))
+                        return Outcome(502, True, slug, attempt + resent)
+                    metrics.UPSTREAM_RETRIES.labels(rs.name, "connect").inc()
+                    await asyncio.sleep(wait)
+                    attempt += 1
+                    continue
+                up, head_fut, secret, streaming, sent_at = made
+                try:
+                    resp_or_exc = await head_fut
+                except (TimeoutError, UpstreamUnavailable) as exc:
+                    resp_or_exc = exc
+                except asyncio.CancelledError:  # the client left mid-request: so does its upstream
+                    up.abort()
+                    raise
+                else:
+                    rs.latency.observe(clock() - sent_at)
+            if isinstance(resp_or_exc, TimeoutError):
+                up.abort()
+                metrics.UPSTREAM_ERRORS.labels(rs.name, "timeout").inc()
+                conn.write(refusal(rs, 504, {"error": "upstream_timeout"}, close=True))
+                return Outcome(504, False, "upstream_timeout", attempt + resent)
+            if isinstance(resp_or_exc, Exception):
+                up.abort()
+                if not streaming and up.reused and not up.got_bytes and not stale_retry_used:
+                    stale_retry_used = True  # a pooled connection closed under us: try a fresh one
+                    if idempotent:
+                        resent += 1  # the closed connection may have delivered it: say so
+                        continue
+                wait = (
+                    backoff.next_delay(attempt, clock(), deadline_at)
+                    if idempotent and not streaming
+                    else None
+                )
+                if wait is None:
+                    metrics.UPSTREAM_ERRORS.labels(rs.name, "connection").inc()
+                    answer = {"error": "upstream_connection_failed"}
+                    conn.write(refusal(rs, 502, answer, close=True))
+                    return Outcome(502, False, "upstream_connection_failed", attempt + resent)
+                metrics.UPSTREAM_RETRIES.labels(rs.name, "connection").inc()
+                await asyncio.sleep(wait)
+                attempt += 1
+                continue
+            resp = resp_or_exc
+            status = resp.status
+            if status == 429:
+                metrics.UPSTREAM_THROTTLES.labels(rs.name).inc()
+            if status in retried:
+                if idempotent and not streaming:
+                    hint = retry_after(resp.headers)
+                    wait = backoff.next_delay(attempt, clock(), deadline_at, hint)
+                    if wait is not None:
+                        up.close()
+                        metrics.UPSTREAM_RETRIES.labels(rs.name, str(status)).inc()
+                        await asyncio.sleep(wait)
+                        attempt += 1
+                        continue
+            elif status == 401 and secret is not None and not streaming and not previous:
+                if getattr(secret, "expires_at", None) is not None and not token_refreshed:
+                    # An OAuth2 token the upstream refused before its expiry (revoked, clock
+                    # skew): fetch a fresh one with the current secret before trying rotation.
+                    token_refreshed = True
+                    self._secrets.forget_token(rs.credential or "", secret.version)
+                    up.close()
+                    metrics.UPSTREAM_RETRIES.labels(rs.name, "token_refresh").inc()
+                    resent += 1
+                    continue
+                if not credential_retried:
+                    credential_retried = True
+                    use_previous = await self._rotated(rs, secret)
+                    if use_previous is not None:
+                        up.close()
+                        previous = use_previous
+                        metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
+                        resent += 1
+                        continue
+            return await self._relay(conn, head, body, adm, up, resp, attempt + resent)
+
+    async def _rotated(self, rs: ResourceState, failed: UpstreamSecret) -> bool | None:
+        """After an upstream 401: retry with the current version when a rotation the cache
+        had not seen yet changed it (False), else with the previous version inside the
+        overlap (True); None when neither differs from the refused one."""
+        name = rs.credential or ""
+        try:
+            if getattr(failed, "expires_at", None) is None:  # a key, not an access token
+                self._secrets.invalidate(name)
+                current = await self._secrets.get(name)
+                if current is not None and (
+                    current.version != failed.version or current.value != failed.value
+                ):
+                    return False
+            older = await self._secrets.get(name, previous=True)
+        except CredentialError:
+            return None
+        if older is not None and older.version != failed.version:
+            return True
+        return None
+
+    async def _attempt(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        adm: Admitted,
+        fixed_bytes: bytes,
+        previous: bool,
+        deadline_at: float,
+        attempt: int,
+    ) -> Sent | Outcome | OSError | TimeoutError:
+        """Send one attempt; the connect error when no connection could be made."""
+        rs = adm.rs
+        clock = self.clock
+        secret = None
+        auth = b""
+        if rs.credential is not None:
+            why = "the credential has no value"
+            try:
+                secret = self._secrets.peek(rs.credential, previous) or await self._secrets.get(
+                    rs.credential, previous
+                )
+            except CredentialError as exc:  # never set, undecryptable, token endpoint refused
+                secret, why = None, str(exc)  # messages name the credential, never its value
+            if secret is None:
+                return self._credential_unavailable(conn, body, rs, why, attempt)
+            try:
+                auth = self.auth_lines(adm, secret)
+            except UpstreamUnavailable as exc:  # a value with CR/LF/NUL: never sent as a header
+                return self._credential_unavailable(conn, body, rs, str(exc), attempt)
+        streaming = not body.complete
+        if streaming:
+            frame = (
+                b"Transfer-Encoding: chunked\r\n"
+                if head.chunked
+                else b"Content-Length: %d\r\n" % (head.content_length or 0)
+            )
+        else:
+            frame = body_frame(head, body)
+        req_head = fixed_bytes + auth + frame + b"\r\n"
+        try:
+            up = await rs.pool.acquire(deadline_at - clock())
+        except (OSError, TimeoutError) as exc:
+            return exc  # nothing was sent: any method may be retried
+        sent_at = clock()
+        if streaming:
+            head_fut = up.begin(head_only=adm.head_only, timeout=float("inf"))
+            up.on_pause = conn.pause_for_upstream
+            up.on_resume = conn.resume_for_upstream
+            up.write(req_head)
+            body.attach(*_body_writers(up, head.chunked, rs.backoff.deadline))
+        else:
+            head_fut = up.begin(head_only=adm.head_only, timeout=deadline_at - sent_at)
+            up.write(req_head + body.data() if body.total else req_head)
+        return Sent(up, head_fut, secret, streaming, sent_at)
+
+    @staticmethod
+    def _credential_unavailable(
+        conn: ClientConnection, body: RequestBody, rs: ResourceState, why: str, attempt: int
+    ) -> Outcome:
+        """503 naming the resource (not the credential or its value); the gateway's fault."""
+        metrics.UPSTREAM_ERRORS.labels(rs.name, "credential").inc()
+        metrics.REFUSALS.labels("http", "credential_unavailable").inc()
+        log.error(
+            "upstream credential unavailable",
+            extra={"fields": {"resource": rs.name, "credential": rs.credential, "error": why}},
+        )
+        answer = {
+            "error": "credential_unavailable",
+            "resource": rs.name,
+            "message": f"Lockgate has no usable upstream credential for resource {rs.name!r}; "
+            "an operator must set it (lockgate creds set) or fix its source",
+        }
+        conn.write(refusal(rs, 503, answer, close=not body.complete))
+        return Outcome(503, False, "credential_unavailable", attempt)
+
+    async def _relay(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        adm: Admitted,
+        up: UpstreamConnection,
+        resp: framing.Head,
+        retries: int,
+    ) -> Outcome:
+        rs = adm.rs
+        status = resp.status
+        verdict = adm.verdict
+        if verdict is not None and verdict.rewrite and status == 200 and not adm.head_only:
+            return await self._relay_rewritten(conn, head, body, adm, up, resp, retries)
+        out_head, keep, chunked_out = response_head(head, resp, adm.head_only)
+        conn.upstream = up
+        sink: BodySink = ChunkedWriter(conn) if chunked_out else conn
+        tee = Tee(sink, CAPTURE_LIMIT) if verdict is not None and verdict.capture else None
+        up.attach(tee or sink, out_head)
+        try:
+            await up.done
+        except UpstreamUnavailable:
+            # The head is out: the only honest signal left is an aborted connection.
+            metrics.UPSTREAM_ERRORS.labels(rs.name, "truncated").inc()
+            conn.upstream = None
+            conn.abort()
+            return Outcome(status, False, "upstream_truncated", retries)
+        except asyncio.CancelledError:  # the client left or stalled: a paused upstream stays
+            up.abort()  # open forever otherwise, holding its connection and the account's
+            raise
+        finally:
+            conn.upstream = None
+        if chunked_out:
+            conn.write(framing.LAST_CHUNK)
+        keep = self._release(conn, body, rs, up, keep)
+        captured = tee.data() if tee is not None and not adm.head_only else None
+        return Outcome(status, keep, None, retries, captured, resp.headers)
+
+    async def _relay_rewritten(
+        self,
+        conn: ClientConnection,
+        head: framing.Head,
+        body: RequestBody,
+        adm: Admitted,
+        up: UpstreamConnection,
+        resp: framing.Head,
+        retries: int,
+    ) -> Outcome:
+        """A small response a profile rewrites (bounded): held whole, then sent anew."""
+        rs = adm.rs
+        profile, verdict = rs.profile, adm.verdict
+        assert profile is not None and verdict is not None
+        collector = Collector()
+        up.attach(collector, b"")
+        try:
+            await up.done
+        except UpstreamUnavailable:
+            collector.overflow = True  # cut short: nothing was sent yet, answer 502 below
+        except asyncio.CancelledError:
+            up.abort()
+            raise
+        if collector.overflow:
+            up.abort()
+            metrics.UPSTREAM_ERRORS.labels(rs.name, "rewrite").inc()
+            answer = {"error": "upstream_response_unusable"}
+            conn.write(refusal(rs, 502, answer, close=True))
+            return Outcome(502, False, "upstream_response_unusable", retries)
+        headers, data = profile.rewrite_response(
+            verdict, resp.status, resp.headers, collector.data(), public_origin(conn, head)
+        )
+        new = dataclasses.replace(
+            resp, headers=tuple(headers), content_length=len(data), chunked=False
+        )
+        out_head, keep, _ = response_head(head, new, adm.head_only)
+        conn.write(out_head + data)
+        keep = self._release(conn, body, rs, up, keep)
+        return Outcome(
+            resp.status, keep, None, retries, data if verdict.capture else None, new.headers
+        )
+
+    @staticmethod
+    def _release(
+        conn: ClientConnection,
+        body: RequestBody,
+        rs: ResourceState,
+        up: UpstreamConnection,
+        keep: bool,
+    ) -> bool:
+        """The upstream connection back to the pool when it is in sync; keep the client's?"""
+        if body.complete and not conn.closed:
+            rs.pool.release(up)
+            return keep
+        up.close()
+        if not body.complete:
+            body.discard()
+            return False
+        return keep
 
 
-def body_frame(head: framing.Head, body: RequestBody) -> bytes:
-    """Framing header for a complete (buffered) request body."""
-    if body.total or head.content_length is not None or head.chunked:
-        return b"Content-Length: %d\r\n" % body.total
-    return b""
+def public_origin(conn: ClientConnection, head: framing.Head) -> str:
+    """``scheme://host`` as the client addressed the gateway."""
+    transport = conn.transport
+    tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+    host = head.host.decode("latin-1") if head.host else ""
+    return f"{'https' if tls else 'http'}://{host}"
+
+
+def _body_writers(
+    up: UpstreamConnection, chunked: bool, head_timeout: float
+) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+    if chunked:
+
+        def write(piece: bytes) -> None:
+            up.write(framing.chunk(piece))
+
+        def end() -> None:
+            up.write(framing.LAST_CHUNK)
+            up.arm_head_timeout(head_timeout)
+
+        return write, end
+
+    def end_plain() -> None:
+        up.arm_head_timeout(head_timeout)
+
+    return up.write, end_plain
 
 
 class Exchange:
     """One request on the fast path (see the module docstring)."""
 
     __slots__ = (
-        "adm", "body", "chunked_out", "conn", "head", "keep", "proxy", "relayed", "secret",
-        "sent_at", "status", "up",
+        "adm", "body", "chunked_out", "conn", "forwarder", "hand_over", "head", "keep",
+        "relayed", "secret", "sent_at", "status", "up",
     )  # fmt: skip
 
     def __init__(
         self,
-        proxy: Proxy,
+        forwarder: Forwarder,
         conn: ClientConnection,
         head: framing.Head,
         body: RequestBody,
         adm: Admitted,
         up: UpstreamConnection,
-        secret: Any,
+        secret: UpstreamSecret | None,
+        hand_over: Callable[[FirstAttempt], Awaitable[bool]],
     ) -> None:
-        self.proxy = proxy
+        self.forwarder = forwarder
         self.conn = conn
         self.head = head
         self.body = body
         self.adm = adm
         self.up = up
         self.secret = secret
+        self.hand_over = hand_over  # the task path, given the first attempt's result
         self.relayed = False
         self.keep = False
         self.chunked_out = False
@@ -130,16 +541,21 @@ class Exchange:
         up = self.up
         head = self.head
         body = self.body
+        forwarder = self.forwarder
         try:
-            auth = rs.auth_line(self.secret) if self.secret is not None else b""
-            parts = [self.proxy.request_head(head, adm), auth, body_frame(head, body), b"\r\n"]
+            parts = [
+                forwarder.request_head(head, adm),
+                forwarder.auth_lines(adm, self.secret),
+                body_frame(head, body),
+                b"\r\n",
+            ]
         except BaseException:
             rs.pool.release(up)  # nothing was sent on it
             raise
         if body.total:
             parts.append(body.data())
         self.conn.inflight = self
-        now = self.proxy.clock()
+        now = forwarder.clock()
         self.sent_at = now
         up.begin_listening(
             self, head_only=adm.head_only, timeout=adm.t0 + rs.backoff.deadline - now
@@ -149,9 +565,9 @@ class Exchange:
     # -- upstream callbacks --------------------------------------------------------------
     def on_head(self, resp: framing.Head) -> None:
         rs = self.adm.rs
-        rs.latency.observe(self.proxy.clock() - self.sent_at)
+        rs.latency.observe(self.forwarder.clock() - self.sent_at)
         status = resp.status
-        if status in RETRY_STATUSES or (status == 401 and self.secret is not None):
+        if status in retry_statuses(rs) or (status == 401 and self.secret is not None):
             self._hand_over(resp)  # retries and credential rotation live on the task path
             return
         out_head, self.keep, chunked = response_head(self.head, resp, self.adm.head_only)
@@ -171,7 +587,7 @@ class Exchange:
             self.up.close()
         else:
             self.adm.rs.pool.release(self.up)
-        self._emit("allowed", self.status, None)
+        self.forwarder.record(self.adm, self.body, conn, Outcome(self.status, self.keep))
         conn.finish(self.keep)
 
     def on_error(self, exc: Exception) -> None:
@@ -183,41 +599,22 @@ class Exchange:
         conn = self.conn
         conn.upstream = None
         conn.abort()
-        self._emit("upstream_error", self.status, "upstream_truncated")
+        self.forwarder.record(
+            self.adm, self.body, conn, Outcome(self.status, False, "upstream_truncated")
+        )
         conn.finish(False)
 
     # -- client callback -----------------------------------------------------------------
     def on_client_lost(self) -> None:
         self.up.cancel()
-        self._emit("upstream_error", 499, "client_closed")
+        self.forwarder.record_client_lost(self.adm, self.body, self.conn)
 
-    # -- helpers -------------------------------------------------------------------------
     def _hand_over(self, result: framing.Head | Exception) -> None:
         if not isinstance(result, Exception):
             self.up.detach()  # now, so the end of this response no longer reaches on_done
         conn = self.conn
         conn.inflight = None
-        conn.run(
-            self.proxy.serve_admitted(
-                conn, self.head, self.body, self.adm, (self.up, result, self.secret)
-            )
-        )
+        conn.run(self.hand_over((self.up, result, self.secret)))
 
-    def _emit(self, event: str, status: int, error: str | None) -> None:
-        adm = self.adm
-        decision = adm.decision
-        self.proxy.emit(
-            event,
-            adm.claims,
-            adm.rs.name,
-            adm.action,
-            adm.obj,
-            adm.t0,
-            status=status,
-            decision="allow",
-            rule=decision.rule,
-            reason=error or decision.reason,
-            bytes_in=self.body.total,
-            bytes_out=self.conn.bytes_out,
-            detail={"ref": adm.ref},
-        )
+
+__all__ = ["Exchange", "Forwarder", "body_frame", "public_origin", "response_head", "responses"]

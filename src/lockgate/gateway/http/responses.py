@@ -62,19 +62,20 @@ def bad_request(reason: str) -> bytes:
     return json_response(400, {"error": "bad_request", "reason": reason}, close=True)
 
 
-def unauthorized(reason: str, *, close: bool = False, head_only: bool = False) -> bytes:
+def challenge(reason: str) -> str:
+    """The ``WWW-Authenticate`` value of a 401 with ``reason``."""
     if reason == "missing":
-        challenge = 'Bearer realm="lockgate"'
-    else:
-        challenge = (
-            f'Bearer realm="lockgate", error="invalid_token", error_description="{_quote(reason)}"'
-        )
+        return 'Bearer realm="lockgate"'
+    return f'Bearer realm="lockgate", error="invalid_token", error_description="{_quote(reason)}"'
+
+
+def unauthorized(reason: str, *, close: bool = False, head_only: bool = False) -> bytes:
     return json_response(
         401,
         {"error": "unauthorized", "reason": reason},
         close=close,
         head_only=head_only,
-        extra=[("WWW-Authenticate", challenge)],
+        extra=[("WWW-Authenticate", challenge(reason))],
     )
 
 

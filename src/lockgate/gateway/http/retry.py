@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ MAX_HINT = 300.0  # seconds; a larger hint is treated as "do not retry within th
 
 
 def retry_after(
-    headers: list[tuple[bytes, bytes]], wall: Callable[[], float] = time.time
+    headers: Sequence[tuple[bytes, bytes]], wall: Callable[[], float] = time.time
 ) -> float | None:
     """Seconds the upstream asked us to wait, or None."""
     seconds: float | None = None

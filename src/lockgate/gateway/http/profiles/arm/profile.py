@@ -43,7 +43,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from lockgate.gateway.http.profiles import Decide, ProfileRequest, UpstreamHeaders, Verdict
+from lockgate.gateway.http.profiles import (
+    Decide,
+    Headers,
+    ProfileBase,
+    ProfileRequest,
+    UpstreamHeaders,
+    Verdict,
+)
 
 _ADF = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
@@ -123,7 +130,7 @@ def _checked(kind: str, pattern: re.Pattern[str], segment: str) -> str:
     return name
 
 
-class ArmProfile:
+class ArmProfile(ProfileBase):
     def __init__(self, resource: Any, runs: AdfRuns) -> None:
         self.name: str = resource.name
         self.settings = resource.arm
@@ -159,7 +166,7 @@ class ArmProfile:
         return v
 
     def on_response(
-        self, verdict: Verdict, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+        self, verdict: Verdict, status: int, headers: Headers, body: bytes
     ) -> dict[str, Any]:
         st = verdict.state or {}
         detail = dict(verdict.detail)

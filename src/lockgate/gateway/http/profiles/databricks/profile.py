@@ -53,9 +53,16 @@ import aiohttp
 
 from lockgate import _log
 from lockgate.gateway.http import responses
-from lockgate.gateway.http.profiles import Decide, ProfileRequest, UpstreamHeaders, Verdict
-from lockgate.gateway.http.profiles import guardrails as g
-from lockgate.gateway.http.profiles.registry import RunRecord, RunRegistry
+from lockgate.gateway.http.profiles import (
+    Decide,
+    Headers,
+    ProfileBase,
+    ProfileRequest,
+    UpstreamHeaders,
+    Verdict,
+)
+from lockgate.gateway.http.profiles.databricks import guardrails as g
+from lockgate.gateway.http.profiles.databricks.registry import RunRecord, RunRegistry
 
 log = _log.get("gateway.http.databricks")
 
@@ -87,7 +94,7 @@ class _Refusal(Exception):
         self.status, self.slug, self.reason = status, slug, reason
 
 
-class DatabricksProfile:
+class DatabricksProfile(ProfileBase):
     def __init__(self, resource: Any, target: Any, registry: RunRegistry) -> None:
         self.resource = resource
         self.name: str = resource.name
@@ -119,7 +126,7 @@ class DatabricksProfile:
             return Verdict(False, action, obj, exc.reason, status=exc.status, slug=exc.slug)
 
     def on_response(
-        self, verdict: Verdict, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+        self, verdict: Verdict, status: int, headers: Headers, body: bytes
     ) -> dict[str, Any]:
         st: dict[str, Any] = verdict.state or {}
         detail = dict(verdict.detail)
@@ -413,7 +420,7 @@ def _json(data: bytes) -> Any:
         return None
 
 
-def _decode(headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+def _decode(headers: Headers, body: bytes) -> bytes:
     enc = next((v.strip().lower() for k, v in headers if k.lower() == b"content-encoding"), b"")
     if enc in (b"", b"identity"):
         return body

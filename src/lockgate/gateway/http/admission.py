@@ -1,0 +1,515 @@
+"""Admission: normalise → authenticate → classify → decide → write the record ahead.
+
+Order matters for safety: the path is normalised before anything reads it; refusals (400,
+401, 403, 404, 413) never touch the upstream, are audited, and are answered even when audit
+is unhealthy; an allowed request is admitted only once its ``admitted`` record is written
+ahead (else 503 ``audit_unavailable``, fail closed). A profiled resource's request is
+authenticated here and classified by its profile (:meth:`Admission.admit_profiled`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from lockgate import metrics
+from lockgate.errors import (
+    AuditUnavailable,
+    AuthenticationError,
+    CredentialError,
+    UpstreamUnavailable,
+)
+from lockgate.gateway.engine import (
+    Decision,
+    PolicySource,
+    RequestFactory,
+    SecretCache,
+    TokenVerifier,
+)
+from lockgate.gateway.http import framing, responses
+from lockgate.gateway.http.bearer import token_of
+from lockgate.gateway.http.bodies import buffered_body, read_whole
+from lockgate.gateway.http.forwarded import forwarding_block
+from lockgate.gateway.http.normalize import PathError, Target, split_target
+from lockgate.gateway.http.profiles import Profile, ProfileRequest, UpstreamHeaders, Verdict
+from lockgate.gateway.http.resources import ResourceState, upstream_reading
+from lockgate.gateway.http.server import ClientConnection, RequestBody
+from lockgate.gateway.http.trail import Trail
+from lockgate.gateway.refusals import request_line
+
+if TYPE_CHECKING:
+    from lockgate.identity import Claims
+
+
+class Admitted:
+    """A request that passed normalise → authenticate → classify → decide → write-ahead."""
+
+    __slots__ = (
+        "action",
+        "claims",
+        "forwarded",
+        "head_only",
+        "method",
+        "obj",
+        "reason",
+        "ref",
+        "rs",
+        "rule",
+        "t0",
+        "target",
+        "verdict",
+    )
+
+    def __init__(
+        self,
+        rs: ResourceState,
+        target: Target,
+        claims: Claims,
+        method: str,
+        head_only: bool,
+        action: str,
+        obj: str,
+        rule: str | None,
+        reason: str,
+        t0: float,
+    ) -> None:
+        self.rs = rs
+        self.target = target
+        self.claims = claims
+        self.method = method
+        self.head_only = head_only
+        self.action = action
+        self.obj = obj
+        self.rule = rule
+        self.reason = reason
+        self.t0 = t0
+        self.verdict: Verdict | None = None  # a profile's verdict, for its response hooks
+        self.ref: str | None = None  # its written-ahead "admitted" record, named in the outcome
+        self.forwarded = b""  # the gateway's forwarding headers (:mod:`.forwarded`)
+
+
+class Pending(NamedTuple):
+    """Authenticated, for a profiled resource: the profile classifies it (maybe async)."""
+
+    rs: ResourceState
+    profile: Profile
+    target: Target
+    claims: Claims
+    method: str
+    head_only: bool
+    t0: float
+
+
+def split_mounted(raw: bytes, resource: str) -> Target:
+    """A request on a resource's own listener: the whole path is the object path."""
+    if not raw.startswith(b"/"):
+        raise PathError("only origin-form request targets are accepted", "bad_target_form")
+    target = split_target(b"/" + resource.encode("ascii") + raw)
+    if target.resource != resource:
+        raise PathError("invalid request target", "bad_path")
+    return target
+
+
+def refusal(
+    rs: ResourceState | None,
+    status: int,
+    body: dict[str, Any],
+    *,
+    close: bool = False,
+    head_only: bool = False,
+    extra: list[tuple[str, str]] | None = None,
+) -> bytes:
+    """The gateway's own answer, in the upstream's error shape when its profile has one
+    (so the client's SDK shows our reason)."""
+    profile = rs.profile if rs is not None else None
+    if profile is not None:
+        shaped = profile.error_body(status, body)
+        if shaped is not None:
+            body = shaped
+    return responses.json_response(status, body, close=close, head_only=head_only, extra=extra)
+
+
+class Admission:
+    """The deciding half of the proxy (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        policy: PolicySource,
+        secrets: SecretCache,
+        make_request: RequestFactory,
+        trail: Trail,
+        clock: Callable[[], float],
+    ) -> None:
+        self.resources: Mapping[str, ResourceState] = {}
+        self._verifier = verifier
+        self._policy = policy
+        self._secrets = secrets
+        self._make_request = make_request
+        self._trail = trail
+        self._clock = clock
+
+    # -- the synchronous part (every request) ----------------------------------------------
+    def admit(
+        self, conn: ClientConnection, head: framing.Head, body: RequestBody
+    ) -> Admitted | Pending | bool:
+        """Normalise, authenticate, classify, decide, write ahead; answer refusals.
+
+        Returns the admitted request, a :class:`Pending` one for a profiled resource, or
+        ``keep`` after writing a refusal.
+        """
+        t0 = self._clock()
+        method = head.method.decode("ascii")
+        head_only = method == "HEAD"
+        keep = head.keep_alive
+        refusals = self._trail.refusals
+        mount: str | None = getattr(conn, "mount", None)  # a resource's own listener
+        try:
+            target = (
+                split_target(head.target) if mount is None else split_mounted(head.target, mount)
+            )
+        except PathError as exc:
+            refusals.refuse(
+                peer=conn.peer,
+                status=400,
+                reason=exc.slug,
+                t0=t0,
+                description=str(exc),
+                request=_request_line(head),
+            )
+            conn.write(responses.bad_request(str(exc)))
+            return False
+        rs = self.resources.get(target.resource)
+        if rs is None:
+            refusals.refuse(
+                peer=conn.peer,
+                status=404,
+                reason="unknown_resource",
+                t0=t0,
+                description=f"no resource named {target.resource}",
+                request=_request_line(head),
+            )
+            conn.write(
+                responses.error(
+                    404,
+                    "unknown_resource",
+                    resource=target.resource,
+                    close=not body.complete,
+                    head_only=head_only,
+                )
+            )
+            return keep
+        profile = rs.profile
+        if profile is None:
+            token, why = token_of(head)
+            shown = target.path
+        else:
+            if body.complete:
+                local = profile.local_answer(method, target.path)
+                if local is not None:
+                    conn.write(local)
+                    return keep
+            token, why, target, shown = profile.authenticate(target, head)
+        claims: Claims | None = None
+        try:
+            if token is None:
+                raise AuthenticationError(why)
+            # The verifier checks the audience (and caches the verified token).
+            claims = self._verifier.verify(token, rs.name)
+            if profile is not None:
+                profile.verify_request(claims, method, target, head)
+        except AuthenticationError as exc:
+            if exc.claims is None:  # the token verified, a profile's request check did not
+                exc.claims = claims
+            reason = self.auth_refused(conn, exc, rs.name, shown, t0)
+            conn.write(self._unauthorized(rs, reason, not body.complete, head_only))
+            return keep
+        if profile is not None:
+            return Pending(rs, profile, target, claims, method, head_only, t0)
+        action, obj = rs.classifier.classify(method, target.path)
+        decision = self.decide(claims, rs, action, obj)
+        if decision.allowed:
+            folded = upstream_reading(target.path)
+            if folded != target.path:
+                decision, action, obj = self._judge_folded(
+                    claims, rs, method, folded, decision, action, obj
+                )
+        if not decision.allowed:
+            self.forbid(
+                conn,
+                body,
+                claims,
+                rs,
+                action,
+                obj,
+                t0,
+                decision.rule,
+                decision.reason,
+                decision.explain(),
+                head_only,
+            )
+            return keep
+        adm = Admitted(
+            rs,
+            target,
+            claims,
+            method,
+            head_only,
+            action,
+            obj,
+            decision.rule,
+            decision.reason,
+            t0,
+        )
+        adm.forwarded = forwarding_block(conn, head.host)
+        if not self.write_ahead(conn, body, adm):
+            return keep
+        rs.count(action, "allow")
+        return adm
+
+    def decide(self, claims: Claims, rs: ResourceState, action: str, obj: str) -> Decision:
+        iat = claims.iat
+        ttl = float(claims.exp) - float(iat) if iat is not None else None
+        return self._policy.current.decide(
+            self._make_request(
+                principal=claims.sub, action=action, resource=rs.name, object=obj, token_ttl=ttl
+            )
+        )
+
+    def _judge_folded(
+        self,
+        claims: Claims,
+        rs: ResourceState,
+        method: str,
+        folded: str,
+        decision: Decision,
+        action: str,
+        obj: str,
+    ) -> tuple[Decision, str, str]:
+        """Judge an allowed path as a lenient upstream reads it as well
+        (:func:`upstream_reading`): ``/ADMIN/x`` and ``/admin./x`` run what ``/admin/x``
+        runs there. Refused (as that form) when it is denied by a rule, or when it maps to
+        another action or object that policy does not allow; a form that merely matches no
+        rule keeps the request allowed, so mixed-case allow rules keep working."""
+        f_action, f_obj = rs.classifier.classify(method, folded)
+        other = self.decide(claims, rs, f_action, f_obj)
+        if other.allowed:
+            return decision, action, obj
+        if other.rule is not None or f_action != action or f_obj != upstream_reading(obj):
+            return other, f_action, f_obj
+        return decision, action, obj
+
+    # -- refusals ------------------------------------------------------------------------
+    def auth_refused(
+        self, conn: ClientConnection, exc: AuthenticationError, resource: str, obj: str, t0: float
+    ) -> str:
+        """Count, log and audit a 401; returns its reason slug. The token's claims (jti,
+        deployment, DAG) are recorded when its signature verified, else none are."""
+        reason = str(exc.reason or "invalid")
+        metrics.TOKEN_REJECTIONS.labels(reason).inc()
+        self._trail.refusals.refuse(
+            peer=conn.peer,
+            status=401,
+            reason=reason,
+            event="auth_failed",
+            claims=exc.claims,
+            resource=resource,
+            obj=obj,
+            t0=t0,
+        )
+        return reason
+
+    @staticmethod
+    def _unauthorized(rs: ResourceState, reason: str, close: bool, head_only: bool) -> bytes:
+        if rs.profile is None:
+            return responses.unauthorized(reason, close=close, head_only=head_only)
+        body = {"error": "unauthorized", "reason": reason}
+        challenge = responses.challenge(reason)
+        return refusal(
+            rs, 401, body, close=close, head_only=head_only, extra=[("WWW-Authenticate", challenge)]
+        )
+
+    def forbid(
+        self,
+        conn: ClientConnection,
+        body: RequestBody,
+        claims: Claims,
+        rs: ResourceState,
+        action: str,
+        obj: str,
+        t0: float,
+        rule: str | None,
+        reason: str,
+        explained: str,
+        head_only: bool,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """A 403 with principal/action/object/reason, counted and audited."""
+        rs.count(action, "deny")
+        self._trail.emit(
+            "denied",
+            claims,
+            rs.name,
+            action,
+            obj,
+            t0,
+            status=403,
+            decision="deny",
+            rule=rule,
+            reason=reason,
+            detail=detail,
+        )
+        answer = {
+            "error": "forbidden",
+            "principal": claims.sub,
+            "action": action,
+            "resource": rs.name,
+            "object": obj,
+            "reason": explained,
+            "rule": rule,
+        }
+        conn.write(refusal(rs, 403, answer, close=not body.complete, head_only=head_only))
+
+    def write_ahead(self, conn: ClientConnection, body: RequestBody, adm: Admitted) -> bool:
+        """Make the ``admitted`` record durable before anything is forwarded; False after
+        answering 503 ``audit_unavailable`` (then nothing may be forwarded)."""
+        detail = adm.verdict.detail if adm.verdict is not None else None
+        ref = self._trail.write_ahead(
+            adm.claims, adm.rs.name, adm.action, adm.obj, adm.rule, adm.reason, detail
+        )
+        if isinstance(ref, AuditUnavailable):
+            conn.write(
+                refusal(
+                    adm.rs,
+                    503,
+                    {"error": "audit_unavailable"},
+                    close=not body.complete,
+                    head_only=adm.head_only,
+                )
+            )
+            return False
+        adm.ref = ref
+        return True
+
+    # -- profiled resources --------------------------------------------------------------
+    async def admit_profiled(
+        self, conn: ClientConnection, head: framing.Head, body: RequestBody, p: Pending
+    ) -> tuple[Admitted, RequestBody] | bool:
+        """Classify with the profile (body read first when it asks), decide, write ahead.
+        Returns the admitted request and its (maybe now buffered) body, or ``keep``."""
+        rs, profile, claims = p.rs, p.profile, p.claims
+        data = b""
+        if profile.wants_body(p.method, p.target.path):
+            streamed = not body.complete  # (read_whole completes it: decide before reading)
+            whole = await read_whole(body, profile.max_body) if streamed else b""
+            if whole is None or body.total > profile.max_body:
+                self._trail.refusals.refuse(
+                    peer=conn.peer,
+                    status=413,
+                    reason="body_too_large",
+                    claims=claims,
+                    resource=rs.name,
+                    obj=p.target.path,
+                    t0=p.t0,
+                    description=f"body over {profile.max_body} bytes",
+                )
+                close = whole is None
+                answer = {"error": "body_too_large", "limit": profile.max_body}
+                conn.write(refusal(rs, 413, answer, close=close, head_only=p.head_only))
+                return not close and head.keep_alive
+            if streamed and whole is not None:
+                body = buffered_body(conn, whole)
+            data = body.data() if body.total else b""
+        req = ProfileRequest(
+            p.method,
+            p.target.path,
+            p.target.query,
+            data,
+            claims,
+            claims.sub,
+            rs.classifier.classify(p.method, p.target.path),
+            head,
+        )
+        verdict = await profile.authorize(
+            req, lambda action, obj: self.decide(claims, rs, action, obj), self._headers_for(rs)
+        )
+        keep = head.keep_alive and body.complete
+        if not verdict.allowed:
+            if verdict.status != 403:
+                rs.count(verdict.action, "deny")
+                self._trail.emit(
+                    "denied",
+                    claims,
+                    rs.name,
+                    verdict.action,
+                    verdict.obj,
+                    p.t0,
+                    status=verdict.status,
+                    decision="deny",
+                    rule=verdict.rule,
+                    reason=verdict.reason,
+                    detail=verdict.detail or None,
+                )
+                answer = {"error": verdict.slug, "reason": verdict.reason}
+                conn.write(
+                    refusal(
+                        rs, verdict.status, answer, close=not body.complete, head_only=p.head_only
+                    )
+                )
+                return keep
+            self.forbid(
+                conn,
+                body,
+                claims,
+                rs,
+                verdict.action,
+                verdict.obj,
+                p.t0,
+                verdict.rule,
+                verdict.reason,
+                verdict.reason,
+                p.head_only,
+                verdict.detail,
+            )
+            return keep
+        adm = Admitted(
+            rs,
+            p.target,
+            claims,
+            p.method,
+            p.head_only,
+            verdict.action,
+            verdict.obj,
+            verdict.rule,
+            verdict.reason,
+            p.t0,
+        )
+        adm.verdict = verdict
+        if not self.write_ahead(conn, body, adm):
+            return keep
+        rs.count(verdict.action, "allow")
+        adm.forwarded = forwarding_block(conn, head.host)
+        return adm, body
+
+    def _headers_for(self, rs: ResourceState) -> UpstreamHeaders:
+        async def headers() -> dict[str, str]:
+            if rs.credential is None:
+                return {}
+            try:
+                secret = await self._secrets.get(rs.credential)
+            except CredentialError:
+                secret = None
+            if secret is None:
+                raise UpstreamUnavailable("credential unavailable")
+            auth = rs.resource.auth
+            value = f"{auth.scheme} {secret.value}" if auth.scheme else str(secret.value)
+            return {auth.header: value}
+
+        return headers
+
+
+def _request_line(head: framing.Head) -> bytes:
+    """Method and target of a request for a refusal's record, without what may carry a
+    secret (:func:`~lockgate.gateway.refusals.request_line`)."""
+    return request_line(head.method + b" " + head.target)
