@@ -20,12 +20,20 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # (read from /proc on each scrape; absent on platforms without it)
 PROCESS = ProcessCollector(registry=REGISTRY)
 
-REQUESTS = Counter(
+
+def _counter(name: str, documentation: str, *labels: str) -> Counter:
+    return Counter(name, documentation, labels, registry=REGISTRY)
+
+
+def _gauge(name: str, documentation: str, *labels: str) -> Gauge:
+    return Gauge(name, documentation, labels, registry=REGISTRY)
+
+
+REQUESTS = _counter(
     "lockgate_requests_total",
     "Requests and statements decided by the gateway",
-    ["resource", "action", "decision"],
-    registry=REGISTRY,
-)
+    "resource", "action", "decision",
+)  # fmt: skip
 UPSTREAM_LATENCY = Histogram(
     "lockgate_upstream_latency_seconds",
     "Time from sending upstream to the response head",
@@ -33,69 +41,47 @@ UPSTREAM_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
-UPSTREAM_RETRIES = Counter(
-    "lockgate_upstream_retries_total",
-    "Upstream attempts retried",
-    ["resource", "reason"],
-    registry=REGISTRY,
+UPSTREAM_RETRIES = _counter(
+    "lockgate_upstream_retries_total", "Upstream attempts retried", "resource", "reason"
 )
-UPSTREAM_THROTTLES = Counter(
-    "lockgate_upstream_throttled_total", "Upstream 429 answers", ["resource"], registry=REGISTRY
+UPSTREAM_THROTTLES = _counter(
+    "lockgate_upstream_throttled_total", "Upstream 429 answers", "resource"
 )
-UPSTREAM_ERRORS = Counter(
-    "lockgate_upstream_errors_total",
-    "Upstream failures after retries",
-    ["resource", "reason"],
-    registry=REGISTRY,
+UPSTREAM_ERRORS = _counter(
+    "lockgate_upstream_errors_total", "Upstream failures after retries", "resource", "reason"
 )
-TOKENS_ISSUED = Counter(
-    "lockgate_tokens_issued_total",
-    "Lockgate tokens minted",
-    ["deployment", "resource"],
-    registry=REGISTRY,
+TOKENS_ISSUED = _counter(
+    "lockgate_tokens_issued_total", "Lockgate tokens minted", "deployment", "resource"
 )
-TOKEN_REJECTIONS = Counter(
-    "lockgate_token_rejections_total", "Tokens or proofs refused", ["reason"], registry=REGISTRY
-)
-CREDENTIAL_AGE = Gauge(
+TOKEN_REJECTIONS = _counter("lockgate_token_rejections_total", "Tokens or proofs refused", "reason")
+CREDENTIAL_AGE = _gauge(
     "lockgate_credential_age_seconds",
     "Age of the current version of each upstream credential",
-    ["credential"],
-    registry=REGISTRY,
+    "credential",
 )
-REFUSALS = Counter(
+REFUSALS = _counter(
     "lockgate_refusals_total",
     "Requests, connections and handshakes refused, by protocol and reason slug",
-    ["protocol", "reason"],
-    registry=REGISTRY,
+    "protocol", "reason",
+)  # fmt: skip
+AUDIT_FAILURES = _counter(
+    "lockgate_audit_write_failures_total", "Audit writes that failed or timed out"
 )
-AUDIT_FAILURES = Counter(
-    "lockgate_audit_write_failures_total",
-    "Audit writes that failed or timed out",
-    registry=REGISTRY,
-)
-POLICY_RELOADS = Counter(
-    "lockgate_policy_reloads_total", "Policy reloads by outcome", ["outcome"], registry=REGISTRY
-)
-
-FORWARD_PROXY_TUNNELS = Counter(
+POLICY_RELOADS = _counter("lockgate_policy_reloads_total", "Policy reloads by outcome", "outcome")
+FORWARD_PROXY_TUNNELS = _counter(
     "lockgate_forward_proxy_tunnels_total",
     "CONNECT tunnels by resource and outcome (open, tls_failed, or the refusal slug)",
-    ["resource", "outcome"],
-    registry=REGISTRY,
-)
-
-OPEN_CONNECTIONS = Gauge(
+    "resource", "outcome",
+)  # fmt: skip
+OPEN_CONNECTIONS = _gauge(
     "lockgate_open_connections",
     "Client connections accepted and not yet closed (TLS handshakes under way included)",
-    ["listener"],
-    registry=REGISTRY,
+    "listener",
 )
-CONNECTIONS_REFUSED = Counter(
+CONNECTIONS_REFUSED = _counter(
     "lockgate_connections_refused_total",
     "Connections refused because the listener was at its max_connections",
-    ["listener"],
-    registry=REGISTRY,
+    "listener",
 )
 
 

@@ -32,7 +32,7 @@ import jwt
 from lockgate import _log
 from lockgate.config import OidcIssuer
 from lockgate.errors import AuthenticationError
-from lockgate.identity.tokens import split_jwt
+from lockgate.identity.tokens import split_jwt, unverified_claims, verified_claims
 
 SUBJECT_TOKEN_TYPES = frozenset(
     {"urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"}
@@ -41,10 +41,13 @@ _MAX_DOC_BYTES = 512 * 1024
 _KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 log = _log.get("identity.oidc")
 
+# One key of an issuer's JWKS document, as published (JSON; PyJWK builds the key from it).
+Jwk = dict[str, Any]
+
 
 @dataclass
 class _IssuerKeys:
-    keys: dict[str, Any] = field(default_factory=dict)  # kid -> PyJWK
+    keys: dict[str, Jwk] = field(default_factory=dict)  # kid -> the key as published
     fetched_at: float = float("-inf")
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -83,11 +86,7 @@ class OidcVerifier:
 
     async def verify(self, token: str) -> SubjectToken:
         header, _ = split_jwt(token)
-        try:
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise AuthenticationError("malformed") from None
-        iss = unverified.get("iss") if isinstance(unverified, dict) else None
+        iss = unverified_claims(token).get("iss")
         entries = self._issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
         if not entries or not isinstance(iss, str):
             raise AuthenticationError("wrong_issuer")
@@ -118,30 +117,15 @@ class OidcVerifier:
         self, conf: OidcIssuer, token: str, iss: str, kid: str | None, alg: str
     ) -> SubjectToken:
         jwk = await self._key_for(conf, kid, alg)
-        try:
-            claims = jwt.decode(
-                token,
-                jwk.key,
-                algorithms=[alg],
-                audience=conf.audience,
-                issuer=iss,
-                leeway=self._leeway,
-                options={"require": ["exp", "iss", "aud", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise AuthenticationError("expired") from None
-        except jwt.InvalidSignatureError:
-            raise AuthenticationError("bad_signature") from None
-        except jwt.InvalidAudienceError:
-            raise AuthenticationError("wrong_audience") from None
-        except jwt.InvalidIssuerError:
-            raise AuthenticationError("wrong_issuer") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthenticationError("not_yet_valid") from None
-        except jwt.MissingRequiredClaimError:
-            raise AuthenticationError("missing_claims") from None
-        except jwt.PyJWTError:
-            raise AuthenticationError("malformed") from None
+        claims = verified_claims(
+            token,
+            jwk.key,
+            alg=alg,
+            audience=conf.audience,
+            issuer=iss,
+            leeway=self._leeway,
+            require=("exp", "iss", "aud", "sub"),
+        )
         sub = claims.get("sub")
         if not isinstance(sub, str) or not any(
             fnmatch.fnmatchcase(sub, pattern) for pattern in conf.subjects
@@ -167,7 +151,7 @@ class OidcVerifier:
             raise AuthenticationError("unknown_kid")
         return jwk
 
-    async def _fetch_jwks(self, conf: OidcIssuer) -> dict[str, Any]:
+    async def _fetch_jwks(self, conf: OidcIssuer) -> dict[str, Jwk]:
         try:
             uri = conf.jwks_uri
             if uri is None:
@@ -191,7 +175,7 @@ class OidcVerifier:
                 extra={"fields": {"issuer": conf.issuer, "error": type(exc).__name__}},
             )
             return {}
-        keys: dict[str, Any] = {}
+        keys: dict[str, Jwk] = {}
         for raw in doc.get("keys", []) if isinstance(doc.get("keys"), list) else []:
             if not isinstance(raw, dict) or raw.get("kty") == "oct" or "d" in raw:
                 continue  # symmetric or private material never counts as a verification key
@@ -215,7 +199,7 @@ class OidcVerifier:
             return doc
 
 
-def _pick(keys: dict[str, Any], kid: str | None, alg: str) -> jwt.PyJWK | None:
+def _pick(keys: dict[str, Jwk], kid: str | None, alg: str) -> jwt.PyJWK | None:
     """The JWK for ``kid`` that fits ``alg``; without a kid, only if exactly one fits."""
     kty = _KTY_FOR_ALG.get(alg[:2])
     candidates = list(keys.values()) if kid is None else [keys[kid]] if kid in keys else []

@@ -26,8 +26,8 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
@@ -36,6 +36,9 @@ from lockgate.errors import AuthenticationError, LockgateError
 from lockgate.identity.keys import KID_RE, KeyStore
 from lockgate.identity.model import Claims, TaskIdentity
 from lockgate.identity.revocation import RevocationStore
+
+if TYPE_CHECKING:
+    from jwt.algorithms import AllowedPublicKeys
 
 MAX_TOKEN_BYTES = 8 * 1024
 ALGORITHM = "EdDSA"
@@ -83,6 +86,57 @@ def split_jwt(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> tuple[dict[str, A
     if not isinstance(header.get("alg"), str):
         raise AuthenticationError("bad_header")
     return header, signature
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload before its signature is checked: only ever used to pick the verifying key."""
+    try:
+        payload = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise AuthenticationError("malformed") from None
+    return payload if isinstance(payload, dict) else {}
+
+
+def verified_claims(
+    token: str,
+    key: AllowedPublicKeys,
+    *,
+    alg: str,
+    audience: str | Sequence[str],
+    issuer: str,
+    leeway: float,
+    require: Sequence[str],
+    misaddressed: str | None = None,
+) -> dict[str, Any]:
+    """Check an outside JWT's signature, lifetime, audience and issuer; refuse with a slug.
+
+    Shared by the proof and OIDC verifiers. ``misaddressed`` is the one slug for a wrong
+    audience or issuer where the verifier should not say which; None names each.
+    """
+    try:
+        return jwt.decode(
+            token,
+            key,
+            algorithms=[alg],
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway,
+            options={"require": list(require)},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthenticationError("expired") from None
+    except jwt.InvalidSignatureError:
+        raise AuthenticationError("bad_signature") from None
+    except jwt.InvalidAudienceError:
+        raise AuthenticationError(misaddressed or "wrong_audience") from None
+    except jwt.InvalidIssuerError:
+        raise AuthenticationError(misaddressed or "wrong_issuer") from None
+    except jwt.ImmatureSignatureError:
+        raise AuthenticationError("not_yet_valid") from None
+    except jwt.MissingRequiredClaimError:
+        raise AuthenticationError("missing_claims") from None
+    except jwt.PyJWTError:
+        raise AuthenticationError("malformed") from None
 
 
 class TokenIssuer:
