@@ -11,7 +11,9 @@ request as the SDK does (master-key HMAC over verb, type, link and ``x-ms-date``
 ``direct`` signs with the account key; ``lockgate`` sends the same point read to
 ``/<resource>/_t/<token>/...`` signed with the task's derived key: the gateway verifies the
 token and the signature, classifies, decides, re-signs with the account key, relays and
-audits with db/container. The ratio is ``lockgate / direct`` in requests per second.
+audits with db/container. The ratio is ``lockgate / direct`` in requests per second, judged
+against the target (>= 0.7x). ``engine alone`` is the same HTTP engine and Cosmos DB profile
+with identity, policy and audit replaced by trivially cheap fakes (``benchmarks._common``).
 
 ``main()`` returns 0, or 1 when a request failed.
 """
@@ -20,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from benchmarks._common import LoopThread, compare, engine_alone, report_profile
+from lockgate.identity import TaskIdentity
 
 POLICY = """\
 rules:
@@ -42,17 +43,13 @@ rules:
 DOC_PATH = "dbs/sales/colls/orders/docs/d1"
 
 
-class Backend:
-    """Fake account + gateway on a private loop in a daemon thread."""
+class Backend(LoopThread):
+    """Fake account, gateway and the engine alone on a private loop in a daemon thread."""
 
     def __init__(self, workdir: Path) -> None:
+        super().__init__()
         self.workdir = workdir
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.call(self._boot())
-
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
     async def _boot(self) -> None:
         from tests.fakes.cosmos import start_cosmos
@@ -84,76 +81,59 @@ class Backend:
         State(cfg).credentials.set("key", self.fake.keys[0])
         self.gw = Gateway(cfg)
         await self.gw.start()
+        self.token, self.claims = self.gw.issuer.mint(
+            TaskIdentity("prod", "bench_dag", "t", "r", 1), "cosmos", 3600
+        )
+        self.alone = engine_alone(self.gw, self.claims)
+        await self.alone.start("127.0.0.1", 0)
 
     async def _down(self) -> None:
+        await self.alone.close()
         await self.gw.stop()
         await self.fake.close()
 
     def stop(self) -> None:
         self.call(self._down())
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        super().stop()
 
 
-async def _load(url: str, key: str, n: int, conc: int) -> tuple[float, list[float], int]:
+def _signed(key: str) -> Callable[[], dict[str, str]]:
+    """Headers of a point read signed as the SDK does, a fresh date each time."""
     from lockgate.credentials.cosmos import rfc1123_now, sign
 
-    lat: list[float] = []
-    errors = 0
-    left = n
-    conn = aiohttp.TCPConnector(limit=conc)
-    async with aiohttp.ClientSession(connector=conn) as http:
+    def headers() -> dict[str, str]:
+        date = rfc1123_now()
+        return {
+            "authorization": sign(key, "GET", "docs", DOC_PATH, date),
+            "x-ms-date": date,
+            "x-ms-version": "2020-07-15",
+            "x-ms-documentdb-partitionkey": '["p"]',
+        }
 
-        async def worker() -> None:
-            nonlocal left, errors
-            while left > 0:
-                left -= 1
-                t = time.perf_counter()
-                date = rfc1123_now()
-                headers = {
-                    "authorization": sign(key, "GET", "docs", DOC_PATH, date),
-                    "x-ms-date": date,
-                    "x-ms-version": "2020-07-15",
-                    "x-ms-documentdb-partitionkey": '["p"]',
-                }
-                async with http.get(url, headers=headers) as r:
-                    await r.read()
-                    if r.status != 200:
-                        errors += 1
-                lat.append(time.perf_counter() - t)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(conc)))
-        return time.perf_counter() - t0, lat, errors
+    return headers
 
 
 async def _client(b: Backend, n: int, conc: int) -> int:
-    from lockgate.identity import TaskIdentity
+    def task_key(engine: Any) -> str:
+        return str(engine.proxy.resources["cosmos"].profile.task_key(b.claims.jti))
 
-    token, claims = b.gw.issuer.mint(TaskIdentity("prod", "bench_dag", "t", "r", 1), "cosmos", 3600)
-    profile = b.gw.engine.proxy.resources["cosmos"].profile
-    task_key = profile.task_key(claims.jti)
-    direct = (f"{b.fake.url.rstrip('/')}/{DOC_PATH}", b.fake.keys[0])
-    lockgate = (f"http://127.0.0.1:{b.gw.http_port}/cosmos/_t/{token}/{DOC_PATH}", task_key)
-    await _load(*direct, 200, conc)  # warm up both paths
-    await _load(*lockgate, 200, conc)
-    failed = 0
-    rates: dict[str, float] = {}
-    p50: dict[str, float] = {}
-    for name, (url, key) in (("direct", direct), ("lockgate", lockgate)):
-        took, lat, errors = await _load(url, key, n, conc)
-        failed += errors
-        rates[name] = n / took
-        lat.sort()
-        p50[name] = statistics.median(lat) * 1000
-        print(
-            f"  {name:9} {rates[name]:8.0f} req/s   p50 {p50[name]:6.2f} ms"
-            f"   p99 {lat[int(len(lat) * 0.99) - 1] * 1000:6.2f} ms   errors {errors}"
-        )
-    print(
-        f"  ratio lockgate/direct: {rates['lockgate'] / rates['direct']:.2f}"
-        f"   added p50 {p50['lockgate'] - p50['direct']:.2f} ms"
+    via = f"_t/{b.token}/{DOC_PATH}"
+    results = await compare(
+        {
+            "direct": (f"{b.fake.url.rstrip('/')}/{DOC_PATH}", _signed(b.fake.keys[0])),
+            "lockgate": (
+                f"http://127.0.0.1:{b.gw.http_port}/cosmos/{via}",
+                _signed(task_key(b.gw.engine)),
+            ),
+            "engine alone": (
+                f"http://127.0.0.1:{b.alone.port}/cosmos/{via}",
+                _signed(task_key(b.alone)),
+            ),
+        },
+        n,
+        conc,
     )
-    return 1 if failed else 0
+    return report_profile(results)
 
 
 def main(argv: list[str] | None = None) -> int:

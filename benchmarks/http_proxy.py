@@ -33,7 +33,11 @@ is installed, else a small uvloop load generator (one request in flight per conn
 
 Two load levels: *saturation* (``--conns``, default 50) gives requests/s and the ratios;
 *moderate* (``--moderate``, default 8 connections) gives the latency Lockgate adds at a load
-far from saturation (added p50 = Lockgate p50 - direct p50 at that load).
+far from saturation (added p50 = Lockgate p50 - direct p50 at that load). The last lines
+judge the default config (``lockgate``) against the fast data path's targets
+(``benchmarks._common``): >= 0.5x nginx, added p50 <= 0.2 ms and p99 <= 2 ms at 8
+connections, each PASS or MISS; ``engine`` is measured at both loads too, so the cost of
+identity, policy and audit is the difference between its rows and ``lockgate``'s.
 
 ``main()`` returns 0, or 1 when a measurement saw errors (non-2xx or socket errors).
 """
@@ -54,6 +58,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks._common import HTTP_ADDED_P50_MS, HTTP_P99_MS, HTTP_VS_NGINX, judge
 
 BODY = b'{"ok":true,"items":[1,2,3]}'
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
@@ -131,72 +137,9 @@ def _maybe_profile() -> None:
 # -- gateways ---------------------------------------------------------------------------------
 def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
     """HttpEngine with fakes: the engine's own cost per request."""
-    from dataclasses import dataclass
-
+    from benchmarks._common import AllowAll, FakeVerifier, FixedBroker, NullAudit
     from lockgate.config import HttpResource as Resource
     from lockgate.gateway.http import HttpEngine
-
-    @dataclass
-    class Claims:
-        sub: str = "airflow:prod/finance_daily/read_orders"
-        aud: str = "orders-api"
-        jti: str = "j1"
-        exp: float = time.time() + 86400
-        iat: float = time.time()
-        deployment: str = "prod"
-        dag_id: str = "finance_daily"
-        task_id: str = "read_orders"
-        run_id: str = "bench"
-        try_number: int = 1
-        map_index: int = -1
-
-    claims = Claims()
-
-    class Verifier:
-        def verify(self, token: str, audience: str) -> Claims:
-            return claims
-
-    @dataclass
-    class Decision:
-        allowed: bool = True
-        rule: str = "allow-all"
-        reason: str = "matched"
-
-        def explain(self) -> str:
-            return "allowed by allow-all"
-
-    decision = Decision()
-
-    class PolicySet:
-        def decide(self, req: Any) -> Decision:
-            return decision
-
-    class Policy:
-        current = PolicySet()
-
-    @dataclass(frozen=True)
-    class Secret:
-        value: str = secret_value
-        version: int = 1
-
-    secret = Secret()
-
-    class Broker:
-        async def upstream_secret(self, name: str, previous: bool = False) -> Secret:
-            return secret
-
-    class Audit:
-        def check_writable(self) -> None:
-            return None
-
-        def write_ahead(self, record: Any) -> str:
-            return ""
-
-        def durable(self) -> None:
-            return None
-
-        def emit(self, record: Any) -> None:
-            return None
 
     res = Resource(
         name="orders-api",
@@ -208,7 +151,12 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
     loop = _loop()
     asyncio.set_event_loop(loop)
     engine = HttpEngine(
-        [res], Verifier(), Policy(), Broker(), Audit(), lambda c, r: "assertion.jwt.sig"
+        [res],
+        FakeVerifier(),
+        AllowAll(),
+        FixedBroker(secret_value),
+        NullAudit(),
+        lambda c, r: "assertion.jwt.sig",
     )
     loop.run_until_complete(engine.start("127.0.0.1", port))
     loop.run_forever()
@@ -427,8 +375,8 @@ def measure(
 # -- orchestration ----------------------------------------------------------------------------
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    root = Path(__file__).resolve().parents[1]  # the roles run as a script: benchmarks too
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root), env.get("PYTHONPATH", "")])
     return env
 
 
@@ -482,6 +430,35 @@ def _fmt(name: str, r: dict[str, Any] | None) -> str:
     p99 = f"{r['p99_ms']:.3f}" if r.get("p99_ms") is not None else "?"
     err = f"  errors {r['errors']}" if r.get("errors") else ""
     return f"{name:>18}: {r['rps']:10.0f} req/s  p50 {p50} ms  p99 {p99} ms{err}"
+
+
+def _figures(
+    r: dict[str, Any],
+    m: dict[str, Any] | None,
+    direct: dict[str, Any],
+    ngx: dict[str, Any] | None,
+    dm: dict[str, Any],
+) -> dict[str, float | None]:
+    """Ratios at saturation; added p50/p99 and p99 at moderate load (None: not measured)."""
+
+    def minus(a: float | None, b: float | None) -> float | None:
+        return a - b if a is not None and b is not None else None
+
+    return {
+        "vs_direct": r["rps"] / direct["rps"] if direct["rps"] else None,
+        "vs_nginx": r["rps"] / ngx["rps"] if ngx and ngx["rps"] else None,
+        "added_p50_ms": minus(m and m.get("p50_ms"), dm.get("p50_ms")),
+        "added_p99_ms": minus(m and m.get("p99_ms"), dm.get("p99_ms")),
+        "p99_ms": m.get("p99_ms") if m else None,
+    }
+
+
+def _explain(key: str, value: float | None) -> str:
+    if value is None:
+        return f"{key} ?"
+    if key.startswith("vs_"):
+        return f"{value:.2f}x {key[3:]}"
+    return f"{key[:-3].replace('_', ' ')} {value:.3f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -543,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(eng)
                 _wait_port(eng_port)
                 results["engine"] = run(eng_port, gpath, FAKE_TOKEN, a.conns)
+                results["engine@moderate"] = run(eng_port, gpath, FAKE_TOKEN, a.moderate)
                 _stop(eng)
         finally:
             for proc in procs:
@@ -556,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("direct", "nginx", *VARIANTS, "engine"):
         if name in results or name != "nginx":
             print(_fmt(name, results.get(name)))
-    for name in ("direct", "nginx", *VARIANTS):
+    for name in ("direct", "nginx", *VARIANTS, "engine"):
         if f"{name}@moderate" in results:
             print(_fmt(f"{name}@moderate", results[f"{name}@moderate"]))
     summary: dict[str, Any] = dict(results)
@@ -564,19 +542,17 @@ def main(argv: list[str] | None = None) -> int:
         r, m = results.get(variant), results.get(f"{variant}@moderate")
         if r is None:
             continue
-        vs_direct = r["rps"] / direct["rps"] if direct["rps"] else 0.0
-        vs_nginx = r["rps"] / ngx["rps"] if ngx and ngx["rps"] else None
-        line = f"{variant:>16}: {vs_direct:.2f}x direct"
-        if vs_nginx is not None:
-            line += f", {vs_nginx:.2f}x nginx (target >= 0.5x)"
-        added = None
-        if m and m.get("p50_ms") is not None and dm.get("p50_ms") is not None:
-            added = m["p50_ms"] - dm["p50_ms"]
-            line += f", added p50 @ {a.moderate} conns {added:.3f} ms (target <= 0.3 ms)"
-        print(line)
-        summary[f"{variant}_vs_direct"] = vs_direct
-        summary[f"{variant}_vs_nginx"] = vs_nginx
-        summary[f"{variant}_added_p50_ms_moderate"] = added
+        figures = _figures(r, m, direct, ngx, dm)
+        summary.update({f"{variant}_{k}": v for k, v in figures.items()})
+        print(f"{variant}: " + ", ".join(_explain(k, v) for k, v in figures.items()))
+    lockgate = results.get("lockgate")
+    if lockgate is not None:  # the targets are for the default config, one process
+        figures = _figures(lockgate, results.get("lockgate@moderate"), direct, ngx, dm)
+        print(f"targets (lockgate, default config, {a.moderate} connections for latency):")
+        print(judge("vs nginx", figures["vs_nginx"], HTTP_VS_NGINX, at_least=True, unit="x"))
+        print(judge("added p50", figures["added_p50_ms"], HTTP_ADDED_P50_MS, at_least=False,
+                    unit=" ms"))  # fmt: skip
+        print(judge("p99", figures["p99_ms"], HTTP_P99_MS, at_least=False, unit=" ms"))
     print(json.dumps(summary))
     errors = sum(r.get("errors", 0) for r in results.values() if r)
     if errors:

@@ -7,10 +7,12 @@ journals an allowed request's record before it is forwarded),
 :class:`AuditReader` (queries from any process), :func:`format_records` (CLI output).
 
 Rooms: ``record`` (the record and its canonical hash form), ``chain`` (SQLite schema,
-append, verify), ``log`` (writer thread and health), ``sinks`` (JSON-lines mirror),
-``reader`` (queries), ``format`` (CLI rendering), ``wire`` (sender/writer framing),
-``remote`` (sender side and writer process handle), ``writer`` (the writer process),
-``journal`` (write-ahead journal, marks and replay after a crash).
+append, verify), ``door`` (what both front doors share: numbering, write-ahead, awaited
+writes, drops), ``log`` (writer thread), ``health`` (when to refuse), ``sinks`` (JSON-lines
+mirror), ``reader`` (queries), ``format`` (CLI rendering), ``wire`` (sender/writer framing),
+``remote`` (sender side), ``writer_process`` (starts and restarts the writer process),
+``writer`` (the writer process), ``journal`` (write-ahead journal, marks and replay after a
+crash).
 """
 
 from lockgate.audit.chain import VerifyResult

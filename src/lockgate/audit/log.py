@@ -9,8 +9,10 @@ Write-ahead. The record of an allowed request goes through :meth:`AuditLog.write
 before the request is forwarded: it is sanitised, appended to this process's journal with one
 ``write()`` (:mod:`lockgate.audit.journal`), then queued like any other record. A crash of the
 process after that point loses nothing: the next audit log to start on this database replays
-the journal entries the chain does not hold yet (the chain stores, per sender, the highest
-journal sequence number it committed, in the same transaction as the rows).
+the journal entries the chain does not hold yet (every record gets this process's next
+sequence number; the chain stores, per sender, the highest one it committed, in the same
+transaction as the rows). What is shared with :class:`RemoteAuditLog` lives in
+:mod:`lockgate.audit.door`.
 
 Fail closed. The data path calls :meth:`AuditLog.check_writable` before serving an allowed
 request; it raises :class:`~lockgate.errors.AuditUnavailable` when
@@ -31,10 +33,6 @@ caller refused, never the reverse.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -43,45 +41,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from prometheus_client import Counter, Gauge
-
 from lockgate import _log, metrics
 from lockgate.audit import chain
+from lockgate.audit.door import (
+    AUDIT_DROPPED,
+    AUDIT_QUEUE,
+    LOG_EVERY,
+    MAX_BACKOFF,
+    AuditDoor,
+    Values,
+    Waiter,
+    describe,
+    resolve,
+)
 from lockgate.audit.health import check_health
 from lockgate.audit.journal import Journal, journal_dir, replay
-from lockgate.audit.reader import AuditQueries, AuditReader
-from lockgate.audit.record import EVENTS, AuditRecord, AuditRow, sanitize, values
-from lockgate.audit.sinks import JsonlSink
-from lockgate.errors import AuditUnavailable
+from lockgate.audit.record import AuditRecord, AuditRow, sanitize
+from lockgate.audit.sinks import JsonlSink, mirror
 
 log = _log.get("audit")
 
-AUDIT_DROPPED = Counter(
-    "lockgate_audit_dropped_total",
-    "Audit records dropped because the writer queue was full",
-    registry=metrics.REGISTRY,
-)
-AUDIT_QUEUE = Gauge(
-    "lockgate_audit_queue_depth", "Audit records waiting to be written", registry=metrics.REGISTRY
-)
-
-_MAX_BACKOFF = 0.5  # seconds between retries of a failing batch; small so recovery is quick
-_LOG_EVERY = 10.0  # seconds between repeated warnings of the same trouble
-
-
-class _Waiter(NamedTuple):
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None]
+__all__ = ["AUDIT_DROPPED", "AUDIT_QUEUE", "AuditLog", "mirror"]
 
 
 class _Entry(NamedTuple):
     record: AuditRecord
     enqueued: float  # time.monotonic()
-    waiter: _Waiter | None
-    jseq: int = 0  # journal sequence number of a written-ahead record (already sanitised)
+    waiter: Waiter | None
+    seq: int  # this sender's sequence number
+    clean: bool  # sanitised already (written ahead): the writer does not do it again
 
 
-class AuditLog(AuditQueries):
+class AuditLog(AuditDoor):
     def __init__(
         self,
         db_path: Path,
@@ -94,15 +85,12 @@ class AuditLog(AuditQueries):
         fsync: bool = False,
         _fault: Callable[[], None] | None = None,
     ) -> None:
-        self.db_path = Path(db_path)
-        self.write_timeout = write_timeout
-        self.max_queue = max_queue
+        super().__init__(db_path, write_timeout, max_queue)
         self.batch_size = batch_size
         # Gather records for up to this long between commits (unless someone awaits one):
         # fewer, larger transactions cost the writer thread far less CPU under load.
         self.batch_interval = batch_interval
         self._fault = _fault
-        self._reader = AuditReader(self.db_path)
         self._sink = JsonlSink(Path(jsonl_path)) if jsonl_path else None
 
         # Open once here so a bad path or a corrupt file fails at start, not in the thread.
@@ -116,11 +104,8 @@ class AuditLog(AuditQueries):
         if replayed and self._sink is not None:
             mirror(self._sink, replayed)
         log.info("audit head", extra={"fields": {"audit_seq": seq, "audit_hash": h}})
-        self.sender_id = f"{os.getpid()}-{secrets.token_hex(6)}"
         self._journal = Journal(journal_dir(self.db_path), self.sender_id, fsync=fsync)
-        self._journal_lock = threading.Lock()
-        self._jseq = 0  # last journal sequence number handed out
-        self._chained_jseq = 0  # highest one committed to the chain
+        self._chained_seq = 0  # highest sender seq committed to the chain
 
         self._pending: deque[_Entry] = deque()
         # When the batch being written was taken (hang detection), and when a batch last
@@ -128,96 +113,26 @@ class AuditLog(AuditQueries):
         self._busy_since: float | None = None
         self._last_progress = time.monotonic()
         self._error: str | None = None
-        self._closing = False
-        self._abandon = False
-        self._dropped = 0
-        self._last_drop_log = 0.0
-        self._wake = threading.Event()
+        self._wakeup = threading.Event()
         self._urgent = threading.Event()  # a caller awaits a commit: do not gather
-        self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="lockgate-audit", daemon=True)
         self._thread.start()
 
-    # -- write side (event loop) -----------------------------------------------------------
-    def emit(self, record: AuditRecord) -> None:
-        """Queue ``record`` without blocking. Used by the data path after serving."""
-        self._enqueue(record, None)
+    # -- the queue (AuditDoor) ---------------------------------------------------------------
+    def _queued(self) -> int:
+        return len(self._pending)
 
-    def write_ahead(self, record: AuditRecord) -> str:
-        """Make ``record`` survive a crash of this process, then queue it for the chain.
+    def _push(
+        self, record: AuditRecord, vals: Values | None, waiter: Waiter | None, seq: int
+    ) -> None:
+        self._pending.append(_Entry(record, time.monotonic(), waiter, seq, vals is not None))
 
-        The data path calls this for an allowed request *before* forwarding it. Returns the
-        record's reference (``<sender>/<seq>``) for the outcome record to carry. Raises
-        AuditUnavailable (the caller refuses the request) when the log is unhealthy or the
-        journal cannot be written.
-        """
-        self.check_writable()
-        if record.event not in EVENTS:
-            raise ValueError(f"unknown audit event {record.event!r}")
-        record = sanitize(record, time.time())
-        vals = values(record)
-        with self._journal_lock:
-            seq = self._jseq + 1
-            try:
-                self._journal.append(seq, vals)
-            except AuditUnavailable:
-                metrics.AUDIT_FAILURES.inc()
-                raise
-            self._jseq = seq
-            if not self._enqueue(record, None, seq):
-                # on disk, so it is not lost (replayed at the next start), but the queue is
-                # full: refuse rather than serve past the bound
-                raise AuditUnavailable("audit log queue is full")
-        return f"{self.sender_id}/{seq}"
+    def _wake(self) -> None:
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
-    def durable(self) -> asyncio.Future[None] | None:
-        """With ``durability: fsync``: a future done once every record written ahead so far
-        is on the device (AuditUnavailable when it cannot be); None when that is already so
-        (always, with ``durability: process``). Await it before forwarding."""
-        return self._journal.durable()
-
-    async def write(self, record: AuditRecord) -> None:
-        """Queue ``record`` and wait until it is committed, at most ``write_timeout``.
-
-        Raises AuditUnavailable when the log is unhealthy or the commit takes too long.
-        """
-        self.check_writable()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        if not self._enqueue(record, _Waiter(loop, fut)):
-            raise AuditUnavailable("audit log queue is full")
+    def _hurry(self) -> None:
         self._urgent.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), self.write_timeout)
-        except TimeoutError:
-            metrics.AUDIT_FAILURES.inc()
-            raise AuditUnavailable(
-                f"audit record not durable within {self.write_timeout:g}s"
-            ) from None
-
-    def _enqueue(self, record: AuditRecord, waiter: _Waiter | None, jseq: int = 0) -> bool:
-        if record.event not in EVENTS:
-            raise ValueError(f"unknown audit event {record.event!r}")
-        if not record.ts:
-            record.ts = time.time()
-        if self._closing or len(self._pending) >= self.max_queue:
-            self._drop()
-            return False
-        self._pending.append(_Entry(record, time.monotonic(), waiter, jseq))
-        if not self._wake.is_set():
-            self._wake.set()
-        return True
-
-    def _drop(self) -> None:
-        self._dropped += 1
-        AUDIT_DROPPED.inc()
-        now = time.monotonic()
-        if now - self._last_drop_log > _LOG_EVERY:
-            self._last_drop_log = now
-            log.error(
-                "audit record dropped",
-                extra={"fields": {"dropped_total": self._dropped, "closing": self._closing}},
-            )
 
     def inject_fault(self, kind: str, arg: float | str = 0.0) -> None:
         """Test hook, same as RemoteAuditLog's: fail each write (``error``, message), stall
@@ -257,25 +172,13 @@ class AuditLog(AuditQueries):
         )
 
     @property
-    def healthy(self) -> bool:
-        try:
-            self.check_writable()
-        except AuditUnavailable:
-            return False
-        return True
-
-    @property
     def pending(self) -> int:
         return len(self._pending) + (0 if self._busy_since is None else 1)
-
-    @property
-    def dropped(self) -> int:
-        return self._dropped
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is written; False on timeout."""
         self._urgent.set()
-        self._wake.set()
+        self._wakeup.set()
         with self._idle:
             return self._idle.wait_for(
                 lambda: not self._pending and self._busy_since is None, timeout
@@ -287,19 +190,19 @@ class AuditLog(AuditQueries):
             return
         self._closing = True
         self._urgent.set()
-        self._wake.set()
+        self._wakeup.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandon = True
-            self._wake.set()
+            self._wakeup.set()
             self._thread.join(1.0)
             log.error(
                 "audit log closed with unwritten records",
                 extra={"fields": {"unwritten": len(self._pending), "error": self._error}},
             )
         # what the chain holds is removed; the rest stays for the next start to replay
-        with self._journal_lock:
-            self._journal.close(chained_up_to=self._chained_jseq)
+        with self._seq_lock:
+            self._journal.close(chained_up_to=self._chained_seq)
 
     # -- writer thread ---------------------------------------------------------------------
     def _take(self) -> list[_Entry]:
@@ -317,11 +220,11 @@ class AuditLog(AuditQueries):
         batch: list[_Entry] = []
         records: list[AuditRecord] = []
         unsunk: list[AuditRow] = []  # committed but not yet in the JSON-lines sink
-        waiters: list[_Waiter] = []  # committed, waiting for the sink too
+        waiters: list[Waiter] = []  # committed, waiting for the sink too
         backoff = 0.0
         last_warn = 0.0
         last_commit = 0.0
-        jseq = 0  # highest journal seq in the batch being written
+        last_seq = 0  # the highest sender seq in the batch being written
         try:
             while not self._abandon:
                 if not batch and not unsunk:
@@ -329,30 +232,28 @@ class AuditLog(AuditQueries):
                     if gather > 0 and len(self._pending) < self.batch_size:
                         self._urgent.wait(gather)
                     self._urgent.clear()
-                    self._wake.clear()
+                    self._wakeup.clear()
                     batch = self._take()
                     AUDIT_QUEUE.set(len(self._pending))
                     if not batch:
                         if self._closing:
                             break
-                        self._wake.wait(0.25)
+                        self._wakeup.wait(0.25)
                         continue
                     now = time.time()
-                    records = [e.record if e.jseq else sanitize(e.record, now) for e in batch]
-                    jseq = max(e.jseq for e in batch)
+                    records = [e.record if e.clean else sanitize(e.record, now) for e in batch]
+                    last_seq = batch[-1].seq  # the queue is in seq order
                 try:
                     if batch:
                         if conn is None:
                             conn = chain.connect(self.db_path, timeout=self._busy_timeout())
                         if self._fault is not None:
                             self._fault()
-                        marks = {self.sender_id: jseq} if jseq else None
-                        placed = chain.append(conn, records, marks)
+                        placed = chain.append(conn, records, {self.sender_id: last_seq})
                         waiters.extend(e.waiter for e in batch if e.waiter is not None)
                         if self._sink is not None:
                             unsunk.extend(_rows(records, placed))
-                        if jseq:  # the chain holds them now, whatever the mirror does
-                            self._chained_jseq = jseq
+                        self._chained_seq = last_seq  # the chain holds them, mirror or not
                         batch, records = [], []
                     if unsunk:
                         assert self._sink is not None
@@ -360,18 +261,18 @@ class AuditLog(AuditQueries):
                         unsunk = []
                 except Exception as exc:  # any failure: stay unhealthy, keep the batch, retry
                     metrics.AUDIT_FAILURES.inc()
-                    self._error = _describe(exc)
+                    self._error = describe(exc)
                     if conn is not None and isinstance(exc, sqlite3.Error):
                         conn.close()  # reopen next time: the file may have been replaced
                         conn = None
                     now_m = time.monotonic()
-                    if now_m - last_warn > _LOG_EVERY:
+                    if now_m - last_warn > LOG_EVERY:
                         last_warn = now_m
                         log.error(
                             "audit write failed; refusing allowed requests until it recovers",
                             extra={"fields": {"error": self._error, "queued": self.pending}},
                         )
-                    backoff = min(max(backoff * 2, 0.02), _MAX_BACKOFF)
+                    backoff = min(max(backoff * 2, 0.02), MAX_BACKOFF)
                     time.sleep(backoff)
                     continue
                 # success
@@ -381,18 +282,17 @@ class AuditLog(AuditQueries):
                 backoff = 0.0
                 last_commit = time.monotonic()
                 self._last_progress = last_commit
-                if jseq:
-                    self._chained_jseq = jseq
-                    self._journal.committed(jseq)
-                    jseq = 0
+                if last_seq:
+                    self._journal.committed(last_seq)
+                    last_seq = 0
                 for w in waiters:
-                    _resolve(w)
+                    resolve(w)
                 waiters = []
                 self._busy_since = None
                 with self._idle:
                     self._idle.notify_all()
         except BaseException as exc:  # a bug in the writer: fail closed for good
-            self._error = f"audit writer stopped: {_describe(exc)}"
+            self._error = f"audit writer stopped: {describe(exc)}"
             log.exception("audit writer crashed")
             raise
         finally:
@@ -410,34 +310,8 @@ class AuditLog(AuditQueries):
         return max(0.05, min(self.write_timeout / 2, 1.0))
 
 
-def mirror(sink: JsonlSink, rows: list[AuditRow]) -> None:
-    """Mirror replayed rows; a failing mirror is reported, never a reason to lose them."""
-    try:
-        sink.write(rows)
-    except OSError as exc:
-        log.error(
-            "audit mirror missed replayed records",
-            extra={"fields": {"records": len(rows), "error": _describe(exc)}},
-        )
-
-
 def _rows(records: list[AuditRecord], placed: list[tuple[int, str, str]]) -> list[AuditRow]:
     return [
         AuditRow(**r.to_dict(), seq=seq, prev_hash=prev, hash=h)
         for r, (seq, prev, h) in zip(records, placed, strict=True)
     ]
-
-
-def _resolve(w: _Waiter) -> None:
-    def done(fut: asyncio.Future[None] = w.future) -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
-        w.loop.call_soon_threadsafe(done)
-
-
-def _describe(exc: BaseException) -> str:
-    # error text from sqlite/OS never carries record contents, only the failure
-    msg = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {msg}"[:200]

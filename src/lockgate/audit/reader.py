@@ -94,30 +94,3 @@ class AuditReader:
 def _has_schema(conn: sqlite3.Connection) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit'")
     return row.fetchone() is not None
-
-
-class AuditQueries:
-    """Read side shared by both audit log front doors (thread and out-of-process)."""
-
-    _reader: AuditReader
-
-    def tail(self, n: int = 20) -> list[AuditRow]:
-        return self._reader.tail(n)
-
-    def search(
-        self,
-        dag: str | None = None,
-        run: str | None = None,
-        decision: str | None = None,
-        event: str | None = None,
-        resource: str | None = None,
-        since: float | datetime | None = None,
-        limit: int = 100,
-    ) -> list[AuditRow]:
-        return self._reader.search(dag, run, decision, event, resource, since, limit)
-
-    def verify(self, anchors: Iterable[tuple[int, str]] = ()) -> VerifyResult:
-        return self._reader.verify(anchors)
-
-    def head(self) -> tuple[int, str]:
-        return self._reader.head()

@@ -26,17 +26,10 @@ Rules (same contract as :class:`lockgate.audit.log.AuditLog`):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import marshal
-import os
-import secrets
 import selectors
-import shutil
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -45,108 +38,45 @@ from typing import Any
 
 from lockgate import _log, metrics
 from lockgate.audit import chain
+from lockgate.audit.door import (
+    AUDIT_QUEUE,
+    LOG_EVERY,
+    MAX_BACKOFF,
+    AuditDoor,
+    Values,
+    Waiter,
+    describe,
+    resolve,
+)
 from lockgate.audit.health import check_health
 from lockgate.audit.journal import Journal, journal_dir
-from lockgate.audit.log import AUDIT_DROPPED, AUDIT_QUEUE, _describe
-from lockgate.audit.reader import AuditQueries, AuditReader
-from lockgate.audit.record import EVENTS, AuditRecord, sanitize, values
+from lockgate.audit.record import AuditRecord, sanitize, values
 from lockgate.audit.wire import FrameBuffer, WireError, frame
+from lockgate.audit.writer_process import WriterProcess
 from lockgate.errors import AuditUnavailable
 
 log = _log.get("audit")
 
-_MAX_BACKOFF = 0.5
-_LOG_EVERY = 10.0
+__all__ = ["RemoteAuditLog", "WriterProcess"]
+
 _MAX_OUTBUF = 4 << 20  # stop framing more while this much is unsent (the writer is stuck)
-
-
-class WriterProcess:
-    """Start, watch and restart ``python -m lockgate.audit.writer``."""
-
-    def __init__(
-        self,
-        db_path: Path,
-        jsonl_path: Path | None = None,
-        socket_path: Path | None = None,
-        *,
-        busy_timeout: float = 0.5,
-        batch_interval: float = 0.02,
-    ) -> None:
-        self.db_path = Path(db_path)
-        self.jsonl_path = jsonl_path
-        self._tmp: str | None = None
-        if socket_path is None:  # a private 0700 directory: only this user may connect
-            self._tmp = tempfile.mkdtemp(prefix="lockgate-audit-")
-            socket_path = Path(self._tmp) / "writer.sock"
-        self.socket_path = Path(socket_path)
-        self.busy_timeout = busy_timeout
-        self.batch_interval = batch_interval
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            self._spawn()
-
-    def _spawn(self) -> None:
-        args = [
-            sys.executable, "-m", "lockgate.audit.writer", str(self.db_path),
-            "--socket", str(self.socket_path), "--parent-pid", str(os.getpid()),
-            "--busy-timeout", str(self.busy_timeout),
-            "--batch-interval", str(self.batch_interval),
-        ]  # fmt: skip
-        if self.jsonl_path is not None:
-            args += ["--jsonl", str(self.jsonl_path)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def ensure_running(self) -> bool:
-        """Restart the writer if it exited; True when it had to."""
-        with self._lock:
-            if self.proc is None or self.proc.poll() is None:
-                return False
-            code = self.proc.returncode
-            self.restarts += 1
-            log.error(
-                "audit writer process exited; restarting it",
-                extra={"fields": {"exit_code": code, "restarts": self.restarts}},
-            )
-            self._spawn()
-            return True
-
-    def stop(self, timeout: float = 5.0) -> None:
-        with self._lock:
-            proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()  # the writer drains what it holds, then exits
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+_FAULT = "\0fault"  # first value of a test hook's entry: sent in order, not a record
 
 
 class _Entry:
-    __slots__ = ("enqueued", "seq", "vals", "waiter")
+    __slots__ = ("clean", "enqueued", "seq", "vals", "waiter")
 
-    def __init__(self, vals: tuple[Any, ...], enqueued: float, waiter: Any, seq: int) -> None:
+    def __init__(
+        self, vals: Values, enqueued: float, waiter: Waiter | None, seq: int, clean: bool
+    ) -> None:
         self.vals = vals
         self.enqueued = enqueued  # time.monotonic()
-        self.waiter = waiter  # (loop, future) or None
+        self.waiter = waiter
         self.seq = seq  # this sender's sequence number (0: a test hook, not a record)
+        self.clean = clean  # sanitised already (written ahead): the writer does not redo it
 
 
-class RemoteAuditLog(AuditQueries):
+class RemoteAuditLog(AuditDoor):
     def __init__(
         self,
         db_path: Path,
@@ -160,13 +90,9 @@ class RemoteAuditLog(AuditQueries):
         start_timeout: float = 15.0,
         fsync: bool = False,
     ) -> None:
-        self.db_path = Path(db_path)
-        self.write_timeout = write_timeout
-        self.max_queue = max_queue
+        super().__init__(db_path, write_timeout, max_queue)
         self.batch_size = batch_size
         self.batch_interval = batch_interval
-        self.sender_id = f"{os.getpid()}-{secrets.token_hex(6)}"
-        self._reader = AuditReader(self.db_path)
         self.writer: WriterProcess | None = None
         if socket_path is None:
             # open once here so a bad path or a corrupt file fails at start, in this process
@@ -179,24 +105,17 @@ class RemoteAuditLog(AuditQueries):
             socket_path = self.writer.socket_path
         self.socket_path = Path(socket_path)
         self._journal = Journal(journal_dir(self.db_path), self.sender_id, fsync=fsync)
-        self._seq_lock = threading.Lock()  # seq order == outbox order, whichever thread emits
         self._acked = 0  # highest seq the writer committed
 
         self._outbox: deque[_Entry] = deque()  # emitted, not yet sent (event loop appends)
         self._inflight: deque[_Entry] = deque()  # sent, not yet acknowledged (thread only)
-        self._next_seq = 1
         self._error: str | None = "audit writer not connected yet"
-        self._closing = False
-        self._abandon = False
         self._urgent = False
         self._sleeping = False
-        self._dropped = 0
         self._last_progress = time.monotonic()  # last acknowledgement (a moving backlog is fine)
-        self._last_drop_log = 0.0
         self._sock: socket.socket | None = None
         self._frames = FrameBuffer()
         self._outbuf = bytearray()
-        self._idle = threading.Condition()
         self._connected = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -209,91 +128,30 @@ class RemoteAuditLog(AuditQueries):
             self.close(0.5)
             raise AuditUnavailable("audit writer process did not start")
 
-    # -- write side (any thread; usually the event loop) ----------------------------------
-    def emit(self, record: AuditRecord) -> None:
-        """Queue ``record`` without blocking. Used by the data path after serving."""
-        self._enqueue(record, None)
+    # -- the queue (AuditDoor) ---------------------------------------------------------------
+    def _queued(self) -> int:
+        return len(self._outbox) + len(self._inflight)
 
-    def write_ahead(self, record: AuditRecord) -> str:
-        """Make ``record`` survive a crash of this process, then queue it for the writer.
+    def _push(
+        self, record: AuditRecord, vals: Values | None, waiter: Waiter | None, seq: int
+    ) -> None:
+        # the event loop only snapshots the values; the writer process sanitises the rest
+        clean = vals is not None
+        snapshot = values(record) if vals is None else vals
+        self._outbox.append(_Entry(snapshot, time.monotonic(), waiter, seq, clean))
 
-        Same contract as :meth:`lockgate.audit.log.AuditLog.write_ahead`: call it before
-        forwarding an allowed request; AuditUnavailable means refuse the request.
-        """
-        self.check_writable()
-        if record.event not in EVENTS:
-            raise ValueError(f"unknown audit event {record.event!r}")
-        vals = values(sanitize(record, time.time()))  # no secret ever reaches the journal
-        with self._seq_lock:
-            if self._closing or len(self._outbox) + len(self._inflight) >= self.max_queue:
-                raise AuditUnavailable("audit log queue is full")
-            seq = self._next_seq
-            try:
-                self._journal.append(seq, vals)
-            except AuditUnavailable:
-                metrics.AUDIT_FAILURES.inc()
-                raise
-            self._next_seq = seq + 1
-            self._outbox.append(_Entry(vals, time.monotonic(), None, seq))
-        if self._sleeping:
-            self._sleeping = False
-            self._poke()
-        return f"{self.sender_id}/{seq}"
-
-    def durable(self) -> asyncio.Future[None] | None:
-        """With ``durability: fsync``: a future done once every record written ahead so far
-        is on the device (AuditUnavailable when it cannot be); None when that is already so
-        (always, with ``durability: process``). Await it before forwarding."""
-        return self._journal.durable()
-
-    async def write(self, record: AuditRecord) -> None:
-        """Queue ``record`` and wait until the writer acknowledged it, at most write_timeout."""
-        self.check_writable()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        if not self._enqueue(record, (loop, fut)):
-            raise AuditUnavailable("audit log queue is full")
-        self._urgent = True
-        self._poke()
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), self.write_timeout)
-        except TimeoutError:
-            metrics.AUDIT_FAILURES.inc()
-            raise AuditUnavailable(
-                f"audit record not durable within {self.write_timeout:g}s"
-            ) from None
-
-    def _enqueue(self, record: AuditRecord, waiter: Any) -> bool:
-        if record.event not in EVENTS:
-            raise ValueError(f"unknown audit event {record.event!r}")
-        if not record.ts:
-            record.ts = time.time()
-        vals = values(record)
-        with self._seq_lock:
-            if self._closing or len(self._outbox) + len(self._inflight) >= self.max_queue:
-                self._drop()
-                return False
-            self._outbox.append(_Entry(vals, time.monotonic(), waiter, self._next_seq))
-            self._next_seq += 1
+    def _wake(self) -> None:
         if self._sleeping:  # the sender idles with nothing queued: wake it (rare under load)
             self._sleeping = False
             self._poke()
-        return True
+
+    def _hurry(self) -> None:
+        self._urgent = True
+        self._poke()
 
     def _poke(self) -> None:
         with contextlib.suppress(OSError):  # full: a wake-up is already pending
             self._wake_w.send(b"\0")
-
-    def _drop(self) -> None:
-        self._dropped += 1
-        AUDIT_DROPPED.inc()
-        now = time.monotonic()
-        if now - self._last_drop_log > _LOG_EVERY:
-            self._last_drop_log = now
-            log.error(
-                "audit record dropped",
-                extra={"fields": {"dropped_total": self._dropped, "closing": self._closing}},
-            )
 
     def check_writable(self) -> None:
         """Raise AuditUnavailable unless records are currently being acknowledged in time."""
@@ -308,25 +166,12 @@ class RemoteAuditLog(AuditQueries):
         )
 
     @property
-    def healthy(self) -> bool:
-        try:
-            self.check_writable()
-        except AuditUnavailable:
-            return False
-        return True
-
-    @property
     def pending(self) -> int:
         return len(self._outbox) + len(self._inflight)
 
-    @property
-    def dropped(self) -> int:
-        return self._dropped
-
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is acknowledged; False on timeout."""
-        self._urgent = True
-        self._poke()
+        self._hurry()
         with self._idle:
             return self._idle.wait_for(lambda: not self._outbox and not self._inflight, timeout)
 
@@ -336,8 +181,7 @@ class RemoteAuditLog(AuditQueries):
         if self._closing and not self._thread.is_alive():
             return
         self._closing = True
-        self._urgent = True
-        self._poke()
+        self._hurry()
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._abandon = True
@@ -360,9 +204,8 @@ class RemoteAuditLog(AuditQueries):
     def inject_fault(self, kind: str, arg: float | str = 0.0) -> None:
         """Test hook: ask the writer to fail (``error``, message), stall once (``hang``,
         seconds), die (``exit``) or behave again (``clear``). Sent in order with records."""
-        self._outbox.append(_Entry(("\0fault", kind, arg), time.monotonic(), None, 0))
-        self._urgent = True
-        self._poke()
+        self._outbox.append(_Entry((_FAULT, kind, arg), time.monotonic(), None, 0, False))
+        self._hurry()
 
     @property
     def writer_pid(self) -> int | None:
@@ -381,17 +224,17 @@ class RemoteAuditLog(AuditQueries):
                         self._connect()
                         backoff = 0.0
                     except (OSError, WireError, ValueError) as exc:
-                        self._error = f"audit writer unreachable: {_describe(exc)}"
+                        self._error = f"audit writer unreachable: {describe(exc)}"
                         now = time.monotonic()
-                        if now - last_warn > _LOG_EVERY and self._connected.is_set():
+                        if now - last_warn > LOG_EVERY and self._connected.is_set():
                             last_warn = now
                             log.error("audit writer unreachable; refusing allowed requests")
-                        backoff = min(max(backoff * 2, 0.02), _MAX_BACKOFF)
+                        backoff = min(max(backoff * 2, 0.02), MAX_BACKOFF)
                         self._wait(backoff)
                         continue
                 self._pump()
         except BaseException as exc:  # a bug here: fail closed for good
-            self._error = f"audit sender stopped: {_describe(exc)}"
+            self._error = f"audit sender stopped: {describe(exc)}"
             log.exception("audit sender crashed")
             raise
         finally:
@@ -433,8 +276,7 @@ class RemoteAuditLog(AuditQueries):
         self._ack(int(hello[1]))
         self._error = hello[2]
         if self._inflight:  # resend: the writer skips what it already holds
-            first = self._inflight[0].seq
-            self._outbuf += frame(("recs", first, [e.vals for e in self._inflight], True))
+            self._outbuf += frame(_records(list(self._inflight), True))
         for m in rest:
             self._on_message(m)
         if not self._connected.is_set():
@@ -477,7 +319,7 @@ class RemoteAuditLog(AuditQueries):
             except BlockingIOError:
                 pass
             except OSError as exc:
-                self._disconnect(f"audit writer connection lost: {_describe(exc)}")
+                self._disconnect(f"audit writer connection lost: {describe(exc)}")
                 return
         AUDIT_QUEUE.set(len(outbox) + len(self._inflight))
         # Sleep flag first, then look at the queue: an emit either sees the flag or is seen.
@@ -510,7 +352,7 @@ class RemoteAuditLog(AuditQueries):
         batch: list[_Entry] = []
         while outbox and len(batch) < self.batch_size:
             e = outbox.popleft()
-            if e.vals and e.vals[0] == "\0fault":  # a test hook, in order with the records
+            if e.vals and e.vals[0] == _FAULT:  # a test hook, in order with the records
                 self._send_records(batch, urgent)
                 batch = []
                 self._outbuf += frame(("fault", e.vals[1], e.vals[2]))
@@ -524,16 +366,16 @@ class RemoteAuditLog(AuditQueries):
             return
         # commit at once when someone awaits one of these (write, flush, close)
         urgent = urgent or self._closing or any(e.waiter is not None for e in batch)
-        msg = ("recs", batch[0].seq, [e.vals for e in batch], urgent)
         try:
-            data = frame(msg)
+            data = frame(_records(batch, urgent))
         except ValueError:  # an odd value (an object, a subclass): normalise it here
             for e in batch:
                 try:
                     marshal.dumps(e.vals)
                 except ValueError:
                     e.vals = values(sanitize(AuditRecord(*e.vals), time.time()))
-            data = frame(("recs", batch[0].seq, [e.vals for e in batch], msg[3]))
+                    e.clean = True
+            data = frame(_records(batch, urgent))
         self._outbuf += data
 
     def _receive(self) -> None:
@@ -543,7 +385,7 @@ class RemoteAuditLog(AuditQueries):
         except BlockingIOError:
             return
         except OSError as exc:
-            self._disconnect(f"audit writer connection lost: {_describe(exc)}")
+            self._disconnect(f"audit writer connection lost: {describe(exc)}")
             return
         if not data:
             self._disconnect("audit writer connection lost")
@@ -578,18 +420,13 @@ class RemoteAuditLog(AuditQueries):
             done = True
             self._last_progress = time.monotonic()
             if e.waiter is not None:
-                _resolve(e.waiter)
+                resolve(e.waiter)
         if done and not inflight and not self._outbox:
             with self._idle:
                 self._idle.notify_all()
 
 
-def _resolve(waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]) -> None:
-    loop, fut = waiter
-
-    def done() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits
-        loop.call_soon_threadsafe(done)
+def _records(batch: list[_Entry], urgent: bool) -> tuple[Any, ...]:
+    """The ``recs`` message of ``batch`` (consecutive seqs): values, and which are clean."""
+    clean = [i for i, e in enumerate(batch) if e.clean]
+    return ("recs", batch[0].seq, [e.vals for e in batch], urgent, clean)

@@ -16,7 +16,10 @@ import os
 from pathlib import Path
 from typing import IO
 
+from lockgate import _log
 from lockgate.audit.record import AuditRow
+
+log = _log.get("audit")
 
 
 class JsonlSink:
@@ -61,3 +64,15 @@ class JsonlSink:
             with contextlib.suppress(OSError):
                 self._fh.close()
             self._fh = None
+
+
+def mirror(sink: JsonlSink, rows: list[AuditRow]) -> None:
+    """Mirror replayed rows; a failing mirror is reported, never a reason to lose them."""
+    try:
+        sink.write(rows)
+    except OSError as exc:  # an OS error's text names the failure, never a record
+        error = f"{type(exc).__name__}: {exc}"[:200]
+        log.error(
+            "audit mirror missed replayed records",
+            extra={"fields": {"records": len(rows), "error": error}},
+        )

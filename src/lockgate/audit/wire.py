@@ -5,7 +5,10 @@ classes). Messages are tuples whose first item names them:
 
 sender → writer
     ``("hello", sender_id)``                     first message on every connection
-    ``("recs", first_seq, [values, ...], urgent)`` records, sender seqs first_seq, first_seq+1…
+    ``("recs", first_seq, [values, ...], urgent, [i, ...])`` records, sender seqs first_seq,
+                                                 first_seq+1…; the ``i`` are the positions of
+                                                 records the sender sanitised already (written
+                                                 ahead), which the writer takes as they are
     ``("fault", kind, arg)``                     test hook: ``error``/``hang``/``exit``/``clear``
 
 writer → sender

@@ -37,15 +37,16 @@ import sqlite3
 import sys
 import time
 from collections import deque
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
 from lockgate import _log
 from lockgate.audit import chain
+from lockgate.audit.door import describe
 from lockgate.audit.journal import journal_dir, replay
-from lockgate.audit.log import mirror
 from lockgate.audit.record import EVENTS, RECORD_FIELDS, AuditRecord, AuditRow, sanitize
-from lockgate.audit.sinks import JsonlSink
+from lockgate.audit.sinks import JsonlSink, mirror
 from lockgate.audit.wire import FrameBuffer, WireError, frame
 
 log = _log.get("audit.writer")
@@ -87,7 +88,8 @@ class Writer:
         self._sink = JsonlSink(Path(jsonl_path)) if jsonl_path else None
         self._sel = selectors.DefaultSelector()
         self._conns: dict[str, _Conn] = {}  # sender id → its current connection
-        self._pending: deque[tuple[str, int, Any]] = deque()  # (sender, seq, values)
+        # (sender, seq, values, clean): clean ones were sanitised by the sender (written ahead)
+        self._pending: deque[tuple[str, int, Any, bool]] = deque()
         self._pending_since = 0.0
         self._urgent = False
         self._accepted: dict[str, int] = {}  # highest seq taken into _pending, per sender
@@ -98,7 +100,7 @@ class Writer:
         self._last_warn = 0.0
         self._stopping = False
         # the batch being written: kept across retries so a retry writes the same rows
-        self._batch: list[tuple[str, int, Any]] = []
+        self._batch: list[tuple[str, int, Any, bool]] = []
         self._records: list[AuditRecord] = []
         self._unsunk: list[AuditRow] = []
         self._db: sqlite3.Connection | None = None
@@ -167,7 +169,7 @@ class Writer:
         try:
             rows = replay(journal_dir(self.db_path), self._db, skip=busy, forget=True)
         except (OSError, sqlite3.Error) as exc:
-            log.error("audit journal replay failed", extra={"fields": {"error": _describe(exc)}})
+            log.error("audit journal replay failed", extra={"fields": {"error": describe(exc)}})
             return
         if rows and self._sink is not None:
             mirror(self._sink, rows)
@@ -276,8 +278,8 @@ class Writer:
         if kind == "recs":
             if c.sender is None:
                 raise WireError("records before hello")
-            _, first, vals, urgent = msg
-            self._take(c.sender, int(first), vals)
+            _, first, vals, urgent, *rest = msg
+            self._take(c.sender, int(first), vals, set(rest[0]) if rest else ())
             if urgent:
                 self._urgent = True
         elif kind == "hello":
@@ -296,14 +298,14 @@ class Writer:
         else:
             raise WireError(f"unknown message {kind!r}")
 
-    def _take(self, sender: str, first: int, vals: list[Any]) -> None:
+    def _take(self, sender: str, first: int, vals: list[Any], clean: Container[int] = ()) -> None:
         have = self._accepted.get(sender, 0)
         if not self._pending:
             self._pending_since = time.monotonic()
         seq = first
-        for v in vals:
+        for i, v in enumerate(vals):
             if seq > have:  # anything at or below is a resend of a record we already have
-                self._pending.append((sender, seq, v))
+                self._pending.append((sender, seq, v, i in clean))
                 have = seq
             seq += 1
         self._accepted[sender] = have
@@ -329,7 +331,7 @@ class Writer:
             n = min(len(self._pending), self.batch_size)
             self._batch = [self._pending.popleft() for _ in range(n)]
             now = time.time()
-            self._records = [sanitize(_record(v), now) for _, _, v in self._batch]
+            self._records = [_record(v, clean, now) for _, _, v, clean in self._batch]
             if self._pending:
                 self._pending_since = time.monotonic()
             else:
@@ -347,7 +349,7 @@ class Writer:
                 # journal of a sender that died while its records waited here
                 entries = [
                     (sender, seq, r)
-                    for (sender, seq, _), r in zip(self._batch, self._records, strict=True)
+                    for (sender, seq, _, _), r in zip(self._batch, self._records, strict=True)
                 ]
                 kept, placed = chain.append_past_marks(self._db, entries)
                 if self._sink is not None:
@@ -364,7 +366,7 @@ class Writer:
             self._failed(exc)
             return
         acks: dict[str, int] = {}
-        for sender, seq, _ in self._batch:
+        for sender, seq, _, _ in self._batch:
             acks[sender] = seq
         self._done.update(acks)
         self._batch = []
@@ -379,7 +381,7 @@ class Writer:
                 self._send(c, ("ack", seq))
 
     def _failed(self, exc: Exception) -> None:
-        msg = _describe(exc)
+        msg = describe(exc)
         if isinstance(exc, sqlite3.Error) and self._db is not None:
             self._db.close()  # reopen next time: the file may have been replaced
             self._db = None
@@ -397,16 +399,14 @@ class Writer:
         self._retry_at = now + self._backoff
 
 
-def _record(vals: Any) -> AuditRecord:
+def _record(vals: Any, clean: bool, now: float) -> AuditRecord:
+    """The record a sender sent; sanitised here unless the sender did (a written-ahead one)."""
     if type(vals) is tuple and len(vals) == _NFIELDS and vals[0] in EVENTS:
-        return AuditRecord(*vals)
+        rec = AuditRecord(*vals)
+        return rec if clean and rec.ts else sanitize(rec, now)
     # never from our own senders; recorded rather than dropped so the gap is visible
-    return AuditRecord(event="allowed", reason="malformed audit record from a sender")
-
-
-def _describe(exc: BaseException) -> str:
-    msg = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {msg}"[:200]
+    odd = AuditRecord(event="allowed", reason="malformed audit record from a sender")
+    return sanitize(odd, now)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,233 @@
+"""What the gateway benchmarks share: the targets of the fast data path, the trivially cheap
+collaborators of an engine measured alone, and a keep-alive client load for the profile
+benchmarks (Cosmos DB, Databricks).
+
+Targets (measured against baselines in the same run, audit durability in place):
+
+* HTTP, default config, one process: >= 0.5x nginx ``proxy_pass`` requests/s; added p50 at
+  8 connections <= 0.2 ms; p99 at 8 connections <= 2 ms;
+* Cosmos DB point reads and Databricks ``runs/get``: >= 0.7x direct.
+
+Every benchmark prints one ``PASS``/``MISS`` line per target (:func:`judge`), so a reader of
+``make bench`` sees at once which ones hold. The *engine alone* rows run the same engine with
+:class:`FakeVerifier`, :class:`AllowAll` and :class:`NullAudit` in place of identity, policy
+and audit: the difference to the full gateway is what those three cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Lockgate / nginx requests/s (HTTP, one process, default config).
+HTTP_VS_NGINX = 0.5
+#: Lockgate p50 - direct p50 at 8 connections, ms.
+HTTP_ADDED_P50_MS = 0.2
+#: Lockgate p99 at 8 connections, ms.
+HTTP_P99_MS = 2.0
+#: Lockgate / direct requests/s for the Cosmos DB and Databricks profiles.
+PROFILE_VS_DIRECT = 0.7
+
+
+def judge(label: str, value: float | None, target: float, *, at_least: bool, unit: str) -> str:
+    """One line: the measured value, the target and PASS or MISS (``?`` when not measured)."""
+    sign = ">=" if at_least else "<="
+    if value is None:
+        return f"  {label}: not measured (target {sign} {target:g}{unit}) ?"
+    ok = value >= target if at_least else value <= target
+    return (
+        f"  {label}: {value:.3g}{unit} (target {sign} {target:g}{unit}) {'PASS' if ok else 'MISS'}"
+    )
+
+
+# -- the engine alone: collaborators that cost (almost) nothing ---------------------------------
+@dataclass(frozen=True)
+class BenchClaims:
+    """What a verified token says; the shape of ``lockgate.identity.Claims``."""
+
+    sub: str = "airflow:prod/finance_daily/read_orders"
+    aud: str = "orders-api"
+    jti: str = "bench-jti"
+    exp: float = time.time() + 86400
+    iat: float = time.time()
+    deployment: str = "prod"
+    dag_id: str = "finance_daily"
+    task_id: str = "read_orders"
+    run_id: str = "bench"
+    try_number: int = 1
+    map_index: int = -1
+
+
+class FakeVerifier:
+    """Every token verifies, as the same claims."""
+
+    def __init__(self, claims: Any = None) -> None:
+        self.claims = claims if claims is not None else BenchClaims()
+
+    def verify(self, token: str, audience: str) -> Any:
+        return self.claims
+
+
+@dataclass(frozen=True)
+class _Allow:
+    allowed: bool = True
+    rule: str = "allow-all"
+    reason: str = "matched"
+
+    def explain(self) -> str:
+        return "allowed by allow-all"
+
+
+class _AllowSet:
+    _decision = _Allow()
+
+    def decide(self, req: Any) -> _Allow:
+        return self._decision
+
+
+class AllowAll:
+    """A policy source whose only rule allows everything."""
+
+    current = _AllowSet()
+
+
+@dataclass(frozen=True)
+class FixedSecret:
+    value: str
+    version: int = 1
+
+
+class FixedBroker:
+    """Hands out one upstream secret for every credential."""
+
+    def __init__(self, value: str) -> None:
+        self._secret = FixedSecret(value)
+
+    async def upstream_secret(self, name: str, previous: bool = False) -> FixedSecret:
+        return self._secret
+
+
+class NullAudit:
+    """Takes every record and keeps none."""
+
+    def check_writable(self) -> None:
+        return None
+
+    def write_ahead(self, record: Any) -> str:
+        return ""
+
+    def durable(self) -> None:
+        return None
+
+    def emit(self, record: Any) -> None:
+        return None
+
+
+def engine_alone(gw: Any, claims: Any) -> Any:
+    """The gateway's HTTP engine again, with identity, policy and audit that cost nothing."""
+    from dataclasses import replace
+
+    from lockgate.gateway.http import HttpEngine
+
+    shared = replace(
+        gw.engine.shared, verifier=FakeVerifier(claims), policy=AllowAll(), audit=NullAudit()
+    )
+    return HttpEngine(gw.config.resources, shared)
+
+
+# -- profile benchmarks: a private loop for the servers, aiohttp load from the main thread ------
+class LoopThread:
+    """An event loop in a daemon thread; the servers under test live on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@dataclass
+class Load:
+    """One measured load: requests/s and latency quantiles (ms), failures counted."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+async def load(url: str, headers: Callable[[], Mapping[str, str]], n: int, conc: int) -> Load:
+    """``n`` GETs of ``url`` over ``conc`` keep-alive connections, ``headers()`` per request."""
+    import aiohttp
+
+    lat: list[float] = []
+    errors = 0
+    left = n
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as http:
+
+        async def worker() -> None:
+            nonlocal left, errors
+            while left > 0:
+                left -= 1
+                t = time.perf_counter()
+                async with http.get(url, headers=headers()) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                lat.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        took = time.perf_counter() - t0
+    lat.sort()
+    return Load(
+        rps=n / took,
+        p50_ms=statistics.median(lat) * 1000,
+        p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        errors=errors,
+    )
+
+
+async def compare(
+    targets: dict[str, tuple[str, Callable[[], Mapping[str, str]]]], n: int, conc: int
+) -> dict[str, Load]:
+    """Warm every path up, then measure each in turn; prints one row per path."""
+    for url, headers in targets.values():
+        await load(url, headers, 200, conc)
+    out: dict[str, Load] = {}
+    for name, (url, headers) in targets.items():
+        r = out[name] = await load(url, headers, n, conc)
+        print(
+            f"  {name:12} {r.rps:8.0f} req/s   p50 {r.p50_ms:6.2f} ms"
+            f"   p99 {r.p99_ms:6.2f} ms   errors {r.errors}"
+        )
+    return out
+
+
+def report_profile(results: dict[str, Load]) -> int:
+    """Ratios to direct, added latency and the target line; 1 when any request failed."""
+    direct = results["direct"]
+    for name in ("lockgate", "engine alone"):
+        r = results.get(name)
+        if r is None:
+            continue
+        print(
+            f"  {name}: {r.rps / direct.rps:.2f}x direct, added p50 "
+            f"{r.p50_ms - direct.p50_ms:.2f} ms, added p99 {r.p99_ms - direct.p99_ms:.2f} ms"
+        )
+    lg = results["lockgate"]
+    print(
+        judge("lockgate / direct", lg.rps / direct.rps, PROFILE_VS_DIRECT, at_least=True, unit="x")
+    )
+    return 1 if any(r.errors for r in results.values()) else 0
