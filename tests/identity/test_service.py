@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lockgate import _log, metrics
 from lockgate.config import LockgateConfig, parse_config
+from lockgate.control.token import add_token_routes
 from lockgate.errors import AuthenticationError
 from lockgate.identity import (
     KeyStore,
@@ -157,7 +158,7 @@ async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
             on_event=lambda kind, **f: events.append((kind, f)),
         )
         app = web.Application()
-        service.routes(app)
+        add_token_routes(app, service)
         async with serve(app) as srv, aiohttp.ClientSession() as http:
             yield Env(
                 url=str(srv.make_url("")).rstrip("/"),
@@ -287,14 +288,15 @@ async def test_audit_failure_withholds_the_token(env: Env, tmp_path: Path) -> No
     env_service_events = broken
     app = web.Application()
     keys = KeyStore(tmp_path / "b")
-    TokenService(
+    service = TokenService(
         env.config,
         keys,
         env.revocations,
         TokenIssuer(keys, ISSUER),
         mint_policy([]),
         on_event=env_service_events,
-    ).routes(app)
+    )
+    add_token_routes(app, service)
     async with serve(app) as srv:
         body = {"client_id": "prod", "client_secret": SECRET, "resource": "orders-api", **TASK}
         async with env.http.post(srv.make_url("/v1/token"), data=body) as resp:
@@ -667,7 +669,8 @@ async def test_failing_mint_policy_denies(env: Env, tmp_path: Path) -> None:
 
     app = web.Application()
     keys = KeyStore(tmp_path / "c")
-    TokenService(env.config, keys, env.revocations, TokenIssuer(keys, ISSUER), broken).routes(app)
+    service = TokenService(env.config, keys, env.revocations, TokenIssuer(keys, ISSUER), broken)
+    add_token_routes(app, service)
     async with serve(app) as srv:
         body = {"client_id": "prod", "client_secret": SECRET, "resource": "orders-api", **TASK}
         async with env.http.post(srv.make_url("/v1/token"), data=body) as resp:

@@ -26,6 +26,7 @@ from lockgate.control.db_role import db_role_handler
 from lockgate.control.managed_identity import PATH as MSI_PATH
 from lockgate.control.managed_identity import msi_handler
 from lockgate.control.poll_token import poll_token_handler
+from lockgate.control.token import add_token_routes
 from lockgate.gateway.cql.dynamic_roles import DbRoles
 from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
 from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenService, TokenVerifier
@@ -45,7 +46,7 @@ class ReadinessReport(Protocol):
 def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -> web.Application:
     """Every route of the control listener, over ``ctx``."""
     app = web.Application(client_max_size=BODY_LIMIT)
-    ctx.tokens.routes(app)
+    add_token_routes(app, ctx.tokens)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -6,14 +6,14 @@ catalog points at the ports actually bound) and the dynamic roles. Its two metho
 one flow every deployment-called route starts with:
 
 * :meth:`ControlContext.authenticate` reads the body and authenticates the deployment as
-  ``/v1/token`` does (through :meth:`TokenService.authenticate_deployment`); a refusal there
-  is already audited and counted;
+  ``/v1/token`` does (:meth:`TokenService.authenticate`); a refusal there is recorded and
+  counted (action ``authenticate``, the route named) and answered;
 * :meth:`ControlContext.refuse` audits a later refusal (``decision: deny`` and a reason
   slug), then answers it in the OAuth2 error shape.
 
 Minting itself is the token service's (:meth:`TokenService.authorize` then
 :meth:`TokenService.issue`) or, for a route with its own rules, ``mint_policy`` then
-``issuer.mint`` with its ``token_issued`` record written first.
+``issuer.mint``, the token handed out only once its ``token_issued`` record is written.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from lockgate.config import LockgateConfig
+from lockgate.control.token import error_response, read_body
 from lockgate.gateway.cql.dynamic_roles import DbRoles
-from lockgate.identity import TokenIssuer, TokenService, TokenVerifier
-from lockgate.identity._request import OAuthError
+from lockgate.identity import OAuthError, TokenIssuer, TokenService, TokenVerifier
 from lockgate.identity.model import MintDecision, TaskIdentity
 
 EventSink = Callable[..., Awaitable[None]]  # (event_kind, /, **fields): the audit
@@ -64,11 +64,17 @@ class ControlContext:
     async def authenticate(
         self, request: web.Request, route: str
     ) -> tuple[str, dict[str, str]] | web.Response:
-        """(deployment, body) of a control request, or the (already audited) refusal."""
+        """(deployment, body) of a control request, or the (already recorded) refusal."""
         try:
-            return await self.tokens.authenticate_deployment(request, route)
+            body = await read_body(request)
+            deployment, _proof = await self.tokens.authenticate(
+                body, request.headers.get("Authorization")
+            )
         except OAuthError as exc:
-            return exc.response()
+            audit = {"remote": request.remote, "route": route, "action": "authenticate"}
+            await self.tokens.refused(exc, audit)
+            return error_response(exc)
+        return deployment, body
 
     async def refuse(
         self,
@@ -83,8 +89,4 @@ class ControlContext:
         """Audit a refusal of a deployment-authenticated control route, then answer it.
         Every refusal is recorded with ``decision: deny`` and its reason slug."""
         await self.audit("token_denied", **fields, route=route, reason=reason)
-        return web.json_response(
-            {"error": error, "error_description": description},
-            status=status,
-            headers={"Cache-Control": "no-store"},
-        )
+        return error_response(OAuthError(status, error, description, reason=reason))

@@ -29,11 +29,12 @@ from aiohttp import web
 from lockgate import _log, metrics
 from lockgate.config import CqlResource
 from lockgate.control.context import ControlContext
+from lockgate.control.token import error_response, read_body
 from lockgate.errors import CredentialError, UpstreamError
 from lockgate.gateway.cql.roles import DynamicRoles, NoGrants, RoleCredential
 from lockgate.gateway.cql.upstream import split_host_port
-from lockgate.identity._request import OAuthError, read_body
-from lockgate.identity.model import Claims
+from lockgate.identity import Claims, OAuthError
+from lockgate.identity.service import audit_unavailable
 
 log = _log.get("control.db_role")
 
@@ -81,7 +82,7 @@ def db_role_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[we
         audit: dict[str, Any] = {"remote": request.remote}
         try:
             body = await read_body(request)
-            grant = await service.authorize(request, body, audit)
+            grant = await service.authorize(body, request.headers.get("Authorization"), audit)
             resource = grant.resource
             roles = ctx.db_roles.roles.get(resource.name)
             if roles is None:
@@ -96,7 +97,7 @@ def db_role_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[we
             cred = await _issue(roles, claims)
         except OAuthError as exc:
             await service.refused(exc, audit)
-            return exc.response()
+            return error_response(exc)
         grants = [f"{perm} ON {target}" for perm, target in cred.grants]
         try:
             await ctx.audit(
@@ -119,9 +120,7 @@ def db_role_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[we
             with contextlib.suppress(Exception):
                 await roles.revoke(cred.username)
             metrics.TOKEN_REJECTIONS.labels(reason="audit_unavailable").inc()
-            return OAuthError(
-                503, "temporarily_unavailable", "audit unavailable", reason="audit_unavailable"
-            ).response()
+            return error_response(audit_unavailable())
         ctx.db_roles.issued(resource.name, cred, claims)
         metrics.TOKENS_ISSUED.labels(deployment=claims.deployment, resource=resource.name).inc()
         fields = {**audit, "jti": claims.jti, "role": cred.username, "grants": len(grants)}

@@ -8,20 +8,23 @@
 - :mod:`.once`        one-time values (assertion jtis) shared by every process on a data dir
 - :mod:`.oidc`        OIDC subject tokens from trusted issuers (RFC 8693 exchange)
 - :mod:`.attestation` optional check against the deployment's Airflow REST API
-- :mod:`.service`     the token service (/v1/token, /v1/revoke, JWKS, discovery)
+- :mod:`.service`     the token service: authenticate, authorize, issue, revoke (no routes)
+- :mod:`._request`    request body parsing and validation, OAuthError
 - :mod:`.upstream_assertion` the signed caller-identity assertion sent to upstreams
 
-The control listener's other routes (catalog, poll token, database role, Cosmos DB task
-key, managed-identity endpoint) and the mint policy are in :mod:`lockgate.control`.
+The control listener's routes (token, revoke, JWKS, discovery, catalog, poll token,
+database role, Cosmos DB task key, managed-identity endpoint) and the mint policy are in
+:mod:`lockgate.control`.
 """
 
+from lockgate.identity._request import OAuthError, may_act_for
 from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable
 from lockgate.identity.keys import KeyStore, SigningKey, thumbprint
 from lockgate.identity.model import Claims, MintDecision, TaskIdentity
 from lockgate.identity.oidc import OidcVerifier, SubjectToken
 from lockgate.identity.proofs import AssertionVerifier, check_client_secret
 from lockgate.identity.revocation import Revocation, RevocationStore
-from lockgate.identity.service import MintPolicy, TokenService
+from lockgate.identity.service import IssuedToken, MintPolicy, TaskGrant, TokenService
 from lockgate.identity.tokens import MAX_TOKEN_BYTES, TokenIssuer, TokenVerifier
 from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
 
@@ -31,19 +34,23 @@ __all__ = [
     "AttestationFailed",
     "AttestationUnavailable",
     "Claims",
+    "IssuedToken",
     "KeyStore",
     "MintDecision",
     "MintPolicy",
+    "OAuthError",
     "OidcVerifier",
     "Revocation",
     "RevocationStore",
     "SigningKey",
     "SubjectToken",
+    "TaskGrant",
     "TaskIdentity",
     "TokenIssuer",
     "TokenService",
     "TokenVerifier",
     "UpstreamAssertionSigner",
     "check_client_secret",
+    "may_act_for",
     "thumbprint",
 ]

@@ -1,8 +1,9 @@
-"""Parsing and validation of token-service request bodies, and the OAuth2 error shape.
+"""Parsing and validation of token-service request bodies, and the OAuth2 error.
 
-Rules: bodies are small (16 KiB), form-encoded or JSON, and a field may appear once
-(RFC 6749 §3.2). Airflow ids are checked against Airflow's own shapes so a principal
-(``airflow:dep/dag/task``) can never be ambiguous: dag and task ids may not hold ``/``.
+Rules: bodies are small (:data:`MAX_BODY`, the route enforces it while reading),
+form-encoded or JSON, and a field may appear once (RFC 6749 §3.2). Airflow ids are checked
+against Airflow's own shapes so a principal (``airflow:dep/dag/task``) can never be
+ambiguous: dag and task ids may not hold ``/``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl
-
-from aiohttp import web
 
 from lockgate.config import Deployment, LockgateConfig
 from lockgate.identity.model import TaskIdentity
@@ -49,53 +48,46 @@ class OAuthError(Exception):
         self.basic_challenge = basic_challenge
         self.fields = fields  # for the audit event only, never secrets
 
-    def response(self) -> web.Response:
-        headers = {"Cache-Control": "no-store"}
-        if self.basic_challenge:
-            headers["WWW-Authenticate"] = 'Basic realm="lockgate"'
-        payload = {"error": self.error, "error_description": self.description, **self.body}
-        return web.json_response(payload, status=self.status, headers=headers)
+    def payload(self) -> dict[str, Any]:
+        """The JSON answer: ``{error, error_description}`` and the extra ``body``."""
+        return {"error": self.error, "error_description": self.description, **self.body}
 
 
-def _invalid(description: str) -> OAuthError:
+def invalid_request(description: str) -> OAuthError:
     return OAuthError(400, "invalid_request", description, reason="invalid_request")
 
 
-async def read_body(request: web.Request) -> dict[str, str]:
-    """The request's fields as strings; JSON ints are accepted and turned into strings."""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise _invalid("request body too large")
-    raw = await request.content.read(MAX_BODY + 1)
+def parse_body(ctype: str, raw: bytes) -> dict[str, str]:
+    """A body's fields as strings; JSON ints are accepted and turned into strings."""
     if len(raw) > MAX_BODY:
-        raise _invalid("request body too large")
-    ctype = request.content_type
+        raise invalid_request("request body too large")
     if ctype == "application/json":
         try:
             data = json.loads(raw, object_pairs_hook=_fields_once)
         except ValueError:
-            raise _invalid("body is not valid JSON") from None
+            raise invalid_request("body is not valid JSON") from None
         if not isinstance(data, dict):
-            raise _invalid("body must be a JSON object")
+            raise invalid_request("body must be a JSON object")
         out: dict[str, str] = {}
         for k, v in data.items():
             if v is None:
                 continue
             if isinstance(v, bool) or not isinstance(v, str | int):
-                raise _invalid(f"field {k[:40]!r} must be a string or an integer")
+                raise invalid_request(f"field {k[:40]!r} must be a string or an integer")
             out[k] = str(v)
         return out
     if ctype == "application/x-www-form-urlencoded":
         try:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
-            raise _invalid("body is not UTF-8") from None
+            raise invalid_request("body is not UTF-8") from None
         form: dict[str, str] = {}
         for k, v in pairs:
             if k in form:
-                raise _invalid(f"field {k[:40]!r} given more than once")
+                raise invalid_request(f"field {k[:40]!r} given more than once")
             form[k] = v
         return form
-    raise _invalid("expected application/x-www-form-urlencoded or application/json")
+    raise invalid_request("expected application/x-www-form-urlencoded or application/json")
 
 
 def _fields_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -103,7 +95,7 @@ def _fields_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise _invalid(f"field {k[:40]!r} given more than once")
+            raise invalid_request(f"field {k[:40]!r} given more than once")
         out[k] = v
     return out
 
@@ -112,22 +104,22 @@ def _int_field(body: dict[str, str], name: str, default: int | None, lo: int, hi
     raw = body.get(name)
     if raw is None or raw == "":
         if default is None:
-            raise _invalid(f"missing field {name!r}")
+            raise invalid_request(f"missing field {name!r}")
         return default
     if not re.fullmatch(r"-?[0-9]{1,9}", raw):
-        raise _invalid(f"field {name!r} must be an integer")
+        raise invalid_request(f"field {name!r} must be an integer")
     value = int(raw)
     if not lo <= value <= hi:
-        raise _invalid(f"field {name!r} must be between {lo} and {hi}")
+        raise invalid_request(f"field {name!r} must be between {lo} and {hi}")
     return value
 
 
 def _str_field(body: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
     value = body.get(name)
     if not value:
-        raise _invalid(f"missing field {name!r}")
+        raise invalid_request(f"missing field {name!r}")
     if not pattern.fullmatch(value):
-        raise _invalid(f"field {name!r} has an invalid value")
+        raise invalid_request(f"field {name!r} has an invalid value")
     return value
 
 
@@ -138,7 +130,7 @@ def task_request(
     resource = body.get("resource")
     conn_id = body.get("conn_id")
     if bool(resource) == bool(conn_id):
-        raise _invalid("give exactly one of 'resource' or 'conn_id'")
+        raise invalid_request("give exactly one of 'resource' or 'conn_id'")
     if conn_id:
         found = config.resource_for_conn_id(conn_id)
         if found is None:
@@ -164,7 +156,7 @@ def revoke_target(body: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """("jti" | "dag" | "task_try", fields) from a /v1/revoke body."""
     if body.get("jti"):
         if not _JTI_RE.fullmatch(body["jti"]):
-            raise _invalid("field 'jti' has an invalid value")
+            raise invalid_request("field 'jti' has an invalid value")
         return "jti", {"jti": body["jti"]}
     dag_id = _str_field(body, "dag_id", _ID_RE)
     if not body.get("task_id"):

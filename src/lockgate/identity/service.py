@@ -1,23 +1,27 @@
-"""The token service: ``POST /v1/token``, ``POST /v1/revoke``, JWKS and OIDC discovery.
+"""The token service: who a deployment is, what a task may get, minting and revoking.
 
-One request to ``/v1/token`` goes through fixed steps, each able to refuse:
+The logic behind ``POST /v1/token``, ``POST /v1/revoke``, JWKS and OIDC discovery, with no
+web framework in it (the routes are :mod:`lockgate.control.token`; they read the body and
+hand over its fields and the ``Authorization`` header). One token request goes through
+fixed steps, each able to refuse with an :class:`OAuthError`:
 
-1. read the body (form or JSON, small, no repeated fields);
-2. authenticate the deployment (client secret, private-key JWT, or OIDC token exchange);
+1. (the route) read the body (form or JSON, small, no repeated fields);
+2. authenticate the deployment (client secret, private-key JWT, or OIDC token exchange):
+   :meth:`TokenService.authenticate`;
 3. parse the task coordinates and the resource (``resource`` or ``conn_id``);
 4. the deployment must be delegated the ``dag_id`` (globs in ``Deployment.dags``);
 5. optionally, Airflow's REST API must confirm the task try is running;
 6. the injected ``mint_policy`` decides and caps the TTL;
-7. mint, tell ``on_event`` (an audit failure refuses the token), answer.
+7. mint, tell ``on_event`` (an audit failure refuses the token): :meth:`TokenService.issue`.
 
-Steps 1-6 are :meth:`TokenService.authorize`, which ``POST /v1/db-role``
-(:mod:`lockgate.control.db_role`) reuses so both doors refuse alike, and :meth:`refused`
-records a refusal for it as for a token. ``on_revoke`` hears
-every revocation after it is stored (kind and target), so per-token state elsewhere (dynamic
-database roles) ends with the tokens.
+Steps 2-6 are :meth:`TokenService.authorize`, which ``POST /v1/db-role``
+(:mod:`lockgate.control.db_role`) reuses so both doors refuse alike; :meth:`refused`
+records and counts any refusal. ``on_revoke`` hears every revocation after it is stored
+(kind and target), so per-token state elsewhere (dynamic database roles) ends with the
+tokens.
 
-Errors are OAuth2 JSON ``{error, error_description}``. Neither the token nor any presented
-secret or assertion is ever logged, passed to ``on_event`` or put in a message.
+Neither the token nor any presented secret or assertion is ever logged, passed to
+``on_event`` or put in a message.
 """
 
 from __future__ import annotations
@@ -32,21 +36,14 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import aiohttp
-from aiohttp import web
 
 from lockgate import _log, metrics
-from lockgate.config import Deployment, LockgateConfig
+from lockgate.config import CqlResource, Deployment, HttpResource, LockgateConfig
 from lockgate.errors import AuthenticationError
-from lockgate.identity._request import (
-    OAuthError,
-    may_act_for,
-    read_body,
-    revoke_target,
-    task_request,
-)
+from lockgate.identity._request import OAuthError, may_act_for, revoke_target, task_request
 from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable, attest
 from lockgate.identity.keys import KeyStore
-from lockgate.identity.model import MintDecision, TaskIdentity
+from lockgate.identity.model import Claims, MintDecision, TaskIdentity
 from lockgate.identity.oidc import SUBJECT_TOKEN_TYPES, OidcVerifier
 from lockgate.identity.proofs import ASSERTION_TYPE, AssertionVerifier, check_client_secret
 from lockgate.identity.revocation import RevocationStore
@@ -66,9 +63,19 @@ class TaskGrant:
 
     deployment: Deployment
     identity: TaskIdentity
-    resource: Any  # lockgate.config.Resource
+    resource: HttpResource | CqlResource
     decision: MintDecision
     ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A minted token whose ``token_issued`` record is written."""
+
+    token: str
+    claims: Claims
+    ttl: int
+    principal: str
 
 
 class TokenService:
@@ -98,14 +105,7 @@ class TokenService:
         self._assertions = AssertionVerifier(config, clock=clock)
         self._oidc = OidcVerifier(config.oidc_issuers, self._session, leeway=config.tokens.leeway)
 
-    # -- wiring -------------------------------------------------------------------------------
-    def routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/token", self.handle_token)
-        app.router.add_post("/v1/revoke", self.handle_revoke)
-        app.router.add_get("/.well-known/jwks.json", self.handle_jwks)
-        app.router.add_get("/.well-known/openid-configuration", self.handle_discovery)
-        app.on_cleanup.append(lambda _app: self.close())
-
+    # -- lifecycle ----------------------------------------------------------------------------
     async def close(self) -> None:
         if self._owns_http and self._http is not None:
             await self._http.close()
@@ -116,15 +116,15 @@ class TokenService:
             self._http = aiohttp.ClientSession()
         return self._http
 
-    # -- handlers -----------------------------------------------------------------------------
+    # -- the flow -----------------------------------------------------------------------------
     async def authorize(
-        self, request: web.Request, body: dict[str, str], ctx: dict[str, Any]
+        self, body: dict[str, str], authorization: str | None, ctx: dict[str, Any]
     ) -> TaskGrant:
         """Steps 2-6: who asks, for which task and resource, and may it; fills ``ctx`` for the
         audit as it learns. Raises :class:`OAuthError` on any refusal."""
-        ctx["deployment"], ctx["proof"] = await self._authenticate(request, body)
+        ctx["deployment"], ctx["proof"] = await self.authenticate(body, authorization)
         dep = self.config.deployment(ctx["deployment"])
-        assert dep is not None  # _authenticate only returns configured deployments
+        assert dep is not None  # authenticate only returns configured deployments
         identity, resource_name, requested_ttl = task_request(self.config, dep.name, body)
         ctx.update(_identity_fields(identity), resource=resource_name)
         if not may_act_for(dep, identity.dag_id):
@@ -166,17 +166,11 @@ class TokenService:
             )
         return TaskGrant(dep, identity, resource, decision, self._ttl(decision, requested_ttl))
 
-    async def handle_token(self, request: web.Request) -> web.Response:
-        ctx: dict[str, Any] = {"remote": request.remote}
-        try:
-            body = await read_body(request)
-            grant = await self.authorize(request, body, ctx)
-            dep, identity, resource = grant.deployment, grant.identity, grant.resource
-            decision, ttl = grant.decision, grant.ttl
-            token, claims = self.issuer.mint(identity, resource.name, ttl)
-        except OAuthError as exc:
-            await self.refused(exc, ctx)
-            return exc.response()
+    async def issue(self, grant: TaskGrant, ctx: dict[str, Any]) -> IssuedToken:
+        """Step 7: mint the granted token and record it; no record, no token (the token is
+        dropped before anyone sees it and :class:`OAuthError` 503 is raised)."""
+        identity, resource, ttl = grant.identity, grant.resource, grant.ttl
+        token, claims = self.issuer.mint(identity, resource.name, ttl)
         try:
             await _maybe_await(
                 self._on_event(
@@ -184,39 +178,29 @@ class TokenService:
                     **ctx,
                     jti=claims.jti,
                     ttl=ttl,
-                    rule=decision.rule,
+                    rule=grant.decision.rule,
                     principal=identity.principal,
                     expires_at=claims.exp,
                 )
             )
         except Exception as exc:
-            # No audit record, no token: the token is dropped before anyone sees it.
             log.error(
                 "token not issued: audit failed", extra={"fields": {"error": type(exc).__name__}}
             )
             metrics.TOKEN_REJECTIONS.labels(reason="audit_unavailable").inc()
-            return OAuthError(
-                503, "temporarily_unavailable", "audit unavailable", reason="audit_unavailable"
-            ).response()
-        metrics.TOKENS_ISSUED.labels(deployment=dep.name, resource=resource.name).inc()
+            raise audit_unavailable() from None
+        metrics.TOKENS_ISSUED.labels(deployment=grant.deployment.name, resource=resource.name).inc()
         log.info("token issued", extra={"fields": {**ctx, "jti": claims.jti, "ttl": ttl}})
-        return web.json_response(
-            {
-                "access_token": token,
-                "token_type": "Bearer",
-                "expires_in": ttl,
-                "issued_token_type": JWT_TOKEN_TYPE,
-                "principal": identity.principal,
-                "jti": claims.jti,
-            },
-            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
-        )
+        return IssuedToken(token, claims, ttl, identity.principal)
 
-    async def handle_revoke(self, request: web.Request) -> web.Response:
-        ctx: dict[str, Any] = {"remote": request.remote}
+    async def revoke(
+        self, body: dict[str, str], authorization: str | None, ctx: dict[str, Any]
+    ) -> str:
+        """Authenticate the deployment and store what it revokes (a token by jti, a DAG, a
+        run, a task try) or blocks (a DAG); the kind done. A refusal is recorded, then
+        raised as :class:`OAuthError`."""
         try:
-            body = await read_body(request)
-            ctx["deployment"], ctx["proof"] = await self._authenticate(request, body)
+            ctx["deployment"], ctx["proof"] = await self.authenticate(body, authorization)
             dep = self.config.deployment(ctx["deployment"])
             assert dep is not None
             kind, target = revoke_target(body)
@@ -257,7 +241,7 @@ class TokenService:
                 self.revocations.revoke_task_try(dep.name, **target, reason=reason)
         except OAuthError as exc:
             await self.refused(exc, ctx)
-            return exc.response()
+            raise
         if self._on_revoke is not None:
             try:
                 await _maybe_await(self._on_revoke(kind, {"deployment": dep.name, **target}))
@@ -269,53 +253,39 @@ class TokenService:
         except Exception as exc:  # the revocation already holds; auditing it is best effort
             log.error("revocation not audited", extra={"fields": {"error": type(exc).__name__}})
         log.info("tokens revoked", extra={"fields": {**ctx, "kind": kind}})
-        return web.json_response({"revoked": kind}, headers={"Cache-Control": "no-store"})
+        return kind
 
-    async def handle_jwks(self, request: web.Request) -> web.Response:
+    def jwks(self) -> dict[str, Any]:
         self.keys.maybe_reload()  # show rotations made by `lockgate keys rotate` promptly
-        return web.json_response(self.keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+        return self.keys.jwks()
 
-    async def handle_discovery(self, request: web.Request) -> web.Response:
+    def discovery(self) -> dict[str, Any]:
+        """The OpenID provider metadata of this issuer."""
         base = self.issuer.issuer
-        return web.json_response(
-            {
-                "issuer": base,
-                "jwks_uri": f"{base}/.well-known/jwks.json",
-                "token_endpoint": f"{base}/v1/token",
-                "revocation_endpoint": f"{base}/v1/revoke",
-                "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
-                "token_endpoint_auth_methods_supported": [
-                    "client_secret_basic",
-                    "client_secret_post",
-                    "private_key_jwt",
-                ],
-                "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "RS256", "ES256"],
-                "id_token_signing_alg_values_supported": ["EdDSA"],
-                "response_types_supported": ["token"],
-                "subject_types_supported": ["public"],
-            },
-            headers={"Cache-Control": "public, max-age=300"},
-        )
-
-    async def authenticate_deployment(
-        self, request: web.Request, route: str
-    ) -> tuple[str, dict[str, str]]:
-        """For the other control routes a deployment calls (``route`` names it): read the
-        body and authenticate the deployment as ``/v1/token`` does; (deployment, body).
-        A refusal is audited and counted like a token request's, then raised as
-        :class:`OAuthError` (``exc.response()`` is the answer)."""
-        try:
-            body = await read_body(request)
-            deployment, _proof = await self._authenticate(request, body)
-        except OAuthError as exc:
-            ctx = {"remote": request.remote, "route": route, "action": "authenticate"}
-            await self.refused(exc, ctx)
-            raise
-        return deployment, body
+        return {
+            "issuer": base,
+            "jwks_uri": f"{base}/.well-known/jwks.json",
+            "token_endpoint": f"{base}/v1/token",
+            "revocation_endpoint": f"{base}/v1/revoke",
+            "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "private_key_jwt",
+            ],
+            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "RS256", "ES256"],
+            "id_token_signing_alg_values_supported": ["EdDSA"],
+            "response_types_supported": ["token"],
+            "subject_types_supported": ["public"],
+        }
 
     # -- steps --------------------------------------------------------------------------------
-    async def _authenticate(self, request: web.Request, body: dict[str, str]) -> tuple[str, str]:
-        """Return (deployment name, proof kind) or raise OAuthError."""
+    async def authenticate(
+        self, body: dict[str, str], authorization: str | None
+    ) -> tuple[str, str]:
+        """Step 2, for every door a deployment calls: (deployment name, proof kind) from the
+        body's fields and the ``Authorization`` header, or :class:`OAuthError` (not yet
+        recorded: the caller passes it to :meth:`refused`)."""
         grant = body.get("grant_type")
         if grant == TOKEN_EXCHANGE or (grant is None and "subject_token" in body):
             if body.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
@@ -339,7 +309,7 @@ class TokenService:
                 "unsupported grant_type",
                 reason="unsupported_grant_type",
             )
-        basic = _basic_credentials(request)
+        basic = _basic_credentials(authorization)
         if "client_assertion" in body:
             if body.get("client_assertion_type") != ASSERTION_TYPE or basic is not None:
                 raise OAuthError(
@@ -455,8 +425,15 @@ class TokenService:
             log.error("refusal not audited", extra={"fields": {"error": type(err).__name__}})
 
 
-def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
+def audit_unavailable() -> OAuthError:
+    """The refusal of anything that could not be recorded first."""
+    return OAuthError(
+        503, "temporarily_unavailable", "audit unavailable", reason="audit_unavailable"
+    )
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    header = header or ""
     if header[:6].lower() != "basic ":
         return None
     try:

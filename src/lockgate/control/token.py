@@ -1,0 +1,107 @@
+"""The token routes: ``POST /v1/token``, ``POST /v1/revoke``, JWKS and OIDC discovery.
+
+The web side of :class:`lockgate.identity.TokenService`: read the body (small, form or
+JSON, no repeated field), hand its fields and the ``Authorization`` header to the service,
+answer in JSON. Refusals are OAuth2 ``{error, error_description}`` with ``no-store``, and
+every one is recorded by the service before it is answered. :func:`read_body` and
+:func:`error_response` are what every other deployment-called route uses too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from lockgate.identity import OAuthError, TokenService
+from lockgate.identity._request import MAX_BODY, invalid_request, parse_body
+from lockgate.identity.service import JWT_TOKEN_TYPE
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def read_body(request: web.Request) -> dict[str, str]:
+    """The request's fields as strings, read no further than the size cap."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise invalid_request("request body too large")
+    return parse_body(request.content_type, await request.content.read(MAX_BODY + 1))
+
+
+def error_response(exc: OAuthError) -> web.Response:
+    """The OAuth2 error answer of a refusal (a Basic challenge when a secret was wrong)."""
+    headers = dict(NO_STORE)
+    if exc.basic_challenge:
+        headers["WWW-Authenticate"] = 'Basic realm="lockgate"'
+    return web.json_response(exc.payload(), status=exc.status, headers=headers)
+
+
+def token_handler(service: TokenService) -> Handler:
+    """``POST /v1/token``: steps 1-7 of :mod:`lockgate.identity.service`."""
+
+    async def handle(request: web.Request) -> web.Response:
+        ctx: dict[str, Any] = {"remote": request.remote}
+        try:
+            body = await read_body(request)
+            grant = await service.authorize(body, request.headers.get("Authorization"), ctx)
+        except OAuthError as exc:
+            await service.refused(exc, ctx)
+            return error_response(exc)
+        try:
+            issued = await service.issue(grant, ctx)
+        except OAuthError as exc:  # the audit failed: nothing more can be recorded
+            return error_response(exc)
+        return web.json_response(
+            {
+                "access_token": issued.token,
+                "token_type": "Bearer",
+                "expires_in": issued.ttl,
+                "issued_token_type": JWT_TOKEN_TYPE,
+                "principal": issued.principal,
+                "jti": issued.claims.jti,
+            },
+            headers={**NO_STORE, "Pragma": "no-cache"},
+        )
+
+    return handle
+
+
+def revoke_handler(service: TokenService) -> Handler:
+    """``POST /v1/revoke``: a deployment revokes its tokens (or blocks a DAG)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        ctx: dict[str, Any] = {"remote": request.remote}
+        try:
+            body = await read_body(request)
+        except OAuthError as exc:
+            await service.refused(exc, ctx)
+            return error_response(exc)
+        try:
+            kind = await service.revoke(body, request.headers.get("Authorization"), ctx)
+        except OAuthError as exc:  # recorded by the service
+            return error_response(exc)
+        return web.json_response({"revoked": kind}, headers=NO_STORE)
+
+    return handle
+
+
+def add_token_routes(app: web.Application, service: TokenService) -> None:
+    """The token service's routes on ``app``; the service closes with the app."""
+
+    async def jwks(request: web.Request) -> web.Response:
+        return web.json_response(service.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+    async def discovery(request: web.Request) -> web.Response:
+        return web.json_response(
+            service.discovery(), headers={"Cache-Control": "public, max-age=300"}
+        )
+
+    async def close(_app: web.Application) -> None:
+        await service.close()
+
+    app.router.add_post("/v1/token", token_handler(service))
+    app.router.add_post("/v1/revoke", revoke_handler(service))
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/.well-known/openid-configuration", discovery)
+    app.on_cleanup.append(close)
