@@ -123,20 +123,27 @@ def verified_claims(
             leeway=leeway,
             options={"require": list(require)},
         )
-    except jwt.ExpiredSignatureError:
-        raise AuthenticationError("expired") from None
-    except jwt.InvalidSignatureError:
-        raise AuthenticationError("bad_signature") from None
-    except jwt.InvalidAudienceError:
-        raise AuthenticationError(misaddressed or "wrong_audience") from None
-    except jwt.InvalidIssuerError:
-        raise AuthenticationError(misaddressed or "wrong_issuer") from None
-    except jwt.ImmatureSignatureError:
-        raise AuthenticationError("not_yet_valid") from None
-    except jwt.MissingRequiredClaimError:
-        raise AuthenticationError("missing_claims") from None
-    except jwt.PyJWTError:
-        raise AuthenticationError("malformed") from None
+    except jwt.PyJWTError as exc:
+        reason = _jwt_reason(exc)
+        if misaddressed and reason in ("wrong_audience", "wrong_issuer"):
+            reason = misaddressed
+        raise AuthenticationError(reason) from None
+
+
+# What each refusal of PyJWT becomes; anything else it refuses is "malformed".
+_JWT_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.InvalidAlgorithmError, "unsupported_alg"),
+    (jwt.InvalidAudienceError, "wrong_audience"),
+    (jwt.InvalidIssuerError, "wrong_issuer"),
+    (jwt.ImmatureSignatureError, "not_yet_valid"),
+    (jwt.MissingRequiredClaimError, "missing_claims"),
+)
+
+
+def _jwt_reason(exc: jwt.PyJWTError) -> str:
+    return next((slug for kind, slug in _JWT_REASONS if isinstance(exc, kind)), "malformed")
 
 
 class TokenIssuer:
@@ -296,12 +303,8 @@ class TokenVerifier:
                     "verify_jti": False,
                 },
             )
-        except jwt.InvalidSignatureError:
-            raise AuthenticationError("bad_signature") from None
-        except jwt.InvalidAlgorithmError:
-            raise AuthenticationError("unsupported_alg") from None
-        except jwt.PyJWTError:
-            raise AuthenticationError("malformed") from None
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(_jwt_reason(exc)) from None
         if not isinstance(payload, dict):
             raise AuthenticationError("malformed")
         claims = Claims.from_payload(payload)
