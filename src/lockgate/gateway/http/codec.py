@@ -34,7 +34,6 @@ from lockgate.gateway.http.framing import (
     UntilCloseReader,
     bad,
     check_partial,
-    find_head_end,
     parse_request_head_cached,
     parse_response_head_cached,
 )
@@ -159,9 +158,9 @@ class RequestParser(_Body):
     def _head(self, buf: bytes) -> list[Event]:
         while buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
             buf = buf[2:]
-        end = find_head_end(buf)
+        end = buf.find(b"\r\n\r\n") + 4  # past the blank line; 3 when absent
         try:
-            if end < 0:
+            if end == 3:
                 check_partial(buf, self.max_head)
                 self._buf = buf
                 return []
@@ -240,8 +239,8 @@ class ResponseParser(_Body):
     def _head(self, buf: bytes) -> list[Event]:
         try:
             while True:
-                end = find_head_end(buf)
-                if end < 0:
+                end = buf.find(b"\r\n\r\n") + 4
+                if end == 3:
                     check_partial(buf, self.max_head)
                     self._buf = buf
                     return []

@@ -37,7 +37,7 @@ class Deadlines:
     def arm(self, waiter: Expiring, timeout: float) -> None:
         """Call ``waiter.expired()`` in ``timeout`` seconds unless disarmed (re-arming moves
         the deadline)."""
-        at = self._loop.time() + max(timeout, 0.0)
+        at = self._loop.time() + (timeout if timeout > 0.0 else 0.0)
         self._armed[waiter] = at
         if at < self._at:
             self._schedule(at)

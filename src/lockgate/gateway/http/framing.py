@@ -193,9 +193,9 @@ def parse_response_head(head: bytes) -> Head:
 # -- memoised parsing -------------------------------------------------------------------------
 # Parsing is a pure function of the head bytes, and a pipeline repeats the same heads (same
 # path, same token; an upstream repeats its answer head until its Date header ticks), so
-# parsed heads are memoised by their exact bytes. A hit is exactly what parsing would return;
-# refusals are never cached (they raise). Entries are shared and must be treated as
-# read-only. Bounded: cleared when full, so churn costs speed only.
+# parsed heads are memoised by their exact bytes. A hit is exactly what parsing would return
+# (the very same frozen Head); refusals are never cached (they raise). Bounded: cleared when
+# full, so churn costs speed only.
 CACHE_ENTRIES = 512
 CACHE_MAX_HEAD = 8 * 1024
 _requests: dict[bytes, Head] = {}

@@ -24,6 +24,8 @@ from typing import Any, Protocol, cast
 
 from lockgate import _log
 from lockgate.gateway.http import codec, framing, responses
+from lockgate.gateway.http.codec import BODY, DONE, END, HEAD
+from lockgate.gateway.http.framing import FramingError, Head
 from lockgate.gateway.listeners import Ticket
 
 log = _log.get("gateway.http")
@@ -207,12 +209,12 @@ class ClientConnection(asyncio.Protocol):
             return
         parser = self._parser
         state = parser.state
-        if state == codec.DONE:  # a pipelined request: held until this one is answered
+        if state == DONE:  # a pipelined request: held until this one is answered
             parser.feed(data)
             if len(parser.buffered) > self._max_head:
                 self.pause(_PAUSE_PIPELINE)
             return
-        if state == codec.HEAD and not parser.buffered:
+        if state == HEAD and not parser.buffered:
             self._head_started = self._last
         self._handle(parser.feed(data))
 
@@ -226,26 +228,30 @@ class ClientConnection(asyncio.Protocol):
         synchronously may be pipelined deeply."""
         while events:
             first = events[0]
-            head: framing.Head | None = None
+            head: Head | None = None
             body = self._body
             start = 0
-            if type(first) is framing.Head:
+            if type(first) is Head:
                 head = first
                 body = self._body = RequestBody(self)
                 start = 1
             last = events[-1]
-            if isinstance(last, framing.FramingError):
+            if last is END:
+                stop = len(events) - 1
+            elif type(last) is bytes or last is head:  # the body continues
+                stop = len(events)
+            else:  # a refusal
                 if self._task is not None and not self._task.done():
                     self._task.cancel()
                 # the refused head, if it is one: _refused keeps only its request line
+                assert isinstance(last, FramingError)
                 self._refused(400, last, self._parser.buffered or None)
                 self.refuse(responses.bad_request(str(last)))
                 return
             assert body is not None
-            stop = len(events) if type(last) is bytes else len(events) - 1
             if stop > start:
                 body.feed(cast("list[bytes]", events[start:stop]))
-            if last is codec.END:
+            if last is END:
                 body.finish()
                 if len(self._parser.buffered) > self._max_head:
                     self.pause(_PAUSE_PIPELINE)
@@ -389,7 +395,7 @@ class ClientConnection(asyncio.Protocol):
                 log.info("client reads no response within %.1f s: closed", limit)
                 self.abort()
                 return
-        elif state == codec.HEAD and self._task is None and self.inflight is None:
+        elif state == HEAD and self._task is None and self.inflight is None:
             left = (self._head_started if held else self._last) + limit - now
             if left <= 0:
                 self._closed = True
@@ -400,7 +406,7 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self.transport.close()
                 return
-        elif state == codec.BODY and not self._paused:
+        elif state == BODY and not self._paused:
             left = self._last + limit - now
             if left <= 0:
                 self._body_timeout()

@@ -24,7 +24,9 @@ from urllib.parse import urlsplit
 
 from lockgate.errors import UpstreamUnavailable
 from lockgate.gateway.http import codec, framing
+from lockgate.gateway.http.codec import BODY, DONE, END, HEAD
 from lockgate.gateway.http.deadlines import Deadlines
+from lockgate.gateway.http.framing import FramingError, Head
 
 MAX_RESPONSE_HEAD = 64 * 1024
 PENDING_HIGH = 256 * 1024
@@ -144,22 +146,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self._parser.state
-        if state == codec.BODY:
+        if state == BODY:
             self._events(self._parser.feed(data))
-        elif state == codec.HEAD:
+        elif state == HEAD:
             self.got_bytes = True
             self._events(self._parser.feed(data))
         elif data and not self._lost:  # bytes nobody asked for: this connection is out of sync
             self._fail(UpstreamUnavailable("unexpected bytes from upstream"))
 
     def eof_received(self) -> bool | None:
-        if self._parser.state == codec.BODY:
+        if self._parser.state == BODY:
             self._events(self._parser.feed_eof())
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        if self._parser.state == codec.BODY:
+        if self._parser.state == BODY:
             self._events(self._parser.feed_eof())
         self._fail(UpstreamUnavailable("upstream connection closed"))
         self._lost = True
@@ -201,12 +203,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self._lost:
             done.set_exception(UpstreamUnavailable("upstream connection closed"))
             done.exception()
-        elif self._parser.state == codec.DONE:
+        elif self._parser.state == DONE:
             done.set_result(None)
 
     def arm_head_timeout(self, timeout: float) -> None:
         """Fail the head future if no response head arrives within ``timeout`` seconds."""
-        if self._parser.state == codec.HEAD:
+        if self._parser.state == HEAD:
             self._deadlines.arm(self, timeout)
         else:
             self._deadlines.disarm(self)
@@ -231,7 +233,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._pending_size = 0
         sink.write_first(head, pending)  # one syscall for a small response
         self._sink = sink
-        if pending and self.transport is not None and self._parser.state == codec.BODY:
+        if pending and self.transport is not None and self._parser.state == BODY:
             self.transport.resume_reading()
 
     def pause_reading(self) -> None:
@@ -269,9 +271,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         parser = self._parser
         first = events[0]
-        head: framing.Head | None = None
+        head: Head | None = None
         start = 0
-        if type(first) is framing.Head:
+        if type(first) is Head:
             head = first
             start = 1
             self._deadlines.disarm(self)
@@ -285,7 +287,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._pieces(cast("list[bytes]", events[start:stop]))
         if not parser.keep_alive:
             self.reusable = False
-        if isinstance(last, framing.FramingError):
+        if isinstance(last, FramingError):
             where = "response from upstream" if parser.head is None else "response body"
             self._fail(UpstreamUnavailable(f"invalid {where}: {last}"))
             return
@@ -295,7 +297,7 @@ class UpstreamConnection(asyncio.Protocol):
             # leave for the client in one write when on_head attaches the sink.
             self._delivered = True
             listener.on_head(head)
-        if last is codec.END:
+        if last is END:
             self._finish()
 
     def _pieces(self, pieces: list[bytes]) -> None:
