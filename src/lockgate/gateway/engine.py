@@ -1,53 +1,82 @@
-"""What every gateway engine shares: the shapes of its collaborators and two hot-path caches.
+"""The Engine interface and the one bundle of collaborators every engine shares.
 
-Engines depend on the token verifier, policy, credential broker, audit sink and assertion
-signer only through the :class:`typing.Protocol` s below (duck typing), so each engine can be
-built and tested alone with small fakes and the server wires the real objects later.
+An engine serves one resource kind on its own listener(s): it authenticates each client
+with its Lockgate token, classifies each request or statement into an action on an
+object, asks policy, talks upstream with the gateway's own credential, relays and audits.
+Every engine implements :class:`Engine`; :mod:`lockgate.gateway.registry` maps a resource
+kind to its engine class, and the server wires them by kind alone.
+
+Collaborators (token verifier, policy, credential broker, audit sink, assertion signer)
+are seen only through the :class:`typing.Protocol` s below, so an engine can be built and
+tested alone with small fakes. The server builds one :class:`Collaborators` per process,
+checked once there (a missing method fails at start, not on the first request), which
+also holds what engines share: the secret and assertion caches, the record builder and the
+request metrics.
 
 Hot-path rules, common to all engines:
 
 * the verifier is called per request (it caches verified tokens itself);
-* upstream secrets are cached per credential for about a second (:class:`SecretCache`), so a
-  request costs a dict lookup, not a broker round trip, while rotation is seen within a second;
-* signed identity assertions are cached per (token id, resource) (:class:`AssertionCache`),
-  never past the token's expiry;
-* audit records are built by an injected factory (``lockgate.audit.AuditRecord`` by default);
-  an allowed request's ``admitted`` record is written ahead (``AuditSink.write_ahead``, one
-  journal ``write()``) before anything is forwarded, and refused when that fails; outcome and
-  refusal records are emitted without blocking; a failing ``emit`` never breaks a request.
+* upstream secrets come from :class:`~lockgate.gateway.caches.SecretCache` (a dict lookup),
+  identity assertions from :class:`~lockgate.gateway.caches.AssertionCache`;
+* an allowed request's ``admitted`` record (:mod:`lockgate.gateway.records`) is written
+  ahead (``AuditSink.write_ahead``) before anything is forwarded, and the request refused
+  when that fails; outcome and refusal records are emitted without blocking.
+
+A new engine (PostgreSQL, say) is one class::
+
+    class PostgresEngine:
+        kind = "postgres"        # resources with kind: postgres, listener listeners.postgres
+        every_worker = False     # True if several processes may share its port
+
+        def __init__(self, resources, shared: Collaborators) -> None:
+            self.shared = shared               # verifier, policy, secrets, records, metrics
+            self.update_resources(resources)
+
+        def update_resources(self, resources) -> None:
+            self.catalog = {r.name: r for r in resources if r.kind == self.kind}
+
+        async def listen(self, listeners, *, reuse_port=False) -> None:
+            cfg = listeners.postgres           # host, port, tls, handshake_timeout, ...
+            self.server = await asyncio.get_running_loop().create_server(...)
+
+        @property
+        def ports(self) -> dict[str, int]:
+            return {"postgres": self.server.sockets[0].getsockname()[1]}
+
+        async def close(self) -> None: ...
+
+plus one line in :data:`lockgate.gateway.registry.ENGINES`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from lockgate import _log
+from lockgate import metrics
+from lockgate.gateway.caches import (
+    AssertionCache,
+    AssertionSigner,
+    Clock,
+    CredentialBroker,
+    SecretCache,
+    UpstreamSecret,
+)
+from lockgate.gateway.records import RecordBuilder, emit_safely
 
-log = _log.get("gateway")
-
-Clock = Callable[[], float]
+if TYPE_CHECKING:
+    from lockgate.audit import AuditRecord
+    from lockgate.config import Listeners
+    from lockgate.identity import Claims
+    from lockgate.policy import Request
 
 
 # -- collaborator shapes ----------------------------------------------------------------------
-class Claims(Protocol):
-    """A verified Lockgate token (see ``lockgate.identity``)."""
-
-    sub: str
-    aud: str
-    exp: float
-    jti: str
-    deployment: str
-    dag_id: str
-    task_id: str
-    run_id: str | None
-    try_number: int | None
-    map_index: int | None
-
-
 class TokenVerifier(Protocol):
-    def verify(self, token: str, audience: str) -> Any:
+    def verify(self, token: str, audience: str) -> Claims:
         """Return claims or raise ``AuthenticationError`` with a ``reason`` slug."""
         ...
 
@@ -61,23 +90,12 @@ class Decision(Protocol):
 
 
 class PolicySet(Protocol):
-    def decide(self, req: Any) -> Decision: ...
+    def decide(self, req: Request) -> Decision: ...
 
 
 class PolicySource(Protocol):
     @property
     def current(self) -> PolicySet: ...
-
-
-class UpstreamSecret(Protocol):
-    value: str
-    version: int
-
-
-class CredentialBroker(Protocol):
-    def upstream_secret(
-        self, credential_name: str, previous: bool = False
-    ) -> Awaitable[UpstreamSecret | None]: ...
 
 
 @runtime_checkable
@@ -86,7 +104,7 @@ class AuditSink(Protocol):
         """Raise ``AuditUnavailable`` when records cannot be written (fail closed)."""
         ...
 
-    def write_ahead(self, record: Any) -> str:
+    def write_ahead(self, record: AuditRecord) -> str:
         """Make the ``admitted`` record of an allowed request survive a crash of this process
         *before* the request is forwarded; return its reference (``ref`` in the outcome
         record's detail). Raises ``AuditUnavailable``: refuse the request, forward nothing."""
@@ -98,12 +116,20 @@ class AuditSink(Protocol):
         raises ``AuditUnavailable`` when the records cannot be made durable."""
         ...
 
-    def emit(self, record: Any) -> None: ...
+    def emit(self, record: AuditRecord) -> None: ...
 
 
-AssertionSigner = Callable[[Any, str], str]
-RecordFactory = Callable[..., Any]
-RequestFactory = Callable[..., Any]
+class ResourceConfig(Protocol):
+    """What the registry and every engine read of any resource: its name and kind."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+RequestFactory = Callable[..., "Request"]
 
 
 def default_request_factory() -> RequestFactory:
@@ -112,118 +138,168 @@ def default_request_factory() -> RequestFactory:
     return Request
 
 
+# -- what engines share ---------------------------------------------------------------------
+class RequestMetrics:
+    """``lockgate_requests_total`` and upstream latency; labelled children are cached
+    (``labels()`` costs a lock and a dict of tuples per call)."""
+
+    __slots__ = ("_counters", "_latency")
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    def count(self, resource: str, action: str, decision: str) -> None:
+        key = (resource, action, decision)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = metrics.REQUESTS.labels(resource, action, decision)
+        child.inc()
+
+    def observe_upstream(self, resource: str, seconds: float) -> None:
+        child = self._latency.get(resource)
+        if child is None:
+            child = self._latency[resource] = metrics.UPSTREAM_LATENCY.labels(resource)
+        child.observe(seconds)
+
+
+# (collaborator, what it must have): checked once when the bundle is built
+_REQUIRED = (
+    ("verifier", "verify"),
+    ("policy", "current"),
+    ("broker", "upstream_secret"),
+    ("audit", "check_writable"),
+    ("audit", "write_ahead"),
+    ("audit", "durable"),
+    ("audit", "emit"),
+)
+
+
+@dataclass(eq=False)
+class Collaborators:
+    """Everything engines share, built once per process. Raises ``TypeError`` naming what
+    is missing when a collaborator lacks a method engines call."""
+
+    verifier: TokenVerifier
+    policy: PolicySource
+    broker: CredentialBroker
+    audit: AuditSink
+    sign_assertion: AssertionSigner
+    clock: Clock = time.monotonic
+    secret_ttl: float = 1.0  # seconds a fetched upstream secret is reused
+    assertion_ttl: float = 30.0  # seconds a signed identity assertion is reused
+    data_dir: Path | None = None  # engine state (e.g. the Databricks run registry)
+    make_request: RequestFactory = field(default_factory=default_request_factory)
+    secrets: SecretCache = field(init=False)
+    assertions: AssertionCache = field(init=False)
+    records: RecordBuilder = field(init=False)
+    metrics: RequestMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        missing = [f"{who}.{what}" for who, what in _REQUIRED if not _has(self, who, what)]
+        if not callable(self.sign_assertion):
+            missing.append("sign_assertion (a callable)")
+        if missing:
+            raise TypeError(f"engine collaborators lack {', '.join(missing)}")
+        self.secrets = SecretCache(self.broker, ttl=self.secret_ttl, clock=self.clock)
+        self.assertions = AssertionCache(
+            self.sign_assertion, ttl=self.assertion_ttl, clock=self.clock
+        )
+        self.records = RecordBuilder(self.audit, self.clock)
+        self.metrics = RequestMetrics()
+
+
+def _has(bundle: Collaborators, who: str, what: str) -> bool:
+    return hasattr(getattr(bundle, who), what)
+
+
+# -- the interface ------------------------------------------------------------------------
+class Engine(Protocol):
+    """One wire protocol's engine; see the module docstring for a sketch of a new one."""
+
+    #: The resource kind it serves; also the name of its section in ``listeners``.
+    kind: ClassVar[str]
+    #: May run in every ``serve --workers`` process (they share its port with
+    #: SO_REUSEPORT); False: worker 0 alone serves it.
+    every_worker: ClassVar[bool]
+
+    def __init__(self, resources: Iterable[ResourceConfig], shared: Collaborators) -> None:
+        """Keep the resources of :attr:`kind` (others are ignored); open nothing yet."""
+        ...
+
+    async def listen(self, listeners: Listeners, *, reuse_port: bool = False) -> None:
+        """Open this engine's listener(s) from the config's ``listeners`` section."""
+        ...
+
+    def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
+        """Serve this catalog from now on, without a restart (what happens to requests and
+        sessions in flight is each engine's to say, in its docstring)."""
+        ...
+
+    @property
+    def ports(self) -> Mapping[str, int]:
+        """Listener name -> bound port, once listening."""
+        ...
+
+    async def close(self) -> None:
+        """Stop listening and end every connection."""
+        ...
+
+
+# -- kept while callers move to :mod:`lockgate.gateway.records` ---------------------------
+RecordFactory = Callable[..., "AuditRecord"]
+
+
 def default_record_factory() -> RecordFactory:
     from lockgate.audit import AuditRecord
 
     return AuditRecord
 
 
-def identity_fields(claims: Any) -> dict[str, Any]:
-    """The audit record fields that say who acted, from verified claims (or None)."""
-    c = claims
+def identity_fields(claims: Claims | None) -> dict[str, Any]:
+    """The audit record fields that say who acted (use :func:`records.record` instead)."""
+    if claims is None:
+        return dict.fromkeys(_IDENTITY)
     return {
-        "deployment": getattr(c, "deployment", None),
-        "dag_id": getattr(c, "dag_id", None),
-        "task_id": getattr(c, "task_id", None),
-        "run_id": getattr(c, "run_id", None),
-        "try_number": getattr(c, "try_number", None),
-        "map_index": getattr(c, "map_index", None),
-        "principal": getattr(c, "sub", None),
-        "jti": getattr(c, "jti", None),
+        "deployment": claims.deployment,
+        "dag_id": claims.dag_id,
+        "task_id": claims.task_id,
+        "run_id": claims.run_id,
+        "try_number": claims.try_number,
+        "map_index": claims.map_index,
+        "principal": claims.sub,
+        "jti": claims.jti,
     }
 
 
-# -- hot-path caches --------------------------------------------------------------------------
-class SecretCache:
-    """Upstream secrets per (credential, previous) for ``ttl`` seconds.
+_IDENTITY = (
+    "deployment",
+    "dag_id",
+    "task_id",
+    "run_id",
+    "try_number",
+    "map_index",
+    "principal",
+    "jti",
+)
 
-    Returns the same object while fresh, so callers may cache derived bytes keyed on identity.
-    Concurrent misses for one key share a single broker call.
-    """
-
-    def __init__(
-        self, broker: CredentialBroker, *, ttl: float = 1.0, clock: Clock = time.monotonic
-    ):
-        self._broker = broker
-        self._ttl = ttl
-        self._clock = clock
-        self._entries: dict[tuple[str, bool], tuple[float, UpstreamSecret | None]] = {}
-
-    def peek(self, name: str, previous: bool = False) -> UpstreamSecret | None:
-        """The cached secret if fresh, else None (sync fast path)."""
-        entry = self._entries.get((name, previous))
-        if entry is not None and entry[0] > self._clock():
-            return entry[1]
-        return None
-
-    async def get(self, name: str, previous: bool = False) -> UpstreamSecret | None:
-        key = (name, previous)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > self._clock():
-            return entry[1]
-        secret = await self._broker.upstream_secret(name, previous=previous)
-        self._entries[key] = (self._clock() + self._ttl, secret)
-        return secret
-
-    def invalidate(self, name: str | None = None) -> None:
-        if name is None:
-            self._entries.clear()
-        else:
-            self._entries.pop((name, False), None)
-            self._entries.pop((name, True), None)
-
-    def forget_token(self, name: str, version: int) -> None:
-        """The upstream refused an access token: drop it here and in the broker, so the
-        next ``get`` fetches a fresh one instead of returning the refused token again."""
-        self.invalidate(name)
-        forget = getattr(self._broker, "invalidate", None)  # brokers without a token cache
-        if forget is not None:
-            forget(name, version)
-
-
-class AssertionCache:
-    """Signed identity assertions per (jti, resource), reused for ``ttl`` seconds.
-
-    ``ttl`` must be shorter than the signer's assertion lifetime; an entry never outlives
-    the token it was made for (``claims.exp`` is wall-clock seconds).
-    """
-
-    MAX_ENTRIES = 10_000
-
-    def __init__(
-        self,
-        signer: AssertionSigner,
-        *,
-        ttl: float = 30.0,
-        clock: Clock = time.monotonic,
-        wall: Clock = time.time,
-    ):
-        self._signer = signer
-        self._ttl = ttl
-        self._clock = clock
-        self._wall = wall
-        self._entries: dict[tuple[str, str], tuple[float, str]] = {}
-
-    def get(self, claims: Any, resource: str) -> str:
-        key = (str(getattr(claims, "jti", "")), resource)
-        now = self._clock()
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        value = self._signer(claims, resource)
-        left = float(getattr(claims, "exp", 0) or 0) - self._wall()
-        if key[0] and left > 0:
-            if len(self._entries) >= self.MAX_ENTRIES:
-                self._entries.clear()  # cheap bound; entries are re-signed on demand
-            self._entries[key] = (now + min(self._ttl, left), value)
-        return value
-
-
-def emit_safely(audit: AuditSink, record: Any) -> None:
-    """Emit an audit record; a sink failure is logged, never raised into a request."""
-    try:
-        audit.emit(record)
-    except Exception:
-        log.exception(
-            "audit emit failed", extra={"fields": {"event": getattr(record, "event", None)}}
-        )
+__all__ = [
+    "AssertionCache",
+    "AssertionSigner",
+    "AuditSink",
+    "Clock",
+    "Collaborators",
+    "CredentialBroker",
+    "Decision",
+    "Engine",
+    "PolicySet",
+    "PolicySource",
+    "RequestFactory",
+    "RequestMetrics",
+    "ResourceConfig",
+    "SecretCache",
+    "TokenVerifier",
+    "UpstreamSecret",
+    "default_request_factory",
+    "emit_safely",
+]

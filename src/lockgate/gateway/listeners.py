@@ -33,6 +33,9 @@ the factory therefore kept every port scan, TCP health check and wrong-CA client
 
 ``lockgate_open_connections{listener}`` (accepted, not yet closed) is read when ``/metrics``
 is scraped; ``lockgate_connections_refused_total{listener}`` counts cap refusals.
+
+From a listener's config, :func:`server_ssl_context` builds its TLS context and
+:func:`limits` the keywords every engine's low-level ``start`` takes.
 """
 
 from __future__ import annotations
@@ -42,12 +45,16 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import ssl
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lockgate import _log, metrics
+
+if TYPE_CHECKING:
+    from lockgate.config import ForwardProxyConfig, ListenerConfig
 
 log = _log.get("gateway.listeners")
 
@@ -185,6 +192,24 @@ class ConnectionGuard:
             self._refused_since_log = 0
 
 
+def server_ssl_context(listener: ListenerConfig | ForwardProxyConfig) -> ssl.SSLContext | None:
+    """The TLS context a listener serves with (TLS 1.2 or newer), None when it is plain."""
+    if listener.tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(listener.tls.cert), str(listener.tls.key))
+    return ctx
+
+
+def limits(listener: ListenerConfig) -> dict[str, Any]:
+    """A listener's connection limits, as the engines' ``start`` takes them."""
+    return {
+        "handshake_timeout": listener.handshake_timeout,
+        "max_connections": listener.max_connections,
+    }
+
+
 def http_refusal(listener: str, max_connections: int) -> bytes:
     """The ``503`` an HTTP listener answers at its cap, naming the cap."""
     body = json.dumps(
@@ -310,7 +335,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
     if trim is not None:
         trim.argtypes = [ctypes.c_size_t]
         trim.restype = ctypes.c_int
-    return trim  # type: ignore[no-any-return]
+    return trim
 
 
 _RELEASE = _MemoryRelease()
@@ -322,4 +347,6 @@ __all__ = [
     "Ticket",
     "TrackedProtocol",
     "http_refusal",
+    "limits",
+    "server_ssl_context",
 ]

@@ -1,9 +1,16 @@
-"""``HttpEngine``: the ``kind: http`` engine's door: listener, resources and pools.
+"""``HttpEngine``: the ``kind: http`` engine's door: listeners, resources and pools.
 
 Wiring only; the pipeline is :mod:`proxy`, the wire handling :mod:`server` (client side) and
-:mod:`upstream` (pool). ``update_resources`` swaps the catalog atomically: requests in flight
-finish on the old state, new ones see the new one, and pools of unchanged resources are kept
-so warm connections survive a reload.
+:mod:`upstream` (pool). It implements :class:`lockgate.gateway.engine.Engine`:
+:meth:`HttpEngine.listen` opens the ``http`` listener, one listener per resource with its
+own ``listen``, and the forward proxy (``listeners.forward_proxy``) when configured.
+
+``update_resources`` swaps the catalog atomically: requests in flight finish on the old
+state, new ones see the new one, and pools of unchanged resources are kept so warm
+connections survive a reload. A removed resource answers 404 to new requests; the forward
+proxy's intercepted hosts follow the catalog. Listeners are not reopened: a resource whose
+``listen`` is new or changed is served on its own port after a restart (it is served on
+the ``http`` listener at once).
 
 A resource with ``listen`` is also served at the root of its own port
 (:meth:`HttpEngine.start_mounted`): clients such as the Databricks hook build
@@ -16,25 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
-import time
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from lockgate.config import HttpResource
 from lockgate.gateway.engine import (
-    AssertionCache,
-    AssertionSigner,
-    AuditSink,
-    Clock,
-    CredentialBroker,
-    PolicySource,
-    RecordFactory,
-    RequestFactory,
-    SecretCache,
+    Collaborators,
+    ResourceConfig,
     TokenVerifier,
     default_record_factory,
-    default_request_factory,
 )
+from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.gateway.http.profiles import make_profile
 from lockgate.gateway.http.proxy import Proxy, ResourceState
 from lockgate.gateway.http.server import ClientConnection
@@ -45,62 +44,76 @@ from lockgate.gateway.listeners import (
     ConnectionGuard,
     Ticket,
     http_refusal,
+    limits,
+    server_ssl_context,
 )
+
+if TYPE_CHECKING:
+    from lockgate.config import Listeners
 
 
 class HttpEngine:
-    kind = "http"
+    """Serves every ``kind: http`` resource; see the module docstring.
+
+    ``HttpEngine(resources, shared)`` with the process's :class:`Collaborators`; built alone
+    (tests, benchmarks) ``HttpEngine(resources, verifier, policy, broker, audit,
+    sign_assertion, **options)`` makes its own bundle, ``options`` naming its fields
+    (``clock``, ``secret_ttl``, ``assertion_ttl``, ``data_dir``, ``make_request``).
+    """
+
+    kind: ClassVar[str] = "http"
+    every_worker: ClassVar[bool] = True  # workers share the port (SO_REUSEPORT)
 
     def __init__(
         self,
-        resources: Iterable[Any],
-        verifier: TokenVerifier,
-        policy: PolicySource,
-        broker: CredentialBroker,
-        audit: AuditSink,
-        sign_assertion: AssertionSigner,
-        *,
-        clock: Clock = time.monotonic,
+        resources: Iterable[ResourceConfig],
+        shared: Collaborators | TokenVerifier,
+        *standalone: Any,
         max_header_bytes: int = 64 * 1024,
         idle_timeout: float = 60.0,
-        secret_ttl: float = 1.0,
-        assertion_ttl: float = 30.0,
         connect_timeout: float = 10.0,
         max_idle_per_resource: int = 64,
-        make_request: RequestFactory | None = None,
-        make_record: RecordFactory | None = None,
-        data_dir: Path | None = None,
+        **options: Any,
     ) -> None:
-        self._clock = clock
-        self._data_dir = data_dir  # profile state (e.g. the Databricks run registry)
+        if not isinstance(shared, Collaborators):
+            shared = Collaborators(shared, *standalone, **options)
+        self.shared = shared
+        self._clock = shared.clock
+        self._data_dir = shared.data_dir  # profile state (e.g. the Databricks run registry)
         self._mounted: list[asyncio.Server] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._max_header_bytes = max_header_bytes
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle_per_resource
-        self.secrets = SecretCache(broker, ttl=secret_ttl, clock=clock)
+        self.secrets = shared.secrets
         self.proxy = Proxy(
-            verifier=verifier,
-            policy=policy,
-            secrets=self.secrets,
-            assertions=AssertionCache(sign_assertion, ttl=assertion_ttl, clock=clock),
-            audit=audit,
-            make_request=make_request or default_request_factory(),
-            make_record=make_record or default_record_factory(),
-            clock=clock,
+            verifier=shared.verifier,
+            policy=shared.policy,
+            secrets=shared.secrets,
+            assertions=shared.assertions,
+            audit=shared.audit,
+            make_request=shared.make_request,
+            make_record=default_record_factory(),
+            clock=shared.clock,
         )
         self._server: asyncio.Server | None = None
         self._connections: set[ClientConnection] = set()  # made and not yet lost
         self.guards: dict[str, ConnectionGuard] = {}  # listener name -> its connection count
+        self.forward_proxy: ForwardProxy | None = None
+        self._ports: dict[str, int] = {}
+        self._intercepts: dict[str, str] = {}  # "host:port" -> resource (forward proxy)
         self.update_resources(resources)
 
-    def update_resources(self, resources: Iterable[Any]) -> None:
+    @staticmethod
+    def _own(resources: Iterable[ResourceConfig]) -> list[HttpResource]:
+        return [r for r in resources if isinstance(r, HttpResource)]
+
+    def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
+        own = self._own(resources)
         old = self.proxy.resources
         new: dict[str, ResourceState] = {}
-        for r in resources:
-            if getattr(r, "kind", "http") != "http":
-                continue
+        for r in own:
             prev = old.get(r.name)
             pool = prev.pool if prev is not None and prev.resource == r else None
             if pool is None:
@@ -119,6 +132,9 @@ class HttpEngine:
                 state.profile = make_profile(r, state.target, self._data_dir)
             new[r.name] = state
         self.proxy.resources = new
+        self._intercepts = {host: r.name for r in own for host in r.intercept}
+        if self.forward_proxy is not None:
+            self.forward_proxy.update_routes(self._intercepts)
         for name, state in old.items():
             if name not in new or new[name].pool is not state.pool:
                 state.pool.close()
@@ -159,6 +175,33 @@ class HttpEngine:
         the decrypted stream of a CONNECT tunnel (:mod:`.forward_proxy`)."""
         return self._protocol(resource)
 
+    async def listen(self, listeners: Listeners, *, reuse_port: bool = False) -> None:
+        """Open the ``http`` listener, each resource's own ``listen`` and, when configured,
+        the forward proxy. ``reuse_port``: several worker processes share these ports."""
+        h = listeners.http
+        await self.start(
+            h.host, h.port, ssl=server_ssl_context(h), reuse_port=reuse_port, **limits(h)
+        )
+        for state in self.proxy.resources.values():
+            own = state.resource.listen
+            if own is not None:
+                await self.start_mounted(
+                    state.name, own.host, own.port, ssl=server_ssl_context(own),
+                    reuse_port=reuse_port, **limits(own),
+                )  # fmt: skip
+        fp = listeners.forward_proxy
+        if fp is not None:  # CONNECT for clients with a fixed upstream URL (ARM)
+            self.forward_proxy = ForwardProxy.from_listener(self, fp, self._intercepts)
+            await self.forward_proxy.start(
+                fp.host, fp.port, ssl=server_ssl_context(fp), reuse_port=reuse_port
+            )
+            self._ports["forward_proxy"] = self.forward_proxy.port
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """``http``, each resource served on its own port (by name), ``forward_proxy``."""
+        return dict(self._ports)
+
     async def start_mounted(
         self,
         resource: str,
@@ -172,6 +215,7 @@ class HttpEngine:
         """Serve ``resource`` alone at the root of ``host:port`` (``/api/...``, no prefix)."""
         server = await self._listen(resource, resource, host, port, ssl, reuse_port, **limits)
         self._mounted.append(server)
+        self._ports[resource] = _bound_port(server)
         return server
 
     async def start(
@@ -188,6 +232,7 @@ class HttpEngine:
         ``limits``: ``handshake_timeout`` (TLS, seconds) and ``max_connections``, as the
         listener's config; see :mod:`lockgate.gateway.listeners`."""
         self._server = await self._listen("http", None, host, port, ssl, reuse_port, **limits)
+        self._ports["http"] = _bound_port(self._server)
         return self._server
 
     async def _listen(
@@ -221,10 +266,13 @@ class HttpEngine:
 
     @property
     def port(self) -> int:
-        assert self._server is not None and self._server.sockets
-        return int(self._server.sockets[0].getsockname()[1])
+        """The ``http`` listener's port."""
+        return self._ports["http"]
 
     async def close(self) -> None:
+        if self.forward_proxy is not None:
+            await self.forward_proxy.close()
+            self.forward_proxy = None
         if self._server is not None:
             self._server.close()
         for server in self._mounted:
@@ -246,6 +294,10 @@ class HttpEngine:
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+
+def _bound_port(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
 
 
 class MountedConnection(ClientConnection):

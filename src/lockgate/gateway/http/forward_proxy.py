@@ -25,7 +25,7 @@ import json
 import re
 import ssl as ssl_module
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lockgate import _log, metrics
 from lockgate.gateway.listeners import (
@@ -36,6 +36,9 @@ from lockgate.gateway.listeners import (
 )
 from lockgate.gateway.refusals import describe, request_line
 from lockgate.tlsgen import LeafIssuer
+
+if TYPE_CHECKING:
+    from lockgate.config import ForwardProxyConfig
 
 log = _log.get("gateway.http.forward_proxy")
 
@@ -67,7 +70,8 @@ class ForwardProxy:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.engine = engine
-        self.routes = {k.lower(): v for k, v in routes.items()}  # "host:port" -> resource
+        self.routes: dict[str, str] = {}  # "host:port" -> resource
+        self.update_routes(routes)
         self.issuer = issuer
         self.handshake_timeout = handshake_timeout
         self.head_timeout = head_timeout
@@ -77,17 +81,29 @@ class ForwardProxy:
         self._tunnels: set[asyncio.Task[None]] = set()
 
     @classmethod
-    def from_config(cls, engine: Any, config: Any) -> ForwardProxy:
-        fp = config.listeners.forward_proxy
-        routes = {h: r.name for r in config.resources if r.kind == "http" for h in r.intercept}
-        issuer = LeafIssuer.from_files(fp.ca.cert, fp.ca.key, days=fp.leaf_days)
+    def from_listener(
+        cls, engine: Any, listener: ForwardProxyConfig, routes: Mapping[str, str]
+    ) -> ForwardProxy:
+        """The proxy of ``listeners.forward_proxy``; ``routes``: intercepted host -> resource."""
+        issuer = LeafIssuer.from_files(listener.ca.cert, listener.ca.key, days=listener.leaf_days)
         return cls(
             engine,
             routes,
             issuer,
-            handshake_timeout=fp.handshake_timeout,
-            max_connections=fp.max_connections,
+            handshake_timeout=listener.handshake_timeout,
+            max_connections=listener.max_connections,
         )
+
+    @classmethod
+    def from_config(cls, engine: Any, config: Any) -> ForwardProxy:
+        """Kept while the server moves to :meth:`HttpEngine.listen`."""
+        fp = config.listeners.forward_proxy
+        routes = {h: r.name for r in config.resources if r.kind == "http" for h in r.intercept}
+        return cls.from_listener(engine, fp, routes)
+
+    def update_routes(self, routes: Mapping[str, str]) -> None:
+        """Intercept these hosts from now on (the catalog changed); tunnels open stay."""
+        self.routes = {k.lower(): v for k, v in routes.items()}
 
     async def start(
         self,

@@ -1,0 +1,131 @@
+"""The engines' two hot-path caches: upstream secrets and signed identity assertions.
+
+* :class:`SecretCache` — upstream secrets per credential for about a second, so a request
+  costs a dict lookup, not a broker round trip, while a rotation is seen within a second;
+* :class:`AssertionCache` — signed identity assertions per (token id, resource), never kept
+  past the token's expiry.
+
+One of each per process, held by :class:`lockgate.gateway.engine.Collaborators` and shared
+by every engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from lockgate.identity import Claims
+
+Clock = Callable[[], float]
+#: ``sign(claims, resource)``: a short-lived assertion of who acts, for the upstream.
+AssertionSigner = Callable[["Claims", str], str]
+
+
+class UpstreamSecret(Protocol):
+    @property
+    def value(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+class CredentialBroker(Protocol):
+    def upstream_secret(
+        self, credential_name: str, previous: bool = False
+    ) -> Awaitable[UpstreamSecret | None]: ...
+
+
+class SecretCache:
+    """Upstream secrets per (credential, previous) for ``ttl`` seconds.
+
+    Returns the same object while fresh, so callers may cache derived bytes keyed on identity.
+    """
+
+    def __init__(
+        self, broker: CredentialBroker, *, ttl: float = 1.0, clock: Clock = time.monotonic
+    ) -> None:
+        self._broker = broker
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[tuple[str, bool], tuple[float, UpstreamSecret | None]] = {}
+
+    def peek(self, name: str, previous: bool = False) -> UpstreamSecret | None:
+        """The cached secret if fresh, else None (sync fast path)."""
+        entry = self._entries.get((name, previous))
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        return None
+
+    async def get(self, name: str, previous: bool = False) -> UpstreamSecret | None:
+        key = (name, previous)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        secret = await self._broker.upstream_secret(name, previous=previous)
+        self._entries[key] = (self._clock() + self._ttl, secret)
+        return secret
+
+    def invalidate(self, name: str | None = None) -> None:
+        if name is None:
+            self._entries.clear()
+        else:
+            self._entries.pop((name, False), None)
+            self._entries.pop((name, True), None)
+
+    def forget_token(self, name: str, version: int) -> None:
+        """The upstream refused an access token: drop it here and in the broker, so the
+        next ``get`` fetches a fresh one instead of returning the refused token again."""
+        self.invalidate(name)
+        forget = getattr(self._broker, "invalidate", None)  # brokers without a token cache
+        if forget is not None:
+            forget(name, version)
+
+
+class AssertionCache:
+    """Signed identity assertions per (jti, resource), reused for ``ttl`` seconds.
+
+    ``ttl`` must be shorter than the signer's assertion lifetime; an entry never outlives
+    the token it was made for (``claims.exp`` is wall-clock seconds).
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(
+        self,
+        signer: AssertionSigner,
+        *,
+        ttl: float = 30.0,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+    ) -> None:
+        self._signer = signer
+        self._ttl = ttl
+        self._clock = clock
+        self._wall = wall
+        self._entries: dict[tuple[str, str], tuple[float, str]] = {}
+
+    def get(self, claims: Claims, resource: str) -> str:
+        key = (claims.jti or "", resource)
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        value = self._signer(claims, resource)
+        left = float(claims.exp or 0) - self._wall()
+        if key[0] and left > 0:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()  # cheap bound; entries are re-signed on demand
+            self._entries[key] = (now + min(self._ttl, left), value)
+        return value
+
+
+__all__ = [
+    "AssertionCache",
+    "AssertionSigner",
+    "Clock",
+    "CredentialBroker",
+    "SecretCache",
+    "UpstreamSecret",
+]
