@@ -1,15 +1,18 @@
 """Upstream side: a keep-alive connection pool per resource and the connection protocol.
 
-A :class:`UpstreamConnection` carries one request at a time. The response head is handed to
-the waiting request as a future; body bytes are pushed straight from ``data_received`` to a
-sink (the client connection) without a task hop, so a large download costs one callback per
-socket read. Back-pressure both ways is by transport pause/resume: the client side pauses
-this transport's reading when its own write buffer is full, and this side calls
-``on_pause``/``on_resume`` when its write buffer is full so the client side stops reading.
+A :class:`UpstreamConnection` carries one request at a time: it feeds what the upstream
+sends to a :class:`~.codec.ResponseParser` and acts on its events. The response head is
+handed to the waiting request as a future or to a listener's callback; body bytes are
+pushed straight from ``data_received`` to a sink (the client connection) without a task hop,
+so a large download costs one callback per socket read. Back-pressure both ways is by
+transport pause/resume: the client side pauses this transport's reading when its own write
+buffer is full, and this side calls ``on_pause``/``on_resume`` when its write buffer is full
+so the client side stops reading.
 
-Responses are framed strictly (see :mod:`framing`); a connection is returned to the pool only
-when its response ended cleanly on a length or chunk boundary with no stray bytes and neither
-side asked to close. 1xx interim answers are dropped; HEAD/204/304 answers have no body.
+Responses are framed strictly (see :mod:`.framing`); a connection is returned to the pool
+only when its response ended cleanly on a length or chunk boundary with no stray bytes and
+neither side asked to close. 1xx interim answers are dropped; HEAD/204/304 answers have no
+body. Head timeouts are deadlines in one :class:`~.deadlines.Deadlines` per pool.
 """
 
 from __future__ import annotations
