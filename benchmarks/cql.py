@@ -239,6 +239,20 @@ class _NoAudit:
         pass
 
 
+def engine_arguments(resources: list[Any], password: str) -> tuple[Any, ...]:
+    """``CqlEngine``'s arguments with the trivial collaborators (one bundle, or each)."""
+    from lockgate.gateway import engine as shapes
+
+    collaborators = (_AnyToken(), _AllowAll(), _OneSecret(password), _NoAudit())
+    bundle = getattr(shapes, "Collaborators", None)
+    if bundle is None:
+        return (resources, *collaborators)
+    verifier, policy, broker, audit = collaborators
+    shared = bundle(verifier=verifier, policy=policy, broker=broker, audit=audit,
+                    sign_assertion=lambda claims, resource: "")  # fmt: skip
+    return (resources, shared)
+
+
 async def _serve_engine_alone(upstream_port: int, password: str) -> None:
     from lockgate.config import CqlResource
     from lockgate.gateway.cql.engine import CqlEngine
@@ -247,7 +261,7 @@ async def _serve_engine_alone(upstream_port: int, password: str) -> None:
         name=RESOURCE, kind="cql", contact_points=[f"127.0.0.1:{upstream_port}"],
         username=UPSTREAM_USER, credential="bench", handshake_timeout=20, idle_timeout=600,
     )  # fmt: skip
-    engine = CqlEngine([resource], _AnyToken(), _AllowAll(), _OneSecret(password), _NoAudit())
+    engine = CqlEngine(*engine_arguments([resource], password))
     await engine.start("127.0.0.1", 0)
     print(f"engine alone listening on 127.0.0.1:{engine.port}", flush=True)
     await asyncio.Event().wait()

@@ -1,7 +1,8 @@
 """Upstream → client: how the CQL engine relays the answers of one connection.
 
-Strategy: frames are split by their 9-byte header; only those the gateway must look into
-(anything but plain Rows, or Rows of system.local/peers reads) are decoded. SetKeyspace
+Strategy: the codec connection of the upstream login splits the answers into frames
+(:meth:`~.codec.Connection.next_frame`); only those the gateway must look into are decoded
+(anything but Void and plain Rows, or Rows of system.local/peers reads). SetKeyspace
 updates the connection's keyspace and releases the frames held behind a USE, Prepared fills
 the shared prepared map (after checking its metadata names the tables that were judged),
 topology/status EVENTs are dropped, and every audited request gets its outcome record
@@ -11,56 +12,45 @@ Answers are queued while one upstream read chunk is processed and written with o
 
 from __future__ import annotations
 
-import struct
-
 from lockgate import _log
 
 from . import codec
 from .judge import Pending, SessionState
 from .rewrite import forward_event, rewrite_rows
 from .statements import tables_outside_plan
-from .upstream import UPSTREAM_MAX_FRAME_BYTES
 
 log = _log.get("gateway.cql")
 
 READ_SIZE = 65536
-_HEADER = struct.Struct(">BBhBi")
 
 
 class AnswerRelay(SessionState):
     """Upstream → client: relay, rewrite or refuse each answer, and record its outcome."""
 
     _to_client: list[bytes]  # upstream answers not yet written (coalesced)
-    _inspector: codec.Connection  # decodes the answers the gateway must look into
 
     async def _pump_upstream(self) -> None:
         assert self.auth is not None
-        reader = self.auth.link.reader
-        buf = bytearray()
+        link = self.auth.link
+        reader, conn = link.reader, link.conn  # the codec connection of the login splits
         while True:
             data = await reader.read(READ_SIZE)
             if not data:
                 self._upstream_lost()
                 return
-            buf += data
-            pos = 0
-            while len(buf) - pos >= 9:
-                vbyte, flags, stream, opcode, length = _HEADER.unpack_from(buf, pos)
-                if vbyte != 0x84 or length < 0 or length > UPSTREAM_MAX_FRAME_BYTES:
-                    log.error(
-                        "cql upstream sent an invalid frame header; closing",
-                        extra={"fields": self._fields()},
-                    )
-                    self._flush_client()  # the valid frames before it still reach the client
-                    self._upstream_lost()
-                    return
-                end = pos + 9 + length
-                if len(buf) < end:
-                    break
-                self._on_response(bytes(buf[pos:end]), flags, stream, opcode)
-                pos = end
-            if pos:
-                del buf[:pos]
+            conn.receive_data(data)
+            try:
+                while (frame := conn.next_frame()) is not codec.NEED_DATA:
+                    assert isinstance(frame, codec.Frame)
+                    self._on_response(frame)
+            except codec.CqlProtocolError as exc:
+                log.error(
+                    "cql upstream sent an invalid frame header; closing",
+                    extra={"fields": {**self._fields(), "error": str(exc)}},
+                )
+                self._flush_client()  # the valid frames before it still reach the client
+                self._upstream_lost()
+                return
             self._flush_client()
             await self.writer.drain()
 
@@ -74,28 +64,28 @@ class AnswerRelay(SessionState):
         """Queue an answer for the client; written once per upstream read chunk."""
         self._to_client.append(frame)
 
-    def _on_response(self, frame: bytes, flags: int, stream: int, opcode: int) -> None:
+    def _on_response(self, frame: codec.Frame) -> None:
+        stream = frame.stream
         p = self.pending.pop(stream, None) if stream >= 0 else None
         if stream == self.holds.use_stream:
-            self._use_answered(self._relay_answer(frame, flags, stream, opcode, p))
+            self._use_answered(self._relay_answer(frame, p))
         else:
-            self._relay_answer(frame, flags, stream, opcode, p)
+            self._relay_answer(frame, p)
 
-    def _relay_answer(
-        self, frame: bytes, flags: int, stream: int, opcode: int, p: Pending | None
-    ) -> codec.Event | None:
+    def _relay_answer(self, frame: codec.Frame, p: Pending | None) -> codec.Event | None:
         """Relay one upstream answer (rewritten or refused where needed) and record its
         outcome; the decoded answer, None when it was relayed without decoding."""
-        if (
-            opcode == codec.RESULT
-            and flags == 0
-            and frame[9:13] == b"\x00\x00\x00\x02"  # Rows
-            and (p is None or p.plan is None or p.plan.rewrite is None)
+        kind = frame.result_kind
+        if kind == codec.RESULT_VOID or (
+            kind == codec.RESULT_ROWS and (p is None or p.plan is None or p.plan.rewrite is None)
         ):
-            self._emit(frame)  # the hot path: rows relayed without decoding
-            self._finish(p, codec.RESULT_ROWS)
+            # The hot path: writes' Void and rows nobody rewrites are relayed undecoded.
+            self._emit(frame.raw)
+            self._finish(p, kind)
             return None
         event = self._inspect(frame)
+        raw = frame.raw
+        stream = frame.stream
         if event is None:
             if p is not None and p.plan is not None and p.plan.rewrite is not None:
                 # Fail closed: never relay undecodable topology rows.
@@ -109,12 +99,12 @@ class AnswerRelay(SessionState):
                     )
                 )
             else:
-                self._emit(frame)
+                self._emit(raw)
             self._finish(p, codec.ERR_SERVER, error=True)
             return None
         if isinstance(event, codec.ServerEvent):
             if forward_event(event):
-                self._emit(frame)
+                self._emit(raw)
             return event
         status: int | None = None
         failed = isinstance(event, codec.Error)
@@ -130,16 +120,16 @@ class AnswerRelay(SessionState):
                 refusal = self._remember_prepared(event, p) if p.plan.op == "prepare" else None
                 if refusal is not None:
                     status, failed = codec.ERR_INVALID, True
-                    frame = codec.encode_frame(
+                    raw = codec.encode_frame(
                         codec.Error(stream=stream, code=codec.ERR_INVALID, message=refusal)
                     )
             elif isinstance(event, codec.Rows) and p is not None and p.plan is not None:
-                kind = p.plan.rewrite
-                if kind is not None:
-                    rows = rewrite_rows(event, kind, self.local_address, self.local_port)
+                rewrite = p.plan.rewrite
+                if rewrite is not None:
+                    rows = rewrite_rows(event, rewrite, self.local_address, self.local_port)
                     if rows is not event:
-                        frame = codec.encode_frame(rows)
-        self._emit(frame)
+                        raw = codec.encode_frame(rows)
+        self._emit(raw)
         self._finish(p, status, error=failed)
         return event
 
@@ -197,17 +187,13 @@ class AnswerRelay(SessionState):
             self._on_request(held)
         self._flush_upstream()
 
-    def _inspect(self, frame: bytes) -> codec.Event | None:
-        self._inspector.receive_data(frame)
+    def _inspect(self, frame: codec.Frame) -> codec.Event | None:
+        assert self.auth is not None
         try:
-            event = self._inspector.next_event()
+            return self.auth.link.conn.decode(frame)
         except codec.CqlProtocolError as exc:
             log.error("cql upstream frame not decodable", extra={"fields": {"error": str(exc)}})
-            self._inspector = codec.Connection(
-                codec.Role.CLIENT, max_frame_bytes=UPSTREAM_MAX_FRAME_BYTES
-            )
             return None
-        return event if isinstance(event, codec.Event) else None
 
     def _finish(self, p: Pending | None, status: int | None, *, error: bool = False) -> None:
         if p is None or not p.audited or self.auth is None:

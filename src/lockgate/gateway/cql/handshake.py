@@ -1,7 +1,9 @@
 """Client handshake: OPTIONS/STARTUP/AUTHENTICATE, then a Lockgate token as the password.
 
 Strategy: the client speaks to the gateway as to a Cassandra node with
-``PasswordAuthenticator``. SASL PLAIN carries the resource name as the username and the
+``PasswordAuthenticator``; the order of the login is the codec's
+:class:`~.codec.ServerHandshake` (events in, replies out), this module does the I/O, the
+verification and the audit around it. SASL PLAIN carries the resource name as the username and the
 Lockgate token as the password; the token is verified with that resource as audience.
 Only then is the upstream connection opened (as the gateway's own user), and only when
 that succeeds does the client get AUTH_SUCCESS.
@@ -39,10 +41,6 @@ class Authenticated:
     link: upstream.UpstreamLink
 
 
-class HandshakeFailed(Exception):
-    """The client was answered and must be disconnected."""
-
-
 class ClientIO:
     """What the handshake needs from the session: read one event, write bytes."""
 
@@ -53,80 +51,50 @@ class ClientIO:
 
 async def handshake(ctx: EngineContext, io: ClientIO, t0: float) -> Authenticated | None:
     """Run the client handshake; None when the client went away or was refused."""
-    started = False
+    login = codec.ServerHandshake(supported=SUPPORTED_OPTIONS, authenticator=AUTHENTICATOR)
     while True:
         event = await io.read_event()
         if event is None:
             return None
-        if isinstance(event, codec.Options):
-            io.write(_encode(codec.Supported(stream=event.stream, options=SUPPORTED_OPTIONS)))
-        elif isinstance(event, codec.Startup):
-            if event.options.get("COMPRESSION"):
-                io.write(
-                    codec.protocol_error_frame(
-                        "compression is not supported by Lockgate; connect without compression",
-                        stream=event.stream,
-                    )
-                )
-                return None
-            started = True
-            io.write(_encode(codec.Authenticate(stream=event.stream, authenticator=AUTHENTICATOR)))
-        elif isinstance(event, codec.AuthResponse) and started:
-            return await _authenticate(ctx, io, event, t0)
-        else:
-            io.write(
-                codec.protocol_error_frame(
-                    f"unexpected {type(event).__name__} before authentication; "
-                    "send STARTUP and log in with the resource name and a Lockgate token",
-                    stream=event.stream,
-                )
-            )
+        step = login.receive(event)
+        if isinstance(step, codec.Reply):
+            io.write(step.data)
+            continue
+        if isinstance(step, codec.Login):
+            return await _authenticate(ctx, io, login, step, t0)
+        io.write(step.data)
+        if step.reason is not None:  # compression asked for is negotiation, not a refusal
             ctx.record(
                 "auth_failed",
                 None,
                 None,
                 t0,
-                reason="unauthenticated_request",
+                reason=step.reason,
                 decision="deny",
                 status=codec.ERR_PROTOCOL,
             )
-            return None
-
-
-def _encode(event: codec.Event) -> bytes:
-    return codec.encode_frame(event)
-
-
-def _split_plain(token: bytes | None) -> tuple[str, str]:
-    parts = (token or b"").split(b"\0")
-    if len(parts) != 3:
-        raise AuthenticationError("malformed_credentials")
-    try:
-        return parts[1].decode("utf-8"), parts[2].decode("utf-8")
-    except UnicodeDecodeError:
-        raise AuthenticationError("malformed_credentials") from None
+        return None
 
 
 async def _authenticate(
-    ctx: EngineContext, io: ClientIO, event: codec.AuthResponse, t0: float
+    ctx: EngineContext, io: ClientIO, login: codec.ServerHandshake, step: codec.Login, t0: float
 ) -> Authenticated | None:
     resource: CqlResource | None = None
     try:
-        username, token = _split_plain(event.token)
-        resource = ctx.resources.get(username)
+        if step.username is None or step.password is None:
+            raise AuthenticationError("malformed_credentials")
+        token = step.password
+        resource = ctx.resources.get(step.username)
         if resource is None:
             raise AuthenticationError("unknown_resource")
         claims = ctx.verifier.verify(token, resource.name)
     except AuthenticationError as exc:
         reason = str(getattr(exc, "reason", "invalid"))
         io.write(
-            _encode(
-                codec.Error(
-                    stream=event.stream,
-                    code=codec.ERR_BAD_CREDENTIALS,
-                    message=f"Lockgate authentication failed ({reason}): log in with the "
-                    "resource name as username and a Lockgate token for it as password",
-                )
+            login.reject(
+                codec.ERR_BAD_CREDENTIALS,
+                f"Lockgate authentication failed ({reason}): log in with the "
+                "resource name as username and a Lockgate token for it as password",
             )
         )
         name = resource.name if resource is not None else None
@@ -153,13 +121,10 @@ async def _authenticate(
                 raise
     except UpstreamUnavailable as exc:
         io.write(
-            _encode(
-                codec.Error(
-                    stream=event.stream,
-                    code=codec.ERR_SERVER,
-                    message=f"Lockgate could not open a connection to the cluster of "
-                    f"{resource.name!r}; try again later",
-                )
+            login.reject(
+                codec.ERR_SERVER,
+                f"Lockgate could not open a connection to the cluster of "
+                f"{resource.name!r}; try again later",
             )
         )
         ctx.record(
@@ -174,5 +139,5 @@ async def _authenticate(
             status=codec.ERR_SERVER,
         )
         return None
-    io.write(_encode(codec.AuthSuccess(stream=event.stream)))
+    io.write(login.accept())
     return Authenticated(resource, claims, token, link)

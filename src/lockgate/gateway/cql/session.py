@@ -39,7 +39,6 @@ from .context import PRE_AUTH_MAX_FRAME_BYTES, EngineContext
 from .handshake import Authenticated, handshake
 from .holds import UseHold
 from .judge import Pending, RequestJudging
-from .upstream import UPSTREAM_MAX_FRAME_BYTES
 
 log = _log.get("gateway.cql")
 
@@ -77,9 +76,6 @@ class ClientSession(RequestJudging, AnswerRelay):
         # durability fsync: the task that writes them once their records are on the device
         self._durable_writer: asyncio.Task[None] | None = None
         self._to_client: list[bytes] = []  # upstream answers not yet written (coalesced)
-        self._inspector = codec.Connection(
-            codec.Role.CLIENT, max_frame_bytes=UPSTREAM_MAX_FRAME_BYTES
-        )
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self) -> None:

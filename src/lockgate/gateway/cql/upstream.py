@@ -1,11 +1,14 @@
 """Upstream side of the CQL engine: open one authenticated v4 connection to the cluster.
 
 Strategy: try ``contact_points`` in order, each bounded by ``connect_timeout`` (TCP, TLS and
-the v4 handshake together); the first node that completes STARTUP → AUTHENTICATE →
-AUTH_RESPONSE (SASL PLAIN as the gateway's own user) → AUTH_SUCCESS wins. A node that
-answers READY (no authenticator) is accepted too. Every failure is remembered and, when all
-points failed, raised as one :class:`~lockgate.errors.UpstreamUnavailable` whose message
-names the points and short reasons, never the password.
+the v4 handshake together); the first node that completes the login (STARTUP →
+AUTHENTICATE → AUTH_RESPONSE, SASL PLAIN as the gateway's own user → AUTH_SUCCESS, or READY
+from a node without an authenticator) wins. The login's order is the codec's
+:class:`~.codec.ClientHandshake`; this module does its I/O. The link keeps its codec
+connection, which then splits the node's answers for the session (:mod:`.answers`).
+Every failure is remembered and, when all points failed, raised as one
+:class:`~lockgate.errors.UpstreamUnavailable` whose message names the points and short
+reasons, never the password.
 
 Rules: the upstream password is only ever put into the SASL frame; TLS verifies the node's
 certificate against ``ca_file`` (or the system store) unless ``verify_tls`` is false.
@@ -29,7 +32,6 @@ log = _log.get("gateway.cql")
 #: Upstream result pages may be larger than what clients may send; still bounded.
 UPSTREAM_MAX_FRAME_BYTES = 256 * 1024 * 1024
 _READ_SIZE = 65536
-_CQL_VERSION = "3.0.0"
 
 
 @dataclass(slots=True)
@@ -62,11 +64,6 @@ def client_ssl_context(resource: CqlResource) -> ssl.SSLContext | None:
     return ctx
 
 
-def plain_token(username: str, password: str) -> bytes:
-    """SASL PLAIN response: empty authzid, NUL, user, NUL, password."""
-    return b"\0" + username.encode() + b"\0" + password.encode()
-
-
 async def connect(
     resource: CqlResource, password: str, *, ssl_context: ssl.SSLContext | None = None
 ) -> UpstreamLink:
@@ -81,17 +78,13 @@ async def connect(
             failures.append(f"{point}: timed out after {resource.connect_timeout:g}s")
         except (OSError, ssl.SSLError) as exc:
             failures.append(f"{point}: {type(exc).__name__}: {exc.strerror or exc}")
-        except _HandshakeRefused as exc:
+        except codec.LoginRefused as exc:
             failures.append(f"{point}: {exc}")
         log.warning(
             "cql upstream contact point failed",
             extra={"fields": {"resource": resource.name, "error": failures[-1]}},
         )
     raise UpstreamUnavailable("; ".join(failures) or "no contact points")
-
-
-class _HandshakeRefused(Exception):
-    pass
 
 
 async def _open(
@@ -116,19 +109,10 @@ async def _open(
 
 
 async def _handshake(link: UpstreamLink, username: str, password: str) -> None:
-    send = link.conn.send
-    link.writer.write(send(codec.Startup(stream=0, options={"CQL_VERSION": _CQL_VERSION})))
-    reply = await _next(link)
-    if isinstance(reply, codec.Ready):
-        return
-    if not isinstance(reply, codec.Authenticate):
-        raise _HandshakeRefused(f"unexpected answer to STARTUP: {_describe(reply)}")
-    link.writer.write(send(codec.AuthResponse(stream=0, token=plain_token(username, password))))
-    reply = await _next(link)
-    if isinstance(reply, codec.AuthChallenge):
-        raise _HandshakeRefused("authenticator sent a challenge; only SASL PLAIN is supported")
-    if not isinstance(reply, codec.AuthSuccess):
-        raise _HandshakeRefused(f"login as {username!r} refused: {_describe(reply)}")
+    login = codec.ClientHandshake(username, password)
+    link.writer.write(login.start())
+    while (reply := login.receive(await _next(link))) is not None:
+        link.writer.write(reply)
 
 
 async def _next(link: UpstreamLink) -> codec.Event:
@@ -136,17 +120,11 @@ async def _next(link: UpstreamLink) -> codec.Event:
         try:
             event = link.conn.next_event()
         except codec.CqlProtocolError as exc:
-            raise _HandshakeRefused(f"protocol error: {exc}") from None
+            raise codec.LoginRefused(f"protocol error: {exc}") from None
         if event is not codec.NEED_DATA:
             assert isinstance(event, codec.Event)
             return event
         data = await link.reader.read(_READ_SIZE)
         if not data:
-            raise _HandshakeRefused("closed the connection during the handshake")
+            raise codec.LoginRefused("closed the connection during the handshake")
         link.conn.receive_data(data)
-
-
-def _describe(event: codec.Event) -> str:
-    if isinstance(event, codec.Error):
-        return f"error 0x{event.code:04x} {event.message[:200]}"
-    return type(event).__name__

@@ -18,6 +18,14 @@ Usage (client-facing side of the gateway)::
     or ``Role.CLIENT`` (reads responses, sends requests: the upstream side).
     ``receive_data(data: bytes) -> None``; ``next_event() -> Event | NEED_DATA``;
     ``send(event) -> bytes``; ``peer_version`` (fixed by the first frame); ``buffered``; ``eof``.
+    A relay that forwards most frames untouched splits with ``next_frame() -> Frame |
+    NEED_DATA`` (``raw``, ``opcode``, ``flags``, ``stream``, ``result_kind``; only version,
+    direction and length are checked) and decodes the ones it must look into with
+    ``decode(frame) -> Event`` (raises CqlProtocolError for that frame alone).
+
+``ServerHandshake`` / ``ClientHandshake`` (:mod:`.handshake`) are the login state machines
+of each side (OPTIONS/STARTUP/AUTHENTICATE/AUTH_RESPONSE → READY or AUTH_SUCCESS, SASL
+PLAIN): events in, bytes and steps out; the engine does the I/O and the verification.
 
 ``next_event`` raises only :class:`CqlProtocolError` (a ``lockgate.errors.RemoteProtocolError``)
 with ``code`` (CQL error code to answer, 0x000A), ``stream`` and ``version``;
@@ -59,6 +67,7 @@ from __future__ import annotations
 
 from . import values
 from ._wire import UNSET, UnsetType, Value
+from .bodies import encode_frame
 from .connection import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER_SIZE,
@@ -66,6 +75,7 @@ from .connection import (
     SUPPORTED_VERSION,
     Connection,
     CqlProtocolError,
+    Frame,
     Role,
     UnsupportedProtocolVersion,
     protocol_error_frame,
@@ -99,8 +109,17 @@ from .events import (
     Supported,
     Void,
 )
+from .handshake import (
+    ClientHandshake,
+    Login,
+    LoginRefused,
+    Refused,
+    Reply,
+    ServerHandshake,
+    plain_token,
+    split_plain,
+)
 from .types import ColumnSpec, CqlType, PreparedMetadata, RowsMetadata
-from .writers import encode_frame
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
@@ -114,6 +133,7 @@ __all__ = [
     "Authenticate",
     "Batch",
     "BatchStatement",
+    "ClientHandshake",
     "ColumnSpec",
     "Connection",
     "CqlProtocolError",
@@ -121,13 +141,18 @@ __all__ = [
     "Error",
     "Event",
     "Execute",
+    "Frame",
+    "Login",
+    "LoginRefused",
     "Options",
     "Prepare",
     "Prepared",
     "PreparedMetadata",
     "Query",
     "Ready",
+    "Refused",
     "Register",
+    "Reply",
     "Request",
     "Response",
     "Result",
@@ -136,6 +161,7 @@ __all__ = [
     "RowsMetadata",
     "SchemaChange",
     "ServerEvent",
+    "ServerHandshake",
     "SetKeyspace",
     "Startup",
     "Supported",
@@ -144,7 +170,9 @@ __all__ = [
     "Value",
     "Void",
     "encode_frame",
+    "plain_token",
     "protocol_error_frame",
     "reply_version",
+    "split_plain",
     "values",
 ]

@@ -26,8 +26,7 @@ from lockgate.errors import LocalProtocolError, RemoteProtocolError
 
 from . import events as ev
 from ._wire import Malformed, Reader
-from .readers import read_body
-from .writers import encode_frame, frame
+from .bodies import encode_frame, frame, read_body
 
 HEADER_SIZE = 9
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -51,6 +50,31 @@ class Role(enum.Enum):
 
 class NEED_DATA:
     """Sentinel returned by ``next_event`` when no complete frame is buffered."""
+
+
+class Frame:
+    """One whole frame, split by its header but not decoded: what a relay forwards as is.
+
+    ``raw`` is the exact frame bytes; ``opcode``, ``flags`` and ``stream`` come from its
+    header. :meth:`Connection.decode` turns it into an event when the relay must look in.
+    """
+
+    __slots__ = ("flags", "opcode", "raw", "stream", "version")
+
+    def __init__(self, raw: bytes, version: int, flags: int, stream: int, opcode: int) -> None:
+        self.raw = raw
+        self.version = version
+        self.flags = flags
+        self.stream = stream
+        self.opcode = opcode
+
+    @property
+    def result_kind(self) -> int | None:
+        """The kind of a RESULT whose body starts at once (no tracing, warnings or custom
+        payload before it); None for anything else."""
+        if self.opcode != ev.RESULT or self.flags or len(self.raw) < HEADER_SIZE + 4:
+            return None
+        return int.from_bytes(self.raw[HEADER_SIZE : HEADER_SIZE + 4], "big", signed=True)
 
 
 class CqlProtocolError(RemoteProtocolError):
@@ -119,6 +143,7 @@ class Connection:
         self.our_role = our_role
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
+        self._pos = 0  # where the next frame starts in _buf (returned bytes are dropped lazily)
         self._eof = False
         self._error: CqlProtocolError | None = None
         #: The peer's protocol version, fixed by its first frame (None before that).
@@ -131,7 +156,7 @@ class Connection:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as events."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     @property
     def eof(self) -> bool:
@@ -146,6 +171,9 @@ class Connection:
             return
         if self._eof:
             raise RuntimeError("received data after EOF")
+        if self._pos:  # drop what was returned before appending: one move per chunk
+            del self._buf[: self._pos]
+            self._pos = 0
         self._buf += data
 
     def next_event(self) -> ev.Event | type[NEED_DATA]:
@@ -154,10 +182,39 @@ class Connection:
         Raises only :class:`CqlProtocolError`. At EOF with a partial frame buffered it raises
         (a truncated frame); at EOF with an empty buffer it returns NEED_DATA (check ``eof``).
         """
+        frame = self._next_frame(whole_header=True)
+        if frame is NEED_DATA:
+            return NEED_DATA
+        assert isinstance(frame, Frame)
+        try:
+            return self._parse(frame)
+        except CqlProtocolError as exc:
+            self._fail(exc)
+            raise
+
+    def next_frame(self) -> Frame | type[NEED_DATA]:
+        """Return the next complete frame undecoded, or NEED_DATA: for a relay that forwards
+        most frames as they are and decodes only some (:meth:`decode`).
+
+        Only what splitting needs is checked here (version, direction, length against
+        ``max_frame_bytes``); an unknown opcode or flag surfaces in :meth:`decode`. Raises
+        :class:`CqlProtocolError` (and the connection stays failed) when the stream cannot be
+        split any further.
+        """
+        return self._next_frame(whole_header=False)
+
+    def decode(self, frame: Frame) -> ev.Event:
+        """The event of a frame from :meth:`next_frame`. Raises :class:`CqlProtocolError`
+        when it cannot be decoded; the connection is not failed by that (the frame's end is
+        known, so the next one can still be split)."""
+        self._check_message(frame.opcode, frame.flags, frame.stream)
+        return self._parse(frame)
+
+    def _next_frame(self, *, whole_header: bool) -> Frame | type[NEED_DATA]:
         if self._error is not None:
             raise self._error
         try:
-            return self._next()
+            return self._split(whole_header)
         except CqlProtocolError as exc:
             self._fail(exc)
             raise
@@ -165,16 +222,18 @@ class Connection:
     def _fail(self, exc: CqlProtocolError) -> None:
         self._error = exc
         self._buf = bytearray()
+        self._pos = 0
 
-    def _next(self) -> ev.Event | type[NEED_DATA]:
-        buf = self._buf
-        if len(buf) < HEADER_SIZE:
-            if self._eof and buf:
+    def _split(self, whole_header: bool) -> Frame | type[NEED_DATA]:
+        buf, pos = self._buf, self._pos
+        have = len(buf) - pos
+        if have < HEADER_SIZE:
+            if self._eof and have:
                 raise CqlProtocolError("connection closed inside a frame header")
-            if buf and self.peer_version is None:
+            if have and self.peer_version is None:
                 self._check_first_byte(buf)
             return NEED_DATA
-        vbyte, flags, stream, opcode, length = _HEADER.unpack_from(buf, 0)
+        vbyte, flags, stream, opcode, length = _HEADER.unpack_from(buf, pos)
         version = vbyte & 0x7F
         if self.peer_version is None:
             self._check_first_byte(buf)
@@ -183,8 +242,25 @@ class Connection:
             raise CqlProtocolError("protocol version changed mid-connection", stream=stream)
         if vbyte & 0x80 != self._direction:
             raise CqlProtocolError("frame in the wrong direction", stream=stream, version=version)
-        cls = self._incoming.get(opcode)
-        if cls is None:
+        if whole_header:  # refused before any body byte is waited for
+            self._check_message(opcode, flags, stream)
+        if length < 0 or length > self.max_frame_bytes:
+            raise CqlProtocolError(
+                f"frame body of {length} bytes exceeds the limit of {self.max_frame_bytes}",
+                stream=stream,
+                version=4,
+            )
+        end = pos + HEADER_SIZE + length
+        if len(buf) < end:
+            if self._eof:
+                raise CqlProtocolError("connection closed inside a frame", stream=stream, version=4)
+            return NEED_DATA
+        self._pos = end
+        return Frame(bytes(buf[pos:end]), version, flags, stream, opcode)
+
+    def _check_message(self, opcode: int, flags: int, stream: int) -> None:
+        """Refuse an opcode not sent in this direction, compression and unknown flags."""
+        if opcode not in self._incoming:
             raise CqlProtocolError(f"unexpected opcode 0x{opcode:02x}", stream=stream, version=4)
         if flags & ev.FLAG_COMPRESSION:
             raise CqlProtocolError(
@@ -194,25 +270,6 @@ class Connection:
             )
         if flags & ~_KNOWN_FLAGS or (self.our_role is Role.SERVER and flags & ev.FLAG_WARNING):
             raise CqlProtocolError(f"unknown frame flags 0x{flags:02x}", stream=stream, version=4)
-        if length < 0 or length > self.max_frame_bytes:
-            raise CqlProtocolError(
-                f"frame body of {length} bytes exceeds the limit of {self.max_frame_bytes}",
-                stream=stream,
-                version=4,
-            )
-        end = HEADER_SIZE + length
-        if len(buf) < end:
-            if self._eof:
-                raise CqlProtocolError("connection closed inside a frame", stream=stream, version=4)
-            return NEED_DATA
-        raw = bytes(buf[:end])
-        del buf[:end]
-        try:
-            return self._parse(cls, raw, version, flags, stream)
-        except Malformed as exc:
-            raise CqlProtocolError(
-                f"malformed {cls.__name__} frame: {exc}", stream=stream, version=4
-            ) from None
 
     def _check_first_byte(self, buf: bytearray) -> None:
         """Refuse foreign versions as soon as the version byte (and the stream) is known."""
@@ -228,25 +285,30 @@ class Connection:
         if len(buf) >= 4:
             raise UnsupportedProtocolVersion(version, struct.unpack_from(">h", buf, 2)[0])
 
-    def _parse(
-        self, cls: type[ev.Event], raw: bytes, version: int, flags: int, stream: int
-    ) -> ev.Event:
-        r = Reader(raw, HEADER_SIZE)
+    def _parse(self, frame: Frame) -> ev.Event:
+        cls = self._incoming[frame.opcode]
+        flags = frame.flags
+        r = Reader(frame.raw, HEADER_SIZE)
         common: dict[str, object] = {
-            "stream": stream,
-            "version": version,
+            "stream": frame.stream,
+            "version": frame.version,
             "flags": flags,
-            "raw": raw,
+            "raw": frame.raw,
         }
-        if self.our_role is Role.CLIENT:
-            # Response bodies: tracing id, then warnings, then custom payload.
-            if flags & ev.FLAG_TRACING:
-                common["tracing_id"] = r.take(16)
-            if flags & ev.FLAG_WARNING:
-                common["warnings"] = r.string_list()
-        if flags & ev.FLAG_CUSTOM_PAYLOAD:
-            common["custom_payload"] = r.bytes_map()
-        return read_body(cls, r, version, common)
+        try:
+            if self.our_role is Role.CLIENT:
+                # Response bodies: tracing id, then warnings, then custom payload.
+                if flags & ev.FLAG_TRACING:
+                    common["tracing_id"] = r.take(16)
+                if flags & ev.FLAG_WARNING:
+                    common["warnings"] = r.string_list()
+            if flags & ev.FLAG_CUSTOM_PAYLOAD:
+                common["custom_payload"] = r.bytes_map()
+            return read_body(cls, r, frame.version, common)
+        except Malformed as exc:
+            raise CqlProtocolError(
+                f"malformed {cls.__name__} frame: {exc}", stream=frame.stream, version=4
+            ) from None
 
     # -- sending --------------------------------------------------------------------------------
     def send(self, event: ev.Event) -> bytes:

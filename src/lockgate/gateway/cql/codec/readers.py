@@ -1,10 +1,11 @@
-"""Frame body → event, one reader per opcode (and per RESULT kind).
+"""Frame body → event fields, one reader per message (and per RESULT kind).
 
-Contract: ``read_body(cls, r, version, common)`` consumes the whole body from ``r`` (trailing
-bytes are an error: the peer and Lockgate must agree on exactly what a frame says), returns
-the event built with ``common`` (header fields, ``raw``, payload/tracing/warnings) and raises
-only :class:`Malformed`. Readers parse protocol v4 bodies; v5 has its own framing, which this
-codec does not implement (the engine downgrades v5 clients to v4).
+Contract: a reader takes the :class:`Reader` positioned at its message's body and the
+protocol version, returns the event's fields and raises only :class:`Malformed`;
+:func:`.bodies.read_body` picks the reader, checks that the whole body was consumed (trailing
+bytes are an error: the peer and Lockgate must agree on exactly what a frame says) and builds
+the event. Readers parse protocol v4 bodies; v5 has its own framing, which this codec does
+not implement (the engine downgrades v5 clients to v4).
 """
 
 from __future__ import annotations
@@ -55,33 +56,33 @@ def _params(r: Reader, version: int) -> dict[str, Any]:
     return out
 
 
-def _startup(r: Reader, version: int) -> dict[str, Any]:
+def startup(r: Reader, version: int) -> dict[str, Any]:
     return {"options": r.string_map()}
 
 
-def _empty(r: Reader, version: int) -> dict[str, Any]:
+def empty(r: Reader, version: int) -> dict[str, Any]:
     return {}
 
 
-def _auth_token(r: Reader, version: int) -> dict[str, Any]:
+def auth_token(r: Reader, version: int) -> dict[str, Any]:
     return {"token": r.bytes_()}
 
 
-def _query(r: Reader, version: int) -> dict[str, Any]:
+def query(r: Reader, version: int) -> dict[str, Any]:
     query = r.long_string()
     return {"query": query, **_params(r, version)}
 
 
-def _prepare(r: Reader, version: int) -> dict[str, Any]:
+def prepare(r: Reader, version: int) -> dict[str, Any]:
     return {"query": r.long_string()}
 
 
-def _execute(r: Reader, version: int) -> dict[str, Any]:
+def execute(r: Reader, version: int) -> dict[str, Any]:
     qid = r.short_bytes()
     return {"query_id": qid, **_params(r, version)}
 
 
-def _batch(r: Reader, version: int) -> dict[str, Any]:
+def batch(r: Reader, version: int) -> dict[str, Any]:
     batch_type = r.u8()
     if batch_type > ev.BATCH_COUNTER:
         raise Malformed("unknown batch type")
@@ -113,11 +114,11 @@ def _batch(r: Reader, version: int) -> dict[str, Any]:
     return out
 
 
-def _register(r: Reader, version: int) -> dict[str, Any]:
+def register(r: Reader, version: int) -> dict[str, Any]:
     return {"event_types": r.string_list()}
 
 
-def _error(r: Reader, version: int) -> dict[str, Any]:
+def error(r: Reader, version: int) -> dict[str, Any]:
     code = r.i32()
     out: dict[str, Any] = {"code": code, "message": r.string()}
     if code == ev.ERR_UNPREPARED:
@@ -129,11 +130,11 @@ def _error(r: Reader, version: int) -> dict[str, Any]:
     return out
 
 
-def _authenticate(r: Reader, version: int) -> dict[str, Any]:
+def authenticate(r: Reader, version: int) -> dict[str, Any]:
     return {"authenticator": r.string()}
 
 
-def _supported(r: Reader, version: int) -> dict[str, Any]:
+def supported(r: Reader, version: int) -> dict[str, Any]:
     return {"options": r.string_multimap()}
 
 
@@ -150,7 +151,7 @@ def _schema_change_fields(r: Reader) -> dict[str, Any]:
     return out
 
 
-def _server_event(r: Reader, version: int) -> dict[str, Any]:
+def server_event(r: Reader, version: int) -> dict[str, Any]:
     etype = r.string()
     if etype in ("TOPOLOGY_CHANGE", "STATUS_CHANGE"):
         change = r.string()
@@ -161,7 +162,7 @@ def _server_event(r: Reader, version: int) -> dict[str, Any]:
     raise Malformed("unknown event type")
 
 
-def _rows(r: Reader, version: int) -> dict[str, Any]:
+def rows(r: Reader, version: int) -> dict[str, Any]:
     meta = read_rows_metadata(r, version)
     ncols = meta.column_count
     nrows = r.i32()
@@ -173,11 +174,11 @@ def _rows(r: Reader, version: int) -> dict[str, Any]:
     return {"metadata": meta, "rows": rows}
 
 
-def _set_keyspace(r: Reader, version: int) -> dict[str, Any]:
+def set_keyspace(r: Reader, version: int) -> dict[str, Any]:
     return {"keyspace": r.string()}
 
 
-def _prepared(r: Reader, version: int) -> dict[str, Any]:
+def prepared(r: Reader, version: int) -> dict[str, Any]:
     qid = r.short_bytes()
     return {
         "query_id": qid,
@@ -186,49 +187,10 @@ def _prepared(r: Reader, version: int) -> dict[str, Any]:
     }
 
 
-def _schema_change(r: Reader, version: int) -> dict[str, Any]:
+def schema_change(r: Reader, version: int) -> dict[str, Any]:
     return _schema_change_fields(r)
 
 
 BodyReader = Callable[[Reader, int], dict[str, Any]]
 
-READERS: dict[type[ev.Event], BodyReader] = {
-    ev.Startup: _startup,
-    ev.Options: _empty,
-    ev.AuthResponse: _auth_token,
-    ev.Query: _query,
-    ev.Prepare: _prepare,
-    ev.Execute: _execute,
-    ev.Batch: _batch,
-    ev.Register: _register,
-    ev.Error: _error,
-    ev.Ready: _empty,
-    ev.Authenticate: _authenticate,
-    ev.Supported: _supported,
-    ev.AuthChallenge: _auth_token,
-    ev.AuthSuccess: _auth_token,
-    ev.ServerEvent: _server_event,
-    ev.Void: _empty,
-    ev.Rows: _rows,
-    ev.SetKeyspace: _set_keyspace,
-    ev.Prepared: _prepared,
-    ev.SchemaChange: _schema_change,
-}
-
-
-def read_body(cls: type[ev.Event], r: Reader, version: int, common: Common) -> ev.Event:
-    """Parse the rest of the body as ``cls`` (a RESULT is dispatched on its kind here)."""
-    if cls is ev.Result:
-        kind = r.i32()
-        sub = ev.RESULT_TYPES.get(kind)
-        if sub is None:
-            raise Malformed(f"unknown result kind {kind}")
-        cls = sub
-    fields = READERS[cls](r, version)
-    r.done()
-    event = cls(**common, **fields)
-    object.__setattr__(event, "_parsed", True)
-    return event
-
-
-__all__ = ["READERS", "read_body", "read_type"]
+__all__ = ["BodyReader", "read_type"]

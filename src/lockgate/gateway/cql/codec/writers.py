@@ -1,14 +1,14 @@
-"""Event → frame bytes, one body writer per event class (protocol v4 bodies).
+"""Event → body bytes, one body writer per message (protocol v4 bodies).
 
 Writers append pieces to a list and raise ValueError/struct.error on fields that cannot be
-encoded; :meth:`Connection.send` turns those into ``LocalProtocolError``. ``encode_frame``
-is the single place that builds a header, so every synthesized reply (denials, rewritten
-system rows, the protocol-version error) goes through the same code.
+encoded; :meth:`Connection.send` turns those into ``LocalProtocolError``. The frame around a
+body is built by :func:`.bodies.encode_frame`, the single place that builds a header, so
+every synthesized reply (denials, rewritten system rows, the protocol-version error) goes
+through the same code.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +18,6 @@ from ._wire import (
     Out,
     w_byte,
     w_bytes,
-    w_bytes_map,
     w_inet,
     w_int,
     w_long,
@@ -31,8 +30,6 @@ from ._wire import (
     w_ushort,
     w_value,
 )
-
-_HEADER = struct.Struct(">BBhBi")
 
 
 def _v4_only(e: Any) -> None:
@@ -84,34 +81,34 @@ def _params(out: Out, e: ev._Parameters) -> None:
         w_long(out, e.timestamp)
 
 
-def _startup(out: Out, e: ev.Startup) -> None:
+def startup(out: Out, e: ev.Startup) -> None:
     w_string_map(out, e.options)
 
 
-def _empty(out: Out, e: ev.Event) -> None:
+def empty(out: Out, e: ev.Event) -> None:
     return None
 
 
-def _auth_token(out: Out, e: ev.AuthResponse | ev.AuthChallenge | ev.AuthSuccess) -> None:
+def auth_token(out: Out, e: ev.AuthResponse | ev.AuthChallenge | ev.AuthSuccess) -> None:
     w_bytes(out, e.token)
 
 
-def _query(out: Out, e: ev.Query) -> None:
+def query(out: Out, e: ev.Query) -> None:
     w_long_string(out, e.query)
     _params(out, e)
 
 
-def _prepare(out: Out, e: ev.Prepare) -> None:
+def prepare(out: Out, e: ev.Prepare) -> None:
     _v4_only(e)
     w_long_string(out, e.query)
 
 
-def _execute(out: Out, e: ev.Execute) -> None:
+def execute(out: Out, e: ev.Execute) -> None:
     w_short_bytes(out, e.query_id)
     _params(out, e)
 
 
-def _batch(out: Out, e: ev.Batch) -> None:
+def batch(out: Out, e: ev.Batch) -> None:
     _v4_only(e)
     w_byte(out, e.batch_type)
     w_ushort(out, len(e.statements))
@@ -139,11 +136,11 @@ def _batch(out: Out, e: ev.Batch) -> None:
         w_long(out, e.timestamp)
 
 
-def _register(out: Out, e: ev.Register) -> None:
+def register(out: Out, e: ev.Register) -> None:
     w_string_list(out, e.event_types)
 
 
-def _error(out: Out, e: ev.Error) -> None:
+def error(out: Out, e: ev.Error) -> None:
     w_int(out, e.code)
     w_string(out, e.message)
     if e.code == ev.ERR_UNPREPARED:
@@ -155,11 +152,11 @@ def _error(out: Out, e: ev.Error) -> None:
         out.append(bytes(e.extra))
 
 
-def _authenticate(out: Out, e: ev.Authenticate) -> None:
+def authenticate(out: Out, e: ev.Authenticate) -> None:
     w_string(out, e.authenticator)
 
 
-def _supported(out: Out, e: ev.Supported) -> None:
+def supported(out: Out, e: ev.Supported) -> None:
     w_string_multimap(out, e.options)
 
 
@@ -173,7 +170,7 @@ def _schema_fields(out: Out, e: ev.SchemaChange | ev.ServerEvent) -> None:
             w_string_list(out, e.arg_types or [])
 
 
-def _server_event(out: Out, e: ev.ServerEvent) -> None:
+def server_event(out: Out, e: ev.ServerEvent) -> None:
     w_string(out, e.event_type)
     if e.event_type == "SCHEMA_CHANGE":
         _schema_fields(out, e)
@@ -182,11 +179,11 @@ def _server_event(out: Out, e: ev.ServerEvent) -> None:
         w_inet(out, e.address or b"", e.port or 0)
 
 
-def _void(out: Out, e: ev.Void) -> None:
+def void(out: Out, e: ev.Void) -> None:
     w_int(out, ev.RESULT_VOID)
 
 
-def _rows(out: Out, e: ev.Rows) -> None:
+def rows(out: Out, e: ev.Rows) -> None:
     w_int(out, ev.RESULT_ROWS)
     write_rows_metadata(out, e.metadata, e.version)
     ncols = e.metadata.column_count
@@ -198,12 +195,12 @@ def _rows(out: Out, e: ev.Rows) -> None:
             w_bytes(out, cell)
 
 
-def _set_keyspace(out: Out, e: ev.SetKeyspace) -> None:
+def set_keyspace(out: Out, e: ev.SetKeyspace) -> None:
     w_int(out, ev.RESULT_SET_KEYSPACE)
     w_string(out, e.keyspace)
 
 
-def _prepared(out: Out, e: ev.Prepared) -> None:
+def prepared(out: Out, e: ev.Prepared) -> None:
     if e.result_metadata_id is not None:
         raise ValueError("result_metadata_id needs protocol v5")
     w_int(out, ev.RESULT_PREPARED)
@@ -212,65 +209,11 @@ def _prepared(out: Out, e: ev.Prepared) -> None:
     write_rows_metadata(out, e.result_metadata, e.version)
 
 
-def _schema_change(out: Out, e: ev.SchemaChange) -> None:
+def schema_change(out: Out, e: ev.SchemaChange) -> None:
     w_int(out, ev.RESULT_SCHEMA_CHANGE)
     _schema_fields(out, e)
 
 
-WRITERS: dict[type[ev.Event], Callable[[Out, Any], None]] = {
-    ev.Startup: _startup,
-    ev.Options: _empty,
-    ev.AuthResponse: _auth_token,
-    ev.Query: _query,
-    ev.Prepare: _prepare,
-    ev.Execute: _execute,
-    ev.Batch: _batch,
-    ev.Register: _register,
-    ev.Error: _error,
-    ev.Ready: _empty,
-    ev.Authenticate: _authenticate,
-    ev.Supported: _supported,
-    ev.AuthChallenge: _auth_token,
-    ev.AuthSuccess: _auth_token,
-    ev.ServerEvent: _server_event,
-    ev.Void: _void,
-    ev.Rows: _rows,
-    ev.SetKeyspace: _set_keyspace,
-    ev.Prepared: _prepared,
-    ev.SchemaChange: _schema_change,
-}
+BodyWriter = Callable[[Out, Any], None]
 
-
-def encode_frame(e: ev.Event) -> bytes:
-    """Build the whole frame for ``e`` from its fields (ignores ``raw``)."""
-    writer = WRITERS.get(type(e))
-    if writer is None:
-        raise ValueError(f"cannot encode {type(e).__name__}")
-    if e.version != 4:
-        raise ValueError("only protocol v4 bodies can be encoded")
-    if e.flags & ev.FLAG_COMPRESSION:
-        raise ValueError("compressed frames are not supported")
-    out: Out = []
-    flags = e.flags & ~(ev.FLAG_CUSTOM_PAYLOAD | ev.FLAG_WARNING)
-    if isinstance(e, ev.Response):
-        flags &= ~ev.FLAG_TRACING
-        if e.tracing_id is not None:
-            if len(e.tracing_id) != 16:
-                raise ValueError("tracing id must be 16 bytes")
-            flags |= ev.FLAG_TRACING
-            out.append(bytes(e.tracing_id))
-        if e.warnings is not None:
-            flags |= ev.FLAG_WARNING
-            w_string_list(out, e.warnings)
-    if e.custom_payload is not None:
-        flags |= ev.FLAG_CUSTOM_PAYLOAD
-        w_bytes_map(out, e.custom_payload)
-    writer(out, e)
-    body = b"".join(out)
-    version = e.version if e.is_request else e.version | 0x80
-    return _HEADER.pack(version, flags, e.stream, e.opcode, len(body)) + body
-
-
-def frame(version_byte: int, flags: int, stream: int, opcode: int, body: bytes) -> bytes:
-    """Low-level: a frame with a given header and body (used for foreign-version replies)."""
-    return _HEADER.pack(version_byte, flags, stream, opcode, len(body)) + body
+__all__ = ["BodyWriter"]
