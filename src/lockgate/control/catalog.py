@@ -12,7 +12,6 @@ resources a direct login.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +20,7 @@ from lockgate.config import CqlResource, HttpResource
 from lockgate.control import cosmos_key, db_role, managed_identity
 from lockgate.control.context import ControlContext, public_host
 from lockgate.control.offers import TOKEN, offer_of
+from lockgate.control.token import Handler
 
 ROUTE = "/v1/catalog"
 
@@ -87,14 +87,10 @@ def connection_template(
     }
 
 
-def catalog_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+def catalog_handler(ctx: ControlContext) -> Handler:
     """The ``/v1/catalog`` handler over the control plane's collaborators."""
 
-    async def handle(request: web.Request) -> web.Response:
-        authenticated = await ctx.authenticate(request, ROUTE)
-        if isinstance(authenticated, web.Response):
-            return authenticated
-        deployment, _body = authenticated
+    async def handle(deployment: str, _body: dict[str, str]) -> web.Response:
         return web.json_response({"connections": catalog_entries(ctx, deployment)})
 
-    return handle
+    return ctx.deployment_route(ROUTE, handle)

@@ -25,12 +25,14 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from lockgate.config import LockgateConfig
-from lockgate.control.token import error_response, read_body
+from lockgate.control.token import Handler, error_response, read_body
 from lockgate.gateway.cql.dynamic_roles import DbRoles
 from lockgate.identity import OAuthError, TokenIssuer, TokenService, TokenVerifier
 from lockgate.identity.model import MintDecision, TaskIdentity
 
 EventSink = Callable[..., Awaitable[None]]  # (event_kind, /, **fields): the audit
+# (deployment, body) of an authenticated request -> the answer
+DeploymentHandler = Callable[[str, dict[str, str]], Awaitable[web.Response]]
 MintPolicy = Callable[[TaskIdentity, str, "int | None"], MintDecision]
 
 
@@ -75,6 +77,18 @@ class ControlContext:
             await self.tokens.refused(exc, audit)
             return error_response(exc)
         return deployment, body
+
+    def deployment_route(self, route: str, handler: DeploymentHandler) -> Handler:
+        """A route that only an authenticated deployment reaches: ``handler(deployment,
+        body)`` runs once :meth:`authenticate` let the request through."""
+
+        async def handle(request: web.Request) -> web.Response:
+            authenticated = await self.authenticate(request, route)
+            if isinstance(authenticated, web.Response):
+                return authenticated
+            return await handler(*authenticated)
+
+        return handle
 
     async def refuse(
         self,

@@ -9,7 +9,6 @@ of a token this deployment holds.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -17,6 +16,7 @@ from aiohttp import web
 from lockgate.config import HttpResource
 from lockgate.control.context import ControlContext
 from lockgate.control.offers import offer_of
+from lockgate.control.token import Handler
 from lockgate.credentials import cosmos as sig
 from lockgate.errors import AuthenticationError
 from lockgate.gateway.http.profiles.cosmos import TOKEN_SEGMENT
@@ -38,18 +38,14 @@ def connection_template(resource: HttpResource, base_url: str) -> dict[str, Any]
     }
 
 
-def task_key_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+def task_key_handler(ctx: ControlContext) -> Handler:
     """``POST /v1/cosmos-key``: the task key of a token, for the deployment that holds it.
 
     The deployment authenticates as for ``/v1/token`` and sends ``token``; the token must be
     valid, for a ``profile: cosmos`` resource, and minted for this deployment.
     """
 
-    async def handle(request: web.Request) -> web.Response:
-        authenticated = await ctx.authenticate(request, ROUTE)
-        if isinstance(authenticated, web.Response):
-            return authenticated
-        deployment, body = authenticated
+    async def handle(deployment: str, body: dict[str, str]) -> web.Response:
         try:
             claims = ctx.verifier.verify_any_audience(str(body.get("token", "")))
         except AuthenticationError as exc:
@@ -70,4 +66,4 @@ def task_key_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[w
             headers={"Cache-Control": "no-store"},
         )
 
-    return handle
+    return ctx.deployment_route(ROUTE, handle)

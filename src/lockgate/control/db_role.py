@@ -21,7 +21,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,7 +28,7 @@ from aiohttp import web
 from lockgate import _log, metrics
 from lockgate.config import CqlResource
 from lockgate.control.context import ControlContext
-from lockgate.control.token import error_response, read_body
+from lockgate.control.token import Handler, error_response, read_body
 from lockgate.errors import CredentialError, UpstreamError
 from lockgate.gateway.cql.roles import DynamicRoles, NoGrants, RoleCredential
 from lockgate.gateway.cql.upstream import split_host_port
@@ -72,7 +71,7 @@ def catalog_entry(r: CqlResource) -> dict[str, Any]:
     }
 
 
-def db_role_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+def db_role_handler(ctx: ControlContext) -> Handler:
     """``POST /v1/db-role`` over the control plane's collaborators (404 without roles)."""
     service = ctx.tokens
 

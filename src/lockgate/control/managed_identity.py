@@ -30,7 +30,6 @@ connection (no secret in it) plus the environment it exports in the task process
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +38,7 @@ from aiohttp import web
 from lockgate import _log, metrics
 from lockgate.config import HttpResource, LockgateConfig
 from lockgate.control.context import ControlContext, public_host
+from lockgate.control.token import Handler
 from lockgate.errors import AuthenticationError
 from lockgate.identity.model import Claims
 
@@ -103,7 +103,7 @@ async def _refuse(
     )
 
 
-def msi_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+def msi_handler(ctx: ControlContext) -> Handler:
     """``GET /msi/token`` over the control plane's collaborators."""
     audiences = audience_map(ctx.config)  # the config is fixed for the plane's life
 

@@ -9,13 +9,12 @@ given), and policy must still grant ``read`` on ``run:*`` to
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from lockgate.config import HttpResource
 from lockgate.control.context import ControlContext
 from lockgate.control.offers import offer_of
+from lockgate.control.token import Handler
 from lockgate.gateway.http.profiles.databricks import ANY_RUN, DEPLOYMENT_WIDE, POLL_TASK
 from lockgate.identity import TaskIdentity, may_act_for
 from lockgate.identity._request import valid_airflow_id, valid_run_id
@@ -23,14 +22,10 @@ from lockgate.identity._request import valid_airflow_id, valid_run_id
 ROUTE = "/v1/poll-token"
 
 
-def poll_token_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable[web.Response]]:
+def poll_token_handler(ctx: ControlContext) -> Handler:
     """The ``/v1/poll-token`` handler over the control plane's collaborators."""
 
-    async def handle(request: web.Request) -> web.Response:
-        authenticated = await ctx.authenticate(request, ROUTE)
-        if isinstance(authenticated, web.Response):
-            return authenticated
-        deployment, body = authenticated
+    async def handle(deployment: str, body: dict[str, str]) -> web.Response:
         config = ctx.config
         resource = config.resource(body.get("resource", "")) or config.resource_for_conn_id(
             body.get("conn_id", "")
@@ -89,4 +84,4 @@ def poll_token_handler(ctx: ControlContext) -> Callable[[web.Request], Awaitable
             headers={"Cache-Control": "no-store"},
         )  # fmt: skip
 
-    return handle
+    return ctx.deployment_route(ROUTE, handle)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import jwt
 
 from lockgate.identity.keys import KeyStore
-from lockgate.identity.model import Claims
+from lockgate.identity.model import TASK_CLAIMS, Claims
 
 ASSERTION_TTL = 300
 
@@ -45,12 +45,7 @@ class UpstreamAssertionSigner:
             "aud": f"{self._issuer}/upstream/{resource}",
             "iat": now,
             "exp": min(claims.exp, now + self._ttl),
-            "deployment": claims.deployment,
-            "dag_id": claims.dag_id,
-            "task_id": claims.task_id,
-            "run_id": claims.run_id,
-            "try_number": claims.try_number,
-            "map_index": claims.map_index,
+            **{name: getattr(claims, name) for name in TASK_CLAIMS},  # the task's coordinates
             "token_jti": claims.jti,
         }
         return jwt.encode(payload, key.private, algorithm="EdDSA", headers={"kid": key.kid})
