@@ -30,7 +30,7 @@ from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.bearer import token_of
 from lockgate.gateway.http.bodies import buffered_body, read_whole
 from lockgate.gateway.http.forwarded import forwarding_block
-from lockgate.gateway.http.normalize import PathError, Target, split_target
+from lockgate.gateway.http.normalize import PathError, Target, split_mounted, split_target
 from lockgate.gateway.http.profiles import Profile, ProfileRequest, UpstreamHeaders, Verdict
 from lockgate.gateway.http.resources import ResourceState, upstream_reading
 from lockgate.gateway.http.server import ClientConnection, RequestBody
@@ -100,16 +100,6 @@ class Pending(NamedTuple):
     t0: float
 
 
-def split_mounted(raw: bytes, resource: str) -> Target:
-    """A request on a resource's own listener: the whole path is the object path."""
-    if not raw.startswith(b"/"):
-        raise PathError("only origin-form request targets are accepted", "bad_target_form")
-    target = split_target(b"/" + resource.encode("ascii") + raw)
-    if target.resource != resource:
-        raise PathError("invalid request target", "bad_path")
-    return target
-
-
 def refusal(
     rs: ResourceState | None,
     status: int,
@@ -119,14 +109,9 @@ def refusal(
     head_only: bool = False,
     extra: list[tuple[str, str]] | None = None,
 ) -> bytes:
-    """The gateway's own answer, in the upstream's error shape when its profile has one
-    (so the client's SDK shows our reason)."""
-    profile = rs.profile if rs is not None else None
-    if profile is not None:
-        shaped = profile.error_body(status, body)
-        if shaped is not None:
-            body = shaped
-    return responses.json_response(status, body, close=close, head_only=head_only, extra=extra)
+    """The gateway's own answer, in the upstream's error shape when its profile has one."""
+    shape = rs.profile.error_body if rs is not None and rs.profile is not None else None
+    return responses.shaped(shape, status, body, close=close, head_only=head_only, extra=extra)
 
 
 class Admission:

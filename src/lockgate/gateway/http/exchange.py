@@ -2,7 +2,7 @@
 
 Two drivers share every piece of it (request bytes, retry judgement, relay, outcome record):
 
-* the fast path, :class:`Exchange`: most requests a pipeline sends are small and complete
+* the fast path (:mod:`.fast_path`): most requests a pipeline sends are small and complete
   when their head arrives, and a warm pooled upstream connection is waiting. The client
   connection's ``data_received`` admits the request (all synchronous and cached) and
   :meth:`Exchange.start` writes it upstream; the upstream connection hands the response
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 from lockgate import _log, metrics
 from lockgate.errors import CredentialError, UpstreamUnavailable
 from lockgate.gateway.engine import AssertionCache, SecretCache, UpstreamSecret
-from lockgate.gateway.http import framing, responses
+from lockgate.gateway.http import framing
 from lockgate.gateway.http.admission import Admitted, refusal
 from lockgate.gateway.http.bodies import CAPTURE_LIMIT, Collector, Tee
 from lockgate.gateway.http.outcome import FirstAttempt, Outcome, Sent, retry_statuses
 from lockgate.gateway.http.profiles import UpstreamCall
-from lockgate.gateway.http.relay import body_frame, response_head
+from lockgate.gateway.http.relay import body_frame, body_writers, public_origin, response_head
 from lockgate.gateway.http.resources import ResourceState, header_safe
 from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, retry_after
 from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
@@ -44,7 +44,7 @@ from lockgate.gateway.http.trail import Trail
 from lockgate.gateway.http.upstream import BodySink, UpstreamConnection
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    pass
 
 log = _log.get("gateway.http")
 
@@ -348,7 +348,7 @@ class Forwarder:
             up.on_pause = conn.pause_for_upstream
             up.on_resume = conn.resume_for_upstream
             up.write(req_head)
-            body.attach(*_body_writers(up, head.chunked, rs.backoff.deadline))
+            body.attach(*body_writers(up, head.chunked, rs.backoff.deadline))
         else:
             head_fut = up.begin(head_only=adm.head_only, timeout=deadline_at - sent_at)
             up.write(req_head + body.data() if body.total else req_head)
@@ -474,147 +474,4 @@ class Forwarder:
         return keep
 
 
-def public_origin(conn: ClientConnection, head: framing.Head) -> str:
-    """``scheme://host`` as the client addressed the gateway."""
-    transport = conn.transport
-    tls = transport is not None and transport.get_extra_info("sslcontext") is not None
-    host = head.host.decode("latin-1") if head.host else ""
-    return f"{'https' if tls else 'http'}://{host}"
-
-
-def _body_writers(
-    up: UpstreamConnection, chunked: bool, head_timeout: float
-) -> tuple[Callable[[bytes], None], Callable[[], None]]:
-    if chunked:
-
-        def write(piece: bytes) -> None:
-            up.write(framing.chunk(piece))
-
-        def end() -> None:
-            up.write(framing.LAST_CHUNK)
-            up.arm_head_timeout(head_timeout)
-
-        return write, end
-
-    def end_plain() -> None:
-        up.arm_head_timeout(head_timeout)
-
-    return up.write, end_plain
-
-
-class Exchange:
-    """One request on the fast path (see the module docstring)."""
-
-    __slots__ = (
-        "adm", "body", "chunked_out", "conn", "forwarder", "hand_over", "head", "keep",
-        "relayed", "secret", "sent_at", "status", "up",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        forwarder: Forwarder,
-        conn: ClientConnection,
-        head: framing.Head,
-        body: RequestBody,
-        adm: Admitted,
-        up: UpstreamConnection,
-        secret: UpstreamSecret | None,
-        hand_over: Callable[[FirstAttempt], Awaitable[bool]],
-    ) -> None:
-        self.forwarder = forwarder
-        self.conn = conn
-        self.head = head
-        self.body = body
-        self.adm = adm
-        self.up = up
-        self.secret = secret
-        self.hand_over = hand_over  # the task path, given the first attempt's result
-        self.relayed = False
-        self.keep = False
-        self.chunked_out = False
-        self.status = 0
-        self.sent_at = 0.0
-
-    def start(self) -> None:
-        adm = self.adm
-        rs = adm.rs
-        up = self.up
-        head = self.head
-        body = self.body
-        forwarder = self.forwarder
-        try:
-            parts = [
-                forwarder.request_head(head, adm),
-                forwarder.auth_lines(adm, self.secret),
-                body_frame(head, body),
-                b"\r\n",
-            ]
-        except BaseException:
-            rs.pool.release(up)  # nothing was sent on it
-            raise
-        if body.total:
-            parts.append(body.data())
-        self.conn.inflight = self
-        now = forwarder.clock()
-        self.sent_at = now
-        up.begin_listening(
-            self, head_only=adm.head_only, timeout=adm.t0 + rs.backoff.deadline - now
-        )
-        up.write(b"".join(parts))
-
-    # -- upstream callbacks --------------------------------------------------------------
-    def on_head(self, resp: framing.Head) -> None:
-        rs = self.adm.rs
-        rs.latency.observe(self.forwarder.clock() - self.sent_at)
-        status = resp.status
-        if status in retry_statuses(rs) or (status == 401 and self.secret is not None):
-            self._hand_over(resp)  # retries and credential rotation live on the task path
-            return
-        out_head, self.keep, chunked = response_head(self.head, resp, self.adm.head_only)
-        self.status = status
-        self.chunked_out = chunked
-        self.relayed = True
-        conn = self.conn
-        conn.upstream = self.up
-        self.up.attach(ChunkedWriter(conn) if chunked else conn, out_head)
-
-    def on_done(self) -> None:
-        conn = self.conn
-        conn.upstream = None
-        if self.chunked_out:
-            conn.write(framing.LAST_CHUNK)
-        if conn.closed:
-            self.up.close()
-        else:
-            self.adm.rs.pool.release(self.up)
-        self.forwarder.record(self.adm, self.body, conn, Outcome(self.status, self.keep))
-        conn.finish(self.keep)
-
-    def on_error(self, exc: Exception) -> None:
-        if not self.relayed:
-            self._hand_over(exc)  # timeout, stale pooled connection, bad response head
-            return
-        # The head is out: the only honest signal left is an aborted connection.
-        metrics.UPSTREAM_ERRORS.labels(self.adm.rs.name, "truncated").inc()
-        conn = self.conn
-        conn.upstream = None
-        conn.abort()
-        self.forwarder.record(
-            self.adm, self.body, conn, Outcome(self.status, False, "upstream_truncated")
-        )
-        conn.finish(False)
-
-    # -- client callback -----------------------------------------------------------------
-    def on_client_lost(self) -> None:
-        self.up.cancel()
-        self.forwarder.record_client_lost(self.adm, self.body, self.conn)
-
-    def _hand_over(self, result: framing.Head | Exception) -> None:
-        if not isinstance(result, Exception):
-            self.up.detach()  # now, so the end of this response no longer reaches on_done
-        conn = self.conn
-        conn.inflight = None
-        conn.run(self.hand_over((self.up, result, self.secret)))
-
-
-__all__ = ["Exchange", "Forwarder", "body_frame", "public_origin", "response_head", "responses"]
+__all__ = ["Forwarder"]

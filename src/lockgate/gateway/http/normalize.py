@@ -176,3 +176,13 @@ def _split_target(raw: bytes) -> Target:
     else:
         obj = remove_dots(rest, trailing=path.endswith("/"))
     return Target(resource, obj, query)
+
+
+def split_mounted(raw: bytes, resource: str) -> Target:
+    """A request on a resource's own listener: the whole path is the object path."""
+    if not raw.startswith(b"/"):
+        raise PathError("only origin-form request targets are accepted", "bad_target_form")
+    target = split_target(b"/" + resource.encode("ascii") + raw)
+    if target.resource != resource:
+        raise PathError("invalid request target", "bad_path")
+    return target

@@ -30,7 +30,8 @@ from lockgate.gateway.engine import (
 )
 from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.admission import Admission, Admitted, Pending, refusal
-from lockgate.gateway.http.exchange import Exchange, Forwarder
+from lockgate.gateway.http.exchange import Forwarder
+from lockgate.gateway.http.fast_path import Exchange
 from lockgate.gateway.http.outcome import FirstAttempt
 from lockgate.gateway.http.resources import ResourceState, upstream_reading
 from lockgate.gateway.http.server import ClientConnection, RequestBody

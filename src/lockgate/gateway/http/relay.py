@@ -3,10 +3,12 @@ hop headers dropped, its own framing chosen) and the framing of a buffered reque
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 
 from lockgate.gateway.http import framing
-from lockgate.gateway.http.server import RequestBody
+from lockgate.gateway.http.server import ClientConnection, RequestBody
+from lockgate.gateway.http.upstream import UpstreamConnection
 
 _DROP_RESPONSE = frozenset(
     {
@@ -68,3 +70,31 @@ def body_frame(head: framing.Head, body: RequestBody) -> bytes:
     if body.total or head.content_length is not None or head.chunked:
         return b"Content-Length: %d\r\n" % body.total
     return b""
+
+
+def public_origin(conn: ClientConnection, head: framing.Head) -> str:
+    """``scheme://host`` as the client addressed the gateway."""
+    transport = conn.transport
+    tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+    host = head.host.decode("latin-1") if head.host else ""
+    return f"{'https' if tls else 'http'}://{host}"
+
+
+def body_writers(
+    up: UpstreamConnection, chunked: bool, head_timeout: float
+) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+    if chunked:
+
+        def write(piece: bytes) -> None:
+            up.write(framing.chunk(piece))
+
+        def end() -> None:
+            up.write(framing.LAST_CHUNK)
+            up.arm_head_timeout(head_timeout)
+
+        return write, end
+
+    def end_plain() -> None:
+        up.arm_head_timeout(head_timeout)
+
+    return up.write, end_plain

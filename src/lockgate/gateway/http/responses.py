@@ -8,6 +8,7 @@ connection cannot be kept in sync (framing errors, an unread request body).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 _REASONS = {
@@ -55,6 +56,22 @@ def json_response(
     if not head_only:
         lines.append(payload)
     return b"".join(lines)
+
+
+def shaped(
+    shape: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None,
+    status: int,
+    body: dict[str, Any],
+    *,
+    close: bool = False,
+    head_only: bool = False,
+    extra: list[tuple[str, str]] | None = None,
+) -> bytes:
+    """``body`` in the upstream's error shape when ``shape`` (a profile's) gives one, so the
+    client's SDK shows the gateway's reason."""
+    if shape is not None:
+        body = shape(status, body) or body
+    return json_response(status, body, close=close, head_only=head_only, extra=extra)
 
 
 def bad_request(reason: str) -> bytes:
