@@ -6,17 +6,18 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck bench clean
 
-# The paths mypy checks in `make lint` and `make test` (pyproject's [tool.mypy] says how
-# strictly: gateway, identity, policy and audit are strict). Packages join the list as they
-# come clean; once it is src/lockgate alone, every module is checked.
+# The paths mypy (strict, see pyproject's [tool.mypy]) checks in `make lint` and `make test`:
+# the rooms that are clean so far. Still to join: gateway/, control/ and server.py
+# (`make typecheck` lists what stands in the way); once the list is src/lockgate alone,
+# every module is checked.
 MYPY_PATHS := \
 	src/lockgate/audit \
+	src/lockgate/identity \
 	src/lockgate/policy \
 	src/lockgate/config \
 	src/lockgate/credentials \
 	src/lockgate/airflow \
 	src/lockgate/demo \
-	$(filter-out src/lockgate/identity/service.py,$(wildcard src/lockgate/identity/*.py)) \
 	$(filter-out src/lockgate/server.py,$(wildcard src/lockgate/*.py))
 
 $(STAMP): pyproject.toml

@@ -38,6 +38,7 @@ from lockgate.errors import LockgateError
 
 if TYPE_CHECKING:  # the server and audit packages load lazily to keep the CLI quick
     from lockgate.audit import AuditReader
+    from lockgate.policy import PolicySet
 
 
 # -- init / serve / config ------------------------------------------------------------------
@@ -102,7 +103,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 # -- policy ---------------------------------------------------------------------------------
-def _policy_set(args: argparse.Namespace):
+def _policy_set(args: argparse.Namespace) -> tuple[PolicySet, LockgateConfig]:
     from lockgate.policy import load_policy_files
 
     cfg = _config(args)
@@ -314,7 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(parent, name: str, fn: Callable[[argparse.Namespace], int], help: str):
+    def add(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        fn: Callable[[argparse.Namespace], int],
+        help: str,
+    ) -> argparse.ArgumentParser:
         sp = parent.add_parser(name, help=help, description=help)
         sp.set_defaults(fn=fn)
         return sp

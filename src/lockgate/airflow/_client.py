@@ -97,10 +97,10 @@ class TokenServiceClient:
     def _send(self, req: urllib.request.Request) -> dict[str, Any]:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:  # noqa: S310
-                return json.loads(resp.read() or b"{}")
+                return _json_object(resp.read())
         except urllib.error.HTTPError as exc:
             try:
-                body = json.loads(exc.read() or b"{}")
+                body = _json_object(exc.read())
             except ValueError:
                 body = {"error": f"HTTP {exc.code}"}
             if exc.code in (400, 401, 403, 404):
@@ -160,3 +160,11 @@ def _minted(body: dict[str, Any]) -> MintedToken:
         jti=body.get("jti", ""),
         principal=body.get("principal", ""),
     )
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """The gateway's JSON answer (empty: ``{}``); ValueError when it is not a JSON object."""
+    body = json.loads(raw or b"{}")
+    if not isinstance(body, dict):
+        raise ValueError("the answer is not a JSON object")
+    return body

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from lockgate import _log
 from lockgate.demo.stack import EXAMPLE_DAGS, LocalStack, airflow_bin
@@ -27,7 +28,9 @@ EXPECTED = {
 }
 
 
-def run_dags(stack: LocalStack, airflow_home: Path, dag_ids: list[str]) -> tuple[list[dict], str]:
+def run_dags(
+    stack: LocalStack, airflow_home: Path, dag_ids: list[str]
+) -> tuple[list[dict[str, Any]], str]:
     """Run ``dag_ids`` in a fresh Airflow process; return the results and Airflow's output."""
     env = stack.airflow_env(airflow_home)
     if not (airflow_home / "airflow.db").exists():
