@@ -30,12 +30,12 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from lockgate import _log
 from lockgate.config import CqlResource
 from lockgate.errors import UpstreamError
-from lockgate.gateway.engine import PolicySource, default_request_factory
+from lockgate.gateway.engine import PolicySource, RequestFactory, default_request_factory
+from lockgate.identity.model import Claims
 
 from . import codec, upstream
 
@@ -78,14 +78,14 @@ class RoleCredential:
     grants: tuple[tuple[str, str], ...]  # (permission, resource text)
 
 
-def _owner(claims: Any) -> Owner:
+def _owner(claims: Claims) -> Owner:
     return (
-        str(claims.deployment),
-        str(claims.dag_id),
-        str(claims.task_id),
-        str(claims.run_id),
-        int(claims.try_number),
-        int(claims.map_index),
+        claims.deployment,
+        claims.dag_id,
+        claims.task_id,
+        claims.run_id,
+        claims.try_number,
+        claims.map_index,
     )
 
 
@@ -140,7 +140,7 @@ class DynamicRoles:
         policy: PolicySource,
         *,
         clock: Callable[[], float] = time.time,
-        make_request: Any = None,
+        make_request: RequestFactory | None = None,
     ) -> None:
         self.resource = resource
         self._password = password
@@ -159,13 +159,13 @@ class DynamicRoles:
     async def _admin(self) -> AdminConnection:
         return AdminConnection(await upstream.connect(self.resource, await self._password()))
 
-    async def issue(self, claims: Any, *, require_grants: bool = False) -> RoleCredential:
+    async def issue(self, claims: Claims, *, require_grants: bool = False) -> RoleCredential:
         """Create (or return) the role for ``claims`` with the grants policy allows.
 
         With ``require_grants``, raise :class:`NoGrants` (and create nothing) when policy
         allows the principal nothing on any table.
         """
-        name = role_name(self.resource.name, str(claims.jti))
+        name = role_name(self.resource.name, claims.jti)
         async with self._lock:
             known = self._issued.get(name)
             if known is not None:
@@ -210,10 +210,11 @@ class DynamicRoles:
                     out.append((ks, table))
         return out
 
-    def _allowed_grants(self, claims: Any, tables: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _allowed_grants(
+        self, claims: Claims, tables: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
         policy = self._policy.current
-        iat = getattr(claims, "iat", None)
-        ttl = float(claims.exp) - float(iat) if iat is not None else None
+        ttl = float(claims.ttl)  # what a max_token_ttl condition judges
         grants: list[tuple[str, str]] = []
         admin_tables: dict[str, list[bool]] = {}
         for ks, table in tables:
@@ -253,8 +254,8 @@ class DynamicRoles:
         log.info("dynamic cql role dropped", extra={"fields": {"role": name}})
         return True
 
-    async def revoke_token(self, claims: Any) -> bool:
-        return await self.revoke(role_name(self.resource.name, str(claims.jti)))
+    async def revoke_token(self, claims: Claims) -> bool:
+        return await self.revoke(role_name(self.resource.name, claims.jti))
 
     async def revoke_jti(self, jti: str) -> list[str]:
         """Drop the role issued for token ``jti``, if this process issued one."""
