@@ -16,8 +16,7 @@ from lockgate.control.context import ControlContext
 from lockgate.control.offers import offer_of
 from lockgate.control.token import Handler
 from lockgate.gateway.http.profiles.databricks import ANY_RUN, DEPLOYMENT_WIDE, POLL_TASK
-from lockgate.identity import TaskIdentity, may_act_for
-from lockgate.identity._request import valid_airflow_id, valid_run_id
+from lockgate.identity import TaskIdentity, may_act_for, valid_airflow_id, valid_run_id
 
 ROUTE = "/v1/poll-token"
 

@@ -14,8 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lockgate.identity import OAuthError, TokenService
-from lockgate.identity._request import MAX_BODY, invalid_request, parse_body
+from lockgate.identity import MAX_BODY, OAuthError, TokenService, invalid_request, parse_body
 from lockgate.identity.service import JWT_TOKEN_TYPE
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]

@@ -17,7 +17,15 @@ database role, Cosmos DB task key, managed-identity endpoint) and the mint polic
 :mod:`lockgate.control`.
 """
 
-from lockgate.identity._request import OAuthError, may_act_for
+from lockgate.identity._request import (
+    MAX_BODY,
+    OAuthError,
+    invalid_request,
+    may_act_for,
+    parse_body,
+    valid_airflow_id,
+    valid_run_id,
+)
 from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable
 from lockgate.identity.keys import KeyStore, SigningKey, thumbprint
 from lockgate.identity.model import Claims, MintDecision, TaskIdentity
@@ -29,6 +37,7 @@ from lockgate.identity.tokens import MAX_TOKEN_BYTES, TokenIssuer, TokenVerifier
 from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
 
 __all__ = [
+    "MAX_BODY",
     "MAX_TOKEN_BYTES",
     "AssertionVerifier",
     "AttestationFailed",
@@ -51,6 +60,10 @@ __all__ = [
     "TokenVerifier",
     "UpstreamAssertionSigner",
     "check_client_secret",
+    "invalid_request",
     "may_act_for",
+    "parse_body",
     "thumbprint",
+    "valid_airflow_id",
+    "valid_run_id",
 ]
