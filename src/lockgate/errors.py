@@ -7,7 +7,10 @@ never a token or a secret.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotation only: identity builds on this module, not it on identity
+    from lockgate.identity.model import Claims
 
 
 class LockgateError(Exception):
@@ -30,18 +33,12 @@ class AuthenticationError(LockgateError):
     so the refusal can be audited against its DAG; None when nothing about it can be trusted.
     """
 
-    def __init__(self, reason: str, message: str | None = None, *, claims: Any = None) -> None:
+    def __init__(
+        self, reason: str, message: str | None = None, *, claims: Claims | None = None
+    ) -> None:
         self.reason = reason
         self.claims = claims
         super().__init__(message or reason)
-
-
-class AccessDenied(LockgateError):
-    """Policy refused an action. ``decision`` explains which rule decided, or that none did."""
-
-    def __init__(self, decision: Any) -> None:
-        self.decision = decision
-        super().__init__(getattr(decision, "explain", lambda: str(decision))())
 
 
 class ProtocolError(LockgateError):

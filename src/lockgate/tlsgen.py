@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -64,7 +63,7 @@ def _leaf_cert(
     key: ec.EllipticCurvePrivateKey,
     hosts: list[str],
     ca_cert: x509.Certificate,
-    ca_key: Any,
+    ca_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
     now: dt.datetime,
     days: int,
 ) -> x509.Certificate:

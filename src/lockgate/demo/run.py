@@ -93,7 +93,8 @@ def main(workdir: Path, airflow: bool = True) -> int:
 
         st = State(stack.config)
         audit = st.audit_log()
-        stack.gateway.audit.flush(5.0)
+        if stack.gateway is not None:  # started with the stack
+            stack.gateway.audit.flush(5.0)
         for r in results:
             print(f"\n  audit for {r['dag_id']} run {r['run_id']}:")
             print(format_records(audit.search(dag=r["dag_id"], run=r["run_id"]), as_json=False))

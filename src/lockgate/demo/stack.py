@@ -16,11 +16,18 @@ import sys
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
 
 from lockgate.config import LockgateConfig, load_config
 from lockgate.demo.upstream import DemoUpstream, start_upstream
 from lockgate.scaffold import write_init
+
+if TYPE_CHECKING:  # the server loads when the stack starts, not when the demo is imported
+    from lockgate.server import Gateway
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_DAGS = REPO_ROOT / "examples" / "dags"
@@ -54,8 +61,8 @@ class LocalStack:
         self.upstream = DemoUpstream(accepted={self.upstream_secret})
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self.gateway: Any = None
-        self._runner: Any = None
+        self.gateway: Gateway | None = None
+        self._runner: web.AppRunner | None = None
 
     @property
     def config(self) -> LockgateConfig:
@@ -110,8 +117,8 @@ class LocalStack:
             from lockgate.server import Gateway
 
             self._runner, _ = await start_upstream(self.upstream, port=self.upstream_port)
-            self.gateway = Gateway(self.config)
-            await self.gateway.start()
+            self.gateway = gateway = Gateway(self.config)
+            await gateway.start()
 
         try:
             loop.run_until_complete(boot())
@@ -119,7 +126,7 @@ class LocalStack:
             ready.set()
         loop.run_forever()
 
-    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
@@ -128,9 +135,10 @@ class LocalStack:
         from lockgate.server import Gateway
 
         async def bounce() -> None:
-            await self.gateway.stop()
-            self.gateway = Gateway(self.config)
-            await self.gateway.start()
+            if self.gateway is not None:
+                await self.gateway.stop()
+            self.gateway = gateway = Gateway(self.config)
+            await gateway.start()
 
         self.call(bounce())
 
