@@ -18,7 +18,7 @@ Minting itself is the token service's (:meth:`TokenService.authorize` then
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,13 +42,23 @@ def public_host(host: str) -> str:
 
 
 class ListenerPorts(Protocol):
-    """The ports the gateway's listeners are bound to (0 until they are)."""
+    """The ports the gateway's listeners are bound to (0 until they are), read when a
+    catalog is asked for, so ``port: 0`` listeners are named by the port they got."""
 
-    control_port: int
-    http_port: int
-    cql_port: int
-    forward_proxy_port: int
-    mounted_ports: dict[str, int]
+    @property
+    def control_port(self) -> int: ...
+
+    @property
+    def http_port(self) -> int: ...
+
+    @property
+    def cql_port(self) -> int: ...
+
+    @property
+    def forward_proxy_port(self) -> int: ...
+
+    @property
+    def mounted_ports(self) -> Mapping[str, int]: ...
 
 
 @dataclass(frozen=True, slots=True)
