@@ -6,8 +6,10 @@
 - policy:   PolicyStore (reloads on change, keeps the last good set)
 - credentials: CredentialStore (encrypted) and CredentialBroker (what engines call)
 - audit:    AuditLog (a writer thread) or RemoteAuditLog (a writer process), fail closed
-- gateway:  HttpEngine on the ``http`` listener and resource listeners, the forward proxy,
-  CqlEngine on the ``cql`` listener
+- gateway:  one engine per resource kind (:mod:`lockgate.gateway.registry`), all sharing
+  one :class:`~lockgate.gateway.engine.Collaborators`; each opens its own listeners
+  (``listeners.<kind>``). :meth:`Gateway.update_resources` hands engines a new catalog
+  without a restart
 - control:  ControlPlane, the control listener's routes (:mod:`lockgate.control`), with the
   mint policy and the token audit sink
 - dynamic roles: one DynamicRoles per ``dynamic_roles: true`` cql resource behind
@@ -28,19 +30,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import ssl
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lockgate import _log, control
 from lockgate.audit import AuditLog, RemoteAuditLog
-from lockgate.config import ForwardProxyConfig, ListenerConfig, LockgateConfig
+from lockgate.config import Listeners, LockgateConfig
 from lockgate.control import ControlPlane, MintPolicy, TokenAudit
 from lockgate.credentials import CredentialBroker
-from lockgate.gateway.cql import CqlEngine
+from lockgate.gateway import registry
 from lockgate.gateway.cql.dynamic_roles import DbRoles, upstream_password
-from lockgate.gateway.http import HttpEngine
-from lockgate.gateway.http.forward_proxy import ForwardProxy
+from lockgate.gateway.engine import Collaborators, Engine, ResourceConfig
+from lockgate.gateway.listeners import server_ssl_context
 from lockgate.identity import TokenIssuer, TokenVerifier
 from lockgate.identity.revocation import REFRESH_INTERVAL as REVOCATION_REFRESH
 from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
@@ -48,24 +50,12 @@ from lockgate.readiness import Readiness
 from lockgate.state import State
 from lockgate.supervisor import event_loop_runner, supervise
 
+if TYPE_CHECKING:
+    from lockgate.gateway.cql import CqlEngine
+    from lockgate.gateway.http import HttpEngine
+    from lockgate.gateway.http.forward_proxy import ForwardProxy
+
 log = _log.get("server")
-
-
-def server_ssl_context(listener: ListenerConfig | ForwardProxyConfig) -> ssl.SSLContext | None:
-    if listener.tls is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(listener.tls.cert), str(listener.tls.key))
-    return ctx
-
-
-def _limits(listener: ListenerConfig) -> dict[str, Any]:
-    """A listener's connection limits, as the engines' ``start`` takes them."""
-    return {
-        "handshake_timeout": listener.handshake_timeout,
-        "max_connections": listener.max_connections,
-    }
 
 
 class Gateway:
@@ -112,18 +102,12 @@ class Gateway:
         self.token_audit = TokenAudit(self.audit)
         self.sign_assertion = UpstreamAssertionSigner(self.state.keys, config.issuer_url)
         self.broker: CredentialBroker | None = None
-        self.engine: HttpEngine | None = None
-        self.cql_engine: CqlEngine | None = None
+        self.engines: dict[str, Engine] = {}  # resource kind -> its engine, once started
         self.control: ControlPlane | None = None  # worker 0 only
         self.db_roles: DbRoles | None = None
         self.db_role_sweep_interval = 15.0  # seconds; tests shorten it before start()
         self._tasks: list[asyncio.Task[Any]] = []
         self.control_port = 0
-        self.http_port = 0
-        self.cql_port = 0
-        self.mounted_ports: dict[str, int] = {}  # http resources served on their own port
-        self.forward_proxy: ForwardProxy | None = None
-        self.forward_proxy_port = 0
         self._ready = False
 
     # -- control plane (routes in lockgate.control) -----------------------------------------
@@ -163,6 +147,79 @@ class Gateway:
         """Listeners are up (readiness' ``started`` check)."""
         return self._ready
 
+    # -- engines --------------------------------------------------------------------------
+    async def _start_engines(self) -> None:
+        """One engine per kind whose listener is configured, by the registry alone; with
+        ``--workers``, an engine that cannot share its port runs in worker 0 only."""
+        assert self.broker is not None
+        shared = Collaborators(
+            self.verifier, self.policy, self.broker, self.audit, self.sign_assertion,
+            data_dir=self.config.data_dir,
+        )  # fmt: skip
+        listeners = self._listeners()
+        for kind in registry.kinds():
+            if getattr(listeners, kind, None) is None:  # e.g. no cql section: no CQL
+                continue
+            cls = registry.engine_class(kind)
+            if not (self.primary or cls.every_worker):
+                continue
+            engine = self.engines[kind] = cls(self.config.resources, shared)
+            await engine.listen(listeners, reuse_port=self.reuse_port)
+
+    def _listeners(self) -> Listeners:
+        """The configured listeners, with the http port the supervisor picked for all workers
+        when the config says 0."""
+        listeners = self.config.listeners
+        if self._http_listen_port is None:
+            return listeners
+        http = listeners.http.model_copy(update={"port": self._http_listen_port})
+        return listeners.model_copy(update={"http": http})
+
+    def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
+        """Serve a new catalog without a restart: every engine takes the resources of its
+        kind (what happens to requests and sessions in flight: each engine's docstring)."""
+        resources = list(resources)
+        for engine in self.engines.values():
+            engine.update_resources(resources)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every engine listener's bound port, by listener name (``http``, ``cql``,
+        ``forward_proxy``, ``resource:<name>`` for a resource on its own port)."""
+        return {name: port for e in self.engines.values() for name, port in e.ports.items()}
+
+    @property
+    def http_port(self) -> int:
+        return self.ports.get("http", 0)
+
+    @property
+    def cql_port(self) -> int:
+        return self.ports.get("cql", 0)
+
+    @property
+    def forward_proxy_port(self) -> int:
+        return self.ports.get("forward_proxy", 0)
+
+    @property
+    def mounted_ports(self) -> dict[str, int]:
+        """Resources served on their own port: name -> port."""
+        prefix = "resource:"
+        return {k[len(prefix) :]: p for k, p in self.ports.items() if k.startswith(prefix)}
+
+    # For tests and tools that reach into one engine; the server itself never does.
+    @property
+    def engine(self) -> HttpEngine | None:
+        return cast("HttpEngine | None", self.engines.get("http"))
+
+    @property
+    def cql_engine(self) -> CqlEngine | None:
+        return cast("CqlEngine | None", self.engines.get("cql"))
+
+    @property
+    def forward_proxy(self) -> ForwardProxy | None:
+        engine = self.engine
+        return engine.forward_proxy if engine is not None else None
+
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.broker = CredentialBroker(self.config, self.state.credentials, None)
@@ -173,48 +230,7 @@ class Gateway:
         if self.primary:
             self.control = self._start_control_plane()
             self.control_port = await self.control.start(c, server_ssl_context(c))
-        h = self.config.listeners.http
-        self.engine = HttpEngine(
-            [r for r in self.config.resources if r.kind == "http"],
-            self.verifier,
-            self.policy,
-            self.broker,
-            self.audit,
-            self.sign_assertion,
-            data_dir=self.config.data_dir,
-        )
-        port = h.port if self._http_listen_port is None else self._http_listen_port
-        server = await self.engine.start(
-            h.host, port, ssl=server_ssl_context(h), reuse_port=self.reuse_port, **_limits(h)
-        )
-        self.http_port = server.sockets[0].getsockname()[1]
-        for r in self.config.resources:
-            if r.kind == "http" and r.listen is not None:
-                ml = await self.engine.start_mounted(
-                    r.name, r.listen.host, r.listen.port, ssl=server_ssl_context(r.listen),
-                    reuse_port=self.reuse_port, **_limits(r.listen),
-                )  # fmt: skip
-                self.mounted_ports[r.name] = ml.sockets[0].getsockname()[1]
-        fp = self.config.listeners.forward_proxy
-        if fp is not None:  # CONNECT for clients with a fixed upstream URL (ARM)
-            self.forward_proxy = ForwardProxy.from_config(self.engine, self.config)
-            fsrv = await self.forward_proxy.start(
-                fp.host, fp.port, ssl=server_ssl_context(fp), reuse_port=self.reuse_port
-            )
-            self.forward_proxy_port = fsrv.sockets[0].getsockname()[1]
-        cql = self.config.listeners.cql
-        if cql is not None and self.primary:  # with --workers, CQL runs in worker 0 only
-            self.cql_engine = CqlEngine(
-                [r for r in self.config.resources if r.kind == "cql"],
-                self.verifier,
-                self.policy,
-                self.broker,
-                self.audit,
-            )
-            await self.cql_engine.start(
-                cql.host, cql.port, ssl=server_ssl_context(cql), **_limits(cql)
-            )
-            self.cql_port = self.cql_engine.port
+        await self._start_engines()
         self._tasks = [
             asyncio.create_task(self._every(1.0, self._refresh), name="lockgate-refresh"),
             asyncio.create_task(
@@ -228,7 +244,7 @@ class Gateway:
             extra={
                 "fields": {
                     "control": f"{c.scheme}://{c.host}:{self.control_port}",
-                    "http": f"{h.scheme}://{h.host}:{self.http_port}",
+                    "engines": {kind: dict(e.ports) for kind, e in self.engines.items()},
                     "resources": [r.name for r in self.config.resources],
                     "policy_files": [str(p) for p in self.config.policy_files()],
                 }
@@ -262,12 +278,8 @@ class Gateway:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        if self.forward_proxy is not None:
-            await self.forward_proxy.close()
-        if self.engine is not None:
-            await self.engine.close()
-        if self.cql_engine is not None:
-            await self.cql_engine.close()
+        for engine in self.engines.values():
+            await engine.close()
         if self.control is not None:  # before the broker: dropping roles needs the password
             await self.control.close()
         if self.broker is not None:

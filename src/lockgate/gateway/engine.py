@@ -82,9 +82,14 @@ class TokenVerifier(Protocol):
 
 
 class Decision(Protocol):
-    allowed: bool
-    rule: str | None
-    reason: str
+    @property
+    def allowed(self) -> bool: ...
+
+    @property
+    def rule(self) -> str | None: ...
+
+    @property
+    def reason(self) -> str: ...
 
     def explain(self) -> str: ...
 

@@ -1,33 +1,33 @@
 """What every CQL client connection shares: collaborators, caches, audit and metrics helpers.
 
-One :class:`EngineContext` per engine: the resources, the token verifier (called for every
-statement: it re-checks expiry and revocation in memory), policy, credentials, the shared
-prepared-statement registry and the bounds of frames held behind a USE. Sessions call
-:meth:`EngineContext.record` to audit (never blocking; a failing sink is logged, not raised)
-and :meth:`EngineContext.count` for ``lockgate_requests_total``; metric children are cached
-so the hot path does no label lookup.
+One :class:`EngineContext` per engine, built from the process's
+:class:`~lockgate.gateway.engine.Collaborators`: the catalog (``resources``, replaced whole
+by :meth:`CqlEngine.update_resources`, so a session reads one catalog or the next, never a
+mix), the token verifier (called for every statement: it re-checks expiry and revocation in
+memory), policy, credentials, the shared prepared-statement registry and the bounds of
+frames held behind a USE. Sessions call :meth:`EngineContext.record` to audit (never
+blocking; a failing sink is logged, not raised), ``ctx.records.admitted(...)`` for the
+record written ahead, and :meth:`EngineContext.count` for ``lockgate_requests_total``
+(metric children cached, so the hot path does no label lookup).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from lockgate import metrics
 from lockgate.config import CqlResource
 from lockgate.gateway.engine import (
     AuditSink,
     Clock,
-    CredentialBroker,
+    Collaborators,
     PolicySource,
     RecordFactory,
     RequestFactory,
+    ResourceConfig,
     SecretCache,
     TokenVerifier,
     default_record_factory,
-    default_request_factory,
 )
 from lockgate.gateway.records import RecordBuilder
 
@@ -51,56 +51,50 @@ MAX_HELD_BYTES = 1024 * 1024
 USE_ANSWER_TIMEOUT = 10.0
 
 
-@dataclass
+@dataclass(eq=False)
 class EngineContext:
-    resources: dict[str, CqlResource]
-    verifier: TokenVerifier
-    policy: PolicySource
-    broker: CredentialBroker
-    audit: AuditSink
-    make_request: RequestFactory = field(default_factory=default_request_factory)
-    make_record: RecordFactory = field(default_factory=default_record_factory)
+    shared: Collaborators
+    resources: dict[str, CqlResource] = field(default_factory=dict)
     prepared: PreparedStatements = field(default_factory=PreparedStatements)
     views: ViewCatalog = field(default_factory=ViewCatalog)
-    clock: Clock = time.monotonic
     max_held_frames: int = MAX_HELD_FRAMES
     max_held_bytes: int = MAX_HELD_BYTES
     use_answer_timeout: float = USE_ANSWER_TIMEOUT
+    # taken from ``shared`` (attribute reads on the hot path, not two hops)
+    verifier: TokenVerifier = field(init=False)
+    policy: PolicySource = field(init=False)
+    audit: AuditSink = field(init=False)
     secrets: SecretCache = field(init=False)
+    clock: Clock = field(init=False)
+    make_request: RequestFactory = field(init=False)
     records: RecordBuilder = field(init=False)
     #: ``record(event, claims, resource, t0, ...)``: audit an outcome or a refusal
     record: Callable[..., None] = field(init=False, repr=False)
-    _counters: dict[tuple[str, str, str], Any] = field(default_factory=dict, init=False)
+    #: ``count(resource, action, decision)``: ``lockgate_requests_total`` += 1
+    count: Callable[[str, str, str], None] = field(init=False, repr=False)
+    #: ``observe_upstream(resource, seconds)``: ``lockgate_upstream_latency_seconds``
+    observe_upstream: Callable[[str, float], None] = field(init=False, repr=False)
+    make_record: RecordFactory = field(init=False, repr=False)  # until judge uses records
 
     def __post_init__(self) -> None:
-        self.secrets = SecretCache(self.broker)
-        self.records = RecordBuilder(self.audit, self.clock)
-        self.record = self.records.emit
+        shared = self.shared
+        self.verifier = shared.verifier
+        self.policy = shared.policy
+        self.audit = shared.audit
+        self.secrets = shared.secrets
+        self.clock = shared.clock
+        self.make_request = shared.make_request
+        self.records = shared.records
+        self.record = shared.records.emit
+        self.count = shared.metrics.count
+        self.observe_upstream = shared.metrics.observe_upstream
+        self.make_record = default_record_factory()
 
-    @classmethod
-    def build(
-        cls,
-        resources: Sequence[CqlResource],
-        verifier: TokenVerifier,
-        policy: PolicySource,
-        broker: CredentialBroker,
-        audit: AuditSink,
-        **kw: Any,
-    ) -> EngineContext:
-        kw = {k: v for k, v in kw.items() if v is not None}
-        return cls({r.name: r for r in resources}, verifier, policy, broker, audit, **kw)
+    def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
+        """Swap the catalog (one assignment: a session sees the old or the new one whole)."""
+        self.resources = {r.name: r for r in resources if isinstance(r, CqlResource)}
 
     @property
     def handshake_timeout(self) -> float:
         """Before the client names its resource, the strictest handshake timeout applies."""
         return min((r.handshake_timeout for r in self.resources.values()), default=10.0)
-
-    def count(self, resource: str, action: str, decision: str) -> None:
-        key = (resource, action, decision)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = metrics.REQUESTS.labels(resource, action, decision)
-        child.inc()
-
-    def observe_upstream(self, resource: str, seconds: float) -> None:
-        metrics.UPSTREAM_LATENCY.labels(resource).observe(seconds)

@@ -7,12 +7,20 @@ upstream connection opened as the gateway's own user, so stream ids pass through
 (:mod:`.session`; requests are judged in :mod:`.judge`, answers relayed in :mod:`.answers`).
 Per statement the engine classifies, asks policy, forwards or refuses, and audits.
 
-Usage::
+Usage (it implements :class:`lockgate.gateway.engine.Engine`)::
 
-    engine = CqlEngine(resources, verifier, policy, broker, audit)
-    server = await engine.start("127.0.0.1", 9042, ssl=ssl_context)
-    ...
+    engine = CqlEngine(resources, shared)       # shared: the process's Collaborators
+    await engine.listen(config.listeners)       # the ``cql`` listener
+    engine.update_resources(new_resources)      # live, no restart
     await engine.close()
+
+Live catalog (:meth:`CqlEngine.update_resources`): a new connection logs in against the new
+catalog (a removed resource refuses the login like an unknown one). An open session whose
+resource is unchanged keeps going. A session whose resource was removed or changed (its
+upstream, credential or limits) is closed: it talks to the old upstream as the old
+credential, which the change may be meant to stop; the driver reconnects and logs in
+against the new catalog. A session closed for a removed resource is audited (``denied``,
+``resource_removed``); one closed for a change is logged.
 
 Defaults worth knowing: reads of driver metadata tables (``system.local``, ``system.peers``,
 ``system.peers_v2``, ``system_schema.*``, ``system_virtual_schema.*``) and ``USE`` are allowed
@@ -26,22 +34,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as ssl_mod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
 
 from lockgate import _log
-from lockgate.config import CqlResource
-from lockgate.gateway.engine import AuditSink, CredentialBroker, PolicySource, TokenVerifier
+from lockgate.gateway.engine import Collaborators, ResourceConfig
 from lockgate.gateway.listeners import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     ConnectionGuard,
     Ticket,
+    limits,
+    server_ssl_context,
 )
 
 from .context import EngineContext
 from .session import ClientSession
 from .statements import PreparedStatements
+
+if TYPE_CHECKING:
+    from lockgate.config import Listeners
 
 log = _log.get("gateway.cql")
 
@@ -49,30 +61,21 @@ log = _log.get("gateway.cql")
 class CqlEngine:
     """Serves the CQL listener; see the module docstring."""
 
+    kind: ClassVar[str] = "cql"
+    #: One process serves it: prepared statements and dynamic roles live in this process.
+    every_worker: ClassVar[bool] = False
+
     def __init__(
         self,
-        resources: Sequence[CqlResource],
-        verifier: TokenVerifier,
-        policy: PolicySource,
-        broker: CredentialBroker,
-        audit: AuditSink,
+        resources: Iterable[ResourceConfig],
+        shared: Collaborators,
         *,
-        make_request: Any = None,
-        make_record: Any = None,
         prepared: PreparedStatements | None = None,
     ) -> None:
-        self.ctx = EngineContext.build(
-            resources,
-            verifier,
-            policy,
-            broker,
-            audit,
-            make_request=make_request,
-            make_record=make_record,
-            prepared=prepared,
-        )
+        self.ctx = EngineContext(shared, prepared=prepared or PreparedStatements())
+        self.ctx.update_resources(resources)
         self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[Any]] = set()
+        self._sessions: dict[asyncio.Task[None], ClientSession] = {}
         self.guard: ConnectionGuard | None = None
         self.port = 0
 
@@ -80,6 +83,36 @@ class CqlEngine:
     def connections(self) -> int:
         """Client connections currently open."""
         return len(self._sessions)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"cql": self.port} if self._server is not None else {}
+
+    def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
+        """Serve this catalog from now on; see the module docstring for open sessions."""
+        ctx = self.ctx
+        ctx.update_resources(resources)
+        for task, session in list(self._sessions.items()):
+            auth = session.auth
+            if auth is None or ctx.resources.get(auth.resource.name) == auth.resource:
+                continue  # not logged in yet (it will read the new catalog), or unchanged
+            name = auth.resource.name
+            if name in ctx.resources:
+                log.info("cql session closed: its resource changed", extra={"fields": {
+                    "resource": name}})  # fmt: skip
+            else:
+                ctx.record(
+                    "denied", auth.claims, name, ctx.clock(), action="connect",
+                    decision="deny", reason="resource_removed",
+                )  # fmt: skip
+            task.cancel()
+
+    async def listen(self, listeners: Listeners, *, reuse_port: bool = False) -> None:
+        """Open the ``cql`` listener (``reuse_port`` is ignored: one process serves it)."""
+        cfg = listeners.cql
+        if cfg is None:
+            raise ValueError("the cql engine needs a listeners.cql section")
+        await self.start(cfg.host, cfg.port, ssl=server_ssl_context(cfg), **limits(cfg))
 
     async def start(
         self,
@@ -121,15 +154,16 @@ class CqlEngine:
     ) -> None:
         ticket.opened()
         task = asyncio.current_task()
+        session = ClientSession(self.ctx, reader, writer)
         if task is not None:
-            self._sessions.add(task)
+            self._sessions[task] = session
         try:
             with contextlib.suppress(asyncio.CancelledError):
-                await ClientSession(self.ctx, reader, writer).run()
+                await session.run()
         finally:
             ticket.closed()
             if task is not None:
-                self._sessions.discard(task)
+                self._sessions.pop(task, None)
 
     async def close(self) -> None:
         """Stop listening and end every client connection (and its upstream connection)."""

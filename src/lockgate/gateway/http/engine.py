@@ -199,7 +199,8 @@ class HttpEngine:
 
     @property
     def ports(self) -> dict[str, int]:
-        """``http``, each resource served on its own port (by name), ``forward_proxy``."""
+        """Bound ports: ``http``, ``forward_proxy``, ``resource:<name>`` for each resource
+        served on its own port."""
         return dict(self._ports)
 
     async def start_mounted(
@@ -215,7 +216,7 @@ class HttpEngine:
         """Serve ``resource`` alone at the root of ``host:port`` (``/api/...``, no prefix)."""
         server = await self._listen(resource, resource, host, port, ssl, reuse_port, **limits)
         self._mounted.append(server)
-        self._ports[resource] = _bound_port(server)
+        self._ports[f"resource:{resource}"] = _bound_port(server)
         return server
 
     async def start(
