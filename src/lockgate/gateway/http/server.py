@@ -305,7 +305,8 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._closed:
             return []
-        if not keep or transport.is_closing():
+        # only at a message boundary (the parser holds the next request's bytes, if any)
+        if not keep or transport.is_closing() or self._parser.state != DONE:
             self._closed = True
             transport.close()
             return []

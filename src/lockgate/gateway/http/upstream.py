@@ -236,7 +236,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._pending_size = 0
         sink.write_first(head, pending)  # one syscall for a small response
         self._sink = sink
-        if pending and self.transport is not None and self._parser.state == BODY:
+        if pending and not self.closed and self._parser.state == BODY:
+            assert self.transport is not None
             self.transport.resume_reading()
 
     def pause_reading(self) -> None:
