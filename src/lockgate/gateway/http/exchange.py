@@ -89,10 +89,7 @@ class Forwarder:
             adm.forwarded,
         ]
         if rs.identity_prefix is not None and (profile is None or profile.identity_assertion):
-            assertion = self._assertions.get(adm.claims, rs.name).encode("latin-1")
-            if not header_safe(assertion):
-                raise ValueError("assertion is not header-safe")
-            fixed.append(rs.identity_prefix + assertion + b"\r\n")
+            fixed.append(rs.identity_line(self._assertions.get(adm.claims, rs.name)))
         return b"".join(fixed)
 
     @staticmethod

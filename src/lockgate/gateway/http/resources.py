@@ -94,6 +94,7 @@ class ResourceState:
         self.drop = frozenset(drop)
         self.host_line = b"Host: " + self.target.host_header + b"\r\n"
         self._auth_cache: tuple[UpstreamSecret, bytes] | None = None
+        self._identity_cache: tuple[str, bytes] | None = None
         self._counters: dict[tuple[str, str], Counter] = {}
         self.latency: Histogram = metrics.UPSTREAM_LATENCY.labels(self.name)
         self.profile: Profile | None = None  # set by the engine for ``profile:`` resources
@@ -120,6 +121,18 @@ class ResourceState:
             raise UpstreamUnavailable("credential value is not header-safe")
         line = self._auth_prefix + value + b"\r\n"
         self._auth_cache = (secret, line)
+        return line
+
+    def identity_line(self, assertion: str) -> bytes:
+        """The identity assertion header line; checked once per (cached) assertion string."""
+        cached = self._identity_cache
+        if cached is not None and cached[0] is assertion:
+            return cached[1]
+        value = assertion.encode("latin-1")
+        if self.identity_prefix is None or not header_safe(value):
+            raise ValueError("assertion is not header-safe")
+        line = self.identity_prefix + value + b"\r\n"
+        self._identity_cache = (assertion, line)
         return line
 
     def forwarded_headers(
