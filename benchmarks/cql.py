@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -242,10 +243,11 @@ class _NoAudit:
 def engine_arguments(resources: list[Any], password: str) -> tuple[Any, ...]:
     """``CqlEngine``'s arguments with the trivial collaborators (one bundle, or each)."""
     from lockgate.gateway import engine as shapes
+    from lockgate.gateway.cql.engine import CqlEngine
 
     collaborators = (_AnyToken(), _AllowAll(), _OneSecret(password), _NoAudit())
     bundle = getattr(shapes, "Collaborators", None)
-    if bundle is None:
+    if bundle is None or "shared" not in inspect.signature(CqlEngine).parameters:
         return (resources, *collaborators)
     verifier, policy, broker, audit = collaborators
     shared = bundle(verifier=verifier, policy=policy, broker=broker, audit=audit,

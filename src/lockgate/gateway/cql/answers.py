@@ -212,7 +212,7 @@ class AnswerRelay(SessionState):
             obj=p.obj,
             status=status,
             decision="allow",
-            detail={**self._detail(p.plan), "ref": p.ref},
+            detail={**(p.detail or self._detail(p.plan)), "ref": p.ref},
         )
 
     def _upstream_lost(self) -> None:
@@ -231,7 +231,7 @@ class AnswerRelay(SessionState):
                     obj=p.obj,
                     decision="allow",
                     reason="upstream_closed",
-                    detail={**self._detail(p.plan), "ref": p.ref},
+                    detail={**(p.detail or self._detail(p.plan)), "ref": p.ref},
                 )
         self.pending.clear()
         log.warning("cql upstream connection closed", extra={"fields": self._fields()})

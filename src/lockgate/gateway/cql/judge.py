@@ -23,18 +23,22 @@ from typing import Any
 
 from lockgate import _log
 from lockgate.errors import AuditUnavailable, AuthenticationError
-from lockgate.gateway.engine import identity_fields
 
 from . import codec
+from .classify import Target
 from .context import EngineContext
 from .handshake import Authenticated
 from .holds import UseHold
-from .statements import Plan, plan_for
+from .statements import Plan, PreparedEntry, execute_plan, plan_for
 from .views import with_view_bases
 
 log = _log.get("gateway.cql")
 
 _RANK = {"use": 0, "read": 1, "write": 2, "admin": 3}
+
+
+#: Prepared statements one session keeps judged (:class:`Judged`); past it they start over.
+MAX_JUDGED_PER_SESSION = 1024
 
 
 @dataclass(slots=True)
@@ -47,6 +51,60 @@ class Pending:
     action: str | None = None
     obj: str | None = None
     ref: str | None = None  # the written-ahead "admitted" record, named in the outcome
+    detail: dict[str, Any] | None = None  # the plan's audit detail (statement, op, keyspace)
+
+
+@dataclass(slots=True)
+class Judged:
+    """What a plan asks of policy and puts in its records, worked out once.
+
+    For an EXECUTE it is kept per session and prepared id while the registry entry and the
+    view catalog it was built from stand (:meth:`RequestJudging._plan`); the policy requests
+    are rebuilt when the verified claims change. Policy itself is asked for every statement
+    (its own cache makes that cheap), so a reload, a deny or a time window applies at once.
+    """
+
+    plan: Plan
+    to_decide: list[Target]  # policy decides these (all targets of a built-in plan)
+    builtin: bool  # USE / driver metadata: allowed unless a rule denies explicitly
+    action: str  # the highest action of the targets, for the records and the counter
+    obj: str  # the targets' objects, comma-joined
+    detail: dict[str, Any]  # statement, op, keyspace: the records' detail
+    claims: Any = None  # the claims the requests were built for
+    requests: list[Any] | None = None
+
+    @classmethod
+    def of(cls, plan: Plan) -> Judged:
+        checked = plan.checked
+        # USE and driver metadata reads are every principal's (a built-in rule), audited all
+        # the same; only an explicit deny rule withdraws them (a deny beats any allow).
+        builtin = not checked
+        targets = plan.targets
+        return cls(
+            plan,
+            targets if builtin else checked,
+            builtin,
+            max((t.action for t in targets), key=lambda a: _RANK.get(a, 3)),
+            ",".join(dict.fromkeys(t.object for t in targets)),
+            plan_detail(plan),
+        )
+
+    def requests_for(self, ctx: EngineContext, claims: Any, resource: str) -> list[Any]:
+        """The policy requests of :attr:`to_decide` for ``claims`` (built once per claims)."""
+        if self.requests is None or self.claims is not claims:
+            ttl = _token_ttl(claims)
+            self.requests = [
+                ctx.make_request(
+                    principal=claims.sub,
+                    action=target.action,
+                    resource=resource,
+                    object=target.object,
+                    token_ttl=ttl,
+                )
+                for target in self.to_decide
+            ]
+            self.claims = claims
+        return self.requests
 
 
 class SessionState:
@@ -73,11 +131,7 @@ class SessionState:
         }
 
     def _detail(self, plan: Plan) -> dict[str, Any]:
-        detail: dict[str, Any] = {"statement": plan.audit_text, "op": plan.op}
-        if plan.keyspace:
-            # "_name": a bare "keyspace" key would be taken for a secret and redacted.
-            detail["keyspace_name"] = plan.keyspace
-        return detail
+        return plan_detail(plan)
 
     # Each half calls into the other; ClientSession has both.
     def _on_request(self, event: codec.Event) -> None:
@@ -94,6 +148,8 @@ class RequestJudging(SessionState):
     """Client → upstream: judge, refuse or forward each request."""
 
     _to_upstream: list[bytes]  # forwarded requests not yet written (coalesced)
+    #: prepared id → (registry entry, view bases, judged plan) the judgement was made on
+    _judged: dict[bytes, tuple[PreparedEntry, dict[str, str], Judged]]
 
     def _on_request(self, event: codec.Event) -> None:
         auth = self.auth
@@ -127,8 +183,8 @@ class RequestJudging(SessionState):
         if isinstance(event, codec.Options | codec.Register):
             self._forward(event, Pending(t0, None, False))
             return
-        plan = plan_for(event, auth.resource.name, self.keyspace, self.ctx.prepared)
-        if plan is None:
+        judged = self._plan(event)
+        if judged is None:
             # STARTUP or AUTH_RESPONSE again: the connection's identity cannot change.
             self._refuse_request(
                 event,
@@ -139,9 +195,7 @@ class RequestJudging(SessionState):
                 "unexpected_request",
             )
             return
-        bases = self.ctx.views.bases(auth.resource.name)
-        if bases:  # a view's rows are its base table's: reading one reads both
-            plan.targets = with_view_bases(plan.targets, bases)
+        plan = judged if isinstance(judged, Plan) else judged.plan
         if not self._token_valid(event, plan, t0):
             return
         if plan.ambiguous is not None:
@@ -167,39 +221,65 @@ class RequestJudging(SessionState):
                 )
             )
             return
+        if isinstance(judged, Plan):
+            judged = Judged.of(plan)
+        self._admit(event, judged, t0)
+
+    def _plan(self, event: codec.Event) -> Plan | Judged | None:
+        """The request's plan, with view bases among its targets; None for a request that
+        bears no statement. An EXECUTE of a statement this session judged before gets that
+        judgement back while its registry entry and the view catalog are the same."""
+        auth = self.auth
+        assert auth is not None
+        name = auth.resource.name
+        bases = self.ctx.views.bases(name)
+        entry: PreparedEntry | None = None
+        if isinstance(event, codec.Execute):
+            entry = self.ctx.prepared.lookup(name, event.query_id)
+            known = self._judged.get(event.query_id)
+            if known is not None and known[0] is entry and known[1] is bases:
+                return known[2]
+        if isinstance(event, codec.Execute):
+            plan: Plan | None = execute_plan(entry, event.query_id, self.keyspace)
+        else:
+            plan = plan_for(event, name, self.keyspace, self.ctx.prepared)
+        if plan is None:
+            return None
+        if bases:  # a view's rows are its base table's: reading one reads both
+            plan.targets = with_view_bases(plan.targets, bases)
+        if not isinstance(event, codec.Execute) or entry is None or not plan.targets:
+            return plan  # unprepared and ambiguous ids have no targets: judged anew each time
+        judged = Judged.of(plan)
+        if len(self._judged) >= MAX_JUDGED_PER_SESSION:
+            self._judged.clear()
+        self._judged[event.query_id] = (entry, bases, judged)
+        return judged
+
+    def _admit(self, event: codec.Event, judged: Judged, t0: float) -> None:
+        """Decide every target, write the admitted record ahead and forward; or refuse."""
+        auth = self.auth
+        assert auth is not None
         claims = auth.claims
-        checked = plan.checked
-        # USE and driver metadata reads are every principal's (a built-in rule), audited all
-        # the same; only an explicit deny rule withdraws them (a deny beats any allow).
-        builtin = not checked
-        ttl = _token_ttl(claims)
+        name = auth.resource.name
+        builtin = judged.builtin
         policy = self.ctx.policy.current
-        for target in plan.targets if builtin else checked:
-            decision = policy.decide(
-                self.ctx.make_request(
-                    principal=claims.sub,
-                    action=target.action,
-                    resource=auth.resource.name,
-                    object=target.object,
-                    token_ttl=ttl,
-                )
-            )
+        decision: Any = None
+        for target, request in zip(
+            judged.to_decide, judged.requests_for(self.ctx, claims, name), strict=True
+        ):
+            decision = policy.decide(request)
             if not decision.allowed and (not builtin or decision.rule is not None):
-                self._deny(event, plan, target.action, target.object, decision, t0)
+                self._deny(event, judged.plan, target.action, target.object, decision, t0)
                 return
         if builtin:
-            rule, reason = plan.builtin_rule, None
+            rule, reason = judged.plan.builtin_rule, None
         else:
             rule, reason = decision.rule, decision.reason
-        targets = plan.targets
-        action = max((t.action for t in targets), key=lambda a: _RANK.get(a, 3))
-        obj = ",".join(dict.fromkeys(t.object for t in targets))
+        action, obj = judged.action, judged.obj
         # Durable before a byte goes upstream: the outcome record follows in _finish.
-        admitted = self.ctx.make_record(
-            event="admitted", **identity_fields(claims), resource=auth.resource.name,
-            action=action, object=obj, decision="allow", rule=rule, reason=reason,
-            detail=self._detail(plan),
-        )  # fmt: skip
+        admitted = self.ctx.records.admitted(
+            claims, name, action, obj, rule, reason, dict(judged.detail)
+        )
         try:
             ref = self.ctx.audit.write_ahead(admitted)
         except AuditUnavailable as exc:
@@ -211,14 +291,13 @@ class RequestJudging(SessionState):
             log.error("cql statement refused: audit unavailable", extra={"fields": self._fields()})
             # Queued, not written ahead: it lands once the audit recovers (nothing was sent).
             self.ctx.record(
-                "upstream_error", claims, auth.resource.name, t0, action=action, obj=obj,
+                "upstream_error", claims, name, t0, action=action, obj=obj,
                 status=codec.ERR_OVERLOADED, decision="error", rule=rule,
-                reason="audit_unavailable",
-                detail={**self._detail(plan), "error": str(exc)[:200]},
+                reason="audit_unavailable", detail={**judged.detail, "error": str(exc)[:200]},
             )  # fmt: skip
             return
-        self.ctx.count(auth.resource.name, action, "allow")
-        self._forward(event, Pending(t0, plan, True, action, obj, ref))
+        self.ctx.count(name, action, "allow")
+        self._forward(event, Pending(t0, judged.plan, True, action, obj, ref, judged.detail))
 
     def _token_valid(self, event: codec.Event, plan: Plan, t0: float) -> bool:
         """Re-check the connection's token (expiry, revocation) for every statement.
@@ -336,6 +415,15 @@ class RequestJudging(SessionState):
                 "of the USE before it; reconnect and retry",
                 reason,
             )
+
+
+def plan_detail(plan: Plan) -> dict[str, Any]:
+    """The detail of a plan's records: its audit text, op and keyspace."""
+    detail: dict[str, Any] = {"statement": plan.audit_text, "op": plan.op}
+    if plan.keyspace:
+        # "_name": a bare "keyspace" key would be taken for a secret and redacted.
+        detail["keyspace_name"] = plan.keyspace
+    return detail
 
 
 def _token_ttl(claims: Any) -> float | None:

@@ -63,6 +63,7 @@ class ClientSession(RequestJudging, AnswerRelay):
         self.auth: Authenticated | None = None
         self.keyspace: str | None = None
         self.pending: dict[int, Pending] = {}
+        self._judged = {}  # prepared statements judged on this connection (judge.Judged)
         self._frame_deadline: float | None = None
         self._frame_timeout = ctx.handshake_timeout
         self._idle_timeout: float | None = None

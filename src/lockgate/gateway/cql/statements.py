@@ -230,17 +230,21 @@ def plan_for(
     if isinstance(event, codec.Prepare):
         return Plan("prepare", event.query, classify_statement(event.query, keyspace), keyspace)
     if isinstance(event, codec.Execute):
-        found = prepared.lookup(resource, event.query_id)
-        if found is None:
-            return Plan("execute", "", [], keyspace, unprepared=event.query_id)
-        if found.ambiguous:
-            return Plan("execute", found.text, [], keyspace, ambiguous=event.query_id)
-        return Plan(
-            "execute", found.text, classify_statement(found.text, found.keyspace), found.keyspace
-        )
+        return execute_plan(prepared.lookup(resource, event.query_id), event.query_id, keyspace)
     if isinstance(event, codec.Batch):
         return _batch_plan(event, resource, keyspace, prepared)
     return None
+
+
+def execute_plan(found: PreparedEntry | None, query_id: bytes, keyspace: str | None) -> Plan:
+    """The plan of an EXECUTE of ``query_id``, whose registry entry is ``found``."""
+    if found is None:
+        return Plan("execute", "", [], keyspace, unprepared=query_id)
+    if found.ambiguous:
+        return Plan("execute", found.text, [], keyspace, ambiguous=query_id)
+    return Plan(
+        "execute", found.text, classify_statement(found.text, found.keyspace), found.keyspace
+    )
 
 
 def _batch_plan(

@@ -32,6 +32,9 @@ VIEW_CATALOG_MAX_AGE = 30.0
 _QUERY = "SELECT keyspace_name, view_name, base_table_name FROM system_schema.views"
 
 
+_NO_VIEWS: dict[str, str] = {}
+
+
 class ViewCatalog:
     """Per resource: materialized view -> base table, as ``keyspace.table`` objects."""
 
@@ -44,8 +47,9 @@ class ViewCatalog:
         self._loaded: dict[str, float] = {}
 
     def bases(self, resource: str) -> dict[str, str]:
-        """``{"ks.view": "ks.base"}`` of ``resource`` (empty when it has no views)."""
-        return self._bases.get(resource, {})
+        """``{"ks.view": "ks.base"}`` of ``resource`` (empty when it has no views); the same
+        object until the catalog is reloaded, so a judgement made on it can tell it stands."""
+        return self._bases.get(resource, _NO_VIEWS)
 
     def stale(self, resource: str) -> bool:
         loaded = self._loaded.get(resource)
