@@ -29,13 +29,13 @@ import hashlib
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 from lockgate import _log
 from lockgate.config import CqlResource
 from lockgate.errors import UpstreamError
 from lockgate.gateway.engine import PolicySource, RequestFactory, default_request_factory
-from lockgate.identity.model import Claims
+from lockgate.identity.model import Claims, TaskIdentity
 
 from . import codec, upstream
 
@@ -60,8 +60,6 @@ _SYSTEM_KEYSPACES = frozenset(
 )
 
 PasswordSource = Callable[[], Awaitable[str]]
-# (deployment, dag_id, task_id, run_id, try_number, map_index) of the token a role serves
-Owner = tuple[str, str, str, str, int, int]
 
 
 class NoGrants(Exception):
@@ -76,17 +74,6 @@ class RoleCredential:
     password: str = field(repr=False)
     expires_at: float
     grants: tuple[tuple[str, str], ...]  # (permission, resource text)
-
-
-def _owner(claims: Claims) -> Owner:
-    return (
-        claims.deployment,
-        claims.dag_id,
-        claims.task_id,
-        claims.run_id,
-        claims.try_number,
-        claims.map_index,
-    )
 
 
 def role_name(resource: str, jti: str) -> str:
@@ -148,7 +135,7 @@ class DynamicRoles:
         self._clock = clock
         self._make_request = make_request or default_request_factory()
         self._issued: dict[str, RoleCredential] = {}
-        self._owners: dict[str, Owner] = {}
+        self._owners: dict[str, TaskIdentity] = {}  # role -> the task try it serves
         self._pending: set[str] = set()  # revoked, but the DROP failed: the sweeper retries
         self._lock = asyncio.Lock()
 
@@ -194,7 +181,7 @@ class DynamicRoles:
                 admin.close()
             cred = RoleCredential(name, password, float(claims.exp), tuple(grants))
             self._issued[name] = cred
-            self._owners[name] = _owner(claims)
+            self._owners[name] = claims.identity
         log.info("dynamic cql role issued", extra={"fields": {
             "resource": self.resource.name, "role": name, "principal": claims.sub,
             "grants": len(grants)}})  # fmt: skip
@@ -279,7 +266,7 @@ class DynamicRoles:
         names = [
             n
             for n, owner in self._owners.items()
-            if all(w is None or w == have for w, have in zip(want, owner, strict=True))
+            if all(w is None or w == have for w, have in zip(want, astuple(owner), strict=True))
         ]
         return await self._revoke_all(names)
 
