@@ -71,8 +71,8 @@ class Sink:
         self.data += head + b"".join(pieces)
 
 
-async def exchange(conn: UpstreamConnection) -> tuple[framing.Head, bytes]:
-    head_fut = conn.begin(head_only=False, timeout=5.0)
+async def exchange(conn: UpstreamConnection, timeout: float = 5.0) -> tuple[framing.Head, bytes]:
+    head_fut = conn.begin(head_only=False, timeout=timeout)
     conn.write(REQUEST)
     head = await head_fut
     sink = Sink()
@@ -118,30 +118,34 @@ async def test_an_expired_idle_connection_is_closed_not_reused(server: Server) -
     pool.close()
 
 
-async def test_a_connection_the_upstream_closed_is_skipped(server: Server) -> None:
+async def idle_in_pool(server: Server) -> tuple[UpstreamPool, UpstreamConnection]:
+    """A pool holding one idle connection that has served a request."""
     pool = pool_for(server)
     conn = await pool.acquire(5.0)
     await exchange(conn)
     pool.release(conn)
-    server.writers[0].close()
-    for _ in range(50):
+    return pool, conn
+
+
+async def until_closed(conn: UpstreamConnection) -> None:
+    for _ in range(100):
         if conn.closed:
-            break
+            return
         await asyncio.sleep(0.01)
+
+
+async def test_a_connection_the_upstream_closed_is_skipped(server: Server) -> None:
+    pool, conn = await idle_in_pool(server)
+    server.writers[0].close()
+    await until_closed(conn)
     assert conn.closed and pool.take_idle() is None
     pool.close()
 
 
 async def test_unexpected_bytes_on_an_idle_connection_close_it(server: Server) -> None:
-    pool = pool_for(server)
-    conn = await pool.acquire(5.0)
-    await exchange(conn)
-    pool.release(conn)
+    pool, conn = await idle_in_pool(server)
     server.writers[0].write(b"HTTP/1.1 200 OK\r\n")
-    for _ in range(50):
-        if conn.closed:
-            break
-        await asyncio.sleep(0.01)
+    await until_closed(conn)
     assert conn.closed and not conn.reusable and pool.take_idle() is None
 
 
@@ -217,10 +221,11 @@ async def test_the_future_path_head_timeout(server: Server) -> None:
 async def test_a_head_that_arrives_disarms_its_deadline(server: Server) -> None:
     pool = pool_for(server)
     conn = await pool.acquire(5.0)
-    await exchange(conn)
+    await exchange(conn, timeout=0.05)
     pool.release(conn)
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0.15)
     assert conn.reusable and not conn.closed  # no late timeout aborted it
+    assert pool.take_idle() is conn
 
 
 class Waiter:
