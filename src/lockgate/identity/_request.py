@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from lockgate.config import Deployment, LockgateConfig
@@ -23,6 +23,7 @@ MAX_BODY = 16 * 1024
 _ID_RE = re.compile(r"[\w.-]{1,250}", re.ASCII)  # Airflow's KEY_REGEX, bounded
 _RUN_ID_RE = re.compile(r"[^\x00-\x1f\x7f]{1,250}")
 _JTI_RE = re.compile(r"[0-9a-f]{32}")
+_V = TypeVar("_V")
 
 
 class OAuthError(Exception):
@@ -81,18 +82,13 @@ def parse_body(ctype: str, raw: bytes) -> dict[str, str]:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
             raise invalid_request("body is not UTF-8") from None
-        form: dict[str, str] = {}
-        for k, v in pairs:
-            if k in form:
-                raise invalid_request(f"field {k[:40]!r} given more than once")
-            form[k] = v
-        return form
+        return _fields_once(pairs)
     raise invalid_request("expected application/x-www-form-urlencoded or application/json")
 
 
-def _fields_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are unique (RFC 6749 §3.2, as for the form body)."""
-    out: dict[str, Any] = {}
+def _fields_once(pairs: list[tuple[str, _V]]) -> dict[str, _V]:
+    """The fields of a form or a JSON object, each named once (RFC 6749 §3.2)."""
+    out: dict[str, _V] = {}
     for k, v in pairs:
         if k in out:
             raise invalid_request(f"field {k[:40]!r} given more than once")
