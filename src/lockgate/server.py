@@ -303,12 +303,27 @@ class Gateway:
             await self.stop()
 
 
+def _worker_main(source: str, index: int, audit_socket: str, http_port: int) -> None:
+    """One ``serve --workers`` process (spawned): SIGTERM stops it like Ctrl-C, which
+    drains the audit."""
+    from lockgate.config import load_config
+
+    config = load_config(source)
+    _log.setup(config.log_level)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    gw = Gateway(
+        config, worker=index, audit_socket=Path(audit_socket), reuse_port=True, http_port=http_port
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        event_loop_runner()(gw.serve_forever())
+
+
 def run(config: LockgateConfig, workers: int = 1) -> None:
     """Serve until interrupted, on uvloop when it is installed; ``workers`` > 1 supervises
     that many worker processes sharing the http port and one audit writer process."""
     _log.setup(config.log_level)
     if workers > 1:
-        supervise(config, workers)
+        supervise(config, workers, _worker_main)
         return
     with contextlib.suppress(KeyboardInterrupt):
         event_loop_runner()(Gateway(config).serve_forever())

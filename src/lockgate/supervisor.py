@@ -4,20 +4,23 @@ worker processes.
 Each worker runs a :class:`lockgate.server.Gateway` on the same http port (SO_REUSEPORT, the
 kernel spreads connections) with its own verifier, policy store and broker, and sends its
 audit records to the shared writer (one chain). Only worker 0 serves the control plane
-(token service, catalog, /metrics, health) and the cql listener, so /metrics covers worker
-0's own traffic only. The supervisor restarts a worker or the writer that dies, and on
-SIGINT or SIGTERM stops the workers (each drains its audit records) before the writer.
+(token service, catalog, /metrics, health) and the engines that cannot share a port
+(``every_worker = False``: the CQL engine), so /metrics covers worker 0's own traffic only.
+The supervisor restarts a worker or the writer that dies, and on SIGINT or SIGTERM stops the
+workers (each drains its audit records) before the writer.
+
+The worker's entry point is handed in by the server (:func:`supervise`'s ``worker_main``),
+so this module never imports the server that imports it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import signal
 import socket
 import threading
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from lockgate import _log
@@ -38,23 +41,13 @@ def event_loop_runner() -> Any:
         return asyncio.run
 
 
-def _worker_main(source: str, index: int, audit_socket: str, http_port: int) -> None:
-    """One worker process (spawned): SIGTERM stops it like Ctrl-C, which drains the audit."""
-    from lockgate.config import load_config
-    from lockgate.server import Gateway
-
-    config = load_config(source)
-    _log.setup(config.log_level)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    gw = Gateway(
-        config, worker=index, audit_socket=Path(audit_socket), reuse_port=True, http_port=http_port
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        event_loop_runner()(gw.serve_forever())
+#: ``worker_main(config_source, index, audit_socket, http_port)``: one worker process's body.
+WorkerMain = Callable[[str, int, str, int], None]
 
 
-def supervise(config: LockgateConfig, workers: int) -> None:
-    """Run ``workers`` worker processes and one audit writer until SIGINT or SIGTERM."""
+def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> None:
+    """Run ``workers`` worker processes (``worker_main`` in each, spawned: it must be a
+    module-level function) and one audit writer until SIGINT or SIGTERM."""
     if config.source is None:
         raise ConfigError("--workers needs a configuration file (each worker loads it)")
     h = config.listeners.http
@@ -76,7 +69,7 @@ def supervise(config: LockgateConfig, workers: int) -> None:
 
     def spawn(i: int) -> Any:
         args = (str(config.source), i, str(writer.socket_path), port)
-        p = ctx.Process(target=_worker_main, args=args, name=f"lockgate-worker-{i}")
+        p = ctx.Process(target=worker_main, args=args, name=f"lockgate-worker-{i}")
         p.start()
         return p
 
@@ -109,4 +102,4 @@ def supervise(config: LockgateConfig, workers: int) -> None:
             holder.close()
 
 
-__all__ = ["event_loop_runner", "supervise"]
+__all__ = ["WorkerMain", "event_loop_runner", "supervise"]

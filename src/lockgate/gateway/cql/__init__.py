@@ -1,7 +1,8 @@
 """Cassandra (CQL native protocol) support for the Lockgate gateway.
 
-* :class:`CqlEngine` (:mod:`.engine`) — the ``cql`` listener: token login, per-statement
-  policy, upstream relay, audit. :mod:`.session` (with :mod:`.judge` and
+* :class:`CqlEngine` (:mod:`.engine`, a :class:`lockgate.gateway.engine.Engine`) — the
+  ``cql`` listener: token login, per-statement policy, upstream relay, audit; takes a new
+  catalog live. :mod:`.context` is what its sessions share. :mod:`.session` (with :mod:`.judge` and
   :mod:`.answers`, its two halves), :mod:`.handshake`, :mod:`.upstream`, :mod:`.holds`,
   :mod:`.statements` and :mod:`.rewrite` are its parts.
 * :mod:`lockgate.gateway.cql.codec` — sans-I/O protocol v4 frame codec (bytes in, events out).

@@ -27,15 +27,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lockgate.config import HttpResource
-from lockgate.gateway.engine import (
-    Collaborators,
-    ResourceConfig,
-    TokenVerifier,
-    default_record_factory,
-)
+from lockgate.gateway.engine import Collaborators, ResourceConfig, TokenVerifier
 from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.gateway.http.profiles import make_profile
-from lockgate.gateway.http.proxy import Proxy, ResourceState
+from lockgate.gateway.http.proxy import Proxy
+from lockgate.gateway.http.resources import ResourceState
 from lockgate.gateway.http.server import ClientConnection
 from lockgate.gateway.http.upstream import UpstreamPool
 from lockgate.gateway.listeners import (
@@ -94,7 +90,6 @@ class HttpEngine:
             assertions=shared.assertions,
             audit=shared.audit,
             make_request=shared.make_request,
-            make_record=default_record_factory(),
             clock=shared.clock,
         )
         self._server: asyncio.Server | None = None

@@ -94,13 +94,6 @@ class ForwardProxy:
             max_connections=listener.max_connections,
         )
 
-    @classmethod
-    def from_config(cls, engine: Any, config: Any) -> ForwardProxy:
-        """Kept while the server moves to :meth:`HttpEngine.listen`."""
-        fp = config.listeners.forward_proxy
-        routes = {h: r.name for r in config.resources if r.kind == "http" for h in r.intercept}
-        return cls.from_listener(engine, fp, routes)
-
     def update_routes(self, routes: Mapping[str, str]) -> None:
         """Intercept these hosts from now on (the catalog changed); tunnels open stay."""
         self.routes = {k.lower(): v for k, v in routes.items()}
