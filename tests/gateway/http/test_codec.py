@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lockgate.gateway.http import codec, framing
 from lockgate.gateway.http.codec import END, RequestParser, ResponseParser
@@ -281,3 +283,43 @@ def test_the_chunk_helpers_round_trip() -> None:
     data = b"POST / HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n"
     data += framing.chunk(b"abc") + framing.chunk(b"de") + framing.LAST_CHUNK
     assert parser.feed(data)[1:] == [b"abc", b"de", END]
+
+
+# -- fuzz: the verdict does not depend on how the bytes were split ------------------------------
+RESPONSE_STARTS = [
+    b"",
+    b"HTTP/1.1 200 OK\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+]
+
+
+def verdict(events: list[codec.Event]) -> tuple[list[int], bytes, str]:
+    statuses = [e.status for e in events if isinstance(e, Head)]
+    body = b"".join(e for e in events if isinstance(e, bytes))
+    last = events[-1] if events else None
+    end = "end" if last is END else last.slug if isinstance(last, FramingError) else "more"
+    return statuses, body, end
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(RESPONSE_STARTS), st.binary(max_size=200))
+def test_a_response_stream_has_one_verdict_however_it_is_split(start: bytes, tail: bytes) -> None:
+    data = start + tail
+    _, whole = response([data])
+    _, split = response([data[i : i + 1] for i in range(len(data))])
+    assert verdict(whole) == verdict(split)
+
+
+REQUEST_STARTS = [b"", b"POST /x HTTP/1.1\r\nHost: g\r\nTransfer-Encoding: chunked\r\n\r\n", GET]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(REQUEST_STARTS), st.binary(max_size=200))
+def test_a_request_stream_has_one_verdict_however_it_is_split(start: bytes, tail: bytes) -> None:
+    data = start + tail
+    whole, whole_error = requests([data])
+    split, split_error = requests([data[i : i + 1] for i in range(len(data))])
+    assert whole == split
+    assert (whole_error and whole_error.slug) == (split_error and split_error.slug)
