@@ -14,9 +14,16 @@ from aiohttp import web
 from lockgate.config import HttpResource
 from lockgate.control.context import ControlContext
 from lockgate.control.offers import offer_of
-from lockgate.control.token import Handler
+from lockgate.control.token import Handler, error_response
 from lockgate.gateway.http.profiles.databricks import ANY_RUN, DEPLOYMENT_WIDE, POLL_TASK
-from lockgate.identity import TaskIdentity, may_act_for, valid_airflow_id, valid_run_id
+from lockgate.identity import (
+    OAuthError,
+    TaskGrant,
+    TaskIdentity,
+    may_act_for,
+    valid_airflow_id,
+    valid_run_id,
+)
 
 ROUTE = "/v1/poll-token"
 
@@ -60,26 +67,28 @@ def poll_token_handler(ctx: ControlContext) -> Handler:
         identity = TaskIdentity(deployment, dag_id, POLL_TASK, run_id or ANY_RUN, try_number)
         ttl_cap = resource.databricks.poll_token_ttl
         decision = ctx.mint_policy(identity, resource.name, ttl_cap)
-        fields = {
+        audit = {
             "deployment": deployment,
             "dag_id": dag_id,
             "task_id": POLL_TASK,
             "run_id": None if identity.run_id == ANY_RUN else identity.run_id,
-            "principal": identity.principal,
             "resource": resource.name,
-            "rule": decision.rule,
         }
         if not decision.allowed:
-            await ctx.audit("token_denied", **fields, reason=decision.reason, route=ROUTE)
-            return web.json_response(
-                {"error": "access_denied", "error_description": decision.reason}, status=403
-            )
+            return await ctx.refuse(
+                403, "access_denied", decision.reason, reason=decision.reason, route=ROUTE,
+                principal=identity.principal, rule=decision.rule, **audit,
+            )  # fmt: skip
+        assert dep is not None  # an authenticated deployment is a configured one
         ttl = max(1, min(decision.ttl, ttl_cap))
-        token, claims = ctx.issuer.mint(identity, resource.name, ttl)
-        await ctx.audit("token_issued", **fields, jti=claims.jti, reason="poll token", ttl=ttl)
+        grant = TaskGrant(dep, identity, resource, decision, ttl)
+        try:  # minted and recorded as /v1/token's tokens are
+            issued = await ctx.tokens.issue(grant, {**audit, "reason": "poll token"})
+        except OAuthError as exc:  # the audit failed: no token
+            return error_response(exc)
         return web.json_response(
-            {"access_token": token, "token_type": "Bearer", "expires_in": ttl,
-             "jti": claims.jti, "principal": identity.principal},
+            {"access_token": issued.token, "token_type": "Bearer", "expires_in": ttl,
+             "jti": issued.claims.jti, "principal": issued.principal},
             headers={"Cache-Control": "no-store"},
         )  # fmt: skip
 

@@ -123,3 +123,21 @@ async def test_poll_token_ids_are_checked_like_the_token_routes(gw: Gateway) -> 
     records = refusals(gw, route)
     assert [r.decision for r in records] == ["deny"] * 4
     assert [r.reason for r in records[1:]] == ["invalid_request"] * 3
+
+
+async def test_a_granted_poll_token_is_recorded_before_it_is_handed_out(gw: Gateway) -> None:
+    basic = base64.b64encode(f"prod:{SECRET}".encode()).decode()
+    url = f"http://127.0.0.1:{gw.control_port}/v1/poll-token"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url, data={"resource": "dbx"}, headers={"Authorization": f"Basic {basic}"}) as r,
+    ):
+        assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+        body: dict[str, Any] = await r.json()
+    claims = gw.verifier.verify(body["access_token"], "dbx")
+    assert (claims.task_id, claims.dag_id, claims.jti) == ("@poll", "@triggerer", body["jti"])
+    gw.audit.flush(5.0)
+    [rec] = [r for r in gw.audit.search(limit=1000) if r.event == "token_issued"]
+    assert (rec.decision, rec.jti, rec.task_id, rec.run_id) == ("allow", claims.jti, "@poll", None)
+    assert (rec.reason, rec.principal, rec.resource) == ("poll token", claims.sub, "dbx")
+    assert body["access_token"] not in str(rec.to_dict())
