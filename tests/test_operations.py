@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 from lockgate.audit import AuditRecord
 from lockgate.demo.stack import LocalStack
@@ -79,3 +81,28 @@ def test_audit_failure_fails_closed_and_recovers_by_itself(stack: LocalStack) ->
     assert status == 200
     assert audit.flush(5.0)
     assert audit.verify().ok
+
+
+def test_a_new_catalog_is_served_without_a_restart(stack: LocalStack) -> None:
+    """The server hands every engine the new catalog; a removed resource answers 404 at
+    once, and serves again when it comes back (warm pools of unchanged resources kept)."""
+    gateway, loop = stack.gateway, stack._loop
+    assert gateway is not None and loop is not None
+    auth = {"Authorization": f"Bearer {_token(stack)}"}
+    url = stack.http_url + "/orders-api/orders"
+    everything = list(gateway.config.resources)
+
+    def serve(resources: list[Any]) -> None:
+        async def update() -> None:
+            gateway.update_resources(resources)
+
+        asyncio.run_coroutine_threadsafe(update(), loop).result(5)
+
+    assert _get(stack, url, auth)[0] == 200
+    serve([r for r in everything if r.name != "orders-api"])
+    try:
+        status, body = _get(stack, url, auth)
+        assert status == 404 and json.loads(body)["error"] == "unknown_resource"
+    finally:
+        serve(everything)
+    assert _get(stack, url, auth)[0] == 200
