@@ -24,9 +24,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lockgate import metrics
+
+if TYPE_CHECKING:
+    from lockgate.identity import Claims
 
 #: Longest description kept in a record or log line (after escaping).
 MAX_DESCRIPTION = 200
@@ -193,19 +196,38 @@ class RefusalBudget:
             self._arm(min(pending) + self.window - now)
 
 
+class EmitRecord(Protocol):
+    """Builds and writes one audit record, never raising (the shape of
+    :meth:`lockgate.gateway.records.RecordBuilder.emit`, called with keywords only)."""
+
+    def __call__(
+        self,
+        *,
+        event: str,
+        claims: Claims | None,
+        resource: str | None,
+        action: str | None,
+        obj: str | None,
+        t0: float,
+        status: int | None,
+        decision: str | None,
+        rule: str | None,
+        reason: str | None,
+        detail: dict[str, Any] | None,
+    ) -> None: ...
+
+
 class RefusalRecorder:
     """One engine's refusals: counted, logged and audited, budgeted before authentication.
 
-    ``emit`` builds and writes one audit record; it is called with the keywords ``event``,
-    ``claims``, ``resource``, ``action``, ``obj``, ``t0``, ``status``, ``decision``, ``rule``,
-    ``reason`` and ``detail`` (the shape of the HTTP proxy's ``emit`` and of the CQL
-    context's ``record``).
+    ``emit`` builds and writes one audit record (:class:`EmitRecord`: a
+    :class:`~lockgate.gateway.records.RecordBuilder`'s ``emit`` will do).
     """
 
     def __init__(
         self,
         protocol: str,
-        emit: Callable[..., None],
+        emit: EmitRecord,
         log: logging.Logger,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -227,7 +249,7 @@ class RefusalRecorder:
         reason: str,
         event: str = "denied",
         decision: str = "deny",
-        claims: Any = None,
+        claims: Claims | None = None,
         resource: str | None = None,
         action: str | None = None,
         obj: str | None = None,
@@ -254,7 +276,8 @@ class RefusalRecorder:
         if request:
             detail["request"] = describe(request, 120)
         fields = {"status": status, "reason": reason, "decision": decision, "resource": resource,
-                  "jti": getattr(claims, "jti", None), "dag_id": getattr(claims, "dag_id", None),
+                  "jti": claims.jti if claims else None,
+                  "dag_id": claims.dag_id if claims else None,
                   **detail}  # fmt: skip
         level = logging.ERROR if decision == "error" else logging.WARNING
         self._log.log(level, f"{self.protocol} refused: {reason}", extra={"fields": fields})
