@@ -166,7 +166,10 @@ class Forwarder:
         rs = adm.rs
         clock = self.clock
         backoff = rs.backoff
-        deadline_at = adm.t0 + backoff.deadline
+        profile = rs.profile
+        deadline_at = adm.t0 + (
+            profile.timeout if profile is not None and profile.timeout else backoff.deadline
+        )
         idempotent = adm.method in IDEMPOTENT_METHODS
         retried = retry_statuses(rs)
         fixed_bytes = self.request_head(head, adm)

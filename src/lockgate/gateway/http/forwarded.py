@@ -17,9 +17,10 @@ is built once per connection and host.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Protocol
 
 _DROPPED = frozenset({b"forwarded", b"x-real-ip"})
 # Headers some servers and frameworks read to change the method or the path policy judged.
@@ -59,20 +60,31 @@ def _authority(addr: str, port: Any) -> str:
     return f"{host}:{port}" if port else host
 
 
-def forwarding_block(conn: Any, host: bytes | None) -> bytes:
+class Connection(Protocol):
+    """A client connection: its transport, and the block built for it last."""
+
+    transport: asyncio.Transport | None
+    forwarded: tuple[bytes | None, bytes] | None
+
+
+def _no_info(name: str) -> Any:
+    return None
+
+
+def forwarding_block(conn: Connection, host: bytes | None) -> bytes:
     """The ``Forwarded`` and ``X-Forwarded-*``/``X-Real-IP`` lines for a request of ``conn``."""
     cached = conn.forwarded
     if cached is not None and cached[0] == host:
         return cached[1]
     transport = conn.transport
-    get = transport.get_extra_info if transport is not None else (lambda _name: None)
+    get = transport.get_extra_info if transport is not None else _no_info
     peer = _address(get("peername")) or "unknown"
     if host is not None and _HOST.fullmatch(host):
         shown = host.decode("ascii")
     else:
         local = get("sockname")
         addr = _address(local)
-        shown = _authority(addr, local[1]) if addr else "unknown"
+        shown = _authority(addr, local[1]) if addr and local else "unknown"
     proto = "https" if get("sslcontext") is not None else "http"
     node = f'"[{peer}]"' if ":" in peer else peer
     block = (

@@ -16,7 +16,10 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lockgate.config import RetrySettings
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -60,16 +63,16 @@ class Backoff:
 
     __slots__ = ("_random", "base", "cap", "deadline", "max_attempts")
 
-    def __init__(self, settings: Any, rand: Callable[[], float] = random.random) -> None:
-        self.max_attempts: int = settings.max_attempts
-        self.base: float = settings.base_delay
-        self.cap: float = settings.max_delay
-        self.deadline: float = settings.deadline
+    def __init__(self, settings: RetrySettings, rand: Callable[[], float] = random.random) -> None:
+        self.max_attempts = int(settings.max_attempts)
+        self.base = float(settings.base_delay)
+        self.cap = float(settings.max_delay)
+        self.deadline = float(settings.deadline)
         self._random = rand
 
     def delay(self, attempt: int, hint: float | None = None) -> float:
         """Wait before attempt number ``attempt + 1`` (``attempt`` counts from 0)."""
-        jitter = self._random() * min(self.cap, self.base * (2**attempt))
+        jitter = self._random() * min(self.cap, self.base * (2.0**attempt))
         # A hint is a floor: "Retry-After: 0" must not turn retries into a hot loop.
         return jitter if hint is None else max(hint, jitter)
 

@@ -108,6 +108,7 @@ class Profile(Protocol):
     identity_assertion: bool  # send the signed caller identity header upstream
     drop_headers: frozenset[bytes]  # client headers (lowercased) never forwarded
     drop_underscored: bool  # nor any whose name has "_" (some servers read it as "-")
+    timeout: float | None  # seconds for one exchange, all attempts (None: the resource's)
 
     def local_answer(self, method: str, path: str) -> bytes | None: ...
 
@@ -146,6 +147,7 @@ class ProfileBase:
     identity_assertion: bool = True
     drop_headers: frozenset[bytes] = frozenset()
     drop_underscored: bool = False
+    timeout: float | None = None
 
     def local_answer(self, method: str, path: str) -> bytes | None:
         return None

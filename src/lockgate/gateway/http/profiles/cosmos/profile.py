@@ -84,6 +84,7 @@ class CosmosProfile(ProfileBase):
         self.name: str = resource.name
         self.settings = resource.cosmos
         self.max_body = self.settings.max_body_bytes
+        self.timeout = self.settings.timeout
         self._secret = task_secret
         self._aad = self.settings.upstream_auth == "aad"
 

@@ -155,7 +155,8 @@ class DatabricksProfile(ProfileBase):
             )
         elif op == "jobs/runs/get":
             url = data.get("run_page_url")
-            state = data.get("state") if isinstance(data.get("state"), dict) else {}
+            raw_state = data.get("state")
+            state: dict[str, Any] = raw_state if isinstance(raw_state, dict) else {}
             for k in ("job_id", "run_page_url"):
                 if data.get(k) is not None:
                     detail[k] = data[k]
