@@ -59,8 +59,6 @@ ALLOWED_CIRCLES: tuple[frozenset[str], ...] = (
         | {f"lockgate.gateway.http.profiles.{p}" for p in _PROFILES}
         | {f"lockgate.gateway.http.profiles.{p}.profile" for p in _PROFILES}
     ),
-    # serve --workers: the supervisor starts Gateways, the server runs the supervisor
-    frozenset({"lockgate.server", "lockgate.supervisor"}),
 )
 
 Graph = Mapping[str, frozenset[str]]
