@@ -251,42 +251,8 @@ class Engine(Protocol):
         ...
 
 
-# -- kept while callers move to :mod:`lockgate.gateway.records` ---------------------------
+#: What ``Proxy(make_record=...)`` took before records came from :mod:`.records`.
 RecordFactory = Callable[..., "AuditRecord"]
-
-
-def default_record_factory() -> RecordFactory:
-    from lockgate.audit import AuditRecord
-
-    return AuditRecord
-
-
-def identity_fields(claims: Claims | None) -> dict[str, Any]:
-    """The audit record fields that say who acted (use :func:`records.record` instead)."""
-    if claims is None:
-        return dict.fromkeys(_IDENTITY)
-    return {
-        "deployment": claims.deployment,
-        "dag_id": claims.dag_id,
-        "task_id": claims.task_id,
-        "run_id": claims.run_id,
-        "try_number": claims.try_number,
-        "map_index": claims.map_index,
-        "principal": claims.sub,
-        "jti": claims.jti,
-    }
-
-
-_IDENTITY = (
-    "deployment",
-    "dag_id",
-    "task_id",
-    "run_id",
-    "try_number",
-    "map_index",
-    "principal",
-    "jti",
-)
 
 __all__ = [
     "AssertionCache",

@@ -22,12 +22,10 @@ from lockgate.gateway.engine import (
     Clock,
     Collaborators,
     PolicySource,
-    RecordFactory,
     RequestFactory,
     ResourceConfig,
     SecretCache,
     TokenVerifier,
-    default_record_factory,
 )
 from lockgate.gateway.records import RecordBuilder
 
@@ -74,7 +72,6 @@ class EngineContext:
     count: Callable[[str, str, str], None] = field(init=False, repr=False)
     #: ``observe_upstream(resource, seconds)``: ``lockgate_upstream_latency_seconds``
     observe_upstream: Callable[[str, float], None] = field(init=False, repr=False)
-    make_record: RecordFactory = field(init=False, repr=False)  # until judge uses records
 
     def __post_init__(self) -> None:
         shared = self.shared
@@ -88,7 +85,6 @@ class EngineContext:
         self.record = shared.records.emit
         self.count = shared.metrics.count
         self.observe_upstream = shared.metrics.observe_upstream
-        self.make_record = default_record_factory()
 
     def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
         """Swap the catalog (one assignment: a session sees the old or the new one whole)."""
