@@ -20,7 +20,7 @@ from aiohttp import web
 from lockgate import metrics
 from lockgate.config import ListenerConfig, LockgateConfig
 from lockgate.control.catalog import catalog_handler
-from lockgate.control.context import ControlContext, EventSink, ListenerPorts, MintPolicy
+from lockgate.control.context import ControlContext, EventSink, ListenerPorts, MintDecider
 from lockgate.control.cosmos_key import task_key_handler
 from lockgate.control.db_role import db_role_handler
 from lockgate.control.managed_identity import PATH as MSI_PATH
@@ -88,7 +88,7 @@ class ControlPlane:
         revocations: RevocationStore,
         issuer: TokenIssuer,
         verifier: TokenVerifier,
-        mint_policy: MintPolicy,
+        mint_policy: MintDecider,
         audit: EventSink,
         master_key: bytes,
         ports: ListenerPorts,

@@ -33,7 +33,8 @@ from lockgate.identity.model import MintDecision, TaskIdentity
 EventSink = Callable[..., Awaitable[None]]  # (event_kind, /, **fields): the audit
 # (deployment, body) of an authenticated request -> the answer
 DeploymentHandler = Callable[[str, dict[str, str]], Awaitable[web.Response]]
-MintPolicy = Callable[[TaskIdentity, str, "int | None"], MintDecision]
+# (identity, resource, requested ttl) -> decision: control.mint.MintPolicy or a test double
+MintDecider = Callable[[TaskIdentity, str, "int | None"], MintDecision]
 
 
 def public_host(host: str) -> str:
@@ -67,7 +68,7 @@ class ControlContext:
     tokens: TokenService
     verifier: TokenVerifier
     issuer: TokenIssuer
-    mint_policy: MintPolicy
+    mint_policy: MintDecider
     audit: EventSink
     master_key: bytes
     ports: ListenerPorts
