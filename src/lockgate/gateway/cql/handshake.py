@@ -24,7 +24,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lockgate.config import CqlResource
 from lockgate.errors import AuthenticationError, UpstreamUnavailable
@@ -41,7 +41,7 @@ class Authenticated:
     link: upstream.UpstreamLink
 
 
-class ClientIO:
+class ClientIO(Protocol):
     """What the handshake needs from the session: read one event, write bytes."""
 
     async def read_event(self) -> codec.Event | None: ...  # None at EOF

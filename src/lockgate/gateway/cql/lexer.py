@@ -112,7 +112,8 @@ def lex(text: str, spans: list[tuple[int, int]] | None = None) -> list[Token]:
     append = out.append
     for m in _TOKEN_RE.finditer(text):
         group = m.lastgroup
-        raw = m[group]  # type: ignore[index]
+        assert group is not None  # every alternative of _TOKEN_RE is a named group
+        raw = m[group]
         if group == "ident":
             word = raw.lower()
             append((_CONSTANT_WORDS.get(word, "id"), word))

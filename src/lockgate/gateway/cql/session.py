@@ -149,10 +149,11 @@ class ClientSession(RequestJudging, AnswerRelay):
                 return None
             self._flush_upstream()  # before waiting for more: nothing forwarded may sit here
             now = self.ctx.clock()
+            timeout: float | None
             if self.client.buffered:
                 if self._frame_deadline is None:
                     self._frame_deadline = now + self._frame_timeout
-                timeout: float | None = self._frame_deadline - now
+                timeout = self._frame_deadline - now
                 if timeout <= 0:
                     raise _Stalled
             else:

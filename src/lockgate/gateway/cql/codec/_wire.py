@@ -72,28 +72,28 @@ class Reader:
     def u16(self) -> int:
         if self.end - self.pos < 2:
             raise Malformed("truncated body")
-        (v,) = _H.unpack_from(self.data, self.pos)
+        v: int = _H.unpack_from(self.data, self.pos)[0]
         self.pos += 2
         return v
 
     def i16(self) -> int:
         if self.end - self.pos < 2:
             raise Malformed("truncated body")
-        (v,) = _h.unpack_from(self.data, self.pos)
+        v: int = _h.unpack_from(self.data, self.pos)[0]
         self.pos += 2
         return v
 
     def i32(self) -> int:
         if self.end - self.pos < 4:
             raise Malformed("truncated body")
-        (v,) = _I.unpack_from(self.data, self.pos)
+        v: int = _I.unpack_from(self.data, self.pos)[0]
         self.pos += 4
         return v
 
     def i64(self) -> int:
         if self.end - self.pos < 8:
             raise Malformed("truncated body")
-        (v,) = _Q.unpack_from(self.data, self.pos)
+        v: int = _Q.unpack_from(self.data, self.pos)[0]
         self.pos += 8
         return v
 
