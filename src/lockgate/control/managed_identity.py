@@ -105,7 +105,6 @@ async def _refuse(
 
 def msi_handler(ctx: ControlContext) -> Handler:
     """``GET /msi/token`` over the control plane's collaborators."""
-    audiences = audience_map(ctx.config)  # the config is fixed for the plane's life
 
     async def handle(request: web.Request) -> web.Response:
         q = request.query
@@ -119,7 +118,7 @@ def msi_handler(ctx: ControlContext) -> Handler:
                 ctx, 400, "invalid_request", "identity selectors are not supported",
                 "identity_selector",
             )  # fmt: skip
-        resource = resource_for(audiences, q.get("resource", ""))
+        resource = resource_for(audience_map(ctx.config), q.get("resource", ""))
         if resource is None:
             return await _refuse(
                 ctx, 400, "invalid_resource", "no Lockgate resource serves this audience",
