@@ -152,3 +152,43 @@ def test_verify_missing_db_is_empty_and_ok(tmp_path: Path) -> None:
     reader = AuditReader(tmp_path / "nope.db")
     assert reader.verify().ok and reader.tail() == [] and reader.search() == []
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_stored_rows_hash_as_the_documented_formula(tmp_path: Path) -> None:
+    """The chain format an external verifier relies on: hash = sha256(prev_hash ||
+    json.dumps([seq, *fields], sort_keys=True, separators=(",", ":"), ensure_ascii=False)),
+    and the detail column is the detail's own canonical JSON. Non-ASCII text, escapes,
+    nested details, big ints and floats included (they must encode exactly as json.dumps)."""
+    import hashlib
+
+    from lockgate.audit.record import RECORD_FIELDS
+
+    db = tmp_path / "audit.db"
+    log = AuditLog(db)
+    odd = 'é ☃ 😀 "q" \\ \n ,{}[]:'
+    log.write_ahead(AuditRecord(event="admitted", principal=odd, detail={"z": odd, "n": 2**62}))
+    log.emit(
+        AuditRecord(
+            event="allowed",
+            ts=1700000000.123456,
+            latency_ms=1e-7,
+            detail={"b": {"y": [1, 2.5, None, True]}, "a": odd},
+        )
+    )
+    assert log.flush(5)
+    log.close()
+    conn = sqlite3.connect(db)
+    cols = ", ".join(RECORD_FIELDS)
+    sql = f"SELECT seq, {cols}, prev_hash, hash FROM audit ORDER BY seq"  # noqa: S608 - our names
+    rows = conn.execute(sql).fetchall()
+    assert len(rows) == 2
+    for seq, *vals, prev, h in rows:
+        detail = json.loads(vals[-1])
+        assert vals[-1] == json.dumps(
+            detail, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        text = json.dumps(
+            [seq, *vals[:-1], detail], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        assert hashlib.sha256(prev.encode() + text.encode()).hexdigest() == h
+    assert AuditReader(db).verify().ok

@@ -228,3 +228,20 @@ def test_close_drains_then_refuses(tmp_path: Path) -> None:
         log.check_writable()
     with pytest.raises(ValueError, match="unknown audit event"):
         log.emit(AuditRecord(event="whatever"))
+
+
+def test_written_ahead_and_emitted_records_are_both_stored_sanitised(
+    log: RemoteAuditLog, tmp_path: Path
+) -> None:
+    """A written-ahead record is sanitised by the sender (the writer takes it as it is); an
+    emitted one by the writer: either way no token reaches the chain, mirror or journal."""
+    ref = log.write_ahead(rec(1, event="admitted", reason=f"Bearer {JWT}", detail={"t": JWT}))
+    log.emit(rec(2, reason=f"Bearer {JWT}", detail={"ref": ref, "token": "x", "t": JWT}))
+    assert log.flush(10)
+    admitted, allowed = log.tail(2)
+    assert (admitted.event, admitted.run_id, allowed.run_id) == ("admitted", "r1", "r2")
+    for row in (admitted, allowed):
+        assert row.reason == "Bearer [redacted]" and row.detail["t"] == "[redacted]"
+    assert allowed.detail["token"] == "[redacted]" and allowed.detail["ref"] == ref
+    assert JWT not in (tmp_path / "audit.jsonl").read_text()
+    assert log.verify().ok

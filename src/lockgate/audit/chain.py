@@ -22,6 +22,7 @@ anchor to :func:`verify` to check the stored chain still contains it.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,9 +35,9 @@ from lockgate.audit.record import (
     RECORD_FIELDS,
     AuditRecord,
     AuditRow,
-    canonical_json,
+    Values,
+    canonical_row,
     chain_hash,
-    hash_values,
     values,
 )
 
@@ -86,25 +87,16 @@ _INSERT = (
 # Many rows per INSERT statement: Python's sqlite3 releases the GIL around every step, and a
 # thread that releases the GIL often waits for it again behind a busy event loop (up to the
 # switch interval each time), so one step per row starves the writer under load. The same
-# rows, the same order, one step per _ROWS_PER_INSERT rows.
+# rows, the same order, one step per _ROWS_PER_INSERT rows; the rows of one statement are
+# hashed just before it runs, so the writer thread holds the GIL for one chunk's Python work
+# at a time (well under a millisecond) and the event loop gets it back at every step.
 _ROWS_PER_INSERT = 40
 _ROW_MARKS = f"({', '.join('?' * (len(_COLUMNS) + 3))})"
 
 
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
 def _insert_sql(rows: int) -> str:
     return _INSERT.rsplit("VALUES", 1)[0] + "VALUES " + ", ".join([_ROW_MARKS] * rows)
-
-
-def _insert(conn: sqlite3.Connection, params: list[tuple[Any, ...]]) -> None:
-    n = _ROWS_PER_INSERT
-    full = len(params) - len(params) % n
-    if full:
-        sql = _insert_sql(n)
-        for i in range(0, full, n):
-            conn.execute(sql, [v for row in params[i : i + n] for v in row])
-    rest = params[full:]
-    if rest:
-        conn.execute(_insert_sql(len(rest)), [v for row in rest for v in row])
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,18 +131,20 @@ def read_senders(conn: sqlite3.Connection) -> dict[str, int]:
 
 def append(
     conn: sqlite3.Connection,
-    records: Sequence[AuditRecord],
+    records: Sequence[AuditRecord | Values],
     senders: dict[str, int] | None = None,
 ) -> list[tuple[int, str, str]]:
-    """Append already-sanitized ``records`` in one transaction; return (seq, prev_hash, hash).
+    """Append already-sanitized ``records`` (or their :func:`values`) in one transaction;
+    return (seq, prev_hash, hash) per record.
 
     ``senders`` (sender id → last sender sequence number in this batch) is stored in the same
     transaction, so a restarted writer knows exactly which resent records it already has.
     The caller commits nothing: this function commits or rolls back itself.
     """
+    rows = [r if isinstance(r, tuple) else values(r) for r in records]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        out = _append_rows(conn, records)
+        out = _append_rows(conn, rows)
         if senders:
             _set_marks(conn, senders)
         conn.execute("COMMIT")
@@ -182,7 +176,7 @@ def append_past_marks(
         )
         kept = [(sender, seq, r) for sender, seq, r in entries if seq > marks.get(sender, 0)]
         records = [r for _, _, r in kept]
-        placed = _append_rows(conn, records) if records else []
+        placed = _append_rows(conn, [values(r) for r in records]) if records else []
         if kept:
             _set_marks(conn, {sender: seq for sender, seq, _ in kept})
         conn.execute("COMMIT")
@@ -208,7 +202,7 @@ def append_after_mark(
         mark = int(row[0]) if row else 0
         new = [(s, r) for s, r in entries if s > mark]
         records = [r for _, r in new]
-        placed = _append_rows(conn, records) if records else []
+        placed = _append_rows(conn, [values(r) for r in records]) if records else []
         if new:
             _set_marks(conn, {sender: int(new[-1][0])})
         conn.execute("COMMIT")
@@ -227,22 +221,21 @@ def forget_sender(conn: sqlite3.Connection, sender: str) -> None:
     conn.execute("DELETE FROM audit_senders WHERE sender = ?", (sender,))
 
 
-def _append_rows(
-    conn: sqlite3.Connection, records: Sequence[AuditRecord]
-) -> list[tuple[int, str, str]]:
-    """Hash-chain ``records`` after the head and insert them (inside a transaction)."""
+def _append_rows(conn: sqlite3.Connection, rows: Sequence[Values]) -> list[tuple[int, str, str]]:
+    """Hash-chain ``rows`` (sanitised record values) after the head and insert them (inside a
+    transaction); return (seq, prev_hash, hash) per row."""
     seq, prev = read_head(conn)
-    params: list[tuple[Any, ...]] = []
     out: list[tuple[int, str, str]] = []
-    for rec in records:
-        seq += 1
-        vals = values(rec)
-        h = hash_values(prev, vals, seq)
-        detail = canonical_json(vals[-1]) if vals[-1] else "{}"
-        params.append((seq, *vals[:-1], detail, prev, h))
-        out.append((seq, prev, h))
-        prev = h
-    _insert(conn, params)
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        params: list[Any] = []
+        for vals in chunk:
+            seq += 1
+            detail, h = canonical_row(prev, vals, seq)
+            params += (seq, *vals[:-1], detail, prev, h)
+            out.append((seq, prev, h))
+            prev = h
+        conn.execute(_insert_sql(len(chunk)), params)
     conn.execute(
         "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
         "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",

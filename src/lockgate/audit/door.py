@@ -26,14 +26,14 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from prometheus_client import Counter, Gauge
 
 from lockgate import _log, metrics
 from lockgate.audit.journal import Journal
 from lockgate.audit.reader import AuditReader
-from lockgate.audit.record import EVENTS, AuditRecord, sanitize, values
+from lockgate.audit.record import EVENTS, AuditRecord, Values, sanitize, values
 from lockgate.errors import AuditUnavailable
 
 log = _log.get("audit")
@@ -49,10 +49,6 @@ AUDIT_QUEUE = Gauge(
 
 LOG_EVERY = 10.0  # seconds between repeated warnings of the same trouble
 MAX_BACKOFF = 0.5  # seconds between retries of a failing write; small so recovery is quick
-
-#: The values of a record in RECORD_FIELDS order (see :func:`lockgate.audit.record.values`);
-#: one type per field, so only the record itself can say which.
-Values = tuple[Any, ...]
 
 
 class Waiter(NamedTuple):

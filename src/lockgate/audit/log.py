@@ -49,14 +49,20 @@ from lockgate.audit.door import (
     LOG_EVERY,
     MAX_BACKOFF,
     AuditDoor,
-    Values,
     Waiter,
     describe,
     resolve,
 )
 from lockgate.audit.health import check_health
 from lockgate.audit.journal import Journal, journal_dir, replay
-from lockgate.audit.record import AuditRecord, AuditRow, sanitize
+from lockgate.audit.record import (
+    RECORD_FIELDS,
+    AuditRecord,
+    AuditRow,
+    Values,
+    sanitize,
+    values,
+)
 from lockgate.audit.sinks import JsonlSink, mirror
 
 log = _log.get("audit")
@@ -65,7 +71,10 @@ __all__ = ["AUDIT_DROPPED", "AUDIT_QUEUE", "AuditLog", "mirror"]
 
 
 class _Entry(NamedTuple):
-    record: AuditRecord
+    # A snapshot of the record's values, not the record: tuples of plain values leave the
+    # garbage collector's lists at its next pass, so a queue that holds thousands of records
+    # for a batch interval adds nothing to the full collections that pause the event loop.
+    vals: Values
     enqueued: float  # time.monotonic()
     waiter: Waiter | None
     seq: int  # this sender's sequence number
@@ -125,7 +134,8 @@ class AuditLog(AuditDoor):
     def _push(
         self, record: AuditRecord, vals: Values | None, waiter: Waiter | None, seq: int
     ) -> None:
-        self._pending.append(_Entry(record, time.monotonic(), waiter, seq, vals is not None))
+        snapshot = values(record) if vals is None else vals
+        self._pending.append(_Entry(snapshot, time.monotonic(), waiter, seq, vals is not None))
 
     def _wake(self) -> None:
         if not self._wakeup.is_set():
@@ -218,7 +228,7 @@ class AuditLog(AuditDoor):
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         batch: list[_Entry] = []
-        records: list[AuditRecord] = []
+        rows: list[Values] = []  # the batch's sanitised values
         unsunk: list[AuditRow] = []  # committed but not yet in the JSON-lines sink
         waiters: list[Waiter] = []  # committed, waiting for the sink too
         backoff = 0.0
@@ -241,7 +251,7 @@ class AuditLog(AuditDoor):
                         self._wakeup.wait(0.25)
                         continue
                     now = time.time()
-                    records = [e.record if e.clean else sanitize(e.record, now) for e in batch]
+                    rows = [e.vals if e.clean else _sanitized(e.vals, now) for e in batch]
                     last_seq = batch[-1].seq  # the queue is in seq order
                 try:
                     if batch:
@@ -249,12 +259,12 @@ class AuditLog(AuditDoor):
                             conn = chain.connect(self.db_path, timeout=self._busy_timeout())
                         if self._fault is not None:
                             self._fault()
-                        placed = chain.append(conn, records, {self.sender_id: last_seq})
+                        placed = chain.append(conn, rows, {self.sender_id: last_seq})
                         waiters.extend(e.waiter for e in batch if e.waiter is not None)
                         if self._sink is not None:
-                            unsunk.extend(_rows(records, placed))
+                            unsunk.extend(_stored(rows, placed))
                         self._chained_seq = last_seq  # the chain holds them, mirror or not
-                        batch, records = [], []
+                        batch, rows = [], []
                     if unsunk:
                         assert self._sink is not None
                         self._sink.write(unsunk)
@@ -310,8 +320,12 @@ class AuditLog(AuditDoor):
         return max(0.05, min(self.write_timeout / 2, 1.0))
 
 
-def _rows(records: list[AuditRecord], placed: list[tuple[int, str, str]]) -> list[AuditRow]:
+def _sanitized(vals: Values, now: float) -> Values:
+    return values(sanitize(AuditRecord(*vals), now))
+
+
+def _stored(rows: list[Values], placed: list[tuple[int, str, str]]) -> list[AuditRow]:
     return [
-        AuditRow(**r.to_dict(), seq=seq, prev_hash=prev, hash=h)
-        for r, (seq, prev, h) in zip(records, placed, strict=True)
+        AuditRow(**dict(zip(RECORD_FIELDS, vals, strict=True)), seq=seq, prev_hash=prev, hash=h)
+        for vals, (seq, prev, h) in zip(rows, placed, strict=True)
     ]

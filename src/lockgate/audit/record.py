@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from operator import attrgetter
 from typing import Any
 
@@ -102,8 +103,11 @@ class AuditRow(AuditRecord):
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(AuditRecord))
+#: A record's field values in RECORD_FIELDS order: what the queues, the journal and the wire
+#: carry (one type per field, so only the record itself can say which).
+Values = tuple[Any, ...]
 #: All field values of a record, in RECORD_FIELDS order (C speed, no per-field getattr).
-values: Callable[[AuditRecord], tuple[Any, ...]] = attrgetter(*RECORD_FIELDS)
+values: Callable[[AuditRecord], Values] = attrgetter(*RECORD_FIELDS)
 _STR_FIELDS = tuple(
     f.name for f in fields(AuditRecord) if f.name not in {"event", "detail"} and "str" in f.type
 )
@@ -232,17 +236,35 @@ def _flat_detail(detail: dict[Any, Any]) -> dict[str, Any] | None:
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# The C encoder behind _CANONICAL, built once: JSONEncoder.encode builds it again on every
+# call, a third of the cost of hashing a record. Same output (sorted keys, compact, UTF-8 as
+# is, NaN as NaN, TypeError for what JSON cannot hold); no circular-reference markers (shared
+# by threads; sanitised values hold no cycle: a detail is flat or went through JSON).
+_encode: Callable[[Any, int], Any] = (
+    c_make_encoder(None, _CANONICAL.default, c_encode_basestring, None, ":", ",", True, False, True)
+    if c_make_encoder is not None and c_encode_basestring is not None
+    else lambda value, _level: (_CANONICAL.encode(value),)
+)
 
 
 def canonical_json(value: Any) -> str:
-    return _CANONICAL.encode(value)
+    return "".join(_encode(value, 0))
 
 
 def hash_values(prev_hash: str, vals: tuple[Any, ...], seq: int) -> str:
     """sha256(prev_hash || canonical JSON of [seq, *values in RECORD_FIELDS order]), hex."""
+    return canonical_row(prev_hash, vals, seq)[1]
+
+
+def canonical_row(prev_hash: str, vals: tuple[Any, ...], seq: int) -> tuple[str, str]:
+    """(the ``detail`` column's canonical JSON, the row's hash), with one encoding of each
+    value: the hashed text is the JSON array ``[seq, *vals]``, whose last item is that very
+    detail text (a JSON array is its items' texts joined by commas, in brackets)."""
+    detail_text = "".join(_encode(vals[-1], 0))
+    head = "".join(_encode([seq, *vals[:-1]], 0))  # "[seq,...]": the detail goes before "]"
     h = hashlib.sha256(prev_hash.encode("ascii"))
-    h.update(_CANONICAL.encode([seq, *vals]).encode("utf-8"))
-    return h.hexdigest()
+    h.update(f"{head[:-1]},{detail_text}]".encode())
+    return detail_text, h.hexdigest()
 
 
 def chain_hash(prev_hash: str, rec: AuditRecord, seq: int) -> str:

@@ -43,14 +43,13 @@ from lockgate.audit.door import (
     LOG_EVERY,
     MAX_BACKOFF,
     AuditDoor,
-    Values,
     Waiter,
     describe,
     resolve,
 )
 from lockgate.audit.health import check_health
 from lockgate.audit.journal import Journal, journal_dir
-from lockgate.audit.record import AuditRecord, sanitize, values
+from lockgate.audit.record import AuditRecord, Values, sanitize, values
 from lockgate.audit.wire import FrameBuffer, WireError, frame
 from lockgate.audit.writer_process import WriterProcess
 from lockgate.errors import AuditUnavailable
