@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from lockgate import metrics
-from lockgate.config import ListenerConfig, LockgateConfig
+from lockgate.config import CqlResource, HttpResource, ListenerConfig, LockgateConfig
 from lockgate.control.catalog import catalog_handler
 from lockgate.control.context import ControlContext, EventSink, ListenerPorts, MintDecider
 from lockgate.control.cosmos_key import task_key_handler
@@ -109,6 +109,15 @@ class ControlPlane:
             config, tokens, verifier, issuer, mint_policy, audit, master_key, ports, db_roles
         )
         return cls(ctx, readiness)
+
+    def update_resources(self, resources: Iterable[HttpResource | CqlResource]) -> None:
+        """Take a new catalog without a restart: from the next request on, tokens are minted
+        for, and the catalog lists, exactly these resources (a token already minted for a
+        removed one is refused by the engine that served it). Dynamic database roles keep
+        the resources they were started with until the next start."""
+        config = self.ctx.config.model_copy(update={"resources": list(resources)})
+        self.ctx.config = config
+        self.ctx.tokens.config = config
 
     async def start(self, listener: ListenerConfig, tls: ssl.SSLContext | None) -> int:
         """Start the dynamic roles' sweeper and serve the routes; the port bound."""

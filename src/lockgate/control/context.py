@@ -62,8 +62,11 @@ class ListenerPorts(Protocol):
     def mounted_ports(self) -> Mapping[str, int]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ControlContext:
+    """The routes' collaborators. ``config`` is replaced (never mutated) when the catalog
+    changes live, so a route reads it once per request."""
+
     config: LockgateConfig
     tokens: TokenService
     verifier: TokenVerifier
