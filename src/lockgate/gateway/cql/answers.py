@@ -12,6 +12,8 @@ Answers are queued while one upstream read chunk is processed and written with o
 
 from __future__ import annotations
 
+from typing import Any
+
 from lockgate import _log
 
 from . import codec
@@ -161,13 +163,9 @@ class AnswerRelay(SessionState):
             "cql prepared statement not remembered",
             extra={"fields": {**self._fields(), "reason": reason, "tables": outside}},
         )
-        self.ctx.record(
+        self._record(
+            p,
             "denied",
-            auth.claims,
-            auth.resource.name,
-            p.t0,
-            action=p.action,
-            obj=p.obj,
             status=codec.ERR_INVALID,
             decision="deny",
             reason=reason,
@@ -203,17 +201,30 @@ class AnswerRelay(SessionState):
         assert p.plan is not None
         # Server-side failures (0x0000-0x1fff) are upstream errors; request errors are answers.
         event = "upstream_error" if error and (status or 0) < 0x2000 else "allowed"
+        self._record(p, event, status=status, decision="allow", detail=self._outcome(p))
+
+    def _record(
+        self,
+        p: Pending,
+        event: str,
+        *,
+        decision: str,
+        detail: dict[str, Any],
+        status: int | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Audit what became of the forwarded request ``p`` (its action, object, latency)."""
+        auth = self.auth
+        assert auth is not None
         self.ctx.record(
-            event,
-            auth.claims,
-            auth.resource.name,
-            p.t0,
-            action=p.action,
-            obj=p.obj,
-            status=status,
-            decision="allow",
-            detail={**(p.detail or self._detail(p.plan)), "ref": p.ref},
-        )
+            event, auth.claims, auth.resource.name, p.t0, action=p.action, obj=p.obj,
+            status=status, decision=decision, reason=reason, detail=detail,
+        )  # fmt: skip
+
+    def _outcome(self, p: Pending) -> dict[str, Any]:
+        """An outcome record's detail: the plan's, and the admitted record it follows."""
+        assert p.plan is not None
+        return {**(p.detail or self._detail(p.plan)), "ref": p.ref}
 
     def _upstream_lost(self) -> None:
         auth = self.auth
@@ -222,16 +233,12 @@ class AnswerRelay(SessionState):
         self._refuse_held(self.holds.drain(), "upstream_closed")
         for p in self.pending.values():
             if p.audited and p.plan is not None:
-                self.ctx.record(
+                self._record(
+                    p,
                     "upstream_error",
-                    auth.claims,
-                    auth.resource.name,
-                    p.t0,
-                    action=p.action,
-                    obj=p.obj,
                     decision="allow",
                     reason="upstream_closed",
-                    detail={**(p.detail or self._detail(p.plan)), "ref": p.ref},
+                    detail=self._outcome(p),
                 )
         self.pending.clear()
         log.warning("cql upstream connection closed", extra={"fields": self._fields()})

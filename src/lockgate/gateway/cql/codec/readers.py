@@ -49,11 +49,16 @@ def _params(r: Reader, version: int) -> dict[str, Any]:
         if ps is None:
             raise Malformed("null paging state")
         out["paging_state"] = ps
+    _serial_and_timestamp(r, flags, out)
+    return out
+
+
+def _serial_and_timestamp(r: Reader, flags: int, out: dict[str, Any]) -> None:
+    """The optional serial consistency and timestamp, last in queries and batches."""
     if flags & ev.Q_SERIAL_CONSISTENCY:
         out["serial_consistency"] = r.u16()
     if flags & ev.Q_TIMESTAMP:
         out["timestamp"] = r.i64()
-    return out
 
 
 def startup(r: Reader, version: int) -> dict[str, Any]:
@@ -107,10 +112,7 @@ def batch(r: Reader, version: int) -> dict[str, Any]:
     if flags & ~(ev.Q_SERIAL_CONSISTENCY | ev.Q_TIMESTAMP):
         raise Malformed("unsupported batch flags")
     out["batch_flags"] = flags
-    if flags & ev.Q_SERIAL_CONSISTENCY:
-        out["serial_consistency"] = r.u16()
-    if flags & ev.Q_TIMESTAMP:
-        out["timestamp"] = r.i64()
+    _serial_and_timestamp(r, flags, out)
     return out
 
 

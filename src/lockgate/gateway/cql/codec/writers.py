@@ -59,12 +59,8 @@ def _params(out: Out, e: ev._Parameters) -> None:
         flags |= ev.Q_PAGE_SIZE
     if e.paging_state is not None:
         flags |= ev.Q_PAGING_STATE
-    if e.serial_consistency is not None:
-        flags |= ev.Q_SERIAL_CONSISTENCY
-    if e.timestamp is not None:
-        flags |= ev.Q_TIMESTAMP
     w_ushort(out, e.consistency)
-    w_byte(out, flags)
+    w_byte(out, flags | _serial_and_timestamp_flags(e))
     if e.values is not None:
         w_ushort(out, len(e.values))
         for i, v in enumerate(e.values):
@@ -75,6 +71,21 @@ def _params(out: Out, e: ev._Parameters) -> None:
         w_int(out, e.page_size)
     if e.paging_state is not None:
         w_bytes(out, e.paging_state)
+    _serial_and_timestamp(out, e)
+
+
+def _serial_and_timestamp_flags(e: ev._Parameters | ev.Batch) -> int:
+    """The flag bits of the optional serial consistency and timestamp (queries, batches)."""
+    flags = 0
+    if e.serial_consistency is not None:
+        flags |= ev.Q_SERIAL_CONSISTENCY
+    if e.timestamp is not None:
+        flags |= ev.Q_TIMESTAMP
+    return flags
+
+
+def _serial_and_timestamp(out: Out, e: ev._Parameters | ev.Batch) -> None:
+    """The optional serial consistency and timestamp, last in queries and batches."""
     if e.serial_consistency is not None:
         w_ushort(out, e.serial_consistency)
     if e.timestamp is not None:
@@ -125,15 +136,8 @@ def batch(out: Out, e: ev.Batch) -> None:
             w_value(out, v)
     w_ushort(out, e.consistency)
     flags = e.batch_flags & ~(ev.Q_SERIAL_CONSISTENCY | ev.Q_TIMESTAMP)
-    if e.serial_consistency is not None:
-        flags |= ev.Q_SERIAL_CONSISTENCY
-    if e.timestamp is not None:
-        flags |= ev.Q_TIMESTAMP
-    w_byte(out, flags)
-    if e.serial_consistency is not None:
-        w_ushort(out, e.serial_consistency)
-    if e.timestamp is not None:
-        w_long(out, e.timestamp)
+    w_byte(out, flags | _serial_and_timestamp_flags(e))
+    _serial_and_timestamp(out, e)
 
 
 def register(out: Out, e: ev.Register) -> None:
