@@ -1,5 +1,5 @@
-"""What the ``lockgate`` commands that open state share: the config lookup, the state, and
-one-off audit records written by the command itself.
+"""What the ``lockgate`` commands share: how a subcommand is declared, the config lookup,
+the state, and one-off audit records written by the command itself.
 
 The state and audit modules are imported lazily, so ``config check`` and ``--help`` stay
 quick.
@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lockgate.config import LockgateConfig, load_config
 
 if TYPE_CHECKING:
     from lockgate.state import State
+
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def add_command(
+    parent: Subcommands, name: str, fn: Callable[[argparse.Namespace], int], help: str
+) -> argparse.ArgumentParser:
+    """Declare subcommand ``name`` of ``parent``, run by ``fn``; its parser, for arguments."""
+    sp = parent.add_parser(name, help=help, description=help)
+    sp.set_defaults(fn=fn)
+    return sp
 
 
 def config_from(args: argparse.Namespace) -> LockgateConfig:

@@ -25,10 +25,11 @@ import getpass
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lockgate._cli_state import add_command
 from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import config_from as _config
 from lockgate._cli_state import open_state as _state
@@ -315,21 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(
-        parent: argparse._SubParsersAction[argparse.ArgumentParser],
-        name: str,
-        fn: Callable[[argparse.Namespace], int],
-        help: str,
-    ) -> argparse.ArgumentParser:
-        sp = parent.add_parser(name, help=help, description=help)
-        sp.set_defaults(fn=fn)
-        return sp
-
-    sp = add(sub, "init", cmd_init, "write a working example configuration into DIR")
+    sp = add_command(sub, "init", cmd_init, "write a working example configuration into DIR")
     sp.add_argument("dir")
     sp.add_argument("--force", action="store_true", help="overwrite an existing lockgate.yaml")
     sp.add_argument("--no-tls", action="store_true", help="plain HTTP listeners (development only)")
-    sp = add(sub, "serve", cmd_serve, "run the gateway")
+    sp = add_command(sub, "serve", cmd_serve, "run the gateway")
     sp.add_argument(
         "--workers",
         type=int,
@@ -341,29 +332,31 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration commands").add_subparsers(
         dest="sub", required=True
     )
-    add(cfg, "check", cmd_config_check, "validate the configuration file")
+    add_command(cfg, "check", cmd_config_check, "validate the configuration file")
 
     pol = sub.add_parser("policy", help="policy commands").add_subparsers(dest="sub", required=True)
-    sp = add(pol, "check", cmd_policy_check, "print the decision and the deciding rule")
+    sp = add_command(pol, "check", cmd_policy_check, "print the decision and the deciding rule")
     sp.add_argument("principal")
     sp.add_argument("action", choices=["read", "write", "admin", "run"])
     sp.add_argument("target", metavar="RESOURCE[/OBJECT]")
-    sp = add(pol, "lint", cmd_policy_lint, "report overbroad, shadowed and dangling rules")
+    sp = add_command(pol, "lint", cmd_policy_lint, "report overbroad, shadowed and dangling rules")
     sp.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
-    sp = add(pol, "test", cmd_policy_test, "run YAML policy test cases; exit 1 on a mismatch")
+    sp = add_command(
+        pol, "test", cmd_policy_test, "run YAML policy test cases; exit 1 on a mismatch"
+    )
     sp.add_argument("files", nargs="+")
 
-    add_token_commands(sub, add)
+    add_token_commands(sub)
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="sub", required=True)
-    sp = add(
+    sp = add_command(
         keys,
         "rotate",
         cmd_keys_rotate,
         "add a signing key; old keys stay published until their tokens expire",
     )
     sp.add_argument("--retire-after", type=int, help="seconds to keep the old key published")
-    add(keys, "list", cmd_keys_list, "list published signing keys")
+    add_command(keys, "list", cmd_keys_list, "list published signing keys")
 
     creds = sub.add_parser("creds", help="upstream credentials").add_subparsers(
         dest="sub", required=True
@@ -380,17 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
             "new version, used at once; previous kept for the overlap",
         ),
     ):
-        sp = add(creds, name, fn, text)
+        sp = add_command(creds, name, fn, text)
         sp.add_argument("name")
         sp.add_argument("--from-env", metavar="VAR")
         sp.add_argument("--from-file", metavar="PATH")
-    add(creds, "list", cmd_creds_list, "list credentials and their current version (never values)")
+    add_command(
+        creds, "list", cmd_creds_list, "list credentials and their current version (never values)"
+    )
 
     aud = sub.add_parser("audit", help="audit trail").add_subparsers(dest="sub", required=True)
-    sp = add(aud, "tail", cmd_audit_tail, "show the newest records")
+    sp = add_command(aud, "tail", cmd_audit_tail, "show the newest records")
     sp.add_argument("-n", type=int, default=20)
     sp.add_argument("--json", action="store_true")
-    sp = add(aud, "search", cmd_audit_search, "search records")
+    sp = add_command(aud, "search", cmd_audit_search, "search records")
     sp.add_argument("--dag")
     sp.add_argument("--run")
     sp.add_argument("--decision", choices=["allow", "deny", "error"])
@@ -398,15 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resource")
     sp.add_argument("--limit", type=int, default=100)
     sp.add_argument("--json", action="store_true")
-    sp = add(aud, "verify", cmd_audit_verify, "check the hash chain; exit 1 at the first bad "
-             "record or when stopped processes' journals hold records not chained yet")  # fmt: skip
+    sp = add_command(
+        aud,
+        "verify",
+        cmd_audit_verify,
+        "check the hash chain; exit 1 at the first bad record or when stopped processes' "
+        "journals hold records not chained yet",
+    )
     sp.add_argument(
         "--replay",
         action="store_true",
         help="chain those journals first (what the gateway does when it starts)",
     )
 
-    sp = add(sub, "demo", cmd_demo, "run the end-to-end demo on embedded defaults")
+    sp = add_command(sub, "demo", cmd_demo, "run the end-to-end demo on embedded defaults")
     sp.add_argument("--dir", default="demo", help="working directory for the demo (default ./demo)")
     sp.add_argument("--no-airflow", action="store_true", help="skip the Airflow DAG runs")
     return p

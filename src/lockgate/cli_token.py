@@ -18,13 +18,16 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
+from lockgate._cli_state import add_command
 from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import open_state as _state
 from lockgate.config import LockgateConfig
 from lockgate.errors import LockgateError
+
+if TYPE_CHECKING:
+    from lockgate._cli_state import Subcommands
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
@@ -143,10 +146,10 @@ def cmd_token_revocations(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_token_commands(sub: Any, add: Callable[..., Any]) -> None:
+def add_token_commands(sub: Subcommands) -> None:
     """The ``token`` subcommands, on the top-level parser's subparsers ``sub``."""
     tok = sub.add_parser("token", help="token commands").add_subparsers(dest="sub", required=True)
-    sp = add(
+    sp = add_command(
         tok,
         "revoke",
         cmd_token_revoke,
@@ -165,8 +168,10 @@ def add_token_commands(sub: Any, add: Callable[..., Any]) -> None:
         action="store_true",
         help="kill switch: also refuse new tokens for the DAG (or deployment) until unblocked",
     )
-    sp = add(tok, "unblock", cmd_token_unblock, "lift a --block (revoked tokens stay revoked)")
+    sp = add_command(
+        tok, "unblock", cmd_token_unblock, "lift a --block (revoked tokens stay revoked)"
+    )
     sp.add_argument("--dag")
     sp.add_argument("--deployment")
     sp.set_defaults(jti=None, run=None)
-    add(tok, "revocations", cmd_token_revocations, "list active revocations and blocks")
+    add_command(tok, "revocations", cmd_token_revocations, "list active revocations and blocks")

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
@@ -60,7 +59,7 @@ async def fetch_mi_token(
     cfg: ManagedIdentityCredential,
     *,
     env: Mapping[str, str] | None = None,
-    clock: Any = time.time,
+    clock: Callable[[], float] = time.time,
 ) -> AccessToken:
     url, query, headers = request_for(cfg, os.environ if env is None else env)
     started = clock()

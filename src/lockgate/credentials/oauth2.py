@@ -23,8 +23,8 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import jwt
@@ -54,7 +54,7 @@ async def fetch_token(
     cred: OAuth2ClientCredential,
     client_secret: str,
     *,
-    clock: Any = time.time,
+    clock: Callable[[], float] = time.time,
 ) -> AccessToken:
     """Request an access token for ``cred`` with ``client_secret``."""
     form = {"grant_type": "client_credentials"}
