@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lockgate import _log, metrics
+from lockgate import _log
 from lockgate.config import CqlResource
 from lockgate.control.context import ControlContext
 from lockgate.control.token import Handler, error_response, read_body
@@ -33,7 +33,6 @@ from lockgate.errors import CredentialError, UpstreamError
 from lockgate.gateway.cql.roles import DynamicRoles, NoGrants, RoleCredential
 from lockgate.gateway.cql.upstream import split_host_port
 from lockgate.identity import Claims, OAuthError
-from lockgate.identity.service import audit_unavailable
 
 log = _log.get("control.db_role")
 
@@ -98,32 +97,16 @@ def db_role_handler(ctx: ControlContext) -> Handler:
             await service.refused(exc, audit)
             return error_response(exc)
         grants = [f"{perm} ON {target}" for perm, target in cred.grants]
-        try:
-            await ctx.audit(
-                "token_issued",
-                **audit,
-                jti=claims.jti,
-                ttl=grant.ttl,
-                rule=grant.decision.rule,
-                principal=claims.sub,
-                expires_at=claims.exp,
-                dynamic_role=cred.username,
-                grants=grants,
+        try:  # the record names the role and its grants, never the password
+            await service.record_issued(
+                grant, claims, {**audit, "dynamic_role": cred.username, "grants": grants}
             )
-        except Exception as exc:
+        except OAuthError as exc:
             # No audit record, no role: drop it before anyone could log in with it.
-            log.error(
-                "dynamic role not issued: audit failed",
-                extra={"fields": {"error": type(exc).__name__}},
-            )
             with contextlib.suppress(Exception):
                 await roles.revoke(cred.username)
-            metrics.TOKEN_REJECTIONS.labels(reason="audit_unavailable").inc()
-            return error_response(audit_unavailable())
+            return error_response(exc)
         ctx.db_roles.issued(resource.name, cred, claims)
-        metrics.TOKENS_ISSUED.labels(deployment=claims.deployment, resource=resource.name).inc()
-        fields = {**audit, "jti": claims.jti, "role": cred.username, "grants": len(grants)}
-        log.info("dynamic role issued", extra={"fields": fields})
         return web.json_response(
             {
                 "username": cred.username,

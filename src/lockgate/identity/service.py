@@ -169,17 +169,23 @@ class TokenService:
     async def issue(self, grant: TaskGrant, ctx: dict[str, Any]) -> IssuedToken:
         """Step 7: mint the granted token and record it; no record, no token (the token is
         dropped before anyone sees it and :class:`OAuthError` 503 is raised)."""
-        identity, resource, ttl = grant.identity, grant.resource, grant.ttl
-        token, claims = self.issuer.mint(identity, resource.name, ttl)
+        token, claims = self.issuer.mint(grant.identity, grant.resource.name, grant.ttl)
+        await self.record_issued(grant, claims, ctx)
+        return IssuedToken(token, claims, grant.ttl, grant.identity.principal)
+
+    async def record_issued(self, grant: TaskGrant, claims: Claims, ctx: dict[str, Any]) -> None:
+        """Write the ``token_issued`` record of a minted token (``ctx`` adds to it) and
+        count it. Nothing minted may be handed out before this returns: when the audit
+        fails it raises :class:`OAuthError` 503 (counted as ``audit_unavailable``)."""
         try:
             await _maybe_await(
                 self._on_event(
                     "token_issued",
                     **ctx,
                     jti=claims.jti,
-                    ttl=ttl,
+                    ttl=grant.ttl,
                     rule=grant.decision.rule,
-                    principal=identity.principal,
+                    principal=grant.identity.principal,
                     expires_at=claims.exp,
                 )
             )
@@ -189,9 +195,9 @@ class TokenService:
             )
             metrics.TOKEN_REJECTIONS.labels(reason="audit_unavailable").inc()
             raise audit_unavailable() from None
-        metrics.TOKENS_ISSUED.labels(deployment=grant.deployment.name, resource=resource.name).inc()
-        log.info("token issued", extra={"fields": {**ctx, "jti": claims.jti, "ttl": ttl}})
-        return IssuedToken(token, claims, ttl, identity.principal)
+        resource = grant.resource.name
+        metrics.TOKENS_ISSUED.labels(deployment=grant.deployment.name, resource=resource).inc()
+        log.info("token issued", extra={"fields": {**ctx, "jti": claims.jti, "ttl": grant.ttl}})
 
     async def revoke(
         self, body: dict[str, str], authorization: str | None, ctx: dict[str, Any]
