@@ -11,9 +11,11 @@ one flow every deployment-called route starts with:
 * :meth:`ControlContext.refuse` audits a later refusal (``decision: deny`` and a reason
   slug), then answers it in the OAuth2 error shape.
 
-Minting itself is the token service's (:meth:`TokenService.authorize` then
-:meth:`TokenService.issue`) or, for a route with its own rules, ``mint_policy`` then
-``issuer.mint``, the token handed out only once its ``token_issued`` record is written.
+Minting is the token service's in every route: :meth:`TokenService.authorize` (or, for the
+poll token's own rules, ``mint_policy``) gives a grant, :meth:`TokenService.issue` mints it
+and writes its ``token_issued`` record before anything is handed out
+(:meth:`TokenService.record_issued` alone when the route must create something first, as
+``/v1/db-role`` does its role).
 """
 
 from __future__ import annotations
