@@ -2,8 +2,9 @@
 
 :class:`ControlContext` bundles the config, the token service, verifier, issuer, mint
 policy, the audit sink, the master key (Cosmos DB task keys), the listener ports (the
-catalog points at the ports actually bound) and the dynamic roles. Its two methods are the
-one flow every deployment-called route starts with:
+catalog points at the ports actually bound) and the dynamic roles. Its methods are the
+one flow every deployment-called route starts with (:meth:`ControlContext.deployment_route`
+wraps a handler in the first):
 
 * :meth:`ControlContext.authenticate` reads the body and authenticates the deployment as
   ``/v1/token`` does (:meth:`TokenService.authenticate`); a refusal there is recorded and
