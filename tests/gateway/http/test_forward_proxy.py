@@ -12,9 +12,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from lockgate.config import ForwardProxyConfig, ListenerConfig, Listeners, TlsConfig
+from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.tlsgen import LeafIssuer, write_dev_ca
 
+from ..fakes import FakeAudit, FakeBroker, FakePolicy, FakePolicySet, FakeSigner, FakeVerifier
 from .conftest import TOKEN, Upstream, bearer, raw_request, resource
 
 HOST = "management.azure.com"
@@ -120,3 +123,23 @@ def test_leaf_certificates_are_cached_and_name_the_host(ca: dict[str, Path]) -> 
     issuer = LeafIssuer.from_files(ca["cert"], ca["key"])
     assert issuer.context(HOST) is issuer.context(HOST)
     assert issuer.context("127.0.0.1") is not issuer.context(HOST)
+
+
+async def test_the_engine_opens_the_proxy_and_its_routes_follow_the_catalog(
+    upstream: Upstream, ca: dict[str, Path]
+) -> None:
+    engine = HttpEngine(
+        [resource("orders", upstream.url, intercept=[f"{HOST}:443"])],
+        FakeVerifier(), FakePolicy(FakePolicySet([])), FakeBroker({}), FakeAudit(), FakeSigner(),
+    )  # fmt: skip
+    proxy = ForwardProxyConfig(port=0, ca=TlsConfig(cert=ca["cert"], key=ca["key"]))
+    await engine.listen(Listeners(http=ListenerConfig(port=0), forward_proxy=proxy))
+    connect = f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode()
+    try:
+        port = engine.ports["forward_proxy"]
+        assert (await raw_request(port, connect, timeout=0.5)).startswith(b"HTTP/1.1 200")
+        engine.update_resources([resource("orders", upstream.url)])  # no longer intercepted
+        assert (await raw_request(port, connect, timeout=0.5)).startswith(b"HTTP/1.1 403")
+    finally:
+        await engine.close()
+    assert engine.forward_proxy is None
