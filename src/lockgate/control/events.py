@@ -41,7 +41,7 @@ class TokenAudit:
 
     async def __call__(self, event_kind: str, /, **fields: Any) -> None:
         event, decision = _TOKEN_EVENTS.get(event_kind, ("auth_failed", "deny"))
-        # a route other than /v1/token names its own action (authenticate_deployment)
+        # a refusal before the deployment is known names its own action (authenticate)
         action = fields.pop("action", None) or (
             "revoke" if event in ("token_revoked", "mint_blocked") else "mint"
         )
