@@ -70,6 +70,7 @@ class Judged:
     action: str  # the highest action of the targets, for the records and the counter
     obj: str  # the targets' objects, comma-joined
     detail: dict[str, Any]  # statement, op, keyspace: the records' detail
+    changes_keyspace: bool  # later frames wait for its answer (:mod:`.holds`)
     claims: Any = None  # the claims the requests were built for
     requests: list[Any] | None = None
 
@@ -87,6 +88,7 @@ class Judged:
             max((t.action for t in targets), key=lambda a: _RANK.get(a, 3)),
             ",".join(dict.fromkeys(t.object for t in targets)),
             plan_detail(plan),
+            plan.changes_keyspace,
         )
 
     def requests_for(self, ctx: EngineContext, claims: Any, resource: str) -> list[Any]:
@@ -297,7 +299,8 @@ class RequestJudging(SessionState):
             )  # fmt: skip
             return
         self.ctx.count(name, action, "allow")
-        self._forward(event, Pending(t0, judged.plan, True, action, obj, ref, judged.detail))
+        pending = Pending(t0, judged.plan, True, action, obj, ref, judged.detail)
+        self._forward(event, pending, changes_keyspace=judged.changes_keyspace)
 
     def _token_valid(self, event: codec.Event, plan: Plan, t0: float) -> bool:
         """Re-check the connection's token (expiry, revocation) for every statement.
@@ -385,10 +388,12 @@ class RequestJudging(SessionState):
             codec.encode_frame(codec.Error(stream=event.stream, code=code, message=message))
         )
 
-    def _forward(self, event: codec.Event, pending: Pending) -> None:
+    def _forward(
+        self, event: codec.Event, pending: Pending, *, changes_keyspace: bool = False
+    ) -> None:
         self.pending[event.stream] = pending
         self._to_upstream.append(event.raw)
-        if pending.plan is not None and pending.plan.changes_keyspace:
+        if changes_keyspace:
             self.holds.started(event.stream)
 
     def _use_unanswered(self, frames: list[codec.Event]) -> None:
