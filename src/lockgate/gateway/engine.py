@@ -33,6 +33,8 @@ A new engine (PostgreSQL, say) is one class::
             self.update_resources(resources)
 
         def update_resources(self, resources) -> None:
+            # one assignment: a login reads the old catalog or the new one, whole; a
+            # removed resource refuses new logins (say what open sessions do)
             self.catalog = {r.name: r for r in resources if r.kind == self.kind}
 
         async def listen(self, listeners, *, reuse_port=False) -> None:
@@ -45,7 +47,8 @@ A new engine (PostgreSQL, say) is one class::
 
         async def close(self) -> None: ...
 
-plus one line in :data:`lockgate.gateway.registry.ENGINES`.
+plus its resource model and ``postgres`` listener section in :mod:`lockgate.config`, and one
+line in :data:`lockgate.gateway.registry.ENGINES`.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from lockgate.gateway.caches import (
     SecretCache,
     UpstreamSecret,
 )
-from lockgate.gateway.records import RecordBuilder, emit_safely
+from lockgate.gateway.records import RecordBuilder
 
 if TYPE_CHECKING:
     from lockgate.audit import AuditRecord
@@ -272,5 +275,4 @@ __all__ = [
     "TokenVerifier",
     "UpstreamSecret",
     "default_request_factory",
-    "emit_safely",
 ]
