@@ -11,15 +11,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from lockgate.config.model import LockgateConfig
+from lockgate.config.yaml_source import FieldPath, LineOf, parse_yaml, yaml_lines
 from lockgate.errors import ConfigError
-
-# A field's place in the file: ("resources", 1, "kind") is ``resources[1].kind``.
-FieldPath = tuple[str | int, ...]
 
 # Fields whose rejected value is never echoed back in an error message.
 _SECRETISH = re.compile(r"(?i)secret|password|token")
@@ -41,13 +38,9 @@ def load_config(path: Path | str) -> LockgateConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read configuration: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return _validate(data, p, SourceLines(text))
+    # A key given twice keeps the last, as lockgate.yaml always has (policy files refuse it).
+    data = parse_yaml(str(p), text, unique_keys=False)
+    return _validate(data, p, yaml_lines(text))
 
 
 def parse_config(data: object, source: Path | str = "<config>") -> LockgateConfig:
@@ -59,7 +52,7 @@ def parse_config(data: object, source: Path | str = "<config>") -> LockgateConfi
     return _validate(data, source, None)
 
 
-def _validate(data: object, source: Path | str, lines: SourceLines | None) -> LockgateConfig:
+def _validate(data: object, source: Path | str, line_of: LineOf | None) -> LockgateConfig:
     is_file = not str(source).startswith("<")
     src = Path(source)
     if data is None:
@@ -75,7 +68,7 @@ def _validate(data: object, source: Path | str, lines: SourceLines | None) -> Lo
     try:
         return LockgateConfig.model_validate(fields)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(str(source), exc, lines)) from None
+        raise ConfigError(format_validation_error(str(source), exc, line_of)) from None
 
 
 def _resolve_paths(mapping: dict[object, object], base: Path) -> dict[object, object]:
@@ -96,38 +89,6 @@ def _resolve_within(value: object, base: Path) -> object:
     if isinstance(value, list):
         return [_resolve_within(v, base) for v in value]
     return value
-
-
-class SourceLines:
-    """Where each field sits in the YAML text; worked out only when an error needs it."""
-
-    def __init__(self, text: str) -> None:
-        self._text = text
-        self._root: yaml.Node | None = None
-
-    def line_of(self, path: FieldPath) -> int | None:
-        """The 1-based line of ``path``, or of the nearest enclosing field that is there."""
-        if self._root is None:
-            self._root = yaml.compose(self._text, Loader=yaml.SafeLoader)
-        node, line = self._root, None
-        for part in path:
-            found = _child(node, part)
-            if found is None:
-                break
-            line, node = found
-        return line
-
-
-def _child(node: yaml.Node | None, part: str | int) -> tuple[int, yaml.Node] | None:
-    """The line and node of ``part`` (a key or an index) inside ``node``."""
-    if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.value == part:
-                return key.start_mark.line + 1, value
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        item: yaml.Node = node.value[part]
-        return item.start_mark.line + 1, item
-    return None
 
 
 def _readable_loc(e: ErrorDetails) -> FieldPath:
@@ -154,13 +115,13 @@ def _path_in_message(msg: str) -> FieldPath:
     return tuple(int(index) if index else name for index, name in _PATH_PART.findall(head.group(1)))
 
 
-def _at(lines: SourceLines | None, path: FieldPath) -> str:
-    line = lines.line_of(path) if lines is not None and path else None
+def _at(line_of: LineOf | None, path: FieldPath) -> str:
+    line = line_of(path) if line_of is not None and path else None
     return f"line {line}: " if line is not None else ""
 
 
 def format_validation_error(
-    source: str, err: ValidationError, lines: SourceLines | None = None
+    source: str, err: ValidationError, line_of: LineOf | None = None
 ) -> str:
     """One line per mistake: ``line N: field.path: what was expected (got value)``."""
     out = [f"{source}: invalid configuration"]
@@ -172,12 +133,12 @@ def format_validation_error(
         if not loc:
             # Cross-reference checks run on the whole model and put the field path in the
             # message themselves ("resources[1].credential: ..."); show that as the path.
-            where = _at(lines, _path_in_message(msg))
+            where = _at(line_of, _path_in_message(msg))
             out.append(f"  {where}{msg}" if ": " in msg else f"  <root>: {msg}")
             continue
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
         if _SECRETISH.search(str(e["loc"][-1])):
             shown = ""  # someone may have pasted the secret itself where its hash belongs
-        out.append(f"  {_at(lines, parts)}{loc}: {msg}{shown}")
+        out.append(f"  {_at(line_of, parts)}{loc}: {msg}{shown}")
     return "\n".join(out)

@@ -3,7 +3,8 @@
 Three entry points, one pipeline (paths -> text -> YAML -> validated rules -> PolicySet):
 :func:`load_policy_files` for paths on disk, :func:`parse_policy_texts` for already-read
 text (the store reads each file once, hashes and parses the same bytes), and
-:func:`parse_policies` for already-parsed data (tests, tooling).
+:func:`parse_policies` for already-parsed data (tests, tooling). YAML is read as
+:mod:`lockgate.config.yaml_source` reads it, for policy files and ``lockgate.yaml`` alike.
 
 Every failure is a :class:`~lockgate.errors.ConfigError` naming the file, the line (when the
 text is at hand), the field path and the rule id. YAML duplicate keys are errors (PyYAML
@@ -15,81 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from lockgate.config.yaml_source import parse_yaml, yaml_lines
 from lockgate.errors import ConfigError
 from lockgate.policy.engine import PolicySet, Rule
 from lockgate.policy.globs import is_literal
-from lockgate.policy.model import LineOf, located, validate_file
+from lockgate.policy.model import located, validate_file
 
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys."""
-
-
-def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> Any:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, str | int | float | bool) or key is None:
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _mapping_without_duplicates,
-)
-
-
-def parse_yaml(source: str, text: str) -> Any:
-    """Parse one YAML document; ConfigError names the file, line and column."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
-        raise ConfigError(
-            f"{source}:{where} not valid YAML: {getattr(exc, 'problem', None) or exc}"
-        ) from None
-
-
-def yaml_lines(text: str) -> LineOf:
-    """Field path -> 1-based line of that field in ``text`` (of its nearest present parent
-    when the field itself is missing). The text is composed again only when asked: errors."""
-
-    def line_of(loc: tuple[int | str, ...]) -> int | None:
-        try:
-            node = yaml.compose(text, Loader=_StrictLoader)
-        except yaml.YAMLError:
-            return None
-        line = None
-        for part in loc:
-            if isinstance(node, yaml.MappingNode):
-                pair = next((kv for kv in node.value if kv[0].value == part), None)
-                if pair is None:
-                    break
-                line, node = pair[0].start_mark.line + 1, pair[1]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-                if not 0 <= part < len(node.value):
-                    break
-                node = node.value[part]
-                line = node.start_mark.line + 1
-            else:
-                break
-        return line
-
-    return line_of
+__all__ = [
+    "load_policy_files",
+    "parse_policies",
+    "parse_policy_texts",
+    "parse_yaml",
+    "read_text",
+    "yaml_lines",
+]
 
 
 def parse_policies(
-    docs: Iterable[tuple[str, Any]],
+    docs: Iterable[tuple[str, object]],
     known_resources: set[str] | None = None,
     texts: Mapping[str, str] | None = None,
 ) -> PolicySet:

@@ -12,9 +12,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from lockgate.config.yaml_source import FieldPath, LineOf
 
 ACTIONS: tuple[str, ...] = ("read", "write", "admin", "run")
 Action = Literal["read", "write", "admin", "run", "*"]
@@ -29,7 +40,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def parse_duration(value: Any) -> int:
+def parse_duration(value: object) -> int:
     """``900``, ``"900"``, ``"900s"``, ``"15m"``, ``"1h30m"`` -> seconds (> 0)."""
     if isinstance(value, bool):
         raise ValueError("expected seconds or a duration like '15m'")
@@ -52,7 +63,7 @@ def parse_duration(value: Any) -> int:
     return seconds
 
 
-def parse_clock(value: Any) -> int:
+def parse_clock(value: object) -> int:
     """``"HH:MM"`` (UTC) -> seconds after midnight; ``"24:00"`` allowed as an end."""
     if isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(
@@ -70,7 +81,7 @@ class TimeWindow(_Strict):
 
     @field_validator("start", "end", mode="before")
     @classmethod
-    def _clock(cls, v: Any) -> Any:
+    def _clock(cls, v: object) -> object:
         parse_clock(v)
         return v
 
@@ -89,14 +100,17 @@ class TimeWindow(_Strict):
         return parse_clock(self.end)
 
 
-class Conditions(_Strict):
-    max_token_ttl: int | None = None
-    time_window: TimeWindow | None = None
+def _optional_duration(value: object) -> int | None:
+    return None if value is None else parse_duration(value)
 
-    @field_validator("max_token_ttl", mode="before")
-    @classmethod
-    def _ttl(cls, v: Any) -> Any:
-        return None if v is None else parse_duration(v)
+
+# Seconds, written as a number or a duration like "15m"; absent: None.
+OptionalDuration = Annotated[int | None, BeforeValidator(_optional_duration)]
+
+
+class Conditions(_Strict):
+    max_token_ttl: OptionalDuration = None
+    time_window: TimeWindow | None = None
 
 
 class RuleSpec(_Strict):
@@ -143,14 +157,14 @@ _FIELDS_AT: dict[str, type[BaseModel]] = {
 }
 
 
-def _loc_text(loc: tuple[int | str, ...]) -> str:
+def _loc_text(loc: FieldPath) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+def _model_at(loc: FieldPath) -> type[BaseModel]:
     """The model whose fields are allowed at ``loc`` (for 'unknown field' messages)."""
     names = [p for p in loc if isinstance(p, str)]
     if names[-1:] and names[-1] in ("conditions", "time_window"):
@@ -158,18 +172,17 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
     return RuleSpec if names[:1] == ["rules"] else PolicyFile
 
 
-AllowedFields = Callable[[tuple[int | str, ...]], Iterable[str]]
-LineOf = Callable[[tuple[int | str, ...]], int | None]  # field path -> 1-based line
+AllowedFields = Callable[[FieldPath], Iterable[str]]
 
 
-def _policy_fields(loc: tuple[int | str, ...]) -> Iterable[str]:
+def _policy_fields(loc: FieldPath) -> Iterable[str]:
     return _model_at(loc).model_fields
 
 
 def _describe(
-    err: dict[str, Any], allowed_at: AllowedFields = _policy_fields
-) -> tuple[tuple[int | str, ...], str]:
-    loc: tuple[int | str, ...] = tuple(err["loc"])
+    err: ErrorDetails, allowed_at: AllowedFields = _policy_fields
+) -> tuple[FieldPath, str]:
+    loc: FieldPath = tuple(err["loc"])
     kind = err["type"]
     got = err.get("input")
     shown = ""
@@ -200,14 +213,14 @@ def _describe(
 def format_errors(
     source: str,
     exc: ValidationError,
-    data: Any,
+    data: object,
     allowed_at: AllowedFields = _policy_fields,
     line_of: LineOf | None = None,
 ) -> str:
     """One line per problem: ``file:7: rules[2].actions[0] (rule x): expected ...``."""
     lines: list[str] = []
     for err in exc.errors():
-        loc, msg = _describe(dict(err), allowed_at)
+        loc, msg = _describe(err, allowed_at)
         where = _loc_text(loc) or "<top level>"
         rule_id = _rule_id_at(data, loc)
         if rule_id:
@@ -216,13 +229,13 @@ def format_errors(
     return "\n".join(lines)
 
 
-def located(source: str, loc: tuple[int | str, ...], line_of: LineOf | None) -> str:
+def located(source: str, loc: FieldPath, line_of: LineOf | None) -> str:
     """``file:line`` when the line of ``loc`` is known, else ``file``."""
     line = line_of(loc) if line_of is not None else None
     return f"{source}:{line}" if line else source
 
 
-def _rule_id_at(data: Any, loc: tuple[int | str, ...]) -> str | None:
+def _rule_id_at(data: object, loc: FieldPath) -> str | None:
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(data, dict):
         rules = data.get("rules")
         if isinstance(rules, list) and 0 <= loc[1] < len(rules) and isinstance(rules[loc[1]], dict):
@@ -232,7 +245,7 @@ def _rule_id_at(data: Any, loc: tuple[int | str, ...]) -> str | None:
     return None
 
 
-def validate_file(source: str, data: Any, line_of: LineOf | None = None) -> PolicyFile:
+def validate_file(source: str, data: object, line_of: LineOf | None = None) -> PolicyFile:
     """Validate parsed YAML. Raises ValueError with the worded message (caller wraps it)."""
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__

@@ -23,14 +23,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from lockgate.errors import ConfigError
 from lockgate.policy.engine import Decision, PolicySet, Request
 from lockgate.policy.loader import parse_yaml, read_text
-from lockgate.policy.model import format_errors, parse_duration
+from lockgate.policy.model import OptionalDuration, format_errors
+
+
+def _utc_time(value: object) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        at = value
+    elif isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError('expected an ISO time like "2026-01-01T10:00:00Z"') from None
+    else:
+        raise ValueError('expected a quoted ISO time like "2026-01-01T10:00:00Z"')
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)  # policy times are UTC
+    return at
+
+
+# An ISO time; one without a zone is UTC.
+UtcTime = Annotated[datetime | None, BeforeValidator(_utc_time)]
 
 
 class PolicyTestCase(BaseModel):
@@ -41,31 +60,10 @@ class PolicyTestCase(BaseModel):
     action: Literal["read", "write", "admin", "run"]
     resource: str
     object: str = ""
-    at: datetime | None = None
-    token_ttl: int | None = None
+    at: UtcTime = None
+    token_ttl: OptionalDuration = None
     expect: Literal["allow", "deny"]
     rule: str | None = None
-
-    @field_validator("at", mode="before")
-    @classmethod
-    def _at(cls, v: Any) -> Any:
-        if v is None or isinstance(v, datetime):
-            dt = v
-        elif isinstance(v, str):
-            try:
-                dt = datetime.fromisoformat(v)
-            except ValueError:
-                raise ValueError('expected an ISO time like "2026-01-01T10:00:00Z"') from None
-        else:
-            raise ValueError('expected a quoted ISO time like "2026-01-01T10:00:00Z"')
-        if dt is not None and dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)  # policy times are UTC
-        return dt
-
-    @field_validator("token_ttl", mode="before")
-    @classmethod
-    def _ttl(cls, v: Any) -> Any:
-        return None if v is None else parse_duration(v)
 
 
 class PolicyTestFile(BaseModel):
