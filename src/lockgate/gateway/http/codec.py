@@ -47,6 +47,8 @@ __all__ = [
     "IDLE",
     "EndOfMessage",
     "Event",
+    "FramingError",
+    "Head",
     "RequestParser",
     "ResponseParser",
 ]
