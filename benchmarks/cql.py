@@ -269,6 +269,9 @@ async def _serve_engine_alone(upstream_port: int, password: str) -> None:
     await asyncio.Event().wait()
 
 
+_PASSWORD_VARIABLE = "LOCKGATE_BENCH_UPSTREAM_PASSWORD"
+
+
 @contextlib.contextmanager
 def engine_alone(stack: ProcessStack) -> Iterator[tuple[int, int]]:
     """The engine alone in its own process, in front of the stack's node: (pid, port)."""
@@ -277,9 +280,9 @@ def engine_alone(stack: ProcessStack) -> Iterator[tuple[int, int]]:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.getenv("PYTHONPATH")])),
     }
+    env[_PASSWORD_VARIABLE] = stack.upstream_password  # not argv: it may start with "-"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.cql", "--serve-engine-alone",
-         str(stack.fake_port), stack.upstream_password],
+        [sys.executable, "-m", "benchmarks.cql", "--serve-engine-alone", str(stack.fake_port)],
         env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -342,13 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=64, help="statements in flight")
     p.add_argument("--rounds", type=int, default=3, help="alternations of the sides")
     p.add_argument("--no-engine-alone", action="store_true", help="skip the engine-alone side")
-    p.add_argument("--serve-engine-alone", nargs=2, metavar=("UPSTREAM_PORT", "PASSWORD"),
-                   help=argparse.SUPPRESS)  # fmt: skip
+    p.add_argument("--serve-engine-alone", metavar="UPSTREAM_PORT", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.serve_engine_alone:
-        port, password = a.serve_engine_alone
+        password = os.environ[_PASSWORD_VARIABLE]
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve_engine_alone(int(port), password))
+            asyncio.run(_serve_engine_alone(int(a.serve_engine_alone), password))
         return 0
     with contextlib.ExitStack() as stack_cm:
         d = stack_cm.enter_context(tempfile.TemporaryDirectory())
