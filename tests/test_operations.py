@@ -106,3 +106,35 @@ def test_a_new_catalog_is_served_without_a_restart(stack: LocalStack) -> None:
     finally:
         serve(everything)
     assert _get(stack, url, auth)[0] == 200
+
+
+def test_sighup_reloads_the_catalog_and_refuses_other_changes(stack: LocalStack) -> None:
+    """``reload_config`` (SIGHUP): a change to ``resources`` is served at once; a change to
+    any other section is refused whole (a restart applies it)."""
+    import yaml
+
+    gateway, loop = stack.gateway, stack._loop
+    assert gateway is not None and loop is not None
+    auth = {"Authorization": f"Bearer {_token(stack)}"}
+    url = stack.http_url + "/orders-api/orders"
+    path = stack.config_path
+    original = path.read_text()
+    data = yaml.safe_load(original)
+
+    def reload(text: str) -> bool:
+        path.write_text(text)
+
+        async def run() -> bool:
+            return gateway.reload_config()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(5)
+
+    try:
+        kept = [r for r in data["resources"] if r["name"] != "orders-api"]
+        assert reload(yaml.safe_dump({**data, "resources": kept})) is True
+        assert _get(stack, url, auth)[0] == 404
+        assert reload(yaml.safe_dump({**data, "log_level": "debug"})) is False  # none applied
+        assert _get(stack, url, auth)[0] == 404
+    finally:
+        assert reload(original) is True
+    assert _get(stack, url, auth)[0] == 200

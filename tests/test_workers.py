@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from lockgate.audit import AuditReader
 from tests._gateway_process import BearerUpstream, get_status, scaffold, serve, stop, wait_serving
 
@@ -58,6 +60,35 @@ def test_two_workers_share_port_and_audit_chain(
     rows = reader.search(run="workers", limit=10_000)
     assert len(rows) >= n + 20 + 1
     assert reader.verify().ok
+
+
+def test_sighup_reloads_the_catalog_in_every_worker(
+    tmp_path: Path, bearer_upstream: BearerUpstream
+) -> None:
+    gw = scaffold(tmp_path / "lg", bearer_upstream)
+    token, _ = gw.mint("finance_daily", "reload")
+    url = gw.url()
+    original = gw.config_path.read_text()
+    data = yaml.safe_load(original)
+    proc = serve(gw.config_path, "--workers", "2")
+
+    def every_answer_becomes(status: int) -> None:
+        deadline = time.monotonic() + 15
+        while [get_status(url, token) for _ in range(20)] != [status] * 20:  # both workers
+            assert time.monotonic() < deadline, f"not every worker answers {status}"
+            time.sleep(0.2)
+
+    try:
+        wait_serving(proc, url, token)
+        time.sleep(0.5)  # both workers in the port group
+        gw.config_path.write_text(yaml.safe_dump({**data, "resources": []}))
+        proc.send_signal(signal.SIGHUP)
+        every_answer_becomes(404)
+        gw.config_path.write_text(original)
+        proc.send_signal(signal.SIGHUP)
+        every_answer_becomes(200)
+    finally:
+        assert stop(proc) == 0
 
 
 def _cmdline(pid: int) -> bytes:

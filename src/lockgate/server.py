@@ -36,12 +36,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from lockgate import _log, control
 from lockgate.audit import AuditLog, RemoteAuditLog
-from lockgate.config import Listeners, LockgateConfig
+from lockgate.config import CqlResource, HttpResource, Listeners, LockgateConfig, load_config
 from lockgate.control import ControlPlane, MintPolicy, TokenAudit
 from lockgate.credentials import CredentialBroker
+from lockgate.errors import ConfigError
 from lockgate.gateway import registry
 from lockgate.gateway.cql.dynamic_roles import DbRoles, upstream_password
-from lockgate.gateway.engine import Collaborators, Engine, ResourceConfig
+from lockgate.gateway.engine import Collaborators, Engine
 from lockgate.gateway.listeners import server_ssl_context
 from lockgate.identity import TokenIssuer, TokenVerifier
 from lockgate.identity.revocation import REFRESH_INTERVAL as REVOCATION_REFRESH
@@ -175,12 +176,47 @@ class Gateway:
         http = listeners.http.model_copy(update={"port": self._http_listen_port})
         return listeners.model_copy(update={"http": http})
 
-    def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
+    def update_resources(self, resources: Iterable[HttpResource | CqlResource]) -> None:
         """Serve a new catalog without a restart: every engine takes the resources of its
-        kind (what happens to requests and sessions in flight: each engine's docstring)."""
-        resources = list(resources)
+        kind (what happens to requests and sessions in flight: each engine's docstring),
+        and the control plane mints tokens for, and lists, exactly these."""
+        catalog = list(resources)
+        self.config = self.config.model_copy(update={"resources": catalog})
         for engine in self.engines.values():
-            engine.update_resources(resources)
+            engine.update_resources(catalog)
+        if self.control is not None:
+            self.control.update_resources(catalog)
+
+    def reload_config(self) -> bool:
+        """Read the config file again (``SIGHUP``); a change confined to ``resources`` is
+        served at once, any other change waits for a restart: it is logged and nothing is
+        applied. False when nothing was applied."""
+        source = self.config.source
+        if source is None:
+            log.warning("config reload: this gateway was not started from a file")
+            return False
+        try:
+            new = load_config(source)
+        except ConfigError as exc:  # the running catalog stays
+            log.error("config reload failed", extra={"fields": {"error": str(exc)}})
+            return False
+        old_rest = self.config.model_dump(exclude={"resources"})
+        new_rest = new.model_dump(exclude={"resources"})
+        changed = sorted(k for k in old_rest.keys() | new_rest.keys()
+                         if old_rest.get(k) != new_rest.get(k))  # fmt: skip
+        if changed:
+            log.error(
+                "config reload refused: these sections change only with a restart",
+                extra={"fields": {"sections": changed}},
+            )
+            return False
+        if new.resources != self.config.resources:
+            self.update_resources(new.resources)
+            log.info(
+                "config reloaded: new catalog served",
+                extra={"fields": {"resources": [r.name for r in new.resources]}},
+            )
+        return True
 
     @property
     def ports(self) -> dict[str, int]:
@@ -288,13 +324,16 @@ class Gateway:
         self.audit.close()
 
     async def serve_forever(self) -> None:
-        """Serve until SIGINT or SIGTERM, then stop cleanly (drains the audit trail)."""
+        """Serve until SIGINT or SIGTERM, then stop cleanly (drains the audit trail);
+        SIGHUP reloads the catalog (:meth:`reload_config`)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             # Not available off the main thread or on some platforms: Ctrl-C still works.
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload_config)
         await self.start()
         try:
             await stop.wait()
@@ -306,11 +345,10 @@ class Gateway:
 def _worker_main(source: str, index: int, audit_socket: str, http_port: int) -> None:
     """One ``serve --workers`` process (spawned): SIGTERM stops it like Ctrl-C, which
     drains the audit."""
-    from lockgate.config import load_config
-
     config = load_config(source)
     _log.setup(config.log_level)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the loop serves is moot
     gw = Gateway(
         config, worker=index, audit_socket=Path(audit_socket), reuse_port=True, http_port=http_port
     )

@@ -6,8 +6,9 @@ kernel spreads connections) with its own verifier, policy store and broker, and 
 audit records to the shared writer (one chain). Only worker 0 serves the control plane
 (token service, catalog, /metrics, health) and the engines that cannot share a port
 (``every_worker = False``: the CQL engine), so /metrics covers worker 0's own traffic only.
-The supervisor restarts a worker or the writer that dies, and on SIGINT or SIGTERM stops the
-workers (each drains its audit records) before the writer.
+The supervisor restarts a worker or the writer that dies, passes SIGHUP on to every worker
+(each reloads its catalog from the config file), and on SIGINT or SIGTERM stops the workers
+(each drains its audit records) before the writer.
 
 The worker's entry point is handed in by the server (:func:`supervise`'s ``worker_main``),
 so this module never imports the server that imports it.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -77,6 +79,13 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     procs = {i: spawn(i) for i in range(workers)}
+
+    def reload(*_: object) -> None:  # each worker re-reads the config file (its catalog)
+        for p in procs.values():
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload)
     log.info("lockgate supervising", extra={"fields": {"workers": workers, "http_port": port}})
     try:
         while not stopping.wait(0.5):
