@@ -54,7 +54,6 @@ from lockgate.supervisor import event_loop_runner, supervise
 if TYPE_CHECKING:
     from lockgate.gateway.cql import CqlEngine
     from lockgate.gateway.http import HttpEngine
-    from lockgate.gateway.http.forward_proxy import ForwardProxy
 
 log = _log.get("server")
 
@@ -242,7 +241,8 @@ class Gateway:
         prefix = "resource:"
         return {k[len(prefix) :]: p for k, p in self.ports.items() if k.startswith(prefix)}
 
-    # For tests and tools that reach into one engine; the server itself never does.
+    # Typed shortcuts for tests that reach into one engine (``engines[kind]`` otherwise);
+    # the server itself never uses them.
     @property
     def engine(self) -> HttpEngine | None:
         return cast("HttpEngine | None", self.engines.get("http"))
@@ -250,11 +250,6 @@ class Gateway:
     @property
     def cql_engine(self) -> CqlEngine | None:
         return cast("CqlEngine | None", self.engines.get("cql"))
-
-    @property
-    def forward_proxy(self) -> ForwardProxy | None:
-        engine = self.engine
-        return engine.forward_proxy if engine is not None else None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
