@@ -63,30 +63,37 @@ async def login(engine: CqlEngine, name: str) -> tuple[RawClient, codec.Event | 
     return raw, await raw.login(f"tok-{name}", user=name)
 
 
+async def logged_in(engine: CqlEngine, name: str) -> RawClient:
+    raw, answer = await login(engine, name)
+    assert isinstance(answer, codec.AuthSuccess)
+    return raw
+
+
+async def refused(engine: CqlEngine, name: str) -> None:
+    raw, answer = await login(engine, name)
+    raw.close()
+    assert isinstance(answer, codec.Error) and "unknown_resource" in answer.message
+
+
 async def select(raw: RawClient, stream: int = 7) -> codec.Event | None:
     raw.send(codec.Query(stream=stream, query="SELECT * FROM ks.orders"))
     return await raw.recv()
 
 
-def audit_of(engine: CqlEngine) -> FakeAudit:
+def removals(engine: CqlEngine) -> list[Any]:
     audit = engine.ctx.audit
     assert isinstance(audit, FakeAudit)
-    return audit
+    return [r for r in audit.records if r.reason == "resource_removed"]
 
 
 async def test_a_new_resource_takes_logins_and_an_unchanged_one_keeps_its_sessions(
     engine: CqlEngine, fake: CqlServer
 ) -> None:
-    one, answer = await login(engine, "one")
-    assert isinstance(answer, codec.AuthSuccess)
-    two, answer = await login(engine, "two")
-    assert isinstance(answer, codec.Error) and "unknown_resource" in answer.message
-    two.close()
-
+    one = await logged_in(engine, "one")
+    await refused(engine, "two")
     engine.update_resources([cass("one", fake.port), cass("two", fake.port)])
     assert isinstance(await select(one), codec.Rows)  # unchanged: the session goes on
-    two, answer = await login(engine, "two")
-    assert isinstance(answer, codec.AuthSuccess)
+    two = await logged_in(engine, "two")
     assert isinstance(await select(two), codec.Rows)
     one.close()
     two.close()
@@ -95,27 +102,22 @@ async def test_a_new_resource_takes_logins_and_an_unchanged_one_keeps_its_sessio
 async def test_a_removed_resource_ends_its_sessions_and_refuses_logins(
     engine: CqlEngine, fake: CqlServer
 ) -> None:
-    one, answer = await login(engine, "one")
-    assert isinstance(answer, codec.AuthSuccess)
+    one = await logged_in(engine, "one")
     engine.update_resources([cass("two", fake.port)])
     assert await one.closed()
-    removed = [r for r in audit_of(engine).records if r.reason == "resource_removed"]
-    assert len(removed) == 1 and removed[0].event == "denied"
-    assert (removed[0].resource, removed[0].principal) == ("one", claims_for("one").sub)
-    again, answer = await login(engine, "one")
-    assert isinstance(answer, codec.Error) and "unknown_resource" in answer.message
-    again.close()
+    (removed,) = removals(engine)
+    assert (removed.event, removed.decision) == ("denied", "deny")
+    assert (removed.resource, removed.principal) == ("one", claims_for("one").sub)
+    await refused(engine, "one")
 
 
 async def test_a_changed_resource_ends_its_sessions_and_the_next_login_sees_the_change(
     engine: CqlEngine, fake: CqlServer
 ) -> None:
-    one, answer = await login(engine, "one")
-    assert isinstance(answer, codec.AuthSuccess)
+    one = await logged_in(engine, "one")
     engine.update_resources([cass("one", fake.port, idle_timeout=60)])
     assert await one.closed()
-    assert not [r for r in audit_of(engine).records if r.reason == "resource_removed"]
-    again, answer = await login(engine, "one")
-    assert isinstance(answer, codec.AuthSuccess)
+    assert not removals(engine)
+    again = await logged_in(engine, "one")
     assert isinstance(await select(again), codec.Rows)
     again.close()
