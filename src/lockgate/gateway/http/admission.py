@@ -332,19 +332,10 @@ class Admission:
     ) -> None:
         """A 403 with principal/action/object/reason, counted and audited."""
         rs.count(action, "deny")
-        self._trail.emit(
-            "denied",
-            claims,
-            rs.name,
-            action,
-            obj,
-            t0,
-            status=403,
-            decision="deny",
-            rule=rule,
-            reason=reason,
-            detail=detail,
-        )
+        self._trail.records.emit(
+            "denied", claims, rs.name, t0, action=action, obj=obj, status=403, decision="deny",
+            rule=rule, reason=reason, detail=detail,
+        )  # fmt: skip
         answer = {
             "error": "forbidden",
             "principal": claims.sub,
@@ -423,19 +414,11 @@ class Admission:
         if not verdict.allowed:
             if verdict.status != 403:
                 rs.count(verdict.action, "deny")
-                self._trail.emit(
-                    "denied",
-                    claims,
-                    rs.name,
-                    verdict.action,
-                    verdict.obj,
-                    p.t0,
-                    status=verdict.status,
-                    decision="deny",
-                    rule=verdict.rule,
-                    reason=verdict.reason,
-                    detail=verdict.detail or None,
-                )
+                self._trail.records.emit(
+                    "denied", claims, rs.name, p.t0, action=verdict.action, obj=verdict.obj,
+                    status=verdict.status, decision="deny", rule=verdict.rule,
+                    reason=verdict.reason, detail=verdict.detail or None,
+                )  # fmt: skip
                 answer = {"error": verdict.slug, "reason": verdict.reason}
                 conn.write(
                     refusal(

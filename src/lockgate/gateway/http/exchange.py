@@ -34,7 +34,7 @@ from lockgate.gateway.engine import AssertionCache, SecretCache, UpstreamSecret
 from lockgate.gateway.http import framing
 from lockgate.gateway.http.admission import Admitted, refusal
 from lockgate.gateway.http.bodies import CAPTURE_LIMIT, Collector, Tee
-from lockgate.gateway.http.outcome import FirstAttempt, Outcome, Sent, retry_statuses
+from lockgate.gateway.http.outcome import FirstAttempt, Forwarding, Outcome, Sent, retry_statuses
 from lockgate.gateway.http.profiles import UpstreamCall
 from lockgate.gateway.http.relay import body_frame, body_writers, public_origin, response_head
 from lockgate.gateway.http.resources import ResourceState, header_safe
@@ -109,30 +109,43 @@ class Forwarder:
         return rs.auth_line(secret)
 
     # -- outcome records (both paths) ------------------------------------------------------
-    def record(
-        self, adm: Admitted, body: RequestBody, conn: ClientConnection, out: Outcome
-    ) -> None:
-        """The outcome record of an admitted request, naming its written-ahead record."""
-        if out.error:  # the gateway answered (or cut) the request itself: decision "error"
+    def record(self, fw: Forwarding, out: Outcome, decision: str | None = None) -> None:
+        """The outcome record of an admitted request, naming its written-ahead record;
+        ``decision`` "error" when the gateway answered (or cut) the request itself."""
+        adm = fw.adm
+        if decision is None:
+            decision = "error" if out.error else "allow"
+        if decision == "error":
             log.warning(
                 "upstream failure",
-                extra={"fields": {"resource": adm.rs.name, "reason": out.error,
-                                  "status": out.status, "jti": adm.claims.jti}},
-            )  # fmt: skip
-        self._trail.emit(
-            "upstream_error" if out.error else "allowed", adm.claims, adm.rs.name, adm.action,
-            adm.obj, adm.t0, status=out.status, decision="error" if out.error else "allow",
-            rule=adm.rule, reason=out.error or adm.reason, bytes_in=body.total,
-            bytes_out=conn.bytes_out, detail=self._detail(adm, out),
-        )  # fmt: skip
+                extra={
+                    "fields": {
+                        "resource": adm.rs.name,
+                        "reason": out.error,
+                        "status": out.status,
+                        "jti": adm.claims.jti,
+                    }
+                },
+            )
+        self._trail.records.emit(
+            "upstream_error" if out.error else "allowed",
+            adm.claims,
+            adm.rs.name,
+            adm.t0,
+            action=adm.action,
+            obj=adm.obj,
+            status=out.status,
+            decision=decision,
+            rule=adm.rule,
+            reason=out.error or adm.reason,
+            bytes_in=fw.body.total,
+            bytes_out=fw.conn.bytes_out,
+            detail=self._detail(adm, out),
+        )
 
-    def record_client_lost(self, adm: Admitted, body: RequestBody, conn: ClientConnection) -> None:
+    def record_client_lost(self, fw: Forwarding) -> None:
         """The client left mid-request: the upstream may have run it all the same."""
-        self._trail.emit(
-            "upstream_error", adm.claims, adm.rs.name, adm.action, adm.obj, adm.t0, status=499,
-            decision="allow", rule=adm.rule, reason="client_closed", bytes_in=body.total,
-            bytes_out=conn.bytes_out, detail={"ref": adm.ref},
-        )  # fmt: skip
+        self.record(fw, Outcome(499, False, "client_closed"), decision="allow")
 
     @staticmethod
     def _detail(adm: Admitted, out: Outcome) -> dict[str, Any]:
@@ -154,15 +167,9 @@ class Forwarder:
         return detail
 
     # -- the task path ---------------------------------------------------------------------
-    async def forward(
-        self,
-        conn: ClientConnection,
-        head: framing.Head,
-        body: RequestBody,
-        adm: Admitted,
-        first: FirstAttempt | None = None,
-    ) -> Outcome:
+    async def forward(self, fw: Forwarding, first: FirstAttempt | None = None) -> Outcome:
         """Send, retry and relay an admitted request; the outcome (already answered)."""
+        conn, head, body, adm = fw
         rs = adm.rs
         clock = self.clock
         backoff = rs.backoff
@@ -186,9 +193,7 @@ class Forwarder:
                 up, resp_or_exc, secret = first  # (detached by the fast path)
                 first = None
             else:
-                made = await self._attempt(
-                    conn, head, body, adm, fixed_bytes, previous, deadline_at, attempt + resent
-                )
+                made = await self._attempt(fw, fixed_bytes, previous, deadline_at, attempt + resent)
                 if isinstance(made, Outcome):
                     return made
                 if isinstance(made, Exception):  # connect failed, nothing sent
@@ -276,7 +281,7 @@ class Forwarder:
                         metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
                         resent += 1
                         continue
-            return await self._relay(conn, head, body, adm, up, resp, attempt + resent)
+            return await self._relay(fw, up, resp, attempt + resent)
 
     async def _rotated(self, rs: ResourceState, failed: UpstreamSecret) -> bool | None:
         """After an upstream 401: retry with the current version when a rotation the cache
@@ -299,17 +304,10 @@ class Forwarder:
         return None
 
     async def _attempt(
-        self,
-        conn: ClientConnection,
-        head: framing.Head,
-        body: RequestBody,
-        adm: Admitted,
-        fixed_bytes: bytes,
-        previous: bool,
-        deadline_at: float,
-        attempt: int,
+        self, fw: Forwarding, fixed_bytes: bytes, previous: bool, deadline_at: float, attempt: int
     ) -> Sent | Outcome | OSError | TimeoutError:
         """Send one attempt; the connect error when no connection could be made."""
+        conn, head, body, adm = fw
         rs = adm.rs
         clock = self.clock
         secret = None
@@ -375,20 +373,14 @@ class Forwarder:
         return Outcome(503, False, "credential_unavailable", attempt)
 
     async def _relay(
-        self,
-        conn: ClientConnection,
-        head: framing.Head,
-        body: RequestBody,
-        adm: Admitted,
-        up: UpstreamConnection,
-        resp: framing.Head,
-        retries: int,
+        self, fw: Forwarding, up: UpstreamConnection, resp: framing.Head, retries: int
     ) -> Outcome:
+        conn, head, _, adm = fw
         rs = adm.rs
         status = resp.status
         verdict = adm.verdict
         if verdict is not None and verdict.rewrite and status == 200 and not adm.head_only:
-            return await self._relay_rewritten(conn, head, body, adm, up, resp, retries)
+            return await self._relay_rewritten(fw, up, resp, retries)
         out_head, keep, chunked_out = response_head(head, resp, adm.head_only)
         conn.upstream = up
         sink: BodySink = ChunkedWriter(conn) if chunked_out else conn
@@ -409,21 +401,15 @@ class Forwarder:
             conn.upstream = None
         if chunked_out:
             conn.write(framing.LAST_CHUNK)
-        keep = self._release(conn, body, rs, up, keep)
+        keep = _release(fw, up, keep)
         captured = tee.data() if tee is not None and not adm.head_only else None
         return Outcome(status, keep, None, retries, captured, resp.headers)
 
     async def _relay_rewritten(
-        self,
-        conn: ClientConnection,
-        head: framing.Head,
-        body: RequestBody,
-        adm: Admitted,
-        up: UpstreamConnection,
-        resp: framing.Head,
-        retries: int,
+        self, fw: Forwarding, up: UpstreamConnection, resp: framing.Head, retries: int
     ) -> Outcome:
         """A small response a profile rewrites (bounded): held whole, then sent anew."""
+        conn, head, _, adm = fw
         rs = adm.rs
         profile, verdict = rs.profile, adm.verdict
         assert profile is not None and verdict is not None
@@ -450,28 +436,23 @@ class Forwarder:
         )
         out_head, keep, _ = response_head(head, new, adm.head_only)
         conn.write(out_head + data)
-        keep = self._release(conn, body, rs, up, keep)
+        keep = _release(fw, up, keep)
         return Outcome(
             resp.status, keep, None, retries, data if verdict.capture else None, new.headers
         )
 
-    @staticmethod
-    def _release(
-        conn: ClientConnection,
-        body: RequestBody,
-        rs: ResourceState,
-        up: UpstreamConnection,
-        keep: bool,
-    ) -> bool:
-        """The upstream connection back to the pool when it is in sync; keep the client's?"""
-        if body.complete and not conn.closed:
-            rs.pool.release(up)
-            return keep
-        up.close()
-        if not body.complete:
-            body.discard()
-            return False
+
+def _release(fw: Forwarding, up: UpstreamConnection, keep: bool) -> bool:
+    """The upstream connection back to the pool when it is in sync; keep the client's?"""
+    conn, _, body, adm = fw
+    if body.complete and not conn.closed:
+        adm.rs.pool.release(up)
         return keep
+    up.close()
+    if not body.complete:
+        body.discard()
+        return False
+    return keep
 
 
 __all__ = ["Forwarder"]

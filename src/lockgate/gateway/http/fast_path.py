@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable
 from lockgate import metrics
 from lockgate.gateway.engine import UpstreamSecret
 from lockgate.gateway.http import framing
-from lockgate.gateway.http.admission import Admitted
 from lockgate.gateway.http.exchange import Forwarder
-from lockgate.gateway.http.outcome import FirstAttempt, Outcome, retry_statuses
+from lockgate.gateway.http.outcome import FirstAttempt, Forwarding, Outcome, retry_statuses
 from lockgate.gateway.http.relay import body_frame, response_head
-from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
+from lockgate.gateway.http.server import ChunkedWriter
 from lockgate.gateway.http.upstream import UpstreamConnection
 
 
@@ -25,26 +24,21 @@ class Exchange:
     """One request on the fast path (see the module docstring)."""
 
     __slots__ = (
-        "adm", "body", "chunked_out", "conn", "forwarder", "hand_over", "head", "keep",
+        "adm", "body", "chunked_out", "conn", "forwarder", "fw", "hand_over", "head", "keep",
         "relayed", "secret", "sent_at", "status", "up",
     )  # fmt: skip
 
     def __init__(
         self,
         forwarder: Forwarder,
-        conn: ClientConnection,
-        head: framing.Head,
-        body: RequestBody,
-        adm: Admitted,
+        fw: Forwarding,
         up: UpstreamConnection,
         secret: UpstreamSecret | None,
         hand_over: Callable[[FirstAttempt], Awaitable[bool]],
     ) -> None:
         self.forwarder = forwarder
-        self.conn = conn
-        self.head = head
-        self.body = body
-        self.adm = adm
+        self.fw = fw
+        self.conn, self.head, self.body, self.adm = fw
         self.up = up
         self.secret = secret
         self.hand_over = hand_over  # the task path, given the first attempt's result
@@ -106,7 +100,7 @@ class Exchange:
             self.up.close()
         else:
             self.adm.rs.pool.release(self.up)
-        self.forwarder.record(self.adm, self.body, conn, Outcome(self.status, self.keep))
+        self.forwarder.record(self.fw, Outcome(self.status, self.keep))
         conn.finish(self.keep)
 
     def on_error(self, exc: Exception) -> None:
@@ -118,15 +112,13 @@ class Exchange:
         conn = self.conn
         conn.upstream = None
         conn.abort()
-        self.forwarder.record(
-            self.adm, self.body, conn, Outcome(self.status, False, "upstream_truncated")
-        )
+        self.forwarder.record(self.fw, Outcome(self.status, False, "upstream_truncated"))
         conn.finish(False)
 
     # -- client callback -----------------------------------------------------------------
     def on_client_lost(self) -> None:
         self.up.cancel()
-        self.forwarder.record_client_lost(self.adm, self.body, self.conn)
+        self.forwarder.record_client_lost(self.fw)
 
     def _hand_over(self, result: framing.Head | Exception) -> None:
         if not isinstance(result, Exception):

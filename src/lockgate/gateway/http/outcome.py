@@ -8,13 +8,25 @@ from typing import NamedTuple
 
 from lockgate.gateway.engine import UpstreamSecret
 from lockgate.gateway.http import framing
+from lockgate.gateway.http.admission import Admitted
 from lockgate.gateway.http.resources import ResourceState
 from lockgate.gateway.http.retry import RETRY_STATUSES
+from lockgate.gateway.http.server import ClientConnection, RequestBody
 from lockgate.gateway.http.upstream import UpstreamConnection
 
 #: The first attempt, already made by the fast path: (connection, its response head or the
 #: error it ended with, the secret it carried).
 FirstAttempt = tuple[UpstreamConnection, "framing.Head | Exception", "UpstreamSecret | None"]
+
+
+class Forwarding(NamedTuple):
+    """An admitted request on its way: the client connection, its head and body, and what
+    admission decided."""
+
+    conn: ClientConnection
+    head: framing.Head
+    body: RequestBody
+    adm: Admitted
 
 
 class Sent(NamedTuple):

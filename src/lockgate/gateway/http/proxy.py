@@ -16,6 +16,7 @@ into both.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -32,7 +33,7 @@ from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.admission import Admission, Admitted, Pending, refusal
 from lockgate.gateway.http.exchange import Forwarder
 from lockgate.gateway.http.fast_path import Exchange
-from lockgate.gateway.http.outcome import FirstAttempt
+from lockgate.gateway.http.outcome import FirstAttempt, Forwarding
 from lockgate.gateway.http.resources import ResourceState, upstream_reading
 from lockgate.gateway.http.server import ClientConnection, RequestBody
 from lockgate.gateway.http.trail import Trail
@@ -101,12 +102,11 @@ class Proxy:
         ):
             up = rs.pool.take_idle()
             if up is not None:
-                Exchange(
-                    self.forwarder, conn, head, body, adm, up, secret,
-                    lambda first: self.serve_admitted(conn, head, body, adm, first),
-                ).start()  # fmt: skip
+                fw = Forwarding(conn, head, body, adm)
+                hand_over = functools.partial(self.serve_admitted, fw)
+                Exchange(self.forwarder, fw, up, secret, hand_over).start()
                 return None
-        conn.run(self.serve_admitted(conn, head, body, adm, durable=durable))
+        conn.run(self.serve_admitted(Forwarding(conn, head, body, adm), durable=durable))
         return None
 
     async def handle(self, conn: ClientConnection, head: framing.Head, body: RequestBody) -> bool:
@@ -116,7 +116,7 @@ class Proxy:
             return adm
         if isinstance(adm, Pending):
             return await self.serve_profiled(conn, head, body, adm)
-        return await self.serve_admitted(conn, head, body, adm)
+        return await self.serve_admitted(Forwarding(conn, head, body, adm))
 
     def connection_refused(
         self, conn: ClientConnection, status: int, reason: str, description: str, line: bytes | None
@@ -137,19 +137,17 @@ class Proxy:
         if admitted is True or admitted is False:
             return admitted
         adm, body = admitted
-        return await self.serve_admitted(conn, head, body, adm)
+        return await self.serve_admitted(Forwarding(conn, head, body, adm))
 
     async def serve_admitted(
         self,
-        conn: ClientConnection,
-        head: framing.Head,
-        body: RequestBody,
-        adm: Admitted,
+        fw: Forwarding,
         first: FirstAttempt | None = None,
         *,
         durable: Awaitable[None] | None = None,
     ) -> bool:
         """Forward an admitted request (the task path), relay and audit it."""
+        conn, head, body, adm = fw
         rs = adm.rs
         if first is None:  # (a hand-over from the fast path was durable before it started)
             wait = durable or self.trail.durable()
@@ -163,11 +161,11 @@ class Proxy:
             conn.write(responses.CONTINUE)
             conn.bytes_out = 0
         try:
-            out = await self.forwarder.forward(conn, head, body, adm, first)
+            out = await self.forwarder.forward(fw, first)
         except asyncio.CancelledError:
-            self.forwarder.record_client_lost(adm, body, conn)
+            self.forwarder.record_client_lost(fw)
             raise
-        self.forwarder.record(adm, body, conn, out)
+        self.forwarder.record(fw, out)
         return head.keep_alive and out.keep
 
 

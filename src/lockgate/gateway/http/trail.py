@@ -40,31 +40,7 @@ class Trail:
         self._clock = clock
         self.records = RecordBuilder(audit, clock)
         # Every refusal: counted, logged, audited; budgeted per peer before authentication.
-        self.refusals = RefusalRecorder("http", self.emit, log, clock=clock)
-
-    def emit(
-        self,
-        event: str,
-        claims: Claims | None,
-        resource: str | None,
-        action: str | None,
-        obj: str | None,
-        t0: float,
-        *,
-        status: int | None,
-        decision: str | None = None,
-        rule: str | None = None,
-        reason: str | None = None,
-        bytes_in: int | None = None,
-        bytes_out: int | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        """One outcome or refusal record, latency counted from ``t0``; never raises."""
-        self.records.emit(
-            event, claims, resource, t0, action=action, obj=obj, status=status,
-            decision=decision, rule=rule, reason=reason, bytes_in=bytes_in,
-            bytes_out=bytes_out, detail=detail,
-        )  # fmt: skip
+        self.refusals = RefusalRecorder("http", self.records.emit, log, clock=clock)
 
     def write_ahead(
         self,
@@ -82,11 +58,19 @@ class Trail:
         try:
             return self._audit.write_ahead(record)
         except AuditUnavailable as exc:
-            self.emit(
-                "upstream_error", claims, resource, action, obj, self._clock(), status=503,
-                decision="error", rule=rule, reason="audit_unavailable",
+            self.records.emit(
+                "upstream_error",
+                claims,
+                resource,
+                self._clock(),
+                action=action,
+                obj=obj,
+                status=503,
+                decision="error",
+                rule=rule,
+                reason="audit_unavailable",
                 detail={"error": str(exc)[:200]},
-            )  # fmt: skip
+            )
             return exc
 
     def durable(self) -> Awaitable[None] | None:
@@ -107,11 +91,18 @@ class Trail:
         try:
             await wait
         except AuditUnavailable as exc:
-            self.emit(
-                "upstream_error", claims, resource, action, obj, self._clock(), status=503,
-                decision="error", reason="audit_unavailable",
+            self.records.emit(
+                "upstream_error",
+                claims,
+                resource,
+                self._clock(),
+                action=action,
+                obj=obj,
+                status=503,
+                decision="error",
+                reason="audit_unavailable",
                 detail={"ref": ref, "error": str(exc)[:200]},
-            )  # fmt: skip
+            )
             return False
         return True
 
