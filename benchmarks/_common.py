@@ -16,12 +16,15 @@ and audit: the difference to the full gateway is what those three cost.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -153,8 +156,63 @@ class LoopThread:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
 
+    async def _down(self) -> None:
+        """Stop the servers (on the loop)."""
+
     def stop(self) -> None:
+        self.call(self._down())
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+B = TypeVar("B", bound=LoopThread)
+
+
+async def start_gateway(
+    workdir: Path, policy: str, resource: dict[str, Any], credential: dict[str, Any], secret: str
+) -> Any:
+    """The real Gateway (no TLS, ports picked by the system) for one resource, its policy and
+    its stored credential; started on the running loop."""
+    from lockgate.config import parse_config
+    from lockgate.server import Gateway, State
+
+    (workdir / "p.yaml").write_text(policy)
+    cfg = parse_config(
+        {
+            "data_dir": str(workdir / "data"),
+            "listeners": {"control": {"port": 0}, "http": {"port": 0}},
+            "deployments": [{"name": "prod", "dags": ["bench_*"], "proof": {
+                "type": "client_secret", "secret_sha256": "0" * 64}}],
+            "resources": [resource],
+            "credentials": [credential],
+            "policies": [str(workdir / "p.yaml")],
+        },
+        workdir / "lockgate.yaml",
+    )  # fmt: skip
+    State(cfg).credentials.set(credential["name"], secret)
+    gw = Gateway(cfg)
+    await gw.start()
+    return gw
+
+
+def run_profile(
+    argv: list[str] | None,
+    doc: str,
+    label: str,
+    backend: Callable[[Path], B],
+    client: Callable[[B, int, int], Coroutine[Any, Any, int]],
+) -> int:
+    """The command line of a profile benchmark: servers up, ``client`` measures, servers down."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args(argv if argv is not None else [])
+    with tempfile.TemporaryDirectory() as d:
+        b = backend(Path(d))
+        try:
+            print(f"{label} x{args.requests}, {args.concurrency} connections")
+            return asyncio.run(client(b, args.requests, args.concurrency))
+        finally:
+            b.stop()
 
 
 @dataclass

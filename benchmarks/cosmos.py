@@ -20,15 +20,19 @@ with identity, policy and audit replaced by trivially cheap fakes (``benchmarks.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import LoopThread, compare, engine_alone, report_profile
+from benchmarks._common import (
+    LoopThread,
+    compare,
+    engine_alone,
+    report_profile,
+    run_profile,
+    start_gateway,
+)
 from lockgate.identity import TaskIdentity
 
 POLICY = """\
@@ -54,9 +58,6 @@ class Backend(LoopThread):
     async def _boot(self) -> None:
         from tests.fakes.cosmos import start_cosmos
 
-        from lockgate.config import parse_config
-        from lockgate.server import Gateway, State
-
         self.fake = await start_cosmos()
         self.fake.store.create_database({"id": "sales"})
         pk = {"paths": ["/pk"], "kind": "Hash"}
@@ -64,23 +65,14 @@ class Backend(LoopThread):
         self.fake.store.container("sales", "orders").put(
             '["p"]', {"id": "d1", "pk": "p", "amount": 42}, mode="create"
         )
-        (self.workdir / "p.yaml").write_text(POLICY)
-        cfg = parse_config(
-            {
-                "data_dir": str(self.workdir / "data"),
-                "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-                "deployments": [{"name": "prod", "dags": ["bench_*"], "proof": {
-                    "type": "client_secret", "secret_sha256": "0" * 64}}],
-                "resources": [{"name": "cosmos", "kind": "http", "upstream": self.fake.url,
-                               "credential": "key", "profile": "cosmos"}],
-                "credentials": [{"name": "key", "type": "static"}],
-                "policies": [str(self.workdir / "p.yaml")],
-            },
-            self.workdir / "lockgate.yaml",
+        self.gw = await start_gateway(
+            self.workdir,
+            POLICY,
+            {"name": "cosmos", "kind": "http", "upstream": self.fake.url, "credential": "key",
+             "profile": "cosmos"},
+            {"name": "key", "type": "static"},
+            self.fake.keys[0],
         )  # fmt: skip
-        State(cfg).credentials.set("key", self.fake.keys[0])
-        self.gw = Gateway(cfg)
-        await self.gw.start()
         self.token, self.claims = self.gw.issuer.mint(
             TaskIdentity("prod", "bench_dag", "t", "r", 1), "cosmos", 3600
         )
@@ -91,10 +83,6 @@ class Backend(LoopThread):
         await self.alone.close()
         await self.gw.stop()
         await self.fake.close()
-
-    def stop(self) -> None:
-        self.call(self._down())
-        super().stop()
 
 
 def _signed(key: str) -> Callable[[], dict[str, str]]:
@@ -137,17 +125,7 @@ async def _client(b: Backend, n: int, conc: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--concurrency", type=int, default=8)
-    args = ap.parse_args(argv if argv is not None else [])
-    with tempfile.TemporaryDirectory() as d:
-        b = Backend(Path(d))
-        try:
-            print(f"point reads x{args.requests}, {args.concurrency} connections")
-            return asyncio.run(_client(b, args.requests, args.concurrency))
-        finally:
-            b.stop()
+    return run_profile(argv, __doc__ or "", "point reads", Backend, _client)
 
 
 if __name__ == "__main__":

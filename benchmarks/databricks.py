@@ -21,17 +21,21 @@ profile with identity, policy and audit replaced by trivially cheap fakes.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
-from benchmarks._common import LoopThread, compare, engine_alone, report_profile
+from benchmarks._common import (
+    LoopThread,
+    compare,
+    engine_alone,
+    report_profile,
+    run_profile,
+    start_gateway,
+)
 from lockgate.identity import TaskIdentity
 
 POLICY = """\
@@ -64,32 +68,18 @@ class Backend(LoopThread):
     async def _boot(self) -> None:
         from tests.fakes.databricks import start
 
-        from lockgate.config import parse_config
-        from lockgate.server import Gateway, State
-
         self.runner, port = await start(self.fake)
         self.upstream = f"http://127.0.0.1:{port}"
-        (self.workdir / "p.yaml").write_text(POLICY)
-        cfg = parse_config(
-            {
-                "data_dir": str(self.workdir / "data"),
-                "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-                "deployments": [{"name": "prod", "dags": ["bench_*"], "proof": {
-                    "type": "client_secret", "secret_sha256": "0" * 64}}],
-                "resources": [{"name": "dbx", "kind": "http", "upstream": self.upstream,
-                               "credential": "sp", "profile": "databricks",
-                               "listen": {"host": "127.0.0.1", "port": 0}}],
-                "credentials": [{"name": "sp", "type": "oauth2_client_credentials",
-                                 "token_url": f"{self.upstream}/oidc/v1/token",
-                                 "client_id": self.client_id, "scope": "all-apis",
-                                 "token_auth": "client_secret_basic"}],
-                "policies": [str(self.workdir / "p.yaml")],
-            },
-            self.workdir / "lockgate.yaml",
+        self.gw = await start_gateway(
+            self.workdir,
+            POLICY,
+            {"name": "dbx", "kind": "http", "upstream": self.upstream, "credential": "sp",
+             "profile": "databricks", "listen": {"host": "127.0.0.1", "port": 0}},
+            {"name": "sp", "type": "oauth2_client_credentials",
+             "token_url": f"{self.upstream}/oidc/v1/token", "client_id": self.client_id,
+             "scope": "all-apis", "token_auth": "client_secret_basic"},
+            "bench-secret",
         )  # fmt: skip
-        State(cfg).credentials.set("sp", "bench-secret")
-        self.gw = Gateway(cfg)
-        await self.gw.start()
         self.gateway = f"http://127.0.0.1:{self.gw.mounted_ports['dbx']}"
         self.token, claims = self.gw.issuer.mint(
             TaskIdentity("prod", "bench_dag", "t", "r", 1), "dbx", 3600
@@ -102,10 +92,6 @@ class Backend(LoopThread):
         await self.alone.close()
         await self.gw.stop()
         await self.runner.cleanup()
-
-    def stop(self) -> None:
-        self.call(self._down())
-        super().stop()
 
 
 async def _client(b: Backend, n: int, conc: int) -> int:
@@ -142,17 +128,7 @@ async def _client(b: Backend, n: int, conc: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--concurrency", type=int, default=8)
-    args = ap.parse_args(argv if argv is not None else [])
-    with tempfile.TemporaryDirectory() as d:
-        b = Backend(Path(d))
-        try:
-            print(f"runs/get x{args.requests}, {args.concurrency} connections")
-            return asyncio.run(_client(b, args.requests, args.concurrency))
-        finally:
-            b.stop()
+    return run_profile(argv, __doc__ or "", "runs/get", Backend, _client)
 
 
 if __name__ == "__main__":
