@@ -11,6 +11,13 @@ the rest. OPTIONS (driver heartbeats) and REGISTER are forwarded. While a USE is
 flight, later frames wait in :class:`~.holds.UseHold` and are judged once its answer names
 the keyspace.
 
+Fast path: what a prepared statement asks of policy and puts in its records (targets with
+view bases, policy requests, action, object, detail) is worked out once per connection and
+prepared id (:class:`Judged`) and reused while the registry entry, the view catalog and the
+verified claims it was built from stand. The token check, the policy decision and the
+written-ahead record still happen for every EXECUTE, so a revocation, a policy reload or a
+time window applies to the very next statement.
+
 :class:`SessionState` is what both halves of a session (this one and :mod:`.answers`)
 share: the connection's keyspace, the requests in flight and how to write to the client.
 """

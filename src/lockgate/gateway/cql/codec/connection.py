@@ -6,6 +6,12 @@ parses and returns one event per complete frame, or ``NEED_DATA``. It raises onl
 answer with and whose ``stream`` (when known) is the stream to answer on; after that the
 connection is in an error state, drops its buffer and raises the same error again.
 
+A relay that forwards most frames as they are splits with ``next_frame`` (a :class:`Frame`:
+raw bytes and header fields, the body not parsed; only version, direction and length are
+checked) and parses only the frames it must look into with ``decode``, whose errors are the
+frame's alone (its end is known, the next frame still splits). Returned frames are dropped
+from the buffer once per ``receive_data``, not once per frame.
+
 Resource rule: the 9-byte header is validated (direction, version, opcode, flags, length
 against ``max_frame_bytes``) before any body byte is waited for, so a forged length never
 allocates; while ``next_event`` returns NEED_DATA the buffer holds at most one partial frame,
