@@ -1,0 +1,254 @@
+"""Attacks on the Cosmos DB profile riding the one HTTP exchange.
+
+Each test is an attack a task (or whoever found its endpoint URL) could make; the fake
+account's own request log (tests/fakes/cosmos) is the oracle for "reached the upstream",
+the audit trail and the captured log for "recorded, and recorded without a secret"."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+import pytest
+
+from lockgate.credentials.cosmos import sign
+from tests.gateway.http import test_cosmos
+from tests.gateway.http.conftest import raw_request
+from tests.gateway.http.test_cosmos import Env
+
+cosmos_env = test_cosmos.env  # the account and gateway of test_cosmos
+
+DOCS = "dbs/sales/colls/orders/docs"
+DOC = f"{DOCS}/o1"
+FEED = ("POST", "docs", "dbs/sales/colls/orders")  # what a create or query signs
+
+
+def _now() -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+
+
+async def _send(
+    env: Env,
+    method: str,
+    path: str,
+    *,
+    signed_as: tuple[str, str, str] | None = None,
+    dag: str = "orders_load",
+    headers: dict[str, str] | None = None,
+    data: bytes | None = None,
+) -> tuple[int, bytes, str]:
+    """One request with a real token and its task key: (status, body, token).
+    ``signed_as`` = (verb, resource type, link) the client signs (default: what it sends)."""
+    token, claims = env.token(dag)
+    x_date = _now()
+    verb, rtype, link = signed_as or (method, "docs", DOC)
+    all_headers = {
+        "authorization": sign(env.task_key(claims.jti), verb, rtype, link, x_date),
+        "x-ms-date": x_date,
+        "x-ms-documentdb-partitionkey": '["eu"]',
+        **(headers or {}),
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, f"{env.base}/_t/{token}/{path}", headers=all_headers, data=data) as r,
+    ):
+        return r.status, await r.read(), token
+
+
+def _data_requests(env: Env) -> list[object]:
+    """What the account ran beyond account discovery."""
+    return [r for r in env.fake.requests if r.path.strip("/")]
+
+
+# -- a denied or unauthenticated request never reaches the account ----------------------------
+async def test_a_signature_for_another_verb_is_refused_before_the_account(
+    cosmos_env: Env,
+) -> None:
+    """A key holder signs a GET but sends a DELETE: the gateway would re-sign the DELETE."""
+    env = cosmos_env
+    status, _, _ = await _send(env, "DELETE", DOC, signed_as=("GET", "docs", DOC))
+    assert status == 401
+    assert _data_requests(env) == []
+    failed = env.audit(event="auth_failed")
+    assert failed and failed[-1].reason == "bad_signature"
+
+
+async def test_a_signature_for_another_resource_is_refused_before_the_account(
+    cosmos_env: Env,
+) -> None:
+    env = cosmos_env
+    other = "dbs/sales/colls/secrets/docs/o1"
+    status, _, _ = await _send(env, "GET", other, signed_as=("GET", "docs", DOC))
+    assert status == 401
+    assert _data_requests(env) == []
+
+
+async def test_a_write_dressed_as_a_query_is_refused_and_audited(cosmos_env: Env) -> None:
+    """Query markers next to an upsert marker: the account might run either; refused."""
+    env = cosmos_env
+    status, _, _ = await _send(
+        env, "POST", DOCS, dag="finance_daily", signed_as=FEED,
+        headers={"x-ms-documentdb-isquery": "True", "content-type": "application/query+json",
+                 "x-ms-documentdb-is-upsert": "True"},
+        data=b'{"query":"SELECT * FROM c","parameters":[]}',
+    )  # fmt: skip
+    assert status == 400
+    assert _data_requests(env) == []
+    denied = env.audit(event="denied")
+    assert denied and denied[-1].rule == "cosmos-classify"
+
+
+async def test_a_query_marker_hidden_as_hop_by_hop_is_neither_judged_nor_sent(
+    cosmos_env: Env,
+) -> None:
+    """``Connection: x-ms-documentdb-is-upsert`` makes the upsert marker hop-by-hop: the
+    gateway must either judge what it forwards or forward what it judged."""
+    env = cosmos_env
+    status, _, _ = await _send(
+        env, "POST", DOCS, dag="finance_daily", signed_as=FEED,
+        headers={"x-ms-documentdb-isquery": "True", "content-type": "application/query+json",
+                 "x-ms-documentdb-is-upsert": "True",
+                 "Connection": "keep-alive, x-ms-documentdb-is-upsert"},
+        data=b'{"query":"SELECT * FROM c","parameters":[]}',
+    )  # fmt: skip
+    assert status == 200  # judged (and run) as the query it now is
+    sent = _data_requests(env)
+    assert len(sent) == 1
+    assert not any(k.lower() == "x-ms-documentdb-is-upsert" for k in sent[0].headers)  # type: ignore[attr-defined]
+
+
+async def test_a_denied_write_is_audited_and_never_sent(cosmos_env: Env) -> None:
+    env = cosmos_env
+    status, body, _ = await _send(
+        env, "POST", DOCS, dag="finance_daily", signed_as=FEED,
+        headers={"content-type": "application/json"}, data=b'{"id":"x","pk":"eu"}',
+    )  # fmt: skip
+    assert status == 403 and b"Lockgate denied write" in body
+    assert _data_requests(env) == []
+    denied = env.audit(event="denied")
+    assert denied and (denied[-1].action, denied[-1].object) == ("write", "sales/orders")
+    assert not env.audit(event="admitted")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Original-URL", "/dbs/sales"),
+        ("Forwarded", "for=10.0.0.1"),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("X-Forwarded-Host", "account.documents.azure.com"),
+        ("X-Real-IP", "10.0.0.1"),
+        ("Date", "Mon, 01 Jan 2001 00:00:00 GMT"),
+    ],
+)
+async def test_client_headers_the_account_could_honour_never_reach_it(
+    cosmos_env: Env, header: tuple[str, str]
+) -> None:
+    env = cosmos_env
+    status, _, _ = await _send(env, "GET", DOC, headers=dict([header]))
+    assert status == 404  # read as the plain GET it was judged to be
+    sent = _data_requests(env)
+    assert len(sent) == 1 and sent[0].method == "GET"  # type: ignore[attr-defined]
+    got = {k.lower(): v for k, v in sent[0].headers.items()}  # type: ignore[attr-defined]
+    assert got.get(header[0].lower()) != header[1]
+    assert sent[0].auth_type == "master"  # type: ignore[attr-defined]  # the gateway's key
+
+
+async def test_a_second_authorization_header_is_refused(cosmos_env: Env) -> None:
+    """Two Authorization headers: the gateway verifies one, an account might read the other."""
+    env = cosmos_env
+    token, claims = env.token()
+    x_date = _now()
+    good = sign(env.task_key(claims.jti), "GET", "docs", DOC, x_date)
+    raw = (
+        f"GET /cosmos/_t/{token}/{DOC} HTTP/1.1\r\nHost: g\r\nx-ms-date: {x_date}\r\n"
+        f"authorization: {good}\r\nAuthorization: type%3Dmaster%26ver%3D1.0%26sig%3Dx\r\n"
+        'x-ms-documentdb-partitionkey: ["eu"]\r\nConnection: close\r\n\r\n'
+    ).encode()
+    out = await raw_request(env.gw.http_port, raw)
+    assert out.startswith((b"HTTP/1.1 400", b"HTTP/1.1 401")), out[:100]
+    assert _data_requests(env) == []
+
+
+# -- no token in a record or a log line -------------------------------------------------------
+def _encoded(token: str) -> str:
+    """The token with its dots percent-encoded: still the same path once normalised."""
+    return token.replace(".", "%2E")
+
+
+async def test_an_encoded_token_is_authenticated_like_the_plain_one(cosmos_env: Env) -> None:
+    env = cosmos_env
+    token, claims = env.token()
+    x_date = _now()
+    headers = {
+        "authorization": sign(env.task_key(claims.jti), "GET", "docs", DOC, x_date),
+        "x-ms-date": x_date,
+        "x-ms-documentdb-partitionkey": '["eu"]',
+    }
+    url = f"{env.base}/_t/{_encoded(token)}/{DOC}"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(yarl_url(url), headers=headers) as r,
+    ):
+        assert r.status == 404, await r.text()  # the account answered: the token was found
+
+
+def yarl_url(url: str) -> object:
+    from yarl import URL
+
+    return URL(url, encoded=True)
+
+
+@pytest.mark.parametrize("tail", ["dbs/%2F", "dbs/%ZZ", "dbs/%C0%AE"])
+async def test_an_encoded_token_is_not_recorded_by_a_path_refusal(
+    cosmos_env: Env, tail: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = cosmos_env
+    caplog.set_level(logging.DEBUG)
+    token, _ = env.token()
+    raw = (
+        f"GET /cosmos/_t/{_encoded(token)}/{tail} HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
+    ).encode()
+    out = await raw_request(env.gw.http_port, raw)
+    assert out.startswith(b"HTTP/1.1 400"), out[:100]
+    signature = token.rsplit(".", 1)[1]
+    records = env.gw.audit
+    records.flush(5.0)
+    dumped = repr([r.__dict__ if hasattr(r, "__dict__") else r for r in records.search()])
+    assert signature not in dumped
+    assert signature not in caplog.text
+
+
+async def test_no_token_in_records_or_logs_for_every_cosmos_outcome(
+    cosmos_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Allowed, denied, classification refusal, bad signature, too large, unknown resource."""
+    env = cosmos_env
+    caplog.set_level(logging.DEBUG)
+    tokens = []
+    tokens.append((await _send(env, "GET", DOC))[2])
+    tokens.append((await _send(env, "POST", DOCS, dag="finance_daily",
+                               signed_as=FEED,
+                               headers={"content-type": "application/json"},
+                               data=b'{"id":"x","pk":"eu"}'))[2])  # fmt: skip
+    tokens.append((await _send(env, "GET", "dbs/sales/users/u1"))[2])
+    tokens.append((await _send(env, "GET", "dbs/sales/colls/orders/nope/x"))[2])
+    tokens.append((await _send(env, "GET", DOC, signed_as=("GET", "docs", "dbs/x")))[2])
+    tokens.append((await _send(env, "PUT", DOC, data=b"x" * (env.gw.engine.proxy.resources[
+        "cosmos"].profile.max_body + 1)))[2])  # type: ignore[union-attr]  # fmt: skip
+    token, _ = env.token()
+    tokens.append(token)
+    out = await raw_request(
+        env.gw.http_port,
+        f"GET /nosuch/_t/{token}/dbs HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert out.startswith(b"HTTP/1.1 404")
+    env.gw.audit.flush(5.0)
+    dumped = repr([vars(r) if hasattr(r, "__dict__") else r for r in env.gw.audit.search()])
+    for tok in tokens:
+        signature = tok.rsplit(".", 1)[1]
+        assert signature not in dumped
+        assert signature not in caplog.text
