@@ -14,9 +14,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# A task try as the token service names it: dag_id, task_id, run_id (strings), try_number
+# and map_index (integers; -1 for a task that is not mapped).
+Coordinates = dict[str, str | int]
 
 
 class GatewayDenied(Exception):
@@ -84,7 +89,7 @@ class TokenServiceClient:
             "client_secret_env in [workers] secrets_backend_kwargs"
         )
 
-    def _post(self, path: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, path: str, fields: Mapping[str, object]) -> dict[str, Any]:
         data = urllib.parse.urlencode({k: str(v) for k, v in fields.items() if v is not None})
         req = urllib.request.Request(  # noqa: S310 - URL comes from operator config
             self.url + path,
@@ -119,10 +124,13 @@ class TokenServiceClient:
         body = self._post("/v1/catalog", self._auth())
         return {entry["conn_id"]: entry for entry in body.get("connections", [])}
 
-    def mint(
-        self, *, conn_id: str, coords: dict[str, Any], requested_ttl: int | None
-    ) -> MintedToken:
-        fields = {**self._auth(), "grant_type": "client_credentials", "conn_id": conn_id, **coords}
+    def mint(self, *, conn_id: str, coords: Coordinates, requested_ttl: int | None) -> MintedToken:
+        fields: dict[str, object] = {
+            **self._auth(),
+            "grant_type": "client_credentials",
+            "conn_id": conn_id,
+            **coords,
+        }
         if requested_ttl:
             fields["requested_ttl"] = requested_ttl
         return _minted(self._post("/v1/token", fields))
@@ -135,9 +143,9 @@ class TokenServiceClient:
         """The Cosmos DB key the gateway derives for ``token`` (the task signs with it)."""
         return str(self._post("/v1/cosmos-key", {**self._auth(), "token": token})["key"])
 
-    def db_role(self, *, conn_id: str, coords: dict[str, Any], requested_ttl: int | None) -> DbRole:
+    def db_role(self, *, conn_id: str, coords: Coordinates, requested_ttl: int | None) -> DbRole:
         """A dynamic database role for this task try (the password is never logged)."""
-        fields = {**self._auth(), "conn_id": conn_id, **coords}
+        fields: dict[str, object] = {**self._auth(), "conn_id": conn_id, **coords}
         if requested_ttl:
             fields["requested_ttl"] = requested_ttl
         body = self._post("/v1/db-role", fields)
@@ -149,7 +157,7 @@ class TokenServiceClient:
             principal=body.get("principal", ""),
         )
 
-    def revoke_task_try(self, coords: dict[str, Any]) -> None:
+    def revoke_task_try(self, coords: Coordinates) -> None:
         self._post("/v1/revoke", {**self._auth(), **coords})
 
 

@@ -7,21 +7,28 @@ lives, so it knows exactly which tokens to revoke.
 
 from __future__ import annotations
 
-from typing import Any
-
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
+from airflow.utils.state import TaskInstanceState
 
 from lockgate.airflow import secrets
+from lockgate.airflow.secrets import TaskTry
 
 
 class _TaskEndListener:
     @hookimpl
-    def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+    def on_task_instance_success(
+        self, previous_state: TaskInstanceState | None, task_instance: TaskTry
+    ) -> None:
         secrets.end_task_try(task_instance)
 
     @hookimpl
-    def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
+    def on_task_instance_failed(
+        self,
+        previous_state: TaskInstanceState | None,
+        task_instance: TaskTry,
+        error: str | BaseException | None,
+    ) -> None:
         secrets.end_task_try(task_instance)
 
 

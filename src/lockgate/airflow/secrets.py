@@ -39,10 +39,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from lockgate.airflow import task_env
 from lockgate.airflow._client import (
+    Coordinates,
     DbRole,
     GatewayDenied,
     GatewayUnavailable,
@@ -77,7 +78,7 @@ _Expiring = TypeVar("_Expiring", MintedToken, DbRole)
 _ACTIVE: list[LockgateSecretsBackend] = []
 
 
-def task_coordinates() -> dict[str, Any] | None:
+def task_coordinates() -> Coordinates | None:
     """The running task try's coordinates, or None outside a task's execution context."""
     try:
         from airflow.sdk import get_current_context
@@ -88,7 +89,23 @@ def task_coordinates() -> dict[str, Any] | None:
     return coordinates_of(ti)
 
 
-def coordinates_of(ti: Any) -> dict[str, Any]:
+class TaskTry(Protocol):
+    """What a task instance tells about its try: Airflow's runtime task instance in the
+    task process, its database model in listeners that run elsewhere."""
+
+    @property
+    def dag_id(self) -> str: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def try_number(self) -> int: ...
+    @property
+    def map_index(self) -> int | None: ...
+
+
+def coordinates_of(ti: TaskTry) -> Coordinates:
     return {
         "dag_id": ti.dag_id,
         "task_id": ti.task_id,
@@ -116,7 +133,7 @@ def trigger_scope() -> dict[str, str]:
     return {}
 
 
-def _requested_ttl(ti_task: Any) -> int | None:
+def _requested_ttl(ti_task: object) -> int | None:
     timeout = getattr(ti_task, "execution_timeout", None)
     if timeout is None:
         return None
@@ -256,7 +273,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             cache[key] = fresh
         return fresh
 
-    def _token_for(self, conn_id: str, coords: dict[str, Any]) -> MintedToken:
+    def _token_for(self, conn_id: str, coords: Coordinates) -> MintedToken:
         def mint() -> MintedToken:
             try:
                 minted = self.client.mint(
@@ -289,7 +306,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
 
         return self._cached(self._tokens, ("@poll", conn_id, *scope.values()), mint)
 
-    def _role_for(self, conn_id: str, coords: dict[str, Any]) -> DbRole:
+    def _role_for(self, conn_id: str, coords: Coordinates) -> DbRole:
         """The task try's dynamic database role for ``conn_id`` (cached until near expiry)."""
 
         def issue() -> DbRole:
@@ -324,7 +341,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             self._cosmos_keys[token.jti] = key
         return key
 
-    def end_task_try(self, coords: dict[str, Any]) -> None:
+    def end_task_try(self, coords: Coordinates) -> None:
         """Forget and revoke every token and database role issued for this task try."""
         with self._lock:
             keys = [k for k in self._tokens if tuple(k[1:]) == tuple(coords.values())]
@@ -342,7 +359,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             log.warning("Lockgate could not revoke the tokens of %s: %s", coords, exc)
 
 
-def end_task_try(ti: Any) -> None:
+def end_task_try(ti: TaskTry) -> None:
     coords = coordinates_of(ti)
     for backend in list(_ACTIVE):
         backend.end_task_try(coords)
