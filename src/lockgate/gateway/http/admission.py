@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lockgate import metrics
 from lockgate.errors import (
-    AuditUnavailable,
     AuthenticationError,
     CredentialError,
     UpstreamUnavailable,
@@ -87,6 +86,10 @@ class Admitted:
         self.ref: str | None = None  # its written-ahead "admitted" record, named in the outcome
         self.forwarded = b""  # the gateway's forwarding headers (:mod:`.forwarded`)
 
+    @property
+    def resource(self) -> str:
+        return self.rs.name
+
 
 class Pending(NamedTuple):
     """Authenticated, for a profiled resource: the profile classifies it (maybe async)."""
@@ -101,17 +104,11 @@ class Pending(NamedTuple):
 
 
 def refusal(
-    rs: ResourceState | None,
-    status: int,
-    body: dict[str, Any],
-    *,
-    close: bool = False,
-    head_only: bool = False,
-    extra: list[tuple[str, str]] | None = None,
+    rs: ResourceState, status: int, body: dict[str, Any], close: bool, head_only: bool = False
 ) -> bytes:
     """The gateway's own answer, in the upstream's error shape when its profile has one."""
-    shape = rs.profile.error_body if rs is not None and rs.profile is not None else None
-    return responses.shaped(shape, status, body, close=close, head_only=head_only, extra=extra)
+    shape = rs.profile.error_body if rs.profile is not None else None
+    return responses.json_response(status, body, close=close, head_only=head_only, shape=shape)
 
 
 class Admission:
@@ -208,7 +205,12 @@ class Admission:
             if exc.claims is None:  # the token verified, a profile's request check did not
                 exc.claims = claims
             reason = self.auth_refused(conn, exc, rs.name, shown, t0)
-            conn.write(self._unauthorized(rs, reason, not body.complete, head_only))
+            conn.write(
+                responses.unauthorized(
+                    reason, close=not body.complete, head_only=head_only,
+                    shape=profile.error_body if profile is not None else None,
+                )
+            )  # fmt: skip
             return keep
         if profile is not None:
             return Pending(rs, profile, target, claims, method, head_only, t0)
@@ -305,16 +307,6 @@ class Admission:
         )
         return reason
 
-    @staticmethod
-    def _unauthorized(rs: ResourceState, reason: str, close: bool, head_only: bool) -> bytes:
-        if rs.profile is None:
-            return responses.unauthorized(reason, close=close, head_only=head_only)
-        body = {"error": "unauthorized", "reason": reason}
-        challenge = responses.challenge(reason)
-        return refusal(
-            rs, 401, body, close=close, head_only=head_only, extra=[("WWW-Authenticate", challenge)]
-        )
-
     def forbid(
         self,
         conn: ClientConnection,
@@ -351,21 +343,12 @@ class Admission:
         """Make the ``admitted`` record durable before anything is forwarded; False after
         answering 503 ``audit_unavailable`` (then nothing may be forwarded)."""
         detail = adm.verdict.detail if adm.verdict is not None else None
-        ref = self._trail.write_ahead(
-            adm.claims, adm.rs.name, adm.action, adm.obj, adm.rule, adm.reason, detail
-        )
-        if isinstance(ref, AuditUnavailable):
+        if not self._trail.write_ahead(adm, detail):
             conn.write(
-                refusal(
-                    adm.rs,
-                    503,
-                    {"error": "audit_unavailable"},
-                    close=not body.complete,
-                    head_only=adm.head_only,
-                )
-            )
+                refusal(adm.rs, 503, {"error": "audit_unavailable"}, not body.complete,
+                        adm.head_only)
+            )  # fmt: skip
             return False
-        adm.ref = ref
         return True
 
     # -- profiled resources --------------------------------------------------------------

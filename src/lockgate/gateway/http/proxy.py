@@ -151,9 +151,7 @@ class Proxy:
         rs = adm.rs
         if first is None:  # (a hand-over from the fast path was durable before it started)
             wait = durable or self.trail.durable()
-            if wait is not None and not await self.trail.until_durable(
-                wait, adm.claims, rs.name, adm.action, adm.obj, adm.ref
-            ):
+            if wait is not None and not await self.trail.until_durable(wait, adm):
                 answer = {"error": "audit_unavailable"}
                 conn.write(refusal(rs, 503, answer, close=True, head_only=adm.head_only))
                 return False

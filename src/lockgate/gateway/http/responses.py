@@ -27,6 +27,9 @@ _REASONS = {
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+#: A profile's error shape: (status, the gateway's body) -> the upstream's body, or None.
+Shape = Callable[[int, dict[str, Any]], dict[str, Any] | None]
+
 
 def _quote(text: str) -> str:
     # A quoted-string for WWW-Authenticate: reason slugs are ours, but stay safe.
@@ -40,7 +43,12 @@ def json_response(
     close: bool = False,
     head_only: bool = False,
     extra: list[tuple[str, str]] | None = None,
+    shape: Shape | None = None,
 ) -> bytes:
+    """``body`` as a JSON answer; in the upstream's error shape when ``shape`` (a profile's
+    ``error_body``) gives one, so the client's SDK shows the gateway's reason."""
+    if shape is not None:
+        body = shape(status, body) or body
     payload = json.dumps(body, separators=(",", ":"), default=str).encode()
     lines = [
         b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
@@ -58,22 +66,6 @@ def json_response(
     return b"".join(lines)
 
 
-def shaped(
-    shape: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None,
-    status: int,
-    body: dict[str, Any],
-    *,
-    close: bool = False,
-    head_only: bool = False,
-    extra: list[tuple[str, str]] | None = None,
-) -> bytes:
-    """``body`` in the upstream's error shape when ``shape`` (a profile's) gives one, so the
-    client's SDK shows the gateway's reason."""
-    if shape is not None:
-        body = shape(status, body) or body
-    return json_response(status, body, close=close, head_only=head_only, extra=extra)
-
-
 def bad_request(reason: str) -> bytes:
     """Framing or path refusals: always closes the connection."""
     return json_response(400, {"error": "bad_request", "reason": reason}, close=True)
@@ -86,13 +78,16 @@ def challenge(reason: str) -> str:
     return f'Bearer realm="lockgate", error="invalid_token", error_description="{_quote(reason)}"'
 
 
-def unauthorized(reason: str, *, close: bool = False, head_only: bool = False) -> bytes:
+def unauthorized(
+    reason: str, *, close: bool = False, head_only: bool = False, shape: Shape | None = None
+) -> bytes:
     return json_response(
         401,
         {"error": "unauthorized", "reason": reason},
         close=close,
         head_only=head_only,
         extra=[("WWW-Authenticate", challenge(reason))],
+        shape=shape,
     )
 
 

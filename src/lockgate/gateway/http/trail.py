@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lockgate import _log
 from lockgate.errors import AuditUnavailable
@@ -28,6 +28,20 @@ if TYPE_CHECKING:
     from lockgate.identity import Claims
 
 log = _log.get("gateway.http")
+
+
+class Subject(Protocol):
+    """An allowed request, as its audit records name it."""
+
+    claims: Claims
+    action: str
+    obj: str
+    rule: str | None
+    reason: str
+    ref: str | None
+
+    @property
+    def resource(self) -> str: ...
 
 
 class Trail:
@@ -42,69 +56,43 @@ class Trail:
         # Every refusal: counted, logged, audited; budgeted per peer before authentication.
         self.refusals = RefusalRecorder("http", self.records.emit, log, clock=clock)
 
-    def write_ahead(
-        self,
-        claims: Claims | None,
-        resource: str,
-        action: str,
-        obj: str,
-        rule: str | None,
-        reason: str | None,
-        detail: dict[str, Any] | None = None,
-    ) -> str | AuditUnavailable:
-        """The reference of the durable ``admitted`` record, or the failure (then recorded
-        as ``upstream_error``/``audit_unavailable``: the caller answers 503)."""
-        record = RecordBuilder.admitted(claims, resource, action, obj, rule, reason, detail)
+    def write_ahead(self, subject: Subject, detail: dict[str, Any] | None) -> bool:
+        """Make ``subject``'s ``admitted`` record durable, setting its ``ref``; False when it
+        cannot be (recorded as ``upstream_error``/``audit_unavailable``: answer 503)."""
+        record = RecordBuilder.admitted(
+            subject.claims, subject.resource, subject.action, subject.obj, subject.rule,
+            subject.reason, detail,
+        )  # fmt: skip
         try:
-            return self._audit.write_ahead(record)
+            subject.ref = self._audit.write_ahead(record)
         except AuditUnavailable as exc:
-            self.records.emit(
-                "upstream_error",
-                claims,
-                resource,
-                self._clock(),
-                action=action,
-                obj=obj,
-                status=503,
-                decision="error",
-                rule=rule,
-                reason="audit_unavailable",
-                detail={"error": str(exc)[:200]},
-            )
-            return exc
+            self._audit_failed(subject, exc)
+            return False
+        return True
 
     def durable(self) -> Awaitable[None] | None:
         """None unless audit durability is fsync and records are still on their way."""
         return self._audit.durable()
 
-    async def until_durable(
-        self,
-        wait: Awaitable[None],
-        claims: Claims | None,
-        resource: str,
-        action: str,
-        obj: str,
-        ref: str | None,
-    ) -> bool:
+    async def until_durable(self, wait: Awaitable[None], subject: Subject) -> bool:
         """Wait until the written-ahead record is on the device; False (recorded) when it
         cannot be: the caller answers 503 and forwards nothing."""
         try:
             await wait
         except AuditUnavailable as exc:
-            self.records.emit(
-                "upstream_error",
-                claims,
-                resource,
-                self._clock(),
-                action=action,
-                obj=obj,
-                status=503,
-                decision="error",
-                reason="audit_unavailable",
-                detail={"ref": ref, "error": str(exc)[:200]},
-            )
+            self._audit_failed(subject, exc)
             return False
         return True
+
+    def _audit_failed(self, subject: Subject, exc: AuditUnavailable) -> None:
+        detail: dict[str, Any] = {"error": str(exc)[:200]}
+        if subject.ref is not None:
+            detail["ref"] = subject.ref
+        self.records.emit(
+            "upstream_error", subject.claims, subject.resource, self._clock(),
+            action=subject.action, obj=subject.obj, status=503, decision="error",
+            rule=subject.rule, reason="audit_unavailable", detail=detail,
+        )  # fmt: skip
 
     def writable(self) -> AuditUnavailable | None:
         """None when audit can take records, else why not."""
