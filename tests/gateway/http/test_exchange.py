@@ -191,3 +191,27 @@ def test_a_tee_keeps_what_fits_and_a_collector_says_when_it_overflowed():
     assert collector.data() == b"ab" and not collector.overflow
     collector.write(b"cd")
     assert collector.overflow
+
+
+def test_profiles_import_only_the_hook_types_never_the_proxy():
+    """The exchange drives the profiles; a profile reaching back into it (the proxy, the
+    exchange, admission) would make an import circle and a second way in."""
+    import ast
+    from pathlib import Path
+
+    import lockgate.gateway.http.profiles as profiles
+
+    above = ("proxy", "exchange", "fast_path", "admission", "trail", "engine", "server")
+    root = Path(profiles.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("lockgate.gateway.http."):
+                    first = name.split(".")[3]
+                    assert first not in above, f"{path.relative_to(root)} imports {name}"
