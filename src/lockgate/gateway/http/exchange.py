@@ -69,28 +69,21 @@ class Forwarder:
     def request_head(self, head: framing.Head, adm: Admitted) -> bytes:
         """Request line, Host, forwarded headers and identity assertion (no auth, no framing)."""
         rs = adm.rs
-        target = adm.target
-        path = rs.target.base_path + target.path
-        if target.query:
-            path += "?" + target.query
         profile = rs.profile
-        verdict = adm.verdict
         if profile is None:
-            forwarded = rs.forwarded_headers(head)
+            lines = rs.request_lines(head, adm.target)  # once per shared head object
         else:
             drop = profile.drop_headers
+            verdict = adm.verdict
             if verdict is not None and verdict.drop_headers:
                 drop = drop | verdict.drop_headers
-            forwarded = rs.forwarded_headers(head, drop, profile.drop_underscored)
-        fixed = [
-            head.method + b" " + path.encode("ascii") + b" HTTP/1.1\r\n",
-            rs.host_line,
-            forwarded,
-            adm.forwarded,
-        ]
+            lines = rs.request_line(head, adm.target) + rs.forwarded_headers(
+                head, drop, profile.drop_underscored
+            )
         if rs.identity_prefix is not None and (profile is None or profile.identity_assertion):
-            fixed.append(rs.identity_line(self._assertions.get(adm.claims, rs.name)))
-        return b"".join(fixed)
+            assertion = self._assertions.get(adm.claims, rs.name)
+            return lines + adm.forwarded + rs.identity_line(assertion)
+        return lines + adm.forwarded
 
     @staticmethod
     def auth_lines(adm: Admitted, secret: UpstreamSecret | None) -> bytes:

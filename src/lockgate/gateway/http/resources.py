@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
 
     from lockgate.config import HttpResource
+    from lockgate.gateway.http.normalize import Target
     from lockgate.gateway.http.profiles import Profile
 
 # Never forwarded upstream: hop-by-hop, framing (re-added), credentials, and headers some
@@ -95,6 +96,8 @@ class ResourceState:
         self.host_line = b"Host: " + self.target.host_header + b"\r\n"
         self._auth_cache: tuple[UpstreamSecret, bytes] | None = None
         self._identity_cache: tuple[str, bytes] | None = None
+        # id(head) -> (head, target, its request lines); the head is kept so its id stays its
+        self._lines: dict[int, tuple[framing.Head, Target, bytes]] = {}
         self._counters: dict[tuple[str, str], Counter] = {}
         self.latency: Histogram = metrics.UPSTREAM_LATENCY.labels(self.name)
         self.profile: Profile | None = None  # set by the engine for ``profile:`` resources
@@ -122,6 +125,26 @@ class ResourceState:
         line = self._auth_prefix + value + b"\r\n"
         self._auth_cache = (secret, line)
         return line
+
+    def request_line(self, head: framing.Head, target: Target) -> bytes:
+        """``METHOD <base path><path>[?query] HTTP/1.1`` and the upstream's Host line."""
+        path = self.target.base_path + target.path
+        if target.query:
+            path += "?" + target.query
+        return head.method + b" " + path.encode("ascii") + b" HTTP/1.1\r\n" + self.host_line
+
+    def request_lines(self, head: framing.Head, target: Target) -> bytes:
+        """:meth:`request_line` and :meth:`forwarded_headers`, built once per head object:
+        the listener shares one parsed head among the requests that repeat its bytes."""
+        entry = self._lines.get(id(head))
+        if entry is not None and entry[0] is head and entry[1] == target:
+            return entry[2]
+        lines = self.request_line(head, target) + self.forwarded_headers(head)
+        if len(lines) <= framing.CACHE_MAX_HEAD:  # (larger heads are not shared)
+            if len(self._lines) >= framing.CACHE_ENTRIES:
+                self._lines.clear()
+            self._lines[id(head)] = (head, target, lines)
+        return lines
 
     def identity_line(self, assertion: str) -> bytes:
         """The identity assertion header line; checked once per (cached) assertion string."""
