@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow.sdk import Connection
 from airflow.sdk.bases.hook import BaseHook
 
 
@@ -17,5 +18,5 @@ class LockgateHook(BaseHook):
         super().__init__(**kwargs)
         self.lockgate_conn_id = lockgate_conn_id
 
-    def get_conn(self) -> Any:
+    def get_conn(self) -> Connection:
         return self.get_connection(self.lockgate_conn_id)

@@ -167,25 +167,25 @@ class CredentialStore:
     # -- reads -----------------------------------------------------------------------------
     def current(self, name: str) -> Version | None:
         """The newest version, decrypted; None when ``name`` has never been set."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT version, created_at, key_id, nonce, ciphertext FROM credential_versions "
-                "WHERE name = ? ORDER BY version DESC LIMIT 1",
-                (name,),
-            ).fetchone()
-        return self._decrypt(name, row) if row else None
+        rows = self._newest(name, 1)
+        return self._decrypt(name, rows[0]) if rows else None
 
     def previous(self, name: str, overlap: float) -> Version | None:
         """The version before current, only while current is younger than ``overlap`` s."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT version, created_at, key_id, nonce, ciphertext FROM credential_versions "
-                "WHERE name = ? ORDER BY version DESC LIMIT 2",
-                (name,),
-            ).fetchall()
+        rows = self._newest(name, 2)
         if len(rows) < 2 or self._clock() - rows[0][1] >= overlap or rows[1][4] is None:
             return None
         return self._decrypt(name, rows[1])
+
+    def _newest(self, name: str, count: int) -> list[tuple[int, float, str, bytes, bytes]]:
+        """The newest ``count`` versions of ``name`` as stored (encrypted), newest first."""
+        with self._lock:
+            rows: list[tuple[int, float, str, bytes, bytes]] = self._conn.execute(
+                "SELECT version, created_at, key_id, nonce, ciphertext FROM credential_versions "
+                "WHERE name = ? ORDER BY version DESC LIMIT ?",
+                (name, count),
+            ).fetchall()
+        return rows
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Metadata of every version of ``name``, oldest first; never a value."""
