@@ -252,3 +252,28 @@ async def test_no_token_in_records_or_logs_for_every_cosmos_outcome(
         signature = tok.rsplit(".", 1)[1]
         assert signature not in dumped
         assert signature not in caplog.text
+
+
+# -- an upstream credential the profile cannot sign with --------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="sign_upstream's AuthenticationError (key not base64) escapes Forwarder._attempt: "
+    "500 internal_error, the admitted record has no outcome",
+)
+async def test_an_unusable_account_key_is_a_recorded_credential_failure(
+    cosmos_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator stored a key that is not base64: nothing can be signed. The client gets
+    the gateway's 503 naming the resource, and the admitted record gets its outcome."""
+    env = cosmos_env
+    env.gw.state.credentials.set(test_cosmos.CRED, "not-a-base64-key!")
+    env.gw.engine.proxy.forwarder._secrets.invalidate(test_cosmos.CRED)  # type: ignore[attr-defined]
+    status, _, _ = await _send(env, "GET", DOC)
+    assert _data_requests(env) == []
+    assert status == 503
+    ahead = env.audit(event="admitted")
+    errors = env.audit(event="upstream_error")
+    assert len(ahead) == 1 and errors
+    assert errors[-1].reason == "credential_unavailable"
+    assert str(errors[-1].detail.get("ref", "")).endswith("/1")
+    assert "not-a-base64-key" not in caplog.text
