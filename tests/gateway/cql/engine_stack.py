@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
@@ -23,6 +23,8 @@ from cassandra.policies import DCAwareRoundRobinPolicy
 from lockgate.audit.record import AuditRow
 from lockgate.config import load_config
 from lockgate.gateway.cql import codec
+from lockgate.gateway.cql.context import EngineContext
+from lockgate.gateway.cql.engine import CqlEngine
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.server import Gateway
 from tests.fakes.cqlserver import CqlServer, start_cql_server
@@ -111,6 +113,11 @@ class Stack:
 
     def upstream_users(self) -> set[str]:
         return {role for role, _ in self.fake.user_statements()}
+
+
+def cql_context(stack: Stack) -> EngineContext:
+    """The CQL engine's context (prepared registry, view catalog, collaborators)."""
+    return cast(CqlEngine, stack.gw.engines["cql"]).ctx
 
 
 def run_on_fake(fake: CqlServer, text: str) -> None:

@@ -22,7 +22,7 @@ from tests.fakes.cqlserver import session as fake_session
 from tests.fakes.cqlserver.session import prepared_id
 from tests.fakes.cqlserver.wire import RESULT_SET_KEYSPACE, int32, string
 
-from .engine_stack import RawClient, Stack, connect, run_on_fake, stack_fixture
+from .engine_stack import RawClient, Stack, connect, cql_context, run_on_fake, stack_fixture
 
 SECRET_ITEM = "other-keyspace-secret"
 SELECT = "SELECT * FROM orders"
@@ -270,7 +270,7 @@ def use_never_answered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("use_never_answered")
 async def test_unanswered_use_refuses_held_frames_and_closes(stack: Stack) -> None:
-    ctx = stack.gw.cql_engine.ctx  # type: ignore[union-attr]
+    ctx = cql_context(stack)
     ctx.use_answer_timeout = 0.5
     raw = await etl_raw(stack)
     try:
@@ -299,7 +299,7 @@ async def test_unanswered_use_refuses_held_frames_and_closes(stack: Stack) -> No
 
 @pytest.mark.usefixtures("use_never_answered")
 async def test_hold_is_bounded_and_stops_reading_the_client(stack: Stack) -> None:
-    ctx = stack.gw.cql_engine.ctx  # type: ignore[union-attr]
+    ctx = cql_context(stack)
     ctx.use_answer_timeout = 1.0
     ctx.max_held_frames = 4
     raw = await etl_raw(stack)

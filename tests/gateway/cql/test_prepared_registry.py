@@ -35,6 +35,7 @@ from .engine_stack import (
     RawClient,
     Stack,
     connect,
+    cql_context,
     run_on_fake,
     stack_fixture,
 )
@@ -58,7 +59,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 def registry(stack: Stack) -> PreparedStatements:
-    return stack.gw.cql_engine.ctx.prepared  # type: ignore[union-attr]
+    return cql_context(stack).prepared
 
 
 async def test_metadata_check_alone_refuses_a_prepare_resolved_elsewhere(
