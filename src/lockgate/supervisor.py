@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lockgate import _log
-from lockgate.audit.remote import WriterProcess
+from lockgate.audit.writer_process import WriterProcess
 from lockgate.config import LockgateConfig
 from lockgate.errors import ConfigError
 
