@@ -3,6 +3,8 @@ once, never handed out), and the task is told 503 ``audit_unavailable``."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from lockgate.audit import AuditRecord
@@ -25,3 +27,22 @@ async def test_an_unrecorded_role_is_dropped_and_not_handed_out(
     assert stack.gw.db_roles is not None and stack.gw.db_roles.roles["cass"].issued == {}
     monkeypatch.undo()
     assert (await stack.role())["username"] in stack.fake.store.roles  # it mends itself
+
+
+async def test_a_resource_taken_out_of_the_catalog_takes_its_live_roles_with_it(
+    stack: Stack,
+) -> None:
+    role = await stack.role()
+    assert role["username"] in stack.fake.store.roles
+    assert stack.gw.control is not None
+    everything = list(stack.gw.config.resources)
+    stack.gw.control.update_resources([r for r in everything if r.name != "cass"])
+    for _ in range(100):  # dropped in the background, at once
+        if role["username"] not in stack.fake.store.roles:
+            break
+        await asyncio.sleep(0.02)
+    assert role["username"] not in stack.fake.store.roles
+    status, _ = await stack.post("/v1/db-role", **coords())
+    assert status == 404  # no such resource any more
+    stack.gw.control.update_resources(everything)  # back: roles are issued again
+    assert (await stack.role(try_number=2))["username"] in stack.fake.store.roles

@@ -113,11 +113,13 @@ class ControlPlane:
     def update_resources(self, resources: Iterable[HttpResource | CqlResource]) -> None:
         """Take a new catalog without a restart: from the next request on, tokens are minted
         for, and the catalog lists, exactly these resources (a token already minted for a
-        removed one is refused by the engine that served it). Dynamic database roles keep
-        the resources they were started with until the next start."""
+        removed one is refused by the engine that served it), and dynamic database roles
+        follow it (:meth:`DbRoles.update_resources`)."""
         config = self.ctx.config.model_copy(update={"resources": list(resources)})
         self.ctx.config = config
         self.ctx.tokens.config = config
+        if self.ctx.db_roles is not None:
+            self.ctx.db_roles.update_resources(config.resources)
 
     async def start(self, listener: ListenerConfig, tls: ssl.SSLContext | None) -> int:
         """Start the dynamic roles' sweeper and serve the routes; the port bound."""

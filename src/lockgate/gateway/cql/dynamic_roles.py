@@ -6,6 +6,10 @@ its token: the sweeper drops it at expiry, :meth:`DbRoles.on_revoke` at once whe
 revocation arrives through ``/v1/revoke``, and :meth:`DbRoles.after_refresh` soon after the
 CLI or another replica revokes it (the revocation store's refresh saw a change).
 
+:meth:`DbRoles.update_resources` follows a new catalog live: roles are issued for the new
+``dynamic_roles`` resources at once, and the live roles of a resource taken away (or
+changed) are dropped at once.
+
 Roles and their claims live in this process only. A graceful stop drops every live role;
 a crash leaves them until :meth:`DynamicRoles.sweep_orphans` runs (not automatic: another
 replica sharing the cluster would lose its roles). The door that issues roles is
@@ -58,21 +62,50 @@ class DbRoles:
         clock: Callable[[], float] = time.time,
         sweep_interval: float = 15.0,
     ) -> None:
-        self.roles: dict[str, DynamicRoles] = {}
-        for r in resources:
-            if isinstance(r, CqlResource) and r.dynamic_roles:
-
-                async def password(r: CqlResource = r) -> str:
-                    return await password_for(r)
-
-                self.roles[r.name] = DynamicRoles(r, password, policy, clock=clock)
+        self._password_for = password_for
+        self._policy = policy
         self._revocations = revocations
         self._clock = clock
         self.sweep_interval = sweep_interval
+        self.roles: dict[str, DynamicRoles] = {}
         self._claims: dict[tuple[str, str], Claims] = {}  # (resource, role) -> token claims
+        self._started = False
         self._task: asyncio.Task[None] | None = None
         self._drop: asyncio.Task[None] | None = None  # roles of tokens revoked elsewhere
         self._stale = False
+        self._retiring: set[asyncio.Task[None]] = set()  # roles of resources taken away
+        self._set_resources(resources)
+
+    def _set_resources(self, resources: Iterable[HttpResource | CqlResource]) -> list[DynamicRoles]:
+        """Serve exactly these resources' roles; the sets no longer served (resource gone, no
+        longer ``dynamic_roles``, or changed) are returned for their roles to be dropped."""
+        wanted = {r.name: r for r in resources if isinstance(r, CqlResource) and r.dynamic_roles}
+        retired = [
+            roles for name, roles in self.roles.items() if wanted.get(name) != roles.resource
+        ]
+        kept = {name: roles for name, roles in self.roles.items() if roles not in retired}
+        for name, r in wanted.items():
+            if name not in kept:
+
+                async def password(r: CqlResource = r) -> str:
+                    return await self._password_for(r)
+
+                kept[name] = DynamicRoles(r, password, self._policy, clock=self._clock)
+        self.roles = kept
+        self._claims = {k: c for k, c in self._claims.items() if k[0] in kept}
+        return retired
+
+    def update_resources(self, resources: Iterable[HttpResource | CqlResource]) -> None:
+        """Take a new catalog without a restart. From now on roles are issued for exactly
+        the new ``dynamic_roles`` resources; the live roles of a resource taken away or
+        changed are dropped at once (in the background: a role is a login the gateway
+        never sees, it must not outlive its resource's place in the catalog)."""
+        for roles in self._set_resources(resources):
+            task = asyncio.create_task(_drop_all(roles), name="lockgate-db-role-retire")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        if self._started:
+            self.start()
 
     def serves(self, resource: str) -> bool:
         return resource in self.roles
@@ -83,6 +116,7 @@ class DbRoles:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
+        self._started = True
         if self.roles and self._task is None:
             self._task = asyncio.create_task(self._sweeper(), name="lockgate-db-role-sweeper")
 
@@ -94,10 +128,7 @@ class DbRoles:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._drop = None
-        for roles in self.roles.values():
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5.0):
-                    await roles.sweep(now=float("inf"))
+        await asyncio.gather(*self._retiring, *(_drop_all(r) for r in self.roles.values()))
         self._claims.clear()
 
     async def _sweeper(self) -> None:
@@ -111,9 +142,9 @@ class DbRoles:
     async def sweep(self) -> list[str]:
         """Drop expired roles and roles whose token was revoked elsewhere (CLI, replica)."""
         dropped: list[str] = []
-        for (resource, _role), claims in list(self._claims.items()):
+        for roles, claims in self._live_claims():
             if self._revocations.is_revoked(claims):
-                dropped += await self.roles[resource].revoke_jti(claims.jti)
+                dropped += await roles.revoke_jti(claims.jti)
         for roles in self.roles.values():
             dropped += await roles.sweep()
         self._forget_dropped()
@@ -137,9 +168,19 @@ class DbRoles:
         except Exception:  # the periodic sweeper tries again
             log.exception("dropping the database roles of revoked tokens failed")
 
+    def _live_claims(self) -> list[tuple[DynamicRoles, Claims]]:
+        """(the resource's roles, the token) of every live role, as of now (a catalog
+        update may take a resource away while a drop is awaited)."""
+        return [
+            (self.roles[resource], claims)
+            for (resource, _role), claims in list(self._claims.items())
+            if resource in self.roles
+        ]
+
     def _forget_dropped(self) -> None:
         for key in list(self._claims):
-            if key[1] not in self.roles[key[0]].issued:
+            roles = self.roles.get(key[0])
+            if roles is None or key[1] not in roles.issued:
                 del self._claims[key]
 
     # -- revocation hook (the token service's on_revoke) ----------------------------------
@@ -147,9 +188,9 @@ class DbRoles:
         dropped: list[str] = []
         if kind == "jti":
             # Only the revoking deployment's token: a jti is no secret (see revocation.py).
-            for (resource, _role), claims in list(self._claims.items()):
+            for roles, claims in self._live_claims():
                 if claims.jti == target["jti"] and claims.deployment == target["deployment"]:
-                    dropped += await self.roles[resource].revoke_jti(claims.jti)
+                    dropped += await roles.revoke_jti(claims.jti)
         else:
             for roles in self.roles.values():
                 dropped += await roles.revoke_matching(
@@ -164,3 +205,10 @@ class DbRoles:
         if dropped:
             log.info("dynamic roles revoked", extra={"fields": {"kind": kind, "roles": dropped}})
         return dropped
+
+
+async def _drop_all(roles: DynamicRoles) -> None:
+    """Drop every live role of one resource (a stop, or the resource left the catalog)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5.0):
+            await roles.sweep(now=float("inf"))
