@@ -133,9 +133,10 @@ def append(
     conn: sqlite3.Connection,
     records: Sequence[AuditRecord | Values],
     senders: dict[str, int] | None = None,
+    lines: Sequence[str | None] | None = None,
 ) -> list[tuple[int, str, str]]:
     """Append already-sanitized ``records`` (or their :func:`values`) in one transaction;
-    return (seq, prev_hash, hash) per record.
+    return (seq, prev_hash, hash) per record. ``lines``: per record, its journal line or None.
 
     ``senders`` (sender id → last sender sequence number in this batch) is stored in the same
     transaction, so a restarted writer knows exactly which resent records it already has.
@@ -144,7 +145,7 @@ def append(
     rows = [r if isinstance(r, tuple) else values(r) for r in records]
     conn.execute("BEGIN IMMEDIATE")
     try:
-        out = _append_rows(conn, rows)
+        out = _append_rows(conn, rows, lines)
         if senders:
             _set_marks(conn, senders)
         conn.execute("COMMIT")
@@ -221,17 +222,21 @@ def forget_sender(conn: sqlite3.Connection, sender: str) -> None:
     conn.execute("DELETE FROM audit_senders WHERE sender = ?", (sender,))
 
 
-def _append_rows(conn: sqlite3.Connection, rows: Sequence[Values]) -> list[tuple[int, str, str]]:
+def _append_rows(
+    conn: sqlite3.Connection, rows: Sequence[Values], lines: Sequence[str | None] | None = None
+) -> list[tuple[int, str, str]]:
     """Hash-chain ``rows`` (sanitised record values) after the head and insert them (inside a
-    transaction); return (seq, prev_hash, hash) per row."""
+    transaction); return (seq, prev_hash, hash) per row. ``lines``: per row, its journal line
+    when it has one (see :func:`canonical_row`)."""
     seq, prev = read_head(conn)
     out: list[tuple[int, str, str]] = []
     for start in range(0, len(rows), _ROWS_PER_INSERT):
         chunk = rows[start : start + _ROWS_PER_INSERT]
+        chunk_lines = lines[start : start + _ROWS_PER_INSERT] if lines else [None] * len(chunk)
         params: list[Any] = []
-        for vals in chunk:
+        for vals, line in zip(chunk, chunk_lines, strict=True):
             seq += 1
-            detail, h = canonical_row(prev, vals, seq)
+            detail, h = canonical_row(prev, vals, seq, line)
             params += (seq, *vals[:-1], detail, prev, h)
             out.append((seq, prev, h))
             prev = h

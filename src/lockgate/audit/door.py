@@ -104,9 +104,15 @@ class AuditDoor(AuditReader):
         raise NotImplementedError
 
     def _push(
-        self, record: AuditRecord, vals: Values | None, waiter: Waiter | None, seq: int
+        self,
+        record: AuditRecord,
+        vals: Values | None,
+        waiter: Waiter | None,
+        seq: int,
+        line: str | None = None,
     ) -> None:
-        """Queue one record (``vals`` given: sanitised and journaled already); lock held."""
+        """Queue one record; lock held. ``vals`` given: sanitised and journaled already, as
+        ``line`` (its canonical JSON, which the chain's hash can reuse)."""
         raise NotImplementedError
 
     def _wake(self) -> None:
@@ -140,12 +146,12 @@ class AuditDoor(AuditReader):
                 raise AuditUnavailable("audit log queue is full")
             seq = self._next_seq
             try:
-                self._journal.append(seq, vals)
+                line = self._journal.append(seq, vals)
             except AuditUnavailable:
                 metrics.AUDIT_FAILURES.inc()
                 raise
             self._next_seq = seq + 1
-            self._push(record, vals, None, seq)
+            self._push(record, vals, None, seq, line)
         self._wake()
         return f"{self.sender_id}/{seq}"
 

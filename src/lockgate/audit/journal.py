@@ -13,8 +13,12 @@ outlives a machine crash too, at the cost reported by ``benchmarks/http_proxy.py
 Layout: one directory per audit database (:func:`journal_dir`), one file per writing
 process and generation, ``<sender>.<generation>.journal``. The first line names the fields
 (so a replay after an upgrade still maps values to names), every other line is
-``[sender_seq, value, ...]``. The owner holds an exclusive ``flock`` on each of its files
-for as long as it lives; a file nobody holds belongs to a process that is gone.
+``[sender_seq, value, ...]`` in the chain's canonical JSON (:func:`canonical_json`: UTF-8,
+sorted keys; a JSON string never holds a raw newline), so the writer hashes the very text
+it journaled: the chain's hashed text is this line with the chain's seq in front. Older
+journals (ASCII, unsorted keys) replay the same way. The owner holds an exclusive ``flock``
+on each of its files for as long as it lives; a file nobody holds belongs to a process that
+is gone.
 
 Marks: every record carries its sender's sequence number, and the chain stores the highest
 one committed per sender (``audit_senders``) in the same transaction as the rows. So
@@ -47,13 +51,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from json.encoder import c_encode_basestring_ascii, c_make_encoder  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import Any
 
 from lockgate import _log
 from lockgate.audit import chain
-from lockgate.audit.record import RECORD_FIELDS, AuditRecord, AuditRow, sanitize
+from lockgate.audit.record import (
+    RECORD_FIELDS,
+    AuditRecord,
+    AuditRow,
+    Values,
+    canonical_json,
+    sanitize,
+)
 from lockgate.errors import AuditUnavailable
 
 log = _log.get("audit")
@@ -61,15 +70,7 @@ log = _log.get("audit")
 SUFFIX = ".journal"
 #: Start a new generation file past this size; the old one is removed once chained.
 ROTATE_BYTES = 64 << 20
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # ASCII: one line per record
-# The C encoder behind _ENCODER, built once: JSONEncoder.encode builds it on every call,
-# a third of a journal line's cost. Same output (ASCII, compact, str() for the unknown);
-# no circular-reference markers (shared by threads; a sanitised record holds no cycle).
-_encode_line: Callable[[Any, int], Any] = (
-    c_make_encoder(None, str, c_encode_basestring_ascii, None, ":", ",", False, False, True)
-    if c_make_encoder is not None and c_encode_basestring_ascii is not None
-    else lambda value, _level: (_ENCODER.encode(value),)
-)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # the header line
 
 
 def journal_dir(db_path: Path) -> Path:
@@ -114,13 +115,18 @@ class Journal:
     def path(self) -> Path | None:
         return self._path
 
-    def append(self, seq: int, vals: tuple[Any, ...]) -> None:
-        """Write one record (sanitised values in RECORD_FIELDS order) with one ``write``.
+    def append(self, seq: int, vals: Values) -> str:
+        """Write one record (sanitised values in RECORD_FIELDS order) with one ``write``;
+        return the line's text (without its newline) for the writer to reuse.
 
         Raises AuditUnavailable when the line is not wholly written: the caller must not
         forward the request. With ``fsync``, await :meth:`durable` before forwarding too.
         """
-        line = "".join(_encode_line([seq, *vals], 0)).encode("ascii") + b"\n"
+        try:
+            text = canonical_json([seq, *vals])
+            line = text.encode() + b"\n"
+        except (TypeError, ValueError) as exc:  # sanitised values always encode: fail closed
+            raise AuditUnavailable(f"audit record not serialisable: {exc}") from None
         with self._lock:
             if self._fd < 0 or self._size >= self.rotate_bytes:
                 self._rotate()
@@ -137,6 +143,7 @@ class Journal:
             self._last_seq = seq
         if self._sync is not None:
             self._sync.wrote()
+        return text
 
     def durable(self) -> asyncio.Future[None] | None:
         """With ``fsync``: a future done once every line appended so far is on the device

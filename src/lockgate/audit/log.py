@@ -78,7 +78,9 @@ class _Entry(NamedTuple):
     enqueued: float  # time.monotonic()
     waiter: Waiter | None
     seq: int  # this sender's sequence number
-    clean: bool  # sanitised already (written ahead): the writer does not do it again
+    # a written-ahead record's journal line: sanitised already (the writer does not do it
+    # again), and its canonical JSON (the chain's hash reuses it); None for the others
+    line: str | None
 
 
 class AuditLog(AuditDoor):
@@ -132,10 +134,15 @@ class AuditLog(AuditDoor):
         return len(self._pending)
 
     def _push(
-        self, record: AuditRecord, vals: Values | None, waiter: Waiter | None, seq: int
+        self,
+        record: AuditRecord,
+        vals: Values | None,
+        waiter: Waiter | None,
+        seq: int,
+        line: str | None = None,
     ) -> None:
         snapshot = values(record) if vals is None else vals
-        self._pending.append(_Entry(snapshot, time.monotonic(), waiter, seq, vals is not None))
+        self._pending.append(_Entry(snapshot, time.monotonic(), waiter, seq, line))
 
     def _wake(self) -> None:
         if not self._wakeup.is_set():
@@ -229,6 +236,7 @@ class AuditLog(AuditDoor):
         conn: sqlite3.Connection | None = None
         batch: list[_Entry] = []
         rows: list[Values] = []  # the batch's sanitised values
+        lines: list[str | None] = []  # and the journal lines of those written ahead
         unsunk: list[AuditRow] = []  # committed but not yet in the JSON-lines sink
         waiters: list[Waiter] = []  # committed, waiting for the sink too
         backoff = 0.0
@@ -251,7 +259,8 @@ class AuditLog(AuditDoor):
                         self._wakeup.wait(0.25)
                         continue
                     now = time.time()
-                    rows = [e.vals if e.clean else _sanitized(e.vals, now) for e in batch]
+                    rows = [e.vals if e.line else _sanitized(e.vals, now) for e in batch]
+                    lines = [e.line for e in batch]
                     last_seq = batch[-1].seq  # the queue is in seq order
                 try:
                     if batch:
@@ -259,7 +268,7 @@ class AuditLog(AuditDoor):
                             conn = chain.connect(self.db_path, timeout=self._busy_timeout())
                         if self._fault is not None:
                             self._fault()
-                        placed = chain.append(conn, rows, {self.sender_id: last_seq})
+                        placed = chain.append(conn, rows, {self.sender_id: last_seq}, lines)
                         waiters.extend(e.waiter for e in batch if e.waiter is not None)
                         if self._sink is not None:
                             unsunk.extend(_stored(rows, placed))

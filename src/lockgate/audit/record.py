@@ -256,14 +256,24 @@ def hash_values(prev_hash: str, vals: tuple[Any, ...], seq: int) -> str:
     return canonical_row(prev_hash, vals, seq)[1]
 
 
-def canonical_row(prev_hash: str, vals: tuple[Any, ...], seq: int) -> tuple[str, str]:
+def canonical_row(
+    prev_hash: str, vals: tuple[Any, ...], seq: int, line: str | None = None
+) -> tuple[str, str]:
     """(the ``detail`` column's canonical JSON, the row's hash), with one encoding of each
     value: the hashed text is the JSON array ``[seq, *vals]``, whose last item is that very
-    detail text (a JSON array is its items' texts joined by commas, in brackets)."""
+    detail text (a JSON array is its items' texts joined by commas, in brackets).
+
+    ``line`` is the canonical JSON of ``[another_seq, *vals]`` when the caller has it (the
+    record's journal line): the same text but for the number in front, so only the detail
+    is encoded again."""
     detail_text = "".join(_encode(vals[-1], 0))
-    head = "".join(_encode([seq, *vals[:-1]], 0))  # "[seq,...]": the detail goes before "]"
+    if line is None:
+        head = "".join(_encode([seq, *vals[:-1]], 0))  # "[seq,...]": the detail before "]"
+        text = f"{head[:-1]},{detail_text}]"
+    else:
+        text = f"[{seq}{line[line.index(',') :]}"
     h = hashlib.sha256(prev_hash.encode("ascii"))
-    h.update(f"{head[:-1]},{detail_text}]".encode())
+    h.update(text.encode())
     return detail_text, h.hexdigest()
 
 

@@ -132,7 +132,12 @@ class RemoteAuditLog(AuditDoor):
         return len(self._outbox) + len(self._inflight)
 
     def _push(
-        self, record: AuditRecord, vals: Values | None, waiter: Waiter | None, seq: int
+        self,
+        record: AuditRecord,
+        vals: Values | None,
+        waiter: Waiter | None,
+        seq: int,
+        line: str | None = None,
     ) -> None:
         # the event loop only snapshots the values; the writer process sanitises the rest
         clean = vals is not None
