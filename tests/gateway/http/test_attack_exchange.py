@@ -221,3 +221,30 @@ async def test_a_connection_released_into_a_closed_pool_is_closed(server: Server
     pool.release(conn)  # ... which then ends
     assert conn.closed
     assert pool.take_idle() is None
+
+
+# -- a credential value that would inject header lines ------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="fast_path.Exchange.start lets UpstreamUnavailable from auth_lines escape: 500 "
+    "internal_error and no outcome for the admitted record (the task path answers 503)",
+)
+async def test_a_credential_with_crlf_is_a_recorded_failure_on_every_path(
+    make_gateway: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token endpoint (or an operator) hands the gateway a value with CR LF: it is never
+    sent as header lines, and each request gets 503 with an outcome naming its record,
+    whether a warm pooled connection was waiting (fast path) or not (task path)."""
+    gw = await make_gateway()
+    get = b"GET /orders/x HTTP/1.1\r\nHost: g\r\n" + AUTH + b"Connection: close\r\n\r\n"
+    assert (await raw_request(gw.port, get)).startswith(b"HTTP/1.1 200")  # a warm connection
+    gw.broker.versions["orders-key"].append("v3\r\nX-Injected: 1")
+    gw.engine.proxy.forwarder._secrets.invalidate("orders-key")
+    for _ in range(2):  # the first fetches (and caches) the value, the second may go fast
+        out = await raw_request(gw.port, get)
+        assert out.startswith(b"HTTP/1.1 503"), out[:80]
+    assert all("X-Injected" not in seen["headers"] for seen in upstream.seen)
+    assert len(gw.audit.ahead) == 3
+    errors = [r for r in outcomes(gw) if r.event == "upstream_error"]
+    assert [r.reason for r in errors] == ["credential_unavailable"] * 2
+    assert "X-Injected" not in caplog.text
