@@ -248,3 +248,36 @@ async def test_a_credential_with_crlf_is_a_recorded_failure_on_every_path(
     errors = [r for r in outcomes(gw) if r.event == "upstream_error"]
     assert [r.reason for r in errors] == ["credential_unavailable"] * 2
     assert "X-Injected" not in caplog.text
+
+
+# -- a client that leaves --------------------------------------------------------------------
+async def _leave_mid_download(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /orders/download?size=67108864 HTTP/1.1\r\nHost: g\r\n" + AUTH + b"\r\n")
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")  # the head is relayed: the body is on its way
+    await reader.read(65536)
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["task-path", "fast-path"])
+async def test_a_client_leaving_mid_download_frees_its_upstream_and_is_recorded_once(
+    make_gateway: Any, upstream: Any, warm: bool
+) -> None:
+    gw = await make_gateway()
+    get = b"GET /orders/x HTTP/1.1\r\nHost: g\r\n" + AUTH + b"Connection: close\r\n\r\n"
+    if warm:
+        assert (await raw_request(gw.port, get)).startswith(b"HTTP/1.1 200")
+    before = len(outcomes(gw))
+    await _leave_mid_download(gw.port)
+    pool = gw.engine.proxy.resources["orders"].pool
+    for _ in range(100):
+        if len(outcomes(gw)) > before and not gw.engine._connections:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # nothing more may be recorded for it
+    left = outcomes(gw)[before:]
+    assert len(left) == 1 and left[0].status == 499, [(r.event, r.status) for r in left]
+    assert not gw.engine._connections  # the client connection is gone
+    idle = pool.take_idle()
+    assert idle is None or idle.reusable  # never a connection mid-body back in the pool
