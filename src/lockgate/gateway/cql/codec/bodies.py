@@ -53,9 +53,9 @@ def read_body(cls: type[ev.Event], r: Reader, version: int, common: dict[str, An
         if sub is None:
             raise Malformed(f"unknown result kind {kind}")
         cls = sub
-    fields = BODIES[cls][0](r, version)
+    common.update(BODIES[cls][0](r, version))
     r.done()
-    event = cls(**common, **fields)
+    event = cls(**common)
     object.__setattr__(event, "_parsed", True)
     return event
 

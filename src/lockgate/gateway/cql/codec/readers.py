@@ -20,9 +20,10 @@ from ._wire import Malformed, Reader, Value
 Common = dict[str, Any]
 
 
-def _params(r: Reader, version: int) -> dict[str, Any]:
-    """``<query_parameters>`` after the query string / prepared id (v4: one flag byte)."""
-    out: dict[str, Any] = {"consistency": r.u16()}
+def _params(r: Reader, out: dict[str, Any]) -> dict[str, Any]:
+    """``<query_parameters>`` after the query string / prepared id (v4: one flag byte), added
+    to ``out`` (the fields read before them)."""
+    out["consistency"] = r.u16()
     flags = r.u8()
     if flags & ev.Q_KEYSPACE:
         # 0x80 is the v5 keyspace flag; undefined in v4. Refused so that no per-request
@@ -75,7 +76,7 @@ def auth_token(r: Reader, version: int) -> dict[str, Any]:
 
 def query(r: Reader, version: int) -> dict[str, Any]:
     query = r.long_string()
-    return {"query": query, **_params(r, version)}
+    return _params(r, {"query": query})
 
 
 def prepare(r: Reader, version: int) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def prepare(r: Reader, version: int) -> dict[str, Any]:
 
 def execute(r: Reader, version: int) -> dict[str, Any]:
     qid = r.short_bytes()
-    return {"query_id": qid, **_params(r, version)}
+    return _params(r, {"query_id": qid})
 
 
 def batch(r: Reader, version: int) -> dict[str, Any]:
