@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from lockgate.errors import AuditUnavailable
+
 from . import test_upstream_pool
 from .conftest import SECRETS, TOKEN, raw_request, resource
 from .test_upstream_pool import Server, exchange, pool_for
@@ -281,3 +283,94 @@ async def test_a_client_leaving_mid_download_frees_its_upstream_and_is_recorded_
     assert not gw.engine._connections  # the client connection is gone
     idle = pool.take_idle()
     assert idle is None or idle.reusable  # never a connection mid-body back in the pool
+
+
+# -- durability: fsync ----------------------------------------------------------------------
+class Gate:
+    """``durable()`` of an audit with ``durability: fsync`` whose device is slow: every
+    record written ahead waits for :meth:`open` (or fails with :meth:`fail`)."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[None]] = []
+
+    def __call__(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return fut
+
+    def open(self) -> None:
+        for fut in self.futures:
+            if not fut.done():
+                fut.set_result(None)
+
+    def fail(self) -> None:
+        for fut in self.futures:
+            if not fut.done():
+                fut.set_exception(AuditUnavailable("device refused the sync"))
+
+
+REQUESTS = {
+    "complete": b"POST /orders/durable HTTP/1.1\r\nHost: g\r\n" + AUTH
+    + b"Content-Length: 2\r\nConnection: close\r\n\r\nhi",
+    "streamed": b"POST /orders/durable HTTP/1.1\r\nHost: g\r\n" + AUTH
+    + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("body", sorted(REQUESTS))
+async def test_with_fsync_nothing_goes_upstream_before_the_admitted_record_is_durable(
+    make_gateway: Any, upstream: Any, body: str
+) -> None:
+    gw = await make_gateway()
+    warm = b"GET /orders/warm HTTP/1.1\r\nHost: g\r\n" + AUTH + b"\r\n"
+    assert (
+        await raw_request(
+            gw.port,
+            warm
+            + b"GET /orders/warm HTTP/1.1\r\nHost: g\r\n"
+            + AUTH
+            + b"Connection: close\r\n\r\n",
+        )
+    ).count(b" 200 ") == 2
+    gate = Gate()
+    gw.audit.durable = gate  # a warm pooled connection waits: the fast path must not take it
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(REQUESTS[body])
+    await writer.drain()
+    for _ in range(20):
+        await asyncio.sleep(0.02)
+    assert gate.futures, "the exchange did not ask whether the record is durable"
+    assert "/durable" not in upstream.received  # nothing forwarded while not durable
+    gate.open()
+    if body == "streamed":
+        writer.write(b"0\r\n\r\n")
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+    assert upstream.received.count("/durable") == 1
+
+
+@pytest.mark.parametrize("body", sorted(REQUESTS))
+async def test_with_fsync_a_record_that_cannot_be_made_durable_forwards_nothing(
+    make_gateway: Any, upstream: Any, body: str
+) -> None:
+    gw = await make_gateway()
+    gate = Gate()
+    gw.audit.durable = gate
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(REQUESTS[body])
+    await writer.drain()
+    for _ in range(50):
+        if gate.futures:
+            break
+        await asyncio.sleep(0.02)
+    gate.fail()
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
+    assert b"audit_unavailable" in answer
+    assert "/durable" not in upstream.received
+    failed = [r for r in outcomes(gw) if r.reason == "audit_unavailable"]
+    assert len(failed) == 1 and failed[0].decision == "error"
