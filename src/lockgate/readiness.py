@@ -33,7 +33,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from lockgate.audit import AuditLog, RemoteAuditLog
 from lockgate.config import LockgateConfig, ManagedIdentityCredential
@@ -55,7 +54,7 @@ class Report:
     def problems(self) -> list[str]:
         return [f"{name}: {text}" for name, text in self.checks.items() if text != OK]
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> dict[str, bool | dict[str, str] | list[str]]:
         return {"ready": self.ready, "checks": self.checks, "problems": self.problems}
 
 

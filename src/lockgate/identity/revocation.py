@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lockgate.identity.model import Claims
 
@@ -80,12 +79,16 @@ DROP TABLE revoked_jti_unscoped;
 TryKey = tuple[str, str, str, str, int, int]
 
 
+# What a revocation names, as listed: field -> value (None: every one).
+RevocationTarget = dict[str, str | int | float | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Revocation:
     """One row, as :meth:`RevocationStore.list` shows it."""
 
     kind: str  # "jti" | "dag" | "task_try" | "block"
-    target: dict[str, Any]
+    target: RevocationTarget
     reason: str
     expires_at: float | None  # None: a block, which lasts until unblocked
     by: str | None = None  # blocks: who set it
@@ -344,7 +347,10 @@ class RevocationStore:
             for jti, dep, exp, reason in self._db.execute(
                 "SELECT jti, deployment, expires_at, reason FROM revoked_jti ORDER BY revoked_at"
             ):
-                target = {"jti": jti, "deployment": None if dep == ANY_DEPLOYMENT else dep}
+                target: RevocationTarget = {
+                    "jti": jti,
+                    "deployment": None if dep == ANY_DEPLOYMENT else dep,
+                }
                 out.append(Revocation("jti", target, reason, exp))
             for dep, dag, run, before, exp, reason in self._db.execute(
                 "SELECT deployment, dag_id, run_id, before, expires_at, reason FROM revoked_dag "
