@@ -6,6 +6,7 @@ the audit trail and the captured log for "recorded, and recorded without a secre
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 
 from lockgate.credentials.cosmos import sign
+from lockgate.errors import AuditUnavailable
 from tests.gateway.http import test_cosmos
 from tests.gateway.http.conftest import raw_request
 from tests.gateway.http.test_cosmos import Env
@@ -277,3 +279,46 @@ async def test_an_unusable_account_key_is_a_recorded_credential_failure(
     assert errors[-1].reason == "credential_unavailable"
     assert str(errors[-1].detail.get("ref", "")).endswith("/1")
     assert "not-a-base64-key" not in caplog.text
+
+
+# -- durability: fsync ----------------------------------------------------------------------
+class _SlowDevice:
+    """The gateway's audit with ``durability: fsync`` on a device that syncs when told."""
+
+    def __init__(self, audit: object) -> None:
+        self._audit = audit
+        self.futures: list[asyncio.Future[None]] = []
+
+    def durable(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return fut
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._audit, name)
+
+
+@pytest.mark.parametrize("synced", [True, False], ids=["synced", "sync-failed"])
+async def test_with_fsync_the_account_sees_nothing_before_the_record_is_durable(
+    cosmos_env: Env, synced: bool
+) -> None:
+    env = cosmos_env
+    trail = env.gw.engine.proxy.trail
+    device = _SlowDevice(trail._audit)
+    trail._audit = device  # type: ignore[assignment]
+    sent = asyncio.ensure_future(_send(env, "DELETE", DOC))
+    for _ in range(100):
+        if device.futures:
+            break
+        await asyncio.sleep(0.02)
+    assert device.futures and _data_requests(env) == []
+    if synced:
+        device.futures[-1].set_result(None)
+    else:
+        device.futures[-1].set_exception(AuditUnavailable("device refused the sync"))
+    status, _, _ = await asyncio.wait_for(sent, 5)
+    if synced:
+        assert status == 404 and len(_data_requests(env)) == 1  # the account ran it
+    else:
+        assert status == 503 and _data_requests(env) == []
+        assert [r.reason for r in env.audit(event="upstream_error")] == ["audit_unavailable"]
