@@ -18,19 +18,15 @@ import jwt
 import pytest
 from cassandra import InvalidRequest, Unauthorized
 
-from .engine_stack import RESOURCE, Stack, connect, stack_fixture
+from .engine_stack import POLICY, RESOURCE, Stack, connect, stack_fixture
 from .test_prepared_registry import registry
 
 INSERT = "INSERT INTO orders (id, item) VALUES (?, ?)"
 
-DENY_ORDERS = """\
-rules:
-  - id: etl-read-write
-    effect: allow
-    principals: ["airflow:prod/etl/*"]
-    actions: [read, write]
-    resources: [cass]
-    objects: ["ks.*"]
+# the stack's policy, and a deny on writes to ks.orders
+DENY_ORDERS = (
+    POLICY
+    + """\
   - id: no-orders-writes
     effect: deny
     principals: ["*"]
@@ -38,6 +34,7 @@ rules:
     resources: [cass]
     objects: ["ks.orders"]
 """
+)
 
 
 @pytest.fixture
