@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lockgate import _log, metrics
-from lockgate.errors import CredentialError, UpstreamUnavailable
+from lockgate.errors import AuthenticationError, CredentialError, UpstreamUnavailable
 from lockgate.gateway.engine import AssertionCache, SecretCache, UpstreamSecret
 from lockgate.gateway.http import framing
 from lockgate.gateway.http.admission import Admitted, refusal
@@ -87,14 +87,21 @@ class Forwarder:
 
     @staticmethod
     def auth_lines(adm: Admitted, secret: UpstreamSecret | None) -> bytes:
-        """The credential header lines of one attempt (a profile may sign it itself)."""
+        """The credential header lines of one attempt (a profile may sign it itself);
+        ``UpstreamUnavailable`` when the credential cannot go out (the gateway's 503)."""
         if secret is None:
             return b""
         rs = adm.rs
         profile = rs.profile
         if profile is not None and adm.verdict is not None:
             call = UpstreamCall(adm.method, adm.target.path, adm.verdict)
-            signed = profile.sign_upstream(call, secret)
+            try:
+                signed = profile.sign_upstream(call, secret)
+            except (AuthenticationError, CredentialError, ValueError) as exc:
+                # e.g. an account key that is not base64: nothing can be signed. The
+                # exception's text is not kept: it is not ours to vouch for.
+                why = f"the credential cannot sign a request ({type(exc).__name__})"
+                raise UpstreamUnavailable(why) from None
             if signed is not None:
                 if not header_safe(signed.replace(b"\r\n", b"")):
                     raise UpstreamUnavailable("credential value is not header-safe")

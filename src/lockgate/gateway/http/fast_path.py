@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from lockgate import metrics
+from lockgate.errors import UpstreamUnavailable
 from lockgate.gateway.engine import UpstreamSecret
 from lockgate.gateway.http import framing
 from lockgate.gateway.http.exchange import Forwarder
@@ -48,7 +49,9 @@ class Exchange:
         self.status = 0
         self.sent_at = 0.0
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Send the request; False (nothing sent) when its credential cannot go out: the
+        task path answers that, as it answers every credential failure."""
         adm = self.adm
         rs = adm.rs
         up = self.up
@@ -62,8 +65,11 @@ class Exchange:
                 body_frame(head, body),
                 b"\r\n",
             ]
-        except BaseException:
+        except UpstreamUnavailable:
             rs.pool.release(up)  # nothing was sent on it
+            return False
+        except BaseException:
+            rs.pool.release(up)
             raise
         if body.total:
             parts.append(body.data())
@@ -74,6 +80,7 @@ class Exchange:
             self, head_only=adm.head_only, timeout=adm.t0 + rs.backoff.deadline - now
         )
         up.write(b"".join(parts))
+        return True
 
     # -- upstream callbacks --------------------------------------------------------------
     def on_head(self, resp: framing.Head) -> None:

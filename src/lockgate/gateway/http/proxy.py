@@ -104,8 +104,8 @@ class Proxy:
             if up is not None:
                 fw = Forwarding(conn, head, body, adm)
                 hand_over = functools.partial(self.serve_admitted, fw)
-                Exchange(self.forwarder, fw, up, secret, hand_over).start()
-                return None
+                if Exchange(self.forwarder, fw, up, secret, hand_over).start():
+                    return None
         conn.run(self.serve_admitted(Forwarding(conn, head, body, adm), durable=durable))
         return None
 
