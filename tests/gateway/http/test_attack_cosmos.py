@@ -257,11 +257,6 @@ async def test_no_token_in_records_or_logs_for_every_cosmos_outcome(
 
 
 # -- an upstream credential the profile cannot sign with --------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="sign_upstream's AuthenticationError (key not base64) escapes Forwarder._attempt: "
-    "500 internal_error, the admitted record has no outcome",
-)
 async def test_an_unusable_account_key_is_a_recorded_credential_failure(
     cosmos_env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -226,11 +226,6 @@ async def test_a_connection_released_into_a_closed_pool_is_closed(server: Server
 
 
 # -- a credential value that would inject header lines ------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="fast_path.Exchange.start lets UpstreamUnavailable from auth_lines escape: 500 "
-    "internal_error and no outcome for the admitted record (the task path answers 503)",
-)
 async def test_a_credential_with_crlf_is_a_recorded_failure_on_every_path(
     make_gateway: Any, upstream: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
