@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from lockgate.config import ForwardProxyConfig, ListenerConfig, Listeners, TlsConfig
+from lockgate.gateway.engine import Collaborators
 from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.tlsgen import LeafIssuer, write_dev_ca
@@ -128,10 +129,10 @@ def test_leaf_certificates_are_cached_and_name_the_host(ca: dict[str, Path]) -> 
 async def test_the_engine_opens_the_proxy_and_its_routes_follow_the_catalog(
     upstream: Upstream, ca: dict[str, Path]
 ) -> None:
-    engine = HttpEngine(
-        [resource("orders", upstream.url, intercept=[f"{HOST}:443"])],
-        FakeVerifier(), FakePolicy(FakePolicySet([])), FakeBroker({}), FakeAudit(), FakeSigner(),
-    )  # fmt: skip
+    shared = Collaborators(
+        FakeVerifier(), FakePolicy(FakePolicySet([])), FakeBroker({}), FakeAudit(), FakeSigner()
+    )
+    engine = HttpEngine([resource("orders", upstream.url, intercept=[f"{HOST}:443"])], shared)
     proxy = ForwardProxyConfig(port=0, ca=TlsConfig(cert=ca["cert"], key=ca["key"]))
     await engine.listen(Listeners(http=ListenerConfig(port=0), forward_proxy=proxy))
     connect = f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode()
