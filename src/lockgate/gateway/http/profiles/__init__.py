@@ -43,6 +43,8 @@ from lockgate.gateway.http.normalize import Target
 from lockgate.gateway.http.retry import RETRY_STATUSES
 
 if TYPE_CHECKING:
+    from lockgate.config import HttpResource
+    from lockgate.gateway.http.upstream import UpstreamTarget
     from lockgate.identity import Claims
 
 #: (action, object) -> a policy decision (``allowed``, ``rule``, ``reason``, ``explain()``).
@@ -184,7 +186,9 @@ class ProfileBase:
         return None
 
 
-def make_profile(resource: Any, target: Any, data_dir: Path | None) -> Profile | None:
+def make_profile(
+    resource: HttpResource, target: UpstreamTarget, data_dir: Path | None
+) -> Profile | None:
     """The profile object for ``resource`` (None without ``profile:``)."""
     name = getattr(resource, "profile", None)
     if name is None:

@@ -40,7 +40,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from lockgate.gateway.http.profiles import (
@@ -64,6 +64,10 @@ _RUN = re.compile(
 _FACTORY_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _PIPELINE_NAME = re.compile(r"[a-z0-9_][^<>*#.%&:\\+?/\x00-\x1f]*(?<! )")
 _RUN_ID = re.compile(r"[a-z0-9-]{1,64}")
+if TYPE_CHECKING:
+    from lockgate.config import HttpResource
+    from lockgate.identity import Claims
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS adf_runs (
     resource TEXT NOT NULL, factory TEXT NOT NULL, run_id TEXT NOT NULL, pipeline TEXT NOT NULL,
@@ -86,7 +90,9 @@ class AdfRuns:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str, str], str] = {}
 
-    def add(self, resource: str, factory: str, run_id: str, pipeline: str, claims: Any) -> None:
+    def add(
+        self, resource: str, factory: str, run_id: str, pipeline: str, claims: Claims | None
+    ) -> None:
         row = (resource, factory, run_id, pipeline, getattr(claims, "deployment", None),
                getattr(claims, "dag_id", None), getattr(claims, "run_id", None),
                getattr(claims, "task_id", None), time.time())  # fmt: skip
@@ -131,7 +137,9 @@ def _checked(kind: str, pattern: re.Pattern[str], segment: str) -> str:
 
 
 class ArmProfile(ProfileBase):
-    def __init__(self, resource: Any, runs: AdfRuns) -> None:
+    def __init__(self, resource: HttpResource, runs: AdfRuns) -> None:
+        if resource.arm is None:
+            raise ValueError(f"resource {resource.name}: profile arm needs an arm section")
         self.name: str = resource.name
         self.settings = resource.arm
         self.max_body: int = self.settings.max_body_bytes

@@ -61,6 +61,7 @@ from lockgate.gateway.http.profiles.cosmos.classify import Refused, classify
 
 if TYPE_CHECKING:
     from lockgate.config import HttpResource
+    from lockgate.gateway.http.upstream import UpstreamTarget
     from lockgate.identity import Claims
 
 TOKEN_SEGMENT = "_t"  # noqa: S105 - a path segment name, not a secret
@@ -90,7 +91,7 @@ class CosmosProfile(ProfileBase):
 
     @classmethod
     def for_resource(
-        cls, resource: HttpResource, target: object, data_dir: Path | None
+        cls, resource: HttpResource, target: UpstreamTarget, data_dir: Path | None
     ) -> CosmosProfile:
         from lockgate.credentials import load_or_create_master_key
         from lockgate.credentials.master_key import ENV_VAR, decode_key

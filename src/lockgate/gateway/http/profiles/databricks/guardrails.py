@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lockgate.config import DatabricksGuardrail
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,10 @@ def summarize(specs: list[ClusterSpec]) -> dict[str, Any]:
 
 
 def violation(
-    rule: Any, specs: list[ClusterSpec], run_timeouts: list[tuple[str, int]], principal: str
+    rule: DatabricksGuardrail,
+    specs: list[ClusterSpec],
+    run_timeouts: list[tuple[str, int]],
+    principal: str,
 ) -> str | None:
     who = f"for {principal}"
     if rule.max_timeout_seconds is not None:

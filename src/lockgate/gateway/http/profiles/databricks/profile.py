@@ -46,7 +46,7 @@ import re
 import time
 import zlib
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -63,6 +63,11 @@ from lockgate.gateway.http.profiles import (
 )
 from lockgate.gateway.http.profiles.databricks import guardrails as g
 from lockgate.gateway.http.profiles.databricks.registry import RunRecord, RunRegistry
+
+if TYPE_CHECKING:
+    from lockgate.config import DatabricksGuardrail, HttpResource
+    from lockgate.gateway.http.upstream import UpstreamTarget
+    from lockgate.identity import Claims
 
 log = _log.get("gateway.http.databricks")
 
@@ -95,7 +100,9 @@ class _Refusal(Exception):
 
 
 class DatabricksProfile(ProfileBase):
-    def __init__(self, resource: Any, target: Any, registry: RunRegistry) -> None:
+    def __init__(
+        self, resource: HttpResource, target: UpstreamTarget, registry: RunRegistry
+    ) -> None:
         self.resource = resource
         self.name: str = resource.name
         self.settings = resource.databricks
@@ -289,7 +296,7 @@ class DatabricksProfile(ProfileBase):
         specs = g.cluster_specs(payload)
         return g.violation(rule, specs, g.timeouts(payload), _glob_for(rule, req.principal))
 
-    def _ownership(self, claims: Any, run_id: int, poll: bool) -> str | None:
+    def _ownership(self, claims: Claims, run_id: int, poll: bool) -> str | None:
         rec = self.registry.get(self.name, run_id)
         dep = getattr(claims, "deployment", None)
         dag = getattr(claims, "dag_id", None)
@@ -370,7 +377,7 @@ def _policy(decide: Decide, action: str, obj: str) -> Verdict:
     return Verdict(bool(d.allowed), action, obj, d.reason, rule=d.rule, decision=d)
 
 
-def _glob_for(rule: Any, principal: str) -> str:
+def _glob_for(rule: DatabricksGuardrail, principal: str) -> str:
     return next((p for p in rule.principals if fnmatchcase(principal, p)), principal)
 
 
