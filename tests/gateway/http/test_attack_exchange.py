@@ -7,6 +7,7 @@ raw upstream (below) answers what aiohttp would never send."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -369,3 +370,32 @@ async def test_with_fsync_a_record_that_cannot_be_made_durable_forwards_nothing(
     assert "/durable" not in upstream.received
     failed = [r for r in outcomes(gw) if r.reason == "audit_unavailable"]
     assert len(failed) == 1 and failed[0].decision == "error"
+
+
+# -- back-pressure -------------------------------------------------------------------------
+@pytest.mark.parametrize("warm", [False, True], ids=["task-path", "fast-path"])
+async def test_a_client_that_reads_slowly_holds_no_more_than_a_window_in_the_gateway(
+    make_gateway: Any, upstream: Any, warm: bool
+) -> None:
+    """A 256 MiB download to a client that stops reading: the gateway pauses the upstream
+    instead of buffering the response for it."""
+    gw = await make_gateway()
+    if warm:
+        get = b"GET /orders/x HTTP/1.1\r\nHost: g\r\n" + AUTH + b"Connection: close\r\n\r\n"
+        assert (await raw_request(gw.port, get)).startswith(b"HTTP/1.1 200")
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, limit=2**16)
+    writer.transport.set_write_buffer_limits(high=0)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    writer.write(b"GET /orders/download?size=268435456 HTTP/1.1\r\nHost: g\r\n" + AUTH + b"\r\n")
+    await writer.drain()
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.pause_reading()
+    await asyncio.sleep(1.0)  # the client reads nothing
+    held = sum(
+        c.transport.get_write_buffer_size()
+        for c in gw.engine._connections
+        if c.transport is not None
+    )
+    assert held <= 4 * 1024 * 1024, f"{held} bytes held for a client that reads nothing"
+    writer.transport.abort()
