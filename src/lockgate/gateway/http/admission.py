@@ -44,20 +44,9 @@ class Admitted:
     """A request that passed normalise → authenticate → classify → decide → write-ahead."""
 
     __slots__ = (
-        "action",
-        "claims",
-        "forwarded",
-        "head_only",
-        "method",
-        "obj",
-        "reason",
-        "ref",
-        "rs",
-        "rule",
-        "t0",
-        "target",
-        "verdict",
-    )
+        "action", "claims", "forwarded", "head_only", "method", "obj", "reason", "ref", "rs",
+        "rule", "t0", "target", "verdict",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -153,34 +142,23 @@ class Admission:
             )
         except PathError as exc:
             refusals.refuse(
-                peer=conn.peer,
-                status=400,
-                reason=exc.slug,
-                t0=t0,
-                description=str(exc),
+                peer=conn.peer, status=400, reason=exc.slug, t0=t0, description=str(exc),
                 request=_request_line(head),
-            )
+            )  # fmt: skip
             conn.write(responses.bad_request(str(exc)))
             return False
         rs = self.resources.get(target.resource)
         if rs is None:
             refusals.refuse(
-                peer=conn.peer,
-                status=404,
-                reason="unknown_resource",
-                t0=t0,
-                description=f"no resource named {target.resource}",
-                request=_request_line(head),
-            )
+                peer=conn.peer, status=404, reason="unknown_resource", t0=t0,
+                description=f"no resource named {target.resource}", request=_request_line(head),
+            )  # fmt: skip
             conn.write(
                 responses.error(
-                    404,
-                    "unknown_resource",
-                    resource=target.resource,
-                    close=not body.complete,
-                    head_only=head_only,
+                    404, "unknown_resource", resource=target.resource,
+                    close=not body.complete, head_only=head_only,
                 )
-            )
+            )  # fmt: skip
             return keep
         profile = rs.profile
         if profile is None:
@@ -224,30 +202,12 @@ class Admission:
                 )
         if not decision.allowed:
             self.forbid(
-                conn,
-                body,
-                claims,
-                rs,
-                action,
-                obj,
-                t0,
-                decision.rule,
-                decision.reason,
-                decision.explain(),
-                head_only,
-            )
+                conn, body, claims, rs, action, obj, t0, decision.rule, decision.reason,
+                decision.explain(), head_only,
+            )  # fmt: skip
             return keep
         adm = Admitted(
-            rs,
-            target,
-            claims,
-            method,
-            head_only,
-            action,
-            obj,
-            decision.rule,
-            decision.reason,
-            t0,
+            rs, target, claims, method, head_only, action, obj, decision.rule, decision.reason, t0
         )
         adm.forwarded = forwarding_block(conn, head.host)
         if not self.write_ahead(conn, body, adm):
@@ -364,15 +324,10 @@ class Admission:
             whole = await read_whole(body, profile.max_body) if streamed else b""
             if whole is None or body.total > profile.max_body:
                 self._trail.refusals.refuse(
-                    peer=conn.peer,
-                    status=413,
-                    reason="body_too_large",
-                    claims=claims,
-                    resource=rs.name,
-                    obj=p.target.path,
-                    t0=p.t0,
+                    peer=conn.peer, status=413, reason="body_too_large", claims=claims,
+                    resource=rs.name, obj=p.target.path, t0=p.t0,
                     description=f"body over {profile.max_body} bytes",
-                )
+                )  # fmt: skip
                 close = whole is None
                 answer = {"error": "body_too_large", "limit": profile.max_body}
                 conn.write(refusal(rs, 413, answer, close=close, head_only=p.head_only))
@@ -381,15 +336,9 @@ class Admission:
                 body = buffered_body(conn, whole)
             data = body.data() if body.total else b""
         req = ProfileRequest(
-            p.method,
-            p.target.path,
-            p.target.query,
-            data,
-            claims,
-            claims.sub,
-            rs.classifier.classify(p.method, p.target.path),
-            head,
-        )
+            p.method, p.target.path, p.target.query, data, claims, claims.sub,
+            rs.classifier.classify(p.method, p.target.path), head,
+        )  # fmt: skip
         verdict = await profile.authorize(
             req, lambda action, obj: self.decide(claims, rs, action, obj), self._headers_for(rs)
         )
@@ -410,32 +359,14 @@ class Admission:
                 )
                 return keep
             self.forbid(
-                conn,
-                body,
-                claims,
-                rs,
-                verdict.action,
-                verdict.obj,
-                p.t0,
-                verdict.rule,
-                verdict.reason,
-                verdict.reason,
-                p.head_only,
-                verdict.detail,
-            )
+                conn, body, claims, rs, verdict.action, verdict.obj, p.t0, verdict.rule,
+                verdict.reason, verdict.reason, p.head_only, verdict.detail,
+            )  # fmt: skip
             return keep
         adm = Admitted(
-            rs,
-            p.target,
-            claims,
-            p.method,
-            p.head_only,
-            verdict.action,
-            verdict.obj,
-            verdict.rule,
-            verdict.reason,
-            p.t0,
-        )
+            rs, p.target, claims, p.method, p.head_only, verdict.action, verdict.obj,
+            verdict.rule, verdict.reason, p.t0,
+        )  # fmt: skip
         adm.verdict = verdict
         if not self.write_ahead(conn, body, adm):
             return keep
