@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from lockgate.config import HttpResource as Resource
 from lockgate.errors import AuditUnavailable
 
 from . import test_upstream_pool
@@ -399,3 +400,58 @@ async def test_a_client_that_reads_slowly_holds_no_more_than_a_window_in_the_gat
     )
     assert held <= 4 * 1024 * 1024, f"{held} bytes held for a client that reads nothing"
     writer.transport.abort()
+
+
+# -- a catalog reload ----------------------------------------------------------------------
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One response framed by Content-Length (what the gateway relays from the upstream)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            await reader.readexactly(int(line.split(b":", 1)[1]))
+    return head
+
+
+async def test_after_a_credential_change_no_request_goes_out_with_the_old_one(
+    make_gateway: Any, upstream: Any
+) -> None:
+    """The resource's credential is replaced live: pooled connections and cached secrets
+    of the old resource state are not used again, on a new or on a kept-alive connection."""
+    gw = await make_gateway()
+    gw.broker.versions["orders-key-2"] = ["up-secret-new"]
+    upstream.accepted = {SECRETS[-1], "up-secret-new"}
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    get = b"GET /orders/x HTTP/1.1\r\nHost: g\r\n" + AUTH + b"\r\n"
+    for _ in range(2):  # a warm pool, a cached secret, a kept-alive client connection
+        writer.write(get)
+        assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+    changed = Resource(name="orders", kind="http", upstream=upstream.url, credential="orders-key-2")
+    gw.engine.update_resources([changed])
+    before = len(upstream.seen)
+    writer.write(get)
+    head = await read_response(reader)
+    assert head.startswith(b"HTTP/1.1 200"), head[:80]
+    writer.close()
+    assert (await raw_request(gw.port, get[:-2] + b"Connection: close\r\n\r\n")).startswith(
+        b"HTTP/1.1 200"
+    )
+    used = [seen["headers"]["Authorization"] for seen in upstream.seen[before:]]
+    assert used == ["Bearer up-secret-new"] * 2
+
+
+async def test_a_removed_resource_is_refused_and_recorded_on_a_kept_alive_connection(
+    make_gateway: Any, upstream: Any
+) -> None:
+    gw = await make_gateway()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    get = b"GET /orders/x HTTP/1.1\r\nHost: g\r\n" + AUTH + b"\r\n"
+    writer.write(get)
+    assert (await read_response(reader)).startswith(b"HTTP/1.1 200")
+    gw.engine.update_resources([resource("billing", upstream.url)])
+    writer.write(get)
+    head = await read_response(reader)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 404"), head[:80]
+    assert upstream.received == ["/x"]
+    refused = [r for r in gw.audit.records if r.reason == "unknown_resource"]
+    assert len(refused) == 1 and refused[0].status == 404
