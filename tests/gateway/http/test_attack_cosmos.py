@@ -15,6 +15,7 @@ import pytest
 
 from lockgate.credentials.cosmos import sign
 from lockgate.errors import AuditUnavailable
+from lockgate.identity import TaskIdentity
 from tests.gateway.http import test_cosmos
 from tests.gateway.http.conftest import raw_request
 from tests.gateway.http.test_cosmos import Env
@@ -317,3 +318,26 @@ async def test_with_fsync_the_account_sees_nothing_before_the_record_is_durable(
     else:
         assert status == 503 and _data_requests(env) == []
         assert [r.reason for r in env.audit(event="upstream_error")] == ["audit_unavailable"]
+
+
+async def test_a_token_for_another_resource_is_refused_before_the_account(
+    cosmos_env: Env,
+) -> None:
+    """Signed with the right task key for its jti, but minted for another resource."""
+    env = cosmos_env
+    token, claims = env.gw.issuer.mint(TaskIdentity("prod", "orders_load", "load", "r1", 1),
+                                       "elsewhere", 600)  # fmt: skip
+    x_date = _now()
+    headers = {
+        "authorization": sign(env.task_key(claims.jti), "GET", "docs", DOC, x_date),
+        "x-ms-date": x_date,
+        "x-ms-documentdb-partitionkey": '["eu"]',
+    }
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{env.base}/_t/{token}/{DOC}", headers=headers) as r,
+    ):
+        assert r.status == 401
+    assert _data_requests(env) == []
+    failed = env.audit(event="auth_failed")
+    assert failed and failed[-1].reason == "wrong_audience"
