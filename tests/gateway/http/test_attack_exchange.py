@@ -455,3 +455,29 @@ async def test_a_removed_resource_is_refused_and_recorded_on_a_kept_alive_connec
     assert upstream.received == ["/x"]
     refused = [r for r in gw.audit.records if r.reason == "unknown_resource"]
     assert len(refused) == 1 and refused[0].status == 404
+
+
+async def test_a_pooled_connection_never_serves_another_resource(
+    make_gateway: Any, upstream: Any
+) -> None:
+    """Two resources on the same upstream, each with its own credential: a connection kept
+    warm by one is never handed to the other (an upstream may bind state to a connection)."""
+    gw = await make_gateway()
+    gw.broker.versions["billing-key"] = ["billing-secret"]
+    upstream.accepted = {SECRETS[-1], "billing-secret"}
+    gw.engine.update_resources([
+        resource("orders", upstream.url),
+        Resource(name="billing", kind="http", upstream=upstream.url, credential="billing-key"),
+    ])  # fmt: skip
+    orders = gw.engine.proxy.resources["orders"].pool
+    billing = gw.engine.proxy.resources["billing"].pool
+    assert orders is not billing
+    get = b"GET /orders/x HTTP/1.1\r\nHost: g\r\n" + AUTH + b"Connection: close\r\n\r\n"
+    assert (await raw_request(gw.port, get)).startswith(b"HTTP/1.1 200")
+    other = (
+        b"GET /billing/y HTTP/1.1\r\nHost: g\r\nAuthorization: Bearer tok-billing\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    assert (await raw_request(gw.port, other)).startswith(b"HTTP/1.1 200")
+    assert billing.connects == 1 and orders.connects == 1
+    assert upstream.seen[-1]["headers"]["Authorization"] == "Bearer billing-secret"
