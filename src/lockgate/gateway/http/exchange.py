@@ -116,32 +116,15 @@ class Forwarder:
         if decision is None:
             decision = "error" if out.error else "allow"
         if decision == "error":
-            log.warning(
-                "upstream failure",
-                extra={
-                    "fields": {
-                        "resource": adm.rs.name,
-                        "reason": out.error,
-                        "status": out.status,
-                        "jti": adm.claims.jti,
-                    }
-                },
-            )
+            fields = {"resource": adm.rs.name, "reason": out.error, "status": out.status,
+                      "jti": adm.claims.jti}  # fmt: skip
+            log.warning("upstream failure", extra={"fields": fields})
         self._trail.records.emit(
-            "upstream_error" if out.error else "allowed",
-            adm.claims,
-            adm.rs.name,
-            adm.t0,
-            action=adm.action,
-            obj=adm.obj,
-            status=out.status,
-            decision=decision,
-            rule=adm.rule,
-            reason=out.error or adm.reason,
-            bytes_in=fw.body.total,
-            bytes_out=fw.conn.bytes_out,
-            detail=self._detail(adm, out),
-        )
+            "upstream_error" if out.error else "allowed", adm.claims, adm.rs.name, adm.t0,
+            action=adm.action, obj=adm.obj, status=out.status, decision=decision,
+            rule=adm.rule, reason=out.error or adm.reason, bytes_in=fw.body.total,
+            bytes_out=fw.conn.bytes_out, detail=self._detail(adm, out),
+        )  # fmt: skip
 
     def record_client_lost(self, fw: Forwarding) -> None:
         """The client left mid-request: the upstream may have run it all the same."""
