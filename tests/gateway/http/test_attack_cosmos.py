@@ -12,9 +12,11 @@ import time
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from lockgate.credentials.cosmos import sign
 from lockgate.errors import AuditUnavailable
+from lockgate.gateway.http.proxy import Proxy
 from lockgate.identity import TaskIdentity
 from tests.gateway.http import test_cosmos
 from tests.gateway.http.conftest import raw_request
@@ -57,6 +59,13 @@ async def _send(
         s.request(method, f"{env.base}/_t/{token}/{path}", headers=all_headers, data=data) as r,
     ):
         return r.status, await r.read(), token
+
+
+def _proxy(env: Env) -> Proxy:
+    """The HTTP engine's request handler of the gateway under attack."""
+    engine = env.gw.engine
+    assert engine is not None
+    return engine.proxy
 
 
 def _data_requests(env: Env) -> list[object]:
@@ -199,9 +208,8 @@ async def test_an_encoded_token_is_authenticated_like_the_plain_one(cosmos_env: 
         assert r.status == 404, await r.text()  # the account answered: the token was found
 
 
-def yarl_url(url: str) -> object:
-    from yarl import URL
-
+def yarl_url(url: str) -> URL:
+    """``url`` sent as written (aiohttp would otherwise decode its escapes)."""
     return URL(url, encoded=True)
 
 
@@ -240,8 +248,9 @@ async def test_no_token_in_records_or_logs_for_every_cosmos_outcome(
     tokens.append((await _send(env, "GET", "dbs/sales/users/u1"))[2])
     tokens.append((await _send(env, "GET", "dbs/sales/colls/orders/nope/x"))[2])
     tokens.append((await _send(env, "GET", DOC, signed_as=("GET", "docs", "dbs/x")))[2])
-    tokens.append((await _send(env, "PUT", DOC, data=b"x" * (env.gw.engine.proxy.resources[
-        "cosmos"].profile.max_body + 1)))[2])  # type: ignore[union-attr]  # fmt: skip
+    profile = _proxy(env).resources["cosmos"].profile
+    assert profile is not None
+    tokens.append((await _send(env, "PUT", DOC, data=b"x" * (profile.max_body + 1)))[2])
     token, _ = env.token()
     tokens.append(token)
     out = await raw_request(
@@ -265,7 +274,7 @@ async def test_an_unusable_account_key_is_a_recorded_credential_failure(
     the gateway's 503 naming the resource, and the admitted record gets its outcome."""
     env = cosmos_env
     env.gw.state.credentials.set(test_cosmos.CRED, "not-a-base64-key!")
-    env.gw.engine.proxy.forwarder._secrets.invalidate(test_cosmos.CRED)  # type: ignore[attr-defined]
+    _proxy(env).forwarder._secrets.invalidate(test_cosmos.CRED)  # the operator's change, now
     status, _, _ = await _send(env, "GET", DOC)
     assert _data_requests(env) == []
     assert status == 503
@@ -299,7 +308,7 @@ async def test_with_fsync_the_account_sees_nothing_before_the_record_is_durable(
     cosmos_env: Env, synced: bool
 ) -> None:
     env = cosmos_env
-    trail = env.gw.engine.proxy.trail
+    trail = _proxy(env).trail
     device = _SlowDevice(trail._audit)
     trail._audit = device  # type: ignore[assignment]
     sent = asyncio.ensure_future(_send(env, "DELETE", DOC))
