@@ -35,7 +35,7 @@ class Exchange:
         fw: Forwarding,
         up: UpstreamConnection,
         secret: UpstreamSecret | None,
-        hand_over: Callable[[FirstAttempt], Awaitable[bool]],
+        hand_over: Callable[[Forwarding, FirstAttempt], Awaitable[bool]],
     ) -> None:
         self.forwarder = forwarder
         self.fw = fw
@@ -132,4 +132,4 @@ class Exchange:
             self.up.detach()  # now, so the end of this response no longer reaches on_done
         conn = self.conn
         conn.inflight = None
-        conn.run(self.hand_over((self.up, result, self.secret)))
+        conn.run(self.hand_over(self.fw, (self.up, result, self.secret)))

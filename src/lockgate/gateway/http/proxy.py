@@ -16,7 +16,6 @@ into both.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -62,6 +61,7 @@ class Proxy:
             verifier=verifier, policy=policy, secrets=secrets, make_request=make_request,
             trail=self.trail, clock=clock,
         )  # fmt: skip
+        self._hand_over = self.serve_admitted  # (bound once: the fast path's way back)
         self.forwarder = Forwarder(
             secrets=secrets, assertions=assertions, trail=self.trail, clock=clock
         )
@@ -103,8 +103,7 @@ class Proxy:
             up = rs.pool.take_idle()
             if up is not None:
                 fw = Forwarding(conn, head, body, adm)
-                hand_over = functools.partial(self.serve_admitted, fw)
-                if Exchange(self.forwarder, fw, up, secret, hand_over).start():
+                if Exchange(self.forwarder, fw, up, secret, self._hand_over).start():
                     return None
         conn.run(self.serve_admitted(Forwarding(conn, head, body, adm), durable=durable))
         return None
