@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from lockgate.config import HttpResource, parse_config
+from lockgate.config import HttpResource
 from lockgate.server import Gateway
+
+from ._stack import basic, deployment, post_form, running_gateway
 
 SECRET = "plane-secret-Qm2"
 POLICY = """\
@@ -28,34 +27,15 @@ TASK = {"dag_id": "etl", "task_id": "load", "run_id": "r1", "try_number": "1"}
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    (tmp_path / "p.yaml").write_text(POLICY)
-    sha = hashlib.sha256(SECRET.encode()).hexdigest()
-    cfg = parse_config(
-        {"data_dir": str(tmp_path / "data"),
-         "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-         "deployments": [{"name": "prod", "dags": ["*"],
-                          "proof": {"type": "client_secret", "secret_sha256": sha}}],
-         "resources": [{"name": "old", "kind": "http", "upstream": "http://127.0.0.1:9",
-                        "conn_id": "old_api"}],
-         "policies": [str(tmp_path / "p.yaml")]},
-        tmp_path / "lockgate.yaml",
-    )  # fmt: skip
-    gateway = Gateway(cfg)
-    await gateway.start()
-    try:
+    old = {"name": "old", "kind": "http", "upstream": "http://127.0.0.1:9", "conn_id": "old_api"}
+    async with running_gateway(
+        tmp_path, policy=POLICY, deployments=[deployment("prod", SECRET)], resources=[old]
+    ) as gateway:
         yield gateway
-    finally:
-        await gateway.stop()
 
 
 async def post(gw: Gateway, route: str, **form: str) -> tuple[int, dict[str, Any]]:
-    basic = base64.b64encode(f"prod:{SECRET}".encode()).decode()
-    url = f"http://127.0.0.1:{gw.control_port}{route}"
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(url, data=form, headers={"Authorization": f"Basic {basic}"}) as r,
-    ):
-        return r.status, await r.json()
+    return await post_form(gw, route, basic("prod", SECRET), **form)
 
 
 async def test_a_new_catalog_is_minted_for_and_listed_at_once(gw: Gateway) -> None:

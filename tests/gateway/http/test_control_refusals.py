@@ -9,7 +9,6 @@ record with a reason slug, and none of them may issue anything.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lockgate.config import parse_config
 from lockgate.identity import TaskIdentity
-from lockgate.server import Gateway, State
+from lockgate.server import Gateway
+from tests.control._stack import basic, deployment, post_form, running_gateway
 
 SECRET = "control-refusal-secret"
 POLICY = """\
@@ -32,51 +31,33 @@ rules:
 """
 
 
+RESOURCES = [
+    {"name": "cosmos", "kind": "http", "upstream": "http://127.0.0.1:9", "credential": "k",
+     "conn_id": "cosmos_default", "profile": "cosmos",
+     "cosmos": {"database": "sales", "container": "orders"}},
+    {"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9", "credential": "k",
+     "conn_id": "api"},
+    {"name": "dbx", "kind": "http", "upstream": "http://127.0.0.1:9", "credential": "k",
+     "conn_id": "dbx", "profile": "databricks"},
+]  # fmt: skip
+
+
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    (tmp_path / "p.yaml").write_text(POLICY)
-    sha = hashlib.sha256(SECRET.encode()).hexdigest()
-    cfg = parse_config(
-        {
-            "data_dir": str(tmp_path / "data"),
-            "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-            "deployments": [
-                {"name": "prod", "proof": {"type": "client_secret", "secret_sha256": sha},
-                 "dags": ["*"]},
-                {"name": "other", "proof": {"type": "client_secret", "secret_sha256": sha},
-                 "dags": ["*"]},
-            ],
-            "resources": [
-                {"name": "cosmos", "kind": "http", "upstream": "http://127.0.0.1:9",
-                 "credential": "k", "conn_id": "cosmos_default", "profile": "cosmos",
-                 "cosmos": {"database": "sales", "container": "orders"}},
-                {"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9",
-                 "credential": "k", "conn_id": "api"},
-                {"name": "dbx", "kind": "http", "upstream": "http://127.0.0.1:9",
-                 "credential": "k", "conn_id": "dbx", "profile": "databricks"},
-            ],
-            "credentials": [{"name": "k", "type": "static"}],
-            "policies": [str(tmp_path / "p.yaml")],
-        },
-        tmp_path / "lockgate.yaml",
-    )  # fmt: skip
-    State(cfg).credentials.set("k", base64.b64encode(b"x" * 32).decode())
-    gateway = Gateway(cfg)
-    await gateway.start()
-    try:
+    async with running_gateway(
+        tmp_path,
+        policy=POLICY,
+        deployments=[deployment("prod", SECRET), deployment("other", SECRET)],
+        resources=RESOURCES,
+        secrets={"k": base64.b64encode(b"x" * 32).decode()},
+    ) as gateway:
         yield gateway
-    finally:
-        await gateway.stop()
 
 
 async def post(gw: Gateway, route: str, deployment: str, secret: str, **form: str) -> int:
-    basic = base64.b64encode(f"{deployment}:{secret}".encode()).decode()
-    headers = {"Authorization": f"Basic {basic}"}  # what the secrets backend's client sends
-    url = f"http://127.0.0.1:{gw.control_port}{route}"
-    async with aiohttp.ClientSession() as s, s.post(url, data=form, headers=headers) as r:
-        body: dict[str, Any] = await r.json()
-        assert "key" not in body and "access_token" not in body
-        return r.status
+    status, body = await post_form(gw, route, basic(deployment, secret), **form)
+    assert "key" not in body and "access_token" not in body
+    return status
 
 
 def refusals(gw: Gateway, route: str) -> list[Any]:
@@ -126,11 +107,10 @@ async def test_poll_token_ids_are_checked_like_the_token_routes(gw: Gateway) -> 
 
 
 async def test_a_granted_poll_token_is_recorded_before_it_is_handed_out(gw: Gateway) -> None:
-    basic = base64.b64encode(f"prod:{SECRET}".encode()).decode()
     url = f"http://127.0.0.1:{gw.control_port}/v1/poll-token"
     async with (
         aiohttp.ClientSession() as s,
-        s.post(url, data={"resource": "dbx"}, headers={"Authorization": f"Basic {basic}"}) as r,
+        s.post(url, data={"resource": "dbx"}, headers=basic("prod", SECRET)) as r,
     ):
         assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
         body: dict[str, Any] = await r.json()
