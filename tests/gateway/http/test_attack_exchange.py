@@ -481,3 +481,28 @@ async def test_a_pooled_connection_never_serves_another_resource(
     assert (await raw_request(gw.port, other)).startswith(b"HTTP/1.1 200")
     assert billing.connects == 1 and orders.connects == 1
     assert upstream.seen[-1]["headers"]["Authorization"] == "Bearer billing-secret"
+
+
+# -- an upstream that never answers ----------------------------------------------------------
+@pytest.mark.parametrize("warm", [False, True], ids=["task-path", "fast-path"])
+async def test_an_upstream_that_never_answers_is_a_recorded_504_within_the_deadline(
+    make_gateway: Any, raw_upstream: RawUpstream, warm: bool
+) -> None:
+    """The head deadline (one timer per pool, no timer per request) still fires for every
+    request: the client is answered and its outcome recorded, nothing hangs."""
+    raw_upstream.answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    res = [resource("orders", f"http://127.0.0.1:{raw_upstream.port}",
+                    retry={"max_attempts": 1, "deadline": 0.5})]  # fmt: skip
+    gw = await make_gateway(resources=res)
+    get = b"GET /orders/x HTTP/1.1\r\nHost: g\r\n" + AUTH + b"Connection: close\r\n\r\n"
+    if warm:
+        assert (await raw_request(gw.port, get)).startswith(b"HTTP/1.1 200")
+    raw_upstream.answer = b""  # from now on: silence
+    before = len(outcomes(gw))
+    started = asyncio.get_running_loop().time()
+    out = await raw_request(gw.port, get, timeout=5.0)
+    took = asyncio.get_running_loop().time() - started
+    assert out.startswith(b"HTTP/1.1 504"), out[:80]
+    assert took < 3.0
+    late = outcomes(gw)[before:]
+    assert [(r.status, r.reason) for r in late] == [(504, "upstream_timeout")]
