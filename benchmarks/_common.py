@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 #: Lockgate / nginx requests/s (HTTP, one process, default config).
 HTTP_VS_NGINX = 0.5
@@ -145,26 +147,81 @@ def engine_alone(gw: Any, claims: Any) -> Any:
     return HttpEngine(gw.config.resources, shared)
 
 
-# -- profile benchmarks: a private loop for the servers, aiohttp load from the main thread ------
-class LoopThread:
-    """An event loop in a daemon thread; the servers under test live on it."""
+# -- profile benchmarks: each server in a process of its own, aiohttp load from this one -------
+# The client, the fake upstream and the gateway must not share one interpreter: with one GIL
+# between them the ratio would measure the GIL, not the gateway.
+Role = Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
+_READY = b"BENCH-READY "
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
 
-    def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+def _event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # what lockgate serve runs on
 
-    async def _down(self) -> None:
-        """Stop the servers (on the loop)."""
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+
+
+class ServerProcess:
+    """``python -m <module> --serve <role> <json>``: starts one server, then reports what the
+    client needs (ports, keys, tokens) as one JSON line and serves until terminated."""
+
+    def __init__(self, module: str, role: str, args: dict[str, Any]) -> None:
+        root = Path(__file__).resolve().parents[1]
+        env = dict(os.environ)
+        path = [str(root / "src"), str(root), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--serve", role, json.dumps(args)],
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        out = self.proc.stdout
+        assert out is not None
+        for line in out:
+            if line.startswith(_READY):
+                self.info: dict[str, Any] = json.loads(line[len(_READY) :])
+                break
+        else:
+            raise RuntimeError(f"{module} {role} exited with {self.proc.wait()} before serving")
+        threading.Thread(target=out.read, daemon=True).start()  # a full pipe would block it
 
     def stop(self) -> None:
-        self.call(self._down())
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
-B = TypeVar("B", bound=LoopThread)
+def serve(role: Role, args: dict[str, Any]) -> None:
+    """The child side of :class:`ServerProcess`."""
+    loop = _event_loop()
+    asyncio.set_event_loop(loop)
+    info = loop.run_until_complete(role(args))
+    sys.stdout.buffer.write(_READY + json.dumps(info).encode() + b"\n")
+    sys.stdout.flush()
+    loop.run_forever()
+
+
+class Servers:
+    """The server processes of one benchmark run, stopped together."""
+
+    def __init__(self, module: str, workdir: Path) -> None:
+        self.module = module
+        self.workdir = workdir
+        self._procs: list[ServerProcess] = []
+
+    def start(self, role: str, **args: Any) -> dict[str, Any]:
+        proc = ServerProcess(self.module, role, {"workdir": str(self.workdir), **args})
+        self._procs.append(proc)
+        return proc.info
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            proc.stop()
 
 
 async def start_gateway(
@@ -198,21 +255,26 @@ def run_profile(
     argv: list[str] | None,
     doc: str,
     label: str,
-    backend: Callable[[Path], B],
-    client: Callable[[B, int, int], Coroutine[Any, Any, int]],
+    roles: dict[str, Role],
+    client: Callable[[Servers, int, int], Coroutine[Any, Any, int]],
 ) -> int:
-    """The command line of a profile benchmark: servers up, ``client`` measures, servers down."""
+    """The command line of a profile benchmark: ``client`` starts the server processes it
+    needs (``roles``) and measures; ``--serve <role> <json>`` is one such server process."""
+    if argv and argv[0] == "--serve":
+        serve(roles[argv[1]], json.loads(argv[2]))
+        return 0
     ap = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args(argv if argv is not None else [])
     with tempfile.TemporaryDirectory() as d:
-        b = backend(Path(d))
+        spec = getattr(sys.modules[client.__module__], "__spec__", None)  # "-m": __main__
+        servers = Servers(spec.name if spec else client.__module__, Path(d))
         try:
             print(f"{label} x{args.requests}, {args.concurrency} connections")
-            return asyncio.run(client(b, args.requests, args.concurrency))
+            return asyncio.run(client(servers, args.requests, args.concurrency))
         finally:
-            b.stop()
+            servers.stop()
 
 
 @dataclass

@@ -5,8 +5,8 @@ Usage::
     .venv/bin/python -m benchmarks.cosmos [--requests 2000] [--concurrency 8]
 
 The test account (tests/fakes/cosmos, aiohttp) and the real :class:`Gateway` (profile cosmos,
-account key credential, policy, the hash-chained audit trail) run on one uvloop in a
-background thread; the client (aiohttp, keep-alive) runs in the main thread and signs every
+account key credential, policy, the hash-chained audit trail) each run on a uvloop in a
+process of their own; the client (aiohttp, keep-alive) runs in this one and signs every
 request as the SDK does (master-key HMAC over verb, type, link and ``x-ms-date``).
 ``direct`` signs with the account key; ``lockgate`` sends the same point read to
 ``/<resource>/_t/<token>/...`` signed with the task's derived key: the gateway verifies the
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
-    LoopThread,
+    Servers,
     compare,
     engine_alone,
     report_profile,
@@ -47,42 +47,42 @@ rules:
 DOC_PATH = "dbs/sales/colls/orders/docs/d1"
 
 
-class Backend(LoopThread):
-    """Fake account, gateway and the engine alone on a private loop in a daemon thread."""
+async def fake_account(args: dict[str, Any]) -> dict[str, Any]:
+    """Server process: the test account with one document."""
+    from tests.fakes.cosmos import start_cosmos
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__()
-        self.workdir = workdir
-        self.call(self._boot())
+    fake = await start_cosmos()
+    fake.store.create_database({"id": "sales"})
+    pk = {"paths": ["/pk"], "kind": "Hash"}
+    fake.store.create_container("sales", {"id": "orders", "partitionKey": pk})
+    fake.store.container("sales", "orders").put(
+        '["p"]', {"id": "d1", "pk": "p", "amount": 42}, mode="create"
+    )
+    return {"url": fake.url.rstrip("/"), "key": fake.keys[0]}
 
-    async def _boot(self) -> None:
-        from tests.fakes.cosmos import start_cosmos
 
-        self.fake = await start_cosmos()
-        self.fake.store.create_database({"id": "sales"})
-        pk = {"paths": ["/pk"], "kind": "Hash"}
-        self.fake.store.create_container("sales", {"id": "orders", "partitionKey": pk})
-        self.fake.store.container("sales", "orders").put(
-            '["p"]', {"id": "d1", "pk": "p", "amount": 42}, mode="create"
-        )
-        self.gw = await start_gateway(
-            self.workdir,
-            POLICY,
-            {"name": "cosmos", "kind": "http", "upstream": self.fake.url, "credential": "key",
-             "profile": "cosmos"},
-            {"name": "key", "type": "static"},
-            self.fake.keys[0],
-        )  # fmt: skip
-        self.token, self.claims = self.gw.issuer.mint(
-            TaskIdentity("prod", "bench_dag", "t", "r", 1), "cosmos", 3600
-        )
-        self.alone = engine_alone(self.gw, self.claims)
-        await self.alone.start("127.0.0.1", 0)
+async def gateway(args: dict[str, Any]) -> dict[str, Any]:
+    """Server process: the gateway in front of the account, and the engine alone."""
+    gw = await start_gateway(
+        Path(args["workdir"]),
+        POLICY,
+        {"name": "cosmos", "kind": "http", "upstream": args["url"], "credential": "key",
+         "profile": "cosmos"},
+        {"name": "key", "type": "static"},
+        args["key"],
+    )  # fmt: skip
+    token, claims = gw.issuer.mint(TaskIdentity("prod", "bench_dag", "t", "r", 1), "cosmos", 3600)
+    alone = engine_alone(gw, claims)
+    await alone.start("127.0.0.1", 0)
 
-    async def _down(self) -> None:
-        await self.alone.close()
-        await self.gw.stop()
-        await self.fake.close()
+    def task_key(engine: Any) -> str:  # what the task's SDK signs with
+        return str(engine.proxy.resources["cosmos"].profile.task_key(claims.jti))
+
+    via = f"cosmos/_t/{token}/{DOC_PATH}"
+    return {
+        "lockgate": [f"http://127.0.0.1:{gw.http_port}/{via}", task_key(gw.engine)],
+        "engine alone": [f"http://127.0.0.1:{alone.port}/{via}", task_key(alone)],
+    }
 
 
 def _signed(key: str) -> Callable[[], dict[str, str]]:
@@ -101,22 +101,13 @@ def _signed(key: str) -> Callable[[], dict[str, str]]:
     return headers
 
 
-async def _client(b: Backend, n: int, conc: int) -> int:
-    def task_key(engine: Any) -> str:
-        return str(engine.proxy.resources["cosmos"].profile.task_key(b.claims.jti))
-
-    via = f"_t/{b.token}/{DOC_PATH}"
+async def _client(servers: Servers, n: int, conc: int) -> int:
+    account = servers.start("fake_account")
+    paths = servers.start("gateway", **account)
     results = await compare(
         {
-            "direct": (f"{b.fake.url.rstrip('/')}/{DOC_PATH}", _signed(b.fake.keys[0])),
-            "lockgate": (
-                f"http://127.0.0.1:{b.gw.http_port}/cosmos/{via}",
-                _signed(task_key(b.gw.engine)),
-            ),
-            "engine alone": (
-                f"http://127.0.0.1:{b.alone.port}/cosmos/{via}",
-                _signed(task_key(b.alone)),
-            ),
+            "direct": (f"{account['url']}/{DOC_PATH}", _signed(account["key"])),
+            **{name: (url, _signed(key)) for name, (url, key) in paths.items()},
         },
         n,
         conc,
@@ -125,7 +116,8 @@ async def _client(b: Backend, n: int, conc: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_profile(argv, __doc__ or "", "point reads", Backend, _client)
+    roles = {"fake_account": fake_account, "gateway": gateway}
+    return run_profile(argv, __doc__ or "", "point reads", roles, _client)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ Usage::
 
 The test workspace (tests/fakes/databricks, aiohttp) and the real :class:`Gateway` (profile
 databricks on its own listener, OAuth M2M upstream credential, run registry, policy, the
-hash-chained audit trail) run on one uvloop in a background thread; the client (aiohttp,
-keep-alive) runs in the main thread. ``direct`` polls the workspace with an OAuth token of
+hash-chained audit trail) each run on a uvloop in a process of their own; the client
+(aiohttp, keep-alive) runs in this one. ``direct`` polls the workspace with an OAuth token of
 its own; ``lockgate`` polls the gateway with a Lockgate token for the DAG that started the
 run (every request verified, classified with its query, checked for run ownership, decided,
 relayed with the gateway's token and audited with the run page URL). The ratio is
@@ -25,11 +25,12 @@ import base64
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from benchmarks._common import (
-    LoopThread,
+    Servers,
     compare,
     engine_alone,
     report_profile,
@@ -49,63 +50,55 @@ rules:
 """
 
 
-class Backend(LoopThread):
-    """Fake workspace, gateway and the engine alone on a private loop in a daemon thread."""
+async def fake_workspace(args: dict[str, Any]) -> dict[str, Any]:
+    """Server process: the test workspace with one job."""
+    from tests.fakes.databricks import DEFAULT_CLIENT_ID, FakeDatabricks, start
 
-    def __init__(self, workdir: Path) -> None:
-        from tests.fakes.databricks import DEFAULT_CLIENT_ID, FakeDatabricks
-
-        self.fake = FakeDatabricks({"bench-secret"}, pending_polls=10**9)
-        cluster = {"node_type_id": "i3.xlarge", "num_workers": 2}
-        self.fake.add_job(
-            1, {"name": "bench", "tasks": [{"task_key": "t", "new_cluster": cluster}]}
-        )
-        self.client_id = DEFAULT_CLIENT_ID
-        self.workdir = workdir
-        super().__init__()
-        self.call(self._boot())
-
-    async def _boot(self) -> None:
-        from tests.fakes.databricks import start
-
-        self.runner, port = await start(self.fake)
-        self.upstream = f"http://127.0.0.1:{port}"
-        self.gw = await start_gateway(
-            self.workdir,
-            POLICY,
-            {"name": "dbx", "kind": "http", "upstream": self.upstream, "credential": "sp",
-             "profile": "databricks", "listen": {"host": "127.0.0.1", "port": 0}},
-            {"name": "sp", "type": "oauth2_client_credentials",
-             "token_url": f"{self.upstream}/oidc/v1/token", "client_id": self.client_id,
-             "scope": "all-apis", "token_auth": "client_secret_basic"},
-            "bench-secret",
-        )  # fmt: skip
-        self.gateway = f"http://127.0.0.1:{self.gw.mounted_ports['dbx']}"
-        self.token, claims = self.gw.issuer.mint(
-            TaskIdentity("prod", "bench_dag", "t", "r", 1), "dbx", 3600
-        )
-        self.alone = engine_alone(self.gw, claims)
-        server = await self.alone.start_mounted("dbx", "127.0.0.1", 0)
-        self.engine_alone = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    async def _down(self) -> None:
-        await self.alone.close()
-        await self.gw.stop()
-        await self.runner.cleanup()
+    fake = FakeDatabricks({"bench-secret"}, pending_polls=10**9)
+    cluster = {"node_type_id": "i3.xlarge", "num_workers": 2}
+    fake.add_job(1, {"name": "bench", "tasks": [{"task_key": "t", "new_cluster": cluster}]})
+    _, port = await start(fake)
+    return {"url": f"http://127.0.0.1:{port}", "client_id": DEFAULT_CLIENT_ID}
 
 
-async def _client(b: Backend, n: int, conc: int) -> int:
-    basic = base64.b64encode(f"{b.client_id}:bench-secret".encode()).decode()
+async def gateway(args: dict[str, Any]) -> dict[str, Any]:
+    """Server process: the gateway in front of the workspace, and the engine alone."""
+    upstream = args["url"]
+    gw = await start_gateway(
+        Path(args["workdir"]),
+        POLICY,
+        {"name": "dbx", "kind": "http", "upstream": upstream, "credential": "sp",
+         "profile": "databricks", "listen": {"host": "127.0.0.1", "port": 0}},
+        {"name": "sp", "type": "oauth2_client_credentials",
+         "token_url": f"{upstream}/oidc/v1/token", "client_id": args["client_id"],
+         "scope": "all-apis", "token_auth": "client_secret_basic"},
+        "bench-secret",
+    )  # fmt: skip
+    token, claims = gw.issuer.mint(TaskIdentity("prod", "bench_dag", "t", "r", 1), "dbx", 3600)
+    alone = engine_alone(gw, claims)
+    server = await alone.start_mounted("dbx", "127.0.0.1", 0)
+    return {
+        "lockgate": f"http://127.0.0.1:{gw.mounted_ports['dbx']}",
+        "engine alone": f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+        "token": token,
+    }
+
+
+async def _client(servers: Servers, n: int, conc: int) -> int:
+    workspace = servers.start("fake_workspace")
+    gw = servers.start("gateway", **workspace)
+    upstream, token = workspace["url"], gw["token"]
+    basic = base64.b64encode(f"{workspace['client_id']}:bench-secret".encode()).decode()
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            f"{b.upstream}/oidc/v1/token",
+            f"{upstream}/oidc/v1/token",
             data={"grant_type": "client_credentials", "scope": "all-apis"},
             headers={"Authorization": f"Basic {basic}"},
         ) as r:
             direct_token = (await r.json())["access_token"]
         async with http.post(
-            f"{b.gateway}/api/2.2/jobs/run-now", json={"job_id": 1},
-            headers={"Authorization": f"Bearer {b.token}"},
+            f"{gw['lockgate']}/api/2.2/jobs/run-now", json={"job_id": 1},
+            headers={"Authorization": f"Bearer {token}"},
         ) as r:  # fmt: skip
             run_id = (await r.json())["run_id"]
     path = f"/api/2.2/jobs/runs/get?run_id={run_id}"
@@ -116,10 +109,10 @@ async def _client(b: Backend, n: int, conc: int) -> int:
 
     results = await compare(
         {
-            "direct": (b.upstream + path, bearer(direct_token)),
-            "lockgate": (b.gateway + path, bearer(b.token)),
+            "direct": (upstream + path, bearer(direct_token)),
+            "lockgate": (gw["lockgate"] + path, bearer(token)),
             # the same run, owned by the same DAG: the run registry is the gateway's
-            "engine alone": (b.engine_alone + path, bearer(b.token)),
+            "engine alone": (gw["engine alone"] + path, bearer(token)),
         },
         n,
         conc,
@@ -128,7 +121,8 @@ async def _client(b: Backend, n: int, conc: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_profile(argv, __doc__ or "", "runs/get", Backend, _client)
+    roles = {"fake_workspace": fake_workspace, "gateway": gateway}
+    return run_profile(argv, __doc__ or "", "runs/get", roles, _client)
 
 
 if __name__ == "__main__":
