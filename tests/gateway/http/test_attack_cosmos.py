@@ -12,11 +12,17 @@ import time
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
+from lockgate.config import HttpResource
 from lockgate.credentials.cosmos import sign
 from lockgate.errors import AuditUnavailable
+from lockgate.gateway.http import framing
+from lockgate.gateway.http.profiles.cosmos.profile import CosmosProfile, _named, header_map
 from lockgate.gateway.http.proxy import Proxy
+from lockgate.gateway.http.resources import DROP_PREFIXES, ResourceState
 from lockgate.identity import TaskIdentity
 from tests.gateway.http import test_cosmos
 from tests.gateway.http.conftest import raw_request
@@ -350,3 +356,68 @@ async def test_a_token_for_another_resource_is_refused_before_the_account(
     assert _data_requests(env) == []
     failed = env.audit(event="auth_failed")
     assert failed and failed[-1].reason == "wrong_audience"
+
+
+# -- what is judged is what is sent ---------------------------------------------------------
+_NAMES = [
+    "x-ms-documentdb-isquery", "X-MS-DOCUMENTDB-ISQUERY", "x_ms_documentdb_isquery",
+    "x-ms-documentdb-is-upsert", "X-Ms-Documentdb-Is-Upsert", "x-ms-cosmos-is-batch-request",
+    "x-ms-cosmos-batch-atomic", "x-ms-cosmos-is-query-plan-request",
+    "x-ms-thinclient-proxy-operation-type", "content-type", "Content-Type", "content_type",
+    "x-lockgate-x", "x-forwarded-for", "x-ms-version", "accept-encoding", "x-ms-date",
+]  # fmt: skip
+_VALUES = ["True", "true", "False", "application/query+json", "application/json", "Query", ""]
+
+
+def _judged_and_sent(
+    pairs: list[tuple[str, str]], hop: list[str]
+) -> tuple[dict[str, str], dict[str, str]] | None:
+    """(what classification reads, minus what the gateway sets itself; what is forwarded),
+    or None for a request refused before classification."""
+    lines = [f"{n}: {v}" for n, v in pairs]
+    if hop:
+        lines.append("Connection: " + ", ".join(hop))
+    raw = ("POST /cosmos/x HTTP/1.1\r\nHost: g\r\n" + "".join(f"{x}\r\n" for x in lines)
+           + "\r\n").encode()  # fmt: skip
+    try:
+        head = framing.parse_request_head(raw)
+    except framing.FramingError:
+        return None
+    judged = header_map(head)
+    if len(judged) != _named(head):
+        return None  # a header named twice: refused before classification
+    rs = ResourceState(
+        HttpResource(name="cosmos", kind="http", upstream="http://127.0.0.1:9",
+                     credential="c", profile="cosmos", cosmos={"database": "a"})
+    )  # fmt: skip
+    forwarded = rs.forwarded_headers(head, CosmosProfile.drop_headers, True)
+    sent: dict[str, str] = {}
+    for line in forwarded.decode("latin-1").split("\r\n"):
+        if line:
+            name, _, value = line.partition(": ")
+            assert name.lower() not in sent, "a header forwarded twice"
+            sent[name.lower()] = value
+    gateway_set = rs.drop | CosmosProfile.drop_headers
+    expected = {
+        n: v for n, v in judged.items()
+        if n.encode() not in gateway_set and not n.encode().startswith(DROP_PREFIXES)
+    }  # fmt: skip
+    return expected, sent
+
+
+@given(
+    pairs=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=8),
+    hop=st.lists(st.sampled_from(_NAMES), max_size=2),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_headers_classification_reads_are_the_headers_the_account_gets(
+    pairs: list[tuple[str, str]], hop: list[str]
+) -> None:
+    """Parity: every client header the classifier reads reaches the account with that value,
+    and nothing else of the client's does (however names are cased, underscored, listed as
+    hop-by-hop or repeated)."""
+    both = _judged_and_sent(pairs, hop)
+    if both is None:
+        return
+    expected, sent = both
+    assert sent == expected
