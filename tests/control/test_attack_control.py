@@ -167,22 +167,42 @@ def _name_of(node: ast.AST) -> str:
     return ""
 
 
+def equality_on_secrets(source: str) -> list[tuple[int, list[str]]]:
+    """(line, operand names) of each ``==``/``!=`` with a secret-named operand."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        if not any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+            continue
+        operands = [node.left, *node.comparators]
+        if any(isinstance(o, ast.Constant) for o in operands):
+            continue  # compared with a literal: a kind, not a secret value
+        names = [_name_of(o) for o in operands]
+        if any(n and not n.isupper() and _SECRETISH.search(n) for n in names):
+            found.append((node.lineno, names))
+    return found
+
+
+def test_the_equality_scan_finds_what_it_is_for() -> None:
+    source = (
+        "if presented == expected: pass\n"
+        "if dep.proof.secret != given: pass\n"
+        "if hashlib.sha256(x).hexdigest() == digest: pass\n"
+        "if kind == 'secret': pass\n"  # a literal: a kind
+        "if len(signature) != SIG_LEN: pass\n"  # a length
+    )
+    assert [line for line, _ in equality_on_secrets(source)] == [1, 2, 3]
+
+
 def test_no_secret_is_compared_with_equality() -> None:
     """``==``/``!=`` on a secret-named operand leaks its prefix through timing: the control
-    plane and the identity package use :func:`hmac.compare_digest`."""
+    plane, identity, credentials and the engines use :func:`hmac.compare_digest`."""
     root = Path(__file__).resolve().parents[2] / "src" / "lockgate"
-    found = []
-    for package in _CHECKED:
-        for path in sorted((root / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if not isinstance(node, ast.Compare):
-                    continue
-                if not any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
-                    continue
-                operands = [node.left, *node.comparators]
-                if any(isinstance(o, ast.Constant) for o in operands):
-                    continue  # compared with a literal: a kind, not a secret value
-                names = [_name_of(o) for o in operands]
-                if any(n and not n.isupper() and _SECRETISH.search(n) for n in names):
-                    found.append(f"{path.relative_to(root)}:{node.lineno}: {names}")
+    found = [
+        f"{path.relative_to(root)}:{line}: {names}"
+        for package in _CHECKED
+        for path in sorted((root / package).rglob("*.py"))
+        for line, names in equality_on_secrets(path.read_text())
+    ]
     assert not found, "\n".join(found)
