@@ -506,3 +506,27 @@ async def test_an_upstream_that_never_answers_is_a_recorded_504_within_the_deadl
     assert took < 3.0
     late = outcomes(gw)[before:]
     assert [(r.status, r.reason) for r in late] == [(504, "upstream_timeout")]
+
+
+# -- a method whose answer is the request itself ------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="TRACE (and TRACK) are forwarded like any write: an upstream that honours TRACE "
+    "echoes the request, with the credential the gateway added, back to the task",
+)
+@pytest.mark.parametrize("method", [b"TRACE", b"TRACK"])
+async def test_a_trace_never_carries_the_upstream_credential(
+    make_gateway: Any, upstream: Any, method: bytes
+) -> None:
+    """TRACE exists to send the request back as the server received it: with the gateway's
+    upstream credential in it. The task may hold any grant, it must never see that value."""
+    gw = await make_gateway()
+    out = await raw_request(
+        gw.port,
+        method + b" /orders/x HTTP/1.1\r\nHost: g\r\n" + AUTH + b"Connection: close\r\n\r\n",
+    )
+    assert SECRETS[-1].encode() not in out
+    assert "/x" not in upstream.received
+    assert out.startswith(b"HTTP/1.1 405"), out[:80]
+    refused = [r for r in gw.audit.records if r.decision == "deny"]
+    assert refused and refused[-1].status == 405
