@@ -25,6 +25,7 @@ import pytest
 from cassandra import Unauthorized
 
 from lockgate.gateway.cql import codec
+from lockgate.gateway.cql.statements import PreparedStatements
 from tests.fakes.cqlserver.client import execute_frame, prepare_frame, query_frame
 
 from .engine_stack import (
@@ -275,3 +276,44 @@ def test_a_frame_returned_is_not_kept_while_the_connection_idles(split: str) -> 
     finally:
         tracemalloc.stop()
     assert kept < size // 8, f"{kept} bytes kept after the frame was returned"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a session's judged EXECUTEs pin their statement texts past the registry's bounds",
+)
+async def test_judged_executes_do_not_pin_texts_the_registry_let_go(stack: Stack) -> None:
+    """The registry bounds the memory of prepared texts (64 MiB, see PreparedStatements) so
+    that a reader of one table cannot pin a frame's worth of text per id. A session's judged
+    EXECUTEs must not undo that: here 40 texts of 60 KB are prepared and executed on one
+    connection while the registry keeps about 200 KB of them; what the gateway still holds
+    afterwards must be about the registry's share, not all 2.4 MB (with the default 16 MiB
+    frame limit and 1,024 judgements per session that is up to 16 GiB per connection)."""
+    ctx = cql_context(stack)
+    ctx.prepared = PreparedStatements(max_bytes=200_000)
+    raw = await etl_raw(stack)
+    try:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for i in range(40):
+            text = f"SELECT * FROM ks.orders /* {i} {'x' * 60_000} */"  # noqa: S608
+            raw.send(codec.Prepare(stream=3, query=text))
+            prepared = await raw.recv()
+            assert isinstance(prepared, codec.Prepared), prepared
+            raw.send(codec.Execute(stream=4, query_id=prepared.query_id))
+            assert isinstance(await raw.recv(), codec.Rows)
+            del prepared
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+        raw.close()
+    gateway_only = [tracemalloc.Filter(True, "*/lockgate/*")]
+    grown = sum(
+        stat.size_diff
+        for stat in after.filter_traces(gateway_only).compare_to(
+            before.filter_traces(gateway_only), "filename"
+        )
+    )
+    assert grown < 1_000_000, f"the gateway holds {grown} bytes more after 40 statements"
