@@ -1,0 +1,130 @@
+"""Attacks on the CQL engine's live catalog: a login under way while its resource changes.
+
+:meth:`CqlEngine.update_resources` ends the sessions of a removed or changed resource and
+lets sessions "not logged in yet" be, since they "will read the new catalog". A login that
+has already looked its resource up and is waiting for the upstream credential or connection
+read the old catalog, though. These tests hold a login there (the credential broker waits on
+a gate), change the catalog, then let it finish: it must not become a session of the old
+resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from lockgate.config import ListenerConfig, Listeners
+from lockgate.gateway.cql import CqlEngine, codec
+from lockgate.gateway.engine import Collaborators
+from tests.fakes.cqlserver import CqlServer
+
+from ..fakes import (
+    FakeAudit,
+    FakeBroker,
+    FakePolicy,
+    FakePolicySet,
+    FakeSecret,
+    FakeSigner,
+    FakeVerifier,
+    claims_for,
+)
+from .engine_stack import RawClient
+from .test_engine_live import PASSWORD, cass, select
+from .test_engine_live import fake as fake
+
+LIVE_LOGIN_RACE = (
+    "a login that looked its resource up before update_resources finishes against the old "
+    "resource (update_resources skips sessions whose auth is not set yet)"
+)
+
+
+class GatedBroker(FakeBroker):
+    """Hands out the upstream secret only once ``gate`` is set; ``asked`` is set on a call."""
+
+    def __init__(self, versions: dict[str, list[str]]) -> None:
+        super().__init__(versions)
+        self.gate = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def upstream_secret(
+        self, credential_name: str, previous: bool = False
+    ) -> FakeSecret | None:
+        self.asked.set()
+        await self.gate.wait()
+        return await super().upstream_secret(credential_name, previous)
+
+
+@pytest.fixture
+async def gated(fake: CqlServer) -> AsyncIterator[tuple[CqlEngine, GatedBroker]]:
+    broker = GatedBroker({"pw": [PASSWORD]})
+    shared = Collaborators(
+        FakeVerifier({"tok-one": claims_for("one")}), FakePolicy(FakePolicySet([("*", "*")])),
+        broker, FakeAudit(), FakeSigner(),
+    )  # fmt: skip
+    engine = CqlEngine([cass("one", fake.port)], shared)
+    await engine.listen(Listeners(cql=ListenerConfig(port=0)))
+    yield engine, broker
+    broker.gate.set()
+    await engine.close()
+
+
+async def _login_held(engine: CqlEngine, broker: GatedBroker) -> RawClient:
+    """A client whose login waits for the upstream credential (the resource looked up)."""
+    raw = await RawClient.open(engine.ports["cql"])
+    raw.send(codec.Startup(stream=1, options={"CQL_VERSION": "3.0.0"}))
+    assert isinstance(await raw.recv(), codec.Authenticate)
+    raw.send(codec.AuthResponse(stream=2, token=b"\0one\0tok-one"))
+    await asyncio.wait_for(broker.asked.wait(), 3.0)
+    return raw
+
+
+@pytest.mark.xfail(strict=True, reason=LIVE_LOGIN_RACE)
+async def test_a_login_under_way_when_its_resource_is_removed_is_not_served(
+    gated: tuple[CqlEngine, GatedBroker], fake: CqlServer
+) -> None:
+    engine, broker = gated
+    raw = await _login_held(engine, broker)
+    try:
+        engine.update_resources([])  # "one" is taken away while its login is under way
+        broker.gate.set()
+        answer = await raw.recv()
+        ran_before = len(fake.statements)
+        served = isinstance(answer, codec.AuthSuccess) and isinstance(await select(raw), codec.Rows)
+    finally:
+        raw.close()
+    assert not served, "a removed resource served a statement"
+    assert len(fake.statements) == ran_before
+    # refused before AUTH_SUCCESS, and the refusal audited like any other
+    assert isinstance(answer, codec.Error), answer
+    audit = engine.ctx.audit
+    assert isinstance(audit, FakeAudit)
+    assert any(r.decision == "deny" and r.resource == "one" for r in audit.records)
+
+
+@pytest.mark.xfail(strict=True, reason=LIVE_LOGIN_RACE)
+async def test_a_login_under_way_when_its_resource_changes_is_not_served_the_old_one(
+    gated: tuple[CqlEngine, GatedBroker], fake: CqlServer
+) -> None:
+    """The change moves the resource to another upstream user (say, after the old one was
+    found compromised): no statement may run as the old user once the change is made."""
+    engine, broker = gated
+    broker.versions["pw2"] = ["cassandra"]
+    raw = await _login_held(engine, broker)
+    try:
+        engine.update_resources(
+            [
+                cass("one", fake.port).model_copy(
+                    update={"username": "cassandra", "credential": "pw2"}
+                )
+            ]
+        )
+        broker.gate.set()
+        answer = await raw.recv()
+        if isinstance(answer, codec.AuthSuccess):
+            await select(raw)
+    finally:
+        raw.close()
+    ran_as = {role for role, text in fake.user_statements() if "ks.orders" in text}
+    assert "lockgate" not in ran_as, "a statement ran as the upstream user the change replaced"
