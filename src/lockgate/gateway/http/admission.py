@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from lockgate.identity import Claims
 
 
+# Methods whose answer is the request as the upstream received it: with the credential and
+# identity assertion the gateway added. Never forwarded, whatever a grant says.
+ECHO_METHODS = frozenset({"TRACE", "TRACK"})
+
+
 class Admitted:
     """A request that passed normalise → authenticate → classify → decide → write-ahead."""
 
@@ -135,6 +140,14 @@ class Admission:
         head_only = method == "HEAD"
         keep = head.keep_alive
         refusals = self._trail.refusals
+        if method.upper() in ECHO_METHODS:
+            refusals.refuse(
+                peer=conn.peer, status=405, reason="method_not_allowed", t0=t0,
+                description=f"{method} echoes the request, credentials included",
+                request=_request_line(head),
+            )  # fmt: skip
+            conn.write(responses.error(405, "method_not_allowed", method=method, close=True))
+            return False
         mount: str | None = getattr(conn, "mount", None)  # a resource's own listener
         try:
             target = (
