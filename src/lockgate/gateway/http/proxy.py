@@ -23,7 +23,6 @@ from lockgate.gateway.engine import (
     AssertionCache,
     AuditSink,
     PolicySource,
-    RecordFactory,
     RequestFactory,
     SecretCache,
     TokenVerifier,
@@ -51,7 +50,6 @@ class Proxy:
         assertions: AssertionCache,
         audit: AuditSink,
         make_request: RequestFactory,
-        make_record: RecordFactory | None = None,  # records: :mod:`lockgate.gateway.records`
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._secrets = secrets
