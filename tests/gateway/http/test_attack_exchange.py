@@ -509,11 +509,6 @@ async def test_an_upstream_that_never_answers_is_a_recorded_504_within_the_deadl
 
 
 # -- a method whose answer is the request itself ------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="TRACE (and TRACK) are forwarded like any write: an upstream that honours TRACE "
-    "echoes the request, with the credential the gateway added, back to the task",
-)
 @pytest.mark.parametrize("method", [b"TRACE", b"TRACK"])
 async def test_a_trace_never_carries_the_upstream_credential(
     make_gateway: Any, upstream: Any, method: bytes
