@@ -215,3 +215,23 @@ def test_profiles_import_only_the_hook_types_never_the_proxy():
                 if name.startswith("lockgate.gateway.http."):
                     first = name.split(".")[3]
                     assert first not in above, f"{path.relative_to(root)} imports {name}"
+
+
+def test_request_lines_are_reused_per_head_only_for_the_same_target():
+    """The same head bytes on the main listener and on the resource's own listener name
+    different upstream paths: the lines built once per head must not cross over."""
+    from lockgate.config import HttpResource
+    from lockgate.gateway.http.resources import ResourceState
+
+    rs = ResourceState(HttpResource(name="orders", kind="http", upstream="http://127.0.0.1:9/base"))
+    head = framing.parse_request_head(
+        b"GET /orders/x HTTP/1.1\r\nHost: a\r\nX-Client: 1\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
+    )
+    main = Target("orders", "/x", "")
+    mounted = Target("orders", "/orders/x", "")
+    first = rs.request_lines(head, main)
+    assert first is rs.request_lines(head, main)  # built once
+    other = rs.request_lines(head, mounted)
+    assert first.startswith(b"GET /base/x HTTP/1.1\r\n")
+    assert other.startswith(b"GET /base/orders/x HTTP/1.1\r\n")
+    assert b"X-Client: 1\r\n" in first and b"6.6.6.6" not in first
