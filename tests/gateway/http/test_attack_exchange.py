@@ -15,6 +15,8 @@ import pytest
 
 from lockgate.config import HttpResource as Resource
 from lockgate.errors import AuditUnavailable
+from lockgate.gateway.http import framing
+from lockgate.gateway.http.resources import ResourceState
 
 from . import test_upstream_pool
 from .conftest import SECRETS, TOKEN, raw_request, resource
@@ -525,3 +527,24 @@ async def test_a_trace_never_carries_the_upstream_credential(
     assert out.startswith(b"HTTP/1.1 405"), out[:80]
     refused = [r for r in gw.audit.records if r.decision == "deny"]
     assert refused and refused[-1].status == 405
+
+
+# -- the gateway's own header names, however a server spells them -------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="ResourceState drops the configured auth/identity header names as written; a name "
+    "configured with '_' is not matched against the client's '-' spelling (header_key)",
+)
+@pytest.mark.parametrize("sent", [b"X-Api-Key", b"x_api_key", b"X-Caller", b"x_caller"])
+def test_a_client_cannot_send_the_gateways_own_headers_in_another_spelling(sent: bytes) -> None:
+    """CGI/WSGI servers read ``X-Api-Key`` and ``X_Api_Key`` as one header: whichever way
+    the resource names its credential or identity header, the client's copy never goes."""
+    res = Resource(
+        name="orders", kind="http", upstream="http://127.0.0.1:9", credential="k",
+        auth={"header": "X_Api_Key", "scheme": None}, identity_header="X_Caller",
+    )  # fmt: skip
+    rs = ResourceState(res)
+    head = framing.parse_request_head(
+        b"GET /orders/x HTTP/1.1\r\nHost: g\r\n" + sent + b": forged\r\n\r\n"
+    )
+    assert b"forged" not in rs.forwarded_headers(head)
