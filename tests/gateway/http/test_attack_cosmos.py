@@ -421,3 +421,18 @@ def test_the_headers_classification_reads_are_the_headers_the_account_gets(
         return
     expected, sent = both
     assert sent == expected
+
+
+async def test_an_account_document_too_big_to_rewrite_is_refused_not_relayed(
+    cosmos_env: Env,
+) -> None:
+    """The discovery answer is held whole to be rewritten: past the bound the client gets a
+    recorded 502, never the account's own endpoint (the SDK would go around the gateway)."""
+    env = cosmos_env
+    real = "http://account.example:443/" + "a" * (1100 * 1024)
+    env.fake.public_url = real
+    status, body, _ = await _send(env, "GET", "", signed_as=("GET", "", ""))
+    assert status == 502, body[:200]
+    assert b"account.example" not in body
+    errors = env.audit(event="upstream_error")
+    assert errors and errors[-1].reason == "upstream_response_unusable"
