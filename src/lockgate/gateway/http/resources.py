@@ -89,9 +89,10 @@ class ResourceState:
         )
         ident = resource.identity_header
         self.identity_prefix = ident.encode("latin-1") + b": " if ident else None
-        drop = set(DROP_REQUEST) | {auth_name.lower()}
+        # compared with header_key(), which reads '_' as '-' (CGI/WSGI upstreams do)
+        drop = set(DROP_REQUEST) | {header_key(auth_name)}
         if ident:
-            drop.add(ident.lower().encode("latin-1"))
+            drop.add(header_key(ident.encode("latin-1")))
         self.drop = frozenset(drop)
         self.host_line = b"Host: " + self.target.host_header + b"\r\n"
         self._auth_cache: tuple[UpstreamSecret, bytes] | None = None

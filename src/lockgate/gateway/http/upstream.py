@@ -376,6 +376,7 @@ class UpstreamPool:
         self._clock = clock
         self._idle: list[UpstreamConnection] = []
         self._deadlines: Deadlines | None = None  # head timeouts of all its connections
+        self._closed = False  # the resource changed or went: nothing is parked any more
         self.connects = 0  # opened so far; tests and metrics read it
 
     def take_idle(self) -> UpstreamConnection | None:
@@ -419,7 +420,14 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         conn.on_pause = conn.on_resume = None
-        if conn.reusable and not conn.closed and len(self._idle) < self._max_idle:
+        # An exchange admitted before a catalog reload ends after its pool was closed:
+        # nobody would ever take or close a connection parked there.
+        if (
+            not self._closed
+            and conn.reusable
+            and not conn.closed
+            and len(self._idle) < self._max_idle
+        ):
             conn.last_used = self._clock()
             conn.idle()
             self._idle.append(conn)
@@ -427,6 +435,7 @@ class UpstreamPool:
             conn.close()
 
     def close(self) -> None:
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
