@@ -5,8 +5,6 @@ resource or revoked ones get nothing; no secret is compared with ``==``."""
 from __future__ import annotations
 
 import ast
-import base64
-import hashlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lockgate.config import parse_config
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway
+from tests.control._stack import basic, deployment, post_form, running_gateway
 
 SECRET = "attack-secret-Zr7"
 OTHER_SECRET = "other-secret-Pq4"
@@ -34,45 +32,25 @@ ROUTES = ["/v1/token", "/v1/revoke", "/v1/catalog", "/v1/poll-token", "/v1/db-ro
           "/v1/cosmos-key"]  # fmt: skip
 
 
-def _deployment(name: str, secret: str) -> dict[str, Any]:
-    sha = hashlib.sha256(secret.encode()).hexdigest()
-    return {"name": name, "dags": ["*"], "proof": {"type": "client_secret", "secret_sha256": sha}}
-
-
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    (tmp_path / "p.yaml").write_text(POLICY)
-    cfg = parse_config(
-        {"data_dir": str(tmp_path / "data"),
-         "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-         "deployments": [_deployment("prod", SECRET), _deployment("other", OTHER_SECRET)],
-         "resources": [
-             {"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9", "conn_id": "api"},
-             {"name": "cosmos", "kind": "http", "upstream": "http://127.0.0.1:9",
-              "conn_id": "cosmos_default", "profile": "cosmos",
-              "cosmos": {"database": "sales", "container": "orders"}},
-         ],
-         "policies": [str(tmp_path / "p.yaml")]},
-        tmp_path / "lockgate.yaml",
-    )  # fmt: skip
-    gateway = Gateway(cfg)
-    await gateway.start()
-    try:
+    async with running_gateway(
+        tmp_path,
+        policy=POLICY,
+        deployments=[deployment("prod", SECRET), deployment("other", OTHER_SECRET)],
+        resources=[
+            {"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9", "conn_id": "api"},
+            {
+                "name": "cosmos",
+                "kind": "http",
+                "upstream": "http://127.0.0.1:9",
+                "conn_id": "cosmos_default",
+                "profile": "cosmos",
+                "cosmos": {"database": "sales", "container": "orders"},
+            },
+        ],
+    ) as gateway:
         yield gateway
-    finally:
-        await gateway.stop()
-
-
-def _basic(user: str, secret: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()}
-
-
-async def post(
-    gw: Gateway, route: str, headers: dict[str, str] | None, **form: str
-) -> tuple[int, dict[str, Any]]:
-    url = f"http://127.0.0.1:{gw.control_port}{route}"
-    async with aiohttp.ClientSession() as s, s.post(url, data=form, headers=headers or {}) as r:
-        return r.status, await r.json(content_type=None)
 
 
 def records(gw: Gateway) -> list[Any]:
@@ -84,13 +62,13 @@ def records(gw: Gateway) -> list[Any]:
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(
     "auth",
-    [None, _basic("prod", "wrong"), _basic("nobody", SECRET), {"Authorization": "Bearer x.y.z"}],
+    [None, basic("prod", "wrong"), basic("nobody", SECRET), {"Authorization": "Bearer x.y.z"}],
     ids=["none", "wrong-secret", "unknown-deployment", "bearer"],
 )
 async def test_every_deployment_route_refuses_an_unauthenticated_caller_and_records_it(
     gw: Gateway, route: str, auth: dict[str, str] | None
 ) -> None:
-    status, body = await post(gw, route, auth, resource="cosmos", token="x", **TASK)
+    status, body = await post_form(gw, route, auth, resource="cosmos", token="x", **TASK)
     assert status in (400, 401), body
     assert "access_token" not in body and "key" not in body and "connections" not in body
     denied = [r for r in records(gw) if r.decision == "deny"]
@@ -105,13 +83,13 @@ def _mint(gw: Gateway, deployment: str, resource: str) -> tuple[str, Any]:
 
 async def test_a_task_key_is_given_only_for_the_callers_own_cosmos_token(gw: Gateway) -> None:
     mine, claims = _mint(gw, "prod", "cosmos")
-    status, body = await post(gw, "/v1/cosmos-key", _basic("prod", SECRET), token=mine)
+    status, body = await post_form(gw, "/v1/cosmos-key", basic("prod", SECRET), token=mine)
     assert status == 200 and body["jti"] == claims.jti
     theirs, _ = _mint(gw, "other", "cosmos")
-    status, body = await post(gw, "/v1/cosmos-key", _basic("prod", SECRET), token=theirs)
+    status, body = await post_form(gw, "/v1/cosmos-key", basic("prod", SECRET), token=theirs)
     assert status == 400 and "key" not in body
     not_cosmos, _ = _mint(gw, "prod", "api")
-    status, body = await post(gw, "/v1/cosmos-key", _basic("prod", SECRET), token=not_cosmos)
+    status, body = await post_form(gw, "/v1/cosmos-key", basic("prod", SECRET), token=not_cosmos)
     assert status == 400 and "key" not in body
     reasons = [r.reason for r in records(gw) if r.decision == "deny"]
     assert reasons.count("not_own_cosmos_token") == 2
@@ -119,9 +97,9 @@ async def test_a_task_key_is_given_only_for_the_callers_own_cosmos_token(gw: Gat
 
 async def test_no_task_key_for_a_revoked_token(gw: Gateway) -> None:
     token, claims = _mint(gw, "prod", "cosmos")
-    status, _ = await post(gw, "/v1/revoke", _basic("prod", SECRET), jti=claims.jti)
+    status, _ = await post_form(gw, "/v1/revoke", basic("prod", SECRET), jti=claims.jti)
     assert status == 200
-    status, body = await post(gw, "/v1/cosmos-key", _basic("prod", SECRET), token=token)
+    status, body = await post_form(gw, "/v1/cosmos-key", basic("prod", SECRET), token=token)
     assert status == 400 and "key" not in body
     denied = [r for r in records(gw) if r.decision == "deny"]
     assert denied and denied[-1].reason == "token_revoked"
@@ -130,7 +108,7 @@ async def test_no_task_key_for_a_revoked_token(gw: Gateway) -> None:
 async def test_another_deployment_cannot_revoke_a_token_it_does_not_hold(gw: Gateway) -> None:
     """Revocation by jti is scoped to the caller's own tokens."""
     token, claims = _mint(gw, "prod", "cosmos")
-    status, _ = await post(gw, "/v1/revoke", _basic("other", OTHER_SECRET), jti=claims.jti)
+    status, _ = await post_form(gw, "/v1/revoke", basic("other", OTHER_SECRET), jti=claims.jti)
     assert status == 200  # the same answer either way: a jti is no secret
     assert gw.verifier.verify(token, "cosmos").jti == claims.jti
 

@@ -1,5 +1,7 @@
 """Attacks on the one HTTP exchange: replays, the credential retry, injected headers, an
-upstream that answers with ambiguous framing, and connections left behind.
+upstream that answers with ambiguous framing or not at all, connections left behind, the
+admitted record's durability (``durability: fsync``), back-pressure, a live catalog change,
+TRACE, and the gateway's own header names in a client's spelling.
 
 The upstream of tests/gateway/http/conftest.py is the oracle for what reached it; a scripted
 raw upstream (below) answers what aiohttp would never send."""
