@@ -225,7 +225,7 @@ async def test_executes_sent_as_the_resource_changes_do_not_run(stack: Stack) ->
         raw.send(codec.Prepare(stream=3, query=INSERT))
         prepared = await raw.recv()
         assert isinstance(prepared, codec.Prepared), prepared
-        values = [b"\x00\x00\x00\x01", b"a"]
+        values: list[codec.Value] = [b"\x00\x00\x00\x01", b"a"]
         raw.send(codec.Execute(stream=4, query_id=prepared.query_id, values=values))
         assert isinstance(await raw.recv(), codec.Void)
         seen = len(stack.fake.statements)
