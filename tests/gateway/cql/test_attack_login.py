@@ -158,3 +158,18 @@ async def _code(client: RawCql, data: bytes) -> int | None:
     if answer is None:
         return None
     return answer.error_code if answer.is_error else 0
+
+
+@pytest.mark.parametrize("text", [FORBIDDEN, GRANTED])
+async def test_the_beta_flag_on_a_v4_frame_changes_nothing_judged(
+    oracle: Oracle, text: str
+) -> None:
+    """USE_BETA (0x10) means something only with a beta protocol version; on v4 the node
+    runs the frame as usual, so the gateway must judge it as usual too."""
+    client = await oracle.connect("oracle_beta")
+    since = oracle.mark()
+    code = await _code(client, query_with(client.stream(), text, flags=0x10))
+    assert code == (UNAUTHORIZED if text == FORBIDDEN else 0)
+    assert oracle.executed(since) == ([] if text == FORBIDDEN else [("read", "ks.orders")])
+    assert oracle.breaches(since, "oracle_beta") == []
+    await client.close()
