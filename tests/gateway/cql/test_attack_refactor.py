@@ -18,7 +18,7 @@ import gc
 import logging
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -245,26 +245,41 @@ async def test_executes_sent_as_the_resource_changes_do_not_run(stack: Stack) ->
 
 # -- memory kept per connection -------------------------------------------------------------------
 def _rows_frame(size: int) -> bytes:
-    """A RESULT Rows frame of ``size`` body bytes (split, never decoded)."""
+    """An upstream RESULT Rows frame of ``size`` body bytes (split, never decoded)."""
     body = (2).to_bytes(4, "big") + b"x" * (size - 4)
     return bytes([0x84, 0, 0, 5, codec.RESULT]) + len(body).to_bytes(4, "big") + body
+
+
+def _query_frame(size: int) -> bytes:
+    """A client QUERY frame of about ``size`` body bytes (decoded by next_event)."""
+    text = f"SELECT * FROM ks.orders /* {'x' * (size - 40)} */".encode()  # noqa: S608
+    body = len(text).to_bytes(4, "big") + text + b"\x00\x01\x00"
+    return bytes([0x04, 0, 0, 5, codec.QUERY]) + len(body).to_bytes(4, "big") + body
 
 
 @pytest.mark.xfail(
     strict=True,
     reason="codec Connection keeps a returned frame's bytes until the next receive_data",
 )
-@pytest.mark.parametrize("split", ["next_frame", "next_event"])
-def test_a_frame_returned_is_not_kept_while_the_connection_idles(split: str) -> None:
-    """A relayed result page must not stay pinned in the splitter's buffer while the
-    connection waits for its next read: an idle pooled connection would keep its largest
-    answer (upstream frames may be 256 MiB) until the driver's next heartbeat. Before the
-    frame splitter moved into the codec the relay dropped each frame's bytes at once."""
+@pytest.mark.parametrize(
+    ("role", "split", "build"),
+    [
+        (codec.Role.CLIENT, "next_frame", _rows_frame),  # the upstream answers' splitter
+        (codec.Role.SERVER, "next_event", _query_frame),  # the client requests' parser
+    ],
+)
+def test_a_frame_returned_is_not_kept_while_the_connection_idles(
+    role: codec.Role, split: str, build: Callable[[int], bytes]
+) -> None:
+    """A relayed frame must not stay pinned in the codec's buffer while the connection
+    waits for its next read: an idle pooled connection would keep its largest answer
+    (upstream frames may be 256 MiB) or request until its next heartbeat. Before the frame
+    splitter moved into the codec the relay dropped each frame's bytes at once."""
     size = 8 << 20
     tracemalloc.start()
     try:
-        conn = codec.Connection(codec.Role.CLIENT, max_frame_bytes=size)
-        data = _rows_frame(size)
+        conn = codec.Connection(role, max_frame_bytes=size + 64)
+        data = build(size)
         conn.receive_data(data)
         del data
         got = getattr(conn, split)()
