@@ -130,10 +130,6 @@ async def test_a_login_under_way_when_its_resource_changes_is_not_served_the_old
     assert "lockgate" not in ran_as, "a statement ran as the upstream user the change replaced"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="update_resources keeps the view catalog of a changed resource (up to its max age)",
-)
 async def test_a_resource_moved_to_another_cluster_is_judged_with_that_clusters_views(
     fake: CqlServer,
 ) -> None:

@@ -91,11 +91,15 @@ class CqlEngine:
     def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
         """Serve this catalog from now on; see the module docstring for open sessions."""
         ctx = self.ctx
+        previous = ctx.resources
         ctx.update_resources(resources)
+        for name, was in previous.items():
+            if ctx.resources.get(name) != was:  # e.g. moved to another cluster: its views
+                ctx.views.invalidate(name)  # are read again at the next login
         for task, session in list(self._sessions.items()):
             auth = session.auth
             if auth is None or ctx.resources.get(auth.resource.name) == auth.resource:
-                continue  # not logged in yet (it will read the new catalog), or unchanged
+                continue  # unchanged, or not logged in (the handshake checks its catalog)
             name = auth.resource.name
             if name in ctx.resources:
                 log.info("cql session closed: its resource changed", extra={"fields": {
