@@ -254,9 +254,6 @@ class Engine(Protocol):
         ...
 
 
-#: What ``Proxy(make_record=...)`` took before records came from :mod:`.records`.
-RecordFactory = Callable[..., "AuditRecord"]
-
 __all__ = [
     "AssertionCache",
     "AssertionSigner",
