@@ -5,7 +5,8 @@
 Strategy: one thread, one ``selectors`` loop. Senders (one per gateway process, see
 :mod:`lockgate.audit.remote`) connect to a Unix socket and stream batches of raw record
 values (:mod:`lockgate.audit.wire`). This process does everything that costs CPU per record:
-sanitising, hashing, batched INSERTs, the JSON-lines mirror. Records from all senders go
+sanitising (but for written-ahead records, which their sender sanitised before journaling
+them), hashing, batched INSERTs, the JSON-lines mirror. Records from all senders go
 into one chain, gathered for up to ``batch_interval`` per transaction unless a sender marked
 a batch urgent (someone awaits durability).
 
