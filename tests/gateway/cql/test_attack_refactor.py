@@ -257,10 +257,6 @@ def _query_frame(size: int) -> bytes:
     return bytes([0x04, 0, 0, 5, codec.QUERY]) + len(body).to_bytes(4, "big") + body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="codec Connection keeps a returned frame's bytes until the next receive_data",
-)
 @pytest.mark.parametrize(
     ("role", "split", "build"),
     [

@@ -10,7 +10,8 @@ A relay that forwards most frames as they are splits with ``next_frame`` (a :cla
 raw bytes and header fields, the body not parsed; only version, direction and length are
 checked) and parses only the frames it must look into with ``decode``, whose errors are the
 frame's alone (its end is known, the next frame still splits). Returned frames are dropped
-from the buffer once per ``receive_data``, not once per frame.
+from the buffer in one move when the splitter next answers NEED_DATA, not once per frame and
+never later: a connection waiting for its next read keeps no frame it returned.
 
 Resource rule: the 9-byte header is validated (direction, version, opcode, flags, length
 against ``max_frame_bytes``) before any body byte is waited for, so a forged length never
@@ -149,7 +150,7 @@ class Connection:
         self.our_role = our_role
         self.max_frame_bytes = max_frame_bytes
         self._buf = bytearray()
-        self._pos = 0  # where the next frame starts in _buf (returned bytes are dropped lazily)
+        self._pos = 0  # where the next frame starts in _buf (returned bytes: see _need_data)
         self._eof = False
         self._error: CqlProtocolError | None = None
         #: The peer's protocol version, fixed by its first frame (None before that).
@@ -238,7 +239,7 @@ class Connection:
                 raise CqlProtocolError("connection closed inside a frame header")
             if have and self.peer_version is None:
                 self._check_first_byte(buf)
-            return NEED_DATA
+            return self._need_data()
         vbyte, flags, stream, opcode, length = _HEADER.unpack_from(buf, pos)
         version = vbyte & 0x7F
         if self.peer_version is None:
@@ -260,9 +261,19 @@ class Connection:
         if len(buf) < end:
             if self._eof:
                 raise CqlProtocolError("connection closed inside a frame", stream=stream, version=4)
-            return NEED_DATA
+            return self._need_data()
         self._pos = end
         return Frame(bytes(buf[pos:end]), version, flags, stream, opcode)
+
+    def _need_data(self) -> type[NEED_DATA]:
+        """NEED_DATA, with the bytes already returned dropped first: while the connection
+        waits for its next read (an idle pooled connection may wait for minutes) it must not
+        keep its last frame, which may be the largest it ever relayed. This is the move
+        :meth:`receive_data` would make before its next append, made earlier, not twice."""
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        return NEED_DATA
 
     def _check_message(self, opcode: int, flags: int, stream: int) -> None:
         """Refuse an opcode not sent in this direction, compression and unknown flags."""
