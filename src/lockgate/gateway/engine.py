@@ -80,7 +80,9 @@ if TYPE_CHECKING:
 # -- collaborator shapes ----------------------------------------------------------------------
 class TokenVerifier(Protocol):
     def verify(self, token: str, audience: str) -> Claims:
-        """Return claims or raise ``AuthenticationError`` with a ``reason`` slug."""
+        """Return the claims of a token valid now *for* ``audience`` (the resource: the
+        audience is checked here, engines do not check it again), or raise
+        ``AuthenticationError`` with a ``reason`` slug (``wrong_audience``, ``expired``...)."""
         ...
 
 
