@@ -289,10 +289,6 @@ def test_a_frame_returned_is_not_kept_while_the_connection_idles(
     assert kept < size // 8, f"{kept} bytes kept after the frame was returned"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a session's judged EXECUTEs pin their statement texts past the registry's bounds",
-)
 async def test_judged_executes_do_not_pin_texts_the_registry_let_go(stack: Stack) -> None:
     """The registry bounds the memory of prepared texts (64 MiB, see PreparedStatements) so
     that a reader of one table cannot pin a frame's worth of text per id. A session's judged

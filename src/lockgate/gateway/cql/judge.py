@@ -14,9 +14,10 @@ the keyspace.
 Fast path: what a prepared statement asks of policy and puts in its records (targets with
 view bases, policy requests, action, object, detail) is worked out once per connection and
 prepared id (:class:`Judged`) and reused while the registry entry, the view catalog and the
-verified claims it was built from stand. The token check, the policy decision and the
-written-ahead record still happen for every EXECUTE, so a revocation, a policy reload or a
-time window applies to the very next statement.
+verified claims it was built from stand (texts longer than ``CACHE_TEXT_MAX`` are judged
+anew each time: only the registry may keep them). The token check, the policy decision and
+the written-ahead record still happen for every EXECUTE, so a revocation, a policy reload or
+a time window applies to the very next statement.
 
 :class:`SessionState` is what both halves of a session (this one and :mod:`.answers`)
 share: the connection's keyspace, the requests in flight and how to write to the client.
@@ -36,7 +37,7 @@ from .classify import Target
 from .context import EngineContext
 from .handshake import Authenticated
 from .holds import UseHold
-from .statements import Plan, PreparedEntry, execute_plan, plan_for
+from .statements import CACHE_TEXT_MAX, Plan, PreparedEntry, execute_plan, plan_for
 from .views import with_view_bases
 
 log = _log.get("gateway.cql")
@@ -45,6 +46,7 @@ _RANK = {"use": 0, "read": 1, "write": 2, "admin": 3}
 
 
 #: Prepared statements one session keeps judged (:class:`Judged`); past it they start over.
+#: Only texts up to ``CACHE_TEXT_MAX`` are kept, so one session pins at most 4 MiB of them.
 MAX_JUDGED_PER_SESSION = 1024
 
 
@@ -258,6 +260,10 @@ class RequestJudging(SessionState):
             plan.targets = with_view_bases(plan.targets, bases)
         if not isinstance(event, codec.Execute) or entry is None or not plan.targets:
             return plan  # unprepared and ambiguous ids have no targets: judged anew each time
+        if len(entry.text) > CACHE_TEXT_MAX:
+            # Kept here, a long text would outlive its eviction from the registry, whose
+            # memory bound is what stops a session pinning a frame's worth of text per id.
+            return plan
         judged = Judged.of(plan)
         if len(self._judged) >= MAX_JUDGED_PER_SESSION:
             self._judged.clear()
