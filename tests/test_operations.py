@@ -134,6 +134,7 @@ def test_sighup_reloads_the_catalog_and_refuses_other_changes(stack: LocalStack)
         assert reload(yaml.safe_dump({**data, "resources": kept})) is True
         assert _get(stack, url, auth)[0] == 404
         assert reload(yaml.safe_dump({**data, "log_level": "debug"})) is False  # none applied
+        assert reload("resources: [unclosed") is False  # a broken file: the catalog stays
         assert _get(stack, url, auth)[0] == 404
     finally:
         assert reload(original) is True
