@@ -19,6 +19,10 @@ Rules:
   the token's jti, deployment and DAG when its signature verified: expired, revoked, wrong
   audience); the client's message names the slug, never the token. An upstream that cannot
   be reached is ``upstream_error`` with ``decision: error``.
+* A login whose resource is removed or changed while it is under way (the credential, the
+  upstream connection and the view catalog are awaited) is refused ``resource_removed`` or
+  ``resource_changed``, like the sessions the engine ends for that change: it would
+  otherwise run as the old upstream user for the connection's life.
 """
 
 from __future__ import annotations
@@ -89,24 +93,13 @@ async def _authenticate(
             raise AuthenticationError("unknown_resource")
         claims = ctx.verifier.verify(token, resource.name)
     except AuthenticationError as exc:
-        reason = str(getattr(exc, "reason", "invalid"))
-        io.write(
-            login.reject(
-                codec.ERR_BAD_CREDENTIALS,
-                f"Lockgate authentication failed ({reason}): log in with the "
-                "resource name as username and a Lockgate token for it as password",
-            )
-        )
-        name = resource.name if resource is not None else None
-        ctx.record(
-            "auth_failed",
-            getattr(exc, "claims", None),  # the token's jti/DAG when its signature verified
-            name,
-            t0,
-            reason=reason,
-            decision="deny",
-            status=codec.ERR_BAD_CREDENTIALS,
-        )
+        _refuse(
+            ctx, io, login, t0, str(getattr(exc, "reason", "invalid")),
+            claims=getattr(exc, "claims", None),  # the token's jti/DAG when its signature verified
+            resource=resource.name if resource is not None else None,
+            hint="log in with the resource name as username and a Lockgate token for it "
+            "as password",
+        )  # fmt: skip
         return None
     try:
         secret = await ctx.secrets.get(resource.credential)
@@ -139,5 +132,43 @@ async def _authenticate(
             status=codec.ERR_SERVER,
         )
         return None
+    # The catalog may have changed while the credential, the connection and the views were
+    # awaited; update_resources ends only sessions already logged in, so this login must not
+    # finish on the resource it looked up before. No await follows until the session holds
+    # the login, so no change can slip in after this check.
+    current = ctx.resources.get(resource.name)
+    if current != resource:
+        link.close()
+        reason = "resource_removed" if current is None else "resource_changed"
+        _refuse(
+            ctx, io, login, t0, reason, claims=claims, resource=resource.name, hint="log in again"
+        )
+        return None
     io.write(login.accept())
     return Authenticated(resource, claims, token, link)
+
+
+def _refuse(
+    ctx: EngineContext,
+    io: ClientIO,
+    login: codec.ServerHandshake,
+    t0: float,
+    reason: str,
+    *,
+    claims: Any,
+    resource: str | None,
+    hint: str,
+) -> None:
+    """Refuse the login as bad credentials, naming the reason slug (never the token) and
+    what to do, and audit it."""
+    message = f"Lockgate authentication failed ({reason}): {hint}"
+    io.write(login.reject(codec.ERR_BAD_CREDENTIALS, message))
+    ctx.record(
+        "auth_failed",
+        claims,
+        resource,
+        t0,
+        reason=reason,
+        decision="deny",
+        status=codec.ERR_BAD_CREDENTIALS,
+    )
