@@ -22,7 +22,8 @@ Rules:
 * A login whose resource is removed or changed while it is under way (the credential, the
   upstream connection and the view catalog are awaited) is refused ``resource_removed`` or
   ``resource_changed``, like the sessions the engine ends for that change: it would
-  otherwise run as the old upstream user for the connection's life.
+  otherwise run as the old upstream user for the connection's life. The view catalog it may
+  have read from the old upstream is invalidated, so the next login reads the new one's.
 """
 
 from __future__ import annotations
@@ -139,6 +140,9 @@ async def _authenticate(
     current = ctx.resources.get(resource.name)
     if current != resource:
         link.close()
+        # Views this login read are the old upstream's, stored as fresh after the change
+        # invalidated them: the next login of the new resource must read them again.
+        ctx.views.invalidate(resource.name)
         reason = "resource_removed" if current is None else "resource_changed"
         _refuse(
             ctx, io, login, t0, reason, claims=claims, resource=resource.name, hint="log in again"
