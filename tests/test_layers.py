@@ -49,17 +49,8 @@ TOP_PREFIXES = ("cli",)
 
 # (importer, imported) edges known to point up a layer, each fixed by a change in flight.
 ALLOWED_UPWARD: frozenset[tuple[str, str]] = frozenset()
-_PROFILES = ("arm", "cosmos", "databricks")
 # Module sets known to import each other in a circle; a circle found must lie inside one.
-ALLOWED_CIRCLES: tuple[frozenset[str], ...] = (
-    # the profiles import their hook types from the package that makes them (and Cosmos
-    # the proxy's privates); being untangled with the one HTTP exchange
-    frozenset(
-        {"lockgate.gateway.http.profiles", "lockgate.gateway.http.proxy"}
-        | {f"lockgate.gateway.http.profiles.{p}" for p in _PROFILES}
-        | {f"lockgate.gateway.http.profiles.{p}.profile" for p in _PROFILES}
-    ),
-)
+ALLOWED_CIRCLES: tuple[frozenset[str], ...] = ()
 
 Graph = Mapping[str, frozenset[str]]
 

@@ -30,7 +30,7 @@ from lockgate.gateway.http.bearer import token_of
 from lockgate.gateway.http.bodies import buffered_body, read_whole
 from lockgate.gateway.http.forwarded import forwarding_block
 from lockgate.gateway.http.normalize import PathError, Target, split_mounted, split_target
-from lockgate.gateway.http.profiles import Profile, ProfileRequest, UpstreamHeaders, Verdict
+from lockgate.gateway.http.profiles.hooks import Profile, ProfileRequest, UpstreamHeaders, Verdict
 from lockgate.gateway.http.resources import ResourceState, upstream_reading
 from lockgate.gateway.http.server import ClientConnection, RequestBody
 from lockgate.gateway.http.trail import Trail

@@ -35,7 +35,7 @@ from lockgate.gateway.http import framing
 from lockgate.gateway.http.admission import Admitted, refusal
 from lockgate.gateway.http.bodies import CAPTURE_LIMIT, Collector, Tee
 from lockgate.gateway.http.outcome import FirstAttempt, Forwarding, Outcome, Sent, retry_statuses
-from lockgate.gateway.http.profiles import UpstreamCall
+from lockgate.gateway.http.profiles.hooks import UpstreamCall
 from lockgate.gateway.http.relay import body_frame, body_writers, public_origin, response_head
 from lockgate.gateway.http.resources import ResourceState, header_safe
 from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, retry_after

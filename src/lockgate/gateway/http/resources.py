@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from lockgate.config import HttpResource
     from lockgate.gateway.http.normalize import Target
-    from lockgate.gateway.http.profiles import Profile
+    from lockgate.gateway.http.profiles.hooks import Profile
 
 # Never forwarded upstream: hop-by-hop, framing (re-added), credentials, and headers some
 # servers use to override the method or the path policy judged.

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from lockgate.gateway.http.profiles import (
+from lockgate.gateway.http.profiles.hooks import (
     Decide,
     Headers,
     ProfileBase,

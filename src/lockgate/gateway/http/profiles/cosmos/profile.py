@@ -41,7 +41,14 @@ from lockgate.credentials import cosmos as sig
 from lockgate.gateway.engine import UpstreamSecret
 from lockgate.gateway.http import framing
 from lockgate.gateway.http.normalize import Target
-from lockgate.gateway.http.profiles import (
+from lockgate.gateway.http.profiles.cosmos.answers import (
+    db_container,
+    error_body,
+    header,
+    rewrite_discovery,
+)
+from lockgate.gateway.http.profiles.cosmos.classify import Refused, classify
+from lockgate.gateway.http.profiles.hooks import (
     Decide,
     Headers,
     Presented,
@@ -51,13 +58,6 @@ from lockgate.gateway.http.profiles import (
     UpstreamHeaders,
     Verdict,
 )
-from lockgate.gateway.http.profiles.cosmos.answers import (
-    db_container,
-    error_body,
-    header,
-    rewrite_discovery,
-)
-from lockgate.gateway.http.profiles.cosmos.classify import Refused, classify
 
 if TYPE_CHECKING:
     from lockgate.config import HttpResource

@@ -53,7 +53,9 @@ import aiohttp
 
 from lockgate import _log
 from lockgate.gateway.http import responses
-from lockgate.gateway.http.profiles import (
+from lockgate.gateway.http.profiles.databricks import guardrails as g
+from lockgate.gateway.http.profiles.databricks.registry import RunRecord, RunRegistry
+from lockgate.gateway.http.profiles.hooks import (
     Decide,
     Headers,
     ProfileBase,
@@ -61,8 +63,6 @@ from lockgate.gateway.http.profiles import (
     UpstreamHeaders,
     Verdict,
 )
-from lockgate.gateway.http.profiles.databricks import guardrails as g
-from lockgate.gateway.http.profiles.databricks.registry import RunRecord, RunRegistry
 
 if TYPE_CHECKING:
     from lockgate.config import DatabricksGuardrail, HttpResource
