@@ -208,7 +208,9 @@ class DbRoles:
 
 
 async def _drop_all(roles: DynamicRoles) -> None:
-    """Drop every live role of one resource (a stop, or the resource left the catalog)."""
+    """Retire one resource's roles (a stop, or the resource left the catalog): none is
+    issued any more and every live one is dropped. A CREATE ROLE still under way past the
+    timeout drops its role itself (see :meth:`DynamicRoles.retire`)."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(5.0):
-            await roles.sweep(now=float("inf"))
+            await roles.retire()

@@ -17,6 +17,8 @@ Rules: statements run over the gateway's own upstream login (which must be allow
 create roles and grant). Statements that carry a password are never logged and upstream
 error messages for them are not repeated. A role is created only once all its grants are
 known, and dropped again if a GRANT fails, so a half-granted role never outlives the request.
+A resource that leaves the catalog (or changes) has its set retired (:meth:`~DynamicRoles.retire`):
+no role is issued from then on, and one being made at that moment is dropped, never handed out.
 ``POST /v1/db-role`` (:mod:`lockgate.control.db_role`) is the door to this module, through
 :class:`lockgate.gateway.cql.dynamic_roles.DbRoles` (every resource's roles as one set).
 """
@@ -24,7 +26,6 @@ known, and dropped again if a GRANT fails, so a half-granted role never outlives
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import secrets
 import time
@@ -33,7 +34,7 @@ from dataclasses import astuple, dataclass, field
 
 from lockgate import _log
 from lockgate.config import CqlResource
-from lockgate.errors import UpstreamError
+from lockgate.errors import UpstreamError, UpstreamUnavailable
 from lockgate.gateway.engine import PolicySource, RequestFactory, default_request_factory
 from lockgate.identity.model import Claims, TaskIdentity
 
@@ -64,6 +65,11 @@ PasswordSource = Callable[[], Awaitable[str]]
 
 class NoGrants(Exception):
     """Policy allows this principal nothing on any table of the resource."""
+
+
+class RolesRetired(UpstreamUnavailable):
+    """The resource left the catalog or changed: its roles are no longer issued (retry
+    against the new catalog)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +143,8 @@ class DynamicRoles:
         self._issued: dict[str, RoleCredential] = {}
         self._owners: dict[str, TaskIdentity] = {}  # role -> the task try it serves
         self._pending: set[str] = set()  # revoked, but the DROP failed: the sweeper retries
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one issue at a time; retire() waits for the one under way
+        self._retired = False
 
     @property
     def issued(self) -> dict[str, RoleCredential]:
@@ -154,6 +161,7 @@ class DynamicRoles:
         """
         name = role_name(self.resource.name, claims.jti)
         async with self._lock:
+            self._refuse_if_retired()
             known = self._issued.get(name)
             if known is not None:
                 return known
@@ -172,10 +180,14 @@ class DynamicRoles:
                 try:
                     for perm, target in grants:
                         await admin.query(f"GRANT {perm} ON {target} TO {_quote(name)}")
+                    self._refuse_if_retired()  # retired while the role was being made
                 except BaseException:
-                    # A role with half its grants must not outlive this request.
-                    with contextlib.suppress(Exception):
+                    # A role with half its grants, or of a retired resource, must not
+                    # outlive this request; if it cannot be dropped now, a sweep retries.
+                    try:
                         await admin.query(f"DROP ROLE IF EXISTS {_quote(name)}")
+                    except Exception:
+                        self._pending.add(name)
                     raise
             finally:
                 admin.close()
@@ -186,6 +198,18 @@ class DynamicRoles:
             "resource": self.resource.name, "role": name, "principal": claims.sub,
             "grants": len(grants)}})  # fmt: skip
         return cred
+
+    def _refuse_if_retired(self) -> None:
+        if self._retired:
+            raise RolesRetired(f"{self.resource.name!r} no longer issues dynamic roles")
+
+    async def retire(self) -> list[str]:
+        """The resource left the catalog or changed: issue no role from now on and drop every
+        live one; returns the dropped names. An issue under way finishes first (the lock) and
+        drops the role it made itself, so no role is created after this sweep has run."""
+        self._retired = True
+        async with self._lock:
+            return await self.sweep(now=float("inf"))
 
     async def _user_tables(self, admin: AdminConnection) -> list[tuple[str, str]]:
         rows = await admin.query("SELECT keyspace_name, table_name FROM system_schema.tables")
