@@ -310,6 +310,8 @@ class Admission:
             "reason": explained,
             "rule": rule,
         }
+        if detail and "operation" in detail:  # a profile's name for it (Cosmos DB's SDK calls)
+            answer["operation"] = detail["operation"]
         conn.write(refusal(rs, 403, answer, close=not body.complete, head_only=head_only))
 
     def write_ahead(self, conn: ClientConnection, body: RequestBody, adm: Admitted) -> bool:

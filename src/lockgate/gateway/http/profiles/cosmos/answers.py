@@ -31,9 +31,11 @@ def error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
     its exception text."""
     error = str(body.get("error"))
     if error == "forbidden":
+        operation = body.get("operation")
+        what = f"{body.get('object')} ({operation})" if operation else body.get("object")
         return {
             "code": "Forbidden",
-            "message": f"Lockgate denied {body.get('action')} on {body.get('object')} for "
+            "message": f"Lockgate denied {body.get('action')} on {what} for "
             f"{body.get('principal')}: {body.get('reason')}",
             "lockgate": {
                 k: body.get(k) for k in ("principal", "action", "resource", "object", "rule")
