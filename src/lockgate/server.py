@@ -179,13 +179,17 @@ class Gateway:
     def update_resources(self, resources: Iterable[HttpResource | CqlResource]) -> None:
         """Serve a new catalog without a restart: every engine takes the resources of its
         kind (what happens to requests and sessions in flight: each engine's docstring),
-        and the control plane mints tokens for, and lists, exactly these."""
+        the control plane mints tokens for, and lists, exactly these, and policy files are
+        checked against them."""
         catalog = list(resources)
         self.config = self.config.model_copy(update={"resources": catalog})
         for engine in self.engines.values():
             engine.update_resources(catalog)
         if self.control is not None:
             self.control.update_resources(catalog)
+        # Policy files are checked against the catalog served: one naming a resource just
+        # added is accepted from now on, not only after a restart.
+        self.policy.update_known_resources(r.name for r in catalog)
 
     def reload_config(self) -> bool:
         """Read the config file again (``SIGHUP``); a change confined to ``resources`` is

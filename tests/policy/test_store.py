@@ -156,3 +156,24 @@ async def test_watch_picks_up_changes(policy_dir: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_follows_a_catalog_changed_live(policy_dir: Path) -> None:
+    """A policy file naming a resource added to the catalog live is accepted at once (its
+    bytes are unchanged); one naming a resource removed live is refused, the last good set
+    staying, like any broken file."""
+    hr = RULE.format(rid="hr", action="read").replace("orders-api", "hr-api")
+    write(policy_dir / "hr.yaml", hr)
+    store = PolicyStore(lambda: sorted(policy_dir.glob("*.yaml")), {"orders-api"})
+    assert "unknown resource 'hr-api'" in (store.last_error or "")
+    assert store.reload_if_changed() is False  # same files, same catalog: same verdict
+
+    assert store.update_known_resources(["orders-api", "hr-api"]) is True
+    assert store.last_error is None
+    assert store.current.decide(Request(P, "read", "hr-api")).allowed
+    assert store.reload_if_changed() is False  # settled again
+
+    loaded = store.current
+    assert store.update_known_resources(["orders-api"]) is False
+    assert "unknown resource 'hr-api'" in (store.last_error or "")
+    assert store.current is loaded and allowed(store, "read")

@@ -12,6 +12,10 @@ Strategy:
   names the file and field, the error is logged once and counted
   (``lockgate_policy_reloads_total{outcome="error"}``). Fixing the file reloads it.
 * The swap is one reference assignment, so readers see the old set or the new one, whole.
+* ``known_resources`` is the catalog literal resource names are checked against; it follows
+  a catalog changed live (:meth:`PolicyStore.update_known_resources`), which re-checks the
+  files at once: a rule naming a resource just added is accepted, a file naming one just
+  removed is refused like any broken file (the last good set stays).
 * The first load happens in the constructor. If it fails, ``current`` is the empty set (which
   denies everything) and ``last_error`` says why; pass ``raise_on_error=True`` to get a
   :class:`ConfigError` instead (a gateway may prefer not to start on a broken policy).
@@ -23,7 +27,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from lockgate import _log, metrics
@@ -65,6 +69,15 @@ class PolicyStore:
     def reload_if_changed(self) -> bool:
         """Reload if the file set or any file's content changed. True if a new set is live."""
         with self._lock:
+            return self._reload()
+
+    def update_known_resources(self, names: Iterable[str]) -> bool:
+        """Check policy files against a new catalog from now on, and re-check them at once
+        (their bytes may be unchanged, the verdict not). True if a new set is live."""
+        with self._lock:
+            self._known = set(names)
+            self._stat_sig = None  # forget what was read: the same files get a new verdict
+            self._tried_digest = None
             return self._reload()
 
     def _reload(self) -> bool:
