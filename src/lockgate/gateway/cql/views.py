@@ -14,6 +14,11 @@ own name only until the next login refreshes the catalog (at most ``max_age`` la
 once for views created through the gateway); creating one through the gateway needs read
 on its base already. The per-statement cost is one dict lookup per read target, none when
 the cluster has no views.
+
+A refresh that was under way when the catalog was invalidated (the resource moved to another
+cluster, or a schema change went through the gateway) stores nothing: what it read may be
+the old cluster's views, or miss the new view. Each invalidation bumps the resource's
+generation; a refresh stores its rows only if the generation it started under still holds.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class ViewCatalog:
         self._clock = clock
         self._bases: dict[str, dict[str, str]] = {}
         self._loaded: dict[str, float] = {}
+        # Bumped by every invalidate: a refresh started under an older one stores nothing.
+        self._generation: dict[str, int] = {}
 
     def bases(self, resource: str) -> dict[str, str]:
         """``{"ks.view": "ks.base"}`` of ``resource`` (empty when it has no views); the same
@@ -55,17 +62,30 @@ class ViewCatalog:
         loaded = self._loaded.get(resource)
         return loaded is None or self._clock() - loaded > self._max_age
 
-    def invalidate(self, resource: str) -> None:
-        """The schema changed: the next login reloads the catalog."""
-        self._loaded.pop(resource, None)
+    def generation(self, resource: str) -> int:
+        """How many times ``resource``'s catalog was invalidated; taken before the resource
+        is looked up, it lets :meth:`refresh` tell a link opened to an older definition."""
+        return self._generation.get(resource, 0)
 
-    async def refresh(self, resource: str, link: upstream.UpstreamLink) -> None:
+    def invalidate(self, resource: str) -> None:
+        """The schema changed: the next login reloads the catalog, and a reload already
+        under way stores nothing."""
+        self._loaded.pop(resource, None)
+        self._generation[resource] = self._generation.get(resource, 0) + 1
+
+    async def refresh(
+        self, resource: str, link: upstream.UpstreamLink, *, generation: int | None = None
+    ) -> None:
         """Reload from ``system_schema.views`` over ``link`` (authenticated, otherwise idle).
 
         Raises UpstreamUnavailable when the cluster does not answer with rows: a view that
-        cannot be told from a table must not be judged as one.
+        cannot be told from a table must not be judged as one. When the catalog was
+        invalidated meanwhile (since ``generation``, by default since this call), what was
+        read is dropped: the catalog stays stale and keeps its earlier rows.
         """
         started = self._clock()
+        if generation is None:
+            generation = self.generation(resource)
         try:
             answer = await AdminConnection(link).query(_QUERY)
         except (UpstreamError, OSError) as exc:
@@ -76,6 +96,8 @@ class ViewCatalog:
         for row in answer.rows:
             ks, view, base = (codec.values.decode_varchar(c or b"") for c in row[:3])
             bases[f"{ks}.{view}"] = f"{ks}.{base}"
+        if self.generation(resource) != generation:
+            return  # read before a schema or cluster change: not the catalog any more
         self._bases[resource] = bases
         self._loaded[resource] = started
 
