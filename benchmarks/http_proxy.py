@@ -139,6 +139,7 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
     """HttpEngine with fakes: the engine's own cost per request."""
     from benchmarks._common import AllowAll, FakeVerifier, FixedBroker, NullAudit
     from lockgate.config import HttpResource as Resource
+    from lockgate.gateway.engine import Collaborators
     from lockgate.gateway.http import HttpEngine
 
     res = Resource(
@@ -150,14 +151,14 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
     _maybe_profile()
     loop = _loop()
     asyncio.set_event_loop(loop)
-    engine = HttpEngine(
-        [res],
+    shared = Collaborators(
         FakeVerifier(),
         AllowAll(),
         FixedBroker(secret_value),
         NullAudit(),
         lambda c, r: "assertion.jwt.sig",
     )
+    engine = HttpEngine([res], shared)
     loop.run_until_complete(engine.start("127.0.0.1", port))
     loop.run_forever()
 

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from lockgate.config import HttpResource as Resource
+from lockgate.gateway.engine import Collaborators
 from lockgate.gateway.http import HttpEngine
 
 from ..fakes import (
@@ -149,7 +150,8 @@ async def make_gateway(upstream: Upstream) -> AsyncIterator[Any]:
         broker = FakeBroker({"orders-key": list(SECRETS)})
         audit = FakeAudit()
         signer = FakeSigner()
-        engine = HttpEngine(res, verifier, FakePolicy(pset), broker, audit, signer, **engine_kw)
+        shared = Collaborators(verifier, FakePolicy(pset), broker, audit, signer)
+        engine = HttpEngine(res, shared, **engine_kw)
         await engine.start("127.0.0.1", 0)
         engines.append(engine)
         port = engine.port

@@ -22,6 +22,7 @@ from lockgate.audit import AuditLog, AuditReader, AuditRow
 from lockgate.cli import main as cli_main
 from lockgate.config import LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore
+from lockgate.gateway.engine import Collaborators
 from lockgate.gateway.http import HttpEngine
 from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.identity import KeyStore, RevocationStore, TaskIdentity, TokenIssuer, TokenVerifier
@@ -71,14 +72,14 @@ async def make_stack(tmp_path: Path, upstream: Upstream) -> AsyncIterator[Any]:
         verifier = TokenVerifier(keys, revocations, ISSUER, leeway=0)
         log = audit if audit is not None else AuditLog(data / "audit.db")
         res = resources or [resource("orders", upstream.url), resource("billing", upstream.url)]
-        engine = HttpEngine(
-            res,
+        shared = Collaborators(
             verifier,
             FakePolicy(FakePolicySet([("*", "/ok*")])),
             broker or FakeBroker({"orders-key": list(SECRETS)}),
             log,
             FakeSigner(),
         )
+        engine = HttpEngine(res, shared)
         await engine.start("127.0.0.1", 0)
         made.append((engine, log, revocations))
         port = engine.port

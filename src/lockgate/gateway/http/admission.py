@@ -148,7 +148,7 @@ class Admission:
             )  # fmt: skip
             conn.write(responses.error(405, "method_not_allowed", method=method, close=True))
             return False
-        mount: str | None = getattr(conn, "mount", None)  # a resource's own listener
+        mount = conn.mount  # a resource's own listener
         try:
             target = (
                 split_target(head.target) if mount is None else split_mounted(head.target, mount)

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lockgate.config import HttpResource
-from lockgate.gateway.engine import Collaborators, ResourceConfig, TokenVerifier
+from lockgate.gateway.engine import Collaborators, ResourceConfig
 from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.gateway.http.profiles import make_profile
 from lockgate.gateway.http.proxy import Proxy
@@ -51,10 +51,8 @@ if TYPE_CHECKING:
 class HttpEngine:
     """Serves every ``kind: http`` resource; see the module docstring.
 
-    ``HttpEngine(resources, shared)`` with the process's :class:`Collaborators`; built alone
-    (tests, benchmarks) ``HttpEngine(resources, verifier, policy, broker, audit,
-    sign_assertion, **options)`` makes its own bundle, ``options`` naming its fields
-    (``clock``, ``secret_ttl``, ``assertion_ttl``, ``data_dir``, ``make_request``).
+    ``HttpEngine(resources, shared)`` with the process's :class:`Collaborators` (tests and
+    benchmarks build one from fakes).
     """
 
     kind: ClassVar[str] = "http"
@@ -63,16 +61,13 @@ class HttpEngine:
     def __init__(
         self,
         resources: Iterable[ResourceConfig],
-        shared: Collaborators | TokenVerifier,
-        *standalone: Any,
+        shared: Collaborators,
+        *,
         max_header_bytes: int = 64 * 1024,
         idle_timeout: float = 60.0,
         connect_timeout: float = 10.0,
         max_idle_per_resource: int = 64,
-        **options: Any,
     ) -> None:
-        if not isinstance(shared, Collaborators):
-            shared = Collaborators(shared, *standalone, **options)
         self.shared = shared
         self._clock = shared.clock
         self._data_dir = shared.data_dir  # profile state (e.g. the Databricks run registry)
@@ -150,7 +145,7 @@ class HttpEngine:
         return self.proxy.resources[name].pool
 
     def _protocol(self, mount: str | None = None, ticket: Ticket | None = None) -> ClientConnection:
-        conn = (MountedConnection if mount is not None else ClientConnection)(
+        return ClientConnection(
             self.proxy.handle,
             max_header_bytes=self._max_header_bytes,
             idle_timeout=self._idle_timeout,
@@ -160,10 +155,8 @@ class HttpEngine:
             on_refused=self.proxy.connection_refused,
             on_open=self._connections.add,  # once made: see :mod:`lockgate.gateway.listeners`
             ticket=ticket,
+            mount=mount,
         )
-        if mount is not None:
-            conn.mount = mount  # type: ignore[attr-defined]
-        return conn
 
     def client_protocol(self, resource: str) -> ClientConnection:
         """A client connection serving ``resource`` at the root; the forward proxy hands it
@@ -294,9 +287,3 @@ class HttpEngine:
 
 def _bound_port(server: asyncio.Server) -> int:
     return int(server.sockets[0].getsockname()[1])
-
-
-class MountedConnection(ClientConnection):
-    """A client connection on a resource's own listener: paths carry no resource prefix."""
-
-    mount: str

@@ -135,8 +135,12 @@ class ClientConnection(asyncio.Protocol):
         on_refused: RefusalHook | None = None,
         on_open: Callable[[ClientConnection], None] | None = None,
         ticket: Ticket | None = None,
+        mount: str | None = None,
     ) -> None:
         self._handler = handler
+        # A resource's own listener serves that resource at the root: paths carry no
+        # ``/<resource>`` prefix (see :func:`.normalize.split_mounted`).
+        self.mount = mount
         self._fast = fast
         self._on_refused = on_refused
         self.forwarded: tuple[bytes | None, bytes] | None = None  # see :mod:`forwarded`
