@@ -4,6 +4,7 @@ once, never handed out), and the task is told 503 ``audit_unavailable``."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -46,3 +47,40 @@ async def test_a_resource_taken_out_of_the_catalog_takes_its_live_roles_with_it(
     assert status == 404  # no such resource any more
     stack.gw.control.update_resources(everything)  # back: roles are issued again
     assert (await stack.role(try_number=2))["username"] in stack.fake.store.roles
+
+
+@pytest.mark.parametrize("change", ["removed", "changed"])
+async def test_a_role_whose_resource_moves_while_it_is_made_is_refused_with_that_reason(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """The catalog changes while the role is being made: no role, a 503 the task may retry,
+    and the refusal recorded as ``resource_removed`` / ``resource_changed`` (not as an
+    unavailable cluster)."""
+    assert stack.gw.control is not None and stack.gw.db_roles is not None
+    control, roles = stack.gw.control, stack.gw.db_roles.roles["cass"]
+    everything = list(stack.gw.config.resources)
+    if change == "removed":
+        catalog = [r for r in everything if r.name != "cass"]
+    else:
+        catalog = [
+            r.model_copy(update={"keyspace": "other"}) if r.name == "cass" else r
+            for r in everything
+        ]
+    issue = roles.issue
+
+    async def issue_while_the_catalog_changes(*args: Any, **kw: Any) -> Any:
+        control.update_resources(catalog)  # lands while the role is being made
+        return await issue(*args, **kw)
+
+    monkeypatch.setattr(roles, "issue", issue_while_the_catalog_changes)
+    status, body = await stack.post("/v1/db-role", **coords())
+    assert status == 503 and body["error"] == "temporarily_unavailable", body
+    assert body["resource"] == "cass" and "password" not in body and "username" not in body
+    for _ in range(100):  # whatever the retire drops in the background has had time
+        if not [r for r in stack.fake.store.roles if r.startswith("lg_")]:
+            break
+        await asyncio.sleep(0.02)
+    assert not [r for r in stack.fake.store.roles if r.startswith("lg_")]
+    stack.gw.audit.flush(2.0)
+    refused = [r for r in stack.gw.audit.tail(20) if r.status == 503]
+    assert [r.reason for r in refused] == [f"resource_{change}"]

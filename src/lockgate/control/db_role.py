@@ -16,6 +16,9 @@ Rules:
   not an empty role. Any refusal is audited exactly like a refused token.
 - The audit record (``token_issued``) names the role and its grants, never the password; an
   audit failure drops the role again and answers 503, as for tokens.
+- A resource taken out of the catalog or changed while its role was being made gets no role:
+  503 (retry against the new catalog), recorded as ``resource_removed`` or
+  ``resource_changed`` as the CQL engine records a login it refuses for the same cause.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from lockgate.config import CqlResource
 from lockgate.control.context import ControlContext
 from lockgate.control.token import Handler, error_response, read_body
 from lockgate.errors import CredentialError, UpstreamError
-from lockgate.gateway.cql.roles import DynamicRoles, NoGrants, RoleCredential
+from lockgate.gateway.cql.roles import DynamicRoles, NoGrants, RoleCredential, RolesRetired
 from lockgate.gateway.cql.upstream import split_host_port
 from lockgate.identity import Claims, OAuthError
 
@@ -92,7 +95,7 @@ def db_role_handler(ctx: ControlContext) -> Handler:
                     body={"resource": resource.name},
                 )
             _token, claims = service.issuer.mint(grant.identity, resource.name, grant.ttl)
-            cred = await _issue(roles, claims)
+            cred = await _issue(roles, claims, ctx)
         except OAuthError as exc:
             await service.refused(exc, audit)
             return error_response(exc)
@@ -125,7 +128,7 @@ def db_role_handler(ctx: ControlContext) -> Handler:
     return handle
 
 
-async def _issue(roles: DynamicRoles, claims: Claims) -> RoleCredential:
+async def _issue(roles: DynamicRoles, claims: Claims, ctx: ControlContext) -> RoleCredential:
     try:
         return await roles.issue(claims, require_grants=True)
     except NoGrants:
@@ -138,6 +141,19 @@ async def _issue(roles: DynamicRoles, claims: Claims) -> RoleCredential:
             body={"principal": claims.sub, "resource": roles.resource.name,
                   "reason": "no_grants"},
         ) from None  # fmt: skip
+    except RolesRetired:
+        # Before the generic upstream failure (it is one): the audit says why, and the
+        # catalog read now (``config`` is replaced on a change) tells removed from changed.
+        name = roles.resource.name
+        removed = all(r.name != name for r in ctx.config.resources)
+        raise OAuthError(
+            503,
+            "temporarily_unavailable",
+            "the resource was removed" if removed else "the resource changed; try again",
+            reason="resource_removed" if removed else "resource_changed",
+            principal=claims.sub,
+            body={"resource": name},
+        ) from None
     except (UpstreamError, CredentialError, OSError) as exc:
         # The upstream message may echo a statement; say only what kind of failure it was.
         log.error("dynamic role not created", extra={"fields": {
