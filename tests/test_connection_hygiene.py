@@ -23,12 +23,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from lockgate.config import load_config
 from lockgate.demo.stack import REPO_ROOT
+from lockgate.gateway.http import HttpEngine
 from lockgate.server import Gateway
 from lockgate.tlsgen import write_dev_ca, write_dev_tls
 from tests.gateway.cql.process_stack import free_port, raise_fd_limit, rss_bytes, wait_port
@@ -339,7 +340,7 @@ async def test_tls_listeners_close_silent_clients_after_the_handshake_timeout(
 
 async def test_plaintext_and_wrong_ca_are_closed_at_once_and_forgotten(tmp_path: Path) -> None:
     gw = await _gateway(tmp_path, handshake_timeout=30)
-    assert gw.engine is not None
+    engine = cast(HttpEngine, gw.engines["http"])
     other = ssl.create_default_context(cafile=str(write_dev_tls(tmp_path / "other")["ca"]))
     try:
         for port in (gw.http_port, gw.cql_port, gw.control_port):
@@ -352,17 +353,17 @@ async def test_plaintext_and_wrong_ca_are_closed_at_once_and_forgotten(tmp_path:
         # asyncio's TLS (this test's loop; the process test runs uvloop) frees a failed
         # handshake's protocol only when the cycle collector runs (see ConnectionGuard)
         gc.collect()
-        assert gw.engine.guards["http"].count() == 0
+        assert engine.guards["http"].count() == 0
         # 20 silent clients that give up: no registry keeps any of them
         socks = [socket.create_connection(("127.0.0.1", gw.http_port)) for _ in range(20)]
         await asyncio.sleep(0.2)
-        assert gw.engine.guards["http"].count() == 20
+        assert engine.guards["http"].count() == 20
         for s in socks:
             s.close()
         await asyncio.sleep(0.3)
         gc.collect()  # asyncio's TLS again (see above)
-        assert gw.engine.guards["http"].count() == 0
-        assert gw.engine._connections == set()
+        assert engine.guards["http"].count() == 0
+        assert engine._connections == set()
     finally:
         await gw.stop()
 

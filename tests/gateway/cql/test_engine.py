@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cassandra import AuthenticationFailed, Unauthorized
@@ -13,6 +14,7 @@ from cassandra.query import BatchStatement
 
 from lockgate.errors import AuditUnavailable
 from lockgate.gateway.cql import codec
+from lockgate.gateway.cql.engine import CqlEngine
 
 from .engine_stack import (
     RESOURCE,
@@ -134,7 +136,7 @@ async def test_prepared_statements_are_enforced(stack: Stack, etl: Session) -> N
     with pytest.raises(Unauthorized, match=r"ks\.secrets"):
         await asyncio.to_thread(etl.prepare, "INSERT INTO secrets (id, v) VALUES (?, ?)")
     # the gateway forgot its prepared map (restart): EXECUTE → Unprepared → driver re-prepares
-    stack.gw.cql_engine.ctx.prepared._entries.clear()  # type: ignore[union-attr]
+    cast(CqlEngine, stack.gw.engines["cql"]).ctx.prepared._entries.clear()
     assert [r.item for r in await execute(etl, select, (7,))] == ["pear"]
     writes = [r for r in stack.audit("allowed") if r.action == "write"]
     assert any(r.detail.get("op") == "execute" for r in writes)

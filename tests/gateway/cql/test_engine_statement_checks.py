@@ -8,12 +8,14 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import jwt
 import pytest
 from cassandra import Unauthorized
 
 from lockgate.gateway.cql import codec
+from lockgate.gateway.cql.engine import CqlEngine
 
 from .engine_stack import Stack, connect, stack_fixture
 from .test_pipelining import etl_raw
@@ -54,7 +56,7 @@ async def test_expired_token_is_refused_on_the_next_statement(stack: Stack) -> N
     try:
         raw.send(codec.Query(stream=3, query="SELECT * FROM orders"))
         assert isinstance(await raw.recv(), codec.Rows)
-        verifier = stack.gw.cql_engine.ctx.verifier  # type: ignore[union-attr]
+        verifier = cast(CqlEngine, stack.gw.engines["cql"]).ctx.verifier
         verifier._clock = lambda: time.time() + 3600  # an hour later
         raw.send(codec.Query(stream=4, query="SELECT * FROM orders"))
         answer = await raw.recv()

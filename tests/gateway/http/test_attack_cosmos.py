@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 
 import aiohttp
 import pytest
@@ -19,7 +20,7 @@ from yarl import URL
 from lockgate.config import HttpResource
 from lockgate.credentials.cosmos import sign
 from lockgate.errors import AuditUnavailable
-from lockgate.gateway.http import framing
+from lockgate.gateway.http import HttpEngine, framing
 from lockgate.gateway.http.profiles.cosmos.profile import CosmosProfile, _named, header_map
 from lockgate.gateway.http.proxy import Proxy
 from lockgate.gateway.http.resources import DROP_PREFIXES, ResourceState
@@ -69,9 +70,7 @@ async def _send(
 
 def _proxy(env: Env) -> Proxy:
     """The HTTP engine's request handler of the gateway under attack."""
-    engine = env.gw.engine
-    assert engine is not None
-    return engine.proxy
+    return cast(HttpEngine, env.gw.engines["http"]).proxy
 
 
 def _data_requests(env: Env) -> list[object]:

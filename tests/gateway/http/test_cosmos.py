@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -17,6 +17,7 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from lockgate.config import parse_config
 from lockgate.credentials.cosmos import derive_task_key, sign, task_key_secret
+from lockgate.gateway.http import HttpEngine
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway, State
 from tests.fakes.cosmos import CosmosFake, start_cosmos
@@ -53,7 +54,7 @@ class Env:
         return self.gw.issuer.mint(TaskIdentity("prod", dag, task, "r1", 1), "cosmos", 600)
 
     def task_key(self, jti: str) -> str:
-        profile = self.gw.engine.proxy.resources["cosmos"].profile  # type: ignore[union-attr]
+        profile = cast(HttpEngine, self.gw.engines["http"]).proxy.resources["cosmos"].profile
         return str(profile.task_key(jti))
 
     def client(self, dag: str = "orders_load", **kw: Any) -> CosmosClient:
@@ -248,7 +249,7 @@ async def test_upstream_401_retries_once_with_the_previous_key(env: Env) -> None
 
     state = State(env.gw.config)
     state.credentials.rotate(CRED, new_key())  # rotated in Lockgate before Azure knows it
-    env.gw.engine.secrets.invalidate()  # type: ignore[union-attr]
+    cast(HttpEngine, env.gw.engines["http"]).secrets.invalidate()
     c = await run(lambda: env.client().get_database_client("sales").get_container_client("orders"))
     await run(lambda: c.upsert_item({"id": "r", "pk": "p"}))
     assert env.fake.count(status=401) >= 1

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import jwt
@@ -26,6 +26,7 @@ from azure.cosmos import CosmosClient
 from lockgate import cli
 from lockgate.config import LockgateConfig, load_config
 from lockgate.credentials.cosmos import sign
+from lockgate.gateway.http import HttpEngine
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway, State
 from tests.fakes.cosmos import CosmosFake, new_key, start_cosmos
@@ -75,7 +76,7 @@ class Env:
         token, claims = self.gw.issuer.mint(
             TaskIdentity("prod", "orders_load", "load", "r1", 1), "cosmos", 600
         )
-        profile = self.gw.engine.proxy.resources["cosmos"].profile  # type: ignore[union-attr]
+        profile = cast(HttpEngine, self.gw.engines["http"]).proxy.resources["cosmos"].profile
         return CosmosClient(f"{self.base}/_t/{token}/", {"masterKey": profile.task_key(claims.jti)})
 
 
@@ -240,7 +241,7 @@ async def test_a_refused_bearer_is_replaced_by_a_fresh_token_of_the_current_secr
     env.entra.client_secrets[CLIENT_ID].add(SECRET_V2)
     State(env.gw.config).credentials.rotate(CRED, SECRET_V2)
     env.entra.client_secrets[CLIENT_ID].discard(SECRET_V1)
-    env.gw.engine.secrets.invalidate()  # type: ignore[union-attr]  # skip the 1 s cache
+    cast(HttpEngine, env.gw.engines["http"]).secrets.invalidate()  # skip the 1 s cache
     await asyncio.to_thread(c.upsert_item, {"id": "b", "pk": "p"})
     assert [label for _t, label in env.entra.accepted] == ["v1", "v2"]
     issued = len(env.entra.issued)
