@@ -2,6 +2,7 @@
 
 * :class:`SecretCache` — upstream secrets per credential for about a second, so a request
   costs a dict lookup, not a broker round trip, while a rotation is seen within a second;
+  an access token is never kept past its own expiry;
 * :class:`AssertionCache` — signed identity assertions per (token id, resource), never kept
   past the token's expiry.
 
@@ -38,17 +39,24 @@ class CredentialBroker(Protocol):
 
 
 class SecretCache:
-    """Upstream secrets per (credential, previous) for ``ttl`` seconds.
+    """Upstream secrets per (credential, previous) for ``ttl`` seconds, and never past a
+    secret's ``expires_at`` (wall-clock seconds, access tokens only) when it has one.
 
     Returns the same object while fresh, so callers may cache derived bytes keyed on identity.
     """
 
     def __init__(
-        self, broker: CredentialBroker, *, ttl: float = 1.0, clock: Clock = time.monotonic
+        self,
+        broker: CredentialBroker,
+        *,
+        ttl: float = 1.0,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
     ) -> None:
         self._broker = broker
         self._ttl = ttl
         self._clock = clock
+        self._wall = wall  # the clock of ``expires_at``
         self._entries: dict[tuple[str, bool], tuple[float, UpstreamSecret | None]] = {}
 
     def peek(self, name: str, previous: bool = False) -> UpstreamSecret | None:
@@ -64,8 +72,17 @@ class SecretCache:
         if entry is not None and entry[0] > self._clock():
             return entry[1]
         secret = await self._broker.upstream_secret(name, previous=previous)
-        self._entries[key] = (self._clock() + self._ttl, secret)
+        self._entries[key] = (self._fresh_until(secret), secret)
         return secret
+
+    def _fresh_until(self, secret: UpstreamSecret | None) -> float:
+        # A token that expires before the TTL is up would be sent upstream expired (401)
+        # until the entry aged out. Static secrets carry no expiry (nor do brokers' fakes).
+        now = self._clock()
+        expires_at: float | None = getattr(secret, "expires_at", None)
+        if expires_at is None:
+            return now + self._ttl
+        return now + min(self._ttl, expires_at - self._wall())
 
     def invalidate(self, name: str | None = None) -> None:
         if name is None:
