@@ -160,13 +160,15 @@ def in_window(now: datetime | float | None, start: int, end: int) -> bool:
 class _Match:
     """Cached pattern-match result for one (principal, action, resource, object)."""
 
-    __slots__ = ("allows", "denies", "none", "static")
+    __slots__ = ("allows", "denies", "none", "static", "timed")
 
     def __init__(self, denies: tuple[Rule, ...], allows: tuple[Rule, ...], none: Decision) -> None:
         self.denies = denies
         self.allows = allows
         self.none = none
         self.static: Decision | None = None
+        # Only a time window reads the clock: without one a decision builds no datetime.
+        self.timed = any(r.window is not None for r in (*denies, *allows))
         if not any(r.conditional for r in denies) and not any(r.conditional for r in allows):
             self.static = denies[0].decision if denies else allows[0].decision if allows else none
 
@@ -270,7 +272,8 @@ class PolicySet:
 
 
 def _evaluate(m: _Match, req: Request) -> Decision:
-    now = utc(req.now)  # one clock reading for every rule of this request
+    # one clock reading for every rule of this request, and none when no rule has a window
+    now = utc(req.now) if m.timed else None
     for r in m.denies:
         if r.deny_applies(now):
             return r.decision
