@@ -89,6 +89,9 @@ async def _authenticate(
         if step.username is None or step.password is None:
             raise AuthenticationError("malformed_credentials")
         token = step.password
+        # Taken before the lookup: a catalog change landing while this login awaits its
+        # credential or connection makes the view refresh below store nothing.
+        views_generation = ctx.views.generation(step.username)
         resource = ctx.resources.get(step.username)
         if resource is None:
             raise AuthenticationError("unknown_resource")
@@ -109,7 +112,7 @@ async def _authenticate(
         link = await upstream.connect(resource, secret.value)
         if ctx.views.stale(resource.name):
             try:
-                await ctx.views.refresh(resource.name, link)
+                await ctx.views.refresh(resource.name, link, generation=views_generation)
             except BaseException:
                 link.close()
                 raise
