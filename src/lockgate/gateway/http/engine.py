@@ -84,6 +84,7 @@ class HttpEngine:
             secrets=shared.secrets,
             assertions=shared.assertions,
             audit=shared.audit,
+            records=shared.records,
             make_request=shared.make_request,
             clock=shared.clock,
         )

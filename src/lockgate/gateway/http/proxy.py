@@ -35,6 +35,7 @@ from lockgate.gateway.http.outcome import FirstAttempt, Forwarding
 from lockgate.gateway.http.resources import ResourceState, upstream_reading
 from lockgate.gateway.http.server import ClientConnection, RequestBody
 from lockgate.gateway.http.trail import Trail
+from lockgate.gateway.records import RecordBuilder
 from lockgate.gateway.refusals import RefusalRecorder, request_line
 
 
@@ -49,12 +50,13 @@ class Proxy:
         secrets: SecretCache,
         assertions: AssertionCache,
         audit: AuditSink,
+        records: RecordBuilder,
         make_request: RequestFactory,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._secrets = secrets
         self.clock = clock
-        self.trail = Trail(audit, clock)
+        self.trail = Trail(audit, records, clock)
         self.admission = Admission(
             verifier=verifier, policy=policy, secrets=secrets, make_request=make_request,
             trail=self.trail, clock=clock,

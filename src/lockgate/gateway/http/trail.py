@@ -9,7 +9,8 @@ Rules it keeps for every request, whichever path served it:
 * every refusal is counted, logged and audited
   (:class:`~lockgate.gateway.refusals.RefusalRecorder`).
 
-Records are built by the engines' one builder (:mod:`lockgate.gateway.records`).
+Records are built by the engines' one builder (:mod:`lockgate.gateway.records`), shared
+through :class:`~lockgate.gateway.engine.Collaborators`.
 """
 
 from __future__ import annotations
@@ -49,10 +50,15 @@ class Trail:
 
     __slots__ = ("_audit", "_clock", "records", "refusals")
 
-    def __init__(self, audit: AuditSink, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        audit: AuditSink,
+        records: RecordBuilder,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._audit = audit
         self._clock = clock
-        self.records = RecordBuilder(audit, clock)
+        self.records = records  # the process's one builder, shared with every engine
         # Every refusal: counted, logged, audited; budgeted per peer before authentication.
         self.refusals = RefusalRecorder("http", self.records.emit, log, clock=clock)
 
