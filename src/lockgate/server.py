@@ -246,8 +246,8 @@ class Gateway:
         prefix = "resource:"
         return {k[len(prefix) :]: p for k, p in self.ports.items() if k.startswith(prefix)}
 
-    # Typed shortcuts for tests that reach into one engine (``engines[kind]`` otherwise);
-    # the server itself never uses them.
+    # Typed shortcuts kept only for benchmarks._common (tests use ``engines[kind]``); to go
+    # once it does too. The server itself never uses them.
     @property
     def engine(self) -> HttpEngine | None:
         return cast("HttpEngine | None", self.engines.get("http"))
