@@ -142,7 +142,10 @@ def engine_alone(gw: Any, claims: Any) -> Any:
     from lockgate.gateway.http import HttpEngine
 
     shared = replace(
-        gw.engine.shared, verifier=FakeVerifier(claims), policy=AllowAll(), audit=NullAudit()
+        gw.engines["http"].shared,
+        verifier=FakeVerifier(claims),
+        policy=AllowAll(),
+        audit=NullAudit(),
     )
     return HttpEngine(gw.config.resources, shared)
 

@@ -80,7 +80,7 @@ async def gateway(args: dict[str, Any]) -> dict[str, Any]:
 
     via = f"cosmos/_t/{token}/{DOC_PATH}"
     return {
-        "lockgate": [f"http://127.0.0.1:{gw.http_port}/{via}", task_key(gw.engine)],
+        "lockgate": [f"http://127.0.0.1:{gw.http_port}/{via}", task_key(gw.engines["http"])],
         "engine alone": [f"http://127.0.0.1:{alone.port}/{via}", task_key(alone)],
     }
 

@@ -33,7 +33,7 @@ import gc
 import signal
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from lockgate import _log, control
 from lockgate.audit import AuditLog, RemoteAuditLog
@@ -51,10 +51,6 @@ from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
 from lockgate.readiness import Readiness
 from lockgate.state import State
 from lockgate.supervisor import event_loop_runner, supervise
-
-if TYPE_CHECKING:
-    from lockgate.gateway.cql import CqlEngine
-    from lockgate.gateway.http import HttpEngine
 
 log = _log.get("server")
 
@@ -245,16 +241,6 @@ class Gateway:
         """Resources served on their own port: name -> port."""
         prefix = "resource:"
         return {k[len(prefix) :]: p for k, p in self.ports.items() if k.startswith(prefix)}
-
-    # Typed shortcuts kept only for benchmarks._common (tests use ``engines[kind]``); to go
-    # once it does too. The server itself never uses them.
-    @property
-    def engine(self) -> HttpEngine | None:
-        return cast("HttpEngine | None", self.engines.get("http"))
-
-    @property
-    def cql_engine(self) -> CqlEngine | None:
-        return cast("CqlEngine | None", self.engines.get("cql"))
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
