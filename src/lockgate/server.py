@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lockgate import _log, control
-from lockgate.audit import AuditLog, RemoteAuditLog
+from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
 from lockgate.config import CqlResource, HttpResource, Listeners, LockgateConfig, load_config
 from lockgate.control import ControlPlane, MintPolicy, TokenAudit
 from lockgate.credentials import CredentialBroker
@@ -190,7 +190,8 @@ class Gateway:
     def reload_config(self) -> bool:
         """Read the config file again (``SIGHUP``); a change confined to ``resources`` is
         served at once, any other change waits for a restart: it is logged and nothing is
-        applied. False when nothing was applied."""
+        applied. False when nothing was applied. Every outcome is logged and audited
+        (``config_reloaded``), so the trail says which catalog was served when."""
         source = self.config.source
         if source is None:
             log.warning("config reload: this gateway was not started from a file")
@@ -199,6 +200,8 @@ class Gateway:
             new = load_config(source)
         except ConfigError as exc:  # the running catalog stays
             log.error("config reload failed", extra={"fields": {"error": str(exc)}})
+            # the message may quote the file, secrets included: the trail gets the reason only
+            self._audit_reload("invalid_file", {})
             return False
         old_rest = self.config.model_dump(exclude={"resources"})
         new_rest = new.model_dump(exclude={"resources"})
@@ -209,14 +212,33 @@ class Gateway:
                 "config reload refused: these sections change only with a restart",
                 extra={"fields": {"sections": changed}},
             )
+            self._audit_reload("refused", {"sections": changed})
             return False
         if new.resources != self.config.resources:
+            was = {r.name: r for r in self.config.resources}
+            now = {r.name: r for r in new.resources}
             self.update_resources(new.resources)
             log.info(
                 "config reloaded: new catalog served",
                 extra={"fields": {"resources": [r.name for r in new.resources]}},
             )
+            self._audit_reload(
+                "applied",
+                {
+                    "added": sorted(now.keys() - was.keys()),
+                    "removed": sorted(was.keys() - now.keys()),
+                    "changed": sorted(n for n in now.keys() & was.keys() if now[n] != was[n]),
+                },
+            )
         return True
+
+    def _audit_reload(self, reason: str, detail: dict[str, list[str]]) -> None:
+        # emit, not write: a reload never blocks the loop, and a full queue is counted/logged
+        self.audit.emit(
+            AuditRecord(
+                event="config_reloaded", reason=reason, detail={"worker": self.worker, **detail}
+            )
+        )
 
     @property
     def ports(self) -> dict[str, int]:

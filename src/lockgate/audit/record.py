@@ -44,6 +44,9 @@ EVENTS = frozenset(
         "mint_blocked",  # the kill switch: lockgate token revoke --block
         "mint_unblocked",
         "policy_reloaded",
+        # SIGHUP: reason "applied" (detail: resources added/removed/changed), "refused"
+        # (sections that need a restart) or "invalid_file"; nothing is applied unless applied
+        "config_reloaded",
     }
 )
 DECISIONS = frozenset({"allow", "deny", "error"})  # error: the gateway's own fault
