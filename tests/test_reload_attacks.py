@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from lockgate.audit.reader import AuditReader
 from lockgate.config import load_config
 from lockgate.server import Gateway, State
 
+from ._gateway_process import BearerUpstream, scaffold, serve, stop, wait_serving
 from .control._stack import basic, deployment, post_form
 
 SECRET = "reload-deploy-secret-7d"
@@ -246,3 +249,21 @@ async def test_a_catalog_reload_is_logged(
     with caplog.at_level("INFO"):
         assert stack.reload()
     assert any("config reloaded" in r.getMessage() for r in caplog.records)
+
+
+# -- a signal early in a process's life --------------------------------------------------------
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_sighup_while_the_gateway_starts_does_not_kill_it(
+    tmp_path: Path, bearer_upstream: BearerUpstream, workers: str
+) -> None:
+    """``systemctl reload`` (``kill -HUP``) right after a start: the default action of SIGHUP
+    is to end the process, so it must be handled or ignored from the first moment on."""
+    gw = scaffold(tmp_path / "lg", bearer_upstream)
+    token, _ = gw.mint("finance_daily", "early")
+    proc = serve(gw.config_path, "--workers", workers)
+    try:
+        time.sleep(0.3)  # starting: importing, loading the file, opening the stores
+        proc.send_signal(signal.SIGHUP)
+        wait_serving(proc, gw.url(), token)
+    finally:
+        stop(proc)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -75,6 +76,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # SIGHUP ends a process by default: one sent while the gateway starts (a reload right
+    # after a start) must not kill it. The serving loop (or the supervisor) takes it over.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from lockgate.server import run
 
     if args.workers < 1:

@@ -78,14 +78,18 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    procs = {i: spawn(i) for i in range(workers)}
+    procs: dict[int, Any] = {}
 
     def reload(*_: object) -> None:  # each worker re-reads the config file (its catalog)
-        for p in procs.values():
+        for p in list(procs.values()):
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGHUP)
 
+    # Before the first worker: a SIGHUP in between would end the supervisor (the default
+    # action) and leave its workers and the audit writer without one.
     signal.signal(signal.SIGHUP, reload)
+    for i in range(workers):
+        procs[i] = spawn(i)
     log.info("lockgate supervising", extra={"fields": {"workers": workers, "http_port": port}})
     try:
         while not stopping.wait(0.5):
