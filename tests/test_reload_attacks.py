@@ -7,6 +7,7 @@ nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -267,3 +268,25 @@ def test_a_sighup_while_the_gateway_starts_does_not_kill_it(
         wait_serving(proc, gw.url(), token)
     finally:
         stop(proc)
+
+
+async def test_a_file_changed_before_the_loop_takes_sighup_is_served(
+    tmp_path: Path, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    """A worker reads the file, then ignores SIGHUP until its loop handles it: a change
+    signalled in between must not leave it on the older catalog for good."""
+    s = Stack(tmp_path, [api("orders", upstreams[0].url)])
+    s.write(resources=[api("orders", upstreams[1].url, credential="new-key")])  # + lost HUP
+    serving = asyncio.create_task(s.gw.serve_forever())
+    try:
+        for _ in range(100):
+            if s.gw.serving:
+                break
+            await asyncio.sleep(0.05)
+        _, token = await s.token("orders")
+        assert await s.get("/orders/x", token) == 200
+        assert upstreams[1].seen == ["Bearer new-upstream-secret"] and upstreams[0].seen == []
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving

@@ -342,6 +342,10 @@ class Gateway:
                 loop.add_signal_handler(sig, stop.set)
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
             loop.add_signal_handler(signal.SIGHUP, self.reload_config)
+        # A SIGHUP between reading the file and the line above was ignored: read it again
+        # (nothing happens when it is unchanged), so no worker stays on an older catalog.
+        if self.config.source is not None:
+            self.reload_config()
         await self.start()
         # A full collection walks every object alive (~65,000 after start-up: models,
         # aiohttp, cryptography...), ~40 ms with the GIL held: a p99 spike for every request
