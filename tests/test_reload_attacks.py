@@ -290,3 +290,33 @@ async def test_a_file_changed_before_the_loop_takes_sighup_is_served(
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(p) for p in text.split()}
+
+
+def test_a_sighup_while_workers_start_kills_none_of_them(
+    tmp_path: Path, bearer_upstream: BearerUpstream
+) -> None:
+    """The supervisor passes SIGHUP on to workers that may still be importing: a worker must
+    not die of it (it would be restarted, with an error logged and a gap in serving)."""
+    gw = scaffold(tmp_path / "lg", bearer_upstream)
+    token, _ = gw.mint("finance_daily", "early")
+    proc = serve(gw.config_path, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 15
+        while len(_children(proc.pid)) < 3:  # the audit writer and both workers, spawned
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        started = _children(proc.pid)
+        proc.send_signal(signal.SIGHUP)
+        wait_serving(proc, gw.url(), token)
+        time.sleep(1.0)  # the supervisor's restart check runs every 0.5 s
+        assert started <= _children(proc.pid), "a worker died of the SIGHUP and was replaced"
+    finally:
+        stop(proc)

@@ -365,7 +365,10 @@ def _worker_main(source: str, index: int, audit_socket: str, http_port: int) -> 
     config = load_config(source)
     _log.setup(config.log_level)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the loop serves is moot
+    # Until the loop handles SIGHUP (it then reads the file again, so none is lost); it was
+    # blocked by the supervisor while this process started (see supervise's spawn).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     gw = Gateway(
         config, worker=index, audit_socket=Path(audit_socket), reuse_port=True, http_port=http_port
     )

@@ -72,7 +72,14 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
     def spawn(i: int) -> Any:
         args = (str(config.source), i, str(writer.socket_path), port)
         p = ctx.Process(target=worker_main, args=args, name=f"lockgate-worker-{i}")
-        p.start()
+        # The worker starts with SIGHUP blocked (the mask survives exec) and unblocks it once
+        # it ignores it: one passed on while it still imports would end it. Ours is only
+        # held back meanwhile, then handled.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            p.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         return p
 
     stopping = threading.Event()
