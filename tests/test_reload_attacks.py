@@ -320,3 +320,31 @@ def test_a_sighup_while_workers_start_kills_none_of_them(
         assert started <= _children(proc.pid), "a worker died of the SIGHUP and was replaced"
     finally:
         stop(proc)
+
+
+async def test_a_reload_that_fails_while_applied_changes_nothing(
+    stack: Stack, upstreams: tuple[Upstream, Upstream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine that cannot take the new catalog (a profile's store does not open) must not
+    leave the gateway half on it: every part keeps the old one, and the next SIGHUP tries
+    again."""
+    from lockgate.gateway.http import engine as http_engine
+
+    real = http_engine.make_profile
+
+    def flaky(resource: Any, target: Any, data_dir: Any) -> Any:
+        if resource.name == "more":
+            raise OSError("disk full")
+        return real(resource, target, data_dir)
+
+    monkeypatch.setattr(http_engine, "make_profile", flaky)
+    _, token = await stack.token("orders")
+    stack.write(resources=[api("more", upstreams[1].url)])  # orders removed, more added
+    assert not stack.reload()
+    assert [r.name for r in stack.gw.config.resources] == ["orders"]
+    assert await stack.get("/orders/x", token) == 200
+    assert (await stack.token("more"))[0] == 404  # the control plane did not move either
+    assert [r["reason"] for r in _reload_rows(stack)] == ["failed"]
+    monkeypatch.setattr(http_engine, "make_profile", real)
+    assert stack.reload()  # the same file, applied now
+    assert (await stack.token("more"))[0] == 200

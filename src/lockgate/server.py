@@ -178,7 +178,15 @@ class Gateway:
         the control plane mints tokens for, and lists, exactly these, and policy files are
         checked against them."""
         catalog = list(resources)
+        previous = list(self.config.resources)
+        try:
+            self._serve_catalog(catalog)
+        except Exception:  # no part stays on a catalog the others do not serve
+            self._serve_catalog(previous)
+            raise
         self.config = self.config.model_copy(update={"resources": catalog})
+
+    def _serve_catalog(self, catalog: list[HttpResource | CqlResource]) -> None:
         for engine in self.engines.values():
             engine.update_resources(catalog)
         if self.control is not None:
@@ -217,7 +225,12 @@ class Gateway:
         if new.resources != self.config.resources:
             was = {r.name: r for r in self.config.resources}
             now = {r.name: r for r in new.resources}
-            self.update_resources(new.resources)
+            try:
+                self.update_resources(new.resources)
+            except Exception:  # e.g. a profile's store does not open: the old catalog stays
+                log.exception("config reload failed while applied; the old catalog is served")
+                self._audit_reload("failed", {})
+                return False
             log.info(
                 "config reloaded: new catalog served",
                 extra={"fields": {"resources": [r.name for r in new.resources]}},

@@ -45,7 +45,8 @@ EVENTS = frozenset(
         "mint_unblocked",
         "policy_reloaded",
         # SIGHUP: reason "applied" (detail: resources added/removed/changed), "refused"
-        # (sections that need a restart) or "invalid_file"; nothing is applied unless applied
+        # (sections that need a restart), "invalid_file" or "failed" (an engine could not
+        # take it); nothing is applied unless applied
         "config_reloaded",
     }
 )
