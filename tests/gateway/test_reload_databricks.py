@@ -3,18 +3,11 @@ a resource moved to another workspace inherits the old workspace's run ownership
 
 from __future__ import annotations
 
-import pytest
-
 from lockgate.config import HttpResource
 from tests.fakes.databricks import FakeDatabricks, start
 from tests.gateway.http.test_databricks import JOB_101, Env, env  # noqa: F401  (fixture)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="databricks_runs is keyed by (resource name, run_id): after the resource moves to "
-    "another workspace, the DAG that started run N on the old one may cancel run N on the new",
-)
 async def test_a_run_started_on_the_old_workspace_grants_nothing_on_the_new(
     env: Env,  # noqa: F811
 ) -> None:

@@ -158,6 +158,7 @@ class DatabricksProfile(ProfileBase):
                     job_id=st.get("job_id"),
                     clusters=detail.get("cluster") or {},
                     created_at=time.time(),
+                    workspace=self._base,
                 )
             )
         elif op == "jobs/runs/get":
@@ -171,7 +172,7 @@ class DatabricksProfile(ProfileBase):
                 if state.get(k):
                     detail[k] = state[k]
             if isinstance(url, str) and isinstance(st.get("run_id"), int):
-                self.registry.set_page_url(self.name, st["run_id"], url)
+                self.registry.set_page_url(self.name, st["run_id"], url, self._base)
         return detail
 
     async def close(self) -> None:
@@ -297,7 +298,7 @@ class DatabricksProfile(ProfileBase):
         return g.violation(rule, specs, g.timeouts(payload), _glob_for(rule, req.principal))
 
     def _ownership(self, claims: Claims, run_id: int, poll: bool) -> str | None:
-        rec = self.registry.get(self.name, run_id)
+        rec = self.registry.get(self.name, run_id, self._base)
         dep = getattr(claims, "deployment", None)
         dag = getattr(claims, "dag_id", None)
         if rec is None or rec.deployment != dep:

@@ -5,7 +5,10 @@ upstream's answers to ``jobs/run-now`` and ``jobs/runs/submit``. It lets the gat
 "may this caller read or cancel run N?" (only the DAG that started it, or a triggerer poll
 token of the same deployment) and lets an auditor map runs back to DAG runs.
 
-Rows are keyed by (resource, run_id): two workspaces may hand out the same run id. Reads
+Rows are keyed by (resource, run_id) and name the workspace (the upstream URL) that handed
+out the run id: a resource moved to another workspace (a reload, an edited file) owns
+nothing there, since run ids are small integers per workspace. Rows written before the
+workspace was recorded match any workspace. Reads
 are served from an in-memory cache of recent rows; writes go straight to SQLite (one small
 INSERT per started run, not per request).
 """
@@ -32,9 +35,19 @@ CREATE TABLE IF NOT EXISTS databricks_runs (
     clusters TEXT NOT NULL DEFAULT '{}',
     run_page_url TEXT,
     created_at REAL NOT NULL,
+    workspace TEXT,
     PRIMARY KEY (resource, run_id)
 )
 """
+_INSERT = (
+    "INSERT OR REPLACE INTO databricks_runs (resource, run_id, deployment, dag_id, "
+    "airflow_run_id, task_id, job_id, clusters, run_page_url, created_at, workspace) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+_SELECT = (
+    "SELECT resource, run_id, deployment, dag_id, airflow_run_id, task_id, job_id, clusters, "
+    "run_page_url, created_at, workspace FROM databricks_runs WHERE resource = ? AND run_id = ?"
+)
 _CACHE_MAX = 4096
 
 
@@ -50,6 +63,11 @@ class RunRecord:
     clusters: dict[str, Any] = field(default_factory=dict)
     run_page_url: str | None = None
     created_at: float = 0.0
+    workspace: str | None = None  # the upstream that handed out run_id (None: not recorded)
+
+    def of(self, workspace: str | None) -> bool:
+        """The run id was handed out by ``workspace`` (or by an unrecorded one)."""
+        return self.workspace is None or workspace is None or self.workspace == workspace
 
 
 class RunRegistry:
@@ -64,41 +82,43 @@ class RunRegistry:
         if path is not None:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(databricks_runs)")}
+        if "workspace" not in columns:  # a registry written before workspaces were recorded
+            self._db.execute("ALTER TABLE databricks_runs ADD COLUMN workspace TEXT")
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], RunRecord] = {}
 
     def add(self, rec: RunRecord) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO databricks_runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                _INSERT,
                 (
                     rec.resource, rec.run_id, rec.deployment, rec.dag_id, rec.airflow_run_id,
                     rec.task_id, rec.job_id, json.dumps(rec.clusters, sort_keys=True),
-                    rec.run_page_url, rec.created_at or time.time(),
+                    rec.run_page_url, rec.created_at or time.time(), rec.workspace,
                 ),
             )  # fmt: skip
             self._remember(rec)
 
-    def get(self, resource: str, run_id: int) -> RunRecord | None:
-        cached = self._cache.get((resource, run_id))
-        if cached is not None:
-            return cached
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM databricks_runs WHERE resource = ? AND run_id = ?",
-                (resource, run_id),
-            ).fetchone()
-        if row is None:
-            return None  # not cached: a run registered by another replica shows up later
-        rec = RunRecord(
-            row[0], row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]),
-            row[8], row[9],
-        )  # fmt: skip
-        self._remember(rec)
-        return rec
+    def get(self, resource: str, run_id: int, workspace: str | None = None) -> RunRecord | None:
+        """The run ``resource`` started as ``run_id`` on ``workspace`` (None: any)."""
+        rec = self._cache.get((resource, run_id))
+        if rec is None:
+            with self._lock:
+                row = self._db.execute(_SELECT, (resource, run_id)).fetchone()
+            if row is None:
+                return None  # not cached: a run registered by another replica shows up later
+            rec = RunRecord(
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]),
+                row[8], row[9], row[10],
+            )  # fmt: skip
+            self._remember(rec)
+        return rec if rec.of(workspace) else None
 
-    def set_page_url(self, resource: str, run_id: int, url: str) -> None:
-        rec = self.get(resource, run_id)
+    def set_page_url(
+        self, resource: str, run_id: int, url: str, workspace: str | None = None
+    ) -> None:
+        rec = self.get(resource, run_id, workspace)
         if rec is None or rec.run_page_url == url:
             return
         with self._lock:
@@ -118,6 +138,7 @@ class RunRegistry:
                 rec.clusters,
                 url,
                 rec.created_at,
+                rec.workspace,
             )
         )
 
