@@ -13,11 +13,6 @@ from .fakes import claims_for
 from .test_engine import get, resource, shared, upstream  # noqa: F401  (fixture)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an own-port listener keeps serving its resource by name after its listen was "
-    "taken away or moved (docs: 'served on the http listener only' until a restart)",
-)
 @pytest.mark.parametrize("new_listen", [None, ListenerConfig(port=1)], ids=["taken", "moved"])
 async def test_an_own_port_stops_serving_a_resource_whose_listen_changed(
     upstream: str,  # noqa: F811

@@ -161,6 +161,8 @@ class Admission:
             conn.write(responses.bad_request(str(exc)))
             return False
         rs = self.resources.get(target.resource)
+        if rs is not None and conn.own_listen is not None and rs.resource.listen != conn.own_listen:
+            rs = None  # its own port was taken away or moved by a reload
         if rs is None:
             refusals.refuse(
                 peer=conn.peer, status=404, reason="unknown_resource", t0=t0,

@@ -26,7 +26,7 @@ import ssl as ssl_module
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lockgate.config import HttpResource
+from lockgate.config import HttpResource, ListenerConfig
 from lockgate.gateway.engine import Collaborators, ResourceConfig
 from lockgate.gateway.http.forward_proxy import ForwardProxy
 from lockgate.gateway.http.profiles import make_profile
@@ -145,7 +145,12 @@ class HttpEngine:
     def pool(self, name: str) -> UpstreamPool:
         return self.proxy.resources[name].pool
 
-    def _protocol(self, mount: str | None = None, ticket: Ticket | None = None) -> ClientConnection:
+    def _protocol(
+        self,
+        mount: str | None = None,
+        ticket: Ticket | None = None,
+        own_listen: ListenerConfig | None = None,
+    ) -> ClientConnection:
         return ClientConnection(
             self.proxy.handle,
             max_header_bytes=self._max_header_bytes,
@@ -157,6 +162,7 @@ class HttpEngine:
             on_open=self._connections.add,  # once made: see :mod:`lockgate.gateway.listeners`
             ticket=ticket,
             mount=mount,
+            own_listen=own_listen,
         )
 
     def client_protocol(self, resource: str) -> ClientConnection:
@@ -203,7 +209,11 @@ class HttpEngine:
         **limits: Any,
     ) -> asyncio.Server:
         """Serve ``resource`` alone at the root of ``host:port`` (``/api/...``, no prefix)."""
-        server = await self._listen(resource, resource, host, port, ssl, reuse_port, **limits)
+        state = self.proxy.resources.get(resource)
+        opened_with = state.resource.listen if state is not None else None
+        server = await self._listen(
+            resource, resource, host, port, ssl, reuse_port, own_listen=opened_with, **limits
+        )
         self._mounted.append(server)
         self._ports[f"resource:{resource}"] = _bound_port(server)
         return server
@@ -236,6 +246,7 @@ class HttpEngine:
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        own_listen: ListenerConfig | None = None,
     ) -> asyncio.Server:
         guard = self.guards[listener] = ConnectionGuard(
             listener,
@@ -244,7 +255,7 @@ class HttpEngine:
             refusal=http_refusal(listener, max_connections),
         )
         return await asyncio.get_running_loop().create_server(
-            guard.factory(lambda ticket: self._protocol(mount, ticket)),
+            guard.factory(lambda ticket: self._protocol(mount, ticket, own_listen)),
             host,
             port,
             ssl=ssl,

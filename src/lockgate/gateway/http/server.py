@@ -136,11 +136,15 @@ class ClientConnection(asyncio.Protocol):
         on_open: Callable[[ClientConnection], None] | None = None,
         ticket: Ticket | None = None,
         mount: str | None = None,
+        own_listen: object | None = None,
     ) -> None:
         self._handler = handler
         # A resource's own listener serves that resource at the root: paths carry no
         # ``/<resource>`` prefix (see :func:`.normalize.split_mounted`).
         self.mount = mount
+        # On a resource's own port: the ``listen`` it was opened with. A reload that takes it
+        # away or moves it ends that resource there (the http listener still serves it).
+        self.own_listen = own_listen
         self._fast = fast
         self._on_refused = on_refused
         self.forwarded: tuple[bytes | None, bytes] | None = None  # see :mod:`forwarded`
