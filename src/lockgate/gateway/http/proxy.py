@@ -95,17 +95,16 @@ class Proxy:
         if rs.credential is not None:
             secret = self._secrets.peek(rs.credential)
         durable = self.trail.durable()  # None unless audit durability is fsync
+        fw = Forwarding(conn, head, body, adm)
         if (
             (secret is not None or rs.credential is None)
             and not head.expect_continue
             and durable is None
         ):
             up = rs.pool.take_idle()
-            if up is not None:
-                fw = Forwarding(conn, head, body, adm)
-                if Exchange(self.forwarder, fw, up, secret, self._hand_over).start():
-                    return None
-        conn.run(self.serve_admitted(Forwarding(conn, head, body, adm), durable=durable))
+            if up is not None and Exchange(self.forwarder, fw, up, secret, self._hand_over).start():
+                return None
+        conn.run(self.serve_admitted(fw, durable=durable))
         return None
 
     async def handle(self, conn: ClientConnection, head: framing.Head, body: RequestBody) -> bool:
