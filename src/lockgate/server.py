@@ -37,7 +37,12 @@ from typing import Any
 
 from lockgate import _log, control
 from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
-from lockgate.config import CqlResource, HttpResource, Listeners, LockgateConfig, load_config
+from lockgate.config import (
+    AnyResource,
+    Listeners,
+    LockgateConfig,
+    load_config,
+)
 from lockgate.control import ControlPlane, MintPolicy, TokenAudit
 from lockgate.credentials import CredentialBroker
 from lockgate.errors import ConfigError
@@ -172,7 +177,7 @@ class Gateway:
         http = listeners.http.model_copy(update={"port": self._http_listen_port})
         return listeners.model_copy(update={"http": http})
 
-    def update_resources(self, resources: Iterable[HttpResource | CqlResource]) -> None:
+    def update_resources(self, resources: Iterable[AnyResource]) -> None:
         """Serve a new catalog without a restart: every engine takes the resources of its
         kind (what happens to requests and sessions in flight: each engine's docstring),
         the control plane mints tokens for, and lists, exactly these, and policy files are
@@ -186,7 +191,7 @@ class Gateway:
             raise
         self.config = self.config.model_copy(update={"resources": catalog})
 
-    def _serve_catalog(self, catalog: list[HttpResource | CqlResource]) -> None:
+    def _serve_catalog(self, catalog: list[AnyResource]) -> None:
         for engine in self.engines.values():
             engine.update_resources(catalog)
         if self.control is not None:
@@ -266,6 +271,10 @@ class Gateway:
     @property
     def cql_port(self) -> int:
         return self.ports.get("cql", 0)
+
+    @property
+    def postgres_port(self) -> int:
+        return self.ports.get("postgres", 0)
 
     @property
     def forward_proxy_port(self) -> int:

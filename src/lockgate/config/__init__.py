@@ -53,16 +53,24 @@ from lockgate.config.identity import (
     Proof,
     TokenSettings,
 )
-from lockgate.config.listeners import ForwardProxyConfig, ListenerConfig, Listeners, TlsConfig
+from lockgate.config.listeners import (
+    ForwardProxyConfig,
+    ListenerConfig,
+    Listeners,
+    PostgresListenerConfig,
+    TlsConfig,
+)
 from lockgate.config.loader import format_validation_error, load_config, parse_config
 from lockgate.config.model import AuditSettings, LockgateConfig
 from lockgate.config.resources import (
+    AnyResource,
     ArmSettings,
     CosmosSettings,
     CqlResource,
     DatabricksGuardrail,
     DatabricksSettings,
     HttpResource,
+    PostgresResource,
     Resource,
     RetrySettings,
     Route,
@@ -72,6 +80,7 @@ from lockgate.config.resources import (
 __all__ = [
     "NAME_RE",
     "AirflowApi",
+    "AnyResource",
     "ArmSettings",
     "AuditSettings",
     "ClientSecretProof",
@@ -89,6 +98,8 @@ __all__ = [
     "ManagedIdentityCredential",
     "OAuth2ClientCredential",
     "OidcIssuer",
+    "PostgresListenerConfig",
+    "PostgresResource",
     "PrivateKeyJwtProof",
     "Proof",
     "Resource",

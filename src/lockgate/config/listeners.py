@@ -32,6 +32,15 @@ class ListenerConfig(Section):
         return "https" if self.tls else "http"
 
 
+class PostgresListenerConfig(ListenerConfig):
+    """The PostgreSQL listener. TLS starts after the client's SSLRequest, as the protocol
+    has it (``tls`` holds the certificate); a client that does not ask for TLS is refused
+    unless ``allow_plaintext`` is true (tokens are passwords here: keep them off the wire)."""
+
+    port: int = Field(default=5432, ge=0, le=65535)
+    allow_plaintext: bool = False
+
+
 class ForwardProxyConfig(Section):
     """The HTTPS forward proxy (HTTP CONNECT) for clients with a fixed upstream URL.
 
@@ -57,4 +66,5 @@ class Listeners(Section):
     control: ListenerConfig = ListenerConfig(port=8470)
     http: ListenerConfig = ListenerConfig(port=8471)
     cql: ListenerConfig | None = None  # e.g. {port: 9042}; needed for kind: cql resources
+    postgres: PostgresListenerConfig | None = None  # needed for kind: postgres resources
     forward_proxy: ForwardProxyConfig | None = None  # needed by resources with ``intercept``

@@ -21,7 +21,7 @@ from lockgate.config.credentials import (
 )
 from lockgate.config.identity import Deployment, OidcIssuer, TokenSettings
 from lockgate.config.listeners import Listeners
-from lockgate.config.resources import CqlResource, HttpResource, Resource
+from lockgate.config.resources import AnyResource, HttpResource, Resource
 
 
 class AuditSettings(Section):
@@ -87,6 +87,20 @@ class LockgateConfig(Section):
                         f"resources[{i}].kind: 'cql' needs a listeners.cql section "
                         "(for example {port: 9042})"
                     )
+        pg = self.listeners.postgres
+        for i, r in enumerate(self.resources):
+            if r.kind != "postgres":
+                continue
+            if pg is None:
+                raise ValueError(
+                    f"resources[{i}].kind: 'postgres' needs a listeners.postgres section "
+                    "(for example {port: 5432, tls: {cert: tls/cert.pem, key: tls/key.pem}})"
+                )
+            if pg.tls is None and not pg.allow_plaintext:
+                raise ValueError(
+                    "listeners.postgres.tls: the postgres listener needs a certificate "
+                    "(tokens are passwords on this wire), or allow_plaintext: true"
+                )
         deps = {d.name for d in self.deployments}
         for i, o in enumerate(self.oidc_issuers):
             if o.deployment not in deps:
@@ -103,10 +117,10 @@ class LockgateConfig(Section):
         c = self.listeners.control
         return f"{c.scheme}://{c.host}:{c.port}"
 
-    def resource(self, name: str) -> HttpResource | CqlResource | None:
+    def resource(self, name: str) -> AnyResource | None:
         return next((r for r in self.resources if r.name == name), None)
 
-    def resource_for_conn_id(self, conn_id: str) -> HttpResource | CqlResource | None:
+    def resource_for_conn_id(self, conn_id: str) -> AnyResource | None:
         return next((r for r in self.resources if r.conn_id == conn_id), None)
 
     def deployment(self, name: str) -> Deployment | None:

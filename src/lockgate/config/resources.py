@@ -183,4 +183,61 @@ class CqlResource(Section):
         return points
 
 
-Resource = Annotated[HttpResource | CqlResource, Field(discriminator="kind")]
+class PostgresResource(Section):
+    """A PostgreSQL server (or Azure Database for PostgreSQL, Cosmos DB for PostgreSQL)
+    served by the PostgreSQL engine.
+
+    Clients connect to the ``postgres`` listener with the resource name as the *database*
+    name (as PgBouncer maps a database alias to a server), any user name, and their Lockgate
+    token as the password. The gateway logs in upstream to ``database`` on ``host:port`` as
+    ``username`` with the credential's value: a password (SCRAM-SHA-256 or md5, whatever the
+    server asks) or an Entra ID access token (an ``oauth2_client_credentials`` or
+    ``managed_identity`` credential; sent as a cleartext password, only over TLS).
+    """
+
+    name: str = Field(pattern=NAME_RE)
+    kind: Literal["postgres"]
+    host: str = Field(description="upstream server host name or address")
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str = Field(min_length=1, description="upstream database name")
+    username: str = Field(min_length=1, description="the gateway's own upstream login")
+    credential: str = Field(description="credential holding the upstream password or token")
+    conn_id: str | None = None
+    # disable: plain TCP; require: TLS without verifying the server; verify-full: TLS, the
+    # certificate chains to ca_file (or the system store) and names ``host``.
+    tls: Literal["disable", "require", "verify-full"] = "verify-full"
+    ca_file: Path | None = None
+    # The session's search_path at login (sent upstream in the startup packet, so neither a
+    # role default nor ``$user`` decides where unqualified names resolve).
+    search_path: list[str] = Field(default_factory=lambda: ["public"], min_length=1)
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=8 * 1024, le=1024 * 1024 * 1024,
+        description="largest message a client may send",
+    )  # fmt: skip
+    handshake_timeout: float = Field(default=10.0, gt=0, description="seconds to log in")
+    idle_timeout: float = Field(default=3600.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    # Per-task roles for clients that cannot go through the gateway (docs/postgres.md);
+    # the gateway's upstream login needs CREATEROLE.
+    dynamic_roles: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.:\[\]-]+$", v):
+            raise ValueError(f"expected a host name or address, got {v!r}")
+        return v.strip("[]")
+
+    @field_validator("search_path")
+    @classmethod
+    def _schemas(cls, v: list[str]) -> list[str]:
+        for s in v:
+            if not s or "\x00" in s or len(s) > 63:
+                raise ValueError(f"expected schema names (1-63 characters), got {s!r}")
+        return v
+
+
+Resource = Annotated[HttpResource | CqlResource | PostgresResource, Field(discriminator="kind")]
+
+#: Any resource of the catalog, as the loaded config holds it.
+AnyResource = HttpResource | CqlResource | PostgresResource

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from lockgate import metrics
-from lockgate.config import CqlResource, HttpResource, ListenerConfig, LockgateConfig
+from lockgate.config import AnyResource, ListenerConfig, LockgateConfig
 from lockgate.control.catalog import catalog_handler
 from lockgate.control.context import ControlContext, EventSink, ListenerPorts, MintDecider
 from lockgate.control.cosmos_key import task_key_handler
@@ -110,7 +110,7 @@ class ControlPlane:
         )
         return cls(ctx, readiness)
 
-    def update_resources(self, resources: Iterable[HttpResource | CqlResource]) -> None:
+    def update_resources(self, resources: Iterable[AnyResource]) -> None:
         """Take a new catalog without a restart: from the next request on, tokens are minted
         for, and the catalog lists, exactly these resources (a token already minted for a
         removed one is refused by the engine that served it), and dynamic database roles

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lockgate.config import CqlResource, HttpResource
+from lockgate.config import AnyResource, CqlResource, HttpResource, PostgresResource
 from lockgate.control import cosmos_key, db_role, managed_identity
 from lockgate.control.context import ControlContext, public_host
 from lockgate.control.offers import TOKEN, offer_of
@@ -52,9 +52,7 @@ def catalog_entries(ctx: ControlContext, deployment: str) -> list[dict[str, Any]
     return out
 
 
-def connection_template(
-    ctx: ControlContext, r: HttpResource | CqlResource
-) -> dict[str, Any] | None:
+def connection_template(ctx: ControlContext, r: AnyResource) -> dict[str, Any] | None:
     """The Airflow Connection fields for resource ``r`` through this gateway; None for a
     resource no listener serves."""
     listeners, ports = ctx.config.listeners, ctx.ports
@@ -70,6 +68,8 @@ def connection_template(
         if offer_of(r).task_keys:
             return cosmos_key.connection_template(r, base)
         return {"conn_type": "http", "host": base, "extra": {"Authorization": f"Bearer {TOKEN}"}}
+    if isinstance(r, PostgresResource):
+        return postgres_connection_template(ctx, r)
     cql = listeners.cql
     if cql is None:
         return None
@@ -83,6 +83,30 @@ def connection_template(
         "login": r.name,
         "password": TOKEN,
         "schema": r.keyspace or "",
+        "extra": extra,
+    }
+
+
+def postgres_connection_template(ctx: ControlContext, r: PostgresResource) -> dict[str, Any] | None:
+    """An Airflow ``postgres`` Connection to the gateway's PostgreSQL listener: the database
+    name selects the resource, the password is the task's token; the user name is not read
+    by the gateway (``lockgate`` here). With TLS, libpq verifies the gateway's certificate
+    and host name (``sslmode=verify-full``) against the CA file the worker was given."""
+    pg = ctx.config.listeners.postgres
+    if pg is None:
+        return None
+    extra: dict[str, Any] = (
+        {"sslmode": "verify-full", "sslrootcert": "{lockgate_ca_file}"}
+        if pg.tls is not None
+        else {"sslmode": "disable"}
+    )
+    return {
+        "conn_type": "postgres",
+        "host": public_host(pg.host),
+        "port": ctx.ports.postgres_port or pg.port,
+        "login": "lockgate",
+        "password": TOKEN,
+        "schema": r.name,
         "extra": extra,
     }
 

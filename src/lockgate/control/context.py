@@ -59,6 +59,9 @@ class ListenerPorts(Protocol):
     def cql_port(self) -> int: ...
 
     @property
+    def postgres_port(self) -> int: ...
+
+    @property
     def forward_proxy_port(self) -> int: ...
 
     @property

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lockgate.config import CqlResource, HttpResource
+from lockgate.config import AnyResource, HttpResource
 
 TOKEN = "{lockgate_token}"  # noqa: S105 - filled in on the Airflow worker
 RootConnection = Callable[[str, str, int], dict[str, Any]]
@@ -64,7 +64,7 @@ PROFILE_OFFERS: dict[str, ProfileOffer] = {
 }
 
 
-def offer_of(resource: HttpResource | CqlResource | None) -> ProfileOffer:
+def offer_of(resource: AnyResource | None) -> ProfileOffer:
     """What ``resource`` offers; a cql resource, a plain http one or none offers nothing."""
     if not isinstance(resource, HttpResource) or resource.profile is None:
         return PLAIN

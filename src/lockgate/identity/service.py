@@ -38,7 +38,7 @@ from urllib.parse import unquote_plus
 import aiohttp
 
 from lockgate import _log, metrics
-from lockgate.config import CqlResource, Deployment, HttpResource, LockgateConfig
+from lockgate.config import AnyResource, Deployment, LockgateConfig
 from lockgate.errors import AuthenticationError
 from lockgate.identity._request import OAuthError, may_act_for, revoke_target, task_request
 from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable, attest
@@ -63,7 +63,7 @@ class TaskGrant:
 
     deployment: Deployment
     identity: TaskIdentity
-    resource: HttpResource | CqlResource
+    resource: AnyResource
     decision: MintDecision
     ttl: int
 

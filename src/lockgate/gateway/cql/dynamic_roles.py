@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from lockgate import _log
-from lockgate.config import CqlResource, HttpResource
+from lockgate.config import AnyResource, CqlResource
 from lockgate.errors import CredentialError
 from lockgate.gateway.cql.roles import DynamicRoles, RoleCredential
 from lockgate.gateway.engine import CredentialBroker, PolicySource
@@ -54,7 +54,7 @@ class DbRoles:
 
     def __init__(
         self,
-        resources: Iterable[HttpResource | CqlResource],
+        resources: Iterable[AnyResource],
         password_for: PasswordFor,
         policy: PolicySource,
         revocations: RevocationStore,
@@ -76,7 +76,7 @@ class DbRoles:
         self._retiring: set[asyncio.Task[None]] = set()  # roles of resources taken away
         self._set_resources(resources)
 
-    def _set_resources(self, resources: Iterable[HttpResource | CqlResource]) -> list[DynamicRoles]:
+    def _set_resources(self, resources: Iterable[AnyResource]) -> list[DynamicRoles]:
         """Serve exactly these resources' roles; the sets no longer served (resource gone, no
         longer ``dynamic_roles``, or changed) are returned for their roles to be dropped."""
         wanted = {r.name: r for r in resources if isinstance(r, CqlResource) and r.dynamic_roles}
@@ -95,7 +95,7 @@ class DbRoles:
         self._claims = {k: c for k, c in self._claims.items() if k[0] in kept}
         return retired
 
-    def update_resources(self, resources: Iterable[HttpResource | CqlResource]) -> None:
+    def update_resources(self, resources: Iterable[AnyResource]) -> None:
         """Take a new catalog without a restart. From now on roles are issued for exactly
         the new ``dynamic_roles`` resources; the live roles of a resource taken away or
         changed are dropped at once (in the background: a role is a login the gateway
