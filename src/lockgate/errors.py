@@ -61,6 +61,10 @@ class UpstreamUnavailable(UpstreamError):
     """The upstream could not be reached or answered 502/503/504; retryable."""
 
 
+class UpstreamAuthFailed(UpstreamUnavailable):
+    """The upstream refused the gateway's own credential (e.g. SQLSTATE 28P01)."""
+
+
 class UpstreamThrottled(UpstreamError):
     """The upstream answered 429; ``retry_after`` is in seconds when it said."""
 
