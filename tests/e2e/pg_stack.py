@@ -1,0 +1,301 @@
+"""A local stack with a PostgreSQL resource: the demo stack plus a real PostgreSQL server.
+
+:class:`PgLocalStack` extends :class:`~lockgate.demo.stack.LocalStack` (``lockgate init``,
+demo upstream, gateway in a background thread) with:
+
+* on a running PostgreSQL server (tests/pgserver): a database of its own with schemas
+  ``sales`` (``orders``), ``marketing`` (``campaigns``) and ``other`` (``secret``), and the
+  gateway's upstream login (SCRAM, no CREATEROLE). The server's own grants are broader than
+  the policy on purpose — the login owns ``sales.orders`` and may read ``other.secret`` — so
+  what denies in these tests is the gateway, never the server;
+* in lockgate.yaml: a ``listeners.postgres`` section (TLS with the dev certificate), a
+  ``kind: postgres`` resource ``warehouse-pg`` (conn_id ``warehouse_pg``) pointing at the
+  server with ``tls: verify-full`` against the server's CA, its upstream password
+  credential, and ``warehouse_*`` added to the ``prod`` deployment's DAGs;
+* the example warehouse policy (examples/policies/warehouse.yaml) in the policies directory.
+
+The database and login names are unique per stack, so several stacks can share one server
+and each reads only its own statements from the server's log. :func:`unaudited` is the
+oracle: what the server executed for the gateway's login that the audit does not show as
+allowed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from lockgate.audit.record import AuditRow
+from lockgate.demo.stack import REPO_ROOT, LocalStack
+
+if TYPE_CHECKING:
+    from tests.pgserver import PgServer
+
+RESOURCE = "warehouse-pg"
+CONN_ID = "warehouse_pg"
+CREDENTIAL = "warehouse-pg-pw"
+WAREHOUSE_POLICY = REPO_ROOT / "examples" / "policies" / "warehouse.yaml"
+# Run as the superuser in the stack's own database; {login} is the gateway's upstream login.
+SCHEMA = """\
+CREATE SCHEMA sales;
+CREATE TABLE sales.orders (order_id text PRIMARY KEY, customer text NOT NULL, amount int NOT NULL);
+INSERT INTO sales.orders VALUES ('seed-1', 'seed', 1);
+CREATE SCHEMA marketing;
+CREATE TABLE marketing.campaigns (name text PRIMARY KEY, budget int NOT NULL);
+INSERT INTO marketing.campaigns VALUES ('spring', 1000), ('autumn', 2000);
+CREATE SCHEMA other;
+CREATE TABLE other.secret (id int PRIMARY KEY, value text NOT NULL);
+INSERT INTO other.secret VALUES (1, 'the-upstream-only-secret');
+GRANT USAGE, CREATE ON SCHEMA sales, marketing, other TO {login};
+GRANT ALL ON ALL TABLES IN SCHEMA sales, marketing, other TO {login};
+ALTER TABLE sales.orders OWNER TO {login};
+"""
+
+
+class PgLocalStack(LocalStack):
+    """The demo stack with a ``kind: postgres`` resource in front of a real PostgreSQL."""
+
+    def __init__(self, workdir: Path, server: PgServer) -> None:
+        super().__init__(workdir, tls=True)
+        self.server = server
+        suffix = secrets.token_hex(4)
+        self.database = f"warehouse_{suffix}"
+        self.upstream_user = f"lockgate_gw_{suffix}"
+        self.upstream_password = secrets.token_urlsafe(24)
+        server.create_user(self.upstream_user, self.upstream_password)
+        server.psql(f"CREATE DATABASE {self.database}")
+        server.psql(SCHEMA.format(login=self.upstream_user), dbname=self.database)
+        self.log_start = server.log_position()
+        self._add_postgres()
+
+    def _add_postgres(self) -> None:
+        path = Path(self.config_path)
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc["listeners"]["postgres"] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem"},
+        }
+        doc["resources"].append(
+            {
+                "name": RESOURCE,
+                "kind": "postgres",
+                "host": self.server.host,
+                "port": self.server.port,
+                "database": self.database,
+                "username": self.upstream_user,
+                "credential": CREDENTIAL,
+                "conn_id": CONN_ID,
+                "tls": "verify-full",
+                "ca_file": str(self.server.ca_file),
+                "connect_timeout": 5,
+            }
+        )
+        doc["credentials"].append({"name": CREDENTIAL, "type": "static"})
+        for deployment in doc["deployments"]:
+            deployment["dags"].append("warehouse_*")
+        path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        shutil.copy(WAREHOUSE_POLICY, self.workdir / "policies" / "warehouse.yaml")
+
+    def start(self) -> PgLocalStack:
+        from lockgate.server import State
+
+        State(self.config).credentials.set(CREDENTIAL, self.upstream_password)
+        super().start()
+        return self
+
+    # -- clients ------------------------------------------------------------------------------
+    @property
+    def pg_port(self) -> int:
+        assert self.gateway is not None
+        return int(self.gateway.postgres_port)
+
+    def mint(self, dag: str = "warehouse_orders", task: str = "clients", run: str = "r-1") -> str:
+        """A Lockgate token for ``airflow:prod/<dag>/<task>``, audience the resource."""
+        from lockgate.identity import TaskIdentity, TokenIssuer
+
+        assert self.gateway is not None
+        issuer = TokenIssuer(self.gateway.state.keys, self.gateway.config.issuer_url)
+        return issuer.mint(TaskIdentity("prod", dag, task, run, 1), RESOURCE, 900)[0]
+
+    def connect_kwargs(self, token: str) -> dict[str, Any]:
+        """libpq keywords for the gateway, as the secrets backend's Connection has them."""
+        return {
+            "host": "127.0.0.1",
+            "port": self.pg_port,
+            "dbname": RESOURCE,
+            "user": "lockgate",
+            "password": token,
+            "sslmode": "verify-full",
+            "sslrootcert": str(self.ca_file),
+        }
+
+    def dsn(self, token: str) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.connect_kwargs(token).items())
+
+    def superuser_query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` run directly on the server as the superuser (not through Lockgate)."""
+        import psycopg
+
+        with psycopg.connect(self.server.dsn(dbname=self.database), autocommit=True) as conn:
+            return list(conn.execute(sql).fetchall())
+
+    # -- what happened --------------------------------------------------------------------------
+    def audit_rows(self, *, since_seq: int = 0) -> list[AuditRow]:
+        """Every audit record for the resource (after ``since_seq``), oldest first."""
+        assert self.gateway is not None
+        self.gateway.audit.flush(5.0)
+        from lockgate.server import State
+
+        log = State(self.config).audit_log()
+        try:
+            rows = log.search(resource=RESOURCE, limit=100_000)
+        finally:
+            log.close()
+        return [r for r in rows if r.seq > since_seq]
+
+    def upstream_statements(self, since: int | None = None) -> list[str]:
+        """Texts the server logged for the gateway's login in this stack's database."""
+        start = self.log_start if since is None else since
+
+        def read() -> list[str]:
+            return [
+                s.text
+                for s in self.server.statements(start)
+                if s.user == self.upstream_user and s.database == self.database
+            ]
+
+        # The server writes its log asynchronously: read until two reads agree.
+        deadline = time.monotonic() + 5
+        rows = read()
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            again = read()
+            if again == rows:
+                break
+            rows = again
+        return rows
+
+
+# -- the oracle: the server's statement log against the audit ------------------------------------
+#: How the server prefixes a statement in log_statement output (simple / extended protocol).
+_LOG_PREFIXES = ("statement: ", "execute ")
+
+
+def logged_statements(text: str) -> list[str]:
+    """The statements of one logged entry: prefix stripped, a multi-statement query split."""
+    from pglast import split
+
+    for prefix in _LOG_PREFIXES:
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            if prefix == "execute ":  # "execute <name>: TEXT" / "execute fetch from ..."
+                text = text.split(": ", 1)[1] if ": " in text else text
+            break
+    try:
+        return [s.strip() for s in split(text)] or [text.strip()]
+    except Exception:  # not parseable: keep it whole; it then matches nothing allowed
+        return [text.strip()]
+
+
+def statement_text(detail: Mapping[str, Any]) -> str | None:
+    """The statement text an engine record carries (redacted as the engine wrote it)."""
+    for key in ("statement", "text", "query"):
+        value = detail.get(key)
+        if isinstance(value, str):
+            return value.strip()
+    return None
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One statement the audit shows: its text, decision, action and object."""
+
+    text: str
+    decision: str
+    action: str | None
+    object: str | None
+
+
+def judged_statements(rows: Iterable[AuditRow]) -> list[Judged]:
+    """One entry per judged statement: records sharing a ``ref`` (admitted + outcome) are one."""
+    merged: dict[object, Judged] = {}
+    for row in rows:
+        if row.event not in ("admitted", "allowed", "denied", "upstream_error"):
+            continue
+        text = statement_text(row.detail)
+        key: object = row.detail.get("ref") or ("seq", row.seq)
+        prior = merged.get(key)
+        if text is None:
+            if prior is None:
+                continue
+            text = prior.text
+        decision = "deny" if row.decision == "deny" else (prior.decision if prior else "allow")
+        merged[key] = Judged(text, decision, row.action, row.object)
+    return list(merged.values())
+
+
+def _same(logged: str, audited: str) -> bool:
+    if logged == audited:
+        return True
+    # a redacted literal in the audit text stands for whatever the server saw there
+    from lockgate._log import REDACTED
+
+    if REDACTED not in audited:
+        return False
+    head, *rest = audited.split(REDACTED)
+    if not logged.startswith(head):
+        return False
+    at = len(head)
+    for part in rest:
+        found = logged.find(part, at)
+        if found < 0:
+            return False
+        at = found + len(part)
+    return logged.endswith(rest[-1]) if rest else True
+
+
+def unaudited(
+    logged: Iterable[str], judged: Iterable[Judged], *, exempt: Iterable[str] = ()
+) -> list[str]:
+    """Statements the server executed beyond what the audit shows as allowed (by text, each
+    allowed record covering one execution). ``exempt``: texts the gateway itself runs."""
+    allowed = Counter(j.text for j in judged if j.decision == "allow")
+    exempt_set = {e.strip() for e in exempt}
+    missing: list[str] = []
+    for entry in logged:
+        for stmt in logged_statements(entry):
+            if stmt in exempt_set:
+                continue
+            if allowed[stmt] > 0:
+                allowed[stmt] -= 1
+                continue
+            match = next((t for t in allowed if allowed[t] > 0 and _same(stmt, t)), None)
+            if match is None:
+                missing.append(stmt)
+            else:
+                allowed[match] -= 1
+    return missing
+
+
+def denied_but_executed(logged: Iterable[str], judged: Iterable[Judged]) -> list[str]:
+    """Denied statements whose text the server logged although no allowed record has it."""
+    allowed_texts = {j.text for j in judged if j.decision == "allow"}
+    denied = {j.text for j in judged if j.decision == "deny"} - allowed_texts
+    seen = {s for entry in logged for s in logged_statements(entry)}
+    return sorted(t for t in denied if t in seen or any(_same(s, t) for s in seen))
+
+
+def catalog_query() -> str:
+    """The gateway's own query at login (the one documented exception to the oracle)."""
+    from lockgate.gateway.postgres.scope import RelationCatalog
+
+    return str(RelationCatalog.QUERY).strip()
