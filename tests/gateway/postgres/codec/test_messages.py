@@ -1,0 +1,84 @@
+"""Typed message framing: the reader, the length rules, the cap."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from lockgate.gateway.postgres import codec
+
+
+def test_encode_frames_type_length_body() -> None:
+    assert codec.encode(codec.QUERY, b"SELECT 1\0") == b"Q\0\0\0\x0dSELECT 1\0"
+    assert codec.sync() == b"S\0\0\0\x04"
+    assert codec.Message(codec.SYNC, b"").encode() == codec.sync()
+
+
+def test_reader_splits_messages_fed_byte_by_byte() -> None:
+    stream = codec.query("SELECT 1") + codec.sync() + codec.terminate()
+    reader = codec.MessageReader(1024)
+    got = []
+    for i in range(len(stream)):
+        reader.feed(stream[i : i + 1])
+        while (msg := reader.next_message()) is not None:
+            got.append(msg)
+    assert got == [
+        codec.Message(codec.QUERY, b"SELECT 1\0"),
+        codec.Message(codec.SYNC, b""),
+        codec.Message(codec.TERMINATE, b""),
+    ]
+    assert reader.buffered() == 0
+
+
+def test_reader_keeps_partial_tail() -> None:
+    reader = codec.MessageReader(1024)
+    reader.feed(codec.sync() + codec.query("x")[:3])
+    assert reader.next_message() == codec.Message(codec.SYNC, b"")
+    assert reader.next_message() is None
+    assert reader.buffered() == 3
+    assert reader.rest() == codec.query("x")[:3]
+    assert reader.buffered() == 0
+
+
+@pytest.mark.parametrize("length", [-5, 0, 3])
+def test_length_below_four_is_a_protocol_error_and_sticks(length: int) -> None:
+    reader = codec.MessageReader(1024)
+    reader.feed(struct.pack("!Bi", ord("Q"), length))
+    with pytest.raises(codec.ProtocolError, match="invalid message length"):
+        reader.next_message()
+    reader.feed(codec.sync())
+    with pytest.raises(codec.ProtocolError):
+        reader.next_message()
+
+
+def test_cap_is_checked_from_the_header_alone() -> None:
+    reader = codec.MessageReader(100)
+    reader.feed(struct.pack("!Bi", ord("Q"), 101))  # no body yet
+    with pytest.raises(codec.MessageTooLarge) as info:
+        reader.next_message()
+    assert info.value.sqlstate == "08P01"
+    assert isinstance(info.value, codec.ProtocolError)
+
+
+def test_message_exactly_at_the_cap_is_read() -> None:
+    body = b"x" * 95 + b"\0"
+    reader = codec.MessageReader(100)
+    reader.feed(codec.encode(codec.QUERY, body))
+    assert reader.next_message() == codec.Message(codec.QUERY, body)
+
+
+def test_direction_type_sets() -> None:
+    assert codec.QUERY in codec.FRONTEND_TYPES and codec.QUERY not in codec.BACKEND_TYPES
+    assert codec.COPY_DATA in codec.FRONTEND_TYPES and codec.COPY_DATA in codec.BACKEND_TYPES
+    assert codec.CLOSE == codec.COMMAND_COMPLETE == ord("C")
+    assert codec.READY_FOR_QUERY in codec.BACKEND_TYPES
+
+
+def test_large_stream_compacts_buffer() -> None:
+    reader = codec.MessageReader(1 << 16)
+    one = codec.query("SELECT 1")
+    for _ in range(2000):
+        reader.feed(one)
+        assert reader.next_message() is not None
+    assert reader.buffered() == 0
