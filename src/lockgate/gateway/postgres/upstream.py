@@ -1,0 +1,463 @@
+"""Upstream side of the PostgreSQL engine: the gateway's own login to the server.
+
+:func:`connect` opens one authenticated connection for one client session, all of it
+bounded by the resource's ``connect_timeout``:
+
+1. TCP to ``host:port``;
+2. TLS per ``resource.tls``: ``verify-full`` (the certificate chains to ``ca_file`` or the
+   system store and names ``host``, TLS 1.2 or newer), ``require`` (encrypted, not
+   verified), ``disable`` (plain). An SSLRequest is answered with one byte; a server that
+   says 'N' while TLS is wanted is refused. The TLS handshake reads the socket right after
+   that byte, so nothing a man in the middle sent in clear before it can pass as encrypted
+   (CVE-2021-23222);
+3. StartupMessage: the caller's parameters (application_name, client_encoding ...) and then
+   the resource's own ``user``, ``database`` and ``search_path``, which always win;
+   ``options``, ``replication`` and ``_pq_.*`` are never sent (each could change the role,
+   any setting or the protocol behind the gateway's back);
+4. authentication with the credential's value: SCRAM-SHA-256 (:mod:`.scram`; the server
+   must prove it knows the verifier before its AuthenticationOk counts), md5, a cleartext
+   password only over TLS (how Entra ID access tokens are sent to Azure Database for
+   PostgreSQL), or none when the server trusts the address;
+5. ParameterStatus and BackendKeyData collected up to ReadyForQuery.
+
+A refused credential (SQLSTATE class 28) is retried once: an access token is dropped from
+the caches and fetched again; a key or password is retried with the current version if a
+rotation the cache had not seen changed it, else with the previous version while the
+rotation's overlap lasts. Failures raise :class:`~lockgate.errors.UpstreamUnavailable`
+(:class:`~lockgate.errors.UpstreamAuthFailed` for a refused credential) whose message names
+``host:port``, the SQLSTATE and the server's message — never the secret.
+
+:func:`cancel` sends a CancelRequest for a backend key on a fresh connection (TLS as for a
+login), as the protocol wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from lockgate import _log
+from lockgate.config import PostgresResource
+from lockgate.errors import CredentialError, UpstreamAuthFailed, UpstreamUnavailable
+from lockgate.gateway.caches import SecretCache, UpstreamSecret
+
+from . import codec, scram
+
+log = _log.get("gateway.postgres")
+
+#: Largest message the server may send during the login (ParameterStatus, notices ...).
+LOGIN_MAX_MESSAGE_BYTES = 1024 * 1024
+_READ_SIZE = 65536
+#: Startup parameters the resource fixes, and ones never passed on from a client.
+_RESOURCE_PARAMS = frozenset({"user", "database", "search_path"})
+_NEVER_SENT = frozenset({"options", "replication"})
+
+_T = TypeVar("_T")
+
+
+@dataclass(slots=True)
+class UpstreamLink:
+    """An authenticated upstream connection, ready for queries (status after login: 'I')."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    parameters: dict[str, str]  # ParameterStatus values from the login
+    backend_pid: int
+    backend_secret: bytes = field(repr=False)
+    pending: bytes = b""  # bytes read past the login's ReadyForQuery (normally none)
+    credential_version: int | None = None  # None: the server asked for no password
+    tls: bool = False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+# -- TLS ----------------------------------------------------------------------------------
+_contexts: dict[tuple[str, str, int], ssl.SSLContext] = {}
+
+
+def client_ssl_context(resource: PostgresResource) -> ssl.SSLContext | None:
+    """The TLS context for ``resource.tls`` (None for ``disable``).
+
+    Contexts are shared per (mode, CA file and its modification time): loading a CA store
+    costs milliseconds, a login should not.
+    """
+    if resource.tls == "disable":
+        return None
+    ca = str(resource.ca_file) if resource.ca_file else ""
+    try:
+        stamp = Path(ca).stat().st_mtime_ns if ca else 0
+    except OSError as exc:
+        raise UpstreamUnavailable(
+            f"{resource.name}: cannot read ca_file {ca}: {exc.strerror}"
+        ) from None
+    key = (resource.tls, ca, stamp)
+    ctx = _contexts.get(key)
+    if ctx is None:
+        ctx = ssl.create_default_context(cafile=ca or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if resource.tls == "require":  # encrypt, verify nothing (libpq's sslmode=require)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if len(_contexts) > 64:  # CA files replaced many times over: start afresh
+            _contexts.clear()
+        _contexts[key] = ctx
+    return ctx
+
+
+def _where(resource: PostgresResource) -> str:
+    host = f"[{resource.host}]" if ":" in resource.host else resource.host
+    return f"{host}:{resource.port}"
+
+
+async def _tcp(host: str, port: int) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError = OSError(f"no address for {host}")
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise last
+
+
+async def _open(
+    resource: PostgresResource, ctx: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the server, TLS negotiated when ``ctx`` is given."""
+    sock = await _tcp(resource.host, resource.port)
+    try:
+        if ctx is None:
+            return await asyncio.open_connection(sock=sock, limit=_READ_SIZE)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, codec.ssl_request())
+        # Exactly one byte: whatever follows it is read by the TLS handshake, never as clear.
+        answer = await loop.sock_recv(sock, 1)
+        if answer == b"S":
+            return await asyncio.open_connection(
+                sock=sock, ssl=ctx, server_hostname=resource.host, limit=_READ_SIZE
+            )
+        if answer == b"N":
+            why = f"the server does not accept TLS (tls: {resource.tls})"
+        elif not answer:
+            why = "the server closed the connection at the TLS request"
+        else:
+            why = f"unexpected answer {answer!r} to the TLS request"
+        raise UpstreamUnavailable(f"{_where(resource)}: {why}")
+    except BaseException:
+        sock.close()
+        raise
+
+
+# -- startup ------------------------------------------------------------------------------
+def quote_ident(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier (always quoted: exact, case kept)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def startup_params(resource: PostgresResource, startup: Mapping[str, str]) -> dict[str, str]:
+    """The StartupMessage parameters: the caller's, then the resource's, which win."""
+    params = {
+        k: v
+        for k, v in startup.items()
+        if k not in _RESOURCE_PARAMS and k not in _NEVER_SENT and not k.startswith("_pq_.")
+    }
+    params["user"] = resource.username
+    params["database"] = resource.database
+    params["search_path"] = ",".join(quote_ident(s) for s in resource.search_path)
+    return params
+
+
+# -- one login ------------------------------------------------------------------------------
+class _Messages:
+    """Typed messages from the server during the login; remembers what is read past them."""
+
+    def __init__(self, reader: asyncio.StreamReader, where: str) -> None:
+        self._reader = reader
+        self._where = where
+        self._codec = codec.MessageReader(LOGIN_MAX_MESSAGE_BYTES)
+        self._last = b""
+
+    async def next(self) -> codec.Message:
+        while True:
+            try:
+                msg = self._codec.next_message()
+            except codec.ProtocolError as exc:
+                raise UpstreamUnavailable(f"{self._where}: protocol error: {exc}") from None
+            if msg is not None:
+                return msg
+            data = await self._reader.read(_READ_SIZE)
+            if not data:
+                raise UpstreamUnavailable(f"{self._where}: the server closed the connection")
+            self._codec.feed(data)
+            self._last = data
+
+    def rest(self) -> bytes:
+        # Once a message is complete nothing is fed until the next is asked for, so what
+        # is still buffered is the tail of the last chunk read.
+        left = self._codec.buffered()
+        return self._last[len(self._last) - left :] if left else b""
+
+
+class _Login:
+    """One login attempt with one secret; ``sent_secret`` tells whether the server saw it."""
+
+    def __init__(
+        self,
+        resource: PostgresResource,
+        ctx: ssl.SSLContext | None,
+        secret: UpstreamSecret | None,
+        startup: Mapping[str, str],
+    ) -> None:
+        self.resource = resource
+        self.ctx = ctx
+        self.secret = secret
+        self.startup = startup
+        self.where = _where(resource)
+        self.sent_secret = False
+
+    async def run(self) -> UpstreamLink:
+        timeout = self.resource.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await _open(self.resource, self.ctx)
+                try:
+                    return await self._login(reader, writer)
+                except BaseException:
+                    writer.close()
+                    raise
+        except TimeoutError:
+            raise UpstreamUnavailable(
+                f"{self.where}: no login within {timeout:g}s (connect_timeout)"
+            ) from None
+        except OSError as exc:  # refused, unreachable, TLS verification (ssl.SSLError)
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+            raise UpstreamUnavailable(f"{self.where}: {type(exc).__name__}: {reason}") from None
+        except codec.ProtocolError as exc:
+            raise UpstreamUnavailable(f"{self.where}: protocol error: {exc}") from None
+
+    async def _login(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> UpstreamLink:
+        tls = writer.get_extra_info("ssl_object") is not None
+        writer.write(codec.startup_message(startup_params(self.resource, self.startup)))
+        messages = _Messages(reader, self.where)
+        await self._authenticate(messages, writer, tls)
+        parameters: dict[str, str] = {}
+        pid, key = 0, b""
+        while True:
+            msg = await messages.next()
+            if msg.type == codec.PARAMETER_STATUS:
+                name, value = codec.decode_parameter_status(msg.body)
+                parameters[name] = value
+            elif msg.type == codec.BACKEND_KEY_DATA:
+                pid, key = codec.decode_backend_key_data(msg.body)
+            elif msg.type == codec.READY_FOR_QUERY:
+                return UpstreamLink(
+                    reader,
+                    writer,
+                    parameters,
+                    pid,
+                    key,
+                    pending=messages.rest(),
+                    credential_version=self._sent_version(),
+                    tls=tls,
+                )
+            elif msg.type == codec.ERROR_RESPONSE:
+                raise self._server_error(msg.body)
+            elif msg.type != codec.NOTICE_RESPONSE:
+                raise self._unexpected(msg, "after authentication")
+
+    async def _authenticate(
+        self, messages: _Messages, writer: asyncio.StreamWriter, tls: bool
+    ) -> None:
+        exchange: scram.ScramClient | None = None
+        while True:
+            msg = await messages.next()
+            if msg.type == codec.ERROR_RESPONSE:
+                raise self._server_error(msg.body)
+            if msg.type == codec.NEGOTIATE_PROTOCOL_VERSION:
+                continue  # only answers _pq_ options, which are never sent
+            if msg.type != codec.AUTHENTICATION:
+                raise self._unexpected(msg, "during authentication")
+            auth = codec.decode_authentication(msg.body)
+            if auth.code == codec.AUTH_OK:
+                if exchange is not None and not exchange.done:
+                    raise UpstreamUnavailable(
+                        f"{self.where}: the server ended SCRAM authentication before proving "
+                        "it knows the password"
+                    )
+                return
+            if auth.code == codec.AUTH_CLEARTEXT_PASSWORD:
+                if not tls:
+                    raise UpstreamUnavailable(
+                        f"{self.where}: the server asks for a cleartext password over an "
+                        "unencrypted connection; refused (use tls: require or verify-full)"
+                    )
+                writer.write(codec.password_message(self._password()))
+            elif auth.code == codec.AUTH_MD5_PASSWORD:
+                answer = scram.md5_password(self._password(), self.resource.username, auth.data)
+                writer.write(codec.password_message(answer))
+            elif auth.code == codec.AUTH_SASL:
+                offered = codec.sasl_mechanisms(auth.data)
+                if scram.MECHANISM not in offered:
+                    raise UpstreamUnavailable(
+                        f"{self.where}: the server offers SASL mechanisms {offered}, none "
+                        f"supported (only {scram.MECHANISM})"
+                    )
+                exchange = scram.ScramClient(self._password())
+                writer.write(codec.sasl_initial_response(scram.MECHANISM, exchange.client_first()))
+            elif auth.code == codec.AUTH_SASL_CONTINUE and exchange is not None:
+                await self._scram_continue(exchange, auth.data, writer)
+            elif auth.code == codec.AUTH_SASL_FINAL and exchange is not None:
+                self._scram(exchange.server_final, auth.data)
+            else:
+                raise UpstreamUnavailable(
+                    f"{self.where}: unsupported authentication request (code {auth.code})"
+                )
+
+    async def _scram_continue(
+        self, exchange: scram.ScramClient, data: bytes, writer: asyncio.StreamWriter
+    ) -> None:
+        salt, iterations = self._scram(exchange.server_first, data)
+        password = self._password()
+        if scram.cached_salted_password(password, salt, iterations) is None:
+            # thousands of HMAC rounds: off the event loop, other sessions keep flowing
+            await asyncio.to_thread(scram.salted_password, password, salt, iterations)
+        writer.write(codec.sasl_response(exchange.client_final()))
+
+    def _scram(self, step: Callable[[bytes], _T], data: bytes) -> _T:
+        try:
+            return step(data)
+        except scram.ScramError as exc:
+            raise UpstreamUnavailable(f"{self.where}: SCRAM authentication: {exc}") from None
+
+    def _password(self) -> str:
+        if self.secret is None:
+            raise UpstreamUnavailable(
+                f"{self.where}: the server asks for a password and credential "
+                f"{self.resource.credential!r} has no value"
+            )
+        self.sent_secret = True
+        return self.secret.value
+
+    def _sent_version(self) -> int | None:
+        return self.secret.version if self.sent_secret and self.secret is not None else None
+
+    def _server_error(self, body: bytes) -> UpstreamUnavailable:
+        fields = codec.decode_error_fields(body)
+        sqlstate = fields.get("C", "")
+        text = f"{self.where}: {fields.get('V') or fields.get('S', 'ERROR')} {sqlstate}: "
+        text += fields.get("M", "(no message)")
+        # Class 28: invalid authorization (28P01 wrong password, 28000 no pg_hba entry).
+        return UpstreamAuthFailed(text) if sqlstate.startswith("28") else UpstreamUnavailable(text)
+
+    def _unexpected(self, msg: codec.Message, when: str) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"{self.where}: protocol error: unexpected message {chr(msg.type)!r} {when}"
+        )
+
+
+# -- the door ---------------------------------------------------------------------------------
+async def connect(
+    resource: PostgresResource, secrets: SecretCache, startup: Mapping[str, str]
+) -> UpstreamLink:
+    """Log in to ``resource`` as the gateway (see the module docstring)."""
+    ctx = client_ssl_context(resource)
+    name = resource.credential
+    secret = await _fetch(resource, secrets, name)
+    first = _Login(resource, ctx, secret, startup)
+    try:
+        return await first.run()
+    except UpstreamAuthFailed:
+        if secret is None or not first.sent_secret:
+            raise
+        retry = await _retry_secret(secrets, name, secret)
+        if retry is None:
+            raise
+    log.info(
+        "postgres upstream refused the credential; retrying",
+        extra={
+            "fields": {
+                "resource": resource.name,
+                "credential_name": name,
+                "refused_version": secret.version,
+                "retry_version": retry.version,
+            }
+        },
+    )
+    return await _Login(resource, ctx, retry, startup).run()
+
+
+async def _fetch(
+    resource: PostgresResource, secrets: SecretCache, name: str
+) -> UpstreamSecret | None:
+    try:
+        return await secrets.get(name)
+    except CredentialError as exc:  # the message names the credential, never its value
+        raise UpstreamUnavailable(f"{_where(resource)}: {exc}") from None
+
+
+async def _retry_secret(
+    secrets: SecretCache, name: str, refused: UpstreamSecret
+) -> UpstreamSecret | None:
+    """The secret to try once more after the server refused ``refused``, or None."""
+    try:
+        if getattr(refused, "expires_at", None) is not None:
+            # An access token refused before its expiry (revoked, clock skew): a fresh one.
+            secrets.forget_token(name, refused.version)
+            fresh = await secrets.get(name)
+            return fresh if fresh is not None and fresh.value != refused.value else None
+        # A rotation the cache had not seen yet may have changed the current version.
+        secrets.invalidate(name)
+        current = await secrets.get(name)
+        if current is not None and (
+            current.version != refused.version or current.value != refused.value
+        ):
+            return current
+        older = await secrets.get(name, previous=True)  # inside the rotation's overlap
+    except CredentialError:
+        return None
+    return older if older is not None and older.version != refused.version else None
+
+
+async def cancel(resource: PostgresResource, pid: int, secret: bytes) -> None:
+    """Ask the server to cancel what backend ``pid`` runs (CancelRequest, fresh connection).
+
+    Waits until the server closes the connection, i.e. has taken the request. Raises
+    UpstreamUnavailable when the server cannot be reached; the server never answers
+    whether a query was cancelled.
+    """
+    where = _where(resource)
+    try:
+        async with asyncio.timeout(resource.connect_timeout):
+            reader, writer = await _open(resource, client_ssl_context(resource))
+            try:
+                writer.write(codec.cancel_request(pid, secret))
+                await writer.drain()
+                with contextlib.suppress(OSError):  # a TLS peer may close without notify
+                    while await reader.read(_READ_SIZE):
+                        pass
+            finally:
+                writer.close()
+    except TimeoutError:
+        raise UpstreamUnavailable(f"{where}: cancel request timed out") from None
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise UpstreamUnavailable(f"{where}: cancel request: {reason}") from None
