@@ -26,3 +26,7 @@ def bearer_upstream() -> Iterator[BearerUpstream]:
         yield up
     finally:
         up.stop()
+
+
+# The real PostgreSQL server fixtures (pg_server, pg_server_factory) for every test package.
+pytest_plugins = ["tests.pgserver.fixtures"]
