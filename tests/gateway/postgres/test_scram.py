@@ -110,7 +110,7 @@ def test_salted_password_is_remembered_and_bounded(monkeypatch: pytest.MonkeyPat
         calls.append(args)
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(scram.hashlib, "pbkdf2_hmac", counting)
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", counting)
     assert scram.cached_salted_password("pw", b"salt", 4096) is None
     first = scram.salted_password("pw", b"salt", 4096)
     assert scram.salted_password("pw", b"salt", 4096) == first

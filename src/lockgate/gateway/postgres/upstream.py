@@ -96,7 +96,7 @@ def client_ssl_context(resource: PostgresResource) -> ssl.SSLContext | None:
         stamp = Path(ca).stat().st_mtime_ns if ca else 0
     except OSError as exc:
         raise UpstreamUnavailable(
-            f"{resource.name}: cannot read ca_file {ca}: {exc.strerror}"
+            f"{_where(resource)}: cannot read ca_file {ca}: {exc.strerror}"
         ) from None
     key = (resource.tls, ca, stamp)
     ctx = _contexts.get(key)
@@ -115,6 +115,13 @@ def client_ssl_context(resource: PostgresResource) -> ssl.SSLContext | None:
 def _where(resource: PostgresResource) -> str:
     host = f"[{resource.host}]" if ":" in resource.host else resource.host
     return f"{host}:{resource.port}"
+
+
+def _describe(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):  # say why, not only that it failed
+        return f"TLS certificate verify failed: {exc.verify_message}"
+    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+    return f"{type(exc).__name__}: {reason}"
 
 
 async def _tcp(host: str, port: int) -> socket.socket:
@@ -247,8 +254,7 @@ class _Login:
                 f"{self.where}: no login within {timeout:g}s (connect_timeout)"
             ) from None
         except OSError as exc:  # refused, unreachable, TLS verification (ssl.SSLError)
-            reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-            raise UpstreamUnavailable(f"{self.where}: {type(exc).__name__}: {reason}") from None
+            raise UpstreamUnavailable(f"{self.where}: {_describe(exc)}") from None
         except codec.ProtocolError as exc:
             raise UpstreamUnavailable(f"{self.where}: protocol error: {exc}") from None
 
@@ -459,5 +465,4 @@ async def cancel(resource: PostgresResource, pid: int, secret: bytes) -> None:
     except TimeoutError:
         raise UpstreamUnavailable(f"{where}: cancel request timed out") from None
     except OSError as exc:
-        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-        raise UpstreamUnavailable(f"{where}: cancel request: {reason}") from None
+        raise UpstreamUnavailable(f"{where}: cancel request: {_describe(exc)}") from None
