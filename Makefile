@@ -14,18 +14,24 @@ $(STAMP): pyproject.toml
 
 ## demo: set up and run the end-to-end demo on embedded defaults (SQLite, local demo upstream)
 demo: $(STAMP)
+	./tests/setup-system.sh
 	$(BIN)/lockgate demo --dir demo
 
 ## test: set up and run ruff, mypy and the whole test suite (real Airflow 3 DAGs included)
 test: $(STAMP)
+	@# PostgreSQL server binaries and PgBouncer from Debian when missing (tests/setup-system.sh).
+	./tests/setup-system.sh
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
-	@# The Node.js CQL smoke client (tests/node); its test skips only where node/npm are absent.
+	@# The Node.js clients (tests/node: cassandra-driver, pg); their tests skip only where
+	@# node/npm are absent.
 	if command -v npm >/dev/null 2>&1; then npm install --prefix tests/node --no-audit --no-fund; fi
 	$(BIN)/pytest -q
 
-## bench: set up and run the benchmarks (installs nginx and wrk from Debian when missing)
+## bench: set up and run the benchmarks (installs nginx, wrk, PostgreSQL and PgBouncer from
+## Debian when missing)
 bench: $(STAMP)
+	./tests/setup-system.sh
 	./benchmarks/setup.sh
 	$(BIN)/python -m benchmarks.run
 

@@ -25,8 +25,10 @@ from urllib.parse import quote
 
 from lockgate.tlsgen import write_dev_tls
 
+# PostgreSQL 15 first (what the suite is written against), then any other Debian install.
 PG_BIN_CANDIDATES = (
     Path("/usr/lib/postgresql/15/bin"),
+    *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True),
     Path("/usr/local/pgsql/bin"),
 )
 SYSTEM_USER = "postgres"
@@ -93,13 +95,14 @@ class LoggedStatement:
 
 
 def find_pg_bin() -> Path:
-    """The directory holding ``initdb``/``postgres``/``pg_ctl``/``psql``; PG_BIN overrides."""
+    """The directory holding ``initdb``/``postgres``/``pg_ctl``/``psql``; ``PG_BIN``
+    overrides. ``tests/setup-system.sh`` installs them from Debian."""
     env = os.environ.get("PG_BIN")
     for candidate in ([Path(env)] if env else []) + list(PG_BIN_CANDIDATES):
         if (candidate / "postgres").is_file() and (candidate / "initdb").is_file():
             return candidate
     raise PostgresMissing(
-        "PostgreSQL 15 server binaries not found (apt-get install postgresql, or set PG_BIN)"
+        "PostgreSQL server binaries not found (run tests/setup-system.sh as root, or set PG_BIN)"
     )
 
 
