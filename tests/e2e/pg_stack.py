@@ -22,9 +22,9 @@ allowed.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -163,43 +163,28 @@ class PgLocalStack(LocalStack):
         return [r for r in rows if r.seq > since_seq]
 
     def upstream_statements(self, since: int | None = None) -> list[str]:
-        """Texts the server logged for the gateway's login in this stack's database."""
+        """Texts the server logged (``log_statement = all``) for the gateway's login in this
+        stack's database, oldest first; a multi-statement query is one entry."""
         start = self.log_start if since is None else since
+        return [
+            s.text
+            for s in self.server.statements(start)
+            if s.user == self.upstream_user and s.database == self.database
+        ]
 
-        def read() -> list[str]:
-            return [
-                s.text
-                for s in self.server.statements(start)
-                if s.user == self.upstream_user and s.database == self.database
-            ]
-
-        # The server writes its log asynchronously: read until two reads agree.
-        deadline = time.monotonic() + 5
-        rows = read()
-        while time.monotonic() < deadline:
-            time.sleep(0.3)
-            again = read()
-            if again == rows:
-                break
-            rows = again
-        return rows
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            with contextlib.suppress(Exception):  # the server may be gone already
+                self.server.psql(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
 
 
 # -- the oracle: the server's statement log against the audit ------------------------------------
-#: How the server prefixes a statement in log_statement output (simple / extended protocol).
-_LOG_PREFIXES = ("statement: ", "execute ")
-
-
 def logged_statements(text: str) -> list[str]:
-    """The statements of one logged entry: prefix stripped, a multi-statement query split."""
+    """The statements of one logged entry (a multi-statement query split as the server would)."""
     from pglast import split
 
-    for prefix in _LOG_PREFIXES:
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-            if prefix == "execute ":  # "execute <name>: TEXT" / "execute fetch from ..."
-                text = text.split(": ", 1)[1] if ": " in text else text
-            break
     try:
         return [s.strip() for s in split(text)] or [text.strip()]
     except Exception:  # not parseable: keep it whole; it then matches nothing allowed

@@ -1,0 +1,377 @@
+"""Stock Python PostgreSQL clients through the gateway to a real PostgreSQL server.
+
+psycopg2, psycopg 3 (autocommit, transactions, pipeline mode, server-side prepare), asyncpg
+(extended protocol, binary types, its statement cache) and SQLAlchemy 2. Each client, as
+``airflow:prod/warehouse_orders/<client>`` under examples/policies/warehouse.yaml (read and
+write on ``sales.orders``, no DDL): granted reads and writes work; ``DROP TABLE`` and a read
+of ``other.secret`` get SQLSTATE 42501 from the gateway and the session stays usable (the
+next statement works); the audit has one record per statement, with rows affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.e2e.pg_stack import RESOURCE, PgLocalStack, judged_statements, statement_text
+
+if TYPE_CHECKING:
+    from lockgate.audit.record import AuditRow
+    from tests.pgserver import PgServer
+
+INSUFFICIENT_PRIVILEGE = "42501"
+#: The INSERT as psycopg 3 and asyncpg send it (server-side parameters).
+INSERT_SERVER_TEXT = "INSERT INTO sales.orders (order_id, customer, amount) VALUES ($1, $2, $3)"
+DAG = "warehouse_orders"
+
+
+@pytest.fixture(scope="module")
+def pg_stack(
+    pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PgLocalStack]:
+    with PgLocalStack(tmp_path_factory.mktemp("lockgate-pg-clients"), pg_server) as s:
+        yield s
+
+
+def records_of(stack: PgLocalStack, task: str) -> list[AuditRow]:
+    """The statement records of one client's task (token records left out)."""
+    return [
+        r
+        for r in stack.audit_rows()
+        if r.task_id == task and r.event in ("admitted", "allowed", "denied", "upstream_error")
+    ]
+
+
+def outcomes(rows: list[AuditRow]) -> list[tuple[str, str | None, str | None, str]]:
+    """(decision, action, object, text) per judged statement, in order."""
+    return [(j.decision, j.action, j.object, j.text) for j in judged_statements(rows)]
+
+
+def rows_affected(rows: list[AuditRow], text: str) -> list[int | None]:
+    """The rows-affected figure of every outcome record for ``text``."""
+    by_ref: dict[object, str] = {}
+    found: list[int | None] = []
+    for r in rows:
+        ref = r.detail.get("ref")
+        stmt = statement_text(r.detail) or by_ref.get(ref, "")
+        if ref is not None and stmt:
+            by_ref[ref] = stmt
+        if stmt == text and r.event == "allowed":
+            value = r.detail.get("rows")
+            found.append(int(value) if value is not None else None)
+    return found
+
+
+def assert_denied(
+    rows: list[AuditRow], text: str, action: str, obj: str, *, times: int = 1
+) -> None:
+    denied = [o for o in outcomes(rows) if o[0] == "deny" and o[3] == text]
+    assert [(a, o) for _, a, o, _ in denied] == [(action, obj)] * times, outcomes(rows)
+
+
+def assert_refusal_message(message: str, task: str, action: str, obj: str) -> None:
+    assert f"airflow:prod/{DAG}/{task}" in message, message
+    assert action in message and obj in message, message
+
+
+# -- psycopg2 ------------------------------------------------------------------------------------
+def test_psycopg2_autocommit_and_transactions(pg_stack: PgLocalStack) -> None:
+    import psycopg2
+    import psycopg2.errors
+
+    task = "psycopg2"
+    conn = psycopg2.connect(**pg_stack.connect_kwargs(pg_stack.mint(DAG, task)))
+    try:
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute(
+            "INSERT INTO sales.orders (order_id, customer, amount) VALUES (%s, %s, %s)",
+            ("p2-1", "acme", 11),
+        )
+        assert cur.rowcount == 1
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege) as drop:
+            cur.execute("DROP TABLE sales.orders")
+        assert drop.value.pgcode == INSUFFICIENT_PRIVILEGE
+        assert_refusal_message(str(drop.value), task, "admin", "sales.orders")
+        cur.execute("SELECT amount FROM sales.orders WHERE order_id = 'p2-1'")
+        assert cur.fetchall() == [(11,)]
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT * FROM other.secret")
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+
+        # A transaction: the refusal is an error inside it, as any server error would be.
+        conn.autocommit = False
+        cur.execute("UPDATE sales.orders SET amount = 12 WHERE order_id = 'p2-1'")
+        assert cur.rowcount == 1
+        conn.commit()
+        cur.execute("UPDATE sales.orders SET amount = 13 WHERE order_id = 'p2-1'")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT value FROM other.secret")
+        conn.rollback()
+        cur.execute("SELECT amount FROM sales.orders WHERE order_id = 'p2-1'")
+        assert cur.fetchone() == (12,)
+        conn.commit()
+    finally:
+        conn.close()
+
+    rows = records_of(pg_stack, task)
+    assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
+    assert_denied(rows, "SELECT * FROM other.secret", "read", "other.secret")
+    assert_denied(rows, "SELECT value FROM other.secret", "read", "other.secret")
+    assert rows_affected(
+        rows, "INSERT INTO sales.orders (order_id, customer, amount) VALUES ('p2-1', 'acme', 11)"
+    ) == [1]
+    assert rows_affected(rows, "UPDATE sales.orders SET amount = 12 WHERE order_id = 'p2-1'") == [1]
+    assert pg_stack.superuser_query("SELECT amount FROM sales.orders WHERE order_id = 'p2-1'") == [
+        (12,)
+    ]
+
+
+# -- psycopg 3 -----------------------------------------------------------------------------------
+def test_psycopg3_autocommit_transactions_and_server_side_prepare(pg_stack: PgLocalStack) -> None:
+    import psycopg
+    import psycopg.errors
+
+    task = "psycopg3"
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    with psycopg.connect(**kwargs, autocommit=True, prepare_threshold=0) as conn:
+        insert = "INSERT INTO sales.orders (order_id, customer, amount) VALUES (%s, %s, %s)"
+        for i in range(3):  # prepared server side from the first execution (named statement)
+            assert conn.execute(insert, (f"p3-{i}", "globex", 30 + i)).rowcount == 1
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as drop:
+            conn.execute("DROP TABLE sales.orders")
+        assert drop.value.sqlstate == INSUFFICIENT_PRIVILEGE
+        assert_refusal_message(str(drop.value), task, "admin", "sales.orders")
+        select = "SELECT amount FROM sales.orders WHERE order_id = %s"
+        assert conn.execute(select, ("p3-1",)).fetchall() == [(31,)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM other.secret WHERE id = %s", (1,))
+        assert conn.execute(select, ("p3-2",)).fetchall() == [(32,)]
+
+    with psycopg.connect(**kwargs) as conn:  # transactions
+        with conn.transaction():
+            conn.execute("UPDATE sales.orders SET amount = 300 WHERE order_id = %s", ("p3-0",))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+            conn.execute("UPDATE sales.orders SET amount = 301 WHERE order_id = %s", ("p3-0",))
+            conn.execute("DELETE FROM other.secret")
+        assert conn.execute(select, ("p3-0",)).fetchone() == (300,)
+        conn.commit()
+
+    rows = records_of(pg_stack, task)
+    assert rows_affected(rows, INSERT_SERVER_TEXT) == [1, 1, 1]
+    assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
+    assert_denied(rows, "SELECT * FROM other.secret WHERE id = $1", "read", "other.secret")
+    assert_denied(rows, "DELETE FROM other.secret", "write", "other.secret")
+    assert pg_stack.superuser_query("SELECT amount FROM sales.orders WHERE order_id = 'p3-0'") == [
+        (300,)
+    ]
+    assert pg_stack.superuser_query("SELECT count(*) FROM other.secret") == [(1,)]
+
+
+def test_psycopg3_pipeline_with_a_denied_statement_in_the_middle(pg_stack: PgLocalStack) -> None:
+    import psycopg
+    import psycopg.errors
+
+    task = "psycopg3_pipeline"
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    insert = "INSERT INTO sales.orders (order_id, customer, amount) VALUES (%s, %s, %s)"
+    with psycopg.connect(**kwargs, autocommit=True) as conn:
+        with conn.pipeline() as pipeline:
+            first = conn.execute(insert, ("pp-1", "initech", 41))
+            second = conn.execute("SELECT amount FROM sales.orders WHERE order_id = %s", ("pp-1",))
+            pipeline.sync()  # the earlier results complete before the refused statement
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+                conn.execute("SELECT value FROM other.secret WHERE id = %s", (1,))
+                pipeline.sync()
+            assert refused.value.sqlstate == INSUFFICIENT_PRIVILEGE
+        assert first.rowcount == 1
+        assert second.fetchall() == [(41,)]
+        # The connection stays usable, in and out of pipeline mode.
+        with conn.pipeline():
+            after = conn.execute("SELECT count(*) FROM sales.orders WHERE order_id = %s", ("pp-1",))
+        assert after.fetchone() == (1,)
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+    rows = records_of(pg_stack, task)
+    assert_denied(rows, "SELECT value FROM other.secret WHERE id = $1", "read", "other.secret")
+    assert rows_affected(rows, INSERT_SERVER_TEXT) == [1]
+    # Nothing of the refused statement reached the server.
+    assert not any("other.secret" in s for s in pg_stack.upstream_statements())
+
+
+def test_psycopg3_pipeline_refusal_rolls_back_its_implicit_transaction(
+    pg_stack: PgLocalStack,
+) -> None:
+    """Parity: in one pipeline batch (up to one Sync) the server runs the statements as one
+    implicit transaction and an error rolls all of it back; a refusal by the gateway in the
+    middle of such a batch must not commit the statements before it."""
+    import psycopg
+    import psycopg.errors
+
+    task = "psycopg3_pipeline_batch"
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    insert = "INSERT INTO sales.orders (order_id, customer, amount) VALUES (%s, %s, %s)"
+    with psycopg.connect(**kwargs, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.pipeline():
+            conn.execute(insert, ("pb-1", "initech", 42))
+            conn.execute("SELECT value FROM other.secret WHERE id = %s", (1,))
+            conn.execute("SELECT 1")
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+    # A server error at that point would have rolled the INSERT back; so must the refusal.
+    assert pg_stack.superuser_query(
+        "SELECT count(*) FROM sales.orders WHERE order_id = 'pb-1'"
+    ) == [(0,)]
+
+
+# -- asyncpg -------------------------------------------------------------------------------------
+def _asyncpg_ssl(ca_file: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.check_hostname = True
+    return context
+
+
+async def _asyncpg_session(stack: PgLocalStack, task: str) -> dict[str, Any]:
+    import asyncpg
+
+    kwargs = stack.connect_kwargs(stack.mint(DAG, task))
+    assert stack.ca_file is not None
+    conn = await asyncpg.connect(
+        host=kwargs["host"],
+        port=kwargs["port"],
+        user=kwargs["user"],
+        password=kwargs["password"],
+        database=kwargs["dbname"],
+        ssl=_asyncpg_ssl(stack.ca_file),
+    )
+    seen: dict[str, Any] = {}
+    try:
+        insert = await conn.prepare(INSERT_SERVER_TEXT)
+        for i in range(3):
+            await insert.fetch(f"ap-{i}", "hooli", 50 + i)
+        # The statement cache: the same text again runs the cached named statement.
+        select = (
+            "SELECT order_id, amount, amount::numeric / 4 AS quarter"
+            " FROM sales.orders WHERE order_id = $1"
+        )
+        for _ in range(3):
+            row = await conn.fetchrow(select, "ap-1")
+        assert row is not None
+        seen["row"] = (row["order_id"], row["amount"], row["quarter"])
+        seen["binary"] = await conn.fetchrow(
+            "SELECT $1::int8 AS big, $2::float8 AS f, $3::bytea AS b, $4::bool AS t",
+            2**40,
+            0.5,
+            b"\x00\xff",
+            True,
+        )
+        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError) as drop:
+            await conn.execute("DROP TABLE sales.orders")
+        seen["drop"] = (drop.value.sqlstate, str(drop.value))
+        seen["after_drop"] = await conn.fetchval(
+            "SELECT amount FROM sales.orders WHERE order_id = $1", "ap-2"
+        )
+        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+            await conn.fetch("SELECT value FROM other.secret WHERE id = $1", 1)
+        seen["after_secret"] = await conn.fetchval(
+            "SELECT count(*) FROM sales.orders WHERE amount >= $1", 50
+        )
+        async with conn.transaction():
+            seen["update"] = await conn.execute(
+                "UPDATE sales.orders SET amount = amount + 1 WHERE order_id LIKE 'ap-%'"
+            )
+    finally:
+        await conn.close()
+    return seen
+
+
+def test_asyncpg_prepared_binary_cache_and_denials(pg_stack: PgLocalStack) -> None:
+    task = "asyncpg"
+    seen = asyncio.run(_asyncpg_session(pg_stack, task))
+    assert seen["row"] == ("ap-1", 51, Decimal("12.75"))
+    assert tuple(seen["binary"]) == (2**40, 0.5, b"\x00\xff", True)
+    assert seen["drop"][0] == INSUFFICIENT_PRIVILEGE
+    assert_refusal_message(seen["drop"][1], task, "admin", "sales.orders")
+    assert seen["after_drop"] == 52
+    assert seen["after_secret"] >= 3
+    assert seen["update"] == "UPDATE 3"
+
+    rows = records_of(pg_stack, task)
+    assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
+    assert_denied(rows, "SELECT value FROM other.secret WHERE id = $1", "read", "other.secret")
+    assert rows_affected(rows, INSERT_SERVER_TEXT) == [1, 1, 1]
+    assert rows_affected(
+        rows, "UPDATE sales.orders SET amount = amount + 1 WHERE order_id LIKE 'ap-%'"
+    ) == [3]
+
+
+# -- SQLAlchemy 2 --------------------------------------------------------------------------------
+def test_sqlalchemy_core_select_insert_and_denials(pg_stack: PgLocalStack) -> None:
+    import psycopg.errors
+    import sqlalchemy as sa
+    from sqlalchemy import exc as sa_exc
+
+    task = "sqlalchemy"
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    url = sa.URL.create(
+        "postgresql+psycopg",
+        username=kwargs["user"],
+        password=kwargs["password"],
+        host=kwargs["host"],
+        port=kwargs["port"],
+        database=kwargs["dbname"],
+        query={"sslmode": "verify-full", "sslrootcert": kwargs["sslrootcert"]},
+    )
+    orders = sa.Table(
+        "orders",
+        sa.MetaData(schema="sales"),
+        sa.Column("order_id", sa.Text, primary_key=True),
+        sa.Column("customer", sa.Text),
+        sa.Column("amount", sa.Integer),
+    )
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(
+                orders.insert(),
+                [{"order_id": "sa-1", "customer": "umbrella", "amount": 61}],
+            )
+            assert result.rowcount == 1
+        with engine.connect() as conn:
+            amounts = conn.execute(
+                sa.select(orders.c.amount).where(orders.c.order_id == "sa-1")
+            ).scalars()
+            assert list(amounts) == [61]
+            with pytest.raises(sa_exc.ProgrammingError) as drop:
+                conn.execute(sa.text("DROP TABLE sales.orders"))
+            assert isinstance(drop.value.orig, psycopg.errors.InsufficientPrivilege)
+            conn.rollback()
+            with pytest.raises(sa_exc.ProgrammingError):
+                conn.execute(sa.text("SELECT * FROM other.secret"))
+            conn.rollback()
+            count = conn.execute(sa.select(sa.func.count()).select_from(orders)).scalar_one()
+            assert count >= 1
+    finally:
+        engine.dispose()
+
+    rows = records_of(pg_stack, task)
+    assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
+    assert_denied(rows, "SELECT * FROM other.secret", "read", "other.secret")
+    inserts = [o for o in outcomes(rows) if o[3].startswith("INSERT INTO sales.orders")]
+    assert inserts and all(o[:3] == ("allow", "write", "sales.orders") for o in inserts)
+    assert pg_stack.superuser_query("SELECT amount FROM sales.orders WHERE order_id = 'sa-1'") == [
+        (61,)
+    ]
+
+
+def test_every_client_statement_has_one_record(pg_stack: PgLocalStack) -> None:
+    """A denied statement is audited once, whichever client sent it; the resource is named."""
+    rows = [r for r in pg_stack.audit_rows() if r.event == "denied"]
+    assert rows and {r.resource for r in rows} == {RESOURCE}
+    assert all(r.decision == "deny" and r.principal for r in rows)

@@ -1,0 +1,180 @@
+"""Oracle: the server's own statement log against the gateway's audit trail.
+
+The server runs with ``log_statement = all``, so it writes down every statement it executes.
+Through the gateway, each of those must have an audit record allowing it (matched by text,
+redacted literals aside, one record per execution), except the gateway's own relation-catalog
+query at login (identified by its exact text, ``RelationCatalog.QUERY``); and no denied
+statement's text may ever appear in the server's log. The session below mixes what clients
+do: simple and extended protocol, multi-statement queries with a denied part, SQL-level
+PREPARE / EXECUTE, ``search_path`` changes, CTEs, COPY, function calls, a password literal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from lockgate._log import REDACTED
+from tests.e2e.pg_stack import (
+    Judged,
+    PgLocalStack,
+    catalog_query,
+    denied_but_executed,
+    judged_statements,
+    logged_statements,
+    unaudited,
+)
+
+if TYPE_CHECKING:
+    from tests.pgserver import PgServer
+
+DAG = "warehouse_orders"
+#: Statements the policy denies; none of them may reach the server.
+DENIED_SIMPLE = [
+    "DROP TABLE sales.orders",
+    "SELECT * FROM other.secret",
+    "SELECT count(*) FROM sales.orders; SELECT value FROM other.secret",
+    "WITH s AS (SELECT value FROM other.secret) SELECT order_id FROM sales.orders, s",
+    "SELECT pg_read_file('/etc/passwd')",
+    "COPY other.secret TO STDOUT",
+    "PREPARE peek AS SELECT value FROM other.secret",
+    "ALTER ROLE CURRENT_USER PASSWORD 'new-password-not-for-logs'",
+    "TRUNCATE sales.orders",
+    "INSERT INTO other.secret VALUES (2, 'planted')",
+]
+
+
+# -- the oracle's own rules (no server) ----------------------------------------------------------
+def test_logged_entries_split_into_statements() -> None:
+    assert logged_statements("SELECT 1; SELECT 2") == ["SELECT 1", "SELECT 2"]
+    assert logged_statements("SELECT ';'  ;\n INSERT INTO t VALUES ($1)") == [
+        "SELECT ';'",
+        "INSERT INTO t VALUES ($1)",
+    ]
+    assert logged_statements("BEGIN") == ["BEGIN"]
+    assert logged_statements("not sql at all ((") == ["not sql at all (("]
+
+
+def test_unaudited_counts_executions_and_honours_redaction() -> None:
+    judged = [
+        Judged("SELECT 1", "allow", None, None),
+        Judged(f"ALTER ROLE x PASSWORD {REDACTED}", "allow", "admin", "role:x"),
+        Judged("SELECT * FROM other.secret", "deny", "read", "other.secret"),
+    ]
+    assert unaudited(["SELECT 1"], judged) == []
+    # a second execution needs a second record
+    assert unaudited(["SELECT 1", "SELECT 1"], judged) == ["SELECT 1"]
+    assert unaudited(["ALTER ROLE x PASSWORD 'p'"], judged) == []
+    assert unaudited(["ALTER ROLE y PASSWORD 'p'"], judged) == ["ALTER ROLE y PASSWORD 'p'"]
+    assert unaudited(["SELECT * FROM other.secret"], judged) == ["SELECT * FROM other.secret"]
+    assert unaudited(["CATALOG"], judged, exempt=["CATALOG"]) == []
+    assert denied_but_executed(["SELECT * FROM other.secret"], judged) == [
+        "SELECT * FROM other.secret"
+    ]
+    assert denied_but_executed(["SELECT 1"], judged) == []
+
+
+# -- through the gateway, to the real server -----------------------------------------------------
+@pytest.fixture(scope="module")
+def pg_stack(
+    pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PgLocalStack]:
+    with PgLocalStack(tmp_path_factory.mktemp("lockgate-pg-oracle"), pg_server) as s:
+        yield s
+
+
+def _simple_session(stack: PgLocalStack) -> None:
+    import psycopg2
+    import psycopg2.errors
+
+    conn = psycopg2.connect(**stack.connect_kwargs(stack.mint(DAG, "oracle_simple")))
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM sales.orders")
+        cur.execute("INSERT INTO sales.orders VALUES ('or-1', 'oracle', 1), ('or-2', 'oracle', 2)")
+        cur.execute("UPDATE sales.orders SET amount = amount * 10 WHERE customer = 'oracle'")
+        cur.execute("SELECT 1; SELECT order_id FROM sales.orders WHERE amount > 5")
+        cur.execute("PREPARE totals AS SELECT sum(amount) FROM sales.orders")
+        cur.execute("EXECUTE totals")
+        cur.execute("EXECUTE totals")
+        cur.execute("DEALLOCATE totals")
+        cur.execute("SET search_path TO sales")
+        cur.execute("SELECT count(*) FROM orders")
+        for text in DENIED_SIMPLE:
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(text)
+        cur.execute("SET search_path TO other, public")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT value FROM secret")
+        cur.execute("RESET search_path")
+        cur.execute("BEGIN")
+        cur.execute("DELETE FROM sales.orders WHERE order_id = 'or-2'")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("DELETE FROM other.secret")
+        cur.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _extended_session(stack: PgLocalStack) -> None:
+    import psycopg
+    import psycopg.errors
+
+    kwargs = stack.connect_kwargs(stack.mint(DAG, "oracle_extended"))
+    with psycopg.connect(**kwargs, autocommit=True, prepare_threshold=0) as conn:
+        select = "SELECT amount FROM sales.orders WHERE order_id = %s"
+        for order in ("or-1", "seed-1", "or-1"):
+            conn.execute(select, (order,))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT value FROM other.secret WHERE id = %s", (1,))
+        with conn.pipeline() as pipeline:
+            conn.execute("INSERT INTO sales.orders VALUES (%s, %s, %s)", ("or-3", "oracle", 3))
+            conn.execute(select, ("or-3",))
+            pipeline.sync()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("UPDATE other.secret SET value = %s", ("x",))
+                pipeline.sync()
+        with conn.cursor() as cur, cur.copy("COPY sales.orders FROM STDIN") as copy:
+            copy.write_row(("or-4", "oracle", 4))
+        with conn.cursor() as cur, cur.copy("COPY sales.orders TO STDOUT") as copy:
+            assert any(b"or-4" in bytes(chunk) for chunk in copy)
+
+
+def test_every_executed_statement_is_audited_as_allowed(pg_stack: PgLocalStack) -> None:
+    _simple_session(pg_stack)
+    _extended_session(pg_stack)
+    logged = pg_stack.upstream_statements()
+    judged = judged_statements(pg_stack.audit_rows())
+    # The session reached the server at all, and the audit saw both kinds of decision.
+    assert any("or-1" in s for s in logged)
+    assert {j.decision for j in judged} >= {"allow", "deny"}
+    assert unaudited(logged, judged, exempt=[catalog_query()]) == []
+    assert denied_but_executed(logged, judged) == []
+    # Belt and braces: nothing of a denied statement is in the server's log, and the
+    # password literal is in neither the log nor the audit.
+    assert not [s for s in logged if "secret" in s or "pg_read_file" in s or "TRUNCATE" in s]
+    assert not [s for s in logged if "new-password-not-for-logs" in s]
+    assert not [j for j in judged if "new-password-not-for-logs" in j.text]
+    # The refusals did nothing on the server.
+    assert pg_stack.superuser_query("SELECT id, value FROM other.secret") == [
+        (1, "the-upstream-only-secret")
+    ]
+    assert pg_stack.superuser_query(
+        "SELECT order_id, amount FROM sales.orders WHERE customer = 'oracle' ORDER BY 1"
+    ) == [("or-1", 10), ("or-3", 3), ("or-4", 4)]
+
+
+def test_denied_statements_are_each_audited(pg_stack: PgLocalStack) -> None:
+    judged = judged_statements(pg_stack.audit_rows())
+    denied = {j.text for j in judged if j.decision == "deny"}
+    for text in DENIED_SIMPLE:
+        if "PASSWORD" in text:
+            assert any(t.startswith("ALTER ROLE CURRENT_USER PASSWORD") for t in denied), denied
+        elif ";" in text:  # refused whole: the denied part is recorded
+            assert "SELECT value FROM other.secret" in denied, denied
+        else:
+            assert text in denied, (text, denied)
+    assert "SELECT value FROM secret" in denied
