@@ -1,0 +1,140 @@
+"""Which schemas hold which relation names upstream, read once and shared between sessions.
+
+The classifier resolves an unqualified name (``SELECT * FROM orders``) as the server would:
+through the session's ``search_path``, to the first schema that holds a relation of that
+name. For that it needs the upstream's ``pg_class``: :class:`~.scope.RelationCatalog`.
+Each new session needs one before its first statement, so :class:`RelationCatalogs` keeps
+one per resource for :data:`FRESH_FOR` seconds and shares it: a burst of logins (an Airflow
+DAG run starting forty tasks) runs the catalog query once, not forty times.
+
+The query runs on the session's own freshly logged-in upstream link, as a simple query,
+before the client gets ``ReadyForQuery`` (so the link is idle and its answer cannot mix with
+the client's traffic). Rows are read with the codec; an ``ErrorResponse`` is raised as
+:class:`CatalogUnavailable` and the login refused (without the catalog nothing could be
+placed).
+
+Freshness: a relation created by a session is visible to that session through the flow's
+own tracking; one created elsewhere is seen by new sessions within :data:`FRESH_FOR`
+seconds. A resource whose config changes (:meth:`RelationCatalogs.invalidate`) is read
+again at its next login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from lockgate.gateway.engine import Clock
+
+from . import codec
+from .scope import RelationCatalog
+
+#: Seconds a resource's relation catalog is shared before the next login reads it again.
+FRESH_FOR = 5.0
+
+
+class CatalogUnavailable(Exception):
+    """The upstream did not answer the catalog query; the message is the server's."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    catalog: RelationCatalog
+    read_at: float
+    generation: int
+
+
+class RelationCatalogs:
+    """One :class:`RelationCatalog` per resource, shared while fresh (see module doc)."""
+
+    def __init__(self, clock: Clock, fresh_for: float = FRESH_FOR) -> None:
+        self._clock = clock
+        self._fresh_for = fresh_for
+        self._entries: dict[str, _Entry] = {}
+        # bumped by invalidate(): a read that started before a config change stores nothing
+        self._generations: dict[str, int] = {}
+
+    def cached(self, resource: str) -> RelationCatalog | None:
+        """The resource's catalog if it is fresh, else None."""
+        entry = self._entries.get(resource)
+        if entry is None or self._clock() - entry.read_at > self._fresh_for:
+            return None
+        if entry.generation != self._generations.get(resource, 0):
+            return None
+        return entry.catalog
+
+    def invalidate(self, resource: str) -> None:
+        """Forget the resource's catalog (its upstream may have changed)."""
+        self._generations[resource] = self._generations.get(resource, 0) + 1
+        self._entries.pop(resource, None)
+
+    async def get(
+        self,
+        resource: str,
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader,
+        messages: codec.MessageReader,
+    ) -> RelationCatalog:
+        """The fresh catalog of ``resource``, read on this idle upstream link if needed
+        (``messages`` is the link's reader, which keeps any bytes read past the answer)."""
+        catalog = self.cached(resource)
+        if catalog is not None:
+            return catalog
+        generation = self._generations.get(resource, 0)
+        catalog = await read_catalog(writer, reader, messages)
+        if generation == self._generations.get(resource, 0):
+            self._entries[resource] = _Entry(catalog, self._clock(), generation)
+        return catalog
+
+
+async def read_catalog(
+    writer: asyncio.StreamWriter, reader: asyncio.StreamReader, messages: codec.MessageReader
+) -> RelationCatalog:
+    """Run :attr:`RelationCatalog.QUERY` as a simple query and build the catalog."""
+    rows = await simple_query(writer, reader, messages, RelationCatalog.QUERY)
+    return RelationCatalog(_pairs(rows))
+
+
+def _pairs(rows: list[tuple[bytes | None, ...]]) -> list[tuple[str, str | None]]:
+    """(schema, relation name) per row; the name is None on a row for a schema alone."""
+    pairs: list[tuple[str, str | None]] = []
+    for row in rows:
+        if len(row) < 2 or row[0] is None:
+            continue
+        pairs.append((row[0].decode(), None if row[1] is None else row[1].decode()))
+    return pairs
+
+
+async def simple_query(
+    writer: asyncio.StreamWriter,
+    reader: asyncio.StreamReader,
+    messages: codec.MessageReader,
+    sql: str,
+) -> list[tuple[bytes | None, ...]]:
+    """Run one simple query on an idle link; its data rows (text format), once
+    ``ReadyForQuery`` came back. Raises :class:`CatalogUnavailable` on an error answer
+    and ``ConnectionError`` when the link closes."""
+    writer.write(codec.query(sql))
+    await writer.drain()
+    rows: list[tuple[bytes | None, ...]] = []
+    error: str | None = None
+    while True:
+        msg = messages.next_message()
+        if msg is None:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("the server closed the connection during the catalog query")
+            messages.feed(data)
+            continue
+        if msg.type == codec.DATA_ROW:
+            rows.append(codec.decode_data_row(msg.body))
+        elif msg.type == codec.ERROR_RESPONSE:
+            fields = codec.decode_error_fields(msg.body)
+            error = f"{fields.get('C', '')}: {fields.get('M', '')}"
+        elif msg.type == codec.READY_FOR_QUERY:
+            if error is not None:
+                raise CatalogUnavailable(error)
+            return rows
+
+
+__all__ = ["FRESH_FOR", "CatalogUnavailable", "RelationCatalogs", "read_catalog", "simple_query"]

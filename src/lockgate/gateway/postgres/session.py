@@ -1,0 +1,319 @@
+"""One client connection through the PostgreSQL engine: login, upstream, two pumps, the end.
+
+Strategy: one upstream connection per client connection (session pooling), opened as the
+gateway's own login only once the client's token verified (:mod:`.startup`). Before the
+client hears ``AuthenticationOk`` the session reads the upstream's relation names
+(:mod:`.catalog`, shared between sessions for a few seconds), so the first statement can
+already be placed. The client then gets ``AuthenticationOk``, the upstream's
+``ParameterStatus`` messages, the gateway's *own* ``BackendKeyData`` (:mod:`.cancel` maps it
+to the upstream's) and ``ReadyForQuery``.
+
+Then two pumps run side by side, and every message goes through the session's
+:class:`~.flow.Flow`, which judges statements, writes their records ahead and keeps the
+protocol exact:
+
+* client -> upstream: bytes are cut into messages (capped at the resource's
+  ``max_message_bytes``, checked from the header), judged, and what the flow forwards is
+  written upstream. The next client chunk is read only once the upstream took the previous
+  one (``drain``), so a COPY FROM STDIN streams in bounded memory;
+* upstream -> client: messages are relayed through the flow (outcomes, transaction status,
+  injected refusals), the client drained per chunk likewise.
+
+Endings: the client closes or sends Terminate -> Terminate upstream, both closed. The
+upstream closes or breaks (a restart mid-query) -> the flow records the lost statements, the
+client gets ``FATAL 08006 upstream connection lost`` (unless the server already said why,
+e.g. ``57P01`` on shutdown) and the connection closes; the client's next connection logs in
+to the server anew. No traffic for the resource's ``idle_timeout`` while nothing is in
+flight -> ``FATAL 57P05``. A malformed or oversized client message -> ``FATAL 08P01`` and an
+audit record. :meth:`ClientSession.terminate` (the engine, for a removed or changed
+resource) writes a FATAL error and ends the session. No exception leaves
+:meth:`ClientSession.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from dataclasses import dataclass
+
+from lockgate import _log
+from lockgate.errors import AuditUnavailable, UpstreamUnavailable
+
+from . import codec, upstream
+from .catalog import CatalogUnavailable
+from .context import READ_SIZE, UPSTREAM_MAX_MESSAGE_BYTES, EngineContext
+from .flow import Flow, SessionInfo
+from .scope import SessionScope
+from .startup import Login, Startup
+
+log = _log.get("gateway.postgres")
+
+UPSTREAM_LOST = "upstream connection lost"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    """What a session needs of the listener it came in on."""
+
+    tls: ssl.SSLContext | None
+    allow_plaintext: bool
+    handshake_timeout: float
+
+
+class _Ended(Exception):
+    """The session ends; the client was told why (or is gone)."""
+
+
+class ClientSession:
+    """One client connection; :meth:`run` it as a task."""
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        listener: ListenerSettings,
+    ) -> None:
+        self.ctx = ctx
+        self.reader = reader
+        self.writer = writer
+        self.listener = listener
+        peer = writer.get_extra_info("peername") or ("", 0)
+        self.client = f"{peer[0]}:{peer[1]}" if peer[0] else ""
+        self.login: Login | None = None
+        self.link: upstream.UpstreamLink | None = None
+        self.flow: Flow | None = None
+        self.cancel_pid: int | None = None
+        self._server_said_fatal = False  # the server's own FATAL was relayed: no second one
+        self._in_flight = 0  # Query/Sync sent minus ReadyForQuery relayed: busy, not idle
+        self._terminated = False
+        self._lost_recorded = False  # flow.upstream_lost() was called (once only)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> None:
+        t0 = self.ctx.clock()
+        try:
+            self.login = await self._startup(t0)
+            if self.login is None:
+                return
+            messages = await self._connect(self.login, t0)
+            if messages is None:
+                return
+            await self._relay(messages)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, _Ended):
+            pass
+        except Exception:  # the connection handler must never raise
+            log.exception("postgres connection failed", extra={"fields": self._fields()})
+        finally:
+            await self._close()
+
+    async def _startup(self, t0: float) -> Login | None:
+        try:
+            async with asyncio.timeout(self.listener.handshake_timeout) as deadline:
+                startup = Startup(
+                    self.ctx, self.reader, self.writer,
+                    tls=self.listener.tls, allow_plaintext=self.listener.allow_plaintext,
+                    deadline=deadline,
+                )  # fmt: skip
+                return await startup.run(t0)
+        except TimeoutError:
+            self._fatal("08006", "Lockgate: the login did not finish in time")
+            self.ctx.record(
+                "auth_failed", None, None, t0, action="connect", decision="deny",
+                reason="handshake_timeout",
+            )  # fmt: skip
+            return None
+
+    async def _connect(self, login: Login, t0: float) -> codec.MessageReader | None:
+        """Log in upstream and read the relation catalog; then greet the client. The
+        upstream's message reader, or None when refused (answered and audited)."""
+        ctx, resource = self.ctx, login.resource
+        messages = codec.MessageReader(UPSTREAM_MAX_MESSAGE_BYTES)
+        try:
+            async with asyncio.timeout(resource.connect_timeout + resource.handshake_timeout):
+                self.link = link = await upstream.connect(resource, ctx.secrets, login.parameters)
+                messages.feed(link.pending)
+                catalog = await ctx.relations.get(resource.name, link.writer, link.reader, messages)
+        except (UpstreamUnavailable, CatalogUnavailable, OSError, TimeoutError,
+                codec.ProtocolError) as exc:  # fmt: skip
+            self._fatal(
+                "08006",
+                f"Lockgate could not connect to the server of {resource.name!r}; try again later",
+            )
+            ctx.record(
+                "upstream_error", login.claims, resource.name, t0, action="connect",
+                decision="error", reason="upstream_unavailable",
+                detail={"error": (str(exc) or type(exc).__name__)[:1000]},
+            )  # fmt: skip
+            return None
+        # The catalog may have changed while the upstream was awaited; the engine ends only
+        # sessions already logged in, so this login must not finish on the old resource.
+        current = ctx.resources.get(resource.name)
+        if current != resource:
+            reason = "resource_removed" if current is None else "resource_changed"
+            self._fatal("08006", f"Lockgate: resource {resource.name!r} changed; connect again")
+            ctx.record(
+                "auth_failed", login.claims, resource.name, t0, action="connect",
+                decision="deny", reason=reason,
+            )  # fmt: skip
+            return None
+        self.cancel_pid, secret = ctx.cancels.issue(
+            resource, login.claims, link.backend_pid, link.backend_secret
+        )
+        info = SessionInfo(login.claims, login.token, resource, ctx, client=self.client)
+        self.flow = Flow(info, SessionScope(tuple(resource.search_path), catalog))
+        greeting = [codec.authentication_ok()]
+        greeting += [codec.parameter_status(k, v) for k, v in link.parameters.items()]
+        greeting += [codec.backend_key_data(self.cancel_pid, secret), codec.ready_for_query("I")]
+        self.writer.write(b"".join(greeting))
+        ctx.record(
+            "allowed", login.claims, resource.name, t0, action="connect", decision="allow",
+            detail={"user": login.user[:100], "tls": login.tls},
+        )  # fmt: skip
+        return messages
+
+    def terminate(self, sqlstate: str, message: str) -> None:
+        """End the session from outside (the engine): tell the client, then close."""
+        if not self._terminated:
+            self._terminated = True
+            self._fatal(sqlstate, message)
+
+    def _fatal(self, sqlstate: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.write(codec.error_response(sqlstate, message, severity="FATAL"))
+
+    def _upstream_lost(self, reason: str) -> None:
+        """Statements still awaiting their outcome get one (once per session)."""
+        if self.flow is not None and not self._lost_recorded:
+            self._lost_recorded = True
+            self.flow.upstream_lost(reason=reason)
+
+    async def _close(self) -> None:
+        self._upstream_lost("session_ended")
+        if self.cancel_pid is not None:
+            self.ctx.cancels.release(self.cancel_pid)
+            self.cancel_pid = None
+        link = self.link
+        if link is not None:
+            with contextlib.suppress(Exception):
+                link.writer.write(codec.terminate())
+            link.close()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+    # -- relay --------------------------------------------------------------------------------
+    async def _relay(self, upstream_messages: codec.MessageReader) -> None:
+        pumps = [
+            asyncio.create_task(self._pump_client(), name="pg-client"),
+            asyncio.create_task(self._pump_upstream(upstream_messages), name="pg-upstream"),
+        ]
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    async def _pump_client(self) -> None:
+        assert self.login is not None and self.link is not None and self.flow is not None
+        resource, flow, up = self.login.resource, self.flow, self.link.writer
+        messages = codec.MessageReader(resource.max_message_bytes)
+        t0 = self.ctx.clock()
+        while True:
+            data = await self._read_client(resource.idle_timeout)
+            if not data:
+                return
+            messages.feed(data)
+            try:
+                while (msg := messages.next_message()) is not None:
+                    if msg.type in (codec.QUERY, codec.SYNC):
+                        self._in_flight += 1
+                    out = await flow.from_client(msg)
+                    self._write(out.to_server, out.to_client)
+                    if out.close:
+                        raise _Ended
+            except codec.ProtocolError as exc:
+                self._fatal(exc.sqlstate, str(exc))
+                reason = (
+                    "message_too_large" if isinstance(exc, codec.MessageTooLarge)
+                    else "protocol_error"
+                )  # fmt: skip
+                self.ctx.record(
+                    "denied", self.login.claims, resource.name, t0, action="connect",
+                    decision="deny", reason=reason, detail={"error": str(exc)[:500]},
+                )  # fmt: skip
+                raise _Ended from None
+            except AuditUnavailable:
+                self._fatal("58000", "Lockgate cannot write its audit trail; try again later")
+                raise _Ended from None
+            await up.drain()  # back-pressure: the upstream took this chunk before the next
+            await self.writer.drain()
+
+    async def _read_client(self, idle_timeout: float) -> bytes:
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    return await self.reader.read(READ_SIZE)
+            except TimeoutError:
+                if self._in_flight > 0:
+                    continue  # a long statement is running; the client waits for it
+                self._fatal("57P05", "terminating connection due to idle-session timeout")
+                log.info("postgres connection idle; closing", extra={"fields": self._fields()})
+                return b""
+
+    async def _pump_upstream(self, messages: codec.MessageReader) -> None:
+        assert self.link is not None and self.flow is not None
+        flow, reader = self.flow, self.link.reader
+        try:
+            while True:
+                while (msg := messages.next_message()) is not None:
+                    if msg.type == codec.READY_FOR_QUERY:
+                        self._in_flight = max(0, self._in_flight - 1)
+                    elif msg.type == codec.ERROR_RESPONSE:
+                        self._note_server_error(msg.body)
+                    out = flow.from_server(msg)
+                    self._write(out.to_server, out.to_client)
+                    if out.close:
+                        raise _Ended
+                await self.writer.drain()
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    break
+                messages.feed(data)
+        except (ConnectionError, ssl.SSLError, codec.ProtocolError, OSError) as exc:
+            log.info(
+                "postgres upstream connection broke",
+                extra={"fields": {**self._fields(), "error": str(exc)[:200]}},
+            )
+        self._upstream_lost("upstream_closed")
+        if not self._server_said_fatal:
+            self._fatal("08006", f"Lockgate: {UPSTREAM_LOST}")
+
+    def _note_server_error(self, body: bytes) -> None:
+        with contextlib.suppress(codec.ProtocolError):
+            severity = codec.decode_error_fields(body).get("V", "")
+            if severity in ("FATAL", "PANIC"):
+                self._server_said_fatal = True
+
+    def _write(self, to_server: list[bytes], to_client: list[bytes]) -> None:
+        if to_server and self.link is not None:
+            self.link.writer.write(b"".join(to_server))
+        if to_client:
+            self.writer.write(b"".join(to_client))
+
+    def _fields(self) -> dict[str, str]:
+        login = self.login
+        return {
+            "client": self.client,
+            "resource": login.resource.name if login else "",
+            "principal": login.claims.sub if login else "",
+        }
+
+
+__all__ = ["UPSTREAM_LOST", "ClientSession", "ListenerSettings"]
