@@ -298,8 +298,8 @@ class _Login:
             msg = await messages.next()
             if msg.type == codec.ERROR_RESPONSE:
                 raise self._server_error(msg.body)
-            if msg.type == codec.NEGOTIATE_PROTOCOL_VERSION:
-                continue  # only answers _pq_ options, which are never sent
+            if msg.type in (codec.NOTICE_RESPONSE, codec.NEGOTIATE_PROTOCOL_VERSION):
+                continue  # notices may come at any time; the other only answers _pq_ options
             if msg.type != codec.AUTHENTICATION:
                 raise self._unexpected(msg, "during authentication")
             auth = codec.decode_authentication(msg.body)
