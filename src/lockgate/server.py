@@ -12,9 +12,9 @@
   without a restart
 - control:  ControlPlane, the control listener's routes (:mod:`lockgate.control`), with the
   mint policy and the token audit sink
-- dynamic roles: one DynamicRoles per ``dynamic_roles: true`` cql resource behind
-  ``POST /v1/db-role`` (:mod:`lockgate.gateway.cql.dynamic_roles`), swept in the
-  background, dropped on revocation
+- dynamic roles: one role set per ``dynamic_roles: true`` cql or postgres resource behind
+  ``POST /v1/db-role`` (:mod:`lockgate.gateway.dynamic_roles`), swept in the background,
+  dropped on revocation
 
 The durable parts alone (keys, revocations, credentials, audit, policy files) are
 :class:`lockgate.state.State`, which the CLI opens without serving. ``lockgate serve
@@ -47,7 +47,7 @@ from lockgate.control import ControlPlane, MintPolicy, TokenAudit
 from lockgate.credentials import CredentialBroker
 from lockgate.errors import ConfigError
 from lockgate.gateway import registry
-from lockgate.gateway.cql.dynamic_roles import DbRoles, upstream_password
+from lockgate.gateway.dynamic_roles import DbRoles, upstream_password
 from lockgate.gateway.engine import Collaborators, Engine
 from lockgate.gateway.listeners import server_ssl_context
 from lockgate.identity import TokenIssuer, TokenVerifier

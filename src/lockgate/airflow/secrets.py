@@ -26,19 +26,26 @@ Rules:
 - Tokens are cached per (task try, conn_id) and reused until a minute before expiry; hooks
   such as ``HttpHook`` look the connection up on every request.
 - The requested lifetime covers the task's ``execution_timeout`` (policy may cap it).
-- A conn_id the catalog marks ``"mode": "dynamic_role"`` (a Cassandra resource with
-  ``dynamic_roles: true``) gets a per-task role from ``/v1/db-role`` instead of a token: the
-  Connection points straight at the cluster's contact points with the role's username and
-  password. The role is cached like a token and dropped when the task try ends.
+- A conn_id the catalog marks ``"mode": "dynamic_role"`` (a Cassandra or PostgreSQL resource
+  with ``dynamic_roles: true``) gets a per-task role from ``/v1/db-role`` instead of a token:
+  the Connection points straight at the database (the cluster's contact points; the
+  PostgreSQL server's host, port and database) with the role's username and password. The
+  role is cached like a token and dropped when the task try ends. A PostgreSQL server
+  verified against its own CA: the catalog carries that certificate, written once per
+  process to a private temporary directory for libpq's ``sslrootcert``.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from lockgate.airflow import task_env
@@ -68,6 +75,7 @@ TOKEN_PLACEHOLDER = "{lockgate_token}"  # noqa: S105 - a template marker, not a 
 COSMOS_KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
 ROLE_USER_PLACEHOLDER = "{lockgate_role_user}"
 ROLE_PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
+UPSTREAM_CA_PLACEHOLDER = "{lockgate_upstream_ca_file}"
 DYNAMIC_ROLE = "dynamic_role"
 RENEW_BEFORE = 60.0
 
@@ -151,6 +159,29 @@ def _substitute(template: Any, values: dict[str, str]) -> Any:
     if isinstance(template, list):
         return [_substitute(v, values) for v in template]
     return template
+
+
+_ca_lock = threading.Lock()
+
+
+@functools.cache
+def _private_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="lockgate-ca-"))  # 0700, this process's own
+
+
+def _upstream_ca_file(pem: str) -> str:
+    """The upstream database's CA certificate as a file libpq can read ("" without one):
+    in a directory only this process's user can write (so nobody swaps the CA under it),
+    one file per certificate."""
+    if not pem:
+        return ""
+    with _ca_lock:
+        path = _private_dir() / f"upstream-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
+        if not path.exists():
+            partial = path.with_suffix(".tmp")
+            partial.write_text(pem)
+            partial.replace(path)
+    return str(path)
 
 
 def _current_ttl() -> int | None:
@@ -240,6 +271,8 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             values = {
                 ROLE_USER_PLACEHOLDER: role.username,
                 ROLE_PASSWORD_PLACEHOLDER: role.password,
+                # no CA sent: libpq then finds none and refuses (fails closed)
+                UPSTREAM_CA_PLACEHOLDER: _upstream_ca_file(template.get("upstream_ca") or ""),
             }
             return json.dumps(_substitute(template["connection"], values))
         token = self._token_for(conn_id, coords)

@@ -27,7 +27,7 @@ from lockgate.control.managed_identity import PATH as MSI_PATH
 from lockgate.control.managed_identity import msi_handler
 from lockgate.control.poll_token import poll_token_handler
 from lockgate.control.token import add_token_routes
-from lockgate.gateway.cql.dynamic_roles import DbRoles
+from lockgate.gateway.dynamic_roles import DbRoles
 from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
 from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenService, TokenVerifier
 

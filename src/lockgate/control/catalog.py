@@ -6,8 +6,8 @@ gateway's listeners (the ports actually bound, so ``port: 0`` in tests works);
 ``{lockgate_token}`` and ``{lockgate_ca_file}`` are filled in on the Airflow worker. What a
 profile adds is asked of :func:`lockgate.control.offers.offer_of`, never read from its name:
 resources behind the identity endpoint get it (and the forward proxy), resources with task
-keys the ``cosmos_key`` flag, pollable ones the ``poll`` flag; ``dynamic_roles`` cql
-resources a direct login.
+keys the ``cosmos_key`` flag, pollable ones the ``poll`` flag; ``dynamic_roles`` cql and
+postgres resources a direct login to the database (:func:`.db_role.catalog_entry`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ def catalog_entries(ctx: ControlContext, deployment: str) -> list[dict[str, Any]
         if isinstance(r, HttpResource) and offer.identity_endpoint:
             out.append(managed_identity.catalog_entry(ctx, r))  # + the forward proxy
             continue
-        if isinstance(r, CqlResource) and ctx.db_roles is not None and ctx.db_roles.serves(r.name):
+        if (
+            isinstance(r, CqlResource | PostgresResource)
+            and ctx.db_roles is not None
+            and ctx.db_roles.serves(r.name)
+        ):
             out.append(db_role.catalog_entry(r))  # the task logs in directly
             continue
         connection = connection_template(ctx, r)

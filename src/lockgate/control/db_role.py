@@ -1,14 +1,16 @@
-"""``POST /v1/db-role``: a per-task Cassandra role for clients that cannot use the gateway.
+"""``POST /v1/db-role``: a per-task database role for clients that cannot use the gateway.
 
 Strategy: the request is a ``/v1/token`` request (same client authentication, task
 coordinates, delegation, attestation and mint policy, through
-:meth:`TokenService.authorize`), for a ``kind: cql`` resource with ``dynamic_roles: true``.
-Instead of returning the token, the route mints it only for its claims (jti, exp) and asks
-that resource's dynamic roles (:class:`lockgate.gateway.cql.dynamic_roles.DbRoles`) for a
-role granted exactly what policy allows. The task then logs in to the contact points
-directly with the role's username and password. The role lives as long as the token would
-have: the sweeper drops it at expiry, a revocation (the Airflow listener at task end,
-``/v1/revoke`` or the CLI) drops it at once.
+:meth:`TokenService.authorize`), for a resource with ``dynamic_roles: true`` (``kind: cql``
+or ``kind: postgres``). Instead of returning the token, the route mints it only for its
+claims (jti, exp) and asks that resource's role set (through
+:class:`lockgate.gateway.dynamic_roles.DbRoles`) for a role granted exactly what policy
+allows. The task then logs in to the database directly with the role's username and password
+(Cassandra: the contact points; PostgreSQL: the resource's host, port and database, TLS as
+the gateway itself connects). The role lives as long as the token would have: the sweeper
+drops it at expiry, a revocation (the Airflow listener at task end, ``/v1/revoke`` or the
+CLI) drops it at once.
 
 Rules:
 
@@ -18,7 +20,10 @@ Rules:
   audit failure drops the role again and answers 503, as for tokens.
 - A resource taken out of the catalog or changed while its role was being made gets no role:
   503 (retry against the new catalog), recorded as ``resource_removed`` or
-  ``resource_changed`` as the CQL engine records a login it refuses for the same cause.
+  ``resource_changed`` as the engines record a login they refuse for the same cause.
+- The catalog entry (:func:`catalog_entry`) is an Airflow Connection straight to the
+  database with placeholders for the role; for a PostgreSQL resource verified against its
+  own CA file it carries that CA (a certificate, public) for the worker to verify with.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ from typing import Any
 from aiohttp import web
 
 from lockgate import _log
-from lockgate.config import CqlResource
+from lockgate.config import CqlResource, PostgresResource
 from lockgate.control.context import ControlContext
 from lockgate.control.token import Handler, error_response, read_body
 from lockgate.errors import CredentialError, UpstreamError
-from lockgate.gateway.cql.roles import DynamicRoles, NoGrants, RoleCredential, RolesRetired
 from lockgate.gateway.cql.upstream import split_host_port
+from lockgate.gateway.dynamic_roles import NoGrants, RoleCredential, RoleSet, RolesRetired
 from lockgate.identity import Claims, OAuthError
 
 log = _log.get("control.db_role")
@@ -43,14 +48,30 @@ ROUTE = "/v1/db-role"
 MODE = "dynamic_role"
 USER_PLACEHOLDER = "{lockgate_role_user}"
 PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
+UPSTREAM_CA_PLACEHOLDER = "{lockgate_upstream_ca_file}"
 
 
-def connection_template(r: CqlResource) -> dict[str, Any]:
-    """An Airflow ``cassandra`` Connection pointing straight at the cluster.
+def connection_template(r: CqlResource | PostgresResource) -> dict[str, Any]:
+    """An Airflow Connection pointing straight at the database, the role left to fill in.
 
-    Airflow's Connection has one port, so every contact point is taken to listen on the
-    first one's port (CassandraHook splits ``host`` on commas).
+    Cassandra: Airflow's Connection has one port, so every contact point is taken to listen
+    on the first one's port (CassandraHook splits ``host`` on commas). PostgreSQL: libpq's
+    sslmode as the gateway connects (``verify-full`` with the resource's CA, or the system
+    store when it names none).
     """
+    if isinstance(r, PostgresResource):
+        extra: dict[str, Any] = {"sslmode": r.tls}
+        if r.tls == "verify-full":
+            extra["sslrootcert"] = UPSTREAM_CA_PLACEHOLDER if r.ca_file is not None else "system"
+        return {
+            "conn_type": "postgres",
+            "host": r.host,
+            "port": r.port,
+            "login": USER_PLACEHOLDER,
+            "password": PASSWORD_PLACEHOLDER,
+            "schema": r.database,
+            "extra": extra,
+        }
     points = [split_host_port(p) for p in r.contact_points]
     return {
         "conn_type": "cassandra",
@@ -63,14 +84,22 @@ def connection_template(r: CqlResource) -> dict[str, Any]:
     }
 
 
-def catalog_entry(r: CqlResource) -> dict[str, Any]:
-    return {
+def catalog_entry(r: CqlResource | PostgresResource) -> dict[str, Any]:
+    entry: dict[str, Any] = {
         "conn_id": r.conn_id,
         "resource": r.name,
         "kind": r.kind,
         "mode": MODE,
         "connection": connection_template(r),
     }
+    if isinstance(r, PostgresResource) and r.tls == "verify-full" and r.ca_file is not None:
+        try:  # the worker verifies the server with it (a certificate: nothing secret)
+            entry["upstream_ca"] = r.ca_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            # Without it the worker's libpq finds no CA and refuses: it fails closed.
+            log.error("upstream CA file unreadable", extra={"fields": {
+                "resource": r.name, "error": type(exc).__name__}})  # fmt: skip
+    return entry
 
 
 def db_role_handler(ctx: ControlContext) -> Handler:
@@ -116,8 +145,7 @@ def db_role_handler(ctx: ControlContext) -> Handler:
                 "password": cred.password,
                 "expires_at": cred.expires_at,
                 "expires_in": grant.ttl,
-                "contact_points": list(roles.resource.contact_points),
-                "keyspace": roles.resource.keyspace,
+                **roles.details(),  # where to log in: contact points, host/port/database
                 "grants": grants,
                 "principal": claims.sub,
                 "jti": claims.jti,
@@ -128,7 +156,7 @@ def db_role_handler(ctx: ControlContext) -> Handler:
     return handle
 
 
-async def _issue(roles: DynamicRoles, claims: Claims, ctx: ControlContext) -> RoleCredential:
+async def _issue(roles: RoleSet, claims: Claims, ctx: ControlContext) -> RoleCredential:
     try:
         return await roles.issue(claims, require_grants=True)
     except NoGrants:
@@ -159,5 +187,8 @@ async def _issue(roles: DynamicRoles, claims: Claims, ctx: ControlContext) -> Ro
         log.error("dynamic role not created", extra={"fields": {
             "resource": roles.resource.name, "error": type(exc).__name__}})  # fmt: skip
         raise OAuthError(
-            503, "temporarily_unavailable", "cluster unavailable", reason="upstream_unavailable"
+            503,
+            "temporarily_unavailable",
+            "database unavailable",
+            reason="upstream_unavailable",
         ) from None

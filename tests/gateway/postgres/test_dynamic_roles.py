@@ -5,7 +5,6 @@ password that never reaches the server in clear (its own statement log is the or
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,13 @@ from lockgate.config import PostgresResource
 from lockgate.gateway.dynamic_roles import NoGrants, RolesRetired, role_name
 from lockgate.gateway.postgres.dynamic_roles import PostgresRoles
 from lockgate.identity import Claims, KeyStore, TaskIdentity, TokenIssuer
-from tests.pgserver import PgServer, PostgresMissing, start_pg_server
+from tests.pgserver import PgServer
 
 from ..fakes import FakePolicy, FakePolicySet
 
-GATEWAY_USER = "lockgate_gw"
+GATEWAY_USER = "roles_gateway"
 GATEWAY_PASSWORD = "gateway-upstream-password"
-DATABASE = "shop"
+DATABASE = "roles_shop"
 SETUP = """\
 CREATE SCHEMA sales;
 CREATE TABLE sales.orders (id int PRIMARY KEY, item text);
@@ -36,23 +35,18 @@ INSERT INTO other.secret VALUES ('hidden');
 
 def prepare(server: PgServer) -> None:
     """A CREATEROLE gateway login owning a database with two schemas (as a cloud admin
-    user owns its databases)."""
+    user owns its databases); once per server (the run shares one)."""
+    if server.psql("SELECT 1 FROM pg_database WHERE datname = 'roles_shop';").strip():
+        return
     server.create_user(GATEWAY_USER, GATEWAY_PASSWORD, createrole=True)
     server.psql(f"CREATE DATABASE {DATABASE} OWNER {GATEWAY_USER};")
     server.psql(SETUP, user=GATEWAY_USER, dbname=DATABASE)
 
 
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
-    try:
-        server = start_pg_server(tmp_path_factory.mktemp("pg-roles"))
-    except PostgresMissing as exc:
-        pytest.skip(str(exc))
-    try:
-        prepare(server)
-        yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def pg(pg_server: PgServer) -> PgServer:
+    prepare(pg_server)
+    return pg_server
 
 
 def resource(server: PgServer, **kw: Any) -> PostgresResource:
