@@ -150,11 +150,15 @@ def test_copy_responses() -> None:
 
 
 def test_negotiate_protocol_version() -> None:
+    # On the wire the first field is the whole version (3 << 16 | minor), as servers send it.
     raw = codec.negotiate_protocol_version(0, ["_pq_.x"])
-    assert raw == b"v" + struct.pack("!iii", 4 + 8 + 7, 0, 1) + b"_pq_.x\0"
+    assert raw == b"v" + struct.pack("!iii", 4 + 8 + 7, 0x30000, 1) + b"_pq_.x\0"
     assert codec.decode_negotiate_protocol_version(_msg(raw).body) == (0, ["_pq_.x"])
-    with pytest.raises(codec.ProtocolError):
-        codec.decode_negotiate_protocol_version(struct.pack("!ii", 0, -1))
+    two = codec.negotiate_protocol_version(2, [])
+    assert codec.decode_negotiate_protocol_version(_msg(two).body) == (2, [])
+    for bad in (struct.pack("!ii", 0x30000, -1), struct.pack("!ii", 0, 0)):
+        with pytest.raises(codec.ProtocolError):
+            codec.decode_negotiate_protocol_version(bad)
 
 
 def test_empty_body_messages() -> None:

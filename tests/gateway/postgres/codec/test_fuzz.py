@@ -149,7 +149,7 @@ CASES: dict[str, Case] = {
         codec.decode_parameter_description,
     ),
     "negotiate_protocol_version": (
-        st.tuples(int32, st.lists(wire_text, max_size=4)),
+        st.tuples(st.integers(0, 0xFFFF), st.lists(wire_text, max_size=4)),
         lambda v: codec.negotiate_protocol_version(*v),
         codec.decode_negotiate_protocol_version,
     ),

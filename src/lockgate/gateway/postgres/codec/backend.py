@@ -326,19 +326,26 @@ def parameter_description(oids: tuple[int, ...] | list[int]) -> bytes:
 
 
 def decode_negotiate_protocol_version(body: bytes) -> tuple[int, list[str]]:
-    """Newest minor version the server speaks, and the _pq_. options it did not recognise."""
+    """Newest minor version the server speaks, and the _pq_. options it did not recognise.
+
+    The protocol page calls the first field the "newest minor version", but servers (and
+    libpq, which compares it with its own full version) put the whole version number on
+    the wire: ``3 << 16 | minor``. The major must be 3.
+    """
     cur = Cursor(body, "NegotiateProtocolVersion")
-    newest_minor = cur.int32()
+    version = cur.uint32()
+    if version >> 16 != 3:
+        raise cur.fail(f"version {version >> 16}.{version & 0xFFFF}")
     count = cur.int32()
     if count < 0:
         raise cur.fail("negative option count")
     names = [cur.cstr() for _ in range(count)]
     cur.end()
-    return newest_minor, names
+    return version & 0xFFFF, names
 
 
 def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
-    body = INT32.pack(newest_minor) + INT32.pack(len(unrecognized))
+    body = UINT32.pack(3 << 16 | newest_minor) + INT32.pack(len(unrecognized))
     body += b"".join(cstr(name) for name in unrecognized)
     return m.encode(m.NEGOTIATE_PROTOCOL_VERSION, body)
 
