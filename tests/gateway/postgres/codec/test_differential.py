@@ -11,6 +11,7 @@ SQLSTATE = the exception's, ``server_version`` = ``SHOW server_version``, the no
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import uuid
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -400,3 +402,60 @@ def test_psql_session_and_failed_login(pg_server: PgServer, relay: RecordingRela
     (fatal,) = refused.server_values(codec.ERROR_RESPONSE)
     assert fatal["V"] == "FATAL" and fatal["C"] == "28P01"
     assert fatal["M"] in failed.stderr
+
+
+async def test_asyncpg_session_portals_and_statement_descriptions(
+    pg_server: PgServer, relay: RecordingRelay
+) -> None:
+    # asyncpg is its own protocol implementation (not libpq): Describe of statements,
+    # ParameterDescription, Execute with a row limit and PortalSuspended.
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=relay.port,
+        user=pg_server.superuser,
+        password=pg_server.superpassword,
+        database="postgres",
+        ssl="prefer",
+    )
+    try:
+        stmt = await conn.prepare("SELECT $1::int + 1 AS n")
+        assert await stmt.fetchval(41) == 42
+        stmt_name = stmt.get_name()
+        async with conn.transaction():
+            seen = [r["g"] async for r in conn.cursor("SELECT generate_series(1, 7) g", prefetch=3)]
+        assert seen == list(range(1, 8))
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await conn.fetch("SELECT $1::int / 0", 1)
+        sqlstate = info.value.sqlstate
+        status = await conn.execute("CREATE TEMP TABLE codec_diff_tmp AS SELECT 1 AS x")
+        pid = conn.get_server_pid()
+    finally:
+        await conn.close()
+
+    (session,) = [decode_capture(c) for c in relay.wait(1)]
+    _check_login(session, pg_server)
+    assert session.server_values(codec.BACKEND_KEY_DATA)[0][0] == pid
+    assert codec.Describe("S", stmt_name) in session.client_values(codec.DESCRIBE)
+    assert (23,) in session.server_values(codec.PARAMETER_DESCRIPTION)
+    limited = [e for e in session.client_values(codec.EXECUTE) if e.max_rows == 3]
+    assert len(limited) >= 2
+    assert codec.PORTAL_SUSPENDED in session.server_types
+    assert [e["C"] for e in session.server_values(codec.ERROR_RESPONSE)] == [sqlstate]
+    assert status in session.server_values(codec.COMMAND_COMPLETE)
+    assert codec.rows_affected(status) == 1
+
+
+def test_md5_login(pg_server: PgServer, relay: RecordingRelay) -> None:
+    user = f"codec_md5_{uuid.uuid4().hex[:8]}"
+    pg_server.create_user(user, "md5-secret", method="md5")
+    info = _conninfo(pg_server, relay, user=user, password="md5-secret")
+    with psycopg.connect(info, autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    (session,) = [decode_capture(c) for c in relay.wait(1)]
+    (auth, ok) = session.server_values(codec.AUTHENTICATION)
+    assert auth.code == codec.AUTH_MD5_PASSWORD and len(auth.data) == 4
+    assert ok == codec.Authentication(codec.AUTH_OK, b"")
+    (answer,) = session.client_values(codec.PASSWORD)
+    inner = hashlib.md5(b"md5-secret" + user.encode(), usedforsecurity=False).hexdigest()
+    expected = hashlib.md5(inner.encode() + auth.data, usedforsecurity=False).hexdigest()
+    assert answer == "md5" + expected
