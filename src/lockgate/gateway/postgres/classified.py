@@ -1,0 +1,76 @@
+"""What classification says about a SQL text: the value types of :mod:`.classify`.
+
+A text is split into :class:`Statement`\\ s; each names the :class:`Access`\\ es policy must
+allow (``read``/``write``/``admin`` on an object) and the :class:`Effect`\\ s it has on the
+session once it completes (search path, transaction, prepared statements). Anything that
+cannot be placed raises :class:`Unplaceable`; the caller refuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Access", "Classified", "Effect", "Statement", "Unplaceable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One thing policy must allow: ``action`` (read|write|admin) on ``obj``.
+
+    ``obj`` is ``schema.table`` for a relation, else a typed name: ``function:schema.name``,
+    ``schema:<name>``, ``role:<name>``, ``channel:<name>``, ``setting:<name>``,
+    ``extension:<name>``, ``operator:<op>`` or ``database`` (database-wide administration).
+    """
+
+    action: str
+    obj: str
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What a statement does to the session, applied when its CommandComplete arrives.
+
+    Kinds: ``search_path`` (value: the schemas; ``local`` for SET LOCAL),
+    ``reset_search_path``, ``begin``, ``commit``, ``rollback`` (``local`` = AND CHAIN),
+    ``savepoint`` / ``rollback_to`` / ``release`` (``name``), ``discard_all``, ``prepare``
+    (``name``; value: the inner text), ``deallocate`` (``name``, "" for ALL),
+    ``temp_schema`` (value: the new temporary relation's name). Beyond those, so the
+    session's view of the catalog follows its own DDL: ``created_relation`` /
+    ``dropped_relation`` (value: schema, name) and ``created_schema`` (value: name).
+    """
+
+    kind: str
+    value: tuple[str, ...] = ()
+    local: bool = False
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement of a text: its command tag, what it needs and what it changes."""
+
+    command: str
+    accesses: tuple[Access, ...]
+    text: str
+    effects: tuple[Effect, ...] = ()
+    prepared_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """Every statement of a text, in order."""
+
+    statements: tuple[Statement, ...]
+
+
+class Unplaceable(Exception):
+    """A text the classifier cannot place, so the gateway refuses it.
+
+    ``reason`` is a slug (``parse_error``, ``unresolved_relation``,
+    ``unsupported_statement``, ``unknown_prepared_statement``, ``empty_search_path``...);
+    ``str(exc)`` is the human message.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,406 @@
+"""Relations, functions and operators a query touches: the walker under :mod:`.classify`.
+
+:class:`Resolver` places names the way the server does (implicit ``pg_catalog`` first
+unless the path lists it, then the path; the first schema that holds the name; a session's
+maybe-facts are taken and the search goes on; without a catalog every candidate is taken;
+with several possible paths, the union). :class:`Walker` collects :class:`Access`\\ es from
+a statement tree: every ``RangeVar`` (FROM, JOINs, subqueries anywhere, CTE bodies, set
+operations, DML targets), every ``FuncCall`` and every operator, keeping CTE names in scope
+only inside their WITH (a non-recursive CTE sees only the CTEs listed before it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from pglast import ast
+
+from . import functions
+from .classified import Access, Unplaceable
+from .scope import MAYBE, NO, NameScope
+
+__all__ = ["Resolver", "Walker", "qualified_name"]
+
+
+def _strings(names: Iterable[object]) -> tuple[str, ...]:
+    return tuple(n.sval for n in names if isinstance(n, ast.String))
+
+
+def qualified_name(names: Iterable[object]) -> tuple[str | None, str]:
+    """``(schema, name)`` from a parser name list; a catalog prefix is refused."""
+    parts = _strings(names)
+    if len(parts) == 1:
+        return None, parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    if len(parts) == 3:
+        raise Unplaceable("cross_database_reference", f"name {'.'.join(parts)} names a database")
+    raise Unplaceable("parse_error", "improper qualified name")
+
+
+class Resolver:
+    """Places schema-less names through a :class:`NameScope`."""
+
+    def __init__(self, scope: NameScope) -> None:
+        self.catalog = scope.catalog
+        paths = scope.search_paths or ((),)
+        # The server searches pg_catalog first unless the path names it.
+        self.paths = tuple(p if "pg_catalog" in p else ("pg_catalog", *p) for p in paths)
+        self.explicit_paths = paths
+
+    def relation(self, schema: str | None, relname: str, *, missing_ok: bool = False) -> list[str]:
+        """Objects (``schema.relname``) an existing relation reference may be."""
+        if schema is not None:
+            return [f"{schema}.{relname}"]
+        catalog = self.catalog
+        found: list[str] = []
+        for path in self.paths:
+            if catalog is None:
+                found.extend(f"{s}.{relname}" for s in path)
+                continue
+            candidates = [s for s in path if catalog.relation(s, relname) != NO]
+            for s in candidates:
+                found.append(f"{s}.{relname}")
+                if catalog.relation(s, relname) != MAYBE:
+                    break
+        if not found:
+            if missing_ok:
+                # DROP ... IF EXISTS of a name nowhere: any schema of the path may hold it
+                # by the time the server looks.
+                return [f"{s}.{relname}" for p in self.explicit_paths for s in p] or [
+                    f"pg_catalog.{relname}"
+                ]
+            raise Unplaceable(
+                "unresolved_relation",
+                f'relation "{relname}" is not in any schema of the search path',
+            )
+        return list(dict.fromkeys(found))
+
+    def creation_schemas(self, schema: str | None) -> list[str]:
+        """Schemas a CREATE of an unqualified name may put it in."""
+        if schema is not None:
+            return [schema]
+        catalog = self.catalog
+        found: list[str] = []
+        for path in self.explicit_paths:
+            for s in path:
+                state = "yes" if catalog is None else catalog.schema(s)
+                if state == NO:
+                    continue
+                found.append(s)
+                if state != MAYBE:
+                    break
+        if not found:
+            raise Unplaceable("empty_search_path", "no schema has been selected to create in")
+        return list(dict.fromkeys(found))
+
+    def function_schemas(self) -> list[str]:
+        """Schemas an unqualified function name may resolve to (never ``pg_temp``)."""
+        return list(dict.fromkeys(s for p in self.paths for s in p if s != "pg_temp"))
+
+
+class Walker:
+    """Collects the accesses of statement trees into :attr:`accesses` (in order, unique)."""
+
+    def __init__(self, resolver: Resolver, *, relation_action: str = "read") -> None:
+        self.resolver = resolver
+        self.relation_action = relation_action  # what a bare RangeVar means (read; admin in DDL)
+        self.accesses: dict[Access, None] = {}
+        self._ctes: list[frozenset[str]] = []
+        # How an EXECUTE of a SQL-level prepared statement is judged (set by the classifier).
+        self.on_execute: Callable[[ast.ExecuteStmt], None] | None = None
+
+    # -- collecting ------------------------------------------------------------------------
+
+    def add(self, action: str, obj: str) -> None:
+        self.accesses[Access(action, obj)] = None
+
+    def add_relation(self, action: str, rv: ast.RangeVar, *, missing_ok: bool = False) -> None:
+        if rv.catalogname:
+            raise Unplaceable("cross_database_reference", f"{rv.catalogname} names a database")
+        for obj in self.resolver.relation(rv.schemaname, rv.relname, missing_ok=missing_ok):
+            self.add(action, obj)
+
+    def is_cte(self, rv: ast.RangeVar) -> bool:
+        return rv.schemaname is None and any(rv.relname in names for names in self._ctes)
+
+    # -- walking ---------------------------------------------------------------------------
+
+    def walk(self, node: object) -> None:
+        if isinstance(node, (tuple, list)):
+            for item in node:
+                self.walk(item)
+            return
+        if not isinstance(node, ast.Node):
+            return
+        handler = _HANDLERS.get(type(node))
+        if handler is not None:
+            handler(self, node)
+        else:
+            self.walk_children(node)
+
+    def walk_children(self, node: ast.Node, skip: frozenset[str] = frozenset()) -> None:
+        for attr in node:
+            if attr not in skip:
+                value = getattr(node, attr)
+                if isinstance(value, (ast.Node, tuple, list)):
+                    self.walk(value)
+
+    def with_scope(self, with_clause: ast.WithClause | None, body: Iterator[None]) -> None:
+        """Run ``body`` (a generator walking the statement) with the WITH names in scope."""
+        # Bare relations inside a query are read, whatever statement holds the query.
+        outer_action, self.relation_action = self.relation_action, "read"
+        try:
+            self._with_scope(with_clause, body)
+        finally:
+            self.relation_action = outer_action
+
+    def _with_scope(self, with_clause: ast.WithClause | None, body: Iterator[None]) -> None:
+        if with_clause is None:
+            for _ in body:
+                pass
+            return
+        ctes = [c for c in with_clause.ctes or () if isinstance(c, ast.CommonTableExpr)]
+        names = frozenset(c.ctename for c in ctes)
+        if with_clause.recursive:
+            self._ctes.append(names)
+            for cte in ctes:
+                self.walk(cte.ctequery)
+        else:
+            seen: list[str] = []
+            for cte in ctes:
+                self._ctes.append(frozenset(seen))
+                self.walk(cte.ctequery)
+                self._ctes.pop()
+                seen.append(cte.ctename)
+            self._ctes.append(names)
+        try:
+            for _ in body:
+                pass
+        finally:
+            self._ctes.pop()
+
+    def execute(self, stmt: ast.ExecuteStmt) -> None:
+        if self.on_execute is None:
+            raise Unplaceable("unsupported_statement", "EXECUTE is not allowed here")
+        self.on_execute(stmt)
+        self.walk(stmt.params)
+
+    def range_var(self, rv: ast.RangeVar) -> None:
+        if not self.is_cte(rv):
+            self.add_relation(self.relation_action, rv)
+
+    def func_call(self, call: ast.FuncCall) -> None:
+        schema, name = qualified_name(call.funcname or ())
+        self.function(schema, name, call.args or ())
+        self.walk_children(call, frozenset({"funcname"}))
+
+    def function(self, schema: str | None, name: str, args: tuple[object, ...]) -> None:
+        if functions.always_admin(name):
+            self.add("admin", f"function:{schema or 'pg_catalog'}.{name}")
+            return
+        if schema in (None, "pg_catalog") and name in functions.SEQUENCE_FUNCTIONS:
+            target = _literal_sequence(args)
+            if target is not None:
+                for obj in self.resolver.relation(*target):
+                    self.add(functions.SEQUENCE_FUNCTIONS[name], obj)
+                return
+        if schema in (None, "pg_catalog") and functions.is_safe(name):
+            return
+        for s in [schema] if schema else self.resolver.function_schemas():
+            self.add("admin", f"function:{s}.{name}")
+
+    def a_expr(self, expr: ast.A_Expr) -> None:
+        if expr.name:  # every kind names its operator (IN is "=", LIKE is "~~", ...)
+            schema, op = qualified_name(expr.name)
+            if schema not in (None, "pg_catalog") or op not in functions.SAFE_OPERATORS:
+                schemas = [schema] if schema else self.resolver.function_schemas()
+                for s in schemas:
+                    self.add("admin", f"operator:{s}.{op}")
+        self.walk_children(expr, frozenset({"name"}))
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def select(self, stmt: ast.SelectStmt) -> None:
+        def body() -> Iterator[None]:
+            self.walk_children(stmt, frozenset({"withClause", "intoClause", "lockingClause"}))
+            for clause in stmt.lockingClause or ():
+                if isinstance(clause, ast.LockingClause):
+                    self._lock(stmt.fromClause or (), clause)
+            yield
+
+        self.with_scope(stmt.withClause, body())
+
+    def _lock(self, from_clause: tuple[object, ...], clause: ast.LockingClause) -> None:
+        """FOR UPDATE/SHARE needs UPDATE privilege on the rows' tables: a write."""
+        wanted = {rv.relname for rv in clause.lockedRels or () if isinstance(rv, ast.RangeVar)}
+        for refname, item in _from_items(from_clause):
+            if wanted and refname not in wanted:
+                continue
+            if isinstance(item, ast.RangeVar):
+                if not self.is_cte(item):
+                    self.add_relation("write", item)
+            elif isinstance(item, ast.RangeSubselect) and isinstance(item.subquery, ast.SelectStmt):
+                self._lock(item.subquery.fromClause or (), ast.LockingClause())
+
+    def insert(self, stmt: ast.InsertStmt) -> None:
+        def body() -> Iterator[None]:
+            self.add_relation("write", stmt.relation)
+            conflict = stmt.onConflictClause
+            if stmt.returningClause or (conflict is not None and conflict.targetList):
+                self.add_relation("read", stmt.relation)
+            self.walk_children(stmt, frozenset({"withClause", "relation"}))
+            yield
+
+        self.with_scope(stmt.withClause, body())
+
+    def update(self, stmt: ast.UpdateStmt) -> None:
+        def body() -> Iterator[None]:
+            self.add_relation("write", stmt.relation)
+            parts = (stmt.targetList, stmt.whereClause, stmt.returningClause)
+            if _reads_target(parts, stmt.relation):
+                self.add_relation("read", stmt.relation)
+            self.walk_children(stmt, frozenset({"withClause", "relation"}))
+            yield
+
+        self.with_scope(stmt.withClause, body())
+
+    def delete(self, stmt: ast.DeleteStmt) -> None:
+        def body() -> Iterator[None]:
+            self.add_relation("write", stmt.relation)
+            if _reads_target((stmt.whereClause, stmt.returningClause), stmt.relation):
+                self.add_relation("read", stmt.relation)
+            self.walk_children(stmt, frozenset({"withClause", "relation"}))
+            yield
+
+        self.with_scope(stmt.withClause, body())
+
+    def merge(self, stmt: ast.MergeStmt) -> None:
+        def body() -> Iterator[None]:
+            self.add_relation("write", stmt.relation)
+            parts = (stmt.joinCondition, stmt.mergeWhenClauses, stmt.returningClause)
+            if _reads_target(parts, stmt.relation):
+                self.add_relation("read", stmt.relation)
+            self.walk_children(stmt, frozenset({"withClause", "relation"}))
+            yield
+
+        self.with_scope(stmt.withClause, body())
+
+
+def _refname(rv: ast.RangeVar) -> str:
+    return rv.alias.aliasname if rv.alias is not None else rv.relname
+
+
+def _from_items(items: Iterable[object]) -> Iterator[tuple[str, object]]:
+    """``(reference name, item)`` for each relation or subquery of one FROM level."""
+    for item in items:
+        if isinstance(item, ast.JoinExpr):
+            if item.alias is not None:
+                # A join with an alias hides its members' names.
+                for _, inner in _from_items((item.larg, item.rarg)):
+                    yield item.alias.aliasname, inner
+            else:
+                yield from _from_items((item.larg, item.rarg))
+        elif isinstance(item, ast.RangeVar):
+            yield _refname(item), item
+        elif isinstance(item, ast.RangeSubselect) and item.alias is not None:
+            yield item.alias.aliasname, item
+
+
+def _column_refs(node: object, depth: int = 0) -> Iterator[tuple[ast.ColumnRef, int]]:
+    """Every column reference under ``node`` with its subquery depth."""
+    if isinstance(node, (tuple, list)):
+        for item in node:
+            yield from _column_refs(item, depth)
+    elif isinstance(node, ast.ColumnRef):
+        yield node, depth
+    elif isinstance(node, ast.Node):
+        inner = depth + 1 if isinstance(node, ast.SelectStmt) else depth
+        for attr in node:
+            value = getattr(node, attr)
+            if isinstance(value, (ast.Node, tuple, list)):
+                yield from _column_refs(value, inner)
+
+
+def _reads_target(parts: Iterable[object], target: ast.RangeVar) -> bool:
+    """Whether an expression may read the DML target's columns (it then needs SELECT).
+
+    Columns of the statement's own level may be the target's; inside a subquery only a
+    name qualified with the target's name or an unqualified one (it may be correlated).
+    """
+    name = _refname(target)
+    for ref, depth in _column_refs(tuple(parts)):
+        fields = ref.fields or ()
+        if depth == 0 or len(fields) == 1:
+            return True
+        first = fields[0]
+        if isinstance(first, ast.String) and first.sval == name:
+            return True
+    return False
+
+
+def _literal_sequence(args: tuple[object, ...]) -> tuple[str | None, str] | None:
+    """``(schema, name)`` of ``nextval('s')``'s literal argument (a regclass name)."""
+    if not args:
+        return None
+    arg = args[0]
+    if isinstance(arg, ast.TypeCast):
+        arg = arg.arg
+    if not (isinstance(arg, ast.A_Const) and isinstance(arg.val, ast.String)):
+        return None
+    parts = _split_identifier(arg.val.sval)
+    if parts is None or not 1 <= len(parts) <= 2:
+        return None
+    return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _split_identifier(text: str) -> list[str] | None:
+    """A dotted name as ``regclass`` input reads it: quoted parts keep case, others fold."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == '"':
+            j, part = i + 1, []
+            while True:
+                if j >= n:
+                    return None
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        part.append('"')
+                        j += 2
+                        continue
+                    break
+                part.append(text[j])
+                j += 1
+            parts.append("".join(part))
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] not in '."' and not text[j].isspace():
+                j += 1
+            if j == i:
+                return None
+            parts.append(text[i:j].lower())
+            i = j
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n:
+            return parts
+        if text[i] != ".":
+            return None
+        i += 1
+
+
+_HANDLERS = {
+    ast.SelectStmt: Walker.select,
+    ast.InsertStmt: Walker.insert,
+    ast.UpdateStmt: Walker.update,
+    ast.DeleteStmt: Walker.delete,
+    ast.MergeStmt: Walker.merge,
+    ast.RangeVar: Walker.range_var,
+    ast.ExecuteStmt: Walker.execute,
+    ast.FuncCall: Walker.func_call,
+    ast.A_Expr: Walker.a_expr,
+}

@@ -1,0 +1,294 @@
+"""Name scope of a PostgreSQL session: what unqualified names resolve through.
+
+* :class:`RelationCatalog` — which schemas hold which relation names, as the upstream's
+  ``pg_class`` says (the engine runs :attr:`RelationCatalog.QUERY` at login). A session's own
+  DDL is layered on top as *maybe* facts: a relation it created (or a schema) may exist, one
+  it dropped or renamed may be gone — resolution treats a maybe as "take it and look further",
+  so a rolled-back CREATE or DROP can only widen what is checked, never narrow it.
+* :class:`NameScope` — what :func:`lockgate.gateway.postgres.classify.classify` reads.
+* :class:`SessionScope` — one per client session: follows ``search_path`` the way the server
+  does (SET takes effect when its statement completes; SET LOCAL ends with the transaction; a
+  rolled-back transaction or savepoint takes its SETs back; an error ends an implicit
+  transaction as a rollback), temporary objects, and SQL-level PREPARE names.
+
+Paths handed out are expanded: ``$user`` is the upstream login user, ``pg_temp`` is first
+once the session may have temporary relations (unless the path lists it). The implicit
+``pg_catalog`` is *not* added here: the classifier puts it first unless the path lists it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import ClassVar, Protocol
+
+from .classified import Effect, Statement
+
+__all__ = ["NameScope", "RelationCatalog", "SessionScope"]
+
+_generations = itertools.count(1)
+
+YES, MAYBE, NO = "yes", "maybe", "no"
+
+
+class RelationCatalog:
+    """Relation names per schema, from the upstream, plus a session's maybe-facts."""
+
+    # Every relation (tables, partitioned tables, views, materialized views, foreign tables,
+    # sequences, indexes, composite types: they share one name space per schema) and every
+    # schema (relname NULL). Other sessions' temporary and TOAST schemas are left out.
+    QUERY: ClassVar[str] = (
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+        " UNION ALL SELECT nspname, NULL FROM pg_catalog.pg_namespace"
+        " WHERE nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+    )
+
+    def __init__(self, rows: Iterable[tuple[str, str | None]], schemas: Iterable[str] = ()) -> None:
+        by_name: dict[str, set[str]] = {}
+        known_schemas = set(schemas)
+        for schema, relname in rows:
+            known_schemas.add(schema)
+            if relname is not None:
+                by_name.setdefault(relname, set()).add(schema)
+        self._by_name = {name: frozenset(s) for name, s in by_name.items()}
+        self._schemas = frozenset(known_schemas)
+        self._maybe_present: frozenset[tuple[str, str]] = frozenset()
+        self._maybe_absent: frozenset[tuple[str, str]] = frozenset()
+        self._maybe_schemas: frozenset[str] = frozenset()
+        self.generation = next(_generations)
+
+    def schemas_of(self, relname: str) -> frozenset[str]:
+        """Schemas that hold ``relname`` for certain (the upstream's catalog)."""
+        return self._by_name.get(relname, frozenset())
+
+    def relation(self, schema: str, relname: str) -> str:
+        """``"yes"``, ``"maybe"`` (the session's own DDL may have changed it) or ``"no"``."""
+        if (schema, relname) in self._maybe_absent or (schema, relname) in self._maybe_present:
+            return MAYBE
+        return YES if schema in self.schemas_of(relname) else NO
+
+    def schema(self, name: str) -> str:
+        """Whether schema ``name`` exists: ``"yes"``, ``"maybe"`` or ``"no"``."""
+        if name in self._maybe_schemas:
+            return MAYBE
+        return YES if name in self._schemas else NO
+
+    def with_session_changes(
+        self,
+        present: Iterable[tuple[str, str]],
+        absent: Iterable[tuple[str, str]],
+        schemas: Iterable[str],
+    ) -> RelationCatalog:
+        """This catalog with a session's maybe-facts on top (a new generation)."""
+        layered = RelationCatalog.__new__(RelationCatalog)
+        layered._by_name = self._by_name
+        layered._schemas = self._schemas
+        layered._maybe_present = self._maybe_present | frozenset(present)
+        layered._maybe_absent = self._maybe_absent | frozenset(absent)
+        layered._maybe_schemas = self._maybe_schemas | frozenset(schemas)
+        layered.generation = next(_generations)
+        return layered
+
+
+class NameScope(Protocol):
+    """What classification of one text depends on besides the text."""
+
+    @property
+    def search_paths(self) -> tuple[tuple[str, ...], ...]: ...
+
+    @property
+    def catalog(self) -> RelationCatalog | None: ...
+
+    @property
+    def prepared(self) -> Mapping[str, str]: ...
+
+
+Path = tuple[str, ...]
+
+
+class SessionScope:
+    """One client session's name scope, moved along by the statements that complete."""
+
+    def __init__(
+        self,
+        initial_path: Path,
+        catalog: RelationCatalog | None = None,
+        *,
+        user: str = "",
+    ) -> None:
+        self._initial = tuple(initial_path)
+        self._user = user
+        self._base_catalog = catalog
+        self._catalog = catalog
+        self._session: Path = self._initial  # the session value (SET / SET SESSION)
+        self._local: Path | None = None  # SET LOCAL, until the transaction ends
+        self._tx_start: Path = self._initial  # the session value when the transaction began
+        self._in_block = False  # inside BEGIN ... COMMIT/ROLLBACK
+        self._failed = False  # an error since the last ReadyForQuery
+        self._savepoints: list[tuple[str, Path, Path | None]] = []
+        self._ambiguous: set[Path] = set()  # other paths the session may be on
+        self._temp = False
+        self._present: set[tuple[str, str]] = set()
+        self._absent: set[tuple[str, str]] = set()
+        self._schemas: set[str] = set()
+        self._prepared: dict[str, str] = {}
+
+    # -- NameScope -------------------------------------------------------------------------
+
+    @property
+    def search_paths(self) -> tuple[Path, ...]:
+        current = self._local if self._local is not None else self._session
+        paths = [self._expand(current)]
+        for other in sorted(self._ambiguous):
+            expanded = self._expand(other)
+            if expanded not in paths:
+                paths.append(expanded)
+        return tuple(paths)
+
+    @property
+    def catalog(self) -> RelationCatalog | None:
+        return self._catalog
+
+    @property
+    def prepared(self) -> Mapping[str, str]:
+        return self._prepared
+
+    # -- what the flow tells ---------------------------------------------------------------
+
+    def key(self) -> tuple[object, ...]:
+        """Everything classification depends on, hashable (for the decision cache)."""
+        generation = self._catalog.generation if self._catalog is not None else 0
+        prepared = tuple(sorted(self._prepared.items())) if self._prepared else ()
+        return (self.search_paths, generation, prepared)
+
+    def set_catalog(self, catalog: RelationCatalog) -> None:
+        self._base_catalog = catalog
+        self._relayer()
+
+    def statement_done(self, stmt: Statement, tag: str) -> None:
+        """``stmt`` completed (its CommandComplete carried ``tag``): apply its effects."""
+        for effect in stmt.effects:
+            self._apply(effect.kind, effect, tag)
+
+    def error(self) -> None:
+        """An ErrorResponse arrived: the current (implicit) transaction will not commit."""
+        self._failed = True
+
+    def ready(self, status: str) -> None:
+        """ReadyForQuery with transaction status ``status`` ('I', 'T' or 'E')."""
+        if status == "I":
+            if self._in_block or self._failed:
+                # The block ended without a COMMIT/ROLLBACK we saw, or an implicit transaction
+                # failed: its SETs are gone.
+                if self._in_block and not self._failed:
+                    self._ambiguous.add(self._session)
+                self._session = self._tx_start
+            self._end_transaction()
+        elif not self._in_block:
+            # A transaction block we did not see begin: where it started is uncertain.
+            self._ambiguous.add(self._session)
+            self._in_block = True
+        self._failed = False
+
+    # -- effects ---------------------------------------------------------------------------
+
+    def _apply(self, kind: str, effect: Effect, tag: str) -> None:
+        if kind == "search_path":
+            self._set_path(effect.value, local=effect.local)
+        elif kind == "reset_search_path":
+            self._set_path(self._initial, local=effect.local)
+        elif kind == "begin":
+            self._in_block = True
+        elif kind == "commit" and tag != "ROLLBACK":  # COMMIT of a failed block rolls back
+            self._finish(commit=True, chain=effect.local)
+        elif kind in ("commit", "rollback"):
+            self._finish(commit=False, chain=effect.local)
+        elif kind == "savepoint":
+            self._savepoints.append((effect.name, self._session, self._local))
+        elif kind == "rollback_to":
+            self._rollback_to(effect.name)
+        elif kind == "release":
+            self._release(effect.name)
+        elif kind == "discard_all":
+            self._session, self._local = self._initial, None
+            self._prepared.clear()
+        elif kind == "prepare" and effect.value:
+            self._prepared[effect.name] = effect.value[0]
+        elif kind == "deallocate":
+            if effect.name:
+                self._prepared.pop(effect.name, None)
+            else:
+                self._prepared.clear()
+        elif kind == "temp_schema":
+            self._temp = True
+            self._present.update(("pg_temp", name) for name in effect.value)
+            self._relayer()
+        elif kind == "created_relation" and len(effect.value) == 2:
+            self._present.add((effect.value[0], effect.value[1]))
+            self._relayer()
+        elif kind == "dropped_relation" and len(effect.value) == 2:
+            self._absent.add((effect.value[0], effect.value[1]))
+            self._relayer()
+        elif kind == "created_schema" and effect.value:
+            self._schemas.add(effect.value[0])
+            self._relayer()
+
+    def _set_path(self, path: Path, *, local: bool) -> None:
+        if local:
+            self._local = path
+        else:
+            self._session, self._local = path, None
+
+    def _finish(self, *, commit: bool, chain: bool) -> None:
+        if not commit:
+            self._session = self._tx_start
+        self._end_transaction()
+        self._in_block = chain
+
+    def _end_transaction(self) -> None:
+        self._local = None
+        self._savepoints.clear()
+        self._in_block = False
+        self._tx_start = self._session
+
+    def _rollback_to(self, name: str) -> None:
+        for index in range(len(self._savepoints) - 1, -1, -1):
+            saved_name, session, local = self._savepoints[index]
+            if saved_name == name:
+                del self._savepoints[index + 1 :]
+                self._session, self._local = session, local
+                return
+        # A savepoint we never saw: keep both where we are and where the block began.
+        self._ambiguous.update({self._session, self._tx_start})
+
+    def _release(self, name: str) -> None:
+        for index in range(len(self._savepoints) - 1, -1, -1):
+            if self._savepoints[index][0] == name:
+                del self._savepoints[index:]
+                return
+
+    def _relayer(self) -> None:
+        base = self._base_catalog
+        if base is None:
+            self._catalog = None
+        elif self._present or self._absent or self._schemas:
+            self._catalog = base.with_session_changes(self._present, self._absent, self._schemas)
+        else:
+            self._catalog = base
+
+    def _expand(self, path: Path) -> Path:
+        expanded: list[str] = []
+        if self._temp and "pg_temp" not in path:
+            expanded.append("pg_temp")
+        for schema in path:
+            if schema == "$user":
+                if not self._user:
+                    continue  # no login user known: nothing for the server to find either
+                schema = self._user
+            if schema == "pg_temp" and not self._temp:
+                continue  # the server skips a temporary schema the session does not have
+            if schema not in expanded:
+                expanded.append(schema)
+        return tuple(expanded)
