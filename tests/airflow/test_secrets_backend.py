@@ -126,3 +126,18 @@ def test_provider_info_names_the_backend_and_connection_type() -> None:
     assert info["package-name"] == "lockgate"
     assert "lockgate.airflow.secrets.LockgateSecretsBackend" in info["secrets-backends"]
     assert info["connection-types"][0]["connection-type"] == "lockgate"
+
+
+def test_the_upstream_ca_of_a_postgres_role_is_a_private_file() -> None:
+    import os
+    import stat
+    from pathlib import Path
+
+    pem = "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n"
+    path = Path(secrets._upstream_ca_file(pem))
+    assert path.read_text() == pem
+    assert secrets._upstream_ca_file(pem) == str(path)  # written once per certificate
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700  # nobody else swaps it
+    other = secrets._upstream_ca_file(pem.replace("abc", "def"))
+    assert other != str(path) and Path(other).parent == path.parent
+    assert secrets._upstream_ca_file("") == ""  # none sent: libpq finds none and refuses

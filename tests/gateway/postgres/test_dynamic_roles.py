@@ -4,6 +4,7 @@ password that never reaches the server in clear (its own statement log is the or
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from lockgate.config import PostgresResource
+from lockgate.errors import UpstreamUnavailable
 from lockgate.gateway.dynamic_roles import NoGrants, RolesRetired, role_name
 from lockgate.gateway.postgres.dynamic_roles import PostgresRoles
 from lockgate.identity import Claims, KeyStore, TaskIdentity, TokenIssuer
@@ -183,3 +185,46 @@ async def test_expiry_sweep_and_orphans(pg: PgServer, tmp_path: Path) -> None:
         assert "lg_0000000000dead" not in live_roles(pg)
     finally:
         pg.psql("DROP ROLE IF EXISTS lg_0000000000a11e;")
+
+
+async def test_a_role_whose_resource_is_retired_while_it_is_made_never_exists(
+    pg: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resource leaves the catalog while CREATE ROLE and its grants run: the
+    transaction is rolled back, the issue refused, and no role is left on the server."""
+    roles = roles_for(pg, [("read", "sales.*")])
+    run = PostgresRoles._run
+    retiring: list[asyncio.Task[list[str]]] = []
+
+    async def run_and_retire(conn: Any, statement: Any, params: Any = None) -> Any:
+        if not retiring and "CREATE ROLE" in str(getattr(statement, "_obj", statement)):
+            retiring.append(asyncio.create_task(roles.retire()))
+            await asyncio.sleep(0)  # the retire marks the set before the grants finish
+        return await run(conn, statement, params)
+
+    monkeypatch.setattr(PostgresRoles, "_run", staticmethod(run_and_retire))
+    claims = mint(tmp_path, try_number=7)
+    with pytest.raises(RolesRetired):
+        await roles.issue(claims)
+    assert await retiring[0] == []
+    assert role_name("shop-pg", claims.jti) not in live_roles(pg) and roles.issued == {}
+
+
+async def test_an_unreachable_server_is_upstream_unavailable_without_the_password(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    roles = roles_for(pg, [("read", "*")], port=1, connect_timeout=1)
+    with pytest.raises(UpstreamUnavailable) as exc:
+        await roles.issue(mint(tmp_path, try_number=8))
+    assert "127.0.0.1:1" in str(exc.value) and GATEWAY_PASSWORD not in str(exc.value)
+    wrong = PostgresRoles(
+        resource(pg), _wrong_password, FakePolicy(FakePolicySet([("read", "*")]))
+    )  # fmt: skip
+    with pytest.raises(UpstreamUnavailable) as exc:
+        await wrong.issue(mint(tmp_path, try_number=9))
+    assert "password authentication failed" in str(exc.value)
+    assert "not-the-password" not in str(exc.value)
+
+
+async def _wrong_password() -> str:
+    return "not-the-password"
