@@ -1,0 +1,550 @@
+"""One PostgreSQL session's statement state machine: judge, forward, relay, audit.
+
+Sans-I/O apart from awaiting audit durability: the session hands every client message to
+:meth:`Flow.from_client` and every server message to :meth:`Flow.from_server`, and writes
+what the returned :class:`Out` says (``to_server``, then ``to_client``; ``close``: end the
+session once ``to_client`` is written).
+
+Client side:
+
+* ``Query`` — every statement is classified (:mod:`.judge`) and decided; all must be allowed
+  or the whole text is refused. Allowed: one ``admitted`` record per statement, written ahead
+  and durable before the Query is returned for the server.
+* ``Parse`` is judged at once (the name remembered: unnamed overwritten, a name in use is
+  left to the server to refuse); ``Bind`` ties a portal to its statement's text and search
+  paths; ``Execute`` is judged again under the scope of now and its Bind (the server plans
+  a portal at Bind, after search_path changes) and gets one admitted record.
+  ``Describe``, ``Close``, ``Flush`` and ``Sync`` are forwarded.
+* ``FunctionCall`` is refused (``admin`` on ``function_call_protocol``): the fast-path
+  interface calls any function by OID, which no statement text shows.
+* ``CopyData``/``CopyDone``/``CopyFail`` are forwarded while a ``COPY FROM STDIN`` runs or
+  right after it failed (the server ignores the stragglers); anywhere else they are a
+  protocol error (:class:`~.codec.ProtocolError`; the session answers FATAL and closes).
+* ``Terminate`` ends the session (the session sends Terminate upstream itself).
+
+Refusals keep the protocol exact. A refused Query is not forwarded: a ``Sync`` goes upstream
+in its place. A refused extended-protocol message is not forwarded and the client's
+messages after it are discarded up to and including its ``Sync``, which *is* forwarded
+(``Flush`` still is: it runs nothing, and a client waiting on it must get its answers).
+The gateway's ErrorResponse goes to the client once the server answered everything sent
+before the refused message — unless the server reported an error since the last
+ReadyForQuery (it then skipped the rest itself, as the client expects) — and the server's
+own ReadyForQuery follows, so its transaction status is the server's.
+
+Refusal SQLSTATEs: ``42501`` for policy denials and texts the classifier cannot place; a
+token that expired or was revoked mid-session: ``FATAL 42501`` naming the reason, audited
+``auth_failed``, then the session closes (the client reconnects with a fresh token); audit
+unavailable: ``53000`` (the gateway lacks a resource now; retry later), audited as
+``upstream_error`` once the sink recovers, the session stays usable.
+
+Server side: every message is relayed as it arrives. The flow keeps a FIFO of what it
+forwarded (:class:`~.flow_units.Unit`), in the server's answer order, so each
+CommandComplete / EmptyQueryResponse / PortalSuspended / ErrorResponse finds its statement
+(outcome record, ``scope.statement_done``) and each ReadyForQuery its Sync; statements
+skipped after an error get the outcome ``not_executed``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lockgate import _log
+from lockgate.errors import AuditUnavailable
+
+from . import codec
+from .classified import Unplaceable
+from .flow_scope import FlowScope
+from .flow_units import (
+    BATCH_END,
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    PARSE,
+    REFUSAL,
+    STATEMENT,
+    Pending,
+    Portal,
+    Unit,
+    mask_literals,
+)
+from .judge import Admission, Judge, Judged, KeyedScope, Refusal
+
+if TYPE_CHECKING:
+    from lockgate.config import PostgresResource
+    from lockgate.identity import Claims
+
+    from .context import EngineContext
+    from .judge import Classifier
+    from .scope import SessionScope
+
+log = _log.get("gateway.postgres")
+
+#: ErrorResponse SQLSTATE classes that are the server's trouble, not the statement's.
+_SERVER_TROUBLE = ("08", "53", "57", "58", "XX")
+_SYNC = codec.sync()
+_COPY_MESSAGES = frozenset({codec.COPY_DATA, codec.COPY_DONE, codec.COPY_FAIL})
+
+
+@dataclass(slots=True)
+class Out:
+    """What to do after one message: bytes for the server, bytes for the client, close."""
+
+    to_server: list[bytes] = field(default_factory=list)
+    to_client: list[bytes] = field(default_factory=list)
+    close: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class SessionInfo:
+    """What the flow knows of a session, built by the engine after the client's login."""
+
+    claims: Claims  # verified at login; refreshed by every statement's token check
+    token: str  # the client's Lockgate token; never logged nor recorded
+    resource: PostgresResource
+    ctx: EngineContext
+    client: str = ""  # "host:port", for log lines only
+
+
+class Flow:
+    """The statement state machine of one client session (see the module docstring)."""
+
+    def __init__(
+        self,
+        info: SessionInfo,
+        scope: SessionScope,
+        *,
+        status: str = "I",
+        classifier: Classifier | None = None,
+    ) -> None:
+        self.info = info
+        self.ctx = info.ctx
+        self.name = info.resource.name
+        self.scope = FlowScope(scope)
+        self.judge = Judge(info.claims, info.token, info.resource, info.ctx, classifier)
+        self._status = status
+        self._units: deque[Unit] = deque()  # forwarded, awaiting the server's answer
+        self._portals: dict[str, Portal] = {}
+        self._discarding = False  # a refused extended message: drop until Sync
+        self._server_errored = False  # an ErrorResponse since the last ReadyForQuery
+        self._copy = ""  # "in": COPY FROM STDIN runs; "draining": it failed; "": neither
+        self._tokens = 0
+
+    @property
+    def transaction_status(self) -> str:
+        return self._status
+
+    @property
+    def copy_in(self) -> bool:
+        return self._copy == "in"
+
+    # == client -> server =====================================================================
+    async def from_client(self, msg: codec.Message) -> Out:
+        kind = msg.type
+        if kind in _COPY_MESSAGES:
+            return self._copy_message(msg)
+        if self._copy:
+            self._copy = ""  # the client has moved on from a COPY that failed
+        if kind == codec.TERMINATE:
+            return Out(close=True)
+        if self._discarding:
+            if kind == codec.SYNC:
+                self._discarding = False
+                return self._forward(msg, Unit(BATCH_END))
+            if kind == codec.FLUSH:
+                return Out([_raw(msg)])
+            return Out()  # the rest of a refused batch, dropped as the server would
+        if kind == codec.QUERY:
+            return await self._query(codec.decode_query(msg.body))
+        if kind == codec.PARSE:
+            return self._parse(msg)
+        if kind == codec.BIND:
+            return self._bind(msg)
+        if kind == codec.EXECUTE:
+            return await self._execute(msg)
+        if kind == codec.SYNC:
+            return self._forward(msg, Unit(BATCH_END))
+        if kind == codec.DESCRIBE:
+            return self._forward(msg, Unit(DESCRIBE))
+        if kind == codec.CLOSE:
+            close = codec.decode_close(msg.body)
+            if close.kind == "S":
+                self.scope.protocol.pop(close.name, None)
+            else:
+                self._portals.pop(close.name, None)
+            return self._forward(msg, Unit(CLOSE))
+        if kind == codec.FLUSH:
+            return Out([_raw(msg)])
+        if kind == codec.FUNCTION_CALL:
+            t0 = self.ctx.clock()
+            refusal = self.judge.check_token() or self.judge.denial(
+                "admin",
+                "function_call_protocol",
+                "the function call protocol is not supported; call the function in SQL",
+            )
+            return self._refuse(refusal, t0, {"command": "FunctionCall"}, batch=False)
+        raise codec.ProtocolError(f"unexpected message type {chr(kind)!r} from the client")
+
+    async def _query(self, text: str) -> Out:
+        t0 = self.ctx.clock()
+        judge = self.judge
+        refusal = judge.check_token()
+        if refusal is not None:
+            return self._refuse(refusal, t0, _text_detail(text), batch=False)
+        judged = judge.judged(text, self.scope)
+        if isinstance(judged, Unplaceable):
+            return self._refuse(judge.unplaceable(judged), t0, _text_detail(text), batch=False)
+        verdict = judge.decide(judged)
+        if isinstance(verdict, Refusal):
+            return self._refuse(verdict, t0, _judged_detail(judged), batch=False)
+        pendings = await self._admit(verdict, t0, {})
+        if isinstance(pendings, Refusal):
+            return self._refuse(pendings, t0, _judged_detail(judged), batch=False)
+        units = [Unit(STATEMENT, p, self._sent(p)) for p in pendings]
+        units.append(Unit(BATCH_END))
+        return self._forward_units(codec.query(text), units)
+
+    def _parse(self, msg: codec.Message) -> Out:
+        t0 = self.ctx.clock()
+        parse = codec.decode_parse(msg.body)
+        names = {"statement_name": parse.name}
+        refusal = self.judge.check_token()
+        if refusal is not None:
+            return self._refuse(refusal, t0, {**_text_detail(parse.query), **names})
+        judged = self.judge.judged(parse.query, self.scope)
+        if isinstance(judged, Unplaceable):
+            refusal = self.judge.unplaceable(judged)
+            return self._refuse(refusal, t0, {**_text_detail(parse.query), **names})
+        verdict = self.judge.decide(judged)
+        if isinstance(verdict, Refusal):
+            return self._refuse(verdict, t0, {**_judged_detail(judged), **names})
+        protocol = self.scope.protocol
+        # A name in use makes the server refuse the Parse: the old text stays the name's.
+        if not parse.name or (
+            parse.name not in protocol and parse.name not in self.scope.base.prepared
+        ):
+            protocol[parse.name] = parse.query
+        return self._forward(msg, Unit(PARSE))
+
+    def _bind(self, msg: codec.Message) -> Out:
+        bind = codec.decode_bind(msg.body)
+        text = self.scope.protocol.get(bind.statement)
+        if text is None and bind.statement:
+            text = self.scope.base.prepared.get(bind.statement)
+        if text is None:
+            self._portals.pop(bind.portal, None)  # the server refuses the Bind
+        else:
+            self._portals[bind.portal] = Portal(text, bind.statement, self.scope.search_paths)
+        return self._forward(msg, Unit(BIND))
+
+    async def _execute(self, msg: codec.Message) -> Out:
+        t0 = self.ctx.clock()
+        execute = codec.decode_execute(msg.body)
+        names: dict[str, Any] = {"portal": execute.portal}
+        portal = self._portals.get(execute.portal)
+        judge = self.judge
+        refusal = judge.check_token()
+        if refusal is None and portal is None:
+            refusal = Refusal(
+                "42501",
+                f"Lockgate refused to execute portal {execute.portal!r}: it was not bound "
+                "to a statement in this session",
+                "unknown_portal",
+            )
+        if refusal is not None:
+            return self._refuse(refusal, t0, names)
+        assert portal is not None
+        names["statement_name"] = portal.statement
+        scope = self._scope_for(portal)
+        judged = judge.judged(portal.text, scope)
+        if isinstance(judged, Unplaceable):
+            refusal = judge.unplaceable(judged)
+            return self._refuse(refusal, t0, {**_text_detail(portal.text), **names})
+        verdict = judge.decide(judged)
+        if isinstance(verdict, Refusal):
+            return self._refuse(verdict, t0, {**_judged_detail(judged), **names})
+        pendings = await self._admit(verdict, t0, names, first_only=True)
+        if isinstance(pendings, Refusal):
+            return self._refuse(pendings, t0, {**_judged_detail(judged), **names})
+        pending = pendings[0] if pendings else None
+        token = self._sent(pending) if pending is not None else 0
+        return self._forward(msg, Unit(EXECUTE, pending, token))
+
+    def _scope_for(self, portal: Portal) -> KeyedScope:
+        """The scope to judge a portal under: now, and the paths it was bound with."""
+        scope = self.scope
+        if all(path in scope.search_paths for path in portal.paths):
+            return scope
+        return _WithPaths(scope, portal.paths)
+
+    def _copy_message(self, msg: codec.Message) -> Out:
+        if not self._copy:
+            raise codec.ProtocolError(
+                f"unexpected COPY message {chr(msg.type)!r}: no COPY FROM STDIN in progress"
+            )
+        if msg.type != codec.COPY_DATA:
+            self._copy = ""  # CopyDone / CopyFail end it; the server answers
+        return Out([_raw(msg)])
+
+    # -- admission ------------------------------------------------------------------------
+    async def _admit(
+        self, admission: Admission, t0: float, names: dict[str, Any], *, first_only: bool = False
+    ) -> list[Pending] | Refusal:
+        """Write the admitted records ahead and wait until they are durable; or refuse."""
+        ctx, claims = self.ctx, self.judge.claims
+        records = admission.judged.records[:1] if first_only else admission.judged.records
+        pendings: list[Pending] = []
+        try:
+            for rec in records:
+                detail = {**rec.detail, **names} if names else dict(rec.detail)
+                admitted = ctx.records.admitted(
+                    claims, self.name, rec.action, rec.obj, admission.rule,
+                    admission.reason, detail,
+                )  # fmt: skip
+                pendings.append(Pending(t0, rec, ctx.audit.write_ahead(admitted), detail))
+            durable = ctx.audit.durable()
+            if durable is not None:
+                await durable
+        except AuditUnavailable as exc:
+            log.error(
+                "postgres statement refused: audit unavailable",
+                extra={"fields": {"resource": self.name, "principal": claims.sub}},
+            )
+            for rec in records:
+                # Queued, not written ahead: it lands once the audit recovers (nothing ran).
+                ctx.record(
+                    "upstream_error", claims, self.name, t0, action=rec.action, obj=rec.obj,
+                    decision="error", rule=admission.rule, reason="audit_unavailable",
+                    detail={**rec.detail, **names, "error": str(exc)[:200]},
+                )  # fmt: skip
+            return Refusal(
+                "53000",
+                "Lockgate audit unavailable: statement not run; retry later",
+                "audit_unavailable",
+                event="",
+            )
+        for rec in records:
+            ctx.count(self.name, rec.action, "allow")
+        return pendings
+
+    def _refuse(
+        self, refusal: Refusal, t0: float, detail: dict[str, Any], *, batch: bool = True
+    ) -> Out:
+        """Audit ``refusal`` and answer it in order; ``batch``: an extended-protocol message
+        (drop the client's messages up to its Sync); else a Query or FunctionCall (a Sync
+        goes upstream in its place)."""
+        ctx, claims = self.ctx, self.judge.claims
+        if refusal.event:
+            ctx.record(
+                refusal.event, claims, self.name, t0, action=refusal.action, obj=refusal.obj,
+                decision="deny", rule=refusal.rule, reason=refusal.reason,
+                detail={**detail, **(refusal.detail or {})},
+            )  # fmt: skip
+        if refusal.action is not None:
+            ctx.count(self.name, refusal.action, "deny")
+        if refusal.close:
+            error = codec.error_response(refusal.sqlstate, refusal.message, severity="FATAL")
+            return Out(to_client=[error], close=True)
+        error = codec.error_response(refusal.sqlstate, refusal.message)
+        out = Out()
+        if not self._units:
+            # Nothing of the client's is awaiting its answer: the refusal is next in line.
+            if not self._server_errored:
+                out.to_client.append(error)
+        else:
+            self._units.append(Unit(REFUSAL, error=error))
+        if batch:
+            self._discarding = True
+        else:
+            out.to_server.append(_SYNC)
+            self._units.append(Unit(BATCH_END))
+        return out
+
+    def _sent(self, pending: Pending) -> int:
+        """Note an admitted statement as in flight; the token that settles it."""
+        self._tokens += 1
+        self.scope.sent(self._tokens, (pending.record.statement,))
+        return self._tokens
+
+    def _forward(self, msg: codec.Message, unit: Unit) -> Out:
+        return self._forward_units(_raw(msg), [unit])
+
+    def _forward_units(self, data: bytes, units: list[Unit]) -> Out:
+        self._units.extend(units)
+        return Out([data])
+
+    # == server -> client =====================================================================
+    def from_server(self, msg: codec.Message) -> Out:
+        kind = msg.type
+        raw = _raw(msg)
+        if kind == codec.DATA_ROW or kind == codec.COPY_DATA:
+            return Out(to_client=[raw])  # the hot path: rows go straight through
+        out = Out(to_client=[raw])
+        units = self._units
+        head = units[0] if units else None
+        if kind == codec.COMMAND_COMPLETE:
+            if head is not None and head.kind in (STATEMENT, EXECUTE):
+                units.popleft()
+                tag = codec.decode_command_complete(msg.body)
+                self._complete(head, tag)
+        elif kind == codec.READY_FOR_QUERY:
+            status = codec.decode_ready_for_query(msg.body)
+            self._ready(status, out)
+        elif kind == codec.ERROR_RESPONSE:
+            self._server_error(codec.decode_error_fields(msg.body).get("C", ""))
+        elif kind in (codec.EMPTY_QUERY, codec.PORTAL_SUSPENDED):
+            if head is not None and head.kind in (STATEMENT, EXECUTE):
+                units.popleft()
+                outcome = "empty" if kind == codec.EMPTY_QUERY else "suspended"
+                self._finish(head, "allowed", outcome)
+        elif kind == codec.PARSE_COMPLETE:
+            self._pop(PARSE)
+        elif kind == codec.BIND_COMPLETE:
+            self._pop(BIND)
+        elif kind == codec.CLOSE_COMPLETE:
+            self._pop(CLOSE)
+        elif kind in (codec.ROW_DESCRIPTION, codec.NO_DATA):
+            self._pop(DESCRIBE)  # in a Query or an Execute, no Describe is at the head
+        elif kind == codec.COPY_IN_RESPONSE:
+            self._copy = "in"
+        self._release_refusals(out)
+        return out
+
+    def _pop(self, kind: int) -> None:
+        units = self._units
+        if units and units[0].kind == kind:
+            units.popleft()
+
+    def _complete(self, unit: Unit, tag: str) -> None:
+        pending = unit.pending
+        if pending is not None:
+            self.scope.base.statement_done(pending.record.statement, tag)
+        self._finish(unit, "allowed", "done", tag=tag)
+
+    def _server_error(self, sqlstate: str) -> None:
+        self._server_errored = True
+        self.scope.base.error()
+        if self._copy == "in":
+            self._copy = "draining"
+        units = self._units
+        if units and units[0].kind not in (BATCH_END, REFUSAL):
+            failed = units.popleft()
+            trouble = sqlstate.startswith(_SERVER_TROUBLE)
+            event = "upstream_error" if trouble else "allowed"
+            self._finish(failed, event, "error", sqlstate=sqlstate)
+        # The server skips the rest of the Query, or of the batch up to its Sync.
+        while units and units[0].kind not in (BATCH_END, REFUSAL):
+            self._finish(units.popleft(), "allowed", "not_executed")
+
+    def _ready(self, status: str, out: Out) -> None:
+        units = self._units
+        while units and units[0].kind != BATCH_END:
+            unit = units.popleft()
+            if unit.kind == REFUSAL:
+                self._release(unit, out, before=len(out.to_client) - 1)
+            else:
+                self._finish(unit, "allowed", "not_executed")
+        if units:
+            units.popleft()
+        if self._copy == "in":
+            self._copy = "draining"
+        self._status = status
+        self._server_errored = False
+        self.scope.base.ready(status)
+        self.scope.ready(status)
+
+    def _release_refusals(self, out: Out) -> None:
+        """Refusals whose turn came (everything before them was answered) go out now."""
+        units = self._units
+        while units and units[0].kind == REFUSAL:
+            self._release(units.popleft(), out, before=len(out.to_client))
+
+    def _release(self, unit: Unit, out: Out, *, before: int) -> None:
+        """Send a refusal (at ``before`` in ``out``) unless the server errored already."""
+        if not self._server_errored and unit.error is not None:
+            out.to_client.insert(before, unit.error)
+
+    def _finish(
+        self,
+        unit: Unit,
+        event: str,
+        outcome: str,
+        *,
+        tag: str | None = None,
+        sqlstate: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """The outcome record of a forwarded statement (``admitted`` before it)."""
+        if unit.token:
+            self.scope.settled(unit.token)
+        pending = unit.pending
+        if pending is None:
+            return
+        ctx, rec = self.ctx, pending.record
+        ctx.observe_upstream(self.name, ctx.clock() - pending.t0)
+        detail = {**pending.detail, "ref": pending.ref, "outcome": outcome}
+        if tag is not None:
+            detail["tag"] = tag
+            rows = codec.rows_affected(tag)
+            if rows is not None:
+                detail["rows"] = rows
+        if sqlstate:
+            detail["sqlstate"] = sqlstate
+        if reason is None and outcome == "not_executed":
+            reason = outcome
+        ctx.record(
+            event, self.judge.claims, self.name, pending.t0, action=rec.action,
+            obj=rec.obj, decision="allow", reason=reason, detail=detail,
+        )  # fmt: skip
+
+    def upstream_lost(self, reason: str = "upstream_closed") -> None:
+        """The upstream connection ended: statements still unanswered get their outcome."""
+        units = self._units
+        while units:
+            unit = units.popleft()
+            if unit.pending is not None:
+                self._finish(unit, "upstream_error", "lost", reason=reason)
+        self.scope.forget_unsettled()
+
+
+class _WithPaths:
+    """A flow scope widened by the search paths a portal was bound under."""
+
+    __slots__ = ("_flow_scope", "search_paths")
+
+    def __init__(self, flow_scope: FlowScope, paths: tuple[tuple[str, ...], ...]) -> None:
+        self._flow_scope = flow_scope
+        self.search_paths = tuple(dict.fromkeys(flow_scope.search_paths + paths))
+
+    @property
+    def catalog(self) -> Any:
+        return self._flow_scope.catalog
+
+    @property
+    def prepared(self) -> Any:
+        return self._flow_scope.prepared
+
+    def key(self) -> tuple[object, ...]:
+        return (self._flow_scope.key(), self.search_paths)
+
+
+def _raw(msg: codec.Message) -> bytes:
+    return codec.encode(msg.type, msg.body)
+
+
+def _judged_detail(judged: Judged) -> dict[str, Any]:
+    records = judged.records
+    if len(records) == 1:
+        return dict(records[0].detail)
+    return {"statements": [r.detail for r in records]} if records else {}
+
+
+def _text_detail(text: str) -> dict[str, Any]:
+    # The classifier could not read it, so its literals cannot be told apart from
+    # passwords: all of them are masked.
+    return {"statement": mask_literals(text)}
+
+
+__all__ = ["Flow", "Out", "SessionInfo"]

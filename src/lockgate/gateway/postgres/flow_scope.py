@@ -1,0 +1,115 @@
+"""The name scope a session's flow judges under: the settled scope plus what is in flight.
+
+:class:`~.scope.SessionScope` moves when a statement *completes* (its CommandComplete). A
+pipelining client does not wait for that: ``SET search_path = s2`` and the ``SELECT`` after
+it may both be judged before the server answered the SET. So the flow judges under
+:class:`FlowScope`: the settled scope's paths *plus* every path a forwarded, unanswered
+statement may put the session on (a SET's new path; the initial path for RESET and DISCARD
+ALL; any path seen in this transaction for a ROLLBACK, ROLLBACK TO or COMMIT, which may roll
+back). Resolving over the union is a safe superset: every object the server could pick is
+judged. Once the statement is answered its path leaves the union and the settled scope has
+it (or not, if it failed).
+
+Prepared statements share one name space on the server: a protocol-level Parse ``"s1"`` can
+be run by SQL ``EXECUTE s1`` and a SQL ``PREPARE p`` bound by a protocol Bind. The flow
+keeps the protocol-level names; :attr:`FlowScope.prepared` shows the classifier both.
+"""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from collections.abc import Iterable, Mapping
+
+from .classified import Statement
+from .scope import RelationCatalog, SessionScope
+
+Path = tuple[str, ...]
+
+#: Effects after which the session may be on another search path.
+PATH_EFFECTS = frozenset(
+    {"search_path", "reset_search_path", "discard_all", "rollback", "rollback_to", "commit"}
+)
+
+
+class FlowScope:
+    """A :class:`~.scope.NameScope` over a settled scope and statements in flight."""
+
+    __slots__ = ("_initial", "_seen", "base", "protocol", "unsettled")
+
+    def __init__(self, base: SessionScope) -> None:
+        self.base = base
+        self._initial: tuple[Path, ...] = base.search_paths
+        # paths the settled scope has shown since the last idle ReadyForQuery: where a
+        # ROLLBACK in flight may take the session back to
+        self._seen: dict[Path, None] = dict.fromkeys(self._initial)
+        self.unsettled: dict[int, tuple[Path, ...]] = {}  # forwarded statement -> its paths
+        self.protocol: dict[str, str] = {}  # protocol-level prepared statements: name -> text
+
+    # -- NameScope -------------------------------------------------------------------------
+    @property
+    def search_paths(self) -> tuple[Path, ...]:
+        paths = self.base.search_paths
+        if not self.unsettled:
+            return paths
+        merged = dict.fromkeys(paths)
+        for extra in self.unsettled.values():
+            merged.update(dict.fromkeys(extra))
+        return tuple(merged)
+
+    @property
+    def catalog(self) -> RelationCatalog | None:
+        return self.base.catalog
+
+    @property
+    def prepared(self) -> Mapping[str, str]:
+        named = {k: v for k, v in self.protocol.items() if k}
+        if not named:
+            return self.base.prepared
+        return ChainMap(dict(self.base.prepared), named)
+
+    def key(self) -> tuple[object, ...]:
+        if not self.unsettled:
+            return self.base.key()
+        return (self.base.key(), self.search_paths)
+
+    # -- what the flow tells ---------------------------------------------------------------
+    def sent(self, token: int, statements: Iterable[Statement]) -> None:
+        """Statements were forwarded under ``token``; note where they may take the path."""
+        paths: dict[Path, None] = {}
+        for statement in statements:
+            for effect in statement.effects:
+                kind = effect.kind
+                if kind not in PATH_EFFECTS:
+                    continue
+                if kind == "search_path":
+                    paths[self._expand(effect.value)] = None
+                elif kind in ("reset_search_path", "discard_all"):
+                    paths.update(dict.fromkeys(self._initial))
+                else:  # may roll back to any path of this transaction
+                    paths.update(self._seen)
+        if paths:
+            self.unsettled[token] = tuple(paths)
+
+    def settled(self, token: int) -> None:
+        """The statements sent under ``token`` were answered (done, failed or skipped)."""
+        if self.unsettled.pop(token, None) is not None:
+            self._seen.update(dict.fromkeys(self.base.search_paths))
+
+    def ready(self, status: str) -> None:
+        """A ReadyForQuery: the settled scope moved; an idle session starts a new history."""
+        current = self.base.search_paths
+        if status == "I":
+            self._seen = dict.fromkeys(current)
+        else:
+            self._seen.update(dict.fromkeys(current))
+
+    def forget_unsettled(self) -> None:
+        self.unsettled.clear()
+
+    def _expand(self, path: Path) -> Path:
+        # The settled scope expands "$user" and pg_temp as the server does.
+        expand = getattr(self.base, "expand", None) or getattr(self.base, "_expand", None)
+        return tuple(expand(path)) if expand is not None else path
+
+
+__all__ = ["PATH_EFFECTS", "FlowScope"]

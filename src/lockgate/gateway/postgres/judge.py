@@ -1,0 +1,253 @@
+"""How one PostgreSQL session judges a SQL text: classify (cached), re-check the token, decide.
+
+Strategy: a text is classified once per (resource, text, name-scope key) and the result
+(:class:`Judged`: every statement with the action, object and audit detail of its record,
+and every access policy must allow) is kept in the engine's shared
+:class:`~.context.DecisionCache`; the classification depends on nothing else, so sessions
+share it. What *is* per principal is asked anew for every statement: the token
+(``verifier.verify``: expiry and revocation, in memory) and policy (its own cache makes that
+cheap), so a revocation, a policy reload or a time window applies to the very next
+statement. The policy requests of a judged text are built once per session and claims.
+
+Not cached: texts the classifier cannot place (rare, and a name that is unknown now may be
+known after the next PREPARE or CREATE) and texts whose placing read a prepared statement's
+text (``EXECUTE name``: the scope key names the prepared texts, but the classifier's own
+view may differ; judging them again costs one parse).
+
+A text is allowed only if policy allows every access of every statement (a multi-statement
+query is refused whole). Statements that need no grant (``BEGIN``, ``SET application_name``,
+``SELECT 1``) are admitted under the built-in rule ``builtin:no-object`` with action
+``session``; every one is still audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lockgate.errors import AuthenticationError
+
+from .classified import Access, Classified, Statement, Unplaceable
+from .scope import NameScope
+
+if TYPE_CHECKING:
+    from lockgate.config import PostgresResource
+    from lockgate.gateway.engine import Decision
+    from lockgate.identity import Claims
+    from lockgate.policy import Request
+
+    from .context import EngineContext
+
+#: Characters of a statement's (redacted) text kept in its audit records.
+MAX_AUDIT_TEXT = 2048
+#: Action and rule of a statement that touches no object (BEGIN, SHOW, SELECT 1 ...).
+NO_OBJECT_ACTION = "session"
+NO_OBJECT_RULE = "builtin:no-object"
+#: Judged texts whose policy requests one session keeps built (past it they start over).
+MAX_REQUESTS_PER_SESSION = 512
+
+_RANK = {"read": 1, "write": 2, "admin": 3}
+
+Classifier = Callable[[str, NameScope], Classified]
+
+
+class KeyedScope(NameScope, Protocol):
+    """A name scope that can say what classification under it depends on."""
+
+    def key(self) -> tuple[object, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StatementRecord:
+    """What one statement puts in its audit records."""
+
+    statement: Statement
+    action: str  # the highest action of its accesses (``session`` without any)
+    obj: str  # the object of its first access with that action ("" without any)
+    detail: Mapping[str, Any]  # statement text (redacted, capped), command, objects
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Judged:
+    """A classified text: its statements' records and every access policy must allow."""
+
+    records: tuple[StatementRecord, ...]
+    accesses: tuple[Access, ...]  # deduplicated, in order
+
+    @classmethod
+    def of(cls, classified: Classified) -> Judged:
+        records = tuple(statement_record(s) for s in classified.statements)
+        accesses = tuple(dict.fromkeys(a for s in classified.statements for a in s.accesses))
+        return cls(records, accesses)
+
+
+def statement_record(statement: Statement) -> StatementRecord:
+    accesses = statement.accesses
+    detail: dict[str, Any] = {
+        "statement": audit_text(statement.text),
+        "command": statement.command,
+    }
+    if not accesses:
+        return StatementRecord(statement, NO_OBJECT_ACTION, "", detail)
+    top = max(accesses, key=lambda a: _RANK.get(a.action, 3))
+    objects = list(dict.fromkeys(a.obj for a in accesses))
+    if len(objects) > 1:
+        detail["objects"] = objects
+    return StatementRecord(statement, top.action, top.obj, detail)
+
+
+def audit_text(text: str) -> str:
+    """A statement's text as records keep it (already redacted by the classifier)."""
+    return text if len(text) <= MAX_AUDIT_TEXT else text[:MAX_AUDIT_TEXT] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why the gateway does not run a text, and how to tell the client and the audit."""
+
+    sqlstate: str
+    message: str  # for the client's ErrorResponse
+    reason: str  # slug or policy explanation, for the record
+    action: str | None = None
+    obj: str | None = None
+    rule: str | None = None
+    event: str = "denied"  # or "auth_failed" (token no longer valid)
+    close: bool = False  # end the session after telling the client
+    detail: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A text policy allows: the rule of the last decision (None: built-in)."""
+
+    judged: Judged
+    rule: str | None
+    reason: str | None
+
+
+class Judge:
+    """One session's judge: token re-check, cached classification, policy decisions."""
+
+    __slots__ = ("_classify", "_requests", "claims", "ctx", "resource", "token")
+
+    def __init__(
+        self,
+        claims: Claims,
+        token: str,
+        resource: PostgresResource,
+        ctx: EngineContext,
+        classifier: Classifier | None = None,
+    ) -> None:
+        self.claims = claims
+        self.token = token
+        self.resource = resource
+        self.ctx = ctx
+        if classifier is None:
+            from .classify import classify  # the parser loads with the first session
+
+            classifier = classify
+        self._classify: Classifier = classifier
+        self._requests: dict[Judged, tuple[Claims, list[Request]]] = {}
+
+    # -- the token ----------------------------------------------------------------------------
+    def check_token(self) -> Refusal | None:
+        """Verify the session's token again (in memory); a refusal ends the session."""
+        try:
+            self.claims = self.ctx.verifier.verify(self.token, self.resource.name)
+        except AuthenticationError as exc:
+            reason = str(getattr(exc, "reason", "invalid"))
+            return Refusal(
+                "42501",
+                f"Lockgate token no longer valid ({reason}) for {self.claims.sub}; "
+                "reconnect with a fresh token",
+                reason,
+                event="auth_failed",
+                close=True,
+            )
+        return None
+
+    # -- classification -----------------------------------------------------------------------
+    def judged(self, text: str, scope: KeyedScope) -> Judged | Unplaceable:
+        """The classification of ``text`` under ``scope``, from the shared cache if there."""
+        key = ("pg-flow", self.resource.name, text, scope.key())
+        cache = self.ctx.decisions
+        hit = cache.get(key)
+        if isinstance(hit, Judged):
+            return hit
+        try:
+            classified = self._classify(text, scope)
+        except Unplaceable as exc:
+            return exc
+        judged = Judged.of(classified)
+        if not any(s.prepared_name for s in classified.statements):
+            cache.put(key, judged)
+        return judged
+
+    # -- policy -------------------------------------------------------------------------------
+    def decide(self, judged: Judged) -> Admission | Refusal:
+        """Ask policy for every access of ``judged``; the first denial refuses it whole."""
+        if not judged.accesses:
+            return Admission(judged, NO_OBJECT_RULE, None)
+        policy = self.ctx.policy.current
+        decision: Decision | None = None
+        for access, request in zip(judged.accesses, self._requests_for(judged), strict=True):
+            decision = policy.decide(request)
+            if not decision.allowed:
+                return self.denial(access.action, access.obj, decision.explain(), decision.rule)
+        assert decision is not None
+        return Admission(judged, decision.rule, decision.reason)
+
+    def denial(
+        self, action: str, obj: str, reason: str, rule: str | None = None, sqlstate: str = "42501"
+    ) -> Refusal:
+        """A policy-style refusal naming principal, action, object and reason."""
+        return Refusal(
+            sqlstate,
+            f"Lockgate denied {action} on {obj} in {self.resource.name} for "
+            f"{self.claims.sub}: {reason}",
+            reason,
+            action=action,
+            obj=obj,
+            rule=rule,
+        )
+
+    def unplaceable(self, exc: Unplaceable) -> Refusal:
+        """The refusal of a text the classifier cannot place (audited as denied)."""
+        return Refusal(
+            "42501",
+            f"Lockgate refused a statement in {self.resource.name} for {self.claims.sub}: {exc}",
+            exc.reason,
+        )
+
+    def _requests_for(self, judged: Judged) -> list[Request]:
+        known = self._requests.get(judged)
+        claims = self.claims
+        if known is not None and known[0] is claims:
+            return known[1]
+        iat = getattr(claims, "iat", None)
+        ttl = float(claims.exp) - float(iat) if iat is not None else None
+        make, name, sub = self.ctx.make_request, self.resource.name, claims.sub
+        requests = [
+            make(principal=sub, action=a.action, resource=name, object=a.obj, token_ttl=ttl)
+            for a in judged.accesses
+        ]
+        if len(self._requests) >= MAX_REQUESTS_PER_SESSION:
+            self._requests.clear()
+        self._requests[judged] = (claims, requests)
+        return requests
+
+
+__all__ = [
+    "MAX_AUDIT_TEXT",
+    "NO_OBJECT_ACTION",
+    "NO_OBJECT_RULE",
+    "Admission",
+    "Classifier",
+    "Judge",
+    "Judged",
+    "KeyedScope",
+    "Refusal",
+    "StatementRecord",
+    "audit_text",
+]
