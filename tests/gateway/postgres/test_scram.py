@@ -184,3 +184,68 @@ def test_verifier_matches_a_server_computed_one() -> None:
     assert hashlib.sha256(client_key).digest() == stored_key
     c.server_final(b"v=" + base64.b64encode(hmac.new(server_key, auth, hashlib.sha256).digest()))
     assert c.done
+
+
+def _certificate(key: object, algorithm: object) -> bytes:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "db")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())  # type: ignore[attr-defined]
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, algorithm)  # type: ignore[arg-type]
+    )
+    return cert.public_bytes(Encoding.DER)
+
+
+def test_tls_server_end_point_hashes_with_the_signatures_hash() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    der = _certificate(ec_key, hashes.SHA384())
+    assert scram.tls_server_end_point(der) == hashlib.sha384(der).digest()
+    der = _certificate(ec_key, hashes.SHA256())
+    assert scram.tls_server_end_point(der) == hashlib.sha256(der).digest()
+    der = _certificate(ec_key, hashes.SHA512())
+    assert scram.tls_server_end_point(der) == hashlib.sha512(der).digest()
+    # (SHA-1 and MD5 signatures bind with SHA-256; this OpenSSL no longer makes them)
+    # no separate hash: nothing to bind
+    assert (
+        scram.tls_server_end_point(_certificate(ed25519.Ed25519PrivateKey.generate(), None)) is None
+    )
+    assert scram.tls_server_end_point(b"not a certificate") is None
+
+
+def test_choose_mechanism() -> None:
+    both = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    assert scram.choose_mechanism(both, b"cb") == ("SCRAM-SHA-256-PLUS", b"cb")
+    assert scram.choose_mechanism(both, None) == ("SCRAM-SHA-256", None)
+    assert scram.choose_mechanism(["SCRAM-SHA-256"], b"cb") == ("SCRAM-SHA-256", None)
+    with pytest.raises(ScramError, match="none supported"):
+        scram.choose_mechanism(["SCRAM-SHA-256-PLUS"], None)
+    with pytest.raises(ScramError, match="none supported"):
+        scram.choose_mechanism(["OAUTHBEARER"], b"cb")
+
+
+def test_channel_binding_goes_into_the_proof() -> None:
+    bound = ScramClient("pencil", nonce=NONCE, channel_binding=b"\x01\x02")
+    assert bound.mechanism == "SCRAM-SHA-256-PLUS"
+    assert bound.client_first() == b"p=tls-server-end-point,,n=,r=" + NONCE.encode()
+    bound.server_first(SERVER_FIRST)
+    final = bound.client_final()
+    assert final.startswith(b"c=" + base64.b64encode(b"p=tls-server-end-point,,\x01\x02") + b",")
+    could = ScramClient("pencil", nonce=NONCE, could_bind=True)
+    assert could.client_first().startswith(b"y,,") and could.mechanism == "SCRAM-SHA-256"
+    could.server_first(SERVER_FIRST)
+    assert could.client_final().startswith(b"c=eSws,")  # base64("y,,")

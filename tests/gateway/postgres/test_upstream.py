@@ -366,3 +366,29 @@ async def test_cancel_with_a_wrong_key_cancels_nothing(pg_server: PgServer) -> N
         assert not error and rows == [("",)]
     finally:
         link.close()
+
+
+@pytest.mark.parametrize(
+    ("tls", "mechanism"),
+    [
+        ("verify-full", "SCRAM-SHA-256-PLUS"),
+        ("require", "SCRAM-SHA-256-PLUS"),
+        ("disable", "SCRAM-SHA-256"),
+    ],
+)
+async def test_the_server_accepts_our_channel_binding(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, tls: str, mechanism: str
+) -> None:
+    used: list[str] = []
+    real = codec.sasl_initial_response
+
+    def spy(name: str, data: bytes | None) -> bytes:
+        used.append(name)
+        return real(name, data)
+
+    monkeypatch.setattr(codec, "sasl_initial_response", spy)
+    user = unique("bound")
+    pg_server.create_user(user, "pw")
+    link = await upstream.connect(resource_for(pg_server, user, tls=tls), secrets_of("pw"), {})
+    link.close()
+    assert used == [mechanism]

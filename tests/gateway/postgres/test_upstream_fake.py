@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -141,12 +143,23 @@ async def connect(port: int, **overrides: object) -> upstream.UpstreamLink:
     return await upstream.connect(resource(port, **overrides), secrets(), {})
 
 
+@dataclass
+class ServerTls:
+    """A server certificate for db.example.internal, its CA and the server's context."""
+
+    context: ssl.SSLContext
+    ca: Path
+    certificate_der: bytes
+
+
 @pytest.fixture
-def tls_for_other_name(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+def tls_for_other_name(tmp_path: Path) -> ServerTls:
     paths = write_dev_tls(tmp_path / "tls", ["db.example.internal"])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(paths["cert"], paths["key"])
-    return ctx, paths["ca"]
+    leaf = paths["cert"].read_text().split("-----END CERTIFICATE-----")[0]
+    der = ssl.PEM_cert_to_DER_cert(leaf + "-----END CERTIFICATE-----\n")
+    return ServerTls(ctx, paths["ca"], der)
 
 
 async def test_cleartext_password_over_plain_tcp_is_refused_and_never_sent() -> None:
@@ -163,9 +176,9 @@ async def test_cleartext_password_over_plain_tcp_is_refused_and_never_sent() -> 
 
 
 async def test_cleartext_password_over_tls_is_sent(
-    tls_for_other_name: tuple[ssl.SSLContext, Path],
+    tls_for_other_name: ServerTls,
 ) -> None:
-    server_ctx, _ = tls_for_other_name
+    server_ctx = tls_for_other_name.context
     got: list[str] = []
 
     async def script(peer: Peer) -> None:
@@ -182,9 +195,9 @@ async def test_cleartext_password_over_tls_is_sent(
 
 
 async def test_verify_full_refuses_a_certificate_for_another_name(
-    tls_for_other_name: tuple[ssl.SSLContext, Path],
+    tls_for_other_name: ServerTls,
 ) -> None:
-    server_ctx, ca = tls_for_other_name
+    server_ctx, ca = tls_for_other_name.context, tls_for_other_name.ca
 
     async def script(peer: Peer) -> None:
         await peer.startup(server_ctx)
@@ -357,3 +370,44 @@ async def test_a_server_error_names_sqlstate_and_message() -> None:
     assert str(info.value) == (
         f"127.0.0.1:{fake.port}: FATAL 53300: sorry, too many clients already"
     )
+
+
+@pytest.mark.parametrize(
+    ("tls", "offered", "mechanism", "gs2"),
+    [
+        ("require", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"], "SCRAM-SHA-256-PLUS", b"p="),
+        ("require", ["SCRAM-SHA-256"], "SCRAM-SHA-256", b"y,,"),  # -PLUS removed on the way?
+        ("disable", ["SCRAM-SHA-256"], "SCRAM-SHA-256", b"n,,"),
+    ],
+)
+async def test_scram_binds_to_the_servers_certificate_when_it_can(
+    tls_for_other_name: ServerTls,
+    tls: str,
+    offered: list[str],
+    mechanism: str,
+    gs2: bytes,
+) -> None:
+    server_ctx = tls_for_other_name.context
+    seen: dict[str, bytes] = {}
+
+    async def script(peer: Peer) -> None:
+        await peer.startup(server_ctx if tls != "disable" else None)
+        await peer.send(codec.authentication_sasl(offered))
+        name, _, rest = (await peer.message()).body.partition(b"\0")
+        seen["mechanism"], seen["client_first"] = name, rest[4:]
+        _, server_first = _scram_server_first(rest[4:])
+        await peer.send(codec.authentication_sasl_continue(server_first))
+        seen["client_final"] = (await peer.message()).body
+        await peer.send(codec.error_response("28P01", "password authentication failed"))
+
+    async with fake_server(script) as fake:
+        with pytest.raises(UpstreamAuthFailed):
+            await connect(fake.port, tls=tls)
+    assert seen["mechanism"].decode() == mechanism
+    assert seen["client_first"].startswith(gs2)
+    channel = base64.b64decode(seen["client_final"].split(b",")[0][2:])
+    if gs2 == b"p=":
+        own = hashlib.sha256(tls_for_other_name.certificate_der).digest()  # ECDSA-SHA256
+        assert channel == b"p=tls-server-end-point,," + own
+    else:
+        assert channel == gs2

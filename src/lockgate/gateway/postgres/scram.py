@@ -1,7 +1,8 @@
 """The password exchanges of the gateway's upstream login, sans-I/O: SCRAM-SHA-256 and md5.
 
 :class:`ScramClient` is the client side of SCRAM-SHA-256 (RFC 5802 / RFC 7677) as
-PostgreSQL speaks it: no channel binding (gs2 header ``n,,``), an empty user name in the
+PostgreSQL speaks it: channel binding to the server's TLS certificate (SCRAM-SHA-256-PLUS,
+``tls-server-end-point``) when the server offers it over TLS, an empty user name in the
 client-first message (the server takes the user from the startup packet), the password
 normalised with SASLprep (RFC 4013) exactly where PostgreSQL normalises it — a pure-ASCII
 password as is, and the raw bytes whenever SASLprep refuses the string — and the server's
@@ -27,9 +28,14 @@ import unicodedata
 from collections import OrderedDict
 
 MECHANISM = "SCRAM-SHA-256"
-#: Channel binding is not used: "n" says the client does not support it (so a server that
-#: offers SCRAM-SHA-256-PLUS accepts the plain mechanism without suspecting a downgrade).
-GS2_HEADER = b"n,,"
+#: With channel binding to the server's TLS certificate (RFC 5929 tls-server-end-point).
+MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
+#: gs2 headers: "n" no channel binding (no TLS, or a certificate that cannot be bound);
+#: "y" the client could bind but the server offered no -PLUS (a server that does offer it
+#: then fails the login: someone removed it from the list); "p" bound to the certificate.
+GS2_NO_BINDING = b"n,,"
+GS2_BINDING_UNOFFERED = b"y,,"
+GS2_BINDING = b"p=tls-server-end-point,,"
 #: Bytes of randomness in the client nonce (libpq uses 18 too).
 NONCE_BYTES = 18
 #: A server asking for more PBKDF2 rounds than this is refused: each login would otherwise
@@ -159,6 +165,39 @@ def _b64decode(value: str, what: str) -> bytes:
         raise ScramError(f"server {what} is not base64") from None
 
 
+def tls_server_end_point(certificate_der: bytes) -> bytes | None:
+    """The channel-binding data of a server certificate (RFC 5929 §4.1): its hash with the
+    hash of its signature, SHA-256 in place of MD5 or SHA-1; None when the signature has no
+    separate hash (Ed25519 ...), so nothing can be bound."""
+    from cryptography import x509  # only for TLS logins
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        algorithm = x509.load_der_x509_certificate(certificate_der).signature_hash_algorithm
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    if algorithm is None:
+        return None
+    name = "sha256" if algorithm.name in ("md5", "sha1") else algorithm.name
+    try:
+        return hashlib.new(name, certificate_der).digest()
+    except ValueError:
+        return None
+
+
+def choose_mechanism(offered: list[str], binding: bytes | None) -> tuple[str, bytes | None]:
+    """The mechanism to use from the server's list and the binding data to use with it.
+
+    Channel binding when both sides can (as libpq's default ``channel_binding=prefer``);
+    raises :class:`ScramError` when neither mechanism is offered.
+    """
+    if binding is not None and MECHANISM_PLUS in offered:
+        return MECHANISM_PLUS, binding
+    if MECHANISM in offered:
+        return MECHANISM, None
+    raise ScramError(f"the server offers SASL mechanisms {offered}, none supported")
+
+
 class ScramClient:
     """One SCRAM-SHA-256 exchange, client side.
 
@@ -166,10 +205,29 @@ class ScramClient:
     ``(salt, iterations)`` so the caller may compute :func:`salted_password` off the event
     loop; ``client_final()`` → send; ``server_final(data)`` with the SASLFinal data checks
     the server's signature (raises :class:`ScramError`); then :attr:`done` is true.
+
+    ``channel_binding``: the TLS certificate's binding data, for SCRAM-SHA-256-PLUS;
+    ``could_bind``: over TLS without it (the server offered only SCRAM-SHA-256), so a
+    server that does support -PLUS detects that it was removed from its list.
     """
 
-    def __init__(self, password: str, *, nonce: str | None = None, username: str = "") -> None:
+    def __init__(
+        self,
+        password: str,
+        *,
+        nonce: str | None = None,
+        username: str = "",
+        channel_binding: bytes | None = None,
+        could_bind: bool = False,
+    ) -> None:
         self._password = password
+        if channel_binding is not None:
+            self._gs2 = GS2_BINDING
+            self._cbind_input = GS2_BINDING + channel_binding
+        else:
+            self._gs2 = GS2_BINDING_UNOFFERED if could_bind else GS2_NO_BINDING
+            self._cbind_input = self._gs2
+        self.mechanism = MECHANISM if channel_binding is None else MECHANISM_PLUS
         self._nonce = nonce or base64.b64encode(secrets.token_bytes(NONCE_BYTES)).decode()
         # "=" and "," are escaped in the saslname (RFC 5802 §5.1); PostgreSQL sends it empty.
         name = username.replace("=", "=3D").replace(",", "=2C")
@@ -183,10 +241,10 @@ class ScramClient:
         self.done = False
 
     def __repr__(self) -> str:  # never the password
-        return f"ScramClient(done={self.done})"
+        return f"ScramClient({self.mechanism}, done={self.done})"
 
     def client_first(self) -> bytes:
-        return GS2_HEADER + self._client_first_bare
+        return self._gs2 + self._client_first_bare
 
     def server_first(self, data: bytes) -> tuple[bytes, int]:
         if self._server_first:
@@ -212,7 +270,9 @@ class ScramClient:
         if not self._server_first:
             raise ScramError("client-final before server-first")
         salted = salted_password(self._password, self._salt, self._iterations)
-        without_proof = b"c=" + base64.b64encode(GS2_HEADER) + b",r=" + self._server_nonce.encode()
+        without_proof = (
+            b"c=" + base64.b64encode(self._cbind_input) + b",r=" + self._server_nonce.encode()
+        )
         self._auth_message = (
             self._client_first_bare + b"," + self._server_first + b"," + without_proof
         )

@@ -14,8 +14,10 @@ bounded by the resource's ``connect_timeout``:
    the resource's own ``user``, ``database`` and ``search_path``, which always win;
    ``options``, ``replication`` and ``_pq_.*`` are never sent (each could change the role,
    any setting or the protocol behind the gateway's back);
-4. authentication with the credential's value: SCRAM-SHA-256 (:mod:`.scram`; the server
-   must prove it knows the verifier before its AuthenticationOk counts), md5, a cleartext
+4. authentication with the credential's value: SCRAM-SHA-256 (:mod:`.scram`; bound to the
+   server's certificate over TLS when the server offers SCRAM-SHA-256-PLUS, which defeats a
+   man in the middle even under ``tls: require``; the server must prove it knows the
+   verifier before its AuthenticationOk counts), md5, a cleartext
    password only over TLS (how Entra ID access tokens are sent to Azure Database for
    PostgreSQL), or none when the server trusts the address;
 5. ParameterStatus and BackendKeyData collected up to ReadyForQuery.
@@ -321,14 +323,7 @@ class _Login:
                 answer = scram.md5_password(self._password(), self.resource.username, auth.data)
                 writer.write(codec.password_message(answer))
             elif auth.code == codec.AUTH_SASL:
-                offered = codec.sasl_mechanisms(auth.data)
-                if scram.MECHANISM not in offered:
-                    raise UpstreamUnavailable(
-                        f"{self.where}: the server offers SASL mechanisms {offered}, none "
-                        f"supported (only {scram.MECHANISM})"
-                    )
-                exchange = scram.ScramClient(self._password())
-                writer.write(codec.sasl_initial_response(scram.MECHANISM, exchange.client_first()))
+                exchange = self._start_scram(codec.sasl_mechanisms(auth.data), writer)
             elif auth.code == codec.AUTH_SASL_CONTINUE and exchange is not None:
                 await self._scram_continue(exchange, auth.data, writer)
             elif auth.code == codec.AUTH_SASL_FINAL and exchange is not None:
@@ -337,6 +332,20 @@ class _Login:
                 raise UpstreamUnavailable(
                     f"{self.where}: unsupported authentication request (code {auth.code})"
                 )
+
+    def _start_scram(self, offered: list[str], writer: asyncio.StreamWriter) -> scram.ScramClient:
+        ssl_object: ssl.SSLObject | None = writer.get_extra_info("ssl_object")
+        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        binding = scram.tls_server_end_point(certificate) if certificate else None
+        try:
+            mechanism, bound = scram.choose_mechanism(offered, binding)
+        except scram.ScramError as exc:
+            raise UpstreamUnavailable(f"{self.where}: {exc}") from None
+        exchange = scram.ScramClient(
+            self._password(), channel_binding=bound, could_bind=binding is not None
+        )
+        writer.write(codec.sasl_initial_response(mechanism, exchange.client_first()))
+        return exchange
 
     async def _scram_continue(
         self, exchange: scram.ScramClient, data: bytes, writer: asyncio.StreamWriter
