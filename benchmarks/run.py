@@ -19,6 +19,7 @@ BENCHMARKS: list[tuple[str, str, list[str] | None]] = [
     ("Databricks runs/get: Lockgate vs direct", "benchmarks.databricks", []),
     ("Cosmos DB point reads: Lockgate vs direct", "benchmarks.cosmos", []),
     ("CQL data path: Lockgate vs direct", "benchmarks.cql", []),
+    ("PostgreSQL data path: pgbench direct vs PgBouncer vs Lockgate", "benchmarks.postgres", []),
     ("audit per allowed request: emit vs write-ahead, fsync", "benchmarks.audit", []),
 ]
 

@@ -20,8 +20,20 @@ from tests.pgserver.server import (
     LoggedStatement,
     PgServer,
     PostgresMissing,
+    as_server_user,
     find_pg_bin,
+    server_user_dir,
     start_pg_server,
+    write_server_file,
 )
 
-__all__ = ["LoggedStatement", "PgServer", "PostgresMissing", "find_pg_bin", "start_pg_server"]
+__all__ = [
+    "LoggedStatement",
+    "PgServer",
+    "PostgresMissing",
+    "as_server_user",
+    "find_pg_bin",
+    "server_user_dir",
+    "start_pg_server",
+    "write_server_file",
+]

@@ -117,25 +117,26 @@ def _system_user() -> pwd.struct_passwd:
         raise PostgresMissing(f"the {SYSTEM_USER!r} system user does not exist") from exc
 
 
-def _server_cmd(argv: list[str]) -> list[str]:
+def as_server_user(argv: list[str]) -> list[str]:
     """Run a server binary as the postgres system user when we are root (it refuses root)."""
     return ["runuser", "-u", SYSTEM_USER, "--", *argv] if _as_root() else argv
 
 
-def _own(path: Path) -> None:
+def give_to_server_user(path: Path) -> None:
     """Hand ``path`` to the postgres system user (no-op unless we are root)."""
     if _as_root():
         user = _system_user()
         os.chown(path, user.pw_uid, user.pw_gid)
 
 
-def _write_owned(path: Path, text: str | bytes, mode: int = 0o600) -> None:
+def write_server_file(path: Path, text: str | bytes, mode: int = 0o600) -> None:
+    """Write ``path`` (``mode``, 0600 by default) for the postgres system user to read."""
     data = text.encode() if isinstance(text, str) else text
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.chmod(path, mode)
-    _own(path)
+    give_to_server_user(path)
 
 
 def _run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None) -> str:
@@ -162,11 +163,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _private_dir(prefix: str) -> Path:
+def server_user_dir(prefix: str) -> Path:
     """A fresh 0700 directory the postgres system user owns, under the system temp dir (the
     pytest tmp dirs are 0700 root, which the postgres user cannot enter)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    _own(path)
+    give_to_server_user(path)
     return path
 
 
@@ -182,14 +183,14 @@ def _template_datadir(pg_bin: Path) -> tuple[Path, str]:
     with _template_lock:
         if _template is not None and _template[0].is_dir():
             return _template
-        root = _private_dir("lockgate-pg-template-")
+        root = server_user_dir("lockgate-pg-template-")
         atexit.register(shutil.rmtree, root, True)
         password = secrets.token_urlsafe(18)
         pwfile = root / "pwfile"
-        _write_owned(pwfile, password + "\n")
+        write_server_file(pwfile, password + "\n")
         datadir = root / "data"
         _run(
-            _server_cmd(
+            as_server_user(
                 [
                     str(pg_bin / "initdb"),
                     "-D",
@@ -336,7 +337,7 @@ class PgServer:
         for kind in ("hostssl", "host"):
             for net in ("127.0.0.1/32", "::1/128"):
                 lines.append(f"{kind} all all {net} scram-sha-256")
-        _write_owned(self.datadir / "pg_hba.conf", "\n".join(lines) + "\n")
+        write_server_file(self.datadir / "pg_hba.conf", "\n".join(lines) + "\n")
 
     # -- the statement log (the test oracle) ------------------------------------------------
 
@@ -406,7 +407,7 @@ class PgServer:
 
     def _pg_ctl(self, *args: str, timeout: float) -> str:
         return _run(
-            _server_cmd([str(self.pg_bin / "pg_ctl"), "-D", str(self.datadir), *args]),
+            as_server_user([str(self.pg_bin / "pg_ctl"), "-D", str(self.datadir), *args]),
             timeout=timeout,
         )
 
@@ -468,21 +469,21 @@ def start_pg_server(
     if _as_root():
         _system_user()
     template, password = _template_datadir(pg_bin)
-    rundir = _private_dir("lockgate-pg-")
+    rundir = server_user_dir("lockgate-pg-")
     # The CA file must be readable by clients running as anyone; the data dir stays 0700.
     os.chmod(rundir, 0o755)  # noqa: S103
     datadir = rundir / "data"
-    _run(_server_cmd(["cp", "-a", str(template), str(datadir)]), timeout=60)
+    _run(as_server_user(["cp", "-a", str(template), str(datadir)]), timeout=60)
     tls_dir = rundir / "tls"
     paths = write_dev_tls(tls_dir, ["127.0.0.1", "localhost"])
-    _own(tls_dir)
+    give_to_server_user(tls_dir)
     for name in ("cert", "key"):
-        _own(paths[name])
+        give_to_server_user(paths[name])
     os.chmod(tls_dir, 0o755)  # noqa: S103 -- the key file itself is 0600
     os.chmod(paths["ca"], 0o644)
     log_dir = rundir / "log"
     log_dir.mkdir(mode=0o755)
-    _own(log_dir)
+    give_to_server_user(log_dir)
 
     conf: dict[str, str] = {
         "listen_addresses": "127.0.0.1",
@@ -515,7 +516,7 @@ def start_pg_server(
     for _attempt in range(5):  # a free port can be taken between probe and bind
         port = _free_port()
         conf["port"] = str(port)
-        _write_owned(
+        write_server_file(
             datadir / "lockgate.conf",
             "".join(f"{key} = {_conf_value(value)}\n" for key, value in conf.items()),
         )
