@@ -202,13 +202,15 @@ encoded_messages = st.lists(_case_value().map(lambda case: CASES[case[0]][1](cas
 
 
 @FAST
-@given(encoded_messages, st.lists(st.integers(0, 10_000), max_size=20))
-def test_reader_splits_any_chunking(raws: list[bytes], cuts: list[int]) -> None:
+@given(encoded_messages, st.lists(st.integers(0, 10_000), max_size=20), st.booleans())
+def test_reader_splits_any_chunking(raws: list[bytes], cuts: list[int], batch: bool) -> None:
     stream = b"".join(raws)
     reader = codec.MessageReader(1 << 24)
-    got = []
+    got: list[bytes] = []
     for chunk in _chunks(stream, cuts):
         reader.feed(chunk)
+        if batch:
+            got.extend(msg.encode() for msg in reader.messages())
         while (msg := reader.next_message()) is not None:
             got.append(msg.encode())
     assert got == raws
@@ -248,14 +250,18 @@ DECODERS: list[Callable[[bytes], object]] = [case[2] for case in CASES.values()]
 
 
 @FAST
-@given(st.binary(max_size=2048), st.lists(st.integers(0, 4096), max_size=16))
-def test_arbitrary_bytes_only_raise_protocol_error(data: bytes, cuts: list[int]) -> None:
+@given(st.binary(max_size=2048), st.lists(st.integers(0, 4096), max_size=16), st.booleans())
+def test_arbitrary_bytes_only_raise_protocol_error(
+    data: bytes, cuts: list[int], batch: bool
+) -> None:
     reader = codec.MessageReader(CAP)
     try:
         for chunk in _chunks(data, cuts):
             reader.feed(chunk)
+            batched = reader.messages() if batch else []
             while (msg := reader.next_message()) is not None:
-                assert len(msg.body) <= CAP - 4
+                batched.append(msg)
+            assert all(len(msg.body) <= CAP - 4 for msg in batched)
             # Drained: what is left is one partial message under the cap.
             assert reader.buffered() <= CAP
     except codec.ProtocolError:

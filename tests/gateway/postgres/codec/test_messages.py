@@ -82,3 +82,27 @@ def test_large_stream_compacts_buffer() -> None:
         reader.feed(one)
         assert reader.next_message() is not None
     assert reader.buffered() == 0
+
+
+def test_messages_returns_every_whole_message_then_the_error() -> None:
+    reader = codec.MessageReader(64)
+    reader.feed(codec.sync() + codec.flush() + struct.pack("!Bi", ord("Q"), 65) + b"x")
+    assert reader.messages() == [
+        codec.Message(codec.SYNC, b""),
+        codec.Message(codec.FLUSH, b""),
+    ]
+    with pytest.raises(codec.MessageTooLarge):
+        reader.messages()
+    with pytest.raises(codec.MessageTooLarge):
+        reader.next_message()
+
+
+def test_messages_keeps_partial_tail() -> None:
+    reader = codec.MessageReader(64)
+    raw = codec.query("SELECT 1")
+    reader.feed(raw + raw[:4])
+    assert reader.messages() == [codec.Message(codec.QUERY, b"SELECT 1\0")]
+    assert reader.messages() == []
+    reader.feed(raw[4:])
+    assert reader.messages() == [codec.Message(codec.QUERY, b"SELECT 1\0")]
+    assert reader.buffered() == 0

@@ -13,7 +13,8 @@ Startup phase (:mod:`.startup`): a client's first packets carry no type byte::
     messages.feed(reader.rest())    # rest() raises if bytes were pipelined behind an SSLRequest
 
 Typed messages (:mod:`.messages`): ``MessageReader(max).feed(data)``, then
-``next_message() -> Message(type, body) | None``; ``encode(type, body)`` frames one.
+``next_message() -> Message(type, body) | None`` (or ``messages() -> list[Message]``, every
+whole message buffered, the faster path for a relay loop); ``encode(type, body)`` frames one.
 Bodies are read by the decoders of :mod:`.frontend` (Query, Parse, Bind, Execute, Describe,
 Close, PasswordMessage, SASL responses, CopyFail, FunctionCall) and :mod:`.backend`
 (Authentication, ErrorResponse/NoticeResponse fields, CommandComplete, ReadyForQuery,

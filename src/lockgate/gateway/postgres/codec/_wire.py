@@ -126,15 +126,23 @@ class Cursor:
     def values(self) -> tuple[bytes | None, ...]:
         """An int16 count of (int32 length, bytes) values, length -1 meaning NULL."""
         count = self.uint16()
+        body, pos, size = self.body, self.pos, len(self.body)
+        unpack = INT32.unpack_from
         out: list[bytes | None] = []
+        append = out.append
         for _ in range(count):
-            length = self.int32()
+            if pos + 4 > size:
+                raise self.fail()
+            (length,) = unpack(body, pos)
+            pos += 4
             if length == -1:
-                out.append(None)
-            elif length < 0:
-                raise self.fail("negative value length")
-            else:
-                out.append(self.take(length))
+                append(None)
+                continue
+            if length < 0 or pos + length > size:
+                raise self.fail("bad value length")
+            append(body[pos : pos + length])
+            pos += length
+        self.pos = pos
         return tuple(out)
 
     def int16_list(self) -> tuple[int, ...]:

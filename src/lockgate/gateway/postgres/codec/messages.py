@@ -16,6 +16,7 @@ from ._wire import MessageTooLarge, ProtocolError
 
 _HEADER = struct.Struct("!Bi")
 HEADER_SIZE = _HEADER.size  # type byte + int32 length
+_unpack_header = _HEADER.unpack_from
 
 # frontend (client -> server)
 QUERY = ord("Q")
@@ -86,6 +87,10 @@ def encode(type_: int, body: bytes) -> bytes:
     return _HEADER.pack(type_, len(body) + 4) + body
 
 
+# Building the tuple directly skips NamedTuple.__new__'s argument handling (hot path).
+_new_message = tuple.__new__
+
+
 class MessageReader:
     """Splits a byte stream into messages; checks each length header against the cap.
 
@@ -114,25 +119,51 @@ class MessageReader:
 
     def next_message(self) -> Message | None:
         """The next whole message, or None when more bytes are needed."""
-        if self._failed is not None:
-            raise self._failed
         buf, pos = self._buf, self._pos
-        if len(buf) - pos < HEADER_SIZE:
+        if len(buf) - pos < HEADER_SIZE or self._failed is not None:
+            if self._failed is not None:
+                raise self._failed
             return None
-        type_, length = _HEADER.unpack_from(buf, pos)
-        if length < 4:
-            self._failed = ProtocolError(f"invalid message length {length}")
-            raise self._failed
-        if length > self._max:
-            self._failed = MessageTooLarge(
-                f"message of {length} bytes exceeds the limit of {self._max} bytes"
-            )
-            raise self._failed
+        type_, length = _unpack_header(buf, pos)
+        if length < 4 or length > self._max:
+            raise self._fail(length)
         end = pos + 1 + length
         if end > len(buf):
             return None
         self._pos = end
-        return Message(type_, bytes(buf[pos + HEADER_SIZE : end]))
+        return _new_message(Message, (type_, bytes(buf[pos + HEADER_SIZE : end])))
+
+    def messages(self) -> list[Message]:
+        """Every whole message buffered now (the fast path for a relay loop); the error of a
+        bad header is raised once the messages before it have been taken."""
+        out: list[Message] = []
+        buf, pos, cap = self._buf, self._pos, self._max
+        size = len(buf)
+        while self._failed is None and size - pos >= HEADER_SIZE:
+            type_, length = _unpack_header(buf, pos)
+            end = pos + 1 + length
+            if length < 4 or length > cap:
+                if out:
+                    break  # hand these over first; the next call raises
+                self._pos = pos
+                raise self._fail(length)
+            if end > size:
+                break
+            out.append(_new_message(Message, (type_, bytes(buf[pos + HEADER_SIZE : end]))))
+            pos = end
+        self._pos = pos
+        if not out and self._failed is not None:
+            raise self._failed
+        return out
+
+    def _fail(self, length: int) -> ProtocolError:
+        if length < 4:
+            self._failed = ProtocolError(f"invalid message length {length}")
+        else:
+            self._failed = MessageTooLarge(
+                f"message of {length} bytes exceeds the limit of {self._max} bytes"
+            )
+        return self._failed
 
     def buffered(self) -> int:
         """Bytes fed but not yet returned as messages."""
