@@ -23,10 +23,10 @@ from cassandra.cluster import NoHostAvailable
 from lockgate.config import load_config
 from lockgate.server import Gateway
 from tests.fakes.cqlserver import CqlServer, start_cql_server
+from tests.gateway.role_route import DEPLOYMENT_SECRET, RoleRoute, task_coords
 
 from .engine_stack import POLICY, SCHEMA, UPSTREAM_PASSWORD, UPSTREAM_USER, connect, run_on_fake
 
-DEPLOYMENT_SECRET = "prod-deployment-secret-for-tests"
 CONFIG = """\
 data_dir: {data}
 listeners:
@@ -75,34 +75,16 @@ rules:
 
 
 @dataclass
-class Stack:
+class Stack(RoleRoute):
+    RESOURCE = "cass"
     gw: Gateway
     fake: CqlServer
     http: aiohttp.ClientSession
     data: Path
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.gw.control_port}"
-
-    async def post(self, path: str, **fields: Any) -> tuple[int, dict[str, Any]]:
-        body = {"client_id": "prod", "client_secret": DEPLOYMENT_SECRET, **fields}
-        async with self.http.post(self.url + path, data=body) as resp:
-            return resp.status, await resp.json()
-
-    async def role(self, dag: str = "etl", try_number: int = 1, **kw: Any) -> dict[str, Any]:
-        status, body = await self.post("/v1/db-role", **coords(dag, try_number), **kw)
-        assert status == 200, body
-        return body
-
-    def audit_bytes(self) -> bytes:
-        self.gw.audit.flush(2.0)
-        return b"".join(p.read_bytes() for p in self.data.rglob("*") if p.is_file())
-
 
 def coords(dag: str = "etl", try_number: int = 1, resource: str = "cass") -> dict[str, Any]:
-    return {"resource": resource, "dag_id": dag, "task_id": "load", "run_id": "run-1",
-            "try_number": try_number}  # fmt: skip
+    return task_coords(resource, dag, try_number)
 
 
 @pytest.fixture

@@ -23,11 +23,11 @@ import pytest
 
 from lockgate.config import load_config
 from lockgate.server import Gateway
+from tests.gateway.role_route import DEPLOYMENT_SECRET, RoleRoute, task_coords
 from tests.pgserver import PgServer
 
 from .test_dynamic_roles import DATABASE, GATEWAY_PASSWORD, GATEWAY_USER, live_roles, prepare
 
-DEPLOYMENT_SECRET = "prod-deployment-secret-for-tests"
 CONFIG = """\
 data_dir: {data}
 listeners:
@@ -79,34 +79,16 @@ rules:
 
 
 @dataclass
-class Stack:
+class Stack(RoleRoute):
+    RESOURCE = "shop"
     gw: Gateway
     pg: PgServer
     http: aiohttp.ClientSession
     data: Path
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.gw.control_port}"
-
-    async def post(self, path: str, **fields: Any) -> tuple[int, dict[str, Any]]:
-        body = {"client_id": "prod", "client_secret": DEPLOYMENT_SECRET, **fields}
-        async with self.http.post(self.url + path, data=body) as resp:
-            return resp.status, await resp.json()
-
-    async def role(self, dag: str = "etl", try_number: int = 1, **kw: Any) -> dict[str, Any]:
-        status, body = await self.post("/v1/db-role", **coords(dag, try_number), **kw)
-        assert status == 200, body
-        return body
-
-    def audit_bytes(self) -> bytes:
-        self.gw.audit.flush(2.0)
-        return b"".join(p.read_bytes() for p in self.data.rglob("*") if p.is_file())
-
 
 def coords(dag: str = "etl", try_number: int = 1, resource: str = "shop") -> dict[str, Any]:
-    return {"resource": resource, "dag_id": dag, "task_id": "load", "run_id": "run-1",
-            "try_number": try_number}  # fmt: skip
+    return task_coords(resource, dag, try_number)
 
 
 @pytest.fixture
