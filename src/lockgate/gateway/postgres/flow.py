@@ -420,7 +420,17 @@ class Flow:
     def _complete(self, unit: Unit, tag: str) -> None:
         pending = unit.pending
         if pending is not None:
-            self.scope.base.statement_done(pending.record.statement, tag)
+            statement = pending.record.statement
+            self.scope.base.statement_done(statement, tag)
+            for effect in statement.effects:
+                # SQL DEALLOCATE and DISCARD ALL reach protocol-level statements too.
+                if effect.kind == "discard_all":
+                    self.scope.protocol.clear()
+                    self._portals.clear()
+                elif effect.kind == "deallocate" and not effect.name:
+                    self.scope.protocol.clear()
+                elif effect.kind == "deallocate":
+                    self.scope.protocol.pop(effect.name, None)
         self._finish(unit, "allowed", "done", tag=tag)
 
     def _server_error(self, sqlstate: str) -> None:
