@@ -25,7 +25,7 @@ import pytest
 
 from lockgate.gateway.postgres import codec
 from tests.gateway.postgres.codec.relay import Capture, RecordingRelay
-from tests.pgserver import PgServer
+from tests.pgserver import PgServer, find_pg_bin
 
 # Each message type decodes to its own shape; the tables below pair decoder and encoder.
 Decoded = Any
@@ -366,7 +366,7 @@ def test_protocol_3_2_request_meets_negotiate_protocol_version(
 
 
 def test_psql_session_and_failed_login(pg_server: PgServer, relay: RecordingRelay) -> None:
-    psql = str(pg_server.pg_bin / "psql")
+    psql = str(find_pg_bin() / "psql")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     sql = "SELECT 1 AS one; SELECT 1/0"
     done = subprocess.run(

@@ -306,3 +306,34 @@ def test_mutated_messages_only_raise_protocol_error(raw: bytes, pos: int, byte: 
     for decode in DECODERS:
         with contextlib.suppress(codec.ProtocolError):
             decode(bytes(body))
+
+
+@FAST
+@given(startup_packets, st.integers(0, 2**16), st.integers(0, 255))
+def test_mutated_startup_packets_decode_or_raise_protocol_error(
+    packet: codec.StartupPacket, pos: int, byte: int
+) -> None:
+    raw = bytearray(codec.encode_startup_packet(packet))
+    raw[pos % len(raw)] = byte
+    reader = codec.StartupReader()
+    reader.feed(bytes(raw))
+    try:
+        got = reader.next_packet()
+    except codec.ProtocolError:
+        return
+    if got is not None:
+        # Whatever decoded re-encodes to the very bytes it came from.
+        consumed = len(raw) - reader.buffered()
+        assert codec.encode_startup_packet(got) == bytes(raw[:consumed])
+
+
+@FAST
+@given(st.binary(max_size=64), st.binary(max_size=64))
+def test_string_fields_with_any_bytes(first: bytes, second: bytes) -> None:
+    # Raw bytes where text belongs: either valid UTF-8 that round-trips, or ProtocolError.
+    body = first.replace(b"\0", b"") + b"\0" + second.replace(b"\0", b"") + b"\0"
+    try:
+        name, value = codec.decode_parameter_status(body)
+    except codec.ProtocolError:
+        return
+    assert codec.parameter_status(name, value)[5:] == body

@@ -119,7 +119,8 @@ def decode_startup_packet(body: bytes) -> StartupPacket:
     major, minor = code >> 16, code & 0xFFFF
     if major != 3:
         raise UnsupportedProtocolVersion(
-            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.2"
+            # Worded as the server words it; the gateway speaks 3.0 (3.x is negotiated down).
+            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
         )
     return StartupMessage((major, minor), _decode_params(body, 4))
 
