@@ -58,7 +58,12 @@ ROLE_SETS: dict[str, str] = {
     "postgres": "lockgate.gateway.postgres.dynamic_roles:PostgresRoles",
 }
 
-PasswordSource = Callable[[], Awaitable[str]]
+
+class PasswordSource(Protocol):
+    """The gateway's own upstream password of one resource; ``previous=True``: the version
+    before it while a rotation's overlap lasts (``CredentialError`` when there is none)."""
+
+    def __call__(self, *, previous: bool = False) -> Awaitable[str]: ...
 
 
 class DynamicRolesResource(Protocol):
@@ -74,16 +79,18 @@ class DynamicRolesResource(Protocol):
     def dynamic_roles(self) -> bool: ...
 
 
-PasswordFor = Callable[[Any], Awaitable[str]]
+#: (resource, previous=False) -> the gateway's upstream password of that resource
+PasswordFor = Callable[..., Awaitable[str]]
 
 
 def upstream_password(broker: CredentialBroker) -> PasswordFor:
     """The gateway's own upstream password of a resource (its role admin logs in as it)."""
 
-    async def password(resource: DynamicRolesResource) -> str:
-        secret = await broker.upstream_secret(resource.credential)
+    async def password(resource: DynamicRolesResource, previous: bool = False) -> str:
+        secret = await broker.upstream_secret(resource.credential, previous=previous)
         if secret is None:
-            raise CredentialError(f"credential {resource.credential!r} has no secret")
+            which = "previous secret" if previous else "secret"
+            raise CredentialError(f"credential {resource.credential!r} has no {which}")
         return str(secret.value)
 
     return password
@@ -360,7 +367,9 @@ class DbRoles:
         for name, r in wanted.items():
             if name not in kept:
 
-                async def password(r: AnyResource = r) -> str:
+                async def password(*, previous: bool = False, r: AnyResource = r) -> str:
+                    if previous:  # only kinds that retry a refused login ask for it
+                        return await self._password_for(r, previous=True)
                     return await self._password_for(r)
 
                 kept[name] = role_set_class(r.kind)(r, password, self._policy, clock=self._clock)

@@ -13,13 +13,13 @@ import psycopg
 import pytest
 
 from lockgate.config import PostgresResource
-from lockgate.errors import UpstreamUnavailable
-from lockgate.gateway.dynamic_roles import NoGrants, RolesRetired, role_name
+from lockgate.errors import CredentialError, UpstreamAuthFailed, UpstreamUnavailable
+from lockgate.gateway.dynamic_roles import NoGrants, RolesRetired, role_name, upstream_password
 from lockgate.gateway.postgres.dynamic_roles import PostgresRoles
 from lockgate.identity import Claims, KeyStore, TaskIdentity, TokenIssuer
 from tests.pgserver import PgServer
 
-from ..fakes import FakePolicy, FakePolicySet
+from ..fakes import FakeBroker, FakePolicy, FakePolicySet
 
 GATEWAY_USER = "roles_gateway"
 GATEWAY_PASSWORD = "gateway-upstream-password"
@@ -60,7 +60,9 @@ def resource(server: PgServer, **kw: Any) -> PostgresResource:
     return PostgresResource(**fields)
 
 
-async def _password() -> str:
+async def _password(*, previous: bool = False) -> str:
+    if previous:
+        raise CredentialError("no rotation under way")
     return GATEWAY_PASSWORD
 
 
@@ -220,11 +222,37 @@ async def test_an_unreachable_server_is_upstream_unavailable_without_the_passwor
     wrong = PostgresRoles(
         resource(pg), _wrong_password, FakePolicy(FakePolicySet([("read", "*")]))
     )  # fmt: skip
-    with pytest.raises(UpstreamUnavailable) as exc:
+    with pytest.raises(UpstreamAuthFailed) as exc:
         await wrong.issue(mint(tmp_path, try_number=9))
     assert "password authentication failed" in str(exc.value)
     assert "not-the-password" not in str(exc.value)
 
 
-async def _wrong_password() -> str:
+async def _wrong_password(*, previous: bool = False) -> str:
+    if previous:
+        raise CredentialError("no rotation under way")
     return "not-the-password"
+
+
+async def test_a_rotation_not_yet_made_upstream_logs_in_with_the_previous_version(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    asked: list[bool] = []
+
+    async def rotating(*, previous: bool = False) -> str:
+        asked.append(previous)
+        return GATEWAY_PASSWORD if previous else "the-new-one-the-server-lacks"
+
+    roles = PostgresRoles(resource(pg), rotating, FakePolicy(FakePolicySet([("read", "*")])))
+    cred = await roles.issue(mint(tmp_path, try_number=10))
+    assert cred.username in live_roles(pg) and asked[:2] == [False, True]
+    await roles.retire()
+    assert cred.username not in live_roles(pg)
+
+
+async def test_the_brokers_versions_reach_the_admin_login(pg: PgServer) -> None:
+    password = upstream_password(FakeBroker({"shop-pw": ["old", "new"]}))
+    assert await password(resource(pg)) == "new"
+    assert await password(resource(pg), previous=True) == "old"
+    with pytest.raises(CredentialError):  # one version: no previous
+        await upstream_password(FakeBroker({"shop-pw": ["only"]}))(resource(pg), previous=True)

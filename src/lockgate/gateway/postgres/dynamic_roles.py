@@ -26,7 +26,8 @@ what it owns (``DROP OWNED BY``) and drops it. :meth:`~PostgresRoles.sweep_orpha
 replica).
 
 Rules: the admin connection is the gateway's own upstream login (``resource.username``, the
-credential's current value; it needs CREATEROLE and must own the tables or hold their
+credential's current value, or the previous one when the server refuses it during a
+rotation's overlap; it needs CREATEROLE and must own the tables or hold their
 privileges WITH GRANT OPTION). It is short-lived (one per operation), TLS per
 ``resource.tls`` (verify-full checks ``ca_file`` or the system store and the host name).
 Statements are composed with :mod:`psycopg.sql` (identifiers and literals quoted by psycopg,
@@ -50,7 +51,12 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from lockgate.config import PostgresResource
-from lockgate.errors import UpstreamError, UpstreamUnavailable
+from lockgate.errors import (
+    CredentialError,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from lockgate.gateway.dynamic_roles import PREFIX, NoGrants, RoleSet
 from lockgate.identity.model import Claims
 
@@ -106,6 +112,21 @@ class PostgresRoles(RoleSet):
 
     # -- the admin connection ---------------------------------------------------------------
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        """The admin login with the credential's current value; refused, once more with the
+        previous version while a rotation's overlap lasts (the server may not have the new
+        password yet)."""
+        try:
+            return await self._login(await self._password())
+        except UpstreamAuthFailed:
+            try:
+                older = await self._password(previous=True)
+            except CredentialError:  # no rotation under way: the refusal stands
+                older = None
+            if older is None:
+                raise
+            return await self._login(older)
+
+    async def _login(self, password: str) -> psycopg.AsyncConnection[Any]:
         r = self.resource
         where = f"{r.host}:{r.port}"
         try:
@@ -115,7 +136,7 @@ class PostgresRoles(RoleSet):
                     port=r.port,
                     dbname=r.database,
                     user=r.username,
-                    password=await self._password(),
+                    password=password,
                     # libpq counts whole seconds, at least 2
                     connect_timeout=max(2, math.ceil(r.connect_timeout)),
                     application_name=self.APPLICATION_NAME,
@@ -125,9 +146,13 @@ class PostgresRoles(RoleSet):
         except TimeoutError:
             raise UpstreamUnavailable(f"postgres {where}: connect timed out") from None
         except psycopg.Error as exc:
-            # libpq's connection messages name host and cause, never the password
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise UpstreamUnavailable(f"postgres {where}: {reason[:300]}") from None
+            # libpq's connection messages name host and cause, never the password; a
+            # refused login carries no SQLSTATE here, only the server's FATAL text
+            text = str(exc).strip()
+            reason = text.splitlines()[-1][:300] if text else type(exc).__name__
+            if "authentication failed" in text:
+                raise UpstreamAuthFailed(f"postgres {where}: {reason}") from None
+            raise UpstreamUnavailable(f"postgres {where}: {reason}") from None
 
     @staticmethod
     async def _run(
