@@ -9,6 +9,7 @@ import atexit
 import contextlib
 import csv
 import itertools
+import json
 import os
 import pwd
 import secrets
@@ -16,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -185,6 +187,8 @@ def _template_datadir(pg_bin: Path) -> tuple[Path, str]:
             return _template
         root = server_user_dir("lockgate-pg-template-")
         atexit.register(shutil.rmtree, root, True)
+        # Left open for the life of the process: the watchdog removes the template after it.
+        _watchdog([], root / "data", root)
         password = secrets.token_urlsafe(18)
         pwfile = root / "pwfile"
         write_server_file(pwfile, password + "\n")
@@ -221,6 +225,36 @@ def _conf_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+# The watchdog's program (see PgServer._start_watchdog): argv = fd, pg_ctl argv (JSON),
+# data dir, run dir.
+_WATCHDOG = """
+import json, os, shutil, subprocess, sys
+fd = int(sys.argv[1])
+while os.read(fd, 4096):
+    pass
+if os.path.exists(os.path.join(sys.argv[3], "postmaster.pid")):
+    subprocess.run(json.loads(sys.argv[2]) + ["stop", "-m", "immediate", "-w"], timeout=30,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+shutil.rmtree(sys.argv[4], ignore_errors=True)
+"""
+
+
+def _watchdog(pg_ctl: list[str], datadir: Path, remove: Path) -> int:
+    """Start a process of its own session that, once this process dies without running
+    ``atexit`` (SIGTERM from ``timeout``, SIGKILL), stops the server in ``datadir`` if one
+    runs there and removes ``remove``. It waits for the end of a pipe only this process holds
+    open; the returned fd is that pipe's write end (closing it sets the watchdog off)."""
+    read_end, write_end = os.pipe()
+    subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(read_end), json.dumps(pg_ctl), str(datadir),
+         str(remove)],
+        pass_fds=(read_end,), start_new_session=True, cwd="/",
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(read_end)
+    return write_end
+
+
 # -- the server ---------------------------------------------------------------------------------
 
 _marker_ids = itertools.count(1)
@@ -241,6 +275,7 @@ class PgServer:
     rundir: Path = field(repr=False)  # holds datadir, the TLS material and the stderr log
     _md5_users: list[str] = field(default_factory=list, repr=False)
     _running: bool = field(default=False, repr=False)
+    _watchdog_fd: int | None = field(default=None, repr=False)
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -442,6 +477,13 @@ class PgServer:
             except (RuntimeError, subprocess.TimeoutExpired):
                 self._kill()
         shutil.rmtree(self.rundir, ignore_errors=True)
+        if self._watchdog_fd is not None:
+            os.close(self._watchdog_fd)  # the watchdog finds nothing left and exits
+            self._watchdog_fd = None
+
+    def _start_watchdog(self) -> None:
+        pg_ctl = as_server_user([str(self.pg_bin / "pg_ctl"), "-D", str(self.datadir)])
+        self._watchdog_fd = _watchdog(pg_ctl, self.datadir, self.rundir)
 
     def _kill(self) -> None:
         pidfile = self.datadir / "postmaster.pid"
@@ -538,6 +580,7 @@ def start_pg_server(
             last_error = exc
             server._kill()
             continue
+        server._start_watchdog()
         atexit.register(server.stop)
         with contextlib.suppress(OSError):
             link = workdir / "pgserver"

@@ -1,12 +1,21 @@
-"""The PostgreSQL test server: TLS, SCRAM and md5 logins, the statement log oracle, restart."""
+"""The PostgreSQL test server: TLS, SCRAM and md5 logins, the statement log oracle, restart,
+and no server left behind by a killed run."""
 
 from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.pgserver import PgServer
-from tests.pgserver.fixtures import PgServerFactory
+from tests.pgserver.fixtures import PgServerFactory, require_postgres
 
 
 def test_a_statement_shows_up_in_the_log_with_user_database_and_application(
@@ -91,3 +100,31 @@ def test_tls_can_be_off(pg_server_factory: PgServerFactory) -> None:
         psycopg.connect(server.dsn(sslmode="require"), connect_timeout=5)
     with psycopg.connect(server.dsn(sslmode="disable")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from tests.pgserver import start_pg_server
+server = start_pg_server(Path(sys.argv[1]))
+print(server.port, server.rundir, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_server_outlives_no_killed_test_run(tmp_path: Path) -> None:
+    require_postgres()
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)])}
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    port, rundir = done.stdout.split()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and Path(rundir).exists():
+        time.sleep(0.1)
+    assert not Path(rundir).exists()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", int(port)), 1):
+        pass
