@@ -321,9 +321,13 @@ async def test_a_closed_port_is_unavailable(pg_server: PgServer) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    res = resource_for(pg_server, "nobody", port=port)
-    with pytest.raises(UpstreamUnavailable, match=f"127.0.0.1:{port}: ConnectionRefusedError"):
+    res = resource_for(pg_server, "nobody", port=port, connect_timeout=0.5)
+    # tried again until connect_timeout (a restarting server refuses for a moment)
+    with pytest.raises(UpstreamUnavailable) as info:
         await upstream.connect(res, secrets_of("pw"), {})
+    assert str(info.value).startswith(
+        f"127.0.0.1:{port}: no login within 0.5s (connect_timeout); last: ConnectionRefusedError"
+    )
 
 
 async def test_an_unreadable_ca_file_is_unavailable(pg_server: PgServer, tmp_path: Path) -> None:
@@ -392,3 +396,26 @@ async def test_the_server_accepts_our_channel_binding(
     link = await upstream.connect(resource_for(pg_server, user, tls=tls), secrets_of("pw"), {})
     link.close()
     assert used == [mechanism]
+
+
+async def test_a_login_during_a_server_restart_gets_in_once_it_is_back(
+    pg_server_factory: object,
+) -> None:
+    server: PgServer = pg_server_factory()  # type: ignore[operator]
+    user = unique("restart")
+    server.create_user(user, "pw")
+    res = resource_for(server, user, connect_timeout=20.0)
+    restarting = asyncio.create_task(asyncio.to_thread(server.restart))
+    logins = 0
+    while not restarting.done():  # every login in the window succeeds, none fails
+        link = await upstream.connect(res, secrets_of("pw"), {})
+        link.close()
+        logins += 1
+    await restarting
+    link = await upstream.connect(res, secrets_of("pw"), {})
+    try:
+        rows, _ = await simple_query(link, "SELECT 1")
+        assert rows == [("1",)]
+    finally:
+        link.close()
+    assert logins >= 1

@@ -22,6 +22,9 @@ bounded by the resource's ``connect_timeout``:
    PostgreSQL), or none when the server trusts the address;
 5. ParameterStatus and BackendKeyData collected up to ReadyForQuery.
 
+A refused, reset or silently closed connection or SQLSTATE 57P03 (a server restarting) is
+tried again with backoff until ``connect_timeout``.
+
 A refused credential (SQLSTATE class 28) is retried once: an access token is dropped from
 the caches and fetched again; a key or password is retried with the current version if a
 rotation the cache had not seen changed it, else with the previous version while the
@@ -60,7 +63,19 @@ _READ_SIZE = 65536
 _RESOURCE_PARAMS = frozenset({"user", "database", "search_path"})
 _NEVER_SENT = frozenset({"options", "replication"})
 
+#: A server restarting refuses connections, then answers 57P03 (cannot_connect_now: "the
+#: database system is starting up"); a login then tries again, with backoff, until
+#: connect_timeout, so a client connecting during a restart gets in once the server is back.
+_RESTARTING_SQLSTATE = "57P03"
+_RETRY_FIRST_DELAY = 0.05
+_RETRY_MAX_DELAY = 0.5
+
 _T = TypeVar("_T")
+
+
+class _Transient(UpstreamUnavailable):
+    """The server is starting up or shutting down (SQLSTATE 57P03), or closed the
+    connection without a word (as a server going down does)."""
 
 
 @dataclass(slots=True)
@@ -165,7 +180,9 @@ async def _open(
         if answer == b"N":
             why = f"the server does not accept TLS (tls: {resource.tls})"
         elif not answer:
-            why = "the server closed the connection at the TLS request"
+            raise _Transient(
+                f"{_where(resource)}: the server closed the connection at the TLS request"
+            )
         else:
             why = f"unexpected answer {answer!r} to the TLS request"
         raise UpstreamUnavailable(f"{_where(resource)}: {why}")
@@ -213,7 +230,7 @@ class _Messages:
                 return msg
             data = await self._reader.read(_READ_SIZE)
             if not data:
-                raise UpstreamUnavailable(f"{self._where}: the server closed the connection")
+                raise _Transient(f"{self._where}: the server closed the connection")
             self._codec.feed(data)
             self._last = data
 
@@ -243,22 +260,36 @@ class _Login:
 
     async def run(self) -> UpstreamLink:
         timeout = self.resource.connect_timeout
+        last = ""
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await _open(self.resource, self.ctx)
-                try:
-                    return await self._login(reader, writer)
-                except BaseException:
-                    writer.close()
-                    raise
+                delay = _RETRY_FIRST_DELAY
+                while True:
+                    try:
+                        return await self._attempt()
+                    except ConnectionError as exc:  # refused, reset, broken pipe
+                        last = _describe(exc)
+                    except _Transient as exc:
+                        last = str(exc).removeprefix(f"{self.where}: ")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_DELAY)
         except TimeoutError:
             raise UpstreamUnavailable(
                 f"{self.where}: no login within {timeout:g}s (connect_timeout)"
+                + (f"; last: {last}" if last else "")
             ) from None
         except OSError as exc:  # refused, unreachable, TLS verification (ssl.SSLError)
             raise UpstreamUnavailable(f"{self.where}: {_describe(exc)}") from None
         except codec.ProtocolError as exc:
             raise UpstreamUnavailable(f"{self.where}: protocol error: {exc}") from None
+
+    async def _attempt(self) -> UpstreamLink:
+        reader, writer = await _open(self.resource, self.ctx)
+        try:
+            return await self._login(reader, writer)
+        except BaseException:
+            writer.close()
+            raise
 
     async def _login(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -380,6 +411,8 @@ class _Login:
         sqlstate = fields.get("C", "")
         text = f"{self.where}: {fields.get('V') or fields.get('S', 'ERROR')} {sqlstate}: "
         text += fields.get("M", "(no message)")
+        if sqlstate == _RESTARTING_SQLSTATE:
+            return _Transient(text)
         # Class 28: invalid authorization (28P01 wrong password, 28000 no pg_hba entry).
         return UpstreamAuthFailed(text) if sqlstate.startswith("28") else UpstreamUnavailable(text)
 
