@@ -38,7 +38,7 @@ from .classified import Access, Classified, Effect, Statement, Unplaceable
 from .classify_ddl import DDL_HANDLERS, create_relation
 from .classify_query import Resolver, Walker
 from .redact import redact
-from .scope import NameScope
+from .scope import NameScope, SessionScope
 
 __all__ = [
     "HARMLESS_SETTINGS",
@@ -122,13 +122,42 @@ def classify(sql: str, scope: NameScope) -> Classified:
         raw = parser.parse_sql(sql)
     except parser.ParseError as exc:
         raise Unplaceable("parse_error", f"syntax error: {exc}") from None
-    resolver = Resolver(scope)
-    statements = []
+    statements: list[Statement] = []
+    # A later statement of the text sees what the earlier ones did (SET search_path, a
+    # temporary table, PREPARE): the server runs them in order.
+    moving: NameScope = scope.fork() if isinstance(scope, SessionScope) else scope
     for item in raw:
         end = item.stmt_location + item.stmt_len if item.stmt_len else len(sql)
         text = sql[item.stmt_location : end].strip()
-        statements.append(_statement(item.stmt, text, resolver, scope))
+        statement = _statement(item.stmt, text, Resolver(moving), moving)
+        statements.append(statement)
+        if statement.effects and item is not raw[-1]:
+            moving = _after(moving, statement)
     return Classified(tuple(statements))
+
+
+def _after(scope: NameScope, statement: Statement) -> NameScope:
+    """``scope`` once ``statement`` has completed."""
+    if isinstance(scope, SessionScope):
+        scope.statement_done(statement, statement.command)
+        return scope
+    return _Widened(scope, statement)
+
+
+class _Widened:
+    """Another :class:`NameScope` after a statement: new paths are added, none removed."""
+
+    def __init__(self, scope: NameScope, statement: Statement) -> None:
+        paths = list(scope.search_paths)
+        prepared = dict(scope.prepared)
+        for effect in statement.effects:
+            if effect.kind == "search_path" and effect.value not in paths:
+                paths.append(effect.value)
+            elif effect.kind == "prepare" and effect.value:
+                prepared[effect.name] = effect.value[0]
+        self.search_paths = tuple(paths)
+        self.catalog = scope.catalog
+        self.prepared = prepared
 
 
 def _statement(node: ast.Node, text: str, resolver: Resolver, scope: NameScope) -> Statement:

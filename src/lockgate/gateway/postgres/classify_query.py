@@ -14,12 +14,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from pglast import ast
+from pglast.enums.parsenodes import A_Expr_Kind
 
 from . import functions
 from .classified import Access, Unplaceable
 from .scope import MAYBE, NO, NameScope
 
 __all__ = ["Resolver", "Walker", "qualified_name"]
+
+# BETWEEN's name is the keyword; it expands to the built-in comparisons.
+_NOT_OPERATORS = frozenset(
+    {
+        A_Expr_Kind.AEXPR_BETWEEN,
+        A_Expr_Kind.AEXPR_NOT_BETWEEN,
+        A_Expr_Kind.AEXPR_BETWEEN_SYM,
+        A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM,
+    }
+)
 
 
 def _strings(names: Iterable[object]) -> tuple[str, ...]:
@@ -211,7 +222,7 @@ class Walker:
             self.add("admin", f"function:{s}.{name}")
 
     def a_expr(self, expr: ast.A_Expr) -> None:
-        if expr.name:  # every kind names its operator (IN is "=", LIKE is "~~", ...)
+        if expr.name and expr.kind not in _NOT_OPERATORS:  # IN is "=", LIKE is "~~", ...
             schema, op = qualified_name(expr.name)
             if schema not in (None, "pg_catalog") or op not in functions.SAFE_OPERATORS:
                 schemas = [schema] if schema else self.resolver.function_schemas()
@@ -247,7 +258,10 @@ class Walker:
         def body() -> Iterator[None]:
             self.add_relation("write", stmt.relation)
             conflict = stmt.onConflictClause
-            if stmt.returningClause or (conflict is not None and conflict.targetList):
+            # RETURNING, a conflict target and DO UPDATE all look at the target's columns.
+            if stmt.returningClause or (
+                conflict is not None and (conflict.infer is not None or conflict.targetList)
+            ):
                 self.add_relation("read", stmt.relation)
             self.walk_children(stmt, frozenset({"withClause", "relation"}))
             yield

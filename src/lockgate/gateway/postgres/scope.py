@@ -18,6 +18,7 @@ once the session may have temporary relations (unless the path lists it). The im
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Protocol
@@ -162,6 +163,16 @@ class SessionScope:
         generation = self._catalog.generation if self._catalog is not None else 0
         prepared = tuple(sorted(self._prepared.items())) if self._prepared else ()
         return (self.search_paths, generation, prepared)
+
+    def fork(self) -> SessionScope:
+        """A copy to move along while one text is classified, leaving this one as it is."""
+        twin = copy.copy(self)
+        twin._savepoints = list(self._savepoints)
+        twin._ambiguous = set(self._ambiguous)
+        twin._present, twin._absent = set(self._present), set(self._absent)
+        twin._schemas = set(self._schemas)
+        twin._prepared = dict(self._prepared)
+        return twin
 
     def set_catalog(self, catalog: RelationCatalog) -> None:
         self._base_catalog = catalog
