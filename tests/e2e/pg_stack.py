@@ -211,32 +211,40 @@ class Judged:
 
 
 def judged_statements(rows: Iterable[AuditRow]) -> list[Judged]:
-    """One entry per judged statement: records sharing a ``ref`` (admitted + outcome) are one."""
+    """One entry per judged statement. Records sharing a ``ref`` (admitted + outcome) are one
+    statement; a record of a multi-statement query (``detail["statements"]``) is several."""
     merged: dict[object, Judged] = {}
     for row in rows:
         if row.event not in ("admitted", "allowed", "denied", "upstream_error"):
             continue
-        text = statement_text(row.detail)
-        key: object = row.detail.get("ref") or ("seq", row.seq)
-        prior = merged.get(key)
-        if text is None:
-            if prior is None:
-                continue
-            text = prior.text
-        decision = "deny" if row.decision == "deny" else (prior.decision if prior else "allow")
-        merged[key] = Judged(text, decision, row.action, row.object)
+        base: object = row.detail.get("ref") or ("seq", row.seq)
+        parts = row.detail.get("statements")
+        texts: list[str | None] = (
+            [statement_text(p) for p in parts if isinstance(p, Mapping)]
+            if isinstance(parts, list)
+            else [statement_text(row.detail)]
+        )
+        for index, text in enumerate(texts):
+            key = base if len(texts) == 1 else (base, index)
+            prior = merged.get(key)
+            if text is None:
+                if prior is None:
+                    continue
+                text = prior.text
+            decision = "deny" if row.decision == "deny" else (prior.decision if prior else "allow")
+            merged[key] = Judged(text, decision, row.action, row.object)
     return list(merged.values())
 
 
 def _same(logged: str, audited: str) -> bool:
+    """Whether ``audited`` (with literals masked by the engine's redaction) is ``logged``."""
+    from lockgate.gateway.postgres.redact import MASK
+
     if logged == audited:
         return True
-    # a redacted literal in the audit text stands for whatever the server saw there
-    from lockgate._log import REDACTED
-
-    if REDACTED not in audited:
+    if MASK not in audited:
         return False
-    head, *rest = audited.split(REDACTED)
+    head, *rest = audited.split(MASK)
     if not logged.startswith(head):
         return False
     at = len(head)
@@ -245,7 +253,7 @@ def _same(logged: str, audited: str) -> bool:
         if found < 0:
             return False
         at = found + len(part)
-    return logged.endswith(rest[-1]) if rest else True
+    return logged.endswith(rest[-1])
 
 
 def unaudited(

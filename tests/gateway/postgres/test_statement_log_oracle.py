@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from lockgate._log import REDACTED
+from lockgate.gateway.postgres.redact import MASK
 from tests.e2e.pg_stack import (
     Judged,
     PgLocalStack,
@@ -39,7 +39,6 @@ DENIED_SIMPLE = [
     "WITH s AS (SELECT value FROM other.secret) SELECT order_id FROM sales.orders, s",
     "SELECT pg_read_file('/etc/passwd')",
     "COPY other.secret TO STDOUT",
-    "PREPARE peek AS SELECT value FROM other.secret",
     "ALTER ROLE CURRENT_USER PASSWORD 'new-password-not-for-logs'",
     "TRUNCATE sales.orders",
     "INSERT INTO other.secret VALUES (2, 'planted')",
@@ -60,7 +59,7 @@ def test_logged_entries_split_into_statements() -> None:
 def test_unaudited_counts_executions_and_honours_redaction() -> None:
     judged = [
         Judged("SELECT 1", "allow", None, None),
-        Judged(f"ALTER ROLE x PASSWORD {REDACTED}", "allow", "admin", "role:x"),
+        Judged(f"ALTER ROLE x PASSWORD {MASK}", "allow", "admin", "role:x"),
         Judged("SELECT * FROM other.secret", "deny", "read", "other.secret"),
     ]
     assert unaudited(["SELECT 1"], judged) == []
@@ -106,6 +105,12 @@ def _simple_session(stack: PgLocalStack) -> None:
         for text in DENIED_SIMPLE:
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(text)
+                pytest.fail(f"not refused: {text}")
+        # PREPARE reads nothing (it is admitted); its EXECUTE is judged on the prepared text.
+        cur.execute("PREPARE peek AS SELECT value FROM other.secret")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("EXECUTE peek")
+        cur.execute("DEALLOCATE peek")
         cur.execute("SET search_path TO other, public")
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
             cur.execute("SELECT value FROM secret")
@@ -140,7 +145,8 @@ def _extended_session(stack: PgLocalStack) -> None:
         with conn.cursor() as cur, cur.copy("COPY sales.orders FROM STDIN") as copy:
             copy.write_row(("or-4", "oracle", 4))
         with conn.cursor() as cur, cur.copy("COPY sales.orders TO STDOUT") as copy:
-            assert any(b"or-4" in bytes(chunk) for chunk in copy)
+            dumped = b"".join(bytes(chunk) for chunk in copy)
+        assert b"or-4\toracle\t4\n" in dumped
 
 
 def test_every_executed_statement_is_audited_as_allowed(pg_stack: PgLocalStack) -> None:
@@ -155,16 +161,23 @@ def test_every_executed_statement_is_audited_as_allowed(pg_stack: PgLocalStack) 
     assert denied_but_executed(logged, judged) == []
     # Belt and braces: nothing of a denied statement is in the server's log, and the
     # password literal is in neither the log nor the audit.
-    assert not [s for s in logged if "secret" in s or "pg_read_file" in s or "TRUNCATE" in s]
+    prepare = "PREPARE peek AS SELECT value FROM other.secret"
+    assert not [
+        s
+        for s in logged
+        if ("secret" in s and s != prepare) or "pg_read_file" in s or "TRUNCATE" in s
+    ]
+    assert "EXECUTE peek" not in logged
     assert not [s for s in logged if "new-password-not-for-logs" in s]
     assert not [j for j in judged if "new-password-not-for-logs" in j.text]
-    # The refusals did nothing on the server.
+    # The refusals did nothing on the server; the one inside BEGIN ... COMMIT failed that
+    # transaction as a server error would, so its DELETE of or-2 was rolled back.
     assert pg_stack.superuser_query("SELECT id, value FROM other.secret") == [
         (1, "the-upstream-only-secret")
     ]
     assert pg_stack.superuser_query(
         "SELECT order_id, amount FROM sales.orders WHERE customer = 'oracle' ORDER BY 1"
-    ) == [("or-1", 10), ("or-3", 3), ("or-4", 4)]
+    ) == [("or-1", 10), ("or-2", 20), ("or-3", 3), ("or-4", 4)]
 
 
 def test_denied_statements_are_each_audited(pg_stack: PgLocalStack) -> None:
@@ -178,3 +191,4 @@ def test_denied_statements_are_each_audited(pg_stack: PgLocalStack) -> None:
         else:
             assert text in denied, (text, denied)
     assert "SELECT value FROM secret" in denied
+    assert "EXECUTE peek" in denied
