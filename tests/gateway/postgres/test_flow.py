@@ -16,7 +16,7 @@ from lockgate.config import PostgresResource
 from lockgate.gateway.engine import Collaborators
 from lockgate.gateway.postgres import codec
 from lockgate.gateway.postgres.context import EngineContext
-from lockgate.gateway.postgres.flow import Flow, Out, SessionInfo
+from lockgate.gateway.postgres.flow import PROBE_NAME, Flow, Out, SessionInfo
 from lockgate.gateway.postgres.scope import RelationCatalog, SessionScope
 from tests.gateway.fakes import (
     FakeAudit,
@@ -36,6 +36,12 @@ CATALOG = [
     ("sales", "t"),
     ("other", "secret"),
 ]
+
+
+#: What goes upstream in place of a refused message, and what the server answers to it.
+PROBE = codec.encode_message(codec.Describe("S", PROBE_NAME))
+PROBE_FAILED = codec.error_response("26000", "prepared statement does not exist")
+REFUSED_QUERY = [PROBE, codec.sync()]
 
 
 def message(data: bytes) -> codec.Message:
@@ -172,8 +178,11 @@ async def test_allowed_query_is_forwarded_after_its_admitted_record() -> None:
 async def test_denied_query_is_not_forwarded_a_sync_goes_in_its_place() -> None:
     h = FlowHarness()
     out = await h.query("SELECT * FROM other.secret")
-    assert out.to_server == [codec.sync()]
-    [error] = errors(out.to_client)  # nothing was in flight: the refusal goes out now
+    assert out.to_server == REFUSED_QUERY and not out.to_client
+    # The server fails the probe (as it would the statement): the refusal goes in its place.
+    relayed = h.answer(PROBE_FAILED, rfq("I"))
+    assert types(relayed) == ["E", "Z"]
+    [error] = errors(relayed)
     assert error["C"] == "42501" and error["S"] == "ERROR"
     assert "read on other.secret" in error["M"] and h.claims.sub in error["M"]
     assert "no rule matches" in error["M"]
@@ -183,16 +192,14 @@ async def test_denied_query_is_not_forwarded_a_sync_goes_in_its_place() -> None:
         "denied", "deny", "read", "other.secret",
     )  # fmt: skip
     assert denied.detail["statement"] == "SELECT * FROM other.secret"
-    # The server's ReadyForQuery for the gateway's Sync ends the exchange, status its own.
-    assert types(h.answer(rfq("I"))) == ["Z"]
 
 
 async def test_multi_statement_query_refused_whole_if_any_part_is_denied() -> None:
     h = FlowHarness()
     out = await h.query("SELECT * FROM t; DELETE FROM other.secret")
-    assert out.to_server == [codec.sync()]
-    assert errors(out.to_client)[0]["C"] == "42501"
-    assert "write on other.secret" in errors(out.to_client)[0]["M"]
+    assert out.to_server == REFUSED_QUERY
+    [error] = errors(h.answer(PROBE_FAILED, rfq()))
+    assert error["C"] == "42501" and "write on other.secret" in error["M"]
     assert not h.admitted()
 
 
@@ -251,8 +258,8 @@ async def test_empty_query_is_relayed() -> None:
 async def test_unplaceable_text_is_refused_with_literals_masked() -> None:
     h = FlowHarness()
     out = await h.query("SELEKT 'hunter2' FROM t")
-    assert out.to_server == [codec.sync()]
-    [error] = errors(out.to_client)
+    assert out.to_server == REFUSED_QUERY
+    [error] = errors(h.answer(PROBE_FAILED, rfq()))
     assert error["C"] == "42501" and "refused" in error["M"]
     [denied] = h.outcomes()
     assert denied.event == "denied" and denied.reason == "parse_error"
@@ -262,7 +269,7 @@ async def test_unplaceable_text_is_refused_with_literals_masked() -> None:
 async def test_unresolved_relation_is_refused() -> None:
     h = FlowHarness()
     out = await h.query("SELECT * FROM nowhere")
-    assert out.to_server == [codec.sync()]
+    assert out.to_server == REFUSED_QUERY
     assert h.outcomes()[0].reason == "unresolved_relation"
 
 
@@ -271,14 +278,16 @@ async def test_denial_while_a_query_is_in_flight_waits_for_its_turn() -> None:
     first = await h.query("SELECT * FROM t")
     second = await h.query("SELECT * FROM other.secret")
     assert first.to_server == [codec.query("SELECT * FROM t")]
-    assert second.to_server == [codec.sync()] and not second.to_client
-    frames = h.answer(cc("SELECT 0"), rfq(), rfq())
+    assert second.to_server == REFUSED_QUERY and not second.to_client
+    frames = h.answer(cc("SELECT 0"), rfq(), PROBE_FAILED, rfq())
     assert types(frames) == ["C", "Z", "E", "Z"]
+    assert errors(frames)[0]["C"] == "42501"
     # The first query failed on the server: the refusal of the second still goes out.
     h2 = FlowHarness()
     await h2.query("SELECT * FROM t")
     await h2.query("SELECT * FROM other.secret")
-    assert types(h2.answer(server_error("XX000"), rfq(), rfq())) == ["E", "Z", "E", "Z"]
+    frames = h2.answer(server_error("XX000"), rfq(), PROBE_FAILED, rfq())
+    assert [e["C"] for e in errors(frames)] == ["XX000", "42501"]
 
 
 async def test_search_path_set_takes_effect_when_it_completes() -> None:
@@ -300,9 +309,9 @@ async def test_pipelined_search_path_change_is_judged_over_both_paths() -> None:
     h2 = FlowHarness(allow=[("*", "public.*")])
     await h2.query("SET search_path = sales")
     out = await h2.query("SELECT * FROM t")
-    assert out.to_server == [codec.sync()]  # sales.t is not granted
+    assert out.to_server == REFUSED_QUERY  # sales.t is not granted
     # Once the SET failed, public alone counts again.
-    h2.answer(server_error("22023"), rfq(), rfq())
+    h2.answer(server_error("22023"), rfq(), PROBE_FAILED, rfq())
     out = await h2.query("SELECT * FROM t")
     assert out.to_server == [codec.query("SELECT * FROM t")]
 
@@ -332,12 +341,11 @@ async def test_audit_unavailable_refuses_without_forwarding() -> None:
     h = FlowHarness()
     h.audit.writable = False
     out = await h.query("SELECT * FROM t")
-    assert out.to_server == [codec.sync()] and not out.close
-    [error] = errors(out.to_client)
+    assert out.to_server == REFUSED_QUERY and not out.close
+    [error] = errors(h.answer(PROBE_FAILED, rfq()))
     assert error["C"] == "53000" and "audit" in error["M"]
     [record] = h.outcomes()
     assert record.event == "upstream_error" and record.reason == "audit_unavailable"
-    h.answer(rfq())
     h.audit.writable = True
     out = await h.query("SELECT * FROM t")
     assert out.to_server == [codec.query("SELECT * FROM t")]
@@ -359,8 +367,8 @@ async def test_records_not_durable_refuse_the_statement() -> None:
     h.ctx.audit = failing
     h.ctx.record = h.ctx.records.emit
     out = await h.query("SELECT * FROM t")
-    assert out.to_server == [codec.sync()]
-    assert errors(out.to_client)[0]["C"] == "53000"
+    assert out.to_server == REFUSED_QUERY
+    assert errors(h.answer(PROBE_FAILED, rfq()))[0]["C"] == "53000"
 
 
 async def test_durability_is_awaited_before_forwarding() -> None:
@@ -384,8 +392,8 @@ async def test_durability_is_awaited_before_forwarding() -> None:
 async def test_function_call_protocol_is_refused() -> None:
     h = FlowHarness(allow=[("*", "*")])
     out = await h.send(codec.encode(codec.FUNCTION_CALL, b"\x00\x00\x04\x00\x00\x00\x00\x00\x00"))
-    assert out.to_server == [codec.sync()]
-    assert errors(out.to_client)[0]["C"] == "42501"
+    assert out.to_server == REFUSED_QUERY
+    assert errors(h.answer(PROBE_FAILED, rfq()))[0]["C"] == "42501"
     assert h.outcomes()[0].object == "function_call_protocol"
 
 

@@ -6,7 +6,17 @@ import pytest
 
 from lockgate.gateway.postgres import codec
 from lockgate.gateway.postgres.codec import Bind, Close, Describe, Execute, Parse
-from tests.gateway.postgres.test_flow import FlowHarness, cc, errors, rfq, server_error, types
+from tests.gateway.postgres.test_flow import (
+    PROBE,
+    PROBE_FAILED,
+    REFUSED_QUERY,
+    FlowHarness,
+    cc,
+    errors,
+    rfq,
+    server_error,
+    types,
+)
 
 
 def parse(text: str, name: str = "") -> bytes:
@@ -60,10 +70,11 @@ async def test_allowed_batch_is_forwarded_with_one_record_per_execute() -> None:
 async def test_denied_parse_discards_until_sync_and_answers_in_order() -> None:
     h = FlowHarness()
     out = await h.send(*batch("SELECT * FROM other.secret"))
-    assert out.to_server == [codec.sync()]  # only the client's Sync went on
-    [error] = errors(out.to_client)
+    assert out.to_server == [PROBE, codec.sync()]  # the probe, then only the client's Sync
+    relayed = h.answer(PROBE_FAILED, rfq())
+    assert types(relayed) == ["E", "Z"]
+    [error] = errors(relayed)
     assert error["C"] == "42501" and "read on other.secret" in error["M"]
-    assert types(h.answer(rfq())) == ["Z"]
     [denied] = h.outcomes()
     assert denied.event == "denied" and denied.detail["statement_name"] == ""
     # The session stays usable.
@@ -77,9 +88,9 @@ async def test_deny_in_the_middle_of_three_syncs() -> None:
     second = batch("SELECT * FROM other.secret")
     third = batch("SELECT * FROM sales.orders")
     out = await h.send(*first, *second, *third)
-    assert out.to_server == [*first, codec.sync(), *third]
+    assert out.to_server == [*first, PROBE, codec.sync(), *third]
     assert not out.to_client  # the refusal waits for the first batch's answers
-    relayed = h.answer(*answers("SELECT 0"), rfq(), *answers("SELECT 0"))
+    relayed = h.answer(*answers("SELECT 0"), PROBE_FAILED, rfq(), *answers("SELECT 0"))
     assert types(relayed) == ["1", "2", "n", "C", "Z", "E", "Z", "1", "2", "n", "C", "Z"]
     assert [r.object for r in h.admitted()] == ["public.t", "sales.orders"]
 
@@ -96,9 +107,12 @@ async def test_deny_after_forwarded_messages_of_the_same_batch() -> None:
         execute(),
         codec.sync(),
     )
-    assert out.to_server == [parse("SELECT * FROM t"), bind(), execute(), codec.sync()]
-    relayed = h.answer(codec.parse_complete(), codec.bind_complete(), cc("SELECT 0"), rfq())
+    assert out.to_server == [parse("SELECT * FROM t"), bind(), execute(), PROBE, codec.sync()]
+    relayed = h.answer(
+        codec.parse_complete(), codec.bind_complete(), cc("SELECT 0"), PROBE_FAILED, rfq()
+    )
     assert types(relayed) == ["1", "2", "C", "E", "Z"]
+    assert errors(relayed)[0]["C"] == "42501"
 
 
 async def test_server_error_before_the_refusal_suppresses_it() -> None:
@@ -107,10 +121,11 @@ async def test_server_error_before_the_refusal_suppresses_it() -> None:
         parse("SELECT * FROM t"), bind(), execute(),
         parse("SELECT * FROM other.secret"), bind(), execute(), codec.sync(),
     )  # fmt: skip
-    assert len(out.to_server) == 4
+    assert len(out.to_server) == 5
     relayed = h.answer(codec.parse_complete(), server_error("22P02"), rfq())
     # The server skipped the rest itself: one error for the client, as without the gateway.
     assert types(relayed) == ["1", "E", "Z"]
+    assert errors(relayed)[0]["C"] == "22P02"
     # The Bind failed: the Execute after it did not run.
     [outcome] = h.outcomes("allowed")
     assert outcome.detail["outcome"] == "not_executed"
@@ -122,9 +137,12 @@ async def test_flush_after_a_refusal_still_gets_the_answers_before_it() -> None:
     out = await h.send(parse("SELECT * FROM t", "a"), describe("S", "a"), codec.flush())
     assert out.to_server == [parse("SELECT * FROM t", "a"), describe("S", "a"), codec.flush()]
     out = await h.send(parse("SELECT * FROM other.secret", "b"), codec.flush())
-    assert out.to_server == [codec.flush()]
-    relayed = h.answer(codec.parse_complete(), codec.parameter_description([]), codec.no_data())
+    assert out.to_server == [PROBE, codec.flush()]
+    relayed = h.answer(
+        codec.parse_complete(), codec.parameter_description([]), codec.no_data(), PROBE_FAILED
+    )
     assert types(relayed) == ["1", "t", "n", "E"]  # the refusal, right after its turn
+    assert errors(relayed)[0]["C"] == "42501"
     out = await h.send(codec.sync())
     assert out.to_server == [codec.sync()]
     assert types(h.answer(rfq())) == ["Z"]
@@ -148,8 +166,8 @@ async def test_execute_is_judged_again_under_the_policy_of_now() -> None:
     h.answer(codec.parse_complete(), codec.bind_complete(), rfq())
     h.policy.deny.append(("read", "sales.*"))
     out = await h.send(execute(), codec.sync())
-    assert out.to_server == [codec.sync()]
-    assert errors(out.to_client)[0]["C"] == "42501"
+    assert out.to_server == [PROBE, codec.sync()]
+    assert errors(h.answer(PROBE_FAILED, rfq()))[0]["C"] == "42501"
 
 
 async def test_named_statement_in_use_keeps_its_text() -> None:
@@ -170,9 +188,9 @@ async def test_closed_statement_and_unknown_portal() -> None:
     h.answer(codec.parse_complete(), rfq())
     out = await h.send(close("S", "s1"), bind("s1"), execute(), codec.sync())
     # The Bind goes on (the server refuses it); the Execute of no known portal is refused.
-    assert out.to_server == [close("S", "s1"), bind("s1"), codec.sync()]
+    assert out.to_server == [close("S", "s1"), bind("s1"), PROBE, codec.sync()]
     relayed = h.answer(codec.close_complete(), server_error("26000"), rfq())
-    assert types(relayed) == ["3", "E", "Z"]
+    assert types(relayed) == ["3", "E", "Z"]  # the server failed first: its error alone
     assert h.outcomes()[-1].reason == "unknown_portal"
 
 
@@ -194,8 +212,8 @@ async def test_execute_judged_under_the_path_its_portal_was_bound_with() -> None
     await h.query("SET search_path = sales")
     h.answer(cc("SET"), rfq("T"))
     out = await h.send(execute(), codec.sync())
-    assert out.to_server == [codec.sync()]  # sales.t is not granted
-    assert "sales.t" in errors(out.to_client)[0]["M"]
+    assert out.to_server == [PROBE, codec.sync()]  # sales.t is not granted
+    assert "sales.t" in errors(h.answer(PROBE_FAILED, rfq()))[0]["M"]
 
 
 async def test_sql_prepare_and_execute() -> None:
@@ -209,7 +227,7 @@ async def test_sql_prepare_and_execute() -> None:
     await h.query("DEALLOCATE p")
     h.answer(cc("DEALLOCATE"), rfq())
     out = await h.query("EXECUTE p")
-    assert out.to_server == [codec.sync()]  # unknown now: refused, not guessed
+    assert out.to_server == REFUSED_QUERY  # unknown now: refused, not guessed
 
 
 async def test_protocol_statement_run_by_sql_execute() -> None:
@@ -287,7 +305,7 @@ async def test_discard_all_forgets_prepared_statements() -> None:
     await h.query("DISCARD ALL")
     h.answer(cc("DISCARD ALL"), rfq())
     out = await h.query("EXECUTE p")
-    assert out.to_server == [codec.sync()]
+    assert out.to_server == REFUSED_QUERY
 
 
 async def test_deallocate_and_discard_forget_protocol_statements() -> None:
@@ -299,5 +317,26 @@ async def test_deallocate_and_discard_forget_protocol_statements() -> None:
         await h.query(text)
         h.answer(cc(tag), rfq())
         out = await h.send(bind("s9"), execute(), codec.sync())
-        assert out.to_server == [bind("s9"), codec.sync()], text
+        assert out.to_server == [bind("s9"), PROBE, codec.sync()], text
         assert h.outcomes()[-1].reason == "unknown_portal"
+
+
+async def test_refusal_in_a_transaction_block_fails_it_like_a_server_error() -> None:
+    h = FlowHarness()
+    await h.query("BEGIN")
+    h.answer(cc("BEGIN"), rfq("T"))
+    out = await h.query("DELETE FROM other.secret")
+    assert out.to_server == REFUSED_QUERY
+    h.answer(PROBE_FAILED, rfq("E"))  # the server's transaction failed with the probe
+    assert h.flow.transaction_status == "E"
+
+
+async def test_the_probe_name_is_reserved() -> None:
+    from lockgate.gateway.postgres.flow import PROBE_NAME
+
+    h = FlowHarness()
+    out = await h.send(parse("SELECT 1", PROBE_NAME), codec.sync())
+    assert out.to_server == [PROBE, codec.sync()]
+    assert h.outcomes()[-1].reason == "reserved_name"
+    out = await h.query(f'PREPARE "{PROBE_NAME}" AS SELECT 1')
+    assert out.to_server == REFUSED_QUERY

@@ -22,14 +22,17 @@ Client side:
   protocol error (:class:`~.codec.ProtocolError`; the session answers FATAL and closes).
 * ``Terminate`` ends the session (the session sends Terminate upstream itself).
 
-Refusals keep the protocol exact. A refused Query is not forwarded: a ``Sync`` goes upstream
-in its place. A refused extended-protocol message is not forwarded and the client's
-messages after it are discarded up to and including its ``Sync``, which *is* forwarded
-(``Flush`` still is: it runs nothing, and a client waiting on it must get its answers).
-The gateway's ErrorResponse goes to the client once the server answered everything sent
-before the refused message — unless the server reported an error since the last
-ReadyForQuery (it then skipped the rest itself, as the client expects) — and the server's
-own ReadyForQuery follows, so its transaction status is the server's.
+Refusals keep the protocol exact, transactions included: the server must fail where the
+refused message stood, as it would for its own error (an implicit transaction of a pipeline
+batch rolls back, a transaction block becomes failed 'E'). So the refused message is not
+forwarded; a ``Describe`` of a prepared statement that cannot exist (:data:`PROBE_NAME`,
+which clients may not use) goes in its place, and its ErrorResponse is swapped for the
+gateway's own (nothing runs, nothing is logged as a statement). A refused Query is followed
+by a ``Sync``; after a refused extended-protocol message the client's messages are
+discarded up to and including its ``Sync``, which *is* forwarded (``Flush`` still is: it
+runs nothing, and a client waiting on it gets its answers). If the server failed earlier in
+the batch it skips the probe too, and the client sees the server's error alone, as it would
+without the gateway. ReadyForQuery is always the server's own.
 
 Refusal SQLSTATEs: ``42501`` for policy denials and texts the classifier cannot place; a
 token that expired or was revoked mid-session: ``FATAL 42501`` naming the reason, audited
@@ -85,6 +88,9 @@ log = _log.get("gateway.postgres")
 #: ErrorResponse SQLSTATE classes that are the server's trouble, not the statement's.
 _SERVER_TROUBLE = ("08", "53", "57", "58", "XX")
 _SYNC = codec.sync()
+#: A prepared statement name no client may use: refusals are answered through it.
+PROBE_NAME = "\x1flockgate refused"
+_PROBE = codec.encode_message(codec.Describe("S", PROBE_NAME))
 _COPY_MESSAGES = frozenset({codec.COPY_DATA, codec.COPY_DONE, codec.COPY_FAIL})
 
 
@@ -128,7 +134,6 @@ class Flow:
         self._units: deque[Unit] = deque()  # forwarded, awaiting the server's answer
         self._portals: dict[str, Portal] = {}
         self._discarding = False  # a refused extended message: drop until Sync
-        self._server_errored = False  # an ErrorResponse since the last ReadyForQuery
         self._copy = ""  # "in": COPY FROM STDIN runs; "draining": it failed; "": neither
         self._tokens = 0
 
@@ -196,7 +201,7 @@ class Flow:
         judged = judge.judged(text, self.scope)
         if isinstance(judged, Unplaceable):
             return self._refuse(judge.unplaceable(judged), t0, _text_detail(text), batch=False)
-        verdict = judge.decide(judged)
+        verdict = _reserved(judged) or judge.decide(judged)
         if isinstance(verdict, Refusal):
             return self._refuse(verdict, t0, _judged_detail(judged), batch=False)
         pendings = await self._admit(verdict, t0, {})
@@ -218,6 +223,8 @@ class Flow:
             refusal = self.judge.unplaceable(judged)
             return self._refuse(refusal, t0, {**_text_detail(parse.query), **names})
         verdict = self.judge.decide(judged)
+        if parse.name == PROBE_NAME:
+            verdict = _RESERVED
         if isinstance(verdict, Refusal):
             return self._refuse(verdict, t0, {**_judged_detail(judged), **names})
         protocol = self.scope.protocol
@@ -347,14 +354,12 @@ class Flow:
         if refusal.close:
             error = codec.error_response(refusal.sqlstate, refusal.message, severity="FATAL")
             return Out(to_client=[error], close=True)
+        # The server must fail where the refused message was, as for its own error: a
+        # Describe of a statement that cannot exist does, with nothing run nor logged; its
+        # ErrorResponse is swapped for the gateway's (see from_server).
         error = codec.error_response(refusal.sqlstate, refusal.message)
-        out = Out()
-        if not self._units:
-            # Nothing of the client's is awaiting its answer: the refusal is next in line.
-            if not self._server_errored:
-                out.to_client.append(error)
-        else:
-            self._units.append(Unit(REFUSAL, error=error))
+        self._units.append(Unit(REFUSAL, error=error))
+        out = Out([_PROBE])
         if batch:
             self._discarding = True
         else:
@@ -391,8 +396,10 @@ class Flow:
                 self._complete(head, tag)
         elif kind == codec.READY_FOR_QUERY:
             status = codec.decode_ready_for_query(msg.body)
-            self._ready(status, out)
+            self._ready(status)
         elif kind == codec.ERROR_RESPONSE:
+            if head is not None and head.kind == REFUSAL and head.error is not None:
+                out.to_client[0] = head.error  # the probe failed: the refusal in its place
             self._server_error(codec.decode_error_fields(msg.body).get("C", ""))
         elif kind in (codec.EMPTY_QUERY, codec.PORTAL_SUSPENDED):
             if head is not None and head.kind in (STATEMENT, EXECUTE):
@@ -409,7 +416,6 @@ class Flow:
             self._pop(DESCRIBE)  # in a Query or an Execute, no Describe is at the head
         elif kind == codec.COPY_IN_RESPONSE:
             self._copy = "in"
-        self._release_refusals(out)
         return out
 
     def _pop(self, kind: int) -> None:
@@ -434,47 +440,32 @@ class Flow:
         self._finish(unit, "allowed", "done", tag=tag)
 
     def _server_error(self, sqlstate: str) -> None:
-        self._server_errored = True
         self.scope.base.error()
         if self._copy == "in":
             self._copy = "draining"
         units = self._units
-        if units and units[0].kind not in (BATCH_END, REFUSAL):
+        if units and units[0].kind == REFUSAL:
+            units.popleft()
+        elif units and units[0].kind != BATCH_END:
             failed = units.popleft()
             trouble = sqlstate.startswith(_SERVER_TROUBLE)
             event = "upstream_error" if trouble else "allowed"
             self._finish(failed, event, "error", sqlstate=sqlstate)
         # The server skips the rest of the Query, or of the batch up to its Sync.
-        while units and units[0].kind not in (BATCH_END, REFUSAL):
+        while units and units[0].kind != BATCH_END:
             self._finish(units.popleft(), "allowed", "not_executed")
 
-    def _ready(self, status: str, out: Out) -> None:
+    def _ready(self, status: str) -> None:
         units = self._units
         while units and units[0].kind != BATCH_END:
-            unit = units.popleft()
-            if unit.kind == REFUSAL:
-                self._release(unit, out, before=len(out.to_client) - 1)
-            else:
-                self._finish(unit, "allowed", "not_executed")
+            self._finish(units.popleft(), "allowed", "not_executed")
         if units:
             units.popleft()
         if self._copy == "in":
             self._copy = "draining"
         self._status = status
-        self._server_errored = False
         self.scope.base.ready(status)
         self.scope.ready(status)
-
-    def _release_refusals(self, out: Out) -> None:
-        """Refusals whose turn came (everything before them was answered) go out now."""
-        units = self._units
-        while units and units[0].kind == REFUSAL:
-            self._release(units.popleft(), out, before=len(out.to_client))
-
-    def _release(self, unit: Unit, out: Out, *, before: int) -> None:
-        """Send a refusal (at ``before`` in ``out``) unless the server errored already."""
-        if not self._server_errored and unit.error is not None:
-            out.to_client.insert(before, unit.error)
 
     def _finish(
         self,
@@ -538,6 +529,18 @@ class _WithPaths:
 
     def key(self) -> tuple[object, ...]:
         return (self._flow_scope.key(), self.search_paths)
+
+
+_RESERVED = Refusal(
+    "42501", f"Lockgate reserves the prepared statement name {PROBE_NAME!r}", "reserved_name"
+)
+
+
+def _reserved(judged: Judged) -> Refusal | None:
+    """The refusal of a SQL PREPARE (or EXECUTE, DEALLOCATE) of the gateway's own name."""
+    if any(r.statement.prepared_name == PROBE_NAME for r in judged.records):
+        return _RESERVED
+    return None
 
 
 def _raw(msg: codec.Message) -> bytes:
