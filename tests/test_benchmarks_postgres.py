@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.postgres import Run, median_latency_ms, parse_pgbench, report
+import pytest
+from benchmarks.postgres import WORKLOADS, Run, main, median_latency_ms, parse_pgbench, report
+
+from tests.pgserver.fixtures import require_postgres
 
 PGBENCH_OUTPUT = """\
 pgbench (15.18 (Debian 15.18-0+deb12u1))
@@ -49,3 +52,14 @@ def test_targets_are_judged_and_a_missing_side_is_not_measured() -> None:
     missing = report({"select-only prepared": {"direct": bouncer, "lockgate": None}}, {}, 16)
     assert all(line.endswith("?") for line in missing[-3:])
     assert "n/a" in missing[2]
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs_end_to_end_briefly(capsys: pytest.CaptureFixture[str]) -> None:
+    require_postgres()
+    assert main(["--seconds", "1", "--clients", "2", "--scale", "1"]) == 0
+    out = capsys.readouterr().out
+    for name, _args, _per_tx in WORKLOADS:
+        row = next(line for line in out.splitlines() if line.startswith(name))
+        assert row.count(" tps ") == 3, row  # direct, pgbouncer and lockgate all measured
+    assert "target >= 0.7x" in out and "target <= 20 us" in out and "target <= 0.3 ms" in out
