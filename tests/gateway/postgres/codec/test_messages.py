@@ -106,3 +106,11 @@ def test_messages_keeps_partial_tail() -> None:
     reader.feed(raw[4:])
     assert reader.messages() == [codec.Message(codec.QUERY, b"SELECT 1\0")]
     assert reader.buffered() == 0
+
+
+def test_repr_never_shows_a_body() -> None:
+    msg = codec.Message(codec.PASSWORD, b"eyJ.secret-token\0")
+    assert "secret" not in repr(msg)
+    assert repr(msg) == "Message('p', 17 bytes)"
+    cancel = codec.CancelRequest(7, b"k3y!")
+    assert "k3y" not in repr(cancel)

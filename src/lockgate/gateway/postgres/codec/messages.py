@@ -81,6 +81,11 @@ class Message(NamedTuple):
     def encode(self) -> bytes:
         return encode(self.type, self.body)
 
+    def __repr__(self) -> str:
+        # Bodies carry tokens (PasswordMessage), bound values and statement text: a message
+        # that ends up in a log line or an exception shows its kind and size only.
+        return f"Message({chr(self.type)!r}, {len(self.body)} bytes)"
+
 
 def encode(type_: int, body: bytes) -> bytes:
     """Frame a body: type byte, int32 length (itself + body), body."""

@@ -9,7 +9,7 @@ CancelRequest key variable (4..256 bytes); 3.0 keys are 4 bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._wire import INT32, UINT32, ProtocolError, UnsupportedProtocolVersion, cstr, text
 
@@ -36,7 +36,7 @@ class CancelRequest:
     """Cancel the query running on the session with this backend key (on a new connection)."""
 
     pid: int
-    secret: bytes
+    secret: bytes = field(repr=False)  # the key that lets anyone cancel that session
 
 
 @dataclass(frozen=True, slots=True)
