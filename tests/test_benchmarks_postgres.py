@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,11 @@ def test_targets_are_judged_and_a_missing_side_is_not_measured() -> None:
 @pytest.mark.slow
 def test_the_benchmark_runs_end_to_end_briefly(capsys: pytest.CaptureFixture[str]) -> None:
     require_postgres()
+    # pgbouncer comes from tests/setup-system.sh (root); without it that column reads n/a.
+    sides = 3 if shutil.which("pgbouncer") or Path("/usr/sbin/pgbouncer").exists() else 2
     assert main(["--seconds", "1", "--clients", "2", "--scale", "1"]) == 0
     out = capsys.readouterr().out
     for name, _args, _per_tx in WORKLOADS:
         row = next(line for line in out.splitlines() if line.startswith(name))
-        assert row.count(" tps ") == 3, row  # direct, pgbouncer and lockgate all measured
+        assert row.count(" tps ") == sides, row
     assert "target >= 0.7x" in out and "target <= 20 us" in out and "target <= 0.3 ms" in out
