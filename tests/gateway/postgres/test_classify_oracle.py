@@ -1,3 +1,4 @@
+# ruff: noqa: E501, S608  (the corpus is SQL, one statement a line)
 """The classifier against the real server's privilege checks (the oracle).
 
 For each statement of a corpus, a fresh role is granted exactly what the classifier says
@@ -488,7 +489,7 @@ def test_without_a_catalog_every_candidate_is_granted_and_nothing_is_missed(
 
 
 _TABLES = ("t1", "t2", "t3", "t4")
-_NAMES = st.sampled_from(_TABLES + ("x", "y"))
+_NAMES = st.sampled_from((*_TABLES, "x", "y"))
 
 
 @st.composite

@@ -49,14 +49,23 @@ def qualified_name(names: Iterable[object]) -> tuple[str | None, str]:
     raise Unplaceable("parse_error", "improper qualified name")
 
 
+def _with_pg_catalog(path: tuple[str, ...]) -> tuple[str, ...]:
+    if "pg_catalog" in path:
+        return path
+    if path[:1] == ("pg_temp",):
+        return ("pg_temp", "pg_catalog", *path[1:])
+    return ("pg_catalog", *path)
+
+
 class Resolver:
     """Places schema-less names through a :class:`NameScope`."""
 
     def __init__(self, scope: NameScope) -> None:
         self.catalog = scope.catalog
         paths = scope.search_paths or ((),)
-        # The server searches pg_catalog first unless the path names it.
-        self.paths = tuple(p if "pg_catalog" in p else ("pg_catalog", *p) for p in paths)
+        # The server searches pg_catalog first unless the path names it (only the session's
+        # temporary schema, when the path does not name it either, comes before it).
+        self.paths = tuple(_with_pg_catalog(p) for p in paths)
         self.explicit_paths = paths
 
     def relation(self, schema: str | None, relname: str, *, missing_ok: bool = False) -> list[str]:

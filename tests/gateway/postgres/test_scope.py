@@ -1,0 +1,171 @@
+"""SessionScope follows search_path, temporary objects and PREPAREs as the server does."""
+
+from __future__ import annotations
+
+from lockgate.gateway.postgres.classify import Statement, classify
+from lockgate.gateway.postgres.scope import RelationCatalog, SessionScope
+
+CATALOG = RelationCatalog(
+    [("public", "orders"), ("sales", "orders"), ("public", "t"), ("b", "t")],
+    ["public", "sales", "b"],
+)
+
+
+def run(scope: SessionScope, sql: str, *, status: str | None = None, error_at: int = -1) -> None:
+    """Complete ``sql``'s statements as the server would (an error stops the rest)."""
+    statements: tuple[Statement, ...] = classify(sql, scope).statements
+    for index, stmt in enumerate(statements):
+        if index == error_at:
+            scope.error()
+            break
+        scope.statement_done(stmt, stmt.command)
+    if status is not None:
+        scope.ready(status)
+
+
+def test_set_takes_effect_when_it_completes() -> None:
+    scope = SessionScope(("public",), CATALOG, user="gw")
+    stmt = classify("SET search_path = sales", scope).statements[0]
+    assert scope.search_paths == (("public",),)
+    scope.statement_done(stmt, "SET")
+    scope.ready("I")
+    assert scope.search_paths == (("sales",),)
+
+
+def test_user_and_temporary_schema_are_expanded() -> None:
+    scope = SessionScope(("$user", "public", "pg_temp"), CATALOG, user="gw")
+    assert scope.search_paths == (("gw", "public"),)
+    run(scope, "CREATE TEMP TABLE x (a int)", status="I")
+    assert scope.search_paths == (("gw", "public", "pg_temp"),)
+    run(scope, "SET search_path = public", status="I")
+    assert scope.search_paths == (("pg_temp", "public"),)
+
+
+def test_set_local_ends_with_the_transaction() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "BEGIN", status="T")
+    run(scope, "SET LOCAL search_path = sales", status="T")
+    assert scope.search_paths == (("sales",),)
+    run(scope, "COMMIT", status="I")
+    assert scope.search_paths == (("public",),)
+
+
+def test_a_rolled_back_set_reverts_and_a_committed_one_stays() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "BEGIN; SET search_path = sales", status="T")
+    assert scope.search_paths == (("sales",),)
+    run(scope, "ROLLBACK", status="I")
+    assert scope.search_paths == (("public",),)
+    run(scope, "BEGIN; SET search_path = sales; COMMIT", status="I")
+    assert scope.search_paths == (("sales",),)
+
+
+def test_commit_of_a_failed_block_is_a_rollback() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "BEGIN; SET search_path = sales", status="T")
+    scope.error()
+    scope.ready("E")
+    commit = classify("COMMIT", scope).statements[0]
+    scope.statement_done(commit, "ROLLBACK")  # the server's tag for it
+    scope.ready("I")
+    assert scope.search_paths == (("public",),)
+
+
+def test_an_error_undoes_the_sets_of_an_implicit_transaction() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "SET search_path = sales; SELECT 1/0", error_at=1, status="I")
+    assert scope.search_paths == (("public",),)
+    run(scope, "SET search_path = sales; SELECT 1", status="I")
+    assert scope.search_paths == (("sales",),)
+
+
+def test_savepoints_restore_exactly() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "BEGIN; SET search_path = a; SAVEPOINT s1; SET search_path = b", status="T")
+    assert scope.search_paths == (("b",),)
+    run(scope, "ROLLBACK TO SAVEPOINT s1", status="T")
+    assert scope.search_paths == (("a",),)
+    run(
+        scope,
+        "SET LOCAL search_path = c; SAVEPOINT s2; SET search_path = d; RELEASE s2",
+        status="T",
+    )
+    assert scope.search_paths == (("d",),)
+    run(scope, "ROLLBACK", status="I")
+    assert scope.search_paths == (("public",),)
+
+
+def test_an_unknown_savepoint_keeps_both_paths() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "BEGIN; SET search_path = sales", status="T")
+    scope.statement_done(classify("ROLLBACK TO nosuch", scope).statements[0], "ROLLBACK")
+    assert set(scope.search_paths) == {("sales",), ("public",)}
+
+
+def test_commit_and_chain_keeps_a_block_open() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "BEGIN; SET search_path = sales; COMMIT AND CHAIN", status="T")
+    run(scope, "SET search_path = b; ROLLBACK", status="I")
+    assert scope.search_paths == (("sales",),)
+
+
+def test_reset_and_discard_return_to_the_initial_path() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "SET search_path = sales", status="I")
+    run(scope, "RESET search_path", status="I")
+    assert scope.search_paths == (("public",),)
+    run(scope, "SET search_path = sales; PREPARE p AS SELECT 1", status="I")
+    assert "p" in scope.prepared
+    run(scope, "DISCARD ALL", status="I")
+    assert scope.search_paths == (("public",),)
+    assert scope.prepared == {}
+
+
+def test_prepared_names_come_and_go() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "PREPARE a AS SELECT * FROM orders; PREPARE b AS SELECT 1", status="I")
+    assert dict(scope.prepared) == {"a": "SELECT * FROM orders", "b": "SELECT 1"}
+    run(scope, "DEALLOCATE a", status="I")
+    assert set(scope.prepared) == {"b"}
+    run(scope, "DEALLOCATE ALL", status="I")
+    assert scope.prepared == {}
+
+
+def test_key_changes_with_everything_classification_depends_on() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    keys = {scope.key()}
+    run(scope, "SET search_path = sales", status="I")
+    keys.add(scope.key())
+    run(scope, "PREPARE p AS SELECT 1", status="I")
+    keys.add(scope.key())
+    run(scope, "CREATE TABLE sales.n (a int)", status="I")
+    keys.add(scope.key())
+    scope.set_catalog(RelationCatalog([("public", "orders")]))
+    keys.add(scope.key())
+    assert len(keys) == 5
+    other = SessionScope(("public",), CATALOG)
+    assert other.key() == SessionScope(("public",), CATALOG).key()  # shareable cache entries
+
+
+def test_the_sessions_own_ddl_widens_resolution() -> None:
+    scope = SessionScope(("public", "b"), CATALOG)
+    # dropped here: the server would now find b.t, so both are checked
+    run(scope, "DROP TABLE t", status="I")
+    (select,) = classify("SELECT * FROM t", scope).statements
+    assert {a.obj for a in select.accesses} == {"public.t", "b.t"}
+    # created here: it may exist now
+    run(scope, "CREATE TABLE fresh (a int)", status="I")
+    (select,) = classify("SELECT * FROM fresh", scope).statements
+    assert {a.obj for a in select.accesses} == {"public.fresh"}
+    # a schema created here may receive new tables
+    run(scope, "CREATE SCHEMA novel; SET search_path = novel, public", status="I")
+    (create,) = classify("CREATE TABLE y (a int)", scope).statements
+    assert {a.obj for a in create.accesses} == {"novel.y", "public.y"}
+
+
+def test_the_catalog_query_lists_relations_and_schemas() -> None:
+    catalog = RelationCatalog([("public", "orders"), ("empty", None)])
+    assert catalog.schemas_of("orders") == frozenset({"public"})
+    assert catalog.schema("empty") == "yes"
+    assert catalog.schema("nosuch") == "no"
+    assert "pg_class" in RelationCatalog.QUERY and "pg_namespace" in RelationCatalog.QUERY
