@@ -175,8 +175,12 @@ def server_user_dir(prefix: str) -> Path:
 
 # -- the template data directory: initdb once per run -----------------------------------------
 
+#: A watchdog (see _watchdog): the write end of its pipe and its process.
+Watchdog = tuple[int, "subprocess.Popen[bytes]"]
+
 _template_lock = threading.Lock()
 _template: tuple[Path, str] | None = None  # (data dir, superuser password)
+_template_watchdog: list[Watchdog] = []
 
 
 def _template_datadir(pg_bin: Path) -> tuple[Path, str]:
@@ -188,7 +192,7 @@ def _template_datadir(pg_bin: Path) -> tuple[Path, str]:
         root = server_user_dir("lockgate-pg-template-")
         atexit.register(shutil.rmtree, root, True)
         # Left open for the life of the process: the watchdog removes the template after it.
-        _watchdog([], root / "data", root)
+        _template_watchdog.append(_watchdog([], root / "data", root))
         password = secrets.token_urlsafe(18)
         pwfile = root / "pwfile"
         write_server_file(pwfile, password + "\n")
@@ -225,8 +229,8 @@ def _conf_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-# The watchdog's program (see PgServer._start_watchdog): argv = fd, pg_ctl argv (JSON),
-# data dir, run dir.
+# The watchdog's program (see _watchdog): argv = fd, pg_ctl argv (JSON), data dir, what to
+# remove.
 _WATCHDOG = """
 import json, os, shutil, subprocess, sys
 fd = int(sys.argv[1])
@@ -239,20 +243,20 @@ shutil.rmtree(sys.argv[4], ignore_errors=True)
 """
 
 
-def _watchdog(pg_ctl: list[str], datadir: Path, remove: Path) -> int:
+def _watchdog(pg_ctl: list[str], datadir: Path, remove: Path) -> Watchdog:
     """Start a process of its own session that, once this process dies without running
     ``atexit`` (SIGTERM from ``timeout``, SIGKILL), stops the server in ``datadir`` if one
     runs there and removes ``remove``. It waits for the end of a pipe only this process holds
-    open; the returned fd is that pipe's write end (closing it sets the watchdog off)."""
+    open; returned: that pipe's write end (closing it sets the watchdog off) and the process."""
     read_end, write_end = os.pipe()
-    subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, str(read_end), json.dumps(pg_ctl), str(datadir),
          str(remove)],
         pass_fds=(read_end,), start_new_session=True, cwd="/",
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     os.close(read_end)
-    return write_end
+    return write_end, proc
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -275,7 +279,7 @@ class PgServer:
     rundir: Path = field(repr=False)  # holds datadir, the TLS material and the stderr log
     _md5_users: list[str] = field(default_factory=list, repr=False)
     _running: bool = field(default=False, repr=False)
-    _watchdog_fd: int | None = field(default=None, repr=False)
+    _watchdog: Watchdog | None = field(default=None, repr=False)
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -477,13 +481,16 @@ class PgServer:
             except (RuntimeError, subprocess.TimeoutExpired):
                 self._kill()
         shutil.rmtree(self.rundir, ignore_errors=True)
-        if self._watchdog_fd is not None:
-            os.close(self._watchdog_fd)  # the watchdog finds nothing left and exits
-            self._watchdog_fd = None
+        if self._watchdog is not None:
+            fd, proc = self._watchdog
+            self._watchdog = None
+            os.close(fd)  # the watchdog finds nothing left and exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
 
     def _start_watchdog(self) -> None:
         pg_ctl = as_server_user([str(self.pg_bin / "pg_ctl"), "-D", str(self.datadir)])
-        self._watchdog_fd = _watchdog(pg_ctl, self.datadir, self.rundir)
+        self._watchdog = _watchdog(pg_ctl, self.datadir, self.rundir)
 
     def _kill(self) -> None:
         pidfile = self.datadir / "postmaster.pid"
