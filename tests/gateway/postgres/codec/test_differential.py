@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -459,3 +460,22 @@ def test_md5_login(pg_server: PgServer, relay: RecordingRelay) -> None:
     inner = hashlib.md5(b"md5-secret" + user.encode(), usedforsecurity=False).hexdigest()
     expected = hashlib.md5(inner.encode() + auth.data, usedforsecurity=False).hexdigest()
     assert answer == "md5" + expected
+
+
+def test_cancel_request_carries_the_sessions_backend_key(
+    pg_server: PgServer, relay: RecordingRelay
+) -> None:
+    with psycopg.connect(_conninfo(pg_server, relay), autocommit=True) as conn:
+        timer = threading.Timer(0.5, conn.cancel_safe)
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled) as info:
+            conn.execute("SELECT pg_sleep(20)")
+        timer.join()
+        assert info.value.sqlstate == "57014"
+    session, cancel = (decode_capture(c) for c in relay.wait(2))
+    (key,) = session.server_values(codec.BACKEND_KEY_DATA)
+    request = cancel.startup[-1]
+    assert isinstance(request, codec.CancelRequest)
+    assert (request.pid, request.secret) == key
+    assert cancel.client == [] and cancel.server == []
+    assert [e["C"] for e in session.server_values(codec.ERROR_RESPONSE)] == ["57014"]
