@@ -210,14 +210,26 @@ class Judged:
     object: str | None
 
 
+def _record_key(row: AuditRow, seen: Mapping[object, Judged]) -> object:
+    """Which statement a record belongs to: an outcome names its written-ahead ``admitted``
+    record by ``detail.ref`` (``<sender>/<seq>``, the chain's seq in one process)."""
+    ref = row.detail.get("ref")
+    if not isinstance(ref, str):
+        return ("seq", row.seq)
+    number = ref.rpartition("/")[2]
+    if number.isdigit() and (("seq", int(number)) in seen or (("seq", int(number)), 0) in seen):
+        return ("seq", int(number))
+    return ("ref", ref)
+
+
 def judged_statements(rows: Iterable[AuditRow]) -> list[Judged]:
-    """One entry per judged statement. Records sharing a ``ref`` (admitted + outcome) are one
-    statement; a record of a multi-statement query (``detail["statements"]``) is several."""
+    """One entry per judged statement. An admitted record and its outcome are one statement;
+    a record of a multi-statement query (``detail["statements"]``) is several."""
     merged: dict[object, Judged] = {}
     for row in rows:
         if row.event not in ("admitted", "allowed", "denied", "upstream_error"):
             continue
-        base: object = row.detail.get("ref") or ("seq", row.seq)
+        base = _record_key(row, merged)
         parts = row.detail.get("statements")
         texts: list[str | None] = (
             [statement_text(p) for p in parts if isinstance(p, Mapping)]
