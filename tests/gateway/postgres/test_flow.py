@@ -35,6 +35,8 @@ CATALOG = [
     ("sales", "orders"),
     ("sales", "t"),
     ("other", "secret"),
+    ("pg_catalog", "pg_type"),
+    ("information_schema", "tables"),
 ]
 
 

@@ -39,9 +39,9 @@ class FlowScope:
     def __init__(self, base: SessionScope) -> None:
         self.base = base
         self._initial: tuple[Path, ...] = base.search_paths
-        # paths the settled scope has shown since the last idle ReadyForQuery: where a
-        # ROLLBACK in flight may take the session back to
-        self._seen: dict[Path, None] = dict.fromkeys(self._initial)
+        # paths the settled scope has shown in this transaction (besides the current one):
+        # where a ROLLBACK in flight may take the session back to
+        self._seen: dict[Path, None] = {}
         self.unsettled: dict[int, tuple[Path, ...]] = {}  # forwarded statement -> its paths
         self.protocol: dict[str, str] = {}  # protocol-level prepared statements: name -> text
 
@@ -87,6 +87,7 @@ class FlowScope:
                     paths.update(dict.fromkeys(self._initial))
                 else:  # may roll back to any path of this transaction
                     paths.update(self._seen)
+                    paths.update(dict.fromkeys(self.base.search_paths))
         if paths:
             self.unsettled[token] = tuple(paths)
 
@@ -97,11 +98,11 @@ class FlowScope:
 
     def ready(self, status: str) -> None:
         """A ReadyForQuery: the settled scope moved; an idle session starts a new history."""
-        current = self.base.search_paths
         if status == "I":
-            self._seen = dict.fromkeys(current)
+            if self._seen:
+                self._seen = {}  # the current path is added where it is needed (sent)
         else:
-            self._seen.update(dict.fromkeys(current))
+            self._seen.update(dict.fromkeys(self.base.search_paths))
 
     def forget_unsettled(self) -> None:
         self.unsettled.clear()

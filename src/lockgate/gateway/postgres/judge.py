@@ -17,7 +17,9 @@ view may differ; judging them again costs one parse).
 A text is allowed only if policy allows every access of every statement (a multi-statement
 query is refused whole). Statements that need no grant (``BEGIN``, ``SET application_name``,
 ``SELECT 1``) are admitted under the built-in rule ``builtin:no-object`` with action
-``session``; every one is still audited.
+``session``; reads of ``pg_catalog`` and ``information_schema`` (drivers' type lookups,
+reflection) under ``builtin:catalog-read`` unless a policy rule denies them explicitly;
+every one is still audited.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from .scope import NameScope
 
 if TYPE_CHECKING:
     from lockgate.config import PostgresResource
-    from lockgate.gateway.engine import Decision
     from lockgate.identity import Claims
     from lockgate.policy import Request
 
@@ -44,6 +45,11 @@ MAX_AUDIT_TEXT = 2048
 #: Action and rule of a statement that touches no object (BEGIN, SHOW, SELECT 1 ...).
 NO_OBJECT_ACTION = "session"
 NO_OBJECT_RULE = "builtin:no-object"
+#: Reads of the system catalogs (what drivers do to learn types, SQLAlchemy to reflect) are
+#: every principal's unless a policy rule denies them explicitly; the server's own
+#: privileges still apply (pg_authid, pg_statistic stay the superuser's).
+CATALOG_SCHEMAS = ("pg_catalog.", "information_schema.")
+CATALOG_RULE = "builtin:catalog-read"
 #: Judged texts whose policy requests one session keeps built (past it they start over).
 MAX_REQUESTS_PER_SESSION = 512
 
@@ -95,6 +101,10 @@ def statement_record(statement: Statement) -> StatementRecord:
     if len(objects) > 1:
         detail["objects"] = objects
     return StatementRecord(statement, top.action, top.obj, detail)
+
+
+def _catalog_read(access: Access) -> bool:
+    return access.action == "read" and access.obj.startswith(CATALOG_SCHEMAS)
 
 
 def audit_text(text: str) -> str:
@@ -190,13 +200,15 @@ class Judge:
         if not judged.accesses:
             return Admission(judged, NO_OBJECT_RULE, None)
         policy = self.ctx.policy.current
-        decision: Decision | None = None
+        rule: str | None = CATALOG_RULE
+        reason: str | None = None
         for access, request in zip(judged.accesses, self._requests_for(judged), strict=True):
             decision = policy.decide(request)
-            if not decision.allowed:
+            if decision.allowed:
+                rule, reason = decision.rule, decision.reason
+            elif decision.rule is not None or not _catalog_read(access):
                 return self.denial(access.action, access.obj, decision.explain(), decision.rule)
-        assert decision is not None
-        return Admission(judged, decision.rule, decision.reason)
+        return Admission(judged, rule, reason)
 
     def denial(
         self, action: str, obj: str, reason: str, rule: str | None = None, sqlstate: str = "42501"

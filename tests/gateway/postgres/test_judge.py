@@ -1,0 +1,120 @@
+"""The PostgreSQL judge: cached classification, policy per statement, built-in rules, cost."""
+
+from __future__ import annotations
+
+import time
+
+from lockgate.gateway.postgres import codec
+from lockgate.gateway.postgres.classified import Unplaceable
+from lockgate.gateway.postgres.judge import (
+    CATALOG_RULE,
+    NO_OBJECT_RULE,
+    Admission,
+    Judged,
+    Refusal,
+    audit_text,
+)
+from tests.gateway.postgres.test_flow import FlowHarness, cc, rfq
+
+
+def test_classification_is_cached_and_shared_between_sessions() -> None:
+    h = FlowHarness()
+    calls: list[str] = []
+    judge = h.flow.judge
+    real = judge._classify
+
+    def counting(text, scope):  # type: ignore[no-untyped-def]
+        calls.append(text)
+        return real(text, scope)
+
+    judge._classify = counting
+    first = judge.judged("SELECT * FROM t", h.flow.scope)
+    second = judge.judged("SELECT * FROM t", h.flow.scope)
+    assert isinstance(first, Judged) and first is second and calls == ["SELECT * FROM t"]
+    # Another session of the same resource, same scope: the same judged text.
+    other = FlowHarness()
+    other.ctx.decisions = h.ctx.decisions
+    key_scope = h.flow.scope
+    assert other.flow.judge.judged("SELECT * FROM t", key_scope) is first
+
+
+def test_unplaceable_texts_are_not_cached() -> None:
+    h = FlowHarness()
+    judge = h.flow.judge
+    assert isinstance(judge.judged("SELECT * FROM nowhere", h.flow.scope), Unplaceable)
+    assert len(h.ctx.decisions) == 0
+
+
+def test_catalog_reads_are_builtin_unless_denied_explicitly() -> None:
+    h = FlowHarness(allow=[])
+    judged = h.flow.judge.judged("SELECT oid FROM pg_type WHERE typname = 'int4'", h.flow.scope)
+    assert isinstance(judged, Judged)
+    verdict = h.flow.judge.decide(judged)
+    assert isinstance(verdict, Admission) and verdict.rule == CATALOG_RULE
+    h.policy.deny.append(("read", "pg_catalog.*"))
+    assert isinstance(h.flow.judge.decide(judged), Refusal)
+    # Not a read: not built in.
+    h2 = FlowHarness(allow=[])
+    judged = h2.flow.judge.judged("SELECT * FROM information_schema.tables", h2.flow.scope)
+    assert isinstance(judged, Judged)
+    assert isinstance(h2.flow.judge.decide(judged), Admission)
+
+
+def test_a_catalog_read_does_not_cover_a_denied_table() -> None:
+    h = FlowHarness(allow=[])
+    judged = h.flow.judge.judged("SELECT * FROM pg_type, other.secret", h.flow.scope)
+    assert isinstance(judged, Judged)
+    verdict = h.flow.judge.decide(judged)
+    assert isinstance(verdict, Refusal) and verdict.obj == "other.secret"
+
+
+def test_no_object_statement_rule() -> None:
+    h = FlowHarness(allow=[])
+    judged = h.flow.judge.judged("SELECT 1", h.flow.scope)
+    assert isinstance(judged, Judged)
+    verdict = h.flow.judge.decide(judged)
+    assert isinstance(verdict, Admission) and verdict.rule == NO_OBJECT_RULE
+
+
+def test_policy_requests_rebuilt_when_claims_change() -> None:
+    h = FlowHarness()
+    judge = h.flow.judge
+    judged = judge.judged("SELECT * FROM t", h.flow.scope)
+    assert isinstance(judged, Judged)
+    judge.decide(judged)
+    judge.decide(judged)
+    first, second = h.policy.seen[-2:]
+    assert first is second  # built once per claims
+    judge.claims = type(judge.claims)(**{**vars(judge.claims), "sub": "airflow:prod/x/y"})
+    judge.decide(judged)
+    assert h.policy.seen[-1].principal == "airflow:prod/x/y"
+
+
+def test_audit_text_is_capped() -> None:
+    assert audit_text("x" * 5000).endswith("…") and len(audit_text("x" * 5000)) == 2049
+
+
+async def test_cached_statement_cost() -> None:
+    """Gateway CPU of one cached statement, Query to outcome (target: 20 µs)."""
+    h = FlowHarness()
+    text = "SELECT abalance FROM t WHERE aid = 1"
+    query = codec.Message(codec.QUERY, codec.query(text)[5:])
+    answers = [
+        codec.Message(codec.ROW_DESCRIPTION, codec.row_description([("abalance", 23)])[5:]),
+        codec.Message(codec.DATA_ROW, codec.data_row([b"0"])[5:]),
+        codec.Message(codec.COMMAND_COMPLETE, cc("SELECT 1")[5:]),
+        codec.Message(codec.READY_FOR_QUERY, rfq()[5:]),
+    ]
+    flow = h.flow
+    await flow.from_client(query)
+    for a in answers:
+        flow.from_server(a)
+    rounds = 2000
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        await flow.from_client(query)
+        for a in answers:
+            flow.from_server(a)
+    per_statement = (time.perf_counter() - t0) / rounds * 1e6
+    print(f"flow: {per_statement:.1f} µs per cached simple-query statement")
+    assert per_statement < 500  # a loose bound: CI machines vary; the figure is printed
