@@ -36,7 +36,7 @@ from pglast.enums.parsenodes import (
 
 from .classified import Access, Classified, Effect, Statement, Unplaceable
 from .classify_ddl import DDL_HANDLERS, create_relation
-from .classify_query import Resolver, Walker
+from .classify_query import Resolver, Walker, present
 from .redact import redact
 from .scope import NameScope, SessionScope
 
@@ -127,9 +127,10 @@ def classify(sql: str, scope: NameScope) -> Classified:
     # temporary table, PREPARE): the server runs them in order.
     moving: NameScope = scope.fork() if isinstance(scope, SessionScope) else scope
     for item in raw:
-        end = item.stmt_location + item.stmt_len if item.stmt_len else len(sql)
-        text = sql[item.stmt_location : end].strip()
-        statement = _statement(item.stmt, text, Resolver(moving), moving)
+        start = item.stmt_location or 0
+        end = start + item.stmt_len if item.stmt_len else len(sql)
+        text = sql[start:end].strip()
+        statement = _statement(present(item.stmt), text, Resolver(moving), moving)
         statements.append(statement)
         if statement.effects and item is not raw[-1]:
             moving = _after(moving, statement)
@@ -198,7 +199,9 @@ def _command_of(node: ast.Node) -> str:
     if known:
         return known
     if isinstance(node, ast.DropStmt):
-        return "DROP " + ObjectType(node.removeType).name.removeprefix("OBJECT_").replace("_", " ")
+        return "DROP " + ObjectType(present(node.removeType)).name.removeprefix("OBJECT_").replace(
+            "_", " "
+        )
     words = re.findall(r"[A-Z][a-z]*", type(node).__name__.removesuffix("Stmt"))
     return " ".join(words).upper()
 
@@ -250,11 +253,12 @@ def _setting_text(arg: object) -> str:
 def _transaction(
     node: ast.TransactionStmt, w: Walker, text: str, scope: NameScope
 ) -> tuple[str, list[Effect], str]:
-    known = _TRANSACTION_COMMANDS.get(node.kind)
+    kind = present(node.kind)
+    known = _TRANSACTION_COMMANDS.get(kind)
     if known is None:
         # PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED: two-phase commit.
         w.add("admin", "database")
-        command = TransactionStmtKind(node.kind).name.removeprefix("TRANS_STMT_")
+        command = TransactionStmtKind(kind).name.removeprefix("TRANS_STMT_")
         ends = node.kind == TransactionStmtKind.TRANS_STMT_PREPARE  # hands the block over
         return command.replace("_", " "), [Effect("commit")] if ends else [], ""
     command, effect = known
@@ -268,7 +272,8 @@ def _prepare(
     inner = _prepared_text(text)
     # The prepared statement must itself be placeable now; EXECUTE is judged on it later.
     classify(inner, scope)
-    return "PREPARE", [Effect("prepare", (inner,), name=node.name)], node.name
+    name = present(node.name)
+    return "PREPARE", [Effect("prepare", (inner,), name=name)], name
 
 
 def _prepared_text(text: str) -> str:
@@ -289,11 +294,11 @@ def _execute(
 ) -> tuple[str, list[Effect], str]:
     command = _execute_inner(node, w, scope)
     w.walk(node.params)
-    return command, [], node.name
+    return command, [], present(node.name)
 
 
 def _execute_inner(node: ast.ExecuteStmt, w: Walker, scope: NameScope) -> str:
-    inner = scope.prepared.get(node.name)
+    inner = scope.prepared.get(present(node.name))
     if inner is None:
         raise Unplaceable(
             "unknown_prepared_statement", f'prepared statement "{node.name}" does not exist'
@@ -332,7 +337,7 @@ def _explain(
     node: ast.ExplainStmt, w: Walker, text: str, scope: NameScope
 ) -> tuple[str, list[Effect], str]:
     # EXPLAIN needs the inner statement's privileges, and ANALYZE runs it.
-    _, effects, _ = _dispatch(node.query, w, text, scope)
+    _, effects, _ = _dispatch(present(node.query), w, text, scope)
     return "EXPLAIN", effects, ""
 
 

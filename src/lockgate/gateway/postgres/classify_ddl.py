@@ -19,7 +19,7 @@ from pglast import ast
 from pglast.enums.parsenodes import GrantTargetType, ObjectType, RoleSpecType
 
 from .classified import Effect, Unplaceable
-from .classify_query import Walker, qualified_name
+from .classify_query import Walker, present, qualified_name
 
 __all__ = ["DDL_HANDLERS", "create_relation"]
 
@@ -55,15 +55,17 @@ _FUNCTION_KINDS = frozenset(
 )
 
 
-def create_relation(w: Walker, rv: ast.RangeVar) -> Effects:
+def create_relation(w: Walker, rv: ast.RangeVar | None) -> Effects:
     """``admin`` on a relation about to be created; the session will know it may exist."""
+    rv = present(rv)
+    relname = present(rv.relname)
     if rv.relpersistence == "t" or rv.schemaname == "pg_temp":
-        w.add("admin", f"pg_temp.{rv.relname}")
-        return [Effect("temp_schema", (rv.relname,))]
+        w.add("admin", f"pg_temp.{relname}")
+        return [Effect("temp_schema", (relname,))]
     effects: Effects = []
     for schema in w.resolver.creation_schemas(rv.schemaname):
-        w.add("admin", f"{schema}.{rv.relname}")
-        effects.append(Effect("created_relation", (schema, rv.relname)))
+        w.add("admin", f"{schema}.{relname}")
+        effects.append(Effect("created_relation", (schema, relname)))
     return effects
 
 
@@ -71,7 +73,8 @@ def _role(spec: object) -> str:
     if isinstance(spec, ast.RoleSpec):
         if spec.roletype == RoleSpecType.ROLESPEC_CSTRING and spec.rolename:
             return f"role:{spec.rolename}"
-        return f"role:{RoleSpecType(spec.roletype).name.removeprefix('ROLESPEC_').lower()}"
+        kind = RoleSpecType(present(spec.roletype))
+        return f"role:{kind.name.removeprefix('ROLESPEC_').lower()}"
     if isinstance(spec, ast.String):
         return f"role:{spec.sval}"
     return "role:*"
@@ -79,15 +82,15 @@ def _role(spec: object) -> str:
 
 def _names(node: object) -> tuple[str, ...]:
     if isinstance(node, ast.String):
-        return (node.sval,)
+        return (present(node.sval),)
     if isinstance(node, (tuple, list)):
-        return tuple(n.sval for n in node if isinstance(n, ast.String))
+        return tuple(present(n.sval) for n in node if isinstance(n, ast.String))
     if isinstance(node, ast.TypeName):
         return _names(node.names)
     return ()
 
 
-def _object(w: Walker, kind: int, obj: object, *, missing_ok: bool = False) -> Effects:
+def _object(w: Walker, kind: int | None, obj: object, *, missing_ok: bool = False) -> Effects:
     """``admin`` on one object of a DROP / COMMENT / ALTER ... OWNER and the like."""
     effects: Effects = []
     if isinstance(obj, ast.RangeVar):
@@ -139,11 +142,11 @@ def _create_stmt(w: Walker, node: ast.CreateStmt) -> Effects:
 
 def _create_foreign_table(w: Walker, node: ast.CreateForeignTableStmt) -> Effects:
     w.add("admin", "database")  # a foreign server is reached through it
-    return _create_stmt(w, node.base)
+    return _create_stmt(w, present(node.base))
 
 
 def _create_table_as(w: Walker, node: ast.CreateTableAsStmt) -> Effects:
-    effects = create_relation(w, node.into.rel)
+    effects = create_relation(w, present(node.into).rel)
     w.walk(node.query)
     return effects
 
@@ -235,21 +238,23 @@ def _rename(w: Walker, node: ast.RenameStmt) -> Effects:
     if node.renameType not in _RELATION_KINDS:
         return []  # a column, constraint, trigger...: the table keeps its name
     effects: Effects = []
+    newname = present(node.newname)
     for placed in w.resolver.relation(
-        node.relation.schemaname, node.relation.relname, missing_ok=bool(node.missing_ok)
+        node.relation.schemaname, present(node.relation.relname), missing_ok=bool(node.missing_ok)
     ):
         schema, _, old = placed.partition(".")
-        w.add("admin", f"{schema}.{node.newname}")
+        w.add("admin", f"{schema}.{newname}")
         effects.append(Effect("dropped_relation", (schema, old)))
-        effects.append(Effect("created_relation", (schema, node.newname)))
+        effects.append(Effect("created_relation", (schema, newname)))
     return effects
 
 
 def _set_schema(w: Walker, node: ast.AlterObjectSchemaStmt) -> Effects:
     target = node.relation if node.relation is not None else node.object
     effects = _object(w, node.objectType, target, missing_ok=bool(node.missing_ok))
-    w.add("admin", f"schema:{node.newschema}")
-    moved = [Effect("created_relation", (node.newschema, e.value[1])) for e in effects]
+    newschema = present(node.newschema)
+    w.add("admin", f"schema:{newschema}")
+    moved = [Effect("created_relation", (newschema, e.value[1])) for e in effects]
     return effects + moved
 
 
@@ -348,7 +353,7 @@ def _rule(w: Walker, node: ast.RuleStmt) -> Effects:
 
 
 def _call(w: Walker, node: ast.CallStmt) -> Effects:
-    call = node.funccall
+    call = present(node.funccall)
     schema, name = qualified_name(call.funcname or ())
     for s in [schema] if schema else w.resolver.function_schemas():
         w.add("admin", f"function:{s}.{name}")

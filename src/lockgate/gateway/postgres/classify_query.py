@@ -12,6 +12,7 @@ only inside their WITH (a non-recursive CTE sees only the CTEs listed before it)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from pglast import ast
 from pglast.enums.parsenodes import A_Expr_Kind
@@ -20,7 +21,7 @@ from . import functions
 from .classified import Access, Unplaceable
 from .scope import MAYBE, NO, NameScope
 
-__all__ = ["Resolver", "Walker", "qualified_name"]
+__all__ = ["Resolver", "Walker", "present", "qualified_name"]
 
 # BETWEEN's name is the keyword; it expands to the built-in comparisons.
 _NOT_OPERATORS = frozenset(
@@ -33,8 +34,18 @@ _NOT_OPERATORS = frozenset(
 )
 
 
+T = TypeVar("T")
+
+
+def present(value: T | None) -> T:
+    """``value``, which the grammar always fills; refused if a tree lacks it anyway."""
+    if value is None:
+        raise Unplaceable("parse_error", "incomplete statement")
+    return value
+
+
 def _strings(names: Iterable[object]) -> tuple[str, ...]:
-    return tuple(n.sval for n in names if isinstance(n, ast.String))
+    return tuple(present(n.sval) for n in names if isinstance(n, ast.String))
 
 
 def qualified_name(names: Iterable[object]) -> tuple[str | None, str]:
@@ -128,17 +139,21 @@ class Walker:
         self.accesses: dict[Access, None] = {}
         self._ctes: list[frozenset[str]] = []
         # How an EXECUTE of a SQL-level prepared statement is judged (set by the classifier).
-        self.on_execute: Callable[[ast.ExecuteStmt], None] | None = None
+        self.on_execute: Callable[[ast.ExecuteStmt], object] | None = None
 
     # -- collecting ------------------------------------------------------------------------
 
     def add(self, action: str, obj: str) -> None:
         self.accesses[Access(action, obj)] = None
 
-    def add_relation(self, action: str, rv: ast.RangeVar, *, missing_ok: bool = False) -> None:
+    def add_relation(
+        self, action: str, rv: ast.RangeVar | None, *, missing_ok: bool = False
+    ) -> None:
+        rv = present(rv)
         if rv.catalogname:
             raise Unplaceable("cross_database_reference", f"{rv.catalogname} names a database")
-        for obj in self.resolver.relation(rv.schemaname, rv.relname, missing_ok=missing_ok):
+        relname = present(rv.relname)
+        for obj in self.resolver.relation(rv.schemaname, relname, missing_ok=missing_ok):
             self.add(action, obj)
 
     def is_cte(self, rv: ast.RangeVar) -> bool:
@@ -155,7 +170,7 @@ class Walker:
             return
         handler = _HANDLERS.get(type(node))
         if handler is not None:
-            handler(self, node)
+            handler(self, node)  # type: ignore[operator]
         else:
             self.walk_children(node)
 
@@ -181,7 +196,7 @@ class Walker:
                 pass
             return
         ctes = [c for c in with_clause.ctes or () if isinstance(c, ast.CommonTableExpr)]
-        names = frozenset(c.ctename for c in ctes)
+        names = frozenset(present(c.ctename) for c in ctes)
         if with_clause.recursive:
             self._ctes.append(names)
             for cte in ctes:
@@ -192,7 +207,7 @@ class Walker:
                 self._ctes.append(frozenset(seen))
                 self.walk(cte.ctequery)
                 self._ctes.pop()
-                seen.append(cte.ctename)
+                seen.append(present(cte.ctename))
             self._ctes.append(names)
         try:
             for _ in body:
@@ -311,7 +326,7 @@ class Walker:
 
 
 def _refname(rv: ast.RangeVar) -> str:
-    return rv.alias.aliasname if rv.alias is not None else rv.relname
+    return present(rv.alias.aliasname if rv.alias is not None else rv.relname)
 
 
 def _from_items(items: Iterable[object]) -> Iterator[tuple[str, object]]:
@@ -321,13 +336,13 @@ def _from_items(items: Iterable[object]) -> Iterator[tuple[str, object]]:
             if item.alias is not None:
                 # A join with an alias hides its members' names.
                 for _, inner in _from_items((item.larg, item.rarg)):
-                    yield item.alias.aliasname, inner
+                    yield present(item.alias.aliasname), inner
             else:
                 yield from _from_items((item.larg, item.rarg))
         elif isinstance(item, ast.RangeVar):
             yield _refname(item), item
         elif isinstance(item, ast.RangeSubselect) and item.alias is not None:
-            yield item.alias.aliasname, item
+            yield present(item.alias.aliasname), item
 
 
 def _column_refs(node: object, depth: int = 0) -> Iterator[tuple[ast.ColumnRef, int]]:
@@ -345,13 +360,13 @@ def _column_refs(node: object, depth: int = 0) -> Iterator[tuple[ast.ColumnRef, 
                 yield from _column_refs(value, inner)
 
 
-def _reads_target(parts: Iterable[object], target: ast.RangeVar) -> bool:
+def _reads_target(parts: Iterable[object], target: ast.RangeVar | None) -> bool:
     """Whether an expression may read the DML target's columns (it then needs SELECT).
 
     Columns of the statement's own level may be the target's; inside a subquery only a
     name qualified with the target's name or an unqualified one (it may be correlated).
     """
-    name = _refname(target)
+    name = _refname(present(target))
     for ref, depth in _column_refs(tuple(parts)):
         fields = ref.fields or ()
         if depth == 0 or len(fields) == 1:
@@ -371,7 +386,7 @@ def _literal_sequence(args: tuple[object, ...]) -> tuple[str | None, str] | None
         arg = arg.arg
     if not (isinstance(arg, ast.A_Const) and isinstance(arg.val, ast.String)):
         return None
-    parts = _split_identifier(arg.val.sval)
+    parts = _split_identifier(present(arg.val.sval))
     if parts is None or not 1 <= len(parts) <= 2:
         return None
     return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
