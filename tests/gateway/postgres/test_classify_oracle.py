@@ -538,3 +538,89 @@ def _queries(draw: st.DrawFn) -> str:
 @given(query=_queries())
 def test_random_queries_against_the_server(oracle: Oracle, query: str) -> None:
     oracle.check(P, query)
+
+
+# Sequences of texts (each run alone, in order); the last statement of a text marked "!"
+# fails. After each, the session's path must be the server's own.
+SCOPE_RUNS: list[list[str]] = [
+    ["SET search_path = sales"],
+    ["SET search_path = 'sales, public'"],
+    ['SET search_path = "Mixed", public'],
+    ["SET search_path TO sales, public", "RESET search_path"],
+    ["SET search_path = sales", "SET search_path = DEFAULT"],
+    ["SET search_path = sales", "RESET ALL"],
+    ["SET search_path = sales", "DISCARD ALL"],
+    ["BEGIN", "SET search_path = sales", "ROLLBACK"],
+    ["BEGIN", "SET search_path = sales", "COMMIT"],
+    ["BEGIN", "SET LOCAL search_path = sales", "SELECT 1", "COMMIT"],
+    ["SET LOCAL search_path = sales"],
+    ["SET LOCAL search_path = sales; SELECT 1"],
+    [
+        "BEGIN",
+        "SET search_path = sales",
+        "SAVEPOINT a",
+        "SET search_path = public",
+        "ROLLBACK TO a",
+    ],
+    [
+        "BEGIN",
+        "SET search_path = sales",
+        "SAVEPOINT a",
+        'SET search_path = "Mixed"',
+        "RELEASE a",
+        "ROLLBACK",
+    ],
+    ["BEGIN", "SAVEPOINT a", "SET LOCAL search_path = sales", "ROLLBACK TO SAVEPOINT a", "COMMIT"],
+    [
+        "BEGIN",
+        "SET search_path = sales",
+        "COMMIT AND CHAIN",
+        "SET search_path = public",
+        "ROLLBACK",
+    ],
+    ["BEGIN", "SET search_path = sales", "SELECT 1/0!", "COMMIT"],
+    ["BEGIN", "SET search_path = sales", "SELECT 1/0!", "ROLLBACK"],
+    ["SET search_path = sales; SELECT 1/0!"],
+    ["SET search_path = sales; SELECT 1", "SET search_path = public; SELECT 1/0!"],
+    ["START TRANSACTION", "SET search_path = sales", "END"],
+    ["BEGIN", "SET search_path = sales", "ABORT"],
+]
+
+
+@pytest.mark.parametrize("texts", SCOPE_RUNS, ids=[f"{i:02d}" for i in range(len(SCOPE_RUNS))])
+def test_session_scope_follows_the_servers_search_path(
+    oracle: Oracle, pg_server: PgServer, texts: list[str]
+) -> None:
+    with psycopg.connect(
+        pg_server.dsn(dbname=DATABASE), autocommit=True, prepare_threshold=None
+    ) as conn:
+        scope = SessionScope(("public",), oracle.catalog, user="postgres")
+        conn.execute("SET search_path = public")
+        for text in texts:
+            failing = text.endswith("!")
+            text = text.removesuffix("!")
+            statements = classify(text, scope).statements
+            cur = conn.cursor()
+            try:
+                cur.execute(text.encode())
+            except psycopg.Error:
+                assert failing, text
+                for stmt in statements[:-1]:
+                    scope.statement_done(stmt, stmt.command)
+                scope.error()
+            else:
+                assert not failing, text
+                for stmt in statements:
+                    scope.statement_done(stmt, cur.statusmessage or "")
+                    cur.nextset()
+            status = conn.info.transaction_status
+            scope.ready({0: "I", 2: "T", 3: "E"}[int(status)])
+            if status == psycopg.pq.TransactionStatus.INERROR:
+                continue  # the server answers nothing until the block ends
+            (server,) = conn.execute("SELECT current_schemas(false)").fetchone() or ((),)
+            ours = [
+                s
+                for s in scope.search_paths[0]
+                if oracle.catalog.schema(s) != "no" and s not in ("pg_catalog", "pg_temp")
+            ]
+            assert (len(scope.search_paths), ours) == (1, list(server)), texts
