@@ -26,8 +26,13 @@ Every malformation raises :class:`ProtocolError` (``sqlstate`` 08P01; a
 above the cap (:class:`MessageTooLarge`, from the header, before the body is buffered),
 startup packets above 10000 bytes, a StartupMessage of a major version other than 3
 (:class:`UnsupportedProtocolVersion`, 0A000), missing NULs, trailing bytes, text that is
-not UTF-8 (the gateway pins client_encoding to UTF8). Encoders raise ValueError for values
-the wire cannot carry (a NUL inside a string, a cancel key outside 4..256 bytes).
+not UTF-8 (the engine admits only client encodings whose bytes are UTF-8). Encoders raise
+ValueError for values the wire cannot carry (a NUL inside a string, a cancel key outside
+4..256 bytes).
+
+Note: NegotiateProtocolVersion carries the whole version (``3 << 16 | minor``) on the
+wire, as servers send it and libpq checks it; the functions take and give the minor.
+A :class:`Message`'s repr shows its kind and size only, never the body (tokens, values).
 
 Type bytes are named per direction (frontend ``CLOSE`` and backend ``COMMAND_COMPLETE``
 are both 'C'); ``FRONTEND_TYPES`` / ``BACKEND_TYPES`` list each side's.

@@ -1,8 +1,8 @@
 """Wire primitives shared by every PostgreSQL message: errors, C strings, a body cursor.
 
 All integers are network byte order. A "string" on the wire is UTF-8 text ending in one NUL
-byte; the gateway pins ``client_encoding`` to UTF8, so text that is not valid UTF-8 is a
-protocol error here rather than something to pass through half-understood.
+byte; the engine admits only client encodings whose bytes are UTF-8, so text that is not
+valid UTF-8 is a protocol error here rather than something to pass through half-understood.
 """
 
 from __future__ import annotations
