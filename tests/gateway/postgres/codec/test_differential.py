@@ -12,6 +12,7 @@ SQLSTATE = the exception's, ``server_version`` = ``SHOW server_version``, the no
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import threading
@@ -479,3 +480,43 @@ def test_cancel_request_carries_the_sessions_backend_key(
     assert (request.pid, request.secret) == key
     assert cancel.client == [] and cancel.server == []
     assert [e["C"] for e in session.server_values(codec.ERROR_RESPONSE)] == ["57014"]
+
+
+def test_psycopg2_session(pg_server: PgServer, relay: RecordingRelay) -> None:
+    # psycopg2 bundles its own libpq and speaks only the simple query protocol.
+    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2.errors  # type: ignore[import-untyped]
+
+    table = f"codec_diff2_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(_conninfo(pg_server, relay))
+    conn.autocommit = True
+    counts: list[tuple[str, int]] = []
+    try:
+        cur = conn.cursor()
+        cur.execute(f"CREATE TEMP TABLE {table} (id int, v text)")
+        cur.execute(f"INSERT INTO {table} VALUES (%s, %s), (%s, %s)", (1, "a", 2, None))
+        counts.append(("INSERT", cur.rowcount))
+        out = io.StringIO()
+        cur.copy_expert(f"COPY {table} TO STDOUT", out)
+        counts.append(("COPY", cur.rowcount))
+        cur.copy_expert(f"COPY {table} FROM STDIN", io.StringIO("3\tc\n4\td\n5\te\n"))
+        counts.append(("COPY", cur.rowcount))
+        cur.execute(f"DELETE FROM {table} WHERE id > %s", (1,))
+        counts.append(("DELETE", cur.rowcount))
+        with pytest.raises(psycopg2.errors.UndefinedColumn) as info:
+            cur.execute(f"SELECT nope FROM {table}")
+        pgcode = info.value.pgcode
+        pid = conn.get_backend_pid()
+    finally:
+        conn.close()
+    (session,) = [decode_capture(c) for c in relay.wait(1)]
+    _check_login(session, pg_server)
+    assert session.server_values(codec.BACKEND_KEY_DATA)[0][0] == pid
+    tags = [str(tag) for tag in session.server_values(codec.COMMAND_COMPLETE)]
+    assert [(t.split(" ")[0], codec.rows_affected(t)) for t in tags[1:]] == counts
+    assert out.getvalue() == "1\ta\n2\t\\N\n"
+    assert [e["C"] for e in session.server_values(codec.ERROR_RESPONSE)] == [pgcode]
+    assert session.client_types <= {codec.QUERY, codec.PASSWORD, codec.COPY_DATA} | {
+        codec.COPY_DONE,
+        codec.TERMINATE,
+    }
