@@ -29,8 +29,6 @@ from lockgate.gateway.postgres.classify import Access, classify
 from lockgate.gateway.postgres.scope import RelationCatalog, SessionScope
 from tests.pgserver import PgServer
 
-pytestmark = pytest.mark.slow
-
 DATABASE = "classify_oracle"
 SETUP = r"""
 CREATE SCHEMA sales;
@@ -533,7 +531,7 @@ def _queries(draw: st.DrawFn) -> str:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(query=_queries())
 def test_random_queries_against_the_server(oracle: Oracle, query: str) -> None:
