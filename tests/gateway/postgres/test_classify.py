@@ -408,3 +408,50 @@ def test_the_sessions_temporary_schema_comes_before_pg_catalog() -> None:
     assert session.search_paths == (("pg_temp", "public"),)
     (select,) = classify("SELECT * FROM pg_class", session).statements
     assert set(select.accesses) == {Access(R, "pg_temp.pg_class"), Access(R, "pg_catalog.pg_class")}
+
+
+@pytest.mark.parametrize(
+    ("sql", "command", "objects", "effects"),
+    [
+        (
+            "ALTER TABLE orders RENAME TO o2",
+            "ALTER TABLE",
+            {"public.orders", "public.o2"},
+            [
+                Effect("dropped_relation", ("public", "orders")),
+                Effect("created_relation", ("public", "o2")),
+            ],
+        ),
+        ("ALTER TABLE orders RENAME COLUMN a TO b", "ALTER TABLE", {"public.orders"}, []),
+        (
+            "ALTER TABLE orders SET SCHEMA sales",
+            "ALTER TABLE",
+            {"public.orders", "schema:sales"},
+            [
+                Effect("dropped_relation", ("public", "orders")),
+                Effect("created_relation", ("sales", "orders")),
+            ],
+        ),
+        (
+            "DROP TABLE orders",
+            "DROP TABLE",
+            {"public.orders"},
+            [Effect("dropped_relation", ("public", "orders"))],
+        ),
+        ("CREATE SCHEMA s", "CREATE SCHEMA", {"schema:s"}, [Effect("created_schema", ("s",))]),
+    ],
+)
+def test_ddl_tells_the_session_what_it_changed(
+    sql: str, command: str, objects: set[str], effects: list[Effect]
+) -> None:
+    (stmt,) = classify(sql, scope()).statements
+    assert stmt.command == command
+    assert {a.obj for a in stmt.accesses} == objects
+    assert list(stmt.effects) == effects
+
+
+def test_set_schema_is_set_search_path() -> None:
+    (stmt,) = classify("SET SCHEMA 'sales'", scope()).statements
+    assert stmt.effects == (Effect("search_path", ("sales",)),)
+    (names,) = classify("SET NAMES 'LATIN1'", scope()).statements
+    assert names.accesses == (Access(A, "setting:client_encoding"),)

@@ -199,11 +199,18 @@ def _command_of(node: ast.Node) -> str:
     if known:
         return known
     if isinstance(node, ast.DropStmt):
-        return "DROP " + ObjectType(present(node.removeType)).name.removeprefix("OBJECT_").replace(
-            "_", " "
-        )
+        return f"DROP {_object_words(node.removeType)}"
+    if isinstance(node, ast.RenameStmt):
+        kind = node.relationType if node.relation is not None else node.renameType
+        return f"ALTER {_object_words(kind)}"
+    if isinstance(node, ast.AlterObjectSchemaStmt | ast.AlterOwnerStmt):
+        return f"ALTER {_object_words(node.objectType)}"
     words = re.findall(r"[A-Z][a-z]*", type(node).__name__.removesuffix("Stmt"))
     return " ".join(words).upper()
+
+
+def _object_words(kind: ObjectType | None) -> str:
+    return ObjectType(present(kind)).name.removeprefix("OBJECT_").replace("_", " ")
 
 
 Handler = Callable[[ast.Node, Walker, str, NameScope], tuple[str, list[Effect], str]]

@@ -94,12 +94,14 @@ def _object(w: Walker, kind: int | None, obj: object, *, missing_ok: bool = Fals
     """``admin`` on one object of a DROP / COMMENT / ALTER ... OWNER and the like."""
     effects: Effects = []
     if isinstance(obj, ast.RangeVar):
-        w.add_relation("admin", obj, missing_ok=missing_ok)
-        return effects
-    if kind in _RELATION_KINDS or kind in _TABLE_MEMBERS:
+        parts: tuple[str, ...] = tuple(p for p in (obj.schemaname, obj.relname) if p)
+    else:
         parts = _names(obj)
-        if kind in _TABLE_MEMBERS:
-            parts = parts[:-1]
+    if isinstance(obj, ast.RangeVar) or kind in _RELATION_KINDS or kind in _TABLE_MEMBERS:
+        if isinstance(obj, ast.RangeVar) and obj.catalogname:
+            raise Unplaceable("cross_database_reference", f"{obj.catalogname} names a database")
+        if kind in _TABLE_MEMBERS and not isinstance(obj, ast.RangeVar):
+            parts = parts[:-1]  # (schema, table, column): the table
         if not parts:
             raise Unplaceable("unsupported_statement", "an object name could not be read")
         schema, name = qualified_name(ast.String(sval=p) for p in parts)
