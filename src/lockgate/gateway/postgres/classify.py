@@ -201,7 +201,8 @@ def _command_of(node: ast.Node) -> str:
     if isinstance(node, ast.DropStmt):
         return f"DROP {_object_words(node.removeType)}"
     if isinstance(node, ast.RenameStmt):
-        kind = node.relationType if node.relation is not None else node.renameType
+        member = node.renameType in (ObjectType.OBJECT_COLUMN, ObjectType.OBJECT_TABCONSTRAINT)
+        kind = node.relationType if member else node.renameType  # a column: ALTER TABLE
         return f"ALTER {_object_words(kind)}"
     if isinstance(node, ast.AlterObjectSchemaStmt | ast.AlterOwnerStmt):
         return f"ALTER {_object_words(node.objectType)}"
