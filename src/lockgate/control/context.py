@@ -29,7 +29,7 @@ from aiohttp import web
 
 from lockgate.config import LockgateConfig
 from lockgate.control.token import Handler, error_response, read_body
-from lockgate.gateway.cql.dynamic_roles import DbRoles
+from lockgate.gateway.dynamic_roles import DbRoles
 from lockgate.identity import OAuthError, TokenIssuer, TokenService, TokenVerifier
 from lockgate.identity.model import MintDecision, TaskIdentity
 
