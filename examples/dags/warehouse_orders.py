@@ -83,7 +83,7 @@ def check_guardrails() -> dict[str, Any]:
 
     conn = BaseHook.get_connection(CONN_ID)
     extra = conn.extra_dejson
-    with psycopg2.connect(
+    pg = psycopg2.connect(
         host=conn.host,
         port=conn.port,
         dbname=conn.schema,
@@ -91,8 +91,9 @@ def check_guardrails() -> dict[str, Any]:
         password=conn.password,
         sslmode=extra.get("sslmode", "verify-full"),
         sslrootcert=extra.get("sslrootcert"),
-    ) as pg:
-        pg.autocommit = True
+    )
+    try:
+        pg.autocommit = True  # (inside a transaction, a refusal fails it like any error)
         with pg.cursor() as cur:
             try:
                 cur.execute("SELECT * FROM other.secret")
@@ -103,7 +104,8 @@ def check_guardrails() -> dict[str, Any]:
             # The session is still usable after the refusal, as after any server error.
             cur.execute("SELECT count(*) FROM sales.orders")
             count = int(cur.fetchone()[0])
-    pg.close()
+    finally:
+        pg.close()
     for what, message in refused.items():
         print(f"refused as expected ({what}): {message}")
     if "admin" not in refused["drop"] or "sales.orders" not in refused["drop"]:
