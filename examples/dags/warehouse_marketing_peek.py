@@ -23,7 +23,7 @@ INSUFFICIENT_PRIVILEGE = "42501"
 def peek_orders() -> int:
     hook = PostgresHook(postgres_conn_id="warehouse_pg")
     with closing(hook.get_conn()) as conn:
-        conn.autocommit = True
+        hook.set_autocommit(conn, True)
         with closing(conn.cursor()) as cur:
             try:
                 cur.execute("SELECT * FROM sales.orders")

@@ -66,8 +66,8 @@ def load_orders() -> list[tuple[str, int]]:
 
 @task(execution_timeout=dt.timedelta(minutes=5))
 def check_guardrails() -> dict[str, Any]:
-    import psycopg2
-    import psycopg2.errors
+    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2.errors  # type: ignore[import-untyped]
     from airflow.sdk import BaseHook
 
     refused: dict[str, str] = {}

@@ -112,6 +112,9 @@ class PgLocalStack(LocalStack):
         super().start()
         return self
 
+    def __enter__(self) -> PgLocalStack:
+        return self.start()
+
     # -- clients ------------------------------------------------------------------------------
     @property
     def pg_port(self) -> int:

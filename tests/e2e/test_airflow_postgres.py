@@ -18,7 +18,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -57,7 +57,7 @@ def pg_stack(
 
 
 @pytest.fixture(scope="module")
-def runs(pg_stack: PgLocalStack, airflow_home: Path) -> tuple[dict[str, dict], str]:
+def runs(pg_stack: PgLocalStack, airflow_home: Path) -> tuple[dict[str, dict[str, Any]], str]:
     results, output = run_dags(pg_stack, airflow_home, DAGS)
     return {r["dag_id"]: r for r in results}, output
 
@@ -69,7 +69,7 @@ def _cli(stack: PgLocalStack, *argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def _search(stack: PgLocalStack, dag: str, run_id: str) -> list[dict]:
+def _search(stack: PgLocalStack, dag: str, run_id: str) -> list[dict[str, Any]]:
     assert stack.gateway is not None
     stack.gateway.audit.flush(5.0)
     code, text = _cli(stack, "audit", "search", "--dag", dag, "--run", run_id, "--json")
@@ -77,11 +77,11 @@ def _search(stack: PgLocalStack, dag: str, run_id: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _state(result: dict) -> str:
+def _state(result: dict[str, Any]) -> str:
     return str(result["state"]).split(".")[-1].lower()
 
 
-def _statement(record: dict) -> str:
+def _statement(record: dict[str, Any]) -> str:
     return statement_text(record.get("detail") or {}) or ""
 
 
@@ -92,7 +92,7 @@ def test_example_warehouse_policy_tests_pass() -> None:
 
 
 def test_granted_dag_loads_reads_and_is_stopped_at_ddl(
-    pg_stack: PgLocalStack, runs: tuple[dict[str, dict], str]
+    pg_stack: PgLocalStack, runs: tuple[dict[str, dict[str, Any]], str]
 ) -> None:
     by_dag, output = runs
     run = by_dag["warehouse_orders"]
@@ -136,7 +136,7 @@ def test_granted_dag_loads_reads_and_is_stopped_at_ddl(
 
 
 def test_copy_dag_writes_through_copy(
-    pg_stack: PgLocalStack, runs: tuple[dict[str, dict], str]
+    pg_stack: PgLocalStack, runs: tuple[dict[str, dict[str, Any]], str]
 ) -> None:
     by_dag, output = runs
     run = by_dag["warehouse_orders_copy"]
@@ -156,7 +156,7 @@ def test_copy_dag_writes_through_copy(
 
 
 def test_ungranted_dag_cannot_read_orders(
-    pg_stack: PgLocalStack, runs: tuple[dict[str, dict], str]
+    pg_stack: PgLocalStack, runs: tuple[dict[str, dict[str, Any]], str]
 ) -> None:
     by_dag, output = runs
     run = by_dag["warehouse_marketing_peek"]
@@ -177,7 +177,7 @@ def test_ungranted_dag_cannot_read_orders(
 
 
 def test_server_statement_log_matches_the_audit(
-    pg_stack: PgLocalStack, runs: tuple[dict[str, dict], str]
+    pg_stack: PgLocalStack, runs: tuple[dict[str, dict[str, Any]], str]
 ) -> None:
     logged = pg_stack.upstream_statements()
     judged = judged_statements(pg_stack.audit_rows())

@@ -82,8 +82,8 @@ def assert_refusal_message(message: str, task: str, action: str, obj: str) -> No
 
 # -- psycopg2 ------------------------------------------------------------------------------------
 def test_psycopg2_autocommit_and_transactions(pg_stack: PgLocalStack) -> None:
-    import psycopg2
-    import psycopg2.errors
+    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2.errors  # type: ignore[import-untyped]
 
     task = "psycopg2"
     conn = psycopg2.connect(**pg_stack.connect_kwargs(pg_stack.mint(DAG, task)))
@@ -238,7 +238,7 @@ def _asyncpg_ssl(ca_file: Path) -> ssl.SSLContext:
 
 
 async def _asyncpg_session(stack: PgLocalStack, task: str) -> dict[str, Any]:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     kwargs = stack.connect_kwargs(stack.mint(DAG, task))
     assert stack.ca_file is not None

@@ -85,8 +85,8 @@ def pg_stack(
 
 
 def _simple_session(stack: PgLocalStack) -> None:
-    import psycopg2
-    import psycopg2.errors
+    import psycopg2  # type: ignore[import-untyped]
+    import psycopg2.errors  # type: ignore[import-untyped]
 
     conn = psycopg2.connect(**stack.connect_kwargs(stack.mint(DAG, "oracle_simple")))
     conn.autocommit = True
