@@ -169,3 +169,63 @@ def test_the_catalog_query_lists_relations_and_schemas() -> None:
     assert catalog.schema("empty") == "yes"
     assert catalog.schema("nosuch") == "no"
     assert "pg_class" in RelationCatalog.QUERY and "pg_namespace" in RelationCatalog.QUERY
+
+
+class _Outer:
+    """A flow-like scope: a settled SessionScope as ``base`` plus paths in flight."""
+
+    def __init__(self, base: SessionScope, extra: tuple[str, ...]) -> None:
+        self.base = base
+        self.search_paths = (*base.search_paths, extra)
+        self.catalog = base.catalog
+        self.prepared = {"proto": "SELECT * FROM sales.orders", **base.prepared}
+
+
+def objects(sql: str, scope: object) -> list[set[str]]:
+    return [{a.obj for a in s.accesses} for s in classify(sql, scope).statements]  # type: ignore[arg-type]
+
+
+def test_a_text_over_a_wrapping_scope_keeps_in_flight_paths_until_a_set_fixes_the_path() -> None:
+    base = SessionScope(("public",), CATALOG)
+    outer = _Outer(base, ("sales",))
+    assert objects(
+        "SELECT * FROM orders; SET search_path = sales; SELECT * FROM orders", outer
+    ) == [
+        {"public.orders", "sales.orders"},
+        set(),
+        {"sales.orders"},
+    ]
+    assert objects("SET search_path = sales; RESET search_path; SELECT * FROM orders", outer)[
+        2
+    ] == {"public.orders"}
+    # a ROLLBACK may return to any path the outer scope knows
+    assert objects("SET search_path = b; ROLLBACK; SELECT * FROM orders", outer)[2] == {
+        "public.orders",
+        "sales.orders",
+    }
+    # protocol-level names the outer scope shows can be EXECUTEd; DEALLOCATE hides them
+    assert objects("EXECUTE proto", outer) == [{"sales.orders"}]
+    (_, refused) = (None, None)
+    try:
+        classify("DEALLOCATE proto; EXECUTE proto", outer)  # type: ignore[arg-type]
+    except Exception as exc:
+        refused = exc
+    assert getattr(refused, "reason", "") == "unknown_prepared_statement"
+
+
+def test_a_text_over_an_unknown_scope_refuses_what_follows_a_path_change() -> None:
+    class Plain:
+        search_paths = (("public",),)
+        catalog = CATALOG
+        prepared: dict[str, str] = {}
+
+    assert objects("BEGIN; SELECT * FROM orders; COMMIT", Plain()) == [
+        set(),
+        {"public.orders"},
+        set(),
+    ]
+    try:
+        classify("SET search_path = sales; SELECT * FROM orders", Plain())  # type: ignore[arg-type]
+        raise AssertionError("not refused")
+    except Exception as exc:
+        assert getattr(exc, "reason", "") == "ambiguous_search_path"

@@ -38,7 +38,7 @@ from .classified import Access, Classified, Effect, Statement, Unplaceable
 from .classify_ddl import DDL_HANDLERS, create_relation
 from .classify_query import Resolver, Walker, present
 from .redact import redact
-from .scope import NameScope, SessionScope
+from .scope import NameScope, TextScope
 
 __all__ = [
     "HARMLESS_SETTINGS",
@@ -125,40 +125,16 @@ def classify(sql: str, scope: NameScope) -> Classified:
     statements: list[Statement] = []
     # A later statement of the text sees what the earlier ones did (SET search_path, a
     # temporary table, PREPARE): the server runs them in order.
-    moving: NameScope = scope.fork() if isinstance(scope, SessionScope) else scope
+    moving = TextScope(scope) if len(raw) > 1 else scope
     for item in raw:
         start = item.stmt_location or 0
         end = start + item.stmt_len if item.stmt_len else len(sql)
         text = sql[start:end].strip()
         statement = _statement(present(item.stmt), text, Resolver(moving), moving)
         statements.append(statement)
-        if statement.effects and item is not raw[-1]:
-            moving = _after(moving, statement)
+        if isinstance(moving, TextScope):
+            moving.done(statement)
     return Classified(tuple(statements))
-
-
-def _after(scope: NameScope, statement: Statement) -> NameScope:
-    """``scope`` once ``statement`` has completed."""
-    if isinstance(scope, SessionScope):
-        scope.statement_done(statement, statement.command)
-        return scope
-    return _Widened(scope, statement)
-
-
-class _Widened:
-    """Another :class:`NameScope` after a statement: new paths are added, none removed."""
-
-    def __init__(self, scope: NameScope, statement: Statement) -> None:
-        paths = list(scope.search_paths)
-        prepared = dict(scope.prepared)
-        for effect in statement.effects:
-            if effect.kind == "search_path" and effect.value not in paths:
-                paths.append(effect.value)
-            elif effect.kind == "prepare" and effect.value:
-                prepared[effect.name] = effect.value[0]
-        self.search_paths = tuple(paths)
-        self.catalog = scope.catalog
-        self.prepared = prepared
 
 
 def _statement(node: ast.Node, text: str, resolver: Resolver, scope: NameScope) -> Statement:

@@ -23,9 +23,9 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Protocol
 
-from .classified import Effect, Statement
+from .classified import Effect, Statement, Unplaceable
 
-__all__ = ["NameScope", "RelationCatalog", "SessionScope"]
+__all__ = ["NameScope", "RelationCatalog", "SessionScope", "TextScope"]
 
 _generations = itertools.count(1)
 
@@ -289,6 +289,15 @@ class SessionScope:
         else:
             self._catalog = base
 
+    @property
+    def initial_path(self) -> Path:
+        """The path RESET and DISCARD ALL return to (unexpanded)."""
+        return self._initial
+
+    def expand(self, path: Path) -> Path:
+        """``path`` as the server searches it in this session (``$user``, ``pg_temp``)."""
+        return self._expand(path)
+
     def _expand(self, path: Path) -> Path:
         expanded: list[str] = []
         if self._temp and "pg_temp" not in path:
@@ -303,3 +312,80 @@ class SessionScope:
             if schema not in expanded:
                 expanded.append(schema)
         return tuple(expanded)
+
+
+class TextScope:
+    """What the later statements of one text see: the outer scope moved by the earlier ones.
+
+    The server runs a text's statements in order, so ``SET search_path = s; SELECT ...``
+    reads through ``s``, a temporary table created first is there for the next statement,
+    and a PREPARE can be EXECUTEd right after. When the outer scope is a
+    :class:`SessionScope` (or wraps one as ``.base``) a fork of it follows the text exactly;
+    paths the outer scope adds (statements still in flight) stay in the union until a SET,
+    RESET or DISCARD in the text fixes the path. Over any other scope a statement after one
+    that may move the path or the transaction is refused as ambiguous.
+    """
+
+    _PATH_SETTERS = frozenset({"search_path", "reset_search_path", "discard_all"})
+    _TRANSACTION_ENDS = frozenset({"rollback", "rollback_to", "commit"})
+    _HARMLESS = frozenset({"begin", "savepoint", "release", "prepare", "deallocate"})
+
+    def __init__(self, outer: NameScope) -> None:
+        self._outer = outer
+        base = outer if isinstance(outer, SessionScope) else getattr(outer, "base", None)
+        self._session = base.fork() if isinstance(base, SessionScope) else None
+        # Paths beyond the session's own that the outer scope says are possible.
+        self._in_flight: tuple[Path, ...] = () if outer is base else outer.search_paths
+        self._extra = self._in_flight
+        self._ambiguous = False
+        self._prepared: dict[str, str] = {}
+        self._deallocated: set[str] = set()
+
+    @property
+    def search_paths(self) -> tuple[Path, ...]:
+        if self._ambiguous:
+            raise Unplaceable(
+                "ambiguous_search_path",
+                "an earlier statement of the text may have moved the search path",
+            )
+        if self._session is None:
+            return self._outer.search_paths
+        return tuple(dict.fromkeys(self._session.search_paths + self._extra))
+
+    @property
+    def catalog(self) -> RelationCatalog | None:
+        return self._session.catalog if self._session is not None else self._outer.catalog
+
+    @property
+    def prepared(self) -> Mapping[str, str]:
+        names = dict(self._outer.prepared)
+        if self._session is not None:
+            names.update(self._session.prepared)
+        names.update(self._prepared)
+        for name in self._deallocated:
+            names.pop(name, None)
+        return names
+
+    def done(self, stmt: Statement) -> None:
+        """``stmt`` (an earlier statement of the text) has run."""
+        if self._session is not None:
+            self._session.statement_done(stmt, stmt.command)
+        for effect in stmt.effects:
+            if effect.kind == "prepare" and effect.value:
+                self._prepared[effect.name] = effect.value[0]
+                self._deallocated.discard(effect.name)
+            elif effect.kind == "deallocate":
+                self._deallocated.update([effect.name] if effect.name else self.prepared)
+                if effect.name:
+                    self._prepared.pop(effect.name, None)
+                else:
+                    self._prepared.clear()
+            if self._session is None:
+                if effect.kind not in self._HARMLESS:
+                    self._ambiguous = True
+            elif effect.kind in self._PATH_SETTERS:
+                self._extra = ()  # exact from here on
+            elif effect.kind in self._TRANSACTION_ENDS:
+                # back to where the block began: the session knows, unless statements
+                # still in flight began it
+                self._extra = self._in_flight
