@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.e2e.pg_stack import RESOURCE, PgLocalStack, judged_statements, statement_text
+from tests.e2e.pg_stack import (
+    RESOURCE,
+    PgLocalStack,
+    catalog_query,
+    denied_but_executed,
+    judged_statements,
+    statement_text,
+    unaudited,
+)
 
 if TYPE_CHECKING:
     from lockgate.audit.record import AuditRow
@@ -28,6 +36,10 @@ if TYPE_CHECKING:
 INSUFFICIENT_PRIVILEGE = "42501"
 #: The INSERT as psycopg 3 and asyncpg send it (server-side parameters).
 INSERT_SERVER_TEXT = "INSERT INTO sales.orders (order_id, customer, amount) VALUES ($1, $2, $3)"
+#: A SELECT asyncpg runs three times: prepared once, then from its statement cache.
+ASYNCPG_CACHED_SELECT = (
+    "SELECT order_id, amount, amount::numeric / 4 AS quarter FROM sales.orders WHERE order_id = $1"
+)
 DAG = "warehouse_orders"
 
 
@@ -256,10 +268,7 @@ async def _asyncpg_session(stack: PgLocalStack, task: str) -> dict[str, Any]:
         for i in range(3):
             await insert.fetch(f"ap-{i}", "hooli", 50 + i)
         # The statement cache: the same text again runs the cached named statement.
-        select = (
-            "SELECT order_id, amount, amount::numeric / 4 AS quarter"
-            " FROM sales.orders WHERE order_id = $1"
-        )
+        select = ASYNCPG_CACHED_SELECT
         for _ in range(3):
             row = await conn.fetchrow(select, "ap-1")
         assert row is not None
@@ -306,6 +315,17 @@ def test_asyncpg_prepared_binary_cache_and_denials(pg_stack: PgLocalStack) -> No
     assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
     assert_denied(rows, "SELECT value FROM other.secret WHERE id = $1", "read", "other.secret")
     assert rows_affected(rows, INSERT_SERVER_TEXT) == [1, 1, 1]
+    # asyncpg's statement cache: the server ran the repeated SELECT three times under one
+    # named statement, and the audit has a record for each execution.
+    select = ASYNCPG_CACHED_SELECT
+    runs = [
+        s
+        for s in pg_stack.server.statements(pg_stack.log_start)
+        if s.user == pg_stack.upstream_user and s.text == select
+    ]
+    assert len(runs) == 3 and len({s.prepared_name for s in runs}) == 1
+    assert runs[0].prepared_name.startswith("__asyncpg_stmt_")
+    assert len(rows_affected(rows, select)) == 3
     assert rows_affected(
         rows, "UPDATE sales.orders SET amount = amount + 1 WHERE order_id LIKE 'ap-%'"
     ) == [3]
@@ -370,8 +390,77 @@ def test_sqlalchemy_core_select_insert_and_denials(pg_stack: PgLocalStack) -> No
     ]
 
 
+def test_sqlalchemy_orm_session_add_query_and_denial(pg_stack: PgLocalStack) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.orm import DeclarativeBase, Session, mapped_column
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Order(Base):
+        __tablename__ = "orders"
+        __table_args__ = {"schema": "sales"}
+        order_id = mapped_column(sa.Text, primary_key=True)
+        customer = mapped_column(sa.Text, nullable=False)
+        amount = mapped_column(sa.Integer, nullable=False)
+
+    class Secret(Base):
+        __tablename__ = "secret"
+        __table_args__ = {"schema": "other"}
+        id = mapped_column(sa.Integer, primary_key=True)
+        value = mapped_column(sa.Text, nullable=False)
+
+    task = "sqlalchemy_orm"
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    url = sa.URL.create(
+        "postgresql+psycopg",
+        username=kwargs["user"],
+        password=kwargs["password"],
+        host=kwargs["host"],
+        port=kwargs["port"],
+        database=kwargs["dbname"],
+        query={"sslmode": "verify-full", "sslrootcert": kwargs["sslrootcert"]},
+    )
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with Session(engine) as session:
+            session.add_all(
+                [Order(order_id=f"orm-{i}", customer="tyrell", amount=70 + i) for i in (1, 2)]
+            )
+            session.commit()
+            got = session.scalars(
+                sa.select(Order).where(Order.customer == "tyrell").order_by(Order.order_id)
+            ).all()
+            assert [(o.order_id, o.amount) for o in got] == [("orm-1", 71), ("orm-2", 72)]
+            with pytest.raises(sa_exc.ProgrammingError) as refused:
+                session.scalars(sa.select(Secret)).all()
+            assert getattr(refused.value.orig, "sqlstate", None) == INSUFFICIENT_PRIVILEGE
+            session.rollback()
+            got[0].amount = 700
+            session.commit()
+            assert session.get(Order, "orm-1") is not None
+    finally:
+        engine.dispose()
+
+    outcomes_ = outcomes(records_of(pg_stack, task))
+    denied = [o for o in outcomes_ if o[0] == "deny"]
+    assert [(a, o) for _, a, o, _ in denied] == [("read", "other.secret")]
+    updates = [o for o in outcomes_ if o[3].startswith("UPDATE sales.orders")]
+    assert [o[:3] for o in updates] == [("allow", "write", "sales.orders")]
+    assert pg_stack.superuser_query(
+        "SELECT order_id, amount FROM sales.orders WHERE customer = 'tyrell' ORDER BY 1"
+    ) == [("orm-1", 700), ("orm-2", 72)]
+
+
 def test_every_client_statement_has_one_record(pg_stack: PgLocalStack) -> None:
-    """A denied statement is audited once, whichever client sent it; the resource is named."""
+    """Over every client above: each statement the server ran for the gateway's login has
+    exactly one allowed record (the oracle of test_statement_log_oracle.py), nothing denied
+    reached it, and every refusal names the resource and its principal."""
+    logged = pg_stack.upstream_statements()
+    judged = judged_statements(pg_stack.audit_rows())
+    assert unaudited(logged, judged, exempt=[catalog_query()]) == []
+    assert denied_but_executed(logged, judged) == []
     rows = [r for r in pg_stack.audit_rows() if r.event == "denied"]
     assert rows and {r.resource for r in rows} == {RESOURCE}
     assert all(r.decision == "deny" and r.principal for r in rows)
