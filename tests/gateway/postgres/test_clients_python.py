@@ -30,6 +30,8 @@ from tests.e2e.pg_stack import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from lockgate.audit.record import AuditRow
     from tests.pgserver import PgServer
 
@@ -332,13 +334,11 @@ def test_asyncpg_prepared_binary_cache_and_denials(pg_stack: PgLocalStack) -> No
 
 
 # -- SQLAlchemy 2 --------------------------------------------------------------------------------
-def test_sqlalchemy_core_select_insert_and_denials(pg_stack: PgLocalStack) -> None:
-    import psycopg.errors
+def sqlalchemy_engine(stack: PgLocalStack, task: str) -> Engine:
+    """An engine (psycopg 3 driver, no pool) to the gateway with a token for ``task``."""
     import sqlalchemy as sa
-    from sqlalchemy import exc as sa_exc
 
-    task = "sqlalchemy"
-    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    kwargs = stack.connect_kwargs(stack.mint(DAG, task))
     url = sa.URL.create(
         "postgresql+psycopg",
         username=kwargs["user"],
@@ -348,6 +348,15 @@ def test_sqlalchemy_core_select_insert_and_denials(pg_stack: PgLocalStack) -> No
         database=kwargs["dbname"],
         query={"sslmode": "verify-full", "sslrootcert": kwargs["sslrootcert"]},
     )
+    return sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+
+def test_sqlalchemy_core_select_insert_and_denials(pg_stack: PgLocalStack) -> None:
+    import psycopg.errors
+    import sqlalchemy as sa
+    from sqlalchemy import exc as sa_exc
+
+    task = "sqlalchemy"
     orders = sa.Table(
         "orders",
         sa.MetaData(schema="sales"),
@@ -355,7 +364,7 @@ def test_sqlalchemy_core_select_insert_and_denials(pg_stack: PgLocalStack) -> No
         sa.Column("customer", sa.Text),
         sa.Column("amount", sa.Integer),
     )
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    engine = sqlalchemy_engine(pg_stack, task)
     try:
         with engine.begin() as conn:
             # (SQLAlchemy reports no rowcount for an INSERT; the audit has the server's)
@@ -412,17 +421,7 @@ def test_sqlalchemy_orm_session_add_query_and_denial(pg_stack: PgLocalStack) -> 
         value = mapped_column(sa.Text, nullable=False)
 
     task = "sqlalchemy_orm"
-    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
-    url = sa.URL.create(
-        "postgresql+psycopg",
-        username=kwargs["user"],
-        password=kwargs["password"],
-        host=kwargs["host"],
-        port=kwargs["port"],
-        database=kwargs["dbname"],
-        query={"sslmode": "verify-full", "sslrootcert": kwargs["sslrootcert"]},
-    )
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    engine = sqlalchemy_engine(pg_stack, task)
     try:
         with Session(engine) as session:
             session.add_all(
