@@ -192,3 +192,20 @@ def test_denied_statements_are_each_audited(pg_stack: PgLocalStack) -> None:
             assert text in denied, (text, denied)
     assert "SELECT value FROM secret" in denied
     assert "EXECUTE peek" in denied
+
+
+def test_the_oracle_sees_a_statement_that_bypassed_the_gateway(pg_stack: PgLocalStack) -> None:
+    """The oracle is not vacuous: a statement run on the server with the gateway's own login
+    but not through the gateway (as a leaked credential would) has no record, and is named.
+    (Last in this module: it leaves such a statement in the stack's log.)"""
+    import psycopg
+
+    since = pg_stack.server.log_position()
+    direct = pg_stack.server.dsn(
+        pg_stack.upstream_user, pg_stack.upstream_password, dbname=pg_stack.database
+    )
+    with psycopg.connect(direct, autocommit=True) as conn:
+        conn.execute("SELECT value FROM other.secret")
+    logged = pg_stack.upstream_statements(since)
+    judged = judged_statements(pg_stack.audit_rows())
+    assert unaudited(logged, judged, exempt=[catalog_query()]) == ["SELECT value FROM other.secret"]
