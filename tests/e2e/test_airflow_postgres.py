@@ -122,6 +122,17 @@ def test_granted_dag_loads_reads_and_is_stopped_at_ddl(
     texts = [_statement(r) for r in allowed]
     assert any(t.startswith("INSERT INTO sales.orders") for t in texts)
     assert any(t.startswith("COPY sales.orders") and "FROM STDIN" in t for t in texts)
+    # Outcomes carry the rows the server reported: two INSERTs of one row, a COPY of one.
+    outcome_rows = [
+        (_statement(r).split(" (")[0], r["detail"].get("rows"))
+        for r in pg
+        if r["event"] == "allowed" and r["task_id"] == "load_orders" and r["action"] == "write"
+    ]
+    assert sorted(outcome_rows) == [
+        ("COPY sales.orders", 1),
+        ("INSERT INTO sales.orders", 1),
+        ("INSERT INTO sales.orders", 1),
+    ]
     assert {r["task_id"] for r in allowed} >= {"count_orders", "load_orders", "read_orders"}
     assert sorted((r["action"], r["object"], _statement(r)) for r in denied) == [
         ("admin", "sales.orders", "DROP TABLE sales.orders"),
@@ -152,6 +163,12 @@ def test_copy_dag_writes_through_copy(
         "COPY sales.orders (order_id, customer, amount) FROM STDIN WITH (FORMAT csv)",
     ) in copies
     assert ("read", "sales.orders", "COPY sales.orders TO STDOUT") in copies
+    copied_in = [
+        r["detail"].get("rows")
+        for r in allowed
+        if r["event"] == "allowed" and _statement(r).endswith("FROM STDIN WITH (FORMAT csv)")
+    ]
+    assert copied_in == [50]
     assert not [r for r in rows if r["event"] == "denied"]
 
 
