@@ -17,6 +17,7 @@ from lockgate.gateway.engine import Engine
 ENGINES: dict[str, str] = {
     "http": "lockgate.gateway.http.engine:HttpEngine",
     "cql": "lockgate.gateway.cql.engine:CqlEngine",
+    "postgres": "lockgate.gateway.postgres.engine:PostgresEngine",
 }
 
 
