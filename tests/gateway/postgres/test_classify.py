@@ -1,4 +1,4 @@
-# ruff: noqa: E501  (tables of statements, one a line)
+# ruff: noqa: E501, S608  (tables of statements, one a line)
 """Classification of PostgreSQL statements: actions, objects, effects, refusals.
 
 The oracle (test_classify_oracle.py) checks reads and writes against the real server; these
@@ -455,3 +455,36 @@ def test_set_schema_is_set_search_path() -> None:
     assert stmt.effects == (Effect("search_path", ("sales",)),)
     (names,) = classify("SET NAMES 'LATIN1'", scope()).statements
     assert names.accesses == (Access(A, "setting:client_encoding"),)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT " + "1+" * 3000 + "1",
+        "SELECT 1 " + "UNION ALL SELECT * FROM orders " * 3000,
+        "SELECT " + "||".join(["'x'"] * 3000),
+        "SELECT * FROM orders WHERE " + " OR ".join(["id = 1"] * 3000),
+        "INSERT INTO orders VALUES " + ",".join(["(1, 'a', 2.5)"] * 3000),
+    ],
+)
+def test_long_generated_statements_are_placed(sql: str) -> None:
+    assert classify(sql, scope()).statements
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT " + "1+" * 100_000 + "1",
+        "SELECT 1 " + "UNION SELECT 1 " * 40_000,
+        "SELECT * FROM " + "(SELECT * FROM " * 20_000 + "orders" + ") s" * 20_000,
+        "SELECT " + "f(" * 20_000 + "1" + ")" * 20_000,
+        "SELECT " + "ARRAY[" * 5_000 + "1" + "]" * 5_000,
+    ],
+)
+def test_statements_nested_beyond_reason_are_refused_without_harm(sql: str) -> None:
+    # A tree this deep overflows the parser's C stack on a normal thread: it must be
+    # refused (or placed), never end the process.
+    try:
+        classify(sql, scope())
+    except Unplaceable as exc:
+        assert exc.reason in ("parse_error", "too_complex")

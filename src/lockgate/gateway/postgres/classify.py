@@ -24,6 +24,7 @@ server read bytes the gateway's parser reads differently).
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 
 from pglast import ast, parser
@@ -70,6 +71,11 @@ HARMLESS_SETTINGS = _words(
     gin_fuzzy_search_limit cursor_tuple_fraction constraint_exclusion
     """
 )
+# Texts longer than this are parsed on a thread with a deep stack (:func:`_parse_long`);
+# a shorter one cannot nest deep enough to need it.
+_LONG_TEXT = 4000
+_DEEP_STACK_BYTES = 1024 * 1024 * 1024  # address space; only what the parse touches is used
+_DEEP_STACK_LOCK = threading.Lock()
 _UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
 # Tag-like commands for statements whose node name does not say it.
 _COMMANDS = {
@@ -119,9 +125,49 @@ _TRANSACTION_COMMANDS = {
 def classify(sql: str, scope: NameScope) -> Classified:
     """Every statement of ``sql`` with what it needs; :class:`Unplaceable` if any cannot be."""
     try:
-        raw = parser.parse_sql(sql)
+        raw = parser.parse_sql(sql) if len(sql) <= _LONG_TEXT else _parse_long(sql)
     except parser.ParseError as exc:
         raise Unplaceable("parse_error", f"syntax error: {exc}") from None
+    except RecursionError:
+        raise Unplaceable("too_complex", "statement nested too deeply") from None
+    try:
+        return _classify_parsed(sql, raw, scope)
+    except RecursionError:
+        raise Unplaceable("too_complex", "statement nested too deeply") from None
+
+
+def _parse_long(sql: str) -> tuple[ast.RawStmt, ...]:
+    """Parse a long text on a thread with a deep stack.
+
+    pglast builds its tree recursively in C: a tree some 15000 deep ("SELECT 1 UNION SELECT
+    1 UNION ..." or "1+1+...+1") overflows a normal thread's stack and would end the process.
+    A short text cannot be that deep; a long one is first offered to libpg_query's JSON writer,
+    which refuses a too-deep expression cleanly, then parsed where the stack has room.
+    """
+    parser.parse_sql_json(sql)
+    outcome: list[tuple[ast.RawStmt, ...] | BaseException] = []
+
+    def parse() -> None:
+        try:
+            outcome.append(parser.parse_sql(sql))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    with _DEEP_STACK_LOCK:
+        previous = threading.stack_size(_DEEP_STACK_BYTES)
+        try:
+            worker = threading.Thread(target=parse, name="lockgate-pg-parse", daemon=True)
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+    worker.join()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _classify_parsed(sql: str, raw: tuple[ast.RawStmt, ...], scope: NameScope) -> Classified:
     statements: list[Statement] = []
     # A later statement of the text sees what the earlier ones did (SET search_path, a
     # temporary table, PREPARE): the server runs them in order.

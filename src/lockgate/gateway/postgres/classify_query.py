@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from pglast import ast
-from pglast.enums.parsenodes import A_Expr_Kind
+from pglast.enums.parsenodes import A_Expr_Kind, SetOperation
 
 from . import functions
 from .classified import Access, Unplaceable
@@ -23,6 +23,8 @@ from .scope import MAYBE, NO, NameScope
 
 __all__ = ["Resolver", "Walker", "present", "qualified_name"]
 
+_SELECT_SKIP = frozenset({"withClause", "intoClause", "lockingClause"})
+_SET_OPERATION_SKIP = _SELECT_SKIP | {"larg", "rarg"}
 # BETWEEN's name is the keyword; it expands to the built-in comparisons.
 _NOT_OPERATORS = frozenset(
     {
@@ -246,25 +248,48 @@ class Walker:
             self.add("admin", f"function:{s}.{name}")
 
     def a_expr(self, expr: ast.A_Expr) -> None:
-        if expr.name and expr.kind not in _NOT_OPERATORS:  # IN is "=", LIKE is "~~", ...
-            schema, op = qualified_name(expr.name)
-            if schema not in (None, "pg_catalog") or op not in functions.SAFE_OPERATORS:
-                schemas = [schema] if schema else self.resolver.function_schemas()
-                for s in schemas:
-                    self.add("admin", f"operator:{s}.{op}")
-        self.walk_children(expr, frozenset({"name"}))
+        # A long chain ("a + b + c + ...") nests to the left: walked in a loop, not recursion.
+        node: object = expr
+        while isinstance(node, ast.A_Expr):
+            if node.name and node.kind not in _NOT_OPERATORS:  # IN is "=", LIKE is "~~", ...
+                schema, op = qualified_name(node.name)
+                if schema not in (None, "pg_catalog") or op not in functions.SAFE_OPERATORS:
+                    schemas = [schema] if schema else self.resolver.function_schemas()
+                    for s in schemas:
+                        self.add("admin", f"operator:{s}.{op}")
+            self.walk_children(node, frozenset({"name", "lexpr"}))
+            node = node.lexpr
+        self.walk(node)
 
     # -- queries ---------------------------------------------------------------------------
 
     def select(self, stmt: ast.SelectStmt) -> None:
         def body() -> Iterator[None]:
-            self.walk_children(stmt, frozenset({"withClause", "intoClause", "lockingClause"}))
-            for clause in stmt.lockingClause or ():
-                if isinstance(clause, ast.LockingClause):
-                    self._lock(stmt.fromClause or (), clause)
+            if stmt.op == SetOperation.SETOP_NONE:
+                self.walk_children(stmt, _SELECT_SKIP)
+                for clause in stmt.lockingClause or ():
+                    if isinstance(clause, ast.LockingClause):
+                        self._lock(stmt.fromClause or (), clause)
+            else:
+                self._set_operation(stmt)
             yield
 
         self.with_scope(stmt.withClause, body())
+
+    def _set_operation(self, stmt: ast.SelectStmt) -> None:
+        """UNION / INTERSECT / EXCEPT: a long chain nests deep, so walked in a loop."""
+        pending: list[object] = [stmt]
+        while pending:
+            node = pending.pop()
+            if (
+                isinstance(node, ast.SelectStmt)
+                and node.op != SetOperation.SETOP_NONE
+                and (node is stmt or node.withClause is None)
+            ):
+                self.walk_children(node, _SET_OPERATION_SKIP)
+                pending.extend((node.rarg, node.larg))
+            else:
+                self.walk(node)  # an operand: a plain SELECT (or one with its own WITH)
 
     def _lock(self, from_clause: tuple[object, ...], clause: ast.LockingClause) -> None:
         """FOR UPDATE/SHARE needs UPDATE privilege on the rows' tables: a write."""
