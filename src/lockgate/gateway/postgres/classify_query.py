@@ -237,7 +237,7 @@ class Walker:
             self.add("admin", f"function:{schema or 'pg_catalog'}.{name}")
             return
         if schema in (None, "pg_catalog") and name in functions.SEQUENCE_FUNCTIONS:
-            target = _literal_sequence(args)
+            target = functions.literal_sequence(args)
             if target is not None:
                 for obj in self.resolver.relation(*target):
                     self.add(functions.SEQUENCE_FUNCTIONS[name], obj)
@@ -400,60 +400,6 @@ def _reads_target(parts: Iterable[object], target: ast.RangeVar | None) -> bool:
         if isinstance(first, ast.String) and first.sval == name:
             return True
     return False
-
-
-def _literal_sequence(args: tuple[object, ...]) -> tuple[str | None, str] | None:
-    """``(schema, name)`` of ``nextval('s')``'s literal argument (a regclass name)."""
-    if not args:
-        return None
-    arg = args[0]
-    if isinstance(arg, ast.TypeCast):
-        arg = arg.arg
-    if not (isinstance(arg, ast.A_Const) and isinstance(arg.val, ast.String)):
-        return None
-    parts = _split_identifier(present(arg.val.sval))
-    if parts is None or not 1 <= len(parts) <= 2:
-        return None
-    return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-
-
-def _split_identifier(text: str) -> list[str] | None:
-    """A dotted name as ``regclass`` input reads it: quoted parts keep case, others fold."""
-    parts: list[str] = []
-    i, n = 0, len(text)
-    while True:
-        while i < n and text[i].isspace():
-            i += 1
-        if i < n and text[i] == '"':
-            j, part = i + 1, []
-            while True:
-                if j >= n:
-                    return None
-                if text[j] == '"':
-                    if j + 1 < n and text[j + 1] == '"':
-                        part.append('"')
-                        j += 2
-                        continue
-                    break
-                part.append(text[j])
-                j += 1
-            parts.append("".join(part))
-            i = j + 1
-        else:
-            j = i
-            while j < n and text[j] not in '."' and not text[j].isspace():
-                j += 1
-            if j == i:
-                return None
-            parts.append(text[i:j].lower())
-            i = j
-        while i < n and text[i].isspace():
-            i += 1
-        if i == n:
-            return parts
-        if text[i] != ".":
-            return None
-        i += 1
 
 
 _HANDLERS = {

@@ -26,6 +26,8 @@ Operators are checked the same way: a built-in operator symbol, unqualified or i
 
 from __future__ import annotations
 
+from pglast import ast
+
 __all__ = [
     "ADMIN_PREFIXES",
     "ALWAYS_ADMIN",
@@ -34,6 +36,8 @@ __all__ = [
     "SEQUENCE_FUNCTIONS",
     "always_admin",
     "is_safe",
+    "literal_sequence",
+    "split_identifier",
 ]
 
 
@@ -181,3 +185,57 @@ def always_admin(name: str) -> bool:
 def is_safe(name: str) -> bool:
     """``name`` is a built-in without side effects (when it resolves to ``pg_catalog``)."""
     return name in SAFE_FUNCTIONS
+
+
+def literal_sequence(args: tuple[object, ...]) -> tuple[str | None, str] | None:
+    """``(schema, name)`` of ``nextval('s')``'s literal argument (a regclass name)."""
+    if not args:
+        return None
+    arg = args[0]
+    if isinstance(arg, ast.TypeCast):
+        arg = arg.arg
+    if not (isinstance(arg, ast.A_Const) and isinstance(arg.val, ast.String)):
+        return None
+    parts = split_identifier(arg.val.sval or "")
+    if parts is None or not 1 <= len(parts) <= 2:
+        return None
+    return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def split_identifier(text: str) -> list[str] | None:
+    """A dotted name as ``regclass`` input reads it: quoted parts keep case, others fold."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == '"':
+            j, part = i + 1, []
+            while True:
+                if j >= n:
+                    return None
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        part.append('"')
+                        j += 2
+                        continue
+                    break
+                part.append(text[j])
+                j += 1
+            parts.append("".join(part))
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] not in '."' and not text[j].isspace():
+                j += 1
+            if j == i:
+                return None
+            parts.append(text[i:j].lower())
+            i = j
+        while i < n and text[i].isspace():
+            i += 1
+        if i == n:
+            return parts
+        if text[i] != ".":
+            return None
+        i += 1
