@@ -89,6 +89,10 @@ class ClientSession:
         self._in_flight = 0  # Query/Sync sent minus ReadyForQuery relayed: busy, not idle
         self._terminated = False
         self._lost_recorded = False  # flow.upstream_lost() was called (once only)
+        # Bytes bound for each side, in the order both pumps produced them, written with one
+        # call per read chunk (not per message: a result of 1,000 rows is one write).
+        self._to_server: list[bytes] = []
+        self._to_client: list[bytes] = []
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -180,8 +184,9 @@ class ClientSession:
             self._fatal(sqlstate, message)
 
     def _fatal(self, sqlstate: str, message: str) -> None:
+        self._to_client.append(codec.error_response(sqlstate, message, severity="FATAL"))
         with contextlib.suppress(Exception):
-            self.writer.write(codec.error_response(sqlstate, message, severity="FATAL"))
+            self._flush()
 
     def _upstream_lost(self, reason: str) -> None:
         """Statements still awaiting their outcome get one (once per session)."""
@@ -235,8 +240,10 @@ class ClientSession:
                     if msg.type in (codec.QUERY, codec.SYNC):
                         self._in_flight += 1
                     out = await flow.from_client(msg)
-                    self._write(out.to_server, out.to_client)
+                    self._to_server += out.to_server
+                    self._to_client += out.to_client
                     if out.close:
+                        self._flush()
                         raise _Ended
             except codec.ProtocolError as exc:
                 self._fatal(exc.sqlstate, str(exc))
@@ -252,6 +259,7 @@ class ClientSession:
             except AuditUnavailable:
                 self._fatal("58000", "Lockgate cannot write its audit trail; try again later")
                 raise _Ended from None
+            self._flush()
             await up.drain()  # back-pressure: the upstream took this chunk before the next
             await self.writer.drain()
 
@@ -278,9 +286,12 @@ class ClientSession:
                     elif msg.type == codec.ERROR_RESPONSE:
                         self._note_server_error(msg.body)
                     out = flow.from_server(msg)
-                    self._write(out.to_server, out.to_client)
+                    self._to_server += out.to_server
+                    self._to_client += out.to_client
                     if out.close:
+                        self._flush()
                         raise _Ended
+                self._flush()
                 await self.writer.drain()
                 data = await reader.read(READ_SIZE)
                 if not data:
@@ -301,11 +312,17 @@ class ClientSession:
             if severity in ("FATAL", "PANIC"):
                 self._server_said_fatal = True
 
-    def _write(self, to_server: list[bytes], to_client: list[bytes]) -> None:
-        if to_server and self.link is not None:
-            self.link.writer.write(b"".join(to_server))
-        if to_client:
-            self.writer.write(b"".join(to_client))
+    def _flush(self) -> None:
+        """Write what each side has waiting (both pumps call it before they wait)."""
+        if self._to_server:
+            data = b"".join(self._to_server)
+            self._to_server.clear()
+            if self.link is not None:
+                self.link.writer.write(data)
+        if self._to_client:
+            data = b"".join(self._to_client)
+            self._to_client.clear()
+            self.writer.write(data)
 
     def _fields(self) -> dict[str, str]:
         login = self.login
