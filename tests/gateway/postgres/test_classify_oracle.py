@@ -622,3 +622,44 @@ def test_session_scope_follows_the_servers_search_path(
                 if oracle.catalog.schema(s) != "no" and s not in ("pg_catalog", "pg_temp")
             ]
             assert (len(scope.search_paths), ours) == (1, list(server)), texts
+
+
+_FRAGMENTS = (
+    "SELECT 1",
+    "SELECT ';'",
+    "SELECT 'a''b;c'",
+    "SELECT E'\\';'",
+    "SELECT E'\\\\'",
+    "SELECT $$;$$",
+    "SELECT $a$ $b$; $b$ ; $a$",
+    "SELECT $_1$;$_1$",
+    'SELECT 1 AS "x;y"',
+    "SELECT U&'\\0041;'",
+    "SELECT 1 /* ; /* ; */ ; */",
+    "SELECT 1 -- ;\n",
+    "SELECT * FROM orders",
+    "SELECT 2 FROM customers WHERE name <> ';'",
+    "/* only ; a comment */",
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(parts=st.lists(st.sampled_from(_FRAGMENTS), min_size=1, max_size=6))
+def test_texts_split_into_the_statements_the_server_runs(oracle: Oracle, parts: list[str]) -> None:
+    text = ";\n".join(parts)
+    statements = classify(text, SessionScope(P, oracle.catalog)).statements
+    cur = oracle.conn.cursor()
+    cur.execute(text.encode())
+    results = 0
+    while True:
+        if cur.pgresult is not None and cur.pgresult.status in (
+            psycopg.pq.ExecStatus.TUPLES_OK,
+            psycopg.pq.ExecStatus.COMMAND_OK,
+        ):
+            results += 1
+        if not cur.nextset():
+            break
+    assert len(statements) == results, text
+    assert all(s.command == "SELECT" for s in statements)
