@@ -427,3 +427,29 @@ async def test_a_server_starting_up_is_tried_again_until_it_takes_the_login() ->
         link = await connect(fake.port)
         link.close()
         assert len(fake.peers) == 3
+
+
+@pytest.mark.parametrize(
+    ("auth", "secret"),
+    [
+        (codec.authentication_sasl(["SCRAM-SHA-256"]), "pass\ud800word"),  # lone surrogate
+        (codec.authentication_cleartext_password(), "pass\0word"),
+    ],
+)
+async def test_a_secret_the_wire_cannot_carry_is_refused_without_quoting_it(
+    tls_for_other_name: ServerTls, auth: bytes, secret: str
+) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.startup(tls_for_other_name.context)
+        await peer.send(auth)
+        answer = await peer.message()
+        if b"SCRAM" in auth:  # the password is used only for the client-final message
+            _, server_first = _scram_server_first(answer.body.split(b"\0", 1)[1][4:])
+            await peer.send(codec.authentication_sasl_continue(server_first))
+            await peer.message()
+
+    cache = SecretCache(FakeBroker({"wh-login": [secret]}))
+    async with fake_server(script) as fake:
+        with pytest.raises(UpstreamUnavailable, match="cannot be sent") as info:
+            await upstream.connect(resource(fake.port, tls="require"), cache, {})
+    assert "word" not in str(info.value) and "pass" not in str(info.value)

@@ -282,6 +282,11 @@ class _Login:
             raise UpstreamUnavailable(f"{self.where}: {_describe(exc)}") from None
         except codec.ProtocolError as exc:
             raise UpstreamUnavailable(f"{self.where}: protocol error: {exc}") from None
+        except ValueError:  # the encoders' refusal; its text could quote the secret: not kept
+            raise UpstreamUnavailable(
+                f"{self.where}: a NUL byte or invalid Unicode in the credential "
+                f"{self.resource.credential!r} or a startup parameter cannot be sent"
+            ) from None
 
     async def _attempt(self) -> UpstreamLink:
         reader, writer = await _open(self.resource, self.ctx)
