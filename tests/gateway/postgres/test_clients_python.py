@@ -11,6 +11,7 @@ next statement works); the audit has one record per statement, with rows affecte
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 from collections.abc import Iterator
 from decimal import Decimal
@@ -251,12 +252,13 @@ def _asyncpg_ssl(ca_file: Path) -> ssl.SSLContext:
     return context
 
 
-async def _asyncpg_session(stack: PgLocalStack, task: str) -> dict[str, Any]:
+async def _asyncpg_connect(stack: PgLocalStack, task: str) -> Any:
+    """An asyncpg connection to the gateway (TLS, host name checked) as ``task``."""
     import asyncpg  # type: ignore[import-untyped]
 
     kwargs = stack.connect_kwargs(stack.mint(DAG, task))
     assert stack.ca_file is not None
-    conn = await asyncpg.connect(
+    return await asyncpg.connect(
         host=kwargs["host"],
         port=kwargs["port"],
         user=kwargs["user"],
@@ -264,6 +266,12 @@ async def _asyncpg_session(stack: PgLocalStack, task: str) -> dict[str, Any]:
         database=kwargs["dbname"],
         ssl=_asyncpg_ssl(stack.ca_file),
     )
+
+
+async def _asyncpg_session(stack: PgLocalStack, task: str) -> dict[str, Any]:
+    import asyncpg
+
+    conn = await _asyncpg_connect(stack, task)
     seen: dict[str, Any] = {}
     try:
         insert = await conn.prepare(INSERT_SERVER_TEXT)
@@ -331,6 +339,119 @@ def test_asyncpg_prepared_binary_cache_and_denials(pg_stack: PgLocalStack) -> No
     assert rows_affected(
         rows, "UPDATE sales.orders SET amount = amount + 1 WHERE order_id LIKE 'ap-%'"
     ) == [3]
+
+
+async def _asyncpg_executemany_and_cursor(stack: PgLocalStack, task: str) -> dict[str, Any]:
+    conn = await _asyncpg_connect(stack, task)
+    seen: dict[str, Any] = {}
+    try:
+        await conn.executemany(  # pipelined Bind/Execute of one prepared statement
+            INSERT_SERVER_TEXT, [(f"ab-{i}", "bulk", i) for i in range(100)]
+        )
+        await conn.executemany(
+            "UPDATE sales.orders SET amount = amount + $2 WHERE order_id = $1",
+            [(f"ab-{i}", 1000) for i in range(5)],
+        )
+        # A cursor: a portal executed a few rows at a time (PortalSuspended in between).
+        async with conn.transaction():
+            seen["cursor"] = [
+                r["order_id"]
+                async for r in conn.cursor(
+                    "SELECT order_id FROM sales.orders WHERE customer = 'bulk' ORDER BY amount",
+                    prefetch=7,
+                )
+            ]
+        seen["after"] = await conn.fetchval(
+            "SELECT count(*) FROM sales.orders WHERE customer = 'bulk' AND amount >= 1000"
+        )
+    finally:
+        await conn.close()
+    return seen
+
+
+def test_asyncpg_executemany_and_cursor(pg_stack: PgLocalStack) -> None:
+    task = "asyncpg_bulk"
+    seen = asyncio.run(_asyncpg_executemany_and_cursor(pg_stack, task))
+    assert len(seen["cursor"]) == 100 and seen["cursor"][:2] == ["ab-5", "ab-6"]
+    assert seen["after"] == 5
+    rows = records_of(pg_stack, task)
+    assert rows_affected(rows, INSERT_SERVER_TEXT) == [1] * 100
+    updates = "UPDATE sales.orders SET amount = amount + $2 WHERE order_id = $1"
+    assert rows_affected(rows, updates) == [1] * 5
+
+
+async def _asyncpg_copy_session(stack: PgLocalStack, task: str) -> dict[str, Any]:
+    import asyncpg
+
+    conn = await _asyncpg_connect(stack, task)
+    seen: dict[str, Any] = {}
+    try:
+        # asyncpg sends the rows right behind the COPY query, before CopyInResponse.
+        seen["copy"] = await conn.copy_records_to_table(
+            "orders",
+            schema_name="sales",
+            columns=["order_id", "customer", "amount"],
+            records=[(f"ac-{i}", "copied", i) for i in range(100)],
+        )
+        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+            await conn.copy_to_table(
+                "secret", schema_name="other", source=io.BytesIO(b"9\tplanted\n")
+            )
+        # The server drops the CopyData of a COPY that failed; so must the gateway.
+        seen["after"] = await conn.fetchval("SELECT count(*) FROM sales.orders")
+    finally:
+        await conn.close()
+    return seen
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the engine closes the session on CopyData sent before CopyInResponse arrives, "
+    "and on CopyData after a refused COPY FROM STDIN (the server accepts / drops them)",
+)
+def test_asyncpg_copy_in_ahead_of_the_server_and_after_a_refusal(pg_stack: PgLocalStack) -> None:
+    task = "asyncpg_copy"
+    seen = asyncio.run(_asyncpg_copy_session(pg_stack, task))
+    assert seen["copy"] == "COPY 100"
+    assert seen["after"] >= 100
+    assert pg_stack.superuser_query("SELECT count(*) FROM other.secret") == [(1,)]
+    judged = outcomes(records_of(pg_stack, task))
+    assert [(a, o) for d, a, o, _ in judged if d == "deny"] == [("write", "other.secret")]
+
+
+def test_psycopg3_named_cursor_and_executemany(pg_stack: PgLocalStack) -> None:
+    import psycopg
+    import psycopg.errors
+
+    task = "psycopg3_cursor"
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    with psycopg.connect(**kwargs) as conn:
+        with conn.cursor() as cur:  # executemany: pipelined when libpq supports it
+            cur.executemany(
+                "INSERT INTO sales.orders (order_id, customer, amount) VALUES (%s, %s, %s)",
+                [(f"pc-{i}", "cursor", i) for i in range(20)],
+            )
+        conn.commit()
+        with conn.cursor(name="orders_by_amount") as cur:  # DECLARE ... CURSOR; FETCH
+            cur.itersize = 6
+            cur.execute("SELECT order_id FROM sales.orders WHERE customer = 'cursor'")
+            assert len(list(cur)) == 20
+        conn.commit()
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+            conn.cursor(name="peek") as cur,
+        ):
+            cur.execute("SELECT value FROM other.secret")
+        conn.rollback()
+        assert conn.execute(
+            "SELECT count(*) FROM sales.orders WHERE customer = 'cursor'"
+        ).fetchone() == (20,)
+
+    judged = outcomes(records_of(pg_stack, task))
+    denied = [(a, o) for d, a, o, _ in judged if d == "deny"]
+    assert denied == [("read", "other.secret")]
+    declares = [t for d, _, _, t in judged if d == "allow" and t.startswith("DECLARE")]
+    assert declares and all("sales.orders" in t for t in declares)
 
 
 # -- SQLAlchemy 2 --------------------------------------------------------------------------------
