@@ -229,3 +229,38 @@ def test_a_text_over_an_unknown_scope_refuses_what_follows_a_path_change() -> No
         raise AssertionError("not refused")
     except Exception as exc:
         assert getattr(exc, "reason", "") == "ambiguous_search_path"
+
+
+def test_a_path_moved_out_of_sight_takes_every_schema_holding_the_name() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    # set_config or a function may have moved the path: every holder is checked
+    run(scope, "SELECT my_function()", status="I")
+    (select,) = classify("SELECT * FROM orders", scope).statements
+    assert {a.obj for a in select.accesses} == {"public.orders", "sales.orders"}
+    try:
+        classify("CREATE TABLE fresh (a int)", scope)
+        raise AssertionError("not refused")
+    except Exception as exc:
+        assert getattr(exc, "reason", "") == "ambiguous_search_path"
+    # a SET puts the path back in sight
+    run(scope, "SET search_path = sales", status="I")
+    (select,) = classify("SELECT * FROM orders", scope).statements
+    assert {a.obj for a in select.accesses} == {"sales.orders"}
+    # as do DO blocks and CALL; allow-listed functions do not
+    run(scope, "DO $$ BEGIN PERFORM set_config('search_path', 'public', false); END $$", status="I")
+    assert ("*", "sales") in scope.search_paths
+    run(scope, "RESET search_path; SELECT lower('x')", status="I")
+    assert scope.search_paths == (("public",),)
+
+
+def test_a_path_moved_out_of_sight_without_a_catalog_is_refused() -> None:
+    scope = SessionScope(("public",), None)
+    run(scope, "CALL proc()", status="I")
+    try:
+        classify("SELECT * FROM orders", scope)
+        raise AssertionError("not refused")
+    except Exception as exc:
+        assert getattr(exc, "reason", "") == "ambiguous_search_path"
+    # a SET rolled back returns to the path out of sight
+    run(scope, "BEGIN; SET search_path = sales; ROLLBACK", status="I")
+    assert scope.search_paths == (("*", "public"),)

@@ -36,7 +36,9 @@ class Effect:
     (``name``; value: the inner text), ``deallocate`` (``name``, "" for ALL),
     ``temp_schema`` (value: the new temporary relation's name). Beyond those, so the
     session's view of the catalog follows its own DDL: ``created_relation`` /
-    ``dropped_relation`` (value: schema, name) and ``created_schema`` (value: name).
+    ``dropped_relation`` (value: schema, name) and ``created_schema`` (value: name); and
+    ``opaque_search_path`` after a statement that may move the path out of sight (DO, CALL,
+    a function outside the allow-list: set_config may run inside).
     """
 
     kind: str

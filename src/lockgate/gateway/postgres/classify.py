@@ -187,6 +187,10 @@ def _statement(node: ast.Node, text: str, resolver: Resolver, scope: NameScope) 
     walker = Walker(resolver, relation_action="admin")
     walker.on_execute = lambda stmt: _execute_inner(stmt, walker, scope)
     command, effects, prepared_name = _dispatch(node, walker, text, scope)
+    if isinstance(node, ast.DoStmt | ast.CallStmt) or any(
+        access.obj.startswith("function:") for access in walker.accesses
+    ):
+        effects.append(Effect("opaque_search_path"))
     return Statement(
         command=command,
         accesses=tuple(walker.accesses),

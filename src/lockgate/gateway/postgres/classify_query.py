@@ -19,7 +19,7 @@ from pglast.enums.parsenodes import A_Expr_Kind, SetOperation
 
 from . import functions
 from .classified import Access, Unplaceable
-from .scope import MAYBE, NO, NameScope
+from .scope import ANY_SCHEMA, MAYBE, NO, YES, NameScope
 
 __all__ = ["Resolver", "Walker", "present", "qualified_name"]
 
@@ -89,20 +89,23 @@ class Resolver:
         found: list[str] = []
         for path in self.paths:
             if catalog is None:
-                found.extend(f"{s}.{relname}" for s in path)
+                found.extend(f"{s}.{relname}" for s in self._known(path))
                 continue
-            candidates = [s for s in path if catalog.relation(s, relname) != NO]
-            for s in candidates:
-                found.append(f"{s}.{relname}")
-                if catalog.relation(s, relname) != MAYBE:
+            for s in path:
+                if s == ANY_SCHEMA:  # the path is unknown here: every holder of the name
+                    found.extend(f"{h}.{relname}" for h in catalog.holders(relname))
+                    continue
+                state = catalog.relation(s, relname)
+                if state != NO:
+                    found.append(f"{s}.{relname}")
+                if state == YES:
                     break
         if not found:
             if missing_ok:
                 # DROP ... IF EXISTS of a name nowhere: any schema of the path may hold it
                 # by the time the server looks.
-                return [f"{s}.{relname}" for p in self.explicit_paths for s in p] or [
-                    f"pg_catalog.{relname}"
-                ]
+                schemas = [s for p in self.explicit_paths for s in self._known(p)]
+                return [f"{s}.{relname}" for s in schemas or ["pg_catalog"]]
             raise Unplaceable(
                 "unresolved_relation",
                 f'relation "{relname}" is not in any schema of the search path',
@@ -116,8 +119,8 @@ class Resolver:
         catalog = self.catalog
         found: list[str] = []
         for path in self.explicit_paths:
-            for s in path:
-                state = "yes" if catalog is None else catalog.schema(s)
+            for s in self._known(path):
+                state = YES if catalog is None else catalog.schema(s)
                 if state == NO:
                     continue
                 found.append(s)
@@ -129,7 +132,24 @@ class Resolver:
 
     def function_schemas(self) -> list[str]:
         """Schemas an unqualified function name may resolve to (never ``pg_temp``)."""
-        return list(dict.fromkeys(s for p in self.paths for s in p if s != "pg_temp"))
+        schemas: list[str] = []
+        for path in self.paths:
+            for s in path:
+                if s == ANY_SCHEMA and self.catalog is not None:
+                    schemas.extend(self.catalog.schema_names())
+                elif s != "pg_temp":
+                    schemas.extend(self._known((s,)))
+        return list(dict.fromkeys(schemas))
+
+    @staticmethod
+    def _known(path: tuple[str, ...]) -> tuple[str, ...]:
+        """``path`` itself, refused when it holds the unknown-path marker (no catalog)."""
+        if ANY_SCHEMA in path:
+            raise Unplaceable(
+                "ambiguous_search_path",
+                "an earlier statement may have changed the search path where it cannot be seen",
+            )
+        return path
 
 
 class Walker:

@@ -25,11 +25,14 @@ from typing import ClassVar, Protocol
 
 from .classified import Effect, Statement, Unplaceable
 
-__all__ = ["NameScope", "RelationCatalog", "SessionScope", "TextScope"]
+__all__ = ["ANY_SCHEMA", "NameScope", "RelationCatalog", "SessionScope", "TextScope"]
 
 _generations = itertools.count(1)
 
 YES, MAYBE, NO = "yes", "maybe", "no"
+# In a path: "the session may have moved here, out of sight" (a DO block, a procedure or a
+# function that may call set_config): resolution then takes every schema holding the name.
+ANY_SCHEMA = "*"
 
 
 class RelationCatalog:
@@ -69,6 +72,15 @@ class RelationCatalog:
         if (schema, relname) in self._maybe_absent or (schema, relname) in self._maybe_present:
             return MAYBE
         return YES if schema in self.schemas_of(relname) else NO
+
+    def holders(self, relname: str) -> list[str]:
+        """Every schema that holds ``relname`` or may (the session's own DDL)."""
+        maybe = sorted(s for s, n in self._maybe_present if n == relname)
+        return sorted(self.schemas_of(relname)) + maybe
+
+    def schema_names(self) -> list[str]:
+        """Every schema, known or maybe created by the session."""
+        return sorted(self._schemas | self._maybe_schemas)
 
     def schema(self, name: str) -> str:
         """Whether schema ``name`` exists: ``"yes"``, ``"maybe"`` or ``"no"``."""
@@ -232,6 +244,12 @@ class SessionScope:
                 self._prepared.pop(effect.name, None)
             else:
                 self._prepared.clear()
+        elif kind == "opaque_search_path":
+            # The path may have moved where classification cannot see (set_config in a
+            # function, SET in a DO block): until a SET fixes it, any schema may match.
+            self._session = self._opaque(self._session)
+            if self._local is not None:
+                self._local = self._opaque(self._local)
         elif kind == "temp_schema":
             self._temp = True
             self._present.update(("pg_temp", name) for name in effect.value)
@@ -288,6 +306,10 @@ class SessionScope:
             self._catalog = base.with_session_changes(self._present, self._absent, self._schemas)
         else:
             self._catalog = base
+
+    @staticmethod
+    def _opaque(path: Path) -> Path:
+        return path if ANY_SCHEMA in path else (ANY_SCHEMA, *path)
 
     @property
     def initial_path(self) -> Path:
