@@ -4,7 +4,8 @@
 demo upstream, gateway in a background thread) with:
 
 * on a running PostgreSQL server (tests/pgserver): a database of its own with schemas
-  ``sales`` (``orders``), ``marketing`` (``campaigns``) and ``other`` (``secret``), and the
+  ``sales`` (``orders``), ``marketing`` (``campaigns``) and ``other`` (``secret``, and an
+  ``orders`` of its own, for search_path tests), and the
   gateway's upstream login (SCRAM, no CREATEROLE). The server's own grants are broader than
   the policy on purpose — the login owns ``sales.orders`` and may read ``other.secret`` — so
   what denies in these tests is the gateway, never the server;
@@ -54,6 +55,9 @@ INSERT INTO marketing.campaigns VALUES ('spring', 1000), ('autumn', 2000);
 CREATE SCHEMA other;
 CREATE TABLE other.secret (id int PRIMARY KEY, value text NOT NULL);
 INSERT INTO other.secret VALUES (1, 'the-upstream-only-secret');
+-- same name as sales.orders: an unqualified name may resolve here under another search_path
+CREATE TABLE other.orders (order_id text PRIMARY KEY, customer text NOT NULL, amount int NOT NULL);
+INSERT INTO other.orders VALUES ('hidden-1', 'hidden', 999);
 GRANT USAGE, CREATE ON SCHEMA sales, marketing, other TO {login};
 GRANT ALL ON ALL TABLES IN SCHEMA sales, marketing, other TO {login};
 ALTER TABLE sales.orders OWNER TO {login};

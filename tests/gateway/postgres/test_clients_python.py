@@ -245,6 +245,42 @@ def test_psycopg3_pipeline_refusal_rolls_back_its_implicit_transaction(
     ) == [(0,)]
 
 
+def test_psycopg3_prepared_statement_is_judged_under_the_current_search_path(
+    pg_stack: PgLocalStack,
+) -> None:
+    """psycopg 3 keeps ``SELECT ... FROM orders`` prepared by its text; after a SET
+    search_path the server re-plans it against ``other.orders``, so the gateway must judge
+    that execution under the new path, not the one the Parse was judged under."""
+    import psycopg
+    import psycopg.errors
+
+    task = "psycopg3_search_path"
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    unqualified = "SELECT count(*) FROM orders WHERE amount > %s"
+    with psycopg.connect(**kwargs, autocommit=True, prepare_threshold=0) as conn:
+        conn.execute("SET search_path TO sales")
+        assert conn.execute(unqualified, (-1,)).fetchone() is not None
+        conn.execute("SET search_path TO other")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(unqualified, (-1,))  # the same named statement: Bind + Execute only
+        conn.execute("SET search_path TO sales")
+        assert conn.execute(unqualified, (-1,)).fetchone() is not None
+    judged = outcomes(records_of(pg_stack, task))
+    reads = [
+        (d, o) for d, a, o, t in judged if t == "SELECT count(*) FROM orders WHERE amount > $1"
+    ]
+    assert ("deny", "other.orders") in reads and ("allow", "sales.orders") in reads
+    assert not any(o == "other.orders" for d, o in reads if d == "allow")
+    # The server ran the statement twice, both times under the one name psycopg prepared.
+    runs = [
+        s
+        for s in pg_stack.server.statements(pg_stack.log_start)
+        if s.user == pg_stack.upstream_user and s.text.startswith("SELECT count(*) FROM orders")
+    ]
+    assert len(runs) == 2 and len({s.prepared_name for s in runs}) == 1
+    assert runs[0].prepared_name.startswith("_pg3_")
+
+
 # -- asyncpg -------------------------------------------------------------------------------------
 def _asyncpg_ssl(ca_file: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(ca_file))
