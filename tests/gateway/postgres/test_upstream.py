@@ -20,7 +20,7 @@ import pytest
 from lockgate.config import PostgresResource
 from lockgate.errors import UpstreamAuthFailed, UpstreamUnavailable
 from lockgate.gateway.caches import SecretCache
-from lockgate.gateway.postgres import codec, scram, upstream
+from lockgate.gateway.postgres import codec, scram, upstream, upstream_credential
 from lockgate.tlsgen import write_dev_tls
 from tests.gateway.fakes import FakeBroker
 from tests.pgserver import PgServer
@@ -82,8 +82,22 @@ async def simple_query(
 
 
 @pytest.fixture(autouse=True)
-def _fresh_salted_cache() -> None:
+def _fresh_caches() -> None:
     scram.forget_salted_passwords()
+    upstream_credential.forget_refusals()
+
+
+def count_attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SCRAM login attempt from now on, by mechanism."""
+    used: list[str] = []
+    real = codec.sasl_initial_response
+
+    def spy(name: str, data: bytes | None) -> bytes:
+        used.append(name)
+        return real(name, data)
+
+    monkeypatch.setattr(codec, "sasl_initial_response", spy)
+    return used
 
 
 async def test_scram_login_with_verify_full(pg_server: PgServer) -> None:
@@ -154,6 +168,31 @@ async def test_rotation_overlap_logs_in_with_the_previous_version(pg_server: PgS
     )
     link.close()
     assert link.credential_version == 1
+
+
+async def test_during_the_overlap_logins_start_with_the_version_that_works(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = unique("overlap")
+    pg_server.create_user(user, "version-one")
+    attempts = count_attempts(monkeypatch)
+    res, cache = resource_for(pg_server, user), secrets_of("version-one", "version-two")
+    versions = []
+    for _ in range(3):
+        link = await upstream.connect(res, cache, {})
+        link.close()
+        versions.append(link.credential_version)
+    assert versions == [1, 1, 1]
+    assert len(attempts) == 4  # the current version was refused once, not at every login
+    # the server takes the new password: one refusal of the old, then the current again
+    pg_server.psql(f"ALTER ROLE \"{user}\" PASSWORD 'version-two';")
+    attempts.clear()
+    for _ in range(3):
+        link = await upstream.connect(res, cache, {})
+        link.close()
+        versions.append(link.credential_version)
+    assert versions[3:] == [2, 2, 2]
+    assert len(attempts) == 4
 
 
 async def test_a_rotation_the_cache_had_not_seen_is_picked_up(pg_server: PgServer) -> None:
@@ -383,14 +422,7 @@ async def test_cancel_with_a_wrong_key_cancels_nothing(pg_server: PgServer) -> N
 async def test_the_server_accepts_our_channel_binding(
     pg_server: PgServer, monkeypatch: pytest.MonkeyPatch, tls: str, mechanism: str
 ) -> None:
-    used: list[str] = []
-    real = codec.sasl_initial_response
-
-    def spy(name: str, data: bytes | None) -> bytes:
-        used.append(name)
-        return real(name, data)
-
-    monkeypatch.setattr(codec, "sasl_initial_response", spy)
+    used = count_attempts(monkeypatch)
     user = unique("bound")
     pg_server.create_user(user, "pw")
     link = await upstream.connect(resource_for(pg_server, user, tls=tls), secrets_of("pw"), {})

@@ -25,10 +25,8 @@ bounded by the resource's ``connect_timeout``:
 A refused, reset or silently closed connection or SQLSTATE 57P03 (a server restarting) is
 tried again with backoff until ``connect_timeout``.
 
-A refused credential (SQLSTATE class 28) is retried once: an access token is dropped from
-the caches and fetched again; a key or password is retried with the current version if a
-rotation the cache had not seen changed it, else with the previous version while the
-rotation's overlap lasts. Failures raise :class:`~lockgate.errors.UpstreamUnavailable`
+A refused credential (SQLSTATE class 28) is retried once with another version or a fresh
+token (:mod:`.upstream_credential`). Failures raise :class:`~lockgate.errors.UpstreamUnavailable`
 (:class:`~lockgate.errors.UpstreamAuthFailed` for a refused credential) whose message names
 ``host:port``, the SQLSTATE and the server's message — never the secret.
 
@@ -53,6 +51,7 @@ from lockgate.errors import CredentialError, UpstreamAuthFailed, UpstreamUnavail
 from lockgate.gateway.caches import SecretCache, UpstreamSecret
 
 from . import codec, scram
+from .upstream_credential import CredentialChoice
 
 log = _log.get("gateway.postgres")
 
@@ -433,61 +432,34 @@ async def connect(
 ) -> UpstreamLink:
     """Log in to ``resource`` as the gateway (see the module docstring)."""
     ctx = client_ssl_context(resource)
-    name = resource.credential
-    secret = await _fetch(resource, secrets, name)
-    first = _Login(resource, ctx, secret, startup)
+    choice = CredentialChoice(resource, secrets)
     try:
-        return await first.run()
-    except UpstreamAuthFailed:
-        if secret is None or not first.sent_secret:
-            raise
-        retry = await _retry_secret(secrets, name, secret)
-        if retry is None:
-            raise
-    log.info(
-        "postgres upstream refused the credential; retrying",
-        extra={
-            "fields": {
-                "resource": resource.name,
-                "credential_name": name,
-                "refused_version": secret.version,
-                "retry_version": retry.version,
-            }
-        },
-    )
-    return await _Login(resource, ctx, retry, startup).run()
-
-
-async def _fetch(
-    resource: PostgresResource, secrets: SecretCache, name: str
-) -> UpstreamSecret | None:
-    try:
-        return await secrets.get(name)
+        secret = await choice.first()
     except CredentialError as exc:  # the message names the credential, never its value
         raise UpstreamUnavailable(f"{_where(resource)}: {exc}") from None
-
-
-async def _retry_secret(
-    secrets: SecretCache, name: str, refused: UpstreamSecret
-) -> UpstreamSecret | None:
-    """The secret to try once more after the server refused ``refused``, or None."""
-    try:
-        if getattr(refused, "expires_at", None) is not None:
-            # An access token refused before its expiry (revoked, clock skew): a fresh one.
-            secrets.forget_token(name, refused.version)
-            fresh = await secrets.get(name)
-            return fresh if fresh is not None and fresh.value != refused.value else None
-        # A rotation the cache had not seen yet may have changed the current version.
-        secrets.invalidate(name)
-        current = await secrets.get(name)
-        if current is not None and (
-            current.version != refused.version or current.value != refused.value
-        ):
-            return current
-        older = await secrets.get(name, previous=True)  # inside the rotation's overlap
-    except CredentialError:
-        return None
-    return older if older is not None and older.version != refused.version else None
+    while True:
+        login = _Login(resource, ctx, secret, startup)
+        try:
+            link = await login.run()
+        except UpstreamAuthFailed:
+            retry = await choice.after_refusal(secret) if secret and login.sent_secret else None
+            if retry is None:
+                raise
+            log.info(
+                "postgres upstream refused the credential; retrying",
+                extra={
+                    "fields": {
+                        "resource": resource.name,
+                        "credential_name": resource.credential,
+                        "refused_version": secret.version if secret else None,
+                        "retry_version": retry.version,
+                    }
+                },
+            )
+            secret = retry
+            continue
+        choice.succeeded(secret if login.sent_secret else None)
+        return link
 
 
 async def cancel(resource: PostgresResource, pid: int, secret: bytes) -> None:
