@@ -92,7 +92,8 @@ regexp_split_to_array regexp_split_to_table regexp_substr repeat replace reverse
 rtrim split_part starts_with string_to_array string_to_table strpos substr substring
 to_ascii to_hex translate unistr upper sha224 sha256 sha384 sha512 get_bit get_byte
 set_bit set_byte bit_count crc32 crc32c casefold like_escape similar_escape
-similar_to_escape unaccent text varchar bpchar char name
+similar_to_escape unaccent text varchar bpchar char name pg_collation_for is_normalized
+unicode_assigned unicode_version
 """
 _TIME = """
 age clock_timestamp current_date current_time current_timestamp date_add date_bin
@@ -139,7 +140,8 @@ current_database current_catalog current_schema current_schemas current_user cur
 session_user user system_user version pg_backend_pid pg_postmaster_start_time
 pg_conf_load_time inet_client_addr inet_client_port inet_server_addr inet_server_port
 pg_current_xact_id pg_current_xact_id_if_assigned txid_current txid_current_if_assigned
-pg_jit_available pg_trigger_depth pg_is_in_recovery pg_encoding_to_char
+pg_jit_available pg_trigger_depth pg_my_temp_schema pg_is_other_temp_schema pg_is_in_recovery
+pg_encoding_to_char
 pg_char_to_encoding pg_client_encoding format_type pg_get_expr pg_get_constraintdef
 pg_get_indexdef pg_get_viewdef pg_get_triggerdef pg_get_functiondef pg_get_function_arguments
 pg_get_function_result pg_get_function_identity_arguments pg_get_serial_sequence
@@ -172,7 +174,7 @@ SAFE_OPERATORS = _words(
     """
     = <> != < > <= >= + - * / % ^ || ~ ~* !~ !~* ~~ ~~* !~~ !~~* @> <@ && ? ?| ?& -> ->>
     #> #>> #- @? @@ @@@ | & # << >> @ |/ ||/ <-> -|- &< &> <<| |>> &<| |&> ?# ?- ?-| ?||
-    <^ >^ ~= <<= >>= !! <% %> <<% %>> <<-> <->> ~>=~ ~<=~ ~>~ ~<~
+    <^ >^ ~= <<= >>= !! <% %> <<% %>> <<-> <->> ~>=~ ~<=~ ~>~ ~<~ ^@
     """
 )
 
