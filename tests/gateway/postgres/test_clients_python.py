@@ -149,6 +149,65 @@ def test_psycopg2_autocommit_and_transactions(pg_stack: PgLocalStack) -> None:
     ]
 
 
+def test_search_path_changes_the_server_rolls_back_are_rolled_back_too(
+    pg_stack: PgLocalStack,
+) -> None:
+    """The session stands on ``other`` (where ``orders`` is other.orders, not granted). A SET
+    to ``sales`` that the server undoes (failed implicit transaction, ROLLBACK, ROLLBACK TO
+    SAVEPOINT, SET LOCAL at commit) must be undone in the gateway's view too: else it would
+    judge ``orders`` as sales.orders while the server reads other.orders."""
+    import psycopg2
+    import psycopg2.errors
+
+    task = "search_path_rollback"
+    since = pg_stack.server.log_position()
+    conn = psycopg2.connect(**pg_stack.connect_kwargs(pg_stack.mint(DAG, task)))
+    conn.autocommit = True
+    peek = "SELECT order_id FROM orders"
+    leaked: list[str] = []
+
+    def peek_is_refused(when: str) -> None:
+        try:
+            cur.execute(peek)
+        except psycopg2.errors.InsufficientPrivilege:
+            return
+        leaked.append(f"{when}: {cur.fetchall()}")
+
+    try:
+        cur = conn.cursor()
+        cur.execute("SET search_path TO other")
+        peek_is_refused("on other")
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            cur.execute("SET search_path TO sales; SELECT 1/0")
+        peek_is_refused("after a failed implicit transaction")
+        cur.execute("BEGIN")
+        cur.execute("SET search_path TO sales")
+        cur.execute("ROLLBACK")
+        peek_is_refused("after ROLLBACK")
+        cur.execute("BEGIN")
+        cur.execute("SAVEPOINT before_sales")
+        cur.execute("SET search_path TO sales")
+        cur.execute("ROLLBACK TO SAVEPOINT before_sales")
+        cur.execute("COMMIT")
+        peek_is_refused("after ROLLBACK TO SAVEPOINT")
+        cur.execute("BEGIN")
+        cur.execute("SET LOCAL search_path TO sales")
+        cur.execute("SELECT count(*) FROM orders")  # sales.orders, inside the block
+        cur.execute("COMMIT")
+        peek_is_refused("after SET LOCAL ended")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT set_config('search_path', 'sales', false)")
+        peek_is_refused("after set_config")
+        cur.execute("SET search_path TO sales")
+        cur.execute(peek)  # and a SET that stands is followed
+        assert all(r[0] != "hidden-1" for r in cur.fetchall())
+    finally:
+        conn.close()
+    assert leaked == []
+    # Only the last peek, under a path that stood, reached the server.
+    assert pg_stack.upstream_statements(since).count(peek) == 1
+
+
 # -- psycopg 3 -----------------------------------------------------------------------------------
 def test_psycopg3_autocommit_transactions_and_server_side_prepare(pg_stack: PgLocalStack) -> None:
     import psycopg
@@ -255,6 +314,7 @@ def test_psycopg3_prepared_statement_is_judged_under_the_current_search_path(
     import psycopg.errors
 
     task = "psycopg3_search_path"
+    since = pg_stack.server.log_position()
     kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
     unqualified = "SELECT count(*) FROM orders WHERE amount > %s"
     with psycopg.connect(**kwargs, autocommit=True, prepare_threshold=0) as conn:
@@ -274,8 +334,9 @@ def test_psycopg3_prepared_statement_is_judged_under_the_current_search_path(
     # The server ran the statement twice, both times under the one name psycopg prepared.
     runs = [
         s
-        for s in pg_stack.server.statements(pg_stack.log_start)
-        if s.user == pg_stack.upstream_user and s.text.startswith("SELECT count(*) FROM orders")
+        for s in pg_stack.server.statements(since)
+        if s.user == pg_stack.upstream_user
+        and s.text == "SELECT count(*) FROM orders WHERE amount > $1"
     ]
     assert len(runs) == 2 and len({s.prepared_name for s in runs}) == 1
     assert runs[0].prepared_name.startswith("_pg3_")
