@@ -477,6 +477,33 @@ def test_asyncpg_executemany_and_cursor(pg_stack: PgLocalStack) -> None:
     assert rows_affected(rows, updates) == [1] * 5
 
 
+async def _asyncpg_cached_statement_across_search_paths(
+    stack: PgLocalStack, task: str
+) -> list[str]:
+    import asyncpg
+
+    conn = await _asyncpg_connect(stack, task)
+    outcomes_: list[str] = []
+    try:
+        for path in ("sales", "other", "sales"):
+            await conn.execute(f"SET search_path TO {path}")
+            try:  # asyncpg's cache holds the statement by its text: Bind + Execute only
+                count = await conn.fetchval("SELECT count(*) FROM orders WHERE amount > $1", -1)
+                outcomes_.append(f"{path}: {count}")
+            except asyncpg.exceptions.InsufficientPrivilegeError:
+                outcomes_.append(f"{path}: refused")
+    finally:
+        await conn.close()
+    return outcomes_
+
+
+def test_asyncpg_cached_statement_is_judged_under_the_current_search_path(
+    pg_stack: PgLocalStack,
+) -> None:
+    seen = asyncio.run(_asyncpg_cached_statement_across_search_paths(pg_stack, "asyncpg_path"))
+    assert [s.split(": ")[1] == "refused" for s in seen] == [False, True, False], seen
+
+
 async def _asyncpg_copy_session(stack: PgLocalStack, task: str) -> dict[str, Any]:
     import asyncpg
 
