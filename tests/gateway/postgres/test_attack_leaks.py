@@ -1,0 +1,311 @@
+"""Attacks on what a DAG can read through the PostgreSQL engine beyond its grant.
+
+Each test goes through the real path: the test stack (``pg_stack``) in front of the real
+server (``pg_server``), with psycopg. The DAG ``etl`` may read and write ``sales.*`` only;
+``other.secret`` is the table it must never see. The upstream login may read everything on
+the server, so whatever stops the DAG is the gateway.
+
+Tests marked ``xfail(strict=True)`` reproduce a hole: they pass (and so fail the suite) once
+the hole is closed, which is when the mark comes off. The others show a defence holding.
+"""
+
+# ruff: noqa: S608  (the setup builds SQL for the server around the stack's login name)
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.pgserver import PgServer
+
+from .stack import PgStack, pg_stack
+
+Conn = psycopg.AsyncConnection[tuple[object, ...]]
+
+#: What other.secret holds after :func:`_more_secrets` (a value per row, distinct).
+SECRET_PREFIX = "secret-value-"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, pg_server: PgServer) -> AsyncIterator[PgStack]:
+    async with pg_stack(tmp_path, pg_server) as s:
+        yield s
+
+
+async def _connect(stack: PgStack, dag: str = "etl") -> Conn:
+    return await psycopg.AsyncConnection.connect(stack.dsn(stack.token(dag)), autocommit=True)
+
+
+async def _rows_or_refused(conn: Conn, sql: str) -> list[tuple[object, ...]] | None:
+    """The rows of ``sql``, or None when the gateway refused it."""
+    try:
+        cur = await conn.execute(sql)
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return await cur.fetchall()
+
+
+def _more_secrets(stack: PgStack) -> None:
+    """Enough distinct rows in other.secret for the planner's statistics to keep values
+    (as autovacuum's ANALYZE would on any table of real size)."""
+    stack.upstream_psql(
+        f"INSERT INTO other.secret SELECT g, '{SECRET_PREFIX}' || g"
+        " FROM generate_series(2, 200) g; ANALYZE other.secret;"
+    )
+
+
+# -- holes ---------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="pg_catalog.pg_stats (builtin:catalog-read) serves column values of tables the "
+    "principal may not read: the server shows statistics of every table the shared "
+    "upstream login can read",
+)
+async def test_pg_stats_does_not_hand_out_values_of_a_forbidden_table(stack: PgStack) -> None:
+    _more_secrets(stack)
+    conn = await _connect(stack)
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT * FROM other.secret")  # the grant is clear
+        rows = await _rows_or_refused(
+            conn,
+            "SELECT histogram_bounds::text FROM pg_stats"
+            " WHERE schemaname = 'other' AND tablename = 'secret' AND attname = 'value'",
+        )
+    finally:
+        await conn.close()
+    assert rows is None or SECRET_PREFIX not in repr(rows), rows
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pg_catalog.pg_stat_activity (builtin:catalog-read) shows every session of the "
+    "shared upstream login, so one DAG reads another DAG's statement texts and literals",
+)
+async def test_one_dag_cannot_read_another_dags_statements_in_pg_stat_activity(
+    stack: PgStack,
+) -> None:
+    literal = "card-4111-1111-1111-1111"
+    ops = await _connect(stack, "ops")
+    etl = await _connect(stack, "etl")
+    try:
+        running = asyncio.create_task(ops.execute(f"SELECT pg_sleep(3), '{literal}'"))
+        for _ in range(100):  # until the server shows it running
+            if literal in stack.upstream_psql("SELECT query FROM pg_stat_activity"):
+                break
+            await asyncio.sleep(0.03)
+        rows = await _rows_or_refused(
+            etl, f"SELECT query FROM pg_stat_activity WHERE query LIKE '%{literal[:9]}%'"
+        )
+        await running
+    finally:
+        await ops.close()
+        await etl.close()
+    leaked = [r for r in rows or [] if literal in str(r[0]) and "pg_stat_activity" not in str(r[0])]
+    assert not leaked, leaked
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a view is judged on its own name only: a grant on sales.* reads a view in sales "
+    "over other.secret (the CQL engine judges a view read on its base too)",
+)
+async def test_a_view_in_a_granted_schema_does_not_open_a_forbidden_base_table(
+    stack: PgStack,
+) -> None:
+    # A view someone with the rights made (a DBA, a migration, an admin DAG).
+    stack.upstream_psql(
+        "CREATE VIEW sales.secret_view AS SELECT * FROM other.secret;"
+        f'GRANT SELECT ON sales.secret_view TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        rows = await _rows_or_refused(conn, "SELECT value FROM sales.secret_view")
+    finally:
+        await conn.close()
+    assert rows is None or "the-upstream-only-secret" not in repr(rows), rows
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a read of an inheritance parent (or a partitioned table) is judged on the parent "
+    "only; the server reads its children too, here one in a forbidden schema",
+)
+async def test_reading_a_parent_does_not_read_a_child_in_a_forbidden_schema(
+    stack: PgStack,
+) -> None:
+    stack.upstream_psql(
+        "CREATE TABLE sales.ledger (id int, note text);"
+        "CREATE TABLE other.ledger_private () INHERITS (sales.ledger);"
+        "INSERT INTO other.ledger_private VALUES (1, 'child-row-secret');"
+        f'GRANT SELECT ON sales.ledger, other.ledger_private TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT * FROM other.ledger_private")  # the grant is clear
+        rows = await _rows_or_refused(conn, "SELECT note FROM sales.ledger")
+        only = await _rows_or_refused(conn, "SELECT note FROM ONLY sales.ledger")
+    finally:
+        await conn.close()
+    assert only == []  # ONLY reads the parent alone: that one is fine
+    assert rows is None or "child-row-secret" not in repr(rows), rows
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="objects are 'schema.relation' without quoting: a schema named 'sales.x' makes "
+    "'sales.x.t', which the glob 'sales.*' matches",
+)
+async def test_a_schema_whose_name_has_a_dot_is_not_inside_the_granted_schema(
+    stack: PgStack,
+) -> None:
+    stack.upstream_psql(
+        'CREATE SCHEMA "sales.x"; CREATE TABLE "sales.x".t (v text);'
+        "INSERT INTO \"sales.x\".t VALUES ('dotted-schema-row');"
+        f'GRANT USAGE ON SCHEMA "sales.x" TO "{stack.login}";'
+        f'GRANT SELECT ON "sales.x".t TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        rows = await _rows_or_refused(conn, 'SELECT v FROM "sales.x".t')
+    finally:
+        await conn.close()
+    assert rows is None, rows
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the relation catalog is read once at login: a relation created later elsewhere "
+    "in an earlier schema of the path is not seen, and the statement is judged on the "
+    "schema the catalog knew while the server reads the new one",
+)
+async def test_a_relation_created_after_login_cannot_shadow_a_granted_one(
+    stack: PgStack,
+) -> None:
+    conn = await _connect(stack)
+    try:
+        await conn.execute("SET search_path TO other, sales")  # needs no grant
+        rows = await _rows_or_refused(conn, "SELECT item FROM orders ORDER BY id")
+        assert rows == [("apple",), ("pear",)]  # sales.orders: allowed, rightly
+        # Later, someone else (a migration, an admin DAG) creates other.orders.
+        stack.upstream_psql(
+            "CREATE TABLE other.orders (id int, item text, amount int);"
+            "INSERT INTO other.orders VALUES (1, 'shadow-row-secret', 0);"
+            f'GRANT SELECT ON other.orders TO "{stack.login}";'
+        )
+        rows = await _rows_or_refused(conn, "SELECT item FROM orders ORDER BY id")
+    finally:
+        await conn.close()
+    assert rows is None or "shadow-row-secret" not in repr(rows), rows
+
+
+# -- defences that hold --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM other.secret",
+        "TABLE other.secret",
+        "SELECT (SELECT value FROM other.secret LIMIT 1)",
+        "SELECT * FROM sales.orders o, LATERAL (SELECT value FROM other.secret s"
+        " WHERE s.id = o.id) x",
+        "SELECT * FROM sales.orders WHERE id IN (TABLE other.secret)",
+        "WITH x AS (DELETE FROM other.secret RETURNING *) SELECT 1",
+        "MERGE INTO sales.orders o USING other.secret s ON o.id = s.id"
+        " WHEN MATCHED THEN UPDATE SET item = s.value",
+        "INSERT INTO sales.orders SELECT id + 100, value, 1 FROM other.secret",
+        "SELECT * INTO sales.stolen FROM other.secret",
+        "CREATE TABLE sales.stolen AS SELECT * FROM other.secret",
+        "EXPLAIN ANALYZE SELECT * FROM other.secret",
+        "COPY (SELECT * FROM other.secret) TO STDOUT",
+        "SELECT row_to_json(s) FROM other.secret s",
+        "DECLARE c CURSOR FOR SELECT * FROM other.secret",
+        "SELECT E'\\\\'; SELECT value FROM other.secret; --'",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT \"pg_read_file\"('/etc/passwd')",
+        "SELECT x FROM sales.orders WHERE pg_read_file('x') IS NULL",
+        "SELECT lo_import('/etc/passwd')",
+        "SELECT query_to_xml('select * from other.secret', true, true, '')",
+        "SELECT set_config('search_path', 'other', false)",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'GBK'",
+        "SET standard_conforming_strings = off",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "ALTER ROLE CURRENT_USER SET search_path = other",
+        "DO $$BEGIN PERFORM 1; END$$",
+        "LISTEN chan",
+        "CREATE TEMP TABLE orders (id int)",
+    ],
+)
+async def test_statements_reaching_beyond_the_grant_are_refused_and_never_run(
+    stack: PgStack, sql: str
+) -> None:
+    conn = await _connect(stack)
+    position = stack.server.log_position()
+    try:
+        assert await _rows_or_refused(conn, sql) is None, sql
+    finally:
+        await conn.close()
+    executed = [s.text for s in stack.server.statements(position) if s.user == stack.login]
+    assert sql not in executed
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT $$ ; SELECT * FROM other.secret $$",
+        "SELECT 'a' /* ; SELECT * FROM other.secret */",
+        "SELECT 1 /* nested /* comment */ SELECT * FROM other.secret */",
+        "SELECT U&'\\0041'",
+    ],
+)
+async def test_text_that_only_looks_like_a_forbidden_statement_runs(
+    stack: PgStack, sql: str
+) -> None:
+    conn = await _connect(stack)
+    try:
+        rows = await _rows_or_refused(conn, sql)
+    finally:
+        await conn.close()
+    assert rows is not None and len(rows) == 1
+
+
+async def test_search_path_changes_are_followed_through_transactions_and_prepares(
+    stack: PgStack,
+) -> None:
+    stack.upstream_psql(
+        "CREATE TABLE other.orders (id int, item text, amount int);"
+        "INSERT INTO other.orders VALUES (1, 'shadow-row-secret', 0);"
+        f'GRANT SELECT ON other.orders TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        # SET LOCAL and ROLLBACK TO SAVEPOINT undo a path change: the gateway follows.
+        await conn.execute("BEGIN")
+        await conn.execute("SAVEPOINT a")
+        await conn.execute("SET search_path TO other, sales")
+        assert await _rows_or_refused(conn, "SELECT item FROM orders") is None
+        await conn.execute("ROLLBACK")
+        await conn.execute("SET search_path TO sales")
+        await conn.execute("BEGIN")
+        await conn.execute("SET LOCAL search_path TO other")
+        assert await _rows_or_refused(conn, "SELECT item FROM orders") is None
+        await conn.execute("ROLLBACK")
+        # A statement prepared under another path is parsed again under the current one
+        # (server and gateway alike).
+        await conn.execute("SET search_path TO other")
+        await conn.execute("PREPARE p AS SELECT item FROM orders")
+        assert await _rows_or_refused(conn, "EXECUTE p") is None
+        await conn.execute("SET search_path TO sales")
+        rows = await _rows_or_refused(conn, "EXECUTE p")
+        assert rows is not None and "shadow-row-secret" not in repr(rows)
+        # RESET ALL / DISCARD ALL go back to the resource's path.
+        await conn.execute("SET search_path TO other")
+        await conn.execute("DISCARD ALL")
+        assert await _rows_or_refused(conn, "SELECT item FROM orders") is None  # public: none
+    finally:
+        await conn.close()
