@@ -198,3 +198,21 @@ async def test_abandoned_tls_logins_leave_nothing_behind(stack: PgStack) -> None
         return guard is not None and guard.count() == 0 and stack.engine().connections == 0
 
     await _until(gone)
+
+
+async def test_a_table_created_through_the_gateway_is_seen_by_the_next_login_at_once(
+    stack: PgStack,
+) -> None:
+    first = await _connect(stack, "ops")
+    try:
+        await first.execute("SELECT 1")  # the shared relation catalog is now fresh
+        await first.execute("CREATE TABLE sales.fresh (id int)")
+    finally:
+        await first.close()
+    second = await _connect(stack)  # within the catalog's freshness window
+    try:
+        cur = await second.execute("SET search_path = sales")
+        cur = await second.execute("SELECT count(*) FROM fresh")
+        assert await cur.fetchall() == [(0,)]
+    finally:
+        await second.close()

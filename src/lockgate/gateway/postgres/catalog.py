@@ -14,9 +14,11 @@ the client's traffic). Rows are read with the codec; an ``ErrorResponse`` is rai
 placed).
 
 Freshness: a relation created by a session is visible to that session through the flow's
-own tracking; one created elsewhere is seen by new sessions within :data:`FRESH_FOR`
-seconds. A resource whose config changes (:meth:`RelationCatalogs.invalidate`) is read
-again at its next login.
+own tracking. After any DDL through the gateway (a ``CREATE``/``DROP``/``ALTER``/``IMPORT``
+command tag) the session invalidates the shared catalog, so the next login reads it anew;
+a relation created outside the gateway is seen by new sessions within :data:`FRESH_FOR`
+seconds (sessions already open keep the catalog they logged in with). A resource whose
+config changes is read again at its next login too.
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ from .startup import Login, Startup
 log = _log.get("gateway.postgres")
 
 UPSTREAM_LOST = "upstream connection lost"
+#: CommandComplete tags (first four bytes) after which the shared relation catalog is stale.
+_DDL_TAGS = frozenset({b"CREA", b"DROP", b"ALTE", b"IMPO"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +280,7 @@ class ClientSession:
     async def _pump_upstream(self, messages: codec.MessageReader) -> None:
         assert self.link is not None and self.flow is not None
         flow, reader = self.flow, self.link.reader
+        resource = self.login.resource.name if self.login is not None else ""
         try:
             while True:
                 while (msg := messages.next_message()) is not None:
@@ -285,6 +288,9 @@ class ClientSession:
                         self._in_flight = max(0, self._in_flight - 1)
                     elif msg.type == codec.ERROR_RESPONSE:
                         self._note_server_error(msg.body)
+                    elif msg.type == codec.COMMAND_COMPLETE and msg.body[:4] in _DDL_TAGS:
+                        # relations may have come or gone: the next login reads them anew
+                        self.ctx.relations.invalidate(resource)
                     out = flow.from_server(msg)
                     self._to_server += out.to_server
                     self._to_client += out.to_client
