@@ -375,6 +375,16 @@ async def test_an_unreadable_ca_file_is_unavailable(pg_server: PgServer, tmp_pat
         await upstream.connect(res, secrets_of("pw"), {})
 
 
+async def running_on(server: PgServer, pid: int) -> None:
+    """Wait until backend ``pid`` runs a query (a cancel before it would cancel nothing)."""
+    sql = f"SELECT state FROM pg_stat_activity WHERE pid = {int(pid)};"  # noqa: S608
+    for _ in range(100):
+        if (await asyncio.to_thread(server.psql, sql)).strip() == "active":
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"backend {pid} never ran the query")
+
+
 @pytest.mark.parametrize("tls", ["verify-full", "disable"])
 async def test_cancel_stops_a_running_query(pg_server: PgServer, tls: str) -> None:
     user = unique("cancel")
@@ -384,7 +394,7 @@ async def test_cancel_stops_a_running_query(pg_server: PgServer, tls: str) -> No
     try:
         started = time.monotonic()
         running = asyncio.create_task(simple_query(link, "SELECT pg_sleep(10)"))
-        await asyncio.sleep(0.3)
+        await running_on(pg_server, link.backend_pid)
         await upstream.cancel(res, link.backend_pid, link.backend_secret)
         rows, error = await asyncio.wait_for(running, 5)
         assert error["C"] == "57014"  # query_canceled
@@ -402,7 +412,7 @@ async def test_cancel_with_a_wrong_key_cancels_nothing(pg_server: PgServer) -> N
     link = await upstream.connect(res, secrets_of("pw"), {})
     try:
         running = asyncio.create_task(simple_query(link, "SELECT pg_sleep(0.8)"))
-        await asyncio.sleep(0.2)
+        await running_on(pg_server, link.backend_pid)
         wrong = bytes(b ^ 0xFF for b in link.backend_secret)
         await upstream.cancel(res, link.backend_pid, wrong)
         rows, error = await asyncio.wait_for(running, 5)

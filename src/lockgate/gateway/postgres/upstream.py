@@ -69,6 +69,13 @@ _RESTARTING_SQLSTATE = "57P03"
 _RETRY_FIRST_DELAY = 0.05
 _RETRY_MAX_DELAY = 0.5
 
+#: TCP keepalive probes after 60 s idle, every 15 s, 4 unanswered = dead (where supported).
+_KEEPALIVE = [
+    (getattr(socket, name), value)
+    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
+    if hasattr(socket, name)
+]
+
 _T = TypeVar("_T")
 
 
@@ -140,6 +147,16 @@ def _describe(exc: OSError) -> str:
     return f"{type(exc).__name__}: {reason}"
 
 
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # A session may sit idle for an hour (idle_timeout) behind NATs and cloud load balancers
+    # that forget a silent flow after minutes: keepalives keep it known, and find a dead peer.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in _KEEPALIVE:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 async def _tcp(host: str, port: int) -> socket.socket:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -149,7 +166,7 @@ async def _tcp(host: str, port: int) -> socket.socket:
         try:
             sock.setblocking(False)
             await loop.sock_connect(sock, addr)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _tune(sock)
             return sock
         except OSError as exc:
             sock.close()
