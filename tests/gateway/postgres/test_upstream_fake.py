@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -304,7 +305,11 @@ async def test_trust_login_sends_no_secret_and_keeps_bytes_past_ready() -> None:
 
     async with fake_server(script) as fake:
         link = await connect(fake.port)
+        sock = link.writer.get_extra_info("socket")
+        keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         link.close()
+    assert keepalive and nodelay  # an idle session stays known to NATs on the way
     assert link.pending == after
     assert link.credential_version is None
     assert link.parameters == {"TimeZone": "UTC"}
