@@ -1,7 +1,7 @@
 """Upstream side of the PostgreSQL engine: the gateway's own login to the server.
 
-:func:`connect` opens one authenticated connection for one client session, all of it
-bounded by the resource's ``connect_timeout``:
+:func:`connect` opens one authenticated connection for one client session, each login
+attempt bounded by the resource's ``connect_timeout``:
 
 1. TCP to ``host:port``;
 2. TLS per ``resource.tls``: ``verify-full`` (the certificate chains to ``ca_file`` or the
