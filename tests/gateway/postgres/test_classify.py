@@ -185,11 +185,7 @@ def test_actions_and_objects(sql: str, expected: set[tuple[str, str]]) -> None:
         ("SELECT currval('order_seq')", {(R, "public.order_seq")}),
         (
             "SELECT nextval(name) FROM orders",
-            {
-                (A, "function:pg_catalog.nextval"),
-                (A, "function:public.nextval"),
-                (R, "public.orders"),
-            },
+            {(A, "function:pg_catalog.nextval"), (R, "public.orders")},
         ),
         ("SELECT count(*), max(1), lower('A'), now(), coalesce(1, 2)", set()),
         ("SELECT pg_catalog.lower('A')", set()),
@@ -488,3 +484,30 @@ def test_statements_nested_beyond_reason_are_refused_without_harm(sql: str) -> N
         classify(sql, scope())
     except Unplaceable as exc:
         assert exc.reason in ("parse_error", "too_complex")
+
+
+def test_with_the_functions_of_the_catalog_a_call_resolves_where_the_name_lives() -> None:
+    catalog = RelationCatalog(
+        [
+            ("public", "orders"),
+            ("pg_catalog()", "lower"),
+            ("pg_catalog()", "nextval"),
+            ("public()", "lower"),  # an overload in the path can win over the built-in
+            ("sales()", "only_in_sales"),
+            ("public()", "mine"),
+            ("sales()", "mine"),
+        ]
+    )
+    assert catalog.knows_functions and catalog.function_schemas("mine") == {"public", "sales"}
+    assert accesses("SELECT lower('x')", catalog=catalog) == {(A, "function:public.lower")}
+    assert accesses("SELECT pg_catalog.lower('x')", catalog=catalog) == set()
+    # in no schema yet: wherever it may be created (not pg_catalog: that takes a superuser)
+    assert accesses("SELECT upper('x')", catalog=catalog) == {(A, "function:public.upper")}
+    assert accesses("SELECT mine()", ("sales", "public"), catalog=catalog) == {
+        (A, "function:sales.mine"),
+        (A, "function:public.mine"),
+    }
+    assert accesses("SELECT only_in_sales()", ("sales",), catalog=catalog) == {
+        (A, "function:sales.only_in_sales")
+    }
+    assert accesses("SELECT nextval('orders')", catalog=catalog) == {(W, "public.orders")}

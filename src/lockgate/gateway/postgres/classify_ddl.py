@@ -118,7 +118,7 @@ def _object(w: Walker, kind: int | None, obj: object, *, missing_ok: bool = Fals
         w.add("admin", f"extension:{'.'.join(_names(obj))}")
     elif kind in _FUNCTION_KINDS and isinstance(obj, ast.ObjectWithArgs):
         schema, name = qualified_name(obj.objname or ())
-        for s in [schema] if schema else w.resolver.function_schemas():
+        for s in [schema] if schema else w.resolver.function_schemas(name):
             w.add("admin", f"function:{s}.{name}")
     else:
         w.add("admin", "database")
@@ -190,7 +190,7 @@ def _index(w: Walker, node: ast.IndexStmt) -> Effects:
 
 def _trigger(w: Walker, node: ast.CreateTrigStmt) -> Effects:
     schema, name = qualified_name(node.funcname or ())
-    for s in [schema] if schema else w.resolver.function_schemas():
+    for s in [schema] if schema else w.resolver.function_schemas(name):
         w.add("admin", f"function:{s}.{name}")
     _existing(w, node, "relation")
     return []
@@ -357,7 +357,7 @@ def _rule(w: Walker, node: ast.RuleStmt) -> Effects:
 def _call(w: Walker, node: ast.CallStmt) -> Effects:
     call = present(node.funccall)
     schema, name = qualified_name(call.funcname or ())
-    for s in [schema] if schema else w.resolver.function_schemas():
+    for s in [schema] if schema else w.resolver.function_schemas(name):
         w.add("admin", f"function:{s}.{name}")
     w.walk(call.args)
     return []

@@ -130,16 +130,25 @@ class Resolver:
             raise Unplaceable("empty_search_path", "no schema has been selected to create in")
         return list(dict.fromkeys(found))
 
-    def function_schemas(self) -> list[str]:
-        """Schemas an unqualified function name may resolve to (never ``pg_temp``)."""
+    def function_schemas(self, name: str | None = None) -> list[str]:
+        """Schemas an unqualified function name may resolve to (never ``pg_temp``).
+
+        With ``name`` and a catalog that lists functions: those of the path that hold a
+        function of that name (all of them when none does: it may have been created since).
+        """
+        catalog = self.catalog
+        holders = catalog.function_schemas(name) if catalog and name else frozenset()
         schemas: list[str] = []
         for path in self.paths:
             for s in path:
-                if s == ANY_SCHEMA and self.catalog is not None:
-                    schemas.extend(self.catalog.schema_names())
+                if s == ANY_SCHEMA and catalog is not None:
+                    schemas.extend(sorted(holders) if holders else catalog.schema_names())
                 elif s != "pg_temp":
                     schemas.extend(self._known((s,)))
-        return list(dict.fromkeys(schemas))
+        ordered = list(dict.fromkeys(schemas))
+        if holders:
+            return [s for s in ordered if s in holders] or ordered
+        return ordered
 
     @staticmethod
     def _known(path: tuple[str, ...]) -> tuple[str, ...]:
@@ -256,15 +265,23 @@ class Walker:
         if functions.always_admin(name):
             self.add("admin", f"function:{schema or 'pg_catalog'}.{name}")
             return
-        if schema in (None, "pg_catalog") and name in functions.SEQUENCE_FUNCTIONS:
-            target = functions.literal_sequence(args)
-            if target is not None:
-                for obj in self.resolver.relation(*target):
-                    self.add(functions.SEQUENCE_FUNCTIONS[name], obj)
-                return
-        if schema in (None, "pg_catalog") and functions.is_safe(name):
-            return
-        for s in [schema] if schema else self.resolver.function_schemas():
+        schemas = [schema] if schema else self.resolver.function_schemas(name)
+        catalog = self.resolver.catalog
+        unknown = schema is None and not (catalog is not None and catalog.knows_functions)
+        if unknown and (name in functions.SEQUENCE_FUNCTIONS or functions.is_safe(name)):
+            schemas = ["pg_catalog"]  # where functions live is unknown: take the built-in
+        if "pg_catalog" in schemas:
+            # The built-in may be what runs: sequence functions touch their sequence,
+            # allow-listed ones nothing; a same-named function elsewhere stays admin.
+            if name in functions.SEQUENCE_FUNCTIONS:
+                target = functions.literal_sequence(args)
+                if target is not None:
+                    for obj in self.resolver.relation(*target):
+                        self.add(functions.SEQUENCE_FUNCTIONS[name], obj)
+                    schemas.remove("pg_catalog")
+            elif functions.is_safe(name):
+                schemas.remove("pg_catalog")
+        for s in schemas:
             self.add("admin", f"function:{s}.{name}")
 
     def a_expr(self, expr: ast.A_Expr) -> None:

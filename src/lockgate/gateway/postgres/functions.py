@@ -13,12 +13,15 @@ WHERE, FROM f(), DEFAULTs in DDL, CALL, aggregates, windows):
   nothing: built-ins without side effects that read nothing beyond their arguments (math,
   strings, dates, json, arrays, aggregates, catalog introspection used by drivers);
 * any other call is ``admin`` on ``function:<schema>.<name>``: for a qualified name its
-  schema; for an unqualified one every schema it could resolve to — ``pg_catalog`` and each
-  schema of each possible search path (``pg_temp`` is never searched for functions).
+  schema; for an unqualified one every schema it could resolve to — of ``pg_catalog`` and
+  each schema of each possible search path (``pg_temp`` is never searched for functions),
+  those that hold a function of that name when the relation catalog lists functions (all of
+  them when none does: it may have been created since).
 
-Known limit: an unqualified allow-listed name resolves to the built-in unless someone has
-created an overload of it in a schema of the path with a better-matching signature; creating
-one needs ``admin`` through this gateway.
+With the functions of the catalog known, an allow-listed name called unqualified is free
+only as far as it is ``pg_catalog``'s: a same-named function in a schema of the path (an
+overload with a better-matching signature would win) is ``admin`` on it. Without them the
+built-in is assumed.
 
 Operators are checked the same way: a built-in operator symbol, unqualified or in
 ``pg_catalog``, needs nothing; anything else is ``admin`` on ``operator:<schema>.<op>``.

@@ -41,22 +41,34 @@ class RelationCatalog:
     # Every relation (tables, partitioned tables, views, materialized views, foreign tables,
     # sequences, indexes, composite types: they share one name space per schema) and every
     # schema (relname NULL). Other sessions' temporary and TOAST schemas are left out.
+    # schema (relname NULL). Function names come too, their schema marked "<schema>()", so
+    # an unqualified call resolves to where functions of that name really are.
     QUERY: ClassVar[str] = (
         "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
         " UNION ALL SELECT nspname, NULL FROM pg_catalog.pg_namespace"
         " WHERE nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+        " UNION ALL SELECT DISTINCT n.nspname || '()', p.proname FROM pg_catalog.pg_proc p"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
     )
 
     def __init__(self, rows: Iterable[tuple[str, str | None]], schemas: Iterable[str] = ()) -> None:
         by_name: dict[str, set[str]] = {}
+        functions: dict[str, set[str]] = {}
         known_schemas = set(schemas)
-        for schema, relname in rows:
+        for schema, name in rows:
+            if schema.endswith("()"):
+                if name is not None:
+                    functions.setdefault(name, set()).add(schema[:-2])
+                continue
             known_schemas.add(schema)
-            if relname is not None:
-                by_name.setdefault(relname, set()).add(schema)
+            if name is not None:
+                by_name.setdefault(name, set()).add(schema)
         self._by_name = {name: frozenset(s) for name, s in by_name.items()}
+        self._functions = {name: frozenset(s) for name, s in functions.items()}
+        self.knows_functions = bool(functions)
         self._schemas = frozenset(known_schemas)
         self._maybe_present: frozenset[tuple[str, str]] = frozenset()
         self._maybe_absent: frozenset[tuple[str, str]] = frozenset()
@@ -72,6 +84,10 @@ class RelationCatalog:
         if (schema, relname) in self._maybe_absent or (schema, relname) in self._maybe_present:
             return MAYBE
         return YES if schema in self.schemas_of(relname) else NO
+
+    def function_schemas(self, name: str) -> frozenset[str]:
+        """Schemas holding a function called ``name`` (empty when functions are unknown)."""
+        return self._functions.get(name, frozenset())
 
     def holders(self, relname: str) -> list[str]:
         """Every schema that holds ``relname`` or may (the session's own DDL)."""
@@ -97,6 +113,8 @@ class RelationCatalog:
         """This catalog with a session's maybe-facts on top (a new generation)."""
         layered = RelationCatalog.__new__(RelationCatalog)
         layered._by_name = self._by_name
+        layered._functions = self._functions
+        layered.knows_functions = self.knows_functions
         layered._schemas = self._schemas
         layered._maybe_present = self._maybe_present | frozenset(present)
         layered._maybe_absent = self._maybe_absent | frozenset(absent)
