@@ -169,6 +169,10 @@ class PgLocalStack(LocalStack):
             log.close()
         return [r for r in rows if r.seq > since_seq]
 
+    def judged(self, task: str | None = None) -> list[Judged]:
+        """Every statement the audit shows as judged (only ``task``'s when given)."""
+        return judged_statements(r for r in self.audit_rows() if task is None or r.task_id == task)
+
     def upstream_statements(self, since: int | None = None) -> list[str]:
         """Texts the server logged (``log_statement = all``) for the gateway's login in this
         stack's database, oldest first; a multi-statement query is one entry."""
@@ -209,12 +213,14 @@ def statement_text(detail: Mapping[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class Judged:
-    """One statement the audit shows: its text, decision, action and object."""
+    """One statement the audit shows: its text, decision, action and object, and the rows
+    the server reported for it (an allowed statement's outcome record)."""
 
     text: str
     decision: str
     action: str | None
     object: str | None
+    rows: int | None = None
 
 
 def _record_key(row: AuditRow, seen: Mapping[object, Judged]) -> object:
@@ -251,7 +257,9 @@ def judged_statements(rows: Iterable[AuditRow]) -> list[Judged]:
                     continue
                 text = prior.text
             decision = "deny" if row.decision == "deny" else (prior.decision if prior else "allow")
-            merged[key] = Judged(text, decision, row.action, row.object)
+            reported = row.detail.get("rows")
+            count = reported if isinstance(reported, int) else (prior.rows if prior else None)
+            merged[key] = Judged(text, decision, row.action, row.object, count)
     return list(merged.values())
 
 

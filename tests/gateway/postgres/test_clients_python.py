@@ -22,18 +22,17 @@ import pytest
 
 from tests.e2e.pg_stack import (
     RESOURCE,
+    Judged,
     PgLocalStack,
     catalog_query,
     denied_but_executed,
     judged_statements,
-    statement_text,
     unaudited,
 )
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from lockgate.audit.record import AuditRow
     from tests.pgserver import PgServer
 
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -54,40 +53,21 @@ def pg_stack(
         yield s
 
 
-def records_of(stack: PgLocalStack, task: str) -> list[AuditRow]:
-    """The statement records of one client's task (token records left out)."""
-    return [
-        r
-        for r in stack.audit_rows()
-        if r.task_id == task and r.event in ("admitted", "allowed", "denied", "upstream_error")
-    ]
-
-
-def outcomes(rows: list[AuditRow]) -> list[tuple[str, str | None, str | None, str]]:
+def outcomes(judged: list[Judged]) -> list[tuple[str, str | None, str | None, str]]:
     """(decision, action, object, text) per judged statement, in order."""
-    return [(j.decision, j.action, j.object, j.text) for j in judged_statements(rows)]
+    return [(j.decision, j.action, j.object, j.text) for j in judged]
 
 
-def rows_affected(rows: list[AuditRow], text: str) -> list[int | None]:
-    """The rows-affected figure of every outcome record for ``text``."""
-    by_ref: dict[object, str] = {}
-    found: list[int | None] = []
-    for r in rows:
-        ref = r.detail.get("ref")
-        stmt = statement_text(r.detail) or by_ref.get(ref, "")
-        if ref is not None and stmt:
-            by_ref[ref] = stmt
-        if stmt == text and r.event == "allowed":
-            value = r.detail.get("rows")
-            found.append(int(value) if value is not None else None)
-    return found
+def rows_affected(judged: list[Judged], text: str) -> list[int | None]:
+    """The rows the server reported for every allowed execution of ``text``."""
+    return [j.rows for j in judged if j.text == text and j.decision == "allow"]
 
 
 def assert_denied(
-    rows: list[AuditRow], text: str, action: str, obj: str, *, times: int = 1
+    judged: list[Judged], text: str, action: str, obj: str, *, times: int = 1
 ) -> None:
-    denied = [o for o in outcomes(rows) if o[0] == "deny" and o[3] == text]
-    assert [(a, o) for _, a, o, _ in denied] == [(action, obj)] * times, outcomes(rows)
+    denied = [o for o in outcomes(judged) if o[0] == "deny" and o[3] == text]
+    assert [(a, o) for _, a, o, _ in denied] == [(action, obj)] * times, outcomes(judged)
 
 
 def assert_refusal_message(message: str, task: str, action: str, obj: str) -> None:
@@ -136,7 +116,7 @@ def test_psycopg2_autocommit_and_transactions(pg_stack: PgLocalStack) -> None:
     finally:
         conn.close()
 
-    rows = records_of(pg_stack, task)
+    rows = pg_stack.judged(task)
     assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
     assert_denied(rows, "SELECT * FROM other.secret", "read", "other.secret")
     assert_denied(rows, "SELECT value FROM other.secret", "read", "other.secret")
@@ -238,7 +218,7 @@ def test_psycopg3_autocommit_transactions_and_server_side_prepare(pg_stack: PgLo
         assert conn.execute(select, ("p3-0",)).fetchone() == (300,)
         conn.commit()
 
-    rows = records_of(pg_stack, task)
+    rows = pg_stack.judged(task)
     assert rows_affected(rows, INSERT_SERVER_TEXT) == [1, 1, 1]
     assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
     assert_denied(rows, "SELECT * FROM other.secret WHERE id = $1", "read", "other.secret")
@@ -273,7 +253,7 @@ def test_psycopg3_pipeline_with_a_denied_statement_in_the_middle(pg_stack: PgLoc
         assert after.fetchone() == (1,)
         assert conn.execute("SELECT 2").fetchone() == (2,)
 
-    rows = records_of(pg_stack, task)
+    rows = pg_stack.judged(task)
     assert_denied(rows, "SELECT value FROM other.secret WHERE id = $1", "read", "other.secret")
     assert rows_affected(rows, INSERT_SERVER_TEXT) == [1]
     # Nothing of the refused statement reached the server.
@@ -325,7 +305,7 @@ def test_psycopg3_prepared_statement_is_judged_under_the_current_search_path(
             conn.execute(unqualified, (-1,))  # the same named statement: Bind + Execute only
         conn.execute("SET search_path TO sales")
         assert conn.execute(unqualified, (-1,)).fetchone() is not None
-    judged = outcomes(records_of(pg_stack, task))
+    judged = outcomes(pg_stack.judged(task))
     reads = [
         (d, o) for d, a, o, t in judged if t == "SELECT count(*) FROM orders WHERE amount > $1"
     ]
@@ -418,7 +398,7 @@ def test_asyncpg_prepared_binary_cache_and_denials(pg_stack: PgLocalStack) -> No
     assert seen["after_secret"] >= 3
     assert seen["update"] == "UPDATE 3"
 
-    rows = records_of(pg_stack, task)
+    rows = pg_stack.judged(task)
     assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
     assert_denied(rows, "SELECT value FROM other.secret WHERE id = $1", "read", "other.secret")
     assert rows_affected(rows, INSERT_SERVER_TEXT) == [1, 1, 1]
@@ -471,7 +451,7 @@ def test_asyncpg_executemany_and_cursor(pg_stack: PgLocalStack) -> None:
     seen = asyncio.run(_asyncpg_executemany_and_cursor(pg_stack, task))
     assert len(seen["cursor"]) == 100 and seen["cursor"][:2] == ["ab-5", "ab-6"]
     assert seen["after"] == 5
-    rows = records_of(pg_stack, task)
+    rows = pg_stack.judged(task)
     assert rows_affected(rows, INSERT_SERVER_TEXT) == [1] * 100
     updates = "UPDATE sales.orders SET amount = amount + $2 WHERE order_id = $1"
     assert rows_affected(rows, updates) == [1] * 5
@@ -539,7 +519,7 @@ def test_asyncpg_copy_in_ahead_of_the_server_and_after_a_refusal(pg_stack: PgLoc
     assert seen["copy"] == "COPY 100"
     assert seen["after"] >= 100
     assert pg_stack.superuser_query("SELECT count(*) FROM other.secret") == [(1,)]
-    judged = outcomes(records_of(pg_stack, task))
+    judged = outcomes(pg_stack.judged(task))
     assert [(a, o) for d, a, o, _ in judged if d == "deny"] == [("write", "other.secret")]
 
 
@@ -571,7 +551,7 @@ def test_psycopg3_named_cursor_and_executemany(pg_stack: PgLocalStack) -> None:
             "SELECT count(*) FROM sales.orders WHERE customer = 'cursor'"
         ).fetchone() == (20,)
 
-    judged = outcomes(records_of(pg_stack, task))
+    judged = outcomes(pg_stack.judged(task))
     denied = [(a, o) for d, a, o, _ in judged if d == "deny"]
     assert denied == [("read", "other.secret")]
     declares = [t for d, _, _, t in judged if d == "allow" and t.startswith("DECLARE")]
@@ -633,7 +613,7 @@ def test_sqlalchemy_core_select_insert_and_denials(pg_stack: PgLocalStack) -> No
     finally:
         engine.dispose()
 
-    rows = records_of(pg_stack, task)
+    rows = pg_stack.judged(task)
     assert_denied(rows, "DROP TABLE sales.orders", "admin", "sales.orders")
     assert_denied(rows, "SELECT * FROM other.secret", "read", "other.secret")
     inserts = [o for o in outcomes(rows) if o[3].startswith("INSERT INTO sales.orders")]
@@ -687,7 +667,7 @@ def test_sqlalchemy_orm_session_add_query_and_denial(pg_stack: PgLocalStack) -> 
     finally:
         engine.dispose()
 
-    outcomes_ = outcomes(records_of(pg_stack, task))
+    outcomes_ = outcomes(pg_stack.judged(task))
     denied = [o for o in outcomes_ if o[0] == "deny"]
     assert [(a, o) for _, a, o, _ in denied] == [("read", "other.secret")]
     updates = [o for o in outcomes_ if o[3].startswith("UPDATE sales.orders")]
