@@ -216,3 +216,19 @@ async def test_a_table_created_through_the_gateway_is_seen_by_the_next_login_at_
         assert await cur.fetchall() == [(0,)]
     finally:
         await second.close()
+
+
+async def test_an_open_session_adopts_the_catalog_a_later_login_read(stack: PgStack) -> None:
+    reader = await _connect(stack)  # logged in before the table exists
+    try:
+        writer = await _connect(stack, "ops")
+        await writer.execute("CREATE TABLE sales.later (id int)")
+        await writer.close()
+        await (await _connect(stack)).close()  # a login reads the catalog anew
+        cur = await reader.execute("SELECT count(*) FROM sales.later")
+        assert await cur.fetchall() == [(0,)]
+        await reader.execute("SET search_path = sales")
+        cur = await reader.execute("SELECT count(*) FROM later")  # placed by the new catalog
+        assert await cur.fetchall() == [(0,)]
+    finally:
+        await reader.close()

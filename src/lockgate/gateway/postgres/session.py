@@ -44,7 +44,7 @@ from . import codec, upstream
 from .catalog import CatalogUnavailable
 from .context import READ_SIZE, UPSTREAM_MAX_MESSAGE_BYTES, EngineContext
 from .flow import Flow, SessionInfo
-from .scope import SessionScope
+from .scope import RelationCatalog, SessionScope
 from .startup import Login, Startup
 
 log = _log.get("gateway.postgres")
@@ -86,6 +86,8 @@ class ClientSession:
         self.login: Login | None = None
         self.link: upstream.UpstreamLink | None = None
         self.flow: Flow | None = None
+        self.scope: SessionScope | None = None
+        self._catalog: RelationCatalog | None = None  # the shared catalog the scope is on
         self.cancel_pid: int | None = None
         self._server_said_fatal = False  # the server's own FATAL was relayed: no second one
         self._in_flight = 0  # Query/Sync sent minus ReadyForQuery relayed: busy, not idle
@@ -168,7 +170,9 @@ class ClientSession:
             resource, login.claims, link.backend_pid, link.backend_secret
         )
         info = SessionInfo(login.claims, login.token, resource, ctx, client=self.client)
-        self.flow = Flow(info, SessionScope(tuple(resource.search_path), catalog))
+        self.scope = SessionScope(tuple(resource.search_path), catalog)
+        self._catalog = catalog
+        self.flow = Flow(info, self.scope)
         greeting = [codec.authentication_ok()]
         greeting += [codec.parameter_status(k, v) for k, v in link.parameters.items()]
         greeting += [codec.backend_key_data(self.cancel_pid, secret), codec.ready_for_query("I")]
@@ -241,6 +245,8 @@ class ClientSession:
                 while (msg := messages.next_message()) is not None:
                     if msg.type in (codec.QUERY, codec.SYNC):
                         self._in_flight += 1
+                    if msg.type in (codec.QUERY, codec.PARSE):
+                        self._adopt_fresher_catalog(resource.name)
                     out = await flow.from_client(msg)
                     self._to_server += out.to_server
                     self._to_client += out.to_client
@@ -264,6 +270,15 @@ class ClientSession:
             self._flush()
             await up.drain()  # back-pressure: the upstream took this chunk before the next
             await self.writer.drain()
+
+    def _adopt_fresher_catalog(self, resource: str) -> None:
+        """Judge on the newest shared relation catalog: one read by a later login (after DDL
+        anywhere through the gateway, or once the old one aged) replaces the one this session
+        logged in with; the session's own changes stay layered on top."""
+        cached = self.ctx.relations.cached(resource)
+        if cached is not None and cached is not self._catalog and self.scope is not None:
+            self._catalog = cached
+            self.scope.set_catalog(cached)
 
     async def _read_client(self, idle_timeout: float) -> bytes:
         while True:
