@@ -232,3 +232,24 @@ async def test_an_open_session_adopts_the_catalog_a_later_login_read(stack: PgSt
         assert await cur.fetchall() == [(0,)]
     finally:
         await reader.close()
+
+
+async def test_changing_the_resource_ends_its_sessions_and_the_next_login_uses_the_new_one(
+    stack: PgStack,
+) -> None:
+    conn = await _connect(stack)
+    await conn.execute("SELECT 1")
+    changed = [
+        r.model_copy(update={"idle_timeout": 123.0}) if r.name == RESOURCE else r
+        for r in stack.gw.config.resources
+    ]
+    stack.gw.update_resources(changed)
+    with pytest.raises(psycopg.OperationalError, match="reconfigured"):
+        await conn.execute("SELECT 1")
+    await conn.close()
+    again = await _connect(stack)
+    try:
+        assert await (await again.execute("SELECT 1")).fetchall() == [(1,)]
+    finally:
+        await again.close()
+    assert stack.engine().ctx.resources[RESOURCE].idle_timeout == 123.0
