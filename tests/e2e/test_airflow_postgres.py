@@ -45,7 +45,12 @@ pytest.importorskip("airflow.providers.postgres", reason="the Postgres provider"
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 POLICIES = REPO_ROOT / "examples" / "policies"
-DAGS = ["warehouse_orders", "warehouse_orders_copy", "warehouse_marketing_peek"]
+DAGS = [
+    "warehouse_orders",
+    "warehouse_orders_copy",
+    "warehouse_orders_purge",
+    "warehouse_marketing_peek",
+]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +175,25 @@ def test_copy_dag_writes_through_copy(
     ]
     assert copied_in == [50]
     assert not [r for r in rows if r["event"] == "denied"]
+
+
+def test_drop_table_fails_the_task_with_the_reason(
+    pg_stack: PgLocalStack, runs: tuple[dict[str, dict[str, Any]], str]
+) -> None:
+    by_dag, output = runs
+    run = by_dag["warehouse_orders_purge"]
+    assert _state(run) == "failed"
+    assert "InsufficientPrivilege" in output
+    assert (
+        "Lockgate denied admin on sales.orders in warehouse-pg for "
+        "airflow:prod/warehouse_orders_purge/drop_orders: denied by rule warehouse-no-ddl"
+    ) in output
+    rows = _search(pg_stack, "warehouse_orders_purge", run["run_id"])
+    denied = [r for r in rows if r["event"] == "denied"]
+    assert [(r["action"], r["object"], r["rule"], _statement(r)) for r in denied] == [
+        ("admin", "sales.orders", "warehouse-no-ddl", "DROP TABLE sales.orders")
+    ]
+    assert pg_stack.superuser_query("SELECT count(*) FROM sales.orders")  # still there
 
 
 def test_ungranted_dag_cannot_read_orders(
