@@ -261,3 +261,9 @@ async def test_asyncpg_connects_and_reads(stack: PgStack) -> None:
         assert [tuple(r) for r in rows] == [(2, 5)]
     finally:
         await conn.close()
+
+
+async def test_direct_tls_is_closed_and_audited(stack: PgStack) -> None:
+    with pytest.raises(psycopg.OperationalError):
+        await _fetch(stack.dsn(stack.token(), sslnegotiation="direct"), "SELECT 1")
+    assert stack.audit("auth_failed")[-1].reason == "direct_tls_unsupported"

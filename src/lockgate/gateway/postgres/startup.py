@@ -9,7 +9,9 @@ Rules, in the order a client meets them:
 * ``SSLRequest`` -> ``S`` and TLS (the listener's certificate, ALPN ``postgresql``), or ``N``
   when the listener has no TLS. Bytes sent after the SSLRequest before the TLS handshake are
   refused (CVE-2021-23214: they would be read as if they came over TLS). Direct TLS
-  (PostgreSQL 17 ``sslnegotiation=direct``) is not served: such a client is closed.
+  (PostgreSQL 17 ``sslnegotiation=direct``, a ClientHello first) is not served: such a
+  client is closed without an answer and audited ``direct_tls_unsupported``; the default
+  ``sslnegotiation=postgres`` works.
 * ``GSSENCRequest`` -> ``N`` (no GSSAPI); the client goes on with TLS or plain.
 * ``CancelRequest`` -> :mod:`.cancel`, then the connection is closed silently.
 * ``StartupMessage``: protocol 3.0; a newer 3.x (PostgreSQL 18 libpq asks 3.2) gets
@@ -80,6 +82,13 @@ SAFE_ENCODINGS = frozenset({"utf8", "unicode", "sqlascii"})
 TLS_REQUIRED = "Lockgate requires TLS (sslmode=require or stronger)"
 
 
+_TLS_HANDSHAKE = 0x16  # first byte of a TLS ClientHello record
+
+
+class _DirectTls(Exception):
+    """A TLS ClientHello where a startup packet belongs (``sslnegotiation=direct``)."""
+
+
 class Refused(Exception):
     """The login is refused: a FATAL ``ErrorResponse`` for the client and an audit record."""
 
@@ -139,6 +148,7 @@ class Startup:
         self.deadline = deadline
         self.started = asyncio.get_running_loop().time()
         self.encrypted = False
+        self._seen_bytes = False
         self.packets = codec.StartupReader()
 
     async def run(self, t0: float) -> Login | None:
@@ -151,6 +161,12 @@ class Startup:
             self.ctx.record(
                 "auth_failed", refused.claims, refused.resource, t0,
                 action="connect", decision="deny", reason=refused.reason,
+            )  # fmt: skip
+            return None
+        except _DirectTls:  # a TLS client would read an ErrorResponse as a broken record
+            self.ctx.record(
+                "auth_failed", None, None, t0, action="connect", decision="deny",
+                reason="direct_tls_unsupported",
             )  # fmt: skip
             return None
         except codec.ProtocolError as exc:
@@ -184,6 +200,9 @@ class Startup:
             data = await self.reader.read(READ_SIZE)
             if not data:
                 return None
+            if data[0] == _TLS_HANDSHAKE and not self.encrypted and not self._seen_bytes:
+                raise _DirectTls
+            self._seen_bytes = True
             self.packets.feed(data)
 
     async def _ssl_request(self) -> None:
