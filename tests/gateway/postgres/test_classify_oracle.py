@@ -538,6 +538,32 @@ def test_random_queries_against_the_server(oracle: Oracle, query: str) -> None:
     oracle.check(P, query)
 
 
+@st.composite
+def _writes(draw: st.DrawFn) -> str:
+    """A random write whose sources are random queries (CTEs may shadow the target)."""
+    target = draw(st.sampled_from(_TABLES))
+    source = draw(_queries())
+    kind = draw(st.sampled_from(["insert", "update", "delete", "cte", "merge"]))
+    if kind == "insert":
+        return f"INSERT INTO {target} (id) {source}"
+    if kind == "update":
+        return f"UPDATE {target} SET v = 1 WHERE EXISTS ({source})"
+    if kind == "delete":
+        return f"DELETE FROM {target} WHERE EXISTS ({source})"
+    if kind == "merge":
+        return f"MERGE INTO {target} m USING ({source}) s ON false WHEN NOT MATCHED THEN INSERT (id) VALUES (s.id)"
+    shadow = draw(st.sampled_from(_TABLES))
+    return f"WITH {shadow} AS (DELETE FROM {target} RETURNING id) SELECT * FROM {shadow}"
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(statement=_writes())
+def test_random_writes_against_the_server(oracle: Oracle, statement: str) -> None:
+    oracle.check(P, statement)
+
+
 # Sequences of texts (each run alone, in order); the last statement of a text marked "!"
 # fails. After each, the session's path must be the server's own.
 SCOPE_RUNS: list[list[str]] = [

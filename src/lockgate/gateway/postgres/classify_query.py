@@ -407,34 +407,33 @@ def _from_items(items: Iterable[object]) -> Iterator[tuple[str, object]]:
             yield present(item.alias.aliasname), item
 
 
-def _column_refs(node: object, depth: int = 0) -> Iterator[tuple[ast.ColumnRef, int]]:
-    """Every column reference under ``node`` with its subquery depth."""
+def _column_refs(node: object) -> Iterator[ast.ColumnRef]:
+    """Every column reference under ``node``, subqueries included."""
     if isinstance(node, (tuple, list)):
         for item in node:
-            yield from _column_refs(item, depth)
+            yield from _column_refs(item)
     elif isinstance(node, ast.ColumnRef):
-        yield node, depth
+        yield node
     elif isinstance(node, ast.Node):
-        inner = depth + 1 if isinstance(node, ast.SelectStmt) else depth
         for attr in node:
             value = getattr(node, attr)
             if isinstance(value, (ast.Node, tuple, list)):
-                yield from _column_refs(value, inner)
+                yield from _column_refs(value)
 
 
 def _reads_target(parts: Iterable[object], target: ast.RangeVar | None) -> bool:
     """Whether an expression may read the DML target's columns (it then needs SELECT).
 
-    Columns of the statement's own level may be the target's; inside a subquery only a
-    name qualified with the target's name or an unqualified one (it may be correlated).
+    A column qualified with the target's name is the target's; one qualified with another
+    name is not; an unqualified one may be (it may be the target's, even from a subquery).
     """
     name = _refname(present(target))
-    for ref, depth in _column_refs(tuple(parts)):
+    for ref in _column_refs(tuple(parts)):
         fields = ref.fields or ()
-        if depth == 0 or len(fields) == 1:
-            return True
-        first = fields[0]
-        if isinstance(first, ast.String) and first.sval == name:
+        if len(fields) < 2:
+            return True  # "col" or "*"
+        qualifier = fields[-2]  # "t.col", "schema.t.col", "t.*"
+        if not isinstance(qualifier, ast.String) or qualifier.sval == name:
             return True
     return False
 
