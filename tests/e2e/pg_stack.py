@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +220,7 @@ class Judged:
     action: str | None
     object: str | None
     rows: int | None = None
+    objects: tuple[str, ...] = ()  # every object its record names
 
 
 def _record_key(row: AuditRow, seen: Mapping[object, Judged]) -> object:
@@ -233,6 +233,12 @@ def _record_key(row: AuditRow, seen: Mapping[object, Judged]) -> object:
     if number.isdigit() and (("seq", int(number)) in seen or (("seq", int(number)), 0) in seen):
         return ("seq", int(number))
     return ("ref", ref)
+
+
+def _objects(row: AuditRow) -> list[str]:
+    listed = row.detail.get("objects")
+    names = [str(o) for o in listed] if isinstance(listed, list) else []
+    return [row.object, *names] if row.object else names
 
 
 def judged_statements(rows: Iterable[AuditRow]) -> list[Judged]:
@@ -259,7 +265,8 @@ def judged_statements(rows: Iterable[AuditRow]) -> list[Judged]:
             decision = "deny" if row.decision == "deny" else (prior.decision if prior else "allow")
             reported = row.detail.get("rows")
             count = reported if isinstance(reported, int) else (prior.rows if prior else None)
-            merged[key] = Judged(text, decision, row.action, row.object, count)
+            objects = tuple(dict.fromkeys([*(prior.objects if prior else ()), *_objects(row)]))
+            merged[key] = Judged(text, decision, row.action, row.object, count, objects)
     return list(merged.values())
 
 
@@ -283,26 +290,48 @@ def _same(logged: str, audited: str) -> bool:
     return logged.endswith(rest[-1])
 
 
+def qualified_relations(text: str) -> frozenset[str]:
+    """The schema-qualified relations a statement's text names, read with pglast on its own
+    (not with the engine's classifier). A PREPARE only names them: it reads nothing."""
+    from pglast import ast, parse_sql
+    from pglast.visitors import referenced_relations
+
+    try:
+        statements = parse_sql(text)
+    except Exception:
+        return frozenset()
+    if len(statements) == 1 and isinstance(statements[0].stmt, ast.PrepareStmt):
+        return frozenset()
+    return frozenset(name for name in referenced_relations(text) if "." in name)
+
+
 def unaudited(
     logged: Iterable[str], judged: Iterable[Judged], *, exempt: Iterable[str] = ()
 ) -> list[str]:
-    """Statements the server executed beyond what the audit shows as allowed (by text, each
-    allowed record covering one execution). ``exempt``: texts the gateway itself runs."""
-    allowed = Counter(j.text for j in judged if j.decision == "allow")
+    """Statements the server executed beyond what the audit shows as allowed: each logged
+    statement needs an allowed record of its own (one record covers one execution) with the
+    same text (masked literals aside) and naming every schema-qualified relation the text
+    names. ``exempt``: texts the gateway itself runs."""
+    pool = [j for j in judged if j.decision == "allow"]
+    used = [False] * len(pool)
+    by_text: dict[str, list[int]] = {}
+    for index, j in enumerate(pool):
+        by_text.setdefault(j.text, []).append(index)
     exempt_set = {e.strip() for e in exempt}
     missing: list[str] = []
     for entry in logged:
         for stmt in logged_statements(entry):
             if stmt in exempt_set:
                 continue
-            if allowed[stmt] > 0:
-                allowed[stmt] -= 1
-                continue
-            match = next((t for t in allowed if allowed[t] > 0 and _same(stmt, t)), None)
-            if match is None:
+            names = qualified_relations(stmt)
+            candidates = by_text.get(stmt) or [i for i, j in enumerate(pool) if _same(stmt, j.text)]
+            pick = next(
+                (i for i in candidates if not used[i] and names <= set(pool[i].objects)), None
+            )
+            if pick is None:
                 missing.append(stmt)
             else:
-                allowed[match] -= 1
+                used[pick] = True
     return missing
 
 

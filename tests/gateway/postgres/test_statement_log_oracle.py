@@ -24,6 +24,7 @@ from tests.e2e.pg_stack import (
     denied_but_executed,
     judged_statements,
     logged_statements,
+    qualified_relations,
     unaudited,
 )
 
@@ -87,6 +88,20 @@ def test_unaudited_counts_executions_and_honours_redaction() -> None:
         "SELECT * FROM other.secret"
     ]
     assert denied_but_executed(["SELECT 1"], judged) == []
+
+
+def test_unaudited_wants_the_record_to_name_what_the_text_names() -> None:
+    text = "SELECT o.id FROM sales.orders o JOIN other.secret s ON true"
+    both = Judged(text, "allow", "read", "sales.orders", objects=("sales.orders", "other.secret"))
+    one = Judged(text, "allow", "read", "sales.orders", objects=("sales.orders",))
+    assert unaudited([text], [both]) == []
+    assert unaudited([text], [one]) == [text]
+    assert qualified_relations(text) == {"sales.orders", "other.secret"}
+    # CTE names are not relations; a PREPARE names relations but reads nothing
+    assert qualified_relations("WITH x AS (SELECT 1) SELECT * FROM x, sales.orders") == {
+        "sales.orders"
+    }
+    assert qualified_relations("PREPARE p AS SELECT * FROM other.secret") == frozenset()
 
 
 # -- through the gateway, to the real server -----------------------------------------------------
