@@ -17,7 +17,8 @@ session is open. So:
 
 Every cancel is audited with ``action: cancel``: an honoured one as ``allowed`` with the
 session's principal, a refused one as ``denied`` without principal (``reason:
-unknown_key``), one record per attempt.
+unknown_key``, with the peer), within the per-peer budget of refusals before
+authentication (:mod:`lockgate.gateway.refusals`: a guessing client is summarised).
 """
 
 from __future__ import annotations
@@ -91,12 +92,16 @@ class CancelKeys:
         return target
 
 
-async def handle_cancel(ctx: EngineContext, pid: int, secret: bytes, t0: float) -> None:
+async def handle_cancel(
+    ctx: EngineContext, pid: int, secret: bytes, t0: float, peer: object = None
+) -> None:
     """Honour a CancelRequest with a key this gateway issued (see module doc); never raises
     for a bad key (the caller closes the connection either way)."""
     target = ctx.cancels.lookup(pid, secret)
     if target is None:
-        ctx.record("denied", None, None, t0, action="cancel", decision="deny", reason="unknown_key")
+        ctx.refusals.refuse(
+            peer=peer, status=None, reason="unknown_key", action="cancel", t0=t0
+        )  # budgeted per peer: guessing keys does not flood the trail
         return
     name = target.resource.name
     try:

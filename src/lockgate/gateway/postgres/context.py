@@ -11,6 +11,9 @@ One :class:`EngineContext` per engine, built from the process's
 * ``decisions`` — judged statements by (text, scope key, principal...), a bounded cache
   the flow reads and fills (:class:`DecisionCache`);
 * ``cancels`` — the gateway's backend keys of open sessions (:mod:`.cancel`);
+* ``refusals`` — login and cancel refusals, audited with the peer; those before a token
+  verified spend a per-peer budget, so garbage at line rate does not grow the trail at
+  line rate (:mod:`lockgate.gateway.refusals`);
 * the collaborators, taken out of ``shared`` (one attribute read on the hot path):
   ``verifier`` (called per statement: it re-checks expiry and revocation in memory),
   ``policy``, ``audit``, ``secrets``, ``clock``, ``make_request``, ``records``, and the
@@ -25,6 +28,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from lockgate import _log
 from lockgate.config import PostgresResource
 from lockgate.gateway.engine import (
     AuditSink,
@@ -37,6 +41,7 @@ from lockgate.gateway.engine import (
     TokenVerifier,
 )
 from lockgate.gateway.records import RecordBuilder
+from lockgate.gateway.refusals import RefusalRecorder
 
 from .cancel import CancelKeys
 from .catalog import RelationCatalogs
@@ -102,6 +107,8 @@ class EngineContext:
     count: Callable[[str, str, str], None] = field(init=False, repr=False)
     #: ``observe_upstream(resource, seconds)``: ``lockgate_upstream_latency_seconds``
     observe_upstream: Callable[[str, float], None] = field(init=False, repr=False)
+    #: refusals before a token verified spend a per-peer budget (:mod:`..refusals`)
+    refusals: RefusalRecorder = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         shared = self.shared
@@ -116,6 +123,9 @@ class EngineContext:
         self.count = shared.metrics.count
         self.observe_upstream = shared.metrics.observe_upstream
         self.relations = RelationCatalogs(shared.clock)
+        self.refusals = RefusalRecorder(
+            "postgres", shared.records.emit, _log.get("gateway.postgres"), clock=shared.clock
+        )
 
     def update_resources(self, resources: Iterable[ResourceConfig]) -> None:
         """Swap the catalog (one assignment: a login sees the old or the new one whole);

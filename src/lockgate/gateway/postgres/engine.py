@@ -181,6 +181,7 @@ class PostgresEngine:
             session.terminate("57P01", "terminating connection due to administrator command")
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
+        self.ctx.refusals.close()  # pending summaries of suppressed refusals
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)

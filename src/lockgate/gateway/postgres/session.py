@@ -127,9 +127,9 @@ class ClientSession:
                 return await startup.run(t0)
         except TimeoutError:
             self._fatal("08006", "Lockgate: the login did not finish in time")
-            self.ctx.record(
-                "auth_failed", None, None, t0, action="connect", decision="deny",
-                reason="handshake_timeout",
+            self.ctx.refusals.refuse(
+                peer=self.writer.get_extra_info("peername"), status=None,
+                reason="handshake_timeout", event="auth_failed", action="connect", t0=t0,
             )  # fmt: skip
             return None
 

@@ -158,24 +158,30 @@ class Startup:
             return await self._run(t0)
         except Refused as refused:
             self.writer.write(refused.error_response())
-            self.ctx.record(
-                "auth_failed", refused.claims, refused.resource, t0,
-                action="connect", decision="deny", reason=refused.reason,
-            )  # fmt: skip
+            self._refused(t0, refused.reason, claims=refused.claims, resource=refused.resource)
             return None
         except _DirectTls:  # a TLS client would read an ErrorResponse as a broken record
-            self.ctx.record(
-                "auth_failed", None, None, t0, action="connect", decision="deny",
-                reason="direct_tls_unsupported",
-            )  # fmt: skip
+            self._refused(t0, "direct_tls_unsupported")
             return None
         except codec.ProtocolError as exc:
             self.writer.write(codec.error_response(exc.sqlstate, str(exc), severity="FATAL"))
-            self.ctx.record(
-                "auth_failed", None, None, t0, action="connect", decision="deny",
-                reason="protocol_error", detail={"error": str(exc)[:500]},
-            )  # fmt: skip
+            self._refused(t0, "protocol_error", description=str(exc))
             return None
+
+    def _refused(
+        self,
+        t0: float,
+        reason: str,
+        *,
+        claims: Claims | None = None,
+        resource: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        self.ctx.refusals.refuse(
+            peer=self.writer.get_extra_info("peername"), status=None, reason=reason,
+            event="auth_failed", claims=claims, resource=resource, action="connect", t0=t0,
+            description=description,
+        )  # fmt: skip
 
     async def _run(self, t0: float) -> Login | None:
         while True:
@@ -187,7 +193,8 @@ class Startup:
             elif isinstance(packet, codec.GSSENCRequest):
                 self.writer.write(b"N")
             elif isinstance(packet, codec.CancelRequest):
-                await handle_cancel(self.ctx, packet.pid, packet.secret, t0)
+                peer = self.writer.get_extra_info("peername")
+                await handle_cancel(self.ctx, packet.pid, packet.secret, t0, peer)
                 return None
             else:
                 return await self._login(packet)
