@@ -125,6 +125,10 @@ def _simple_session(stack: PgLocalStack) -> None:
         cur.execute("INSERT INTO sales.orders VALUES ('or-1', 'oracle', 1), ('or-2', 'oracle', 2)")
         cur.execute("UPDATE sales.orders SET amount = amount * 10 WHERE customer = 'oracle'")
         cur.execute("SELECT 1; SELECT order_id FROM sales.orders WHERE amount > 5")
+        cur.execute(  # two objects: the record names both
+            "SELECT o.order_id FROM sales.orders o"
+            " JOIN pg_catalog.pg_namespace n ON n.nspname = o.customer"
+        )
         cur.execute("PREPARE totals AS SELECT sum(amount) FROM sales.orders")
         cur.execute("EXECUTE totals")
         cur.execute("EXECUTE totals")
