@@ -13,6 +13,7 @@ Tasks:
 * ``count_orders`` / ``read_orders`` - the stock ``SQLExecuteQueryOperator`` with ``conn_id``.
 * ``load_orders`` - the stock ``PostgresHook``: ``insert_rows`` (parameters bound server
   side), ``copy_expert`` with ``COPY ... FROM STDIN``, then ``get_records`` to read back.
+* ``summarise_orders`` - ``PostgresHook.get_df``: pandas over the hook's SQLAlchemy engine.
 * ``check_guardrails`` - shows what the gateway refuses and asserts it, so the DAG fails if
   the guardrails ever stop working: ``DROP TABLE`` through the hook, and a read of
   ``other.secret`` with plain psycopg2, each get SQLSTATE 42501 (insufficient_privilege)
@@ -62,6 +63,20 @@ def load_orders() -> list[tuple[str, int]]:
     if not wanted <= set(rows):
         raise AssertionError(f"orders missing after the load: {rows}")
     return rows
+
+
+@task(execution_timeout=dt.timedelta(minutes=5))
+def summarise_orders() -> dict[str, int]:
+    # pandas through the hook's SQLAlchemy engine (it reads the system catalog to learn
+    # types at connect: rule warehouse-catalog-read)
+    frame = PostgresHook(postgres_conn_id=CONN_ID).get_df(
+        "SELECT customer, sum(amount) AS total FROM sales.orders GROUP BY customer"
+    )
+    totals = {str(c): int(t) for c, t in zip(frame["customer"], frame["total"], strict=True)}
+    print(f"totals by customer: {totals}")
+    if totals.get("initech") != 310:
+        raise AssertionError(f"unexpected totals: {totals}")
+    return totals
 
 
 @task(execution_timeout=dt.timedelta(minutes=5))
@@ -136,4 +151,4 @@ with DAG(
         sql="SELECT order_id, customer, amount FROM sales.orders WHERE amount > %(floor)s",
         parameters={"floor": 100},
     )
-    count_orders >> load_orders() >> read_orders >> check_guardrails()
+    count_orders >> load_orders() >> read_orders >> summarise_orders() >> check_guardrails()

@@ -106,6 +106,7 @@ def test_granted_dag_loads_reads_and_is_stopped_at_ddl(
         "count_orders": "success",
         "load_orders": "success",
         "read_orders": "success",
+        "summarise_orders": "success",
         "check_guardrails": "success",
     }
     # The writes reached the server; the table is still there; the refused read did not run.
