@@ -340,3 +340,39 @@ async def test_the_probe_name_is_reserved() -> None:
     assert h.outcomes()[-1].reason == "reserved_name"
     out = await h.query(f'PREPARE "{PROBE_NAME}" AS SELECT 1')
     assert out.to_server == REFUSED_QUERY
+
+
+async def test_a_failed_parse_leaves_no_statement_behind() -> None:
+    # The server refused the Parse (a column that does not exist): the name is free again,
+    # and the next Parse of it names what the server will run.
+    h = FlowHarness()
+    await h.send(parse("SELECT nocol FROM sales.orders", "s1"), codec.sync())
+    h.answer(server_error("42703"), rfq())
+    await h.send(parse("DELETE FROM sales.orders", "s1"), codec.sync())
+    h.answer(codec.parse_complete(), rfq())
+    await h.send(bind("s1"), execute(), codec.sync())
+    assert (h.admitted()[-1].action, h.admitted()[-1].detail["statement"]) == (
+        "write",
+        "DELETE FROM sales.orders",
+    )
+
+
+async def test_a_parse_skipped_after_an_error_leaves_no_statement_behind() -> None:
+    h = FlowHarness()
+    out = await h.send(
+        parse("SELECT * FROM t"), bind(), execute(),
+        parse("SELECT * FROM sales.orders", "s2"), codec.sync(),
+    )  # fmt: skip
+    assert len(out.to_server) == 5
+    h.answer(codec.parse_complete(), codec.bind_complete(), server_error("22012"), rfq())
+    out = await h.send(bind("s2"), execute(), codec.sync())
+    assert out.to_server == [bind("s2"), PROBE, codec.sync()]  # s2 does not exist
+    assert h.outcomes()[-1].reason == "unknown_portal"
+
+
+async def test_a_failed_bind_leaves_no_portal_behind() -> None:
+    h = FlowHarness()
+    await h.send(parse("SELECT * FROM t"), bind(), codec.sync())
+    h.answer(codec.parse_complete(), server_error("08P01"), rfq())
+    out = await h.send(execute(), codec.sync())
+    assert out.to_server == [PROBE, codec.sync()]

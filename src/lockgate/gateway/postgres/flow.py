@@ -40,17 +40,13 @@ token that expired or was revoked mid-session: ``FATAL 42501`` naming the reason
 unavailable: ``53000`` (the gateway lacks a resource now; retry later), audited as
 ``upstream_error`` once the sink recovers, the session stays usable.
 
-Server side: every message is relayed as it arrives. The flow keeps a FIFO of what it
-forwarded (:class:`~.flow_units.Unit`), in the server's answer order, so each
-CommandComplete / EmptyQueryResponse / PortalSuspended / ErrorResponse finds its statement
-(outcome record, ``scope.statement_done``) and each ReadyForQuery its Sync; statements
-skipped after an error get the outcome ``not_executed``.
+Server side: :mod:`.flow_answers`.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lockgate import _log
@@ -58,7 +54,8 @@ from lockgate.errors import AuditUnavailable
 
 from . import codec
 from .classified import Unplaceable
-from .flow_scope import FlowScope
+from .flow_answers import AnswerRelay
+from .flow_scope import FlowScope, WidenedScope
 from .flow_units import (
     BATCH_END,
     BIND,
@@ -68,10 +65,12 @@ from .flow_units import (
     PARSE,
     REFUSAL,
     STATEMENT,
+    Out,
     Pending,
     Portal,
     Unit,
     mask_literals,
+    raw,
 )
 from .judge import Admission, Judge, Judged, KeyedScope, Refusal
 
@@ -85,22 +84,11 @@ if TYPE_CHECKING:
 
 log = _log.get("gateway.postgres")
 
-#: ErrorResponse SQLSTATE classes that are the server's trouble, not the statement's.
-_SERVER_TROUBLE = ("08", "53", "57", "58", "XX")
 _SYNC = codec.sync()
 #: A prepared statement name no client may use: refusals are answered through it.
 PROBE_NAME = "\x1flockgate refused"
 _PROBE = codec.encode_message(codec.Describe("S", PROBE_NAME))
 _COPY_MESSAGES = frozenset({codec.COPY_DATA, codec.COPY_DONE, codec.COPY_FAIL})
-
-
-@dataclass(slots=True)
-class Out:
-    """What to do after one message: bytes for the server, bytes for the client, close."""
-
-    to_server: list[bytes] = field(default_factory=list)
-    to_client: list[bytes] = field(default_factory=list)
-    close: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -114,7 +102,7 @@ class SessionInfo:
     client: str = ""  # "host:port", for log lines only
 
 
-class Flow:
+class Flow(AnswerRelay):
     """The statement state machine of one client session (see the module docstring)."""
 
     def __init__(
@@ -137,14 +125,6 @@ class Flow:
         self._copy = ""  # "in": COPY FROM STDIN runs; "draining": it failed; "": neither
         self._tokens = 0
 
-    @property
-    def transaction_status(self) -> str:
-        return self._status
-
-    @property
-    def copy_in(self) -> bool:
-        return self._copy == "in"
-
     # == client -> server =====================================================================
     async def from_client(self, msg: codec.Message) -> Out:
         kind = msg.type
@@ -159,7 +139,7 @@ class Flow:
                 self._discarding = False
                 return self._forward(msg, Unit(BATCH_END))
             if kind == codec.FLUSH:
-                return Out([_raw(msg)])
+                return Out([raw(msg)])
             return Out()  # the rest of a refused batch, dropped as the server would
         if kind == codec.QUERY:
             return await self._query(codec.decode_query(msg.body))
@@ -181,7 +161,7 @@ class Flow:
                 self._portals.pop(close.name, None)
             return self._forward(msg, Unit(CLOSE))
         if kind == codec.FLUSH:
-            return Out([_raw(msg)])
+            return Out([raw(msg)])
         if kind == codec.FUNCTION_CALL:
             t0 = self.ctx.clock()
             refusal = self.judge.check_token() or self.judge.denial(
@@ -228,23 +208,28 @@ class Flow:
         if isinstance(verdict, Refusal):
             return self._refuse(verdict, t0, {**_judged_detail(judged), **names})
         protocol = self.scope.protocol
+        unit = Unit(PARSE)
         # A name in use makes the server refuse the Parse: the old text stays the name's.
         if not parse.name or (
             parse.name not in protocol and parse.name not in self.scope.base.prepared
         ):
-            protocol[parse.name] = parse.query
-        return self._forward(msg, Unit(PARSE))
+            protocol[parse.name] = parse.query  # now: a pipelined Bind may follow at once
+            unit.undo = (protocol, parse.name, parse.query)
+        return self._forward(msg, unit)
 
     def _bind(self, msg: codec.Message) -> Out:
         bind = codec.decode_bind(msg.body)
         text = self.scope.protocol.get(bind.statement)
         if text is None and bind.statement:
             text = self.scope.base.prepared.get(bind.statement)
+        unit = Unit(BIND)
         if text is None:
             self._portals.pop(bind.portal, None)  # the server refuses the Bind
         else:
-            self._portals[bind.portal] = Portal(text, bind.statement, self.scope.search_paths)
-        return self._forward(msg, Unit(BIND))
+            portal = Portal(text, bind.statement, self.scope.search_paths)
+            self._portals[bind.portal] = portal
+            unit.undo = (self._portals, bind.portal, portal)
+        return self._forward(msg, unit)
 
     async def _execute(self, msg: codec.Message) -> Out:
         t0 = self.ctx.clock()
@@ -284,7 +269,7 @@ class Flow:
         scope = self.scope
         if all(path in scope.search_paths for path in portal.paths):
             return scope
-        return _WithPaths(scope, portal.paths)
+        return WidenedScope(scope, portal.paths)
 
     def _copy_message(self, msg: codec.Message) -> Out:
         if not self._copy:
@@ -293,7 +278,7 @@ class Flow:
             )
         if msg.type != codec.COPY_DATA:
             self._copy = ""  # CopyDone / CopyFail end it; the server answers
-        return Out([_raw(msg)])
+        return Out([raw(msg)])
 
     # -- admission ------------------------------------------------------------------------
     async def _admit(
@@ -374,161 +359,11 @@ class Flow:
         return self._tokens
 
     def _forward(self, msg: codec.Message, unit: Unit) -> Out:
-        return self._forward_units(_raw(msg), [unit])
+        return self._forward_units(raw(msg), [unit])
 
     def _forward_units(self, data: bytes, units: list[Unit]) -> Out:
         self._units.extend(units)
         return Out([data])
-
-    # == server -> client =====================================================================
-    def from_server(self, msg: codec.Message) -> Out:
-        kind = msg.type
-        raw = _raw(msg)
-        if kind == codec.DATA_ROW or kind == codec.COPY_DATA:
-            return Out(to_client=[raw])  # the hot path: rows go straight through
-        out = Out(to_client=[raw])
-        units = self._units
-        head = units[0] if units else None
-        if kind == codec.COMMAND_COMPLETE:
-            if head is not None and head.kind in (STATEMENT, EXECUTE):
-                units.popleft()
-                tag = codec.decode_command_complete(msg.body)
-                self._complete(head, tag)
-        elif kind == codec.READY_FOR_QUERY:
-            status = codec.decode_ready_for_query(msg.body)
-            self._ready(status)
-        elif kind == codec.ERROR_RESPONSE:
-            if head is not None and head.kind == REFUSAL and head.error is not None:
-                out.to_client[0] = head.error  # the probe failed: the refusal in its place
-            self._server_error(codec.decode_error_fields(msg.body).get("C", ""))
-        elif kind in (codec.EMPTY_QUERY, codec.PORTAL_SUSPENDED):
-            if head is not None and head.kind in (STATEMENT, EXECUTE):
-                units.popleft()
-                outcome = "empty" if kind == codec.EMPTY_QUERY else "suspended"
-                self._finish(head, "allowed", outcome)
-        elif kind == codec.PARSE_COMPLETE:
-            self._pop(PARSE)
-        elif kind == codec.BIND_COMPLETE:
-            self._pop(BIND)
-        elif kind == codec.CLOSE_COMPLETE:
-            self._pop(CLOSE)
-        elif kind in (codec.ROW_DESCRIPTION, codec.NO_DATA):
-            self._pop(DESCRIBE)  # in a Query or an Execute, no Describe is at the head
-        elif kind == codec.COPY_IN_RESPONSE:
-            self._copy = "in"
-        return out
-
-    def _pop(self, kind: int) -> None:
-        units = self._units
-        if units and units[0].kind == kind:
-            units.popleft()
-
-    def _complete(self, unit: Unit, tag: str) -> None:
-        pending = unit.pending
-        if pending is not None:
-            statement = pending.record.statement
-            self.scope.base.statement_done(statement, tag)
-            for effect in statement.effects:
-                # SQL DEALLOCATE and DISCARD ALL reach protocol-level statements too.
-                if effect.kind == "discard_all":
-                    self.scope.protocol.clear()
-                    self._portals.clear()
-                elif effect.kind == "deallocate" and not effect.name:
-                    self.scope.protocol.clear()
-                elif effect.kind == "deallocate":
-                    self.scope.protocol.pop(effect.name, None)
-        self._finish(unit, "allowed", "done", tag=tag)
-
-    def _server_error(self, sqlstate: str) -> None:
-        self.scope.base.error()
-        if self._copy == "in":
-            self._copy = "draining"
-        units = self._units
-        if units and units[0].kind == REFUSAL:
-            units.popleft()
-        elif units and units[0].kind != BATCH_END:
-            failed = units.popleft()
-            trouble = sqlstate.startswith(_SERVER_TROUBLE)
-            event = "upstream_error" if trouble else "allowed"
-            self._finish(failed, event, "error", sqlstate=sqlstate)
-        # The server skips the rest of the Query, or of the batch up to its Sync.
-        while units and units[0].kind != BATCH_END:
-            self._finish(units.popleft(), "allowed", "not_executed")
-
-    def _ready(self, status: str) -> None:
-        units = self._units
-        while units and units[0].kind != BATCH_END:
-            self._finish(units.popleft(), "allowed", "not_executed")
-        if units:
-            units.popleft()
-        if self._copy == "in":
-            self._copy = "draining"
-        self._status = status
-        self.scope.base.ready(status)
-        self.scope.ready(status)
-
-    def _finish(
-        self,
-        unit: Unit,
-        event: str,
-        outcome: str,
-        *,
-        tag: str | None = None,
-        sqlstate: str | None = None,
-        reason: str | None = None,
-    ) -> None:
-        """The outcome record of a forwarded statement (``admitted`` before it)."""
-        if unit.token:
-            self.scope.settled(unit.token)
-        pending = unit.pending
-        if pending is None:
-            return
-        ctx, rec = self.ctx, pending.record
-        ctx.observe_upstream(self.name, ctx.clock() - pending.t0)
-        detail = {**pending.detail, "ref": pending.ref, "outcome": outcome}
-        if tag is not None:
-            detail["tag"] = tag
-            rows = codec.rows_affected(tag)
-            if rows is not None:
-                detail["rows"] = rows
-        if sqlstate:
-            detail["sqlstate"] = sqlstate
-        if reason is None and outcome == "not_executed":
-            reason = outcome
-        ctx.record(
-            event, self.judge.claims, self.name, pending.t0, action=rec.action,
-            obj=rec.obj, decision="allow", reason=reason, detail=detail,
-        )  # fmt: skip
-
-    def upstream_lost(self, reason: str = "upstream_closed") -> None:
-        """The upstream connection ended: statements still unanswered get their outcome."""
-        units = self._units
-        while units:
-            unit = units.popleft()
-            if unit.pending is not None:
-                self._finish(unit, "upstream_error", "lost", reason=reason)
-        self.scope.forget_unsettled()
-
-
-class _WithPaths:
-    """A flow scope widened by the search paths a portal was bound under."""
-
-    __slots__ = ("_flow_scope", "search_paths")
-
-    def __init__(self, flow_scope: FlowScope, paths: tuple[tuple[str, ...], ...]) -> None:
-        self._flow_scope = flow_scope
-        self.search_paths = tuple(dict.fromkeys(flow_scope.search_paths + paths))
-
-    @property
-    def catalog(self) -> Any:
-        return self._flow_scope.catalog
-
-    @property
-    def prepared(self) -> Any:
-        return self._flow_scope.prepared
-
-    def key(self) -> tuple[object, ...]:
-        return (self._flow_scope.key(), self.search_paths)
 
 
 _RESERVED = Refusal(
@@ -541,10 +376,6 @@ def _reserved(judged: Judged) -> Refusal | None:
     if any(r.statement.prepared_name == PROBE_NAME for r in judged.records):
         return _RESERVED
     return None
-
-
-def _raw(msg: codec.Message) -> bytes:
-    return codec.encode(msg.type, msg.body)
 
 
 def _judged_detail(judged: Judged) -> dict[str, Any]:

@@ -113,4 +113,25 @@ class FlowScope:
         return tuple(expand(path)) if expand is not None else path
 
 
-__all__ = ["PATH_EFFECTS", "FlowScope"]
+class WidenedScope:
+    """A flow scope widened by the search paths a portal was bound under."""
+
+    __slots__ = ("_flow_scope", "search_paths")
+
+    def __init__(self, flow_scope: FlowScope, paths: tuple[tuple[str, ...], ...]) -> None:
+        self._flow_scope = flow_scope
+        self.search_paths = tuple(dict.fromkeys(flow_scope.search_paths + paths))
+
+    @property
+    def catalog(self) -> RelationCatalog | None:
+        return self._flow_scope.catalog
+
+    @property
+    def prepared(self) -> Mapping[str, str]:
+        return self._flow_scope.prepared
+
+    def key(self) -> tuple[object, ...]:
+        return (self._flow_scope.key(), self.search_paths)
+
+
+__all__ = ["PATH_EFFECTS", "FlowScope", "WidenedScope"]

@@ -1,5 +1,6 @@
 """What a session's flow remembers between a message and its answer.
 
+* :class:`Out` — what to do after one message;
 * :class:`Unit` — one forwarded message (or one statement of a Query) the server will
   answer, in the FIFO of answers; or a refusal waiting for its turn in that order;
 * :class:`Pending` — an admitted statement awaiting its outcome record;
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from . import codec
 from .judge import StatementRecord
 
 # Unit kinds: what answer ends the unit.
@@ -24,6 +26,20 @@ EXECUTE = 5  # CommandComplete / EmptyQueryResponse / PortalSuspended
 STATEMENT = 6  # one statement of a Query: CommandComplete / EmptyQueryResponse
 BATCH_END = 7  # a Sync, or the end of a Query: ReadyForQuery
 REFUSAL = 8  # the gateway's ErrorResponse, sent once everything before it was answered
+
+
+@dataclass(slots=True)
+class Out:
+    """What to do after one message: bytes for the server, bytes for the client, close."""
+
+    to_server: list[bytes] = field(default_factory=list)
+    to_client: list[bytes] = field(default_factory=list)
+    close: bool = False
+
+
+def raw(msg: codec.Message) -> bytes:
+    """The message framed again (cheap: one header)."""
+    return codec.encode(msg.type, msg.body)
 
 
 @dataclass(slots=True)
@@ -42,6 +58,8 @@ class Unit:
     pending: Pending | None = None
     token: int = 0  # its in-flight search paths (:class:`~.flow_scope.FlowScope`), 0: none
     error: bytes | None = None  # REFUSAL: the ErrorResponse
+    # PARSE / BIND: (names, name, what the flow put there) to take back if the server fails
+    undo: tuple[dict[str, Any], str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +92,10 @@ __all__ = [
     "PARSE",
     "REFUSAL",
     "STATEMENT",
+    "Out",
     "Pending",
     "Portal",
     "Unit",
     "mask_literals",
+    "raw",
 ]

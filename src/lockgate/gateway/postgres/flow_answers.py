@@ -1,0 +1,193 @@
+"""Server -> client half of a session's flow: relay, outcomes, transaction status.
+
+Every message is relayed as it arrives. The flow keeps a FIFO of what it
+forwarded (:class:`~.flow_units.Unit`), in the server's answer order, so each
+CommandComplete / EmptyQueryResponse / PortalSuspended / ErrorResponse finds its statement
+(outcome record, ``scope.statement_done``) and each ReadyForQuery its Sync; statements
+skipped after an error get the outcome ``not_executed``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from . import codec
+from .flow_scope import FlowScope
+from .flow_units import (
+    BATCH_END,
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    PARSE,
+    REFUSAL,
+    STATEMENT,
+    Out,
+    Portal,
+    Unit,
+    raw,
+)
+from .judge import Judge
+
+if TYPE_CHECKING:
+    from .context import EngineContext
+
+#: ErrorResponse SQLSTATE classes that are the server's trouble, not the statement's.
+_SERVER_TROUBLE = ("08", "53", "57", "58", "XX")
+
+
+class AnswerRelay:
+    """What a flow does with the server's messages (:class:`~.flow.Flow` is one)."""
+
+    ctx: EngineContext
+    name: str  # the resource's
+    scope: FlowScope
+    judge: Judge
+    _status: str  # the transaction status of the last ReadyForQuery
+    _units: deque[Unit]  # forwarded, awaiting the server's answer
+    _portals: dict[str, Portal]
+    _copy: str  # "in": COPY FROM STDIN runs; "draining": it failed; "": neither
+
+    @property
+    def transaction_status(self) -> str:
+        return self._status
+
+    @property
+    def copy_in(self) -> bool:
+        return self._copy == "in"
+
+    def from_server(self, msg: codec.Message) -> Out:
+        kind = msg.type
+        frame = raw(msg)
+        if kind == codec.DATA_ROW or kind == codec.COPY_DATA:
+            return Out(to_client=[frame])  # the hot path: rows go straight through
+        out = Out(to_client=[frame])
+        units = self._units
+        head = units[0] if units else None
+        if kind == codec.COMMAND_COMPLETE:
+            if head is not None and head.kind in (STATEMENT, EXECUTE):
+                units.popleft()
+                tag = codec.decode_command_complete(msg.body)
+                self._complete(head, tag)
+        elif kind == codec.READY_FOR_QUERY:
+            status = codec.decode_ready_for_query(msg.body)
+            self._ready(status)
+        elif kind == codec.ERROR_RESPONSE:
+            if head is not None and head.kind == REFUSAL and head.error is not None:
+                out.to_client[0] = head.error  # the probe failed: the refusal in its place
+            self._server_error(codec.decode_error_fields(msg.body).get("C", ""))
+        elif kind in (codec.EMPTY_QUERY, codec.PORTAL_SUSPENDED):
+            if head is not None and head.kind in (STATEMENT, EXECUTE):
+                units.popleft()
+                outcome = "empty" if kind == codec.EMPTY_QUERY else "suspended"
+                self._finish(head, "allowed", outcome)
+        elif kind == codec.PARSE_COMPLETE:
+            self._pop(PARSE)
+        elif kind == codec.BIND_COMPLETE:
+            self._pop(BIND)
+        elif kind == codec.CLOSE_COMPLETE:
+            self._pop(CLOSE)
+        elif kind in (codec.ROW_DESCRIPTION, codec.NO_DATA):
+            self._pop(DESCRIBE)  # in a Query or an Execute, no Describe is at the head
+        elif kind == codec.COPY_IN_RESPONSE:
+            self._copy = "in"
+        return out
+
+    def _pop(self, kind: int) -> None:
+        units = self._units
+        if units and units[0].kind == kind:
+            units.popleft()
+
+    def _complete(self, unit: Unit, tag: str) -> None:
+        pending = unit.pending
+        if pending is not None:
+            statement = pending.record.statement
+            self.scope.base.statement_done(statement, tag)
+            for effect in statement.effects:
+                # SQL DEALLOCATE and DISCARD ALL reach protocol-level statements too.
+                if effect.kind == "discard_all":
+                    self.scope.protocol.clear()
+                    self._portals.clear()
+                elif effect.kind == "deallocate" and not effect.name:
+                    self.scope.protocol.clear()
+                elif effect.kind == "deallocate":
+                    self.scope.protocol.pop(effect.name, None)
+        self._finish(unit, "allowed", "done", tag=tag)
+
+    def _server_error(self, sqlstate: str) -> None:
+        self.scope.base.error()
+        if self._copy == "in":
+            self._copy = "draining"
+        units = self._units
+        if units and units[0].kind == REFUSAL:
+            units.popleft()
+        elif units and units[0].kind != BATCH_END:
+            failed = units.popleft()
+            trouble = sqlstate.startswith(_SERVER_TROUBLE)
+            event = "upstream_error" if trouble else "allowed"
+            self._finish(failed, event, "error", sqlstate=sqlstate)
+        # The server skips the rest of the Query, or of the batch up to its Sync.
+        while units and units[0].kind != BATCH_END:
+            self._finish(units.popleft(), "allowed", "not_executed")
+
+    def _ready(self, status: str) -> None:
+        units = self._units
+        while units and units[0].kind != BATCH_END:
+            self._finish(units.popleft(), "allowed", "not_executed")
+        if units:
+            units.popleft()
+        if self._copy == "in":
+            self._copy = "draining"
+        self._status = status
+        self.scope.base.ready(status)
+        self.scope.ready(status)
+
+    def _finish(
+        self,
+        unit: Unit,
+        event: str,
+        outcome: str,
+        *,
+        tag: str | None = None,
+        sqlstate: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """The outcome record of a forwarded statement (``admitted`` before it)."""
+        if unit.token:
+            self.scope.settled(unit.token)
+        if unit.undo is not None and outcome != "done":
+            names, name, ours = unit.undo
+            if names.get(name) is ours:
+                del names[name]  # the server did not take the Parse or Bind
+        pending = unit.pending
+        if pending is None:
+            return
+        ctx, rec = self.ctx, pending.record
+        ctx.observe_upstream(self.name, ctx.clock() - pending.t0)
+        detail = {**pending.detail, "ref": pending.ref, "outcome": outcome}
+        if tag is not None:
+            detail["tag"] = tag
+            rows = codec.rows_affected(tag)
+            if rows is not None:
+                detail["rows"] = rows
+        if sqlstate:
+            detail["sqlstate"] = sqlstate
+        if reason is None and outcome == "not_executed":
+            reason = outcome
+        ctx.record(
+            event, self.judge.claims, self.name, pending.t0, action=rec.action,
+            obj=rec.obj, decision="allow", reason=reason, detail=detail,
+        )  # fmt: skip
+
+    def upstream_lost(self, reason: str = "upstream_closed") -> None:
+        """The upstream connection ended: statements still unanswered get their outcome."""
+        units = self._units
+        while units:
+            unit = units.popleft()
+            if unit.pending is not None:
+                self._finish(unit, "upstream_error", "lost", reason=reason)
+        self.scope.forget_unsettled()
+
+
+__all__ = ["AnswerRelay"]
