@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import resource
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -253,3 +254,26 @@ async def test_changing_the_resource_ends_its_sessions_and_the_next_login_uses_t
     finally:
         await again.close()
     assert stack.engine().ctx.resources[RESOURCE].idle_timeout == 123.0
+
+
+@pytest.mark.slow
+async def test_copy_streams_both_ways_in_bounded_memory(stack: PgStack) -> None:
+    """80 MB in and out through one session; the process grows by a fraction of it (the
+    client pump reads the next chunk only once the upstream took the last)."""
+    conn = await _connect(stack, "ops")
+    try:
+        await conn.execute("CREATE TABLE sales.big (id int, pad text)")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        pad = "x" * 200
+        async with conn.cursor() as cur, cur.copy("COPY sales.big FROM STDIN") as copy:
+            for i in range(400_000):
+                await copy.write(f"{i}\t{pad}\n")
+        received = 0
+        async with conn.cursor() as cur, cur.copy("COPY sales.big TO STDOUT") as copy:
+            async for data in copy:
+                received += len(data)
+        assert received > 80_000_000
+        grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+        assert grown_kib < 30 * 1024
+    finally:
+        await conn.close()
