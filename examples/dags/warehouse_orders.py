@@ -98,6 +98,11 @@ def check_guardrails() -> dict[str, Any]:
 
     conn = BaseHook.get_connection(CONN_ID)
     extra = conn.extra_dejson
+    # What the secrets backend handed this task (the password is its token: never printed).
+    print(
+        f"connection {CONN_ID}: {conn.conn_type}://{conn.login}@{conn.host}:{conn.port}/"
+        f"{conn.schema} sslmode={extra.get('sslmode')}"
+    )
     pg = psycopg2.connect(
         host=conn.host,
         port=conn.port,
