@@ -267,3 +267,15 @@ async def test_direct_tls_is_closed_and_audited(stack: PgStack) -> None:
     with pytest.raises(psycopg.OperationalError):
         await _fetch(stack.dsn(stack.token(), sslnegotiation="direct"), "SELECT 1")
     assert stack.audit("auth_failed")[-1].reason == "direct_tls_unsupported"
+
+
+async def test_plaintext_works_only_where_the_listener_allows_it(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    async with pg_stack(tmp_path, pg_server, allow_plaintext=True) as s:
+        rows = await _fetch(
+            s.dsn(s.token(), sslmode="disable"), "SELECT count(*) FROM sales.orders"
+        )
+        assert rows == [(2,)]
+        login = [r for r in s.audit("allowed") if r.action == "connect"][-1]
+        assert login.detail["tls"] is False

@@ -134,6 +134,11 @@ class PostgresEngine:
         """Listen; ``tls`` is the context an SSLRequest upgrades to (None: answer ``N``)."""
         if tls is not None:
             tls.set_alpn_protocols([ALPN])
+        elif not allow_plaintext:
+            log.warning(
+                "postgres listener has no tls and allow_plaintext is false: every login will "
+                "be refused; give it a certificate (listeners.postgres.tls)"
+            )
         self._settings = ListenerSettings(tls, allow_plaintext, handshake_timeout)
         self.guard = ConnectionGuard(
             "postgres", max_connections=max_connections, tls_inside=tls is not None
