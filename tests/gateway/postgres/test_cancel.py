@@ -25,8 +25,6 @@ from tests.pgserver import PgServer
 from .stack import PgStack, pg_stack
 from .test_startup import RawClient
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 async def stack(tmp_path: Path, pg_server: PgServer) -> AsyncIterator[PgStack]:
@@ -127,6 +125,7 @@ async def test_many_concurrent_cancels_reach_only_their_session(stack: PgStack) 
         await conn2.close()
 
 
+@pytest.mark.slow
 async def test_a_hundred_sessions_in_flight_each_cancel_hits_only_its_own(
     stack: PgStack,
 ) -> None:
