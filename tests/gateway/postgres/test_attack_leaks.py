@@ -239,6 +239,24 @@ async def test_a_relation_created_after_login_cannot_shadow_a_granted_one(
         "DO $$BEGIN PERFORM 1; END$$",
         "LISTEN chan",
         "CREATE TEMP TABLE orders (id int)",
+        "SELECT id FROM sales.orders UNION SELECT id FROM other.secret",
+        "UPDATE sales.orders o SET item = s.value FROM other.secret s WHERE s.id = o.id",
+        "INSERT INTO sales.orders VALUES (50, 'x', 1) ON CONFLICT (id) DO UPDATE"
+        " SET item = (SELECT value FROM other.secret LIMIT 1)",
+        "INSERT INTO sales.orders VALUES (60, 'x', 1)"
+        " RETURNING (SELECT value FROM other.secret LIMIT 1)",
+        "SELECT * FROM sales.orders LIMIT (SELECT count(*) FROM other.secret)",
+        "SELECT * FROM sales.orders TABLESAMPLE SYSTEM ((SELECT count(*) FROM other.secret))",
+        "SELECT * FROM XMLTABLE('/a' PASSING (SELECT xmlelement(name a, value)"
+        " FROM other.secret LIMIT 1) COLUMNS v text PATH '.')",
+        "SELECT * FROM sales.orders GROUP BY GROUPING SETS ((id),"
+        " ((SELECT 1 FROM other.secret LIMIT 1)))",
+        "SELECT count(*) FILTER (WHERE EXISTS (SELECT 1 FROM other.secret)) FROM sales.orders",
+        "COPY sales.orders FROM PROGRAM 'id'",
+        "COPY sales.orders TO '/tmp/lockgate-attack-copy'",
+        "SELECT 1 OPERATOR(other.+) 1",
+        "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+        "PREPARE TRANSACTION 'x'",
     ],
 )
 async def test_statements_reaching_beyond_the_grant_are_refused_and_never_run(
@@ -309,3 +327,42 @@ async def test_search_path_changes_are_followed_through_transactions_and_prepare
         assert await _rows_or_refused(conn, "SELECT item FROM orders") is None  # public: none
     finally:
         await conn.close()
+
+
+DENY_OTHER_POLICY = """\
+rules:
+  - id: etl-reads-all
+    effect: allow
+    principals: ["airflow:prod/etl/*"]
+    actions: [read]
+    resources: [pg]
+    objects: ["*"]
+  - id: nobody-reads-other
+    effect: deny
+    principals: ["*"]
+    actions: [read, write, admin]
+    resources: [pg]
+    objects: ["other.*"]
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a relation name with '/' makes object 'other.x/y', which the deny glob 'other.*' "
+    "does not match (object globs stop at '/'), while the allow '*' does",
+)
+async def test_a_slash_in_a_table_name_does_not_escape_an_explicit_deny(stack: PgStack) -> None:
+    stack.write_policy(DENY_OTHER_POLICY)
+    stack.upstream_psql(
+        'CREATE TABLE other."x/y" (v text);'
+        "INSERT INTO other.\"x/y\" VALUES ('slash-table-secret');"
+        f'GRANT SELECT ON other."x/y" TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT * FROM other.secret")  # the deny is in force
+        rows = await _rows_or_refused(conn, 'SELECT v FROM other."x/y"')
+    finally:
+        await conn.close()
+    assert rows is None, rows
