@@ -22,7 +22,10 @@ resource name as database, a token as password); :meth:`PgStack.token` mints one
             yield s
 
     async def test_x(stack):
-        conn = await psycopg.AsyncConnection.connect(stack.dsn(stack.token("etl")))
+        conn = await stack.connect("etl")          # psycopg, autocommit, TLS verify-full
+        since = stack.server.log_position()
+        ...
+        assert "other.secret" not in " ".join(stack.executed(since))
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
+import psycopg
+
 from lockgate.audit.record import AuditRow
 from lockgate.config import load_config
 from lockgate.identity import TaskIdentity, TokenIssuer
@@ -45,6 +50,8 @@ from lockgate.tlsgen import write_dev_tls
 if TYPE_CHECKING:
     from lockgate.gateway.postgres.engine import PostgresEngine
     from tests.pgserver import PgServer
+
+Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
 RESOURCE = "pg"
 CREDENTIAL = "pg-pw"
@@ -147,6 +154,16 @@ class PgStack:
         for key, value in params.items():
             uri += f"&{key}={quote(value, safe='')}"
         return uri
+
+    async def connect(self, dag: str = "etl", **params: str) -> Conn:
+        """A psycopg connection (autocommit) through the gateway as ``airflow:prod/<dag>/load``."""
+        dsn = self.dsn(self.token(dag), **params)
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+
+    def executed(self, since: int = 0) -> list[str]:
+        """Statement texts the server ran for the gateway's login (the test oracle); ``since``
+        is a ``self.server.log_position()`` taken before."""
+        return [s.text for s in self.server.statements(since) if s.user == self.login]
 
     def conninfo(self, password: str, **params: str) -> dict[str, str]:
         """The same as keyword arguments (psycopg ``connect(**kw)``, asyncpg-like)."""

@@ -22,7 +22,7 @@ import pytest
 from lockgate.gateway.postgres import codec
 from tests.pgserver import PgServer
 
-from .stack import PgStack, pg_stack
+from .stack import Conn, PgStack, pg_stack
 from .test_startup import RawClient
 
 
@@ -32,11 +32,11 @@ async def stack(tmp_path: Path, pg_server: PgServer) -> AsyncIterator[PgStack]:
         yield s
 
 
-async def _connect(stack: PgStack) -> psycopg.AsyncConnection[tuple[object, ...]]:
-    return await psycopg.AsyncConnection.connect(stack.dsn(stack.token("ops")), autocommit=True)
+async def _connect(stack: PgStack) -> Conn:
+    return await stack.connect("ops")  # may run pg_sleep
 
 
-async def _sleep(conn: psycopg.AsyncConnection[tuple[object, ...]], seconds: float) -> None:
+async def _sleep(conn: Conn, seconds: float) -> None:
     await conn.execute(f"SELECT pg_sleep({seconds})")
 
 
@@ -53,7 +53,7 @@ async def _running(stack: PgStack, count: int) -> None:
     raise AssertionError(f"fewer than {count} queries running")
 
 
-async def _cancel(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> None:
+async def _cancel(conn: Conn) -> None:
     await conn.cancel_safe(timeout=10)  # libpq 17+: SSLRequest, then CancelRequest over TLS
 
 

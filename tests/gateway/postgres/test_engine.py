@@ -17,10 +17,8 @@ from lockgate.gateway.postgres import codec
 from tests.pgserver import PgServer
 from tests.pgserver.fixtures import PgServerFactory
 
-from .stack import RESOURCE, PgStack, pg_stack
+from .stack import RESOURCE, Conn, PgStack, pg_stack
 from .test_startup import RawClient
-
-Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
 
 @pytest.fixture
@@ -30,7 +28,7 @@ async def stack(tmp_path: Path, pg_server: PgServer) -> AsyncIterator[PgStack]:
 
 
 async def _connect(stack: PgStack, dag: str = "etl") -> Conn:
-    return await psycopg.AsyncConnection.connect(stack.dsn(stack.token(dag)), autocommit=True)
+    return await stack.connect(dag)
 
 
 async def _upstream_sessions(stack: PgStack) -> int:
@@ -65,8 +63,7 @@ async def test_a_granted_statement_runs_and_a_denied_one_is_refused_and_the_sess
         await conn.close()
     denied = [r for r in stack.audit("denied") if r.object == "other.secret"]
     assert denied and denied[-1].principal == "airflow:prod/etl/load"
-    executed = " ".join(s.text for s in stack.server.statements() if s.user == stack.login)
-    assert "other.secret" not in executed  # the server never saw it
+    assert "other.secret" not in " ".join(stack.executed())  # the server never saw it
 
 
 async def test_closing_the_client_ends_the_upstream_session(stack: PgStack) -> None:
