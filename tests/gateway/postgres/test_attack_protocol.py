@@ -354,3 +354,41 @@ async def test_a_token_that_expires_mid_session_refuses_the_next_statement(
         await conn.close()
     assert _executed(stack, position) == []
     assert any(r.reason == "expired" for r in stack.audit("auth_failed"))
+
+
+async def test_a_token_revoked_mid_session_refuses_the_next_statement(stack: PgStack) -> None:
+    token = stack.token("etl")
+    conn = await psycopg.AsyncConnection.connect(stack.dsn(token), autocommit=True)
+    try:
+        await conn.execute("SELECT count(*) FROM sales.orders")
+        claims = stack.gw.verifier.verify(token, RESOURCE)
+        stack.gw.state.revocations.revoke_jti(claims.jti, claims.exp, reason="task ended")
+        position = stack.server.log_position()
+        with pytest.raises(psycopg.Error):
+            await conn.execute("SELECT item FROM sales.orders")
+    finally:
+        await conn.close()
+    assert _executed(stack, position) == []
+    assert any(r.reason == "revoked" for r in stack.audit("auth_failed"))
+
+
+async def test_a_flood_of_guessed_cancel_keys_cancels_nothing(stack: PgStack) -> None:
+    conn = await psycopg.AsyncConnection.connect(stack.dsn(stack.token("etl")), autocommit=True)
+    try:
+        running = asyncio.create_task(conn.execute("SELECT pg_sleep(1.5), 'kept'"))
+        await asyncio.sleep(0.2)
+
+        async def guess(i: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+            writer.write(codec.cancel_request(i * 7919 + 1, struct.pack("!I", i * 104729)))
+            await writer.drain()
+            await reader.read()  # the gateway closes it, answering nothing
+            writer.close()
+
+        await asyncio.gather(*(guess(i) for i in range(300)))
+        cur = await asyncio.wait_for(running, 10)
+        assert await cur.fetchall() == [("", "kept")]  # not cancelled
+        cur = await conn.execute("SELECT 1")  # and the gateway still serves
+        assert await cur.fetchall() == [(1,)]
+    finally:
+        await conn.close()
