@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,8 @@ class PgLocalStack(LocalStack):
         server.psql(f"CREATE DATABASE {self.database}")
         server.psql(SCHEMA.format(login=self.upstream_user), dbname=self.database)
         self.log_start = server.log_position()
+        # The set-up's own scans and inserts, for table_activity_since (a leak shows above).
+        self.other_activity_at_start = self.table_activity("other")
         self._add_postgres()
 
     def _add_postgres(self) -> None:
@@ -147,12 +150,36 @@ class PgLocalStack(LocalStack):
     def dsn(self, token: str) -> str:
         return " ".join(f"{k}={v}" for k, v in self.connect_kwargs(token).items())
 
-    def superuser_query(self, sql: str) -> list[tuple[Any, ...]]:
+    def superuser_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` run directly on the server as the superuser (not through Lockgate)."""
         import psycopg
 
         with psycopg.connect(self.server.dsn(dbname=self.database), autocommit=True) as conn:
-            return list(conn.execute(sql).fetchall())
+            return list(conn.execute(sql, params or None).fetchall())
+
+    def table_activity(self, schema: str) -> dict[str, tuple[int, ...]]:
+        """The server's own counters for every table of ``schema``: scans (sequential and
+        index) and rows inserted, updated and deleted (pg_stat_user_tables). A backend sends
+        its counts at the end of a transaction when idle for a second, and when it exits."""
+        rows = self.superuser_query(
+            "SELECT relname, seq_scan, coalesce(idx_scan, 0), n_tup_ins, n_tup_upd, n_tup_del"
+            " FROM pg_stat_user_tables WHERE schemaname = %s",
+            (schema,),
+        )
+        return {str(r[0]): tuple(int(v) for v in r[1:]) for r in rows}
+
+    def table_activity_since(
+        self, schema: str, before: dict[str, tuple[int, ...]], *, settle: float = 2.5
+    ) -> dict[str, tuple[int, ...]]:
+        """Tables of ``schema`` whose counters moved since ``before``, watched for ``settle``
+        seconds (counts reach the server's statistics a little after the statements)."""
+        deadline = time.monotonic() + settle
+        while True:
+            now = self.table_activity(schema)
+            moved = {t: now[t] for t in now if now[t] != before.get(t)}
+            if moved or time.monotonic() > deadline:
+                return moved
+            time.sleep(0.25)
 
     # -- what happened --------------------------------------------------------------------------
     def audit_rows(self, *, since_seq: int = 0) -> list[AuditRow]:

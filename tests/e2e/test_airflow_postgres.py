@@ -231,5 +231,8 @@ def test_server_statement_log_matches_the_audit(
     assert logged and any("sales.orders" in s for s in logged)
     assert unaudited(logged, judged, exempt=[catalog_query()]) == []
     assert denied_but_executed(logged, judged) == []
+    # The server's own counters: no DAG scanned or changed a table of schema "other".
+    assert set(pg_stack.other_activity_at_start) == {"secret", "orders"}
+    assert pg_stack.table_activity_since("other", pg_stack.other_activity_at_start) == {}
     code, text = _cli(pg_stack, "audit", "verify")
     assert code == 0, text

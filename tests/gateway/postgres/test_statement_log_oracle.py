@@ -183,8 +183,11 @@ def _extended_session(stack: PgLocalStack) -> None:
 
 
 def test_every_executed_statement_is_audited_as_allowed(pg_stack: PgLocalStack) -> None:
+    untouched = pg_stack.table_activity("other")
     _simple_session(pg_stack)
     _extended_session(pg_stack)
+    # The server's own counters: nothing scanned or changed a table of schema "other".
+    assert pg_stack.table_activity_since("other", untouched) == {}
     logged = pg_stack.upstream_statements()
     judged = judged_statements(pg_stack.audit_rows())
     # The session reached the server at all, and the audit saw both kinds of decision.
@@ -234,6 +237,7 @@ def test_the_oracle_sees_a_statement_that_bypassed_the_gateway(pg_stack: PgLocal
     import psycopg
 
     since = pg_stack.server.log_position()
+    untouched = pg_stack.table_activity("other")
     direct = pg_stack.server.dsn(
         pg_stack.upstream_user, pg_stack.upstream_password, dbname=pg_stack.database
     )
@@ -242,3 +246,5 @@ def test_the_oracle_sees_a_statement_that_bypassed_the_gateway(pg_stack: PgLocal
     logged = pg_stack.upstream_statements(since)
     judged = judged_statements(pg_stack.audit_rows())
     assert unaudited(logged, judged, exempt=[catalog_query()]) == ["SELECT value FROM other.secret"]
+    # and the server's own counters saw the scan
+    assert set(pg_stack.table_activity_since("other", untouched)) == {"secret"}
