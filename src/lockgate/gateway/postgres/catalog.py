@@ -5,7 +5,8 @@ through the session's ``search_path``, to the first schema that holds a relation
 name. For that it needs the upstream's ``pg_class``: :class:`~.scope.RelationCatalog`.
 Each new session needs one before its first statement, so :class:`RelationCatalogs` keeps
 one per resource for :data:`FRESH_FOR` seconds and shares it: a burst of logins (an Airflow
-DAG run starting forty tasks) runs the catalog query once, not forty times.
+DAG run starting forty tasks) runs the catalog query once, not forty times: logins that
+arrive while it runs wait for its answer (should it fail, each reads on its own link).
 
 The query runs on the session's own freshly logged-in upstream link, as a simple query,
 before the client gets ``ReadyForQuery`` (so the link is idle and its answer cannot mix with
@@ -24,6 +25,7 @@ config changes is read again at its next login too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from lockgate.gateway.engine import Clock
@@ -55,6 +57,8 @@ class RelationCatalogs:
         self._entries: dict[str, _Entry] = {}
         # bumped by invalidate(): a read that started before a config change stores nothing
         self._generations: dict[str, int] = {}
+        # the read under way per resource (its generation): logins meanwhile wait for it
+        self._reads: dict[str, tuple[int, asyncio.Future[RelationCatalog]]] = {}
 
     def cached(self, resource: str) -> RelationCatalog | None:
         """The resource's catalog if it is fresh, else None."""
@@ -83,7 +87,25 @@ class RelationCatalogs:
         if catalog is not None:
             return catalog
         generation = self._generations.get(resource, 0)
-        catalog = await read_catalog(writer, reader, messages)
+        under_way = self._reads.get(resource)
+        if under_way is not None and under_way[0] == generation:
+            with contextlib.suppress(CatalogUnavailable, OSError, codec.ProtocolError):
+                return await asyncio.shield(under_way[1])  # else: read on this link after all
+        read: asyncio.Future[RelationCatalog] = asyncio.get_running_loop().create_future()
+        self._reads[resource] = entry = (generation, read)
+        try:
+            catalog = await read_catalog(writer, reader, messages)
+        except BaseException as exc:
+            read.set_exception(
+                exc if isinstance(exc, CatalogUnavailable | OSError | codec.ProtocolError)
+                else CatalogUnavailable("the catalog read was abandoned")
+            )  # fmt: skip
+            read.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        finally:
+            if self._reads.get(resource) is entry:
+                del self._reads[resource]
+        read.set_result(catalog)
         if generation == self._generations.get(resource, 0):
             self._entries[resource] = _Entry(catalog, self._clock(), generation)
         return catalog
