@@ -279,3 +279,14 @@ async def test_plaintext_works_only_where_the_listener_allows_it(
         assert rows == [(2,)]
         login = [r for r in s.audit("allowed") if r.action == "connect"][-1]
         assert login.detail["tls"] is False
+
+
+async def test_a_client_that_leaves_at_the_password_prompt_is_no_refusal(stack: PgStack) -> None:
+    before = len(stack.audit("auth_failed"))
+    client = await RawClient.open(stack)
+    client.writer.write(codec.startup_message({"user": "u", "database": RESOURCE}))
+    auth = await client.recv()
+    assert auth is not None and auth.type == codec.AUTHENTICATION
+    client.close()  # as psql does before it prompts for the password
+    await asyncio.sleep(0.2)
+    assert len(stack.audit("auth_failed")) == before

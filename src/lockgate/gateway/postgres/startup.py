@@ -225,7 +225,7 @@ class Startup:
         self.encrypted = True
         self.packets = codec.StartupReader()
 
-    async def _login(self, startup: codec.StartupMessage) -> Login:
+    async def _login(self, startup: codec.StartupMessage) -> Login | None:
         major, minor = startup.version
         if major != 3:
             raise Refused(
@@ -254,6 +254,8 @@ class Startup:
             self.deadline.reschedule(self.started + resource.handshake_timeout)
         forwarded = _forwarded(params, resource.name)
         token = await self._password(resource.name)
+        if token is None:
+            return None
         try:
             claims = self.ctx.verifier.verify(token, resource.name)
         except AuthenticationError as exc:
@@ -267,17 +269,16 @@ class Startup:
             ) from None
         return Login(resource, claims, token, user, forwarded, self.encrypted, startup.version)
 
-    async def _password(self, resource: str) -> str:
-        """Ask for the password and read it (the Lockgate token)."""
+    async def _password(self, resource: str) -> str | None:
+        """Ask for the password and read it (the Lockgate token); None when the client
+        closes instead (not a refusal: nothing was presented)."""
         messages = codec.MessageReader(PRE_AUTH_MAX_MESSAGE_BYTES)
         messages.feed(self.packets.rest())
         self.writer.write(codec.authentication_cleartext_password())
         while (msg := messages.next_message()) is None:
             data = await self.reader.read(READ_SIZE)
-            if not data:
-                raise Refused(
-                    "08006", "the client closed the connection", "client_gone", resource=resource
-                )
+            if not data:  # psql does this to prompt for the password, then connects again
+                return None
             messages.feed(data)
         if msg.type != codec.PASSWORD:
             raise Refused(
