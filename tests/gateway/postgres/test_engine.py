@@ -274,3 +274,17 @@ async def test_copy_streams_both_ways_in_bounded_memory(stack: PgStack) -> None:
         assert grown_kib < 30 * 1024
     finally:
         await conn.close()
+
+
+async def test_closing_the_engine_tells_open_sessions_why(stack: PgStack) -> None:
+    conn = await _connect(stack)
+    await conn.execute("SELECT 1")
+    await stack.engine().close()
+    with pytest.raises(psycopg.OperationalError, match="administrator command"):
+        await conn.execute("SELECT 1")
+    await conn.close()
+
+    async def gone() -> bool:
+        return await _upstream_sessions(stack) == 0
+
+    await _until(gone)
