@@ -91,6 +91,7 @@ class ClientSession:
         self.cancel_pid: int | None = None
         self._server_said_fatal = False  # the server's own FATAL was relayed: no second one
         self._in_flight = 0  # Query/Sync sent minus ReadyForQuery relayed: busy, not idle
+        self._last_read = asyncio.get_running_loop().time()  # the client's last bytes
         self._terminated = False
         self._lost_recorded = False  # flow.upstream_lost() was called (once only)
         # Bytes bound for each side, in the order both pumps produced them, written with one
@@ -216,9 +217,11 @@ class ClientSession:
 
     # -- relay --------------------------------------------------------------------------------
     async def _relay(self, upstream_messages: codec.MessageReader) -> None:
+        assert self.login is not None
         pumps = [
             asyncio.create_task(self._pump_client(), name="pg-client"),
             asyncio.create_task(self._pump_upstream(upstream_messages), name="pg-upstream"),
+            asyncio.create_task(self._watch_idle(self.login.resource.idle_timeout), name="pg-idle"),
         ]
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -235,9 +238,11 @@ class ClientSession:
         assert self.login is not None and self.link is not None and self.flow is not None
         resource, flow, up = self.login.resource, self.flow, self.link.writer
         messages = codec.MessageReader(resource.max_message_bytes)
+        loop = asyncio.get_running_loop()
         t0 = self.ctx.clock()
         while True:
-            data = await self._read_client(resource.idle_timeout)
+            data = await self.reader.read(READ_SIZE)
+            self._last_read = loop.time()
             if not data:
                 return
             messages.feed(data)
@@ -280,17 +285,20 @@ class ClientSession:
             self._catalog = cached
             self.scope.set_catalog(cached)
 
-    async def _read_client(self, idle_timeout: float) -> bytes:
+    async def _watch_idle(self, idle_timeout: float) -> None:
+        """Return (ending the session) once the client sent nothing for ``idle_timeout``
+        while nothing was in flight; one timer per period, not one per read."""
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    return await self.reader.read(READ_SIZE)
-            except TimeoutError:
-                if self._in_flight > 0:
-                    continue  # a long statement is running; the client waits for it
-                self._fatal("57P05", "terminating connection due to idle-session timeout")
-                log.info("postgres connection idle; closing", extra={"fields": self._fields()})
-                return b""
+            await asyncio.sleep(max(0.0, self._last_read + idle_timeout - loop.time()))
+            if loop.time() - self._last_read < idle_timeout:
+                continue  # the client spoke meanwhile
+            if self._in_flight > 0:  # a long statement is running; the client waits for it
+                self._last_read = loop.time()
+                continue
+            self._fatal("57P05", "terminating connection due to idle-session timeout")
+            log.info("postgres connection idle; closing", extra={"fields": self._fields()})
+            return
 
     async def _pump_upstream(self, messages: codec.MessageReader) -> None:
         assert self.link is not None and self.flow is not None
