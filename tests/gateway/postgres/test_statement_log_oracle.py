@@ -11,6 +11,8 @@ PREPARE / EXECUTE, ``search_path`` changes, CTEs, COPY, function calls, a passwo
 
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -228,6 +230,82 @@ def test_denied_statements_are_each_audited(pg_stack: PgLocalStack) -> None:
             assert text in denied, (text, denied)
     assert "SELECT value FROM secret" in denied
     assert "EXECUTE peek" in denied
+
+
+#: Statements a random session draws from: granted, refused, and ones whose verdict depends
+#: on the session (search_path, transaction state); ``SELECT 1/0`` is a server error.
+SESSION_STATEMENTS = [
+    "SELECT count(*) FROM sales.orders",
+    "UPDATE sales.orders SET amount = amount WHERE order_id = 'seed-1'",
+    "SELECT count(*) FROM orders",
+    "SET search_path TO sales",
+    "SET search_path TO other",
+    "SET search_path TO other, sales",
+    "SET LOCAL search_path TO other",
+    "RESET search_path",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT s",
+    "ROLLBACK TO SAVEPOINT s",
+    "RELEASE SAVEPOINT s",
+    "SELECT 1/0",
+    "SET search_path TO sales; SELECT 1/0",
+    "SELECT value FROM other.secret",
+    "DELETE FROM other.secret",
+    "SELECT count(*) FROM other.orders",
+    "DROP TABLE sales.orders",
+]
+
+
+def test_random_sessions_keep_both_oracles(pg_stack: PgLocalStack) -> None:
+    """Random sequences of the statements above, over simple and extended protocol: the
+    server ran nothing the audit does not allow, and its counters show nothing in schema
+    ``other`` scanned or changed (whatever the search_path or transaction state)."""
+    import psycopg
+    import psycopg2
+
+    since = pg_stack.server.log_position()
+    untouched = pg_stack.table_activity("other")
+    token = pg_stack.mint(DAG, "oracle_random")
+
+    def session(statements: list[str], extended: bool) -> None:
+        if extended:  # psycopg 3: Parse/Bind/Execute, named statements from the first run
+            with psycopg.connect(
+                **pg_stack.connect_kwargs(token), autocommit=True, prepare_threshold=0
+            ) as conn:
+                for text in statements:
+                    if ";" not in text:  # one statement per Parse
+                        with contextlib.suppress(psycopg.Error):
+                            conn.execute(text, ())
+            return
+        conn2 = psycopg2.connect(**pg_stack.connect_kwargs(token))
+        conn2.autocommit = True
+        try:
+            cur = conn2.cursor()
+            for text in statements:
+                with contextlib.suppress(psycopg2.Error):
+                    cur.execute(text)
+        finally:
+            conn2.close()
+
+    draw = random.Random(20261205)  # the same sessions every run
+    for _ in range(40):
+        length = draw.randint(2, 14)
+        session([draw.choice(SESSION_STATEMENTS) for _ in range(length)], draw.random() < 0.5)
+    # The draw reached both verdicts for the name that depends on the path.
+    verdicts = {
+        (j.decision, j.object)
+        for j in pg_stack.judged("oracle_random")
+        if j.text == "SELECT count(*) FROM orders"
+    }
+    assert {("allow", "sales.orders"), ("deny", "other.orders")} <= verdicts, verdicts
+    logged = pg_stack.upstream_statements(since)
+    judged = judged_statements(pg_stack.audit_rows())
+    assert logged
+    assert unaudited(logged, judged, exempt=[catalog_query()]) == []
+    assert pg_stack.table_activity_since("other", untouched) == {}
+    assert pg_stack.superuser_query("SELECT count(*) FROM other.secret") == [(1,)]
 
 
 def test_the_oracle_sees_a_statement_that_bypassed_the_gateway(pg_stack: PgLocalStack) -> None:
