@@ -511,3 +511,21 @@ def test_with_the_functions_of_the_catalog_a_call_resolves_where_the_name_lives(
         (A, "function:sales.only_in_sales")
     }
     assert accesses("SELECT nextval('orders')", catalog=catalog) == {(W, "public.orders")}
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ('SELECT * FROM "sales.x".t', {(R, "sales%2Ex.t")}),
+        ('SELECT * FROM other."x/y"', {(R, "other.x%2Fy")}),
+        ('SELECT * FROM "function:a".b', {(R, "function%3Aa.b")}),
+        ('SELECT * FROM "100%".t', {(R, "100%25.t")}),
+        ('SELECT "a.b"."c.d"()', {(A, "function:a%2Eb.c%2Ed")}),
+        ('CREATE SCHEMA "sales.x"', {(A, "schema:sales%2Ex")}),
+        ('LISTEN "a/b"', {(A, "channel:a%2Fb")}),
+    ],
+)
+def test_names_cannot_move_the_boundaries_a_policy_glob_sees(
+    sql: str, expected: set[tuple[str, str]]
+) -> None:
+    assert accesses(sql) == expected

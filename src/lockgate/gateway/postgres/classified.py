@@ -8,9 +8,49 @@ cannot be placed raises :class:`Unplaceable`; the caller refuses it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-__all__ = ["Access", "Classified", "Effect", "Statement", "Unplaceable"]
+__all__ = [
+    "Access",
+    "Classified",
+    "Effect",
+    "Statement",
+    "Unplaceable",
+    "name_part",
+    "qualified_object",
+    "split_object",
+]
+
+# In an object name these would change what a policy glob sees: "." separates schema and
+# name, "/" segments, ":" a kind; "%" is the escape itself.
+_ESCAPES = {"%": "%25", ".": "%2E", "/": "%2F", ":": "%3A"}
+_UNESCAPES = {v: k for k, v in _ESCAPES.items()}
+_ESCAPED = re.compile("|".join(re.escape(e) for e in _UNESCAPES))
+
+
+def name_part(name: str) -> str:
+    """``name`` as one part of an object: a schema "sales.x" must not read as "sales"."""
+    if not any(c in name for c in _ESCAPES):
+        return name
+    return "".join(_ESCAPES.get(c, c) for c in name)
+
+
+def qualified_object(schema: str, name: str) -> str:
+    """``schema.name`` with each part escaped (:func:`name_part`)."""
+    return f"{name_part(schema)}.{name_part(name)}"
+
+
+def split_object(obj: str) -> tuple[str, str]:
+    """The (schema, name) of a :func:`qualified_object`."""
+    schema, _, name = obj.partition(".")
+    return _unescape(schema), _unescape(name)
+
+
+def _unescape(part: str) -> str:
+    if "%" not in part:
+        return part
+    return _ESCAPED.sub(lambda m: _UNESCAPES[m.group(0)], part)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +60,8 @@ class Access:
     ``obj`` is ``schema.table`` for a relation, else a typed name: ``function:schema.name``,
     ``schema:<name>``, ``role:<name>``, ``channel:<name>``, ``setting:<name>``,
     ``extension:<name>``, ``operator:<op>`` or ``database`` (database-wide administration).
+    Each name part is escaped (:func:`name_part`): a "." "/" ":" or "%" inside a name
+    cannot move a boundary a policy glob sees.
     """
 
     action: str

@@ -35,7 +35,7 @@ from pglast.enums.parsenodes import (
     VariableSetKind,
 )
 
-from .classified import Access, Classified, Effect, Statement, Unplaceable
+from .classified import Access, Classified, Effect, Statement, Unplaceable, name_part
 from .classify_ddl import DDL_HANDLERS, create_relation
 from .classify_query import Resolver, Walker, present
 from .redact import redact
@@ -263,7 +263,7 @@ def _variable_set(
         return command, [], ""
     if name in ("role", "session_authorization"):
         values = [_setting_text(arg) for arg in node.args or ()]
-        w.add("admin", f"role:{values[0] if values else 'default'}")
+        w.add("admin", "role:" + name_part(values[0] if values else "default"))
         return command, [], ""
     if name == "client_encoding":
         values = [_setting_text(arg).lower() for arg in node.args or ()]
@@ -271,7 +271,7 @@ def _variable_set(
             w.add("admin", "setting:client_encoding")
         return command, [], ""
     if name not in HARMLESS_SETTINGS:
-        w.add("admin", f"setting:{name}")
+        w.add("admin", "setting:" + name_part(name))
     return command, [], ""
 
 

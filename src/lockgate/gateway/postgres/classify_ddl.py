@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pglast import ast
 from pglast.enums.parsenodes import GrantTargetType, ObjectType, RoleSpecType
 
-from .classified import Effect, Unplaceable
+from .classified import Effect, Unplaceable, name_part, qualified_object, split_object
 from .classify_query import Walker, present, qualified_name
 
 __all__ = ["DDL_HANDLERS", "create_relation"]
@@ -60,11 +60,11 @@ def create_relation(w: Walker, rv: ast.RangeVar | None) -> Effects:
     rv = present(rv)
     relname = present(rv.relname)
     if rv.relpersistence == "t" or rv.schemaname == "pg_temp":
-        w.add("admin", f"pg_temp.{relname}")
+        w.add("admin", qualified_object("pg_temp", relname))
         return [Effect("temp_schema", (relname,))]
     effects: Effects = []
     for schema in w.resolver.creation_schemas(rv.schemaname):
-        w.add("admin", f"{schema}.{relname}")
+        w.add("admin", qualified_object(schema, relname))
         effects.append(Effect("created_relation", (schema, relname)))
     return effects
 
@@ -72,11 +72,11 @@ def create_relation(w: Walker, rv: ast.RangeVar | None) -> Effects:
 def _role(spec: object) -> str:
     if isinstance(spec, ast.RoleSpec):
         if spec.roletype == RoleSpecType.ROLESPEC_CSTRING and spec.rolename:
-            return f"role:{spec.rolename}"
+            return "role:" + name_part(spec.rolename)
         kind = RoleSpecType(present(spec.roletype))
         return f"role:{kind.name.removeprefix('ROLESPEC_').lower()}"
     if isinstance(spec, ast.String):
-        return f"role:{spec.sval}"
+        return "role:" + name_part(present(spec.sval))
     return "role:*"
 
 
@@ -108,18 +108,18 @@ def _object(w: Walker, kind: int | None, obj: object, *, missing_ok: bool = Fals
         for placed in w.resolver.relation(schema, name, missing_ok=missing_ok):
             w.add("admin", placed)
             if kind in _RELATION_KINDS:
-                s, _, n = placed.partition(".")
+                s, n = split_object(placed)
                 effects.append(Effect("dropped_relation", (s, n)))
     elif kind == ObjectType.OBJECT_SCHEMA:
-        w.add("admin", f"schema:{'.'.join(_names(obj))}")
+        w.add("admin", "schema:" + name_part(".".join(_names(obj))))
     elif kind == ObjectType.OBJECT_ROLE:
         w.add("admin", _role(obj))
     elif kind == ObjectType.OBJECT_EXTENSION:
-        w.add("admin", f"extension:{'.'.join(_names(obj))}")
+        w.add("admin", "extension:" + name_part(".".join(_names(obj))))
     elif kind in _FUNCTION_KINDS and isinstance(obj, ast.ObjectWithArgs):
         schema, name = qualified_name(obj.objname or ())
         for s in [schema] if schema else w.resolver.function_schemas(name):
-            w.add("admin", f"function:{s}.{name}")
+            w.add("admin", "function:" + qualified_object(s, name))
     else:
         w.add("admin", "database")
     return effects
@@ -191,7 +191,7 @@ def _index(w: Walker, node: ast.IndexStmt) -> Effects:
 def _trigger(w: Walker, node: ast.CreateTrigStmt) -> Effects:
     schema, name = qualified_name(node.funcname or ())
     for s in [schema] if schema else w.resolver.function_schemas(name):
-        w.add("admin", f"function:{s}.{name}")
+        w.add("admin", "function:" + qualified_object(s, name))
     _existing(w, node, "relation")
     return []
 
@@ -244,8 +244,8 @@ def _rename(w: Walker, node: ast.RenameStmt) -> Effects:
     for placed in w.resolver.relation(
         node.relation.schemaname, present(node.relation.relname), missing_ok=bool(node.missing_ok)
     ):
-        schema, _, old = placed.partition(".")
-        w.add("admin", f"{schema}.{newname}")
+        schema, old = split_object(placed)
+        w.add("admin", qualified_object(schema, newname))
         effects.append(Effect("dropped_relation", (schema, old)))
         effects.append(Effect("created_relation", (schema, newname)))
     return effects
@@ -255,7 +255,7 @@ def _set_schema(w: Walker, node: ast.AlterObjectSchemaStmt) -> Effects:
     target = node.relation if node.relation is not None else node.object
     effects = _object(w, node.objectType, target, missing_ok=bool(node.missing_ok))
     newschema = present(node.newschema)
-    w.add("admin", f"schema:{newschema}")
+    w.add("admin", "schema:" + name_part(newschema))
     moved = [Effect("created_relation", (newschema, e.value[1])) for e in effects]
     return effects + moved
 
@@ -266,7 +266,7 @@ def _create_schema(w: Walker, node: ast.CreateSchemaStmt) -> Effects:
     )
     if not name:
         raise Unplaceable("unsupported_statement", "CREATE SCHEMA without a name")
-    w.add("admin", f"schema:{name}")
+    w.add("admin", "schema:" + name_part(name))
     effects = [Effect("created_schema", (name,))]
     for element in node.schemaElts or ():
         for attr in ("relation", "view", "sequence"):
@@ -283,7 +283,7 @@ def _create_schema(w: Walker, node: ast.CreateSchemaStmt) -> Effects:
 def _function(w: Walker, node: ast.CreateFunctionStmt) -> Effects:
     schema, name = qualified_name(node.funcname or ())
     for s in w.resolver.creation_schemas(schema):
-        w.add("admin", f"function:{s}.{name}")
+        w.add("admin", "function:" + qualified_object(s, name))
     w.walk(node.parameters)
     return []
 
@@ -291,7 +291,7 @@ def _function(w: Walker, node: ast.CreateFunctionStmt) -> Effects:
 def _grant(w: Walker, node: ast.GrantStmt) -> Effects:
     if node.targtype == GrantTargetType.ACL_TARGET_ALL_IN_SCHEMA:
         for obj in node.objects or ():
-            w.add("admin", f"schema:{'.'.join(_names(obj))}")
+            w.add("admin", "schema:" + name_part(".".join(_names(obj))))
     elif node.targtype == GrantTargetType.ACL_TARGET_OBJECT:
         for obj in node.objects or ():
             _object(w, node.objtype, obj)
@@ -309,9 +309,9 @@ def _roles(*attrs: str) -> Callable[[Walker, ast.Node], Effects]:
             value = getattr(node, attr, None)
             for item in value if isinstance(value, (tuple, list)) else (value,):
                 if isinstance(item, ast.AccessPriv):  # GRANT role TO ...
-                    w.add("admin", f"role:{item.priv_name}")
+                    w.add("admin", "role:" + name_part(present(item.priv_name)))
                 elif isinstance(item, str):  # CREATE ROLE name
-                    w.add("admin", f"role:{item}")
+                    w.add("admin", "role:" + name_part(item))
                 elif isinstance(item, ast.RoleSpec):
                     w.add("admin", _role(item))
                 else:
@@ -337,7 +337,7 @@ def _fixed(*objects: str) -> Callable[[Walker, ast.Node], Effects]:
 def _named(prefix: str, attr: str) -> Callable[[Walker, ast.Node], Effects]:
     def handle(w: Walker, node: ast.Node) -> Effects:
         value = getattr(node, attr, None)
-        w.add("admin", f"{prefix}:{value if value is not None else '*'}")
+        w.add("admin", f"{prefix}:" + name_part(str(value) if value is not None else "*"))
         return []
 
     return handle
@@ -345,7 +345,7 @@ def _named(prefix: str, attr: str) -> Callable[[Walker, ast.Node], Effects]:
 
 def _alter_system(w: Walker, node: ast.AlterSystemStmt) -> Effects:
     name = node.setstmt.name if node.setstmt is not None else None
-    w.add("admin", f"setting:{name or '*'}")
+    w.add("admin", "setting:" + name_part(name or "*"))
     return []
 
 
@@ -358,7 +358,7 @@ def _call(w: Walker, node: ast.CallStmt) -> Effects:
     call = present(node.funccall)
     schema, name = qualified_name(call.funcname or ())
     for s in [schema] if schema else w.resolver.function_schemas(name):
-        w.add("admin", f"function:{s}.{name}")
+        w.add("admin", "function:" + qualified_object(s, name))
     w.walk(call.args)
     return []
 

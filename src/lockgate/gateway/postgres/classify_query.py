@@ -18,7 +18,7 @@ from pglast import ast
 from pglast.enums.parsenodes import A_Expr_Kind, SetOperation
 
 from . import functions
-from .classified import Access, Unplaceable
+from .classified import Access, Unplaceable, qualified_object
 from .scope import ANY_SCHEMA, MAYBE, NO, YES, NameScope
 
 __all__ = ["Resolver", "Walker", "present", "qualified_name"]
@@ -84,20 +84,20 @@ class Resolver:
     def relation(self, schema: str | None, relname: str, *, missing_ok: bool = False) -> list[str]:
         """Objects (``schema.relname``) an existing relation reference may be."""
         if schema is not None:
-            return [f"{schema}.{relname}"]
+            return [qualified_object(schema, relname)]
         catalog = self.catalog
         found: list[str] = []
         for path in self.paths:
             if catalog is None:
-                found.extend(f"{s}.{relname}" for s in self._known(path))
+                found.extend(qualified_object(s, relname) for s in self._known(path))
                 continue
             for s in path:
                 if s == ANY_SCHEMA:  # the path is unknown here: every holder of the name
-                    found.extend(f"{h}.{relname}" for h in catalog.holders(relname))
+                    found.extend(qualified_object(h, relname) for h in catalog.holders(relname))
                     continue
                 state = catalog.relation(s, relname)
                 if state != NO:
-                    found.append(f"{s}.{relname}")
+                    found.append(qualified_object(s, relname))
                 if state == YES:
                     break
         if not found:
@@ -105,7 +105,7 @@ class Resolver:
                 # DROP ... IF EXISTS of a name nowhere: any schema of the path may hold it
                 # by the time the server looks.
                 schemas = [s for p in self.explicit_paths for s in self._known(p)]
-                return [f"{s}.{relname}" for s in schemas or ["pg_catalog"]]
+                return [qualified_object(s, relname) for s in schemas or ["pg_catalog"]]
             raise Unplaceable(
                 "unresolved_relation",
                 f'relation "{relname}" is not in any schema of the search path',
@@ -263,7 +263,7 @@ class Walker:
 
     def function(self, schema: str | None, name: str, args: tuple[object, ...]) -> None:
         if functions.always_admin(name):
-            self.add("admin", f"function:{schema or 'pg_catalog'}.{name}")
+            self.add("admin", "function:" + qualified_object(schema or "pg_catalog", name))
             return
         schemas = [schema] if schema else self.resolver.function_schemas(name)
         catalog = self.resolver.catalog
@@ -282,7 +282,7 @@ class Walker:
             elif functions.is_safe(name):
                 schemas.remove("pg_catalog")
         for s in schemas:
-            self.add("admin", f"function:{s}.{name}")
+            self.add("admin", "function:" + qualified_object(s, name))
 
     def a_expr(self, expr: ast.A_Expr) -> None:
         # A long chain ("a + b + c + ...") nests to the left: walked in a loop, not recursion.
@@ -293,7 +293,7 @@ class Walker:
                 if schema not in (None, "pg_catalog") or op not in functions.SAFE_OPERATORS:
                     schemas = [schema] if schema else self.resolver.function_schemas()
                     for s in schemas:
-                        self.add("admin", f"operator:{s}.{op}")
+                        self.add("admin", "operator:" + qualified_object(s, op))
             self.walk_children(node, frozenset({"name", "lexpr"}))
             node = node.lexpr
         self.walk(node)
