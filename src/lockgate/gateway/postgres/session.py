@@ -114,6 +114,7 @@ class ClientSession:
             pass
         except Exception:  # the connection handler must never raise
             log.exception("postgres connection failed", extra={"fields": self._fields()})
+            self._fatal("XX000", "Lockgate internal error; the gateway's log says more")
         finally:
             await self._close()
 
