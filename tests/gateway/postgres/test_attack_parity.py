@@ -1,0 +1,123 @@
+"""Attacks on parity: the gateway must lex a text as the server will.
+
+The classifier reads a text as UTF-8 with ``standard_conforming_strings = on``. The client
+cannot change either through the gateway (startup parameters and SET are checked), but the
+server's own defaults can: ``ALTER DATABASE ... SET`` / ``ALTER ROLE ... SET`` (a legacy
+database, a DBA, an admin DAG) apply to the gateway's upstream login too. Then a text the
+gateway reads as one harmless statement is, for the server, two. The oracle is the server's
+answer: the second statement's rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from lockgate.gateway.postgres import codec
+from tests.pgserver import PgServer
+
+from .stack import PgStack, pg_stack
+from .test_startup import RawClient
+
+SECRET = b"the-upstream-only-secret"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, pg_server: PgServer) -> AsyncIterator[PgStack]:
+    async with pg_stack(tmp_path, pg_server) as s:
+        yield s
+
+
+async def _simple_query(client: RawClient, text: bytes) -> list[codec.Message]:
+    """Send ``text`` as one Query; every message up to ReadyForQuery (or the close)."""
+    client.writer.write(codec.encode(codec.QUERY, text + b"\x00"))
+    seen: list[codec.Message] = []
+    while (msg := await client.recv()) is not None:
+        seen.append(msg)
+        if msg.type == codec.READY_FOR_QUERY:
+            break
+    return seen
+
+
+def _served(messages: list[codec.Message]) -> bytes:
+    return b"".join(m.body for m in messages if m.type == codec.DATA_ROW)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the upstream session's standard_conforming_strings (a database or role default) "
+    "is not checked: with it off the server reads 'a\\' as an escaped quote while the "
+    "classifier does not, and runs a statement the gateway never saw",
+)
+async def test_a_server_default_of_standard_conforming_strings_off_is_not_a_bypass(
+    stack: PgStack,
+) -> None:
+    stack.server.psql(f'ALTER DATABASE "{stack.database}" SET standard_conforming_strings = off;')
+    client = await RawClient.open(stack)
+    try:
+        await client.login(stack.token("etl"))
+        # Gateway (on): 'a\' then a dollar-quoted string. Server (off): 'a'', $$' then
+        # SELECT value FROM other.secret, then a comment.
+        answer = await _simple_query(
+            client, b"SELECT 'a\\', $$' ; SELECT value FROM other.secret; -- $$"
+        )
+    finally:
+        client.close()
+    assert SECRET not in _served(answer)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the upstream session's client_encoding (a database or role default such as SJIS) "
+    "is not checked when the client sends none: SJIS reads the bytes 0x95 0x5c as one "
+    "character, swallowing the backslash the classifier saw escape a quote",
+)
+async def test_a_server_default_client_encoding_of_sjis_is_not_a_bypass(stack: PgStack) -> None:
+    stack.server.psql(f"ALTER DATABASE \"{stack.database}\" SET client_encoding = 'SJIS';")
+    client = await RawClient.open(stack)
+    try:
+        await client.login(stack.token("etl"))  # no client_encoding: the server's default
+        # UTF-8 "Õ" is C3 95; in SJIS C3 is one character and 95 5C another.
+        text = "SELECT E'\u00d5\\' ; SELECT value FROM other.secret; --'".encode()
+        answer = await _simple_query(client, text)
+    finally:
+        client.close()
+    assert SECRET not in _served(answer)
+
+
+async def test_a_client_that_asks_for_utf8_is_safe_whatever_the_server_default(
+    stack: PgStack,
+) -> None:
+    stack.server.psql(f"ALTER DATABASE \"{stack.database}\" SET client_encoding = 'SJIS';")
+    client = await RawClient.open(stack)
+    try:
+        await client.login(stack.token("etl"), {"client_encoding": "UTF8"})
+        text = "SELECT E'\u00d5\\' ; SELECT value FROM other.secret; --'".encode()
+        answer = await _simple_query(client, text)
+    finally:
+        client.close()
+    assert SECRET not in _served(answer)
+
+
+async def test_psycopg_with_defaults_reads_nothing_forbidden_through_escapes(
+    stack: PgStack,
+) -> None:
+    conn = await psycopg.AsyncConnection.connect(stack.dsn(stack.token("etl")), autocommit=True)
+    try:
+        for text in (
+            "SELECT 'a\\', $$' ; SELECT value FROM other.secret; -- $$",
+            "SELECT E'\u00d5\\' ; SELECT value FROM other.secret; --'",
+        ):
+            try:
+                cur = await conn.execute(text)
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            rows = [await cur.fetchall()]
+            while cur.nextset():
+                rows.append(await cur.fetchall())
+            assert SECRET.decode() not in repr(rows)
+    finally:
+        await conn.close()
