@@ -19,6 +19,11 @@ protocol exact:
 * upstream -> client: messages are relayed through the flow (outcomes, transaction status,
   injected refusals), the client drained per chunk likewise.
 
+Bytes for each side are collected while a chunk is processed and written with one call
+(not one per message), in the order both pumps produced them. Relation names stay current:
+a DDL command tag marks the shared catalog stale, and a session picks up a newer shared
+catalog (read by a later login) at its next Query or Parse, keeping its own changes on top.
+
 Endings: the client closes or sends Terminate -> Terminate upstream, both closed. The
 upstream closes or breaks (a restart mid-query) -> the flow records the lost statements, the
 client gets ``FATAL 08006 upstream connection lost`` (unless the server already said why,
