@@ -11,6 +11,7 @@ oracle is the server's own statement log: nothing refused may appear there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -392,3 +393,36 @@ async def test_a_flood_of_guessed_cancel_keys_cancels_nothing(stack: PgStack) ->
         assert await cur.fetchall() == [(1,)]
     finally:
         await conn.close()
+
+
+MIXED_PIPELINES = {
+    # a simple Query in the middle of an extended batch (before its Sync)
+    "query_inside_an_extended_batch": [
+        _parse("", "SELECT 1"),
+        _bind("", ""),
+        _execute(""),
+        codec.query(FORBIDDEN),
+    ],
+    # a refused Parse, then a simple Query the server would skip until the Sync
+    "query_after_a_refused_parse": [_parse("bad", FORBIDDEN), codec.query(FORBIDDEN)],
+    # a Flush between the refused Parse and its Execute
+    "flush_between": [_parse("", FORBIDDEN), codec.flush(), _bind("", ""), _execute("")],
+}
+
+
+@pytest.mark.parametrize("mix", sorted(MIXED_PIPELINES))
+async def test_mixed_pipelines_run_nothing_refused(stack: PgStack, mix: str) -> None:
+    client = await _session(stack)
+    position = stack.server.log_position()
+    try:
+        client.writer.write(b"".join(MIXED_PIPELINES[mix]) + codec.sync())
+        await client.writer.drain()
+        answers: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            while (msg := await client.recv(timeout=1.5)) is not None:
+                answers.append(chr(msg.type))
+        client.writer.write(codec.query("SELECT 2"))
+    finally:
+        client.close()
+    executed = _executed(stack, position)
+    assert not [s for s in executed if "other.secret" in s], (executed, answers)
