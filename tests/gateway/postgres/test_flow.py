@@ -439,3 +439,10 @@ def test_mask_literals(text: str, masked: str) -> None:
     from lockgate.gateway.postgres.flow_units import mask_literals
 
     assert mask_literals(text) == masked
+
+
+async def test_a_fatal_instead_of_the_probe_answer_is_relayed() -> None:
+    h = FlowHarness()
+    await h.query("SELECT * FROM other.secret")
+    shutdown = codec.error_response("57P01", "terminating connection", severity="FATAL")
+    assert h.answer(shutdown) == [shutdown]

@@ -376,3 +376,62 @@ async def test_a_failed_bind_leaves_no_portal_behind() -> None:
     h.answer(codec.parse_complete(), server_error("08P01"), rfq())
     out = await h.send(execute(), codec.sync())
     assert out.to_server == [PROBE, codec.sync()]
+
+
+async def test_copy_rows_sent_before_the_server_asks() -> None:
+    # asyncpg streams CopyData right behind the COPY Query.
+    h = FlowHarness()
+    out = await h.send(
+        codec.query("COPY sales.orders FROM STDIN"), codec.copy_data(b"1\n"), codec.copy_done()
+    )
+    assert len(out.to_server) == 3
+    h.answer(codec.copy_response(codec.COPY_IN_RESPONSE, 0, [0]), cc("COPY 1"), rfq())
+    assert h.outcomes()[-1].detail["rows"] == 1
+
+
+async def test_copy_rows_after_a_refused_copy_are_dropped_by_the_server() -> None:
+    h = FlowHarness()
+    out = await h.send(
+        codec.query("COPY other.secret FROM STDIN"), codec.copy_data(b"1\n"), codec.copy_done()
+    )
+    assert out.to_server == [*REFUSED_QUERY, codec.copy_data(b"1\n"), codec.copy_done()]
+    assert errors(h.answer(PROBE_FAILED, rfq()))[0]["C"] == "42501"
+    await h.query("SELECT 1")
+    with pytest.raises(codec.ProtocolError):
+        await h.send(codec.copy_data(b"x"))
+
+
+async def test_extended_copy_with_its_sync_sent_early() -> None:
+    # libpq: Parse/Bind/Execute/Sync, then the rows, CopyDone and another Sync. The server
+    # ignores the first Sync once in COPY: one ReadyForQuery only.
+    h = FlowHarness()
+    out = await h.send(
+        parse("COPY sales.orders FROM STDIN"), bind(), execute(), codec.sync(),
+        codec.copy_data(b"1\n"), codec.copy_done(), codec.sync(),
+    )  # fmt: skip
+    assert len(out.to_server) == 7
+    h.answer(
+        codec.parse_complete(),
+        codec.bind_complete(),
+        codec.copy_response(codec.COPY_IN_RESPONSE, 0, [0]),
+        cc("COPY 1"),
+        rfq(),
+    )
+    assert h.outcomes()[-1].detail["rows"] == 1
+    # In step again: the next statement's outcome and a refusal land where they belong.
+    await h.query("SELECT * FROM t")
+    await h.query("SELECT * FROM other.secret")
+    relayed = h.answer(cc("SELECT 0"), rfq(), PROBE_FAILED, rfq())
+    assert errors(relayed)[0]["C"] == "42501"
+    assert h.outcomes("allowed")[-1].detail["tag"] == "SELECT 0"
+
+
+async def test_extended_copy_failing_before_copy_keeps_its_syncs() -> None:
+    h = FlowHarness()
+    await h.send(parse("COPY sales.orders FROM STDIN"), bind(), execute(), codec.sync())
+    h.answer(codec.parse_complete(), codec.bind_complete(), server_error("42501"), rfq())
+    await h.send(codec.copy_fail("gave up"), codec.sync())
+    h.answer(rfq())
+    await h.query("SELECT * FROM t")
+    h.answer(cc("SELECT 0"), rfq())
+    assert h.outcomes("allowed")[-1].detail["tag"] == "SELECT 0"

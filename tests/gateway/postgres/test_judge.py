@@ -118,3 +118,20 @@ async def test_cached_statement_cost() -> None:
     per_statement = (time.perf_counter() - t0) / rounds * 1e6
     print(f"flow: {per_statement:.1f} µs per cached simple-query statement")
     assert per_statement < 500  # a loose bound: CI machines vary; the figure is printed
+
+
+def test_catalog_relations_holding_data_need_a_grant() -> None:
+    rows = [("pg_catalog", n) for n in ("pg_stat_activity", "pg_stats", "pg_authid", "pg_type")]
+    h = FlowHarness(allow=[], catalog=rows)
+    for text in (
+        "SELECT * FROM pg_stat_activity",
+        "SELECT * FROM pg_stats",
+        "SELECT * FROM pg_authid",
+    ):
+        judged = h.flow.judge.judged(text, h.flow.scope)
+        assert isinstance(judged, Judged)
+        assert isinstance(h.flow.judge.decide(judged), Refusal), text
+    h.policy.allow.append(("read", "pg_catalog.pg_stat_activity"))
+    judged = h.flow.judge.judged("SELECT * FROM pg_stat_activity", h.flow.scope)
+    assert isinstance(judged, Judged)
+    assert isinstance(h.flow.judge.decide(judged), Admission)

@@ -17,9 +17,12 @@ Client side:
   ``Describe``, ``Close``, ``Flush`` and ``Sync`` are forwarded.
 * ``FunctionCall`` is refused (``admin`` on ``function_call_protocol``): the fast-path
   interface calls any function by OID, which no statement text shows.
-* ``CopyData``/``CopyDone``/``CopyFail`` are forwarded while a ``COPY FROM STDIN`` runs or
-  right after it failed (the server ignores the stragglers); anywhere else they are a
-  protocol error (:class:`~.codec.ProtocolError`; the session answers FATAL and closes).
+* ``CopyData``/``CopyDone``/``CopyFail`` are forwarded after a text that may be a COPY
+  (sent or refused: a client may stream rows before the server asks, and the server drops
+  rows outside COPY), while a ``COPY FROM STDIN`` runs or right after it failed; anywhere
+  else they are a protocol error (:class:`~.codec.ProtocolError`; the session answers FATAL
+  and closes). A Sync sent between an extended-protocol COPY and its CopyDone is one the
+  server ignores once in COPY: it expects no ReadyForQuery then.
 * ``Terminate`` ends the session (the session sends Terminate upstream itself).
 
 Refusals keep the protocol exact, transactions included: the server must fail where the
@@ -45,6 +48,7 @@ Server side: :mod:`.flow_answers`.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -89,6 +93,9 @@ _SYNC = codec.sync()
 PROBE_NAME = "\x1flockgate refused"
 _PROBE = codec.encode_message(codec.Describe("S", PROBE_NAME))
 _COPY_MESSAGES = frozenset({codec.COPY_DATA, codec.COPY_DONE, codec.COPY_FAIL})
+#: A text that may be a COPY: copy messages from the client are expected after it (stray
+#: ones are harmless: outside COPY the server drops them).
+_COPY_WORD = re.compile(r"\bcopy\b", re.IGNORECASE).search
 
 
 @dataclass(slots=True, eq=False)
@@ -122,7 +129,10 @@ class Flow(AnswerRelay):
         self._units: deque[Unit] = deque()  # forwarded, awaiting the server's answer
         self._portals: dict[str, Portal] = {}
         self._discarding = False  # a refused extended message: drop until Sync
-        self._copy = ""  # "in": COPY FROM STDIN runs; "draining": it failed; "": neither
+        # "open": a COPY was sent or refused, "in": COPY FROM STDIN runs, "draining": it
+        # failed (the server drops the rows still coming); "": no copy messages expected
+        self._copy = ""
+        self._copy_syncs = False  # a Sync now may be one the server ignores (in COPY)
         self._tokens = 0
 
     # == client -> server =====================================================================
@@ -130,14 +140,15 @@ class Flow(AnswerRelay):
         kind = msg.type
         if kind in _COPY_MESSAGES:
             return self._copy_message(msg)
-        if self._copy:
-            self._copy = ""  # the client has moved on from a COPY that failed
+        if self._copy and kind != codec.SYNC and kind != codec.FLUSH:
+            self._copy = ""  # the client has moved on from its COPY
+            self._copy_syncs = False
         if kind == codec.TERMINATE:
             return Out(close=True)
         if self._discarding:
             if kind == codec.SYNC:
                 self._discarding = False
-                return self._forward(msg, Unit(BATCH_END))
+                return self._forward(msg, Unit(BATCH_END, copy_sync=self._copy_syncs))
             if kind == codec.FLUSH:
                 return Out([raw(msg)])
             return Out()  # the rest of a refused batch, dropped as the server would
@@ -150,7 +161,7 @@ class Flow(AnswerRelay):
         if kind == codec.EXECUTE:
             return await self._execute(msg)
         if kind == codec.SYNC:
-            return self._forward(msg, Unit(BATCH_END))
+            return self._forward(msg, Unit(BATCH_END, copy_sync=self._copy_syncs))
         if kind == codec.DESCRIBE:
             return self._forward(msg, Unit(DESCRIBE))
         if kind == codec.CLOSE:
@@ -174,6 +185,8 @@ class Flow(AnswerRelay):
 
     async def _query(self, text: str) -> Out:
         t0 = self.ctx.clock()
+        if _COPY_WORD(text):
+            self._copy = "open"  # the client may stream its rows before the server asks
         judge = self.judge
         refusal = judge.check_token()
         if refusal is not None:
@@ -249,6 +262,10 @@ class Flow(AnswerRelay):
             return self._refuse(refusal, t0, names)
         assert portal is not None
         names["statement_name"] = portal.statement
+        if _COPY_WORD(portal.text):
+            # Rows may come before the server asks; a Sync sent before the client's CopyDone
+            # goes unanswered once the server is in COPY (it ignores Sync there).
+            self._copy, self._copy_syncs = "open", True
         scope = self._scope_for(portal)
         judged = judge.judged(portal.text, scope)
         if isinstance(judged, Unplaceable):
@@ -278,6 +295,7 @@ class Flow(AnswerRelay):
             )
         if msg.type != codec.COPY_DATA:
             self._copy = ""  # CopyDone / CopyFail end it; the server answers
+            self._copy_syncs = False
         return Out([raw(msg)])
 
     # -- admission ------------------------------------------------------------------------

@@ -33,6 +33,9 @@ from .judge import Judge
 if TYPE_CHECKING:
     from .context import EngineContext
 
+#: What the server answers to the probe standing in for a refused message (no such
+#: prepared statement); anything else (a FATAL on shutdown, say) is relayed as it is.
+PROBE_FAILED = "26000"
 #: ErrorResponse SQLSTATE classes that are the server's trouble, not the statement's.
 _SERVER_TROUBLE = ("08", "53", "57", "58", "XX")
 
@@ -47,7 +50,7 @@ class AnswerRelay:
     _status: str  # the transaction status of the last ReadyForQuery
     _units: deque[Unit]  # forwarded, awaiting the server's answer
     _portals: dict[str, Portal]
-    _copy: str  # "in": COPY FROM STDIN runs; "draining": it failed; "": neither
+    _copy: str  # "open" | "in" | "draining" | "" (see Flow.__init__)
 
     @property
     def transaction_status(self) -> str:
@@ -74,9 +77,11 @@ class AnswerRelay:
             status = codec.decode_ready_for_query(msg.body)
             self._ready(status)
         elif kind == codec.ERROR_RESPONSE:
-            if head is not None and head.kind == REFUSAL and head.error is not None:
+            sqlstate = codec.decode_error_fields(msg.body).get("C", "")
+            if head is not None and head.kind == REFUSAL and sqlstate == PROBE_FAILED:
+                assert head.error is not None
                 out.to_client[0] = head.error  # the probe failed: the refusal in its place
-            self._server_error(codec.decode_error_fields(msg.body).get("C", ""))
+            self._server_error(sqlstate)
         elif kind in (codec.EMPTY_QUERY, codec.PORTAL_SUSPENDED):
             if head is not None and head.kind in (STATEMENT, EXECUTE):
                 units.popleft()
@@ -92,6 +97,9 @@ class AnswerRelay:
             self._pop(DESCRIBE)  # in a Query or an Execute, no Describe is at the head
         elif kind == codec.COPY_IN_RESPONSE:
             self._copy = "in"
+            if any(unit.copy_sync for unit in units):
+                # In COPY the server ignores the Syncs sent before the client's CopyDone.
+                self._units = deque(unit for unit in units if not unit.copy_sync)
         return out
 
     def _pop(self, kind: int) -> None:

@@ -60,6 +60,7 @@ class Unit:
     error: bytes | None = None  # REFUSAL: the ErrorResponse
     # PARSE / BIND: (names, name, what the flow put there) to take back if the server fails
     undo: tuple[dict[str, Any], str, object] | None = None
+    copy_sync: bool = False  # BATCH_END: a Sync the server ignores if it is in COPY by then
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,21 @@ NO_OBJECT_RULE = "builtin:no-object"
 #: privileges still apply (pg_authid, pg_statistic stay the superuser's).
 CATALOG_SCHEMAS = ("pg_catalog.", "information_schema.")
 CATALOG_RULE = "builtin:catalog-read"
+#: Catalog relations that are not metadata but data: column values (pg_stats,
+#: pg_statistic*), other sessions' statements and addresses (pg_stat_activity and every
+#: pg_stat*/pg_statio* view), server files and secrets. Reading one needs a grant.
+NOT_BUILTIN_PREFIXES = ("pg_catalog.pg_stat",)
+NOT_BUILTIN = frozenset(
+    f"pg_catalog.{name}"
+    for name in (
+        "pg_authid", "pg_shadow", "pg_user_mapping", "pg_user_mappings", "pg_largeobject",
+        "pg_largeobject_metadata", "pg_file_settings", "pg_hba_file_rules",
+        "pg_ident_file_mappings", "pg_prepared_xacts", "pg_locks", "pg_config",
+        "pg_backend_memory_contexts", "pg_shmem_allocations", "pg_replication_slots",
+        "pg_replication_origin_status", "pg_subscription", "pg_policy", "pg_policies",
+        "pg_seclabel", "pg_seclabels", "pg_shseclabel", "pg_db_role_setting",
+    )
+)  # fmt: skip
 #: Judged texts whose policy requests one session keeps built (past it they start over).
 MAX_REQUESTS_PER_SESSION = 512
 
@@ -104,7 +119,13 @@ def statement_record(statement: Statement) -> StatementRecord:
 
 
 def _catalog_read(access: Access) -> bool:
-    return access.action == "read" and access.obj.startswith(CATALOG_SCHEMAS)
+    obj = access.obj
+    return (
+        access.action == "read"
+        and obj.startswith(CATALOG_SCHEMAS)
+        and not obj.startswith(NOT_BUILTIN_PREFIXES)
+        and obj not in NOT_BUILTIN
+    )
 
 
 def audit_text(text: str) -> str:
