@@ -153,7 +153,7 @@ class Flow(AnswerRelay):
                 return Out([raw(msg)])
             return Out()  # the rest of a refused batch, dropped as the server would
         if kind == codec.QUERY:
-            return await self._query(codec.decode_query(msg.body))
+            return await self._query(msg)
         if kind == codec.PARSE:
             return self._parse(msg)
         if kind == codec.BIND:
@@ -183,8 +183,9 @@ class Flow(AnswerRelay):
             return self._refuse(refusal, t0, {"command": "FunctionCall"}, batch=False)
         raise codec.ProtocolError(f"unexpected message type {chr(kind)!r} from the client")
 
-    async def _query(self, text: str) -> Out:
+    async def _query(self, msg: codec.Message) -> Out:
         t0 = self.ctx.clock()
+        text = codec.decode_query(msg.body)
         if _COPY_WORD(text):
             self._copy = "open"  # the client may stream its rows before the server asks
         judge = self.judge
@@ -202,7 +203,7 @@ class Flow(AnswerRelay):
             return self._refuse(pendings, t0, _judged_detail(judged), batch=False)
         units = [Unit(STATEMENT, p, self._sent(p)) for p in pendings]
         units.append(Unit(BATCH_END))
-        return self._forward_units(codec.query(text), units)
+        return self._forward_units(raw(msg), units)
 
     def _parse(self, msg: codec.Message) -> Out:
         t0 = self.ctx.clock()

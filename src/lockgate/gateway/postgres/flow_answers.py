@@ -1,10 +1,20 @@
 """Server -> client half of a session's flow: relay, outcomes, transaction status.
 
-Every message is relayed as it arrives. The flow keeps a FIFO of what it
-forwarded (:class:`~.flow_units.Unit`), in the server's answer order, so each
-CommandComplete / EmptyQueryResponse / PortalSuspended / ErrorResponse finds its statement
-(outcome record, ``scope.statement_done``) and each ReadyForQuery its Sync; statements
-skipped after an error get the outcome ``not_executed``.
+Every message is relayed as it arrives, in order; DataRow and CopyData (the bulk) are not
+looked into. The flow keeps a FIFO of what it forwarded (:class:`~.flow_units.Unit`), in
+the server's answer order, so each CommandComplete / EmptyQueryResponse / PortalSuspended
+/ ErrorResponse finds its statement and each ReadyForQuery its Sync:
+
+* CommandComplete -> the statement's effects on the session (``scope.statement_done``:
+  search_path, transactions, prepared names) and its outcome record (``allowed``, detail
+  ``outcome: done``, ``tag``, ``rows`` from the tag, ``ref`` of the admitted record);
+* ErrorResponse -> the failed statement's outcome (``error`` with the SQLSTATE; classes
+  08/53/57/58/XX are the server's trouble: ``upstream_error``) and ``not_executed`` for
+  what the server now skips (the rest of the Query, or of the batch up to its Sync); the
+  probe standing in for a refused message answers 26000, swapped for the refusal here;
+* ReadyForQuery -> the transaction status (the server's own), ``scope.ready``;
+* CopyInResponse -> the client's rows are expected (``COPY FROM STDIN``);
+* a Parse or Bind the server refused or skipped leaves no statement or portal behind.
 """
 
 from __future__ import annotations
