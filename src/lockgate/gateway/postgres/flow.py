@@ -93,8 +93,8 @@ _SYNC = codec.sync()
 PROBE_NAME = "\x1flockgate refused"
 _PROBE = codec.encode_message(codec.Describe("S", PROBE_NAME))
 _COPY_MESSAGES = frozenset({codec.COPY_DATA, codec.COPY_DONE, codec.COPY_FAIL})
-#: A text that may be a COPY: copy messages from the client are expected after it (stray
-#: ones are harmless: outside COPY the server drops them).
+#: A text the classifier could not read may still be a COPY: copy messages from the client
+#: are expected after it (stray ones are harmless: outside COPY the server drops them).
 _COPY_WORD = re.compile(r"\bcopy\b", re.IGNORECASE).search
 
 
@@ -186,13 +186,13 @@ class Flow(AnswerRelay):
     async def _query(self, msg: codec.Message) -> Out:
         t0 = self.ctx.clock()
         text = codec.decode_query(msg.body)
-        if _COPY_WORD(text):
-            self._copy = "open"  # the client may stream its rows before the server asks
         judge = self.judge
         refusal = judge.check_token()
         if refusal is not None:
             return self._refuse(refusal, t0, _text_detail(text), batch=False)
         judged = judge.judged(text, self.scope)
+        if _may_copy(judged, text):
+            self._copy = "open"  # the client may stream its rows before the server asks
         if isinstance(judged, Unplaceable):
             return self._refuse(judge.unplaceable(judged), t0, _text_detail(text), batch=False)
         verdict = _reserved(judged) or judge.decide(judged)
@@ -232,17 +232,17 @@ class Flow(AnswerRelay):
         return self._forward(msg, unit)
 
     def _bind(self, msg: codec.Message) -> Out:
-        bind = codec.decode_bind(msg.body)
-        text = self.scope.protocol.get(bind.statement)
-        if text is None and bind.statement:
-            text = self.scope.base.prepared.get(bind.statement)
+        portal_name, statement = _bind_names(msg.body)
+        text = self.scope.protocol.get(statement)
+        if text is None and statement:
+            text = self.scope.base.prepared.get(statement)
         unit = Unit(BIND)
         if text is None:
-            self._portals.pop(bind.portal, None)  # the server refuses the Bind
+            self._portals.pop(portal_name, None)  # the server refuses the Bind
         else:
-            portal = Portal(text, bind.statement, self.scope.search_paths)
-            self._portals[bind.portal] = portal
-            unit.undo = (self._portals, bind.portal, portal)
+            portal = Portal(text, statement, self.scope.search_paths)
+            self._portals[portal_name] = portal
+            unit.undo = (self._portals, portal_name, portal)
         return self._forward(msg, unit)
 
     async def _execute(self, msg: codec.Message) -> Out:
@@ -263,12 +263,12 @@ class Flow(AnswerRelay):
             return self._refuse(refusal, t0, names)
         assert portal is not None
         names["statement_name"] = portal.statement
-        if _COPY_WORD(portal.text):
+        scope = self._scope_for(portal)
+        judged = judge.judged(portal.text, scope)
+        if _may_copy(judged, portal.text):
             # Rows may come before the server asks; a Sync sent before the client's CopyDone
             # goes unanswered once the server is in COPY (it ignores Sync there).
             self._copy, self._copy_syncs = "open", True
-        scope = self._scope_for(portal)
-        judged = judge.judged(portal.text, scope)
         if isinstance(judged, Unplaceable):
             refusal = judge.unplaceable(judged)
             return self._refuse(refusal, t0, {**_text_detail(portal.text), **names})
@@ -395,6 +395,25 @@ def _reserved(judged: Judged) -> Refusal | None:
     if any(r.statement.prepared_name == PROBE_NAME for r in judged.records):
         return _RESERVED
     return None
+
+
+def _may_copy(judged: Judged | Unplaceable, text: str) -> bool:
+    """Whether ``text`` may be a COPY (a text the classifier could not read: by its words)."""
+    return judged.copy if isinstance(judged, Judged) else _COPY_WORD(text) is not None
+
+
+def _bind_names(body: bytes) -> tuple[str, str]:
+    """A Bind's portal and statement names, without decoding its parameter values (the
+    server checks the rest; a malformed body is a protocol error here as there)."""
+    end = body.find(b"\0")
+    stop = body.find(b"\0", end + 1) if end >= 0 else -1
+    if stop < 0:
+        codec.decode_bind(body)  # raises the codec's ProtocolError
+        raise codec.ProtocolError("malformed Bind")
+    try:
+        return body[:end].decode(), body[end + 1 : stop].decode()
+    except UnicodeDecodeError:
+        raise codec.ProtocolError("Bind names are not UTF-8") from None
 
 
 def _judged_detail(judged: Judged) -> dict[str, Any]:

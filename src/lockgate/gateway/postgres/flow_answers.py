@@ -121,7 +121,7 @@ class AnswerRelay:
         pending = unit.pending
         if pending is not None:
             statement = pending.record.statement
-            self.scope.base.statement_done(statement, tag)
+            self.scope.statement_done(statement, tag)
             for effect in statement.effects:
                 # SQL DEALLOCATE and DISCARD ALL reach protocol-level statements too.
                 if effect.kind == "discard_all":
@@ -134,7 +134,7 @@ class AnswerRelay:
         self._finish(unit, "allowed", "done", tag=tag)
 
     def _server_error(self, sqlstate: str) -> None:
-        self.scope.base.error()
+        self.scope.error()
         if self._copy == "in":
             self._copy = "draining"
         units = self._units
@@ -158,7 +158,6 @@ class AnswerRelay:
         if self._copy == "in":
             self._copy = "draining"
         self._status = status
-        self.scope.base.ready(status)
         self.scope.ready(status)
 
     def _finish(

@@ -34,11 +34,13 @@ PATH_EFFECTS = frozenset(
 class FlowScope:
     """A :class:`~.scope.NameScope` over a settled scope and statements in flight."""
 
-    __slots__ = ("_initial", "_seen", "base", "protocol", "unsettled")
+    __slots__ = ("_initial", "_paths", "_seen", "base", "protocol", "unsettled")
 
     def __init__(self, base: SessionScope) -> None:
         self.base = base
         self._initial: tuple[Path, ...] = base.search_paths
+        # The settled paths, read again only after what may move them (the calls below).
+        self._paths: tuple[Path, ...] | None = self._initial
         # paths the settled scope has shown in this transaction (besides the current one):
         # where a ROLLBACK in flight may take the session back to
         self._seen: dict[Path, None] = {}
@@ -47,8 +49,15 @@ class FlowScope:
 
     # -- NameScope -------------------------------------------------------------------------
     @property
+    def settled_paths(self) -> tuple[Path, ...]:
+        paths = self._paths
+        if paths is None:
+            paths = self._paths = self.base.search_paths
+        return paths
+
+    @property
     def search_paths(self) -> tuple[Path, ...]:
-        paths = self.base.search_paths
+        paths = self.settled_paths
         if not self.unsettled:
             return paths
         merged = dict.fromkeys(paths)
@@ -87,22 +96,35 @@ class FlowScope:
                     paths.update(dict.fromkeys(self._initial))
                 else:  # may roll back to any path of this transaction
                     paths.update(self._seen)
-                    paths.update(dict.fromkeys(self.base.search_paths))
+                    paths.update(dict.fromkeys(self.settled_paths))
         if paths:
             self.unsettled[token] = tuple(paths)
 
     def settled(self, token: int) -> None:
         """The statements sent under ``token`` were answered (done, failed or skipped)."""
         if self.unsettled.pop(token, None) is not None:
-            self._seen.update(dict.fromkeys(self.base.search_paths))
+            self._seen.update(dict.fromkeys(self.settled_paths))
+
+    def statement_done(self, statement: Statement, tag: str) -> None:
+        """A statement completed: the settled scope applies its effects."""
+        self.base.statement_done(statement, tag)
+        if statement.effects:
+            self._paths = None
+
+    def error(self) -> None:
+        """An ErrorResponse: the settled scope may take back this transaction's SETs."""
+        self.base.error()
+        self._paths = None
 
     def ready(self, status: str) -> None:
-        """A ReadyForQuery: the settled scope moved; an idle session starts a new history."""
+        """A ReadyForQuery: the settled scope moves; an idle session starts a new history."""
+        self.base.ready(status)
+        self._paths = None
         if status == "I":
             if self._seen:
                 self._seen = {}  # the current path is added where it is needed (sent)
         else:
-            self._seen.update(dict.fromkeys(self.base.search_paths))
+            self._seen.update(dict.fromkeys(self.settled_paths))
 
     def forget_unsettled(self) -> None:
         self.unsettled.clear()

@@ -95,12 +95,14 @@ class Judged:
 
     records: tuple[StatementRecord, ...]
     accesses: tuple[Access, ...]  # deduplicated, in order
+    copy: bool = False  # a COPY among the statements: the client may send rows
 
     @classmethod
     def of(cls, classified: Classified) -> Judged:
-        records = tuple(statement_record(s) for s in classified.statements)
-        accesses = tuple(dict.fromkeys(a for s in classified.statements for a in s.accesses))
-        return cls(records, accesses)
+        statements = classified.statements
+        records = tuple(statement_record(s) for s in statements)
+        accesses = tuple(dict.fromkeys(a for s in statements for a in s.accesses))
+        return cls(records, accesses, any(s.command == "COPY" for s in statements))
 
 
 def statement_record(statement: Statement) -> StatementRecord:
