@@ -487,15 +487,16 @@ def test_statements_nested_beyond_reason_are_refused_without_harm(sql: str) -> N
 
 
 def test_with_the_functions_of_the_catalog_a_call_resolves_where_the_name_lives() -> None:
+    F = RelationCatalog.FUNCTIONS_MARK
     catalog = RelationCatalog(
         [
             ("public", "orders"),
-            ("pg_catalog()", "lower"),
-            ("pg_catalog()", "nextval"),
-            ("public()", "lower"),  # an overload in the path can win over the built-in
-            ("sales()", "only_in_sales"),
-            ("public()", "mine"),
-            ("sales()", "mine"),
+            (F + "pg_catalog", "lower"),
+            (F + "pg_catalog", "nextval"),
+            (F + "public", "lower"),  # an overload in the path can win over the built-in
+            (F + "sales", "only_in_sales"),
+            (F + "public", "mine"),
+            (F + "sales", "mine"),
         ]
     )
     assert catalog.knows_functions and catalog.function_schemas("mine") == {"public", "sales"}
@@ -529,3 +530,47 @@ def test_names_cannot_move_the_boundaries_a_policy_glob_sees(
     sql: str, expected: set[tuple[str, str]]
 ) -> None:
     assert accesses(sql) == expected
+
+
+def test_a_view_is_judged_on_what_it_reads_and_a_parent_on_its_children() -> None:
+    V, C = RelationCatalog.VIEW_MARK, RelationCatalog.CHILD_MARK
+    catalog = RelationCatalog(
+        [
+            ("sales", "v"),
+            ("sales", "v2"),
+            ("other", "secret"),
+            ("sales", "ledger"),
+            ("other", "Ledger.Private"),
+            ("sales", "part_2024"),
+            (V + "sales.v", "other.secret"),
+            (V + "sales.v2", "sales.v"),  # a view over a view
+            (V + "sales.v2", "sales.ledger"),
+            (C + "sales.ledger", 'other."Ledger.Private"'),
+            (C + 'other."Ledger.Private"', "sales.part_2024"),
+        ]
+    )
+    assert accesses("SELECT * FROM sales.v", catalog=catalog) == {
+        (R, "sales.v"),
+        (R, "other.secret"),
+    }
+    assert accesses("SELECT * FROM sales.ledger", catalog=catalog) == {
+        (R, "sales.ledger"),
+        (R, "other.Ledger%2EPrivate"),
+        (R, "sales.part_2024"),
+    }
+    assert accesses("SELECT * FROM ONLY sales.ledger", catalog=catalog) == {(R, "sales.ledger")}
+    assert accesses("DELETE FROM sales.ledger", catalog=catalog) == {
+        (W, "sales.ledger"),
+        (W, "other.Ledger%2EPrivate"),
+        (W, "sales.part_2024"),
+    }
+    assert accesses("SELECT * FROM sales.v2", catalog=catalog) == {
+        (R, "sales.v2"),
+        (R, "sales.v"),
+        (R, "other.secret"),
+        (R, "sales.ledger"),
+        (R, "other.Ledger%2EPrivate"),
+        (R, "sales.part_2024"),
+    }
+    # a marker row never names a schema (longer than any schema name may be)
+    assert all(len(m) > 63 for m in (V, C, RelationCatalog.FUNCTIONS_MARK))

@@ -18,7 +18,7 @@ from pglast import ast
 from pglast.enums.parsenodes import A_Expr_Kind, SetOperation
 
 from . import functions
-from .classified import Access, Unplaceable, qualified_object
+from .classified import Access, Unplaceable, qualified_object, split_object
 from .scope import ANY_SCHEMA, MAYBE, NO, YES, NameScope
 
 __all__ = ["Resolver", "Walker", "present", "qualified_name"]
@@ -184,8 +184,14 @@ class Walker:
         if rv.catalogname:
             raise Unplaceable("cross_database_reference", f"{rv.catalogname} names a database")
         relname = present(rv.relname)
+        catalog = self.resolver.catalog
         for obj in self.resolver.relation(rv.schemaname, relname, missing_ok=missing_ok):
             self.add(action, obj)
+            if catalog is not None and action in ("read", "write"):
+                # The server reads a view's relations and a parent's children too.
+                schema, name = split_object(obj)
+                for reached in catalog.reads_through(schema, name, children=rv.inh is not False):
+                    self.add(action, qualified_object(*reached))
 
     def is_cte(self, rv: ast.RangeVar) -> bool:
         return rv.schemaname is None and any(rv.relname in names for names in self._ctes)

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import ClassVar, Protocol
 
 from .classified import Effect, Statement, Unplaceable
+from .functions import split_identifier
 
 __all__ = ["ANY_SCHEMA", "NameScope", "RelationCatalog", "SessionScope", "TextScope"]
 
@@ -41,39 +42,94 @@ class RelationCatalog:
     # Every relation (tables, partitioned tables, views, materialized views, foreign tables,
     # sequences, indexes, composite types: they share one name space per schema) and every
     # schema (relname NULL). Other sessions' temporary and TOAST schemas are left out.
-    # schema (relname NULL). Function names come too, their schema marked "<schema>()", so
-    # an unqualified call resolves to where functions of that name really are.
+    # schema (relname NULL). More facts come as rows whose first column starts with a marker
+    # longer than any schema name can be (63 bytes): the schemas holding functions of each
+    # name, the relations each view reads, the children of each inheritance parent.
+    FUNCTIONS_MARK: ClassVar[str] = "lockgate:functions:" + "-" * 48
+    VIEW_MARK: ClassVar[str] = "lockgate:view-reads:" + "-" * 48
+    CHILD_MARK: ClassVar[str] = "lockgate:child-of:" + "-" * 48
     QUERY: ClassVar[str] = (
-        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"  # noqa: S608 (constants)
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
         " UNION ALL SELECT nspname, NULL FROM pg_catalog.pg_namespace"
         " WHERE nspname !~ '^pg_(toast|temp_|toast_temp_)'"
-        " UNION ALL SELECT DISTINCT n.nspname || '()', p.proname FROM pg_catalog.pg_proc p"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+        f" UNION ALL SELECT DISTINCT '{FUNCTIONS_MARK}' || n.nspname, p.proname"
+        " FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
         " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+        f" UNION ALL SELECT DISTINCT '{VIEW_MARK}' || quote_ident(vn.nspname) || '.'"
+        " || quote_ident(v.relname), quote_ident(bn.nspname) || '.' || quote_ident(b.relname)"
+        " FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class v ON v.oid = r.ev_class"
+        " JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace"
+        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass"
+        " AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass"
+        " AND d.refobjid <> v.oid"
+        " JOIN pg_catalog.pg_class b ON b.oid = d.refobjid"
+        " JOIN pg_catalog.pg_namespace bn ON bn.oid = b.relnamespace"
+        " WHERE v.relkind IN ('v', 'm')"
+        " AND vn.nspname NOT IN ('pg_catalog', 'information_schema')"
+        f" UNION ALL SELECT '{CHILD_MARK}' || quote_ident(pn.nspname) || '.'"
+        " || quote_ident(p.relname), quote_ident(cn.nspname) || '.' || quote_ident(c.relname)"
+        " FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhparent"
+        " JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace"
+        " JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p', 'f')"
     )
 
     def __init__(self, rows: Iterable[tuple[str, str | None]], schemas: Iterable[str] = ()) -> None:
         by_name: dict[str, set[str]] = {}
         functions: dict[str, set[str]] = {}
+        reads: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        children: dict[tuple[str, str], set[tuple[str, str]]] = {}
         known_schemas = set(schemas)
         for schema, name in rows:
-            if schema.endswith("()"):
+            if schema.startswith(self.FUNCTIONS_MARK):
                 if name is not None:
-                    functions.setdefault(name, set()).add(schema[:-2])
+                    functions.setdefault(name, set()).add(schema[len(self.FUNCTIONS_MARK) :])
                 continue
-            known_schemas.add(schema)
-            if name is not None:
-                by_name.setdefault(name, set()).add(schema)
+            for mark, facts in ((self.VIEW_MARK, reads), (self.CHILD_MARK, children)):
+                if schema.startswith(mark):
+                    holder, held = _relation(schema[len(mark) :]), _relation(name)
+                    if holder is not None and held is not None:
+                        facts.setdefault(holder, set()).add(held)
+                    break
+            else:
+                known_schemas.add(schema)
+                if name is not None:
+                    by_name.setdefault(name, set()).add(schema)
+                continue
         self._by_name = {name: frozenset(s) for name, s in by_name.items()}
         self._functions = {name: frozenset(s) for name, s in functions.items()}
+        self._reads = {holder: frozenset(held) for holder, held in reads.items()}
+        self._children = {parent: frozenset(c) for parent, c in children.items()}
         self.knows_functions = bool(functions)
         self._schemas = frozenset(known_schemas)
         self._maybe_present: frozenset[tuple[str, str]] = frozenset()
         self._maybe_absent: frozenset[tuple[str, str]] = frozenset()
         self._maybe_schemas: frozenset[str] = frozenset()
         self.generation = next(_generations)
+
+    def reads_through(
+        self, schema: str, name: str, *, children: bool = True
+    ) -> list[tuple[str, str]]:
+        """Relations a read or write of ``schema.name`` reaches too, transitively: what a
+        view (or materialized view) reads, and an inheritance parent's (or partitioned
+        table's) children unless ``children`` is False (``ONLY``). Of a view's relations
+        the children count too (whether the view says ONLY is not known here)."""
+        start = (schema, name)
+        reached: dict[tuple[str, str], None] = {}
+        pending = list(self._reads.get(start, ()))
+        if children:
+            pending += self._children.get(start, ())
+        while pending:
+            relation = pending.pop()
+            if relation in reached or relation == start:
+                continue
+            reached[relation] = None
+            pending += self._reads.get(relation, ())
+            pending += self._children.get(relation, ())
+        return list(reached)
 
     def schemas_of(self, relname: str) -> frozenset[str]:
         """Schemas that hold ``relname`` for certain (the upstream's catalog)."""
@@ -114,6 +170,8 @@ class RelationCatalog:
         layered = RelationCatalog.__new__(RelationCatalog)
         layered._by_name = self._by_name
         layered._functions = self._functions
+        layered._reads = self._reads
+        layered._children = self._children
         layered.knows_functions = self.knows_functions
         layered._schemas = self._schemas
         layered._maybe_present = self._maybe_present | frozenset(present)
@@ -121,6 +179,12 @@ class RelationCatalog:
         layered._maybe_schemas = self._maybe_schemas | frozenset(schemas)
         layered.generation = next(_generations)
         return layered
+
+
+def _relation(text: str | None) -> tuple[str, str] | None:
+    """``(schema, name)`` of ``quote_ident(schema) || '.' || quote_ident(name)``."""
+    parts = split_identifier(text) if text else None
+    return (parts[0], parts[1]) if parts is not None and len(parts) == 2 else None
 
 
 class NameScope(Protocol):
