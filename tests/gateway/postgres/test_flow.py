@@ -446,3 +446,35 @@ async def test_a_fatal_instead_of_the_probe_answer_is_relayed() -> None:
     await h.query("SELECT * FROM other.secret")
     shutdown = codec.error_response("57P01", "terminating connection", severity="FATAL")
     assert h.answer(shutdown) == [shutdown]
+
+
+async def test_a_rollback_in_flight_may_take_the_path_back() -> None:
+    h = FlowHarness(allow=[("*", "sales.*")])
+    await h.query("BEGIN")
+    h.answer(cc("BEGIN"), rfq("T"))
+    await h.query("SET search_path = sales")
+    h.answer(cc("SET"), rfq("T"))
+    out = await h.query("SELECT * FROM t")
+    assert out.to_server == [codec.query("SELECT * FROM t")]
+    assert h.admitted()[-1].object == "sales.t"
+    h.answer(cc("SELECT 0"), rfq("T"))
+    # The ROLLBACK is not answered yet: the next statement may run under public again.
+    await h.query("ROLLBACK")
+    out = await h.query("SELECT * FROM t")
+    assert out.to_server == REFUSED_QUERY
+    assert "public.t" in errors(h.answer(cc("ROLLBACK"), rfq("I"), PROBE_FAILED, rfq()))[0]["M"]
+    # Settled: public alone.
+    out = await h.query("SELECT * FROM t")
+    assert out.to_server == REFUSED_QUERY
+
+
+async def test_a_pipelined_reset_may_take_the_path_back_to_the_initial_one() -> None:
+    h = FlowHarness(allow=[("*", "public.*")], search_path=("sales",))
+    await h.query("SET search_path = public")
+    h.answer(cc("SET"), rfq())
+    out = await h.query("SELECT * FROM t")
+    assert out.to_server == [codec.query("SELECT * FROM t")]  # public.t
+    h.answer(cc("SELECT 0"), rfq())
+    await h.query("RESET search_path")
+    out = await h.query("SELECT * FROM t")
+    assert out.to_server == REFUSED_QUERY  # sales.t too, once the RESET runs
