@@ -68,7 +68,7 @@ def load_orders() -> list[tuple[str, int]]:
 @task(execution_timeout=dt.timedelta(minutes=5))
 def summarise_orders() -> dict[str, int]:
     # pandas through the hook's SQLAlchemy engine (it reads the system catalog to learn
-    # types at connect: rule warehouse-catalog-read)
+    # types at connect: catalog reads of names and types need no rule)
     frame = PostgresHook(postgres_conn_id=CONN_ID).get_df(
         "SELECT customer, sum(amount) AS total FROM sales.orders GROUP BY customer"
     )

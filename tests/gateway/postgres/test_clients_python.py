@@ -508,11 +508,6 @@ async def _asyncpg_copy_session(stack: PgLocalStack, task: str) -> dict[str, Any
     return seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine closes the session on CopyData sent before CopyInResponse arrives, "
-    "and on CopyData after a refused COPY FROM STDIN (the server accepts / drops them)",
-)
 def test_asyncpg_copy_in_ahead_of_the_server_and_after_a_refusal(pg_stack: PgLocalStack) -> None:
     task = "asyncpg_copy"
     seen = asyncio.run(_asyncpg_copy_session(pg_stack, task))
@@ -556,6 +551,32 @@ def test_psycopg3_named_cursor_and_executemany(pg_stack: PgLocalStack) -> None:
     assert denied == [("read", "other.secret")]
     declares = [t for d, _, _, t in judged if d == "allow" and t.startswith("DECLARE")]
     assert declares and all("sales.orders" in t for t in declares)
+
+
+def test_catalog_reads_for_client_libraries_but_not_column_statistics(
+    pg_stack: PgLocalStack,
+) -> None:
+    """Drivers read the catalogs of names and types without a rule; pg_stats needs one (it
+    shows sampled values of every table the gateway's own login may read): none here."""
+    import psycopg
+    import psycopg.errors
+
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, "catalog"))
+    with psycopg.connect(**kwargs, autocommit=True) as conn:
+        oid = conn.execute("SELECT oid FROM pg_type WHERE typname = %s", ("int4",)).fetchone()
+        assert oid == (23,)
+        for text in (
+            "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'secret'",
+            "SELECT * FROM pg_catalog.pg_stats",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(text)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    judged = pg_stack.judged("catalog")
+    assert {(j.decision, j.object) for j in judged if j.object} == {
+        ("allow", "pg_catalog.pg_type"),
+        ("deny", "pg_catalog.pg_stats"),
+    }
 
 
 # -- SQLAlchemy 2 --------------------------------------------------------------------------------
