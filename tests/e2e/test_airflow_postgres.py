@@ -114,6 +114,8 @@ def test_granted_dag_loads_reads_and_is_stopped_at_ddl(
     assert {"w-1": 120, "w-2": 75, "w-3": 310}.items() <= orders.items()
     statements = pg_stack.upstream_statements()
     assert not any("other.secret" in s or "DROP" in s.upper() for s in statements)
+    # No token in any task's output (the Connection's password is one).
+    assert "eyJ" not in output
     # The secrets backend handed out the gateway's listener, the resource as the database.
     assert (
         f"connection warehouse_pg: postgres://lockgate@127.0.0.1:{pg_stack.pg_port}/"
