@@ -229,6 +229,28 @@ def test_psycopg3_autocommit_transactions_and_server_side_prepare(pg_stack: PgLo
     assert pg_stack.superuser_query("SELECT count(*) FROM other.secret") == [(1,)]
 
 
+def test_psycopg3_automatic_server_side_prepare(pg_stack: PgLocalStack) -> None:
+    """With psycopg's default threshold a query is prepared server side on its sixth run;
+    every execution, unnamed or named, is judged and recorded."""
+    import psycopg
+
+    task = "psycopg3_auto_prepare"
+    since = pg_stack.server.log_position()
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    text = "SELECT amount FROM sales.orders WHERE order_id = %s AND amount > -7"
+    with psycopg.connect(**kwargs, autocommit=True) as conn:
+        for _ in range(8):
+            assert conn.execute(text, ("seed-1",)).fetchall() == [(1,)]
+    server_text = text.replace("%s", "$1")
+    names = [
+        s.prepared_name
+        for s in pg_stack.server.statements(since)
+        if s.user == pg_stack.upstream_user and s.text == server_text
+    ]
+    assert len(names) == 8 and names[0] == "<unnamed>" and names[-1].startswith("_pg3_")
+    assert rows_affected(pg_stack.judged(task), server_text) == [1] * 8
+
+
 def test_psycopg3_pipeline_with_a_denied_statement_in_the_middle(pg_stack: PgLocalStack) -> None:
     import psycopg
     import psycopg.errors
