@@ -386,3 +386,26 @@ async def test_the_user_mapping_password_is_not_served_by_information_schema(
     finally:
         await conn.close()
     assert rows is None or "fdw-password-of-the-gateway" not in repr(rows), rows
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pg_catalog.pg_sequences (builtin:catalog-read) serves last_value of sequences the "
+    "principal may not read (how many rows a forbidden table took, ids to come)",
+)
+async def test_a_forbidden_sequences_value_is_not_served_by_pg_sequences(stack: PgStack) -> None:
+    stack.upstream_psql(
+        "CREATE SEQUENCE other.invoice_seq START 7000;"
+        "SELECT nextval('other.invoice_seq') FROM generate_series(1, 42);"
+        f'GRANT ALL ON SEQUENCE other.invoice_seq TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT last_value FROM other.invoice_seq")  # the grant is clear
+        rows = await _rows_or_refused(
+            conn, "SELECT last_value FROM pg_sequences WHERE sequencename = 'invoice_seq'"
+        )
+    finally:
+        await conn.close()
+    assert rows is None or rows == [(None,)], rows
