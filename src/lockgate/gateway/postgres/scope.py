@@ -49,7 +49,8 @@ class RelationCatalog:
     VIEW_MARK: ClassVar[str] = "lockgate:view-reads:" + "-" * 48
     CHILD_MARK: ClassVar[str] = "lockgate:child-of:" + "-" * 48
     QUERY: ClassVar[str] = (
-        "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"  # noqa: S608 (constants)
+        # text, not name: a name column would cut the marked rows at 63 bytes
+        "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c"  # noqa: S608
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
         " UNION ALL SELECT nspname, NULL FROM pg_catalog.pg_namespace"
