@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -146,6 +147,21 @@ class PgLocalStack(LocalStack):
             "sslmode": "verify-full",
             "sslrootcert": str(self.ca_file),
         }
+
+    async def asyncpg_connect(self, token: str) -> Any:
+        """An asyncpg connection to the gateway (TLS, the host name checked)."""
+        import asyncpg  # type: ignore[import-untyped]
+
+        assert self.ca_file is not None
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        return await asyncpg.connect(
+            host="127.0.0.1",
+            port=self.pg_port,
+            user="lockgate",
+            password=token,
+            database=RESOURCE,
+            ssl=context,
+        )
 
     def dsn(self, token: str) -> str:
         return " ".join(f"{k}={v}" for k, v in self.connect_kwargs(token).items())

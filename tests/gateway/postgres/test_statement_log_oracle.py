@@ -1,4 +1,4 @@
-"""Oracle: the server's own statement log against the gateway's audit trail.
+"""Oracles: the server's own statement log, and its own table statistics, against the audit.
 
 The server runs with ``log_statement = all``, so it writes down every statement it executes.
 Through the gateway, each of those must have an audit record allowing it (matched by text,
@@ -7,10 +7,16 @@ query at login (identified by its exact text, ``RelationCatalog.QUERY``); and no
 statement's text may ever appear in the server's log. The session below mixes what clients
 do: simple and extended protocol, multi-statement queries with a denied part, SQL-level
 PREPARE / EXECUTE, ``search_path`` changes, CTEs, COPY, function calls, a password literal.
+
+The log cannot tell where an unqualified name resolved; the server's ``pg_stat_user_tables``
+counters can: schema ``other`` (granted to nobody, readable by the gateway's own login) must
+show no scan and no change from anything sent through the gateway, whatever the session's
+search_path, prepared statements or transaction state. Random sessions close the module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 from collections.abc import Iterator
@@ -230,6 +236,140 @@ def test_denied_statements_are_each_audited(pg_stack: PgLocalStack) -> None:
             assert text in denied, (text, denied)
     assert "SELECT value FROM secret" in denied
     assert "EXECUTE peek" in denied
+
+
+# -- names resolve where the server resolves them ------------------------------------------------
+# ``orders`` is sales.orders (granted) or other.orders (not), by the session's search_path.
+# Besides the audit, the server's own counters must show other.orders untouched.
+def test_search_path_changes_the_server_rolls_back_are_rolled_back_too(
+    pg_stack: PgLocalStack,
+) -> None:
+    """The session stands on ``other`` (where ``orders`` is other.orders, not granted). A SET
+    to ``sales`` that the server undoes (failed implicit transaction, ROLLBACK, ROLLBACK TO
+    SAVEPOINT, SET LOCAL at commit) must be undone in the gateway's view too: else it would
+    judge ``orders`` as sales.orders while the server reads other.orders."""
+    import psycopg2
+    import psycopg2.errors
+
+    task = "search_path_rollback"
+    since = pg_stack.server.log_position()
+    untouched = pg_stack.table_activity("other")
+    conn = psycopg2.connect(**pg_stack.connect_kwargs(pg_stack.mint(DAG, task)))
+    conn.autocommit = True
+    peek = "SELECT order_id FROM orders"
+    leaked: list[str] = []
+
+    def peek_is_refused(when: str) -> None:
+        try:
+            cur.execute(peek)
+        except psycopg2.errors.InsufficientPrivilege:
+            return
+        leaked.append(f"{when}: {cur.fetchall()}")
+
+    try:
+        cur = conn.cursor()
+        cur.execute("SET search_path TO other")
+        peek_is_refused("on other")
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            cur.execute("SET search_path TO sales; SELECT 1/0")
+        peek_is_refused("after a failed implicit transaction")
+        cur.execute("BEGIN")
+        cur.execute("SET search_path TO sales")
+        cur.execute("ROLLBACK")
+        peek_is_refused("after ROLLBACK")
+        cur.execute("BEGIN")
+        cur.execute("SAVEPOINT before_sales")
+        cur.execute("SET search_path TO sales")
+        cur.execute("ROLLBACK TO SAVEPOINT before_sales")
+        cur.execute("COMMIT")
+        peek_is_refused("after ROLLBACK TO SAVEPOINT")
+        cur.execute("BEGIN")
+        cur.execute("SET LOCAL search_path TO sales")
+        cur.execute("SELECT count(*) FROM orders")  # sales.orders, inside the block
+        cur.execute("COMMIT")
+        peek_is_refused("after SET LOCAL ended")
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT set_config('search_path', 'sales', false)")
+        peek_is_refused("after set_config")
+        cur.execute("SET search_path TO sales")
+        cur.execute(peek)  # and a SET that stands is followed
+        assert all(r[0] != "hidden-1" for r in cur.fetchall())
+    finally:
+        conn.close()
+    assert leaked == []
+    # Only the last peek, under a path that stood, reached the server.
+    assert pg_stack.upstream_statements(since).count(peek) == 1
+    assert pg_stack.table_activity_since("other", untouched) == {}
+
+
+def test_psycopg3_prepared_statement_is_judged_under_the_current_search_path(
+    pg_stack: PgLocalStack,
+) -> None:
+    """psycopg 3 keeps ``SELECT ... FROM orders`` prepared by its text; after a SET
+    search_path the server re-plans it against ``other.orders``, so the gateway must judge
+    that execution under the new path, not the one the Parse was judged under."""
+    import psycopg
+    import psycopg.errors
+
+    task = "psycopg3_search_path"
+    since = pg_stack.server.log_position()
+    untouched = pg_stack.table_activity("other")
+    kwargs = pg_stack.connect_kwargs(pg_stack.mint(DAG, task))
+    unqualified = "SELECT count(*) FROM orders WHERE amount > %s"
+    with psycopg.connect(**kwargs, autocommit=True, prepare_threshold=0) as conn:
+        conn.execute("SET search_path TO sales")
+        assert conn.execute(unqualified, (-1,)).fetchone() is not None
+        conn.execute("SET search_path TO other")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(unqualified, (-1,))  # the same named statement: Bind + Execute only
+        conn.execute("SET search_path TO sales")
+        assert conn.execute(unqualified, (-1,)).fetchone() is not None
+    reads = [
+        (j.decision, j.object)
+        for j in pg_stack.judged(task)
+        if j.text == "SELECT count(*) FROM orders WHERE amount > $1"
+    ]
+    assert ("deny", "other.orders") in reads and ("allow", "sales.orders") in reads
+    assert not any(o == "other.orders" for d, o in reads if d == "allow")
+    # The server ran the statement twice, both times under the one name psycopg prepared.
+    runs = [
+        s
+        for s in pg_stack.server.statements(since)
+        if s.user == pg_stack.upstream_user
+        and s.text == "SELECT count(*) FROM orders WHERE amount > $1"
+    ]
+    assert len(runs) == 2 and len({s.prepared_name for s in runs}) == 1
+    assert runs[0].prepared_name.startswith("_pg3_")
+    assert pg_stack.table_activity_since("other", untouched) == {}
+
+
+async def _asyncpg_cached_statement_across_search_paths(
+    stack: PgLocalStack, task: str
+) -> list[str]:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await stack.asyncpg_connect(stack.mint(DAG, task))
+    outcomes_: list[str] = []
+    try:
+        for path in ("sales", "other", "sales"):
+            await conn.execute(f"SET search_path TO {path}")
+            try:  # asyncpg's cache holds the statement by its text: Bind + Execute only
+                count = await conn.fetchval("SELECT count(*) FROM orders WHERE amount > $1", -1)
+                outcomes_.append(f"{path}: {count}")
+            except asyncpg.exceptions.InsufficientPrivilegeError:
+                outcomes_.append(f"{path}: refused")
+    finally:
+        await conn.close()
+    return outcomes_
+
+
+def test_asyncpg_cached_statement_is_judged_under_the_current_search_path(
+    pg_stack: PgLocalStack,
+) -> None:
+    untouched = pg_stack.table_activity("other")
+    seen = asyncio.run(_asyncpg_cached_statement_across_search_paths(pg_stack, "asyncpg_path"))
+    assert [s.split(": ")[1] == "refused" for s in seen] == [False, True, False], seen
+    assert pg_stack.table_activity_since("other", untouched) == {}
 
 
 #: Statements a random session draws from: granted, refused, and ones whose verdict depends
