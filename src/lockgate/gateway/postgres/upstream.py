@@ -22,8 +22,8 @@ attempt bounded by the resource's ``connect_timeout``:
    PostgreSQL), or none when the server trusts the address;
 5. ParameterStatus and BackendKeyData collected up to ReadyForQuery.
 
-A refused, reset or silently closed connection or SQLSTATE 57P03 (a server restarting) is
-tried again with backoff until ``connect_timeout``.
+A refused, reset or silently closed connection or SQLSTATE 57P01-57P03 (a server
+restarting) is tried again with backoff until ``connect_timeout``.
 
 A refused credential (SQLSTATE class 28) is retried once with another version or a fresh
 token (:mod:`.upstream_credential`). Failures raise :class:`~lockgate.errors.UpstreamUnavailable`
@@ -62,10 +62,11 @@ _READ_SIZE = 65536
 _RESOURCE_PARAMS = frozenset({"user", "database", "search_path"})
 _NEVER_SENT = frozenset({"options", "replication"})
 
-#: A server restarting refuses connections, then answers 57P03 (cannot_connect_now: "the
+#: A server restarting ends the logins under way (57P01 admin_shutdown, 57P02
+#: crash_shutdown), refuses connections, then answers 57P03 (cannot_connect_now: "the
 #: database system is starting up"); a login then tries again, with backoff, until
 #: connect_timeout, so a client connecting during a restart gets in once the server is back.
-_RESTARTING_SQLSTATE = "57P03"
+_RESTARTING_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 _RETRY_FIRST_DELAY = 0.05
 _RETRY_MAX_DELAY = 0.5
 
@@ -432,7 +433,7 @@ class _Login:
         sqlstate = fields.get("C", "")
         text = f"{self.where}: {fields.get('V') or fields.get('S', 'ERROR')} {sqlstate}: "
         text += fields.get("M", "(no message)")
-        if sqlstate == _RESTARTING_SQLSTATE:
+        if sqlstate in _RESTARTING_SQLSTATES:
             return _Transient(text)
         # Class 28: invalid authorization (28P01 wrong password, 28000 no pg_hba entry).
         return UpstreamAuthFailed(text) if sqlstate.startswith("28") else UpstreamUnavailable(text)
