@@ -438,3 +438,24 @@ async def test_a_cursor_serves_no_rows_once_its_grant_is_withdrawn(stack: PgStac
     finally:
         await conn.close()
     assert rows is None, rows
+
+
+async def test_a_schema_named_like_the_catalog_gets_no_free_read(stack: PgStack) -> None:
+    """Reads of information_schema are builtin; a schema called "information_schema.x" must
+    not borrow that."""
+    stack.upstream_psql(
+        'CREATE SCHEMA "information_schema.x"; CREATE TABLE "information_schema.x".t (v text);'
+        "INSERT INTO \"information_schema.x\".t VALUES ('catalog-lookalike-secret');"
+        f'GRANT USAGE ON SCHEMA "information_schema.x" TO "{stack.login}";'
+        f'GRANT SELECT ON "information_schema.x".t TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        rows = await _rows_or_refused(conn, 'SELECT v FROM "information_schema.x".t')
+        with_path = await _rows_or_refused(
+            conn, 'SET search_path TO "information_schema.x"; SELECT v FROM t'
+        )
+    finally:
+        await conn.close()
+    assert rows is None, rows
+    assert with_path is None, with_path
