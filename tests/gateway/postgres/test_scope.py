@@ -264,3 +264,25 @@ def test_a_path_moved_out_of_sight_without_a_catalog_is_refused() -> None:
     # a SET rolled back returns to the path out of sight
     run(scope, "BEGIN; SET search_path = sales; ROLLBACK", status="I")
     assert scope.search_paths == (("*", "public"),)
+
+
+def test_a_fetch_is_judged_on_what_its_cursor_reads() -> None:
+    scope = SessionScope(("public",), CATALOG)
+    run(scope, "BEGIN; DECLARE c CURSOR FOR SELECT * FROM sales.orders", status="T")
+    (fetch,) = classify("FETCH 10 FROM c", scope).statements
+    assert {(a.action, a.obj) for a in fetch.accesses} == {("read", "sales.orders")}
+    (move,) = classify("MOVE 1 IN c", scope).statements
+    assert move.command == "MOVE" and {a.obj for a in move.accesses} == {"sales.orders"}
+    run(scope, "CLOSE c", status="T")
+    try:
+        classify("FETCH c", scope)
+        raise AssertionError("not refused")
+    except Exception as exc:
+        assert getattr(exc, "reason", "") == "unknown_cursor"
+    # in one text: the cursor declared first is known to the FETCH after it
+    (_declare, fetch) = classify(
+        "DECLARE d CURSOR WITH HOLD FOR SELECT * FROM orders; FETCH ALL IN d", scope
+    ).statements
+    assert {a.obj for a in fetch.accesses} == {"public.orders"}
+    run(scope, "DECLARE d CURSOR WITH HOLD FOR SELECT 1; CLOSE ALL", status="T")
+    assert scope.cursors == {}

@@ -80,7 +80,9 @@ class Effect:
     session's view of the catalog follows its own DDL: ``created_relation`` /
     ``dropped_relation`` (value: schema, name) and ``created_schema`` (value: name); and
     ``opaque_search_path`` after a statement that may move the path out of sight (DO, CALL,
-    a function outside the allow-list: set_config may run inside).
+    a function outside the allow-list: set_config may run inside); ``declare_cursor``
+    (``name``; value: "action object" for each access of its query, so a FETCH is judged
+    on them) and ``close_cursor`` (``name``, "" for ALL).
     """
 
     kind: str

@@ -39,7 +39,7 @@ from .classified import Access, Classified, Effect, Statement, Unplaceable, name
 from .classify_ddl import DDL_HANDLERS, create_relation
 from .classify_query import Resolver, Walker, present
 from .redact import redact
-from .scope import NameScope, TextScope
+from .scope import NameScope, TextScope, cursors_of
 
 __all__ = [
     "HARMLESS_SETTINGS",
@@ -379,7 +379,28 @@ def _declare_cursor(
     node: ast.DeclareCursorStmt, w: Walker, text: str, scope: NameScope
 ) -> tuple[str, list[Effect], str]:
     w.walk(node.query)
-    return "DECLARE CURSOR", [], ""
+    # A FETCH from the cursor is judged on what its query touches (under the policy of then).
+    touched = tuple(f"{a.action} {a.obj}" for a in w.accesses)
+    return "DECLARE CURSOR", [Effect("declare_cursor", touched, name=present(node.portalname))], ""
+
+
+def _fetch(
+    node: ast.FetchStmt, w: Walker, text: str, scope: NameScope
+) -> tuple[str, list[Effect], str]:
+    name = present(node.portalname)
+    touched = cursors_of(scope).get(name)
+    if touched is None:
+        raise Unplaceable("unknown_cursor", f'cursor "{name}" is not known here')
+    for entry in touched:
+        action, _, obj = entry.partition(" ")
+        w.add(action, obj)
+    return ("MOVE" if node.ismove else "FETCH"), [], ""
+
+
+def _close_cursor(
+    node: ast.ClosePortalStmt, w: Walker, text: str, scope: NameScope
+) -> tuple[str, list[Effect], str]:
+    return "CLOSE CURSOR", [Effect("close_cursor", name=node.portalname or "")], ""
 
 
 def _copy(
@@ -408,8 +429,8 @@ _SESSION_HANDLERS: dict[type[ast.Node], Handler] = {
     ast.DiscardStmt: _discard,  # type: ignore[dict-item]
     ast.ExplainStmt: _explain,  # type: ignore[dict-item]
     ast.DeclareCursorStmt: _declare_cursor,  # type: ignore[dict-item]
-    ast.FetchStmt: _nothing("FETCH"),
-    ast.ClosePortalStmt: _nothing("CLOSE CURSOR"),
+    ast.FetchStmt: _fetch,  # type: ignore[dict-item]
+    ast.ClosePortalStmt: _close_cursor,  # type: ignore[dict-item]
     ast.ConstraintsSetStmt: _nothing("SET CONSTRAINTS"),
     ast.CopyStmt: _copy,  # type: ignore[dict-item]
 }

@@ -26,7 +26,14 @@ from typing import ClassVar, Protocol
 from .classified import Effect, Statement, Unplaceable
 from .functions import split_identifier
 
-__all__ = ["ANY_SCHEMA", "NameScope", "RelationCatalog", "SessionScope", "TextScope"]
+__all__ = [
+    "ANY_SCHEMA",
+    "NameScope",
+    "RelationCatalog",
+    "SessionScope",
+    "TextScope",
+    "cursors_of",
+]
 
 _generations = itertools.count(1)
 
@@ -230,6 +237,7 @@ class SessionScope:
         self._absent: set[tuple[str, str]] = set()
         self._schemas: set[str] = set()
         self._prepared: dict[str, str] = {}
+        self._cursors: dict[str, tuple[str, ...]] = {}  # name -> "action object" it touches
 
     # -- NameScope -------------------------------------------------------------------------
 
@@ -251,6 +259,11 @@ class SessionScope:
     def prepared(self) -> Mapping[str, str]:
         return self._prepared
 
+    @property
+    def cursors(self) -> Mapping[str, tuple[str, ...]]:
+        """SQL cursors declared in this session: what each one's query touches."""
+        return self._cursors
+
     # -- what the flow tells ---------------------------------------------------------------
 
     def key(self) -> tuple[object, ...]:
@@ -267,6 +280,7 @@ class SessionScope:
         twin._present, twin._absent = set(self._present), set(self._absent)
         twin._schemas = set(self._schemas)
         twin._prepared = dict(self._prepared)
+        twin._cursors = dict(self._cursors)
         return twin
 
     def set_catalog(self, catalog: RelationCatalog) -> None:
@@ -320,8 +334,16 @@ class SessionScope:
         elif kind == "discard_all":
             self._session, self._local = self._initial, None
             self._prepared.clear()
+            self._cursors.clear()
         elif kind == "prepare" and effect.value:
             self._prepared[effect.name] = effect.value[0]
+        elif kind == "declare_cursor":
+            self._cursors[effect.name] = effect.value
+        elif kind == "close_cursor":
+            if effect.name:
+                self._cursors.pop(effect.name, None)
+            else:
+                self._cursors.clear()
         elif kind == "deallocate":
             if effect.name:
                 self._prepared.pop(effect.name, None)
@@ -433,7 +455,9 @@ class TextScope:
 
     _PATH_SETTERS = frozenset({"search_path", "reset_search_path", "discard_all"})
     _TRANSACTION_ENDS = frozenset({"rollback", "rollback_to", "commit"})
-    _HARMLESS = frozenset({"begin", "savepoint", "release", "prepare", "deallocate"})
+    _HARMLESS = frozenset(
+        {"begin", "savepoint", "release", "prepare", "deallocate", "close_cursor"}
+    )
 
     def __init__(self, outer: NameScope) -> None:
         self._outer = outer
@@ -471,6 +495,12 @@ class TextScope:
             names.pop(name, None)
         return names
 
+    @property
+    def cursors(self) -> Mapping[str, tuple[str, ...]]:
+        if self._session is not None:
+            return self._session.cursors
+        return cursors_of(self._outer)
+
     def done(self, stmt: Statement) -> None:
         """``stmt`` (an earlier statement of the text) has run."""
         if self._session is not None:
@@ -494,3 +524,13 @@ class TextScope:
                 # back to where the block began: the session knows, unless statements
                 # still in flight began it
                 self._extra = self._in_flight
+
+
+def cursors_of(scope: object) -> Mapping[str, tuple[str, ...]]:
+    """The SQL cursors a scope knows (its own, or those of the session scope it wraps)."""
+    for candidate in (scope, getattr(scope, "base", None)):
+        cursors = getattr(candidate, "cursors", None)
+        if isinstance(cursors, Mapping):
+            return cursors
+    inner = getattr(scope, "_flow_scope", None)
+    return cursors_of(inner) if inner is not None else {}
