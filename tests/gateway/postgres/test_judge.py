@@ -135,3 +135,20 @@ def test_catalog_relations_holding_data_need_a_grant() -> None:
     judged = h.flow.judge.judged("SELECT * FROM pg_stat_activity", h.flow.scope)
     assert isinstance(judged, Judged)
     assert isinstance(h.flow.judge.decide(judged), Admission)
+
+
+def test_sequence_values_settings_and_user_mappings_need_a_grant() -> None:
+    rows = [
+        ("pg_catalog", "pg_sequences"),
+        ("pg_catalog", "pg_settings"),
+        ("information_schema", "user_mapping_options"),
+    ]
+    h = FlowHarness(allow=[], catalog=rows)
+    for text in (
+        "SELECT last_value FROM pg_sequences",
+        "SELECT setting FROM pg_settings",
+        "SELECT option_value FROM information_schema.user_mapping_options",
+    ):
+        judged = h.flow.judge.judged(text, h.flow.scope)
+        assert isinstance(judged, Judged)
+        assert isinstance(h.flow.judge.decide(judged), Refusal), text

@@ -52,7 +52,8 @@ CATALOG_SCHEMAS = ("pg_catalog.", "information_schema.")
 CATALOG_RULE = "builtin:catalog-read"
 #: Catalog relations that are not metadata but data: column values (pg_stats,
 #: pg_statistic*), other sessions' statements and addresses (pg_stat_activity and every
-#: pg_stat*/pg_statio* view), server files and secrets. Reading one needs a grant.
+#: pg_stat*/pg_statio* view), sequence values, settings, user mapping and subscription
+#: passwords, server files. Reading one needs a grant.
 NOT_BUILTIN_PREFIXES = ("pg_catalog.pg_stat",)
 NOT_BUILTIN = frozenset(
     f"pg_catalog.{name}"
@@ -63,8 +64,12 @@ NOT_BUILTIN = frozenset(
         "pg_backend_memory_contexts", "pg_shmem_allocations", "pg_replication_slots",
         "pg_replication_origin_status", "pg_subscription", "pg_policy", "pg_policies",
         "pg_seclabel", "pg_seclabels", "pg_shseclabel", "pg_db_role_setting",
+        "pg_sequences", "pg_settings", "pg_foreign_server",
     )
-)  # fmt: skip
+) | {
+    "information_schema.user_mapping_options", "information_schema._pg_user_mappings",
+    "information_schema.foreign_server_options", "information_schema._pg_foreign_servers",
+}  # fmt: skip
 #: Judged texts whose policy requests one session keeps built (past it they start over).
 MAX_REQUESTS_PER_SESSION = 512
 
