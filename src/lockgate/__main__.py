@@ -1,3 +1,3 @@
-from lockgate.cli import main
+from lockgate._entry import main
 
 raise SystemExit(main())
