@@ -435,3 +435,22 @@ async def test_extended_copy_failing_before_copy_keeps_its_syncs() -> None:
     await h.query("SELECT * FROM t")
     h.answer(cc("SELECT 0"), rfq())
     assert h.outcomes("allowed")[-1].detail["tag"] == "SELECT 0"
+
+
+async def test_token_checked_for_every_execute() -> None:
+    h = FlowHarness()
+    await h.send(parse("SELECT * FROM t", "s1"), bind("s1"), execute(), codec.sync())
+    h.answer(codec.parse_complete(), codec.bind_complete(), cc("SELECT 0"), rfq())
+    h.verifier.revoked.add(h.claims.jti)
+    out = await h.send(bind("s1"), execute())
+    assert out.close and out.to_server == [bind("s1")]
+    assert errors(out.to_client)[0]["S"] == "FATAL"
+    assert h.outcomes("auth_failed")[0].reason == "revoked"
+
+
+async def test_describe_of_an_unknown_statement_is_forwarded() -> None:
+    h = FlowHarness()
+    out = await h.send(describe("S", "nope"), codec.sync())
+    assert out.to_server == [describe("S", "nope"), codec.sync()]
+    relayed = h.answer(server_error("26000"), rfq())
+    assert types(relayed) == ["E", "Z"] and errors(relayed)[0]["C"] == "26000"
