@@ -275,8 +275,10 @@ async def test_startup_packets_that_could_change_meaning_are_refused(
     stack: PgStack, packet: bytes, expected: str
 ) -> None:
     position = stack.server.log_position()
+    records = len(stack.audit())
     assert await _startup_answer(stack, packet) == expected
     assert _executed(stack, position) == []
+    assert len(stack.audit()) > records, "the refusal left no audit record"
 
 
 async def test_a_huge_startup_length_is_refused_before_it_is_buffered(stack: PgStack) -> None:
