@@ -290,3 +290,27 @@ async def test_a_client_that_leaves_at_the_password_prompt_is_no_refusal(stack: 
     client.close()  # as psql does before it prompts for the password
     await asyncio.sleep(0.2)
     assert len(stack.audit("auth_failed")) == before
+
+
+async def test_database_defaults_cannot_change_how_the_server_lexes(stack: PgStack) -> None:
+    stack.upstream_psql(
+        f'ALTER DATABASE "{stack.database}" SET standard_conforming_strings = off;'
+        f"ALTER DATABASE \"{stack.database}\" SET client_encoding = 'SJIS';"
+    )
+    rows = await _fetch(
+        stack.dsn(stack.token()),
+        "SELECT current_setting('standard_conforming_strings'), current_setting('client_encoding')",
+    )
+    assert rows == [("on", "UTF8")]
+
+
+def test_a_server_that_reports_other_lexing_settings_is_refused() -> None:
+    from lockgate.gateway.postgres.session import _lexing_mismatch
+
+    assert (
+        _lexing_mismatch({"standard_conforming_strings": "on", "client_encoding": "UTF8"}) is None
+    )
+    assert _lexing_mismatch({"standard_conforming_strings": "off"}) == (
+        "standard_conforming_strings=off"
+    )
+    assert _lexing_mismatch({"client_encoding": "SJIS"}) == "client_encoding=SJIS"

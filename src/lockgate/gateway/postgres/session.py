@@ -50,13 +50,22 @@ from .catalog import CatalogUnavailable
 from .context import READ_SIZE, UPSTREAM_MAX_MESSAGE_BYTES, EngineContext
 from .flow import Flow, SessionInfo
 from .scope import RelationCatalog, SessionScope
-from .startup import Login, Startup
+from .startup import PINNED_PARAMETERS, Login, Startup, safe_encoding
 
 log = _log.get("gateway.postgres")
 
 UPSTREAM_LOST = "upstream connection lost"
 #: CommandComplete tags (first four bytes) after which the shared relation catalog is stale.
 _DDL_TAGS = frozenset({b"CREA", b"DROP", b"ALTE", b"IMPO"})
+
+
+def _lexing_mismatch(parameters: dict[str, str]) -> str | None:
+    """A reported setting under which the server would lex statements unlike the gateway."""
+    for name, value in PINNED_PARAMETERS.items():
+        if parameters.get(name, value) != value:
+            return f"{name}={parameters[name]}"
+    encoding = parameters.get("client_encoding", "UTF8")
+    return None if safe_encoding(encoding) else f"client_encoding={encoding}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +169,14 @@ class ClientSession:
                 "upstream_error", login.claims, resource.name, t0, action="connect",
                 decision="error", reason="upstream_unavailable",
                 detail={"error": (str(exc) or type(exc).__name__)[:1000]},
+            )  # fmt: skip
+            return None
+        unsafe = _lexing_mismatch(link.parameters)
+        if unsafe is not None:  # fail closed: the server would lex statements otherwise
+            self._fatal("08006", f"Lockgate: the server of {resource.name!r} runs with {unsafe}")
+            ctx.record(
+                "upstream_error", login.claims, resource.name, t0, action="connect",
+                decision="error", reason="upstream_session_unsafe", detail={"setting": unsafe},
             )  # fmt: skip
             return None
         # The catalog may have changed while the upstream was awaited; the engine ends only

@@ -27,9 +27,12 @@ Rules, in the order a client meets them:
 * Other parameters are passed upstream only from :data:`FORWARDED_PARAMETERS` (session
   settings that change no statement's meaning). ``client_encoding`` must be UTF-8 or
   SQL_ASCII: statements are parsed as UTF-8, and encodings such as SJIS hide a quote inside
-  a multibyte character (CVE-2006-2314). Refused with ``08P01``/``0A000`` and a message that
-  says what to do: ``replication`` (no replication through the gateway), a non-empty
-  ``options`` (``-c`` settings could change the role or the search path unseen),
+  a multibyte character (CVE-2006-2314). Upstream, ``client_encoding`` (UTF8 unless the
+  client chose) and ``standard_conforming_strings=on`` are always sent, so a database or
+  role default cannot change how the server lexes what the gateway parsed. Refused with
+  ``08P01``/``0A000`` and a message that says what to do: ``replication`` (no replication
+  through the gateway), a non-empty ``options`` (``-c`` settings could change the role or
+  the search path unseen),
   ``search_path`` (the session starts on the resource's ``search_path``; ``SET`` it after
   connecting, where it is tracked), and any other parameter.
 * Then ``AuthenticationCleartextPassword``; the ``PasswordMessage`` is the Lockgate token,
@@ -79,6 +82,9 @@ FORWARDED_PARAMETERS = frozenset(
 #: client_encoding values whose bytes the gateway parses as the server does.
 #: Compared as the server does, on letters and digits alone ("'utf-8'" is UTF8).
 SAFE_ENCODINGS = frozenset({"utf8", "unicode", "sqlascii"})
+#: Session settings sent upstream in every startup packet (they win over database and role
+#: defaults) and checked in the server's ParameterStatus after login (:mod:`.session`).
+PINNED_PARAMETERS = {"standard_conforming_strings": "on"}
 TLS_REQUIRED = "Lockgate requires TLS (sslmode=require or stronger)"
 
 
@@ -335,7 +341,7 @@ def _forwarded(params: dict[str, str], resource: str) -> dict[str, str]:
                 "08P01", f'unsupported startup parameter: "{name}"', "unsupported_parameter",
                 hint="run SET after connecting", resource=resource,
             )  # fmt: skip
-        if key == "client_encoding" and _encoding_name(value) not in SAFE_ENCODINGS:
+        if key == "client_encoding" and not safe_encoding(value):
             raise Refused(
                 "22023",
                 f'client_encoding "{value}" is not served by Lockgate',
@@ -344,11 +350,29 @@ def _forwarded(params: dict[str, str], resource: str) -> dict[str, str]:
                 resource=resource,
             )
         forwarded[name] = value
+    # Pinned whatever a database or role default says: statements are parsed as UTF-8 with
+    # standard_conforming_strings on (SJIS or escapes in '...' would lex them otherwise).
+    if not any(name.lower() == "client_encoding" for name in forwarded):
+        forwarded["client_encoding"] = "UTF8"
+    forwarded.update(PINNED_PARAMETERS)
     return forwarded
+
+
+def safe_encoding(value: str) -> bool:
+    """Whether the server lexes bytes in this client_encoding as the gateway parses them."""
+    return _encoding_name(value) in SAFE_ENCODINGS
 
 
 def _encoding_name(value: str) -> str:
     return "".join(ch for ch in value.lower() if ch.isascii() and ch.isalnum())
 
 
-__all__ = ["FORWARDED_PARAMETERS", "SAFE_ENCODINGS", "Login", "Refused", "Startup"]
+__all__ = [
+    "FORWARDED_PARAMETERS",
+    "PINNED_PARAMETERS",
+    "SAFE_ENCODINGS",
+    "Login",
+    "Refused",
+    "Startup",
+    "safe_encoding",
+]
