@@ -1,15 +1,16 @@
 """Name scope of a PostgreSQL session: what unqualified names resolve through.
 
-* :class:`RelationCatalog` — which schemas hold which relation names, as the upstream's
-  ``pg_class`` says (the engine runs :attr:`RelationCatalog.QUERY` at login). A session's own
-  DDL is layered on top as *maybe* facts: a relation it created (or a schema) may exist, one
-  it dropped or renamed may be gone — resolution treats a maybe as "take it and look further",
-  so a rolled-back CREATE or DROP can only widen what is checked, never narrow it.
+* :class:`RelationCatalog` (:mod:`.relation_catalog`, re-exported here) — the upstream's
+  relations, functions, view reads and children. A session's own DDL is layered on top as
+  *maybe* facts: a relation it created (or a schema) may exist, one it dropped or renamed
+  may be gone — resolution treats a maybe as "take it and look further", so a rolled-back
+  CREATE or DROP can only widen what is checked, never narrow it.
 * :class:`NameScope` — what :func:`lockgate.gateway.postgres.classify.classify` reads.
 * :class:`SessionScope` — one per client session: follows ``search_path`` the way the server
   does (SET takes effect when its statement completes; SET LOCAL ends with the transaction; a
   rolled-back transaction or savepoint takes its SETs back; an error ends an implicit
-  transaction as a rollback), temporary objects, and SQL-level PREPARE names.
+  transaction as a rollback), temporary objects, SQL-level PREPARE names and cursors.
+* :class:`TextScope` — what the later statements of one text see.
 
 Paths handed out are expanded: ``$user`` is the upstream login user, ``pg_temp`` is first
 once the session may have temporary relations (unless the path lists it). The implicit
@@ -19,180 +20,23 @@ once the session may have temporary relations (unless the path lists it). The im
 from __future__ import annotations
 
 import copy
-import itertools
-from collections.abc import Iterable, Mapping
-from typing import ClassVar, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 from .classified import Effect, Statement, Unplaceable
-from .functions import split_identifier
+from .relation_catalog import ANY_SCHEMA, MAYBE, NO, YES, RelationCatalog
 
 __all__ = [
     "ANY_SCHEMA",
+    "MAYBE",
+    "NO",
+    "YES",
     "NameScope",
     "RelationCatalog",
     "SessionScope",
     "TextScope",
     "cursors_of",
 ]
-
-_generations = itertools.count(1)
-
-YES, MAYBE, NO = "yes", "maybe", "no"
-# In a path: "the session may have moved here, out of sight" (a DO block, a procedure or a
-# function that may call set_config): resolution then takes every schema holding the name.
-ANY_SCHEMA = "*"
-
-
-class RelationCatalog:
-    """Relation names per schema, from the upstream, plus a session's maybe-facts."""
-
-    # Every relation (tables, partitioned tables, views, materialized views, foreign tables,
-    # sequences, indexes, composite types: they share one name space per schema) and every
-    # schema (relname NULL). Other sessions' temporary and TOAST schemas are left out.
-    # schema (relname NULL). More facts come as rows whose first column starts with a marker
-    # longer than any schema name can be (63 bytes): the schemas holding functions of each
-    # name, the relations each view reads, the children of each inheritance parent.
-    FUNCTIONS_MARK: ClassVar[str] = "lockgate:functions:" + "-" * 48
-    VIEW_MARK: ClassVar[str] = "lockgate:view-reads:" + "-" * 48
-    CHILD_MARK: ClassVar[str] = "lockgate:child-of:" + "-" * 48
-    QUERY: ClassVar[str] = (
-        # text, not name: a name column would cut the marked rows at 63 bytes
-        "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c"  # noqa: S608
-        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
-        " UNION ALL SELECT nspname, NULL FROM pg_catalog.pg_namespace"
-        " WHERE nspname !~ '^pg_(toast|temp_|toast_temp_)'"
-        f" UNION ALL SELECT DISTINCT '{FUNCTIONS_MARK}' || n.nspname, p.proname"
-        " FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
-        " WHERE n.nspname !~ '^pg_(toast|temp_|toast_temp_)'"
-        f" UNION ALL SELECT DISTINCT '{VIEW_MARK}' || quote_ident(vn.nspname) || '.'"
-        " || quote_ident(v.relname), quote_ident(bn.nspname) || '.' || quote_ident(b.relname)"
-        " FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class v ON v.oid = r.ev_class"
-        " JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace"
-        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass"
-        " AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::regclass"
-        " AND d.refobjid <> v.oid"
-        " JOIN pg_catalog.pg_class b ON b.oid = d.refobjid"
-        " JOIN pg_catalog.pg_namespace bn ON bn.oid = b.relnamespace"
-        " WHERE v.relkind IN ('v', 'm')"
-        " AND vn.nspname NOT IN ('pg_catalog', 'information_schema')"
-        f" UNION ALL SELECT '{CHILD_MARK}' || quote_ident(pn.nspname) || '.'"
-        " || quote_ident(p.relname), quote_ident(cn.nspname) || '.' || quote_ident(c.relname)"
-        " FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class p ON p.oid = i.inhparent"
-        " JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace"
-        " JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid"
-        " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
-        " WHERE c.relkind IN ('r', 'p', 'f')"
-    )
-
-    def __init__(self, rows: Iterable[tuple[str, str | None]], schemas: Iterable[str] = ()) -> None:
-        by_name: dict[str, set[str]] = {}
-        functions: dict[str, set[str]] = {}
-        reads: dict[tuple[str, str], set[tuple[str, str]]] = {}
-        children: dict[tuple[str, str], set[tuple[str, str]]] = {}
-        known_schemas = set(schemas)
-        for schema, name in rows:
-            if schema.startswith(self.FUNCTIONS_MARK):
-                if name is not None:
-                    functions.setdefault(name, set()).add(schema[len(self.FUNCTIONS_MARK) :])
-                continue
-            for mark, facts in ((self.VIEW_MARK, reads), (self.CHILD_MARK, children)):
-                if schema.startswith(mark):
-                    holder, held = _relation(schema[len(mark) :]), _relation(name)
-                    if holder is not None and held is not None:
-                        facts.setdefault(holder, set()).add(held)
-                    break
-            else:
-                known_schemas.add(schema)
-                if name is not None:
-                    by_name.setdefault(name, set()).add(schema)
-                continue
-        self._by_name = {name: frozenset(s) for name, s in by_name.items()}
-        self._functions = {name: frozenset(s) for name, s in functions.items()}
-        self._reads = {holder: frozenset(held) for holder, held in reads.items()}
-        self._children = {parent: frozenset(c) for parent, c in children.items()}
-        self.knows_functions = bool(functions)
-        self._schemas = frozenset(known_schemas)
-        self._maybe_present: frozenset[tuple[str, str]] = frozenset()
-        self._maybe_absent: frozenset[tuple[str, str]] = frozenset()
-        self._maybe_schemas: frozenset[str] = frozenset()
-        self.generation = next(_generations)
-
-    def reads_through(
-        self, schema: str, name: str, *, children: bool = True
-    ) -> list[tuple[str, str]]:
-        """Relations a read or write of ``schema.name`` reaches too, transitively: what a
-        view (or materialized view) reads, and an inheritance parent's (or partitioned
-        table's) children unless ``children`` is False (``ONLY``). Of a view's relations
-        the children count too (whether the view says ONLY is not known here)."""
-        start = (schema, name)
-        reached: dict[tuple[str, str], None] = {}
-        pending = list(self._reads.get(start, ()))
-        if children:
-            pending += self._children.get(start, ())
-        while pending:
-            relation = pending.pop()
-            if relation in reached or relation == start:
-                continue
-            reached[relation] = None
-            pending += self._reads.get(relation, ())
-            pending += self._children.get(relation, ())
-        return list(reached)
-
-    def schemas_of(self, relname: str) -> frozenset[str]:
-        """Schemas that hold ``relname`` for certain (the upstream's catalog)."""
-        return self._by_name.get(relname, frozenset())
-
-    def relation(self, schema: str, relname: str) -> str:
-        """``"yes"``, ``"maybe"`` (the session's own DDL may have changed it) or ``"no"``."""
-        if (schema, relname) in self._maybe_absent or (schema, relname) in self._maybe_present:
-            return MAYBE
-        return YES if schema in self.schemas_of(relname) else NO
-
-    def function_schemas(self, name: str) -> frozenset[str]:
-        """Schemas holding a function called ``name`` (empty when functions are unknown)."""
-        return self._functions.get(name, frozenset())
-
-    def holders(self, relname: str) -> list[str]:
-        """Every schema that holds ``relname`` or may (the session's own DDL)."""
-        maybe = sorted(s for s, n in self._maybe_present if n == relname)
-        return sorted(self.schemas_of(relname)) + maybe
-
-    def schema_names(self) -> list[str]:
-        """Every schema, known or maybe created by the session."""
-        return sorted(self._schemas | self._maybe_schemas)
-
-    def schema(self, name: str) -> str:
-        """Whether schema ``name`` exists: ``"yes"``, ``"maybe"`` or ``"no"``."""
-        if name in self._maybe_schemas:
-            return MAYBE
-        return YES if name in self._schemas else NO
-
-    def with_session_changes(
-        self,
-        present: Iterable[tuple[str, str]],
-        absent: Iterable[tuple[str, str]],
-        schemas: Iterable[str],
-    ) -> RelationCatalog:
-        """This catalog with a session's maybe-facts on top (a new generation)."""
-        layered = RelationCatalog.__new__(RelationCatalog)
-        layered._by_name = self._by_name
-        layered._functions = self._functions
-        layered._reads = self._reads
-        layered._children = self._children
-        layered.knows_functions = self.knows_functions
-        layered._schemas = self._schemas
-        layered._maybe_present = self._maybe_present | frozenset(present)
-        layered._maybe_absent = self._maybe_absent | frozenset(absent)
-        layered._maybe_schemas = self._maybe_schemas | frozenset(schemas)
-        layered.generation = next(_generations)
-        return layered
-
-
-def _relation(text: str | None) -> tuple[str, str] | None:
-    """``(schema, name)`` of ``quote_ident(schema) || '.' || quote_ident(name)``."""
-    parts = split_identifier(text) if text else None
-    return (parts[0], parts[1]) if parts is not None and len(parts) == 2 else None
 
 
 class NameScope(Protocol):
