@@ -50,3 +50,18 @@ def test_an_unreadable_sensitive_text_is_withheld_whole() -> None:
     assert "unterminated" not in out
     assert out.startswith("<statement withheld")
     assert redact("SELECT 'unterminated") == "SELECT 'unterminated"
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            "SELECT dblink_connect('postgresql://etl:hunter2@db/x')",
+            "SELECT dblink_connect('***')",
+        ),
+        ("SELECT dblink('host=h pwd=x', 'select 1')", "SELECT dblink('***', '***')"),
+        ("SELECT set_config('my.secret', 'v', false)", "SELECT set_config('***', '***', false)"),
+    ],
+)
+def test_other_secret_carriers_are_redacted(sql: str, expected: str) -> None:
+    assert redact(sql) == expected

@@ -1,7 +1,8 @@
 """Password redaction of PostgreSQL statement texts before an audit record or a log line.
 
-Rule (:func:`redact`): a text is *sensitive* when it mentions ``password`` anywhere (any
-case: the PASSWORD role option, a ``password=`` in a connection string, a comment) or holds
+Rule (:func:`redact`): a text is *sensitive* when it mentions ``passw``, ``pwd``,
+``secret`` or ``://`` anywhere (any case: the PASSWORD role option, a ``password=`` in a
+connection string, ``postgresql://user:pw@host`` in a dblink call, a comment) or holds
 a ``CREATE|ALTER ROLE|USER|GROUP|SERVER|SUBSCRIPTION`` statement (or ``... USER MAPPING``),
 whose options may carry secrets under other names. In a sensitive text every string
 literal (``'...'``, ``E'...'``, ``U&'...'``, ``$tag$...$tag$``, bit and hex strings)
@@ -24,7 +25,8 @@ _LITERALS = frozenset({"SCONST", "USCONST", "BCONST", "XCONST"})
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _VERBS = frozenset({"CREATE", "ALTER"})
 _SECRET_HOLDERS = frozenset({"ROLE", "USER", "GROUP", "SERVER", "SUBSCRIPTION", "MAPPING"})
-_HINTS = ("password", "role", "user", "group", "server", "subscription")
+_SECRET_WORDS = ("passw", "pwd", "secret", "://")
+_HINTS = (*_SECRET_WORDS, "role", "user", "group", "server", "subscription", "mapping")
 
 
 def redact(sql: str) -> str:
@@ -41,7 +43,7 @@ def redact(sql: str) -> str:
     role_statement = any(
         verb in _VERBS and obj in _SECRET_HOLDERS for verb, obj in itertools.pairwise(names)
     ) or any(a == "USER" and b == "MAPPING" for a, b in itertools.pairwise(names))
-    if "password" not in lowered and not role_statement:
+    if not role_statement and not any(word in lowered for word in _SECRET_WORDS):
         return sql
     pieces: list[str] = []
     pos = 0
