@@ -9,6 +9,8 @@ from lockgate.gateway.postgres.classify import Unplaceable, classify
 from lockgate.gateway.postgres.relation_catalog import RelationCatalog
 from lockgate.gateway.postgres.scope import SessionScope
 
+from .test_classify_oracle import CORPUS
+
 CATALOG = RelationCatalog(
     [("public", "t"), ("public", "u"), ("sales", "t"), ("pg_catalog", "pg_class")],
     ["public", "sales", "pg_catalog"],
@@ -46,4 +48,26 @@ def test_token_soup_is_placed_or_refused(sql: str) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200))
 def test_any_text_is_placed_or_refused(sql: str) -> None:
+    _survives(sql)
+
+
+@st.composite
+def _mangled(draw: st.DrawFn) -> str:
+    """A statement of the oracle corpus, cut, doubled or spliced with another."""
+    texts = [sql for _, sql in CORPUS]
+    first, second = draw(st.sampled_from(texts)), draw(st.sampled_from(texts))
+    cut = draw(st.integers(0, len(first)))
+    how = draw(st.sampled_from(["cut", "splice", "join", "nest"]))
+    if how == "cut":
+        return first[:cut]
+    if how == "splice":
+        return first[:cut] + second[draw(st.integers(0, len(second))) :]
+    if how == "join":
+        return f"{first}; {second}"
+    return f"WITH w AS ({first}) SELECT * FROM w; EXPLAIN {second}"  # noqa: S608
+
+
+@settings(max_examples=400, deadline=None)
+@given(_mangled())
+def test_mangled_statements_are_placed_or_refused(sql: str) -> None:
     _survives(sql)
