@@ -108,11 +108,6 @@ async def test_one_dag_cannot_read_another_dags_statements_in_pg_stat_activity(
     assert not leaked, leaked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a view is judged on its own name only: a grant on sales.* reads a view in sales "
-    "over other.secret (the CQL engine judges a view read on its base too)",
-)
 async def test_a_view_in_a_granted_schema_does_not_open_a_forbidden_base_table(
     stack: PgStack,
 ) -> None:
@@ -129,11 +124,6 @@ async def test_a_view_in_a_granted_schema_does_not_open_a_forbidden_base_table(
     assert rows is None or "the-upstream-only-secret" not in repr(rows), rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a read of an inheritance parent (or a partitioned table) is judged on the parent "
-    "only; the server reads its children too, here one in a forbidden schema",
-)
 async def test_reading_a_parent_does_not_read_a_child_in_a_forbidden_schema(
     stack: PgStack,
 ) -> None:
@@ -368,12 +358,6 @@ async def test_the_upstream_logins_user_mapping_password_is_not_served(stack: Pg
     assert rows is None or "fdw-password-of-the-gateway" not in repr(rows), rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="information_schema.user_mapping_options (and _pg_user_mappings) stay under "
-    "builtin:catalog-read: they serve the upstream login's user mapping password, which "
-    "pg_catalog.pg_user_mappings no longer does",
-)
 async def test_the_user_mapping_password_is_not_served_by_information_schema(
     stack: PgStack,
 ) -> None:
@@ -388,11 +372,6 @@ async def test_the_user_mapping_password_is_not_served_by_information_schema(
     assert rows is None or "fdw-password-of-the-gateway" not in repr(rows), rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pg_catalog.pg_sequences (builtin:catalog-read) serves last_value of sequences the "
-    "principal may not read (how many rows a forbidden table took, ids to come)",
-)
 async def test_a_forbidden_sequences_value_is_not_served_by_pg_sequences(stack: PgStack) -> None:
     stack.upstream_psql(
         "CREATE SEQUENCE other.invoice_seq START 7000;"
@@ -421,12 +400,6 @@ rules:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FETCH from a SQL cursor is judged as touching nothing: a cursor declared under a "
-    "grant keeps serving rows after the grant is withdrawn (a protocol portal's Execute "
-    "is judged again under the policy of now; a cursor's FETCH is not)",
-)
 async def test_a_cursor_serves_no_rows_once_its_grant_is_withdrawn(stack: PgStack) -> None:
     conn = await _connect(stack)
     try:
