@@ -1,5 +1,5 @@
-"""What the ``lockgate`` commands share: how a subcommand is declared, the config lookup,
-the state, and one-off audit records written by the command itself.
+"""What the ``lockgate`` commands share: how a subcommand is declared, the global options,
+the config lookup, the state, and one-off audit records written by the command itself.
 
 The state and audit modules are imported lazily, so ``config check`` and ``--help`` stay
 quick.
@@ -20,13 +20,35 @@ if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
+CONFIG_HELP = "path to lockgate.yaml (default: $LOCKGATE_CONFIG, else ./lockgate.yaml)"
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
+    """The options every command takes, before the command or after it.
+
+    ``lockgate -c X serve`` and ``lockgate serve -c X`` mean the same. Below the top level
+    the default is SUPPRESS: an option not given after the command leaves the value given
+    before it (or the top level's default) alone, and one given after it wins.
+    """
+    default = None if top_level else argparse.SUPPRESS
+    parser.add_argument("-c", "--config", metavar="PATH", default=default, help=CONFIG_HELP)
+
+
 def add_command(
     parent: Subcommands, name: str, fn: Callable[[argparse.Namespace], int], help: str
 ) -> argparse.ArgumentParser:
     """Declare subcommand ``name`` of ``parent``, run by ``fn``; its parser, for arguments."""
     sp = parent.add_parser(name, help=help, description=help)
+    add_global_options(sp)
     sp.set_defaults(fn=fn)
     return sp
+
+
+def add_group(parent: Subcommands, name: str, help: str) -> Subcommands:
+    """Declare command group ``name`` (``lockgate policy ...``); its subcommands' parent."""
+    group = parent.add_parser(name, help=help, description=help)
+    add_global_options(group)
+    return group.add_subparsers(dest="sub", required=True)
 
 
 def config_from(args: argparse.Namespace) -> LockgateConfig:

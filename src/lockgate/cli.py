@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lockgate._cli_state import add_command
+from lockgate._cli_state import add_command, add_global_options, add_group
 from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import config_from as _config
 from lockgate._cli_state import open_state as _state
@@ -310,61 +310,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """Every verb and flag; docs/cli.md's reference is generated from it (lockgate.cli_docs)."""
     p = argparse.ArgumentParser(
         prog="lockgate", description="Identity-aware access gateway for data pipelines."
     )
-    p.add_argument(
-        "-c",
-        "--config",
-        help="path to lockgate.yaml (default: $LOCKGATE_CONFIG or ./lockgate.yaml)",
-    )
+    add_global_options(p, top_level=True)
     sub = p.add_subparsers(dest="command", required=True)
 
     sp = add_command(sub, "init", cmd_init, "write a working example configuration into DIR")
-    sp.add_argument("dir")
-    sp.add_argument("--force", action="store_true", help="overwrite an existing lockgate.yaml")
+    sp.add_argument("dir", metavar="DIR", help="directory to write into (created if missing)")
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing lockgate.yaml (and make a new secret and TLS material)",
+    )
     sp.add_argument("--no-tls", action="store_true", help="plain HTTP listeners (development only)")
     sp = add_command(sub, "serve", cmd_serve, "run the gateway")
     sp.add_argument(
         "--workers",
         type=int,
         default=1,
+        metavar="N",
         help="worker processes sharing the http port (SO_REUSEPORT) and one audit writer; "
         "worker 0 alone serves the control plane, so /metrics covers its traffic only",
     )
 
-    cfg = sub.add_parser("config", help="configuration commands").add_subparsers(
-        dest="sub", required=True
+    cfg = add_group(sub, "config", "configuration commands")
+    add_command(
+        cfg, "check", cmd_config_check, "validate the configuration file and its policy files"
     )
-    add_command(cfg, "check", cmd_config_check, "validate the configuration file")
 
-    pol = sub.add_parser("policy", help="policy commands").add_subparsers(dest="sub", required=True)
+    pol = add_group(sub, "policy", "policy commands")
     sp = add_command(pol, "check", cmd_policy_check, "print the decision and the deciding rule")
-    sp.add_argument("principal")
-    sp.add_argument("action", choices=["read", "write", "admin", "run"])
-    sp.add_argument("target", metavar="RESOURCE[/OBJECT]")
+    sp.add_argument("principal", metavar="PRINCIPAL", help="who asks: airflow:DEPLOYMENT/DAG/TASK")
+    sp.add_argument(
+        "action", metavar="ACTION", choices=["read", "write", "admin", "run"], help="what is done"
+    )
+    sp.add_argument(
+        "target",
+        metavar="RESOURCE[/OBJECT]",
+        help="a resource of the catalog, and the object inside it after the first '/'",
+    )
     sp = add_command(pol, "lint", cmd_policy_lint, "report overbroad, shadowed and dangling rules")
     sp.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     sp = add_command(
         pol, "test", cmd_policy_test, "run YAML policy test cases; exit 1 on a mismatch"
     )
-    sp.add_argument("files", nargs="+")
+    sp.add_argument("files", nargs="+", metavar="FILE", help="policy test file")
 
     add_token_commands(sub)
 
-    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="sub", required=True)
+    keys = add_group(sub, "keys", "signing keys")
     sp = add_command(
         keys,
         "rotate",
         cmd_keys_rotate,
         "add a signing key; old keys stay published until their tokens expire",
     )
-    sp.add_argument("--retire-after", type=int, help="seconds to keep the old key published")
+    sp.add_argument(
+        "--retire-after",
+        type=int,
+        metavar="SECONDS",
+        help="seconds to keep the old keys published (default: tokens.max_ttl + 300; "
+        "0 retires them at once)",
+    )
     add_command(keys, "list", cmd_keys_list, "list published signing keys")
 
-    creds = sub.add_parser("creds", help="upstream credentials").add_subparsers(
-        dest="sub", required=True
-    )
+    creds = add_group(sub, "creds", "upstream credentials")
     for name, fn, text in (
         (
             "set",
@@ -378,25 +390,35 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         sp = add_command(creds, name, fn, text)
-        sp.add_argument("name")
-        sp.add_argument("--from-env", metavar="VAR")
-        sp.add_argument("--from-file", metavar="PATH")
+        sp.add_argument("name", metavar="NAME", help="one of the configuration's credentials")
+        sp.add_argument("--from-env", metavar="VAR", help="read the value from this variable")
+        sp.add_argument(
+            "--from-file",
+            metavar="PATH",
+            help="read the value from this file (surrounding whitespace stripped)",
+        )
     add_command(
         creds, "list", cmd_creds_list, "list credentials and their current version (never values)"
     )
 
-    aud = sub.add_parser("audit", help="audit trail").add_subparsers(dest="sub", required=True)
-    sp = add_command(aud, "tail", cmd_audit_tail, "show the newest records")
-    sp.add_argument("-n", type=int, default=20)
-    sp.add_argument("--json", action="store_true")
-    sp = add_command(aud, "search", cmd_audit_search, "search records")
-    sp.add_argument("--dag")
-    sp.add_argument("--run")
-    sp.add_argument("--decision", choices=["allow", "deny", "error"])
-    sp.add_argument("--event")
-    sp.add_argument("--resource")
-    sp.add_argument("--limit", type=int, default=100)
-    sp.add_argument("--json", action="store_true")
+    aud = add_group(sub, "audit", "audit trail")
+    sp = add_command(aud, "tail", cmd_audit_tail, "show the newest records, oldest first")
+    sp.add_argument("-n", type=int, default=20, metavar="N", help="how many records")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp = add_command(aud, "search", cmd_audit_search, "records matching every filter given")
+    sp.add_argument("--dag", metavar="D", help="DAG id")
+    sp.add_argument("--run", metavar="R", help="DAG run id")
+    sp.add_argument(
+        "--decision",
+        choices=["allow", "deny", "error"],
+        help="deny: every refusal; error: what the gateway or the upstream could not serve",
+    )
+    sp.add_argument("--event", metavar="E", help="record event, e.g. token_issued, denied")
+    sp.add_argument("--resource", metavar="NAME", help="resource name")
+    sp.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most the newest N records"
+    )
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp = add_command(
         aud,
         "verify",
@@ -411,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sp = add_command(sub, "demo", cmd_demo, "run the end-to-end demo on embedded defaults")
-    sp.add_argument("--dir", default="demo", help="working directory for the demo (default ./demo)")
+    sp.add_argument("--dir", default="demo", metavar="DIR", help="working directory for the demo")
     sp.add_argument("--no-airflow", action="store_true", help="skip the Airflow DAG runs")
     return p
 

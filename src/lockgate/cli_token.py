@@ -20,7 +20,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from lockgate._cli_state import add_command
+from lockgate._cli_state import add_command, add_group
 from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import open_state as _state
 from lockgate.config import LockgateConfig
@@ -148,7 +148,7 @@ def cmd_token_revocations(args: argparse.Namespace) -> int:
 
 def add_token_commands(sub: Subcommands) -> None:
     """The ``token`` subcommands, on the top-level parser's subparsers ``sub``."""
-    tok = sub.add_parser("token", help="token commands").add_subparsers(dest="sub", required=True)
+    tok = add_group(sub, "token", "token commands")
     sp = add_command(
         tok,
         "revoke",
@@ -156,13 +156,17 @@ def add_token_commands(sub: Subcommands) -> None:
         "revoke a token by jti, or every token of a DAG (run) or deployment; "
         "--block: and mint none until unblocked",
     )
-    sp.add_argument("--jti")
-    sp.add_argument("--dag")
-    sp.add_argument("--run")
+    sp.add_argument("--jti", metavar="J", help="one token, by its jti claim")
+    sp.add_argument("--dag", metavar="D", help="every token issued so far for this DAG")
+    sp.add_argument("--run", metavar="R", help="with --dag: only this DAG run")
     sp.add_argument(
-        "--deployment", help="limit a DAG revocation to one deployment; alone: all its DAGs"
+        "--deployment",
+        metavar="N",
+        help="limit a DAG revocation to one deployment; alone: all its DAGs",
     )
-    sp.add_argument("--reason", help="shown in the list, the audit and refused mints")
+    sp.add_argument(
+        "--reason", metavar="TEXT", help="shown in the list, the audit and refused mints"
+    )
     sp.add_argument(
         "--block",
         action="store_true",
@@ -171,7 +175,7 @@ def add_token_commands(sub: Subcommands) -> None:
     sp = add_command(
         tok, "unblock", cmd_token_unblock, "lift a --block (revoked tokens stay revoked)"
     )
-    sp.add_argument("--dag")
-    sp.add_argument("--deployment")
+    sp.add_argument("--dag", metavar="D", help="the DAG the block names")
+    sp.add_argument("--deployment", metavar="N", help="the deployment the block names")
     sp.set_defaults(jti=None, run=None)
     add_command(tok, "revocations", cmd_token_revocations, "list active revocations and blocks")
