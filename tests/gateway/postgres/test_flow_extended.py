@@ -454,3 +454,17 @@ async def test_describe_of_an_unknown_statement_is_forwarded() -> None:
     assert out.to_server == [describe("S", "nope"), codec.sync()]
     relayed = h.answer(server_error("26000"), rfq())
     assert types(relayed) == ["E", "Z"] and errors(relayed)[0]["C"] == "26000"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        codec.encode(codec.BIND, b"portal-without-end"),
+        codec.encode(codec.BIND, b"\x00stmt-without-end"),
+        codec.encode(codec.EXECUTE, b"\xff\xfe\x00\x00\x00\x00\x00"),
+    ],
+)
+async def test_malformed_bind_or_execute_is_a_protocol_error(frame: bytes) -> None:
+    h = FlowHarness()
+    with pytest.raises(codec.ProtocolError):
+        await h.send(frame)

@@ -232,7 +232,7 @@ class Flow(AnswerRelay):
         return self._forward(msg, unit)
 
     def _bind(self, msg: codec.Message) -> Out:
-        portal_name, statement = _bind_names(msg.body)
+        portal_name, statement = _names(msg.body, 2, "Bind")
         text = self.scope.protocol.get(statement)
         if text is None and statement:
             text = self.scope.base.prepared.get(statement)
@@ -247,15 +247,15 @@ class Flow(AnswerRelay):
 
     async def _execute(self, msg: codec.Message) -> Out:
         t0 = self.ctx.clock()
-        execute = codec.decode_execute(msg.body)
-        names: dict[str, Any] = {"portal": execute.portal}
-        portal = self._portals.get(execute.portal)
+        portal_name = _names(msg.body, 1, "Execute")[0]
+        names: dict[str, Any] = {"portal": portal_name}
+        portal = self._portals.get(portal_name)
         judge = self.judge
         refusal = judge.check_token()
         if refusal is None and portal is None:
             refusal = Refusal(
                 "42501",
-                f"Lockgate refused to execute portal {execute.portal!r}: it was not bound "
+                f"Lockgate refused to execute portal {portal_name!r}: it was not bound "
                 "to a statement in this session",
                 "unknown_portal",
             )
@@ -402,18 +402,21 @@ def _may_copy(judged: Judged | Unplaceable, text: str) -> bool:
     return judged.copy if isinstance(judged, Judged) else _COPY_WORD(text) is not None
 
 
-def _bind_names(body: bytes) -> tuple[str, str]:
-    """A Bind's portal and statement names, without decoding its parameter values (the
-    server checks the rest; a malformed body is a protocol error here as there)."""
-    end = body.find(b"\0")
-    stop = body.find(b"\0", end + 1) if end >= 0 else -1
-    if stop < 0:
-        codec.decode_bind(body)  # raises the codec's ProtocolError
-        raise codec.ProtocolError("malformed Bind")
-    try:
-        return body[:end].decode(), body[end + 1 : stop].decode()
-    except UnicodeDecodeError:
-        raise codec.ProtocolError("Bind names are not UTF-8") from None
+def _names(body: bytes, count: int, what: str) -> list[str]:
+    """The first ``count`` strings of a Bind or Execute (portal and statement names),
+    without decoding the rest: parameter values are the server's to read."""
+    names: list[str] = []
+    start = 0
+    for _ in range(count):
+        end = body.find(b"\0", start)
+        if end < 0:
+            raise codec.ProtocolError(f"malformed {what}: a name lacks its terminator")
+        try:
+            names.append(body[start:end].decode())
+        except UnicodeDecodeError:
+            raise codec.ProtocolError(f"malformed {what}: a name is not UTF-8") from None
+        start = end + 1
+    return names
 
 
 def _judged_detail(judged: Judged) -> dict[str, Any]:
