@@ -152,3 +152,40 @@ def test_sequence_values_settings_and_user_mappings_need_a_grant() -> None:
         judged = h.flow.judge.judged(text, h.flow.scope)
         assert isinstance(judged, Judged)
         assert isinstance(h.flow.judge.decide(judged), Refusal), text
+
+
+async def test_cached_prepared_statement_cost() -> None:
+    """Gateway CPU of one Bind/Execute/Sync of a prepared statement, to its outcome."""
+    from lockgate.gateway.postgres.codec import Bind, Execute, Parse
+
+    def msg(frame: bytes) -> codec.Message:
+        return codec.Message(frame[0], frame[5:])
+
+    h = FlowHarness()
+    flow = h.flow
+    parse = Parse("s1", "SELECT abalance FROM t WHERE aid = $1", ())
+    await flow.from_client(msg(codec.encode_message(parse)))
+    await flow.from_client(msg(codec.sync()))
+    flow.from_server(msg(codec.parse_complete()))
+    flow.from_server(msg(rfq()))
+    client = [
+        msg(codec.encode_message(Bind("", "s1", (), (b"1",), ()))),
+        msg(codec.encode_message(Execute("", 0))),
+        msg(codec.sync()),
+    ]
+    server = [
+        msg(codec.bind_complete()),
+        msg(codec.data_row([b"0"])),
+        msg(cc("SELECT 1")),
+        msg(rfq()),
+    ]
+    rounds = 2000
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        for c in client:
+            await flow.from_client(c)
+        for a in server:
+            flow.from_server(a)
+    per_statement = (time.perf_counter() - t0) / rounds * 1e6
+    print(f"flow: {per_statement:.1f} µs per cached prepared statement")
+    assert len(h.admitted()) == rounds and per_statement < 500
