@@ -478,3 +478,11 @@ async def test_a_pipelined_reset_may_take_the_path_back_to_the_initial_one() -> 
     await h.query("RESET search_path")
     out = await h.query("SELECT * FROM t")
     assert out.to_server == REFUSED_QUERY  # sales.t too, once the RESET runs
+
+
+async def test_a_set_earlier_in_the_same_query_is_not_ignored() -> None:
+    # The statement after it runs under the new path: never judged on the old one alone.
+    h = FlowHarness(allow=[("*", "public.*")])
+    out = await h.query("SET search_path = sales; SELECT * FROM t")
+    assert out.to_server == REFUSED_QUERY
+    assert not h.admitted()
