@@ -13,6 +13,7 @@ the hole is closed, which is when the mark comes off. The others show a defence 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -460,3 +461,48 @@ async def test_a_view_redefined_after_login_is_judged_on_what_it_reads_now(
     finally:
         await conn.close()
     assert rows is None or "the-upstream-only-secret" not in repr(rows), rows
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a view is judged on the relations it reads but not on the functions it calls: a "
+    "view over a user function (admin when called directly) runs it, and the function "
+    "reads a forbidden table",
+)
+async def test_a_view_over_a_user_function_is_judged_as_calling_it(stack: PgStack) -> None:
+    stack.upstream_psql(
+        "CREATE FUNCTION sales.peek() RETURNS text LANGUAGE sql"
+        " AS 'SELECT value FROM other.secret WHERE id = 1';"
+        "CREATE VIEW sales.peek_view AS SELECT sales.peek() AS v;"
+        f'GRANT EXECUTE ON FUNCTION sales.peek() TO "{stack.login}";'
+        f'GRANT SELECT ON sales.peek_view TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT sales.peek()")  # calling it directly is admin
+        rows = await _rows_or_refused(conn, "SELECT v FROM sales.peek_view")
+    finally:
+        await conn.close()
+    assert rows is None or "the-upstream-only-secret" not in repr(rows), rows
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a write is judged on its target only: a rule (or trigger) on a granted table "
+    "that writes a forbidden one runs with the write",
+)
+async def test_a_rule_on_a_granted_table_does_not_write_a_forbidden_one(stack: PgStack) -> None:
+    stack.upstream_psql(
+        "CREATE RULE copy_out AS ON INSERT TO sales.orders"
+        " DO ALSO INSERT INTO other.secret VALUES (NEW.id + 1000, 'written-by-rule');"
+    )
+    conn = await _connect(stack)
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("INSERT INTO other.secret VALUES (999, 'x')")  # the grant is clear
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("INSERT INTO sales.orders VALUES (77, 'fig', 1)")
+    finally:
+        await conn.close()
+    assert "written-by-rule" not in stack.upstream_psql("SELECT value FROM other.secret")
