@@ -2,16 +2,22 @@
 
 Every mistake raises :class:`~lockgate.errors.ConfigError` naming the file, the line (when
 the configuration came from a file) and the field path as written in the file, e.g.
-``resources[1].kind``, with what was expected. A rejected value is echoed back unless its
-field may hold a secret. Relative paths are resolved against the config file's directory.
+``lockgate.yaml:12: resources[0].conn_idd: unknown field; did you mean 'conn_id'?``, with
+what was expected: the closest valid field names of that section for a misspelt key, the
+allowed values (and the closest of them) for a wrong choice. A rejected value is echoed back
+unless its field may hold a secret; the value of an unknown key never is (it may be a
+misspelt secret field). Relative paths are resolved against the config file's directory.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+import typing
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from lockgate.config.model import LockgateConfig
@@ -22,10 +28,8 @@ from lockgate.errors import ConfigError
 _SECRETISH = re.compile(r"(?i)secret|password|token")
 # Fields holding a file path, resolved against the config file's directory.
 _PATH_KEYS = frozenset({"cert", "key", "public_key", "data_dir", "jsonl", "ca_file"})
-# Tags pydantic puts in the location of a discriminated union member; users never wrote them.
-_UNION_TAGS = frozenset({"http", "cql", "client_secret", "private_key_jwt", "static",
-                         "oauth2_client_credentials", "managed_identity"})  # fmt: skip
-_UNION_FIELD = {"resources": "kind", "credentials": "type", "proof": "type"}
+# Quoted choices in pydantic's messages: "Input should be 'debug', 'info' or 'error'".
+_QUOTED = re.compile(r"'([^']*)'")
 # The field path a cross-section check puts at the start of its message.
 _MESSAGE_PATH = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*): ")
 _PATH_PART = re.compile(r"\[(\d+)\]|\.?([A-Za-z_]\w*)")
@@ -91,20 +95,127 @@ def _resolve_within(value: object, base: Path) -> object:
     return value
 
 
-def _readable_loc(e: ErrorDetails) -> FieldPath:
+def _unwrap(tp: object) -> object:
+    """``Annotated[X, ...]`` -> X and ``X | None`` -> X, as often as they nest."""
+    while True:
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) is typing.Annotated:
+            tp = args[0]
+        elif _is_union(tp) and len(members := [a for a in args if a is not type(None)]) == 1:
+            tp = members[0]
+        else:
+            return tp
+
+
+def _is_union(tp: object) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _model(tp: object) -> type[BaseModel] | None:
+    tp = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _tagged_member(union: object, tag: str) -> type[BaseModel] | None:
+    """The member of a union of sections that pydantic names ``tag`` in an error location:
+    its discriminator value (``http``), or its class name for a plain union."""
+    for member in typing.get_args(union):
+        model = _model(member)
+        if model is not None and (
+            model.__name__ == tag
+            or any(
+                typing.get_origin(f.annotation) is typing.Literal
+                and tag in typing.get_args(f.annotation)
+                for f in model.model_fields.values()
+            )
+        ):
+            return model
+    return None
+
+
+def _step(tp: object, part: str | int) -> tuple[object, bool] | None:
+    """One step of an error location into type ``tp``: (the type there, whether ``part`` was
+    a union tag rather than something written in the file); None when it leads nowhere."""
+    tp = _unwrap(tp)
+    model = _model(tp)
+    if model is not None:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        return (field.annotation, False) if field is not None else None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
+        return args[0], False
+    if origin is dict and isinstance(part, str) and len(args) == 2:
+        return args[1], False
+    if _is_union(tp) and isinstance(part, str):
+        member = _tagged_member(tp, part)
+        return (member, True) if member is not None else None
+    return None
+
+
+def _walk(root: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[FieldPath, object | None]:
+    """An error location as written in the file (union tags dropped), and the type it ends
+    at (None once the location leaves the model, e.g. at an unknown key)."""
+    tp: object | None = root
+    written: list[str | int] = []
+    for part in loc:
+        step = _step(tp, part) if tp is not None else None
+        if step is None:
+            tp = None
+            written.append(part)
+            continue
+        tp, was_tag = step
+        if not was_tag:
+            written.append(part)
+    return tuple(written), tp
+
+
+def _field_names(tp: object) -> list[str]:
+    """The keys a section accepts, as written in the file."""
+    model = _model(tp)
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items() if not f.exclude]
+
+
+def _closest(word: str, choices: list[str]) -> list[str]:
+    return difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+
+
+def _did_you_mean(matches: list[str]) -> str:
+    return "; did you mean " + " or ".join(repr(m) for m in matches) + "?" if matches else ""
+
+
+def _unknown_field(root: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    """What to say of a key the section does not have: the closest valid keys, else all."""
+    _, section = _walk(root, loc[:-1])
+    valid = _field_names(section)
+    close = _closest(str(loc[-1]), valid)
+    if close or not valid:
+        return "unknown field" + _did_you_mean(close)
+    return f"unknown field (valid here: {', '.join(valid)})"
+
+
+def _readable_loc(root: type[BaseModel], e: ErrorDetails) -> FieldPath:
     """The field path as written in the file: no union tags; the tag field when it is wrong."""
-    loc = e["loc"]
-    parts = [
-        p
-        for i, p in enumerate(loc)
-        if not (
-            i > 0 and p in _UNION_TAGS and (isinstance(loc[i - 1], int) or loc[i - 1] == "proof")
-        )
-    ]
+    parts, _ = _walk(root, e["loc"])
     if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        owner = next((str(p) for p in reversed(parts) if isinstance(p, str)), "")
-        parts.append(_UNION_FIELD.get(owner, "kind"))
-    return tuple(parts)
+        parts += (str(e.get("ctx", {}).get("discriminator", "kind")).strip("'"),)
+    return parts
+
+
+def _message(root: type[BaseModel], e: ErrorDetails) -> tuple[str, str]:
+    """Pydantic's message in the file's words, and a hint: the closest valid choice if any."""
+    ctx = e.get("ctx", {})
+    if e["type"] == "extra_forbidden":
+        return _unknown_field(root, e["loc"]), ""
+    if e["type"] == "literal_error":
+        allowed = _QUOTED.findall(ctx["expected"])
+        return e["msg"], _did_you_mean(_closest(str(e["input"]), allowed))
+    if e["type"] == "union_tag_invalid":
+        field, tag, expected = ctx["discriminator"].strip("'"), ctx["tag"], ctx["expected_tags"]
+        hint = _did_you_mean(_closest(str(tag), _QUOTED.findall(expected)))
+        return f"unknown {field} {tag!r}; expected one of {expected}", hint
+    return e["msg"].removeprefix("Value error, "), ""
 
 
 def _path_in_message(msg: str) -> FieldPath:
@@ -115,30 +226,37 @@ def _path_in_message(msg: str) -> FieldPath:
     return tuple(int(index) if index else name for index, name in _PATH_PART.findall(head.group(1)))
 
 
-def _at(line_of: LineOf | None, path: FieldPath) -> str:
+def _at(source: str, line_of: LineOf | None, path: FieldPath) -> str:
+    """``lockgate.yaml:12: `` when the line of ``path`` is known, else nothing."""
     line = line_of(path) if line_of is not None and path else None
-    return f"line {line}: " if line is not None else ""
+    return f"{source}:{line}: " if line is not None else ""
 
 
 def format_validation_error(
-    source: str, err: ValidationError, line_of: LineOf | None = None
+    source: str,
+    err: ValidationError,
+    line_of: LineOf | None = None,
+    root: type[BaseModel] = LockgateConfig,
 ) -> str:
-    """One line per mistake: ``line N: field.path: what was expected (got value)``."""
+    """One line per mistake: ``file:N: field.path: what was expected (got value)``.
+
+    ``root`` is the model that was validated, whose fields the suggestions come from.
+    """
     out = [f"{source}: invalid configuration"]
     for e in err.errors():
-        parts = _readable_loc(e)
+        parts = _readable_loc(root, e)
         loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in parts)
         loc = loc.replace(".[", "[")
-        msg = e["msg"].removeprefix("Value error, ")
+        msg, hint = _message(root, e)
         if not loc:
             # Cross-reference checks run on the whole model and put the field path in the
             # message themselves ("resources[1].credential: ..."); show that as the path.
-            where = _at(line_of, _path_in_message(msg))
-            out.append(f"  {where}{msg}" if ": " in msg else f"  <root>: {msg}")
+            where = _at(source, line_of, _path_in_message(msg))
+            out.append(f"  {where}{msg}{hint}" if ": " in msg else f"  <root>: {msg}{hint}")
             continue
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        if _SECRETISH.search(str(e["loc"][-1])):
+        if _SECRETISH.search(str(e["loc"][-1])) or e["type"] == "extra_forbidden":
             shown = ""  # someone may have pasted the secret itself where its hash belongs
-        out.append(f"  {_at(line_of, parts)}{loc}: {msg}{shown}")
+        out.append(f"  {_at(source, line_of, parts)}{loc}: {msg}{shown}{hint}")
     return "\n".join(out)
