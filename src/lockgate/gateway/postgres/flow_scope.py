@@ -131,8 +131,7 @@ class FlowScope:
 
     def _expand(self, path: Path) -> Path:
         # The settled scope expands "$user" and pg_temp as the server does.
-        expand = getattr(self.base, "expand", None) or getattr(self.base, "_expand", None)
-        return tuple(expand(path)) if expand is not None else path
+        return self.base.expand(path)
 
 
 class WidenedScope:
