@@ -506,3 +506,48 @@ async def test_a_rule_on_a_granted_table_does_not_write_a_forbidden_one(stack: P
     finally:
         await conn.close()
     assert "written-by-rule" not in stack.upstream_psql("SELECT value FROM other.secret")
+
+
+SCRATCH_POLICY = """\
+rules:
+  - id: etl-sales
+    effect: allow
+    principals: ["airflow:prod/etl/*"]
+    actions: [read, write]
+    resources: [pg]
+    objects: ["sales.*"]
+  - id: etl-scratch
+    effect: allow
+    principals: ["airflow:prod/etl/*"]
+    actions: [read, write, admin]
+    resources: [pg]
+    objects: ["pg_temp.*"]
+"""
+
+
+@pytest.mark.parametrize(
+    "create",
+    [
+        "CREATE TEMP VIEW scratch AS SELECT value FROM other.secret",
+        "CREATE TEMP TABLE scratch AS SELECT value FROM other.secret",
+        "SELECT value INTO TEMP scratch FROM other.secret",
+        "CREATE TEMP VIEW scratch AS SELECT value FROM other.secret WHERE false;"
+        " CREATE OR REPLACE TEMP VIEW scratch AS SELECT value FROM other.secret",
+    ],
+)
+async def test_scratch_space_in_pg_temp_does_not_open_a_forbidden_table(
+    stack: PgStack, create: str
+) -> None:
+    """A policy may give DAGs their own temporary relations (admin on pg_temp.*): what they
+    put there must still be judged on what it reads."""
+    stack.write_policy(SCRATCH_POLICY)
+    conn = await _connect(stack)
+    try:
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(create)
+        rows = await _rows_or_refused(conn, "SELECT value FROM scratch")
+    except psycopg.errors.UndefinedTable:
+        rows = None
+    finally:
+        await conn.close()
+    assert rows is None or "the-upstream-only-secret" not in repr(rows), rows
