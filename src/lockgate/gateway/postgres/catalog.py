@@ -2,11 +2,12 @@
 
 The classifier resolves an unqualified name (``SELECT * FROM orders``) as the server would:
 through the session's ``search_path``, to the first schema that holds a relation of that
-name. For that it needs the upstream's ``pg_class``: :class:`~.scope.RelationCatalog`.
-Each new session needs one before its first statement, so :class:`RelationCatalogs` keeps
-one per resource for :data:`FRESH_FOR` seconds and shares it: a burst of logins (an Airflow
-DAG run starting forty tasks) runs the catalog query once, not forty times: logins that
-arrive while it runs wait for its answer (should it fail, each reads on its own link).
+name. For that it needs the upstream's ``pg_class``:
+:class:`~.relation_catalog.RelationCatalog`. Each new session needs one before its first
+statement, so :class:`RelationCatalogs` keeps one per resource for :data:`FRESH_FOR`
+seconds and shares it: a burst of logins (an Airflow DAG run starting forty tasks) runs the
+catalog query once, not forty times; logins that arrive while it runs wait for its answer
+(should it fail, each reads on its own link).
 
 The query runs on the session's own freshly logged-in upstream link, as a simple query,
 before the client gets ``ReadyForQuery`` (so the link is idle and its answer cannot mix with
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from lockgate.gateway.engine import Clock
 
 from . import codec
-from .scope import RelationCatalog
+from .relation_catalog import RelationCatalog
 
 #: Seconds a resource's relation catalog is shared before the next login reads it again.
 FRESH_FOR = 5.0

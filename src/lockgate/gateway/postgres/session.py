@@ -49,7 +49,8 @@ from . import codec, upstream
 from .catalog import CatalogUnavailable
 from .context import READ_SIZE, UPSTREAM_MAX_MESSAGE_BYTES, EngineContext
 from .flow import Flow, SessionInfo
-from .scope import RelationCatalog, SessionScope
+from .relation_catalog import RelationCatalog
+from .scope import SessionScope
 from .startup import PINNED_PARAMETERS, Login, Startup, safe_encoding
 
 log = _log.get("gateway.postgres")
