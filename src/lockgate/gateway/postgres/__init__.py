@@ -8,16 +8,22 @@ a denied one gets a normal ``ErrorResponse`` (SQLSTATE 42501) and the session st
 
 * :class:`PostgresEngine` (:mod:`.engine`, a :class:`lockgate.gateway.engine.Engine`) — the
   listener, connection limits, the live catalog. :mod:`.context` is what its sessions share
-  (collaborators, catalog, relation catalogs per resource, decision cache);
-  :mod:`.startup` is the client's login (SSLRequest, StartupMessage, token as password),
-  :mod:`.session` the upstream login and the two pumps, :mod:`.cancel` CancelRequest
-  with the gateway's own keys, :mod:`.catalog` the upstream's relation names shared between
-  sessions.
+  (collaborators, catalog of resources, relation catalogs, decision cache, cancel keys,
+  refusal budget); :mod:`.startup` is the client's login (SSLRequest and TLS,
+  StartupMessage, token as password), :mod:`.session` the upstream login and the two pumps,
+  :mod:`.cancel` CancelRequest with the gateway's own keys, :mod:`.catalog` the upstream's
+  relation names shared between sessions.
 * :mod:`.codec` — sans-I/O protocol v3 codec (bytes in, messages out).
-* :mod:`.classify` (with :mod:`.scope`, :mod:`.functions`, :mod:`.redact`) — statement →
-  ``(action, object)`` with PostgreSQL's own parser (pglast).
-* :mod:`.upstream` (with :mod:`.scram`) — the gateway's own login to the server.
-* :mod:`.flow` (with :mod:`.judge`) — the per-session statement state machine.
+* :mod:`.classify` (with :mod:`.classify_query`, :mod:`.classify_ddl`, :mod:`.classified`,
+  :mod:`.scope`, :mod:`.relation_catalog`, :mod:`.functions`, :mod:`.redact`) — statement →
+  ``(action, object)`` with PostgreSQL's own parser (pglast), names resolved through the
+  session's ``search_path``.
+* :mod:`.flow` (with :mod:`.flow_answers`, :mod:`.flow_scope`, :mod:`.flow_units`,
+  :mod:`.judge`) — the per-session statement state machine: judge, write ahead, relay,
+  keep the protocol exact.
+* :mod:`.upstream` (with :mod:`.scram`, :mod:`.upstream_credential`) — the gateway's own
+  login to the server; :mod:`.dynamic_roles` — per-task roles for clients that cannot come
+  through the gateway.
 """
 
 from __future__ import annotations
