@@ -551,3 +551,50 @@ async def test_scratch_space_in_pg_temp_does_not_open_a_forbidden_table(
     finally:
         await conn.close()
     assert rows is None or "the-upstream-only-secret" not in repr(rows), rows
+
+
+SCHEMA_OWNER_POLICY = """\
+rules:
+  - id: etl-owns-sales
+    effect: allow
+    principals: ["airflow:prod/etl/*"]
+    actions: [read, write, admin]
+    resources: [pg]
+    objects: ["sales.*"]
+"""
+
+
+@pytest.mark.parametrize(
+    "attach",
+    [
+        "ALTER TABLE sales.parted ATTACH PARTITION other.part FOR VALUES FROM (0) TO (1000)",
+        "ALTER TABLE other.part INHERIT sales.plain_parent",
+    ],
+)
+async def test_a_schema_owner_cannot_attach_a_forbidden_table_under_its_own(
+    stack: PgStack, attach: str
+) -> None:
+    """A DAG that administers its own schema must not make a forbidden table a child of one
+    of its tables and read it through the parent."""
+    stack.upstream_psql(
+        "CREATE TABLE sales.parted (id int, v text) PARTITION BY RANGE (id);"
+        "CREATE TABLE sales.plain_parent (id int, v text);"
+        "CREATE TABLE other.part (id int, v text);"
+        "INSERT INTO other.part VALUES (1, 'attached-partition-secret');"
+        f'GRANT ALL ON sales.parted, sales.plain_parent, other.part TO "{stack.login}";'
+        f'ALTER TABLE sales.parted OWNER TO "{stack.login}";'
+        f'ALTER TABLE sales.plain_parent OWNER TO "{stack.login}";'
+        f'ALTER TABLE other.part OWNER TO "{stack.login}";'
+    )
+    stack.write_policy(SCHEMA_OWNER_POLICY)
+    conn = await _connect(stack)
+    try:
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(attach)
+        rows = [
+            await _rows_or_refused(conn, "SELECT v FROM sales.parted"),
+            await _rows_or_refused(conn, "SELECT v FROM sales.plain_parent"),
+        ]
+    finally:
+        await conn.close()
+    assert "attached-partition-secret" not in repr(rows), rows
