@@ -313,11 +313,13 @@ def judged_statements(rows: Iterable[AuditRow]) -> list[Judged]:
     return list(merged.values())
 
 
-def _same(logged: str, audited: str) -> bool:
-    """Whether ``audited`` (with literals masked by the engine's redaction) is ``logged``."""
-    from lockgate.gateway.postgres.redact import MASK
+def matches_audited(logged: str, audited: str) -> bool:
+    """Whether ``audited`` is ``logged`` as the engine records it: the same text, or the text
+    after the engine's own redaction (literals masked, comments a space, in a text that may
+    hold a secret), or one whose masked literals stand for whatever the server saw there."""
+    from lockgate.gateway.postgres.redact import MASK, redact
 
-    if logged == audited:
+    if logged == audited or redact(logged) == audited:
         return True
     if MASK not in audited:
         return False
@@ -367,7 +369,9 @@ def unaudited(
             if stmt in exempt_set:
                 continue
             names = qualified_relations(stmt)
-            candidates = by_text.get(stmt) or [i for i, j in enumerate(pool) if _same(stmt, j.text)]
+            candidates = by_text.get(stmt) or [
+                i for i, j in enumerate(pool) if matches_audited(stmt, j.text)
+            ]
             pick = next(
                 (i for i in candidates if not used[i] and names <= set(pool[i].objects)), None
             )
@@ -383,7 +387,7 @@ def denied_but_executed(logged: Iterable[str], judged: Iterable[Judged]) -> list
     allowed_texts = {j.text for j in judged if j.decision == "allow"}
     denied = {j.text for j in judged if j.decision == "deny"} - allowed_texts
     seen = {s for entry in logged for s in logged_statements(entry)}
-    return sorted(t for t in denied if t in seen or any(_same(s, t) for s in seen))
+    return sorted(t for t in denied if t in seen or any(matches_audited(s, t) for s in seen))
 
 
 def catalog_query() -> str:

@@ -32,6 +32,7 @@ from tests.e2e.pg_stack import (
     denied_but_executed,
     judged_statements,
     logged_statements,
+    matches_audited,
     qualified_relations,
     unaudited,
 )
@@ -228,12 +229,10 @@ def test_denied_statements_are_each_audited(pg_stack: PgLocalStack) -> None:
     judged = judged_statements(pg_stack.audit_rows())
     denied = {j.text for j in judged if j.decision == "deny"}
     for text in DENIED_SIMPLE:
-        if "PASSWORD" in text:
-            assert any(t.startswith("ALTER ROLE CURRENT_USER PASSWORD") for t in denied), denied
-        elif ";" in text:  # refused whole: a part of it is recorded as denied
-            assert set(logged_statements(text)) & denied, (text, denied)
-        else:
-            assert text in denied, (text, denied)
+        # (a multi-statement query is refused whole: a part of it is recorded as denied;
+        # literals may be masked in the record)
+        parts = logged_statements(text)
+        assert any(matches_audited(p, d) for p in parts for d in denied), (text, denied)
     assert "SELECT value FROM secret" in denied
     assert "EXECUTE peek" in denied
 
