@@ -598,3 +598,42 @@ async def test_a_schema_owner_cannot_attach_a_forbidden_table_under_its_own(
     finally:
         await conn.close()
     assert "attached-partition-secret" not in repr(rows), rows
+
+
+@pytest.mark.parametrize(
+    ("text", "path_after"),
+    [
+        # an error ends the implicit transaction of a multi-statement text: its SET is undone
+        ("SET search_path TO sales; SELECT 1/0", "other"),
+        # ROLLBACK inside the implicit transaction undoes the SET before it (with a warning)
+        ("SET search_path TO sales; ROLLBACK", "other"),
+        # COMMIT inside it keeps the SET even though a later statement fails
+        ("SET search_path TO sales; COMMIT; SELECT 1/0", "sales"),
+        # COMMIT of a failed block is a ROLLBACK
+        ("BEGIN; SET search_path TO sales; SELECT 1/0; COMMIT", "other"),
+    ],
+)
+async def test_the_gateway_follows_the_servers_path_through_implicit_transactions(
+    stack: PgStack, text: str, path_after: str
+) -> None:
+    stack.upstream_psql(
+        "CREATE TABLE other.orders (id int, item text, amount int);"
+        "INSERT INTO other.orders VALUES (1, 'shadow-row-secret', 0);"
+        f'GRANT SELECT ON other.orders TO "{stack.login}";'
+    )
+    conn = await _connect(stack)
+    try:
+        await conn.execute("SET search_path TO other")
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute(text)
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("ROLLBACK")  # leave any failed block
+        shown = await _rows_or_refused(conn, "SHOW search_path")
+        rows = await _rows_or_refused(conn, "SELECT item FROM orders")
+    finally:
+        await conn.close()
+    assert shown == [(path_after,)]
+    if path_after == "other":
+        assert rows is None  # other.orders: refused
+    else:
+        assert rows is not None and "shadow-row-secret" not in repr(rows)
