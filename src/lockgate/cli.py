@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import re
 import signal
 import sys
 import time
@@ -44,20 +45,41 @@ if TYPE_CHECKING:  # the server and audit packages load lazily to keep the CLI q
 
 
 # -- init / serve / config ------------------------------------------------------------------
+# The starter resource's upstream when init is given none: the port the demo's orders API
+# uses, where nothing listens unless `lockgate demo` runs.
+DEMO_UPSTREAM = "http://127.0.0.1:8480"
+# What --upstream may be: an http(s) URL the starter YAML can hold unquoted.
+_UPSTREAM_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/%\-]*)?$")
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from lockgate.scaffold import write_init
 
-    written = write_init(Path(args.dir), force=args.force, tls=not args.no_tls)
+    upstream = DEMO_UPSTREAM if args.upstream is None else args.upstream
+    if not _UPSTREAM_URL.match(upstream):
+        raise LockgateError(f"--upstream must be an http:// or https:// URL, not {upstream!r}")
+    written = write_init(Path(args.dir), force=args.force, tls=not args.no_tls, upstream=upstream)
     d = Path(args.dir)
     scheme = "http" if args.no_tls else "https"
     ca_line = "" if args.no_tls else f',\n     "ca_file": "{written["tls_ca"]}"'
     print(f"Wrote a working Lockgate configuration in {d}/:")
     for label, path in written.items():
         print(f"  {label:20} {path}")
+    where = f"`upstream:` and `routes:` of resources in {written['config']}"
+    if args.upstream is not None:
+        print(f"\norders-api forwards to {upstream} with routes for /orders paths:")
+        print(f"edit `routes:` of resources in {written['config']} to match your API.")
+    else:
+        print(
+            f"\norders-api forwards to {upstream}, the demo orders API, which only `lockgate "
+            f"demo` starts:\nuntil you point it at your API ({where},\nor `lockgate init "
+            "--upstream URL`), requests through the gateway answer 502."
+        )
     print(
         "\nNext:\n"
-        f"  lockgate --config {d}/lockgate.yaml creds set orders-api-key  # upstream secret\n"
-        f"  lockgate --config {d}/lockgate.yaml serve\n"
+        f"  lockgate creds set orders-api-key -c {d}/lockgate.yaml  # the upstream's secret, "
+        "from stdin\n"
+        f"  lockgate serve -c {d}/lockgate.yaml\n"
         "Airflow workers (airflow.cfg):\n"
         "  [workers]\n"
         "  secrets_backend = lockgate.airflow.secrets.LockgateSecretsBackend\n"
@@ -325,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="overwrite an existing lockgate.yaml (and make a new secret and TLS material)",
     )
     sp.add_argument("--no-tls", action="store_true", help="plain HTTP listeners (development only)")
+    sp.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="the URL of the API the starter resource orders-api forwards to "
+        f"(default: {DEMO_UPSTREAM}, the demo orders API, which only `lockgate demo` starts)",
+    )
     sp = add_command(sub, "serve", cmd_serve, "run the gateway")
     sp.add_argument(
         "--workers",
