@@ -5,10 +5,10 @@ demo upstream, gateway in a background thread) with:
 
 * on a running PostgreSQL server (tests/pgserver): a database of its own with schemas
   ``sales`` (``orders``), ``marketing`` (``campaigns``) and ``other`` (``secret``, and an
-  ``orders`` of its own, for search_path tests), and the
-  gateway's upstream login (SCRAM, no CREATEROLE). The server's own grants are broader than
-  the policy on purpose — the login owns ``sales.orders`` and may read ``other.secret`` — so
-  what denies in these tests is the gateway, never the server;
+  ``orders`` of its own, for search_path tests), and the gateway's upstream login (SCRAM,
+  no CREATEROLE). The server's own grants are broader than the policy on purpose — the
+  login owns ``sales.orders`` and may read and write ``other`` — so what denies in these
+  tests is the gateway, never the server;
 * in lockgate.yaml: a ``listeners.postgres`` section (TLS with the dev certificate), a
   ``kind: postgres`` resource ``warehouse-pg`` (conn_id ``warehouse_pg``) pointing at the
   server with ``tls: verify-full`` against the server's CA, its upstream password
@@ -16,9 +16,11 @@ demo upstream, gateway in a background thread) with:
 * the example warehouse policy (examples/policies/warehouse.yaml) in the policies directory.
 
 The database and login names are unique per stack, so several stacks can share one server
-and each reads only its own statements from the server's log. :func:`unaudited` is the
-oracle: what the server executed for the gateway's login that the audit does not show as
-allowed.
+and each reads only its own statements from the server's log. Two oracles, both from the
+server's side: :func:`unaudited`, what the server executed for the gateway's login that the
+audit does not show as allowed (same text, one record per execution, every schema-qualified
+relation named); and :meth:`PgLocalStack.table_activity_since`, the server's own scan and
+row counters of a schema nobody is granted.
 """
 
 from __future__ import annotations
@@ -162,9 +164,6 @@ class PgLocalStack(LocalStack):
             database=RESOURCE,
             ssl=context,
         )
-
-    def dsn(self, token: str) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.connect_kwargs(token).items())
 
     def superuser_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Rows of ``sql`` run directly on the server as the superuser (not through Lockgate)."""
