@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from lockgate.gateway.postgres import catalog as catalog_mod
@@ -43,3 +44,48 @@ async def test_a_burst_of_logins_reads_the_catalog_once(
     finally:
         await asyncio.gather(*(c.close() for c in conns))
     assert reads == 1
+
+
+async def test_an_open_session_sees_a_table_created_outside_the_gateway(stack: PgStack) -> None:
+    relations = stack.engine().ctx.relations
+    relations.fresh_for = 0.3
+    conn = await stack.connect()
+    try:
+        await conn.execute("SET search_path = sales")
+        stack.upstream_psql(
+            "CREATE TABLE sales.made_outside (id int);"
+            f'GRANT ALL ON sales.made_outside TO "{stack.login}";'
+        )
+        await asyncio.sleep(0.4)  # the session's catalog has aged
+        for _ in range(50):  # the first statement starts a background read; later ones adopt it
+            try:
+                cur = await conn.execute("SELECT count(*) FROM made_outside")
+                break
+            except psycopg.errors.InsufficientPrivilege:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the new table never reached the open session")
+        assert await cur.fetchall() == [(0,)]
+    finally:
+        await conn.close()
+
+
+async def test_an_unreachable_server_is_not_asked_again_and_again(
+    stack: PgStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relations = stack.engine().ctx.relations
+    relations.fresh_for = 60.0
+    attempts = 0
+
+    async def refused(*args: object) -> object:
+        nonlocal attempts
+        attempts += 1
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(catalog_mod.upstream, "connect", refused)
+    relations.invalidate(RESOURCE)
+    resource = stack.engine().ctx.resources[RESOURCE]
+    for _ in range(20):
+        relations.refresh_soon(resource, stack.engine().ctx.secrets)
+        await asyncio.sleep(0.01)
+    assert attempts == 1

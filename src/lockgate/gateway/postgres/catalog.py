@@ -17,10 +17,12 @@ placed).
 
 Freshness: a relation created by a session is visible to that session through the flow's
 own tracking. After any DDL through the gateway (a ``CREATE``/``DROP``/``ALTER``/``IMPORT``
-command tag) the session invalidates the shared catalog, so the next login reads it anew;
-a relation created outside the gateway is seen by new sessions within :data:`FRESH_FOR`
-seconds (sessions already open keep the catalog they logged in with). A resource whose
-config changes is read again at its next login too.
+command tag) the session invalidates the shared catalog, so the next login reads it anew.
+Open sessions adopt the newest shared catalog at their next statement; when it is older
+than :data:`FRESH_FOR` seconds, that statement also starts a background read on a
+connection of its own (:meth:`RelationCatalogs.refresh_soon`, at most one per resource per
+period), so a relation created outside the gateway reaches open sessions too, within a few
+seconds. A resource whose config changes is read again at its next login.
 """
 
 from __future__ import annotations
@@ -29,13 +31,21 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
-from lockgate.gateway.engine import Clock
+from lockgate import _log
+from lockgate.config import PostgresResource
+from lockgate.errors import UpstreamUnavailable
+from lockgate.gateway.engine import Clock, SecretCache
 
-from . import codec
+from . import codec, upstream
 from .relation_catalog import RelationCatalog
+
+log = _log.get("gateway.postgres")
 
 #: Seconds a resource's relation catalog is shared before the next login reads it again.
 FRESH_FOR = 5.0
+#: The background read's own upstream login (names come back as UTF-8).
+_CATALOG_STARTUP = {"client_encoding": "UTF8", "application_name": "lockgate-catalog"}
+_MAX_ANSWER_BYTES = 1 << 30
 
 
 class CatalogUnavailable(Exception):
@@ -54,21 +64,66 @@ class RelationCatalogs:
 
     def __init__(self, clock: Clock, fresh_for: float = FRESH_FOR) -> None:
         self._clock = clock
-        self._fresh_for = fresh_for
+        self.fresh_for = fresh_for
         self._entries: dict[str, _Entry] = {}
         # bumped by invalidate(): a read that started before a config change stores nothing
         self._generations: dict[str, int] = {}
         # the read under way per resource (its generation): logins meanwhile wait for it
         self._reads: dict[str, tuple[int, asyncio.Future[RelationCatalog]]] = {}
+        # background reads for open sessions (refresh_soon), and when one may start next
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._next_refresh: dict[str, float] = {}
 
     def cached(self, resource: str) -> RelationCatalog | None:
         """The resource's catalog if it is fresh, else None."""
         entry = self._entries.get(resource)
-        if entry is None or self._clock() - entry.read_at > self._fresh_for:
+        if entry is None or self._clock() - entry.read_at > self.fresh_for:
             return None
         if entry.generation != self._generations.get(resource, 0):
             return None
         return entry.catalog
+
+    def refresh_soon(self, resource: PostgresResource, secrets: SecretCache) -> None:
+        """Read ``resource``'s catalog again in the background, on a connection of its own,
+        unless it is fresh or being read; sessions adopt it at their next statement. At most
+        one attempt per :data:`FRESH_FOR` seconds (an unreachable server is not hammered)."""
+        name, now = resource.name, self._clock()
+        if name in self._refreshing or name in self._reads or self.cached(name) is not None:
+            return
+        if now < self._next_refresh.get(name, 0.0):
+            return
+        self._next_refresh[name] = now + self.fresh_for
+        task = asyncio.get_running_loop().create_task(self._refresh(resource, secrets))
+        self._refreshing[name] = task
+        task.add_done_callback(lambda _task: self._refreshing.pop(name, None))
+
+    async def _refresh(self, resource: PostgresResource, secrets: SecretCache) -> None:
+        name = resource.name
+        generation = self._generations.get(name, 0)
+        try:
+            async with asyncio.timeout(resource.connect_timeout + resource.handshake_timeout):
+                link = await upstream.connect(resource, secrets, _CATALOG_STARTUP)
+                try:
+                    messages = codec.MessageReader(_MAX_ANSWER_BYTES)
+                    messages.feed(link.pending)
+                    catalog = await read_catalog(link.writer, link.reader, messages)
+                    link.writer.write(codec.terminate())
+                finally:
+                    link.close()
+        except (UpstreamUnavailable, CatalogUnavailable, OSError, TimeoutError,
+                codec.ProtocolError) as exc:  # fmt: skip
+            log.warning(
+                "postgres relation catalog not refreshed",
+                extra={"fields": {"resource": name, "error": str(exc)[:300]}},
+            )
+            return
+        if generation == self._generations.get(name, 0):
+            self._entries[name] = _Entry(catalog, self._clock(), generation)
+
+    def close(self) -> None:
+        """Stop the background reads (the engine closes)."""
+        for task in list(self._refreshing.values()):
+            task.cancel()
 
     def invalidate(self, resource: str) -> None:
         """Forget the resource's catalog (its upstream may have changed)."""

@@ -187,6 +187,7 @@ class PostgresEngine:
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
         self.ctx.refusals.close()  # pending summaries of suppressed refusals
+        self.ctx.relations.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)

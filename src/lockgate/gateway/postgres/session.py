@@ -301,11 +301,13 @@ class ClientSession:
             await self.writer.drain()
 
     def _adopt_fresher_catalog(self, resource: str) -> None:
-        """Judge on the newest shared relation catalog: one read by a later login (after DDL
-        anywhere through the gateway, or once the old one aged) replaces the one this session
-        logged in with; the session's own changes stay layered on top."""
+        """Judge on the newest shared relation catalog: one read by a later login or in the
+        background (after DDL through the gateway, or once the old one aged) replaces the one
+        this session logged in with; the session's own changes stay layered on top."""
         cached = self.ctx.relations.cached(resource)
-        if cached is not None and cached is not self._catalog and self.scope is not None:
+        if cached is None and self.login is not None:  # aged: read anew, in the background
+            self.ctx.relations.refresh_soon(self.login.resource, self.ctx.secrets)
+        elif cached is not None and cached is not self._catalog and self.scope is not None:
             self._catalog = cached
             self.scope.set_catalog(cached)
 
