@@ -25,6 +25,8 @@ from lockgate.control.cosmos_key import task_key_handler
 from lockgate.control.db_role import db_role_handler
 from lockgate.control.managed_identity import PATH as MSI_PATH
 from lockgate.control.managed_identity import msi_handler
+from lockgate.control.openapi import PATH as OPENAPI_PATH
+from lockgate.control.openapi import document as openapi_document
 from lockgate.control.poll_token import poll_token_handler
 from lockgate.control.token import add_token_routes
 from lockgate.gateway.dynamic_roles import DbRoles
@@ -66,7 +68,16 @@ def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
+    app.router.add_get(OPENAPI_PATH, openapi_page)
     return app
+
+
+async def openapi_page(request: web.Request) -> web.Response:
+    """The control API's reference (unauthenticated, like JWKS: it holds no secret)."""
+    return web.json_response(_REFERENCE, headers={"Cache-Control": "public, max-age=300"})
+
+
+_REFERENCE = openapi_document()  # built once: it depends on no config
 
 
 class ControlPlane:
