@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lockgate.config import load_config, parse_config
+from lockgate.config.identity import PrivateKeyJwtProof
 from lockgate.errors import ConfigError
 from tests.config._files import error_of, valid, write
 
@@ -121,10 +122,15 @@ def test_relative_paths_resolve_against_the_config_dir(
     cfg = load_config(write(conf_dir, valid()))
     base = conf_dir.resolve()
     assert cfg.data_dir == base / "state"
-    assert cfg.listeners.control.tls.cert == base / "tls" / "cert.pem"
-    assert cfg.listeners.control.tls.key == base / "tls" / "key.pem"
-    assert cfg.deployment("stage").proof.public_key == base / "keys" / "stage.pem"
-    assert cfg.resource("orders-api").ca_file == base / "ca" / "upstream.pem"
+    tls = cfg.listeners.control.tls
+    assert tls is not None
+    assert tls.cert == base / "tls" / "cert.pem"
+    assert tls.key == base / "tls" / "key.pem"
+    stage = cfg.deployment("stage")
+    assert stage is not None and isinstance(stage.proof, PrivateKeyJwtProof)
+    assert stage.proof.public_key == base / "keys" / "stage.pem"
+    orders = cfg.resource("orders-api")
+    assert orders is not None and orders.ca_file == base / "ca" / "upstream.pem"
     assert cfg.audit.jsonl == base / "audit" / "audit.jsonl"
 
 
