@@ -20,9 +20,8 @@ from lockgate.errors import AuditUnavailable
 from lockgate.gateway.postgres.redact import MASK
 from tests.pgserver import PgServer
 
+from .attack import connect, executed
 from .stack import PgStack, pg_stack
-
-Conn = psycopg.AsyncConnection[tuple[object, ...]]
 
 
 @pytest.fixture
@@ -31,18 +30,10 @@ async def stack(tmp_path: Path, pg_server: PgServer) -> AsyncIterator[PgStack]:
         yield s
 
 
-async def _connect(stack: PgStack, dag: str = "etl") -> Conn:
-    return await psycopg.AsyncConnection.connect(stack.dsn(stack.token(dag)), autocommit=True)
-
-
-def _executed(stack: PgStack, since: int) -> list[str]:
-    return [s.text for s in stack.server.statements(since) if s.user == stack.login]
-
-
 async def test_a_statement_waits_for_its_record_to_be_durable(
     stack: PgStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn = await _connect(stack)
+    conn = await connect(stack)
     gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     monkeypatch.setattr(stack.gw.audit, "durable", lambda: gate)
     position = stack.server.log_position()
@@ -50,19 +41,19 @@ async def test_a_statement_waits_for_its_record_to_be_durable(
         running = asyncio.create_task(conn.execute("SELECT 41 + 1 FROM sales.orders LIMIT 1"))
         await asyncio.sleep(0.5)
         assert not running.done()
-        assert "SELECT 41 + 1 FROM sales.orders LIMIT 1" not in _executed(stack, position)
+        assert "SELECT 41 + 1 FROM sales.orders LIMIT 1" not in executed(stack, position)
         gate.set_result(None)
         cur = await asyncio.wait_for(running, 5)
         assert await cur.fetchall() == [(42,)]
     finally:
         await conn.close()
-    assert "SELECT 41 + 1 FROM sales.orders LIMIT 1" in _executed(stack, position)
+    assert "SELECT 41 + 1 FROM sales.orders LIMIT 1" in executed(stack, position)
 
 
 async def test_a_statement_the_audit_cannot_take_is_refused_and_not_run(
     stack: PgStack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn = await _connect(stack)
+    conn = await connect(stack)
 
     def unavailable(*_args: object) -> str:
         raise AuditUnavailable("journal cannot be written")
@@ -75,7 +66,7 @@ async def test_a_statement_the_audit_cannot_take_is_refused_and_not_run(
         assert err.value.sqlstate == "53000"
     finally:
         await conn.close()
-    assert _executed(stack, position) == []
+    assert executed(stack, position) == []
     assert stack.upstream_psql("SELECT count(*) FROM sales.orders").strip() == "2"
 
 
@@ -91,7 +82,7 @@ async def test_a_statement_the_audit_cannot_take_is_refused_and_not_run(
 async def test_every_refusal_is_recorded_with_principal_action_object_and_reason(
     stack: PgStack, sql: str, action: str, obj: str
 ) -> None:
-    conn = await _connect(stack)
+    conn = await connect(stack)
     try:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await conn.execute(sql)
@@ -105,7 +96,7 @@ async def test_every_refusal_is_recorded_with_principal_action_object_and_reason
 
 
 async def test_an_unplaceable_statement_is_recorded_as_refused(stack: PgStack) -> None:
-    conn = await _connect(stack)
+    conn = await connect(stack)
     try:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await conn.execute("SELECT * FROM no_such_relation")
@@ -130,7 +121,7 @@ async def test_password_literals_are_in_no_record_nor_log_line_when_refused(
     stack: PgStack, sql: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="lockgate")
-    conn = await _connect(stack, "etl")
+    conn = await connect(stack, "etl")
     try:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await conn.execute(sql)
@@ -149,7 +140,7 @@ async def test_password_literals_are_in_no_record_when_allowed(
     (The server itself logs the statement as written with log_statement=all: that is the
     server's own log, outside the gateway.)"""
     caplog.set_level(logging.DEBUG, logger="lockgate")
-    conn = await _connect(stack, "ops")
+    conn = await connect(stack, "ops")
     try:
         await conn.execute(f"ALTER ROLE CURRENT_USER PASSWORD '{PASSWORD}'")
         # put the gateway's own password back for the stack's later logins

@@ -24,6 +24,7 @@ import pytest
 from lockgate.gateway.postgres import codec
 from tests.pgserver import PgServer
 
+from .attack import executed
 from .stack import RESOURCE, PgStack, pg_stack
 from .test_startup import RawClient
 
@@ -34,10 +35,6 @@ FORBIDDEN = "SELECT value FROM other.secret"
 async def stack(tmp_path: Path, pg_server: PgServer) -> AsyncIterator[PgStack]:
     async with pg_stack(tmp_path, pg_server, handshake_timeout=1.5) as s:
         yield s
-
-
-def _executed(stack: PgStack, since: int) -> list[str]:
-    return [s.text for s in stack.server.statements(since) if s.user == stack.login]
 
 
 async def _answers(client: RawClient, until_ready: int = 1) -> list[str]:
@@ -130,8 +127,8 @@ async def test_extended_protocol_tricks_run_nothing_refused(stack: PgStack, tric
         assert (await _answers(client))[-1] == "Z"
     finally:
         client.close()
-    executed = _executed(stack, position)
-    assert not [s for s in executed if "other.secret" in s], executed
+    ran = executed(stack, position)
+    assert not [s for s in ran if "other.secret" in s], ran
     denied = [r for r in stack.audit("denied") if r.object == "other.secret"]
     assert denied and denied[-1].principal == "airflow:prod/etl/load"
 
@@ -149,7 +146,7 @@ async def test_function_call_message_is_refused(stack: PgStack) -> None:
         assert answers == ["E:42501", "Z"], answers
     finally:
         client.close()
-    assert _executed(stack, position) == []
+    assert executed(stack, position) == []
 
 
 @pytest.mark.parametrize("message", [codec.COPY_DATA, codec.COPY_DONE, codec.COPY_FAIL])
@@ -169,7 +166,7 @@ async def test_copy_messages_outside_copy_are_a_protocol_error(
         assert codec.ERROR_RESPONSE in map(ord, answers) or answers == [], answers
     finally:
         client.close()
-    assert not [s for s in _executed(stack, position) if "other.secret" in s]
+    assert not [s for s in executed(stack, position) if "other.secret" in s]
 
 
 async def test_a_refused_copy_from_stdin_takes_no_rows(stack: PgStack) -> None:
@@ -186,7 +183,7 @@ async def test_a_refused_copy_from_stdin_takes_no_rows(stack: PgStack) -> None:
         await asyncio.sleep(0.3)
     finally:
         client.close()
-    assert _executed(stack, position) == []
+    assert executed(stack, position) == []
     assert "planted" not in stack.upstream_psql("SELECT value FROM other.secret")
 
 
@@ -206,7 +203,7 @@ async def test_a_query_inside_copy_in_is_not_run(stack: PgStack) -> None:
         pass
     finally:
         client.close()
-    assert not [s for s in _executed(stack, position) if "other.secret" in s]
+    assert not [s for s in executed(stack, position) if "other.secret" in s]
 
 
 async def test_a_sync_flood_is_answered_in_order_and_the_session_goes_on(stack: PgStack) -> None:
@@ -277,7 +274,7 @@ async def test_startup_packets_that_could_change_meaning_are_refused(
     position = stack.server.log_position()
     records = len(stack.audit())
     assert await _startup_answer(stack, packet) == expected
-    assert _executed(stack, position) == []
+    assert executed(stack, position) == []
     assert len(stack.audit()) > records, "the refusal left no audit record"
 
 
@@ -355,7 +352,7 @@ async def test_a_token_that_expires_mid_session_refuses_the_next_statement(
             await conn.execute("SELECT count(*) FROM sales.orders")
     finally:
         await conn.close()
-    assert _executed(stack, position) == []
+    assert executed(stack, position) == []
     assert any(r.reason == "expired" for r in stack.audit("auth_failed"))
 
 
@@ -371,7 +368,7 @@ async def test_a_token_revoked_mid_session_refuses_the_next_statement(stack: PgS
             await conn.execute("SELECT item FROM sales.orders")
     finally:
         await conn.close()
-    assert _executed(stack, position) == []
+    assert executed(stack, position) == []
     assert any(r.reason == "revoked" for r in stack.audit("auth_failed"))
 
 
@@ -426,8 +423,8 @@ async def test_mixed_pipelines_run_nothing_refused(stack: PgStack, mix: str) -> 
         client.writer.write(codec.query("SELECT 2"))
     finally:
         client.close()
-    executed = _executed(stack, position)
-    assert not [s for s in executed if "other.secret" in s], (executed, answers)
+    ran = executed(stack, position)
+    assert not [s for s in ran if "other.secret" in s], (ran, answers)
 
 
 @pytest.mark.xfail(
