@@ -359,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="worker processes sharing the http port (SO_REUSEPORT) and one audit writer; "
-        "worker 0 alone serves the control plane, so /metrics covers its traffic only",
+        help="worker processes sharing the HTTP ports (SO_REUSEPORT) and one audit writer; "
+        "worker 0 alone serves the control plane and the CQL and PostgreSQL listeners, and "
+        "its /metrics covers its own traffic only",
     )
 
     cfg = add_group(sub, "config", "configuration commands")
