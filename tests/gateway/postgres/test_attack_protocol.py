@@ -452,3 +452,28 @@ async def test_one_huge_text_does_not_stall_other_sessions(stack: PgStack) -> No
         attacker.close()
         await other.close()
     assert stalled < 1.0, f"another session waited {stalled:.1f} s"
+
+
+async def test_a_close_the_server_skipped_leaves_nothing_executable(stack: PgStack) -> None:
+    """The gateway forgets a statement at its Close; the server may skip that Close (an
+    error earlier in the batch) and keep the statement. A later Bind/Execute of the name
+    must still be judged, not run unseen."""
+    client = await _session(stack)
+    position = stack.server.log_position()
+    try:
+        client.writer.write(_parse("S", "SELECT item FROM sales.orders") + codec.sync())
+        assert await _answers(client) == ["1", "Z"]
+        # the Parse fails on the server (22P02), which then skips the Close
+        client.writer.write(
+            _parse("", "SELECT * FROM sales.orders WHERE id = 'abc'")
+            + codec.encode_message(codec.Close("S", "S"))
+            + codec.sync()
+        )
+        assert await _answers(client) == ["E:22P02", "Z"]
+        stack.write_policy("rules: []\n")  # etl may do nothing now
+        client.writer.write(_bind("", "S") + _execute("") + codec.sync())
+        answers = await _answers(client)
+    finally:
+        client.close()
+    assert "D" not in answers and "E:42501" in answers, answers
+    assert not [s for s in executed(stack, position) if s.startswith("SELECT item")]
