@@ -164,10 +164,11 @@ def _documented_examples(operation: Operation, control_url: str) -> list[Case]:
         return [operation.Case(query=query or None)]
     cases = []
     for media_type, media in body["content"].items():
-        example = dict(media["example"])
-        if "token" in example:
-            example["token"] = _mint(control_url, "orders-cosmos")
-        cases.append(operation.Case(body=example, media_type=media_type))
+        for example in media["examples"].values():
+            fields = dict(example["value"])
+            if "token" in fields:
+                fields["token"] = _mint(control_url, "orders-cosmos")
+            cases.append(operation.Case(body=fields, media_type=media_type))
     return cases
 
 
@@ -199,4 +200,7 @@ def test_every_operation_answers_as_documented(
             _call(case)
 
         run()
-    print(operation.label, sorted(STATUSES.get(operation.label, ())))
+    # The run reached the answer that matters, not only refusals: this stack serves no
+    # dynamic roles, so /v1/db-role's is its 404.
+    wanted = 404 if path == "/v1/db-role" else 200
+    assert wanted in STATUSES[operation.label], STATUSES[operation.label]

@@ -20,10 +20,10 @@ from __future__ import annotations
 from typing import Any
 
 from lockgate import __version__
+from lockgate.control.openapi_schemas import SCHEMAS, Schema, ref
 from lockgate.identity import MAX_BODY
 
 PATH = "/openapi.json"
-Schema = dict[str, Any]
 
 # Names the examples use (also the deployment the tests run the examples against).
 EXAMPLE_DEPLOYMENT = "prod"
@@ -37,264 +37,6 @@ EXAMPLE_TASK = {
 EXAMPLE_PRINCIPAL = "airflow:prod/finance_daily/load_orders"
 EXAMPLE_JTI = "9f1c2e4b7a6d4c3e8b0a1f2e3d4c5b6a"
 
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _string(description: str, **extra: Any) -> Schema:
-    return {"type": "string", "description": description, **extra}
-
-
-def _int_field(description: str, minimum: int, maximum: int, *, optional: bool = True) -> Schema:
-    """A field the body may carry as an integer (JSON) or its decimal string (form, JSON);
-    an optional one may also be empty (absent)."""
-    digits = r"-?[0-9]{1,9}"
-    return {
-        "description": description,
-        "oneOf": [
-            {"type": "integer", "minimum": minimum, "maximum": maximum},
-            {"type": "string", "pattern": f"^({digits})?$" if optional else f"^{digits}$"},
-        ],
-    }
-
-
-AIRFLOW_ID = r"^[A-Za-z0-9_.-]{1,250}$"  # identity._request: Airflow's KEY_REGEX, ASCII
-RUN_ID = r"^[^\u0000-\u001f\u007f]{1,250}$"
-
-CLIENT_AUTH_FIELDS: Schema = {
-    "client_id": _string("Deployment name (client_secret_post, or with an assertion)."),
-    "client_secret": _string("Deployment secret (client_secret_post); not with Basic."),
-    "client_assertion_type": _string(
-        "private_key_jwt", enum=["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
-    ),
-    "client_assertion": _string("A JWT signed with the deployment's private key."),
-    "grant_type": _string(
-        "Omitted, client_credentials, or token exchange (then subject_token authenticates).",
-        enum=["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"],
-    ),
-    "subject_token": _string("RFC 8693: an OIDC token from a trusted issuer."),
-    "subject_token_type": _string(
-        "RFC 8693 subject token type.",
-        enum=["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"],
-    ),
-}
-
-TASK_FIELDS: Schema = {
-    "resource": _string("Resource name (exactly one of resource and conn_id)."),
-    "conn_id": _string("Airflow conn_id of the resource (instead of resource)."),
-    "dag_id": _string("DAG id; the deployment must be delegated it.", pattern=AIRFLOW_ID),
-    "task_id": _string("Task id.", pattern=AIRFLOW_ID),
-    "run_id": _string("DAG run id.", pattern=RUN_ID),
-    "try_number": _int_field("Task try number.", 0, 100_000, optional=False),
-    "map_index": _int_field("Map index of a mapped task (-1: not mapped).", -1, 10_000_000),
-    "requested_ttl": _int_field("Wanted lifetime in seconds (capped by policy).", 1, 86_400),
-}
-
-
-def _body_schema(title: str, fields: Schema, required: tuple[str, ...] = ()) -> Schema:
-    schema: Schema = {
-        "title": title,
-        "type": "object",
-        "properties": fields,
-        # other fields are ignored, but read like every field: a string or an integer
-        "additionalProperties": {"type": ["string", "integer", "null"]},
-    }
-    if required:
-        schema["required"] = list(required)
-    return schema
-
-
-def _token_example(**extra: str) -> dict[str, str]:
-    return {"resource": EXAMPLE_RESOURCE, **EXAMPLE_TASK, **extra}
-
-
-SCHEMAS: dict[str, Schema] = {
-    "OAuthError": {
-        "type": "object",
-        "description": "An RFC 6749 error; some refusals add principal, resource or reason.",
-        "required": ["error", "error_description"],
-        "properties": {
-            "error": _string("OAuth2 error code.", examples=["access_denied"]),
-            "error_description": _string("Human-readable reason (never a secret)."),
-            "principal": _string("The principal refused."),
-            "resource": _string("The resource asked for."),
-            "reason": _string("Why, as the task should show it."),
-        },
-    },
-    "TokenRequest": _body_schema(
-        "TokenRequest",
-        {**CLIENT_AUTH_FIELDS, **TASK_FIELDS},
-        ("dag_id", "task_id", "run_id", "try_number"),
-    ),
-    "RevokeRequest": _body_schema(
-        "RevokeRequest",
-        {
-            **CLIENT_AUTH_FIELDS,
-            "jti": _string("Revoke this token of the deployment.", pattern=r"^[0-9a-f]{32}$"),
-            "dag_id": TASK_FIELDS["dag_id"],
-            "run_id": TASK_FIELDS["run_id"],
-            "task_id": TASK_FIELDS["task_id"],
-            "try_number": TASK_FIELDS["try_number"],
-            "map_index": TASK_FIELDS["map_index"],
-            "block": _string("true: block the DAG from minting (dag_id alone)."),
-            "reason": _string("Free text shown to operators with a block."),
-        },
-    ),
-    "DeploymentRequest": _body_schema("DeploymentRequest", CLIENT_AUTH_FIELDS),
-    "PollTokenRequest": _body_schema(
-        "PollTokenRequest",
-        {
-            **CLIENT_AUTH_FIELDS,
-            "resource": TASK_FIELDS["resource"],
-            "conn_id": TASK_FIELDS["conn_id"],
-            "dag_id": _string("Narrow to this DAG (else deployment-wide)."),
-            "run_id": _string("Narrow to this DAG run."),
-            "try_number": {
-                "type": ["string", "integer"],
-                "description": "Task try number (recorded; not a number: 0).",
-            },
-        },
-    ),
-    "CosmosKeyRequest": _body_schema(
-        "CosmosKeyRequest",
-        {**CLIENT_AUTH_FIELDS, "token": _string("A Lockgate token this deployment holds.")},
-        ("token",),
-    ),
-    "TokenResponse": {
-        "type": "object",
-        "required": ["access_token", "token_type", "expires_in", "principal", "jti"],
-        "properties": {
-            "access_token": _string("The Lockgate token (a JWT)."),
-            "token_type": _string("Always Bearer.", enum=["Bearer"]),
-            "expires_in": {"type": "integer", "minimum": 1},
-            "issued_token_type": _string(
-                "RFC 8693.", enum=["urn:ietf:params:oauth:token-type:jwt"]
-            ),
-            "principal": _string("airflow:<deployment>/<dag_id>/<task_id>"),
-            "jti": _string("Token id (for revocation)."),
-        },
-    },
-    "RevokeResponse": {
-        "type": "object",
-        "required": ["revoked"],
-        "properties": {
-            "revoked": _string("What was done.", enum=["jti", "dag", "task_try", "block"])
-        },
-    },
-    "CatalogResponse": {
-        "type": "object",
-        "required": ["connections"],
-        "properties": {"connections": {"type": "array", "items": _ref("CatalogEntry")}},
-    },
-    "CatalogEntry": {
-        "type": "object",
-        "required": ["conn_id", "resource", "kind", "connection"],
-        "properties": {
-            "conn_id": {"type": "string"},
-            "resource": {"type": "string"},
-            "kind": _string("Resource kind.", enum=["http", "cql", "postgres"]),
-            "connection": {
-                "type": "object",
-                "description": "Airflow Connection fields; {lockgate_token} etc. are filled "
-                "in on the worker.",
-            },
-            "mode": _string("dynamic_role: log in to the database directly (/v1/db-role)."),
-            "poll": {"type": "boolean", "description": "Poll tokens offered (/v1/poll-token)."},
-            "cosmos_key": {"type": "boolean", "description": "Task key needed (/v1/cosmos-key)."},
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-            "upstream_ca": _string("PEM CA of the database (public)."),
-        },
-    },
-    "DbRoleResponse": {
-        "type": "object",
-        "description": "Plus where to log in: contact_points (cql) or host/port/database "
-        "(postgres).",
-        "required": ["username", "password", "expires_at", "expires_in", "grants", "jti"],
-        "properties": {
-            "username": {"type": "string"},
-            "password": {"type": "string"},
-            "expires_at": {"type": "number"},
-            "expires_in": {"type": "integer"},
-            "grants": {"type": "array", "items": {"type": "string"}},
-            "principal": {"type": "string"},
-            "jti": {"type": "string"},
-        },
-    },
-    "PollTokenResponse": {
-        "type": "object",
-        "required": ["access_token", "token_type", "expires_in", "jti", "principal"],
-        "properties": {
-            "access_token": {"type": "string"},
-            "token_type": {"type": "string", "enum": ["Bearer"]},
-            "expires_in": {"type": "integer", "minimum": 1},
-            "jti": {"type": "string"},
-            "principal": _string("airflow:<deployment>/<dag_id or *>/@poll"),
-        },
-    },
-    "CosmosKeyResponse": {
-        "type": "object",
-        "required": ["key", "jti"],
-        "properties": {"key": _string("The task key (base64)."), "jti": {"type": "string"}},
-    },
-    "ManagedIdentityToken": {
-        "type": "object",
-        "required": ["access_token", "expires_on", "token_type"],
-        "properties": {
-            "access_token": _string("The task's own token (X-IDENTITY-HEADER), unchanged."),
-            "expires_on": {"type": "integer"},
-            "resource": {"type": "string"},
-            "token_type": {"type": "string", "enum": ["Bearer"]},
-            "client_id": _string("The task's principal."),
-        },
-    },
-    "Jwks": {
-        "type": "object",
-        "required": ["keys"],
-        "properties": {
-            "keys": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["kty", "kid"],
-                    "properties": {
-                        "kty": {"type": "string"},
-                        "crv": {"type": "string"},
-                        "x": {"type": "string"},
-                        "kid": {"type": "string"},
-                        "alg": {"type": "string"},
-                        "use": {"type": "string"},
-                    },
-                },
-            }
-        },
-    },
-    "Discovery": {
-        "type": "object",
-        "required": ["issuer", "jwks_uri", "token_endpoint"],
-        "properties": {
-            "issuer": {"type": "string"},
-            "jwks_uri": {"type": "string"},
-            "token_endpoint": {"type": "string"},
-            "revocation_endpoint": {"type": "string"},
-            "grant_types_supported": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {"status": {"type": "string", "enum": ["ok"]}},
-    },
-    "Readiness": {
-        "type": "object",
-        "required": ["ready", "checks", "problems"],
-        "properties": {
-            "ready": {"type": "boolean"},
-            "checks": {"type": "object", "additionalProperties": {"type": "string"}},
-            "problems": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-}
 
 ERRORS = {
     400: "Malformed request or refused proof (invalid_request, invalid_grant, ...).",
@@ -328,10 +70,19 @@ BODY_AUTHENTICATION: dict[str, dict[str, Any]] = {
 }
 
 
-def _json(schema: Schema, description: str, example: Any = None) -> Schema:
+Examples = dict[str, tuple[str, Any]]  # name -> (summary, value)
+
+
+def _examples(examples: Examples) -> Schema:
+    return {
+        name: {"summary": summary, "value": value} for name, (summary, value) in examples.items()
+    }
+
+
+def _json(schema: Schema, description: str, examples: Examples | None = None) -> Schema:
     media: Schema = {"schema": schema}
-    if example is not None:
-        media["example"] = example
+    if examples:
+        media["examples"] = _examples(examples)
     return {
         "description": description,
         "headers": NO_STORE_HEADER,
@@ -339,8 +90,13 @@ def _json(schema: Schema, description: str, example: Any = None) -> Schema:
     }
 
 
-def _errors(*codes: int) -> dict[str, Schema]:
-    return {str(c): _json(_ref("OAuthError"), ERRORS[c]) for c in codes}
+def _errors(*codes: int, examples: dict[int, Examples] | None = None) -> dict[str, Schema]:
+    given = examples or {}
+    return {str(c): _json(ref("OAuthError"), ERRORS[c], given.get(c)) for c in codes}
+
+
+def _operation_id(summary: str) -> str:
+    return summary.lower().replace(" ", "_")
 
 
 def _deployment_post(
@@ -349,22 +105,22 @@ def _deployment_post(
     request: str,
     ok: Schema,
     codes: tuple[int, ...],
-    example: dict[str, str],
-    ok_example: Any = None,
+    examples: Examples,
+    ok_examples: Examples | None = None,
 ) -> Schema:
     """A POST a deployment calls with its client authentication and a form or JSON body."""
-    media = {"schema": _ref(request), "example": example}
+    media = {"schema": ref(request), "examples": _examples(examples)}
     return {
         "post": {
             "summary": summary,
             "description": description,
-            "operationId": summary.lower().replace(" ", "_").replace("'", ""),
+            "operationId": _operation_id(summary),
             "security": CLIENT_SECURITY,
             "requestBody": {
                 "required": True,
                 "content": {"application/x-www-form-urlencoded": media, "application/json": media},
             },
-            "responses": {"200": _json(ok, "Done.", ok_example), **_errors(*codes)},
+            "responses": {"200": _json(ok, "Done.", ok_examples), **_errors(*codes)},
         }
     }
 
@@ -374,7 +130,7 @@ def _get(summary: str, description: str, responses: dict[str, Schema], **extra: 
         "get": {
             "summary": summary,
             "description": description,
-            "operationId": summary.lower().replace(" ", "_").replace("'", ""),
+            "operationId": _operation_id(summary),
             "security": [],
             "responses": responses,
             **extra,
@@ -390,11 +146,49 @@ def _public_json(schema: Schema, description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-TOKEN_EXAMPLE = {
-    "access_token": "eyJhbGciOiJFZERTQSJ9...",
+A_TOKEN = "eyJhbGciOiJFZERTQSJ9..."  # noqa: S105 - an elided example, not a token
+TOKEN_REQUESTS: Examples = {
+    "client_secret": (
+        "A task's token, the deployment authenticated with HTTP Basic",
+        {"resource": EXAMPLE_RESOURCE, **EXAMPLE_TASK},
+    ),
+    "token_exchange": (
+        "RFC 8693: the deployment proves itself with an OIDC token (workload identity)",
+        {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": "$OIDC_TOKEN",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "conn_id": "orders_api",
+            **EXAMPLE_TASK,
+        },
+    ),
+}
+TOKEN_ANSWER = {
+    "access_token": A_TOKEN,
     "token_type": "Bearer",
     "expires_in": 900,
     "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    "principal": EXAMPLE_PRINCIPAL,
+    "jti": EXAMPLE_JTI,
+}
+POLICY_DENIED: Examples = {
+    "policy_denied": (
+        "No rule allows the task this resource",
+        {
+            "error": "access_denied",
+            "error_description": "no rule matches",
+            "principal": EXAMPLE_PRINCIPAL,
+            "resource": EXAMPLE_RESOURCE,
+            "reason": "no rule matches",
+        },
+    )
+}
+ROLE_ANSWER = {
+    "username": "lg_3f9a1c2b7d6e5f40",
+    "password": "<generated>",
+    "expires_at": 1767226500.0,
+    "expires_in": 900,
+    "grants": ["SELECT ON sales.orders"],
     "principal": EXAMPLE_PRINCIPAL,
     "jti": EXAMPLE_JTI,
 }
@@ -407,47 +201,85 @@ def _paths() -> dict[str, Schema]:
         "database role granted exactly what policy allows, dropped when the token would "
         "expire or is revoked. 404 as text/plain when no resource offers dynamic roles.",
         "TokenRequest",
-        _ref("DbRoleResponse"),
+        ref("DbRoleResponse"),
         (400, 401, 403, 503),
-        _token_example(),
-    )
+        {"role": ("A role for a task", {"resource": "orders-pg", **EXAMPLE_TASK})},
+        {
+            "postgres": (
+                "A PostgreSQL resource",
+                {**ROLE_ANSWER, "host": "db.internal", "port": 5432, "database": "sales",
+                 "sslmode": "verify-full", "sslrootcert": "system"},
+            ),
+            "cql": (
+                "A Cassandra resource",
+                {**ROLE_ANSWER, "contact_points": ["cass1.internal:9042"], "keyspace": "sales"},
+            ),
+        },
+    )  # fmt: skip
     db_role["post"]["responses"]["404"] = {
         "description": "No such resource, or dynamic roles are not served at all.",
         "content": {
-            "application/json": {"schema": _ref("OAuthError")},
+            "application/json": {"schema": ref("OAuthError")},
             "text/plain": {"schema": {"type": "string"}},
         },
     }
+    token = _deployment_post(
+        "Token",
+        "Mint a task's Lockgate token: authenticate the deployment, check delegation, "
+        "attestation and mint policy, record token_issued, answer. Also the RFC 8693 "
+        "token exchange (grant_type token-exchange with an OIDC subject_token).",
+        "TokenRequest",
+        ref("TokenResponse"),
+        (400, 401, 403, 404, 503),
+        TOKEN_REQUESTS,
+        {"token": ("The task's token", TOKEN_ANSWER)},
+    )
+    token["post"]["responses"].update(_errors(403, examples={403: POLICY_DENIED}))
     return {
-        "/v1/token": _deployment_post(
-            "Token",
-            "Mint a task's Lockgate token: authenticate the deployment, check delegation, "
-            "attestation and mint policy, record token_issued, answer. Also the RFC 8693 "
-            "token exchange (grant_type token-exchange with an OIDC subject_token).",
-            "TokenRequest",
-            _ref("TokenResponse"),
-            (400, 401, 403, 404, 503),
-            _token_example(),
-            TOKEN_EXAMPLE,
-        ),
+        "/v1/token": token,
         "/v1/revoke": _deployment_post(
             "Revoke",
             "Revoke this deployment's tokens: one by jti, a DAG (or one run of it), one "
             "task try; or block a DAG from minting (block=true with dag_id alone).",
             "RevokeRequest",
-            _ref("RevokeResponse"),
+            ref("RevokeResponse"),
             (400, 401, 403),
-            {"dag_id": EXAMPLE_TASK["dag_id"], "run_id": EXAMPLE_TASK["run_id"]},
-            {"revoked": "dag"},
+            {
+                "run": (
+                    "Every token of one DAG run",
+                    {"dag_id": EXAMPLE_TASK["dag_id"], "run_id": EXAMPLE_TASK["run_id"]},
+                ),
+                "jti": ("One token", {"jti": EXAMPLE_JTI}),
+            },
+            {"run": ("Done", {"revoked": "dag"})},
         ),
         "/v1/catalog": _deployment_post(
             "Catalog",
             "Every resource with a conn_id, as the secrets backend turns it into an Airflow "
             "Connection pointing at this gateway's listeners.",
             "DeploymentRequest",
-            _ref("CatalogResponse"),
+            ref("CatalogResponse"),
             (400, 401),
-            {},
+            {"catalog": ("The deployment's catalog", {})},
+            {
+                "catalog": (
+                    "One http resource",
+                    {
+                        "connections": [
+                            {
+                                "conn_id": "orders_api",
+                                "resource": EXAMPLE_RESOURCE,
+                                "kind": "http",
+                                "connection": {
+                                    "conn_type": "http",
+                                    "host": "https://localhost:8443/orders-api",
+                                    "extra": {"Authorization": "Bearer {lockgate_token}"},
+                                },
+                            }
+                        ]
+                    },
+                )
+            },
         ),
         "/v1/db-role": db_role,
         "/v1/poll-token": _deployment_post(
@@ -455,18 +287,27 @@ def _paths() -> dict[str, Schema]:
             "A triggerer's token (task @poll) that may only read runs this deployment "
             "started, narrowed to a DAG run when dag_id/run_id are given.",
             "PollTokenRequest",
-            _ref("PollTokenResponse"),
+            ref("PollTokenResponse"),
             (400, 401, 403, 503),
-            {"resource": "databricks", "dag_id": EXAMPLE_TASK["dag_id"]},
+            {
+                "dag_run": (
+                    "Narrowed to one DAG run",
+                    {
+                        "resource": "databricks",
+                        "dag_id": EXAMPLE_TASK["dag_id"],
+                        "run_id": EXAMPLE_TASK["run_id"],
+                    },
+                )
+            },
         ),
         "/v1/cosmos-key": _deployment_post(
             "Cosmos key",
             "The task key (derived from the token's jti, never the account key) of a "
             "Cosmos DB token this deployment holds.",
             "CosmosKeyRequest",
-            _ref("CosmosKeyResponse"),
+            ref("CosmosKeyResponse"),
             (400, 401),
-            {"token": "eyJhbGciOiJFZERTQSJ9..."},
+            {"key": ("The key of a task's Cosmos DB token", {"token": A_TOKEN})},
         ),
         "/msi/token": _get(
             "Managed identity token",
@@ -474,9 +315,9 @@ def _paths() -> dict[str, Schema]:
             "task's own token (X-IDENTITY-HEADER) when it was minted for the resource that "
             "serves the audience asked for.",
             {
-                "200": _json(_ref("ManagedIdentityToken"), "The task's token."),
-                "400": _json(_ref("OAuthError"), "Bad api-version, selector or audience."),
-                "401": _json(_ref("OAuthError"), "Identity header missing or rejected."),
+                "200": _json(ref("ManagedIdentityToken"), "The task's token."),
+                "400": _json(ref("OAuthError"), "Bad api-version, selector or audience."),
+                "401": _json(ref("OAuthError"), "Identity header missing or rejected."),
             },
             security=[{"identityHeader": []}],
             parameters=[
@@ -497,25 +338,25 @@ def _paths() -> dict[str, Schema]:
         "/.well-known/jwks.json": _get(
             "JWKS",
             "The public keys that verify Lockgate tokens (current and retiring).",
-            {"200": _public_json(_ref("Jwks"), "The key set.")},
+            {"200": _public_json(ref("Jwks"), "The key set.")},
         ),
         "/.well-known/openid-configuration": _get(
             "OpenID configuration",
             "OIDC discovery metadata of this issuer.",
-            {"200": _public_json(_ref("Discovery"), "Provider metadata.")},
+            {"200": _public_json(ref("Discovery"), "Provider metadata.")},
         ),
         "/healthz": _get(
             "Liveness",
             "The process answers.",
-            {"200": _public_json(_ref("Health"), "Alive.")},
+            {"200": _public_json(ref("Health"), "Alive.")},
         ),
         "/readyz": _get(
             "Readiness",
             "Ready to serve: audit writable, policy loaded, needed credentials and signing "
             "keys present. 503 lists the problems.",
             {
-                "200": _public_json(_ref("Readiness"), "Ready."),
-                "503": _public_json(_ref("Readiness"), "Not ready; problems say why."),
+                "200": _public_json(ref("Readiness"), "Ready."),
+                "503": _public_json(ref("Readiness"), "Not ready; problems say why."),
             },
         ),
         "/metrics": _get(

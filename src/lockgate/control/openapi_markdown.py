@@ -103,13 +103,17 @@ def _operation(doc: dict[str, Any], path: str, method: str, op: Schema) -> str:
         schema = _resolve(doc, media["schema"])
         out.append(f"**Request body** ({kinds}):\n\n{_fields_table(doc, schema)}\n")
     out.append("**Responses:**\n\n| status | body | meaning |\n| --- | --- | --- |\n")
-    for status, response in op["responses"].items():
+    for status, response in sorted(op["responses"].items()):
         out.append(f"| {status} | {_body_names(response)} | {response['description']} |\n")
-    out.append(f"\n**Example:**\n\n```sh\n{_curl(path, method, op)}\n```\n")
-    example = op["responses"]["200"].get("content", {}).get("application/json", {}).get("example")
-    if example is not None:
-        out.append(f"\n```json\n{json.dumps(example, indent=2)}\n```\n")
-    return "".join(out) + "\n"
+    out.append("\n**Examples:**\n\n")
+    for summary, curl in _curls(path, method, op):
+        out.append(f"{summary}:\n\n```sh\n{curl}\n```\n\n")
+    for status, response in sorted(op["responses"].items()):
+        answer = response.get("content", {}).get("application/json", {})
+        for example in answer.get("examples", {}).values():
+            text = json.dumps(example["value"], indent=2)
+            out.append(f"{status}, {example['summary']}:\n\n```json\n{text}\n```\n\n")
+    return "".join(out)
 
 
 def _security(op: Schema) -> str:
@@ -159,16 +163,27 @@ def _body_names(response: Schema) -> str:
     return "<br>".join(names) or "none"
 
 
-def _curl(path: str, method: str, op: Schema) -> str:
+def _curls(path: str, method: str, op: Schema) -> list[tuple[str, str]]:
+    """(summary, curl command) per request example."""
     if method == "get":
         query = {p["name"]: _example_value(p) for p in op.get("parameters", [])}
         url = BASE + path + ("?" + urlencode(query) if query else "")
         if any("identityHeader" in req for req in op.get("security", [])):
-            return f"curl -H \"X-IDENTITY-HEADER: $LOCKGATE_TOKEN\" '{url}'"
-        return f"curl '{url}'"
+            return [("A task asks", f"curl -H \"X-IDENTITY-HEADER: $LOCKGATE_TOKEN\" '{url}'")]
+        return [("Request", f"curl '{url}'")]
     media = op["requestBody"]["content"]["application/x-www-form-urlencoded"]
-    fields = " ".join(f"-d '{k}={v}'" for k, v in media["example"].items())
-    return f'curl -u "prod:$DEPLOYMENT_SECRET" {fields} {BASE}{path}'.replace("  ", " ")
+    out = []
+    for example in media["examples"].values():
+        fields = example["value"]
+        # The body authenticates a token exchange; otherwise the deployment's Basic secret.
+        auth = [] if "subject_token" in fields else ['-u "prod:$DEPLOYMENT_SECRET"']
+        data = [
+            f'--data-urlencode "{k}={v}"' if v.startswith("$") else f"--data-urlencode '{k}={v}'"
+            for k, v in fields.items()
+        ]
+        command = " \\\n  ".join(["curl " + " ".join(auth) if auth else "curl", *data, BASE + path])
+        out.append((example["summary"], command))
+    return out
 
 
 def _example_value(param: Schema) -> str:
