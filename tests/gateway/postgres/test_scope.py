@@ -286,3 +286,14 @@ def test_a_fetch_is_judged_on_what_its_cursor_reads() -> None:
     assert {a.obj for a in fetch.accesses} == {"public.orders"}
     run(scope, "DECLARE d CURSOR WITH HOLD FOR SELECT 1; CLOSE ALL", status="T")
     assert scope.cursors == {}
+
+
+def test_a_dropped_or_renamed_schema_no_longer_hides_what_follows_it_in_the_path() -> None:
+    scope = SessionScope(("sales", "public"), CATALOG)
+    run(scope, "DROP SCHEMA sales CASCADE", status="I")
+    (select,) = classify("SELECT * FROM orders", scope).statements
+    assert {a.obj for a in select.accesses} == {"sales.orders", "public.orders"}
+    renamed = SessionScope(("s2", "public"), CATALOG)
+    run(renamed, "ALTER SCHEMA sales RENAME TO s2", status="I")
+    (select,) = classify("SELECT * FROM orders", renamed).statements
+    assert {a.obj for a in select.accesses} == {"s2.orders", "public.orders"}

@@ -78,7 +78,9 @@ class Effect:
     (``name``; value: the inner text), ``deallocate`` (``name``, "" for ALL),
     ``temp_schema`` (value: the new temporary relation's name). Beyond those, so the
     session's view of the catalog follows its own DDL: ``created_relation`` /
-    ``dropped_relation`` (value: schema, name) and ``created_schema`` (value: name); and
+    ``dropped_relation`` (value: schema, name), ``created_schema`` (value: name) and
+    ``opaque_schema`` (value: name; a schema dropped or renamed: any name in it may be
+    there or not); and
     ``opaque_search_path`` after a statement that may move the path out of sight (DO, CALL,
     a function outside the allow-list: set_config may run inside); ``declare_cursor``
     (``name``; value: "action object" for each access of its query, so a FETCH is judged

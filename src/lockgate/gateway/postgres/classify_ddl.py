@@ -111,7 +111,10 @@ def _object(w: Walker, kind: int | None, obj: object, *, missing_ok: bool = Fals
                 s, n = split_object(placed)
                 effects.append(Effect("dropped_relation", (s, n)))
     elif kind == ObjectType.OBJECT_SCHEMA:
-        w.add("admin", "schema:" + name_part(".".join(_names(obj))))
+        schema_name = ".".join(_names(obj))
+        w.add("admin", "schema:" + name_part(schema_name))
+        # dropped or renamed: whatever it held may be gone (the path then looks further)
+        effects.append(Effect("opaque_schema", (schema_name,)))
     elif kind == ObjectType.OBJECT_ROLE:
         w.add("admin", _role(obj))
     elif kind == ObjectType.OBJECT_EXTENSION:
@@ -234,8 +237,15 @@ def _comment_like(kind_attr: str) -> Callable[[Walker, ast.Node], Effects]:
 
 def _rename(w: Walker, node: ast.RenameStmt) -> Effects:
     if node.relation is None:
-        _object(w, node.renameType, node.object, missing_ok=bool(node.missing_ok))
-        return []
+        # a schema, role, database... names its old self in subname
+        target = node.object if node.object is not None else ast.String(sval=node.subname or "")
+        dropped = _object(w, node.renameType, target, missing_ok=bool(node.missing_ok))
+        if node.renameType != ObjectType.OBJECT_SCHEMA:
+            return []
+        # the renamed schema's relations now answer to the new name
+        new_schema = present(node.newname)
+        w.add("admin", "schema:" + name_part(new_schema))
+        return [*dropped, Effect("opaque_schema", (new_schema,))]
     w.add_relation("admin", node.relation, missing_ok=bool(node.missing_ok))
     if node.renameType not in _RELATION_KINDS:
         return []  # a column, constraint, trigger...: the table keeps its name

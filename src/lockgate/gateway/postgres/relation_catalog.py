@@ -98,6 +98,8 @@ class RelationCatalog:
         self._maybe_present: frozenset[tuple[str, str]] = frozenset()
         self._maybe_absent: frozenset[tuple[str, str]] = frozenset()
         self._maybe_schemas: frozenset[str] = frozenset()
+        # schemas dropped or renamed by the session: any name in them may or may not be there
+        self._unknown_schemas: frozenset[str] = frozenset()
         self.generation = next(_generations)
 
     def reads_through(
@@ -127,7 +129,11 @@ class RelationCatalog:
 
     def relation(self, schema: str, relname: str) -> str:
         """``"yes"``, ``"maybe"`` (the session's own DDL may have changed it) or ``"no"``."""
-        if (schema, relname) in self._maybe_absent or (schema, relname) in self._maybe_present:
+        if (
+            (schema, relname) in self._maybe_absent
+            or (schema, relname) in self._maybe_present
+            or schema in self._unknown_schemas
+        ):
             return MAYBE
         return YES if schema in self.schemas_of(relname) else NO
 
@@ -137,16 +143,16 @@ class RelationCatalog:
 
     def holders(self, relname: str) -> list[str]:
         """Every schema that holds ``relname`` or may (the session's own DDL)."""
-        maybe = sorted(s for s, n in self._maybe_present if n == relname)
-        return sorted(self.schemas_of(relname)) + maybe
+        maybe = {s for s, n in self._maybe_present if n == relname} | self._unknown_schemas
+        return sorted(self.schemas_of(relname)) + sorted(maybe)
 
     def schema_names(self) -> list[str]:
         """Every schema, known or maybe created by the session."""
-        return sorted(self._schemas | self._maybe_schemas)
+        return sorted(self._schemas | self._maybe_schemas | self._unknown_schemas)
 
     def schema(self, name: str) -> str:
         """Whether schema ``name`` exists: ``"yes"``, ``"maybe"`` or ``"no"``."""
-        if name in self._maybe_schemas:
+        if name in self._maybe_schemas or name in self._unknown_schemas:
             return MAYBE
         return YES if name in self._schemas else NO
 
@@ -155,6 +161,7 @@ class RelationCatalog:
         present: Iterable[tuple[str, str]],
         absent: Iterable[tuple[str, str]],
         schemas: Iterable[str],
+        unknown_schemas: Iterable[str] = (),
     ) -> RelationCatalog:
         """This catalog with a session's maybe-facts on top (a new generation)."""
         layered = RelationCatalog.__new__(RelationCatalog)
@@ -167,6 +174,7 @@ class RelationCatalog:
         layered._maybe_present = self._maybe_present | frozenset(present)
         layered._maybe_absent = self._maybe_absent | frozenset(absent)
         layered._maybe_schemas = self._maybe_schemas | frozenset(schemas)
+        layered._unknown_schemas = self._unknown_schemas | frozenset(unknown_schemas)
         layered.generation = next(_generations)
         return layered
 

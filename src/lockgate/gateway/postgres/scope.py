@@ -80,6 +80,7 @@ class SessionScope:
         self._present: set[tuple[str, str]] = set()
         self._absent: set[tuple[str, str]] = set()
         self._schemas: set[str] = set()
+        self._unknown_schemas: set[str] = set()
         self._prepared: dict[str, str] = {}
         self._cursors: dict[str, tuple[str, ...]] = {}  # name -> "action object" it touches
 
@@ -123,6 +124,7 @@ class SessionScope:
         twin._ambiguous = set(self._ambiguous)
         twin._present, twin._absent = set(self._present), set(self._absent)
         twin._schemas = set(self._schemas)
+        twin._unknown_schemas = set(self._unknown_schemas)
         twin._prepared = dict(self._prepared)
         twin._cursors = dict(self._cursors)
         return twin
@@ -212,6 +214,9 @@ class SessionScope:
         elif kind == "created_schema" and effect.value:
             self._schemas.add(effect.value[0])
             self._relayer()
+        elif kind == "opaque_schema" and effect.value:
+            self._unknown_schemas.add(effect.value[0])
+            self._relayer()
 
     def _set_path(self, path: Path, *, local: bool) -> None:
         if local:
@@ -251,8 +256,10 @@ class SessionScope:
         base = self._base_catalog
         if base is None:
             self._catalog = None
-        elif self._present or self._absent or self._schemas:
-            self._catalog = base.with_session_changes(self._present, self._absent, self._schemas)
+        elif self._present or self._absent or self._schemas or self._unknown_schemas:
+            self._catalog = base.with_session_changes(
+                self._present, self._absent, self._schemas, self._unknown_schemas
+            )
         else:
             self._catalog = base
 
