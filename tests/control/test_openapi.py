@@ -98,3 +98,30 @@ async def test_the_listener_serves_the_document_unauthenticated(gw: Gateway) -> 
         assert r.status == 200
         assert r.content_type == "application/json"
         assert await r.json() == document()
+
+
+def _media_with_examples(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path, item in doc["paths"].items():
+        for op in item.values():
+            bodies = [op.get("requestBody", {}), *op["responses"].values()]
+            for body in bodies:
+                for media_type, media in body.get("content", {}).items():
+                    if "examples" in media:
+                        found.append((f"{path} {media_type}", media))
+    return found
+
+
+def test_every_example_conforms_to_its_schema() -> None:
+    import jsonschema_rs  # schemathesis's validator
+
+    doc = document()
+    media = _media_with_examples(doc)
+    assert len(media) >= 10
+    for where, content in media:
+        validator = jsonschema_rs.Draft202012Validator(
+            {**content["schema"], "components": doc["components"]}
+        )
+        for name, example in content["examples"].items():
+            errors = [e.message for e in validator.iter_errors(example["value"])]
+            assert not errors, (where, name, errors)

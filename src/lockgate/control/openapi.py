@@ -142,8 +142,11 @@ def _plain(description: str) -> Schema:
     return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
-def _public_json(schema: Schema, description: str) -> Schema:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _public_json(schema: Schema, description: str, examples: Examples | None = None) -> Schema:
+    media: Schema = {"schema": schema}
+    if examples:
+        media["examples"] = _examples(examples)
+    return {"description": description, "content": {"application/json": media}}
 
 
 A_TOKEN = "eyJhbGciOiJFZERTQSJ9..."  # noqa: S105 - an elided example, not a token
@@ -191,6 +194,19 @@ ROLE_ANSWER = {
     "grants": ["SELECT ON sales.orders"],
     "principal": EXAMPLE_PRINCIPAL,
     "jti": EXAMPLE_JTI,
+}
+
+
+NOT_READY = {
+    "ready": False,
+    "checks": {
+        "started": "ok",
+        "audit": "ok",
+        "policy": "ok",
+        "credentials": "no value stored for orders-api-key (resource orders-api)",
+        "signing_keys": "ok",
+    },
+    "problems": ["credentials: no value stored for orders-api-key (resource orders-api)"],
 }
 
 
@@ -352,11 +368,17 @@ def _paths() -> dict[str, Schema]:
         ),
         "/readyz": _get(
             "Readiness",
-            "Ready to serve: audit writable, policy loaded, needed credentials and signing "
-            "keys present. 503 lists the problems.",
+            "May a load balancer send traffic now: listeners started, the audit trail "
+            "accepts records, the policy loaded, every credential a resource needs stored, "
+            "the signing key loaded. Each check's outcome is in checks; 503 lists the "
+            "problems (names only, never a secret). /healthz is liveness only.",
             {
                 "200": _public_json(ref("Readiness"), "Ready."),
-                "503": _public_json(ref("Readiness"), "Not ready; problems say why."),
+                "503": _public_json(
+                    ref("Readiness"),
+                    "Not ready; problems say why.",
+                    {"no_credential": ("A credential was never stored", NOT_READY)},
+                ),
             },
         ),
         "/metrics": _get(
