@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -34,6 +36,13 @@ from lockgate.control.openapi import (
     document,
 )
 from lockgate.tlsgen import write_dev_ca
+from tests.gateway.postgres.test_dynamic_roles import (
+    DATABASE,
+    GATEWAY_PASSWORD,
+    GATEWAY_USER,
+    prepare,
+)
+from tests.pgserver import PgServer
 
 from ._stack import basic, deployment, running_gateway
 
@@ -93,25 +102,30 @@ class _LoopThread:
         self.loop.close()
 
 
-@pytest.fixture(scope="module")
-def control_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def _serving(workdir: Path, **stack: Any) -> Iterator[str]:
+    """A gateway (``running_gateway(workdir, **stack)``) on its own loop thread; its control
+    listener's base URL."""
     background = _LoopThread()
-    workdir = tmp_path_factory.mktemp("openapi")
-    proxy_ca = write_dev_ca(workdir / "tls")
-    proxy = {"port": 0, "ca": {"cert": str(proxy_ca["cert"]), "key": str(proxy_ca["key"])}}
-    stack = running_gateway(
-        workdir,
-        policy=POLICY,
-        deployments=[deployment(EXAMPLE_DEPLOYMENT, SECRET)],
-        resources=RESOURCES,
-        listeners={"control": {"port": 0}, "http": {"port": 0}, "forward_proxy": proxy},
+    gateway = running_gateway(
+        workdir, deployments=[deployment(EXAMPLE_DEPLOYMENT, SECRET)], **stack
     )
-    gw = background.run(stack.__aenter__())
+    gw = background.run(gateway.__aenter__())
     try:
         yield f"http://127.0.0.1:{gw.control_port}"
     finally:
-        background.run(stack.__aexit__(None, None, None))
+        background.run(gateway.__aexit__(None, None, None))
         background.close()
+
+
+@pytest.fixture(scope="module")
+def control_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    workdir = tmp_path_factory.mktemp("openapi")
+    proxy_ca = write_dev_ca(workdir / "tls")
+    proxy = {"port": 0, "ca": {"cert": str(proxy_ca["cert"]), "key": str(proxy_ca["key"])}}
+    listeners = {"control": {"port": 0}, "http": {"port": 0}, "forward_proxy": proxy}
+    with _serving(workdir, policy=POLICY, resources=RESOURCES, listeners=listeners) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +218,63 @@ def test_every_operation_answers_as_documented(
     # dynamic roles, so /v1/db-role's is its 404.
     wanted = 404 if path == "/v1/db-role" else 200
     assert wanted in STATUSES[operation.label], STATUSES[operation.label]
+
+
+# -- /v1/db-role with a real database ----------------------------------------------------------
+ROLE_POLICY = """\
+rules:
+  - id: reads-sales
+    effect: allow
+    principals: ["airflow:prod/finance_daily/*"]
+    actions: [read]
+    resources: [orders-pg]
+    objects: ["sales.*"]
+  - id: may-mint-elsewhere
+    effect: allow
+    principals: ["airflow:prod/reporting/*"]
+    actions: [read]
+    resources: [orders-pg]
+    objects: ["nowhere.*"]
+"""
+
+
+def test_database_roles_answer_as_documented(pg_server: PgServer, tmp_path: Path) -> None:
+    """The documented example against a PostgreSQL resource with dynamic roles: the role
+    (200), a task granted nothing (403), and the catalog's direct-login entry."""
+    prepare(pg_server)
+    resource = {
+        "name": "orders-pg", "kind": "postgres", "host": pg_server.host,
+        "port": pg_server.port, "database": DATABASE, "username": GATEWAY_USER,
+        "credential": "orders-pg-admin", "ca_file": str(pg_server.ca_file),
+        "conn_id": "orders_pg", "dynamic_roles": True,
+    }  # fmt: skip
+    with _serving(
+        tmp_path,
+        policy=ROLE_POLICY,
+        resources=[resource],
+        secrets={"orders-pg-admin": GATEWAY_PASSWORD},
+        listeners={
+            "control": {"port": 0},
+            "http": {"port": 0},
+            "postgres": {"host": "127.0.0.1", "port": 0, "allow_plaintext": True},
+        },
+    ) as url:
+        schema = schemathesis.openapi.from_url(url + PATH)
+        schema.config.update(base_url=url)
+        operation = schema["/v1/db-role"]["POST"]
+        (example,) = operation.definition.raw["requestBody"]["content"]["application/json"][
+            "examples"
+        ].values()
+        fields = dict(example["value"])
+        granted = operation.Case(body=fields, media_type="application/json")
+        answer = granted.call_and_validate(headers=VALID_AUTH, checks=CHECKS)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["grants"] and answer.json()["database"] == DATABASE
+        nothing = operation.Case(
+            body={**fields, "dag_id": "reporting"}, media_type="application/json"
+        )
+        refused = nothing.call_and_validate(headers=VALID_AUTH, checks=CHECKS)
+        assert refused.status_code == 403, refused.text
+        catalog = schema["/v1/catalog"]["POST"].Case(body={}, media_type="application/json")
+        entries = catalog.call_and_validate(headers=VALID_AUTH, checks=CHECKS).json()
+        assert entries["connections"][0]["mode"] == "dynamic_role"
