@@ -74,11 +74,6 @@ async def test_the_role_reads_its_grant_and_not_the_forbidden_table(
         await roles.revoke(cred.username)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dynamic roles grant SELECT on every view policy names (sales.*); the server runs "
-    "a view with its owner's rights, so the role reads a forbidden base table",
-)
 async def test_a_granted_view_does_not_hand_the_role_a_forbidden_base_table(
     pg: PgServer, tmp_path: Path
 ) -> None:
@@ -91,11 +86,6 @@ async def test_a_granted_view_does_not_hand_the_role_a_forbidden_base_table(
     assert rows is None or "view-base-secret" not in repr(rows), rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dynamic roles grant SELECT on an inheritance parent; the server checks the parent "
-    "only and returns the rows of a child in a forbidden schema",
-)
 async def test_a_granted_parent_does_not_hand_the_role_a_forbidden_child(
     pg: PgServer, tmp_path: Path
 ) -> None:
@@ -108,11 +98,6 @@ async def test_a_granted_parent_does_not_hand_the_role_a_forbidden_child(
     assert rows is None or "child-row-secret" not in repr(rows), rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a table of schema 'sales.x' is asked of policy as object 'sales.x.t', which "
-    "'sales.*' matches, so the role is granted a table outside schema sales",
-)
 async def test_a_dotted_schema_is_not_granted_as_part_of_the_schema_it_names(
     pg: PgServer, tmp_path: Path
 ) -> None:

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, LiteralString
 
@@ -50,6 +51,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from lockgate import _log
 from lockgate.config import PostgresResource
 from lockgate.errors import (
     CredentialError,
@@ -57,8 +59,15 @@ from lockgate.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from lockgate.gateway.dynamic_roles import PREFIX, NoGrants, RoleSet
+from lockgate.gateway.dynamic_roles import PREFIX, NoGrants, PasswordSource, RoleSet
+from lockgate.gateway.engine import PolicySource, RequestFactory
 from lockgate.identity.model import Claims
+
+from .classified import qualified_object
+from .relation_catalog import RelationCatalog
+from .role_grants import GRANT_FACTS_QUERY, GrantFacts, GrantPlan, Skipped, plan_grants
+
+log = _log.get("gateway.postgres.dynamic_roles")
 
 PERMISSIONS: dict[str, tuple[str, ...]] = {
     "read": ("SELECT",),
@@ -95,6 +104,30 @@ def _table(schema: str, table: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
 
 
+def _permissions(
+    grants: tuple[tuple[str, tuple[str, str]], ...],
+) -> dict[tuple[str, str], list[str]]:
+    """relation -> its table permissions, in the order the grants name them."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for action, relation in grants:
+        out.setdefault(relation, []).extend(PERMISSIONS[action])
+    return out
+
+
+def _grants(grants: tuple[tuple[str, tuple[str, str]], ...]) -> tuple[tuple[str, str], ...]:
+    """(permission, object) as the audit and the task read them."""
+    return tuple(
+        (perm, f"TABLE {_table(*relation).as_string(None)}")
+        for relation, perms in _permissions(grants).items()
+        for perm in perms
+    )
+
+
+def _skipped_text(skipped: Skipped) -> str:
+    perms = ", ".join(PERMISSIONS[skipped.action])
+    return f"{perms} ON {skipped.obj}: {skipped.reason}"
+
+
 class PostgresRoles(RoleSet):
     """Issue, revoke and sweep per-token PostgreSQL roles for one ``kind: postgres``
     resource (the bookkeeping is :class:`~lockgate.gateway.dynamic_roles.RoleSet`'s)."""
@@ -105,6 +138,18 @@ class PostgresRoles(RoleSet):
     CONNECTION_LIMIT: ClassVar[int] = 10
     APPLICATION_NAME: ClassVar[str] = "lockgate-dynamic-roles"
     resource: PostgresResource
+
+    def __init__(
+        self,
+        resource: PostgresResource,
+        password: PasswordSource,
+        policy: PolicySource,
+        *,
+        clock: Callable[[], float] = time.time,
+        make_request: RequestFactory | None = None,
+    ) -> None:
+        super().__init__(resource, password, policy, clock=clock, make_request=make_request)
+        self._skipped: dict[str, tuple[str, ...]] = {}  # role -> grants left out, with why
 
     def details(self) -> dict[str, Any]:
         r = self.resource
@@ -177,21 +222,19 @@ class PostgresRoles(RoleSet):
     ) -> tuple[tuple[str, str], ...]:
         conn = await self._connect()
         try:
-            relations = [(s, t) for s, t in await self._run(conn, USER_RELATIONS)]
-            allowed = self.allowed(claims, (f"{s}.{t}" for s, t in relations))
-            if require_grants and not allowed:
+            plan = await self._plan(conn, claims)
+            if require_grants and not plan.grants:
                 raise NoGrants(f"policy grants {claims.sub} nothing on {self.resource.name}")
             # libpq computes the verifier: the clear password never leaves this process
             verifier = conn.pgconn.encrypt_password(
                 password.encode(), name.encode(), b"scram-sha-256"
             ).decode()
-            grants = self._grants(relations, allowed)
             async with conn.transaction():  # all or nothing: no half-granted role
                 await self._run(conn, self._create_role(name, verifier, claims.exp))
                 await self._run(
                     conn, sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(name))
                 )
-                for statement in self._grant_statements(name, relations, allowed):
+                for statement in self._grant_statements(name, plan.grants):
                     await self._run(conn, statement)
                 self._refuse_if_retired()  # retired while the role was being made
             try:
@@ -201,7 +244,36 @@ class PostgresRoles(RoleSet):
                 raise
         finally:
             await conn.close()
-        return grants
+        self._skipped[name] = tuple(_skipped_text(s) for s in plan.skipped)
+        if plan.skipped:
+            log.info("dynamic postgres role grants skipped", extra={"fields": {
+                "resource": self.resource.name, "role": name, "principal": claims.sub,
+                "skipped": list(self._skipped[name])}})  # fmt: skip
+        return _grants(plan.grants)
+
+    async def _plan(self, conn: psycopg.AsyncConnection[Any], claims: Claims) -> GrantPlan:
+        """What policy allows by name, less what would reach beyond it (:mod:`.role_grants`)."""
+        relations = [(str(s), str(t)) for s, t in await self._run(conn, USER_RELATIONS)]
+        catalog = RelationCatalog(await self._run(conn, RelationCatalog.QUERY))
+        facts = GrantFacts.of(await self._run(conn, GRANT_FACTS_QUERY))
+        decided: dict[str, frozenset[str]] = {}
+
+        def allows(action: str, obj: str) -> bool:
+            if obj not in decided:  # each object asked of policy once, every action at once
+                decided[obj] = frozenset(a for a, _ in self.allowed(claims, [obj]))
+            return action in decided[obj]
+
+        candidates = [
+            (action, relation)
+            for relation in relations
+            for action in PERMISSIONS
+            if allows(action, qualified_object(*relation))
+        ]
+        return plan_grants(candidates, catalog, facts, allows)
+
+    def skipped_grants(self, name: str) -> tuple[str, ...]:
+        """The grants policy allowed by name that role ``name`` did not get, with why."""
+        return self._skipped.get(name, ())
 
     def _create_role(self, name: str, verifier: str, exp: float) -> sql.Composed:
         return sql.SQL(
@@ -214,38 +286,16 @@ class PostgresRoles(RoleSet):
             sql.Literal(_valid_until(exp)),
         )
 
-    @staticmethod
-    def _grants(
-        relations: list[tuple[str, str]], allowed: list[tuple[str, str]]
-    ) -> tuple[tuple[str, str], ...]:
-        """(permission, object) as the audit and the task read them."""
-        wanted = set(allowed)
-        out: list[tuple[str, str]] = []
-        for schema, table in relations:
-            for action, perms in PERMISSIONS.items():
-                if (action, f"{schema}.{table}") in wanted:
-                    obj = f"TABLE {_table(schema, table).as_string(None)}"
-                    out.extend((perm, obj) for perm in perms)
-        return tuple(out)
-
     def _grant_statements(
-        self, name: str, relations: list[tuple[str, str]], allowed: list[tuple[str, str]]
+        self, name: str, grants: tuple[tuple[str, tuple[str, str]], ...]
     ) -> Iterable[sql.Composed]:
         role = sql.Identifier(name)
-        wanted = set(allowed)
         schemas: dict[str, None] = {}
-        for schema, table in relations:
-            perms = [
-                p
-                for action, ps in PERMISSIONS.items()
-                if (action, f"{schema}.{table}") in wanted
-                for p in ps
-            ]
-            if perms:
-                schemas[schema] = None
-                yield sql.SQL("GRANT {} ON TABLE {} TO {}").format(
-                    sql.SQL(", ").join(sql.SQL(p) for p in perms), _table(schema, table), role
-                )
+        for relation, perms in _permissions(grants).items():
+            schemas[relation[0]] = None
+            yield sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in perms), _table(*relation), role
+            )
         for schema in schemas:
             yield sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role)
         if schemas:
@@ -260,6 +310,7 @@ class PostgresRoles(RoleSet):
             await self._end_role(conn, name)
         finally:
             await conn.close()
+        self._skipped.pop(name, None)
 
     async def _drop_or_keep(self, conn: psycopg.AsyncConnection[Any], name: str) -> None:
         """Drop a role that must not be handed out; if that fails, the sweeper retries."""

@@ -1,0 +1,208 @@
+"""Which table grants a dynamic PostgreSQL role may safely hold: the grant plan.
+
+Policy is asked per relation by name, but the server reaches further than the name says,
+with rights the role itself does not hold. This module decides, for each relation policy
+allows ``read`` or ``write`` on, whether the matching GRANT would hand the role more than
+policy allows, and if so skips it with a reason (the audit record lists both). Pure: the
+facts come from two catalog queries the role admin runs (:attr:`RelationCatalog.QUERY`, the
+engine's own, and :data:`GRANT_FACTS_QUERY`); objects are the engine's object names
+(:func:`~lockgate.gateway.postgres.classified.qualified_object`), reached relations the
+engine's dependency rule (:meth:`RelationCatalog.reads_through`).
+
+A grant of ``action`` on relation R is skipped when:
+
+* R reaches a relation (what a view or materialized view reads, recursively through views;
+  an inheritance parent's or partitioned table's descendants) on which policy does not
+  allow the same ``action``: the server checks a view's relations with the view owner's
+  rights and a parent's children not at all;
+* R or a view it reaches calls a function outside the engine's allow-list (``pg_catalog``
+  and :func:`~lockgate.gateway.postgres.functions.is_safe`, never
+  :func:`~lockgate.gateway.postgres.functions.always_admin`) or uses an operator outside
+  ``pg_catalog``'s :data:`~lockgate.gateway.postgres.functions.SAFE_OPERATORS`;
+* (``write`` only) R or a relation it reaches has a rule for INSERT, UPDATE or DELETE (a
+  rule's actions run with the owner's rights), or a trigger that is not the server's own
+  (what its function does is not known here; a SECURITY DEFINER one runs as its owner);
+* (``write`` only) a foreign key makes the server look elsewhere with the owner's rights:
+  R references a table policy does not allow ``read`` on (an INSERT probes it for a key),
+  or a table referencing R is one policy does not allow ``write`` on when its key action
+  cascades, sets null or sets a default (or ``read`` on, for NO ACTION / RESTRICT: a DELETE
+  refused because of it reveals its rows).
+
+Column defaults, CHECK constraints and generated columns run as the role itself: a function
+they call needs the role's EXECUTE (PUBLIC's, by default), as a direct call would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import LiteralString
+
+from .classified import qualified_object
+from .functions import SAFE_OPERATORS, always_admin, is_safe
+from .relation_catalog import RelationCatalog
+
+__all__ = ["GRANT_FACTS_QUERY", "GrantFacts", "GrantPlan", "Skipped", "plan_grants"]
+
+#: (kind, schema, relation, detail schema, detail name) of what a grant reaches beyond the
+#: relation catalog: functions and operators each view's rules use, write rules and
+#: triggers per relation, and foreign keys both ways (detail name of "referenced-by" is the
+#: referencing table's, its detail kind in the fifth column's ``write:``/``read:`` prefix).
+GRANT_FACTS_QUERY: LiteralString = """
+SELECT 'calls', vn.nspname::text, v.relname::text, pn.nspname::text, p.proname::text
+  FROM pg_catalog.pg_rewrite r
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+  JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
+   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass
+  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
+  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+ WHERE vn.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT 'operator', vn.nspname::text, v.relname::text, opn.nspname::text, o.oprname::text
+  FROM pg_catalog.pg_rewrite r
+  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+  JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
+   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_operator'::regclass
+  JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid
+  JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace
+ WHERE vn.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT 'rule', n.nspname::text, c.relname::text, '', r.rulename::text
+  FROM pg_catalog.pg_rewrite r
+  JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE r.ev_type <> '1' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT 'trigger', n.nspname::text, c.relname::text, '', t.tgname::text
+  FROM pg_catalog.pg_trigger t
+  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE NOT t.tgisinternal AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT 'references', n.nspname::text, c.relname::text, fn.nspname::text, f.relname::text
+  FROM pg_catalog.pg_constraint k
+  JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_class f ON f.oid = k.confrelid
+  JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
+ WHERE k.contype = 'f'
+UNION ALL
+SELECT CASE WHEN k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')
+            THEN 'referenced-by-write' ELSE 'referenced-by-read' END,
+       fn.nspname::text, f.relname::text, n.nspname::text, c.relname::text
+  FROM pg_catalog.pg_constraint k
+  JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_class f ON f.oid = k.confrelid
+  JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
+ WHERE k.contype = 'f'
+"""
+
+Relation = tuple[str, str]  # (schema, name)
+
+
+@dataclass(slots=True)
+class GrantFacts:
+    """:data:`GRANT_FACTS_QUERY`'s rows, per relation."""
+
+    calls: dict[Relation, set[Relation]] = field(default_factory=dict)
+    operators: dict[Relation, set[Relation]] = field(default_factory=dict)
+    rules: dict[Relation, set[str]] = field(default_factory=dict)
+    triggers: dict[Relation, set[str]] = field(default_factory=dict)
+    references: dict[Relation, set[Relation]] = field(default_factory=dict)
+    #: relation -> (action the referencing table's key action needs, referencing table)
+    referenced_by: dict[Relation, set[tuple[str, Relation]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[str, str, str, str, str]]) -> GrantFacts:
+        facts = cls()
+        for kind, schema, name, other_schema, other in rows:
+            relation, detail = (schema, name), (other_schema, other)
+            if kind == "calls":
+                facts.calls.setdefault(relation, set()).add(detail)
+            elif kind == "operator":
+                facts.operators.setdefault(relation, set()).add(detail)
+            elif kind == "rule":
+                facts.rules.setdefault(relation, set()).add(other)
+            elif kind == "trigger":
+                facts.triggers.setdefault(relation, set()).add(other)
+            elif kind == "references":
+                facts.references.setdefault(relation, set()).add(detail)
+            elif kind.startswith("referenced-by-"):
+                need = kind.removeprefix("referenced-by-")
+                facts.referenced_by.setdefault(relation, set()).add((need, detail))
+        return facts
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A grant policy allows by name but the server would carry further."""
+
+    action: str  # read | write
+    obj: str  # the engine's object name
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantPlan:
+    grants: tuple[tuple[str, Relation], ...]  # (action, relation)
+    skipped: tuple[Skipped, ...]
+
+
+#: (action, object) -> whether policy allows it
+Allows = Callable[[str, str], bool]
+
+
+def plan_grants(
+    candidates: Iterable[tuple[str, Relation]],
+    catalog: RelationCatalog,
+    facts: GrantFacts,
+    allows: Allows,
+) -> GrantPlan:
+    """Of ``candidates`` (action, relation) policy allows by name, the grants that hand the
+    role nothing more, and the others with why."""
+    grants: list[tuple[str, Relation]] = []
+    skipped: list[Skipped] = []
+    for action, relation in candidates:
+        reason = _refusal(action, relation, catalog, facts, allows)
+        if reason is None:
+            grants.append((action, relation))
+        else:
+            skipped.append(Skipped(action, qualified_object(*relation), reason))
+    return GrantPlan(tuple(grants), tuple(skipped))
+
+
+def _refusal(
+    action: str, relation: Relation, catalog: RelationCatalog, facts: GrantFacts, allows: Allows
+) -> str | None:
+    """Why granting ``action`` on ``relation`` would reach beyond policy, or None."""
+    reached = catalog.reads_through(*relation)
+    for other in reached:
+        if not allows(action, qualified_object(*other)):
+            return f"reaches {qualified_object(*other)}, where policy does not allow {action}"
+    for holder in (relation, *reached):
+        where = qualified_object(*holder)
+        for schema, name in sorted(facts.calls.get(holder, ())):
+            if schema != "pg_catalog" or always_admin(name) or not is_safe(name):
+                return f"{where} calls function:{qualified_object(schema, name)}"
+        for schema, symbol in sorted(facts.operators.get(holder, ())):
+            if schema != "pg_catalog" or symbol not in SAFE_OPERATORS:
+                return f"{where} uses operator:{qualified_object(schema, symbol)}"
+        if action != "write":
+            continue
+        if facts.rules.get(holder):
+            return f"{where} has rule {min(facts.rules[holder])} (it runs with the owner's rights)"
+        if facts.triggers.get(holder):
+            return f"{where} has trigger {min(facts.triggers[holder])}"
+        for target in sorted(facts.references.get(holder, ())):
+            if not allows("read", qualified_object(*target)):
+                return f"{where} references {qualified_object(*target)}, not readable by policy"
+        for need, referrer in sorted(facts.referenced_by.get(holder, ())):
+            if not allows(need, qualified_object(*referrer)):
+                return (
+                    f"{qualified_object(*referrer)} references {where}"
+                    f" and policy does not allow {need} on it"
+                )
+    return None
