@@ -7,9 +7,16 @@ can log in until the token expires, and grants it exactly what policy allows the
 every table, view, materialized view and foreign table of the upstream database (from
 ``pg_class``, outside ``pg_catalog``, ``information_schema`` and the toast/temp schemas) is
 asked of policy for ``read`` and ``write`` on ``schema.table``, exactly as the engine asks for
-a statement, and each allow becomes a table GRANT: read -> SELECT, write -> INSERT, UPDATE,
-DELETE (no SELECT with it: an ``UPDATE ... WHERE`` that reads rows needs read as well, as it
-does through the gateway). Schemas holding a granted table get USAGE, the database CONNECT.
+a statement (the engine's object names: a ".", "/", ":" or "%" inside a name is escaped, so a
+schema called "sales.x" is not inside ``sales.*``), and each allow becomes a table GRANT:
+read -> SELECT, write -> INSERT, UPDATE, DELETE (no SELECT with it: an ``UPDATE ... WHERE``
+that reads rows needs read as well, as it does through the gateway). An allow by name is not
+enough when the server carries the grant further with its owner's rights: a view reads its
+relations, a parent its children, a rule writes elsewhere, a trigger runs code, a foreign
+key looks into another table. Such a grant is skipped unless policy allows what it reaches
+(the rules: :mod:`.role_grants`, with the engine's own dependency rule); the skipped grants
+and why are logged and kept (:meth:`PostgresRoles.skipped_grants`) for the issue's audit
+record. Schemas holding a granted table get USAGE, the database CONNECT.
 ``admin`` is never granted: DDL, TRUNCATE, REFERENCES, TRIGGER and ownership stay with the
 gateway, whatever policy says (a role that owns objects could not be dropped cleanly).
 
