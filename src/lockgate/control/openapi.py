@@ -406,8 +406,7 @@ def document() -> dict[str, Any]:
                 f"application/x-www-form-urlencoded or a JSON object (at most {MAX_BODY} "
                 "bytes, each field once; JSON values are strings or integers, an integer "
                 "read as its decimal string, null as absent). Unknown fields are ignored. "
-                "Refusals "
-                "are OAuth2 error bodies and each is recorded in the audit trail."
+                "Refusals are OAuth2 error bodies and each is recorded in the audit trail."
             ),
         },
         "paths": _paths(),
