@@ -42,7 +42,7 @@ from .classified import qualified_object
 from .functions import SAFE_OPERATORS, always_admin, is_safe
 from .relation_catalog import RelationCatalog
 
-__all__ = ["GRANT_FACTS_QUERY", "GrantFacts", "GrantPlan", "Skipped", "plan_grants"]
+__all__ = ["GRANT_FACTS_QUERY", "Allows", "GrantFacts", "GrantPlan", "Skipped", "plan_grants"]
 
 #: (kind, schema, relation, detail schema, detail name) of what a grant reaches beyond the
 #: relation catalog: functions and operators each view's rules use, write rules and
