@@ -1,0 +1,131 @@
+"""Dynamic PostgreSQL roles against a real server: a grant the server would carry beyond
+policy (a view calling a function, a write rule, a trigger, a partition in another schema,
+a cascading foreign key) is skipped and said why; the plain grants beside them still work.
+The oracle is the server's own permission check, logged in as the role."""
+
+# ruff: noqa: S608  (the setup builds SQL for the server around fixed names)
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from lockgate.gateway.postgres.dynamic_roles import PostgresRoles
+from tests.pgserver import PgServer
+
+from .test_dynamic_roles import GATEWAY_USER, mint, prepare, roles_for
+
+DATABASE = "roles_reach"
+SETUP = """\
+CREATE SCHEMA sales;
+CREATE SCHEMA other;
+CREATE TABLE other.secret (v text);
+INSERT INTO other.secret VALUES ('reach-secret');
+CREATE TABLE other.copies (id int);
+CREATE TABLE sales.orders (id int PRIMARY KEY, item text);
+INSERT INTO sales.orders VALUES (1, 'apple');
+CREATE VIEW sales.order_items AS SELECT id, item FROM sales.orders;
+CREATE FUNCTION sales.peek() RETURNS text LANGUAGE sql SECURITY DEFINER
+  AS $$ SELECT v FROM other.secret LIMIT 1 $$;
+CREATE VIEW sales.peek_view AS SELECT sales.peek() AS v;
+CREATE TABLE sales.audited (id int);
+CREATE RULE copy_out AS ON INSERT TO sales.audited DO ALSO INSERT INTO other.copies VALUES (NEW.id);
+CREATE FUNCTION sales.touch() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  AS $$ BEGIN INSERT INTO other.copies VALUES (NEW.id); RETURN NEW; END $$;
+CREATE TABLE sales.triggered (id int);
+CREATE TRIGGER touch AFTER INSERT ON sales.triggered FOR EACH ROW EXECUTE FUNCTION sales.touch();
+CREATE TABLE sales.events (at date, note text) PARTITION BY RANGE (at);
+CREATE TABLE sales.events_2025 PARTITION OF sales.events
+  FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE other.events_2026 PARTITION OF sales.events
+  FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO sales.events VALUES ('2025-05-01', 'in-sales'), ('2026-05-01', 'partition-secret');
+CREATE TABLE sales.products (id int PRIMARY KEY);
+CREATE TABLE other.stock (product int REFERENCES sales.products ON DELETE CASCADE);
+INSERT INTO sales.products VALUES (1);
+INSERT INTO other.stock VALUES (1);
+"""
+
+
+@pytest.fixture
+def pg(pg_server: PgServer) -> PgServer:
+    prepare(pg_server)  # the CREATEROLE gateway login
+    if not pg_server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';").strip():
+        pg_server.psql(f"CREATE DATABASE {DATABASE} OWNER {GATEWAY_USER};")
+        pg_server.psql(SETUP, user=GATEWAY_USER, dbname=DATABASE)
+    return pg_server
+
+
+def _roles(pg: PgServer) -> PostgresRoles:
+    return roles_for(pg, [("read", "sales.*"), ("write", "sales.*")], database=DATABASE)
+
+
+def _run_as(pg: PgServer, user: str, password: str, sql: str) -> list[tuple[Any, ...]] | None:
+    """Rows of ``sql`` run directly as the role ([] without a result), None when refused."""
+    with psycopg.connect(pg.dsn(user, password, dbname=DATABASE), autocommit=True) as conn:
+        try:
+            cur = conn.execute(sql)
+            return cur.fetchall() if cur.description else []
+        except psycopg.errors.InsufficientPrivilege:
+            return None
+
+
+async def test_grants_reaching_beyond_policy_are_skipped_and_the_rest_work(
+    pg: PgServer, tmp_path: Path
+) -> None:
+    roles = _roles(pg)
+    cred = await roles.issue(mint(tmp_path, try_number=21), require_grants=True)
+    try:
+        granted = {(perm, obj.replace('"', "")) for perm, obj in cred.grants}
+        assert {
+            ("SELECT", "TABLE sales.orders"),
+            ("INSERT", "TABLE sales.orders"),
+            ("SELECT", "TABLE sales.order_items"),
+            ("UPDATE", "TABLE sales.order_items"),
+            ("SELECT", "TABLE sales.audited"),
+            ("SELECT", "TABLE sales.triggered"),
+            ("SELECT", "TABLE sales.events_2025"),
+            ("DELETE", "TABLE sales.events_2025"),
+            ("SELECT", "TABLE sales.products"),
+        } <= granted
+        for absent in (
+            ("SELECT", "TABLE sales.peek_view"),
+            ("INSERT", "TABLE sales.audited"),
+            ("INSERT", "TABLE sales.triggered"),
+            ("SELECT", "TABLE sales.events"),
+            ("INSERT", "TABLE sales.events"),
+            ("DELETE", "TABLE sales.products"),
+        ):
+            assert absent not in granted
+        skipped = "\n".join(roles.skipped_grants(cred.username))
+        for why in (
+            "SELECT ON sales.peek_view: sales.peek_view calls function:sales.peek",
+            "INSERT, UPDATE, DELETE ON sales.audited: sales.audited has rule copy_out",
+            "INSERT, UPDATE, DELETE ON sales.triggered: sales.triggered has trigger touch",
+            "SELECT ON sales.events: reaches other.events_2026, where policy does not allow read",
+            "INSERT, UPDATE, DELETE ON sales.products: other.stock references sales.products",
+        ):
+            assert why in skipped, skipped
+
+        def run(sql: str) -> list[tuple[Any, ...]] | None:
+            return _run_as(pg, cred.username, cred.password, sql)
+
+        # the plain grants: the server lets the role do them
+        assert run("SELECT item FROM sales.order_items") == [("apple",)]
+        assert run("UPDATE sales.order_items SET item = 'apple' WHERE id = 1") == []
+        assert run("SELECT note FROM sales.events_2025") == [("in-sales",)]
+        assert run("SELECT count(*) FROM sales.audited") == [(0,)]
+        # the skipped ones: refused by the server, nothing reached
+        assert run("SELECT v FROM sales.peek_view") is None
+        assert run("INSERT INTO sales.audited VALUES (7)") is None
+        assert run("INSERT INTO sales.triggered VALUES (7)") is None
+        assert run("SELECT note FROM sales.events") is None
+        assert run("DELETE FROM sales.products") is None
+        assert run("SELECT v FROM other.secret") is None
+    finally:
+        await roles.revoke(cred.username)
+    assert roles.skipped_grants(cred.username) == ()
+    assert pg.psql("SELECT count(*) FROM other.copies;", dbname=DATABASE).strip() == "0"
+    assert pg.psql("SELECT count(*) FROM other.stock;", dbname=DATABASE).strip() == "1"
