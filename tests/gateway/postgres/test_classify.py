@@ -574,3 +574,31 @@ def test_a_view_is_judged_on_what_it_reads_and_a_parent_on_its_children() -> Non
     }
     # a marker row never names a schema (longer than any schema name may be)
     assert all(len(m) > 63 for m in (V, C, RelationCatalog.FUNCTIONS_MARK))
+
+
+def test_views_triggers_and_rules_set_off_what_they_run() -> None:
+    VC, WC, WT = (
+        RelationCatalog.VIEW_CALLS_MARK,
+        RelationCatalog.WRITE_CALLS_MARK,
+        RelationCatalog.WRITE_TOUCHES_MARK,
+    )
+    catalog = RelationCatalog(
+        [
+            ("sales", "fv"),
+            ("sales", "t"),
+            (VC + "sales.fv", "other.peek"),
+            (VC + "sales.fv", "pg_catalog.lower"),  # a safe built-in stays free
+            (WC + "sales.t", "other.trg"),
+            (WT + "sales.t", "other.log"),
+        ]
+    )
+    assert accesses("SELECT * FROM sales.fv", catalog=catalog) == {
+        (R, "sales.fv"),
+        (A, "function:other.peek"),
+    }
+    assert accesses("SELECT * FROM sales.t", catalog=catalog) == {(R, "sales.t")}
+    assert accesses("DELETE FROM sales.t", catalog=catalog) == {
+        (W, "sales.t"),
+        (A, "function:other.trg"),
+        (W, "other.log"),
+    }

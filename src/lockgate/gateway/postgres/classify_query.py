@@ -190,8 +190,17 @@ class Walker:
             if catalog is not None and action in ("read", "write"):
                 # The server reads a view's relations and a parent's children too.
                 schema, name = split_object(obj)
-                for reached in catalog.reads_through(schema, name, children=rv.inh is not False):
+                children = rv.inh is not False
+                for reached in catalog.reads_through(schema, name, children=children):
                     self.add(action, qualified_object(*reached))
+                # ...and runs the functions of views, triggers and rules; rules write more
+                calls, touches = catalog.sets_off(
+                    schema, name, writing=action == "write", children=children
+                )
+                for function_schema, function_name in calls:
+                    self.function(function_schema, function_name, ())
+                for touched in touches:
+                    self.add("write", qualified_object(*touched))
 
     def is_cte(self, rv: ast.RangeVar) -> bool:
         return rv.schemaname is None and any(rv.relname in names for names in self._ctes)

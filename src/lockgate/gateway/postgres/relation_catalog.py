@@ -31,12 +31,17 @@ class RelationCatalog:
     # Every relation (tables, partitioned tables, views, materialized views, foreign tables,
     # sequences, indexes, composite types: they share one name space per schema) and every
     # schema (relname NULL). Other sessions' temporary and TOAST schemas are left out.
-    # schema (relname NULL). More facts come as rows whose first column starts with a marker
-    # longer than any schema name can be (63 bytes): the schemas holding functions of each
-    # name, the relations each view reads, the children of each inheritance parent.
+    # More facts come as rows whose first column starts with a marker longer than any schema
+    # name can be (63 bytes): the schemas holding functions of each name, the relations each
+    # view reads and the functions it calls, the children of each inheritance parent, and
+    # what a write to a table sets off: its triggers' functions, its rules' relations and
+    # functions.
     FUNCTIONS_MARK: ClassVar[str] = "lockgate:functions:" + "-" * 48
     VIEW_MARK: ClassVar[str] = "lockgate:view-reads:" + "-" * 48
     CHILD_MARK: ClassVar[str] = "lockgate:child-of:" + "-" * 48
+    VIEW_CALLS_MARK: ClassVar[str] = "lockgate:view-calls:" + "-" * 48
+    WRITE_CALLS_MARK: ClassVar[str] = "lockgate:write-calls:" + "-" * 48
+    WRITE_TOUCHES_MARK: ClassVar[str] = "lockgate:write-touches:" + "-" * 48
     QUERY: ClassVar[str] = (
         # text, not name: a name column would cut the marked rows at 63 bytes
         "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c"  # noqa: S608
@@ -65,6 +70,33 @@ class RelationCatalog:
         " JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid"
         " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
         " WHERE c.relkind IN ('r', 'p', 'f')"
+        # functions a view's rule calls / a table's rules touch and call
+        " UNION ALL SELECT DISTINCT CASE WHEN v.relkind IN ('v', 'm')"
+        f" THEN '{VIEW_CALLS_MARK}' ELSE CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::regclass"
+        f" THEN '{WRITE_CALLS_MARK}' ELSE '{WRITE_TOUCHES_MARK}' END END"
+        " || quote_ident(vn.nspname) || '.' || quote_ident(v.relname),"
+        " CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::regclass"
+        " THEN (SELECT quote_ident(fn.nspname) || '.' || quote_ident(f.proname)"
+        " FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace"
+        " WHERE f.oid = d.refobjid)"
+        " ELSE (SELECT quote_ident(bn.nspname) || '.' || quote_ident(b.relname)"
+        " FROM pg_catalog.pg_class b JOIN pg_catalog.pg_namespace bn ON bn.oid = b.relnamespace"
+        " WHERE b.oid = d.refobjid) END"
+        " FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class v ON v.oid = r.ev_class"
+        " JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace"
+        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass"
+        " AND d.objid = r.oid AND d.refobjid <> v.oid AND (d.refclassid ="
+        " 'pg_catalog.pg_proc'::regclass OR (d.refclassid = 'pg_catalog.pg_class'::regclass"
+        " AND v.relkind NOT IN ('v', 'm')))"
+        " WHERE vn.nspname NOT IN ('pg_catalog', 'information_schema')"
+        # functions a write sets off through triggers
+        f" UNION ALL SELECT DISTINCT '{WRITE_CALLS_MARK}' || quote_ident(cn.nspname) || '.'"
+        " || quote_ident(c.relname), quote_ident(fn.nspname) || '.' || quote_ident(f.proname)"
+        " FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid"
+        " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
+        " JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid"
+        " JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace"
+        " WHERE NOT t.tgisinternal AND cn.nspname NOT IN ('pg_catalog', 'information_schema')"
     )
 
     def __init__(self, rows: Iterable[tuple[str, str | None]], schemas: Iterable[str] = ()) -> None:
@@ -72,13 +104,22 @@ class RelationCatalog:
         functions: dict[str, set[str]] = {}
         reads: dict[tuple[str, str], set[tuple[str, str]]] = {}
         children: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        view_calls: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        write_calls: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        write_touches: dict[tuple[str, str], set[tuple[str, str]]] = {}
         known_schemas = set(schemas)
         for schema, name in rows:
             if schema.startswith(self.FUNCTIONS_MARK):
                 if name is not None:
                     functions.setdefault(name, set()).add(schema[len(self.FUNCTIONS_MARK) :])
                 continue
-            for mark, facts in ((self.VIEW_MARK, reads), (self.CHILD_MARK, children)):
+            for mark, facts in (
+                (self.VIEW_MARK, reads),
+                (self.CHILD_MARK, children),
+                (self.VIEW_CALLS_MARK, view_calls),
+                (self.WRITE_CALLS_MARK, write_calls),
+                (self.WRITE_TOUCHES_MARK, write_touches),
+            ):
                 if schema.startswith(mark):
                     holder, held = _relation(schema[len(mark) :]), _relation(name)
                     if holder is not None and held is not None:
@@ -93,6 +134,9 @@ class RelationCatalog:
         self._functions = {name: frozenset(s) for name, s in functions.items()}
         self._reads = {holder: frozenset(held) for holder, held in reads.items()}
         self._children = {parent: frozenset(c) for parent, c in children.items()}
+        self._view_calls = {v: frozenset(f) for v, f in view_calls.items()}
+        self._write_calls = {t: frozenset(f) for t, f in write_calls.items()}
+        self._write_touches = {t: frozenset(r) for t, r in write_touches.items()}
         self.knows_functions = bool(functions)
         self._schemas = frozenset(known_schemas)
         self._maybe_present: frozenset[tuple[str, str]] = frozenset()
@@ -122,6 +166,22 @@ class RelationCatalog:
             pending += self._reads.get(relation, ())
             pending += self._children.get(relation, ())
         return list(reached)
+
+    def sets_off(
+        self, schema: str, name: str, *, writing: bool, children: bool = True
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """(functions, relations) a read or write of ``schema.name`` runs besides its own
+        relations: the functions of the views it reaches, and for a write the functions of
+        triggers and rules and the relations rules write, on it and what it reaches."""
+        reached = [(schema, name), *self.reads_through(schema, name, children=children)]
+        calls: dict[tuple[str, str], None] = {}
+        touches: dict[tuple[str, str], None] = {}
+        for relation in reached:
+            calls.update(dict.fromkeys(self._view_calls.get(relation, ())))
+            if writing:
+                calls.update(dict.fromkeys(self._write_calls.get(relation, ())))
+                touches.update(dict.fromkeys(self._write_touches.get(relation, ())))
+        return list(calls), list(touches)
 
     def schemas_of(self, relname: str) -> frozenset[str]:
         """Schemas that hold ``relname`` for certain (the upstream's catalog)."""
@@ -169,6 +229,9 @@ class RelationCatalog:
         layered._functions = self._functions
         layered._reads = self._reads
         layered._children = self._children
+        layered._view_calls = self._view_calls
+        layered._write_calls = self._write_calls
+        layered._write_touches = self._write_touches
         layered.knows_functions = self.knows_functions
         layered._schemas = self._schemas
         layered._maybe_present = self._maybe_present | frozenset(present)
