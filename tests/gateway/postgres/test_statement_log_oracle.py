@@ -397,6 +397,7 @@ SESSION_STATEMENTS = [
 ]
 
 
+@pytest.mark.slow
 def test_random_sessions_keep_both_oracles(pg_stack: PgLocalStack) -> None:
     """Random sequences of the statements above, over simple and extended protocol: the
     server ran nothing the audit does not allow, and its counters show nothing in schema
