@@ -45,6 +45,29 @@ def prepare(server: PgServer) -> None:
     server.psql(SETUP, user=GATEWAY_USER, dbname=DATABASE)
 
 
+def own_database(server: PgServer, name: str, setup: str) -> PgServer:
+    """``server`` with database ``name`` owned by the CREATEROLE gateway login and filled
+    by ``setup`` as it (once per server), so its objects change no other test's grants."""
+    prepare(server)
+    if not server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';").strip():  # noqa: S608 (a test's own name)
+        server.psql(f"CREATE DATABASE {name} OWNER {GATEWAY_USER};")
+        server.psql(setup, user=GATEWAY_USER, dbname=name)
+    return server
+
+
+def run_as(
+    server: PgServer, user: str, password: str, sql: str, *, dbname: str = DATABASE
+) -> list[tuple[Any, ...]] | None:
+    """Rows of ``sql`` run directly as ``user`` ([] without a result), None when the server
+    refuses it (42501): the server's own permission check is the oracle."""
+    with psycopg.connect(server.dsn(user, password, dbname=dbname), autocommit=True) as conn:
+        try:
+            cur = conn.execute(sql.encode())
+            return cur.fetchall() if cur.description else []
+        except psycopg.errors.InsufficientPrivilege:
+            return None
+
+
 @pytest.fixture
 def pg(pg_server: PgServer) -> PgServer:
     prepare(pg_server)

@@ -3,19 +3,17 @@ policy (a view calling a function, a write rule, a trigger, a partition in anoth
 a cascading foreign key) is skipped and said why; the plain grants beside them still work.
 The oracle is the server's own permission check, logged in as the role."""
 
-# ruff: noqa: S608  (the setup builds SQL for the server around fixed names)
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from lockgate.gateway.postgres.dynamic_roles import PostgresRoles
 from tests.pgserver import PgServer
 
-from .test_dynamic_roles import GATEWAY_USER, mint, prepare, roles_for
+from .test_dynamic_roles import mint, own_database, roles_for, run_as
 
 DATABASE = "roles_reach"
 SETUP = """\
@@ -51,25 +49,11 @@ INSERT INTO other.stock VALUES (1);
 
 @pytest.fixture
 def pg(pg_server: PgServer) -> PgServer:
-    prepare(pg_server)  # the CREATEROLE gateway login
-    if not pg_server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';").strip():
-        pg_server.psql(f"CREATE DATABASE {DATABASE} OWNER {GATEWAY_USER};")
-        pg_server.psql(SETUP, user=GATEWAY_USER, dbname=DATABASE)
-    return pg_server
+    return own_database(pg_server, DATABASE, SETUP)
 
 
 def _roles(pg: PgServer) -> PostgresRoles:
     return roles_for(pg, [("read", "sales.*"), ("write", "sales.*")], database=DATABASE)
-
-
-def _run_as(pg: PgServer, user: str, password: str, sql: str) -> list[tuple[Any, ...]] | None:
-    """Rows of ``sql`` run directly as the role ([] without a result), None when refused."""
-    with psycopg.connect(pg.dsn(user, password, dbname=DATABASE), autocommit=True) as conn:
-        try:
-            cur = conn.execute(sql)
-            return cur.fetchall() if cur.description else []
-        except psycopg.errors.InsufficientPrivilege:
-            return None
 
 
 async def test_grants_reaching_beyond_policy_are_skipped_and_the_rest_work(
@@ -110,7 +94,7 @@ async def test_grants_reaching_beyond_policy_are_skipped_and_the_rest_work(
             assert why in skipped, skipped
 
         def run(sql: str) -> list[tuple[Any, ...]] | None:
-            return _run_as(pg, cred.username, cred.password, sql)
+            return run_as(pg, cred.username, cred.password, sql, dbname=DATABASE)
 
         # the plain grants: the server lets the role do them
         assert run("SELECT item FROM sales.order_items") == [("apple",)]

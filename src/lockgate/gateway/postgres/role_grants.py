@@ -45,28 +45,26 @@ from .relation_catalog import RelationCatalog
 __all__ = ["GRANT_FACTS_QUERY", "Allows", "GrantFacts", "GrantPlan", "Skipped", "plan_grants"]
 
 #: (kind, schema, relation, detail schema, detail name) of what a grant reaches beyond the
-#: relation catalog: functions and operators each view's rules use, write rules and
-#: triggers per relation, and foreign keys both ways (detail name of "referenced-by" is the
-#: referencing table's, its detail kind in the fifth column's ``write:``/``read:`` prefix).
+#: relation catalog: the functions ("calls") and operators each view's rules use, write
+#: rules and triggers per relation (detail: their name), and each foreign key both ways:
+#: "references" (detail: the referenced table) and "referenced-by-write" / "-read" (detail:
+#: the referencing table; what its key action does there).
 GRANT_FACTS_QUERY: LiteralString = """
-SELECT 'calls', vn.nspname::text, v.relname::text, pn.nspname::text, p.proname::text
+SELECT CASE WHEN p.oid IS NOT NULL THEN 'calls' ELSE 'operator' END,
+       vn.nspname::text, v.relname::text,
+       coalesce(pn.nspname, opn.nspname)::text, coalesce(p.proname, o.oprname)::text
   FROM pg_catalog.pg_rewrite r
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
   JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
-   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass
-  JOIN pg_catalog.pg_proc p ON p.oid = d.refobjid
-  JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
- WHERE vn.nspname NOT IN ('pg_catalog', 'information_schema')
-UNION ALL
-SELECT 'operator', vn.nspname::text, v.relname::text, opn.nspname::text, o.oprname::text
-  FROM pg_catalog.pg_rewrite r
-  JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
-  JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
-  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
-   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_operator'::regclass
-  JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid
-  JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace
+   AND d.objid = r.oid
+   AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass)
+  LEFT JOIN pg_catalog.pg_proc p
+    ON d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid = d.refobjid
+  LEFT JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+  LEFT JOIN pg_catalog.pg_operator o
+    ON d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = d.refobjid
+  LEFT JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace
  WHERE vn.nspname NOT IN ('pg_catalog', 'information_schema')
 UNION ALL
 SELECT 'rule', n.nspname::text, c.relname::text, '', r.rulename::text
@@ -81,22 +79,17 @@ SELECT 'trigger', n.nspname::text, c.relname::text, '', t.tgname::text
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE NOT t.tgisinternal AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 UNION ALL
-SELECT 'references', n.nspname::text, c.relname::text, fn.nspname::text, f.relname::text
-  FROM pg_catalog.pg_constraint k
+SELECT fk.* FROM pg_catalog.pg_constraint k
   JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_class f ON f.oid = k.confrelid
   JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
- WHERE k.contype = 'f'
-UNION ALL
-SELECT CASE WHEN k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')
-            THEN 'referenced-by-write' ELSE 'referenced-by-read' END,
-       fn.nspname::text, f.relname::text, n.nspname::text, c.relname::text
-  FROM pg_catalog.pg_constraint k
-  JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_catalog.pg_class f ON f.oid = k.confrelid
-  JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
+  CROSS JOIN LATERAL (VALUES
+    ('references', n.nspname::text, c.relname::text, fn.nspname::text, f.relname::text),
+    (CASE WHEN k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd')
+          THEN 'referenced-by-write' ELSE 'referenced-by-read' END,
+     fn.nspname::text, f.relname::text, n.nspname::text, c.relname::text)
+  ) AS fk
  WHERE k.contype = 'f'
 """
 
