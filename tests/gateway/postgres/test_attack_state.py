@@ -184,12 +184,6 @@ async def test_a_view_redefined_after_login_is_judged_on_what_it_reads_now(
     assert rows is None or "the-upstream-only-secret" not in repr(rows), rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a view is judged on the relations it reads but not on the functions it calls: a "
-    "view over a user function (admin when called directly) runs it, and the function "
-    "reads a forbidden table",
-)
 async def test_a_view_over_a_user_function_is_judged_as_calling_it(stack: PgStack) -> None:
     stack.upstream_psql(
         "CREATE FUNCTION sales.peek() RETURNS text LANGUAGE sql"
@@ -208,11 +202,6 @@ async def test_a_view_over_a_user_function_is_judged_as_calling_it(stack: PgStac
     assert rows is None or "the-upstream-only-secret" not in repr(rows), rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a write is judged on its target only: a rule (or trigger) on a granted table "
-    "that writes a forbidden one runs with the write",
-)
 async def test_a_rule_on_a_granted_table_does_not_write_a_forbidden_one(stack: PgStack) -> None:
     stack.upstream_psql(
         "CREATE RULE copy_out AS ON INSERT TO sales.orders"
