@@ -5,7 +5,8 @@ delegation and the mint policy are checked, then something is minted: a token
 (``/v1/token``), a triggerer's poll token (``/v1/poll-token``), a dynamic database role
 (``/v1/db-role``), a Cosmos DB task key (``/v1/cosmos-key``). Besides: ``/v1/revoke``,
 ``/v1/catalog``, the managed-identity endpoint (``/msi/token``), JWKS and OIDC discovery,
-``/healthz``, ``/readyz`` and ``/metrics``.
+``/healthz``, ``/readyz``, ``/metrics`` and ``/openapi.json`` (the reference of all of them,
+rendered to ``docs/control-api.md``).
 
 - :mod:`.app`              ControlPlane: builds the token service, binds the routes, serves
 - :mod:`.context`          ControlContext: the routes' typed collaborators, authenticate/refuse
@@ -17,9 +18,12 @@ delegation and the mint policy are checked, then something is minted: a token
 - :mod:`.db_role`          ``/v1/db-role``
 - :mod:`.cosmos_key`       ``/v1/cosmos-key``
 - :mod:`.managed_identity` ``/msi/token``
+- :mod:`.openapi`          the OpenAPI 3.1 document of every route (:mod:`.openapi_schemas`
+  its schemas, :mod:`.openapi_markdown` the docs page); a route added here goes there too
 
 The identity logic (proofs, token issue and verify, keys, revocation) stays in
-:mod:`lockgate.identity`; the dynamic roles themselves in :mod:`lockgate.gateway.cql`.
+:mod:`lockgate.identity`; the dynamic roles themselves (CQL and PostgreSQL) in
+:mod:`lockgate.gateway.dynamic_roles`.
 """
 
 from lockgate.control.app import ControlPlane, control_app, serve_control
