@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,6 @@ $(STAMP): pyproject.toml
 
 ## demo: set up and run the end-to-end demo on embedded defaults (SQLite, local demo upstream)
 demo: $(STAMP)
-	./tests/setup-system.sh
 	$(BIN)/lockgate demo --dir demo
 
 ## test: set up and run ruff, mypy and the whole test suite (real Airflow 3 DAGs included)
@@ -40,6 +39,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+
+## docs: regenerate the reference pages made from code (docs/cli.md, docs/control-api.md)
+docs: $(STAMP)
+	$(BIN)/python -m lockgate.cli_docs
+	$(BIN)/python -m lockgate.control.openapi_markdown > docs/control-api.md
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache
