@@ -128,13 +128,6 @@ rules:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SET standard_conforming_strings / client_encoding is only admin on setting:<name>: "
-    "a principal allowed to tune settings changes how the server lexes, and the session "
-    "goes on (its ParameterStatus is relayed, not checked) while the classifier still "
-    "reads UTF-8 with standard strings",
-)
 @pytest.mark.parametrize(
     ("setting", "text"),
     [

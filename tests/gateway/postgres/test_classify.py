@@ -145,8 +145,9 @@ R, W, A = "read", "write", "admin"
         ("SET application_name = 'dag'", set()),
         ("SET TIME ZONE 'UTC'", set()),
         ("SET client_encoding = 'UTF8'", set()),
-        ("SET client_encoding = 'SJIS'", {(A, "setting:client_encoding")}),
-        ("SET standard_conforming_strings = off", {(A, "setting:standard_conforming_strings")}),
+        ("SET standard_conforming_strings = on", set()),
+        ("RESET client_encoding", set()),
+        ("SET standard_conforming_strings TO DEFAULT", set()),
         ("SET session_replication_role = replica", {(A, "setting:session_replication_role")}),
         ("SHOW ALL", set()),
         ("BEGIN; COMMIT", set()),
@@ -449,8 +450,45 @@ def test_ddl_tells_the_session_what_it_changed(
 def test_set_schema_is_set_search_path() -> None:
     (stmt,) = classify("SET SCHEMA 'sales'", scope()).statements
     assert stmt.effects == (Effect("search_path", ("sales",)),)
-    (names,) = classify("SET NAMES 'LATIN1'", scope()).statements
-    assert names.accesses == (Access(A, "setting:client_encoding"),)
+    (names,) = classify("SET NAMES 'UTF8'", scope()).statements
+    assert names.accesses == ()
+    assert refused("SET NAMES 'LATIN1'", ("public",)) == "lexing_setting"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET client_encoding = 'SJIS'",
+        "SET client_encoding TO 'utf8', 'sjis'",
+        "SET LOCAL client_encoding = 'BIG5'",
+        "SET standard_conforming_strings = off",
+        "SET SESSION standard_conforming_strings TO false",
+        "SET standard_conforming_strings = 0",
+        "SET standard_conforming_strings = 'o'",
+        "SELECT set_config('client_encoding', 'SJIS', false)",
+        "SELECT pg_catalog.set_config('Standard_Conforming_Strings', 'off', true)",
+        "SELECT 1 FROM set_config('standard_conforming_strings', 'off', false)",
+        "SELECT set_config('client_encoding', current_setting('x'), false)",
+        "SELECT set_config(current_setting('x'), 'off', false)",
+        "SELECT set_config(setting_name => 'client_encoding', new_value => 'SJIS', is_local => false)",
+        "SELECT 1; SET standard_conforming_strings = off",
+    ],
+)
+def test_a_change_of_how_the_server_lexes_is_refused_whatever_policy_says(sql: str) -> None:
+    # An Unplaceable, not an access: a grant on setting:* or function:* cannot allow it.
+    assert refused(sql, ("public",)) == "lexing_setting"
+
+
+def test_settings_that_keep_the_lexing_are_not_refused() -> None:
+    assert accesses("SELECT set_config('client_encoding', 'UTF8', false)") == {
+        (A, "function:pg_catalog.set_config")
+    }
+    assert accesses("SELECT set_config('work_mem', '64MB', false)") == {
+        (A, "function:pg_catalog.set_config")
+    }
+    assert (
+        accesses("SET standard_conforming_strings = true; SET client_encoding = 'unicode'") == set()
+    )
 
 
 @pytest.mark.parametrize(

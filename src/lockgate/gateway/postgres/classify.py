@@ -17,8 +17,9 @@ also read their target when they look at its rows (WHERE, RETURNING, SET a = a +
 CONFLICT DO UPDATE), as the server then wants SELECT too; SELECT ... FOR UPDATE/SHARE and
 LOCK write; TRUNCATE and DDL are admin; COPY with a file or a PROGRAM is admin on the
 table and on ``database``. SET of a setting outside :data:`HARMLESS_SETTINGS` is admin on
-``setting:<name>``; ``client_encoding`` only to UTF8 (another encoding would make the
-server read bytes the gateway's parser reads differently).
+``setting:<name>``. ``client_encoding`` and ``standard_conforming_strings`` (also through
+``set_config``) only to a value the gateway's parser agrees with, else the text is
+refused whatever policy says (:mod:`.lexing`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from pglast.enums.parsenodes import (
 
 from .classified import Access, Classified, Effect, Statement, Unplaceable, name_part
 from .classify_ddl import DDL_HANDLERS, create_relation
-from .classify_query import Resolver, Walker, present
+from .classify_query import Resolver, Walker, present, unsafe_lexing
+from .lexing import LEXING_SETTINGS, safe_lexing_value
 from .redact import redact
 from .scope import NameScope, TextScope, cursors_of
 
@@ -76,7 +78,6 @@ HARMLESS_SETTINGS = _words(
 _LONG_TEXT = 4000
 _DEEP_STACK_BYTES = 1024 * 1024 * 1024  # address space; only what the parse touches is used
 _DEEP_STACK_LOCK = threading.Lock()
-_UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
 # Tag-like commands for statements whose node name does not say it.
 _COMMANDS = {
     ast.SelectStmt: "SELECT",
@@ -265,10 +266,13 @@ def _variable_set(
         values = [_setting_text(arg) for arg in node.args or ()]
         w.add("admin", "role:" + name_part(values[0] if values else "default"))
         return command, [], ""
-    if name == "client_encoding":
-        values = [_setting_text(arg).lower() for arg in node.args or ()]
-        if setkind == VariableSetKind.VAR_SET_VALUE and values and values[0] not in _UTF8_NAMES:
-            w.add("admin", "setting:client_encoding")
+    if name in LEXING_SETTINGS:
+        # Only a value the gateway's parser agrees with; DEFAULT / RESET / FROM CURRENT
+        # keep or restore the login's pinned one (:mod:`.lexing`).
+        if setkind == VariableSetKind.VAR_SET_VALUE:
+            values = [_setting_text(arg) for arg in node.args or ()]
+            if len(values) != 1 or not safe_lexing_value(name, values[0]):
+                raise unsafe_lexing(name)
         return command, [], ""
     if name not in HARMLESS_SETTINGS:
         w.add("admin", "setting:" + name_part(name))

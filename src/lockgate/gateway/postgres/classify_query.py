@@ -19,6 +19,7 @@ from pglast.enums.parsenodes import A_Expr_Kind, SetOperation
 
 from . import functions
 from .classified import Access, Unplaceable, qualified_object, split_object
+from .lexing import LEXING_SETTINGS, safe_lexing_value
 from .scope import ANY_SCHEMA, MAYBE, NO, YES, NameScope
 
 __all__ = ["Resolver", "Walker", "present", "qualified_name"]
@@ -277,6 +278,8 @@ class Walker:
         self.walk_children(call, frozenset({"funcname"}))
 
     def function(self, schema: str | None, name: str, args: tuple[object, ...]) -> None:
+        if name == "set_config":
+            _check_set_config(args)
         if functions.always_admin(name):
             self.add("admin", "function:" + qualified_object(schema or "pg_catalog", name))
             return
@@ -400,6 +403,35 @@ class Walker:
             yield
 
         self.with_scope(stmt.withClause, body())
+
+
+def unsafe_lexing(name: str) -> Unplaceable:
+    """The refusal of a change to a setting that decides how the server lexes texts."""
+    return Unplaceable(
+        "lexing_setting",
+        f"changing {name} is refused: the server must read statements as Lockgate does "
+        "(client_encoding UTF8, standard_conforming_strings on)",
+    )
+
+
+def _check_set_config(args: tuple[object, ...]) -> None:
+    """``set_config(name, value, local)`` may not change how the server lexes: its name and
+    value must be constants, and a lexing setting's value a safe one (:mod:`.lexing`)."""
+    texts = [_constant_text(arg) for arg in args[:2]]
+    name, value = [*texts, None, None][:2]
+    if name is None:
+        raise unsafe_lexing("a setting named by an expression (set_config)")
+    name = name.strip().lower()
+    if name in LEXING_SETTINGS and (value is None or not safe_lexing_value(name, value)):
+        raise unsafe_lexing(name)
+
+
+def _constant_text(arg: object) -> str | None:
+    if isinstance(arg, ast.TypeCast):
+        arg = arg.arg
+    if isinstance(arg, ast.A_Const) and isinstance(arg.val, ast.String):
+        return arg.val.sval or ""
+    return None
 
 
 def _refname(rv: ast.RangeVar) -> str:

@@ -58,6 +58,7 @@ from lockgate.errors import AuthenticationError
 from . import codec
 from .cancel import handle_cancel
 from .context import PRE_AUTH_MAX_MESSAGE_BYTES, READ_SIZE
+from .lexing import SAFE_ENCODINGS, safe_encoding
 
 if TYPE_CHECKING:
     from lockgate.identity import Claims
@@ -79,9 +80,6 @@ FORWARDED_PARAMETERS = frozenset(
         "idle_in_transaction_session_timeout",
     }
 )
-#: client_encoding values whose bytes the gateway parses as the server does.
-#: Compared as the server does, on letters and digits alone ("'utf-8'" is UTF8).
-SAFE_ENCODINGS = frozenset({"utf8", "unicode", "sqlascii"})
 #: Session settings sent upstream in every startup packet (they win over database and role
 #: defaults) and checked in the server's ParameterStatus after login (:mod:`.session`).
 PINNED_PARAMETERS = {"standard_conforming_strings": "on"}
@@ -356,15 +354,6 @@ def _forwarded(params: dict[str, str], resource: str) -> dict[str, str]:
         forwarded["client_encoding"] = "UTF8"
     forwarded.update(PINNED_PARAMETERS)
     return forwarded
-
-
-def safe_encoding(value: str) -> bool:
-    """Whether the server lexes bytes in this client_encoding as the gateway parses them."""
-    return _encoding_name(value) in SAFE_ENCODINGS
-
-
-def _encoding_name(value: str) -> str:
-    return "".join(ch for ch in value.lower() if ch.isascii() and ch.isalnum())
 
 
 __all__ = [
