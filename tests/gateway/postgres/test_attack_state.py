@@ -343,3 +343,37 @@ async def test_the_gateway_follows_the_servers_path_through_implicit_transaction
         assert rows is None  # other.orders: refused
     else:
         assert rows is not None and "shadow-row-secret" not in repr(rows)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a write is not judged on the tables whose foreign keys reference the written one "
+    "with a cascading action: the server's cascade deletes or changes their rows",
+)
+@pytest.mark.parametrize(
+    "action",
+    ["ON DELETE CASCADE", "ON DELETE SET NULL", "ON UPDATE CASCADE"],
+)
+async def test_a_cascading_foreign_key_does_not_write_a_forbidden_table(
+    stack: PgStack, action: str
+) -> None:
+    """A write on a granted table whose key a forbidden table references with a cascading
+    action changes the forbidden table's rows (the server runs the cascade as the owner)."""
+    stack.upstream_psql(
+        "CREATE TABLE sales.customers (id int PRIMARY KEY);"
+        "INSERT INTO sales.customers VALUES (1);"
+        f"CREATE TABLE other.invoices (id int, customer int REFERENCES sales.customers {action});"
+        "INSERT INTO other.invoices VALUES (10, 1);"
+        f'GRANT ALL ON sales.customers, other.invoices TO "{stack.login}";'
+    )
+    conn = await connect(stack)
+    try:
+        for write in (
+            "DELETE FROM sales.customers WHERE id = 1",
+            "UPDATE sales.customers SET id = 2 WHERE id = 1",
+        ):
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute(write)
+    finally:
+        await conn.close()
+    assert stack.upstream_psql("SELECT id, customer FROM other.invoices").split() == ["10|1"]
