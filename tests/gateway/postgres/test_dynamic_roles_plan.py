@@ -11,6 +11,8 @@ from lockgate.gateway.postgres.relation_catalog import RelationCatalog
 from lockgate.gateway.postgres.role_grants import Allows, GrantFacts, plan_grants
 
 VIEW, CHILD = RelationCatalog.VIEW_MARK, RelationCatalog.CHILD_MARK
+CALLS = RelationCatalog.VIEW_CALLS_MARK
+WRITE_CALLS, WRITE_TOUCHES = RelationCatalog.WRITE_CALLS_MARK, RelationCatalog.WRITE_TOUCHES_MARK
 
 
 def _allows(*patterns: tuple[str, str]) -> Allows:
@@ -73,48 +75,48 @@ def test_a_parent_needs_every_descendant_and_a_child_alone_is_fine() -> None:
 
 
 def test_functions_and_operators_a_view_uses_must_be_the_engines_safe_built_ins() -> None:
-    facts = [
-        ("calls", "sales", "totals", "pg_catalog", "count"),
-        ("operator", "sales", "totals", "pg_catalog", "="),
-        ("calls", "sales", "peek_view", "sales", "peek"),
-        ("calls", "sales", "files", "pg_catalog", "pg_read_file"),
-        ("operator", "sales", "odd", "sales", "==="),
-        ("calls", "sales", "inner", "sales", "peek"),
+    rows = [
+        (CALLS + "sales.totals", "pg_catalog.count"),
+        (CALLS + "sales.peek_view", "sales.peek"),
+        (CALLS + "sales.files", "pg_catalog.pg_read_file"),
+        (VIEW + "sales.outer", "sales.inner"),
+        (CALLS + "sales.inner", "sales.peek"),
     ]
-    rows = [(VIEW + "sales.outer", "sales.inner")]
+    facts = [
+        ("operator", "sales", "totals", "pg_catalog", "="),
+        ("operator", "sales", "odd", "sales", "==="),
+    ]
     names = ["totals", "peek_view", "files", "odd", "outer"]
     grants, skipped = _plan([("read", ("sales", n)) for n in names], rows, facts)
     assert grants == {("read", ("sales", "totals"))}
     assert skipped == {
-        "read sales.peek_view": "sales.peek_view calls function:sales.peek",
-        "read sales.files": "sales.files calls function:pg_catalog.pg_read_file",
+        "read sales.peek_view": "runs function:sales.peek, outside the allow-list",
+        "read sales.files": "runs function:pg_catalog.pg_read_file, outside the allow-list",
         "read sales.odd": "sales.odd uses operator:sales.===",
-        "read sales.outer": "sales.inner calls function:sales.peek",
+        "read sales.outer": "runs function:sales.peek, outside the allow-list",
     }
 
 
-def test_rules_and_triggers_skip_the_write_grant_not_the_read() -> None:
-    facts = [
-        ("rule", "sales", "orders", "", "copy_out"),
-        ("trigger", "sales", "items", "", "audit_items"),
-        ("trigger", "sales", "base", "", "t"),
+def test_triggers_and_rules_judge_the_write_grant_not_the_read() -> None:
+    rows = [
+        (WRITE_TOUCHES + "sales.orders", "other.copies"),
+        (WRITE_TOUCHES + "sales.logged", "sales.log"),
+        (WRITE_CALLS + "sales.items", "sales.audit_items"),
+        (VIEW + "sales.base_view", "sales.base"),
+        (WRITE_CALLS + "sales.base", "sales.t"),
     ]
-    rows = [(VIEW + "sales.base_view", "sales.base")]
-    candidates = [
-        (action, ("sales", name))
-        for name in ("orders", "items", "base_view")
-        for action in ("read", "write")
-    ]
+    facts = [("write-operator", "sales", "odd_rule", "sales", "===")]
+    names = ("orders", "logged", "items", "base_view", "odd_rule")
+    candidates = [(action, ("sales", name)) for name in names for action in ("read", "write")]
     grants, skipped = _plan(candidates, rows, facts)
-    assert grants == {
-        ("read", ("sales", "orders")),
-        ("read", ("sales", "items")),
-        ("read", ("sales", "base_view")),
+    assert grants == {("read", ("sales", name)) for name in names} | {
+        ("write", ("sales", "logged"))  # its rule writes only what policy allows writing
     }
     assert skipped == {
-        "write sales.orders": "sales.orders has rule copy_out (it runs with the owner's rights)",
-        "write sales.items": "sales.items has trigger audit_items",
-        "write sales.base_view": "sales.base has trigger t",
+        "write sales.orders": "its rules write other.copies, where policy does not allow write",
+        "write sales.items": "runs function:sales.audit_items, outside the allow-list",
+        "write sales.base_view": "runs function:sales.t, outside the allow-list",
+        "write sales.odd_rule": "sales.odd_rule uses operator:sales.===",
     }
 
 

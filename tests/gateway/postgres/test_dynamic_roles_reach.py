@@ -85,9 +85,11 @@ async def test_grants_reaching_beyond_policy_are_skipped_and_the_rest_work(
             assert absent not in granted
         skipped = "\n".join(roles.skipped_grants(cred.username))
         for why in (
-            "SELECT ON sales.peek_view: sales.peek_view calls function:sales.peek",
-            "INSERT, UPDATE, DELETE ON sales.audited: sales.audited has rule copy_out",
-            "INSERT, UPDATE, DELETE ON sales.triggered: sales.triggered has trigger touch",
+            "SELECT ON sales.peek_view: runs function:sales.peek, outside the allow-list",
+            "INSERT, UPDATE, DELETE ON sales.audited: its rules write other.copies, where policy"
+            " does not allow write",
+            "INSERT, UPDATE, DELETE ON sales.triggered: runs function:sales.touch, outside the"
+            " allow-list",
             "SELECT ON sales.events: reaches other.events_2026, where policy does not allow read",
             "INSERT, UPDATE, DELETE ON sales.products: other.stock references sales.products",
         ):

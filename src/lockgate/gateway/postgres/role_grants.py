@@ -9,19 +9,25 @@ engine's own, and :data:`GRANT_FACTS_QUERY`); objects are the engine's object na
 (:func:`~lockgate.gateway.postgres.classified.qualified_object`), reached relations the
 engine's dependency rule (:meth:`RelationCatalog.reads_through`).
 
-A grant of ``action`` on relation R is skipped when:
+A grant of ``action`` on relation R is skipped when (the first three are the engine's own
+judgement of a statement on R, from the same catalog facts):
 
 * R reaches a relation (what a view or materialized view reads, recursively through views;
   an inheritance parent's or partitioned table's descendants) on which policy does not
   allow the same ``action``: the server checks a view's relations with the view owner's
   rights and a parent's children not at all;
-* R or a view it reaches calls a function outside the engine's allow-list (``pg_catalog``
-  and :func:`~lockgate.gateway.postgres.functions.is_safe`, never
-  :func:`~lockgate.gateway.postgres.functions.always_admin`) or uses an operator outside
-  ``pg_catalog``'s :data:`~lockgate.gateway.postgres.functions.SAFE_OPERATORS`;
-* (``write`` only) R or a relation it reaches has a rule for INSERT, UPDATE or DELETE (a
-  rule's actions run with the owner's rights), or a trigger that is not the server's own
-  (what its function does is not known here; a SECURITY DEFINER one runs as its owner);
+* R sets off a function (:meth:`RelationCatalog.sets_off`: those the views it reaches call;
+  for a write also its and their triggers' and rules' functions) outside the engine's
+  allow-list (``pg_catalog`` and :func:`~lockgate.gateway.postgres.functions.is_safe`, never
+  :func:`~lockgate.gateway.postgres.functions.always_admin`). Where the engine would ask
+  policy for ``admin`` on the function, a role is never granted admin: the grant is skipped.
+  So a write grant on a table with a trigger is in practice always skipped (a trigger
+  function is no allow-listed built-in; a SECURITY DEFINER one runs as its owner);
+* (``write``) R's rules (or those of what it reaches) touch a relation policy does not
+  allow ``write`` on: a rule's actions run with the table owner's rights;
+* a view's rules use an operator (for a write: any of R's rules) outside ``pg_catalog``'s
+  :data:`~lockgate.gateway.postgres.functions.SAFE_OPERATORS` (an operator runs a function
+  the engine's catalog does not list);
 * (``write`` only) a foreign key makes the server look elsewhere with the owner's rights:
   R references a table policy does not allow ``read`` on (an INSERT probes it for a key),
   or a table referencing R is one policy does not allow ``write`` on when its key action
@@ -45,39 +51,21 @@ from .relation_catalog import RelationCatalog
 __all__ = ["GRANT_FACTS_QUERY", "Allows", "GrantFacts", "GrantPlan", "Skipped", "plan_grants"]
 
 #: (kind, schema, relation, detail schema, detail name) of what a grant reaches beyond the
-#: relation catalog: the functions ("calls") and operators each view's rules use, write
-#: rules and triggers per relation (detail: their name), and each foreign key both ways:
-#: "references" (detail: the referenced table) and "referenced-by-write" / "-read" (detail:
-#: the referencing table; what its key action does there).
+#: engine's relation catalog: the operators each relation's rules use ("operator" for a
+#: view's, "write-operator" for a table's), and each foreign key both ways: "references"
+#: (detail: the referenced table) and "referenced-by-write" / "-read" (detail: the
+#: referencing table; what its key action does there).
 GRANT_FACTS_QUERY: LiteralString = """
-SELECT CASE WHEN p.oid IS NOT NULL THEN 'calls' ELSE 'operator' END,
-       vn.nspname::text, v.relname::text,
-       coalesce(pn.nspname, opn.nspname)::text, coalesce(p.proname, o.oprname)::text
+SELECT CASE WHEN v.relkind IN ('v', 'm') THEN 'operator' ELSE 'write-operator' END,
+       vn.nspname::text, v.relname::text, opn.nspname::text, o.oprname::text
   FROM pg_catalog.pg_rewrite r
   JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
   JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass
-   AND d.objid = r.oid
-   AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass)
-  LEFT JOIN pg_catalog.pg_proc p
-    ON d.refclassid = 'pg_catalog.pg_proc'::regclass AND p.oid = d.refobjid
-  LEFT JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
-  LEFT JOIN pg_catalog.pg_operator o
-    ON d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = d.refobjid
-  LEFT JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace
+   AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_operator'::regclass
+  JOIN pg_catalog.pg_operator o ON o.oid = d.refobjid
+  JOIN pg_catalog.pg_namespace opn ON opn.oid = o.oprnamespace
  WHERE vn.nspname NOT IN ('pg_catalog', 'information_schema')
-UNION ALL
-SELECT 'rule', n.nspname::text, c.relname::text, '', r.rulename::text
-  FROM pg_catalog.pg_rewrite r
-  JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE r.ev_type <> '1' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-UNION ALL
-SELECT 'trigger', n.nspname::text, c.relname::text, '', t.tgname::text
-  FROM pg_catalog.pg_trigger t
-  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE NOT t.tgisinternal AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 UNION ALL
 SELECT fk.* FROM pg_catalog.pg_constraint k
   JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
@@ -100,10 +88,8 @@ Relation = tuple[str, str]  # (schema, name)
 class GrantFacts:
     """:data:`GRANT_FACTS_QUERY`'s rows, per relation."""
 
-    calls: dict[Relation, set[Relation]] = field(default_factory=dict)
     operators: dict[Relation, set[Relation]] = field(default_factory=dict)
-    rules: dict[Relation, set[str]] = field(default_factory=dict)
-    triggers: dict[Relation, set[str]] = field(default_factory=dict)
+    write_operators: dict[Relation, set[Relation]] = field(default_factory=dict)
     references: dict[Relation, set[Relation]] = field(default_factory=dict)
     #: relation -> (action the referencing table's key action needs, referencing table)
     referenced_by: dict[Relation, set[tuple[str, Relation]]] = field(default_factory=dict)
@@ -113,14 +99,10 @@ class GrantFacts:
         facts = cls()
         for kind, schema, name, other_schema, other in rows:
             relation, detail = (schema, name), (other_schema, other)
-            if kind == "calls":
-                facts.calls.setdefault(relation, set()).add(detail)
-            elif kind == "operator":
+            if kind == "operator":
                 facts.operators.setdefault(relation, set()).add(detail)
-            elif kind == "rule":
-                facts.rules.setdefault(relation, set()).add(other)
-            elif kind == "trigger":
-                facts.triggers.setdefault(relation, set()).add(other)
+            elif kind == "write-operator":
+                facts.write_operators.setdefault(relation, set()).add(detail)
             elif kind == "references":
                 facts.references.setdefault(relation, set()).add(detail)
             elif kind.startswith("referenced-by-"):
@@ -175,20 +157,26 @@ def _refusal(
     for other in reached:
         if not allows(action, qualified_object(*other)):
             return f"reaches {qualified_object(*other)}, where policy does not allow {action}"
+    writing = action == "write"
+    calls, touches = catalog.sets_off(*relation, writing=writing)
+    for schema, name in sorted(calls):
+        if schema != "pg_catalog" or always_admin(name) or not is_safe(name):
+            return f"runs function:{qualified_object(schema, name)}, outside the allow-list"
+    for touched in sorted(touches):
+        if not allows("write", qualified_object(*touched)):
+            return (
+                f"its rules write {qualified_object(*touched)}, where policy does not allow write"
+            )
     for holder in (relation, *reached):
         where = qualified_object(*holder)
-        for schema, name in sorted(facts.calls.get(holder, ())):
-            if schema != "pg_catalog" or always_admin(name) or not is_safe(name):
-                return f"{where} calls function:{qualified_object(schema, name)}"
-        for schema, symbol in sorted(facts.operators.get(holder, ())):
+        operators = facts.operators.get(holder, set())
+        if writing:
+            operators = operators | facts.write_operators.get(holder, set())
+        for schema, symbol in sorted(operators):
             if schema != "pg_catalog" or symbol not in SAFE_OPERATORS:
                 return f"{where} uses operator:{qualified_object(schema, symbol)}"
-        if action != "write":
+        if not writing:
             continue
-        if facts.rules.get(holder):
-            return f"{where} has rule {min(facts.rules[holder])} (it runs with the owner's rights)"
-        if facts.triggers.get(holder):
-            return f"{where} has trigger {min(facts.triggers[holder])}"
         for target in sorted(facts.references.get(holder, ())):
             if not allows("read", qualified_object(*target)):
                 return f"{where} references {qualified_object(*target)}, not readable by policy"
