@@ -24,7 +24,10 @@ INSERT INTO other.secret VALUES ('reach-secret');
 CREATE TABLE other.copies (id int);
 CREATE TABLE sales.orders (id int PRIMARY KEY, item text);
 INSERT INTO sales.orders VALUES (1, 'apple');
-CREATE VIEW sales.order_items AS SELECT id, item FROM sales.orders;
+CREATE VIEW sales.order_items AS SELECT id, item FROM sales.orders WHERE id > 0;
+CREATE FUNCTION sales.same(a int, b int) RETURNS bool LANGUAGE sql AS $$ SELECT a = b $$;
+CREATE OPERATOR sales.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = sales.same);
+CREATE VIEW sales.odd_items AS SELECT item FROM sales.orders WHERE id OPERATOR(sales.===) 1;
 CREATE FUNCTION sales.peek() RETURNS text LANGUAGE sql SECURITY DEFINER
   AS $$ SELECT v FROM other.secret LIMIT 1 $$;
 CREATE VIEW sales.peek_view AS SELECT sales.peek() AS v;
@@ -76,6 +79,7 @@ async def test_grants_reaching_beyond_policy_are_skipped_and_the_rest_work(
         } <= granted
         for absent in (
             ("SELECT", "TABLE sales.peek_view"),
+            ("SELECT", "TABLE sales.odd_items"),
             ("INSERT", "TABLE sales.audited"),
             ("INSERT", "TABLE sales.triggered"),
             ("SELECT", "TABLE sales.events"),
@@ -90,6 +94,7 @@ async def test_grants_reaching_beyond_policy_are_skipped_and_the_rest_work(
             " does not allow write",
             "INSERT, UPDATE, DELETE ON sales.triggered: runs function:sales.touch, outside the"
             " allow-list",
+            "SELECT ON sales.odd_items: sales.odd_items uses operator:sales.===",
             "SELECT ON sales.events: reaches other.events_2026, where policy does not allow read",
             "INSERT, UPDATE, DELETE ON sales.products: other.stock references sales.products",
         ):
