@@ -84,3 +84,20 @@ async def test_a_role_whose_resource_moves_while_it_is_made_is_refused_with_that
     stack.gw.audit.flush(2.0)
     refused = [r for r in stack.gw.audit.tail(20) if r.status == 503]
     assert [r.reason for r in refused] == [f"resource_{change}"]
+
+
+async def test_grants_withheld_for_what_they_reach_are_named_in_the_issue_record(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kind that withholds a grant (PostgreSQL: a view over a forbidden table) says so in
+    ``token_issued``; the CQL kind withholds none and its record has no such field."""
+    assert stack.gw.db_roles is not None
+    roles = stack.gw.db_roles.roles["cass"]
+    await stack.role()
+    plain = [r for r in stack.gw.audit.tail(20) if r.event == "token_issued"][-1]
+    assert "skipped_grants" not in plain.detail
+    why = "SELECT ON ks.v: reaches ks.hidden, where policy does not allow read"
+    monkeypatch.setattr(roles, "skipped_grants", lambda name: (why,))
+    await stack.role(try_number=2)
+    issued = [r for r in stack.gw.audit.tail(20) if r.event == "token_issued"][-1]
+    assert issued.detail["skipped_grants"] == [why]

@@ -130,9 +130,10 @@ def db_role_handler(ctx: ControlContext) -> Handler:
             return error_response(exc)
         grants = [f"{perm} ON {target}" for perm, target in cred.grants]
         try:  # the record names the role and its grants, never the password
-            await service.record_issued(
-                grant, claims, {**audit, "dynamic_role": cred.username, "grants": grants}
-            )
+            detail = {**audit, "dynamic_role": cred.username, "grants": grants}
+            if cred.skipped:  # allowed by name, withheld for what it would reach
+                detail["skipped_grants"] = list(cred.skipped)
+            await service.record_issued(grant, claims, detail)
         except OAuthError as exc:
             # No audit record, no role: drop it before anyone could log in with it.
             with contextlib.suppress(Exception):

@@ -113,6 +113,7 @@ class RoleCredential:
     password: str = field(repr=False)
     expires_at: float
     grants: tuple[tuple[str, str], ...]  # (permission, object text)
+    skipped: tuple[str, ...] = ()  # grants policy allowed by name but not given, with why
 
 
 def role_name(resource: str, jti: str) -> str:
@@ -194,13 +195,20 @@ class RoleSet:
                 return known
             password = secrets.token_urlsafe(32)  # URL-safe: never a quote
             grants = await self._create(name, password, claims, require_grants)
-            cred = RoleCredential(name, password, float(claims.exp), grants)
+            cred = RoleCredential(
+                name, password, float(claims.exp), grants, self.skipped_grants(name)
+            )
             self._issued[name] = cred
             self._owners[name] = claims.identity
         log.info(f"{self.NOUN} issued", extra={"fields": {
             "resource": self.resource.name, "role": name, "principal": claims.sub,
             "grants": len(grants)}})  # fmt: skip
         return cred
+
+    def skipped_grants(self, name: str) -> tuple[str, ...]:
+        """Grants policy allowed by name that role ``name`` did not get, with why (a kind
+        that never withholds one answers none)."""
+        return ()
 
     def _refuse_if_retired(self) -> None:
         if self._retired:
