@@ -79,7 +79,14 @@ def connection_template(ctx: ControlContext, r: AnyResource) -> dict[str, Any] |
         return None
     extra: dict[str, Any] = {"protocol_version": 4}
     if cql.tls:
-        extra["ssl_options"] = {"ca_certs": "{lockgate_ca_file}", "cert_reqs": 2}
+        # The stock CassandraHook passes only ``ssl_options`` to the driver (no
+        # ``ssl_context``); the driver builds its SSLContext from them. ``check_hostname``
+        # makes it verify the gateway's name as well as its CA.
+        extra["ssl_options"] = {
+            "ca_certs": "{lockgate_ca_file}",
+            "cert_reqs": 2,
+            "check_hostname": True,
+        }
     return {
         "conn_type": "cassandra",
         "host": public_host(cql.host),

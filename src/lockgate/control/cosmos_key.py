@@ -28,14 +28,33 @@ KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
 def connection_template(resource: HttpResource, base_url: str) -> dict[str, Any]:
     """An ``azure_cosmos`` connection: endpoint with the token prefix, the task key."""
     s = resource.cosmos
-    extra = {k: v for k, v in (("database_name", s.database), ("collection_name", s.container),
-                               ("partition_key", s.partition_key)) if v}  # fmt: skip
+    fields = {
+        "database_name": s.database,
+        "collection_name": s.container,
+        "partition_key": default_partition_key(s.partition_key),
+    }
+    extra = {k: v for k, v in fields.items() if v}
     return {
         "conn_type": "azure_cosmos",
         "login": f"{base_url.rstrip('/')}/{TOKEN_SEGMENT}/{{lockgate_token}}/",
         "password": KEY_PLACEHOLDER,
         "extra": extra,
     }
+
+
+def default_partition_key(configured: str | None) -> str | None:
+    """The ``partition_key`` extra for ``cosmos.partition_key``: a *value*, or nothing.
+
+    ``AzureCosmosDBHook`` sends that extra as the partition key value of every call that
+    names none (point reads, queries, deletes). A container's partition key *path*
+    (``/region``; Cosmos DB paths always start with ``/``) is no value: sent as one, every
+    read without an explicit key matched no document and the hook answered ``None``. So a
+    path is not handed out (the hook then asks for the key: "Partition key must be
+    specified"); a value (``eu``) is.
+    """
+    if not configured or configured.startswith("/"):
+        return None
+    return configured
 
 
 def task_key_handler(ctx: ControlContext) -> Handler:

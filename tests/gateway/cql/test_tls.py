@@ -98,7 +98,11 @@ async def test_catalog_template_carries_ssl_options_for_the_ca(
     stack, _ = tls_stack
     template = stack.gw._connection_template(stack.gw.config.resource("cass"))
     assert template is not None and template["port"] == stack.port
-    assert template["extra"]["ssl_options"] == {"ca_certs": "{lockgate_ca_file}", "cert_reqs": 2}
+    assert template["extra"]["ssl_options"] == {
+        "ca_certs": "{lockgate_ca_file}",
+        "cert_reqs": 2,
+        "check_hostname": True,
+    }
 
 
 async def test_plain_client_on_tls_listener_fails_cleanly(tls_stack: tuple[Stack, Path]) -> None:
