@@ -1,0 +1,37 @@
+"""The ``lockgate`` Airflow plugin registers once per Airflow process.
+
+Airflow loads ``airflow.plugins`` entry points from every distribution on ``sys.path``. A
+second copy of Lockgate's metadata there (the ``src/lockgate.egg-info`` a source install
+leaves beside the package) made every Airflow process log "Plugin 'lockgate' already
+registered, skipping" and list the duplicate as a plugin import error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("airflow.plugins_manager")
+
+LOAD = """
+from airflow import plugins_manager
+plugins, errors = plugins_manager._get_plugins()
+print("PLUGINS", sorted(p.name for p in plugins if p.name == "lockgate"))
+print("ERRORS", sorted(k for k in errors if "lockgate" in k))
+"""
+
+
+def test_an_airflow_process_registers_the_plugin_once(tmp_path: Path) -> None:
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=180
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert "PLUGINS ['lockgate']" in proc.stdout, output[-3000:]
+    assert "ERRORS []" in proc.stdout, output[-3000:]
+    assert "already registered" not in output
