@@ -427,11 +427,6 @@ async def test_mixed_pipelines_run_nothing_refused(stack: PgStack, mix: str) -> 
     assert not [s for s in ran if "other.secret" in s], (ran, answers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="classification runs on the event loop: one text of many statements (any "
-    "principal, up to max_message_bytes) stalls every session of the gateway for seconds",
-)
 async def test_one_huge_text_does_not_stall_other_sessions(stack: PgStack) -> None:
     # ~450 KB: 50000 trivial statements and a refused one at the end (so nothing runs
     # upstream and one record is written), a few seconds of classification.

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from lockgate.gateway.postgres.classify import Access, Effect, Unplaceable, classify
+from lockgate.gateway.postgres import classify as classify_module
+from lockgate.gateway.postgres.classify import (
+    MAX_STATEMENTS_PER_TEXT,
+    MAX_TEXT_CHARS,
+    Access,
+    Effect,
+    Unplaceable,
+    classify,
+)
 from lockgate.gateway.postgres.scope import RelationCatalog, SessionScope
 
 CATALOG = RelationCatalog(
@@ -515,9 +523,13 @@ def test_long_generated_statements_are_placed(sql: str) -> None:
         "SELECT " + "ARRAY[" * 5_000 + "1" + "]" * 5_000,
     ],
 )
-def test_statements_nested_beyond_reason_are_refused_without_harm(sql: str) -> None:
+def test_statements_nested_beyond_reason_are_refused_without_harm(
+    sql: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A tree this deep overflows the parser's C stack on a normal thread: it must be
-    # refused (or placed), never end the process.
+    # refused (or placed), never end the process. (The size limit, which refuses the
+    # longest of these before their parse, is lifted to reach the parser.)
+    monkeypatch.setattr(classify_module, "MAX_TEXT_CHARS", 10 * len(sql))
     try:
         classify(sql, scope())
     except Unplaceable as exc:
@@ -640,3 +652,14 @@ def test_views_triggers_and_rules_set_off_what_they_run() -> None:
         (A, "function:other.trg"),
         (W, "other.log"),
     }
+
+
+def test_a_text_too_large_to_classify_quickly_is_refused_before_its_parse() -> None:
+    assert len(classify("SELECT 1;" * MAX_STATEMENTS_PER_TEXT, scope()).statements) == 1000
+    assert refused("END;" * (MAX_STATEMENTS_PER_TEXT + 1)) == "too_many_statements"
+    assert refused("SELECT 1;" * 50000) == "text_too_large"
+    big_insert = "INSERT INTO orders VALUES " + ",".join(["(1)"] * (MAX_TEXT_CHARS // 4))
+    assert refused(big_insert) == "text_too_large"
+    # empty statements are no statements; an unterminated string is the parser's to refuse
+    assert classify(";" * (MAX_TEXT_CHARS - 1), scope()).statements == ()
+    assert refused("SELECT '" + "x;" * 3000) == "parse_error"
