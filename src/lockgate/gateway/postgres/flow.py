@@ -3,7 +3,10 @@
 Sans-I/O apart from awaiting audit durability: the session hands every client message to
 :meth:`Flow.from_client` and every server message to :meth:`Flow.from_server`, and writes
 what the returned :class:`Out` says (``to_server``, then ``to_client``; ``close``: end the
-session once ``to_client`` is written).
+session once ``to_client`` is written). The relay's own path does not frame anything again:
+:meth:`Flow.client_message` answers None for a message that goes to the server as it is
+(nearly all), and :meth:`~.flow_answers.AnswerRelay.server_message` sees only the server
+messages it must (the session passes the rest, and unchanged runs, as the peer framed them).
 
 Client side:
 
@@ -137,9 +140,14 @@ class Flow(AnswerRelay):
 
     # == client -> server =====================================================================
     async def from_client(self, msg: codec.Message) -> Out:
-        kind = msg.type
+        out = await self.client_message(msg.type, msg.body)
+        return Out([raw(msg)]) if out is None else out
+
+    async def client_message(self, kind: int, body: bytes) -> Out | None:
+        """Judge one client message: None when it goes to the server as it is (the session
+        passes its own frame on), else what to send and answer instead."""
         if kind in _COPY_MESSAGES:
-            return self._copy_message(msg)
+            return self._copy_message(kind)
         if self._copy and kind != codec.SYNC and kind != codec.FLUSH:
             self._copy = ""  # the client has moved on from its COPY
             self._copy_syncs = False
@@ -148,31 +156,31 @@ class Flow(AnswerRelay):
         if self._discarding:
             if kind == codec.SYNC:
                 self._discarding = False
-                return self._forward(msg, Unit(BATCH_END, copy_sync=self._copy_syncs))
+                return self._forward(Unit(BATCH_END, copy_sync=self._copy_syncs))
             if kind == codec.FLUSH:
-                return Out([raw(msg)])
+                return None
             return Out()  # the rest of a refused batch, dropped as the server would
-        if kind == codec.QUERY:
-            return await self._query(msg)
-        if kind == codec.PARSE:
-            return self._parse(msg)
         if kind == codec.BIND:
-            return self._bind(msg)
+            return self._bind(body)
         if kind == codec.EXECUTE:
-            return await self._execute(msg)
+            return await self._execute(body)
         if kind == codec.SYNC:
-            return self._forward(msg, Unit(BATCH_END, copy_sync=self._copy_syncs))
+            return self._forward(Unit(BATCH_END, copy_sync=self._copy_syncs))
         if kind == codec.DESCRIBE:
-            return self._forward(msg, Unit(DESCRIBE))
+            return self._forward(Unit(DESCRIBE))
+        if kind == codec.QUERY:
+            return await self._query(body)
+        if kind == codec.PARSE:
+            return self._parse(body)
         if kind == codec.CLOSE:
-            close = codec.decode_close(msg.body)
+            close = codec.decode_close(body)
             if close.kind == "S":
                 self.scope.protocol.pop(close.name, None)
             else:
                 self._portals.pop(close.name, None)
-            return self._forward(msg, Unit(CLOSE))
+            return self._forward(Unit(CLOSE))
         if kind == codec.FLUSH:
-            return Out([raw(msg)])
+            return None
         if kind == codec.FUNCTION_CALL:
             t0 = self.ctx.clock()
             refusal = self.judge.check_token() or self.judge.denial(
@@ -183,9 +191,9 @@ class Flow(AnswerRelay):
             return self._refuse(refusal, t0, {"command": "FunctionCall"}, batch=False)
         raise codec.ProtocolError(f"unexpected message type {chr(kind)!r} from the client")
 
-    async def _query(self, msg: codec.Message) -> Out:
+    async def _query(self, body: bytes) -> Out | None:
         t0 = self.ctx.clock()
-        text = codec.decode_query(msg.body)
+        text = codec.decode_query(body)
         judge = self.judge
         refusal = judge.check_token()
         if refusal is not None:
@@ -201,13 +209,12 @@ class Flow(AnswerRelay):
         pendings = await self._admit(verdict, t0, {})
         if isinstance(pendings, Refusal):
             return self._refuse(pendings, t0, _judged_detail(judged), batch=False)
-        units = [Unit(STATEMENT, p, self._sent(p)) for p in pendings]
-        units.append(Unit(BATCH_END))
-        return self._forward_units(raw(msg), units)
+        self._units.extend(Unit(STATEMENT, p, self._sent(p)) for p in pendings)
+        return self._forward(Unit(BATCH_END))
 
-    def _parse(self, msg: codec.Message) -> Out:
+    def _parse(self, body: bytes) -> Out | None:
         t0 = self.ctx.clock()
-        parse = codec.decode_parse(msg.body)
+        parse = codec.decode_parse(body)
         names = {"statement_name": parse.name}
         refusal = self.judge.check_token()
         if refusal is not None:
@@ -229,10 +236,10 @@ class Flow(AnswerRelay):
         ):
             protocol[parse.name] = parse.query  # now: a pipelined Bind may follow at once
             unit.undo = (protocol, parse.name, parse.query)
-        return self._forward(msg, unit)
+        return self._forward(unit)
 
-    def _bind(self, msg: codec.Message) -> Out:
-        portal_name, statement = _names(msg.body, 2, "Bind")
+    def _bind(self, body: bytes) -> Out | None:
+        portal_name, statement = _names(body, 2, "Bind")
         text = self.scope.protocol.get(statement)
         if text is None and statement:
             text = self.scope.base.prepared.get(statement)
@@ -243,11 +250,11 @@ class Flow(AnswerRelay):
             portal = Portal(text, statement, self.scope.search_paths)
             self._portals[portal_name] = portal
             unit.undo = (self._portals, portal_name, portal)
-        return self._forward(msg, unit)
+        return self._forward(unit)
 
-    async def _execute(self, msg: codec.Message) -> Out:
+    async def _execute(self, body: bytes) -> Out | None:
         t0 = self.ctx.clock()
-        portal_name = _names(msg.body, 1, "Execute")[0]
+        portal_name = _names(body, 1, "Execute")[0]
         names: dict[str, Any] = {"portal": portal_name}
         portal = self._portals.get(portal_name)
         judge = self.judge
@@ -280,7 +287,7 @@ class Flow(AnswerRelay):
             return self._refuse(pendings, t0, {**_judged_detail(judged), **names})
         pending = pendings[0] if pendings else None
         token = self._sent(pending) if pending is not None else 0
-        return self._forward(msg, Unit(EXECUTE, pending, token))
+        return self._forward(Unit(EXECUTE, pending, token))
 
     def _scope_for(self, portal: Portal) -> KeyedScope:
         """The scope to judge a portal under: now, and the paths it was bound with."""
@@ -289,15 +296,15 @@ class Flow(AnswerRelay):
             return scope
         return WidenedScope(scope, portal.paths)
 
-    def _copy_message(self, msg: codec.Message) -> Out:
+    def _copy_message(self, kind: int) -> Out | None:
         if not self._copy:
             raise codec.ProtocolError(
-                f"unexpected COPY message {chr(msg.type)!r}: no COPY FROM STDIN in progress"
+                f"unexpected COPY message {chr(kind)!r}: no COPY FROM STDIN in progress"
             )
-        if msg.type != codec.COPY_DATA:
+        if kind != codec.COPY_DATA:
             self._copy = ""  # CopyDone / CopyFail end it; the server answers
             self._copy_syncs = False
-        return Out([raw(msg)])
+        return None  # forwarded as it is
 
     # -- admission ------------------------------------------------------------------------
     async def _admit(
@@ -377,12 +384,11 @@ class Flow(AnswerRelay):
         self.scope.sent(self._tokens, (pending.record.statement,))
         return self._tokens
 
-    def _forward(self, msg: codec.Message, unit: Unit) -> Out:
-        return self._forward_units(raw(msg), [unit])
-
-    def _forward_units(self, data: bytes, units: list[Unit]) -> Out:
-        self._units.extend(units)
-        return Out([data])
+    def _forward(self, unit: Unit) -> Out | None:
+        """The message goes to the server as it is (None: nothing in its place); ``unit``
+        awaits its answer."""
+        self._units.append(unit)
+        return None
 
 
 _RESERVED = Refusal(

@@ -1,7 +1,8 @@
 """Server -> client half of a session's flow: relay, outcomes, transaction status.
 
-Every message is relayed as it arrives, in order; DataRow and CopyData (the bulk) are not
-looked into. The flow keeps a FIFO of what it forwarded (:class:`~.flow_units.Unit`), in
+Every message is relayed as it arrives, in order; only :data:`ANSWERS` are looked into
+(:meth:`AnswerRelay.server_message`), so DataRow and CopyData (the bulk) pass as the
+server framed them. The flow keeps a FIFO of what it forwarded (:class:`~.flow_units.Unit`), in
 the server's answer order, so each CommandComplete / EmptyQueryResponse / PortalSuspended
 / ErrorResponse finds its statement and each ReadyForQuery its Sync:
 
@@ -46,6 +47,13 @@ if TYPE_CHECKING:
 #: What the server answers to the probe standing in for a refused message (no such
 #: prepared statement); anything else (a FATAL on shutdown, say) is relayed as it is.
 PROBE_FAILED = "26000"
+#: The server messages the flow looks at (:meth:`AnswerRelay.server_message`); the rest
+#: (DataRow, CopyData, notices, ParameterStatus, ...) go to the client untouched, unlooked.
+ANSWERS = frozenset(
+    {codec.COMMAND_COMPLETE, codec.READY_FOR_QUERY, codec.ERROR_RESPONSE, codec.EMPTY_QUERY}
+    | {codec.PORTAL_SUSPENDED, codec.PARSE_COMPLETE, codec.BIND_COMPLETE, codec.CLOSE_COMPLETE}
+    | {codec.ROW_DESCRIPTION, codec.NO_DATA, codec.COPY_IN_RESPONSE}
+)
 #: ErrorResponse SQLSTATE classes that are the server's trouble, not the statement's.
 _SERVER_TROUBLE = ("08", "53", "57", "58", "XX")
 
@@ -71,26 +79,25 @@ class AnswerRelay:
         return self._copy == "in"
 
     def from_server(self, msg: codec.Message) -> Out:
-        kind = msg.type
-        frame = raw(msg)
-        if kind == codec.DATA_ROW or kind == codec.COPY_DATA:
-            return Out(to_client=[frame])  # the hot path: rows go straight through
-        out = Out(to_client=[frame])
+        swap = self.server_message(msg.type, msg.body) if msg.type in ANSWERS else None
+        return Out(to_client=[raw(msg) if swap is None else swap])
+
+    def server_message(self, kind: int, body: bytes) -> bytes | None:
+        """Note one of the server's :data:`ANSWERS`; the frame the client gets in its place,
+        or None: relay it as it is (the rest of the server's messages need no look)."""
         units = self._units
         head = units[0] if units else None
+        swap = None
         if kind == codec.COMMAND_COMPLETE:
             if head is not None and head.kind in (STATEMENT, EXECUTE):
                 units.popleft()
-                tag = codec.decode_command_complete(msg.body)
-                self._complete(head, tag)
+                self._complete(head, codec.decode_command_complete(body))
         elif kind == codec.READY_FOR_QUERY:
-            status = codec.decode_ready_for_query(msg.body)
-            self._ready(status)
+            self._ready(codec.decode_ready_for_query(body))
         elif kind == codec.ERROR_RESPONSE:
-            sqlstate = codec.decode_error_fields(msg.body).get("C", "")
+            sqlstate = codec.decode_error_fields(body).get("C", "")
             if head is not None and head.kind == REFUSAL and sqlstate == PROBE_FAILED:
-                assert head.error is not None
-                out.to_client[0] = head.error  # the probe failed: the refusal in its place
+                swap = head.error  # the probe failed: the refusal in its place
             self._server_error(sqlstate)
         elif kind in (codec.EMPTY_QUERY, codec.PORTAL_SUSPENDED):
             if head is not None and head.kind in (STATEMENT, EXECUTE):
@@ -110,7 +117,7 @@ class AnswerRelay:
             if any(unit.copy_sync for unit in units):
                 # In COPY the server ignores the Syncs sent before the client's CopyDone.
                 self._units = deque(unit for unit in units if not unit.copy_sync)
-        return out
+        return swap
 
     def _pop(self, kind: int) -> None:
         units = self._units
@@ -207,4 +214,4 @@ class AnswerRelay:
         self.scope.forget_unsettled()
 
 
-__all__ = ["AnswerRelay"]
+__all__ = ["ANSWERS", "AnswerRelay"]

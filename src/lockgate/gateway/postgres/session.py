@@ -49,6 +49,7 @@ from . import codec, upstream
 from .catalog import CatalogUnavailable
 from .context import READ_SIZE, UPSTREAM_MAX_MESSAGE_BYTES, EngineContext
 from .flow import Flow, SessionInfo
+from .flow_answers import ANSWERS
 from .relation_catalog import RelationCatalog
 from .scope import SessionScope
 from .startup import PINNED_PARAMETERS, Login, Startup, safe_encoding
@@ -195,7 +196,8 @@ class ClientSession:
             resource, login.claims, link.backend_pid, link.backend_secret
         )
         info = SessionInfo(login.claims, login.token, resource, ctx, client=self.client)
-        self.scope = SessionScope(tuple(resource.search_path), catalog)
+        # "$user" in a search path names the upstream login user, as the server expands it.
+        self.scope = SessionScope(tuple(resource.search_path), catalog, user=resource.username)
         self._catalog = catalog
         self.flow = Flow(info, self.scope)
         greeting = [codec.authentication_ok()]
@@ -271,17 +273,11 @@ class ClientSession:
                 return
             messages.feed(data)
             try:
-                while (msg := messages.next_message()) is not None:
-                    if msg.type in (codec.QUERY, codec.SYNC):
-                        self._in_flight += 1
-                    if msg.type in (codec.QUERY, codec.PARSE):
-                        self._adopt_fresher_catalog(resource.name)
-                    out = await flow.from_client(msg)
-                    self._to_server += out.to_server
-                    self._to_client += out.to_client
-                    if out.close:
-                        self._flush()
-                        raise _Ended
+                while True:
+                    block, frames = messages.frames()
+                    if not frames:
+                        break
+                    await self._from_client(flow, block, frames)
             except codec.ProtocolError as exc:
                 self._fatal(exc.sqlstate, str(exc))
                 reason = (
@@ -297,8 +293,36 @@ class ClientSession:
                 self._fatal("58000", "Lockgate cannot write its audit trail; try again later")
                 raise _Ended from None
             self._flush()
-            await up.drain()  # back-pressure: the upstream took this chunk before the next
-            await self.writer.drain()
+            await _drain(up)  # back-pressure: the upstream took this chunk before the next
+            await _drain(self.writer)
+
+    async def _from_client(self, flow: Flow, block: bytes, frames: list[codec.Frame]) -> None:
+        """Judge a block of client messages; each run the flow passes on unchanged goes
+        upstream as one slice of the block (the whole block, usually), in order with what
+        the flow sends in place of the others."""
+        resource = self.login.resource.name if self.login is not None else ""
+        run = done = 0  # block[run:done]: forwarded as they are, not yet queued
+        try:
+            for kind, start, end in frames:
+                if kind == codec.QUERY or kind == codec.SYNC:
+                    self._in_flight += 1
+                if kind == codec.QUERY or kind == codec.PARSE:
+                    self._adopt_fresher_catalog(resource)
+                out = await flow.client_message(kind, block[start + codec.HEADER_SIZE : end])
+                if out is None:
+                    done = end
+                    continue
+                if run < done:
+                    self._to_server.append(block[run:done])
+                run = done = end
+                self._to_server += out.to_server
+                self._to_client += out.to_client
+                if out.close:
+                    self._flush()
+                    raise _Ended
+        finally:
+            if run < done:
+                self._to_server.append(block if done - run == len(block) else block[run:done])
 
     def _adopt_fresher_catalog(self, resource: str) -> None:
         """Judge on the newest shared relation catalog: one read by a later login or in the
@@ -332,22 +356,13 @@ class ClientSession:
         resource = self.login.resource.name if self.login is not None else ""
         try:
             while True:
-                while (msg := messages.next_message()) is not None:
-                    if msg.type == codec.READY_FOR_QUERY:
-                        self._in_flight = max(0, self._in_flight - 1)
-                    elif msg.type == codec.ERROR_RESPONSE:
-                        self._note_server_error(msg.body)
-                    elif msg.type == codec.COMMAND_COMPLETE and msg.body[:4] in _DDL_TAGS:
-                        # relations may have come or gone: the next login reads them anew
-                        self.ctx.relations.invalidate(resource)
-                    out = flow.from_server(msg)
-                    self._to_server += out.to_server
-                    self._to_client += out.to_client
-                    if out.close:
-                        self._flush()
-                        raise _Ended
+                while True:
+                    block, frames = messages.frames()
+                    if not frames:
+                        break
+                    self._from_server(flow, resource, block, frames)
                 self._flush()
-                await self.writer.drain()
+                await _drain(self.writer)
                 data = await reader.read(READ_SIZE)
                 if not data:
                     break
@@ -360,6 +375,34 @@ class ClientSession:
         self._upstream_lost("upstream_closed")
         if not self._server_said_fatal:
             self._fatal("08006", f"Lockgate: {UPSTREAM_LOST}")
+
+    def _from_server(
+        self, flow: Flow, resource: str, block: bytes, frames: list[codec.Frame]
+    ) -> None:
+        """Relay a block of server messages: the flow looks at its :data:`ANSWERS` only, and
+        the block goes to the client as it is but for the frames the flow swaps."""
+        run = 0  # block[run:]: not yet queued for the client
+        for kind, start, end in frames:
+            if kind not in ANSWERS:
+                continue  # DataRow, CopyData, notices ...: relayed unlooked
+            body = block[start + codec.HEADER_SIZE : end]
+            if kind == codec.READY_FOR_QUERY:
+                self._in_flight = max(0, self._in_flight - 1)
+            elif kind == codec.ERROR_RESPONSE:
+                self._note_server_error(body)
+            elif kind == codec.COMMAND_COMPLETE and body[:4] in _DDL_TAGS:
+                # relations may have come or gone: the next login reads them anew
+                self.ctx.relations.invalidate(resource)
+            swap = flow.server_message(kind, body)
+            if swap is not None:
+                if run < start:
+                    self._to_client.append(block[run:start])
+                self._to_client.append(swap)
+                run = end
+        if run == 0:
+            self._to_client.append(block)
+        elif run < len(block):
+            self._to_client.append(block[run:])
 
     def _note_server_error(self, body: bytes) -> None:
         with contextlib.suppress(codec.ProtocolError):
@@ -386,6 +429,14 @@ class ClientSession:
             "resource": login.resource.name if login else "",
             "principal": login.claims.sub if login else "",
         }
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    """Wait while ``writer`` holds unsent bytes (back-pressure); nothing to wait for
+    otherwise, which is the usual case (a closing transport still raises, as drain does)."""
+    transport = writer.transport
+    if transport.get_write_buffer_size() or transport.is_closing():
+        await writer.drain()
 
 
 __all__ = ["UPSTREAM_LOST", "ClientSession", "ListenerSettings"]

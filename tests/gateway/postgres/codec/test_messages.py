@@ -108,6 +108,32 @@ def test_messages_keeps_partial_tail() -> None:
     assert reader.buffered() == 0
 
 
+def test_frames_are_one_block_and_where_each_message_lies_in_it() -> None:
+    reader = codec.MessageReader(64)
+    query, sync = codec.query("SELECT 1"), codec.sync()
+    reader.feed(query + sync + query[:3])
+    block, frames = reader.frames()
+    assert block == query + sync
+    assert frames == [
+        (codec.QUERY, 0, len(query)),
+        (codec.SYNC, len(query), len(query) + len(sync)),
+    ]
+    assert reader.frames() == (b"", []) and reader.buffered() == 3
+    reader.feed(query[3:])
+    assert reader.frames() == (query, [(codec.QUERY, 0, len(query))])
+    assert reader.buffered() == 0
+
+
+def test_frames_hand_over_the_whole_messages_before_a_bad_header() -> None:
+    reader = codec.MessageReader(64)
+    reader.feed(codec.sync() + struct.pack("!Bi", ord("Q"), 65) + b"x")
+    assert reader.frames() == (codec.sync(), [(codec.SYNC, 0, 5)])
+    with pytest.raises(codec.MessageTooLarge):
+        reader.frames()
+    with pytest.raises(codec.MessageTooLarge):
+        reader.frames()
+
+
 def test_repr_never_shows_a_body() -> None:
     msg = codec.Message(codec.PASSWORD, b"eyJ.secret-token\0")
     assert "secret" not in repr(msg)

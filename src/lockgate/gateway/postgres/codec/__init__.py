@@ -14,7 +14,9 @@ Startup phase (:mod:`.startup`): a client's first packets carry no type byte::
 
 Typed messages (:mod:`.messages`): ``MessageReader(max).feed(data)``, then
 ``next_message() -> Message(type, body) | None`` (or ``messages() -> list[Message]``, every
-whole message buffered, the faster path for a relay loop); ``encode(type, body)`` frames one.
+whole message buffered; or ``frames() -> (block, [(type, start, end), ...])``, every whole
+message as one block of bytes and where each lies in it: the relay's path, which passes
+unchanged runs on as slices); ``encode(type, body)`` frames one.
 Bodies are read by the decoders of :mod:`.frontend` (Query, Parse, Bind, Execute, Describe,
 Close, PasswordMessage, SASL responses, CopyFail, FunctionCall) and :mod:`.backend`
 (Authentication, ErrorResponse/NoticeResponse fields, CommandComplete, ReadyForQuery,
@@ -166,6 +168,7 @@ from .messages import (
     ROW_DESCRIPTION,
     SYNC,
     TERMINATE,
+    Frame,
     Message,
     MessageReader,
     encode,
@@ -241,6 +244,7 @@ __all__ = [
     "Execute",
     "ExtendedMessage",
     "Field",
+    "Frame",
     "FunctionCall",
     "GSSENCRequest",
     "Message",

@@ -92,6 +92,10 @@ def encode(type_: int, body: bytes) -> bytes:
     return _HEADER.pack(type_, len(body) + 4) + body
 
 
+#: Where one message lies in a block (:meth:`MessageReader.frames`): its type byte, the
+#: offset of that byte and the offset just past the message (the body starts 5 bytes in).
+Frame = tuple[int, int, int]
+
 # Building the tuple directly skips NamedTuple.__new__'s argument handling (hot path).
 _new_message = tuple.__new__
 
@@ -139,27 +143,43 @@ class MessageReader:
         return _new_message(Message, (type_, bytes(buf[pos + HEADER_SIZE : end])))
 
     def messages(self) -> list[Message]:
-        """Every whole message buffered now (the fast path for a relay loop); the error of a
-        bad header is raised once the messages before it have been taken."""
-        out: list[Message] = []
+        """Every whole message buffered now; the error of a bad header is raised once the
+        messages before it have been taken."""
+        block, frames = self.frames()
+        return [_new_message(Message, (t, block[s + HEADER_SIZE : e])) for t, s, e in frames]
+
+    def frames(self) -> tuple[bytes, list[Frame]]:
+        """Every whole message buffered now as one block of bytes, and where each lies in it
+        (the relay's fast path: a run of messages it passes on unchanged is one slice of the
+        block, and nothing is framed again). The error of a bad header is raised once the
+        messages before it have been taken."""
+        frames: list[Frame] = []
         buf, pos, cap = self._buf, self._pos, self._max
-        size = len(buf)
+        first, size = pos, len(buf)
         while self._failed is None and size - pos >= HEADER_SIZE:
             type_, length = _unpack_header(buf, pos)
             end = pos + 1 + length
             if length < 4 or length > cap:
-                if out:
+                if frames:
                     break  # hand these over first; the next call raises
                 self._pos = pos
                 raise self._fail(length)
             if end > size:
                 break
-            out.append(_new_message(Message, (type_, bytes(buf[pos + HEADER_SIZE : end]))))
+            frames.append((type_, pos - first, end - first))
             pos = end
-        self._pos = pos
-        if not out and self._failed is not None:
-            raise self._failed
-        return out
+        if not frames:
+            if self._failed is not None:
+                raise self._failed
+            return b"", frames
+        if first == 0 and pos == size:
+            block = bytes(buf)
+            buf.clear()
+            self._pos = 0
+        else:
+            block = bytes(buf[first:pos])
+            self._pos = pos
+        return block, frames
 
     def _fail(self, length: int) -> ProtocolError:
         if length < 4:
