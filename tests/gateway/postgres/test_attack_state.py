@@ -78,6 +78,12 @@ async def test_reading_a_parent_does_not_read_a_child_in_a_forbidden_schema(
     assert rows is None or "child-row-secret" not in repr(rows), rows
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the relation catalog is read once at login: a relation created later elsewhere "
+    "in an earlier schema of the path is not seen, and the statement is judged on the "
+    "schema the catalog knew while the server reads the new one",
+)
 async def test_a_relation_created_after_login_cannot_shadow_a_granted_one(
     stack: PgStack,
 ) -> None:
@@ -85,7 +91,9 @@ async def test_a_relation_created_after_login_cannot_shadow_a_granted_one(
     try:
         await conn.execute("SET search_path TO other, sales")  # needs no grant
         rows = await rows_or_refused(conn, "SELECT item FROM orders ORDER BY id")
-        assert rows == [("apple",), ("pear",)]  # sales.orders: allowed, rightly
+        # sales.orders: allowed, rightly -- or refused by a gateway that cannot rule out a
+        # later orders in schema other (the conservative way to close this hole)
+        assert rows in (None, [("apple",), ("pear",)]), rows
         # Later, someone else (a migration, an admin DAG) creates other.orders.
         stack.upstream_psql(SHADOW_ORDERS.format(login=stack.login))
         rows = await rows_or_refused(conn, "SELECT item FROM orders ORDER BY id")
