@@ -189,3 +189,35 @@ async def test_cached_prepared_statement_cost() -> None:
     per_statement = (time.perf_counter() - t0) / rounds * 1e6
     print(f"flow: {per_statement:.1f} µs per cached prepared statement")
     assert len(h.admitted()) == rounds and per_statement < 500
+
+
+def test_a_record_names_the_rule_that_allowed_its_own_object() -> None:
+    # Two tables allowed by two rules: the record's object is the first table, its rule
+    # that table's rule (not the last decision's); the detail gives each object's rule.
+    h = FlowHarness()
+    text = "SELECT * FROM sales.orders JOIN public.t ON true"
+    judged = h.flow.judge.judged(text, h.flow.scope)
+    assert isinstance(judged, Judged)
+    verdict = h.flow.judge.decide(judged)
+    assert isinstance(verdict, Admission)
+    (record,) = judged.records
+    assert record.obj == "sales.orders"
+    assert verdict.rule == "allow-sales.*" and verdict.reason == "matched"
+    assert verdict.rule_for(record) == ("allow-sales.*", "matched")
+    assert verdict.detail_for(record)["rules"] == {
+        "read sales.orders": "allow-sales.*",
+        "read public.t": "allow-public.*",
+    }
+    # Per statement of a multi-statement text; a catalog read keeps its built-in rule.
+    judged = h.flow.judge.judged("BEGIN; SELECT * FROM public.t, pg_type", h.flow.scope)
+    assert isinstance(judged, Judged)
+    verdict = h.flow.judge.decide(judged)
+    assert isinstance(verdict, Admission)
+    begin, select = judged.records
+    assert verdict.rule == NO_OBJECT_RULE == verdict.rule_for(begin)[0]
+    assert verdict.rule_for(select) == ("allow-public.*", "matched")
+    assert verdict.detail_for(select)["rules"] == {
+        "read public.t": "allow-public.*",
+        "read pg_catalog.pg_type": CATALOG_RULE,
+    }
+    assert verdict.detail_for(begin) is begin.detail

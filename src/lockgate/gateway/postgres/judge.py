@@ -25,7 +25,7 @@ every one is still audited.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lockgate.errors import AuthenticationError
@@ -157,11 +157,34 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A text policy allows: the rule of the last decision (None: built-in)."""
+    """A text policy allows, with the rule (and reason) that allowed each access.
+
+    ``rule`` / ``reason`` are those of the first statement's own object, so a record that
+    names an object names the rule that allowed *that* object; :meth:`rule_for` and
+    :meth:`detail_for` give them per statement (the detail lists every object's rule when a
+    statement touches several).
+    """
 
     judged: Judged
     rule: str | None
     reason: str | None
+    decisions: Mapping[Access, tuple[str | None, str | None]] = field(default_factory=dict)
+
+    def rule_for(self, record: StatementRecord) -> tuple[str | None, str | None]:
+        """The rule and reason that allowed ``record``'s own action on its object."""
+        if not record.obj:
+            return NO_OBJECT_RULE, None
+        return self.decisions.get(Access(record.action, record.obj), (self.rule, self.reason))
+
+    def detail_for(self, record: StatementRecord) -> Mapping[str, Any]:
+        """``record``'s detail, with the rule of each object when it names several."""
+        if "objects" not in record.detail:
+            return record.detail
+        rules = {
+            f"{a.action} {a.obj}": self.decisions.get(a, (None, None))[0]
+            for a in record.statement.accesses
+        }
+        return {**record.detail, "rules": rules}
 
 
 class Judge:
@@ -228,15 +251,22 @@ class Judge:
         if not judged.accesses:
             return Admission(judged, NO_OBJECT_RULE, None)
         policy = self.ctx.policy.current
-        rule: str | None = CATALOG_RULE
-        reason: str | None = None
+        decisions: dict[Access, tuple[str | None, str | None]] = {}
         for access, request in zip(judged.accesses, self._requests_for(judged), strict=True):
             decision = policy.decide(request)
             if decision.allowed:
-                rule, reason = decision.rule, decision.reason
-            elif decision.rule is not None or not _catalog_read(access):
+                decisions[access] = (decision.rule, decision.reason)
+            elif decision.rule is None and _catalog_read(access):
+                decisions[access] = (CATALOG_RULE, None)
+            else:
                 return self.denial(access.action, access.obj, decision.explain(), decision.rule)
-        return Admission(judged, rule, reason)
+        first = judged.records[0] if judged.records else None
+        rule, reason = (CATALOG_RULE, None)
+        if first is not None and first.obj:
+            rule, reason = decisions.get(Access(first.action, first.obj), (rule, reason))
+        elif first is not None:
+            rule = NO_OBJECT_RULE
+        return Admission(judged, rule, reason, decisions)
 
     def denial(
         self, action: str, obj: str, reason: str, rule: str | None = None, sqlstate: str = "42501"
