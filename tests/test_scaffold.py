@@ -182,3 +182,67 @@ async def test_tls_handshake_on_localhost(written: dict[str, Path]) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def _handshake(port: int, ctx: ssl.SSLContext) -> bytes:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 5
+    )
+    try:
+        return await reader.readline()
+    finally:
+        writer.close()
+
+
+async def _serve_tls(cert: Path, key: Path) -> asyncio.Server:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello\n")
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+
+
+async def test_worker_bundle_adds_the_gateway_to_the_system_trust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import certifi
+
+    # A local CA stands in for the system store (what certifi.where() names).
+    system = write_dev_tls(tmp_path / "system")
+    monkeypatch.setattr(certifi, "where", lambda: str(system["ca"]))
+    out = write_init(tmp_path / "gw")
+    bundle = out["worker_bundle"]
+    assert bundle == tmp_path / "gw" / "tls" / "worker-bundle.pem"
+    text = bundle.read_text(encoding="utf-8")
+    for part in (system["ca"], out["tls_ca"], out["proxy_ca_cert"]):
+        assert part.read_text(encoding="utf-8").strip() in text
+    assert len(x509.load_pem_x509_certificates(bundle.read_bytes())) == 3
+
+    client = ssl.create_default_context(cafile=str(bundle))
+    foreign = write_dev_tls(tmp_path / "foreign")
+    servers = [
+        await _serve_tls(system["cert"], system["key"]),  # a host the system trusts
+        await _serve_tls(out["tls_cert"], out["tls_key"]),  # the gateway
+        await _serve_tls(foreign["cert"], foreign["key"]),  # neither
+    ]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    try:
+        assert await _handshake(ports[0], client) == b"hello\n"
+        assert await _handshake(ports[1], client) == b"hello\n"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await _handshake(ports[2], client)
+        # The gateway's CA alone (what the docs used to say) loses the system's hosts.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await _handshake(ports[0], ssl.create_default_context(cafile=str(out["tls_ca"])))
+    finally:
+        for s in servers:
+            s.close()
+            await s.wait_closed()
+
+
+def test_no_bundle_without_tls(tmp_path: Path) -> None:
+    assert "worker_bundle" not in write_init(tmp_path, tls=False)

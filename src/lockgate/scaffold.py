@@ -4,6 +4,12 @@ It writes ``lockgate.yaml``, a team policy with its tests, development TLS mater
 client secret for the ``prod`` deployment (0600; the config holds only its SHA-256). The
 upstream resource points at the local demo API (``lockgate demo-upstream``) so the result
 runs as written; edit ``resources`` for a real service.
+
+With TLS it also writes ``tls/worker-bundle.pem`` (:func:`write_trust_bundle`): the
+system's trust store, the gateway's CA and the interception CA in one file. Workers point
+``REQUESTS_CA_BUNDLE`` / ``SSL_CERT_FILE`` at it, which *adds* trust in the gateway: those
+variables replace the trust store, so a file holding only the gateway's CA would make
+every other HTTPS call of the task fail.
 """
 
 from __future__ import annotations
@@ -14,6 +20,13 @@ import secrets
 from pathlib import Path
 
 from lockgate.tlsgen import write_dev_ca, write_dev_tls
+
+# Where the system's CA certificates are when certifi (what requests trusts) is absent:
+# Debian/Ubuntu/Alpine, then Fedora/RHEL.
+SYSTEM_CA_FILES = (
+    Path("/etc/ssl/certs/ca-certificates.crt"),
+    Path("/etc/pki/tls/certs/ca-bundle.crt"),
+)
 
 CONFIG_TEMPLATE = """\
 # Lockgate configuration. Relative paths are relative to this file.
@@ -121,6 +134,38 @@ def _write_private(path: Path, text: str) -> None:
         fh.write(text)
 
 
+def system_ca_file() -> Path | None:
+    """The system trust store as one PEM file: certifi's (what ``requests`` uses unless
+    told otherwise), else the operating system's; None when neither exists."""
+    try:
+        import certifi
+    except ImportError:
+        certifi_file = None
+    else:
+        certifi_file = Path(certifi.where())
+    for candidate in (certifi_file, *SYSTEM_CA_FILES):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def write_trust_bundle(path: Path, extra_cas: list[Path]) -> Path:
+    """Write ``path``: the system trust store followed by ``extra_cas`` (the gateway's CA,
+    the interception CA). Trust is added to what the system trusts, never put in its place."""
+    system = system_ca_file()
+    if system is None:
+        raise FileNotFoundError(
+            "no system CA store found (certifi or " + ", ".join(map(str, SYSTEM_CA_FILES)) + ")"
+        )
+    parts = [system.read_text(encoding="utf-8")]
+    for ca in extra_cas:
+        parts.append(f"# Lockgate: {ca.name}\n{ca.read_text(encoding='utf-8')}")
+    partial = path.with_suffix(".tmp")
+    partial.write_text("\n".join(p.rstrip("\n") + "\n" for p in parts), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
 def write_init(
     directory: Path,
     *,
@@ -150,6 +195,9 @@ def write_init(
         # The interception CA for the forward proxy (Azure ARM); its key stays here, 0600.
         proxy_ca = write_dev_ca(directory / "tls")
         written.update({f"proxy_ca_{k}": v for k, v in proxy_ca.items()})
+        written["worker_bundle"] = write_trust_bundle(
+            directory / "tls" / "worker-bundle.pem", [paths["ca"], proxy_ca["cert"]]
+        )
         tls_line = "tls: {cert: tls/cert.pem, key: tls/key.pem}"
     config_path.write_text(
         CONFIG_TEMPLATE.format(
