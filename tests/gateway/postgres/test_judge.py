@@ -1,19 +1,25 @@
 """The PostgreSQL judge: cached classification, policy per statement, built-in rules, cost."""
 
+# ruff: noqa: S608  (texts built to be long; nothing is sent anywhere)
+
 from __future__ import annotations
 
+import threading
 import time
 
 from lockgate.gateway.postgres import codec
-from lockgate.gateway.postgres.classified import Unplaceable
+from lockgate.gateway.postgres.classified import Statement, Unplaceable
+from lockgate.gateway.postgres.classify import classify
 from lockgate.gateway.postgres.judge import (
     CATALOG_RULE,
     NO_OBJECT_RULE,
+    THREAD_TEXT_CHARS,
     Admission,
     Judged,
     Refusal,
     audit_text,
 )
+from lockgate.gateway.postgres.scope import SessionScope
 from tests.gateway.postgres.test_flow import FlowHarness, cc, rfq
 
 
@@ -221,3 +227,52 @@ def test_a_record_names_the_rule_that_allowed_its_own_object() -> None:
         "read pg_catalog.pg_type": CATALOG_RULE,
     }
     assert verdict.detail_for(begin) is begin.detail
+
+
+async def test_a_long_text_is_classified_off_the_event_loop() -> None:
+    h = FlowHarness()
+    judge = h.flow.judge
+    real = judge._classify
+    threads: list[str] = []
+
+    def recording(text, scope):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return real(text, scope)
+
+    judge._classify = recording
+    long_text = "SELECT * FROM sales.orders WHERE item IN (" + ",".join(["'x'"] * 5000) + ")"
+    assert len(long_text) >= THREAD_TEXT_CHARS
+    first = await judge.judged_async(long_text, h.flow.scope)
+    assert isinstance(first, Judged) and threads[-1] != threading.main_thread().name
+    assert await judge.judged_async(long_text, h.flow.scope) is first  # cached
+    assert len(threads) == 1
+    short = await judge.judged_async("SELECT * FROM sales.orders", h.flow.scope)
+    assert isinstance(short, Judged) and threads[-1] == threading.main_thread().name
+    refused = await judge.judged_async("SELECT * FROM nowhere, " + long_text[14:], h.flow.scope)
+    assert isinstance(refused, Unplaceable)
+
+
+async def test_a_scope_that_moves_during_a_threaded_classification_is_classified_again() -> None:
+    h = FlowHarness()
+    judge = h.flow.judge
+    real = judge._classify
+    scope = h.scope  # the session's settled scope
+    seen: list[tuple[object, ...]] = []
+
+    def moving(text, scope_):  # type: ignore[no-untyped-def]
+        seen.append(scope_.key())
+        if len(seen) == 1:  # the server's answer to an earlier SET lands meanwhile
+            scope.statement_done(classify_one("SET search_path = sales", scope), "SET")
+            scope.ready("I")
+        return real(text, scope_)
+
+    judge._classify = moving
+    text = "SELECT * FROM t WHERE " + " OR ".join(["1 = 1"] * 3000)
+    judged = await judge.judged_async(text, scope)
+    assert isinstance(judged, Judged) and len(seen) == 2 and seen[0] != seen[1]
+    assert judged.accesses[0].obj == "sales.t"  # under the scope of now
+
+
+def classify_one(text: str, scope: SessionScope) -> Statement:
+    (statement,) = classify(text, scope).statements
+    return statement

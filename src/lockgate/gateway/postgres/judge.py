@@ -24,6 +24,7 @@ every one is still audited.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -70,6 +71,8 @@ NOT_BUILTIN = frozenset(
     "information_schema.user_mapping_options", "information_schema._pg_user_mappings",
     "information_schema.foreign_server_options", "information_schema._pg_foreign_servers",
 }  # fmt: skip
+#: Texts at least this long are classified on a worker thread by :meth:`Judge.judged_async`.
+THREAD_TEXT_CHARS = 16 * 1024
 #: Judged texts whose policy requests one session keeps built (past it they start over).
 MAX_REQUESTS_PER_SESSION = 512
 
@@ -231,18 +234,55 @@ class Judge:
     # -- classification -----------------------------------------------------------------------
     def judged(self, text: str, scope: KeyedScope) -> Judged | Unplaceable:
         """The classification of ``text`` under ``scope``, from the shared cache if there."""
-        key = ("pg-flow", self.resource.name, text, scope.key())
-        cache = self.ctx.decisions
-        hit = cache.get(key)
+        key = self._key(text, scope)
+        hit = self.ctx.decisions.get(key)
         if isinstance(hit, Judged):
             return hit
+        return self._store(key, self._classified(text, scope))
+
+    async def judged_async(self, text: str, scope: KeyedScope) -> Judged | Unplaceable:
+        """:meth:`judged`, with a long text classified on a worker thread.
+
+        Classifying a long text takes up to some hundreds of milliseconds (below the
+        classifier's own size limits): on the event loop that would stall every session.
+        The session's scope may move meanwhile (an answer of the server applied): a result
+        is kept only if the scope's key is the one it started under, else classified again
+        (at last on the loop, where nothing moves).
+        """
+        if len(text) < THREAD_TEXT_CHARS:
+            return self.judged(text, scope)
+        key = self._key(text, scope)
+        hit = self.ctx.decisions.get(key)
+        if isinstance(hit, Judged):
+            return hit
+        for _ in range(2):
+            try:
+                result = await asyncio.to_thread(self._classified, text, scope)
+            except RuntimeError:  # the scope changed under the thread's feet
+                result = None
+            now = self._key(text, scope)
+            if result is not None and now == key:
+                return self._store(key, result)
+            key = now
+        return self.judged(text, scope)
+
+    def _key(self, text: str, scope: KeyedScope) -> tuple[object, ...]:
+        return ("pg-flow", self.resource.name, text, scope.key())
+
+    def _classified(self, text: str, scope: NameScope) -> Classified | Unplaceable:
         try:
-            classified = self._classify(text, scope)
+            return self._classify(text, scope)
         except Unplaceable as exc:
             return exc
+
+    def _store(
+        self, key: tuple[object, ...], classified: Classified | Unplaceable
+    ) -> Judged | Unplaceable:
+        if isinstance(classified, Unplaceable):
+            return classified
         judged = Judged.of(classified)
         if not any(s.prepared_name for s in classified.statements):
-            cache.put(key, judged)
+            self.ctx.decisions.put(key, judged)
         return judged
 
     # -- policy -------------------------------------------------------------------------------
@@ -261,7 +301,8 @@ class Judge:
             else:
                 return self.denial(access.action, access.obj, decision.explain(), decision.rule)
         first = judged.records[0] if judged.records else None
-        rule, reason = (CATALOG_RULE, None)
+        rule: str | None = CATALOG_RULE
+        reason: str | None = None
         if first is not None and first.obj:
             rule, reason = decisions.get(Access(first.action, first.obj), (rule, reason))
         elif first is not None:
@@ -312,6 +353,7 @@ __all__ = [
     "MAX_AUDIT_TEXT",
     "NO_OBJECT_ACTION",
     "NO_OBJECT_RULE",
+    "THREAD_TEXT_CHARS",
     "Admission",
     "Classifier",
     "Judge",
