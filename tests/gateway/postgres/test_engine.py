@@ -288,3 +288,27 @@ async def test_closing_the_engine_tells_open_sessions_why(stack: PgStack) -> Non
         return await _upstream_sessions(stack) == 0
 
     await _until(gone)
+
+
+async def test_server_code_that_changes_how_the_server_lexes_ends_the_session(
+    stack: PgStack,
+) -> None:
+    """A function the policy lets run may call set_config: once the server reports a lexing
+    setting the gateway does not parse under, the session ends (FATAL 08006, audited) and
+    the change never reaches the client."""
+    stack.upstream_psql(
+        "CREATE FUNCTION sales.lexing_off() RETURNS text LANGUAGE sql AS "
+        "$$ SELECT set_config('standard_conforming_strings', 'off', false) $$"
+    )
+    conn = await _connect(stack, dag="ops")
+    with pytest.raises(psycopg.OperationalError, match="standard_conforming_strings"):
+        await conn.execute("SELECT sales.lexing_off()")
+    assert conn.closed or conn.broken
+    await conn.close()
+    (record,) = [r for r in stack.audit("upstream_error") if r.reason == "upstream_session_unsafe"]
+    assert record.detail == {"setting": "standard_conforming_strings=off"}
+
+    async def gone() -> bool:
+        return await _upstream_sessions(stack) == 0
+
+    await _until(gone)

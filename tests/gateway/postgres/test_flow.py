@@ -415,6 +415,32 @@ async def test_notifications_and_parameter_status_are_relayed() -> None:
     assert h.answer(*frames) == frames
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("client_encoding", "SJIS"), ("standard_conforming_strings", "off")],
+)
+async def test_a_server_side_change_of_a_lexing_setting_ends_the_session(
+    name: str, value: str
+) -> None:
+    """Server code the policy admitted (a function calling set_config, say) changed how the
+    server lexes texts: the change is not relayed, the client hears FATAL and the session
+    ends, audited."""
+    h = FlowHarness()
+    out = h.flow.from_server(message(codec.parameter_status(name, value)))
+    assert out.close and types(out.to_client) == ["E"]
+    (error,) = errors(out.to_client)
+    assert (error["V"], error["C"]) == ("FATAL", "08006") and value in error["M"]
+    (record,) = h.outcomes("upstream_error")
+    assert record.reason == "upstream_session_unsafe"
+    assert record.detail == {"setting": f"{name}={value}"}
+    # The safe values (and every other setting) are relayed as they are.
+    for frame in (
+        codec.parameter_status("client_encoding", "UTF8"),
+        codec.parameter_status("standard_conforming_strings", "on"),
+    ):
+        assert h.answer(frame) == [frame]
+
+
 async def test_upstream_lost_gives_pending_statements_an_outcome() -> None:
     h = FlowHarness()
     await h.query("SELECT * FROM t; SELECT * FROM sales.orders")

@@ -40,6 +40,7 @@ from .flow_units import (
     raw,
 )
 from .judge import Judge
+from .lexing import safe_lexing_value
 
 if TYPE_CHECKING:
     from .context import EngineContext
@@ -52,7 +53,7 @@ PROBE_FAILED = "26000"
 ANSWERS = frozenset(
     {codec.COMMAND_COMPLETE, codec.READY_FOR_QUERY, codec.ERROR_RESPONSE, codec.EMPTY_QUERY}
     | {codec.PORTAL_SUSPENDED, codec.PARSE_COMPLETE, codec.BIND_COMPLETE, codec.CLOSE_COMPLETE}
-    | {codec.ROW_DESCRIPTION, codec.NO_DATA, codec.COPY_IN_RESPONSE}
+    | {codec.ROW_DESCRIPTION, codec.NO_DATA, codec.COPY_IN_RESPONSE, codec.PARAMETER_STATUS}
 )
 #: ErrorResponse SQLSTATE classes that are the server's trouble, not the statement's.
 _SERVER_TROUBLE = ("08", "53", "57", "58", "XX")
@@ -79,12 +80,13 @@ class AnswerRelay:
         return self._copy == "in"
 
     def from_server(self, msg: codec.Message) -> Out:
-        swap = self.server_message(msg.type, msg.body) if msg.type in ANSWERS else None
-        return Out(to_client=[raw(msg) if swap is None else swap])
+        out = self.server_message(msg.type, msg.body) if msg.type in ANSWERS else None
+        return Out(to_client=[raw(msg)]) if out is None else out
 
-    def server_message(self, kind: int, body: bytes) -> bytes | None:
-        """Note one of the server's :data:`ANSWERS`; the frame the client gets in its place,
-        or None: relay it as it is (the rest of the server's messages need no look)."""
+    def server_message(self, kind: int, body: bytes) -> Out | None:
+        """Note one of the server's :data:`ANSWERS`: None to relay it as it is (the rest of
+        the server's messages need no look), else what to do instead (``to_client`` in its
+        place; ``close``: nothing after it goes to the client, the session ends)."""
         units = self._units
         head = units[0] if units else None
         swap = None
@@ -96,8 +98,9 @@ class AnswerRelay:
             self._ready(codec.decode_ready_for_query(body))
         elif kind == codec.ERROR_RESPONSE:
             sqlstate = codec.decode_error_fields(body).get("C", "")
-            if head is not None and head.kind == REFUSAL and sqlstate == PROBE_FAILED:
-                swap = head.error  # the probe failed: the refusal in its place
+            # (only a REFUSAL unit carries an error)
+            if head is not None and head.error is not None and sqlstate == PROBE_FAILED:
+                swap = Out(to_client=[head.error])  # the probe failed: the refusal instead
             self._server_error(sqlstate)
         elif kind in (codec.EMPTY_QUERY, codec.PORTAL_SUSPENDED):
             if head is not None and head.kind in (STATEMENT, EXECUTE):
@@ -117,7 +120,24 @@ class AnswerRelay:
             if any(unit.copy_sync for unit in units):
                 # In COPY the server ignores the Syncs sent before the client's CopyDone.
                 self._units = deque(unit for unit in units if not unit.copy_sync)
+        elif kind == codec.PARAMETER_STATUS:
+            return self._parameter_status(*codec.decode_parameter_status(body))
         return swap
+
+    def _parameter_status(self, name: str, value: str) -> Out | None:
+        """A setting changed on the server. One that changes how it lexes (server code the
+        policy admitted may call set_config: classify refuses only what a text shows) ends
+        the session: the gateway would judge texts the server reads otherwise."""
+        if safe_lexing_value(name.lower(), value):
+            return None
+        setting = f"{name}={value}"[:200]
+        self.ctx.record(
+            "upstream_error", self.judge.claims, self.name, self.ctx.clock(), action="connect",
+            decision="error", reason="upstream_session_unsafe", detail={"setting": setting},
+        )  # fmt: skip
+        message = f"the server's {name[:100]} changed to {value[:100]}: Lockgate ends the session"
+        fatal = codec.error_response("08006", message, severity="FATAL")
+        return Out(to_client=[fatal], close=True)
 
     def _pop(self, kind: int) -> None:
         units = self._units

@@ -393,12 +393,16 @@ class ClientSession:
             elif kind == codec.COMMAND_COMPLETE and body[:4] in _DDL_TAGS:
                 # relations may have come or gone: the next login reads them anew
                 self.ctx.relations.invalidate(resource)
-            swap = flow.server_message(kind, body)
-            if swap is not None:
+            out = flow.server_message(kind, body)
+            if out is not None:
                 if run < start:
                     self._to_client.append(block[run:start])
-                self._to_client.append(swap)
+                self._to_client += out.to_client
+                self._to_server += out.to_server
                 run = end
+                if out.close:  # nothing after it reaches the client
+                    self._flush()
+                    raise _Ended
         if run == 0:
             self._to_client.append(block)
         elif run < len(block):
