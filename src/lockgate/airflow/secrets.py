@@ -18,6 +18,15 @@ Rules:
   deferred operator's trigger can watch its run from the triggerer. A poll token may only
   read runs this deployment's DAGs started through Lockgate; when the triggerer's log
   context names the trigger's DAG run, the token is narrowed to that DAG run.
+- Outside a task, a catalog entry whose connection holds no secret (ARM: subscription,
+  resource group, factory) is answered as it is, without the environment a task gets:
+  Airflow builds operator extra links ("Monitor Pipeline Run") after the task body, out of
+  its context. Never a token, nor the identity endpoint, outside a task.
+- A deferral that cannot work fails before anything starts upstream: a task running with
+  ``deferrable=True`` asking for a conn_id without poll tokens is refused (at ERROR, with
+  the reason) at its first lookup, before the operator starts its pipeline; a trigger
+  (an asynchronous lookup outside a task) asking for one is refused the same way, instead
+  of Airflow's bare "conn_id isn't defined".
 - The gateway refuses (policy, delegation, attestation) → ``AirflowSecretsBackendAccessDenied``
   with the gateway's reason, so Airflow does not fall through to another backend.
 - A conn_id the catalog marks ``cosmos_key`` (Cosmos DB) also gets the task's derived
@@ -37,6 +46,8 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import hashlib
 import json
@@ -140,6 +151,58 @@ def trigger_scope() -> dict[str, str]:
     if isinstance(dag_id, str) and dag_id and isinstance(run_id, str) and run_id:
         return {"dag_id": dag_id, "run_id": run_id}
     return {}
+
+
+# Set while an asynchronous lookup (``aget_connection``: a trigger, or async code) runs; the
+# synchronous lookup it delegates to runs in a thread with a copy of this context.
+_ASYNC_LOOKUP: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "lockgate_async_lookup", default=False
+)
+
+
+def _running_task() -> object | None:
+    """The operator of the running task try, or None outside a task's execution context."""
+    try:
+        from airflow.sdk import get_current_context
+
+        return get_current_context()["ti"].task
+    except Exception:
+        return None
+
+
+def _holds_no_secret(connection: dict[str, Any]) -> bool:
+    """True when a connection template carries nothing filled in per task (no token, key,
+    role or CA placeholder): what it says may be shown to anyone who may read the DAG."""
+    return "{lockgate_" not in json.dumps(connection)
+
+
+def unpollable_deferral(conn_id: str, template: dict[str, Any]) -> str | None:
+    """Why a deferral on ``conn_id`` cannot work in the running task try, or None.
+
+    A deferred operator's trigger runs in the triggerer, where there is no task try to mint a
+    token for; only a conn_id the catalog marks ``poll`` gets a (poll) token there. Checked at
+    the task's first lookup, which comes before the operator starts anything upstream (ADF
+    looks its connection up before createRun), so a retry never starts a duplicate run.
+    """
+    task = _running_task()
+    if task is None or template.get("poll") or getattr(task, "deferrable", False) is not True:
+        return None
+    return (
+        f"Lockgate: task {getattr(task, 'task_id', '?')} runs with deferrable=True, but "
+        f"conn_id {conn_id!r} (resource {template.get('resource', '?')}) offers no poll "
+        "tokens: its trigger would run in the triggerer, outside any task try, where Lockgate "
+        "mints nothing. Refused before anything was started upstream; run the operator with "
+        "deferrable=False (or a sensor in reschedule mode)"
+    )
+
+
+def _unserved_trigger(conn_id: str, template: dict[str, Any]) -> str:
+    return (
+        f"Lockgate: conn_id {conn_id!r} (resource {template.get('resource', '?')}) was asked "
+        "for outside a task try by asynchronous code (a deferred operator's trigger) and "
+        "offers no poll tokens: Lockgate mints a token only for a running task try. Run the "
+        "operator with deferrable=False"
+    )
 
 
 def _requested_ttl(ti_task: object) -> int | None:
@@ -283,12 +346,11 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             token = self._poll_token(conn_id)
             return json.dumps(_substitute(template["connection"], self._values(token)))
         if coords is None:
-            log.info(
-                "Lockgate: no running task context for conn_id %s (API server, callback or "
-                "DAG parsing); no token minted",
-                conn_id,
-            )
-            return None
+            return self._outside_task(conn_id, template)
+        refusal = unpollable_deferral(conn_id, template)
+        if refusal is not None:
+            log.error(refusal)
+            raise AirflowSecretsBackendAccessDenied(refusal)
         if template.get("mode") == DYNAMIC_ROLE:
             role = self._role_for(conn_id, coords)
             values = {
@@ -307,6 +369,33 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         if template.get("cosmos_key"):  # Cosmos DB: the key the task signs with
             values[COSMOS_KEY_PLACEHOLDER] = self._cosmos_key(conn_id, token)
         return json.dumps(_substitute(template["connection"], values))
+
+    async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
+        """The asynchronous lookup (triggers): the synchronous one in a worker thread, marked
+        so that a conn_id without poll tokens is refused with the reason."""
+        token = _ASYNC_LOOKUP.set(True)
+        try:  # to_thread runs it in a copy of this context, so the mark is seen there
+            return await asyncio.to_thread(self.get_connection, conn_id)
+        finally:
+            _ASYNC_LOOKUP.reset(token)
+
+    def _outside_task(self, conn_id: str, template: dict[str, Any]) -> str | None:
+        """What a lookup outside any task try gets (poll entries aside)."""
+        if _ASYNC_LOOKUP.get():  # a trigger: say why at ERROR rather than "isn't defined"
+            refusal = _unserved_trigger(conn_id, template)
+            log.error(refusal)
+            raise AirflowSecretsBackendAccessDenied(refusal)
+        if _holds_no_secret(template["connection"]):
+            # e.g. the ADF extra link, built after the task body: the connection's
+            # subscription, resource group and factory, without the task's environment
+            log.debug("Lockgate: conn_id %s answered outside a task (holds no secret)", conn_id)
+            return json.dumps(template["connection"])
+        log.info(
+            "Lockgate: no running task context for conn_id %s (API server, callback or "
+            "DAG parsing); no token minted",
+            conn_id,
+        )
+        return None
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         return None
