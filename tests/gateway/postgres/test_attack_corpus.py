@@ -28,6 +28,7 @@ CREATE TABLE public.plain (v int);
 CREATE FUNCTION public.reads_hidden() RETURNS SETOF text LANGUAGE plpgsql
     AS $$ BEGIN RETURN QUERY SELECT secret FROM public.hidden; END $$;
 CREATE VIEW public.via_function AS SELECT * FROM public.reads_hidden() AS s(secret);
+CREATE FUNCTION public.noop() RETURNS int LANGUAGE sql AS 'SELECT 1';
 CREATE FUNCTION public.copies_to_hidden() RETURNS trigger LANGUAGE plpgsql
     AS $$ BEGIN INSERT INTO public.hidden VALUES ('planted'); RETURN NEW; END $$;
 """
@@ -100,3 +101,24 @@ def test_a_write_to_a_temporary_table_names_its_trigger_and_what_it_writes(
         " FOR EACH ROW EXECUTE FUNCTION public.copies_to_hidden()"
     )
     assert oracle.missed("INSERT INTO scratch VALUES (1)") is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after the session dropped a schema and called a function (path no longer"
+    " known), a name the catalog does not hold resolves to the dropped schema alone:"
+    " policy sees gone.fresh_secret, the server reads public.fresh_secret",
+)
+def test_a_name_new_to_the_catalog_after_a_dropped_schema_and_a_call_is_not_misplaced(
+    oracle: CorpusOracle,
+) -> None:
+    oracle.setup("DROP SCHEMA IF EXISTS gone; CREATE SCHEMA gone")
+    oracle.setup("DROP SCHEMA gone")
+    oracle.setup("SELECT noop()")
+    # created behind the gateway's relation catalog (another session, a function body)
+    oracle.conn.execute("DROP TABLE IF EXISTS public.fresh_secret")
+    oracle.conn.execute("CREATE TABLE public.fresh_secret (s text)")
+    try:
+        assert oracle.missed("SELECT * FROM fresh_secret") is None
+    finally:
+        oracle.conn.execute("DROP TABLE public.fresh_secret")
