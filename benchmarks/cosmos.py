@@ -4,7 +4,8 @@ Usage::
 
     .venv/bin/python -m benchmarks.cosmos [--requests 2000] [--concurrency 8]
 
-The test account (tests/fakes/cosmos, aiohttp) and the real :class:`Gateway` (profile cosmos,
+The test account (src/lockgate/demo/standins/cosmos, aiohttp) and the real :class:`Gateway`
+(profile cosmos,
 account key credential, policy, the hash-chained audit trail) each run on a uvloop in a
 process of their own; the client (aiohttp, keep-alive) runs in this one and signs every
 request as the SDK does (master-key HMAC over verb, type, link and ``x-ms-date``).
@@ -49,7 +50,7 @@ DOC_PATH = "dbs/sales/colls/orders/docs/d1"
 
 async def fake_account(args: dict[str, Any]) -> dict[str, Any]:
     """Server process: the test account with one document."""
-    from tests.fakes.cosmos import start_cosmos
+    from lockgate.demo.standins.cosmos import start_cosmos
 
     fake = await start_cosmos()
     fake.store.create_database({"id": "sales"})

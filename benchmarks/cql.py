@@ -2,7 +2,8 @@
 
     .venv/bin/python -m benchmarks.cql [--duration 5] [--window 64] [--rounds 3]
 
-The fake Cassandra node (tests/fakes/cqlserver) and the gateway (``lockgate serve``) run in
+The fake Cassandra node (src/lockgate/demo/standins/cqlserver) and the gateway (``lockgate serve``)
+run in
 their own processes; this process is the client, the real cassandra-driver (protocol v4)
 with ``execute_async`` and a fixed window of statements in flight. Two workloads, each for
 ``--duration`` seconds after a short warm-up, direct (the gateway's own upstream login) and

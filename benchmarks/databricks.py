@@ -4,7 +4,8 @@ Usage::
 
     .venv/bin/python -m benchmarks.databricks [--requests 2000] [--concurrency 8]
 
-The test workspace (tests/fakes/databricks, aiohttp) and the real :class:`Gateway` (profile
+The test workspace (src/lockgate/demo/standins/databricks, aiohttp) and the real :class:`Gateway`
+(profile
 databricks on its own listener, OAuth M2M upstream credential, run registry, policy, the
 hash-chained audit trail) each run on a uvloop in a process of their own; the client
 (aiohttp, keep-alive) runs in this one. ``direct`` polls the workspace with an OAuth token of
@@ -52,7 +53,7 @@ rules:
 
 async def fake_workspace(args: dict[str, Any]) -> dict[str, Any]:
     """Server process: the test workspace with one job."""
-    from tests.fakes.databricks import DEFAULT_CLIENT_ID, FakeDatabricks, start
+    from lockgate.demo.standins.databricks import DEFAULT_CLIENT_ID, FakeDatabricks, start
 
     fake = FakeDatabricks({"bench-secret"}, pending_polls=10**9)
     cluster = {"node_type_id": "i3.xlarge", "num_workers": 2}

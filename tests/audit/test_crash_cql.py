@@ -26,10 +26,10 @@ import pytest
 
 from lockgate.audit import AuditReader
 from lockgate.config import load_config
+from lockgate.demo.standins.cqlserver.execlog import ExecutionLog
 from lockgate.gateway.cql import codec
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.server import State
-from tests.fakes.cqlserver.execlog import ExecutionLog
 from tests.gateway.cql.engine_stack import RawClient
 from tests.gateway.cql.process_stack import (
     CONFIG,
@@ -90,7 +90,7 @@ def test_sigkill_under_pipelined_cql_loses_no_executed_statement(tmp_path: Path)
     password = secrets.token_urlsafe(18)
     execlog = tmp_path / "executed.jsonl"
     node = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.cqlserver", "--port", "0",
+        [sys.executable, "-m", "lockgate.demo.standins.cqlserver", "--port", "0",
          "--user", "cassandra:cassandra", "--user", f"{UPSTREAM_USER}:{password}",
          "--execution-log", str(execlog)],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from lockgate.config import LockgateConfig
 from lockgate.control import managed_identity as mi
+from lockgate.demo.standins.entra.thread import LoopThread
 from lockgate.identity import KeyStore, RevocationStore, TaskIdentity, TokenIssuer, TokenVerifier
-from tests.fakes.entra.thread import LoopThread
 
 ISSUER = "https://lockgate.test"
 ARM = "https://management.azure.com"

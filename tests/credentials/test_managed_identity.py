@@ -15,9 +15,9 @@ from aiohttp import web
 from lockgate.config import LockgateConfig, ManagedIdentityCredential
 from lockgate.credentials import CredentialBroker, CredentialStore
 from lockgate.credentials.managed_identity import IMDS, request_for
+from lockgate.demo.standins.entra import FakeEntra
+from lockgate.demo.standins.entra import start as start_entra
 from lockgate.errors import CredentialError
-from tests.fakes.entra import FakeEntra
-from tests.fakes.entra import start as start_entra
 from tests.fakes.test_entra import make_cert
 
 ARM = "https://management.azure.com"

@@ -3,7 +3,8 @@
 :class:`CqlLocalStack` extends :class:`~lockgate.demo.stack.LocalStack` (``lockgate init``,
 demo upstream, gateway in a background thread) with:
 
-* a fake Cassandra node (tests/fakes/cqlserver) on its own event loop in its own thread,
+* a fake Cassandra node (src/lockgate/demo/standins/cqlserver) on its own event loop in its own
+thread,
   started first and kept for the stack's whole life, with keyspace ``sales`` and tables
   ``orders`` and ``payouts``;
 * in lockgate.yaml: a ``listeners.cql`` section (TLS with the dev certificate), a
@@ -27,7 +28,7 @@ from typing import Any
 import yaml
 
 from lockgate.demo.stack import REPO_ROOT, LocalStack
-from tests.fakes.cqlserver import CqlServer, start_cql_server
+from lockgate.demo.standins.cqlserver import CqlServer, start_cql_server
 from tests.gateway.cql.engine_stack import run_on_fake
 
 RESOURCE = "sales-cassandra"

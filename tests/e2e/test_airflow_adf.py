@@ -1,5 +1,6 @@
 """Real Airflow 3 DAGs with the stock Azure Data Factory operators, through Lockgate, to the
-test ADF (tests/fakes/adf) behind the test Entra ID (tests/fakes/entra).
+test ADF (src/lockgate/demo/standins/adf) behind the test Entra ID
+(src/lockgate/demo/standins/entra).
 
 The stack is the demo stack plus: the Entra and ADF fakes on a background loop, Lockgate's
 forward proxy (CONNECT; intercepts management.azure.com with the interception CA), an
@@ -27,12 +28,12 @@ import yaml
 from lockgate.cli import main as lockgate_cli
 from lockgate.demo.run import run_dags
 from lockgate.demo.stack import REPO_ROOT, LocalStack, free_port
+from lockgate.demo.standins.adf import FakeAdf
+from lockgate.demo.standins.adf import start as start_adf
+from lockgate.demo.standins.entra import FakeEntra
+from lockgate.demo.standins.entra import start as start_entra
+from lockgate.demo.standins.entra.thread import LoopThread, server_tls
 from lockgate.tlsgen import write_dev_ca
-from tests.fakes.adf import FakeAdf
-from tests.fakes.adf import start as start_adf
-from tests.fakes.entra import FakeEntra
-from tests.fakes.entra import start as start_entra
-from tests.fakes.entra.thread import LoopThread, server_tls
 
 pytest.importorskip("airflow.providers.microsoft.azure", reason="the Azure provider")
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]

@@ -1,6 +1,7 @@
 """Real Airflow 3 DAGs with the stock Cassandra provider, through Lockgate, to a Cassandra node.
 
-The node is the fake from tests/fakes/cqlserver; the DAGs are examples/dags/sales_*.py and
+The node is the fake from src/lockgate/demo/standins/cqlserver; the DAGs are
+examples/dags/sales_*.py and
 their policy examples/policies/sales.yaml. The Lockgate secrets backend answers
 ``sales_cassandra`` inside each task with the gateway's CQL listener (TLS) and a fresh token.
 """

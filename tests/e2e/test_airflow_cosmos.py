@@ -1,5 +1,5 @@
 """Real Airflow 3 DAGs with the stock Cosmos DB provider and the azure-cosmos SDK, through
-Lockgate, to the fake Cosmos DB account (tests/fakes/cosmos).
+Lockgate, to the fake Cosmos DB account (src/lockgate/demo/standins/cosmos).
 
 The stack is the demo stack plus: the fake account on its own loop/thread (advertising an
 unreachable endpoint in discovery, so a client that skipped the gateway would fail), an
@@ -25,7 +25,7 @@ import yaml
 from lockgate.cli import main as lockgate_cli
 from lockgate.demo.run import run_dags
 from lockgate.demo.stack import REPO_ROOT, LocalStack
-from tests.fakes.cosmos import CosmosFake, running_cosmos
+from lockgate.demo.standins.cosmos import CosmosFake, running_cosmos
 
 pytest.importorskip("airflow.providers.microsoft.azure", reason="the Azure provider")
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]

@@ -1,5 +1,5 @@
 """Real Airflow 3 DAGs with the stock Databricks provider and databricks-sdk, through
-Lockgate, to the test workspace (tests/fakes/databricks) behind OAuth M2M.
+Lockgate, to the test workspace (src/lockgate/demo/standins/databricks) behind OAuth M2M.
 
 The stack is the demo stack plus: the fake workspace on its own loop/thread, a ``databricks``
 resource (profile databricks, mounted on its own TLS listener, cap of 8 workers for
@@ -26,7 +26,7 @@ import yaml
 from lockgate.cli import main as lockgate_cli
 from lockgate.demo.run import run_dags
 from lockgate.demo.stack import REPO_ROOT, LocalStack, free_port
-from tests.fakes.databricks import DEFAULT_CLIENT_ID, FakeDatabricks, start
+from lockgate.demo.standins.databricks import DEFAULT_CLIENT_ID, FakeDatabricks, start
 
 pytest.importorskip("airflow.providers.databricks", reason="the Databricks provider")
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]

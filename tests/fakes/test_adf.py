@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.adf import FakeAdf
-from tests.fakes.adf import start as start_adf
-from tests.fakes.entra import FakeEntra
-from tests.fakes.entra import start as start_entra
-from tests.fakes.entra.thread import LoopThread, server_tls
+from lockgate.demo.standins.adf import FakeAdf
+from lockgate.demo.standins.adf import start as start_adf
+from lockgate.demo.standins.entra import FakeEntra
+from lockgate.demo.standins.entra import start as start_entra
+from lockgate.demo.standins.entra.thread import LoopThread, server_tls
 
 pytest.importorskip("azure.mgmt.datafactory")
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from lockgate.credentials.cosmos import derive_task_key
-from tests.fakes.cosmos import CosmosFake, new_key, running_cosmos
+from lockgate.demo.standins.cosmos import CosmosFake, new_key, running_cosmos
 
 hooks = pytest.importorskip("airflow.providers.microsoft.azure.hooks.cosmos")
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.cosmos import CosmosFake, start_cosmos
-from tests.fakes.cosmos.operations import post_operation
+from lockgate.demo.standins.cosmos import CosmosFake, start_cosmos
+from lockgate.demo.standins.cosmos.operations import post_operation
 from tests.fakes.test_cosmos_wire import call
 
 DOCS = "/dbs/d/colls/c/docs"

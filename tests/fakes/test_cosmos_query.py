@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes.cosmos.query import QueryError, parse_query, run_query
+from lockgate.demo.standins.cosmos.query import QueryError, parse_query, run_query
 
 DOCS = [
     {"id": "1", "n": 1, "flag": True, "s": "it's", "deep": {"k": "v"}},

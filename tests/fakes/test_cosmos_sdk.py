@@ -11,7 +11,7 @@ from azure.cosmos import CosmosClient, PartitionKey
 from azure.cosmos import _base as sdk_base
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError
 
-from tests.fakes.cosmos import CosmosFake, new_key, running_cosmos
+from lockgate.demo.standins.cosmos import CosmosFake, new_key, running_cosmos
 
 
 @pytest.fixture

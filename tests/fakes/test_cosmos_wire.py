@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
 from lockgate.credentials.cosmos import resource_of, sign
-from tests.fakes.cosmos import CosmosFake, start_cosmos
+from lockgate.demo.standins.cosmos import CosmosFake, start_cosmos
 
 AAD_SECRET = "aad-test-secret-that-is-long-enough-for-hs256"
 

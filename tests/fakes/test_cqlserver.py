@@ -26,8 +26,8 @@ from cassandra.cluster import (
 from cassandra.policies import DCAwareRoundRobinPolicy
 from cassandra.query import BatchStatement, BatchType, SimpleStatement
 
+from lockgate.demo.standins.cqlserver import CqlServer, start_cql_server
 from lockgate.tlsgen import write_dev_tls
-from tests.fakes.cqlserver import CqlServer, start_cql_server
 
 T = TypeVar("T")
 KS = "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}"

@@ -14,11 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.cqlserver import CqlServer, cql, start_cql_server
-from tests.fakes.cqlserver.client import RawCql, execute_frame, prepare_frame, query_frame
-from tests.fakes.cqlserver.execlog import ExecutionLog
-from tests.fakes.cqlserver.grammar import parse
-from tests.fakes.cqlserver.wire import CqlError
+from lockgate.demo.standins.cqlserver import CqlServer, cql, start_cql_server
+from lockgate.demo.standins.cqlserver.client import (
+    RawCql,
+    execute_frame,
+    prepare_frame,
+    query_frame,
+)
+from lockgate.demo.standins.cqlserver.execlog import ExecutionLog
+from lockgate.demo.standins.cqlserver.grammar import parse
+from lockgate.demo.standins.cqlserver.wire import CqlError
 
 INS = "INSERT INTO ks.t (k, v) VALUES (1, 'a')"
 UPD = "UPDATE ks.t SET v = 'b' WHERE k = 2"

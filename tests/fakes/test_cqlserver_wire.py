@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes.cqlserver import CqlServer, start_cql_server
-from tests.fakes.cqlserver.types import parse_type
+from lockgate.demo.standins.cqlserver import CqlServer, start_cql_server
+from lockgate.demo.standins.cqlserver.types import parse_type
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.fakes.entra import FakeEntra, start
-from tests.fakes.entra.thread import LoopThread, server_tls
+from lockgate.demo.standins.entra import FakeEntra, start
+from lockgate.demo.standins.entra.thread import LoopThread, server_tls
 
 azure_identity = pytest.importorskip("azure.identity")
 ARM_SCOPE = "https://management.azure.com/.default"

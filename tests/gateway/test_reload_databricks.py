@@ -4,7 +4,7 @@ a resource moved to another workspace inherits the old workspace's run ownership
 from __future__ import annotations
 
 from lockgate.config import HttpResource
-from tests.fakes.databricks import FakeDatabricks, start
+from lockgate.demo.standins.databricks import FakeDatabricks, start
 from tests.gateway.http.test_databricks import JOB_101, Env, env  # noqa: F401  (fixture)
 
 

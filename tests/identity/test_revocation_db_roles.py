@@ -18,8 +18,8 @@ import pytest
 
 from lockgate.cli import main
 from lockgate.config import load_config
+from lockgate.demo.standins.cqlserver import start_cql_server
 from lockgate.server import Gateway
-from tests.fakes.cqlserver import start_cql_server
 from tests.gateway.cql.engine_stack import (
     POLICY,
     SCHEMA,

@@ -22,15 +22,15 @@ from cassandra.policies import DCAwareRoundRobinPolicy
 
 from lockgate.audit.record import AuditRow
 from lockgate.config import load_config
+from lockgate.demo.standins.cqlserver import CqlServer, start_cql_server
+from lockgate.demo.standins.cqlserver.executor import Bound
+from lockgate.demo.standins.cqlserver.grammar import parse
+from lockgate.demo.standins.cqlserver.session import Session as FakeSession
 from lockgate.gateway.cql import codec
 from lockgate.gateway.cql.context import EngineContext
 from lockgate.gateway.cql.engine import CqlEngine
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.server import Gateway
-from tests.fakes.cqlserver import CqlServer, start_cql_server
-from tests.fakes.cqlserver.executor import Bound
-from tests.fakes.cqlserver.grammar import parse
-from tests.fakes.cqlserver.session import Session as FakeSession
 
 UPSTREAM_USER = "lockgate"
 UPSTREAM_PASSWORD = "upstream-pw-not-a-token"

@@ -2,7 +2,8 @@
 
 ``start_process_stack(workdir)`` writes a lockgate.yaml (cql listener, one ``kind: cql``
 resource ``cass``, policy: ``etl`` DAGs read/write ``ks.*``), stores the upstream password in
-the credential store, starts ``python -m tests.fakes.cqlserver`` and ``lockgate serve`` as
+the credential store, starts ``python -m lockgate.demo.standins.cqlserver`` and ``lockgate serve``
+as
 subprocesses, creates the schema directly on the node, and waits until the cql listener
 answers. Tokens are minted in this process with the gateway's own signing keys (same data
 dir), as the token service would mint them. ``stop()`` terminates both processes.
@@ -181,7 +182,7 @@ def start_process_stack(
     password = secrets.token_urlsafe(18)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
     fake = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.cqlserver", "--port", "0",
+        [sys.executable, "-m", "lockgate.demo.standins.cqlserver", "--port", "0",
          "--user", "cassandra:cassandra", "--user", f"{UPSTREAM_USER}:{password}"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.cqlserver.client import RawCql
+from lockgate.demo.standins.cqlserver.client import RawCql
 
 from .engine_stack import stop_stack
 from .test_oracle import Oracle

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from cassandra import Unauthorized
 
+from lockgate.demo.standins.cqlserver.client import execute_frame, prepare_frame, query_frame
 from lockgate.gateway.cql import codec
 from lockgate.gateway.cql.statements import PreparedStatements
-from tests.fakes.cqlserver.client import execute_frame, prepare_frame, query_frame
 
 from .engine_stack import (
     RESOURCE,

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from lockgate.config import CqlResource
+from lockgate.demo.standins.cqlserver import CqlServer
 from lockgate.gateway.cql.dynamic_roles import DbRoles
 from lockgate.gateway.cql.roles import RolesRetired, role_name
 from lockgate.identity import RevocationStore
-from tests.fakes.cqlserver import CqlServer
 
 from ..fakes import FakePolicy, FakePolicySet
 from .test_dynamic_roles import mint

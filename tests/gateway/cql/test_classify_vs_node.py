@@ -1,6 +1,6 @@
 """The gateway's classification against the test node's own reading of the same text.
 
-The node (``tests.fakes.cqlserver``) lexes and parses with code written separately from
+The node (``lockgate.demo.standins.cqlserver``) lexes and parses with code written separately from
 Cassandra's grammar. For each edge of the lexer an attacker would try (ANTLR's choices on
 ``-nab``, ``1.e5``, ``0x`` and ``1e+``; NUL, BOM, no-break and line-separator characters;
 surrogate pairs in quoted names; ``$$`` strings holding quotes; CR-ended comments; texts past
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import pytest
 
+from lockgate.demo.standins.cqlserver import cql
+from lockgate.demo.standins.cqlserver.execlog import describe_all
+from lockgate.demo.standins.cqlserver.grammar import parse
 from lockgate.gateway.cql.classify import classify
 from lockgate.gateway.cql.statements import CACHE_TEXT_MAX
-from tests.fakes.cqlserver import cql
-from tests.fakes.cqlserver.execlog import describe_all
-from tests.fakes.cqlserver.grammar import parse
 
 SECRET = "DELETE FROM ks.secret WHERE id = 1"
 TEXTS = [

@@ -21,8 +21,8 @@ from cassandra import Unauthorized
 from cassandra.cluster import NoHostAvailable
 
 from lockgate.config import load_config
+from lockgate.demo.standins.cqlserver import CqlServer, start_cql_server
 from lockgate.server import Gateway
-from tests.fakes.cqlserver import CqlServer, start_cql_server
 from tests.gateway.role_route import DEPLOYMENT_SECRET, RoleRoute, task_coords
 
 from .engine_stack import POLICY, SCHEMA, UPSTREAM_PASSWORD, UPSTREAM_USER, connect, run_on_fake

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from lockgate.config import CqlResource, ListenerConfig, Listeners
+from lockgate.demo.standins.cqlserver import CqlServer, start_cql_server
 from lockgate.gateway.cql import CqlEngine, codec
 from lockgate.gateway.engine import Collaborators
-from tests.fakes.cqlserver import CqlServer, start_cql_server
 
 from ..fakes import (
     FakeAudit,

@@ -9,9 +9,9 @@ cluster's, and must not be what the next login of the moved resource is judged w
 from __future__ import annotations
 
 from lockgate.config import ListenerConfig, Listeners
+from lockgate.demo.standins.cqlserver import CqlServer, start_cql_server
 from lockgate.gateway.cql import CqlEngine, codec
 from lockgate.gateway.engine import Collaborators
-from tests.fakes.cqlserver import CqlServer, start_cql_server
 
 from ..fakes import FakeAudit, FakePolicy, FakePolicySet, FakeSigner, FakeVerifier, claims_for
 from .engine_stack import RawClient, run_on_fake

@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.cqlserver.client import (
+from lockgate.demo.standins.cqlserver.client import (
     RawCql,
     batch_frame,
     execute_frame,
     prepare_frame,
     query_frame,
 )
-from tests.fakes.cqlserver.execlog import Execution
-from tests.fakes.cqlserver.oracle import judge
+from lockgate.demo.standins.cqlserver.execlog import Execution
+from lockgate.demo.standins.cqlserver.oracle import judge
 
 from .engine_stack import RESOURCE, Stack, run_on_fake, start_stack, stop_stack
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.cqlserver.client import RawCql, batch_frame, query_frame
+from lockgate.demo.standins.cqlserver.client import RawCql, batch_frame, query_frame
 
 from .engine_stack import stop_stack
 from .test_oracle import Oracle

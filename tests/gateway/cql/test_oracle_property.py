@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes.cqlserver.client import (
+from lockgate.demo.standins.cqlserver.client import (
     Answer,
     execute_frame,
     prepare_frame,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.cqlserver.client import execute_frame, prepare_frame, query_frame
+from lockgate.demo.standins.cqlserver.client import execute_frame, prepare_frame, query_frame
 
 from .engine_stack import run_on_fake, stop_stack
 from .test_oracle import Oracle

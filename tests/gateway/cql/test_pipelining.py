@@ -17,10 +17,10 @@ import pytest
 from cassandra import Unauthorized
 from cassandra.cluster import Session
 
+from lockgate.demo.standins.cqlserver import session as fake_session
+from lockgate.demo.standins.cqlserver.session import prepared_id
+from lockgate.demo.standins.cqlserver.wire import RESULT_SET_KEYSPACE, int32, string
 from lockgate.gateway.cql import codec
-from tests.fakes.cqlserver import session as fake_session
-from tests.fakes.cqlserver.session import prepared_id
-from tests.fakes.cqlserver.wire import RESULT_SET_KEYSPACE, int32, string
 
 from .engine_stack import RawClient, Stack, connect, cql_context, run_on_fake, stack_fixture
 

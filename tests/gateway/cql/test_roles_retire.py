@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lockgate.demo.standins.cqlserver import CqlServer
 from lockgate.gateway.cql.roles import DynamicRoles, RolesRetired, role_name
-from tests.fakes.cqlserver import CqlServer
 
 from ..fakes import FakePolicy, FakePolicySet
 from .test_attack_roles import orders_cql

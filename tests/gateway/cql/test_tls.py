@@ -17,10 +17,10 @@ import pytest
 from cassandra.cluster import NoHostAvailable
 
 from lockgate.config import load_config
+from lockgate.demo.standins.cqlserver import start_cql_server
 from lockgate.gateway.cql import codec
 from lockgate.server import Gateway
 from lockgate.tlsgen import write_dev_tls
-from tests.fakes.cqlserver import start_cql_server
 
 from .engine_stack import (
     CONFIG,

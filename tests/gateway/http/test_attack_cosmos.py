@@ -1,7 +1,8 @@
 """Attacks on the Cosmos DB profile riding the one HTTP exchange.
 
 Each test is an attack a task (or whoever found its endpoint URL) could make; the fake
-account's own request log (tests/fakes/cosmos) is the oracle for "reached the upstream",
+account's own request log (src/lockgate/demo/standins/cosmos) is the oracle for "reached the
+upstream",
 the audit trail and the captured log for "recorded, and recorded without a secret"."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The Cosmos DB profile through the real gateway, with the real azure-cosmos SDK, to the fake
-account (tests/fakes/cosmos). The SDK is synchronous: its calls run in a thread while the
+account (src/lockgate/demo/standins/cosmos). The SDK is synchronous: its calls run in a thread
+while the
 gateway and the fake share the test's loop."""
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 
 from lockgate.config import parse_config
 from lockgate.credentials.cosmos import derive_task_key, sign, task_key_secret
+from lockgate.demo.standins.cosmos import CosmosFake, start_cosmos
 from lockgate.gateway.http import HttpEngine
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway, State
-from tests.fakes.cosmos import CosmosFake, start_cosmos
 
 POLICY = """\
 rules:
@@ -245,7 +246,7 @@ async def test_rotation_primary_to_secondary_fails_no_write(env: Env) -> None:
 
 
 async def test_upstream_401_retries_once_with_the_previous_key(env: Env) -> None:
-    from tests.fakes.cosmos import new_key
+    from lockgate.demo.standins.cosmos import new_key
 
     state = State(env.gw.config)
     state.credentials.rotate(CRED, new_key())  # rotated in Lockgate before Azure knows it

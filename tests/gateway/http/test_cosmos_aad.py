@@ -1,5 +1,6 @@
 """Cosmos DB with ``upstream_auth: aad``: the gateway signs upstream with an Entra ID token
-obtained by the credential broker (client credentials against tests/fakes/entra), and the
+obtained by the credential broker (client credentials against src/lockgate/demo/standins/entra),
+and the
 Entra client secret is rotated while the real azure-cosmos SDK writes through the gateway.
 
 The fake account accepts only bearer tokens that the fake Entra ID signed, for the account's
@@ -26,12 +27,12 @@ from azure.cosmos import CosmosClient
 from lockgate import cli
 from lockgate.config import LockgateConfig, load_config
 from lockgate.credentials.cosmos import sign
+from lockgate.demo.standins.cosmos import CosmosFake, new_key, start_cosmos
+from lockgate.demo.standins.entra import FakeEntra
+from lockgate.demo.standins.entra import start as start_entra
 from lockgate.gateway.http import HttpEngine
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway, State
-from tests.fakes.cosmos import CosmosFake, new_key, start_cosmos
-from tests.fakes.entra import FakeEntra
-from tests.fakes.entra import start as start_entra
 
 POLICY = """\
 rules:

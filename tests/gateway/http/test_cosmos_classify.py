@@ -5,7 +5,8 @@
    that operation needs. A live re-capture notices when a new SDK version sends other headers.
 2. Every combination of the query, query-plan, upsert and batch markers (values, casing,
    white space, content types): the classifier must never call a POST a read unless the test
-   account (written from the REST docs, :mod:`tests.fakes.cosmos.operations`) reads it as a
+   account (written from the REST docs, :mod:`lockgate.demo.standins.cosmos.operations`) reads it
+   as a
    query too, and must refuse rather than guess when the markers disagree.
 """
 
@@ -18,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from lockgate.demo.standins.cosmos.capture import capture
+from lockgate.demo.standins.cosmos.operations import post_operation
 from lockgate.gateway.http.profiles.cosmos import Refused, classify
-from tests.fakes.cosmos.capture import capture
-from tests.fakes.cosmos.operations import post_operation
 
 CAPTURES = Path(__file__).parent / "cosmos_captures" / "azure-cosmos.json"
 DOCS = "/dbs/sales/colls/orders/docs"
@@ -106,7 +107,9 @@ def test_a_live_capture_with_the_installed_sdk_matches_the_fixture() -> None:
     """A new SDK version that sends other headers must be looked at (and re-captured)."""
     fixture = json.loads(CAPTURES.read_text())
     live = capture()
-    hint = "python -m tests.fakes.cosmos.capture > " + str(CAPTURES.relative_to(Path.cwd()))
+    hint = "python -m lockgate.demo.standins.cosmos.capture > " + str(
+        CAPTURES.relative_to(Path.cwd())
+    )
 
     def shape(data: dict[str, Any]) -> list[tuple[Any, ...]]:
         return [

@@ -4,7 +4,8 @@ A battery of requests goes through the real gateway to the test account: every i
 marker combination and a sample of all of them, duplicate marker headers, and the operations
 of the real ``azure-cosmos`` SDK (CRUD, patch, batch, single- and cross-partition queries with
 a query plan), sent by a principal that may write and by one that may only read. After each
-one, every operation the account executed (its own log, :mod:`tests.fakes.cosmos.operations`)
+one, every operation the account executed (its own log,
+:mod:`lockgate.demo.standins.cosmos.operations`)
 must match an allowed audit record of the same principal with the action that operation needs
 on the same object, and the policy below must allow it. The account decides what it executes
 from the REST docs, not from Lockgate's classifier, so a classification gap shows up here as
@@ -26,7 +27,7 @@ from azure.cosmos.exceptions import CosmosHttpResponseError
 from multidict import CIMultiDict
 
 from lockgate.credentials.cosmos import resource_of, sign
-from tests.fakes.cosmos import Executed
+from lockgate.demo.standins.cosmos import Executed
 from tests.gateway.http import test_cosmos as stack
 from tests.gateway.http.test_cosmos_classify import (
     NEEDS,

@@ -1,6 +1,7 @@
 """Every request the account receives is in the audit trail as often as it was sent.
 
-The account's own request log (tests/fakes/cosmos) is the oracle: a request it ran must
+The account's own request log (src/lockgate/demo/standins/cosmos) is the oracle: a request it ran
+must
 have an ``admitted`` record, and a second copy of it (a resend after a dropped answer, a
 retry with another key version) must show in the outcome record's ``retries``."""
 

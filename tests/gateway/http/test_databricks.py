@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 
 from lockgate.config import parse_config
+from lockgate.demo.standins.databricks import DEFAULT_CLIENT_ID, FakeDatabricks, start
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway, State
-from tests.fakes.databricks import DEFAULT_CLIENT_ID, FakeDatabricks, start
 
 POLICY = """\
 rules:

@@ -7,7 +7,8 @@ the fake account executed for it, which is the tests' expected answer.
 
 Refresh the committed fixture after an SDK upgrade (the live test says when)::
 
-    python -m tests.fakes.cosmos.capture > tests/gateway/http/cosmos_captures/azure-cosmos.json
+    python -m lockgate.demo.standins.cosmos.capture \
+        > tests/gateway/http/cosmos_captures/azure-cosmos.json
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ class FakeDatabricks:
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if not request.path.startswith("/api/"):
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
+            return response
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else None
@@ -163,7 +164,8 @@ class FakeDatabricks:
                 **{"Retry-After": self._retry_after},
             )
         request["params"] = {**(body if isinstance(body, dict) else {}), **request.query}
-        return await handler(request)
+        answered: web.StreamResponse = await handler(request)
+        return answered
 
     def _int(self, request: web.Request, key: str) -> int:
         v = request["params"].get(key)

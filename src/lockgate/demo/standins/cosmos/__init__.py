@@ -1,4 +1,6 @@
-"""A fake Azure Cosmos DB account (NoSQL REST API) for tests, written from the public REST docs.
+"""An Azure Cosmos DB account (NoSQL REST API), written from the public REST docs.
+
+A stand-in for demos and tests, written from the public API docs: not the service.
 
 It checks the real auth scheme (master-key HMAC over verb, resource type, resource link and
 ``x-ms-date``, with a 15-minute skew window; AAD bearer tokens through an injected verifier),

@@ -8,6 +8,7 @@ not share code with Lockgate's own codec on purpose, so each checks the other.
 
 from __future__ import annotations
 
+import builtins
 import struct
 from dataclasses import dataclass
 
@@ -125,7 +126,7 @@ class Reader:
     def int(self) -> int:
         return int.from_bytes(self.take(4), "big", signed=True)
 
-    def long(self) -> int:
+    def long(self) -> builtins.int:
         return int.from_bytes(self.take(8), "big", signed=True)
 
     def string(self) -> str:

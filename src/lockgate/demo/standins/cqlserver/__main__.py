@@ -1,4 +1,9 @@
-"""Run the fake CQL server: ``python -m tests.fakes.cqlserver --port 9042 --user u:p``."""
+"""Run the stand-in CQL node: ``python -m lockgate.demo.standins.cqlserver --port 9042``.
+
+Options: ``--user u:p`` (repeatable) and more, see ``--help``.
+
+A stand-in for demos and tests, written from the CQL protocol spec: not Apache Cassandra.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m tests.fakes.cqlserver")
+    ap = argparse.ArgumentParser(prog="python -m lockgate.demo.standins.cqlserver")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9042)
     ap.add_argument("--user", type=_pair, action="append", help="superuser NAME:PASSWORD")

@@ -168,8 +168,8 @@ def _get(doc: Any, path: list[str]) -> Any:
 def _same(a: Any, b: Any) -> bool:
     # Cosmos equality does not coerce types: 1 = true is false, 1 = 1.0 is true.
     if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
+        return type(a) is type(b) and bool(a == b)
+    return bool(a == b)
 
 
 def run_query(query: Query, params: dict[str, Any], items: list[dict[str, Any]]) -> list[Any]:

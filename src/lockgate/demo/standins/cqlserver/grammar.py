@@ -10,6 +10,7 @@ from typing import Any
 
 from . import cql
 from .cql import Parser, syntax
+from .wire import CqlError
 
 
 def parse(text: str) -> tuple[Any, int]:
@@ -66,7 +67,7 @@ def _select(p: Parser) -> cql.Select:
             else:
                 name = p.ident()
             alias = p.ident() if p.kw("as") else name
-            if not count:
+            if not count and selectors is not None:
                 selectors.append((name, alias))
             if not p.op(","):
                 break
@@ -107,7 +108,7 @@ def _insert(p: Parser) -> cql.Insert:
         vals.append(p.term())
     p.expect(")")
     if len(vals) != len(cols):
-        raise cql.CqlError(0x2200, "Unmatched column names/values")
+        raise CqlError(0x2200, "Unmatched column names/values")
     ine = p.if_clause(("not", "exists"))
     return cql.Insert(table, cols, tuple(vals), ine, p.using())
 
@@ -176,7 +177,7 @@ def _create(p: Parser) -> Any:
             if not p.kw("and"):
                 break
         if "class" not in repl:
-            raise cql.CqlError(0x2300, "Missing mandatory replication strategy class")
+            raise CqlError(0x2300, "Missing mandatory replication strategy class")
         return cql.CreateKeyspace(name, ine, repl, durable)
     if p.kw("table", "columnfamily"):
         return _create_table(p)
@@ -250,7 +251,7 @@ def _create_table(p: Parser) -> cql.CreateTable:
             else:
                 p.next()  # other table options do not change the fake's behaviour
     if not pk:
-        raise cql.CqlError(0x2200, "No PRIMARY KEY specifed (exactly one required)")
+        raise CqlError(0x2200, "No PRIMARY KEY specifed (exactly one required)")
     return cql.CreateTable(table, ine, tuple(cols), pk, ck, frozenset(desc))
 
 

@@ -2,9 +2,9 @@
 
 Strategy: check auth first and exactly (nothing is answered to an unsigned or badly signed
 request, not even ``GET /``), then throttle on demand, then route on the URL-decoded path
-segments to the in-memory :class:`~tests.fakes.cosmos.store.Store`. The signature check is a
-separate, deliberately small implementation written from the REST docs, not Lockgate's signing
-module, so a bug in one is caught by the other.
+segments to the in-memory :class:`~lockgate.demo.standins.cosmos.store.Store`. The
+signature check is a separate, deliberately small implementation written from the REST
+docs, not Lockgate's signing module, so a bug in one is caught by the other.
 """
 
 from __future__ import annotations

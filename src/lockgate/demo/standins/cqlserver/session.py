@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import cql, encode, wire
 from .execlog import Execution, describe_all
-from .executor import Bound, Result, SchemaChange, SetKeyspace, Void
+from .executor import Bound, Prepared, Result, SchemaChange, SetKeyspace, Void
 from .grammar import parse
 from .store import SYSTEM_KEYSPACES, Role, Table
 from .system import CQL_VERSION
 from .wire import CqlError, Reader, WireError
 
 if TYPE_CHECKING:
-    from .server import CqlServer, Prepared
+    from .server import CqlServer
 
 AUTHENTICATOR = "org.apache.cassandra.auth.PasswordAuthenticator"
 _NAMES = {wire.QUERY: "QUERY", wire.PREPARE: "PREPARE", wire.EXECUTE: "EXECUTE",
@@ -204,8 +204,6 @@ class Session:
         return Bound(list(values))
 
     def _prepare(self, text: str) -> bytes:
-        from .server import Prepared
-
         stmt, count = self._parse(text)
         ex = self.server.executor
         specs = ex.bind_specs(stmt, self.keyspace, count)
@@ -334,7 +332,8 @@ class Session:
                 t.partitions.clear()
                 return Void()
             op = {cql.Insert: ex.insert, cql.Update: ex.update, cql.Delete: ex.delete}[type(stmt)]
-            return op(stmt, t, bound)  # type: ignore[operator]
+            result: Result = op(stmt, t, bound)  # type: ignore[operator]
+            return result
         if isinstance(stmt, cql.Batch):
             for inner in stmt.statements:
                 self.run(inner, bound, ks, role, page)

@@ -144,7 +144,7 @@ class Store:
             if perm == "select" and ks in ("system", "system_schema"):
                 return
             raise unauthorized(role.name, perm, f"<keyspace {ks}>")
-        candidates = [("all",)]
+        candidates: list[tuple[str, ...]] = [("all",)]
         if ks is not None:
             candidates.append(("ks", ks))
             if table is not None:

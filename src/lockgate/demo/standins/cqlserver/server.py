@@ -21,7 +21,7 @@ from typing import Any
 
 from . import encode, wire
 from .execlog import ExecutionLog
-from .executor import Executor, Spec
+from .executor import Executor, Prepared
 from .session import Session
 from .store import Store
 from .system import FakePeer, SystemTables
@@ -36,14 +36,6 @@ _FAULT_MESSAGES = {
     wire.IS_BOOTSTRAPPING: "Cannot read from a bootstrapping node",
     wire.SERVER_ERROR: "java.lang.RuntimeException: injected failure",
 }
-
-
-@dataclass
-class Prepared:
-    text: str
-    keyspace: str | None
-    stmt: Any
-    specs: list[Spec]
 
 
 @dataclass

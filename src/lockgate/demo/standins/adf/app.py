@@ -141,15 +141,15 @@ class FakeAdf:
                 return web.json_response({"name": pipeline, "properties": {"activities": []}})
         rm = re.fullmatch(r"/pipelineruns/([^/]+)(/cancel)?", rest, re.IGNORECASE)
         if rm is not None:
-            run = self.runs.get(rm[1].lower())
-            if run is None or run.factory != factory:
+            found = self.runs.get(rm[1].lower())
+            if found is None or found.factory != factory:
                 return _arm_error(404, "PipelineRunNotFound", "run not found")
             if rm[2] and request.method == "POST":
-                run.cancelled = True
+                found.cancelled = True
                 return web.Response(status=200)
             if not rm[2] and request.method == "GET":
-                run.polls += 1
-                return web.json_response(self._run_json(run))
+                found.polls += 1
+                return web.json_response(self._run_json(found))
         return _arm_error(404, "NotFound", "operation not supported by the fake")
 
     def _run_json(self, run: Run) -> dict[str, Any]:

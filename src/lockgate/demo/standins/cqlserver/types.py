@@ -88,7 +88,7 @@ class CqlType:
         if n == "float":
             return struct.pack(">f", float(v))
         if n in ("uuid", "timeuuid"):
-            return v.bytes
+            return bytes(v.bytes)
         if n == "blob":
             return bytes(v)
         if n == "varint":
@@ -98,7 +98,7 @@ class CqlType:
             unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
             return struct.pack(">i", -int(exp)) + _varint(unscaled)
         if n == "inet":
-            return v.packed
+            return bytes(v.packed)
         if n == "date":
             return struct.pack(">I", (int(v) + 2**31) & 0xFFFFFFFF)
         if n in ("list", "set"):

@@ -5,7 +5,7 @@ Paths are the URL-decoded segments: ``[]`` is the account, ``[dbs]``, ``[dbs, d]
 ``[dbs, d, colls, c, docs, id]`` and ``[dbs, d, colls, c, pkranges]``. Anything else is 404.
 Feeds answer ``{"_rid", "<Kind>", "_count"}`` in one page (no continuation). Which operation
 a request runs (query, query plan, create, upsert, batch, ...) is decided once, by
-:func:`~tests.fakes.cosmos.operations.operation_of`, and logged in ``fake.executed``; the
+:func:`~lockgate.demo.standins.cosmos.operations.operation_of`, and logged in ``fake.executed``; the
 branches below only carry it out, so the log cannot differ from what was done.
 """
 
@@ -40,7 +40,7 @@ def _json_body(body: bytes) -> Any:
     return value
 
 
-def _ok(body: Any, status: int = 200, **headers: str) -> web.Response:
+def _ok(body: Any, status: int = 200, /, **headers: str) -> web.Response:
     headers.setdefault("x-ms-request-charge", "1")
     if isinstance(body, dict) and "_etag" in body:
         headers.setdefault("etag", body["_etag"])

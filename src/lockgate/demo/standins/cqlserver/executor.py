@@ -32,6 +32,16 @@ class Spec:
     type: CqlType
 
 
+@dataclass
+class Prepared:
+    """A statement prepared on the node: what EXECUTE runs by its id."""
+
+    text: str
+    keyspace: str | None
+    stmt: Any
+    specs: list[Spec]
+
+
 @dataclass(slots=True)
 class Rows:
     keyspace: str
@@ -271,9 +281,9 @@ class Executor:
         }
         for c in t.key_columns:
             if vals.get(c) in (None, UNSET):
-                part = "partition key part" if c in t.partition_key else "clustering key"
+                which = "partition key part" if c in t.partition_key else "clustering key"
                 raise invalid(
-                    f"Some {part}s are missing: {c}"
+                    f"Some {which}s are missing: {c}"
                     if c not in vals
                     else f"Invalid null value in condition for column {c}"
                 )
@@ -345,12 +355,12 @@ def _matches(actual: Any, rel: cql.Relation, ctype: CqlType, ex: Executor, bound
         return actual in {ex.value(x, ctype, bound) for x in rel.term}
     want = ex.value(rel.term, ctype, bound)
     if rel.op == "=":
-        return actual == want
+        return bool(actual == want)
     if actual is None or want is None:
         return False
-    return {"<": actual < want, "<=": actual <= want, ">": actual > want, ">=": actual >= want}[
-        rel.op
-    ]
+    return bool(
+        {"<": actual < want, "<=": actual <= want, ">": actual > want, ">=": actual >= want}[rel.op]
+    )
 
 
 def role_of(store: Store, name: str) -> Role:

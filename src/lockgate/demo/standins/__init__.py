@@ -1,0 +1,9 @@
+"""Local stand-ins for the services Lockgate guards, for ``lockgate demo`` and the tests.
+
+Each package here is a stand-in written from the service's public API docs or protocol
+spec, not the service: enough of Azure Cosmos DB (``cosmos``), Azure Data Factory over ARM
+(``adf``), Databricks (``databricks``), Microsoft Entra ID's token endpoint (``entra``) and an
+Apache Cassandra node (``cqlserver``) that the stock Airflow operators and SDKs work against
+them unchanged. They check credentials the way the services do, so the demo shows the
+gateway holding the only key. Nothing in ``lockgate.gateway`` or below imports them.
+"""
