@@ -238,6 +238,33 @@ async def test_server_trouble_is_an_upstream_error() -> None:
     assert outcome.event == "upstream_error" and outcome.detail["sqlstate"] == "57014"
 
 
+async def test_each_record_of_a_text_names_the_rule_that_allowed_its_own_objects() -> None:
+    h = FlowHarness()
+    await h.query("SELECT * FROM t; SELECT * FROM sales.orders; SELECT * FROM t, sales.orders")
+    first, second, both = h.admitted()
+    assert (first.object, first.rule) == ("public.t", "allow-public.*")
+    assert (second.object, second.rule) == ("sales.orders", "allow-sales.*")
+    assert both.detail["rules"] == {
+        "read public.t": "allow-public.*",
+        "read sales.orders": "allow-sales.*",
+    }
+    assert "rules" not in first.detail
+
+
+async def test_a_long_text_is_judged_off_the_event_loop_and_forwarded() -> None:
+    from lockgate.gateway.postgres.judge import THREAD_TEXT_CHARS
+
+    h = FlowHarness()
+    values = ",".join(str(n) for n in range(THREAD_TEXT_CHARS // 4))
+    text = f"SELECT * FROM sales.orders WHERE id IN ({values})"  # noqa: S608 (numbers)
+    assert len(text) >= THREAD_TEXT_CHARS
+    out = await h.query(text)
+    assert out.to_server == [codec.query(text)]
+    assert [r.object for r in h.admitted()] == ["sales.orders"]
+    assert await h.query("SELECT * FROM other.secret") is not None
+    assert [r.object for r in h.outcomes("denied")] == ["other.secret"]
+
+
 async def test_statement_without_object_is_admitted_under_the_builtin_rule() -> None:
     h = FlowHarness(allow=[])
     out = await h.query("BEGIN")

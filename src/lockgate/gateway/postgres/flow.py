@@ -171,7 +171,7 @@ class Flow(AnswerRelay):
         if kind == codec.QUERY:
             return await self._query(body)
         if kind == codec.PARSE:
-            return self._parse(body)
+            return await self._parse(body)
         if kind == codec.CLOSE:
             close = codec.decode_close(body)
             if close.kind == "S":
@@ -198,7 +198,7 @@ class Flow(AnswerRelay):
         refusal = judge.check_token()
         if refusal is not None:
             return self._refuse(refusal, t0, _text_detail(text), batch=False)
-        judged = judge.judged(text, self.scope)
+        judged = await judge.judged_async(text, self.scope)
         if _may_copy(judged, text):
             self._copy = "open"  # the client may stream its rows before the server asks
         if isinstance(judged, Unplaceable):
@@ -212,14 +212,14 @@ class Flow(AnswerRelay):
         self._units.extend(Unit(STATEMENT, p, self._sent(p)) for p in pendings)
         return self._forward(Unit(BATCH_END))
 
-    def _parse(self, body: bytes) -> Out | None:
+    async def _parse(self, body: bytes) -> Out | None:
         t0 = self.ctx.clock()
         parse = codec.decode_parse(body)
         names = {"statement_name": parse.name}
         refusal = self.judge.check_token()
         if refusal is not None:
             return self._refuse(refusal, t0, {**_text_detail(parse.query), **names})
-        judged = self.judge.judged(parse.query, self.scope)
+        judged = await self.judge.judged_async(parse.query, self.scope)
         if isinstance(judged, Unplaceable):
             refusal = self.judge.unplaceable(judged)
             return self._refuse(refusal, t0, {**_text_detail(parse.query), **names})
@@ -271,7 +271,7 @@ class Flow(AnswerRelay):
         assert portal is not None
         names["statement_name"] = portal.statement
         scope = self._scope_for(portal)
-        judged = judge.judged(portal.text, scope)
+        judged = await judge.judged_async(portal.text, scope)
         if _may_copy(judged, portal.text):
             # Rows may come before the server asks; a Sync sent before the client's CopyDone
             # goes unanswered once the server is in COPY (it ignores Sync there).
@@ -316,11 +316,12 @@ class Flow(AnswerRelay):
         pendings: list[Pending] = []
         try:
             for rec in records:
-                detail = {**rec.detail, **names} if names else dict(rec.detail)
+                # each record names the rule that allowed its own object(s)
+                rule, reason = admission.rule_for(rec)
+                detail = {**admission.detail_for(rec), **names}
                 admitted = ctx.records.admitted(
-                    claims, self.name, rec.action, rec.obj, admission.rule,
-                    admission.reason, detail,
-                )  # fmt: skip
+                    claims, self.name, rec.action, rec.obj, rule, reason, detail
+                )
                 pendings.append(Pending(t0, rec, ctx.audit.write_ahead(admitted), detail))
             durable = ctx.audit.durable()
             if durable is not None:
@@ -334,8 +335,9 @@ class Flow(AnswerRelay):
                 # Queued, not written ahead: it lands once the audit recovers (nothing ran).
                 ctx.record(
                     "upstream_error", claims, self.name, t0, action=rec.action, obj=rec.obj,
-                    decision="error", rule=admission.rule, reason="audit_unavailable",
-                    detail={**rec.detail, **names, "error": str(exc)[:200]},
+                    decision="error", rule=admission.rule_for(rec)[0],
+                    reason="audit_unavailable",
+                    detail={**admission.detail_for(rec), **names, "error": str(exc)[:200]},
                 )  # fmt: skip
             return Refusal(
                 "53000",
