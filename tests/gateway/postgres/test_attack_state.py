@@ -347,11 +347,6 @@ async def test_the_gateway_follows_the_servers_path_through_implicit_transaction
         assert rows is not None and "shadow-row-secret" not in repr(rows)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a write is not judged on the tables whose foreign keys reference the written one "
-    "with a cascading action: the server's cascade deletes or changes their rows",
-)
 @pytest.mark.parametrize(
     "action",
     ["ON DELETE CASCADE", "ON DELETE SET NULL", "ON UPDATE CASCADE"],
@@ -409,22 +404,8 @@ SIDE_EFFECTS = {
     "kind",
     [
         "trigger",
-        pytest.param(
-            "check_constraint",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a write is not judged on the user functions its target's CHECK "
-                "constraints call: the check runs it, and it writes a forbidden table",
-            ),
-        ),
-        pytest.param(
-            "column_default",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="an INSERT is not judged on the user functions its target's column "
-                "defaults call: the default runs it, and it writes a forbidden table",
-            ),
-        ),
+        "check_constraint",
+        "column_default",
     ],
 )
 async def test_server_side_code_run_by_a_write_is_judged(stack: PgStack, kind: str) -> None:

@@ -653,6 +653,22 @@ def test_views_triggers_and_rules_set_off_what_they_run() -> None:
         (W, "other.log"),
     }
 
+    # A foreign key with a cascading action on a written table changes the referencing one;
+    # the catalog files it apart (a role grant plan explains it in its own terms).
+    catalog = RelationCatalog(
+        [
+            ("sales", "customers"),
+            ("other", "invoices"),
+            (RelationCatalog.WRITE_CASCADES_MARK + "sales.customers", "other.invoices"),
+        ]
+    )
+    assert accesses("DELETE FROM sales.customers", catalog=catalog) == {
+        (W, "sales.customers"),
+        (W, "other.invoices"),
+    }
+    assert accesses("SELECT * FROM sales.customers", catalog=catalog) == {(R, "sales.customers")}
+    assert catalog.sets_off("sales", "customers", writing=True) == ([], [])
+
 
 def test_a_text_too_large_to_classify_quickly_is_refused_before_its_parse() -> None:
     assert len(classify("SELECT 1;" * MAX_STATEMENTS_PER_TEXT, scope()).statements) == 1000

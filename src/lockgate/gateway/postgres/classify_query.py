@@ -196,7 +196,7 @@ class Walker:
                     self.add(action, qualified_object(*reached))
                 # ...and runs the functions of views, triggers and rules; rules write more
                 calls, touches = catalog.sets_off(
-                    schema, name, writing=action == "write", children=children
+                    schema, name, writing=action == "write", children=children, cascades=True
                 )
                 for function_schema, function_name in calls:
                     self.function(function_schema, function_name, ())

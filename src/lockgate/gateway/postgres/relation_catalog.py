@@ -35,13 +35,16 @@ class RelationCatalog:
     # name can be (63 bytes): the schemas holding functions of each name, the relations each
     # view reads and the functions it calls, the children of each inheritance parent, and
     # what a write to a table sets off: its triggers' functions, its rules' relations and
-    # functions.
+    # functions, the user functions of its column defaults and CHECK constraints, and the
+    # tables whose foreign keys reference it with a cascading action (a write of any kind
+    # is taken to set those off: a safe superset of DELETE / UPDATE).
     FUNCTIONS_MARK: ClassVar[str] = "lockgate:functions:" + "-" * 48
     VIEW_MARK: ClassVar[str] = "lockgate:view-reads:" + "-" * 48
     CHILD_MARK: ClassVar[str] = "lockgate:child-of:" + "-" * 48
     VIEW_CALLS_MARK: ClassVar[str] = "lockgate:view-calls:" + "-" * 48
     WRITE_CALLS_MARK: ClassVar[str] = "lockgate:write-calls:" + "-" * 48
     WRITE_TOUCHES_MARK: ClassVar[str] = "lockgate:write-touches:" + "-" * 48
+    WRITE_CASCADES_MARK: ClassVar[str] = "lockgate:write-cascades:" + "-" * 48
     QUERY: ClassVar[str] = (
         # text, not name: a name column would cut the marked rows at 63 bytes
         "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c"  # noqa: S608
@@ -97,6 +100,33 @@ class RelationCatalog:
         " JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid"
         " JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace"
         " WHERE NOT t.tgisinternal AND cn.nspname NOT IN ('pg_catalog', 'information_schema')"
+        # user functions a write sets off through column defaults (and generated columns)
+        # and CHECK constraints (built-in functions are pinned: pg_depend does not list them)
+        f" UNION ALL SELECT DISTINCT '{WRITE_CALLS_MARK}' || quote_ident(cn.nspname) || '.'"
+        " || quote_ident(c.relname), quote_ident(fn.nspname) || '.' || quote_ident(f.proname)"
+        " FROM (SELECT ad.adrelid AS relid, d.refobjid AS fid FROM pg_catalog.pg_attrdef ad"
+        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass"
+        " AND d.objid = ad.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass"
+        " UNION ALL SELECT co.conrelid, d.refobjid FROM pg_catalog.pg_constraint co"
+        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass"
+        " AND d.objid = co.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass"
+        " WHERE co.contype = 'c' AND co.conrelid <> 0) x"
+        " JOIN pg_catalog.pg_class c ON c.oid = x.relid"
+        " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
+        " JOIN pg_catalog.pg_proc f ON f.oid = x.fid"
+        " JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace"
+        " WHERE cn.nspname NOT IN ('pg_catalog', 'information_schema')"
+        # tables a write changes through foreign keys with a cascading action
+        # (CASCADE, SET NULL, SET DEFAULT) on the written (referenced) table
+        f" UNION ALL SELECT DISTINCT '{WRITE_CASCADES_MARK}' || quote_ident(pn.nspname) || '.'"
+        " || quote_ident(p.relname), quote_ident(cn.nspname) || '.' || quote_ident(c.relname)"
+        " FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_class p ON p.oid = co.confrelid"
+        " JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace"
+        " JOIN pg_catalog.pg_class c ON c.oid = co.conrelid"
+        " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
+        " WHERE co.contype = 'f' AND (co.confdeltype IN ('c', 'n', 'd')"
+        " OR co.confupdtype IN ('c', 'n', 'd'))"
+        " AND pn.nspname NOT IN ('pg_catalog', 'information_schema')"
     )
 
     def __init__(self, rows: Iterable[tuple[str, str | None]], schemas: Iterable[str] = ()) -> None:
@@ -107,6 +137,7 @@ class RelationCatalog:
         view_calls: dict[tuple[str, str], set[tuple[str, str]]] = {}
         write_calls: dict[tuple[str, str], set[tuple[str, str]]] = {}
         write_touches: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        write_cascades: dict[tuple[str, str], set[tuple[str, str]]] = {}
         known_schemas = set(schemas)
         for schema, name in rows:
             if schema.startswith(self.FUNCTIONS_MARK):
@@ -119,6 +150,7 @@ class RelationCatalog:
                 (self.VIEW_CALLS_MARK, view_calls),
                 (self.WRITE_CALLS_MARK, write_calls),
                 (self.WRITE_TOUCHES_MARK, write_touches),
+                (self.WRITE_CASCADES_MARK, write_cascades),
             ):
                 if schema.startswith(mark):
                     holder, held = _relation(schema[len(mark) :]), _relation(name)
@@ -137,6 +169,7 @@ class RelationCatalog:
         self._view_calls = {v: frozenset(f) for v, f in view_calls.items()}
         self._write_calls = {t: frozenset(f) for t, f in write_calls.items()}
         self._write_touches = {t: frozenset(r) for t, r in write_touches.items()}
+        self._write_cascades = {t: frozenset(r) for t, r in write_cascades.items()}
         self.knows_functions = bool(functions)
         self._schemas = frozenset(known_schemas)
         self._maybe_present: frozenset[tuple[str, str]] = frozenset()
@@ -168,11 +201,19 @@ class RelationCatalog:
         return list(reached)
 
     def sets_off(
-        self, schema: str, name: str, *, writing: bool, children: bool = True
+        self,
+        schema: str,
+        name: str,
+        *,
+        writing: bool,
+        children: bool = True,
+        cascades: bool = False,
     ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """(functions, relations) a read or write of ``schema.name`` runs besides its own
         relations: the functions of the views it reaches, and for a write the functions of
-        triggers and rules and the relations rules write, on it and what it reaches."""
+        triggers, rules, column defaults and CHECK constraints and the relations rules write
+        (with ``cascades``, also the tables foreign keys with a cascading action change),
+        on it and what it reaches."""
         reached = [(schema, name), *self.reads_through(schema, name, children=children)]
         calls: dict[tuple[str, str], None] = {}
         touches: dict[tuple[str, str], None] = {}
@@ -181,6 +222,8 @@ class RelationCatalog:
             if writing:
                 calls.update(dict.fromkeys(self._write_calls.get(relation, ())))
                 touches.update(dict.fromkeys(self._write_touches.get(relation, ())))
+                if cascades:
+                    touches.update(dict.fromkeys(self._write_cascades.get(relation, ())))
         return list(calls), list(touches)
 
     def schemas_of(self, relname: str) -> frozenset[str]:
@@ -232,6 +275,7 @@ class RelationCatalog:
         layered._view_calls = self._view_calls
         layered._write_calls = self._write_calls
         layered._write_touches = self._write_touches
+        layered._write_cascades = self._write_cascades
         layered.knows_functions = self.knows_functions
         layered._schemas = self._schemas
         layered._maybe_present = self._maybe_present | frozenset(present)
