@@ -118,3 +118,12 @@ def test_a_pollable_conn_id_is_not_refused_to_a_deferrable_task(
     _in_task(monkeypatch, deferrable=True)
     assert secrets.unpollable_deferral("x", entry) is None
     assert secrets.unpollable_deferral("x", {**entry, "poll": False}) is not None
+
+
+def test_an_operator_that_will_not_defer_is_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADF with wait_for_termination=False ignores deferrable=True: nothing to refuse."""
+    task = SimpleNamespace(task_id="run", deferrable=True, wait_for_termination=False)
+    monkeypatch.setattr(secrets, "_running_task", lambda: task)
+    assert secrets.unpollable_deferral("x", {"resource": "arm", "connection": {}}) is None
+    task.wait_for_termination = True
+    assert secrets.unpollable_deferral("x", {"resource": "arm", "connection": {}}) is not None

@@ -187,6 +187,8 @@ def unpollable_deferral(conn_id: str, template: dict[str, Any]) -> str | None:
     task = _running_task()
     if task is None or template.get("poll") or getattr(task, "deferrable", False) is not True:
         return None
+    if getattr(task, "wait_for_termination", True) is False:  # ADF: nothing is deferred then
+        return None
     return (
         f"Lockgate: task {getattr(task, 'task_id', '?')} runs with deferrable=True, but "
         f"conn_id {conn_id!r} (resource {template.get('resource', '?')}) offers no poll "
