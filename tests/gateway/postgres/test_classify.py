@@ -679,3 +679,31 @@ def test_a_text_too_large_to_classify_quickly_is_refused_before_its_parse() -> N
     # empty statements are no statements; an unterminated string is the parser's to refuse
     assert classify(";" * (MAX_TEXT_CHARS - 1), scope()).statements == ()
     assert refused("SELECT '" + "x;" * 3000) == "parse_error"
+
+
+def test_what_rests_on_catalog_facts_others_may_change_is_marked() -> None:
+    catalog = RelationCatalog(
+        [
+            ("sales", "orders"),
+            ("sales", "items"),
+            ("other", "secret"),
+            (RelationCatalog.VIEW_MARK + "sales.items", "sales.orders"),
+        ],
+        schemas=("other", "sales", "public"),
+    )
+
+    def sensitive(sql: str, path: tuple[str, ...] = ("sales",)) -> bool:
+        return classify(sql, scope(path, catalog)).catalog_sensitive
+
+    assert not sensitive("SELECT * FROM orders")  # found in the first schema
+    assert not sensitive("SELECT * FROM sales.orders, pg_catalog.pg_class")
+    assert not sensitive("SELECT 1; SET search_path = other")
+    # resolved past "other", which holds no "orders" yet (one created there would win)
+    assert sensitive("SELECT * FROM orders", ("other", "sales"))
+    assert not sensitive("SELECT * FROM orders", ("nosuch", "sales"))  # no such schema
+    assert sensitive("SELECT * FROM sales.items")  # a view: it may have been redefined
+    assert sensitive("SELECT 1; SELECT * FROM sales.items")
+    prepared = classify("PREPARE p AS SELECT * FROM sales.items", scope(("sales",), catalog))
+    session = scope(("sales",), catalog)
+    session.statement_done(prepared.statements[0], "PREPARE")
+    assert classify("EXECUTE p", session).catalog_sensitive

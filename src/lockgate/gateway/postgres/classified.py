@@ -106,9 +106,17 @@ class Statement:
 
 @dataclass(frozen=True, slots=True)
 class Classified:
-    """Every statement of a text, in order."""
+    """Every statement of a text, in order.
+
+    ``catalog_sensitive``: the placing rests on relation catalog facts another session may
+    have changed since the catalog was read — an unqualified name resolved past an existing
+    schema of the path (a same-named relation created there would come first), or a view,
+    inheritance parent, rule or trigger expanded from the catalog (a view may have been
+    redefined). A caller that can read the catalog again may do so and classify again.
+    """
 
     statements: tuple[Statement, ...]
+    catalog_sensitive: bool = False
 
 
 class Unplaceable(Exception):

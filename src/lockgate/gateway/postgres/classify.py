@@ -210,15 +210,18 @@ def _classify_parsed(sql: str, raw: tuple[ast.RawStmt, ...], scope: NameScope) -
     # A later statement of the text sees what the earlier ones did (SET search_path, a
     # temporary table, PREPARE): the server runs them in order.
     moving = TextScope(scope) if len(raw) > 1 else scope
+    sensitive = False
     for item in raw:
         start = item.stmt_location or 0
         end = start + item.stmt_len if item.stmt_len else len(sql)
         text = sql[start:end].strip()
-        statement = _statement(present(item.stmt), text, Resolver(moving), moving)
+        resolver = Resolver(moving)
+        statement = _statement(present(item.stmt), text, resolver, moving)
+        sensitive |= resolver.catalog_sensitive
         statements.append(statement)
         if isinstance(moving, TextScope):
             moving.done(statement)
-    return Classified(tuple(statements))
+    return Classified(tuple(statements), catalog_sensitive=sensitive)
 
 
 def _statement(node: ast.Node, text: str, resolver: Resolver, scope: NameScope) -> Statement:
@@ -378,7 +381,9 @@ def _execute_inner(node: ast.ExecuteStmt, w: Walker, scope: NameScope) -> str:
         raise Unplaceable(
             "unknown_prepared_statement", f'prepared statement "{node.name}" does not exist'
         )
-    statements = classify(inner, scope).statements
+    classified = classify(inner, scope)
+    w.resolver.catalog_sensitive |= classified.catalog_sensitive
+    statements = classified.statements
     for stmt in statements:
         for access in stmt.accesses:
             w.add(access.action, access.obj)

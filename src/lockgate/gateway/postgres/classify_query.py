@@ -38,6 +38,9 @@ _NOT_OPERATORS = frozenset(
 
 
 T = TypeVar("T")
+# Schemas nobody else creates relations in behind the session's back: pg_catalog (only with
+# allow_system_table_mods) and the session's own temporary schema (tracked by the scope).
+_UNSHADOWED = frozenset({"pg_catalog", "pg_temp"})
 
 
 def present(value: T | None) -> T:
@@ -81,6 +84,7 @@ class Resolver:
         # temporary schema, when the path does not name it either, comes before it).
         self.paths = tuple(_with_pg_catalog(p) for p in paths)
         self.explicit_paths = paths
+        self.catalog_sensitive = False  # see Classified.catalog_sensitive
 
     def relation(self, schema: str | None, relname: str, *, missing_ok: bool = False) -> list[str]:
         """Objects (``schema.relname``) an existing relation reference may be."""
@@ -92,6 +96,7 @@ class Resolver:
             if catalog is None:
                 found.extend(qualified_object(s, relname) for s in self._known(path))
                 continue
+            passed_over = False  # an existing schema without the name, before the hit
             for s in path:
                 if s == ANY_SCHEMA:  # the path is unknown here: every holder of the name
                     found.extend(qualified_object(h, relname) for h in catalog.holders(relname))
@@ -99,7 +104,10 @@ class Resolver:
                 state = catalog.relation(s, relname)
                 if state != NO:
                     found.append(qualified_object(s, relname))
+                elif s not in _UNSHADOWED and catalog.schema(s) != NO:
+                    passed_over = True
                 if state == YES:
+                    self.catalog_sensitive |= passed_over
                     break
         if not found:
             if missing_ok:
@@ -192,12 +200,15 @@ class Walker:
                 # The server reads a view's relations and a parent's children too.
                 schema, name = split_object(obj)
                 children = rv.inh is not False
-                for reached in catalog.reads_through(schema, name, children=children):
+                reached_through = catalog.reads_through(schema, name, children=children)
+                for reached in reached_through:
                     self.add(action, qualified_object(*reached))
                 # ...and runs the functions of views, triggers and rules; rules write more
                 calls, touches = catalog.sets_off(
                     schema, name, writing=action == "write", children=children, cascades=True
                 )
+                if reached_through or calls or touches:
+                    self.resolver.catalog_sensitive = True
                 for function_schema, function_name in calls:
                     self.function(function_schema, function_name, ())
                 for touched in touches:

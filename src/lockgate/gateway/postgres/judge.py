@@ -104,13 +104,15 @@ class Judged:
     records: tuple[StatementRecord, ...]
     accesses: tuple[Access, ...]  # deduplicated, in order
     copy: bool = False  # a COPY among the statements: the client may send rows
+    catalog_sensitive: bool = False  # see Classified.catalog_sensitive
 
     @classmethod
     def of(cls, classified: Classified) -> Judged:
         statements = classified.statements
         records = tuple(statement_record(s) for s in statements)
         accesses = tuple(dict.fromkeys(a for s in statements for a in s.accesses))
-        return cls(records, accesses, any(s.command == "COPY" for s in statements))
+        copy = any(s.command == "COPY" for s in statements)
+        return cls(records, accesses, copy, classified.catalog_sensitive)
 
 
 def statement_record(statement: Statement) -> StatementRecord:
