@@ -116,6 +116,15 @@ def test_granted_dag_writes_reads_and_is_stopped_at_ddl_and_mixed_batches(
     assert "globex" not in trail and "initech" not in trail and "eyJ" not in trail
 
 
+def test_lockgate_made_connections_log_no_warnings(runs: tuple[dict[str, dict], str]) -> None:
+    """The stock hook over a Lockgate-made connection (TLS to the gateway): no driver
+    deprecation (``ssl_options`` without ``ssl_context``, legacy execution parameters)."""
+    _, output = runs
+    noisy = [line for line in output.splitlines() if "DeprecationWarning" in line]
+    assert noisy == [], "\n".join(noisy)
+    assert "ssl_options without ssl_context" not in output
+
+
 def test_drop_table_fails_the_task_with_the_reason(
     cql_stack: CqlLocalStack, runs: tuple[dict[str, dict], str]
 ) -> None:

@@ -24,7 +24,7 @@ import yaml
 
 from lockgate.cli import main as lockgate_cli
 from lockgate.demo.run import run_dags
-from lockgate.demo.stack import REPO_ROOT, LocalStack
+from lockgate.demo.stack import EXAMPLE_DAGS, REPO_ROOT, LocalStack
 from lockgate.demo.standins.cosmos import CosmosFake, running_cosmos
 
 pytest.importorskip("airflow.providers.microsoft.azure", reason="the Azure provider")
@@ -33,6 +33,30 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 POLICY = REPO_ROOT / "examples" / "policies" / "cosmos.yaml"
 CREDENTIAL = "orders-cosmos-key"
 BULK = 300  # examples/dags/cosmos_orders.py
+
+
+# Point read and query through the stock hook without a partition key: the hook sends the
+# connection's ``partition_key`` extra, the value Lockgate hands out (``cosmos.partition_key``).
+HOOK_READS_DAG = """
+from datetime import datetime
+
+from airflow.providers.microsoft.azure.hooks.cosmos import AzureCosmosDBHook
+from airflow.sdk import DAG, task
+
+
+@task
+def read_without_partition_key() -> None:
+    hook = AzureCosmosDBHook("azure_cosmos_default")
+    doc = hook.get_document("order-1001")
+    docs = hook.get_documents("SELECT * FROM c WHERE c.id = 'order-1001'")
+    print(f"HOOK get_document {doc and doc['id']} get_documents {[d['id'] for d in docs or []]}")
+    assert doc is not None and docs
+
+
+with DAG("finance_cosmos_hook_reads", start_date=datetime(2025, 1, 1), schedule=None, catchup=False,
+         tags=["lockgate"]):
+    read_without_partition_key()
+"""
 
 
 class CosmosStack(LocalStack):
@@ -48,11 +72,19 @@ class CosmosStack(LocalStack):
         doc["resources"].append(
             {"name": "orders-cosmos", "kind": "http", "upstream": self.fake.url.rstrip("/"),
              "credential": CREDENTIAL, "conn_id": "azure_cosmos_default", "profile": "cosmos",
-             "cosmos": {"database": "sales", "container": "orders", "partition_key": "/region"}}
+             "cosmos": {"database": "sales", "container": "orders", "partition_key": "eu"}}
         )  # fmt: skip
         doc["credentials"].append({"name": CREDENTIAL, "type": "static", "overlap": 600})
         Path(self.config_path).write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
         shutil.copy(POLICY, self.workdir / "policies" / "cosmos.yaml")
+        # the example DAGs plus one that reads with the stock hook and no partition key
+        self.dags = self.workdir / "dags"
+        self.dags.mkdir()
+        shutil.copy(EXAMPLE_DAGS / "cosmos_orders.py", self.dags / "cosmos_orders.py")
+        (self.dags / "finance_cosmos_hook_reads.py").write_text(HOOK_READS_DAG, encoding="utf-8")
+
+    def airflow_env(self, airflow_home: Path, dags_folder: Path | None = None) -> dict[str, str]:
+        return super().airflow_env(airflow_home, dags_folder or self.dags)
 
     def start(self) -> CosmosStack:
         from lockgate.server import State
@@ -102,6 +134,10 @@ def test_stock_operator_sdk_denials_and_audit(cosmos: CosmosStack, airflow_home:
     assert _state(by["finance_cosmos_write"]) == "failed"
     assert _state(by["orders_cosmos_drop"]) == "failed"
     assert "COSMOS read order-1001 amount 42.5" in output
+    # the stock hook reads without a partition key (the connection carries the value)
+    hook_results, hook_output = run_dags(cosmos, airflow_home, ["finance_cosmos_hook_reads"])
+    assert _state(hook_results[0]) == "success", hook_output[-4000:]
+    assert "HOOK get_document order-1001 get_documents ['order-1001']" in hook_output
     # the refusals reach the task log with the policy's reason
     assert "Lockgate denied write on sales/orders" in output
     assert "airflow:prod/finance_cosmos_write/insert_order" in output
