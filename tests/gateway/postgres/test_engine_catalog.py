@@ -89,3 +89,31 @@ async def test_an_unreachable_server_is_not_asked_again_and_again(
         relations.refresh_soon(resource, stack.engine().ctx.secrets)
         await asyncio.sleep(0.01)
     assert attempts == 1
+
+
+async def test_a_read_on_demand_starts_after_it_is_asked_and_is_shared(
+    stack: PgStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relations = stack.engine().ctx.relations
+    resource = stack.engine().ctx.resources[RESOURCE]
+    secrets = stack.engine().ctx.secrets
+    stack.upstream_psql("CREATE TABLE other.made_later (id int);")
+    catalog = await relations.read_now(resource, secrets)
+    assert catalog is not None and "other" in catalog.schemas_of("made_later")
+    assert relations.age(RESOURCE) is not None and relations.age(RESOURCE) < 5  # type: ignore[operator]
+    reads = 0
+    real = catalog_mod.read_catalog
+
+    async def counted(*args: object) -> object:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.2)
+        return await real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(catalog_mod, "read_catalog", counted)
+    # The first caller starts a read; the others arrive while it runs, so it may predate
+    # what they need: they share one more read, started after they asked.
+    found = await asyncio.gather(*(relations.read_now(resource, secrets) for _ in range(5)))
+    assert reads == 2
+    assert all(c is not None for c in found) and found[1] is found[4]
+    assert relations.cached(RESOURCE) is found[4]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass
 
 from lockgate import _log
@@ -57,6 +58,7 @@ class _Entry:
     catalog: RelationCatalog
     read_at: float
     generation: int
+    number: int = 0  # of the read_now read that stored it (0: any other read)
 
 
 class RelationCatalogs:
@@ -73,6 +75,9 @@ class RelationCatalogs:
         # background reads for open sessions (refresh_soon), and when one may start next
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._next_refresh: dict[str, float] = {}
+        # reads on demand (read_now), numbered in the order they start
+        self._now_reads: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self._reads_started = 0
 
     def cached(self, resource: str) -> RelationCatalog | None:
         """The resource's catalog if it is fresh, else None."""
@@ -97,7 +102,46 @@ class RelationCatalogs:
         self._refreshing[name] = task
         task.add_done_callback(lambda _task: self._refreshing.pop(name, None))
 
-    async def _refresh(self, resource: PostgresResource, secrets: SecretCache) -> None:
+    async def read_now(
+        self, resource: PostgresResource, secrets: SecretCache
+    ) -> RelationCatalog | None:
+        """The catalog as a read that starts after this call finds it (None: it failed).
+
+        For a statement whose placing rests on facts others may have changed since the
+        last read (:attr:`~.classified.Classified.catalog_sensitive`): a read that started
+        before the caller asked may predate the change, so it is waited out and a new one
+        joined. Callers that arrive together share one read (a connection of its own).
+        """
+        name = resource.name
+        asked = self._reads_started
+        while True:
+            under_way = self._now_reads.get(name)
+            if under_way is None:
+                self._reads_started += 1
+                read = self._refresh(resource, secrets, self._reads_started)
+                task = asyncio.get_running_loop().create_task(read)
+                under_way = self._now_reads[name] = (self._reads_started, task)
+                task.add_done_callback(functools.partial(self._forget, name, under_way))
+            number, task = under_way
+            await asyncio.shield(task)
+            if number > asked:
+                entry = self._entries.get(name)
+                return entry.catalog if entry is not None and entry.number == number else None
+
+    def age(self, resource: str) -> float | None:
+        """Seconds since the resource's newest catalog was read (None: none is kept)."""
+        entry = self._entries.get(resource)
+        return None if entry is None else self._clock() - entry.read_at
+
+    def _forget(
+        self, name: str, entry: tuple[int, asyncio.Task[None]], _done: asyncio.Task[None]
+    ) -> None:
+        if self._now_reads.get(name) is entry:
+            del self._now_reads[name]
+
+    async def _refresh(
+        self, resource: PostgresResource, secrets: SecretCache, number: int = 0
+    ) -> None:
         name = resource.name
         generation = self._generations.get(name, 0)
         try:
@@ -118,11 +162,11 @@ class RelationCatalogs:
             )
             return
         if generation == self._generations.get(name, 0):
-            self._entries[name] = _Entry(catalog, self._clock(), generation)
+            self._entries[name] = _Entry(catalog, self._clock(), generation, number)
 
     def close(self) -> None:
         """Stop the background reads (the engine closes)."""
-        for task in list(self._refreshing.values()):
+        for task in [*self._refreshing.values(), *(t for _, t in self._now_reads.values())]:
             task.cancel()
 
     def invalidate(self, resource: str) -> None:
