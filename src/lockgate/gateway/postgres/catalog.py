@@ -22,7 +22,10 @@ Open sessions adopt the newest shared catalog at their next statement; when it i
 than :data:`FRESH_FOR` seconds, that statement also starts a background read on a
 connection of its own (:meth:`RelationCatalogs.refresh_soon`, at most one per resource per
 period), so a relation created outside the gateway reaches open sessions too, within a few
-seconds. A resource whose config changes is read again at its next login.
+seconds. A resource whose config changes is read again at its next login. A statement whose
+placing rests on facts others may have changed since (``Judged.catalog_sensitive``: a name
+resolved past an existing schema, a view expanded) can have the catalog read on demand by
+a read that starts after it asks (:meth:`RelationCatalogs.read_now`).
 """
 
 from __future__ import annotations
