@@ -170,29 +170,54 @@ async def test_cleartext_password_over_plain_tcp_is_refused_and_never_sent() -> 
         await peer.message()
 
     async with fake_server(script) as fake:
-        with pytest.raises(UpstreamUnavailable, match="cleartext password over an unencrypted"):
+        with pytest.raises(UpstreamUnavailable, match=r"cleartext password .*\(tls: disable\)"):
             await connect(fake.port)
         await asyncio.sleep(0.05)
         assert SECRET.encode() not in fake.sent()
 
 
-async def test_cleartext_password_over_tls_is_sent(
-    tls_for_other_name: ServerTls,
-) -> None:
-    server_ctx = tls_for_other_name.context
-    got: list[str] = []
+@pytest.fixture
+def tls_for_loopback(tmp_path: Path) -> ServerTls:
+    paths = write_dev_tls(tmp_path / "tls-loopback", ["127.0.0.1"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(paths["cert"], paths["key"])
+    leaf = paths["cert"].read_text().split("-----END CERTIFICATE-----")[0]
+    der = ssl.PEM_cert_to_DER_cert(leaf + "-----END CERTIFICATE-----\n")
+    return ServerTls(ctx, paths["ca"], der)
 
+
+def _cleartext_script(server_ctx: ssl.SSLContext, got: list[str]) -> Script:
     async def script(peer: Peer) -> None:
         await peer.startup(server_ctx)
         await peer.send(codec.authentication_cleartext_password())
         got.append(codec.decode_password((await peer.message()).body))
         await peer.ready()
 
-    async with fake_server(script) as fake:
-        link = await connect(fake.port, tls="require")
+    return script
+
+
+async def test_cleartext_password_to_a_verified_server_is_sent(
+    tls_for_loopback: ServerTls,
+) -> None:
+    got: list[str] = []
+    async with fake_server(_cleartext_script(tls_for_loopback.context, got)) as fake:
+        link = await connect(fake.port, tls="verify-full", ca_file=tls_for_loopback.ca)
         link.close()
     assert got == [SECRET]
     assert link.tls and link.backend_pid == 4242 and link.credential_version == 1
+
+
+async def test_cleartext_password_to_an_unverified_server_is_refused_and_never_sent(
+    tls_for_other_name: ServerTls,
+) -> None:
+    """Under ``tls: require`` anyone in the middle can present a certificate and ask for the
+    password (an Entra token) in clear: refused; SCRAM still works there."""
+    got: list[str] = []
+    async with fake_server(_cleartext_script(tls_for_other_name.context, got)) as fake:
+        with pytest.raises(UpstreamUnavailable, match=r"not verified \(tls: require\)"):
+            await connect(fake.port, tls="require")
+        await asyncio.sleep(0.05)
+    assert got == []
 
 
 async def test_verify_full_refuses_a_certificate_for_another_name(
@@ -446,10 +471,10 @@ async def test_a_server_starting_up_is_tried_again_until_it_takes_the_login() ->
     ],
 )
 async def test_a_secret_the_wire_cannot_carry_is_refused_without_quoting_it(
-    tls_for_other_name: ServerTls, auth: bytes, secret: str
+    tls_for_loopback: ServerTls, auth: bytes, secret: str
 ) -> None:
     async def script(peer: Peer) -> None:
-        await peer.startup(tls_for_other_name.context)
+        await peer.startup(tls_for_loopback.context)
         await peer.send(auth)
         answer = await peer.message()
         if b"SCRAM" in auth:  # the password is used only for the client-final message
@@ -460,5 +485,7 @@ async def test_a_secret_the_wire_cannot_carry_is_refused_without_quoting_it(
     cache = SecretCache(FakeBroker({"wh-login": [secret]}))
     async with fake_server(script) as fake:
         with pytest.raises(UpstreamUnavailable, match="cannot be sent") as info:
-            await upstream.connect(resource(fake.port, tls="require"), cache, {})
+            await upstream.connect(
+                resource(fake.port, tls="verify-full", ca_file=tls_for_loopback.ca), cache, {}
+            )
     assert "word" not in str(info.value) and "pass" not in str(info.value)

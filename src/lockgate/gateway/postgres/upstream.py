@@ -18,8 +18,9 @@ attempt bounded by the resource's ``connect_timeout``:
    server's certificate over TLS when the server offers SCRAM-SHA-256-PLUS, which defeats a
    man in the middle even under ``tls: require``; the server must prove it knows the
    verifier before its AuthenticationOk counts), md5, a cleartext
-   password only over TLS (how Entra ID access tokens are sent to Azure Database for
-   PostgreSQL), or none when the server trusts the address;
+   password only over TLS to a verified server (``verify-full``: how Entra ID access tokens
+   are sent to Azure Database for PostgreSQL; under ``require`` a man in the middle could ask
+   for it), or none when the server trusts the address;
 5. ParameterStatus and BackendKeyData collected up to ReadyForQuery.
 
 A refused, reset or silently closed connection or SQLSTATE 57P01-57P03 (a server
@@ -366,10 +367,13 @@ class _Login:
                     )
                 return
             if auth.code == codec.AUTH_CLEARTEXT_PASSWORD:
-                if not tls:
+                # Only to a server whose certificate was verified: under ``tls: require`` a
+                # man in the middle could ask for the password (or Entra token) in clear.
+                if not tls or self.resource.tls != "verify-full":
                     raise UpstreamUnavailable(
-                        f"{self.where}: the server asks for a cleartext password over an "
-                        "unencrypted connection; refused (use tls: require or verify-full)"
+                        f"{self.where}: the server asks for a cleartext password over a "
+                        f"connection whose server is not verified (tls: {self.resource.tls}); "
+                        "refused (use tls: verify-full)"
                     )
                 writer.write(codec.password_message(self._password()))
             elif auth.code == codec.AUTH_MD5_PASSWORD:
