@@ -13,7 +13,11 @@ byte of a multibyte character (CVE-2006-2314). So:
   the safe ones is refused outright (:mod:`.classify`: ``Unplaceable("lexing_setting")``,
   which no policy rule can allow, however broad its grant on ``setting:*``). ``RESET``,
   ``SET ... TO DEFAULT``, ``RESET ALL`` and ``DISCARD ALL`` go back to the login's pinned
-  value, so they stay allowed.
+  value, so they stay allowed. A function's own ``SET`` clause lasts only while it runs;
+  ``ALTER ROLE / DATABASE ... SET`` is overridden by the pinned startup values;
+* server code the policy admits (a DO block, a user function calling ``set_config``) may
+  still change them: the flow ends the session on such a ``ParameterStatus``
+  (:mod:`.flow_answers`).
 
 Pure (no I/O, no parser), so the startup phase and the classifier share it.
 """
