@@ -70,6 +70,10 @@ class CorpusOracle:
         accesses = self.accesses(sql)
         if accesses is None:
             return None  # refused by the gateway: nothing reaches the server
+        return self.refusal(sql, accesses)
+
+    def refusal(self, sql: str, accesses: list[Access]) -> str | None:
+        """The server's 42501 message when ``sql`` runs granted only ``accesses``."""
         role = f"atk_corpus_{next(_ROLES)}"
         cur = self.conn.cursor()
         cur.execute("BEGIN")
