@@ -30,6 +30,8 @@ CREATE TABLE public.plain (v int);
 CREATE FUNCTION public.reads_hidden() RETURNS SETOF text LANGUAGE plpgsql
     AS $$ BEGIN RETURN QUERY SELECT secret FROM public.hidden; END $$;
 CREATE VIEW public.via_function AS SELECT * FROM public.reads_hidden() AS s(secret);
+CREATE FUNCTION public.plain_secret(public.plain) RETURNS int LANGUAGE sql AS 'SELECT 42';
+REVOKE EXECUTE ON FUNCTION public.plain_secret(public.plain) FROM PUBLIC;
 CREATE FUNCTION public.noop() RETURNS int LANGUAGE sql AS 'SELECT 1';
 CREATE FUNCTION public.copies_to_hidden() RETURNS trigger LANGUAGE plpgsql
     AS $$ BEGIN INSERT INTO public.hidden VALUES ('planted'); RETURN NEW; END $$;
@@ -103,6 +105,35 @@ def test_a_write_to_a_temporary_table_names_its_trigger_and_what_it_writes(
         " FOR EACH ROW EXECUTE FUNCTION public.copies_to_hidden()"
     )
     assert oracle.missed("INSERT INTO scratch VALUES (1)") is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="attribute notation (p.plain_secret is plain_secret(p)) calls a function the"
+    " classifier never sees: it asks read on the table only, the server checks EXECUTE",
+)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT p.plain_secret FROM plain p",
+        "SELECT (p).plain_secret FROM plain p",
+        "SELECT plain.plain_secret FROM plain",
+    ],
+)
+def test_a_function_called_in_attribute_notation_is_judged(oracle: CorpusOracle, sql: str) -> None:
+    assert oracle.missed(sql) is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a temporary view over a function: the classifier asks read on pg_temp.<view>"
+    " only; the function and the table its body reads never reach policy",
+)
+def test_a_temporary_view_over_a_function_names_the_function_and_what_it_reads(
+    oracle: CorpusOracle,
+) -> None:
+    oracle.setup("CREATE TEMP VIEW scratch_view AS SELECT * FROM public.reads_hidden() s")
+    assert oracle.missed("SELECT * FROM scratch_view") is None
 
 
 # What the session did to a schema before naming a relation the relation catalog does not
