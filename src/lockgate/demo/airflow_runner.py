@@ -3,7 +3,8 @@
 Run as ``python -m lockgate.demo.airflow_runner DAG_ID...`` in a process whose environment
 already configures Airflow (AIRFLOW_HOME, the dags folder and the Lockgate secrets backend):
 Airflow reads its configuration at import, so the caller sets it before this process starts.
-Prints one JSON line per DAG run, prefixed ``LOCKGATE-RESULT``, after Airflow's own output.
+Prints ``LOCKGATE-DAG <dag_id>`` before each DAG's own output and one JSON line per DAG run,
+prefixed ``LOCKGATE-RESULT``, after all of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def run(dag_ids: list[str]) -> list[dict[str, object]]:
         dag = bag.get_dag(dag_id)
         if dag is None:
             raise SystemExit(f"no DAG {dag_id!r} in {os.environ['AIRFLOW__CORE__DAGS_FOLDER']}")
+        # Marks where this DAG's output starts, so a refusal is shown under its own DAG.
+        print(f"LOCKGATE-DAG {dag_id}", flush=True)
         dr = dag.test()
         tis = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
         results.append(
