@@ -77,3 +77,25 @@ async def test_a_dropped_scratch_schema_on_the_path_does_not_reach_a_new_table_e
         assert await rows_or_refused(conn, "SELECT value FROM fresh_secret") is None
     finally:
         await conn.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="o.steal is steal(o): a function called in attribute notation is judged as a"
+    " read of sales.orders alone, and its body reads other.secret",
+)
+async def test_a_function_in_attribute_notation_does_not_reach_past_policy(
+    stack: PgStack,
+) -> None:
+    stack.upstream_psql(
+        "CREATE FUNCTION public.steal(sales.orders) RETURNS text LANGUAGE sql"
+        " AS 'SELECT value FROM other.secret LIMIT 1';"
+        f' GRANT EXECUTE ON FUNCTION public.steal(sales.orders) TO "{stack.login}";'
+    )
+    conn = await connect(stack, "etl")
+    try:
+        assert await rows_or_refused(conn, "SELECT item FROM sales.orders") is not None
+        assert await rows_or_refused(conn, "SELECT steal(o) FROM sales.orders o") is None
+        assert await rows_or_refused(conn, "SELECT o.steal FROM sales.orders o") is None
+    finally:
+        await conn.close()
