@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("airflow.plugins_manager")
 
+SRC = Path(__file__).resolve().parents[2] / "src"
 LOAD = """
 from airflow import plugins_manager
 plugins, errors = plugins_manager._get_plugins()
@@ -32,6 +33,10 @@ def test_an_airflow_process_registers_the_plugin_once(tmp_path: Path) -> None:
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
+    leftover = [p.name for p in SRC.glob("*.egg-info")]
+    assert "already registered" not in output, (
+        f"a second copy of Lockgate's metadata is on sys.path: {leftover or 'see sys.path'}; "
+        "the set-up removes src/lockgate.egg-info after pip install -e (Makefile)"
+    )
     assert "PLUGINS ['lockgate']" in proc.stdout, output[-3000:]
     assert "ERRORS []" in proc.stdout, output[-3000:]
-    assert "already registered" not in output
