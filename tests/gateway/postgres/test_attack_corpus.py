@@ -199,12 +199,6 @@ _SCHEMA_CHANGES = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a name the relation catalog does not hold, after the session dropped or renamed"
-    " a schema, resolves to that schema alone (gone.fresh_secret) instead of being refused:"
-    " the server skips the missing schema and reads public.fresh_secret",
-)
 @pytest.mark.parametrize("changes", list(_SCHEMA_CHANGES.values()), ids=list(_SCHEMA_CHANGES))
 def test_a_name_new_to_the_catalog_after_a_schema_change_is_not_misplaced(
     oracle: CorpusOracle, changes: list[str]

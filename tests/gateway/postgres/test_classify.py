@@ -707,3 +707,18 @@ def test_what_rests_on_catalog_facts_others_may_change_is_marked() -> None:
     session = scope(("sales",), catalog)
     session.statement_done(prepared.statements[0], "PREPARE")
     assert classify("EXECUTE p", session).catalog_sensitive
+
+
+def test_a_name_only_maybe_in_a_dropped_schema_is_not_placed_there() -> None:
+    # The session dropped "gone": any name may or may not be there; "fresh" is nowhere in
+    # the catalog (made since it was read, perhaps in public): refused, not gone.fresh.
+    session = scope(("gone", "public"), RelationCatalog([("public", "t")], schemas=("public",)))
+    for text, tag in (("CREATE SCHEMA gone", "CREATE SCHEMA"), ("DROP SCHEMA gone", "DROP SCHEMA")):
+        session.statement_done(classify(text, session).statements[0], tag)
+    session.ready("I")
+    with pytest.raises(Unplaceable) as info:
+        classify("SELECT * FROM fresh", session)
+    assert info.value.reason == "unresolved_relation"
+    assert {a.obj for a in classify("SELECT * FROM t", session).statements[0].accesses} >= {
+        "public.t"
+    }

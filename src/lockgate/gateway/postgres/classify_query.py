@@ -92,6 +92,10 @@ class Resolver:
             return [qualified_object(schema, relname)]
         catalog = self.catalog
         found: list[str] = []
+        # Whether some hit is a fact, not only "any name may be in a schema the session
+        # dropped or renamed": with none, the name is unknown (maybe created since the
+        # catalog read, anywhere on the path) and is refused like any unknown name.
+        factual = catalog is None
         for path in self.paths:
             if catalog is None:
                 found.extend(qualified_object(s, relname) for s in self._known(path))
@@ -99,16 +103,21 @@ class Resolver:
             passed_over = False  # an existing schema without the name, before the hit
             for s in path:
                 if s == ANY_SCHEMA:  # the path is unknown here: every holder of the name
-                    found.extend(qualified_object(h, relname) for h in catalog.holders(relname))
+                    holders = catalog.holders(relname)
+                    found.extend(qualified_object(h, relname) for h in holders)
+                    factual |= any(catalog.known(h, relname) for h in holders)
                     continue
                 state = catalog.relation(s, relname)
                 if state != NO:
                     found.append(qualified_object(s, relname))
+                    factual |= catalog.known(s, relname)
                 elif s not in _UNSHADOWED and catalog.schema(s) != NO:
                     passed_over = True
                 if state == YES:
                     self.catalog_sensitive |= passed_over
                     break
+        if not factual:
+            found = []
         if not found:
             if missing_ok:
                 # DROP ... IF EXISTS of a name nowhere: any schema of the path may hold it

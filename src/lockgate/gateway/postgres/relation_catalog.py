@@ -244,6 +244,16 @@ class RelationCatalog:
         """Schemas holding a function called ``name`` (empty when functions are unknown)."""
         return self._functions.get(name, frozenset())
 
+    def known(self, schema: str, relname: str) -> bool:
+        """Whether ``schema.relname`` is a fact: the upstream's catalog held it, or the
+        session itself created or dropped it (not merely a name in a schema the session
+        dropped or renamed, where any name "may" be)."""
+        return (
+            schema in self.schemas_of(relname)
+            or (schema, relname) in self._maybe_present
+            or (schema, relname) in self._maybe_absent
+        )
+
     def holders(self, relname: str) -> list[str]:
         """Every schema that holds ``relname`` or may (the session's own DDL)."""
         maybe = {s for s, n in self._maybe_present if n == relname} | self._unknown_schemas
