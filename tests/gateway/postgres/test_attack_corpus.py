@@ -147,11 +147,6 @@ def test_a_temporary_view_over_a_function_names_the_function_and_what_it_reads(
     assert oracle.missed("SELECT * FROM scratch_view") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an expression index calls its function as the writer: the classifier asks"
-    " write on the table only (defaults, checks and generated columns are judged)",
-)
 def test_a_write_names_the_functions_of_its_tables_expression_indexes(
     oracle: CorpusOracle,
 ) -> None:

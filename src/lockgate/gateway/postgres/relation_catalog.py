@@ -35,9 +35,9 @@ class RelationCatalog:
     # name can be (63 bytes): the schemas holding functions of each name, the relations each
     # view reads and the functions it calls, the children of each inheritance parent, and
     # what a write to a table sets off: its triggers' functions, its rules' relations and
-    # functions, the user functions of its column defaults and CHECK constraints, and the
-    # tables whose foreign keys reference it with a cascading action (a write of any kind
-    # is taken to set those off: a safe superset of DELETE / UPDATE).
+    # functions, the user functions of its column defaults, CHECK constraints and index
+    # expressions, and the tables whose foreign keys reference it with a cascading action
+    # (a write of any kind is taken to set those off: a safe superset of DELETE / UPDATE).
     FUNCTIONS_MARK: ClassVar[str] = "lockgate:functions:" + "-" * 48
     VIEW_MARK: ClassVar[str] = "lockgate:view-reads:" + "-" * 48
     CHILD_MARK: ClassVar[str] = "lockgate:child-of:" + "-" * 48
@@ -100,8 +100,9 @@ class RelationCatalog:
         " JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid"
         " JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace"
         " WHERE NOT t.tgisinternal AND cn.nspname NOT IN ('pg_catalog', 'information_schema')"
-        # user functions a write sets off through column defaults (and generated columns)
-        # and CHECK constraints (built-in functions are pinned: pg_depend does not list them)
+        # user functions a write sets off through column defaults (and generated columns),
+        # CHECK constraints and index expressions / predicates (built-in functions are
+        # pinned: pg_depend does not list them)
         f" UNION ALL SELECT DISTINCT '{WRITE_CALLS_MARK}' || quote_ident(cn.nspname) || '.'"
         " || quote_ident(c.relname), quote_ident(fn.nspname) || '.' || quote_ident(f.proname)"
         " FROM (SELECT ad.adrelid AS relid, d.refobjid AS fid FROM pg_catalog.pg_attrdef ad"
@@ -110,7 +111,10 @@ class RelationCatalog:
         " UNION ALL SELECT co.conrelid, d.refobjid FROM pg_catalog.pg_constraint co"
         " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass"
         " AND d.objid = co.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass"
-        " WHERE co.contype = 'c' AND co.conrelid <> 0) x"
+        " WHERE co.contype = 'c' AND co.conrelid <> 0"
+        " UNION ALL SELECT i.indrelid, d.refobjid FROM pg_catalog.pg_index i"
+        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass"
+        " AND d.objid = i.indexrelid AND d.refclassid = 'pg_catalog.pg_proc'::regclass) x"
         " JOIN pg_catalog.pg_class c ON c.oid = x.relid"
         " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
         " JOIN pg_catalog.pg_proc f ON f.oid = x.fid"
