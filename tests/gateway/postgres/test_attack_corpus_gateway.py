@@ -1,11 +1,13 @@
 # ruff: noqa: S608  (setup SQL built from the stack's own constants)
-"""A hole found by the regression-corpus differential, tried through the gateway.
+"""Holes found by the regression-corpus differential, tried through the gateway.
 
-A DAG that owns a scratch schema (admin on ``schema:scratch_*``, read and write in
-``scratch_*.*``: a common grant for a DAG's own working space) drops its schema and keeps it
-on the search path. A table another session creates afterwards, not yet in the gateway's
-relation catalog, is then judged as ``scratch_x.<name>``, while the server skips the missing
-schema and reads ``other.<name>``.
+* A DAG that owns a scratch schema (admin on ``schema:scratch_*``, read and write in
+  ``scratch_*.*``: a common grant for a DAG's own working space) drops its schema and keeps
+  it on the search path; a table another session creates afterwards, not yet in the
+  gateway's relation catalog, must not be judged as ``scratch_x.<name>`` while the server
+  reads ``other.<name>`` (closed: such a name is refused).
+* A function called in attribute notation (``o.steal`` is ``steal(o)``) and a domain's CHECK
+  function run user code policy never saw (strict xfail while open).
 """
 
 from __future__ import annotations
@@ -54,11 +56,6 @@ async def test_the_scratch_policy_admits_its_own_schema_and_refuses_others(
         await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after the session dropped scratch_x and kept it on the path, a table new to the"
-    " relation catalog is judged as scratch_x.<name> and the server reads other.<name>",
-)
 async def test_a_dropped_scratch_schema_on_the_path_does_not_reach_a_new_table_elsewhere(
     stack: PgStack,
 ) -> None:
