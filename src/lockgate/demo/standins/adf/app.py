@@ -16,6 +16,8 @@ Every call needs ``Authorization: Bearer <Entra access token>``: checked with ``
 (the Entra fake's signature check, audience ``https://management.azure.com``), else 401
 with ARM's ``{"error": {"code", "message"}}``. ``throttle(n)`` answers the next ``n``
 calls 429 with ``Retry-After``. ``seen`` records method, path and whether it was authorised.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Refresh the committed fixture after an SDK upgrade (the live test says when)::
 
     python -m lockgate.demo.standins.cosmos.capture \
         > tests/gateway/http/cosmos_captures/azure-cosmos.json
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ the reading a gateway must never mistake for a read:
 
 Booleans are read as the service's .NET runtime reads them: case-insensitive, surrounding
 white space ignored.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Grammar (case-insensitive keywords)::
 
 Anything else raises :class:`QueryError`, which the server answers with 400 (a substatus the
 SDK does not treat as "fetch a query plan", so the failure surfaces to the caller).
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Feeds answer ``{"_rid", "<Kind>", "_count"}`` in one page (no continuation). Whi
 a request runs (query, query plan, create, upsert, batch, ...) is decided once, by
 :func:`~lockgate.demo.standins.cosmos.operations.operation_of`, and logged in ``fake.executed``; the
 branches below only carry it out, so the log cannot differ from what was done.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ request, not even ``GET /``), then throttle on demand, then route on the URL-dec
 segments to the in-memory :class:`~lockgate.demo.standins.cosmos.store.Store`. The
 signature check is a separate, deliberately small implementation written from the REST
 docs, not Lockgate's signing module, so a bug in one is caught by the other.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

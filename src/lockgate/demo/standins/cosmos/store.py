@@ -7,6 +7,8 @@ database, 8 for a container, 16 for a document) so the SDK's ``_rid`` sniffing s
 values. Errors are raised as :class:`CosmosError` with the service's status and code. Patch and
 transactional batches follow the REST reference (a batch is all or nothing: on a failure the
 failing operation carries its status and every other one 424).
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ Lockgate codec), so a test can put several requests on the wire in one write and
 answers by stream id. Only what enforcement tests need: STARTUP + PLAIN login, QUERY,
 PREPARE, EXECUTE and BATCH without bound values, and a small answer decoder (result kind,
 prepared id, error code and message).
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

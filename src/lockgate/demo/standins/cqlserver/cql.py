@@ -7,6 +7,8 @@ Bind markers (``?`` and ``:name``) are numbered in order of appearance across th
 (so a text ``BEGIN BATCH ... APPLY BATCH`` numbers them like Cassandra does); the executor
 finds each marker's column later to learn its type. Unquoted names fold to lower case,
 "quoted" names keep their case. Anything outside the subset raises a syntax error (0x2000).
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Strategy: results are built as bytes from the executor's dataclasses; rows metadata always uses
 the global table spec (one table per result, as the fake never joins). Cells are serialised
 with their column type; ``None`` becomes a null [bytes].
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

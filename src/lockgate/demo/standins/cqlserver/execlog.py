@@ -16,6 +16,8 @@ answer shows the row it found.
 
 ``ExecutionLog`` keeps the records in memory and, when given a path, also appends them to
 a JSON-lines file (one ``write`` per record) for nodes running in another process.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

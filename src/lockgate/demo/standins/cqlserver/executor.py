@@ -5,6 +5,8 @@ Strategy: ``bind_specs`` walks a statement and gives every bind marker the colum
 and drive value decoding for both EXECUTE and QUERY-with-values. SELECT filters rows with
 every WHERE relation (the fake does not insist on ALLOW FILTERING), orders as Cassandra does,
 then applies count/LIMIT/paging. Results are small dataclasses the server encodes.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

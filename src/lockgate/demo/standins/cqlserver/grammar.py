@@ -2,6 +2,8 @@
 
 One function per statement family; each consumes tokens and returns a dataclass from
 ``cql``. Table options in CREATE TABLE are accepted and ignored except CLUSTERING ORDER.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ Anything else (``#``, a lone ``$``, an unterminated quote or comment, NUL...) is
 error, which Cassandra reports as a SyntaxException (0x2000); so does this module.
 Keywords are not told apart from identifiers here: the parser compares ``id`` tokens
 case-insensitively, as the ``K_*`` rules do.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ else the node ran (the gateway records them under a built-in rule).
 Audit rows are read through attributes (``principal``, ``action``, ``object``,
 ``decision``), so any record type with those names will do; the node does not import
 Lockgate.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Tests observe what reached the node through ``statements`` (every text received)
 actually executed through ``executions`` (see ``execlog``), and steer failures with
 ``fail_next``. Faults never hit reads of system tables, so the driver's control connection
 keeps working while user statements fail.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

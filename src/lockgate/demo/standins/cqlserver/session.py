@@ -5,6 +5,8 @@ driver pipelines by stream id; answering in order is allowed). Anything that doe
 as the protocol (``WireError``), a body over 256 MiB, a compressed frame or a version change
 mid-connection closes this connection only. Before a successful AUTH_RESPONSE only OPTIONS,
 STARTUP and AUTH_RESPONSE are served: deny by default.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

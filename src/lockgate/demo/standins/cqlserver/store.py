@@ -5,6 +5,8 @@ partition (insertion order) and per clustering key; SELECT sorts clustering keys
 CLUSTERING ORDER. Roles hold a password that is compared with ``hmac.compare_digest``.
 Permissions are sets of (permission, resource) where resource is ("all",), ("ks", ks) or
 ("table", ks, t); a grant on a parent covers its children, as in Cassandra.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

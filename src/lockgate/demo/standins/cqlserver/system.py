@@ -5,6 +5,8 @@ the schema tables always match the in-memory schema. Column sets follow Cassandr
 is what ``release_version`` announces (the driver then picks SchemaParserV3 and reads
 system.peers, not peers_v2). ``system.peers_v2`` is absent, as on 3.11: the driver's first
 query to it gets 0x2200 and it falls back to system.peers.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

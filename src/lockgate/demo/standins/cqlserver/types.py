@@ -4,6 +4,8 @@ Strategy: one ``CqlType`` value object (name + parameters) parsed from CQL type 
 ("map<text, frozen<list<int>>>"). Values live in Python form (str, int, float, bool, UUID,
 bytes, Decimal, ip_address, list/set/dict); timestamps are kept as integer milliseconds since
 the epoch, as the wire carries them. Literals from CQL text are coerced per column type.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

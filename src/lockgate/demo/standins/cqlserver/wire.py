@@ -4,6 +4,8 @@ Strategy: a tiny cursor-based ``Reader`` that raises ``WireError`` on any trunca
 server turns that into "close this connection"), and free functions that build body bytes.
 Everything is big-endian as the spec says. Written from ``native_protocol_v4.spec``; it does
 not share code with Lockgate's own codec on purpose, so each checks the other.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

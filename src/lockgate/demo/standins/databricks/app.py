@@ -12,6 +12,8 @@ Runs move PENDING → RUNNING → TERMINATED by the number of ``runs/get`` polls
 (a test-only marker) ends FAILED, else SUCCESS; ``runs/cancel`` ends it CANCELED.
 ``throttle(n, retry_after)`` answers the next ``n`` API calls 429 with ``Retry-After``.
 Everything seen is recorded in ``seen`` (method, path, authorised, JSON body).
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ Routes (tenant = the one configured; any other tenant is 400 ``invalid_tenant``)
 Issued access tokens are RS256 JWTs: ``aud`` the resource, ``iss``
 ``https://sts.windows.net/{tenant}/``, ``appid``/``azp`` the client, ``tid``, ``exp``.
 Secrets and certificates can be added and withdrawn while running (rotation).
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
 from __future__ import annotations

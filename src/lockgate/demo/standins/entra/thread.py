@@ -1,5 +1,8 @@
 """Run aiohttp fakes on a background event loop, for tests whose clients are synchronous
-(azure-identity, the Azure SDK, Airflow)."""
+(azure-identity, the Azure SDK, Airflow).
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
+"""
 
 from __future__ import annotations
 
