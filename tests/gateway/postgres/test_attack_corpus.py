@@ -222,12 +222,6 @@ def test_a_system_view_over_a_superuser_function_is_not_a_builtin_catalog_read(
     assert "pg_catalog.pg_hba_file_rules" in NOT_BUILTIN
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="information_schema._pg_foreign_data_wrappers, _pg_foreign_tables,"
-    " _pg_foreign_table_columns, sql_parts and transforms are refused to PUBLIC by the"
-    " server yet admitted as builtin:catalog-read",
-)
 def test_every_catalog_relation_the_server_refuses_to_public_needs_a_grant(
     oracle: CorpusOracle,
 ) -> None:

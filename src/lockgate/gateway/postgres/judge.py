@@ -70,6 +70,10 @@ NOT_BUILTIN = frozenset(
 ) | {
     "information_schema.user_mapping_options", "information_schema._pg_user_mappings",
     "information_schema.foreign_server_options", "information_schema._pg_foreign_servers",
+    # PUBLIC has no SELECT on these (the server refuses them to a role granted nothing)
+    "information_schema._pg_foreign_data_wrappers", "information_schema._pg_foreign_tables",
+    "information_schema._pg_foreign_table_columns", "information_schema.sql_parts",
+    "information_schema.transforms",
 }  # fmt: skip
 #: Texts at least this long are classified on a worker thread by :meth:`Judge.judged_async`.
 THREAD_TEXT_CHARS = 16 * 1024
