@@ -18,6 +18,11 @@ Client side:
   paths; ``Execute`` is judged again under the scope of now and its Bind (the server plans
   a portal at Bind, after search_path changes) and gets one admitted record.
   ``Describe``, ``Close``, ``Flush`` and ``Sync`` are forwarded.
+* A text whose placing rests on relation catalog facts another session may have changed
+  since the last read (:attr:`~.judge.Judged.catalog_sensitive`: a name found past a schema
+  of the path, a view or a parent expanded ...) is placed again on a catalog read that
+  started after it arrived (shared by the sessions that ask together); a failed read
+  leaves the placing on what is known.
 * ``FunctionCall`` is refused (``admin`` on ``function_call_protocol``): the fast-path
   interface calls any function by OID, which no statement text shows.
 * ``CopyData``/``CopyDone``/``CopyFail`` are forwarded after a text that may be a COPY
@@ -87,11 +92,16 @@ if TYPE_CHECKING:
 
     from .context import EngineContext
     from .judge import Classifier
-    from .scope import SessionScope
+    from .scope import RelationCatalog, SessionScope
 
 log = _log.get("gateway.postgres")
 
 _SYNC = codec.sync()
+#: A catalog-sensitive placing (:attr:`~.judge.Judged.catalog_sensitive`) stands on a
+#: relation catalog read at most this long ago, else the catalog is read again first. 0:
+#: always a read that starts after the text arrived (any window would let a relation
+#: created just before the text shadow the one judged).
+FRESH_CATALOG_SECONDS = 0.0
 #: A prepared statement name no client may use: refusals are answered through it.
 PROBE_NAME = "\x1flockgate refused"
 _PROBE = codec.encode_message(codec.Describe("S", PROBE_NAME))
@@ -137,6 +147,7 @@ class Flow(AnswerRelay):
         self._copy = ""
         self._copy_syncs = False  # a Sync now may be one the server ignores (in COPY)
         self._tokens = 0
+        self._catalog: RelationCatalog | None = None  # the last shared catalog adopted here
 
     # == client -> server =====================================================================
     async def from_client(self, msg: codec.Message) -> Out:
@@ -198,7 +209,7 @@ class Flow(AnswerRelay):
         refusal = judge.check_token()
         if refusal is not None:
             return self._refuse(refusal, t0, _text_detail(text), batch=False)
-        judged = await judge.judged_async(text, self.scope)
+        judged = await self._judged(text, self.scope)
         if _may_copy(judged, text):
             self._copy = "open"  # the client may stream its rows before the server asks
         if isinstance(judged, Unplaceable):
@@ -219,7 +230,7 @@ class Flow(AnswerRelay):
         refusal = self.judge.check_token()
         if refusal is not None:
             return self._refuse(refusal, t0, {**_text_detail(parse.query), **names})
-        judged = await self.judge.judged_async(parse.query, self.scope)
+        judged = await self._judged(parse.query, self.scope)
         if isinstance(judged, Unplaceable):
             refusal = self.judge.unplaceable(judged)
             return self._refuse(refusal, t0, {**_text_detail(parse.query), **names})
@@ -271,7 +282,7 @@ class Flow(AnswerRelay):
         assert portal is not None
         names["statement_name"] = portal.statement
         scope = self._scope_for(portal)
-        judged = await judge.judged_async(portal.text, scope)
+        judged = await self._judged(portal.text, scope)
         if _may_copy(judged, portal.text):
             # Rows may come before the server asks; a Sync sent before the client's CopyDone
             # goes unanswered once the server is in COPY (it ignores Sync there).
@@ -288,6 +299,25 @@ class Flow(AnswerRelay):
         pending = pendings[0] if pendings else None
         token = self._sent(pending) if pending is not None else 0
         return self._forward(Unit(EXECUTE, pending, token))
+
+    async def _judged(self, text: str, scope: KeyedScope) -> Judged | Unplaceable:
+        """Classify ``text``; a placing that rests on catalog facts others may have changed
+        since the last read (a name found past a schema of the path, a view expanded ...)
+        is done again on a catalog read after it was asked for (or read just now)."""
+        judged = await self.judge.judged_async(text, scope)
+        if not isinstance(judged, Judged) or not judged.catalog_sensitive:
+            return judged
+        relations, name = self.ctx.relations, self.name
+        age = relations.age(name)
+        if age is None or age > FRESH_CATALOG_SECONDS:
+            fresh = await relations.read_now(self.info.resource, self.ctx.secrets)
+        else:
+            fresh = relations.cached(name)
+        if fresh is None or fresh is self._catalog:
+            return judged  # a failed read: judged on what is known
+        self._catalog = fresh
+        self.scope.base.set_catalog(fresh)  # the session's own changes stay on top
+        return await self.judge.judged_async(text, scope)
 
     def _scope_for(self, portal: Portal) -> KeyedScope:
         """The scope to judge a portal under: now, and the paths it was bound with."""
