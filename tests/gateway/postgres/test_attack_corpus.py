@@ -118,11 +118,6 @@ def test_a_write_to_a_temporary_table_names_its_trigger_and_what_it_writes(
     assert oracle.missed("INSERT INTO scratch VALUES (1)") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attribute notation (p.plain_secret is plain_secret(p)) calls a function the"
-    " classifier never sees: it asks read on the table only, the server checks EXECUTE",
-)
 @pytest.mark.parametrize(
     "sql",
     [
@@ -153,10 +148,6 @@ def test_a_write_names_the_functions_of_its_tables_expression_indexes(
     assert oracle.missed("INSERT INTO indexed VALUES (1)") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cast WITH FUNCTION calls a user function the classifier never sees",
-)
 @pytest.mark.parametrize(
     "sql", ["SELECT p::text FROM plain p", "SELECT CAST(p AS text) FROM plain p"]
 )
@@ -164,11 +155,6 @@ def test_a_user_cast_names_its_function(oracle: CorpusOracle, sql: str) -> None:
     assert oracle.missed(sql) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a domain's CHECK calls a user function: SELECT 1::positive_int needs no grant"
-    " at all for the classifier (builtin:no-object), the server checks EXECUTE",
-)
 @pytest.mark.parametrize(
     "sql",
     ["SELECT 1::positive_int", "SELECT CAST(1 AS positive_int)", "INSERT INTO typed VALUES (1)"],

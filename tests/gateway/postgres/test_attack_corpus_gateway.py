@@ -76,11 +76,6 @@ async def test_a_dropped_scratch_schema_on_the_path_does_not_reach_a_new_table_e
         await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="o.steal is steal(o): a function called in attribute notation is judged as a"
-    " read of sales.orders alone, and its body reads other.secret",
-)
 async def test_a_function_in_attribute_notation_does_not_reach_past_policy(
     stack: PgStack,
 ) -> None:
@@ -98,11 +93,6 @@ async def test_a_function_in_attribute_notation_does_not_reach_past_policy(
         await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cast to a domain runs its CHECK function; the classifier sees no object at"
-    " all, so a DAG with no grant on anything runs a user function that writes other.secret",
-)
 async def test_a_domain_check_function_does_not_run_without_a_grant(stack: PgStack) -> None:
     stack.upstream_psql(
         "CREATE FUNCTION public.plant(int) RETURNS bool LANGUAGE sql"

@@ -322,6 +322,51 @@ class Walker:
         for s in schemas:
             self.add("admin", "function:" + qualified_object(s, name))
 
+    def column_ref(self, ref: ast.ColumnRef) -> None:
+        fields = ref.fields or ()
+        if len(fields) >= 2:  # "t.f" with no column f in t is the call f(t)
+            self.attribute_call(fields[-1])
+
+    def indirection(self, node: ast.A_Indirection) -> None:
+        for item in node.indirection or ():  # "(t).f" likewise; "[1]" and "*" are no calls
+            self.attribute_call(item)
+        self.walk_children(node)
+
+    def attribute_call(self, field: object) -> None:
+        """Judge ``f`` of ``t.f`` as a possible call ``f(t)`` (attribute notation): which
+        columns ``t`` has is not known here, so every user function of that name the path
+        reaches is ``admin`` (the built-ins taking any row only read their argument)."""
+        if not isinstance(field, ast.String) or not field.sval:
+            return
+        catalog, name = self.resolver.catalog, field.sval
+        if catalog is not None and catalog.knows_functions:
+            holders = catalog.function_schemas(name)
+            if not holders - {"pg_catalog"}:
+                return
+            candidates = self.resolver.function_schemas(name)
+            self.resolver.catalog_sensitive = True
+        else:
+            # where functions live is unknown: the built-in is taken for allow-listed
+            # names, any other may be a user function on the path
+            if functions.is_safe(name):
+                return
+            holders, candidates = None, self.resolver.function_schemas(name)
+        for s in candidates:
+            if s != "pg_catalog" and (holders is None or s in holders):
+                self.add("admin", "function:" + qualified_object(s, name))
+
+    def type_cast(self, cast: ast.TypeCast) -> None:
+        """A cast to a domain runs its CHECK functions; one of a value (not a literal,
+        read by the type's input function) may run a user cast function."""
+        catalog = self.resolver.catalog
+        if catalog is not None and cast.typeName is not None:
+            schema, name = qualified_name(cast.typeName.names or ())
+            converting = not isinstance(cast.arg, ast.A_Const)
+            for called in catalog.cast_calls(schema, name, converting=converting):
+                self.resolver.catalog_sensitive = True
+                self.function(*called, ())
+        self.walk_children(cast)
+
     def a_expr(self, expr: ast.A_Expr) -> None:
         # A long chain ("a + b + c + ...") nests to the left: walked in a loop, not recursion.
         node: object = expr
@@ -515,4 +560,7 @@ _HANDLERS = {
     ast.ExecuteStmt: Walker.execute,
     ast.FuncCall: Walker.func_call,
     ast.A_Expr: Walker.a_expr,
+    ast.ColumnRef: Walker.column_ref,
+    ast.A_Indirection: Walker.indirection,
+    ast.TypeCast: Walker.type_cast,
 }

@@ -2,9 +2,10 @@
 
 :class:`RelationCatalog` knows which schemas hold which relation names (``pg_class``), which
 schemas exist, which schemas hold functions of each name, what each view reads and each
-inheritance parent's children — all from one simple query (:attr:`RelationCatalog.QUERY`)
-the engine runs at login and shares between sessions for a few seconds. A session's own DDL
-is layered on top as *maybe* facts (:meth:`RelationCatalog.with_session_changes`).
+inheritance parent's children, which user functions a cast to each type may run — all
+from one simple query (:attr:`RelationCatalog.QUERY`) the engine runs at login and shares
+between sessions for a few seconds. A session's own DDL is layered on top as *maybe*
+facts (:meth:`RelationCatalog.with_session_changes`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class RelationCatalog:
     # what a write to a table sets off: its triggers' functions, its rules' relations and
     # functions, the user functions of its column defaults, CHECK constraints and index
     # expressions, and the tables whose foreign keys reference it with a cascading action
-    # (a write of any kind is taken to set those off: a safe superset of DELETE / UPDATE).
+    # (a write of any kind is taken to set those off: a safe superset of DELETE / UPDATE);
+    # and what a cast runs: each domain's CHECK functions (a write into a column of that
+    # domain runs them too) and each user cast function, by the type cast to.
     FUNCTIONS_MARK: ClassVar[str] = "lockgate:functions:" + "-" * 48
     VIEW_MARK: ClassVar[str] = "lockgate:view-reads:" + "-" * 48
     CHILD_MARK: ClassVar[str] = "lockgate:child-of:" + "-" * 48
@@ -45,6 +48,20 @@ class RelationCatalog:
     WRITE_CALLS_MARK: ClassVar[str] = "lockgate:write-calls:" + "-" * 48
     WRITE_TOUCHES_MARK: ClassVar[str] = "lockgate:write-touches:" + "-" * 48
     WRITE_CASCADES_MARK: ClassVar[str] = "lockgate:write-cascades:" + "-" * 48
+    DOMAIN_CHECKS_MARK: ClassVar[str] = "lockgate:domain-checks:" + "-" * 48
+    CAST_CALLS_MARK: ClassVar[str] = "lockgate:cast-calls:" + "-" * 48
+    # Each domain with the user functions its CHECK constraints call, its base domains'
+    # included (a value cast to a domain passes every check down the chain).
+    _DOMAIN_CHECKS: ClassVar[str] = (
+        "(WITH RECURSIVE chain(dom, cur) AS (SELECT oid, oid FROM pg_catalog.pg_type"
+        " WHERE typtype = 'd' UNION ALL SELECT c.dom, b.oid FROM chain c"
+        " JOIN pg_catalog.pg_type t ON t.oid = c.cur"
+        " JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype WHERE b.typtype = 'd')"
+        " SELECT DISTINCT c.dom, d.refobjid AS fid FROM chain c"
+        " JOIN pg_catalog.pg_constraint co ON co.contypid = c.cur AND co.contype = 'c'"
+        " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass"
+        " AND d.objid = co.oid AND d.refclassid = 'pg_catalog.pg_proc'::regclass)"
+    )
     QUERY: ClassVar[str] = (
         # text, not name: a name column would cut the marked rows at 63 bytes
         "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c"  # noqa: S608
@@ -131,6 +148,30 @@ class RelationCatalog:
         " WHERE co.contype = 'f' AND (co.confdeltype IN ('c', 'n', 'd')"
         " OR co.confupdtype IN ('c', 'n', 'd'))"
         " AND pn.nspname NOT IN ('pg_catalog', 'information_schema')"
+        # what a cast to a domain checks, and user cast functions by their target type
+        f" UNION ALL SELECT DISTINCT '{DOMAIN_CHECKS_MARK}' || quote_ident(tn.nspname) || '.'"
+        " || quote_ident(t.typname), quote_ident(fn.nspname) || '.' || quote_ident(f.proname)"
+        f" FROM {_DOMAIN_CHECKS} x JOIN pg_catalog.pg_type t ON t.oid = x.dom"
+        " JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace"
+        " JOIN pg_catalog.pg_proc f ON f.oid = x.fid"
+        " JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace"
+        f" UNION ALL SELECT DISTINCT '{CAST_CALLS_MARK}' || quote_ident(tn.nspname) || '.'"
+        " || quote_ident(t.typname), quote_ident(fn.nspname) || '.' || quote_ident(f.proname)"
+        " FROM pg_catalog.pg_cast k JOIN pg_catalog.pg_type t ON t.oid = k.casttarget"
+        " JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace"
+        " JOIN pg_catalog.pg_proc f ON f.oid = k.castfunc"
+        " JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace"
+        " WHERE fn.nspname <> 'pg_catalog'"
+        # a write into a column typed with a domain runs the domain's checks
+        f" UNION ALL SELECT DISTINCT '{WRITE_CALLS_MARK}' || quote_ident(cn.nspname) || '.'"
+        " || quote_ident(c.relname), quote_ident(fn.nspname) || '.' || quote_ident(f.proname)"
+        f" FROM {_DOMAIN_CHECKS} x JOIN pg_catalog.pg_attribute a ON a.atttypid = x.dom"
+        " AND a.attnum > 0 AND NOT a.attisdropped"
+        " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
+        " JOIN pg_catalog.pg_proc f ON f.oid = x.fid"
+        " JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace"
+        " WHERE cn.nspname NOT IN ('pg_catalog', 'information_schema')"
     )
 
     def __init__(self, rows: Iterable[tuple[str, str | None]], schemas: Iterable[str] = ()) -> None:
@@ -142,6 +183,8 @@ class RelationCatalog:
         write_calls: dict[tuple[str, str], set[tuple[str, str]]] = {}
         write_touches: dict[tuple[str, str], set[tuple[str, str]]] = {}
         write_cascades: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        domain_checks: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        cast_calls: dict[tuple[str, str], set[tuple[str, str]]] = {}
         known_schemas = set(schemas)
         for schema, name in rows:
             if schema.startswith(self.FUNCTIONS_MARK):
@@ -155,6 +198,8 @@ class RelationCatalog:
                 (self.WRITE_CALLS_MARK, write_calls),
                 (self.WRITE_TOUCHES_MARK, write_touches),
                 (self.WRITE_CASCADES_MARK, write_cascades),
+                (self.DOMAIN_CHECKS_MARK, domain_checks),
+                (self.CAST_CALLS_MARK, cast_calls),
             ):
                 if schema.startswith(mark):
                     holder, held = _relation(schema[len(mark) :]), _relation(name)
@@ -174,6 +219,8 @@ class RelationCatalog:
         self._write_calls = {t: frozenset(f) for t, f in write_calls.items()}
         self._write_touches = {t: frozenset(r) for t, r in write_touches.items()}
         self._write_cascades = {t: frozenset(r) for t, r in write_cascades.items()}
+        self._type_calls = _by_type_name(domain_checks)
+        self._cast_calls = _by_type_name(cast_calls)
         self.knows_functions = bool(functions)
         self._schemas = frozenset(known_schemas)
         self._maybe_present: frozenset[tuple[str, str]] = frozenset()
@@ -229,6 +276,18 @@ class RelationCatalog:
                 if cascades:
                     touches.update(dict.fromkeys(self._write_cascades.get(relation, ())))
         return list(calls), list(touches)
+
+    def cast_calls(
+        self, schema: str | None, type_name: str, *, converting: bool
+    ) -> list[tuple[str, str]]:
+        """User functions a cast to type ``schema.type_name`` may run: the CHECK functions
+        of a domain of that name (and of its base domains) and, when ``converting`` a value
+        of another type, the user cast functions into it. Without ``schema``, the types of
+        that name in every schema (which one the path picks is not known here)."""
+        found = list(self._type_calls.get(type_name, ()))
+        if converting:
+            found += self._cast_calls.get(type_name, ())
+        return list(dict.fromkeys(f for s, f in found if schema in (None, s)))
 
     def schemas_of(self, relname: str) -> frozenset[str]:
         """Schemas that hold ``relname`` for certain (the upstream's catalog)."""
@@ -290,6 +349,8 @@ class RelationCatalog:
         layered._write_calls = self._write_calls
         layered._write_touches = self._write_touches
         layered._write_cascades = self._write_cascades
+        layered._type_calls = self._type_calls
+        layered._cast_calls = self._cast_calls
         layered.knows_functions = self.knows_functions
         layered._schemas = self._schemas
         layered._maybe_present = self._maybe_present | frozenset(present)
@@ -298,6 +359,16 @@ class RelationCatalog:
         layered._unknown_schemas = self._unknown_schemas | frozenset(unknown_schemas)
         layered.generation = next(_generations)
         return layered
+
+
+def _by_type_name(
+    facts: dict[tuple[str, str], set[tuple[str, str]]],
+) -> dict[str, frozenset[tuple[str, tuple[str, str]]]]:
+    """``{type name: {(type schema, function)}}`` of ``{(type schema, type name): functions}``."""
+    by_name: dict[str, set[tuple[str, tuple[str, str]]]] = {}
+    for (schema, name), functions in facts.items():
+        by_name.setdefault(name, set()).update((schema, f) for f in functions)
+    return {name: frozenset(held) for name, held in by_name.items()}
 
 
 def _relation(text: str | None) -> tuple[str, str] | None:
