@@ -58,6 +58,8 @@ def test_init_writes_a_working_directory(tmp_path: Path, conf: Path, run: Run) -
     assert code == 2 and "--force" in err and str(conf) in err
     code, out, _ = run("init", "--force", str(d))
     assert code == 0 and "creds set orders-api-key" in out and "SSL_CERT_FILE" in out
+    # trust is added to the system store, never replaced by the dev CA alone
+    assert "worker-bundle.pem" in out and "worker-ca.pem" not in out
     secret = (d / "deployment-prod.secret").read_text().strip()
     assert secret not in out  # the path of the secret is shown, never the secret
 

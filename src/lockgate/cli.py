@@ -87,12 +87,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         f'     "client_secret_file": "{written["deployment_secret"]}"{ca_line}}}'
     )
     if not args.no_tls:
-        print(f"Trust the dev CA for HTTPS clients: export SSL_CERT_FILE={written['tls_ca']}")
+        bundle = written["worker_bundle"]
         print(
-            "For Azure ARM (Data Factory) through the forward proxy, uncomment "
-            "listeners.forward_proxy and trust its CA on workers too:\n"
-            f"  cat {written['tls_ca']} {written['proxy_ca_cert']} > worker-ca.pem; "
-            "export REQUESTS_CA_BUNDLE=$PWD/worker-ca.pem"
+            "Workers trust the gateway with a bundle that ADDS its CAs to the system store "
+            "(the system CAs, the dev CA, the forward proxy's interception CA for Data "
+            "Factory):\n"
+            f"  export REQUESTS_CA_BUNDLE={bundle} SSL_CERT_FILE={bundle}"
         )
     return 0
 
