@@ -78,12 +78,6 @@ async def test_reading_a_parent_does_not_read_a_child_in_a_forbidden_schema(
     assert rows is None or "child-row-secret" not in repr(rows), rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the relation catalog is read once at login: a relation created later elsewhere "
-    "in an earlier schema of the path is not seen, and the statement is judged on the "
-    "schema the catalog knew while the server reads the new one",
-)
 async def test_a_relation_created_after_login_cannot_shadow_a_granted_one(
     stack: PgStack,
 ) -> None:
@@ -158,11 +152,6 @@ async def test_a_cursor_serves_no_rows_once_its_grant_is_withdrawn(stack: PgStac
     assert rows is None, rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the relation catalog is read once at login: a view redefined later over a "
-    "forbidden table is still judged on what it read at login",
-)
 async def test_a_view_redefined_after_login_is_judged_on_what_it_reads_now(
     stack: PgStack,
 ) -> None:
