@@ -83,3 +83,38 @@ def test_a_cast_of_a_value_is_admin_on_the_user_cast_functions_into_its_type() -
         plain_text,
     }
     assert accesses("SELECT 'x'::text, 1::int") == set()  # a literal: the input function
+
+
+def done(scope: SessionScope, sql: str) -> None:
+    for stmt in classify(sql, scope).statements:
+        scope.statement_done(stmt, stmt.command)
+
+
+def test_a_temporary_view_is_judged_on_what_its_query_needs() -> None:
+    scope = SessionScope(("public",), CATALOG, user="gw")
+    done(scope, "CREATE TEMP VIEW scratch AS SELECT o.steal FROM sales.orders o")
+    found = {
+        (a.action, a.obj)
+        for s in classify("SELECT * FROM scratch", scope).statements
+        for a in s.accesses
+    }
+    assert found == {
+        ("read", "pg_temp.scratch"),
+        ("read", "sales.orders"),
+        ("admin", "function:public.steal"),
+    }
+
+
+def test_a_trigger_on_a_temporary_table_is_judged_on_writes() -> None:
+    scope = SessionScope(("public",), CATALOG, user="gw")
+    done(scope, "CREATE TEMP TABLE scratch (v int)")
+    done(scope, "CREATE TRIGGER t AFTER INSERT ON scratch FOR EACH ROW EXECUTE FUNCTION steal()")
+
+    def accesses_in_session(sql: str) -> set[tuple[str, str]]:
+        return {(a.action, a.obj) for s in classify(sql, scope).statements for a in s.accesses}
+
+    assert accesses_in_session("INSERT INTO scratch VALUES (1)") == {
+        ("write", "pg_temp.scratch"),
+        ("admin", "function:public.steal"),
+    }
+    assert accesses_in_session("SELECT v FROM scratch") == {("read", "pg_temp.scratch")}

@@ -158,7 +158,19 @@ def _create_table_as(w: Walker, node: ast.CreateTableAsStmt) -> Effects:
 
 def _view(w: Walker, node: ast.ViewStmt) -> Effects:
     effects = create_relation(w, node.view)
-    w.walk(node.query)
+    query = Walker(w.resolver)
+    query.walk(node.query)
+    w.accesses.update(query.accesses)
+    # A read of the view needs what its query needs; the relation catalog (read on another
+    # connection) never sees a temporary view, and a view over a temporary relation is
+    # temporary whatever it says.
+    relname = present(present(node.view).relname)
+    created = {("pg_temp", relname)} | {
+        (e.value[0], e.value[1]) for e in effects if e.kind == "created_relation"
+    }
+    needs = tuple(f"{a.action} {a.obj}" for a in query.accesses)
+    if needs:
+        effects += [Effect("dependants", (*where, *needs)) for where in sorted(created)]
     return effects
 
 
@@ -193,10 +205,20 @@ def _index(w: Walker, node: ast.IndexStmt) -> Effects:
 
 def _trigger(w: Walker, node: ast.CreateTrigStmt) -> Effects:
     schema, name = qualified_name(node.funcname or ())
-    for s in [schema] if schema else w.resolver.function_schemas(name):
-        w.add("admin", "function:" + qualified_object(s, name))
+    calls = [
+        "admin function:" + qualified_object(s, name)
+        for s in ([schema] if schema else w.resolver.function_schemas(name))
+    ]
+    for call in calls:
+        w.add(*call.split(" ", 1))
     _existing(w, node, "relation")
-    return []
+    # A write to the table runs the function from now on; the relation catalog (read on
+    # another connection) never sees a trigger on a temporary table.
+    rv = present(node.relation)
+    return [
+        Effect("dependants", (*split_object(obj), *calls), local=True)
+        for obj in w.resolver.relation(rv.schemaname, present(rv.relname))
+    ]
 
 
 def _on_table_or_database(attr: str) -> Callable[[Walker, ast.Node], Effects]:

@@ -222,6 +222,11 @@ class Walker:
                     self.function(function_schema, function_name, ())
                 for touched in touches:
                     self.add("write", qualified_object(*touched))
+                # ...and what the session's own (temporary) views and triggers set off
+                for dependant in catalog.session_dependants(
+                    schema, name, writing=action == "write"
+                ):
+                    self.add(*dependant)
 
     def is_cte(self, rv: ast.RangeVar) -> bool:
         return rv.schemaname is None and any(rv.relname in names for names in self._ctes)

@@ -221,6 +221,7 @@ class RelationCatalog:
         self._write_cascades = {t: frozenset(r) for t, r in write_cascades.items()}
         self._type_calls = _by_type_name(domain_checks)
         self._cast_calls = _by_type_name(cast_calls)
+        self._session_dependants: dict[tuple[str, str], frozenset[tuple[bool, str, str]]] = {}
         self.knows_functions = bool(functions)
         self._schemas = frozenset(known_schemas)
         self._maybe_present: frozenset[tuple[str, str]] = frozenset()
@@ -289,6 +290,17 @@ class RelationCatalog:
             found += self._cast_calls.get(type_name, ())
         return list(dict.fromkeys(f for s, f in found if schema in (None, s)))
 
+    def session_dependants(self, schema: str, name: str, *, writing: bool) -> list[tuple[str, str]]:
+        """``(action, object)`` the session's own views and triggers on ``schema.name`` add
+        to a read (or, ``writing``, a write) of it."""
+        return [
+            (action, obj)
+            for writing_only, action, obj in sorted(
+                self._session_dependants.get((schema, name), ())
+            )
+            if writing or not writing_only
+        ]
+
     def schemas_of(self, relname: str) -> frozenset[str]:
         """Schemas that hold ``relname`` for certain (the upstream's catalog)."""
         return self._by_name.get(relname, frozenset())
@@ -338,8 +350,13 @@ class RelationCatalog:
         absent: Iterable[tuple[str, str]],
         schemas: Iterable[str],
         unknown_schemas: Iterable[str] = (),
+        session_dependants: Iterable[tuple[str, str, bool, str, str]] = (),
     ) -> RelationCatalog:
-        """This catalog with a session's maybe-facts on top (a new generation)."""
+        """This catalog with a session's maybe-facts on top (a new generation).
+
+        ``session_dependants``: ``(schema, name, on writes only, action, object)`` — what
+        the session's own views and triggers (temporary ones above all: the catalog, read
+        on another connection, never sees them) set off when ``schema.name`` is used."""
         layered = RelationCatalog.__new__(RelationCatalog)
         layered._by_name = self._by_name
         layered._functions = self._functions
@@ -351,6 +368,10 @@ class RelationCatalog:
         layered._write_cascades = self._write_cascades
         layered._type_calls = self._type_calls
         layered._cast_calls = self._cast_calls
+        dependants = {k: set(v) for k, v in self._session_dependants.items()}
+        for schema, name, writing_only, action, obj in session_dependants:
+            dependants.setdefault((schema, name), set()).add((writing_only, action, obj))
+        layered._session_dependants = {k: frozenset(v) for k, v in dependants.items()}
         layered.knows_functions = self.knows_functions
         layered._schemas = self._schemas
         layered._maybe_present = self._maybe_present | frozenset(present)

@@ -81,6 +81,9 @@ class SessionScope:
         self._absent: set[tuple[str, str]] = set()
         self._schemas: set[str] = set()
         self._unknown_schemas: set[str] = set()
+        # what the session's own views and triggers set off: (schema, name, on writes
+        # only, action, object)
+        self._dependants: set[tuple[str, str, bool, str, str]] = set()
         self._prepared: dict[str, str] = {}
         self._cursors: dict[str, tuple[str, ...]] = {}  # name -> "action object" it touches
 
@@ -125,6 +128,7 @@ class SessionScope:
         twin._present, twin._absent = set(self._present), set(self._absent)
         twin._schemas = set(self._schemas)
         twin._unknown_schemas = set(self._unknown_schemas)
+        twin._dependants = set(self._dependants)
         twin._prepared = dict(self._prepared)
         twin._cursors = dict(self._cursors)
         return twin
@@ -214,6 +218,12 @@ class SessionScope:
         elif kind == "created_schema" and effect.value:
             self._schemas.add(effect.value[0])
             self._relayer()
+        elif kind == "dependants" and len(effect.value) > 2:
+            schema, name, *accesses = effect.value
+            for access in accesses:
+                action, _, obj = access.partition(" ")
+                self._dependants.add((schema, name, effect.local, action, obj))
+            self._relayer()
         elif kind == "opaque_schema" and effect.value:
             self._unknown_schemas.add(effect.value[0])
             self._relayer()
@@ -256,9 +266,19 @@ class SessionScope:
         base = self._base_catalog
         if base is None:
             self._catalog = None
-        elif self._present or self._absent or self._schemas or self._unknown_schemas:
+        elif (
+            self._present
+            or self._absent
+            or self._schemas
+            or self._unknown_schemas
+            or self._dependants
+        ):
             self._catalog = base.with_session_changes(
-                self._present, self._absent, self._schemas, self._unknown_schemas
+                self._present,
+                self._absent,
+                self._schemas,
+                self._unknown_schemas,
+                self._dependants,
             )
         else:
             self._catalog = base
