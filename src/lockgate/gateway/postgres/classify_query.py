@@ -349,7 +349,6 @@ class Walker:
             if not holders - {"pg_catalog"}:
                 return
             candidates = self.resolver.function_schemas(name)
-            self.resolver.catalog_sensitive = True
         else:
             # where functions live is unknown: the built-in is taken for allow-listed
             # names, any other may be a user function on the path
@@ -367,8 +366,8 @@ class Walker:
         if catalog is not None and cast.typeName is not None:
             schema, name = qualified_name(cast.typeName.names or ())
             converting = not isinstance(cast.arg, ast.A_Const)
+            # not catalog-sensitive: that would re-read the catalog for every such cast
             for called in catalog.cast_calls(schema, name, converting=converting):
-                self.resolver.catalog_sensitive = True
                 self.function(*called, ())
         self.walk_children(cast)
 
