@@ -165,8 +165,9 @@ class RelationCatalog:
         # a write into a column typed with a domain runs the domain's checks
         f" UNION ALL SELECT DISTINCT '{WRITE_CALLS_MARK}' || quote_ident(cn.nspname) || '.'"
         " || quote_ident(c.relname), quote_ident(fn.nspname) || '.' || quote_ident(f.proname)"
+        # (a dropped column's type is 0: it never matches a domain)
         f" FROM {_DOMAIN_CHECKS} x JOIN pg_catalog.pg_attribute a ON a.atttypid = x.dom"
-        " AND a.attnum > 0 AND NOT a.attisdropped"
+        " AND a.attnum > 0"
         " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
         " JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace"
         " JOIN pg_catalog.pg_proc f ON f.oid = x.fid"
