@@ -10,9 +10,13 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[airflow,test]'
+	@# The build's metadata left beside the sources would be a second 'lockgate' on sys.path
+	@# (src/ is on it): Airflow would load the plugin twice.
+	rm -rf src/lockgate.egg-info
 	touch $(STAMP)
 
-## demo: set up and run the end-to-end demo on embedded defaults (SQLite, local demo upstream)
+## demo: set up and run the end-to-end demo on embedded defaults (SQLite, packaged stand-ins
+## for the five seed systems)
 demo: $(STAMP)
 	$(BIN)/lockgate demo --dir demo
 
