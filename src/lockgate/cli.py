@@ -148,6 +148,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         args.target,
         known_resources={r.name for r in cfg.resources},
         deployments={d.name: d.dags for d in cfg.deployments},
+        database_resources={r.name for r in cfg.resources if r.kind != "http"},
     )
     print(text, file=sys.stderr if code == 2 else sys.stdout)
     return code

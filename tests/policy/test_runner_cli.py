@@ -175,3 +175,25 @@ def test_cmd_check_bad_input(example: PolicySet) -> None:
     code, text = cmd_check(example, P, "delete", "orders-api/orders/1")
     assert code == 2 and "unknown action 'delete'" in text
     assert cmd_check(example, P, "read", "/orders/1")[0] == 2
+
+
+def test_cmd_check_takes_a_database_object_without_the_slash(build: Build) -> None:
+    """``warehouse/sales.orders`` on a cql or postgres resource asks for ``sales.orders`` (the
+    engines' object), an HTTP resource's object keeps its ``/``."""
+    ps = build(
+        [
+            rule("sales-read", principals=["airflow:prod/etl/*"], actions=["read"],
+                 resources=["warehouse", "api"], objects=["sales.*", "/sales.*"]),
+        ]
+    )  # fmt: skip
+    principal = "airflow:prod/etl/load"
+    code, text = cmd_check(
+        ps, principal, "read", "warehouse/sales.orders", database_resources={"warehouse"}
+    )
+    assert code == 0 and "object sales.orders" in text, text
+    code, text = cmd_check(
+        ps, principal, "read", "warehouse/other.secret", database_resources={"warehouse"}
+    )
+    assert code == 1 and "object other.secret" in text, text
+    code, text = cmd_check(ps, principal, "read", "api/sales.x", database_resources={"warehouse"})
+    assert code == 0 and "object /sales.x" in text, text

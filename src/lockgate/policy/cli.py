@@ -46,11 +46,17 @@ def cmd_check(
     at: datetime | None = None,
     known_resources: set[str] | None = None,
     deployments: Mapping[str, Sequence[str]] | None = None,
+    database_resources: set[str] | None = None,
 ) -> tuple[int, str]:
-    """Decide one request. Without ``token_ttl``, assume a token freshly minted for the pair."""
+    """Decide one request. Without ``token_ttl``, assume a token freshly minted for the pair.
+
+    ``database_resources`` (cql, postgres): their objects (``sales.orders``) carry no
+    leading ``/``, unlike HTTP paths, so ``pg/sales.orders`` asks for ``sales.orders``."""
     if action not in ACTIONS:
         return 2, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}"
     resource, obj = split_target(target)
+    if database_resources and resource in database_resources:
+        obj = obj[1:]
     if not resource:
         return 2, f"bad target {target!r}; expected RESOURCE[/OBJECT]"
     if known_resources is not None and resource not in known_resources:
