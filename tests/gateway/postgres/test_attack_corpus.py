@@ -104,8 +104,8 @@ def test_a_function_call_names_the_tables_its_body_reads(oracle: CorpusOracle) -
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a trigger on a temporary table is not judged: its function and what it"
-    " writes (public.hidden) never reach policy",
+    reason="a trigger on a temporary table: its function is judged (admin), but what its"
+    " body writes as the caller (public.hidden) never reaches policy",
 )
 def test_a_write_to_a_temporary_table_names_its_trigger_and_what_it_writes(
     oracle: CorpusOracle,
@@ -132,8 +132,8 @@ def test_a_function_called_in_attribute_notation_is_judged(oracle: CorpusOracle,
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a temporary view over a function: the classifier asks read on pg_temp.<view>"
-    " only; the function and the table its body reads never reach policy",
+    reason="a temporary view over a function: the view's function is judged (admin), but"
+    " the table its body reads as the caller (public.hidden) never reaches policy",
 )
 def test_a_temporary_view_over_a_function_names_the_function_and_what_it_reads(
     oracle: CorpusOracle,
