@@ -112,11 +112,17 @@ def test_a_live_capture_with_the_installed_sdk_matches_the_fixture() -> None:
     )
 
     def shape(data: dict[str, Any]) -> list[tuple[Any, ...]]:
-        return [
-            (s["label"], r["method"], r["path"], r["executed"], sorted(r["headers"].items()))
-            for s in data["steps"]
-            for r in s["requests"]
-        ]
+        out: list[tuple[Any, ...]] = []
+        for s in data["steps"]:
+            for r in s["requests"]:
+                entry = (s["label"], r["method"], r["path"], r["executed"])
+                entry += (sorted(r["headers"].items()),)
+                # The SDK re-reads the account on a timer of its own: a repeat of an
+                # account read already seen is timing, not a change in what it sends.
+                if r["executed"] == "read_account" and any(e[1:] == entry[1:] for e in out):
+                    continue
+                out.append(entry)
+        return out
 
     assert shape(live) == shape(fixture), f"{live['sdk']} differs from {fixture['sdk']}: {hint}"
 
