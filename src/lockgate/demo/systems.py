@@ -5,7 +5,8 @@ and Databricks, each behind the gateway and each played by a local stand-in.
 App Service-style orders API, the gateway in a thread) plus, on one background loop:
 
 * Cosmos DB (:mod:`lockgate.demo.standins.cosmos`): resource ``orders-cosmos`` (profile
-  cosmos, request signing with the account key the gateway alone holds);
+  cosmos, request signing with the account key the gateway alone holds), on its own TLS
+  listener at :data:`COSMOS_HOST` (:func:`verified_cosmos_listener`);
 * Data Factory over ARM (:mod:`lockgate.demo.standins.adf`) behind Entra ID
   (:mod:`lockgate.demo.standins.entra`): resource ``arm``, reached by the stock operator
   through the gateway's forward proxy, which intercepts ``management.azure.com``;
@@ -43,7 +44,8 @@ from lockgate.demo.standins.databricks import start as start_databricks
 from lockgate.demo.standins.entra import FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
 from lockgate.demo.standins.entra.thread import LoopThread, server_tls
-from lockgate.tlsgen import write_dev_ca
+from lockgate.scaffold import write_trust_bundle
+from lockgate.tlsgen import write_dev_ca, write_dev_tls
 
 POLICIES = REPO_ROOT / "examples" / "policies"
 CQL_SCHEMA = (
@@ -53,6 +55,11 @@ CQL_SCHEMA = (
 )
 CQL_ADMIN = ("cassandra", "cassandra")  # the node's own superuser, used only to lay the schema
 ENTRA_CLIENT = "lockgate-gateway-app"
+# azure-cosmos turns TLS verification off for "localhost" and "127.0.0.1" (its emulator
+# rule), and urllib3 then warns on every request. Another loopback address (all of 127/8 is
+# loopback on Linux) is verified like any real account, so the gateway's Cosmos endpoint lives
+# there, named in the gateway's certificate.
+COSMOS_HOST = "127.0.0.2"
 DATABRICKS_JOB_101 = {
     "name": "etl-load",
     "timeout_seconds": 1800,
@@ -63,6 +70,18 @@ DATABRICKS_JOB_101 = {
     ],
     "tasks": [{"task_key": "load", "job_cluster_key": "main"}],
 }  # fmt: skip
+
+
+def verified_cosmos_listener(workdir: Path) -> dict[str, Any]:
+    """The ``listen`` block of a Cosmos resource served at :data:`COSMOS_HOST`, after
+    re-issuing ``workdir``'s development TLS (``lockgate init``'s ``tls/``) with that address
+    in the certificate. Run it before anything copies ``tls/ca.pem`` (a new CA is made)."""
+    tls = workdir / "tls"
+    paths = write_dev_tls(tls, hosts=["localhost", "127.0.0.1", COSMOS_HOST])
+    bundle, proxy_ca = tls / "worker-bundle.pem", tls / "proxy-ca.pem"
+    if bundle.exists():  # init's worker bundle: keep it trusting the new CA
+        write_trust_bundle(bundle, [paths["ca"], *([proxy_ca] if proxy_ca.exists() else [])])
+    return {"host": COSMOS_HOST, "port": 0, "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem"}}
 
 
 def run_cql_as_superuser(node: CqlServer, text: str) -> None:
@@ -106,7 +125,7 @@ class FiveSystemsStack(LocalStack):
         doc["resources"].append(
             {"name": "orders-cosmos", "kind": "http", "upstream": self.cosmos.url.rstrip("/"),
              "credential": "orders-cosmos-key", "conn_id": "azure_cosmos_default",
-             "profile": "cosmos",
+             "profile": "cosmos", "listen": verified_cosmos_listener(self.workdir),
              "cosmos": {"database": "sales", "container": "orders", "partition_key": "eu"}}
         )  # fmt: skip
         doc["credentials"].append({"name": "orders-cosmos-key", "type": "static"})
