@@ -21,6 +21,7 @@ from pathlib import Path, PurePath
 from lockgate.errors import ConfigError
 from lockgate.policy.engine import PolicySet, Request
 from lockgate.policy.lint import lint
+from lockgate.policy.mapindex import MAX_MAP_INDEX, NOT_MAPPED
 from lockgate.policy.model import ACTIONS
 from lockgate.policy.testrunner import run_policy_tests
 
@@ -47,11 +48,13 @@ def cmd_check(
     known_resources: set[str] | None = None,
     deployments: Mapping[str, Sequence[str]] | None = None,
     database_resources: set[str] | None = None,
+    map_index: int = NOT_MAPPED,
 ) -> tuple[int, str]:
     """Decide one request. Without ``token_ttl``, assume a token freshly minted for the pair.
 
     ``database_resources`` (cql, postgres): their objects (``sales.orders``) carry no
-    leading ``/``, unlike HTTP paths, so ``pg/sales.orders`` asks for ``sales.orders``."""
+    leading ``/``, unlike HTTP paths, so ``pg/sales.orders`` asks for ``sales.orders``.
+    ``map_index``: the instance of a mapped task asking (default: the task is not mapped)."""
     if action not in ACTIONS:
         return 2, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}"
     resource, obj = split_target(target)
@@ -59,6 +62,11 @@ def cmd_check(
         obj = obj[1:]
     if not resource:
         return 2, f"bad target {target!r}; expected RESOURCE[/OBJECT]"
+    if not NOT_MAPPED <= map_index <= MAX_MAP_INDEX:
+        return (
+            2,
+            f"bad map index {map_index}; expected {NOT_MAPPED} (not mapped) to {MAX_MAP_INDEX}",
+        )
     if known_resources is not None and resource not in known_resources:
         known = ", ".join(sorted(known_resources)) or "none configured"
         return 2, f"unknown resource {resource!r} (known: {known}); nothing can be decided"
@@ -67,11 +75,13 @@ def cmd_check(
         problem, undelegated = _principal_problem(principal, deployments)
         if problem:
             return 2, problem
-    ttl = token_ttl if token_ttl is not None else policy_set.max_ttl(principal, resource)
-    decision = policy_set.decide(Request(principal, action, resource, obj, ttl, at))
+    ttl = token_ttl if token_ttl is not None else policy_set.max_ttl(principal, resource, map_index)
+    decision = policy_set.decide(Request(principal, action, resource, obj, ttl, at, map_index))
     verdict = "ALLOW" if decision.allowed else "DENY"
     lines = [
-        f"{verdict} {principal} {action} {resource}" + (f" object {obj}" if obj else ""),
+        f"{verdict} {principal} {action} {resource}"
+        + (f" object {obj}" if obj else "")
+        + (f" map_index {map_index}" if map_index != NOT_MAPPED else ""),
         f"  {decision.explain()}",
     ]
     rule = policy_set.rule(decision.rule) if decision.rule else None

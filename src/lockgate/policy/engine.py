@@ -15,8 +15,11 @@ Order of evaluation for one request:
    first matching allow, or that no rule allows the request.
 
 Unknown condition inputs fail closed: a request without ``token_ttl`` does not satisfy an
-allow rule's ``max_token_ttl``. A deny's only condition is a ``time_window`` (the schema
-refuses ``max_token_ttl`` on a deny: a longer-lived token would escape it).
+allow rule's ``max_token_ttl``, one without ``map_index`` no allow's ``map_index`` /
+``mapped`` (and it lets every such deny apply). A deny's conditions are ``time_window`` and
+the map-index ones (the schema refuses ``max_token_ttl`` on a deny: a longer-lived token
+would escape it). A decision that a map-index condition made says so in its explanation
+(``allowed by rule x (team.yaml): map_index 3 in 0-9``).
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from functools import lru_cache
 from pathlib import PurePath
 
 from lockgate.policy.globs import Matcher
+from lockgate.policy.mapindex import MapCondition
 from lockgate.policy.model import ACTIONS, RuleSpec, parse_clock
 
 DEFAULT_CACHE_SIZE = 65536
+# Per rule with a map-index condition: explanations kept per index (rebuilt past this many).
+_MAP_DECISIONS_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,7 @@ class Request:
     object: str = ""
     token_ttl: float | None = None  # lifetime of the caller's token in seconds
     now: datetime | float | None = None  # UTC datetime or epoch seconds; None: the current time
+    map_index: int | None = None  # the task's map index (-1: not mapped); None: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +76,14 @@ class Rule:
     """One compiled rule: matchers built once, decisions for it pre-made."""
 
     __slots__ = (
+        "_map_decisions",
         "actions",
         "decision",
         "description",
         "effect",
         "id",
         "index",
+        "map_condition",
         "max_token_ttl",
         "objects",
         "principals",
@@ -98,6 +107,7 @@ class Rule:
         self.window: tuple[int, int, str] | None = (
             (parse_clock(tw.start), parse_clock(tw.end), f"{tw.start}-{tw.end} UTC") if tw else None
         )
+        self.map_condition = MapCondition.of(spec.conditions.map_index, spec.conditions.mapped)
         verb = "allowed" if self.effect == "allow" else "denied"
         self.decision = Decision(
             self.effect == "allow",
@@ -105,10 +115,36 @@ class Rule:
             source,
             f"{verb} by rule {self.id} ({_source_name(source)})",
         )
+        self._map_decisions: dict[int | None, Decision] = {}
 
     @property
     def conditional(self) -> bool:
-        return self.max_token_ttl is not None or self.window is not None
+        return (
+            self.max_token_ttl is not None
+            or self.window is not None
+            or self.map_condition is not None
+        )
+
+    def decision_for(self, map_index: int | None) -> Decision:
+        """This rule's decision; one a map-index condition made names the index that met it."""
+        cond = self.map_condition
+        if cond is None:
+            return self.decision
+        made = self._map_decisions.get(map_index)
+        if made is None:
+            if len(self._map_decisions) >= _MAP_DECISIONS_KEPT:
+                self._map_decisions.clear()
+            base = self.decision
+            made = Decision(
+                base.allowed, base.rule, base.source, f"{base.reason}: {cond.why_held(map_index)}"
+            )
+            self._map_decisions[map_index] = made
+        return made
+
+    def map_excludes(self, map_index: int | None) -> bool:
+        """The map-index condition is known not to hold (an unknown index excludes nothing)."""
+        cond = self.map_condition
+        return cond is not None and map_index is not None and not cond.holds(map_index)
 
     @property
     def all_actions(self) -> bool:
@@ -118,8 +154,10 @@ class Rule:
         # Resource first: it is the most selective and usually an exact-set hit or miss.
         return self.resources(resource) and self.principals(principal) and self.objects(obj)
 
-    def failed_condition(self, token_ttl: float | None, now: datetime | float | None) -> str | None:
-        """Describe the first condition that does not hold (unknown TTL does not hold)."""
+    def failed_condition(
+        self, token_ttl: float | None, now: datetime | float | None, map_index: int | None = None
+    ) -> str | None:
+        """Describe the first condition that does not hold (unknown inputs do not hold)."""
         if self.max_token_ttl is not None and (token_ttl is None or token_ttl > self.max_token_ttl):
             lives = "unknown" if token_ttl is None else f"{token_ttl:g}s"
             return f"max_token_ttl {self.max_token_ttl}s does not hold (token TTL {lives})"
@@ -127,13 +165,16 @@ class Rule:
             start, end, text = self.window
             if not in_window(now, start, end):
                 return f"time_window {text} does not hold"
+        if self.map_condition is not None:
+            return self.map_condition.failure(map_index)
         return None
 
-    def deny_applies(self, now: datetime | float | None) -> bool:
-        """A deny's time window says *when* it denies (a freeze window)."""
-        if self.window is not None:
-            return in_window(now, self.window[0], self.window[1])
-        return True
+    def deny_applies(self, now: datetime | float | None, map_index: int | None = None) -> bool:
+        """A deny's conditions say *when* it denies (a freeze window, some map indexes); an
+        unknown map index lets it apply."""
+        if self.window is not None and not in_window(now, self.window[0], self.window[1]):
+            return False
+        return not self.map_excludes(map_index)
 
     def __repr__(self) -> str:
         return f"<Rule {self.id} {self.effect} from {self.source}>"
@@ -236,7 +277,9 @@ class PolicySet:
         return _Match(tuple(denies), tuple(allows), none)
 
     # -- at token mint -------------------------------------------------------------------------
-    def _mint_rules(self, principal: str, resource: str) -> tuple[list[Rule], list[Rule]]:
+    def _mint_rules(
+        self, principal: str, resource: str, map_index: int | None
+    ) -> tuple[list[Rule], list[Rule]]:
         allows: list[Rule] = []
         total_denies: list[Rule] = []
         for r in self.rules:
@@ -245,43 +288,57 @@ class PolicySet:
             if not (r.resources(resource) and r.principals(principal)):
                 continue
             if r.effect == "allow":
-                allows.append(r)
-            elif r.all_actions and r.objects.match_all and not r.conditional:
+                if not r.map_excludes(map_index):
+                    allows.append(r)
+            elif r.all_actions and r.objects.match_all and _total_for(r, map_index):
                 total_denies.append(r)
         return allows, total_denies
 
-    def mint_check(self, principal: str, resource: str) -> Decision:
+    def mint_check(self, principal: str, resource: str, map_index: int | None = None) -> Decision:
         """May a token for ``resource`` be minted for ``principal`` at all?
 
         Allowed if some allow rule could match for some action and object (conditions are
         checked per request, not here), unless an unconditional deny with actions "*" and
-        objects "*" covers the pair.
+        objects "*" covers the pair. Given the task's ``map_index``, allow rules whose
+        map-index condition excludes it do not count, and a deny whose only conditions are
+        map-index ones that hold for it counts as unconditional.
         """
-        allows, total_denies = self._mint_rules(principal, resource)
+        allows, total_denies = self._mint_rules(principal, resource, map_index)
         if total_denies:
-            return total_denies[0].decision
+            return total_denies[0].decision_for(map_index)
         if allows:
             return allows[0].decision
         return Decision(False, None, None, f"no rule allows {principal} to use {resource}")
 
-    def max_ttl(self, principal: str, resource: str) -> int | None:
-        """Smallest ``max_token_ttl`` among allow rules matching the pair; None if none set."""
-        allows, _ = self._mint_rules(principal, resource)
+    def max_ttl(self, principal: str, resource: str, map_index: int | None = None) -> int | None:
+        """Smallest ``max_token_ttl`` among allow rules matching the pair (and not excluding
+        ``map_index`` when it is given); None if none set."""
+        allows, _ = self._mint_rules(principal, resource, map_index)
         ttls = [r.max_token_ttl for r in allows if r.max_token_ttl is not None]
         return min(ttls) if ttls else None
+
+
+def _total_for(deny: Rule, map_index: int | None) -> bool:
+    """A deny that applies whenever this task asks: no window, and no map-index condition
+    unless the known ``map_index`` meets it."""
+    if deny.window is not None:
+        return False
+    cond = deny.map_condition
+    return cond is None or (map_index is not None and cond.holds(map_index))
 
 
 def _evaluate(m: _Match, req: Request) -> Decision:
     # one clock reading for every rule of this request, and none when no rule has a window
     now = utc(req.now) if m.timed else None
+    map_index = req.map_index
     for r in m.denies:
-        if r.deny_applies(now):
-            return r.decision
+        if r.deny_applies(now, map_index):
+            return r.decision_for(map_index)
     first_failure: str | None = None
     for r in m.allows:
-        failed = r.failed_condition(req.token_ttl, now)
+        failed = r.failed_condition(req.token_ttl, now, map_index)
         if failed is None:
-            return r.decision
+            return r.decision_for(map_index)
         if first_failure is None:
             first_failure = f"rule {r.id} matched but its condition {failed}"
     if first_failure is not None:

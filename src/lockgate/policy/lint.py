@@ -96,7 +96,11 @@ def _empty(rule: Rule) -> list[str]:
 
 
 def _same_conditions(a: Rule, b: Rule) -> bool:
-    return a.max_token_ttl == b.max_token_ttl and a.window == b.window
+    return (
+        a.max_token_ttl == b.max_token_ttl
+        and a.window == b.window
+        and a.map_condition == b.map_condition
+    )
 
 
 def lint(policy_set: PolicySet, known_resources: set[str]) -> list[Finding]:

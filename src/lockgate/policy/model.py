@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from lockgate.config.yaml_source import FieldPath, LineOf
+from lockgate.policy.mapindex import MapRanges, parse_map_indexes
 
 ACTIONS: tuple[str, ...] = ("read", "write", "admin", "run")
 Action = Literal["read", "write", "admin", "run", "*"]
@@ -108,9 +109,24 @@ def _optional_duration(value: object) -> int | None:
 OptionalDuration = Annotated[int | None, BeforeValidator(_optional_duration)]
 
 
+# Map indexes, written as a number, a range "0-9" or a list of them; absent: None.
+OptionalMapIndexes = Annotated[MapRanges | None, BeforeValidator(parse_map_indexes)]
+
+
 class Conditions(_Strict):
     max_token_ttl: OptionalDuration = None
     time_window: TimeWindow | None = None
+    map_index: OptionalMapIndexes = None
+    mapped: bool | None = None
+
+    @model_validator(mode="after")
+    def _map_consistent(self) -> Conditions:
+        if self.map_index is not None and self.mapped is False:
+            raise ValueError(
+                "map_index names mapped instances, mapped: false only the unmapped task: "
+                "together they match nothing (keep one)"
+            )
+        return self
 
 
 class RuleSpec(_Strict):
@@ -201,6 +217,8 @@ def _describe(
         return loc, f"expected a list{shown}"
     if kind == "string_type":
         return loc, f"expected a string{shown}"
+    if kind == "bool_type":
+        return loc, f"expected true or false{shown}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return loc, f"expected a mapping{shown}"
     if kind == "string_pattern_mismatch":

@@ -10,6 +10,7 @@ Format::
         object: /orders/1              # optional, default ""
         at: "2026-01-01T10:00:00Z"     # optional, UTC if no offset; default now
         token_ttl: 600                 # optional; default: the TTL a token minted now would get
+        map_index: 3                   # optional; default -1 (the task is not mapped)
         expect: allow                  # allow | deny
         rule: finance-read-orders      # optional: the rule expected to decide
 
@@ -25,11 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from lockgate.errors import ConfigError
 from lockgate.policy.engine import Decision, PolicySet, Request
 from lockgate.policy.loader import parse_yaml, read_text
+from lockgate.policy.mapindex import MAX_MAP_INDEX, NOT_MAPPED
 from lockgate.policy.model import OptionalDuration, format_errors
 
 
@@ -62,6 +64,7 @@ class PolicyTestCase(BaseModel):
     object: str = ""
     at: UtcTime = None
     token_ttl: OptionalDuration = None
+    map_index: int = Field(NOT_MAPPED, ge=NOT_MAPPED, le=MAX_MAP_INDEX)
     expect: Literal["allow", "deny"]
     rule: str | None = None
 
@@ -106,8 +109,10 @@ def _fields(loc: tuple[int | str, ...]) -> list[str]:
 def run_case(policy_set: PolicySet, case: PolicyTestCase) -> TestResult:
     ttl = case.token_ttl
     if ttl is None:
-        ttl = policy_set.max_ttl(case.principal, case.resource)
-    req = Request(case.principal, case.action, case.resource, case.object, ttl, case.at)
+        ttl = policy_set.max_ttl(case.principal, case.resource, case.map_index)
+    req = Request(
+        case.principal, case.action, case.resource, case.object, ttl, case.at, case.map_index
+    )
     got = policy_set.decide(req)
     outcome = "allow" if got.allowed else "deny"
     expected = case.expect + (f" by {case.rule}" if case.rule else "")
