@@ -79,3 +79,9 @@ class CredentialError(LockgateError):
 
 class AuditUnavailable(LockgateError):
     """The audit sink cannot write; allowed requests are refused until it recovers."""
+
+
+class StoreUnavailable(LockgateError):
+    """Shared state cannot be reached or used (PostgreSQL down, a timeout, a schema that is
+    not current). The message names the database by its label (a file path, or the DSN
+    without its password) and says what to do; it never carries a password."""

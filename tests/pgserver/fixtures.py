@@ -3,6 +3,7 @@
 
 ``pg_server``: one server for the run (TLS on, SCRAM passwords, every statement logged).
 ``pg_server_factory``: private servers for one test (restarts, odd settings), stopped after it.
+``pg_state``: settings for a fresh shared-state database (``state: {postgresql: ...}``).
 Without the PostgreSQL binaries the tests using them skip -- unless ``CI`` is set, where a
 missing PostgreSQL fails them (so CI cannot pass by skipping the engine's tests).
 """
@@ -12,10 +13,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.pgserver.server import PgServer, PostgresMissing, find_pg_bin, start_pg_server
+
+if TYPE_CHECKING:
+    from lockgate.config import PostgresStateSettings
 
 PgServerFactory = Callable[..., PgServer]
 
@@ -65,3 +70,18 @@ def pg_server_factory(tmp_path: Path) -> Iterator[PgServerFactory]:
     finally:
         for server in started:
             server.stop()
+
+
+SharedStateFactory = Callable[..., "PostgresStateSettings"]
+
+
+@pytest.fixture
+def pg_state(pg_server: PgServer, tmp_path: Path) -> SharedStateFactory:
+    """``pg_state(**overrides)``: settings for a fresh shared-state database on the run's
+    server (a role of its own, password in a file); see tests/pgserver/state.py."""
+    from tests.pgserver.state import shared_state_settings
+
+    def factory(**overrides: object) -> PostgresStateSettings:
+        return shared_state_settings(pg_server, tmp_path / "pg-state", **overrides)
+
+    return factory

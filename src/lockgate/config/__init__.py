@@ -76,6 +76,7 @@ from lockgate.config.resources import (
     Route,
     UpstreamAuth,
 )
+from lockgate.config.state import PostgresStateSettings, StateSettings
 
 __all__ = [
     "NAME_RE",
@@ -100,12 +101,14 @@ __all__ = [
     "OidcIssuer",
     "PostgresListenerConfig",
     "PostgresResource",
+    "PostgresStateSettings",
     "PrivateKeyJwtProof",
     "Proof",
     "Resource",
     "RetrySettings",
     "Route",
     "Section",
+    "StateSettings",
     "StaticCredential",
     "TlsConfig",
     "TokenSettings",

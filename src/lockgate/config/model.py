@@ -22,6 +22,7 @@ from lockgate.config.credentials import (
 from lockgate.config.identity import Deployment, OidcIssuer, TokenSettings
 from lockgate.config.listeners import Listeners
 from lockgate.config.resources import AnyResource, HttpResource, Resource
+from lockgate.config.state import StateSettings
 
 
 class AuditSettings(Section):
@@ -51,6 +52,11 @@ class LockgateConfig(Section):
     policies: list[str] = []
     audit: AuditSettings = AuditSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Where durable state lives: SQLite files under data_dir, or one shared PostgreSQL.
+    state: StateSettings = StateSettings()
+    # The credentials master key as a file (else LOCKGATE_MASTER_KEY; with SQLite state and
+    # neither, data_dir/master.key is created on first start). Shared state needs one of them.
+    master_key_file: Path | None = None
     source: Path | None = Field(default=None, exclude=True)  # set by load_config
 
     @model_validator(mode="after")

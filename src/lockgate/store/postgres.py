@@ -1,0 +1,335 @@
+"""The shared backend: one PostgreSQL database for every replica.
+
+Transactions run on a ``psycopg_pool.ConnectionPool`` (a connection is checked before it is
+handed out, so a server restart costs no failed call once the server is back; each
+connection sets ``statement_timeout``). Every driver error surfaces as
+:class:`~lockgate.errors.StoreUnavailable` naming the database by its password-free label.
+
+Change propagation: ``cur.touch(topic)`` bumps ``lockgate_changes`` and sends
+``pg_notify('lockgate_state', topic)`` (delivered at commit). One watcher thread per
+database LISTENs on a connection of its own and re-reads the versions table on every
+notification and every ``catch_up_interval`` (so a lost notification costs at most that);
+``version()`` is a memory read, and ``stale_for()`` counts from the last successful contact
+(a notification, a poll, any transaction). The watcher reconnects with backoff and stops on
+:meth:`PostgresDatabase.close`.
+
+The password is read from ``password_file`` (again at every new connection, so a rotated
+password is picked up) or ``password_env``; it never appears in a label or a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from functools import lru_cache
+from typing import Any, Self
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from lockgate.config.state import PostgresStateSettings
+from lockgate.errors import StoreUnavailable
+from lockgate.store.base import Cursor, Dialect
+from lockgate.store.sql import to_postgres_params
+
+log = logging.getLogger("lockgate.store")
+
+CHANNEL = "lockgate_state"
+# One round trip: bump the topic's version and queue the notification (sent at commit).
+_TOUCH_SQL = (
+    "WITH bumped AS (INSERT INTO lockgate_changes (topic, version) VALUES (%s, 1) "
+    "ON CONFLICT (topic) DO UPDATE SET version = lockgate_changes.version + 1 "
+    "RETURNING version) "
+    "SELECT version, pg_notify('lockgate_state', %s) FROM bumped"
+)
+_VERSIONS_SQL = "SELECT topic, version FROM lockgate_changes"
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 1.0
+_WATCH_TICK = 0.2  # longest wait in the watcher between checks of close()
+_REPORT_KWARG = "_lockgate_report_error"
+
+
+class _ReportingConnection(psycopg.Connection[TupleRow]):
+    """A connection that tells its database why a connection attempt failed, so a pool
+    timeout can say what is wrong (refused, bad password ...) rather than only "timeout"."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        report: Callable[[BaseException], None] | None = kwargs.pop(_REPORT_KWARG, None)
+        try:
+            return super().connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            if report is not None:
+                report(exc)
+            raise
+
+
+def dsn_label(dsn: str) -> str:
+    """``postgresql://user@host:port/dbname``: enough to find the database, no secret."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "postgresql://<unparsable dsn>"
+    user = f"{params['user']}@" if params.get("user") else ""
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
+
+
+@lru_cache(maxsize=1024)
+def _postgres_query(sql: str) -> bytes:
+    """The portable text in psycopg's placeholder style, as bytes (what psycopg sends)."""
+    return to_postgres_params(sql).encode()
+
+
+class PostgresCursor:
+    """A :class:`~lockgate.store.base.Cursor` over one psycopg cursor."""
+
+    def __init__(self, db: PostgresDatabase, raw: psycopg.Cursor[TupleRow]) -> None:
+        self._db = db
+        self._raw = raw
+        self.touched: dict[str, int] = {}  # topic -> its version after this transaction
+
+    @property
+    def rowcount(self) -> int:
+        return self._raw.rowcount
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> PostgresCursor:
+        self._run(_postgres_query(sql), tuple(params))
+        return self
+
+    def _run(self, sql: bytes, params: tuple[object, ...]) -> None:
+        try:
+            self._raw.execute(sql, params)
+        except psycopg.Error as exc:
+            raise self._db.unavailable(exc) from exc
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._raw.fetchone()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._raw.fetchall()
+
+    def touch(self, topic: str) -> None:
+        if topic in self.touched:
+            return
+        self._run(_TOUCH_SQL.encode(), (topic, topic))
+        row = self._raw.fetchone()
+        self.touched[topic] = int(row[0]) if row else 0
+
+
+class PostgresDatabase:
+    """The shared database of every replica (see the module docstring)."""
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, settings: PostgresStateSettings, *, replica_id: str) -> None:
+        self.settings = settings
+        self.replica_id = replica_id
+        self.label = dsn_label(settings.dsn)
+        self._versions: dict[str, int] = {}
+        self._versions_lock = threading.Lock()
+        self._last_contact: float | None = None  # time.monotonic()
+        self._last_connect_error: str | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._watch_lock = threading.Lock()
+        self._pool = ConnectionPool(
+            settings.dsn,
+            connection_class=_ReportingConnection,
+            kwargs=self._connect_kwargs,
+            min_size=1,
+            max_size=settings.pool_size,
+            open=False,
+            configure=self._configure,
+            check=ConnectionPool.check_connection,
+            timeout=settings.connect_timeout,
+            name=f"lockgate-{replica_id}",
+        )
+        self._pool.open(wait=False)  # a server that is down now must not stop construction
+        try:
+            with self._pool.connection() as conn:
+                self._reload_versions(conn)
+        except psycopg.Error as exc:
+            log.warning("%s", self.unavailable(exc))
+
+    # -- connections ----------------------------------------------------------------------
+    def _password(self) -> str | None:
+        s = self.settings
+        if s.password_file is not None:
+            try:
+                return s.password_file.read_text(encoding="utf-8").strip("\r\n")
+            except OSError as exc:
+                raise psycopg.OperationalError(
+                    f"state.postgresql.password_file {s.password_file}: cannot read "
+                    f"({exc.strerror})"
+                ) from None
+        if s.password_env is not None:
+            value = os.environ.get(s.password_env)
+            if value is None:
+                raise psycopg.OperationalError(
+                    f"state.postgresql.password_env: {s.password_env} is not set"
+                )
+            return value
+        return None
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        """Connection parameters, computed per connection (the password may have rotated)."""
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            "connect_timeout": max(2, math.ceil(s.connect_timeout)),
+            "application_name": f"lockgate/{self.replica_id}"[:63],
+            # A peer gone without a reset (a partition) is noticed in seconds, not hours.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(s.connect_timeout * 1000),
+            _REPORT_KWARG: self._record_connect_error,
+        }
+        password = self._password()
+        if password is not None:
+            kwargs["password"] = password
+        return kwargs
+
+    def _record_connect_error(self, exc: BaseException) -> None:
+        self._last_connect_error = self._scrub(str(exc).strip().splitlines()[0] if str(exc) else "")
+
+    def _configure(self, conn: psycopg.Connection[TupleRow]) -> None:
+        ms = str(int(self.settings.statement_timeout * 1000))
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (ms,))
+        conn.commit()
+
+    def _scrub(self, text: str) -> str:
+        try:
+            password = self._password()
+        except psycopg.Error:
+            password = None
+        return text.replace(password, "***") if password else text
+
+    def unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """The error a caller sees: what failed, on which database, never the password."""
+        if isinstance(exc, PoolTimeout):
+            why = f"no connection within {self.settings.connect_timeout:g} s"
+            if self._last_connect_error:
+                why += f" (last attempt: {self._last_connect_error})"
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            why = f"{type(exc).__name__}: {self._scrub(first)}" if first else type(exc).__name__
+        return StoreUnavailable(f"PostgreSQL {self.label}: {why}")
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextmanager
+    def _session(self, *, read_only: bool) -> Iterator[PostgresCursor]:
+        try:
+            with self._pool.connection() as conn:
+                conn.read_only = read_only  # goes out with BEGIN: no extra round trip
+                with conn.transaction(), conn.cursor() as raw:
+                    cur = PostgresCursor(self, raw)
+                    yield cur
+        except psycopg.Error as exc:
+            raise self.unavailable(exc) from exc
+        self._contact()
+        if cur.touched:
+            self._merge_versions(cur.touched)
+
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        return self._session(read_only=False)
+
+    def read(self) -> AbstractContextManager[Cursor]:
+        return self._session(read_only=True)
+
+    # -- versions and staleness -----------------------------------------------------------
+    def version(self, topic: str) -> int:
+        return self._versions.get(topic, 0)
+
+    def stale_for(self) -> float:
+        last = self._last_contact
+        return math.inf if last is None else max(0.0, time.monotonic() - last)
+
+    def _contact(self) -> None:
+        self._last_contact = time.monotonic()
+
+    def _merge_versions(self, seen: dict[str, int]) -> None:
+        with self._versions_lock:
+            merged = dict(self._versions)
+            for topic, version in seen.items():
+                merged[topic] = max(merged.get(topic, 0), version)
+            self._versions = merged  # one assignment: readers never see half a merge
+
+    def _reload_versions(self, conn: psycopg.Connection[TupleRow]) -> None:
+        try:
+            rows = conn.execute(_VERSIONS_SQL).fetchall()
+        except psycopg.errors.UndefinedTable:
+            rows = []  # not migrated yet: nothing has changed
+            if not conn.autocommit:
+                conn.rollback()
+        if not conn.autocommit:
+            conn.commit()
+        self._merge_versions({str(topic): int(version) for topic, version in rows})
+        self._contact()
+
+    # -- the watcher ----------------------------------------------------------------------
+    def start_watching(self) -> None:
+        with self._watch_lock:
+            if self._watcher is not None or self._stop.is_set():
+                return
+            self._watcher = threading.Thread(
+                target=self._watch, name=f"lockgate-state-watch-{self.replica_id}", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        backoff = _BACKOFF_FIRST
+        while not self._stop.is_set():
+            try:
+                conn = _ReportingConnection.connect(
+                    self.settings.dsn, autocommit=True, **self._connect_kwargs()
+                )
+            except psycopg.Error as exc:
+                log.debug("state watcher: %s", self.unavailable(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            try:
+                with conn:
+                    conn.execute("LISTEN lockgate_state")  # CHANNEL
+                    self._reload_versions(conn)  # whatever happened while we were away
+                    backoff = _BACKOFF_FIRST
+                    self._listen(conn)
+            except psycopg.Error as exc:
+                if not self._stop.is_set():
+                    log.warning("state watcher lost its connection: %s", self.unavailable(exc))
+
+    def _listen(self, conn: psycopg.Connection[TupleRow]) -> None:
+        interval = self.settings.catch_up_interval
+        next_poll = time.monotonic() + interval
+        while not self._stop.is_set():
+            wait = min(_WATCH_TICK, max(0.0, next_poll - time.monotonic()))
+            notified = False
+            for _ in conn.notifies(timeout=wait, stop_after=1):  # ends by itself: lock freed
+                notified = True
+            if notified or time.monotonic() >= next_poll:
+                self._reload_versions(conn)
+                if not notified:
+                    next_poll = time.monotonic() + interval
+
+    def close(self) -> None:
+        self._stop.set()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.join(timeout=5)
+        self._pool.close(timeout=5)
+
+    def __repr__(self) -> str:
+        return f"PostgresDatabase({self.label!r}, replica_id={self.replica_id!r})"
+
+
+__all__ = ["CHANNEL", "PostgresCursor", "PostgresDatabase", "dsn_label"]
