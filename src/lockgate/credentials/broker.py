@@ -9,9 +9,13 @@
   refresh fails while the cached token is still valid, the cached token is served and a
   warning logged: the token endpoint having a bad minute should not fail requests.
 
-Rotation: ``store.changed()`` is checked on every call (one ``PRAGMA data_version``), so a
-rotation done by the CLI in another process is used by the very next request; the server
-also calls :meth:`CredentialBroker.refresh` about once a second to update metrics.
+Rotation: every call checks whether the store's ``credentials`` version moved (SQLite: one
+indexed read of the file; PostgreSQL: a memory read, moved by LISTEN/NOTIFY or the catch-up
+poll), so a rotation by the CLI or by another replica is used by the very next request. The
+store then reloads -- in a worker thread when the database is shared, so the event loop
+never waits on PostgreSQL; if the database cannot be reached the versions in memory keep
+being served. The server calls :meth:`CredentialBroker.poll` about once a second to catch up
+without traffic and update metrics.
 
 Overlap: after a rotation the previous version stays usable for the credential's
 ``overlap`` seconds. The HTTP engine's rule "an upstream 401 with the newest version is
@@ -39,7 +43,7 @@ from lockgate.config import (
 from lockgate.credentials.managed_identity import fetch_mi_token
 from lockgate.credentials.oauth2 import AccessToken, fetch_token
 from lockgate.credentials.store import CredentialStore, Version
-from lockgate.errors import CredentialError
+from lockgate.errors import CredentialError, StoreUnavailable
 
 log = _log.get("credentials")
 
@@ -74,7 +78,10 @@ class CredentialBroker:
         self._tokens: dict[_Key, AccessToken] = {}
         self._mi_tokens: dict[str, AccessToken] = {}  # managed identity, per credential
         self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
-        store.changed()  # baseline: nothing is cached yet, so earlier writes need no reload
+        self._reloading: asyncio.Future[bool] | None = None  # one worker-thread reload at once
+        if store.stale():  # baseline: nothing is cached yet, so earlier writes are no change
+            self._reload_logged()
+        self._generation = store.generation  # the store load our caches were filled from
 
     # -- the engines' API ------------------------------------------------------------------
     async def upstream_secret(
@@ -89,9 +96,10 @@ class CredentialBroker:
         cfg = self._credential_config(credential_name)
         if isinstance(cfg, ManagedIdentityCredential):  # nothing stored, no versions
             return None if previous else await self._mi_secret(cfg)
+        await self._catch_up()
         self._notice_changes()
         if previous:
-            version = self._store.previous(credential_name, cfg.overlap)
+            version = self._store.previous(credential_name, cfg.overlap, fresh=False)
             if version is None:
                 return None
         else:
@@ -122,8 +130,19 @@ class CredentialBroker:
                 del self._tokens[key]
 
     # -- housekeeping ----------------------------------------------------------------------
+    async def poll(self) -> bool:
+        """:meth:`refresh` after reloading the store off the event loop if its version moved
+        (the server's periodic tick). True if the credentials changed."""
+        await self._catch_up()
+        return self.refresh()
+
     def refresh(self) -> bool:
-        """Pick up rotations by other processes and update the age metric. True if changed."""
+        """Pick up rotations by other processes and update the age metric. True if changed.
+
+        Reloads the store in this thread if its version moved (off an event loop with a
+        shared database: use :meth:`poll` there)."""
+        if self._store.stale():
+            self._reload_logged()
         changed = self._notice_changes()
         for cred in self._config.credentials:
             with contextlib.suppress(CredentialError):
@@ -156,14 +175,38 @@ class CredentialBroker:
             raise CredentialError(f"credential {name!r} is not configured")
         return cfg
 
-    def _notice_changes(self) -> bool:
-        if not self._store.changed():
+    async def _catch_up(self) -> None:
+        """Reload the store if its version moved: inline on SQLite (a local file), in one
+        shared worker thread on PostgreSQL."""
+        if not self._store.stale():
+            return
+        if not self._store.shared:
+            self._reload_logged()
+            return
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.ensure_future(asyncio.to_thread(self._reload_logged))
+        await asyncio.shield(self._reloading)
+
+    def _reload_logged(self) -> bool:
+        try:
+            return self._store.reload()
+        except StoreUnavailable as exc:
+            # Serve what memory holds; staleness past the bound is refused by token checks.
+            log.warning(
+                "credentials not reloaded; serving the versions in memory",
+                extra={"fields": {"error": str(exc)}},
+            )
             return False
+
+    def _notice_changes(self) -> bool:
+        if self._store.generation == self._generation:
+            return False
+        self._generation = self._store.generation
         self._current.clear()
         # drop tokens of versions that can no longer be current or previous
         for name in {k[0] for k in self._tokens}:
             try:
-                cur = self._store.current(name)
+                cur = self._store.current(name, fresh=False)
             except CredentialError:
                 cur = None
             keep_from = cur.version - 1 if cur else None
@@ -175,7 +218,7 @@ class CredentialBroker:
     def _current_version(self, name: str) -> Version:
         version = self._current.get(name)
         if version is None:
-            version = self._store.current(name)
+            version = self._store.current(name, fresh=False)
             if version is None:
                 raise CredentialError(
                     f"credential {name!r} has no value; set it with `lockgate creds set {name}`"

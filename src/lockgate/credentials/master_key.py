@@ -4,9 +4,19 @@ Where it comes from, first match wins:
 
 1. ``LOCKGATE_MASTER_KEY``: base64 of 32 random bytes (from a secret manager, a Kubernetes
    secret ...). Nothing is written to disk.
-2. ``<data_dir>/master.key``: base64 text, created on first start with mode 0600 inside a
-   0700 directory. A key file readable by group or others is refused, like ssh refuses an
-   unprotected private key: fix the mode, then rotate the credentials if in doubt.
+2. ``master_key_file`` (top-level setting): a file holding the same base64 text, e.g. a
+   mounted secret. Never created; it must exist.
+3. ``<data_dir>/master.key``: base64 text, created on first start with mode 0600 inside a
+   0700 directory. Only with SQLite state: with shared state (PostgreSQL) every replica must
+   be given the same key, so a per-replica file is never created.
+
+A key file readable by group or others is refused, like ssh refuses an unprotected private
+key: fix the mode, then rotate the credentials if in doubt.
+
+Shared state: the first replica stores the key's *fingerprint* (HMAC-SHA256 of a fixed label
+under the key; nothing of the key can be learned from it) in ``lockgate_meta``;
+:func:`verify_master_key` makes a replica given another key refuse to start, instead of
+failing every credential read later.
 
 Losing the key means losing every stored credential (they must be set again); back it up
 with the same care as the credentials themselves. Messages never contain key material.
@@ -17,6 +27,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import os
 import stat
 from collections.abc import Mapping
@@ -24,24 +36,43 @@ from pathlib import Path
 
 from lockgate import _log
 from lockgate.errors import CredentialError
+from lockgate.store import Database
 
 ENV_VAR = "LOCKGATE_MASTER_KEY"
 KEY_FILE = "master.key"
 KEY_BYTES = 32
+FINGERPRINT_KEY = "master_key_fingerprint"  # the row in lockgate_meta
+_FINGERPRINT_LABEL = b"lockgate master key fingerprint v1"
 
 log = _log.get("credentials")
 
 
-def load_or_create_master_key(data_dir: Path, env: Mapping[str, str] | None = None) -> bytes:
-    """Return the 32-byte master key from the environment or ``data_dir/master.key``.
+def load_or_create_master_key(
+    data_dir: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    key_file: Path | None = None,
+    shared: bool = False,
+) -> bytes:
+    """Return the 32-byte master key from the environment, ``key_file`` or
+    ``data_dir/master.key``.
 
-    Creates the file (0600) and the directory (0700) on first start. Raises CredentialError
-    when the key is malformed or the file is group/world readable.
+    Creates ``data_dir/master.key`` (0600, directory 0700) on first start unless ``shared``
+    (state on PostgreSQL), which needs the key given. Raises CredentialError when the key is
+    missing (shared), malformed, or its file is group/world readable.
     """
     env = os.environ if env is None else env
     raw = env.get(ENV_VAR)
     if raw:
         return decode_key(raw, f"${ENV_VAR}")
+    if key_file is not None:
+        return _read(Path(key_file))
+    if shared:
+        raise CredentialError(
+            "shared state (state: postgresql) needs the master key given, the same on every "
+            f"replica: set {ENV_VAR} or master_key_file (base64 of 32 random bytes, e.g. "
+            "`openssl rand -base64 32`); copy it from the replica that set the credentials"
+        )
     data_dir = Path(data_dir)
     if not data_dir.exists():
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -115,3 +146,31 @@ def _read(path: Path) -> bytes:
     except UnicodeDecodeError:
         raise CredentialError(f"{path}: master key must be base64 text") from None
     return decode_key(text, str(path))
+
+
+def fingerprint(master_key: bytes) -> str:
+    """HMAC-SHA256 of a fixed label under the key (hex): names the key, reveals nothing."""
+    return hmac.new(master_key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
+
+
+def verify_master_key(db: Database, master_key: bytes) -> None:
+    """Record the key's fingerprint in ``db`` on first use, else check it matches.
+
+    Raises CredentialError (before anything is served) when this process holds another key
+    than the one the shared database was set up with."""
+    mine = fingerprint(master_key)
+    with db.transaction() as cur:
+        cur.execute(
+            "INSERT INTO lockgate_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (FINGERPRINT_KEY, mine),
+        )
+        row = cur.execute(
+            "SELECT value FROM lockgate_meta WHERE key = ?", (FINGERPRINT_KEY,)
+        ).fetchone()
+    stored = str(row[0]) if row else mine
+    if not hmac.compare_digest(stored, mine):
+        raise CredentialError(
+            f"{db.label}: this replica's master key (fingerprint {mine[:16]}) is not the one "
+            f"the shared state was set up with (fingerprint {stored[:16]}): give every replica "
+            f"the same {ENV_VAR} or master_key_file"
+        )

@@ -1,4 +1,8 @@
-"""CredentialStore: upstream secrets, encrypted at rest and versioned, in SQLite.
+"""CredentialStore: upstream secrets, encrypted at rest and versioned, in a Database.
+
+The database is a SQLite file (``data_dir/credentials.db``, one machine) or the shared
+PostgreSQL of every replica; the same portable SQL serves both, and only ciphertext is ever
+written to either.
 
 Encryption: AES-256-GCM with a key derived from the master key (HKDF-SHA256, so the master
 key itself is never used directly and can later derive other keys), a fresh random 96-bit
@@ -10,9 +14,12 @@ two versions keep their ciphertext (current and previous, for the rotation overl
 older ones keep metadata only. Version numbers are never reused, even after ``delete``,
 so caches keyed by (name, version) cannot serve a stale value.
 
-Several processes share the file (the server reads, the CLI rotates): WAL mode, every
-write in ``BEGIN IMMEDIATE``, and :meth:`CredentialStore.changed` (``PRAGMA data_version``
-plus a local counter) tells a long-lived reader cheaply that it must reload.
+Reads come from memory: the newest two rows of every credential, reloaded when the
+``credentials`` change version moved (a write here, by the CLI, or by another replica).
+:meth:`CredentialStore.stale` says so without touching PostgreSQL, so a server can run
+:meth:`CredentialStore.reload` in a worker thread and read with ``fresh=False`` on its event
+loop. With a shared database the master key's fingerprint is checked at open
+(:func:`~lockgate.credentials.master_key.verify_master_key`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import hashlib
 import hmac
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -34,27 +40,40 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lockgate.config import NAME_RE
+from lockgate.credentials.master_key import verify_master_key
 from lockgate.errors import CredentialError
+from lockgate.store import Database, Migration, SqliteDatabase, migrate, register_domain
 
 _NAME = re.compile(NAME_RE)
 _KEEP_VALUES = 2  # current + previous; older ciphertexts are wiped
+DOMAIN = TOPIC = "credentials"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS credential_versions (
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    rotated_at REAL,
-    key_id TEXT NOT NULL,
-    nonce BLOB,
-    ciphertext BLOB,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS credential_counters (
-    name TEXT PRIMARY KEY,
-    last_version INTEGER NOT NULL
-);
-"""
+MIGRATIONS = (
+    Migration(
+        1,
+        "credential versions (encrypted) and version counters",
+        """
+        CREATE TABLE IF NOT EXISTS credential_versions (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            rotated_at REAL,
+            key_id TEXT NOT NULL,
+            nonce BLOB,
+            ciphertext BLOB,
+            PRIMARY KEY (name, version)
+        );
+        CREATE TABLE IF NOT EXISTS credential_counters (
+            name TEXT PRIMARY KEY,
+            last_version INTEGER NOT NULL
+        );
+        """,
+    ),
+)
+register_domain(DOMAIN, MIGRATIONS)
+
+# (version, created_at, key_id, nonce, ciphertext) as stored, newest first per name
+_Row = tuple[int, float, str, bytes | None, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +100,20 @@ class VersionInfo:
 
 class CredentialStore:
     def __init__(
-        self, db_path: Path, master_key: bytes, *, clock: Callable[[], float] = time.time
+        self,
+        db: Path | Database,
+        master_key: bytes,
+        *,
+        clock: Callable[[], float] = time.time,
+        migrate_schema: bool = True,
     ) -> None:
         if len(master_key) != 32:
             raise CredentialError("master key must be exactly 32 bytes")
-        self.db_path = Path(db_path)
+        if isinstance(db, Path | str):
+            Path(db).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            db = SqliteDatabase(Path(db))
+        self.db = db
+        self.shared = db.dialect == "postgresql"
         self._clock = clock
         self._aead = AESGCM(
             HKDF(
@@ -94,19 +122,17 @@ class CredentialStore:
         )
         # shown in errors to tell "wrong key" from "tampered row"; reveals nothing of the key
         self.key_id = hmac.new(master_key, b"lockgate key id", hashlib.sha256).hexdigest()[:16]
-        self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not self.db_path.exists():  # create 0600 before SQLite does (it copies the mode)
-            os.close(os.open(self.db_path, os.O_WRONLY | os.O_CREAT, 0o600))
+        migrate(db, DOMAIN, MIGRATIONS, allowed=migrate_schema)
+        if self.shared:
+            verify_master_key(db, master_key)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            self.db_path, timeout=5.0, isolation_level=None, check_same_thread=False
-        )
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")  # rare writes; durability first
-            self._conn.executescript(SCHEMA)
-        self._local_writes = 0
+        self._local_writes = 0  # our own writes count before a notification says so
+        self._rows: dict[str, tuple[_Row, ...]] = {}
+        self._loaded: tuple[int, int] | None = None  # marker the rows were read at
         self._seen = self._marker()
+        #: Moves at every reload: a cache of values read from this store (the broker's) is
+        #: good for one value of it.
+        self.generation = 0
 
     # -- writes ----------------------------------------------------------------------------
     def set(self, name: str, value: str) -> int:
@@ -122,91 +148,120 @@ class CredentialStore:
             raise CredentialError(f"invalid credential name {name!r}")
         if not isinstance(value, str) or not value:
             raise CredentialError(f"credential {name!r}: the value must be a non-empty string")
-        with self._lock, self._tx():
-            c = self._conn
+        with self.db.transaction() as cur:
+            # The counter row first: its upsert locks it, so two writers of one name (two
+            # replicas) take turns instead of both picking the same version.
+            cur.execute(
+                "INSERT INTO credential_counters (name, last_version) VALUES (?, 0) "
+                "ON CONFLICT (name) DO UPDATE SET last_version = credential_counters.last_version",
+                (name,),
+            )
             if (
                 rotation
-                and not c.execute(
+                and not cur.execute(
                     "SELECT 1 FROM credential_versions WHERE name = ? LIMIT 1", (name,)
                 ).fetchone()
             ):
                 raise CredentialError(f"credential {name!r} does not exist; set it before rotating")
-            row = c.execute(
+            row = cur.execute(
                 "SELECT last_version FROM credential_counters WHERE name = ?", (name,)
             ).fetchone()
-            version = (row[0] if row else 0) + 1
+            version = (int(row[0]) if row else 0) + 1
             nonce = os.urandom(12)
             ct = self._aead.encrypt(nonce, value.encode("utf-8"), _aad(name, version))
             now = self._clock()
-            c.execute(
+            cur.execute(
                 "INSERT INTO credential_versions "
                 "(name, version, created_at, rotated_at, key_id, nonce, ciphertext) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (name, version, now, now if rotation else None, self.key_id, nonce, ct),
             )
-            c.execute(
-                "INSERT INTO credential_counters (name, last_version) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET last_version = excluded.last_version",
-                (name, version),
+            cur.execute(
+                "UPDATE credential_counters SET last_version = ? WHERE name = ?", (version, name)
             )
-            c.execute(
+            cur.execute(
                 "UPDATE credential_versions SET nonce = NULL, ciphertext = NULL "
                 "WHERE name = ? AND version <= ? AND ciphertext IS NOT NULL",
                 (name, version - _KEEP_VALUES),
             )
-            self._local_writes += 1
+            cur.touch(TOPIC)
+        self._wrote()
         return version
 
     def delete(self, name: str) -> bool:
         """Remove every version of ``name``. Returns False when there was none."""
-        with self._lock, self._tx():
-            cur = self._conn.execute("DELETE FROM credential_versions WHERE name = ?", (name,))
-            self._local_writes += 1
-            return cur.rowcount > 0
+        with self.db.transaction() as cur:
+            deleted = cur.execute(
+                "DELETE FROM credential_versions WHERE name = ?", (name,)
+            ).rowcount
+            cur.touch(TOPIC)
+        self._wrote()
+        return deleted > 0
 
     # -- reads -----------------------------------------------------------------------------
-    def current(self, name: str) -> Version | None:
-        """The newest version, decrypted; None when ``name`` has never been set."""
-        rows = self._newest(name, 1)
+    def current(self, name: str, *, fresh: bool = True) -> Version | None:
+        """The newest version, decrypted; None when ``name`` has never been set.
+
+        ``fresh=False``: answer from memory even if a change is pending (an event loop that
+        reloads in a worker thread); the first read of a store still loads."""
+        rows = self._newest(name, fresh)
         return self._decrypt(name, rows[0]) if rows else None
 
-    def previous(self, name: str, overlap: float) -> Version | None:
+    def previous(self, name: str, overlap: float, *, fresh: bool = True) -> Version | None:
         """The version before current, only while current is younger than ``overlap`` s."""
-        rows = self._newest(name, 2)
+        rows = self._newest(name, fresh)
         if len(rows) < 2 or self._clock() - rows[0][1] >= overlap or rows[1][4] is None:
             return None
         return self._decrypt(name, rows[1])
 
-    def _newest(self, name: str, count: int) -> list[tuple[int, float, str, bytes, bytes]]:
-        """The newest ``count`` versions of ``name`` as stored (encrypted), newest first."""
-        with self._lock:
-            rows: list[tuple[int, float, str, bytes, bytes]] = self._conn.execute(
-                "SELECT version, created_at, key_id, nonce, ciphertext FROM credential_versions "
-                "WHERE name = ? ORDER BY version DESC LIMIT ?",
-                (name, count),
-            ).fetchall()
-        return rows
+    def names(self, *, fresh: bool = True) -> list[str]:
+        self._ensure_loaded(fresh)
+        return sorted(self._rows)
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Metadata of every version of ``name``, oldest first; never a value."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT version, created_at, rotated_at, ciphertext IS NOT NULL "
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT version, created_at, rotated_at, "
+                "CASE WHEN ciphertext IS NULL THEN 0 ELSE 1 END "
                 "FROM credential_versions WHERE name = ? ORDER BY version",
                 (name,),
             ).fetchall()
         last = rows[-1][0] if rows else None
         return [
-            VersionInfo(name, v, created, rotated, v == last, bool(has))
+            VersionInfo(name, int(v), created, rotated, v == last, bool(has))
             for v, created, rotated, has in rows
         ]
 
-    def names(self) -> list[str]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT DISTINCT name FROM credential_versions ORDER BY name"
+    # -- change tracking -------------------------------------------------------------------
+    def stale(self) -> bool:
+        """True when memory may be behind the database (PostgreSQL: a memory read)."""
+        return self._loaded != self._marker()
+
+    def reload(self) -> bool:
+        """Re-read the newest two rows of every credential if anything changed (blocking:
+        run it in a worker thread next to an event loop). Returns True if it re-read.
+        Raises StoreUnavailable when the database cannot be reached; memory stays as was."""
+        marker = self._marker()  # before the read: a write landing during it moves it again
+        if marker == self._loaded:
+            return False
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT name, version, created_at, key_id, nonce, ciphertext "
+                "FROM credential_versions v WHERE version >= ("
+                "  SELECT max(version) - 1 FROM credential_versions n WHERE n.name = v.name"
+                ") ORDER BY name, version DESC"
             ).fetchall()
-        return [r[0] for r in rows]
+        by_name: dict[str, list[_Row]] = {}
+        for name, version, created, key_id, nonce, ct in rows:
+            by_name.setdefault(name, []).append(
+                (int(version), float(created), key_id, _bytes(nonce), _bytes(ct))
+            )
+        with self._lock:
+            self._rows = {name: tuple(versions) for name, versions in by_name.items()}
+            self._loaded = marker
+            self.generation += 1
+        return True
 
     def changed(self) -> bool:
         """True if anything was written (by this or another process) since the last call."""
@@ -217,21 +272,27 @@ class CredentialStore:
         return True
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.db.close()
 
     # -- internals -------------------------------------------------------------------------
     def _marker(self) -> tuple[int, int]:
+        return (self.db.version(TOPIC), self._local_writes)
+
+    def _wrote(self) -> None:
         with self._lock:
-            (dv,) = self._conn.execute("PRAGMA data_version").fetchone()
-        return (int(dv), self._local_writes)
+            self._local_writes += 1
 
-    def _tx(self) -> _Tx:
-        return _Tx(self._conn)
+    def _ensure_loaded(self, fresh: bool) -> None:
+        if self._loaded is None or (fresh and self.stale()):
+            self.reload()
 
-    def _decrypt(self, name: str, row: tuple[int, float, str, bytes, bytes]) -> Version:
+    def _newest(self, name: str, fresh: bool) -> tuple[_Row, ...]:
+        self._ensure_loaded(fresh)
+        return self._rows.get(name, ())
+
+    def _decrypt(self, name: str, row: _Row) -> Version:
         version, created_at, key_id, nonce, ct = row
-        if ct is None:
+        if ct is None or nonce is None:
             raise CredentialError(f"credential {name!r} version {version} has no stored value")
         if not hmac.compare_digest(key_id, self.key_id):
             raise CredentialError(
@@ -250,17 +311,9 @@ class CredentialStore:
         )
 
 
-class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error (the caller holds the lock)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+def _bytes(value: bytes | memoryview | None) -> bytes | None:
+    # psycopg hands BYTEA back as bytes; be explicit for drivers that use memoryview
+    return None if value is None else bytes(value)
 
 
 def _aad(name: str, version: int) -> bytes:

@@ -1,6 +1,11 @@
-"""Ed25519 signing keys for Lockgate tokens, kept on disk and rotated with an overlap.
+"""Ed25519 signing keys for Lockgate tokens, rotated with an overlap.
 
-Layout under ``data_dir/keys/`` (directory 0700, files 0600)::
+:class:`KeyStore` holds the key set in memory (the data path never reads storage) over one
+of two backends: files under ``data_dir/keys`` (SQLite state, one machine; this module) or
+the ``signing_keys`` table of the shared database (PostgreSQL state, every replica;
+:mod:`lockgate.identity.key_table`).
+
+File layout under ``data_dir/keys/`` (directory 0700, files 0600)::
 
     index.json          {"current": kid, "keys": [{"kid", "created", "retire_at"}]}
     <kid>.pem           PKCS#8 private key, one per kid
@@ -16,12 +21,18 @@ Rules:
   it stays in the JWKS because tokens it signed may still be valid.
 - Another process (``lockgate keys rotate``) may rotate; :meth:`reload` re-reads the index
   and :meth:`maybe_reload` does so at most once per ``min_interval`` seconds.
+
+Shared keys publish first and sign later: a rotated key is published (JWKS, accepted by
+verifiers) at once but becomes the signing key only ``activation_delay`` seconds later, by
+when every replica has loaded it, so a token it signs is never unknown anywhere. Reloads
+then follow the ``keys`` change version and run in a worker thread: never on the data path.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -33,15 +44,22 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from lockgate.errors import ConfigError
+from lockgate import _log
+from lockgate.errors import ConfigError, LockgateError
+from lockgate.store import Database
 
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")  # base64url of a SHA-256 digest, no padding
 _INDEX = "index.json"
+#: Publish-to-sign delay of shared keys: past the catch-up poll (1 s by default) twice plus
+#: the server's 1 s tick, so a lost notification still leaves every replica time to load it.
+SHARED_ACTIVATION_DELAY = 3.0
+
+log = _log.get("identity")
 
 
 def b64url(data: bytes) -> str:
@@ -69,6 +87,11 @@ class SigningKey:
     public: Ed25519PublicKey
     created: float
     retire_at: float | None  # None: current (or not yet scheduled for retirement)
+    activate_at: float | None = None  # signs from then on; None: from ``created``
+
+    @property
+    def signs_from(self) -> float:
+        return self.created if self.activate_at is None else self.activate_at
 
     def jwk(self) -> dict[str, str]:
         return {
@@ -81,31 +104,99 @@ class SigningKey:
         }
 
 
-class KeyStore:
-    """Signing keys of this Lockgate installation; thread-safe, multi-process aware."""
+class KeyBackend(Protocol):
+    """Where a :class:`KeyStore` keeps its keys. ``known`` maps kid to the keys already in
+    memory so a reload reuses their private halves instead of reading them again."""
 
-    def __init__(self, data_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.dir = Path(data_dir) / "keys"
+    #: True when other machines share the keys: reload in a worker thread, never inline.
+    shared: bool
+
+    def open(self, now: float) -> dict[str, SigningKey]:
+        """The stored keys, creating the first one (exactly one, however many start)."""
+        ...
+
+    def moved(self) -> bool:
+        """Cheap: whether the stored keys may differ from the last load."""
+        ...
+
+    def load(self, known: dict[str, SigningKey]) -> dict[str, SigningKey]: ...
+
+    def rotate(
+        self, known: dict[str, SigningKey], now: float, retire_after: float, delay: float
+    ) -> tuple[SigningKey, dict[str, SigningKey]]:
+        """Add a key signing from ``now + delay``; keys not yet retiring retire
+        ``retire_after`` s after that. Returns the new key and the stored set."""
+        ...
+
+    def problem(self, current: SigningKey) -> str | None:
+        """Why a restart would not find ``current`` again, or None."""
+        ...
+
+
+class KeyStore:
+    """Signing keys of this Lockgate installation; thread-safe, multi-process aware.
+
+    ``source``: the data directory (keys as files) or a shared :class:`Database` (keys in
+    its ``signing_keys`` table, private halves encrypted under ``master_key``)."""
+
+    def __init__(
+        self,
+        source: Path | Database,
+        *,
+        master_key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+        activation_delay: float | None = None,
+        migrate_schema: bool = True,
+    ) -> None:
         self._clock = clock
         self._mutex = threading.Lock()
-        self._keys: dict[str, SigningKey] = {}
-        self._current: str | None = None
-        self._index_stamp: tuple[int, int] | None = None
+        self._backend: KeyBackend
+        if isinstance(source, Path | str):
+            self.dir: Path | None = Path(source) / "keys"
+            self._backend = KeyFiles(self.dir)
+        else:
+            from lockgate.identity.key_table import KeyTable  # its schema registers on import
+
+            if master_key is None:
+                raise ConfigError("signing keys in a database need the master key")
+            self.dir = None
+            self._backend = KeyTable(source, master_key, migrate_schema=migrate_schema)
+        if activation_delay is None:
+            activation_delay = SHARED_ACTIVATION_DELAY if self._backend.shared else 0.0
+        self.activation_delay = activation_delay
         self._last_reload = float("-inf")
+        # Apart from _mutex, which a reload holds across its query: the data path only ever
+        # takes this one, to start a background reload.
+        self._spawn = threading.Lock()
+        self._reloading: threading.Thread | None = None
         #: Moves whenever the key set or a retirement changes (rotate, a reload that read a
         #: new index): a verifier's cached verdicts are only good for one value of it.
         self.changes = 0
-        self._load_or_create()
+        with self._mutex:
+            self._keys: dict[str, SigningKey] = self._backend.open(clock())
+            self.changes += 1
 
     # -- public API ---------------------------------------------------------------------------
     def current(self) -> SigningKey:
-        assert self._current is not None  # set by _load_or_create
-        return self._keys[self._current]
+        """The signing key: the newest one whose activation time has come."""
+        self._follow()
+        now = self._clock()
+        # Stored order breaks ties: a key rotated in within the same clock tick comes later.
+        keys = list(self._keys.values())
+        live = [i for i, k in enumerate(keys) if not self._retired(k, now)]
+        active = [i for i in live if keys[i].signs_from <= now]
+        if active:
+            return keys[max(active, key=lambda i: (keys[i].signs_from, keys[i].created, i))]
+        # None active yet (a clock behind the rotating replica's): the soonest, else newest.
+        if live:
+            return keys[min(live, key=lambda i: (keys[i].signs_from, -i))]
+        return keys[-1]
 
     def public_key(self, kid: str) -> Ed25519PublicKey | None:
         """The published key for ``kid``, or ``None`` if unknown or retired."""
+        self._follow()
         key = self._keys.get(kid)
-        if key is None or self._retired(key):
+        if key is None or self._retired(key, self._clock()):
             return None
         return key.public
 
@@ -117,63 +208,131 @@ class KeyStore:
         )
 
     def published(self) -> list[SigningKey]:
-        return [k for k in self._keys.values() if not self._retired(k)]
+        now = self._clock()
+        return [k for k in self._keys.values() if not self._retired(k, now)]
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.jwk() for k in self.published()]}
 
     def rotate(self, retire_after: int) -> SigningKey:
-        """Add a fresh key and make it current; older keys retire ``retire_after`` s from now."""
+        """Add a fresh key; it signs after :attr:`activation_delay` (at once for files).
+        Older keys retire ``retire_after`` s after that."""
         if retire_after < 0:
             raise ValueError("retire_after must be >= 0")
-        with self._locked():
-            self._read_index()  # another process may have rotated since we last looked
-            now = self._clock()
-            new = _generate(now)
-            self._write_pem(new)
-            for kid, key in list(self._keys.items()):
-                if key.retire_at is None:
-                    self._keys[kid] = _replace_retire(key, now + retire_after)
-            self._keys[new.kid] = new
-            self._current = new.kid
-            self._prune(now)
-            self._write_index()
+        with self._mutex:
+            new, keys = self._backend.rotate(
+                self._keys, self._clock(), retire_after, self.activation_delay
+            )
+            self._keys = keys
             self.changes += 1
-            return new
+        return new
 
     def reload(self) -> bool:
-        """Re-read the index if it changed on disk. Returns True if it did."""
+        """Re-read the stored keys if they changed. Returns True if it did (blocking: with
+        shared keys, call it off the event loop)."""
         with self._mutex:
             self._last_reload = time.monotonic()
-            stamp = self._stamp()
-            if stamp == self._index_stamp:
+            if not self._backend.moved():
                 return False
-        with self._locked():
-            self._read_index()
+            self._keys = self._backend.load(self._keys)
+            self.changes += 1
         return True
 
     def maybe_reload(self, min_interval: float = 1.0) -> bool:
-        """:meth:`reload`, but at most once per ``min_interval`` seconds (unknown-kid path)."""
+        """:meth:`reload`, but at most once per ``min_interval`` seconds (unknown-kid path).
+
+        Shared keys: when their version moved, a worker thread reloads and this returns
+        False at once (the data path never waits on the database)."""
+        if self._backend.shared:
+            self._follow()
+            return False
         if time.monotonic() - self._last_reload < min_interval:
             return False
         return self.reload()
 
-    # -- internals ----------------------------------------------------------------------------
-    def _retired(self, key: SigningKey) -> bool:
-        return key.retire_at is not None and self._clock() >= key.retire_at
+    def reload_pending(self) -> bool:
+        """Cheap: whether the stored keys moved since the last load."""
+        return self._backend.moved()
 
-    def _load_or_create(self) -> None:
+    def storage_problem(self) -> str | None:
+        """Why a restart would not sign with today's current key (a file gone), or None."""
+        return self._backend.problem(self.current())
+
+    # -- internals ----------------------------------------------------------------------------
+    @staticmethod
+    def _retired(key: SigningKey, now: float) -> bool:
+        return key.retire_at is not None and now >= key.retire_at
+
+    def _follow(self) -> None:
+        """Shared keys: start one background reload when their version moved (a memory
+        read; files are followed by :meth:`maybe_reload` instead)."""
+        if not self._backend.shared or not self._backend.moved():
+            return
+        with self._spawn:
+            if self._reloading is not None and self._reloading.is_alive():
+                return
+            self._reloading = threading.Thread(
+                target=self._reload_logged, name="lockgate-keys-reload", daemon=True
+            )
+            self._reloading.start()
+
+    def _reload_logged(self) -> None:
+        try:
+            self.reload()
+        except LockgateError as exc:
+            # Keep serving the keys in memory; the staleness bound refuses past it.
+            log.warning("signing keys not reloaded", extra={"fields": {"error": str(exc)}})
+
+
+class KeyFiles:
+    """Keys as files under ``data_dir/keys`` (the module docstring's layout)."""
+
+    shared = False
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._mutex = threading.Lock()
+        self._index_stamp: tuple[int, int] | None = None
+
+    def open(self, now: float) -> dict[str, SigningKey]:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)  # mkdir honours umask; be explicit
         with self._locked():
             if (self.dir / _INDEX).exists():
-                self._read_index()
-            else:
-                first = _generate(self._clock())
-                self._write_pem(first)
-                self._keys = {first.kid: first}
-                self._current = first.kid
-                self._write_index()
+                return self._read_index({})
+            first = _generate(now)
+            self._write_pem(first)
+            keys = {first.kid: first}
+            self._write_index(keys, first.kid)
+            return keys
+
+    def moved(self) -> bool:
+        return self._stamp() != self._index_stamp
+
+    def load(self, known: dict[str, SigningKey]) -> dict[str, SigningKey]:
+        with self._locked():
+            return self._read_index(known)
+
+    def rotate(
+        self, known: dict[str, SigningKey], now: float, retire_after: float, delay: float
+    ) -> tuple[SigningKey, dict[str, SigningKey]]:
+        with self._locked():
+            keys = self._read_index(known)  # another process may have rotated since
+            new = _generate(now, activate_at=now + delay if delay else None)
+            self._write_pem(new)
+            for kid, key in list(keys.items()):
+                if key.retire_at is None:
+                    keys[kid] = _replace_retire(key, new.signs_from + retire_after)
+            keys[new.kid] = new
+            self._prune(keys, new.kid, now)
+            self._write_index(keys, new.kid)
+            return new, keys
+
+    def problem(self, current: SigningKey) -> str | None:
+        for path in (self.dir / _INDEX, self.dir / f"{current.kid}.pem"):
+            if not path.is_file():
+                return f"{path} is missing (a restart would mint with a new key)"
+        return None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -194,7 +353,7 @@ class KeyStore:
             return None
         return (st.st_mtime_ns, st.st_ino)
 
-    def _read_index(self) -> None:
+    def _read_index(self, known: dict[str, SigningKey]) -> dict[str, SigningKey]:
         path = self.dir / _INDEX
         try:
             stamp = self._stamp()
@@ -208,16 +367,20 @@ class KeyStore:
             kid = entry.get("kid") if isinstance(entry, dict) else None
             if not isinstance(kid, str) or not KID_RE.match(kid):
                 raise ConfigError(f"{path}: invalid kid in key index")
-            old = self._keys.get(kid)
+            old = known.get(kid)
             if old is None:
                 private = self._read_pem(kid)
                 created = float(entry.get("created") or 0)
-                old = SigningKey(kid, private, private.public_key(), created, None)
+                activate = entry.get("activate_at")
+                old = SigningKey(
+                    kid, private, private.public_key(), created, None,
+                    None if activate is None else float(activate),
+                )  # fmt: skip
             keys[kid] = _replace_retire(old, entry.get("retire_at"))
         if current not in keys:
             raise ConfigError(f"{path}: current kid is not in the key index")
-        self._keys, self._current, self._index_stamp = keys, current, stamp
-        self.changes += 1
+        self._index_stamp = stamp
+        return keys
 
     def _read_pem(self, kid: str) -> Ed25519PrivateKey:
         path = self.dir / f"{kid}.pem"
@@ -237,14 +400,18 @@ class KeyStore:
         )
         self._atomic_write(self.dir / f"{key.kid}.pem", pem)
 
-    def _write_index(self) -> None:
-        index = {
-            "current": self._current,
-            "keys": [
-                {"kid": k.kid, "created": k.created, "retire_at": k.retire_at}
-                for k in self._keys.values()
-            ],
-        }
+    def _write_index(self, keys: dict[str, SigningKey], current: str) -> None:
+        entries: list[dict[str, object]] = []
+        for k in keys.values():
+            entry: dict[str, object] = {
+                "kid": k.kid,
+                "created": k.created,
+                "retire_at": k.retire_at,
+            }
+            if k.activate_at is not None:
+                entry["activate_at"] = k.activate_at
+            entries.append(entry)
+        index = {"current": current, "keys": entries}
         self._atomic_write(self.dir / _INDEX, json.dumps(index, indent=2).encode())
         self._index_stamp = self._stamp()
 
@@ -262,22 +429,22 @@ class KeyStore:
                 os.unlink(tmp)
             raise
 
-    def _prune(self, now: float) -> None:
+    def _prune(self, keys: dict[str, SigningKey], current: str, now: float) -> None:
         """Forget keys whose retirement time has passed and delete their private halves."""
-        for kid, key in list(self._keys.items()):
-            if kid != self._current and key.retire_at is not None and now >= key.retire_at:
-                del self._keys[kid]
+        for kid, key in list(keys.items()):
+            if kid != current and key.retire_at is not None and now >= key.retire_at:
+                del keys[kid]
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / f"{kid}.pem").unlink()
 
 
-def _generate(now: float) -> SigningKey:
+def _generate(now: float, activate_at: float | None = None) -> SigningKey:
     private = Ed25519PrivateKey.generate()
     public = private.public_key()
-    return SigningKey(thumbprint(public), private, public, now, None)
+    return SigningKey(thumbprint(public), private, public, now, None, activate_at)
 
 
 def _replace_retire(key: SigningKey, retire_at: float | None) -> SigningKey:
     if key.retire_at == retire_at:
         return key
-    return SigningKey(key.kid, key.private, key.public, key.created, retire_at)
+    return dataclasses.replace(key, retire_at=retire_at)
