@@ -18,9 +18,13 @@ does not depend on the database:
   ``/v1/revoke``, :meth:`DbRoles.after_refresh` soon after the CLI or another replica
   revokes it. :meth:`DbRoles.update_resources` follows a new catalog live.
 
-Roles and their claims live in this process only. A graceful stop drops every live role;
-a crash leaves them until :meth:`RoleSet.sweep_orphans` runs (not automatic: another
-replica sharing the database would lose its roles). The door that issues roles is
+Roles and their claims live in this process; a graceful stop drops every live role. With
+leases (:mod:`lockgate.gateway.role_leases`, given by the server from the state database)
+each live role is also a lease row written before the role is created: the sweeper
+heartbeats for this replica and drops the roles of a replica that died (or of this one's
+previous incarnation after a restart), exactly one replica per orphan. Without leases a
+crash leaves roles until :meth:`RoleSet.sweep_orphans` runs (not automatic: another replica
+sharing the upstream database would lose its roles). The door that issues roles is
 ``POST /v1/db-role`` (:mod:`lockgate.control.db_role`).
 """
 
@@ -38,13 +42,14 @@ from typing import Any, ClassVar, Protocol
 
 from lockgate import _log
 from lockgate.config import AnyResource
-from lockgate.errors import CredentialError, UpstreamError, UpstreamUnavailable
+from lockgate.errors import CredentialError, StoreUnavailable, UpstreamError, UpstreamUnavailable
 from lockgate.gateway.engine import (
     CredentialBroker,
     PolicySource,
     RequestFactory,
     default_request_factory,
 )
+from lockgate.gateway.role_leases import RoleLeases, keep_leases
 from lockgate.identity.model import Claims, TaskIdentity
 from lockgate.identity.revocation import RevocationStore
 
@@ -151,6 +156,7 @@ class RoleSet:
         self._pending: set[str] = set()  # revoked, but the DROP failed: the sweeper retries
         self._lock = asyncio.Lock()  # one issue at a time; retire() waits for the one under way
         self._retired = False
+        self.leases: RoleLeases | None = None  # set by DbRoles when the state keeps leases
 
     # -- what a kind implements -------------------------------------------------------------
     async def _create(
@@ -194,7 +200,13 @@ class RoleSet:
             if known is not None:
                 return known
             password = secrets.token_urlsafe(32)  # URL-safe: never a quote
-            grants = await self._create(name, password, claims, require_grants)
+            await self._lease(name, float(claims.exp))
+            try:
+                grants = await self._create(name, password, claims, require_grants)
+            except BaseException:
+                if name not in self._pending:  # nothing made upstream: nothing to lease
+                    await self._unlease(name)
+                raise
             cred = RoleCredential(
                 name, password, float(claims.exp), grants, self.skipped_grants(name)
             )
@@ -204,6 +216,26 @@ class RoleSet:
             "resource": self.resource.name, "role": name, "principal": claims.sub,
             "grants": len(grants)}})  # fmt: skip
         return cred
+
+    async def _lease(self, name: str, expires_at: float) -> None:
+        """Write the lease before the role exists: a crash between the two leaves a lease
+        on nothing (harmless to sweep), never a role nobody would drop."""
+        if self.leases is None:
+            return
+        try:
+            await asyncio.to_thread(self.leases.record, self.resource.name, name, expires_at)
+        except StoreUnavailable as exc:
+            # No lease, no role: a crash would leave it to nobody.
+            raise UpstreamUnavailable(f"role lease not recorded: {exc}") from exc
+
+    async def _unlease(self, name: str) -> None:
+        if self.leases is None:
+            return
+        try:
+            await asyncio.to_thread(self.leases.release, self.resource.name, name)
+        except StoreUnavailable as exc:  # the lease is swept later (dropping is idempotent)
+            log.warning(f"{self.NOUN} lease not released", extra={"fields": {
+                "role": name, "error": str(exc)}})  # fmt: skip
 
     def skipped_grants(self, name: str) -> tuple[str, ...]:
         """Grants policy allowed by name that role ``name`` did not get, with why (a kind
@@ -229,6 +261,7 @@ class RoleSet:
                         resource=self.resource.name,
                         object=obj,
                         token_ttl=ttl,
+                        map_index=claims.map_index,
                     )
                 )
                 if decision.allowed:
@@ -254,8 +287,18 @@ class RoleSet:
         self._issued.pop(name, None)
         self._owners.pop(name, None)
         self._pending.discard(name)
+        await self._unlease(name)
         log.info(f"{self.NOUN} dropped", extra={"fields": {"role": name}})
         return True
+
+    async def drop_orphan(self, name: str) -> None:
+        """Drop role ``name`` that a dead process (another replica, or this one before a
+        restart) issued; its lease is the caller's to delete."""
+        await self._drop(name)
+        self._issued.pop(name, None)
+        self._owners.pop(name, None)
+        self._pending.discard(name)
+        log.info(f"orphaned {self.NOUN} dropped", extra={"fields": {"role": name}})
 
     async def revoke_token(self, claims: Claims) -> bool:
         return await self.revoke(role_name(self.resource.name, claims.jti))
@@ -345,8 +388,10 @@ class DbRoles:
         *,
         clock: Callable[[], float] = time.time,
         sweep_interval: float = 15.0,
+        leases: RoleLeases | None = None,
     ) -> None:
         self._password_for = password_for
+        self.leases = leases
         self._policy = policy
         self._revocations = revocations
         self._clock = clock
@@ -355,6 +400,7 @@ class DbRoles:
         self._claims: dict[tuple[str, str], Claims] = {}  # (resource, role) -> token claims
         self._started = False
         self._task: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None  # heartbeat + orphan leases
         self._drop: asyncio.Task[None] | None = None  # roles of tokens revoked elsewhere
         self._stale = False
         self._retiring: set[asyncio.Task[None]] = set()  # roles of resources taken away
@@ -381,6 +427,7 @@ class DbRoles:
                     return await self._password_for(r)
 
                 kept[name] = role_set_class(r.kind)(r, password, self._policy, clock=self._clock)
+                kept[name].leases = self.leases
         self.roles = kept
         self._claims = {k: c for k, c in self._claims.items() if k[0] in kept}
         return retired
@@ -409,15 +456,19 @@ class DbRoles:
         self._started = True
         if self.roles and self._task is None:
             self._task = asyncio.create_task(self._sweeper(), name="lockgate-db-role-sweeper")
+        if self.roles and self.leases is not None and self._keeper is None:
+            self._keeper = asyncio.create_task(
+                keep_leases(self.leases, lambda: self.roles), name="lockgate-db-role-leases"
+            )
 
     async def close(self) -> None:
         """Stop sweeping and drop every live role: nothing would ever drop it otherwise."""
-        for task in (self._task, self._drop):
+        for task in (self._task, self._keeper, self._drop):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._drop = None
+        self._task = self._keeper = self._drop = None
         await asyncio.gather(*self._retiring, *(_drop_all(r) for r in self.roles.values()))
         self._claims.clear()
 

@@ -1,16 +1,20 @@
-"""A ledger of one-time values (client-assertion jtis) shared by every process on a data dir.
+"""A ledger of one-time values (client-assertion jtis) shared by every process of a gateway.
 
-Why on disk: ``lockgate serve --workers N`` runs N token services behind one port and a
-restart starts a fresh process, so a "seen" set in memory lets a captured assertion be
-replayed to a sibling worker, or after a restart, until it expires (RFC 7523 §3 asks that a
-jti be used once). One SQLite file (WAL) in the data directory is what every worker of a
-gateway shares already, as the revocation store does.
+Why not memory: ``lockgate serve --workers N`` runs N token services behind one port, a
+restart starts a fresh process and a shared deployment runs replicas behind a load
+balancer, so a "seen" set in memory lets a captured assertion be replayed to a sibling
+worker, another replica, or after a restart, until it expires (RFC 7523 §3 asks that a jti
+be used once). The ledger lives in the state database (domain ``assertions``): the SQLite
+file ``assertions.db`` in the data directory that every worker shares, or the shared
+PostgreSQL database that every replica shares.
 
-Strategy: :meth:`OnceLedger.claim` is one ``INSERT OR IGNORE`` on a primary key, atomic
-across processes; it says whether this caller was first. Rows live until their value's own
-expiry (plus leeway), after which the value is refused on its ``exp`` anyway, and are purged
-at most once a minute. A ledger that cannot answer (disk full, locked past the busy timeout)
-raises, and the caller refuses the proof: fail closed.
+Strategy: :meth:`OnceLedger.claim` is one ``INSERT ... ON CONFLICT`` on a primary key, atomic
+across processes and replicas; its row count says whether this caller was first (a row
+whose value expired but is not purged yet is taken over: it is no evidence of a replay).
+Rows live until their value's own expiry (plus leeway), after which the value is refused on
+its ``exp`` anyway, and are purged at most once a minute. A ledger that cannot answer (disk
+full, locked past the busy timeout, PostgreSQL unreachable) raises, and the caller refuses
+the proof: fail closed.
 """
 
 from __future__ import annotations
@@ -20,59 +24,77 @@ import sqlite3
 import threading
 from pathlib import Path
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS used_once (
-    scope TEXT NOT NULL, value TEXT NOT NULL, expires_at REAL NOT NULL,
-    PRIMARY KEY (scope, value)
-) WITHOUT ROWID
-"""
+from lockgate.errors import StoreUnavailable
+from lockgate.store import Database, Migration, SqliteDatabase, migrate, register_domain
+
+DOMAIN = "assertions"
+MIGRATIONS = (
+    Migration(
+        1,
+        "one-time values (client-assertion jtis) and their expiry",
+        # IF NOT EXISTS: a ledger file written before schema versions has the table already.
+        "CREATE TABLE IF NOT EXISTS used_once (\n"
+        "    scope TEXT NOT NULL, value TEXT NOT NULL, expires_at REAL NOT NULL,\n"
+        "    PRIMARY KEY (scope, value)\n"
+        ")",
+    ),
+)
+register_domain(DOMAIN, MIGRATIONS)
+
+#: Errors that mean "the ledger cannot answer" (the caller fails closed on them).
+LedgerUnavailable = (StoreUnavailable, sqlite3.Error)
+
 _PURGE_EVERY = 60.0
+_CLAIM = (
+    "INSERT INTO used_once (scope, value, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (scope, value) DO UPDATE SET expires_at = excluded.expires_at "
+    "WHERE used_once.expires_at < ?"
+)
+
+
+def open_database(where: Path | Database | None) -> tuple[Database, bool]:
+    """``where`` as a :class:`Database`, and whether the caller owns (closes) it: a path is
+    a SQLite file kept to the gateway's user, ``None`` a private in-memory database."""
+    if where is None:
+        return SqliteDatabase(None), True
+    if isinstance(where, str | Path):
+        path = Path(where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The file names deployments and when they authenticated: keep it to the gateway.
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        return SqliteDatabase(path), True
+    return where, False
 
 
 class OnceLedger:
     """``claim(scope, value, expires_at, now)`` is True for the first caller only, across every
-    process that opens the same ``path`` (``None``: this process only, for tools and tests)."""
+    process on the same database (a path: that SQLite file; ``None``: this process only, for
+    tools and tests; a :class:`Database`: the state's, shared by every replica)."""
 
-    def __init__(self, path: Path | None) -> None:
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # The file names deployments and when they authenticated: keep it to the gateway.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        self.path = path
-        self._db = sqlite3.connect(
-            ":memory:" if path is None else path, check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA busy_timeout=5000")
-        if path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # A commit survives the process (what a replay across workers or a restart needs);
-            # only a power loss within an assertion's 5 minutes could forget one.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, where: Path | Database | None) -> None:
+        self.db, self._owned = open_database(where)
+        self.path = Path(self.db.label) if self.db.dialect == "sqlite" and where else None
+        migrate(self.db, DOMAIN, MIGRATIONS)
+        self._lock = threading.Lock()  # guards the purge clock only
         self._last_purge = float("-inf")
 
     def claim(self, scope: str, value: str, expires_at: float, now: float) -> bool:
         """Record ``value`` as used in ``scope`` until ``expires_at``; False if it already was.
 
-        Raises :class:`sqlite3.Error` when the ledger cannot answer."""
+        Raises one of :data:`LedgerUnavailable` when the ledger cannot answer."""
         with self._lock:
-            if now - self._last_purge >= _PURGE_EVERY:
-                self._db.execute("DELETE FROM used_once WHERE expires_at < ?", (now,))
+            purge = now - self._last_purge >= _PURGE_EVERY
+            if purge:
                 self._last_purge = now
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO used_once VALUES (?, ?, ?)", (scope, value, expires_at)
-            )
-            if cursor.rowcount == 1:
-                return True
-            # A row whose value expired but is not purged yet is no evidence of a replay.
-            cursor = self._db.execute(
-                "UPDATE used_once SET expires_at = ? "
-                "WHERE scope = ? AND value = ? AND expires_at < ?",
-                (expires_at, scope, value, now),
-            )
-            return cursor.rowcount == 1
+        with self.db.transaction() as cur:
+            if purge:
+                cur.execute("DELETE FROM used_once WHERE expires_at < ?", (now,))
+            cur.execute(_CLAIM, (scope, value, expires_at, now))
+            return cur.rowcount == 1
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._owned:
+            self.db.close()
+
+
+__all__ = ["DOMAIN", "MIGRATIONS", "LedgerUnavailable", "OnceLedger", "open_database"]

@@ -10,8 +10,9 @@ for one never authenticates with the other):
   ``alg`` must match the key type (Ed25519 → EdDSA, RSA → RS256, EC P-256 → ES256),
   ``iss == sub == deployment``, ``aud`` is the token endpoint or the issuer, ``exp`` is at
   most 5 minutes ahead, and a ``jti`` is accepted once (remembered until its ``exp``) by
-  every process on the data directory (:mod:`lockgate.identity.once`), so a captured
-  assertion cannot be replayed to a sibling ``--workers`` process or after a restart. The
+  every process on the state database (:mod:`lockgate.identity.once`), so a captured
+  assertion cannot be replayed to a sibling ``--workers`` process, another replica, or
+  after a restart. The
   public key file is read again when it changes, so replacing a leaked key needs no restart.
 
 Failures raise :class:`AuthenticationError` with a slug; messages never echo the proof.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from lockgate.config import ClientSecretProof, LockgateConfig, PrivateKeyJwtProof
 from lockgate.errors import AuthenticationError
-from lockgate.identity.once import OnceLedger
+from lockgate.identity.once import LedgerUnavailable, OnceLedger
 from lockgate.identity.tokens import split_jwt, unverified_claims, verified_claims
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -71,8 +71,9 @@ def _signing_alg(key: PublicKeyTypes) -> tuple[str, VerifyingKey] | None:
 
 
 class AssertionVerifier:
-    """Verifies RFC 7523 client assertions; seen jtis go to a ledger in ``data_dir`` that every
-    process of the gateway shares (``ledger=None``: ``data_dir/assertions.db``)."""
+    """Verifies RFC 7523 client assertions; seen jtis go to a ledger that every process of the
+    gateway shares (``ledger=None``: the SQLite file ``data_dir/assertions.db``; a shared
+    deployment passes the state's ``OnceLedger(state.database("assertions"))``)."""
 
     def __init__(
         self,
@@ -126,7 +127,7 @@ class AssertionVerifier:
     def _remember(self, name: str, jti: str, exp: float, now: float) -> None:
         try:
             first = self._ledger.claim(name, jti, exp + self._leeway, now)
-        except sqlite3.Error:
+        except LedgerUnavailable:
             # Unable to tell a replay from a first use: refuse (fail closed).
             raise AuthenticationError("replay_check_unavailable") from None
         if not first:

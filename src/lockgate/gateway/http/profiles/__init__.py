@@ -32,6 +32,7 @@ need an upstream lookup before deciding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,32 +51,53 @@ from lockgate.gateway.http.profiles.hooks import (
 if TYPE_CHECKING:
     from lockgate.config import HttpResource
     from lockgate.gateway.http.upstream import UpstreamTarget
+    from lockgate.store import Database
+
+#: the state database of a name (``State.database``): ``"databricks_runs"``, ``"adf_runs"``
+DatabaseFor = Callable[[str], "Database"]
 
 
 def make_profile(
-    resource: HttpResource, target: UpstreamTarget, data_dir: Path | None
+    resource: HttpResource,
+    target: UpstreamTarget,
+    data_dir: Path | None,
+    database_for: DatabaseFor | None = None,
+    master_key: bytes | None = None,
 ) -> Profile | None:
-    """The profile object for ``resource`` (None without ``profile:``)."""
+    """The profile object for ``resource`` (None without ``profile:``). Run registries live
+    in the state's database when ``database_for`` is given (shared by every replica on
+    PostgreSQL), else in SQLite files under ``data_dir`` (``None``: in memory). Cosmos task
+    keys derive from ``master_key`` when given: the state's key, the one the control plane
+    derives them from too (else the key is looked up from ``data_dir``)."""
     name = getattr(resource, "profile", None)
     if name is None:
         return None
+
+    def store(db_name: str) -> Path | Database | None:
+        if database_for is not None:
+            return database_for(db_name)
+        return data_dir / f"{db_name}.db" if data_dir else None
+
     if name == "databricks":
         from lockgate.gateway.http.profiles.databricks import DatabricksProfile, RunRegistry
 
-        registry = RunRegistry(data_dir / "databricks_runs.db" if data_dir else None)
-        return DatabricksProfile(resource, target, registry)
+        return DatabricksProfile(resource, target, RunRegistry(store("databricks_runs")))
     if name == "cosmos":
+        from lockgate.credentials.cosmos import task_key_secret
         from lockgate.gateway.http.profiles.cosmos import CosmosProfile
 
+        if master_key is not None:
+            return CosmosProfile(resource, task_key_secret(master_key, resource.name))
         return CosmosProfile.for_resource(resource, target, data_dir)
     if name == "arm":
         from lockgate.gateway.http.profiles.arm import AdfRuns, ArmProfile
 
-        return ArmProfile(resource, AdfRuns(data_dir / "adf_runs.db" if data_dir else None))
+        return ArmProfile(resource, AdfRuns(store("adf_runs")))
     raise ValueError(f"resource {resource.name}: unknown profile {name!r}")
 
 
 __all__ = [
+    "DatabaseFor",
     "Decide",
     "Headers",
     "Presented",

@@ -1,54 +1,82 @@
 """Which Databricks runs were started through Lockgate, and by whom.
 
-A small SQLite table in the data directory (``databricks_runs.db``), filled from the
-upstream's answers to ``jobs/run-now`` and ``jobs/runs/submit``. It lets the gateway answer
-"may this caller read or cancel run N?" (only the DAG that started it, or a triggerer poll
-token of the same deployment) and lets an auditor map runs back to DAG runs.
+A small table (``databricks_runs``, domain ``databricks_runs`` of the state database: the
+SQLite file ``databricks_runs.db`` in the data directory, or the shared PostgreSQL database),
+filled from the upstream's answers to ``jobs/run-now`` and ``jobs/runs/submit``. It lets the
+gateway answer "may this caller read or cancel run N?" (only the DAG that started it, or a
+triggerer poll token of the same deployment) and lets an auditor map runs back to DAG runs.
+On PostgreSQL a run started through one replica is known to every other: the row is
+committed before the client learns the run id, so its next ``runs/get`` may land anywhere.
 
 Rows are keyed by (resource, run_id) and name the workspace (the upstream URL) that handed
 out the run id: a resource moved to another workspace (a reload, an edited file) owns
 nothing there, since run ids are small integers per workspace. Rows written before the
-workspace was recorded match any workspace. Reads
-are served from an in-memory cache of recent rows; writes go straight to SQLite (one small
-INSERT per started run, not per request).
+workspace was recorded match any workspace.
+
+Reads are served from an in-memory cache of recent rows (a run's row never changes but for
+its page URL); a miss is one primary-key read. Writes go straight to the database (one small
+INSERT per started run, not per request). The data path never waits on an unreachable
+PostgreSQL: while the database has been out of touch for more than
+:data:`UNREACHABLE_AFTER` seconds (or a call just failed) a miss answers "unknown" (the run's
+ownership check refuses: deny by default) and a started run is kept in memory and written
+when the database answers again.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS databricks_runs (
-    resource TEXT NOT NULL,
-    run_id INTEGER NOT NULL,
-    deployment TEXT,
-    dag_id TEXT,
-    airflow_run_id TEXT,
-    task_id TEXT,
-    job_id INTEGER,
-    clusters TEXT NOT NULL DEFAULT '{}',
-    run_page_url TEXT,
-    created_at REAL NOT NULL,
-    workspace TEXT,
-    PRIMARY KEY (resource, run_id)
+from lockgate import _log
+from lockgate.identity.once import LedgerUnavailable, open_database
+from lockgate.store import Database, Migration, migrate, register_domain
+
+log = _log.get("gateway.http.databricks")
+
+DOMAIN = "databricks_runs"
+TOPIC = "runs"
+MIGRATIONS = (
+    Migration(
+        1,
+        "runs started through the gateway and who started them",
+        # IF NOT EXISTS: a registry file written before schema versions has the table already.
+        """CREATE TABLE IF NOT EXISTS databricks_runs (
+            resource TEXT NOT NULL,
+            run_id INTEGER NOT NULL,
+            deployment TEXT,
+            dag_id TEXT,
+            airflow_run_id TEXT,
+            task_id TEXT,
+            job_id INTEGER,
+            clusters TEXT NOT NULL DEFAULT '{}',
+            run_page_url TEXT,
+            created_at REAL NOT NULL,
+            workspace TEXT,
+            PRIMARY KEY (resource, run_id)
+        )""",
+    ),
 )
-"""
+register_domain(DOMAIN, MIGRATIONS)
+
+_COLUMNS = (
+    "resource, run_id, deployment, dag_id, airflow_run_id, task_id, job_id, clusters, "
+    "run_page_url, created_at, workspace"
+)
+_UPDATED = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[2:])
 _INSERT = (
-    "INSERT OR REPLACE INTO databricks_runs (resource, run_id, deployment, dag_id, "
-    "airflow_run_id, task_id, job_id, clusters, run_page_url, created_at, workspace) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO databricks_runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "  # noqa: S608
+    f"ON CONFLICT (resource, run_id) DO UPDATE SET {_UPDATED}"
 )
-_SELECT = (
-    "SELECT resource, run_id, deployment, dag_id, airflow_run_id, task_id, job_id, clusters, "
-    "run_page_url, created_at, workspace FROM databricks_runs WHERE resource = ? AND run_id = ?"
-)
+_SELECT = f"SELECT {_COLUMNS} FROM databricks_runs WHERE resource = ? AND run_id = ?"  # noqa: S608
 _CACHE_MAX = 4096
+#: seconds out of touch after which the database is not asked on the data path
+UNREACHABLE_AFTER = 3.0
+#: seconds the database is not asked again after a call failed
+_BACKOFF = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,49 +97,53 @@ class RunRecord:
         """The run id was handed out by ``workspace`` (or by an unrecorded one)."""
         return self.workspace is None or workspace is None or self.workspace == workspace
 
+    def row(self) -> tuple[object, ...]:
+        return (
+            self.resource, self.run_id, self.deployment, self.dag_id, self.airflow_run_id,
+            self.task_id, self.job_id, json.dumps(self.clusters, sort_keys=True),
+            self.run_page_url, self.created_at or time.time(), self.workspace,
+        )  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> RunRecord:
+        return cls(
+            row[0], int(row[1]), row[2], row[3], row[4], row[5],
+            None if row[6] is None else int(row[6]), json.loads(row[7]), row[8],
+            float(row[9]), row[10],
+        )  # fmt: skip
+
 
 class RunRegistry:
-    """Runs started through Lockgate; ``path=None`` keeps them in memory (tests)."""
+    """Runs started through Lockgate: a SQLite file (a path), the state's database (shared
+    by every replica on PostgreSQL), or ``None``: in memory (tests)."""
 
-    def __init__(self, path: Path | None) -> None:
-        self._db = sqlite3.connect(
-            str(path) if path is not None else ":memory:",
-            check_same_thread=False,
-            isolation_level=None,
-        )
-        if path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(databricks_runs)")}
-        if "workspace" not in columns:  # a registry written before workspaces were recorded
-            self._db.execute("ALTER TABLE databricks_runs ADD COLUMN workspace TEXT")
+    def __init__(self, where: Path | Database | None) -> None:
+        self.db, self._owned = open_database(where)
+        if self.db.dialect == "sqlite":
+            _add_workspace_column(self.db)
+        migrate(self.db, DOMAIN, MIGRATIONS)
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], RunRecord] = {}
+        self._unwritten: dict[tuple[str, int], RunRecord] = {}  # kept while the db is away
+        self._failed_at = float("-inf")
 
     def add(self, rec: RunRecord) -> None:
+        rec = rec if rec.created_at else replace(rec, created_at=time.time())
+        self._remember(rec)
         with self._lock:
-            self._db.execute(
-                _INSERT,
-                (
-                    rec.resource, rec.run_id, rec.deployment, rec.dag_id, rec.airflow_run_id,
-                    rec.task_id, rec.job_id, json.dumps(rec.clusters, sort_keys=True),
-                    rec.run_page_url, rec.created_at or time.time(), rec.workspace,
-                ),
-            )  # fmt: skip
-            self._remember(rec)
+            self._unwritten[(rec.resource, rec.run_id)] = rec
+        self._flush()
 
     def get(self, resource: str, run_id: int, workspace: str | None = None) -> RunRecord | None:
         """The run ``resource`` started as ``run_id`` on ``workspace`` (None: any)."""
         rec = self._cache.get((resource, run_id))
+        if self._unwritten:
+            self._flush()  # the database is back: other replicas learn these runs now
         if rec is None:
-            with self._lock:
-                row = self._db.execute(_SELECT, (resource, run_id)).fetchone()
+            row = self._read(resource, run_id)
             if row is None:
-                return None  # not cached: a run registered by another replica shows up later
-            rec = RunRecord(
-                row[0], row[1], row[2], row[3], row[4], row[5], row[6], json.loads(row[7]),
-                row[8], row[9], row[10],
-            )  # fmt: skip
+                return None  # not started through Lockgate (or the database is away)
+            rec = RunRecord.from_row(row)
             self._remember(rec)
         return rec if rec.of(workspace) else None
 
@@ -121,40 +153,79 @@ class RunRegistry:
         rec = self.get(resource, run_id, workspace)
         if rec is None or rec.run_page_url == url:
             return
-        with self._lock:
-            self._db.execute(
-                "UPDATE databricks_runs SET run_page_url = ? WHERE resource = ? AND run_id = ?",
-                (url, resource, run_id),
-            )
-        self._remember(
-            RunRecord(
-                rec.resource,
-                rec.run_id,
-                rec.deployment,
-                rec.dag_id,
-                rec.airflow_run_id,
-                rec.task_id,
-                rec.job_id,
-                rec.clusters,
-                url,
-                rec.created_at,
-                rec.workspace,
-            )
-        )
+        self.add(replace(rec, run_page_url=url))
 
     def for_dag(self, dag_id: str) -> list[RunRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT run_id, resource FROM databricks_runs WHERE dag_id = ? ORDER BY created_at",
+        """The runs a DAG started, oldest first (an auditor's question, not the data path)."""
+        with self.db.read() as cur:
+            rows = cur.execute(
+                f"SELECT {_COLUMNS} FROM databricks_runs WHERE dag_id = ? "  # noqa: S608
+                "ORDER BY created_at",
                 (dag_id,),
             ).fetchall()
-        return [r for run_id, res in rows if (r := self.get(res, run_id)) is not None]
+        return [RunRecord.from_row(row) for row in rows]
+
+    def close(self) -> None:
+        self._flush()
+        if self._owned:
+            self.db.close()
+
+    # -- the database, never waited on while it is away -----------------------------------
+    def _reachable(self) -> bool:
+        return (
+            self.db.stale_for() <= UNREACHABLE_AFTER
+            and time.monotonic() - self._failed_at >= _BACKOFF
+        )
+
+    def _read(self, resource: str, run_id: int) -> tuple[Any, ...] | None:
+        if not self._reachable():
+            return None
+        try:
+            with self.db.read() as cur:
+                return cur.execute(_SELECT, (resource, run_id)).fetchone()
+        except LedgerUnavailable as exc:
+            self._failed(exc)
+            return None
+
+    def _flush(self) -> None:
+        """Write the runs kept in memory (the one just started, and any the database missed)."""
+        with self._lock:
+            pending = list(self._unwritten.values())
+        if not pending or not self._reachable():
+            return
+        try:
+            with self.db.transaction() as cur:
+                for rec in pending:
+                    cur.execute(_INSERT, rec.row())
+                cur.touch(TOPIC)
+        except LedgerUnavailable as exc:
+            self._failed(exc)
+            return
+        with self._lock:
+            for rec in pending:
+                if self._unwritten.get((rec.resource, rec.run_id)) is rec:
+                    del self._unwritten[(rec.resource, rec.run_id)]
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failed_at = time.monotonic()
+        log.warning(
+            "run registry unavailable: runs are kept in memory and written later",
+            extra={"fields": {"database": self.db.label, "error": str(exc)}},
+        )
 
     def _remember(self, rec: RunRecord) -> None:
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[(rec.resource, rec.run_id)] = rec
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+
+def _add_workspace_column(db: Database) -> None:
+    """A SQLite registry written before workspaces were recorded gains the column (its rows
+    keep matching any workspace)."""
+    with db.transaction() as cur:
+        columns = {row[1] for row in cur.execute("PRAGMA table_info(databricks_runs)").fetchall()}
+        if columns and "workspace" not in columns:
+            cur.execute("ALTER TABLE databricks_runs ADD COLUMN workspace TEXT")
+
+
+__all__ = ["DOMAIN", "MIGRATIONS", "RunRecord", "RunRegistry"]
