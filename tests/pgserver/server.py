@@ -471,6 +471,16 @@ class PgServer:
                      timeout=START_TIMEOUT + STOP_TIMEOUT)  # fmt: skip
         self._running = True
 
+    def pause(self) -> None:
+        """Fast shutdown, keeping data and port: the server is down until :meth:`resume`."""
+        self._pg_ctl("stop", "-w", "-m", "fast", "-t", str(int(STOP_TIMEOUT)),
+                     timeout=STOP_TIMEOUT + 5)  # fmt: skip
+        self._running = False
+
+    def resume(self) -> None:
+        """Start a paused server again (same port, same data)."""
+        self._start()
+
     def stop(self) -> None:
         """Stop the server (fast shutdown; killed if that hangs) and remove its files."""
         if self._running:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from lockgate.config._base import NAME_RE, Section
 
@@ -48,20 +48,25 @@ class PostgresStateSettings(Section):
     replica_id: str | None = Field(default=None, pattern=NAME_RE)
     migrate_on_start: bool = True
 
-    @field_validator("dsn")
+    @model_validator(mode="before")
     @classmethod
-    def _no_password_in_dsn(cls, dsn: str) -> str:
+    def _no_password_in_dsn(cls, value: object) -> object:
+        # Checked on the whole section so a refused DSN is never echoed back in the error
+        # (it may hold the very password it is refused for).
+        dsn = value.get("dsn") if isinstance(value, dict) else None
+        if not isinstance(dsn, str):
+            return value
         try:
             params = conninfo_to_dict(dsn)
-        except Exception:  # psycopg.ProgrammingError; its text may echo the DSN back
+        except Exception:  # psycopg.ProgrammingError, whose text may echo the DSN
             raise ValueError(
-                "not a valid libpq connection string (postgresql://user@host:port/db?...)"
+                "dsn: not a valid libpq connection string (postgresql://user@host:port/db?...)"
             ) from None
         if params.get("password"):
             raise ValueError(
-                "the DSN carries a password; remove it and use password_file or password_env"
+                "dsn: the DSN carries a password; remove it and use password_file or password_env"
             )
-        return dsn
+        return value
 
     @model_validator(mode="after")
     def _one_password_source(self) -> PostgresStateSettings:

@@ -1,8 +1,8 @@
 """The shared backend: one PostgreSQL database for every replica.
 
-Transactions run on a ``psycopg_pool.ConnectionPool`` (a connection is checked before it is
-handed out, so a server restart costs no failed call once the server is back; each
-connection sets ``statement_timeout``). Every driver error surfaces as
+Transactions run on a ``psycopg_pool.ConnectionPool`` (a connection is pinged before it is
+used, so a server restart costs no failed call once the server is back; each connection
+sets ``statement_timeout``). Every driver error surfaces as
 :class:`~lockgate.errors.StoreUnavailable` naming the database by its password-free label.
 
 Change propagation: ``cur.touch(topic)`` bumps ``lockgate_changes`` and sends
@@ -149,14 +149,16 @@ class PostgresDatabase:
             max_size=settings.pool_size,
             open=False,
             configure=self._configure,
-            check=ConnectionPool.check_connection,
             timeout=settings.connect_timeout,
             name=f"lockgate-{replica_id}",
         )
         self._pool.open(wait=False)  # a server that is down now must not stop construction
         try:
-            with self._pool.connection() as conn:
+            conn = self._checked_connection()
+            try:
                 self._reload_versions(conn)
+            finally:
+                self._pool.putconn(conn)
         except psycopg.Error as exc:
             log.warning("%s", self.unavailable(exc))
 
@@ -226,14 +228,33 @@ class PostgresDatabase:
         return StoreUnavailable(f"PostgreSQL {self.label}: {why}")
 
     # -- transactions ---------------------------------------------------------------------
+    def _checked_connection(self) -> _ReportingConnection:
+        """A pooled connection that answered a ping. After a server restart every idle one
+        is dead: each is handed back (the pool replaces it) until a live or new one comes,
+        at once rather than after the pool's own check backoff."""
+        deadline = time.monotonic() + self.settings.connect_timeout
+        while True:
+            conn = self._pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
+            try:
+                ConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                self._pool.putconn(conn)  # broken: the pool opens a new one
+                if time.monotonic() >= deadline:
+                    raise PoolTimeout("no live connection") from None
+                continue
+            return conn
+
     @contextmanager
     def _session(self, *, read_only: bool) -> Iterator[PostgresCursor]:
         try:
-            with self._pool.connection() as conn:
+            conn = self._checked_connection()
+            try:
                 conn.read_only = read_only  # goes out with BEGIN: no extra round trip
                 with conn.transaction(), conn.cursor() as raw:
                     cur = PostgresCursor(self, raw)
                     yield cur
+            finally:
+                self._pool.putconn(conn)
         except psycopg.Error as exc:
             raise self.unavailable(exc) from exc
         self._contact()
