@@ -21,11 +21,18 @@ check below passes, else 503; both carry every check's outcome as JSON::
   nothing and are not checked here.
 - **signing_keys**: the current signing key is loaded and not retired, and its files are on
   disk (a restart without them would mint with a fresh key and strand every token).
+- **shared_state** (only with ``state: {postgresql: ...}``): ``ok`` while PostgreSQL is
+  reached; ``unreachable for 12 s, serving from memory (bound 30 s)`` while it is not but
+  decisions may still rest on memory (still ready: every replica would fail together
+  otherwise); past ``max_staleness`` not ready, and every request is refused anyway
+  (:mod:`lockgate.identity.staleness`).
 
-Cost: audit, policy and the in-memory key checks are attribute reads; the checks that touch
-disk (one SQLite query for credentials, two ``stat`` calls for keys) are cached for
-:data:`DISK_CHECK_TTL` seconds, so a probe every few hundred milliseconds costs nothing.
-Secrets never appear in an answer: only names.
+Cost: audit, policy, shared state and the in-memory key checks are attribute reads; the
+checks that touch storage (one database query for credentials, two ``stat`` calls for keys)
+are cached for :data:`DISK_CHECK_TTL` seconds, so a probe every few hundred milliseconds
+costs nothing. With shared state that query is a network round trip: the gateway then runs
+:meth:`Readiness.refresh_stored` in a worker thread on its own tick, and probes only read
+its last answer. Secrets never appear in an answer: only names.
 """
 
 from __future__ import annotations
@@ -37,8 +44,9 @@ from dataclasses import dataclass
 from lockgate.audit import AuditLog, RemoteAuditLog
 from lockgate.config import LockgateConfig, ManagedIdentityCredential
 from lockgate.credentials import CredentialStore
-from lockgate.errors import AuditUnavailable
+from lockgate.errors import AuditUnavailable, StoreUnavailable
 from lockgate.identity import KeyStore
+from lockgate.identity.staleness import StalenessBound
 from lockgate.policy import PolicyStore
 
 DISK_CHECK_TTL = 1.0
@@ -49,10 +57,17 @@ OK = "ok"
 class Report:
     ready: bool
     checks: dict[str, str]
+    # checks that are not "ok" but still let the gateway serve (shared state within bound)
+    warnings: frozenset[str] = frozenset()
 
     @property
     def problems(self) -> list[str]:
-        return [f"{name}: {text}" for name, text in self.checks.items() if text != OK]
+        """What keeps the gateway from being ready (warnings are in ``checks`` only)."""
+        return [
+            f"{name}: {text}"
+            for name, text in self.checks.items()
+            if text != OK and name not in self.warnings
+        ]
 
     def body(self) -> dict[str, bool | dict[str, str] | list[str]]:
         return {"ready": self.ready, "checks": self.checks, "problems": self.problems}
@@ -69,9 +84,14 @@ class Readiness:
         policy: PolicyStore,
         credentials: CredentialStore,
         keys: KeyStore,
+        staleness: StalenessBound | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._audit = audit
+        self._staleness = staleness
+        # Shared state: the stored checks are network calls, refreshed off the event loop
+        # by the gateway (refresh_stored); a probe never waits for the database.
+        self._stored_in_background = staleness is not None
         self._policy = policy
         self._policy_patterns = list(config.policies)
         self._credentials = credentials
@@ -94,7 +114,18 @@ class Readiness:
             "credentials": credentials,
             "signing_keys": signing_keys,
         }
-        return Report(all(v == OK for v in checks.values()), checks)
+        warnings: frozenset[str] = frozenset()
+        if self._staleness is not None:
+            within, checks["shared_state"] = self._staleness.status()
+            if within and checks["shared_state"] != OK:
+                warnings = frozenset({"shared_state"})
+        ready = all(text == OK for name, text in checks.items() if name not in warnings)
+        return Report(ready, checks, warnings)
+
+    def refresh_stored(self) -> None:
+        """Run the checks that read storage now (blocking: the gateway calls it in a worker
+        thread when state is shared)."""
+        self._disk = (self._clock(), self._credentials_check(), self._keys_check())
 
     # -- checks -----------------------------------------------------------------------------
     def _audit_check(self) -> str:
@@ -116,15 +147,22 @@ class Readiness:
         return OK
 
     def _disk_checks(self) -> tuple[str, str]:
-        now = self._clock()
-        if self._disk is None or now - self._disk[0] >= DISK_CHECK_TTL:
-            self._disk = (now, self._credentials_check(), self._keys_check())
+        if self._stored_in_background:
+            if self._disk is None:
+                pending = "not checked yet (starting)"
+                return pending, pending
+        elif self._disk is None or self._clock() - self._disk[0] >= DISK_CHECK_TTL:
+            self.refresh_stored()
+        assert self._disk is not None
         return self._disk[1], self._disk[2]
 
     def _credentials_check(self) -> str:
         if not self._needed:
             return OK
-        stored = set(self._credentials.names())
+        try:
+            stored = set(self._credentials.names())
+        except StoreUnavailable as exc:
+            return f"cannot list the stored credentials: {exc}"
         missing = [
             f"{name} (resource {', '.join(resources)})"
             for name, resources in self._needed.items()
@@ -141,7 +179,10 @@ class Readiness:
             return "no current signing key"
         if self._keys.public_key(key.kid) is None:
             return f"current signing key {key.kid} is retired"
-        for path in (self._keys.dir / "index.json", self._keys.dir / f"{key.kid}.pem"):
+        key_dir = getattr(self._keys, "dir", None)
+        if key_dir is None:  # keys kept in the shared database, not in files
+            return OK
+        for path in (key_dir / "index.json", key_dir / f"{key.kid}.pem"):
             if not path.is_file():
                 return f"{path} is missing (a restart would mint with a new key)"
         return OK

@@ -1,4 +1,5 @@
-"""Token revocations and mint blocks: SQLite (WAL) on disk, answered from memory.
+"""Token revocations and mint blocks: stored in a :class:`~lockgate.store.Database` (the
+SQLite file ``revocations.db`` or the shared PostgreSQL), answered from memory.
 
 Three kinds of revocation and one kill switch, each a table:
 
@@ -13,68 +14,118 @@ Three kinds of revocation and one kill switch, each a table:
   gets no new token until unblocked, and every token it holds is refused meanwhile,
   whenever issued. Blocks never expire; they are persisted with who set them, when and why.
 
-Rules: :meth:`is_revoked` never touches SQLite; it reads sets and dicts rebuilt by
-:meth:`refresh`, which is cheap when nothing changed (``PRAGMA data_version`` only moves when
-*another* connection commits — our own writes update memory directly). The gateway calls
-:meth:`refresh` every :data:`REFRESH_INTERVAL` seconds, so a revocation stored by any process
-(the CLI, another worker) is enforced everywhere well within a second. Revocation rows are
-purged once no token they could match can still be valid (``retention`` seconds, default a
-day, longer than any token's max TTL).
+Rules: :meth:`is_revoked` and :meth:`blocked` never touch the database; they read sets and
+dicts rebuilt by :meth:`refresh`, which is cheap when nothing changed: every write touches
+the ``revocations`` topic, and :meth:`refresh` reloads only when
+``database.version("revocations")`` moved (a file read on SQLite, a memory read on
+PostgreSQL, where LISTEN/NOTIFY moves it). The gateway calls :meth:`refresh` every
+:data:`REFRESH_INTERVAL` seconds (in a worker thread on PostgreSQL), so a revocation stored
+by any process — the CLI, another worker, another replica — is enforced everywhere well
+within a second. Our own writes update memory at once. Revocation rows are purged once no
+token they could match can still be valid (``retention`` seconds, default a day, longer
+than any token's max TTL).
 """
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
+from lockgate import _log
+from lockgate.errors import StoreUnavailable
 from lockgate.identity.model import Claims
+from lockgate.store import Cursor, Database, Migration, SqliteDatabase, migrate, register_domain
 
 ANY_DEPLOYMENT = "*"  # stored for revoke_dag(deployment=None)
 ANY_DAG = "*"  # every DAG of a deployment (Airflow dag_ids cannot contain "*")
 #: Seconds between two :meth:`RevocationStore.refresh` calls of a running gateway: one
-#: ``PRAGMA data_version`` each when nothing changed, so revocations land in well under 1 s.
+#: version read each when nothing changed, so revocations land in well under 1 s.
 REFRESH_INTERVAL = 0.2
+#: The schema's domain in ``lockgate_schema`` and the topic every write touches.
+DOMAIN = TOPIC = "revocations"
+#: Seconds between two purges of expired rows (each also reloads memory).
+PURGE_INTERVAL = 60.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS revoked_jti (
-    jti TEXT NOT NULL, deployment TEXT NOT NULL,
-    expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
-    PRIMARY KEY (jti, deployment)
-);
-CREATE TABLE IF NOT EXISTS revoked_dag (
-    deployment TEXT NOT NULL, dag_id TEXT NOT NULL, run_id TEXT NOT NULL DEFAULT '',
-    before REAL NOT NULL, expires_at REAL NOT NULL, reason TEXT NOT NULL,
-    PRIMARY KEY (deployment, dag_id, run_id)
-);
-CREATE TABLE IF NOT EXISTS revoked_try (
-    deployment TEXT NOT NULL, dag_id TEXT NOT NULL, task_id TEXT NOT NULL, run_id TEXT NOT NULL,
-    try_number INTEGER NOT NULL, map_index INTEGER NOT NULL,
-    expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
-    PRIMARY KEY (deployment, dag_id, task_id, run_id, try_number, map_index)
-);
-CREATE TABLE IF NOT EXISTS mint_block (
-    deployment TEXT NOT NULL, dag_id TEXT NOT NULL,
-    blocked_at REAL NOT NULL, blocked_by TEXT NOT NULL, reason TEXT NOT NULL,
-    PRIMARY KEY (deployment, dag_id)
-);
-"""
+MIGRATIONS = (
+    Migration(
+        1,
+        "revoked tokens, DAGs, runs and task tries; mint blocks",
+        # IF NOT EXISTS: SQLite files written before schema versions existed hold these
+        # tables already, with the same columns.
+        """
+        CREATE TABLE IF NOT EXISTS revoked_jti (
+            jti TEXT NOT NULL, deployment TEXT NOT NULL,
+            expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
+            PRIMARY KEY (jti, deployment)
+        );
+        CREATE TABLE IF NOT EXISTS revoked_dag (
+            deployment TEXT NOT NULL, dag_id TEXT NOT NULL, run_id TEXT NOT NULL DEFAULT '',
+            before REAL NOT NULL, expires_at REAL NOT NULL, reason TEXT NOT NULL,
+            PRIMARY KEY (deployment, dag_id, run_id)
+        );
+        CREATE TABLE IF NOT EXISTS revoked_try (
+            deployment TEXT NOT NULL, dag_id TEXT NOT NULL, task_id TEXT NOT NULL,
+            run_id TEXT NOT NULL, try_number INTEGER NOT NULL, map_index INTEGER NOT NULL,
+            expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
+            PRIMARY KEY (deployment, dag_id, task_id, run_id, try_number, map_index)
+        );
+        CREATE TABLE IF NOT EXISTS mint_block (
+            deployment TEXT NOT NULL, dag_id TEXT NOT NULL,
+            blocked_at REAL NOT NULL, blocked_by TEXT NOT NULL, reason TEXT NOT NULL,
+            PRIMARY KEY (deployment, dag_id)
+        );
+        """,
+    ),
+)
+register_domain(DOMAIN, MIGRATIONS)
 
-# Stores written before jti revocations were scoped to a deployment hold them for any.
-_MIGRATE_UNSCOPED_JTI = """
-ALTER TABLE revoked_jti RENAME TO revoked_jti_unscoped;
-CREATE TABLE revoked_jti (
-    jti TEXT NOT NULL, deployment TEXT NOT NULL,
-    expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
-    PRIMARY KEY (jti, deployment)
-);
-INSERT INTO revoked_jti
-    SELECT jti, '*', expires_at, reason, revoked_at FROM revoked_jti_unscoped;
-DROP TABLE revoked_jti_unscoped;
-"""
+# SQLite files written before jti revocations were scoped to a deployment hold them for any.
+_MIGRATE_UNSCOPED_JTI = (
+    "ALTER TABLE revoked_jti RENAME TO revoked_jti_unscoped",
+    """CREATE TABLE revoked_jti (
+        jti TEXT NOT NULL, deployment TEXT NOT NULL,
+        expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
+        PRIMARY KEY (jti, deployment)
+    )""",
+    "INSERT INTO revoked_jti SELECT jti, '*', expires_at, reason, revoked_at "
+    "FROM revoked_jti_unscoped",
+    "DROP TABLE revoked_jti_unscoped",
+)
+
+# Writes: one upsert per table, keyed on its primary key (a second revocation of the same
+# target replaces the first, as INSERT OR REPLACE did).
+_UPSERT_JTI = (
+    "INSERT INTO revoked_jti (jti, deployment, expires_at, reason, revoked_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (jti, deployment) DO UPDATE SET "
+    "expires_at = excluded.expires_at, reason = excluded.reason, revoked_at = excluded.revoked_at"
+)
+_UPSERT_DAG = (
+    "INSERT INTO revoked_dag (deployment, dag_id, run_id, before, expires_at, reason) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, dag_id, run_id) DO UPDATE SET "
+    "before = excluded.before, expires_at = excluded.expires_at, reason = excluded.reason"
+)
+_UPSERT_TRY = (
+    "INSERT INTO revoked_try (deployment, dag_id, task_id, run_id, try_number, map_index, "
+    "expires_at, reason, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (deployment, dag_id, task_id, run_id, try_number, map_index) DO UPDATE SET "
+    "expires_at = excluded.expires_at, reason = excluded.reason, revoked_at = excluded.revoked_at"
+)
+_UPSERT_BLOCK = (
+    "INSERT INTO mint_block (deployment, dag_id, blocked_at, blocked_by, reason) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, dag_id) DO UPDATE SET "
+    "blocked_at = excluded.blocked_at, blocked_by = excluded.blocked_by, "
+    "reason = excluded.reason"
+)
+_EXPIRING_TABLES = ("revoked_jti", "revoked_dag", "revoked_try")
+
+log = _log.get("identity.revocation")
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 TryKey = tuple[str, str, str, str, int, int]
 
@@ -117,23 +168,32 @@ class Block:
 
 
 class RevocationStore:
+    """Revocations and blocks over one :class:`~lockgate.store.Database` (a path opens the
+    SQLite file there), answered from memory."""
+
     def __init__(
         self,
-        db_path: Path,
+        database: Path | Database,
         *,
         retention: int = 86400,
         clock: Callable[[], float] = time.time,
+        migrate_schema: bool = True,
     ) -> None:
-        self.path = Path(db_path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path: Path | None = None  # the SQLite file when opened by path
+        if isinstance(database, (Path, str)):
+            self.path = Path(database)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            database = SqliteDatabase(self.path)
+        self._owns_database = self.path is not None
+        self.database: Database = database
         self._retention = retention
         self._clock = clock
+        # Held while a write or a reload runs, never by the in-memory reads: a reload that
+        # read the rows before our write committed must not swap in over its memory update.
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        if self.database.dialect == "sqlite":
+            self._scope_unscoped_jtis()
+        migrate(self.database, DOMAIN, MIGRATIONS, allowed=migrate_schema)
         # jti -> the deployments whose token of that jti is revoked (ANY_DEPLOYMENT: any).
         self._jtis: dict[str, frozenset[str]] = {}
         # (deployment, dag_id) -> {run_id or "": before}; "" means every run.
@@ -144,22 +204,52 @@ class RevocationStore:
         self._last_purge = float("-inf")
         self.refresh(force=True)
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    @property
+    def shared(self) -> bool:
+        """True on PostgreSQL: every call that reaches the database is a network round
+        trip, to be made off the event loop (:meth:`off_loop`)."""
+        return self.database.dialect == "postgresql"
 
-    def _migrate(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
-        try:
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(revoked_jti)")}
+    def stale_for(self) -> float:
+        """Seconds since the database was last reached (0.0 on SQLite)."""
+        return self.database.stale_for()
+
+    async def off_loop(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)`` in a worker thread when the database is shared, inline on
+        SQLite (a local file write is quicker than the thread hop)."""
+        if self.shared:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    def close(self) -> None:
+        """Close the database if this store opened it (a path); a shared one is its
+        owner's to close."""
+        if self._owns_database:
+            with self._lock:
+                self.database.close()
+
+    def _scope_unscoped_jtis(self) -> None:
+        with self.database.transaction() as cur:  # another process may migrate the same file
+            exists = cur.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'revoked_jti'"
+            ).fetchone()
+            if not exists:
+                return
+            columns = {row[1] for row in cur.execute("PRAGMA table_info(revoked_jti)").fetchall()}
             if "deployment" not in columns:
-                for statement in _MIGRATE_UNSCOPED_JTI.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+                for statement in _MIGRATE_UNSCOPED_JTI:
+                    cur.execute(statement)
+                cur.touch(TOPIC)
+
+    def _write(self, *statements: tuple[str, tuple[object, ...]]) -> int:
+        """Run ``statements`` in one transaction that touches the topic; rows changed by
+        the last one. Called with the lock held."""
+        with self.database.transaction() as cur:
+            for sql, params in statements:
+                cur.execute(sql, params)
+            changed = cur.rowcount
+            cur.touch(TOPIC)
+        return changed
 
     # -- writes -------------------------------------------------------------------------------
     def revoke_jti(
@@ -169,10 +259,7 @@ class RevocationStore:
         now = self._clock()
         dep = deployment or ANY_DEPLOYMENT
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO revoked_jti VALUES (?, ?, ?, ?, ?)",
-                (jti, dep, expires_at, reason, now),
-            )
+            self._write((_UPSERT_JTI, (jti, dep, expires_at, reason, now)))
             self._jtis = {**self._jtis, jti: self._jtis.get(jti, frozenset()) | {dep}}
 
     def revoke_dag(
@@ -184,10 +271,7 @@ class RevocationStore:
         dep = deployment or ANY_DEPLOYMENT
         run = run_id or ""
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO revoked_dag VALUES (?, ?, ?, ?, ?, ?)",
-                (dep, dag_id, run, now, now + self._retention, reason),
-            )
+            self._write((_UPSERT_DAG, (dep, dag_id, run, now, now + self._retention, reason)))
             self._dags.setdefault((dep, dag_id), {})[run] = now
 
     def revoke_task_try(
@@ -204,10 +288,7 @@ class RevocationStore:
         now = self._clock()
         key: TryKey = (deployment, dag_id, task_id, run_id, int(try_number), int(map_index))
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO revoked_try VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*key, now + self._retention, reason, now),
-            )
+            self._write((_UPSERT_TRY, (*key, now + self._retention, reason, now)))
             self._tries.add(key)
 
     def block(self, deployment: str | None, dag_id: str | None, by: str, reason: str = "") -> Block:
@@ -218,22 +299,13 @@ class RevocationStore:
         now = self._clock()
         blk = Block(deployment or ANY_DEPLOYMENT, dag_id or ANY_DAG, now, by, reason)
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO mint_block VALUES (?, ?, ?, ?, ?)",
-                    (blk.deployment, blk.dag_id, now, by, reason),
-                )
+            self._write(
+                (_UPSERT_BLOCK, (blk.deployment, blk.dag_id, now, by, reason)),
                 # The revocation outlives the block: tokens issued before it stay dead after
                 # an unblock.
-                self._db.execute(
-                    "INSERT OR REPLACE INTO revoked_dag VALUES (?, ?, '', ?, ?, ?)",
-                    (blk.deployment, blk.dag_id, now, now + self._retention, reason),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                (_UPSERT_DAG, (blk.deployment, blk.dag_id, "", now, now + self._retention,
+                               reason)),
+            )  # fmt: skip
             self._dags.setdefault((blk.deployment, blk.dag_id), {})[""] = now
             self._blocks = {**self._blocks, (blk.deployment, blk.dag_id): blk}
         return blk
@@ -242,9 +314,7 @@ class RevocationStore:
         """Lift a block set with the same arguments. False if there was none."""
         key = (deployment or ANY_DEPLOYMENT, dag_id or ANY_DAG)
         with self._lock:
-            gone = self._db.execute(
-                "DELETE FROM mint_block WHERE deployment = ? AND dag_id = ?", key
-            ).rowcount
+            gone = self._write(("DELETE FROM mint_block WHERE deployment = ? AND dag_id = ?", key))
             self._blocks = {k: v for k, v in self._blocks.items() if k != key}
         return bool(gone)
 
@@ -303,59 +373,53 @@ class RevocationStore:
         return False
 
     def refresh(self, force: bool = False) -> bool:
-        """Reload from SQLite if another connection committed. Returns True if it reloaded."""
+        """Reload from the database if anyone wrote since the last reload (and once a
+        :data:`PURGE_INTERVAL` regardless, purging expired rows first). Returns True if it
+        reloaded. On a shared database that cannot be reached, memory stays as it was (the
+        verifier's staleness bound decides how long that may serve) and False is returned;
+        ``force`` raises instead."""
         with self._lock:
-            version = self._db.execute("PRAGMA data_version").fetchone()[0]
             now = self._clock()
-            # Reload when someone else committed, and once a minute regardless so rows that
-            # expired (including our own writes) also leave memory.
-            purge_due = now - self._last_purge >= 60
+            # Read the version before the rows: a write landing in between is then seen
+            # again at the next call, never skipped.
+            version = self.database.version(TOPIC)
+            purge_due = now - self._last_purge >= PURGE_INTERVAL
             if not force and version == self._version and not purge_due:
                 return False
-            if purge_due:
-                self._purge(now)
-            scopes: dict[str, set[str]] = {}
-            for jti, dep in self._db.execute("SELECT jti, deployment FROM revoked_jti"):
-                scopes.setdefault(jti, set()).add(dep)
-            jtis = {jti: frozenset(deps) for jti, deps in scopes.items()}
-            dags: dict[tuple[str, str], dict[str, float]] = {}
-            for dep, dag, run, before in self._db.execute(
-                "SELECT deployment, dag_id, run_id, before FROM revoked_dag"
-            ):
-                dags.setdefault((dep, dag), {})[run] = before
-            tries: set[TryKey] = set(
-                self._db.execute(
-                    "SELECT deployment, dag_id, task_id, run_id, try_number, map_index "
-                    "FROM revoked_try"
-                )
-            )
-            blocks = {
-                (row[0], row[1]): Block(*row)
-                for row in self._db.execute(
-                    "SELECT deployment, dag_id, blocked_at, blocked_by, reason FROM mint_block"
-                )
-            }
+            try:
+                if purge_due:
+                    self._last_purge = now  # tried once per interval, even if it fails
+                    self._purge(now)
+                with self.database.read() as cur:
+                    jtis, dags, tries, blocks = _load(cur)
+            except StoreUnavailable as exc:
+                if force:
+                    raise
+                log.warning("revocations not reloaded", extra={"fields": {"error": str(exc)}})
+                return False
             # Swap whole objects so concurrent readers never see a half-built view.
             self._jtis, self._dags, self._tries = jtis, dags, tries
             self._blocks = blocks
-            self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            self._version = version
             return True
 
     def list(self) -> list[Revocation]:
+        """Every stored revocation and block, oldest first within each kind (read from the
+        database, not memory)."""
         out: list[Revocation] = []
-        with self._lock:
-            for jti, dep, exp, reason in self._db.execute(
+        with self.database.read() as cur:
+            for jti, dep, exp, reason in cur.execute(
                 "SELECT jti, deployment, expires_at, reason FROM revoked_jti ORDER BY revoked_at"
-            ):
+            ).fetchall():
                 target: RevocationTarget = {
                     "jti": jti,
                     "deployment": None if dep == ANY_DEPLOYMENT else dep,
                 }
                 out.append(Revocation("jti", target, reason, exp))
-            for dep, dag, run, before, exp, reason in self._db.execute(
+            for dep, dag, run, before, exp, reason in cur.execute(
                 "SELECT deployment, dag_id, run_id, before, expires_at, reason FROM revoked_dag "
                 "ORDER BY before"
-            ):
+            ).fetchall():
                 target = {
                     "deployment": None if dep == ANY_DEPLOYMENT else dep,
                     "dag_id": None if dag == ANY_DAG else dag,
@@ -364,17 +428,17 @@ class RevocationStore:
                 }
                 out.append(Revocation("dag", target, reason, exp))
             cols = ("deployment", "dag_id", "task_id", "run_id", "try_number", "map_index")
-            for row in self._db.execute(
+            for row in cur.execute(
                 f"SELECT {', '.join(cols)}, expires_at, reason FROM revoked_try "  # noqa: S608
                 "ORDER BY revoked_at"
-            ):
+            ).fetchall():
                 out.append(
                     Revocation("task_try", dict(zip(cols, row[:6], strict=True)), row[7], row[6])
                 )
-            for dep, dag, since, by, reason in self._db.execute(
+            for dep, dag, since, by, reason in cur.execute(
                 "SELECT deployment, dag_id, blocked_at, blocked_by, reason FROM mint_block "
                 "ORDER BY blocked_at"
-            ):
+            ).fetchall():
                 target = {
                     "deployment": None if dep == ANY_DEPLOYMENT else dep,
                     "dag_id": None if dag == ANY_DAG else dag,
@@ -383,10 +447,44 @@ class RevocationStore:
         return out
 
     def _purge(self, now: float) -> None:
-        # Called with the lock held, at most once a minute. Only delete when there is something
-        # to delete: a write here moves data_version for every other process.
-        self._last_purge = now
-        for table in ("revoked_jti", "revoked_dag", "revoked_try"):
-            sql = f"SELECT EXISTS (SELECT 1 FROM {table} WHERE expires_at < ?)"  # noqa: S608
-            if self._db.execute(sql, (now,)).fetchone()[0]:
-                self._db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (now,))  # noqa: S608
+        # Called with the lock held, once a PURGE_INTERVAL. Only delete when there is
+        # something to delete, and touch nothing: a row that can no longer match a valid
+        # token changes no decision, so other processes need not reload for it.
+        with self.database.transaction() as cur:
+            for table in _EXPIRING_TABLES:
+                sql = f"SELECT 1 FROM {table} WHERE expires_at < ? LIMIT 1"  # noqa: S608
+                if cur.execute(sql, (now,)).fetchone() is not None:
+                    cur.execute(f"DELETE FROM {table} WHERE expires_at < ?", (now,))  # noqa: S608
+
+
+def _load(
+    cur: Cursor,
+) -> tuple[
+    dict[str, frozenset[str]],
+    dict[tuple[str, str], dict[str, float]],
+    set[TryKey],
+    dict[tuple[str, str], Block],
+]:
+    """Every revocation and block, as :class:`RevocationStore` keeps them in memory."""
+    scopes: dict[str, set[str]] = {}
+    for jti, dep in cur.execute("SELECT jti, deployment FROM revoked_jti").fetchall():
+        scopes.setdefault(jti, set()).add(dep)
+    jtis = {jti: frozenset(deps) for jti, deps in scopes.items()}
+    dags: dict[tuple[str, str], dict[str, float]] = {}
+    for dep, dag, run, before in cur.execute(
+        "SELECT deployment, dag_id, run_id, before FROM revoked_dag"
+    ).fetchall():
+        dags.setdefault((dep, dag), {})[run] = before
+    tries: set[TryKey] = {
+        (dep, dag, task, run, int(try_number), int(map_index))
+        for dep, dag, task, run, try_number, map_index in cur.execute(
+            "SELECT deployment, dag_id, task_id, run_id, try_number, map_index FROM revoked_try"
+        ).fetchall()
+    }
+    blocks = {
+        (row[0], row[1]): Block(*row)
+        for row in cur.execute(
+            "SELECT deployment, dag_id, blocked_at, blocked_by, reason FROM mint_block"
+        ).fetchall()
+    }
+    return jtis, dags, tries, blocks

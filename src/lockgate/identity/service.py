@@ -20,6 +20,12 @@ records and counts any refusal. ``on_revoke`` hears every revocation after it is
 (kind and target), so per-token state elsewhere (dynamic database roles) ends with the
 tokens.
 
+With shared state (PostgreSQL) every call that reaches the database — storing a revocation,
+claiming a client assertion's jti, re-reading blocks before a mint — runs in a worker thread
+so the event loop never waits on the network; a database that cannot be reached refuses
+with 503 (``shared_state_unavailable``), and one out of reach longer than ``max_staleness``
+refuses every mint (``shared_state_stale``, :mod:`lockgate.identity.staleness`).
+
 Neither the token nor any presented secret or assertion is ever logged, passed to
 ``on_event`` or put in a message.
 """
@@ -39,7 +45,7 @@ import aiohttp
 
 from lockgate import _log, metrics
 from lockgate.config import AnyResource, Deployment, LockgateConfig
-from lockgate.errors import AuthenticationError
+from lockgate.errors import AuthenticationError, StoreUnavailable
 from lockgate.identity._request import OAuthError, may_act_for, revoke_target, task_request
 from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable, attest
 from lockgate.identity.keys import KeyStore
@@ -47,6 +53,7 @@ from lockgate.identity.model import Claims, MintDecision, TaskIdentity
 from lockgate.identity.oidc import SUBJECT_TOKEN_TYPES, OidcVerifier
 from lockgate.identity.proofs import ASSERTION_TYPE, AssertionVerifier, check_client_secret
 from lockgate.identity.revocation import RevocationStore
+from lockgate.identity.staleness import STALE_REASON, StalenessBound
 from lockgate.identity.tokens import TokenIssuer
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
@@ -103,6 +110,7 @@ class TokenService:
         self._clock = clock
         self._on_revoke = on_revoke
         self._assertions = AssertionVerifier(config, clock=clock)
+        self._staleness = StalenessBound.for_config(config, revocations.database)
         self._oidc = OidcVerifier(config.oidc_issuers, self._session, leeway=config.tokens.leeway)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -122,6 +130,7 @@ class TokenService:
     ) -> TaskGrant:
         """Steps 2-6: who asks, for which task and resource, and may it; fills ``ctx`` for the
         audit as it learns. Raises :class:`OAuthError` on any refusal."""
+        self._refuse_if_stale()
         ctx["deployment"], ctx["proof"] = await self.authenticate(body, authorization)
         dep = self.config.deployment(ctx["deployment"])
         assert dep is not None  # authenticate only returns configured deployments
@@ -136,7 +145,7 @@ class TokenService:
                 principal=identity.principal,
                 body={"principal": identity.principal, "reason": "dag_not_delegated"},
             )
-        self._refuse_if_blocked(dep.name, identity.dag_id, identity.principal)
+        await self._refuse_if_blocked(dep.name, identity.dag_id, identity.principal)
         resource = self.config.resource(resource_name)
         if resource is None:
             raise OAuthError(
@@ -224,7 +233,9 @@ class TokenService:
                 # A jti is no secret (task logs, audit records): the revocation holds for this
                 # deployment's token of that jti only, and the answer is the same either way.
                 expires = self._clock() + self.config.tokens.max_ttl + self.config.tokens.leeway
-                self.revocations.revoke_jti(target["jti"], expires, reason, dep.name)
+                await self._store(
+                    self.revocations.revoke_jti, target["jti"], expires, reason, dep.name
+                )
             elif not may_act_for(dep, target["dag_id"]):
                 raise OAuthError(
                     403,
@@ -237,14 +248,19 @@ class TokenService:
                 # (``lockgate token unblock``), so a stolen deployment secret cannot undo it.
                 by = f"deployment {dep.name}"
                 ctx["reason"] = _note(body.get("reason")) or by
-                self.revocations.block(dep.name, target["dag_id"], by, ctx["reason"])
+                await self._store(
+                    self.revocations.block, dep.name, target["dag_id"], by, ctx["reason"]
+                )
                 kind = "block"
             elif kind == "dag":
-                self.revocations.revoke_dag(
-                    dep.name, target["dag_id"], target.get("run_id"), reason
-                )
+                await self._store(
+                    self.revocations.revoke_dag,
+                    dep.name, target["dag_id"], target.get("run_id"), reason,
+                )  # fmt: skip
             else:
-                self.revocations.revoke_task_try(dep.name, **target, reason=reason)
+                await self._store(
+                    self.revocations.revoke_task_try, dep.name, **target, reason=reason
+                )
         except OAuthError as exc:
             await self.refused(exc, ctx)
             raise
@@ -262,7 +278,8 @@ class TokenService:
         return kind
 
     def jwks(self) -> dict[str, Any]:
-        self.keys.maybe_reload()  # show rotations made by `lockgate keys rotate` promptly
+        if not self.revocations.shared:  # shared keys are reloaded off the loop, 5 times a second
+            self.keys.maybe_reload()  # show rotations made by `lockgate keys rotate` promptly
         return self.keys.jwks()
 
     def discovery(self) -> dict[str, Any]:
@@ -325,7 +342,12 @@ class TokenService:
                     reason="bad_assertion_type",
                 )
             try:
-                name = self._assertions.verify(body["client_assertion"], body.get("client_id"))
+                # Off the loop when shared: the assertion's jti is claimed in the database.
+                name = await self.revocations.off_loop(
+                    self._assertions.verify, body["client_assertion"], body.get("client_id")
+                )
+            except StoreUnavailable as exc:
+                raise shared_state_unavailable(exc) from None
             except AuthenticationError as exc:
                 raise OAuthError(
                     401,
@@ -364,12 +386,27 @@ class TokenService:
                 client_id=client_id if self.config.deployment(client_id) else "(unknown)",
             ) from None
 
-    def _refuse_if_blocked(self, deployment: str, dag_id: str, principal: str) -> None:
+    async def _store(self, write: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """A revocation write, off the loop when shared; an unreachable database refuses."""
+        try:
+            await self.revocations.off_loop(write, *args, **kwargs)
+        except StoreUnavailable as exc:
+            raise shared_state_unavailable(exc) from None
+
+    def _refuse_if_stale(self) -> None:
+        """Past ``max_staleness`` without the shared database, nothing is minted: a block set
+        on another replica meanwhile would not be seen."""
+        why = self._staleness.refusal() if self._staleness is not None else None
+        if why is not None:
+            raise OAuthError(503, "temporarily_unavailable", why, reason=STALE_REASON)
+
+    async def _refuse_if_blocked(self, deployment: str, dag_id: str, principal: str) -> None:
         """The kill switch: a blocked DAG (or deployment) gets no token, with a message that
         says who blocked it and since when."""
-        # A block set by the CLI a moment ago must hold now, not at the next refresh tick;
-        # one PRAGMA when nothing changed, and mints are not the per-request path.
-        self.revocations.refresh()
+        # A block set by the CLI or another replica a moment ago must hold now, not at the
+        # next refresh tick; one version read when nothing changed (mints are not the
+        # per-request path). An unreachable database keeps memory (the staleness bound).
+        await self.revocations.off_loop(self.revocations.refresh)
         blk = self.revocations.blocked(deployment, dag_id)
         if blk is not None:
             message = blk.message(dag_id)
@@ -429,6 +466,18 @@ class TokenService:
             await _maybe_await(self._on_event(kind, **fields))
         except Exception as err:  # the request is refused either way
             log.error("refusal not audited", extra={"fields": {"error": type(err).__name__}})
+
+
+def shared_state_unavailable(exc: StoreUnavailable) -> OAuthError:
+    """The refusal of a write the shared database did not take (its message names the
+    database, never a password)."""
+    log.error("shared state unavailable", extra={"fields": {"error": str(exc)}})
+    return OAuthError(
+        503,
+        "temporarily_unavailable",
+        "shared state unavailable; try again later",
+        reason="shared_state_unavailable",
+    )
 
 
 def audit_unavailable() -> OAuthError:

@@ -8,7 +8,14 @@ Verification strategy, strictest first and cheapest on repeat:
    Embedded ``jwk``/``jku``/``x5u``/``x5c`` are ignored: keys come only from the store.
 3. Signature via PyJWT with ``algorithms=["EdDSA"]`` and the store's public key.
 4. Claims: every claim present and typed, ``sub`` equal to the principal, issuer, then
-   time (``exp``/``nbf``/``iat`` with leeway), audience and revocation.
+   time (``exp``/``nbf``/``iat`` with leeway), audience, shared-state staleness and
+   revocation.
+
+Every engine verifies here, so this is where shared state that went stale stops every
+decision: with ``state: {postgresql: ...}`` and the database out of reach longer than
+``max_staleness``, each token is refused with reason ``shared_state_stale`` (the message
+says for how long; :mod:`lockgate.identity.staleness`), audited by the engine like any
+refusal. Within the bound, revocations and keys held in memory decide.
 
 Verified claims are cached by token string (bounded). A cache hit re-checks only time,
 audience and revocation, which keeps the hot path in the low microseconds.
@@ -36,6 +43,7 @@ from lockgate.errors import AuthenticationError, LockgateError
 from lockgate.identity.keys import KID_RE, KeyStore
 from lockgate.identity.model import Claims, TaskIdentity
 from lockgate.identity.revocation import RevocationStore
+from lockgate.identity.staleness import STALE_REASON, StalenessBound
 
 if TYPE_CHECKING:
     from jwt.algorithms import AllowedPublicKeys
@@ -198,9 +206,11 @@ class TokenVerifier:
         *,
         cache_size: int = 10_000,
         reload_interval: float = 1.0,
+        staleness: StalenessBound | None = None,
     ) -> None:
         self._keys = keys
         self._revocations = revocations
+        self._staleness = staleness
         self.issuer = issuer
         self.leeway = leeway
         self._clock = clock
@@ -260,10 +270,19 @@ class TokenVerifier:
             raise AuthenticationError("not_yet_valid", claims=claims)
         if claims.aud != audience:
             raise AuthenticationError("wrong_audience", claims=claims)
+        if self._staleness is not None:
+            # What memory holds may miss a revocation made elsewhere: past the bound, stop.
+            stale = self._staleness.refusal()
+            if stale is not None:
+                raise AuthenticationError(STALE_REASON, stale, claims=claims)
         if self._revocations is not None and self._revocations.is_revoked(claims):
             raise AuthenticationError("revoked", claims=claims)
 
     def _reload_keys(self) -> bool:
+        if self._staleness is not None:
+            # Shared keys: the gateway reloads them off the event loop five times a second,
+            # and a new key signs only after every replica has had time to publish it.
+            return False
         try:
             return self._keys.maybe_reload(self._reload_interval)
         except LockgateError as exc:
