@@ -178,10 +178,10 @@ def upstream(pg_server: PgServer) -> PgServer:
 
 
 def _replica(
-    settings: PostgresStateSettings, replica_id: str, upstream: PgServer, **kw: float
+    settings: PostgresStateSettings, replica_id: str, upstream: PgServer, *, grace: float
 ) -> tuple[PostgresDatabase, RoleLeases, PostgresRoles]:
     db = PostgresDatabase(settings, replica_id=replica_id)
-    leases = RoleLeases(db, replica_id, **kw)
+    leases = RoleLeases(db, replica_id, grace=grace)
     roles = PostgresRoles(resource(upstream), _password, FakePolicy(FakePolicySet(ALLOW)))
     roles.leases = leases
     return db, leases, roles
@@ -191,7 +191,7 @@ async def test_a_dead_replicas_role_is_dropped_by_exactly_one_other(
     upstream: PgServer, pg_state: Callable[..., PostgresStateSettings], tmp_path: Path
 ) -> None:
     settings = pg_state()
-    db_a, leases_a, roles_a = _replica(settings, "a", upstream, grace=0.5)
+    db_a, _leases_a, roles_a = _replica(settings, "a", upstream, grace=0.5)
     db_b, leases_b, roles_b = _replica(settings, "b", upstream, grace=0.5)
     db_c, leases_c, roles_c = _replica(settings, "c", upstream, grace=0.5)
     try:
