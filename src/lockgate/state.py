@@ -1,5 +1,12 @@
-"""The gateway's durable state under ``data_dir``: signing keys, revocations, the master
-key, credentials, the audit trail and the policy files.
+"""The gateway's durable state: signing keys, revocations, the master key, credentials, the
+audit trail and the policy files, on the backend ``state:`` names.
+
+``state: sqlite`` (the default): one SQLite file per store under ``data_dir`` with today's
+names (``revocations.db``, ``credentials.db``, ``databricks_runs.db``, ``adf_runs.db``,
+``assertions.db`` ...) and signing keys as PEM files under ``data_dir/keys``.
+``state: {postgresql: ...}``: every store shares one PostgreSQL database with the other
+replicas; each replica keeps its own ``data_dir`` for its local audit journal and chain,
+which is shipped to the shared trail.
 
 :class:`State` opens them without starting any listener, so the CLI (``token``, ``creds``,
 ``audit`` ...) and the serving :class:`lockgate.server.Gateway` share one way to reach them.
@@ -8,14 +15,28 @@ Importing it does not pull in the engines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import re
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockgate.audit import AuditLog, RemoteAuditLog
+from lockgate.audit import AuditLog, AuditReader, RemoteAuditLog
+from lockgate.audit.shipping import AuditShipping, checkpoint_key
 from lockgate.config import LockgateConfig
 from lockgate.credentials import CredentialStore, load_or_create_master_key
 from lockgate.identity import KeyStore, RevocationStore
 from lockgate.policy import PolicyStore
+from lockgate.store import Database, PostgresDatabase, SqliteDatabase
+
+# A database name is a file name under data_dir on SQLite: keep it a plain word.
+_DATABASE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+def default_replica_id() -> str:
+    """``LOCKGATE_REPLICA_ID``, else the host name (what ``state.postgresql.replica_id``
+    defaults to; with SQLite state it only labels this process)."""
+    return os.environ.get("LOCKGATE_REPLICA_ID") or socket.gethostname()
 
 
 @dataclass
@@ -23,21 +44,86 @@ class State:
     """The durable parts, openable without starting servers (the CLI uses this too)."""
 
     config: LockgateConfig
+    _databases: dict[str, Database] = field(default_factory=dict, init=False, repr=False)
+    _shared_db: PostgresDatabase | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         data = self.config.data_dir
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.keys = KeyStore(data)
-        self.revocations = RevocationStore(data / "revocations.db")
-        self.master_key = load_or_create_master_key(data)
-        self.credentials = CredentialStore(data / "credentials.db", self.master_key)
+        pg = self.config.state.postgresql
+        #: True when the state lives in PostgreSQL, shared with other replicas.
+        self.shared = pg is not None
+        self.replica_id = pg.resolved_replica_id() if pg is not None else default_replica_id()
+        # False (migrate_on_start: false): a store refuses an old schema instead of
+        # upgrading it, naming `lockgate db upgrade`.
+        migrate = pg.migrate_on_start if pg is not None else True
+        # Shared state never creates a key per replica: without LOCKGATE_MASTER_KEY or
+        # master_key_file this refuses to start, saying how to give one.
+        self.master_key = load_or_create_master_key(
+            data, key_file=self.config.master_key_file, shared=self.shared
+        )
+        self.keys = (
+            KeyStore(self.database("keys"), master_key=self.master_key, migrate_schema=migrate)
+            if self.shared
+            else KeyStore(data)  # PEM files under data_dir/keys, as always
+        )
+        self.revocations = RevocationStore(self.database("revocations"), migrate_schema=migrate)
+        self.credentials = CredentialStore(
+            self.database("credentials"), self.master_key, migrate_schema=migrate
+        )
+
+    # -- databases ------------------------------------------------------------------------
+    def database(self, name: str) -> Database:
+        """The database store ``name`` keeps its tables in: ``data_dir/<name>.db`` on SQLite
+        (opened once per State), the one shared PostgreSQL database otherwise."""
+        if not _DATABASE_NAME.match(name):
+            raise ValueError(f"database name {name!r}: expected a lower-case word")
+        pg = self.config.state.postgresql
+        if pg is not None:
+            if self._shared_db is None:
+                self._shared_db = PostgresDatabase(pg, replica_id=self.replica_id)
+            return self._shared_db
+        db = self._databases.get(name)
+        if db is None:
+            db = self._databases[name] = SqliteDatabase(self.config.data_dir / f"{name}.db")
+        return db
+
+    def start_watching(self) -> None:
+        """Follow other replicas' changes (PostgreSQL: LISTEN thread and catch-up poll)."""
+        for db in self._open_databases():
+            db.start_watching()
+
+    def stale_for(self) -> float:
+        """Seconds since the shared state was last reached (0.0 on SQLite)."""
+        return self._shared_db.stale_for() if self._shared_db is not None else 0.0
+
+    def close(self) -> None:
+        """Close every database this State opened (the stores' handles on them included)."""
+        for db in self._open_databases():
+            db.close()
+        self._databases.clear()
+        self._shared_db = None
+
+    def _open_databases(self) -> list[Database]:
+        dbs: list[Database] = list(self._databases.values())
+        if self._shared_db is not None:
+            dbs.append(self._shared_db)
+        return dbs
+
+    # -- audit ----------------------------------------------------------------------------
+    def audit_shipping(self) -> AuditShipping | None:
+        """Where this replica ships its audit chain (None on SQLite: nowhere)."""
+        pg = self.config.state.postgresql
+        if pg is None:
+            return None
+        return AuditShipping(pg, self.replica_id, signing_key=checkpoint_key(self.master_key))
 
     def audit_log(self) -> AuditLog:
         """The in-process (thread) audit log: for the CLI and one-off writers."""
         a = self.config.audit
         return AuditLog(
             self.config.data_dir / "audit.db", a.jsonl, a.write_timeout,
-            fsync=a.durability == "fsync",
+            fsync=a.durability == "fsync", shipping=self.audit_shipping(),
         )  # fmt: skip
 
     def remote_audit_log(self, socket_path: Path | None = None) -> RemoteAuditLog:
@@ -46,12 +132,16 @@ class State:
         a = self.config.audit
         return RemoteAuditLog(
             self.config.data_dir / "audit.db", a.jsonl, a.write_timeout, socket_path=socket_path,
-            fsync=a.durability == "fsync",
+            fsync=a.durability == "fsync", shipping=self.audit_shipping(),
         )  # fmt: skip
+
+    def audit_reader(self) -> AuditReader:
+        """Reads this replica's chain, or the shared trail of every replica when shared."""
+        return AuditReader(self.config.data_dir / "audit.db", shipping=self.audit_shipping())
 
     def policy_store(self) -> PolicyStore:
         known = {r.name for r in self.config.resources}
         return PolicyStore(self.config.policy_files, known)
 
 
-__all__ = ["State"]
+__all__ = ["State", "default_replica_id"]

@@ -1,0 +1,97 @@
+"""State: the stores over the configured backend. SQLite keeps today's files; PostgreSQL
+is one database shared by every replica and needs the master key given."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lockgate.config import LockgateConfig, PostgresStateSettings, StateSettings
+from lockgate.errors import CredentialError
+from lockgate.state import State
+from lockgate.store import PostgresDatabase, SqliteDatabase
+
+MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture
+def states() -> Iterator[list[State]]:
+    opened: list[State] = []
+    yield opened
+    for st in opened:
+        st.close()
+
+
+def test_sqlite_keeps_todays_files(tmp_path: Path, states: list[State]) -> None:
+    st = State(LockgateConfig(data_dir=tmp_path))
+    states.append(st)
+    assert not st.shared and st.replica_id and st.stale_for() == 0.0
+    for name in ("revocations", "credentials", "databricks_runs", "adf_runs", "assertions"):
+        db = st.database(name)
+        assert isinstance(db, SqliteDatabase) and db.path == tmp_path / f"{name}.db"
+        assert st.database(name) is db  # opened once
+    assert (tmp_path / "keys" / "index.json").exists()  # signing keys stay PEM files
+    assert (tmp_path / "master.key").exists()
+    assert st.audit_shipping() is None
+    st.start_watching()  # nothing to watch: harmless
+    with pytest.raises(ValueError, match="lower-case"):
+        st.database("../etc")
+
+
+def test_sqlite_uses_master_key_file(tmp_path: Path, states: list[State]) -> None:
+    key_file = tmp_path / "given.key"
+    key_file.write_text(MASTER_KEY + "\n")
+    key_file.chmod(0o600)
+    st = State(LockgateConfig(data_dir=tmp_path / "data", master_key_file=key_file))
+    states.append(st)
+    assert st.master_key == base64.b64decode(MASTER_KEY)
+    assert not (tmp_path / "data" / "master.key").exists()
+
+
+def _shared_config(data_dir: Path, settings: PostgresStateSettings) -> LockgateConfig:
+    return LockgateConfig(
+        data_dir=data_dir, state=StateSettings(backend="postgresql", postgresql=settings)
+    )
+
+
+def test_shared_state_needs_the_master_key_given(
+    pg_state: Callable[..., PostgresStateSettings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LOCKGATE_MASTER_KEY", raising=False)
+    with pytest.raises(CredentialError, match="LOCKGATE_MASTER_KEY or master_key_file"):
+        State(_shared_config(tmp_path, pg_state()))
+    assert not (tmp_path / "master.key").exists()  # never made up per replica
+
+
+def test_replicas_share_one_database(
+    pg_state: Callable[..., PostgresStateSettings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    states: list[State],
+) -> None:
+    monkeypatch.setenv("LOCKGATE_MASTER_KEY", MASTER_KEY)
+    settings = pg_state()
+    one = State(_shared_config(tmp_path / "one", settings.model_copy(update={"replica_id": "a"})))
+    states.append(one)
+    two = State(_shared_config(tmp_path / "two", settings.model_copy(update={"replica_id": "b"})))
+    states.append(two)
+    assert one.shared and (one.replica_id, two.replica_id) == ("a", "b")
+    db = one.database("revocations")
+    assert isinstance(db, PostgresDatabase)
+    assert one.database("credentials") is db and one.database("assertions") is db
+    one.start_watching()
+    two.start_watching()
+    assert one.keys.jwks() == two.keys.jwks()  # one key set for every replica
+    one.credentials.set("orders-api-key", "s3cret")
+    current = two.credentials.current("orders-api-key")
+    assert current is not None and current.value == "s3cret"
+    shipping = one.audit_shipping()
+    assert shipping is not None and shipping.replica_id == "a" and shipping.signing_key
+    assert one.stale_for() < 5
+    assert not (tmp_path / "one" / "revocations.db").exists()
