@@ -1,8 +1,14 @@
 """Deferred operators and extra links against the secrets backend and a real gateway.
 
-A deferral on a conn_id without poll tokens fails at the task's first lookup (before the
-operator starts anything upstream) and in the trigger, each time with the reason at ERROR;
-a connection that holds no secret (ARM) is answered outside a task for the extra link.
+- A plain http conn_id (``"trigger": "task"``) serves ``HttpTrigger``: the trigger gets a
+  token of the deferred task try itself (named by the triggerer; in ``dag.test()`` the try
+  of this process that deferred), and the try's end revokes it wherever it was minted.
+- A ``poll`` conn_id with an environment (ARM) gives the trigger the deployment's poll token,
+  in the connection and in the environment the Azure SDK reads.
+- A deferral on a conn_id that serves no trigger fails at the task's first lookup (before
+  the operator starts anything upstream) and in the trigger, each time with the reason at
+  ERROR; a connection that holds no secret (ARM) is answered outside a task for the extra
+  link.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import asyncio
 import json
 import logging
 import os
+import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,6 +29,7 @@ pytest.importorskip("airflow.sdk")
 from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 
 from lockgate.airflow import secrets
+from lockgate.airflow._client import MintedToken
 from lockgate.demo.stack import LocalStack
 
 ARM_ENTRY: dict[str, Any] = {
@@ -33,6 +42,16 @@ ARM_ENTRY: dict[str, Any] = {
     },
     "env": {"IDENTITY_ENDPOINT": "https://gw/msi/token", "IDENTITY_HEADER": "{lockgate_token}"},
 }
+# A conn_id whose connection needs more than a token (a Cosmos task key): serves no trigger.
+COSMOS_ENTRY: dict[str, Any] = {
+    "conn_id": "orders_cosmos",
+    "resource": "cosmos",
+    "kind": "http",
+    "cosmos_key": True,
+    "connection": {"conn_type": "azure_cosmos", "password": "{lockgate_cosmos_key}"},
+}
+TRY = {"dag_id": "finance_daily", "task_id": "call", "run_id": "manual__unit", "try_number": 1,
+       "map_index": -1}  # fmt: skip
 
 
 @pytest.fixture
@@ -46,30 +65,122 @@ def backend(stack: LocalStack) -> secrets.LockgateSecretsBackend:
 
 
 def _in_task(monkeypatch: pytest.MonkeyPatch, *, deferrable: bool) -> None:
-    ti = SimpleNamespace(
-        dag_id="finance_daily", task_id="call", run_id="manual__unit", try_number=1,
-        map_index=-1,
-    )  # fmt: skip
+    ti = SimpleNamespace(**TRY)
     task = SimpleNamespace(task_id="call", deferrable=deferrable, execution_timeout=None)
     monkeypatch.setattr(secrets, "task_coordinates", lambda: secrets.coordinates_of(ti))
     monkeypatch.setattr(secrets, "_running_task", lambda: task)
 
 
-def test_a_deferrable_task_on_a_conn_id_without_poll_tokens_is_refused_before_minting(
+def _outside_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(secrets, "task_coordinates", lambda: None)
+    monkeypatch.setattr(secrets, "_running_task", lambda: None)
+
+
+@pytest.fixture
+def triggerer_context() -> Iterator[None]:
+    """What Airflow's trigger runner binds around a trigger of the deferred try ``TRY``."""
+    import structlog.contextvars
+
+    with structlog.contextvars.bound_contextvars(trigger_id=7, ti_id="x", **TRY):
+        yield
+
+
+def _with_template(
+    monkeypatch: pytest.MonkeyPatch, backend: secrets.LockgateSecretsBackend, entry: Any
+) -> None:
+    monkeypatch.setattr(backend, "_template", lambda conn_id: entry)
+
+
+def test_a_deferrable_task_on_a_conn_id_that_serves_no_trigger_is_refused_before_minting(
     backend: secrets.LockgateSecretsBackend,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     _in_task(monkeypatch, deferrable=True)
+    _with_template(monkeypatch, backend, COSMOS_ENTRY)
     with (
         caplog.at_level(logging.INFO, logger="lockgate.airflow.secrets"),
         pytest.raises(AirflowSecretsBackendAccessDenied, match="deferrable=True") as refused,
     ):
-        backend.get_conn_value("orders_api")
+        backend.get_conn_value("orders_cosmos")
     assert "offers no poll tokens" in str(refused.value)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert errors and "orders_api" in errors[0].getMessage()
+    assert errors and "orders_cosmos" in errors[0].getMessage()
     assert not backend._tokens  # nothing minted, so nothing could be started with it
+
+
+def test_the_catalog_marks_a_plain_http_conn_id_as_serving_triggers(
+    backend: secrets.LockgateSecretsBackend,
+) -> None:
+    entry = backend._template("orders_api")
+    assert entry is not None and entry.get("trigger") == secrets.TRIGGER_AS_TASK
+    assert secrets.serves_triggers(entry) and not secrets.serves_triggers(COSMOS_ENTRY)
+
+
+def test_a_deferred_http_task_hands_its_token_to_its_inline_trigger(
+    backend: secrets.LockgateSecretsBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dag.test(): the trigger runs next in the same process, with neither a task context
+    nor the triggerer's names; it gets the very token the deferring task try holds."""
+    _in_task(monkeypatch, deferrable=True)
+    in_task = json.loads(backend.get_conn_value("orders_api") or "{}")
+    _outside_task(monkeypatch)
+    conn = asyncio.run(backend.aget_connection("orders_api"))
+    assert conn.extra_dejson["Authorization"] == in_task["extra"]["Authorization"]
+    # ... to a trigger only: the API server's synchronous lookup still gets nothing
+    assert backend.get_conn_value("orders_api") is None
+    backend.end_task_try(dict(TRY))  # the try ended: its trigger gets nothing any more
+    with pytest.raises(AirflowSecretsBackendAccessDenied):
+        asyncio.run(backend.aget_connection("orders_api"))
+
+
+def test_the_triggerer_gets_a_token_of_the_deferred_task_try_it_names(
+    backend: secrets.LockgateSecretsBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    triggerer_context: None,
+) -> None:
+    _outside_task(monkeypatch)
+    conn = asyncio.run(backend.aget_connection("orders_api"))
+    assert conn.extra_dejson["Authorization"].startswith("Bearer ")
+    [(key, minted)] = backend._tokens.items()
+    assert key == ("orders_api", *TRY.values())
+    assert minted.principal == "airflow:prod/finance_daily/call"  # the task's own identity
+
+
+def test_a_poll_entry_with_an_environment_gives_the_trigger_the_deployments_poll_token(
+    backend: secrets.LockgateSecretsBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    triggerer_context: None,
+) -> None:
+    """ARM: the Azure SDK reads its credential from the process-wide environment, which every
+    trigger of the triggerer shares: the token is not narrowed to one DAG run."""
+    _outside_task(monkeypatch)
+    _with_template(monkeypatch, backend, {**ARM_ENTRY, "poll": True})
+    asked: list[dict[str, str]] = []
+
+    def poll_token(*, conn_id: str, scope: dict[str, str]) -> MintedToken:
+        asked.append(scope)
+        return MintedToken("poll-tok", time.time() + 3600, "jti-p", "airflow:prod/@triggerer")
+
+    monkeypatch.setattr(backend.client, "poll_token", poll_token)
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    conn = asyncio.run(backend.aget_connection("azure_data_factory_default"))
+    assert conn.extra_dejson["subscriptionId"] == "sub-1"
+    assert asked == [{}]
+    assert os.environ["IDENTITY_HEADER"] == "poll-tok"
+    assert os.environ["IDENTITY_ENDPOINT"] == "https://gw/msi/token"
+
+
+def test_a_deferred_try_is_revoked_at_its_end_even_if_this_process_minted_nothing(
+    backend: secrets.LockgateSecretsBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    revoked: list[object] = []
+    monkeypatch.setattr(backend.client, "revoke_task_try", revoked.append)
+    backend.end_task_try(dict(TRY))
+    assert revoked == []
+    backend.end_task_try(dict(TRY), deferred=True)  # its trigger's token lives elsewhere
+    assert revoked == [TRY]
 
 
 def test_the_same_task_without_deferral_gets_its_token(
@@ -80,9 +191,10 @@ def test_the_same_task_without_deferral_gets_its_token(
     assert value["extra"]["Authorization"].startswith("Bearer ")
 
 
-def test_a_trigger_asking_for_a_conn_id_without_poll_tokens_gets_the_reason_at_error(
+def test_a_trigger_the_backend_cannot_serve_gets_the_reason_at_error(
     backend: secrets.LockgateSecretsBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # orders_api serves triggers, but this one names no deferred try, and none deferred here
     with (
         caplog.at_level(logging.INFO, logger="lockgate.airflow.secrets"),
         pytest.raises(AirflowSecretsBackendAccessDenied, match="deferrable=False"),
@@ -92,6 +204,7 @@ def test_a_trigger_asking_for_a_conn_id_without_poll_tokens_gets_the_reason_at_e
         r.levelno == logging.ERROR and "outside a task try" in r.getMessage()
         for r in caplog.records
     )
+    assert not backend._tokens
     # the synchronous lookup outside a task (API server, callbacks) is unchanged
     assert backend.get_conn_value("orders_api") is None
 

@@ -13,20 +13,29 @@ Rules:
 - A conn_id that is not in the gateway's catalog → ``None``, so Airflow's other backends
   still answer.
 - No task context (the API-server copy of the chain, callbacks) → ``None`` and an info log
-  line saying why: a token is only ever minted for a running task try. Exception: a conn_id
-  the catalog marks ``poll`` (Databricks) gets a *poll token* from ``/v1/poll-token``, so a
-  deferred operator's trigger can watch its run from the triggerer. A poll token may only
-  read runs this deployment's DAGs started through Lockgate; when the triggerer's log
-  context names the trigger's DAG run, the token is narrowed to that DAG run.
+  line saying why: a token is only ever minted for a task try. Exceptions, for a deferred
+  operator's trigger (docs/airflow.md, "Deferrable operators"):
+
+  * a conn_id the catalog marks ``poll`` (Databricks, ARM) gets a *poll token* from
+    ``/v1/poll-token``, so the trigger can watch its run from the triggerer. A poll token
+    may only read runs this deployment's DAGs started through Lockgate (ARM: and cancel
+    them); when the triggerer's log context names the trigger's DAG run, the token is
+    narrowed to that DAG run. ARM's goes into the environment the Azure SDK builds its
+    credential from, which every trigger of the process shares: it is the deployment's.
+  * a conn_id marked ``"trigger": "task"`` (plain http: ``HttpTrigger`` sends the task's
+    whole request) gets, in an asynchronous lookup, a token of the deferred task try the
+    triggerer names in its log context (or, under ``dag.test()``, which runs the trigger
+    inline and unnamed, of the try of this process that deferred on it): the task's own
+    identity and policy, revoked when that try ends.
 - Outside a task, a catalog entry whose connection holds no secret (ARM: subscription,
   resource group, factory) is answered as it is, without the environment a task gets:
   Airflow builds operator extra links ("Monitor Pipeline Run") after the task body, out of
-  its context. Never a token, nor the identity endpoint, outside a task.
+  its context. Never a token, nor the identity endpoint, outside a task but as above.
 - A deferral that cannot work fails before anything starts upstream: a task running with
-  ``deferrable=True`` asking for a conn_id without poll tokens is refused (at ERROR, with
-  the reason) at its first lookup, before the operator starts its pipeline; a trigger
-  (an asynchronous lookup outside a task) asking for one is refused the same way, instead
-  of Airflow's bare "conn_id isn't defined".
+  ``deferrable=True`` asking for a conn_id that serves no trigger is refused (at ERROR,
+  with the reason) at its first lookup, before the operator starts its pipeline; a trigger
+  (an asynchronous lookup outside a task) the backend cannot serve is refused the same way,
+  instead of Airflow's bare "conn_id isn't defined".
 - The gateway refuses (policy, delegation, attestation) → ``AirflowSecretsBackendAccessDenied``
   with the gateway's reason, so Airflow does not fall through to another backend.
 - A conn_id the catalog marks ``cosmos_key`` (Cosmos DB) also gets the task's derived
@@ -89,6 +98,7 @@ ROLE_USER_PLACEHOLDER = "{lockgate_role_user}"
 ROLE_PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
 UPSTREAM_CA_PLACEHOLDER = "{lockgate_upstream_ca_file}"
 DYNAMIC_ROLE = "dynamic_role"
+TRIGGER_AS_TASK = "task"  # catalog "trigger": the trigger gets the deferred try's token
 RENEW_BEFORE = 60.0
 
 # What the backend caches until a minute before it expires.
@@ -135,6 +145,40 @@ def coordinates_of(ti: TaskTry) -> Coordinates:
     }
 
 
+def _trigger_context() -> dict[str, Any]:
+    """What the triggerer binds into its log context around the running trigger (empty
+    elsewhere: tasks, ``dag.test()``'s inline triggers)."""
+    try:
+        import structlog.contextvars
+
+        bound = structlog.contextvars.get_contextvars()
+    except Exception:
+        return {}
+    return bound if bound.get("trigger_id") is not None else {}
+
+
+def trigger_task_try() -> Coordinates | None:
+    """The deferred task try whose trigger is running, as the triggerer names it, or None.
+
+    Airflow's trigger runner binds ``trigger_id`` and the deferred task instance's
+    ``dag_id``, ``task_id``, ``run_id``, ``try_number`` and ``map_index`` around each trigger.
+    """
+    bound = _trigger_context()
+    dag_id, task_id, run_id = bound.get("dag_id"), bound.get("task_id"), bound.get("run_id")
+    try_number, map_index = bound.get("try_number"), bound.get("map_index")
+    if not all(isinstance(v, str) and v for v in (dag_id, task_id, run_id)):
+        return None
+    if not isinstance(try_number, int) or not isinstance(map_index, int | None):
+        return None
+    return {
+        "dag_id": str(dag_id),
+        "task_id": str(task_id),
+        "run_id": str(run_id),
+        "try_number": try_number,
+        "map_index": -1 if map_index is None else map_index,
+    }
+
+
 def trigger_scope() -> dict[str, str]:
     """The trigger's DAG run as the triggerer binds it into its log context, if it does.
 
@@ -176,34 +220,50 @@ def _holds_no_secret(connection: dict[str, Any]) -> bool:
     return "{lockgate_" not in json.dumps(connection)
 
 
+def serves_triggers(template: dict[str, Any]) -> bool:
+    """Whether a deferred operator's trigger can use this conn_id from the triggerer: a
+    ``poll`` entry (Databricks, ARM) gets a poll token there, a ``"trigger": "task"`` entry
+    (plain http: ``HttpTrigger`` sends the task's request) a token of the deferred task try."""
+    return bool(template.get("poll")) or template.get("trigger") == TRIGGER_AS_TASK
+
+
+def _defers(task: object | None) -> bool:
+    if task is None or getattr(task, "deferrable", False) is not True:
+        return False
+    return getattr(task, "wait_for_termination", True) is not False  # ADF: nothing deferred
+
+
 def unpollable_deferral(conn_id: str, template: dict[str, Any]) -> str | None:
     """Why a deferral on ``conn_id`` cannot work in the running task try, or None.
 
-    A deferred operator's trigger runs in the triggerer, where there is no task try to mint a
-    token for; only a conn_id the catalog marks ``poll`` gets a (poll) token there. Checked at
-    the task's first lookup, which comes before the operator starts anything upstream (ADF
-    looks its connection up before createRun), so a retry never starts a duplicate run.
+    A deferred operator's trigger runs in the triggerer, outside the task try; only a conn_id
+    that :func:`serves_triggers` gets a token there. Checked at the task's first lookup,
+    which comes before the operator starts anything upstream (ADF looks its connection up
+    before createRun), so a retry never starts a duplicate run.
     """
     task = _running_task()
-    if task is None or template.get("poll") or getattr(task, "deferrable", False) is not True:
-        return None
-    if getattr(task, "wait_for_termination", True) is False:  # ADF: nothing is deferred then
+    if serves_triggers(template) or not _defers(task):
         return None
     return (
         f"Lockgate: task {getattr(task, 'task_id', '?')} runs with deferrable=True, but "
         f"conn_id {conn_id!r} (resource {template.get('resource', '?')}) offers no poll "
         "tokens: its trigger would run in the triggerer, outside any task try, where Lockgate "
-        "mints nothing. Refused before anything was started upstream; run the operator with "
-        "deferrable=False (or a sensor in reschedule mode)"
+        "mints nothing for it. Refused before anything was started upstream; run the operator "
+        "with deferrable=False (or a sensor in reschedule mode)"
     )
 
 
 def _unserved_trigger(conn_id: str, template: dict[str, Any]) -> str:
+    why = (
+        "names no deferred task try (the triggerer names the try of each trigger it runs)"
+        if serves_triggers(template)
+        else "offers no poll tokens"
+    )
     return (
         f"Lockgate: conn_id {conn_id!r} (resource {template.get('resource', '?')}) was asked "
-        "for outside a task try by asynchronous code (a deferred operator's trigger) and "
-        "offers no poll tokens: Lockgate mints a token only for a running task try. Run the "
-        "operator with deferrable=False"
+        f"for outside a task try by asynchronous code (a deferred operator's trigger) and "
+        f"{why}: Lockgate mints a token only for a task try. Run the operator with "
+        "deferrable=False"
     )
 
 
@@ -318,6 +378,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         self._tokens: dict[tuple[object, ...], MintedToken] = {}
         self._cosmos_keys: dict[str, str] = {}  # jti -> the task's derived Cosmos key
         self._roles: dict[tuple[object, ...], DbRole] = {}  # (conn_id, *coords) -> role
+        self._deferring: dict[str, Coordinates] = {}  # conn_id -> the try deferring on it
         self._lock = threading.Lock()
         _ACTIVE.append(self)
 
@@ -344,15 +405,19 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         if template is None:
             return None
         coords = task_coordinates()
-        if coords is None and template.get("poll"):
-            token = self._poll_token(conn_id)
-            return json.dumps(_substitute(template["connection"], self._values(token)))
         if coords is None:
             return self._outside_task(conn_id, template)
         refusal = unpollable_deferral(conn_id, template)
         if refusal is not None:
             log.error(refusal)
             raise AirflowSecretsBackendAccessDenied(refusal)
+        if template.get("trigger") == TRIGGER_AS_TASK and _defers(_running_task()):
+            with self._lock:  # dag.test(): the trigger runs next, in this very process
+                self._deferring[conn_id] = coords
+        return self._task_connection(conn_id, template, coords)
+
+    def _task_connection(self, conn_id: str, template: dict[str, Any], coords: Coordinates) -> str:
+        """The connection of ``conn_id`` for task try ``coords`` (its token, role or key)."""
         if template.get("mode") == DYNAMIC_ROLE:
             role = self._role_for(conn_id, coords)
             values = {
@@ -382,7 +447,17 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             _ASYNC_LOOKUP.reset(token)
 
     def _outside_task(self, conn_id: str, template: dict[str, Any]) -> str | None:
-        """What a lookup outside any task try gets (poll entries aside)."""
+        """What a lookup outside any task try gets: a poll entry its poll token, a trigger
+        of a deferred task try on a ``"trigger": "task"`` entry that try's token."""
+        if template.get("poll"):
+            return self._poll_connection(conn_id, template)
+        deferred = self._deferred_try(conn_id) if serves_triggers(template) else None
+        if deferred is not None:
+            log.info(
+                "Lockgate: conn_id %s asked for by the trigger of deferred task try %s",
+                conn_id, deferred,
+            )  # fmt: skip
+            return self._task_connection(conn_id, template, deferred)
         if _ASYNC_LOOKUP.get():  # a trigger: say why at ERROR rather than "isn't defined"
             refusal = _unserved_trigger(conn_id, template)
             log.error(refusal)
@@ -401,6 +476,31 @@ class LockgateSecretsBackend(BaseSecretsBackend):
 
     def get_variable(self, key: str, team_name: str | None = None) -> str | None:
         return None
+
+    def _deferred_try(self, conn_id: str) -> Coordinates | None:
+        """The deferred task try whose trigger asks for ``conn_id`` now: as the triggerer names
+        it, else (``dag.test()`` runs the trigger inline, unnamed) the try of this process
+        that deferred on ``conn_id``. Only a trigger's own (asynchronous) lookup qualifies."""
+        named = trigger_task_try()
+        if named is not None:
+            return named
+        if not _ASYNC_LOOKUP.get():
+            return None
+        with self._lock:
+            return self._deferring.get(conn_id)
+
+    def _poll_connection(self, conn_id: str, template: dict[str, Any]) -> str:
+        """A ``poll`` entry outside a task: the trigger's poll token in the connection, and
+        (ARM) in the environment the Azure SDK builds its credential from."""
+        if template.get("env"):
+            # Process-wide: every trigger in this triggerer shares it, whatever its DAG run,
+            # so the token is the deployment's (the profile still serves it only runs that
+            # this deployment's tasks started through Lockgate).
+            token = self._poll_token(conn_id, scope={})
+            task_env.export(_substitute(template["env"], self._values(token)))
+        else:
+            token = self._poll_token(conn_id)
+        return json.dumps(_substitute(template["connection"], self._values(token)))
 
     # -- tokens, roles and keys ----------------------------------------------------------
     def _values(self, token: MintedToken) -> dict[str, str]:
@@ -438,9 +538,10 @@ class LockgateSecretsBackend(BaseSecretsBackend):
 
         return self._cached(self._tokens, (conn_id, *coords.values()), mint)
 
-    def _poll_token(self, conn_id: str) -> MintedToken:
-        """A read-only poll token for ``conn_id``, outside any task (the triggerer)."""
-        scope = trigger_scope()
+    def _poll_token(self, conn_id: str, scope: dict[str, str] | None = None) -> MintedToken:
+        """A read-only poll token for ``conn_id``, outside any task (the triggerer), narrowed
+        to ``scope`` (default: the trigger's DAG run when the triggerer names it)."""
+        scope = trigger_scope() if scope is None else scope
 
         def mint() -> MintedToken:
             try:
@@ -490,8 +591,10 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             self._cosmos_keys[token.jti] = key
         return key
 
-    def end_task_try(self, coords: Coordinates) -> None:
-        """Forget and revoke every token and database role issued for this task try."""
+    def end_task_try(self, coords: Coordinates, *, deferred: bool = False) -> None:
+        """Forget and revoke every token and database role issued for this task try;
+        ``deferred``: its trigger may have had tokens minted elsewhere (the triggerer), so
+        the try's tokens are revoked even when this process minted none."""
         with self._lock:
             keys = [k for k in self._tokens if tuple(k[1:]) == tuple(coords.values())]
             for k in keys:
@@ -499,7 +602,9 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             roles = [k for k in self._roles if tuple(k[1:]) == tuple(coords.values())]
             for k in roles:
                 del self._roles[k]
-        if not keys and not roles:
+            for conn_id in [c for c, at in self._deferring.items() if at == coords]:
+                del self._deferring[conn_id]
+        if not keys and not roles and not deferred:
             return
         try:
             self.client.revoke_task_try(coords)
@@ -510,5 +615,6 @@ class LockgateSecretsBackend(BaseSecretsBackend):
 
 def end_task_try(ti: TaskTry) -> None:
     coords = coordinates_of(ti)
+    deferred = _defers(getattr(ti, "task", None))
     for backend in list(_ACTIVE):
-        backend.end_task_try(coords)
+        backend.end_task_try(coords, deferred=deferred)

@@ -6,8 +6,11 @@ gateway's listeners (the ports actually bound, so ``port: 0`` in tests works);
 ``{lockgate_token}`` and ``{lockgate_ca_file}`` are filled in on the Airflow worker. What a
 profile adds is asked of :func:`lockgate.control.offers.offer_of`, never read from its name:
 resources behind the identity endpoint get it (and the forward proxy), resources with task
-keys the ``cosmos_key`` flag, pollable ones the ``poll`` flag; ``dynamic_roles`` cql and
-postgres resources a direct login to the database (:func:`.db_role.catalog_entry`).
+keys the ``cosmos_key`` flag, pollable ones (Databricks, ARM) the ``poll`` flag;
+``dynamic_roles`` cql and postgres resources a direct login to the database
+(:func:`.db_role.catalog_entry`). A plain http resource is marked ``"trigger": "task"``: a
+deferred ``HttpOperator``'s trigger gets a token of the deferred task try itself, unless the
+deployment attests task tries against its Airflow (a deferred try is not "running" there).
 """
 
 from __future__ import annotations
@@ -20,20 +23,30 @@ from lockgate.config import AnyResource, CqlResource, HttpResource, PostgresReso
 from lockgate.control import cosmos_key, db_role, managed_identity
 from lockgate.control.context import ControlContext, public_host
 from lockgate.control.offers import TOKEN, offer_of
+from lockgate.control.poll_token import pollable
 from lockgate.control.token import Handler
 
 ROUTE = "/v1/catalog"
+#: ``trigger`` of an entry whose deferred operator's trigger gets the task try's own token
+TRIGGER_AS_TASK = "task"
 
 
 def catalog_entries(ctx: ControlContext, deployment: str) -> list[dict[str, Any]]:
     """Every resource with a ``conn_id``, as the secrets backend reads it."""
     out = []
+    dep = ctx.config.deployment(deployment)
+    # A deferred task's trigger runs while the task instance is "deferred", which an
+    # attesting deployment's Airflow would not confirm as running: no task token then.
+    trigger_tokens = dep is not None and dep.airflow_api is None
     for r in ctx.config.resources:
         if not r.conn_id:
             continue
         offer = offer_of(r)
         if isinstance(r, HttpResource) and offer.identity_endpoint:
-            out.append(managed_identity.catalog_entry(ctx, r))  # + the forward proxy
+            entry = managed_identity.catalog_entry(ctx, r)  # + the forward proxy
+            if pollable(r):
+                entry["poll"] = True  # the trigger polls pipeline runs (/v1/poll-token)
+            out.append(entry)
             continue
         if (
             isinstance(r, CqlResource | PostgresResource)
@@ -49,6 +62,10 @@ def catalog_entries(ctx: ControlContext, deployment: str) -> list[dict[str, Any]
                 extras["poll"] = True  # a triggerer may poll its runs (/v1/poll-token)
             if offer.task_keys:
                 extras["cosmos_key"] = True  # the backend fetches the task key too
+            elif isinstance(r, HttpResource) and not offer.poll_tokens and trigger_tokens:
+                # HttpTrigger sends the task's whole request from the triggerer: it gets a
+                # token of the deferred task try itself (docs/airflow.md, "Deferrable")
+                extras["trigger"] = TRIGGER_AS_TASK
             out.append(
                 {"conn_id": r.conn_id, "resource": r.name, "kind": r.kind,
                  "connection": connection, **extras}

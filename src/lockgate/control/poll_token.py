@@ -1,17 +1,20 @@
-"""``POST /v1/poll-token``: a triggerer's token for polling Databricks runs.
+"""``POST /v1/poll-token``: a triggerer's token for polling runs a task started.
 
 The deployment authenticates as for ``/v1/token`` and gets a short-lived token whose task is
-``@poll``. The Databricks profile lets such a token only *read* runs that this deployment's
-DAGs started through Lockgate (narrowed to one DAG run when ``dag_id``/``run_id`` are
-given), and policy must still grant ``read`` on ``run:*`` to
-``airflow:<deployment>/*/@poll``.
+``@poll``, for a pollable resource: Databricks (``DatabricksExecutionTrigger`` polls
+``jobs/runs/get``) or Data Factory over ARM (``AzureDataFactoryTrigger`` reads the pipeline
+run and cancels it when its polling fails). The profile lets such a token only *read* runs
+(ARM: and cancel them) that this deployment's DAGs started through Lockgate, narrowed to one
+DAG run when ``dag_id``/``run_id`` are given; it starts nothing. Policy must still grant
+the ``@poll`` principal ``airflow:<deployment>/<dag or *>/@poll`` ``read`` on the runs
+(Databricks ``run:*``; ARM the pipelines, plus ``run`` for the trigger's cancel).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from lockgate.config import HttpResource
+from lockgate.config import AnyResource, HttpResource
 from lockgate.control.context import ControlContext
 from lockgate.control.offers import offer_of
 from lockgate.control.token import Handler, error_response
@@ -26,6 +29,23 @@ from lockgate.identity import (
 )
 
 ROUTE = "/v1/poll-token"
+#: lifetime cap of a poll token for a profile without its own setting (ARM)
+DEFAULT_POLL_TOKEN_TTL = 3600
+
+
+def pollable(resource: AnyResource | None) -> bool:
+    """Whether a deferred operator's trigger polls ``resource`` with a poll token: the
+    profiles that offer poll tokens (Databricks), and those behind the identity endpoint
+    (ARM), whose trigger builds its Azure credential from that endpoint too."""
+    offer = offer_of(resource)
+    return offer.poll_tokens or offer.identity_endpoint
+
+
+def poll_token_ttl(resource: HttpResource) -> int:
+    """The longest a poll token for ``resource`` may live (Databricks: its own setting)."""
+    if offer_of(resource).poll_tokens:
+        return resource.databricks.poll_token_ttl
+    return DEFAULT_POLL_TOKEN_TTL
 
 
 def poll_token_handler(ctx: ControlContext) -> Handler:
@@ -36,7 +56,7 @@ def poll_token_handler(ctx: ControlContext) -> Handler:
         resource = config.resource(body.get("resource", "")) or config.resource_for_conn_id(
             body.get("conn_id", "")
         )
-        if not isinstance(resource, HttpResource) or not offer_of(resource).poll_tokens:
+        if not isinstance(resource, HttpResource) or not pollable(resource):
             return await ctx.refuse(
                 400, "invalid_target", "not a pollable resource",
                 reason="not_pollable", route=ROUTE, deployment=deployment,
@@ -65,7 +85,7 @@ def poll_token_handler(ctx: ControlContext) -> Handler:
         except ValueError:
             try_number = 0
         identity = TaskIdentity(deployment, dag_id, POLL_TASK, run_id or ANY_RUN, try_number)
-        ttl_cap = resource.databricks.poll_token_ttl
+        ttl_cap = poll_token_ttl(resource)
         decision = ctx.mint_policy(identity, resource.name, ttl_cap)
         audit = {
             "deployment": deployment,

@@ -1,5 +1,11 @@
-"""``profile: arm``: Azure Resource Manager (Data Factory pipelines) as policy objects."""
+"""``profile: arm``: Azure Resource Manager (Data Factory pipelines) as policy objects.
 
-from lockgate.gateway.http.profiles.arm.profile import AdfRuns, ArmProfile
+* :mod:`.profile` — classification of the Data Factory REST API and the verdict (poll
+  tokens of a deferred operator's trigger included);
+* :mod:`.runs` — pipeline runs started through the gateway, and by which DAG run.
+"""
 
-__all__ = ["AdfRuns", "ArmProfile"]
+from lockgate.gateway.http.profiles.arm.profile import ArmProfile, poll_refusal
+from lockgate.gateway.http.profiles.arm.runs import AdfRun, AdfRuns
+
+__all__ = ["AdfRun", "AdfRuns", "ArmProfile", "poll_refusal"]

@@ -17,10 +17,16 @@ anything else                                      admin   ``arm:<path>`` (deny 
 ================================================  ======  ===================================
 
 A run started through Lockgate is recorded from the ``createRun`` answer (run id →
-factory, pipeline, who started it), so reading or cancelling it is judged on its pipeline:
-``factory:<f>/pipeline:<p>``. A run Lockgate did not start (an ADF trigger, another tool)
-is ``factory:<f>/run:<id>``, which needs its own grant. Requests outside the configured
-subscription (and resource group, when set) are refused whatever the policy says.
+factory, pipeline, who started it: :mod:`.runs`), so reading or cancelling it is judged on
+its pipeline: ``factory:<f>/pipeline:<p>``. A run Lockgate did not start (an ADF trigger,
+another tool) is ``factory:<f>/run:<id>``, which needs its own grant. Requests outside the
+configured subscription (and resource group, when set) are refused whatever the policy says.
+
+A deferred operator's trigger polls with a *poll token* (task ``@poll``, ``/v1/poll-token``).
+Such a token may only read a pipeline run (GET) or cancel it (``AzureDataFactoryTrigger``
+cancels the run when its polling fails), and only a run started through Lockgate by a task
+of its deployment, within :data:`POLL_WINDOW`, and by its DAG run when the token is narrowed
+to one (:func:`poll_refusal`); it starts nothing. Policy is asked first, as for any token.
 
 Names are checked against what ADF can hold before policy is asked: a factory name is
 letters, digits and inner hyphens; a pipeline name starts with a letter, digit or ``_`` and
@@ -36,13 +42,12 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
-import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from lockgate.gateway.http.profiles.arm.runs import AdfRun, AdfRuns
+from lockgate.gateway.http.profiles.databricks import ANY_RUN, DEPLOYMENT_WIDE, POLL_TASK
 from lockgate.gateway.http.profiles.hooks import (
     Decide,
     Headers,
@@ -68,57 +73,33 @@ if TYPE_CHECKING:
     from lockgate.config import HttpResource
     from lockgate.identity import Claims
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS adf_runs (
-    resource TEXT NOT NULL, factory TEXT NOT NULL, run_id TEXT NOT NULL, pipeline TEXT NOT NULL,
-    deployment TEXT, dag_id TEXT, airflow_run_id TEXT, task_id TEXT, created_at REAL NOT NULL,
-    PRIMARY KEY (resource, factory, run_id)
-)
-"""
+
+#: what a triggerer's poll token may do: read a run's status, cancel it (the Data Factory
+#: trigger cancels the run when its polling fails)
+POLL_OPS = frozenset({"get_run", "cancel"})
+POLL_RULE = "arm-poll-token"
+#: poll tokens read runs started this recently (a trigger outlives no pipeline run longer)
+POLL_WINDOW = 7 * 86400.0
 
 
-class AdfRuns:
-    """Pipeline runs started through Lockgate (SQLite in the data dir; memory in tests)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._db = sqlite3.connect(
-            str(path) if path else ":memory:", check_same_thread=False, isolation_level=None
-        )
-        if path is not None:
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[str, str, str], str] = {}
-
-    def add(
-        self, resource: str, factory: str, run_id: str, pipeline: str, claims: Claims | None
-    ) -> None:
-        row = (resource, factory, run_id, pipeline, getattr(claims, "deployment", None),
-               getattr(claims, "dag_id", None), getattr(claims, "run_id", None),
-               getattr(claims, "task_id", None), time.time())  # fmt: skip
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO adf_runs VALUES (?,?,?,?,?,?,?,?,?)", row)
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            self._cache[(resource, factory, run_id)] = pipeline
-
-    def pipeline_of(self, resource: str, factory: str, run_id: str) -> str | None:
-        key = (resource, factory, run_id)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        with self._lock:
-            row = self._db.execute(
-                "SELECT pipeline FROM adf_runs WHERE resource=? AND factory=? AND run_id=?", key
-            ).fetchone()
-        if row is None:
-            return None  # not cached: another replica's run shows up once it is written
-        self._cache[key] = row[0]
-        return str(row[0])
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+def poll_refusal(claims: Claims | None, run_id: str, started: AdfRun | None) -> str | None:
+    """Why a poll token may not touch pipeline run ``run_id``, or None when it may: the run
+    was started through Lockgate by a task of the token's deployment, recently, and (for a
+    token narrowed to a DAG or a DAG run) by that DAG and DAG run."""
+    deployment = getattr(claims, "deployment", None)
+    if started is None or started.deployment != deployment:
+        return f"pipeline run {run_id} was not started through Lockgate by deployment {deployment}"
+    if time.time() - started.created_at > POLL_WINDOW:
+        return f"pipeline run {run_id} is older than the poll window"
+    dag_id = getattr(claims, "dag_id", None)
+    if dag_id == DEPLOYMENT_WIDE:
+        return None
+    dag_run = getattr(claims, "run_id", None)
+    if started.dag_id != dag_id or (
+        dag_run not in (None, "", ANY_RUN) and started.airflow_run_id != dag_run
+    ):
+        return f"pipeline run {run_id} was not started by {dag_id} run {dag_run}"
+    return None
 
 
 def _name(segment: str) -> str:
@@ -163,11 +144,22 @@ class ArmProfile(ProfileBase):
         scope = self._out_of_scope(req.path)
         if scope is not None:
             return Verdict(False, action, obj, scope, rule="arm-scope")
+        poll = getattr(req.claims, "task_id", None) == POLL_TASK
+        if poll and st.get("op") not in POLL_OPS:
+            return Verdict(
+                False, action, obj, "poll tokens may only read or cancel pipeline runs",
+                rule=POLL_RULE,
+            )  # fmt: skip
         d = decide(action, obj)
         v = Verdict(bool(d.allowed), action, obj, d.reason, rule=d.rule, decision=d)
         if not v.allowed:
             v.reason = d.explain() if hasattr(d, "explain") else d.reason
             return v
+        if poll:
+            why = poll_refusal(req.claims, st["run_id"], st.get("started"))
+            if why is not None:
+                return Verdict(False, action, obj, why, rule=POLL_RULE)
+        st.pop("started", None)
         v.state = {**st, "claims": req.claims}
         v.capture = st.get("op") in ("createrun", "get_run")
         v.detail = {k: st[k] for k in ("factory", "pipeline", "run_id") if st.get(k)}
@@ -236,10 +228,10 @@ class ArmProfile(ProfileBase):
         rm = _RUN.match(rest)
         if rm is not None:
             st["run_id"] = run_id = _checked("run id", _RUN_ID, rm.group("id"))
-            recorded = self.runs.pipeline_of(self.name, factory, run_id)
-            if recorded is not None:
-                st["pipeline"] = recorded
-                obj = f"factory:{factory}/pipeline:{recorded}"
+            started = self.runs.get(self.name, factory, run_id)
+            if started is not None:
+                st["pipeline"], st["started"] = started.pipeline, started
+                obj = f"factory:{factory}/pipeline:{started.pipeline}"
             else:
                 obj = f"factory:{factory}/run:{run_id}"
             op = (rm.group("op") or "").lower()
@@ -247,6 +239,7 @@ class ArmProfile(ProfileBase):
                 st["op"] = "get_run"
                 return "read", obj, st
             if op == "/cancel" and method == "POST":
+                st["op"] = "cancel"
                 return "run", obj, st
             if op == "/queryactivityruns" and method == "POST":
                 return "read", obj, st
@@ -266,4 +259,4 @@ class ArmProfile(ProfileBase):
         return None
 
 
-__all__ = ["AdfRuns", "ArmProfile"]
+__all__ = ["POLL_OPS", "AdfRun", "AdfRuns", "ArmProfile", "poll_refusal"]
