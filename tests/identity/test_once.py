@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lockgate.config import LockgateConfig, PostgresStateSettings
-from lockgate.errors import AuthenticationError
+from lockgate.errors import AuthenticationError, StoreUnavailable
 from lockgate.identity import AssertionVerifier
 from lockgate.identity.once import LedgerUnavailable, OnceLedger
 from lockgate.store import Database, PostgresDatabase, SqliteDatabase
@@ -118,3 +118,19 @@ def test_an_unreachable_ledger_fails_closed(
 def test_a_ledger_file_is_the_gateway_users_alone(tmp_path: Path) -> None:
     OnceLedger(tmp_path / "sub" / "assertions.db").close()
     assert (tmp_path / "sub" / "assertions.db").stat().st_mode & 0o077 == 0
+
+
+def test_migrate_on_start_false_refuses_an_old_schema(
+    pg_state: Callable[..., PostgresStateSettings],
+) -> None:
+    """``migrate_on_start: false``: the ledger opens only on a schema `lockgate db upgrade`
+    made current, and says so."""
+    settings = pg_state(migrate_on_start=False)
+    db = PostgresDatabase(settings, replica_id="replica-1")
+    try:
+        with pytest.raises(StoreUnavailable, match="lockgate db upgrade"):
+            OnceLedger(db)
+        OnceLedger(db, migrate_schema=True)  # what the upgrade does
+        assert OnceLedger(db).claim("pk", "jti", 200.0, now=100.0)
+    finally:
+        db.close()

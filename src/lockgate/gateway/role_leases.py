@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lockgate import _log
-from lockgate.identity.once import open_database
+from lockgate.identity.once import open_database, upgrade_allowed
 from lockgate.store import Database, Migration, StoreUnavailable, migrate, register_domain
 
 log = _log.get("gateway.role_leases")
@@ -123,9 +123,10 @@ class RoleLeases:
         grace: float = DEFAULT_GRACE,
         claim_for: float = DEFAULT_CLAIM_FOR,
         clock: Callable[[], float] = time.time,
+        migrate_schema: bool | None = None,
     ) -> None:
         self.db, self._owned = open_database(where)
-        migrate(self.db, DOMAIN, MIGRATIONS)
+        migrate(self.db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(self.db, migrate_schema))
         self.replica_id = replica_id
         self.grace = grace
         self.claim_for = claim_for

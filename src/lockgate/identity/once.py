@@ -66,15 +66,26 @@ def open_database(where: Path | Database | None) -> tuple[Database, bool]:
     return where, False
 
 
+def upgrade_allowed(db: Database, migrate_schema: bool | None) -> bool:
+    """May a store opening ``db`` apply missing migrations: ``migrate_schema`` when given,
+    else what the database's settings say (``migrate_on_start`` on PostgreSQL; SQLite: yes)."""
+    if migrate_schema is not None:
+        return migrate_schema
+    settings = getattr(db, "settings", None)
+    return bool(getattr(settings, "migrate_on_start", True))
+
+
 class OnceLedger:
     """``claim(scope, value, expires_at, now)`` is True for the first caller only, across every
     process on the same database (a path: that SQLite file; ``None``: this process only, for
     tools and tests; a :class:`Database`: the state's, shared by every replica)."""
 
-    def __init__(self, where: Path | Database | None) -> None:
+    def __init__(
+        self, where: Path | Database | None, *, migrate_schema: bool | None = None
+    ) -> None:
         self.db, self._owned = open_database(where)
         self.path = Path(self.db.label) if self.db.dialect == "sqlite" and where else None
-        migrate(self.db, DOMAIN, MIGRATIONS)
+        migrate(self.db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(self.db, migrate_schema))
         self._lock = threading.Lock()  # guards the purge clock only
         self._last_purge = float("-inf")
 
@@ -97,4 +108,11 @@ class OnceLedger:
             self.db.close()
 
 
-__all__ = ["DOMAIN", "MIGRATIONS", "LedgerUnavailable", "OnceLedger", "open_database"]
+__all__ = [
+    "DOMAIN",
+    "MIGRATIONS",
+    "LedgerUnavailable",
+    "OnceLedger",
+    "open_database",
+    "upgrade_allowed",
+]

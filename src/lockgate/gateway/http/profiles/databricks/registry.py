@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lockgate import _log
-from lockgate.identity.once import LedgerUnavailable, open_database
+from lockgate.identity.once import LedgerUnavailable, open_database, upgrade_allowed
 from lockgate.store import Database, Migration, migrate, register_domain
 
 log = _log.get("gateway.http.databricks")
@@ -117,11 +117,13 @@ class RunRegistry:
     """Runs started through Lockgate: a SQLite file (a path), the state's database (shared
     by every replica on PostgreSQL), or ``None``: in memory (tests)."""
 
-    def __init__(self, where: Path | Database | None) -> None:
+    def __init__(
+        self, where: Path | Database | None, *, migrate_schema: bool | None = None
+    ) -> None:
         self.db, self._owned = open_database(where)
         if self.db.dialect == "sqlite":
             _add_workspace_column(self.db)
-        migrate(self.db, DOMAIN, MIGRATIONS)
+        migrate(self.db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(self.db, migrate_schema))
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, int], RunRecord] = {}
         self._unwritten: dict[tuple[str, int], RunRecord] = {}  # kept while the db is away
