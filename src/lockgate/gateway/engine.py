@@ -16,6 +16,8 @@ request metrics.
 Hot-path rules, common to all engines:
 
 * the verifier is called per request (it caches verified tokens itself);
+* every policy question is built by :func:`policy_request` from the verified claims, so
+  each engine hands policy the same inputs (principal, token lifetime, map index);
 * upstream secrets come from :class:`~lockgate.gateway.caches.SecretCache` (a dict lookup),
   identity assertions from :class:`~lockgate.gateway.caches.AssertionCache`;
 * an allowed request's ``admitted`` record (:mod:`lockgate.gateway.records`) is written
@@ -148,6 +150,24 @@ def default_request_factory() -> RequestFactory:
     return Request
 
 
+def policy_request(
+    make: RequestFactory, claims: Claims, action: str, resource: str, obj: str
+) -> Request:
+    """The policy question every engine asks for one action on one object, with everything
+    a condition judges taken from the verified claims: the principal, the token's lifetime
+    (``max_token_ttl``) and the task's map index (``map_index`` / ``mapped``; -1 when the
+    task is not mapped). The principal never carries the map index: audit, globs and
+    policies name a task by ``airflow:<deployment>/<dag>/<task>`` alone."""
+    return make(
+        principal=claims.sub,
+        action=action,
+        resource=resource,
+        object=obj,
+        token_ttl=float(claims.exp) - float(claims.iat),
+        map_index=claims.map_index,
+    )
+
+
 # -- what engines share ---------------------------------------------------------------------
 class RequestMetrics:
     """``lockgate_requests_total`` and upstream latency; labelled children are cached
@@ -274,4 +294,5 @@ __all__ = [
     "TokenVerifier",
     "UpstreamSecret",
     "default_request_factory",
+    "policy_request",
 ]

@@ -31,6 +31,7 @@ from typing import Any
 
 from lockgate import _log
 from lockgate.errors import AuditUnavailable, AuthenticationError
+from lockgate.gateway.engine import policy_request
 
 from . import codec
 from .classify import Target
@@ -103,15 +104,9 @@ class Judged:
     def requests_for(self, ctx: EngineContext, claims: Any, resource: str) -> list[Any]:
         """The policy requests of :attr:`to_decide` for ``claims`` (built once per claims)."""
         if self.requests is None or self.claims is not claims:
-            ttl = _token_ttl(claims)
+            make = ctx.make_request
             self.requests = [
-                ctx.make_request(
-                    principal=claims.sub,
-                    action=target.action,
-                    resource=resource,
-                    object=target.object,
-                    token_ttl=ttl,
-                )
+                policy_request(make, claims, target.action, resource, target.object)
                 for target in self.to_decide
             ]
             self.claims = claims
@@ -442,8 +437,3 @@ def plan_detail(plan: Plan) -> dict[str, Any]:
         # "_name": a bare "keyspace" key would be taken for a secret and redacted.
         detail["keyspace_name"] = plan.keyspace
     return detail
-
-
-def _token_ttl(claims: Any) -> float | None:
-    iat = getattr(claims, "iat", None)
-    return float(claims.exp) - float(iat) if iat is not None else None

@@ -24,6 +24,7 @@ from lockgate.gateway.engine import (
     RequestFactory,
     SecretCache,
     TokenVerifier,
+    policy_request,
 )
 from lockgate.gateway.http import framing, responses
 from lockgate.gateway.http.bearer import token_of
@@ -231,12 +232,8 @@ class Admission:
         return adm
 
     def decide(self, claims: Claims, rs: ResourceState, action: str, obj: str) -> Decision:
-        iat = claims.iat
-        ttl = float(claims.exp) - float(iat) if iat is not None else None
         return self._policy.current.decide(
-            self._make_request(
-                principal=claims.sub, action=action, resource=rs.name, object=obj, token_ttl=ttl
-            )
+            policy_request(self._make_request, claims, action, rs.name, obj)
         )
 
     def _judge_folded(

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lockgate.errors import AuthenticationError
+from lockgate.gateway.engine import policy_request
 
 from .classified import Access, Classified, Statement, Unplaceable
 from .scope import NameScope
@@ -342,13 +343,8 @@ class Judge:
         claims = self.claims
         if known is not None and known[0] is claims:
             return known[1]
-        iat = getattr(claims, "iat", None)
-        ttl = float(claims.exp) - float(iat) if iat is not None else None
-        make, name, sub = self.ctx.make_request, self.resource.name, claims.sub
-        requests = [
-            make(principal=sub, action=a.action, resource=name, object=a.obj, token_ttl=ttl)
-            for a in judged.accesses
-        ]
+        make, name = self.ctx.make_request, self.resource.name
+        requests = [policy_request(make, claims, a.action, name, a.obj) for a in judged.accesses]
         if len(self._requests) >= MAX_REQUESTS_PER_SESSION:
             self._requests.clear()
         self._requests[judged] = (claims, requests)
