@@ -12,6 +12,8 @@ One file per team; every file holds a ``rules`` list::
         conditions:                      # optional; all must hold
           max_token_ttl: 900             # seconds or "15m"; also caps token lifetime at mint
           time_window: {start: "06:00", end: "20:00"}   # UTC, [start, end), may wrap midnight
+          map_index: [0, 1, "10-19"]     # instances of a mapped task (token claim map_index)
+          mapped: true                   # true: mapped instances; false: unmapped tasks
         description: "Finance DAGs read orders"
 
 Unknown fields are errors; times must be quoted (YAML reads ``06:00`` as a number).
