@@ -27,7 +27,9 @@ from lockgate.errors import ConfigError
 # Fields whose rejected value is never echoed back in an error message.
 _SECRETISH = re.compile(r"(?i)secret|password|token")
 # Fields holding a file path, resolved against the config file's directory.
-_PATH_KEYS = frozenset({"cert", "key", "public_key", "data_dir", "jsonl", "ca_file"})
+_PATH_KEYS = frozenset(
+    {"cert", "key", "public_key", "data_dir", "jsonl", "ca_file", "password_file", "master_key_file"}
+)
 # Quoted choices in pydantic's messages: "Input should be 'debug', 'info' or 'error'".
 _QUOTED = re.compile(r"'([^']*)'")
 # The field path a cross-section check puts at the start of its message.
