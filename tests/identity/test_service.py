@@ -57,6 +57,7 @@ class Env:
     revocations: RevocationStore
     oidc: FakeOidcIssuer
     airflow: FakeAirflowApi
+    service: TokenService
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     policy_calls: list[tuple[TaskIdentity, str, int | None]] = field(default_factory=list)
 
@@ -168,6 +169,7 @@ async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
                 revocations=revocations,
                 oidc=oidc,
                 airflow=airflow,
+                service=service,
                 events=events,
                 policy_calls=calls,
             )
