@@ -5,16 +5,18 @@ replicas' databases on one real server."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from lockgate.config import LockgateConfig, PostgresStateSettings
+from lockgate.config import LockgateConfig, PostgresStateSettings, parse_config
 from lockgate.errors import AuthenticationError, StoreUnavailable
 from lockgate.identity import AssertionVerifier
 from lockgate.identity.once import LedgerUnavailable, OnceLedger
+from lockgate.state import State
 from lockgate.store import Database, PostgresDatabase, SqliteDatabase
 
 from .test_assertion_replay import _assertion, _config
@@ -134,3 +136,36 @@ def test_migrate_on_start_false_refuses_an_old_schema(
         assert OnceLedger(db).claim("pk", "jti", 200.0, now=100.0)
     finally:
         db.close()
+
+
+def test_two_replicas_states_share_the_ledger(
+    pg_state: Callable[..., PostgresStateSettings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two gateways' States on one PostgreSQL server (own data directories and replica
+    ids, one master key): an assertion accepted by one is a replay to the other."""
+    monkeypatch.setenv("LOCKGATE_MASTER_KEY", base64.b64encode(b"k" * 32).decode())
+    shared = pg_state().model_dump(mode="json", exclude_none=True)
+    states: list[State] = []
+    try:
+        for replica in ("replica-1", "replica-2"):
+            data = tmp_path / replica
+            data.mkdir()
+            raw = _config(data).model_dump(
+                mode="json", include={"data_dir", "issuer", "deployments", "resources"}
+            )
+            raw["state"] = {"postgresql": {**shared, "replica_id": replica}}
+            states.append(State(parse_config(raw)))
+        verifiers = [
+            AssertionVerifier(s.config, ledger=OnceLedger(s.database("assertions"))) for s in states
+        ]
+        used = _assertion()
+        assert verifiers[0].verify(used) == "pk"
+        with pytest.raises(AuthenticationError) as caught:
+            verifiers[1].verify(used)
+        assert caught.value.reason == "replayed"
+        assert [s.replica_id for s in states] == ["replica-1", "replica-2"]
+    finally:
+        for s in states:
+            s.close()
