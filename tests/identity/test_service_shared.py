@@ -15,8 +15,10 @@ from lockgate.identity import RevocationStore
 from lockgate.identity.staleness import STALE_REASON, StalenessBound
 from lockgate.store import PostgresDatabase
 
+from . import test_service
 from .test_service import SECRET, Env
-from .test_service import env as service_env  # noqa: F401 -- the fixture
+
+service_env = test_service.env  # the token service fixture, under the name the tests ask for
 
 AUTH = {"client_id": "prod", "client_secret": SECRET}
 
