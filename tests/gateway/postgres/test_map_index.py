@@ -3,7 +3,13 @@ a real policy with a ``map_index`` condition): one statement forwarded, the othe
 
 from __future__ import annotations
 
+import time
+
+from lockgate.config import PostgresResource
+from lockgate.gateway.postgres.dynamic_roles import PostgresRoles
+from lockgate.identity import Claims
 from lockgate.policy import parse_policy_texts
+from tests.gateway.fakes import FakePolicy
 
 from .test_flow import PROBE_FAILED, REFUSED_QUERY, FlowHarness, errors, rfq
 
@@ -48,3 +54,23 @@ async def test_two_map_indexes_one_allowed_one_denied() -> None:
     assert "map_index 0, 1 does not hold (map_index 2)" in error["M"]
     [denied] = third.outcomes()
     assert (denied.event, denied.principal, denied.map_index) == ("denied", PRINCIPAL, 2)
+
+
+def test_dynamic_role_grants_follow_the_map_index() -> None:
+    """A dynamic role is granted what policy allows the instance its token was minted for."""
+    resource = PostgresResource(
+        name="pg", kind="postgres", host="127.0.0.1", database="app",
+        username="gw", credential="pg-pw",
+    )  # fmt: skip
+    policy = FakePolicy(parse_policy_texts([("policies/shards.yaml", POLICY)]))  # type: ignore[arg-type]
+    roles = PostgresRoles(resource, lambda previous=False: "unused", policy)  # type: ignore[arg-type]
+    now = int(time.time())
+
+    def claims(map_index: int) -> Claims:
+        return Claims(
+            "https://lockgate.test", PRINCIPAL, "pg", now + 900, now, now, f"j{map_index}",
+            "prod", "finance_daily", "load_orders", "run-1", 1, map_index,
+        )  # fmt: skip
+
+    assert roles.allowed(claims(1), ["sales.orders"]) == [("read", "sales.orders")]
+    assert roles.allowed(claims(2), ["sales.orders"]) == []
