@@ -42,14 +42,14 @@ from typing import Any, ClassVar, Protocol
 
 from lockgate import _log
 from lockgate.config import AnyResource
-from lockgate.errors import CredentialError, StoreUnavailable, UpstreamError, UpstreamUnavailable
+from lockgate.errors import CredentialError, UpstreamError, UpstreamUnavailable
 from lockgate.gateway.engine import (
     CredentialBroker,
     PolicySource,
     RequestFactory,
     default_request_factory,
 )
-from lockgate.gateway.role_leases import RoleLeases, keep_leases
+from lockgate.gateway.role_leases import RoleLeases, keep_leases, lease_role, release_role
 from lockgate.identity.model import Claims, TaskIdentity
 from lockgate.identity.revocation import RevocationStore
 
@@ -200,12 +200,12 @@ class RoleSet:
             if known is not None:
                 return known
             password = secrets.token_urlsafe(32)  # URL-safe: never a quote
-            await self._lease(name, float(claims.exp))
+            await lease_role(self.leases, self.resource.name, name, float(claims.exp))
             try:
                 grants = await self._create(name, password, claims, require_grants)
             except BaseException:
                 if name not in self._pending:  # nothing made upstream: nothing to lease
-                    await self._unlease(name)
+                    await release_role(self.leases, self.resource.name, name)
                 raise
             cred = RoleCredential(
                 name, password, float(claims.exp), grants, self.skipped_grants(name)
@@ -216,26 +216,6 @@ class RoleSet:
             "resource": self.resource.name, "role": name, "principal": claims.sub,
             "grants": len(grants)}})  # fmt: skip
         return cred
-
-    async def _lease(self, name: str, expires_at: float) -> None:
-        """Write the lease before the role exists: a crash between the two leaves a lease
-        on nothing (harmless to sweep), never a role nobody would drop."""
-        if self.leases is None:
-            return
-        try:
-            await asyncio.to_thread(self.leases.record, self.resource.name, name, expires_at)
-        except StoreUnavailable as exc:
-            # No lease, no role: a crash would leave it to nobody.
-            raise UpstreamUnavailable(f"role lease not recorded: {exc}") from exc
-
-    async def _unlease(self, name: str) -> None:
-        if self.leases is None:
-            return
-        try:
-            await asyncio.to_thread(self.leases.release, self.resource.name, name)
-        except StoreUnavailable as exc:  # the lease is swept later (dropping is idempotent)
-            log.warning(f"{self.NOUN} lease not released", extra={"fields": {
-                "role": name, "error": str(exc)}})  # fmt: skip
 
     def skipped_grants(self, name: str) -> tuple[str, ...]:
         """Grants policy allowed by name that role ``name`` did not get, with why (a kind
@@ -287,7 +267,7 @@ class RoleSet:
         self._issued.pop(name, None)
         self._owners.pop(name, None)
         self._pending.discard(name)
-        await self._unlease(name)
+        await release_role(self.leases, self.resource.name, name)
         log.info(f"{self.NOUN} dropped", extra={"fields": {"role": name}})
         return True
 

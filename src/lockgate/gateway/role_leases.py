@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lockgate import _log
+from lockgate.errors import UpstreamUnavailable
 from lockgate.identity.once import open_database, upgrade_allowed
 from lockgate.store import Database, Migration, StoreUnavailable, migrate, register_domain
 
@@ -206,6 +207,32 @@ class RoleLeases:
             self.db.close()
 
 
+async def lease_role(
+    leases: RoleLeases | None, resource: str, role: str, expires_at: float
+) -> None:
+    """Record the lease before the role exists: a crash between the two leaves a lease on
+    nothing (harmless to sweep), never a role nobody would drop. No lease, no role: raises
+    :class:`UpstreamUnavailable` when the state database cannot record it."""
+    if leases is None:
+        return
+    try:
+        await asyncio.to_thread(leases.record, resource, role, expires_at)
+    except StoreUnavailable as exc:
+        raise UpstreamUnavailable(f"role lease not recorded: {exc}") from exc
+
+
+async def release_role(leases: RoleLeases | None, resource: str, role: str) -> None:
+    """The role is dropped (or was never made): delete its lease. A failure is logged only:
+    the lease is swept later (dropping a role that is gone is harmless)."""
+    if leases is None:
+        return
+    try:
+        await asyncio.to_thread(leases.release, resource, role)
+    except StoreUnavailable as exc:
+        log.warning("role lease not released", extra={"fields": {
+            "resource": resource, "role": role, "error": str(exc)}})  # fmt: skip
+
+
 class Dropper(Protocol):
     """What can drop one resource's roles (:class:`~lockgate.gateway.dynamic_roles.RoleSet`)."""
 
@@ -262,5 +289,7 @@ __all__ = [
     "Lease",
     "RoleLeases",
     "keep_leases",
+    "lease_role",
     "reap",
+    "release_role",
 ]
