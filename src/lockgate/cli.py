@@ -3,7 +3,7 @@
     lockgate init DIR                      write a working config, policy, TLS and deployment secret
     lockgate serve [--workers N]           run the gateway (token service, engines, metrics)
     lockgate config check                  validate lockgate.yaml and the policy files it names
-    lockgate policy check PRINCIPAL ACTION RESOURCE[/OBJECT]
+    lockgate policy check PRINCIPAL ACTION RESOURCE[/OBJECT] [--map-index N]
     lockgate policy lint | policy test FILE...
     lockgate token revoke --jti J | --dag D [--run R] [--deployment N] | --deployment N
     lockgate token revoke --dag D | --deployment N --block   kill switch: no new token either
@@ -12,6 +12,7 @@
     lockgate keys rotate [--retire-after S] | keys list
     lockgate creds set NAME | creds rotate NAME | creds list
     lockgate audit tail | audit search --dag D [--run R] [--decision deny] | audit verify
+    lockgate db upgrade | db check         the state's schema (SQLite files or PostgreSQL)
     lockgate demo                          run the end-to-end demo on embedded defaults
 
 The config file is ``--config``, else ``$LOCKGATE_CONFIG``, else ``./lockgate.yaml``.
@@ -35,6 +36,7 @@ from lockgate._cli_state import add_command, add_global_options, add_group
 from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import config_from as _config
 from lockgate._cli_state import open_state as _state
+from lockgate.cli_db import add_db_commands
 from lockgate.cli_token import add_token_commands
 from lockgate.config import LockgateConfig
 from lockgate.errors import LockgateError
@@ -149,6 +151,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         known_resources={r.name for r in cfg.resources},
         deployments={d.name: d.dags for d in cfg.deployments},
         database_resources={r.name for r in cfg.resources if r.kind != "http"},
+        map_index=args.map_index,
     )
     print(text, file=sys.stderr if code == 2 else sys.stdout)
     return code
@@ -269,10 +272,15 @@ def cmd_creds_list(args: argparse.Namespace) -> int:
 
 # -- audit ----------------------------------------------------------------------------------
 def _audit_log(args: argparse.Namespace) -> AuditReader:
-    """Read-only view: no writer thread, no master key, no empty database created."""
+    """Read-only view: no writer thread, no empty database created. With shared state it
+    reads every replica's records (the master key, which must be given, checks the signed
+    checkpoints)."""
     from lockgate.audit import AuditReader
+    from lockgate.state import audit_shipping
 
-    return AuditReader(_config(args).data_dir / "audit.db")
+    cfg = _config(args)
+    shipping = audit_shipping(cfg) if cfg.state.shared else None
+    return AuditReader(cfg.data_dir / "audit.db", shipping=shipping)
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
@@ -381,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RESOURCE[/OBJECT]",
         help="a resource of the catalog, and the object inside it after the first '/'",
     )
+    sp.add_argument(
+        "--map-index",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="the map index of the asking instance of a mapped task; -1: not mapped",
+    )
     sp = add_command(pol, "lint", cmd_policy_lint, "report overbroad, shadowed and dangling rules")
     sp.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     sp = add_command(
@@ -389,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="+", metavar="FILE", help="policy test file")
 
     add_token_commands(sub)
+    add_db_commands(sub)
 
     keys = add_group(sub, "keys", "signing keys")
     sp = add_command(

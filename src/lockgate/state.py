@@ -32,11 +32,39 @@ from lockgate.store import Database, PostgresDatabase, SqliteDatabase
 # A database name is a file name under data_dir on SQLite: keep it a plain word.
 _DATABASE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
+#: Schema domains with no SQLite database of their own: on SQLite state their data lives
+#: elsewhere. Every other domain lives in the database of its own name (``<domain>.db``).
+NOT_ON_SQLITE = {
+    "keys": "signing keys are PEM files under data_dir/keys",
+    "audit": "the shared trail; with SQLite the chain is data_dir/audit.db alone",
+}
+
+
+def sqlite_path(config: LockgateConfig, name: str) -> Path:
+    """The SQLite file of database ``name``: ``data_dir/<name>.db``."""
+    if not _DATABASE_NAME.match(name):
+        raise ValueError(f"database name {name!r}: expected a lower-case word")
+    return config.data_dir / f"{name}.db"
+
 
 def default_replica_id() -> str:
     """``LOCKGATE_REPLICA_ID``, else the host name (what ``state.postgresql.replica_id``
     defaults to; with SQLite state it only labels this process)."""
     return os.environ.get("LOCKGATE_REPLICA_ID") or socket.gethostname()
+
+
+def audit_shipping(config: LockgateConfig, master_key: bytes | None = None) -> AuditShipping | None:
+    """Where this replica ships its audit chain (None on SQLite: nowhere). The checkpoint
+    key derives from the master key, loaded when not given (never created: shared state
+    needs it given)."""
+    pg = config.state.postgresql
+    if pg is None:
+        return None
+    if master_key is None:
+        master_key = load_or_create_master_key(
+            config.data_dir, key_file=config.master_key_file, shared=True
+        )
+    return AuditShipping(pg, pg.resolved_replica_id(), signing_key=checkpoint_key(master_key))
 
 
 @dataclass
@@ -76,8 +104,7 @@ class State:
     def database(self, name: str) -> Database:
         """The database store ``name`` keeps its tables in: ``data_dir/<name>.db`` on SQLite
         (opened once per State), the one shared PostgreSQL database otherwise."""
-        if not _DATABASE_NAME.match(name):
-            raise ValueError(f"database name {name!r}: expected a lower-case word")
+        path = sqlite_path(self.config, name)
         pg = self.config.state.postgresql
         if pg is not None:
             if self._shared_db is None:
@@ -85,7 +112,7 @@ class State:
             return self._shared_db
         db = self._databases.get(name)
         if db is None:
-            db = self._databases[name] = SqliteDatabase(self.config.data_dir / f"{name}.db")
+            db = self._databases[name] = SqliteDatabase(path)
         return db
 
     def start_watching(self) -> None:
@@ -113,10 +140,7 @@ class State:
     # -- audit ----------------------------------------------------------------------------
     def audit_shipping(self) -> AuditShipping | None:
         """Where this replica ships its audit chain (None on SQLite: nowhere)."""
-        pg = self.config.state.postgresql
-        if pg is None:
-            return None
-        return AuditShipping(pg, self.replica_id, signing_key=checkpoint_key(self.master_key))
+        return audit_shipping(self.config, self.master_key)
 
     def audit_log(self) -> AuditLog:
         """The in-process (thread) audit log: for the CLI and one-off writers."""
@@ -144,4 +168,4 @@ class State:
         return PolicyStore(self.config.policy_files, known)
 
 
-__all__ = ["State", "default_replica_id"]
+__all__ = ["NOT_ON_SQLITE", "State", "audit_shipping", "default_replica_id", "sqlite_path"]
