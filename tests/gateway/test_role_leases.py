@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from lockgate.config import PostgresStateSettings
-from lockgate.gateway.dynamic_roles import DbRoles
+from lockgate.errors import UpstreamUnavailable
+from lockgate.gateway.dynamic_roles import DbRoles, role_name
 from lockgate.gateway.postgres.dynamic_roles import PostgresRoles
 from lockgate.gateway.role_leases import Lease, RoleLeases, reap
 from lockgate.identity.revocation import RevocationStore
@@ -30,6 +31,7 @@ from tests.gateway.postgres.test_dynamic_roles import (
     resource,
 )
 from tests.pgserver import PgServer
+from tests.pgserver.state import shared_state_settings
 
 from .fakes import FakePolicy, FakePolicySet
 
@@ -250,3 +252,50 @@ async def test_the_sweeper_drops_what_a_dead_replica_left_and_a_stop_releases(
         await survivor.close()
         db_a.close()
         db_b.close()
+
+
+async def test_a_restart_on_one_host_drops_what_the_crashed_process_left(
+    upstream: PgServer, tmp_path: Path
+) -> None:
+    """SQLite state (one host): the process that issued the role is killed; the next one
+    (same replica id, same data directory) drops it at its first beat, not at expiry."""
+    crashed = PostgresRoles(resource(upstream), _password, FakePolicy(FakePolicySet(ALLOW)))
+    crashed.leases = RoleLeases(tmp_path / "roles.db", "host-1")
+    left = await crashed.issue(mint(tmp_path, try_number=11))
+    assert left.username in live_roles(upstream)
+
+    async def password_for(_resource: object, previous: bool = False) -> str:
+        return GATEWAY_PASSWORD
+
+    restarted = DbRoles(
+        [resource(upstream)], password_for, FakePolicy(FakePolicySet(ALLOW)),
+        RevocationStore(tmp_path / "revocations.db"),
+        leases=RoleLeases(tmp_path / "roles.db", "host-1"),
+    )  # fmt: skip
+    try:
+        restarted.start()
+        started = time.monotonic()
+        while left.username in live_roles(upstream):
+            assert time.monotonic() - started < 10, "the crashed process's role was not dropped"
+            await asyncio.sleep(0.1)
+    finally:
+        await restarted.close()
+
+
+async def test_no_lease_no_role(
+    upstream: PgServer, pg_server_factory: Callable[..., PgServer], tmp_path: Path
+) -> None:
+    """The state database is away: the role is refused (a crash would leave it to nobody)
+    and nothing is created upstream."""
+    state_server = pg_server_factory()
+    settings = shared_state_settings(state_server, tmp_path / "state", connect_timeout=1)
+    db, _leases, roles = _replica(settings, "a", upstream, grace=30)
+    try:
+        state_server.pause()
+        claims = mint(tmp_path, try_number=12)
+        with pytest.raises(UpstreamUnavailable, match="role lease not recorded"):
+            await roles.issue(claims)
+        assert role_name("shop-pg", claims.jti) not in live_roles(upstream)
+        assert roles.issued == {}
+    finally:
+        db.close()
