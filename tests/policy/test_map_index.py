@@ -186,6 +186,17 @@ def test_condition_compiled() -> None:
     assert cond is not None and cond.holds(1) and not cond.holds(2) and not cond.holds(None)
 
 
+@pytest.mark.parametrize("ranges", [((0, 9), (20, 20)), ((0, 9), (20, 20), (100, 1_000_000))])
+def test_small_and_wide_ranges_decide_alike(ranges: tuple[tuple[int, int], ...]) -> None:
+    """Small spans are looked up in a set, wide ones compared range by range: same answers."""
+    cond = MapCondition.of(ranges, None)
+    assert cond is not None
+    assert (cond.members is None) == (ranges[-1][1] == 1_000_000)
+    got = [i for i in (-1, 0, 9, 10, 19, 20, 21, 99, 100, 1_000_000, 1_000_001) if cond.holds(i)]
+    expected = [0, 9, 20] + ([100, 1_000_000] if cond.members is None else [])
+    assert got == expected
+
+
 # -- at mint -------------------------------------------------------------------------------
 def test_mint_check_and_max_ttl_follow_a_known_map_index(build: Build) -> None:
     ps = build(

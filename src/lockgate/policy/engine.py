@@ -165,8 +165,9 @@ class Rule:
             start, end, text = self.window
             if not in_window(now, start, end):
                 return f"time_window {text} does not hold"
-        if self.map_condition is not None:
-            return self.map_condition.failure(map_index)
+        cond = self.map_condition
+        if cond is not None and not cond.holds(map_index):
+            return cond.failure(map_index)
         return None
 
     def deny_applies(self, now: datetime | float | None, map_index: int | None = None) -> bool:

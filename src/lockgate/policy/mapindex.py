@@ -17,14 +17,17 @@ condition and always lets a deny apply: missing inputs fail closed.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 # The token service accepts map indexes up to this bound; a rule naming more names nothing.
 MAX_MAP_INDEX = 10_000_000
 NOT_MAPPED = -1
 
 MapRanges = tuple[tuple[int, int], ...]
+
+# Ranges spanning at most this many indexes are also kept as a set (one lookup per request).
+_SET_SPAN = 1024
 
 _RANGE_RE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 _SHAPE = 'expected map indexes: a number, a range like "0-9", or a list of them'
@@ -70,6 +73,11 @@ def ranges_text(ranges: MapRanges) -> str:
     return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
 
 
+def _each(ranges: MapRanges) -> Iterator[int]:
+    for low, high in ranges:
+        yield from range(low, high + 1)
+
+
 def _index_text(map_index: int | None) -> str:
     if map_index is None:
         return "map_index unknown"
@@ -82,17 +90,24 @@ class MapCondition:
 
     ranges: MapRanges | None
     mapped: bool | None
+    members: frozenset[int] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, ranges: MapRanges | None, mapped: bool | None) -> MapCondition | None:
         """None when the rule has neither condition (it then ignores the map index)."""
         if ranges is None and mapped is None:
             return None
-        return cls(ranges, mapped)
+        members = None
+        if ranges is not None and sum(high - low + 1 for low, high in ranges) <= _SET_SPAN:
+            # mapped: false beside indexes matches nothing (the schema refuses it anyway)
+            members = frozenset() if mapped is False else frozenset(_each(ranges))
+        return cls(ranges, mapped, members)
 
     def holds(self, map_index: int | None) -> bool:
         if map_index is None:
             return False
+        if self.members is not None:
+            return map_index in self.members
         if self.mapped is not None and self.mapped != (map_index >= 0):
             return False
         if self.ranges is not None:
