@@ -16,7 +16,9 @@ every few seconds, from the dynamic-role sweeper. A lease is an orphan when
 - its owner has not been seen for ``grace`` seconds (the replica died),
 - its token expired more than ``grace`` seconds ago (its owner failed to drop it), or
 - it is this replica's own but older than this process (a restart with the same
-  ``replica_id``: the previous incarnation's roles, on one host too).
+  ``replica_id``: the previous incarnation's roles, on one host too). Replica ids must be
+  unique among live replicas (each also owns an audit chain): two live processes under one
+  id would take each other's roles for a previous incarnation's.
 
 Any replica's sweeper drops orphans with the resource's admin login (the kind's
 :class:`~lockgate.gateway.dynamic_roles.RoleSet`) and deletes their leases. Exactly one
