@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import io
+import os
 import re
+import secrets
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
 from lockgate.cli import build_parser
+from lockgate.tlsgen import write_dev_tls
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -72,3 +76,62 @@ def cli_problem(argv: list[str]) -> str | None:
 def shell_words(command: str) -> list[str]:
     """A command line as a list, for the simple lines the unit and the docs use."""
     return re.findall(r"[^\s]+", command)
+
+
+def mounted_files(spec: Obj, container: Obj) -> dict[str, tuple[str, str, str]]:
+    """mount path -> (volume kind, source name, key) for ConfigMap items and Secret keys."""
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    out: dict[str, tuple[str, str, str]] = {}
+    for m in container.get("volumeMounts", []):
+        v = volumes.get(m["name"], {})
+        if "configMap" in v:
+            for item in v["configMap"]["items"]:
+                path = str(PurePosixPath(m["mountPath"]) / item["path"])
+                out[path] = ("configMap", v["configMap"]["name"], item["key"])
+        if "secret" in v:
+            out[m["mountPath"]] = ("secret", v["secret"]["secretName"], "")
+    return out
+
+
+def config_text() -> str:
+    return str(one("ConfigMap", "lockgate-config")["data"]["lockgate.yaml"])
+
+
+def absolute_paths(text: str) -> set[str]:
+    """The files and directories lockgate.yaml names where the pods mount things."""
+    mounted = r"/(?:etc/lockgate|run/lockgate|var/lib/lockgate)(?:/[\w.*-]+)*"
+    return set(re.findall(rf"(?<![\w/:])({mounted})", text))
+
+
+def materialise(root: Path) -> Path:
+    """Write the ConfigMap's files and stand-ins for the Secrets below ``root`` where the
+    pods mount them (every absolute path moved under ``root``); return lockgate.yaml."""
+    cm = one("ConfigMap", "lockgate-config")
+    spec = one("StatefulSet", "lockgate")["spec"]["template"]["spec"]
+    (gateway,) = spec["containers"]
+
+    def here(path: str) -> Path:
+        return root / path.lstrip("/")
+
+    for path, (kind, _, key) in mounted_files(spec, gateway).items():
+        if kind == "configMap" and key != "lockgate.yaml":
+            here(path).parent.mkdir(parents=True, exist_ok=True)
+            here(path).write_text(cm["data"][key], encoding="utf-8")
+    tls = write_dev_tls(root / "tls-src", hosts=["lockgate.lockgate.svc.cluster.local"])
+    (here("/etc/lockgate/tls")).mkdir(parents=True)
+    here("/etc/lockgate/tls/tls.crt").write_bytes(tls["cert"].read_bytes())
+    here("/etc/lockgate/tls/tls.key").write_bytes(tls["key"].read_bytes())
+    here("/etc/lockgate/db").mkdir(parents=True)
+    here("/etc/lockgate/db/password").write_text(secrets.token_urlsafe(16), encoding="utf-8")
+    here("/etc/lockgate/db/ca.crt").write_bytes(tls["ca"].read_bytes())
+    here("/run/lockgate").mkdir(parents=True)
+    key = here("/run/lockgate/master.key")
+    key.write_text(base64.b64encode(os.urandom(32)).decode(), encoding="utf-8")
+    key.chmod(0o600)
+    here("/var/lib/lockgate").mkdir(parents=True)
+    text = config_text()
+    for path in absolute_paths(text):
+        text = text.replace(path, str(here(path)))
+    config = here("/etc/lockgate/lockgate.yaml")
+    config.write_text(text, encoding="utf-8")
+    return config

@@ -4,25 +4,25 @@ commands of the real parser, and a lockgate.yaml that loads."""
 
 from __future__ import annotations
 
-import base64
-import os
 import re
-import secrets
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lockgate.cli import main as lockgate_main
 from lockgate.config import load_config
-from lockgate.tlsgen import write_dev_tls
 from tests.deploy._manifests import (
     DEPLOYMENT_DOC,
     K8S,
     Obj,
+    absolute_paths,
     cli_problem,
+    config_text,
     containers,
     k8s_objects,
+    materialise,
+    mounted_files,
     of_kind,
     one,
     pod_specs,
@@ -134,11 +134,6 @@ def test_every_image_is_the_same_release() -> None:
     assert len(images) == 1, images
 
 
-@pytest.mark.xfail(
-    cli_problem(["db", "check"]) is not None,
-    reason="`lockgate db upgrade` is not in this checkout's parser yet",
-    strict=True,
-)
 def test_every_command_is_one_the_cli_has() -> None:
     """The containers run the image's entrypoint (``lockgate``) with these arguments."""
     seen = []
@@ -152,21 +147,6 @@ def test_every_command_is_one_the_cli_has() -> None:
 
 
 # -- the secrets: mounted as files, and the docs say how to create each one -------------------
-
-
-def _mounted_files(spec: Obj, container: Obj) -> dict[str, tuple[str, str, str]]:
-    """mount path -> (volume kind, source name, key) for ConfigMap items and Secret keys."""
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    out: dict[str, tuple[str, str, str]] = {}
-    for m in container.get("volumeMounts", []):
-        v = volumes.get(m["name"], {})
-        if "configMap" in v:
-            for item in v["configMap"]["items"]:
-                path = str(PurePosixPath(m["mountPath"]) / item["path"])
-                out[path] = ("configMap", v["configMap"]["name"], item["key"])
-        if "secret" in v:
-            out[m["mountPath"]] = ("secret", v["secret"]["secretName"], "")
-    return out
 
 
 def _secret_commands() -> dict[str, str]:
@@ -191,27 +171,17 @@ def test_every_secret_is_mounted_as_files_and_documented() -> None:
             assert not [e for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
 
 
-def _config_text() -> str:
-    return str(one("ConfigMap", "lockgate-config")["data"]["lockgate.yaml"])
-
-
-def _absolute_paths(text: str) -> set[str]:
-    """The files and directories lockgate.yaml names where the pods mount things."""
-    mounted = r"/(?:etc/lockgate|run/lockgate|var/lib/lockgate)(?:/[\w.*-]+)*"
-    return set(re.findall(rf"(?<![\w/:])({mounted})", text))
-
-
 def test_every_file_the_config_names_is_mounted_in_the_gateway() -> None:
     statefulset = one("StatefulSet", "lockgate")
     spec = statefulset["spec"]["template"]["spec"]
     (gateway,) = spec["containers"]
-    files = _mounted_files(spec, gateway)
+    files = mounted_files(spec, gateway)
     mounts = {m["mountPath"] for m in gateway["volumeMounts"]}
     documented = _secret_commands()
     init_outputs = {
         c["command"][-1] for c in spec.get("initContainers", []) if c["command"][0] == "install"
     }
-    paths = _absolute_paths(_config_text())
+    paths = absolute_paths(config_text())
     assert paths, "no file paths found in lockgate.yaml"
     for path in sorted(paths):
         if path.endswith("*.yaml"):  # a glob over a mounted directory
@@ -244,44 +214,10 @@ def test_every_file_the_config_names_is_mounted_in_the_gateway() -> None:
 # -- the ConfigMap's lockgate.yaml loads -------------------------------------------------------
 
 
-def _materialise(root: Path) -> Path:
-    """Write the ConfigMap's files and stand-ins for the Secrets below ``root`` where the
-    pods mount them (every absolute path moved under ``root``); return lockgate.yaml."""
-    cm = one("ConfigMap", "lockgate-config")
-    spec = one("StatefulSet", "lockgate")["spec"]["template"]["spec"]
-    (gateway,) = spec["containers"]
-
-    def here(path: str) -> Path:
-        return root / path.lstrip("/")
-
-    for path, (kind, _, key) in _mounted_files(spec, gateway).items():
-        if kind == "configMap" and key != "lockgate.yaml":
-            here(path).parent.mkdir(parents=True, exist_ok=True)
-            here(path).write_text(cm["data"][key], encoding="utf-8")
-    tls = write_dev_tls(root / "tls-src", hosts=["lockgate.lockgate.svc.cluster.local"])
-    (here("/etc/lockgate/tls")).mkdir(parents=True)
-    here("/etc/lockgate/tls/tls.crt").write_bytes(tls["cert"].read_bytes())
-    here("/etc/lockgate/tls/tls.key").write_bytes(tls["key"].read_bytes())
-    here("/etc/lockgate/db").mkdir(parents=True)
-    here("/etc/lockgate/db/password").write_text(secrets.token_urlsafe(16), encoding="utf-8")
-    here("/etc/lockgate/db/ca.crt").write_bytes(tls["ca"].read_bytes())
-    here("/run/lockgate").mkdir(parents=True)
-    key = here("/run/lockgate/master.key")
-    key.write_text(base64.b64encode(os.urandom(32)).decode(), encoding="utf-8")
-    key.chmod(0o600)
-    here("/var/lib/lockgate").mkdir(parents=True)
-    text = _config_text()
-    for path in _absolute_paths(text):
-        text = text.replace(path, str(here(path)))
-    config = here("/etc/lockgate/lockgate.yaml")
-    config.write_text(text, encoding="utf-8")
-    return config
-
-
 def test_the_configmap_lockgate_yaml_loads_and_passes_config_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _materialise(tmp_path)
+    path = materialise(tmp_path)
     cfg = load_config(path)
     assert cfg.state.backend == "postgresql"
     pg: Any = cfg.state.postgresql
@@ -302,7 +238,7 @@ def test_the_configmap_lockgate_yaml_loads_and_passes_config_check(
 
 
 def test_the_listeners_match_the_container_ports() -> None:
-    text = _config_text()
+    text = config_text()
     spec = one("StatefulSet", "lockgate")["spec"]["template"]["spec"]
     ports = {p["name"]: p["containerPort"] for p in spec["containers"][0]["ports"]}
     from lockgate.config import parse_config
