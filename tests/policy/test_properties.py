@@ -42,6 +42,24 @@ def ref_in_window(hour: int, start: int, end: int) -> bool:
     return start <= hour < end if start < end else hour >= start or hour < end
 
 
+def ref_map_holds(conditions: dict[str, Any], map_index: int | None) -> bool | None:
+    """None: the rule has no map-index condition; else whether it holds (unknown: False)."""
+    if "map_index" not in conditions and "mapped" not in conditions:
+        return None
+    if map_index is None:
+        return False
+    if "mapped" in conditions and conditions["mapped"] != (map_index >= 0):
+        return False
+    if "map_index" in conditions:
+        written = conditions["map_index"]
+        spans = []
+        for item in written if isinstance(written, list) else [written]:
+            low, _, high = str(item).partition("-")
+            spans.append((int(low), int(high or low)))
+        return any(low <= map_index <= high for low, high in spans)
+    return True
+
+
 def ref_decide(rules: list[dict[str, Any]], req: Request) -> tuple[bool, str | None]:
     hour = req.now.hour if isinstance(req.now, datetime) else 0
 
@@ -58,10 +76,13 @@ def ref_decide(rules: list[dict[str, Any]], req: Request) -> tuple[bool, str | N
         return (int(tw["start"][:2]), int(tw["end"][:2])) if tw else None
 
     for r in rules:
-        if r["effect"] == "deny" and matches(r):  # a deny's only condition is a time window
+        if r["effect"] == "deny" and matches(r):  # a deny's conditions: window, map index
             w = window(r)
             if w and not ref_in_window(hour, *w):
                 continue
+            conds = r.get("conditions", {})
+            if ref_map_holds(conds, req.map_index) is False and req.map_index is not None:
+                continue  # an unknown map index lets the deny apply (fail closed)
             return False, r["id"]
     for r in rules:
         if r["effect"] == "allow" and matches(r):
@@ -70,6 +91,8 @@ def ref_decide(rules: list[dict[str, Any]], req: Request) -> tuple[bool, str | N
                 continue
             w = window(r)
             if w and not ref_in_window(hour, *w):
+                continue
+            if ref_map_holds(r.get("conditions", {}), req.map_index) is False:
                 continue
             return True, r["id"]
     return False, None
@@ -93,8 +116,12 @@ conditions = st.fixed_dictionaries(
         "time_window": st.tuples(hours, hours)
         .filter(lambda t: t[0] != t[1])
         .map(lambda t: {"start": f"{t[0]:02d}:00", "end": f"{t[1]:02d}:00"}),
+        # "1-5000" spans more than the set lookup keeps: compared range by range
+        "map_index": st.sampled_from([0, "0-2", [1, "3-4"], "1-5000"]),
+        "mapped": st.booleans(),
     },
-)
+).filter(lambda c: not ("map_index" in c and c.get("mapped") is False))
+map_indexes = st.sampled_from([None, -1, 0, 1, 2, 3, 5, 4999, 6000])
 
 
 @st.composite
@@ -131,6 +158,7 @@ requests = st.builds(
     object=obj_str,
     token_ttl=st.sampled_from([None, 50, 500, 5000]),
     now=hours.map(lambda h: datetime(2026, 1, 1, h, 30, tzinfo=UTC)),
+    map_index=map_indexes,
 )
 
 
