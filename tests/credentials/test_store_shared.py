@@ -79,6 +79,8 @@ def test_rotation_is_seen_by_another_replica_within_a_second(
     writer_db, reader_db = open_db(), open_db()
     reader_db.start_watching()
     writer, reader = CredentialStore(writer_db, key), CredentialStore(reader_db, key)
+    reader.reload()  # loaded empty: from here on, stale() means another replica wrote
+    assert not reader.stale()
     writer.set("api", "v1")
     _wait_for(reader.stale)
     assert reader.reload() is True

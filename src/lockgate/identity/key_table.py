@@ -83,7 +83,7 @@ class KeyTable:
                 self._insert(cur, first)
                 cur.touch(TOPIC)
                 keys = {first.kid: first}
-        self._loaded_version = version if keys else None
+        self._loaded_version = version  # as in rotate: a first key written here reads as a move
         return keys
 
     def moved(self) -> bool:
@@ -106,8 +106,8 @@ class KeyTable:
             self._lock(cur)
             row = cur.execute("SELECT max(activate_at) FROM signing_keys").fetchone()
             latest = float(row[0]) if row and row[0] is not None else float("-inf")
-            # Strictly after every stored key, so "newest active" is never a tie.
-            new = _generate(now, activate_at=max(now + delay, latest + 0.001))
+            # Never before a stored key: "the newest active key signs" stays true.
+            new = _generate(now, activate_at=max(now + delay, latest))
             # Old keys stay published until the new one has signed for retire_after s, so
             # there is a signing key at every instant whatever retire_after is.
             cur.execute(
@@ -118,7 +118,9 @@ class KeyTable:
             self._insert(cur, new)
             cur.touch(TOPIC)
             keys = self._read(cur, known)
-        self._loaded_version = version if version != self.db.version(TOPIC) else None
+        # The version from before: our own write reads as a move, costing one spare reload
+        # rather than ever missing another replica's write made alongside.
+        self._loaded_version = version
         return new, keys
 
     def problem(self, current: SigningKey) -> str | None:

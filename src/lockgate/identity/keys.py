@@ -216,13 +216,16 @@ class KeyStore:
 
     def rotate(self, retire_after: int) -> SigningKey:
         """Add a fresh key; it signs after :attr:`activation_delay` (at once for files).
-        Older keys retire ``retire_after`` s after that."""
+        Older keys retire ``retire_after`` s after that.
+
+        ``retire_after=0`` is the emergency switch (a leaked key): the new key signs and the
+        old ones stop at once, even on shared keys, where another replica may then refuse a
+        new token until it has loaded the new key (well under a second)."""
         if retire_after < 0:
             raise ValueError("retire_after must be >= 0")
+        delay = self.activation_delay if retire_after > 0 else 0.0
         with self._mutex:
-            new, keys = self._backend.rotate(
-                self._keys, self._clock(), retire_after, self.activation_delay
-            )
+            new, keys = self._backend.rotate(self._keys, self._clock(), retire_after, delay)
             self._keys = keys
             self.changes += 1
         return new
