@@ -105,6 +105,8 @@ class VerifyResult:
     checked: int
     first_bad_seq: int | None = None
     problem: str | None = None
+    replica: str | None = None  # whose chain broke (the shared trail holds several)
+    checkpoints: int = 0  # signed checkpoints checked (the shared trail)
 
 
 def connect(db_path: Path, *, timeout: float = 5.0, readonly: bool = False) -> sqlite3.Connection:
@@ -257,7 +259,8 @@ def _set_marks(conn: sqlite3.Connection, senders: dict[str, int]) -> None:
     )
 
 
-def _row(r: sqlite3.Row | tuple[Any, ...]) -> AuditRow:
+def row_from_columns(r: sqlite3.Row | tuple[Any, ...]) -> AuditRow:
+    """An AuditRow from (seq, *record columns, prev_hash, hash), as stored."""
     seq, *vals, prev_hash, h = r
     kw = dict(zip(_COLUMNS, vals, strict=True))
     kw["detail"] = json.loads(kw["detail"]) if kw["detail"] else {}
@@ -269,12 +272,18 @@ _SELECT = f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, hash FROM audit"  # no
 
 def iter_rows(conn: sqlite3.Connection) -> Iterator[AuditRow]:
     for r in conn.execute(f"{_SELECT} ORDER BY seq"):
-        yield _row(r)
+        yield row_from_columns(r)
+
+
+def rows_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[AuditRow]:
+    """Up to ``limit`` rows past ``seq``, in chain order (what the shipper copies next)."""
+    rows = conn.execute(f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+    return [row_from_columns(r) for r in rows.fetchall()]
 
 
 def tail(conn: sqlite3.Connection, n: int = 20) -> list[AuditRow]:
     rows = conn.execute(f"{_SELECT} ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
-    return [_row(r) for r in reversed(rows)]
+    return [row_from_columns(r) for r in reversed(rows)]
 
 
 def search(
@@ -306,7 +315,7 @@ def search(
         args.append(float(since))
     sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
     rows = conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, int(limit))).fetchall()
-    return [_row(r) for r in reversed(rows)]
+    return [row_from_columns(r) for r in reversed(rows)]
 
 
 def verify(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]] = ()) -> VerifyResult:

@@ -34,6 +34,7 @@ from lockgate import _log, metrics
 from lockgate.audit.journal import Journal
 from lockgate.audit.reader import AuditReader
 from lockgate.audit.record import EVENTS, AuditRecord, Values, sanitize, values
+from lockgate.audit.shipping import AuditShipping
 from lockgate.errors import AuditUnavailable
 
 log = _log.get("audit")
@@ -85,8 +86,14 @@ class AuditDoor(AuditReader):
 
     _journal: Journal
 
-    def __init__(self, db_path: Path, write_timeout: float, max_queue: int) -> None:
-        super().__init__(db_path)
+    def __init__(
+        self,
+        db_path: Path,
+        write_timeout: float,
+        max_queue: int,
+        shipping: AuditShipping | None = None,
+    ) -> None:
+        super().__init__(db_path, shipping=shipping)
         self.write_timeout = write_timeout
         self.max_queue = max_queue
         self.sender_id = f"{os.getpid()}-{secrets.token_hex(6)}"

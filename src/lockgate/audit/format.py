@@ -45,7 +45,7 @@ def format_records(rows: Iterable[AuditRecord], as_json: bool = False) -> str:
 def _cells(r: AuditRecord) -> tuple[str, ...]:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.ts)) + f".{int(r.ts % 1 * 1000):03d}Z"
     if isinstance(r, AuditRow) and r.seq:
-        ts = f"#{r.seq} {ts}"
+        ts = f"#{r.replica}/{r.seq} {ts}" if r.replica else f"#{r.seq} {ts}"
     why = " ".join(x for x in (r.rule and f"rule={r.rule}", r.reason) if x)
     return (
         ts,

@@ -63,6 +63,8 @@ from lockgate.audit.record import (
     sanitize,
     values,
 )
+from lockgate.audit.shipper import Shipper
+from lockgate.audit.shipping import AuditShipping
 from lockgate.audit.sinks import JsonlSink, mirror
 
 log = _log.get("audit")
@@ -94,9 +96,10 @@ class AuditLog(AuditDoor):
         batch_size: int = 256,
         batch_interval: float = 0.02,
         fsync: bool = False,
+        shipping: AuditShipping | None = None,
         _fault: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(db_path, write_timeout, max_queue)
+        super().__init__(db_path, write_timeout, max_queue, shipping)
         self.batch_size = batch_size
         # Gather records for up to this long between commits (unless someone awaits one):
         # fewer, larger transactions cost the writer thread far less CPU under load.
@@ -126,6 +129,10 @@ class AuditLog(AuditDoor):
         self._error: str | None = None
         self._wakeup = threading.Event()
         self._urgent = threading.Event()  # a caller awaits a commit: do not gather
+        # shipping to the shared trail reads what the writer committed (never blocks it)
+        self._shipper = Shipper(self.db_path, shipping) if shipping is not None else None
+        if self._shipper is not None:
+            self._shipper.start()
         self._thread = threading.Thread(target=self._run, name="lockgate-audit", daemon=True)
         self._thread.start()
 
@@ -220,6 +227,9 @@ class AuditLog(AuditDoor):
         # what the chain holds is removed; the rest stays for the next start to replay
         with self._seq_lock:
             self._journal.close(chained_up_to=self._chained_seq)
+        if self._shipper is not None:
+            self._shipper.stop()
+        self.close_shared()
 
     # -- writer thread ---------------------------------------------------------------------
     def _take(self) -> list[_Entry]:
@@ -307,6 +317,8 @@ class AuditLog(AuditDoor):
                 for w in waiters:
                     resolve(w)
                 waiters = []
+                if self._shipper is not None:
+                    self._shipper.kick()
                 self._busy_since = None
                 with self._idle:
                     self._idle.notify_all()

@@ -3,6 +3,11 @@
 Every call opens its own short-lived read-only connection, so the CLI (another process) can
 query while the server writes: WAL lets readers see the last committed state without
 blocking the writer.
+
+With ``shipping`` (``state: postgresql``) tail and search answer from the shared trail (every
+replica's records), and verify checks this replica's local chain and then the shared trail
+(every replica's chain and every signed checkpoint, :mod:`lockgate.audit.shared`). The head
+and the journal backlog stay this replica's own.
 """
 
 from __future__ import annotations
@@ -12,16 +17,46 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lockgate.audit import chain
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.journal import Backlog, backlog, journal_dir
 from lockgate.audit.record import GENESIS, AuditRow
+from lockgate.audit.shipping import AuditShipping, ShipLag, ship_lag
+
+if TYPE_CHECKING:
+    from lockgate.audit.shared import SharedTrail
+    from lockgate.store import Database
 
 
 class AuditReader:
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, *, shipping: AuditShipping | None = None) -> None:
         self.db_path = Path(db_path)
+        self.shipping = shipping
+        self._shared_db: Database | None = None
+
+    def _shared(self) -> SharedTrail | None:
+        """The shared trail, or None when it has no tables yet (nothing shipped)."""
+        from lockgate.audit.shared import DOMAIN, MIGRATIONS, SharedTrail
+        from lockgate.store import PostgresDatabase, pending
+
+        assert self.shipping is not None
+        if self._shared_db is None:
+            s = self.shipping
+            self._shared_db = PostgresDatabase(s.settings, replica_id=s.replica_id)
+        if pending(self._shared_db, DOMAIN, MIGRATIONS):
+            return None
+        return SharedTrail(self._shared_db)
+
+    def close_shared(self) -> None:
+        db, self._shared_db = self._shared_db, None
+        if db is not None:
+            db.close()
+
+    def shipping_lag(self) -> ShipLag | None:
+        """How far this replica's shipping is behind its local chain; None without shipping."""
+        return ship_lag(self.db_path) if self.shipping is not None else None
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection | None]:
@@ -35,6 +70,8 @@ class AuditReader:
             conn.close()
 
     def tail(self, n: int = 20) -> list[AuditRow]:
+        if self.shipping is not None:
+            return self.search(limit=n)
         with self._conn() as conn:
             return chain.tail(conn, n) if conn and _has_schema(conn) else []
 
@@ -47,10 +84,26 @@ class AuditReader:
         resource: str | None = None,
         since: float | datetime | None = None,
         limit: int = 100,
+        replica: str | None = None,
     ) -> list[AuditRow]:
-        """Newest ``limit`` rows matching all given filters, oldest first. ``since``: unix ts."""
+        """Newest ``limit`` rows matching all given filters, oldest first. ``since``: unix ts.
+        ``replica``: only that replica's records (the shared trail; ignored without it)."""
         if isinstance(since, datetime):
             since = since.timestamp()
+        if self.shipping is not None:
+            trail = self._shared()
+            if trail is None:
+                return []
+            return trail.search(
+                dag=dag,
+                run=run,
+                decision=decision,
+                event=event,
+                resource=resource,
+                replica=replica,
+                since=since,
+                limit=limit,
+            )
         with self._conn() as conn:
             if not conn or not _has_schema(conn):
                 return []
@@ -66,7 +119,20 @@ class AuditReader:
             )
 
     def verify(self, anchors: Iterable[tuple[int, str]] = ()) -> VerifyResult:
-        """Check the whole chain (see :func:`lockgate.audit.chain.verify`)."""
+        """Check the whole chain (see :func:`lockgate.audit.chain.verify`); with shipping,
+        then the shared trail of every replica."""
+        local = self._verify_local(anchors)
+        if not local.ok or self.shipping is None:
+            return local
+        from lockgate.audit.shared import public_key
+
+        trail = self._shared()
+        if trail is None:
+            return local
+        key = self.shipping.signing_key
+        return trail.verify(public_key(key) if key is not None else None)
+
+    def _verify_local(self, anchors: Iterable[tuple[int, str]]) -> VerifyResult:
         with self._conn() as conn:
             if not conn or not _has_schema(conn):
                 return VerifyResult(ok=True, checked=0)

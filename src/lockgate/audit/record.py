@@ -97,9 +97,13 @@ class AuditRow(AuditRecord):
     seq: int = 0
     prev_hash: str = ""
     hash: str = ""
+    # whose chain the row is in, when read from the shared trail (several replicas' chains)
+    replica: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in RECORD_FIELDS}
+        if self.replica is not None:
+            d["replica"] = self.replica
         d["seq"] = self.seq
         d["prev_hash"] = self.prev_hash
         d["hash"] = self.hash

@@ -50,6 +50,7 @@ from lockgate.audit.door import (
 from lockgate.audit.health import check_health
 from lockgate.audit.journal import Journal, journal_dir
 from lockgate.audit.record import AuditRecord, Values, sanitize, values
+from lockgate.audit.shipping import AuditShipping
 from lockgate.audit.wire import FrameBuffer, WireError, frame
 from lockgate.audit.writer_process import WriterProcess
 from lockgate.errors import AuditUnavailable
@@ -88,8 +89,11 @@ class RemoteAuditLog(AuditDoor):
         batch_interval: float = 0.005,
         start_timeout: float = 15.0,
         fsync: bool = False,
+        shipping: AuditShipping | None = None,
     ) -> None:
-        super().__init__(db_path, write_timeout, max_queue)
+        # shipping: the writer process ships (this one's or, with socket_path, the
+        # supervisor's, which must be given the same shipping); reads use it here
+        super().__init__(db_path, write_timeout, max_queue, shipping)
         self.batch_size = batch_size
         self.batch_interval = batch_interval
         self.writer: WriterProcess | None = None
@@ -99,7 +103,9 @@ class RemoteAuditLog(AuditDoor):
             conn = chain.connect(self.db_path)
             conn.close()
             busy = max(0.05, min(write_timeout / 2, 1.0))
-            self.writer = WriterProcess(self.db_path, jsonl_path, busy_timeout=busy)
+            self.writer = WriterProcess(
+                self.db_path, jsonl_path, busy_timeout=busy, shipping=shipping
+            )
             self.writer.start()
             socket_path = self.writer.socket_path
         self.socket_path = Path(socket_path)
@@ -204,6 +210,7 @@ class RemoteAuditLog(AuditDoor):
             self._journal.close(chained_up_to=self._acked)
         if self.writer is not None:
             self.writer.stop()
+        self.close_shared()
 
     def inject_fault(self, kind: str, arg: float | str = 0.0) -> None:
         """Test hook: ask the writer to fail (``error``, message), stall once (``hang``,

@@ -47,6 +47,8 @@ from lockgate.audit import chain
 from lockgate.audit.door import describe
 from lockgate.audit.journal import journal_dir, replay
 from lockgate.audit.record import EVENTS, RECORD_FIELDS, AuditRecord, AuditRow, sanitize
+from lockgate.audit.shipper import Shipper
+from lockgate.audit.shipping import AuditShipping
 from lockgate.audit.sinks import JsonlSink, mirror
 from lockgate.audit.wire import FrameBuffer, WireError, frame
 
@@ -79,8 +81,10 @@ class Writer:
         batch_interval: float = 0.02,
         busy_timeout: float = 0.5,
         parent_pid: int | None = None,
+        shipping: AuditShipping | None = None,
     ) -> None:
         self.db_path = Path(db_path)
+        self.shipping = shipping
         self.socket_path = Path(socket_path)
         self.batch_size = batch_size
         self.batch_interval = batch_interval
@@ -109,6 +113,7 @@ class Writer:
         self._fault_error: str | None = None
         self._fault_hang = 0.0
         self._replay_at = 0.0  # next look at the journals (monotonic); 0: at once
+        self._shipper: Shipper | None = None
 
     # -- loop ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -116,6 +121,11 @@ class Writer:
         self._done = chain.read_senders(self._db)
         self._accepted = dict(self._done)
         self._replay()  # before any sender connects: leftovers of a previous run first
+        # shipping reads what is committed here, on a thread of its own (never blocks us)
+        shipper = Shipper(self.db_path, self.shipping) if self.shipping is not None else None
+        if shipper is not None:
+            shipper.start()
+        self._shipper = shipper
         listener = self._listen()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -157,6 +167,8 @@ class Writer:
                 seq, h = chain.read_head(self._db)
                 self._db.close()
                 log.info("audit head", extra={"fields": {"audit_seq": seq, "audit_hash": h}})
+            if shipper is not None:
+                shipper.stop()
 
     def _replay(self) -> None:
         """Chain what dead senders journaled but never sent (see the module docstring)."""
@@ -376,6 +388,8 @@ class Writer:
             log.warning("audit writer recovered", extra={"fields": {"was": self._error}})
             self._error = None
             self._broadcast(("ok",))
+        if self._shipper is not None:
+            self._shipper.kick()
         for sender, seq in acks.items():
             c = self._conns.get(sender)
             if c is not None:  # else: it learns from the next hello
@@ -419,8 +433,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--busy-timeout", type=float, default=0.5)
     p.add_argument("--parent-pid", type=int)
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--shipping-stdin",
+        action="store_true",
+        help="read where to ship the chain (JSON, with the checkpoint key) from stdin",
+    )
     a = p.parse_args(argv)
     _log.setup(a.log_level)
+    shipping = AuditShipping.from_json(sys.stdin.read()) if a.shipping_stdin else None
     Writer(
         a.db,
         a.socket,
@@ -428,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_interval=a.batch_interval,
         busy_timeout=a.busy_timeout,
         parent_pid=a.parent_pid,
+        shipping=shipping,
     ).run()
     return 0
 

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from lockgate import _log
+from lockgate.audit.shipping import AuditShipping
 
 log = _log.get("audit")
 
@@ -32,6 +33,7 @@ class WriterProcess:
         *,
         busy_timeout: float = 0.5,
         batch_interval: float = 0.02,
+        shipping: AuditShipping | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.jsonl_path = jsonl_path
@@ -42,6 +44,7 @@ class WriterProcess:
         self.socket_path = Path(socket_path)
         self.busy_timeout = busy_timeout
         self.batch_interval = batch_interval
+        self.shipping = shipping  # the writer ships its chain to the shared trail too
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._lock = threading.Lock()
@@ -59,7 +62,15 @@ class WriterProcess:
         ]  # fmt: skip
         if self.jsonl_path is not None:
             args += ["--jsonl", str(self.jsonl_path)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        if self.shipping is None:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+            return
+        # on stdin, not argv or the environment: it carries the checkpoint signing key
+        args.append("--shipping-stdin")
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE)
+        assert self.proc.stdin is not None
+        with self.proc.stdin as pipe:
+            pipe.write(self.shipping.to_json().encode())
 
     @property
     def pid(self) -> int | None:

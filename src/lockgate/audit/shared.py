@@ -1,0 +1,400 @@
+"""The shared audit trail: every replica's chain in one database, plus signed checkpoints.
+
+Tables (domain ``audit``, created by ``lockgate db upgrade`` or at start):
+
+- ``audit_records``: the rows of every replica's local chain, exactly as chained there
+  (``seq``, every record column, ``prev_hash``, ``hash``) under ``(replica, seq)``, so each
+  chain re-verifies from this table alone. Inserts are idempotent (``ON CONFLICT DO NOTHING``):
+  a shipper that dies mid-batch ships the batch again and nothing is doubled.
+- ``audit_checkpoints``: every few seconds a replica signs (Ed25519, see
+  :func:`lockgate.audit.shipping.checkpoint_key`) the heads ``{replica: [seq, hash]}`` of all
+  the chains it sees here; ``n`` counts each replica's checkpoints 1, 2, 3 ...
+
+:meth:`SharedTrail.verify` proves: each replica's chain links from seq 1 to its last shipped
+row (no row edited, inserted, removed or reordered), every checkpoint is signed by the
+gateway's key and numbered without gaps, and every head a checkpoint names is still there
+with that hash (a chain rewritten or cut short after a checkpoint is caught). What it cannot
+see: rows shipped after the newest checkpoint that are dropped together with it; the local
+chain of each replica (``audit verify`` on that replica) still holds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from lockgate.audit.chain import VerifyResult, row_from_columns
+from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow, canonical_json, chain_hash
+from lockgate.store import Cursor, Database, Migration, register_domain
+
+DOMAIN = "audit"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "audit_records and audit_checkpoints: every replica's chain and signed heads",
+        """
+CREATE TABLE IF NOT EXISTS audit_records (
+    replica TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    event TEXT NOT NULL,
+    deployment TEXT, dag_id TEXT, task_id TEXT, run_id TEXT,
+    try_number INTEGER, map_index INTEGER,
+    principal TEXT, resource TEXT, action TEXT, object TEXT,
+    decision TEXT, rule TEXT, reason TEXT,
+    status INTEGER, latency_ms REAL, bytes_in INTEGER, bytes_out INTEGER,
+    jti TEXT,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    shipped_at REAL NOT NULL,
+    PRIMARY KEY (replica, seq)
+);
+CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
+CREATE INDEX IF NOT EXISTS audit_records_dag ON audit_records (dag_id, ts);
+CREATE INDEX IF NOT EXISTS audit_records_run ON audit_records (run_id, ts);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    replica TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    at REAL NOT NULL,
+    heads TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (replica, n)
+);
+""",
+    ),
+)
+register_domain(DOMAIN, MIGRATIONS)
+
+_RECORD_COLUMNS = ("seq", *RECORD_FIELDS, "prev_hash", "hash")
+_SELECT = f"SELECT replica, {', '.join(_RECORD_COLUMNS)} FROM audit_records"  # noqa: S608
+_SHIPPED_COLUMNS = ("replica", *_RECORD_COLUMNS, "shipped_at")
+_INSERT_HEAD = f"INSERT INTO audit_records ({', '.join(_SHIPPED_COLUMNS)}) "
+_CONFLICT = " ON CONFLICT (replica, seq) DO NOTHING"
+# PostgreSQL column types of the shipped columns (TEXT unless named), for the array casts
+_PG_TYPES = {
+    "seq": "bigint",
+    "ts": "double precision",
+    "try_number": "bigint",
+    "map_index": "bigint",
+    "status": "bigint",
+    "latency_ms": "double precision",
+    "bytes_in": "bigint",
+    "bytes_out": "bigint",
+    "shipped_at": "double precision",
+}
+# column names and types are the constants above, never input
+_PG_INSERT = (
+    _INSERT_HEAD  # noqa: S608
+    + f"SELECT {', '.join(_SHIPPED_COLUMNS)} FROM json_to_recordset(?::json) AS x("  # noqa: S608
+    + ", ".join(f"{c} {_PG_TYPES.get(c, 'text')}" for c in _SHIPPED_COLUMNS)
+    + ")"
+    + _CONFLICT
+)
+_ROWS_PER_INSERT = 30  # SQLite: bind parameters per statement stay below its limit
+_PAGE = 5_000  # rows per read while verifying (memory stays flat on a long trail)
+
+Heads = dict[str, tuple[int, str]]  # replica -> (seq, hash)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    replica: str
+    n: int
+    at: float
+    heads: Heads
+    kid: str
+    signature: str  # hex
+
+    def payload(self) -> bytes:
+        return checkpoint_payload(self.replica, self.n, self.at, self.heads)
+
+
+def checkpoint_payload(replica: str, n: int, at: float, heads: Heads) -> bytes:
+    """The signed bytes: canonical JSON, so any verifier rebuilds them from the row."""
+    signed = ["lockgate-audit-checkpoint", replica, n, at, _heads_json(heads)]
+    return canonical_json(signed).encode()
+
+
+def _heads_json(heads: Heads) -> dict[str, list[object]]:
+    return {r: [s, h] for r, (s, h) in sorted(heads.items())}
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+class SharedTrail:
+    """Reads and writes of the shared tables (any :class:`~lockgate.store.Database`)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- shipping --------------------------------------------------------------------------
+    def shipped_head(self, replica: str) -> tuple[int, str]:
+        """(highest seq shipped for ``replica``, its hash); (0, GENESIS) when none."""
+        with self.db.read() as cur:
+            row = cur.execute(
+                "SELECT seq, hash FROM audit_records WHERE replica = ? ORDER BY seq DESC LIMIT 1",
+                (replica,),
+            ).fetchone()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    def ship(self, replica: str, rows: Sequence[AuditRow], shipped_at: float) -> None:
+        """Insert ``rows`` of ``replica``'s chain in one transaction; rows already there stay
+        as they are (a re-shipped batch)."""
+        table = [(replica, *_columns(r), shipped_at) for r in rows]
+        with self.db.transaction() as cur:
+            if self.db.dialect == "postgresql":
+                # one statement, one JSON parameter per batch: a long multi-row VALUES costs
+                # the driver more to prepare than the server to insert (floats keep their
+                # exact value through JSON: Python writes, PostgreSQL reads, shortest repr)
+                batch = [dict(zip(_SHIPPED_COLUMNS, row, strict=True)) for row in table]
+                cur.execute(_PG_INSERT, (json.dumps(batch, allow_nan=False),))
+                return
+            for start in range(0, len(table), _ROWS_PER_INSERT):
+                chunk = table[start : start + _ROWS_PER_INSERT]
+                cur.execute(_insert_values(len(chunk)), [v for row in chunk for v in row])
+
+    def heads(self) -> Heads:
+        """The last shipped (seq, hash) of every replica's chain."""
+        with self.db.read() as cur:
+            return self._heads(cur)
+
+    def last_checkpoint(self, replica: str) -> Checkpoint | None:
+        with self.db.read() as cur:
+            row = cur.execute(
+                "SELECT replica, n, at, heads, kid, signature FROM audit_checkpoints "
+                "WHERE replica = ? ORDER BY n DESC LIMIT 1",
+                (replica,),
+            ).fetchone()
+        return _checkpoint(row) if row else None
+
+    def write_checkpoint(self, replica: str, key: Ed25519PrivateKey, at: float) -> Checkpoint:
+        """Sign the heads of every chain as they are now; the next ``n`` of ``replica``."""
+        with self.db.transaction() as cur:
+            heads = self._heads(cur)
+            row = cur.execute(
+                "SELECT max(n) FROM audit_checkpoints WHERE replica = ?", (replica,)
+            ).fetchone()
+            n = int(row[0] or 0) + 1 if row else 1
+            payload = checkpoint_payload(replica, n, at, heads)
+            cp = Checkpoint(
+                replica, n, at, heads, key_id(key.public_key()), key.sign(payload).hex()
+            )
+            cur.execute(
+                "INSERT INTO audit_checkpoints (replica, n, at, heads, kid, signature) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (replica, n) DO NOTHING",
+                (cp.replica, cp.n, cp.at, canonical_json(_heads_json(heads)), cp.kid, cp.signature),
+            )
+        return cp
+
+    def _heads(self, cur: Cursor) -> Heads:
+        rows = cur.execute(
+            "SELECT r.replica, r.seq, r.hash FROM audit_records r JOIN "
+            "(SELECT replica, max(seq) AS seq FROM audit_records GROUP BY replica) h "
+            "ON r.replica = h.replica AND r.seq = h.seq"
+        ).fetchall()
+        return {str(r): (int(s), str(h)) for r, s, h in rows}
+
+    # -- reading ---------------------------------------------------------------------------
+    def search(
+        self,
+        *,
+        dag: str | None = None,
+        run: str | None = None,
+        decision: str | None = None,
+        event: str | None = None,
+        resource: str | None = None,
+        replica: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[AuditRow]:
+        """Newest ``limit`` rows of all replicas matching every filter, oldest first."""
+        where: list[str] = []
+        args: list[object] = []
+        for col, val in (
+            ("dag_id", dag),
+            ("run_id", run),
+            ("decision", decision),
+            ("event", event),
+            ("resource", resource),
+            ("replica", replica),
+        ):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(float(since))
+        sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+        with self.db.read() as cur:
+            rows = cur.execute(
+                f"{sql} ORDER BY ts DESC, replica DESC, seq DESC LIMIT ?", (*args, int(limit))
+            ).fetchall()
+        return [_row(r) for r in reversed(rows)]
+
+    def replicas(self) -> list[str]:
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT replica FROM audit_records GROUP BY replica "
+                "UNION SELECT replica FROM audit_checkpoints GROUP BY replica"
+            ).fetchall()
+        return sorted(str(r[0]) for r in rows)
+
+    def _chain(self, replica: str) -> Iterator[AuditRow]:
+        after = 0
+        while True:
+            with self.db.read() as cur:
+                page = cur.execute(
+                    f"{_SELECT} WHERE replica = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    (replica, after, _PAGE),
+                ).fetchall()
+            for r in page:
+                yield _row(r)
+            if len(page) < _PAGE:
+                return
+            after = int(page[-1][1])
+
+    def _checkpoints(self) -> list[Checkpoint]:
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT replica, n, at, heads, kid, signature FROM audit_checkpoints "
+                "ORDER BY replica, n"
+            ).fetchall()
+        return [_checkpoint(r) for r in rows]
+
+    # -- verify ----------------------------------------------------------------------------
+    def verify(self, public_key: Ed25519PublicKey | None) -> VerifyResult:
+        """Check every replica's chain and every checkpoint (see the module docstring).
+
+        ``public_key`` None: signatures are not checked (the heads they name still are)."""
+        checkpoints = self._checkpoints()
+        kid = key_id(public_key) if public_key is not None else None
+        # every (replica, seq) a checkpoint names, with the hash it must have, and who named it
+        named: dict[tuple[str, int], tuple[str, Checkpoint]] = {}
+        expected_n: dict[str, int] = {}
+        for cp in checkpoints:
+            want = expected_n.get(cp.replica, 0) + 1
+            if cp.n != want:
+                return _broken(
+                    cp.replica, 0, f"checkpoint {want} of replica {cp.replica} is missing", 0
+                )
+            expected_n[cp.replica] = cp.n
+            if public_key is not None:
+                if cp.kid != kid:
+                    return _broken(
+                        cp.replica, 0,
+                        f"checkpoint {cp.n} is signed by key {cp.kid}, not the gateway's ({kid})",
+                        0,
+                    )  # fmt: skip
+                try:
+                    public_key.verify(bytes.fromhex(cp.signature), cp.payload())
+                except (InvalidSignature, ValueError):
+                    return _broken(cp.replica, 0, f"checkpoint {cp.n}: bad signature", 0)
+            for rep, (seq, h) in cp.heads.items():
+                if seq > 0:
+                    named[(rep, seq)] = (h, cp)
+        checked = 0
+        replicas = sorted({*self.replicas(), *(rep for rep, _ in named)})
+        for replica in replicas:
+            result, n = _verify_chain(replica, self._chain(replica), named)
+            checked += n
+            if result is not None:
+                return VerifyResult(
+                    False, checked, result[0], f"replica {replica}: {result[1]}", replica,
+                    len(checkpoints),
+                )  # fmt: skip
+        return VerifyResult(True, checked, checkpoints=len(checkpoints))
+
+
+def _verify_chain(
+    replica: str,
+    rows: Iterator[AuditRow],
+    named: dict[tuple[str, int], tuple[str, Checkpoint]],
+) -> tuple[tuple[int, str] | None, int]:
+    """((first bad seq, problem) or None, rows checked) for one replica's chain."""
+    expected, prev, checked = 1, GENESIS, 0
+    for row in rows:
+        if row.seq != expected:
+            return (expected, f"missing row(s): expected seq {expected}, found {row.seq}"), checked
+        if row.prev_hash != prev:
+            return (row.seq, "prev_hash does not match the previous row"), checked
+        if chain_hash(prev, row, row.seq) != row.hash:
+            return (row.seq, "hash mismatch (row edited)"), checked
+        want = named.pop((replica, row.seq), None)
+        if want is not None and want[0] != row.hash:
+            cp = want[1]
+            return (
+                row.seq,
+                f"hash differs from checkpoint {cp.n} of replica {cp.replica} (chain rewritten)",
+            ), checked
+        prev, expected, checked = row.hash, expected + 1, checked + 1
+    beyond = sorted(seq for rep, seq in named if rep == replica)
+    if beyond:
+        cp = named[(replica, beyond[-1])][1]
+        return (
+            expected,
+            f"truncated: checkpoint {cp.n} of replica {cp.replica} names seq {beyond[-1]}, "
+            f"the shipped chain ends at {expected - 1}",
+        ), checked
+    return None, checked
+
+
+def _broken(replica: str, seq: int, problem: str, checked: int) -> VerifyResult:
+    return VerifyResult(False, checked, seq or None, f"replica {replica}: {problem}", replica)
+
+
+def _insert_values(rows: int) -> str:
+    marks = f"({', '.join('?' * len(_SHIPPED_COLUMNS))})"
+    return _INSERT_HEAD + "VALUES " + ", ".join([marks] * rows) + _CONFLICT
+
+
+def _columns(r: AuditRow) -> tuple[object, ...]:
+    vals: list[object] = [r.seq]
+    for name in RECORD_FIELDS:
+        v = getattr(r, name)
+        vals.append(canonical_json(v) if name == "detail" else v)
+    return (*vals, r.prev_hash, r.hash)
+
+
+def _row(r: tuple[Any, ...]) -> AuditRow:
+    row = row_from_columns(r[1:])
+    row.replica = str(r[0])
+    return row
+
+
+def _checkpoint(r: tuple[Any, ...]) -> Checkpoint:
+    replica, n, at, heads_text, kid, signature = r
+    heads = {str(k): (int(v[0]), str(v[1])) for k, v in json.loads(heads_text).items()}
+    return Checkpoint(str(replica), int(n), float(at), heads, str(kid), str(signature))
+
+
+def signing_key(seed: bytes) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def public_key(seed: bytes) -> Ed25519PublicKey:
+    return signing_key(seed).public_key()
+
+
+__all__ = [
+    "DOMAIN",
+    "MIGRATIONS",
+    "Checkpoint",
+    "SharedTrail",
+    "checkpoint_payload",
+    "key_id",
+    "public_key",
+    "signing_key",
+]

@@ -1,0 +1,229 @@
+"""The shipper: copies this replica's committed chain rows to the shared trail, signs
+checkpoints of every chain head, and never holds up the local chain.
+
+One thread, next to whoever owns the local chain (the writer process, or the writer thread's
+process). It only *reads* ``audit.db`` (its own read-only connection, WAL: the writer is never
+blocked), so PostgreSQL being slow or down changes nothing for the data path: the journal and
+the local chain work as before, refusals and admissions go on, and rows wait in ``audit.db``
+until shipping resumes (retried with a capped backoff; the lag is in the status file,
+:func:`lockgate.audit.shipping.ship_lag`).
+
+Position: at (re)connection the shipper reads the highest seq PostgreSQL holds for this
+replica and checks that the local chain has that very row (same hash). A replica restarted
+on its data_dir (a crashed one's successor) therefore replays its journal locally (the
+writer does, at start) and ships exactly what is missing; a crash mid-batch re-ships rows
+PostgreSQL ignores (``ON CONFLICT DO NOTHING``). If PostgreSQL holds a row the local chain
+does not (the same ``replica_id`` on another data_dir), nothing is shipped and the error is
+logged and reported: two chains must never be mixed under one name.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lockgate import _log
+from lockgate.audit import chain
+from lockgate.audit.door import LOG_EVERY, describe
+from lockgate.audit.shipping import AuditShipping, write_status
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from lockgate.audit.shared import Heads
+    from lockgate.audit.shared import SharedTrail as SharedTrailT
+    from lockgate.store import Database
+
+log = _log.get("audit.ship")
+
+MAX_BACKOFF = 5.0  # seconds between attempts while PostgreSQL fails
+_IDLE = 0.2  # seconds between looks at the local chain when nothing was waiting
+
+
+class ChainMismatch(Exception):
+    """PostgreSQL holds, under this replica's name, a row the local chain does not."""
+
+
+class Shipper:
+    """Ship ``db_path``'s chain as ``shipping.replica_id`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        shipping: AuditShipping,
+        *,
+        database: Callable[[], Database] | None = None,
+        batch_size: int = 1_000,
+        idle: float = _IDLE,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.shipping = shipping
+        self.replica = shipping.replica_id
+        self.batch_size = batch_size
+        self.idle = idle
+        self._open_database = database or self._postgres
+        self._owns_database = database is None  # a given one is the caller's to close
+        self._db: Database | None = None
+        self._trail: SharedTrailT | None = None
+        self._local: sqlite3.Connection | None = None
+        self._position: int | None = None  # highest seq PostgreSQL holds (None: ask it)
+        self.shipped_seq = 0
+        self.error: str | None = None
+        self._last_checkpoint = 0.0
+        self._checkpointed_heads: Heads | None = None
+        self._key: Ed25519PrivateKey | None = None
+        self._drain = 2.0
+        if shipping.signing_key is not None:
+            from lockgate.audit.shared import signing_key
+
+            self._key = signing_key(shipping.signing_key)
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lockgate-audit-ship", daemon=True)
+
+    def _postgres(self) -> Database:
+        from lockgate.store import PostgresDatabase
+
+        return PostgresDatabase(self.shipping.settings, replica_id=self.replica)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def kick(self) -> None:
+        """Something was committed: look now rather than at the next idle tick."""
+        self._kick.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ship what is committed (for up to ``timeout``), then stop."""
+        self._drain = timeout
+        self._stop.set()
+        self._kick.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout + 2.0)
+
+    # -- thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.0
+        last_warn = 0.0
+        deadline: float | None = None  # stopping: ship what is committed until then
+        try:
+            while True:
+                if self._stop.is_set() and deadline is None:
+                    deadline = time.monotonic() + self._drain
+                try:
+                    moved = self.ship_once()
+                    if self._key is not None:
+                        self.checkpoint(force=deadline is not None and not moved)
+                except Exception as exc:  # PostgreSQL down, a mismatch, a bug: report, retry
+                    self._failed(exc)
+                    now = time.monotonic()
+                    if now - last_warn > LOG_EVERY:
+                        last_warn = now
+                        log.error(
+                            "audit shipping failed; the local chain keeps every record",
+                            extra={"fields": {"replica": self.replica, "error": self.error}},
+                        )
+                    if deadline is not None:
+                        return  # the rest waits in the local chain for the next start
+                    backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF)
+                    self._stop.wait(backoff)
+                    continue
+                if self.error is not None:
+                    log.warning("audit shipping recovered", extra={"fields": {"was": self.error}})
+                    self.error = None
+                    write_status(self.db_path, self.replica, self.shipped_seq, None)
+                backoff = 0.0
+                if deadline is not None and (not moved or time.monotonic() >= deadline):
+                    return
+                if not moved:
+                    self._kick.wait(self.idle)
+                    self._kick.clear()
+        finally:
+            self.close()
+
+    def ship_once(self) -> bool:
+        """Ship the next batch of committed rows; True when something was shipped."""
+        trail = self._shared()
+        if self._position is None:
+            self._position = self._check_position(trail)
+            self.shipped_seq = self._position
+            write_status(self.db_path, self.replica, self.shipped_seq, None)
+        rows = chain.rows_after(self._local_conn(), self._position, self.batch_size)
+        if not rows:
+            return False
+        trail.ship(self.replica, rows, time.time())
+        self._position = self.shipped_seq = rows[-1].seq
+        write_status(self.db_path, self.replica, self.shipped_seq, None)
+        return True
+
+    def checkpoint(self, *, force: bool = False) -> None:
+        """Sign the heads of every chain when ``checkpoint_interval`` has passed (or
+        ``force``) and some head moved since this shipper's last checkpoint."""
+        now = time.monotonic()
+        if not force and now - self._last_checkpoint < self.shipping.checkpoint_interval:
+            return
+        trail = self._shared()
+        heads = trail.heads()
+        if heads and heads != self._checkpointed_heads:  # an idle trail adds no rows
+            assert self._key is not None
+            trail.write_checkpoint(self.replica, self._key, time.time())
+            self._checkpointed_heads = heads
+        self._last_checkpoint = now
+
+    def _check_position(self, trail: SharedTrailT) -> int:
+        seq, h = trail.shipped_head(self.replica)
+        if seq == 0:
+            return 0
+        conn = self._local_conn()
+        row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+        if row is None or str(row[0]) != h:
+            raise ChainMismatch(
+                f"PostgreSQL holds seq {seq} of replica {self.replica!r} with "
+                + ("no such row" if row is None else "another hash")
+                + " in the local chain: is this replica_id used by another data_dir?"
+            )
+        return seq
+
+    def _shared(self) -> SharedTrailT:
+        if self._trail is None:
+            from lockgate.audit.shared import DOMAIN, MIGRATIONS, SharedTrail
+            from lockgate.store import migrate
+
+            db = self._open_database()
+            try:
+                migrate(db, DOMAIN, MIGRATIONS, allowed=self.shipping.settings.migrate_on_start)
+            except BaseException:
+                db.close()
+                raise
+            self._db, self._trail = db, SharedTrail(db)
+        return self._trail
+
+    def _local_conn(self) -> sqlite3.Connection:
+        if self._local is None:
+            self._local = chain.connect(self.db_path, readonly=True)
+        return self._local
+
+    def _failed(self, exc: Exception) -> None:
+        self.error = describe(exc)
+        self._position = None  # ask PostgreSQL again: a failed batch may have committed
+        if isinstance(exc, sqlite3.Error) and self._local is not None:
+            self._local.close()
+            self._local = None
+        write_status(self.db_path, self.replica, self.shipped_seq, self.error)
+
+    def close(self) -> None:
+        """Close the connections (the thread does at its end; for callers of ship_once)."""
+        if self._local is not None:
+            self._local.close()
+            self._local = None
+        if self._db is not None and self._owns_database:
+            self._db.close()
+        self._db = None
+        self._trail = None
+
+
+__all__ = ["ChainMismatch", "Shipper"]
