@@ -84,8 +84,6 @@ def test_python_satisfies_requires_python() -> None:
     low = re.fullmatch(r">=(\d+)\.(\d+)", project["requires-python"])
     assert low is not None
     assert (int(version[1]), int(version[2])) >= (int(low[1]), int(low[2]))
-    # and it is the Python CI runs the tests with
-    assert (int(version[1]), int(version[2])) == sys.version_info[:2]
 
 
 def test_its_pip_steps_are_the_ones_ci_runs() -> None:
