@@ -125,7 +125,16 @@ class Readiness:
     def refresh_stored(self) -> None:
         """Run the checks that read storage now (blocking: the gateway calls it in a worker
         thread when state is shared)."""
-        self._disk = (self._clock(), self._credentials_check(), self._keys_check())
+        try:
+            credentials = self._credentials_check()
+        except StoreUnavailable as exc:
+            # The shared database out of reach is the shared_state check's to judge (within
+            # its bound the gateway serves from memory): keep the last answer while there is one.
+            if self._disk is not None:
+                credentials = self._disk[1]
+            else:
+                credentials = f"cannot list the stored credentials: {exc}"
+        self._disk = (self._clock(), credentials, self._keys_check())
 
     # -- checks -----------------------------------------------------------------------------
     def _audit_check(self) -> str:
@@ -159,10 +168,7 @@ class Readiness:
     def _credentials_check(self) -> str:
         if not self._needed:
             return OK
-        try:
-            stored = set(self._credentials.names())
-        except StoreUnavailable as exc:
-            return f"cannot list the stored credentials: {exc}"
+        stored = set(self._credentials.names())
         missing = [
             f"{name} (resource {', '.join(resources)})"
             for name, resources in self._needed.items()
@@ -179,7 +185,7 @@ class Readiness:
             return "no current signing key"
         if self._keys.public_key(key.kid) is None:
             return f"current signing key {key.kid} is retired"
-        key_dir = getattr(self._keys, "dir", None)
+        key_dir = self._keys.dir
         if key_dir is None:  # keys kept in the shared database, not in files
             return OK
         for path in (key_dir / "index.json", key_dir / f"{key.kid}.pem"):

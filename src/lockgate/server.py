@@ -23,6 +23,14 @@ The durable parts alone (keys, revocations, credentials, audit, policy files) ar
 Background loops pick up what the CLI changes in another process: revocations and mint
 blocks five times a second (so they hold on every worker within well under a second),
 rotated credentials and keys and policy files about once a second.
+
+With shared state (``state: {postgresql: ...}``) the stores follow the database's change
+versions (LISTEN/NOTIFY plus a catch-up poll, :meth:`State.start_watching`), and every
+reload runs in a worker thread, never on the event loop: revocations, signing keys and
+credentials are checked five times a second, so a change made on another replica holds
+here within a second (newly revoked tokens lose their dynamic database roles at once, and
+their open CQL/PostgreSQL sessions at their next statement). How long memory may serve
+while the database is out of reach: :mod:`lockgate.identity.staleness`.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from lockgate.gateway.engine import Collaborators, Engine
 from lockgate.gateway.listeners import server_ssl_context
 from lockgate.identity import TokenIssuer, TokenVerifier
 from lockgate.identity.revocation import REFRESH_INTERVAL as REVOCATION_REFRESH
+from lockgate.identity.staleness import StalenessBound
 from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
 from lockgate.readiness import Readiness
 from lockgate.state import State
@@ -88,17 +97,21 @@ class Gateway:
             else self.state.audit_log()
         )
         self.policy = self.state.policy_store()
+        # None with SQLite state; else how long decisions may rest on memory alone
+        self.staleness = StalenessBound.for_config(config, self.state.revocations.database)
         self.readiness = Readiness(
             config,
             audit=self.audit,
             policy=self.policy,
             credentials=self.state.credentials,
             keys=self.state.keys,
+            staleness=self.staleness,
         )
         self.issuer = TokenIssuer(self.state.keys, config.issuer_url)
         self.verifier = TokenVerifier(
-            self.state.keys, self.state.revocations, config.issuer_url, config.tokens.leeway
-        )
+            self.state.keys, self.state.revocations, config.issuer_url, config.tokens.leeway,
+            staleness=self.staleness,
+        )  # fmt: skip
         # every door that mints asks it (the token service, poll tokens, database roles)
         self.mint_policy = MintPolicy(config, self.policy, self.state.revocations)
         self.token_audit = TokenAudit(self.audit)
@@ -288,7 +301,10 @@ class Gateway:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        self.state.start_watching()  # shared state: follow other replicas' changes
         self.broker = CredentialBroker(self.config, self.state.credentials, None)
+        if self.state.shared:  # probes only read what the background checks found
+            await asyncio.to_thread(self.readiness.refresh_stored)
         self.policy.reload_if_changed()
         if self.policy.last_error:
             log.error("policy not loaded", extra={"fields": {"error": self.policy.last_error}})
@@ -318,17 +334,36 @@ class Gateway:
         )
 
     async def _refresh_revocations(self) -> None:
-        # One PRAGMA when nothing changed: revocations by the CLI or another worker are
-        # enforced here within REVOCATION_REFRESH seconds.
-        changed = self.state.revocations.refresh()
+        # One version read when nothing changed: revocations by the CLI, another worker or
+        # another replica are enforced here within REVOCATION_REFRESH seconds.
+        if self.state.shared:
+            changed = await asyncio.to_thread(self._reload_shared)
+        else:
+            changed = self.state.revocations.refresh()
         if self.db_roles is not None:  # their roles go with the newly revoked tokens
             self.db_roles.after_refresh(changed)
+        if self.state.shared and self.broker is not None:
+            await self.broker.poll()  # a credential rotated on another replica (off the loop)
+
+    def _reload_shared(self) -> bool:
+        """Blocking (a worker thread): the revocations and signing keys of the shared
+        database, each on its own so one failing holds back neither. True if the
+        revocations reloaded."""
+        changed = self.state.revocations.refresh()
+        try:
+            self.state.keys.reload()  # a version read when nothing moved
+        except Exception:
+            log.exception("signing keys not reloaded from the shared state")
+        return changed
 
     async def _refresh(self) -> None:
-        self.state.keys.maybe_reload()
+        if self.state.shared:  # keys and credentials follow the revocations' faster tick
+            await asyncio.to_thread(self.readiness.refresh_stored)
+        else:
+            self.state.keys.maybe_reload()
+            if self.broker is not None:
+                self.broker.refresh()
         self.policy.reload_if_changed()
-        if self.broker is not None:
-            self.broker.refresh()
 
     async def _every(self, interval: float, fn: Any) -> None:
         while True:
@@ -352,6 +387,7 @@ class Gateway:
             await self.broker.close()
         self.audit.flush(2.0)
         self.audit.close()
+        self.state.close()
 
     async def serve_forever(self) -> None:
         """Serve until SIGINT or SIGTERM, then stop cleanly (drains the audit trail);
