@@ -6,6 +6,7 @@ master key of every replica must be the one the shared state was set up with."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import threading
 import time
@@ -148,7 +149,7 @@ def test_shared_state_needs_the_master_key_given(tmp_path: Path, key: bytes) -> 
     assert not (tmp_path / "master.key").exists()  # never a per-replica key
     key_file = tmp_path / "secrets" / "master-key"
     key_file.parent.mkdir()
-    key_file.write_text(__import__("base64").b64encode(key).decode() + "\n")
+    key_file.write_text(base64.b64encode(key).decode() + "\n")
     key_file.chmod(0o600)
     assert load_or_create_master_key(tmp_path, env={}, key_file=key_file, shared=True) == key
     key_file.chmod(0o640)
@@ -196,3 +197,22 @@ async def test_broker_uses_a_rotation_by_another_replica_without_a_failed_reques
     assert all(value == "v2" for t, value in seen if t > first_new)  # never back to v1
     assert await broker.poll() is False  # caught up: the tick finds nothing to do
     await broker.close()
+
+
+def test_key_file_in_a_secret_volume_layout_is_followed_inside_it_only(
+    tmp_path: Path, key: bytes
+) -> None:
+    # Kubernetes: <mount>/master.key -> ..data/master.key, ..data -> ..2026_01_01/
+    mount = tmp_path / "secret"
+    (mount / "..2026_01_01").mkdir(parents=True)
+    real = mount / "..2026_01_01" / "master.key"
+    real.write_text(base64.b64encode(key).decode() + "\n")
+    real.chmod(0o400)
+    (mount / "..data").symlink_to("..2026_01_01")
+    (mount / "master.key").symlink_to("..data/master.key")
+    assert load_or_create_master_key(tmp_path, env={}, key_file=mount / "master.key") == key
+    (tmp_path / "other").mkdir()
+    outside = tmp_path / "other" / "master.key"
+    outside.symlink_to(real)  # a link out of its own directory is not followed
+    with pytest.raises(CredentialError, match="cannot open"):
+        load_or_create_master_key(tmp_path, env={}, key_file=outside)

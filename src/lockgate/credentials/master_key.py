@@ -5,7 +5,9 @@ Where it comes from, first match wins:
 1. ``LOCKGATE_MASTER_KEY``: base64 of 32 random bytes (from a secret manager, a Kubernetes
    secret ...). Nothing is written to disk.
 2. ``master_key_file`` (top-level setting): a file holding the same base64 text, e.g. a
-   mounted secret. Never created; it must exist.
+   mounted secret. Never created; it must exist. Symlinks that stay inside its directory
+   (a Kubernetes Secret volume's ``..data/``) are followed; the mode rule below holds (use
+   ``defaultMode: 0400`` and no group-readable ``fsGroup`` bits on that volume).
 3. ``<data_dir>/master.key``: base64 text, created on first start with mode 0600 inside a
    0700 directory. Only with SQLite state: with shared state (PostgreSQL) every replica must
    be given the same key, so a per-replica file is never created.
@@ -66,7 +68,7 @@ def load_or_create_master_key(
     if raw:
         return decode_key(raw, f"${ENV_VAR}")
     if key_file is not None:
-        return _read(Path(key_file))
+        return _read(_mounted(Path(key_file)))
     if shared:
         raise CredentialError(
             "shared state (state: postgresql) needs the master key given, the same on every "
@@ -123,6 +125,18 @@ def _create(path: Path) -> None:
         "created a new master key; back it up, stored credentials cannot be read without it",
         extra={"fields": {"path": str(path)}},
     )
+
+
+def _mounted(path: Path) -> Path:
+    """``path`` with symlinks resolved while they stay in its own directory: a Kubernetes
+    Secret volume links ``master.key -> ..data/master.key`` (for atomic updates). A link
+    leading anywhere else is left alone, and refused when opened."""
+    try:
+        target = path.resolve(strict=True)
+        home = path.parent.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return path  # opening it names the problem
+    return target if target.is_relative_to(home) else path
 
 
 def _read(path: Path) -> bytes:

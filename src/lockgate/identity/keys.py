@@ -51,12 +51,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from lockgate import _log
 from lockgate.errors import ConfigError, LockgateError
-from lockgate.store import Database
+from lockgate.store import Database, PostgresDatabase
 
 KID_RE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")  # base64url of a SHA-256 digest, no padding
 _INDEX = "index.json"
-#: Publish-to-sign delay of shared keys: past the catch-up poll (1 s by default) twice plus
-#: the server's 1 s tick, so a lost notification still leaves every replica time to load it.
+#: Publish-to-sign delay of shared keys, at least: past two catch-up polls (1 s by default)
+#: plus a 1 s tick, so a lost notification still leaves every replica time to load the key.
 SHARED_ACTIVATION_DELAY = 3.0
 
 log = _log.get("identity")
@@ -162,7 +162,7 @@ class KeyStore:
             self.dir = None
             self._backend = KeyTable(source, master_key, migrate_schema=migrate_schema)
         if activation_delay is None:
-            activation_delay = SHARED_ACTIVATION_DELAY if self._backend.shared else 0.0
+            activation_delay = _default_activation_delay(source) if self._backend.shared else 0.0
         self.activation_delay = activation_delay
         self._last_reload = float("-inf")
         # Apart from _mutex, which a reload holds across its query: the data path only ever
@@ -439,6 +439,12 @@ class KeyFiles:
                 del keys[kid]
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / f"{kid}.pem").unlink()
+
+
+def _default_activation_delay(db: Path | Database) -> float:
+    settings = db.settings if isinstance(db, PostgresDatabase) else None
+    poll = settings.catch_up_interval if settings is not None else 1.0
+    return max(SHARED_ACTIVATION_DELAY, 2 * poll + 1)
 
 
 def _generate(now: float, activate_at: float | None = None) -> SigningKey:
