@@ -10,6 +10,10 @@ pipeline against policy and calls ARM with its own Entra ID credential.
 
 - ``adf_load_orders``: starts ``load_orders`` without waiting, then a sensor polls the run
   to Succeeded.
+- ``adf_load_orders_deferred``: the same pipeline with ``deferrable=True``: the task starts
+  the run and frees its worker slot; the triggerer watches the run with a Lockgate *poll
+  token*, which may only read (and cancel) pipeline runs this deployment's tasks started
+  through Lockgate (policy grants it to ``airflow:prod/*/@poll``: examples/policies/adf.yaml).
 - ``adf_drop_everything``: ``drop_everything`` is granted to no one; the gateway refuses
   the createRun and the task log says why.
 """
@@ -44,6 +48,17 @@ with DAG("adf_load_orders", **COMMON):
         run_id=run.output["run_id"],
         poke_interval=1,
         timeout=300,
+        execution_timeout=timedelta(minutes=10),
+    )
+
+with DAG("adf_load_orders_deferred", **COMMON):
+    AzureDataFactoryRunPipelineOperator(
+        task_id="run_load_orders",
+        **FACTORY,
+        pipeline_name="load_orders",
+        parameters={"day": "{{ ds }}"},
+        deferrable=True,
+        check_interval=1,
         execution_timeout=timedelta(minutes=10),
     )
 

@@ -1,12 +1,13 @@
-"""Real Airflow 3: Data Factory's extra link, and deferrable ADF and HTTP operators whose
-conn_ids offer no poll tokens.
+"""Real Airflow 3: Data Factory's extra link, and deferrable ADF and HTTP operators run by
+Airflow's trigger runner (``dag.test()`` runs each trigger inline, as the triggerer would).
 
 - A successful ``AzureDataFactoryRunPipelineOperator`` pushes its "Monitor Pipeline Run"
   link (built after the task body, outside its context) and logs no ERROR.
-- ``deferrable=True`` on ADF fails at the task's first lookup, before createRun: no run is
-  started upstream (so a retry cannot start a duplicate), and the reason is at ERROR.
-- ``deferrable=True`` on ``HttpOperator`` fails in the trigger with the reason at ERROR,
-  and no request reaches the upstream.
+- ``deferrable=True`` on ADF (examples/dags/adf_pipelines.py): the task starts the run
+  once, the trigger polls it with a poll token (task ``@poll``) through the identity
+  endpoint and the forward proxy, and the task succeeds.
+- ``deferrable=True`` on ``HttpOperator``: the trigger sends the request with a token of the
+  deferred task try itself (the task's principal, audited as such), and the task succeeds.
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ with DAG("finance_deferred", **COMMON):
 """
 
 
+# What a deployment grants its triggerer: poll tokens read (and cancel) the pipeline runs its
+# tasks started through Lockgate; the profile refuses them everything else.
+TRIGGERER_POLICY = """
+rules:
+  - id: test-adf-triggerer-polls
+    effect: allow
+    principals: ["airflow:prod/*/@poll"]
+    actions: [read, run]
+    resources: ["arm"]
+    objects: ["factory:adf-prod/pipeline:*"]
+"""
+
+
 class DeferralStack(AdfStack):
     """The ADF stack with the example ADF DAGs and the deferrable ones in its DAG folder."""
 
@@ -62,9 +76,17 @@ class DeferralStack(AdfStack):
         self.dags.mkdir()
         shutil.copy(REPO_ROOT / "examples" / "dags" / "adf_pipelines.py", self.dags)
         (self.dags / "deferred.py").write_text(DEFERRABLE_DAGS, encoding="utf-8")
+        adf_policy = (self.workdir / "policies" / "adf.yaml").read_text(encoding="utf-8")
+        if "@poll" not in adf_policy:
+            (self.workdir / "policies" / "adf_triggerer.yaml").write_text(
+                TRIGGERER_POLICY, encoding="utf-8"
+            )
 
     def airflow_env(self, airflow_home: Path, dags_folder: Path | None = None) -> dict[str, str]:
-        return super().airflow_env(airflow_home, dags_folder or self.dags)
+        env = super().airflow_env(airflow_home, dags_folder or self.dags)
+        # the trigger's clients are aiohttp's, which read the trust store from SSL_CERT_FILE
+        env["SSL_CERT_FILE"] = str(self.bundle)
+        return env
 
 
 @pytest.fixture(scope="module")
@@ -103,22 +125,38 @@ def test_a_successful_adf_run_pushes_its_monitor_link_and_logs_no_error(
     assert "factories/adf-prod" in link
 
 
-def test_deferrable_adf_and_http_fail_before_anything_starts_with_the_reason_at_error(
+def test_deferrable_adf_and_http_succeed_through_their_triggers(
     deferral: DeferralStack, airflow_home: Path
 ) -> None:
-    runs_before = len(deferral.adf.runs)
     creates_before = len(deferral.adf.calls("createRun"))
     orders_seen = len(deferral.upstream.seen)
-    results, output = run_dags(deferral, airflow_home, ["adf_deferred", "finance_deferred"])
+    results, output = run_dags(
+        deferral, airflow_home, ["adf_load_orders_deferred", "finance_deferred"]
+    )
     by = {r["dag_id"]: r for r in results}
-    assert _state(by["adf_deferred"]) == "failed", output[-6000:]
-    assert _state(by["finance_deferred"]) == "failed", output[-6000:]
-    # ADF: refused at the first lookup, before createRun: no pipeline run was started
-    assert len(deferral.adf.runs) == runs_before
-    assert len(deferral.adf.calls("createRun")) == creates_before
-    assert "runs with deferrable=True" in output and "offers no poll tokens" in output
-    # HTTP: the trigger was refused with the reason, not "conn_id ... isn't defined"
-    assert "asked for outside a task try" in output
-    assert len(deferral.upstream.seen) == orders_seen
-    errors = "\n".join(_task_log_errors(output))
-    assert "deferrable=True" in errors and "deferrable=False" in errors, errors[-4000:]
+    assert _state(by["adf_load_orders_deferred"]) == "success", output[-8000:]
+    assert _state(by["finance_deferred"]) == "success", output[-8000:]
+    assert "running trigger in line" in output  # both deferred, and their triggers ran
+    # The provider's async ADF hook closes its client but never the DefaultAzureCredential it
+    # built, whose aiohttp session asyncio then reports at shutdown: any managed identity
+    # does that, Lockgate's or Azure's.
+    errors = [e for e in _task_log_errors(output) if "Unclosed c" not in e]
+    assert not errors, errors
+    # ADF: one run started, by the task; polled by the trigger with a poll token
+    assert len(deferral.adf.calls("createRun")) == creates_before + 1
+    deferral.gateway.audit.flush(5.0)
+    arm = deferral.gateway.audit.search(resource="arm", event="allowed")
+    started = [r for r in arm if r.dag_id == "adf_load_orders_deferred" and r.action == "run"]
+    assert started and started[-1].task_id == "run_load_orders"
+    polled = [r for r in arm if r.task_id == "@poll" and r.action == "read"]
+    assert polled and all(r.object == "factory:adf-prod/pipeline:load_orders" for r in polled)
+    assert not [r for r in deferral.gateway.audit.search(resource="arm", event="denied")
+                if r.task_id == "@poll"]  # fmt: skip
+    # HTTP: the trigger's request reached the app as the deferred task itself
+    assert len(deferral.upstream.seen) == orders_seen + 1
+    served = [
+        r for r in deferral.gateway.audit.search(dag="finance_deferred", event="allowed")
+        if r.task_id == "read_orders"
+    ]  # fmt: skip
+    assert served and served[-1].principal == "airflow:prod/finance_deferred/read_orders"
+    assert served[-1].run_id == by["finance_deferred"]["run_id"]
