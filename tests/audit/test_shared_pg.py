@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from lockgate.audit import AuditLog, AuditReader, RemoteAuditLog
 from lockgate.audit.shared import SharedTrail
 from lockgate.audit.shipping import ship_lag
@@ -191,10 +189,11 @@ def test_postgres_down_then_up_catches_up(
         reader.close_shared()
 
 
-@pytest.mark.parametrize("seed", [None])
 def test_without_key_rows_ship_but_no_checkpoint(
-    tmp_path: Path, pg_state: SharedStateFactory, seed: bytes | None
+    tmp_path: Path, pg_state: SharedStateFactory
 ) -> None:
+    """No checkpoint names the tail; the replica's own chain still catches it cut short."""
+    seed = None
     settings = pg_state()
     db_path = tmp_path / "r1" / "audit.db"
     log = AuditLog(db_path, shipping=shipping("r1", settings, seed=seed))
@@ -206,5 +205,13 @@ def test_without_key_rows_ship_but_no_checkpoint(
     try:
         result = reader.verify()
         assert result.ok and result.checked == 5 and result.checkpoints == 0
+        db = PostgresDatabase(settings, replica_id="tamper")
+        try:
+            _sql(db, "DELETE FROM audit_records WHERE replica = 'r1' AND seq > 3")
+        finally:
+            db.close()
+        result = reader.verify()
+        assert (result.ok, result.replica, result.first_bad_seq) == (False, "r1", 4)
+        assert "truncated" in (result.problem or "")
     finally:
         reader.close_shared()

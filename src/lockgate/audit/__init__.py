@@ -4,7 +4,9 @@ Door: :class:`AuditLog` (write side in a thread, non-blocking, fail-closed; ``wr
 journals an allowed request's record before it is forwarded),
 :class:`RemoteAuditLog` (same contract, writing done by ``python -m lockgate.audit.writer``),
 :class:`AuditRecord`,
-:class:`AuditReader` (queries from any process), :func:`format_records` (CLI output).
+:class:`AuditReader` (queries from any process), :func:`format_records` (CLI output),
+:class:`AuditShipping` (with ``state: postgresql``: ship this replica's chain to the shared
+trail; :func:`checkpoint_key` derives its checkpoint signing key from the master key).
 
 Rooms: ``record`` (the record and its canonical hash form), ``chain`` (SQLite schema,
 append, verify), ``door`` (what both front doors share: numbering, write-ahead, awaited
@@ -12,7 +14,9 @@ writes, drops), ``log`` (writer thread), ``health`` (when to refuse), ``sinks`` 
 mirror), ``reader`` (queries), ``format`` (CLI rendering), ``wire`` (sender/writer framing),
 ``remote`` (sender side), ``writer_process`` (starts and restarts the writer process),
 ``writer`` (the writer process), ``journal`` (write-ahead journal, marks and replay after a
-crash).
+crash), ``shipping`` (what to ship, the checkpoint key, the lag), ``shipper`` (copies the
+local chain to PostgreSQL, signs checkpoints), ``shared`` (the shared tables: schema,
+search, verify across replicas).
 """
 
 from lockgate.audit.chain import VerifyResult
@@ -21,6 +25,7 @@ from lockgate.audit.log import AuditLog
 from lockgate.audit.reader import AuditReader
 from lockgate.audit.record import EVENTS, AuditRecord, AuditRow
 from lockgate.audit.remote import RemoteAuditLog
+from lockgate.audit.shipping import AuditShipping, ShipLag, checkpoint_key
 
 __all__ = [
     "EVENTS",
@@ -28,7 +33,10 @@ __all__ = [
     "AuditReader",
     "AuditRecord",
     "AuditRow",
+    "AuditShipping",
     "RemoteAuditLog",
+    "ShipLag",
     "VerifyResult",
+    "checkpoint_key",
     "format_records",
 ]

@@ -130,7 +130,36 @@ class AuditReader:
         if trail is None:
             return local
         key = self.shipping.signing_key
-        return trail.verify(public_key(key) if key is not None else None)
+        shared = trail.verify(public_key(key) if key is not None else None)
+        if not shared.ok:
+            return shared
+        return self._same_as_local(trail, shared)
+
+    def _same_as_local(self, trail: SharedTrail, shared: VerifyResult) -> VerifyResult:
+        """This replica's shipped rows must be the local chain's first rows, and all of
+        those the shipper reported shipped: a tail dropped in PostgreSQL after the newest
+        checkpoint shows here (the hash of the shipped head commits to every row before)."""
+        assert self.shipping is not None
+        replica = self.shipping.replica_id
+        seq, h = trail.shipped_head(replica)
+        problem: str | None = None
+        with self._conn() as conn:
+            local = None
+            if seq and conn is not None and _has_schema(conn):
+                row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+                local = str(row[0]) if row else None
+            if seq and local != h:
+                problem = f"shipped seq {seq} differs from this replica's local chain"
+        reported = ship_lag(self.db_path).shipped_seq
+        if problem is None and seq < reported:
+            problem = f"truncated: seq {reported} was shipped, PostgreSQL ends at {seq}"
+            seq += 1
+        if problem is None:
+            return shared
+        return VerifyResult(
+            False, shared.checked, seq, f"replica {replica}: {problem}", replica,
+            shared.checkpoints,
+        )  # fmt: skip
 
     def _verify_local(self, anchors: Iterable[tuple[int, str]]) -> VerifyResult:
         with self._conn() as conn:
