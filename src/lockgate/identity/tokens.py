@@ -279,10 +279,6 @@ class TokenVerifier:
             raise AuthenticationError("revoked", claims=claims)
 
     def _reload_keys(self) -> bool:
-        if self._staleness is not None:
-            # Shared keys: the gateway reloads them off the event loop five times a second,
-            # and a new key signs only after every replica has had time to publish it.
-            return False
         try:
             return self._keys.maybe_reload(self._reload_interval)
         except LockgateError as exc:
