@@ -4,6 +4,7 @@ and names the replica and the record."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,9 @@ from lockgate.audit import AuditRow, chain
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.shared import SharedTrail, public_key, signing_key
 from lockgate.audit.shipper import ChainMismatch
-from lockgate.audit.shipping import checkpoint_key, read_status, ship_lag
-from lockgate.store import Database, SqliteDatabase
-from tests.audit.shared_helpers import SEED, local_chain, ship_all, shipper_for
+from lockgate.audit.shipping import AuditShipping, checkpoint_key, read_status, ship_lag
+from lockgate.store import Cursor, Database, SqliteDatabase
+from tests.audit.shared_helpers import SEED, local_chain, ship_all, shipper_for, shipping
 
 
 @pytest.fixture
@@ -172,3 +173,57 @@ def test_lag_and_status(tmp_path: Path, shared: Database) -> None:
     lag = ship_lag(db_path)
     assert lag.records == 5 and lag.seconds >= 0.0
     assert read_status(db_path) is not None
+
+
+class _CrashingDatabase:
+    """The shared database, but the next shipping transaction dies before or after its
+    commit (a shipper killed mid-batch, or just after it)."""
+
+    def __init__(self, db: Database, when: str) -> None:
+        self._db = db
+        self.when = when
+        self.dialect = db.dialect
+        self.label = db.label
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        when, self.when = self.when, ""
+        if when == "before commit":
+            with self._db.transaction() as cur:
+                yield cur
+                raise ConnectionError("killed before commit")
+        with self._db.transaction() as cur:
+            yield cur
+        if when == "after commit":
+            raise ConnectionError("killed after commit")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+@pytest.mark.parametrize("when", ["before commit", "after commit"])
+def test_shipper_killed_mid_batch_loses_and_doubles_nothing(
+    tmp_path: Path, shared: Database, when: str
+) -> None:
+    db_path = tmp_path / "r1" / "audit.db"
+    local_chain(db_path, 25, "r1")
+    crashing = _CrashingDatabase(shared, "")
+    s = shipper_for(db_path, "r1", lambda: crashing, batch_size=10)  # type: ignore[return-value]
+    assert s.ship_once()  # seq 1..10
+    crashing.when = when
+    with pytest.raises(ConnectionError):
+        s.ship_once()  # seq 11..20, killed
+    s._failed(ConnectionError("killed"))  # what the thread does with it
+    ship_all(s)
+    with shared.read() as cur:
+        seqs = [r[0] for r in cur.execute("SELECT seq FROM audit_records ORDER BY seq").fetchall()]
+    assert seqs == list(range(1, 26))
+    assert _verify(SharedTrail(shared)).ok
+
+
+def test_shipping_settings_travel_without_showing_the_key() -> None:
+    s = shipping("r1")
+    assert SEED.hex() not in repr(s)
+    assert AuditShipping.from_json(s.to_json()) == s
+    assert checkpoint_key(bytes(32)) != checkpoint_key(bytes(31) + b"\x01")
+    assert checkpoint_key(bytes(32)) == checkpoint_key(bytes(32))
