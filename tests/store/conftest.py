@@ -4,7 +4,9 @@ PostgreSQL server (a fresh database each time)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -19,6 +21,14 @@ from lockgate.store import (
 )
 
 OpenDatabase = Callable[[], Database]
+T = TypeVar("T")
+
+
+def on_threads(work: Callable[[Database], T], handles: list[Database]) -> list[T]:
+    """``work(handle)`` on one thread per handle, all at once; the results (any order), or
+    the first exception a thread raised."""
+    with ThreadPoolExecutor(len(handles)) as pool:
+        return list(pool.map(work, handles))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -3,8 +3,6 @@ migration is not allowed; concurrent starts on one database apply each step once
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from lockgate.errors import StoreUnavailable
@@ -18,7 +16,7 @@ from lockgate.store import (
     register_domain,
     registered_domains,
 )
-from tests.store.conftest import OpenDatabase
+from tests.store.conftest import OpenDatabase, on_threads
 
 V1 = Migration(1, "widgets", "CREATE TABLE widgets (id TEXT PRIMARY KEY, size INTEGER NOT NULL)")
 V2 = Migration(2, "widget colour", "ALTER TABLE widgets ADD COLUMN colour TEXT")
@@ -66,22 +64,7 @@ def test_failed_step_applies_nothing(db: Database) -> None:
 
 
 def test_concurrent_starts_apply_each_step_once(open_db: OpenDatabase) -> None:
-    handles = [open_db() for _ in range(4)]
-    results: list[list[Migration]] = []
-    errors: list[BaseException] = []
-
-    def start(db: Database) -> None:
-        try:
-            results.append(migrate(db, "widgets", [V1, V2]))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start, args=(h,)) for h in handles]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = on_threads(lambda db: migrate(db, "widgets", [V1, V2]), [open_db() for _ in range(4)])
     assert sorted(len(r) for r in results) == [0, 0, 0, 2]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 
 # A quoted literal or identifier, or one character of anything else.
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|[^'\"]+|['\"]")
@@ -21,26 +22,25 @@ _DDL_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BLOB": "BYTEA"}
 _DDL_TYPE_WORD = re.compile(r"(?<=[\w\"])(\s+)(INTEGER|REAL|BLOB)\b")
 
 
+def _outside_quotes(text: str, change: Callable[[str], str]) -> str:
+    """``text`` with ``change`` applied to everything but its quoted parts."""
+    return "".join(
+        token if token[0] in "'\"" and len(token) > 1 else change(token)
+        for token in _TOKEN.findall(text)
+    )
+
+
 def to_postgres_params(sql: str) -> str:
-    """``?`` -> ``%s`` and ``%`` -> ``%%`` outside quotes (psycopg's placeholder style)."""
-    out: list[str] = []
-    for token in _TOKEN.findall(sql):
-        if token[0] in "'\"" and len(token) > 1:
-            out.append(token.replace("%", "%%"))
-        else:
-            out.append(token.replace("%", "%%").replace("?", "%s"))
-    return "".join(out)
+    """``?`` -> ``%s`` and ``%`` -> ``%%`` (psycopg's placeholder style); inside quotes
+    only ``%`` is doubled, which psycopg reads back as one."""
+    return _outside_quotes(sql.replace("%", "%%"), lambda part: part.replace("?", "%s"))
 
 
 def to_postgres_ddl(ddl: str) -> str:
     """SQLite column types to PostgreSQL's, outside quotes."""
-    out: list[str] = []
-    for token in _TOKEN.findall(ddl):
-        if token[0] in "'\"" and len(token) > 1:
-            out.append(token)
-        else:
-            out.append(_DDL_TYPE_WORD.sub(lambda m: m.group(1) + _DDL_TYPES[m.group(2)], token))
-    return "".join(out)
+    return _outside_quotes(
+        ddl, lambda part: _DDL_TYPE_WORD.sub(lambda m: m.group(1) + _DDL_TYPES[m.group(2)], part)
+    )
 
 
 def split_statements(script: str) -> list[str]:
