@@ -26,6 +26,7 @@ from lockgate.cli import main as lockgate_cli
 from lockgate.demo.run import run_dags
 from lockgate.demo.stack import EXAMPLE_DAGS, REPO_ROOT, LocalStack
 from lockgate.demo.standins.cosmos import CosmosFake, running_cosmos
+from lockgate.demo.systems import verified_cosmos_listener
 
 pytest.importorskip("airflow.providers.microsoft.azure", reason="the Azure provider")
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
@@ -72,6 +73,8 @@ class CosmosStack(LocalStack):
         doc["resources"].append(
             {"name": "orders-cosmos", "kind": "http", "upstream": self.fake.url.rstrip("/"),
              "credential": CREDENTIAL, "conn_id": "azure_cosmos_default", "profile": "cosmos",
+             # at an address the SDK verifies TLS for (it skips it for 127.0.0.1/localhost)
+             "listen": verified_cosmos_listener(self.workdir),
              "cosmos": {"database": "sales", "container": "orders", "partition_key": "eu"}}
         )  # fmt: skip
         doc["credentials"].append({"name": CREDENTIAL, "type": "static", "overlap": 600})
@@ -138,6 +141,8 @@ def test_stock_operator_sdk_denials_and_audit(cosmos: CosmosStack, airflow_home:
     hook_results, hook_output = run_dags(cosmos, airflow_home, ["finance_cosmos_hook_reads"])
     assert _state(hook_results[0]) == "success", hook_output[-4000:]
     assert "HOOK get_document order-1001 get_documents ['order-1001']" in hook_output
+    # the SDK verifies the gateway's certificate: no warning from a Lockgate-made connection
+    assert "InsecureRequestWarning" not in output + hook_output
     # the refusals reach the task log with the policy's reason
     assert "Lockgate denied write on sales/orders" in output
     assert "airflow:prod/finance_cosmos_write/insert_order" in output
