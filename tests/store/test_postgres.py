@@ -173,3 +173,29 @@ def test_close_stops_the_watcher(db: PostgresDatabase) -> None:
     db.close()
     assert not watcher.is_alive()
     assert time.monotonic() - start < 2
+
+
+def test_password_from_the_environment(
+    settings: PostgresStateSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert settings.password_file is not None
+    monkeypatch.setenv("TEST_LOCKGATE_DB_PASSWORD", settings.password_file.read_text().strip())
+    from_env = settings.model_copy(
+        update={"password_file": None, "password_env": "TEST_LOCKGATE_DB_PASSWORD"}
+    )
+    db = PostgresDatabase(from_env, replica_id="env")
+    try:
+        with db.read() as cur:
+            assert cur.execute("SELECT 1").fetchone() == (1,)
+        monkeypatch.delenv("TEST_LOCKGATE_DB_PASSWORD")
+        assert "TEST_LOCKGATE_DB_PASSWORD is not set" in str(db.unavailable(_connect_error(db)))
+    finally:
+        db.close()
+
+
+def _connect_error(db: PostgresDatabase) -> BaseException:
+    try:
+        db._connect_kwargs()
+    except psycopg.Error as exc:
+        return exc
+    raise AssertionError("expected the missing variable to fail the connection")

@@ -321,6 +321,7 @@ class PostgresDatabase:
                 continue
             try:
                 with conn:
+                    self._configure(conn)  # a hung server must not hang the poll either
                     conn.execute("LISTEN lockgate_state")  # CHANNEL
                     self._reload_versions(conn)  # whatever happened while we were away
                     backoff = _BACKOFF_FIRST
