@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,27 @@ DATABRICKS_JOB_101 = {
 def verified_cosmos_listener(workdir: Path) -> dict[str, Any]:
     """The ``listen`` block of a Cosmos resource served at :data:`COSMOS_HOST`, after
     re-issuing ``workdir``'s development TLS (``lockgate init``'s ``tls/``) with that address
-    in the certificate. Run it before anything copies ``tls/ca.pem`` (a new CA is made)."""
+    in the certificate. Run it before anything copies ``tls/ca.pem`` (a new CA is made).
+
+    Where that address is not configured (macOS has only 127.0.0.1 on its loopback by
+    default) the listener falls back to 127.0.0.1: the demo still runs, with the SDK's
+    warning."""
+    host = COSMOS_HOST if _can_bind(COSMOS_HOST) else "127.0.0.1"
     tls = workdir / "tls"
     paths = write_dev_tls(tls, hosts=["localhost", "127.0.0.1", COSMOS_HOST])
     bundle, proxy_ca = tls / "worker-bundle.pem", tls / "proxy-ca.pem"
     if bundle.exists():  # init's worker bundle: keep it trusting the new CA
         write_trust_bundle(bundle, [paths["ca"], *([proxy_ca] if proxy_ca.exists() else [])])
-    return {"host": COSMOS_HOST, "port": 0, "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem"}}
+    return {"host": host, "port": 0, "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem"}}
+
+
+def _can_bind(host: str) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, 0))
+        except OSError:
+            return False
+    return True
 
 
 def run_cql_as_superuser(node: CqlServer, text: str) -> None:
