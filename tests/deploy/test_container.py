@@ -5,6 +5,7 @@ script answers as it should against a running gateway."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 import shutil
@@ -60,6 +61,39 @@ def test_every_copied_file_exists() -> None:
             continue  # from the build stage
         for source in words[:-1]:
             assert (REPO / source).exists(), source
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether the ignore file (dockerignore rules: last match wins, ``!`` re-includes)
+    keeps ``path`` out of the build context."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern.lstrip("!").rstrip("/")
+        parts = Path(path).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(p, glob) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_the_ignore_file_sends_every_copied_file_and_little_else() -> None:
+    ignore = CONTAINERFILE.with_name("Containerfile.dockerignore")
+    patterns = [
+        x.strip()
+        for x in ignore.read_text(encoding="utf-8").splitlines()
+        if x.strip() and not x.startswith("#")
+    ]
+    for word, args in _instructions():
+        if word == "COPY" and not args.startswith("--from="):
+            for source in args.split()[:-1]:
+                assert not _ignored(source, patterns), source
+                if (REPO / source).is_dir():
+                    for f in (REPO / source).rglob("*.py"):
+                        rel = str(f.relative_to(REPO))
+                        assert not _ignored(rel, patterns), rel
+    for heavy in (".venv/bin/python", "tests/conftest.py", "tests/node/package.json"):
+        assert _ignored(heavy, patterns), heavy
 
 
 def test_the_build_is_multi_stage_non_root_and_read_only_ready() -> None:
