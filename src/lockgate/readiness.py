@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lockgate.audit import AuditLog, RemoteAuditLog
+from lockgate.audit import AuditLog, RemoteAuditLog, ShipLag
 from lockgate.config import LockgateConfig, ManagedIdentityCredential
 from lockgate.credentials import CredentialStore
 from lockgate.errors import AuditUnavailable, StoreUnavailable
@@ -59,6 +59,8 @@ class Report:
     checks: dict[str, str]
     # checks that are not "ok" but still let the gateway serve (shared state within bound)
     warnings: frozenset[str] = frozenset()
+    # shared state: how far this replica's audit shipping is behind (never fails readiness)
+    audit_shipping: ShipLag | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -69,8 +71,20 @@ class Report:
             if text != OK and name not in self.warnings
         ]
 
-    def body(self) -> dict[str, bool | dict[str, str] | list[str]]:
-        return {"ready": self.ready, "checks": self.checks, "problems": self.problems}
+    def body(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "ready": self.ready,
+            "checks": self.checks,
+            "problems": self.problems,
+        }
+        lag = self.audit_shipping
+        if lag is not None:
+            body["audit_shipping"] = {
+                "records": lag.records,
+                "seconds": round(lag.seconds, 1),
+                "error": lag.error,
+            }
+        return body
 
 
 class Readiness:
@@ -85,6 +99,7 @@ class Readiness:
         credentials: CredentialStore,
         keys: KeyStore,
         staleness: StalenessBound | None = None,
+        shipping_lag: Callable[[], ShipLag | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._audit = audit
@@ -92,6 +107,8 @@ class Readiness:
         # Shared state: the stored checks are network calls, refreshed off the event loop
         # by the gateway (refresh_stored); a probe never waits for the database.
         self._stored_in_background = staleness is not None
+        self._shipping_lag = shipping_lag
+        self._lag: ShipLag | None = None  # as of the last refresh_stored
         self._policy = policy
         self._policy_patterns = list(config.policies)
         self._credentials = credentials
@@ -120,7 +137,7 @@ class Readiness:
             if within and checks["shared_state"] != OK:
                 warnings = frozenset({"shared_state"})
         ready = all(text == OK for name, text in checks.items() if name not in warnings)
-        return Report(ready, checks, warnings)
+        return Report(ready, checks, warnings, self._lag)
 
     def refresh_stored(self) -> None:
         """Run the checks that read storage now (blocking: the gateway calls it in a worker
@@ -135,6 +152,8 @@ class Readiness:
             else:
                 credentials = f"cannot list the stored credentials: {exc}"
         self._disk = (self._clock(), credentials, self._keys_check())
+        if self._shipping_lag is not None:
+            self._lag = self._shipping_lag()
 
     # -- checks -----------------------------------------------------------------------------
     def _audit_check(self) -> str:

@@ -58,7 +58,11 @@ from lockgate.gateway import registry
 from lockgate.gateway.dynamic_roles import DbRoles, upstream_password
 from lockgate.gateway.engine import Collaborators, Engine
 from lockgate.gateway.listeners import server_ssl_context
+from lockgate.gateway.role_leases import DEFAULT_GRACE, RoleLeases
+from lockgate.gateway.role_leases import DOMAIN as ROLE_LEASES
 from lockgate.identity import TokenIssuer, TokenVerifier
+from lockgate.identity.once import DOMAIN as ASSERTION_LEDGER
+from lockgate.identity.once import OnceLedger
 from lockgate.identity.revocation import REFRESH_INTERVAL as REVOCATION_REFRESH
 from lockgate.identity.staleness import StalenessBound
 from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
@@ -106,6 +110,7 @@ class Gateway:
             credentials=self.state.credentials,
             keys=self.state.keys,
             staleness=self.staleness,
+            shipping_lag=self.state.audit_reader().shipping_lag if self.state.shared else None,
         )
         self.issuer = TokenIssuer(self.state.keys, config.issuer_url)
         self.verifier = TokenVerifier(
@@ -128,12 +133,19 @@ class Gateway:
     # -- control plane (routes in lockgate.control) -----------------------------------------
     def _start_control_plane(self) -> ControlPlane:
         assert self.broker is not None
+        pg = self.config.state.postgresql
         self.db_roles = DbRoles(
             self.config.resources,
             upstream_password(self.broker),
             self.policy,
             self.state.revocations,
             sweep_interval=self.db_role_sweep_interval,
+            # a role outlives a crashed process only until a sweep (this or another replica)
+            leases=RoleLeases(
+                self.state.database(ROLE_LEASES),
+                self.state.replica_id,
+                grace=getattr(pg, "lease_grace", DEFAULT_GRACE),
+            ),
         )
         return ControlPlane.build(
             self.config,
@@ -147,6 +159,7 @@ class Gateway:
             ports=self,
             readiness=lambda: self.readiness.report(self.serving),
             db_roles=self.db_roles,
+            assertion_ledger=OnceLedger(self.state.database(ASSERTION_LEDGER)),
         )
 
     def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:

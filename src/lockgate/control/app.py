@@ -32,6 +32,7 @@ from lockgate.control.token import add_token_routes
 from lockgate.gateway.dynamic_roles import DbRoles
 from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
 from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenService, TokenVerifier
+from lockgate.identity.once import OnceLedger
 
 BODY_LIMIT = 64 * 1024  # every control request is a small form or JSON document
 
@@ -105,6 +106,7 @@ class ControlPlane:
         ports: ListenerPorts,
         readiness: Callable[[], ReadinessReport],
         db_roles: DbRoles | None = None,
+        assertion_ledger: OnceLedger | None = None,
     ) -> ControlPlane:
         tokens = TokenService(
             config,
@@ -115,6 +117,7 @@ class ControlPlane:
             on_event=audit,
             # per-token state elsewhere ends with the tokens: dynamic roles are dropped
             on_revoke=db_roles.on_revoke if db_roles is not None else None,
+            assertion_ledger=assertion_ledger,
         )
         ctx = ControlContext(
             config, tokens, verifier, issuer, mint_policy, audit, master_key, ports, db_roles

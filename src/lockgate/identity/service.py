@@ -51,6 +51,7 @@ from lockgate.identity.attestation import AttestationFailed, AttestationUnavaila
 from lockgate.identity.keys import KeyStore
 from lockgate.identity.model import Claims, MintDecision, TaskIdentity
 from lockgate.identity.oidc import SUBJECT_TOKEN_TYPES, OidcVerifier
+from lockgate.identity.once import OnceLedger
 from lockgate.identity.proofs import ASSERTION_TYPE, AssertionVerifier, check_client_secret
 from lockgate.identity.revocation import RevocationStore
 from lockgate.identity.staleness import STALE_REASON, StalenessBound
@@ -98,6 +99,7 @@ class TokenService:
         *,
         clock: Callable[[], float] = time.time,
         on_revoke: RevokeHook | None = None,
+        assertion_ledger: OnceLedger | None = None,
     ) -> None:
         self.config = config
         self.keys = keys
@@ -109,7 +111,8 @@ class TokenService:
         self._owns_http = http is None
         self._clock = clock
         self._on_revoke = on_revoke
-        self._assertions = AssertionVerifier(config, clock=clock)
+        # seen client-assertion jtis: the state's ledger (None: data_dir/assertions.db)
+        self._assertions = AssertionVerifier(config, clock=clock, ledger=assertion_ledger)
         self._staleness = StalenessBound.for_config(config, revocations.database)
         self._oidc = OidcVerifier(config.oidc_issuers, self._session, leeway=config.tokens.leeway)
 
