@@ -5,13 +5,16 @@ commands of the real parser, and a lockgate.yaml that loads."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lockgate.cli import main as lockgate_main
-from lockgate.config import load_config
+from lockgate.config import load_config, parse_config
 from tests.deploy._manifests import (
     DEPLOYMENT_DOC,
     K8S,
@@ -241,10 +244,22 @@ def test_the_listeners_match_the_container_ports() -> None:
     text = config_text()
     spec = one("StatefulSet", "lockgate")["spec"]["template"]["spec"]
     ports = {p["name"]: p["containerPort"] for p in spec["containers"][0]["ports"]}
-    from lockgate.config import parse_config
-
-    cfg = parse_config(__import__("yaml").safe_load(text), "<configmap>")
+    cfg = parse_config(yaml.safe_load(text), "<configmap>")
     assert cfg.listeners.control.port == ports["control"]
     assert cfg.listeners.http.port == ports["http"]
     assert cfg.listeners.cql is not None and cfg.listeners.cql.port == ports["cql"]
     assert cfg.listeners.control.host == "0.0.0.0"  # reachable from the Service
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
+def test_kubectl_kustomize_builds_the_set() -> None:
+    """The kustomization as kubectl reads it (offline): every object, in namespace lockgate."""
+    proc = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    built = [o for o in yaml.safe_load_all(proc.stdout) if o]
+    assert sorted(o["kind"] for o in built) == [
+        "ConfigMap", "PodDisruptionBudget", "Service", "Service", "ServiceAccount", "StatefulSet",
+    ]  # fmt: skip
+    assert {o["metadata"]["namespace"] for o in built} == {"lockgate"}
