@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lockgate.credentials.master_key import verify_master_key
 from lockgate.errors import ConfigError
-from lockgate.identity.keys import KID_RE, SigningKey, _generate, thumbprint
+from lockgate.identity.signing_key import KID_RE, SigningKey, generate_key, thumbprint
 from lockgate.store import Cursor, Database, Migration, migrate, register_domain
 
 DOMAIN = TOPIC = "keys"
@@ -58,7 +58,7 @@ _SELECT = (
 
 
 class KeyTable:
-    """A :class:`~lockgate.identity.keys.KeyBackend` over a :class:`Database`."""
+    """A :class:`~lockgate.identity.signing_key.KeyBackend` over a :class:`Database`."""
 
     def __init__(self, db: Database, master_key: bytes, *, migrate_schema: bool = True) -> None:
         self.db = db
@@ -79,7 +79,7 @@ class KeyTable:
             self._lock(cur)
             keys = self._read(cur, {})
             if not keys:
-                first = _generate(now)
+                first = generate_key(now)
                 self._insert(cur, first)
                 cur.touch(TOPIC)
                 keys = {first.kid: first}
@@ -107,7 +107,7 @@ class KeyTable:
             row = cur.execute("SELECT max(activate_at) FROM signing_keys").fetchone()
             latest = float(row[0]) if row and row[0] is not None else float("-inf")
             # Never before a stored key: "the newest active key signs" stays true.
-            new = _generate(now, activate_at=max(now + delay, latest))
+            new = generate_key(now, activate_at=max(now + delay, latest))
             # Old keys stay published until the new one has signed for retire_after s, so
             # there is a signing key at every instant whatever retire_after is.
             cur.execute(

@@ -1,0 +1,189 @@
+"""Signing keys as files under ``data_dir/keys`` (SQLite state: one machine, any number
+of processes). Layout (directory 0700, files 0600)::
+
+    index.json          {"current": kid, "keys": [{"kid", "created", "retire_at"}]}
+    <kid>.pem           PKCS#8 private key, one per kid
+    .lock               flock target so two processes never rotate at once
+
+Files are named from the index, and the thumbprint of each loaded key is recomputed and must
+equal its kid, so a tampered index cannot make us publish one key under another key's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lockgate.errors import ConfigError
+from lockgate.identity.signing_key import (
+    KID_RE,
+    SigningKey,
+    generate_key,
+    thumbprint,
+    with_retire_at,
+)
+
+_INDEX = "index.json"
+
+
+class KeyFiles:
+    """Keys as files under ``data_dir/keys`` (the module docstring's layout)."""
+
+    shared = False
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._mutex = threading.Lock()
+        self._index_stamp: tuple[int, int] | None = None
+
+    def open(self, now: float) -> dict[str, SigningKey]:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)  # mkdir honours umask; be explicit
+        with self._locked():
+            if (self.dir / _INDEX).exists():
+                return self._read_index({})
+            first = generate_key(now)
+            self._write_pem(first)
+            keys = {first.kid: first}
+            self._write_index(keys, first.kid)
+            return keys
+
+    def moved(self) -> bool:
+        return self._stamp() != self._index_stamp
+
+    def load(self, known: dict[str, SigningKey]) -> dict[str, SigningKey]:
+        with self._locked():
+            return self._read_index(known)
+
+    def rotate(
+        self, known: dict[str, SigningKey], now: float, retire_after: float, delay: float
+    ) -> tuple[SigningKey, dict[str, SigningKey]]:
+        with self._locked():
+            keys = self._read_index(known)  # another process may have rotated since
+            new = generate_key(now, activate_at=now + delay if delay else None)
+            self._write_pem(new)
+            for kid, key in list(keys.items()):
+                if key.retire_at is None:
+                    keys[kid] = with_retire_at(key, new.signs_from + retire_after)
+            keys[new.kid] = new
+            self._prune(keys, new.kid, now)
+            self._write_index(keys, new.kid)
+            return new, keys
+
+    def problem(self, current: SigningKey) -> str | None:
+        for path in (self.dir / _INDEX, self.dir / f"{current.kid}.pem"):
+            if not path.is_file():
+                return f"{path} is missing (a restart would mint with a new key)"
+        return None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # flock serialises processes; the mutex serialises threads of this process.
+        with self._mutex:
+            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.dir / _INDEX).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_ino)
+
+    def _read_index(self, known: dict[str, SigningKey]) -> dict[str, SigningKey]:
+        path = self.dir / _INDEX
+        try:
+            stamp = self._stamp()
+            index = json.loads(path.read_text(encoding="utf-8"))
+            current = index["current"]
+            entries = index["keys"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: unreadable key index ({type(exc).__name__})") from None
+        keys: dict[str, SigningKey] = {}
+        for entry in entries:
+            kid = entry.get("kid") if isinstance(entry, dict) else None
+            if not isinstance(kid, str) or not KID_RE.match(kid):
+                raise ConfigError(f"{path}: invalid kid in key index")
+            old = known.get(kid)
+            if old is None:
+                private = self._read_pem(kid)
+                created = float(entry.get("created") or 0)
+                activate = entry.get("activate_at")
+                old = SigningKey(
+                    kid, private, private.public_key(), created, None,
+                    None if activate is None else float(activate),
+                )  # fmt: skip
+            keys[kid] = with_retire_at(old, entry.get("retire_at"))
+        if current not in keys:
+            raise ConfigError(f"{path}: current kid is not in the key index")
+        self._index_stamp = stamp
+        return keys
+
+    def _read_pem(self, kid: str) -> Ed25519PrivateKey:
+        path = self.dir / f"{kid}.pem"
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable signing key ({type(exc).__name__})") from None
+        if not isinstance(key, Ed25519PrivateKey) or thumbprint(key.public_key()) != kid:
+            raise ConfigError(f"{path}: key does not match its kid")
+        return key
+
+    def _write_pem(self, key: SigningKey) -> None:
+        pem = key.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self._atomic_write(self.dir / f"{key.kid}.pem", pem)
+
+    def _write_index(self, keys: dict[str, SigningKey], current: str) -> None:
+        entries: list[dict[str, object]] = []
+        for k in keys.values():
+            entry: dict[str, object] = {
+                "kid": k.kid,
+                "created": k.created,
+                "retire_at": k.retire_at,
+            }
+            if k.activate_at is not None:
+                entry["activate_at"] = k.activate_at
+            entries.append(entry)
+        index = {"current": current, "keys": entries}
+        self._atomic_write(self.dir / _INDEX, json.dumps(index, indent=2).encode())
+        self._index_stamp = self._stamp()
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        # mkstemp creates the file 0600; rename makes readers see old or new, never half.
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _prune(self, keys: dict[str, SigningKey], current: str, now: float) -> None:
+        """Forget keys whose retirement time has passed and delete their private halves."""
+        for kid, key in list(keys.items()):
+            if kid != current and key.retire_at is not None and now >= key.retire_at:
+                del keys[kid]
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / f"{kid}.pem").unlink()
