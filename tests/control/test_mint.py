@@ -26,6 +26,13 @@ rules:
     resources: [orders]
     conditions:
       max_token_ttl: 120
+  - id: shards-0-9
+    effect: allow
+    principals: ["airflow:prod/shards/*"]
+    actions: [read]
+    resources: [orders]
+    conditions:
+      map_index: "0-9"
 """
 
 
@@ -77,3 +84,14 @@ def test_a_blocked_dag_gets_nothing_even_when_policy_allows(
     decision = policy(task("finance_daily"), "orders", None)
     assert not decision.allowed and "blocked" in decision.reason and decision.rule is None
     assert policy(task("finance_weekly"), "orders", None).allowed
+
+
+def test_a_mapped_instance_no_allow_covers_gets_no_token(mint: tuple[MintPolicy, object]) -> None:
+    policy, _ = mint
+    inside = policy(TaskIdentity("prod", "shards", "load", "run-1", 1, 3), "orders", None)
+    assert inside.allowed and inside.rule == "shards-0-9"
+    outside = policy(TaskIdentity("prod", "shards", "load", "run-1", 1, 12), "orders", None)
+    assert not outside.allowed
+    assert "airflow:prod/shards/load" in outside.reason
+    unmapped = policy(TaskIdentity("prod", "shards", "load", "run-1", 1), "orders", None)
+    assert not unmapped.allowed

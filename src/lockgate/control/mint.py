@@ -33,12 +33,13 @@ class MintPolicy:
         if blk is not None:
             return MintDecision(False, 0, blk.message(identity.dag_id), None)
         policy_set = self._policy.current
-        decision = policy_set.mint_check(identity.principal, resource)
+        decision = policy_set.mint_check(identity.principal, resource, identity.map_index)
         if not decision.allowed:
             return MintDecision(False, 0, decision.explain(), decision.rule)
         tokens = self._tokens
         cap = min(
-            tokens.max_ttl, policy_set.max_ttl(identity.principal, resource) or tokens.max_ttl
+            tokens.max_ttl,
+            policy_set.max_ttl(identity.principal, resource, identity.map_index) or tokens.max_ttl,
         )
         wanted = requested_ttl or tokens.default_ttl
         ttl = max(1, min(wanted, cap))
