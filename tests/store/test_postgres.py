@@ -199,3 +199,39 @@ def _connect_error(db: PostgresDatabase) -> BaseException:
     except psycopg.Error as exc:
         return exc
     raise AssertionError("expected the missing variable to fail the connection")
+
+
+@pytest.mark.slow
+def test_long_outage_then_writes_work_again_within_seconds(
+    pg_server_factory: PgServerFactory, tmp_path: Path
+) -> None:
+    """The pool's reconnection backoff must not outlast the outage by much: writes work
+    again within seconds of the server's return, not a minute later."""
+    server = pg_server_factory()
+    settings = shared_state_settings(server, tmp_path, connect_timeout=1, max_staleness=10)
+    db = PostgresDatabase(settings, replica_id="r")
+    try:
+        migrate(db, CORE_DOMAIN, CORE_MIGRATIONS)
+        db.start_watching()
+        server.pause()
+        outage_end = time.monotonic() + 12
+        while time.monotonic() < outage_end:  # clients keep trying all along
+            with pytest.raises(StoreUnavailable), db.transaction() as cur:
+                cur.touch("runs")
+            time.sleep(0.5)
+        server.resume()
+        back = time.monotonic()
+
+        def write() -> bool:
+            try:
+                with db.transaction() as cur:
+                    cur.touch("runs")
+            except StoreUnavailable:
+                return False
+            return True
+
+        _wait_for(write, 5)
+        print(f"\nfirst write {time.monotonic() - back:.2f} s after the server came back")
+        _wait_for(lambda: db.stale_for() < 1, 2)
+    finally:
+        db.close()

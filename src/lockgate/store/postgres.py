@@ -52,6 +52,7 @@ _TOUCH_SQL = (
 _VERSIONS_SQL = "SELECT topic, version FROM lockgate_changes"
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
+_POOL_RETRY_FOR = 4.0  # seconds: retry delays 1 s, 2 s, then a fresh start on demand
 _WATCH_TICK = 0.2  # longest wait in the watcher between checks of close()
 _REPORT_KWARG = "_lockgate_report_error"
 
@@ -150,6 +151,10 @@ class PostgresDatabase:
             open=False,
             configure=self._configure,
             timeout=settings.connect_timeout,
+            # The pool retries a failed connection with a doubling delay for this long, then
+            # gives up until the next caller asks: bounded, a server back after a long outage
+            # is used within seconds rather than after the last (long) retry delay.
+            reconnect_timeout=max(_POOL_RETRY_FOR, settings.connect_timeout),
             name=f"lockgate-{replica_id}",
         )
         self._pool.open(wait=False)  # a server that is down now must not stop construction
