@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lockgate.audit import AuditRow, chain
+from lockgate.audit import chain
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.shared import SharedTrail, public_key, signing_key
 from lockgate.audit.shipper import ChainMismatch
@@ -40,10 +40,10 @@ def _verify(trail: SharedTrail) -> VerifyResult:
     return trail.verify(public_key(SEED))
 
 
-def _local_rows(db_path: Path) -> list[AuditRow]:
+def _local_rows(db_path: Path) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(db_path)
     try:
-        return chain.rows_after(conn, 0, 1000)
+        return chain.stored_after(conn, 0, 1000)
     finally:
         conn.close()
 

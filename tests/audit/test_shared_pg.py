@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lockgate.audit import AuditLog, AuditReader, RemoteAuditLog
+from lockgate.audit import AuditLog, AuditReader, AuditRecord, RemoteAuditLog
 from lockgate.audit.shared import SharedTrail
 from lockgate.audit.shipping import ship_lag
 from lockgate.config import PostgresStateSettings
@@ -213,5 +213,35 @@ def test_without_key_rows_ship_but_no_checkpoint(
         result = reader.verify()
         assert (result.ok, result.replica, result.first_bad_seq) == (False, "r1", 4)
         assert "truncated" in (result.problem or "")
+    finally:
+        reader.close_shared()
+
+
+def test_odd_values_round_trip_and_verify(tmp_path: Path, pg_state: SharedStateFactory) -> None:
+    """What PostgreSQL stores differently (a NUL in text, floats, big integers, any Unicode)
+    still re-hashes to the chain's hashes."""
+    settings = pg_state()
+    db_path = tmp_path / "r1" / "audit.db"
+    log = AuditLog(db_path, shipping=shipping("r1", settings))
+    odd = [
+        record(1),
+        AuditRecord(event="denied", object="ks.t\x00able", principal="ünï\u2028cødé 🙂",
+                    reason="nul\x00here", detail={"q": "SELECT '\x00'", "n": [1, 2.5, None]}),
+        AuditRecord(event="allowed", ts=1764921234.1234567, latency_ms=0.1 + 0.2,
+                    bytes_in=2**62, bytes_out=-(2**63), status=599, try_number=0),
+        AuditRecord(event="allowed", detail={"deep": {"a": [{"b": "\\u0000"}]}, "e": 1e-300}),
+    ]  # fmt: skip
+    for rec in odd:
+        log.emit(rec)
+    assert log.flush(10)
+    log.close()
+    reader = AuditReader(db_path, shipping=shipping("r1", settings))
+    try:
+        result = reader.verify()
+        assert result.ok and result.checked == 4, result
+        rows = sorted(reader.search(limit=10), key=lambda r: r.seq)
+        assert rows[1].object == "ks.t\x00able" and rows[1].principal == "ünï\u2028cødé 🙂"
+        assert rows[2].bytes_out == -(2**63) and rows[2].latency_ms == 0.1 + 0.2
+        assert reader.search(event="denied", limit=10)[0].reason == "nul\x00here"
     finally:
         reader.close_shared()

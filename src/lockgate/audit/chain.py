@@ -275,10 +275,12 @@ def iter_rows(conn: sqlite3.Connection) -> Iterator[AuditRow]:
         yield row_from_columns(r)
 
 
-def rows_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[AuditRow]:
-    """Up to ``limit`` rows past ``seq``, in chain order (what the shipper copies next)."""
+def stored_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[tuple[Any, ...]]:
+    """Up to ``limit`` rows past ``seq`` in chain order, as stored: (seq, *record columns
+    with ``detail`` as its canonical JSON text, prev_hash, hash). What the shipper copies,
+    untouched: no parsing and re-encoding per row."""
     rows = conn.execute(f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
-    return [row_from_columns(r) for r in rows.fetchall()]
+    return rows.fetchall()
 
 
 def tail(conn: sqlite3.Connection, n: int = 20) -> list[AuditRow]:

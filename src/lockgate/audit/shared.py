@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS audit_records (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL,
     shipped_at REAL NOT NULL,
+    stored_json TEXT,
     PRIMARY KEY (replica, seq)
 );
 CREATE INDEX IF NOT EXISTS audit_records_ts ON audit_records (ts);
@@ -76,8 +77,10 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 register_domain(DOMAIN, MIGRATIONS)
 
 _RECORD_COLUMNS = ("seq", *RECORD_FIELDS, "prev_hash", "hash")
-_SELECT = f"SELECT replica, {', '.join(_RECORD_COLUMNS)} FROM audit_records"  # noqa: S608
-_SHIPPED_COLUMNS = ("replica", *_RECORD_COLUMNS, "shipped_at")
+_SELECT = f"SELECT replica, {', '.join(_RECORD_COLUMNS)}, stored_json FROM audit_records"  # noqa: S608
+# stored_json: the row exactly as stored, as JSON text, only when a text value holds a NUL
+# character (PostgreSQL text cannot; its columns then hold U+FFFD instead, for searching)
+_SHIPPED_COLUMNS = ("replica", *_RECORD_COLUMNS, "shipped_at", "stored_json")
 _INSERT_HEAD = f"INSERT INTO audit_records ({', '.join(_SHIPPED_COLUMNS)}) "
 _CONFLICT = " ON CONFLICT (replica, seq) DO NOTHING"
 # PostgreSQL column types of the shipped columns (TEXT unless named), for the array casts
@@ -95,9 +98,9 @@ _PG_TYPES = {
 # column names and types are the constants above, never input
 _PG_INSERT = (
     _INSERT_HEAD  # noqa: S608
-    + f"SELECT {', '.join(_SHIPPED_COLUMNS)} FROM json_to_recordset(?::json) AS x("  # noqa: S608
-    + ", ".join(f"{c} {_PG_TYPES.get(c, 'text')}" for c in _SHIPPED_COLUMNS)
-    + ")"
+    + "SELECT "
+    + ", ".join(f"(e->>{i})::{_PG_TYPES.get(c, 'text')}" for i, c in enumerate(_SHIPPED_COLUMNS))
+    + " FROM jsonb_array_elements(?::jsonb) AS e"
     + _CONFLICT
 )
 _ROWS_PER_INSERT = 30  # SQLite: bind parameters per statement stay below its limit
@@ -150,17 +153,19 @@ class SharedTrail:
             ).fetchone()
         return (int(row[0]), str(row[1])) if row else (0, GENESIS)
 
-    def ship(self, replica: str, rows: Sequence[AuditRow], shipped_at: float) -> None:
-        """Insert ``rows`` of ``replica``'s chain in one transaction; rows already there stay
-        as they are (a re-shipped batch)."""
-        table = [(replica, *_columns(r), shipped_at) for r in rows]
+    def ship(self, replica: str, rows: Sequence[Sequence[Any]], shipped_at: float) -> None:
+        """Insert ``rows`` of ``replica``'s chain (as stored, see
+        :func:`lockgate.audit.chain.stored_after`) in one transaction; rows already there
+        stay as they are (a re-shipped batch)."""
+        table = [(replica, *_storable(r), shipped_at, _stored_json(r)) for r in rows]
         with self.db.transaction() as cur:
             if self.db.dialect == "postgresql":
-                # one statement, one JSON parameter per batch: a long multi-row VALUES costs
-                # the driver more to prepare than the server to insert (floats keep their
-                # exact value through JSON: Python writes, PostgreSQL reads, shortest repr)
-                batch = [dict(zip(_SHIPPED_COLUMNS, row, strict=True)) for row in table]
-                cur.execute(_PG_INSERT, (json.dumps(batch, allow_nan=False),))
+                # one statement, the batch as one JSON array of rows: a long multi-row VALUES
+                # costs the driver more to prepare than the server to insert (floats keep
+                # their exact value through JSON: Python writes, PostgreSQL reads, both
+                # shortest round-trip text)
+                text = json.dumps(table, allow_nan=False, separators=(",", ":"))
+                cur.execute(_PG_INSERT, (text,))
                 return
             for start in range(0, len(table), _ROWS_PER_INSERT):
                 chunk = table[start : start + _ROWS_PER_INSERT]
@@ -360,16 +365,24 @@ def _insert_values(rows: int) -> str:
     return _INSERT_HEAD + "VALUES " + ", ".join([marks] * rows) + _CONFLICT
 
 
-def _columns(r: AuditRow) -> tuple[object, ...]:
-    vals: list[object] = [r.seq]
-    for name in RECORD_FIELDS:
-        v = getattr(r, name)
-        vals.append(canonical_json(v) if name == "detail" else v)
-    return (*vals, r.prev_hash, r.hash)
+def _has_nul(r: Sequence[Any]) -> bool:
+    return any(type(v) is str and "\x00" in v for v in r)
+
+
+def _storable(r: Sequence[Any]) -> Sequence[Any]:
+    if not _has_nul(r):
+        return r
+    return [v.replace("\x00", "\ufffd") if type(v) is str else v for v in r]
+
+
+def _stored_json(r: Sequence[Any]) -> str | None:
+    # ensure_ascii: a NUL becomes the six characters \u0000, which text can hold
+    return json.dumps(list(r), allow_nan=False) if _has_nul(r) else None
 
 
 def _row(r: tuple[Any, ...]) -> AuditRow:
-    row = row_from_columns(r[1:])
+    stored = r[-1]
+    row = row_from_columns(json.loads(stored) if stored is not None else r[1:-1])
     row.replica = str(r[0])
     return row
 

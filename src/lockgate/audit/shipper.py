@@ -152,11 +152,11 @@ class Shipper:
             self._position = self._check_position(trail)
             self.shipped_seq = self._position
             write_status(self.db_path, self.replica, self.shipped_seq, None)
-        rows = chain.rows_after(self._local_conn(), self._position, self.batch_size)
+        rows = chain.stored_after(self._local_conn(), self._position, self.batch_size)
         if not rows:
             return False
         trail.ship(self.replica, rows, time.time())
-        self._position = self.shipped_seq = rows[-1].seq
+        self._position = self.shipped_seq = int(rows[-1][0])
         write_status(self.db_path, self.replica, self.shipped_seq, None)
         return True
 
