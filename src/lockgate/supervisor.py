@@ -8,7 +8,8 @@ audit records to the shared writer (one chain). Only worker 0 serves the control
 (``every_worker = False``: the CQL engine), so /metrics covers worker 0's own traffic only.
 The supervisor restarts a worker or the writer that dies, passes SIGHUP on to every worker
 (each reloads its catalog from the config file), and on SIGINT or SIGTERM stops the workers
-(each drains its audit records) before the writer.
+(each drains its audit records) before the writer. With shared state the writer also ships
+the chain to PostgreSQL (:mod:`lockgate.audit`), as a single gateway's writer does.
 
 The worker's entry point is handed in by the server (:func:`supervise`'s ``worker_main``),
 so this module never imports the server that imports it.
@@ -29,6 +30,7 @@ from lockgate import _log
 from lockgate.audit.writer_process import WriterProcess
 from lockgate.config import LockgateConfig
 from lockgate.errors import ConfigError
+from lockgate.state import audit_shipping
 
 log = _log.get("server")  # one logger name for everything `serve` says
 
@@ -64,8 +66,9 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
     a = config.audit
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     writer = WriterProcess(
-        config.data_dir / "audit.db", a.jsonl, busy_timeout=max(0.05, min(a.write_timeout / 2, 1))
-    )
+        config.data_dir / "audit.db", a.jsonl, busy_timeout=max(0.05, min(a.write_timeout / 2, 1)),
+        shipping=audit_shipping(config),  # shared state: the one writer ships the chain
+    )  # fmt: skip
     writer.start()
     ctx = multiprocessing.get_context("spawn")
 
