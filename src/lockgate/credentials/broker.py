@@ -11,11 +11,12 @@
 
 Rotation: every call checks whether the store's ``credentials`` version moved (SQLite: one
 indexed read of the file; PostgreSQL: a memory read, moved by LISTEN/NOTIFY or the catch-up
-poll), so a rotation by the CLI or by another replica is used by the very next request. The
-store then reloads -- in a worker thread when the database is shared, so the event loop
-never waits on PostgreSQL; if the database cannot be reached the versions in memory keep
-being served. The server calls :meth:`CredentialBroker.poll` about once a second to catch up
-without traffic and update metrics.
+poll). SQLite: the store reloads inline and the very next request uses the rotation.
+PostgreSQL: one worker thread reloads while requests go on with the version in memory (still
+valid upstream for the overlap), so no request waits on the database; if it cannot be
+reached, memory keeps being served and the reload is retried about once a second. The
+server calls :meth:`CredentialBroker.poll` on its tick to catch up without traffic and
+update metrics.
 
 Overlap: after a rotation the previous version stays usable for the credential's
 ``overlap`` seconds. The HTTP engine's rule "an upstream 401 with the newest version is
@@ -48,6 +49,7 @@ from lockgate.errors import CredentialError, StoreUnavailable
 log = _log.get("credentials")
 
 _Key = tuple[str, int]  # (credential name, version)
+_RETRY_AFTER_FAILURE = 1.0  # seconds between reload attempts while the database is away
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ class CredentialBroker:
         self._mi_tokens: dict[str, AccessToken] = {}  # managed identity, per credential
         self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
         self._reloading: asyncio.Future[bool] | None = None  # one worker-thread reload at once
+        self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
         if store.stale():  # baseline: nothing is cached yet, so earlier writes are no change
             self._reload_logged()
         self._generation = store.generation  # the store load our caches were filled from
@@ -96,7 +99,7 @@ class CredentialBroker:
         cfg = self._credential_config(credential_name)
         if isinstance(cfg, ManagedIdentityCredential):  # nothing stored, no versions
             return None if previous else await self._mi_secret(cfg)
-        await self._catch_up()
+        await self._catch_up(wait=not self._store.loaded)
         self._notice_changes()
         if previous:
             version = self._store.previous(credential_name, cfg.overlap, fresh=False)
@@ -141,7 +144,7 @@ class CredentialBroker:
 
         Reloads the store in this thread if its version moved (off an event loop with a
         shared database: use :meth:`poll` there)."""
-        if self._store.stale():
+        if self._store.stale() and time.monotonic() >= self._retry_at:
             self._reload_logged()
         changed = self._notice_changes()
         for cred in self._config.credentials:
@@ -175,23 +178,28 @@ class CredentialBroker:
             raise CredentialError(f"credential {name!r} is not configured")
         return cfg
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, *, wait: bool = True) -> None:
         """Reload the store if its version moved: inline on SQLite (a local file), in one
-        shared worker thread on PostgreSQL."""
-        if not self._store.stale():
+        shared worker thread on PostgreSQL. ``wait=False`` (the data path once something is
+        loaded): serve memory meanwhile -- the version it holds stays valid upstream for the
+        rotation overlap -- so no request ever waits on the database."""
+        if not self._store.stale() or time.monotonic() < self._retry_at:
             return
         if not self._store.shared:
             self._reload_logged()
             return
         if self._reloading is None or self._reloading.done():
             self._reloading = asyncio.ensure_future(asyncio.to_thread(self._reload_logged))
-        await asyncio.shield(self._reloading)
+        if wait:
+            await asyncio.shield(self._reloading)
 
     def _reload_logged(self) -> bool:
         try:
             return self._store.reload()
         except StoreUnavailable as exc:
-            # Serve what memory holds; staleness past the bound is refused by token checks.
+            # Serve what memory holds (staleness past the bound is refused by token checks)
+            # and let the next attempt wait a little: an outage is not retried per request.
+            self._retry_at = time.monotonic() + _RETRY_AFTER_FAILURE
             log.warning(
                 "credentials not reloaded; serving the versions in memory",
                 extra={"fields": {"error": str(exc)}},

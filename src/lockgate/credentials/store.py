@@ -234,6 +234,11 @@ class CredentialStore:
         ]
 
     # -- change tracking -------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        """Whether memory holds a load at all (the first read must wait for one)."""
+        return self._loaded is not None
+
     def stale(self) -> bool:
         """True when memory may be behind the database (PostgreSQL: a memory read)."""
         return self._loaded != self._marker()

@@ -42,6 +42,7 @@ from lockgate.store import Database, PostgresDatabase
 #: Publish-to-sign delay of shared keys, at least: past two catch-up polls (1 s by default)
 #: plus a 1 s tick, so a lost notification still leaves every replica time to load the key.
 SHARED_ACTIVATION_DELAY = 3.0
+_RETRY_AFTER_FAILURE = 1.0  # seconds between background reloads while the database is away
 
 log = _log.get("identity")
 
@@ -80,6 +81,7 @@ class KeyStore:
         # takes this one, to start a background reload.
         self._spawn = threading.Lock()
         self._reloading: threading.Thread | None = None
+        self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
         #: Moves whenever the key set or a retirement changes (rotate, a reload that read a
         #: new index): a verifier's cached verdicts are only good for one value of it.
         self.changes = 0
@@ -182,6 +184,8 @@ class KeyStore:
         read; files are followed by :meth:`maybe_reload` instead)."""
         if not self._backend.shared or not self._backend.moved():
             return
+        if time.monotonic() < self._retry_at:
+            return
         with self._spawn:
             if self._reloading is not None and self._reloading.is_alive():
                 return
@@ -194,7 +198,9 @@ class KeyStore:
         try:
             self.reload()
         except LockgateError as exc:
-            # Keep serving the keys in memory; the staleness bound refuses past it.
+            # Keep serving the keys in memory (the staleness bound refuses past it) and let
+            # the next attempt wait a little: an outage is not retried per lookup.
+            self._retry_at = time.monotonic() + _RETRY_AFTER_FAILURE
             log.warning("signing keys not reloaded", extra={"fields": {"error": str(exc)}})
 
 
