@@ -26,6 +26,14 @@ class ListenerConfig(Section):
     max_connections: int = Field(
         default=10_000, ge=1, description="open connections, handshakes included"
     )
+    # The name clients dial when it is not the bound address: a load balancer's or a
+    # Service's DNS name in front of several replicas (catalog connections carry it).
+    advertise: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$",
+        description="host name clients dial (a load balancer's), when not the bound address",
+    )
 
     @property
     def scheme(self) -> str:
@@ -56,6 +64,14 @@ class ForwardProxyConfig(Section):
     leaf_days: int = Field(default=7, ge=1, le=365)
     handshake_timeout: float = Field(default=10.0, gt=0)  # the listener's TLS and the tunnel's
     max_connections: int = Field(default=10_000, ge=1)
+    # The name clients dial when it is not the bound address: a load balancer's or a
+    # Service's DNS name in front of several replicas (catalog connections carry it).
+    advertise: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$",
+        description="host name clients dial (a load balancer's), when not the bound address",
+    )
 
     @property
     def scheme(self) -> str:

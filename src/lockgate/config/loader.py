@@ -28,7 +28,16 @@ from lockgate.errors import ConfigError
 _SECRETISH = re.compile(r"(?i)secret|password|token")
 # Fields holding a file path, resolved against the config file's directory.
 _PATH_KEYS = frozenset(
-    {"cert", "key", "public_key", "data_dir", "jsonl", "ca_file", "password_file", "master_key_file"}
+    {
+        "cert",
+        "key",
+        "public_key",
+        "data_dir",
+        "jsonl",
+        "ca_file",
+        "password_file",
+        "master_key_file",
+    }
 )
 # Quoted choices in pydantic's messages: "Input should be 'debug', 'info' or 'error'".
 _QUOTED = re.compile(r"'([^']*)'")

@@ -80,12 +80,12 @@ def connection_template(ctx: ControlContext, r: AnyResource) -> dict[str, Any] |
     if isinstance(r, HttpResource):
         if r.listen is not None:  # served at the root of its own listener
             port = ports.mounted_ports.get(r.name) or r.listen.port
-            scheme, host = r.listen.scheme, public_host(r.listen.host)
+            scheme, host = r.listen.scheme, public_host(r.listen)
             if offer_of(r).task_keys:
                 return cosmos_key.connection_template(r, f"{scheme}://{host}:{port}")
             return offer_of(r).root_connection(scheme, host, port)
         http = listeners.http
-        base = f"{http.scheme}://{public_host(http.host)}:{ports.http_port or http.port}/{r.name}"
+        base = f"{http.scheme}://{public_host(http)}:{ports.http_port or http.port}/{r.name}"
         if offer_of(r).task_keys:
             return cosmos_key.connection_template(r, base)
         return {"conn_type": "http", "host": base, "extra": {"Authorization": f"Bearer {TOKEN}"}}
@@ -106,7 +106,7 @@ def connection_template(ctx: ControlContext, r: AnyResource) -> dict[str, Any] |
         }
     return {
         "conn_type": "cassandra",
-        "host": public_host(cql.host),
+        "host": public_host(cql),
         "port": ports.cql_port or cql.port,
         "login": r.name,
         "password": TOKEN,
@@ -130,7 +130,7 @@ def postgres_connection_template(ctx: ControlContext, r: PostgresResource) -> di
     )
     return {
         "conn_type": "postgres",
-        "host": public_host(pg.host),
+        "host": public_host(pg),
         "port": ctx.ports.postgres_port or pg.port,
         "login": "lockgate",
         "password": TOKEN,

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from lockgate.config import LockgateConfig
+from lockgate.config import ForwardProxyConfig, ListenerConfig, LockgateConfig
 from lockgate.control.token import Handler, error_response, read_body
 from lockgate.gateway.dynamic_roles import DbRoles
 from lockgate.identity import OAuthError, TokenIssuer, TokenService, TokenVerifier
@@ -40,9 +40,12 @@ DeploymentHandler = Callable[[str, dict[str, str]], Awaitable[web.Response]]
 MintDecider = Callable[[TaskIdentity, str, "int | None"], MintDecision]
 
 
-def public_host(host: str) -> str:
-    """The host a client dials for a listener bound to ``host`` (a wildcard is localhost)."""
-    return "localhost" if host in ("0.0.0.0", "::") else host
+def public_host(listener: ListenerConfig | ForwardProxyConfig) -> str:
+    """The host a client dials for ``listener``: its ``advertise`` name (a load balancer's
+    in front of several replicas), else the bound address (a wildcard is localhost)."""
+    if listener.advertise:
+        return listener.advertise
+    return "localhost" if listener.host in ("0.0.0.0", "::") else listener.host
 
 
 class ListenerPorts(Protocol):

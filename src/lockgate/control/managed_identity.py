@@ -179,13 +179,13 @@ def catalog_entry(ctx: ControlContext, resource: HttpResource) -> dict[str, Any]
     if arm.factory:
         extra["factory_name"] = arm.factory
     c = ctx.config.listeners.control
-    host = public_host(c.host)
+    host = public_host(c)
     control = f"{c.scheme}://{host}:{ctx.ports.control_port or c.port}"
     env = {"IDENTITY_ENDPOINT": control + PATH, "IDENTITY_HEADER": TOKEN_PLACEHOLDER}
     fp = ctx.config.listeners.forward_proxy
     if fp is not None:
         fport = ctx.ports.forward_proxy_port or fp.port
-        env["HTTPS_PROXY"] = f"{fp.scheme}://{public_host(fp.host)}:{fport}"
+        env["HTTPS_PROXY"] = f"{fp.scheme}://{public_host(fp)}:{fport}"
         env["NO_PROXY"] = host  # the control plane (token service, /msi/token) goes direct
     return {
         "conn_id": resource.conn_id,
