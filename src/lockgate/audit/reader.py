@@ -141,6 +141,9 @@ class AuditReader:
         checkpoint shows here (the hash of the shipped head commits to every row before)."""
         assert self.shipping is not None
         replica = self.shipping.replica_id
+        # the shipper reports after its commit: read the report first, PostgreSQL second,
+        # so a batch shipped in between never looks like a truncation
+        reported = ship_lag(self.db_path).shipped_seq
         seq, h = trail.shipped_head(replica)
         problem: str | None = None
         with self._conn() as conn:
@@ -150,7 +153,6 @@ class AuditReader:
                 local = str(row[0]) if row else None
             if seq and local != h:
                 problem = f"shipped seq {seq} differs from this replica's local chain"
-        reported = ship_lag(self.db_path).shipped_seq
         if problem is None and seq < reported:
             problem = f"truncated: seq {reported} was shipped, PostgreSQL ends at {seq}"
             seq += 1
