@@ -19,7 +19,6 @@ the proof: fail closed.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -54,15 +53,11 @@ _CLAIM = (
 
 def open_database(where: Path | Database | None) -> tuple[Database, bool]:
     """``where`` as a :class:`Database`, and whether the caller owns (closes) it: a path is
-    a SQLite file kept to the gateway's user, ``None`` a private in-memory database."""
+    a SQLite file, ``None`` a private in-memory database, a database is the State's."""
     if where is None:
         return SqliteDatabase(None), True
     if isinstance(where, str | Path):
-        path = Path(where)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The file names deployments and when they authenticated: keep it to the gateway.
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        return SqliteDatabase(path), True
+        return SqliteDatabase(Path(where)), True  # made 0600: it names deployments
     return where, False
 
 
