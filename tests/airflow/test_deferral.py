@@ -28,7 +28,7 @@ pytest.importorskip("airflow.sdk")
 
 from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 
-from lockgate.airflow import secrets
+from lockgate.airflow import deferral, secrets
 from lockgate.airflow._client import MintedToken
 from lockgate.demo.stack import LocalStack
 
@@ -68,12 +68,12 @@ def _in_task(monkeypatch: pytest.MonkeyPatch, *, deferrable: bool) -> None:
     ti = SimpleNamespace(**TRY)
     task = SimpleNamespace(task_id="call", deferrable=deferrable, execution_timeout=None)
     monkeypatch.setattr(secrets, "task_coordinates", lambda: secrets.coordinates_of(ti))
-    monkeypatch.setattr(secrets, "_running_task", lambda: task)
+    monkeypatch.setattr(deferral, "running_task", lambda: task)
 
 
 def _outside_task(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(secrets, "task_coordinates", lambda: None)
-    monkeypatch.setattr(secrets, "_running_task", lambda: None)
+    monkeypatch.setattr(deferral, "running_task", lambda: None)
 
 
 @pytest.fixture
@@ -236,7 +236,7 @@ def test_a_pollable_conn_id_is_not_refused_to_a_deferrable_task(
 def test_an_operator_that_will_not_defer_is_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """ADF with wait_for_termination=False ignores deferrable=True: nothing to refuse."""
     task = SimpleNamespace(task_id="run", deferrable=True, wait_for_termination=False)
-    monkeypatch.setattr(secrets, "_running_task", lambda: task)
+    monkeypatch.setattr(deferral, "running_task", lambda: task)
     assert secrets.unpollable_deferral("x", {"resource": "arm", "connection": {}}) is None
     task.wait_for_termination = True
     assert secrets.unpollable_deferral("x", {"resource": "arm", "connection": {}}) is not None

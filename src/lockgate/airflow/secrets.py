@@ -56,7 +56,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import hashlib
 import json
@@ -78,6 +77,17 @@ from lockgate.airflow._client import (
     MintedToken,
     TokenServiceClient,
 )
+from lockgate.airflow.deferral import (
+    ASYNC_LOOKUP,
+    TRIGGER_AS_TASK,
+    defers,
+    serves_triggers,
+    task_defers,
+    trigger_scope,
+    trigger_task_try,
+    unpollable_deferral,
+    unserved_trigger,
+)
 
 try:  # Airflow 3 task SDK
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend
@@ -98,7 +108,6 @@ ROLE_USER_PLACEHOLDER = "{lockgate_role_user}"
 ROLE_PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
 UPSTREAM_CA_PLACEHOLDER = "{lockgate_upstream_ca_file}"
 DYNAMIC_ROLE = "dynamic_role"
-TRIGGER_AS_TASK = "task"  # catalog "trigger": the trigger gets the deferred try's token
 RENEW_BEFORE = 60.0
 
 # What the backend caches until a minute before it expires.
@@ -145,126 +154,10 @@ def coordinates_of(ti: TaskTry) -> Coordinates:
     }
 
 
-def _trigger_context() -> dict[str, Any]:
-    """What the triggerer binds into its log context around the running trigger (empty
-    elsewhere: tasks, ``dag.test()``'s inline triggers)."""
-    try:
-        import structlog.contextvars
-
-        bound = structlog.contextvars.get_contextvars()
-    except Exception:
-        return {}
-    return bound if bound.get("trigger_id") is not None else {}
-
-
-def trigger_task_try() -> Coordinates | None:
-    """The deferred task try whose trigger is running, as the triggerer names it, or None.
-
-    Airflow's trigger runner binds ``trigger_id`` and the deferred task instance's
-    ``dag_id``, ``task_id``, ``run_id``, ``try_number`` and ``map_index`` around each trigger.
-    """
-    bound = _trigger_context()
-    dag_id, task_id, run_id = bound.get("dag_id"), bound.get("task_id"), bound.get("run_id")
-    try_number, map_index = bound.get("try_number"), bound.get("map_index")
-    if not all(isinstance(v, str) and v for v in (dag_id, task_id, run_id)):
-        return None
-    if not isinstance(try_number, int) or not isinstance(map_index, int | None):
-        return None
-    return {
-        "dag_id": str(dag_id),
-        "task_id": str(task_id),
-        "run_id": str(run_id),
-        "try_number": try_number,
-        "map_index": -1 if map_index is None else map_index,
-    }
-
-
-def trigger_scope() -> dict[str, str]:
-    """The trigger's DAG run as the triggerer binds it into its log context, if it does.
-
-    Airflow's trigger runner binds ``dag_id``/``run_id`` of the deferred task instance with
-    structlog's contextvars around each trigger; ``dag.test()`` runs triggers without it.
-    """
-    try:
-        import structlog.contextvars
-
-        bound = structlog.contextvars.get_contextvars()
-    except Exception:
-        return {}
-    dag_id, run_id = bound.get("dag_id"), bound.get("run_id")
-    if isinstance(dag_id, str) and dag_id and isinstance(run_id, str) and run_id:
-        return {"dag_id": dag_id, "run_id": run_id}
-    return {}
-
-
-# Set while an asynchronous lookup (``aget_connection``: a trigger, or async code) runs; the
-# synchronous lookup it delegates to runs in a thread with a copy of this context.
-_ASYNC_LOOKUP: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "lockgate_async_lookup", default=False
-)
-
-
-def _running_task() -> object | None:
-    """The operator of the running task try, or None outside a task's execution context."""
-    try:
-        from airflow.sdk import get_current_context
-
-        return get_current_context()["ti"].task
-    except Exception:
-        return None
-
-
 def _holds_no_secret(connection: dict[str, Any]) -> bool:
     """True when a connection template carries nothing filled in per task (no token, key,
     role or CA placeholder): what it says may be shown to anyone who may read the DAG."""
     return "{lockgate_" not in json.dumps(connection)
-
-
-def serves_triggers(template: dict[str, Any]) -> bool:
-    """Whether a deferred operator's trigger can use this conn_id from the triggerer: a
-    ``poll`` entry (Databricks, ARM) gets a poll token there, a ``"trigger": "task"`` entry
-    (plain http: ``HttpTrigger`` sends the task's request) a token of the deferred task try."""
-    return bool(template.get("poll")) or template.get("trigger") == TRIGGER_AS_TASK
-
-
-def _defers(task: object | None) -> bool:
-    if task is None or getattr(task, "deferrable", False) is not True:
-        return False
-    return getattr(task, "wait_for_termination", True) is not False  # ADF: nothing deferred
-
-
-def unpollable_deferral(conn_id: str, template: dict[str, Any]) -> str | None:
-    """Why a deferral on ``conn_id`` cannot work in the running task try, or None.
-
-    A deferred operator's trigger runs in the triggerer, outside the task try; only a conn_id
-    that :func:`serves_triggers` gets a token there. Checked at the task's first lookup,
-    which comes before the operator starts anything upstream (ADF looks its connection up
-    before createRun), so a retry never starts a duplicate run.
-    """
-    task = _running_task()
-    if serves_triggers(template) or not _defers(task):
-        return None
-    return (
-        f"Lockgate: task {getattr(task, 'task_id', '?')} runs with deferrable=True, but "
-        f"conn_id {conn_id!r} (resource {template.get('resource', '?')}) offers no poll "
-        "tokens: its trigger would run in the triggerer, outside any task try, where Lockgate "
-        "mints nothing for it. Refused before anything was started upstream; run the operator "
-        "with deferrable=False (or a sensor in reschedule mode)"
-    )
-
-
-def _unserved_trigger(conn_id: str, template: dict[str, Any]) -> str:
-    why = (
-        "names no deferred task try (the triggerer names the try of each trigger it runs)"
-        if serves_triggers(template)
-        else "offers no poll tokens"
-    )
-    return (
-        f"Lockgate: conn_id {conn_id!r} (resource {template.get('resource', '?')}) was asked "
-        f"for outside a task try by asynchronous code (a deferred operator's trigger) and "
-        f"{why}: Lockgate mints a token only for a task try. Run the operator with "
-        "deferrable=False"
-    )
 
 
 def _requested_ttl(ti_task: object) -> int | None:
@@ -411,7 +304,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         if refusal is not None:
             log.error(refusal)
             raise AirflowSecretsBackendAccessDenied(refusal)
-        if template.get("trigger") == TRIGGER_AS_TASK and _defers(_running_task()):
+        if template.get("trigger") == TRIGGER_AS_TASK and task_defers():
             with self._lock:  # dag.test(): the trigger runs next, in this very process
                 self._deferring[conn_id] = coords
         return self._task_connection(conn_id, template, coords)
@@ -440,11 +333,11 @@ class LockgateSecretsBackend(BaseSecretsBackend):
     async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
         """The asynchronous lookup (triggers): the synchronous one in a worker thread, marked
         so that a conn_id without poll tokens is refused with the reason."""
-        token = _ASYNC_LOOKUP.set(True)
+        token = ASYNC_LOOKUP.set(True)
         try:  # to_thread runs it in a copy of this context, so the mark is seen there
             return await asyncio.to_thread(self.get_connection, conn_id)
         finally:
-            _ASYNC_LOOKUP.reset(token)
+            ASYNC_LOOKUP.reset(token)
 
     def _outside_task(self, conn_id: str, template: dict[str, Any]) -> str | None:
         """What a lookup outside any task try gets: a poll entry its poll token, a trigger
@@ -458,8 +351,8 @@ class LockgateSecretsBackend(BaseSecretsBackend):
                 conn_id, deferred,
             )  # fmt: skip
             return self._task_connection(conn_id, template, deferred)
-        if _ASYNC_LOOKUP.get():  # a trigger: say why at ERROR rather than "isn't defined"
-            refusal = _unserved_trigger(conn_id, template)
+        if ASYNC_LOOKUP.get():  # a trigger: say why at ERROR rather than "isn't defined"
+            refusal = unserved_trigger(conn_id, template)
             log.error(refusal)
             raise AirflowSecretsBackendAccessDenied(refusal)
         if _holds_no_secret(template["connection"]):
@@ -484,7 +377,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         named = trigger_task_try()
         if named is not None:
             return named
-        if not _ASYNC_LOOKUP.get():
+        if not ASYNC_LOOKUP.get():
             return None
         with self._lock:
             return self._deferring.get(conn_id)
@@ -615,6 +508,6 @@ class LockgateSecretsBackend(BaseSecretsBackend):
 
 def end_task_try(ti: TaskTry) -> None:
     coords = coordinates_of(ti)
-    deferred = _defers(getattr(ti, "task", None))
+    deferred = defers(getattr(ti, "task", None))
     for backend in list(_ACTIVE):
         backend.end_task_try(coords, deferred=deferred)
