@@ -245,3 +245,46 @@ def test_odd_values_round_trip_and_verify(tmp_path: Path, pg_state: SharedStateF
         assert reader.search(event="denied", limit=10)[0].reason == "nul\x00here"
     finally:
         reader.close_shared()
+
+
+def test_verify_while_replicas_ship_sees_no_false_break(
+    tmp_path: Path, pg_state: SharedStateFactory
+) -> None:
+    settings = pg_state()
+    logs = {
+        r: AuditLog(tmp_path / r / "audit.db", shipping=shipping(r, settings, interval=0.05))
+        for r in ("r1", "r2")
+    }
+    stop = threading.Event()
+
+    def load(replica: str) -> None:
+        i = 0
+        while not stop.is_set():
+            logs[replica].emit(record(i, replica))
+            i += 1
+            if i % 20 == 0:
+                time.sleep(0.002)
+
+    threads = [threading.Thread(target=load, args=(r,)) for r in logs]
+    for t in threads:
+        t.start()
+    reader = AuditReader(tmp_path / "r1" / "audit.db", shipping=shipping("r1", settings))
+    try:
+        checks = 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            result = reader.verify()
+            assert result.ok, result
+            checks += 1
+        assert checks >= 3
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        for log in logs.values():
+            log.close()
+    try:
+        result = reader.verify()
+        assert result.ok and result.checked > 0 and result.checkpoints > 2, result
+    finally:
+        reader.close_shared()
