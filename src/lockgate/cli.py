@@ -12,6 +12,7 @@
     lockgate keys rotate [--retire-after S] | keys list
     lockgate creds set NAME | creds rotate NAME | creds list
     lockgate audit tail | audit search --dag D [--run R] [--decision deny] | audit verify
+                                           (shared state: every replica; --local: this one)
     lockgate db upgrade | db check         the state's schema (SQLite files or PostgreSQL)
     lockgate demo                          run the end-to-end demo on embedded defaults
 
@@ -36,13 +37,13 @@ from lockgate._cli_state import add_command, add_global_options, add_group
 from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import config_from as _config
 from lockgate._cli_state import open_state as _state
+from lockgate.cli_audit import add_audit_commands
 from lockgate.cli_db import add_db_commands
 from lockgate.cli_token import add_token_commands
 from lockgate.config import LockgateConfig
 from lockgate.errors import LockgateError
 
-if TYPE_CHECKING:  # the server and audit packages load lazily to keep the CLI quick
-    from lockgate.audit import AuditReader
+if TYPE_CHECKING:  # the server and policy packages load lazily to keep the CLI quick
     from lockgate.policy import PolicySet
 
 
@@ -188,7 +189,13 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     if retire < 0:
         raise LockgateError("--retire-after must be 0 or more seconds")
     key = st.keys.rotate(retire_after=retire)
-    print(f"new signing key {key.kid}; previous keys stay published for {retire}s")
+    when = (
+        f", signs from {time.strftime('%H:%M:%S', time.localtime(key.signs_from))}"
+        if key.signs_from > time.time()  # shared keys: published first, so every replica knows it
+        else ""
+    )
+    print(f"new signing key {key.kid}; published now{when}; "
+          f"previous keys stay published for {retire}s")  # fmt: skip
     return 0
 
 
@@ -200,6 +207,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             mark = "current"
         elif k.retire_at:
             mark = f"retires at {time.ctime(k.retire_at)}"
+        elif k.signs_from > time.time():
+            mark = f"published, signs from {time.ctime(k.signs_from)}"
         else:
             mark = "published"
         print(f"{k.kid}  created {time.ctime(k.created)}  {mark}")
@@ -267,69 +276,6 @@ def cmd_creds_list(args: argparse.Namespace) -> int:
             print(f"{c.name:24} {c.type:26} version {v.version}  set {time.ctime(v.created_at)}")
         else:
             print(f"{c.name:24} {c.type:26} NOT SET (lockgate creds set {c.name})")
-    return 0
-
-
-# -- audit ----------------------------------------------------------------------------------
-def _audit_log(args: argparse.Namespace) -> AuditReader:
-    """Read-only view: no writer thread, no empty database created. With shared state it
-    reads every replica's records (the master key, which must be given, checks the signed
-    checkpoints)."""
-    from lockgate.audit import AuditReader
-    from lockgate.state import audit_shipping
-
-    cfg = _config(args)
-    shipping = audit_shipping(cfg) if cfg.state.shared else None
-    return AuditReader(cfg.data_dir / "audit.db", shipping=shipping)
-
-
-def cmd_audit_tail(args: argparse.Namespace) -> int:
-    from lockgate.audit import format_records
-
-    log = _audit_log(args)
-    print(format_records(log.tail(args.n), as_json=args.json))
-    return 0
-
-
-def cmd_audit_search(args: argparse.Namespace) -> int:
-    from lockgate.audit import format_records
-
-    log = _audit_log(args)
-    rows = log.search(
-        dag=args.dag,
-        run=args.run,
-        decision=args.decision,
-        event=args.event,
-        resource=args.resource,
-        limit=args.limit,
-    )
-    print(format_records(rows, as_json=args.json))
-    return 0
-
-
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    log = _audit_log(args)
-    if args.replay:  # an audit log chains stopped processes' journals as it starts
-        from lockgate.audit import AuditLog
-
-        cfg = _config(args)
-        AuditLog(log.db_path, cfg.audit.jsonl, cfg.audit.write_timeout).close()
-    result = log.verify()
-    if not result.ok:
-        print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.problem}")
-        return 1
-    print(f"audit chain intact: {result.checked} records")
-    waiting = log.journal_backlog()
-    live = [b for b in waiting if b.live]
-    stopped = [b for b in waiting if not b.live]
-    if live:
-        print(f"{sum(b.entries for b in live)} written-ahead records of {len(live)} running "
-              "process(es) are on their way into the chain")  # fmt: skip
-    if stopped:
-        print(f"NOT CHAINED YET: {sum(b.entries for b in stopped)} written-ahead records in "
-              f"the journals of {len(stopped)} stopped process(es); run `lockgate audit "
-              "verify --replay` (or start the gateway) to chain them")  # fmt: skip
-        return 1
     return 0
 
 
@@ -447,36 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         creds, "list", cmd_creds_list, "list credentials and their current version (never values)"
     )
 
-    aud = add_group(sub, "audit", "audit trail")
-    sp = add_command(aud, "tail", cmd_audit_tail, "show the newest records, oldest first")
-    sp.add_argument("-n", type=int, default=20, metavar="N", help="how many records")
-    sp.add_argument("--json", action="store_true", help="one JSON object per line")
-    sp = add_command(aud, "search", cmd_audit_search, "records matching every filter given")
-    sp.add_argument("--dag", metavar="D", help="DAG id")
-    sp.add_argument("--run", metavar="R", help="DAG run id")
-    sp.add_argument(
-        "--decision",
-        choices=["allow", "deny", "error"],
-        help="deny: every refusal; error: what the gateway or the upstream could not serve",
-    )
-    sp.add_argument("--event", metavar="E", help="record event, e.g. token_issued, denied")
-    sp.add_argument("--resource", metavar="NAME", help="resource name")
-    sp.add_argument(
-        "--limit", type=int, default=100, metavar="N", help="at most the newest N records"
-    )
-    sp.add_argument("--json", action="store_true", help="one JSON object per line")
-    sp = add_command(
-        aud,
-        "verify",
-        cmd_audit_verify,
-        "check the hash chain; exit 1 at the first bad record or when stopped processes' "
-        "journals hold records not chained yet",
-    )
-    sp.add_argument(
-        "--replay",
-        action="store_true",
-        help="chain those journals first (what the gateway does when it starts)",
-    )
+    add_audit_commands(sub)
 
     sp = add_command(sub, "demo", cmd_demo, "run the end-to-end demo on embedded defaults")
     sp.add_argument("--dir", default="demo", metavar="DIR", help="working directory for the demo")

@@ -45,6 +45,12 @@ class PostgresStateSettings(Section):
         gt=0,
         description="seconds without contact after which requests are refused",
     )
+    lease_grace: float = Field(
+        default=30,
+        gt=0,
+        description="seconds without a heartbeat after which another replica drops a "
+        "replica's dynamic database roles (more than the clock skew between replicas)",
+    )
     replica_id: str | None = Field(default=None, pattern=NAME_RE)
     migrate_on_start: bool = True
 

@@ -1,0 +1,132 @@
+"""``lockgate audit``: read and check the audit trail.
+
+    lockgate audit tail [-n N] | audit search --dag D [--run R] [--decision deny] | audit verify
+
+With ``state: sqlite`` they read this machine's chain (``data_dir/audit.db``). With
+``state: postgresql`` they read the shared trail of every replica (``--replica R``: one of
+them; ``--local``: this replica's own chain only), and ``verify`` checks every replica's
+chain and the signed checkpoints of all chain heads (the master key, which shared state
+needs given, checks the signatures). Nothing here writes a record or creates a database.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from lockgate._cli_state import add_command, add_group
+from lockgate._cli_state import config_from as _config
+
+if TYPE_CHECKING:
+    from lockgate._cli_state import Subcommands
+    from lockgate.audit import AuditReader
+
+
+def _audit_log(args: argparse.Namespace) -> AuditReader:
+    """Read-only view: no writer thread, no empty database created."""
+    from lockgate.audit import AuditReader
+
+    cfg = _config(args)
+    shipping = None
+    if cfg.state.shared and not getattr(args, "local", False):
+        from lockgate.state import audit_shipping
+
+        shipping = audit_shipping(cfg)
+    return AuditReader(cfg.data_dir / "audit.db", shipping=shipping)
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from lockgate.audit import format_records
+
+    log = _audit_log(args)
+    print(format_records(log.tail(args.n), as_json=args.json))
+    return 0
+
+
+def cmd_audit_search(args: argparse.Namespace) -> int:
+    from lockgate.audit import format_records
+
+    log = _audit_log(args)
+    rows = log.search(
+        dag=args.dag,
+        run=args.run,
+        decision=args.decision,
+        event=args.event,
+        resource=args.resource,
+        limit=args.limit,
+        replica=args.replica,
+    )
+    print(format_records(rows, as_json=args.json))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    log = _audit_log(args)
+    if args.replay:  # an audit log chains stopped processes' journals as it starts
+        from lockgate.audit import AuditLog
+
+        cfg = _config(args)
+        AuditLog(log.db_path, cfg.audit.jsonl, cfg.audit.write_timeout).close()
+    result = log.verify()
+    if not result.ok:
+        print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.problem}")
+        return 1
+    signed = f", {result.checkpoints} signed checkpoints" if log.shipping is not None else ""
+    print(f"audit chain intact: {result.checked} records{signed}")
+    waiting = log.journal_backlog()
+    live = [b for b in waiting if b.live]
+    stopped = [b for b in waiting if not b.live]
+    if live:
+        print(f"{sum(b.entries for b in live)} written-ahead records of {len(live)} running "
+              "process(es) are on their way into the chain")  # fmt: skip
+    if stopped:
+        print(f"NOT CHAINED YET: {sum(b.entries for b in stopped)} written-ahead records in "
+              f"the journals of {len(stopped)} stopped process(es); run `lockgate audit "
+              "verify --replay` (or start the gateway) to chain them")  # fmt: skip
+        return 1
+    return 0
+
+
+def _local_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--local",
+        action="store_true",
+        help="shared state: this replica's local chain only, not the shared trail",
+    )
+
+
+def add_audit_commands(sub: Subcommands) -> None:
+    aud = add_group(sub, "audit", "audit trail")
+    sp = add_command(aud, "tail", cmd_audit_tail, "show the newest records, oldest first")
+    sp.add_argument("-n", type=int, default=20, metavar="N", help="how many records")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    _local_flag(sp)
+    sp = add_command(aud, "search", cmd_audit_search, "records matching every filter given")
+    sp.add_argument("--dag", metavar="D", help="DAG id")
+    sp.add_argument("--run", metavar="R", help="DAG run id")
+    sp.add_argument(
+        "--decision",
+        choices=["allow", "deny", "error"],
+        help="deny: every refusal; error: what the gateway or the upstream could not serve",
+    )
+    sp.add_argument("--event", metavar="E", help="record event, e.g. token_issued, denied")
+    sp.add_argument("--resource", metavar="NAME", help="resource name")
+    sp.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most the newest N records"
+    )
+    sp.add_argument("--replica", metavar="R", help="shared state: only this replica's records")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    _local_flag(sp)
+    sp = add_command(
+        aud,
+        "verify",
+        cmd_audit_verify,
+        "check the hash chain; exit 1 at the first bad record or when stopped processes' "
+        "journals hold records not chained yet",
+    )
+    sp.add_argument(
+        "--replay",
+        action="store_true",
+        help="chain those journals first (what the gateway does when it starts)",
+    )
+    _local_flag(sp)
