@@ -11,7 +11,7 @@ import pytest
 
 from lockgate.config import PostgresStateSettings
 from lockgate.errors import StoreUnavailable
-from lockgate.identity import RevocationStore
+from lockgate.identity import OAuthError, RevocationStore
 from lockgate.identity.staleness import STALE_REASON, StalenessBound
 from lockgate.store import PostgresDatabase
 
@@ -102,3 +102,12 @@ async def test_writes_to_a_shared_database_leave_the_event_loop(
         )
     finally:
         db.close()
+
+
+async def test_a_stale_replica_serves_no_deployment_door(service_env: Env) -> None:
+    _stale_service(service_env, 31)
+    status, body = await service_env.post("/v1/revoke", {**AUTH, "dag_id": "finance_daily"})
+    assert status == 503 and body["error_description"].startswith("shared state (PostgreSQL)")
+    with pytest.raises(OAuthError) as refused:  # what catalog, poll token and the rest call
+        await service_env.service.authenticate(AUTH, None)
+    assert refused.value.reason == STALE_REASON

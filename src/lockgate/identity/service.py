@@ -133,7 +133,6 @@ class TokenService:
     ) -> TaskGrant:
         """Steps 2-6: who asks, for which task and resource, and may it; fills ``ctx`` for the
         audit as it learns. Raises :class:`OAuthError` on any refusal."""
-        self._refuse_if_stale()
         ctx["deployment"], ctx["proof"] = await self.authenticate(body, authorization)
         dep = self.config.deployment(ctx["deployment"])
         assert dep is not None  # authenticate only returns configured deployments
@@ -311,7 +310,9 @@ class TokenService:
     ) -> tuple[str, str]:
         """Step 2, for every door a deployment calls: (deployment name, proof kind) from the
         body's fields and the ``Authorization`` header, or :class:`OAuthError` (not yet
-        recorded: the caller passes it to :meth:`refused`)."""
+        recorded: the caller passes it to :meth:`refused`). Every door that mints passes here
+        first, so a replica past its staleness bound refuses them all."""
+        self._refuse_if_stale()
         grant = body.get("grant_type")
         if grant == TOKEN_EXCHANGE or (grant is None and "subject_token" in body):
             if body.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
@@ -397,8 +398,9 @@ class TokenService:
             raise shared_state_unavailable(exc) from None
 
     def _refuse_if_stale(self) -> None:
-        """Past ``max_staleness`` without the shared database, nothing is minted: a block set
-        on another replica meanwhile would not be seen."""
+        """Past ``max_staleness`` without the shared database, no deployment is served (no
+        token, poll token, database role or catalog): a block set on another replica
+        meanwhile would not be seen."""
         why = self._staleness.refusal() if self._staleness is not None else None
         if why is not None:
             raise OAuthError(503, "temporarily_unavailable", why, reason=STALE_REASON)
