@@ -95,11 +95,14 @@ def test_every_kind_written_on_one_replica_holds_on_another_within_a_second(
 def test_propagation_over_many_revocations(replicas: OpenReplica, issuer: TokenIssuer) -> None:
     one, two = replicas("r1"), replicas("r2")
     delays = []
-    for _ in range(20):
+    for _ in range(100):
         claims = mint(issuer)
         one.revoke_jti(claims.jti, claims.exp, "x")
         delays.append(seen_within(two, _revoked_on(two, claims), PROPAGATION_BOUND))
     delays.sort()
+    p50, p99 = delays[len(delays) // 2], delays[int(len(delays) * 0.99) - 1]
+    print(f"revocation propagation (refresh polled every 20 ms): p50 {p50 * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms over {len(delays)}")  # fmt: skip
     assert delays[-1] < PROPAGATION_BOUND, delays
 
 
