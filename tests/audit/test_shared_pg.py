@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from lockgate.audit import AuditLog, AuditReader, AuditRecord, RemoteAuditLog
 from lockgate.audit.shared import SharedTrail
 from lockgate.audit.shipping import ship_lag
@@ -247,6 +249,7 @@ def test_odd_values_round_trip_and_verify(tmp_path: Path, pg_state: SharedStateF
         reader.close_shared()
 
 
+@pytest.mark.slow
 def test_verify_while_replicas_ship_sees_no_false_break(
     tmp_path: Path, pg_state: SharedStateFactory
 ) -> None:
