@@ -69,8 +69,12 @@ class WriterProcess:
         args.append("--shipping-stdin")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE)
         assert self.proc.stdin is not None
-        with self.proc.stdin as pipe:
-            pipe.write(self.shipping.to_json().encode())
+        try:
+            with self.proc.stdin as pipe:
+                pipe.write(self.shipping.to_json().encode())
+        except OSError as exc:  # it died at once: seen as exited, restarted by the next look
+            log.error("audit writer did not take its shipping settings",
+                      extra={"fields": {"error": str(exc)}})  # fmt: skip
 
     @property
     def pid(self) -> int | None:
