@@ -29,6 +29,7 @@ from lockgate.demo.stack import LocalStack
 from lockgate.identity import RevocationStore
 from lockgate.store import PostgresDatabase
 from tests.pgserver import PgServer
+from tests.test_kill_switch import get  # GET of the demo resource: the status
 
 MAX_STALENESS = 2.0
 CATCH_UP = 0.25
@@ -72,17 +73,6 @@ def mint(stack: LocalStack, dag: str = "finance_daily") -> str:
         "try_number": 1,
     }
     return client.mint(conn_id="orders_api", coords=coords, requested_ttl=None).token
-
-
-def get(stack: LocalStack, token: str) -> int:
-    req = urllib.request.Request(
-        stack.http_url + "/orders-api/orders", headers={"Authorization": f"Bearer {token}"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def token_request(stack: LocalStack) -> tuple[int, dict[str, Any]]:
