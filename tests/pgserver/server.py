@@ -395,6 +395,9 @@ class PgServer:
             fh.seek(since)
             chunk = fh.read(end - since).decode("utf-8", errors="replace")
         found = []
+        # A statement may be far longer than the csv module's 128 KiB default field limit
+        # (tests send megabyte-sized statements); the log is the server's own, trusted.
+        csv.field_size_limit(max(csv.field_size_limit(), len(chunk)))
         for row in csv.reader(chunk.splitlines(keepends=True)):
             rec = dict(zip(_CSV_COLUMNS, row, strict=False))
             message = rec.get("message", "")
