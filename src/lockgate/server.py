@@ -144,7 +144,7 @@ class Gateway:
             leases=RoleLeases(
                 self.state.database(ROLE_LEASES),
                 self.state.replica_id,
-                grace=getattr(pg, "lease_grace", DEFAULT_GRACE),
+                grace=pg.lease_grace if pg is not None else DEFAULT_GRACE,
             ),
         )
         return ControlPlane.build(
