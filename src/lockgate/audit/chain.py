@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,6 +288,21 @@ def tail(conn: sqlite3.Connection, n: int = 20) -> list[AuditRow]:
     return [row_from_columns(r) for r in reversed(rows)]
 
 
+def where(equal: Mapping[str, object], since: float | None) -> tuple[str, list[object]]:
+    """`` WHERE col = ? AND ... AND ts >= ?`` for the filters given (None: not filtered) and
+    its parameters; column names come from the callers' constants, never from input."""
+    clauses: list[str] = []
+    args: list[object] = []
+    for col, val in equal.items():
+        if val is not None:
+            clauses.append(f"{col} = ?")
+            args.append(val)
+    if since is not None:
+        clauses.append("ts >= ?")
+        args.append(float(since))
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+
 def search(
     conn: sqlite3.Connection,
     *,
@@ -300,24 +315,52 @@ def search(
     limit: int = 100,
 ) -> list[AuditRow]:
     """Newest ``limit`` rows matching every given filter, returned oldest first."""
-    where: list[str] = []
-    args: list[Any] = []
-    for col, val in (
-        ("dag_id", dag),
-        ("run_id", run),
-        ("decision", decision),
-        ("event", event),
-        ("resource", resource),
-    ):
-        if val is not None:
-            where.append(f"{col} = ?")
-            args.append(val)
-    if since is not None:
-        where.append("ts >= ?")
-        args.append(float(since))
-    sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
-    rows = conn.execute(f"{sql} ORDER BY seq DESC LIMIT ?", (*args, int(limit))).fetchall()
+    equal = {"dag_id": dag, "run_id": run, "decision": decision, "event": event,
+             "resource": resource}  # fmt: skip
+    clause, args = where(equal, since)
+    sql = f"{_SELECT}{clause} ORDER BY seq DESC LIMIT ?"
+    rows = conn.execute(sql, (*args, int(limit))).fetchall()
     return [row_from_columns(r) for r in reversed(rows)]
+
+
+@dataclass(slots=True)
+class Walk:
+    """How far :func:`walk` got along a chain."""
+
+    checked: int = 0
+    last_seq: int = 0
+    last_hash: str = GENESIS
+    broken: tuple[int, str] | None = None  # (first bad seq, what is wrong)
+
+
+def walk(
+    rows: Iterable[AuditRow],
+    anchors: dict[int, str],
+    anchor_name: Callable[[int], str] = lambda seq: "the anchor recorded outside the database",
+) -> Walk:
+    """Follow a chain from seq 1 and stop at the first row that breaks it: a gap or a
+    reordering (seq), a row deleted or inserted (prev_hash), an edit (hash), or a hash other
+    than an ``anchor`` recorded elsewhere names for its seq. Anchors met are popped, so what
+    is left in ``anchors`` lies beyond the chain's end."""
+    w = Walk()
+    for row in rows:
+        expected = w.last_seq + 1
+        if row.seq != expected:
+            what = "missing row(s)" if row.seq > expected else "out-of-order row"
+            w.broken = (expected, f"{what}: expected seq {expected}, found {row.seq}")
+        elif row.prev_hash != w.last_hash:
+            w.broken = (
+                row.seq,
+                "prev_hash does not match the previous row (row deleted, inserted or reordered)",
+            )
+        elif chain_hash(w.last_hash, row, row.seq) != row.hash:
+            w.broken = (row.seq, "hash mismatch (row edited)")
+        elif row.seq in anchors and anchors.pop(row.seq) != row.hash:
+            w.broken = (row.seq, f"hash differs from {anchor_name(row.seq)} (chain rewritten)")
+        if w.broken is not None:
+            return w
+        w.last_seq, w.last_hash, w.checked = row.seq, row.hash, w.checked + 1
+    return w
 
 
 def verify(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]] = ()) -> VerifyResult:
@@ -329,34 +372,10 @@ def verify(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]] = ()) ->
     logs); each must still be in the chain.
     """
     want = dict(anchors)
-    expected_seq, prev, checked = 1, GENESIS, 0
-    for row in iter_rows(conn):
-        if row.seq != expected_seq:
-            what = "missing row(s)" if row.seq > expected_seq else "out-of-order row"
-            return VerifyResult(
-                False,
-                checked,
-                expected_seq,
-                f"{what}: expected seq {expected_seq}, found {row.seq}",
-            )
-        if row.prev_hash != prev:
-            return VerifyResult(
-                False,
-                checked,
-                row.seq,
-                "prev_hash does not match the previous row (row deleted, inserted or reordered)",
-            )
-        if chain_hash(prev, row, row.seq) != row.hash:
-            return VerifyResult(False, checked, row.seq, "hash mismatch (row edited)")
-        if row.seq in want and want.pop(row.seq) != row.hash:
-            return VerifyResult(
-                False,
-                checked,
-                row.seq,
-                "hash differs from the anchor recorded outside the database (chain rewritten)",
-            )
-        prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
-    last = expected_seq - 1
+    w = walk(iter_rows(conn), want)
+    checked, last = w.checked, w.last_seq
+    if w.broken is not None:
+        return VerifyResult(False, checked, *w.broken)
     head_row = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
     if head_row is None:
         if last:
@@ -372,7 +391,7 @@ def verify(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]] = ()) ->
             )
         if head_seq < last:
             return VerifyResult(False, checked, head_seq + 1, "rows after the recorded head")
-        if head_hash != prev:
+        if head_hash != w.last_hash:
             return VerifyResult(False, checked, last, "head hash does not match the last row")
     if want:
         s = min(want)

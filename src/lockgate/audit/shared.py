@@ -30,8 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from lockgate.audit.chain import VerifyResult, row_from_columns
-from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow, canonical_json, chain_hash
+from lockgate.audit.chain import VerifyResult, row_from_columns, walk, where
+from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow, canonical_json
 from lockgate.store import Cursor, Database, Migration, register_domain
 
 DOMAIN = "audit"
@@ -120,6 +120,10 @@ class Checkpoint:
 
     def payload(self) -> bytes:
         return checkpoint_payload(self.replica, self.n, self.at, self.heads)
+
+    @property
+    def name(self) -> str:
+        return f"checkpoint {self.n} of replica {self.replica}"
 
 
 def checkpoint_payload(replica: str, n: int, at: float, heads: Heads) -> bytes:
@@ -226,23 +230,10 @@ class SharedTrail:
         limit: int = 100,
     ) -> list[AuditRow]:
         """Newest ``limit`` rows of all replicas matching every filter, oldest first."""
-        where: list[str] = []
-        args: list[object] = []
-        for col, val in (
-            ("dag_id", dag),
-            ("run_id", run),
-            ("decision", decision),
-            ("event", event),
-            ("resource", resource),
-            ("replica", replica),
-        ):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if since is not None:
-            where.append("ts >= ?")
-            args.append(float(since))
-        sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+        equal = {"dag_id": dag, "run_id": run, "decision": decision, "event": event,
+                 "resource": resource, "replica": replica}  # fmt: skip
+        clause, args = where(equal, since)
+        sql = _SELECT + clause
         with self.db.read() as cur:
             rows = cur.execute(
                 f"{sql} ORDER BY ts DESC, replica DESC, seq DESC LIMIT ?", (*args, int(limit))
@@ -286,8 +277,9 @@ class SharedTrail:
         ``public_key`` None: signatures are not checked (the heads they name still are)."""
         checkpoints = self._checkpoints()
         kid = key_id(public_key) if public_key is not None else None
-        # every (replica, seq) a checkpoint names, with the hash it must have, and who named it
-        named: dict[tuple[str, int], tuple[str, Checkpoint]] = {}
+        # per replica, every seq a checkpoint names with the hash it must have, and who
+        named: dict[str, dict[int, str]] = {}
+        named_by: dict[tuple[str, int], Checkpoint] = {}
         expected_n: dict[str, int] = {}
         for cp in checkpoints:
             want = expected_n.get(cp.replica, 0) + 1
@@ -309,51 +301,31 @@ class SharedTrail:
                     return _broken(cp.replica, 0, f"checkpoint {cp.n}: bad signature", 0)
             for rep, (seq, h) in cp.heads.items():
                 if seq > 0:
-                    named[(rep, seq)] = (h, cp)
+                    named.setdefault(rep, {})[seq] = h
+                    named_by[(rep, seq)] = cp
         checked = 0
-        replicas = sorted({*self.replicas(), *(rep for rep, _ in named)})
-        for replica in replicas:
-            result, n = _verify_chain(replica, self._chain(replica), named)
-            checked += n
-            if result is not None:
+        for replica in sorted({*self.replicas(), *named}):
+            anchors = named.get(replica, {})
+
+            def checkpoint_naming(seq: int, replica: str = replica) -> str:
+                return named_by[(replica, seq)].name
+
+            w = walk(self._chain(replica), anchors, checkpoint_naming)
+            checked += w.checked
+            broken = w.broken
+            if broken is None and anchors:  # named heads past the end: cut short
+                seq = max(anchors)
+                broken = (
+                    w.last_seq + 1,
+                    f"truncated: {checkpoint_naming(seq)} names seq {seq}, "
+                    f"the shipped chain ends at {w.last_seq}",
+                )
+            if broken is not None:
                 return VerifyResult(
-                    False, checked, result[0], f"replica {replica}: {result[1]}", replica,
+                    False, checked, broken[0], f"replica {replica}: {broken[1]}", replica,
                     len(checkpoints),
                 )  # fmt: skip
         return VerifyResult(True, checked, checkpoints=len(checkpoints))
-
-
-def _verify_chain(
-    replica: str,
-    rows: Iterator[AuditRow],
-    named: dict[tuple[str, int], tuple[str, Checkpoint]],
-) -> tuple[tuple[int, str] | None, int]:
-    """((first bad seq, problem) or None, rows checked) for one replica's chain."""
-    expected, prev, checked = 1, GENESIS, 0
-    for row in rows:
-        if row.seq != expected:
-            return (expected, f"missing row(s): expected seq {expected}, found {row.seq}"), checked
-        if row.prev_hash != prev:
-            return (row.seq, "prev_hash does not match the previous row"), checked
-        if chain_hash(prev, row, row.seq) != row.hash:
-            return (row.seq, "hash mismatch (row edited)"), checked
-        want = named.pop((replica, row.seq), None)
-        if want is not None and want[0] != row.hash:
-            cp = want[1]
-            return (
-                row.seq,
-                f"hash differs from checkpoint {cp.n} of replica {cp.replica} (chain rewritten)",
-            ), checked
-        prev, expected, checked = row.hash, expected + 1, checked + 1
-    beyond = sorted(seq for rep, seq in named if rep == replica)
-    if beyond:
-        cp = named[(replica, beyond[-1])][1]
-        return (
-            expected,
-            f"truncated: checkpoint {cp.n} of replica {cp.replica} names seq {beyond[-1]}, "
-            f"the shipped chain ends at {expected - 1}",
-        ), checked
-    return None, checked
 
 
 def _broken(replica: str, seq: int, problem: str, checked: int) -> VerifyResult:
