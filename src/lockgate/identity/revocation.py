@@ -191,9 +191,9 @@ class RevocationStore:
         # Held while a write or a reload runs, never by the in-memory reads: a reload that
         # read the rows before our write committed must not swap in over its memory update.
         self._lock = threading.Lock()
-        if self.database.dialect == "sqlite":
-            self._scope_unscoped_jtis()
         migrate(self.database, DOMAIN, MIGRATIONS, allowed=migrate_schema)
+        if self.database.dialect == "sqlite":  # files older than schema versions
+            self._scope_unscoped_jtis()
         # jti -> the deployments whose token of that jti is revoked (ANY_DEPLOYMENT: any).
         self._jtis: dict[str, frozenset[str]] = {}
         # (deployment, dag_id) -> {run_id or "": before}; "" means every run.
@@ -229,14 +229,13 @@ class RevocationStore:
                 self.database.close()
 
     def _scope_unscoped_jtis(self) -> None:
-        with self.database.transaction() as cur:  # another process may migrate the same file
-            exists = cur.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'revoked_jti'"
-            ).fetchone()
-            if not exists:
+        """Give a file written before jti revocations were scoped its ``deployment`` column
+        (rows kept, for any deployment)."""
+        with self.database.read() as cur:
+            if _jti_scoped(cur):
                 return
-            columns = {row[1] for row in cur.execute("PRAGMA table_info(revoked_jti)").fetchall()}
-            if "deployment" not in columns:
+        with self.database.transaction() as cur:  # another process may convert the same file
+            if not _jti_scoped(cur):
                 for statement in _MIGRATE_UNSCOPED_JTI:
                     cur.execute(statement)
                 cur.touch(TOPIC)
@@ -455,6 +454,13 @@ class RevocationStore:
                 sql = f"SELECT 1 FROM {table} WHERE expires_at < ? LIMIT 1"  # noqa: S608
                 if cur.execute(sql, (now,)).fetchone() is not None:
                     cur.execute(f"DELETE FROM {table} WHERE expires_at < ?", (now,))  # noqa: S608
+
+
+def _jti_scoped(cur: Cursor) -> bool:
+    """SQLite: does ``revoked_jti`` have its ``deployment`` column (migration 1 made the
+    table, so it exists)."""
+    columns = {row[1] for row in cur.execute("PRAGMA table_info(revoked_jti)").fetchall()}
+    return "deployment" in columns
 
 
 def _load(
