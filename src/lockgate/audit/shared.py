@@ -103,6 +103,27 @@ _PG_INSERT = (
     + " FROM jsonb_array_elements(?::jsonb) AS e"
     + _CONFLICT
 )
+# Every head named by a checkpoint (seq > 0) whose row is missing or has another hash; the
+# first one, in (replica, seq) order. The heads are the signed JSON itself, unnested by the
+# database: PostgreSQL with jsonb, SQLite with json_each.
+_UNMATCHED_HEAD = {
+    "postgresql": """
+SELECT h.key, (h.value->>0)::bigint, c.replica, c.n, r.hash
+FROM audit_checkpoints c
+CROSS JOIN LATERAL jsonb_each(c.heads::jsonb) AS h
+LEFT JOIN audit_records r ON r.replica = h.key AND r.seq = (h.value->>0)::bigint
+WHERE (h.value->>0)::bigint > 0 AND (r.hash IS NULL OR r.hash <> h.value->>1)
+ORDER BY h.key, (h.value->>0)::bigint, c.replica, c.n
+LIMIT 1""",
+    "sqlite": """
+SELECT h.key, json_extract(h.value, '$[0]'), c.replica, c.n, r.hash
+FROM audit_checkpoints c, json_each(c.heads) AS h
+LEFT JOIN audit_records r ON r.replica = h.key AND r.seq = json_extract(h.value, '$[0]')
+WHERE json_extract(h.value, '$[0]') > 0
+  AND (r.hash IS NULL OR r.hash <> json_extract(h.value, '$[1]'))
+ORDER BY h.key, json_extract(h.value, '$[0]'), c.replica, c.n
+LIMIT 1""",
+}
 _ROWS_PER_INSERT = 30  # SQLite: bind parameters per statement stay below its limit
 _PAGE = 5_000  # rows per read while verifying (memory stays flat on a long trail)
 
@@ -262,74 +283,93 @@ class SharedTrail:
                 return
             after = int(page[-1][1])
 
-    def _checkpoints(self) -> list[Checkpoint]:
+    def _checkpoints(self) -> Iterator[Checkpoint]:
+        """Every checkpoint, by replica and number, a page at a time."""
+        after: tuple[str, int] = ("", 0)
+        while True:
+            with self.db.read() as cur:
+                page = cur.execute(
+                    "SELECT replica, n, at, heads, kid, signature FROM audit_checkpoints "
+                    "WHERE replica > ? OR (replica = ? AND n > ?) ORDER BY replica, n LIMIT ?",
+                    (after[0], after[0], after[1], _PAGE),
+                ).fetchall()
+            for r in page:
+                yield _checkpoint(r)
+            if len(page) < _PAGE:
+                return
+            after = (str(page[-1][0]), int(page[-1][1]))
+
+    def _first_unmatched_head(self) -> tuple[str, int, str, int, bool] | None:
+        """The first head some checkpoint names that the chains do not hold with that hash:
+        (its replica, seq, the naming checkpoint's replica, its n, whether a row is there).
+        One query (the database matches every named head to its row): memory stays flat
+        however many checkpoints there are."""
+        sql = _UNMATCHED_HEAD[self.db.dialect]
         with self.db.read() as cur:
-            rows = cur.execute(
-                "SELECT replica, n, at, heads, kid, signature FROM audit_checkpoints "
-                "ORDER BY replica, n"
-            ).fetchall()
-        return [_checkpoint(r) for r in rows]
+            row = cur.execute(sql).fetchone()
+        if row is None:
+            return None
+        head_replica, seq, by_replica, n, stored = row
+        return str(head_replica), int(seq), str(by_replica), int(n), stored is not None
 
     # -- verify ----------------------------------------------------------------------------
     def verify(self, public_key: Ed25519PublicKey | None) -> VerifyResult:
         """Check every replica's chain and every checkpoint (see the module docstring).
 
         ``public_key`` None: signatures are not checked (the heads they name still are)."""
-        checkpoints = self._checkpoints()
         kid = key_id(public_key) if public_key is not None else None
-        # per replica, every seq a checkpoint names with the hash it must have, and who
-        named: dict[str, dict[int, str]] = {}
-        named_by: dict[tuple[str, int], Checkpoint] = {}
         expected_n: dict[str, int] = {}
-        for cp in checkpoints:
+        count = 0
+        for cp in self._checkpoints():
+            count += 1
             want = expected_n.get(cp.replica, 0) + 1
             if cp.n != want:
                 return _broken(
-                    cp.replica, 0, f"checkpoint {want} of replica {cp.replica} is missing", 0
+                    cp.replica, 0, f"checkpoint {want} of replica {cp.replica} is missing"
                 )
             expected_n[cp.replica] = cp.n
-            if public_key is not None:
-                if cp.kid != kid:
-                    return _broken(
-                        cp.replica, 0,
-                        f"checkpoint {cp.n} is signed by key {cp.kid}, not the gateway's ({kid})",
-                        0,
-                    )  # fmt: skip
-                try:
-                    public_key.verify(bytes.fromhex(cp.signature), cp.payload())
-                except (InvalidSignature, ValueError):
-                    return _broken(cp.replica, 0, f"checkpoint {cp.n}: bad signature", 0)
-            for rep, (seq, h) in cp.heads.items():
-                if seq > 0:
-                    named.setdefault(rep, {})[seq] = h
-                    named_by[(rep, seq)] = cp
-        checked = 0
-        for replica in sorted({*self.replicas(), *named}):
-            anchors = named.get(replica, {})
-
-            def checkpoint_naming(seq: int, replica: str = replica) -> str:
-                return named_by[(replica, seq)].name
-
-            w = walk(self._chain(replica), anchors, checkpoint_naming)
-            checked += w.checked
-            broken = w.broken
-            if broken is None and anchors:  # named heads past the end: cut short
-                seq = max(anchors)
-                broken = (
-                    w.last_seq + 1,
-                    f"truncated: {checkpoint_naming(seq)} names seq {seq}, "
-                    f"the shipped chain ends at {w.last_seq}",
-                )
-            if broken is not None:
-                return VerifyResult(
-                    False, checked, broken[0], f"replica {replica}: {broken[1]}", replica,
-                    len(checkpoints),
+            if public_key is None:
+                continue
+            if cp.kid != kid:
+                return _broken(
+                    cp.replica, 0,
+                    f"checkpoint {cp.n} is signed by key {cp.kid}, not the gateway's ({kid})",
                 )  # fmt: skip
-        return VerifyResult(True, checked, checkpoints=len(checkpoints))
+            try:
+                public_key.verify(bytes.fromhex(cp.signature), cp.payload())
+            except (InvalidSignature, ValueError):
+                return _broken(cp.replica, 0, f"checkpoint {cp.n}: bad signature")
+        checked = 0
+        last: dict[str, int] = {}
+        for replica in self.replicas():
+            w = walk(self._chain(replica), {})
+            checked += w.checked
+            last[replica] = w.last_seq
+            if w.broken is not None:
+                return _broken(replica, w.broken[0], w.broken[1], checked, count)
+        unmatched = self._first_unmatched_head()
+        if unmatched is not None:  # a chain rewritten or cut short after a checkpoint named it
+            replica, seq, by_replica, n, stored = unmatched
+            named = f"checkpoint {n} of replica {by_replica}"
+            if stored:
+                return _broken(
+                    replica, seq, f"hash differs from {named} (chain rewritten)", checked, count
+                )
+            end = last.get(replica, 0)
+            return _broken(
+                replica, end + 1,
+                f"truncated: {named} names seq {seq}, the shipped chain ends at {end}",
+                checked, count,
+            )  # fmt: skip
+        return VerifyResult(True, checked, checkpoints=count)
 
 
-def _broken(replica: str, seq: int, problem: str, checked: int) -> VerifyResult:
-    return VerifyResult(False, checked, seq or None, f"replica {replica}: {problem}", replica)
+def _broken(
+    replica: str, seq: int, problem: str, checked: int = 0, checkpoints: int = 0
+) -> VerifyResult:
+    return VerifyResult(
+        False, checked, seq or None, f"replica {replica}: {problem}", replica, checkpoints
+    )
 
 
 def _insert_values(rows: int) -> str:
