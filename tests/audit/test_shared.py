@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from lockgate.audit import chain
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.shared import SharedTrail, public_key, signing_key
-from lockgate.audit.shipper import ChainMismatch
+from lockgate.audit.shipper import OTHERS_EVERY, ChainMismatch
 from lockgate.audit.shipping import AuditShipping, checkpoint_key, read_status, ship_lag
 from lockgate.store import Cursor, Database, SqliteDatabase
 from tests.audit.shared_helpers import SEED, local_chain, ship_all, shipper_for, shipping
@@ -227,3 +228,21 @@ def test_shipping_settings_travel_without_showing_the_key() -> None:
     assert AuditShipping.from_json(s.to_json()) == s
     assert checkpoint_key(bytes(32)) != checkpoint_key(bytes(31) + b"\x01")
     assert checkpoint_key(bytes(32)) == checkpoint_key(bytes(32))
+
+
+def test_an_idle_replica_witnesses_others_less_often(tmp_path: Path, shared: Database) -> None:
+    trail = _two_replicas(tmp_path, shared)  # each wrote checkpoint 1
+    r1 = shipper_for(tmp_path / "r1" / "audit.db", "r1", lambda: shared)
+    r1.shipping = shipping("r1", interval=0.05)
+    r1.checkpoint()  # r1's head moved since this shipper last signed (never): checkpoint 2
+    local_chain(tmp_path / "r2" / "audit.db", 2, "r2", start=20)
+    ship_all(shipper_for(tmp_path / "r2" / "audit.db", "r2", lambda: shared))
+    time.sleep(0.06)
+    r1.checkpoint()  # only r2 moved: not yet
+    assert trail.last_checkpoint("r1").n == 2  # type: ignore[union-attr]
+    time.sleep(0.05 * OTHERS_EVERY)
+    r1.checkpoint()  # now it witnesses r2's new head
+    cp = trail.last_checkpoint("r1")
+    assert cp is not None and cp.n == 3 and cp.heads["r2"][0] == 22
+    r1.close()
+    assert _verify(trail).ok

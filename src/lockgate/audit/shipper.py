@@ -19,6 +19,7 @@ logged and reported: two chains must never be mixed under one name.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 log = _log.get("audit.ship")
 
 MAX_BACKOFF = 5.0  # seconds between attempts while PostgreSQL fails
+#: A replica whose own head did not move witnesses the others' heads this many times less often.
+OTHERS_EVERY = 6
 _IDLE = 0.2  # seconds between looks at the local chain when nothing was waiting
 
 
@@ -73,7 +76,8 @@ class Shipper:
         self._position: int | None = None  # highest seq PostgreSQL holds (None: ask it)
         self.shipped_seq = 0
         self.error: str | None = None
-        self._last_checkpoint = 0.0
+        self._last_look = -math.inf  # when heads were last looked at (monotonic)
+        self._last_written = -math.inf  # when this shipper last wrote a checkpoint
         self._checkpointed_heads: Heads | None = None
         self._key: Ed25519PrivateKey | None = None
         self._drain = 2.0
@@ -161,18 +165,27 @@ class Shipper:
         return True
 
     def checkpoint(self, *, force: bool = False) -> None:
-        """Sign the heads of every chain when ``checkpoint_interval`` has passed (or
-        ``force``) and some head moved since this shipper's last checkpoint."""
+        """Every ``checkpoint_interval`` (or at once with ``force``), sign the heads of every
+        chain if this replica's head moved since its last checkpoint; if only other heads
+        moved, every ``OTHERS_EVERY`` intervals (they sign their own: this one only
+        witnesses them, and an idle trail adds no rows at all)."""
         now = time.monotonic()
-        if not force and now - self._last_checkpoint < self.shipping.checkpoint_interval:
+        interval = self.shipping.checkpoint_interval
+        if not force and now - self._last_look < interval:
             return
+        self._last_look = now
         trail = self._shared()
         heads = trail.heads()
-        if heads and heads != self._checkpointed_heads:  # an idle trail adds no rows
-            assert self._key is not None
-            trail.write_checkpoint(self.replica, self._key, time.time())
-            self._checkpointed_heads = heads
-        self._last_checkpoint = now
+        last = self._checkpointed_heads
+        if not heads or heads == last:
+            return
+        own_moved = last is None or heads.get(self.replica) != last.get(self.replica)
+        if not (force or own_moved or now - self._last_written >= OTHERS_EVERY * interval):
+            return
+        assert self._key is not None
+        trail.write_checkpoint(self.replica, self._key, time.time())
+        self._checkpointed_heads = heads
+        self._last_written = now
 
     def _check_position(self, trail: SharedTrailT) -> int:
         seq, h = trail.shipped_head(self.replica)
