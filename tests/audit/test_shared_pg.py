@@ -4,6 +4,7 @@ the shipper is killed, and catches up by itself after PostgreSQL was down."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from lockgate.audit import AuditLog, AuditReader, AuditRecord, RemoteAuditLog
 from lockgate.audit.shared import SharedTrail
-from lockgate.audit.shipping import ship_lag
+from lockgate.audit.shipping import AuditShipping, ship_lag
 from lockgate.config import PostgresStateSettings
 from lockgate.store import Database, PostgresDatabase
 from tests.audit.shared_helpers import local_count, record, shipping
@@ -289,5 +290,50 @@ def test_verify_while_replicas_ship_sees_no_false_break(
     try:
         result = reader.verify()
         assert result.ok and result.checked > 0 and result.checkpoints > 2, result
+    finally:
+        reader.close_shared()
+
+
+def _crash_replica(db: str, shipping_json: str, n: int) -> None:
+    """Child: a replica whose writer ships; it writes ``n`` records ahead, lets some of them
+    reach PostgreSQL, then it and its writer die without any clean-up."""
+    log = RemoteAuditLog(Path(db), shipping=AuditShipping.from_json(shipping_json))
+    for i in range(n):
+        log.write_ahead(AuditRecord(event="admitted", decision="allow", object=f"/o/{i}"))
+        if i == n // 2:
+            assert log.flush(10)
+            _wait(lambda: ship_lag(Path(db)).shipped_seq >= n // 2)
+    assert log.writer_pid is not None
+    os.kill(log.writer_pid, signal.SIGKILL)
+    os._exit(9)
+
+
+def test_a_crashed_replica_restarted_on_its_data_dir_ships_everything_once(
+    tmp_path: Path, pg_state: SharedStateFactory
+) -> None:
+    settings = pg_state()
+    db_path = tmp_path / "r1" / "audit.db"
+    ship = shipping("r1", settings)
+    p = multiprocessing.get_context("spawn").Process(
+        target=_crash_replica, args=(str(db_path), ship.to_json(), 300)
+    )
+    p.start()
+    p.join(60)
+    assert p.exitcode == 9
+    db = PostgresDatabase(settings, replica_id="check")
+    try:
+        assert 150 <= len(_shipped(db, "r1")) < 300  # some shipped, the rest in the journal
+        RemoteAuditLog(db_path, shipping=ship).close()  # the successor: replay, then ship
+        with db.read() as cur:
+            objects = [r[0] for r in cur.execute(
+                "SELECT object FROM audit_records WHERE replica = 'r1' AND event = 'admitted'"
+            ).fetchall()]  # fmt: skip
+        assert sorted(objects) == sorted(f"/o/{i}" for i in range(300))
+        assert _shipped(db, "r1") == list(range(1, local_count(db_path) + 1))
+    finally:
+        db.close()
+    reader = AuditReader(db_path, shipping=ship)
+    try:
+        assert reader.verify().ok
     finally:
         reader.close_shared()
