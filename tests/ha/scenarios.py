@@ -1,0 +1,461 @@
+"""What the replicas are put through, measured: the tests assert on the figures, and
+``benchmarks/ha.py`` prints them.
+
+- :class:`Load`: threads sending GETs through chosen replicas, each request with a path of
+  its own (``/orders/<tag>-<replica>-<thread>-<n>``) so the upstream's log says which
+  request it served; every outcome is kept (status 0: no answer).
+- :func:`revocation_propagation`: mint on one replica, revoke on another, time until the
+  watched replicas refuse the token (from the revoke call's return).
+- :func:`credential_rotation`: ``lockgate creds rotate`` on one replica under load; time
+  until each replica's requests reach the upstream with the new secret; the upstream then
+  drops the old one, so a replica still using it would fail a request.
+- :func:`key_rotation`: ``lockgate keys rotate`` on one replica while it mints and the
+  others verify; time until the new key signs.
+- :func:`kill_under_load`: ``kill -9`` of one replica under load, restart it on its data_dir,
+  compare the upstream's log with ``lockgate audit search`` over the shared trail, run
+  ``lockgate audit verify``.
+- :func:`postgres_outage_under_load`: PostgreSQL restarted or paused under load.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import secrets
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.ha.cluster import CREDENTIAL, Client, Cluster
+
+PROPAGATION_TIMEOUT = 10.0  # a measurement gives up (and records it) after this
+_load_ids = itertools.count(1)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), nearest rank; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary_ms(values: Sequence[float]) -> str:
+    """``p50 X ms, p99 Y ms, max Z ms (n=N)`` of values in seconds."""
+    if not values:
+        return "no samples"
+    return (
+        f"p50 {percentile(values, 50) * 1000:.1f} ms, p99 {percentile(values, 99) * 1000:.1f} ms,"
+        f" max {max(values) * 1000:.1f} ms (n={len(values)})"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    replica: int
+    path: str
+    status: int  # 0: no answer (connection refused or cut)
+    start: float  # time.monotonic()
+    end: float
+
+
+class Load:
+    """Threads sending GETs through ``replicas`` until the ``with`` block ends. ``token``
+    is a token, or a function giving the token to use for each request."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        replicas: Iterable[int],
+        token: str | Callable[[], str],
+        *,
+        threads: int = 2,
+        pause: float = 0.0,
+    ) -> None:
+        self.cluster = cluster
+        self.replicas = list(replicas)
+        self.token = token if callable(token) else (lambda: token)
+        self.threads = threads
+        self.pause = pause
+        self.tag = f"load{next(_load_ids)}"
+        self.outcomes: list[Outcome] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def _run(self, replica: int, thread: int) -> None:
+        client = Client(self.cluster.replicas[replica], timeout=5.0)
+        prefix = f"/orders/{self.tag}-{replica}-{thread}-"
+        try:
+            for n in itertools.count():
+                if self._stop.is_set():
+                    return
+                path = f"{prefix}{n}"
+                start = time.monotonic()
+                status = client.get(path, self.token())
+                outcome = Outcome(replica, path, status, start, time.monotonic())
+                with self._lock:
+                    self.outcomes.append(outcome)
+                if status == 0:
+                    time.sleep(0.01)  # refused connections come back at once: do not spin
+                elif self.pause:
+                    time.sleep(self.pause)
+        finally:
+            client.close()
+
+    def __enter__(self) -> Load:
+        for replica in self.replicas:
+            for thread in range(self.threads):
+                worker = threading.Thread(target=self._run, args=(replica, thread), daemon=True)
+                worker.start()
+                self._workers.append(worker)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(30)
+
+    def results(self, replica: int | None = None) -> list[Outcome]:
+        with self._lock:
+            return [o for o in self.outcomes if replica is None or o.replica == replica]
+
+    def failures(self, replica: int | None = None) -> list[Outcome]:
+        return [o for o in self.results(replica) if o.status != 200]
+
+
+# -- revocation ---------------------------------------------------------------------------
+
+
+def revocation_propagation(
+    cluster: Cluster, count: int, *, revoke_on: int = 1, watched: Sequence[int] = (0, 2)
+) -> dict[int, list[float]]:
+    """``count`` times: a token minted on replica 1 (``cluster.mint(0)``) is served by every
+    watched replica, revoked by jti through ``POST /v1/revoke`` on ``revoke_on``; seconds
+    from that call's return until each watched replica refuses it (401). A replica that
+    still serves it after :data:`PROPAGATION_TIMEOUT` records ``inf``."""
+    clients = {i: Client(cluster.replicas[i]) for i in watched}
+    latencies: dict[int, list[float]] = {i: [] for i in watched}
+    try:
+        for n in range(count):
+            token, jti = cluster.mint(0, run_id=f"revocation-{n}")
+            for i in watched:
+                status = clients[i].get(f"/orders/revocation-{n}-{i}", token)
+                assert status == 200, f"{cluster.replicas[i].name} did not serve a fresh token"
+            cluster.revoke_jti(revoke_on, jti)
+            start = time.monotonic()
+            pending = set(watched)
+            for k in itertools.count():
+                for i in sorted(pending):
+                    if clients[i].get(f"/orders/revocation-{n}-{i}-{k}", token) == 401:
+                        latencies[i].append(time.monotonic() - start)
+                        pending.discard(i)
+                if not pending:
+                    break
+                if time.monotonic() - start > PROPAGATION_TIMEOUT:
+                    for i in pending:
+                        latencies[i].append(float("inf"))
+                    break
+    finally:
+        for client in clients.values():
+            client.close()
+    return latencies
+
+
+# -- credential rotation --------------------------------------------------------------------
+
+
+@dataclass
+class RotationFigures:
+    """Propagation seconds per replica, and the load that ran meanwhile."""
+
+    latencies: dict[int, list[float]]
+    requests: int = 0
+    failures: list[Outcome] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def credential_rotation(
+    cluster: Cluster, count: int, *, rotate_on: int = 2, threads: int = 1
+) -> RotationFigures:
+    """``count`` rotations of the upstream credential with ``lockgate creds rotate`` on
+    ``rotate_on`` while every replica serves load. Each time the upstream first accepts the
+    old and the new secret; seconds from the command's return until a request through each
+    replica reaches the upstream with the new one; then (0.2 s later, for requests already
+    on their way) the upstream accepts the new secret only."""
+    upstream = cluster.upstream
+    everyone = range(len(cluster.replicas))
+    token, _ = cluster.mint(0, run_id="credential-rotation")
+    clients = {i: Client(cluster.replicas[i]) for i in everyone}
+    latencies: dict[int, list[float]] = {i: [] for i in everyone}
+    value_file = cluster.base / "rotated-credential"
+    probe_failures: list[Outcome] = []
+    with Load(cluster, everyone, token, threads=threads) as load:
+        time.sleep(0.3)
+        for n in range(count):
+            old, new = upstream.newest(), secrets.token_urlsafe(16)
+            upstream.accept(old, new)
+            value_file.write_text(new)
+            value_file.chmod(0o600)
+            cluster.cli(rotate_on, "creds", "rotate", CREDENTIAL, "--from-file", str(value_file))
+            start = time.monotonic()
+            pending = set(everyone)
+            for k in itertools.count():
+                for i in sorted(pending):
+                    path = f"/orders/rotation-{n}-{i}-{k}"
+                    t = time.monotonic()
+                    status = clients[i].get(path, token)
+                    if status != 200:
+                        probe_failures.append(Outcome(i, path, status, t, time.monotonic()))
+                    elif upstream.secret_of(path) == new:
+                        latencies[i].append(time.monotonic() - start)
+                        pending.discard(i)
+                if not pending:
+                    break
+                if time.monotonic() - start > PROPAGATION_TIMEOUT:
+                    for i in pending:
+                        latencies[i].append(float("inf"))
+                    break
+            time.sleep(0.2)
+            upstream.accept(new)
+        time.sleep(0.3)  # the load goes on with the new secret alone
+    for client in clients.values():
+        client.close()
+    return RotationFigures(
+        latencies, len(load.results()), load.failures() + probe_failures,
+        {"upstream_refused": upstream.refused},
+    )  # fmt: skip
+
+
+# -- signing key rotation -------------------------------------------------------------------
+
+
+def token_kid(token: str) -> str:
+    header = token.split(".", 1)[0]
+    return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
+
+
+class Minter:
+    """Mints a fresh token on one replica every ``interval`` (the newest is :meth:`latest`),
+    as tasks keep starting during a key rotation."""
+
+    def __init__(self, cluster: Cluster, replica: int, interval: float = 0.05) -> None:
+        self.cluster, self.replica, self.interval = cluster, replica, interval
+        self._token, _ = cluster.mint(replica, run_id="minter-0")
+        self.minted = 1
+        self.kids: dict[str, float] = {token_kid(self._token): time.monotonic()}  # first seen
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        for n in itertools.count(1):
+            if self._stop.wait(self.interval):
+                return
+            try:
+                token, _ = self.cluster.mint(self.replica, run_id=f"minter-{n}")
+            except AssertionError as exc:
+                self.errors.append(str(exc))
+                continue
+            self.kids.setdefault(token_kid(token), time.monotonic())
+            self._token = token
+            self.minted += 1
+
+    def latest(self) -> str:
+        return self._token
+
+    def __enter__(self) -> Minter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def key_rotation(
+    cluster: Cluster,
+    count: int,
+    *,
+    rotate_on: int = 0,
+    verify_on: Sequence[int] = (1, 2),
+    threads: int = 2,
+) -> RotationFigures:
+    """``count`` runs of ``lockgate keys rotate`` on ``rotate_on`` while it mints a token
+    every 50 ms and ``verify_on`` serve requests with the newest one (and with one minted
+    before the first rotation). Latencies: seconds from the command's return until a token
+    signed by the new key is minted."""
+    latencies: dict[int, list[float]] = {rotate_on: []}
+    old_token, _ = cluster.mint(rotate_on, run_id="before-rotation")
+    with (
+        Minter(cluster, rotate_on) as minter,
+        Load(cluster, verify_on, minter.latest, threads=threads) as fresh,
+        Load(cluster, verify_on, old_token, threads=1, pause=0.05) as old,
+    ):
+        time.sleep(0.5)
+        for _ in range(count):
+            known = set(minter.kids)
+            cluster.cli(rotate_on, "keys", "rotate")
+            start = time.monotonic()
+            while not set(minter.kids) - known:
+                if time.monotonic() - start > 3 * PROPAGATION_TIMEOUT:
+                    latencies[rotate_on].append(float("inf"))
+                    break
+                time.sleep(0.01)
+            else:
+                [new_kid] = set(minter.kids) - known
+                latencies[rotate_on].append(minter.kids[new_kid] - start)
+            time.sleep(0.5)  # tokens of the new key in use on the verifying replicas
+    return RotationFigures(
+        latencies,
+        len(fresh.results()) + len(old.results()),
+        fresh.failures() + old.failures(),
+        {"minted": minter.minted, "mint_errors": minter.errors, "kids": len(minter.kids)},
+    )
+
+
+# -- kill -9 --------------------------------------------------------------------------------
+
+
+@dataclass
+class KillFigures:
+    victim_requests: int
+    victim_failed_after_kill: int
+    in_flight_failed: int  # started before the kill, answered by nothing
+    others_requests: int
+    others_failures: list[Outcome]
+    served: int  # requests of this load the upstream served (its log)
+    missing_from_audit: set[str]
+    verify_returncode: int
+    verify_output: str
+    restart_seconds: float
+
+
+def kill_under_load(
+    cluster: Cluster, *, victim: int = 1, before: float = 1.5, after: float = 1.5
+) -> KillFigures:
+    """Load through every replica; ``kill -9`` of ``victim`` mid-load; the others keep
+    serving; the victim restarts on its data_dir. Then every request of the load that the
+    upstream served must have its record in ``lockgate audit search`` (the shared trail, all
+    replicas), and ``lockgate audit verify`` must pass."""
+    everyone = range(len(cluster.replicas))
+    run_id = f"kill-{secrets.token_hex(3)}"
+    token, _ = cluster.mint(0, run_id=run_id)
+    with Load(cluster, everyone, token, threads=2) as load:
+        time.sleep(before)
+        killed_at = time.monotonic()
+        cluster.kill(victim)
+        time.sleep(after)
+    restart = time.monotonic()
+    cluster.start(victim)
+    cluster.wait_ready(victim)
+    restart_seconds = time.monotonic() - restart
+    served = {p for p in cluster.upstream.served_paths() if p.startswith(f"/orders/{load.tag}-")}
+    deadline = time.monotonic() + 60
+    while True:
+        missing = served - audited_objects(cluster, run_id)
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    verify = cluster.cli(0, "audit", "verify", check=False)
+    victim_results = load.results(victim)
+    others = [o for o in load.results() if o.replica != victim]
+    return KillFigures(
+        victim_requests=len(victim_results),
+        victim_failed_after_kill=sum(
+            1 for o in victim_results if o.status != 200 and o.end >= killed_at
+        ),
+        in_flight_failed=sum(
+            1 for o in victim_results if o.status == 0 and o.start < killed_at <= o.end
+        ),
+        others_requests=len(others),
+        others_failures=[o for o in others if o.status != 200],
+        served=len(served),
+        missing_from_audit=missing,
+        verify_returncode=verify.returncode,
+        verify_output=(verify.stdout + verify.stderr).strip(),
+        restart_seconds=restart_seconds,
+    )
+
+
+def audited_objects(cluster: Cluster, run_id: str) -> set[str]:
+    """Objects of the admitted and allowed records of ``run_id`` that ``lockgate audit
+    search`` finds in the shared trail (every replica)."""
+    done = cluster.cli(0, "audit", "search", "--run", run_id, "--json", "--limit", "10000000")
+    objects = set()
+    for line in done.stdout.splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if record["event"] in ("admitted", "allowed"):
+                objects.add(str(record["object"]))
+    return objects
+
+
+# -- PostgreSQL out of reach ----------------------------------------------------------------
+
+
+@dataclass
+class OutageFigures:
+    down_at: float
+    back_at: float
+    outcomes: list[Outcome]
+    statuses: dict[int, int]  # status -> count
+
+    def window(self, start: float, end: float) -> list[Outcome]:
+        return [o for o in self.outcomes if start <= o.start and o.end <= end]
+
+    def first_refusal_after_down(self) -> float | None:
+        refused = [o.start for o in self.outcomes if o.status == 401 and o.start >= self.down_at]
+        return min(refused) - self.down_at if refused else None
+
+    def served_again_after(self) -> dict[int, float | None]:
+        """Per replica: seconds from PostgreSQL's return to its first served request
+        after its last refusal."""
+        back: dict[int, float | None] = {}
+        for replica in sorted({o.replica for o in self.outcomes}):
+            mine = [o for o in self.outcomes if o.replica == replica]
+            refused = [o.end for o in mine if o.status != 200]
+            if not refused:
+                back[replica] = 0.0
+                continue
+            last = max(refused)
+            later = [o.end for o in mine if o.status == 200 and o.start > last]
+            back[replica] = max(0.0, min(later) - self.back_at) if later else None
+        return back
+
+
+def postgres_outage_under_load(
+    cluster: Cluster,
+    outage: Callable[[], None],
+    resume: Callable[[], None] | None = None,
+    *,
+    down_for: float = 0.0,
+    before: float = 1.0,
+    after: float = 3.0,
+) -> OutageFigures:
+    """Load through every replica while ``outage()`` runs (a restart, or a stop followed by
+    ``resume()`` ``down_for`` seconds later)."""
+    token, _ = cluster.mint(0, run_id="outage")
+    with Load(cluster, range(len(cluster.replicas)), token, threads=1, pause=0.01) as load:
+        time.sleep(before)
+        down_at = time.monotonic()
+        outage()
+        if resume is not None:
+            time.sleep(down_for)
+            resume()
+        back_at = time.monotonic()
+        time.sleep(after)
+    outcomes = load.results()
+    statuses: dict[int, int] = {}
+    for o in outcomes:
+        statuses[o.status] = statuses.get(o.status, 0) + 1
+    return OutageFigures(down_at, back_at, outcomes, statuses)
+
+
+def mean(values: Sequence[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
