@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +12,7 @@ from lockgate.audit.shipping import AuditShipping, checkpoint_key
 from lockgate.config import PostgresStateSettings
 from lockgate.store import Database
 
-MASTER_KEY = bytes(range(32))
-SEED = checkpoint_key(MASTER_KEY)
+SEED = checkpoint_key(bytes(range(32)))  # as from a master key
 # for tests that hand the shipper a database of their own (the DSN is never dialled)
 UNUSED_SETTINGS = PostgresStateSettings(dsn="postgresql://lockgate@localhost:1/unused")
 
@@ -59,9 +58,9 @@ def local_chain(db_path: Path, count: int, replica: str = "r", start: int = 0) -
 
 
 def shipper_for(
-    db_path: Path, replica: str, open_db: Callable[[], Database], **kw: object
+    db_path: Path, replica: str, open_db: Callable[[], Database], batch_size: int = 1_000
 ) -> Shipper:
-    return Shipper(db_path, shipping(replica), database=open_db, **kw)  # type: ignore[arg-type]
+    return Shipper(db_path, shipping(replica), database=open_db, batch_size=batch_size)
 
 
 def ship_all(s: Shipper) -> None:
@@ -75,8 +74,6 @@ def ship_all(s: Shipper) -> None:
 
 
 def local_count(db_path: Path) -> int:
-    import sqlite3
-
     conn = sqlite3.connect(db_path)
     try:
         return int(conn.execute("SELECT count(*) FROM audit").fetchone()[0])
@@ -84,4 +81,13 @@ def local_count(db_path: Path) -> int:
         conn.close()
 
 
-__all__ = ["MASTER_KEY", "SEED", "local_chain", "os", "record", "ship_all", "shipper_for"]
+__all__ = [
+    "SEED",
+    "UNUSED_SETTINGS",
+    "local_chain",
+    "local_count",
+    "record",
+    "ship_all",
+    "shipper_for",
+    "shipping",
+]

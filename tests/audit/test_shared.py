@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -209,7 +210,7 @@ def test_shipper_killed_mid_batch_loses_and_doubles_nothing(
     db_path = tmp_path / "r1" / "audit.db"
     local_chain(db_path, 25, "r1")
     crashing = _CrashingDatabase(shared, "")
-    s = shipper_for(db_path, "r1", lambda: crashing, batch_size=10)  # type: ignore[return-value]
+    s = shipper_for(db_path, "r1", lambda: cast(Database, crashing), batch_size=10)
     assert s.ship_once()  # seq 1..10
     crashing.when = when
     with pytest.raises(ConnectionError):
