@@ -45,6 +45,7 @@ MAX_BACKOFF = 5.0  # seconds between attempts while PostgreSQL fails
 #: A replica whose own head did not move witnesses the others' heads this many times less often.
 OTHERS_EVERY = 6
 _IDLE = 0.2  # seconds between looks at the local chain when nothing was waiting
+_GATHER = 0.1  # seconds to gather commits after a batch that caught up
 
 
 class ChainMismatch(Exception):
@@ -62,12 +63,15 @@ class Shipper:
         database: Callable[[], Database] | None = None,
         batch_size: int = 1_000,
         idle: float = _IDLE,
+        gather: float = _GATHER,
     ) -> None:
         self.db_path = Path(db_path)
         self.shipping = shipping
         self.replica = shipping.replica_id
         self.batch_size = batch_size
         self.idle = idle
+        self.gather = gather
+        self._last_batch = 0  # rows in the last batch shipped
         self._open_database = database or self._postgres
         self._owns_database = database is None  # a given one is the caller's to close
         self._db: Database | None = None
@@ -146,6 +150,10 @@ class Shipper:
                 if not moved:
                     self._kick.wait(self.idle)
                     self._kick.clear()
+                elif self._last_batch < self.batch_size:
+                    # caught up: gather a while, so a steady trickle of commits costs
+                    # PostgreSQL a few transactions a second rather than one per commit
+                    self._stop.wait(self.gather)
         finally:
             self.close()
 
@@ -160,6 +168,7 @@ class Shipper:
         if not rows:
             return False
         trail.ship(self.replica, rows, time.time())
+        self._last_batch = len(rows)
         self._position = self.shipped_seq = int(rows[-1][0])
         write_status(self.db_path, self.replica, self.shipped_seq, None)
         return True
