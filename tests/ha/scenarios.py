@@ -6,6 +6,8 @@
   request it served; every outcome is kept (status 0: no answer).
 - :func:`revocation_propagation`: mint on one replica, revoke on another, time until the
   watched replicas refuse the token (from the revoke call's return).
+- :func:`session_closure`: an open PostgreSQL session through one replica, its token revoked
+  on another; time until its next statement is refused.
 - :func:`credential_rotation`: ``lockgate creds rotate`` on one replica under load; time
   until each replica's requests reach the upstream with the new secret; the upstream then
   drops the old one, so a replica still using it would fail a request.
@@ -31,7 +33,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.ha.cluster import CREDENTIAL, Client, Cluster
+import psycopg
+
+from tests.ha.cluster import CREDENTIAL, PG_CONN_ID, PG_RESOURCE, Client, Cluster
 
 PROPAGATION_TIMEOUT = 10.0  # a measurement gives up (and records it) after this
 _load_ids = itertools.count(1)
@@ -166,6 +170,71 @@ def revocation_propagation(
         for client in clients.values():
             client.close()
     return latencies
+
+
+@dataclass
+class SessionFigures:
+    """Per session: seconds from the revoke call's return until a statement was refused,
+    the refusal's text, and whether the connection was closed after it."""
+
+    latencies: list[float] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    closed: list[bool] = field(default_factory=list)
+
+
+def session_closure(
+    cluster: Cluster, count: int, *, session_on: int = 0, revoke_on: int = 1
+) -> SessionFigures:
+    """``count`` times: a PostgreSQL session through ``session_on``'s postgres listener runs
+    a statement every 20 ms; its token is revoked on ``revoke_on``; time until a statement
+    fails. A session still running after :data:`PROPAGATION_TIMEOUT` records ``inf``."""
+    replica = cluster.replicas[session_on]
+    figures = SessionFigures()
+    for n in range(count):
+        token, jti = cluster.mint(0, run_id=f"pg-session-{n}", conn_id=PG_CONN_ID)
+        conn = psycopg.connect(
+            host="127.0.0.1", port=replica.postgres_port, dbname=PG_RESOURCE,
+            user="lockgate", password=token, sslmode="disable", autocommit=True,
+            connect_timeout=10,
+        )  # fmt: skip
+        failed: list[tuple[float, str]] = []
+        served: list[int] = [0]
+
+        def statements(conn: psycopg.Connection[Any] = conn, failed: list[Any] = failed,
+                       served: list[int] = served) -> None:  # fmt: skip
+            while not failed:
+                try:
+                    conn.execute("SELECT item FROM sales.orders ORDER BY id").fetchall()
+                    served[0] += 1
+                except psycopg.Error as exc:
+                    failed.append((time.monotonic(), str(exc)))
+                    return
+                time.sleep(0.02)
+
+        worker = threading.Thread(target=statements, daemon=True)
+        try:
+            worker.start()
+            while served[0] < 5 and not failed:  # an open, working session
+                time.sleep(0.01)
+            assert not failed, failed
+            cluster.revoke_jti(revoke_on, jti)
+            start = time.monotonic()
+            worker.join(PROPAGATION_TIMEOUT)
+            if not failed:
+                figures.latencies.append(float("inf"))
+                figures.messages.append("")
+                figures.closed.append(False)
+                continue
+            figures.latencies.append(failed[0][0] - start)
+            figures.messages.append(failed[0][1])
+            try:
+                conn.execute("SELECT 1")
+                figures.closed.append(False)
+            except psycopg.OperationalError:
+                figures.closed.append(True)  # the gateway closed the connection
+        finally:
+            conn.close()
+    return figures
 
 
 # -- credential rotation --------------------------------------------------------------------
