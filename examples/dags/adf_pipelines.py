@@ -56,7 +56,7 @@ with DAG("adf_load_orders_deferred", **COMMON):
         task_id="run_load_orders",
         **FACTORY,
         pipeline_name="load_orders",
-        parameters={"day": "{{ ds }}"},
+        parameters={"airflow_run": "{{ run_id }}"},  # manual runs have no logical date
         deferrable=True,
         check_interval=1,
         execution_timeout=timedelta(minutes=10),

@@ -224,6 +224,20 @@ def test_a_connection_without_a_secret_is_answered_outside_a_task_for_extra_link
         asyncio.run(backend.aget_connection("azure_data_factory_default"))
 
 
+def test_the_extra_link_gets_no_poll_token_either(
+    backend: secrets.LockgateSecretsBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog marks ARM ``poll``; a synchronous lookup outside a task (the extra link
+    after the task body) still gets the bare connection: the poll token is a trigger's."""
+    _outside_task(monkeypatch)
+    _with_template(monkeypatch, backend, {**ARM_ENTRY, "poll": True})
+    monkeypatch.setattr(backend.client, "poll_token", lambda **kw: pytest.fail("minted"))
+    monkeypatch.delenv("IDENTITY_HEADER", raising=False)
+    conn = backend.get_connection("azure_data_factory_default")
+    assert conn is not None and conn.extra_dejson["subscriptionId"] == "sub-1"
+    assert "IDENTITY_HEADER" not in os.environ
+
+
 def test_a_pollable_conn_id_is_not_refused_to_a_deferrable_task(
     backend: secrets.LockgateSecretsBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,7 @@ DEFERRABLE_DAGS = """
 from datetime import datetime
 
 from airflow.providers.http.operators.http import HttpOperator
+from airflow.providers.http.sensors.http import HttpSensor
 from airflow.providers.microsoft.azure.operators.data_factory import (
     AzureDataFactoryRunPipelineOperator,
 )
@@ -50,6 +51,12 @@ with DAG("finance_deferred", **COMMON):
     HttpOperator(
         task_id="read_orders", http_conn_id="orders_api", endpoint="orders", method="GET",
         deferrable=True,
+    )
+
+with DAG("finance_deferred_sensor", **COMMON):
+    HttpSensor(
+        task_id="wait_for_order", http_conn_id="orders_api", endpoint="orders/late-1",
+        deferrable=True, poke_interval=2, timeout=300,
     )
 """
 

@@ -36,6 +36,12 @@ def _trigger_context() -> dict[str, Any]:
     return bound if bound.get("trigger_id") is not None else {}
 
 
+def in_trigger() -> bool:
+    """Whether this lookup comes from a trigger: an asynchronous lookup, or one inside the
+    triggerer's per-trigger context."""
+    return ASYNC_LOOKUP.get() or bool(_trigger_context())
+
+
 def trigger_task_try() -> Coordinates | None:
     """The deferred task try whose trigger is running, as the triggerer names it, or None.
 
@@ -142,6 +148,7 @@ __all__ = [
     "ASYNC_LOOKUP",
     "TRIGGER_AS_TASK",
     "defers",
+    "in_trigger",
     "running_task",
     "serves_triggers",
     "task_defers",

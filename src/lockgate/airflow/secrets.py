@@ -81,6 +81,7 @@ from lockgate.airflow.deferral import (
     ASYNC_LOOKUP,
     TRIGGER_AS_TASK,
     defers,
+    in_trigger,
     serves_triggers,
     task_defers,
     trigger_scope,
@@ -342,7 +343,9 @@ class LockgateSecretsBackend(BaseSecretsBackend):
     def _outside_task(self, conn_id: str, template: dict[str, Any]) -> str | None:
         """What a lookup outside any task try gets: a poll entry its poll token, a trigger
         of a deferred task try on a ``"trigger": "task"`` entry that try's token."""
-        if template.get("poll"):
+        # ARM's poll token goes into the process environment: only for a trigger, never
+        # for the extra link Airflow builds after the task body (answered below, as it is).
+        if template.get("poll") and (in_trigger() or not template.get("env")):
             return self._poll_connection(conn_id, template)
         deferred = self._deferred_try(conn_id) if serves_triggers(template) else None
         if deferred is not None:
