@@ -254,3 +254,30 @@ def test_an_operator_that_will_not_defer_is_not_refused(monkeypatch: pytest.Monk
     assert secrets.unpollable_deferral("x", {"resource": "arm", "connection": {}}) is None
     task.wait_for_termination = True
     assert secrets.unpollable_deferral("x", {"resource": "arm", "connection": {}}) is not None
+
+
+def test_a_trigger_gets_a_poll_token_with_at_least_half_its_life_left(
+    backend: secrets.LockgateSecretsBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Azure SDK keeps the token it got for the trigger's whole life: a token past
+    half its life is not handed to a new trigger."""
+    _outside_task(monkeypatch)
+    _with_template(monkeypatch, backend, {**ARM_ENTRY, "poll": True})
+    now = time.time()
+    lives = iter([(now - 1000, now + 2600), (now - 1900, now + 1700), (now, now + 3600)])
+    minted: list[str] = []
+
+    def poll_token(*, conn_id: str, scope: dict[str, str]) -> MintedToken:
+        issued, expires = next(lives)
+        minted.append(f"tok-{len(minted)}")
+        return MintedToken(minted[-1], expires, "j", "p", issued_at=issued)
+
+    monkeypatch.setattr(backend.client, "poll_token", poll_token)
+    monkeypatch.setattr(secrets.task_env, "export", lambda env: None)
+    for _ in range(2):  # the first has 2600 s of 3600 left: reused
+        asyncio.run(backend.aget_connection("azure_data_factory_default"))
+    assert minted == ["tok-0"]
+    backend._tokens.clear()
+    for _ in range(2):  # 1700 s of 3600 left: a new trigger gets a fresh one
+        asyncio.run(backend.aget_connection("azure_data_factory_default"))
+    assert minted == ["tok-0", "tok-1", "tok-2"]

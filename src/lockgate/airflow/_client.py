@@ -44,6 +44,11 @@ class MintedToken:
     expires_at: float
     jti: str
     principal: str
+    issued_at: float = field(default_factory=time.time)
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_at - self.issued_at
 
 
 @dataclass(frozen=True)

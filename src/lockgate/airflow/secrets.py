@@ -407,11 +407,13 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         cache: dict[tuple[object, ...], _Expiring],
         key: tuple[object, ...],
         fetch: Callable[[], _Expiring],
+        renew_before: Callable[[_Expiring], float] = lambda _: RENEW_BEFORE,
     ) -> _Expiring:
-        """``cache[key]`` while it is more than a minute from expiry, else ``fetch()``d anew."""
+        """``cache[key]`` while it is more than ``renew_before`` (a minute) from expiry, else
+        ``fetch()``d anew."""
         with self._lock:
             cached = cache.get(key)
-            if cached and cached.expires_at - RENEW_BEFORE > time.time():
+            if cached and cached.expires_at - renew_before(cached) > time.time():
                 return cached
         fresh = fetch()
         with self._lock:
@@ -450,7 +452,12 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             )  # fmt: skip
             return minted
 
-        return self._cached(self._tokens, ("@poll", conn_id, *scope.values()), mint)
+        # A trigger keeps what it got for its whole life (the Azure SDK captures it in its
+        # credential, Databricks' hook in its connection): hand out at least half a lifetime.
+        return self._cached(
+            self._tokens, ("@poll", conn_id, *scope.values()), mint,
+            renew_before=lambda token: max(RENEW_BEFORE, token.lifetime / 2),
+        )  # fmt: skip
 
     def _role_for(self, conn_id: str, coords: Coordinates) -> DbRole:
         """The task try's dynamic database role for ``conn_id`` (cached until near expiry)."""
