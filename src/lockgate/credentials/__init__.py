@@ -1,12 +1,13 @@
 """Credentials: what the gateway uses upstream, encrypted at rest, versioned, rotated.
 
 Door: :class:`CredentialBroker` (what engines call: ``upstream_secret``,
-``fallback_secret``), :class:`CredentialStore` (encrypted versions in SQLite, shared with
-the CLI), :func:`load_or_create_master_key`.
+``fallback_secret``), :class:`CredentialStore` (encrypted versions in a SQLite file shared
+with the CLI, or in the PostgreSQL every replica shares), :func:`load_or_create_master_key`.
 
-Rooms: ``master_key`` (where the key comes from), ``store`` (AES-256-GCM rows, versions,
-overlap), ``oauth2`` (client-credentials token request), ``broker`` (caching, single-flight,
-rotation pick-up, metrics).
+Rooms: ``master_key`` (where the key comes from, its fingerprint on shared state), ``store``
+(AES-256-GCM rows, versions, overlap, memory that follows the change version), ``oauth2``
+(client-credentials token request), ``broker`` (caching, single-flight, rotation pick-up
+off the event loop, metrics).
 """
 
 from lockgate.credentials.broker import CredentialBroker, UpstreamSecret
