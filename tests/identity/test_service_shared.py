@@ -16,7 +16,7 @@ from lockgate.identity.staleness import STALE_REASON, StalenessBound
 from lockgate.store import PostgresDatabase
 
 from . import test_service
-from .test_service import SECRET, Env
+from .test_service import SECRET, Env, assertion, pk_body
 
 service_env = test_service.env  # the token service fixture, under the name the tests ask for
 
@@ -111,3 +111,15 @@ async def test_a_stale_replica_serves_no_deployment_door(service_env: Env) -> No
     with pytest.raises(OAuthError) as refused:  # what catalog, poll token and the rest call
         await service_env.service.authenticate(AUTH, None)
     assert refused.value.reason == STALE_REASON
+
+
+async def test_a_replay_ledger_that_cannot_answer_is_our_failure_not_the_clients(
+    service_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unreachable(*_args: object) -> bool:
+        raise StoreUnavailable("PostgreSQL db:5432/lockgate: no connection within 5 s")
+
+    monkeypatch.setattr(service_env.service._assertions._ledger, "claim", unreachable)
+    status, body = await service_env.post("/v1/token", pk_body(assertion()))
+    assert status == 503 and body["error"] == "temporarily_unavailable"
+    assert service_env.events[-1][1]["reason"] == "assertion_replay_check_unavailable"

@@ -59,6 +59,8 @@ from lockgate.identity.tokens import TokenIssuer
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
+# The assertion verifier's reason when its replay ledger (the shared database) cannot answer.
+REPLAY_CHECK_UNAVAILABLE = "replay_check_unavailable"
 MintPolicy = Callable[[TaskIdentity, str, "int | None"], "MintDecision | Awaitable[MintDecision]"]
 EventSink = Callable[..., Any]
 RevokeHook = Callable[[str, dict[str, Any]], Any]  # (kind, target with deployment); may await
@@ -353,6 +355,13 @@ class TokenService:
             except StoreUnavailable as exc:
                 raise shared_state_unavailable(exc) from None
             except AuthenticationError as exc:
+                if exc.reason == REPLAY_CHECK_UNAVAILABLE:  # our failure, not the client's
+                    raise OAuthError(
+                        503,
+                        "temporarily_unavailable",
+                        "client assertion replay check unavailable; try again later",
+                        reason=f"assertion_{exc.reason}",
+                    ) from None
                 raise OAuthError(
                     401,
                     "invalid_client",
