@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from lockgate.config import Listeners
     from lockgate.identity import Claims
     from lockgate.policy import Request
+    from lockgate.store import Database
 
 
 # -- collaborator shapes ----------------------------------------------------------------------
@@ -219,6 +220,10 @@ class Collaborators:
     secret_ttl: float = 1.0  # seconds a fetched upstream secret is reused
     assertion_ttl: float = 30.0  # seconds a signed identity assertion is reused
     data_dir: Path | None = None  # engine state (e.g. the Databricks run registry)
+    # The state's databases by name (State.database): run registries shared by every replica
+    # on PostgreSQL; None: SQLite files under data_dir.
+    database_for: Callable[[str], Database] | None = None
+    master_key: bytes | None = field(default=None, repr=False)  # State's (Cosmos task keys)
     make_request: RequestFactory = field(default_factory=default_request_factory)
     secrets: SecretCache = field(init=False)
     assertions: AssertionCache = field(init=False)

@@ -120,7 +120,13 @@ class HttpEngine:
             if pool is not None and prev is not None:
                 state.profile = prev.profile
             else:
-                state.profile = make_profile(r, state.target, self._data_dir)
+                state.profile = make_profile(
+                    r,
+                    state.target,
+                    self._data_dir,
+                    self.shared.database_for,
+                    self.shared.master_key,
+                )
             new[r.name] = state
         self.proxy.resources = new
         self._intercepts = {host: r.name for r in own for host in r.intercept}
