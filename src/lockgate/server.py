@@ -182,7 +182,8 @@ class Gateway:
         assert self.broker is not None
         shared = Collaborators(
             self.verifier, self.policy, self.broker, self.audit, self.sign_assertion,
-            data_dir=self.config.data_dir,
+            data_dir=self.config.data_dir, database_for=self.state.database,
+            master_key=self.state.master_key,
         )  # fmt: skip
         listeners = self._listeners()
         for kind in registry.kinds():
