@@ -62,6 +62,13 @@ STOP_TIMEOUT = 30.0
 _SCRUBBED_ENV = ("LOCKGATE_MASTER_KEY", "LOCKGATE_REPLICA_ID", "LOCKGATE_CONFIG")
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a replica killed mid-request resets its connection: expected, not news
+
+
 class RotatingUpstream:
     """200 ``{"ok":true}`` for a GET bearing any accepted secret, 401 otherwise."""
 
@@ -71,6 +78,7 @@ class RotatingUpstream:
         #: (path, secret) of each authorised request, in arrival order, logged on receipt.
         self.received: list[tuple[str, str]] = []
         self.refused = 0
+        self._stopped = False
         upstream = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -94,8 +102,7 @@ class RotatingUpstream:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = int(self.server.server_address[1])
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -126,8 +133,10 @@ class RotatingUpstream:
             return {p for p, _ in self.received}
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if not self._stopped:
+            self._stopped = True
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @dataclass
@@ -278,6 +287,7 @@ class Cluster:
         return r.proc.returncode
 
     def close(self) -> None:
+        """Stop every replica and the upstream (again: nothing)."""
         for i in range(len(self.replicas)):
             self.stop(i)
         self.upstream.stop()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import math
 import secrets
 import statistics
 import threading
@@ -46,7 +47,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q * len(ordered) / 100)))
     return ordered[rank - 1]
 
 
