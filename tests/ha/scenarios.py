@@ -139,12 +139,18 @@ class Load:
 
 
 def revocation_propagation(
-    cluster: Cluster, count: int, *, revoke_on: int = 1, watched: Sequence[int] = (0, 2)
+    cluster: Cluster,
+    count: int,
+    *,
+    revoke_on: int = 1,
+    watched: Sequence[int] = (0, 2),
+    cli: bool = False,
 ) -> dict[int, list[float]]:
     """``count`` times: a token minted on replica 1 (``cluster.mint(0)``) is served by every
-    watched replica, revoked by jti through ``POST /v1/revoke`` on ``revoke_on``; seconds
-    from that call's return until each watched replica refuses it (401). A replica that
-    still serves it after :data:`PROPAGATION_TIMEOUT` records ``inf``."""
+    watched replica, revoked by jti through ``POST /v1/revoke`` on ``revoke_on`` (``cli``:
+    ``lockgate token revoke --jti`` with its configuration); seconds from that call's
+    return until each watched replica refuses it (401). A replica that still serves it
+    after :data:`PROPAGATION_TIMEOUT` records ``inf``."""
     clients = {i: Client(cluster.replicas[i]) for i in watched}
     latencies: dict[int, list[float]] = {i: [] for i in watched}
     try:
@@ -153,7 +159,10 @@ def revocation_propagation(
             for i in watched:
                 status = clients[i].get(f"/orders/revocation-{n}-{i}", token)
                 assert status == 200, f"{cluster.replicas[i].name} did not serve a fresh token"
-            cluster.revoke_jti(revoke_on, jti)
+            if cli:
+                cluster.cli(revoke_on, "token", "revoke", "--jti", jti, "--reason", "ha test")
+            else:
+                cluster.revoke_jti(revoke_on, jti)
             start = time.monotonic()
             pending = set(watched)
             for k in itertools.count():
@@ -491,8 +500,9 @@ def audited_objects(cluster: Cluster, run_id: str) -> set[str]:
 
 @dataclass
 class OutageFigures:
-    down_at: float
-    back_at: float
+    down_at: float  # the outage began (just before it: the server goes away after this)
+    resume_at: float  # resume() called (the server may answer from here on)
+    back_at: float  # resume() returned
     outcomes: list[Outcome]
     statuses: dict[int, int]  # status -> count
 
@@ -537,6 +547,8 @@ def postgres_outage_under_load(
         outage()
         if resume is not None:
             time.sleep(down_for)
+        resume_at = time.monotonic()
+        if resume is not None:
             resume()
         back_at = time.monotonic()
         time.sleep(after)
@@ -544,7 +556,7 @@ def postgres_outage_under_load(
     statuses: dict[int, int] = {}
     for o in outcomes:
         statuses[o.status] = statuses.get(o.status, 0) + 1
-    return OutageFigures(down_at, back_at, outcomes, statuses)
+    return OutageFigures(down_at, resume_at, back_at, outcomes, statuses)
 
 
 def mean(values: Sequence[float]) -> float:

@@ -48,6 +48,15 @@ def test_a_revocation_on_r2_is_refused_on_r1_and_r3_within_a_second(cluster: Clu
         assert percentile(values, 99) < 1.0 and max(values) < 1.0, values
 
 
+def test_lockgate_token_revoke_on_r2_is_refused_on_r1_and_r3_within_a_second(
+    cluster: Cluster,
+) -> None:
+    latencies = revocation_propagation(cluster, 5, revoke_on=1, watched=(0, 2), cli=True)
+    for i, values in latencies.items():
+        print(f"lockgate token revoke on r2 -> {cluster.replicas[i].name}: {summary_ms(values)}")
+        assert max(values) < 1.0, values
+
+
 def test_a_revocation_on_r2_closes_open_postgres_sessions_on_r1(cluster: Cluster) -> None:
     """Sessions through r1 running a statement every 20 ms: their token revoked on r2, the
     next statement is refused (FATAL, reason revoked) and the connection closed, within a
