@@ -1,0 +1,238 @@
+"""Attacks on the identity room's shared state (real PostgreSQL): the replay ledger of client
+assertions hit by two replicas at the same instant or across clock skew, revocations racing
+reloads, a block on one replica against a mint on another, and the ``signing_keys`` table
+written by someone who holds database credentials but not the master key.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lockgate.config import PostgresStateSettings
+from lockgate.errors import AuthenticationError, ConfigError
+from lockgate.identity import KeyStore, RevocationStore, TaskIdentity, TokenIssuer, TokenVerifier
+from lockgate.identity.once import OnceLedger
+from lockgate.store import PostgresDatabase
+
+from .conftest import ISSUER
+
+AUD = "orders-api"
+IDENT = TaskIdentity("prod", "finance_daily", "load_orders", "run1", 1)
+OpenHandle = Callable[[str], PostgresDatabase]
+
+
+@pytest.fixture
+def handles(pg_state: Callable[..., PostgresStateSettings]) -> Iterator[OpenHandle]:
+    """``handles(replica_id)``: another replica's view of one shared database."""
+    settings = pg_state(catch_up_interval=0.2)
+    opened: list[PostgresDatabase] = []
+
+    def open_handle(replica_id: str) -> PostgresDatabase:
+        db = PostgresDatabase(settings, replica_id=replica_id)
+        opened.append(db)
+        return db
+
+    yield open_handle
+    for db in opened:
+        db.close()
+
+
+def _sql(db: PostgresDatabase, sql: str, params: tuple[object, ...] = ()) -> None:
+    with db.transaction() as cur:
+        cur.execute(sql, params)
+
+
+# -- the replay ledger --------------------------------------------------------------------
+
+
+def test_one_assertion_at_many_replicas_at_once_is_accepted_once(handles: OpenHandle) -> None:
+    """What holds: eight replicas claim the same jti at the same instant, forty times over:
+    exactly one wins each time (one INSERT ... ON CONFLICT on a primary key)."""
+    ledgers = [OnceLedger(handles(f"r{i}")) for i in range(8)]
+    barrier = threading.Barrier(len(ledgers))
+    now = time.time()
+
+    for _ in range(40):
+        jti = uuid.uuid4().hex
+
+        def claim(ledger: OnceLedger, jti: str = jti) -> bool:
+            barrier.wait()
+            return ledger.claim("prod", jti, now + 300, now)
+
+        with ThreadPoolExecutor(len(ledgers)) as pool:
+            wins = list(pool.map(claim, ledgers))
+        assert wins.count(True) == 1, wins
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="identity/once.py claim() purges rows by the local clock with no margin: a replica "
+    "whose clock runs ahead forgets a jti another replica still accepts",
+)
+def test_a_replica_with_a_fast_clock_does_not_reopen_a_replay(handles: OpenHandle) -> None:
+    """Replica A's clock is 3 s ahead of B's (NTP not yet settled after a boot). A jti used
+    at B, still inside its lifetime by B's clock, is purged by A's next claim; replayed to B
+    it is accepted a second time."""
+    a, b = OnceLedger(handles("a")), OnceLedger(handles("b"))
+    expires = 10_000.0  # the assertion's exp plus leeway
+    assert b.claim("prod", "captured", expires, now=expires - 10)
+    assert a.claim("prod", "unrelated", expires + 600, now=expires + 1)  # A: 3 s ahead
+    assert not b.claim("prod", "captured", expires, now=expires - 2), "replayed at B"
+
+
+# -- revocations ----------------------------------------------------------------------------
+
+
+def test_revocations_written_during_reloads_are_never_lost(handles: OpenHandle) -> None:
+    """What holds: replica B revokes 200 jtis while replica A reloads as fast as it can;
+    once A's change version has caught up, one ordinary refresh leaves A holding every one
+    (the version is read before the rows, so a write landing mid-reload is read again)."""
+    db_a, db_b = handles("a"), handles("b")
+    db_a.start_watching()
+    a, b = RevocationStore(db_a), RevocationStore(db_b)
+    jtis = [uuid.uuid4().hex for _ in range(200)]
+    done = threading.Event()
+
+    def revoke_all() -> None:
+        for jti in jtis:
+            b.revoke_jti(jti, time.time() + 600, "attack")
+        done.set()
+
+    writer = threading.Thread(target=revoke_all)
+    writer.start()
+    while not done.is_set():
+        a.refresh()
+    writer.join()
+    deadline = time.monotonic() + 3
+    while db_a.version("revocations") < db_b.version("revocations"):
+        assert time.monotonic() < deadline, "A never saw B's last write"
+        time.sleep(0.01)
+    a.refresh()
+    missing = [j for j in jtis if j not in a._jtis]
+    assert not missing, f"{len(missing)} revocations lost"
+
+
+def test_a_block_on_one_replica_refuses_a_token_minted_on_another_just_after(
+    handles: OpenHandle,
+) -> None:
+    """What holds: a DAG blocked on A while B, not yet aware, mints a token for it in the
+    next second (its iat after the block, so no "issued before" rule can catch it): once
+    B and C follow the change, the block itself refuses the token everywhere."""
+    db_a, db_b, db_c = handles("a"), handles("b"), handles("c")
+    for db in (db_b, db_c):
+        db.start_watching()
+    a, b, c = RevocationStore(db_a), RevocationStore(db_b), RevocationStore(db_c)
+    keys = KeyStore(db_b, master_key=bytes(32))
+    issuer = TokenIssuer(keys, ISSUER)
+    a.block("prod", "finance_daily", by="security", reason="incident")
+    time.sleep(1.1)
+    token, claims = issuer.mint(IDENT, AUD, 600)  # B had not refreshed
+    assert claims.iat > time.time() - 2
+    for store in (b, c):
+        deadline = time.monotonic() + 1.0
+        while not store.is_revoked(claims):
+            assert time.monotonic() < deadline, "block not enforced within a second"
+            store.refresh()
+            time.sleep(0.02)
+        verifier = TokenVerifier(keys, store, ISSUER)
+        with pytest.raises(AuthenticationError) as caught:
+            verifier.verify(token, AUD)
+        assert caught.value.reason == "revoked"
+
+
+def test_revocation_reasons_that_look_like_sql_are_data(handles: OpenHandle) -> None:
+    """What holds: a jti or reason carrying SQL or placeholders is stored and matched as is."""
+    a = RevocationStore(handles("a"))
+    b = RevocationStore(handles("b"))
+    weird = "x' OR '1'='1; -- %s ?"
+    a.revoke_jti(weird, time.time() + 600, reason="%(x)s ? '")
+    b.refresh(force=True)
+    assert weird in b._jtis and "x" not in b._jtis
+    assert [r.reason for r in b.list()] == ["%(x)s ? '"]
+
+
+# -- signing keys in the database -------------------------------------------------------
+
+
+def test_a_row_forged_without_the_master_key_is_never_published(handles: OpenHandle) -> None:
+    """What holds: someone with write access to ``signing_keys`` but no master key inserts a
+    row (a valid-looking kid, an early activation, random ciphertext) and bumps the
+    version: no replica publishes it or signs with it; the keys in memory keep serving."""
+    master = os.urandom(32)
+    db = handles("a")
+    store = KeyStore(db, master_key=master)
+    current = store.current().kid
+    forged_kid = "A" * 43
+    _sql(
+        db,
+        "INSERT INTO signing_keys (kid, created, activate_at, retire_at, nonce, ciphertext) "
+        "VALUES (?, ?, ?, NULL, ?, ?)",
+        (forged_kid, 0.0, 0.0, os.urandom(12), os.urandom(48)),
+    )
+    _sql(db, "UPDATE lockgate_changes SET version = version + 1 WHERE topic = 'keys'")
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        KeyStore(handles("b"), master_key=master)  # a replica starting refuses, loudly
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        store.reload()
+    assert store.public_key(forged_kid) is None
+    assert store.current().kid == current
+
+
+def test_a_ciphertext_moved_onto_another_kid_is_refused(handles: OpenHandle) -> None:
+    """What holds: the private half of key 1 copied onto key 2's row fails (AAD = kid)."""
+    master = os.urandom(32)
+    db = handles("a")
+    store = KeyStore(db, master_key=master, activation_delay=0)
+    first = store.current().kid
+    time.sleep(0.01)
+    second = store.rotate(retire_after=600).kid
+    _sql(
+        db,
+        "UPDATE signing_keys SET (nonce, ciphertext) = "
+        "(SELECT nonce, ciphertext FROM signing_keys WHERE kid = ?) WHERE kid = ?",
+        (first, second),
+    )
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        KeyStore(handles("b"), master_key=master)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="identity/key_table.py binds only the kid into the AEAD: a key deleted by an "
+    "emergency rotation (retire_after=0) is trusted again when its saved row is re-inserted",
+)
+def test_a_leaked_key_retired_at_once_stays_retired(handles: OpenHandle) -> None:
+    """A signing key leaks; the operator rotates with ``retire_after=0`` (the emergency
+    switch), which deletes its row. Whoever leaked it and can write the database (a row
+    saved beforehand: nothing in it is secret without the master key) puts the row back;
+    every replica that loads the table -- any restart -- verifies the leaked key's tokens."""
+    master = os.urandom(32)
+    db = handles("a")
+    store = KeyStore(db, master_key=master)
+    leaked = store.current().kid
+    with db.read() as cur:
+        saved = cur.execute(
+            "SELECT kid, created, activate_at, retire_at, nonce, ciphertext FROM signing_keys "
+            "WHERE kid = ?",
+            (leaked,),
+        ).fetchone()
+    assert saved is not None
+    forged, _ = TokenIssuer(store, ISSUER).mint(IDENT, AUD, 600)  # what the thief can sign
+    store.rotate(retire_after=0)
+    _sql(
+        db,
+        "INSERT INTO signing_keys (kid, created, activate_at, retire_at, nonce, ciphertext) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        tuple(saved),
+    )
+    restarted = KeyStore(handles("b"), master_key=master)
+    verifier = TokenVerifier(restarted, None, ISSUER)
+    with pytest.raises(AuthenticationError):
+        verifier.verify(forged, AUD)
