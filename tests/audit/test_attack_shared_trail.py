@@ -81,11 +81,6 @@ def test_rows_moved_between_replicas_or_resigned_checkpoints_are_caught(
     assert not result.ok and "bad signature" in (result.problem or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit/shared.py _row/verify trust stored_json without checking it matches the "
-    "columns: a record re-labelled in its columns hides from search, verify passes",
-)
 def test_a_record_relabelled_behind_stored_json_is_caught(
     tmp_path: Path, pg: PostgresDatabase
 ) -> None:
@@ -110,11 +105,6 @@ def test_a_record_relabelled_behind_stored_json_is_caught(
     assert not result.ok or len(found) == 10, f"verify ok, search finds {len(found)} of 10"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="audit/shared.py ship() ON CONFLICT DO NOTHING drops a same-replica_id twin's "
-    "rows silently once both passed the start-up position check; verify passes",
-)
 def test_two_replicas_under_one_id_lose_no_record_silently(
     tmp_path: Path, pg: PostgresDatabase
 ) -> None:

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from lockgate.audit.chain import VerifyResult, row_from_columns, walk, where
 from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow, canonical_json
+from lockgate.audit.shipping import ChainMismatch
 from lockgate.store import Cursor, Database, Migration, register_domain
 
 DOMAIN = "audit"
@@ -190,11 +191,30 @@ class SharedTrail:
                 # their exact value through JSON: Python writes, PostgreSQL reads, both
                 # shortest round-trip text)
                 text = json.dumps(table, allow_nan=False, separators=(",", ":"))
-                cur.execute(_PG_INSERT, (text,))
-                return
-            for start in range(0, len(table), _ROWS_PER_INSERT):
-                chunk = table[start : start + _ROWS_PER_INSERT]
-                cur.execute(_insert_values(len(chunk)), [v for row in chunk for v in row])
+                inserted = cur.execute(_PG_INSERT, (text,)).rowcount
+            else:
+                inserted = 0
+                for start in range(0, len(table), _ROWS_PER_INSERT):
+                    chunk = table[start : start + _ROWS_PER_INSERT]
+                    sql = _insert_values(len(chunk))
+                    inserted += cur.execute(sql, [v for row in chunk for v in row]).rowcount
+            if inserted < len(rows):  # some were there: a re-shipped batch, or not ours
+                self._same_rows(cur, replica, rows)
+
+    def _same_rows(self, cur: Cursor, replica: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Raise ChainMismatch (rolling the batch back) unless the rows already stored under
+        ``replica`` at these seqs are these very rows (same hash)."""
+        ours = {int(r[0]): str(r[-1]) for r in rows}
+        stored = cur.execute(
+            "SELECT seq, hash FROM audit_records WHERE replica = ? AND seq >= ? AND seq <= ?",
+            (replica, min(ours), max(ours)),
+        ).fetchall()
+        for seq, h in stored:
+            if ours.get(int(seq), h) != h:
+                raise ChainMismatch(
+                    f"PostgreSQL holds seq {seq} of replica {replica!r} with another hash "
+                    "than the local chain: is this replica_id used by another data_dir?"
+                )
 
     def heads(self) -> Heads:
         """The last shipped (seq, hash) of every replica's chain."""
@@ -278,7 +298,7 @@ class SharedTrail:
                     (replica, after, _PAGE),
                 ).fetchall()
             for r in page:
-                yield _row(r)
+                yield _row(r, checked=True)
             if len(page) < _PAGE:
                 return
             after = int(page[-1][1])
@@ -342,7 +362,11 @@ class SharedTrail:
         checked = 0
         last: dict[str, int] = {}
         for replica in self.replicas():
-            w = walk(self._chain(replica), {})
+            try:
+                w = walk(self._chain(replica), {})
+            except Relabelled as exc:
+                problem = "stored_json is not the row its columns hold (row relabelled)"
+                return _broken(replica, exc.seq, problem, checked, count)
             checked += w.checked
             last[replica] = w.last_seq
             if w.broken is not None:
@@ -392,9 +416,28 @@ def _stored_json(r: Sequence[Any]) -> str | None:
     return json.dumps(list(r), allow_nan=False) if _has_nul(r) else None
 
 
-def _row(r: tuple[Any, ...]) -> AuditRow:
+class Relabelled(Exception):
+    """A row's ``stored_json`` is not the row its columns hold (see :func:`_row`)."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(seq)
+        self.seq = seq
+
+
+def _row(r: tuple[Any, ...], *, checked: bool = False) -> AuditRow:
+    """The AuditRow of a selected row. ``stored_json`` is the row itself when a text value
+    holds a NUL; ``checked``: raise Relabelled unless it is exactly that (a NUL in it, and
+    the columns are it with U+FFFD for NUL), or search, which filters on the columns, could
+    be shown other columns than the hashes vouch for."""
     stored = r[-1]
-    row = row_from_columns(json.loads(stored) if stored is not None else r[1:-1])
+    columns = r[1:-1]
+    if stored is None:
+        row = row_from_columns(columns)
+    else:
+        original = json.loads(stored)
+        if checked and (not _has_nul(original) or list(_storable(original)) != list(columns)):
+            raise Relabelled(int(r[1]))
+        row = row_from_columns(original)
     row.replica = str(r[0])
     return row
 

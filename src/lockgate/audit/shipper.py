@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from lockgate import _log
 from lockgate.audit import chain
 from lockgate.audit.door import LOG_EVERY, describe
-from lockgate.audit.shipping import AuditShipping, write_status
+from lockgate.audit.shipping import AuditShipping, ChainMismatch, write_status
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -46,10 +46,6 @@ MAX_BACKOFF = 5.0  # seconds between attempts while PostgreSQL fails
 OTHERS_EVERY = 6
 _IDLE = 0.2  # seconds between looks at the local chain when nothing was waiting
 _GATHER = 0.1  # seconds to gather commits after a batch that caught up
-
-
-class ChainMismatch(Exception):
-    """PostgreSQL holds, under this replica's name, a row the local chain does not."""
 
 
 class Shipper:

@@ -89,6 +89,11 @@ def checkpoint_key(master_key: bytes) -> bytes:
     return hkdf.derive(master_key)
 
 
+class ChainMismatch(Exception):
+    """PostgreSQL holds, under this replica's name, a row the local chain does not: the same
+    ``replica_id`` is used by another ``data_dir``. Nothing of it is shipped."""
+
+
 # -- status and lag ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ShipLag:
@@ -150,6 +155,7 @@ def ship_lag(db_path: Path, now: float | None = None) -> ShipLag:
 __all__ = [
     "CHECKPOINT_INTERVAL",
     "AuditShipping",
+    "ChainMismatch",
     "ShipLag",
     "checkpoint_key",
     "read_status",
