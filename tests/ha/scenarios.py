@@ -61,6 +61,25 @@ def summary_ms(values: Sequence[float]) -> str:
     )
 
 
+def time_until_each(
+    replicas: Iterable[int], reached: Callable[[int, int], bool]
+) -> dict[int, float]:
+    """Seconds from now until ``reached(replica, attempt)`` holds for each replica, asking
+    them in turn; ``inf`` for a replica still not there after :data:`PROPAGATION_TIMEOUT`."""
+    start = time.monotonic()
+    pending = set(replicas)
+    took: dict[int, float] = {}
+    for attempt in itertools.count():
+        for i in sorted(pending):
+            if reached(i, attempt):
+                took[i] = time.monotonic() - start
+                pending.discard(i)
+        if not pending or time.monotonic() - start > PROPAGATION_TIMEOUT:
+            break
+    took.update(dict.fromkeys(pending, float("inf")))
+    return took
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     replica: int
@@ -163,19 +182,12 @@ def revocation_propagation(
                 cluster.cli(revoke_on, "token", "revoke", "--jti", jti, "--reason", "ha test")
             else:
                 cluster.revoke_jti(revoke_on, jti)
-            start = time.monotonic()
-            pending = set(watched)
-            for k in itertools.count():
-                for i in sorted(pending):
-                    if clients[i].get(f"/orders/revocation-{n}-{i}-{k}", token) == 401:
-                        latencies[i].append(time.monotonic() - start)
-                        pending.discard(i)
-                if not pending:
-                    break
-                if time.monotonic() - start > PROPAGATION_TIMEOUT:
-                    for i in pending:
-                        latencies[i].append(float("inf"))
-                    break
+
+            def refused(i: int, k: int, n: int = n, token: str = token) -> bool:
+                return clients[i].get(f"/orders/revocation-{n}-{i}-{k}", token) == 401
+
+            for i, seconds in time_until_each(watched, refused).items():
+                latencies[i].append(seconds)
     finally:
         for client in clients.values():
             client.close()
@@ -283,24 +295,17 @@ def credential_rotation(
             value_file.write_text(new)
             value_file.chmod(0o600)
             cluster.cli(rotate_on, "creds", "rotate", CREDENTIAL, "--from-file", str(value_file))
-            start = time.monotonic()
-            pending = set(everyone)
-            for k in itertools.count():
-                for i in sorted(pending):
-                    path = f"/orders/rotation-{n}-{i}-{k}"
-                    t = time.monotonic()
-                    status = clients[i].get(path, token)
-                    if status != 200:
-                        probe_failures.append(Outcome(i, path, status, t, time.monotonic()))
-                    elif upstream.secret_of(path) == new:
-                        latencies[i].append(time.monotonic() - start)
-                        pending.discard(i)
-                if not pending:
-                    break
-                if time.monotonic() - start > PROPAGATION_TIMEOUT:
-                    for i in pending:
-                        latencies[i].append(float("inf"))
-                    break
+
+            def switched(i: int, k: int, n: int = n, new: str = new) -> bool:
+                path = f"/orders/rotation-{n}-{i}-{k}"
+                t = time.monotonic()
+                status = clients[i].get(path, token)
+                if status != 200:
+                    probe_failures.append(Outcome(i, path, status, t, time.monotonic()))
+                return status == 200 and upstream.secret_of(path) == new
+
+            for i, seconds in time_until_each(everyone, switched).items():
+                latencies[i].append(seconds)
             time.sleep(0.2)
             upstream.accept(new)
         time.sleep(0.3)  # the load goes on with the new secret alone
@@ -392,14 +397,12 @@ def key_rotation(
             known = set(minter.kids).union(*(published_kids(cluster, i) for i in everyone))
             cluster.cli(rotate_on, "keys", "rotate")
             start = time.monotonic()
-            pending = set(everyone)
-            while pending and time.monotonic() - start < PROPAGATION_TIMEOUT:
-                for i in sorted(pending):
-                    if published_kids(cluster, i) - known:
-                        latencies[i].append(time.monotonic() - start)
-                        pending.discard(i)
-            for i in pending:
-                latencies[i].append(float("inf"))
+
+            def published(i: int, _attempt: int, known: set[str] = known) -> bool:
+                return bool(published_kids(cluster, i) - known)
+
+            for i, seconds in time_until_each(everyone, published).items():
+                latencies[i].append(seconds)
             while not set(minter.kids) - known:
                 if time.monotonic() - start > 3 * PROPAGATION_TIMEOUT:
                     signing.append(float("inf"))
