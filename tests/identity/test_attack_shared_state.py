@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from lockgate.config import PostgresStateSettings
 from lockgate.errors import AuthenticationError, ConfigError
 from lockgate.identity import KeyStore, RevocationStore, TaskIdentity, TokenIssuer, TokenVerifier
 from lockgate.identity.once import OnceLedger
+from lockgate.identity.staleness import STALE_REASON, StalenessBound
 from lockgate.store import PostgresDatabase
 
 from .conftest import ISSUER
@@ -236,3 +238,39 @@ def test_a_leaked_key_retired_at_once_stays_retired(handles: OpenHandle) -> None
     verifier = TokenVerifier(restarted, None, ISSUER)
     with pytest.raises(AuthenticationError):
         verifier.verify(forged, AUD)
+
+
+# -- staleness on the verification path ------------------------------------------------------
+
+
+class _Reach:
+    """A database stand-in whose distance from PostgreSQL the test sets."""
+
+    dialect = "postgresql"
+    label = "postgresql://test"
+
+    def __init__(self) -> None:
+        self.age = 0.0
+
+    def stale_for(self) -> float:
+        return self.age
+
+
+def test_a_cached_token_is_refused_once_state_went_stale(tmp_path: Path) -> None:
+    """What holds: a token verified (and cached) while fresh is refused with
+    ``shared_state_stale`` past the bound -- on the audience path every engine takes (HTTP
+    per request, CQL and PostgreSQL per statement of an open session) and on the
+    any-audience path of the Cosmos task key -- and served again once the database is back."""
+    keys = KeyStore(tmp_path)
+    reach = _Reach()
+    bound = StalenessBound(reach, max_staleness=30.0)  # type: ignore[arg-type]
+    verifier = TokenVerifier(keys, None, ISSUER, staleness=bound)
+    token, _ = TokenIssuer(keys, ISSUER).mint(IDENT, AUD, 600)
+    assert verifier.verify(token, AUD).jti  # cached from now on
+    reach.age = 30.5
+    for check in (lambda: verifier.verify(token, AUD), lambda: verifier.verify_any_audience(token)):
+        with pytest.raises(AuthenticationError) as caught:
+            check()
+        assert caught.value.reason == STALE_REASON
+    reach.age = 0.1
+    assert verifier.verify(token, AUD).jti
