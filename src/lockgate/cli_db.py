@@ -31,6 +31,7 @@ SCHEMA_MODULES = (
     "lockgate.identity.revocation",
     "lockgate.identity.key_table",
     "lockgate.identity.once",
+    "lockgate.identity.rate_limit",
     "lockgate.credentials.store",
     "lockgate.gateway.role_leases",
     "lockgate.gateway.http.profiles.databricks.registry",

@@ -10,12 +10,34 @@ from pydantic import Field, field_validator
 from lockgate.config._base import NAME_RE, Section
 
 
+class RateLimitSettings(Section):
+    """``tokens.rate_limit``: brakes on the token service, one budget shared by every
+    process and replica on the same state (see :mod:`lockgate.identity.rate_limit`).
+    A limit of 0 switches that brake off."""
+
+    mint_per_second: float = Field(
+        default=50, ge=0, description="tokens a deployment may mint per second, all doors"
+    )
+    burst: int = Field(default=200, ge=1, description="mints a deployment may make at once")
+    failed_auth_per_client: int = Field(
+        default=10, ge=0, description="failed authentications of one deployment per window"
+    )
+    failed_auth_per_remote: int = Field(
+        default=30, ge=0, description="failed authentications from one address per window"
+    )
+    failed_auth_window: float = Field(default=60, gt=0, le=86400, description="seconds")
+    failed_auth_cooldown: float = Field(
+        default=60, ge=0, le=86400, description="seconds refused once a failure limit is hit"
+    )
+
+
 class TokenSettings(Section):
     default_ttl: int = Field(default=900, gt=0, description="seconds; used when policy sets no max")
     max_ttl: int = Field(default=3600, gt=0, description="hard cap for any token, seconds")
     leeway: int = Field(
         default=5, ge=0, le=60, description="clock skew allowed on exp/nbf, seconds"
     )
+    rate_limit: RateLimitSettings = RateLimitSettings()
 
 
 class ClientSecretProof(Section):

@@ -5,7 +5,8 @@
 revocation hook), binds every route to one :class:`~lockgate.control.context.ControlContext`
 and serves them on the control listener with the same handshake timeout and cap as every
 other listener. It owns the dynamic roles' lifecycle (start, and drop every live role on
-close).
+close). The token service it makes carries the rate limits
+(:mod:`lockgate.identity.rate_limit`); a middleware tells them each request's address.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from lockgate import metrics
 from lockgate.config import AnyResource, ListenerConfig, LockgateConfig
@@ -31,8 +33,9 @@ from lockgate.control.poll_token import poll_token_handler
 from lockgate.control.token import add_token_routes
 from lockgate.gateway.dynamic_roles import DbRoles
 from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
-from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenService, TokenVerifier
+from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenVerifier
 from lockgate.identity.once import OnceLedger
+from lockgate.identity.rate_limit import REMOTE, RateLimitedTokenService, RateLimits
 
 BODY_LIMIT = 64 * 1024  # every control request is a small form or JSON document
 
@@ -48,7 +51,7 @@ class ReadinessReport(Protocol):
 
 def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -> web.Application:
     """Every route of the control listener, over ``ctx``."""
-    app = web.Application(client_max_size=BODY_LIMIT)
+    app = web.Application(client_max_size=BODY_LIMIT, middlewares=[remember_remote])
     add_token_routes(app, ctx.tokens)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -71,6 +74,14 @@ def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get(OPENAPI_PATH, openapi_page)
     return app
+
+
+@web.middleware
+async def remember_remote(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's address for the failed-authentication limit, which the token
+    service's authenticate step (fed the body and header only) reads."""
+    REMOTE.set(request.remote)
+    return await handler(request)
 
 
 async def openapi_page(request: web.Request) -> web.Response:
@@ -107,8 +118,15 @@ class ControlPlane:
         readiness: Callable[[], ReadinessReport],
         db_roles: DbRoles | None = None,
         assertion_ledger: OnceLedger | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> ControlPlane:
-        tokens = TokenService(
+        """``rate_limits``: the token service's buckets (default: in the revocations'
+        database when shared, else ``data_dir/rate_limits.db``)."""
+        if rate_limits is None:
+            shared = revocations.shared
+            where = revocations.database if shared else config.data_dir / "rate_limits.db"
+            rate_limits = RateLimits.for_config(config, where)
+        tokens = RateLimitedTokenService(
             config,
             keys,
             revocations,
@@ -118,6 +136,7 @@ class ControlPlane:
             # per-token state elsewhere ends with the tokens: dynamic roles are dropped
             on_revoke=db_roles.on_revoke if db_roles is not None else None,
             assertion_ledger=assertion_ledger,
+            rate_limits=rate_limits,
         )
         ctx = ControlContext(
             config, tokens, verifier, issuer, mint_policy, audit, master_key, ports, db_roles
@@ -156,6 +175,8 @@ class ControlPlane:
             await self._server.wait_closed()
         if self.ctx.db_roles is not None:
             await self.ctx.db_roles.close()
+        if isinstance(self.ctx.tokens, RateLimitedTokenService):
+            self.ctx.tokens.rate_limits.close()
 
 
 async def serve_control(

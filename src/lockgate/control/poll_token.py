@@ -27,6 +27,7 @@ from lockgate.identity import (
     valid_airflow_id,
     valid_run_id,
 )
+from lockgate.identity.rate_limit import take_mint
 
 ROUTE = "/v1/poll-token"
 #: lifetime cap of a poll token for a profile without its own setting (ARM)
@@ -102,6 +103,11 @@ def poll_token_handler(ctx: ControlContext) -> Handler:
         assert dep is not None  # an authenticated deployment is a configured one
         ttl = max(1, min(decision.ttl, ttl_cap))
         grant = TaskGrant(dep, identity, resource, decision, ttl)
+        try:  # one of the deployment's mints, as /v1/token's are
+            await take_mint(ctx.tokens, deployment)
+        except OAuthError as exc:
+            await ctx.tokens.refused(exc, {**audit, "route": ROUTE})
+            return error_response(exc)
         try:  # minted and recorded as /v1/token's tokens are
             issued = await ctx.tokens.issue(grant, {**audit, "reason": "poll token"})
         except OAuthError as exc:  # the audit failed: no token

@@ -4,7 +4,9 @@ The web side of :class:`lockgate.identity.TokenService`: read the body (small, f
 JSON, no repeated field), hand its fields and the ``Authorization`` header to the service,
 answer in JSON. Refusals are OAuth2 ``{error, error_description}`` with ``no-store``, and
 every one is recorded by the service before it is answered. :func:`read_body` and
-:func:`error_response` are what every other deployment-called route uses too.
+:func:`error_response` are what every other deployment-called route uses too. A mint over
+the deployment's rate (:mod:`lockgate.identity.rate_limit`) is refused with 429 and
+``Retry-After`` before anything is minted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from lockgate.identity import MAX_BODY, OAuthError, TokenService, invalid_request, parse_body
+from lockgate.identity.rate_limit import take_mint
 from lockgate.identity.service import JWT_TOKEN_TYPE
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -29,10 +32,13 @@ async def read_body(request: web.Request) -> dict[str, str]:
 
 
 def error_response(exc: OAuthError) -> web.Response:
-    """The OAuth2 error answer of a refusal (a Basic challenge when a secret was wrong)."""
+    """The OAuth2 error answer of a refusal (a Basic challenge when a secret was wrong,
+    ``Retry-After`` when over a rate limit)."""
     headers = dict(NO_STORE)
     if exc.basic_challenge:
         headers["WWW-Authenticate"] = 'Basic realm="lockgate"'
+    if exc.status == 429:
+        headers["Retry-After"] = str(max(1, int(exc.fields.get("retry_after", 1))))
     return web.json_response(exc.payload(), status=exc.status, headers=headers)
 
 
@@ -44,6 +50,7 @@ def token_handler(service: TokenService) -> Handler:
         try:
             body = await read_body(request)
             grant = await service.authorize(body, request.headers.get("Authorization"), ctx)
+            await take_mint(service, grant.deployment.name)
         except OAuthError as exc:
             await service.refused(exc, ctx)
             return error_response(exc)

@@ -1,0 +1,475 @@
+"""Brakes on the token service: a mint rate per deployment and a cool-down after failed
+authentications, one budget shared by every process and replica on the same state.
+
+Why: a runaway DAG loop or a stolen deployment credential must not mint tokens without
+bound, and guessing a deployment's secret must be slow. Three limits
+(``tokens.rate_limit``), each a token bucket (``rate`` per second refilling up to ``burst``):
+
+- ``mint``: per deployment, across every door that mints (``/v1/token``, ``/v1/poll-token``,
+  ``/v1/db-role``); a mint takes one token, an empty bucket refuses until one refilled;
+- ``failed_auth_client``: per configured deployment a request names (client id);
+- ``failed_auth_remote``: per remote address.
+
+A failed authentication takes one token from its client's and its address's bucket; the
+one that empties starts a cool-down (``failed_auth_cooldown``) during which every request
+naming that client or coming from that address is refused *before* its proof is checked,
+so a right guess and a wrong one get the same answer. Over a limit the answer is HTTP 429
+with ``Retry-After`` and an OAuth2 error body, audited as a refusal with reason
+:data:`RATE_LIMITED` and the limit's name.
+
+Shared: the buckets are rows of ``rate_buckets`` in the state database (domain
+``rate_limits``: the SQLite file ``rate_limits.db`` every worker opens, or the shared
+PostgreSQL database). A decision is one atomic upsert (``INSERT ... ON CONFLICT DO UPDATE
+... RETURNING``) that refills and takes in the same statement, inside ``BEGIN IMMEDIATE`` on
+SQLite, so concurrent workers and replicas draw from one budget. With shared state the
+statement runs in a worker thread: the event loop never waits on PostgreSQL.
+
+When the database cannot answer, the decision falls back to a bucket in this process's
+memory at the full rate (logged once per outage): a rate limit is a brake, not an access
+decision, so an outage neither opens the floodgates of a single process nor refuses
+everything (authentication and policy still decide who gets a token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lockgate import _log
+from lockgate.config import LockgateConfig
+from lockgate.config.identity import RateLimitSettings
+from lockgate.errors import StoreUnavailable
+from lockgate.identity._request import OAuthError
+from lockgate.identity.keys import KeyStore
+from lockgate.identity.once import open_database, upgrade_allowed
+from lockgate.identity.revocation import RevocationStore
+from lockgate.identity.service import MintPolicy, TokenService, _basic_credentials
+from lockgate.identity.tokens import TokenIssuer
+from lockgate.store import Database, Migration, migrate, register_domain
+
+DOMAIN = "rate_limits"
+MIGRATIONS = (
+    Migration(
+        1,
+        "token-service rate limit buckets",
+        "CREATE TABLE IF NOT EXISTS rate_buckets (\n"
+        "    name TEXT PRIMARY KEY, tokens REAL NOT NULL, updated_at REAL NOT NULL,\n"
+        "    blocked_until REAL NOT NULL, allowed INTEGER NOT NULL\n"
+        ")",
+    ),
+)
+register_domain(DOMAIN, MIGRATIONS)
+
+#: The refusal reason (audit records, metrics).
+RATE_LIMITED = "rate_limited"
+MINT = "mint"
+FAILED_AUTH_CLIENT = "failed_auth_client"
+FAILED_AUTH_REMOTE = "failed_auth_remote"
+
+log = _log.get("identity.rate_limit")
+
+#: The remote address of the control request being served (set by the control listener's
+#: middleware): :meth:`RateLimitedTokenService.authenticate` gets only the body and header.
+REMOTE: contextvars.ContextVar[str | None] = contextvars.ContextVar("lockgate_remote", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One bucket's shape: ``rate`` tokens a second, up to ``burst``; ``cooldown`` seconds
+    of refusal once a take leaves less than one token (0: none, refill decides)."""
+
+    name: str
+    rate: float
+    burst: float
+    cooldown: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A bucket's row: its level at ``updated_at``, and until when it refuses."""
+
+    tokens: float
+    updated_at: float
+    blocked_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    retry_after: int  # seconds (>= 1) before asking again makes sense; 0 when allowed
+    cooling: int = 0  # seconds of cool-down left after this take (0: none)
+
+
+def take(limit: Limit, bucket: Bucket | None, now: float, cost: float = 1.0) -> tuple[bool, Bucket]:
+    """The bucket math (what the SQL of :class:`RateLimiter` computes): refill since the
+    last update (never backwards: replicas' clocks differ a little), take ``cost`` if there
+    is that much, start the cool-down when less than one token is left."""
+    if bucket is None:
+        bucket = Bucket(limit.burst, now)
+    elapsed = now - bucket.updated_at if now > bucket.updated_at else 0.0
+    level = min(bucket.tokens + elapsed * limit.rate, limit.burst)
+    allowed = level >= cost
+    blocked = bucket.blocked_until
+    if limit.cooldown > 0 and level < cost + 1:
+        blocked = now + limit.cooldown
+    return allowed, Bucket(level - cost if allowed else level, max(now, bucket.updated_at), blocked)
+
+
+def retry_after(limit: Limit, bucket: Bucket, now: float, cost: float = 1.0) -> int:
+    """Whole seconds (>= 1) until ``bucket`` can serve ``cost`` again."""
+    wait = bucket.blocked_until - now
+    if bucket.tokens < cost:
+        refill = (cost - bucket.tokens) / limit.rate if limit.rate > 0 else limit.cooldown
+        wait = max(wait, refill)
+    return max(1, math.ceil(wait))
+
+
+# -- the SQL ----------------------------------------------------------------------------------
+def _bind(sql: str, values: dict[str, object]) -> tuple[str, list[object]]:
+    """``:name`` markers to ``?`` and the parameters in order (the portable subset has
+    positional placeholders only; the expressions repeat their inputs)."""
+    params: list[object] = []
+
+    def mark(match: re.Match[str]) -> str:
+        params.append(values[match.group(1)])
+        return "?"
+
+    return re.sub(r":([a-z_]+)", mark, sql), params
+
+
+_ELAPSED = "(CASE WHEN :now > b.updated_at THEN :now - b.updated_at ELSE 0 END)"
+_REFILL = f"(b.tokens + {_ELAPSED} * :rate)"
+_LEVEL = f"(CASE WHEN {_REFILL} < :burst THEN {_REFILL} ELSE :burst END)"
+# One statement: a new bucket starts full (minus this take); an existing one refills and
+# takes atomically (a row lock on PostgreSQL, the file's write lock on SQLite), so two
+# replicas never both spend the last token.
+_TAKE = (  # built from the constant fragments above only; every value is a parameter
+    "INSERT INTO rate_buckets AS b (name, tokens, updated_at, blocked_until, allowed) "  # noqa: S608
+    "VALUES (:name, :fresh_tokens, :now, :fresh_blocked, :fresh_allowed) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    f"tokens = CASE WHEN {_LEVEL} >= :cost THEN {_LEVEL} - :cost ELSE {_LEVEL} END, "
+    "updated_at = CASE WHEN :now > b.updated_at THEN :now ELSE b.updated_at END, "
+    f"blocked_until = CASE WHEN :cooldown > 0 AND {_LEVEL} < :cost + 1 "
+    "THEN :now + :cooldown ELSE b.blocked_until END, "
+    f"allowed = CASE WHEN {_LEVEL} >= :cost THEN 1 ELSE 0 END "
+    "RETURNING allowed, tokens, updated_at, blocked_until"
+)
+_PURGE_EVERY = 300.0
+
+
+class RateLimiter:
+    """Token buckets in a :class:`~lockgate.store.Database` (a path: that SQLite file;
+    ``None``: this process only), with a memory fallback when the database cannot answer."""
+
+    def __init__(
+        self,
+        where: Path | Database | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        migrate_schema: bool | None = None,
+    ) -> None:
+        self.db, self._owned = open_database(where)
+        migrate(self.db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(self.db, migrate_schema))
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the memory fallback and the purge clock
+        self._local: dict[str, Bucket] = {}
+        self._degraded = False
+        self._last_purge = clock()
+        self.shared = self.db.dialect == "postgresql"
+
+    # -- decisions (sync: the database step) ------------------------------------------------
+    def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
+        """Take ``cost`` from bucket ``key``; whether it was there, and if not how long to
+        wait."""
+        now = self._clock()
+        try:
+            allowed, bucket = self._take_db(key, limit, now, cost)
+        except StoreUnavailable as exc:
+            allowed, bucket = self._take_local(key, limit, now, cost, exc)
+        left = bucket.blocked_until - now
+        cooling = math.ceil(left) if left > 0 else 0
+        if allowed:
+            return Decision(True, 0, cooling)
+        return Decision(False, retry_after(limit, bucket, now, cost), cooling)
+
+    def blocked(self, keys: list[str]) -> int:
+        """Seconds until the longest cool-down among ``keys`` ends (0: none is cooling)."""
+        now = self._clock()
+        keys = [k for k in keys if k]
+        if not keys:
+            return 0
+        try:
+            marks = ", ".join("?" for _ in keys)
+            with self.db.read() as cur:
+                rows = cur.execute(
+                    f"SELECT blocked_until FROM rate_buckets WHERE name IN ({marks})",  # noqa: S608
+                    keys,
+                ).fetchall()
+            until = [float(r[0]) for r in rows]
+            self._recovered()
+        except StoreUnavailable as exc:
+            self._fell_back(exc)
+            with self._lock:
+                until = [b.blocked_until for k in keys if (b := self._local.get(k)) is not None]
+        longest = max(until, default=0.0) - now
+        return max(1, math.ceil(longest)) if longest > 0 else 0
+
+    def _take_db(self, key: str, limit: Limit, now: float, cost: float) -> tuple[bool, Bucket]:
+        fresh_allowed, fresh = take(limit, None, now, cost)
+        sql, params = _bind(
+            _TAKE,
+            {
+                "name": key, "now": now, "rate": limit.rate, "burst": limit.burst,
+                "cost": cost, "cooldown": limit.cooldown, "fresh_tokens": fresh.tokens,
+                "fresh_blocked": fresh.blocked_until, "fresh_allowed": int(fresh_allowed),
+            },
+        )  # fmt: skip
+        purge = self._purge_due(now)
+        with self.db.transaction() as cur:
+            if purge:  # a bucket full and not cooling is the same as no row
+                cur.execute(
+                    "DELETE FROM rate_buckets WHERE updated_at < ? AND blocked_until < ?",
+                    (now - 86400, now),
+                )
+            row = cur.execute(sql, params).fetchone()
+        assert row is not None  # an upsert always returns its row
+        self._recovered()
+        return bool(row[0]), Bucket(float(row[1]), float(row[2]), float(row[3]))
+
+    def _take_local(
+        self, key: str, limit: Limit, now: float, cost: float, exc: StoreUnavailable
+    ) -> tuple[bool, Bucket]:
+        self._fell_back(exc)
+        with self._lock:
+            allowed, bucket = take(limit, self._local.get(key), now, cost)
+            self._local[key] = bucket
+        return allowed, bucket
+
+    def _purge_due(self, now: float) -> bool:
+        with self._lock:
+            if now - self._last_purge < _PURGE_EVERY:
+                return False
+            self._last_purge = now
+            return True
+
+    def _fell_back(self, exc: StoreUnavailable) -> None:
+        with self._lock:
+            first, self._degraded = not self._degraded, True
+        if first:
+            log.error(
+                "rate limits decided in this process's memory: state database unavailable",
+                extra={"fields": {"error": str(exc)}},
+            )
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            with self._lock:
+                self._degraded = False
+                self._local.clear()
+            log.info("rate limits shared again")
+
+    # -- decisions (async: off the loop when the database is remote) ------------------------
+    async def take_async(self, key: str, limit: Limit) -> Decision:
+        if self.shared:
+            return await asyncio.to_thread(self.take, key, limit)
+        return self.take(key, limit)
+
+    async def blocked_async(self, keys: list[str]) -> int:
+        if self.shared:
+            return await asyncio.to_thread(self.blocked, keys)
+        return self.blocked(keys)
+
+    def close(self) -> None:
+        if self._owned:
+            self.db.close()
+
+
+class RateLimits:
+    """The token service's three limits over one :class:`RateLimiter`, speaking
+    :class:`OAuthError`: a refusal is a 429 whose ``retry_after`` the route sends as the
+    ``Retry-After`` header."""
+
+    def __init__(self, limiter: RateLimiter, settings: RateLimitSettings) -> None:
+        self.limiter = limiter
+        self.settings = settings
+        window = settings.failed_auth_window
+        cooldown = settings.failed_auth_cooldown
+        self.mint_limit = Limit(MINT, float(settings.mint_per_second), float(settings.burst))
+        self.client_limit = Limit(
+            FAILED_AUTH_CLIENT,
+            settings.failed_auth_per_client / window,
+            float(settings.failed_auth_per_client),
+            cooldown,
+        )
+        self.remote_limit = Limit(
+            FAILED_AUTH_REMOTE,
+            settings.failed_auth_per_remote / window,
+            float(settings.failed_auth_per_remote),
+            cooldown,
+        )
+
+    @classmethod
+    def for_config(cls, config: LockgateConfig, where: Path | Database | None) -> RateLimits:
+        """The limits ``config`` sets, over the buckets in ``where`` (see
+        :class:`RateLimiter`)."""
+        return cls(RateLimiter(where), config.tokens.rate_limit)
+
+    async def take_mint(self, deployment: str) -> None:
+        """One mint for ``deployment``, or :class:`OAuthError` 429 ``slow_down``."""
+        if self.settings.mint_per_second <= 0:
+            return
+        decision = await self.limiter.take_async(f"{MINT}:{deployment}", self.mint_limit)
+        if not decision.allowed:
+            raise rate_limited(
+                "slow_down",
+                f"deployment {deployment!r} mints too fast; retry later",
+                MINT,
+                decision.retry_after,
+            )
+
+    async def refuse_if_cooling(self, client: str | None, remote: str | None) -> None:
+        """Before a proof is checked: a client or address in its cool-down is refused
+        (whatever the proof), :class:`OAuthError` 429 ``temporarily_unavailable``."""
+        keys = self._failure_keys(client, remote)
+        if not keys:
+            return
+        wait = await self.limiter.blocked_async([key for key, _limit in keys])
+        if wait:
+            raise rate_limited(
+                "temporarily_unavailable",
+                "too many failed authentications; retry later",
+                ",".join(limit.name for _key, limit in keys),
+                wait,
+            )
+
+    async def failed(self, client: str | None, remote: str | None) -> None:
+        """Count one failed authentication against ``client`` and ``remote``."""
+        for key, limit in self._failure_keys(client, remote):
+            decision = await self.limiter.take_async(key, limit)
+            if decision.allowed and decision.cooling:  # this failure emptied the bucket
+                log.warning(
+                    "failed authentications: cool-down started",
+                    extra={
+                        "fields": {"limit": limit.name, "key": key, "seconds": decision.cooling}
+                    },
+                )
+
+    def _failure_keys(self, client: str | None, remote: str | None) -> list[tuple[str, Limit]]:
+        keys: list[tuple[str, Limit]] = []
+        if client and self.settings.failed_auth_per_client > 0:
+            keys.append((f"{FAILED_AUTH_CLIENT}:{client}", self.client_limit))
+        if remote and self.settings.failed_auth_per_remote > 0:
+            keys.append((f"{FAILED_AUTH_REMOTE}:{remote}", self.remote_limit))
+        return keys
+
+    def close(self) -> None:
+        self.limiter.close()
+
+
+def rate_limited(error: str, description: str, limit: str, wait: int) -> OAuthError:
+    """The 429 refusal (the route sends ``retry_after`` as the ``Retry-After`` header;
+    ``limit`` names the limit in the audit record)."""
+    return OAuthError(
+        429,
+        error,
+        description,
+        reason=RATE_LIMITED,
+        limit=limit,
+        retry_after=wait,
+    )
+
+
+def named_client(
+    config: LockgateConfig, body: dict[str, str], authorization: str | None
+) -> str | None:
+    """The configured deployment a request names as its client (Basic user or
+    ``client_id``), or None. Only a configured name: an unknown "client id" may be a
+    secret pasted in the wrong field, which must not become a row or a log line."""
+    try:
+        basic = _basic_credentials(authorization)
+    except OAuthError:
+        basic = None
+    name = basic[0] if basic is not None else body.get("client_id")
+    if name and config.deployment(name) is not None:
+        return name
+    return None
+
+
+def is_failed_authentication(exc: OAuthError) -> bool:
+    """A refusal that means "this proof is wrong" (not a malformed request, not our
+    failure): what guessing produces."""
+    return exc.status == 401 or exc.error == "invalid_grant"
+
+
+class RateLimitedTokenService(TokenService):
+    """The token service with the failed-authentication brake on :meth:`authenticate`, the
+    step every deployment-called door passes (token, revoke, poll token, database role,
+    Cosmos key, catalog). The mint brake is :meth:`take_mint`, which the minting doors call
+    once the grant is known and before anything is minted."""
+
+    def __init__(
+        self,
+        config: LockgateConfig,
+        keys: KeyStore,
+        revocations: RevocationStore,
+        issuer: TokenIssuer,
+        mint_policy: MintPolicy,
+        *args: Any,
+        rate_limits: RateLimits,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(config, keys, revocations, issuer, mint_policy, *args, **kwargs)
+        self.rate_limits = rate_limits
+
+    async def authenticate(
+        self, body: dict[str, str], authorization: str | None
+    ) -> tuple[str, str]:
+        client = named_client(self.config, body, authorization)
+        remote = REMOTE.get()
+        await self.rate_limits.refuse_if_cooling(client, remote)
+        try:
+            return await super().authenticate(body, authorization)
+        except OAuthError as exc:
+            if is_failed_authentication(exc):
+                await self.rate_limits.failed(client, remote)
+            raise
+
+    async def take_mint(self, deployment: str) -> None:
+        await self.rate_limits.take_mint(deployment)
+
+
+async def take_mint(service: TokenService, deployment: str) -> None:
+    """The mint brake of ``service`` (none for a plain :class:`TokenService`)."""
+    if isinstance(service, RateLimitedTokenService):
+        await service.take_mint(deployment)
+
+
+__all__ = [
+    "DOMAIN",
+    "FAILED_AUTH_CLIENT",
+    "FAILED_AUTH_REMOTE",
+    "MIGRATIONS",
+    "MINT",
+    "RATE_LIMITED",
+    "REMOTE",
+    "Bucket",
+    "Decision",
+    "Limit",
+    "RateLimitedTokenService",
+    "RateLimiter",
+    "RateLimits",
+    "is_failed_authentication",
+    "named_client",
+    "rate_limited",
+    "retry_after",
+    "take",
+    "take_mint",
+]
