@@ -135,8 +135,9 @@ def test_two_replicas_under_one_id_lose_no_record_silently(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="audit/shared.py verify has no freshness check: the newest checkpoints dropped "
-    "with the rows they name roll the shared trail back undetected",
+    reason="PostgreSQL alone, no replica shipping since: rows dropped with every checkpoint "
+    "naming them leave a valid earlier state; the writing replica shows it (its position and "
+    "checkpoint count live outside PostgreSQL), see test_shared_pg's rolled-back test",
 )
 def test_a_rolled_back_tail_with_its_checkpoints_is_caught(
     tmp_path: Path, pg: PostgresDatabase

@@ -136,8 +136,17 @@ def test_checkpoint_forgery_and_removal_are_caught(tmp_path: Path, shared: Datab
     result = _verify(trail)
     assert not result.ok and "signed by key" in (result.problem or "")
 
+    # checkpoints dropped: the replica's next one is numbered past its own count (kept
+    # outside the database), and the gap shows
+    _sql(shared, "DELETE FROM audit_checkpoints WHERE replica = ?", ("r2",))
+    local_chain(tmp_path / "r2" / "audit.db", 1, "r2", start=20)
+    ship_all(shipper_for(tmp_path / "r2" / "audit.db", "r2", lambda: shared))
+    result = _verify(trail)
+    assert not result.ok and "checkpoint 1 of replica r2 is missing" in (result.problem or "")
+
     # a missing checkpoint in the middle of a replica's series
     _sql(shared, "DELETE FROM audit_checkpoints WHERE replica = ?", ("r2",))
+    (tmp_path / "r2" / "audit-ship.json").unlink()  # the operator starts r2's count afresh
     ship_all(shipper_for(tmp_path / "r2" / "audit.db", "r2", lambda: shared))
     local_chain(tmp_path / "r1" / "audit.db", 3, "r1", start=30)
     r1 = shipper_for(tmp_path / "r1" / "audit.db", "r1", lambda: shared)

@@ -337,3 +337,49 @@ def test_a_crashed_replica_restarted_on_its_data_dir_ships_everything_once(
         assert reader.verify().ok
     finally:
         reader.close_shared()
+
+
+def test_a_rolled_back_shared_trail_shows_once_the_replica_ships_again(
+    tmp_path: Path, pg_state: SharedStateFactory
+) -> None:
+    """Rows and the checkpoints naming them dropped together: a valid earlier state of the
+    shared tables, so PostgreSQL alone cannot tell (test_attack_shared_trail). The replica
+    that wrote them can: its shipped position and checkpoint count live outside PostgreSQL.
+    It ships the rows again, its next checkpoint leaves the gap visible to every verifier,
+    and its own ``audit verify`` names what was lost."""
+    settings = pg_state()
+    db_path = tmp_path / "r1" / "audit.db"
+    for start in (0, 5, 10, 15):
+        _run_replica_from(db_path, "r1", settings, start)
+    db = PostgresDatabase(settings, replica_id="tamper")
+    try:
+        assert SharedTrail(db).verify(None).ok
+        _sql(db, "DELETE FROM audit_checkpoints WHERE n > 1")
+        _sql(db, "DELETE FROM audit_records WHERE seq > 5")
+        assert SharedTrail(db).verify(None).ok  # nothing in PostgreSQL contradicts it
+
+        _run_replica_from(db_path, "r1", settings, 20)  # the replica serves and ships again
+        assert _shipped(db, "r1") == list(range(1, 26))  # nothing missing from search
+        result = SharedTrail(db).verify(None)
+        assert not result.ok and "checkpoint 2 of replica r1 is missing" in (result.problem or "")
+    finally:
+        db.close()
+    reader = AuditReader(db_path, shipping=shipping("r1", settings))
+    try:
+        result = reader.verify()
+        assert not result.ok and result.first_bad_seq == 6, result
+        assert "lost seq 6 to 20" in (result.problem or "")
+    finally:
+        reader.close_shared()
+
+
+def _run_replica_from(
+    db_path: Path, replica: str, settings: PostgresStateSettings, start: int
+) -> None:
+    log = AuditLog(db_path, shipping=shipping(replica, settings))
+    try:
+        for i in range(start, start + 5):
+            log.emit(record(i, replica))
+        assert log.flush(10)
+    finally:
+        log.close()

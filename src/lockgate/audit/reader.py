@@ -13,6 +13,7 @@ and the journal backlog stay this replica's own.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -23,7 +24,7 @@ from lockgate.audit import chain
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.journal import Backlog, backlog, journal_dir
 from lockgate.audit.record import GENESIS, AuditRow
-from lockgate.audit.shipping import AuditShipping, ShipLag, ship_lag
+from lockgate.audit.shipping import AuditShipping, ShipLag, read_status, ship_lag
 
 if TYPE_CHECKING:
     from lockgate.audit.shared import SharedTrail
@@ -131,9 +132,29 @@ class AuditReader:
             return local
         key = self.shipping.signing_key
         shared = trail.verify(public_key(key) if key is not None else None)
-        if not shared.ok:
-            return shared
+        # what this replica found lost comes first: the shared trail's own complaint (a
+        # checkpoint gap) says less
+        lost = self._lost(shared)
+        if lost is not None or not shared.ok:
+            return lost or shared
         return self._same_as_local(trail, shared)
+
+    def _lost(self, shared: VerifyResult) -> VerifyResult | None:
+        """What this replica's shipper found missing from the shared trail after shipping it
+        (it shipped it again; the loss itself stays reported)."""
+        assert self.shipping is not None
+        replica = self.shipping.replica_id
+        lost = (read_status(self.db_path) or {}).get("lost")
+        if not (isinstance(lost, list) and lost):
+            return None
+        first, last, when = lost[0]
+        found = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+        return VerifyResult(
+            False, shared.checked, int(first),
+            f"replica {replica}: the shared trail lost seq {int(first)} to {int(last)} "
+            f"after they were shipped (found {found}; shipped again from the local chain)",
+            replica, shared.checkpoints,
+        )  # fmt: skip
 
     def _same_as_local(self, trail: SharedTrail, shared: VerifyResult) -> VerifyResult:
         """This replica's shipped rows must be the local chain's first rows, and all of

@@ -230,14 +230,17 @@ class SharedTrail:
             ).fetchone()
         return _checkpoint(row) if row else None
 
-    def write_checkpoint(self, replica: str, key: Ed25519PrivateKey, at: float) -> Checkpoint:
-        """Sign the heads of every chain as they are now; the next ``n`` of ``replica``."""
+    def write_checkpoint(
+        self, replica: str, key: Ed25519PrivateKey, at: float, *, at_least: int = 1
+    ) -> Checkpoint:
+        """Sign the heads of every chain as they are now; the next ``n`` of ``replica``
+        (``at_least``: the replica's own count says it has written that many before)."""
         with self.db.transaction() as cur:
             heads = self._heads(cur)
             row = cur.execute(
                 "SELECT max(n) FROM audit_checkpoints WHERE replica = ?", (replica,)
             ).fetchone()
-            n = int(row[0] or 0) + 1 if row else 1
+            n = max(int(row[0] or 0) + 1 if row else 1, at_least)
             payload = checkpoint_payload(replica, n, at, heads)
             cp = Checkpoint(
                 replica, n, at, heads, key_id(key.public_key()), key.sign(payload).hex()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from lockgate import _log
 from lockgate.audit import chain
 from lockgate.audit.door import LOG_EVERY, describe
-from lockgate.audit.shipping import AuditShipping, ChainMismatch, write_status
+from lockgate.audit.shipping import AuditShipping, ChainMismatch, read_status, write_status
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -74,7 +74,13 @@ class Shipper:
         self._trail: SharedTrailT | None = None
         self._local: sqlite3.Connection | None = None
         self._position: int | None = None  # highest seq PostgreSQL holds (None: ask it)
-        self.shipped_seq = 0
+        # kept across restarts (the status file), never read back from PostgreSQL: against
+        # them a shared trail rolled back (rows and checkpoints dropped together) shows
+        status = read_status(self.db_path) or {}
+        self.shipped_seq = _int(status.get("shipped_seq"))
+        self._checkpoint_n = _int(status.get("checkpoint_n"))
+        lost = status.get("lost")
+        self._lost: list[list[float]] = list(lost) if isinstance(lost, list) else []
         self.error: str | None = None
         self._last_look = -math.inf  # when heads were last looked at (monotonic)
         self._last_written = -math.inf  # when this shipper last wrote a checkpoint
@@ -136,10 +142,9 @@ class Shipper:
                     backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF)
                     self._stop.wait(backoff)
                     continue
-                if self.error is not None:
-                    log.warning("audit shipping recovered", extra={"fields": {"was": self.error}})
-                    self.error = None
-                    write_status(self.db_path, self.replica, self.shipped_seq, None)
+                if self.error is not None:  # nothing to ship, but PostgreSQL answered
+                    self._recovered()
+                    self._report()
                 backoff = 0.0
                 if deadline is not None and (not moved or time.monotonic() >= deadline):
                     return
@@ -159,14 +164,16 @@ class Shipper:
         if self._position is None:
             self._position = self._check_position(trail)
             self.shipped_seq = self._position
-            write_status(self.db_path, self.replica, self.shipped_seq, None)
+            self._recovered()
+            self._report()
         rows = chain.stored_after(self._local_conn(), self._position, self.batch_size)
         if not rows:
             return False
         trail.ship(self.replica, rows, time.time())
         self._last_batch = len(rows)
         self._position = self.shipped_seq = int(rows[-1][0])
-        write_status(self.db_path, self.replica, self.shipped_seq, None)
+        self._recovered()
+        self._report()
         return True
 
     def checkpoint(self, *, force: bool = False) -> None:
@@ -188,23 +195,47 @@ class Shipper:
         if not (force or own_moved or now - self._last_written >= OTHERS_EVERY * interval):
             return
         assert self._key is not None
-        trail.write_checkpoint(self.replica, self._key, time.time())
+        # numbered past this replica's own count, not only past what PostgreSQL holds:
+        # checkpoints dropped from the shared trail leave a gap the next one shows
+        cp = trail.write_checkpoint(
+            self.replica, self._key, time.time(), at_least=self._checkpoint_n + 1
+        )
+        self._checkpoint_n = cp.n
+        self._report()
         self._checkpointed_heads = heads
         self._last_written = now
 
     def _check_position(self, trail: SharedTrailT) -> int:
         seq, h = trail.shipped_head(self.replica)
-        if seq == 0:
-            return 0
-        conn = self._local_conn()
-        row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
-        if row is None or str(row[0]) != h:
-            raise ChainMismatch(
-                f"PostgreSQL holds seq {seq} of replica {self.replica!r} with "
-                + ("no such row" if row is None else "another hash")
-                + " in the local chain: is this replica_id used by another data_dir?"
-            )
+        if seq:
+            conn = self._local_conn()
+            row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+            if row is None or str(row[0]) != h:
+                raise ChainMismatch(
+                    f"PostgreSQL holds seq {seq} of replica {self.replica!r} with "
+                    + ("no such row" if row is None else "another hash")
+                    + " in the local chain: is this replica_id used by another data_dir?"
+                )
+        if seq < self.shipped_seq:  # shipped once, gone now: ship again, and say so for good
+            self._lost.append([seq + 1, self.shipped_seq, time.time()])
+            log.error(
+                "the shared audit trail lost records of this replica after they were "
+                "shipped; shipping them again from the local chain",
+                extra={"fields": {"replica": self.replica, "first_seq": seq + 1,
+                                  "last_seq": self.shipped_seq}},
+            )  # fmt: skip
         return seq
+
+    def _recovered(self) -> None:
+        if self.error is not None:
+            log.warning("audit shipping recovered", extra={"fields": {"was": self.error}})
+            self.error = None
+
+    def _report(self) -> None:
+        write_status(
+            self.db_path, self.replica, self.shipped_seq, self.error,
+            checkpoint_n=self._checkpoint_n, lost=self._lost,
+        )  # fmt: skip
 
     def _shared(self) -> SharedTrailT:
         if self._trail is None:
@@ -231,7 +262,7 @@ class Shipper:
         if isinstance(exc, sqlite3.Error) and self._local is not None:
             self._local.close()
             self._local = None
-        write_status(self.db_path, self.replica, self.shipped_seq, self.error)
+        self._report()
 
     def close(self) -> None:
         """Close the connections (the thread does at its end; for callers of ship_once)."""
@@ -242,6 +273,10 @@ class Shipper:
             self._db.close()
         self._db = None
         self._trail = None
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) else 0
 
 
 __all__ = ["ChainMismatch", "Shipper"]

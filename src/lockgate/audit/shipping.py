@@ -26,6 +26,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,11 +110,31 @@ def status_path(db_path: Path) -> Path:
     return Path(db_path).parent / STATUS_FILE
 
 
-def write_status(db_path: Path, replica: str, shipped_seq: int, error: str | None) -> None:
-    """Replace the status file atomically (readers never see half of it)."""
+def write_status(
+    db_path: Path,
+    replica: str,
+    shipped_seq: int,
+    error: str | None,
+    *,
+    checkpoint_n: int = 0,
+    lost: Sequence[Sequence[float]] = (),
+) -> None:
+    """Replace the status file atomically (readers never see half of it).
+
+    Besides the lag it keeps what must survive PostgreSQL: the highest seq shipped and the
+    number of this replica's newest checkpoint (the shared trail rolled back shows against
+    them), and ``lost``: [first seq, last seq, when found] of each range the shared trail
+    lost after it was shipped (``audit verify`` on this replica reports them)."""
     path = status_path(db_path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    data = {"replica": replica, "shipped_seq": shipped_seq, "error": error, "at": time.time()}
+    data = {
+        "replica": replica,
+        "shipped_seq": shipped_seq,
+        "error": error,
+        "at": time.time(),
+        "checkpoint_n": checkpoint_n,
+        "lost": [list(x) for x in lost],
+    }
     with contextlib.suppress(OSError):  # a status we cannot write only shows as lag
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
