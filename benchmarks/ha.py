@@ -41,12 +41,11 @@ import time
 from pathlib import Path
 
 from tests.ha.cluster import Cluster, add_pg_resource, build_cluster
+from tests.ha.failures import kill_under_load, postgres_outage_under_load
 from tests.ha.scenarios import (
     credential_rotation,
     key_rotation,
-    kill_under_load,
     percentile,
-    postgres_outage_under_load,
     revocation_propagation,
     session_closure,
     summary_ms,

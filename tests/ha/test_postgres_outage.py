@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.ha.cluster import Cluster, build_cluster, ready_status
-from tests.ha.scenarios import postgres_outage_under_load, revocation_propagation, summary_ms
+from tests.ha.failures import postgres_outage_under_load
+from tests.ha.scenarios import revocation_propagation, summary_ms
 from tests.pgserver import PgServer
 from tests.pgserver.fixtures import PgServerFactory
 from tests.pgserver.state import shared_state_settings

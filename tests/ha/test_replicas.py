@@ -15,10 +15,10 @@ from tests.ha.cluster import (
     ready_status,
     write_master_key,
 )
+from tests.ha.failures import kill_under_load
 from tests.ha.scenarios import (
     credential_rotation,
     key_rotation,
-    kill_under_load,
     percentile,
     revocation_propagation,
     session_closure,
