@@ -79,6 +79,7 @@ class ArmSettings(Section):
     factory: str | None = None
     tenant_id: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    poll_token_ttl: int = Field(default=3600, gt=0, le=86400, description="triggerer poll tokens")
 
 
 class CosmosSettings(Section):

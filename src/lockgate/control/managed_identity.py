@@ -18,18 +18,30 @@ Rules:
 - The answer is that same token — bound to the task's coordinates, ``aud`` the resource —
   with ``expires_on`` (what MSAL requires). Nothing new is minted, so nothing can outlive
   the token the task already holds; the gateway's own Entra credential never leaves.
+- One identity selector is understood: ``client_id=lockgate-run:<dag_id>/<run_id>`` with
+  a deployment-wide *poll token* (task ``@poll``) as the header. The Data Factory trigger's
+  Azure credential reads the header from the triggerer's environment, which every trigger
+  of the process shares, but takes ``client_id`` from its own connection's
+  ``managed_identity_client_id`` extra: the secrets backend puts the trigger's DAG run
+  there. The answer is then a new poll token narrowed to that DAG run (ids checked as
+  ``/v1/poll-token`` checks them, delegation, policy, rate limit, recorded before it is
+  handed out, living no longer than the header's token), so a trigger reads and cancels
+  only the pipeline runs of its own DAG run. Any other ``client_id`` (or ``object_id``,
+  ``mi_res_id``, ``principal_id``), or this one with a task's token, is refused.
 - Refusals are ``{"error", "error_description"}`` with 400/401, never echoing the header.
   Each is audited (``denied`` for a bad request, ``auth_failed`` for a bad header; decision
   ``deny``, action ``authenticate``, ``route`` ``/msi/token`` in the detail, a reason slug),
   with the token's jti, deployment and DAG when its signature verified, as the engines do.
 
 :func:`catalog_entry` builds what the secrets backend turns into the ``azure_data_factory``
-connection (no secret in it) plus the environment it exports in the task process.
+connection (no secret in it) plus the environment it exports in the task process, and the
+``trigger_extra`` a trigger's lookup adds to the connection (the DAG-run ``client_id``).
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,8 +50,11 @@ from aiohttp import web
 from lockgate import _log, metrics
 from lockgate.config import HttpResource, LockgateConfig
 from lockgate.control.context import ControlContext, public_host
+from lockgate.control.poll_token import issue_poll_token
 from lockgate.control.token import Handler
 from lockgate.errors import AuthenticationError
+from lockgate.gateway.http.profiles.databricks import DEPLOYMENT_WIDE, POLL_TASK
+from lockgate.identity import valid_airflow_id, valid_run_id
 from lockgate.identity.model import Claims
 
 log = _log.get("control.managed_identity")
@@ -47,6 +62,14 @@ log = _log.get("control.managed_identity")
 API_VERSIONS = frozenset({"2019-08-01", "2017-09-01"})
 PATH = "/msi/token"
 TOKEN_PLACEHOLDER = "{lockgate_token}"  # noqa: S105 - a template marker, not a secret
+#: ``client_id`` prefix that narrows a poll token to a DAG run: ``lockgate-run:<dag>/<run>``
+RUN_CLIENT_ID = "lockgate-run:"
+#: what the secrets backend replaces with ``<dag_id>/<run_id>`` in ``trigger_extra``
+DAG_RUN_PLACEHOLDER = "{lockgate_dag_run}"
+#: what the provider's async hook also needs before it passes ``managed_identity_client_id``
+#: on (a tenant for workload identity, which the identity endpoint does not use)
+TENANT_FALLBACK = "lockgate"
+_OTHER_SELECTORS = ("object_id", "mi_res_id", "principal_id")
 
 
 def audience_map(config: LockgateConfig) -> dict[str, str]:
@@ -70,6 +93,17 @@ def resource_for(audiences: dict[str, str], requested: str) -> str | None:
     if parts.port not in (None, 443) or parts.path not in ("", "/"):
         return None
     return audiences.get(parts.hostname.lower())
+
+
+def run_scope(client_id: str) -> tuple[str, str] | None:
+    """(dag_id, run_id) that ``client_id`` ``lockgate-run:<dag_id>/<run_id>`` names, or None
+    when it is not of that form or either id is not one Airflow makes."""
+    if not client_id.startswith(RUN_CLIENT_ID):
+        return None
+    dag_id, slash, run_id = client_id.removeprefix(RUN_CLIENT_ID).partition("/")
+    if not slash or not valid_airflow_id(dag_id) or not valid_run_id(run_id):
+        return None
+    return dag_id, run_id
 
 
 _CLAIM_FIELDS = ("deployment", "dag_id", "task_id", "run_id", "try_number", "map_index", "jti")
@@ -112,11 +146,14 @@ def msi_handler(ctx: ControlContext) -> Handler:
             return await _refuse(
                 ctx, 400, "invalid_request", "unsupported api-version", "bad_api_version"
             )
-        if any(k in q for k in ("client_id", "object_id", "mi_res_id", "principal_id")):
+        client_ids = q.getall("client_id", [])
+        scope = run_scope(client_ids[0]) if len(client_ids) == 1 else None
+        if any(k in q for k in _OTHER_SELECTORS) or (client_ids and scope is None):
             # One identity per task: a user-assigned selector would be ignored, so refuse it.
             return await _refuse(
-                ctx, 400, "invalid_request", "identity selectors are not supported",
-                "identity_selector",
+                ctx, 400, "invalid_request",
+                f"identity selectors are not supported (but client_id={RUN_CLIENT_ID}"
+                "<dag_id>/<run_id> with a poll token)", "identity_selector",
             )  # fmt: skip
         resource = resource_for(audience_map(ctx.config), q.get("resource", ""))
         if resource is None:
@@ -147,22 +184,69 @@ def msi_handler(ctx: ControlContext) -> Handler:
                 ctx, 401, "invalid_client", "identity header rejected (wrong_audience)",
                 "wrong_audience", resource, claims,
             )  # fmt: skip
+        if scope is not None:
+            return await _narrowed(ctx, q.get("resource"), resource, claims, token, scope)
         log.info(
             "managed identity token served",
             extra={"fields": {"resource": resource, "principal": claims.sub, "jti": claims.jti}},
         )
-        return web.json_response(
-            {
-                "access_token": token,
-                "expires_on": int(claims.exp),
-                "resource": q.get("resource"),
-                "token_type": "Bearer",
-                "client_id": claims.sub,
-            },
-            headers={"Cache-Control": "no-store"},
-        )
+        return _answer(token, claims, q.get("resource"))
 
     return handle
+
+
+def _answer(token: str, claims: Claims, audience: str | None) -> web.Response:
+    """The App Service protocol's answer carrying ``token``."""
+    return web.json_response(
+        {
+            "access_token": token,
+            "expires_on": int(claims.exp),
+            "resource": audience,
+            "token_type": "Bearer",
+            "client_id": claims.sub,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _narrowed(
+    ctx: ControlContext,
+    audience: str | None,
+    resource: str,
+    claims: Claims,
+    token: str,
+    scope: tuple[str, str],
+) -> web.Response:
+    """The answer to ``client_id=lockgate-run:<dag_id>/<run_id>``: a poll token of the
+    header's deployment narrowed to that DAG run (the header's own when it is narrowed to
+    exactly that run already)."""
+    dag_id, run_id = scope
+    if claims.task_id != POLL_TASK:
+        return await _refuse(
+            ctx, 400, "invalid_request", "a DAG-run client_id is served for a poll token only",
+            "identity_selector", resource, claims,
+        )  # fmt: skip
+    if claims.dag_id != DEPLOYMENT_WIDE:
+        if (claims.dag_id, claims.run_id) == scope:
+            return _answer(token, claims, audience)
+        return await _refuse(
+            ctx, 401, "invalid_client", "the poll token is narrowed to another DAG run",
+            "other_dag_run", resource, claims,
+        )  # fmt: skip
+    target = ctx.config.resource(resource)
+    assert isinstance(target, HttpResource)  # resource_for() only names http resources
+    issued = await issue_poll_token(
+        ctx, claims.deployment, target, dag_id, run_id, route=PATH,
+        max_ttl=max(1, int(claims.exp - time.time())),  # never outlives the header's token
+    )  # fmt: skip
+    if isinstance(issued, web.Response):
+        return issued
+    log.info(
+        "managed identity poll token narrowed to a DAG run",
+        extra={"fields": {"resource": resource, "principal": issued.principal,
+                          "jti": issued.claims.jti, "from_jti": claims.jti}},
+    )  # fmt: skip
+    return _answer(issued.token, issued.claims, audience)
 
 
 def catalog_entry(ctx: ControlContext, resource: HttpResource) -> dict[str, Any]:
@@ -187,13 +271,29 @@ def catalog_entry(ctx: ControlContext, resource: HttpResource) -> dict[str, Any]
         fport = ctx.ports.forward_proxy_port or fp.port
         env["HTTPS_PROXY"] = f"{fp.scheme}://{public_host(fp)}:{fport}"
         env["NO_PROXY"] = host  # the control plane (token service, /msi/token) goes direct
+    # A trigger's lookup adds these to the extra: the provider's async hook then passes the
+    # client_id to its managed identity credential, which sends it on /msi/token.
+    trigger_extra = {
+        "managed_identity_client_id": RUN_CLIENT_ID + DAG_RUN_PLACEHOLDER,
+        "workload_identity_tenant_id": arm.tenant_id or TENANT_FALLBACK,
+    }
     return {
         "conn_id": resource.conn_id,
         "resource": resource.name,
         "kind": resource.kind,
         "connection": {"conn_type": "azure_data_factory", "extra": extra},
         "env": env,
+        "trigger_extra": trigger_extra,
     }
 
 
-__all__ = ["PATH", "audience_map", "catalog_entry", "msi_handler", "resource_for"]
+__all__ = [
+    "DAG_RUN_PLACEHOLDER",
+    "PATH",
+    "RUN_CLIENT_ID",
+    "audience_map",
+    "catalog_entry",
+    "msi_handler",
+    "resource_for",
+    "run_scope",
+]

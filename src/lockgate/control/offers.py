@@ -4,7 +4,8 @@ The catalog and the control routes never compare profile names: they ask
 :func:`offer_of` what a resource offers. A new profile that needs something from the
 control plane adds one row to :data:`PROFILE_OFFERS`.
 
-* ``poll_tokens``: ``/v1/poll-token`` mints triggerer tokens for it (Databricks runs);
+* ``poll_tokens``: ``/v1/poll-token`` mints triggerer tokens for it (Databricks runs, ARM
+  pipeline runs);
 * ``task_keys``: the task also needs a key derived from its token, from ``/v1/cosmos-key``
   (Cosmos DB's stock SDK signs every request with a master key);
 * ``identity_endpoint``: the task's client cannot be handed a token; it asks the
@@ -60,7 +61,7 @@ PLAIN = ProfileOffer()
 PROFILE_OFFERS: dict[str, ProfileOffer] = {
     "databricks": ProfileOffer(poll_tokens=True, root_connection=databricks_root_connection),
     "cosmos": ProfileOffer(task_keys=True),
-    "arm": ProfileOffer(identity_endpoint=True),
+    "arm": ProfileOffer(identity_endpoint=True, poll_tokens=True),
 }
 
 
