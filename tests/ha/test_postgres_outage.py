@@ -91,7 +91,7 @@ def test_postgresql_restarted_mid_load_fails_no_request(
         f"PostgreSQL down {figures.back_at - figures.down_at:.2f} s under load "
         f"(max_staleness 10 s): statuses {figures.statuses}"
     )
-    assert set(figures.statuses) == {200} and figures.statuses[200] > 100
+    assert set(figures.statuses) == {200} and figures.statuses[200] > 30  # load went on throughout
     # caught up by themselves: ready, and a revocation reaches every replica again at once
     until_ready(patient)
     assert [r.proc.pid for r in patient.replicas if r.proc is not None] == pids

@@ -122,8 +122,8 @@ def test_kill_9_of_one_replica_under_load_loses_no_audit_record(cluster: Cluster
         f"the shared trail; restart {figures.restart_seconds:.1f} s"
     )
     assert figures.victim_failed_after_kill > 0
-    assert figures.others_requests > 100 and figures.others_failures == []
-    assert figures.served > 100
+    assert figures.others_requests > 30 and figures.others_failures == []
+    assert figures.served > 30
     assert figures.missing_from_audit == set()
     assert figures.verify_returncode == 0, figures.verify_output
     # back in service
