@@ -240,16 +240,23 @@ def test_a_row_forged_without_the_master_key_is_never_published(handles: OpenHan
     version: no replica publishes it or signs with it; the keys in memory keep serving."""
     master = os.urandom(32)
     db = handles("a")
+    db.start_watching()
     store = KeyStore(db, master_key=master)
     current = store.current().kid
+    store.reload()  # settled: what follows is the forger's change alone
     forged_kid = "A" * 43
-    _sql(
-        db,
-        "INSERT INTO signing_keys (kid, created, activate_at, retire_at, nonce, ciphertext) "
-        "VALUES (?, ?, ?, NULL, ?, ?)",
-        (forged_kid, 0.0, 0.0, os.urandom(12), os.urandom(48)),
-    )
-    _sql(db, "UPDATE lockgate_changes SET version = version + 1 WHERE topic = 'keys'")
+    before = db.version("keys")
+    with handles("forger").transaction() as cur:
+        cur.execute(
+            "INSERT INTO signing_keys (kid, created, activate_at, retire_at, nonce, ciphertext) "
+            "VALUES (?, ?, ?, NULL, ?, ?)",
+            (forged_kid, 0.0, 0.0, os.urandom(12), os.urandom(48)),
+        )
+        cur.touch("keys")  # bump the version and notify, as a writer of the tables can
+    deadline = time.monotonic() + 2
+    while db.version("keys") == before:
+        assert time.monotonic() < deadline, "the forged change never reached the replica"
+        time.sleep(0.02)
     with pytest.raises(ConfigError, match="cannot be decrypted"):
         KeyStore(handles("b"), master_key=master)  # a replica starting refuses, loudly
     with pytest.raises(ConfigError, match="cannot be decrypted"):
