@@ -20,7 +20,7 @@ POLICY = """\
 rules:
   - id: everyone
     effect: allow
-    principals: ["airflow:*/*"]
+    principals: ["airflow:*/*/*"]
     actions: [read]
     resources: ["*"]
 """
@@ -33,7 +33,16 @@ async def gateway(tmp_path: Path, **rate_limit: float) -> AsyncIterator[Gateway]
         tmp_path,
         policy=POLICY,
         deployments=[deployment("prod", SECRET), deployment("other", OTHER_SECRET)],
-        resources=[{"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9"}],
+        resources=[
+            {"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9"},
+            {
+                "name": "databricks",
+                "kind": "http",
+                "upstream": "http://127.0.0.1:9",
+                "conn_id": "databricks_default",
+                "profile": "databricks",
+            },
+        ],
         tokens={"rate_limit": rate_limit},
     ) as gw:
         yield gw
@@ -69,6 +78,22 @@ async def test_a_deployment_minting_too_fast_gets_429_with_retry_after(tmp_path:
         assert record.decision == "deny" and record.deployment == "prod"
         assert record.detail["limit"] == "mint"
         assert record.detail["retry_after"] >= 1
+
+
+async def test_every_minting_door_draws_from_the_deployment_s_one_budget(
+    tmp_path: Path,
+) -> None:
+    async with gateway(tmp_path, mint_per_second=0.01, burst=2) as gw:
+        status, body, _ = await post(gw, "/v1/token", basic("prod", SECRET), **TASK)
+        assert status == 200, body
+        poll = {"conn_id": "databricks_default", "dag_id": "etl"}
+        status, body, _ = await post(gw, "/v1/poll-token", basic("prod", SECRET), **poll)
+        assert status == 200, body
+        status, body, headers = await post(gw, "/v1/poll-token", basic("prod", SECRET), **poll)
+        assert status == 429 and body["error"] == "slow_down", body
+        assert int(headers["Retry-After"]) >= 1
+        [record] = refusals(gw)
+        assert record.detail["limit"] == "mint" and record.detail["route"] == "/v1/poll-token"
 
 
 async def test_failed_authentications_cool_a_deployment_down_whatever_it_then_presents(
