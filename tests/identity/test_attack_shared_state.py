@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from lockgate.config import PostgresStateSettings
@@ -190,6 +191,45 @@ def test_an_emergency_key_retirement_after_a_failover_reaches_every_replica(
             return
         time.sleep(0.05)
     pytest.fail("A still verifies tokens of the key B retired in an emergency")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="staleness is measured on the change feed only (store/postgres.py stale_for): a "
+    "revocation reload that keeps failing while the feed answers never counts as stale",
+)
+def test_revocations_that_cannot_be_reloaded_count_as_stale(
+    pg_state: Callable[..., PostgresStateSettings],
+) -> None:
+    """A session holds a lock on ``revoked_jti`` (a migration stuck behind a long
+    transaction, a DBA's ALTER TABLE, anyone with the table's privileges). Replica A hears
+    of B's revocation through the change feed, but every reload of the rows times out; the
+    feed keeps answering, so ``stale_for`` stays near zero and A serves the revoked token
+    for as long as the lock is held."""
+    settings = pg_state(catch_up_interval=0.2, max_staleness=1.0, statement_timeout=0.5)
+    db_a = PostgresDatabase(settings, replica_id="a")
+    db_b = PostgresDatabase(settings, replica_id="b")
+    try:
+        db_a.start_watching()
+        a, b = RevocationStore(db_a), RevocationStore(db_b)
+        b.revoke_jti("revoked-elsewhere", time.time() + 600, "incident")
+        assert settings.password_file is not None
+        locker = psycopg.connect(settings.dsn, password=settings.password_file.read_text().strip())
+        try:
+            locker.execute("LOCK TABLE revoked_jti IN ACCESS EXCLUSIVE MODE")
+            deadline = time.monotonic() + 3 * settings.max_staleness
+            while time.monotonic() < deadline:
+                a.refresh()  # the gateway's 0.2 s tick
+                time.sleep(0.2)
+            refused = "revoked-elsewhere" in a._jtis
+            assert refused or db_a.stale_for() > settings.max_staleness, (
+                f"not loaded, yet stale_for() = {db_a.stale_for():.2f} s"
+            )
+        finally:
+            locker.close()
+    finally:
+        db_a.close()
+        db_b.close()
 
 
 def test_a_block_on_one_replica_refuses_a_token_minted_on_another_just_after(
