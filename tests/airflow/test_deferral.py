@@ -4,7 +4,9 @@
   token of the deferred task try itself (named by the triggerer; in ``dag.test()`` the try
   of this process that deferred), and the try's end revokes it wherever it was minted.
 - A ``poll`` conn_id with an environment (ARM) gives the trigger the deployment's poll token,
-  in the connection and in the environment the Azure SDK reads.
+  in the connection and in the environment the Azure SDK reads, and its DAG run in the
+  connection's ``managed_identity_client_id`` (the catalog's ``trigger_extra``), with which
+  the identity endpoint narrows that token to the DAG run.
 - A deferral on a conn_id that serves no trigger fails at the task's first lookup (before
   the operator starts anything upstream) and in the trigger, each time with the reason at
   ERROR; a connection that holds no secret (ARM) is answered outside a task for the extra
@@ -41,6 +43,10 @@ ARM_ENTRY: dict[str, Any] = {
         "extra": {"subscriptionId": "sub-1", "resource_group_name": "rg", "factory_name": "f"},
     },
     "env": {"IDENTITY_ENDPOINT": "https://gw/msi/token", "IDENTITY_HEADER": "{lockgate_token}"},
+    "trigger_extra": {
+        "managed_identity_client_id": "lockgate-run:{lockgate_dag_run}",
+        "workload_identity_tenant_id": "lockgate",
+    },
 }
 # A conn_id whose connection needs more than a token (a Cosmos task key): serves no trigger.
 COSMOS_ENTRY: dict[str, Any] = {
@@ -113,7 +119,7 @@ def test_the_catalog_marks_a_plain_http_conn_id_as_serving_triggers(
     backend: secrets.LockgateSecretsBackend,
 ) -> None:
     entry = backend._template("orders_api")
-    assert entry is not None and entry.get("trigger") == secrets.TRIGGER_AS_TASK
+    assert entry is not None and entry.get("trigger") == deferral.TRIGGER_AS_TASK
     assert secrets.serves_triggers(entry) and not secrets.serves_triggers(COSMOS_ENTRY)
 
 
@@ -170,6 +176,35 @@ def test_a_poll_entry_with_an_environment_gives_the_trigger_the_deployments_poll
     assert asked == [{}]
     assert os.environ["IDENTITY_HEADER"] == "poll-tok"
     assert os.environ["IDENTITY_ENDPOINT"] == "https://gw/msi/token"
+    # ... and the trigger's own connection names its DAG run for the identity endpoint
+    extra = conn.extra_dejson
+    assert extra["managed_identity_client_id"] == "lockgate-run:finance_daily/manual__unit"
+    assert extra["workload_identity_tenant_id"] == "lockgate"  # the hook passes both or none
+
+
+def test_an_inline_adf_trigger_names_the_dag_run_that_deferred(
+    backend: secrets.LockgateSecretsBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dag.test(): the ADF trigger runs next in this process, unnamed; its connection names
+    the DAG run of the try that deferred on the conn_id. Without one, nothing is added."""
+    _with_template(monkeypatch, backend, {**ARM_ENTRY, "poll": True})
+    tokens = {"poll_token": "airflow:prod/@triggerer/@poll", "mint": "airflow:prod/f/call"}
+    for method, principal in tokens.items():
+        minted = MintedToken("tok", time.time() + 3600, "jti", principal)
+        monkeypatch.setattr(backend.client, method, lambda minted=minted, **kw: minted)
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    _outside_task(monkeypatch)
+    unnamed = asyncio.run(backend.aget_connection("azure_data_factory_default"))
+    assert "managed_identity_client_id" not in unnamed.extra_dejson
+    _in_task(monkeypatch, deferrable=True)
+    in_task = json.loads(backend.get_conn_value("azure_data_factory_default") or "{}")
+    assert "managed_identity_client_id" not in in_task["extra"]  # the task's token is its own
+    _outside_task(monkeypatch)
+    conn = asyncio.run(backend.aget_connection("azure_data_factory_default"))
+    assert conn.extra_dejson["managed_identity_client_id"] == (
+        "lockgate-run:finance_daily/manual__unit"
+    )
 
 
 def test_a_deferred_try_is_revoked_at_its_end_even_if_this_process_minted_nothing(

@@ -16,6 +16,7 @@ from typing import Any
 from lockgate.airflow._client import Coordinates
 
 TRIGGER_AS_TASK = "task"  # catalog "trigger": the trigger gets the deferred try's token
+DAG_RUN_PLACEHOLDER = "{lockgate_dag_run}"  # <dag_id>/<run_id> in a "trigger_extra"
 
 # Set while an asynchronous lookup (``aget_connection``: a trigger, or async code) runs; the
 # synchronous lookup it delegates to runs in a thread with a copy of this context.
@@ -82,6 +83,21 @@ def trigger_scope() -> dict[str, str]:
     return {}
 
 
+def with_trigger_extra(template: dict[str, Any], scope: dict[str, str]) -> dict[str, Any]:
+    """The connection of ``template`` for a trigger of DAG run ``scope``: with the catalog's
+    ``trigger_extra`` (ARM: ``managed_identity_client_id`` = ``lockgate-run:<dag_id>/<run_id>``,
+    which the provider's async hook hands its managed identity credential, which sends it to
+    the identity endpoint as ``client_id``: the endpoint answers a poll token narrowed to that
+    DAG run) in its extra. Unchanged when the DAG run is not known or the entry has none."""
+    connection: dict[str, Any] = template["connection"]
+    trigger_extra = template.get("trigger_extra")
+    if not isinstance(trigger_extra, dict) or not scope:
+        return connection
+    dag_run = f"{scope['dag_id']}/{scope['run_id']}"
+    filled = {k: str(v).replace(DAG_RUN_PLACEHOLDER, dag_run) for k, v in trigger_extra.items()}
+    return {**connection, "extra": {**connection.get("extra", {}), **filled}}
+
+
 def running_task() -> object | None:
     """The operator of the running task try, or None outside a task's execution context."""
     try:
@@ -146,6 +162,7 @@ def unserved_trigger(conn_id: str, template: dict[str, Any]) -> str:
 
 __all__ = [
     "ASYNC_LOOKUP",
+    "DAG_RUN_PLACEHOLDER",
     "TRIGGER_AS_TASK",
     "defers",
     "in_trigger",
@@ -156,4 +173,5 @@ __all__ = [
     "trigger_task_try",
     "unpollable_deferral",
     "unserved_trigger",
+    "with_trigger_extra",
 ]

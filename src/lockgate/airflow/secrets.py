@@ -21,7 +21,11 @@ Rules:
     may only read runs this deployment's DAGs started through Lockgate (ARM: and cancel
     them); when the triggerer's log context names the trigger's DAG run, the token is
     narrowed to that DAG run. ARM's goes into the environment the Azure SDK builds its
-    credential from, which every trigger of the process shares: it is the deployment's.
+    credential from, which every trigger of the process shares: it is the deployment's;
+    the trigger's own connection then carries its DAG run as ``managed_identity_client_id``
+    (``lockgate-run:<dag_id>/<run_id>``, the catalog's ``trigger_extra``), which the
+    provider's async hook hands its managed identity credential and the identity endpoint
+    answers with a poll token narrowed to that DAG run.
   * a conn_id marked ``"trigger": "task"`` (plain http: ``HttpTrigger`` sends the task's
     whole request) gets, in an asynchronous lookup, a token of the deferred task try the
     triggerer names in its log context (or, under ``dag.test()``, which runs the trigger
@@ -79,7 +83,6 @@ from lockgate.airflow._client import (
 )
 from lockgate.airflow.deferral import (
     ASYNC_LOOKUP,
-    TRIGGER_AS_TASK,
     defers,
     in_trigger,
     serves_triggers,
@@ -88,6 +91,7 @@ from lockgate.airflow.deferral import (
     trigger_task_try,
     unpollable_deferral,
     unserved_trigger,
+    with_trigger_extra,
 )
 
 try:  # Airflow 3 task SDK
@@ -305,7 +309,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         if refusal is not None:
             log.error(refusal)
             raise AirflowSecretsBackendAccessDenied(refusal)
-        if template.get("trigger") == TRIGGER_AS_TASK and task_defers():
+        if serves_triggers(template) and task_defers():
             with self._lock:  # dag.test(): the trigger runs next, in this very process
                 self._deferring[conn_id] = coords
         return self._task_connection(conn_id, template, coords)
@@ -394,9 +398,23 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             # this deployment's tasks started through Lockgate).
             token = self._poll_token(conn_id, scope={})
             task_env.export(_substitute(template["env"], self._values(token)))
+            connection = self._narrowed_by_client_id(conn_id, template)
         else:
             token = self._poll_token(conn_id)
-        return json.dumps(_substitute(template["connection"], self._values(token)))
+            connection = template["connection"]
+        return json.dumps(_substitute(connection, self._values(token)))
+
+    def _narrowed_by_client_id(self, conn_id: str, template: dict[str, Any]) -> dict[str, Any]:
+        """ARM: the connection carrying the trigger's DAG run (as the triggerer names it,
+        else under ``dag.test()`` the try that deferred on ``conn_id``) for the identity
+        endpoint."""
+        deferred = self._deferred_try(conn_id)
+        scope = trigger_scope() or (
+            {"dag_id": str(deferred["dag_id"]), "run_id": str(deferred["run_id"])}
+            if deferred
+            else {}
+        )
+        return with_trigger_extra(template, scope)
 
     # -- tokens, roles and keys ----------------------------------------------------------
     def _values(self, token: MintedToken) -> dict[str, str]:
