@@ -222,3 +222,20 @@ def test_the_sqlite_file_is_the_rate_limits_domain(tmp_path: Path) -> None:
         assert row.fetchone() == (1,)
     limiter.close()
     db.close()
+
+
+def test_a_shared_database_known_to_be_down_is_not_asked(
+    two_replicas: tuple[RateLimits, RateLimits], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request waits out a connect timeout once the watcher knows PostgreSQL is gone."""
+    limiter = two_replicas[0].limiter
+    monkeypatch.setattr(limiter.db, "stale_for", lambda: 60.0)
+
+    def not_asked() -> None:
+        raise AssertionError("the database was asked")
+
+    monkeypatch.setattr(limiter.db, "transaction", not_asked)
+    monkeypatch.setattr(limiter.db, "read", not_asked)
+    limit = Limit("mint", 0.0, 1.0)
+    assert [limiter.take("k", limit).allowed for _ in range(2)] == [True, False]
+    assert limiter.blocked(["k"]) == 0

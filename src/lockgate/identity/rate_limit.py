@@ -24,10 +24,13 @@ PostgreSQL database). A decision is one atomic upsert (``INSERT ... ON CONFLICT 
 SQLite, so concurrent workers and replicas draw from one budget. With shared state the
 statement runs in a worker thread: the event loop never waits on PostgreSQL.
 
-When the database cannot answer, the decision falls back to a bucket in this process's
-memory at the full rate (logged once per outage): a rate limit is a brake, not an access
-decision, so an outage neither opens the floodgates of a single process nor refuses
-everything (authentication and policy still decide who gets a token).
+When the database cannot answer (or the shared one has not been reached for three catch-up
+intervals, so no request waits out a connect timeout), the decision falls back to a bucket
+in this process's memory at the full rate (logged once per outage): a rate limit is a brake,
+not an access decision, so an outage neither opens the floodgates of a single process nor
+refuses everything (authentication and policy still decide who gets a token). Clocks of
+replicas that differ by a few seconds cost at most that many seconds' refill: a bucket's
+time never moves backwards.
 """
 
 from __future__ import annotations
@@ -184,6 +187,8 @@ class RateLimiter:
         self._degraded = False
         self._last_purge = clock()
         self.shared = self.db.dialect == "postgresql"
+        settings = getattr(self.db, "settings", None)
+        self._known_down_after = 3 * float(getattr(settings, "catch_up_interval", 1.0))
 
     # -- decisions (sync: the database step) ------------------------------------------------
     def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
@@ -191,6 +196,7 @@ class RateLimiter:
         wait."""
         now = self._clock()
         try:
+            self._refuse_if_known_down()
             allowed, bucket = self._take_db(key, limit, now, cost)
         except StoreUnavailable as exc:
             allowed, bucket = self._take_local(key, limit, now, cost, exc)
@@ -207,6 +213,7 @@ class RateLimiter:
         if not keys:
             return 0
         try:
+            self._refuse_if_known_down()
             marks = ", ".join("?" for _ in keys)
             with self.db.read() as cur:
                 rows = cur.execute(
@@ -221,6 +228,15 @@ class RateLimiter:
                 until = [b.blocked_until for k in keys if (b := self._local.get(k)) is not None]
         longest = max(until, default=0.0) - now
         return max(1, math.ceil(longest)) if longest > 0 else 0
+
+    def _refuse_if_known_down(self) -> None:
+        """A shared database the watcher has not reached for a few catch-up intervals is
+        not asked (each ask would wait out the connect timeout): memory decides."""
+        if not self.shared:
+            return
+        age = self.db.stale_for()
+        if age > self._known_down_after:
+            raise StoreUnavailable(f"{self.db.label}: not reached for {age:.0f} s")
 
     def _take_db(self, key: str, limit: Limit, now: float, cost: float) -> tuple[bool, Bucket]:
         fresh_allowed, fresh = take(limit, None, now, cost)
