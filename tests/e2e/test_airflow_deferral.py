@@ -8,18 +8,30 @@ Airflow's trigger runner (``dag.test()`` runs each trigger inline, as the trigge
   endpoint and the forward proxy, and the task succeeds.
 - ``deferrable=True`` on ``HttpOperator``: the trigger sends the request with a token of the
   deferred task try itself (the task's principal, audited as such), and the task succeeds.
+- Per DAG run: in the triggerer every ADF trigger shares the deployment's poll token (the
+  Azure SDK reads it from the process environment), yet the provider's own async hook and
+  azure-identity's credential, fed the connection the secrets backend gives a trigger,
+  obtain a poll token narrowed to the trigger's DAG run: DAG run A's trigger reads A's
+  pipeline run and is refused B's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lockgate.airflow import deferral as deferral_context
+from lockgate.airflow import secrets
 from lockgate.demo.run import run_dags
 from lockgate.demo.stack import REPO_ROOT
 from tests.e2e.test_airflow_adf import AdfStack
@@ -167,3 +179,110 @@ def test_deferrable_adf_and_http_succeed_through_their_triggers(
     ]  # fmt: skip
     assert served and served[-1].principal == "airflow:prod/finance_deferred/read_orders"
     assert served[-1].run_id == by["finance_deferred"]["run_id"]
+
+
+CONN_ID = "azure_data_factory_default"
+DAG = "adf_load_orders_deferred"
+
+
+def _coords(run_id: str) -> dict[str, Any]:
+    return {"dag_id": DAG, "task_id": "run_load_orders", "run_id": run_id, "try_number": 1,
+            "map_index": -1}  # fmt: skip
+
+
+def _trigger_scope_scenario(backend_kwargs: dict[str, str]) -> dict[str, str]:
+    """Run in a fresh process whose trust store is the worker bundle (aiohttp reads
+    SSL_CERT_FILE once, at import): two DAG runs each start a pipeline run as their task;
+    then, as in the triggerer (one process, the trigger's DAG run named only in the log
+    context), the provider's ``AzureDataFactoryAsyncHook`` with azure-identity's credential
+    polls with the connection the secrets backend gives each trigger."""
+    import structlog.contextvars
+    from airflow.providers.microsoft.azure.hooks import data_factory
+    from azure.core.exceptions import HttpResponseError
+    from azure.identity.aio import ManagedIdentityCredential
+    from azure.mgmt.datafactory.aio import DataFactoryManagementClient
+
+    backend = secrets.LockgateSecretsBackend(**backend_kwargs)
+
+    def as_task(coords: dict[str, Any] | None) -> None:
+        task = type("Task", (), {"task_id": "run_load_orders", "deferrable": False})()
+        secrets.task_coordinates = lambda: coords  # type: ignore[assignment,return-value]
+        deferral_context.running_task = lambda: task if coords else None
+
+    async def start_run(run_id: str) -> str:
+        """The task of DAG run ``run_id`` starts load_orders with its own token."""
+        as_task(_coords(run_id))
+        await asyncio.to_thread(backend.get_conn_value, CONN_ID)  # exports the task's env
+        async with (
+            ManagedIdentityCredential() as credential,
+            DataFactoryManagementClient(credential, "sub-1") as client,
+        ):
+            run = await client.pipelines.create_run("rg-data", "adf-prod", "load_orders")
+            return str(run.run_id)
+
+    async def trigger_reads(run_id: str, pipeline_run: str) -> str:
+        """What the trigger of DAG run ``run_id`` gets polling ``pipeline_run``."""
+        as_task(None)
+        with structlog.contextvars.bound_contextvars(trigger_id=1, **_coords(run_id)):
+            hook = data_factory.AzureDataFactoryAsyncHook(azure_data_factory_conn_id=CONN_ID)
+            try:
+                run = await hook.get_pipeline_run(pipeline_run, "rg-data", "adf-prod")
+                return str(run.status)
+            except HttpResponseError as exc:
+                return f"refused {exc.status_code}: {exc.message}"
+            finally:
+                await hook.close()
+
+    async def lookup(conn_id: str) -> Any:  # as the triggerer's secrets chain answers it
+        return await backend.aget_connection(conn_id)
+
+    data_factory.get_async_connection = lookup  # type: ignore[assignment]
+
+    async def scenario() -> dict[str, str]:
+        run_a, run_b = await start_run("manual__A"), await start_run("manual__B")
+        return {
+            "a_reads_a": await trigger_reads("manual__A", run_a),
+            "a_reads_b": await trigger_reads("manual__A", run_b),
+            "b_reads_b": await trigger_reads("manual__B", run_b),
+        }
+
+    return asyncio.run(scenario())
+
+
+def test_an_adf_trigger_reads_only_the_pipeline_runs_of_its_own_dag_run(
+    deferral: DeferralStack,
+) -> None:
+    """DAG run A's trigger reads A's pipeline run and is refused B's; B's trigger (after
+    A's, in the same process: azure-identity caches per credential) reads B's."""
+    assert deferral.ca_file is not None
+    kwargs = {
+        "url": deferral.control_url, "deployment": "prod", "ca_file": str(deferral.ca_file),
+        "client_secret_file": str(deferral.written["deployment_secret"]),
+    }  # fmt: skip
+    own = ("AZURE_", "IDENTITY_", "MSI_", "HTTPS_PROXY", "NO_PROXY")  # no identity of its own
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(own)}
+    env["SSL_CERT_FILE"] = str(deferral.bundle)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    code = (
+        "import json, sys; from tests.e2e.test_airflow_deferral import _trigger_scope_scenario"
+        " as run; print('RESULT ' + json.dumps(run(json.loads(sys.argv[1]))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-4000:] + done.stderr[-4000:]
+    got = json.loads(lines[-1].removeprefix("RESULT "))
+    assert not got["a_reads_a"].startswith("refused"), got
+    assert got["a_reads_b"].startswith("refused 403"), got
+    assert "was not started by" in got["a_reads_b"], got
+    assert not got["b_reads_b"].startswith("refused"), got
+    deferral.gateway.audit.flush(5.0)
+    polled = [r for r in deferral.gateway.audit.search(resource="arm") if r.task_id == "@poll"]
+    seen = {(r.principal, r.run_id, r.decision) for r in polled if r.action == "read"}
+    assert seen >= {
+        (f"airflow:prod/{DAG}/@poll", "manual__A", "allow"),
+        (f"airflow:prod/{DAG}/@poll", "manual__A", "deny"),
+        (f"airflow:prod/{DAG}/@poll", "manual__B", "allow"),
+    }, seen
