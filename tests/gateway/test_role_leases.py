@@ -117,9 +117,32 @@ def test_a_restarted_replica_drops_its_previous_incarnations_roles(
     again = RoleLeases(open_db(), "a", clock=clock)  # same replica_id, a new process
     clock.now += 1
     again.record("shop", "lg_new", expires_at=clock.now + 600)
+    assert again.orphans() == []  # a live sibling may not have beaten yet
+    clock.now += again.settle
     assert _names(again.orphans()) == ["lg_old"]  # its own new lease stays live
     other = RoleLeases(open_db(), "b", clock=clock)
-    assert other.orphans() == []  # "a" is alive: only it judges its past
+    assert other.orphans() == []  # not silent for the grace yet: only "a" judges its past
+
+
+def test_a_live_process_under_the_same_replica_id_keeps_its_roles(
+    open_db: OpenDatabase,
+) -> None:
+    """Two live processes under one replica id (a misconfiguration, or a worker restarted
+    beside its siblings): neither takes the other's roles for a previous incarnation's."""
+    clock = Clock()
+    first = RoleLeases(open_db(), "host", clock=clock)
+    clock.now += 1
+    first.record("shop", "lg_task_login", expires_at=clock.now + 600)
+    clock.now += 1
+    second = RoleLeases(open_db(), "host", clock=clock)
+    for _ in range(4):  # both keep beating
+        clock.now += first.heartbeat_interval
+        first.heartbeat()
+        second.heartbeat()
+        assert second.orphans() == [] and first.orphans() == []
+    clock.now += first.grace + 1  # the first goes silent: then it is an orphan
+    second.heartbeat()
+    assert _names(second.orphans()) == ["lg_task_login"]
 
 
 def test_exactly_one_claimer_until_the_claim_lapses(open_db: OpenDatabase) -> None:
@@ -270,7 +293,7 @@ async def test_a_restart_on_one_host_drops_what_the_crashed_process_left(
     restarted = DbRoles(
         [resource(upstream)], password_for, FakePolicy(FakePolicySet(ALLOW)),
         RevocationStore(tmp_path / "revocations.db"),
-        leases=RoleLeases(tmp_path / "roles.db", "host-1"),
+        leases=RoleLeases(tmp_path / "roles.db", "host-1", grace=2),
     )  # fmt: skip
     try:
         restarted.start()

@@ -6,19 +6,23 @@ process dies first (``kill -9``, a lost node), someone else must. So every live 
 row in the state database (domain ``roles``: the SQLite file ``roles.db`` on one host, the
 shared PostgreSQL database across replicas)::
 
-    role_leases(resource, role, replica_id, expires_at, created_at, claimed_by, claimed_until)
+    role_leases(resource, role, replica_id, incarnation, expires_at, created_at,
+                claimed_by, claimed_until)
+    role_lease_holders(incarnation, replica_id, started_at, last_seen)
     replicas(replica_id, last_seen)
 
 The lease is written *before* the role is created upstream and deleted once it is dropped,
-so a role that may exist always has one. Each replica heartbeats (``replicas.last_seen``)
-every few seconds, from the dynamic-role sweeper. A lease is an orphan when
+so a role that may exist always has one. It names its holder: the process that issued it
+(an *incarnation*: the replica id and a random id per process start). Each holder
+heartbeats every few seconds from the dynamic-role sweeper (``role_lease_holders``, and
+``replicas`` per replica id for operators). A lease is an orphan when
 
-- its owner has not been seen for ``grace`` seconds (the replica died),
-- its token expired more than ``grace`` seconds ago (its owner failed to drop it), or
-- it is this replica's own but older than this process (a restart with the same
-  ``replica_id``: the previous incarnation's roles, on one host too). Replica ids must be
-  unique among live replicas (each also owns an audit chain): two live processes under one
-  id would take each other's roles for a previous incarnation's.
+- its holder has not been seen for ``grace`` seconds (the process or its replica died),
+- its token expired more than ``grace`` seconds ago (its holder failed to drop it), or
+- its holder runs under this replica id, has not beaten since this process started, and
+  this process has been up for two beats (a restart with the same ``replica_id``, on one
+  host too: the previous process's roles go at once, not after the grace; a live process
+  under the same id would have beaten by then, so its roles stay).
 
 Any replica's sweeper drops orphans with the resource's admin login (the kind's
 :class:`~lockgate.gateway.dynamic_roles.RoleSet`) and deletes their leases. Exactly one
@@ -37,15 +41,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from lockgate import _log
 from lockgate.errors import UpstreamUnavailable
 from lockgate.identity.once import open_database, upgrade_allowed
-from lockgate.store import Database, Migration, StoreUnavailable, migrate, register_domain
+from lockgate.store import (
+    Cursor,
+    Database,
+    Migration,
+    StoreUnavailable,
+    migrate,
+    register_domain,
+)
 
 log = _log.get("gateway.role_leases")
 
@@ -70,35 +82,68 @@ MIGRATIONS = (
         CREATE TABLE replicas (replica_id TEXT PRIMARY KEY, last_seen REAL NOT NULL);
         """,
     ),
+    Migration(
+        2,
+        "role leases name the process that holds them (its heartbeat too)",
+        """
+        ALTER TABLE role_leases ADD COLUMN incarnation TEXT;
+        CREATE TABLE role_lease_holders (
+            incarnation TEXT PRIMARY KEY,
+            replica_id TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            last_seen REAL NOT NULL
+        );
+        """,
+    ),
 )
 register_domain(DOMAIN, MIGRATIONS)
 
 DEFAULT_GRACE = 30.0  # seconds without a heartbeat after which a replica is presumed dead
 DEFAULT_CLAIM_FOR = 60.0  # seconds a claim to drop an orphan holds before another may retry
 
-_HEARTBEAT = (
+HOLDERS_KEPT = 86400.0  # seconds a silent holder's heartbeat row is kept once it holds nothing
+
+_HEARTBEAT_REPLICA = (
     "INSERT INTO replicas (replica_id, last_seen) VALUES (?, ?) "
     "ON CONFLICT (replica_id) DO UPDATE SET last_seen = excluded.last_seen"
 )
-_RECORD = (
-    "INSERT INTO role_leases (resource, role, replica_id, expires_at, created_at) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (resource, role) DO UPDATE SET "
-    "replica_id = excluded.replica_id, expires_at = excluded.expires_at, "
-    "created_at = excluded.created_at, claimed_by = NULL, claimed_until = NULL"
+_HEARTBEAT_HOLDER = (
+    "INSERT INTO role_lease_holders (incarnation, replica_id, started_at, last_seen) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (incarnation) DO UPDATE SET last_seen = excluded.last_seen"
 )
+_FORGET_HOLDERS = (
+    "DELETE FROM role_lease_holders WHERE last_seen < ? AND incarnation NOT IN "
+    "(SELECT incarnation FROM role_leases WHERE incarnation IS NOT NULL)"
+)
+_RECORD = (
+    "INSERT INTO role_leases (resource, role, replica_id, incarnation, expires_at, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (resource, role) DO UPDATE SET "
+    "replica_id = excluded.replica_id, incarnation = excluded.incarnation, "
+    "expires_at = excluded.expires_at, created_at = excluded.created_at, "
+    "claimed_by = NULL, claimed_until = NULL"
+)
+# Orphans: the token expired more than grace ago; or the holding process has been silent
+# for grace; or (a restart) it is another process under this replica id that has not beaten
+# since this one started, although this one has been up long enough to see a live sibling
+# beat. A lease from before holders were recorded falls back on its replica's heartbeat.
 _ORPHANS = """
-    SELECT l.resource, l.role, l.replica_id, l.expires_at
-    FROM role_leases l LEFT JOIN replicas r ON r.replica_id = l.replica_id
+    SELECT l.resource, l.role, l.replica_id, l.expires_at, l.incarnation
+    FROM role_leases l
+    LEFT JOIN role_lease_holders h ON h.incarnation = l.incarnation
+    LEFT JOIN replicas r ON r.replica_id = l.replica_id
     WHERE (l.claimed_until IS NULL OR l.claimed_until < ?)
-      AND ((l.replica_id <> ? AND (r.last_seen IS NULL OR r.last_seen < ?))
-           OR (l.replica_id = ? AND l.created_at < ?)
-           OR l.expires_at < ?)
+      AND (l.expires_at < ?
+           OR (l.incarnation IS NOT NULL AND l.incarnation <> ?
+               AND (h.last_seen IS NULL OR h.last_seen < ?
+                    OR (l.replica_id = ? AND h.last_seen < ?)))
+           OR (l.incarnation IS NULL AND l.replica_id <> ?
+               AND (r.last_seen IS NULL OR r.last_seen < ?)))
     ORDER BY l.expires_at
     LIMIT ?
 """
 _CLAIM = (
     "UPDATE role_leases SET claimed_by = ?, claimed_until = ? "
-    "WHERE resource = ? AND role = ? AND replica_id = ? "
+    "WHERE resource = ? AND role = ? AND replica_id = ? AND COALESCE(incarnation, '') = ? "
     "AND (claimed_until IS NULL OR claimed_until < ?)"
 )
 
@@ -112,6 +157,7 @@ class Lease:
     role: str
     replica_id: str
     expires_at: float
+    incarnation: str | None = None  # the process holding it (None: recorded before that)
 
 
 class RoleLeases:
@@ -134,25 +180,42 @@ class RoleLeases:
         self.grace = grace
         self.claim_for = claim_for
         self._clock = clock
-        # Leases of this replica created before this instant are a previous incarnation's.
         self.started_at = clock()
+        # This process: a restart (or a second process under the same replica id) is
+        # another holder, judged on its own heartbeat.
+        self.incarnation = f"{replica_id}/{uuid.uuid4().hex}"
 
     @property
     def heartbeat_interval(self) -> float:
         """How often to heartbeat: several beats per grace, so one lost beat costs nothing."""
         return max(0.05, min(5.0, self.grace / 4))
 
-    def heartbeat(self) -> None:
-        with self.db.transaction() as cur:
-            cur.execute(_HEARTBEAT, (self.replica_id, self._clock()))
+    @property
+    def settle(self) -> float:
+        """Seconds after its start by which this process has seen every live sibling under
+        its replica id beat (two beats)."""
+        return 2 * self.heartbeat_interval
 
-    def record(self, resource: str, role: str, expires_at: float) -> None:
-        """This replica is about to create ``role`` (call before creating it upstream)."""
+    def heartbeat(self) -> None:
         now = self._clock()
         with self.db.transaction() as cur:
-            # The heartbeat first: a lease never names a replica that was never seen.
-            cur.execute(_HEARTBEAT, (self.replica_id, now))
-            cur.execute(_RECORD, (resource, role, self.replica_id, expires_at, now))
+            self._beat(cur, now)
+            cur.execute(_FORGET_HOLDERS, (now - HOLDERS_KEPT,))
+
+    def _beat(self, cur: Cursor, now: float) -> None:
+        cur.execute(_HEARTBEAT_REPLICA, (self.replica_id, now))
+        cur.execute(_HEARTBEAT_HOLDER, (self.incarnation, self.replica_id, self.started_at, now))
+
+    def record(self, resource: str, role: str, expires_at: float) -> None:
+        """This process is about to create ``role`` (call before creating it upstream)."""
+        now = self._clock()
+        with self.db.transaction() as cur:
+            # The heartbeat first: a lease never names a holder that was never seen.
+            self._beat(cur, now)
+            cur.execute(
+                _RECORD,
+                (resource, role, self.replica_id, self.incarnation, expires_at, now),
+            )
             cur.touch(TOPIC)
 
     def release(self, resource: str, role: str) -> None:
@@ -165,13 +228,17 @@ class RoleLeases:
     def orphans(self, limit: int = 100) -> list[Lease]:
         """Leases that may be dropped now by anyone (unclaimed, or their claim lapsed)."""
         now = self._clock()
+        silent_since = now - self.grace
+        # Before settling, a sibling under this replica id may not have beaten yet: only the
+        # grace judges it (0.0: no heartbeat is older than that).
+        restarted_before = self.started_at if now >= self.started_at + self.settle else 0.0
         params = (
-            now, self.replica_id, now - self.grace, self.replica_id, self.started_at,
-            now - self.grace, limit,
+            now, silent_since, self.incarnation, silent_since, self.replica_id,
+            restarted_before, self.replica_id, silent_since, limit,
         )  # fmt: skip
         with self.db.read() as cur:
             rows = cur.execute(_ORPHANS, params).fetchall()
-        return [Lease(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+        return [_lease(r) for r in rows]
 
     def claim(self, lease: Lease) -> bool:
         """Take the drop of ``lease`` on; True for exactly one claimer (until the claim lapses
@@ -181,7 +248,7 @@ class RoleLeases:
             cur.execute(
                 _CLAIM,
                 (self.replica_id, now + self.claim_for, lease.resource, lease.role,
-                 lease.replica_id, now),
+                 lease.replica_id, lease.incarnation or "", now),
             )  # fmt: skip
             return cur.rowcount == 1
 
@@ -199,14 +266,21 @@ class RoleLeases:
         """Every lease (operators, tests)."""
         with self.db.read() as cur:
             rows = cur.execute(
-                "SELECT resource, role, replica_id, expires_at FROM role_leases "
+                "SELECT resource, role, replica_id, expires_at, incarnation FROM role_leases "
                 "ORDER BY resource, role"
             ).fetchall()
-        return [Lease(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+        return [_lease(r) for r in rows]
 
     def close(self) -> None:
         if self._owned:
             self.db.close()
+
+
+def _lease(row: tuple[Any, ...]) -> Lease:
+    return Lease(
+        str(row[0]), str(row[1]), str(row[2]), float(row[3]),
+        None if row[4] is None else str(row[4]),
+    )  # fmt: skip
 
 
 async def lease_role(
