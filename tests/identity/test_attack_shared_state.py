@@ -392,3 +392,30 @@ def test_a_cached_token_is_refused_once_state_went_stale(tmp_path: Path) -> None
         assert caught.value.reason == STALE_REASON
     reach.age = 0.1
     assert verifier.verify(token, AUD).jti
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="state.py builds RevocationStore with the fixed retention of a day whatever "
+    "tokens.max_ttl allows: a DAG revocation is purged while its tokens still verify",
+)
+def test_a_dag_revocation_outlives_every_token_it_revokes(handles: OpenHandle) -> None:
+    """``tokens.max_ttl`` has no upper bound; with two days, a token minted just before
+    ``token revoke --dag`` is valid for two days but the revocation row expires after one
+    and the next purge (any replica's) deletes it: the token verifies again."""
+    from lockgate.config import LockgateConfig
+
+    config = LockgateConfig.model_validate({"tokens": {"default_ttl": 900, "max_ttl": 172800}})
+    t0 = 1_800_000_000.0
+    clock = [t0]
+    store = RevocationStore(handles("a"), clock=lambda: clock[0])
+    assert config.tokens.max_ttl == 172800  # accepted
+    keys = KeyStore(handles("k"), master_key=bytes(32))
+    _, claims = TokenIssuer(keys, ISSUER, clock=lambda: clock[0]).mint(
+        IDENT, AUD, config.tokens.max_ttl
+    )
+    store.revoke_dag("prod", "finance_daily", reason="incident")
+    assert store.is_revoked(claims)
+    clock[0] = t0 + 36 * 3600  # the token has twelve hours left
+    store.refresh(force=True)  # purges expired rows first
+    assert store.is_revoked(claims), "the revoked token verifies again"
