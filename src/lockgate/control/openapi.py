@@ -43,6 +43,8 @@ ERRORS = {
     401: "Client authentication missing or failed (invalid_client).",
     403: "Not delegated, blocked, or denied by policy (access_denied).",
     404: "No such resource (unknown_resource).",
+    429: "Over the deployment's mint rate, or cooling down after failed authentications "
+    "(temporarily_unavailable; Retry-After says when to retry).",
     503: "Audit, policy, attestation or upstream unavailable (temporarily_unavailable).",
 }
 
@@ -120,7 +122,12 @@ def _deployment_post(
                 "required": True,
                 "content": {"application/x-www-form-urlencoded": media, "application/json": media},
             },
-            "responses": {"200": _json(ok, "Done.", ok_examples), **_errors(*codes)},
+            # every deployment route authenticates, which a failed-authentication cool-down
+            # may refuse with 429
+            "responses": {
+                "200": _json(ok, "Done.", ok_examples),
+                **_errors(*sorted({*codes, 429})),
+            },
         }
     }
 
@@ -300,8 +307,10 @@ def _paths() -> dict[str, Schema]:
         "/v1/db-role": db_role,
         "/v1/poll-token": _deployment_post(
             "Poll token",
-            "A triggerer's token (task @poll) that may only read runs this deployment "
-            "started, narrowed to a DAG run when dag_id/run_id are given.",
+            "A triggerer's token (task @poll) for a pollable resource (Databricks, Data "
+            "Factory over ARM) that may only read runs (ARM: read or cancel pipeline runs) "
+            "this deployment's tasks started through Lockgate, narrowed to a DAG run when "
+            "dag_id/run_id are given.",
             "PollTokenRequest",
             ref("PollTokenResponse"),
             (400, 401, 403, 503),
@@ -329,11 +338,17 @@ def _paths() -> dict[str, Schema]:
             "Managed identity token",
             "The App Service managed identity protocol for stock Azure clients: answers the "
             "task's own token (X-IDENTITY-HEADER) when it was minted for the resource that "
-            "serves the audience asked for.",
+            "serves the audience asked for. With client_id=lockgate-run:<dag_id>/<run_id> "
+            "and a deployment-wide poll token as the header (a Data Factory trigger in the "
+            "triggerer), answers a new poll token narrowed to that DAG run (policy, "
+            "delegation and rate limit as /v1/poll-token; no longer-lived than the header).",
             {
-                "200": _json(ref("ManagedIdentityToken"), "The task's token."),
+                "200": _json(ref("ManagedIdentityToken"), "The token."),
                 "400": _json(ref("OAuthError"), "Bad api-version, selector or audience."),
                 "401": _json(ref("OAuthError"), "Identity header missing or rejected."),
+                "403": _json(ref("OAuthError"), "DAG run poll token refused (policy, delegation)."),
+                "429": _json(ref("OAuthError"), ERRORS[429]),
+                "503": _json(ref("OAuthError"), "The token could not be recorded."),
             },
             security=[{"identityHeader": []}],
             parameters=[
@@ -348,6 +363,17 @@ def _paths() -> dict[str, Schema]:
                     "in": "query",
                     "required": True,
                     "schema": {"type": "string", "examples": ["https://management.azure.com"]},
+                },
+                {
+                    "name": "client_id",
+                    "in": "query",
+                    "required": False,
+                    "description": "Only lockgate-run:<dag_id>/<run_id>, with a poll token.",
+                    "schema": {
+                        "type": "string",
+                        "pattern": "^lockgate-run:[^/]+/.+$",
+                        "examples": ["lockgate-run:adf_load_orders/manual__2025-01-01"],
+                    },
                 },
             ],
         ),

@@ -170,9 +170,24 @@ SCHEMAS: dict[str, Schema] = {
                 "in on the worker.",
             },
             "mode": _string("dynamic_role: log in to the database directly (/v1/db-role)."),
-            "poll": {"type": "boolean", "description": "Poll tokens offered (/v1/poll-token)."},
+            "poll": {
+                "type": "boolean",
+                "description": "Poll tokens offered (/v1/poll-token) (Databricks, ARM).",
+            },
+            "trigger": _string(
+                "task: a deferred operator's trigger gets a token of the deferred task try "
+                "(plain http).",
+                enum=["task"],
+            ),
             "cosmos_key": {"type": "boolean", "description": "Task key needed (/v1/cosmos-key)."},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "trigger_extra": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "ARM: added to a trigger's connection extra, {lockgate_dag_run} "
+                "= <dag_id>/<run_id>: managed_identity_client_id lockgate-run:<dag_id>/<run_id> "
+                "makes /msi/token narrow the poll token to that DAG run.",
+            },
             "upstream_ca": _string("PEM CA of the database (public)."),
         },
     },
@@ -210,7 +225,7 @@ SCHEMAS: dict[str, Schema] = {
             "token_type": {"type": "string", "enum": ["Bearer"]},
             "expires_in": {"type": "integer", "minimum": 1},
             "jti": {"type": "string"},
-            "principal": _string("airflow:<deployment>/<dag_id or *>/@poll"),
+            "principal": _string("airflow:<deployment>/<dag_id or @triggerer>/@poll"),
         },
     },
     "CosmosKeyResponse": {
