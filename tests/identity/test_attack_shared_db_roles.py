@@ -33,12 +33,8 @@ from tests.gateway.cql.engine_stack import (
     UPSTREAM_USER,
     run_on_fake,
 )
-from tests.gateway.cql.test_dynamic_roles_e2e import (
-    CONFIG,
-    DEPLOYMENT_SECRET,
-    EXTRA_POLICY,
-    Stack,
-)
+from tests.gateway.cql.test_dynamic_roles_e2e import CONFIG, EXTRA_POLICY, Stack
+from tests.gateway.role_route import DEPLOYMENT_SECRET
 from tests.pgserver import PgServer
 from tests.pgserver.fixtures import PgServerFactory
 from tests.pgserver.state import shared_state_settings
