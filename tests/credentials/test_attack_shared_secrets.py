@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lockgate.config import PostgresStateSettings
 from lockgate.config.loader import parse_config
@@ -150,3 +151,31 @@ def test_the_master_key_leaves_only_a_fingerprint(
     with pytest.raises(CredentialError) as refused:
         load_or_create_master_key(tmp_path, {"LOCKGATE_MASTER_KEY": bad}, shared=True)
     assert "Hunter2" not in str(refused.value) and "Hunter2" not in caplog.text
+
+
+def test_db_commands_never_show_the_password(
+    pg_state: StateFactory,
+    pg_server: PgServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What holds: ``lockgate db upgrade`` / ``db check`` name the database; with the right
+    password or a wrong one, nothing they print or log shows it."""
+    from lockgate.cli import main
+
+    settings = pg_state(connect_timeout=1)
+    _set_password(pg_server, settings, PASSWORD)
+    config = tmp_path / "lockgate.yaml"
+    state = {"postgresql": settings.model_dump(mode="json")}
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "state": state}))
+    caplog.set_level(logging.DEBUG)
+    assert main(["-c", str(config), "db", "upgrade"]) == 0
+    assert main(["-c", str(config), "db", "check"]) == 0
+    assert settings.password_file is not None
+    settings.password_file.write_text("Wrong-" + PASSWORD + "\n")
+    assert main(["-c", str(config), "db", "check"]) != 0
+    seen = capsys.readouterr()
+    assert "password authentication failed" in seen.out + seen.err + caplog.text
+    for text in (seen.out, seen.err, caplog.text):
+        assert "Hunter2" not in text
