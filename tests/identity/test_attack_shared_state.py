@@ -421,3 +421,35 @@ def test_a_dag_revocation_outlives_every_token_it_revokes(handles: OpenHandle) -
     clock[0] = t0 + 36 * 3600  # the token has twelve hours left
     store.refresh(force=True)  # purges expired rows first
     assert store.is_revoked(claims), "the revoked token verifies again"
+
+
+def test_only_eddsa_verifies_whatever_the_header_says(handles: OpenHandle) -> None:
+    """What holds: a token that names a published kid but another algorithm (HS256 keyed
+    with the public key, "none") is refused before any key is used: the algorithm is pinned,
+    not read from the token or the database."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+
+    keys = KeyStore(handles("a"), master_key=bytes(32))
+    token, _ = TokenIssuer(keys, ISSUER).mint(IDENT, AUD, 600)
+    header_b64, payload_b64, _sig = token.split(".")
+    kid = json.loads(base64.urlsafe_b64decode(header_b64 + "=="))["kid"]
+    public = keys.current().public.public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    verifier = TokenVerifier(keys, None, ISSUER)
+    for alg in ("HS256", "none", "EdDSA "):
+        head = b64(json.dumps({"alg": alg, "kid": kid, "typ": "JWT"}).encode())
+        signing_input = f"{head}.{payload_b64}".encode()
+        sig = b64(hmac.new(public, signing_input, hashlib.sha256).digest())
+        with pytest.raises(AuthenticationError) as caught:
+            verifier.verify(f"{head}.{payload_b64}.{sig}", AUD)
+        assert caught.value.reason in ("unsupported_alg", "malformed"), alg
