@@ -96,6 +96,15 @@ def readyz(stack: LocalStack) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
+def gauge(stack: LocalStack, name: str) -> float | None:
+    """The value of an unlabelled gauge on /metrics (None when absent)."""
+    with urllib.request.urlopen(stack.control_url + "/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
 def until(check: Callable[[], bool], limit: float, what: str) -> float:
     start = time.monotonic()
     while not check():
@@ -153,10 +162,21 @@ def test_unreachable_postgresql_serves_from_memory_then_refuses_then_recovers(
             "shared state (PostgreSQL) unreachable for "
         )
         assert "shared_state_stale" in audit_reasons(stack)
+        until(
+            lambda: (gauge(stack, "lockgate_shared_state_stale_seconds") or 0.0) > MAX_STALENESS,
+            3.0,
+            "the staleness gauge past the bound",
+        )
+        assert gauge(stack, "lockgate_audit_ship_lag_records") is not None
     finally:
         pg_server.psql(f'ALTER ROLE "{role}" LOGIN')
     # Back: no restart, ready again, the same token served again, new tokens minted.
     until(lambda: readyz(stack)[0] == 200, 10.0, "ready again")
     assert readyz(stack)[1]["checks"]["shared_state"] == "ok"
+    until(
+        lambda: (gauge(stack, "lockgate_shared_state_stale_seconds") or 99.0) < MAX_STALENESS,
+        3.0,
+        "the staleness gauge back under the bound",
+    )
     assert get(stack, token) == 200
     assert get(stack, mint(stack)) == 200

@@ -73,6 +73,19 @@ FORWARD_PROXY_TUNNELS = _counter(
     "CONNECT tunnels by resource and outcome (open, tls_failed, or the refusal slug)",
     "resource", "outcome",
 )  # fmt: skip
+SHARED_STATE_STALE = _gauge(
+    "lockgate_shared_state_stale_seconds",
+    "Seconds since this replica last reached the shared state database (0 on SQLite state);"
+    " past state.postgresql.max_staleness every request is refused",
+)
+AUDIT_SHIP_LAG_RECORDS = _gauge(
+    "lockgate_audit_ship_lag_records",
+    "Audit records committed to this replica's local chain and not yet shipped to PostgreSQL",
+)
+AUDIT_SHIP_LAG_SECONDS = _gauge(
+    "lockgate_audit_ship_lag_seconds",
+    "Age of the oldest audit record not yet shipped to PostgreSQL (0 when none)",
+)
 OPEN_CONNECTIONS = _gauge(
     "lockgate_open_connections",
     "Client connections accepted and not yet closed (TLS handshakes under way included)",

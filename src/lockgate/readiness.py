@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lockgate import metrics
 from lockgate.audit import AuditLog, RemoteAuditLog, ShipLag
 from lockgate.config import LockgateConfig, ManagedIdentityCredential
 from lockgate.credentials import CredentialStore
@@ -154,6 +155,11 @@ class Readiness:
         self._disk = (self._clock(), credentials, self._keys_check())
         if self._shipping_lag is not None:
             self._lag = self._shipping_lag()
+            if self._lag is not None:
+                metrics.AUDIT_SHIP_LAG_RECORDS.set(self._lag.records)
+                metrics.AUDIT_SHIP_LAG_SECONDS.set(self._lag.seconds)
+        if self._staleness is not None:
+            metrics.SHARED_STATE_STALE.set(self._staleness.stale_for())
 
     # -- checks -----------------------------------------------------------------------------
     def _audit_check(self) -> str:
