@@ -316,3 +316,16 @@ def test_a_trigger_gets_a_poll_token_with_at_least_half_its_life_left(
     for _ in range(2):  # 1700 s of 3600 left: a new trigger gets a fresh one
         asyncio.run(backend.aget_connection("azure_data_factory_default"))
     assert minted == ["tok-0", "tok-1", "tok-2"]
+
+
+def test_the_dag_run_in_the_client_id_survives_azure_cores_unencoded_query() -> None:
+    """azure-core writes the client_id into the URL unencoded; the run id goes percent-encoded
+    so "+" (every scheduled run id), "&" and "#" arrive as they were."""
+    conn = deferral.with_trigger_extra(
+        {**ARM_ENTRY, "poll": True}, {"dag_id": "d", "run_id": "manual__1+00:00&x#y"}
+    )
+    assert conn["extra"]["managed_identity_client_id"] == (
+        "lockgate-run:d/manual__1%2B00%3A00%26x%23y"
+    )
+    assert conn["extra"]["subscriptionId"] == "sub-1"
+    assert deferral.with_trigger_extra(ARM_ENTRY, {}) == ARM_ENTRY["connection"]

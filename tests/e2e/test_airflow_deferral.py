@@ -183,6 +183,9 @@ def test_deferrable_adf_and_http_succeed_through_their_triggers(
 
 CONN_ID = "azure_data_factory_default"
 DAG = "adf_load_orders_deferred"
+# as Airflow names runs: "+" and ":" must reach the identity endpoint as they are
+RUN_A = "manual__2025-01-01T00:00:00+00:00"
+RUN_B = "manual__2025-01-02T00:00:00+00:00"
 
 
 def _coords(run_id: str) -> dict[str, Any]:
@@ -239,11 +242,11 @@ def _trigger_scope_scenario(backend_kwargs: dict[str, str]) -> dict[str, str]:
     data_factory.get_async_connection = lookup  # type: ignore[assignment]
 
     async def scenario() -> dict[str, str]:
-        run_a, run_b = await start_run("manual__A"), await start_run("manual__B")
+        run_a, run_b = await start_run(RUN_A), await start_run(RUN_B)
         return {
-            "a_reads_a": await trigger_reads("manual__A", run_a),
-            "a_reads_b": await trigger_reads("manual__A", run_b),
-            "b_reads_b": await trigger_reads("manual__B", run_b),
+            "a_reads_a": await trigger_reads(RUN_A, run_a),
+            "a_reads_b": await trigger_reads(RUN_A, run_b),
+            "b_reads_b": await trigger_reads(RUN_B, run_b),
         }
 
     return asyncio.run(scenario())
@@ -282,7 +285,7 @@ def test_an_adf_trigger_reads_only_the_pipeline_runs_of_its_own_dag_run(
     polled = [r for r in deferral.gateway.audit.search(resource="arm") if r.task_id == "@poll"]
     seen = {(r.principal, r.run_id, r.decision) for r in polled if r.action == "read"}
     assert seen >= {
-        (f"airflow:prod/{DAG}/@poll", "manual__A", "allow"),
-        (f"airflow:prod/{DAG}/@poll", "manual__A", "deny"),
-        (f"airflow:prod/{DAG}/@poll", "manual__B", "allow"),
+        (f"airflow:prod/{DAG}/@poll", RUN_A, "allow"),
+        (f"airflow:prod/{DAG}/@poll", RUN_A, "deny"),
+        (f"airflow:prod/{DAG}/@poll", RUN_B, "allow"),
     }, seen

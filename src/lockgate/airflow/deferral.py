@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 from typing import Any
+from urllib.parse import quote
 
 from lockgate.airflow._client import Coordinates
 
@@ -93,7 +94,9 @@ def with_trigger_extra(template: dict[str, Any], scope: dict[str, str]) -> dict[
     trigger_extra = template.get("trigger_extra")
     if not isinstance(trigger_extra, dict) or not scope:
         return connection
-    dag_run = f"{scope['dag_id']}/{scope['run_id']}"
+    # azure-core puts a query value into the URL as it is ("+", "&", "#" and all): the run
+    # id travels percent-encoded, and arrives decoded once, as it was
+    dag_run = f"{scope['dag_id']}/{quote(scope['run_id'], safe='')}"
     filled = {k: str(v).replace(DAG_RUN_PLACEHOLDER, dag_run) for k, v in trigger_extra.items()}
     return {**connection, "extra": {**connection.get("extra", {}), **filled}}
 
