@@ -4,16 +4,14 @@
 :class:`~lockgate.gateway.role_leases.RoleLeases` under the same ``replica_id`` (the host
 name), and the supervisor restarts a worker that exits. A lease of "this replica" created
 before this process started reads as a previous incarnation's -- so a restarted worker
-takes its live siblings' roles for orphans and drops them (an availability fault: every
-task holding such a login loses it; no access is widened).
+could take its live siblings' roles for orphans and drop them (an availability fault: every
+task holding such a login would lose it). Leases now name the process holding them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-
-import pytest
 
 from lockgate.config import PostgresStateSettings
 from lockgate.gateway.role_leases import RoleLeases
@@ -40,14 +38,11 @@ def test_another_replicas_live_roles_are_not_orphans(
         db_b.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/role_leases.py _ORPHANS (created_at < started_at for our own replica_id): "
-    "a restarted `serve --workers` worker drops its live siblings' roles",
-)
 def test_a_restarted_worker_leaves_its_siblings_roles_alone(
     pg_state: Callable[..., PostgresStateSettings],
 ) -> None:
+    """What holds (a lease names the process holding it): a worker restarted under the same
+    replica id leaves a live sibling's roles alone."""
     settings = pg_state()
     db_1 = PostgresDatabase(settings, replica_id="host")
     db_2 = PostgresDatabase(settings, replica_id="host")
