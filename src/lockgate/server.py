@@ -56,7 +56,7 @@ from lockgate.credentials import CredentialBroker
 from lockgate.errors import ConfigError
 from lockgate.gateway import registry
 from lockgate.gateway.dynamic_roles import DbRoles, upstream_password
-from lockgate.gateway.engine import Collaborators, Engine
+from lockgate.gateway.engine import Collaborators, Engine, end_revoked_sessions
 from lockgate.gateway.listeners import server_ssl_context
 from lockgate.gateway.role_leases import DEFAULT_GRACE, RoleLeases
 from lockgate.gateway.role_leases import DOMAIN as ROLE_LEASES
@@ -354,6 +354,11 @@ class Gateway:
             changed = await asyncio.to_thread(self._reload_shared)
         else:
             changed = self.state.revocations.refresh()
+        if changed:  # idle CQL/PostgreSQL sessions of a newly revoked token end now
+            try:
+                end_revoked_sessions(self.engines.values(), self.state.revocations.is_revoked)
+            except Exception:  # the roles and credentials below must still follow
+                log.exception("sessions of revoked tokens not ended")
         if self.db_roles is not None:  # their roles go with the newly revoked tokens
             self.db_roles.after_refresh(changed)
         if self.state.shared and self.broker is not None:

@@ -281,7 +281,40 @@ class Engine(Protocol):
         ...
 
 
+#: ``is_revoked(claims)``: True when the token the claims came from may no longer be used
+#: (revoked, or its DAG blocked); a memory read (``RevocationStore.is_revoked``).
+RevocationCheck = Callable[["Claims"], bool]
+
+#: Audit reason of a session the gateway ended because its token was revoked.
+SESSION_REVOKED = "token_revoked"
+
+
+@runtime_checkable
+class EndsRevokedSessions(Protocol):
+    """Optional part of :class:`Engine`, for engines whose clients hold long sessions (CQL,
+    PostgreSQL). Each statement re-verifies the session's token, but an idle session sends
+    none: after the revocations reload with a change, the server calls :meth:`end_revoked`
+    so a revoked task loses its open connections at once, whichever replica (or the CLI)
+    revoked it. Engines that verify the token of every request (HTTP) need nothing."""
+
+    def end_revoked(self, is_revoked: RevocationCheck) -> int:
+        """End every logged-in session whose token ``is_revoked`` (upstream connection
+        closed too), one audit record each (``denied``, reason :data:`SESSION_REVOKED`);
+        return how many were ended. Never blocks, never raises for one session."""
+        ...
+
+
+def end_revoked_sessions(engines: Iterable[object], is_revoked: RevocationCheck) -> int:
+    """Ask every engine that holds sessions to end those of revoked tokens; how many ended."""
+    return sum(
+        engine.end_revoked(is_revoked)
+        for engine in engines
+        if isinstance(engine, EndsRevokedSessions)
+    )
+
+
 __all__ = [
+    "SESSION_REVOKED",
     "AssertionCache",
     "AssertionSigner",
     "AuditSink",
@@ -289,15 +322,18 @@ __all__ = [
     "Collaborators",
     "CredentialBroker",
     "Decision",
+    "EndsRevokedSessions",
     "Engine",
     "PolicySet",
     "PolicySource",
     "RequestFactory",
     "RequestMetrics",
     "ResourceConfig",
+    "RevocationCheck",
     "SecretCache",
     "TokenVerifier",
     "UpstreamSecret",
     "default_request_factory",
+    "end_revoked_sessions",
     "policy_request",
 ]

@@ -22,6 +22,11 @@ credential, which the change may be meant to stop; the driver reconnects and log
 against the new catalog. A session closed for a removed resource is audited (``denied``,
 ``resource_removed``); one closed for a change is logged.
 
+Revocation (:meth:`CqlEngine.end_revoked`, called by the server after the revocations
+reloaded with a change): each statement re-checks the session's token anyway, but an idle
+session sends none, so the sessions of a revoked token (or a blocked DAG) are closed at once
+and audited (``denied``, ``token_revoked``); the driver's reconnect is refused at login.
+
 Defaults worth knowing: reads of driver metadata tables (``system.local``, ``system.peers``,
 ``system.peers_v2``, ``system_schema.*``, ``system_virtual_schema.*``) and ``USE`` are allowed
 for every authenticated principal (they touch no user data) and audited like every statement,
@@ -38,7 +43,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
 from lockgate import _log
-from lockgate.gateway.engine import Collaborators, ResourceConfig
+from lockgate.gateway.engine import (
+    SESSION_REVOKED,
+    Collaborators,
+    ResourceConfig,
+    RevocationCheck,
+)
 from lockgate.gateway.listeners import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -49,6 +59,7 @@ from lockgate.gateway.listeners import (
 )
 
 from .context import EngineContext
+from .handshake import Authenticated
 from .session import ClientSession
 from .statements import PreparedStatements
 
@@ -96,20 +107,48 @@ class CqlEngine:
         for name, was in previous.items():
             if ctx.resources.get(name) != was:  # e.g. moved to another cluster: its views
                 ctx.views.invalidate(name)  # are read again at the next login
-        for task, session in list(self._sessions.items()):
-            auth = session.auth
-            if auth is None or ctx.resources.get(auth.resource.name) == auth.resource:
-                continue  # unchanged, or not logged in (the handshake checks its catalog)
+        for task, auth in self._logged_in():
+            if ctx.resources.get(auth.resource.name) == auth.resource:
+                continue  # unchanged (a session still logging in checks its catalog itself)
             name = auth.resource.name
             if name in ctx.resources:
                 log.info("cql session closed: its resource changed", extra={"fields": {
                     "resource": name}})  # fmt: skip
+                task.cancel()
             else:
-                ctx.record(
-                    "denied", auth.claims, name, ctx.clock(), action="connect",
-                    decision="deny", reason="resource_removed",
-                )  # fmt: skip
-            task.cancel()
+                self._end(task, auth, "resource_removed")
+
+    def end_revoked(self, is_revoked: RevocationCheck) -> int:
+        """End the sessions whose token is now revoked (or whose DAG is blocked). CQL has no
+        frame a server may send unasked to end a session (an ERROR answers a request), so
+        the connection is closed, and its upstream connection with it; a driver that
+        reconnects with the same token is refused at login. Audited (``denied``,
+        ``token_revoked``)."""
+        ended = 0
+        for task, auth in self._logged_in():
+            if is_revoked(auth.claims):
+                self._end(task, auth, SESSION_REVOKED)
+                ended += 1
+        return ended
+
+    def _logged_in(self) -> list[tuple[asyncio.Task[None], Authenticated]]:
+        """Sessions past their login and not already being ended."""
+        return [
+            (task, session.auth)
+            for task, session in list(self._sessions.items())
+            if session.auth is not None and not task.cancelling()
+        ]
+
+    def _end(self, task: asyncio.Task[None], auth: Authenticated, reason: str) -> None:
+        """Close a session from outside, audited as a refusal of its connection."""
+        ctx = self.ctx
+        ctx.record(
+            "denied", auth.claims, auth.resource.name, ctx.clock(), action="connect",
+            decision="deny", reason=reason,
+        )  # fmt: skip
+        log.info("cql session closed", extra={"fields": {
+            "resource": auth.resource.name, "reason": reason}})  # fmt: skip
+        task.cancel()
 
     async def listen(self, listeners: Listeners, *, reuse_port: bool = False) -> None:
         """Open the ``cql`` listener (``reuse_port`` is ignored: one process serves it)."""

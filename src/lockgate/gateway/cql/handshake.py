@@ -151,6 +151,17 @@ async def _authenticate(
             ctx, io, login, t0, reason, claims=claims, resource=resource.name, hint="log in again"
         )
         return None
+    # Likewise a revocation reloaded meanwhile: the engine ends only sessions logged in, so
+    # the token is verified again (in memory) before the login completes.
+    try:
+        ctx.verifier.verify(token, resource.name)
+    except AuthenticationError as exc:
+        link.close()
+        _refuse(
+            ctx, io, login, t0, str(getattr(exc, "reason", "invalid")), claims=claims,
+            resource=resource.name, hint="log in with a fresh Lockgate token",
+        )  # fmt: skip
+        return None
     io.write(login.accept())
     return Authenticated(resource, claims, token, link)
 

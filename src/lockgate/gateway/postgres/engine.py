@@ -26,6 +26,11 @@ upstream, credential, limits) is ended with ``FATAL 57P01``: it talks to the old
 as the old login, which the change may be meant to stop; the client reconnects against the
 new catalog. An end for a removed resource is audited (``denied``, ``resource_removed``);
 one for a change is logged.
+
+Revocation (:meth:`PostgresEngine.end_revoked`, called by the server after the revocations
+reloaded with a change): each statement re-checks the session's token anyway, but an idle
+session sends none, so the sessions of a revoked token (or a blocked DAG) are ended at once
+with ``FATAL 57P01`` naming the revocation and audited (``denied``, ``token_revoked``).
 """
 
 from __future__ import annotations
@@ -37,7 +42,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
 from lockgate import _log
-from lockgate.gateway.engine import Collaborators, ResourceConfig
+from lockgate.gateway.engine import (
+    SESSION_REVOKED,
+    Collaborators,
+    ResourceConfig,
+    RevocationCheck,
+)
 from lockgate.gateway.listeners import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -48,6 +58,7 @@ from lockgate.gateway.listeners import (
 
 from .context import EngineContext
 from .session import ClientSession, ListenerSettings
+from .startup import Login
 
 if TYPE_CHECKING:
     from lockgate.config import Listeners
@@ -87,25 +98,58 @@ class PostgresEngine:
         """Serve this catalog from now on; see the module docstring for open sessions."""
         ctx = self.ctx
         ctx.update_resources(resources)
-        for task, session in list(self._sessions.items()):
-            login = session.login
-            if login is None or session.flow is None:
-                continue  # still logging in: the session checks the catalog before it greets
+        for task, session, login in self._logged_in():
             if ctx.resources.get(login.resource.name) == login.resource:
                 continue
             name = login.resource.name
+            message = f"terminating connection: Lockgate resource {name!r} was reconfigured"
             if name in ctx.resources:
                 log.info("postgres session closed: its resource changed", extra={"fields": {
                     "resource": name}})  # fmt: skip
+                session.terminate("57P01", message)
+                task.cancel()
             else:
-                ctx.record(
-                    "denied", login.claims, name, ctx.clock(), action="connect",
-                    decision="deny", reason="resource_removed",
-                )  # fmt: skip
-            session.terminate(
-                "57P01", f"terminating connection: Lockgate resource {name!r} was reconfigured"
-            )
-            task.cancel()
+                self._end(task, session, login, "resource_removed", message)
+
+    def end_revoked(self, is_revoked: RevocationCheck) -> int:
+        """End the sessions whose token is now revoked (or whose DAG is blocked) with
+        ``FATAL 57P01`` naming the revocation (what ``pg_terminate_backend`` sends: drivers
+        and pools take it for a dropped connection), upstream connection closed; audited
+        (``denied``, ``token_revoked``). A reconnect with the same token is refused."""
+        ended = 0
+        for task, session, login in self._logged_in():
+            if is_revoked(login.claims):
+                message = (
+                    "terminating connection: the Lockgate token of this session was revoked; "
+                    "reconnect with a fresh token"
+                )
+                self._end(task, session, login, SESSION_REVOKED, message)
+                ended += 1
+        return ended
+
+    def _logged_in(self) -> list[tuple[asyncio.Task[None], ClientSession, Login]]:
+        """Sessions past their login and not already being ended (a session still logging
+        in checks the catalog and its token again before it greets the client)."""
+        return [
+            (task, session, session.login)
+            for task, session in list(self._sessions.items())
+            if session.login is not None and session.flow is not None and not session.terminated
+        ]
+
+    def _end(
+        self, task: asyncio.Task[None], session: ClientSession, login: Login, reason: str,
+        message: str,
+    ) -> None:  # fmt: skip
+        """Terminate a session from outside, audited as a refusal of its connection."""
+        ctx = self.ctx
+        ctx.record(
+            "denied", login.claims, login.resource.name, ctx.clock(), action="connect",
+            decision="deny", reason=reason,
+        )  # fmt: skip
+        log.info("postgres session closed", extra={"fields": {
+            "resource": login.resource.name, "reason": reason}})  # fmt: skip
+        session.terminate("57P01", message)
+        task.cancel()
 
     async def listen(self, listeners: Listeners, *, reuse_port: bool = False) -> None:
         """Open the ``postgres`` listener (``reuse_port`` is ignored: one process serves it)."""

@@ -43,7 +43,7 @@ import ssl
 from dataclasses import dataclass
 
 from lockgate import _log
-from lockgate.errors import AuditUnavailable, UpstreamUnavailable
+from lockgate.errors import AuditUnavailable, AuthenticationError, UpstreamUnavailable
 
 from . import codec, upstream
 from .catalog import CatalogUnavailable
@@ -192,6 +192,18 @@ class ClientSession:
                 decision="deny", reason=reason,
             )  # fmt: skip
             return None
+        # Likewise a revocation reloaded meanwhile: the engine ends only sessions logged in,
+        # so the token is verified again (in memory) before the client is greeted.
+        try:
+            ctx.verifier.verify(login.token, resource.name)
+        except AuthenticationError as exc:
+            reason = str(getattr(exc, "reason", "invalid"))
+            self._fatal("28000", f"Lockgate token refused ({reason}); connect with a fresh one")
+            ctx.record(
+                "auth_failed", login.claims, resource.name, t0, action="connect",
+                decision="deny", reason=reason,
+            )  # fmt: skip
+            return None
         self.cancel_pid, secret = ctx.cancels.issue(
             resource, login.claims, link.backend_pid, link.backend_secret
         )
@@ -209,6 +221,11 @@ class ClientSession:
             detail={"user": login.user[:100], "tls": login.tls},
         )  # fmt: skip
         return messages
+
+    @property
+    def terminated(self) -> bool:
+        """True once :meth:`terminate` ended the session from outside."""
+        return self._terminated
 
     def terminate(self, sqlstate: str, message: str) -> None:
         """End the session from outside (the engine): tell the client, then close."""

@@ -1,0 +1,156 @@
+"""A revocation ends the open PostgreSQL sessions of the revoked token within a second, idle
+ones included, whoever revoked it (here: another State over the same data_dir, the way
+``lockgate token revoke`` does); sessions of other tokens stay open. psycopg and a real
+server behind the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jwt
+import psycopg
+import pytest
+
+from lockgate.state import State
+from tests.pgserver import PgServer
+
+from .stack import RESOURCE, Conn, PgStack, pg_stack
+from .test_startup import RawClient
+
+#: The bound the gateway promises (the revocation tick is 0.2 s).
+WITHIN = 1.0
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, pg_server: PgServer) -> AsyncIterator[PgStack]:
+    async with pg_stack(tmp_path, pg_server) as s:
+        yield s
+
+
+@pytest.fixture
+def cli_state(stack: PgStack) -> State:
+    """A second handle on the gateway's state, as the CLI opens it."""
+    return State(stack.gw.config)
+
+
+def _jti(token: str) -> str:
+    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+async def _readable(conn: Conn, timeout: float) -> float:
+    """Seconds until the idle connection's socket has something to read (the FATAL)."""
+    loop = asyncio.get_running_loop()
+    fd = conn.pgconn.socket
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(ready, timeout)
+    finally:
+        loop.remove_reader(fd)
+    return time.monotonic() - t0
+
+
+async def _upstream_sessions(stack: PgStack) -> int:
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+    return int(stack.upstream_psql(sql).strip() or 0)
+
+
+async def test_an_idle_psycopg_session_of_a_revoked_token_ends_within_a_second(
+    stack: PgStack, cli_state: State
+) -> None:
+    token, other_token = stack.token("etl"), stack.token("etl")
+    conn = await psycopg.AsyncConnection.connect(stack.dsn(token), autocommit=True)
+    other = await psycopg.AsyncConnection.connect(stack.dsn(other_token), autocommit=True)
+    try:
+        await conn.execute("SELECT 1")
+        await other.execute("SELECT 1")
+        assert await _upstream_sessions(stack) == 2
+        t0 = time.monotonic()
+        cli_state.revocations.revoke_jti(_jti(token), time.time() + 900, "test")
+        waited = await _readable(conn, 5.0)
+        took = time.monotonic() - t0
+        assert took < WITHIN, f"session ended {took:.3f}s after the revocation"
+        assert waited <= took
+        with pytest.raises(psycopg.OperationalError, match="revoked"):
+            await conn.execute("SELECT 1")
+        # The other token's session goes on; the revoked token cannot log in again.
+        cur = await other.execute("SELECT count(*) FROM sales.orders")
+        assert await cur.fetchall() == [(2,)]
+        with pytest.raises(psycopg.OperationalError, match="revoked"):
+            await psycopg.AsyncConnection.connect(stack.dsn(token), autocommit=True)
+    finally:
+        await conn.close()
+        await other.close()
+        cli_state.close()
+    for _ in range(100):  # the ended session's upstream connection is gone too
+        if await _upstream_sessions(stack) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await _upstream_sessions(stack) == 1
+    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    assert len(ended) == 1
+    assert ended[0].principal == "airflow:prod/etl/load"
+    assert ended[0].resource == RESOURCE
+    assert ended[0].action == "connect"
+
+
+async def test_the_end_is_a_fatal_57p01_naming_the_revocation(
+    stack: PgStack, cli_state: State
+) -> None:
+    client = await RawClient.open(stack)
+    try:
+        await client.login(stack.token("etl"))
+        t0 = time.monotonic()
+        cli_state.revocations.revoke_dag("prod", "etl", None, "test")
+        fields = await client.error()
+        took = time.monotonic() - t0
+        assert took < WITHIN, f"FATAL {took:.3f}s after the revocation"
+        assert (fields["V"], fields["C"]) == ("FATAL", "57P01")
+        assert "revoked" in fields["M"]
+        assert await client.recv() is None  # and the connection closes
+    finally:
+        client.close()
+        cli_state.close()
+
+
+async def test_a_dag_block_ends_that_dags_sessions_and_no_other(
+    stack: PgStack, cli_state: State
+) -> None:
+    blocked = await stack.connect("etl")
+    kept = await stack.connect("ops")
+    try:
+        t0 = time.monotonic()
+        cli_state.revocations.block("prod", "etl", by="test", reason="kill switch")
+        await _readable(blocked, 5.0)
+        assert time.monotonic() - t0 < WITHIN
+        with pytest.raises(psycopg.OperationalError, match="revoked"):
+            await blocked.execute("SELECT 1")
+        cur = await kept.execute("SELECT 1")
+        assert await cur.fetchall() == [(1,)]
+    finally:
+        await blocked.close()
+        await kept.close()
+        cli_state.close()
+    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    assert [r.principal for r in ended] == ["airflow:prod/etl/load"]
+
+
+async def test_many_idle_sessions_end_together(stack: PgStack, cli_state: State) -> None:
+    conns = [await stack.connect("etl") for _ in range(10)]
+    try:
+        t0 = time.monotonic()
+        cli_state.revocations.revoke_dag("prod", "etl", None, "test")
+        waits = await asyncio.gather(*(_readable(c, 5.0) for c in conns))
+        assert time.monotonic() - t0 < WITHIN, waits
+    finally:
+        for conn in conns:
+            await conn.close()
+        cli_state.close()
+    assert len([r for r in stack.audit("denied") if r.reason == "token_revoked"]) == 10
