@@ -1,0 +1,139 @@
+"""A revocation closes the open CQL connections of the revoked token within a second, idle
+ones included, whoever revoked it (here: another State over the same data_dir, the way
+``lockgate token revoke`` does); the driver's reconnect with that token is refused, and
+sessions of other tokens stay open. The real cassandra-driver and the fake node."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jwt
+import pytest
+from cassandra.cluster import NoHostAvailable, Session
+
+from lockgate.gateway.cql import codec
+from lockgate.state import State
+
+from .engine_stack import RESOURCE, RawClient, Stack, connect, stack_fixture
+
+#: The bound the gateway promises (the revocation tick is 0.2 s).
+WITHIN = 1.0
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async for s in stack_fixture(tmp_path):
+        yield s
+
+
+@pytest.fixture
+def cli_state(stack: Stack) -> State:
+    """A second handle on the gateway's state, as the CLI opens it."""
+    return State(stack.gw.config)
+
+
+def _jti(token: str) -> str:
+    return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+async def _logged_in(stack: Stack, token: str) -> RawClient:
+    client = await RawClient.open(stack.port)
+    assert isinstance(await client.login(token), codec.AuthSuccess)
+    return client
+
+
+def _count(session: Session) -> int:
+    return int(session.execute("SELECT count(*) FROM ks.orders").one()[0])
+
+
+async def test_an_idle_connection_of_a_revoked_token_closes_within_a_second(
+    stack: Stack, cli_state: State
+) -> None:
+    token, other_token = stack.token(), stack.token()
+    revoked, kept = await _logged_in(stack, token), await _logged_in(stack, other_token)
+    try:
+        t0 = time.monotonic()
+        cli_state.revocations.revoke_jti(_jti(token), time.time() + 900, "test")
+        assert await revoked.closed(timeout=5.0)
+        took = time.monotonic() - t0
+        assert took < WITHIN, f"connection closed {took:.3f}s after the revocation"
+        # The other token's connection goes on.
+        kept.send(codec.Query(stream=7, query="SELECT * FROM ks.orders"))
+        assert isinstance(await kept.recv(), codec.Result)
+        # The revoked token cannot log in again.
+        again = await RawClient.open(stack.port)
+        try:
+            refusal = await again.login(token)
+            assert isinstance(refusal, codec.Error) and "revoked" in refusal.message
+        finally:
+            again.close()
+    finally:
+        revoked.close()
+        kept.close()
+        cli_state.close()
+    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    assert len(ended) == 1
+    assert (ended[0].principal, ended[0].resource, ended[0].action) == (
+        "airflow:prod/etl/load",
+        RESOURCE,
+        "connect",
+    )
+
+
+async def test_the_driver_loses_its_connections_and_its_reconnect_is_refused(
+    stack: Stack, cli_state: State
+) -> None:
+    token = stack.token()
+    session = await asyncio.to_thread(connect, stack.port, token)
+    other = await asyncio.to_thread(connect, stack.port, stack.token("ops"))
+    try:
+        assert await asyncio.to_thread(_count, session) == 0
+        t0 = time.monotonic()
+        cli_state.revocations.revoke_jti(_jti(token), time.time() + 900, "test")
+        for _ in range(100):  # every connection of the driver (control one and pool) ended
+            ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+            if len(ended) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - t0
+        assert len(ended) >= 2 and took < WITHIN, f"{len(ended)} ended in {took:.3f}s"
+        with pytest.raises(NoHostAvailable):
+            await asyncio.to_thread(_count, session)
+        for _ in range(200):  # the driver reconnects on its own: refused, the token is revoked
+            refused = [r for r in stack.audit("auth_failed") if r.reason == "revoked"]
+            if refused:
+                break
+            await asyncio.sleep(0.05)
+        assert refused and refused[-1].principal == "airflow:prod/etl/load"
+        with pytest.raises(NoHostAvailable):
+            await asyncio.to_thread(_count, session)
+        assert await asyncio.to_thread(_count, other) == 0  # another token's session goes on
+    finally:
+        await asyncio.to_thread(session.cluster.shutdown)
+        await asyncio.to_thread(other.cluster.shutdown)
+        cli_state.close()
+
+
+async def test_a_dag_block_closes_that_dags_connections_and_no_other(
+    stack: Stack, cli_state: State
+) -> None:
+    blocked, kept = (
+        await _logged_in(stack, stack.token()),
+        await _logged_in(stack, stack.token("ops")),
+    )
+    try:
+        t0 = time.monotonic()
+        cli_state.revocations.block("prod", "etl", by="test", reason="kill switch")
+        assert await blocked.closed(timeout=5.0)
+        assert time.monotonic() - t0 < WITHIN
+        kept.send(codec.Query(stream=7, query="SELECT * FROM ks.orders"))
+        assert isinstance(await kept.recv(), codec.Result)
+    finally:
+        blocked.close()
+        kept.close()
+        cli_state.close()
+    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    assert [r.principal for r in ended] == ["airflow:prod/etl/load"]
