@@ -4,9 +4,10 @@ workers, DAG processor, API server and the **triggerer** (``airflow standalone``
 
 In the triggerer the secrets backend meets what production gives it: a trigger-runner
 process shared by triggers, which names each trigger's deferred task try only in its log
-context. The Data Factory trigger polls with the deployment's poll token through the
-identity endpoint and the forward proxy; the HTTP sensor's trigger sends its requests with
-a token minted in the triggerer for the deferred task try itself.
+context. The Data Factory trigger polls through the identity endpoint and the forward proxy
+with a poll token narrowed to its DAG run (its connection's client_id), made from the
+deployment's poll token in the process environment; the HTTP sensor's trigger sends its
+requests with a token minted in the triggerer for the deferred task try itself.
 
 Both triggers last several seconds on purpose: a trigger that fires at once (a deferred
 ``HttpOperator``'s single request) can resume its task before a loaded scheduler has
@@ -171,12 +172,18 @@ def test_the_triggerer_serves_deferred_adf_and_http_through_lockgate(
     assert states == dict.fromkeys(DAGS, "success"), (states, logs[-8000:])
     stack.gateway.audit.flush(5.0)
     records = stack.gateway.audit.search(limit=1000)
-    # ADF: the run the task started was polled by the deployment's poll token
+    # ADF: the run the task started was polled by a poll token narrowed to its DAG run,
+    # which the identity endpoint made from the deployment's (the triggerer's environment)
     polls = [r for r in records if r.resource == "arm" and r.task_id == "@poll"]
-    assert [r.dag_id for r in polls if r.event == "token_issued"] == ["@triggerer"]
+    issued = [r for r in polls if r.event == "token_issued"]
+    assert [r.dag_id for r in issued] == ["@triggerer", "adf_load_orders_deferred"], issued
+    adf_run = [r.run_id for r in records if r.dag_id == "adf_load_orders_deferred"
+               and r.task_id == "run_load_orders" and r.action == "run"]  # fmt: skip
+    assert adf_run and issued[1].run_id == adf_run[0]
     polled = [r for r in polls if r.event != "token_issued"]
     assert polled and all(r.event in ("admitted", "allowed") for r in polled), polled
     assert {r.object for r in polled} == {"factory:adf-prod/pipeline:load_orders"}
+    assert {(r.dag_id, r.run_id) for r in polled} == {("adf_load_orders_deferred", adf_run[0])}
     # HTTP: the triggerer minted a token of the deferred try, and the polls went as it
     sensor = [r for r in records if r.dag_id == "finance_deferred_sensor"]
     minted = [r for r in sensor if r.event == "token_issued"]
