@@ -6,13 +6,14 @@ sessions of other tokens stay open. The real cassandra-driver and the fake node.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import jwt
 import pytest
-from cassandra.cluster import NoHostAvailable, Session
+from cassandra.cluster import NoHostAvailable, Session  # type: ignore[import-untyped]
 
 from lockgate.gateway.cql import codec
 from lockgate.state import State
@@ -137,3 +138,29 @@ async def test_a_dag_block_closes_that_dags_connections_and_no_other(
         cli_state.close()
     ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
     assert [r.principal for r in ended] == ["airflow:prod/etl/load"]
+
+
+@pytest.mark.slow
+async def test_session_end_latency_over_a_hundred_revocations(
+    stack: Stack, cli_state: State
+) -> None:
+    """p50/p99 of revocation -> connection closed, one idle connection per revocation."""
+    took = []
+    try:
+        for _ in range(100):
+            token = stack.token()
+            client = await _logged_in(stack, token)
+            try:
+                await asyncio.sleep(random.uniform(0, 0.2))  # not in step with the tick
+                t0 = time.monotonic()
+                cli_state.revocations.revoke_jti(_jti(token), time.time() + 900, "test")
+                assert await client.closed(timeout=5.0)
+                took.append(time.monotonic() - t0)
+            finally:
+                client.close()
+    finally:
+        cli_state.close()
+    took.sort()
+    p50, p99 = took[49], took[98]
+    print(f"cql session end after revocation: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    assert p99 < WITHIN
