@@ -10,8 +10,9 @@ call that made the change):
 
 * **revocation**: a token minted on r1 is revoked by jti on r2 (``POST /v1/revoke``); time
   until r1 and r3 refuse it (each polled until 401);
-* **open PostgreSQL session**: a session through r1 runs a statement every 20 ms; its token
-  revoked on r2; time until its next statement is refused (and the connection closed);
+* **open PostgreSQL sessions**: a session through r1 runs a statement every 20 ms, or sits
+  idle; its token revoked on r2; time until the session ends (a statement refused, or the
+  gateway's FATAL on the idle connection) -- and it must be closed;
 * **credential rotation**: ``lockgate creds rotate`` on r3 under load through every replica;
   time until a request through each replica reaches the upstream with the new secret; the
   upstream accepts old and new until every replica has switched, then the new one only:
@@ -89,11 +90,13 @@ def _propagation(cluster: Cluster, args: argparse.Namespace, lines: list[str]) -
         every += values
     lines.append(_p99_line(f"revocation p99 over {len(every)} refusals", every))
 
-    sessions = session_closure(cluster, args.sessions, session_on=0, revoke_on=1)
-    print(f"open PostgreSQL session on r1, revoked on r2: {summary_ms(sessions.latencies)}; "
-          f"closed: {sum(sessions.closed)}/{len(sessions.closed)}", flush=True)  # fmt: skip
-    lines.append(_p99_line("session refusal p99", sessions.latencies))
-    lines.append(_zero("sessions left open", len(sessions.closed) - sum(sessions.closed)))
+    for kind, idle in (("busy", False), ("idle", True)):
+        sessions = session_closure(cluster, args.sessions, session_on=0, revoke_on=1, idle=idle)
+        left_open = len(sessions.closed) - sum(sessions.closed)
+        print(f"{kind} PostgreSQL session on r1, revoked on r2: ended after "
+              f"{summary_ms(sessions.latencies)}; {left_open} left open", flush=True)  # fmt: skip
+        lines.append(_p99_line(f"{kind} session end p99", sessions.latencies))
+        lines.append(_zero(f"{kind} sessions left open", left_open))
 
     rotation = credential_rotation(cluster, args.rotations, rotate_on=2)
     every = []

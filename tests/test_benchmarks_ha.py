@@ -27,7 +27,8 @@ def test_the_benchmark_runs_end_to_end_briefly(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     for label in (
         "revocation p99 over 6 refusals",
-        "session refusal p99",
+        "busy session end p99",
+        "idle sessions left open",
         "credential rotation p99 over 6 switches",
         "signing key publication p99",
         "requests failed on the surviving replicas",

@@ -20,10 +20,12 @@ Failures (a replica killed, PostgreSQL away): :mod:`tests.ha.failures`.
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import math
 import secrets
+import select
 import threading
 import time
 import urllib.request
@@ -202,50 +204,26 @@ class SessionFigures:
 
 
 def session_closure(
-    cluster: Cluster, count: int, *, session_on: int = 0, revoke_on: int = 1
+    cluster: Cluster, count: int, *, session_on: int = 0, revoke_on: int = 1, idle: bool = False
 ) -> SessionFigures:
     """``count`` times: a PostgreSQL session through ``session_on``'s postgres listener runs
-    a statement every 20 ms; its token is revoked on ``revoke_on``; time until a statement
-    fails. A session still running after :data:`PROPAGATION_TIMEOUT` records ``inf``."""
-    replica = cluster.replicas[session_on]
+    a statement every 20 ms (``idle``: ran one, then waits); its token is revoked on
+    ``revoke_on``; time until a statement fails (``idle``: until the gateway ends the
+    connection). A session still open after :data:`PROPAGATION_TIMEOUT` records ``inf``."""
     figures = SessionFigures()
     for n in range(count):
         token, jti = cluster.mint(0, run_id=f"pg-session-{n}", conn_id=PG_CONN_ID)
         conn = psycopg.connect(
-            host="127.0.0.1", port=replica.postgres_port, dbname=PG_RESOURCE,
-            user="lockgate", password=token, sslmode="disable", autocommit=True,
-            connect_timeout=10,
+            host="127.0.0.1", port=cluster.replicas[session_on].postgres_port,
+            dbname=PG_RESOURCE, user="lockgate", password=token, sslmode="disable",
+            autocommit=True, connect_timeout=10,
         )  # fmt: skip
-        failed: list[tuple[float, str]] = []
-        served: list[int] = [0]
-
-        def statements(conn: psycopg.Connection[Any] = conn, failed: list[Any] = failed,
-                       served: list[int] = served) -> None:  # fmt: skip
-            while not failed:
-                try:
-                    conn.execute("SELECT item FROM sales.orders ORDER BY id").fetchall()
-                    served[0] += 1
-                except psycopg.Error as exc:
-                    failed.append((time.monotonic(), str(exc)))
-                    return
-                time.sleep(0.02)
-
-        worker = threading.Thread(target=statements, daemon=True)
         try:
-            worker.start()
-            while served[0] < 5 and not failed:  # an open, working session
-                time.sleep(0.01)
-            assert not failed, failed
-            cluster.revoke_jti(revoke_on, jti)
-            start = time.monotonic()
-            worker.join(PROPAGATION_TIMEOUT)
-            if not failed:
-                figures.latencies.append(float("inf"))
-                figures.messages.append("")
-                figures.closed.append(False)
-                continue
-            figures.latencies.append(failed[0][0] - start)
-            figures.messages.append(failed[0][1])
+            assert conn.execute("SELECT item FROM sales.orders ORDER BY id").fetchall()
+            ended = _ended_idle if idle else _ended_busy
+            seconds, message = ended(conn, functools.partial(cluster.revoke_jti, revoke_on, jti))
+            figures.latencies.append(seconds)
+            figures.messages.append(message)
             try:
                 conn.execute("SELECT 1")
                 figures.closed.append(False)
@@ -254,6 +232,49 @@ def session_closure(
         finally:
             conn.close()
     return figures
+
+
+def _ended_busy(conn: psycopg.Connection[Any], revoke: Callable[[], None]) -> tuple[float, str]:
+    """Statements every 20 ms in a thread while ``revoke()`` runs: seconds from its return
+    to the first failed statement, and the error."""
+    failed: list[tuple[float, str]] = []
+    served = [0]
+
+    def statements() -> None:
+        while not failed:
+            try:
+                conn.execute("SELECT item FROM sales.orders ORDER BY id").fetchall()
+                served[0] += 1
+            except psycopg.Error as exc:
+                failed.append((time.monotonic(), str(exc)))
+                return
+            time.sleep(0.02)
+
+    worker = threading.Thread(target=statements, daemon=True)
+    worker.start()
+    while served[0] < 5 and not failed:  # an open, working session
+        time.sleep(0.01)
+    assert not failed, failed
+    revoke()
+    start = time.monotonic()
+    worker.join(PROPAGATION_TIMEOUT)
+    return (failed[0][0] - start, failed[0][1]) if failed else (float("inf"), "")
+
+
+def _ended_idle(conn: psycopg.Connection[Any], revoke: Callable[[], None]) -> tuple[float, str]:
+    """An idle session while ``revoke()`` runs: seconds from its return until the gateway
+    wrote to the connection (its FATAL, then the close), and the error of the next use."""
+    revoke()
+    start = time.monotonic()
+    readable, _, _ = select.select([conn.fileno()], [], [], PROPAGATION_TIMEOUT)
+    if not readable:
+        return float("inf"), ""
+    seconds = time.monotonic() - start
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return seconds, str(exc)
+    return seconds, ""
 
 
 # -- credential rotation --------------------------------------------------------------------

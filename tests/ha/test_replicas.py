@@ -57,15 +57,20 @@ def test_lockgate_token_revoke_on_r2_is_refused_on_r1_and_r3_within_a_second(
         assert max(values) < 1.0, values
 
 
-def test_a_revocation_on_r2_closes_open_postgres_sessions_on_r1(cluster: Cluster) -> None:
-    """Sessions through r1 running a statement every 20 ms: their token revoked on r2, the
-    next statement is refused (FATAL, reason revoked) and the connection closed, within a
-    second of the revoke call's return."""
-    figures = session_closure(cluster, 10, session_on=0, revoke_on=1)
-    print(f"open PostgreSQL sessions on r1 refused after revoke on r2: "
+@pytest.mark.parametrize("idle", [False, True], ids=["busy", "idle"])
+def test_a_revocation_on_r2_ends_open_postgres_sessions_on_r1(cluster: Cluster, idle: bool) -> None:
+    """Sessions through r1, running a statement every 20 ms or idle: their token revoked on
+    r2, the session ends (FATAL naming the revocation, connection closed) within a second
+    of the revoke call's return."""
+    figures = session_closure(cluster, 10, session_on=0, revoke_on=1, idle=idle)
+    print(f"{'idle' if idle else 'busy'} PostgreSQL sessions on r1 ended after revoke on r2: "
           f"{summary_ms(figures.latencies)}")  # fmt: skip
     assert max(figures.latencies) < 1.0, figures.latencies
-    assert all("no longer valid (revoked)" in m for m in figures.messages), figures.messages
+    # the FATAL names the revocation; a statement in flight at that moment may see the
+    # connection closed under it instead
+    assert all("revoked" in m or (not idle and "server closed the connection" in m)
+               for m in figures.messages), figures.messages  # fmt: skip
+    assert sum("revoked" in m for m in figures.messages) >= len(figures.messages) // 2
     assert all(figures.closed)
 
 
