@@ -4,6 +4,7 @@ PostgreSQL database."""
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from lockgate.config import parse_config
 from lockgate.errors import StoreUnavailable
 from lockgate.identity.rate_limit import (
+    DOMAIN,
     Bucket,
     Limit,
     RateLimiter,
@@ -25,7 +27,8 @@ from lockgate.identity.rate_limit import (
     retry_after,
     take,
 )
-from lockgate.store import PostgresDatabase, SqliteDatabase
+from lockgate.state import State
+from lockgate.store import SqliteDatabase
 from tests.pgserver.fixtures import SharedStateFactory
 
 # Times in eighths of a second and rates in halves: exact in binary floating point, so the
@@ -174,16 +177,27 @@ def test_processes_on_one_sqlite_file_share_one_budget(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def two_replicas(pg_state: SharedStateFactory) -> Iterator[tuple[RateLimits, RateLimits]]:
-    settings_ = pg_state()
-    dbs = [PostgresDatabase(settings_, replica_id=f"r{i}") for i in (1, 2)]
-    cfg = parse_config({"tokens": {"rate_limit": {"mint_per_second": 0.001, "burst": 30}}})
-    limits = (RateLimits.for_config(cfg, dbs[0]), RateLimits.for_config(cfg, dbs[1]))
+def two_replicas(
+    pg_state: SharedStateFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[RateLimits, RateLimits]]:
+    """The rate limits of two replicas' States on one PostgreSQL (own data directories and
+    replica ids, one master key)."""
+    monkeypatch.setenv("LOCKGATE_MASTER_KEY", base64.b64encode(b"k" * 32).decode())
+    shared = pg_state().model_dump(mode="json", exclude_none=True)
+    states: list[State] = []
     try:
-        yield limits
+        for replica in ("replica-1", "replica-2"):
+            raw = {
+                "data_dir": str(tmp_path / replica),
+                "tokens": {"rate_limit": {"mint_per_second": 0.001, "burst": 30}},
+                "state": {"postgresql": {**shared, "replica_id": replica}},
+            }
+            states.append(State(parse_config(raw, tmp_path / "lockgate.yaml")))
+        first, second = (RateLimits.for_config(s.config, s.database(DOMAIN)) for s in states)
+        yield first, second
     finally:
-        for db in dbs:
-            db.close()
+        for s in states:
+            s.close()
 
 
 def test_two_replicas_on_one_postgresql_share_one_budget(
