@@ -4,7 +4,9 @@ An engine serves one resource kind on its own listener(s): it authenticates each
 with its Lockgate token, classifies each request or statement into an action on an
 object, asks policy, talks upstream with the gateway's own credential, relays and audits.
 Every engine implements :class:`Engine`; :mod:`lockgate.gateway.registry` maps a resource
-kind to its engine class, and the server wires them by kind alone.
+kind to its engine class, and the server wires them by kind alone. An engine whose clients
+hold long sessions (CQL, PostgreSQL) also implements :class:`EndsRevokedSessions`, so that
+a revocation ends an idle session at once, not at its next statement.
 
 Collaborators (token verifier, policy, credential broker, audit sink, assertion signer)
 are seen only through the :class:`typing.Protocol` s below, so an engine can be built and
