@@ -10,12 +10,13 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 from cassandra.cluster import NoHostAvailable, Session  # type: ignore[import-untyped]
 
-from lockgate.gateway.cql import codec
+from lockgate.gateway.cql import codec, upstream
 from lockgate.state import State
 
 from .engine_stack import RESOURCE, RawClient, Stack, connect, stack_fixture
@@ -164,3 +165,27 @@ async def test_session_end_latency_over_a_hundred_revocations(
     p50, p99 = took[49], took[98]
     print(f"cql session end after revocation: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     assert p99 < WITHIN
+
+
+async def test_a_login_the_revocation_lands_during_is_refused(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token verified, then the revocation reloads while the login awaits its upstream
+    connection: the engine ends only sessions logged in, so the login checks again."""
+    token = stack.token()
+    connect_upstream = upstream.connect
+
+    async def revoked_meanwhile(*args: Any, **kwargs: Any) -> upstream.UpstreamLink:
+        link = await connect_upstream(*args, **kwargs)
+        stack.gw.state.revocations.revoke_jti(_jti(token), time.time() + 900, "test")
+        return link
+
+    monkeypatch.setattr(upstream, "connect", revoked_meanwhile)
+    client = await RawClient.open(stack.port)
+    try:
+        refusal = await client.login(token)
+        assert isinstance(refusal, codec.Error) and "revoked" in refusal.message
+    finally:
+        client.close()
+    refused = [r for r in stack.audit("auth_failed") if r.reason == "revoked"]
+    assert refused and refused[-1].principal == "airflow:prod/etl/load"

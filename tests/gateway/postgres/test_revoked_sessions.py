@@ -10,11 +10,13 @@ import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import jwt
 import psycopg
 import pytest
 
+from lockgate.gateway.postgres import codec, upstream
 from lockgate.state import State
 from tests.pgserver import PgServer
 
@@ -189,3 +191,31 @@ async def test_session_end_latency_over_a_hundred_revocations(
         f"postgres session end after revocation: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
     )
     assert p99 < WITHIN
+
+
+async def test_a_login_the_revocation_lands_during_is_refused(
+    stack: PgStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token verified, then the revocation reloads while the login awaits its upstream
+    connection: the engine ends only sessions logged in, so the login checks again."""
+    token = stack.token("etl")
+    connect_upstream = upstream.connect
+
+    async def revoked_meanwhile(*args: Any, **kwargs: Any) -> upstream.UpstreamLink:
+        link = await connect_upstream(*args, **kwargs)
+        stack.gw.state.revocations.revoke_jti(_jti(token), time.time() + 900, "test")
+        return link
+
+    monkeypatch.setattr(upstream, "connect", revoked_meanwhile)
+    client = await RawClient.open(stack)
+    try:
+        client.writer.write(codec.startup_message({"user": "lockgate", "database": RESOURCE}))
+        await client.until(codec.AUTHENTICATION)
+        client.writer.write(codec.password_message(token))
+        fields = await client.error()
+        assert (fields["V"], fields["C"]) == ("FATAL", "28000")
+        assert "revoked" in fields["M"]
+    finally:
+        client.close()
+    refused = [r for r in stack.audit("auth_failed") if r.reason == "revoked"]
+    assert refused and refused[-1].principal == "airflow:prod/etl/load"
