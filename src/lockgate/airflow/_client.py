@@ -2,7 +2,9 @@
 
 Standard library only (urllib), so the provider adds no dependency to Airflow workers.
 The deployment's client secret is read from a file or an environment variable, sent only
-in the token request body, and never logged.
+in the token request body, and never logged. An answer that says "later" (429 over a rate
+limit, or 503 with ``Retry-After``) is retried after the time it names, as long as the
+whole call stays within ``retry_budget`` seconds; past that it is GatewayUnavailable.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from typing import Any
 # A task try as the token service names it: dag_id, task_id, run_id (strings), try_number
 # and map_index (integers; -1 for a task that is not mapped).
 Coordinates = dict[str, str | int]
+#: Seconds one call may spend waiting on "retry later" answers before giving up.
+DEFAULT_RETRY_BUDGET = 30.0
+_MAX_RETRY_AFTER = 60.0  # a longer wait than this is not worth holding a task slot for
 
 
 class GatewayDenied(Exception):
@@ -36,6 +41,15 @@ class GatewayDenied(Exception):
 
 class GatewayUnavailable(Exception):
     """The token service could not be reached or answered an unexpected error."""
+
+
+class _RetryLater(Exception):
+    """The token service asked to be asked again in ``seconds``."""
+
+    def __init__(self, status: int, seconds: float) -> None:
+        super().__init__(status, seconds)
+        self.status = status
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,7 @@ class TokenServiceClient:
         client_secret_env: str | None = None,
         ca_file: str | None = None,
         timeout: float = 10.0,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
     ) -> None:
         self.url = url.rstrip("/")
         self.deployment = deployment
@@ -80,6 +95,7 @@ class TokenServiceClient:
         self._secret_file = client_secret_file
         self._secret_env = client_secret_env
         self.timeout = timeout
+        self.retry_budget = retry_budget
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     def _client_secret(self) -> str:
@@ -105,6 +121,20 @@ class TokenServiceClient:
         return self._send(req)
 
     def _send(self, req: urllib.request.Request) -> dict[str, Any]:
+        """One call, retried while the gateway says "later" and the budget allows."""
+        deadline = time.monotonic() + self.retry_budget
+        while True:
+            try:
+                return self._send_once(req)
+            except _RetryLater as later:
+                if time.monotonic() + later.seconds > deadline:
+                    raise GatewayUnavailable(
+                        f"Lockgate token service busy (HTTP {later.status}); "
+                        f"retry after {later.seconds:g} s"
+                    ) from None
+                time.sleep(later.seconds)
+
+    def _send_once(self, req: urllib.request.Request) -> dict[str, Any]:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:  # noqa: S310
                 return _json_object(resp.read())
@@ -115,6 +145,8 @@ class TokenServiceClient:
                 body = {"error": f"HTTP {exc.code}"}
             if exc.code in (400, 401, 403, 404):
                 raise GatewayDenied(exc.code, body) from None
+            if exc.code == 429 or (exc.code == 503 and exc.headers.get("Retry-After")):
+                raise _RetryLater(exc.code, _retry_after(exc.headers.get("Retry-After"))) from None
             raise GatewayUnavailable(f"Lockgate token service answered HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise GatewayUnavailable(
@@ -173,6 +205,17 @@ def _minted(body: dict[str, Any]) -> MintedToken:
         jti=body.get("jti", ""),
         principal=body.get("principal", ""),
     )
+
+
+def _retry_after(value: str | None) -> float:
+    """``Retry-After`` in seconds (an HTTP date or nonsense: 1 s), within 1 s .. 60 s."""
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return 1.0
+    if seconds != seconds:  # NaN
+        return 1.0
+    return min(max(seconds, 1.0), _MAX_RETRY_AFTER)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
