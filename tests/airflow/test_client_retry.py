@@ -20,7 +20,7 @@ def answers() -> Iterator[tuple[list[tuple[int, dict[str, str]]], str]]:
     queue: list[tuple[int, dict[str, str]]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             status, headers = queue.pop(0) if queue else (200, {})
             body = json.dumps(TOKEN if status == 200 else {"error": "slow_down"}).encode()
