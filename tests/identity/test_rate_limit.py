@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 
 from lockgate.config import parse_config
 from lockgate.errors import StoreUnavailable
+from lockgate.identity.client_auth import named_client
 from lockgate.identity.rate_limit import (
     DOMAIN,
     Bucket,
     Limit,
     RateLimiter,
     RateLimits,
-    named_client,
     retry_after,
     take,
 )

@@ -37,7 +37,7 @@ class _UnreachableFor:
 
 def _stale_service(env: Env, seconds: float, bound: float = 30) -> None:
     database: Any = _UnreachableFor(seconds)
-    env.service._staleness = StalenessBound(database, bound)
+    env.service._client_auth._staleness = StalenessBound(database, bound)
 
 
 async def test_a_stale_replica_mints_nothing_and_says_why(service_env: Env) -> None:
@@ -119,7 +119,7 @@ async def test_a_replay_ledger_that_cannot_answer_is_our_failure_not_the_clients
     def unreachable(*_args: object) -> bool:
         raise StoreUnavailable("PostgreSQL db:5432/lockgate: no connection within 5 s")
 
-    monkeypatch.setattr(service_env.service._assertions._ledger, "claim", unreachable)
+    monkeypatch.setattr(service_env.service._client_auth._assertions._ledger, "claim", unreachable)
     status, body = await service_env.post("/v1/token", pk_body(assertion()))
     assert status == 503 and body["error"] == "temporarily_unavailable"
     assert service_env.events[-1][1]["reason"] == "assertion_replay_check_unavailable"

@@ -6,7 +6,7 @@ revocation hook), binds every route to one :class:`~lockgate.control.context.Con
 and serves them on the control listener with the same handshake timeout and cap as every
 other listener. It owns the dynamic roles' lifecycle (start, and drop every live role on
 close). The token service it makes carries the rate limits
-(:mod:`lockgate.identity.rate_limit`); a middleware tells them each request's address.
+(:mod:`lockgate.identity.rate_limit`); each door passes the request's address.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from lockgate.control.poll_token import poll_token_handler
 from lockgate.control.token import add_token_routes
 from lockgate.gateway.dynamic_roles import DbRoles
 from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
-from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenVerifier
+from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenService, TokenVerifier
 from lockgate.identity.once import OnceLedger
-from lockgate.identity.rate_limit import REMOTE, RateLimitedTokenService, RateLimits
+from lockgate.identity.rate_limit import REMOTE, RateLimits
 
 BODY_LIMIT = 64 * 1024  # every control request is a small form or JSON document
 
@@ -78,8 +78,8 @@ def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -
 
 @web.middleware
 async def remember_remote(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The request's address for the failed-authentication limit, which the token
-    service's authenticate step (fed the body and header only) reads."""
+    """The request's address for the failed-authentication limit, read by the token
+    service's authenticate step when its door does not pass the address itself."""
     REMOTE.set(request.remote)
     return await handler(request)
 
@@ -126,7 +126,7 @@ class ControlPlane:
             shared = revocations.shared
             where = revocations.database if shared else config.data_dir / "rate_limits.db"
             rate_limits = RateLimits.for_config(config, where)
-        tokens = RateLimitedTokenService(
+        tokens = TokenService(
             config,
             keys,
             revocations,
@@ -175,7 +175,7 @@ class ControlPlane:
             await self._server.wait_closed()
         if self.ctx.db_roles is not None:
             await self.ctx.db_roles.close()
-        if isinstance(self.ctx.tokens, RateLimitedTokenService):
+        if self.ctx.tokens.rate_limits is not None:
             self.ctx.tokens.rate_limits.close()
 
 

@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import web
 
 from lockgate.identity import MAX_BODY, OAuthError, TokenService, invalid_request, parse_body
-from lockgate.identity.rate_limit import take_mint
 from lockgate.identity.service import JWT_TOKEN_TYPE
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -50,7 +49,7 @@ def token_handler(service: TokenService) -> Handler:
         try:
             body = await read_body(request)
             grant = await service.authorize(body, request.headers.get("Authorization"), ctx)
-            await take_mint(service, grant.deployment.name)
+            await service.take_mint(grant.deployment.name)
         except OAuthError as exc:
             await service.refused(exc, ctx)
             return error_response(exc)

@@ -44,19 +44,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from lockgate import _log
 from lockgate.config import LockgateConfig
 from lockgate.config.identity import RateLimitSettings
 from lockgate.errors import StoreUnavailable
 from lockgate.identity._request import OAuthError
-from lockgate.identity.keys import KeyStore
 from lockgate.identity.once import open_database, upgrade_allowed
-from lockgate.identity.revocation import RevocationStore
-from lockgate.identity.service import MintPolicy, TokenService, _basic_credentials
-from lockgate.identity.tokens import TokenIssuer
 from lockgate.store import Database, Migration, migrate, register_domain
+
+if TYPE_CHECKING:  # the service holds the limits; this module never calls into it at import
+    from lockgate.identity.service import TokenService
 
 DOMAIN = "rate_limits"
 MIGRATIONS = (
@@ -79,8 +78,8 @@ FAILED_AUTH_REMOTE = "failed_auth_remote"
 
 log = _log.get("identity.rate_limit")
 
-#: The remote address of the control request being served (set by the control listener's
-#: middleware): :meth:`RateLimitedTokenService.authenticate` gets only the body and header.
+#: The remote address of the control request being served, set by the control listener's
+#: middleware for the doors that do not pass it to :meth:`TokenService.authenticate` yet.
 REMOTE: contextvars.ContextVar[str | None] = contextvars.ContextVar("lockgate_remote", default=None)
 
 
@@ -403,69 +402,16 @@ def rate_limited(error: str, description: str, limit: str, wait: int) -> OAuthEr
     )
 
 
-def named_client(
-    config: LockgateConfig, body: dict[str, str], authorization: str | None
-) -> str | None:
-    """The configured deployment a request names as its client (Basic user or
-    ``client_id``), or None. Only a configured name: an unknown "client id" may be a
-    secret pasted in the wrong field, which must not become a row or a log line."""
-    try:
-        basic = _basic_credentials(authorization)
-    except OAuthError:
-        basic = None
-    name = basic[0] if basic is not None else body.get("client_id")
-    if name and config.deployment(name) is not None:
-        return name
-    return None
-
-
 def is_failed_authentication(exc: OAuthError) -> bool:
     """A refusal that means "this proof is wrong" (not a malformed request, not our
     failure): what guessing produces."""
     return exc.status == 401 or exc.error == "invalid_grant"
 
 
-class RateLimitedTokenService(TokenService):
-    """The token service with the failed-authentication brake on :meth:`authenticate`, the
-    step every deployment-called door passes (token, revoke, poll token, database role,
-    Cosmos key, catalog). The mint brake is :meth:`take_mint`, which the minting doors call
-    once the grant is known and before anything is minted."""
-
-    def __init__(
-        self,
-        config: LockgateConfig,
-        keys: KeyStore,
-        revocations: RevocationStore,
-        issuer: TokenIssuer,
-        mint_policy: MintPolicy,
-        *args: Any,
-        rate_limits: RateLimits,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(config, keys, revocations, issuer, mint_policy, *args, **kwargs)
-        self.rate_limits = rate_limits
-
-    async def authenticate(
-        self, body: dict[str, str], authorization: str | None
-    ) -> tuple[str, str]:
-        client = named_client(self.config, body, authorization)
-        remote = REMOTE.get()
-        await self.rate_limits.refuse_if_cooling(client, remote)
-        try:
-            return await super().authenticate(body, authorization)
-        except OAuthError as exc:
-            if is_failed_authentication(exc):
-                await self.rate_limits.failed(client, remote)
-            raise
-
-    async def take_mint(self, deployment: str) -> None:
-        await self.rate_limits.take_mint(deployment)
-
-
 async def take_mint(service: TokenService, deployment: str) -> None:
-    """The mint brake of ``service`` (none for a plain :class:`TokenService`)."""
-    if isinstance(service, RateLimitedTokenService):
-        await service.take_mint(deployment)
+    """The mint brake of ``service`` (:meth:`TokenService.take_mint`), for the doors that
+    call it through this module."""
+    await service.take_mint(deployment)
 
 
 __all__ = [
@@ -479,11 +425,9 @@ __all__ = [
     "Bucket",
     "Decision",
     "Limit",
-    "RateLimitedTokenService",
     "RateLimiter",
     "RateLimits",
     "is_failed_authentication",
-    "named_client",
     "rate_limited",
     "retry_after",
     "take",

@@ -32,35 +32,32 @@ Neither the token nor any presented secret or assertion is ever logged, passed t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
 
 import aiohttp
 
 from lockgate import _log, metrics
 from lockgate.config import AnyResource, Deployment, LockgateConfig
-from lockgate.errors import AuthenticationError, StoreUnavailable
+from lockgate.errors import StoreUnavailable
 from lockgate.identity._request import OAuthError, may_act_for, revoke_target, task_request
 from lockgate.identity.attestation import AttestationFailed, AttestationUnavailable, attest
+from lockgate.identity.client_auth import (
+    TOKEN_EXCHANGE,
+    ClientAuthenticator,
+    shared_state_unavailable,
+)
 from lockgate.identity.keys import KeyStore
 from lockgate.identity.model import Claims, MintDecision, TaskIdentity
-from lockgate.identity.oidc import SUBJECT_TOKEN_TYPES, OidcVerifier
 from lockgate.identity.once import OnceLedger
-from lockgate.identity.proofs import ASSERTION_TYPE, AssertionVerifier, check_client_secret
+from lockgate.identity.rate_limit import REMOTE, RateLimits
 from lockgate.identity.revocation import RevocationStore
-from lockgate.identity.staleness import STALE_REASON, StalenessBound
 from lockgate.identity.tokens import TokenIssuer
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
-# The assertion verifier's reason when its replay ledger (the shared database) cannot answer.
-REPLAY_CHECK_UNAVAILABLE = "replay_check_unavailable"
 MintPolicy = Callable[[TaskIdentity, str, "int | None"], "MintDecision | Awaitable[MintDecision]"]
 EventSink = Callable[..., Any]
 RevokeHook = Callable[[str, dict[str, Any]], Any]  # (kind, target with deployment); may await
@@ -102,7 +99,16 @@ class TokenService:
         clock: Callable[[], float] = time.time,
         on_revoke: RevokeHook | None = None,
         assertion_ledger: OnceLedger | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
+        self._client_auth = ClientAuthenticator(
+            config,
+            revocations,
+            self._session,
+            clock=clock,
+            assertion_ledger=assertion_ledger,
+            rate_limits=rate_limits,
+        )
         self.config = config
         self.keys = keys
         self.revocations = revocations
@@ -113,10 +119,17 @@ class TokenService:
         self._owns_http = http is None
         self._clock = clock
         self._on_revoke = on_revoke
-        # seen client-assertion jtis: the state's ledger (None: data_dir/assertions.db)
-        self._assertions = AssertionVerifier(config, clock=clock, ledger=assertion_ledger)
-        self._staleness = StalenessBound.for_config(config, revocations.database)
-        self._oidc = OidcVerifier(config.oidc_issuers, self._session, leeway=config.tokens.leeway)
+        self.rate_limits = rate_limits
+
+    @property
+    def config(self) -> LockgateConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: LockgateConfig) -> None:
+        """A new catalog (the control plane's ``update_resources``) reaches every step."""
+        self._config = config
+        self._client_auth.config = config
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def close(self) -> None:
@@ -135,7 +148,9 @@ class TokenService:
     ) -> TaskGrant:
         """Steps 2-6: who asks, for which task and resource, and may it; fills ``ctx`` for the
         audit as it learns. Raises :class:`OAuthError` on any refusal."""
-        ctx["deployment"], ctx["proof"] = await self.authenticate(body, authorization)
+        ctx["deployment"], ctx["proof"] = await self.authenticate(
+            body, authorization, ctx.get("remote")
+        )
         dep = self.config.deployment(ctx["deployment"])
         assert dep is not None  # authenticate only returns configured deployments
         identity, resource_name, requested_ttl = task_request(self.config, dep.name, body)
@@ -219,7 +234,9 @@ class TokenService:
         run, a task try) or blocks (a DAG); the kind done. A refusal is recorded, then
         raised as :class:`OAuthError`."""
         try:
-            ctx["deployment"], ctx["proof"] = await self.authenticate(body, authorization)
+            ctx["deployment"], ctx["proof"] = await self.authenticate(
+                body, authorization, ctx.get("remote")
+            )
             dep = self.config.deployment(ctx["deployment"])
             assert dep is not None
             kind, target = revoke_target(body)
@@ -308,96 +325,23 @@ class TokenService:
 
     # -- steps --------------------------------------------------------------------------------
     async def authenticate(
-        self, body: dict[str, str], authorization: str | None
+        self, body: dict[str, str], authorization: str | None, remote: str | None = None
     ) -> tuple[str, str]:
         """Step 2, for every door a deployment calls: (deployment name, proof kind) from the
         body's fields and the ``Authorization`` header, or :class:`OAuthError` (not yet
-        recorded: the caller passes it to :meth:`refused`). Every door that mints passes here
-        first, so a replica past its staleness bound refuses them all."""
-        self._refuse_if_stale()
-        grant = body.get("grant_type")
-        if grant == TOKEN_EXCHANGE or (grant is None and "subject_token" in body):
-            if body.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
-                raise OAuthError(
-                    400,
-                    "invalid_request",
-                    "unsupported subject_token_type",
-                    reason="bad_subject_token_type",
-                )
-            try:
-                subject = await self._oidc.verify(body.get("subject_token", ""))
-            except AuthenticationError as exc:
-                raise OAuthError(
-                    400, "invalid_grant", "subject token rejected", reason=f"oidc_{exc.reason}"
-                ) from None
-            return subject.deployment, "oidc"
-        if grant not in (None, "client_credentials"):
-            raise OAuthError(
-                400,
-                "unsupported_grant_type",
-                "unsupported grant_type",
-                reason="unsupported_grant_type",
-            )
-        basic = _basic_credentials(authorization)
-        if "client_assertion" in body:
-            if body.get("client_assertion_type") != ASSERTION_TYPE or basic is not None:
-                raise OAuthError(
-                    401,
-                    "invalid_client",
-                    "unsupported client assertion",
-                    reason="bad_assertion_type",
-                )
-            try:
-                # Off the loop when shared: the assertion's jti is claimed in the database.
-                name = await self.revocations.off_loop(
-                    self._assertions.verify, body["client_assertion"], body.get("client_id")
-                )
-            except StoreUnavailable as exc:
-                raise shared_state_unavailable(exc) from None
-            except AuthenticationError as exc:
-                if exc.reason == REPLAY_CHECK_UNAVAILABLE:  # our failure, not the client's
-                    raise OAuthError(
-                        503,
-                        "temporarily_unavailable",
-                        "client assertion replay check unavailable; try again later",
-                        reason=f"assertion_{exc.reason}",
-                    ) from None
-                raise OAuthError(
-                    401,
-                    "invalid_client",
-                    "client assertion rejected",
-                    reason=f"assertion_{exc.reason}",
-                ) from None
-            return name, "private_key_jwt"
-        if basic is not None and ("client_secret" in body):
-            raise OAuthError(
-                400,
-                "invalid_request",
-                "use one client authentication method",
-                reason="multiple_client_auth",
-            )
-        client_id, secret = basic or (body.get("client_id"), body.get("client_secret"))
-        if not client_id or not secret:
-            raise OAuthError(
-                401,
-                "invalid_client",
-                "client authentication required",
-                reason="missing_client_auth",
-                basic_challenge=True,
-            )
-        try:
-            return check_client_secret(self.config, client_id, secret), "client_secret"
-        except AuthenticationError:
-            raise OAuthError(
-                401,
-                "invalid_client",
-                "client authentication failed",
-                reason="bad_client_secret",
-                basic_challenge=True,
-                # Only a configured name: an unknown "client id" may be the secret itself
-                # (id and secret swapped), which must reach neither audit nor logs.
-                client_id=client_id if self.config.deployment(client_id) else "(unknown)",
-            ) from None
+        recorded: the caller passes it to :meth:`refused`). Every door passes here first, so
+        a replica past its staleness bound refuses them all, and a client or ``remote``
+        address cooling down after failed authentications is refused whatever it presents
+        (:mod:`lockgate.identity.client_auth`)."""
+        if remote is None:  # a door that does not pass its address yet (control/context.py)
+            remote = REMOTE.get()
+        return await self._client_auth.authenticate(body, authorization, remote)
+
+    async def take_mint(self, deployment: str) -> None:
+        """One of ``deployment``'s mints, or :class:`OAuthError` 429: every door that mints
+        calls it once the grant is known and before anything is minted."""
+        if self.rate_limits is not None:
+            await self.rate_limits.take_mint(deployment)
 
     async def _store(self, write: Callable[..., object], *args: Any, **kwargs: Any) -> None:
         """A revocation write, off the loop when shared; an unreachable database refuses."""
@@ -405,14 +349,6 @@ class TokenService:
             await self.revocations.off_loop(write, *args, **kwargs)
         except StoreUnavailable as exc:
             raise shared_state_unavailable(exc) from None
-
-    def _refuse_if_stale(self) -> None:
-        """Past ``max_staleness`` without the shared database, no deployment is served (no
-        token, poll token, database role or catalog): a block set on another replica
-        meanwhile would not be seen."""
-        why = self._staleness.refusal() if self._staleness is not None else None
-        if why is not None:
-            raise OAuthError(503, "temporarily_unavailable", why, reason=STALE_REASON)
 
     async def _refuse_if_blocked(self, deployment: str, dag_id: str, principal: str) -> None:
         """The kill switch: a blocked DAG (or deployment) gets no token, with a message that
@@ -482,42 +418,11 @@ class TokenService:
             log.error("refusal not audited", extra={"fields": {"error": type(err).__name__}})
 
 
-def shared_state_unavailable(exc: StoreUnavailable) -> OAuthError:
-    """The refusal of a write the shared database did not take (its message names the
-    database, never a password)."""
-    log.error("shared state unavailable", extra={"fields": {"error": str(exc)}})
-    return OAuthError(
-        503,
-        "temporarily_unavailable",
-        "shared state unavailable; try again later",
-        reason="shared_state_unavailable",
-    )
-
-
 def audit_unavailable() -> OAuthError:
     """The refusal of anything that could not be recorded first."""
     return OAuthError(
         503, "temporarily_unavailable", "audit unavailable", reason="audit_unavailable"
     )
-
-
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    header = header or ""
-    if header[:6].lower() != "basic ":
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise OAuthError(
-            401, "invalid_client", "malformed basic credentials", reason="bad_basic_auth"
-        ) from None
-    client_id, sep, secret = decoded.partition(":")
-    if not sep:
-        raise OAuthError(
-            401, "invalid_client", "malformed basic credentials", reason="bad_basic_auth"
-        )
-    # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-    return unquote_plus(client_id), unquote_plus(secret)
 
 
 def _identity_fields(identity: TaskIdentity) -> dict[str, Any]:

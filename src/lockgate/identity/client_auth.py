@@ -1,0 +1,232 @@
+"""Which deployment asks: step 2 of every control request a deployment makes.
+
+A deployment proves who it is with one of three proofs, read from the request body and the
+``Authorization`` header: a client secret (HTTP Basic or ``client_secret_post``), a
+private-key JWT assertion (RFC 7523, its jti claimed once in the shared ledger), or an OIDC
+subject token from a trusted issuer (RFC 8693 token exchange). :class:`ClientAuthenticator`
+checks the proof and answers the deployment's name, or raises :class:`OAuthError` (not yet
+recorded: the token service's ``refused`` records it).
+
+Two brakes stand before the proof: a replica past its staleness bound serves no deployment
+(:mod:`lockgate.identity.staleness`), and a client or address cooling down after failed
+authentications is refused whatever it presents (:mod:`lockgate.identity.rate_limit`; a
+wrong proof counts against both). Neither a presented secret nor an assertion is ever
+logged or put in a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote_plus
+
+import aiohttp
+
+from lockgate import _log
+from lockgate.config import LockgateConfig
+from lockgate.errors import AuthenticationError, StoreUnavailable
+from lockgate.identity._request import OAuthError
+from lockgate.identity.oidc import SUBJECT_TOKEN_TYPES, OidcVerifier
+from lockgate.identity.once import OnceLedger
+from lockgate.identity.proofs import ASSERTION_TYPE, AssertionVerifier, check_client_secret
+from lockgate.identity.rate_limit import RateLimits, is_failed_authentication
+from lockgate.identity.revocation import RevocationStore
+from lockgate.identity.staleness import STALE_REASON, StalenessBound
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+# The assertion verifier's reason when its replay ledger (the shared database) cannot answer.
+REPLAY_CHECK_UNAVAILABLE = "replay_check_unavailable"
+log = _log.get("identity.service")
+
+
+class ClientAuthenticator:
+    """Step 2 for every door a deployment calls: (deployment name, proof kind).
+
+    ``revocations`` lends its database (the staleness bound) and its way off the event loop
+    (a client assertion's jti is claimed in the shared database); ``rate_limits`` is the
+    failed-authentication brake (None: no brake)."""
+
+    def __init__(
+        self,
+        config: LockgateConfig,
+        revocations: RevocationStore,
+        session: Callable[[], Awaitable[aiohttp.ClientSession]],
+        *,
+        clock: Callable[[], float] = time.time,
+        assertion_ledger: OnceLedger | None = None,
+        rate_limits: RateLimits | None = None,
+    ) -> None:
+        self.config = config
+        self.rate_limits = rate_limits
+        self._revocations = revocations
+        # seen client-assertion jtis: the state's ledger (None: data_dir/assertions.db)
+        self._assertions = AssertionVerifier(config, clock=clock, ledger=assertion_ledger)
+        self._staleness = StalenessBound.for_config(config, revocations.database)
+        self._oidc = OidcVerifier(config.oidc_issuers, session, leeway=config.tokens.leeway)
+
+    async def authenticate(
+        self, body: dict[str, str], authorization: str | None, remote: str | None
+    ) -> tuple[str, str]:
+        """The deployment the request proves to be and how, or :class:`OAuthError`.
+        ``remote``: the caller's address, for the failed-authentication brake."""
+        brake = self.rate_limits
+        if brake is None:
+            return await self._prove(body, authorization)
+        client = named_client(self.config, body, authorization)
+        await brake.refuse_if_cooling(client, remote)
+        try:
+            return await self._prove(body, authorization)
+        except OAuthError as exc:
+            if is_failed_authentication(exc):
+                await brake.failed(client, remote)
+            raise
+
+    async def _prove(self, body: dict[str, str], authorization: str | None) -> tuple[str, str]:
+        self._refuse_if_stale()
+        grant = body.get("grant_type")
+        if grant == TOKEN_EXCHANGE or (grant is None and "subject_token" in body):
+            return await self._subject_token(body), "oidc"
+        if grant not in (None, "client_credentials"):
+            raise OAuthError(
+                400,
+                "unsupported_grant_type",
+                "unsupported grant_type",
+                reason="unsupported_grant_type",
+            )
+        basic = basic_credentials(authorization)
+        if "client_assertion" in body:
+            if body.get("client_assertion_type") != ASSERTION_TYPE or basic is not None:
+                raise OAuthError(
+                    401,
+                    "invalid_client",
+                    "unsupported client assertion",
+                    reason="bad_assertion_type",
+                )
+            return await self._client_assertion(body), "private_key_jwt"
+        if basic is not None and ("client_secret" in body):
+            raise OAuthError(
+                400,
+                "invalid_request",
+                "use one client authentication method",
+                reason="multiple_client_auth",
+            )
+        client_id, secret = basic or (body.get("client_id"), body.get("client_secret"))
+        if not client_id or not secret:
+            raise OAuthError(
+                401,
+                "invalid_client",
+                "client authentication required",
+                reason="missing_client_auth",
+                basic_challenge=True,
+            )
+        try:
+            return check_client_secret(self.config, client_id, secret), "client_secret"
+        except AuthenticationError:
+            raise OAuthError(
+                401,
+                "invalid_client",
+                "client authentication failed",
+                reason="bad_client_secret",
+                basic_challenge=True,
+                # Only a configured name: an unknown "client id" may be the secret itself
+                # (id and secret swapped), which must reach neither audit nor logs.
+                client_id=client_id if self.config.deployment(client_id) else "(unknown)",
+            ) from None
+
+    async def _subject_token(self, body: dict[str, str]) -> str:
+        if body.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
+            raise OAuthError(
+                400,
+                "invalid_request",
+                "unsupported subject_token_type",
+                reason="bad_subject_token_type",
+            )
+        try:
+            subject = await self._oidc.verify(body.get("subject_token", ""))
+        except AuthenticationError as exc:
+            raise OAuthError(
+                400, "invalid_grant", "subject token rejected", reason=f"oidc_{exc.reason}"
+            ) from None
+        return subject.deployment
+
+    async def _client_assertion(self, body: dict[str, str]) -> str:
+        try:
+            # Off the loop when shared: the assertion's jti is claimed in the database.
+            return await self._revocations.off_loop(
+                self._assertions.verify, body["client_assertion"], body.get("client_id")
+            )
+        except StoreUnavailable as exc:
+            raise shared_state_unavailable(exc) from None
+        except AuthenticationError as exc:
+            if exc.reason == REPLAY_CHECK_UNAVAILABLE:  # our failure, not the client's
+                raise OAuthError(
+                    503,
+                    "temporarily_unavailable",
+                    "client assertion replay check unavailable; try again later",
+                    reason=f"assertion_{exc.reason}",
+                ) from None
+            raise OAuthError(
+                401,
+                "invalid_client",
+                "client assertion rejected",
+                reason=f"assertion_{exc.reason}",
+            ) from None
+
+    def _refuse_if_stale(self) -> None:
+        """Past ``max_staleness`` without the shared database, no deployment is served (no
+        token, poll token, database role or catalog): a block set on another replica
+        meanwhile would not be seen."""
+        why = self._staleness.refusal() if self._staleness is not None else None
+        if why is not None:
+            raise OAuthError(503, "temporarily_unavailable", why, reason=STALE_REASON)
+
+
+def shared_state_unavailable(exc: StoreUnavailable) -> OAuthError:
+    """The refusal of a write the shared database did not take (its message names the
+    database, never a password)."""
+    log.error("shared state unavailable", extra={"fields": {"error": str(exc)}})
+    return OAuthError(
+        503,
+        "temporarily_unavailable",
+        "shared state unavailable; try again later",
+        reason="shared_state_unavailable",
+    )
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(client id, secret) of an HTTP Basic ``Authorization`` header; None without one,
+    :class:`OAuthError` when it is malformed."""
+    header = header or ""
+    if header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise OAuthError(
+            401, "invalid_client", "malformed basic credentials", reason="bad_basic_auth"
+        ) from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise OAuthError(
+            401, "invalid_client", "malformed basic credentials", reason="bad_basic_auth"
+        )
+    # RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def named_client(
+    config: LockgateConfig, body: dict[str, str], authorization: str | None
+) -> str | None:
+    """The configured deployment a request names as its client (Basic user or
+    ``client_id``), or None. Only a configured name: an unknown "client id" may be a
+    secret pasted in the wrong field, which must not become a row or a log line."""
+    try:
+        basic = basic_credentials(authorization)
+    except OAuthError:
+        basic = None
+    name = basic[0] if basic is not None else body.get("client_id")
+    if name and config.deployment(name) is not None:
+        return name
+    return None
