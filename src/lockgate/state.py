@@ -82,23 +82,21 @@ class State:
         #: True when the state lives in PostgreSQL, shared with other replicas.
         self.shared = pg is not None
         self.replica_id = pg.resolved_replica_id() if pg is not None else default_replica_id()
-        # False (migrate_on_start: false): a store refuses an old schema instead of
-        # upgrading it, naming `lockgate db upgrade`.
-        migrate = pg.migrate_on_start if pg is not None else True
         # Shared state never creates a key per replica: without LOCKGATE_MASTER_KEY or
         # master_key_file this refuses to start, saying how to give one.
         self.master_key = load_or_create_master_key(
             data, key_file=self.config.master_key_file, shared=self.shared
         )
         self.keys = (
-            KeyStore(self.database("keys"), master_key=self.master_key, migrate_schema=migrate)
+            KeyStore(self.database("keys"), master_key=self.master_key)
             if self.shared
             else KeyStore(data)  # PEM files under data_dir/keys, as always
         )
-        self.revocations = RevocationStore(self.database("revocations"), migrate_schema=migrate)
-        self.credentials = CredentialStore(
-            self.database("credentials"), self.master_key, migrate_schema=migrate
-        )
+        # Every store migrates its schema as the database's settings say
+        # (lockgate.store.opening): with migrate_on_start: false it refuses an old schema
+        # instead of upgrading it, naming `lockgate db upgrade`.
+        self.revocations = RevocationStore(self.database("revocations"))
+        self.credentials = CredentialStore(self.database("credentials"), self.master_key)
 
     # -- databases ------------------------------------------------------------------------
     def database(self, name: str) -> Database:

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from lockgate.config import NAME_RE
 from lockgate.credentials.master_key import verify_master_key
 from lockgate.errors import CredentialError
-from lockgate.store import Database, Migration, SqliteDatabase, migrate, register_domain
+from lockgate.store import Database, Migration, open_store, register_domain
 
 _NAME = re.compile(NAME_RE)
 _KEEP_VALUES = 2  # current + previous; older ciphertexts are wiped
@@ -105,14 +105,14 @@ class CredentialStore:
         master_key: bytes,
         *,
         clock: Callable[[], float] = time.time,
-        migrate_schema: bool = True,
+        migrate_schema: bool | None = None,
     ) -> None:
         if len(master_key) != 32:
             raise CredentialError("master key must be exactly 32 bytes")
-        if isinstance(db, Path | str):
+        if isinstance(db, Path | str):  # it holds (encrypted) secrets: the gateway's alone
             Path(db).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            db = SqliteDatabase(Path(db))
-        self.db = db
+        self.db, _owned = open_store(db, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
+        db = self.db
         self.shared = db.dialect == "postgresql"
         self._clock = clock
         self._aead = AESGCM(
@@ -122,7 +122,6 @@ class CredentialStore:
         )
         # shown in errors to tell "wrong key" from "tampered row"; reveals nothing of the key
         self.key_id = hmac.new(master_key, b"lockgate key id", hashlib.sha256).hexdigest()[:16]
-        migrate(db, DOMAIN, MIGRATIONS, allowed=migrate_schema)
         if self.shared:
             verify_master_key(db, master_key)
         self._lock = threading.Lock()

@@ -49,13 +49,12 @@ from typing import Any, Protocol
 
 from lockgate import _log
 from lockgate.errors import UpstreamUnavailable
-from lockgate.identity.once import open_database, upgrade_allowed
 from lockgate.store import (
     Cursor,
     Database,
     Migration,
     StoreUnavailable,
-    migrate,
+    open_store,
     register_domain,
 )
 
@@ -174,8 +173,7 @@ class RoleLeases:
         clock: Callable[[], float] = time.time,
         migrate_schema: bool | None = None,
     ) -> None:
-        self.db, self._owned = open_database(where)
-        migrate(self.db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(self.db, migrate_schema))
+        self.db, self._owned = open_store(where, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
         self.replica_id = replica_id
         self.grace = grace
         self.claim_for = claim_for

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from lockgate.credentials.master_key import verify_master_key
 from lockgate.errors import ConfigError
 from lockgate.identity.signing_key import KID_RE, SigningKey, generate_key, thumbprint
-from lockgate.store import Cursor, Database, Migration, migrate, register_domain
+from lockgate.store import Cursor, Database, Migration, open_store, register_domain
 
 DOMAIN = TOPIC = "keys"
 # Any fixed 64-bit number other than the migrations' own: serialises key writes on PostgreSQL.
@@ -60,10 +60,12 @@ _SELECT = (
 class KeyTable:
     """A :class:`~lockgate.identity.signing_key.KeyBackend` over a :class:`Database`."""
 
-    def __init__(self, db: Database, master_key: bytes, *, migrate_schema: bool = True) -> None:
+    def __init__(
+        self, db: Database, master_key: bytes, *, migrate_schema: bool | None = None
+    ) -> None:
         self.db = db
         self.shared = db.dialect == "postgresql"
-        migrate(db, DOMAIN, MIGRATIONS, allowed=migrate_schema)
+        open_store(db, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
         if self.shared:
             verify_master_key(db, master_key)
         self._aead = AESGCM(

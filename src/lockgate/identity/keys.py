@@ -60,7 +60,7 @@ class KeyStore:
         master_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
         activation_delay: float | None = None,
-        migrate_schema: bool = True,
+        migrate_schema: bool | None = None,
     ) -> None:
         self._clock = clock
         self._mutex = threading.Lock()

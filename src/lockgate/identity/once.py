@@ -24,7 +24,16 @@ import threading
 from pathlib import Path
 
 from lockgate.errors import StoreUnavailable
-from lockgate.store import Database, Migration, SqliteDatabase, migrate, register_domain
+
+# open_database and upgrade_allowed: named here too for the stores that import them from here
+from lockgate.store import (
+    Database,
+    Migration,
+    open_database,
+    open_store,
+    register_domain,
+    upgrade_allowed,
+)
 
 DOMAIN = "assertions"
 MIGRATIONS = (
@@ -51,25 +60,6 @@ _CLAIM = (
 )
 
 
-def open_database(where: Path | Database | None) -> tuple[Database, bool]:
-    """``where`` as a :class:`Database`, and whether the caller owns (closes) it: a path is
-    a SQLite file, ``None`` a private in-memory database, a database is the State's."""
-    if where is None:
-        return SqliteDatabase(None), True
-    if isinstance(where, str | Path):
-        return SqliteDatabase(Path(where)), True  # made 0600: it names deployments
-    return where, False
-
-
-def upgrade_allowed(db: Database, migrate_schema: bool | None) -> bool:
-    """May a store opening ``db`` apply missing migrations: ``migrate_schema`` when given,
-    else what the database's settings say (``migrate_on_start`` on PostgreSQL; SQLite: yes)."""
-    if migrate_schema is not None:
-        return migrate_schema
-    settings = getattr(db, "settings", None)
-    return bool(getattr(settings, "migrate_on_start", True))
-
-
 class OnceLedger:
     """``claim(scope, value, expires_at, now)`` is True for the first caller only, across every
     process on the same database (a path: that SQLite file; ``None``: this process only, for
@@ -78,9 +68,8 @@ class OnceLedger:
     def __init__(
         self, where: Path | Database | None, *, migrate_schema: bool | None = None
     ) -> None:
-        self.db, self._owned = open_database(where)
+        self.db, self._owned = open_store(where, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
         self.path = Path(self.db.label) if self.db.dialect == "sqlite" and where else None
-        migrate(self.db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(self.db, migrate_schema))
         self._lock = threading.Lock()  # guards the purge clock only
         self._last_purge = float("-inf")
 

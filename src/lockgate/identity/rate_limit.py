@@ -35,7 +35,6 @@ time never moves backwards.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import math
 import re
@@ -51,8 +50,7 @@ from lockgate.config import LockgateConfig
 from lockgate.config.identity import RateLimitSettings
 from lockgate.errors import StoreUnavailable
 from lockgate.identity._request import OAuthError
-from lockgate.identity.once import open_database, upgrade_allowed
-from lockgate.store import Database, Migration, migrate, register_domain
+from lockgate.store import Database, Migration, off_loop, open_store, register_domain
 
 if TYPE_CHECKING:  # the service holds the limits; this module never calls into it at import
     from lockgate.identity.service import TokenService
@@ -178,8 +176,7 @@ class RateLimiter:
         clock: Callable[[], float] = time.time,
         migrate_schema: bool | None = None,
     ) -> None:
-        self.db, self._owned = open_database(where)
-        migrate(self.db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(self.db, migrate_schema))
+        self.db, self._owned = open_store(where, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
         self._clock = clock
         self._lock = threading.Lock()  # guards the memory fallback and the purge clock
         self._local: dict[str, Bucket] = {}
@@ -293,14 +290,10 @@ class RateLimiter:
 
     # -- decisions (async: off the loop when the database is remote) ------------------------
     async def take_async(self, key: str, limit: Limit) -> Decision:
-        if self.shared:
-            return await asyncio.to_thread(self.take, key, limit)
-        return self.take(key, limit)
+        return await off_loop(self.db, self.take, key, limit)
 
     async def blocked_async(self, keys: list[str]) -> int:
-        if self.shared:
-            return await asyncio.to_thread(self.blocked, keys)
-        return self.blocked(keys)
+        return await off_loop(self.db, self.blocked, keys)
 
     def close(self) -> None:
         if self._owned:

@@ -28,7 +28,6 @@ than any token's max TTL).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from typing import ParamSpec, TypeVar
 from lockgate import _log
 from lockgate.errors import StoreUnavailable
 from lockgate.identity.model import Claims
-from lockgate.store import Cursor, Database, Migration, SqliteDatabase, migrate, register_domain
+from lockgate.store import Cursor, Database, Migration, off_loop, open_store, register_domain
 
 ANY_DEPLOYMENT = "*"  # stored for revoke_dag(deployment=None)
 ANY_DAG = "*"  # every DAG of a deployment (Airflow dag_ids cannot contain "*")
@@ -177,21 +176,18 @@ class RevocationStore:
         *,
         retention: int = 86400,
         clock: Callable[[], float] = time.time,
-        migrate_schema: bool = True,
+        migrate_schema: bool | None = None,
     ) -> None:
-        self.path: Path | None = None  # the SQLite file when opened by path
-        if isinstance(database, (Path, str)):
-            self.path = Path(database)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            database = SqliteDatabase(self.path)
-        self._owns_database = self.path is not None
-        self.database: Database = database
+        # a path is a SQLite file this store opens (and closes)
+        self.path = Path(database) if isinstance(database, Path | str) else None
+        self.database, self._owns_database = open_store(
+            database, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema
+        )
         self._retention = retention
         self._clock = clock
         # Held while a write or a reload runs, never by the in-memory reads: a reload that
         # read the rows before our write committed must not swap in over its memory update.
         self._lock = threading.Lock()
-        migrate(self.database, DOMAIN, MIGRATIONS, allowed=migrate_schema)
         if self.database.dialect == "sqlite":  # files older than schema versions
             self._scope_unscoped_jtis()
         # jti -> the deployments whose token of that jti is revoked (ANY_DEPLOYMENT: any).
@@ -217,9 +213,7 @@ class RevocationStore:
     async def off_loop(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``fn(*args, **kwargs)`` in a worker thread when the database is shared, inline on
         SQLite (a local file write is quicker than the thread hop)."""
-        if self.shared:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        return fn(*args, **kwargs)
+        return await off_loop(self.database, fn, *args, **kwargs)
 
     def close(self) -> None:
         """Close the database if this store opened it (a path); a shared one is its

@@ -6,7 +6,8 @@ Stores (revocations, keys, credentials, run registries ...) code against
 portable SQL subset (:mod:`lockgate.store.sql`), ``cur.touch(topic)`` marks what a write
 changed, and ``version(topic)`` tells a store cheaply whether to reload. Schemas are
 versioned :class:`Migration` steps per domain (:func:`migrate`, ``lockgate db upgrade``).
-Driver errors surface as :class:`~lockgate.errors.StoreUnavailable`.
+Driver errors surface as :class:`~lockgate.errors.StoreUnavailable`. How a store opens its
+database, migrates it and keeps calls off the event loop is :mod:`lockgate.store.opening`.
 
 Layer: with errors and config; it imports nothing above them.
 """
@@ -23,6 +24,7 @@ from lockgate.store.migrations import (
     register_domain,
     registered_domains,
 )
+from lockgate.store.opening import off_loop, open_database, open_store, upgrade_allowed
 from lockgate.store.postgres import PostgresDatabase
 from lockgate.store.sqlite import SqliteDatabase
 
@@ -39,7 +41,11 @@ __all__ = [
     "SqliteDatabase",
     "StoreUnavailable",
     "migrate",
+    "off_loop",
+    "open_database",
+    "open_store",
     "pending",
     "register_domain",
     "registered_domains",
+    "upgrade_allowed",
 ]
