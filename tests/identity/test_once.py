@@ -5,19 +5,19 @@ replicas' databases on one real server."""
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lockgate.config import LockgateConfig, PostgresStateSettings, parse_config
+from lockgate.config import LockgateConfig, PostgresStateSettings
 from lockgate.errors import AuthenticationError, StoreUnavailable
 from lockgate.identity import AssertionVerifier
 from lockgate.identity.once import LedgerUnavailable, OnceLedger
-from lockgate.state import State
 from lockgate.store import Database, PostgresDatabase, SqliteDatabase
+from tests.pgserver.state import replica_states
 
 from .test_assertion_replay import _assertion, _config
 
@@ -145,18 +145,11 @@ def test_two_replicas_states_share_the_ledger(
 ) -> None:
     """Two gateways' States on one PostgreSQL server (own data directories and replica
     ids, one master key): an assertion accepted by one is a replay to the other."""
-    monkeypatch.setenv("LOCKGATE_MASTER_KEY", base64.b64encode(b"k" * 32).decode())
-    shared = pg_state().model_dump(mode="json", exclude_none=True)
-    states: list[State] = []
-    try:
-        for replica in ("replica-1", "replica-2"):
-            data = tmp_path / replica
-            data.mkdir()
-            raw = _config(data).model_dump(
-                mode="json", include={"data_dir", "issuer", "deployments", "resources"}
-            )
-            raw["state"] = {"postgresql": {**shared, "replica_id": replica}}
-            states.append(State(parse_config(raw)))
+
+    def config_for(data: Path) -> dict[str, Any]:
+        return _config(data).model_dump(mode="json", include={"issuer", "deployments", "resources"})
+
+    with replica_states(pg_state(), tmp_path, monkeypatch, config_for) as states:
         verifiers = [
             AssertionVerifier(s.config, ledger=OnceLedger(s.database("assertions"))) for s in states
         ]
@@ -166,6 +159,3 @@ def test_two_replicas_states_share_the_ledger(
             verifiers[1].verify(used)
         assert caught.value.reason == "replayed"
         assert [s.replica_id for s in states] == ["replica-1", "replica-2"]
-    finally:
-        for s in states:
-            s.close()

@@ -4,7 +4,6 @@ PostgreSQL database."""
 
 from __future__ import annotations
 
-import base64
 import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +26,9 @@ from lockgate.identity.rate_limit import (
     retry_after,
     take,
 )
-from lockgate.state import State
 from lockgate.store import SqliteDatabase
 from tests.pgserver.fixtures import SharedStateFactory
+from tests.pgserver.state import replica_states
 
 # Times in eighths of a second and rates in halves: exact in binary floating point, so the
 # float implementation and the exact reference must agree to the token.
@@ -182,22 +181,10 @@ def two_replicas(
 ) -> Iterator[tuple[RateLimits, RateLimits]]:
     """The rate limits of two replicas' States on one PostgreSQL (own data directories and
     replica ids, one master key)."""
-    monkeypatch.setenv("LOCKGATE_MASTER_KEY", base64.b64encode(b"k" * 32).decode())
-    shared = pg_state().model_dump(mode="json", exclude_none=True)
-    states: list[State] = []
-    try:
-        for replica in ("replica-1", "replica-2"):
-            raw = {
-                "data_dir": str(tmp_path / replica),
-                "tokens": {"rate_limit": {"mint_per_second": 0.001, "burst": 30}},
-                "state": {"postgresql": {**shared, "replica_id": replica}},
-            }
-            states.append(State(parse_config(raw, tmp_path / "lockgate.yaml")))
+    limits = {"tokens": {"rate_limit": {"mint_per_second": 0.001, "burst": 30}}}
+    with replica_states(pg_state(), tmp_path, monkeypatch, lambda data: limits) as states:
         first, second = (RateLimits.for_config(s.config, s.database(DOMAIN)) for s in states)
         yield first, second
-    finally:
-        for s in states:
-            s.close()
 
 
 def test_two_replicas_on_one_postgresql_share_one_budget(
