@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from lockgate.gateway.dynamic_roles import DbRoles, role_name
 from lockgate.gateway.postgres.dynamic_roles import PostgresRoles
 from lockgate.gateway.role_leases import Lease, RoleLeases, reap
 from lockgate.identity.revocation import RevocationStore
-from lockgate.store import Database, PostgresDatabase, SqliteDatabase
+from lockgate.store import PostgresDatabase
 from tests.gateway.postgres.test_dynamic_roles import (
     GATEWAY_PASSWORD,
     _password,
@@ -32,10 +32,12 @@ from tests.gateway.postgres.test_dynamic_roles import (
 )
 from tests.pgserver import PgServer
 from tests.pgserver.state import shared_state_settings
+from tests.store import conftest as store_fixtures
+from tests.store.conftest import OpenDatabase
 
 from .fakes import FakePolicy, FakePolicySet
 
-OpenDatabase = Callable[[], Database]
+open_db = store_fixtures.open_db  # every test taking it runs on SQLite and on PostgreSQL
 
 
 class Clock:
@@ -44,29 +46,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenDatabase]:
-    """``open_db()``: another replica's handle on the same state database."""
-    opened: list[Database] = []
-    if request.param == "sqlite":
-
-        def make() -> Database:
-            return SqliteDatabase(tmp_path / "roles.db")
-    else:
-        settings: PostgresStateSettings = request.getfixturevalue("pg_state")()
-
-        def make() -> Database:
-            return PostgresDatabase(settings, replica_id=f"r{len(opened)}")
-
-    def opener() -> Database:
-        opened.append(make())
-        return opened[-1]
-
-    yield opener
-    for db in opened:
-        db.close()
 
 
 def _names(leases: list[Lease]) -> list[str]:
