@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lockgate.demo.run import SYSTEMS
+from lockgate.demo.run import EXPECTED, SYSTEMS
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -28,10 +28,10 @@ def test_lockgate_demo_with_a_relative_dir_runs_every_dag_as_policy_says(tmp_pat
     assert proc.returncode == 0, out[-4000:]
     lines = proc.stdout.splitlines()
     assert [x for x in lines if len(x) > 100] == []
-    assert "[BAD]" not in out and out.count("[ok ]") == 10
+    assert "[BAD]" not in out and out.count("[ok ]") == len(EXPECTED)
     for system, _, dags in SYSTEMS:
         assert any(line.strip().startswith(system + " (") for line in lines), system
-        assert sorted(dags.values()) == ["failed", "success"], system
+        assert set(dags.values()) == {"failed", "success"}, system
         for dag_id, want in dags.items():
             at = next(i for i, x in enumerate(lines) if re.match(rf"  \[ok \] {dag_id} ", x))
             assert f" {want} " in lines[at]

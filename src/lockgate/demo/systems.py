@@ -282,6 +282,7 @@ class FiveSystemsStack(LocalStack):
             else (super().airflow_env(airflow_home, dags_folder))
         )
         env["REQUESTS_CA_BUNDLE"] = str(self.bundle)
+        env["SSL_CERT_FILE"] = str(self.bundle)  # aiohttp in a deferred operator's trigger
         for name in list(env):  # the tasks find no Azure identity or proxy of their own
             if name.upper().startswith(("AZURE_", "IDENTITY_", "MSI_")) or name.lower() in (
                 "https_proxy", "http_proxy", "all_proxy", "no_proxy"
