@@ -42,7 +42,7 @@ def error_response(exc: OAuthError) -> web.Response:
 
 
 def token_handler(service: TokenService) -> Handler:
-    """``POST /v1/token``: steps 1-7 of :mod:`lockgate.identity.service`."""
+    """``POST /v1/token``: steps 1-8 of :mod:`lockgate.identity.service`."""
 
     async def handle(request: web.Request) -> web.Response:
         ctx: dict[str, Any] = {"remote": request.remote}

@@ -6,13 +6,16 @@ hand over its fields and the ``Authorization`` header). One token request goes t
 fixed steps, each able to refuse with an :class:`OAuthError`:
 
 1. (the route) read the body (form or JSON, small, no repeated fields);
-2. authenticate the deployment (client secret, private-key JWT, or OIDC token exchange):
-   :meth:`TokenService.authenticate`;
+2. authenticate the deployment (client secret, private-key JWT, or OIDC token exchange,
+   behind the failed-authentication brake): :meth:`TokenService.authenticate`, whose room
+   is :mod:`lockgate.identity.client_auth`;
 3. parse the task coordinates and the resource (``resource`` or ``conn_id``);
 4. the deployment must be delegated the ``dag_id`` (globs in ``Deployment.dags``);
 5. optionally, Airflow's REST API must confirm the task try is running;
 6. the injected ``mint_policy`` decides and caps the TTL;
-7. mint, tell ``on_event`` (an audit failure refuses the token): :meth:`TokenService.issue`.
+7. (the route) one of the deployment's mints, within its rate: :meth:`TokenService.take_mint`
+   (:mod:`lockgate.identity.rate_limit`);
+8. mint, tell ``on_event`` (an audit failure refuses the token): :meth:`TokenService.issue`.
 
 Steps 2-6 are :meth:`TokenService.authorize`, which ``POST /v1/db-role``
 (:mod:`lockgate.control.db_role`) reuses so both doors refuse alike; :meth:`refused`
@@ -86,6 +89,9 @@ class IssuedToken:
 
 
 class TokenService:
+    """The token service of one process; ``rate_limits`` (None: no brakes) are the mint
+    and failed-authentication budgets it shares with every worker and replica."""
+
     def __init__(
         self,
         config: LockgateConfig,
@@ -195,7 +201,7 @@ class TokenService:
         return TaskGrant(dep, identity, resource, decision, self._ttl(decision, requested_ttl))
 
     async def issue(self, grant: TaskGrant, ctx: dict[str, Any]) -> IssuedToken:
-        """Step 7: mint the granted token and record it; no record, no token (the token is
+        """Step 8: mint the granted token and record it; no record, no token (the token is
         dropped before anyone sees it and :class:`OAuthError` 503 is raised)."""
         token, claims = self.issuer.mint(grant.identity, grant.resource.name, grant.ttl)
         await self.record_issued(grant, claims, ctx)
