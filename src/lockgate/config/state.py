@@ -10,7 +10,9 @@ and the audit trail between any number of replicas through one PostgreSQL databa
         password_file: /run/secrets/lockgate-db-password   # or password_env: VAR
         max_staleness: 30
 
-The password never sits in the YAML: a DSN that carries one is refused, naming the field.
+The password never sits in the YAML: a DSN that carries a libpq secret (``password``, the
+client key's ``sslpassword``, ``oauth_client_secret``) is refused, naming the parameter and
+never its value. Paths to secrets (``passfile``, ``sslkey``) are fine.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from pydantic import Field, model_validator
 from lockgate.config._base import NAME_RE, Section
 
 Backend = Literal["sqlite", "postgresql"]
+# libpq's connection parameters that carry a secret themselves (flagged "*" in libpq's
+# PQconninfoOptions); a DSN is logged, shown and committed, so none of them may be in it.
+_DSN_SECRETS = ("password", "sslpassword", "oauth_client_secret")
 
 
 class PostgresStateSettings(Section):
@@ -68,9 +73,16 @@ class PostgresStateSettings(Section):
             raise ValueError(
                 "dsn: not a valid libpq connection string (postgresql://user@host:port/db?...)"
             ) from None
-        if params.get("password"):
+        secrets = [name for name in _DSN_SECRETS if params.get(name)]
+        if "password" in secrets:
             raise ValueError(
                 "dsn: the DSN carries a password; remove it and use password_file or password_env"
+            )
+        if secrets:
+            raise ValueError(
+                f"dsn: the DSN carries {', '.join(secrets)}, a secret; remove it (a client "
+                "key's passphrase cannot be configured here: use an unencrypted key file "
+                "readable by the gateway only)"
             )
         return value
 
