@@ -36,6 +36,10 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from lockgate import _log
 from lockgate.errors import CredentialError
 from lockgate.store import Database
@@ -165,6 +169,13 @@ def _read(path: Path) -> bytes:
 def fingerprint(master_key: bytes) -> str:
     """HMAC-SHA256 of a fixed label under the key (hex): names the key, reveals nothing."""
     return hmac.new(master_key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
+
+
+def derived_aead(master_key: bytes, label: bytes) -> AESGCM:
+    """AES-256-GCM under a key derived from the master key for one use (HKDF-SHA256 with
+    ``label`` as its info): what one use encrypts, another's key cannot open."""
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(master_key)
+    return AESGCM(key)
 
 
 def verify_master_key(db: Database, master_key: bytes) -> None:

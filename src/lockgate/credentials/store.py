@@ -35,12 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lockgate.config import NAME_RE
-from lockgate.credentials.master_key import verify_master_key
+from lockgate.credentials.master_key import derived_aead, verify_master_key
 from lockgate.errors import CredentialError
 from lockgate.store import Database, Migration, open_store, register_domain
 
@@ -115,11 +112,7 @@ class CredentialStore:
         db = self.db
         self.shared = db.dialect == "postgresql"
         self._clock = clock
-        self._aead = AESGCM(
-            HKDF(
-                algorithm=hashes.SHA256(), length=32, salt=None, info=b"lockgate credentials v1"
-            ).derive(master_key)
-        )
+        self._aead = derived_aead(master_key, b"lockgate credentials v1")
         # shown in errors to tell "wrong key" from "tampered row"; reveals nothing of the key
         self.key_id = hmac.new(master_key, b"lockgate key id", hashlib.sha256).hexdigest()[:16]
         if self.shared:

@@ -19,12 +19,10 @@ from __future__ import annotations
 import os
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from lockgate.credentials.master_key import verify_master_key
+from lockgate.credentials.master_key import derived_aead, verify_master_key
 from lockgate.errors import ConfigError
 from lockgate.identity.signing_key import KID_RE, SigningKey, generate_key, thumbprint
 from lockgate.store import Cursor, Database, Migration, open_store, register_domain
@@ -68,11 +66,7 @@ class KeyTable:
         open_store(db, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
         if self.shared:
             verify_master_key(db, master_key)
-        self._aead = AESGCM(
-            HKDF(
-                algorithm=hashes.SHA256(), length=32, salt=None, info=b"lockgate signing keys v1"
-            ).derive(master_key)
-        )
+        self._aead = derived_aead(master_key, b"lockgate signing keys v1")
         self._loaded_version: int | None = None
 
     def open(self, now: float) -> dict[str, SigningKey]:
