@@ -125,7 +125,10 @@ class TokenService:
         self._owns_http = http is None
         self._clock = clock
         self._on_revoke = on_revoke
-        self.rate_limits = rate_limits
+
+    @property
+    def rate_limits(self) -> RateLimits | None:
+        return self._client_auth.rate_limits
 
     @property
     def config(self) -> LockgateConfig:
