@@ -15,7 +15,7 @@ import pytest
 from lockgate.config import LockgateConfig, PostgresStateSettings
 from lockgate.errors import AuthenticationError, StoreUnavailable
 from lockgate.identity import AssertionVerifier
-from lockgate.identity.once import LedgerUnavailable, OnceLedger
+from lockgate.identity.once import CLOCK_SKEW_MARGIN, LedgerUnavailable, OnceLedger
 from lockgate.store import Database, PostgresDatabase, SqliteDatabase
 from tests.pgserver.state import replica_states
 
@@ -58,16 +58,18 @@ def test_a_value_is_claimed_once_across_handles(open_ledger: OpenLedger) -> None
 
 def test_an_expired_value_is_no_replay_and_purged(open_ledger: OpenLedger) -> None:
     first, second = open_ledger(), open_ledger()
+    skew = CLOCK_SKEW_MARGIN  # rows outlive their expiry by this much (clocks differ)
     assert first.claim("pk", "old", 110.0, now=100.0)
-    assert second.claim("pk", "old", 300.0, now=120.0)  # past its expiry: taken over
-    assert not first.claim("pk", "old", 300.0, now=130.0)  # and held again until 300
-    # The once-a-minute purge removes rows whose time is over and only those.
-    assert first.claim("pk", "fresh", 1000.0, now=200.0)
+    assert not second.claim("pk", "old", 300.0, now=110.0 + skew)  # within the margin: held
+    assert second.claim("pk", "old", 300.0, now=120.0 + skew)  # past it: taken over
+    assert not first.claim("pk", "old", 300.0, now=130.0 + skew)  # and held again until 300
+    # The once-a-minute purge removes rows whose time (and margin) is over and only those.
+    assert first.claim("pk", "fresh", 1000.0, now=200.0 + skew)
     with first.db.read() as cur:
         count = cur.execute("SELECT count(*) FROM used_once").fetchone()
     assert count is not None and count[0] == 2  # "old" and "fresh"
     ledger = open_ledger()
-    assert ledger.claim("pk", "newer", 2000.0, now=400.0)  # its first claim purges
+    assert ledger.claim("pk", "newer", 2000.0, now=400.0 + skew)  # its first claim purges
     with ledger.db.read() as cur:
         rows = cur.execute("SELECT value FROM used_once ORDER BY value").fetchall()
     assert [r[0] for r in rows] == ["fresh", "newer"]

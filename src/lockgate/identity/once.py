@@ -10,9 +10,13 @@ PostgreSQL database that every replica shares.
 
 Strategy: :meth:`OnceLedger.claim` is one ``INSERT ... ON CONFLICT`` on a primary key, atomic
 across processes and replicas; its row count says whether this caller was first (a row
-whose value expired but is not purged yet is taken over: it is no evidence of a replay).
-Rows live until their value's own expiry (plus leeway), after which the value is refused on
-its ``exp`` anyway, and are purged at most once a minute. A ledger that cannot answer (disk
+whose value expired long ago is taken over: it is no evidence of a replay). Rows live until
+their value's own expiry (the caller adds ``tokens.leeway``) plus :data:`CLOCK_SKEW_MARGIN`
+(5 minutes), and are purged at most once a minute. The margin is there because the purging
+and claiming replicas read different clocks: a replica whose clock runs ahead (NTP not yet
+settled after a boot) must not forget a value another replica still accepts, so neither the
+purge nor a take-over of an expired row acts on a row expired by less than the margin; such
+a claim is decided by the row (refused), never by purging first. A ledger that cannot answer (disk
 full, locked past the busy timeout, PostgreSQL unreachable) raises, and the caller refuses
 the proof: fail closed.
 """
@@ -53,6 +57,9 @@ register_domain(DOMAIN, MIGRATIONS)
 LedgerUnavailable = (StoreUnavailable, sqlite3.Error)
 
 _PURGE_EVERY = 60.0
+#: Seconds a row is held past its value's expiry: more than the clocks of any two replicas
+#: (or one process before and after a clock step) may disagree.
+CLOCK_SKEW_MARGIN = 300.0
 _CLAIM = (
     "INSERT INTO used_once (scope, value, expires_at) VALUES (?, ?, ?) "
     "ON CONFLICT (scope, value) DO UPDATE SET expires_at = excluded.expires_at "
@@ -82,9 +89,10 @@ class OnceLedger:
             if purge:
                 self._last_purge = now
         with self.db.transaction() as cur:
+            forgettable = now - CLOCK_SKEW_MARGIN  # expired by more than any clock skew
             if purge:
-                cur.execute("DELETE FROM used_once WHERE expires_at < ?", (now,))
-            cur.execute(_CLAIM, (scope, value, expires_at, now))
+                cur.execute("DELETE FROM used_once WHERE expires_at < ?", (forgettable,))
+            cur.execute(_CLAIM, (scope, value, expires_at, forgettable))
             return cur.rowcount == 1
 
     def close(self) -> None:
@@ -93,6 +101,7 @@ class OnceLedger:
 
 
 __all__ = [
+    "CLOCK_SKEW_MARGIN",
     "DOMAIN",
     "MIGRATIONS",
     "LedgerUnavailable",
