@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lockgate.config import LockgateConfig, PostgresStateSettings, StateSettings
+from lockgate.config import LockgateConfig, PostgresStateSettings, StateSettings, TokenSettings
 from lockgate.errors import CredentialError
-from lockgate.state import State
+from lockgate.state import State, revocation_retention
 from lockgate.store import PostgresDatabase, SqliteDatabase
 
 MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
@@ -40,6 +40,17 @@ def test_sqlite_keeps_todays_files(tmp_path: Path, states: list[State]) -> None:
     st.start_watching()  # nothing to watch: harmless
     with pytest.raises(ValueError, match="lower-case"):
         st.database("../etc")
+
+
+def test_revocations_outlive_the_longest_token(tmp_path: Path, states: list[State]) -> None:
+    """A DAG revocation row must outlive every token it revokes: a day at least (poll
+    tokens), ``tokens.max_ttl`` plus leeway plus the clock-skew margin when that is longer."""
+    assert revocation_retention(TokenSettings()) >= 86400 + 5
+    tokens = TokenSettings(max_ttl=172800, leeway=30)
+    assert revocation_retention(tokens) >= 172800 + 30 + 300
+    st = State(LockgateConfig(data_dir=tmp_path, tokens=tokens))
+    states.append(st)
+    assert st.revocations._retention == revocation_retention(tokens)
 
 
 def test_sqlite_uses_master_key_file(tmp_path: Path, states: list[State]) -> None:

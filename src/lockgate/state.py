@@ -23,9 +23,10 @@ from pathlib import Path
 
 from lockgate.audit import AuditLog, AuditReader, RemoteAuditLog
 from lockgate.audit.shipping import AuditShipping, checkpoint_key
-from lockgate.config import LockgateConfig
+from lockgate.config import LockgateConfig, TokenSettings
 from lockgate.credentials import CredentialStore, load_or_create_master_key
 from lockgate.identity import KeyStore, RevocationStore
+from lockgate.identity.once import CLOCK_SKEW_MARGIN
 from lockgate.policy import PolicyStore
 from lockgate.store import Database, PostgresDatabase, SqliteDatabase
 
@@ -45,6 +46,20 @@ def sqlite_path(config: LockgateConfig, name: str) -> Path:
     if not _DATABASE_NAME.match(name):
         raise ValueError(f"database name {name!r}: expected a lower-case word")
     return config.data_dir / f"{name}.db"
+
+
+#: Revocations are kept at least this long (seconds), whatever the token settings say: the
+#: longest poll token (``poll_token_ttl`` is capped at a day) is revoked by a DAG revocation.
+MIN_REVOCATION_RETENTION = 86400
+
+
+def revocation_retention(tokens: TokenSettings) -> int:
+    """Seconds a revocation row is kept: it must outlive every token it can match. A DAG or
+    try revocation matches tokens minted before it, which live up to ``tokens.max_ttl`` (no
+    upper bound) and verify ``tokens.leeway`` past their ``exp``; the margin covers a
+    purging replica whose clock runs ahead of the verifying one."""
+    longest = max(MIN_REVOCATION_RETENTION, tokens.max_ttl)
+    return longest + tokens.leeway + int(CLOCK_SKEW_MARGIN)
 
 
 def default_replica_id() -> str:
@@ -95,7 +110,9 @@ class State:
         # Every store migrates its schema as the database's settings say
         # (lockgate.store.opening): with migrate_on_start: false it refuses an old schema
         # instead of upgrading it, naming `lockgate db upgrade`.
-        self.revocations = RevocationStore(self.database("revocations"))
+        self.revocations = RevocationStore(
+            self.database("revocations"), retention=revocation_retention(self.config.tokens)
+        )
         self.credentials = CredentialStore(self.database("credentials"), self.master_key)
 
     # -- databases ------------------------------------------------------------------------
@@ -166,4 +183,12 @@ class State:
         return PolicyStore(self.config.policy_files, known)
 
 
-__all__ = ["NOT_ON_SQLITE", "State", "audit_shipping", "default_replica_id", "sqlite_path"]
+__all__ = [
+    "MIN_REVOCATION_RETENTION",
+    "NOT_ON_SQLITE",
+    "State",
+    "audit_shipping",
+    "default_replica_id",
+    "revocation_retention",
+    "sqlite_path",
+]

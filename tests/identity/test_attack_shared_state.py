@@ -391,21 +391,20 @@ def test_a_cached_token_is_refused_once_state_went_stale(tmp_path: Path) -> None
     assert verifier.verify(token, AUD).jti
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.py builds RevocationStore with the fixed retention of a day whatever "
-    "tokens.max_ttl allows: a DAG revocation is purged while its tokens still verify",
-)
 def test_a_dag_revocation_outlives_every_token_it_revokes(handles: OpenHandle) -> None:
     """``tokens.max_ttl`` has no upper bound; with two days, a token minted just before
-    ``token revoke --dag`` is valid for two days but the revocation row expires after one
-    and the next purge (any replica's) deletes it: the token verifies again."""
+    ``token revoke --dag`` is valid for two days, so the revocation row (kept as long as
+    the State keeps it for this configuration) must outlive it: were it to expire after a
+    day, the next purge (any replica's) would delete it and the token verify again."""
     from lockgate.config import LockgateConfig
+    from lockgate.state import revocation_retention
 
     config = LockgateConfig.model_validate({"tokens": {"default_ttl": 900, "max_ttl": 172800}})
     t0 = 1_800_000_000.0
     clock = [t0]
-    store = RevocationStore(handles("a"), clock=lambda: clock[0])
+    store = RevocationStore(
+        handles("a"), retention=revocation_retention(config.tokens), clock=lambda: clock[0]
+    )
     assert config.tokens.max_ttl == 172800  # accepted
     keys = KeyStore(handles("k"), master_key=bytes(32))
     _, claims = TokenIssuer(keys, ISSUER, clock=lambda: clock[0]).mint(
@@ -416,6 +415,9 @@ def test_a_dag_revocation_outlives_every_token_it_revokes(handles: OpenHandle) -
     clock[0] = t0 + 36 * 3600  # the token has twelve hours left
     store.refresh(force=True)  # purges expired rows first
     assert store.is_revoked(claims), "the revoked token verifies again"
+    clock[0] = claims.exp + config.tokens.leeway  # its last instant of validity
+    store.refresh(force=True)
+    assert store.is_revoked(claims), "the revoked token verifies again at its very end"
 
 
 def test_only_eddsa_verifies_whatever_the_header_says(handles: OpenHandle) -> None:
