@@ -16,7 +16,7 @@ import pytest
 
 from lockgate.errors import StoreUnavailable
 from lockgate.store import PostgresDatabase
-from lockgate.store.sql import to_postgres_params
+from lockgate.store.sql import UnplaceableSQL, to_postgres_params
 from tests.pgserver.fixtures import SharedStateFactory
 
 NASTY_TEXT = [
@@ -88,23 +88,30 @@ def test_a_nul_in_text_is_refused_not_truncated(pg: PostgresDatabase) -> None:
         assert cur.execute("SELECT count(*) FROM attack").fetchone() == (0,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/sql.py to_postgres_params turns a '?' in a -- or /* */ comment into a "
-    "placeholder: the statement fails on PostgreSQL only",
-)
 def test_a_question_mark_in_a_comment_is_not_a_placeholder(pg: PostgresDatabase) -> None:
+    """What holds: '?' in a -- comment or a (nested) /* */ comment is comment text."""
     with pg.read() as cur:
         row = cur.execute("SELECT ? -- why not?\n", (1,)).fetchone()
-    assert row == (1,)
+        assert row == (1,)
+        row = cur.execute("SELECT /* a? /* b? */ c? */ ? AS n", (2,)).fetchone()
+    assert row == (2,)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/sql.py reads neither E'' escapes nor $$ quoting: a '?' inside becomes a "
-    "placeholder on PostgreSQL",
-)
-def test_escape_and_dollar_quoted_text_is_kept() -> None:
+def test_escape_and_dollar_quoted_text_is_kept(pg: PostgresDatabase) -> None:
+    """What holds: E'' strings (backslash escapes) and $tag$ quoting are text, as
+    PostgreSQL reads them."""
     assert to_postgres_params("SELECT E'it\\'s ?', $$ ? $$, ?") == (
         "SELECT E'it\\'s ?', $$ ? $$, %s"
     )
+    with pg.read() as cur:
+        row = cur.execute("SELECT E'it\\'s ?%', $t$ ? $$ '? $t$, ?", ("v",)).fetchone()
+    assert row == ("it's ?%", " ? $$ '? ", "v")
+
+
+@pytest.mark.parametrize(
+    "sql", ["SELECT 'open ?", 'SELECT "open ?', "SELECT /* /* ? */", "SELECT $q$ ?", "E'\\'"]
+)
+def test_text_that_cannot_be_placed_is_refused_not_guessed(sql: str) -> None:
+    """What holds: an unterminated quote or comment raises; nothing is translated."""
+    with pytest.raises(UnplaceableSQL):
+        to_postgres_params(sql)

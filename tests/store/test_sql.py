@@ -35,3 +35,12 @@ def test_split_keeps_semicolons_in_quotes_and_triggers() -> None:
     assert parts[0].endswith("DEFAULT ';')")
     assert parts[1].endswith("END")
     assert parts[2] == "INSERT INTO a VALUES ('z')"
+
+
+def test_comments_and_dollar_quotes_are_not_code() -> None:
+    assert to_postgres_params("SELECT ? /* ? /* ? */ ? */ -- ?\n, $f$?$f$, a$b, $1") == (
+        "SELECT %s /* ? /* ? */ ? */ -- ?\n, $f$?$f$, a$b, $1"
+    )
+    assert to_postgres_ddl("-- INTEGER here is a word\nCREATE TABLE t (n INTEGER)") == (
+        "-- INTEGER here is a word\nCREATE TABLE t (n BIGINT)"
+    )
