@@ -57,11 +57,17 @@ async def test_an_idle_connection_of_a_revoked_token_closes_within_a_second(
     token, other_token = stack.token(), stack.token()
     revoked, kept = await _logged_in(stack, token), await _logged_in(stack, other_token)
     try:
+        assert stack.fake.connections == 2  # one upstream connection per client connection
         t0 = time.monotonic()
         cli_state.revocations.revoke_jti(_jti(token), time.time() + 900, "test")
         assert await revoked.closed(timeout=5.0)
         took = time.monotonic() - t0
         assert took < WITHIN, f"connection closed {took:.3f}s after the revocation"
+        for _ in range(100):  # its upstream connection is closed too
+            if stack.fake.connections == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert stack.fake.connections == 1
         # The other token's connection goes on.
         kept.send(codec.Query(stream=7, query="SELECT * FROM ks.orders"))
         assert isinstance(await kept.recv(), codec.Result)
