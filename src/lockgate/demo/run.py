@@ -50,6 +50,7 @@ SYSTEMS: tuple[tuple[str, str, dict[str, str]], ...] = (
      {"databricks_run_now": "success", "databricks_submit_big": "failed"}),
 )  # fmt: skip
 EXPECTED = {dag: want for _, _, dags in SYSTEMS for dag, want in dags.items()}
+DAG_WIDTH = max(map(len, EXPECTED))  # one column for every DAG id
 
 
 def run_dags(
@@ -151,7 +152,8 @@ def report_outcomes(
             got = r["state"].split(".")[-1].lower()
             mark = "ok " if got == want else "BAD"
             ok &= got == want
-            print(fit(f"  [{mark}] {dag_id:22} {got:8} (expected {want})  {r['run_id']}"))
+            line = f"  [{mark}] {dag_id:{DAG_WIDTH}} {got:8} (expected {want})  {r['run_id']}"
+            print(fit(line))
             if got == "failed":
                 for line in explain_failure(lines_of.get(dag_id, []), trails.get(dag_id, ())):
                     print(line)
