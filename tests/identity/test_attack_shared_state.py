@@ -318,11 +318,6 @@ def test_a_ciphertext_moved_onto_another_kid_is_refused(handles: OpenHandle) -> 
         KeyStore(handles("b"), master_key=master)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="identity/key_table.py binds only the kid into the AEAD: a key deleted by an "
-    "emergency rotation (retire_after=0) is trusted again when its saved row is re-inserted",
-)
 def test_a_leaked_key_retired_at_once_stays_retired(handles: OpenHandle) -> None:
     """A signing key leaks; the operator rotates with ``retire_after=0`` (the emergency
     switch), which deletes its row. Whoever leaked it and can write the database (a row
@@ -351,6 +346,47 @@ def test_a_leaked_key_retired_at_once_stays_retired(handles: OpenHandle) -> None
     verifier = TokenVerifier(restarted, None, ISSUER)
     with pytest.raises(AuthenticationError):
         verifier.verify(forged, AUD)
+
+
+def test_a_retired_key_put_back_with_its_tombstone_gone_is_refused(handles: OpenHandle) -> None:
+    """What holds: as above, and the thief also deletes the tombstone: the row put back has
+    no ``retire_at`` (authenticated) while a newer key exists, which no rotation leaves."""
+    master = os.urandom(32)
+    db = handles("a")
+    store = KeyStore(db, master_key=master)
+    with db.read() as cur:
+        saved = cur.execute(
+            "SELECT kid, created, activate_at, retire_at, nonce, ciphertext FROM signing_keys"
+        ).fetchone()
+    assert saved is not None
+    forged, _ = TokenIssuer(store, ISSUER).mint(IDENT, AUD, 600)
+    store.rotate(retire_after=0)
+    _sql(db, "DELETE FROM retired_signing_keys")
+    _sql(
+        db,
+        "INSERT INTO signing_keys (kid, created, activate_at, retire_at, nonce, ciphertext) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        tuple(saved),
+    )
+    restarted = KeyStore(handles("b"), master_key=master)
+    assert restarted.public_key(saved[0]) is None
+    with pytest.raises(AuthenticationError):
+        TokenVerifier(restarted, None, ISSUER).verify(forged, AUD)
+
+
+def test_a_retirement_undone_or_pushed_back_is_refused(handles: OpenHandle) -> None:
+    """What holds: the times of a row are authenticated with its private half: a retiring
+    key's ``retire_at`` cleared or moved later fails to decrypt, loudly."""
+    master = os.urandom(32)
+    db = handles("a")
+    store = KeyStore(db, master_key=master, activation_delay=0)
+    old = store.current().kid
+    time.sleep(0.01)
+    store.rotate(retire_after=600)
+    for retire_at in (None, time.time() + 10 * 86400):
+        _sql(db, "UPDATE signing_keys SET retire_at = ? WHERE kid = ?", (retire_at, old))
+        with pytest.raises(ConfigError, match="cannot be decrypted"):
+            KeyStore(handles("b"), master_key=master)
 
 
 # -- staleness on the verification path ------------------------------------------------------

@@ -2,10 +2,22 @@
 
 Each row holds a kid (the RFC 7638 thumbprint), its times (``created``, ``activate_at`` --
 when it starts signing -- and ``retire_at``) and the raw Ed25519 private key encrypted with
-AES-256-GCM under a key derived from the master key (HKDF, its own label), AAD = the kid: a
-ciphertext moved onto another row fails to decrypt, and the thumbprint of every decrypted
-key is checked against its kid. Nothing else about a key is secret; nothing secret is
-stored in clear.
+AES-256-GCM under a key derived from the master key (HKDF, its own label). The AAD binds
+everything that decides whether a key is trusted: the algorithm, the kid and the three
+times; the public key is the private key's, and its thumbprint is checked against the kid.
+So a ciphertext moved onto another row, or a row whose times were altered (a retirement
+pushed back or undone), fails to decrypt and is refused. Nothing else about a key is
+secret; nothing secret is stored in clear.
+
+A row saved while its key was live can still be put back whole after the key was deleted
+(the emergency ``retire_after=0`` deletes at once). Two records refuse it: every deleted
+kid is written to ``retired_signing_keys``, which is never pruned (one short row per
+rotation), and a key without a ``retire_at`` is only trusted when it is the newest (a
+rotation sets, and authenticates, a ``retire_at`` on every older key). Each table also
+remembers the kids it saw retired for as long as it runs. A refused row is logged and
+skipped; the other keys keep serving. What the design trusts the database with is in
+docs/state.md: it can deny service; without the master key it can neither mint a key nor
+bring a retired one back on its own.
 
 Every write (the first key, a rotation) runs in one transaction that first takes a lock
 (PostgreSQL: a transaction-scoped advisory lock; SQLite: ``BEGIN IMMEDIATE`` already
@@ -22,9 +34,16 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from lockgate import _log
 from lockgate.credentials.master_key import derived_aead, verify_master_key
 from lockgate.errors import ConfigError
-from lockgate.identity.signing_key import KID_RE, SigningKey, generate_key, thumbprint
+from lockgate.identity.signing_key import (
+    KID_RE,
+    SigningKey,
+    generate_key,
+    thumbprint,
+    with_retire_at,
+)
 from lockgate.store import Cursor, Database, Migration, open_store, register_domain
 
 DOMAIN = TOPIC = "keys"
@@ -46,13 +65,23 @@ MIGRATIONS = (
         );
         """,
     ),
+    Migration(
+        2,
+        "kids of deleted signing keys, never pruned: a row put back for one is refused",
+        "CREATE TABLE IF NOT EXISTS retired_signing_keys (\n"
+        "    kid TEXT PRIMARY KEY, retired_at REAL NOT NULL\n"
+        ")",
+    ),
 )
 register_domain(DOMAIN, MIGRATIONS)
+
+log = _log.get("identity")
 
 _SELECT = (
     "SELECT kid, created, activate_at, retire_at, nonce, ciphertext FROM signing_keys "
     "ORDER BY activate_at, created, kid"
 )
+_ALGORITHM = b"Ed25519"
 
 
 class KeyTable:
@@ -68,6 +97,9 @@ class KeyTable:
             verify_master_key(db, master_key)
         self._aead = derived_aead(master_key, b"lockgate signing keys v1")
         self._loaded_version: int | None = None
+        # Kids seen retired (tombstoned, or gone from the table) since this table opened:
+        # refused even if the database loses its tombstones.
+        self._retired: set[str] = set()
 
     def open(self, now: float) -> dict[str, SigningKey]:
         version = self.db.version(TOPIC)
@@ -76,7 +108,7 @@ class KeyTable:
             keys = self._read(cur, {})
             if not keys:
                 first = generate_key(now)
-                self._insert(cur, first)
+                self._write(cur, first)
                 cur.touch(TOPIC)
                 keys = {first.kid: first}
         self._loaded_version = version  # as in rotate: a first key written here reads as a move
@@ -105,13 +137,13 @@ class KeyTable:
             # Never before a stored key: "the newest active key signs" stays true.
             new = generate_key(now, activate_at=max(now + delay, latest))
             # Old keys stay published until the new one has signed for retire_after s, so
-            # there is a signing key at every instant whatever retire_after is.
-            cur.execute(
-                "UPDATE signing_keys SET retire_at = ? WHERE retire_at IS NULL",
-                (new.signs_from + retire_after,),
-            )
-            cur.execute("DELETE FROM signing_keys WHERE retire_at <= ?", (now,))
-            self._insert(cur, new)
+            # there is a signing key at every instant whatever retire_after is. Their rows
+            # are encrypted again: the retire_at is part of what the AEAD authenticates.
+            for old in self._read(cur, known).values():
+                if old.retire_at is None:
+                    self._write(cur, with_retire_at(old, new.signs_from + retire_after))
+            self._retire_due(cur, now)
+            self._write(cur, new)
             cur.touch(TOPIC)
             keys = self._read(cur, known)
         # The version from before: our own write reads as a move, costing one spare reload
@@ -127,38 +159,78 @@ class KeyTable:
         if self.db.dialect == "postgresql":
             cur.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK_KEY,))
 
-    def _insert(self, cur: Cursor, key: SigningKey) -> None:
+    def _retire_due(self, cur: Cursor, now: float) -> None:
+        """Delete the keys whose time is over, leaving their kids as tombstones."""
+        due = cur.execute("SELECT kid FROM signing_keys WHERE retire_at <= ?", (now,)).fetchall()
+        for (kid,) in due:
+            cur.execute(
+                "INSERT INTO retired_signing_keys (kid, retired_at) VALUES (?, ?) "
+                "ON CONFLICT (kid) DO NOTHING",
+                (kid, now),
+            )
+            self._retired.add(kid)
+        cur.execute("DELETE FROM signing_keys WHERE retire_at <= ?", (now,))
+
+    def _write(self, cur: Cursor, key: SigningKey) -> None:
+        """Insert ``key``'s row, or replace it (its times changed): a fresh nonce each time."""
         raw = key.private.private_bytes(
             serialization.Encoding.Raw,
             serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
         )
         nonce = os.urandom(12)
+        ciphertext = self._aead.encrypt(
+            nonce, raw, _bound(key.kid, key.created, key.signs_from, key.retire_at)
+        )
         cur.execute(
             "INSERT INTO signing_keys (kid, created, activate_at, retire_at, nonce, ciphertext) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                key.kid, key.created, key.signs_from, key.retire_at, nonce,
-                self._aead.encrypt(nonce, raw, key.kid.encode("ascii")),
-            ),
-        )  # fmt: skip
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kid) DO UPDATE SET "
+            "created = excluded.created, activate_at = excluded.activate_at, "
+            "retire_at = excluded.retire_at, nonce = excluded.nonce, "
+            "ciphertext = excluded.ciphertext",
+            (key.kid, key.created, key.signs_from, key.retire_at, nonce, ciphertext),
+        )
 
     def _read(self, cur: Cursor, known: dict[str, SigningKey]) -> dict[str, SigningKey]:
+        rows = cur.execute(_SELECT).fetchall()
+        tombstones = {
+            kid for (kid,) in cur.execute("SELECT kid FROM retired_signing_keys").fetchall()
+        }
+        self._retired |= tombstones
+        # Only the newest key may lack a retire_at: a rotation gives every older one its own.
+        newest = rows[-1][0] if rows else None
         keys: dict[str, SigningKey] = {}
-        for kid, created, activate_at, retire_at, nonce, ct in cur.execute(_SELECT).fetchall():
+        for kid, created, activate_at, retire_at, nonce, ct in rows:
             if not isinstance(kid, str) or not KID_RE.match(kid):
                 raise ConfigError(f"{self.db.label}: invalid kid in signing_keys")
+            times = (float(created), float(activate_at), _time(retire_at))
             old = known.get(kid)
-            private = old.private if old is not None else self._decrypt(kid, nonce, ct)
-            keys[kid] = SigningKey(
-                kid, private, private.public_key(), float(created),
-                None if retire_at is None else float(retire_at), float(activate_at),
-            )  # fmt: skip
+            if old is not None and (old.created, old.signs_from, old.retire_at) == times:
+                private = old.private  # same row as loaded before: authenticated then
+            else:
+                private = self._decrypt(kid, nonce, ct, *times)  # a forged row fails loudly
+            if kid in self._retired or (retire_at is None and kid != newest):
+                self._refuse(kid)  # a genuine row, put back after its key was retired
+                continue
+            keys[kid] = SigningKey(kid, private, private.public_key(), times[0], times[2], times[1])
+        # A kid that was loaded and is gone was retired: never trusted again by this table.
+        self._retired |= known.keys() - keys.keys()
         return keys
 
-    def _decrypt(self, kid: str, nonce: bytes, ct: bytes) -> Ed25519PrivateKey:
+    def _refuse(self, kid: str) -> None:
+        log.error(
+            "signing key row refused: its key was retired (a row put back in the database)",
+            extra={"fields": {"kid": kid, "database": self.db.label}},
+        )
+
+    def _decrypt(
+        self, kid: str, nonce: bytes, ct: bytes, created: float, activate_at: float,
+        retire_at: float | None,
+    ) -> Ed25519PrivateKey:  # fmt: skip
         try:
-            raw = self._aead.decrypt(bytes(nonce), bytes(ct), kid.encode("ascii"))
+            raw = self._aead.decrypt(
+                bytes(nonce), bytes(ct), _bound(kid, created, activate_at, retire_at)
+            )
             key = Ed25519PrivateKey.from_private_bytes(raw)
         except (InvalidTag, ValueError):
             raise ConfigError(
@@ -168,3 +240,17 @@ class KeyTable:
         if thumbprint(key.public_key()) != kid:
             raise ConfigError(f"{self.db.label}: signing key {kid} does not match its kid")
         return key
+
+
+def _time(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _bound(kid: str, created: float, activate_at: float, retire_at: float | None) -> bytes:
+    """The AEAD's associated data: everything about a row that decides whether it is trusted
+    (exact float spellings: the same on SQLite and PostgreSQL)."""
+    retire = "-" if retire_at is None else retire_at.hex()
+    return b"\0".join(
+        (_ALGORITHM, kid.encode("ascii"), created.hex().encode(), activate_at.hex().encode(),
+         retire.encode())
+    )  # fmt: skip
