@@ -98,11 +98,6 @@ def test_a_database_never_reached_is_stale_at_once(pg_state: SharedStateFactory)
         db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dead watcher thread goes unnoticed: every pool transaction resets stale_for "
-    "(store/postgres.py _session -> _contact) though change versions are no longer read",
-)
 def test_a_dead_watcher_is_stale_even_while_transactions_succeed(
     pair: tuple[PostgresStateSettings, PostgresDatabase, PostgresDatabase],
     pg_server: PgServer,
@@ -136,3 +131,27 @@ def test_a_dead_watcher_is_stale_even_while_transactions_succeed(
     assert learned or mine.stale_for() > settings.max_staleness, (
         f"version stuck at {before}, yet stale_for() = {mine.stale_for():.2f} s"
     )
+
+
+def test_a_watcher_thread_that_dies_is_stale_and_started_again(
+    pair: tuple[PostgresStateSettings, PostgresDatabase, PostgresDatabase],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What holds: whatever ends the watcher thread, its own traffic keeps nothing fresh:
+    ``stale_for`` passes the bound while no thread reads the versions, and a new thread
+    (started by ``stale_for``) makes the replica fresh again once it can read them."""
+    settings, mine, _ = pair
+    mine.start_watching()
+    _wait(lambda: mine.stale_for() < 0.3)
+
+    def die(conn: object) -> None:
+        raise SystemExit  # ends the thread past every ``except Exception``
+
+    monkeypatch.setattr(mine, "_reload_versions", die)
+    _wait(lambda: mine.stale_for() > settings.max_staleness, timeout=5)
+    with mine.transaction() as cur:
+        cur.execute("SELECT 1")
+    assert mine.stale_for() > settings.max_staleness
+
+    monkeypatch.undo()
+    _wait(lambda: mine.stale_for() < 0.5, timeout=5)

@@ -9,9 +9,12 @@ Change propagation: ``cur.touch(topic)`` bumps ``lockgate_changes`` and sends
 ``pg_notify('lockgate_state', topic)`` (delivered at commit). One watcher thread per
 database LISTENs on a connection of its own and re-reads the versions table on every
 notification and every ``catch_up_interval`` (so a lost notification costs at most that);
-``version()`` is a memory read, and ``stale_for()`` counts from the last successful contact
-(a notification, a poll, any transaction). The watcher reconnects with backoff and stops on
-:meth:`PostgresDatabase.close`.
+``version()`` is a memory read, and ``stale_for()`` counts from the last time the change
+versions were read (a notification or a poll): only that keeps decisions fresh, so an
+ordinary transaction, which succeeds just as well with the watcher gone, never resets it.
+The watcher reconnects with backoff after any error and stops on
+:meth:`PostgresDatabase.close`; should its thread die all the same, ``stale_for()`` starts
+a new one (logged) and the bound keeps growing until versions are read again.
 
 The password is read from ``password_file`` (again at every new connection, so a rotated
 password is picked up) or ``password_env``; it never appears in a label or a message.
@@ -141,6 +144,7 @@ class PostgresDatabase:
         self._last_connect_error: str | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._watcher_started = 0.0  # time.monotonic()
         self._watch_lock = threading.Lock()
         self._pool = ConnectionPool(
             settings.dsn,
@@ -178,6 +182,10 @@ class PostgresDatabase:
                     f"state.postgresql.password_file {s.password_file}: cannot read "
                     f"({exc.strerror})"
                 ) from None
+            except UnicodeDecodeError:  # e.g. caught mid-rotation; the bytes are never shown
+                raise psycopg.OperationalError(
+                    f"state.postgresql.password_file {s.password_file}: not UTF-8 text"
+                ) from None
         if s.password_env is not None:
             value = os.environ.get(s.password_env)
             if value is None:
@@ -211,7 +219,12 @@ class PostgresDatabase:
 
     def _configure(self, conn: psycopg.Connection[TupleRow]) -> None:
         ms = str(int(self.settings.statement_timeout * 1000))
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", (ms,))
+        # Backslashes in '...' are text, as store/sql.py reads them, whatever the server says.
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false), "
+            "set_config('standard_conforming_strings', 'on', false)",
+            (ms,),
+        )
         conn.commit()
 
     def _scrub(self, text: str) -> str:
@@ -262,7 +275,6 @@ class PostgresDatabase:
                 self._pool.putconn(conn)
         except psycopg.Error as exc:
             raise self.unavailable(exc) from exc
-        self._contact()
         if cur.touched:
             self._merge_versions(cur.touched)
 
@@ -277,6 +289,7 @@ class PostgresDatabase:
         return self._versions.get(topic, 0)
 
     def stale_for(self) -> float:
+        self._revive_watcher()
         last = self._last_contact
         return math.inf if last is None else max(0.0, time.monotonic() - last)
 
@@ -307,10 +320,32 @@ class PostgresDatabase:
         with self._watch_lock:
             if self._watcher is not None or self._stop.is_set():
                 return
-            self._watcher = threading.Thread(
-                target=self._watch, name=f"lockgate-state-watch-{self.replica_id}", daemon=True
-            )
-            self._watcher.start()
+            self._start_watcher()
+
+    def _revive_watcher(self) -> None:
+        """A watcher thread that died (a bug, an error nobody foresaw) is started again:
+        without it nothing reads the versions, and ``stale_for`` grows past the bound."""
+        watcher = self._watcher
+        if watcher is None or watcher.is_alive() or self._stop.is_set():
+            return
+        if time.monotonic() - self._watcher_started < _BACKOFF_MAX:
+            return  # one that dies at once is not restarted (and logged) on every request
+        if not self._watch_lock.acquire(blocking=False):
+            return  # another caller is at it; this call must not wait
+        try:
+            if self._watcher is watcher and not self._stop.is_set():
+                log.error("state watcher of %s had stopped; starting it again", self.label)
+                self._watcher = None
+                self._start_watcher()
+        finally:
+            self._watch_lock.release()
+
+    def _start_watcher(self) -> None:
+        self._watcher_started = time.monotonic()
+        self._watcher = threading.Thread(
+            target=self._watch, name=f"lockgate-state-watch-{self.replica_id}", daemon=True
+        )
+        self._watcher.start()
 
     def _watch(self) -> None:
         backoff = _BACKOFF_FIRST
@@ -319,8 +354,8 @@ class PostgresDatabase:
                 conn = _ReportingConnection.connect(
                     self.settings.dsn, autocommit=True, **self._connect_kwargs()
                 )
-            except psycopg.Error as exc:
-                log.debug("state watcher: %s", self.unavailable(exc))
+            except Exception as exc:  # any failure: retry, never die
+                log.debug("state watcher: %s", self._failure(exc))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
@@ -331,9 +366,16 @@ class PostgresDatabase:
                     self._reload_versions(conn)  # whatever happened while we were away
                     backoff = _BACKOFF_FIRST
                     self._listen(conn)
-            except psycopg.Error as exc:
+            except Exception as exc:  # any failure: reconnect, never die
                 if not self._stop.is_set():
-                    log.warning("state watcher lost its connection: %s", self.unavailable(exc))
+                    log.warning("state watcher lost its connection: %s", self._failure(exc))
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _failure(self, exc: Exception) -> StoreUnavailable | str:
+        """What to log of a watcher failure: a driver error as a caller would see it, any
+        other only by its type (its text could hold anything, a secret included)."""
+        return self.unavailable(exc) if isinstance(exc, psycopg.Error) else type(exc).__name__
 
     def _listen(self, conn: psycopg.Connection[TupleRow]) -> None:
         interval = self.settings.catch_up_interval
