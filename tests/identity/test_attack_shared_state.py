@@ -117,11 +117,6 @@ def test_revocations_written_during_reloads_are_never_lost(handles: OpenHandle) 
     assert not missing, f"{len(missing)} revocations lost"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/postgres.py _merge_versions keeps the max: after a failover that lost the "
-    "last commits, versions restart lower and new revocations are not loaded",
-)
 def test_a_revocation_after_a_failover_that_lost_commits_is_loaded(handles: OpenHandle) -> None:
     """PostgreSQL fails over to a standby that had not received the last three commits (an
     asynchronous replica, or a restore to a point in time): ``lockgate_changes`` is three
@@ -148,11 +143,6 @@ def test_a_revocation_after_a_failover_that_lost_commits_is_loaded(handles: Open
     assert "after-failover" in a._jtis, f"A holds version {db_a.version('revocations')}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/postgres.py _merge_versions keeps the max: after a failover that lost the "
-    "last commits, an emergency key retirement never reaches the other replicas",
-)
 def test_an_emergency_key_retirement_after_a_failover_reaches_every_replica(
     handles: OpenHandle,
 ) -> None:

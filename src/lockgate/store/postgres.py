@@ -296,11 +296,17 @@ class PostgresDatabase:
     def _contact(self) -> None:
         self._last_contact = time.monotonic()
 
-    def _merge_versions(self, seen: dict[str, int]) -> None:
+    def _merge_versions(self, seen: dict[str, int], *, every_topic: bool = False) -> None:
+        """Take the versions just read (``every_topic``: the whole table, so a topic absent
+        is at 0). What the database says wins, lower too: after a failover that lost the
+        last commits (or a restore), versions restart lower, and stores reload when a
+        version *differs* from what they loaded. A read racing a commit may step a version
+        back for a moment; that costs one extra reload, never a missed one."""
         with self._versions_lock:
-            merged = dict(self._versions)
-            for topic, version in seen.items():
-                merged[topic] = max(merged.get(topic, 0), version)
+            merged = {} if every_topic else dict(self._versions)
+            merged.update(seen)
+            if every_topic:
+                merged.update({topic: 0 for topic in self._versions if topic not in seen})
             self._versions = merged  # one assignment: readers never see half a merge
 
     def _reload_versions(self, conn: psycopg.Connection[TupleRow]) -> None:
@@ -312,7 +318,9 @@ class PostgresDatabase:
                 conn.rollback()
         if not conn.autocommit:
             conn.commit()
-        self._merge_versions({str(topic): int(version) for topic, version in rows})
+        self._merge_versions(
+            {str(topic): int(version) for topic, version in rows}, every_topic=True
+        )
         self._contact()
 
     # -- the watcher ----------------------------------------------------------------------
