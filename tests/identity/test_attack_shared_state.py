@@ -178,11 +178,6 @@ def test_an_emergency_key_retirement_after_a_failover_reaches_every_replica(
     pytest.fail("A still verifies tokens of the key B retired in an emergency")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="staleness is measured on the change feed only (store/postgres.py stale_for): a "
-    "revocation reload that keeps failing while the feed answers never counts as stale",
-)
 def test_revocations_that_cannot_be_reloaded_count_as_stale(
     pg_state: Callable[..., PostgresStateSettings],
 ) -> None:

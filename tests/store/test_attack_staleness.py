@@ -155,3 +155,31 @@ def test_a_watcher_thread_that_dies_is_stale_and_started_again(
 
     monkeypatch.undo()
     _wait(lambda: mine.stale_for() < 0.5, timeout=5)
+
+
+def test_a_store_behind_the_feed_counts_from_when_the_feed_moved(
+    pair: tuple[PostgresStateSettings, PostgresDatabase, PostgresDatabase],
+) -> None:
+    """What holds: a store that said what it loaded is stale from the moment the feed moved
+    past it (not from its last load: a quiet hour costs nothing), and fresh again once it
+    says it loaded the new version."""
+
+    class Store:
+        pass
+
+    settings, mine, other = pair
+    mine.start_watching()
+    store = Store()
+    mine.mark_loaded(store, "revocations", mine.version("revocations"))
+    time.sleep(1.5 * settings.max_staleness)  # quiet: nothing to reload
+    assert mine.stale_for() < settings.max_staleness
+
+    before = mine.version("revocations")
+    _touch(other, "revocations")
+    _wait(lambda: mine.version("revocations") != before, timeout=2)
+    assert mine.stale_for() < settings.max_staleness  # just moved
+    _wait(lambda: mine.stale_for() > settings.max_staleness, timeout=3)  # never reloaded
+
+    mine.mark_loaded(store, "revocations", mine.version("revocations"))
+    assert mine.stale_for() < 0.5
+    del store  # a store gone is no longer waited for

@@ -38,7 +38,15 @@ from typing import ParamSpec, TypeVar
 from lockgate import _log
 from lockgate.errors import StoreUnavailable
 from lockgate.identity.model import Claims
-from lockgate.store import Cursor, Database, Migration, off_loop, open_store, register_domain
+from lockgate.store import (
+    Cursor,
+    Database,
+    Migration,
+    PostgresDatabase,
+    off_loop,
+    open_store,
+    register_domain,
+)
 
 ANY_DEPLOYMENT = "*"  # stored for revoke_dag(deployment=None)
 ANY_DAG = "*"  # every DAG of a deployment (Airflow dag_ids cannot contain "*")
@@ -207,7 +215,8 @@ class RevocationStore:
         return self.database.dialect == "postgresql"
 
     def stale_for(self) -> float:
-        """Seconds since the database was last reached (0.0 on SQLite)."""
+        """Seconds since the database's changes were last read, or since they moved past
+        what this store could reload, whichever is longer (0.0 on SQLite)."""
         return self.database.stale_for()
 
     async def off_loop(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -394,6 +403,9 @@ class RevocationStore:
             self._jtis, self._dags, self._tries = jtis, dags, tries
             self._blocks = blocks
             self._version = version
+            if isinstance(self.database, PostgresDatabase):
+                # A reload that keeps failing then counts against the staleness bound.
+                self.database.mark_loaded(self, TOPIC, version)
             return True
 
     def list(self) -> list[Revocation]:

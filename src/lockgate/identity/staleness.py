@@ -12,7 +12,9 @@ every decision stops — deny by default under partial failure:
 - ``/readyz`` answers 503 (:mod:`lockgate.readiness`).
 
 The database's ``stale_for()`` is a memory read (seconds since the last notification or
-catch-up poll that reached it), so the check costs next to nothing on the request path.
+catch-up poll that reached it, or since the change feed moved past revocations that could
+not be reloaded, whichever is longer), so the check costs next to nothing on the request
+path.
 With SQLite state there is no bound: the file is local.
 """
 

@@ -16,6 +16,11 @@ The watcher reconnects with backoff after any error and stops on
 :meth:`PostgresDatabase.close`; should its thread die all the same, ``stale_for()`` starts
 a new one (logged) and the bound keeps growing until versions are read again.
 
+Following the feed is not enough: a store whose reload keeps failing (a table locked by
+someone, a statement timing out) while the feed answers serves what it held. A store that
+says what it loaded (:meth:`PostgresDatabase.mark_loaded`) is counted: ``stale_for()`` is
+the worse of the feed's age and the time since the feed moved past what that store holds.
+
 The password is read from ``password_file`` (again at every new connection, so a rotated
 password is picked up) or ``password_env``; it never appears in a label or a message.
 """
@@ -27,6 +32,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
@@ -145,6 +151,12 @@ class PostgresDatabase:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watcher_started = 0.0  # time.monotonic()
+        # Stores that said what they loaded -> (topic, version loaded, behind the feed since).
+        self._followers: weakref.WeakKeyDictionary[object, tuple[str, int, float | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._followers_lock = threading.Lock()
+        self._behind_since: float | None = None  # the earliest of them (time.monotonic())
         self._watch_lock = threading.Lock()
         self._pool = ConnectionPool(
             settings.dsn,
@@ -290,8 +302,33 @@ class PostgresDatabase:
 
     def stale_for(self) -> float:
         self._revive_watcher()
-        last = self._last_contact
-        return math.inf if last is None else max(0.0, time.monotonic() - last)
+        last, behind = self._last_contact, self._behind_since
+        if last is None:
+            return math.inf
+        now = time.monotonic()
+        return max(0.0, now - last, 0.0 if behind is None else now - behind)
+
+    def mark_loaded(self, follower: object, topic: str, version: int) -> None:
+        """``follower`` (a store) now holds ``topic`` as of ``version`` (read before its
+        rows). While the feed's version differs, the follower is behind, and ``stale_for``
+        counts from when the feed moved past it (see the module docstring)."""
+        with self._followers_lock:
+            behind = None if self.version(topic) == version else time.monotonic()
+            self._followers[follower] = (topic, version, behind)
+            self._update_behind(self._versions, time.monotonic())
+
+    def _update_behind(self, versions: dict[str, int], now: float) -> None:
+        """Re-mark which followers lag ``versions`` (under ``_followers_lock``)."""
+        earliest: float | None = None
+        for follower, (topic, loaded, since) in list(self._followers.items()):
+            if versions.get(topic, 0) == loaded:
+                since = None
+            elif since is None:
+                since = now
+            self._followers[follower] = (topic, loaded, since)
+            if since is not None and (earliest is None or since < earliest):
+                earliest = since
+        self._behind_since = earliest
 
     def _contact(self) -> None:
         self._last_contact = time.monotonic()
@@ -308,6 +345,8 @@ class PostgresDatabase:
             if every_topic:
                 merged.update({topic: 0 for topic in self._versions if topic not in seen})
             self._versions = merged  # one assignment: readers never see half a merge
+        with self._followers_lock:
+            self._update_behind(merged, time.monotonic())
 
     def _reload_versions(self, conn: psycopg.Connection[TupleRow]) -> None:
         try:
