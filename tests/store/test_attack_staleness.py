@@ -179,6 +179,7 @@ def test_a_store_behind_the_feed_counts_from_when_the_feed_moved(
     _wait(lambda: mine.version("revocations") != before, timeout=2)
     assert mine.stale_for() < settings.max_staleness  # just moved
     _wait(lambda: mine.stale_for() > settings.max_staleness, timeout=3)  # never reloaded
+    assert mine.unreached_for() < 0.5  # the database itself is reached all along
 
     mine.mark_loaded(store, "revocations", mine.version("revocations"))
     assert mine.stale_for() < 0.5

@@ -301,12 +301,17 @@ class PostgresDatabase:
         return self._versions.get(topic, 0)
 
     def stale_for(self) -> float:
+        """What decisions from memory may trust: the worse of :meth:`unreached_for` and the
+        time since the feed moved past what a store could reload (see the module docstring)."""
+        unreached, behind = self.unreached_for(), self._behind_since
+        return unreached if behind is None else max(unreached, time.monotonic() - behind)
+
+    def unreached_for(self) -> float:
+        """Seconds since the change versions were last read: whether asking the database
+        now is worth a wait (a store stuck on one table does not make it unreachable)."""
         self._revive_watcher()
-        last, behind = self._last_contact, self._behind_since
-        if last is None:
-            return math.inf
-        now = time.monotonic()
-        return max(0.0, now - last, 0.0 if behind is None else now - behind)
+        last = self._last_contact
+        return math.inf if last is None else max(0.0, time.monotonic() - last)
 
     def mark_loaded(self, follower: object, topic: str, version: int) -> None:
         """``follower`` (a store) now holds ``topic`` as of ``version`` (read before its
