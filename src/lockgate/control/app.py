@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from lockgate import metrics
 from lockgate.config import AnyResource, ListenerConfig, LockgateConfig
@@ -35,7 +34,7 @@ from lockgate.gateway.dynamic_roles import DbRoles
 from lockgate.gateway.listeners import ConnectionGuard, TrackedProtocol
 from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenService, TokenVerifier
 from lockgate.identity.once import OnceLedger
-from lockgate.identity.rate_limit import REMOTE, RateLimits
+from lockgate.identity.rate_limit import RateLimits
 
 BODY_LIMIT = 64 * 1024  # every control request is a small form or JSON document
 
@@ -51,7 +50,7 @@ class ReadinessReport(Protocol):
 
 def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -> web.Application:
     """Every route of the control listener, over ``ctx``."""
-    app = web.Application(client_max_size=BODY_LIMIT, middlewares=[remember_remote])
+    app = web.Application(client_max_size=BODY_LIMIT)
     add_token_routes(app, ctx.tokens)
 
     async def healthz(request: web.Request) -> web.Response:
@@ -74,14 +73,6 @@ def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get(OPENAPI_PATH, openapi_page)
     return app
-
-
-@web.middleware
-async def remember_remote(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The request's address for the failed-authentication limit, read by the token
-    service's authenticate step when its door does not pass the address itself."""
-    REMOTE.set(request.remote)
-    return await handler(request)
 
 
 async def openapi_page(request: web.Request) -> web.Response:

@@ -93,7 +93,7 @@ class ControlContext:
         try:
             body = await read_body(request)
             deployment, _proof = await self.tokens.authenticate(
-                body, request.headers.get("Authorization")
+                body, request.headers.get("Authorization"), request.remote
             )
         except OAuthError as exc:
             audit = {"remote": request.remote, "route": route, "action": "authenticate"}

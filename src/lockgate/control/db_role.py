@@ -41,7 +41,6 @@ from lockgate.errors import CredentialError, UpstreamError
 from lockgate.gateway.cql.upstream import split_host_port
 from lockgate.gateway.dynamic_roles import NoGrants, RoleCredential, RoleSet, RolesRetired
 from lockgate.identity import Claims, OAuthError
-from lockgate.identity.rate_limit import take_mint
 
 log = _log.get("control.db_role")
 
@@ -114,7 +113,7 @@ def db_role_handler(ctx: ControlContext) -> Handler:
         try:
             body = await read_body(request)
             grant = await service.authorize(body, request.headers.get("Authorization"), audit)
-            await take_mint(service, grant.deployment.name)  # before any role is created
+            await service.take_mint(grant.deployment.name)  # before any role is created
             resource = grant.resource
             roles = ctx.db_roles.roles.get(resource.name)
             if roles is None:

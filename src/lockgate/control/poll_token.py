@@ -32,7 +32,6 @@ from lockgate.identity import (
     valid_airflow_id,
     valid_run_id,
 )
-from lockgate.identity.rate_limit import take_mint
 
 ROUTE = "/v1/poll-token"
 
@@ -103,7 +102,7 @@ async def issue_poll_token(
     ttl = max(1, min(decision.ttl, ttl_cap))
     grant = TaskGrant(dep, identity, resource, decision, ttl)
     try:  # one of the deployment's mints, as /v1/token's are
-        await take_mint(ctx.tokens, deployment)
+        await ctx.tokens.take_mint(deployment)
     except OAuthError as exc:
         await ctx.tokens.refused(exc, {**audit, "route": route})
         return error_response(exc)

@@ -14,6 +14,8 @@
 - :mod:`.oidc`        OIDC subject tokens from trusted issuers (RFC 8693 exchange)
 - :mod:`.attestation` optional check against the deployment's Airflow REST API
 - :mod:`.service`     the token service: authenticate, authorize, issue, revoke (no routes)
+- :mod:`.client_auth` a deployment's proof (client secret, assertion, OIDC), the staleness
+                      refusal and the failed-authentication brake, before any mint
 - :mod:`._request`    request body parsing and validation, OAuthError
 - :mod:`.upstream_assertion` the signed caller-identity assertion sent to upstreams
 

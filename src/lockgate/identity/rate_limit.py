@@ -35,7 +35,6 @@ time never moves backwards.
 
 from __future__ import annotations
 
-import contextvars
 import math
 import re
 import threading
@@ -43,7 +42,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lockgate import _log
 from lockgate.config import LockgateConfig
@@ -51,9 +49,6 @@ from lockgate.config.identity import RateLimitSettings
 from lockgate.errors import StoreUnavailable
 from lockgate.identity._request import OAuthError
 from lockgate.store import Database, Migration, off_loop, open_store, register_domain
-
-if TYPE_CHECKING:  # the service holds the limits; this module never calls into it at import
-    from lockgate.identity.service import TokenService
 
 DOMAIN = "rate_limits"
 MIGRATIONS = (
@@ -75,10 +70,6 @@ FAILED_AUTH_CLIENT = "failed_auth_client"
 FAILED_AUTH_REMOTE = "failed_auth_remote"
 
 log = _log.get("identity.rate_limit")
-
-#: The remote address of the control request being served, set by the control listener's
-#: middleware for the doors that do not pass it to :meth:`TokenService.authenticate` yet.
-REMOTE: contextvars.ContextVar[str | None] = contextvars.ContextVar("lockgate_remote", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,12 +392,6 @@ def is_failed_authentication(exc: OAuthError) -> bool:
     return exc.status == 401 or exc.error == "invalid_grant"
 
 
-async def take_mint(service: TokenService, deployment: str) -> None:
-    """The mint brake of ``service`` (:meth:`TokenService.take_mint`), for the doors that
-    call it through this module."""
-    await service.take_mint(deployment)
-
-
 __all__ = [
     "DOMAIN",
     "FAILED_AUTH_CLIENT",
@@ -414,7 +399,6 @@ __all__ = [
     "MIGRATIONS",
     "MINT",
     "RATE_LIMITED",
-    "REMOTE",
     "Bucket",
     "Decision",
     "Limit",
@@ -424,5 +408,4 @@ __all__ = [
     "rate_limited",
     "retry_after",
     "take",
-    "take_mint",
 ]

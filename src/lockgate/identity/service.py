@@ -56,7 +56,7 @@ from lockgate.identity.client_auth import (
 from lockgate.identity.keys import KeyStore
 from lockgate.identity.model import Claims, MintDecision, TaskIdentity
 from lockgate.identity.once import OnceLedger
-from lockgate.identity.rate_limit import REMOTE, RateLimits
+from lockgate.identity.rate_limit import RateLimits
 from lockgate.identity.revocation import RevocationStore
 from lockgate.identity.tokens import TokenIssuer
 
@@ -342,8 +342,6 @@ class TokenService:
         a replica past its staleness bound refuses them all, and a client or ``remote``
         address cooling down after failed authentications is refused whatever it presents
         (:mod:`lockgate.identity.client_auth`)."""
-        if remote is None:  # a door that does not pass its address yet (control/context.py)
-            remote = REMOTE.get()
         return await self._client_auth.authenticate(body, authorization, remote)
 
     async def take_mint(self, deployment: str) -> None:
