@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from lockgate.config import PostgresStateSettings
-from lockgate.store import CORE_DOMAIN, CORE_MIGRATIONS, PostgresDatabase, migrate
+from lockgate.store import CORE_DOMAIN, CORE_MIGRATIONS, TOPICS, PostgresDatabase, migrate
 from tests.pgserver import PgServer
 from tests.pgserver.fixtures import SharedStateFactory
 
@@ -184,3 +184,22 @@ def test_a_store_behind_the_feed_counts_from_when_the_feed_moved(
     mine.mark_loaded(store, "revocations", mine.version("revocations"))
     assert mine.stale_for() < 0.5
     del store  # a store gone is no longer waited for
+
+
+def test_a_history_rewound_behind_a_reconnect_moves_every_topic(
+    pair: tuple[PostgresStateSettings, PostgresDatabase, PostgresDatabase],
+    pg_server: PgServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What holds: after a failover that lost commits, versions may climb back to the very
+    values a replica holds while its watcher reconnects; the server's WAL position, behind
+    the highest one seen, tells, and every topic is moved so every replica reloads."""
+    _, mine, other = pair
+    other.start_watching()
+    mine.start_watching()
+    _wait(lambda: mine._wal_high > 0)
+    before = {topic: other.version(topic) for topic in TOPICS}
+
+    monkeypatch.setattr(mine, "_wal_position", lambda conn: 1)  # the promoted standby's WAL
+    _terminate(pg_server, "mine")  # the failover cuts every connection
+    _wait(lambda: all(other.version(t) != before[t] for t in TOPICS), timeout=5)

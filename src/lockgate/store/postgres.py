@@ -16,6 +16,12 @@ The watcher reconnects with backoff after any error and stops on
 :meth:`PostgresDatabase.close`; should its thread die all the same, ``stale_for()`` starts
 a new one (logged) and the bound keeps growing until versions are read again.
 
+A failover that lost the last commits (or a restore to a point in time) restarts versions
+lower; they may climb back to a value a replica holds while its watcher reconnects, and
+that replica would miss the writes in between. The watcher therefore remembers the highest
+WAL position it has seen: a server whose WAL is behind it after a reconnect has rewound
+its history, and the watcher bumps every topic (every replica then reloads everything).
+
 Following the feed is not enough: a store whose reload keeps failing (a table locked by
 someone, a statement timing out) while the feed answers serves what it held. A store that
 says what it loaded (:meth:`PostgresDatabase.mark_loaded`) is counted: ``stale_for()`` is
@@ -45,7 +51,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from lockgate.config.state import PostgresStateSettings
 from lockgate.errors import StoreUnavailable
-from lockgate.store.base import Cursor, Dialect
+from lockgate.store.base import TOPICS, Cursor, Dialect
 from lockgate.store.sql import to_postgres_params
 
 log = logging.getLogger("lockgate.store")
@@ -59,6 +65,7 @@ _TOUCH_SQL = (
     "SELECT version, pg_notify('lockgate_state', %s) FROM bumped"
 )
 _VERSIONS_SQL = "SELECT topic, version FROM lockgate_changes"
+_WAL_POSITION_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 _POOL_RETRY_FOR = 4.0  # seconds: retry delays 1 s, 2 s, then a fresh start on demand
@@ -157,6 +164,7 @@ class PostgresDatabase:
         )
         self._followers_lock = threading.Lock()
         self._behind_since: float | None = None  # the earliest of them (time.monotonic())
+        self._wal_high = 0  # the highest WAL position the watcher has seen
         self._watch_lock = threading.Lock()
         self._pool = ConnectionPool(
             settings.dsn,
@@ -415,6 +423,8 @@ class PostgresDatabase:
                 with conn:
                     self._configure(conn)  # a hung server must not hang the poll either
                     conn.execute("LISTEN lockgate_state")  # CHANNEL
+                    if self._history_rewound(conn):
+                        self._touch_every_topic(conn)
                     self._reload_versions(conn)  # whatever happened while we were away
                     backoff = _BACKOFF_FIRST
                     self._listen(conn)
@@ -438,9 +448,43 @@ class PostgresDatabase:
             for _ in conn.notifies(timeout=wait, stop_after=1):  # ends by itself: lock freed
                 notified = True
             if notified or time.monotonic() >= next_poll:
+                if self._history_rewound(conn):  # also keeps the high-water mark current
+                    self._touch_every_topic(conn)
                 self._reload_versions(conn)
                 if not notified:
                     next_poll = time.monotonic() + interval
+
+    def _wal_position(self, conn: psycopg.Connection[TupleRow]) -> int | None:
+        """The server's WAL position, or None where it cannot say (a standby, a managed
+        server that hides it): the check is then skipped, nothing else changes."""
+        try:
+            row = conn.execute(_WAL_POSITION_SQL).fetchone()
+        except psycopg.DatabaseError:  # the watcher's connection is in autocommit
+            return None
+        return int(row[0]) if row and row[0] is not None else None
+
+    def _history_rewound(self, conn: psycopg.Connection[TupleRow]) -> bool:
+        """Whether the server's WAL is behind the highest position seen (a lossy failover or
+        a restore). The mark stays up until every topic was bumped (a failed bump is
+        tried again at the next reconnect)."""
+        position = self._wal_position(conn)
+        if position is None:
+            return False
+        if position < self._wal_high:
+            return True
+        self._wal_high = position
+        return False
+
+    def _touch_every_topic(self, conn: psycopg.Connection[TupleRow]) -> None:
+        """Move every topic, so every replica reloads what survived the rewind."""
+        log.warning(
+            "PostgreSQL %s: its history went back (a failover that lost commits, or a "
+            "restore); every replica reloads all shared state",
+            self.label,
+        )
+        for topic in TOPICS:
+            conn.execute(_TOUCH_SQL.encode(), (topic, topic))
+        self._wal_high = self._wal_position(conn) or 0
 
     def close(self) -> None:
         self._stop.set()
