@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from lockgate.gateway.caches import SecretCache
 
@@ -83,3 +84,49 @@ async def test_a_long_lived_token_is_kept_for_the_ttl_only() -> None:
     await cache.get("aad")
     clocks.advance(1.1)
     assert cache.peek("aad") is None
+
+
+class RotatingBroker(TokenBroker):
+    """A broker whose ``generation`` moves when it takes in a rotation."""
+
+    def __init__(self, clocks: Clocks) -> None:
+        super().__init__(clocks, lifetime=None)
+        self.generation = 0
+
+
+async def test_a_rotation_the_broker_took_in_empties_the_cache_at_once() -> None:
+    clocks = Clocks()
+    broker = RotatingBroker(clocks)
+    cache = _cache(broker, clocks)
+    first = await cache.get("orders-key")
+    assert cache.peek("orders-key") is first and broker.calls == 1
+    broker.generation += 1  # e.g. `lockgate creds rotate` on another replica, reloaded here
+    assert cache.peek("orders-key") is None  # well within the 1 s TTL
+    second = await cache.get("orders-key")
+    assert second is not None and second.value == "token-2"
+    assert cache.peek("orders-key") is second  # cached again until the next rotation
+
+
+async def test_a_real_broker_moves_its_generation_on_a_rotation(tmp_path: Path) -> None:
+    from lockgate.config import parse_config
+    from lockgate.credentials import CredentialBroker, CredentialStore
+
+    config = parse_config(
+        {"data_dir": str(tmp_path),
+         "credentials": [{"name": "orders-key", "type": "static", "overlap": 60}]},
+        tmp_path / "lockgate.yaml",
+    )  # fmt: skip
+    writer = CredentialStore(tmp_path / "credentials.db", b"k" * 32)
+    writer.set("orders-key", "old")
+    reader = CredentialStore(tmp_path / "credentials.db", b"k" * 32)
+    broker = CredentialBroker(config, reader, None)
+    cache = SecretCache(broker, ttl=60.0)
+    first = await cache.get("orders-key")
+    assert first is not None and first.value == "old"
+    writer.rotate("orders-key", "new")  # another process
+    assert broker.refresh()  # the gateway's tick
+    second = await cache.get("orders-key")
+    assert second is not None and second.value == "new"
+    await broker.close()
+    writer.close()
+    reader.close()

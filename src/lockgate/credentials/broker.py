@@ -86,6 +86,12 @@ class CredentialBroker:
             self._reload_logged()
         self._generation = store.generation  # the store load our caches were filled from
 
+    @property
+    def generation(self) -> int:
+        """Moves whenever the broker takes in a change of the stored credentials (a rotation
+        here, by the CLI, another worker or another replica): caches of secrets compare it."""
+        return self._generation
+
     # -- the engines' API ------------------------------------------------------------------
     async def upstream_secret(
         self, credential_name: str, previous: bool = False

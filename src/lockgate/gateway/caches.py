@@ -58,15 +58,29 @@ class SecretCache:
         self._clock = clock
         self._wall = wall  # the clock of ``expires_at``
         self._entries: dict[tuple[str, bool], tuple[float, UpstreamSecret | None]] = {}
+        self._generation = self._broker_generation()
+
+    def _broker_generation(self) -> int | None:
+        return getattr(self._broker, "generation", None)  # brokers without it: TTL only
+
+    def _follow_rotations(self) -> None:
+        # A rotation the broker took in (from any process or replica) empties the cache at
+        # once: otherwise an old secret would outlive the rotation by up to ``ttl``.
+        generation = self._broker_generation()
+        if generation != self._generation:
+            self._generation = generation
+            self._entries.clear()
 
     def peek(self, name: str, previous: bool = False) -> UpstreamSecret | None:
         """The cached secret if fresh, else None (sync fast path)."""
+        self._follow_rotations()
         entry = self._entries.get((name, previous))
         if entry is not None and entry[0] > self._clock():
             return entry[1]
         return None
 
     async def get(self, name: str, previous: bool = False) -> UpstreamSecret | None:
+        self._follow_rotations()
         key = (name, previous)
         entry = self._entries.get(key)
         if entry is not None and entry[0] > self._clock():
