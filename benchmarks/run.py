@@ -21,6 +21,7 @@ BENCHMARKS: list[tuple[str, str, list[str] | None]] = [
     ("CQL data path: Lockgate vs direct", "benchmarks.cql", []),
     ("PostgreSQL data path: pgbench direct vs PgBouncer vs Lockgate", "benchmarks.postgres", []),
     ("audit per allowed request: emit vs write-ahead, fsync", "benchmarks.audit", []),
+    ("three replicas on one PostgreSQL: propagation and failures", "benchmarks.ha", []),
 ]
 
 
