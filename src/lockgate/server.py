@@ -146,6 +146,8 @@ class Gateway:
                 self.state.replica_id,
                 grace=pg.lease_grace if pg is not None else DEFAULT_GRACE,
             ),
+            # past it the roles go: a login this replica can no longer revoke in time
+            staleness=self.staleness,
         )
         return ControlPlane.build(
             self.config,

@@ -92,11 +92,6 @@ async def shared_stack(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/dynamic_roles.py DbRoles ignores the staleness bound: a replica cut off "
-    "from PostgreSQL past max_staleness keeps its direct-upstream roles until their tokens end",
-)
 async def test_roles_of_a_replica_past_its_staleness_bound_are_dropped(
     shared_stack: tuple[Stack, PgServer],
 ) -> None:

@@ -39,7 +39,7 @@ from lockgate import _log
 from lockgate.config import AnyResource
 from lockgate.errors import CredentialError
 from lockgate.gateway.engine import CredentialBroker, PolicySource
-from lockgate.gateway.role_leases import RoleLeases, keep_leases
+from lockgate.gateway.role_leases import RoleLeases, keep_leases, reap_revoked
 from lockgate.gateway.role_set import (
     PREFIX,
     NoGrants,
@@ -51,6 +51,8 @@ from lockgate.gateway.role_set import (
 )
 from lockgate.identity.model import Claims
 from lockgate.identity.revocation import RevocationStore
+from lockgate.identity.staleness import StalenessBound
+from lockgate.store import StoreUnavailable
 
 log = _log.get("gateway.dynamic_roles")
 
@@ -111,9 +113,11 @@ class DbRoles:
         clock: Callable[[], float] = time.time,
         sweep_interval: float = 15.0,
         leases: RoleLeases | None = None,
+        staleness: StalenessBound | None = None,
     ) -> None:
         self._password_for = password_for
         self.leases = leases
+        self.staleness = staleness
         self._policy = policy
         self._revocations = revocations
         self._clock = clock
@@ -124,7 +128,8 @@ class DbRoles:
         self._task: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None  # heartbeat + orphan leases
         self._drop: asyncio.Task[None] | None = None  # roles of tokens revoked elsewhere
-        self._stale = False
+        self._drop_wanted = False  # revocations changed while a drop ran
+        self._stale_dropped = False  # the drop-everything pass ran since the bound was passed
         self._retiring: set[asyncio.Task[None]] = set()  # roles of resources taken away
         self._set_resources(resources)
 
@@ -150,6 +155,7 @@ class DbRoles:
 
                 kept[name] = role_set_class(r.kind)(r, password, self._policy, clock=self._clock)
                 kept[name].leases = self.leases
+                kept[name].refusal = self._stale_refusal
         self.roles = kept
         self._claims = {k: c for k, c in self._claims.items() if k[0] in kept}
         return retired
@@ -202,8 +208,18 @@ class DbRoles:
             except Exception:  # a sweep failure must not stop the loop
                 log.exception("dynamic role sweep failed")
 
+    def _stale_refusal(self) -> str | None:
+        """Why roles must go now (the shared state is past its staleness bound), or None."""
+        return self.staleness.refusal() if self.staleness is not None else None
+
     async def sweep(self) -> list[str]:
-        """Drop expired roles and roles whose token was revoked elsewhere (CLI, replica)."""
+        """Drop expired roles and roles whose token was revoked elsewhere (CLI, replica),
+        also those another process holds (through its lease); past the staleness bound, drop
+        every live role."""
+        why = self._stale_refusal()
+        if why is not None:
+            return await self._drop_everything(why)
+        self._stale_dropped = False
         dropped: list[str] = []
         for roles, claims in self._live_claims():
             if self._revocations.is_revoked(claims):
@@ -211,18 +227,47 @@ class DbRoles:
         for roles in self.roles.values():
             dropped += await roles.sweep()
         self._forget_dropped()
+        if self.leases is not None and self.roles:
+            try:
+                held = await reap_revoked(self.leases, self.roles, self._revocations.is_revoked)
+            except StoreUnavailable as exc:  # the next sweep tries again
+                log.warning("roles held elsewhere not checked: state database unavailable",
+                            extra={"fields": {"error": str(exc)}})  # fmt: skip
+            else:
+                dropped += [lease.role for lease in held]
+        return dropped
+
+    async def _drop_everything(self, why: str) -> list[str]:
+        """Fail closed: this replica can no longer learn of revocations and blocks made on
+        another one, and a role is a login it never sees again. None is issued until the
+        shared state is reached again (the door refuses, and so does each role set)."""
+        self._stale_dropped = True
+        sets = list(self.roles.values())
+        dropped = [n for names in await asyncio.gather(*(r.drop_all() for r in sets))
+                   for n in names]  # fmt: skip
+        self._forget_dropped()
+        left = sorted(name for roles in sets for name in roles.live)
+        if dropped or left:
+            log.warning("dynamic roles dropped: shared state past its staleness bound",
+                        extra={"fields": {"roles": dropped, "not_dropped_yet": left,
+                                          "reason": why}})  # fmt: skip
         return dropped
 
     def after_refresh(self, changed: bool) -> None:
         """After each revocation refresh (``changed``: it loaded new revocations).
 
         A dynamic database role is a login the gateway never sees again: drop those of
-        newly revoked tokens now, not at the next sweep; in a task of its own, so a slow
-        database never delays the next revocation refresh (a change seen meanwhile starts
-        another drop once this one is done)."""
-        self._stale = self._stale or (changed and bool(self.roles))
-        if self._stale and (self._drop is None or self._drop.done()):
-            self._stale = False
+        newly revoked tokens now, not at the next sweep, and every live one as soon as the
+        shared state is past its staleness bound (once; the sweeper retries what failed); in
+        a task of its own, so a slow database never delays the next revocation refresh (a
+        change seen meanwhile starts another drop once this one is done)."""
+        self._drop_wanted = self._drop_wanted or (changed and bool(self.roles))
+        if self._stale_refusal() is None:
+            self._stale_dropped = False
+        elif not self._stale_dropped and any(r.live for r in self.roles.values()):
+            self._drop_wanted = True
+        if self._drop_wanted and (self._drop is None or self._drop.done()):
+            self._drop_wanted = False
             self._drop = asyncio.create_task(self._drop_revoked(), name="lockgate-role-drop")
 
     async def _drop_revoked(self) -> None:

@@ -40,6 +40,7 @@ worker thread so the event loop never waits on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -49,6 +50,7 @@ from typing import Any, Protocol
 
 from lockgate import _log
 from lockgate.errors import UpstreamUnavailable
+from lockgate.identity.model import Claims
 from lockgate.store import (
     Cursor,
     Database,
@@ -94,6 +96,11 @@ MIGRATIONS = (
         );
         """,
     ),
+    Migration(
+        3,
+        "role leases carry their token's claims: any replica drops a revoked token's role",
+        "ALTER TABLE role_leases ADD COLUMN claims TEXT;",
+    ),
 )
 register_domain(DOMAIN, MIGRATIONS)
 
@@ -115,18 +122,28 @@ _FORGET_HOLDERS = (
     "(SELECT incarnation FROM role_leases WHERE incarnation IS NOT NULL)"
 )
 _RECORD = (
-    "INSERT INTO role_leases (resource, role, replica_id, incarnation, expires_at, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (resource, role) DO UPDATE SET "
+    "INSERT INTO role_leases "
+    "(resource, role, replica_id, incarnation, expires_at, created_at, claims) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (resource, role) DO UPDATE SET "
     "replica_id = excluded.replica_id, incarnation = excluded.incarnation, "
     "expires_at = excluded.expires_at, created_at = excluded.created_at, "
-    "claimed_by = NULL, claimed_until = NULL"
+    "claims = excluded.claims, claimed_by = NULL, claimed_until = NULL"
 )
+# Live roles of other processes whose token is known (unclaimed, or the claim lapsed): this
+# replica drops those its revocations say are revoked.
+_HELD_ELSEWHERE = """
+    SELECT resource, role, replica_id, expires_at, incarnation, claims FROM role_leases
+    WHERE claims IS NOT NULL AND COALESCE(incarnation, '') <> ?
+      AND (claimed_until IS NULL OR claimed_until < ?)
+    ORDER BY expires_at
+    LIMIT ?
+"""
 # Orphans: the token expired more than grace ago; or the holding process has been silent
 # for grace; or (a restart) it is another process under this replica id that has not beaten
 # since this one started, although this one has been up long enough to see a live sibling
 # beat. A lease from before holders were recorded falls back on its replica's heartbeat.
 _ORPHANS = """
-    SELECT l.resource, l.role, l.replica_id, l.expires_at, l.incarnation
+    SELECT l.resource, l.role, l.replica_id, l.expires_at, l.incarnation, l.claims
     FROM role_leases l
     LEFT JOIN role_lease_holders h ON h.incarnation = l.incarnation
     LEFT JOIN replicas r ON r.replica_id = l.replica_id
@@ -157,6 +174,7 @@ class Lease:
     replica_id: str
     expires_at: float
     incarnation: str | None = None  # the process holding it (None: recorded before that)
+    claims: Claims | None = None  # the token it was issued for (None: recorded before that)
 
 
 class RoleLeases:
@@ -204,15 +222,19 @@ class RoleLeases:
         cur.execute(_HEARTBEAT_REPLICA, (self.replica_id, now))
         cur.execute(_HEARTBEAT_HOLDER, (self.incarnation, self.replica_id, self.started_at, now))
 
-    def record(self, resource: str, role: str, expires_at: float) -> None:
-        """This process is about to create ``role`` (call before creating it upstream)."""
+    def record(
+        self, resource: str, role: str, expires_at: float, claims: Claims | None = None
+    ) -> None:
+        """This process is about to create ``role`` (call before creating it upstream) for
+        the token ``claims`` (kept so that any replica can tell when it is revoked)."""
         now = self._clock()
+        token = None if claims is None else json.dumps(claims.to_payload(), sort_keys=True)
         with self.db.transaction() as cur:
             # The heartbeat first: a lease never names a holder that was never seen.
             self._beat(cur, now)
             cur.execute(
                 _RECORD,
-                (resource, role, self.replica_id, self.incarnation, expires_at, now),
+                (resource, role, self.replica_id, self.incarnation, expires_at, now, token),
             )
             cur.touch(TOPIC)
 
@@ -237,6 +259,14 @@ class RoleLeases:
         with self.db.read() as cur:
             rows = cur.execute(_ORPHANS, params).fetchall()
         return [_lease(r) for r in rows]
+
+    def held_elsewhere(self, limit: int = 1000) -> list[Lease]:
+        """The leases of other processes (any replica, or this one's previous incarnation)
+        that name their token and are not claimed: the ones this replica may drop when its
+        revocations say the token is revoked."""
+        with self.db.read() as cur:
+            rows = cur.execute(_HELD_ELSEWHERE, (self.incarnation, self._clock(), limit))
+            return [_lease(r) for r in rows.fetchall()]
 
     def claim(self, lease: Lease) -> bool:
         """Take the drop of ``lease`` on; True for exactly one claimer (until the claim lapses
@@ -264,8 +294,8 @@ class RoleLeases:
         """Every lease (operators, tests)."""
         with self.db.read() as cur:
             rows = cur.execute(
-                "SELECT resource, role, replica_id, expires_at, incarnation FROM role_leases "
-                "ORDER BY resource, role"
+                "SELECT resource, role, replica_id, expires_at, incarnation, claims "
+                "FROM role_leases ORDER BY resource, role"
             ).fetchall()
         return [_lease(r) for r in rows]
 
@@ -277,12 +307,28 @@ class RoleLeases:
 def _lease(row: tuple[Any, ...]) -> Lease:
     return Lease(
         str(row[0]), str(row[1]), str(row[2]), float(row[3]),
-        None if row[4] is None else str(row[4]),
+        None if row[4] is None else str(row[4]), _claims(row[5]),
     )  # fmt: skip
 
 
+def _claims(stored: object) -> Claims | None:
+    """The token claims a lease names; None when it names none or they do not parse (the
+    lease is then only ever dropped as an orphan)."""
+    if not isinstance(stored, str):
+        return None
+    try:
+        payload = json.loads(stored)
+    except ValueError:
+        return None
+    return Claims.from_payload(payload) if isinstance(payload, dict) else None
+
+
 async def lease_role(
-    leases: RoleLeases | None, resource: str, role: str, expires_at: float
+    leases: RoleLeases | None,
+    resource: str,
+    role: str,
+    expires_at: float,
+    claims: Claims | None = None,
 ) -> None:
     """Record the lease before the role exists: a crash between the two leaves a lease on
     nothing (harmless to sweep), never a role nobody would drop. No lease, no role: raises
@@ -290,7 +336,7 @@ async def lease_role(
     if leases is None:
         return
     try:
-        await asyncio.to_thread(leases.record, resource, role, expires_at)
+        await asyncio.to_thread(leases.record, resource, role, expires_at, claims)
     except StoreUnavailable as exc:
         raise UpstreamUnavailable(f"role lease not recorded: {exc}") from exc
 
@@ -317,8 +363,28 @@ async def reap(leases: RoleLeases, droppers: Mapping[str, Dropper]) -> list[Leas
     """Drop the orphans whose resource this replica serves (the admin login is the
     resource's); returns the ones dropped here. A drop that fails keeps its claim, which
     lapses, so this or another replica tries again."""
+    orphans = await asyncio.to_thread(leases.orphans)
+    return await _drop_claimed(leases, orphans, droppers, "orphaned roles dropped")
+
+
+async def reap_revoked(
+    leases: RoleLeases, droppers: Mapping[str, Dropper], is_revoked: Callable[[Claims], bool]
+) -> list[Lease]:
+    """Drop the roles other processes hold for tokens ``is_revoked`` says are revoked
+    (this replica's revocations): the holder may be cut off from the shared state and never
+    learn it. Exactly one replica drops each, through the lease claim, as :func:`reap`."""
+    held = await asyncio.to_thread(leases.held_elsewhere)
+    revoked = [x for x in held if x.claims is not None and is_revoked(x.claims)]
+    if not revoked:
+        return []
+    return await _drop_claimed(leases, revoked, droppers, "roles of revoked tokens dropped")
+
+
+async def _drop_claimed(
+    leases: RoleLeases, candidates: list[Lease], droppers: Mapping[str, Dropper], what: str
+) -> list[Lease]:
     dropped: list[Lease] = []
-    for lease in await asyncio.to_thread(leases.orphans):
+    for lease in candidates:
         dropper = droppers.get(lease.resource)
         if dropper is None:  # not served here: a replica that serves it sweeps it
             continue
@@ -327,14 +393,14 @@ async def reap(leases: RoleLeases, droppers: Mapping[str, Dropper]) -> list[Leas
         try:
             await dropper.drop_orphan(lease.role)
         except Exception as exc:
-            log.warning("orphaned role not dropped yet", extra={"fields": {
+            log.warning("role of another process not dropped yet", extra={"fields": {
                 "resource": lease.resource, "role": lease.role, "owner": lease.replica_id,
                 "error": str(exc)}})  # fmt: skip
             continue
         await asyncio.to_thread(leases.release_claimed, lease)
         dropped.append(lease)
     if dropped:
-        log.info("orphaned roles dropped", extra={"fields": {
+        log.info(what, extra={"fields": {
             "roles": [f"{d.resource}/{d.role}" for d in dropped],
             "owners": sorted({d.replica_id for d in dropped})}})  # fmt: skip
     return dropped
@@ -365,5 +431,6 @@ __all__ = [
     "keep_leases",
     "lease_role",
     "reap",
+    "reap_revoked",
     "release_role",
 ]

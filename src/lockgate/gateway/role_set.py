@@ -94,6 +94,9 @@ class RoleSet:
         self._lock = asyncio.Lock()  # one issue at a time; retire() waits for the one under way
         self._retired = False
         self.leases: RoleLeases | None = None  # set by DbRoles when the state keeps leases
+        # set by DbRoles: why no role may be issued now (shared state past its staleness
+        # bound), or None
+        self.refusal: Callable[[], str | None] | None = None
 
     # -- what a kind implements -------------------------------------------------------------
     async def _create(
@@ -133,11 +136,12 @@ class RoleSet:
         name = role_name(self.resource.name, claims.jti)
         async with self._lock:
             self._refuse_if_retired()
+            self._refuse_if_stale()
             known = self._issued.get(name)
             if known is not None:
                 return known
             password = secrets.token_urlsafe(32)  # URL-safe: never a quote
-            await lease_role(self.leases, self.resource.name, name, float(claims.exp))
+            await lease_role(self.leases, self.resource.name, name, float(claims.exp), claims)
             try:
                 grants = await self._create(name, password, claims, require_grants)
             except BaseException:
@@ -162,6 +166,12 @@ class RoleSet:
     def _refuse_if_retired(self) -> None:
         if self._retired:
             raise RolesRetired(f"{self.resource.name!r} no longer issues dynamic roles")
+
+    def _refuse_if_stale(self) -> None:
+        # The door refuses first; this closes the moment between its check and the lock.
+        why = self.refusal() if self.refusal is not None else None
+        if why is not None:
+            raise UpstreamUnavailable(f"no dynamic role issued: {why}")
 
     def allowed(self, claims: Claims, objects: Iterable[str]) -> list[tuple[str, str]]:
         """(action, object) for every action of :attr:`PERMISSIONS` policy allows the
@@ -194,17 +204,36 @@ class RoleSet:
             return await self.sweep(now=float("inf"))
 
     # -- end --------------------------------------------------------------------------------
-    async def revoke(self, name: str) -> bool:
+    @property
+    def live(self) -> frozenset[str]:
+        """The roles that may exist upstream: issued, or their drop still to be retried."""
+        return frozenset(self._issued) | self._pending
+
+    async def drop_all(self) -> list[str]:
+        """Drop every live role now, tokens running or not (the replica can no longer
+        follow their revocations); returns the dropped names. Roles are issued again
+        afterwards; a failed drop is retried by the sweeper. Every role goes before any lease
+        is released: the state database may be what is out of reach, and each release then
+        waits for its connection timeout."""
+        async with self._lock:  # an issue under way finishes first, then its role goes too
+            dropped = await self._revoke_all(sorted(self.live), release=False)
+        for name in dropped:
+            await release_role(self.leases, self.resource.name, name)
+        return dropped
+
+    async def revoke(self, name: str, *, release: bool = True) -> bool:
         """Drop one role (task ended). True if it was dropped or did not exist.
 
         If the drop fails the role is kept for the sweeper to retry, and the error raised.
+        ``release=False``: the caller deletes the lease.
         """
         self._pending.add(name)
         await self._drop(name)
         self._issued.pop(name, None)
         self._owners.pop(name, None)
         self._pending.discard(name)
-        await release_role(self.leases, self.resource.name, name)
+        if release:
+            await release_role(self.leases, self.resource.name, name)
         log.info(f"{self.NOUN} dropped", extra={"fields": {"role": name}})
         return True
 
@@ -246,11 +275,11 @@ class RoleSet:
         ]
         return await self._revoke_all(names)
 
-    async def _revoke_all(self, names: list[str]) -> list[str]:
+    async def _revoke_all(self, names: list[str], *, release: bool = True) -> list[str]:
         dropped = []
         for name in names:
             try:
-                await self.revoke(name)
+                await self.revoke(name, release=release)
                 dropped.append(name)
             except (UpstreamError, OSError) as exc:
                 log.warning(f"{self.NOUN} not dropped yet", extra={"fields": {
