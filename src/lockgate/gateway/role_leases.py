@@ -266,7 +266,8 @@ class RoleLeases:
         revocations say the token is revoked."""
         with self.db.read() as cur:
             rows = cur.execute(_HELD_ELSEWHERE, (self.incarnation, self._clock(), limit))
-            return [_lease(r) for r in rows.fetchall()]
+            leases = [_lease(r) for r in rows.fetchall()]
+        return [x for x in leases if x.claims is not None]
 
     def claim(self, lease: Lease) -> bool:
         """Take the drop of ``lease`` on; True for exactly one claimer (until the claim lapses
