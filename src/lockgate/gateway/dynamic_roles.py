@@ -20,7 +20,11 @@ Roles and their claims live in this process; a graceful stop drops every live ro
 leases (:mod:`lockgate.gateway.role_leases`, given by the server from the state database)
 each live role is also a lease row written before the role is created: the sweeper
 heartbeats for this replica and drops the roles of a replica that died (or of this one's
-previous incarnation after a restart), exactly one replica per orphan. Without leases a
+previous incarnation after a restart), exactly one replica per orphan, and the roles other
+processes hold for tokens this replica's revocations say are revoked. Past the shared
+state's staleness bound (:class:`~lockgate.identity.staleness.StalenessBound`) a replica
+cannot follow revocations made elsewhere: it drops every live role it issued and issues
+none until the shared state is reached again. Without leases a
 crash leaves roles until :meth:`RoleSet.sweep_orphans` runs (not automatic: another replica
 sharing the upstream database would lose its roles). The door that issues roles is
 ``POST /v1/db-role`` (:mod:`lockgate.control.db_role`).

@@ -7,7 +7,7 @@ row in the state database (domain ``roles``: the SQLite file ``roles.db`` on one
 shared PostgreSQL database across replicas)::
 
     role_leases(resource, role, replica_id, incarnation, expires_at, created_at,
-                claimed_by, claimed_until)
+                claims, claimed_by, claimed_until)
     role_lease_holders(incarnation, replica_id, started_at, last_seen)
     replicas(replica_id, last_seen)
 
@@ -25,11 +25,15 @@ heartbeats every few seconds from the dynamic-role sweeper (``role_lease_holders
   under the same id would have beaten by then, so its roles stay).
 
 Any replica's sweeper drops orphans with the resource's admin login (the kind's
-:class:`~lockgate.gateway.dynamic_roles.RoleSet`) and deletes their leases. Exactly one
-replica drops a given orphan: it first *claims* the lease, one conditional ``UPDATE``
-(``claimed_until`` in the past or unset) whose row count says who won, on SQLite and
-PostgreSQL alike; a claimer that dies mid-drop leaves a claim that lapses after
-``claim_for`` seconds, and another replica retries (dropping is idempotent).
+:class:`~lockgate.gateway.dynamic_roles.RoleSet`) and deletes their leases. A lease also
+names its token (``claims``: the token's claims as JSON, never the token or the role's
+password), so any replica whose revocations say the token is revoked drops another
+process's role too (:func:`reap_revoked`): its holder may be cut off from the shared state
+and never learn of the revocation. Exactly one replica drops a given role: it first
+*claims* the lease, one conditional ``UPDATE`` (``claimed_until`` in the past or unset)
+whose row count says who won, on SQLite and PostgreSQL alike; a claimer that dies
+mid-drop leaves a claim that lapses after ``claim_for`` seconds, and another replica
+retries (dropping is idempotent).
 
 Clocks: ``last_seen`` is written with the owner's clock and judged with the reaper's, so
 ``grace`` must exceed the replicas' clock skew (NTP keeps it far below a second).
