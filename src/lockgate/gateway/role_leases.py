@@ -264,7 +264,7 @@ class RoleLeases:
             rows = cur.execute(_ORPHANS, params).fetchall()
         return [_lease(r) for r in rows]
 
-    def held_elsewhere(self, limit: int = 1000) -> list[Lease]:
+    def held_elsewhere(self, limit: int = 100_000) -> list[Lease]:
         """The leases of other processes (any replica, or this one's previous incarnation)
         that name their token and are not claimed: the ones this replica may drop when its
         revocations say the token is revoked."""
