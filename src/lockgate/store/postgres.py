@@ -153,11 +153,13 @@ class PostgresDatabase:
         self.label = dsn_label(settings.dsn)
         self._versions: dict[str, int] = {}
         self._versions_lock = threading.Lock()
-        self._last_contact: float | None = None  # time.monotonic()
+        self._last_contact: float | None = None  # versions last read (time.monotonic())
+        self._last_reached: float | None = None  # any transaction last succeeded
         self._last_connect_error: str | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watcher_started = 0.0  # time.monotonic()
+        self._watching = False  # start_watching was called (stays True through restarts)
         # Stores that said what they loaded -> (topic, version loaded, behind the feed since).
         self._followers: weakref.WeakKeyDictionary[object, tuple[str, int, float | None]] = (
             weakref.WeakKeyDictionary()
@@ -295,6 +297,7 @@ class PostgresDatabase:
                 self._pool.putconn(conn)
         except psycopg.Error as exc:
             raise self.unavailable(exc) from exc
+        self._last_reached = time.monotonic()
         if cur.touched:
             self._merge_versions(cur.touched)
 
@@ -309,17 +312,24 @@ class PostgresDatabase:
         return self._versions.get(topic, 0)
 
     def stale_for(self) -> float:
-        """What decisions from memory may trust: the worse of :meth:`unreached_for` and the
-        time since the feed moved past what a store could reload (see the module docstring)."""
-        unreached, behind = self.unreached_for(), self._behind_since
-        return unreached if behind is None else max(unreached, time.monotonic() - behind)
+        """What decisions from memory may trust: seconds since the change versions were
+        last read, or since the feed moved past what a store could reload, whichever is
+        longer (see the module docstring). A process that never watches (a CLI command)
+        follows nothing: there it is :meth:`unreached_for`, as before watching existed."""
+        if not self._watching:
+            return self.unreached_for()
+        self._revive_watcher()
+        now, last, behind = time.monotonic(), self._last_contact, self._behind_since
+        if last is None:
+            return math.inf
+        return max(0.0, now - last, 0.0 if behind is None else now - behind)
 
     def unreached_for(self) -> float:
-        """Seconds since the change versions were last read: whether asking the database
-        now is worth a wait (a store stuck on one table does not make it unreachable)."""
-        self._revive_watcher()
-        last = self._last_contact
-        return math.inf if last is None else max(0.0, time.monotonic() - last)
+        """Seconds since PostgreSQL last answered (a versions read or any transaction):
+        whether asking it now is worth a wait. Not a freshness measure: a dead watcher or a
+        store stuck on one locked table leaves it low."""
+        reached = [t for t in (self._last_contact, self._last_reached) if t is not None]
+        return max(0.0, time.monotonic() - max(reached)) if reached else math.inf
 
     def mark_loaded(self, follower: object, topic: str, version: int) -> None:
         """``follower`` (a store) now holds ``topic`` as of ``version`` (read before its
@@ -380,6 +390,7 @@ class PostgresDatabase:
         with self._watch_lock:
             if self._watcher is not None or self._stop.is_set():
                 return
+            self._watching = True
             self._start_watcher()
 
     def _revive_watcher(self) -> None:
