@@ -42,7 +42,6 @@ from lockgate.store import (
     Cursor,
     Database,
     Migration,
-    PostgresDatabase,
     off_loop,
     open_store,
     register_domain,
@@ -403,9 +402,8 @@ class RevocationStore:
             self._jtis, self._dags, self._tries = jtis, dags, tries
             self._blocks = blocks
             self._version = version
-            if isinstance(self.database, PostgresDatabase):
-                # A reload that keeps failing then counts against the staleness bound.
-                self.database.mark_loaded(self, TOPIC, version)
+            # A reload that keeps failing then counts against the staleness bound.
+            self.database.mark_loaded(self, TOPIC, version)
             return True
 
     def list(self) -> list[Revocation]:

@@ -59,7 +59,22 @@ class Database(Protocol):
         ...
 
     def stale_for(self) -> float:
-        """Seconds since the last successful contact with the database (0.0 for SQLite)."""
+        """How old what memory holds may be: seconds since the change versions were last
+        read, or since they moved past what a store that called :meth:`mark_loaded` could
+        reload, whichever is longer (0.0 for SQLite). The staleness bound reads this."""
+        ...
+
+    def unreached_for(self) -> float:
+        """Seconds since the database last answered anything: whether asking it now is
+        worth a wait (0.0 for SQLite). Not a freshness measure: a store stuck on one locked
+        table leaves it low while :meth:`stale_for` climbs."""
+        ...
+
+    def mark_loaded(self, follower: object, topic: str, version: int) -> None:
+        """``follower`` (a store) now holds ``topic`` as of ``version``, read before its
+        rows. While the feed has moved past that, :meth:`stale_for` counts from when it did,
+        so a reload that keeps failing is as stale as a feed that went quiet (SQLite: no-op,
+        every read is of the file itself)."""
         ...
 
     def start_watching(self) -> None:

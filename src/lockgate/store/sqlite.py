@@ -146,6 +146,12 @@ class SqliteDatabase:
     def stale_for(self) -> float:
         return 0.0
 
+    def unreached_for(self) -> float:
+        return 0.0
+
+    def mark_loaded(self, follower: object, topic: str, version: int) -> None:
+        """Nothing to follow: stores read the file itself, never a feed that can run ahead."""
+
     def start_watching(self) -> None:
         """Nothing to watch: ``version()`` reads the file, which every process shares."""
 
