@@ -111,7 +111,7 @@ class KeyTable:
                 self._write(cur, first)
                 cur.touch(TOPIC)
                 keys = {first.kid: first}
-        self._loaded_version = version  # as in rotate: a first key written here reads as a move
+        self._loaded(version)  # as in rotate: a first key written here reads as a move
         return keys
 
     def moved(self) -> bool:
@@ -123,7 +123,7 @@ class KeyTable:
             keys = self._read(cur, known)
         if not keys:
             raise ConfigError(f"{self.db.label}: no signing key in signing_keys")
-        self._loaded_version = version
+        self._loaded(version)
         return keys
 
     def rotate(
@@ -148,13 +148,20 @@ class KeyTable:
             keys = self._read(cur, known)
         # The version from before: our own write reads as a move, costing one spare reload
         # rather than ever missing another replica's write made alongside.
-        self._loaded_version = version
+        self._loaded(version)
         return new, keys
 
     def problem(self, current: SigningKey) -> str | None:
         return None  # every replica reads the same table; a restart finds the same keys
 
     # -- internals ----------------------------------------------------------------------------
+    def _loaded(self, version: int) -> None:
+        """Memory now holds the keys as of ``version``. The database hears it too: a reload
+        that keeps failing (a locked table) while the change feed answers then counts
+        against the staleness bound, as a feed gone quiet would."""
+        self._loaded_version = version
+        self.db.mark_loaded(self, TOPIC, version)
+
     def _lock(self, cur: Cursor) -> None:
         if self.db.dialect == "postgresql":
             cur.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK_KEY,))
