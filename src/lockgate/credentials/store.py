@@ -258,6 +258,9 @@ class CredentialStore:
             self._rows = {name: tuple(versions) for name, versions in by_name.items()}
             self._loaded = marker
             self.generation += 1
+        # A reload that keeps failing (a locked table) while the change feed answers then
+        # counts against the staleness bound, as a feed gone quiet would.
+        self.db.mark_loaded(self, TOPIC, marker[0])
         return True
 
     def changed(self) -> bool:
