@@ -140,11 +140,18 @@ async def test_exactly_one_replica_drops_a_revoked_tokens_role(
                 resource(upstream), _password, FakePolicy(FakePolicySet(ALLOW))))
             for db, name in zip(others, names, strict=True)
         ]  # fmt: skip
-        results = await asyncio.gather(*(
-            reap_revoked(leases, {"shop-pg": roles}, revocations.is_revoked)
-            for leases, roles in reapers
-        ))  # fmt: skip
-        dropped = [x.role for result in results for x in result]
+        dropped: list[str] = []
+        # Concurrent DROP ROLEs can fail upstream ("tuple concurrently updated" on the shared
+        # catalog); the sweeper retries a failed drop at its next pass, as here (bounded).
+        for _ in range(5):
+            results = await asyncio.gather(*(
+                reap_revoked(leases, {"shop-pg": roles}, revocations.is_revoked)
+                for leases, roles in reapers
+            ))  # fmt: skip
+            dropped += [x.role for result in results for x in result]
+            if len(dropped) >= len(creds):
+                break
+            await asyncio.sleep(0.1)
         assert sorted(dropped) == sorted(c.username for c in creds)  # each once, none twice
         assert not {c.username for c in creds} & live_roles(upstream)
     finally:

@@ -44,6 +44,7 @@ worker thread so the event loop never waits on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -295,6 +296,16 @@ class RoleLeases:
             if cur.rowcount:
                 cur.touch(TOPIC)
 
+    def give_up_claim(self, lease: Lease) -> None:
+        """The drop failed: let the next sweep (here or on another replica) try again at
+        once rather than after the claim lapses."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE role_leases SET claimed_by = NULL, claimed_until = NULL "
+                "WHERE resource = ? AND role = ? AND claimed_by = ?",
+                (lease.resource, lease.role, self.replica_id),
+            )
+
     def leases(self) -> list[Lease]:
         """Every lease (operators, tests)."""
         with self.db.read() as cur:
@@ -401,6 +412,8 @@ async def _drop_claimed(
             log.warning("role of another process not dropped yet", extra={"fields": {
                 "resource": lease.resource, "role": lease.role, "owner": lease.replica_id,
                 "error": str(exc)}})  # fmt: skip
+            with contextlib.suppress(Exception):  # else the claim lapses by itself
+                await asyncio.to_thread(leases.give_up_claim, lease)
             continue
         await asyncio.to_thread(leases.release_claimed, lease)
         dropped.append(lease)
