@@ -228,9 +228,9 @@ def test_the_sqlite_file_is_the_rate_limits_domain(tmp_path: Path) -> None:
 def test_a_shared_database_known_to_be_down_is_not_asked(
     two_replicas: tuple[RateLimits, RateLimits], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No request waits out a connect timeout once the watcher knows PostgreSQL is gone."""
+    """No request waits out a connect timeout once PostgreSQL has not answered for a while."""
     limiter = two_replicas[0].limiter
-    monkeypatch.setattr(limiter.db, "stale_for", lambda: 60.0)
+    monkeypatch.setattr(limiter.db, "unreached_for", lambda: 60.0)
 
     def not_asked() -> None:
         raise AssertionError("the database was asked")
@@ -240,3 +240,15 @@ def test_a_shared_database_known_to_be_down_is_not_asked(
     limit = Limit("mint", 0.0, 1.0)
     assert [limiter.take("k", limit).allowed for _ in range(2)] == [True, False]
     assert limiter.blocked(["k"]) == 0
+
+
+def test_a_stale_but_answering_database_still_keeps_the_shared_budget(
+    two_replicas: tuple[RateLimits, RateLimits], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staleness is about what memory holds (a store stuck behind one locked table); the
+    budget's own table still answers, so every replica keeps counting against one budget."""
+    first, second = two_replicas
+    monkeypatch.setattr(first.limiter.db, "stale_for", lambda: 60.0)
+    granted = sum(first.limiter.take("mint:prod", first.mint_limit).allowed for _ in range(30))
+    assert granted == 30
+    assert not second.limiter.take("mint:prod", second.mint_limit).allowed

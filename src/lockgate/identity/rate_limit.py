@@ -217,11 +217,13 @@ class RateLimiter:
         return max(1, math.ceil(longest)) if longest > 0 else 0
 
     def _refuse_if_known_down(self) -> None:
-        """A shared database the watcher has not reached for a few catch-up intervals is
-        not asked (each ask would wait out the connect timeout): memory decides."""
+        """A shared database that has not answered for a few catch-up intervals is not
+        asked (each ask would wait out the connect timeout): memory decides. Reachability,
+        not freshness: a store stuck behind one locked table leaves the buckets' own table
+        worth asking."""
         if not self.shared:
             return
-        age = self.db.stale_for()
+        age = self.db.unreached_for()
         if age > self._known_down_after:
             raise StoreUnavailable(f"{self.db.label}: not reached for {age:.0f} s")
 

@@ -157,7 +157,7 @@ class AdfRuns:
     # -- the database, never waited on while it is away -----------------------------------
     def _reachable(self) -> bool:
         return (
-            self.db.stale_for() <= UNREACHABLE_AFTER
+            self.db.unreached_for() <= UNREACHABLE_AFTER
             and time.monotonic() - self._failed_at >= _BACKOFF
         )
 
