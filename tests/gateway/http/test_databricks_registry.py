@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from lockgate.config import PostgresStateSettings
 from lockgate.gateway.http.profiles.databricks.registry import RunRecord, RunRegistry
 from lockgate.store import PostgresDatabase
@@ -89,6 +91,25 @@ def test_a_run_started_through_one_replica_is_known_to_another(
         assert [r.run_id for r in fresh.for_dag("etl")] == [7]
         replica_2.close()  # the state's database is not the registry's to close
         assert RunRegistry(db_2).get("dbx", 7) is not None
+    finally:
+        db_1.close()
+        db_2.close()
+
+
+def test_a_stale_but_answering_database_is_still_asked(
+    pg_state: Callable[..., PostgresStateSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staleness is about what memory holds (a store stuck behind one locked table); the
+    runs' own table still answers, so a run started through one replica is found by
+    another whose state went stale."""
+    settings = pg_state()
+    db_1 = PostgresDatabase(settings, replica_id="replica-1")
+    db_2 = PostgresDatabase(settings, replica_id="replica-2")
+    try:
+        replica_1, replica_2 = RunRegistry(db_1), RunRegistry(db_2)
+        monkeypatch.setattr(db_2, "stale_for", lambda: 60.0)
+        replica_1.add(_run(9, OLD))
+        assert replica_2.get("dbx", 9, OLD) is not None
     finally:
         db_1.close()
         db_2.close()
