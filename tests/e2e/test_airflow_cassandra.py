@@ -110,7 +110,9 @@ def test_granted_dag_writes_reads_and_is_stopped_at_ddl_and_mixed_batches(
     batch = [r for r in denied if r["detail"].get("op") == "batch"]
     assert len(batch) == 1 and batch[0]["object"] == "sales.payouts"
     assert "INSERT INTO sales.payouts" in batch[0]["detail"]["statement"]
-    assert all(r["task_id"] == "check_guardrails" for r in denied)
+    assert all(r["task_id"] == "check_guardrails" for r in denied), [
+        (r["task_id"], r["action"], r.get("reason")) for r in denied
+    ]
     # Values bound to prepared statements are never in the trail, and neither is a token.
     trail = json.dumps(rows)
     assert "globex" not in trail and "initech" not in trail and "eyJ" not in trail

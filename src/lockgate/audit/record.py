@@ -36,6 +36,9 @@ EVENTS = frozenset(
         "admitted",
         "allowed",
         "denied",
+        # a CQL/PostgreSQL session the gateway ended from outside: its token was revoked or
+        # its DAG blocked (decision deny, action connect, reason token_revoked)
+        "session_ended",
         "upstream_error",
         "auth_failed",
         "credential_rotated",

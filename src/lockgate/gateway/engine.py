@@ -301,8 +301,9 @@ class EndsRevokedSessions(Protocol):
 
     def end_revoked(self, is_revoked: RevocationCheck) -> int:
         """End every logged-in session whose token ``is_revoked`` (upstream connection
-        closed too), one audit record each (``denied``, reason :data:`SESSION_REVOKED`);
-        return how many were ended. Never blocks, never raises for one session."""
+        closed too), one audit record each (``session_ended``, decision deny, reason
+        :data:`SESSION_REVOKED`); return how many were ended. Never blocks, never raises for
+        one session."""
         ...
 
 

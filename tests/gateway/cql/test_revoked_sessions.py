@@ -82,7 +82,7 @@ async def test_an_idle_connection_of_a_revoked_token_closes_within_a_second(
         revoked.close()
         kept.close()
         cli_state.close()
-    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    ended = [r for r in stack.audit("session_ended") if r.reason == "token_revoked"]
     assert len(ended) == 1
     assert (ended[0].principal, ended[0].resource, ended[0].action) == (
         "airflow:prod/etl/load",
@@ -102,7 +102,7 @@ async def test_the_driver_loses_its_connections_and_its_reconnect_is_refused(
         t0 = time.monotonic()
         cli_state.revocations.revoke_jti(_jti(token), time.time() + 900, "test")
         for _ in range(100):  # every connection of the driver (control one and pool) ended
-            ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+            ended = [r for r in stack.audit("session_ended") if r.reason == "token_revoked"]
             if len(ended) >= 2:
                 break
             await asyncio.sleep(0.02)
@@ -143,7 +143,7 @@ async def test_a_dag_block_closes_that_dags_connections_and_no_other(
         blocked.close()
         kept.close()
         cli_state.close()
-    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    ended = [r for r in stack.audit("session_ended") if r.reason == "token_revoked"]
     assert [r.principal for r in ended] == ["airflow:prod/etl/load"]
 
 

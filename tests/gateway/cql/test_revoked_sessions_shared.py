@@ -100,7 +100,7 @@ async def test_a_revocation_on_another_replica_closes_the_session_here(
     finally:
         revoked.close()
         kept.close()
-    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    ended = [r for r in stack.audit("session_ended") if r.reason == "token_revoked"]
     assert [r.principal for r in ended] == ["airflow:prod/etl/load"]
 
 

@@ -102,7 +102,7 @@ async def test_an_idle_psycopg_session_of_a_revoked_token_ends_within_a_second(
             break
         await asyncio.sleep(0.05)
     assert await _upstream_sessions(stack) == 1
-    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    ended = [r for r in stack.audit("session_ended") if r.reason == "token_revoked"]
     assert len(ended) == 1
     assert ended[0].principal == "airflow:prod/etl/load"
     assert ended[0].resource == RESOURCE
@@ -146,7 +146,7 @@ async def test_a_dag_block_ends_that_dags_sessions_and_no_other(
         await blocked.close()
         await kept.close()
         cli_state.close()
-    ended = [r for r in stack.audit("denied") if r.reason == "token_revoked"]
+    ended = [r for r in stack.audit("session_ended") if r.reason == "token_revoked"]
     assert [r.principal for r in ended] == ["airflow:prod/etl/load"]
 
 
@@ -161,7 +161,7 @@ async def test_many_idle_sessions_end_together(stack: PgStack, cli_state: State)
         for conn in conns:
             await conn.close()
         cli_state.close()
-    assert len([r for r in stack.audit("denied") if r.reason == "token_revoked"]) == 10
+    assert len([r for r in stack.audit("session_ended") if r.reason == "token_revoked"]) == 10
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ against the new catalog. A session closed for a removed resource is audited (``d
 Revocation (:meth:`CqlEngine.end_revoked`, called by the server after the revocations
 reloaded with a change): each statement re-checks the session's token anyway, but an idle
 session sends none, so the sessions of a revoked token (or a blocked DAG) are closed at once
-and audited (``denied``, ``token_revoked``); the driver's reconnect is refused at login.
+and audited (``session_ended``, ``token_revoked``); the driver's reconnect is refused at login.
 
 Defaults worth knowing: reads of driver metadata tables (``system.local``, ``system.peers``,
 ``system.peers_v2``, ``system_schema.*``, ``system_virtual_schema.*``) and ``USE`` are allowed
@@ -142,8 +142,9 @@ class CqlEngine:
     def _end(self, task: asyncio.Task[None], auth: Authenticated, reason: str) -> None:
         """Close a session from outside, audited as a refusal of its connection."""
         ctx = self.ctx
+        event = "session_ended" if reason == SESSION_REVOKED else "denied"
         ctx.record(
-            "denied", auth.claims, auth.resource.name, ctx.clock(), action="connect",
+            event, auth.claims, auth.resource.name, ctx.clock(), action="connect",
             decision="deny", reason=reason,
         )  # fmt: skip
         log.info("cql session closed", extra={"fields": {

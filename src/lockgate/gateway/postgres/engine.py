@@ -30,7 +30,7 @@ one for a change is logged.
 Revocation (:meth:`PostgresEngine.end_revoked`, called by the server after the revocations
 reloaded with a change): each statement re-checks the session's token anyway, but an idle
 session sends none, so the sessions of a revoked token (or a blocked DAG) are ended at once
-with ``FATAL 57P01`` naming the revocation and audited (``denied``, ``token_revoked``).
+with ``FATAL 57P01`` naming the revocation and audited (``session_ended``, ``token_revoked``).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class PostgresEngine:
         """End the sessions whose token is now revoked (or whose DAG is blocked) with
         ``FATAL 57P01`` naming the revocation (what ``pg_terminate_backend`` sends: drivers
         and pools take it for a dropped connection), upstream connection closed; audited
-        (``denied``, ``token_revoked``). A reconnect with the same token is refused."""
+        (``session_ended``, ``token_revoked``). A reconnect with the same token is refused."""
         ended = 0
         for task, session, login in self._logged_in():
             if is_revoked(login.claims):
@@ -142,8 +142,9 @@ class PostgresEngine:
     ) -> None:  # fmt: skip
         """Terminate a session from outside, audited as a refusal of its connection."""
         ctx = self.ctx
+        event = "session_ended" if reason == SESSION_REVOKED else "denied"
         ctx.record(
-            "denied", login.claims, login.resource.name, ctx.clock(), action="connect",
+            event, login.claims, login.resource.name, ctx.clock(), action="connect",
             decision="deny", reason=reason,
         )  # fmt: skip
         log.info("postgres session closed", extra={"fields": {
