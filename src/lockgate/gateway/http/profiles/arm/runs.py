@@ -8,24 +8,21 @@ started by a given deployment, DAG and DAG run (what a triggerer's poll token ma
 On PostgreSQL a run started through one replica is known to every other: the row is
 committed before the client learns the run id, so its next status read may land anywhere.
 
-Reads are served from an in-memory cache of recent rows (a row never changes); a miss is one
-primary-key read. The data path never waits on an unreachable PostgreSQL: while the database
-has been out of touch for more than :data:`UNREACHABLE_AFTER` seconds (or a call just
-failed) a miss answers "unknown" (the run is then judged as one Lockgate did not start, and
-a poll token is refused: deny by default), and a started run is kept in memory and written
-when the database answers again.
+Reads go through a cache of recent rows, writes are committed before the client learns the
+run id and kept in memory while PostgreSQL is away; the data path never waits on it (a miss
+then answers "unknown" and the caller refuses): :mod:`lockgate.gateway.http.profiles.run_rows`.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lockgate import _log
-from lockgate.identity.once import LedgerUnavailable, open_database
+from lockgate.gateway.http.profiles.run_rows import RunRows
+from lockgate.identity.once import open_database
 from lockgate.store import Database, Migration, migrate, register_domain
 
 if TYPE_CHECKING:
@@ -34,7 +31,6 @@ if TYPE_CHECKING:
 log = _log.get("gateway.http.arm")
 
 DOMAIN = "adf_runs"
-TOPIC = "runs"
 MIGRATIONS = (
     Migration(
         1,
@@ -62,12 +58,6 @@ _SELECT = (
     f"SELECT {_COLUMNS} FROM adf_runs "  # noqa: S608
     "WHERE resource = ? AND factory = ? AND run_id = ?"
 )
-_CACHE_MAX = 4096
-#: seconds out of touch after which the database is not asked on the data path
-UNREACHABLE_AFTER = 3.0
-#: seconds the database is not asked again after a call failed
-_BACKOFF = 5.0
-
 RunKey = tuple[str, str, str]  # (resource, factory, run id)
 
 
@@ -108,41 +98,35 @@ class AdfRuns:
     (shared by every replica on PostgreSQL), or ``None``: in memory (tests)."""
 
     def __init__(self, where: Path | Database | None) -> None:
-        self.db, self._owned = open_database(where)
-        migrate(self.db, DOMAIN, MIGRATIONS)
-        self._lock = threading.Lock()
-        self._cache: dict[RunKey, AdfRun] = {}
-        self._unwritten: dict[RunKey, AdfRun] = {}  # kept while the database is away
-        self._failed_at = float("-inf")
+        db, owned = open_database(where)
+        migrate(db, DOMAIN, MIGRATIONS)
+        self._rows: RunRows[AdfRun] = RunRows(
+            db, owned, insert=_INSERT, select=_SELECT, what="pipeline run registry", log=log
+        )
+        self.db = db
 
     def add(
         self, resource: str, factory: str, run_id: str, pipeline: str, claims: Claims | None
     ) -> None:
         """Record that ``claims``' task try started ``run_id`` of ``pipeline``."""
-        run = AdfRun(
+        self._rows.keep(AdfRun(
             resource, factory, run_id, pipeline, getattr(claims, "deployment", None),
             getattr(claims, "dag_id", None), getattr(claims, "run_id", None),
             getattr(claims, "task_id", None), time.time(),
-        )  # fmt: skip
-        self._remember(run)
-        with self._lock:
-            self._unwritten[run.key] = run
-        self._flush()
+        ))  # fmt: skip
 
     def get(self, resource: str, factory: str, run_id: str) -> AdfRun | None:
         """The run ``resource`` started as ``run_id`` in ``factory``; None when Lockgate did not
         start it (or the database cannot say right now)."""
         key = (resource, factory, run_id)
-        run = self._cache.get(key)
-        if self._unwritten:
-            self._flush()  # the database is back: other replicas learn these runs now
+        run = self._rows.cached(key)
         if run is not None:
             return run
-        row = self._read(key)
+        row = self._rows.read(key)
         if row is None:
             return None
         run = AdfRun.from_row(row)
-        self._remember(run)
+        self._rows.remember(run)
         return run
 
     def pipeline_of(self, resource: str, factory: str, run_id: str) -> str | None:
@@ -150,58 +134,7 @@ class AdfRuns:
         return None if run is None else run.pipeline
 
     def close(self) -> None:
-        self._flush()
-        if self._owned:
-            self.db.close()
-
-    # -- the database, never waited on while it is away -----------------------------------
-    def _reachable(self) -> bool:
-        return (
-            self.db.unreached_for() <= UNREACHABLE_AFTER
-            and time.monotonic() - self._failed_at >= _BACKOFF
-        )
-
-    def _read(self, key: RunKey) -> tuple[Any, ...] | None:
-        if not self._reachable():
-            return None
-        try:
-            with self.db.read() as cur:
-                return cur.execute(_SELECT, key).fetchone()
-        except LedgerUnavailable as exc:
-            self._failed(exc)
-            return None
-
-    def _flush(self) -> None:
-        """Write the runs kept in memory (the one just started, and any the database missed)."""
-        with self._lock:
-            pending = list(self._unwritten.values())
-        if not pending or not self._reachable():
-            return
-        try:
-            with self.db.transaction() as cur:
-                for run in pending:
-                    cur.execute(_INSERT, run.row())
-                cur.touch(TOPIC)
-        except LedgerUnavailable as exc:
-            self._failed(exc)
-            return
-        with self._lock:
-            for run in pending:
-                if self._unwritten.get(run.key) is run:
-                    del self._unwritten[run.key]
-
-    def _failed(self, exc: BaseException) -> None:
-        self._failed_at = time.monotonic()
-        log.warning(
-            "pipeline run registry unavailable: runs are kept in memory and written later",
-            extra={"fields": {"database": self.db.label, "error": str(exc)}},
-        )
-
-    def _remember(self, run: AdfRun) -> None:
-        with self._lock:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            self._cache[run.key] = run
+        self._rows.close()
 
 
 __all__ = ["DOMAIN", "MIGRATIONS", "AdfRun", "AdfRuns"]

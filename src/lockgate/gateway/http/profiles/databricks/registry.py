@@ -13,32 +13,27 @@ out the run id: a resource moved to another workspace (a reload, an edited file)
 nothing there, since run ids are small integers per workspace. Rows written before the
 workspace was recorded match any workspace.
 
-Reads are served from an in-memory cache of recent rows (a run's row never changes but for
-its page URL); a miss is one primary-key read. Writes go straight to the database (one small
-INSERT per started run, not per request). The data path never waits on an unreachable
-PostgreSQL: while the database has been out of touch for more than
-:data:`UNREACHABLE_AFTER` seconds (or a call just failed) a miss answers "unknown" (the run's
-ownership check refuses: deny by default) and a started run is kept in memory and written
-when the database answers again.
+Reads go through a cache of recent rows, writes are committed before the client learns the
+run id and kept in memory while PostgreSQL is away; the data path never waits on it (a miss
+then answers "unknown" and the caller refuses): :mod:`lockgate.gateway.http.profiles.run_rows`.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lockgate import _log
-from lockgate.identity.once import LedgerUnavailable, open_database, upgrade_allowed
+from lockgate.gateway.http.profiles.run_rows import RunRows
+from lockgate.identity.once import open_database, upgrade_allowed
 from lockgate.store import Database, Migration, migrate, register_domain
 
 log = _log.get("gateway.http.databricks")
 
 DOMAIN = "databricks_runs"
-TOPIC = "runs"
 MIGRATIONS = (
     Migration(
         1,
@@ -72,11 +67,6 @@ _INSERT = (
     f"ON CONFLICT (resource, run_id) DO UPDATE SET {_UPDATED}"
 )
 _SELECT = f"SELECT {_COLUMNS} FROM databricks_runs WHERE resource = ? AND run_id = ?"  # noqa: S608
-_CACHE_MAX = 4096
-#: seconds out of touch after which the database is not asked on the data path
-UNREACHABLE_AFTER = 3.0
-#: seconds the database is not asked again after a call failed
-_BACKOFF = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +82,10 @@ class RunRecord:
     run_page_url: str | None = None
     created_at: float = 0.0
     workspace: str | None = None  # the upstream that handed out run_id (None: not recorded)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.resource, self.run_id)
 
     def of(self, workspace: str | None) -> bool:
         """The run id was handed out by ``workspace`` (or by an unrecorded one)."""
@@ -120,33 +114,27 @@ class RunRegistry:
     def __init__(
         self, where: Path | Database | None, *, migrate_schema: bool | None = None
     ) -> None:
-        self.db, self._owned = open_database(where)
-        if self.db.dialect == "sqlite":
-            _add_workspace_column(self.db)
-        migrate(self.db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(self.db, migrate_schema))
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[str, int], RunRecord] = {}
-        self._unwritten: dict[tuple[str, int], RunRecord] = {}  # kept while the db is away
-        self._failed_at = float("-inf")
+        db, owned = open_database(where)
+        if db.dialect == "sqlite":
+            _add_workspace_column(db)
+        migrate(db, DOMAIN, MIGRATIONS, allowed=upgrade_allowed(db, migrate_schema))
+        self._rows: RunRows[RunRecord] = RunRows(
+            db, owned, insert=_INSERT, select=_SELECT, what="run registry", log=log
+        )
+        self.db = db
 
     def add(self, rec: RunRecord) -> None:
-        rec = rec if rec.created_at else replace(rec, created_at=time.time())
-        self._remember(rec)
-        with self._lock:
-            self._unwritten[(rec.resource, rec.run_id)] = rec
-        self._flush()
+        self._rows.keep(rec if rec.created_at else replace(rec, created_at=time.time()))
 
     def get(self, resource: str, run_id: int, workspace: str | None = None) -> RunRecord | None:
         """The run ``resource`` started as ``run_id`` on ``workspace`` (None: any)."""
-        rec = self._cache.get((resource, run_id))
-        if self._unwritten:
-            self._flush()  # the database is back: other replicas learn these runs now
+        rec = self._rows.cached((resource, run_id))
         if rec is None:
-            row = self._read(resource, run_id)
+            row = self._rows.read((resource, run_id))
             if row is None:
                 return None  # not started through Lockgate (or the database is away)
             rec = RunRecord.from_row(row)
-            self._remember(rec)
+            self._rows.remember(rec)
         return rec if rec.of(workspace) else None
 
     def set_page_url(
@@ -168,57 +156,7 @@ class RunRegistry:
         return [RunRecord.from_row(row) for row in rows]
 
     def close(self) -> None:
-        self._flush()
-        if self._owned:
-            self.db.close()
-
-    # -- the database, never waited on while it is away -----------------------------------
-    def _reachable(self) -> bool:
-        return (
-            self.db.unreached_for() <= UNREACHABLE_AFTER
-            and time.monotonic() - self._failed_at >= _BACKOFF
-        )
-
-    def _read(self, resource: str, run_id: int) -> tuple[Any, ...] | None:
-        if not self._reachable():
-            return None
-        try:
-            with self.db.read() as cur:
-                return cur.execute(_SELECT, (resource, run_id)).fetchone()
-        except LedgerUnavailable as exc:
-            self._failed(exc)
-            return None
-
-    def _flush(self) -> None:
-        """Write the runs kept in memory (the one just started, and any the database missed)."""
-        with self._lock:
-            pending = list(self._unwritten.values())
-        if not pending or not self._reachable():
-            return
-        try:
-            with self.db.transaction() as cur:
-                for rec in pending:
-                    cur.execute(_INSERT, rec.row())
-                cur.touch(TOPIC)
-        except LedgerUnavailable as exc:
-            self._failed(exc)
-            return
-        with self._lock:
-            for rec in pending:
-                if self._unwritten.get((rec.resource, rec.run_id)) is rec:
-                    del self._unwritten[(rec.resource, rec.run_id)]
-
-    def _failed(self, exc: BaseException) -> None:
-        self._failed_at = time.monotonic()
-        log.warning(
-            "run registry unavailable: runs are kept in memory and written later",
-            extra={"fields": {"database": self.db.label, "error": str(exc)}},
-        )
-
-    def _remember(self, rec: RunRecord) -> None:
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[(rec.resource, rec.run_id)] = rec
+        self._rows.close()
 
 
 def _add_workspace_column(db: Database) -> None:
