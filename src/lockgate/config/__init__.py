@@ -39,10 +39,13 @@ across sections, ``loader`` for reading and error messages.
 
 from lockgate.config._base import NAME_RE, Section
 from lockgate.config.credentials import (
+    ENTRA_FEDERATION_AUDIENCE,
     Credential,
+    FederatedCredential,
     ManagedIdentityCredential,
     OAuth2ClientCredential,
     StaticCredential,
+    TokenCredential,
 )
 from lockgate.config.identity import (
     AirflowApi,
@@ -76,9 +79,11 @@ from lockgate.config.resources import (
     Route,
     UpstreamAuth,
 )
+from lockgate.config.signing import SigningAlgorithm, SigningSettings
 from lockgate.config.state import PostgresStateSettings, StateSettings
 
 __all__ = [
+    "ENTRA_FEDERATION_AUDIENCE",
     "NAME_RE",
     "AirflowApi",
     "AnyResource",
@@ -91,6 +96,7 @@ __all__ = [
     "DatabricksGuardrail",
     "DatabricksSettings",
     "Deployment",
+    "FederatedCredential",
     "ForwardProxyConfig",
     "HttpResource",
     "ListenerConfig",
@@ -108,9 +114,12 @@ __all__ = [
     "RetrySettings",
     "Route",
     "Section",
+    "SigningAlgorithm",
+    "SigningSettings",
     "StateSettings",
     "StaticCredential",
     "TlsConfig",
+    "TokenCredential",
     "TokenSettings",
     "UpstreamAuth",
     "format_validation_error",

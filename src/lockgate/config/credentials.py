@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lockgate.config._base import NAME_RE, Section
 
@@ -54,7 +54,74 @@ class ManagedIdentityCredential(Section):
     refresh_before: int = Field(default=300, ge=0)
 
 
+class FederatedCredential(Section):
+    """No stored secret: the gateway proves itself upstream with a short JWT it signs as an
+    OIDC issuer (its ``issuer`` URL, keys in its JWKS), exchanged for an access token.
+
+    - ``provider: entra``: workload identity federation. Client credentials grant at
+      ``token_url`` with ``client_assertion`` = the JWT (RS256 only; ``audience`` defaults
+      to ``api://AzureADTokenExchange``), ``client_id`` the app registration, ``scope`` e.g.
+      ``https://<account>.documents.azure.com/.default``.
+    - ``provider: databricks``: OAuth token federation. RFC 8693 token exchange of the JWT
+      at ``token_url`` (``https://<workspace>/oidc/v1/token``), ``scope`` default
+      ``all-apis``; ``client_id`` names the service principal for a service principal
+      federation policy (absent: an account-wide policy). RS256 or ES256.
+
+    ``subject`` is what the cloud's federated credential or policy matches: stable, one per
+    upstream identity (default ``lockgate:credential:<name>``), never per task.
+    """
+
+    name: str = Field(pattern=NAME_RE)
+    type: Literal["federated"]
+    provider: Literal["entra", "databricks"]
+    token_url: str
+    client_id: str | None = None
+    scope: str | None = None
+    audience: str | None = Field(
+        default=None, description="the assertion's aud (default per provider)"
+    )
+    subject: str | None = Field(
+        default=None, description="the assertion's sub (default lockgate:credential:<name>)"
+    )
+    algorithm: Literal["RS256", "ES256"] | None = Field(
+        default=None, description="default: signing.audiences for the audience, else RS256"
+    )
+    assertion_ttl: int = Field(default=300, ge=60, le=3600, description="seconds")
+    overlap: int = Field(default=0, ge=0)
+    refresh_before: int = Field(default=300, ge=0)
+
+    @model_validator(mode="after")
+    def _provider_rules(self) -> FederatedCredential:
+        if self.provider == "entra" and not self.client_id:
+            raise ValueError("client_id: provider 'entra' needs the app registration's client id")
+        if self.provider == "entra" and self.algorithm == "ES256":
+            raise ValueError("algorithm: Entra ID accepts only RS256 assertions")
+        if self.provider == "databricks" and not self.audience:
+            raise ValueError(
+                "audience: provider 'databricks' needs the federation policy's audience "
+                "(Databricks' default is your account id)"
+            )
+        return self
+
+    @property
+    def assertion_audience(self) -> str:
+        if self.audience:
+            return self.audience
+        return ENTRA_FEDERATION_AUDIENCE
+
+    @property
+    def assertion_subject(self) -> str:
+        return self.subject or f"lockgate:credential:{self.name}"
+
+
+#: The audience Entra ID expects in a workload identity federation assertion.
+ENTRA_FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
+
+#: Credentials whose value is an access token obtained at run time (bearer, Cosmos aad, a
+#: PostgreSQL Entra login), as opposed to a stored secret used as it is.
+TokenCredential = OAuth2ClientCredential | ManagedIdentityCredential | FederatedCredential
+
 Credential = Annotated[
-    StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential,
+    StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential | FederatedCredential,
     Field(discriminator="type"),
 ]

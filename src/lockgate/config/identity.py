@@ -69,11 +69,25 @@ class Deployment(Section):
 
 
 class OidcIssuer(Section):
+    """A workload-identity issuer whose tokens prove a deployment (RFC 8693 token exchange):
+    a Kubernetes cluster's service-account issuer, Entra ID, a SPIRE server, any OIDC IdP.
+
+    A token speaks for ``deployment`` when its ``iss`` is ``issuer`` exactly, its ``aud``
+    holds one of ``audience``, its ``sub`` matches one of ``subjects`` and every entry of
+    ``claims`` matches: a dotted path into the claims (``kubernetes.io.namespace``,
+    ``kubernetes.io.serviceaccount.name``) to a glob or a list of globs."""
+
     issuer: str
-    audience: str
+    audience: str | list[str]
     deployment: str
     jwks_uri: str | None = None  # else taken from OIDC discovery
+    # A JWKS file (a SPIFFE trust bundle, a cluster's keys copied out), re-read when it
+    # changes; instead of discovery and jwks_uri.
+    jwks_file: Path | None = None
     subjects: list[str] = ["*"]
+    claims: dict[str, str | list[str]] = Field(
+        default={}, description="dotted claim path -> glob(s) the claim must match"
+    )
     algorithms: list[str] = ["RS256", "ES256", "EdDSA"]
 
     @field_validator("algorithms")

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from lockgate.config._base import Section
 from lockgate.config.credentials import (
     Credential,
+    FederatedCredential,
     ManagedIdentityCredential,
     OAuth2ClientCredential,
     StaticCredential,
@@ -22,6 +23,7 @@ from lockgate.config.credentials import (
 from lockgate.config.identity import Deployment, OidcIssuer, TokenSettings
 from lockgate.config.listeners import Listeners
 from lockgate.config.resources import AnyResource, HttpResource, Resource
+from lockgate.config.signing import SigningAlgorithm, SigningSettings
 from lockgate.config.state import StateSettings
 
 
@@ -45,6 +47,7 @@ class LockgateConfig(Section):
     issuer: str | None = None
     listeners: Listeners = Listeners()
     tokens: TokenSettings = TokenSettings()
+    signing: SigningSettings = SigningSettings()
     deployments: list[Deployment] = []
     oidc_issuers: list[OidcIssuer] = []
     resources: list[Resource] = []
@@ -107,6 +110,15 @@ class LockgateConfig(Section):
                     "listeners.postgres.tls: the postgres listener needs a certificate "
                     "(tokens are passwords on this wire), or allow_plaintext: true"
                 )
+        for i, c in enumerate(self.credentials):
+            if isinstance(c, FederatedCredential):
+                alg = self.federation_algorithm(c)
+                if alg == "EdDSA" or (c.provider == "entra" and alg != "RS256"):
+                    raise ValueError(
+                        f"credentials[{i}]: signing.audiences maps {c.assertion_audience!r} "
+                        f"to {alg}; provider {c.provider!r} accepts "
+                        + ("RS256 only" if c.provider == "entra" else "RS256 or ES256")
+                    )
         deps = {d.name for d in self.deployments}
         for i, o in enumerate(self.oidc_issuers):
             if o.deployment not in deps:
@@ -134,8 +146,34 @@ class LockgateConfig(Section):
 
     def credential(
         self, name: str
-    ) -> StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential | None:
+    ) -> (
+        StaticCredential
+        | OAuth2ClientCredential
+        | ManagedIdentityCredential
+        | FederatedCredential
+        | None
+    ):
         return next((c for c in self.credentials if c.name == name), None)
+
+    def federation_algorithm(self, cred: FederatedCredential) -> SigningAlgorithm:
+        """The algorithm of ``cred``'s assertions: its own setting, else the audience
+        mapping, else RS256 (what every federating cloud accepts)."""
+        if cred.algorithm is not None:
+            return cred.algorithm
+        return self.signing.algorithm_for(cred.assertion_audience, default="RS256")
+
+    def signing_algorithms(self) -> list[SigningAlgorithm]:
+        """Every algorithm a signing key must be kept for: the configured ones, those the
+        audience mappings name and those federated credentials sign with (EdDSA first)."""
+        wanted: list[SigningAlgorithm] = [*self.signing.algorithms]
+        wanted += self.signing.audiences.values()
+        wanted += [
+            self.federation_algorithm(c)
+            for c in self.credentials
+            if isinstance(c, FederatedCredential)
+        ]
+        order: list[SigningAlgorithm] = ["EdDSA", "RS256", "ES256"]
+        return [a for a in order if a in wanted]
 
     def policy_files(self) -> list[Path]:
         base = self.source.parent if self.source else Path.cwd()

@@ -31,11 +31,13 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
 from lockgate import _log, metrics
 from lockgate.config import (
+    FederatedCredential,
     LockgateConfig,
     ManagedIdentityCredential,
     OAuth2ClientCredential,
@@ -50,6 +52,10 @@ log = _log.get("credentials")
 
 _Key = tuple[str, int]  # (credential name, version)
 _RETRY_AFTER_FAILURE = 1.0  # seconds between reload attempts while the database is away
+
+
+#: Signs claims with the current key of an algorithm: ``(claims, alg) -> compact JWS``.
+AssertionSigner = Callable[[dict[str, Any], str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +76,12 @@ class CredentialBroker:
         http: aiohttp.ClientSession | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        assertion_signer: AssertionSigner | None = None,
     ) -> None:
         self._config = config
+        # Signs the JWT a federated credential exchanges upstream (the signing key store's
+        # ``sign``); None: federated credentials refuse.
+        self._assertion_signer = assertion_signer
         self._store = store
         self._http = http
         self._own_http = http is None
@@ -105,6 +115,8 @@ class CredentialBroker:
         cfg = self._credential_config(credential_name)
         if isinstance(cfg, ManagedIdentityCredential):  # nothing stored, no versions
             return None if previous else await self._mi_secret(cfg)
+        if isinstance(cfg, FederatedCredential):
+            raise CredentialError(f"credential {credential_name!r}: federation is not wired yet")
         await self._catch_up(wait=not self._store.loaded)
         self._notice_changes()
         if previous:
@@ -178,7 +190,9 @@ class CredentialBroker:
     # -- internals -------------------------------------------------------------------------
     def _credential_config(
         self, name: str
-    ) -> StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential:
+    ) -> (
+        StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential | FederatedCredential
+    ):
         cfg = self._config.credential(name)
         if cfg is None:
             raise CredentialError(f"credential {name!r} is not configured")
