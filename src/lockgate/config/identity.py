@@ -84,6 +84,9 @@ class OidcIssuer(Section):
     # A JWKS file (a SPIFFE trust bundle, a cluster's keys copied out), re-read when it
     # changes; instead of discovery and jwks_uri.
     jwks_file: Path | None = None
+    # CA bundle the issuer's discovery and JWKS are verified with (a cluster's
+    # /var/run/secrets/kubernetes.io/serviceaccount/ca.crt); default: the system's.
+    ca_file: Path | None = None
     subjects: list[str] = ["*"]
     claims: dict[str, str | list[str]] = Field(
         default={}, description="dotted claim path -> glob(s) the claim must match"
