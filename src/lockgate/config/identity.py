@@ -62,8 +62,12 @@ class AirflowApi(Section):
 
 
 class Deployment(Section):
+    """An Airflow installation that asks for tokens. ``proof`` is how it authenticates with
+    a client secret or key of its own; without one, only a workload-identity token from an
+    ``oidc_issuers`` entry naming it can (the secretless form: nothing stored on workers)."""
+
     name: str = Field(pattern=NAME_RE)
-    proof: Proof
+    proof: Proof | None = None
     dags: list[str] = Field(min_length=1, description="globs of dag_ids it may act for")
     airflow_api: AirflowApi | None = None
 

@@ -125,6 +125,14 @@ class LockgateConfig(Section):
                 raise ValueError(
                     f"oidc_issuers[{i}].deployment: unknown deployment {o.deployment!r}"
                 )
+        proven = {o.deployment for o in self.oidc_issuers}
+        for i, d in enumerate(self.deployments):
+            if d.proof is None and d.name not in proven:
+                raise ValueError(
+                    f"deployments[{i}].proof: deployment {d.name!r} has no proof and no "
+                    "oidc_issuers entry names it, so nothing could ever authenticate as it "
+                    "(add an oidc_issuers entry for its workload identity, or a proof)"
+                )
         return self
 
     # -- lookups -----------------------------------------------------------------------------

@@ -32,6 +32,13 @@ class SigningSettings(Section):
         default={}, description="audience (or glob) -> algorithm of the tokens signed for it"
     )
     rsa_key_size: Literal[2048, 3072, 4096] = 2048
+    publish_ahead: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="seconds a rotated RS256/ES256 key is published before it signs, so "
+        "clouds that cache Lockgate's JWKS know it first",
+    )
 
     @model_validator(mode="after")
     def _eddsa_kept(self) -> SigningSettings:
