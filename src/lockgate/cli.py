@@ -23,22 +23,19 @@ Errors print one clear line (or a list of fields) to stderr and exit 2.
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import re
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lockgate._cli_state import add_command, add_global_options, add_group
-from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import config_from as _config
-from lockgate._cli_state import open_state as _state
 from lockgate.cli_audit import add_audit_commands
+from lockgate.cli_creds import add_creds_commands
 from lockgate.cli_db import add_db_commands
+from lockgate.cli_keys import add_keys_commands
 from lockgate.cli_token import add_token_commands
 from lockgate.config import LockgateConfig
 from lockgate.errors import LockgateError
@@ -180,105 +177,6 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 
 # -- keys -------------------------------------------------------------------------------------
-def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    st = _state(args)
-    # 0 is a real answer (retire the old keys now), so test for None, not falsiness.
-    retire = args.retire_after
-    if retire is None:
-        retire = st.config.tokens.max_ttl + 300
-    if retire < 0:
-        raise LockgateError("--retire-after must be 0 or more seconds")
-    key = st.keys.rotate(retire_after=retire)
-    when = (
-        f", signs from {time.strftime('%H:%M:%S', time.localtime(key.signs_from))}"
-        if key.signs_from > time.time()  # shared keys: published first, so every replica knows it
-        else ""
-    )
-    print(f"new signing key {key.kid}; published now{when}; "
-          f"previous keys stay published for {retire}s")  # fmt: skip
-    return 0
-
-
-def cmd_keys_list(args: argparse.Namespace) -> int:
-    st = _state(args)
-    current = st.keys.current().kid
-    for k in st.keys.published():
-        if k.kid == current:
-            mark = "current"
-        elif k.retire_at:
-            mark = f"retires at {time.ctime(k.retire_at)}"
-        elif k.signs_from > time.time():
-            mark = f"published, signs from {time.ctime(k.signs_from)}"
-        else:
-            mark = "published"
-        print(f"{k.kid}  created {time.ctime(k.created)}  {mark}")
-    return 0
-
-
-# -- credentials ----------------------------------------------------------------------------
-def _read_secret(args: argparse.Namespace) -> str:
-    if args.from_env:
-        value = os.environ.get(args.from_env)
-        if not value:
-            raise LockgateError(f"environment variable {args.from_env} is empty or unset")
-        return value.strip()
-    if args.from_file:
-        try:
-            return Path(args.from_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise LockgateError(f"cannot read {args.from_file}: {exc.strerror}") from None
-    if sys.stdin.isatty():
-        return getpass.getpass(f"value for {args.name}: ")
-    return sys.stdin.read().strip()
-
-
-def _check_credential_name(cfg: LockgateConfig, name: str) -> None:
-    if cfg.credential(name) is None:
-        known = ", ".join(c.name for c in cfg.credentials) or "none"
-        raise LockgateError(f"{cfg.source}: no credential named {name!r} (known: {known})")
-
-
-def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
-    from lockgate.state import State
-
-    # Check the name and read the value before opening any state: a typo must not create
-    # a data directory or a master key.
-    cfg = _config(args)
-    _check_credential_name(cfg, args.name)
-    value = _read_secret(args)
-    if not value:
-        raise LockgateError("refusing to store an empty credential")
-    st = State(cfg)
-    version = (st.credentials.rotate if rotate else st.credentials.set)(args.name, value)
-    _audit_now(
-        st,
-        "credential_rotated" if rotate else "credential_set",
-        resource=None,
-        object=args.name,
-        detail={"credential": args.name, "version": version},
-    )
-    verb = "rotated" if rotate else "stored"
-    print(f"credential {args.name} {verb}: version {version} is current")
-    if rotate:
-        cred = st.config.credential(args.name)
-        print(
-            f"the previous version stays usable for {getattr(cred, 'overlap', 0)}s on upstream 401"
-        )
-    return 0
-
-
-def cmd_creds_list(args: argparse.Namespace) -> int:
-    st = _state(args)
-    for c in st.config.credentials:
-        versions = st.credentials.versions(c.name)
-        if versions:
-            v = versions[-1]
-            print(f"{c.name:24} {c.type:26} version {v.version}  set {time.ctime(v.created_at)}")
-        else:
-            print(f"{c.name:24} {c.type:26} NOT SET (lockgate creds set {c.name})")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from lockgate.demo.run import main as demo_main
 
@@ -352,46 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_token_commands(sub)
     add_db_commands(sub)
 
-    keys = add_group(sub, "keys", "signing keys")
-    sp = add_command(
-        keys,
-        "rotate",
-        cmd_keys_rotate,
-        "add a signing key; old keys stay published until their tokens expire",
-    )
-    sp.add_argument(
-        "--retire-after",
-        type=int,
-        metavar="SECONDS",
-        help="seconds to keep the old keys published (default: tokens.max_ttl + 300; "
-        "0 retires them at once)",
-    )
-    add_command(keys, "list", cmd_keys_list, "list published signing keys")
-
-    creds = add_group(sub, "creds", "upstream credentials")
-    for name, fn, text in (
-        (
-            "set",
-            cmd_creds_set,
-            "store a credential (read from stdin, a prompt, --from-env or --from-file)",
-        ),
-        (
-            "rotate",
-            lambda a: cmd_creds_set(a, rotate=True),
-            "new version, used at once; previous kept for the overlap",
-        ),
-    ):
-        sp = add_command(creds, name, fn, text)
-        sp.add_argument("name", metavar="NAME", help="one of the configuration's credentials")
-        sp.add_argument("--from-env", metavar="VAR", help="read the value from this variable")
-        sp.add_argument(
-            "--from-file",
-            metavar="PATH",
-            help="read the value from this file (surrounding whitespace stripped)",
-        )
-    add_command(
-        creds, "list", cmd_creds_list, "list credentials and their current version (never values)"
-    )
+    add_keys_commands(sub)
+    add_creds_commands(sub)
 
     add_audit_commands(sub)
 

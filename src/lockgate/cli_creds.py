@@ -1,0 +1,115 @@
+"""``lockgate creds``: store, rotate and list the upstream credentials the gateway uses
+(values go in encrypted; only names, types and versions come out).
+
+    lockgate creds set NAME | creds rotate NAME | creds list
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lockgate._cli_state import add_command, add_group
+from lockgate._cli_state import audit_now as _audit_now
+from lockgate._cli_state import config_from as _config
+from lockgate._cli_state import open_state as _state
+from lockgate.config import LockgateConfig
+from lockgate.errors import LockgateError
+
+if TYPE_CHECKING:
+    from lockgate._cli_state import Subcommands
+
+
+def _read_secret(args: argparse.Namespace) -> str:
+    if args.from_env:
+        value = os.environ.get(args.from_env)
+        if not value:
+            raise LockgateError(f"environment variable {args.from_env} is empty or unset")
+        return value.strip()
+    if args.from_file:
+        try:
+            return Path(args.from_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise LockgateError(f"cannot read {args.from_file}: {exc.strerror}") from None
+    if sys.stdin.isatty():
+        return getpass.getpass(f"value for {args.name}: ")
+    return sys.stdin.read().strip()
+
+
+def _check_credential_name(cfg: LockgateConfig, name: str) -> None:
+    if cfg.credential(name) is None:
+        known = ", ".join(c.name for c in cfg.credentials) or "none"
+        raise LockgateError(f"{cfg.source}: no credential named {name!r} (known: {known})")
+
+
+def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
+    from lockgate.state import State
+
+    # Check the name and read the value before opening any state: a typo must not create
+    # a data directory or a master key.
+    cfg = _config(args)
+    _check_credential_name(cfg, args.name)
+    value = _read_secret(args)
+    if not value:
+        raise LockgateError("refusing to store an empty credential")
+    st = State(cfg)
+    version = (st.credentials.rotate if rotate else st.credentials.set)(args.name, value)
+    _audit_now(
+        st,
+        "credential_rotated" if rotate else "credential_set",
+        resource=None,
+        object=args.name,
+        detail={"credential": args.name, "version": version},
+    )
+    verb = "rotated" if rotate else "stored"
+    print(f"credential {args.name} {verb}: version {version} is current")
+    if rotate:
+        cred = st.config.credential(args.name)
+        print(
+            f"the previous version stays usable for {getattr(cred, 'overlap', 0)}s on upstream 401"
+        )
+    return 0
+
+
+def cmd_creds_list(args: argparse.Namespace) -> int:
+    st = _state(args)
+    for c in st.config.credentials:
+        versions = st.credentials.versions(c.name)
+        if versions:
+            v = versions[-1]
+            print(f"{c.name:24} {c.type:26} version {v.version}  set {time.ctime(v.created_at)}")
+        else:
+            print(f"{c.name:24} {c.type:26} NOT SET (lockgate creds set {c.name})")
+    return 0
+
+
+def add_creds_commands(sub: Subcommands) -> None:
+    creds = add_group(sub, "creds", "upstream credentials")
+    for name, fn, text in (
+        (
+            "set",
+            cmd_creds_set,
+            "store a credential (read from stdin, a prompt, --from-env or --from-file)",
+        ),
+        (
+            "rotate",
+            lambda a: cmd_creds_set(a, rotate=True),
+            "new version, used at once; previous kept for the overlap",
+        ),
+    ):
+        sp = add_command(creds, name, fn, text)
+        sp.add_argument("name", metavar="NAME", help="one of the configuration's credentials")
+        sp.add_argument("--from-env", metavar="VAR", help="read the value from this variable")
+        sp.add_argument(
+            "--from-file",
+            metavar="PATH",
+            help="read the value from this file (surrounding whitespace stripped)",
+        )
+    add_command(
+        creds, "list", cmd_creds_list, "list credentials and their current version (never values)"
+    )
