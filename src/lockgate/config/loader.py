@@ -32,6 +32,7 @@ _PATH_KEYS = frozenset(
         "cert",
         "key",
         "public_key",
+        "jwks_file",
         "data_dir",
         "jsonl",
         "ca_file",
