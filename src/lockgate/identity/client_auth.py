@@ -3,9 +3,13 @@
 A deployment proves who it is with one of three proofs, read from the request body and the
 ``Authorization`` header: a client secret (HTTP Basic or ``client_secret_post``), a
 private-key JWT assertion (RFC 7523, its jti claimed once in the shared ledger), or an OIDC
-subject token from a trusted issuer (RFC 8693 token exchange). :class:`ClientAuthenticator`
-checks the proof and answers the deployment's name, or raises :class:`OAuthError` (not yet
-recorded: the token service's ``refused`` records it).
+subject token from a trusted issuer (RFC 8693 token exchange: a workload identity such as
+a Kubernetes service-account token or a SPIFFE JWT-SVID, :mod:`lockgate.identity.oidc`).
+A deployment configured with no ``proof`` is proven by its issuers' tokens only: a client
+secret or assertion presented for it is refused like a wrong one. A token exchange that
+also names a ``client_id`` must name the deployment the subject token proves.
+:class:`ClientAuthenticator` checks the proof and answers the deployment's name, or raises
+:class:`OAuthError` (not yet recorded: the token service's ``refused`` records it).
 
 Two brakes stand before the proof: a replica past its staleness bound serves no deployment
 (:mod:`lockgate.identity.staleness`), and a client or address cooling down after failed
@@ -149,6 +153,17 @@ class ClientAuthenticator:
             raise OAuthError(
                 400, "invalid_grant", "subject token rejected", reason=f"oidc_{exc.reason}"
             ) from None
+        named = body.get("client_id")
+        if named is not None and named != subject.deployment:
+            # The worker says it is one deployment, its workload identity proves another: a
+            # misconfigured worker (or a borrowed token); neither gets a token.
+            raise OAuthError(
+                400,
+                "invalid_grant",
+                "subject token speaks for another deployment",
+                reason="oidc_client_id_mismatch",
+                client_id=named if self.config.deployment(named) else "(unknown)",
+            )
         return subject.deployment
 
     async def _client_assertion(self, body: dict[str, str]) -> str:

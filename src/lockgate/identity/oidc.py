@@ -5,15 +5,32 @@ match, nothing else is trusted — then verify with keys from that issuer's JWKS
 Discovery (``/.well-known/openid-configuration``) and the JWKS are fetched with aiohttp and
 cached for ``max_age``; an unknown ``kid`` triggers one refetch, at most every
 ``refetch_interval`` seconds, so a flood of garbage kids cannot make us hammer the IdP.
+An issuer's ``ca_file`` is the only CA its discovery and JWKS are verified with (a
+cluster's ``ca.crt``); its ``jwks_file`` (a JWKS, a SPIFFE trust bundle) replaces
+discovery and is read again as soon as the file changes (same refetch rules otherwise).
 
 Rules: ``alg`` must be in the issuer's configured ``algorithms`` (config already forbids
 ``none`` and HS*), and must fit the JWK's key type; ``iss``, ``aud``, ``exp`` are required
-and checked; ``sub`` must match one of the issuer's ``subjects`` globs.
+and checked (``aud`` must hold one of the entry's audiences); ``sub`` must match one of
+the issuer's ``subjects`` globs and each of its ``claims`` matchers (a dotted path, e.g.
+``kubernetes.io.namespace``, to a string or integer matching a glob; a claim missing or
+not a scalar fails closed, and the refusal names the path, never the value).
+
+Workload identities in practice:
+
+- Kubernetes projected service-account tokens: ``iss`` the cluster's issuer, discovery at
+  ``<iss>/.well-known/openid-configuration`` naming ``<iss>/openid/v1/jwks``, ``sub``
+  ``system:serviceaccount:<namespace>:<name>``, claims under ``kubernetes.io``.
+- SPIFFE JWT-SVIDs: an entry whose ``issuer`` is ``spiffe://<trust domain>`` (keys from the
+  trust bundle in ``jwks_file``) takes tokens whose ``sub`` is a SPIFFE ID of that trust
+  domain; SPIRE puts no ``iss`` in a JWT-SVID unless told to, so none is required then
+  (one that is present must name the trust domain); ``aud`` is required as everywhere.
 
 One issuer may be trusted by several deployments (one Kubernetes cluster or Entra tenant
 hosting two Airflow installations): each entry is tried, and the token speaks for the one
-deployment whose entry takes it (audience, algorithm, subjects). A token that entries of
-two deployments would take is refused (``ambiguous_subject``), never given to either.
+deployment whose entry takes it (audience, algorithm, subjects, claims). A token that
+entries of two deployments would take is refused (``ambiguous_subject``), never given to
+either.
 """
 
 from __future__ import annotations
@@ -21,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,18 +56,24 @@ from lockgate.identity.tokens import split_jwt, unverified_claims, verified_clai
 SUBJECT_TOKEN_TYPES = frozenset(
     {"urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"}
 )
+SPIFFE_SCHEME = "spiffe://"
 _MAX_DOC_BYTES = 512 * 1024
 _KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+# What a verification key's ``use`` may say: signatures (JWKS), JWT-SVIDs (SPIFFE bundle).
+_SIGNING_USES = (None, "sig", "jwt-svid")
 log = _log.get("identity.oidc")
 
 # One key of an issuer's JWKS document, as published (JSON; PyJWK builds the key from it).
 Jwk = dict[str, Any]
+# A JWKS file's identity on disk: a change of any of these means "read it again".
+_FileStamp = tuple[int, int, int, int]
 
 
 @dataclass
 class _IssuerKeys:
     keys: dict[str, Jwk] = field(default_factory=dict)  # kid -> the key as published
     fetched_at: float = float("-inf")
+    file_stamp: _FileStamp | None = None  # of the jwks_file the keys were read from
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -82,13 +107,15 @@ class OidcVerifier:
         self._refetch_interval = refetch_interval
         self._max_age = max_age
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._cache: dict[tuple[str, str | None], _IssuerKeys] = {}
+        self._cache: dict[tuple[str, ...], _IssuerKeys] = {}
+        self._ssl: dict[Path, ssl.SSLContext] = {}  # ca_file -> its context
 
     async def verify(self, token: str) -> SubjectToken:
         header, _ = split_jwt(token)
-        iss = unverified_claims(token).get("iss")
-        entries = self._issuers.get(iss.rstrip("/")) if isinstance(iss, str) else None
-        if not entries or not isinstance(iss, str):
+        claims = unverified_claims(token)
+        iss = _issuer_named(claims)
+        entries = self._issuers.get(iss.rstrip("/")) if iss is not None else None
+        if not entries or iss is None:
             raise AuthenticationError("wrong_issuer")
         alg = header["alg"]
         if alg.upper().startswith("HS") or alg.lower() == "none":
@@ -103,7 +130,7 @@ class OidcVerifier:
         refusal: AuthenticationError | None = None
         for conf in entries:
             try:
-                taken.append(await self._verify_for(conf, token, iss, kid, alg))
+                taken.append(await self._verify_for(conf, token, claims, kid, alg))
             except AuthenticationError as exc:
                 refusal = refusal or exc
         if len({subject.deployment for subject in taken}) > 1:
@@ -114,37 +141,51 @@ class OidcVerifier:
         raise refusal
 
     async def _verify_for(
-        self, conf: OidcIssuer, token: str, iss: str, kid: str | None, alg: str
+        self, conf: OidcIssuer, token: str, unverified: dict[str, Any], kid: str | None, alg: str
     ) -> SubjectToken:
         jwk = await self._key_for(conf, kid, alg)
+        spiffe = conf.issuer.startswith(SPIFFE_SCHEME)
+        # A JWT-SVID without ``iss`` (SPIRE's default) is checked without one; one that has
+        # an ``iss`` must name the entry's issuer like any other token.
+        iss = unverified.get("iss") if spiffe else conf.issuer
         claims = verified_claims(
             token,
             jwk.key,
             alg=alg,
             audience=conf.audience,
-            issuer=iss,
+            issuer=iss if isinstance(iss, str) else None,  # type: ignore[arg-type]
             leeway=self._leeway,
-            require=("exp", "iss", "aud", "sub"),
+            require=("exp", "aud", "sub") if spiffe else ("exp", "iss", "aud", "sub"),
         )
         sub = claims.get("sub")
         if not isinstance(sub, str) or not any(
             fnmatch.fnmatchcase(sub, pattern) for pattern in conf.subjects
         ):
             raise AuthenticationError("subject_not_allowed")
+        if spiffe and not sub.startswith(conf.issuer.rstrip("/") + "/"):
+            raise AuthenticationError("subject_not_allowed")  # another trust domain
+        for path, globs in conf.claims.items():
+            if not claim_matches(claims, path, globs):
+                raise AuthenticationError(f"claim_not_allowed:{path}")
         return SubjectToken(conf, sub, claims)
 
     # -- keys ---------------------------------------------------------------------------------
     async def _key_for(self, conf: OidcIssuer, kid: str | None, alg: str) -> jwt.PyJWK:
-        entry = self._cache.setdefault((conf.issuer.rstrip("/"), conf.jwks_uri), _IssuerKeys())
-        # Stale keys are refetched too, so a key the IdP withdrew stops working within max_age.
-        stale = time.monotonic() - entry.fetched_at >= self._max_age
+        source = (conf.issuer.rstrip("/"), str(conf.jwks_uri), str(conf.jwks_file))
+        entry = self._cache.setdefault(source, _IssuerKeys())
+        # Stale keys are refetched too, so a key the IdP withdrew stops working within max_age;
+        # a JWKS file that changed on disk is stale at once (a rotated trust bundle).
+        changed = conf.jwks_file is not None and _stamp(conf.jwks_file) != entry.file_stamp
+        stale = changed or time.monotonic() - entry.fetched_at >= self._max_age
         jwk = None if stale else _pick(entry.keys, kid, alg)
         if jwk is None:
             async with entry.lock:
                 jwk = _pick(entry.keys, kid, alg)  # another request may have refetched
-                due = time.monotonic() - entry.fetched_at >= self._refetch_interval
+                due = changed or time.monotonic() - entry.fetched_at >= self._refetch_interval
                 if (jwk is None or stale) and due:
                     entry.fetched_at = time.monotonic()
+                    if conf.jwks_file is not None:
+                        entry.file_stamp = _stamp(conf.jwks_file)
                     entry.keys = await self._fetch_jwks(conf)
                     jwk = _pick(entry.keys, kid, alg)
         if jwk is None:
@@ -153,23 +194,11 @@ class OidcVerifier:
 
     async def _fetch_jwks(self, conf: OidcIssuer) -> dict[str, Jwk]:
         try:
-            uri = conf.jwks_uri
-            if uri is None:
-                discovery = await self._get_json(
-                    conf.issuer.rstrip("/") + "/.well-known/openid-configuration"
-                )
-                named = discovery.get("issuer")
-                if not isinstance(named, str) or named.rstrip("/") != conf.issuer.rstrip("/"):
-                    log.warning(
-                        "oidc discovery names another issuer",
-                        extra={"fields": {"issuer": conf.issuer}},
-                    )
-                    return {}
-                uri = discovery.get("jwks_uri")
-                if not isinstance(uri, str):
-                    return {}
-            doc = await self._get_json(uri)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if conf.jwks_file is not None:
+                doc = _json_object(conf.jwks_file.read_bytes())
+            else:
+                doc = await self._get_json(await self._jwks_uri(conf), conf)
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             log.warning(
                 "oidc key fetch failed",
                 extra={"fields": {"issuer": conf.issuer, "error": type(exc).__name__}},
@@ -179,24 +208,107 @@ class OidcVerifier:
         for raw in doc.get("keys", []) if isinstance(doc.get("keys"), list) else []:
             if not isinstance(raw, dict) or raw.get("kty") == "oct" or "d" in raw:
                 continue  # symmetric or private material never counts as a verification key
-            try:
-                keys[str(raw.get("kid", ""))] = raw
-            except (TypeError, ValueError):
-                continue
+            keys[str(raw.get("kid", ""))] = raw
         return keys
 
-    async def _get_json(self, url: str) -> dict[str, Any]:
+    async def _jwks_uri(self, conf: OidcIssuer) -> str:
+        """The configured ``jwks_uri``, else the one the issuer's discovery names (only if
+        that discovery names this very issuer); ValueError otherwise."""
+        if conf.jwks_uri is not None:
+            return conf.jwks_uri
+        discovery = await self._get_json(
+            conf.issuer.rstrip("/") + "/.well-known/openid-configuration", conf
+        )
+        named = discovery.get("issuer")
+        if not isinstance(named, str) or named.rstrip("/") != conf.issuer.rstrip("/"):
+            log.warning(
+                "oidc discovery names another issuer", extra={"fields": {"issuer": conf.issuer}}
+            )
+            raise ValueError("discovery names another issuer")
+        uri = discovery.get("jwks_uri")
+        if not isinstance(uri, str):
+            raise ValueError("discovery names no jwks_uri")
+        return uri
+
+    async def _get_json(self, url: str, conf: OidcIssuer) -> dict[str, Any]:
         session = await self._session()
-        async with session.get(url, timeout=self._timeout, allow_redirects=False) as resp:
+        tls = self._ssl_for(conf.ca_file) if url.startswith("https:") else None
+        async with session.get(
+            url, timeout=self._timeout, allow_redirects=False, ssl=tls if tls else True
+        ) as resp:
             if resp.status != 200:
                 raise ValueError(f"HTTP {resp.status}")
             body = await resp.content.read(_MAX_DOC_BYTES + 1)
             if len(body) > _MAX_DOC_BYTES:
                 raise ValueError("document too large")
-            doc = json.loads(body)
-            if not isinstance(doc, dict):
-                raise ValueError("not a JSON object")
-            return doc
+            return _json_object(body)
+
+    def _ssl_for(self, ca_file: Path | None) -> ssl.SSLContext | None:
+        """The context that trusts only ``ca_file`` (None: the system's trust store)."""
+        if ca_file is None:
+            return None
+        context = self._ssl.get(ca_file)
+        if context is None:
+            try:
+                context = ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot load CA file {ca_file}") from exc
+            self._ssl[ca_file] = context
+        return context
+
+
+def _issuer_named(claims: dict[str, Any]) -> str | None:
+    """The issuer a token names: its ``iss``, or for a JWT-SVID without one (SPIRE's
+    default), the trust domain of its SPIFFE ID subject."""
+    iss = claims.get("iss")
+    if isinstance(iss, str):
+        return iss
+    sub = claims.get("sub")
+    if iss is None and isinstance(sub, str) and sub.startswith(SPIFFE_SCHEME):
+        domain = sub[len(SPIFFE_SCHEME) :].split("/", 1)[0]
+        return SPIFFE_SCHEME + domain if domain else None
+    return None
+
+
+def claim_value(claims: dict[str, Any], path: str) -> object:
+    """The claim at dotted ``path``; a key holding dots itself (``kubernetes.io``) is found
+    as well, the longest such key first. None when there is none."""
+    if path in claims:
+        return claims[path]
+    dots = [i for i, char in enumerate(path) if char == "."]
+    for cut in reversed(dots):
+        head, rest = path[:cut], path[cut + 1 :]
+        inner = claims.get(head)
+        if isinstance(inner, dict):
+            found = claim_value(inner, rest)
+            if found is not None:
+                return found
+    return None
+
+
+def claim_matches(claims: dict[str, Any], path: str, globs: str | list[str]) -> bool:
+    """Whether the claim at ``path`` is a string (or integer) matching one of ``globs``;
+    a missing claim, a boolean, a list or an object never matches (fails closed)."""
+    value = claim_value(claims, path)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return False
+    patterns = [globs] if isinstance(globs, str) else globs
+    return any(fnmatch.fnmatchcase(str(value), pattern) for pattern in patterns)
+
+
+def _stamp(path: Path) -> _FileStamp | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
 
 
 def _pick(keys: dict[str, Jwk], kid: str | None, alg: str) -> jwt.PyJWK | None:
@@ -206,7 +318,9 @@ def _pick(keys: dict[str, Jwk], kid: str | None, alg: str) -> jwt.PyJWK | None:
     fitting = [
         raw
         for raw in candidates
-        if raw.get("kty") == kty and raw.get("alg") in (None, alg) and raw.get("use") != "enc"
+        if raw.get("kty") == kty
+        and raw.get("alg") in (None, alg)
+        and raw.get("use") in _SIGNING_USES
     ]
     if len(fitting) != 1:
         return None
