@@ -3,6 +3,9 @@
 - ``static``: the stored secret itself.
 - ``managed_identity``: the host's managed identity token (IMDS or App Service), nothing
   stored; cached and refreshed like OAuth2 tokens.
+- ``federated``: an access token for a JWT the gateway signs with its own signing keys
+  (:mod:`.federation`: Entra ID workload identity federation, Databricks token federation),
+  nothing stored; cached and refreshed like OAuth2 tokens, a fresh assertion per exchange.
 - ``oauth2_client_credentials``: an access token obtained with the stored client secret,
   cached per (credential, version), refreshed ``refresh_before`` seconds before expiry
   (capped at half the lifetime). Concurrent callers share one in-flight request. If a
@@ -29,9 +32,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
@@ -43,6 +45,7 @@ from lockgate.config import (
     OAuth2ClientCredential,
     StaticCredential,
 )
+from lockgate.credentials.federation import AssertionSigner, fetch_federated_token
 from lockgate.credentials.managed_identity import fetch_mi_token
 from lockgate.credentials.oauth2 import AccessToken, fetch_token
 from lockgate.credentials.store import CredentialStore, Version
@@ -52,10 +55,8 @@ log = _log.get("credentials")
 
 _Key = tuple[str, int]  # (credential name, version)
 _RETRY_AFTER_FAILURE = 1.0  # seconds between reload attempts while the database is away
-
-
-#: Signs claims with the current key of an algorithm: ``(claims, alg) -> compact JWS``.
-AssertionSigner = Callable[[dict[str, Any], str], str]
+#: A credential with nothing stored: the host's identity or a federated one (one version, 0).
+_Unstored = ManagedIdentityCredential | FederatedCredential
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class CredentialBroker:
         self._clock = clock
         self._current: dict[str, Version] = {}
         self._tokens: dict[_Key, AccessToken] = {}
-        self._mi_tokens: dict[str, AccessToken] = {}  # managed identity, per credential
+        self._unstored_tokens: dict[str, AccessToken] = {}  # managed identity, federated
         self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
         self._reloading: asyncio.Future[bool] | None = None  # one worker-thread reload at once
         self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
@@ -113,10 +114,8 @@ class CredentialBroker:
         undecryptable or its token endpoint refuses.
         """
         cfg = self._credential_config(credential_name)
-        if isinstance(cfg, ManagedIdentityCredential):  # nothing stored, no versions
-            return None if previous else await self._mi_secret(cfg)
-        if isinstance(cfg, FederatedCredential):
-            raise CredentialError(f"credential {credential_name!r}: federation is not wired yet")
+        if isinstance(cfg, _Unstored):  # nothing stored, no versions
+            return None if previous else await self._unstored_secret(cfg)
         await self._catch_up(wait=not self._store.loaded)
         self._notice_changes()
         if previous:
@@ -134,8 +133,11 @@ class CredentialBroker:
     ) -> UpstreamSecret | None:
         """After an upstream 401 with ``failed``: the previous version to retry once, or None.
 
-        None when ``failed`` was not the newest version, or the overlap window is over.
+        None when ``failed`` was not the newest version, or the overlap window is over, or
+        the credential stores nothing (it has no previous version).
         """
+        if isinstance(self._credential_config(credential_name), _Unstored):
+            return None
         current = self._current_version(credential_name)
         if failed.version != current.version:
             return None
@@ -146,6 +148,8 @@ class CredentialBroker:
 
     def invalidate(self, credential_name: str, version: int | None = None) -> None:
         """Forget cached access tokens (e.g. the upstream says a token was revoked)."""
+        if version in (None, 0):
+            self._unstored_tokens.pop(credential_name, None)
         for key in [k for k in self._tokens if k[0] == credential_name]:
             if version is None or key[1] == version:
                 del self._tokens[key]
@@ -276,15 +280,16 @@ class CredentialBroker:
             raise
         return UpstreamSecret(token.value, version.version, cfg.name, token.expires_at)
 
-    async def _mi_secret(self, cfg: ManagedIdentityCredential) -> UpstreamSecret:
-        """The host's managed identity token: cached, refreshed early, one request at a time."""
+    async def _unstored_secret(self, cfg: _Unstored) -> UpstreamSecret:
+        """A managed identity's or federated credential's access token: cached, refreshed
+        early, one request at a time, the cached token served while a refresh fails."""
         key = (cfg.name, 0)
-        cached = self._mi_tokens.get(cfg.name)
+        cached = self._unstored_tokens.get(cfg.name)
         if cached is not None and self._clock() < cached.refresh_at:
             return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
         fut = self._inflight.get(key)
         if fut is None:
-            fut = asyncio.ensure_future(self._fetch_mi(cfg))
+            fut = asyncio.ensure_future(self._fetch_unstored(cfg))
             self._inflight[key] = fut
             fut.add_done_callback(functools.partial(self._fetch_done, key))
         try:
@@ -292,20 +297,28 @@ class CredentialBroker:
         except CredentialError:
             if cached is not None and self._clock() < cached.expires_at:
                 log.warning(
-                    "managed identity refresh failed; using the cached token until it expires",
+                    f"{cfg.type.replace('_', ' ')} token refresh failed; "
+                    "using the cached token until it expires",
                     extra={"fields": {"credential": cfg.name}},
                 )
                 return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
             raise
         return UpstreamSecret(token.value, 0, cfg.name, token.expires_at)
 
-    async def _fetch_mi(self, cfg: ManagedIdentityCredential) -> AccessToken:
+    async def _fetch_unstored(self, cfg: _Unstored) -> AccessToken:
         if self._http is None:
             self._http = aiohttp.ClientSession()
-        token = await fetch_mi_token(self._http, cfg, clock=self._clock)
-        self._mi_tokens[cfg.name] = token
+        fetched: Awaitable[AccessToken]
+        if isinstance(cfg, FederatedCredential):
+            fetched = fetch_federated_token(
+                self._http, self._config, cfg, self._assertion_signer, clock=self._clock
+            )
+        else:
+            fetched = fetch_mi_token(self._http, cfg, clock=self._clock)
+        token = await fetched
+        self._unstored_tokens[cfg.name] = token
         log.info(
-            "managed identity token obtained",
+            f"{cfg.type.replace('_', ' ')} token obtained",
             extra={"fields": {"credential": cfg.name,
                               "expires_in": round(token.expires_at - self._clock())}},
         )  # fmt: skip

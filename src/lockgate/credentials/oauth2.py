@@ -12,8 +12,9 @@ PEM RSA private key followed by its certificate. Each request carries a fresh
 thumbprint in ``x5t`` (what Entra ID matches; ``x5t#S256`` too). The key never leaves.
 
 Errors become :class:`~lockgate.errors.CredentialError` naming the credential and the HTTP
-status, plus the RFC 6749 ``error`` code when it is a plain slug. The response body, the
-secret and the token never appear in a message.
+status, plus the RFC 6749 ``error`` code when it is a plain slug and Entra ID's ``AADSTS``
+code when there is one. The response body, the secret and the token never appear in a
+message. :func:`request_token` (the POST and the answer) serves federation too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -38,6 +39,7 @@ from lockgate.errors import CredentialError
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_TTL = 600
 _ERROR_SLUG = re.compile(r"^[a-z_]{1,64}$")
+_AADSTS = re.compile(r"AADSTS\d{1,9}\b")
 _DEFAULT_EXPIRES_IN = 3600  # when the endpoint does not say
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -58,7 +60,7 @@ async def fetch_token(
 ) -> AccessToken:
     """Request an access token for ``cred`` with ``client_secret``."""
     form = {"grant_type": "client_credentials"}
-    headers = {"Accept": "application/json"}
+    headers: dict[str, str] = {}
     method = getattr(cred, "token_auth", "client_secret_post")
     if method == "private_key_jwt":
         form["client_id"] = cred.client_id
@@ -76,13 +78,38 @@ async def fetch_token(
         form["scope"] = cred.scope
     if cred.audience:
         form["audience"] = cred.audience
-    name = cred.name
+    return await request_token(
+        session,
+        cred.token_url,
+        form,
+        name=cred.name,
+        refresh_before=cred.refresh_before,
+        headers=headers,
+        clock=clock,
+    )
+
+
+async def request_token(
+    session: aiohttp.ClientSession,
+    url: str,
+    form: Mapping[str, str],
+    *,
+    name: str,
+    refresh_before: float,
+    headers: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+    refused_hint: str = "",
+) -> AccessToken:
+    """POST ``form`` to the token endpoint ``url`` and read ``{access_token, expires_in}``.
+
+    Shared by every grant that answers the RFC 6749 way (client credentials, RFC 8693
+    token exchange). ``refused_hint`` ends the message of a 400/401/403 (what to check)."""
     started = clock()
     try:
         async with session.post(
-            cred.token_url,
-            data=form,
-            headers=headers,
+            url,
+            data=dict(form),
+            headers={"Accept": "application/json", **(headers or {})},
             timeout=TIMEOUT,
             allow_redirects=False,  # never replay a secret to wherever a redirect points
         ) as resp:
@@ -99,11 +126,11 @@ async def fetch_token(
             f"credential {name!r}: token endpoint unreachable ({type(exc).__name__})"
         ) from None
     if status != 200:
-        code = body.get("error")
-        suffix = f", {code}" if isinstance(code, str) and _ERROR_SLUG.match(code) else ""
         if status in (400, 401, 403):
+            codes = "".join(f", {code}" for code in _error_codes(body))
             raise CredentialError(
-                f"credential {name!r}: token endpoint refused the client (HTTP {status}{suffix})"
+                f"credential {name!r}: token endpoint refused the client "
+                f"(HTTP {status}{codes}){refused_hint}"
             )
         raise CredentialError(f"credential {name!r}: token endpoint failed (HTTP {status})")
     token = body.get("access_token")
@@ -118,10 +145,31 @@ async def fetch_token(
         expires_in = _DEFAULT_EXPIRES_IN
     expires_in = max(expires_in, 1.0)
     # refresh_before larger than the lifetime would refetch on every call: cap it at half
-    lead = min(float(cred.refresh_before), expires_in / 2)
+    lead = min(float(refresh_before), expires_in / 2)
     return AccessToken(
         value=token, expires_at=started + expires_in, refresh_at=started + expires_in - lead
     )
+
+
+def _error_codes(body: Mapping[str, object]) -> list[str]:
+    """What of an error body may be repeated: the RFC 6749 ``error`` when it is a plain slug,
+    and Entra ID's ``AADSTS<n>`` code (from ``error_codes`` or the description's start).
+    Never the description itself: it may echo what was sent."""
+    codes: list[str] = []
+    error = body.get("error")
+    if isinstance(error, str) and _ERROR_SLUG.match(error):
+        codes.append(error)
+    numbers = body.get("error_codes")
+    aadsts = None
+    if isinstance(numbers, list) and numbers and isinstance(numbers[0], int) and numbers[0] > 0:
+        aadsts = f"AADSTS{numbers[0]}"
+    else:
+        described = body.get("error_description")
+        found = _AADSTS.match(described) if isinstance(described, str) else None
+        aadsts = found.group(0) if found else None
+    if aadsts is not None:
+        codes.append(aadsts)
+    return codes
 
 
 def _b64(data: bytes) -> str:
