@@ -12,9 +12,16 @@ Routes (tenant = the one configured; any other tenant is 400 ``invalid_tenant``)
   ``x5t`` (or ``x5t#S256``) names a certificate registered for the client, ``aud`` the token
   endpoint, ``iss`` = ``sub`` = client id, unexpired, ``jti`` not seen before.
 
+  A ``client_assertion`` whose header names no certificate (no ``x5t``) is a workload
+  identity federation assertion instead, checked against the app's federated identity
+  credentials (see :mod:`.federation`; the issuer's discovery is fetched over https, trusting
+  ``federation_ca``).
+
 Issued access tokens are RS256 JWTs: ``aud`` the resource, ``iss``
 ``https://sts.windows.net/{tenant}/``, ``appid``/``azp`` the client, ``tid``, ``exp``.
-Secrets and certificates can be added and withdrawn while running (rotation).
+Secrets, certificates and federated identity credentials can be added and withdrawn while
+running (rotation). ``token_requests`` records each token request (secrets and assertions
+replaced by ``<redacted>``; an assertion's header and claims kept, which are not secret).
 
 Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
@@ -27,6 +34,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -35,7 +43,28 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .federation import (
+    ENTRA_EXCHANGE_AUDIENCE,
+    MAX_FEDERATED_CREDENTIALS,
+    FederatedIdentityCredential,
+    FederationRefusal,
+    check_federated_assertion,
+)
+from .issuer_keys import IssuerKeys
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+_REDACTED = ("client_secret", "client_assertion")
+
+
+@dataclass
+class TokenRequest:
+    """One token request as received, without its secret or assertion."""
+
+    form: dict[str, str]
+    assertion_header: dict[str, Any] | None
+    assertion_claims: dict[str, Any] | None
+    status: int = 0
+    error: str = ""
 
 
 def _b64(data: bytes) -> str:
@@ -52,11 +81,58 @@ class FakeEntra:
     token_calls: int = 0
     refusals: list[str] = field(default_factory=list)
     issued: list[dict[str, Any]] = field(default_factory=list)  # claims of issued tokens
+    federated_credentials: dict[str, list[FederatedIdentityCredential]] = field(
+        default_factory=dict
+    )
+    federation_ca: Path | str | None = None  # CA the outside issuers' https is checked with
+    clock_skew: int = 300  # seconds of leeway on an assertion's exp and nbf
+    max_assertion_lifetime: int = 24 * 3600
+    token_requests: list[TokenRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = secrets.token_hex(8)
         self._jtis: set[str] = set()
+        self.issuer_keys = IssuerKeys(self.federation_ca)
+
+    # -- federated identity credentials (what ``az ad app federated-credential`` manages) --
+    def add_federated_credential(
+        self,
+        client_id: str,
+        *,
+        issuer: str,
+        subject: str,
+        audiences: list[str] | tuple[str, ...] = (ENTRA_EXCHANGE_AUDIENCE,),
+        name: str | None = None,
+    ) -> FederatedIdentityCredential:
+        """Trust ``issuer``'s tokens for ``subject`` as the app ``client_id``."""
+        held = self.federated_credentials.setdefault(client_id, [])
+        if len(held) >= MAX_FEDERATED_CREDENTIALS:
+            raise ValueError(
+                f"an application holds at most {MAX_FEDERATED_CREDENTIALS} federated credentials"
+            )
+        credential = FederatedIdentityCredential(
+            name or f"fic-{len(held) + 1}-{secrets.token_hex(3)}", issuer, subject,
+            tuple(audiences),
+        )  # fmt: skip
+        if any(c.name == credential.name for c in held):
+            raise ValueError(f"the app already has a federated credential named {name!r}")
+        if any((c.issuer, c.subject) == (issuer, subject) for c in held):
+            raise ValueError("issuer and subject are already trusted by another credential")
+        held.append(credential)
+        return credential
+
+    def remove_federated_credential(self, client_id: str, name: str) -> None:
+        held = self.federated_credentials.get(client_id, [])
+        kept = [c for c in held if c.name != name]
+        if len(kept) == len(held):
+            raise KeyError(name)
+        self.federated_credentials[client_id] = kept
+
+    def trust_issuer_ca(self, ca_file: Path | str | None) -> None:
+        """Check outside issuers' https with ``ca_file`` from now on (keys fetched anew)."""
+        self.federation_ca = ca_file
+        self.issuer_keys = IssuerKeys(ca_file)
 
     @property
     def issuer(self) -> str:
@@ -116,21 +192,35 @@ class FakeEntra:
 
     async def token(self, request: web.Request) -> web.Response:
         self.token_calls += 1
+        form = await request.post()
+        record = self._record(form)
+        answer = await self._token(request, form)
+        record.status = answer.status
+        record.error = self.refusals[-1] if answer.status != 200 and self.refusals else ""
+        return answer
+
+    async def _token(self, request: web.Request, form: Any) -> web.Response:
         if not self._tenant_ok(request):
             return self._refuse(400, "invalid_tenant", "tenant not found")
-        form = await request.post()
         if form.get("grant_type") != "client_credentials":
             return self._refuse(400, "unsupported_grant_type", "only client_credentials")
         client_id = str(form.get("client_id", ""))
         scope = str(form.get("scope", ""))
         if not scope.endswith("/.default") or " " in scope.strip():
             return self._refuse(400, "invalid_scope", "AADSTS1002012: scope must be /.default")
-        if "client_assertion" in form:
-            why = self._check_assertion(client_id, form)
+        if "client_assertion" in form and not _names_certificate(form):
+            try:
+                await self._check_federated(client_id, form)
+            except FederationRefusal as refusal:
+                return self._refuse(refusal.status, refusal.error, refusal.description)
         else:
-            why = self._check_secret(client_id, str(form.get("client_secret", "")))
-        if why is not None:
-            return self._refuse(401, "invalid_client", why)
+            why = (
+                self._check_assertion(client_id, form)
+                if "client_assertion" in form
+                else self._check_secret(client_id, str(form.get("client_secret", "")))
+            )
+            if why is not None:
+                return self._refuse(401, "invalid_client", why)
         now = int(time.time())
         claims = {
             "aud": scope.removesuffix("/.default"), "iss": self.issuer, "iat": now, "nbf": now,
@@ -184,9 +274,52 @@ class FakeEntra:
         self._jtis.add(claims["jti"])
         return None
 
+    async def _check_federated(self, client_id: str, form: Any) -> None:
+        if form.get("client_assertion_type") != ASSERTION_TYPE or "client_secret" in form:
+            raise FederationRefusal(
+                400, "invalid_request", "AADSTS700024: unsupported client assertion"
+            )
+        if client_id not in self.federated_credentials and client_id not in self.client_certs:
+            raise FederationRefusal(
+                400, "unauthorized_client",
+                f"AADSTS700016: Application with identifier '{client_id}' was not found in "
+                f"the directory '{self.tenant}'.",
+            )  # fmt: skip
+        await check_federated_assertion(
+            str(form.get("client_assertion", "")),
+            self.federated_credentials.get(client_id, []),
+            self.issuer_keys,
+            own_issuers=(self.issuer, self.base_url or self.issuer),
+            clock_skew=self.clock_skew,
+            max_lifetime=self.max_assertion_lifetime,
+        )
+
+    def _record(self, form: Any) -> TokenRequest:
+        assertion = str(form.get("client_assertion", ""))
+        header = claims = None
+        if assertion:
+            try:
+                header = jwt.get_unverified_header(assertion)
+                claims = jwt.decode(assertion, options={"verify_signature": False})
+            except jwt.PyJWTError:
+                pass
+        shown = {k: "<redacted>" if k in _REDACTED else str(v) for k, v in form.items()}
+        record = TokenRequest(shown, header, claims)
+        self.token_requests.append(record)
+        return record
+
     def _refuse(self, status: int, error: str, description: str) -> web.Response:
         self.refusals.append(error)
         return _err(status, error, description)
+
+
+def _names_certificate(form: Any) -> bool:
+    """An assertion naming a certificate thumbprint is a certificate credential's."""
+    try:
+        header = jwt.get_unverified_header(str(form.get("client_assertion", "")))
+    except jwt.PyJWTError:
+        return False
+    return bool(header.get("x5t") or header.get("x5t#S256"))
 
 
 def _err(status: int, error: str, description: str) -> web.Response:
