@@ -1,8 +1,17 @@
 """A small synchronous client for the Lockgate token service, used inside Airflow tasks.
 
 Standard library only (urllib), so the provider adds no dependency to Airflow workers.
-The deployment's client secret is read from a file or an environment variable, sent only
-in the token request body, and never logged. An answer that says "later" (429 over a rate
+Every control request carries the deployment's proof, one of two kinds:
+
+- a workload-identity token (:mod:`lockgate.airflow.workload_identity`: a projected
+  service-account token file, ``AZURE_FEDERATED_TOKEN_FILE``, a SPIFFE JWT-SVID), read
+  fresh for each request and sent as an RFC 8693 token exchange (``grant_type`` token
+  exchange, ``subject_token``, ``subject_token_type`` JWT, ``client_id`` the deployment):
+  nothing stored on the worker;
+- the deployment's client secret, read from a file or an environment variable, sent only
+  in the request body.
+
+Neither is ever logged. An answer that says "later" (429 over a rate
 limit, or 503 with ``Retry-After``) is retried after the time it names, as long as the
 whole call stays within ``retry_budget`` seconds; past that it is GatewayUnavailable.
 """
@@ -21,12 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockgate.airflow.workload_identity import (
+    TokenSource,
+    WorkloadIdentityUnavailable,
+    token_source,
+)
+
 # A task try as the token service names it: dag_id, task_id, run_id (strings), try_number
 # and map_index (integers; -1 for a task that is not mapped).
 Coordinates = dict[str, str | int]
 #: Seconds one call may spend waiting on "retry later" answers before giving up.
 DEFAULT_RETRY_BUDGET = 30.0
 _MAX_RETRY_AFTER = 60.0  # a longer wait than this is not worth holding a task slot for
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN
 
 
 class GatewayDenied(Exception):
@@ -85,15 +102,32 @@ class TokenServiceClient:
         client_secret: str | None = None,
         client_secret_file: str | None = None,
         client_secret_env: str | None = None,
+        identity_token_file: str | None = None,
+        identity_token_env: str | None = None,
+        spiffe_socket: str | None = None,
+        spiffe_audience: str | None = None,
         ca_file: str | None = None,
         timeout: float = 10.0,
         retry_budget: float = DEFAULT_RETRY_BUDGET,
     ) -> None:
+        """One proof: a client secret (``client_secret[_file|_env]``) or one
+        workload-identity source (``identity_token_file``, ``identity_token_env``,
+        ``spiffe_socket`` + ``spiffe_audience``); ValueError for more than one."""
         self.url = url.rstrip("/")
         self.deployment = deployment
         self._secret = client_secret
         self._secret_file = client_secret_file
         self._secret_env = client_secret_env
+        self.identity: TokenSource | None = token_source(
+            identity_token_file=identity_token_file,
+            identity_token_env=identity_token_env,
+            spiffe_socket=spiffe_socket,
+            spiffe_audience=spiffe_audience,
+        )
+        if self.identity is not None and (client_secret or client_secret_file or client_secret_env):
+            raise ValueError(
+                "give one proof: a client secret or a workload identity source, not both"
+            )
         self.timeout = timeout
         self.retry_budget = retry_budget
         self._ssl = ssl.create_default_context(cafile=ca_file) if ca_file else None
@@ -106,8 +140,9 @@ class TokenServiceClient:
         if self._secret_file:
             return Path(self._secret_file).read_text(encoding="utf-8").strip()
         raise GatewayUnavailable(
-            "Lockgate secrets backend has no client secret: set client_secret_file or "
-            "client_secret_env in [workers] secrets_backend_kwargs"
+            "Lockgate secrets backend has no proof: set identity_token_file, "
+            "identity_token_env or spiffe_socket (workload identity), or client_secret_file "
+            "or client_secret_env, in [workers] secrets_backend_kwargs"
         )
 
     def _post(self, path: str, fields: Mapping[str, object]) -> dict[str, Any]:
@@ -154,7 +189,20 @@ class TokenServiceClient:
             ) from None
 
     def _auth(self) -> dict[str, str]:
-        return {"client_id": self.deployment, "client_secret": self._client_secret()}
+        """The proof fields of a control request (a token exchange with a workload
+        identity, else the client secret)."""
+        if self.identity is None:
+            return {"client_id": self.deployment, "client_secret": self._client_secret()}
+        try:
+            subject_token = self.identity.token()
+        except WorkloadIdentityUnavailable as exc:
+            raise GatewayUnavailable(f"Lockgate secrets backend has no proof: {exc}") from None
+        return {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": JWT_TOKEN_TYPE,
+            "client_id": self.deployment,
+        }
 
     def catalog(self) -> dict[str, dict[str, Any]]:
         """conn_id → connection template, for the conn_ids this deployment may ask for."""
@@ -163,8 +211,8 @@ class TokenServiceClient:
 
     def mint(self, *, conn_id: str, coords: Coordinates, requested_ttl: int | None) -> MintedToken:
         fields: dict[str, object] = {
+            "grant_type": "client_credentials",  # a token exchange's proof says otherwise
             **self._auth(),
-            "grant_type": "client_credentials",
             "conn_id": conn_id,
             **coords,
         }

@@ -1,12 +1,26 @@
 """``LockgateSecretsBackend``: per-task Connections that point at the gateway.
 
-Configure it in the worker-side slot so it runs inside the task process::
+Configure it in the worker-side slot so it runs inside the task process. The worker
+proves itself with its workload identity, holding no secret (here a Kubernetes projected
+service-account token whose audience is Lockgate's; the gateway trusts the cluster's
+issuer through an ``oidc_issuers`` entry)::
 
     [workers]
     secrets_backend = lockgate.airflow.secrets.LockgateSecretsBackend
     secrets_backend_kwargs = {"url": "https://lockgate.internal:8470", "deployment": "prod",
-                              "client_secret_file": "/var/run/secrets/lockgate/prod",
+                              "identity_token_file": "/var/run/secrets/lockgate/token",
                               "ca_file": "/etc/lockgate/ca.pem"}
+
+The proof is exactly one of (see :mod:`lockgate.airflow.workload_identity`):
+
+- ``identity_token_file``: a token file read again at every mint (projected
+  service-account token, a SPIFFE helper's JWT-SVID file, any OIDC token file);
+- ``identity_token_env``: the name of an environment variable holding such a file's path
+  (``"AZURE_FEDERATED_TOKEN_FILE"`` under Azure workload identity);
+- ``spiffe_socket`` + ``spiffe_audience``: a JWT-SVID from the SPIFFE Workload API (a
+  path or ``unix://`` URI; ``"env"`` for ``$SPIFFE_ENDPOINT_SOCKET``);
+- ``client_secret_file`` or ``client_secret_env``: the deployment's client secret, for
+  workers with no workload identity (a laptop, a VM outside any cloud identity).
 
 Rules:
 
@@ -258,6 +272,10 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         ca_file: str | None = None,
         timeout: float = 10.0,
         catalog_ttl: float = 60.0,
+        identity_token_file: str | None = None,
+        identity_token_env: str | None = None,
+        spiffe_socket: str | None = None,
+        spiffe_audience: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -266,6 +284,10 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             deployment,
             client_secret_file=client_secret_file,
             client_secret_env=client_secret_env,
+            identity_token_file=identity_token_file,
+            identity_token_env=identity_token_env,
+            spiffe_socket=spiffe_socket,
+            spiffe_audience=spiffe_audience,
             ca_file=ca_file,
             timeout=timeout,
         )

@@ -1,0 +1,171 @@
+"""Workload identity: what a worker proves itself with when it holds no secret.
+
+A token source hands the secrets backend's client a fresh workload-identity token (a JWT
+some issuer signed for this workload) for every control request; the token service
+verifies it against the issuer's keys (RFC 8693 token exchange, see
+:mod:`lockgate.identity.oidc`). Nothing here is a stored secret: the tokens are
+short-lived, audience-bound and rotated by the platform.
+
+Sources:
+
+- :class:`TokenFile`: a file read again at every mint. A Kubernetes projected
+  service-account token (the kubelet rewrites it before it expires), a SPIFFE helper's
+  JWT-SVID file, any OIDC token file.
+- :class:`TokenFileFromEnv`: the file named by an environment variable, looked up at every
+  mint: ``AZURE_FEDERATED_TOKEN_FILE`` (Azure workload identity's webhook sets it).
+- :class:`SpiffeWorkloadApi`: a JWT-SVID for ``audience`` from the SPIFFE Workload API
+  (a SPIRE agent's socket) through the ``spiffe`` package (extra ``lockgate[spiffe]``),
+  fetched at every mint.
+
+Errors (:class:`WorkloadIdentityUnavailable`) name the file, variable or socket, never
+the token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+#: ``spiffe_socket`` value meaning "the socket ``SPIFFE_ENDPOINT_SOCKET`` names".
+SOCKET_FROM_ENV = "env"
+SPIFFE_SOCKET_ENV = "SPIFFE_ENDPOINT_SOCKET"
+_MAX_TOKEN_BYTES = 64 * 1024
+
+
+class WorkloadIdentityUnavailable(Exception):
+    """No workload-identity token could be had; the message says where it was looked for."""
+
+
+class TokenSource(Protocol):
+    """Where a worker's workload-identity token comes from."""
+
+    def token(self) -> str:
+        """A fresh token (a compact JWT), or :class:`WorkloadIdentityUnavailable`."""
+        ...
+
+    def describe(self) -> str:
+        """Where the token comes from, for messages (never the token)."""
+        ...
+
+
+class TokenFile:
+    """A token file read again at every mint (the platform rotates it under us)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def describe(self) -> str:
+        return f"workload identity token file {self.path}"
+
+    def token(self) -> str:
+        try:
+            with self.path.open("rb") as fh:
+                raw = fh.read(_MAX_TOKEN_BYTES + 1)
+        except OSError as exc:
+            raise WorkloadIdentityUnavailable(
+                f"cannot read {self.describe()}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        if len(raw) > _MAX_TOKEN_BYTES:
+            raise WorkloadIdentityUnavailable(f"{self.describe()} is too large for a token")
+        try:
+            token = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise WorkloadIdentityUnavailable(f"{self.describe()} does not hold a JWT") from None
+        if token.count(".") != 2:
+            raise WorkloadIdentityUnavailable(f"{self.describe()} is empty or does not hold a JWT")
+        return token
+
+
+class TokenFileFromEnv:
+    """The token file an environment variable names, looked up at every mint."""
+
+    def __init__(self, variable: str) -> None:
+        self.variable = variable
+
+    def describe(self) -> str:
+        return f"workload identity token file named by ${self.variable}"
+
+    def token(self) -> str:
+        path = os.environ.get(self.variable, "").strip()
+        if not path:
+            raise WorkloadIdentityUnavailable(
+                f"${self.variable} is not set: no workload identity token file to read "
+                "(is the workload identity webhook enabled for this pod?)"
+            )
+        return TokenFile(path).token()
+
+
+class SpiffeWorkloadApi:
+    """JWT-SVIDs for ``audience`` from the SPIFFE Workload API at ``socket`` (a path,
+    ``unix://`` URI, or :data:`SOCKET_FROM_ENV` for ``$SPIFFE_ENDPOINT_SOCKET``)."""
+
+    def __init__(self, socket: str, audience: str, *, timeout: float = 10.0) -> None:
+        if not audience:
+            raise ValueError("spiffe_audience is required: a JWT-SVID is minted for an audience")
+        self.socket = socket
+        self.audience = audience
+        self.timeout = timeout
+
+    def _address(self) -> str:
+        socket = self.socket
+        if socket == SOCKET_FROM_ENV:
+            socket = os.environ.get(SPIFFE_SOCKET_ENV, "").strip()
+            if not socket:
+                raise WorkloadIdentityUnavailable(
+                    f"${SPIFFE_SOCKET_ENV} is not set: no SPIFFE Workload API socket to ask"
+                )
+        return socket if "://" in socket else "unix://" + socket
+
+    def describe(self) -> str:
+        where = f"${SPIFFE_SOCKET_ENV}" if self.socket == SOCKET_FROM_ENV else self.socket
+        return f"SPIFFE Workload API at {where}"
+
+    def token(self) -> str:
+        try:
+            from spiffe import WorkloadApiClient
+        except ImportError:
+            raise WorkloadIdentityUnavailable(
+                "spiffe_socket needs the spiffe package: pip install 'lockgate[spiffe]'"
+            ) from None
+        address = self._address()
+        try:
+            # One short-lived channel per mint: mints are rare, and a fresh SVID each time.
+            with WorkloadApiClient(address, default_timeout=self.timeout) as client:
+                svid = client.fetch_jwt_svid(audience={self.audience})
+        except Exception as exc:  # the package raises its own tree and grpc's
+            raise WorkloadIdentityUnavailable(
+                f"no JWT-SVID from the {self.describe()} ({address}): {type(exc).__name__}"
+            ) from None
+        return str(svid.token)
+
+
+def token_source(
+    *,
+    identity_token_file: str | None = None,
+    identity_token_env: str | None = None,
+    spiffe_socket: str | None = None,
+    spiffe_audience: str | None = None,
+) -> TokenSource | None:
+    """The one token source these secrets-backend kwargs name (None: none named);
+    ValueError when more than one is named, or a SPIFFE socket without an audience."""
+    named = [
+        kwarg
+        for kwarg, value in (
+            ("identity_token_file", identity_token_file),
+            ("identity_token_env", identity_token_env),
+            ("spiffe_socket", spiffe_socket),
+        )
+        if value
+    ]
+    if len(named) > 1:
+        raise ValueError(f"give one workload identity source, not {' and '.join(named)}")
+    if spiffe_audience and not spiffe_socket:
+        raise ValueError("spiffe_audience is set but spiffe_socket is not")
+    if identity_token_file:
+        return TokenFile(identity_token_file)
+    if identity_token_env:
+        return TokenFileFromEnv(identity_token_env)
+    if spiffe_socket:
+        return SpiffeWorkloadApi(spiffe_socket, spiffe_audience or "")
+    return None
