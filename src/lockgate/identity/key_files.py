@@ -1,34 +1,40 @@
 """Signing keys as files under ``data_dir/keys`` (SQLite state: one machine, any number
 of processes). Layout (directory 0700, files 0600)::
 
-    index.json          {"current": kid, "keys": [{"kid", "created", "retire_at"}]}
-    <kid>.pem           PKCS#8 private key, one per kid
+    index.json          {"current": kid, "keys": [{"kid", "alg", "created", "retire_at"}]}
+    <kid>.pem           PKCS#8 private key (Ed25519, RSA or P-256), one per kid
     .lock               flock target so two processes never rotate at once
 
-Files are named from the index, and the thumbprint of each loaded key is recomputed and must
-equal its kid, so a tampered index cannot make us publish one key under another key's name.
+``current`` is the newest EdDSA key (what older Lockgate versions read); an entry without
+``alg`` is EdDSA, so a data directory written before other algorithms existed keeps working.
+Files are named from the index, and the thumbprint and type of each loaded key are
+recomputed and must equal its kid and alg, so a tampered index cannot make us publish one
+key under another key's name or algorithm.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lockgate.errors import ConfigError
 from lockgate.identity.signing_key import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
     KID_RE,
     SigningKey,
     generate_key,
-    thumbprint,
+    load_private,
+    newest_per_algorithm,
     with_retire_at,
 )
 
@@ -40,21 +46,26 @@ class KeyFiles:
 
     shared = False
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, rsa_key_size: int = 2048) -> None:
         self.dir = directory
+        self.rsa_key_size = rsa_key_size
         self._mutex = threading.Lock()
         self._index_stamp: tuple[int, int] | None = None
 
-    def open(self, now: float) -> dict[str, SigningKey]:
+    def open(self, now: float, algorithms: tuple[str, ...]) -> dict[str, SigningKey]:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)  # mkdir honours umask; be explicit
         with self._locked():
-            if (self.dir / _INDEX).exists():
-                return self._read_index({})
-            first = generate_key(now)
-            self._write_pem(first)
-            keys = {first.kid: first}
-            self._write_index(keys, first.kid)
+            keys = self._read_index({}) if (self.dir / _INDEX).exists() else {}
+            have = {k.alg for k in keys.values()}
+            missing = [alg for alg in algorithms if alg not in have]
+            if not missing:
+                return keys
+            for alg in missing:  # the first key of an algorithm just configured
+                first = generate_key(alg, now, rsa_key_size=self.rsa_key_size)
+                self._write_pem(first)
+                keys[first.kid] = first
+            self._write_index(keys)
             return keys
 
     def moved(self) -> bool:
@@ -65,19 +76,30 @@ class KeyFiles:
             return self._read_index(known)
 
     def rotate(
-        self, known: dict[str, SigningKey], now: float, retire_after: float, delay: float
-    ) -> tuple[SigningKey, dict[str, SigningKey]]:
+        self,
+        known: dict[str, SigningKey],
+        now: float,
+        retire_after: float,
+        delays: Mapping[str, float],
+    ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
         with self._locked():
             keys = self._read_index(known)  # another process may have rotated since
-            new = generate_key(now, activate_at=now + delay if delay else None)
-            self._write_pem(new)
-            for kid, key in list(keys.items()):
-                if key.retire_at is None:
-                    keys[kid] = with_retire_at(key, new.signs_from + retire_after)
-            keys[new.kid] = new
-            self._prune(keys, new.kid, now)
-            self._write_index(keys, new.kid)
-            return new, keys
+            added: list[SigningKey] = []
+            for alg, delay in delays.items():
+                new = generate_key(
+                    alg, now, activate_at=now + delay if delay else None,
+                    rsa_key_size=self.rsa_key_size,
+                )  # fmt: skip
+                self._write_pem(new)
+                # Only this algorithm's keys give way: an RS256 rotation leaves EdDSA alone.
+                for kid, key in list(keys.items()):
+                    if key.alg == alg and key.retire_at is None:
+                        keys[kid] = with_retire_at(key, new.signs_from + retire_after)
+                keys[new.kid] = new
+                added.append(new)
+            self._prune(keys, now)
+            self._write_index(keys)
+            return added, keys
 
     def problem(self, current: SigningKey) -> str | None:
         for path in (self.dir / _INDEX, self.dir / f"{current.kid}.pem"):
@@ -118,30 +140,33 @@ class KeyFiles:
             kid = entry.get("kid") if isinstance(entry, dict) else None
             if not isinstance(kid, str) or not KID_RE.match(kid):
                 raise ConfigError(f"{path}: invalid kid in key index")
+            alg = entry.get("alg", DEFAULT_ALGORITHM)  # no alg: written when all were EdDSA
+            if alg not in ALGORITHMS:
+                raise ConfigError(f"{path}: unsupported algorithm in key index")
             old = known.get(kid)
-            if old is None:
-                private = self._read_pem(kid)
-                created = float(entry.get("created") or 0)
+            if old is None or old.alg != alg:
                 activate = entry.get("activate_at")
-                old = SigningKey(
-                    kid, private, private.public_key(), created, None,
-                    None if activate is None else float(activate),
-                )  # fmt: skip
+                old = dataclasses.replace(
+                    self._read_pem(kid, alg),
+                    created=float(entry.get("created") or 0),
+                    activate_at=None if activate is None else float(activate),
+                )
             keys[kid] = with_retire_at(old, entry.get("retire_at"))
         if current not in keys:
             raise ConfigError(f"{path}: current kid is not in the key index")
         self._index_stamp = stamp
         return keys
 
-    def _read_pem(self, kid: str) -> Ed25519PrivateKey:
+    def _read_pem(self, kid: str, alg: str) -> SigningKey:
         path = self.dir / f"{kid}.pem"
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: unreadable signing key ({type(exc).__name__})") from None
-        if not isinstance(key, Ed25519PrivateKey) or thumbprint(key.public_key()) != kid:
-            raise ConfigError(f"{path}: key does not match its kid")
-        return key
+        try:
+            return load_private(private, kid, alg)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def _write_pem(self, key: SigningKey) -> None:
         pem = key.private.private_bytes(
@@ -151,11 +176,14 @@ class KeyFiles:
         )
         self._atomic_write(self.dir / f"{key.kid}.pem", pem)
 
-    def _write_index(self, keys: dict[str, SigningKey], current: str) -> None:
+    def _write_index(self, keys: dict[str, SigningKey]) -> None:
+        newest = newest_per_algorithm(keys)
+        current = newest.get(DEFAULT_ALGORITHM) or next(iter(newest.values()))
         entries: list[dict[str, object]] = []
         for k in keys.values():
             entry: dict[str, object] = {
                 "kid": k.kid,
+                "alg": k.alg,
                 "created": k.created,
                 "retire_at": k.retire_at,
             }
@@ -180,10 +208,12 @@ class KeyFiles:
                 os.unlink(tmp)
             raise
 
-    def _prune(self, keys: dict[str, SigningKey], current: str, now: float) -> None:
-        """Forget keys whose retirement time has passed and delete their private halves."""
+    def _prune(self, keys: dict[str, SigningKey], now: float) -> None:
+        """Forget keys whose retirement time has passed and delete their private halves
+        (never the newest key of an algorithm)."""
+        newest = set(newest_per_algorithm(keys).values())
         for kid, key in list(keys.items()):
-            if kid != current and key.retire_at is not None and now >= key.retire_at:
+            if kid not in newest and key.retire_at is not None and now >= key.retire_at:
                 del keys[kid]
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / f"{kid}.pem").unlink()

@@ -1,11 +1,13 @@
 """Signing keys in the shared database: the ``signing_keys`` table (schema domain ``keys``).
 
-Each row holds a kid (the RFC 7638 thumbprint), its times (``created``, ``activate_at`` --
-when it starts signing -- and ``retire_at``) and the raw Ed25519 private key encrypted with
-AES-256-GCM under a key derived from the master key (HKDF, its own label). The AAD binds
-everything that decides whether a key is trusted: the algorithm, the kid and the three
-times; the public key is the private key's, and its thumbprint is checked against the kid.
-So a ciphertext moved onto another row, or a row whose times were altered (a retirement
+Each row holds a kid (the RFC 7638 thumbprint), its algorithm (``alg``: EdDSA, RS256 or
+ES256; rows from before the column are EdDSA), its times (``created``, ``activate_at`` --
+when it starts signing -- and ``retire_at``) and the private key encrypted with AES-256-GCM
+under a key derived from the master key (HKDF, its own label): raw Ed25519 bytes, RSA and
+P-256 keys as PKCS#8 DER. The AAD binds everything that decides whether a key is trusted:
+the algorithm, the kid and the three times; the public key is the private key's, its type
+must be the algorithm's and its thumbprint is checked against the kid. So a ciphertext
+moved onto another row, or a row whose algorithm or times were altered (a retirement
 pushed back or undone), fails to decrypt and is refused. Nothing else about a key is
 secret; nothing secret is stored in clear.
 
@@ -17,18 +19,22 @@ rotation sets, and authenticates, a ``retire_at`` on every older key). Each tabl
 remembers the kids it saw retired for as long as it runs. A refused row is logged and
 skipped; the other keys keep serving. What the design trusts the database with is in
 docs/state.md: it can deny service; without the master key it can neither mint a key nor
-bring a retired one back on its own.
+bring a retired one back on its own. All of this holds per algorithm: each keeps its own
+newest key, and a rotation of one retires only that algorithm's older keys.
 
 Every write (the first key, a rotation) runs in one transaction that first takes a lock
 (PostgreSQL: a transaction-scoped advisory lock; SQLite: ``BEGIN IMMEDIATE`` already
-serialises), so replicas starting together create exactly one first key and two rotations
-never interleave. Writes touch the ``keys`` topic; :meth:`KeyTable.moved` compares its
-version (a memory read on PostgreSQL) with the one last loaded.
+serialises), so replicas starting together create exactly one first key of each
+algorithm and two rotations never interleave. Writes touch the ``keys`` topic;
+:meth:`KeyTable.moved` compares its version (a memory read on PostgreSQL) with the one
+last loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -38,10 +44,12 @@ from lockgate import _log
 from lockgate.credentials.master_key import derived_aead, verify_master_key
 from lockgate.errors import ConfigError
 from lockgate.identity.signing_key import (
+    ALGORITHMS,
     KID_RE,
+    PrivateKey,
     SigningKey,
     generate_key,
-    thumbprint,
+    load_private,
     with_retire_at,
 )
 from lockgate.store import Cursor, Database, Migration, open_store, register_domain
@@ -72,25 +80,37 @@ MIGRATIONS = (
         "    kid TEXT PRIMARY KEY, retired_at REAL NOT NULL\n"
         ")",
     ),
+    Migration(
+        3,
+        "signing keys of other algorithms (RS256, ES256): every existing row is EdDSA",
+        "ALTER TABLE signing_keys ADD COLUMN alg TEXT NOT NULL DEFAULT 'EdDSA'",
+    ),
 )
 register_domain(DOMAIN, MIGRATIONS)
 
 log = _log.get("identity")
 
 _SELECT = (
-    "SELECT kid, created, activate_at, retire_at, nonce, ciphertext FROM signing_keys "
+    "SELECT kid, alg, created, activate_at, retire_at, nonce, ciphertext FROM signing_keys "
     "ORDER BY activate_at, created, kid"
 )
-_ALGORITHM = b"Ed25519"
+#: What the AAD names each algorithm by (EdDSA's as before the column: old rows decrypt).
+_AAD_NAME = {"EdDSA": b"Ed25519", "RS256": b"RS256", "ES256": b"ES256"}
 
 
 class KeyTable:
     """A :class:`~lockgate.identity.signing_key.KeyBackend` over a :class:`Database`."""
 
     def __init__(
-        self, db: Database, master_key: bytes, *, migrate_schema: bool | None = None
+        self,
+        db: Database,
+        master_key: bytes,
+        *,
+        migrate_schema: bool | None = None,
+        rsa_key_size: int = 2048,
     ) -> None:
         self.db = db
+        self.rsa_key_size = rsa_key_size
         self.shared = db.dialect == "postgresql"
         open_store(db, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
         if self.shared:
@@ -101,16 +121,19 @@ class KeyTable:
         # refused even if the database loses its tombstones.
         self._retired: set[str] = set()
 
-    def open(self, now: float) -> dict[str, SigningKey]:
+    def open(self, now: float, algorithms: tuple[str, ...]) -> dict[str, SigningKey]:
         version = self.db.version(TOPIC)
         with self.db.transaction() as cur:
             self._lock(cur)
             keys = self._read(cur, {})
-            if not keys:
-                first = generate_key(now)
+            have = {k.alg for k in keys.values()}
+            missing = [alg for alg in algorithms if alg not in have]
+            for alg in missing:  # under the lock: one first key per algorithm, cluster-wide
+                first = generate_key(alg, now, rsa_key_size=self.rsa_key_size)
                 self._write(cur, first)
+                keys[first.kid] = first
+            if missing:
                 cur.touch(TOPIC)
-                keys = {first.kid: first}
         self._loaded(version)  # as in rotate: a first key written here reads as a move
         return keys
 
@@ -127,29 +150,41 @@ class KeyTable:
         return keys
 
     def rotate(
-        self, known: dict[str, SigningKey], now: float, retire_after: float, delay: float
-    ) -> tuple[SigningKey, dict[str, SigningKey]]:
+        self,
+        known: dict[str, SigningKey],
+        now: float,
+        retire_after: float,
+        delays: Mapping[str, float],
+    ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
         version = self.db.version(TOPIC)
+        added: list[SigningKey] = []
         with self.db.transaction() as cur:
             self._lock(cur)
-            row = cur.execute("SELECT max(activate_at) FROM signing_keys").fetchone()
-            latest = float(row[0]) if row and row[0] is not None else float("-inf")
-            # Never before a stored key: "the newest active key signs" stays true.
-            new = generate_key(now, activate_at=max(now + delay, latest))
-            # Old keys stay published until the new one has signed for retire_after s, so
-            # there is a signing key at every instant whatever retire_after is. Their rows
-            # are encrypted again: the retire_at is part of what the AEAD authenticates.
-            for old in self._read(cur, known).values():
-                if old.retire_at is None:
-                    self._write(cur, with_retire_at(old, new.signs_from + retire_after))
+            stored = self._read(cur, known)
+            for alg, delay in delays.items():
+                latest = max(
+                    (k.signs_from for k in stored.values() if k.alg == alg), default=float("-inf")
+                )
+                # Never before a stored key of its algorithm: "the newest active key signs".
+                new = generate_key(
+                    alg, now, activate_at=max(now + delay, latest), rsa_key_size=self.rsa_key_size
+                )
+                # Old keys stay published until the new one has signed for retire_after s,
+                # so there is a signing key at every instant whatever retire_after is. Their
+                # rows are encrypted again: the retire_at is part of what the AEAD binds.
+                for old in stored.values():
+                    if old.alg == alg and old.retire_at is None:
+                        self._write(cur, with_retire_at(old, new.signs_from + retire_after))
+                added.append(new)
             self._retire_due(cur, now)
-            self._write(cur, new)
+            for new in added:
+                self._write(cur, new)
             cur.touch(TOPIC)
             keys = self._read(cur, known)
         # The version from before: our own write reads as a move, costing one spare reload
         # rather than ever missing another replica's write made alongside.
         self._loaded(version)
-        return new, keys
+        return added, keys
 
     def problem(self, current: SigningKey) -> str | None:
         return None  # every replica reads the same table; a restart finds the same keys
@@ -180,22 +215,20 @@ class KeyTable:
 
     def _write(self, cur: Cursor, key: SigningKey) -> None:
         """Insert ``key``'s row, or replace it (its times changed): a fresh nonce each time."""
-        raw = key.private.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
         nonce = os.urandom(12)
         ciphertext = self._aead.encrypt(
-            nonce, raw, _bound(key.kid, key.created, key.signs_from, key.retire_at)
+            nonce,
+            _private_bytes(key.private),
+            _bound(key.alg, key.kid, key.created, key.signs_from, key.retire_at),
         )
         cur.execute(
-            "INSERT INTO signing_keys (kid, created, activate_at, retire_at, nonce, ciphertext) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kid) DO UPDATE SET "
-            "created = excluded.created, activate_at = excluded.activate_at, "
-            "retire_at = excluded.retire_at, nonce = excluded.nonce, "
-            "ciphertext = excluded.ciphertext",
-            (key.kid, key.created, key.signs_from, key.retire_at, nonce, ciphertext),
+            "INSERT INTO signing_keys "
+            "(kid, alg, created, activate_at, retire_at, nonce, ciphertext) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kid) DO UPDATE SET "
+            "alg = excluded.alg, created = excluded.created, "
+            "activate_at = excluded.activate_at, retire_at = excluded.retire_at, "
+            "nonce = excluded.nonce, ciphertext = excluded.ciphertext",
+            (key.kid, key.alg, key.created, key.signs_from, key.retire_at, nonce, ciphertext),
         )
 
     def _read(self, cur: Cursor, known: dict[str, SigningKey]) -> dict[str, SigningKey]:
@@ -204,22 +237,27 @@ class KeyTable:
             kid for (kid,) in cur.execute("SELECT kid FROM retired_signing_keys").fetchall()
         }
         self._retired |= tombstones
-        # Only the newest key may lack a retire_at: a rotation gives every older one its own.
-        newest = rows[-1][0] if rows else None
+        # Only the newest key of an algorithm may lack a retire_at: a rotation gives every
+        # older one of that algorithm its own. Rows come in signing order: the last wins.
+        newest = {row[1]: row[0] for row in rows}
         keys: dict[str, SigningKey] = {}
-        for kid, created, activate_at, retire_at, nonce, ct in rows:
+        for kid, alg, created, activate_at, retire_at, nonce, ct in rows:
             if not isinstance(kid, str) or not KID_RE.match(kid):
                 raise ConfigError(f"{self.db.label}: invalid kid in signing_keys")
+            if alg not in ALGORITHMS:
+                raise ConfigError(f"{self.db.label}: signing key {kid}: unsupported algorithm")
             times = (float(created), float(activate_at), _time(retire_at))
             old = known.get(kid)
-            if old is not None and (old.created, old.signs_from, old.retire_at) == times:
-                private = old.private  # same row as loaded before: authenticated then
+            if old is not None and (old.alg, old.created, old.signs_from, old.retire_at) == (
+                alg, *times,
+            ):  # fmt: skip
+                key = old  # same row as loaded before: authenticated then
             else:
-                private = self._decrypt(kid, nonce, ct, *times)  # a forged row fails loudly
-            if kid in self._retired or (retire_at is None and kid != newest):
+                key = self._decrypt(kid, alg, nonce, ct, *times)  # a forged row fails loudly
+            if kid in self._retired or (retire_at is None and kid != newest[alg]):
                 self._refuse(kid)  # a genuine row, put back after its key was retired
                 continue
-            keys[kid] = SigningKey(kid, private, private.public_key(), times[0], times[2], times[1])
+            keys[kid] = with_retire_at(key, times[2])
         # A kid that was loaded and is gone was retired: never trusted again by this table.
         self._retired |= known.keys() - keys.keys()
         return keys
@@ -231,33 +269,57 @@ class KeyTable:
         )
 
     def _decrypt(
-        self, kid: str, nonce: bytes, ct: bytes, created: float, activate_at: float,
+        self, kid: str, alg: str, nonce: bytes, ct: bytes, created: float, activate_at: float,
         retire_at: float | None,
-    ) -> Ed25519PrivateKey:  # fmt: skip
+    ) -> SigningKey:  # fmt: skip
         try:
             raw = self._aead.decrypt(
-                bytes(nonce), bytes(ct), _bound(kid, created, activate_at, retire_at)
+                bytes(nonce), bytes(ct), _bound(alg, kid, created, activate_at, retire_at)
             )
-            key = Ed25519PrivateKey.from_private_bytes(raw)
+            private = _private_key(alg, raw)
         except (InvalidTag, ValueError):
             raise ConfigError(
                 f"{self.db.label}: signing key {kid} cannot be decrypted: another master key, "
                 "or the stored row was altered"
             ) from None
-        if thumbprint(key.public_key()) != kid:
-            raise ConfigError(f"{self.db.label}: signing key {kid} does not match its kid")
-        return key
+        try:
+            key = load_private(private, kid, alg)
+        except ValueError as exc:
+            raise ConfigError(f"{self.db.label}: signing key {kid}: {exc}") from None
+        return dataclasses.replace(key, created=created, activate_at=activate_at)
 
 
 def _time(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _bound(kid: str, created: float, activate_at: float, retire_at: float | None) -> bytes:
+def _private_bytes(private: PrivateKey) -> bytes:
+    """What is encrypted: raw Ed25519 bytes (as rows always held them), else PKCS#8 DER."""
+    if isinstance(private, Ed25519PrivateKey):
+        return private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+    return private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )  # fmt: skip
+
+
+def _private_key(alg: str, raw: bytes) -> object:
+    """The inverse of :func:`_private_bytes` (ValueError when the bytes are no key)."""
+    if alg == "EdDSA":
+        return Ed25519PrivateKey.from_private_bytes(raw)
+    return serialization.load_der_private_key(raw, password=None)
+
+
+def _bound(
+    alg: str, kid: str, created: float, activate_at: float, retire_at: float | None
+) -> bytes:
     """The AEAD's associated data: everything about a row that decides whether it is trusted
     (exact float spellings: the same on SQLite and PostgreSQL)."""
     retire = "-" if retire_at is None else retire_at.hex()
     return b"\0".join(
-        (_ALGORITHM, kid.encode("ascii"), created.hex().encode(), activate_at.hex().encode(),
-         retire.encode())
+        (_AAD_NAME[alg], kid.encode("ascii"), created.hex().encode(),
+         activate_at.hex().encode(), retire.encode())
     )  # fmt: skip

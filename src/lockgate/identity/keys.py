@@ -1,4 +1,5 @@
-"""Ed25519 signing keys for Lockgate tokens, rotated with an overlap.
+"""Signing keys for Lockgate tokens and assertions (Ed25519, RSA, P-256), rotated with an
+overlap.
 
 :class:`KeyStore` holds the key set in memory (the data path never reads storage) over one
 of two backends: files under ``data_dir/keys`` (SQLite state, one machine;
@@ -11,8 +12,12 @@ Rules:
   every backend recomputes it from each key it loads and refuses a mismatch, so tampered
   storage cannot make us publish one key under another key's name.
 - Token headers never reach the file system: :meth:`public_key` is a dict lookup.
+- Each algorithm in use (``algorithms``, plus any stored) has its own current key:
+  :meth:`current` ``(alg)``, :meth:`sign` ``(claims, alg)``. The JWKS lists every published
+  key of every algorithm, each with its ``alg``; a verifier accepts a key only for that alg.
 - :meth:`rotate` makes a new key current and gives the old one a ``retire_at``; until then
-  it stays in the JWKS because tokens it signed may still be valid.
+  it stays in the JWKS because tokens it signed may still be valid. It rotates every
+  algorithm in use, or those named; a rotation of one retires only that one's older keys.
 - Another process (``lockgate keys rotate``) may rotate; :meth:`reload` re-reads the index
   and :meth:`maybe_reload` does so at most once per ``min_interval`` seconds.
 
@@ -20,23 +25,38 @@ Shared keys publish first and sign later: a rotated key is published (JWKS, acce
 verifiers) at once but becomes the signing key only ``activation_delay`` seconds later, by
 when every replica has loaded it, so a token it signs is never unknown anywhere. Reloads
 then follow the ``keys`` change version and run in a worker thread: never on the data path.
+
+RS256 and ES256 keys are for clouds that trust Lockgate as an OIDC issuer (Entra ID,
+Databricks), which cache its JWKS for minutes: a rotated key of those is published
+``publish_ahead`` seconds before it signs (or the activation delay, if longer), so no cloud
+meets an assertion signed with a key its cached JWKS lacks. ``retire_after=0`` (a leaked
+key) still switches at once.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+import jwt
 
 from lockgate import _log
 from lockgate.errors import ConfigError, LockgateError
 from lockgate.identity.key_files import KeyFiles
 from lockgate.identity.key_table import KeyTable
-from lockgate.identity.signing_key import KID_RE, KeyBackend, SigningKey, b64url, thumbprint
+from lockgate.identity.signing_key import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    KID_RE,
+    KeyBackend,
+    PublicKey,
+    SigningKey,
+    b64url,
+    thumbprint,
+)
 from lockgate.store import Database, PostgresDatabase
 
 #: Publish-to-sign delay of shared keys, at least: past two catch-up polls (1 s by default)
@@ -51,31 +71,45 @@ class KeyStore:
     """Signing keys of this Lockgate installation; thread-safe, multi-process aware.
 
     ``source``: the data directory (keys as files) or a shared :class:`Database` (keys in
-    its ``signing_keys`` table, private halves encrypted under ``master_key``)."""
+    its ``signing_keys`` table, private halves encrypted under ``master_key``).
+    ``algorithms``: those a key is kept for (the first of each is created on open);
+    ``publish_ahead``: seconds a rotated RS256/ES256 key is published before it signs."""
 
     def __init__(
         self,
         source: Path | Database,
         *,
+        algorithms: Sequence[str] = (DEFAULT_ALGORITHM,),
+        rsa_key_size: int = 2048,
+        publish_ahead: float = 0.0,
         master_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
         activation_delay: float | None = None,
         migrate_schema: bool | None = None,
     ) -> None:
+        unknown = [alg for alg in algorithms if alg not in ALGORITHMS]
+        if unknown or not algorithms:
+            raise ConfigError(
+                f"signing algorithms {unknown or '[]'}: expected some of {ALGORITHMS}"
+            )
+        self.algorithms = tuple(alg for alg in ALGORITHMS if alg in algorithms)
         self._clock = clock
         self._mutex = threading.Lock()
         self._backend: KeyBackend
         if isinstance(source, Path | str):
             self.dir: Path | None = Path(source) / "keys"
-            self._backend = KeyFiles(self.dir)
+            self._backend = KeyFiles(self.dir, rsa_key_size=rsa_key_size)
         else:
             if master_key is None:
                 raise ConfigError("signing keys in a database need the master key")
             self.dir = None
-            self._backend = KeyTable(source, master_key, migrate_schema=migrate_schema)
+            self._backend = KeyTable(
+                source, master_key, migrate_schema=migrate_schema, rsa_key_size=rsa_key_size
+            )
         if activation_delay is None:
             activation_delay = _default_activation_delay(source) if self._backend.shared else 0.0
         self.activation_delay = activation_delay
+        self.publish_ahead = publish_ahead
         self._last_reload = float("-inf")
         # Apart from _mutex, which a reload holds across its query: the data path only ever
         # takes this one, to start a background reload.
@@ -86,16 +120,19 @@ class KeyStore:
         #: new index): a verifier's cached verdicts are only good for one value of it.
         self.changes = 0
         with self._mutex:
-            self._keys: dict[str, SigningKey] = self._backend.open(clock())
+            self._keys: dict[str, SigningKey] = self._backend.open(clock(), self.algorithms)
             self.changes += 1
 
     # -- public API ---------------------------------------------------------------------------
-    def current(self) -> SigningKey:
-        """The signing key: the newest one whose activation time has come."""
+    def current(self, alg: str = DEFAULT_ALGORITHM) -> SigningKey:
+        """The signing key of ``alg``: the newest one whose activation time has come.
+        ValueError when no key of ``alg`` is kept."""
         self._follow()
         now = self._clock()
         # Stored order breaks ties: a key rotated in within the same clock tick comes later.
-        keys = list(self._keys.values())
+        keys = [k for k in self._keys.values() if k.alg == alg]
+        if not keys:
+            raise ValueError(f"no {alg} signing key (signing.algorithms does not name it)")
         live = [i for i, k in enumerate(keys) if not self._retired(k, now)]
         active = [i for i in live if keys[i].signs_from <= now]
         if active:
@@ -105,13 +142,32 @@ class KeyStore:
             return keys[min(live, key=lambda i: (keys[i].signs_from, -i))]
         return keys[-1]
 
-    def public_key(self, kid: str) -> Ed25519PublicKey | None:
-        """The published key for ``kid``, or ``None`` if unknown or retired."""
+    def key(self, kid: str) -> SigningKey | None:
+        """The published key named ``kid`` (any algorithm), or ``None`` if unknown or
+        retired: a dict lookup, the verifier's only way to a key."""
         self._follow()
         key = self._keys.get(kid)
         if key is None or self._retired(key, self._clock()):
             return None
-        return key.public
+        return key
+
+    def public_key(self, kid: str) -> PublicKey | None:
+        """The published key for ``kid``, or ``None`` if unknown or retired."""
+        key = self.key(kid)
+        return None if key is None else key.public
+
+    def sign(self, claims: dict[str, Any], alg: str) -> str:
+        """``claims`` as a compact JWS signed with the current ``alg`` key, header
+        ``{alg, kid, typ: JWT}``. ValueError for an algorithm with no key."""
+        key = self.current(alg)
+        return jwt.encode(
+            claims, key.private, algorithm=alg, headers={"kid": key.kid, "typ": "JWT"}
+        )
+
+    def in_use(self) -> tuple[str, ...]:
+        """Every algorithm with a stored key or configured, in :data:`ALGORITHMS` order."""
+        held = {k.alg for k in self._keys.values()} | set(self.algorithms)
+        return tuple(alg for alg in ALGORITHMS if alg in held)
 
     def next_retirement(self) -> float:
         """When the next published key retires (``inf``: none is scheduled)."""
@@ -127,18 +183,31 @@ class KeyStore:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.jwk() for k in self.published()]}
 
-    def rotate(self, retire_after: int) -> SigningKey:
-        """Add a fresh key; it signs after :attr:`activation_delay` (at once for files).
-        Older keys retire ``retire_after`` s after that.
+    def rotate(self, retire_after: int, algorithms: Iterable[str] | None = None) -> SigningKey:
+        """Add a fresh key of every algorithm in use (or of those named), each signing after
+        its delay (EdDSA: :attr:`activation_delay`, at once for files; RS256/ES256: also at
+        least :attr:`publish_ahead`). Older keys of each retire ``retire_after`` s after its
+        new one signs. Returns the first new key (EdDSA when rotated); :meth:`rotate_each`
+        returns them all.
 
         ``retire_after=0`` is the emergency switch (a leaked key): the new key signs and the
         old ones stop at once, even on shared keys, where another replica may then refuse a
         new token until it has loaded the new key (well under a second)."""
+        return self.rotate_each(retire_after, algorithms)[0]
+
+    def rotate_each(
+        self, retire_after: int, algorithms: Iterable[str] | None = None
+    ) -> list[SigningKey]:
+        """:meth:`rotate`, returning the new key of each algorithm rotated (in one write)."""
         if retire_after < 0:
             raise ValueError("retire_after must be >= 0")
-        delay = self.activation_delay if retire_after > 0 else 0.0
+        wanted = self.in_use() if algorithms is None else tuple(algorithms)
+        unknown = [alg for alg in wanted if alg not in ALGORITHMS]
+        if unknown or not wanted:
+            raise ValueError(f"cannot rotate {unknown or 'no algorithm'}: one of {ALGORITHMS}")
+        delays = {alg: self._delay(alg, retire_after) for alg in ALGORITHMS if alg in wanted}
         with self._mutex:
-            new, keys = self._backend.rotate(self._keys, self._clock(), retire_after, delay)
+            new, keys = self._backend.rotate(self._keys, self._clock(), retire_after, delays)
             self._keys = keys
             self.changes += 1
         return new
@@ -171,10 +240,23 @@ class KeyStore:
         return self._backend.moved()
 
     def storage_problem(self) -> str | None:
-        """Why a restart would not sign with today's current key (a file gone), or None."""
-        return self._backend.problem(self.current())
+        """Why a restart would not sign with a current key (a file gone), or None."""
+        for alg in self.in_use():
+            problem = self._backend.problem(self.current(alg))
+            if problem is not None:
+                return problem
+        return None
 
     # -- internals ----------------------------------------------------------------------------
+    def _delay(self, alg: str, retire_after: int) -> float:
+        """Seconds from a rotation until the new ``alg`` key signs."""
+        if retire_after == 0:
+            return 0.0  # an emergency: the leaked key must stop now
+        if alg == DEFAULT_ALGORITHM:
+            return self.activation_delay  # Lockgate's own verifiers: today's rule
+        # Clouds cache Lockgate's JWKS: publish first, sign once they can have refetched it.
+        return max(self.activation_delay, self.publish_ahead)
+
     @staticmethod
     def _retired(key: SigningKey, now: float) -> bool:
         return key.retire_at is not None and now >= key.retire_at
@@ -211,6 +293,8 @@ def _default_activation_delay(db: Path | Database) -> float:
 
 
 __all__ = [
+    "ALGORITHMS",
+    "DEFAULT_ALGORITHM",
     "KID_RE",
     "SHARED_ACTIVATION_DELAY",
     "KeyBackend",

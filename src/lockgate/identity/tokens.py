@@ -1,12 +1,16 @@
-"""Mint and verify Lockgate tokens: EdDSA JWTs whose audience is one resource name.
+"""Mint and verify Lockgate tokens: JWTs whose audience is one resource name, EdDSA unless
+``signing.audiences`` maps that resource to RS256 or ES256.
 
 Verification strategy, strictest first and cheapest on repeat:
 
 1. Size and shape: at most 8 KiB, exactly three strict base64url segments.
-2. The header is parsed here, not by a library: a JSON object, ``alg`` exactly ``EdDSA``,
-   no ``crit``, and a ``kid`` that is a known RFC 7638 thumbprint in the :class:`KeyStore`.
-   Embedded ``jwk``/``jku``/``x5u``/``x5c`` are ignored: keys come only from the store.
-3. Signature via PyJWT with ``algorithms=["EdDSA"]`` and the store's public key.
+2. The header is parsed here, not by a library: a JSON object, ``alg`` exactly one of
+   ``EdDSA``/``RS256``/``ES256``, no ``crit``, and a ``kid`` that is a known RFC 7638
+   thumbprint in the :class:`KeyStore` whose key is for that very ``alg``: the algorithm
+   is pinned per key, never chosen by the token (``alg_mismatch`` otherwise). Embedded
+   ``jwk``/``jku``/``x5u``/``x5c`` are ignored: keys come only from the store.
+3. Signature of the key's length (an ES256 signature is raw r||s, never DER), then via
+   PyJWT with ``algorithms=[key.alg]`` and that key's public half.
 4. Claims: every claim present and typed, ``sub`` equal to the principal, issuer, then
    time (``exp``/``nbf``/``iat`` with leeway), audience, shared-state staleness and
    revocation.
@@ -39,8 +43,9 @@ from typing import TYPE_CHECKING, Any
 import jwt
 
 from lockgate import _log, metrics
+from lockgate.config import SigningSettings
 from lockgate.errors import AuthenticationError, LockgateError
-from lockgate.identity.keys import KID_RE, KeyStore
+from lockgate.identity.keys import ALGORITHMS, KID_RE, KeyStore
 from lockgate.identity.model import Claims, TaskIdentity
 from lockgate.identity.revocation import RevocationStore
 from lockgate.identity.staleness import STALE_REASON, StalenessBound
@@ -49,9 +54,8 @@ if TYPE_CHECKING:
     from jwt.algorithms import AllowedPublicKeys
 
 MAX_TOKEN_BYTES = 8 * 1024
-ALGORITHM = "EdDSA"
+ALGORITHM = "EdDSA"  # of Lockgate's own tokens unless signing.audiences says otherwise
 _B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*\Z")  # \Z: "$" would pass a final newline
-_ED25519_SIG_LEN = 64
 log = _log.get("identity.tokens")
 
 
@@ -155,14 +159,21 @@ def _jwt_reason(exc: jwt.PyJWTError) -> str:
 
 
 class TokenIssuer:
-    """Mints Lockgate tokens with the KeyStore's current key."""
+    """Mints Lockgate tokens with the KeyStore's current key of the audience's algorithm
+    (``signing.algorithm_for(resource)``: EdDSA unless mapped)."""
 
     def __init__(
-        self, keys: KeyStore, issuer: str, *, clock: Callable[[], float] = time.time
+        self,
+        keys: KeyStore,
+        issuer: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        signing: SigningSettings | None = None,
     ) -> None:
         self._keys = keys
         self.issuer = issuer
         self._clock = clock
+        self._signing = signing
 
     def mint(self, identity: TaskIdentity, audience: str, ttl: int) -> tuple[str, Claims]:
         if ttl <= 0:
@@ -183,11 +194,12 @@ class TokenIssuer:
             try_number=int(identity.try_number),
             map_index=int(identity.map_index),
         )
-        key = self._keys.current()
+        alg = ALGORITHM if self._signing is None else self._signing.algorithm_for(audience)
+        key = self._keys.current(alg)
         token = jwt.encode(
             claims.to_payload(),
             key.private,
-            algorithm=ALGORITHM,
+            algorithm=alg,
             headers={"kid": key.kid, "typ": "JWT"},
         )
         return token, claims
@@ -289,23 +301,26 @@ class TokenVerifier:
 
     def _verify_fresh(self, token: str) -> Claims:
         header, signature = split_jwt(token)
-        if header["alg"] != ALGORITHM:
+        alg = header["alg"]
+        if alg not in ALGORITHMS:  # exact spelling: "none", "HS256", "eddsa", "PS256" ...
             raise AuthenticationError("unsupported_alg")
         kid = header.get("kid")
         if not isinstance(kid, str) or not KID_RE.match(kid):
             raise AuthenticationError("unknown_kid")
-        public = self._keys.public_key(kid)
-        if public is None and self._reload_keys():
-            public = self._keys.public_key(kid)  # a rotation by another process
-        if public is None:
+        key = self._keys.key(kid)
+        if key is None and self._reload_keys():
+            key = self._keys.key(kid)  # a rotation by another process
+        if key is None:
             raise AuthenticationError("unknown_kid")
-        if len(signature) != _ED25519_SIG_LEN:
+        if alg != key.alg:  # the key decides how it is checked, never the token
+            raise AuthenticationError("alg_mismatch")
+        if len(signature) != key.signature_length:
             raise AuthenticationError("bad_signature")
         try:
             payload = jwt.decode(
                 token,
-                public,
-                algorithms=[ALGORITHM],
+                key.public,
+                algorithms=[key.alg],
                 # Claims are checked below with our clock and reason slugs.
                 options={
                     "verify_signature": True,
