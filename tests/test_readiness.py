@@ -7,18 +7,25 @@ with a typo, the key files gone), asks the real endpoint, then repairs it and se
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from lockgate.audit import AuditLog
+from lockgate.config import LockgateConfig
+from lockgate.credentials import CredentialStore
 from lockgate.demo.stack import LocalStack
 from lockgate.errors import AuditUnavailable
+from lockgate.identity import KeyStore
+from lockgate.policy import PolicyStore
+from lockgate.readiness import Readiness
 
 DISK_CHECK_TTL = 1.0  # lockgate.readiness caches its disk checks this long
 SETTLE = DISK_CHECK_TTL + 2.5  # and policy files are re-read once their mtime has settled
@@ -162,3 +169,51 @@ def test_probing_often_touches_disk_at_most_once_a_second(
         assert probe(stack)[0] == 200
     elapsed = time.monotonic() - start
     assert calls <= elapsed / DISK_CHECK_TTL + 1
+
+
+# -- credentials with nothing stored, and the keys they sign with --------------------------
+class _Writable:
+    def check_writable(self) -> None:
+        pass
+
+
+class _Loaded:
+    last_error = None
+    loaded_at = 1.0
+    current = type("PolicySet", (), {"sources": ["p.yaml"]})()
+
+
+def _federated_readiness(tmp_path: Path, algorithms: tuple[str, ...]) -> Readiness:
+    cfg = LockgateConfig.model_validate(
+        {"issuer": "https://lockgate.example.com",
+         "credentials": [
+             {"name": "cosmos-fed", "type": "federated", "provider": "entra",
+              "token_url": "https://login.example.com/t/oauth2/v2.0/token",
+              "client_id": "app-1", "scope": "https://acct.documents.azure.com/.default"},
+             {"name": "arm-mi", "type": "managed_identity",
+              "resource": "https://management.azure.com"}],
+         "resources": [
+             {"name": "orders-cosmos", "kind": "http", "upstream": "https://acct.example.com",
+              "credential": "cosmos-fed", "conn_id": "orders_cosmos"},
+             {"name": "adf", "kind": "http", "upstream": "https://management.example.com",
+              "credential": "arm-mi", "conn_id": "adf"}]}
+    )  # fmt: skip
+    return Readiness(
+        cfg,
+        audit=cast(AuditLog, _Writable()),
+        policy=cast(PolicyStore, _Loaded()),
+        credentials=CredentialStore(tmp_path / "credentials.db", os.urandom(32)),
+        keys=KeyStore(tmp_path, algorithms=algorithms),
+    )
+
+
+def test_federated_and_managed_identity_credentials_need_nothing_stored(tmp_path: Path) -> None:
+    report = _federated_readiness(tmp_path, ("EdDSA", "RS256")).report(started=True)
+    assert report.ready, report.problems
+    assert report.checks["credentials"] == "ok" and report.checks["signing_keys"] == "ok"
+
+
+def test_a_federated_credential_without_its_signing_key_is_not_ready(tmp_path: Path) -> None:
+    report = _federated_readiness(tmp_path, ("EdDSA",)).report(started=True)
+    assert not report.ready
+    assert report.checks["signing_keys"] == "no current RS256 signing key"

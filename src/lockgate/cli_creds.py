@@ -2,6 +2,10 @@
 (values go in encrypted; only names, types and versions come out).
 
     lockgate creds set NAME | creds rotate NAME | creds list
+
+Federated and managed identity credentials hold no secret (the gateway signs its own
+assertion, or the host hands out the token): ``set``/``rotate`` refuse them and say what
+the cloud must trust instead; ``list`` says for every credential whether it holds one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from lockgate._cli_state import add_command, add_group
 from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import config_from as _config
 from lockgate._cli_state import open_state as _state
-from lockgate.config import LockgateConfig
+from lockgate.config import FederatedCredential, LockgateConfig, ManagedIdentityCredential
 from lockgate.errors import LockgateError
 
 if TYPE_CHECKING:
@@ -47,6 +51,32 @@ def _check_credential_name(cfg: LockgateConfig, name: str) -> None:
         raise LockgateError(f"{cfg.source}: no credential named {name!r} (known: {known})")
 
 
+def _no_secret(cfg: LockgateConfig, name: str) -> str | None:
+    """Why credential ``name`` holds no secret (for ``list`` and refusals), or None."""
+    cred = cfg.credential(name)
+    if isinstance(cred, FederatedCredential):
+        return f"federated: {cred.provider}"
+    if isinstance(cred, ManagedIdentityCredential):
+        return "managed identity"
+    return None
+
+
+def _refuse_unstored(cfg: LockgateConfig, name: str) -> None:
+    from lockgate.credentials.federation import trusted_as  # lazy: keeps the CLI quick
+
+    cred = cfg.credential(name)
+    if isinstance(cred, FederatedCredential):
+        raise LockgateError(
+            f"credential {name!r} is federated ({cred.provider}): there is nothing to store, "
+            f"the gateway signs its own assertion; the cloud must trust {trusted_as(cfg, cred)}"
+        )
+    if isinstance(cred, ManagedIdentityCredential):
+        raise LockgateError(
+            f"credential {name!r} is the host's managed identity: there is nothing to store, "
+            "the host hands out its token"
+        )
+
+
 def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
     from lockgate.state import State
 
@@ -54,6 +84,7 @@ def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
     # a data directory or a master key.
     cfg = _config(args)
     _check_credential_name(cfg, args.name)
+    _refuse_unstored(cfg, args.name)  # before any prompt: there is no value to ask for
     value = _read_secret(args)
     if not value:
         raise LockgateError("refusing to store an empty credential")
@@ -78,13 +109,21 @@ def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
 
 def cmd_creds_list(args: argparse.Namespace) -> int:
     st = _state(args)
+    secretless = 0
     for c in st.config.credentials:
+        why_none = _no_secret(st.config, c.name)
+        if why_none is not None:
+            secretless += 1
+            print(f"{c.name:24} {c.type:26} no secret ({why_none})")
+            continue
         versions = st.credentials.versions(c.name)
         if versions:
             v = versions[-1]
             print(f"{c.name:24} {c.type:26} version {v.version}  set {time.ctime(v.created_at)}")
         else:
             print(f"{c.name:24} {c.type:26} NOT SET (lockgate creds set {c.name})")
+    if st.config.credentials:
+        print(f"{secretless} of {len(st.config.credentials)} credentials hold no secret")
     return 0
 
 
@@ -111,5 +150,8 @@ def add_creds_commands(sub: Subcommands) -> None:
             help="read the value from this file (surrounding whitespace stripped)",
         )
     add_command(
-        creds, "list", cmd_creds_list, "list credentials and their current version (never values)"
+        creds,
+        "list",
+        cmd_creds_list,
+        "list credentials, whether each holds a secret and its current version (never values)",
     )

@@ -17,10 +17,12 @@ check below passes, else 503; both carry every check's outcome as JSON::
   the files on disk are not what runs), or ``policies:`` matches no file at all (nothing to
   load, so every request is denied).
 - **credentials**: every credential a resource uses that needs a stored value (``static``,
-  ``oauth2_client_credentials``) has one (``lockgate creds set``). Managed identities store
-  nothing and are not checked here.
-- **signing_keys**: the current signing key is loaded and not retired, and its files are on
-  disk (a restart without them would mint with a fresh key and strand every token).
+  ``oauth2_client_credentials``) has one (``lockgate creds set``). Managed identities and
+  federated credentials store nothing and are not checked here.
+- **signing_keys**: the current signing key of every algorithm in use
+  (``config.signing_algorithms()``: EdDSA, and RS256/ES256 when audiences or federated
+  credentials need them) is loaded and not retired, and its files are on disk (a restart
+  without them would mint with a fresh key and strand every token, or every cloud's trust).
 - **shared_state** (only with ``state: {postgresql: ...}``): ``ok`` while PostgreSQL is
   reached; ``unreachable for 12 s, serving from memory (bound 30 s)`` while it is not but
   decisions may still rest on memory (still ready: every replica would fail together
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 
 from lockgate import metrics
 from lockgate.audit import AuditLog, RemoteAuditLog, ShipLag
-from lockgate.config import LockgateConfig, ManagedIdentityCredential
+from lockgate.config import FederatedCredential, LockgateConfig, ManagedIdentityCredential
 from lockgate.credentials import CredentialStore
 from lockgate.errors import AuditUnavailable, StoreUnavailable
 from lockgate.identity import KeyStore
@@ -114,12 +116,14 @@ class Readiness:
         self._policy_patterns = list(config.policies)
         self._credentials = credentials
         self._keys = keys
+        self._algorithms = config.signing_algorithms()
         self._clock = clock
         # credential name -> resources using it, for those that need a stored value
         self._needed: dict[str, list[str]] = {}
         for r in config.resources:
             cred = config.credential(r.credential) if r.credential else None
-            if cred is not None and not isinstance(cred, ManagedIdentityCredential):
+            unstored = isinstance(cred, ManagedIdentityCredential | FederatedCredential)
+            if cred is not None and not unstored:
                 self._needed.setdefault(cred.name, []).append(r.name)
         self._disk: tuple[float, str, str] | None = None  # (at, credentials, signing_keys)
 
@@ -204,12 +208,21 @@ class Readiness:
         return OK
 
     def _keys_check(self) -> str:
+        for alg in self._algorithms:
+            problem = self._key_check(alg)
+            if problem != OK:
+                return problem
+        return OK
+
+    def _key_check(self, alg: str) -> str:
+        # EdDSA keeps the words it always had; other algorithms are named.
+        named = "" if alg == "EdDSA" else f"{alg} "
         try:
-            key = self._keys.current()
-        except (AssertionError, KeyError):
-            return "no current signing key"
+            key = self._keys.current(alg)
+        except (AssertionError, KeyError, ValueError):
+            return f"no current {named}signing key"
         if self._keys.public_key(key.kid) is None:
-            return f"current signing key {key.kid} is retired"
+            return f"current {named}signing key {key.kid} is retired"
         key_dir = self._keys.dir
         if key_dir is None:  # keys kept in the shared database, not in files
             return OK

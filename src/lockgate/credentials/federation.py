@@ -129,18 +129,25 @@ async def fetch_federated_token(
     )
 
 
+def trusted_as(config: LockgateConfig, cred: FederatedCredential) -> str:
+    """What the cloud's federated credential or policy must name for ``cred``:
+    ``issuer <url>, subject <sub>, audience <aud> (<alg>)`` (configuration, no secret)."""
+    return (
+        f"issuer {config.issuer_url}, subject {cred.assertion_subject}, "
+        f"audience {cred.assertion_audience} ({config.federation_algorithm(cred)})"
+    )
+
+
 def _trust_hint(config: LockgateConfig, cred: FederatedCredential) -> str:
-    """What the cloud must trust for the exchange to succeed, for a refusal's message."""
+    """The end of a refusal's message: who refused and what it must trust."""
     provider = _PROVIDER_NAMES[cred.provider]
     where = (
         f"app {cred.client_id}'s federated credential"
         if cred.provider == "entra"
         else "the federation policy" + (f" of {cred.client_id}" if cred.client_id else "")
     )
-    return (
-        f": {provider} refused the federated assertion; {where} must trust issuer "
-        f"{config.issuer_url}, subject {cred.assertion_subject}, audience "
-        f"{cred.assertion_audience} ({config.federation_algorithm(cred)})"
+    return f": {provider} refused the federated assertion; {where} must trust " + trusted_as(
+        config, cred
     )
 
 
@@ -153,4 +160,5 @@ __all__ = [
     "exchange_form",
     "fetch_federated_token",
     "sign_assertion",
+    "trusted_as",
 ]
