@@ -1,7 +1,7 @@
 """``lockgate keys``: rotate and list the signing keys Lockgate tokens and assertions are
-signed with.
+signed with (Ed25519 ``EdDSA``, RSA ``RS256``, P-256 ``ES256``: one current key each).
 
-    lockgate keys rotate [--retire-after S] | keys list
+    lockgate keys rotate [--retire-after S] [--alg A]... | keys list
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from lockgate._cli_state import add_command, add_group
 from lockgate._cli_state import open_state as _state
 from lockgate.errors import LockgateError
+from lockgate.identity.keys import ALGORITHMS
 
 if TYPE_CHECKING:
     from lockgate._cli_state import Subcommands
@@ -26,22 +27,24 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
         retire = st.config.tokens.max_ttl + 300
     if retire < 0:
         raise LockgateError("--retire-after must be 0 or more seconds")
-    key = st.keys.rotate(retire_after=retire)
-    when = (
-        f", signs from {time.strftime('%H:%M:%S', time.localtime(key.signs_from))}"
-        if key.signs_from > time.time()  # shared keys: published first, so every replica knows it
-        else ""
-    )
-    print(f"new signing key {key.kid}; published now{when}; "
-          f"previous keys stay published for {retire}s")  # fmt: skip
+    for key in st.keys.rotate_each(retire_after=retire, algorithms=args.alg):
+        # Shared keys and RS256/ES256 keys are published first, so every replica and every
+        # cloud caching the JWKS knows them before they sign.
+        when = (
+            f", signs from {time.strftime('%H:%M:%S', time.localtime(key.signs_from))}"
+            if key.signs_from > time.time()
+            else ""
+        )
+        print(f"new signing key {key.kid}; {key.alg}; published now{when}; "
+              f"previous {key.alg} keys stay published for {retire}s")  # fmt: skip
     return 0
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     st = _state(args)
-    current = st.keys.current().kid
+    current = {st.keys.current(alg).kid for alg in st.keys.in_use()}
     for k in st.keys.published():
-        if k.kid == current:
+        if k.kid in current:
             mark = "current"
         elif k.retire_at:
             mark = f"retires at {time.ctime(k.retire_at)}"
@@ -49,7 +52,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             mark = f"published, signs from {time.ctime(k.signs_from)}"
         else:
             mark = "published"
-        print(f"{k.kid}  created {time.ctime(k.created)}  {mark}")
+        print(f"{k.kid}  {k.alg:<5}  created {time.ctime(k.created)}  {mark}")
     return 0
 
 
@@ -59,7 +62,8 @@ def add_keys_commands(sub: Subcommands) -> None:
         keys,
         "rotate",
         cmd_keys_rotate,
-        "add a signing key; old keys stay published until their tokens expire",
+        "add a signing key of each algorithm in use; old keys stay published until their "
+        "tokens expire",
     )
     sp.add_argument(
         "--retire-after",
@@ -68,4 +72,10 @@ def add_keys_commands(sub: Subcommands) -> None:
         help="seconds to keep the old keys published (default: tokens.max_ttl + 300; "
         "0 retires them at once)",
     )
-    add_command(keys, "list", cmd_keys_list, "list published signing keys")
+    sp.add_argument(
+        "--alg",
+        action="append",
+        choices=ALGORITHMS,
+        help="rotate only this algorithm's key (repeatable; default: every algorithm in use)",
+    )
+    add_command(keys, "list", cmd_keys_list, "list published signing keys and their algorithms")

@@ -112,7 +112,9 @@ class Gateway:
             staleness=self.staleness,
             shipping_lag=self.state.audit_reader().shipping_lag if self.state.shared else None,
         )
-        self.issuer = TokenIssuer(self.state.keys, config.issuer_url)
+        # Lockgate tokens and caller assertions: EdDSA unless signing.audiences maps the
+        # resource (or assertion audience) to RS256/ES256.
+        self.issuer = TokenIssuer(self.state.keys, config.issuer_url, signing=config.signing)
         self.verifier = TokenVerifier(
             self.state.keys, self.state.revocations, config.issuer_url, config.tokens.leeway,
             staleness=self.staleness,
@@ -120,7 +122,9 @@ class Gateway:
         # every door that mints asks it (the token service, poll tokens, database roles)
         self.mint_policy = MintPolicy(config, self.policy, self.state.revocations)
         self.token_audit = TokenAudit(self.audit)
-        self.sign_assertion = UpstreamAssertionSigner(self.state.keys, config.issuer_url)
+        self.sign_assertion = UpstreamAssertionSigner(
+            self.state.keys, config.issuer_url, signing=config.signing
+        )
         self.broker: CredentialBroker | None = None
         self.engines: dict[str, Engine] = {}  # resource kind -> its engine, once started
         self.control: ControlPlane | None = None  # worker 0 only
@@ -318,7 +322,10 @@ class Gateway:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.state.start_watching()  # shared state: follow other replicas' changes
-        self.broker = CredentialBroker(self.config, self.state.credentials, None)
+        # Federated credentials are assertions Lockgate signs (no upstream secret held).
+        self.broker = CredentialBroker(
+            self.config, self.state.credentials, None, assertion_signer=self.state.keys.sign
+        )
         if self.state.shared:  # probes only read what the background checks found
             await asyncio.to_thread(self.readiness.refresh_stored)
         self.policy.reload_if_changed()

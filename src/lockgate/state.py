@@ -102,10 +102,15 @@ class State:
         self.master_key = load_or_create_master_key(
             data, key_file=self.config.master_key_file, shared=self.shared
         )
-        self.keys = (
-            KeyStore(self.database("keys"), master_key=self.master_key)
-            if self.shared
-            else KeyStore(data)  # PEM files under data_dir/keys, as always
+        signing = self.config.signing
+        self.keys = KeyStore(
+            # PEM files under data_dir/keys as always, else the shared signing_keys table
+            self.database("keys") if self.shared else data,
+            master_key=self.master_key if self.shared else None,
+            # a key of every algorithm some token or assertion is signed with (EdDSA always)
+            algorithms=self.config.signing_algorithms(),
+            rsa_key_size=signing.rsa_key_size,
+            publish_ahead=signing.publish_ahead,
         )
         # Every store migrates its schema as the database's settings say
         # (lockgate.store.opening): with migrate_on_start: false it refuses an old schema

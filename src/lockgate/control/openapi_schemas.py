@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lockgate.identity.signing_key import ALGORITHMS as SIGNING_ALGORITHMS
+
 Schema = dict[str, Any]
 
 
@@ -252,14 +254,19 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "required": ["kty", "kid"],
+                    "required": ["kty", "kid", "alg", "use"],
+                    "description": "A public key (RFC 7517/7518): OKP Ed25519 (crv, x), RSA "
+                    "(n, e) or EC P-256 (crv, x, y); the verifier accepts it only for its alg.",
                     "properties": {
-                        "kty": {"type": "string"},
-                        "crv": {"type": "string"},
+                        "kty": {"type": "string", "enum": ["OKP", "RSA", "EC"]},
+                        "crv": {"type": "string", "enum": ["Ed25519", "P-256"]},
                         "x": {"type": "string"},
+                        "y": {"type": "string"},
+                        "n": {"type": "string"},
+                        "e": {"type": "string"},
                         "kid": {"type": "string"},
-                        "alg": {"type": "string"},
-                        "use": {"type": "string"},
+                        "alg": {"type": "string", "enum": list(SIGNING_ALGORITHMS)},
+                        "use": {"type": "string", "enum": ["sig"]},
                     },
                 },
             }
@@ -274,6 +281,12 @@ SCHEMAS: dict[str, Schema] = {
             "token_endpoint": {"type": "string"},
             "revocation_endpoint": {"type": "string"},
             "grant_types_supported": {"type": "array", "items": {"type": "string"}},
+            "id_token_signing_alg_values_supported": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(SIGNING_ALGORITHMS)},
+                "description": "Every algorithm Lockgate signs with (signing.algorithms, those "
+                "signing.audiences maps to, those federated credentials need).",
+            },
         },
     },
     "Health": {

@@ -327,7 +327,9 @@ class TokenService:
                 "private_key_jwt",
             ],
             "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "RS256", "ES256"],
-            "id_token_signing_alg_values_supported": ["EdDSA"],
+            # Every algorithm a key is kept for: clouds (Entra ID, Databricks) check that the
+            # one their assertions use is listed before they trust this issuer.
+            "id_token_signing_alg_values_supported": list(self.config.signing_algorithms()),
             "response_types_supported": ["token"],
             "subject_types_supported": ["public"],
         }
