@@ -56,7 +56,7 @@ class FakeWorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ign
         if SECURITY_HEADER not in tuple(context.invocation_metadata()):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "security header missing from request")
 
-    def FetchJWTSVID(  # noqa: N802 - the generated servicer's name
+    def FetchJWTSVID(  # the generated servicer's name
         self, request: workload_pb2.JWTSVIDRequest, context: grpc.ServicerContext
     ) -> workload_pb2.JWTSVIDResponse:
         self._refuse_without_header(context)
@@ -70,7 +70,7 @@ class FakeWorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ign
             svids=[workload_pb2.JWTSVID(spiffe_id=self.spiffe_id, svid=svid)]
         )
 
-    def FetchJWTBundles(  # noqa: N802 - the generated servicer's name
+    def FetchJWTBundles(  # the generated servicer's name
         self, request: workload_pb2.JWTBundlesRequest, context: grpc.ServicerContext
     ) -> Iterator[workload_pb2.JWTBundlesResponse]:
         self._refuse_without_header(context)
