@@ -5,7 +5,11 @@ Auth is real: ``POST /oidc/v1/token`` with HTTP Basic ``client_id:client_secret`
 ``grant_type=client_credentials`` (scope ``all-apis``) issues opaque bearer tokens with an
 ``expires_in``; every ``/api/`` call needs one that is unexpired, else 401 with Databricks'
 ``{"error_code", "message"}`` body. Client secrets can be added and withdrawn while running
-(rotation); tokens already issued stay valid until they expire, as upstream.
+(rotation); tokens already issued stay valid until they expire, as upstream. The same
+endpoint takes ``grant_type=urn:ietf:params:oauth:grant-type:token-exchange`` (OAuth token
+federation, see :mod:`.federation`): an identity provider's JWT under a federation policy,
+for the same kind of token. ``token_principals`` says whom each token was issued to and
+``token_requests`` what each token request sent (secrets and subject tokens redacted).
 
 Runs move PENDING → RUNNING → TERMINATED by the number of ``runs/get`` polls
 (``pending_polls``, ``running_polls``); a job whose settings carry ``"fail": true``
@@ -24,13 +28,22 @@ import hmac
 import itertools
 import json
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from lockgate.demo.standins.entra.issuer_keys import IssuerKeys
+
+from .federation import TOKEN_EXCHANGE, FederationPolicies, FederationPolicy, Refused
+
 DEFAULT_CLIENT_ID = "lockgate-sp"
+DEFAULT_ACCOUNT_ID = "0d5b2f3c-7a61-4f4e-9c1a-databricks01"
+_REDACTED = ("client_secret", "subject_token")
+PARAMS = web.RequestKey("params", dict[str, Any])  # the JSON body and query, merged
 
 
 @dataclass
@@ -69,8 +82,17 @@ class FakeDatabricks:
         token_ttl: int = 3600,
         pending_polls: int = 1,
         running_polls: int = 1,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+        federation_ca: Path | str | None = None,
     ) -> None:
         self.client_id = client_id
+        self.account_id = account_id
+        # Identities of the account a federated token may act as (service principals by
+        # application id, users by name); the M2M service principal is one.
+        self.principals: set[str] = {client_id}
+        self.federation = FederationPolicies(account_id, IssuerKeys(federation_ca))
+        self.token_principals: dict[str, str] = {}
+        self.token_requests: list[dict[str, str]] = []
         self.client_secrets = set(client_secrets)
         self.token_ttl = token_ttl
         self.pending_polls = pending_polls
@@ -96,9 +118,56 @@ class FakeDatabricks:
     def api_calls(self, suffix: str) -> list[Seen]:
         return [s for s in self.seen if s.path.endswith(suffix)]
 
-    # -- OAuth M2M -----------------------------------------------------------------------
+    # -- federation policies (what the account console manages) ---------------------------
+    def add_federation_policy(
+        self,
+        *,
+        issuer: str,
+        audiences: list[str] | None = None,
+        subject: str | None = None,
+        subject_claim: str = "sub",
+        service_principal: str | None = None,
+        jwks_uri: str | None = None,
+    ) -> FederationPolicy:
+        """An account-wide policy, or one for ``service_principal`` (its application id)."""
+        if service_principal is not None:
+            self.principals.add(service_principal)
+        return self.federation.add(
+            issuer=issuer, audiences=audiences, subject=subject, subject_claim=subject_claim,
+            service_principal=service_principal, jwks_uri=jwks_uri,
+        )  # fmt: skip
+
+    def remove_federation_policy(self, policy_id: str) -> None:
+        self.federation.remove(policy_id)
+
+    def trust_issuer_ca(self, ca_file: Path | str | None) -> None:
+        """Check identity providers' https with ``ca_file`` from now on (keys fetched anew)."""
+        self.federation.keys = IssuerKeys(ca_file)
+
+    # -- OAuth M2M and token federation ------------------------------------------------------
+    def _issue(self, principal: str) -> web.Response:
+        tok = "dbx-" + secrets.token_urlsafe(24)
+        self.tokens[tok] = time.time() + self.token_ttl
+        self.token_principals[tok] = principal
+        return web.json_response(
+            {"access_token": tok, "token_type": "Bearer", "expires_in": self.token_ttl,
+             "scope": "all-apis"}
+        )  # fmt: skip
+
     async def token(self, request: web.Request) -> web.Response:
         self.token_calls += 1
+        form = await request.post()
+        self.token_requests.append(
+            {k: "<redacted>" if k in _REDACTED else str(v) for k, v in form.items()}
+        )
+        if form.get("grant_type") == TOKEN_EXCHANGE:
+            try:
+                principal, _ = await self.federation.exchange(form, self.principals)
+            except Refused as why:
+                return web.json_response(
+                    {"error": "invalid_request", "error_description": str(why)}, status=400
+                )
+            return self._issue(principal)
         basic = request.headers.get("Authorization", "")
         scheme, _, cred = basic.partition(" ")
         try:
@@ -116,24 +185,19 @@ class FakeDatabricks:
                 {"error": "invalid_client", "error_description": "Client authentication failed"},
                 status=401,
             )
-        form = await request.post()
         if form.get("grant_type") != "client_credentials":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         if form.get("scope", "all-apis") != "all-apis":
             return web.json_response({"error": "invalid_scope"}, status=400)
-        tok = "dbx-" + secrets.token_urlsafe(24)
-        self.tokens[tok] = time.time() + self.token_ttl
-        return web.json_response(
-            {"access_token": tok, "token_type": "Bearer", "expires_in": self.token_ttl,
-             "scope": "all-apis"}
-        )  # fmt: skip
+        return self._issue(cid)
 
     async def oauth_metadata(self, request: web.Request) -> web.Response:
         base = f"{request.scheme}://{request.host}"
         return web.json_response(
             {"issuer": f"{base}/oidc", "token_endpoint": f"{base}/oidc/v1/token",
              "authorization_endpoint": f"{base}/oidc/v1/authorize",
-             "grant_types_supported": ["client_credentials", "authorization_code"]}
+             "grant_types_supported": ["client_credentials", "authorization_code",
+                                       TOKEN_EXCHANGE]}
         )  # fmt: skip
 
     async def workspace_config(self, request: web.Request) -> web.Response:
@@ -165,12 +229,12 @@ class FakeDatabricks:
                 "Too many requests.",
                 **{"Retry-After": self._retry_after},
             )
-        request["params"] = {**(body if isinstance(body, dict) else {}), **request.query}
+        request[PARAMS] = {**(body if isinstance(body, dict) else {}), **request.query}
         answered: web.StreamResponse = await handler(request)
         return answered
 
     def _int(self, request: web.Request, key: str) -> int:
-        v = request["params"].get(key)
+        v: Any = request[PARAMS].get(key)
         try:
             return int(v)
         except (TypeError, ValueError):
@@ -206,7 +270,7 @@ class FakeDatabricks:
         return web.json_response({"run_id": run.run_id, "number_in_job": run.number_in_job})
 
     async def submit(self, request: web.Request) -> web.Response:
-        spec = request["params"]
+        spec = request[PARAMS]
         tasks = spec.get("tasks")
         if not isinstance(tasks, list) or not tasks:
             return _error(400, "INVALID_PARAMETER_VALUE", "At least one task is required.")
@@ -288,7 +352,7 @@ class FakeDatabricks:
         return web.json_response({})
 
     async def clusters_get(self, request: web.Request) -> web.Response:
-        cid = str(request["params"].get("cluster_id", ""))
+        cid = str(request[PARAMS].get("cluster_id", ""))
         c = self.clusters.get(cid)
         if c is None:
             return _error(400, "INVALID_PARAMETER_VALUE", f"Cluster {cid} does not exist")
@@ -312,12 +376,15 @@ class FakeDatabricks:
         return app
 
 
-async def start(fake: FakeDatabricks, port: int = 0) -> tuple[web.AppRunner, int]:
-    """Serve ``fake`` on 127.0.0.1 (free port by default); returns (runner, port)."""
+async def start(
+    fake: FakeDatabricks, port: int = 0, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve ``fake`` on 127.0.0.1 (free port by default; HTTPS with ``ssl_context``);
+    returns (runner, port)."""
     runner = web.AppRunner(fake.app(), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.base_url = f"http://127.0.0.1:{bound}"
+    fake.base_url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
     return runner, bound

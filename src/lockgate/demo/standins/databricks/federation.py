@@ -1,0 +1,152 @@
+"""Databricks OAuth token federation: an identity provider's JWT exchanged for a Databricks
+OAuth token at ``/oidc/v1/token`` (RFC 8693), under federation policies.
+
+Written from the public docs ("Configure a federation policy", "Use an identity provider
+token to authenticate", the account federation-policy REST reference):
+
+- a **service principal federation policy** (workload identity federation) belongs to one
+  service principal: ``issuer``, ``audiences``, ``subject`` (matched against
+  ``subject_claim``, default ``sub``); the exchange names the principal with ``client_id``;
+- an **account federation policy** serves every user and service principal of the account:
+  the token's ``subject_claim`` names who it is (a user name or a service principal's
+  application id), and the exchange sends no ``client_id``;
+- ``audiences`` defaults to the account id; a token matches when any of its ``aud`` values is
+  in the policy's list;
+- tokens must be signed RS256 or ES256 (EdDSA, HS*, ``none`` refused), with the issuer's
+  keys from its discovery document over https (or the policy's ``jwks_uri``).
+
+A refusal is ``invalid_request`` (RFC 8693 §2.2.2). The subject token is never recorded.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import jwt
+
+from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
+
+__all__ = ["JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "FederationPolicies", "FederationPolicy", "Refused"]
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN
+ALGORITHMS = ("RS256", "ES256")
+
+
+@dataclass(frozen=True)
+class FederationPolicy:
+    policy_id: str
+    issuer: str
+    audiences: tuple[str, ...]
+    subject: str | None
+    subject_claim: str
+    service_principal: str | None  # application id; None: account-wide
+    jwks_uri: str | None = None
+
+
+class Refused(Exception):
+    """An exchange refused; ``str()`` is the error_description."""
+
+
+def _refuse(why: str) -> NoReturn:
+    raise Refused(why)
+
+
+class FederationPolicies:
+    """The account's federation policies, and the exchange checked against them."""
+
+    def __init__(self, account_id: str, keys: IssuerKeys, *, leeway: int = 60) -> None:
+        self.account_id = account_id
+        self.keys = keys
+        self.leeway = leeway
+        self.policies: dict[str, FederationPolicy] = {}
+        self._ids = itertools.count(1)
+
+    def add(
+        self,
+        *,
+        issuer: str,
+        audiences: list[str] | tuple[str, ...] | None = None,
+        subject: str | None = None,
+        subject_claim: str = "sub",
+        service_principal: str | None = None,
+        jwks_uri: str | None = None,
+    ) -> FederationPolicy:
+        if service_principal is not None and not subject:
+            raise ValueError("a service principal federation policy names its subject")
+        policy = FederationPolicy(
+            f"policy-{next(self._ids)}", issuer, tuple(audiences or (self.account_id,)),
+            subject, subject_claim, service_principal, jwks_uri,
+        )  # fmt: skip
+        self.policies[policy.policy_id] = policy
+        return policy
+
+    def remove(self, policy_id: str) -> None:
+        del self.policies[policy_id]
+
+    async def exchange(
+        self, form: Any, principals: set[str], now: float | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """(the Databricks principal, the token's claims) for a valid exchange; Refused else."""
+        if form.get("subject_token_type") != JWT_TOKEN_TYPE:
+            _refuse(f"subject_token_type must be {JWT_TOKEN_TYPE}")
+        if form.get("scope", "all-apis") != "all-apis":
+            _refuse("scope must be all-apis")
+        token = str(form.get("subject_token", ""))
+        try:
+            header = jwt.get_unverified_header(token)
+            claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            _refuse("the subject token is not a valid JWT")
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            _refuse(f"the subject token must be signed using RS256 or ES256, not {alg}")
+        client_id = form.get("client_id")
+        policy, principal = self._match(claims, str(client_id) if client_id else None, principals)
+        try:
+            if policy.jwks_uri:
+                jwk = await self.keys.key_at(policy.jwks_uri, header.get("kid"))
+            else:
+                jwk = await self.keys.key(policy.issuer, header.get("kid"))
+        except IssuerKeyError:
+            _refuse("the issuer's public keys could not be fetched")
+        try:
+            verify_signature(token, jwk, str(alg))
+        except jwt.PyJWTError:
+            _refuse("the subject token's signature is not valid")
+        self._check_times(claims, time.time() if now is None else now)
+        return principal, claims
+
+    def _match(
+        self, claims: dict[str, Any], client_id: str | None, principals: set[str]
+    ) -> tuple[FederationPolicy, str]:
+        if client_id is not None and client_id not in principals:
+            _refuse(f"service principal {client_id} does not exist in the account")
+        aud = claims.get("aud")
+        auds = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+        for policy in self.policies.values():
+            if policy.service_principal != client_id or policy.issuer != claims.get("iss"):
+                continue
+            if not auds & set(policy.audiences):
+                continue
+            subject = claims.get(policy.subject_claim)
+            if not isinstance(subject, str) or policy.subject not in (None, subject):
+                continue
+            principal = client_id or subject
+            if principal in principals:
+                return policy, principal
+        _refuse("no federation policy matches the subject token")
+
+    def _check_times(self, claims: dict[str, Any], now: float) -> None:
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if not isinstance(exp, int | float):
+            _refuse("the subject token has no exp")
+        if now > exp + self.leeway:
+            _refuse("the subject token has expired")
+        if isinstance(nbf, int | float) and now + self.leeway < nbf:
+            _refuse("the subject token is not valid yet")
