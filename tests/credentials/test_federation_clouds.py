@@ -1,0 +1,253 @@
+"""Federation against the test clouds, with every part real: a started Lockgate gateway
+serving its discovery and JWKS over HTTPS (the issuer the clouds trust), its own credential
+broker signing assertions with its key store, and the test Entra ID and Databricks services
+checking each assertion against that discovery and JWKS as the real ones do.
+
+An upstream that accepts only Entra ID tokens for its audience is served through the real
+HTTP engine with a federated credential: no secret is stored anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+
+from lockgate.config import parse_config
+from lockgate.credentials import CredentialBroker
+from lockgate.demo.stack import free_port
+from lockgate.demo.standins.entra import FakeEntra
+from lockgate.demo.standins.entra import start as start_entra
+from lockgate.errors import CredentialError
+from lockgate.identity import TaskIdentity
+from lockgate.server import Gateway
+from lockgate.tlsgen import write_dev_tls
+
+APP = "lockgate-orders-app"  # the Entra app registration the gateway federates as
+API = "api://lockgate-orders"  # the upstream's Entra audience
+ENTRA_CRED = "orders-federated"
+POLICY = """\
+rules:
+  - id: orders-read
+    effect: allow
+    principals: ["airflow:prod/*"]
+    actions: [read]
+    resources: [orders]
+"""
+
+
+class EntraProtectedApi:
+    """An App Service-style API that takes only Entra ID tokens for its audience."""
+
+    def __init__(self, entra: FakeEntra) -> None:
+        self.entra = entra
+        self.accepted: list[str] = []  # appid of each accepted token
+        self.refused: list[str] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        try:
+            claims = self.entra.verify(auth.removeprefix("Bearer "), API)
+        except jwt.PyJWTError as exc:
+            self.refused.append(type(exc).__name__)
+            return web.json_response({"error": "invalid_token"}, status=401)
+        self.accepted.append(claims["appid"])
+        return web.json_response({"orders": [1, 2, 3]})
+
+
+@dataclass
+class Clouds:
+    gateway: Gateway
+    entra: FakeEntra
+    api: EntraProtectedApi
+    issuer: str
+
+    @property
+    def broker(self) -> CredentialBroker:
+        assert self.gateway.broker is not None
+        return self.gateway.broker
+
+    def assertions(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(header, claims) of every assertion Entra ID was shown, in order."""
+        return [
+            (r.assertion_header, r.assertion_claims)
+            for r in self.entra.token_requests
+            if r.assertion_header is not None and r.assertion_claims is not None
+        ]
+
+    def published_kids(self) -> set[str]:
+        return {k.kid for k in self.gateway.state.keys.published()}
+
+    async def get_orders(self, http: aiohttp.ClientSession) -> int:
+        token, _ = self.gateway.issuer.mint(
+            TaskIdentity("prod", "orders_load", "load", "r1", 1), "orders", 600
+        )
+        url = f"http://127.0.0.1:{self.gateway.http_port}/orders/v1/orders"
+        async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+            await resp.read()
+            return resp.status
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+def _credentials(entra: FakeEntra) -> list[dict[str, Any]]:
+    scope = f"{API}/.default"
+    return [
+        {"name": ENTRA_CRED, "type": "federated", "provider": "entra",
+         "token_url": entra.token_url, "client_id": APP, "scope": scope},
+        # Entra knows no federated credential for these two
+        {"name": "entra-wrong-subject", "type": "federated", "provider": "entra",
+         "token_url": entra.token_url, "client_id": APP, "scope": scope,
+         "subject": "lockgate:credential:someone-else"},
+        {"name": "entra-wrong-audience", "type": "federated", "provider": "entra",
+         "token_url": entra.token_url, "client_id": APP, "scope": scope,
+         "subject": f"lockgate:credential:{ENTRA_CRED}", "audience": "api://not-entra"},
+    ]  # fmt: skip
+
+
+@pytest.fixture
+async def clouds(tmp_path: Path) -> AsyncIterator[Clouds]:
+    tls = write_dev_tls(tmp_path / "tls", ["127.0.0.1", "localhost"])
+    control_port = free_port()
+    issuer = f"https://127.0.0.1:{control_port}"
+    entra = FakeEntra(federation_ca=tls["ca"], token_ttl=3600)
+    entra.add_federated_credential(
+        APP, issuer=issuer, subject=f"lockgate:credential:{ENTRA_CRED}", name="lockgate"
+    )
+    entra_runner = await start_entra(entra)  # plain HTTP: only the gateway's broker calls it
+    api = EntraProtectedApi(entra)
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", api.handle)
+    api_runner, api.url = await _serve(app)
+    (tmp_path / "p.yaml").write_text(POLICY)
+    cfg = parse_config(
+        {"data_dir": str(tmp_path / "data"),
+         "listeners": {"control": {"port": control_port,
+                                   "tls": {"cert": str(tls["cert"]), "key": str(tls["key"])}},
+                       "http": {"port": 0}},
+         "signing": {"algorithms": ["EdDSA", "RS256", "ES256"], "publish_ahead": 0},
+         "deployments": [{"name": "prod", "dags": ["*"],
+                          "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
+         "resources": [{"name": "orders", "kind": "http", "upstream": api.url,
+                        "credential": ENTRA_CRED, "conn_id": "orders_api"}],
+         "credentials": _credentials(entra),
+         "policies": [str(tmp_path / "p.yaml")]},
+        tmp_path / "lockgate.yaml",
+    )  # fmt: skip
+    assert cfg.issuer_url == issuer
+    gateway = Gateway(cfg)
+    await gateway.start()
+    try:
+        yield Clouds(gateway, entra, api, issuer)
+    finally:
+        await gateway.stop()
+        await api_runner.cleanup()
+        await entra_runner.cleanup()
+
+
+# -- Entra ID ----------------------------------------------------------------------------------
+async def test_entra_rs256_assertion_serves_a_request_through_the_http_engine(
+    clouds: Clouds,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        assert await clouds.get_orders(http) == 200
+    assert clouds.api.accepted == [APP]
+    [(header, claims)] = clouds.assertions()
+    assert header["alg"] == "RS256" and header["kid"] in clouds.published_kids()
+    assert header["kid"] == clouds.gateway.state.keys.current("RS256").kid
+    assert claims["iss"] == clouds.issuer and claims["aud"] == "api://AzureADTokenExchange"
+    assert claims["sub"] == f"lockgate:credential:{ENTRA_CRED}"
+    assert claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
+    # Entra fetched Lockgate's discovery and JWKS over HTTPS, as it does a real issuer
+    fetched = clouds.entra.issuer_keys.fetched
+    assert fetched[:2] == [
+        f"{clouds.issuer}/.well-known/openid-configuration",
+        f"{clouds.issuer}/.well-known/jwks.json",
+    ]
+    sent = clouds.entra.token_requests[-1].form
+    assert sent["client_assertion"] == "<redacted>" and "client_secret" not in sent
+    assert clouds.gateway.state.credentials.names() == []  # nothing stored
+
+
+async def test_token_cached_then_refreshed_before_expiry(clouds: Clouds) -> None:
+    clouds.entra.token_ttl = 2  # refreshed from half its life (refresh_before is capped)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            assert await clouds.get_orders(http) == 200
+        assert len(clouds.assertions()) == 1  # cached
+        await asyncio.sleep(1.2)
+        assert await clouds.get_orders(http) == 200
+    assertions = clouds.assertions()
+    assert len(assertions) == 2
+    assert assertions[0][1]["jti"] != assertions[1][1]["jti"]  # a fresh assertion each time
+
+
+async def test_wrong_subject_or_audience_is_a_clear_error(clouds: Clouds) -> None:
+    with pytest.raises(CredentialError) as info:
+        await clouds.broker.upstream_secret("entra-wrong-subject")
+    msg = str(info.value)
+    assert "'entra-wrong-subject'" in msg and "HTTP 400, invalid_request, AADSTS70021" in msg
+    assert "subject lockgate:credential:someone-else" in msg and clouds.issuer in msg
+    with pytest.raises(CredentialError) as info:
+        await clouds.broker.upstream_secret("entra-wrong-audience")
+    msg = str(info.value)
+    assert "AADSTS70021" in msg and "audience api://not-entra" in msg
+    assert "eyJ" not in msg  # never the assertion
+
+
+async def test_entra_refuses_an_eddsa_or_es256_assertion(clouds: Clouds) -> None:
+    for alg in ("EdDSA", "ES256"):
+        forced = _broker_signing_with(clouds, alg)
+        try:
+            with pytest.raises(CredentialError, match="AADSTS5002738"):
+                await forced.upstream_secret(ENTRA_CRED)
+        finally:
+            await forced.close()
+        assert clouds.assertions()[-1][0]["alg"] == alg
+
+
+async def test_rotating_the_signing_key_mid_traffic_fails_no_request(clouds: Clouds) -> None:
+    clouds.entra.token_ttl = 2  # the broker exchanges a new assertion about every second
+    keys = clouds.gateway.state.keys
+    before = keys.current("RS256").kid
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as http:
+        deadline = time.monotonic() + 4.0
+        rotated = False
+        while time.monotonic() < deadline:
+            statuses.append(await clouds.get_orders(http))
+            if not rotated and time.monotonic() > deadline - 3.0:
+                keys.rotate(retire_after=60, algorithms=["RS256"])
+                rotated = True
+            await asyncio.sleep(0.05)
+    assert statuses and set(statuses) == {200}, statuses
+    kids = [header["kid"] for header, _ in clouds.assertions()]
+    assert kids[0] == before and kids[-1] == keys.current("RS256").kid != before
+    assert clouds.api.refused == []
+
+
+def _broker_signing_with(clouds: Clouds, forced_alg: str) -> CredentialBroker:
+    """A broker whose assertions are signed with ``forced_alg`` whatever the config says."""
+    keys = clouds.gateway.state.keys
+
+    def sign(claims: dict[str, Any], _alg: str) -> str:
+        return keys.sign(claims, forced_alg)
+
+    return CredentialBroker(
+        clouds.gateway.config, clouds.gateway.state.credentials, assertion_signer=sign
+    )
