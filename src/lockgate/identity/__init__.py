@@ -1,14 +1,17 @@
 """Identity: who a task is, how it proves it, and the short-lived tokens it gets.
 
 - :mod:`.model`       TaskIdentity, Claims, MintDecision
-- :mod:`.keys`        Ed25519 signing keys, rotation with overlap, JWKS: files under the data
-                      dir (:mod:`.key_files`) or, on shared state, a table whose private halves
+- :mod:`.keys`        signing keys (Ed25519, RSA, P-256: one current key per algorithm),
+                      rotation with overlap, JWKS: files under the data dir
+                      (:mod:`.key_files`) or, on shared state, a table whose private halves
                       are encrypted under the master key (:mod:`.key_table`); :mod:`.signing_key`
 - :mod:`.revocation`  revoked tokens / DAGs / runs / task tries and blocks (SQLite or shared
                       PostgreSQL, answered from memory, reloaded when their version moves)
 - :mod:`.staleness`   the bound past which decisions stop without the shared database
 - :mod:`.rate_limit`  mint and failed-authentication budgets, shared by workers and replicas
-- :mod:`.tokens`      TokenIssuer and TokenVerifier (EdDSA JWTs, audience = resource name)
+- :mod:`.tokens`      TokenIssuer and TokenVerifier (JWTs, audience = resource name; EdDSA
+                      unless ``signing.audiences`` says otherwise; the algorithm is pinned
+                      per key)
 - :mod:`.proofs`      deployment client secret and private-key JWT assertions
 - :mod:`.once`        one-time values (assertion jtis) shared by every process and replica
 - :mod:`.oidc`        OIDC subject tokens from trusted issuers (RFC 8693 exchange)
