@@ -24,6 +24,8 @@ from aiohttp import web
 from lockgate.config import parse_config
 from lockgate.credentials import CredentialBroker
 from lockgate.demo.stack import free_port
+from lockgate.demo.standins.databricks import FakeDatabricks
+from lockgate.demo.standins.databricks import start as start_databricks
 from lockgate.demo.standins.entra import FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
 from lockgate.errors import CredentialError
@@ -34,6 +36,9 @@ from lockgate.tlsgen import write_dev_tls
 APP = "lockgate-orders-app"  # the Entra app registration the gateway federates as
 API = "api://lockgate-orders"  # the upstream's Entra audience
 ENTRA_CRED = "orders-federated"
+DATABRICKS_AUDIENCE = "lockgate-test-account"  # the federation policies' audience
+SERVICE_PRINCIPAL = "sp-federated"  # a service principal federation policy's principal
+ACCOUNT_PRINCIPAL = "sp-account"  # named by the subject under the account-wide policy
 POLICY = """\
 rules:
   - id: orders-read
@@ -68,6 +73,7 @@ class EntraProtectedApi:
 class Clouds:
     gateway: Gateway
     entra: FakeEntra
+    databricks: FakeDatabricks
     api: EntraProtectedApi
     issuer: str
 
@@ -105,9 +111,18 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
-def _credentials(entra: FakeEntra) -> list[dict[str, Any]]:
+def _credentials(entra: FakeEntra, databricks: FakeDatabricks) -> list[dict[str, Any]]:
     scope = f"{API}/.default"
+    exchange = f"{databricks.base_url}/oidc/v1/token"
     return [
+        {"name": "dbx-rs256", "type": "federated", "provider": "databricks",
+         "token_url": exchange, "audience": DATABRICKS_AUDIENCE, "client_id": SERVICE_PRINCIPAL},
+        {"name": "dbx-es256", "type": "federated", "provider": "databricks",
+         "token_url": exchange, "audience": DATABRICKS_AUDIENCE, "subject": ACCOUNT_PRINCIPAL,
+         "algorithm": "ES256"},
+        {"name": "dbx-wrong-subject", "type": "federated", "provider": "databricks",
+         "token_url": exchange, "audience": DATABRICKS_AUDIENCE, "client_id": SERVICE_PRINCIPAL,
+         "subject": "lockgate:credential:someone-else"},
         {"name": ENTRA_CRED, "type": "federated", "provider": "entra",
          "token_url": entra.token_url, "client_id": APP, "scope": scope},
         # Entra knows no federated credential for these two
@@ -130,6 +145,14 @@ async def clouds(tmp_path: Path) -> AsyncIterator[Clouds]:
         APP, issuer=issuer, subject=f"lockgate:credential:{ENTRA_CRED}", name="lockgate"
     )
     entra_runner = await start_entra(entra)  # plain HTTP: only the gateway's broker calls it
+    databricks = FakeDatabricks(set(), federation_ca=tls["ca"])  # no client secret at all
+    databricks.add_federation_policy(
+        issuer=issuer, audiences=[DATABRICKS_AUDIENCE], subject="lockgate:credential:dbx-rs256",
+        service_principal=SERVICE_PRINCIPAL,
+    )  # fmt: skip
+    databricks.principals.add(ACCOUNT_PRINCIPAL)
+    databricks.add_federation_policy(issuer=issuer, audiences=[DATABRICKS_AUDIENCE])
+    databricks_runner, _ = await start_databricks(databricks)
     api = EntraProtectedApi(entra)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", api.handle)
@@ -145,7 +168,7 @@ async def clouds(tmp_path: Path) -> AsyncIterator[Clouds]:
                           "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
          "resources": [{"name": "orders", "kind": "http", "upstream": api.url,
                         "credential": ENTRA_CRED, "conn_id": "orders_api"}],
-         "credentials": _credentials(entra),
+         "credentials": _credentials(entra, databricks),
          "policies": [str(tmp_path / "p.yaml")]},
         tmp_path / "lockgate.yaml",
     )  # fmt: skip
@@ -153,9 +176,10 @@ async def clouds(tmp_path: Path) -> AsyncIterator[Clouds]:
     gateway = Gateway(cfg)
     await gateway.start()
     try:
-        yield Clouds(gateway, entra, api, issuer)
+        yield Clouds(gateway, entra, databricks, api, issuer)
     finally:
         await gateway.stop()
+        await databricks_runner.cleanup()
         await api_runner.cleanup()
         await entra_runner.cleanup()
 
@@ -239,6 +263,59 @@ async def test_rotating_the_signing_key_mid_traffic_fails_no_request(clouds: Clo
     kids = [header["kid"] for header, _ in clouds.assertions()]
     assert kids[0] == before and kids[-1] == keys.current("RS256").kid != before
     assert clouds.api.refused == []
+
+
+# -- Databricks -------------------------------------------------------------------------------
+async def test_databricks_service_principal_policy_rs256(clouds: Clouds) -> None:
+    secret = await clouds.broker.upstream_secret("dbx-rs256")
+    assert secret is not None and secret.version == 0
+    assert clouds.databricks.token_principals[secret.value] == SERVICE_PRINCIPAL
+    [sent] = clouds.databricks.token_requests
+    assert sent == {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": "<redacted>",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "scope": "all-apis", "client_id": SERVICE_PRINCIPAL,
+    }  # fmt: skip
+    again = await clouds.broker.upstream_secret("dbx-rs256")
+    assert again is not None and again.value == secret.value  # cached
+    assert len(clouds.databricks.token_requests) == 1
+
+
+async def test_databricks_account_policy_es256(clouds: Clouds) -> None:
+    secret = await clouds.broker.upstream_secret("dbx-es256")
+    assert secret is not None
+    assert clouds.databricks.token_principals[secret.value] == ACCOUNT_PRINCIPAL
+    assert "client_id" not in clouds.databricks.token_requests[-1]
+
+
+async def test_databricks_refuses_eddsa_and_a_wrong_subject(clouds: Clouds) -> None:
+    forced = _broker_signing_with(clouds, "EdDSA")
+    try:
+        with pytest.raises(CredentialError) as info:
+            await forced.upstream_secret("dbx-rs256")
+    finally:
+        await forced.close()
+    msg = str(info.value)
+    assert "'dbx-rs256'" in msg and "(HTTP 400, invalid_request)" in msg
+    assert "Databricks refused the federated assertion" in msg
+    with pytest.raises(CredentialError) as info:
+        await clouds.broker.upstream_secret("dbx-wrong-subject")
+    msg = str(info.value)
+    assert f"the federation policy of {SERVICE_PRINCIPAL} must trust issuer" in msg
+    assert "subject lockgate:credential:someone-else" in msg
+    assert f"audience {DATABRICKS_AUDIENCE} (RS256)" in msg
+    assert clouds.databricks.tokens == {}  # nothing issued
+
+
+async def test_databricks_es256_key_rotation_between_exchanges(clouds: Clouds) -> None:
+    keys = clouds.gateway.state.keys
+    first = await clouds.broker.upstream_secret("dbx-es256")
+    keys.rotate(retire_after=60, algorithms=["ES256"])
+    clouds.broker.invalidate("dbx-es256")  # as after an upstream 401
+    second = await clouds.broker.upstream_secret("dbx-es256")
+    assert first is not None and second is not None and first.value != second.value
+    assert clouds.databricks.token_principals[second.value] == ACCOUNT_PRINCIPAL
 
 
 def _broker_signing_with(clouds: Clouds, forced_alg: str) -> CredentialBroker:
