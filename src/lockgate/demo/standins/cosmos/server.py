@@ -6,6 +6,16 @@ segments to the in-memory :class:`~lockgate.demo.standins.cosmos.store.Store`. T
 signature check is a separate, deliberately small implementation written from the REST
 docs, not Lockgate's signing module, so a bug in one is caught by the other.
 
+Microsoft Entra ID tokens (``type=aad``) are checked either by an injected verifier or, with
+an :class:`AadTrust`, as the service does ("Use data plane role-based access control",
+"Disable local auth"): RS256 signature with the tenant's key set, ``iss``, ``aud`` =
+``https://<account>.documents.azure.com`` (or ``https://cosmos.azure.com``), ``exp``/``nbf``;
+then data-plane RBAC: the token's ``oid`` must hold a role assignment whose role allows the
+request's data action at a scope covering it (built-in Data Reader: metadata, reads, queries,
+change feed; Data Contributor: also every item write). Database and container writes are
+management operations no data role grants. Otherwise 403, substatus 5301, the service's
+message. ``disable_local_auth`` refuses master-key requests (401), as the service does.
+
 Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
 
@@ -22,21 +32,75 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import jwt
 from aiohttp import web
 
-from .operations import Executed
+from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
+
+from .operations import Executed, operation_of
 from .routes import EXECUTED, handle
 from .store import CosmosError, Store
 
-__all__ = ["CosmosFake", "RequestRecord", "running_cosmos", "start_cosmos"]
+__all__ = [
+    "DATA_CONTRIBUTOR",
+    "DATA_READER",
+    "AadTrust",
+    "CosmosFake",
+    "RequestRecord",
+    "running_cosmos",
+    "start_cosmos",
+]
 
 MAX_SKEW_SECONDS = 15 * 60
+AAD_CLOCK_SKEW = 5 * 60
 AadVerifier = Callable[[str], bool]
+
+# Built-in data-plane role definitions (ids and data actions as the docs list them).
+_ACCOUNT = "Microsoft.DocumentDB/databaseAccounts"
+_CONTAINERS = f"{_ACCOUNT}/sqlDatabases/containers"
+DATA_READER = "00000000-0000-0000-0000-000000000001"
+DATA_CONTRIBUTOR = "00000000-0000-0000-0000-000000000002"
+ROLE_ACTIONS = {
+    DATA_READER: (f"{_ACCOUNT}/readMetadata", f"{_CONTAINERS}/executeQuery",
+                  f"{_CONTAINERS}/readChangeFeed", f"{_CONTAINERS}/items/read"),
+    DATA_CONTRIBUTOR: (f"{_ACCOUNT}/readMetadata", f"{_CONTAINERS}/*", f"{_CONTAINERS}/items/*"),
+}  # fmt: skip
+_ROLE_NAMES = {"reader": DATA_READER, "contributor": DATA_CONTRIBUTOR}
+# The data action each item operation needs.
+_ITEM_ACTIONS = {
+    "read": "items/read", "read_feed": "readChangeFeed", "query": "executeQuery",
+    "query_plan": "executeQuery", "create": "items/create", "upsert": "items/upsert",
+    "replace": "items/replace", "patch": "items/replace", "delete": "items/delete",
+    "batch": "items/upsert",
+}  # fmt: skip
+_MANAGEMENT = {
+    "create_database": f"{_ACCOUNT}/sqlDatabases/write",
+    "delete_database": f"{_ACCOUNT}/sqlDatabases/delete",
+    "create_container": f"{_CONTAINERS}/write",
+    "replace_container": f"{_CONTAINERS}/write",
+    "delete_container": f"{_CONTAINERS}/delete",
+}
+
+
+@dataclass
+class AadTrust:
+    """How the account checks Entra ID tokens: the tenant's key set URL and token issuer
+    (``FakeEntra``: ``<base>/<tenant>/discovery/v2.0/keys`` and ``fake.issuer``)."""
+
+    jwks_uri: str
+    issuer: str
+    ca_file: Path | str | None = None
+    audiences: tuple[str, ...] = ()  # default: the account's, as the service accepts them
+    keys: IssuerKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = IssuerKeys(self.ca_file)
 
 
 @dataclass(frozen=True)
@@ -49,6 +113,7 @@ class RequestRecord:
     raw_path: str = ""  # as sent (percent-encoded), without the query string
     body: bytes = b""
     operation: str | None = None  # what the account executed for it (None: nothing)
+    principal: str | None = None  # the Entra object id of an AAD request checked by AadTrust
 
 
 def new_key() -> str:
@@ -59,9 +124,20 @@ def new_key() -> str:
 class CosmosFake:
     """One fake account. Mutable at runtime from the test: keys, throttling, public_url."""
 
-    def __init__(self, master_keys: list[str], aad_verifier: AadVerifier | None) -> None:
+    def __init__(
+        self,
+        master_keys: list[str],
+        aad_verifier: AadVerifier | None,
+        aad: AadTrust | None = None,
+        *,
+        disable_local_auth: bool = False,
+    ) -> None:
         self.keys: list[str] = list(master_keys)
         self.aad_verifier = aad_verifier
+        self.aad = aad
+        self.disable_local_auth = disable_local_auth
+        # principal (Entra object id) -> [(role definition id, scope)]
+        self.role_assignments: dict[str, list[tuple[str, str]]] = {}
         self.store = Store()
         self.requests: list[RequestRecord] = []
         self.executed: list[Executed] = []  # what the account ran, with what it answered
@@ -109,6 +185,23 @@ class CosmosFake:
         self.keys[index] = key
         return key
 
+    @property
+    def aad_audiences(self) -> tuple[str, ...]:
+        return (f"https://{self.account_id}.documents.azure.com", "https://cosmos.azure.com")
+
+    def assign_role(self, principal_id: str, role: str = "reader", scope: str = "/") -> None:
+        """A data-plane role assignment: ``reader``/``contributor`` (or the built-in role
+        definition id) for ``principal_id`` at ``scope`` (``/``, ``/dbs/d``,
+        ``/dbs/d/colls/c``)."""
+        definition = _ROLE_NAMES.get(role, role)
+        if definition not in ROLE_ACTIONS:
+            raise ValueError(f"no such built-in data role: {role}")
+        scope = "/" + scope.strip("/")
+        self.role_assignments.setdefault(principal_id, []).append((definition, scope))
+
+    def unassign_roles(self, principal_id: str) -> None:
+        self.role_assignments.pop(principal_id, None)
+
     def count(
         self, method: str | None = None, path_prefix: str = "", status: int | None = None
     ) -> int:
@@ -127,9 +220,12 @@ class CosmosFake:
 
     # request handling ------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        auth_type = "none"
+        auth_type, principal = "none", None
         try:
             auth_type = self._authenticate(request)
+            if auth_type == "aad" and self.aad is not None:
+                principal = await self._check_aad(request, self.aad)
+                self._authorize(request, principal)
             if self._throttled(request):
                 response = _throttle_response(self._retry_after_ms)
             else:
@@ -154,6 +250,7 @@ class CosmosFake:
             raw_path,
             body,
             ran.op if ran is not None else None,
+            principal,
         )
         self.requests.append(record)
         if self.answer_delay and request.path.strip("/"):
@@ -182,11 +279,17 @@ class CosmosFake:
         if fields.get("ver") != "1.0" or not sig:
             raise _unauthorized("The input authorization token can't serve the request.")
         if kind == "aad":
+            if self.aad is not None:
+                return "aad"  # checked by _check_aad (the key set is fetched, so async)
             if self.aad_verifier is None or not self.aad_verifier(sig):
                 raise _unauthorized("Local Authorization is disabled or AAD token is invalid.")
             return "aad"
         if kind != "master":
             raise _unauthorized("The input authorization token can't serve the request.")
+        if self.disable_local_auth:
+            raise _unauthorized(
+                "Local Authorization is disabled. Use an AAD token to authorize all requests."
+            )
         x_date = request.headers.get("x-ms-date", "")
         if not x_date:
             raise _unauthorized("The request must carry an x-ms-date header.")
@@ -215,6 +318,66 @@ class CosmosFake:
                 "used or the expected payload is not built as per the protocol."
             )
         return "master"
+
+    async def _check_aad(self, request: web.Request, trust: AadTrust) -> str:
+        """The token's object id (oid) once it verifies as Entra ID issued it for us."""
+        raw = unquote(request.headers.get("authorization", ""))
+        token = dict(part.partition("=")[::2] for part in raw.split("&")).get("sig", "")
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            jwk = await trust.keys.key_at(trust.jwks_uri, kid)
+            claims = verify_signature(token, jwk, "RS256")
+        except (jwt.PyJWTError, IssuerKeyError):
+            raise _unauthorized(
+                "The AAD token is invalid: its signature does not verify."
+            ) from None
+        now = time.time()
+        audiences = trust.audiences or self.aad_audiences
+        if claims.get("iss") != trust.issuer or claims.get("aud") not in audiences:
+            raise _unauthorized(
+                "The AAD token was not issued for this account (issuer or audience differs)."
+            )
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        if not isinstance(exp, int | float) or now > exp + AAD_CLOCK_SKEW:
+            raise _unauthorized("The AAD token has expired.")
+        if isinstance(nbf, int | float) and now + AAD_CLOCK_SKEW < nbf:
+            raise _unauthorized("The AAD token is not valid yet.")
+        oid = claims.get("oid")
+        if not isinstance(oid, str) or not oid:
+            raise _unauthorized("The AAD token carries no principal (oid).")
+        return oid
+
+    def _authorize(self, request: web.Request, principal: str) -> None:
+        """Data-plane RBAC: 403/5301 unless a role assignment allows the data action."""
+        seg = _segments(request.raw_path)
+        op = operation_of(request.method, seg, request.headers)
+        if op is None:
+            return  # no such operation: the router answers 404/405 and runs nothing
+        action, resource = _data_action(op.op, seg), "/" + "/".join(seg)
+        for definition, scope in self.role_assignments.get(principal, []):
+            # The account's own metadata is readable from any scope the principal holds.
+            covers = not seg or resource == scope or resource.startswith(scope.rstrip("/") + "/")
+            if covers and any(_allows(allowed, action) for allowed in ROLE_ACTIONS[definition]):
+                return
+        raise CosmosError(
+            403, "Forbidden",
+            f"Request blocked by Auth {self.account_id} : Request is blocked because principal "
+            f"[{principal}] does not have required RBAC permissions to perform action "
+            f"[{action}] on resource [{resource}]. Learn more: https://aka.ms/cosmos-native-rbac.",
+            substatus=5301,
+        )  # fmt: skip
+
+
+def _data_action(op: str, seg: list[str]) -> str:
+    if op in _MANAGEMENT:
+        return _MANAGEMENT[op]
+    if len(seg) < 5 or seg[4] == "pkranges":
+        return f"{_ACCOUNT}/readMetadata"  # the account, databases, containers, ranges
+    return f"{_CONTAINERS}/{_ITEM_ACTIONS.get(op, 'items/' + op)}"
+
+
+def _allows(allowed: str, action: str) -> bool:
+    return action == allowed or (allowed.endswith("/*") and action.startswith(allowed[:-1]))
 
 
 def _segments(raw_path: str) -> list[str]:
@@ -264,9 +427,19 @@ async def start_cosmos(
     master_keys: list[str] | None = None,
     aad_verifier: AadVerifier | None = None,
     ssl: ssl_lib.SSLContext | None = None,
+    aad: AadTrust | None = None,
+    disable_local_auth: bool = False,
+    account: str = "fakeaccount",
 ) -> CosmosFake:
-    """Start a fake account on ``host:port`` (0 = a free port) in the running loop."""
-    fake = CosmosFake(master_keys or [new_key(), new_key()], aad_verifier)
+    """Start a fake account on ``host:port`` (0 = a free port) in the running loop.
+
+    ``aad`` checks Entra ID tokens as the service does (with data-plane RBAC: see
+    :meth:`CosmosFake.assign_role`); ``account`` names it in the tokens' audience."""
+    fake = CosmosFake(
+        master_keys or [new_key(), new_key()], aad_verifier, aad,
+        disable_local_auth=disable_local_auth,
+    )  # fmt: skip
+    fake.account_id = account
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", fake._handle)
     runner = web.AppRunner(app, access_log=None)
