@@ -246,3 +246,67 @@ async def test_worker_bundle_adds_the_gateway_to_the_system_trust(
 
 def test_no_bundle_without_tls(tmp_path: Path) -> None:
     assert "worker_bundle" not in write_init(tmp_path, tls=False)
+
+
+# -- the secretless form ------------------------------------------------------------------------
+
+
+def _live_kwargs(cfg_text: str) -> list[dict[str, str]]:
+    import json
+
+    prefix = "secrets_backend_kwargs = "
+    return [json.loads(line[len(prefix) :]) for line in cfg_text.splitlines()
+            if line.startswith(prefix)]  # fmt: skip
+
+
+def test_the_secretless_form_is_offered_first(written: dict[str, Path]) -> None:
+    text = written["config"].read_text()
+    assert text.index("# oidc_issuers:") < text.index("\ndeployments:")
+    # uncommented as it stands, the entry validates and names prod
+    lines = text.splitlines()
+    start = lines.index("# oidc_issuers:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    live = written["config"].parent / "live.yaml"
+    live.write_text(text.replace("\n".join(lines[start : start + len(block)]), "\n".join(block)))
+    entry = load_config(live).oidc_issuers[0]
+    assert entry.deployment == "prod" and entry.claims["kubernetes.io.namespace"] == "airflow"
+    workers = written["airflow_workers"].read_text()
+    assert workers.index("identity_token_file") < workers.index("client_secret_file")
+    # what works as written is the client secret (the issuer is not filled in yet)
+    [kwargs] = _live_kwargs(workers)
+    assert kwargs["client_secret_file"] == str(written["deployment_secret"])
+    assert kwargs["ca_file"] == str(written["tls_ca"])
+
+
+async def test_init_for_a_cluster_issuer_writes_no_secret(tmp_path: Path) -> None:
+    import aiohttp
+
+    from lockgate.demo.standins.kubernetes import FakeClusterIssuer, start
+    from lockgate.identity.oidc import OidcVerifier
+
+    cluster = FakeClusterIssuer()
+    runner = await start(cluster)
+    try:
+        out = write_init(tmp_path, tls=False, issuer=cluster.issuer, audience="lockgate-dev")
+        assert "deployment_secret" not in out and not list(tmp_path.glob("*.secret"))
+        cfg = load_config(out["config"])
+        assert cfg.deployment("prod").proof is None
+        [kwargs] = _live_kwargs(out["airflow_workers"].read_text())
+        assert kwargs["identity_token_file"] == "/var/run/secrets/lockgate/token"
+        assert "client_secret_file" not in kwargs
+        async with aiohttp.ClientSession() as http:
+
+            async def session() -> aiohttp.ClientSession:
+                return http
+
+            verifier = OidcVerifier(cfg.oidc_issuers, session)
+            token = cluster.token(
+                namespace="airflow", service_account="airflow-worker", audience="lockgate-dev"
+            )
+            assert (await verifier.verify(token)).deployment == "prod"
+    finally:
+        await runner.cleanup()
