@@ -23,7 +23,6 @@ from aiohttp import web
 
 from lockgate.config import parse_config
 from lockgate.credentials import CredentialBroker
-from lockgate.demo.stack import free_port
 from lockgate.demo.standins.databricks import FakeDatabricks
 from lockgate.demo.standins.databricks import start as start_databricks
 from lockgate.demo.standins.entra import FakeEntra
@@ -31,7 +30,7 @@ from lockgate.demo.standins.entra import start as start_entra
 from lockgate.errors import CredentialError
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway
-from lockgate.tlsgen import write_dev_tls
+from tests.credentials._federation import lockgate_issuer
 
 APP = "lockgate-orders-app"  # the Entra app registration the gateway federates as
 API = "api://lockgate-orders"  # the upstream's Entra audience
@@ -137,15 +136,14 @@ def _credentials(entra: FakeEntra, databricks: FakeDatabricks) -> list[dict[str,
 
 @pytest.fixture
 async def clouds(tmp_path: Path) -> AsyncIterator[Clouds]:
-    tls = write_dev_tls(tmp_path / "tls", ["127.0.0.1", "localhost"])
-    control_port = free_port()
-    issuer = f"https://127.0.0.1:{control_port}"
-    entra = FakeEntra(federation_ca=tls["ca"], token_ttl=3600)
+    lockgate = lockgate_issuer(tmp_path / "tls")
+    issuer = lockgate.url
+    entra = FakeEntra(federation_ca=lockgate.ca, token_ttl=3600)
     entra.add_federated_credential(
         APP, issuer=issuer, subject=f"lockgate:credential:{ENTRA_CRED}", name="lockgate"
     )
     entra_runner = await start_entra(entra)  # plain HTTP: only the gateway's broker calls it
-    databricks = FakeDatabricks(set(), federation_ca=tls["ca"])  # no client secret at all
+    databricks = FakeDatabricks(set(), federation_ca=lockgate.ca)  # no client secret at all
     databricks.add_federation_policy(
         issuer=issuer, audiences=[DATABRICKS_AUDIENCE], subject="lockgate:credential:dbx-rs256",
         service_principal=SERVICE_PRINCIPAL,
@@ -160,9 +158,7 @@ async def clouds(tmp_path: Path) -> AsyncIterator[Clouds]:
     (tmp_path / "p.yaml").write_text(POLICY)
     cfg = parse_config(
         {"data_dir": str(tmp_path / "data"),
-         "listeners": {"control": {"port": control_port,
-                                   "tls": {"cert": str(tls["cert"]), "key": str(tls["key"])}},
-                       "http": {"port": 0}},
+         "listeners": {"control": lockgate.control, "http": {"port": 0}},
          "signing": {"algorithms": ["EdDSA", "RS256", "ES256"], "publish_ahead": 0},
          "deployments": [{"name": "prod", "dags": ["*"],
                           "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
