@@ -31,7 +31,14 @@ def conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                   "token_url": "https://dbc-1.example.com/oidc/v1/token",
                   "audience": "acct-123", "subject": "lockgate:prod", "algorithm": "ES256"},
                  {"name": "arm-mi", "type": "managed_identity",
-                  "resource": "https://management.azure.com"}]}
+                  "resource": "https://management.azure.com"}],
+             "resources": [
+                 {"name": "orders-api", "kind": "http", "upstream": "https://orders.example.com",
+                  "credential": "orders-key", "conn_id": "orders_api"},
+                 {"name": "orders-cosmos", "kind": "http", "upstream": "https://acct.example.com",
+                  "credential": "cosmos-fed", "conn_id": "orders_cosmos"},
+                 {"name": "dbx", "kind": "http", "upstream": "https://dbc-1.example.com",
+                  "credential": "dbx-fed", "conn_id": "dbx"}]}
         )
     )  # fmt: skip
     return path
@@ -78,12 +85,13 @@ def test_list_says_which_credentials_hold_a_secret(
     monkeypatch.setenv("VALUE", VALUE)
     code, out, _ = run(capsys, "-c", str(conf), "creds", "list")
     assert code == 0
-    lines = {line.split()[0]: line for line in out.splitlines() if line}
+    lines = {line.split()[0]: line for line in out.splitlines() if line}  # by first word
     assert "NOT SET" in lines["orders-key"]
     assert lines["cosmos-fed"].split()[1:] == ["federated", "no", "secret", "(federated:", "entra)"]
     assert lines["dbx-fed"].endswith("no secret (federated: databricks)")
     assert lines["arm-mi"].endswith("no secret (managed identity)")
-    assert out.rstrip().endswith("3 of 4 credentials hold no secret")
+    assert "3 of 4 credentials hold no secret" in out
+    assert out.rstrip().endswith("resources served with no stored secret: orders-cosmos, dbx")
     assert run(capsys, "-c", str(conf), "creds", "set", "orders-key", "--from-env", "VALUE")[0] == 0
     code, out, _ = run(capsys, "-c", str(conf), "creds", "list")
     assert "orders-key" in out and "version 1" in out and "NOT SET" not in out

@@ -124,6 +124,13 @@ def cmd_creds_list(args: argparse.Namespace) -> int:
             print(f"{c.name:24} {c.type:26} NOT SET (lockgate creds set {c.name})")
     if st.config.credentials:
         print(f"{secretless} of {len(st.config.credentials)} credentials hold no secret")
+    secretless_resources = [
+        r.name
+        for r in st.config.resources
+        if r.credential and _no_secret(st.config, r.credential) is not None
+    ]
+    if secretless_resources:
+        print(f"resources served with no stored secret: {', '.join(secretless_resources)}")
     return 0
 
 
