@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import jwt
@@ -28,6 +28,7 @@ from lockgate.demo.standins.databricks import start as start_databricks
 from lockgate.demo.standins.entra import FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
 from lockgate.errors import CredentialError
+from lockgate.gateway.http import HttpEngine
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway
 from tests.credentials._federation import lockgate_issuer
@@ -55,6 +56,7 @@ class EntraProtectedApi:
         self.entra = entra
         self.accepted: list[str] = []  # appid of each accepted token
         self.refused: list[str] = []
+        self.revoked: set[str] = set()  # token ids (uti) no longer accepted
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -63,6 +65,9 @@ class EntraProtectedApi:
             claims = self.entra.verify(auth.removeprefix("Bearer "), API)
         except jwt.PyJWTError as exc:
             self.refused.append(type(exc).__name__)
+            return web.json_response({"error": "invalid_token"}, status=401)
+        if claims["uti"] in self.revoked:
+            self.refused.append("revoked")
             return web.json_response({"error": "invalid_token"}, status=401)
         self.accepted.append(claims["appid"])
         return web.json_response({"orders": [1, 2, 3]})
@@ -215,6 +220,16 @@ async def test_token_cached_then_refreshed_before_expiry(clouds: Clouds) -> None
     assertions = clouds.assertions()
     assert len(assertions) == 2
     assert assertions[0][1]["jti"] != assertions[1][1]["jti"]  # a fresh assertion each time
+
+
+async def test_a_refused_token_is_replaced_by_a_fresh_exchange(clouds: Clouds) -> None:
+    async with aiohttp.ClientSession() as http:
+        assert await clouds.get_orders(http) == 200
+        clouds.api.revoked |= {claims["uti"] for claims in clouds.entra.issued}
+        cast(HttpEngine, clouds.gateway.engines["http"]).secrets.invalidate()  # skip 1 s cache
+        assert await clouds.get_orders(http) == 200  # retried once with a new token
+    assert clouds.api.refused == ["revoked"] and len(clouds.api.accepted) == 2
+    assert len(clouds.assertions()) == 2
 
 
 async def test_wrong_subject_or_audience_is_a_clear_error(clouds: Clouds) -> None:
