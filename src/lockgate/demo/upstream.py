@@ -1,20 +1,71 @@
-"""An App Service-style HTTP API that demands its own bearer secret.
+"""An App Service-style HTTP API that demands its own bearer secret, or an Entra ID token.
 
-It stands in for a real upstream in the demo and the tests: it accepts only the secrets in
+It stands in for a real upstream in the demo and the tests: it accepts the secrets in
 ``accepted`` (a set the caller may change at runtime, as a real service does during key
 rotation), keeps a small in-memory ``orders`` collection, and records what each request
 looked like on arrival so tests can check what the gateway forwarded.
+
+With ``entra`` set it also accepts Microsoft Entra ID access tokens, the way App Service
+authentication does for an API: an RS256 signature by the tenant's key set (fetched over
+https), the configured issuer, one of the allowed token audiences, unexpired (5 minutes of
+skew) and, when ``allowed_applications`` is set, a client application (``appid``/``azp``) on
+that list. The caller's object id is recorded (``Seen.principal``), as App Service passes it
+on in ``X-MS-CLIENT-PRINCIPAL-ID``.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import jwt
 from aiohttp import web
 from aiohttp.typedefs import Handler
+
+from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
+
+ENTRA_CLOCK_SKEW = 300
+
+
+@dataclass
+class EntraAuth:
+    """App Service authentication settings: the tenant's key set URL, the token issuer, the
+    allowed token audiences and (optionally) the allowed client applications."""
+
+    jwks_uri: str
+    issuer: str
+    audiences: tuple[str, ...]
+    allowed_applications: tuple[str, ...] = ()
+    ca_file: Path | str | None = None
+    keys: IssuerKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = IssuerKeys(self.ca_file)
+
+    async def principal(self, token: str) -> str | None:
+        """The caller's object id when ``token`` passes, else None."""
+        try:
+            jwk = await self.keys.key_at(self.jwks_uri, jwt.get_unverified_header(token).get("kid"))
+            claims = verify_signature(token, jwk, "RS256")
+        except (jwt.PyJWTError, IssuerKeyError):
+            return None
+        now, exp, nbf = time.time(), claims.get("exp"), claims.get("nbf", 0)
+        app = claims.get("appid", claims.get("azp"))
+        if (
+            claims.get("iss") != self.issuer
+            or claims.get("aud") not in self.audiences
+            or not isinstance(exp, int | float)
+            or not isinstance(nbf, int | float)
+            or now > exp + ENTRA_CLOCK_SKEW
+            or nbf > now + ENTRA_CLOCK_SKEW
+            or (self.allowed_applications and app not in self.allowed_applications)
+        ):
+            return None
+        return str(claims.get("oid") or app)
 
 
 @dataclass
@@ -24,6 +75,7 @@ class Seen:
     authorization: str
     assertion: str | None
     body_len: int
+    principal: str | None = None  # an Entra caller's object id (None: a secret, or refused)
 
 
 @dataclass
@@ -32,6 +84,7 @@ class DemoUpstream:
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     keep_seen: int = 1000
+    entra: EntraAuth | None = None
 
     def _authorised(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -44,9 +97,16 @@ class DemoUpstream:
             ok |= hmac.compare_digest(presented, secret.encode())
         return ok
 
+    async def _entra_principal(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if self.entra is None or not header.startswith("Bearer ") or header.count(".") != 2:
+            return None
+        return await self.entra.principal(header[7:])
+
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         body = await request.read()
+        principal = await self._entra_principal(request)
         if len(self.seen) < self.keep_seen:
             self.seen.append(
                 Seen(
@@ -55,9 +115,10 @@ class DemoUpstream:
                     request.headers.get("Authorization", ""),
                     request.headers.get("X-Lockgate-Assertion"),
                     len(body),
+                    principal,
                 )
             )
-        if not self._authorised(request):
+        if principal is None and not self._authorised(request):
             return web.json_response(
                 {"error": "unauthorized"},
                 status=401,
