@@ -8,6 +8,7 @@ keys served over discovery, are in ``test_federation_clouds.py``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -296,14 +297,17 @@ async def test_single_flight(broker: CredentialBroker, cloud: Cloud) -> None:
 
 
 async def test_failed_refresh_serves_cached_token_while_valid(
-    broker: CredentialBroker, cloud: Cloud, clock: Clock
+    broker: CredentialBroker, cloud: Cloud, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     cloud.expires_in = 20
     await broker.upstream_secret("cosmos-fed")
     cloud.status = 503
     clock.t += 16
-    kept = await broker.upstream_secret("cosmos-fed")
+    with caplog.at_level(logging.WARNING, logger="lockgate"):
+        kept = await broker.upstream_secret("cosmos-fed")
     assert kept is not None and kept.value == "access-1"
+    [warned] = [r for r in caplog.records if "refresh failed" in r.getMessage()]
+    assert "HTTP 503" in str(warned.__dict__) and "access-1" not in caplog.text
     clock.t += 5
     with pytest.raises(CredentialError, match=r"token endpoint failed \(HTTP 503\)"):
         await broker.upstream_secret("cosmos-fed")

@@ -294,12 +294,13 @@ class CredentialBroker:
             fut.add_done_callback(functools.partial(self._fetch_done, key))
         try:
             token = await asyncio.shield(fut)
-        except CredentialError:
+        except CredentialError as exc:
             if cached is not None and self._clock() < cached.expires_at:
+                # The message names status and error codes only, never a token or assertion.
                 log.warning(
                     f"{cfg.type.replace('_', ' ')} token refresh failed; "
                     "using the cached token until it expires",
-                    extra={"fields": {"credential": cfg.name}},
+                    extra={"fields": {"credential": cfg.name, "error": str(exc)}},
                 )
                 return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
             raise
