@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lockgate.credentials.cosmos import sign
 from lockgate.demo.standins.cosmos import CosmosFake, start_cosmos
-from lockgate.demo.standins.cosmos.server import DATA_CONTRIBUTOR, AadTrust
+from lockgate.demo.standins.cosmos.server import DATA_CONTRIBUTOR, DATA_READER, AadTrust
 from lockgate.demo.standins.entra import FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
 from lockgate.demo.standins.entra.thread import server_tls
@@ -171,3 +171,34 @@ async def test_local_auth_disabled_refuses_the_master_key(env: Env) -> None:
         env.cosmos.url, headers={"authorization": auth, "x-ms-date": date}
     ) as answer:
         assert answer.status == 200
+
+
+async def test_trust_entra_served_over_plain_http_and_role_names() -> None:
+    entra = FakeEntra(client_secrets={WRITER: {f"{WRITER}-secret"}})
+    runner = await start_entra(entra)  # plain HTTP, as the demo stack serves it
+    cosmos = await start_cosmos(account=ACCOUNT)
+    try:
+        cosmos.trust_entra(entra, disable_local_auth=True)
+        assert cosmos.disable_local_auth
+        cosmos.store.create_database({"id": "sales"})
+        cosmos.store.create_container("sales", {"id": "orders", "partitionKey": {"paths": ["/pk"]}})
+        async with aiohttp.ClientSession() as http:
+            env = Env(entra, cosmos, http, ssl.create_default_context())
+            token = await env.token(WRITER)
+            assert oid(token) == entra.principal_id(WRITER)
+            no, _, _ = await env.call(
+                "POST", "/dbs/sales/colls/orders/docs", token, {"id": "1", "pk": "a"}
+            )
+            assert no == 403
+            cosmos.assign_role(entra.principal_id(WRITER), "Data Contributor")
+            ok, _, _ = await env.call(
+                "POST", "/dbs/sales/colls/orders/docs", token, {"id": "1", "pk": "a"}
+            )
+            assert ok == 201
+        with pytest.raises(ValueError, match="no such built-in data role"):
+            cosmos.assign_role("x", "Owner")
+        cosmos.assign_role("y", "Cosmos DB Built-in Data Reader")
+        assert cosmos.role_assignments["y"] == [(DATA_READER, "/")]
+    finally:
+        await cosmos.close()
+        await runner.cleanup()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from lockgate.demo.standins.entra import FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
 from lockgate.demo.standins.entra.thread import server_tls
-from lockgate.demo.upstream import DemoUpstream, EntraAuth, start_upstream
+from lockgate.demo.upstream import DemoUpstream, start_upstream
 
 API = "api://orders"
 CLIENT, OTHER_CLIENT = "lockgate-orders", "someone-else"
@@ -54,11 +54,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     server_ctx, ca = server_tls(tmp_path / "tls")
     entra = FakeEntra(client_secrets={CLIENT: {"s"}, OTHER_CLIENT: {"s"}})
     entra_runner = await start_entra(entra, 0, server_ctx)
-    auth = EntraAuth(
-        f"{entra.base_url}/{entra.tenant}/discovery/v2.0/keys", entra.issuer, (API,),
-        allowed_applications=(CLIENT,), ca_file=ca,
-    )  # fmt: skip
-    upstream = DemoUpstream({"static-secret"}, entra=auth)
+    entra.ca_file = ca
+    upstream = DemoUpstream({"static-secret"})
+    upstream.trust_entra(entra, audience=API, allowed_applications=(CLIENT,))
     runner, port = await start_upstream(upstream)
     async with aiohttp.ClientSession() as http:
         yield Env(

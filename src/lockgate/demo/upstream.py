@@ -17,55 +17,16 @@ from __future__ import annotations
 
 import hmac
 import json
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
+from lockgate.demo.standins.entra.resource_trust import EntraTrust, InvalidEntraToken
 
-ENTRA_CLOCK_SKEW = 300
-
-
-@dataclass
-class EntraAuth:
-    """App Service authentication settings: the tenant's key set URL, the token issuer, the
-    allowed token audiences and (optionally) the allowed client applications."""
-
-    jwks_uri: str
-    issuer: str
-    audiences: tuple[str, ...]
-    allowed_applications: tuple[str, ...] = ()
-    ca_file: Path | str | None = None
-    keys: IssuerKeys = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.keys = IssuerKeys(self.ca_file)
-
-    async def principal(self, token: str) -> str | None:
-        """The caller's object id when ``token`` passes, else None."""
-        try:
-            jwk = await self.keys.key_at(self.jwks_uri, jwt.get_unverified_header(token).get("kid"))
-            claims = verify_signature(token, jwk, "RS256")
-        except (jwt.PyJWTError, IssuerKeyError):
-            return None
-        now, exp, nbf = time.time(), claims.get("exp"), claims.get("nbf", 0)
-        app = claims.get("appid", claims.get("azp"))
-        if (
-            claims.get("iss") != self.issuer
-            or claims.get("aud") not in self.audiences
-            or not isinstance(exp, int | float)
-            or not isinstance(nbf, int | float)
-            or now > exp + ENTRA_CLOCK_SKEW
-            or nbf > now + ENTRA_CLOCK_SKEW
-            or (self.allowed_applications and app not in self.allowed_applications)
-        ):
-            return None
-        return str(claims.get("oid") or app)
+if TYPE_CHECKING:
+    from lockgate.demo.standins.entra import FakeEntra
 
 
 @dataclass
@@ -84,7 +45,20 @@ class DemoUpstream:
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
     keep_seen: int = 1000
-    entra: EntraAuth | None = None
+    entra: EntraTrust | None = None  # its audiences: the API's allowed token audiences
+    entra_applications: tuple[str, ...] = ()  # allowed client applications (empty: any)
+
+    def trust_entra(
+        self,
+        entra: FakeEntra,
+        *,
+        audience: str | tuple[str, ...],
+        allowed_applications: tuple[str, ...] = (),
+    ) -> EntraTrust:
+        """Accept tokens the test ``entra`` issues for ``audience`` (the App ID URI)."""
+        self.entra = EntraTrust.of(entra, (audience,) if isinstance(audience, str) else audience)
+        self.entra_applications = allowed_applications
+        return self.entra
 
     def _authorised(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -98,10 +72,18 @@ class DemoUpstream:
         return ok
 
     async def _entra_principal(self, request: web.Request) -> str | None:
+        """The caller's object id when it sent an Entra token the API accepts, else None."""
         header = request.headers.get("Authorization", "")
         if self.entra is None or not header.startswith("Bearer ") or header.count(".") != 2:
             return None
-        return await self.entra.principal(header[7:])
+        try:
+            claims = await self.entra.check(header[7:])
+        except InvalidEntraToken:
+            return None
+        app = claims.get("appid", claims.get("azp"))
+        if self.entra_applications and app not in self.entra_applications:
+            return None
+        return str(claims.get("oid") or app)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -32,20 +32,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import jwt
 from aiohttp import web
 
-from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
+from lockgate.demo.standins.entra.resource_trust import EntraTrust, InvalidEntraToken
 
 from .operations import Executed, operation_of
 from .routes import EXECUTED, handle
 from .store import CosmosError, Store
+
+if TYPE_CHECKING:
+    from lockgate.demo.standins.entra import FakeEntra
 
 __all__ = [
     "DATA_CONTRIBUTOR",
@@ -58,7 +59,6 @@ __all__ = [
 ]
 
 MAX_SKEW_SECONDS = 15 * 60
-AAD_CLOCK_SKEW = 5 * 60
 AadVerifier = Callable[[str], bool]
 
 # Built-in data-plane role definitions (ids and data actions as the docs list them).
@@ -72,6 +72,7 @@ ROLE_ACTIONS = {
     DATA_CONTRIBUTOR: (f"{_ACCOUNT}/readMetadata", f"{_CONTAINERS}/*", f"{_CONTAINERS}/items/*"),
 }  # fmt: skip
 _ROLE_NAMES = {"reader": DATA_READER, "contributor": DATA_CONTRIBUTOR}
+_ROLE_PREFIXES = ("cosmos db built-in ", "data ")
 # The data action each item operation needs.
 _ITEM_ACTIONS = {
     "read": "items/read", "read_feed": "readChangeFeed", "query": "executeQuery",
@@ -88,19 +89,8 @@ _MANAGEMENT = {
 }
 
 
-@dataclass
-class AadTrust:
-    """How the account checks Entra ID tokens: the tenant's key set URL and token issuer
-    (``FakeEntra``: ``<base>/<tenant>/discovery/v2.0/keys`` and ``fake.issuer``)."""
-
-    jwks_uri: str
-    issuer: str
-    ca_file: Path | str | None = None
-    audiences: tuple[str, ...] = ()  # default: the account's, as the service accepts them
-    keys: IssuerKeys = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.keys = IssuerKeys(self.ca_file)
+# How the account trusts Entra ID tokens (the tenant's key set URL and issuer).
+AadTrust = EntraTrust
 
 
 @dataclass(frozen=True)
@@ -190,14 +180,24 @@ class CosmosFake:
         return (f"https://{self.account_id}.documents.azure.com", "https://cosmos.azure.com")
 
     def assign_role(self, principal_id: str, role: str = "reader", scope: str = "/") -> None:
-        """A data-plane role assignment: ``reader``/``contributor`` (or the built-in role
-        definition id) for ``principal_id`` at ``scope`` (``/``, ``/dbs/d``,
-        ``/dbs/d/colls/c``)."""
-        definition = _ROLE_NAMES.get(role, role)
+        """A data-plane role assignment for ``principal_id`` at ``scope`` (``/``, ``/dbs/d``,
+        ``/dbs/d/colls/c``): ``role`` is a built-in role by name ("Cosmos DB Built-in Data
+        Reader", "Data Contributor", "reader", ...) or definition id."""
+        name = role.strip().lower()
+        for prefix in _ROLE_PREFIXES:  # "Cosmos DB Built-in Data Reader", "Data Reader"
+            name = name.removeprefix(prefix)
+        definition = _ROLE_NAMES.get(name, role)
         if definition not in ROLE_ACTIONS:
             raise ValueError(f"no such built-in data role: {role}")
         scope = "/" + scope.strip("/")
         self.role_assignments.setdefault(principal_id, []).append((definition, scope))
+
+    def trust_entra(self, entra: FakeEntra, *, disable_local_auth: bool | None = None) -> AadTrust:
+        """Check Entra ID tokens as issued by the test ``entra`` (data-plane RBAC applies)."""
+        self.aad = AadTrust.of(entra)
+        if disable_local_auth is not None:
+            self.disable_local_auth = disable_local_auth
+        return self.aad
 
     def unassign_roles(self, principal_id: str) -> None:
         self.role_assignments.pop(principal_id, None)
@@ -324,24 +324,9 @@ class CosmosFake:
         raw = unquote(request.headers.get("authorization", ""))
         token = dict(part.partition("=")[::2] for part in raw.split("&")).get("sig", "")
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            jwk = await trust.keys.key_at(trust.jwks_uri, kid)
-            claims = verify_signature(token, jwk, "RS256")
-        except (jwt.PyJWTError, IssuerKeyError):
-            raise _unauthorized(
-                "The AAD token is invalid: its signature does not verify."
-            ) from None
-        now = time.time()
-        audiences = trust.audiences or self.aad_audiences
-        if claims.get("iss") != trust.issuer or claims.get("aud") not in audiences:
-            raise _unauthorized(
-                "The AAD token was not issued for this account (issuer or audience differs)."
-            )
-        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
-        if not isinstance(exp, int | float) or now > exp + AAD_CLOCK_SKEW:
-            raise _unauthorized("The AAD token has expired.")
-        if isinstance(nbf, int | float) and now + AAD_CLOCK_SKEW < nbf:
-            raise _unauthorized("The AAD token is not valid yet.")
+            claims = await trust.check(token, trust.audiences or self.aad_audiences)
+        except InvalidEntraToken as why:
+            raise _unauthorized(f"The AAD token is not valid: {why}.") from None
         oid = claims.get("oid")
         if not isinstance(oid, str) or not oid:
             raise _unauthorized("The AAD token carries no principal (oid).")

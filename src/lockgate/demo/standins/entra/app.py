@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import secrets
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,9 @@ class FakeEntra:
     clock_skew: int = 300  # seconds of leeway on an assertion's exp and nbf
     max_assertion_lifetime: int = 24 * 3600
     token_requests: list[TokenRequest] = field(default_factory=list)
+    # The CA a client of this endpoint trusts when it is served over https (resource servers
+    # that check its tokens fetch the key set with it): set by whoever serves it.
+    ca_file: Path | str | None = None
 
     def __post_init__(self) -> None:
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -141,6 +145,14 @@ class FakeEntra:
     @property
     def authority(self) -> str:
         return self.base_url
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"{self.base_url}/{self.tenant}/discovery/v2.0/keys"
+
+    def principal_id(self, client_id: str) -> str:
+        """The object id (``oid``) of the app's service principal, a stable GUID."""
+        return str(uuid.UUID(bytes=hashlib.sha256(client_id.encode()).digest()[:16]))
 
     @property
     def token_url(self) -> str:
@@ -225,7 +237,7 @@ class FakeEntra:
         claims = {
             "aud": scope.removesuffix("/.default"), "iss": self.issuer, "iat": now, "nbf": now,
             "exp": now + self.token_ttl, "appid": client_id, "azp": client_id,
-            "tid": self.tenant, "oid": hashlib.sha256(client_id.encode()).hexdigest()[:32],
+            "tid": self.tenant, "oid": self.principal_id(client_id),
             "sub": client_id, "ver": "1.0", "uti": secrets.token_urlsafe(12),
         }  # fmt: skip
         self.issued.append(claims)
