@@ -90,6 +90,7 @@ def test_without_federation_only_eddsa_keys_are_kept(tmp_path: Path) -> None:
     ("credential", "signing", "expected"),
     [
         ({**ENTRA, "client_id": None}, None, "client_id"),
+        ({**ENTRA, "scope": None}, None, "scope"),
         ({**ENTRA, "algorithm": "ES256"}, None, "RS256"),
         ({**DATABRICKS, "audience": None}, None, "audience"),
         ({**DATABRICKS, "algorithm": "EdDSA"}, None, "algorithm"),

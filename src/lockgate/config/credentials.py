@@ -94,6 +94,12 @@ class FederatedCredential(Section):
     def _provider_rules(self) -> FederatedCredential:
         if self.provider == "entra" and not self.client_id:
             raise ValueError("client_id: provider 'entra' needs the app registration's client id")
+        if self.provider == "entra" and not self.scope:
+            # Entra refuses a client-credentials request without one.
+            raise ValueError(
+                "scope: provider 'entra' needs the resource's scope, e.g. "
+                "https://<account>.documents.azure.com/.default"
+            )
         if self.provider == "entra" and self.algorithm == "ES256":
             raise ValueError("algorithm: Entra ID accepts only RS256 assertions")
         if self.provider == "databricks" and not self.audience:

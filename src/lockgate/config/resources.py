@@ -87,7 +87,8 @@ class CosmosSettings(Section):
 
     ``upstream_auth``: ``master_key`` re-signs every request with the account key stored in
     the resource's ``static`` credential (primary, then secondary after a rotation);
-    ``aad`` sends the Entra ID token of an ``oauth2_client_credentials`` credential.
+    ``aad`` sends the Entra ID token of an ``oauth2_client_credentials``, ``managed_identity``
+    or ``federated`` credential (the last holds no secret at all).
     ``database``/``container``/``partition_key`` fill the Airflow connection's extras.
     """
 
@@ -192,8 +193,9 @@ class PostgresResource(Section):
     name (as PgBouncer maps a database alias to a server), any user name, and their Lockgate
     token as the password. The gateway logs in upstream to ``database`` on ``host:port`` as
     ``username`` with the credential's value: a password (SCRAM-SHA-256 or md5, whatever the
-    server asks) or an Entra ID access token (an ``oauth2_client_credentials`` or
-    ``managed_identity`` credential; sent as a cleartext password, only over TLS).
+    server asks) or an Entra ID access token (an ``oauth2_client_credentials``,
+    ``managed_identity`` or ``federated`` credential; sent as a cleartext password, only
+    over TLS).
     """
 
     name: str = Field(pattern=NAME_RE)
