@@ -227,6 +227,8 @@ def test_unknown_app_and_entra_issued_tokens(
         headers={"kid": fake.kid},
     )  # fmt: skip
     _refused(_post(entra, own), 700222)
+    padded = issuer.claims(aud=EXCHANGE, iss=f" {issuer.issuer}")  # white space never matches
+    _refused(_post(entra, issuer.sign(padded)), 70021)
 
 
 def test_credential_limits_and_removal(outside: tuple[OutsideIssuer, Path]) -> None:
@@ -241,6 +243,8 @@ def test_credential_limits_and_removal(outside: tuple[OutsideIssuer, Path]) -> N
         fake.add_federated_credential("app", issuer=issuer.issuer, subject="s1")
     with pytest.raises(ValueError, match="exactly one audience"):
         fake.add_federated_credential("app", issuer=issuer.issuer, subject="x", audiences=[])
+    with pytest.raises(ValueError, match="white space"):
+        fake.add_federated_credential("app", issuer=issuer.issuer + " ", subject="z")
     with pytest.raises(ValueError, match="URL friendly"):
         fake.add_federated_credential("app", issuer=issuer.issuer, subject="y", name="a b")
     with pytest.raises(KeyError):

@@ -58,6 +58,8 @@ class FederatedIdentityCredential:
             raise ValueError("a federated identity credential holds exactly one audience")
         if not self.issuer or len(self.issuer) > 600 or not self.subject:
             raise ValueError("issuer (at most 600 characters) and subject are required")
+        if self.issuer != self.issuer.strip():
+            raise ValueError("an issuer with surrounding white space never matches")
 
 
 @dataclass(frozen=True)

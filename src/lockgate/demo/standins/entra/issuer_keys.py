@@ -22,6 +22,7 @@ Part of a stand-in for demos and tests, written from the public docs: not the se
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,25 +67,23 @@ class IssuerKeys:
 
     async def key(self, issuer: str, kid: str | None) -> dict[str, Any]:
         """The JWK ``kid`` of ``issuer`` (discovery first); IssuerKeyError if none."""
-        cached = self._cache.get(issuer)
-        if cached is None or not _pick(cached.keys, kid):
-            jwks_uri = await self._discover(issuer)
-            cached = _Cached(jwks_uri, await self._fetch_keys(jwks_uri))
-            self._cache[issuer] = cached
-        found = _pick(cached.keys, kid)
-        if found is None:
-            raise IssuerKeyError(f"no key {kid!r} in the key set of {issuer}")
-        return found
+        return await self._cached(issuer, kid, lambda: self._discover(issuer))
 
     async def key_at(self, jwks_uri: str, kid: str | None) -> dict[str, Any]:
         """The JWK ``kid`` from a key set at a known URL (no discovery), cached by URL."""
-        cached = self._cache.get(jwks_uri)
-        if cached is None or not _pick(cached.keys, kid):
+        return await self._cached(jwks_uri, kid, lambda: _known(jwks_uri))
+
+    async def _cached(
+        self, source: str, kid: str | None, locate: Callable[[], Awaitable[str]]
+    ) -> dict[str, Any]:
+        cached = self._cache.get(source)
+        if cached is None or not _pick(cached.keys, kid):  # unknown kid: the issuer rotated
+            jwks_uri = await locate()
             cached = _Cached(jwks_uri, await self._fetch_keys(jwks_uri))
-            self._cache[jwks_uri] = cached
+            self._cache[source] = cached
         found = _pick(cached.keys, kid)
         if found is None:
-            raise IssuerKeyError(f"no key {kid!r} in the key set at {jwks_uri}")
+            raise IssuerKeyError(f"no key {kid!r} in the key set of {source}")
         return found
 
     async def _discover(self, issuer: str) -> str:
@@ -128,6 +127,10 @@ class IssuerKeys:
         if not isinstance(body, dict):
             raise IssuerKeyError(f"{url} did not answer a JSON object")
         return body
+
+
+async def _known(jwks_uri: str) -> str:
+    return jwks_uri
 
 
 def _pick(keys: dict[str, dict[str, Any]], kid: str | None) -> dict[str, Any] | None:
