@@ -67,3 +67,49 @@ def test_basic_credentials_and_the_client_they_name(service_env: Env) -> None:
     assert named_client(service_env.config, {}, header) == "prod"
     # an unknown name may be a secret pasted in the wrong field: never named
     assert named_client(service_env.config, {"client_id": SECRET}, None) is None
+
+
+async def test_a_deployment_proven_by_its_issuer_only_refuses_secrets_and_assertions(
+    tmp_path,
+) -> None:
+    import time
+    import uuid
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from lockgate.config import parse_config
+    from lockgate.identity.client_auth import ClientAuthenticator
+    from lockgate.identity.proofs import ASSERTION_TYPE
+    from lockgate.identity.revocation import RevocationStore
+
+    config = parse_config(
+        {"data_dir": str(tmp_path), "deployments": [{"name": "edge", "dags": ["*"]}],
+         "oidc_issuers": [{"issuer": "https://cluster.test", "audience": "lockgate",
+                           "deployment": "edge"}]},
+    )  # fmt: skip
+    assert config.deployment("edge").proof is None
+    revocations = RevocationStore(tmp_path / "revocations.db")
+
+    async def no_http() -> None:
+        raise AssertionError("no issuer is asked for a secret or an assertion")
+
+    auth = ClientAuthenticator(config, revocations, no_http)  # type: ignore[arg-type]
+    secret = {"client_id": "edge", "client_secret": "anything"}
+    with pytest.raises(OAuthError) as refused:
+        await auth.authenticate(secret, None, None)
+    assert (refused.value.status, refused.value.error) == (401, "invalid_client")
+    assert refused.value.reason == "bad_client_secret"
+    now = int(time.time())
+    assertion = jwt.encode(
+        {"iss": "edge", "sub": "edge", "aud": config.issuer_url, "iat": now,
+         "exp": now + 60, "jti": uuid.uuid4().hex},
+        ed25519.Ed25519PrivateKey.generate(), algorithm="EdDSA",
+    )  # fmt: skip
+    body = {"client_id": "edge", "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion}  # fmt: skip
+    with pytest.raises(OAuthError) as refused:
+        await auth.authenticate(body, None, None)
+    assert (refused.value.status, refused.value.error) == (401, "invalid_client")
+    assert refused.value.reason == "assertion_bad_assertion"
+    revocations.close()

@@ -1,7 +1,8 @@
 """Deployment client authentication at the token endpoint.
 
 Two proofs, chosen by the deployment's configured ``proof.type`` (a deployment configured
-for one never authenticates with the other):
+for one never authenticates with the other; a deployment with no ``proof`` — proven only by
+a workload-identity issuer, :mod:`lockgate.identity.oidc` — authenticates with neither):
 
 - ``client_secret``: the config holds only ``sha256(secret)``; we hash what was presented
   and compare with :func:`hmac.compare_digest`. Unknown client ids still hash, so timing
