@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ from lockgate.demo.standins.databricks import FakeDatabricks
 from lockgate.demo.standins.databricks import start as start_databricks
 from lockgate.demo.standins.entra import FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
+from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys
 from lockgate.errors import CredentialError
 from lockgate.gateway.http import HttpEngine
 from lockgate.identity import TaskIdentity
@@ -71,6 +73,25 @@ class EntraProtectedApi:
             return web.json_response({"error": "invalid_token"}, status=401)
         self.accepted.append(claims["appid"])
         return web.json_response({"orders": [1, 2, 3]})
+
+
+@dataclass
+class CachingIssuerKeys(IssuerKeys):
+    """A cloud that keeps an issuer's key set ``max_age`` seconds, even when a token names a
+    key it lacks (the real ones cache JWKS for minutes): why a rotated key is published
+    ahead of signing."""
+
+    max_age: float = 0.0
+    fetched_at: dict[str, float] = field(default_factory=dict)
+
+    async def key(self, issuer: str, kid: str | None) -> dict[str, Any]:
+        at = self.fetched_at.get(issuer)
+        if at is None or time.monotonic() - at >= self.max_age:
+            self.forget(issuer)
+            self.fetched_at[issuer] = time.monotonic()
+        elif kid not in {k.get("kid") for k in self._cache[issuer].keys.values()}:
+            raise IssuerKeyError(f"no key {kid!r} in the cached key set of {issuer}")
+        return await super().key(issuer, kid)
 
 
 @dataclass
@@ -141,6 +162,12 @@ def _credentials(entra: FakeEntra, databricks: FakeDatabricks) -> list[dict[str,
 
 @pytest.fixture
 async def clouds(tmp_path: Path) -> AsyncIterator[Clouds]:
+    async with running_clouds(tmp_path, publish_ahead=0) as started:
+        yield started
+
+
+@asynccontextmanager
+async def running_clouds(tmp_path: Path, *, publish_ahead: int) -> AsyncIterator[Clouds]:
     lockgate = lockgate_issuer(tmp_path / "tls")
     issuer = lockgate.url
     entra = FakeEntra(federation_ca=lockgate.ca, token_ttl=3600)
@@ -164,7 +191,7 @@ async def clouds(tmp_path: Path) -> AsyncIterator[Clouds]:
     cfg = parse_config(
         {"data_dir": str(tmp_path / "data"),
          "listeners": {"control": lockgate.control, "http": {"port": 0}},
-         "signing": {"algorithms": ["EdDSA", "RS256", "ES256"], "publish_ahead": 0},
+         "signing": {"algorithms": ["EdDSA", "RS256", "ES256"], "publish_ahead": publish_ahead},
          "deployments": [{"name": "prod", "dags": ["*"],
                           "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
          "resources": [{"name": "orders", "kind": "http", "upstream": api.url,
@@ -254,6 +281,33 @@ async def test_entra_refuses_an_eddsa_or_es256_assertion(clouds: Clouds) -> None
         finally:
             await forced.close()
         assert clouds.assertions()[-1][0]["alg"] == alg
+
+
+@pytest.mark.parametrize("publish_ahead", [0, 3])
+async def test_a_key_published_ahead_of_signing_outlives_a_cloud_s_key_cache(
+    tmp_path: Path, publish_ahead: int
+) -> None:
+    async with running_clouds(tmp_path, publish_ahead=publish_ahead) as clouds:
+        clouds.entra.issuer_keys = CachingIssuerKeys(clouds.entra.federation_ca, max_age=3)
+        keys = clouds.gateway.state.keys
+        assert await clouds.broker.upstream_secret(ENTRA_CRED) is not None  # JWKS cached now
+        old_kid = keys.current("RS256").kid
+        [rotated] = keys.rotate_each(retire_after=60, algorithms=["RS256"])
+        failures: list[str] = []
+        deadline = time.monotonic() + publish_ahead + 1.5
+        while time.monotonic() < deadline:  # a fresh exchange every 0.2 s
+            clouds.broker.invalidate(ENTRA_CRED)
+            try:
+                await clouds.broker.upstream_secret(ENTRA_CRED)
+            except CredentialError as exc:
+                failures.append(str(exc))
+            await asyncio.sleep(0.2)
+        kids = [header["kid"] for header, _ in clouds.assertions()]
+    assert kids[0] == old_kid and kids[-1] == rotated.kid
+    if publish_ahead == 0:  # signing at once: the cloud's cached key set lacks the key
+        assert failures and all("AADSTS50166" in f for f in failures)
+    else:  # published 3 s ahead: the cache has been refreshed before the key signs
+        assert failures == []
 
 
 async def test_rotating_the_signing_key_mid_traffic_fails_no_request(clouds: Clouds) -> None:
