@@ -167,6 +167,9 @@ def test_signature_and_key_type_must_fit(
     es_key = issuer.keys[issuer.kid("ES256")][1]
     crossed = jwt.encode(claims, es_key, algorithm="ES256", headers={"kid": issuer.kid("RS256")})
     _refused(_exchange(workspace, crossed), "signature")
+    rsa_key = issuer.keys[issuer.kid("RS256")][1]
+    renamed = jwt.encode(claims, rsa_key, algorithm="RS256", headers={"kid": "no-such-kid"})
+    _refused(_exchange(workspace, renamed), "signature")
 
 
 def test_request_shape_and_times(

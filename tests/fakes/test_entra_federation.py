@@ -161,6 +161,11 @@ def test_signature_must_verify_with_the_issuers_key(
         headers={"kid": issuer.kid("RS256")},
     )  # fmt: skip
     _refused(_post(entra, forged), 700027, 401)
+    renamed = jwt.encode(
+        issuer.claims(aud=EXCHANGE), issuer.keys[issuer.kid("RS256")][1], algorithm="RS256",
+        headers={"kid": "no-such-kid"},
+    )  # fmt: skip
+    _refused(_post(entra, renamed), 700027, 401)
 
 
 def test_times_with_five_minutes_of_skew(

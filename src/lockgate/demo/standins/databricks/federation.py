@@ -29,7 +29,12 @@ from typing import Any, NoReturn
 
 import jwt
 
-from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
+from lockgate.demo.standins.entra.issuer_keys import (
+    IssuerKeyError,
+    IssuerKeys,
+    UnknownKeyId,
+    verify_signature,
+)
 
 __all__ = ["JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "FederationPolicies", "FederationPolicy", "Refused"]
 
@@ -108,17 +113,17 @@ class FederationPolicies:
             _refuse(f"the subject token must be signed using RS256 or ES256, not {alg}")
         client_id = form.get("client_id")
         policy, principal = self._match(claims, str(client_id) if client_id else None, principals)
+        kid = header.get("kid")
         try:
             if policy.jwks_uri:
-                jwk = await self.keys.key_at(policy.jwks_uri, header.get("kid"))
+                jwk = await self.keys.key_at(policy.jwks_uri, kid)
             else:
-                jwk = await self.keys.key(policy.issuer, header.get("kid"))
+                jwk = await self.keys.key(policy.issuer, kid)
+            verify_signature(token, jwk, str(alg))
+        except (jwt.PyJWTError, UnknownKeyId):
+            _refuse("the subject token's signature is not valid")
         except IssuerKeyError:
             _refuse("the issuer's public keys could not be fetched")
-        try:
-            verify_signature(token, jwk, str(alg))
-        except jwt.PyJWTError:
-            _refuse("the subject token's signature is not valid")
         self._check_times(claims, time.time() if now is None else now)
         return principal, claims
 

@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 import jwt
 
-from .issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
+from .issuer_keys import IssuerKeyError, IssuerKeys, UnknownKeyId, verify_signature
 
 __all__ = [
     "ENTRA_EXCHANGE_AUDIENCE",
@@ -120,12 +120,11 @@ async def check_federated_assertion(
         )
     try:
         jwk = await keys.key(str(iss), header.get("kid"))
+        verify_signature(assertion, jwk, "RS256")
+    except (jwt.PyJWTError, UnknownKeyId):  # no key of that kid: nothing verifies it
+        _refuse(700027, "Client assertion failed signature validation.", 401, "invalid_client")
     except IssuerKeyError:
         _refuse(50166, "Request to External OIDC endpoint failed.")
-    try:
-        verify_signature(assertion, jwk, "RS256")
-    except jwt.PyJWTError:
-        _refuse(700027, "Client assertion failed signature validation.", 401, "invalid_client")
     _check_times(claims, clock_skew, max_lifetime, time.time() if now is None else now)
     return claims
 

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import jwt
 
-__all__ = ["IssuerKeyError", "IssuerKeys", "verify_signature"]
+__all__ = ["IssuerKeyError", "IssuerKeys", "UnknownKeyId", "verify_signature"]
 
 # The JWK key type each algorithm needs (RFC 7518 §3.1).
 _KEY_TYPE = {"RS256": "RSA", "ES256": "EC"}
@@ -38,6 +38,10 @@ _KEY_TYPE = {"RS256": "RSA", "ES256": "EC"}
 
 class IssuerKeyError(Exception):
     """The issuer's discovery document or key set could not be had, or did not fit."""
+
+
+class UnknownKeyId(IssuerKeyError):
+    """The key set, fetched anew, holds no key of the token's ``kid``."""
 
 
 @dataclass
@@ -83,7 +87,7 @@ class IssuerKeys:
             self._cache[source] = cached
         found = _pick(cached.keys, kid)
         if found is None:
-            raise IssuerKeyError(f"no key {kid!r} in the key set of {source}")
+            raise UnknownKeyId(f"no key {kid!r} in the key set of {source}")
         return found
 
     async def _discover(self, issuer: str) -> str:
