@@ -353,3 +353,30 @@ def test_attestation_with_a_workload_identity(
     with pytest.raises(AirflowSecretsBackendAccessDenied, match="not 2"):
         worker.get_conn_value("orders_api")
     assert last_refusal(world) == "attestation_failed"
+
+
+# -- the sources alone ---------------------------------------------------------------------------
+
+
+def test_a_token_file_must_hold_a_jwt_and_errors_never_show_its_content(tmp_path: Path) -> None:
+    from lockgate.airflow.workload_identity import TokenFile, WorkloadIdentityUnavailable
+
+    path = tmp_path / "token"
+    for content in ("", "not-a-jwt-but-maybe-a-secret", "x" * 70_000):
+        path.write_text(content)
+        with pytest.raises(WorkloadIdentityUnavailable) as bad:
+            TokenFile(path).token()
+        assert str(path) in str(bad.value)
+        assert "maybe-a-secret" not in str(bad.value)
+    path.write_text("  a.b.c\n")
+    assert TokenFile(path).token() == "a.b.c"  # the kubelet writes no newline; others do
+
+
+def test_spiffe_socket_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lockgate.airflow.workload_identity import SpiffeWorkloadApi, WorkloadIdentityUnavailable
+
+    monkeypatch.delenv("SPIFFE_ENDPOINT_SOCKET", raising=False)
+    with pytest.raises(WorkloadIdentityUnavailable, match="SPIFFE_ENDPOINT_SOCKET"):
+        SpiffeWorkloadApi("env", AUDIENCE).token()
+    with pytest.raises(ValueError, match="spiffe_audience"):
+        SpiffeWorkloadApi("/run/spire/agent.sock", "")
