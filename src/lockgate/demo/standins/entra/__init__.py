@@ -1,8 +1,19 @@
-"""A Microsoft Entra ID-compatible token endpoint (see :mod:`.app`).
+"""A Microsoft Entra ID-compatible token endpoint (see :mod:`.app`): client secrets,
+certificates and workload identity federation (:mod:`.federation`), and the check a resource
+server makes of the tokens it issues (:mod:`.resource_trust`).
 
 A stand-in for demos and tests, written from the public API docs: not the service.
 """
 
-from lockgate.demo.standins.entra.app import FakeEntra, start
+from lockgate.demo.standins.entra.app import FakeEntra, TokenRequest, start
+from lockgate.demo.standins.entra.federation import FederatedIdentityCredential
+from lockgate.demo.standins.entra.resource_trust import EntraTrust, InvalidEntraToken
 
-__all__ = ["FakeEntra", "start"]
+__all__ = [
+    "EntraTrust",
+    "FakeEntra",
+    "FederatedIdentityCredential",
+    "InvalidEntraToken",
+    "TokenRequest",
+    "start",
+]
