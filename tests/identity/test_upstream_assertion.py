@@ -33,3 +33,23 @@ def test_an_assertion_names_the_task_and_ends_with_its_token(tmp_path: Path) -> 
     assert (payload["dag_id"], payload["task_id"], payload["try_number"]) == ("d", "t", 2)
     assert payload["exp"] == claims.exp  # the token (60 s) ends before the 300 s cap
     assert token not in assertion
+
+
+def test_an_upstream_mapped_to_rs256_gets_an_rs256_assertion(tmp_path: Path) -> None:
+    from lockgate.config import SigningSettings
+
+    keys = KeyStore(tmp_path, algorithms=("EdDSA", "RS256"))
+    _, claims = TokenIssuer(keys, ISSUER).mint(TaskIdentity("prod", "d", "t", "r", 2), "api", 60)
+    signing = SigningSettings(audiences={f"{ISSUER}/upstream/legacy-*": "RS256"})
+    signer = UpstreamAssertionSigner(keys, ISSUER, clock=lambda: claims.iat, signing=signing)
+    for resource, alg in (("legacy-erp", "RS256"), ("api", "EdDSA")):
+        assertion = signer(claims, resource)
+        header = jwt.get_unverified_header(assertion)
+        assert (header["alg"], header["kid"]) == (alg, keys.current(alg).kid)
+        public = keys.public_key(header["kid"])
+        assert public is not None
+        payload = jwt.decode(
+            assertion, public, algorithms=[alg], audience=f"{ISSUER}/upstream/{resource}",
+            options={"verify_exp": False},
+        )  # fmt: skip
+        assert payload["token_jti"] == claims.jti

@@ -1,0 +1,75 @@
+"""``lockgate keys list | rotate`` with keys of several algorithms: each line names its
+algorithm, each algorithm has its current key, and ``--alg`` rotates one alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lockgate.cli import main
+
+
+def keys(conf: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:
+    code = main(["-c", str(conf), "keys", *argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out.splitlines()
+
+
+@pytest.fixture
+def conf(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    monkeypatch.delenv("LOCKGATE_MASTER_KEY", raising=False)
+    monkeypatch.delenv("LOCKGATE_CONFIG", raising=False)
+    assert main(["init", str(tmp_path / "gw")]) == 0
+    capsys.readouterr()
+    path = tmp_path / "gw" / "lockgate.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["signing"] = {"algorithms": ["EdDSA", "RS256", "ES256"]}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_keys_list_names_each_algorithm_and_its_current_key(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = keys(conf, capsys, "list")
+    assert len(lines) == 3
+    assert sorted(line.split()[1] for line in lines) == ["ES256", "EdDSA", "RS256"]
+    assert all(line.endswith("current") for line in lines)
+
+
+def test_keys_rotate_one_algorithm_publishes_it_ahead_and_leaves_the_others(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {line.split()[1]: line.split()[0] for line in keys(conf, capsys, "list")}
+    (out,) = keys(conf, capsys, "rotate", "--alg", "RS256", "--retire-after", "60")
+    new = out.split("new signing key ")[1].split(";")[0]
+    assert "; RS256;" in out and "signs from" in out  # signing.publish_ahead: 300 s
+    lines = {line.split()[0]: line for line in keys(conf, capsys, "list")}
+    assert len(lines) == 4
+    assert "published, signs from" in lines[new]
+    assert lines[before["RS256"]].endswith("current")  # until the new one signs
+    assert lines[before["EdDSA"]].endswith("current") and lines[before["ES256"]].endswith("current")
+
+
+def test_keys_rotate_without_alg_rotates_every_algorithm(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = keys(conf, capsys, "rotate", "--retire-after", "0")
+    assert sorted(line.split("; ")[1] for line in out) == ["ES256", "EdDSA", "RS256"]
+    new = {line.split("new signing key ")[1].split(";")[0] for line in out}
+    listed = keys(conf, capsys, "list")
+    assert {line.split()[0] for line in listed} == new  # retire-after 0: the old ones are gone
+    assert all(line.endswith("current") for line in listed)
+
+
+def test_keys_rotate_refuses_an_unknown_algorithm(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["-c", str(conf), "keys", "rotate", "--alg", "HS256"])
+    assert "HS256" in capsys.readouterr().err
