@@ -28,7 +28,7 @@ from lockgate.demo.standins.databricks import FakeDatabricks
 from lockgate.demo.standins.databricks import start as start_databricks
 from lockgate.demo.standins.entra import FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
-from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys
+from lockgate.demo.standins.entra.issuer_keys import IssuerKeys, UnknownKeyId
 from lockgate.errors import CredentialError
 from lockgate.gateway.http import HttpEngine
 from lockgate.identity import TaskIdentity
@@ -90,7 +90,7 @@ class CachingIssuerKeys(IssuerKeys):
             self.forget(issuer)
             self.fetched_at[issuer] = time.monotonic()
         elif kid not in {k.get("kid") for k in self._cache[issuer].keys.values()}:
-            raise IssuerKeyError(f"no key {kid!r} in the cached key set of {issuer}")
+            raise UnknownKeyId(f"no key {kid!r} in the cached key set of {issuer}")
         return await super().key(issuer, kid)
 
 
@@ -305,7 +305,7 @@ async def test_a_key_published_ahead_of_signing_outlives_a_cloud_s_key_cache(
         kids = [header["kid"] for header, _ in clouds.assertions()]
     assert kids[0] == old_kid and kids[-1] == rotated.kid
     if publish_ahead == 0:  # signing at once: the cloud's cached key set lacks the key
-        assert failures and all("AADSTS50166" in f for f in failures)
+        assert failures and all("AADSTS700027" in f for f in failures)
     else:  # published 3 s ahead: the cache has been refreshed before the key signs
         assert failures == []
 
