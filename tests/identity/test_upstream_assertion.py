@@ -25,9 +25,8 @@ def test_an_assertion_names_the_task_and_ends_with_its_token(tmp_path: Path) -> 
     public = keys.public_key(kid)
     assert public is not None
     audience = f"{ISSUER}/upstream/api"
-    options = {"verify_exp": False}
     payload = jwt.decode(
-        assertion, public, algorithms=["EdDSA"], audience=audience, options=options
+        assertion, public, algorithms=["EdDSA"], audience=audience, options={"verify_exp": False}
     )
     assert payload["sub"] == claims.sub and payload["token_jti"] == claims.jti
     assert (payload["dag_id"], payload["task_id"], payload["try_number"]) == ("d", "t", 2)
