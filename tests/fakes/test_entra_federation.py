@@ -57,7 +57,11 @@ def _post(entra: tuple[FakeEntra, Path], assertion: str, **extra: str) -> reques
     form = {"grant_type": "client_credentials", "client_id": APP, "scope": f"{ARM}/.default",
             "client_assertion_type": JWT_BEARER, "client_assertion": assertion}  # fmt: skip
     form.update(extra)
-    return requests.post(fake.token_url, data=form, verify=str(ca), timeout=10)
+    answer = requests.post(fake.token_url, data=form, verify=str(ca), timeout=10)
+    record = fake.token_requests[-1]  # what the fake noted of it, never the assertion itself
+    assert record.status == answer.status_code and record.form["client_assertion"] == "<redacted>"
+    assert record.error == ("" if answer.ok else answer.json()["error"])
+    return answer
 
 
 def _hmac_jwt(claims: dict[str, Any], secret: bytes, kid: str) -> str:

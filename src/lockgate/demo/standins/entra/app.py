@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 import time
 import uuid
@@ -208,7 +209,8 @@ class FakeEntra:
         record = self._record(form)
         answer = await self._token(request, form)
         record.status = answer.status
-        record.error = self.refusals[-1] if answer.status != 200 and self.refusals else ""
+        if answer.status != 200 and isinstance(answer.body, bytes):
+            record.error = json.loads(answer.body).get("error", "")  # this request's own
         return answer
 
     async def _token(self, request: web.Request, form: Any) -> web.Response:
