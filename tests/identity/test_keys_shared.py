@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from lockgate.config import SigningSettings
 from lockgate.errors import AuthenticationError, ConfigError, CredentialError
 from lockgate.identity import KeyStore, TaskIdentity, TokenIssuer, TokenVerifier
 from lockgate.store import Database
@@ -157,15 +158,20 @@ def test_rotation_reaches_a_watching_replica_within_a_second(
     assert _wait_until_published(b, new) < 1.0
 
 
+@pytest.mark.parametrize("alg", ["EdDSA", "RS256", "ES256"])
 def test_rotation_under_load_fails_no_verification(
-    open_db: OpenDatabase, master_key: bytes
+    open_db: OpenDatabase, master_key: bytes, alg: str
 ) -> None:
     handles = [open_db() for _ in range(3)]
     for db in handles:
         db.start_watching()
-    replicas = [KeyStore(db, master_key=master_key, activation_delay=1.5) for db in handles]
+    replicas = [
+        KeyStore(db, master_key=master_key, activation_delay=1.5, algorithms=("EdDSA", alg))
+        for db in handles
+    ]
     identity = TaskIdentity("prod", "finance_daily", "load_orders", "run1", 1)
-    issuers = [TokenIssuer(store, ISSUER) for store in replicas]
+    signing = SigningSettings(audiences={AUD: alg})  # tokens for AUD signed with ``alg``
+    issuers = [TokenIssuer(store, ISSUER, signing=signing) for store in replicas]
     verifiers = [TokenVerifier(store, None, ISSUER, reload_interval=0.2) for store in replicas]
     stop = threading.Event()
     failures: list[str] = []
@@ -194,9 +200,9 @@ def test_rotation_under_load_fails_no_verification(
         t.start()
     try:
         time.sleep(0.3)
-        new = replicas[0].rotate(retire_after=600).kid
+        new = replicas[0].rotate(retire_after=600, algorithms=[alg]).kid
         deadline = time.monotonic() + 5
-        while not all(s.current().kid == new for s in replicas):
+        while not all(s.current(alg).kid == new for s in replicas):
             assert time.monotonic() < deadline, "the new key never became current everywhere"
             time.sleep(0.05)
         time.sleep(0.3)  # tokens of the new key verified everywhere
