@@ -37,6 +37,7 @@ class TokenEndpoint:
         self.expires_in: Any = 3600
         self.delay = 0.0
         self.status: int | None = None
+        self.refusal: dict[str, Any] | None = None  # the body of a 401, when set
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -48,9 +49,11 @@ class TokenEndpoint:
             return web.json_response({"error": "server_error"}, status=self.status)
         if form.get("client_secret") not in self.valid or form.get("client_id") != "cid":
             return web.json_response(
-                {
+                self.refusal
+                or {
                     "error": "invalid_client",
-                    "error_description": f"bad {form.get('client_secret')}",
+                    # echoes the secret: the broker must never repeat a description
+                    "error_description": f"bad {form.get('client_secret')!r}",
                 },
                 status=401,
             )
@@ -260,6 +263,28 @@ async def test_token_endpoint_401_names_credential_not_secret(
         "credential 'app-entra': token endpoint refused the client (HTTP 401, invalid_client)"
     )
     assert CLIENT_SECRET not in msg
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": "invalid_client", "error_codes": [7000215],
+         "error_description": "AADSTS7000215: Invalid client secret provided. Trace ID: t"},
+        {"error": "invalid_client",  # no error_codes: the description's code is taken
+         "error_description": "AADSTS7000215: Invalid client secret provided. Trace ID: t"},
+    ],
+)  # fmt: skip
+async def test_entra_refusal_names_its_aadsts_code_not_its_description(
+    broker: CredentialBroker, endpoint: TokenEndpoint, body: dict[str, Any]
+) -> None:
+    endpoint.valid = set()
+    endpoint.refusal = body
+    with pytest.raises(CredentialError) as info:
+        await broker.upstream_secret("app-entra")
+    assert str(info.value) == (
+        "credential 'app-entra': token endpoint refused the client "
+        "(HTTP 401, invalid_client, AADSTS7000215)"
+    )
 
 
 async def test_token_endpoint_5xx_and_unreachable(
