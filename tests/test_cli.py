@@ -71,6 +71,27 @@ def test_init_no_tls(tmp_path: Path, run: Run) -> None:
     assert not (tmp_path / "plain" / "tls").exists()
 
 
+def test_init_with_an_issuer_writes_no_secret_and_names_the_workers_settings(
+    tmp_path: Path, run: Run
+) -> None:
+    from lockgate.config import load_config
+
+    d = tmp_path / "k8s"
+    code, out, _ = run("init", str(d), "--issuer", "https://oidc.example/cluster-1")
+    assert code == 0, out
+    assert not (d / "deployment-prod.secret").exists()
+    assert "client_secret_file" not in out and str(d / "airflow-workers.cfg") in out
+    cfg = load_config(d / "lockgate.yaml")
+    prod = cfg.deployment("prod")
+    assert prod is not None and prod.proof is None
+    [entry] = cfg.oidc_issuers
+    assert entry.issuer == "https://oidc.example/cluster-1" and entry.audience == "lockgate"
+    assert '"identity_token_file"' in (d / "airflow-workers.cfg").read_text()
+
+    code, _, err = run("init", str(tmp_path / "bad"), "--issuer", "http://oidc.example")
+    assert code == 2 and "--issuer" in err and not (tmp_path / "bad").exists()
+
+
 def test_config_check(conf: Path, run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _ = run(*lg(conf, "config", "check"))
     assert code == 0

@@ -58,7 +58,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     upstream = DEMO_UPSTREAM if args.upstream is None else args.upstream
     if not _UPSTREAM_URL.match(upstream):
         raise LockgateError(f"--upstream must be an http:// or https:// URL, not {upstream!r}")
-    written = write_init(Path(args.dir), force=args.force, tls=not args.no_tls, upstream=upstream)
+    if args.issuer is not None and not args.issuer.startswith("https://"):
+        raise LockgateError(f"--issuer must be the https:// URL of the issuer, not {args.issuer!r}")
+    written = write_init(
+        Path(args.dir),
+        force=args.force,
+        tls=not args.no_tls,
+        upstream=upstream,
+        issuer=args.issuer,
+        audience=args.audience,
+    )
     d = Path(args.dir)
     scheme = "http" if args.no_tls else "https"
     ca_line = "" if args.no_tls else f',\n     "ca_file": "{written["tls_ca"]}"'
@@ -79,13 +88,27 @@ def cmd_init(args: argparse.Namespace) -> int:
         "\nNext:\n"
         f"  lockgate creds set orders-api-key -c {d}/lockgate.yaml  # the upstream's secret, "
         "from stdin\n"
-        f"  lockgate serve -c {d}/lockgate.yaml\n"
-        "Airflow workers (airflow.cfg):\n"
-        "  [workers]\n"
-        "  secrets_backend = lockgate.airflow.secrets.LockgateSecretsBackend\n"
-        f'  secrets_backend_kwargs = {{"url": "{scheme}://127.0.0.1:8470", "deployment": "prod",\n'
-        f'     "client_secret_file": "{written["deployment_secret"]}"{ca_line}}}'
+        f"  lockgate serve -c {d}/lockgate.yaml"
     )
+    if args.issuer is not None:
+        print(
+            f"Airflow workers prove 'prod' with a token from {args.issuer} (audience "
+            f"{args.audience!r}): nothing stored on them.\n"
+            f"Their airflow.cfg: {written['airflow_workers']} (mount a projected "
+            "service-account token with that audience at the path it names)."
+        )
+    else:
+        print(
+            "Airflow workers (airflow.cfg):\n"
+            "  [workers]\n"
+            "  secrets_backend = lockgate.airflow.secrets.LockgateSecretsBackend\n"
+            f'  secrets_backend_kwargs = {{"url": "{scheme}://127.0.0.1:8470", '
+            '"deployment": "prod",\n'
+            f'     "client_secret_file": "{written["deployment_secret"]}"{ca_line}}}\n'
+            f"On Kubernetes, prove 'prod' with no stored secret instead: "
+            f"`lockgate init --issuer URL` (or the commented oidc_issuers entry in "
+            f"{written['config']}; every form: {written['airflow_workers']})."
+        )
     if not args.no_tls:
         bundle = written["worker_bundle"]
         print(
@@ -205,6 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the URL of the API the starter resource orders-api forwards to "
         f"(default: {DEMO_UPSTREAM}, the demo orders API, which only `lockgate demo` starts)",
+    )
+    sp.add_argument(
+        "--issuer",
+        metavar="URL",
+        help="the workers' workload-identity issuer (a Kubernetes cluster's service-account "
+        "issuer URL): 'prod' is proven by its tokens and no deployment secret is written",
+    )
+    sp.add_argument(
+        "--audience",
+        default="lockgate",
+        metavar="AUD",
+        help="the audience of the workers' tokens, with --issuer (default: lockgate)",
     )
     sp = add_command(sub, "serve", cmd_serve, "run the gateway")
     sp.add_argument(

@@ -23,7 +23,16 @@ from lockgate.airflow import CONN_FIELDS, get_provider_info
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("airflow.providers_manager")
 
-EXTRAS = {"client_secret_file", "client_secret_env", "ca_file", "timeout"}
+EXTRAS = {
+    "identity_token_file",
+    "identity_token_env",
+    "spiffe_socket",
+    "spiffe_audience",
+    "client_secret_file",
+    "client_secret_env",
+    "ca_file",
+    "timeout",
+}
 HIDDEN = {"schema", "port", "password"}
 RELABELED = {"host": "Token service URL", "login": "Deployment"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,22 @@ def test_the_connection_reads_as_the_secrets_backends_kwargs() -> None:
         "ca_file": "/etc/lockgate/ca.pem",
         "timeout": 5.0,
     }
+
+
+def test_a_secretless_connection_builds_a_client_that_reads_the_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("header.payload.signature\n")
+    conn = _conn(identity_token_file=str(token), client_secret_file="")
+    assert token_service_kwargs(conn) == {
+        "url": "https://lockgate.internal:8470",
+        "deployment": "prod",
+        "identity_token_file": str(token),
+    }
+    monkeypatch.setattr(LockgateHook, "get_connection", classmethod(lambda cls, _id: conn))
+    client = LockgateHook().get_client()
+    assert client.deployment == "prod"
 
 
 def test_a_connection_without_url_or_deployment_is_refused() -> None:

@@ -30,6 +30,31 @@ CONNECTION_TYPE = "lockgate"
 # and a static secret there is what Lockgate exists to remove; the connection says where
 # the secret is (a file or an environment variable on the worker).
 CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "identity_token_file": {
+        "label": "Workload identity token file",
+        "description": "Path, on the worker, of a workload-identity token the platform "
+        "writes and rotates (a Kubernetes projected service-account token): no secret "
+        "stored. Read again at every mint.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "identity_token_env": {
+        "label": "Workload identity token file variable",
+        "description": "Name of the worker's environment variable holding the path of such "
+        "a token file (Azure workload identity: AZURE_FEDERATED_TOKEN_FILE).",
+        "schema": {"type": ["string", "null"]},
+    },
+    "spiffe_socket": {
+        "label": "SPIFFE Workload API socket",
+        "description": "A path or unix:// URI of the SPIFFE Workload API, or 'env' for "
+        "$SPIFFE_ENDPOINT_SOCKET: the worker proves itself with a JWT-SVID.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "spiffe_audience": {
+        "label": "SPIFFE audience",
+        "description": "The audience of the JWT-SVID, as the gateway's oidc_issuers entry "
+        "expects it.",
+        "schema": {"type": ["string", "null"]},
+    },
     "client_secret_file": {
         "label": "Client secret file",
         "description": "Path, on the worker, of the file holding the deployment's client secret.",
@@ -62,6 +87,10 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "placeholders": {
         "host": "https://lockgate.internal:8470",
         "login": "prod",
+        "identity_token_file": "/var/run/secrets/lockgate/token",
+        "identity_token_env": "AZURE_FEDERATED_TOKEN_FILE",
+        "spiffe_socket": "env",
+        "spiffe_audience": "lockgate",
         "client_secret_file": "/var/run/secrets/lockgate/prod",
         "client_secret_env": "LOCKGATE_CLIENT_SECRET",
         "ca_file": "/etc/lockgate/ca.pem",
