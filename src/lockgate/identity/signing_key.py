@@ -108,7 +108,7 @@ class SigningKey:
         return {**required_members(self.public), "kid": self.kid, "alg": self.alg, "use": "sig"}
 
 
-def load_private(private: PrivateKey | object, kid: str, alg: str) -> SigningKey:
+def load_private(private: object, kid: str, alg: str) -> SigningKey:
     """A stored private key as a :class:`SigningKey` of ``alg`` named ``kid`` (times unset),
     or ValueError when its type is not ``alg``'s or its thumbprint is not ``kid``: storage
     cannot publish one key under another key's name or algorithm."""
