@@ -10,6 +10,7 @@ HTTP engine with a federated credential: no secret is stored anywhere.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,7 +48,7 @@ rules:
     effect: allow
     principals: ["airflow:prod/*"]
     actions: [read]
-    resources: [orders]
+    resources: [orders, orders-misfederated]
 """
 
 
@@ -118,11 +119,11 @@ class Clouds:
     def published_kids(self) -> set[str]:
         return {k.kid for k in self.gateway.state.keys.published()}
 
-    async def get_orders(self, http: aiohttp.ClientSession) -> int:
+    async def get_orders(self, http: aiohttp.ClientSession, resource: str = "orders") -> int:
         token, _ = self.gateway.issuer.mint(
-            TaskIdentity("prod", "orders_load", "load", "r1", 1), "orders", 600
+            TaskIdentity("prod", "orders_load", "load", "r1", 1), resource, 600
         )
-        url = f"http://127.0.0.1:{self.gateway.http_port}/orders/v1/orders"
+        url = f"http://127.0.0.1:{self.gateway.http_port}/{resource}/v1/orders"
         async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
             await resp.read()
             return resp.status
@@ -195,7 +196,9 @@ async def running_clouds(tmp_path: Path, *, publish_ahead: int) -> AsyncIterator
          "deployments": [{"name": "prod", "dags": ["*"],
                           "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
          "resources": [{"name": "orders", "kind": "http", "upstream": api.url,
-                        "credential": ENTRA_CRED, "conn_id": "orders_api"}],
+                        "credential": ENTRA_CRED, "conn_id": "orders_api"},
+                       {"name": "orders-misfederated", "kind": "http", "upstream": api.url,
+                        "credential": "entra-wrong-subject", "conn_id": "orders_misfederated"}],
          "credentials": _credentials(entra, databricks),
          "policies": [str(tmp_path / "p.yaml")]},
         tmp_path / "lockgate.yaml",
@@ -257,6 +260,25 @@ async def test_a_refused_token_is_replaced_by_a_fresh_exchange(clouds: Clouds) -
         assert await clouds.get_orders(http) == 200  # retried once with a new token
     assert clouds.api.refused == ["revoked"] and len(clouds.api.accepted) == 2
     assert len(clouds.assertions()) == 2
+
+
+async def test_a_refused_federation_is_a_503_logged_with_its_reason(
+    clouds: Clouds, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        with caplog.at_level(logging.ERROR, logger="lockgate"):
+            assert await clouds.get_orders(http, "orders-misfederated") == 503
+    [logged] = [r for r in caplog.records if r.getMessage() == "upstream credential unavailable"]
+    why = logged.__dict__["fields"]["error"]
+    assert "AADSTS70021" in why and "subject lockgate:credential:someone-else" in why
+    assert clouds.api.accepted == [] and clouds.api.refused == []  # nothing went upstream
+    clouds.gateway.audit.flush(5.0)
+    records = clouds.gateway.audit.search(resource="orders-misfederated")
+    assert [(r.event, r.status, r.reason) for r in records][-1] == (
+        "upstream_error",
+        503,
+        "credential_unavailable",
+    )
 
 
 async def test_wrong_subject_or_audience_is_a_clear_error(clouds: Clouds) -> None:
