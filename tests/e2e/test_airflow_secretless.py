@@ -1,0 +1,280 @@
+"""No stored secret anywhere: real Airflow 3 DAGs for Cosmos DB, Data Factory, Databricks and
+an Entra-protected HTTP API, run by a worker whose only proof is a projected Kubernetes
+service-account token, through a gateway whose every upstream credential is federated
+(:mod:`tests.e2e.secretless_stack`). Then a scan of the worker's environment and files and of
+the gateway's data directory finds no secret (:mod:`tests.e2e.secret_scan`), a token from
+the wrong namespace is refused, and rotating Lockgate's signing keys between two runs
+breaks nothing.
+
+One stack for the module; Airflow runs three times (the four systems plus an environment
+dump in one process, the four again after the rotation, one DAG with the wrong token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from lockgate.cli import main as lockgate_cli
+from lockgate.demo.run import run_dags
+
+from .secret_scan import (
+    SecretScan,
+    credential_rows,
+    dumped_env,
+    key_ids_of_files,
+    key_ids_of_jwks,
+)
+from .secretless_stack import (
+    DATABRICKS_ALGORITHM,
+    DATABRICKS_AUDIENCE,
+    DATABRICKS_CREDENTIAL,
+    ENTRA_APPS,
+    ENV_DUMP_DAG_ID,
+    UPSTREAM_TOKEN_TTL,
+    SecretlessStack,
+)
+
+pytest.importorskip("airflow.providers.microsoft.azure", reason="the Azure provider")
+pytest.importorskip("airflow.providers.databricks", reason="the Databricks provider")
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+
+# dag -> (resource, task that touches it) for the four systems' DAGs that must succeed
+SECRETLESS_DAGS = {
+    "finance_daily": ("orders-api", "read_orders"),
+    "orders_load_cosmos": ("orders-cosmos", "insert_order"),
+    "adf_load_orders": ("arm", "run_load_orders"),
+    "databricks_run_now": ("databricks", "run_load_job"),
+}
+
+
+@dataclass
+class Run:
+    results: dict[str, dict[str, Any]]
+    output: str
+
+
+@pytest.fixture(scope="module")
+def secretless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretlessStack]:
+    stack = SecretlessStack(tmp_path_factory.mktemp("lockgate-secretless"))
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def airflow_home(secretless: SecretlessStack) -> Path:
+    return secretless.worker / "airflow"  # the worker's AIRFLOW_HOME (migrated at first run)
+
+
+@pytest.fixture(scope="module")
+def first_run(secretless: SecretlessStack, airflow_home: Path) -> Run:
+    return _run(secretless, airflow_home, [*SECRETLESS_DAGS, ENV_DUMP_DAG_ID])
+
+
+def _run(stack: SecretlessStack, airflow_home: Path, dags: list[str]) -> Run:
+    results, output = run_dags(stack, airflow_home, dags)
+    return Run({r["dag_id"]: r for r in results}, output)
+
+
+def _state(result: dict[str, Any]) -> str:
+    return str(result["state"]).split(".")[-1].lower()
+
+
+def _cli(stack: SecretlessStack, *argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = lockgate_cli(["--config", str(stack.config_path), *argv])
+    return code, out.getvalue()
+
+
+def _assertions(stack: SecretlessStack) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(cloud, header, claims) of every assertion the stand-ins accepted, oldest first."""
+    seen = [
+        ("entra", r.assertion_header, r.assertion_claims)
+        for r in stack.entra.token_requests
+        if r.status == 200 and r.assertion_header is not None
+    ]
+    seen += [("databricks", h, c) for h, c in stack.databricks_federation.accepted]
+    return [(cloud, dict(h or {}), dict(c or {})) for cloud, h, c in seen]
+
+
+def test_four_upstreams_run_with_no_secret_and_are_audited(
+    secretless: SecretlessStack, first_run: Run
+) -> None:
+    for dag in [*SECRETLESS_DAGS, ENV_DUMP_DAG_ID]:
+        assert _state(first_run.results[dag]) == "success", (dag, first_run.output[-6000:])
+    assert "COSMOS read order-1001 amount 42.5" in first_run.output
+
+    # the audit shows each system's requests allowed for its own DAG and task
+    secretless.running_gateway.audit.flush(5.0)
+    for dag, (resource, task) in SECRETLESS_DAGS.items():
+        run_id = first_run.results[dag]["run_id"]
+        records = secretless.running_gateway.audit.search(dag=dag, run=run_id, event="allowed")
+        touched = [r for r in records if r.resource == resource]
+        assert touched, (dag, records)
+        assert any(r.task_id == task for r in touched), (dag, [r.task_id for r in touched])
+        denied = secretless.running_gateway.audit.search(dag=dag, run=run_id, decision="deny")
+        assert not denied, denied
+    code, text = _cli(secretless, "audit", "verify")
+    assert code == 0, text
+
+    # each upstream saw only tokens its cloud issued for a federated assertion
+    issuer = secretless.config.issuer_url
+    assertions = _assertions(secretless)
+    entra_subjects = {c["sub"] for cloud, _, c in assertions if cloud == "entra"}
+    assert entra_subjects == {f"lockgate:credential:{name}" for name in ENTRA_APPS}
+    for cloud, header, claims in assertions:
+        assert claims["iss"] == issuer
+        assert set(claims) >= {"iat", "nbf", "exp", "jti"}
+        if cloud == "entra":
+            assert header["alg"] == "RS256" and claims["aud"] == "api://AzureADTokenExchange"
+        else:
+            assert header["alg"] == DATABRICKS_ALGORITHM
+            assert claims["aud"] == DATABRICKS_AUDIENCE
+            assert claims["sub"] == f"lockgate:credential:{DATABRICKS_CREDENTIAL}"
+    assert any(cloud == "databricks" for cloud, _, _ in assertions)
+    apps = {c["appid"] for c in secretless.entra.issued}
+    assert apps == {app for app, _ in ENTRA_APPS.values()}
+    assert {r.auth_type for r in secretless.cosmos.requests} == {"aad"}
+    assert secretless.adf.seen and all(s.authorised for s in secretless.adf.seen)
+    assert secretless.databricks.seen and all(s.authorised for s in secretless.databricks.seen)
+    assert secretless.upstream.seen and all(
+        s.authorization.startswith("Bearer eyJ") for s in secretless.upstream.seen
+    )
+
+
+def _scan(stack: SecretlessStack) -> SecretScan:
+    """What may not be anywhere: the secrets the stand-ins were given before they were made
+    secretless, the upstream access tokens they issued; Lockgate's own keys are allowed."""
+    known = dict(stack.retired_secrets)
+    known.update(
+        {f"Databricks access token #{i}": t for i, t in enumerate(stack.databricks.tokens)}
+    )
+    own = key_ids_of_jwks(stack.running_gateway.state.keys.jwks())
+    own |= key_ids_of_files(sorted(p for p in (stack.workdir / "tls").iterdir() if p.is_file()))
+    return SecretScan(known=known, own_keys=own)
+
+
+def test_a_scan_of_the_worker_and_the_gateway_finds_no_secret(
+    secretless: SecretlessStack, airflow_home: Path, first_run: Run
+) -> None:
+    scan = _scan(secretless)
+    secretless.running_gateway.audit.flush(5.0)
+    env_dump = secretless.worker_tmp / "task-environment.json"
+    task_env = dumped_env(env_dump)
+    assert task_env["AIRFLOW_HOME"] == str(airflow_home)
+    backend = json.loads(task_env["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"])
+    assert backend["identity_token_file"] == str(secretless.token_file)
+    assert not {k for k in backend if "secret" in k}, backend
+
+    findings = scan.scan_env(task_env, "task environment")
+    findings += scan.scan_tree(secretless.worker)  # AIRFLOW_HOME, temp files, token volume
+    data_dir = secretless.config.data_dir
+    findings += scan.scan_tree(data_dir)
+    assert not findings, "\n".join(map(str, findings))
+    assert credential_rows(data_dir / "credentials.db") == []
+    # what was scanned is what matters: the worker's Airflow and the gateway really ran here
+    assert (airflow_home / "airflow.db").is_file() and (data_dir / "audit.db").is_file()
+
+
+def test_the_scan_finds_a_planted_secret(
+    secretless: SecretlessStack, first_run: Run, tmp_path: Path
+) -> None:
+    scan = _scan(secretless)
+    worker = tmp_path / "worker"
+    shutil.copytree(secretless.worker, worker, symlinks=True)
+    assert not scan.scan_tree(worker)
+    secret = next(v for k, v in secretless.retired_secrets.items() if k.startswith("Entra"))
+    (worker / "tmp" / "leftover.txt").write_text(f"token cache\n{secret}\n")
+    stray_key = ec.generate_private_key(ec.SECP256R1())
+    (worker / "airflow" / "stray.pem").write_bytes(_pem(stray_key))
+    entra_token = jwt.encode(
+        {"iss": f"https://sts.windows.net/{secretless.entra.tenant}/", "aud": "x"},
+        stray_key, algorithm="ES256",
+    )  # fmt: skip
+    (worker / "airflow" / "logs.txt").write_text(f"Authorization: Bearer {entra_token}\n")
+    found = {(Path(f.where).name, f.what) for f in scan.scan_tree(worker)}
+    assert ("leftover.txt", "known secret " + _label(secretless, secret)) in found
+    assert ("stray.pem", "a PRIVATE KEY that is not Lockgate's") in found
+    assert any(name == "logs.txt" and "sts.windows.net" in what for name, what in found)
+
+    env = dumped_env(secretless.worker_tmp / "task-environment.json")
+    kwargs = json.loads(env["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"])
+    env["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"] = json.dumps(
+        {**kwargs, "client_secret_file": "/etc/lockgate/prod.secret"}
+    )
+    assert [f.what for f in scan.scan_env(env)] == ["a client secret setting"]
+    env["SOME_TOOL_KEY"] = secretless.retired_secrets["Cosmos DB account key #0"]
+    assert "a Cosmos DB account key" in {f.what for f in scan.scan_env(env)}
+
+
+def _label(stack: SecretlessStack, value: str) -> str:
+    return next(k for k, v in stack.retired_secrets.items() if v == value)
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def test_rotating_lockgates_signing_keys_between_runs_breaks_nothing(
+    secretless: SecretlessStack, airflow_home: Path, first_run: Run
+) -> None:
+    before = {(cloud, h["alg"], h["kid"]) for cloud, h, _ in _assertions(secretless)}
+    seen = len(_assertions(secretless))
+    entra_seen = len(secretless.entra.token_requests)
+    code, text = _cli(secretless, "keys", "rotate")
+    assert code == 0, text
+    # the new keys sign after signing.publish_ahead (2 s); the first run's upstream tokens
+    # expire, so the second run's come from assertions the new keys signed
+    time.sleep(UPSTREAM_TOKEN_TTL)
+    second = _run(secretless, airflow_home, list(SECRETLESS_DAGS))
+    for dag in SECRETLESS_DAGS:
+        assert _state(second.results[dag]) == "success", (dag, second.output[-6000:])
+    after = {(cloud, h["alg"], h["kid"]) for cloud, h, _ in _assertions(secretless)[seen:]}
+    # the clouds took assertions signed by the new key of each algorithm (the old keys,
+    # still published, may sign until the gateway has taken the rotation up)
+    new = {(cloud, alg) for cloud, alg, kid in after if kid not in {k for _, _, k in before}}
+    assert new == {("entra", "RS256"), ("databricks", DATABRICKS_ALGORITHM)}, (before, after)
+    assert all(r.status == 200 for r in secretless.entra.token_requests[entra_seen:])
+
+
+def test_a_token_from_another_namespace_is_refused(
+    secretless: SecretlessStack, airflow_home: Path, first_run: Run
+) -> None:
+    started = time.time()
+    upstream_seen = len(secretless.upstream.seen)
+    secretless.project_token(namespace="default")
+    try:
+        wrong = _run(secretless, airflow_home, ["finance_daily"])
+    finally:
+        secretless.project_token()
+    assert _state(wrong.results["finance_daily"]) == "failed"
+    # the task log carries the token service's refusal; the audit says which claim failed
+    assert "Lockgate refused (HTTP 400): subject token rejected" in wrong.output
+    secretless.running_gateway.audit.flush(5.0)
+    refused = secretless.running_gateway.audit.search(decision="deny", since=started)
+    assert refused and {(r.event, r.reason) for r in refused} == {
+        ("auth_failed", "oidc_claim_not_allowed:kubernetes.io.namespace")
+    }, refused
+    assert not secretless.running_gateway.audit.search(decision="allow", since=started)
+    assert len(secretless.upstream.seen) == upstream_seen  # nothing reached the orders API
