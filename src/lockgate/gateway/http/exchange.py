@@ -350,7 +350,8 @@ class Forwarder:
             "error": "credential_unavailable",
             "resource": rs.name,
             "message": f"Lockgate has no usable upstream credential for resource {rs.name!r}; "
-            "an operator must set it (lockgate creds set) or fix its source",
+            "an operator must set it (lockgate creds set), or fix its source or the cloud's "
+            "trust of a federated one (the gateway's log says why)",
         }
         conn.write(refusal(rs, 503, answer, close=not body.complete))
         return Outcome(503, False, "credential_unavailable", attempt)
