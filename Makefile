@@ -29,7 +29,9 @@ test: $(STAMP)
 	@# The Node.js clients (tests/node: cassandra-driver, pg); their tests skip only where
 	@# node/npm are absent.
 	if command -v npm >/dev/null 2>&1; then npm install --prefix tests/node --no-audit --no-fund; fi
-	$(BIN)/pytest -q --durations=25
+	@# Two worker processes (pytest-xdist): most tests wait on servers and subprocesses, so
+	@# two keep both cores busy. `-m "not slow"` leaves out what takes more than a few seconds.
+	$(BIN)/pytest -q -n 2 --durations=25
 
 ## bench: set up and run the benchmarks (installs nginx, wrk, PostgreSQL and PgBouncer from
 ## Debian when missing)
