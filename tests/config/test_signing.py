@@ -113,6 +113,23 @@ def test_federation_a_cloud_would_refuse_is_refused_at_load(
     assert str(path) in msg and f"credentials[{index}]" in msg and expected in msg
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"audience": "orders-api"}, "also a resource name"),
+        ({"subject": "airflow:prod/finance_daily/load"}, "task principals"),
+    ],
+)
+def test_an_assertion_a_task_token_could_pass_for_is_refused(
+    tmp_path: Path, change: dict[str, str], expected: str
+) -> None:
+    data = valid()
+    assert any(r["name"] == "orders-api" for r in data["resources"])
+    data["credentials"].append({**DATABRICKS, **change})
+    path, msg = error_of(tmp_path, data)
+    assert str(path) in msg and expected in msg
+
+
 def test_a_deployment_without_proof_needs_an_issuer_that_proves_it(tmp_path: Path) -> None:
     data = valid()
     del data["deployments"][0]["proof"]  # "prod": oidc_issuers[0] names it

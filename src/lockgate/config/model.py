@@ -110,8 +110,21 @@ class LockgateConfig(Section):
                     "listeners.postgres.tls: the postgres listener needs a certificate "
                     "(tokens are passwords on this wire), or allow_plaintext: true"
                 )
+        resource_names = {r.name for r in self.resources}
         for i, c in enumerate(self.credentials):
             if isinstance(c, FederatedCredential):
+                # A task's Lockgate token has a resource name as aud and airflow:... as sub,
+                # signed by the same issuer: neither may ever read as this assertion.
+                if c.assertion_audience in resource_names:
+                    raise ValueError(
+                        f"credentials[{i}].audience: {c.assertion_audience!r} is also a "
+                        "resource name, so a task's token would carry it: pick another"
+                    )
+                if c.assertion_subject.startswith("airflow:"):
+                    raise ValueError(
+                        f"credentials[{i}].subject: 'airflow:' names task principals; "
+                        "a federated credential's subject must not look like one"
+                    )
                 alg = self.federation_algorithm(c)
                 if alg == "EdDSA" or (c.provider == "entra" and alg != "RS256"):
                     raise ValueError(
