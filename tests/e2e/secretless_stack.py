@@ -109,7 +109,9 @@ class SecretlessStack(FiveSystemsStack):
         self.worker = self.workdir / "worker"  # the worker pod's own files
         self.token_file = self.worker / "var/run/secrets/lockgate/token"
         self.worker_tmp = self.worker / "tmp"
+        self.worker_home = self.worker / "home"  # where SDKs would cache tokens (~/.azure)
         self.worker_tmp.mkdir(parents=True)
+        self.worker_home.mkdir()
         self.dags = self.workdir / "dags"
         self.dags.mkdir()
         for name in DAG_FILES:
@@ -249,7 +251,8 @@ class SecretlessStack(FiveSystemsStack):
         del kwargs["client_secret_file"]
         kwargs["identity_token_file"] = str(self.token_file)
         env["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"] = json.dumps(kwargs)
-        env["TMPDIR"] = str(self.worker_tmp)  # the worker's temp files, where the scan looks
+        # the worker's own home and temp files, where the scan looks
+        env["HOME"], env["TMPDIR"] = str(self.worker_home), str(self.worker_tmp)
         for name in list(env):
             if name.startswith("LOCKGATE_"):  # nothing of Lockgate's but the backend kwargs
                 del env[name]

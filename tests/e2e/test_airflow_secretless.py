@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,12 +51,12 @@ pytest.importorskip("airflow.providers.microsoft.azure", reason="the Azure provi
 pytest.importorskip("airflow.providers.databricks", reason="the Databricks provider")
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
-# dag -> (resource, task that touches it) for the four systems' DAGs that must succeed
+# dag -> (the resource it touches, its tasks) for the four systems' DAGs that must succeed
 SECRETLESS_DAGS = {
-    "finance_daily": ("orders-api", "read_orders"),
-    "orders_load_cosmos": ("orders-cosmos", "insert_order"),
-    "adf_load_orders": ("arm", "run_load_orders"),
-    "databricks_run_now": ("databricks", "run_load_job"),
+    "finance_daily": ("orders-api", {"read_orders"}),
+    "orders_load_cosmos": ("orders-cosmos", {"insert_order", "read_back"}),
+    "adf_load_orders": ("arm", {"run_load_orders", "wait_for_load_orders"}),
+    "databricks_run_now": ("databricks", {"run_load_job", "read_run_with_sdk"}),
 }
 
 
@@ -121,14 +122,15 @@ def test_four_upstreams_run_with_no_secret_and_are_audited(
 
     # the audit shows each system's requests allowed for its own DAG and task
     secretless.running_gateway.audit.flush(5.0)
-    for dag, (resource, task) in SECRETLESS_DAGS.items():
+    for dag, (resource, tasks) in SECRETLESS_DAGS.items():
         run_id = first_run.results[dag]["run_id"]
-        records = secretless.running_gateway.audit.search(dag=dag, run=run_id, event="allowed")
-        touched = [r for r in records if r.resource == resource]
-        assert touched, (dag, records)
-        assert any(r.task_id == task for r in touched), (dag, [r.task_id for r in touched])
-        denied = secretless.running_gateway.audit.search(dag=dag, run=run_id, decision="deny")
-        assert not denied, denied
+        records = secretless.running_gateway.audit.search(dag=dag, run=run_id, limit=1000)
+        touched = [r for r in records if r.resource == resource and r.event == "allowed"]
+        assert {r.task_id for r in touched} == tasks, (dag, records)
+        for r in records:  # every record names the deployment the cluster's token proved
+            assert r.deployment == "prod" and r.task_id in tasks, r
+            assert r.principal in (None, f"airflow:prod/{dag}/{r.task_id}"), r
+            assert r.decision != "deny", r
     code, text = _cli(secretless, "audit", "verify")
     assert code == 0, text
 
@@ -157,13 +159,15 @@ def test_four_upstreams_run_with_no_secret_and_are_audited(
     )
 
 
-def _scan(stack: SecretlessStack) -> SecretScan:
+def _scan(stack: SecretlessStack, *, gateway: bool) -> SecretScan:
     """What may not be anywhere: the secrets the stand-ins were given before they were made
-    secretless, the upstream access tokens they issued; Lockgate's own keys are allowed."""
+    secretless and the upstream access tokens they issued. The gateway may hold its own
+    signing and TLS keys; a worker holds no private key at all."""
     known = dict(stack.retired_secrets)
-    known.update(
-        {f"Databricks access token #{i}": t for i, t in enumerate(stack.databricks.tokens)}
-    )
+    for i, token in enumerate(stack.databricks.tokens):
+        known[f"Databricks access token #{i}"] = token
+    if not gateway:
+        return SecretScan(known=known)
     own = key_ids_of_jwks(stack.running_gateway.state.keys.jwks())
     own |= key_ids_of_files(sorted(p for p in (stack.workdir / "tls").iterdir() if p.is_file()))
     return SecretScan(known=known, own_keys=own)
@@ -172,32 +176,45 @@ def _scan(stack: SecretlessStack) -> SecretScan:
 def test_a_scan_of_the_worker_and_the_gateway_finds_no_secret(
     secretless: SecretlessStack, airflow_home: Path, first_run: Run
 ) -> None:
-    scan = _scan(secretless)
     secretless.running_gateway.audit.flush(5.0)
-    env_dump = secretless.worker_tmp / "task-environment.json"
-    task_env = dumped_env(env_dump)
+    task_env = dumped_env(secretless.worker_tmp / "task-environment.json")
+    # the environment of a running task: Airflow's context, the worker's home and temp
+    assert task_env["AIRFLOW_CTX_DAG_ID"] == ENV_DUMP_DAG_ID
     assert task_env["AIRFLOW_HOME"] == str(airflow_home)
+    assert task_env["HOME"] == str(secretless.worker_home)
     backend = json.loads(task_env["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"])
     assert backend["identity_token_file"] == str(secretless.token_file)
     assert not {k for k in backend if "secret" in k}, backend
+    assert not [name for name in task_env if name.startswith("LOCKGATE")]
 
-    findings = scan.scan_env(task_env, "task environment")
-    findings += scan.scan_tree(secretless.worker)  # AIRFLOW_HOME, temp files, token volume
+    worker = _scan(secretless, gateway=False)
+    findings = worker.scan_env(task_env, "task environment")
+    # AIRFLOW_HOME (airflow.db, logs), the worker's home and temp files, the token volume
+    findings += worker.scan_tree(secretless.worker)
+    gateway = _scan(secretless, gateway=True)
     data_dir = secretless.config.data_dir
-    findings += scan.scan_tree(data_dir)
+    findings += gateway.scan_tree(data_dir)
+    findings += gateway.scan_tree(secretless.config_path)
+    findings += gateway.scan_tree(secretless.workdir / "policies")
     assert not findings, "\n".join(map(str, findings))
     assert credential_rows(data_dir / "credentials.db") == []
     # what was scanned is what matters: the worker's Airflow and the gateway really ran here
     assert (airflow_home / "airflow.db").is_file() and (data_dir / "audit.db").is_file()
+    assert list((data_dir / "keys").glob("*.pem")), "Lockgate's own signing keys, allowed"
 
 
 def test_the_scan_finds_a_planted_secret(
     secretless: SecretlessStack, first_run: Run, tmp_path: Path
 ) -> None:
-    scan = _scan(secretless)
+    worker_scan, gateway_scan = _scan(secretless, gateway=False), _scan(secretless, gateway=True)
     worker = tmp_path / "worker"
     shutil.copytree(secretless.worker, worker, symlinks=True)
-    assert not scan.scan_tree(worker)
+    data_dir = tmp_path / "data"
+    shutil.copytree(secretless.config.data_dir, data_dir)
+    assert not worker_scan.scan_tree(worker) and not gateway_scan.scan_tree(data_dir)
+
+    # on the worker: a withdrawn client secret in a temp file, a stray key, an Entra token
+    # in a log, and Lockgate's own signing key (allowed in the gateway, never on a worker)
     secret = next(v for k, v in secretless.retired_secrets.items() if k.startswith("Entra"))
     (worker / "tmp" / "leftover.txt").write_text(f"token cache\n{secret}\n")
     stray_key = ec.generate_private_key(ec.SECP256R1())
@@ -207,19 +224,36 @@ def test_the_scan_finds_a_planted_secret(
         stray_key, algorithm="ES256",
     )  # fmt: skip
     (worker / "airflow" / "logs.txt").write_text(f"Authorization: Bearer {entra_token}\n")
-    found = {(Path(f.where).name, f.what) for f in scan.scan_tree(worker)}
+    signing_key = sorted((data_dir / "keys").glob("*.pem"))[0]
+    shutil.copy(signing_key, worker / "home" / "lockgate.pem")
+    found = {(Path(f.where).name, f.what) for f in worker_scan.scan_tree(worker)}
     assert ("leftover.txt", "known secret " + _label(secretless, secret)) in found
     assert ("stray.pem", "a PRIVATE KEY that is not Lockgate's") in found
+    assert ("lockgate.pem", "a PRIVATE KEY that is not Lockgate's") in found
     assert any(name == "logs.txt" and "sts.windows.net" in what for name, what in found)
 
+    # in the gateway's data directory: a stored credential, a stray key next to its own
+    con = sqlite3.connect(data_dir / "credentials.db")
+    with con:
+        con.execute(
+            "insert into credential_versions (name, version, created_at, key_id, nonce,"
+            " ciphertext) values ('orders-api-key', 1, 0, 'k', x'00', x'00')"
+        )
+    con.close()
+    assert credential_rows(data_dir / "credentials.db") == ["orders-api-key"]
+    (data_dir / "keys" / "stray.pem").write_bytes(_pem(stray_key))
+    found = {(Path(f.where).name, f.what) for f in gateway_scan.scan_tree(data_dir)}
+    assert found == {("stray.pem", "a PRIVATE KEY that is not Lockgate's")}
+
+    # in a task's environment: a client secret file setting, an account key
     env = dumped_env(secretless.worker_tmp / "task-environment.json")
     kwargs = json.loads(env["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"])
     env["AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS"] = json.dumps(
         {**kwargs, "client_secret_file": "/etc/lockgate/prod.secret"}
     )
-    assert [f.what for f in scan.scan_env(env)] == ["a client secret setting"]
+    assert [f.what for f in worker_scan.scan_env(env)] == ["a client secret setting"]
     env["SOME_TOOL_KEY"] = secretless.retired_secrets["Cosmos DB account key #0"]
-    assert "a Cosmos DB account key" in {f.what for f in scan.scan_env(env)}
+    assert "a Cosmos DB account key" in {f.what for f in worker_scan.scan_env(env)}
 
 
 def _label(stack: SecretlessStack, value: str) -> str:
