@@ -28,6 +28,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lockgate.cli import main as lockgate_cli
+from lockgate.demo.report import split_by_dag
 from lockgate.demo.run import run_dags
 
 from .secret_scan import (
@@ -65,6 +66,13 @@ class Run:
     results: dict[str, dict[str, Any]]
     output: str
 
+    def succeeded(self, dag: str) -> bool:
+        return str(self.results[dag]["state"]).split(".")[-1].lower() == "success"
+
+    def log_of(self, dag: str) -> str:
+        """The end of ``dag``'s own output (for a failure's message)."""
+        return "\n".join(split_by_dag(self.output).get(dag, []))[-6000:]
+
 
 @pytest.fixture(scope="module")
 def secretless(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretlessStack]:
@@ -91,10 +99,6 @@ def _run(stack: SecretlessStack, airflow_home: Path, dags: list[str]) -> Run:
     return Run({r["dag_id"]: r for r in results}, output)
 
 
-def _state(result: dict[str, Any]) -> str:
-    return str(result["state"]).split(".")[-1].lower()
-
-
 def _cli(stack: SecretlessStack, *argv: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -117,7 +121,7 @@ def test_four_upstreams_run_with_no_secret_and_are_audited(
     secretless: SecretlessStack, first_run: Run
 ) -> None:
     for dag in [*SECRETLESS_DAGS, ENV_DUMP_DAG_ID]:
-        assert _state(first_run.results[dag]) == "success", (dag, first_run.output[-6000:])
+        assert first_run.succeeded(dag), first_run.log_of(dag)
     assert "COSMOS read order-1001 amount 42.5" in first_run.output
 
     # the audit shows each system's requests allowed for its own DAG and task
@@ -133,6 +137,14 @@ def test_four_upstreams_run_with_no_secret_and_are_audited(
             assert r.decision != "deny", r
     code, text = _cli(secretless, "audit", "verify")
     assert code == 0, text
+
+    # no upstream holds a secret of the gateway's, and the gateway stores none
+    assert not secretless.entra.client_secrets and not secretless.entra.client_certs
+    assert not secretless.databricks.client_secrets
+    assert secretless.cosmos.disable_local_auth
+    code, text = _cli(secretless, "creds", "list")
+    assert code == 0 and "4 of 4 credentials hold no secret" in text, text
+    assert "orders-api, orders-cosmos, arm, databricks" in text, text
 
     # each upstream saw only tokens its cloud issued for a federated assertion
     issuer = secretless.config.issuer_url
@@ -283,7 +295,7 @@ def test_rotating_lockgates_signing_keys_between_runs_breaks_nothing(
     time.sleep(UPSTREAM_TOKEN_TTL)
     second = _run(secretless, airflow_home, list(SECRETLESS_DAGS))
     for dag in SECRETLESS_DAGS:
-        assert _state(second.results[dag]) == "success", (dag, second.output[-6000:])
+        assert second.succeeded(dag), second.log_of(dag)
     after = {(cloud, h["alg"], h["kid"]) for cloud, h, _ in _assertions(secretless)[seen:]}
     # the clouds took assertions signed by the new key of each algorithm (the old keys,
     # still published, may sign until the gateway has taken the rotation up)
@@ -302,7 +314,7 @@ def test_a_token_from_another_namespace_is_refused(
         wrong = _run(secretless, airflow_home, ["finance_daily"])
     finally:
         secretless.project_token()
-    assert _state(wrong.results["finance_daily"]) == "failed"
+    assert not wrong.succeeded("finance_daily")
     # the task log carries the token service's refusal; the audit says which claim failed
     assert "Lockgate refused (HTTP 400): subject token rejected" in wrong.output
     secretless.running_gateway.audit.flush(5.0)
