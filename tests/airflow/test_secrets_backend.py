@@ -11,7 +11,7 @@ pytest.importorskip("airflow.sdk")
 
 from airflow.sdk.exceptions import AirflowSecretsBackendAccessDenied
 
-from lockgate.airflow import get_provider_info, secrets
+from lockgate.airflow import connections, get_provider_info, secrets
 from lockgate.demo.stack import LocalStack
 
 
@@ -134,10 +134,10 @@ def test_the_upstream_ca_of_a_postgres_role_is_a_private_file() -> None:
     from pathlib import Path
 
     pem = "-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n"
-    path = Path(secrets._upstream_ca_file(pem))
+    path = Path(connections.upstream_ca_file(pem))
     assert path.read_text() == pem
-    assert secrets._upstream_ca_file(pem) == str(path)  # written once per certificate
+    assert connections.upstream_ca_file(pem) == str(path)  # written once per certificate
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700  # nobody else swaps it
-    other = secrets._upstream_ca_file(pem.replace("abc", "def"))
+    other = connections.upstream_ca_file(pem.replace("abc", "def"))
     assert other != str(path) and Path(other).parent == path.parent
-    assert secrets._upstream_ca_file("") == ""  # none sent: libpq finds none and refuses
+    assert connections.upstream_ca_file("") == ""  # none sent: libpq finds none and refuses
