@@ -74,16 +74,11 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import json
 import logging
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from lockgate.airflow import task_env
@@ -94,6 +89,18 @@ from lockgate.airflow._client import (
     GatewayUnavailable,
     MintedToken,
     TokenServiceClient,
+)
+from lockgate.airflow.connections import (
+    CA_PLACEHOLDER,
+    COSMOS_KEY_PLACEHOLDER,
+    ROLE_PASSWORD_PLACEHOLDER,
+    ROLE_USER_PLACEHOLDER,
+    TOKEN_PLACEHOLDER,
+    UPSTREAM_CA_PLACEHOLDER,
+    holds_no_secret,
+    quiet_stock_cassandra_hook,
+    substitute,
+    upstream_ca_file,
 )
 from lockgate.airflow.deferral import (
     ASYNC_LOOKUP,
@@ -120,12 +127,6 @@ except ImportError:  # pragma: no cover - lets the module import where Airflow i
 
 log = logging.getLogger(__name__)
 
-CA_PLACEHOLDER = "{lockgate_ca_file}"
-TOKEN_PLACEHOLDER = "{lockgate_token}"  # noqa: S105 - a template marker, not a secret
-COSMOS_KEY_PLACEHOLDER = "{lockgate_cosmos_key}"
-ROLE_USER_PLACEHOLDER = "{lockgate_role_user}"
-ROLE_PASSWORD_PLACEHOLDER = "{lockgate_role_password}"  # noqa: S105 - a template marker
-UPSTREAM_CA_PLACEHOLDER = "{lockgate_upstream_ca_file}"
 DYNAMIC_ROLE = "dynamic_role"
 RENEW_BEFORE = 60.0
 
@@ -173,75 +174,11 @@ def coordinates_of(ti: TaskTry) -> Coordinates:
     }
 
 
-def _holds_no_secret(connection: dict[str, Any]) -> bool:
-    """True when a connection template carries nothing filled in per task (no token, key,
-    role or CA placeholder): what it says may be shown to anyone who may read the DAG."""
-    return "{lockgate_" not in json.dumps(connection)
-
-
 def _requested_ttl(ti_task: object) -> int | None:
     timeout = getattr(ti_task, "execution_timeout", None)
     if timeout is None:
         return None
     return int(timeout.total_seconds()) + 120
-
-
-def _substitute(template: Any, values: dict[str, str]) -> Any:
-    """``template`` with every placeholder in ``values`` replaced, in strings at any depth."""
-    if isinstance(template, str):
-        for marker, value in values.items():
-            template = template.replace(marker, value)
-        return template
-    if isinstance(template, dict):
-        return {k: _substitute(v, values) for k, v in template.items()}
-    if isinstance(template, list):
-        return [_substitute(v, values) for v in template]
-    return template
-
-
-_ca_lock = threading.Lock()
-
-
-@functools.cache
-def _private_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="lockgate-ca-"))  # 0700, this process's own
-
-
-def _upstream_ca_file(pem: str) -> str:
-    """The upstream database's CA certificate as a file libpq can read ("" without one):
-    in a directory only this process's user can write (so nobody swaps the CA under it),
-    one file per certificate."""
-    if not pem:
-        return ""
-    with _ca_lock:
-        path = _private_dir() / f"upstream-{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
-        if not path.exists():
-            partial = path.with_suffix(".tmp")
-            partial.write_text(pem)
-            partial.replace(path)
-    return str(path)
-
-
-# What the driver says of every Cluster the stock CassandraHook builds (3.10: it always
-# passes a load-balancing policy, and TLS only as ``ssl_options``, having no way to take an
-# ``ssl_context``); nothing a DAG author or a Lockgate-made connection can change.
-_STOCK_CASSANDRA_HOOK_WARNINGS = (
-    r"Legacy execution parameters will be removed in 4\.0",
-    r"Using ssl_options without ssl_context is deprecated",
-)
-
-
-@functools.cache
-def _quiet_stock_cassandra_hook() -> None:
-    """Silence, in this task process, exactly the driver's deprecation warnings that the
-    stock hook triggers on every connection (the driver builds the same SSLContext from the
-    options itself); every other warning is still shown."""
-    for message in _STOCK_CASSANDRA_HOOK_WARNINGS:
-        for module in (r"cassandra\.", r"airflow\.providers\.apache\.cassandra\."):
-            # attributed to the driver, or (one frame up) to the hook that called it
-            warnings.filterwarnings(
-                "ignore", message=message, category=DeprecationWarning, module=module
-            )
 
 
 def _current_ttl() -> int | None:
@@ -344,18 +281,18 @@ class LockgateSecretsBackend(BaseSecretsBackend):
                 ROLE_USER_PLACEHOLDER: role.username,
                 ROLE_PASSWORD_PLACEHOLDER: role.password,
                 # no CA sent: libpq then finds none and refuses (fails closed)
-                UPSTREAM_CA_PLACEHOLDER: _upstream_ca_file(template.get("upstream_ca") or ""),
+                UPSTREAM_CA_PLACEHOLDER: upstream_ca_file(template.get("upstream_ca") or ""),
             }
-            return json.dumps(_substitute(template["connection"], values))
+            return json.dumps(substitute(template["connection"], values))
         token = self._token_for(conn_id, coords)
         values = self._values(token)
         if template["connection"].get("conn_type") == "cassandra":
-            _quiet_stock_cassandra_hook()
+            quiet_stock_cassandra_hook()
         if template.get("env"):  # e.g. ARM: identity endpoint, forward proxy (task_env)
-            task_env.export(_substitute(template["env"], values))
+            task_env.export(substitute(template["env"], values))
         if template.get("cosmos_key"):  # Cosmos DB: the key the task signs with
             values[COSMOS_KEY_PLACEHOLDER] = self._cosmos_key(conn_id, token)
-        return json.dumps(_substitute(template["connection"], values))
+        return json.dumps(substitute(template["connection"], values))
 
     async def aget_connection(self, conn_id: str, team_name: str | None = None) -> Any:
         """The asynchronous lookup (triggers): the synchronous one in a worker thread, marked
@@ -384,7 +321,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             refusal = unserved_trigger(conn_id, template)
             log.error(refusal)
             raise AirflowSecretsBackendAccessDenied(refusal)
-        if _holds_no_secret(template["connection"]):
+        if holds_no_secret(template["connection"]):
             # e.g. the ADF extra link, built after the task body: the connection's
             # subscription, resource group and factory, without the task's environment
             log.debug("Lockgate: conn_id %s answered outside a task (holds no secret)", conn_id)
@@ -419,12 +356,12 @@ class LockgateSecretsBackend(BaseSecretsBackend):
             # so the token is the deployment's (the profile still serves it only runs that
             # this deployment's tasks started through Lockgate).
             token = self._poll_token(conn_id, scope={})
-            task_env.export(_substitute(template["env"], self._values(token)))
+            task_env.export(substitute(template["env"], self._values(token)))
             connection = self._narrowed_by_client_id(conn_id, template)
         else:
             token = self._poll_token(conn_id)
             connection = template["connection"]
-        return json.dumps(_substitute(connection, self._values(token)))
+        return json.dumps(substitute(connection, self._values(token)))
 
     def _narrowed_by_client_id(self, conn_id: str, template: dict[str, Any]) -> dict[str, Any]:
         """ARM: the connection carrying the trigger's DAG run (as the triggerer names it,
