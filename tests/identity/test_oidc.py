@@ -72,6 +72,7 @@ async def test_discovery_naming_another_issuer_is_not_trusted(idp: FakeOidcIssue
 async def test_unreachable_issuer_fails_closed(idp: FakeOidcIssuer) -> None:
     async with aiohttp.ClientSession() as http:
         conf = OidcIssuer(issuer=idp.url, audience="api://lockgate", deployment="prod",
+                          subjects=["system:serviceaccount:airflow:*"],
                           jwks_uri="http://127.0.0.1:9/keys", algorithms=["RS256"])  # fmt: skip
 
         async def session() -> aiohttp.ClientSession:

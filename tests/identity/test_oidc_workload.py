@@ -212,7 +212,7 @@ async def test_a_jwt_svid_needs_an_audience_and_a_subject_of_its_domain(
     spire: FakeWorkloadApi, tmp_path: Path
 ) -> None:
     bundle = spire.bundle(tmp_path / "bundle.json")
-    verifier, http = await _verifier(spiffe_entry(bundle, subjects=["*"]))
+    verifier, http = await _verifier(spiffe_entry(bundle, subjects=["spiffe://example.org/*"]))
     async with http:
         token = jwt.encode(
             {"sub": spire.spiffe_id, "exp": int(time.time()) + 60},

@@ -14,7 +14,10 @@ also names a ``client_id`` must name the deployment the subject token proves.
 Two brakes stand before the proof: a replica past its staleness bound serves no deployment
 (:mod:`lockgate.identity.staleness`), and a client or address cooling down after failed
 authentications is refused whatever it presents (:mod:`lockgate.identity.rate_limit`; a
-wrong proof counts against both). Neither a presented secret nor an assertion is ever
+wrong proof counts against both). The client brake is for what can be guessed: a token
+exchange, and any request naming a deployment that has no secret or key of its own, counts
+against its address only (a name alone, sent ten times with garbage, must not lock a
+secretless deployment's workers out). Neither a presented secret nor an assertion is ever
 logged or put in a message.
 """
 
@@ -68,7 +71,12 @@ class ClientAuthenticator:
         # seen client-assertion jtis: the state's ledger (None: data_dir/assertions.db)
         self._assertions = AssertionVerifier(config, clock=clock, ledger=assertion_ledger)
         self._staleness = StalenessBound.for_config(config, revocations.database)
-        self._oidc = OidcVerifier(config.oidc_issuers, session, leeway=config.tokens.leeway)
+        self._oidc = OidcVerifier(
+            config.oidc_issuers,
+            session,
+            leeway=config.tokens.leeway,
+            own_issuer=config.issuer_url,
+        )
 
     async def authenticate(
         self, body: dict[str, str], authorization: str | None, remote: str | None
@@ -235,13 +243,19 @@ def named_client(
     config: LockgateConfig, body: dict[str, str], authorization: str | None
 ) -> str | None:
     """The configured deployment a request names as its client (Basic user or
-    ``client_id``), or None. Only a configured name: an unknown "client id" may be a
-    secret pasted in the wrong field, which must not become a row or a log line."""
+    ``client_id``) for the failed-authentication brake, or None. Only a configured name: an
+    unknown "client id" may be a secret pasted in the wrong field, which must not become a
+    row or a log line. Only a name whose proof could be guessed here: a token exchange
+    proves itself with a signature, and a deployment with no proof has nothing to guess,
+    so naming either says nothing about who asks (and must not cool it down)."""
+    if body.get("grant_type") == TOKEN_EXCHANGE or "subject_token" in body:
+        return None
     try:
         basic = basic_credentials(authorization)
     except OAuthError:
         basic = None
     name = basic[0] if basic is not None else body.get("client_id")
-    if name and config.deployment(name) is not None:
-        return name
+    deployment = config.deployment(name) if name else None
+    if deployment is not None and deployment.proof is not None:
+        return deployment.name
     return None

@@ -11,10 +11,22 @@ discovery and is read again as soon as the file changes (same refetch rules othe
 
 Rules: ``alg`` must be in the issuer's configured ``algorithms`` (config already forbids
 ``none`` and HS*), and must fit the JWK's key type; ``iss``, ``aud``, ``exp`` are required
-and checked (``aud`` must hold one of the entry's audiences); ``sub`` must match one of
-the issuer's ``subjects`` globs and each of its ``claims`` matchers (a dotted path, e.g.
-``kubernetes.io.namespace``, to a string or integer matching a glob; a claim missing or
-not a scalar fails closed, and the refusal names the path, never the value).
+and checked (``aud`` must hold one of the entry's audiences and no other: a token also
+addressed to another party could be replayed by it, ``foreign_audience``); ``sub`` must
+match one of the issuer's ``subjects`` globs and each of its ``claims`` matchers (a dotted
+path, e.g. ``kubernetes.io.namespace``, to a string or integer matching a glob; a claim
+missing, not a scalar, or reachable two ways — ``{"kubernetes.io": {"namespace": ..}}``
+and a top-level ``"kubernetes.io.namespace"`` — fails closed, and the refusal names the
+path, never the value).
+
+Deny by default, also against a lax entry: an entry that pins nothing (a bare ``*``
+subject and no claim matchers) takes no token (``entry_unpinned``): any workload of a
+cluster or trust domain can get a token for any audience it likes, so the audience alone
+proves nothing. A token Lockgate signed itself (``iss`` its own issuer) is never a subject
+token (``own_token``): a task's token must not become a deployment's proof. A JWKS
+discovered over https is fetched over https only (a ``jwks_uri`` in plain http would let
+the network choose the keys); a JWT-SVID's subject must be a well-formed SPIFFE ID (no
+empty, ``.`` or ``..`` segment, nothing a glob could be fooled by).
 
 Workload identities in practice:
 
@@ -38,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -57,6 +70,9 @@ SUBJECT_TOKEN_TYPES = frozenset(
     {"urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"}
 )
 SPIFFE_SCHEME = "spiffe://"
+# A SPIFFE ID as the SPIFFE ID spec allows it: a lowercase trust domain, then path segments
+# of letters, digits, ".", "-", "_" (no empty, "." or ".." segment: checked apart).
+_SPIFFE_ID_RE = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+\Z")
 _MAX_DOC_BYTES = 512 * 1024
 _KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 # What a verification key's ``use`` may say: signatures (JWKS), JWT-SVIDs (SPIFFE bundle).
@@ -98,10 +114,19 @@ class OidcVerifier:
         refetch_interval: float = 10.0,
         max_age: float = 3600.0,
         timeout: float = 5.0,
+        own_issuer: str | None = None,
     ) -> None:
+        """``own_issuer``: Lockgate's own issuer URL, whose tokens are never subject tokens."""
         self._issuers: dict[str, list[OidcIssuer]] = {}
         for entry in issuers:
             self._issuers.setdefault(entry.issuer.rstrip("/"), []).append(entry)
+            if _unpinned(entry):
+                log.error(
+                    "oidc issuer entry pins no subject: it takes no token until it names "
+                    "subjects or claims",
+                    extra={"fields": {"issuer": entry.issuer, "deployment": entry.deployment}},
+                )
+        self._own_issuer = own_issuer.rstrip("/") if own_issuer else None
         self._session = session
         self._leeway = leeway
         self._refetch_interval = refetch_interval
@@ -114,6 +139,8 @@ class OidcVerifier:
         header, _ = split_jwt(token)
         claims = unverified_claims(token)
         iss = _issuer_named(claims)
+        if iss is not None and self._own_issuer is not None and iss.rstrip("/") == self._own_issuer:
+            raise AuthenticationError("own_token")
         entries = self._issuers.get(iss.rstrip("/")) if iss is not None else None
         if not entries or iss is None:
             raise AuthenticationError("wrong_issuer")
@@ -143,6 +170,8 @@ class OidcVerifier:
     async def _verify_for(
         self, conf: OidcIssuer, token: str, unverified: dict[str, Any], kid: str | None, alg: str
     ) -> SubjectToken:
+        if _unpinned(conf):
+            raise AuthenticationError("entry_unpinned")
         jwk = await self._key_for(conf, kid, alg)
         spiffe = conf.issuer.startswith(SPIFFE_SCHEME)
         # A JWT-SVID without ``iss`` (SPIRE's default) is checked without one; one that has
@@ -157,13 +186,15 @@ class OidcVerifier:
             leeway=self._leeway,
             require=("exp", "aud", "sub") if spiffe else ("exp", "iss", "aud", "sub"),
         )
+        if not _only_our_audiences(claims.get("aud"), conf.audience):
+            raise AuthenticationError("foreign_audience")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not any(
             fnmatch.fnmatchcase(sub, pattern) for pattern in conf.subjects
         ):
             raise AuthenticationError("subject_not_allowed")
-        if spiffe and not sub.startswith(conf.issuer.rstrip("/") + "/"):
-            raise AuthenticationError("subject_not_allowed")  # another trust domain
+        if spiffe and not (sub.startswith(conf.issuer.rstrip("/") + "/") and _spiffe_id(sub)):
+            raise AuthenticationError("subject_not_allowed")  # another trust domain, or no ID
         for path, globs in conf.claims.items():
             if not claim_matches(claims, path, globs):
                 raise AuthenticationError(f"claim_not_allowed:{path}")
@@ -195,7 +226,7 @@ class OidcVerifier:
     async def _fetch_jwks(self, conf: OidcIssuer) -> dict[str, Jwk]:
         try:
             if conf.jwks_file is not None:
-                doc = _json_object(conf.jwks_file.read_bytes())
+                doc = _json_object(_read_bounded(conf.jwks_file))
             else:
                 doc = await self._get_json(await self._jwks_uri(conf), conf)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
@@ -228,6 +259,14 @@ class OidcVerifier:
         uri = discovery.get("jwks_uri")
         if not isinstance(uri, str):
             raise ValueError("discovery names no jwks_uri")
+        if conf.issuer.startswith("https:") and not uri.startswith("https:"):
+            # Another host is fine (OIDC Discovery allows it, Google does it); leaving TLS is
+            # not: whoever sits on the network would pick the keys.
+            log.warning(
+                "oidc discovery names a jwks_uri outside https",
+                extra={"fields": {"issuer": conf.issuer}},
+            )
+            raise ValueError("discovery names a jwks_uri outside https")
         return uri
 
     async def _get_json(self, url: str, conf: OidcIssuer) -> dict[str, Any]:
@@ -270,30 +309,66 @@ def _issuer_named(claims: dict[str, Any]) -> str | None:
     return None
 
 
-def claim_value(claims: dict[str, Any], path: str) -> object:
-    """The claim at dotted ``path``; a key holding dots itself (``kubernetes.io``) is found
-    as well, the longest such key first. None when there is none."""
-    if path in claims:
-        return claims[path]
-    dots = [i for i, char in enumerate(path) if char == "."]
-    for cut in reversed(dots):
-        head, rest = path[:cut], path[cut + 1 :]
-        inner = claims.get(head)
+def claim_values(claims: dict[str, Any], path: str) -> list[object]:
+    """Every claim dotted ``path`` can name: a key holding dots itself (``kubernetes.io``)
+    is one reading, nested objects another (``{"kubernetes": {"io": ...}}``), a top-level
+    key ``"kubernetes.io.namespace"`` a third. JSON nulls count as absent."""
+    found: list[object] = []
+    if claims.get(path) is not None:
+        found.append(claims[path])
+    for cut, char in enumerate(path):
+        inner = claims.get(path[:cut]) if char == "." else None
         if isinstance(inner, dict):
-            found = claim_value(inner, rest)
-            if found is not None:
-                return found
-    return None
+            found.extend(claim_values(inner, path[cut + 1 :]))
+    return found
+
+
+def claim_value(claims: dict[str, Any], path: str) -> object:
+    """The one claim at dotted ``path`` (see :func:`claim_values`); None when there is none
+    or when two readings of the path reach claims (which one the issuer meant is unknown,
+    and an attacker who controls one of them must not choose)."""
+    found = claim_values(claims, path)
+    return found[0] if len(found) == 1 else None
 
 
 def claim_matches(claims: dict[str, Any], path: str, globs: str | list[str]) -> bool:
     """Whether the claim at ``path`` is a string (or integer) matching one of ``globs``;
-    a missing claim, a boolean, a list or an object never matches (fails closed)."""
+    a missing or ambiguous claim, a boolean, a list or an object never matches (fails
+    closed)."""
     value = claim_value(claims, path)
     if isinstance(value, bool) or not isinstance(value, str | int):
         return False
     patterns = [globs] if isinstance(globs, str) else globs
     return any(fnmatch.fnmatchcase(str(value), pattern) for pattern in patterns)
+
+
+def _unpinned(entry: OidcIssuer) -> bool:
+    """An entry that would take every subject of its issuer: a bare ``*`` and no claims."""
+    return "*" in entry.subjects and not entry.claims
+
+
+def _only_our_audiences(aud: object, ours: str | list[str]) -> bool:
+    """Whether every audience a token names is one of the entry's (PyJWT checked that one
+    is)."""
+    accepted = {ours} if isinstance(ours, str) else set(ours)
+    named = aud if isinstance(aud, list) else [aud]
+    return bool(named) and all(isinstance(a, str) and a in accepted for a in named)
+
+
+def _spiffe_id(sub: str) -> bool:
+    """Whether ``sub`` is a well-formed SPIFFE ID (no dot segments, nothing encoded)."""
+    if not _SPIFFE_ID_RE.match(sub):
+        return False
+    segments = sub[len(SPIFFE_SCHEME) :].split("/")[1:]
+    return not any(segment in (".", "..") for segment in segments)
+
+
+def _read_bounded(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        raw = fh.read(_MAX_DOC_BYTES + 1)
+    if len(raw) > _MAX_DOC_BYTES:
+        raise ValueError("document too large")
+    return raw
 
 
 def _stamp(path: Path) -> _FileStamp | None:
