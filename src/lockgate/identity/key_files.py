@@ -35,6 +35,7 @@ from lockgate.identity.signing_key import (
     generate_key,
     load_private,
     newest_per_algorithm,
+    retiring_by,
     with_retire_at,
 )
 
@@ -93,8 +94,8 @@ class KeyFiles:
                 self._write_pem(new)
                 # Only this algorithm's keys give way: an RS256 rotation leaves EdDSA alone.
                 for kid, key in list(keys.items()):
-                    if key.alg == alg and key.retire_at is None:
-                        keys[kid] = with_retire_at(key, new.signs_from + retire_after)
+                    if key.alg == alg:
+                        keys[kid] = retiring_by(key, new.signs_from + retire_after)
                 keys[new.kid] = new
                 added.append(new)
             self._prune(keys, now)

@@ -50,6 +50,7 @@ from lockgate.identity.signing_key import (
     SigningKey,
     generate_key,
     load_private,
+    retiring_by,
     with_retire_at,
 )
 from lockgate.store import Cursor, Database, Migration, open_store, register_domain
@@ -162,19 +163,24 @@ class KeyTable:
             self._lock(cur)
             stored = self._read(cur, known)
             for alg, delay in delays.items():
-                latest = max(
-                    (k.signs_from for k in stored.values() if k.alg == alg), default=float("-inf")
-                )
                 # Never before a stored key of its algorithm: "the newest active key signs".
+                # Except in an emergency (retire_after=0): every older key ends now, also
+                # one published ahead, so the leaked key must not sign until that one would.
+                latest = max(
+                    (k.signs_from for k in stored.values() if k.alg == alg and retire_after),
+                    default=float("-inf"),
+                )
                 new = generate_key(
                     alg, now, activate_at=max(now + delay, latest), rsa_key_size=self.rsa_key_size
                 )
                 # Old keys stay published until the new one has signed for retire_after s,
-                # so there is a signing key at every instant whatever retire_after is. Their
-                # rows are encrypted again: the retire_at is part of what the AEAD binds.
+                # so there is a signing key at every instant whatever retire_after is; one
+                # already retiring sooner keeps its time. Their rows are encrypted again:
+                # the retire_at is part of what the AEAD binds.
                 for old in stored.values():
-                    if old.alg == alg and old.retire_at is None:
-                        self._write(cur, with_retire_at(old, new.signs_from + retire_after))
+                    retired = retiring_by(old, new.signs_from + retire_after)
+                    if old.alg == alg and retired is not old:
+                        self._write(cur, retired)
                 added.append(new)
             self._retire_due(cur, now)
             for new in added:

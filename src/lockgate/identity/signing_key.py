@@ -32,6 +32,8 @@ DEFAULT_ALGORITHM = "EdDSA"
 RSA_KEY_SIZES = (2048, 3072, 4096)
 #: RSA keys below this are refused wherever they come from (RFC 7518 §3.3: 2048 at least).
 MIN_RSA_BITS = 2048
+#: RSA public exponents below this are refused too (NIST SP 800-56B: 65537 at least).
+MIN_RSA_EXPONENT = 65537
 
 PrivateKey = Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = Ed25519PublicKey | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -49,12 +51,16 @@ def _uint(value: int, length: int | None = None) -> str:
 
 def algorithm_of(public: PublicKey) -> str:
     """The one algorithm a public key signs for; ValueError for any other key (an RSA key
-    under 2048 bits, an EC key off P-256)."""
+    under 2048 bits or with a small public exponent, an EC key off P-256)."""
     if isinstance(public, Ed25519PublicKey):
         return "EdDSA"
     if isinstance(public, rsa.RSAPublicKey):
         if public.key_size < MIN_RSA_BITS:
             raise ValueError(f"RSA key of {public.key_size} bits (at least {MIN_RSA_BITS})")
+        exponent = public.public_numbers().e
+        if exponent < MIN_RSA_EXPONENT or exponent % 2 == 0:
+            # e=3 invites forgeries against relying parties that check padding loosely.
+            raise ValueError(f"RSA key with public exponent {exponent} (at least 65537, odd)")
         return "RS256"
     if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1):
         return "ES256"
@@ -180,6 +186,15 @@ def with_retire_at(key: SigningKey, retire_at: float | None) -> SigningKey:
     if key.retire_at == retire_at:
         return key
     return dataclasses.replace(key, retire_at=retire_at)
+
+
+def retiring_by(key: SigningKey, at: float) -> SigningKey:
+    """``key`` retiring at ``at`` at the latest: a rotation only ever brings a retirement
+    forward, so an emergency one (``retire_after=0``) ends every older key at once, also
+    those an earlier rotation had left published for a while."""
+    if key.retire_at is not None and key.retire_at <= at:
+        return key
+    return with_retire_at(key, at)
 
 
 def newest_per_algorithm(keys: Mapping[str, SigningKey]) -> dict[str, str]:
