@@ -368,8 +368,9 @@ def test_a_token_file_must_hold_a_jwt_and_errors_never_show_its_content(tmp_path
             TokenFile(path).token()
         assert str(path) in str(bad.value)
         assert "maybe-a-secret" not in str(bad.value)
-    path.write_text("  a.b.c\n")
-    assert TokenFile(path).token() == "a.b.c"  # the kubelet writes no newline; others do
+    jwt_shaped = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"  # {"alg":"RS256"}.{"sub":"x"}.sig
+    path.write_text(f"  {jwt_shaped}\n")
+    assert TokenFile(path).token() == jwt_shaped  # the kubelet writes no newline; others do
 
 
 def test_spiffe_socket_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,11 @@ Sources:
 
 - :class:`TokenFile`: a file read again at every mint. A Kubernetes projected
   service-account token (the kubelet rewrites it before it expires), a SPIFFE helper's
-  JWT-SVID file, any OIDC token file.
+  JWT-SVID file, any OIDC token file. Only a regular file is read (a FIFO or a device
+  named by mistake must not hang the task or feed it endless bytes), through one open
+  descriptor (the kubelet's symlink swap gives either the old or the new token, whole);
+  a token caught half-written by a helper that rewrites its file in place is read again
+  a few times before the file is called broken.
 - :class:`TokenFileFromEnv`: the file named by an environment variable, looked up at every
   mint: ``AZURE_FEDERATED_TOKEN_FILE`` (Azure workload identity's webhook sets it).
 - :class:`SpiffeWorkloadApi`: a JWT-SVID for ``audience`` from the SPIFFE Workload API
@@ -23,7 +27,12 @@ the token.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
+import stat
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +40,10 @@ from typing import Protocol
 SOCKET_FROM_ENV = "env"
 SPIFFE_SOCKET_ENV = "SPIFFE_ENDPOINT_SOCKET"
 _MAX_TOKEN_BYTES = 64 * 1024
+# A file that does not hold a whole JWT is read again this often, this far apart: a
+# writer that truncates and rewrites in place is done within milliseconds.
+_READ_ATTEMPTS = 5
+_REREAD_PAUSE = 0.05
 
 
 class WorkloadIdentityUnavailable(Exception):
@@ -59,22 +72,32 @@ class TokenFile:
         return f"workload identity token file {self.path}"
 
     def token(self) -> str:
+        for _attempt in range(_READ_ATTEMPTS - 1):
+            token = _whole_jwt(self._read())
+            if token is not None:
+                return token
+            time.sleep(_REREAD_PAUSE)  # perhaps caught mid-write: once more
+        token = _whole_jwt(self._read())
+        if token is None:
+            raise WorkloadIdentityUnavailable(f"{self.describe()} is empty or does not hold a JWT")
+        return token
+
+    def _read(self) -> bytes:
+        """The file's bytes, from a regular file only and no more than a token needs."""
         try:
-            with self.path.open("rb") as fh:
-                raw = fh.read(_MAX_TOKEN_BYTES + 1)
+            # Non-blocking: opening a FIFO waits for a writer otherwise.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
         except OSError as exc:
             raise WorkloadIdentityUnavailable(
                 f"cannot read {self.describe()}: {exc.strerror or type(exc).__name__}"
             ) from None
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise WorkloadIdentityUnavailable(f"{self.describe()} is not a regular file")
+            raw = fh.read(_MAX_TOKEN_BYTES + 1)
         if len(raw) > _MAX_TOKEN_BYTES:
             raise WorkloadIdentityUnavailable(f"{self.describe()} is too large for a token")
-        try:
-            token = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            raise WorkloadIdentityUnavailable(f"{self.describe()} does not hold a JWT") from None
-        if token.count(".") != 2:
-            raise WorkloadIdentityUnavailable(f"{self.describe()} is empty or does not hold a JWT")
-        return token
+        return raw
 
 
 class TokenFileFromEnv:
@@ -138,6 +161,27 @@ class SpiffeWorkloadApi:
                 f"no JWT-SVID from the {self.describe()} ({address}): {type(exc).__name__}"
             ) from None
         return str(svid.token)
+
+
+def _whole_jwt(raw: bytes) -> str | None:
+    """The compact JWT ``raw`` holds (surrounding white space dropped), or None when it is
+    empty, not ASCII, or its header or payload is not a whole JSON object (a cut file)."""
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[2]:
+        return None
+    try:
+        for part in parts[:2]:
+            if not isinstance(
+                json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))), dict
+            ):
+                return None
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    return token
 
 
 def token_source(
