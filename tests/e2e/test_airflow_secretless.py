@@ -201,6 +201,7 @@ def test_a_scan_of_the_worker_and_the_gateway_finds_no_secret(
 
     worker = _scan(secretless, gateway=False)
     findings = worker.scan_env(task_env, "task environment")
+    findings += worker.scan_bytes("the tasks' logs", first_run.output.encode())
     # AIRFLOW_HOME (airflow.db, logs), the worker's home and temp files, the token volume
     findings += worker.scan_tree(secretless.worker)
     gateway = _scan(secretless, gateway=True)
