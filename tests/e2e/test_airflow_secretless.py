@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from lockgate.cli import main as lockgate_cli
 from lockgate.demo.report import split_by_dag
 from lockgate.demo.run import run_dags
+from lockgate.demo.systems import FiveSystemsStack
 
 from .secret_scan import (
     SecretScan,
@@ -267,6 +268,23 @@ def test_the_scan_finds_a_planted_secret(
     assert [f.what for f in worker_scan.scan_env(env)] == ["a client secret setting"]
     env["SOME_TOOL_KEY"] = secretless.retired_secrets["Cosmos DB account key #0"]
     assert "a Cosmos DB account key" in {f.what for f in worker_scan.scan_env(env)}
+
+
+def test_the_scan_finds_the_secrets_of_the_stack_before_it_went_secretless(
+    tmp_path: Path,
+) -> None:
+    """The same scan on the five-systems stack it was made from (client secret on workers,
+    upstream secrets in the gateway's store): found."""
+    with FiveSystemsStack(tmp_path / "before") as before:
+        env = before.airflow_env(tmp_path / "airflow")
+        deployment_secret = before.deployment_secret
+        data_dir = before.config.data_dir
+        stored = sorted(c.name for c in before.config.credentials)
+    scan = SecretScan(known={"deployment client secret": deployment_secret})
+    assert "a client secret setting" in {f.what for f in scan.scan_env(env)}
+    found = {(Path(f.where).name, f.what) for f in scan.scan_tree(tmp_path / "before")}
+    assert ("deployment-prod.secret", "known secret deployment client secret") in found
+    assert credential_rows(data_dir / "credentials.db") == stored
 
 
 def _label(stack: SecretlessStack, value: str) -> str:
