@@ -35,7 +35,12 @@ from typing import Any
 import aiohttp
 
 from lockgate.config import FederatedCredential, LockgateConfig
-from lockgate.credentials.oauth2 import ASSERTION_TYPE, AccessToken, request_token
+from lockgate.credentials.oauth2 import (
+    ASSERTION_TYPE,
+    AccessToken,
+    check_transport,
+    request_token,
+)
 from lockgate.errors import CredentialError
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
@@ -117,6 +122,7 @@ async def fetch_federated_token(
     clock: Callable[[], float] = time.time,
 ) -> AccessToken:
     """Exchange a fresh assertion for ``cred``'s access token."""
+    check_transport(cred.token_url, cred.name)  # before anything is signed
     assertion = sign_assertion(config, cred, signer, now=clock())
     return await request_token(
         session,

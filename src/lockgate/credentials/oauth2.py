@@ -14,18 +14,21 @@ thumbprint in ``x5t`` (what Entra ID matches; ``x5t#S256`` too). The key never l
 Errors become :class:`~lockgate.errors.CredentialError` naming the credential and the HTTP
 status, plus the RFC 6749 ``error`` code when it is a plain slug and Entra ID's ``AADSTS``
 code when there is one. The response body, the secret and the token never appear in a
-message. :func:`request_token` (the POST and the answer) serves federation too.
+message. :func:`request_token` (the POST and the answer) serves federation too; it goes
+only to an https endpoint, or over plain http to this machine (:func:`check_transport`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -104,6 +107,7 @@ async def request_token(
 
     Shared by every grant that answers the RFC 6749 way (client credentials, RFC 8693
     token exchange). ``refused_hint`` ends the message of a 400/401/403 (what to check)."""
+    check_transport(url, name)
     started = clock()
     try:
         async with session.post(
@@ -149,6 +153,31 @@ async def request_token(
     return AccessToken(
         value=token, expires_at=started + expires_in, refresh_at=started + expires_in - lead
     )
+
+
+def check_transport(url: str, name: str) -> None:
+    """Refuse a token endpoint a secret or an assertion would reach in clear: anything but
+    https, except plain http to this machine (a sidecar, a test service). Whoever sits on
+    the path of a plain http request could replay either at the real endpoint."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
+        return
+    raise CredentialError(
+        f"credential {name!r}: token_url must be https (plain http only to this machine), "
+        f"not {parts.scheme}://{parts.hostname or ''}: the request carries a secret or a "
+        "signed assertion"
+    )
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _error_codes(body: Mapping[str, object]) -> list[str]:

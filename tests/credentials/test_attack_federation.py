@@ -1,0 +1,162 @@
+"""Attacks on upstream federation and the token requests it shares with client secrets:
+a network position between the gateway and a token endpoint reached over plain HTTP, a token
+endpoint that echoes what it was sent, and one credential's access token serving another.
+
+The real broker against the token endpoints of :mod:`tests.credentials.test_federation`
+(which verify every assertion against real RSA and P-256 keys), reached through a resolver
+that sends a cloud's host name to 127.0.0.1, as DNS would send it to the cloud."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from lockgate.config import LockgateConfig
+from lockgate.credentials import CredentialBroker, CredentialStore
+from lockgate.errors import CredentialError
+
+from .test_federation import Cloud, Signer, clock, cloud, make_config, signer, store
+
+__all__ = ["clock", "cloud", "signer", "store"]  # the fixtures, shared
+
+CLOUD_HOST = "login.cloud.example"  # stands for login.microsoftonline.com / a workspace
+
+
+class ToLoopback(AbstractResolver):
+    """Resolves every name to 127.0.0.1: the test clouds listen there."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        return [{"hostname": host, "host": "127.0.0.1", "port": port,
+                 "family": socket.AF_INET, "proto": 0, "flags": socket.AI_NUMERICHOST}]  # fmt: skip
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=ToLoopback())) as s:
+        yield s
+
+
+def over_the_network(cloud: Cloud) -> str:
+    """The cloud's base URL under a host name that is not this machine's: plain HTTP."""
+    port = urlsplit(cloud.base).port
+    return f"http://{CLOUD_HOST}:{port}"
+
+
+def secret_config(base: str) -> LockgateConfig:
+    return LockgateConfig.model_validate(
+        {"credentials": [{"name": "app-entra", "type": "oauth2_client_credentials",
+                          "token_url": f"{base}/entra", "client_id": "cid",
+                          "scope": "api://orders/.default"}]}
+    )  # fmt: skip
+
+
+# -- plain HTTP: what a network position reads ------------------------------------------------
+@pytest.mark.parametrize("credential", ["cosmos-fed", "dbx-fed"])
+async def test_an_assertion_never_crosses_the_network_in_clear(
+    cloud: Cloud,
+    store: CredentialStore,
+    clock: Any,
+    signer: Signer,
+    http: aiohttp.ClientSession,
+    credential: str,
+) -> None:
+    """A token_url of http:// to another host would hand anyone on the path a Lockgate-signed
+    assertion the cloud accepts (for assertion_ttl, from any client): refused before any
+    assertion is signed or sent, with a message that says why."""
+    config = make_config(over_the_network(cloud))
+    broker = CredentialBroker(config, store, http, clock=clock, assertion_signer=signer)
+    try:
+        with pytest.raises(CredentialError) as refused:
+            await broker.upstream_secret(credential)
+    finally:
+        await broker.close()
+    assert cloud.forms == [] and signer.calls == []
+    assert f"credential {credential!r}" in str(refused.value)
+    assert "https" in str(refused.value) and CLOUD_HOST in str(refused.value)
+
+
+async def test_a_client_secret_never_crosses_the_network_in_clear(
+    cloud: Cloud, tmp_path: Path, http: aiohttp.ClientSession, clock: Any
+) -> None:
+    """The same for a stored client secret (the request every grant shares)."""
+    store = CredentialStore(tmp_path / "secrets.db", b"k" * 32, clock=clock)
+    store.set("app-entra", "client-secret-value")
+    broker = CredentialBroker(secret_config(over_the_network(cloud)), store, http, clock=clock)
+    try:
+        with pytest.raises(CredentialError, match="https") as refused:
+            await broker.upstream_secret("app-entra")
+    finally:
+        await broker.close()
+    assert cloud.forms == [] and "client-secret-value" not in str(refused.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_plain_http_to_this_machine_stays_allowed(
+    cloud: Cloud, store: CredentialStore, clock: Any, signer: Signer, http: aiohttp.ClientSession,
+    host: str,
+) -> None:  # fmt: skip
+    """The control: a token endpoint on this machine (a sidecar, the test clouds) is reached
+    over plain HTTP as before; nothing crosses a network."""
+    base = f"http://{host}:{urlsplit(cloud.base).port}"
+    broker = CredentialBroker(make_config(base), store, http, clock=clock, assertion_signer=signer)
+    try:
+        secret = await broker.upstream_secret("dbx-fed")
+    finally:
+        await broker.close()
+    assert secret is not None and secret.value.startswith("access-")
+
+
+# -- what a refusal or a log line may carry ---------------------------------------------------
+@pytest.mark.parametrize("credential", ["cosmos-fed", "dbx-fed"])
+async def test_an_endpoint_that_echoes_the_assertion_gets_it_into_no_message_or_log(
+    store: CredentialStore, clock: Any, signer: Signer, caplog: pytest.LogCaptureFixture,
+    credential: str,
+) -> None:  # fmt: skip
+    """Not a hole: a token endpoint that repeats the request in every field of its refusal
+    (error, error_description, error_codes) finds none of it in the error or the log."""
+    caplog.set_level(logging.DEBUG)
+    echoed: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        sent = form.get("client_assertion") or form["subject_token"]
+        echoed.append(sent)
+        return web.json_response(
+            {"error": sent, "error_description": f"AADSTS{sent} {form}",
+             "error_codes": [sent]}, status=400,
+        )  # fmt: skip
+
+    app = web.Application()
+    app.router.add_post("/entra", echo)
+    app.router.add_post("/oidc/v1/token", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    broker = CredentialBroker(make_config(base), store, clock=clock, assertion_signer=signer)
+    try:
+        with pytest.raises(CredentialError) as refused:
+            await broker.upstream_secret(credential)
+    finally:
+        await broker.close()
+        await runner.cleanup()
+    assert echoed, "the refusal did not come from the echoing endpoint"
+    said = str(refused.value) + caplog.text
+    header, payload, signature = echoed[0].split(".")
+    assert header not in said and payload not in said and signature not in said
+    assert "HTTP 400" in str(refused.value)
