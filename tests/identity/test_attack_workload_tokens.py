@@ -1,0 +1,450 @@
+"""An attacker's pass over the workload-identity proofs (RFC 8693 subject tokens) and the
+worker's token sources, against the real control listener, token service, rate limits and
+audit trail: each test is a hole that was open (or a door checked to be shut), and each
+refusal must be audited with its reason and without the token."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lockgate.audit import AuditRow
+from lockgate.config import OidcIssuer
+from lockgate.demo.standins.kubernetes import FakeClusterIssuer, start
+from lockgate.errors import AuthenticationError
+from lockgate.identity.oidc import OidcVerifier
+from lockgate.server import Gateway
+from lockgate.tlsgen import write_dev_tls
+from tests.control._stack import basic, deployment, running_gateway
+from tests.fakes.spiffe_workload_api import FakeWorkloadApi
+
+AUDIENCE = "https://lockgate.example"
+LOCKGATE = "http://lockgate.test"
+SECRET = "attack-prod-secret-Qw5"
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+TASK = {"dag_id": "etl", "task_id": "load", "run_id": "r1", "try_number": "1", "resource": "api"}
+POLICY = """\
+rules:
+  - id: everyone
+    effect: allow
+    principals: ["airflow:*/*/*"]
+    actions: [read]
+    resources: ["*"]
+"""
+# The entry a careful operator writes: the namespace and the service accounts pinned.
+PINNED = {
+    "subjects": ["system:serviceaccount:airflow:*"],
+    "claims": {"kubernetes.io.namespace": "airflow"},
+}
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[FakeClusterIssuer]:
+    fake = FakeClusterIssuer()
+    runner = await start(fake)
+    yield fake
+    await runner.cleanup()
+
+
+def entry(cluster: FakeClusterIssuer, deployment: str = "edge", **fields: Any) -> dict[str, Any]:
+    return {"issuer": cluster.issuer, "audience": AUDIENCE, "deployment": deployment,
+            "algorithms": ["RS256"], **PINNED, **fields}  # fmt: skip
+
+
+@asynccontextmanager
+async def gateway(
+    tmp_path: Path, issuers: list[dict[str, Any]], **rate_limit: float
+) -> AsyncIterator[Gateway]:
+    """The real gateway: "prod" proven by a client secret, "edge" by workload tokens only."""
+    async with running_gateway(
+        tmp_path,
+        policy=POLICY,
+        deployments=[deployment("prod", SECRET), {"name": "edge", "dags": ["*"]}],
+        resources=[{"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9"}],
+        oidc_issuers=issuers,
+        issuer=LOCKGATE,
+        tokens={"rate_limit": rate_limit},
+    ) as gw:
+        yield gw
+
+
+async def post(gw: Gateway, headers: dict[str, str] | None = None, **form: str) -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{gw.control_port}/v1/token"
+    async with aiohttp.ClientSession() as s, s.post(url, data=form, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def exchange(gw: Gateway, subject_token: str, **extra: str) -> tuple[int, Any]:
+    return await post(gw, grant_type=EXCHANGE, subject_token=subject_token,
+                      subject_token_type=JWT_TYPE, **{**TASK, **extra})  # fmt: skip
+
+
+def last_refusal(gw: Gateway) -> AuditRow:
+    gw.audit.flush(5.0)
+    rows = [row for row in gw.audit.search() if row.decision == "deny"]
+    assert rows, "no refusal recorded"
+    return rows[-1]
+
+
+def assert_refused(gw: Gateway, answer: tuple[int, Any], reason: str, token: str) -> None:
+    status, body = answer
+    assert status == 400 and body["error"] == "invalid_grant", body
+    record = last_refusal(gw)
+    assert record.reason == reason
+    assert token not in json.dumps(record.to_dict(), default=str)  # never the token
+    assert token.split(".")[1] not in json.dumps(body)
+
+
+def pod_token(cluster: FakeClusterIssuer, **claims: Any) -> str:
+    """A token the cluster's key signs with these claims over a worker's usual ones."""
+    now = int(time.time())
+    base: dict[str, Any] = {
+        "aud": [AUDIENCE], "iss": cluster.issuer, "iat": now, "nbf": now, "exp": now + 600,
+        "sub": "system:serviceaccount:airflow:airflow-worker",
+        "kubernetes.io": {"namespace": "airflow", "serviceaccount": {"name": "airflow-worker"}},
+    }  # fmt: skip
+    key = cluster._keys[-1]
+    return key.sign({"alg": key.algorithm, "kid": key.kid}, {**base, **claims})
+
+
+# -- claims ------------------------------------------------------------------------------------
+
+
+async def test_a_claim_path_that_reads_two_ways_is_refused(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """An issuer that lets a workload add a claim of its own (a user attribute of an IdP,
+    a custom claim) could set a top-level ``"kubernetes.io.namespace"`` beside the real
+    nested one: which one a dotted matcher reads must not be the attacker's choice."""
+    lax = entry(cluster, subjects=["system:serviceaccount:*"])
+    async with gateway(tmp_path, [lax]) as gw:
+        honest = pod_token(cluster)
+        assert (await exchange(gw, honest))[0] == 200
+        forged = pod_token(
+            cluster,
+            sub="system:serviceaccount:kube-system:attacker",
+            **{"kubernetes.io": {"namespace": "kube-system"}, "kubernetes.io.namespace": "airflow"},
+        )
+        answer = await exchange(gw, forged)
+        assert_refused(gw, answer, "oidc_claim_not_allowed:kubernetes.io.namespace", forged)
+        # the same two readings the other way round: refused alike, whichever is "right"
+        mirrored = pod_token(cluster, **{"kubernetes.io.namespace": "kube-system"})
+        assert (await exchange(gw, mirrored))[0] == 400
+
+
+# -- audiences ---------------------------------------------------------------------------------
+
+
+async def test_a_token_also_addressed_to_another_party_is_refused(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """A token for [Lockgate, another service] is in that other service's hands too: it
+    could replay it here and mint for the deployment."""
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        shared = pod_token(cluster, aud=[AUDIENCE, "https://metrics-sink.example"])
+        answer = await exchange(gw, shared)
+        assert_refused(gw, answer, "oidc_foreign_audience", shared)
+        # a string audience and a list of only ours are as good as ever
+        assert (await exchange(gw, pod_token(cluster, aud=AUDIENCE)))[0] == 200
+        assert (await exchange(gw, pod_token(cluster, aud=[AUDIENCE, AUDIENCE])))[0] == 200
+
+
+# -- entries that pin nothing ------------------------------------------------------------------
+
+
+async def test_an_entry_that_pins_no_subject_takes_no_token(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """Any pod of the cluster can ask the API server for a token of any audience
+    (TokenRequest on its own service account): an entry with the default ``subjects: ["*"]``
+    and no claims would make every workload of the cluster the Airflow deployment."""
+    unpinned = {"issuer": cluster.issuer, "audience": AUDIENCE, "deployment": "edge"}
+    async with gateway(tmp_path, [unpinned]) as gw:
+        intruder = cluster.token(namespace="default", service_account="crypto-miner",
+                                 audience=AUDIENCE)  # fmt: skip
+        answer = await exchange(gw, intruder)
+        assert_refused(gw, answer, "oidc_entry_unpinned", intruder)
+
+
+# -- Lockgate's own tokens ---------------------------------------------------------------------
+
+
+async def test_a_lockgate_token_is_never_a_subject_token(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """Lockgate named among its own trusted issuers (a copy-paste of its discovery URL):
+    one task's 15-minute token must not become the deployment's proof, good for any DAG."""
+    jwks = tmp_path / "lockgate-jwks.json"
+    itself = {"issuer": LOCKGATE, "audience": "api", "deployment": "prod", "jwks_file": str(jwks),
+              "subjects": ["airflow:prod/*"], "algorithms": ["EdDSA"]}  # fmt: skip
+    async with gateway(tmp_path, [entry(cluster), itself]) as gw:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{gw.control_port}/.well-known/jwks.json"
+            async with s.get(url) as r:
+                jwks.write_text(json.dumps(await r.json()))
+        status, minted = await post(gw, basic("prod", SECRET), **TASK)
+        assert status == 200, minted
+        task_token = minted["access_token"]
+        answer = await exchange(gw, task_token, dag_id="payroll", task_id="export")
+        assert_refused(gw, answer, "oidc_own_token", task_token)
+
+
+# -- deployments -------------------------------------------------------------------------------
+
+
+async def test_a_token_of_one_deployment_never_serves_another(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        token = pod_token(cluster)
+        answer = await exchange(gw, token, client_id="prod")
+        assert_refused(gw, answer, "oidc_client_id_mismatch", token)
+        assert last_refusal(gw).deployment in ("", None, "prod")  # never "edge"'s record
+        # a secretless deployment takes neither a secret nor Basic auth
+        status, _ = await post(gw, basic("edge", "guess"), **TASK)
+        assert status == 401 and last_refusal(gw).reason == "bad_client_secret"
+        status, _ = await post(gw, client_id="edge", client_secret="guess", **TASK)
+        assert status == 401
+
+
+async def test_naming_a_secretless_deployment_does_not_lock_its_workers_out(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """Ten garbage requests that merely name ``edge`` (it has no secret to guess, and a
+    workload token cannot be guessed) must not cool down every worker of ``edge``."""
+    async with gateway(
+        tmp_path, [entry(cluster)], failed_auth_per_client=3, failed_auth_per_remote=1000
+    ) as gw:
+        for _ in range(4):
+            assert (await post(gw, client_id="edge", client_secret="x", **TASK))[0] == 401
+            assert (await exchange(gw, "garbage", client_id="edge"))[0] == 400
+        status, body = await exchange(gw, pod_token(cluster), client_id="edge")
+        assert status == 200, body
+        # a deployment with a secret to guess still cools down after a run of wrong ones
+        for _ in range(3):
+            assert (await post(gw, basic("prod", "wrong"), **TASK))[0] == 401
+        status, body = await post(gw, basic("prod", SECRET), **TASK)
+        assert status == 429 and last_refusal(gw).reason == "rate_limited"
+
+
+async def test_failed_token_exchanges_count_against_the_address(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    async with gateway(tmp_path, [entry(cluster)], failed_auth_per_remote=3) as gw:
+        for _ in range(3):
+            assert (await exchange(gw, pod_token(cluster, aud=["api://other"])))[0] == 400
+        status, body = await exchange(gw, pod_token(cluster))
+        assert status == 429 and body["error"] == "temporarily_unavailable"
+        record = last_refusal(gw)
+        assert record.reason == "rate_limited" and "failed_auth_remote" in record.detail["limit"]
+
+
+# -- malformed input ---------------------------------------------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@pytest.mark.xfail(strict=True, reason="tokens.split_jwt: RecursionError (requested)")
+async def test_a_deeply_nested_header_is_refused_and_audited(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    nested = _b64(b"[" * 3000 + b"]" * 3000) + "." + _b64(b"{}") + ".c2ln"
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        status, _ = await exchange(gw, nested)
+        assert status == 400 and last_refusal(gw).reason == "oidc_bad_header"
+
+
+@pytest.mark.xfail(strict=True, reason="_request.parse_body: RecursionError (requested)")
+async def test_a_deeply_nested_json_body_is_a_400(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        url = f"http://127.0.0.1:{gw.control_port}/v1/token"
+        body = b"[" * 5000 + b"]" * 5000
+        headers = {"Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
+            assert r.status == 400
+
+
+# -- keys from the network ---------------------------------------------------------------------
+
+
+async def test_a_discovery_over_https_cannot_send_us_for_keys_over_http(tmp_path: Path) -> None:
+    """OIDC discovery may name a ``jwks_uri`` on another host (Google does), but one in
+    plain http would let anyone on the path between us and that host choose the keys."""
+    attacker_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(attacker_key.public_key(), as_dict=True)
+    hits: list[str] = []
+
+    async def keys(_request: web.Request) -> web.Response:
+        hits.append("jwks")
+        return web.json_response({"keys": [{**jwk, "kid": "k1", "alg": "RS256"}]})
+
+    plain = web.Application()
+    plain.router.add_get("/keys", keys)
+    plain_runner = web.AppRunner(plain)
+    await plain_runner.setup()
+    plain_site = web.TCPSite(plain_runner, "127.0.0.1", 0)
+    await plain_site.start()
+    plain_port = plain_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    tls = write_dev_tls(tmp_path / "tls")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls["cert"], tls["key"])
+    issuer: list[str] = []
+
+    async def discovery(_request: web.Request) -> web.Response:
+        return web.json_response(
+            {"issuer": issuer[0], "jwks_uri": f"http://127.0.0.1:{plain_port}/keys"}
+        )
+
+    secure = web.Application()
+    secure.router.add_get("/.well-known/openid-configuration", discovery)
+    secure_runner = web.AppRunner(secure)
+    await secure_runner.setup()
+    secure_site = web.TCPSite(secure_runner, "127.0.0.1", 0, ssl_context=context)
+    await secure_site.start()
+    port = secure_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    issuer.append(f"https://localhost:{port}")
+    try:
+        conf = OidcIssuer(issuer=issuer[0], audience=AUDIENCE, deployment="edge",
+                          subjects=["system:serviceaccount:airflow:*"], ca_file=tls["ca"],
+                          algorithms=["RS256"])  # fmt: skip
+        now = int(time.time())
+        forged = jwt.encode(
+            {"iss": issuer[0], "aud": AUDIENCE, "exp": now + 60,
+             "sub": "system:serviceaccount:airflow:worker"},
+            attacker_key, algorithm="RS256", headers={"kid": "k1"},
+        )  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+
+            async def session() -> aiohttp.ClientSession:
+                return http
+
+            with pytest.raises(AuthenticationError) as refused:
+                await OidcVerifier([conf], session).verify(forged)
+        assert refused.value.reason == "unknown_kid" and hits == []
+    finally:
+        await secure_runner.cleanup()
+        await plain_runner.cleanup()
+
+
+# -- SPIFFE ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spire() -> Iterator[FakeWorkloadApi]:
+    fake = FakeWorkloadApi()
+    yield fake
+    fake.stop()
+
+
+@pytest.mark.parametrize(
+    "sub",
+    [
+        "spiffe://example.org/ns/airflow/../../ns/kube-system/sa/default",
+        "spiffe://example.org/ns/airflow/./sa/x",
+        "spiffe://example.org/ns/airflow//sa/x",
+        "spiffe://example.org/ns/airflow/sa%2F..%2Fx",
+        "spiffe://example.org/ns/airflow/sa/x?y",
+    ],
+)
+async def test_a_jwt_svid_subject_must_be_a_spiffe_id(
+    spire: FakeWorkloadApi, tmp_path: Path, sub: str
+) -> None:
+    """A glob's ``*`` spans ``/``: a subject with dot segments would match
+    ``spiffe://example.org/ns/airflow/*`` while naming another namespace's workload."""
+    conf = OidcIssuer(
+        issuer="spiffe://example.org",
+        audience=AUDIENCE,
+        deployment="edge",
+        jwks_file=spire.bundle(tmp_path / "bundle.json"),
+        subjects=["spiffe://example.org/ns/airflow/*"],
+        algorithms=["ES256"],
+    )
+    async with aiohttp.ClientSession() as http:
+
+        async def session() -> aiohttp.ClientSession:
+            return http
+
+        verifier = OidcVerifier([conf], session)
+        assert (await verifier.verify(spire.svid([AUDIENCE]))).deployment == "edge"
+        with pytest.raises(AuthenticationError) as refused:
+            await verifier.verify(spire.svid([AUDIENCE], sub=sub))
+    assert refused.value.reason == "subject_not_allowed"
+
+
+# -- the worker's token file -------------------------------------------------------------------
+
+
+def _in_thread(work: Any, seconds: float) -> tuple[bool, object]:
+    """Run ``work`` in a daemon thread; (finished in time, its result or exception)."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (not thread.is_alive(), outcome[0] if outcome else None)
+
+
+def test_a_token_file_that_is_a_fifo_does_not_hang_the_task(tmp_path: Path) -> None:
+    from lockgate.airflow.workload_identity import TokenFile, WorkloadIdentityUnavailable
+
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    finished, outcome = _in_thread(TokenFile(fifo).token, 5.0)
+    if not finished:  # release the reader stuck in open() so the suite goes on
+        with open(fifo, "wb"):
+            pass
+    assert finished, "reading the token file hangs on a FIFO"
+    assert isinstance(outcome, WorkloadIdentityUnavailable) and "regular file" in str(outcome)
+    with pytest.raises(WorkloadIdentityUnavailable, match="regular file"):
+        TokenFile("/dev/zero").token()
+
+
+def test_a_token_file_caught_half_written_is_read_again(tmp_path: Path, cluster_token: str) -> None:
+    """A helper that rewrites the file in place (truncate, then write) is caught between
+    the two now and then; the worker must not fail the task for it."""
+    from lockgate.airflow.workload_identity import TokenFile
+
+    path = tmp_path / "token"
+    path.write_text(cluster_token[: len(cluster_token) // 3])  # the writer is mid-way
+
+    def finish_writing() -> None:
+        time.sleep(0.08)
+        path.write_text(cluster_token)
+
+    writer = threading.Thread(target=finish_writing)
+    writer.start()
+    try:
+        assert TokenFile(path).token() == cluster_token
+    finally:
+        writer.join()
+
+
+@pytest.fixture
+async def cluster_token(cluster: FakeClusterIssuer) -> str:
+    return cluster.token(namespace="airflow", service_account="airflow-worker", audience=AUDIENCE)
