@@ -189,34 +189,29 @@ class SecretlessStack(FiveSystemsStack):
 
         credentials = []
         for cred, (app, resource) in ENTRA_APPS.items():
-            scope = self._resource(doc, resource, cred)
             credentials.append(
                 {"name": cred, "type": "federated", "provider": "entra",
-                 "token_url": self.entra.token_url, "client_id": app, "scope": scope,
-                 "refresh_before": 1}
+                 "token_url": self.entra.token_url, "client_id": app,
+                 "scope": self._use_credential(doc, resource, cred), "refresh_before": 1}
             )  # fmt: skip
-        old = self._resource(doc, "databricks", DATABRICKS_CREDENTIAL)
+        self._use_credential(doc, "databricks", DATABRICKS_CREDENTIAL)
         credentials.append(
             {"name": DATABRICKS_CREDENTIAL, "type": "federated", "provider": "databricks",
-             "token_url": next(c for c in doc["credentials"] if c["name"] == old)["token_url"],
+             "token_url": f"{self.databricks.base_url}/oidc/v1/token",
              "client_id": DEFAULT_CLIENT_ID, "audience": DATABRICKS_AUDIENCE,
-             "algorithm": DATABRICKS_ALGORITHM,
-             "refresh_before": 1}
+             "algorithm": DATABRICKS_ALGORITHM, "refresh_before": 1}
         )  # fmt: skip
         doc["credentials"] = credentials
 
-    def _resource(self, doc: dict[str, Any], name: str, credential: str) -> str:
-        """Point resource ``name`` at ``credential``; return the Entra scope it needs (or,
-        for Databricks, the name of the credential it used)."""
+    def _use_credential(self, doc: dict[str, Any], name: str, credential: str) -> str:
+        """Serve resource ``name`` with ``credential``; return the Entra scope it needs."""
         resource = next(r for r in doc["resources"] if r["name"] == name)
-        before, resource["credential"] = resource["credential"], credential
+        resource["credential"] = credential
         if resource.get("profile") == "cosmos":
-            resource["cosmos"]["upstream_auth"] = "aad"
+            resource["cosmos"]["upstream_auth"] = "aad"  # Entra tokens, not the account key
             return f"https://{self.cosmos.account_id}.documents.azure.com/.default"
         if resource.get("profile") == "arm":
             return "https://management.azure.com/.default"
-        if resource.get("profile") == "databricks":
-            return str(before)
         return f"{ORDERS_APP_ID_URI}/.default"
 
     def _withdraw_demo_secrets(self) -> None:
