@@ -448,3 +448,19 @@ def test_a_token_file_caught_half_written_is_read_again(tmp_path: Path, cluster_
 @pytest.fixture
 async def cluster_token(cluster: FakeClusterIssuer) -> str:
     return cluster.token(namespace="airflow", service_account="airflow-worker", audience=AUDIENCE)
+
+
+@pytest.mark.parametrize("url", ["http://192.0.2.10:8470", "http://lockgate.airflow.svc:8470"])
+def test_a_workload_token_never_crosses_the_network_in_clear_text(
+    tmp_path: Path, cluster_token: str, url: str
+) -> None:
+    """A projected token proves the deployment for as long as it lives (a year, when the API
+    server extends it): whoever reads it on the wire mints for every DAG meanwhile."""
+    from lockgate.airflow._client import GatewayUnavailable, TokenServiceClient
+
+    path = tmp_path / "token"
+    path.write_text(cluster_token)
+    client = TokenServiceClient(url, "edge", identity_token_file=str(path), timeout=1)
+    with pytest.raises(GatewayUnavailable) as refused:
+        client.mint(conn_id="api", coords={"dag_id": "etl"}, requested_ttl=None)
+    assert "https" in str(refused.value) and cluster_token not in str(refused.value)

@@ -7,7 +7,9 @@ Every control request carries the deployment's proof, one of two kinds:
   service-account token file, ``AZURE_FEDERATED_TOKEN_FILE``, a SPIFFE JWT-SVID), read
   fresh for each request and sent as an RFC 8693 token exchange (``grant_type`` token
   exchange, ``subject_token``, ``subject_token_type`` JWT, ``client_id`` the deployment):
-  nothing stored on the worker;
+  nothing stored on the worker. Such a token proves the deployment for as long as it
+  lives (a projected token may live a year), so it travels over https only, or plain http
+  to this very machine (loopback): never in clear text across a network;
 - the deployment's client secret, read from a file or an environment variable, sent only
   in the request body.
 
@@ -18,6 +20,7 @@ whole call stays within ``retry_budget`` seconds; past that it is GatewayUnavail
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import ssl
@@ -193,6 +196,11 @@ class TokenServiceClient:
         identity, else the client secret)."""
         if self.identity is None:
             return {"client_id": self.deployment, "client_secret": self._client_secret()}
+        if not _private_channel(self.url):
+            raise GatewayUnavailable(
+                "Lockgate secrets backend sends no workload identity token over plain http to "
+                f"{self.url}: use the gateway's https url (and ca_file)"
+            )
         try:
             subject_token = self.identity.token()
         except WorkloadIdentityUnavailable as exc:
@@ -253,6 +261,23 @@ def _minted(body: dict[str, Any]) -> MintedToken:
         jti=body.get("jti", ""),
         principal=body.get("principal", ""),
     )
+
+
+def _private_channel(url: str) -> bool:
+    """Whether what is sent to ``url`` stays unread on the way: https, or plain http to
+    a loopback address."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if parts.scheme != "http" or not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _retry_after(value: str | None) -> float:
