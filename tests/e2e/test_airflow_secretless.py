@@ -2,9 +2,10 @@
 an Entra-protected HTTP API, run by a worker whose only proof is a projected Kubernetes
 service-account token, through a gateway whose every upstream credential is federated
 (:mod:`tests.e2e.secretless_stack`). Then a scan of the worker's environment and files and of
-the gateway's data directory finds no secret (:mod:`tests.e2e.secret_scan`), a token from
-the wrong namespace is refused, and rotating Lockgate's signing keys between two runs
-breaks nothing.
+the gateway's data directory finds no secret (:mod:`tests.e2e.secret_scan`, which does find
+planted ones and those of the stack before it went secretless), a token from the wrong
+namespace is refused, and rotating Lockgate's signing keys (and the cluster's) between two
+runs breaks nothing.
 
 One stack for the module; Airflow runs three times (the four systems plus an environment
 dump in one process, the four again after the rotation, one DAG with the wrong token).
@@ -162,6 +163,10 @@ def test_four_upstreams_run_with_no_secret_and_are_audited(
             assert claims["aud"] == DATABRICKS_AUDIENCE
             assert claims["sub"] == f"lockgate:credential:{DATABRICKS_CREDENTIAL}"
     assert any(cloud == "databricks" for cloud, _, _ in assertions)
+    # the clouds read Lockgate's discovery and keys over https, trusting the stack's CA
+    for fetched in (secretless.entra.issuer_keys.fetched,
+                    secretless.databricks_federation.keys.fetched):  # fmt: skip
+        assert f"{issuer}/.well-known/openid-configuration" in fetched, fetched
     apps = {c["appid"] for c in secretless.entra.issued}
     assert apps == {app for app, _ in ENTRA_APPS.values()}
     assert {r.auth_type for r in secretless.cosmos.requests} == {"aad"}
@@ -301,14 +306,18 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def test_rotating_lockgates_signing_keys_between_runs_breaks_nothing(
+def test_rotating_signing_keys_on_both_sides_between_runs_breaks_nothing(
     secretless: SecretlessStack, airflow_home: Path, first_run: Run
 ) -> None:
     before = {(cloud, h["alg"], h["kid"]) for cloud, h, _ in _assertions(secretless)}
     seen = len(_assertions(secretless))
     entra_seen = len(secretless.entra.token_requests)
+    jwks_fetches = secretless.cluster.jwks_requests
     code, text = _cli(secretless, "keys", "rotate")
     assert code == 0, text
+    # the cluster rotates its service-account key too; the kubelet refreshes the token
+    secretless.cluster.rotate_key()
+    secretless.project_token()
     # the new keys sign after signing.publish_ahead (2 s); the first run's upstream tokens
     # expire, so the second run's come from assertions the new keys signed
     time.sleep(UPSTREAM_TOKEN_TTL)
@@ -321,6 +330,8 @@ def test_rotating_lockgates_signing_keys_between_runs_breaks_nothing(
     new = {(cloud, alg) for cloud, alg, kid in after if kid not in {k for _, _, k in before}}
     assert new == {("entra", "RS256"), ("databricks", DATABRICKS_ALGORITHM)}, (before, after)
     assert all(r.status == 200 for r in secretless.entra.token_requests[entra_seen:])
+    # Lockgate fetched the cluster's keys again for the new kid
+    assert secretless.cluster.jwks_requests > jwks_fetches
 
 
 def test_a_token_from_another_namespace_is_refused(
