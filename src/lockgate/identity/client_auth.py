@@ -98,7 +98,7 @@ class ClientAuthenticator:
     async def _prove(self, body: dict[str, str], authorization: str | None) -> tuple[str, str]:
         self._refuse_if_stale()
         grant = body.get("grant_type")
-        if grant == TOKEN_EXCHANGE or (grant is None and "subject_token" in body):
+        if is_token_exchange(body):
             return await self._subject_token(body), "oidc"
         if grant not in (None, "client_credentials"):
             raise OAuthError(
@@ -239,6 +239,13 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
+def is_token_exchange(body: dict[str, str]) -> bool:
+    """Whether the request proves itself with a subject token (RFC 8693) rather than a
+    client secret or assertion: what decides both the proof checked and the brake."""
+    grant = body.get("grant_type")
+    return grant == TOKEN_EXCHANGE or (grant is None and "subject_token" in body)
+
+
 def named_client(
     config: LockgateConfig, body: dict[str, str], authorization: str | None
 ) -> str | None:
@@ -248,7 +255,7 @@ def named_client(
     row or a log line. Only a name whose proof could be guessed here: a token exchange
     proves itself with a signature, and a deployment with no proof has nothing to guess,
     so naming either says nothing about who asks (and must not cool it down)."""
-    if body.get("grant_type") == TOKEN_EXCHANGE or "subject_token" in body:
+    if is_token_exchange(body):
         return None
     try:
         basic = basic_credentials(authorization)
