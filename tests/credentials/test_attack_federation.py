@@ -1,6 +1,6 @@
 """Attacks on upstream federation and the token requests it shares with client secrets:
 a network position between the gateway and a token endpoint reached over plain HTTP, a token
-endpoint that echoes what it was sent, and one credential's access token serving another.
+endpoint that echoes what it was sent, and one that hangs while a cached token is valid.
 
 The real broker against the token endpoints of :mod:`tests.credentials.test_federation`
 (which verify every assertion against real RSA and P-256 keys), reached through a resolver
@@ -8,8 +8,10 @@ that sends a cloud's host name to 127.0.0.1, as DNS would send it to the cloud."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from lockgate.config import LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore
+from lockgate.credentials.broker import REFRESH_WAIT
 from lockgate.errors import CredentialError
 
 from .test_federation import Cloud, Signer, clock, cloud, make_config, signer, store
@@ -160,3 +163,38 @@ async def test_an_endpoint_that_echoes_the_assertion_gets_it_into_no_message_or_
     header, payload, signature = echoed[0].split(".")
     assert header not in said and payload not in said and signature not in said
     assert "HTTP 400" in str(refused.value)
+
+
+# -- a token endpoint that hangs (or a path that holds its packets) ---------------------------
+async def test_a_hanging_refresh_stalls_no_request_while_the_cached_token_is_valid(
+    store: CredentialStore, clock: Any, signer: Signer, cloud: Cloud
+) -> None:
+    """In the refresh window, with the cloud answering only after 3 s: the first request
+    waits at most REFRESH_WAIT, the next ones not at all, each served the still-valid cached
+    token; the refresh goes on and its token is served once it lands. Past the cached
+    token's expiry a request waits for the exchange (nothing valid to serve)."""
+    broker = CredentialBroker(make_config(cloud.base), store, clock=clock, assertion_signer=signer)
+    try:
+        cloud.expires_in = 20  # refresh_before=5: refreshed from t+15
+        first = await broker.upstream_secret("cosmos-fed")
+        assert first is not None
+        cloud.delay = 1.5
+        clock.t += 16
+        started = time.monotonic()
+        kept = await broker.upstream_secret("cosmos-fed")
+        assert time.monotonic() - started < REFRESH_WAIT + 0.4
+        started = time.monotonic()
+        again = await broker.upstream_secret("cosmos-fed")
+        assert time.monotonic() - started < 0.1
+        assert kept is not None and again is not None and kept.value == again.value == first.value
+        await asyncio.sleep(1.5)  # the refresh lands
+        fresh = await broker.upstream_secret("cosmos-fed")
+        assert fresh is not None and fresh.value == "access-2" and len(cloud.forms) == 2
+        clock.t += 60  # expired, nothing cached is valid: wait for the exchange
+        cloud.delay = 0.8
+        started = time.monotonic()
+        waited = await broker.upstream_secret("cosmos-fed")
+        assert waited is not None and waited.value == "access-3"
+        assert time.monotonic() - started >= 0.8
+    finally:
+        await broker.close()

@@ -10,7 +10,9 @@
   cached per (credential, version), refreshed ``refresh_before`` seconds before expiry
   (capped at half the lifetime). Concurrent callers share one in-flight request. If a
   refresh fails while the cached token is still valid, the cached token is served and a
-  warning logged: the token endpoint having a bad minute should not fail requests.
+  warning logged: the token endpoint having a bad minute should not fail requests. Nor
+  should a slow one stall them: a request waits for a refresh only in its first
+  :data:`REFRESH_WAIT` s while the cached token is valid, then is served the cached one.
 
 Rotation: every call checks whether the store's ``credentials`` version moved (SQLite: one
 indexed read of the file; PostgreSQL: a memory read, moved by LISTEN/NOTIFY or the catch-up
@@ -55,6 +57,8 @@ log = _log.get("credentials")
 
 _Key = tuple[str, int]  # (credential name, version)
 _RETRY_AFTER_FAILURE = 1.0  # seconds between reload attempts while the database is away
+#: Seconds a request waits for a refresh while the cached token is still valid.
+REFRESH_WAIT = 0.5
 #: A credential with nothing stored: the host's identity or a federated one (one version, 0).
 _Unstored = ManagedIdentityCredential | FederatedCredential
 
@@ -91,6 +95,7 @@ class CredentialBroker:
         self._tokens: dict[_Key, AccessToken] = {}
         self._unstored_tokens: dict[str, AccessToken] = {}  # managed identity, federated
         self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
+        self._inflight_since: dict[_Key, float] = {}  # time.monotonic() each fetch started
         self._reloading: asyncio.Future[bool] | None = None  # one worker-thread reload at once
         self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
         if store.stale():  # baseline: nothing is cached yet, so earlier writes are no change
@@ -267,9 +272,10 @@ class CredentialBroker:
         if fut is None:
             fut = asyncio.ensure_future(self._fetch(cfg, version))
             self._inflight[key] = fut
+            self._inflight_since[key] = time.monotonic()
             fut.add_done_callback(functools.partial(self._fetch_done, key))
         try:
-            token = await asyncio.shield(fut)  # one caller giving up does not cancel the rest
+            token = await self._refreshed(key, fut, cached)
         except CredentialError:
             if cached is not None and self._clock() < cached.expires_at:
                 log.warning(
@@ -278,6 +284,9 @@ class CredentialBroker:
                 )
                 return UpstreamSecret(cached.value, version.version, cfg.name, cached.expires_at)
             raise
+        if token is None:
+            assert cached is not None  # only None while it is valid
+            return UpstreamSecret(cached.value, version.version, cfg.name, cached.expires_at)
         return UpstreamSecret(token.value, version.version, cfg.name, token.expires_at)
 
     async def _unstored_secret(self, cfg: _Unstored) -> UpstreamSecret:
@@ -291,9 +300,10 @@ class CredentialBroker:
         if fut is None:
             fut = asyncio.ensure_future(self._fetch_unstored(cfg))
             self._inflight[key] = fut
+            self._inflight_since[key] = time.monotonic()
             fut.add_done_callback(functools.partial(self._fetch_done, key))
         try:
-            token = await asyncio.shield(fut)
+            token = await self._refreshed(key, fut, cached)
         except CredentialError as exc:
             if cached is not None and self._clock() < cached.expires_at:
                 # The message names status and error codes only, never a token or assertion.
@@ -304,7 +314,26 @@ class CredentialBroker:
                 )
                 return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
             raise
+        if token is None:
+            assert cached is not None  # only None while it is valid
+            return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
         return UpstreamSecret(token.value, 0, cfg.name, token.expires_at)
+
+    async def _refreshed(
+        self, key: _Key, fut: asyncio.Future[AccessToken], cached: AccessToken | None
+    ) -> AccessToken | None:
+        """The token ``fut`` fetches. While ``cached`` is still valid, a refresh is waited
+        for only in its first :data:`REFRESH_WAIT` s; then None (serve ``cached``; the
+        refresh goes on): a token endpoint that hangs, or someone on the path who holds its
+        packets, must not stall every request in the refresh window."""
+        shielded = asyncio.shield(fut)  # one caller giving up does not cancel the rest
+        if cached is None or self._clock() >= cached.expires_at:
+            return await shielded
+        waited = time.monotonic() - self._inflight_since.get(key, time.monotonic())
+        try:
+            return await asyncio.wait_for(shielded, max(0.0, REFRESH_WAIT - waited))
+        except TimeoutError:
+            return None
 
     async def _fetch_unstored(self, cfg: _Unstored) -> AccessToken:
         if self._http is None:
@@ -345,5 +374,6 @@ class CredentialBroker:
     def _fetch_done(self, key: _Key, fut: asyncio.Future[AccessToken]) -> None:
         if self._inflight.get(key) is fut:
             del self._inflight[key]
+            self._inflight_since.pop(key, None)
         if not fut.cancelled():
             fut.exception()  # mark retrieved: callers that gave up must not cause a warning
