@@ -30,7 +30,8 @@ test: $(STAMP)
 	@# node/npm are absent.
 	if command -v npm >/dev/null 2>&1; then npm install --prefix tests/node --no-audit --no-fund; fi
 	@# Two worker processes (pytest-xdist): most tests wait on servers and subprocesses, so
-	@# two keep both cores busy; a module stays on one worker (its stack is built once). `-m "not slow"` leaves out what takes more than a few seconds.
+	@# two keep both cores busy; a module stays on one worker (its stack is built once).
+	@# `-m "not slow"` leaves out what takes more than a few seconds.
 	$(BIN)/pytest -q -n 2 --dist loadscope --durations=25
 
 ## bench: set up and run the benchmarks (installs nginx, wrk, PostgreSQL and PgBouncer from
