@@ -248,13 +248,21 @@ async def test_naming_a_secretless_deployment_does_not_lock_its_workers_out(
 async def test_failed_token_exchanges_count_against_the_address(
     tmp_path: Path, cluster: FakeClusterIssuer
 ) -> None:
+    """Failed exchanges cool their address down, but a valid workload token from it still
+    passes: the pods of one node share its address, and a neighbour's garbage must not
+    lock the node's Airflow workers out (a signed token cannot be guessed)."""
     async with gateway(tmp_path, [entry(cluster)], failed_auth_per_remote=3) as gw:
         for _ in range(3):
             assert (await exchange(gw, pod_token(cluster, aud=["api://other"])))[0] == 400
-        status, body = await exchange(gw, pod_token(cluster))
+        status, body = await exchange(gw, pod_token(cluster, aud=["api://other"]))
         assert status == 429 and body["error"] == "temporarily_unavailable"
         record = last_refusal(gw)
         assert record.reason == "rate_limited" and "failed_auth_remote" in record.detail["limit"]
+        status, body = await exchange(gw, pod_token(cluster))
+        assert status == 200, body
+        # a client secret from the cooling address is refused before it is checked
+        status, body = await post(gw, basic("prod", SECRET), **TASK)
+        assert status == 429
 
 
 # -- malformed input ---------------------------------------------------------------------------

@@ -14,10 +14,13 @@ also names a ``client_id`` must name the deployment the subject token proves.
 Two brakes stand before the proof: a replica past its staleness bound serves no deployment
 (:mod:`lockgate.identity.staleness`), and a client or address cooling down after failed
 authentications is refused whatever it presents (:mod:`lockgate.identity.rate_limit`; a
-wrong proof counts against both). The client brake is for what can be guessed: a token
+wrong proof counts against both). The brakes are for what can be guessed. A token
 exchange, and any request naming a deployment that has no secret or key of its own, counts
 against its address only (a name alone, sent ten times with garbage, must not lock a
-secretless deployment's workers out). Neither a presented secret nor an assertion is ever
+secretless deployment's workers out); and a token exchange is checked before the address
+brake, which refuses only the ones that fail: a signed workload token cannot be guessed,
+and the pods of one node share its address, so a neighbour's garbage must not lock the
+node's Airflow workers out. Neither a presented secret nor an assertion is ever
 logged or put in a message.
 """
 
@@ -86,6 +89,14 @@ class ClientAuthenticator:
         brake = self.rate_limits
         if brake is None:
             return await self._prove(body, authorization)
+        if is_token_exchange(body):
+            try:
+                return await self._prove(body, authorization)
+            except OAuthError as exc:
+                if is_failed_authentication(exc):
+                    await brake.refuse_if_cooling(None, remote)  # a flood still gets 429
+                    await brake.failed(None, remote)
+                raise
         client = named_client(self.config, body, authorization)
         await brake.refuse_if_cooling(client, remote)
         try:
