@@ -27,9 +27,9 @@ from lockgate.credentials import CredentialBroker, CredentialStore
 from lockgate.credentials.broker import REFRESH_WAIT
 from lockgate.errors import CredentialError
 
-from .test_federation import Cloud, Signer, clock, cloud, make_config, signer, store
+from .test_federation import Cloud, Signer, broker, clock, cloud, make_config, signer, store
 
-__all__ = ["clock", "cloud", "signer", "store"]  # the fixtures, shared
+__all__ = ["broker", "clock", "cloud", "signer", "store"]  # the fixtures, shared
 
 CLOUD_HOST = "login.cloud.example"  # stands for login.microsoftonline.com / a workspace
 
@@ -198,3 +198,26 @@ async def test_a_hanging_refresh_stalls_no_request_while_the_cached_token_is_val
         assert time.monotonic() - started >= 0.8
     finally:
         await broker.close()
+
+
+# -- what a token endpoint says about its token's lifetime ------------------------------------
+@pytest.mark.parametrize(
+    ("expires_in", "cached_for"),
+    [("NaN", 3600), (float("nan"), 3600), ("inf", 86400), (1e12, 86400), (-5, 1)],
+    ids=["nan-text", "nan", "inf-text", "huge", "negative"],
+)
+async def test_a_lifetime_no_token_has_is_bounded(
+    broker: CredentialBroker, cloud: Cloud, clock: Any, expires_in: Any, cached_for: int
+) -> None:
+    """A token endpoint that answers expires_in NaN would make every request exchange again
+    (NaN compares false), one that answers inf or 1e12 would make the gateway keep a token
+    forever: neither a lifetime a token has. NaN counts as the default hour, anything longer
+    than a day as a day, anything under a second as a second."""
+    cloud.expires_in = expires_in
+    first = await broker.upstream_secret("dbx-fed")
+    assert first is not None and first.expires_at == pytest.approx(clock.t + cached_for)
+    again = await broker.upstream_secret("dbx-fed")
+    assert again is not None and again.value == first.value and len(cloud.forms) == 1
+    clock.t += cached_for
+    later = await broker.upstream_secret("dbx-fed")
+    assert later is not None and later.value != first.value and len(cloud.forms) == 2

@@ -9,6 +9,7 @@ issuer and verifier."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,37 @@ def test_a_routine_rotation_never_pushes_a_retirement_back(open_store: OpenStore
     clock.t += 500  # 600 s after the first rotation
     assert keys.key(first) is None
     assert len([k for k in keys.published() if k.alg == "RS256"]) == 2
+
+
+# -- first keys: exactly one per algorithm, however many start at once -------------------------
+def test_replicas_starting_together_create_one_first_key_per_algorithm(
+    open_store: OpenStore,
+) -> None:
+    """Not a hole: six processes or replicas open the same keys at once, on a key set that
+    so far holds only EdDSA, each configured for all three algorithms: one RS256 and one
+    ES256 key are made, and every replica signs each algorithm with the same one (two would
+    leave a cloud's cached JWKS missing the key of whichever replica signs)."""
+    open_store()  # an EdDSA-only installation before RS256 and ES256 were configured
+    barrier = threading.Barrier(6)
+    opened: list[KeyStore] = []
+    failures: list[BaseException] = []
+
+    def replica() -> None:
+        try:
+            barrier.wait()
+            opened.append(open_store(algorithms=ALL))
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=replica) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures and len(opened) == 6
+    for alg in ALL:
+        assert len({store.current(alg).kid for store in opened}) == 1
+        assert len([k for k in open_store(algorithms=ALL).published() if k.alg == alg]) == 1
 
 
 # -- planted keys -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import math
 import re
 import secrets
 import time
@@ -44,6 +45,7 @@ ASSERTION_TTL = 600
 _ERROR_SLUG = re.compile(r"^[a-z_]{1,64}$")
 _AADSTS = re.compile(r"AADSTS\d{1,9}\b")
 _DEFAULT_EXPIRES_IN = 3600  # when the endpoint does not say
+_MAX_EXPIRES_IN = 86400  # longer than any access token the clouds issue
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
@@ -140,14 +142,7 @@ async def request_token(
     token = body.get("access_token")
     if not isinstance(token, str) or not token:
         raise CredentialError(f"credential {name!r}: token endpoint returned no access_token")
-    lifetime = body.get("expires_in", _DEFAULT_EXPIRES_IN)
-    try:
-        expires_in = (
-            float(lifetime) if isinstance(lifetime, str | int | float) else _DEFAULT_EXPIRES_IN
-        )
-    except ValueError:
-        expires_in = _DEFAULT_EXPIRES_IN
-    expires_in = max(expires_in, 1.0)
+    expires_in = _lifetime(body.get("expires_in", _DEFAULT_EXPIRES_IN))
     # refresh_before larger than the lifetime would refetch on every call: cap it at half
     lead = min(float(refresh_before), expires_in / 2)
     return AccessToken(
@@ -178,6 +173,19 @@ def _loopback(host: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _lifetime(value: object) -> float:
+    """Seconds an answer's ``expires_in`` gives its token, within what a token lives: the
+    default when it is no number (or NaN, which would make every request fetch again), at
+    most a day (inf or 1e12 would keep a token forever), at least a second."""
+    try:
+        seconds = float(value) if isinstance(value, str | int | float) else math.nan
+    except ValueError:
+        seconds = math.nan
+    if math.isnan(seconds):
+        return float(_DEFAULT_EXPIRES_IN)
+    return min(max(seconds, 1.0), float(_MAX_EXPIRES_IN))
 
 
 def _error_codes(body: Mapping[str, object]) -> list[str]:
