@@ -475,3 +475,46 @@ def test_a_workload_token_never_crosses_the_network_in_clear_text(
     with pytest.raises(GatewayUnavailable) as refused:
         client.mint(conn_id="api", coords={"dag_id": "etl"}, requested_ttl=None)
     assert "https" in str(refused.value) and cluster_token not in str(refused.value)
+
+
+# -- lifetimes ---------------------------------------------------------------------------------
+
+
+def _worker_claims(**extra: Any) -> dict[str, Any]:
+    return {"namespace": "airflow", "serviceaccount": {"name": "airflow-worker"}, **extra}
+
+
+async def test_a_kubernetes_token_kept_past_its_pods_lifetime_is_refused(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """The API server extends projected tokens to a year by default; the hour the pod asked
+    for is ``warnafter``, and the kubelet replaces the file long before. A token presented
+    later was copied out of a pod, perhaps one deleted months ago."""
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        now = int(time.time())
+        year = 365 * 86400
+        copied = pod_token(cluster, iat=now - 7200, nbf=now - 7200, exp=now + year,
+                           **{"kubernetes.io": _worker_claims(warnafter=now - 3600)})  # fmt: skip
+        answer = await exchange(gw, copied)
+        assert_refused(gw, answer, "oidc_stale_token", copied)
+        fresh = pod_token(cluster, exp=now + year,
+                          **{"kubernetes.io": _worker_claims(warnafter=now + 3000)})  # fmt: skip
+        assert (await exchange(gw, fresh))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"nbf": 10**10}, "oidc_not_yet_valid"),
+        ({"iat": 10**10}, "oidc_not_yet_valid"),
+        ({"exp": 1}, "oidc_expired"),
+        ({"exp": "never"}, "oidc_malformed"),
+    ],
+)
+async def test_times_out_of_place_are_refused(
+    tmp_path: Path, cluster: FakeClusterIssuer, claims: dict[str, Any], reason: str
+) -> None:
+    """Not a hole (checked): a token from the future, or one whose exp is no number."""
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        token = pod_token(cluster, **claims)
+        assert_refused(gw, await exchange(gw, token), reason, token)

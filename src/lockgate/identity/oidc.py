@@ -26,7 +26,10 @@ proves nothing. A token Lockgate signed itself (``iss`` its own issuer) is never
 token (``own_token``): a task's token must not become a deployment's proof. A JWKS
 discovered over https is fetched over https only (a ``jwks_uri`` in plain http would let
 the network choose the keys); a JWT-SVID's subject must be a well-formed SPIFFE ID (no
-empty, ``.`` or ``..`` segment, nothing a glob could be fooled by).
+empty, ``.`` or ``..`` segment, nothing a glob could be fooled by). A Kubernetes token
+past its ``kubernetes.io.warnafter`` (the lifetime the pod asked for, before the API server
+extended it to a year) is refused (``stale_token``): the kubelet has replaced it long
+since, so whoever presents it copied it out of a pod.
 
 Workload identities in practice:
 
@@ -198,6 +201,8 @@ class OidcVerifier:
         for path, globs in conf.claims.items():
             if not claim_matches(claims, path, globs):
                 raise AuthenticationError(f"claim_not_allowed:{path}")
+        if _past_warnafter(claims, time.time() - self._leeway):
+            raise AuthenticationError("stale_token")
         return SubjectToken(conf, sub, claims)
 
     # -- keys ---------------------------------------------------------------------------------
@@ -353,6 +358,19 @@ def _only_our_audiences(aud: object, ours: str | list[str]) -> bool:
     accepted = {ours} if isinstance(ours, str) else set(ours)
     named = aud if isinstance(aud, list) else [aud]
     return bool(named) and all(isinstance(a, str) and a in accepted for a in named)
+
+
+def _past_warnafter(claims: dict[str, Any], now: float) -> bool:
+    """Whether a Kubernetes token outlived the lifetime its pod asked for. An API server
+    that extends projected tokens (``--service-account-extend-token-expiration``, on by
+    default) makes a one-hour token valid for a year and notes the hour in
+    ``kubernetes.io.warnafter``; the kubelet replaces the file well before then, so only a
+    token copied out of a pod (and kept after the pod is gone) is presented later."""
+    k8s = claims.get("kubernetes.io")
+    warnafter = k8s.get("warnafter") if isinstance(k8s, dict) else None
+    if isinstance(warnafter, bool) or not isinstance(warnafter, int | float):
+        return False
+    return now > warnafter
 
 
 def _spiffe_id(sub: str) -> bool:
