@@ -11,6 +11,7 @@ import os
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,9 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lockgate.audit import AuditRow
 from lockgate.config import OidcIssuer
@@ -46,6 +49,7 @@ rules:
     actions: [read]
     resources: ["*"]
 """
+PK_KEY = Ed25519PrivateKey.generate()
 # The entry a careful operator writes: the namespace and the service accounts pinned.
 PINNED = {
     "subjects": ["system:serviceaccount:airflow:*"],
@@ -70,11 +74,18 @@ def entry(cluster: FakeClusterIssuer, deployment: str = "edge", **fields: Any) -
 async def gateway(
     tmp_path: Path, issuers: list[dict[str, Any]], **rate_limit: float
 ) -> AsyncIterator[Gateway]:
-    """The real gateway: "prod" proven by a client secret, "edge" by workload tokens only."""
+    """The real gateway: "prod" proven by a client secret, "pk" by a private-key JWT
+    assertion (:data:`PK_KEY`), "edge" by workload tokens only."""
+    pem = PK_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "pk.pem").write_bytes(pem)
+    pk = {"name": "pk", "dags": ["*"],
+          "proof": {"type": "private_key_jwt", "public_key": str(tmp_path / "pk.pem")}}  # fmt: skip
     async with running_gateway(
         tmp_path,
         policy=POLICY,
-        deployments=[deployment("prod", SECRET), {"name": "edge", "dags": ["*"]}],
+        deployments=[deployment("prod", SECRET), {"name": "edge", "dags": ["*"]}, pk],
         resources=[{"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9"}],
         oidc_issuers=issuers,
         issuer=LOCKGATE,
@@ -518,3 +529,33 @@ async def test_times_out_of_place_are_refused(
     async with gateway(tmp_path, [entry(cluster)]) as gw:
         token = pod_token(cluster, **claims)
         assert_refused(gw, await exchange(gw, token), reason, token)
+
+
+# -- client assertions -------------------------------------------------------------------------
+
+
+async def test_a_client_assertion_also_addressed_to_another_server_is_refused(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """The audience injection of private_key_jwt: an assertion whose ``aud`` names another
+    authorization server as well is in that server's hands, which could present it here."""
+
+    def assertion(aud: str | list[str]) -> str:
+        now = int(time.time())
+        claims = {"iss": "pk", "sub": "pk", "aud": aud, "exp": now + 60, "iat": now,
+                  "jti": uuid.uuid4().hex}  # fmt: skip
+        return jwt.encode(claims, PK_KEY, algorithm="EdDSA")
+
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        ours = LOCKGATE + "/v1/token"
+        form = {"client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                **TASK}  # fmt: skip
+        injected = assertion([ours, "https://other-as.example/token"])
+        status, body = await post(gw, client_assertion=injected, **form)
+        assert status == 401 and body["error"] == "invalid_client"
+        record = last_refusal(gw)
+        assert record.reason == "assertion_bad_assertion"
+        assert injected not in json.dumps(record.to_dict(), default=str)
+        for aud in (ours, [ours], LOCKGATE, [LOCKGATE, ours]):
+            status, body = await post(gw, client_assertion=assertion(aud), **form)
+            assert status == 200, body

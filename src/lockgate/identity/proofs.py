@@ -9,7 +9,8 @@ a workload-identity issuer, :mod:`lockgate.identity.oidc` — authenticates with
   does not tell which names exist.
 - ``private_key_jwt`` (RFC 7523): a short-lived JWT signed by the deployment's key.
   ``alg`` must match the key type (Ed25519 → EdDSA, RSA → RS256, EC P-256 → ES256),
-  ``iss == sub == deployment``, ``aud`` is the token endpoint or the issuer, ``exp`` is at
+  ``iss == sub == deployment``, ``aud`` is the token endpoint or the issuer (and nothing
+  else: an assertion also addressed to another server could be replayed by it), ``exp`` is at
   most 5 minutes ahead, and a ``jti`` is accepted once (remembered until its ``exp``) by
   every process on the state database (:mod:`lockgate.identity.once`), so a captured
   assertion cannot be replayed to a sibling ``--workers`` process, another replica, or
@@ -119,6 +120,11 @@ class AssertionVerifier:
         now = self._clock()
         exp, jti = claims["exp"], claims["jti"]
         if claims.get("sub") != name or not isinstance(jti, str) or not jti:
+            raise AuthenticationError("bad_assertion")
+        aud = claims["aud"]
+        if not all(a in self._audiences for a in (aud if isinstance(aud, list) else [aud])):
+            # Addressed to another server too (the audience injection of private_key_jwt):
+            # that server could present it here.
             raise AuthenticationError("bad_assertion")
         if not isinstance(exp, int | float) or exp > now + MAX_ASSERTION_LIFETIME + self._leeway:
             raise AuthenticationError("lifetime_too_long")
