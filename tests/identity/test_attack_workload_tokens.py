@@ -559,3 +559,51 @@ async def test_a_client_assertion_also_addressed_to_another_server_is_refused(
         for aud in (ours, [ours], LOCKGATE, [LOCKGATE, ours]):
             status, body = await post(gw, client_assertion=assertion(aud), **form)
             assert status == 200, body
+
+
+# -- refetches anyone can cause ----------------------------------------------------------------
+
+
+async def test_a_garbage_kid_refetch_that_fails_keeps_the_keys_in_hand(
+    cluster: FakeClusterIssuer,
+) -> None:
+    """Anyone can send a token whose kid makes us refetch the issuer's keys: if that
+    refetch meets a blip of the issuer, the keys fetched a minute ago must not be dropped
+    (every worker refused), while keys past max_age are still not vouched for."""
+    down = [False]
+
+    async def keys(_request: web.Request) -> web.Response:
+        if down[0]:
+            return web.json_response({"error": "unavailable"}, status=503)
+        return web.json_response({"keys": [key.jwk() for key in cluster._keys]})
+
+    app = web.Application()
+    app.router.add_get("/keys", keys)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    conf = OidcIssuer(**entry(cluster, jwks_uri=f"http://127.0.0.1:{port}/keys"))
+    garbage_header = _b64(json.dumps({"alg": "RS256", "kid": "garbage"}).encode())
+    async with aiohttp.ClientSession() as http:
+
+        async def session() -> aiohttp.ClientSession:
+            return http
+
+        try:
+            verifier = OidcVerifier([conf], session, refetch_interval=0, max_age=3600)
+            stale = OidcVerifier([conf], session, refetch_interval=0, max_age=0)
+            for each in (verifier, stale):
+                assert (await each.verify(pod_token(cluster))).deployment == "edge"
+            down[0] = True
+            token = pod_token(cluster)
+            with pytest.raises(AuthenticationError) as refused:
+                await verifier.verify(garbage_header + token[token.index(".") :])
+            assert refused.value.reason == "unknown_kid"
+            assert (await verifier.verify(pod_token(cluster))).deployment == "edge"
+            with pytest.raises(AuthenticationError) as refused:
+                await stale.verify(pod_token(cluster))
+            assert refused.value.reason == "unknown_kid"  # past max_age: fail closed
+        finally:
+            await runner.cleanup()

@@ -91,7 +91,8 @@ _FileStamp = tuple[int, int, int, int]
 @dataclass
 class _IssuerKeys:
     keys: dict[str, Jwk] = field(default_factory=dict)  # kid -> the key as published
-    fetched_at: float = float("-inf")
+    fetched_at: float = float("-inf")  # last fetch tried (the refetch interval's clock)
+    keys_at: float = float("-inf")  # last fetch that answered (the keys' age)
     file_stamp: _FileStamp | None = None  # of the jwks_file the keys were read from
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -212,7 +213,7 @@ class OidcVerifier:
         # Stale keys are refetched too, so a key the IdP withdrew stops working within max_age;
         # a JWKS file that changed on disk is stale at once (a rotated trust bundle).
         changed = conf.jwks_file is not None and _stamp(conf.jwks_file) != entry.file_stamp
-        stale = changed or time.monotonic() - entry.fetched_at >= self._max_age
+        stale = changed or time.monotonic() - entry.keys_at >= self._max_age
         jwk = None if stale else _pick(entry.keys, kid, alg)
         if jwk is None:
             async with entry.lock:
@@ -222,13 +223,21 @@ class OidcVerifier:
                     entry.fetched_at = time.monotonic()
                     if conf.jwks_file is not None:
                         entry.file_stamp = _stamp(conf.jwks_file)
-                    entry.keys = await self._fetch_jwks(conf)
+                    fetched = await self._fetch_jwks(conf)
+                    if fetched is not None:
+                        entry.keys, entry.keys_at = fetched, entry.fetched_at
+                    elif stale:
+                        entry.keys = {}  # keys past max_age are not vouched for: fail closed
+                    # else: a refetch for an unknown kid failed; the keys in hand are within
+                    # max_age and stay (anyone can send a kid that makes us refetch, so a
+                    # blip of the issuer at that moment must not refuse every worker)
                     jwk = _pick(entry.keys, kid, alg)
         if jwk is None:
             raise AuthenticationError("unknown_kid")
         return jwk
 
-    async def _fetch_jwks(self, conf: OidcIssuer) -> dict[str, Jwk]:
+    async def _fetch_jwks(self, conf: OidcIssuer) -> dict[str, Jwk] | None:
+        """The issuer's verification keys by kid; None when they could not be had."""
         try:
             if conf.jwks_file is not None:
                 doc = _json_object(_read_bounded(conf.jwks_file))
@@ -239,7 +248,7 @@ class OidcVerifier:
                 "oidc key fetch failed",
                 extra={"fields": {"issuer": conf.issuer, "error": type(exc).__name__}},
             )
-            return {}
+            return None
         keys: dict[str, Jwk] = {}
         for raw in doc.get("keys", []) if isinstance(doc.get("keys"), list) else []:
             if not isinstance(raw, dict) or raw.get("kty") == "oct" or "d" in raw:
