@@ -1,6 +1,7 @@
 """Attacks on upstream federation and the token requests it shares with client secrets:
 a network position between the gateway and a token endpoint reached over plain HTTP, a token
-endpoint that echoes what it was sent, and one that hangs while a cached token is valid.
+endpoint that echoes what it was sent, one that hangs while a cached token is valid, and a
+task that makes the upstream refuse its access token on purpose.
 
 The real broker against the token endpoints of :mod:`tests.credentials.test_federation`
 (which verify every assertion against real RSA and P-256 keys), reached through a resolver
@@ -24,8 +25,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from lockgate.config import LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore
-from lockgate.credentials.broker import REFRESH_WAIT
+from lockgate.credentials.broker import REFRESH_WAIT, REFUSED_REFETCH_INTERVAL
 from lockgate.errors import CredentialError
+from lockgate.gateway.caches import SecretCache
 
 from .test_federation import Cloud, Signer, broker, clock, cloud, make_config, signer, store
 
@@ -221,3 +223,32 @@ async def test_a_lifetime_no_token_has_is_bounded(
     clock.t += cached_for
     later = await broker.upstream_secret("dbx-fed")
     assert later is not None and later.value != first.value and len(cloud.forms) == 2
+
+
+# -- a task that makes the upstream answer 401 on purpose -------------------------------------
+@pytest.mark.parametrize("credential", ["cosmos-fed", "dbx-fed"])
+async def test_upstream_refusals_a_task_provokes_cost_one_exchange_per_interval(
+    broker: CredentialBroker, cloud: Cloud, clock: Any, credential: str
+) -> None:
+    """A task that can make the upstream answer 401 (a route that always does) makes the
+    gateway drop its access token after each (the engine's ``forget_token``). Were every drop
+    a new exchange, a few hundred requests would be as many token requests, and the cloud
+    throttles the app for every task. One exchange per interval; an operator's invalidate
+    (no version) still drops at once."""
+    secrets = SecretCache(broker, ttl=1.0, clock=clock, wall=clock)
+    first = await secrets.get(credential)
+    assert first is not None and len(cloud.forms) == 1
+    for _ in range(200):  # each request: the token, a 401, the token forgotten
+        sent = await secrets.get(credential)
+        assert sent is not None
+        secrets.forget_token(credential, sent.version)
+        clock.t += 0.05
+    assert len(cloud.forms) == 2  # one refetch in these 10 s, not 200
+    clock.t += REFUSED_REFETCH_INTERVAL
+    sent = await secrets.get(credential)
+    assert sent is not None
+    secrets.forget_token(credential, sent.version)
+    assert (await secrets.get(credential)) is not None and len(cloud.forms) == 3
+    secrets.invalidate(credential)
+    broker.invalidate(credential)  # the operator's
+    assert (await secrets.get(credential)) is not None and len(cloud.forms) == 4

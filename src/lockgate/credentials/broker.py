@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ _Key = tuple[str, int]  # (credential name, version)
 _RETRY_AFTER_FAILURE = 1.0  # seconds between reload attempts while the database is away
 #: Seconds a request waits for a refresh while the cached token is still valid.
 REFRESH_WAIT = 0.5
+#: Seconds between two token drops for upstream refusals (:meth:`CredentialBroker.invalidate`).
+REFUSED_REFETCH_INTERVAL = 30.0
 #: A credential with nothing stored: the host's identity or a federated one (one version, 0).
 _Unstored = ManagedIdentityCredential | FederatedCredential
 
@@ -96,6 +99,7 @@ class CredentialBroker:
         self._unstored_tokens: dict[str, AccessToken] = {}  # managed identity, federated
         self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
         self._inflight_since: dict[_Key, float] = {}  # time.monotonic() each fetch started
+        self._refused_at: dict[str, float] = {}  # credential -> last drop for an upstream 401
         self._reloading: asyncio.Future[bool] | None = None  # one worker-thread reload at once
         self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
         if store.stale():  # baseline: nothing is cached yet, so earlier writes are no change
@@ -152,7 +156,16 @@ class CredentialBroker:
         return prev
 
     def invalidate(self, credential_name: str, version: int | None = None) -> None:
-        """Forget cached access tokens (e.g. the upstream says a token was revoked)."""
+        """Forget cached access tokens. ``version`` given: the upstream refused that token
+        (a 401), which whoever sends requests upstream can provoke at will, so such a drop
+        happens at most once per :data:`REFUSED_REFETCH_INTERVAL` s per credential: a task
+        must not turn its requests into token requests the cloud throttles for everyone.
+        None: forget them all, now (an operator's or a rotation's change)."""
+        if version is not None:
+            now = self._clock()
+            if now - self._refused_at.get(credential_name, -math.inf) < REFUSED_REFETCH_INTERVAL:
+                return  # a token fetched since the last refusal is refused too: keep it
+            self._refused_at[credential_name] = now
         if version in (None, 0):
             self._unstored_tokens.pop(credential_name, None)
         for key in [k for k in self._tokens if k[0] == credential_name]:
