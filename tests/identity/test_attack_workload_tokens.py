@@ -231,6 +231,15 @@ async def test_a_token_of_one_deployment_never_serves_another(
         assert status == 401 and last_refusal(gw).reason == "bad_client_secret"
         status, _ = await post(gw, client_id="edge", client_secret="guess", **TASK)
         assert status == 401
+        now = int(time.time())
+        claims = {"iss": "edge", "sub": "edge", "aud": LOCKGATE, "exp": now + 60, "jti": "j1"}
+        status, _ = await post(
+            gw,
+            client_assertion=jwt.encode(claims, PK_KEY, algorithm="EdDSA"),
+            client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            **TASK,
+        )
+        assert status == 401 and last_refusal(gw).reason == "assertion_bad_assertion"
 
 
 async def test_naming_a_secretless_deployment_does_not_lock_its_workers_out(
@@ -607,3 +616,36 @@ async def test_a_garbage_kid_refetch_that_fails_keeps_the_keys_in_hand(
             assert refused.value.reason == "unknown_kid"  # past max_age: fail closed
         finally:
             await runner.cleanup()
+
+
+# -- keys and algorithms (checked: not holes) --------------------------------------------------
+
+
+def _forged(cluster: FakeClusterIssuer, alg: str, key: Any, **header: Any) -> str:
+    now = int(time.time())
+    claims = {"iss": cluster.issuer, "aud": [AUDIENCE], "exp": now + 60, "iat": now,
+              "sub": "system:serviceaccount:airflow:airflow-worker",
+              "kubernetes.io": _worker_claims()}  # fmt: skip
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": cluster.kid, **header})
+
+
+@pytest.mark.parametrize("case", ["embedded_jwk", "es256_for_rsa_kid", "none", "oversized"])
+async def test_tokens_that_choose_their_own_key_or_algorithm_are_refused(
+    tmp_path: Path, cluster: FakeClusterIssuer, case: str
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if case == "embedded_jwk":  # the attacker's own key in the header: never looked at
+        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(attacker.public_key(), as_dict=True)
+        token, reason = _forged(cluster, "RS256", attacker, jwk=jwk), "oidc_bad_signature"
+    elif case == "es256_for_rsa_kid":  # another algorithm for the cluster's RSA key id
+        token = _forged(cluster, "ES256", ec.generate_private_key(ec.SECP256R1()))
+        reason = "oidc_unknown_kid"
+    elif case == "none":
+        token, reason = _forged(cluster, "none", None), "oidc_unsupported_alg"
+    else:
+        token = pod_token(cluster, padding="x" * 9000)
+        reason = "oidc_oversized"
+    async with gateway(tmp_path, [entry(cluster, algorithms=["RS256", "ES256"])]) as gw:
+        assert_refused(gw, await exchange(gw, token), reason, token)
