@@ -649,3 +649,16 @@ async def test_tokens_that_choose_their_own_key_or_algorithm_are_refused(
         reason = "oidc_oversized"
     async with gateway(tmp_path, [entry(cluster, algorithms=["RS256", "ES256"])]) as gw:
         assert_refused(gw, await exchange(gw, token), reason, token)
+
+
+async def test_a_spiffe_subject_from_an_https_issuer_must_be_a_spiffe_id(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """SPIRE's OIDC discovery provider signs JWT-SVIDs under an https issuer: the subject
+    is a SPIFFE ID there too, and a glob over it is as easily fooled by dot segments."""
+    spire_like = entry(cluster, subjects=["spiffe://example.org/ns/airflow/*"])
+    async with gateway(tmp_path, [spire_like]) as gw:
+        good = pod_token(cluster, sub="spiffe://example.org/ns/airflow/sa/worker")
+        assert (await exchange(gw, good))[0] == 200
+        dotted = pod_token(cluster, sub="spiffe://example.org/ns/airflow/../kube-system/sa/x")
+        assert_refused(gw, await exchange(gw, dotted), "oidc_subject_not_allowed", dotted)

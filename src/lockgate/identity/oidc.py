@@ -25,8 +25,9 @@ cluster or trust domain can get a token for any audience it likes, so the audien
 proves nothing. A token Lockgate signed itself (``iss`` its own issuer) is never a subject
 token (``own_token``): a task's token must not become a deployment's proof. A JWKS
 discovered over https is fetched over https only (a ``jwks_uri`` in plain http would let
-the network choose the keys); a JWT-SVID's subject must be a well-formed SPIFFE ID (no
-empty, ``.`` or ``..`` segment, nothing a glob could be fooled by). A Kubernetes token
+the network choose the keys); a JWT-SVID's subject (any ``spiffe://`` subject, whichever
+issuer signed it) must be a well-formed SPIFFE ID (no empty, ``.`` or ``..`` segment,
+nothing a glob could be fooled by). A Kubernetes token
 past its ``kubernetes.io.warnafter`` (the lifetime the pod asked for, before the API server
 extended it to a year) is refused (``stale_token``): the kubelet has replaced it long
 since, so whoever presents it copied it out of a pod.
@@ -197,8 +198,11 @@ class OidcVerifier:
             fnmatch.fnmatchcase(sub, pattern) for pattern in conf.subjects
         ):
             raise AuthenticationError("subject_not_allowed")
-        if spiffe and not (sub.startswith(conf.issuer.rstrip("/") + "/") and _spiffe_id(sub)):
-            raise AuthenticationError("subject_not_allowed")  # another trust domain, or no ID
+        if spiffe and not sub.startswith(conf.issuer.rstrip("/") + "/"):
+            raise AuthenticationError("subject_not_allowed")  # another trust domain
+        if (spiffe or sub.startswith(SPIFFE_SCHEME)) and not _spiffe_id(sub):
+            # also from an https issuer (SPIRE's OIDC discovery provider): "*" spans "/"
+            raise AuthenticationError("subject_not_allowed")
         for path, globs in conf.claims.items():
             if not claim_matches(claims, path, globs):
                 raise AuthenticationError(f"claim_not_allowed:{path}")
