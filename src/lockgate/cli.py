@@ -14,7 +14,7 @@
     lockgate audit tail | audit search --dag D [--run R] [--decision deny] | audit verify
                                            (shared state: every replica; --local: this one)
     lockgate db upgrade | db check         the state's schema (SQLite files or PostgreSQL)
-    lockgate demo                          run the end-to-end demo on embedded defaults
+    lockgate demo [--secretless]           run the end-to-end demo on embedded defaults
 
 The config file is ``--config``, else ``$LOCKGATE_CONFIG``, else ``./lockgate.yaml``.
 Errors print one clear line (or a list of fields) to stderr and exit 2.
@@ -201,9 +201,15 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 # -- keys -------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.secretless:
+        if args.no_airflow:
+            raise LockgateError("--secretless runs its DAGs: it takes no --no-airflow")
+        from lockgate.demo.run_secretless import main as secretless_main
+
+        return secretless_main(Path(args.dir or "demo-secretless"))
     from lockgate.demo.run import main as demo_main
 
-    return demo_main(Path(args.dir), airflow=not args.no_airflow)
+    return demo_main(Path(args.dir or "demo"), airflow=not args.no_airflow)
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -291,8 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(sub)
 
     sp = add_command(sub, "demo", cmd_demo, "run the end-to-end demo on embedded defaults")
-    sp.add_argument("--dir", default="demo", metavar="DIR", help="working directory for the demo")
+    sp.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="working directory for the demo (default: demo, with --secretless demo-secretless)",
+    )
     sp.add_argument("--no-airflow", action="store_true", help="skip the Airflow DAG runs")
+    sp.add_argument(
+        "--secretless",
+        action="store_true",
+        help="no stored secret anywhere: workers proven by a service-account token, every "
+        "upstream federated; prints what the clouds saw and a secret scan's verdict",
+    )
     return p
 
 

@@ -1,8 +1,8 @@
 """No stored secret anywhere: real Airflow 3 DAGs for Cosmos DB, Data Factory, Databricks and
 an Entra-protected HTTP API, run by a worker whose only proof is a projected Kubernetes
 service-account token, through a gateway whose every upstream credential is federated
-(:mod:`tests.e2e.secretless_stack`). Then a scan of the worker's environment and files and of
-the gateway's data directory finds no secret (:mod:`tests.e2e.secret_scan`, which does find
+(:mod:`lockgate.demo.secretless`). Then a scan of the worker's environment and files and of
+the gateway's data directory finds no secret (:mod:`lockgate.demo.secret_scan`, which does find
 planted ones and those of the stack before it went secretless), a token from the wrong
 namespace is refused, and rotating Lockgate's signing keys (and the cluster's) between two
 runs breaks nothing.
@@ -31,16 +31,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from lockgate.cli import main as lockgate_cli
 from lockgate.demo.report import split_by_dag
 from lockgate.demo.run import run_dags
-from lockgate.demo.systems import FiveSystemsStack
-
-from .secret_scan import (
+from lockgate.demo.secret_scan import (
     SecretScan,
     credential_rows,
     dumped_env,
     key_ids_of_files,
     key_ids_of_jwks,
 )
-from .secretless_stack import (
+from lockgate.demo.secretless import (
     DATABRICKS_ALGORITHM,
     DATABRICKS_AUDIENCE,
     DATABRICKS_CREDENTIAL,
@@ -49,6 +47,7 @@ from .secretless_stack import (
     UPSTREAM_TOKEN_TTL,
     SecretlessStack,
 )
+from lockgate.demo.systems import FiveSystemsStack
 
 pytest.importorskip("airflow.providers.microsoft.azure", reason="the Azure provider")
 pytest.importorskip("airflow.providers.databricks", reason="the Databricks provider")

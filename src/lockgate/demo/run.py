@@ -127,6 +127,7 @@ def main(workdir: Path, airflow: bool = True) -> int:
         )
     elapsed = time.monotonic() - started
     print(f"\n  demo took {elapsed:.0f} s")
+    print("  next: `lockgate demo --secretless`, the same with no stored secret anywhere")
     return 0 if ok and verdict.ok else 1
 
 

@@ -1,11 +1,13 @@
-"""The demo's stand-ins with no stored secret anywhere: a worker that proves itself with a
-projected service-account token, and a gateway that federates to every upstream.
+"""The demo stack with no stored secret anywhere: a worker that proves itself with a
+projected service-account token, and a gateway that federates to every upstream. What
+``lockgate demo --secretless`` runs (:mod:`lockgate.demo.run_secretless`) and the end-to-end
+tests build on.
 
 :class:`SecretlessStack` is :class:`~lockgate.demo.systems.FiveSystemsStack` (Cosmos DB,
 Data Factory behind Entra ID, Databricks, the App Service-style orders API; Cassandra left
 out: a database password is a stored secret by nature) turned secretless:
 
-* Workers: a test Kubernetes service-account issuer (``demo/standins/kubernetes``) over
+* Workers: a stand-in Kubernetes service-account issuer (``demo/standins/kubernetes``) over
   HTTPS projects a token (namespace ``airflow``, service account ``airflow-worker``,
   audience ``lockgate``) into the worker's token volume; Airflow's secrets backend gets
   ``identity_token_file`` and nothing else. ``prod`` has no proof of its own: an
@@ -19,7 +21,10 @@ out: a database password is a stored secret by nature) turned secretless:
   policy (audience :data:`DATABRICKS_AUDIENCE`, ES256 assertions). No client secret,
   certificate or account key is registered or stored for any of them: the stand-ins'
   demo secrets are withdrawn and kept only in :attr:`SecretlessStack.retired_secrets`,
-  for the secret scan to look for.
+  for the secret scan (:mod:`lockgate.demo.secret_scan`) to look for.
+
+Run again in the same directory, it starts over: ``lockgate init`` rewrites the config and
+the DAGs are copied anew (the caller clears an earlier run's state, see ``run_secretless``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 import yaml
 
+from lockgate.demo.secret_scan import SecretScan, key_ids_of_files, key_ids_of_jwks
 from lockgate.demo.stack import EXAMPLE_DAGS
 from lockgate.demo.standins.databricks import DEFAULT_CLIENT_ID
 from lockgate.demo.standins.databricks.federation import FederationPolicies
@@ -46,10 +52,10 @@ if TYPE_CHECKING:
 NAMESPACE = "airflow"
 SERVICE_ACCOUNT = "airflow-worker"
 WORKER_AUDIENCE = "lockgate"
-DATABRICKS_AUDIENCE = "lockgate-test-account"  # the federation policy's audience
+DATABRICKS_AUDIENCE = "lockgate-demo-account"  # the federation policy's audience
 DATABRICKS_ALGORITHM = "ES256"
 ORDERS_APP_ID_URI = "api://lockgate-orders"  # the orders API's Entra audience
-# credential -> (Entra app registration, scope); the resource each one serves
+# credential -> (Entra app registration, the resource it serves)
 ENTRA_APPS = {
     "cosmos-federated": ("lockgate-cosmos-app", "orders-cosmos"),
     "arm-federated": (ENTRA_CLIENT, "arm"),
@@ -86,7 +92,7 @@ with DAG("{ENV_DUMP_DAG_ID}", start_date=datetime(2025, 1, 1), schedule=None, ca
 
 class RecordedFederation(FederationPolicies):
     """Databricks' federation policies, keeping the header and claims of every subject
-    token it accepted (never the token), as the test Entra does for its assertions."""
+    token it accepted (never the token), as the Entra stand-in does for its assertions."""
 
     def __init__(self, policies: FederationPolicies) -> None:
         super().__init__(policies.account_id, policies.keys, leeway=policies.leeway)
@@ -110,10 +116,10 @@ class SecretlessStack(FiveSystemsStack):
         self.token_file = self.worker / "var/run/secrets/lockgate/token"
         self.worker_tmp = self.worker / "tmp"
         self.worker_home = self.worker / "home"  # where SDKs would cache tokens (~/.azure)
-        self.worker_tmp.mkdir(parents=True)
-        self.worker_home.mkdir()
+        self.worker_tmp.mkdir(parents=True, exist_ok=True)
+        self.worker_home.mkdir(exist_ok=True)
         self.dags = self.workdir / "dags"
-        self.dags.mkdir()
+        self.dags.mkdir(exist_ok=True)
         for name in DAG_FILES:
             shutil.copy(EXAMPLE_DAGS / name, self.dags / name)
         (self.dags / f"{ENV_DUMP_DAG_ID}.py").write_text(ENV_DUMP_DAG, encoding="utf-8")
@@ -131,7 +137,8 @@ class SecretlessStack(FiveSystemsStack):
 
     @property
     def running_gateway(self) -> Gateway:
-        assert self.gateway is not None, "the stack is not started"
+        if self.gateway is None:
+            raise RuntimeError("the secretless stack is not started")
         return self.gateway
 
     # -- workers: the cluster's tokens are the only proof of "prod" ----------------------------
@@ -161,7 +168,8 @@ class SecretlessStack(FiveSystemsStack):
     # -- gateway: federated credentials only ---------------------------------------------------
     def _federate(self, doc: dict[str, Any]) -> None:
         issuer = self.config.issuer_url
-        assert self.ca_file is not None
+        if self.ca_file is None:  # FiveSystemsStack always serves TLS; the clouds demand it
+            raise RuntimeError("the secretless stack needs the control plane on https")
         doc["signing"] = {"algorithms": ["EdDSA", "RS256", "ES256"], "publish_ahead": 2}
         for cred, (app, _) in ENTRA_APPS.items():
             self.entra.add_federated_credential(
@@ -230,6 +238,32 @@ class SecretlessStack(FiveSystemsStack):
         self._credentials.clear()
         self.retired_secrets["orders API bearer secret"] = self.upstream_secret
         self.upstream.accepted.clear()
+
+    # -- what happened -------------------------------------------------------------------------
+    def assertions_seen(self) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(cloud, header, claims) of every assertion the stand-ins accepted, oldest first:
+        ``entra`` (client assertions) and ``databricks`` (subject tokens), never the JWT."""
+        seen = [
+            ("entra", r.assertion_header, r.assertion_claims)
+            for r in self.entra.token_requests
+            if r.status == 200 and r.assertion_header is not None
+        ]
+        seen += [("databricks", h, c) for h, c in self.databricks_federation.accepted]
+        return [(cloud, dict(h or {}), dict(c or {})) for cloud, h, c in seen]
+
+    def secret_scan(self, *, gateway: bool) -> SecretScan:
+        """The scan's rules: the secrets the stand-ins held before they went secretless and
+        the upstream access tokens they issued may be nowhere. The gateway may hold its own
+        signing and TLS keys (``gateway=True``); a worker holds no private key at all."""
+        known = dict(self.retired_secrets)
+        for i, token in enumerate(self.databricks.tokens):
+            known[f"Databricks access token #{i}"] = token
+        if not gateway:
+            return SecretScan(known=known)
+        own = key_ids_of_jwks(self.running_gateway.state.keys.jwks())
+        tls = self.workdir / "tls"
+        own |= key_ids_of_files(sorted(p for p in tls.iterdir() if p.is_file()))
+        return SecretScan(known=known, own_keys=own)
 
     def _add_cassandra(self, doc: dict[str, Any]) -> None:
         """Left out: the node's password would be a stored secret."""

@@ -1,9 +1,11 @@
 """Find stored secrets where the secretless form must have none: an Airflow worker's
-environment and files, and the gateway's data directory.
+environment and files, and the gateway's data directory. ``lockgate demo --secretless`` runs
+it after its DAGs (its verdict closes the transcript); the end-to-end tests run it too, and
+plant secrets to see it find them.
 
 What counts as a secret here (issue 12: "a scan finds none"):
 
-- a known secret value the test hands in (account keys, client secrets, the deployment's
+- a known secret value the caller hands in (account keys, client secrets, the deployment's
   client secret, upstream access tokens the stand-ins issued), raw or base64-encoded;
 - anything shaped like one whatever its value: a Cosmos DB account key or connection string,
   a ``client_secret`` setting (a client secret file or variable counts: it names a stored
@@ -169,7 +171,8 @@ def key_ids_of_files(paths: Iterable[Path]) -> set[bytes]:
 def key_ids_of_jwks(jwks: Mapping[str, object]) -> set[bytes]:
     """The public-key ids of a JWKS (Lockgate's published signing keys, every algorithm)."""
     keys = jwks.get("keys", [])
-    assert isinstance(keys, list)
+    if not isinstance(keys, list):
+        raise ValueError("a JWKS whose 'keys' is not a list")
     return {spki(jwt.PyJWK(jwk).key) for jwk in keys}
 
 
@@ -191,5 +194,6 @@ def credential_rows(database: Path) -> list[str]:
 def dumped_env(path: Path) -> dict[str, str]:
     """The environment a task wrote with ``json.dump(dict(os.environ), ...)``."""
     env = json.loads(path.read_text(encoding="utf-8"))
-    assert isinstance(env, dict)
+    if not isinstance(env, dict):
+        raise ValueError(f"{path} holds no environment (a JSON object)")
     return {str(k): str(v) for k, v in env.items()}
