@@ -662,3 +662,33 @@ async def test_a_spiffe_subject_from_an_https_issuer_must_be_a_spiffe_id(
         assert (await exchange(gw, good))[0] == 200
         dotted = pod_token(cluster, sub="spiffe://example.org/ns/airflow/../kube-system/sa/x")
         assert_refused(gw, await exchange(gw, dotted), "oidc_subject_not_allowed", dotted)
+
+
+# -- the address brake -------------------------------------------------------------------------
+
+
+async def test_an_ipv6_host_gets_one_address_budget_for_its_whole_slash_64(tmp_path: Path) -> None:
+    """One host holds a /64: counted per address, it would get a fresh budget (and a fresh
+    row in the shared table) for every request."""
+    from lockgate.config.identity import RateLimitSettings
+    from lockgate.identity._request import OAuthError
+    from lockgate.identity.rate_limit import RateLimiter, RateLimits
+
+    limits = RateLimits(
+        RateLimiter(tmp_path / "rate_limits.db"),
+        RateLimitSettings(failed_auth_per_remote=2, failed_auth_per_client=0),
+    )
+    try:
+        await limits.failed(None, "2001:db8:1:2::1")
+        await limits.failed(None, "2001:db8:1:2:ffff::9")
+        with pytest.raises(OAuthError) as cooling:
+            await limits.refuse_if_cooling(None, "2001:db8:1:2:dead:beef:0:7")
+        assert cooling.value.status == 429
+        await limits.refuse_if_cooling(None, "2001:db8:1:3::1")  # the next /64 is another
+        await limits.failed(None, "::ffff:192.0.2.7")  # IPv4-mapped is the IPv4 address
+        await limits.failed(None, "192.0.2.7")
+        with pytest.raises(OAuthError):
+            await limits.refuse_if_cooling(None, "192.0.2.7")
+        await limits.refuse_if_cooling(None, "192.0.2.8")  # IPv4 addresses stay apart
+    finally:
+        limits.close()

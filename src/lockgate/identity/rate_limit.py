@@ -8,7 +8,8 @@ bound, and guessing a deployment's secret must be slow. Three limits
 - ``mint``: per deployment, across every door that mints (``/v1/token``, ``/v1/poll-token``,
   ``/v1/db-role``); a mint takes one token, an empty bucket refuses until one refilled;
 - ``failed_auth_client``: per configured deployment a request names (client id);
-- ``failed_auth_remote``: per remote address.
+- ``failed_auth_remote``: per remote address (an IPv6 address by its /64: one host holds
+  a whole /64 and could otherwise take a fresh budget, and a fresh row, per request).
 
 A failed authentication takes one token from its client's and its address's bucket; the
 one that empties starts a cool-down (``failed_auth_cooldown``) during which every request
@@ -35,6 +36,7 @@ time never moves backwards.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import threading
@@ -368,11 +370,26 @@ class RateLimits:
         if client and self.settings.failed_auth_per_client > 0:
             keys.append((f"{FAILED_AUTH_CLIENT}:{client}", self.client_limit))
         if remote and self.settings.failed_auth_per_remote > 0:
-            keys.append((f"{FAILED_AUTH_REMOTE}:{remote}", self.remote_limit))
+            keys.append((f"{FAILED_AUTH_REMOTE}:{remote_key(remote)}", self.remote_limit))
         return keys
 
     def close(self) -> None:
         self.limiter.close()
+
+
+def remote_key(remote: str) -> str:
+    """What a remote address is counted as: an IPv4 address itself (also written as
+    IPv4-mapped IPv6), an IPv6 address its /64 (what one host or LAN gets), anything else
+    (a unix socket's name) as it is."""
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])  # no zone id
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def rate_limited(error: str, description: str, limit: str, wait: int) -> OAuthError:
@@ -408,6 +425,7 @@ __all__ = [
     "RateLimits",
     "is_failed_authentication",
     "rate_limited",
+    "remote_key",
     "retry_after",
     "take",
 ]
