@@ -65,7 +65,7 @@ def parse_body(ctype: str, raw: bytes) -> dict[str, str]:
     if ctype == "application/json":
         try:
             data = json.loads(raw, object_pairs_hook=_fields_once)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a deeply nested body
             raise invalid_request("body is not valid JSON") from None
         if not isinstance(data, dict):
             raise invalid_request("body must be a JSON object")

@@ -87,7 +87,7 @@ async def attest(
         raise AttestationFailed("airflow api answer too large")
     try:
         ti = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise AttestationFailed("airflow api answer is not JSON") from None
     if not isinstance(ti, dict):
         raise AttestationFailed("airflow api answer is not an object")

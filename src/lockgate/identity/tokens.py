@@ -89,7 +89,7 @@ def split_jwt(token: str, max_bytes: int = MAX_TOKEN_BYTES) -> tuple[dict[str, A
         raise AuthenticationError("malformed") from None
     try:
         header = json.loads(raw_header)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: [[[[...]]]]
         raise AuthenticationError("bad_header") from None
     if not isinstance(header, dict):
         raise AuthenticationError("bad_header")

@@ -412,3 +412,19 @@ async def test_a_submitted_pipeline_task_needs_a_grant_on_that_pipeline(env: Env
     status, answer = await env.call("POST", "/api/2.2/jobs/runs/submit", env.token(), body)
     assert status == 403 and "pipeline:abc-123" in str(answer), answer
     assert not env.fake.api_calls("runs/submit")
+
+
+async def test_a_body_nested_past_the_parsers_depth_is_refused_and_audited(env: Env) -> None:
+    # json.loads raises RecursionError (not ValueError) on [[[[...]]]]: unplaceable, so a
+    # 400 refusal on the record, never a 500 or an unjudged forward.
+    before = len(env.fake.api_calls("run-now"))
+    body = "[" * 1500 + "]" * 1500
+    async with env.http.post(
+        env.base + "/api/2.2/jobs/run-now",
+        headers={"Authorization": f"Bearer {env.token()}", "Content-Type": "application/json"},
+        data=body,
+    ) as r:
+        assert r.status == 400, await r.text()
+    assert len(env.fake.api_calls("run-now")) == before
+    refused = _audit(env, decision="deny")
+    assert any(rec.status == 400 for rec in refused)

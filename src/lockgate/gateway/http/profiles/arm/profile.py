@@ -174,7 +174,7 @@ class ArmProfile(ProfileBase):
             return detail
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return detail
         if not isinstance(data, dict):
             return detail

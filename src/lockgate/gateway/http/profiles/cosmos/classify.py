@@ -240,7 +240,7 @@ def json_or_none(body: bytes) -> Any:
     """The JSON value of ``body`` (``None`` for an empty or invalid body)."""
     try:
         return json.loads(body or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: [[[[...]]]], refused as unplaceable
         return None
 
 

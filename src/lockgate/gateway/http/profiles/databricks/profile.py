@@ -393,7 +393,7 @@ def _params(req: ProfileRequest) -> dict[str, Any]:
             data = json.loads(req.body, object_pairs_hook=_unique_keys)
         except _Refusal:
             raise
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: [[[[...]]]]
             data = None
         if not isinstance(data, dict):
             raise _Refusal(400, "bad_request", "request body is not a JSON object")
@@ -425,7 +425,7 @@ def _id(params: dict[str, Any], key: str) -> int:
 def _json(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
