@@ -295,10 +295,14 @@ class OidcVerifier:
         ) as resp:
             if resp.status != 200:
                 raise ValueError(f"HTTP {resp.status}")
-            body = await resp.content.read(_MAX_DOC_BYTES + 1)
-            if len(body) > _MAX_DOC_BYTES:
-                raise ValueError("document too large")
-            return _json_object(body)
+            # read(n) answers with what has arrived so far: a key set in several packets
+            # (Entra ID's, with its certificates) is read to its end, within the bound.
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > _MAX_DOC_BYTES:
+                    raise ValueError("document too large")
+            return _json_object(bytes(body))
 
     def _ssl_for(self, ca_file: Path | None) -> ssl.SSLContext | None:
         """The context that trusts only ``ca_file`` (None: the system's trust store)."""
