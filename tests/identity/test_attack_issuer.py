@@ -9,17 +9,22 @@ issuer and verifier."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from lockgate.config import SigningSettings
+from lockgate.config import PostgresStateSettings, SigningSettings
 from lockgate.errors import AuthenticationError, ConfigError
 from lockgate.identity import KeyStore, TaskIdentity, TokenIssuer, TokenVerifier, thumbprint
 from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
+from lockgate.store import PostgresDatabase
 
 from .conftest import ISSUER, Clock
 from .test_keys_algorithms import ALL, OpenStore, open_store
@@ -99,6 +104,37 @@ def test_a_routine_rotation_never_pushes_a_retirement_back(open_store: OpenStore
     clock.t += 500  # 600 s after the first rotation
     assert keys.key(first) is None
     assert len([k for k in keys.published() if k.alg == "RS256"]) == 2
+
+
+# -- a rotation from a machine whose clock is off the database's ------------------------------
+@pytest.mark.parametrize("skew", [-3600, 7200], ids=["behind", "ahead"])
+def test_a_rotation_on_a_clock_off_the_databases_is_refused(
+    pg_state: Callable[..., PostgresStateSettings], skew: int
+) -> None:
+    """``lockgate keys rotate`` from a laptop an hour behind: its times would make the new
+    RS256 key sign at once on every replica (no cloud's cached JWKS knows it) and retire the
+    old key, whose tokens are still out; two hours ahead, it would delete keys replicas still
+    verify with. Refused with the skew named; the replicas keep their keys. The control: a
+    replica on the right clock rotates, publishing ahead as configured."""
+    settings, master_key = pg_state(), os.urandom(32)
+    dbs = [PostgresDatabase(settings, replica_id=f"r{i}") for i in range(2)]
+    try:
+        replica = KeyStore(dbs[0], master_key=master_key, algorithms=ALL, publish_ahead=300)
+        laptop = KeyStore(
+            dbs[1], master_key=master_key, algorithms=ALL, publish_ahead=300,
+            clock=lambda: time.time() + skew, check_clock=True,
+        )  # fmt: skip
+        old = replica.current("RS256").kid
+        with pytest.raises(ConfigError, match=re.escape(f"clock is {skew:+d} s off")):
+            laptop.rotate_each(retire_after=900, algorithms=["RS256"])
+        replica.reload()
+        assert replica.current("RS256").kid == old
+        assert [k.kid for k in replica.published() if k.alg == "RS256"] == [old]
+        new = replica.rotate_each(retire_after=900, algorithms=["RS256"])[0]
+        assert replica.current("RS256").kid == old and new.signs_from >= time.time() + 290
+    finally:
+        for db in dbs:
+            db.close()
 
 
 # -- first keys: exactly one per algorithm, however many start at once -------------------------

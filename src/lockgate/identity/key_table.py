@@ -58,6 +58,8 @@ from lockgate.store import Cursor, Database, Migration, open_store, register_dom
 DOMAIN = TOPIC = "keys"
 # Any fixed 64-bit number other than the migrations' own: serialises key writes on PostgreSQL.
 _WRITE_LOCK_KEY = 0x4C47_4B45_5953  # "LGKEYS"
+#: Seconds a rotating process's clock may be off the database's (NTP keeps hosts within ms).
+MAX_CLOCK_SKEW = 30.0
 
 MIGRATIONS = (
     Migration(
@@ -109,9 +111,12 @@ class KeyTable:
         *,
         migrate_schema: bool | None = None,
         rsa_key_size: int = 2048,
+        check_clock: bool = False,
     ) -> None:
         self.db = db
         self.rsa_key_size = rsa_key_size
+        # PostgreSQL: refuse to rotate on a clock off the database's (see _check_clock).
+        self.check_clock = check_clock and db.dialect == "postgresql"
         self.shared = db.dialect == "postgresql"
         open_store(db, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
         if self.shared:
@@ -161,6 +166,7 @@ class KeyTable:
         added: list[SigningKey] = []
         with self.db.transaction() as cur:
             self._lock(cur)
+            self._check_clock(cur, now)
             stored = self._read(cur, known)
             for alg, delay in delays.items():
                 # Never before a stored key of its algorithm: "the newest active key signs".
@@ -206,6 +212,24 @@ class KeyTable:
     def _lock(self, cur: Cursor) -> None:
         if self.db.dialect == "postgresql":
             cur.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK_KEY,))
+
+    def _check_clock(self, cur: Cursor, now: float) -> None:
+        """A rotation's times (when the new key signs, when older keys retire) are written for
+        every replica, in this process's clock. One far behind the database's (a laptop
+        running ``lockgate keys rotate``) would make a key sign at once that clouds cannot
+        know yet and retire keys whose tokens are still out; one far ahead would delete keys
+        other replicas still verify with. Refused, saying by how much."""
+        if not self.check_clock:
+            return
+        row = cur.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()
+        assert row is not None  # one row, always
+        skew = now - float(row[0])
+        if abs(skew) > MAX_CLOCK_SKEW:
+            raise ConfigError(
+                f"{self.db.label}: this machine's clock is {skew:+.0f} s off the database's "
+                f"(at most {MAX_CLOCK_SKEW:.0f}): a rotation's times would be wrong on every "
+                "replica; set the clock (NTP) and rotate again"
+            )
 
     def _retire_due(self, cur: Cursor, now: float) -> None:
         """Delete the keys whose time is over, leaving their kids as tombstones."""

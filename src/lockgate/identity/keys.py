@@ -73,7 +73,9 @@ class KeyStore:
     ``source``: the data directory (keys as files) or a shared :class:`Database` (keys in
     its ``signing_keys`` table, private halves encrypted under ``master_key``).
     ``algorithms``: those a key is kept for (the first of each is created on open);
-    ``publish_ahead``: seconds a rotated RS256/ES256 key is published before it signs."""
+    ``publish_ahead``: seconds a rotated RS256/ES256 key is published before it signs;
+    ``check_clock``: refuse to rotate shared keys on a clock off PostgreSQL's (default: when
+    ``clock`` is the real one)."""
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class KeyStore:
         clock: Callable[[], float] = time.time,
         activation_delay: float | None = None,
         migrate_schema: bool | None = None,
+        check_clock: bool | None = None,
     ) -> None:
         unknown = [alg for alg in algorithms if alg not in ALGORITHMS]
         if unknown or not algorithms:
@@ -104,8 +107,10 @@ class KeyStore:
                 raise ConfigError("signing keys in a database need the master key")
             self.dir = None
             self._backend = KeyTable(
-                source, master_key, migrate_schema=migrate_schema, rsa_key_size=rsa_key_size
-            )
+                source, master_key, migrate_schema=migrate_schema, rsa_key_size=rsa_key_size,
+                # the real clock is checked against PostgreSQL's; a test's clock is its own
+                check_clock=clock is time.time if check_clock is None else check_clock,
+            )  # fmt: skip
         if activation_delay is None:
             activation_delay = _default_activation_delay(source) if self._backend.shared else 0.0
         self.activation_delay = activation_delay
