@@ -186,11 +186,14 @@ async def test_an_entry_that_pins_no_subject_takes_no_token(
     (TokenRequest on its own service account): an entry with the default ``subjects: ["*"]``
     and no claims would make every workload of the cluster the Airflow deployment."""
     unpinned = {"issuer": cluster.issuer, "audience": AUDIENCE, "deployment": "edge"}
+    intruder = cluster.token(namespace="default", service_account="crypto-miner",
+                             audience=AUDIENCE)  # fmt: skip
     async with gateway(tmp_path, [unpinned]) as gw:
-        intruder = cluster.token(namespace="default", service_account="crypto-miner",
-                                 audience=AUDIENCE)  # fmt: skip
-        answer = await exchange(gw, intruder)
-        assert_refused(gw, answer, "oidc_entry_unpinned", intruder)
+        assert_refused(gw, await exchange(gw, intruder), "oidc_entry_unpinned", intruder)
+    for n, globs in enumerate((["**"], ["?*"], ["system:serviceaccount:airflow:*", "*"])):
+        (tmp_path / str(n)).mkdir()
+        async with gateway(tmp_path / str(n), [{**unpinned, "subjects": globs}]) as gw:
+            assert_refused(gw, await exchange(gw, intruder), "oidc_entry_unpinned", intruder)
 
 
 # -- Lockgate's own tokens ---------------------------------------------------------------------

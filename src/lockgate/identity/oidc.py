@@ -365,8 +365,9 @@ def claim_matches(claims: dict[str, Any], path: str, globs: str | list[str]) -> 
 
 
 def _unpinned(entry: OidcIssuer) -> bool:
-    """An entry that would take every subject of its issuer: a bare ``*`` and no claims."""
-    return "*" in entry.subjects and not entry.claims
+    """An entry that would take every subject of its issuer: a subject glob of wildcards
+    only (``*``, ``**``, ``?*``) and no claims."""
+    return not entry.claims and any(not glob.strip("*?") for glob in entry.subjects)
 
 
 def _only_our_audiences(aud: object, ours: str | list[str]) -> bool:
