@@ -184,3 +184,18 @@ def test_the_scan_verdict_holds_when_scanned_again(demo: Demo) -> None:
     assert SecretScan().scan_tree(demo.workdir / "worker") == []
     own = key_ids_of_files([*(data_dir / "keys").glob("*.pem"), *(demo.workdir / "tls").glob("*")])
     assert own and SecretScan(own_keys=own).scan_tree(data_dir) == []
+
+
+def test_it_keeps_the_data_of_another_stack_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory with another gateway's data (the normal demo's stored credentials) is
+    not the secretless demo's to clear: refused, left as it was."""
+    from lockgate.demo.run_secretless import main
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "credentials.db").write_bytes(b"stored")
+    assert main(tmp_path) == 2
+    said = " ".join(capsys.readouterr().out.split())
+    assert "holds another Lockgate's data; choose another --dir" in said
+    assert (tmp_path / "data" / "credentials.db").read_bytes() == b"stored"

@@ -33,6 +33,7 @@ from lockgate.demo.report import fit, split_by_dag, wrap
 from lockgate.demo.run import explain_failure, run_dags, shown
 from lockgate.demo.secret_scan import Finding, credential_rows, dumped_env, files_under
 from lockgate.demo.secretless import ENV_DUMP_DAG_ID, SecretlessStack
+from lockgate.demo.stack import EXAMPLE_DAGS
 
 # dag -> (the system it runs on, the resource it reaches through the gateway)
 SECRETLESS_DAGS = {
@@ -52,16 +53,27 @@ def main(workdir: Path) -> int:
     started = time.monotonic()
     workdir = workdir.resolve()  # Airflow needs an absolute AIRFLOW_HOME
     print(fit(f"Lockgate demo with no stored secret anywhere, in {shown(workdir)}"))
+    if not EXAMPLE_DAGS.is_dir():
+        print(f"example DAGs not found at {EXAMPLE_DAGS}; run from a source checkout")
+        return 2
     if (workdir / "worker").is_dir():
         for name in EARLIER_RUN:
             shutil.rmtree(workdir / name, ignore_errors=True)
     elif (workdir / "data").exists():  # another stack's state (stored credentials): kept
-        print(fit(f"  {shown(workdir)} holds another Lockgate's data; choose another --dir"))
+        refusal = f"{shown(workdir)} holds another Lockgate's data; choose another --dir"
+        print("\n".join(wrap(refusal, 2, max_lines=10)))
         return 2
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "lockgate.log"
-    with log_path.open("w", encoding="utf-8") as log_file, SecretlessStack(workdir) as stack:
-        _log.setup("info", stream=log_file)  # the gateway's JSON logs, kept out of the way
+    with log_path.open("w", encoding="utf-8") as log_file:
+        # The gateway's JSON logs, kept out of the way from the start (the stack's setup
+        # logs too: a new master key for an empty credential store).
+        _log.setup("info", stream=log_file)
+        return run(workdir, log_path, started)
+
+
+def run(workdir: Path, log_path: Path, started: float) -> int:
+    with SecretlessStack(workdir) as stack:
         print(fit(f"  gateway logs (JSON lines) in {shown(log_path)}"))
         print(fit(f"  gateway control plane {stack.control_url}, HTTP engine {stack.http_url}"))
         print(fit(f"  Lockgate's issuer, which the clouds trust: {stack.config.issuer_url}"))
@@ -158,14 +170,8 @@ def report_assertions(stack: SecretlessStack) -> None:
     if not seen:
         print("    (no assertion accepted)")
     discovery = f"{stack.config.issuer_url}/.well-known/openid-configuration"
-    readers = [
-        CLOUD_NAMES[cloud]
-        for cloud, keys in (
-            ("entra", stack.entra.issuer_keys),
-            ("databricks", stack.databricks_federation.keys),
-        )  # fmt: skip
-        if discovery in keys.fetched
-    ]
+    fetched = {"entra": stack.entra.issuer_keys, "databricks": stack.databricks_federation.keys}
+    readers = [CLOUD_NAMES[cloud] for cloud, keys in fetched.items() if discovery in keys.fetched]
     if readers:
         print(fit(f"    {' and '.join(readers)} read {discovery}"))
     record = write_cloud_records(stack)
