@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from lockgate.config import PostgresStateSettings, SigningSettings
 from lockgate.errors import AuthenticationError, ConfigError
@@ -169,17 +170,20 @@ def test_replicas_starting_together_create_one_first_key_per_algorithm(
 
 
 # -- planted keys -----------------------------------------------------------------------------
-def _plant(directory: Path, private: rsa.RSAPrivateKey) -> str:
-    """Write ``private`` into a file key store as its current RS256 key (the index and the PEM
-    as the store writes them): what someone with write access to the directory could do."""
-    kid = thumbprint(private.public_key())
+def _plant(directory: Path, private: PrivateKeyTypes, alg: str = "RS256") -> str:
+    """Write ``private`` into a file key store as its current ``alg`` key (the index and the
+    PEM as the store writes them): what someone with write access to the directory could do."""
+    try:
+        kid = thumbprint(private.public_key())  # type: ignore[arg-type]
+    except ValueError:  # a key type no kid is computed for: any well-formed name
+        kid = "A" * 43
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )  # fmt: skip
     (directory / f"{kid}.pem").write_bytes(pem)
     index = json.loads((directory / "index.json").read_text())
-    index["keys"].append({"kid": kid, "alg": "RS256", "created": 1.0, "retire_at": None})
+    index["keys"].append({"kid": kid, "alg": alg, "created": 1.0, "retire_at": None})
     (directory / "index.json").write_text(json.dumps(index))
     return kid
 
@@ -199,6 +203,21 @@ def test_a_weak_rsa_key_planted_in_the_key_directory_is_refused(
     with pytest.raises(ConfigError) as refused:
         KeyStore(tmp_path, algorithms=ALL)
     assert kid in str(refused.value) and "BEGIN" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "curve", [ec.SECP384R1(), ec.SECP256K1(), ec.SECP521R1()], ids=lambda c: c.name
+)
+def test_an_ec_key_off_p256_planted_as_es256_is_refused(
+    tmp_path: Path, curve: ec.EllipticCurve
+) -> None:
+    """Not a hole: a P-384 or secp256k1 key named ES256 in the index is never published (a
+    verifier would check ES256 signatures with the wrong curve; a cloud would refuse the
+    whole key set)."""
+    KeyStore(tmp_path, algorithms=ALL)
+    _plant(tmp_path / "keys", ec.generate_private_key(curve), "ES256")
+    with pytest.raises(ConfigError, match=r"ES256|unsupported"):
+        KeyStore(tmp_path, algorithms=ALL)
 
 
 def test_a_strong_rsa_key_in_the_key_directory_is_loaded(tmp_path: Path) -> None:
@@ -228,3 +247,25 @@ def test_a_caller_identity_assertion_is_no_lockgate_token(tmp_path: Path, alg: s
             verifier.verify(assertion, resource)
         assert refused.value.reason == "missing_claims" and refused.value.claims is None
     assert verifier.verify(token, RESOURCE[alg]) == claims  # the control
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256"])
+def test_a_federation_assertion_is_no_lockgate_token(tmp_path: Path, alg: str) -> None:
+    """Not a hole: the JWT the gateway sends Entra ID or Databricks (same issuer and keys)
+    is refused by the gateway's own verifier for every resource, whoever saw it on the way:
+    it carries no task, and its audience is no resource name."""
+    from lockgate.config import FederatedCredential
+    from lockgate.credentials.federation import assertion_claims
+
+    clock = Clock()
+    keys = KeyStore(tmp_path, algorithms=ALL, clock=clock)
+    verifier = TokenVerifier(keys, None, ISSUER, clock=clock)
+    cred = FederatedCredential(
+        name="dbx-fed", type="federated", provider="databricks",
+        token_url="https://adb-1.azuredatabricks.net/oidc/v1/token", audience="cosmos",
+    )  # fmt: skip
+    assertion = keys.sign(assertion_claims(cred, ISSUER, now=clock()), alg)
+    for resource in (*RESOURCE.values(), cred.assertion_audience):
+        with pytest.raises(AuthenticationError) as refused:
+            verifier.verify(assertion, resource)
+        assert refused.value.reason == "missing_claims" and refused.value.claims is None
