@@ -729,3 +729,27 @@ async def test_a_key_set_that_arrives_in_pieces_is_read_whole(cluster: FakeClust
             assert (await verifier.verify(pod_token(cluster))).deployment == "edge"
     finally:
         await runner.cleanup()
+
+
+def test_a_token_path_caught_mid_swap_is_read_again(
+    tmp_path: Path, cluster: FakeClusterIssuer, cluster_token: str
+) -> None:
+    """The kubelet swaps ``..data`` to a new payload directory and removes the old one: a
+    path resolved through the old link at that moment finds no file, once."""
+    from lockgate.airflow.workload_identity import TokenFile, WorkloadIdentityUnavailable
+
+    path = tmp_path / "projected" / "token"
+
+    def kubelet() -> None:
+        time.sleep(0.08)
+        cluster.project(path, namespace="airflow", service_account="airflow-worker",
+                        audience=AUDIENCE)  # fmt: skip
+
+    writer = threading.Thread(target=kubelet)
+    writer.start()
+    try:
+        assert TokenFile(path).token().count(".") == 2
+    finally:
+        writer.join()
+    with pytest.raises(WorkloadIdentityUnavailable, match="no such file"):
+        TokenFile(tmp_path / "never").token()  # a path that stays missing is still an error

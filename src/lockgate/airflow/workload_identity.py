@@ -13,8 +13,9 @@ Sources:
   JWT-SVID file, any OIDC token file. Only a regular file is read (a FIFO or a device
   named by mistake must not hang the task or feed it endless bytes), through one open
   descriptor (the kubelet's symlink swap gives either the old or the new token, whole);
-  a token caught half-written by a helper that rewrites its file in place is read again
-  a few times before the file is called broken.
+  a token caught half-written by a helper that rewrites its file in place, or a path
+  caught mid-swap (resolved through the old payload directory as it was removed), is read
+  again a few times before the file is called broken or missing.
 - :class:`TokenFileFromEnv`: the file named by an environment variable, looked up at every
   mint: ``AZURE_FEDERATED_TOKEN_FILE`` (Azure workload identity's webhook sets it).
 - :class:`SpiffeWorkloadApi`: a JWT-SVID for ``audience`` from the SPIFFE Workload API
@@ -73,20 +74,29 @@ class TokenFile:
 
     def token(self) -> str:
         for _attempt in range(_READ_ATTEMPTS - 1):
-            token = _whole_jwt(self._read())
+            raw = self._read(missing_ok=True)
+            token = _whole_jwt(raw) if raw is not None else None
             if token is not None:
                 return token
-            time.sleep(_REREAD_PAUSE)  # perhaps caught mid-write: once more
-        token = _whole_jwt(self._read())
+            time.sleep(_REREAD_PAUSE)  # perhaps caught mid-write or mid-swap: once more
+        token = _whole_jwt(self._read(missing_ok=False) or b"")
         if token is None:
             raise WorkloadIdentityUnavailable(f"{self.describe()} is empty or does not hold a JWT")
         return token
 
-    def _read(self) -> bytes:
-        """The file's bytes, from a regular file only and no more than a token needs."""
+    def _read(self, *, missing_ok: bool) -> bytes | None:
+        """The file's bytes, from a regular file only and no more than a token needs; None
+        when it is missing and ``missing_ok`` (the kubelet's swap removes the old payload
+        directory: a path resolved through the old ``..data`` link finds nothing)."""
         try:
             # Non-blocking: opening a FIFO waits for a writer otherwise.
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise WorkloadIdentityUnavailable(
+                f"cannot read {self.describe()}: no such file"
+            ) from None
         except OSError as exc:
             raise WorkloadIdentityUnavailable(
                 f"cannot read {self.describe()}: {exc.strerror or type(exc).__name__}"
