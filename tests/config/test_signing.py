@@ -130,6 +130,48 @@ def test_an_assertion_a_task_token_could_pass_for_is_refused(
     assert str(path) in msg and expected in msg
 
 
+@pytest.mark.parametrize(
+    "token_url",
+    ["http://login.example/t/oauth2/v2.0/token", "ftp://login.example/token", "login.example"],
+)
+@pytest.mark.parametrize("credential", [ENTRA, {**ENTRA, "type": "oauth2_client_credentials"}])
+def test_a_token_url_a_secret_or_assertion_would_cross_in_clear_is_refused(
+    tmp_path: Path, credential: dict[str, Any], token_url: str
+) -> None:
+    data = valid()
+    cred = {**credential, "token_url": token_url}
+    if cred["type"] == "oauth2_client_credentials":
+        del cred["provider"]
+    data["credentials"].append(cred)
+    path, msg = error_of(tmp_path, data)
+    assert str(path) in msg and "token_url" in msg and "https" in msg
+
+
+@pytest.mark.parametrize(
+    "token_url", ["http://127.0.0.1:8080/token", "http://localhost/token", "http://[::1]/t"]
+)
+def test_plain_http_to_this_machine_is_allowed(tmp_path: Path, token_url: str) -> None:
+    data = valid()
+    data["credentials"].append({**ENTRA, "token_url": token_url})
+    load_config(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"subject": "AIRFLOW:prod/finance_daily/load"}, "task principals"),
+        ({"audience": "https://lockgate.example/upstream/orders-api"}, "caller-identity"),
+    ],
+)
+def test_an_assertion_shaped_like_another_lockgate_token_is_refused(
+    tmp_path: Path, change: dict[str, str], expected: str
+) -> None:
+    data = _with(issuer="https://lockgate.example")
+    data["credentials"].append({**DATABRICKS, **change})
+    _, msg = error_of(tmp_path, data)
+    assert expected in msg
+
+
 def test_a_deployment_without_proof_needs_an_issuer_that_proves_it(tmp_path: Path) -> None:
     data = valid()
     del data["deployments"][0]["proof"]  # "prod": oidc_issuers[0] names it

@@ -198,7 +198,7 @@ async def broker(
 
 # -- the request -----------------------------------------------------------------------------
 def test_assertion_claims_are_the_pinned_ones() -> None:
-    cfg = make_config("http://x")
+    cfg = make_config("https://x")
     cred = cfg.credential("cosmos-fed")
     assert cred is not None and cred.type == "federated"
     claims = assertion_claims(cred, cfg.issuer_url, now=START + 0.7)
@@ -212,7 +212,7 @@ def test_assertion_claims_are_the_pinned_ones() -> None:
 
 
 def test_exchange_forms_per_provider() -> None:
-    cfg = make_config("http://x", client_id="sp-9")
+    cfg = make_config("https://x", client_id="sp-9")
     entra, dbx = cfg.credential("cosmos-fed"), cfg.credential("dbx-fed")
     assert entra is not None and entra.type == "federated"
     assert dbx is not None and dbx.type == "federated"

@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lockgate.config._base import NAME_RE, Section
+
+
+def reaches_in_clear(url: str) -> bool:
+    """True when a request to ``url`` would cross a network in clear: anything but https,
+    except plain http to this machine (a sidecar, a test service)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return False
+    if parts.scheme != "http" or parts.hostname is None:
+        return True
+    host = parts.hostname.lower().rstrip(".")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _token_url_not_in_clear(url: str) -> str:
+    if reaches_in_clear(url):
+        raise ValueError(
+            "must be https (plain http only to this machine): the request carries a "
+            "secret or a signed assertion anyone on the path could replay"
+        )
+    return url
 
 
 class StaticCredential(Section):
@@ -36,6 +64,8 @@ class OAuth2ClientCredential(Section):
     refresh_before: int = Field(
         default=300, ge=0, description="refresh this many seconds before expiry"
     )
+
+    check_token_url = field_validator("token_url")(_token_url_not_in_clear)
 
 
 class ManagedIdentityCredential(Section):
@@ -87,6 +117,7 @@ class FederatedCredential(Section):
         default=None, description="default: signing.audiences for the audience, else RS256"
     )
     assertion_ttl: int = Field(default=300, ge=60, le=3600, description="seconds")
+    check_token_url = field_validator("token_url")(_token_url_not_in_clear)
     overlap: int = Field(default=0, ge=0)
     refresh_before: int = Field(default=300, ge=0)
 

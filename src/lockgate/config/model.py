@@ -120,10 +120,15 @@ class LockgateConfig(Section):
                         f"credentials[{i}].audience: {c.assertion_audience!r} is also a "
                         "resource name, so a task's token would carry it: pick another"
                     )
-                if c.assertion_subject.startswith("airflow:"):
+                if c.assertion_subject.lower().startswith("airflow:"):
                     raise ValueError(
                         f"credentials[{i}].subject: 'airflow:' names task principals; "
                         "a federated credential's subject must not look like one"
+                    )
+                if c.assertion_audience.startswith(f"{self.issuer_url}/upstream/"):
+                    raise ValueError(
+                        f"credentials[{i}].audience: {self.issuer_url}/upstream/... is the "
+                        "audience of the caller-identity assertions upstreams receive"
                     )
                 alg = self.federation_algorithm(c)
                 if alg == "EdDSA" or (c.provider == "entra" and alg != "RS256"):
