@@ -35,8 +35,12 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
             if key.signs_from > time.time()
             else ""
         )
-        print(f"new signing key {key.kid}; {key.alg}; published now{when}; "
-              f"previous {key.alg} keys stay published for {retire}s")  # fmt: skip
+        older = (
+            f"older {key.alg} keys retire now"
+            if retire == 0
+            else f"older {key.alg} keys stay published for at most {retire}s more"
+        )
+        print(f"new signing key {key.kid}; {key.alg}; published now{when}; {older}")
     return 0
 
 
