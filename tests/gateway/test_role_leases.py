@@ -207,10 +207,17 @@ async def test_a_dead_replicas_role_is_dropped_by_exactly_one_other(
         await asyncio.sleep(0.7)
         await asyncio.gather(asyncio.to_thread(leases_b.heartbeat),
                              asyncio.to_thread(leases_c.heartbeat))  # fmt: skip
-        by_b, by_c = await asyncio.gather(
-            reap(leases_b, {"shop-pg": roles_b}), reap(leases_c, {"shop-pg": roles_c})
-        )
-        dropped = [x.role for x in by_b + by_c]
+        dropped: list[str] = []
+        # Two sweepers at once, as replicas run them; a row one of them holds while the
+        # other looks is left to a later round (a busy machine can stretch a drop past
+        # the other's look), so a few rounds, each one both at once.
+        for _round in range(3):
+            by_b, by_c = await asyncio.gather(
+                reap(leases_b, {"shop-pg": roles_b}), reap(leases_c, {"shop-pg": roles_c})
+            )
+            dropped += [x.role for x in by_b + by_c]
+            if len(dropped) >= len(names):
+                break
         assert sorted(dropped) == sorted(names)  # each orphan once, none twice
         assert not names & live_roles(upstream)
         assert leases_b.leases() == []
