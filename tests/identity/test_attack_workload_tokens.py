@@ -753,3 +753,43 @@ def test_a_token_path_caught_mid_swap_is_read_again(
         writer.join()
     with pytest.raises(WorkloadIdentityUnavailable, match="no such file"):
         TokenFile(tmp_path / "never").token()  # a path that stays missing is still an error
+
+
+def _non_loopback_address() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.123", 9))  # no packet is sent: only a route is chosen
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+async def test_keys_are_never_fetched_in_clear_text_across_the_network(tmp_path: Path) -> None:
+    """An issuer configured as plain http (an in-cluster IdP's service URL) would let
+    anyone on the path between Lockgate and it hand us keys of their own."""
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no address off loopback")
+    plain = FakeClusterIssuer()
+    runner = web.AppRunner(plain.app())
+    await runner.setup()
+    site = web.TCPSite(runner, address, 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    plain.issuer = f"http://{address}:{port}"
+    try:
+        conf = OidcIssuer(**entry(plain))
+        async with aiohttp.ClientSession() as http:
+
+            async def session() -> aiohttp.ClientSession:
+                return http
+
+            with pytest.raises(AuthenticationError) as refused:
+                await OidcVerifier([conf], session).verify(pod_token(plain))
+        assert refused.value.reason == "unknown_kid"
+        assert (plain.discovery_requests, plain.jwks_requests) == (0, 0)
+    finally:
+        await runner.cleanup()

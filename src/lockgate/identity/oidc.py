@@ -25,7 +25,8 @@ cluster or trust domain can get a token for any audience it likes, so the audien
 proves nothing. A token Lockgate signed itself (``iss`` its own issuer) is never a subject
 token (``own_token``): a task's token must not become a deployment's proof. A JWKS
 discovered over https is fetched over https only (a ``jwks_uri`` in plain http would let
-the network choose the keys); a JWT-SVID's subject (any ``spiffe://`` subject, whichever
+the network choose the keys), and any discovery or key set is fetched over https (plain
+http to loopback alone); a JWT-SVID's subject (any ``spiffe://`` subject, whichever
 issuer signed it) must be a well-formed SPIFFE ID (no empty, ``.`` or ``..`` segment,
 nothing a glob could be fooled by). A Kubernetes token
 past its ``kubernetes.io.warnafter`` (the lifetime the pod asked for, before the API server
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import ipaddress
 import json
 import re
 import ssl
@@ -61,6 +63,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -288,6 +291,13 @@ class OidcVerifier:
         return uri
 
     async def _get_json(self, url: str, conf: OidcIssuer) -> dict[str, Any]:
+        if not _private_channel(url):
+            log.error(
+                "oidc discovery and keys are fetched over https only (plain http to loopback "
+                "alone): whoever sits on the network would choose the keys",
+                extra={"fields": {"issuer": conf.issuer}},
+            )
+            raise ValueError("plain http to another host")
         session = await self._session()
         tls = self._ssl_for(conf.ca_file) if url.startswith("https:") else None
         async with session.get(
@@ -362,6 +372,22 @@ def claim_matches(claims: dict[str, Any], path: str, globs: str | list[str]) -> 
         return False
     patterns = [globs] if isinstance(globs, str) else globs
     return any(fnmatch.fnmatchcase(str(value), pattern) for pattern in patterns)
+
+
+def _private_channel(url: str) -> bool:
+    """Whether ``url`` is https, or plain http to a loopback address (tests, a sidecar)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if parts.scheme != "http" or not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _unpinned(entry: OidcIssuer) -> bool:
