@@ -793,3 +793,27 @@ async def test_keys_are_never_fetched_in_clear_text_across_the_network(tmp_path:
         assert (plain.discovery_requests, plain.jwks_requests) == (0, 0)
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"sub": "system:serviceaccount:Airflow:airflow-worker"}, "oidc_subject_not_allowed"),
+        ({"sub": "system:serviceaccount:\uff41irflow:airflow-worker"}, "oidc_subject_not_allowed"),
+        ({"sub": "system:serviceaccount:airflow"}, "oidc_subject_not_allowed"),
+        ({"kubernetes.io": _worker_claims(namespace="airflow\n")},
+         "oidc_claim_not_allowed:kubernetes.io.namespace"),
+        ({"kubernetes.io": _worker_claims(namespace=["airflow"])},
+         "oidc_claim_not_allowed:kubernetes.io.namespace"),
+        ({"kubernetes.io": _worker_claims(namespace=None)},
+         "oidc_claim_not_allowed:kubernetes.io.namespace"),
+    ],
+)  # fmt: skip
+async def test_case_unicode_and_shape_tricks_match_no_glob(
+    tmp_path: Path, cluster: FakeClusterIssuer, claims: dict[str, Any], reason: str
+) -> None:
+    """Checked, not holes: globs match case-sensitively with no Unicode folding, a glob
+    ends where the value ends, and a claim must be one plain value."""
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        token = pod_token(cluster, **claims)
+        assert_refused(gw, await exchange(gw, token), reason, token)
