@@ -123,6 +123,8 @@ def report_dags(stack: SecretlessStack, results: list[dict[str, Any]], output: s
         if state != "success":
             for line in explain_failure(lines_of.get(dag_id, []), trail):
                 print(line)
+    config = shown(Path(stack.config_path))
+    print(fit(f"  each run's audit trail: lockgate --config {config} audit search --dag DAG"))
     return ok
 
 
