@@ -817,3 +817,31 @@ async def test_case_unicode_and_shape_tricks_match_no_glob(
     async with gateway(tmp_path, [entry(cluster)]) as gw:
         token = pod_token(cluster, **claims)
         assert_refused(gw, await exchange(gw, token), reason, token)
+
+
+async def test_a_key_set_file_swapped_for_a_fifo_does_not_hold_the_gateway(
+    tmp_path: Path, spire: FakeWorkloadApi
+) -> None:
+    """The trust bundle is read on the event loop: a FIFO in its place (write access to its
+    directory) would stop every request of the gateway, not just refuse SVIDs."""
+    bundle = tmp_path / "bundle.json"
+    os.mkfifo(bundle)
+    conf = OidcIssuer(issuer="spiffe://example.org", audience=AUDIENCE, deployment="edge",
+                      jwks_file=bundle, subjects=["spiffe://example.org/ns/airflow/*"],
+                      algorithms=["ES256"])  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+
+        async def session() -> aiohttp.ClientSession:
+            return http
+
+        verifier = OidcVerifier([conf], session)
+
+        def verify() -> object:
+            return asyncio.run(verifier.verify(spire.svid([AUDIENCE])))
+
+        finished, outcome = _in_thread(verify, 5.0)
+    if not finished:  # release the reader stuck in open() so the suite goes on
+        with open(bundle, "wb"):
+            pass
+    assert finished, "reading the trust bundle hangs on a FIFO"
+    assert isinstance(outcome, AuthenticationError) and outcome.reason == "unknown_kid"

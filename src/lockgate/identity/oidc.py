@@ -56,8 +56,10 @@ import asyncio
 import fnmatch
 import ipaddress
 import json
+import os
 import re
 import ssl
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -426,7 +428,12 @@ def _spiffe_id(sub: str) -> bool:
 
 
 def _read_bounded(path: Path) -> bytes:
-    with path.open("rb") as fh:
+    """A JWKS file's bytes: a regular file only (a FIFO put in its place would hold the
+    event loop, and with it every request), no more than any key set needs."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         raw = fh.read(_MAX_DOC_BYTES + 1)
     if len(raw) > _MAX_DOC_BYTES:
         raise ValueError("document too large")
