@@ -19,19 +19,21 @@ missing, not a scalar, or reachable two ways — ``{"kubernetes.io": {"namespace
 and a top-level ``"kubernetes.io.namespace"`` — fails closed, and the refusal names the
 path, never the value).
 
-Deny by default, also against a lax entry: an entry that pins nothing (a bare ``*``
-subject and no claim matchers) takes no token (``entry_unpinned``): any workload of a
-cluster or trust domain can get a token for any audience it likes, so the audience alone
+Deny by default, also against a lax entry: an entry that pins nothing (a subject glob of
+wildcards only and no claim matchers) takes no token (``entry_unpinned``): any workload of
+a cluster or trust domain can get a token for any audience it likes, so the audience alone
 proves nothing. A token Lockgate signed itself (``iss`` its own issuer) is never a subject
-token (``own_token``): a task's token must not become a deployment's proof. A JWKS
-discovered over https is fetched over https only (a ``jwks_uri`` in plain http would let
-the network choose the keys), and any discovery or key set is fetched over https (plain
-http to loopback alone); a JWT-SVID's subject (any ``spiffe://`` subject, whichever
-issuer signed it) must be a well-formed SPIFFE ID (no empty, ``.`` or ``..`` segment,
-nothing a glob could be fooled by). A Kubernetes token
-past its ``kubernetes.io.warnafter`` (the lifetime the pod asked for, before the API server
-extended it to a year) is refused (``stale_token``): the kubelet has replaced it long
-since, so whoever presents it copied it out of a pod.
+token (``own_token``): a task's token must not become a deployment's proof. Discovery and
+keys are fetched over https, or plain http to loopback alone (a discovery naming a
+``jwks_uri`` in plain http, or an issuer configured so, would let the network choose the
+keys). A ``spiffe://`` subject, whichever issuer signed it, must be a well-formed SPIFFE
+ID (no empty, ``.`` or ``..`` segment: nothing a glob's ``*`` could be fooled by). A
+Kubernetes token past its ``kubernetes.io.warnafter`` (the lifetime the pod asked for,
+before the API server extended it to a year) is refused (``stale_token``): the kubelet has
+replaced it long since, so whoever presents it copied it out of a pod. A refetch that
+fails keeps the keys in hand while they are within ``max_age`` (anyone can cause a
+refetch with a garbage kid; an issuer's blip at that moment must not refuse every
+worker); keys past ``max_age`` are dropped.
 
 Workload identities in practice:
 
