@@ -134,14 +134,23 @@ def report_proof(stack: SecretlessStack) -> None:
                         options={"verify_signature": False})  # fmt: skip
     audience = claims.get("aud")
     audiences = ", ".join(audience) if isinstance(audience, list) else str(audience)
-    env = dumped_env(stack.worker_tmp / "task-environment.json")
-    kwargs = json.loads(env.get("AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS", "{}"))
     print("\n  The worker's proof: no client secret, a projected service-account token")
     print(fit(f"    token file  {shown(stack.token_file)} (re-read at every mint)"))
     print(fit(f"    issuer      {claims.get('iss')} (the cluster's, in oidc_issuers for prod)"))
     print(fit(f"    subject     {claims.get('sub')}, audience {audiences}"))
+    env = task_environment(stack)
+    if env is None:
+        print(f"    secrets backend settings in the task: unknown ({ENV_DUMP_DAG_ID} failed)")
+        return
+    kwargs = json.loads(env.get("AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS", "{}"))
     for line in wrap(f"secrets backend settings in the task: {', '.join(sorted(kwargs))}", 4):
         print(line)
+
+
+def task_environment(stack: SecretlessStack) -> dict[str, str] | None:
+    """The environment the dump DAG's task held (None: that DAG did not write it)."""
+    path = stack.worker_tmp / "task-environment.json"
+    return dumped_env(path) if path.is_file() else None
 
 
 def report_credentials(stack: SecretlessStack) -> None:
@@ -213,6 +222,7 @@ class ScanReport:
 
     scanned: dict[str, str] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    unscanned: list[str] = field(default_factory=list)  # what could not be read
 
 
 def scan(stack: SecretlessStack, output: str) -> ScanReport:
@@ -220,9 +230,12 @@ def scan(stack: SecretlessStack, output: str) -> ScanReport:
     directory, config, policies), each against its own rules."""
     report = ScanReport()
     worker = stack.secret_scan(gateway=False)
-    task_env = dumped_env(stack.worker_tmp / "task-environment.json")
-    report.findings += worker.scan_env(task_env, "task environment")
-    report.scanned["a task's environment"] = f"{len(task_env)} variables"
+    task_env = task_environment(stack)
+    if task_env is None:
+        report.unscanned.append(f"a task's environment ({ENV_DUMP_DAG_ID} failed)")
+    else:
+        report.findings += worker.scan_env(task_env, "task environment")
+        report.scanned["a task's environment"] = f"{len(task_env)} variables"
     report.findings += worker.scan_bytes("the tasks' logs", output.encode())
     report.scanned["the tasks' logs"] = f"{len(output.splitlines())} lines"
     report.findings += worker.scan_tree(stack.worker)
@@ -256,9 +269,12 @@ def report_scan(stack: SecretlessStack, output: str) -> bool:
         print(line)
     for label, amount in result.scanned.items():
         print(fit(f"    {label:24} {amount}"))
+    if result.unscanned:
+        print(fit(f"    not scanned: {', '.join(result.unscanned)}"))
     if not result.findings:
-        print("    verdict: nothing found")
-        return True
+        incomplete = ", but the scan is incomplete" if result.unscanned else ""
+        print(f"    verdict: nothing found{incomplete}")
+        return not result.unscanned
     print(f"    verdict: {len(result.findings)} found")
     for finding in result.findings:
         for line in wrap(str(finding), 6, max_lines=2):
