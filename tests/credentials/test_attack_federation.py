@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,10 +22,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from pydantic import ValidationError
 
-from lockgate.config import LockgateConfig
+from lockgate.config import FederatedCredential, LockgateConfig, OAuth2ClientCredential
 from lockgate.credentials import CredentialBroker, CredentialStore
-from lockgate.credentials.broker import REFRESH_WAIT, REFUSED_REFETCH_INTERVAL
+from lockgate.credentials.broker import REFRESH_RETRY_AFTER, REFRESH_WAIT, REFUSED_REFETCH_INTERVAL
 from lockgate.errors import CredentialError
 from lockgate.gateway.caches import SecretCache
 
@@ -69,6 +70,22 @@ def secret_config(base: str) -> LockgateConfig:
     )  # fmt: skip
 
 
+def past_the_config(build: Callable[[str], LockgateConfig], cloud: Cloud) -> LockgateConfig:
+    """``build``'s config with its token URLs over the network. The config refuses such a
+    URL at load; this one got past it (built in code, an older check): what the broker does
+    with it is its own line of defence."""
+    with pytest.raises(ValidationError, match="https"):
+        build(over_the_network(cloud))
+    config = build(cloud.base)
+    moved = [
+        c.model_copy(update={"token_url": c.token_url.replace(cloud.base, over_the_network(cloud))})
+        if isinstance(c, OAuth2ClientCredential | FederatedCredential)
+        else c
+        for c in config.credentials
+    ]
+    return config.model_copy(update={"credentials": moved})
+
+
 # -- plain HTTP: what a network position reads ------------------------------------------------
 @pytest.mark.parametrize("credential", ["cosmos-fed", "dbx-fed"])
 async def test_an_assertion_never_crosses_the_network_in_clear(
@@ -82,7 +99,7 @@ async def test_an_assertion_never_crosses_the_network_in_clear(
     """A token_url of http:// to another host would hand anyone on the path a Lockgate-signed
     assertion the cloud accepts (for assertion_ttl, from any client): refused before any
     assertion is signed or sent, with a message that says why."""
-    config = make_config(over_the_network(cloud))
+    config = past_the_config(make_config, cloud)
     broker = CredentialBroker(config, store, http, clock=clock, assertion_signer=signer)
     try:
         with pytest.raises(CredentialError) as refused:
@@ -100,7 +117,7 @@ async def test_a_client_secret_never_crosses_the_network_in_clear(
     """The same for a stored client secret (the request every grant shares)."""
     store = CredentialStore(tmp_path / "secrets.db", b"k" * 32, clock=clock)
     store.set("app-entra", "client-secret-value")
-    broker = CredentialBroker(secret_config(over_the_network(cloud)), store, http, clock=clock)
+    broker = CredentialBroker(past_the_config(secret_config, cloud), store, http, clock=clock)
     try:
         with pytest.raises(CredentialError, match="https") as refused:
             await broker.upstream_secret("app-entra")
@@ -252,3 +269,29 @@ async def test_upstream_refusals_a_task_provokes_cost_one_exchange_per_interval(
     secrets.invalidate(credential)
     broker.invalidate(credential)  # the operator's
     assert (await secrets.get(credential)) is not None and len(cloud.forms) == 4
+
+
+async def test_a_failing_refresh_is_not_retried_at_the_rate_requests_come(
+    broker: CredentialBroker, cloud: Cloud, clock: Any
+) -> None:
+    """A cloud that refuses fast (503) in the refresh window: the still-valid token is served
+    and the refresh retried every REFRESH_RETRY_AFTER s, not once per request (a few hundred
+    token requests a second would get the app throttled past the outage)."""
+    credential = "dbx-fed"  # refresh_before 300: a window of 5 minutes
+    cloud.expires_in = 600
+    first = await broker.upstream_secret(credential)
+    assert first is not None and first.expires_at is not None
+    cloud.status = 503
+    clock.t = first.expires_at - 100
+    for _ in range(100):
+        kept = await broker.upstream_secret(credential)
+        assert kept is not None and kept.value == first.value
+        clock.t += 0.01
+    assert len(cloud.forms) == 2  # the first exchange and one failed refresh
+    clock.t += REFRESH_RETRY_AFTER
+    await broker.upstream_secret(credential)
+    assert len(cloud.forms) == 3
+    cloud.status = None
+    clock.t += REFRESH_RETRY_AFTER
+    fresh = await broker.upstream_secret(credential)
+    assert fresh is not None and fresh.value != first.value and len(cloud.forms) == 4

@@ -12,7 +12,8 @@
   refresh fails while the cached token is still valid, the cached token is served and a
   warning logged: the token endpoint having a bad minute should not fail requests. Nor
   should a slow one stall them: a request waits for a refresh only in its first
-  :data:`REFRESH_WAIT` s while the cached token is valid, then is served the cached one.
+  :data:`REFRESH_WAIT` s while the cached token is valid, then is served the cached one;
+  after a failed refresh the next waits :data:`REFRESH_RETRY_AFTER` s.
 
 Rotation: every call checks whether the store's ``credentials`` version moved (SQLite: one
 indexed read of the file; PostgreSQL: a memory read, moved by LISTEN/NOTIFY or the catch-up
@@ -62,6 +63,8 @@ _RETRY_AFTER_FAILURE = 1.0  # seconds between reload attempts while the database
 REFRESH_WAIT = 0.5
 #: Seconds between two token drops for upstream refusals (:meth:`CredentialBroker.invalidate`).
 REFUSED_REFETCH_INTERVAL = 30.0
+#: Seconds a failed refresh is not retried while the cached token is still valid.
+REFRESH_RETRY_AFTER = 5.0
 #: A credential with nothing stored: the host's identity or a federated one (one version, 0).
 _Unstored = ManagedIdentityCredential | FederatedCredential
 
@@ -100,6 +103,7 @@ class CredentialBroker:
         self._inflight: dict[_Key, asyncio.Future[AccessToken]] = {}
         self._inflight_since: dict[_Key, float] = {}  # time.monotonic() each fetch started
         self._refused_at: dict[str, float] = {}  # credential -> last drop for an upstream 401
+        self._failed_at: dict[_Key, float] = {}  # last failed refresh of each token
         self._reloading: asyncio.Future[bool] | None = None  # one worker-thread reload at once
         self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
         if store.stale():  # baseline: nothing is cached yet, so earlier writes are no change
@@ -278,59 +282,65 @@ class CredentialBroker:
 
     async def _oauth2_secret(self, cfg: OAuth2ClientCredential, version: Version) -> UpstreamSecret:
         key = (cfg.name, version.version)
-        cached = self._tokens.get(key)
-        if cached is not None and self._clock() < cached.refresh_at:
-            return UpstreamSecret(cached.value, version.version, cfg.name, cached.expires_at)
-        fut = self._inflight.get(key)
-        if fut is None:
-            fut = asyncio.ensure_future(self._fetch(cfg, version))
-            self._inflight[key] = fut
-            self._inflight_since[key] = time.monotonic()
-            fut.add_done_callback(functools.partial(self._fetch_done, key))
-        try:
-            token = await self._refreshed(key, fut, cached)
-        except CredentialError:
-            if cached is not None and self._clock() < cached.expires_at:
-                log.warning(
-                    "token refresh failed; using the cached token until it expires",
-                    extra={"fields": {"credential": cfg.name, "version": version.version}},
-                )
-                return UpstreamSecret(cached.value, version.version, cfg.name, cached.expires_at)
-            raise
-        if token is None:
-            assert cached is not None  # only None while it is valid
-            return UpstreamSecret(cached.value, version.version, cfg.name, cached.expires_at)
+        token = await self._token(
+            key, self._tokens.get(key), functools.partial(self._fetch, cfg, version), cfg.type
+        )
         return UpstreamSecret(token.value, version.version, cfg.name, token.expires_at)
 
     async def _unstored_secret(self, cfg: _Unstored) -> UpstreamSecret:
-        """A managed identity's or federated credential's access token: cached, refreshed
-        early, one request at a time, the cached token served while a refresh fails."""
+        """A managed identity's or federated credential's access token (one version, 0)."""
         key = (cfg.name, 0)
         cached = self._unstored_tokens.get(cfg.name)
-        if cached is not None and self._clock() < cached.refresh_at:
-            return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
+        token = await self._token(
+            key, cached, functools.partial(self._fetch_unstored, cfg), cfg.type
+        )
+        return UpstreamSecret(token.value, 0, cfg.name, token.expires_at)
+
+    async def _token(
+        self,
+        key: _Key,
+        cached: AccessToken | None,
+        fetch: Callable[[], Awaitable[AccessToken]],
+        kind: str,
+    ) -> AccessToken:
+        """``cached`` until its refresh time, then one shared ``fetch`` for every caller. While
+        ``cached`` is valid it is served when the refresh fails (a warning logged) and for
+        :data:`REFRESH_RETRY_AFTER` s after, so a token endpoint that refuses fast is not
+        asked again at the rate requests come."""
+        now = self._clock()
+        if (
+            cached is not None
+            and now < cached.expires_at
+            and (
+                now < cached.refresh_at
+                or now < self._failed_at.get(key, -math.inf) + REFRESH_RETRY_AFTER
+            )
+        ):
+            return cached
         fut = self._inflight.get(key)
         if fut is None:
-            fut = asyncio.ensure_future(self._fetch_unstored(cfg))
+            fut = asyncio.ensure_future(fetch())
             self._inflight[key] = fut
             self._inflight_since[key] = time.monotonic()
             fut.add_done_callback(functools.partial(self._fetch_done, key))
         try:
             token = await self._refreshed(key, fut, cached)
         except CredentialError as exc:
+            self._failed_at[key] = self._clock()
             if cached is not None and self._clock() < cached.expires_at:
                 # The message names status and error codes only, never a token or assertion.
                 log.warning(
-                    f"{cfg.type.replace('_', ' ')} token refresh failed; "
+                    f"{kind.replace('_', ' ')} token refresh failed; "
                     "using the cached token until it expires",
-                    extra={"fields": {"credential": cfg.name, "error": str(exc)}},
-                )
-                return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
+                    extra={"fields": {"credential": key[0], "version": key[1],
+                                      "error": str(exc)}},
+                )  # fmt: skip
+                return cached
             raise
         if token is None:
             assert cached is not None  # only None while it is valid
-            return UpstreamSecret(cached.value, 0, cfg.name, cached.expires_at)
-        return UpstreamSecret(token.value, 0, cfg.name, token.expires_at)
+            return cached
+        return token
 
     async def _refreshed(
         self, key: _Key, fut: asyncio.Future[AccessToken], cached: AccessToken | None
