@@ -845,3 +845,43 @@ async def test_a_key_set_file_swapped_for_a_fifo_does_not_hold_the_gateway(
             pass
     assert finished, "reading the trust bundle hangs on a FIFO"
     assert isinstance(outcome, AuthenticationError) and outcome.reason == "unknown_kid"
+
+
+async def test_a_key_set_beyond_its_bound_is_not_read_to_its_end(
+    cluster: FakeClusterIssuer,
+) -> None:
+    """Checked, not a hole: a key set of megabytes is dropped at 512 KiB (memory)."""
+    sent: list[int] = []
+
+    async def keys(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"keys": [], "pad": "')
+        try:
+            for _ in range(1024):  # 64 MiB if read to the end
+                await resp.write(b"x" * 65536)
+                sent.append(1)
+        except (ConnectionError, RuntimeError):
+            pass  # the reader hung up
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/keys", keys)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    conf = OidcIssuer(**entry(cluster, jwks_uri=f"http://127.0.0.1:{port}/keys"))
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def session() -> aiohttp.ClientSession:
+                return http
+
+            with pytest.raises(AuthenticationError) as refused:
+                await OidcVerifier([conf], session).verify(pod_token(cluster))
+        assert refused.value.reason == "unknown_kid"
+        assert len(sent) < 1024
+    finally:
+        await runner.cleanup()
