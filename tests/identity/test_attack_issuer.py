@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
 from lockgate.store import PostgresDatabase
 
 from .conftest import ISSUER, Clock
-from .test_keys_algorithms import ALL, OpenStore, open_store
+from .test_keys_algorithms import ALL, OpenStore, open_store, open_together
 
 __all__ = ["open_store"]  # the fixture, shared
 
@@ -147,23 +146,7 @@ def test_replicas_starting_together_create_one_first_key_per_algorithm(
     ES256 key are made, and every replica signs each algorithm with the same one (two would
     leave a cloud's cached JWKS missing the key of whichever replica signs)."""
     open_store()  # an EdDSA-only installation before RS256 and ES256 were configured
-    barrier = threading.Barrier(6)
-    opened: list[KeyStore] = []
-    failures: list[BaseException] = []
-
-    def replica() -> None:
-        try:
-            barrier.wait()
-            opened.append(open_store(algorithms=ALL))
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-
-    threads = [threading.Thread(target=replica) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not failures and len(opened) == 6
+    opened = open_together(open_store, 6)
     for alg in ALL:
         assert len({store.current(alg).kid for store in opened}) == 1
         assert len([k for k in open_store(algorithms=ALL).published() if k.alg == alg]) == 1

@@ -275,10 +275,10 @@ def test_an_emergency_rotation_switches_every_algorithm_at_once(open_store: Open
     assert keys.current("EdDSA").kid == old["EdDSA"]
 
 
-def test_concurrent_first_start_creates_exactly_one_key_per_algorithm(
-    open_store: OpenStore,
-) -> None:
-    start = threading.Barrier(3)
+def open_together(open_store: OpenStore, replicas: int) -> list[KeyStore]:
+    """``replicas`` key stores of every algorithm opened at the same instant (threads behind
+    a barrier, each with its own handle: processes or replicas starting together)."""
+    start = threading.Barrier(replicas)
     stores: list[KeyStore] = []
     errors: list[BaseException] = []
 
@@ -289,12 +289,19 @@ def test_concurrent_first_start_creates_exactly_one_key_per_algorithm(
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=replica) for _ in range(3)]
+    threads = [threading.Thread(target=replica) for _ in range(replicas)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert not errors
+        t.join(60)
+    assert not errors and len(stores) == replicas
+    return stores
+
+
+def test_concurrent_first_start_creates_exactly_one_key_per_algorithm(
+    open_store: OpenStore,
+) -> None:
+    stores = open_together(open_store, 3)
     for alg in ALL:
         assert len({s.current(alg).kid for s in stores}) == 1, alg
     assert len(open_store().published()) == 3
