@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench docs clean
+.PHONY: demo demo-secretless test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 ## for the five seed systems)
 demo: $(STAMP)
 	$(BIN)/lockgate demo --dir demo
+
+## demo-secretless: the same, with no stored secret anywhere (a workload-identity token on the
+## worker, federated credentials in the gateway; docs/identity.md)
+demo-secretless: $(STAMP)
+	$(BIN)/lockgate demo --secretless --dir demo-secretless
 
 ## test: set up and run ruff, mypy and the whole test suite (real Airflow 3 DAGs included)
 test: $(STAMP)
@@ -53,4 +58,4 @@ docs: $(STAMP)
 	$(BIN)/python -m lockgate.control.openapi_markdown > docs/control-api.md
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .mypy_cache
+	rm -rf $(VENV) demo demo-secretless .pytest_cache .mypy_cache
