@@ -885,3 +885,37 @@ async def test_a_key_set_beyond_its_bound_is_not_read_to_its_end(
         assert len(sent) < 1024
     finally:
         await runner.cleanup()
+
+
+# -- what the audit says of a workload ---------------------------------------------------------
+
+
+async def test_the_authenticator_names_the_workload_a_subject_token_proves(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    """A deployment is many pods: which one minted (or tried to mint for another
+    deployment) is what an auditor asks after a token leaked."""
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        assert gw.control is not None
+        authenticator = gw.control.ctx.tokens._client_auth
+        body = {"grant_type": EXCHANGE, "subject_token": pod_token(cluster),
+                "subject_token_type": JWT_TYPE}  # fmt: skip
+        ctx: dict[str, Any] = {}
+        assert await authenticator.authenticate(body, None, "127.0.0.1", ctx) == ("edge", "oidc")
+        assert ctx == {"workload_subject": "system:serviceaccount:airflow:airflow-worker",
+                       "workload_issuer": cluster.issuer}  # fmt: skip
+
+
+@pytest.mark.xfail(strict=True, reason="TokenService.authenticate passes ctx on (requested)")
+async def test_the_audit_names_the_workload_that_minted_or_tried(
+    tmp_path: Path, cluster: FakeClusterIssuer
+) -> None:
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        assert (await exchange(gw, pod_token(cluster)))[0] == 200
+        assert (await exchange(gw, pod_token(cluster), client_id="prod"))[0] == 400
+        gw.audit.flush(5.0)
+        issued, refused = gw.audit.search()[-2:]
+        for record in (issued, refused):
+            assert (
+                record.detail["workload_subject"] == "system:serviceaccount:airflow:airflow-worker"
+            )

@@ -30,6 +30,7 @@ import base64
 import binascii
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote_plus
 
 import aiohttp
@@ -82,16 +83,22 @@ class ClientAuthenticator:
         )
 
     async def authenticate(
-        self, body: dict[str, str], authorization: str | None, remote: str | None
+        self,
+        body: dict[str, str],
+        authorization: str | None,
+        remote: str | None,
+        ctx: dict[str, Any] | None = None,
     ) -> tuple[str, str]:
         """The deployment the request proves to be and how, or :class:`OAuthError`.
-        ``remote``: the caller's address, for the failed-authentication brake."""
+        ``remote``: the caller's address, for the failed-authentication brake. ``ctx``
+        (the request's audit fields) learns which workload a verified subject token names
+        (``workload_subject``, ``workload_issuer``): an auditor asks which pod minted."""
         brake = self.rate_limits
         if brake is None:
-            return await self._prove(body, authorization)
+            return await self._prove(body, authorization, ctx)
         if is_token_exchange(body):
             try:
-                return await self._prove(body, authorization)
+                return await self._prove(body, authorization, ctx)
             except OAuthError as exc:
                 if is_failed_authentication(exc):
                     await brake.refuse_if_cooling(None, remote)  # a flood still gets 429
@@ -100,17 +107,19 @@ class ClientAuthenticator:
         client = named_client(self.config, body, authorization)
         await brake.refuse_if_cooling(client, remote)
         try:
-            return await self._prove(body, authorization)
+            return await self._prove(body, authorization, ctx)
         except OAuthError as exc:
             if is_failed_authentication(exc):
                 await brake.failed(client, remote)
             raise
 
-    async def _prove(self, body: dict[str, str], authorization: str | None) -> tuple[str, str]:
+    async def _prove(
+        self, body: dict[str, str], authorization: str | None, ctx: dict[str, Any] | None
+    ) -> tuple[str, str]:
         self._refuse_if_stale()
         grant = body.get("grant_type")
         if is_token_exchange(body):
-            return await self._subject_token(body), "oidc"
+            return await self._subject_token(body, {} if ctx is None else ctx), "oidc"
         if grant not in (None, "client_credentials"):
             raise OAuthError(
                 400,
@@ -158,7 +167,7 @@ class ClientAuthenticator:
                 client_id=client_id if self.config.deployment(client_id) else "(unknown)",
             ) from None
 
-    async def _subject_token(self, body: dict[str, str]) -> str:
+    async def _subject_token(self, body: dict[str, str], ctx: dict[str, Any]) -> str:
         if body.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
             raise OAuthError(
                 400,
@@ -172,6 +181,8 @@ class ClientAuthenticator:
             raise OAuthError(
                 400, "invalid_grant", "subject token rejected", reason=f"oidc_{exc.reason}"
             ) from None
+        # Verified, so worth recording (a service account or SPIFFE ID, no secret).
+        ctx.update(workload_subject=subject.subject, workload_issuer=subject.issuer.issuer)
         named = body.get("client_id")
         if named is not None and named != subject.deployment:
             # The worker says it is one deployment, its workload identity proves another: a
