@@ -35,8 +35,6 @@ from lockgate.demo.secret_scan import (
     SecretScan,
     credential_rows,
     dumped_env,
-    key_ids_of_files,
-    key_ids_of_jwks,
 )
 from lockgate.demo.secretless import (
     DATABRICKS_ALGORITHM,
@@ -107,17 +105,6 @@ def _cli(stack: SecretlessStack, *argv: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def _assertions(stack: SecretlessStack) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(cloud, header, claims) of every assertion the stand-ins accepted, oldest first."""
-    seen = [
-        ("entra", r.assertion_header, r.assertion_claims)
-        for r in stack.entra.token_requests
-        if r.status == 200 and r.assertion_header is not None
-    ]
-    seen += [("databricks", h, c) for h, c in stack.databricks_federation.accepted]
-    return [(cloud, dict(h or {}), dict(c or {})) for cloud, h, c in seen]
-
-
 def test_four_upstreams_run_with_no_secret_and_are_audited(
     secretless: SecretlessStack, first_run: Run
 ) -> None:
@@ -149,7 +136,7 @@ def test_four_upstreams_run_with_no_secret_and_are_audited(
 
     # each upstream saw only tokens its cloud issued for a federated assertion
     issuer = secretless.config.issuer_url
-    assertions = _assertions(secretless)
+    assertions = secretless.assertions_seen()
     entra_subjects = {c["sub"] for cloud, _, c in assertions if cloud == "entra"}
     assert entra_subjects == {f"lockgate:credential:{name}" for name in ENTRA_APPS}
     for cloud, header, claims in assertions:
@@ -176,20 +163,6 @@ def test_four_upstreams_run_with_no_secret_and_are_audited(
     )
 
 
-def _scan(stack: SecretlessStack, *, gateway: bool) -> SecretScan:
-    """What may not be anywhere: the secrets the stand-ins were given before they were made
-    secretless and the upstream access tokens they issued. The gateway may hold its own
-    signing and TLS keys; a worker holds no private key at all."""
-    known = dict(stack.retired_secrets)
-    for i, token in enumerate(stack.databricks.tokens):
-        known[f"Databricks access token #{i}"] = token
-    if not gateway:
-        return SecretScan(known=known)
-    own = key_ids_of_jwks(stack.running_gateway.state.keys.jwks())
-    own |= key_ids_of_files(sorted(p for p in (stack.workdir / "tls").iterdir() if p.is_file()))
-    return SecretScan(known=known, own_keys=own)
-
-
 def test_a_scan_of_the_worker_and_the_gateway_finds_no_secret(
     secretless: SecretlessStack, airflow_home: Path, first_run: Run
 ) -> None:
@@ -204,12 +177,12 @@ def test_a_scan_of_the_worker_and_the_gateway_finds_no_secret(
     assert not {k for k in backend if "secret" in k}, backend
     assert not [name for name in task_env if name.startswith("LOCKGATE")]
 
-    worker = _scan(secretless, gateway=False)
+    worker = secretless.secret_scan(gateway=False)
     findings = worker.scan_env(task_env, "task environment")
     findings += worker.scan_bytes("the tasks' logs", first_run.output.encode())
     # AIRFLOW_HOME (airflow.db, logs), the worker's home and temp files, the token volume
     findings += worker.scan_tree(secretless.worker)
-    gateway = _scan(secretless, gateway=True)
+    gateway = secretless.secret_scan(gateway=True)
     data_dir = secretless.config.data_dir
     findings += gateway.scan_tree(data_dir)
     findings += gateway.scan_tree(secretless.config_path)
@@ -224,7 +197,10 @@ def test_a_scan_of_the_worker_and_the_gateway_finds_no_secret(
 def test_the_scan_finds_a_planted_secret(
     secretless: SecretlessStack, first_run: Run, tmp_path: Path
 ) -> None:
-    worker_scan, gateway_scan = _scan(secretless, gateway=False), _scan(secretless, gateway=True)
+    worker_scan, gateway_scan = (
+        secretless.secret_scan(gateway=False),
+        secretless.secret_scan(gateway=True),
+    )
     worker = tmp_path / "worker"
     shutil.copytree(secretless.worker, worker, symlinks=True)
     data_dir = tmp_path / "data"
@@ -308,8 +284,8 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def test_rotating_signing_keys_on_both_sides_between_runs_breaks_nothing(
     secretless: SecretlessStack, airflow_home: Path, first_run: Run
 ) -> None:
-    before = {(cloud, h["alg"], h["kid"]) for cloud, h, _ in _assertions(secretless)}
-    seen = len(_assertions(secretless))
+    before = {(cloud, h["alg"], h["kid"]) for cloud, h, _ in secretless.assertions_seen()}
+    seen = len(secretless.assertions_seen())
     entra_seen = len(secretless.entra.token_requests)
     jwks_fetches = secretless.cluster.jwks_requests
     code, text = _cli(secretless, "keys", "rotate")
@@ -323,7 +299,7 @@ def test_rotating_signing_keys_on_both_sides_between_runs_breaks_nothing(
     second = _run(secretless, airflow_home, list(SECRETLESS_DAGS))
     for dag in SECRETLESS_DAGS:
         assert second.succeeded(dag), second.log_of(dag)
-    after = {(cloud, h["alg"], h["kid"]) for cloud, h, _ in _assertions(secretless)[seen:]}
+    after = {(cloud, h["alg"], h["kid"]) for cloud, h, _ in secretless.assertions_seen()[seen:]}
     # the clouds took assertions signed by the new key of each algorithm (the old keys,
     # still published, may sign until the gateway has taken the rotation up)
     new = {(cloud, alg) for cloud, alg, kid in after if kid not in {k for _, _, k in before}}
