@@ -106,6 +106,22 @@ def test_a_routine_rotation_never_pushes_a_retirement_back(open_store: OpenStore
     assert len([k for k in keys.published() if k.alg == "RS256"]) == 2
 
 
+def test_rotating_an_algorithm_no_key_is_kept_for_is_refused(open_store: OpenStore) -> None:
+    """``lockgate keys rotate --alg ES256`` on an installation that signs nothing with ES256
+    would publish a key of it from then on (and rotate it forever): refused, nothing
+    written; the algorithms in use still rotate."""
+    keys = open_store(algorithms=("EdDSA", "RS256"))
+    before = keys.jwks()
+    with pytest.raises(ConfigError, match="no ES256 signing key is kept"):
+        keys.rotate_each(retire_after=60, algorithms=["ES256"])
+    with pytest.raises(ConfigError, match="ES256"):
+        keys.rotate_each(retire_after=60, algorithms=["RS256", "ES256"])
+    assert keys.jwks() == before and open_store(algorithms=("EdDSA",)).in_use() == (
+        "EdDSA", "RS256",
+    )  # fmt: skip
+    assert [k.alg for k in keys.rotate_each(retire_after=60)] == ["EdDSA", "RS256"]
+
+
 # -- a rotation from a machine whose clock is off the database's ------------------------------
 @pytest.mark.parametrize("skew", [-3600, 7200], ids=["behind", "ahead"])
 def test_a_rotation_on_a_clock_off_the_databases_is_refused(

@@ -210,6 +210,14 @@ class KeyStore:
         unknown = [alg for alg in wanted if alg not in ALGORITHMS]
         if unknown or not wanted:
             raise ValueError(f"cannot rotate {unknown or 'no algorithm'}: one of {ALGORITHMS}")
+        unused = [alg for alg in wanted if alg not in self.in_use()]
+        if unused:
+            # A rotation would create the first key of it: published from then on, and
+            # rotated forever, for tokens nothing signs (a typo, most likely).
+            raise ConfigError(
+                f"no {', '.join(unused)} signing key is kept (signing.algorithms, "
+                "signing.audiences or a federated credential must name the algorithm)"
+            )
         delays = {alg: self._delay(alg, retire_after) for alg in ALGORITHMS if alg in wanted}
         with self._mutex:
             new, keys = self._backend.rotate(self._keys, self._clock(), retire_after, delays)
