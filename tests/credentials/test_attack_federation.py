@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from lockgate.config import FederatedCredential, LockgateConfig, OAuth2ClientCredential
 from lockgate.credentials import CredentialBroker, CredentialStore
 from lockgate.credentials.broker import REFRESH_RETRY_AFTER, REFRESH_WAIT, REFUSED_REFETCH_INTERVAL
+from lockgate.credentials.federation import TOKEN_EXCHANGE_GRANT
 from lockgate.errors import CredentialError
 from lockgate.gateway.caches import SecretCache
 
@@ -295,3 +296,29 @@ async def test_a_failing_refresh_is_not_retried_at_the_rate_requests_come(
     clock.t += REFRESH_RETRY_AFTER
     fresh = await broker.upstream_secret(credential)
     assert fresh is not None and fresh.value != first.value and len(cloud.forms) == 4
+
+
+# -- one credential's token never serves another ---------------------------------------------
+async def test_each_credential_is_served_only_the_token_its_own_exchange_got(
+    broker: CredentialBroker, cloud: Cloud, clock: Any
+) -> None:
+    """Not a hole: two federated credentials (Entra ID and Databricks, same subject) fetched
+    together, refreshed, one invalidated: each is only ever served a token its own endpoint
+    issued (tokens are cached and in flight per credential name)."""
+    issued_to: dict[str, str] = {}  # access token -> the grant it answered
+
+    def record() -> None:
+        for i, form in enumerate(cloud.forms, start=1):
+            issued_to.setdefault(f"access-{i}", form["grant_type"])
+
+    expected = {"cosmos-fed": "client_credentials", "dbx-fed": TOKEN_EXCHANGE_GRANT}
+    cloud.expires_in = 20
+    for step in range(3):
+        got = await asyncio.gather(*(broker.upstream_secret(name) for name in [*expected] * 10))
+        record()
+        for secret in got:
+            assert secret is not None
+            assert issued_to[secret.value] == expected[secret.credential], step
+        clock.t += 16  # into cosmos-fed's refresh window (refresh_before 5)
+        broker.invalidate("dbx-fed")
+    assert len(cloud.forms) >= 4
