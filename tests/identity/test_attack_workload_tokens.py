@@ -919,3 +919,26 @@ async def test_the_audit_names_the_workload_that_minted_or_tried(
             assert (
                 record.detail["workload_subject"] == "system:serviceaccount:airflow:airflow-worker"
             )
+
+
+async def test_an_issuer_key_under_2048_bits_verifies_nothing(tmp_path: Path) -> None:
+    """As for a deployment's own key: a 1024-bit RSA key in an issuer's key set (a legacy
+    IdP, or one an attacker factored) proves nothing."""
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(weak.public_key(), as_dict=True)
+    bundle = tmp_path / "jwks.json"
+    bundle.write_text(json.dumps({"keys": [{**jwk, "kid": "old", "alg": "RS256"}]}))
+    issuer = "https://legacy-idp.example"
+    conf = OidcIssuer(issuer=issuer, audience=AUDIENCE, deployment="edge", jwks_file=bundle,
+                      subjects=["svc-airflow"], algorithms=["RS256"])  # fmt: skip
+    now = int(time.time())
+    token = jwt.encode({"iss": issuer, "aud": AUDIENCE, "sub": "svc-airflow", "exp": now + 60},
+                       weak, algorithm="RS256", headers={"kid": "old"})  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+
+        async def session() -> aiohttp.ClientSession:
+            return http
+
+        with pytest.raises(AuthenticationError) as refused:
+            await OidcVerifier([conf], session).verify(token)
+    assert refused.value.reason == "unknown_kid"

@@ -10,14 +10,14 @@ cluster's ``ca.crt``); its ``jwks_file`` (a JWKS, a SPIFFE trust bundle) replace
 discovery and is read again as soon as the file changes (same refetch rules otherwise).
 
 Rules: ``alg`` must be in the issuer's configured ``algorithms`` (config already forbids
-``none`` and HS*), and must fit the JWK's key type; ``iss``, ``aud``, ``exp`` are required
-and checked (``aud`` must hold one of the entry's audiences and no other: a token also
-addressed to another party could be replayed by it, ``foreign_audience``); ``sub`` must
-match one of the issuer's ``subjects`` globs and each of its ``claims`` matchers (a dotted
-path, e.g. ``kubernetes.io.namespace``, to a string or integer matching a glob; a claim
-missing, not a scalar, or reachable two ways — ``{"kubernetes.io": {"namespace": ..}}``
-and a top-level ``"kubernetes.io.namespace"`` — fails closed, and the refusal names the
-path, never the value).
+``none`` and HS*), and must fit the JWK's key type (an RSA key of 2048 bits at least);
+``iss``, ``aud``, ``exp`` are required and checked (``aud`` must hold one of the entry's
+audiences and no other: a token also addressed to another party could be replayed by it,
+``foreign_audience``); ``sub`` must match one of the issuer's ``subjects`` globs and each
+of its ``claims`` matchers (a dotted path, e.g. ``kubernetes.io.namespace``, to a string or
+integer matching a glob; a claim missing, not a scalar, or reachable two ways —
+``{"kubernetes.io": {"namespace": ..}}`` and a top-level ``"kubernetes.io.namespace"`` —
+fails closed, and the refusal names the path, never the value).
 
 Deny by default, also against a lax entry: an entry that pins nothing (a subject glob of
 wildcards only and no claim matchers) takes no token (``entry_unpinned``): any workload of
@@ -71,6 +71,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lockgate import _log
 from lockgate.config import OidcIssuer
@@ -85,6 +86,7 @@ SPIFFE_SCHEME = "spiffe://"
 # of letters, digits, ".", "-", "_" (no empty, "." or ".." segment: checked apart).
 _SPIFFE_ID_RE = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)+\Z")
 _MAX_DOC_BYTES = 512 * 1024
+_MIN_RSA_BITS = 2048
 _KTY_FOR_ALG = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
 # What a verification key's ``use`` may say: signatures (JWKS), JWT-SVIDs (SPIFFE bundle).
 _SIGNING_USES = (None, "sig", "jwt-svid")
@@ -471,6 +473,9 @@ def _pick(keys: dict[str, Jwk], kid: str | None, alg: str) -> jwt.PyJWK | None:
     if len(fitting) != 1:
         return None
     try:
-        return jwt.PyJWK(fitting[0], algorithm=alg)
+        jwk = jwt.PyJWK(fitting[0], algorithm=alg)
     except jwt.PyJWTError:
         return None
+    if isinstance(jwk.key, rsa.RSAPublicKey) and jwk.key.key_size < _MIN_RSA_BITS:
+        return None  # as for a deployment's own key: no RSA key under 2048 bits
+    return jwk
