@@ -942,3 +942,24 @@ async def test_an_issuer_key_under_2048_bits_verifies_nothing(tmp_path: Path) ->
         with pytest.raises(AuthenticationError) as refused:
             await OidcVerifier([conf], session).verify(token)
     assert refused.value.reason == "unknown_kid"
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"actor_token": "x", "actor_token_type": JWT_TYPE}, "actor_token_unsupported"),
+        ({"requested_token_type": "urn:ietf:params:oauth:token-type:refresh_token"},
+         "bad_requested_token_type"),
+    ],
+)  # fmt: skip
+async def test_a_token_exchange_asking_for_what_lockgate_does_not_issue_is_refused(
+    tmp_path: Path, cluster: FakeClusterIssuer, extra: dict[str, str], reason: str
+) -> None:
+    """Anything unplaceable is refused: a caller asking for delegation (an actor token)
+    or a refresh token must not be handed an impersonation access token instead."""
+    async with gateway(tmp_path, [entry(cluster)]) as gw:
+        status, body = await exchange(gw, pod_token(cluster), **extra)
+        assert status == 400 and body["error"] == "invalid_request"
+        assert last_refusal(gw).reason == reason
+        ok = {"requested_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+        assert (await exchange(gw, pod_token(cluster), **ok))[0] == 200

@@ -47,6 +47,11 @@ from lockgate.identity.revocation import RevocationStore
 from lockgate.identity.staleness import STALE_REASON, StalenessBound
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
+# What a token exchange may ask for: Lockgate issues JWT access tokens only.
+ISSUED_TOKEN_TYPES = (
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:access_token",
+)
 # The assertion verifier's reason when its replay ledger (the shared database) cannot answer.
 REPLAY_CHECK_UNAVAILABLE = "replay_check_unavailable"
 log = _log.get("identity.service")
@@ -174,6 +179,22 @@ class ClientAuthenticator:
                 "invalid_request",
                 "unsupported subject_token_type",
                 reason="bad_subject_token_type",
+            )
+        if "actor_token" in body or "actor_token_type" in body:
+            # Delegation (RFC 8693 §1.1) is not what Lockgate issues: a caller asking for it
+            # must not take an impersonation token for one.
+            raise OAuthError(
+                400,
+                "invalid_request",
+                "actor tokens (delegation) are not supported",
+                reason="actor_token_unsupported",
+            )
+        if body.get("requested_token_type") not in (None, *ISSUED_TOKEN_TYPES):
+            raise OAuthError(
+                400,
+                "invalid_request",
+                "unsupported requested_token_type",
+                reason="bad_requested_token_type",
             )
         try:
             subject = await self._oidc.verify(body.get("subject_token", ""))
