@@ -963,3 +963,30 @@ async def test_a_token_exchange_asking_for_what_lockgate_does_not_issue_is_refus
         assert last_refusal(gw).reason == reason
         ok = {"requested_token_type": "urn:ietf:params:oauth:token-type:access_token"}
         assert (await exchange(gw, pod_token(cluster), **ok))[0] == 200
+
+
+def test_the_memory_fallback_holds_a_bounded_number_of_buckets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a database outage every new address is a bucket in memory: a flood of
+    addresses (an IPv4 botnet) must not grow the gateway's memory without bound."""
+    from lockgate.errors import StoreUnavailable
+    from lockgate.identity import rate_limit
+    from lockgate.identity.rate_limit import Limit, RateLimiter
+
+    monkeypatch.setattr(rate_limit, "MAX_LOCAL_BUCKETS", 50)
+    limiter = RateLimiter(tmp_path / "rate_limits.db", clock=lambda: 0.0)
+
+    def down() -> None:
+        raise StoreUnavailable("database down")
+
+    monkeypatch.setattr(limiter.db, "transaction", down)
+    limit = Limit("failed_auth_remote", 0.0, 1.0)
+    try:
+        assert limiter.take("failed_auth_remote:hot", limit).allowed
+        for n in range(500):
+            limiter.take(f"failed_auth_remote:198.51.100.{n}", limit)
+            assert not limiter.take("failed_auth_remote:hot", limit).allowed  # kept: in use
+        assert len(limiter._local) <= 50
+    finally:
+        limiter.close()

@@ -156,6 +156,8 @@ _TAKE = (  # built from the constant fragments above only; every value is a para
     "RETURNING allowed, tokens, updated_at, blocked_until"
 )
 _PURGE_EVERY = 300.0
+#: Buckets the memory fallback holds at most (one per client or address seen in an outage).
+MAX_LOCAL_BUCKETS = 100_000
 
 
 class RateLimiter:
@@ -256,7 +258,11 @@ class RateLimiter:
     ) -> tuple[bool, Bucket]:
         self._fell_back(exc)
         with self._lock:
-            allowed, bucket = take(limit, self._local.get(key), now, cost)
+            allowed, bucket = take(limit, self._local.pop(key, None), now, cost)
+            if len(self._local) >= MAX_LOCAL_BUCKETS:
+                # Many addresses during an outage must not grow memory without bound: the
+                # bucket touched longest ago goes (re-inserting keeps the dict in that order).
+                self._local.pop(next(iter(self._local)))
             self._local[key] = bucket
         return allowed, bucket
 
