@@ -282,6 +282,7 @@ async def test_failed_token_exchanges_count_against_the_address(
         assert status == 429 and body["error"] == "temporarily_unavailable"
         record = last_refusal(gw)
         assert record.reason == "rate_limited" and "failed_auth_remote" in record.detail["limit"]
+        assert record.detail["proof_refusal"] == "oidc_wrong_audience"
         status, body = await exchange(gw, pod_token(cluster))
         assert status == 200, body
         # a client secret from the cooling address is refused before it is checked

@@ -106,7 +106,11 @@ class ClientAuthenticator:
                 return await self._prove(body, authorization, ctx)
             except OAuthError as exc:
                 if is_failed_authentication(exc):
-                    await brake.refuse_if_cooling(None, remote)  # a flood still gets 429
+                    try:
+                        await brake.refuse_if_cooling(None, remote)  # a flood still gets 429
+                    except OAuthError as cooling:
+                        cooling.fields["proof_refusal"] = exc.reason  # what was wrong, too
+                        raise cooling from None
                     await brake.failed(None, remote)
                 raise
         client = named_client(self.config, body, authorization)
