@@ -192,12 +192,14 @@ class KeyStore:
         """Add a fresh key of every algorithm in use (or of those named), each signing after
         its delay (EdDSA: :attr:`activation_delay`, at once for files; RS256/ES256: also at
         least :attr:`publish_ahead`). Older keys of each retire ``retire_after`` s after its
-        new one signs. Returns the first new key (EdDSA when rotated); :meth:`rotate_each`
-        returns them all.
+        new one signs at the latest (one an earlier rotation retires sooner keeps its time).
+        Returns the first new key (EdDSA when rotated); :meth:`rotate_each` returns them all.
+        An algorithm no key is kept for is refused (ConfigError).
 
-        ``retire_after=0`` is the emergency switch (a leaked key): the new key signs and the
-        old ones stop at once, even on shared keys, where another replica may then refuse a
-        new token until it has loaded the new key (well under a second)."""
+        ``retire_after=0`` is the emergency switch (a leaked key): the new key signs and every
+        older one stops at once (also one still in an earlier overlap, or published ahead and
+        not yet signing), even on shared keys, where another replica may then refuse a new
+        token until it has loaded the new key (well under a second)."""
         return self.rotate_each(retire_after, algorithms)[0]
 
     def rotate_each(
