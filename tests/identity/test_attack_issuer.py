@@ -89,6 +89,9 @@ def test_an_emergency_rotation_during_publish_ahead_stops_the_leaked_key_signing
     replica = open_store(algorithms=ALL, clock=clock)
     assert replica.current(alg).kid == new.kid
     assert [k.kid for k in replica.published() if k.alg == alg] == [new.kid]
+    if replica.dir is not None:  # files: neither private half is left on disk
+        assert not (replica.dir / f"{leaked}.pem").exists()
+        assert not (replica.dir / f"{pending}.pem").exists()
 
 
 def test_a_routine_rotation_never_pushes_a_retirement_back(open_store: OpenStore) -> None:

@@ -211,8 +211,10 @@ class KeyFiles:
 
     def _prune(self, keys: dict[str, SigningKey], now: float) -> None:
         """Forget keys whose retirement time has passed and delete their private halves
-        (never the newest key of an algorithm)."""
-        newest = set(newest_per_algorithm(keys).values())
+        (never the newest live key of an algorithm, nor its newest key when none is live:
+        a key published ahead that an emergency rotation retired goes too)."""
+        live = {kid: k for kid, k in keys.items() if k.retire_at is None or now < k.retire_at}
+        newest = set({**newest_per_algorithm(keys), **newest_per_algorithm(live)}.values())
         for kid, key in list(keys.items()):
             if kid not in newest and key.retire_at is not None and now >= key.retire_at:
                 del keys[kid]
