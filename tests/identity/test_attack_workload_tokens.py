@@ -468,7 +468,7 @@ def test_a_token_file_caught_half_written_is_read_again(tmp_path: Path, cluster_
     path.write_text(cluster_token[: len(cluster_token) // 3])  # the writer is mid-way
 
     def finish_writing() -> None:
-        time.sleep(0.08)
+        time.sleep(0.02)
         path.write_text(cluster_token)
 
     writer = threading.Thread(target=finish_writing)
@@ -742,7 +742,7 @@ def test_a_token_path_caught_mid_swap_is_read_again(
     path = tmp_path / "projected" / "token"
 
     def kubelet() -> None:
-        time.sleep(0.08)
+        time.sleep(0.02)
         cluster.project(path, namespace="airflow", service_account="airflow-worker",
                         audience=AUDIENCE)  # fmt: skip
 
