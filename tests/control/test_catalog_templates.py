@@ -85,24 +85,24 @@ def test_no_warning_from_the_lockgate_made_cassandra_connection(tmp_path: Any) -
     from airflow.models.connection import Connection
     from airflow.providers.apache.cassandra.hooks.cassandra import CassandraHook
 
-    from lockgate.airflow import secrets
+    from lockgate.airflow import connections
 
     ca = tmp_path / "ca.pem"
     ca.write_text("")
     template = {"ssl_options": {"ca_certs": "{lockgate_ca_file}", "cert_reqs": 2,
                                 "check_hostname": True}, "protocol_version": 4}  # fmt: skip
-    extra = secrets._substitute(template, {secrets.CA_PLACEHOLDER: ""})
+    extra = connections.substitute(template, {connections.CA_PLACEHOLDER: ""})
     conn = Connection(conn_id="c", conn_type="cassandra", host="127.0.0.1", port=1, login="r",
                       password="t", extra=extra)  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        secrets._quiet_stock_cassandra_hook.cache_clear()
-        secrets._quiet_stock_cassandra_hook()  # as the backend does before handing it out
+        connections.quiet_stock_cassandra_hook.cache_clear()
+        connections.quiet_stock_cassandra_hook()  # as the backend does before handing it out
         original = CassandraHook.get_connection
         try:
             CassandraHook.get_connection = classmethod(lambda cls, _c: conn)  # type: ignore[assignment,method-assign]
             CassandraHook("c")
         finally:
             CassandraHook.get_connection = original  # type: ignore[method-assign]
-            secrets._quiet_stock_cassandra_hook.cache_clear()  # its filters end with the block
+            connections.quiet_stock_cassandra_hook.cache_clear()  # its filters end with the block
     assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []
