@@ -21,7 +21,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -33,9 +33,10 @@ from lockgate.identity.signing_key import (
     KID_RE,
     SigningKey,
     generate_key,
+    kept_algorithms,
     load_private,
     newest_per_algorithm,
-    retiring_by,
+    retiring_all_by,
     with_retire_at,
 )
 
@@ -58,7 +59,8 @@ class KeyFiles:
         os.chmod(self.dir, 0o700)  # mkdir honours umask; be explicit
         with self._locked():
             keys = self._read_index({}) if (self.dir / _INDEX).exists() else {}
-            have = {k.alg for k in keys.values()}
+            # An algorithm withdrawn (every key retiring) and configured again starts afresh.
+            have = kept_algorithms(keys)
             missing = [alg for alg in algorithms if alg not in have]
             if not missing:
                 return keys
@@ -83,8 +85,7 @@ class KeyFiles:
         retire_after: float,
         delays: Mapping[str, float],
     ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
-        with self._locked():
-            keys = self._read_index(known)  # another process may have rotated since
+        def add_keys(keys: dict[str, SigningKey]) -> list[SigningKey]:
             added: list[SigningKey] = []
             for alg, delay in delays.items():
                 new = generate_key(
@@ -93,14 +94,37 @@ class KeyFiles:
                 )  # fmt: skip
                 self._write_pem(new)
                 # Only this algorithm's keys give way: an RS256 rotation leaves EdDSA alone.
-                for kid, key in list(keys.items()):
-                    if key.alg == alg:
-                        keys[kid] = retiring_by(key, new.signs_from + retire_after)
+                keys.update(retiring_all_by(keys, alg, new.signs_from + retire_after))
                 keys[new.kid] = new
                 added.append(new)
+            return added
+
+        return self._change(known, now, add_keys)
+
+    def retire(
+        self, known: dict[str, SigningKey], now: float, alg: str, at: float
+    ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
+        def schedule(keys: dict[str, SigningKey]) -> list[SigningKey]:
+            retiring = retiring_all_by(keys, alg, at)
+            keys.update(retiring)
+            return list(retiring.values())
+
+        return self._change(known, now, schedule)
+
+    def _change(
+        self,
+        known: dict[str, SigningKey],
+        now: float,
+        edit: Callable[[dict[str, SigningKey]], list[SigningKey]],
+    ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
+        """Apply ``edit`` to the stored keys under the lock, prune and write the index back;
+        what ``edit`` returns, and the stored set."""
+        with self._locked():
+            keys = self._read_index(known)  # another process may have written since
+            changed = edit(keys)
             self._prune(keys, now)
             self._write_index(keys)
-            return added, keys
+            return changed, keys
 
     def problem(self, current: SigningKey) -> str | None:
         for path in (self.dir / _INDEX, self.dir / f"{current.kid}.pem"):
@@ -211,10 +235,12 @@ class KeyFiles:
 
     def _prune(self, keys: dict[str, SigningKey], now: float) -> None:
         """Forget keys whose retirement time has passed and delete their private halves
-        (never the newest live key of an algorithm, nor its newest key when none is live:
-        a key published ahead that an emergency rotation retired goes too)."""
+        (never the newest live key of an algorithm, nor the newest EdDSA key, which the index
+        names ``current``: a key published ahead that an emergency rotation retired goes
+        too, and so does every key of a withdrawn algorithm once retired)."""
         live = {kid: k for kid, k in keys.items() if k.retire_at is None or now < k.retire_at}
-        newest = set({**newest_per_algorithm(keys), **newest_per_algorithm(live)}.values())
+        newest = set(newest_per_algorithm(live).values())
+        newest.add(newest_per_algorithm(keys).get(DEFAULT_ALGORITHM, ""))
         for kid, key in list(keys.items()):
             if kid not in newest and key.retire_at is not None and now >= key.retire_at:
                 del keys[kid]

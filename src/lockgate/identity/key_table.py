@@ -22,9 +22,9 @@ docs/state.md: it can deny service; without the master key it can neither mint a
 bring a retired one back on its own. All of this holds per algorithm: each keeps its own
 newest key, and a rotation of one retires only that algorithm's older keys.
 
-Every write (the first key, a rotation) runs in one transaction that first takes a lock
-(PostgreSQL: a transaction-scoped advisory lock; SQLite: ``BEGIN IMMEDIATE`` already
-serialises), so replicas starting together create exactly one first key of each
+Every write (the first key, a rotation, a retirement) runs in one transaction that first
+takes a lock (PostgreSQL: a transaction-scoped advisory lock; SQLite: ``BEGIN IMMEDIATE``
+already serialises), so replicas starting together create exactly one first key of each
 algorithm and two rotations never interleave. Writes touch the ``keys`` topic;
 :meth:`KeyTable.moved` compares its version (a memory read on PostgreSQL) with the one
 last loaded.
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -49,8 +49,9 @@ from lockgate.identity.signing_key import (
     PrivateKey,
     SigningKey,
     generate_key,
+    kept_algorithms,
     load_private,
-    retiring_by,
+    retiring_all_by,
     with_retire_at,
 )
 from lockgate.store import Cursor, Database, Migration, open_store, register_domain
@@ -132,7 +133,8 @@ class KeyTable:
         with self.db.transaction() as cur:
             self._lock(cur)
             keys = self._read(cur, {})
-            have = {k.alg for k in keys.values()}
+            # An algorithm withdrawn (every key retiring) and configured again starts afresh.
+            have = kept_algorithms(keys)
             missing = [alg for alg in algorithms if alg not in have]
             for alg in missing:  # under the lock: one first key per algorithm, cluster-wide
                 first = generate_key(alg, now, rsa_key_size=self.rsa_key_size)
@@ -162,12 +164,8 @@ class KeyTable:
         retire_after: float,
         delays: Mapping[str, float],
     ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
-        version = self.db.version(TOPIC)
-        added: list[SigningKey] = []
-        with self.db.transaction() as cur:
-            self._lock(cur)
-            self._check_clock(cur, now)
-            stored = self._read(cur, known)
+        def add_keys(cur: Cursor, stored: dict[str, SigningKey]) -> list[SigningKey]:
+            added: list[SigningKey] = []
             for alg, delay in delays.items():
                 # Never before a stored key of its algorithm: "the newest active key signs".
                 # Except in an emergency (retire_after=0): every older key ends now, also
@@ -181,22 +179,51 @@ class KeyTable:
                 )
                 # Old keys stay published until the new one has signed for retire_after s,
                 # so there is a signing key at every instant whatever retire_after is; one
-                # already retiring sooner keeps its time. Their rows are encrypted again:
-                # the retire_at is part of what the AEAD binds.
-                for old in stored.values():
-                    retired = retiring_by(old, new.signs_from + retire_after)
-                    if old.alg == alg and retired is not old:
-                        self._write(cur, retired)
+                # already retiring sooner keeps its time.
+                self._retire_by(cur, stored, alg, new.signs_from + retire_after)
+                self._write(cur, new)  # no retire_at: the deletion of keys due spares it
                 added.append(new)
+            return added
+
+        return self._change(known, now, add_keys)
+
+    def retire(
+        self, known: dict[str, SigningKey], now: float, alg: str, at: float
+    ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
+        return self._change(known, now, lambda cur, stored: self._retire_by(cur, stored, alg, at))
+
+    def _change(
+        self,
+        known: dict[str, SigningKey],
+        now: float,
+        edit: Callable[[Cursor, dict[str, SigningKey]], list[SigningKey]],
+    ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
+        """One write (a rotation, a retirement): under the lock, on a clock close to the
+        database's, ``edit`` the stored keys, delete those whose time is over, touch the
+        topic. What ``edit`` returns, and the stored set."""
+        version = self.db.version(TOPIC)
+        with self.db.transaction() as cur:
+            self._lock(cur)
+            self._check_clock(cur, now)
+            changed = edit(cur, self._read(cur, known))
             self._retire_due(cur, now)
-            for new in added:
-                self._write(cur, new)
             cur.touch(TOPIC)
             keys = self._read(cur, known)
         # The version from before: our own write reads as a move, costing one spare reload
         # rather than ever missing another replica's write made alongside.
         self._loaded(version)
-        return added, keys
+        return changed, keys
+
+    def _retire_by(
+        self, cur: Cursor, stored: dict[str, SigningKey], alg: str, at: float
+    ) -> list[SigningKey]:
+        """Every stored key of ``alg`` retiring at ``at`` at the latest; the rows whose time
+        moved are encrypted again (the retire_at is part of what the AEAD binds)."""
+        retiring = retiring_all_by(stored, alg, at)
+        for kid, key in retiring.items():
+            if key is not stored[kid]:
+                self._write(cur, key)
+        return list(retiring.values())
 
     def problem(self, current: SigningKey) -> str | None:
         return None  # every replica reads the same table; a restart finds the same keys

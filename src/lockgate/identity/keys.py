@@ -12,12 +12,17 @@ Rules:
   every backend recomputes it from each key it loads and refuses a mismatch, so tampered
   storage cannot make us publish one key under another key's name.
 - Token headers never reach the file system: :meth:`public_key` is a dict lookup.
-- Each algorithm in use (``algorithms``, plus any stored) has its own current key:
-  :meth:`current` ``(alg)``, :meth:`sign` ``(claims, alg)``. The JWKS lists every published
-  key of every algorithm, each with its ``alg``; a verifier accepts a key only for that alg.
+- Each algorithm in use (``algorithms``, plus any with a stored key not retiring) has its
+  own current key: :meth:`current` ``(alg)``, :meth:`sign` ``(claims, alg)``. The JWKS
+  lists every published key of every algorithm, each with its ``alg``; a verifier accepts
+  a key only for that alg.
 - :meth:`rotate` makes a new key current and gives the old one a ``retire_at``; until then
   it stays in the JWKS because tokens it signed may still be valid. It rotates every
   algorithm in use, or those named; a rotation of one retires only that one's older keys.
+- :meth:`retire` withdraws an algorithm the configuration no longer needs (never EdDSA):
+  every key of it retires (at once, for a leaked key, or after an overlap), :meth:`rotate`
+  stops rotating it and the JWKS stops listing each key when it retires; otherwise its
+  stored key would stay published, and rotated, for as long as clouds may trust it.
 - Another process (``lockgate keys rotate``) may rotate; :meth:`reload` re-reads the index
   and :meth:`maybe_reload` does so at most once per ``min_interval`` seconds.
 
@@ -55,6 +60,7 @@ from lockgate.identity.signing_key import (
     PublicKey,
     SigningKey,
     b64url,
+    kept_algorithms,
     thumbprint,
 )
 from lockgate.store import Database, PostgresDatabase
@@ -145,7 +151,8 @@ class KeyStore:
         # None active yet (a clock behind the rotating replica's): the soonest, else newest.
         if live:
             return keys[min(live, key=lambda i: (keys[i].signs_from, -i))]
-        return keys[-1]
+        # Every key retired (``lockgate keys retire``): none is published, so none may sign.
+        raise ValueError(f"every {alg} signing key is retired (lockgate keys retire)")
 
     def key(self, kid: str) -> SigningKey | None:
         """The published key named ``kid`` (any algorithm), or ``None`` if unknown or
@@ -170,8 +177,9 @@ class KeyStore:
         )
 
     def in_use(self) -> tuple[str, ...]:
-        """Every algorithm with a stored key or configured, in :data:`ALGORITHMS` order."""
-        held = {k.alg for k in self._keys.values()} | set(self.algorithms)
+        """Every algorithm configured or with a stored key not scheduled to retire, in
+        :data:`ALGORITHMS` order (one :meth:`retire` withdrew is not, unless configured)."""
+        held = kept_algorithms(self._keys) | set(self.algorithms)
         return tuple(alg for alg in ALGORITHMS if alg in held)
 
     def next_retirement(self) -> float:
@@ -226,6 +234,39 @@ class KeyStore:
             self._keys = keys
             self.changes += 1
         return new
+
+    def retire(self, alg: str, after: float) -> list[SigningKey]:
+        """Withdraw ``alg``: every stored key of it retires ``after`` s from now at the latest
+        (0: at once, for a leaked key; one retiring sooner keeps its time), through the
+        backend's rotation lock. From then on :meth:`rotate` leaves ``alg`` alone and the
+        JWKS drops each key when its time comes. Returns the keys of ``alg`` with their
+        retirement times.
+
+        Refused (ConfigError): EdDSA, which signs Lockgate's own tokens, and an algorithm
+        this store keeps a key for (``algorithms``: the configuration still needs it, so a
+        restart would only make a fresh key of it); also an algorithm with no stored key."""
+        if after < 0:
+            raise ValueError("after must be >= 0")
+        if alg not in ALGORITHMS:
+            raise ValueError(f"cannot retire {alg!r}: one of {ALGORITHMS}")
+        if alg == DEFAULT_ALGORITHM:
+            raise ConfigError(
+                f"{alg} keys sign Lockgate's own tokens and cannot be retired "
+                "(lockgate keys rotate --alg EdDSA --retire-after 0 replaces a leaked one)"
+            )
+        if alg in self.algorithms:
+            raise ConfigError(
+                f"{alg} is still needed (signing.algorithms, signing.audiences or a federated "
+                "credential names it): take it out of the configuration first"
+            )
+        with self._mutex:
+            now = self._clock()
+            retiring, keys = self._backend.retire(self._keys, now, alg, now + after)
+            self._keys = keys
+            self.changes += 1
+        if not retiring:
+            raise ConfigError(f"no {alg} signing key is stored: nothing to retire")
+        return retiring
 
     def reload(self) -> bool:
         """Re-read the stored keys if they changed. Returns True if it did (blocking: with

@@ -158,6 +158,14 @@ class KeyBackend(Protocol):
         new keys and the stored set."""
         ...
 
+    def retire(
+        self, known: dict[str, SigningKey], now: float, alg: str, at: float
+    ) -> tuple[list[SigningKey], dict[str, SigningKey]]:
+        """Every stored key of ``alg`` retires at ``at`` at the latest (under the same lock
+        as a rotation; keys whose time is over are deleted). Returns the keys of ``alg``
+        with their retirement times, and the stored set."""
+        ...
+
     def problem(self, current: SigningKey) -> str | None:
         """Why a restart would not find ``current`` again, or None."""
         ...
@@ -195,6 +203,19 @@ def retiring_by(key: SigningKey, at: float) -> SigningKey:
     if key.retire_at is not None and key.retire_at <= at:
         return key
     return with_retire_at(key, at)
+
+
+def retiring_all_by(keys: Mapping[str, SigningKey], alg: str, at: float) -> dict[str, SigningKey]:
+    """kid -> key for every key of ``alg`` in ``keys``, each retiring at ``at`` at the latest
+    (:func:`retiring_by`: a key already retiring sooner keeps its time)."""
+    return {kid: retiring_by(key, at) for kid, key in keys.items() if key.alg == alg}
+
+
+def kept_algorithms(keys: Mapping[str, SigningKey]) -> set[str]:
+    """The algorithms some key is kept for: those with a key not scheduled to retire. A
+    rotation leaves its new key so; ``lockgate keys retire`` schedules every key of an
+    algorithm, which withdraws it (no longer rotated, gone from the JWKS once retired)."""
+    return {key.alg for key in keys.values() if key.retire_at is None}
 
 
 def newest_per_algorithm(keys: Mapping[str, SigningKey]) -> dict[str, str]:
