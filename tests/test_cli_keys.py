@@ -1,5 +1,6 @@
-"""``lockgate keys list | rotate`` with keys of several algorithms: each line names its
-algorithm, each algorithm has its current key, and ``--alg`` rotates one alone."""
+"""``lockgate keys list | rotate | retire`` with keys of several algorithms: each line names
+its algorithm, each algorithm has its current key, ``--alg`` rotates one alone, and
+``retire`` withdraws one the configuration dropped (never EdDSA or one it still names)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,56 @@ def test_keys_rotate_refuses_an_unknown_algorithm(
     with pytest.raises(SystemExit):
         main(["-c", str(conf), "keys", "rotate", "--alg", "HS256"])
     assert "HS256" in capsys.readouterr().err
+
+
+def _drop(conf: Path, alg: str) -> None:
+    """The configuration no longer names ``alg`` (no credential or audience needs it)."""
+    config = yaml.safe_load(conf.read_text())
+    config["signing"]["algorithms"].remove(alg)
+    conf.write_text(yaml.safe_dump(config))
+
+
+def refused(conf: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    code = main(["-c", str(conf), "keys", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and not out
+    assert len(err.splitlines()) == 1  # one line saying why, no trace
+    return err
+
+
+def test_keys_retire_refuses_eddsa_and_an_algorithm_the_config_needs(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = keys(conf, capsys, "list")
+    assert "Lockgate's own tokens" in refused(conf, capsys, "retire", "--alg", "EdDSA")
+    err = refused(conf, capsys, "retire", "--alg", "RS256", "--after", "0")
+    assert "RS256 is still needed" in err and "configuration" in err
+    assert keys(conf, capsys, "list") == before  # nothing retired
+
+
+def test_keys_retire_withdraws_an_algorithm_after_the_token_lifetime(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rs256 = next(line.split()[0] for line in keys(conf, capsys, "list") if " RS256 " in line)
+    _drop(conf, "RS256")
+    *retired, summary = keys(conf, capsys, "retire", "--alg", "RS256")
+    assert len(retired) == 1 and retired[0].startswith(f"signing key {rs256}; RS256; retires ")
+    assert "now" not in retired[0] and "no longer rotates" in summary
+    listed = {line.split()[0]: line for line in keys(conf, capsys, "list")}
+    assert "retiring at" in listed[rs256] and "withdrawn" in listed[rs256]  # still published
+    rotated = keys(conf, capsys, "rotate", "--retire-after", "0")
+    assert sorted(line.split("; ")[1] for line in rotated) == ["ES256", "EdDSA"]
+    assert "withdrawn" in {line.split()[0]: line for line in keys(conf, capsys, "list")}[rs256]
+    assert "RS256" in refused(conf, capsys, "rotate", "--alg", "RS256")
+
+
+def test_keys_retire_after_zero_removes_a_leaked_key_at_once(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert len(keys(conf, capsys, "list")) == 3  # the first open made a key of each
+    _drop(conf, "ES256")
+    (retired, _) = keys(conf, capsys, "retire", "--alg", "ES256", "--after", "0")
+    assert retired.endswith("; ES256; retires now")
+    listed = keys(conf, capsys, "list")
+    assert sorted(line.split()[1] for line in listed) == ["EdDSA", "RS256"]
+    assert "no ES256 signing key" in refused(conf, capsys, "retire", "--alg", "ES256")

@@ -1,7 +1,9 @@
-"""``lockgate keys``: rotate and list the signing keys Lockgate tokens and assertions are
-signed with (Ed25519 ``EdDSA``, RSA ``RS256``, P-256 ``ES256``: one current key each).
+"""``lockgate keys``: rotate, retire and list the signing keys Lockgate tokens and
+assertions are signed with (Ed25519 ``EdDSA``, RSA ``RS256``, P-256 ``ES256``: one current
+key each).
 
-    lockgate keys rotate [--retire-after S] [--alg A]... | keys list
+    lockgate keys rotate [--retire-after S] [--alg A]... | keys retire --alg A [--after S]
+    | keys list
 """
 
 from __future__ import annotations
@@ -17,16 +19,12 @@ from lockgate.identity.keys import ALGORITHMS
 
 if TYPE_CHECKING:
     from lockgate._cli_state import Subcommands
+    from lockgate.state import State
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     st = _state(args)
-    # 0 is a real answer (retire the old keys now), so test for None, not falsiness.
-    retire = args.retire_after
-    if retire is None:
-        retire = st.config.tokens.max_ttl + 300
-    if retire < 0:
-        raise LockgateError("--retire-after must be 0 or more seconds")
+    retire = _default_overlap(args.retire_after, st, "--retire-after")
     for key in st.keys.rotate_each(retire_after=retire, algorithms=args.alg):
         # Shared keys and RS256/ES256 keys are published first, so every replica and every
         # cloud caching the JWKS knows them before they sign.
@@ -44,12 +42,39 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_overlap(args_value: int | None, st: State, flag: str) -> int:
+    """``flag``'s seconds, by default ``tokens.max_ttl + 300`` (0 is a real answer: at once,
+    so test for None, not falsiness)."""
+    seconds = st.config.tokens.max_ttl + 300 if args_value is None else args_value
+    if seconds < 0:
+        raise LockgateError(f"{flag} must be 0 or more seconds")
+    return seconds
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    st = _state(args)
+    after = _default_overlap(args.after, st, "--after")
+    # KeyStore.retire refuses EdDSA and what the configuration still needs, saying why.
+    for key in st.keys.retire(args.alg, after):
+        assert key.retire_at is not None  # retire gives every key of the algorithm a time
+        when = "now" if key.retire_at <= time.time() else time.ctime(key.retire_at)
+        print(f"signing key {key.kid}; {key.alg}; retires {when}")
+    print(
+        f"{args.alg} withdrawn: keys rotate no longer rotates it; the JWKS lists each of its "
+        "keys until it retires"
+    )
+    return 0
+
+
 def cmd_keys_list(args: argparse.Namespace) -> int:
     st = _state(args)
-    current = {st.keys.current(alg).kid for alg in st.keys.in_use()}
+    in_use = st.keys.in_use()
+    current = {st.keys.current(alg).kid for alg in in_use}
     for k in st.keys.published():
         if k.kid in current:
             mark = "current"
+        elif k.retire_at and k.alg not in in_use:  # keys retire withdrew the algorithm
+            mark = f"retiring at {time.ctime(k.retire_at)} (algorithm withdrawn)"
         elif k.retire_at:
             mark = f"retires at {time.ctime(k.retire_at)}"
         elif k.signs_from > time.time():
@@ -81,5 +106,25 @@ def add_keys_commands(sub: Subcommands) -> None:
         action="append",
         choices=ALGORITHMS,
         help="rotate only this algorithm's key (repeatable; default: every algorithm in use)",
+    )
+    sp = add_command(
+        keys,
+        "retire",
+        cmd_keys_retire,
+        "withdraw an algorithm the configuration no longer needs: every key of it leaves the "
+        "JWKS once its tokens expire (or at once) and is no longer rotated",
+    )
+    sp.add_argument(
+        "--alg",
+        required=True,
+        choices=ALGORITHMS,
+        help="the algorithm to withdraw (not EdDSA, nor one the configuration names)",
+    )
+    sp.add_argument(
+        "--after",
+        type=int,
+        metavar="SECONDS",
+        help="seconds its keys stay published (default: tokens.max_ttl + 300; 0 retires "
+        "them at once, for a leaked key)",
     )
     add_command(keys, "list", cmd_keys_list, "list published signing keys and their algorithms")
