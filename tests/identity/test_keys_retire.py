@@ -7,6 +7,7 @@ a real PostgreSQL (``open_store``, shared with :mod:`tests.identity.test_keys_al
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -38,6 +39,12 @@ def _stored_kids(store: KeyStore) -> set[str]:
         return {str(kid) for (kid,) in cur.execute("SELECT kid FROM signing_keys").fetchall()}
 
 
+def _retire_at(store: KeyStore, kid: str) -> float | None:
+    key = store.key(kid)
+    assert key is not None, "the key is not published"
+    return key.retire_at
+
+
 def _jwks_algs(store: KeyStore) -> set[str]:
     return {key["alg"] for key in store.jwks()["keys"]}
 
@@ -60,7 +67,7 @@ def test_a_withdrawn_algorithm_is_published_until_its_keys_retire_then_gone(
 ) -> None:
     clock = Clock()
     keys, (old, new) = _dropped_rs256(open_store, clock)
-    old_retire_at = keys.key(old).retire_at  # type: ignore[union-attr]
+    old_retire_at = _retire_at(keys, old)
     retiring = {k.kid: k.retire_at for k in keys.retire("RS256", 7200)}
     # The overlap of the earlier rotation is shorter: a retirement only ever comes forward.
     assert retiring == {old: old_retire_at, new: clock.t + 7200}
@@ -111,6 +118,48 @@ def test_retiring_at_once_removes_a_leaked_key_everywhere(open_store: OpenStore)
         assert time.monotonic() < deadline, "a replica kept publishing the retired key"
         time.sleep(0.005)
     assert "RS256" not in {k.alg for k in open_store(algorithms=WITHOUT_RS256).published()}
+
+
+def _follow(store: KeyStore, done: Callable[[], bool]) -> None:
+    """Wait until ``store``, by its own lookups and ticks, has loaded what makes ``done``."""
+    deadline = time.monotonic() + 2.0
+    while not done():
+        store.key("x" * 43)  # shared keys: a lookup starts the reload
+        store.maybe_reload(0)  # the server's tick
+        assert time.monotonic() < deadline, "the replica never loaded the change"
+        time.sleep(0.005)
+
+
+def test_a_row_put_back_cannot_undo_a_retirement_a_replica_saw(open_store: OpenStore) -> None:
+    clock = Clock()
+    keys, (_, new) = _dropped_rs256(open_store, clock)
+    db = _database(keys)
+    if db is None:
+        pytest.skip("files: whoever can write them can read the private keys anyway")
+    with db.read() as cur:
+        saved = cur.execute(
+            "SELECT nonce, ciphertext FROM signing_keys WHERE kid = ? AND retire_at IS NULL",
+            (new,),
+        ).fetchone()
+    assert saved is not None
+    watching = open_store(algorithms=WITHOUT_RS256, clock=clock)
+    watching_db = _database(watching)
+    assert watching_db is not None
+    watching_db.start_watching()
+    at = {k.kid: k.retire_at for k in keys.retire("RS256", 600)}[new]
+    _follow(watching, lambda: watching.in_use() == WITHOUT_RS256)
+    changes = watching.changes
+    with db.transaction() as cur:  # the database's writer puts the pre-retirement row back
+        cur.execute(
+            "UPDATE signing_keys SET retire_at = NULL, nonce = ?, ciphertext = ? WHERE kid = ?",
+            (bytes(saved[0]), bytes(saved[1]), new),
+        )
+        cur.touch("keys")
+    _follow(watching, lambda: watching.changes != changes)
+    assert _retire_at(watching, new) == at
+    assert watching.in_use() == WITHOUT_RS256
+    # The row put back is genuine: a process that never saw the retirement takes it.
+    assert _retire_at(open_store(algorithms=WITHOUT_RS256, clock=clock), new) is None
 
 
 def test_an_earlier_retirement_is_never_pushed_back(open_store: OpenStore) -> None:

@@ -16,11 +16,15 @@ A row saved while its key was live can still be put back whole after the key was
 kid is written to ``retired_signing_keys``, which is never pruned (one short row per
 rotation), and a key without a ``retire_at`` is only trusted when it is the newest (a
 rotation sets, and authenticates, a ``retire_at`` on every older key). Each table also
-remembers the kids it saw retired for as long as it runs. A refused row is logged and
-skipped; the other keys keep serving. What the design trusts the database with is in
-docs/state.md: it can deny service; without the master key it can neither mint a key nor
-bring a retired one back on its own. All of this holds per algorithm: each keeps its own
-newest key, and a rotation of one retires only that algorithm's older keys.
+remembers the kids it saw retired, and the soonest retirement it saw of each key, for as
+long as it runs. Still, a process that never saw it would trust the row a withdrawn
+algorithm's newest key had before ``keys retire`` (its only row without a ``retire_at``)
+until that key is deleted: a leaked key is withdrawn at once (``--after 0``), which deletes
+it. A refused row is logged and skipped; the other keys keep serving. What the design
+trusts the database with is in docs/state.md: it can deny service; without the master key
+it can neither mint a key nor bring a retired one back on its own. All of this holds per
+algorithm: each keeps its own newest key, and a rotation of one retires only that
+algorithm's older keys.
 
 Every write (the first key, a rotation, a retirement) runs in one transaction that first
 takes a lock (PostgreSQL: a transaction-scoped advisory lock; SQLite: ``BEGIN IMMEDIATE``
@@ -127,6 +131,8 @@ class KeyTable:
         # Kids seen retired (tombstoned, or gone from the table) since this table opened:
         # refused even if the database loses its tombstones.
         self._retired: set[str] = set()
+        # The soonest retirement seen per kid: likewise, never pushed back by a row put back.
+        self._retire_seen: dict[str, float] = {}
 
     def open(self, now: float, algorithms: tuple[str, ...]) -> dict[str, SigningKey]:
         version = self.db.version(TOPIC)
@@ -314,10 +320,25 @@ class KeyTable:
             if kid in self._retired or (retire_at is None and kid != newest[alg]):
                 self._refuse(kid)  # a genuine row, put back after its key was retired
                 continue
-            keys[kid] = with_retire_at(key, times[2])
+            keys[kid] = with_retire_at(key, self._earliest_retirement(kid, times[2]))
         # A kid that was loaded and is gone was retired: never trusted again by this table.
         self._retired |= known.keys() - keys.keys()
         return keys
+
+    def _earliest_retirement(self, kid: str, retire_at: float | None) -> float | None:
+        """``retire_at``, unless this table saw ``kid`` retiring sooner: every write only
+        brings a retirement forward, so a later one (or none) is an older row put back, which
+        would push back, or undo, a rotation's or a ``keys retire``'s. The sooner one holds."""
+        seen = self._retire_seen.get(kid)
+        if seen is None or (retire_at is not None and retire_at <= seen):
+            if retire_at is not None:
+                self._retire_seen[kid] = retire_at
+            return retire_at
+        log.error(
+            "signing key row refused a later retirement: an older row put back in the database",
+            extra={"fields": {"kid": kid, "database": self.db.label}},
+        )
+        return seen
 
     def _refuse(self, kid: str) -> None:
         log.error(
