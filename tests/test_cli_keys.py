@@ -95,6 +95,7 @@ def test_keys_retire_refuses_eddsa_and_an_algorithm_the_config_needs(
     conf: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = keys(conf, capsys, "list")
+    assert "needs --alg" in refused(conf, capsys, "retire")
     assert "Lockgate's own tokens" in refused(conf, capsys, "retire", "--alg", "EdDSA")
     err = refused(conf, capsys, "retire", "--alg", "RS256", "--after", "0")
     assert "RS256 is still needed" in err and "configuration" in err

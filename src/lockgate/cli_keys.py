@@ -52,6 +52,8 @@ def _default_overlap(args_value: int | None, st: State, flag: str) -> int:
 
 
 def cmd_keys_retire(args: argparse.Namespace) -> int:
+    if args.alg is None:  # checked here, not by argparse: every verb parses with no option
+        raise LockgateError("keys retire needs --alg: the algorithm to withdraw")
     st = _state(args)
     after = _default_overlap(args.after, st, "--after")
     # KeyStore.retire refuses EdDSA and what the configuration still needs, saying why.
@@ -116,9 +118,8 @@ def add_keys_commands(sub: Subcommands) -> None:
     )
     sp.add_argument(
         "--alg",
-        required=True,
         choices=ALGORITHMS,
-        help="the algorithm to withdraw (not EdDSA, nor one the configuration names)",
+        help="the algorithm to withdraw (required; not EdDSA, nor one the configuration names)",
     )
     sp.add_argument(
         "--after",
