@@ -42,10 +42,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_overlap(args_value: int | None, st: State, flag: str) -> int:
+def _default_overlap(given: int | None, st: State, flag: str) -> int:
     """``flag``'s seconds, by default ``tokens.max_ttl + 300`` (0 is a real answer: at once,
     so test for None, not falsiness)."""
-    seconds = st.config.tokens.max_ttl + 300 if args_value is None else args_value
+    seconds = st.config.tokens.max_ttl + 300 if given is None else given
     if seconds < 0:
         raise LockgateError(f"{flag} must be 0 or more seconds")
     return seconds
