@@ -32,7 +32,7 @@ def test_every_verb_is_listed() -> None:
     assert {" ".join(w) for w in COMMANDS} == {
         "init", "serve", "config check", "policy check", "policy lint", "policy test",
         "token revoke", "token unblock", "token revocations", "keys rotate", "keys list",
-        "creds set", "creds rotate", "creds list", "audit tail", "audit search",
+        "keys retire", "creds set", "creds rotate", "creds list", "audit tail", "audit search",
         "audit verify", "db upgrade", "db check", "demo",
     }  # fmt: skip
 

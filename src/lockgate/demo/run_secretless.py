@@ -16,6 +16,7 @@ Exits 0 only when every DAG succeeded and the scan found nothing.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -155,11 +156,12 @@ def task_environment(stack: SecretlessStack) -> dict[str, str] | None:
 
 def report_credentials(stack: SecretlessStack) -> None:
     """``lockgate creds list``, as an operator would run it."""
-    from lockgate.cli import main as lockgate_cli  # the CLI itself: what an operator sees
+    # The command itself, what an operator sees (not lockgate.cli: it imports the demo).
+    from lockgate.cli_creds import cmd_creds_list
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        lockgate_cli(["--config", str(stack.config_path), "creds", "list"])
+        cmd_creds_list(argparse.Namespace(config=str(stack.config_path)))
     print("\n  Upstream credentials (lockgate creds list)")
     for line in out.getvalue().splitlines():
         for part in wrap(line, 4):
