@@ -9,7 +9,7 @@
     lockgate token revoke --dag D | --deployment N --block   kill switch: no new token either
     lockgate token unblock --dag D | --deployment N
     lockgate token revocations
-    lockgate keys rotate [--retire-after S] | keys list
+    lockgate keys rotate [--retire-after S] [--alg A] | keys list | keys retire --alg A
     lockgate creds set NAME | creds rotate NAME | creds list
     lockgate audit tail | audit search --dag D [--run R] [--decision deny] | audit verify
                                            (shared state: every replica; --local: this one)
