@@ -279,6 +279,6 @@ def report_scan(stack: SecretlessStack, output: str) -> bool:
         return not result.unscanned
     print(f"    verdict: {len(result.findings)} found")
     for finding in result.findings:
-        for line in wrap(str(finding), 6, max_lines=2):
+        for line in wrap(str(finding), 6, max_lines=6):
             print(line)
     return False
