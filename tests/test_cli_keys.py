@@ -128,3 +128,25 @@ def test_keys_retire_after_zero_removes_a_leaked_key_at_once(
     listed = keys(conf, capsys, "list")
     assert sorted(line.split()[1] for line in listed) == ["EdDSA", "RS256"]
     assert "no ES256 signing key" in refused(conf, capsys, "retire", "--alg", "ES256")
+
+
+def test_rotations_and_retirements_are_audited_with_kid_and_alg(
+    conf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    rotated = [line.split()[3].rstrip(";") for line in keys(conf, capsys, "rotate")]
+    assert len(rotated) == 3  # one new key per algorithm in use
+    config = yaml.safe_load(conf.read_text())
+    config["signing"] = {"algorithms": ["EdDSA", "RS256"]}  # ES256 dropped
+    conf.write_text(yaml.safe_dump(config))
+    keys(conf, capsys, "retire", "--alg", "ES256", "--after", "0")
+    assert main(["-c", str(conf), "audit", "search", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    by_event = {
+        event: {(r["object"], r["detail"]["alg"]) for r in records if r["event"] == event}
+        for event in ("key_rotated", "key_retired")
+    }
+    assert {kid for kid, _ in by_event["key_rotated"]} == set(rotated)
+    assert {alg for _, alg in by_event["key_rotated"]} == {"EdDSA", "RS256", "ES256"}
+    assert by_event["key_retired"] and {alg for _, alg in by_event["key_retired"]} == {"ES256"}

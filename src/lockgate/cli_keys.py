@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from lockgate._cli_state import add_command, add_group
+from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import open_state as _state
 from lockgate.errors import LockgateError
 from lockgate.identity.keys import ALGORITHMS
@@ -39,6 +40,13 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
             else f"older {key.alg} keys stay published for at most {retire}s more"
         )
         print(f"new signing key {key.kid}; {key.alg}; published now{when}; {older}")
+        _audit_now(
+            st,
+            "key_rotated",
+            resource=None,
+            object=key.kid,
+            detail={"alg": key.alg, "signs_from": int(key.signs_from), "retire_after": retire},
+        )
     return 0
 
 
@@ -61,6 +69,13 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
         assert key.retire_at is not None  # retire gives every key of the algorithm a time
         when = "now" if key.retire_at <= time.time() else time.ctime(key.retire_at)
         print(f"signing key {key.kid}; {key.alg}; retires {when}")
+        _audit_now(
+            st,
+            "key_retired",
+            resource=None,
+            object=key.kid,
+            detail={"alg": key.alg, "retire_at": int(key.retire_at)},
+        )
     print(
         f"{args.alg} withdrawn: keys rotate no longer rotates it; the JWKS lists each of its "
         "keys until it retires"

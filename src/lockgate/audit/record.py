@@ -43,6 +43,9 @@ EVENTS = frozenset(
         "auth_failed",
         "credential_rotated",
         "credential_set",
+        # lockgate keys rotate / keys retire (object: the kid; detail: alg and times)
+        "key_rotated",
+        "key_retired",
         "token_revoked",
         "mint_blocked",  # the kill switch: lockgate token revoke --block
         "mint_unblocked",
