@@ -907,7 +907,6 @@ async def test_the_authenticator_names_the_workload_a_subject_token_proves(
                        "workload_issuer": cluster.issuer}  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="TokenService.authenticate passes ctx on (requested)")
 async def test_the_audit_names_the_workload_that_minted_or_tried(
     tmp_path: Path, cluster: FakeClusterIssuer
 ) -> None:

@@ -90,13 +90,14 @@ class ControlContext:
         self, request: web.Request, route: str
     ) -> tuple[str, dict[str, str]] | web.Response:
         """(deployment, body) of a control request, or the (already recorded) refusal."""
+        audit: dict[str, Any] = {"remote": request.remote, "route": route}
         try:
             body = await read_body(request)
             deployment, _proof = await self.tokens.authenticate(
-                body, request.headers.get("Authorization"), request.remote
+                body, request.headers.get("Authorization"), request.remote, audit
             )
         except OAuthError as exc:
-            audit = {"remote": request.remote, "route": route, "action": "authenticate"}
+            audit["action"] = "authenticate"
             await self.tokens.refused(exc, audit)
             return error_response(exc)
         return deployment, body

@@ -158,7 +158,7 @@ class TokenService:
         """Steps 2-6: who asks, for which task and resource, and may it; fills ``ctx`` for the
         audit as it learns. Raises :class:`OAuthError` on any refusal."""
         ctx["deployment"], ctx["proof"] = await self.authenticate(
-            body, authorization, ctx.get("remote")
+            body, authorization, ctx.get("remote"), ctx
         )
         dep = self.config.deployment(ctx["deployment"])
         assert dep is not None  # authenticate only returns configured deployments
@@ -244,7 +244,7 @@ class TokenService:
         raised as :class:`OAuthError`."""
         try:
             ctx["deployment"], ctx["proof"] = await self.authenticate(
-                body, authorization, ctx.get("remote")
+                body, authorization, ctx.get("remote"), ctx
             )
             dep = self.config.deployment(ctx["deployment"])
             assert dep is not None
@@ -336,15 +336,21 @@ class TokenService:
 
     # -- steps --------------------------------------------------------------------------------
     async def authenticate(
-        self, body: dict[str, str], authorization: str | None, remote: str | None = None
+        self,
+        body: dict[str, str],
+        authorization: str | None,
+        remote: str | None = None,
+        ctx: dict[str, Any] | None = None,
     ) -> tuple[str, str]:
         """Step 2, for every door a deployment calls: (deployment name, proof kind) from the
         body's fields and the ``Authorization`` header, or :class:`OAuthError` (not yet
         recorded: the caller passes it to :meth:`refused`). Every door passes here first, so
         a replica past its staleness bound refuses them all, and a client or ``remote``
         address cooling down after failed authentications is refused whatever it presents
-        (:mod:`lockgate.identity.client_auth`)."""
-        return await self._client_auth.authenticate(body, authorization, remote)
+        (:mod:`lockgate.identity.client_auth`). ``ctx``, the request's audit fields, learns
+        which workload a verified subject token names (``workload_subject``,
+        ``workload_issuer``)."""
+        return await self._client_auth.authenticate(body, authorization, remote, ctx)
 
     async def take_mint(self, deployment: str) -> None:
         """One of ``deployment``'s mints, or :class:`OAuthError` 429: every door that mints
