@@ -184,8 +184,10 @@ secrets_backend = lockgate.airflow.secrets.LockgateSecretsBackend
 #    `projected: {{sources: [{{serviceAccountToken: {{audience: {audience},
 #    expirationSeconds: 3600, path: token}}}}]}}` mounted at {token_dir}.
 {kubernetes}
-#    Azure workload identity (AKS): the webhook's token file; the oidc_issuers entry
-#    names the cluster's OIDC issuer URL and audience api://AzureADTokenExchange.
+#    Azure workload identity (AKS): prefer the projected token above (Lockgate's own
+#    audience): the webhook's token file is also an Entra credential. Where no volume can
+#    be added: the oidc_issuers entry names the cluster's OIDC issuer URL and audience
+#    api://AzureADTokenExchange.
 # {azure}
 #    SPIFFE/SPIRE: a JWT-SVID from the agent's Workload API socket ($SPIFFE_ENDPOINT_SOCKET);
 #    the oidc_issuers entry: issuer spiffe://<trust domain>, jwks_file: the trust bundle.
