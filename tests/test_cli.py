@@ -11,6 +11,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,33 @@ def test_init_with_an_issuer_writes_no_secret_and_names_the_workers_settings(
 
     code, _, err = run("init", str(tmp_path / "bad"), "--issuer", "http://oidc.example")
     assert code == 2 and "--issuer" in err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"subjects": ["*"]}, "oidc_issuers[0].subjects: wildcards only"),
+        ({"subjects": ["**"], "claims": {}}, "oidc_entry_unpinned"),
+        ({"issuer": "https://127.0.0.1:8470"}, "oidc_issuers[0].issuer: Lockgate's own issuer"),
+        ({"issuer": "http://k8s.example"}, "oidc_issuers[0].issuer: plain http"),
+        ({"jwks_uri": "http://10.0.0.5/keys"}, "oidc_issuers[0].jwks_uri: plain http"),
+    ],
+)
+def test_config_check_fails_on_an_issuer_entry_whose_every_token_would_be_refused(
+    tmp_path: Path, run: Run, entry: dict[str, Any], expected: str
+) -> None:
+    import yaml
+
+    code, out, _ = run("init", str(tmp_path / "gw"), "--issuer", "https://oidc.example/c1")
+    assert code == 0, out
+    conf = tmp_path / "gw" / "lockgate.yaml"
+    config = yaml.safe_load(conf.read_text())
+    config["oidc_issuers"][0].update(entry)
+    if "claims" not in entry and entry.get("subjects") == ["*"]:
+        config["oidc_issuers"][0].pop("claims", None)
+    conf.write_text(yaml.safe_dump(config))
+    code, _, err = run(*lg(conf, "config", "check"))
+    assert code == 2 and expected in err and str(conf) in err
 
 
 def test_config_check(conf: Path, run: Run, monkeypatch: pytest.MonkeyPatch) -> None:

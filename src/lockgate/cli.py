@@ -128,7 +128,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise LockgateError("--workers must be at least 1")
-    run(_config(args), workers=args.workers)
+    cfg = _config(args)
+    for problem in cfg.issuer_problems():  # refused at run time; said here
+        print(f"lockgate: warning: {cfg.source}: {problem}", file=sys.stderr)
+    run(cfg, workers=args.workers)
     return 0
 
 
@@ -143,6 +146,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"lockgate: {problem}", file=sys.stderr)
         print(f"lockgate: {cfg.source}: {len(problems)} policy problem(s)", file=sys.stderr)
+        return 2
+    trust = cfg.issuer_problems()
+    if trust:
+        for problem in trust:
+            print(f"lockgate: {cfg.source}: {problem}", file=sys.stderr)
         return 2
     print(
         f"{cfg.source}: ok — {len(cfg.deployments)} deployment(s), {len(cfg.resources)} "

@@ -19,6 +19,7 @@ from lockgate.config.credentials import (
     ManagedIdentityCredential,
     OAuth2ClientCredential,
     StaticCredential,
+    reaches_in_clear,
 )
 from lockgate.config.identity import Deployment, OidcIssuer, TokenSettings
 from lockgate.config.listeners import Listeners
@@ -180,6 +181,33 @@ class LockgateConfig(Section):
         | None
     ):
         return next((c for c in self.credentials if c.name == name), None)
+
+    def issuer_problems(self) -> list[str]:
+        """``oidc_issuers`` entries whose every token the gateway refuses at run time (so
+        nothing breaks open), said up front: ``config check`` fails on them, ``serve``
+        warns."""
+        problems: list[str] = []
+        for i, o in enumerate(self.oidc_issuers):
+            where = f"oidc_issuers[{i}]"
+            if not o.claims and any(not glob.strip("*?") for glob in o.subjects):
+                problems.append(
+                    f"{where}.subjects: wildcards only and no claims: every workload of "
+                    f"{o.issuer} could speak for {o.deployment!r}, so its tokens are refused "
+                    "(oidc_entry_unpinned); pin a namespace or service account"
+                )
+            if o.issuer.rstrip("/") == self.issuer_url:
+                problems.append(
+                    f"{where}.issuer: Lockgate's own issuer: a task's token is never a "
+                    "deployment's proof (oidc_own_token)"
+                )
+            fetched = [] if o.jwks_file else [("issuer", o.issuer), ("jwks_uri", o.jwks_uri)]
+            for name, url in fetched:
+                if url and not url.startswith("spiffe://") and reaches_in_clear(url):
+                    problems.append(
+                        f"{where}.{name}: plain http off this machine would let the network "
+                        "choose the keys, so they are never fetched: use https"
+                    )
+        return problems
 
     def federation_algorithm(self, cred: FederatedCredential) -> SigningAlgorithm:
         """The algorithm of ``cred``'s assertions: its own setting, else the audience
