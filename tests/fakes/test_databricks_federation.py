@@ -225,3 +225,20 @@ def test_m2m_client_credentials_still_work(workspace: tuple[FakeDatabricks, Path
     assert fake.token_principals[token] == fake.client_id and _jobs(workspace, token) == 200
     assert fake.token_requests[-1].get("client_secret") is None
     assert _jobs(workspace, "dbx-made-up") == 401
+
+
+def test_policy_shape_follows_the_federation_policy_api() -> None:
+    """The account API: an https issuer; a subject on a service principal's policy only (an
+    account policy maps tokens with subject_claim); at most 20 policies per principal."""
+    fake = FakeDatabricks(set())
+    idp = "https://idp.example.com"
+    with pytest.raises(ValueError, match="https URL"):
+        fake.add_federation_policy(issuer="http://idp.example.com")
+    with pytest.raises(ValueError, match="names no subject"):
+        fake.add_federation_policy(issuer=idp, subject="someone")
+    for n in range(20):
+        fake.add_federation_policy(issuer=idp, subject=f"s{n}", service_principal="sp")
+    with pytest.raises(ValueError, match="at most 20"):
+        fake.add_federation_policy(issuer=idp, subject="s20", service_principal="sp")
+    fake.add_federation_policy(issuer=idp, subject="s0", service_principal="another-sp")
+    fake.add_federation_policy(issuer=idp)  # account-wide policies count for no principal

@@ -10,6 +10,9 @@ token to authenticate", the account federation-policy REST reference):
 - an **account federation policy** serves every user and service principal of the account:
   the token's ``subject_claim`` names who it is (a user name or a service principal's
   application id), and the exchange sends no ``client_id``;
+- the issuer is an https URL; a service principal holds at most 20 federation policies; an
+  account federation policy names no ``subject`` (its ``subject_claim`` maps the token to a
+  user or service principal), a service principal's always does;
 - ``audiences`` defaults to the account id; a token matches when any of its ``aud`` values is
   in the policy's list;
 - tokens must be signed RS256 or ES256 (EdDSA, HS*, ``none`` refused), with the issuer's
@@ -41,6 +44,7 @@ __all__ = ["JWT_TOKEN_TYPE", "TOKEN_EXCHANGE", "FederationPolicies", "Federation
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN
 ALGORITHMS = ("RS256", "ES256")
+MAX_POLICIES_PER_PRINCIPAL = 20
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,18 @@ class FederationPolicies:
         service_principal: str | None = None,
         jwks_uri: str | None = None,
     ) -> FederationPolicy:
+        if not issuer.startswith("https://"):
+            raise ValueError("a federation policy's issuer is an https URL")
+        if service_principal is None and subject is not None:
+            raise ValueError("an account federation policy names no subject (subject_claim maps)")
         if service_principal is not None and not subject:
             raise ValueError("a service principal federation policy names its subject")
+        held = [p for p in self.policies.values() if p.service_principal == service_principal]
+        if service_principal is not None and len(held) >= MAX_POLICIES_PER_PRINCIPAL:
+            raise ValueError(
+                f"a service principal holds at most {MAX_POLICIES_PER_PRINCIPAL} federation "
+                "policies"
+            )
         policy = FederationPolicy(
             f"policy-{next(self._ids)}", issuer, tuple(audiences or (self.account_id,)),
             subject, subject_claim, service_principal, jwks_uri,

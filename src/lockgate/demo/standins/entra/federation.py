@@ -6,8 +6,9 @@ considerations and restrictions for federated identity credentials", the Graph
 federated credential" and the AADSTS error code reference):
 
 - an application holds at most 20 federated identity credentials; each names ``issuer``,
-  ``subject`` and exactly one audience (``api://AzureADTokenExchange`` recommended); the
-  pair issuer+subject is unique on the app; the name is URL friendly, at most 120 characters;
+  ``subject`` and exactly one audience (``api://AzureADTokenExchange`` recommended; issuer
+  and audience at most 600 characters each); the pair issuer+subject is unique on the app;
+  the name is URL friendly, at most 120 characters;
 - a presented assertion must match one credential's ``issuer``, ``subject`` and audience
   exactly (case-sensitive; an issuer claim with surrounding white space never matches);
 - its signature is checked with the issuer's keys (discovery over https, then
@@ -41,6 +42,7 @@ __all__ = [
 
 ENTRA_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 MAX_FEDERATED_CREDENTIALS = 20
+_MAX_FIELD = 600  # characters of an issuer or audience (Graph federatedIdentityCredential)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,119}$")
 
 
@@ -56,7 +58,9 @@ class FederatedIdentityCredential:
             raise ValueError("a credential name is URL friendly, 1-120 characters")
         if len(self.audiences) != 1 or not self.audiences[0]:
             raise ValueError("a federated identity credential holds exactly one audience")
-        if not self.issuer or len(self.issuer) > 600 or not self.subject:
+        if len(self.audiences[0]) > _MAX_FIELD:
+            raise ValueError("an audience is at most 600 characters")
+        if not self.issuer or len(self.issuer) > _MAX_FIELD or not self.subject:
             raise ValueError("issuer (at most 600 characters) and subject are required")
         if self.issuer != self.issuer.strip():
             raise ValueError("an issuer with surrounding white space never matches")
