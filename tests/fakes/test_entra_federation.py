@@ -30,6 +30,7 @@ EXCHANGE = "api://AzureADTokenExchange"
 APP = "app-federated"
 SUBJECT = "lockgate:credential:arm"
 ARM = "https://management.azure.com"
+_CLAIM = {700211: "issuer", 700212: "audience", 700213: "subject"}
 
 
 @pytest.fixture(scope="module")
@@ -139,20 +140,27 @@ def test_hmac_and_none_are_refused(
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("change", "code"),
     [
-        {"sub": SUBJECT.upper()},  # case-sensitive
-        {"sub": "lockgate:credential:other"},
-        {"aud": "api://AzureADTokenExchange/"},
-        {"aud": ARM},
-        {"iss": "https://127.0.0.1:1"},
+        ({"sub": SUBJECT.upper()}, 700213),  # case-sensitive
+        ({"sub": "lockgate:credential:other"}, 700213),
+        ({"aud": "api://AzureADTokenExchange/"}, 700212),
+        ({"aud": ARM}, 700212),
+        ({"iss": "https://127.0.0.1:1"}, 700211),
     ],
 )
 def test_iss_sub_and_aud_must_match_a_credential_exactly(
-    entra: tuple[FakeEntra, Path], outside: tuple[OutsideIssuer, Path], change: dict[str, Any]
+    entra: tuple[FakeEntra, Path],
+    outside: tuple[OutsideIssuer, Path],
+    change: dict[str, Any],
+    code: int,
 ) -> None:
+    """The code names the claim that matched no credential, and the answer shows its value."""
     issuer, _ = outside
-    _refused(_post(entra, issuer.sign(issuer.claims(**{"aud": EXCHANGE, **change}))), 70021)
+    answer = _post(entra, issuer.sign(issuer.claims(**{"aud": EXCHANGE, **change})))
+    _refused(answer, code)
+    [value] = change.values()
+    assert f"presented assertion {_CLAIM[code]} '{value}'" in answer.json()["error_description"]
 
 
 def test_signature_must_verify_with_the_issuers_key(
@@ -237,7 +245,7 @@ def test_unknown_app_and_entra_issued_tokens(
     )  # fmt: skip
     _refused(_post(entra, own), 700222)
     padded = issuer.claims(aud=EXCHANGE, iss=f" {issuer.issuer}")  # white space never matches
-    _refused(_post(entra, issuer.sign(padded)), 70021)
+    _refused(_post(entra, issuer.sign(padded)), 700211)
 
 
 def test_credential_limits_and_removal(outside: tuple[OutsideIssuer, Path]) -> None:
@@ -274,4 +282,4 @@ def test_a_removed_credential_no_longer_matches(
     assertion = issuer.sign(issuer.claims(aud=EXCHANGE, sub="temp"))
     assert _post(entra, assertion).status_code == 200
     fake.remove_federated_credential(APP, "temp")
-    _refused(_post(entra, issuer.sign(issuer.claims(aud=EXCHANGE, sub="temp"))), 70021)
+    _refused(_post(entra, issuer.sign(issuer.claims(aud=EXCHANGE, sub="temp"))), 700213)

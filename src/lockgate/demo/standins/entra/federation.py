@@ -15,8 +15,9 @@ federated credential" and the AADSTS error code reference):
   ``jwks_uri``), RS256 only: ES256, EdDSA, HS* and ``none`` are refused with AADSTS5002738;
 - ``exp`` and ``nbf`` hold within the clock skew; tokens Entra itself issued are refused.
 
-Each refusal carries the code the docs give. The compact assertion is never recorded or
-logged: only its header and claims, which are not secret.
+Each refusal carries the code the service answers (an assertion no credential matches names
+the first claim that differs: issuer AADSTS700211, subject 700213, audience 700212). The
+compact assertion is never recorded or logged: only its header and claims, not secret.
 
 Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
@@ -114,14 +115,7 @@ async def check_federated_assertion(
         _refuse(50027, "JWT token is invalid or malformed (iss, sub and aud are required).")
     if any(iss.startswith(own) for own in own_issuers):
         _refuse(700222, "AAD-issued tokens may not be used for federated identity flows.")
-    matches = (c.issuer == iss and c.subject == sub and c.audiences[0] in auds for c in credentials)
-    if not any(matches):
-        _refuse(
-            70021,
-            "No matching federated identity record found for presented assertion. "
-            f"Assertion Issuer: '{iss}'. Assertion Subject: '{sub}'. "
-            f"Assertion Audience: '{','.join(auds)}'.",
-        )
+    _match_credential(credentials, iss, sub, auds)
     try:
         jwk = await keys.key(str(iss), header.get("kid"))
         verify_signature(assertion, jwk, "RS256")
@@ -131,6 +125,28 @@ async def check_federated_assertion(
         _refuse(50166, "Request to External OIDC endpoint failed.")
     _check_times(claims, clock_skew, max_lifetime, time.time() if now is None else now)
     return claims
+
+
+def _match_credential(
+    credentials: list[FederatedIdentityCredential], iss: str, sub: str, auds: list[str]
+) -> None:
+    """Refuse unless one credential matches; the code names the first claim that did not
+    (issuer 700211, then subject 700213, then audience 700212), as the service answers."""
+    same_issuer = [c for c in credentials if c.issuer == iss]
+    same_subject = [c for c in same_issuer if c.subject == sub]
+    if any(c.audiences[0] in auds for c in same_subject):
+        return
+    code, claim, value = (
+        (700211, "issuer", iss) if not same_issuer
+        else (700213, "subject", sub) if not same_subject
+        else (700212, "audience", ",".join(auds))
+    )  # fmt: skip
+    _refuse(
+        code,
+        f"No matching federated identity record found for presented assertion {claim} "
+        f"'{value}'. Check your federated identity credential Subject, Audience and Issuer "
+        "against the presented assertion.",
+    )
 
 
 def _check_times(claims: dict[str, Any], skew: int, max_lifetime: int, now: float) -> None:
