@@ -7,6 +7,7 @@ working on the API. Subject tokens are signed with real keys by an outside test 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +243,32 @@ def test_policy_shape_follows_the_federation_policy_api() -> None:
         fake.add_federation_policy(issuer=idp, subject="s20", service_principal="sp")
     fake.add_federation_policy(issuer=idp, subject="s0", service_principal="another-sp")
     fake.add_federation_policy(issuer=idp)  # account-wide policies count for no principal
+    with pytest.raises(ValueError, match="non-empty"):
+        fake.add_federation_policy(issuer=idp, audiences=[""])
+    with pytest.raises(ValueError, match="JSON Web Key Set"):
+        fake.add_federation_policy(issuer=idp, jwks_json="[]")
+
+
+def test_policy_keys_given_inline_as_jwks_json(
+    workspace: tuple[FakeDatabricks, Path], outside: tuple[OutsideIssuer, Path]
+) -> None:
+    """A policy's jwks_json verifies tokens with no fetch at all; a key not in it never does."""
+    fake, _ = workspace
+    issuer, _ = outside
+    inline_issuer = "https://inline.example"  # never reachable: nothing may be fetched
+    policy = fake.add_federation_policy(
+        issuer=inline_issuer, audiences=["inline"], subject="by-json",
+        service_principal="sp-by-json", jwks_json=json.dumps({"keys": issuer._jwks()}),
+    )  # fmt: skip
+    try:
+        claims = {**issuer.claims(aud="inline", sub="by-json"), "iss": inline_issuer}
+        answer = _exchange(workspace, issuer.sign(claims), client_id="sp-by-json")
+        assert answer.status_code == 200, answer.text
+        assert not [url for url in fake.federation.keys.fetched if "inline.example" in url]
+        unknown = issuer.rotate("ES256")  # published by the issuer, not in the policy's set
+        refused = _exchange(
+            workspace, issuer.sign(claims, "ES256", unknown), client_id="sp-by-json"
+        )
+        _refused(refused, "signature is not valid")
+    finally:
+        fake.remove_federation_policy(policy.policy_id)

@@ -128,13 +128,14 @@ class FakeDatabricks:
         subject_claim: str = "sub",
         service_principal: str | None = None,
         jwks_uri: str | None = None,
+        jwks_json: str | None = None,
     ) -> FederationPolicy:
         """An account-wide policy, or one for ``service_principal`` (its application id)."""
         if service_principal is not None:
             self.principals.add(service_principal)
         return self.federation.add(
             issuer=issuer, audiences=audiences, subject=subject, subject_claim=subject_claim,
-            service_principal=service_principal, jwks_uri=jwks_uri,
+            service_principal=service_principal, jwks_uri=jwks_uri, jwks_json=jwks_json,
         )  # fmt: skip
 
     def remove_federation_policy(self, policy_id: str) -> None:

@@ -16,7 +16,8 @@ token to authenticate", the account federation-policy REST reference):
 - ``audiences`` defaults to the account id; a token matches when any of its ``aud`` values is
   in the policy's list;
 - tokens must be signed RS256 or ES256 (EdDSA, HS*, ``none`` refused), with the issuer's
-  keys from its discovery document over https (or the policy's ``jwks_uri``).
+  keys from its discovery document over https (or the policy's ``jwks_uri``, or the key set
+  given inline as ``jwks_json``).
 
 A refusal is ``invalid_request`` (RFC 8693 §2.2.2). The subject token is never recorded.
 
@@ -26,6 +27,7 @@ Part of a stand-in for demos and tests, written from the public docs: not the se
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -56,6 +58,7 @@ class FederationPolicy:
     subject_claim: str
     service_principal: str | None  # application id; None: account-wide
     jwks_uri: str | None = None
+    jwks_json: str | None = None  # the issuer's key set inline (no fetch at all)
 
 
 class Refused(Exception):
@@ -85,6 +88,7 @@ class FederationPolicies:
         subject_claim: str = "sub",
         service_principal: str | None = None,
         jwks_uri: str | None = None,
+        jwks_json: str | None = None,
     ) -> FederationPolicy:
         if not issuer.startswith("https://"):
             raise ValueError("a federation policy's issuer is an https URL")
@@ -98,9 +102,15 @@ class FederationPolicies:
                 f"a service principal holds at most {MAX_POLICIES_PER_PRINCIPAL} federation "
                 "policies"
             )
+        if audiences is not None and (not audiences or not all(audiences)):
+            raise ValueError("a policy's audiences are non-empty strings")
+        if jwks_uri and jwks_json:
+            raise ValueError("a policy names its keys by jwks_uri or jwks_json, not both")
+        if jwks_json is not None:
+            _inline_keys(jwks_json)  # refused when it is no key set
         policy = FederationPolicy(
             f"policy-{next(self._ids)}", issuer, tuple(audiences or (self.account_id,)),
-            subject, subject_claim, service_principal, jwks_uri,
+            subject, subject_claim, service_principal, jwks_uri, jwks_json,
         )  # fmt: skip
         self.policies[policy.policy_id] = policy
         return policy
@@ -129,7 +139,9 @@ class FederationPolicies:
         policy, principal = self._match(claims, str(client_id) if client_id else None, principals)
         kid = header.get("kid")
         try:
-            if policy.jwks_uri:
+            if policy.jwks_json:
+                jwk = _inline_key(policy.jwks_json, kid)
+            elif policy.jwks_uri:
                 jwk = await self.keys.key_at(policy.jwks_uri, kid)
             else:
                 jwk = await self.keys.key(policy.issuer, kid)
@@ -169,3 +181,22 @@ class FederationPolicies:
             _refuse("the subject token has expired")
         if isinstance(nbf, int | float) and now + self.leeway < nbf:
             _refuse("the subject token is not valid yet")
+
+
+def _inline_keys(jwks_json: str) -> list[dict[str, Any]]:
+    try:
+        keys = json.loads(jwks_json).get("keys")
+    except (ValueError, AttributeError):
+        keys = None
+    if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+        raise ValueError('jwks_json is a JSON Web Key Set ({"keys": [...]})')
+    return keys
+
+
+def _inline_key(jwks_json: str, kid: str | None) -> dict[str, Any]:
+    """The key ``kid`` of an inline set (no ``kid``: its only key); UnknownKeyId else."""
+    keys = _inline_keys(jwks_json)
+    found = [k for k in keys if k.get("kid") == kid] if kid is not None else keys
+    if len(found) != 1:
+        raise UnknownKeyId(f"no key {kid!r} in the policy's jwks_json")
+    return found[0]
