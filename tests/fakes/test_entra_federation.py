@@ -139,6 +139,21 @@ def test_hmac_and_none_are_refused(
     _refused(_post(entra, unsigned), 5002738)
 
 
+def test_an_outside_token_whose_header_names_a_thumbprint_is_still_federated(
+    entra: tuple[FakeEntra, Path], outside: tuple[OutsideIssuer, Path]
+) -> None:
+    """GitHub Actions' tokens carry ``x5t`` beside ``kid``: what decides is who issued it
+    (iss and sub not the client id), not the header."""
+    issuer, _ = outside
+    kid = issuer.kid("RS256")
+    assertion = jwt.encode(
+        issuer.claims(aud=EXCHANGE), issuer.keys[kid][1], algorithm="RS256",
+        headers={"kid": kid, "x5t": "example-thumbprint"},
+    )  # fmt: skip
+    answer = _post(entra, assertion)
+    assert answer.status_code == 200, answer.text
+
+
 @pytest.mark.parametrize(
     ("change", "code"),
     [

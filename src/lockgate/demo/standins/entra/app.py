@@ -12,8 +12,9 @@ Routes (tenant = the one configured; any other tenant is 400 ``invalid_tenant``)
   ``x5t`` (or ``x5t#S256``) names a certificate registered for the client, ``aud`` the token
   endpoint, ``iss`` = ``sub`` = client id, unexpired, ``jti`` not seen before.
 
-  A ``client_assertion`` whose header names no certificate (no ``x5t``) is a workload
-  identity federation assertion instead, checked against the app's federated identity
+  A ``client_assertion`` whose ``iss`` and ``sub`` are not the client id (an outside
+  issuer's token, even one whose header carries ``x5t``) is a workload identity federation
+  assertion instead, checked against the app's federated identity
   credentials (see :mod:`.federation`; the issuer's discovery is fetched over https, trusting
   ``federation_ca``).
 
@@ -222,7 +223,7 @@ class FakeEntra:
         scope = str(form.get("scope", ""))
         if not scope.endswith("/.default") or " " in scope.strip():
             return self._refuse(400, "invalid_scope", "AADSTS1002012: scope must be /.default")
-        if "client_assertion" in form and not _names_certificate(form):
+        if "client_assertion" in form and not _is_clients_own(form, client_id):
             try:
                 await self._check_federated(client_id, form)
             except FederationRefusal as refusal:
@@ -327,13 +328,17 @@ class FakeEntra:
         return _err(status, error, description)
 
 
-def _names_certificate(form: Any) -> bool:
-    """An assertion naming a certificate thumbprint is a certificate credential's."""
+def _is_clients_own(form: Any, client_id: str) -> bool:
+    """A certificate credential's assertion is the client's own: its ``iss`` and ``sub`` are
+    the client id. Any other is a federated token, whatever its header names: an outside
+    issuer's token may carry ``x5t`` too (GitHub Actions' tokens do, beside ``kid``)."""
     try:
-        header = jwt.get_unverified_header(str(form.get("client_assertion", "")))
+        claims = jwt.decode(
+            str(form.get("client_assertion", "")), options={"verify_signature": False}
+        )
     except jwt.PyJWTError:
-        return False
-    return bool(header.get("x5t") or header.get("x5t#S256"))
+        return True  # malformed: the certificate path refuses it as such
+    return client_id in (claims.get("iss"), claims.get("sub"))
 
 
 def _err(status: int, error: str, description: str) -> web.Response:
