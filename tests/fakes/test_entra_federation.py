@@ -279,6 +279,8 @@ def test_credential_limits_and_removal(outside: tuple[OutsideIssuer, Path]) -> N
         fake.add_federated_credential(
             "app", issuer=issuer.issuer, subject="x", audiences=["api://" + "a" * 595]
         )
+    with pytest.raises(ValueError, match="at most 600"):
+        fake.add_federated_credential("app", issuer=issuer.issuer, subject="s" * 601)
     with pytest.raises(ValueError, match="white space"):
         fake.add_federated_credential("app", issuer=issuer.issuer + " ", subject="z")
     with pytest.raises(ValueError, match="URL friendly"):

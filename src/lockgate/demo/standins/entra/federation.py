@@ -6,9 +6,9 @@ considerations and restrictions for federated identity credentials", the Graph
 federated credential" and the AADSTS error code reference):
 
 - an application holds at most 20 federated identity credentials; each names ``issuer``,
-  ``subject`` and exactly one audience (``api://AzureADTokenExchange`` recommended; issuer
-  and audience at most 600 characters each); the pair issuer+subject is unique on the app;
-  the name is URL friendly, at most 120 characters;
+  ``subject`` and exactly one audience (``api://AzureADTokenExchange`` recommended; issuer,
+  subject and audience at most 600 characters each); the pair issuer+subject is unique on
+  the app; the name is URL friendly, at most 120 characters;
 - a presented assertion must match one credential's ``issuer``, ``subject`` and audience
   exactly (case-sensitive; an issuer claim with surrounding white space never matches);
 - its signature is checked with the issuer's keys (discovery over https, then
@@ -43,7 +43,7 @@ __all__ = [
 
 ENTRA_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 MAX_FEDERATED_CREDENTIALS = 20
-_MAX_FIELD = 600  # characters of an issuer or audience (Graph federatedIdentityCredential)
+_MAX_FIELD = 600  # characters of an issuer, subject or audience (Graph's limit)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,119}$")
 
 
@@ -61,8 +61,10 @@ class FederatedIdentityCredential:
             raise ValueError("a federated identity credential holds exactly one audience")
         if len(self.audiences[0]) > _MAX_FIELD:
             raise ValueError("an audience is at most 600 characters")
-        if not self.issuer or len(self.issuer) > _MAX_FIELD or not self.subject:
-            raise ValueError("issuer (at most 600 characters) and subject are required")
+        if not self.issuer or not self.subject:
+            raise ValueError("issuer and subject are required")
+        if max(len(self.issuer), len(self.subject)) > _MAX_FIELD:
+            raise ValueError("an issuer or subject is at most 600 characters")
         if self.issuer != self.issuer.strip():
             raise ValueError("an issuer with surrounding white space never matches")
 
