@@ -285,7 +285,7 @@ async def test_wrong_subject_or_audience_is_a_clear_error(clouds: Clouds) -> Non
     with pytest.raises(CredentialError) as info:
         await clouds.broker.upstream_secret("entra-wrong-subject")
     msg = str(info.value)
-    assert "'entra-wrong-subject'" in msg and "HTTP 400, invalid_request, AADSTS70021" in msg
+    assert "'entra-wrong-subject'" in msg and "HTTP 401, invalid_client, AADSTS70021" in msg
     assert "subject lockgate:credential:someone-else" in msg and clouds.issuer in msg
     with pytest.raises(CredentialError) as info:
         await clouds.broker.upstream_secret("entra-wrong-audience")

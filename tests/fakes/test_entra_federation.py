@@ -173,7 +173,7 @@ def test_iss_sub_and_aud_must_match_a_credential_exactly(
     """The code names the claim that matched no credential, and the answer shows its value."""
     issuer, _ = outside
     answer = _post(entra, issuer.sign(issuer.claims(**{"aud": EXCHANGE, **change})))
-    _refused(answer, code)
+    _refused(answer, code, 401)  # invalid_client, as the service answers these
     [value] = change.values()
     assert f"presented assertion {_CLAIM[code]} '{value}'" in answer.json()["error_description"]
 
@@ -260,7 +260,7 @@ def test_unknown_app_and_entra_issued_tokens(
     )  # fmt: skip
     _refused(_post(entra, own), 700222)
     padded = issuer.claims(aud=EXCHANGE, iss=f" {issuer.issuer}")  # white space never matches
-    _refused(_post(entra, issuer.sign(padded)), 700211)
+    _refused(_post(entra, issuer.sign(padded)), 700211, 401)
 
 
 def test_credential_limits_and_removal(outside: tuple[OutsideIssuer, Path]) -> None:
@@ -299,4 +299,4 @@ def test_a_removed_credential_no_longer_matches(
     assertion = issuer.sign(issuer.claims(aud=EXCHANGE, sub="temp"))
     assert _post(entra, assertion).status_code == 200
     fake.remove_federated_credential(APP, "temp")
-    _refused(_post(entra, issuer.sign(issuer.claims(aud=EXCHANGE, sub="temp"))), 700213)
+    _refused(_post(entra, issuer.sign(issuer.claims(aud=EXCHANGE, sub="temp"))), 700213, 401)

@@ -148,6 +148,8 @@ def _match_credential(
         f"No matching federated identity record found for presented assertion {claim} "
         f"'{value}'. Check your federated identity credential Subject, Audience and Issuer "
         "against the presented assertion.",
+        status=401,  # the service answers these as a failed client authentication
+        error="invalid_client",
     )
 
 
