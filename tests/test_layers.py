@@ -2,7 +2,8 @@
 
 Layers, low to high (a module may import its own layer and those below):
 
-0. ``errors``, ``config``, ``_log``, ``metrics``, ``tlsgen``, ``store`` — shared ground, no room
+0. ``errors``, ``config``, ``_log``, ``_urls``, ``metrics``, ``tlsgen``, ``store`` — shared
+   ground, no room
 1. ``policy``, ``identity``, ``credentials``, ``audit`` — the rooms that decide and record
 2. ``gateway`` — the engines (they use the rooms, never the control plane)
 3. ``control`` — the control listener's routes (over the rooms and the CQL engine's
@@ -37,7 +38,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = "lockgate"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "config", "_log", "metrics", "tlsgen", "store"}),
+    frozenset({"errors", "config", "_log", "_urls", "metrics", "tlsgen", "store"}),
     frozenset({"policy", "identity", "credentials", "audit"}),
     frozenset({"gateway"}),
     frozenset({"control"}),

@@ -20,7 +20,6 @@ whole call stays within ``retry_budget`` seconds; past that it is GatewayUnavail
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import ssl
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockgate._urls import private_channel
 from lockgate.airflow.workload_identity import (
     TokenSource,
     WorkloadIdentityUnavailable,
@@ -196,7 +196,7 @@ class TokenServiceClient:
         identity, else the client secret)."""
         if self.identity is None:
             return {"client_id": self.deployment, "client_secret": self._client_secret()}
-        if not _private_channel(self.url):
+        if not private_channel(self.url):
             raise GatewayUnavailable(
                 "Lockgate secrets backend sends no workload identity token over plain http to "
                 f"{self.url}: use the gateway's https url (and ca_file)"
@@ -261,23 +261,6 @@ def _minted(body: dict[str, Any]) -> MintedToken:
         jti=body.get("jti", ""),
         principal=body.get("principal", ""),
     )
-
-
-def _private_channel(url: str) -> bool:
-    """Whether what is sent to ``url`` stays unread on the way: https, or plain http to
-    a loopback address."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https":
-        return True
-    host = parts.hostname or ""
-    if parts.scheme != "http" or not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _retry_after(value: str | None) -> float:

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from lockgate._urls import private_channel
 from lockgate.config._base import NAME_RE, Section
 
 
 def reaches_in_clear(url: str) -> bool:
-    """True when a request to ``url`` would cross a network in clear: anything but https,
-    except plain http to this machine (a sidecar, a test service)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return False
-    if parts.scheme != "http" or parts.hostname is None:
-        return True
-    host = parts.hostname.lower().rstrip(".")
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
+    """True when a request to ``url`` would cross a network in clear."""
+    return not private_channel(url)
 
 
 def _token_url_not_in_clear(url: str) -> str:

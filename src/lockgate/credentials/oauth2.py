@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import math
 import re
 import secrets
@@ -37,6 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from lockgate._urls import private_channel
 from lockgate.config import OAuth2ClientCredential
 from lockgate.errors import CredentialError
 
@@ -154,25 +154,14 @@ def check_transport(url: str, name: str) -> None:
     """Refuse a token endpoint a secret or an assertion would reach in clear: anything but
     https, except plain http to this machine (a sidecar, a test service). Whoever sits on
     the path of a plain http request could replay either at the real endpoint."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
+    if private_channel(url):
         return
+    parts = urlsplit(url)
     raise CredentialError(
         f"credential {name!r}: token_url must be https (plain http only to this machine), "
         f"not {parts.scheme}://{parts.hostname or ''}: the request carries a secret or a "
         "signed assertion"
     )
-
-
-def _loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _lifetime(value: object) -> float:

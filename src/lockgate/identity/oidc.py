@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import ipaddress
 import json
 import os
 import re
@@ -67,13 +66,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lockgate import _log
+from lockgate._urls import private_channel
 from lockgate.config import OidcIssuer
 from lockgate.errors import AuthenticationError
 from lockgate.identity.tokens import split_jwt, unverified_claims, verified_claims
@@ -297,7 +296,7 @@ class OidcVerifier:
         return uri
 
     async def _get_json(self, url: str, conf: OidcIssuer) -> dict[str, Any]:
-        if not _private_channel(url):
+        if not private_channel(url):
             log.error(
                 "oidc discovery and keys are fetched over https only (plain http to loopback "
                 "alone): whoever sits on the network would choose the keys",
@@ -378,22 +377,6 @@ def claim_matches(claims: dict[str, Any], path: str, globs: str | list[str]) -> 
         return False
     patterns = [globs] if isinstance(globs, str) else globs
     return any(fnmatch.fnmatchcase(str(value), pattern) for pattern in patterns)
-
-
-def _private_channel(url: str) -> bool:
-    """Whether ``url`` is https, or plain http to a loopback address (tests, a sidecar)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https":
-        return True
-    host = parts.hostname or ""
-    if parts.scheme != "http" or not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _unpinned(entry: OidcIssuer) -> bool:
