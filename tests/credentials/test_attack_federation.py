@@ -185,6 +185,33 @@ async def test_an_endpoint_that_echoes_the_assertion_gets_it_into_no_message_or_
     assert "HTTP 400" in str(refused.value)
 
 
+@pytest.mark.parametrize("status", [200, 400])
+async def test_an_answer_nested_past_the_parsers_depth_is_a_credential_error(
+    store: CredentialStore, clock: Any, signer: Signer, status: int
+) -> None:
+    """json raises RecursionError, not ValueError, on [[[[...]]]]: the answer names nothing
+    and the exchange fails as a CredentialError, never an unexpected exception."""
+
+    async def nested(_request: web.Request) -> web.Response:
+        body = "[" * 50_000 + "]" * 50_000
+        return web.Response(text=body, status=status, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/entra", nested)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    broker = CredentialBroker(make_config(base), store, clock=clock, assertion_signer=signer)
+    try:
+        with pytest.raises(CredentialError, match="'cosmos-fed'"):
+            await broker.upstream_secret("cosmos-fed")
+    finally:
+        await broker.close()
+        await runner.cleanup()
+
+
 # -- a token endpoint that hangs (or a path that holds its packets) ---------------------------
 async def test_a_hanging_refresh_stalls_no_request_while_the_cached_token_is_valid(
     store: CredentialStore, clock: Any, signer: Signer, cloud: Cloud

@@ -944,6 +944,28 @@ async def test_an_issuer_key_under_2048_bits_verifies_nothing(tmp_path: Path) ->
     assert refused.value.reason == "unknown_kid"
 
 
+async def test_a_key_set_nested_past_the_parsers_depth_verifies_nothing(tmp_path: Path) -> None:
+    """json raises RecursionError, not ValueError, on [[[[...]]]]: a key set like that is
+    unreadable, so the token is refused with a reason, never an unexpected exception."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    bundle = tmp_path / "jwks.json"
+    bundle.write_text('{"keys": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    issuer = "https://nested-idp.example"
+    conf = OidcIssuer(issuer=issuer, audience=AUDIENCE, deployment="edge", jwks_file=bundle,
+                      subjects=["svc-airflow"], algorithms=["RS256"])  # fmt: skip
+    now = int(time.time())
+    token = jwt.encode({"iss": issuer, "aud": AUDIENCE, "sub": "svc-airflow", "exp": now + 60},
+                       key, algorithm="RS256", headers={"kid": "k1"})  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+
+        async def session() -> aiohttp.ClientSession:
+            return http
+
+        with pytest.raises(AuthenticationError) as refused:
+            await OidcVerifier([conf], session).verify(token)
+    assert refused.value.reason == "unknown_kid"
+
+
 @pytest.mark.parametrize(
     ("extra", "reason"),
     [

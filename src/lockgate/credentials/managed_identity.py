@@ -70,7 +70,7 @@ async def fetch_mi_token(
             status = resp.status
             try:
                 body = await resp.json(content_type=None)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: [[[[...]]]]
                 body = None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise CredentialError(

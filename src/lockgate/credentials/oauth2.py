@@ -123,7 +123,7 @@ async def request_token(
             body: dict[str, object] = {}  # a body that is not a JSON object names nothing
             try:
                 decoded: object = await resp.json(content_type=None)
-            except (ValueError, aiohttp.ContentTypeError):
+            except (ValueError, RecursionError, aiohttp.ContentTypeError):  # [[[[...]]]]
                 decoded = None
             if isinstance(decoded, dict):
                 body = decoded

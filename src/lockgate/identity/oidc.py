@@ -436,7 +436,10 @@ def _stamp(path: Path) -> _FileStamp | None:
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
-    doc = json.loads(raw)
+    try:
+        doc = json.loads(raw)
+    except RecursionError:  # [[[[...]]]]: as unplaceable as any other bad JSON
+        raise ValueError("nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
     return doc
