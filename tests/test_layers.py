@@ -2,13 +2,15 @@
 
 Layers, low to high (a module may import its own layer and those below):
 
-0. ``errors``, ``config``, ``_log``, ``_urls``, ``metrics``, ``tlsgen``, ``store`` — shared
-   ground, no room
-1. ``policy``, ``identity``, ``credentials``, ``audit`` — the rooms that decide and record
+0. ``errors``, ``config``, ``_log``, ``_urls``, ``metrics``, ``tracing``, ``tlsgen``,
+   ``store`` — shared ground, no room
+1. ``policy``, ``identity``, ``credentials``, ``audit``, ``quotas`` — the rooms that decide,
+   limit and record
 2. ``gateway`` — the engines (they use the rooms, never the control plane)
 3. ``control`` — the control listener's routes (over the rooms and the CQL engine's
    dynamic roles: ``/v1/db-role`` is a door to them, and the Cosmos DB and Databricks
-   profiles name their token prefix and poll task, which the control routes must match)
+   profiles name their token prefix and poll task, which the control routes must match);
+   ``alerts`` (notifiers following the audit trail and the rooms' health) sits here too
 4. ``server``, ``state``, ``supervisor``, ``readiness``, ``cli*``, ``_cli_state``, ``demo``,
    ``scaffold``, ``airflow``, ``__main__`` — what wires or uses the whole
 
@@ -38,10 +40,10 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = "lockgate"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "config", "_log", "_urls", "metrics", "tlsgen", "store"}),
-    frozenset({"policy", "identity", "credentials", "audit"}),
+    frozenset({"errors", "config", "_log", "_urls", "metrics", "tracing", "tlsgen", "store"}),
+    frozenset({"policy", "identity", "credentials", "audit", "quotas"}),
     frozenset({"gateway"}),
-    frozenset({"control"}),
+    frozenset({"control", "alerts"}),
     frozenset({"server", "state", "supervisor", "readiness", "_cli_state", "demo"}),
 )
 # also layer 4: the rest of what wires or uses the whole; cli, cli_token, ... by prefix

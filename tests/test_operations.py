@@ -48,7 +48,10 @@ def test_metrics_cover_requests_tokens_rejections_and_credential_age(stack: Loca
     status, body = _get(stack, stack.control_url + "/metrics")
     text = body.decode()
     assert status == 200
-    assert 'lockgate_requests_total{action="read",decision="allow",resource="orders-api"}' in text
+    assert (
+        'lockgate_requests_total{action="read",dag="_other",decision="allow",resource="orders-api"}'
+        in text
+    )
     assert 'lockgate_upstream_latency_seconds_bucket{le="0.005",resource="orders-api"}' in text
     assert "lockgate_token_rejections_total{reason=" in text
     assert 'lockgate_credential_age_seconds{credential="orders-api-key"}' in text

@@ -31,8 +31,8 @@ def _gauge(name: str, documentation: str, *labels: str) -> Gauge:
 
 REQUESTS = _counter(
     "lockgate_requests_total",
-    "Requests and statements decided by the gateway",
-    "resource", "action", "decision",
+    "Requests and statements decided by the gateway; dag is bounded (see dag_label)",
+    "resource", "action", "decision", "dag",
 )  # fmt: skip
 UPSTREAM_LATENCY = Histogram(
     "lockgate_upstream_latency_seconds",
@@ -96,6 +96,24 @@ CONNECTIONS_REFUSED = _counter(
     "Connections refused because the listener was at its max_connections",
     "listener",
 )
+
+
+#: The ``dag`` label of requests whose DAG is not among those labelled by name (and of
+#: requests with no verified token).
+OTHER_DAG = "_other"
+
+
+def dag_label(dag_id: str | None) -> str:
+    """The ``dag`` label value for ``dag_id``: bounded, never a run or task-instance id.
+
+    Which DAGs keep their own name is configured in ``metrics.dag_label`` (see
+    :func:`configure_dag_labels`); every other DAG (and no DAG) is :data:`OTHER_DAG`."""
+    if dag_id is None:
+        return OTHER_DAG
+    return _DAG_LABELS.get(dag_id, OTHER_DAG)
+
+
+_DAG_LABELS: dict[str, str] = {}
 
 
 def render() -> bytes:

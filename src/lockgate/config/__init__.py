@@ -38,6 +38,7 @@ across sections, ``loader`` for reading and error messages.
 """
 
 from lockgate.config._base import NAME_RE, Section
+from lockgate.config.alerts import AlertSettings
 from lockgate.config.credentials import (
     ENTRA_FEDERATION_AUDIENCE,
     Credential,
@@ -64,6 +65,7 @@ from lockgate.config.listeners import (
     TlsConfig,
 )
 from lockgate.config.loader import format_validation_error, load_config, parse_config
+from lockgate.config.metrics import MetricsSettings
 from lockgate.config.model import AuditSettings, LockgateConfig
 from lockgate.config.resources import (
     AnyResource,
@@ -81,11 +83,13 @@ from lockgate.config.resources import (
 )
 from lockgate.config.signing import SigningAlgorithm, SigningSettings
 from lockgate.config.state import PostgresStateSettings, StateSettings
+from lockgate.config.tracing import TracingSettings
 
 __all__ = [
     "ENTRA_FEDERATION_AUDIENCE",
     "NAME_RE",
     "AirflowApi",
+    "AlertSettings",
     "AnyResource",
     "ArmSettings",
     "AuditSettings",
@@ -103,6 +107,7 @@ __all__ = [
     "Listeners",
     "LockgateConfig",
     "ManagedIdentityCredential",
+    "MetricsSettings",
     "OAuth2ClientCredential",
     "OidcIssuer",
     "PostgresListenerConfig",
@@ -121,6 +126,7 @@ __all__ = [
     "TlsConfig",
     "TokenCredential",
     "TokenSettings",
+    "TracingSettings",
     "UpstreamAuth",
     "format_validation_error",
     "load_config",

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lockgate.config._base import Section
+from lockgate.config.alerts import AlertSettings
 from lockgate.config.credentials import (
     Credential,
     FederatedCredential,
@@ -23,9 +24,11 @@ from lockgate.config.credentials import (
 )
 from lockgate.config.identity import Deployment, OidcIssuer, TokenSettings
 from lockgate.config.listeners import Listeners
+from lockgate.config.metrics import MetricsSettings
 from lockgate.config.resources import AnyResource, HttpResource, Resource
 from lockgate.config.signing import SigningAlgorithm, SigningSettings
 from lockgate.config.state import StateSettings
+from lockgate.config.tracing import TracingSettings
 
 
 class AuditSettings(Section):
@@ -41,6 +44,9 @@ class AuditSettings(Section):
     # write() to the page cache); fsync: a crash of the machine too (group-committed
     # fdatasync per request, at a cost in latency and requests/s).
     durability: Literal["process", "fsync"] = "process"
+    # A second JSON-lines mirror of committed records, each an OCSF event (API Activity,
+    # Datastore Activity, Authorize Session), for a SIEM (docs/audit.md).
+    ocsf: Path | None = None
 
 
 class LockgateConfig(Section):
@@ -56,6 +62,9 @@ class LockgateConfig(Section):
     policies: list[str] = []
     audit: AuditSettings = AuditSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    alerts: AlertSettings = AlertSettings()
+    tracing: TracingSettings = TracingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     # Where durable state lives: SQLite files under data_dir, or one shared PostgreSQL.
     state: StateSettings = StateSettings()
     # The credentials master key as a file (else LOCKGATE_MASTER_KEY; with SQLite state and

@@ -73,6 +73,7 @@ from lockgate.gateway.caches import (
     UpstreamSecret,
 )
 from lockgate.gateway.records import RecordBuilder
+from lockgate.quotas import NO_QUOTAS, QuotaGate
 
 if TYPE_CHECKING:
     from lockgate.audit import AuditRecord
@@ -179,14 +180,20 @@ class RequestMetrics:
     __slots__ = ("_counters", "_latency")
 
     def __init__(self) -> None:
-        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._counters: dict[tuple[str, str, str, str | None], Any] = {}
         self._latency: dict[str, Any] = {}
 
-    def count(self, resource: str, action: str, decision: str) -> None:
-        key = (resource, action, decision)
+    def count(self, resource: str, action: str, decision: str, dag_id: str | None = None) -> None:
+        """``lockgate_requests_total`` += 1; ``dag_id`` is the verified token's DAG (its
+        label is bounded by :func:`lockgate.metrics.dag_label`)."""
+        key = (resource, action, decision, dag_id)
         child = self._counters.get(key)
         if child is None:
-            child = self._counters[key] = metrics.REQUESTS.labels(resource, action, decision)
+            if len(self._counters) > _MAX_CACHED_CHILDREN:  # dag ids come from tokens
+                self._counters.clear()
+            child = self._counters[key] = metrics.REQUESTS.labels(
+                resource, action, decision, metrics.dag_label(dag_id)
+            )
         child.inc()
 
     def observe_upstream(self, resource: str, seconds: float) -> None:
@@ -194,6 +201,11 @@ class RequestMetrics:
         if child is None:
             child = self._latency[resource] = metrics.UPSTREAM_LATENCY.labels(resource)
         child.observe(seconds)
+
+
+#: Cached metric children per process before the cache starts over (each DAG of each
+#: resource/action/decision is one entry).
+_MAX_CACHED_CHILDREN = 10_000
 
 
 # (collaborator, what it must have): checked once when the bundle is built
@@ -227,6 +239,9 @@ class Collaborators:
     database_for: Callable[[str], Database] | None = None
     master_key: bytes | None = field(default=None, repr=False)  # State's (Cosmos task keys)
     make_request: RequestFactory = field(default_factory=default_request_factory)
+    # Rates and caps of policy files' ``quotas:`` (asked after policy allowed, before the
+    # record is written ahead; :mod:`lockgate.quotas`).
+    quotas: QuotaGate = NO_QUOTAS
     secrets: SecretCache = field(init=False)
     assertions: AssertionCache = field(init=False)
     records: RecordBuilder = field(init=False)

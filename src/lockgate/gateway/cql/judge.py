@@ -306,7 +306,7 @@ class RequestJudging(SessionState):
                 reason="audit_unavailable", detail={**judged.detail, "error": str(exc)[:200]},
             )  # fmt: skip
             return
-        self.ctx.count(name, action, "allow")
+        self.ctx.count(name, action, "allow", claims.dag_id)
         pending = Pending(t0, judged.plan, True, action, obj, ref, judged.detail)
         self._forward(event, pending, changes_keyspace=judged.changes_keyspace)
 
@@ -346,7 +346,7 @@ class RequestJudging(SessionState):
         auth = self.auth
         assert auth is not None
         reason = decision.explain()
-        self.ctx.count(auth.resource.name, action, "deny")
+        self.ctx.count(auth.resource.name, action, "deny", auth.claims.dag_id)
         self._answer(
             event,
             codec.ERR_UNAUTHORIZED,

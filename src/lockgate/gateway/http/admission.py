@@ -228,7 +228,7 @@ class Admission:
         adm.forwarded = forwarding_block(conn, head.host)
         if not self.write_ahead(conn, body, adm):
             return keep
-        rs.count(action, "allow")
+        rs.count(action, "allow", claims.dag_id)
         return adm
 
     def decide(self, claims: Claims, rs: ResourceState, action: str, obj: str) -> Decision:
@@ -295,7 +295,7 @@ class Admission:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """A 403 with principal/action/object/reason, counted and audited."""
-        rs.count(action, "deny")
+        rs.count(action, "deny", claims.dag_id if claims is not None else None)
         self._trail.records.emit(
             "denied", claims, rs.name, t0, action=action, obj=obj, status=403, decision="deny",
             rule=rule, reason=reason, detail=detail,
@@ -359,7 +359,7 @@ class Admission:
         keep = head.keep_alive and body.complete
         if not verdict.allowed:
             if verdict.status != 403:
-                rs.count(verdict.action, "deny")
+                rs.count(verdict.action, "deny", claims.dag_id)
                 self._trail.records.emit(
                     "denied", claims, rs.name, p.t0, action=verdict.action, obj=verdict.obj,
                     status=verdict.status, decision="deny", rule=verdict.rule,
@@ -384,7 +384,7 @@ class Admission:
         adm.verdict = verdict
         if not self.write_ahead(conn, body, adm):
             return keep
-        rs.count(verdict.action, "allow")
+        rs.count(verdict.action, "allow", claims.dag_id)
         adm.forwarded = forwarding_block(conn, head.host)
         return adm, body
 

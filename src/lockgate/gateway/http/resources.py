@@ -99,16 +99,20 @@ class ResourceState:
         self._identity_cache: tuple[str, bytes] | None = None
         # id(head) -> (head, target, its request lines); the head is kept so its id stays its
         self._lines: dict[int, tuple[framing.Head, Target, bytes]] = {}
-        self._counters: dict[tuple[str, str], Counter] = {}
+        self._counters: dict[tuple[str, str, str | None], Counter] = {}
         self.latency: Histogram = metrics.UPSTREAM_LATENCY.labels(self.name)
         self.profile: Profile | None = None  # set by the engine for ``profile:`` resources
 
-    def count(self, action: str, decision: str) -> None:
-        """``lockgate_requests_total`` += 1; labelled children are cached (labels() is slow)."""
-        child = self._counters.get((action, decision))
+    def count(self, action: str, decision: str, dag_id: str | None = None) -> None:
+        """``lockgate_requests_total`` += 1; labelled children are cached (labels() is slow);
+        ``dag_id`` is the verified token's DAG (bounded by :func:`metrics.dag_label`)."""
+        key = (action, decision, dag_id)
+        child = self._counters.get(key)
         if child is None:
-            child = self._counters[(action, decision)] = metrics.REQUESTS.labels(
-                self.name, action, decision
+            if len(self._counters) > 10_000:  # dag ids come from tokens: keep memory bounded
+                self._counters.clear()
+            child = self._counters[key] = metrics.REQUESTS.labels(
+                self.name, action, decision, metrics.dag_label(dag_id)
             )
         child.inc()
 

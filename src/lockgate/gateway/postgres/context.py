@@ -103,8 +103,8 @@ class EngineContext:
     records: RecordBuilder = field(init=False)
     #: ``record(event, claims, resource, t0, ...)``: audit an outcome or a refusal
     record: Callable[..., None] = field(init=False, repr=False)
-    #: ``count(resource, action, decision)``: ``lockgate_requests_total`` += 1
-    count: Callable[[str, str, str], None] = field(init=False, repr=False)
+    #: ``count(resource, action, decision, dag_id)``: ``lockgate_requests_total`` += 1
+    count: Callable[[str, str, str, str | None], None] = field(init=False, repr=False)
     #: ``observe_upstream(resource, seconds)``: ``lockgate_upstream_latency_seconds``
     observe_upstream: Callable[[str, float], None] = field(init=False, repr=False)
     #: refusals before a token verified spend a per-peer budget (:mod:`..refusals`)

@@ -376,7 +376,7 @@ class Flow(AnswerRelay):
                 event="",
             )
         for rec in records:
-            ctx.count(self.name, rec.action, "allow")
+            ctx.count(self.name, rec.action, "allow", self.judge.claims.dag_id)
         return pendings
 
     def _refuse(
@@ -393,7 +393,7 @@ class Flow(AnswerRelay):
                 detail={**detail, **(refusal.detail or {})},
             )  # fmt: skip
         if refusal.action is not None:
-            ctx.count(self.name, refusal.action, "deny")
+            ctx.count(self.name, refusal.action, "deny", claims.dag_id if claims else None)
         if refusal.close:
             error = codec.error_response(refusal.sqlstate, refusal.message, severity="FATAL")
             return Out(to_client=[error], close=True)
