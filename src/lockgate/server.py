@@ -43,7 +43,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lockgate import _log, control
+from lockgate import _log, control, metrics, tracing
+from lockgate.alerts import Alerts
 from lockgate.audit import AuditLog, AuditRecord, RemoteAuditLog
 from lockgate.config import (
     AnyResource,
@@ -66,6 +67,7 @@ from lockgate.identity.once import OnceLedger
 from lockgate.identity.revocation import REFRESH_INTERVAL as REVOCATION_REFRESH
 from lockgate.identity.staleness import StalenessBound
 from lockgate.identity.upstream_assertion import UpstreamAssertionSigner
+from lockgate.quotas.gate import QuotaService
 from lockgate.readiness import Readiness
 from lockgate.state import State
 from lockgate.supervisor import event_loop_runner, supervise
@@ -101,6 +103,12 @@ class Gateway:
             else self.state.audit_log()
         )
         self.policy = self.state.policy_store()
+        metrics.configure(config.metrics)
+        tracing.configure(config.tracing, service_instance=f"worker-{worker}")
+        # quotas: budgets shared by every worker and replica on the same state
+        self.quotas = QuotaService(config, self.policy, self.state.database)
+        # alerts follow the whole trail: one process (the control plane's) sends them
+        self.alerts = Alerts(config, self.state) if self.primary else None
         # None with SQLite state; else how long decisions may rest on memory alone
         self.staleness = StalenessBound.for_config(config, self.state.revocations.database)
         self.readiness = Readiness(
@@ -189,7 +197,7 @@ class Gateway:
         shared = Collaborators(
             self.verifier, self.policy, self.broker, self.audit, self.sign_assertion,
             data_dir=self.config.data_dir, database_for=self.state.database,
-            master_key=self.state.master_key,
+            master_key=self.state.master_key, quotas=self.quotas.gate,
         )  # fmt: skip
         listeners = self._listeners()
         for kind in registry.kinds():
@@ -336,6 +344,8 @@ class Gateway:
             self.control = self._start_control_plane()
             self.control_port = await self.control.start(c, server_ssl_context(c))
         await self._start_engines()
+        if self.alerts is not None:
+            await self.alerts.start()
         self._tasks = [
             asyncio.create_task(self._every(1.0, self._refresh), name="lockgate-refresh"),
             asyncio.create_task(
@@ -409,6 +419,9 @@ class Gateway:
                 await t
         for engine in self.engines.values():
             await engine.close()
+        if self.alerts is not None:
+            await self.alerts.close()
+        self.quotas.close()
         if self.control is not None:  # before the broker: dropping roles needs the password
             await self.control.close()
         if self.broker is not None:
