@@ -6,6 +6,10 @@ decisions and short reason slugs, so cardinality stays bounded.
 
 from __future__ import annotations
 
+import fnmatch
+import re
+import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -91,6 +95,16 @@ AUDIT_SHIP_LAG_SECONDS = _gauge(
     "lockgate_audit_ship_lag_seconds",
     "Age of the oldest audit record not yet shipped to PostgreSQL (0 when none)",
 )
+AUDIT_JOURNAL_LAG_RECORDS = _gauge(
+    "lockgate_audit_journal_lag_records",
+    "Allowed requests' records written ahead to this process's journal, not yet committed"
+    " to the chain",
+)
+AUDIT_JOURNAL_LAG_SECONDS = _gauge(
+    "lockgate_audit_journal_lag_seconds",
+    "Age of the oldest record written ahead to this process's journal and not yet committed"
+    " (0 when none)",
+)
 OPEN_CONNECTIONS = _gauge(
     "lockgate_open_connections",
     "Client connections accepted and not yet closed (TLS handshakes under way included)",
@@ -107,23 +121,67 @@ CONNECTIONS_REFUSED = _counter(
 #: requests with no verified token).
 OTHER_DAG = "_other"
 
+# What Airflow allows in a DAG id, ASCII only and at most 100 characters: anything else (a
+# crafted id from a federated issuer, a run id pasted by mistake) is never a label value.
+_SAFE_DAG_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+# Allow-listed DAG ids remembered by name; past this many the glob is matched again instead.
+_MAX_REMEMBERED = 10_000
+
+
+class DagLabels:
+    """The bounded ``dag`` label: allow-listed DAG ids (globs) keep their name, then the
+    first ``top`` other DAG ids this process sees, in order; every other DAG is
+    :data:`OTHER_DAG`. A DAG keeps the label it got for the life of the process, so its
+    series never change name. Only DAG ids: never a run id nor a task-instance id."""
+
+    def __init__(self, allow: Iterable[str] = (), top: int = 20) -> None:
+        globs = [fnmatch.translate(g) for g in allow]
+        self._allow = re.compile("|".join(globs)) if globs else None
+        self._top = top
+        self._firsts = 0  # DAG ids labelled by name as one of the first ``top``
+        self._named: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def label(self, dag_id: str | None) -> str:
+        if dag_id is None:
+            return OTHER_DAG
+        named = self._named.get(dag_id)
+        if named is not None:
+            return named
+        if type(dag_id) is not str or not _SAFE_DAG_ID.fullmatch(dag_id):
+            return OTHER_DAG
+        if self._allow is not None and self._allow.fullmatch(dag_id):
+            if len(self._named) < _MAX_REMEMBERED:
+                self._named[dag_id] = dag_id
+            return dag_id
+        with self._lock:  # first come, first labelled: count each DAG once
+            named = self._named.get(dag_id)
+            if named is not None:
+                return named
+            if self._firsts >= self._top:
+                return OTHER_DAG
+            self._firsts += 1
+            self._named[dag_id] = dag_id
+            return dag_id
+
+
+_dag_labels = DagLabels()
+
 
 def dag_label(dag_id: str | None) -> str:
     """The ``dag`` label value for ``dag_id``: bounded, never a run or task-instance id.
 
     Which DAGs keep their own name is configured in ``metrics.dag_label`` (see
-    :func:`configure_dag_labels`); every other DAG (and no DAG) is :data:`OTHER_DAG`."""
-    if dag_id is None:
-        return OTHER_DAG
-    return _DAG_LABELS.get(dag_id, OTHER_DAG)
-
-
-_DAG_LABELS: dict[str, str] = {}
+    :func:`configure` and :class:`DagLabels`); every other DAG (and no DAG) is
+    :data:`OTHER_DAG`."""
+    return _dag_labels.label(dag_id)
 
 
 def configure(settings: MetricsSettings) -> None:
-    """Apply the ``metrics:`` section in this process (called once by the server)."""
-    return None
+    """Apply the ``metrics:`` section in this process (called once by the server, before
+    any request is counted; DAG ids seen before start over)."""
+    global _dag_labels
+    _dag_labels = DagLabels(settings.dag_label.allow, settings.dag_label.top)
 
 
 QUOTA_THROTTLED = _counter(

@@ -36,6 +36,10 @@ can still write a journal line; see docs/audit.md for what the chain proves agai
 A torn last line (the process died inside ``write``, or the disk filled up) was never
 acknowledged, so its request was never forwarded: it is skipped. An unreadable complete line
 is chained as a marker record, so the gap is visible instead of silent.
+
+Lag: every live journal remembers when each line was appended until :meth:`Journal.committed`
+covers it; ``lockgate_audit_journal_lag_records`` and ``..._seconds`` read that at scrape
+time (how far the chain is behind what went upstream).
 """
 
 from __future__ import annotations
@@ -49,11 +53,13 @@ import sqlite3
 import stat
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockgate import _log
+from lockgate import _log, metrics
 from lockgate.audit import chain
 from lockgate.audit.record import (
     RECORD_FIELDS,
@@ -108,8 +114,11 @@ class Journal:
         self._last_seq = 0  # highest seq in the current file
         self._retired: list[tuple[Path, int, int]] = []  # (path, fd, last seq), oldest first
         self._lock = threading.Lock()
+        # (seq, monotonic time) of each line appended and not yet committed, oldest first
+        self._uncommitted: deque[tuple[int, float]] = deque()
         self._open_next()
         self._sync = _Flusher(self) if fsync else None
+        _LIVE.add(self)
 
     @property
     def path(self) -> Path | None:
@@ -141,6 +150,7 @@ class Journal:
                 raise AuditUnavailable("audit journal not writable: short write")
             self._size += n
             self._last_seq = seq
+            self._uncommitted.append((seq, time.monotonic()))
         if self._sync is not None:
             self._sync.wrote()
         return text
@@ -167,6 +177,9 @@ class Journal:
 
     def committed(self, seq: int) -> None:
         """The chain holds this sender's records up to ``seq``: drop fully chained files."""
+        waiting = self._uncommitted
+        while waiting and waiting[0][0] <= seq:  # only this (committing) thread pops
+            waiting.popleft()
         if not self._retired or self._retired[0][2] > seq:
             return
         with self._lock:
@@ -181,7 +194,9 @@ class Journal:
         """
         if self._sync is not None:
             self._sync.stop()
+        _LIVE.discard(self)
         with self._lock:
+            self._uncommitted.clear()
             files = [*self._retired]
             if self._fd >= 0 and self._path is not None:
                 files.append((self._path, self._fd, self._last_seq))
@@ -226,6 +241,30 @@ class Journal:
         if self._fd >= 0 and self._path is not None:
             self._retired.append((self._path, self._fd, self._last_seq))
         self._fd, self._path = -1, None
+
+    def lag(self) -> tuple[int, float]:
+        """(lines appended and not yet committed, seconds the oldest of them has waited)."""
+        waiting = self._uncommitted
+        try:
+            oldest = waiting[0][1]
+        except IndexError:  # none, or the last one committed meanwhile
+            return 0, 0.0
+        return len(waiting), max(0.0, time.monotonic() - oldest)
+
+
+_LIVE: weakref.WeakSet[Journal] = weakref.WeakSet()
+
+
+def _lag_records() -> float:
+    return float(sum(j.lag()[0] for j in list(_LIVE)))
+
+
+def _lag_seconds() -> float:
+    return max((j.lag()[1] for j in list(_LIVE)), default=0.0)
+
+
+metrics.AUDIT_JOURNAL_LAG_RECORDS.set_function(_lag_records)
+metrics.AUDIT_JOURNAL_LAG_SECONDS.set_function(_lag_seconds)
 
 
 class _Flusher:
