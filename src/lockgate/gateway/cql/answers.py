@@ -194,7 +194,11 @@ class AnswerRelay(SessionState):
             return None
 
     def _finish(self, p: Pending | None, status: int | None, *, error: bool = False) -> None:
-        if p is None or not p.audited or self.auth is None:
+        if p is None:
+            return
+        if p.tickets or p.attempt is not None:  # quota slots and the span: answered now
+            p.done(status)
+        if not p.audited or self.auth is None:
             return
         auth = self.auth
         self.ctx.observe_upstream(auth.resource.name, self.ctx.clock() - p.t0)
@@ -232,6 +236,7 @@ class AnswerRelay(SessionState):
             return
         self._refuse_held(self.holds.drain(), "upstream_closed")
         for p in self.pending.values():
+            p.done(None, "upstream_closed")
             if p.audited and p.plan is not None:
                 self._record(
                     p,

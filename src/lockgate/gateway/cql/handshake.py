@@ -19,6 +19,11 @@ Rules:
   the token's jti, deployment and DAG when its signature verified: expired, revoked, wrong
   audience); the client's message names the slug, never the token. An upstream that cannot
   be reached is ``upstream_error`` with ``decision: error``.
+* A ``sessions`` quota (:mod:`lockgate.quotas`) is asked once the token verified, before
+  the upstream connection opens; over it the AUTH_RESPONSE gets Overloaded (0x1001) naming
+  the limit, audited ``throttled`` (action ``connect``), and the connection closes. The
+  slot is :attr:`Authenticated.quota`, given back when the session ends (or the login fails
+  after it was taken).
 * A login whose resource is removed or changed while it is under way (the credential, the
   upstream connection and the view catalog are awaited) is refused ``resource_removed`` or
   ``resource_changed``, like the sessions the engine ends for that change: it would
@@ -28,14 +33,17 @@ Rules:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lockgate.config import CqlResource
 from lockgate.errors import AuthenticationError, UpstreamUnavailable
+from lockgate.quotas import NO_TICKET, THROTTLED, QuotaTicket, Throttled
 
 from . import codec, upstream
 from .context import AUTHENTICATOR, SUPPORTED_OPTIONS, EngineContext
+from .quota import count_throttled, settle, throttled_detail, throttled_message
 
 
 @dataclass(slots=True)
@@ -44,6 +52,7 @@ class Authenticated:
     claims: Any
     token: str
     link: upstream.UpstreamLink
+    quota: QuotaTicket = NO_TICKET  # the session's ``sessions`` slot, released at its end
 
 
 class ClientIO(Protocol):
@@ -105,6 +114,35 @@ async def _authenticate(
             "as password",
         )  # fmt: skip
         return None
+    opened = ctx.quotas.open_session(claims, resource.name)
+    if inspect.isawaitable(opened):
+        opened = await settle(opened)
+    if isinstance(opened, Throttled):
+        _throttle(ctx, io, login, t0, opened, claims, resource.name)
+        return None
+    try:
+        auth = await _open(ctx, io, login, resource, claims, token, views_generation, t0)
+    except BaseException:
+        opened.release()
+        raise
+    if auth is None:
+        opened.release()
+        return None
+    auth.quota = opened
+    return auth
+
+
+async def _open(
+    ctx: EngineContext,
+    io: ClientIO,
+    login: codec.ServerHandshake,
+    resource: CqlResource,
+    claims: Any,
+    token: str,
+    views_generation: int,
+    t0: float,
+) -> Authenticated | None:
+    """Open the upstream connection for a verified login, then accept it; None: refused."""
     try:
         secret = await ctx.secrets.get(resource.credential)
         if secret is None:
@@ -190,3 +228,23 @@ def _refuse(
         decision="deny",
         status=codec.ERR_BAD_CREDENTIALS,
     )
+
+
+def _throttle(
+    ctx: EngineContext,
+    io: ClientIO,
+    login: codec.ServerHandshake,
+    t0: float,
+    throttled: Throttled,
+    claims: Any,
+    resource: str,
+) -> None:
+    """Over a ``sessions`` quota: Overloaded to the login, audited ``throttled``."""
+    message = throttled_message(throttled, "a new session", claims.sub, resource)
+    io.write(login.reject(codec.ERR_OVERLOADED, message))
+    ctx.count(resource, "connect", "deny", claims.dag_id)
+    count_throttled(resource, throttled)
+    ctx.record(
+        THROTTLED, claims, resource, t0, action="connect", decision="deny", reason=THROTTLED,
+        status=codec.ERR_OVERLOADED, detail=throttled_detail(throttled),
+    )  # fmt: skip

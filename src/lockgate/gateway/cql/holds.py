@@ -14,6 +14,11 @@ stops reading the client (TCP back-pressure) until the hold drains. If the upstr
 answer the USE within ``timeout`` seconds, ``on_expired`` gets the held frames (the session
 answers each with an error, audits it and closes the connection: the keyspace the upstream
 will use can no longer be known).
+
+A statement a quota paces (its answer is an awaitable: the quota holds it up to its
+``max_delay`` for a token) holds later frames the same way (:meth:`UseHold.pace`): it was
+judged under the keyspace of now, so nothing may be forwarded before it, a USE least of
+all. Pacing has no timer of its own: the quota bounds the wait.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class UseHold:
         on_expired: Callable[[list[codec.Event]], None],
     ) -> None:
         self.use_stream: int | None = None  # stream of a forwarded USE not answered yet
+        self.paced_stream: int | None = None  # stream of a statement a quota holds
         self._frames: deque[codec.Event] = deque()
         self._bytes = 0
         self._max_frames = max_frames
@@ -52,12 +58,12 @@ class UseHold:
 
     def must_wait(self, event: codec.Event) -> bool:
         """True when ``event`` may not be judged yet (a USE is in flight before it)."""
-        if self.use_stream is None:
+        if self.use_stream is None and self.paced_stream is None:
             return False
-        # OPTIONS and REGISTER carry no statement; one reusing the USE's stream id waits too,
+        # OPTIONS and REGISTER carry no statement; one reusing the held stream id waits too,
         # so the USE's answer cannot be taken for theirs.
         return not isinstance(event, codec.Options | codec.Register) or (
-            event.stream == self.use_stream
+            event.stream == self.use_stream or event.stream == self.paced_stream
         )
 
     def started(self, stream: int) -> None:
@@ -67,6 +73,14 @@ class UseHold:
             self._disarm()
             self._arm()
 
+    def pace(self, stream: int) -> None:
+        """A statement on ``stream`` waits for its quota: later frames wait behind it."""
+        self.paced_stream = stream
+
+    def paced(self) -> None:
+        """The paced statement was forwarded or refused: held frames may be released."""
+        self.paced_stream = None
+
     def answered(self) -> None:
         """The in-flight USE was answered: held frames may be released."""
         self.use_stream = None
@@ -74,7 +88,7 @@ class UseHold:
     def hold(self, event: codec.Event) -> None:
         self._frames.append(event)
         self._bytes += len(event.raw)
-        if self._timer is None:
+        if self._timer is None and self.use_stream is not None:
             self._arm()
         if self.full:
             self._room.clear()
@@ -93,7 +107,7 @@ class UseHold:
         if not self._frames:
             self._disarm()
             return None
-        if self.use_stream is not None:
+        if self.use_stream is not None or self.paced_stream is not None:
             return None
         event = self._frames.popleft()
         self._bytes -= len(event.raw)

@@ -26,18 +26,29 @@ share: the connection's keyspace, the requests in flight and how to write to the
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
-from lockgate import _log
+from lockgate import _log, tracing
 from lockgate.errors import AuditUnavailable, AuthenticationError
 from lockgate.gateway.engine import policy_request
+from lockgate.quotas import NO_QUOTAS, THROTTLED, QuotaTicket, Throttled
 
 from . import codec
-from .classify import Target
+from .classify import ANY_OBJECT, Target
 from .context import EngineContext
 from .handshake import Authenticated
 from .holds import UseHold
+from .quota import (
+    Answer,
+    admit_each,
+    count_throttled,
+    release_all,
+    throttled_detail,
+    throttled_message,
+)
 from .statements import CACHE_TEXT_MAX, Plan, PreparedEntry, execute_plan, plan_for
 from .views import with_view_bases
 
@@ -62,6 +73,20 @@ class Pending:
     obj: str | None = None
     ref: str | None = None  # the written-ahead "admitted" record, named in the outcome
     detail: dict[str, Any] | None = None  # the plan's audit detail (statement, op, keyspace)
+    tickets: list[QuotaTicket] = field(default_factory=list)  # given back once answered
+    span: tracing.RequestSpan = tracing.NO_SPAN
+    attempt: AbstractContextManager[None] | None = None  # the span's upstream attempt
+
+    def done(self, status: int | str | None, error: str | None = None) -> None:
+        """The answer was relayed (or lost): give the quota back, end the span."""
+        if self.tickets:
+            release_all(self.tickets)
+            self.tickets = []
+        if self.attempt is not None:
+            self.attempt.__exit__(None, None, None)
+            self.attempt = None
+        self.span.end(status=status, error=error)
+        self.span = tracing.NO_SPAN
 
 
 @dataclass(slots=True)
@@ -152,6 +177,8 @@ class SessionState:
 
 class RequestJudging(SessionState):
     """Client → upstream: judge, refuse or forward each request."""
+
+    _paced: asyncio.Future[None] | None  # a statement a quota holds (:meth:`_pace`)
 
     _to_upstream: list[bytes]  # forwarded requests not yet written (coalesced)
     #: prepared id → (registry entry, view bases, judged plan) the judgement was made on
@@ -266,12 +293,14 @@ class RequestJudging(SessionState):
         return judged
 
     def _admit(self, event: codec.Event, judged: Judged, t0: float) -> None:
-        """Decide every target, write the admitted record ahead and forward; or refuse."""
+        """Decide every target, ask the quotas, write the admitted record ahead and forward;
+        or refuse."""
         auth = self.auth
         assert auth is not None
         claims = auth.claims
         name = auth.resource.name
         builtin = judged.builtin
+        span = self._span(judged) if tracing.enabled() else tracing.NO_SPAN
         policy = self.ctx.policy.current
         decision: Any = None
         for target, request in zip(
@@ -279,12 +308,43 @@ class RequestJudging(SessionState):
         ):
             decision = policy.decide(request)
             if not decision.allowed and (not builtin or decision.rule is not None):
+                span.decided(target.action, target.object, "deny", decision.rule, "denied")
                 self._deny(event, judged.plan, target.action, target.object, decision, t0)
+                span.end(status=codec.ERR_UNAUTHORIZED)
                 return
         if builtin:
             rule, reason = judged.plan.builtin_rule, None
         else:
             rule, reason = decision.rule, decision.reason
+        span.decided(judged.action, judged.obj, "allow", rule, reason)
+        # USE and driver metadata reads are the driver's own machinery: no quota spends them.
+        if builtin or self.ctx.quotas is NO_QUOTAS:
+            self._write_ahead(event, judged, t0, rule, reason, [], span)
+            return
+        targets = ((t.action, t.object) for t in judged.to_decide)
+        answer = admit_each(self.ctx.quotas, claims, name, targets)
+        if isinstance(answer, list):
+            self._write_ahead(event, judged, t0, rule, reason, answer, span)
+        elif isinstance(answer, Throttled):
+            self._throttled(event, judged, t0, rule, answer, span)
+        else:
+            self._pace(event, judged, t0, rule, reason, answer, span)
+
+    def _write_ahead(
+        self,
+        event: codec.Event,
+        judged: Judged,
+        t0: float,
+        rule: str | None,
+        reason: str | None,
+        tickets: list[QuotaTicket],
+        span: tracing.RequestSpan,
+    ) -> None:
+        """Write the admitted record ahead and forward (or refuse: audit unavailable)."""
+        auth = self.auth
+        assert auth is not None
+        claims = auth.claims
+        name = auth.resource.name
         action, obj = judged.action, judged.obj
         # Durable before a byte goes upstream: the outcome record follows in _finish.
         admitted = self.ctx.records.admitted(
@@ -293,6 +353,7 @@ class RequestJudging(SessionState):
         try:
             ref = self.ctx.audit.write_ahead(admitted)
         except AuditUnavailable as exc:
+            release_all(tickets)
             self._answer(
                 event,
                 codec.ERR_OVERLOADED,
@@ -305,10 +366,107 @@ class RequestJudging(SessionState):
                 status=codec.ERR_OVERLOADED, decision="error", rule=rule,
                 reason="audit_unavailable", detail={**judged.detail, "error": str(exc)[:200]},
             )  # fmt: skip
+            span.end(status=codec.ERR_OVERLOADED, error="audit_unavailable")
             return
         self.ctx.count(name, action, "allow", claims.dag_id)
-        pending = Pending(t0, judged.plan, True, action, obj, ref, judged.detail)
+        pending = Pending(t0, judged.plan, True, action, obj, ref, judged.detail, tickets, span)
+        if span is not tracing.NO_SPAN:
+            pending.attempt = span.upstream_attempt(1)
+            pending.attempt.__enter__()
         self._forward(event, pending, changes_keyspace=judged.changes_keyspace)
+
+    def _throttled(
+        self,
+        event: codec.Event,
+        judged: Judged,
+        t0: float,
+        rule: str | None,
+        throttled: Throttled,
+        span: tracing.RequestSpan,
+    ) -> None:
+        """Over a quota: Overloaded on the statement's stream (the driver's retry policy
+        decides what next), audited ``throttled`` under the rule that allowed it."""
+        auth = self.auth
+        assert auth is not None
+        claims, name = auth.claims, auth.resource.name
+        span.throttled(throttled.limit, throttled.retry_after)
+        what = f"{judged.action} on {judged.obj}"
+        self._answer(
+            event, codec.ERR_OVERLOADED, throttled_message(throttled, what, claims.sub, name)
+        )
+        self.ctx.count(name, judged.action, "deny", claims.dag_id)
+        count_throttled(name, throttled)
+        self.ctx.record(
+            THROTTLED, claims, name, t0, action=judged.action, obj=judged.obj,
+            status=codec.ERR_OVERLOADED, decision="deny", rule=rule, reason=THROTTLED,
+            detail={**judged.detail, **throttled_detail(throttled)},
+        )  # fmt: skip
+        span.end(status=codec.ERR_OVERLOADED)
+
+    def _pace(
+        self,
+        event: codec.Event,
+        judged: Judged,
+        t0: float,
+        rule: str | None,
+        reason: str | None,
+        answer: Awaitable[Answer],
+        span: tracing.RequestSpan,
+    ) -> None:
+        """A quota holds this statement for a token: later frames wait behind it (it was
+        judged under the keyspace of now), other streams' answers keep flowing."""
+        self.holds.pace(event.stream)
+        self._paced = asyncio.ensure_future(
+            self._paced_admit(event, judged, t0, rule, reason, answer, span)
+        )
+
+    async def _paced_admit(
+        self,
+        event: codec.Event,
+        judged: Judged,
+        t0: float,
+        rule: str | None,
+        reason: str | None,
+        answer: Awaitable[Answer],
+        span: tracing.RequestSpan,
+    ) -> None:
+        try:
+            result = await answer
+        except asyncio.CancelledError:
+            span.end(error="session_ended")
+            raise
+        except Exception:  # a gate that fails refuses, it never lets a statement through
+            log.exception("cql quota check failed", extra={"fields": self._fields()})
+            self._refuse_request(
+                event, judged.plan, t0, codec.ERR_OVERLOADED,
+                "Lockgate could not check this statement's quota; retry later",
+                "quota_unavailable",
+            )  # fmt: skip
+            span.end(status=codec.ERR_OVERLOADED, error="quota_unavailable")
+        else:
+            if isinstance(result, Throttled):
+                self._throttled(event, judged, t0, rule, result, span)
+            else:
+                self._write_ahead(event, judged, t0, rule, reason, result, span)
+        self._paced = None
+        self.holds.paced()
+        while (held := self.holds.release_next()) is not None:
+            self._on_request(held)
+        self._flush_upstream()
+
+    def _span(self, judged: Judged) -> tracing.RequestSpan:
+        """The statement's span, named and described per the database conventions (never
+        its text: literals may be secrets)."""
+        auth = self.auth
+        assert auth is not None
+        name, attributes = span_name_and_attributes(judged.plan, auth)
+        return tracing.start_request(
+            "cql",
+            auth.resource.name,
+            name,
+            traceparent=getattr(auth.claims, "traceparent", None),
+            attributes=attributes,
+        )
 
     def _token_valid(self, event: codec.Event, plan: Plan, t0: float) -> bool:
         """Re-check the connection's token (expiry, revocation) for every statement.
@@ -437,3 +595,40 @@ def plan_detail(plan: Plan) -> dict[str, Any]:
         # "_name": a bare "keyspace" key would be taken for a secret and redacted.
         detail["keyspace_name"] = plan.keyspace
     return detail
+
+
+def span_name_and_attributes(
+    plan: Plan, auth: Authenticated
+) -> tuple[str, dict[str, tracing.AttributeValue]]:
+    """``"<OPERATION> <keyspace.table>"`` and the span's attributes (database semantic
+    conventions, the upstream node, the token's identity), for :func:`tracing.start_request`."""
+    targets = plan.targets
+    if plan.op == "batch":
+        operation = "BATCH"
+    else:
+        operation = (targets[0].statement_kind if targets else plan.op).upper()
+    claims = auth.claims
+    host, _, port = auth.link.contact_point.rpartition(":")
+    attributes: dict[str, tracing.AttributeValue] = {
+        "db.system.name": "cassandra",
+        "db.operation.name": operation,
+        "server.address": host.strip("[]"),
+        "lockgate.resource": auth.resource.name,
+        "lockgate.principal": claims.sub,
+        "lockgate.deployment": claims.deployment,
+        "lockgate.dag_id": claims.dag_id,
+        "lockgate.task_id": claims.task_id,
+        "lockgate.run_id": claims.run_id,
+        "lockgate.try_number": claims.try_number,
+    }
+    if port.isdigit():
+        attributes["server.port"] = int(port)
+    objects = dict.fromkeys(t.object for t in targets if t.object != ANY_OBJECT)
+    if len(objects) != 1:
+        return operation, attributes
+    obj = next(iter(objects))
+    keyspace, _, table = obj.partition(".")
+    attributes["db.namespace"] = keyspace
+    if table:
+        attributes["db.collection.name"] = table
+    return f"{operation} {obj}", attributes

@@ -32,6 +32,7 @@ from typing import Any
 
 from lockgate import _log
 from lockgate.errors import AuditUnavailable
+from lockgate.quotas import NO_TICKET, QuotaTicket
 
 from . import codec
 from .answers import READ_SIZE, AnswerRelay
@@ -39,6 +40,7 @@ from .context import PRE_AUTH_MAX_FRAME_BYTES, EngineContext
 from .handshake import Authenticated, handshake
 from .holds import UseHold
 from .judge import Pending, RequestJudging
+from .quota import release_all
 
 log = _log.get("gateway.cql")
 
@@ -77,6 +79,8 @@ class ClientSession(RequestJudging, AnswerRelay):
         # durability fsync: the task that writes them once their records are on the device
         self._durable_writer: asyncio.Task[None] | None = None
         self._to_client: list[bytes] = []  # upstream answers not yet written (coalesced)
+        self._paced: asyncio.Future[None] | None = None  # a statement a quota holds
+        self._session_quota: QuotaTicket = NO_TICKET  # the ``sessions`` slot, given back at end
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -90,6 +94,7 @@ class ClientSession(RequestJudging, AnswerRelay):
                 return
             if self.auth is None:
                 return
+            self._session_quota = self.auth.quota
             r = self.auth.resource
             self.keyspace = None
             self.client.max_frame_bytes = r.max_frame_bytes
@@ -128,6 +133,12 @@ class ClientSession(RequestJudging, AnswerRelay):
 
     async def _close(self) -> None:
         self.holds.drain()  # the client is gone: what waited for a USE is dropped, unjudged
+        if self._paced is not None:
+            self._paced.cancel()  # its quota answer is given back (:mod:`.quota`)
+        for p in self.pending.values():  # unanswered statements give their quota slots back
+            p.done(None, "session_ended")
+        release_all([self._session_quota])
+        self._session_quota = NO_TICKET
         if self.auth is not None:
             self.auth.link.close()
         with contextlib.suppress(Exception):
@@ -164,8 +175,8 @@ class ClientSession(RequestJudging, AnswerRelay):
             except TimeoutError:
                 if self.client.buffered:
                     raise _Stalled from None
-                if self.pending:
-                    continue  # a long statement is running; the client waits for it
+                if self.pending or self._paced is not None:
+                    continue  # a long (or paced) statement is running; the client waits
                 log.info("cql connection idle; closing", extra={"fields": self._fields()})
                 return None
             self.client.receive_data(data)

@@ -1,0 +1,140 @@
+"""Asking the quota gate for a session's statements: what the CQL and PostgreSQL engines share.
+
+A statement may touch several objects (a CQL BATCH over two tables, a PostgreSQL text of
+three statements); each distinct ``(action, object)`` asks :meth:`QuotaGate.admit` once, so
+a quota on one table is spent by every statement that touches it. :func:`admit_each`
+returns the tickets, the first :class:`Throttled` (the tickets already taken are given
+back), or an awaitable of either when the gate paces (a quota's ``max_delay``): the engine
+then holds that statement, and only it, until the answer comes.
+
+:func:`throttled_detail` is the audit detail of a refusal, :func:`throttled_message` the
+client's message (it names the limit and when to retry, never the token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from lockgate import _log, metrics
+from lockgate.quotas import QuotaGate, QuotaTicket, Throttled
+
+if TYPE_CHECKING:
+    from lockgate.identity import Claims
+
+log = _log.get("gateway.quota")
+
+Tickets = list[QuotaTicket]
+Answer = Tickets | Throttled
+
+
+def admit_each(
+    gate: QuotaGate, claims: Claims, resource: str, targets: Iterable[tuple[str, str]]
+) -> Answer | Awaitable[Answer]:
+    """Ask ``gate`` once per distinct ``(action, object)``; see the module docstring."""
+    tickets: Tickets = []
+    pending = list(dict.fromkeys(targets))
+    for i, (action, obj) in enumerate(pending):
+        answer = gate.admit(claims, resource, action, obj)
+        if inspect.isawaitable(answer):
+            return _admit_rest(gate, claims, resource, pending[i + 1 :], answer, tickets)
+        if isinstance(answer, Throttled):
+            release_all(tickets)
+            return answer
+        tickets.append(answer)
+    return tickets
+
+
+async def _admit_rest(
+    gate: QuotaGate,
+    claims: Claims,
+    resource: str,
+    rest: Sequence[tuple[str, str]],
+    first: Awaitable[QuotaTicket | Throttled],
+    tickets: Tickets,
+) -> Answer:
+    try:
+        answer: Any = await settle(first)
+        for action, obj in rest:
+            if isinstance(answer, Throttled):
+                break
+            tickets.append(answer)
+            answer = gate.admit(claims, resource, action, obj)
+            if inspect.isawaitable(answer):
+                answer = await settle(answer)
+        if isinstance(answer, Throttled):
+            release_all(tickets)
+            return answer
+        tickets.append(answer)
+        return tickets
+    except BaseException:  # cancelled (the session ended) or the gate failed: give all back
+        release_all(tickets)
+        raise
+
+
+async def settle(answer: Awaitable[QuotaTicket | Throttled]) -> QuotaTicket | Throttled:
+    """Await one answer; a ticket that arrives after this wait was cancelled is given back
+    (a future may complete just before the cancellation reaches this frame)."""
+    future = asyncio.ensure_future(answer)
+    try:
+        return await future
+    except asyncio.CancelledError:
+        if future.done():
+            _release_answer(future)
+        else:
+            future.cancel()
+            future.add_done_callback(_release_answer)
+        raise
+
+
+def _release_answer(future: asyncio.Future[QuotaTicket | Throttled]) -> None:
+    if future.cancelled() or future.exception() is not None:
+        return
+    answer = future.result()
+    if not isinstance(answer, Throttled):
+        answer.release()
+
+
+def release_all(tickets: Iterable[QuotaTicket]) -> None:
+    """Give every ticket back (idempotent; a failing ticket is logged, never raised)."""
+    for ticket in tickets:
+        try:
+            ticket.release()
+        except Exception:
+            log.exception("quota ticket release failed")
+
+
+def throttled_detail(throttled: Throttled) -> dict[str, Any]:
+    """The audit record's detail of a refusal by a quota."""
+    return {
+        "limit": throttled.limit,
+        "kind": throttled.kind,
+        "retry_after": round(throttled.retry_after, 3),
+    }
+
+
+def throttled_message(throttled: Throttled, what: str, principal: str, resource: str) -> str:
+    """The client's message: which limit, for whom, and when to try again."""
+    return (
+        f"Lockgate throttled {what} in {resource} for {principal}: over quota "
+        f"{throttled.limit!r} ({throttled.kind}); retry after {throttled.retry_after:.3f} s"
+    )
+
+
+def count_throttled(resource: str, throttled: Throttled) -> None:
+    """``lockgate_quota_throttled_total`` += 1 (the request counter is the engine's)."""
+    metrics.QUOTA_THROTTLED.labels(resource, throttled.limit, throttled.kind).inc()
+
+
+__all__ = [
+    "Answer",
+    "Tickets",
+    "admit_each",
+    "count_throttled",
+    "release_all",
+    "settle",
+    "throttled_detail",
+    "throttled_message",
+]
