@@ -36,6 +36,9 @@ EVENTS = frozenset(
         "admitted",
         "allowed",
         "denied",
+        # policy allowed it but a quota of the policy files refused it (decision deny, reason
+        # throttled, rule the allowing rule; detail: limit (the quota id), kind, retry_after)
+        "throttled",
         # a CQL/PostgreSQL session the gateway ended from outside: its token was revoked or
         # its DAG blocked (decision deny, action connect, reason token_revoked)
         "session_ended",

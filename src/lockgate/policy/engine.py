@@ -32,7 +32,7 @@ from pathlib import PurePath
 
 from lockgate.policy.globs import Matcher
 from lockgate.policy.mapindex import MapCondition
-from lockgate.policy.model import ACTIONS, RuleSpec, parse_clock
+from lockgate.policy.model import ACTIONS, QuotaScope, QuotaSpec, RuleSpec, parse_clock
 
 DEFAULT_CACHE_SIZE = 65536
 # Per rule with a map-index condition: explanations kept per index (rebuilt past this many).
@@ -181,6 +181,53 @@ class Rule:
         return f"<Rule {self.id} {self.effect} from {self.source}>"
 
 
+class Quota:
+    """One compiled quota of a policy file (its budgets live in :mod:`lockgate.quotas`)."""
+
+    __slots__ = (
+        "actions",
+        "burst",
+        "concurrency",
+        "id",
+        "index",
+        "max_delay",
+        "objects",
+        "per",
+        "principals",
+        "rate",
+        "resources",
+        "run_max_age",
+        "runs",
+        "sessions",
+        "source",
+    )
+
+    def __init__(self, spec: QuotaSpec, source: str, index: int) -> None:
+        self.id = spec.id
+        self.source = source
+        self.index = index
+        self.principals = Matcher(spec.principals, "name")
+        self.resources = Matcher(spec.resources, "name")
+        self.objects = Matcher(spec.objects, "object")
+        self.actions: frozenset[str] = (
+            frozenset(ACTIONS) if "*" in spec.actions else frozenset(spec.actions)
+        )
+        self.rate: float | None = spec.rate
+        self.burst: float = spec.bucket_size
+        self.concurrency: int | None = spec.concurrency
+        self.sessions: int | None = spec.sessions
+        self.runs: int | None = spec.runs
+        self.run_max_age: int = spec.run_lifetime
+        self.per: QuotaScope = spec.per
+        self.max_delay: float = spec.max_delay
+
+    def applies_to(self, principal: str, resource: str) -> bool:
+        return self.resources(resource) and self.principals(principal)
+
+    def __repr__(self) -> str:
+        return f"<Quota {self.id} from {self.source}>"
+
+
 def utc(now: datetime | float | None) -> datetime:
     """A UTC datetime from a datetime (naive means UTC), epoch seconds, or None (now)."""
     if now is None:
@@ -223,8 +270,11 @@ class PolicySet:
         rules: Sequence[Rule],
         sources: Sequence[str] = (),
         cache_size: int = DEFAULT_CACHE_SIZE,
+        quotas: Sequence[Quota] = (),
     ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
+        #: The files' ``quotas:`` entries, in file order (asked by :mod:`lockgate.quotas`).
+        self.quotas: tuple[Quota, ...] = tuple(quotas)
         self.sources: tuple[str, ...] = tuple(sources)
         self._by_id = {r.id: r for r in self.rules}
         self._by_action: dict[str, tuple[Rule, ...]] = {
@@ -244,6 +294,11 @@ class PolicySet:
 
     def rule(self, rule_id: str) -> Rule | None:
         return self._by_id.get(rule_id)
+
+    def quotas_for(self, principal: str, resource: str) -> tuple[Quota, ...]:
+        """The quotas whose principals and resources match (actions and objects are the
+        caller's to filter: they differ per request)."""
+        return tuple(q for q in self.quotas if q.applies_to(principal, resource))
 
     def cache_info(self) -> object:
         return self._match.cache_info()

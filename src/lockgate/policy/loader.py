@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from lockgate.config.yaml_source import parse_yaml, yaml_lines
+from lockgate.config.yaml_source import LineOf, parse_yaml, yaml_lines
 from lockgate.errors import ConfigError
-from lockgate.policy.engine import PolicySet, Rule
+from lockgate.policy.engine import PolicySet, Quota, Rule
 from lockgate.policy.globs import is_literal
 from lockgate.policy.model import located, validate_file
 
@@ -41,8 +41,10 @@ def parse_policies(
     """Build a PolicySet from ``(source, parsed_yaml)`` pairs, in order; ``texts`` (source ->
     YAML text) lets errors name their line."""
     rules: list[Rule] = []
+    quotas: list[Quota] = []
     sources: list[str] = []
     seen: dict[str, tuple[str, int]] = {}
+    seen_quotas: dict[str, tuple[str, int]] = {}
     for source, data in docs:
         sources.append(source)
         text = texts.get(source) if texts is not None else None
@@ -59,17 +61,45 @@ def parse_policies(
                     f"duplicate rule id {spec.id!r}, already defined in {other} rules[{j}]"
                 )
             seen[spec.id] = (source, i)
-            if known_resources is not None:
-                for k, pattern in enumerate(spec.resources):
-                    if is_literal(pattern) and pattern not in known_resources:
-                        known = ", ".join(sorted(known_resources)) or "none configured"
-                        where = located(source, ("rules", i, "resources", k), line_of)
-                        raise ConfigError(
-                            f"{where}: rules[{i}].resources[{k}] (rule {spec.id}): "
-                            f"unknown resource {pattern!r} (known: {known})"
-                        )
+            _check_resources(source, "rules", i, spec.id, spec.resources, known_resources, line_of)
             rules.append(Rule(spec, source, i))
-    return PolicySet(rules, sources)
+        for i, quota in enumerate(pf.quotas):
+            if quota.id in seen_quotas:
+                other, j = seen_quotas[quota.id]
+                raise ConfigError(
+                    f"{located(source, ('quotas', i, 'id'), line_of)}: quotas[{i}].id: "
+                    f"duplicate quota id {quota.id!r}, already defined in {other} quotas[{j}]"
+                )
+            seen_quotas[quota.id] = (source, i)
+            _check_resources(
+                source, "quotas", i, quota.id, quota.resources, known_resources, line_of
+            )
+            quotas.append(Quota(quota, source, i))
+    return PolicySet(rules, sources, quotas=quotas)
+
+
+def _check_resources(
+    source: str,
+    section: str,
+    i: int,
+    entry_id: str,
+    resources: list[str],
+    known_resources: set[str] | None,
+    line_of: LineOf | None,
+) -> None:
+    """A literal resource name that is not in the catalog is an error (see
+    :func:`load_policy_files`)."""
+    if known_resources is None:
+        return
+    kind = "rule" if section == "rules" else "quota"
+    for k, pattern in enumerate(resources):
+        if is_literal(pattern) and pattern not in known_resources:
+            known = ", ".join(sorted(known_resources)) or "none configured"
+            where = located(source, (section, i, "resources", k), line_of)
+            raise ConfigError(
+                f"{where}: {section}[{i}].resources[{k}] ({kind} {entry_id}): "
+                f"unknown resource {pattern!r} (known: {known})"
+            )
 
 
 def parse_policy_texts(

@@ -159,8 +159,117 @@ class RuleSpec(_Strict):
         return v
 
 
+# -- quotas ----------------------------------------------------------------------------------
+
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m|h)\s*$")
+_PER_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_DELAY_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_DELAY_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+def parse_rate(value: object) -> float:
+    """``5``, ``2.5``, ``"100/s"``, ``"600/m"``, ``"3600/h"`` -> per second (> 0)."""
+    if isinstance(value, bool):
+        raise ValueError('expected a rate like 10, "100/s" or "600/m"')
+    if isinstance(value, int | float):
+        rate = float(value)
+    elif isinstance(value, str) and (m := _RATE_RE.match(value)):
+        rate = float(m.group(1)) / _PER_UNIT[m.group(2)]
+    else:
+        raise ValueError('expected a rate like 10, "100/s" or "600/m"')
+    if not rate > 0 or rate == float("inf"):
+        raise ValueError("expected a positive rate")
+    return rate
+
+
+def parse_delay(value: object) -> float:
+    """``0``, ``1.5``, ``"250ms"``, ``"2s"``, ``"1m"`` -> seconds (>= 0, at most 10 minutes)."""
+    if isinstance(value, bool):
+        raise ValueError('expected seconds or a delay like "500ms", "2s"')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DELAY_RE.match(value)):
+        seconds = float(m.group(1)) * _DELAY_UNIT[m.group(2)]
+    else:
+        raise ValueError('expected seconds or a delay like "500ms", "2s"')
+    if not 0 <= seconds <= 600:
+        raise ValueError("expected a delay between 0 and 10m")
+    return seconds
+
+
+def _positive_count(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+        raise ValueError("expected a positive whole number")
+    return value
+
+
+Rate = Annotated[float | None, BeforeValidator(lambda v: None if v is None else parse_rate(v))]
+Delay = Annotated[float, BeforeValidator(parse_delay)]
+Count = Annotated[int | None, BeforeValidator(_positive_count)]
+QuotaScope = Literal["dag", "task", "all"]
+
+#: Fields of a quota that set a limit (at least one is required).
+QUOTA_LIMITS = ("rate", "concurrency", "sessions", "runs")
+DEFAULT_RUN_MAX_AGE = 86400
+
+
+class QuotaSpec(_Strict):
+    """One entry of a policy file's ``quotas:`` list (see :mod:`lockgate.quotas`)."""
+
+    id: str = Field(pattern=RULE_ID_RE)
+    principals: list[str]
+    resources: list[str]
+    actions: list[Action] = ["*"]
+    objects: list[str] = ["*"]
+    rate: Rate = None  # requests or statements per second (token bucket)
+    burst: Count = None  # bucket size; default max(1, rate)
+    concurrency: Count = None  # requests or statements in flight
+    sessions: Count = None  # open CQL / PostgreSQL sessions
+    runs: Count = None  # Databricks / Data Factory runs started and not finished
+    run_max_age: OptionalDuration = None  # a run no longer counts after this (default 24h)
+    per: QuotaScope = "dag"  # dag: a budget per deployment+DAG; task: per principal; all: one
+    max_delay: Delay = 0.0  # how long a request may wait for a rate token before refusal
+    description: str = ""
+
+    @field_validator("principals", "resources")
+    @classmethod
+    def _non_empty_patterns(cls, v: list[str]) -> list[str]:
+        return RuleSpec._non_empty_patterns(v)
+
+    @model_validator(mode="after")
+    def _limits(self) -> QuotaSpec:
+        if all(getattr(self, name) is None for name in QUOTA_LIMITS):
+            raise ValueError(
+                "a quota needs at least one limit: rate, concurrency, sessions or runs"
+            )
+        if self.rate is None and (self.burst is not None or self.max_delay > 0):
+            raise ValueError("burst and max_delay shape a rate: set rate too (or drop them)")
+        if self.runs is None and self.run_max_age is not None:
+            raise ValueError("run_max_age is the age after which a run stops counting: set runs")
+        return self
+
+    @property
+    def bucket_size(self) -> float:
+        """The burst a rate allows (``burst``, else max(1, rate))."""
+        if self.burst is not None:
+            return float(self.burst)
+        return max(1.0, self.rate or 0.0)
+
+    @property
+    def run_lifetime(self) -> int:
+        return self.run_max_age if self.run_max_age is not None else DEFAULT_RUN_MAX_AGE
+
+
 class PolicyFile(_Strict):
-    rules: list[RuleSpec]
+    rules: list[RuleSpec] = []
+    quotas: list[QuotaSpec] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _something(cls, data: object) -> object:
+        if isinstance(data, dict) and "rules" not in data and "quotas" not in data:
+            raise ValueError("expected a 'rules' list, a 'quotas' list or both")
+        return data
 
 
 # -- error wording ---------------------------------------------------------------------------
@@ -168,6 +277,7 @@ class PolicyFile(_Strict):
 _FIELDS_AT: dict[str, type[BaseModel]] = {
     "": PolicyFile,
     "rule": RuleSpec,
+    "quota": QuotaSpec,
     "conditions": Conditions,
     "time_window": TimeWindow,
 }
@@ -185,6 +295,8 @@ def _model_at(loc: FieldPath) -> type[BaseModel]:
     names = [p for p in loc if isinstance(p, str)]
     if names[-1:] and names[-1] in ("conditions", "time_window"):
         return _FIELDS_AT[names[-1]]
+    if names[:1] == ["quotas"]:
+        return QuotaSpec
     return RuleSpec if names[:1] == ["rules"] else PolicyFile
 
 
@@ -242,7 +354,7 @@ def format_errors(
         where = _loc_text(loc) or "<top level>"
         rule_id = _rule_id_at(data, loc)
         if rule_id:
-            where += f" (rule {rule_id})"
+            where += f" ({'quota' if loc[:1] == ('quotas',) else 'rule'} {rule_id})"
         lines.append(f"{located(source, loc, line_of)}: {where}: {msg}")
     return "\n".join(lines)
 
@@ -254,10 +366,19 @@ def located(source: str, loc: FieldPath, line_of: LineOf | None) -> str:
 
 
 def _rule_id_at(data: object, loc: FieldPath) -> str | None:
-    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int) and isinstance(data, dict):
-        rules = data.get("rules")
-        if isinstance(rules, list) and 0 <= loc[1] < len(rules) and isinstance(rules[loc[1]], dict):
-            rid = rules[loc[1]].get("id")
+    if (
+        len(loc) >= 2
+        and loc[0] in ("rules", "quotas")
+        and isinstance(loc[1], int)
+        and isinstance(data, dict)
+    ):
+        entries = data.get(loc[0])
+        if (
+            isinstance(entries, list)
+            and 0 <= loc[1] < len(entries)
+            and isinstance(entries[loc[1]], dict)
+        ):
+            rid = entries[loc[1]].get("id")
             if isinstance(rid, str) and rid:
                 return rid
     return None
@@ -267,7 +388,9 @@ def validate_file(source: str, data: object, line_of: LineOf | None = None) -> P
     """Validate parsed YAML. Raises ValueError with the worded message (caller wraps it)."""
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
-        raise ValueError(f"{source}: expected a mapping with a 'rules' list (got {kind})")
+        raise ValueError(
+            f"{source}: expected a mapping with a 'rules' or 'quotas' list (got {kind})"
+        )
     try:
         return PolicyFile.model_validate(data)
     except ValidationError as exc:

@@ -1,17 +1,274 @@
 """The quota gate the server builds: the quotas of the policy files served now, with budgets
-shared by every process (and replica) on the same state."""
+shared by every process (and replica) on the same state.
+
+Per request the gate looks up the quotas matching (principal, resource, action) in a cache
+rebuilt when the policy set is swapped; none (the usual case) answers :data:`NO_TICKET` at
+once. Otherwise every matching quota applies: the request takes a token from each rate and
+a slot from each cap, in file order; the first empty one refuses it and what it took from
+the others is given back (the tightest quota wins, and a refused request costs no budget).
+A rate with ``max_delay`` holds the request until its token is due instead (the gate's
+answer is then an awaitable that sleeps).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lockgate.quotas import NO_QUOTAS, QuotaGate
+from lockgate.policy.engine import PolicySet, Quota
+from lockgate.quotas import (
+    NO_QUOTAS,
+    NO_TICKET,
+    Admission,
+    LimitKind,
+    QuotaGate,
+    RunAdmission,
+    Throttled,
+)
+from lockgate.quotas.budgets import CAP_RETRY_AFTER, Budgets, MemoryBudgets
 
 if TYPE_CHECKING:
     from lockgate.config import LockgateConfig
+    from lockgate.identity import Claims
     from lockgate.policy import PolicyStore
     from lockgate.store import Database
+
+#: Matching quotas remembered per (principal, resource, what); cleared past this many.
+_CACHE_SIZE = 65536
+# What a session login and a run start ask for (never an action's name, so the cache keys
+# of requests, sessions and run starts stay apart).
+_SESSION = "<session>"
+_RUN_START = "<run start>"
+
+
+def budget_key(quota: Quota, claims: Claims) -> str:
+    """The budget a request of ``claims`` draws from under ``quota`` (its ``per``)."""
+    if quota.per == "dag":
+        scope = f"{claims.deployment}/{claims.dag_id}"
+    elif quota.per == "task":
+        scope = claims.principal
+    else:
+        scope = "*"
+    return f"{quota.id}|{scope}"
+
+
+class _Ticket:
+    """Slots one admitted request or session holds; :meth:`release` gives them back once."""
+
+    __slots__ = ("_budgets", "_keys")
+
+    def __init__(self, budgets: Budgets, keys: list[str]) -> None:
+        self._budgets = budgets
+        self._keys: list[str] | None = keys
+
+    def release(self) -> None:
+        keys, self._keys = self._keys, None
+        for key in keys or ():
+            self._budgets.release(key)
+
+    def started(self, run_id: str) -> None:  # a request ticket is no run slot
+        return None
+
+
+class _RunSlot:
+    """Run reservations: :meth:`started` turns them into runs, :meth:`release` frees them."""
+
+    __slots__ = ("_budgets", "_open", "_resource")
+
+    def __init__(self, budgets: Budgets, resource: str, reserved: list[tuple[str, float]]) -> None:
+        self._budgets = budgets
+        self._resource = resource
+        self._open: list[tuple[str, float]] | None = reserved
+
+    def started(self, run_id: str) -> None:
+        reserved, self._open = self._open, None
+        for key, max_age in reserved or ():
+            self._budgets.run_started(key, self._resource, run_id, max_age)
+
+    def release(self) -> None:
+        reserved, self._open = self._open, None
+        for key, _max_age in reserved or ():
+            self._budgets.release(key)
+
+
+# A cap one request or session takes a slot of: (quota, budget key, cap, kind).
+_Cap = tuple[Quota, str, int | None, LimitKind]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one request asks of its quotas: rate takes and cap slots, in file order."""
+
+    rates: tuple[tuple[Quota, str], ...]
+    caps: tuple[_Cap, ...]
+
+
+class PolicyQuotaGate:
+    """A :class:`~lockgate.quotas.QuotaGate` over the quotas of ``policy()`` and
+    ``budgets``."""
+
+    def __init__(
+        self,
+        policy: Callable[[], PolicySet],
+        budgets: Budgets,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._policy = policy
+        self._budgets = budgets
+        self._sleep = sleep
+        self._cached_for: PolicySet | None = None
+        self._cache: dict[tuple[str, str, str], tuple[Quota, ...]] = {}
+
+    # -- matching (cached per policy set) ----------------------------------------------------
+    def _matching(self, principal: str, resource: str, what: str) -> tuple[Quota, ...]:
+        policy = self._policy()
+        if policy is not self._cached_for:  # a reload: matches are recomputed
+            self._cache = {}
+            self._cached_for = policy
+        key = (principal, resource, what)
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            found = tuple(
+                q for q in policy.quotas if _asks(q, what) and q.applies_to(principal, resource)
+            )
+            self._cache[key] = found
+        return found
+
+    # -- the door ----------------------------------------------------------------------------
+    def admit(
+        self, claims: Claims, resource: str, action: str, obj: str
+    ) -> Admission | Awaitable[Admission]:
+        quotas = self._matching(claims.principal, resource, action)
+        if not quotas:
+            return NO_TICKET
+        quotas = tuple(q for q in quotas if q.objects.match_all or q.objects(obj))
+        if not quotas:
+            return NO_TICKET
+        plan = _Plan(
+            tuple((q, budget_key(q, claims)) for q in quotas if q.rate is not None),
+            tuple(
+                (q, budget_key(q, claims), q.concurrency, "concurrency")
+                for q in quotas
+                if q.concurrency is not None
+            ),
+        )
+        if self._budgets.blocking:
+            return self._admit_off_loop(plan)
+        return self._admit_now(plan)
+
+    def open_session(self, claims: Claims, resource: str) -> Admission | Awaitable[Admission]:
+        quotas = self._matching(claims.principal, resource, _SESSION)
+        if not quotas:
+            return NO_TICKET
+        caps: tuple[_Cap, ...] = tuple(
+            (q, budget_key(q, claims) + "|sessions", q.sessions, "sessions")
+            for q in quotas
+            if q.sessions is not None
+        )
+        if self._budgets.blocking:
+            return asyncio.to_thread(self._hold, caps)
+        return self._hold(caps)
+
+    def start_run(
+        self, claims: Claims, resource: str, obj: str
+    ) -> RunAdmission | Awaitable[RunAdmission]:
+        quotas = self._matching(claims.principal, resource, _RUN_START)
+        quotas = tuple(q for q in quotas if q.objects.match_all or q.objects(obj))
+        if not quotas:
+            return NO_TICKET
+        if self._budgets.blocking:
+            return asyncio.to_thread(self._reserve_runs, claims, resource, quotas)
+        return self._reserve_runs(claims, resource, quotas)
+
+    def run_finished(self, resource: str, run_id: str) -> None:
+        if self._policy().quotas:
+            self._budgets.run_finished(resource, run_id)
+
+    # -- the work ----------------------------------------------------------------------------
+    def _admit_now(self, plan: _Plan) -> Admission | Awaitable[Admission]:
+        taken = self._take_rates(plan.rates)
+        if isinstance(taken, Throttled):
+            return taken
+        if taken > 0:
+            return self._paced(plan, taken)
+        return self._hold_or_refund(plan)
+
+    async def _admit_off_loop(self, plan: _Plan) -> Admission:
+        taken = await asyncio.to_thread(self._take_rates, plan.rates)
+        if isinstance(taken, Throttled):
+            return taken
+        if taken > 0:
+            await self._sleep(taken)
+        return await asyncio.to_thread(self._hold_or_refund, plan)
+
+    async def _paced(self, plan: _Plan, wait: float) -> Admission:
+        await self._sleep(wait)
+        return self._hold_or_refund(plan)
+
+    def _take_rates(self, rates: Sequence[tuple[Quota, str]]) -> float | Throttled:
+        """A token from every rate (the longest pacing wait), or the first refusal with
+        the tokens already taken given back."""
+        wait = 0.0
+        for n, (quota, key) in enumerate(rates):
+            assert quota.rate is not None
+            answer = self._budgets.take(key, quota.rate, quota.burst, quota.rate * quota.max_delay)
+            if not answer.granted:
+                self._refund(rates[:n])
+                return Throttled(quota.id, "rate", round(answer.wait, 3))
+            wait = max(wait, answer.wait)
+        return wait
+
+    def _refund(self, rates: Sequence[tuple[Quota, str]]) -> None:
+        for quota, key in rates:
+            assert quota.rate is not None
+            self._budgets.refund(key, quota.rate, quota.burst)
+
+    def _hold_or_refund(self, plan: _Plan) -> Admission:
+        held = self._hold(plan.caps)
+        if isinstance(held, Throttled):
+            self._refund(plan.rates)
+        return held
+
+    def _hold(self, caps: Sequence[_Cap]) -> Admission:
+        """A slot of every cap, or the first refusal with the slots taken given back."""
+        if not caps:
+            return NO_TICKET
+        keys: list[str] = []
+        for quota, key, cap, kind in caps:
+            assert cap is not None
+            if not self._budgets.acquire(key, cap):
+                for k in keys:
+                    self._budgets.release(k)
+                return Throttled(quota.id, kind, CAP_RETRY_AFTER)
+            keys.append(key)
+        return _Ticket(self._budgets, keys)
+
+    def _reserve_runs(self, claims: Claims, resource: str, quotas: Sequence[Quota]) -> RunAdmission:
+        reserved: list[tuple[str, float]] = []
+        for quota in quotas:
+            assert quota.runs is not None
+            key = budget_key(quota, claims) + "|runs"
+            if not self._budgets.reserve_run(key, quota.runs):
+                for k, _age in reserved:
+                    self._budgets.release(k)
+                return Throttled(quota.id, "runs", CAP_RETRY_AFTER)
+            reserved.append((key, float(quota.run_max_age)))
+        return _RunSlot(self._budgets, resource, reserved)
+
+
+def _asks(quota: Quota, what: str) -> bool:
+    """Whether ``quota`` has a limit for ``what`` (an action, a session, a run start)."""
+    if what == _SESSION:
+        return quota.sessions is not None
+    if what == _RUN_START:
+        return quota.runs is not None and "run" in quota.actions
+    if quota.rate is None and quota.concurrency is None:
+        return False
+    return what in quota.actions
 
 
 class QuotaService:
@@ -23,10 +280,11 @@ class QuotaService:
         policy: PolicyStore,
         database_for: Callable[[str], Database],
     ) -> None:
-        self.gate: QuotaGate = NO_QUOTAS
+        self.budgets: Budgets = MemoryBudgets()
+        self.gate: QuotaGate = PolicyQuotaGate(lambda: policy.current, self.budgets)
 
     def close(self) -> None:
-        return None
+        self.budgets.close()
 
 
-__all__ = ["QuotaService"]
+__all__ = ["NO_QUOTAS", "PolicyQuotaGate", "QuotaService", "budget_key"]

@@ -1,0 +1,157 @@
+"""Where quota budgets are kept: the bucket math, and the budgets of one process.
+
+A budget is named by a key (``<quota id>|<scope>``: the scope is the deployment and DAG,
+the principal, or ``*``, as the quota's ``per`` says). Four kinds:
+
+- a **rate** is a token bucket (``rate`` a second, up to ``burst``). A take may leave the
+  bucket in debt down to ``-max_debt`` (``rate * max_delay``): the request is then held
+  until its token would have refilled (pacing); past that it is refused with the time until
+  a token would be there;
+- **concurrency** and **sessions** are caps on slots held (released when the request or
+  session ends);
+- **runs** is a cap on run starts reserved plus runs started and not finished (a run stops
+  counting after the quota's ``run_max_age``).
+
+:class:`Budgets` is what the gate asks; :class:`MemoryBudgets` keeps them in this process
+(no state configured, and the fallback of shared budgets while their database is out of
+reach). Shared budgets: :mod:`lockgate.quotas.shared`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+#: Seconds a client is told to wait when a cap (not a rate) refused it: a slot frees when
+#: some request ends, which the gateway cannot foresee.
+CAP_RETRY_AFTER = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateAnswer:
+    """A take from a bucket: ``granted`` with ``wait`` seconds of pacing (0: go now), or
+    refused with ``wait`` the seconds until a token would be there."""
+
+    granted: bool
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    tokens: float
+    updated_at: float
+
+
+def refill(bucket: Bucket | None, rate: float, burst: float, now: float) -> float:
+    """The bucket's level at ``now`` (a new bucket is full; time never runs backwards)."""
+    if bucket is None:
+        return burst
+    elapsed = now - bucket.updated_at if now > bucket.updated_at else 0.0
+    return min(bucket.tokens + elapsed * rate, burst)
+
+
+def take(
+    bucket: Bucket | None, rate: float, burst: float, now: float, cost: float, max_debt: float
+) -> tuple[RateAnswer, Bucket]:
+    """Take ``cost`` tokens, going at most ``max_debt`` below zero (pacing)."""
+    level = refill(bucket, rate, burst, now)
+    after = level - cost
+    stamp = max(now, bucket.updated_at) if bucket is not None else now
+    if after >= -max_debt:
+        return RateAnswer(True, -after / rate if after < 0 else 0.0), Bucket(after, stamp)
+    return RateAnswer(False, max(0.001, (-after - max_debt) / rate)), Bucket(level, stamp)
+
+
+class Budgets(Protocol):
+    """The budgets the gate draws from. ``take``, ``acquire`` and ``reserve_run`` may do
+    I/O (``blocking`` says whether the gate must keep them off the event loop); the give
+    backs never block and never raise."""
+
+    blocking: bool
+
+    def take(self, key: str, rate: float, burst: float, max_debt: float) -> RateAnswer: ...
+
+    def refund(self, key: str, rate: float, burst: float) -> None: ...
+
+    def acquire(self, key: str, cap: int) -> bool: ...
+
+    def release(self, key: str) -> None: ...
+
+    def reserve_run(self, key: str, cap: int) -> bool: ...
+
+    def run_started(self, key: str, resource: str, run_id: str, max_age: float) -> None: ...
+
+    def run_finished(self, resource: str, run_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryBudgets:
+    """Budgets of this process only: exact, no I/O."""
+
+    blocking = False
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()  # ticket releases may come from other threads
+        self._buckets: dict[str, Bucket] = {}
+        self._held: dict[str, int] = {}
+        self._runs: dict[tuple[str, str], tuple[str, float]] = {}  # (resource, run) -> key, until
+
+    def take(self, key: str, rate: float, burst: float, max_debt: float) -> RateAnswer:
+        with self._lock:
+            answer, self._buckets[key] = take(
+                self._buckets.get(key), rate, burst, self._clock(), 1.0, max_debt
+            )
+            return answer
+
+    def refund(self, key: str, rate: float, burst: float) -> None:
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                now = self._clock()
+                self._buckets[key] = Bucket(
+                    min(refill(bucket, rate, burst, now) + 1.0, burst), max(now, bucket.updated_at)
+                )
+
+    def acquire(self, key: str, cap: int) -> bool:
+        with self._lock:
+            held = self._held.get(key, 0)
+            if held >= cap:
+                return False
+            self._held[key] = held + 1
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            held = self._held.get(key, 0) - 1
+            if held > 0:
+                self._held[key] = held
+            else:
+                self._held.pop(key, None)
+
+    def reserve_run(self, key: str, cap: int) -> bool:
+        now = self._clock()
+        with self._lock:
+            for run in [run for run, (_key, until) in self._runs.items() if until <= now]:
+                del self._runs[run]
+            running = sum(1 for k, _until in self._runs.values() if k == key)
+            if running + self._held.get(key, 0) >= cap:
+                return False
+            self._held[key] = self._held.get(key, 0) + 1
+            return True
+
+    def run_started(self, key: str, resource: str, run_id: str, max_age: float) -> None:
+        self.release(key)
+        with self._lock:
+            self._runs[(resource, run_id)] = (key, self._clock() + max_age)
+
+    def run_finished(self, resource: str, run_id: str) -> None:
+        with self._lock:
+            self._runs.pop((resource, run_id), None)
+
+    def close(self) -> None:
+        return None
