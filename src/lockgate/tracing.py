@@ -1,27 +1,59 @@
 """OpenTelemetry tracing of the gateway: one span per mint and per request or statement.
 
 Off by default (``tracing.enabled: false``): every function here then returns a shared
-no-op at the cost of one attribute read. When on, a request's span joins the Airflow task's
-trace: the secrets backend sends the task's W3C ``traceparent`` with its token request, the
-token carries it (claim ``traceparent``), and every request made with that token is a child
-of it. Spans follow the HTTP and database semantic conventions; no token, secret, query
-string or statement literal is ever an attribute.
+no-op at the cost of one global read, and the OpenTelemetry SDK is not even imported. When
+on, a request's span joins the Airflow task's trace: the secrets backend sends the task's
+W3C ``traceparent`` with its token request, the token carries it (claim ``traceparent``),
+and every request made with that token is a child of it. Spans follow the HTTP and
+database semantic conventions; no token, secret, query string or statement literal is ever
+an attribute: whatever an engine passes goes through :func:`clean_attributes` (an
+allow-list of keys, values cut at a query string or a string literal, lengths capped).
+
+Sampling is parent-based: a task whose trace is sampled gets every span; an unsampled or
+absent parent (Airflow's own tracing off) is sampled at ``tracing.sample_ratio``, so the
+gateway's spans still carry the task's trace id. Spans leave through a batch processor and
+the OTLP/HTTP exporter when ``tracing.otlp_endpoint`` is set (headers read from
+``otlp_headers_file``, never logged); with no endpoint they are made and dropped, which is
+only useful to tests and the benchmark.
 
 Engines use :func:`start_request` and the :class:`RequestSpan` it returns; the control
-plane :func:`start_mint`. :func:`configure` is called once per process by the server.
+plane :func:`start_mint`. :func:`configure` is called once per process by the server,
+:func:`shutdown` at its stop (flushes what is batched).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from lockgate import __version__
+
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, Tracer
+
     from lockgate.config.tracing import TracingSettings
 
 Protocol_ = Literal["http", "cql", "postgres"]
 AttributeValue = str | int | float | bool
+
+#: W3C trace context, version 00 only: 32 and 16 lowercase hex digits, neither all zeros.
+TRACEPARENT_RE = re.compile(
+    r"\A00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z", re.ASCII
+)
+
+
+def valid_traceparent(value: object) -> str | None:
+    """``value`` if it is a well-formed version-00 ``traceparent``, else None (never raises)."""
+    if isinstance(value, str) and len(value) == 55 and TRACEPARENT_RE.match(value):
+        return value
+    return None
 
 
 class RequestSpan(Protocol):
@@ -73,14 +105,282 @@ class _NoSpan:
 
 NO_SPAN: RequestSpan = _NoSpan()
 
+# -- what may become an attribute ---------------------------------------------------------------
 
-def configure(settings: TracingSettings, *, service_instance: str = "") -> None:
-    """Set up the tracer provider and exporter of this process (once, at start)."""
-    return None
+# Semantic-convention keys an engine may set (HTTP server/client, database, network, Airflow's
+# own task keys); any other key is dropped unless it is ``lockgate.*``. ``db.query.text``,
+# ``url.full``, ``url.query`` and ``user_agent.original`` are left out on purpose: they carry
+# literals, signatures and whatever a client chose to send.
+ALLOWED_KEYS = frozenset(
+    {
+        "http.request.method",
+        "http.response.status_code",
+        "http.route",
+        "http.request.resend_count",
+        "url.path",
+        "url.scheme",
+        "server.address",
+        "server.port",
+        "client.address",
+        "client.port",
+        "network.peer.address",
+        "network.peer.port",
+        "network.protocol.name",
+        "network.protocol.version",
+        "error.type",
+        "db.system.name",
+        "db.namespace",
+        "db.collection.name",
+        "db.operation.name",
+        "db.operation.batch.size",
+        "db.query.summary",
+        "db.response.status_code",
+        "db.cassandra.consistency_level",
+        "db.cassandra.page_size",
+        "enduser.id",
+        "airflow.dag_id",
+        "airflow.task_id",
+        "airflow.dag_run.run_id",
+        "airflow.task_instance.try_number",
+        "airflow.task_instance.map_index",
+    }
+)
+# A lockgate.* key naming one of these is a mistake waiting to leak: dropped.
+_SECRET_WORDS = re.compile(r"token|secret|password|passwd|signature|sig\b|key|credential|auth")
+_MAX_VALUE = 256
+_MAX_NAME = 120
+# A value is cut at the first of: a query string or fragment, a string literal, a
+# dollar-quoted body, a statement separator or a line break (double quotes stay: in CQL and
+# SQL they quote identifiers, which are no secret).
+_CUT = re.compile(r"[?#';\r\n]|\$\w*\$")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
+_NAME_WORD = re.compile(r'\A[A-Za-z0-9_.:/*{}"\[\]-]+\Z')
+_DB_SYSTEM = {"cql": "cassandra", "postgres": "postgresql"}
+
+
+def clean_text(value: str, limit: int = _MAX_VALUE) -> str:
+    """``value`` cut before anything that may be a literal or a query string, capped."""
+    if _JWT.search(value):
+        return ""
+    match = _CUT.search(value)
+    if match is not None:
+        value = value[: match.start()]
+    return value.strip()[:limit]
+
+
+def clean_name(name: str) -> str:
+    """A span name as the conventions shape it, ``{operation} {target}``: at most two
+    words, each of identifier, path or glob characters, so no literal a statement or URL
+    carried can ride along (``SELECT ks.t WHERE id = 42`` becomes ``SELECT ks.t``)."""
+    words = []
+    for word in clean_text(name, _MAX_NAME).split()[:2]:
+        if not _NAME_WORD.match(word):
+            break
+        words.append(word)
+    return " ".join(words)
+
+
+def clean_attributes(
+    attributes: Mapping[str, AttributeValue] | None,
+) -> dict[str, AttributeValue]:
+    """The attributes a span may carry: allowed keys, cleaned strings, finite numbers."""
+    out: dict[str, AttributeValue] = {}
+    for key, value in (attributes or {}).items():
+        if key not in ALLOWED_KEYS and not (
+            key.startswith("lockgate.") and not _SECRET_WORDS.search(key)
+        ):
+            continue
+        if isinstance(value, str):
+            text = clean_name(value) if key == "db.query.summary" else clean_text(value)
+            if text:
+                out[key] = text
+        elif isinstance(value, bool | int | float):
+            out[key] = value
+    return out
+
+
+# -- the real thing -----------------------------------------------------------------------------
+
+
+class _Span:
+    """A recording :class:`RequestSpan` over an SDK span."""
+
+    __slots__ = ("_ended", "_name", "_span", "_tracer")
+
+    def __init__(self, tracer: Tracer, span: Span, name: str) -> None:
+        self._tracer = tracer
+        self._span = span
+        self._name = name
+        self._ended = False
+
+    def decided(
+        self, action: str, obj: str, decision: str, rule: str | None, reason: str | None
+    ) -> None:
+        self._span.set_attributes(
+            clean_attributes(
+                {
+                    "lockgate.action": action,
+                    "lockgate.object": obj,
+                    "lockgate.decision": decision,
+                    "lockgate.rule": rule or "",
+                    "lockgate.reason": reason or "",
+                }
+            )
+        )
+
+    def throttled(self, limit: str, retry_after: float) -> None:
+        attrs = clean_attributes(
+            {"lockgate.limit": limit, "lockgate.retry_after": round(float(retry_after), 3)}
+        )
+        self._span.set_attributes({"lockgate.decision": "deny", "lockgate.reason": "throttled"})
+        self._span.add_event("lockgate.throttled", attrs)
+
+    @contextmanager
+    def upstream_attempt(self, attempt: int) -> Iterator[None]:
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind, StatusCode
+
+        child = self._tracer.start_span(
+            f"{self._name} upstream",
+            context=trace.set_span_in_context(self._span),
+            kind=SpanKind.CLIENT,
+            attributes={"lockgate.attempt": attempt, "http.request.resend_count": attempt - 1}
+            if attempt > 1
+            else {"lockgate.attempt": attempt},
+        )
+        try:
+            yield
+        except BaseException as exc:
+            child.set_attribute("error.type", type(exc).__name__)
+            child.set_status(StatusCode.ERROR)
+            raise
+        finally:
+            child.end()
+
+    def retried(self, reason: str, delay: float) -> None:
+        self._span.add_event(
+            "lockgate.retry",
+            clean_attributes({"lockgate.reason": reason, "lockgate.delay": round(delay, 3)}),
+        )
+
+    def end(self, *, status: int | str | None = None, error: str | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        from opentelemetry.trace import StatusCode
+
+        failed = error is not None
+        if isinstance(status, bool):  # not a status; never an attribute
+            status = None
+        if isinstance(status, int):
+            self._span.set_attribute("http.response.status_code", status)
+            failed = failed or status >= 500
+        elif isinstance(status, str) and (code := clean_text(status, 32)):
+            self._span.set_attribute("db.response.status_code", code)
+            failed = True  # CQL and PostgreSQL name a status only when the statement failed
+        if failed:
+            kind = clean_text(error or str(status), 64) or "error"
+            self._span.set_attribute("error.type", kind)
+            self._span.set_status(StatusCode.ERROR)
+        self._span.end()
+
+
+class _Tracing:
+    """The process's tracer provider and the tracer spans are started from."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("lockgate", __version__)
+
+    def start(
+        self,
+        name: str,
+        traceparent: str | None,
+        attributes: dict[str, AttributeValue],
+    ) -> _Span:
+        from opentelemetry.trace import SpanKind
+
+        name = clean_name(name) or "request"
+        span = self.tracer.start_span(
+            name, context=_parent(traceparent), kind=SpanKind.SERVER, attributes=attributes
+        )
+        return _Span(self.tracer, span, name)
+
+
+def _parent(traceparent: str | None) -> Context | None:
+    """The OpenTelemetry context of a valid ``traceparent``, else None (a new root)."""
+    if valid_traceparent(traceparent) is None:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+
+
+_tracing: _Tracing | None = None
+
+
+def configure(
+    settings: TracingSettings,
+    *,
+    service_instance: str = "",
+    exporter: SpanExporter | None = None,
+) -> None:
+    """Set up the tracer provider and exporter of this process (once, at start).
+
+    ``exporter`` replaces the OTLP one (tests, the benchmark). A second call replaces the
+    first, whose batched spans are flushed."""
+    global _tracing
+    shutdown()
+    if not settings.enabled:
+        return
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    ratio = TraceIdRatioBased(settings.sample_ratio)
+    # An unsampled remote parent (the task's own tracing off) gets the ratio, not silence.
+    sampler = ParentBased(ratio, remote_parent_not_sampled=ratio)
+    instance = f"{socket.gethostname()}/{service_instance or os.getpid()}"
+    resource = Resource.create(
+        {
+            "service.name": settings.service_name,
+            "service.version": __version__,
+            "service.instance.id": instance,
+        }
+    )
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    if exporter is None and settings.otlp_endpoint:
+        exporter = _otlp_exporter(settings)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    _tracing = _Tracing(provider)
+
+
+def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    assert settings.otlp_endpoint is not None
+    return OTLPSpanExporter(
+        endpoint=settings.traces_url(), headers=settings.otlp_headers(), timeout=10
+    )
+
+
+def flush(timeout_millis: int = 5_000) -> bool:
+    """Export what is batched now (tests; the server before it stops)."""
+    return _tracing.provider.force_flush(timeout_millis) if _tracing is not None else True
+
+
+def shutdown() -> None:
+    """Flush and stop the exporter; tracing is off afterwards."""
+    global _tracing
+    current, _tracing = _tracing, None
+    if current is not None:
+        current.provider.shutdown()
 
 
 def enabled() -> bool:
-    return False
+    return _tracing is not None
 
 
 def start_request(
@@ -93,12 +393,38 @@ def start_request(
 ) -> RequestSpan:
     """A request's span named ``name`` (``GET``, ``SELECT ks.table``...), child of
     ``traceparent`` (the token's claim) when given; :data:`NO_SPAN` when tracing is off."""
-    return NO_SPAN
+    tracing = _tracing
+    if tracing is None:
+        return NO_SPAN
+    attrs = clean_attributes(attributes)
+    attrs["lockgate.resource"] = clean_text(resource)
+    attrs["lockgate.protocol"] = protocol
+    if protocol in _DB_SYSTEM:
+        attrs.setdefault("db.system.name", _DB_SYSTEM[protocol])
+    return tracing.start(name, traceparent, attrs)
 
 
 def start_mint(deployment: str, *, traceparent: str | None = None) -> RequestSpan:
     """The token service's span for one mint, child of the caller's ``traceparent``."""
-    return NO_SPAN
+    tracing = _tracing
+    if tracing is None:
+        return NO_SPAN
+    return tracing.start(
+        "lockgate.mint", traceparent, {"lockgate.deployment": clean_text(deployment)}
+    )
 
 
-__all__ = ["NO_SPAN", "RequestSpan", "configure", "enabled", "start_mint", "start_request"]
+__all__ = [
+    "NO_SPAN",
+    "TRACEPARENT_RE",
+    "RequestSpan",
+    "clean_attributes",
+    "clean_name",
+    "configure",
+    "enabled",
+    "flush",
+    "shutdown",
+    "start_mint",
+    "start_request",
+    "valid_traceparent",
+]

@@ -13,9 +13,12 @@ Every control request carries the deployment's proof, one of two kinds:
 - the deployment's client secret, read from a file or an environment variable, sent only
   in the request body.
 
-Neither is ever logged. An answer that says "later" (429 over a rate
-limit, or 503 with ``Retry-After``) is retried after the time it names, as long as the
-whole call stays within ``retry_budget`` seconds; past that it is GatewayUnavailable.
+Neither is ever logged. A token request may carry the task's W3C ``traceparent`` header
+(:mod:`lockgate.airflow.trace_context`), so the gateway's spans join the task's trace.
+
+An answer that says "later" (429 over a rate limit, or 503 with ``Retry-After``) is
+retried after the time it names, as long as the whole call stays within ``retry_budget``
+seconds; past that it is GatewayUnavailable.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class MintedToken:
     jti: str
     principal: str
     issued_at: float = field(default_factory=time.time)
+    traceparent: str | None = None  # the trace context sent with the request, if any
 
     @property
     def lifetime(self) -> float:
@@ -148,13 +152,15 @@ class TokenServiceClient:
             "or client_secret_env, in [workers] secrets_backend_kwargs"
         )
 
-    def _post(self, path: str, fields: Mapping[str, object]) -> dict[str, Any]:
+    def _post(
+        self, path: str, fields: Mapping[str, object], *, traceparent: str | None = None
+    ) -> dict[str, Any]:
         data = urllib.parse.urlencode({k: str(v) for k, v in fields.items() if v is not None})
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if traceparent:
+            headers["traceparent"] = traceparent
         req = urllib.request.Request(  # noqa: S310 - URL comes from operator config
-            self.url + path,
-            data=data.encode(),
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-            method="POST",
+            self.url + path, data=data.encode(), headers=headers, method="POST"
         )
         return self._send(req)
 
@@ -217,7 +223,16 @@ class TokenServiceClient:
         body = self._post("/v1/catalog", self._auth())
         return {entry["conn_id"]: entry for entry in body.get("connections", [])}
 
-    def mint(self, *, conn_id: str, coords: Coordinates, requested_ttl: int | None) -> MintedToken:
+    def mint(
+        self,
+        *,
+        conn_id: str,
+        coords: Coordinates,
+        requested_ttl: int | None,
+        traceparent: str | None = None,
+    ) -> MintedToken:
+        """A token for task try ``coords``; ``traceparent`` (the task's W3C trace context)
+        is sent as that header, and the token carries it."""
         fields: dict[str, object] = {
             "grant_type": "client_credentials",  # a token exchange's proof says otherwise
             **self._auth(),
@@ -226,7 +241,8 @@ class TokenServiceClient:
         }
         if requested_ttl:
             fields["requested_ttl"] = requested_ttl
-        return _minted(self._post("/v1/token", fields))
+        body = self._post("/v1/token", fields, traceparent=traceparent)
+        return _minted(body, traceparent=traceparent)
 
     def poll_token(self, *, conn_id: str, scope: dict[str, str]) -> MintedToken:
         """A read-only token for polling from the triggerer (no task context)."""
@@ -254,12 +270,13 @@ class TokenServiceClient:
         self._post("/v1/revoke", {**self._auth(), **coords})
 
 
-def _minted(body: dict[str, Any]) -> MintedToken:
+def _minted(body: dict[str, Any], *, traceparent: str | None = None) -> MintedToken:
     return MintedToken(
         token=body["access_token"],
         expires_at=time.time() + int(body["expires_in"]),
         jti=body.get("jti", ""),
         principal=body.get("principal", ""),
+        traceparent=traceparent,
     )
 
 

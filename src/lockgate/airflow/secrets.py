@@ -114,6 +114,7 @@ from lockgate.airflow.deferral import (
     unserved_trigger,
     with_trigger_extra,
 )
+from lockgate.airflow.trace_context import task_traceparent
 
 try:  # Airflow 3 task SDK
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend
@@ -401,13 +402,17 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         def mint() -> MintedToken:
             try:
                 minted = self.client.mint(
-                    conn_id=conn_id, coords=coords, requested_ttl=_current_ttl()
+                    conn_id=conn_id,
+                    coords=coords,
+                    requested_ttl=_current_ttl(),
+                    traceparent=task_traceparent(coords),  # the gateway's spans join it
                 )
             except GatewayDenied as exc:
                 raise _denied(f"{coords['dag_id']}.{coords['task_id']}", conn_id, exc) from None
             log.info(
-                "Lockgate token minted for conn_id %s as %s (jti %s, expires in %ds)",
+                "Lockgate token minted for conn_id %s as %s (jti %s, expires in %ds, trace %s)",
                 conn_id, minted.principal, minted.jti, int(minted.expires_at - time.time()),
+                (minted.traceparent or "")[3:35],
             )  # fmt: skip
             return minted
 

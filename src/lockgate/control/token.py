@@ -7,6 +7,11 @@ every one is recorded by the service before it is answered. :func:`read_body` an
 :func:`error_response` are what every other deployment-called route uses too. A mint over
 the deployment's rate (:mod:`lockgate.identity.rate_limit`) is refused with 429 and
 ``Retry-After`` before anything is minted.
+
+A token request may carry the asking task's W3C ``traceparent`` header: the mint's span
+(:func:`lockgate.tracing.start_mint`) is its child, and the token carries it (claim
+``traceparent``) so every request made with the token joins the task's trace. A header
+that is not a valid version-00 trace context is ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lockgate import tracing
 from lockgate.identity import MAX_BODY, OAuthError, TokenService, invalid_request, parse_body
 from lockgate.identity.service import JWT_TOKEN_TYPE
 
@@ -46,17 +52,25 @@ def token_handler(service: TokenService) -> Handler:
 
     async def handle(request: web.Request) -> web.Response:
         ctx: dict[str, Any] = {"remote": request.remote}
+        traceparent = tracing.valid_traceparent(request.headers.get("traceparent"))
+        span = tracing.NO_SPAN
         try:
             body = await read_body(request)
+            # The deployment it claims to be: the span's name for it, proven or not.
+            span = tracing.start_mint(body.get("client_id", ""), traceparent=traceparent)
             grant = await service.authorize(body, request.headers.get("Authorization"), ctx)
             await service.take_mint(grant.deployment.name)
         except OAuthError as exc:
             await service.refused(exc, ctx)
+            _mint_refused(span, exc, ctx)
             return error_response(exc)
         try:
-            issued = await service.issue(grant, ctx)
+            issued = await service.issue(grant, ctx, traceparent=traceparent)
         except OAuthError as exc:  # the audit failed: nothing more can be recorded
+            _mint_refused(span, exc, ctx)
             return error_response(exc)
+        span.decided("mint", grant.resource.name, "allow", grant.decision.rule, None)
+        span.end(status=200)
         return web.json_response(
             {
                 "access_token": issued.token,
@@ -70,6 +84,11 @@ def token_handler(service: TokenService) -> Handler:
         )
 
     return handle
+
+
+def _mint_refused(span: tracing.RequestSpan, exc: OAuthError, ctx: dict[str, Any]) -> None:
+    span.decided("mint", str(ctx.get("resource", "")), "deny", exc.fields.get("rule"), exc.reason)
+    span.end(status=exc.status)
 
 
 def revoke_handler(service: TokenService) -> Handler:

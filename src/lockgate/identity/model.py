@@ -10,10 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lockgate.tracing import valid_traceparent
+
 # The Lockgate-specific claims every token carries besides the registered JWT ones.
 TASK_CLAIMS = ("deployment", "dag_id", "task_id", "run_id", "try_number", "map_index")
 REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "nbf", "jti")
 _INT_CLAIMS = frozenset({"exp", "iat", "nbf", "try_number", "map_index"})
+# Optional: the W3C trace context of the task that asked for the token, so the gateway's
+# spans join its trace (docs/tracing.md). Absent from tokens minted without one.
+TRACEPARENT = "traceparent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,7 @@ class Claims:
     run_id: str
     try_number: int
     map_index: int
+    traceparent: str | None = None  # a valid version-00 W3C traceparent, or None
 
     @property
     def identity(self) -> TaskIdentity:
@@ -71,13 +77,18 @@ class Claims:
         return self.exp - self.iat
 
     def to_payload(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in REGISTERED_CLAIMS + TASK_CLAIMS}
+        payload = {name: getattr(self, name) for name in REGISTERED_CLAIMS + TASK_CLAIMS}
+        if self.traceparent is not None:
+            payload[TRACEPARENT] = self.traceparent
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Claims | None:
         """Build from a decoded JWT payload; ``None`` if a claim is missing or mistyped.
 
         ``bool`` is rejected where an ``int`` is expected (``True`` is an int in Python).
+        A ``traceparent`` that is not a valid W3C one is dropped, never a refusal: it only
+        places spans in a trace.
         """
         values: dict[str, Any] = {}
         for name in REGISTERED_CLAIMS + TASK_CLAIMS:
@@ -88,6 +99,7 @@ class Claims:
             elif type(v) is not str or not v:
                 return None
             values[name] = v
+        values[TRACEPARENT] = valid_traceparent(payload.get(TRACEPARENT))
         claims = cls(**values)
         # sub is derived, never chosen: a mismatch means the payload was not minted by us.
         if claims.sub != claims.identity.principal:

@@ -203,10 +203,15 @@ class TokenService:
             )
         return TaskGrant(dep, identity, resource, decision, self._ttl(decision, requested_ttl))
 
-    async def issue(self, grant: TaskGrant, ctx: dict[str, Any]) -> IssuedToken:
+    async def issue(
+        self, grant: TaskGrant, ctx: dict[str, Any], *, traceparent: str | None = None
+    ) -> IssuedToken:
         """Step 8: mint the granted token and record it; no record, no token (the token is
-        dropped before anyone sees it and :class:`OAuthError` 503 is raised)."""
-        token, claims = self.issuer.mint(grant.identity, grant.resource.name, grant.ttl)
+        dropped before anyone sees it and :class:`OAuthError` 503 is raised). The token
+        carries ``traceparent`` (the task's trace context) when it is a valid one."""
+        token, claims = self.issuer.mint(
+            grant.identity, grant.resource.name, grant.ttl, traceparent=traceparent
+        )
         await self.record_issued(grant, claims, ctx)
         return IssuedToken(token, claims, grant.ttl, grant.identity.principal)
 

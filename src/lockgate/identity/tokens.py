@@ -49,6 +49,7 @@ from lockgate.identity.keys import ALGORITHMS, KID_RE, KeyStore
 from lockgate.identity.model import Claims, TaskIdentity
 from lockgate.identity.revocation import RevocationStore
 from lockgate.identity.staleness import STALE_REASON, StalenessBound
+from lockgate.tracing import valid_traceparent
 
 if TYPE_CHECKING:
     from jwt.algorithms import AllowedPublicKeys
@@ -175,7 +176,16 @@ class TokenIssuer:
         self._clock = clock
         self._signing = signing
 
-    def mint(self, identity: TaskIdentity, audience: str, ttl: int) -> tuple[str, Claims]:
+    def mint(
+        self,
+        identity: TaskIdentity,
+        audience: str,
+        ttl: int,
+        *,
+        traceparent: str | None = None,
+    ) -> tuple[str, Claims]:
+        """A signed token and its claims; ``traceparent`` (the asking task's trace, kept
+        only when it is a valid W3C one) lets the gateway's spans join that trace."""
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         now = int(self._clock())
@@ -193,6 +203,7 @@ class TokenIssuer:
             run_id=identity.run_id,
             try_number=int(identity.try_number),
             map_index=int(identity.map_index),
+            traceparent=valid_traceparent(traceparent),
         )
         alg = ALGORITHM if self._signing is None else self._signing.algorithm_for(audience)
         key = self._keys.current(alg)
