@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -138,6 +139,121 @@ class FederatedCredential(Section):
         return self.subject or f"lockgate:credential:{self.name}"
 
 
+def _vault_url_not_in_clear(url: str) -> str:
+    if reaches_in_clear(url):
+        raise ValueError(
+            "must be https (plain http only to this machine): the answer carries the secret "
+            "and the request a token anyone on the path could replay"
+        )
+    return url.rstrip("/")
+
+
+#: The audiences (``resource``, or ``scope`` without ``/.default``) of Key Vault's data plane
+#: in the public and sovereign clouds: what the ``identity`` of a Key Vault credential needs.
+KEY_VAULT_AUDIENCES = (
+    "https://vault.azure.net",
+    "https://vault.azure.cn",
+    "https://vault.usgovcloudapi.net",
+)
+
+
+class _VaultHeld(Section):
+    """What both vault-held credentials share: the value lives in the vault, the gateway
+    caches it for ``ttl`` seconds, keeps the previous value usable for ``overlap`` seconds
+    after a new one is seen, and serves the cached value for ``grace`` seconds past its ttl
+    while the vault cannot be reached."""
+
+    name: str = Field(pattern=NAME_RE)
+    ttl: int = Field(default=300, ge=1, description="seconds a fetched value is cached")
+    overlap: int = Field(default=600, ge=0, description="seconds the previous value stays usable")
+    grace: int = Field(
+        default=900, ge=0, description="seconds past ttl the cached value is served while the "
+        "vault cannot be reached"
+    )  # fmt: skip
+    timeout: float = Field(default=10.0, gt=0, le=120, description="seconds per vault request")
+
+
+class KeyVaultCredential(_VaultHeld):
+    """A secret held in Azure Key Vault (``GET {vault_url}/secrets/{secret}/{version}``),
+    read with the gateway's own Entra ID token: ``identity`` names a ``managed_identity``,
+    ``federated`` (entra) or ``oauth2_client_credentials`` credential of this file whose
+    audience is Key Vault (``https://vault.azure.net``). ``version`` pins one version;
+    absent, the latest is used and a new one is picked up within ``ttl``."""
+
+    type: Literal["azure_key_vault"]
+    vault_url: str = Field(description="https://<name>.vault.azure.net")
+    secret: str = Field(pattern=r"^[0-9A-Za-z-]{1,127}$", description="the secret's name")
+    version: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{1,64}$")
+    identity: str = Field(pattern=NAME_RE, description="credential whose token reads the vault")
+
+    check_vault_url = field_validator("vault_url")(_vault_url_not_in_clear)
+
+    @property
+    def held_at(self) -> str:
+        """Where the value lives (no secret): the secret's URL, with its version if pinned."""
+        return f"{self.vault_url}/secrets/{self.secret}" + (
+            f"/{self.version}" if self.version else ""
+        )
+
+
+class VaultAppRole(Section):
+    """AppRole login: ``role_id`` plus a secret id read from ``secret_id_file`` (the one
+    local secret) or, without it, stored encrypted with ``lockgate creds set NAME``."""
+
+    method: Literal["approle"]
+    role_id: str = Field(min_length=1)
+    secret_id_file: Path | None = None
+    mount: str = Field(default="approle", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class VaultJwt(Section):
+    """JWT login: Lockgate signs a short JWT as an OIDC issuer (as federated credentials
+    do) and Vault's jwt auth method checks it against Lockgate's JWKS: the role's
+    ``bound_audiences`` must hold ``audience``, its ``bound_subject`` the ``subject``."""
+
+    method: Literal["jwt"]
+    role: str = Field(min_length=1)
+    audience: str = Field(min_length=1, description="the JWT's aud (the role's bound_audiences)")
+    subject: str | None = Field(
+        default=None, description="the JWT's sub (default lockgate:credential:<name>)"
+    )
+    algorithm: Literal["RS256", "ES256"] | None = None
+    assertion_ttl: int = Field(default=300, ge=60, le=3600)
+    mount: str = Field(default="jwt", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class VaultKvCredential(_VaultHeld):
+    """A field of a secret in a HashiCorp Vault / OpenBao KV version 2 engine
+    (``GET {address}/v1/{mount}/data/{path}``), read with a Vault token from an ``approle``
+    or ``jwt`` login that is renewed or logged in again before it expires."""
+
+    type: Literal["vault_kv"]
+    address: str = Field(description="https://vault.example.com:8200")
+    mount: str = Field(default="secret", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    path: str = Field(pattern=r"^[A-Za-z0-9_.@-]+(/[A-Za-z0-9_.@-]+)*$")
+    field: str = Field(default="value", min_length=1, description="key inside the secret's data")
+    version: int | None = Field(default=None, ge=1)
+    namespace: str | None = Field(default=None, description="Vault Enterprise / OpenBao namespace")
+    auth: Annotated[VaultAppRole | VaultJwt, Field(discriminator="method")]
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle the vault's https is checked with"
+    )
+
+    check_address = field_validator("address")(_vault_url_not_in_clear)
+
+    @property
+    def held_at(self) -> str:
+        """Where the value lives (no secret): address, namespace, path, field, version."""
+        ns = f"{self.namespace.strip('/')}/" if self.namespace else ""
+        pinned = f"?version={self.version}" if self.version else ""
+        return f"{self.address}/v1/{ns}{self.mount}/data/{self.path}{pinned}#{self.field}"
+
+    @property
+    def assertion_subject(self) -> str:
+        subject = self.auth.subject if isinstance(self.auth, VaultJwt) else None
+        return subject or f"lockgate:credential:{self.name}"
+
+
 #: The audience Entra ID expects in a workload identity federation assertion.
 ENTRA_FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 
@@ -145,7 +261,27 @@ ENTRA_FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 #: PostgreSQL Entra login), as opposed to a stored secret used as it is.
 TokenCredential = OAuth2ClientCredential | ManagedIdentityCredential | FederatedCredential
 
-Credential = Annotated[
-    StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential | FederatedCredential,
-    Field(discriminator="type"),
-]
+#: Credentials whose value lives in a vault and is used as a static secret is.
+VaultCredential = KeyVaultCredential | VaultKvCredential
+
+#: Any one credential section.
+AnyCredential = (
+    StaticCredential
+    | OAuth2ClientCredential
+    | ManagedIdentityCredential
+    | FederatedCredential
+    | KeyVaultCredential
+    | VaultKvCredential
+)
+
+Credential = Annotated[AnyCredential, Field(discriminator="type")]
+
+
+def key_vault_audience(cred: TokenCredential) -> str | None:
+    """The audience a token credential's tokens are for (``resource``, or ``scope`` without
+    ``/.default``), or None when it names none."""
+    if isinstance(cred, ManagedIdentityCredential):
+        return cred.resource.rstrip("/")
+    if cred.scope is None:
+        return None
+    return cred.scope.removesuffix("/.default").rstrip("/")

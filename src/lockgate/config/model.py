@@ -15,11 +15,16 @@ from pydantic import Field, model_validator
 from lockgate.config._base import Section
 from lockgate.config.alerts import AlertSettings
 from lockgate.config.credentials import (
+    KEY_VAULT_AUDIENCES,
+    AnyCredential,
     Credential,
     FederatedCredential,
+    KeyVaultCredential,
     ManagedIdentityCredential,
     OAuth2ClientCredential,
-    StaticCredential,
+    VaultJwt,
+    VaultKvCredential,
+    key_vault_audience,
     reaches_in_clear,
 )
 from lockgate.config.identity import Deployment, OidcIssuer, TokenSettings
@@ -122,24 +127,16 @@ class LockgateConfig(Section):
                 )
         resource_names = {r.name for r in self.resources}
         for i, c in enumerate(self.credentials):
+            if isinstance(c, KeyVaultCredential):
+                self._check_key_vault_identity(i, c)
+            if isinstance(c, VaultKvCredential) and isinstance(c.auth, VaultJwt):
+                self._check_assertion_names(
+                    f"credentials[{i}].auth", c.auth.audience, c.assertion_subject, resource_names
+                )
             if isinstance(c, FederatedCredential):
-                # A task's Lockgate token has a resource name as aud and airflow:... as sub,
-                # signed by the same issuer: neither may ever read as this assertion.
-                if c.assertion_audience in resource_names:
-                    raise ValueError(
-                        f"credentials[{i}].audience: {c.assertion_audience!r} is also a "
-                        "resource name, so a task's token would carry it: pick another"
-                    )
-                if c.assertion_subject.lower().startswith("airflow:"):
-                    raise ValueError(
-                        f"credentials[{i}].subject: 'airflow:' names task principals; "
-                        "a federated credential's subject must not look like one"
-                    )
-                if c.assertion_audience.startswith(f"{self.issuer_url}/upstream/"):
-                    raise ValueError(
-                        f"credentials[{i}].audience: {self.issuer_url}/upstream/... is the "
-                        "audience of the caller-identity assertions upstreams receive"
-                    )
+                self._check_assertion_names(
+                    f"credentials[{i}]", c.assertion_audience, c.assertion_subject, resource_names
+                )
                 alg = self.federation_algorithm(c)
                 if alg == "EdDSA" or (c.provider == "entra" and alg != "RS256"):
                     raise ValueError(
@@ -163,6 +160,60 @@ class LockgateConfig(Section):
                 )
         return self
 
+    def _check_assertion_names(
+        self, where: str, audience: str, subject: str, resource_names: set[str]
+    ) -> None:
+        """A JWT Lockgate signs for itself must never read as a task's token (a resource
+        name as aud, airflow:... as sub, same issuer) nor as a caller-identity assertion."""
+        if audience in resource_names:
+            raise ValueError(
+                f"{where}.audience: {audience!r} is also a resource name, so a task's token "
+                "would carry it: pick another"
+            )
+        if subject.lower().startswith("airflow:"):
+            raise ValueError(
+                f"{where}.subject: 'airflow:' names task principals; "
+                "a federated credential's subject must not look like one"
+            )
+        if audience.startswith(f"{self.issuer_url}/upstream/"):
+            raise ValueError(
+                f"{where}.audience: {self.issuer_url}/upstream/... is the "
+                "audience of the caller-identity assertions upstreams receive"
+            )
+
+    def _check_key_vault_identity(self, i: int, cred: KeyVaultCredential) -> None:
+        """``identity`` names a token credential of this file whose tokens Key Vault takes."""
+        names = [
+            c.name
+            for c in self.credentials
+            if isinstance(c, OAuth2ClientCredential | ManagedIdentityCredential)
+            or (isinstance(c, FederatedCredential) and c.provider == "entra")
+        ]
+        ident = self.credential(cred.identity)
+        where = f"credentials[{i}].identity"
+        if ident is None:
+            raise ValueError(
+                f"{where}: unknown credential {cred.identity!r}; expected one of {sorted(names)}"
+            )
+        if ident.name not in names:
+            raise ValueError(
+                f"{where}: {cred.identity!r} is a {ident.type} credential; Key Vault is read "
+                "with an Entra ID token: a managed_identity, federated (provider entra) or "
+                "oauth2_client_credentials credential"
+            )
+        assert isinstance(
+            ident, OAuth2ClientCredential | ManagedIdentityCredential | FederatedCredential
+        )
+        audience = key_vault_audience(ident)
+        if audience not in KEY_VAULT_AUDIENCES:
+            field = "resource" if isinstance(ident, ManagedIdentityCredential) else "scope"
+            wanted = "https://vault.azure.net" + ("" if field == "resource" else "/.default")
+            raise ValueError(
+                f"{where}: credential {cred.identity!r} gets tokens for "
+                f"{audience or 'no audience'}, which Key Vault refuses: its {field} must be "
+                f"{wanted}"
+            )
+
     # -- lookups -----------------------------------------------------------------------------
     @property
     def issuer_url(self) -> str:
@@ -180,15 +231,7 @@ class LockgateConfig(Section):
     def deployment(self, name: str) -> Deployment | None:
         return next((d for d in self.deployments if d.name == name), None)
 
-    def credential(
-        self, name: str
-    ) -> (
-        StaticCredential
-        | OAuth2ClientCredential
-        | ManagedIdentityCredential
-        | FederatedCredential
-        | None
-    ):
+    def credential(self, name: str) -> AnyCredential | None:
         return next((c for c in self.credentials if c.name == name), None)
 
     def issuer_problems(self) -> list[str]:
@@ -218,12 +261,21 @@ class LockgateConfig(Section):
                     )
         return problems
 
-    def federation_algorithm(self, cred: FederatedCredential) -> SigningAlgorithm:
-        """The algorithm of ``cred``'s assertions: its own setting, else the audience
-        mapping, else RS256 (what every federating cloud accepts)."""
-        if cred.algorithm is not None:
-            return cred.algorithm
-        return self.signing.algorithm_for(cred.assertion_audience, default="RS256")
+    def federation_algorithm(
+        self, cred: FederatedCredential | VaultKvCredential
+    ) -> SigningAlgorithm:
+        """The algorithm of ``cred``'s assertions (a federated credential's, or a Vault jwt
+        login's): its own setting, else the audience mapping, else RS256 (what every
+        federating cloud and Vault's jwt auth accept)."""
+        if isinstance(cred, VaultKvCredential):
+            if not isinstance(cred.auth, VaultJwt):
+                raise ValueError(f"credential {cred.name!r} signs no JWT (auth method approle)")
+            algorithm, audience = cred.auth.algorithm, cred.auth.audience
+        else:
+            algorithm, audience = cred.algorithm, cred.assertion_audience
+        if algorithm is not None:
+            return algorithm
+        return self.signing.algorithm_for(audience, default="RS256")
 
     def signing_algorithms(self) -> list[SigningAlgorithm]:
         """Every algorithm a signing key must be kept for: the configured ones, those the
@@ -234,6 +286,7 @@ class LockgateConfig(Section):
             self.federation_algorithm(c)
             for c in self.credentials
             if isinstance(c, FederatedCredential)
+            or (isinstance(c, VaultKvCredential) and isinstance(c.auth, VaultJwt))
         ]
         order: list[SigningAlgorithm] = ["EdDSA", "RS256", "ES256"]
         return [a for a in order if a in wanted]

@@ -6,6 +6,11 @@
 - ``federated``: an access token for a JWT the gateway signs with its own signing keys
   (:mod:`.federation`: Entra ID workload identity federation, Databricks token federation),
   nothing stored; cached and refreshed like OAuth2 tokens, a fresh assertion per exchange.
+- ``azure_key_vault`` / ``vault_kv``: a secret held in Azure Key Vault or HashiCorp Vault /
+  OpenBao (:mod:`.vaults`, :mod:`.key_vault`, :mod:`.vault_kv`), used as a static secret
+  is; cached for the credential's ``ttl``, the value seen before a change kept for its
+  ``overlap``, the cached value served for ``grace`` while the vault is out of reach. The
+  server's tick (:meth:`CredentialBroker.refresh`) fetches ahead of requests.
 - ``oauth2_client_credentials``: an access token obtained with the stored client secret,
   cached per (credential, version), refreshed ``refresh_before`` seconds before expiry
   (capped at half the lifetime). Concurrent callers share one in-flight request. If a
@@ -49,10 +54,21 @@ from lockgate.config import (
     OAuth2ClientCredential,
     StaticCredential,
 )
+from lockgate.config.credentials import (
+    AnyCredential,
+    KeyVaultCredential,
+    TokenCredential,
+    VaultCredential,
+    VaultKvCredential,
+    key_vault_audience,
+)
 from lockgate.credentials.federation import AssertionSigner, fetch_federated_token
+from lockgate.credentials.key_vault import fetch_key_vault_secret
 from lockgate.credentials.managed_identity import fetch_mi_token
 from lockgate.credentials.oauth2 import AccessToken, fetch_token
 from lockgate.credentials.store import CredentialStore, Version
+from lockgate.credentials.vault_kv import VaultKvReader
+from lockgate.credentials.vaults import Fetched, FetchStatus, VaultHeldSecret
 from lockgate.errors import CredentialError, StoreUnavailable
 
 log = _log.get("credentials")
@@ -106,6 +122,10 @@ class CredentialBroker:
         self._failed_at: dict[_Key, float] = {}  # last failed refresh of each token
         self._reloading: asyncio.Future[bool] | None = None  # one worker-thread reload at once
         self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
+        self._vaults: dict[str, VaultHeldSecret] = {}  # vault-held credentials, made on use
+        self._vault_changes = 0  # values that changed in a vault: caches follow them too
+        self._background: set[asyncio.Task[None]] = set()
+        store.vault_status = self.vault_status
         if store.stale():  # baseline: nothing is cached yet, so earlier writes are no change
             self._reload_logged()
         self._generation = store.generation  # the store load our caches were filled from
@@ -113,8 +133,9 @@ class CredentialBroker:
     @property
     def generation(self) -> int:
         """Moves whenever the broker takes in a change of the stored credentials (a rotation
-        here, by the CLI, another worker or another replica): caches of secrets compare it."""
-        return self._generation
+        here, by the CLI, another worker or another replica, or a new value in a vault):
+        caches of secrets compare it."""
+        return self._generation + self._vault_changes
 
     # -- the engines' API ------------------------------------------------------------------
     async def upstream_secret(
@@ -129,6 +150,11 @@ class CredentialBroker:
         cfg = self._credential_config(credential_name)
         if isinstance(cfg, _Unstored):  # nothing stored, no versions
             return None if previous else await self._unstored_secret(cfg)
+        if isinstance(cfg, VaultCredential):
+            held = self._vault(cfg).previous_within_overlap() if previous else None
+            if not previous:
+                held = await self._vault(cfg).get()
+            return None if held is None else UpstreamSecret(held.value, held.version, cfg.name)
         await self._catch_up(wait=not self._store.loaded)
         self._notice_changes()
         if previous:
@@ -149,8 +175,16 @@ class CredentialBroker:
         None when ``failed`` was not the newest version, or the overlap window is over, or
         the credential stores nothing (it has no previous version).
         """
-        if isinstance(self._credential_config(credential_name), _Unstored):
+        cfg = self._credential_config(credential_name)
+        if isinstance(cfg, _Unstored):
             return None
+        if isinstance(cfg, VaultCredential):
+            vault = self._vault(cfg)
+            seen_before = vault.previous_within_overlap()
+            newest = vault.current
+            if newest is None or failed.version != newest.version or seen_before is None:
+                return None
+            return UpstreamSecret(seen_before.value, seen_before.version, cfg.name)
         current = self._current_version(credential_name)
         if failed.version != current.version:
             return None
@@ -191,13 +225,24 @@ class CredentialBroker:
         if self._store.stale() and time.monotonic() >= self._retry_at:
             self._reload_logged()
         changed = self._notice_changes()
+        self._refresh_vaults()
         for cred in self._config.credentials:
             with contextlib.suppress(CredentialError):
                 self.age_seconds(cred.name)
         return changed
 
     def age_seconds(self, name: str) -> float | None:
-        """Seconds since the current version was created; None when unset."""
+        """Seconds since the current version was created (vault-held: since this process
+        first saw its value); None when unset."""
+        vault = self._vaults.get(name)
+        if vault is not None:
+            if vault.current is None:
+                return None
+            age = max(0.0, self._clock() - vault.current.seen_at)
+            metrics.CREDENTIAL_AGE.labels(credential=name).set(age)
+            return age
+        if isinstance(self._config.credential(name), VaultCredential):
+            return None
         try:
             version = self._current_version(name)
         except CredentialError:
@@ -206,7 +251,26 @@ class CredentialBroker:
         metrics.CREDENTIAL_AGE.labels(credential=name).set(age)
         return age
 
+    def vault_status(self) -> dict[str, FetchStatus]:
+        """Every vault-held credential a resource uses (or that was asked for): where it is
+        held, the version fetched, when, and the last error (never a value)."""
+        used = {r.credential for r in self._config.resources if r.credential}
+        out: dict[str, FetchStatus] = {}
+        for cred in self._config.credentials:
+            if isinstance(cred, VaultCredential) and (
+                cred.name in used or cred.name in self._vaults
+            ):
+                vault = self._vaults.get(cred.name)
+                out[cred.name] = (
+                    vault.status() if vault else FetchStatus(cred.held_at, None, None, None)
+                )
+        return out
+
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for vault in self._vaults.values():
+            vault.close()
         for fut in self._inflight.values():
             fut.cancel()
         if self._own_http and self._http is not None:
@@ -214,11 +278,7 @@ class CredentialBroker:
             self._http = None
 
     # -- internals -------------------------------------------------------------------------
-    def _credential_config(
-        self, name: str
-    ) -> (
-        StaticCredential | OAuth2ClientCredential | ManagedIdentityCredential | FederatedCredential
-    ):
+    def _credential_config(self, name: str) -> AnyCredential:
         cfg = self._config.credential(name)
         if cfg is None:
             raise CredentialError(f"credential {name!r} is not configured")
@@ -393,6 +453,83 @@ class CredentialBroker:
             },
         )
         return token
+
+    # -- vault-held credentials ------------------------------------------------------------
+    def _vault(self, cfg: VaultCredential) -> VaultHeldSecret:
+        vault = self._vaults.get(cfg.name)
+        if vault is None:
+            fetch = (
+                functools.partial(self._fetch_key_vault, cfg)
+                if isinstance(cfg, KeyVaultCredential)
+                else self._vault_kv_reader(cfg).fetch
+            )
+            vault = VaultHeldSecret(
+                cfg, functools.partial(self._fetch_vault, cfg, fetch), clock=self._clock,
+                on_change=self._vault_changed,
+            )  # fmt: skip
+            self._vaults[cfg.name] = vault
+        return vault
+
+    def _vault_changed(self) -> None:
+        self._vault_changes += 1
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def _fetch_vault(
+        self, cfg: VaultCredential, fetch: Callable[[], Awaitable[Fetched]]
+    ) -> Fetched:
+        fetched = await fetch()
+        try:  # for `lockgate creds list` in other processes; a failure costs nothing here
+            await asyncio.to_thread(
+                self._store.record_fetch, cfg.name, cfg.held_at, fetched.vault_version,
+                self._clock(),
+            )  # fmt: skip
+        except Exception as exc:  # the fetch itself succeeded
+            log.warning(
+                "vault fetch not recorded in the store",
+                extra={"fields": {"credential": cfg.name, "error": type(exc).__name__}},
+            )
+        return fetched
+
+    async def _fetch_key_vault(self, cfg: KeyVaultCredential) -> Fetched:
+        identity = self._config.credential(cfg.identity)
+        assert isinstance(identity, TokenCredential)  # checked at load
+        audience = key_vault_audience(identity) or ""
+
+        async def token() -> UpstreamSecret:
+            secret = await self.upstream_secret(cfg.identity)
+            assert secret is not None
+            return secret
+
+        return await fetch_key_vault_secret(
+            self._session(), cfg, token, functools.partial(self.invalidate, cfg.identity),
+            audience=audience,
+        )  # fmt: skip
+
+    def _vault_kv_reader(self, cfg: VaultKvCredential) -> VaultKvReader:
+        def stored_secret_id() -> str:
+            # The AppRole secret id `lockgate creds set NAME` stored (loaded on first use).
+            return self._current_version(cfg.name).value
+
+        return VaultKvReader(
+            self._session, self._config, cfg, secret_id=stored_secret_id,
+            signer=self._assertion_signer, clock=self._clock,
+        )  # fmt: skip
+
+    def _refresh_vaults(self) -> None:
+        """On the server's tick: fetch every used vault-held credential that is due, in the
+        background (before the first request; rotations picked up without traffic)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a CLI or a test without a loop: fetched on first use instead
+        used = {r.credential for r in self._config.resources if r.credential}
+        for cred in self._config.credentials:
+            if isinstance(cred, VaultCredential) and cred.name in used:
+                self._vault(cred).refresh_soon()
 
     def _fetch_done(self, key: _Key, fut: asyncio.Future[AccessToken]) -> None:
         if self._inflight.get(key) is fut:

@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 
 from lockgate.config import NAME_RE
 from lockgate.credentials.master_key import derived_aead, verify_master_key
+from lockgate.credentials.vaults import FetchStatus
 from lockgate.errors import CredentialError
 from lockgate.store import Database, Migration, open_store, register_domain
 
@@ -63,6 +64,18 @@ MIGRATIONS = (
         CREATE TABLE IF NOT EXISTS credential_counters (
             name TEXT PRIMARY KEY,
             last_version INTEGER NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        2,
+        "when each vault-held credential was last fetched (no value)",
+        """
+        CREATE TABLE IF NOT EXISTS vault_fetches (
+            name TEXT PRIMARY KEY,
+            held_at TEXT NOT NULL,
+            vault_version TEXT NOT NULL,
+            fetched_at REAL NOT NULL
         );
         """,
     ),
@@ -125,6 +138,9 @@ class CredentialStore:
         #: Moves at every reload: a cache of values read from this store (the broker's) is
         #: good for one value of it.
         self.generation = 0
+        #: The broker serving from this store sets it: the fetch state of every vault-held
+        #: credential in this process (what readiness reports), never a value.
+        self.vault_status: Callable[[], dict[str, FetchStatus]] | None = None
 
     # -- writes ----------------------------------------------------------------------------
     def set(self, name: str, value: str) -> int:
@@ -189,6 +205,28 @@ class CredentialStore:
             cur.touch(TOPIC)
         self._wrote()
         return deleted > 0
+
+    def record_fetch(self, name: str, held_at: str, vault_version: str, fetched_at: float) -> None:
+        """Note that vault-held credential ``name`` was fetched (where, which version, when;
+        never the value), for ``lockgate creds list``. Blocking; no change version moves:
+        nothing cached depends on it."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO vault_fetches (name, held_at, vault_version, fetched_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "held_at = excluded.held_at, vault_version = excluded.vault_version, "
+                "fetched_at = excluded.fetched_at",
+                (name, held_at, vault_version, fetched_at),
+            )
+
+    def fetches(self) -> dict[str, tuple[str, str, float]]:
+        """``name -> (held_at, vault_version, fetched_at)`` of vault-held credentials fetched
+        by any gateway process sharing this store (the latest fetch wins)."""
+        with self.db.read() as cur:
+            rows = cur.execute(
+                "SELECT name, held_at, vault_version, fetched_at FROM vault_fetches"
+            ).fetchall()
+        return {str(n): (str(h), str(v), float(t)) for n, h, v, t in rows}
 
     # -- reads -----------------------------------------------------------------------------
     def current(self, name: str, *, fresh: bool = True) -> Version | None:

@@ -1,0 +1,159 @@
+"""Azure Key Vault: read one secret with the gateway's own Entra ID token.
+
+``GET {vault_url}/secrets/{secret}[/{version}]?api-version=7.4`` with ``Authorization:
+Bearer <token>``; the token is the access token of the credential the Key Vault credential's
+``identity`` names (managed identity, federated or client credentials, audience
+``https://vault.azure.net``), obtained through the broker like any other. The answer is
+``{"value", "id": "https://<vault>/secrets/<name>/<version>", "attributes": {...}}``.
+
+A 401 carries a ``WWW-Authenticate: Bearer authorization="...", resource="..."`` (or
+``scope="..."``) challenge, which the Azure SDK answers by getting a token for that
+resource. Here the audience is fixed by configuration: a challenge naming another resource
+is a configuration error said as such; one naming ours means the token was refused
+(expired, revoked), so the token is dropped and the request made once more with a fresh
+one. Other refusals name the HTTP status and Key Vault's error code (``SecretNotFound``,
+``Forbidden``...), never the body, the token or the value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+from urllib.parse import quote
+
+import aiohttp
+
+from lockgate.config.credentials import KeyVaultCredential
+from lockgate.credentials.vaults import Fetched, safe_code
+from lockgate.errors import CredentialError
+
+API_VERSION = "7.4"
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+class BearerToken(Protocol):
+    @property
+    def value(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+#: The identity's token (the broker's ``upstream_secret(identity)``).
+TokenSource = Callable[[], Awaitable[BearerToken]]
+#: Drop a refused token of the identity (the broker's ``invalidate(identity, version)``).
+ForgetToken = Callable[[int], None]
+
+
+def secret_url(cred: KeyVaultCredential) -> str:
+    version = f"/{quote(cred.version, safe='')}" if cred.version else ""
+    return f"{cred.vault_url}/secrets/{quote(cred.secret, safe='')}{version}"
+
+
+def challenge(header: str | None) -> dict[str, str]:
+    """The parameters of a ``Bearer`` challenge (``authorization``, ``resource``, ``scope``)."""
+    if not header or not header.lower().startswith("bearer"):
+        return {}
+    return {k.lower(): v for k, v in _CHALLENGE_PARAM.findall(header)}
+
+
+def challenged_audience(params: dict[str, str]) -> str | None:
+    """The audience a challenge asks for: ``resource``, or ``scope`` without ``/.default``."""
+    audience = params.get("resource") or params.get("scope", "").removesuffix("/.default")
+    return audience.rstrip("/") or None
+
+
+async def fetch_key_vault_secret(
+    session: aiohttp.ClientSession,
+    cred: KeyVaultCredential,
+    token: TokenSource,
+    forget: ForgetToken,
+    *,
+    audience: str,
+) -> Fetched:
+    """The secret ``cred`` names, read with ``token``'s bearer (one retry after a 401)."""
+    url = secret_url(cred)
+    for attempt in (1, 2):
+        bearer = await token()
+        status, body, www_authenticate = await _get(session, url, bearer.value, cred)
+        if status == 200:
+            return _read_answer(cred, body)
+        if status == 401 and attempt == 1:
+            asked = challenged_audience(challenge(www_authenticate))
+            if asked is not None and asked != audience:
+                raise CredentialError(
+                    f"credential {cred.name!r}: Key Vault asks for a token for {asked}, but "
+                    f"identity {cred.identity!r} gets tokens for {audience}"
+                )
+            forget(bearer.version)  # refused before its expiry: fetch a fresh one
+            continue
+        raise _refused(cred, status, body)
+    raise _refused(cred, 401, {})
+
+
+async def _get(
+    session: aiohttp.ClientSession, url: str, bearer: str, cred: KeyVaultCredential
+) -> tuple[int, dict[str, object], str | None]:
+    try:
+        async with session.get(
+            url,
+            params={"api-version": API_VERSION},
+            headers={"Authorization": f"Bearer {bearer}", "Accept": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=cred.timeout),
+            allow_redirects=False,  # never replay the token to wherever a redirect points
+        ) as resp:
+            try:
+                decoded: object = await resp.json(content_type=None)
+            except (ValueError, RecursionError, aiohttp.ContentTypeError):
+                decoded = None
+            body = decoded if isinstance(decoded, dict) else {}
+            return resp.status, body, resp.headers.get("WWW-Authenticate")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise CredentialError(
+            f"credential {cred.name!r}: Key Vault {cred.vault_url} unreachable "
+            f"({type(exc).__name__})"
+        ) from None
+
+
+def _read_answer(cred: KeyVaultCredential, body: dict[str, object]) -> Fetched:
+    value, secret_id = body.get("value"), body.get("id")
+    if not isinstance(value, str) or not isinstance(secret_id, str):
+        raise CredentialError(
+            f"credential {cred.name!r}: Key Vault's answer carries no secret value and id"
+        )
+    attributes = body.get("attributes")
+    if isinstance(attributes, dict) and attributes.get("enabled") is False:
+        raise CredentialError(f"credential {cred.name!r}: the secret version is disabled")
+    version = secret_id.rstrip("/").rsplit("/", 1)[-1]
+    return Fetched(value, version)
+
+
+def _refused(cred: KeyVaultCredential, status: int, body: dict[str, object]) -> CredentialError:
+    error = body.get("error")
+    codes = []
+    if isinstance(error, dict):
+        codes.append(safe_code(error.get("code")))
+        inner = error.get("innererror")
+        if isinstance(inner, dict):
+            codes.append(safe_code(inner.get("code")))
+    named = "".join(f", {c}" for c in codes if c)
+    hint = {
+        401: f": identity {cred.identity!r}'s token was refused",
+        403: f": grant identity {cred.identity!r} the Key Vault Secrets User role on the "
+        "vault or secret (or a get-secret access policy)",
+        404: f": no secret {cred.secret!r}" + (f" version {cred.version}" if cred.version else ""),
+    }.get(status, "")
+    return CredentialError(
+        f"credential {cred.name!r}: Key Vault refused reading {cred.held_at} "
+        f"(HTTP {status}{named}){hint}"
+    )
+
+
+__all__ = [
+    "API_VERSION",
+    "challenge",
+    "challenged_audience",
+    "fetch_key_vault_secret",
+    "secret_url",
+]

@@ -1,0 +1,267 @@
+"""HashiCorp Vault / OpenBao KV version 2: log in, keep the token alive, read one field.
+
+Login (``X-Vault-Namespace`` on every request when a namespace is configured):
+
+- ``approle``: ``POST {address}/v1/auth/{mount}/login {"role_id", "secret_id"}``; the secret
+  id is read from ``secret_id_file`` at each login (a rotated file is used at once), or is
+  the value stored with ``lockgate creds set NAME``;
+- ``jwt``: ``POST {address}/v1/auth/{mount}/login {"role", "jwt"}`` with a fresh JWT
+  Lockgate signs as an OIDC issuer (``iss`` its issuer URL, ``sub`` the configured subject,
+  ``aud`` the role's bound audience), checked by Vault against Lockgate's JWKS.
+
+Both answer ``{"auth": {"client_token", "lease_duration", "renewable"}}``. The token is
+renewed (``POST /v1/auth/token/renew-self``) once two thirds of its lease are gone, and on a
+failed renewal (a max TTL reached) or a 403 on a read, a new login is made.
+
+Read: ``GET {address}/v1/{mount}/data/{path}[?version=N]`` with ``X-Vault-Token`` ->
+``{"data": {"data": {<field>: <value>, ...}, "metadata": {"version": N, ...}}}``.
+
+Refusals name the HTTP status and Vault's ``errors`` when they are short plain words
+(``permission denied``), never a body, the token, the secret id or the value.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from lockgate.config import LockgateConfig
+from lockgate.config.credentials import VaultAppRole, VaultJwt, VaultKvCredential
+from lockgate.credentials.federation import AssertionSigner
+from lockgate.credentials.vaults import Fetched, safe_code
+from lockgate.errors import CredentialError
+
+#: Renew (or log in again) once this share of the token's lease is gone.
+RENEW_AT = 2 / 3
+
+#: The stored AppRole secret id (the broker's current version of the credential).
+SecretIdSource = Callable[[], str]
+
+
+@dataclass(slots=True)
+class _VaultToken:
+    value: str = field(repr=False)
+    issued_at: float
+    lease: float  # seconds; 0: does not expire
+    renewable: bool
+
+    def expired(self, now: float) -> bool:
+        return self.lease > 0 and now >= self.issued_at + self.lease
+
+    def renew_due(self, now: float) -> bool:
+        return self.lease > 0 and now >= self.issued_at + self.lease * RENEW_AT
+
+
+class VaultKvReader:
+    """Reads ``cred``'s field, logging in and renewing as needed (one per credential)."""
+
+    def __init__(
+        self,
+        session: Callable[[], aiohttp.ClientSession],
+        config: LockgateConfig,
+        cred: VaultKvCredential,
+        *,
+        secret_id: SecretIdSource | None = None,
+        signer: AssertionSigner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._config = config
+        self.cred = cred
+        self._secret_id = secret_id
+        self._signer = signer
+        self._clock = clock
+        self._token: _VaultToken | None = None
+        self._ssl: ssl.SSLContext | None = (
+            ssl.create_default_context(cafile=str(cred.ca_file)) if cred.ca_file else None
+        )
+
+    async def fetch(self) -> Fetched:
+        """The configured field of the secret (its KV version as the vault version)."""
+        for attempt in (1, 2):
+            token = await self._live_token()
+            status, body = await self._call("GET", self._data_url(), token=token.value)
+            if status == 403 and attempt == 1:
+                self._token = None  # revoked or expired early: log in again, once
+                continue
+            if status != 200:
+                raise self._refused("reading", self.cred.held_at, status, body)
+            return self._read_answer(body)
+        raise CredentialError(f"credential {self.cred.name!r}: Vault refused reading")
+
+    # -- token -----------------------------------------------------------------------------
+    async def _live_token(self) -> _VaultToken:
+        now = self._clock()
+        token = self._token
+        if token is not None and not token.renew_due(now):
+            return token
+        if token is not None and token.renewable and not token.expired(now):
+            status, body = await self._call(
+                "POST", self._url("auth/token/renew-self"), token=token.value, json={}
+            )
+            renewed = self._auth_of(body) if status == 200 else None
+            if renewed is not None and renewed.lease > (token.issued_at + token.lease - now) + 1:
+                self._token = renewed
+                return renewed
+            # Not renewed, or capped by the token's max TTL: a new login gets a full lease.
+        self._token = await self._login()
+        return self._token
+
+    async def _login(self) -> _VaultToken:
+        auth = self.cred.auth
+        payload: dict[str, str]
+        if isinstance(auth, VaultAppRole):
+            payload = {"role_id": auth.role_id, "secret_id": self._approle_secret_id(auth)}
+        else:
+            payload = {"role": auth.role, "jwt": self._sign_jwt(auth)}
+        status, body = await self._call("POST", self._url(f"auth/{auth.mount}/login"), json=payload)
+        token = self._auth_of(body) if status == 200 else None
+        if token is None:
+            where = f"{auth.method} login (auth/{auth.mount}, role {self._role_name()})"
+            raise self._refused("the", where, status, body)
+        return token
+
+    def _approle_secret_id(self, auth: VaultAppRole) -> str:
+        if auth.secret_id_file is not None:
+            try:
+                value = auth.secret_id_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise CredentialError(
+                    f"credential {self.cred.name!r}: cannot read auth.secret_id_file "
+                    f"{auth.secret_id_file}: {exc.strerror}"
+                ) from None
+        else:
+            value = self._secret_id() if self._secret_id is not None else ""
+        if not value:
+            raise CredentialError(
+                f"credential {self.cred.name!r}: no AppRole secret_id "
+                + (
+                    f"in {auth.secret_id_file}"
+                    if auth.secret_id_file
+                    else f"stored; set it with `lockgate creds set {self.cred.name}`"
+                )
+            )
+        return value
+
+    def _sign_jwt(self, auth: VaultJwt) -> str:
+        if self._signer is None:
+            raise CredentialError(
+                f"credential {self.cred.name!r}: a jwt login needs the gateway's signing keys "
+                "(this process has none to sign with)"
+            )
+        now = int(self._clock())
+        claims = {
+            "iss": self._config.issuer_url,
+            "sub": self.cred.assertion_subject,
+            "aud": auth.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + auth.assertion_ttl,
+            "jti": secrets.token_urlsafe(18),
+        }
+        alg = self._config.federation_algorithm(self.cred)
+        try:
+            return self._signer(claims, alg)
+        except ValueError:
+            raise CredentialError(
+                f"credential {self.cred.name!r}: no {alg} signing key to sign its Vault login "
+                f"with (signing.algorithms must include {alg})"
+            ) from None
+
+    def _auth_of(self, body: dict[str, Any]) -> _VaultToken | None:
+        auth = body.get("auth")
+        if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
+            return None
+        lease = auth.get("lease_duration", 0)
+        lease = float(lease) if isinstance(lease, int | float) and lease > 0 else 0.0
+        return _VaultToken(
+            auth["client_token"], self._clock(), lease, bool(auth.get("renewable", False))
+        )
+
+    def _role_name(self) -> str:
+        auth = self.cred.auth
+        return auth.role_id if isinstance(auth, VaultAppRole) else auth.role
+
+    # -- requests --------------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        return f"{self.cred.address}/v1/{path}"
+
+    def _data_url(self) -> str:
+        c = self.cred
+        return self._url(f"{c.mount}/data/{quote(c.path, safe='/')}") + (
+            f"?version={c.version}" if c.version else ""
+        )
+
+    async def _call(
+        self, method: str, url: str, *, token: str | None = None, json: object = None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["X-Vault-Token"] = token
+        if self.cred.namespace:
+            headers["X-Vault-Namespace"] = self.cred.namespace
+        try:
+            async with self._session().request(
+                method,
+                url,
+                json=json,
+                headers=headers,
+                ssl=self._ssl if self._ssl is not None else True,
+                timeout=aiohttp.ClientTimeout(total=self.cred.timeout),
+                allow_redirects=False,  # never replay a token or secret id elsewhere
+            ) as resp:
+                try:
+                    decoded: object = await resp.json(content_type=None)
+                except (ValueError, RecursionError, aiohttp.ContentTypeError):
+                    decoded = None
+                return resp.status, decoded if isinstance(decoded, dict) else {}
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise CredentialError(
+                f"credential {self.cred.name!r}: Vault {self.cred.address} unreachable "
+                f"({type(exc).__name__})"
+            ) from None
+
+    def _read_answer(self, body: dict[str, Any]) -> Fetched:
+        c = self.cred
+        outer = body.get("data")
+        data = outer.get("data") if isinstance(outer, dict) else None
+        meta = outer.get("metadata") if isinstance(outer, dict) else None
+        if not isinstance(data, dict):
+            # KV v2 answers data: null for a deleted or destroyed version.
+            raise CredentialError(
+                f"credential {c.name!r}: {c.held_at} holds no data (deleted or destroyed "
+                "version, or not a KV version 2 mount)"
+            )
+        value = data.get(c.field)
+        if not isinstance(value, str):
+            raise CredentialError(
+                f"credential {c.name!r}: the secret has no string field {c.field!r} "
+                f"(fields: {', '.join(sorted(str(k) for k in data)) or 'none'})"
+            )
+        version = meta.get("version") if isinstance(meta, dict) else None
+        return Fetched(value, str(version) if version is not None else "")
+
+    def _refused(self, doing: str, what: str, status: int, body: dict[str, Any]) -> CredentialError:
+        errors = body.get("errors")
+        said = [safe_code(e) for e in errors] if isinstance(errors, list) else []
+        named = "".join(f", {e}" for e in said if e)
+        hint = {
+            403: f": the token's policy must allow read on {self.cred.mount}/data/{self.cred.path}"
+            if doing == "reading"
+            else ": check the role and its bindings",
+            404: ": no such secret or version" if doing == "reading" else "",
+        }.get(status, "")
+        return CredentialError(
+            f"credential {self.cred.name!r}: Vault refused {doing} {what} (HTTP {status}{named})"
+            f"{hint}"
+        )
+
+
+__all__ = ["RENEW_AT", "VaultKvReader"]

@@ -1,0 +1,243 @@
+"""Vault-held credentials: a secret whose value lives in Azure Key Vault or HashiCorp Vault /
+OpenBao, fetched by the gateway and used as a static secret is (a header, a Cosmos key, a
+Cassandra or PostgreSQL password).
+
+:class:`VaultHeldSecret` is the cache one such credential gets from the broker:
+
+- a fetched value is served for ``ttl`` seconds; then one refresh (single flight, bounded by
+  the credential's ``timeout``) asks the vault again, so a new version in the vault is used
+  within ``ttl`` without a restart. Callers wait for that refresh at most
+  :data:`REFRESH_WAIT` s while the cached value is still servable, then get the cached one;
+- the value seen before a change stays usable for ``overlap`` seconds (the broker's
+  ``fallback_secret``: an upstream 401 with the new value is retried with the previous);
+- the vault out of reach: the cached value is served (a warning logged) until ``ttl +
+  grace``, then the credential fails (:class:`~lockgate.errors.CredentialError`, which the
+  engines audit as any credential error). A failed refresh is not retried for
+  :data:`RETRY_AFTER` s;
+- each distinct value gets a local version number (1, 2, ...): what the engines compare and
+  what ``UpstreamSecret.version`` carries; the vault's own version id is kept beside it.
+
+The fetchers (:mod:`.key_vault`, :mod:`.vault_kv`) never put a value, a vault token or a
+secret id in a message; neither does this module. :data:`FetchStatus` is what readiness and
+``lockgate creds list`` show: where, which version, when, and the last error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from lockgate import _log
+from lockgate.config.credentials import VaultCredential
+from lockgate.errors import CredentialError
+
+log = _log.get("credentials")
+
+#: Seconds a request waits for a due refresh while the cached value is still servable.
+REFRESH_WAIT = 0.5
+#: Seconds a failed refresh is not retried while the cached value is still servable.
+RETRY_AFTER = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One answer of a vault: the value and the vault's own version id of it."""
+
+    value: str = field(repr=False)
+    vault_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A value as the gateway holds it. ``superseded_at``: when a newer one was seen."""
+
+    value: str = field(repr=False)
+    version: int  # local: 1, 2, ... per distinct value seen by this process
+    vault_version: str
+    seen_at: float
+    superseded_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FetchStatus:
+    """What may be shown of a vault-held credential (never the value)."""
+
+    held_at: str
+    vault_version: str | None  # None: never fetched
+    fetched_at: float | None  # wall clock of the last successful fetch
+    error: str | None  # the last refresh's failure, None after a success
+
+
+Fetch = Callable[[], Awaitable[Fetched]]
+
+
+class VaultHeldSecret:
+    """The cache of one vault-held credential (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: VaultCredential,
+        fetch: Fetch,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._fetch = fetch
+        self._clock = clock
+        self._on_change = on_change
+        self.current: Held | None = None
+        self.previous: Held | None = None
+        self._confirmed_at = -math.inf  # wall clock of the last successful fetch
+        self._failed_at = -math.inf
+        self._error: str | None = None
+        self._inflight: asyncio.Future[Held] | None = None
+        self._inflight_since = 0.0
+
+    # -- reads -----------------------------------------------------------------------------
+    async def get(self) -> Held:
+        """The current value: cached while fresh, else refreshed (see the module docstring)."""
+        now = self._clock()
+        held = self.current
+        if held is not None and now < self._confirmed_at + self.cfg.ttl:
+            return held
+        servable = held is not None and now < self._confirmed_at + self.cfg.ttl + self.cfg.grace
+        if servable and now < self._failed_at + RETRY_AFTER:
+            assert held is not None
+            return held
+        fut = self._start_refresh()
+        if not servable:
+            return await asyncio.shield(fut)
+        assert held is not None
+        waited = time.monotonic() - self._inflight_since
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), max(0.0, REFRESH_WAIT - waited))
+        except TimeoutError:
+            return held  # the refresh goes on; a slow vault must not stall requests
+        except CredentialError:
+            return held  # logged by the refresh; served until ttl + grace
+
+    def previous_within_overlap(self) -> Held | None:
+        """The value seen before the current one while inside ``overlap``, else None."""
+        prev = self.previous
+        if prev is None or prev.superseded_at is None:
+            return None
+        if self._clock() >= prev.superseded_at + self.cfg.overlap:
+            return None
+        return prev
+
+    def due(self) -> bool:
+        """True when a background refresh would be worth starting now."""
+        now = self._clock()
+        if self._inflight is not None and not self._inflight.done():
+            return False
+        return now >= self._confirmed_at + self.cfg.ttl and now >= self._failed_at + RETRY_AFTER
+
+    def refresh_soon(self) -> None:
+        """Start a refresh in the background (a server tick: fetch before the first request,
+        pick up rotations without traffic). Its failure is logged, not raised."""
+        if self.due():
+            self._start_refresh()
+
+    def status(self) -> FetchStatus:
+        held = self.current
+        fetched = self._confirmed_at if held is not None else None
+        return FetchStatus(
+            self.cfg.held_at, held.vault_version if held else None, fetched, self._error
+        )
+
+    def close(self) -> None:
+        if self._inflight is not None:
+            self._inflight.cancel()
+
+    # -- refresh ---------------------------------------------------------------------------
+    def _start_refresh(self) -> asyncio.Future[Held]:
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._refresh())
+            self._inflight_since = time.monotonic()
+            self._inflight.add_done_callback(_retrieved)
+        return self._inflight
+
+    async def _refresh(self) -> Held:
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                fetched = await self._fetch()
+        except TimeoutError:
+            self._failed(f"credential {self.cfg.name!r}: the vault did not answer in "
+                         f"{self.cfg.timeout:g}s")  # fmt: skip
+        except CredentialError as exc:
+            self._failed(str(exc))
+        if not fetched.value:
+            self._failed(f"credential {self.cfg.name!r}: the vault holds an empty value")
+        return self._took(fetched)
+
+    def _failed(self, message: str) -> NoReturn:
+        self._failed_at = self._clock()
+        self._error = message
+        held = self.current
+        if held is not None and self._clock() < self._confirmed_at + self.cfg.ttl + self.cfg.grace:
+            log.warning(
+                "vault refresh failed; serving the cached value",
+                extra={"fields": {"credential": self.cfg.name, "error": message,
+                                  "served_for": round(self._confirmed_at + self.cfg.ttl
+                                                      + self.cfg.grace - self._clock())}},
+            )  # fmt: skip
+        raise CredentialError(message)
+
+    def _took(self, fetched: Fetched) -> Held:
+        now = self._clock()
+        self._confirmed_at = now
+        self._error = None
+        held = self.current
+        if held is not None and fetched.value == held.value:
+            if fetched.vault_version != held.vault_version:
+                # Same value under a new version id: nothing to rotate to.
+                held = Held(held.value, held.version, fetched.vault_version, held.seen_at)
+                self.current = held
+            return held
+        version = held.version + 1 if held is not None else 1
+        if held is not None:
+            self.previous = Held(
+                held.value, held.version, held.vault_version, held.seen_at, superseded_at=now
+            )
+        self.current = Held(fetched.value, version, fetched.vault_version, now)
+        log.info(
+            "vault-held credential fetched" if held is None else "vault-held credential rotated",
+            extra={"fields": {"credential": self.cfg.name, "vault_version": fetched.vault_version,
+                              "version": version}},
+        )  # fmt: skip
+        if self._on_change is not None:
+            self._on_change()
+        return self.current
+
+
+def _retrieved(fut: asyncio.Future[Held]) -> None:
+    """Mark a refresh's failure retrieved: callers that gave up must not cause a warning."""
+    if not fut.cancelled():
+        with contextlib.suppress(BaseException):
+            fut.exception()
+
+
+def safe_code(value: object, limit: int = 80) -> str | None:
+    """An error code or message a vault answered, when it is short plain words (a slug,
+    ``permission denied``), else None: a body may echo anything back."""
+    if not isinstance(value, str) or not value or len(value) > limit:
+        return None
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:")
+    return value if set(value) <= allowed else None
+
+
+__all__ = [
+    "REFRESH_WAIT",
+    "RETRY_AFTER",
+    "FetchStatus",
+    "Fetched",
+    "Held",
+    "VaultHeldSecret",
+    "safe_code",
+]
