@@ -1,0 +1,194 @@
+"""Quotas in the CQL engine: Overloaded answers, pacing in order, slots always given back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockgate import metrics, tracing
+from lockgate.gateway.cql import codec
+
+from .engine_stack import RawClient, Stack, cql_context, stack_fixture
+from .quota_gate import FakeGate, eventually
+
+INSERT = "INSERT INTO ks.orders (id, item) VALUES ({id}, 'pen')"
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async for s in stack_fixture(tmp_path):
+        yield s
+
+
+def use_gate(stack: Stack, gate: FakeGate) -> FakeGate:
+    cql_context(stack).quotas = gate
+    return gate
+
+
+async def etl_raw(stack: Stack) -> RawClient:
+    raw = await RawClient.open(stack.port)
+    assert isinstance(await raw.login(stack.token("etl")), codec.AuthSuccess)
+    return raw
+
+
+def send_together(raw: RawClient, *events: codec.Event) -> None:
+    raw.writer.write(b"".join(raw.conn.send(e) for e in events))
+
+
+async def test_throttled_statement_is_overloaded_audited_and_counted(stack: Stack) -> None:
+    gate = use_gate(stack, FakeGate(statements="throttle", actions=("write",)))
+    counter = metrics.QUOTA_THROTTLED.labels("cass", "etl-writes", "rate")
+    before = counter._value.get()
+    raw = await etl_raw(stack)
+    raw.send(codec.Query(stream=3, query=INSERT.format(id=1)))
+    answer = await raw.recv()
+    assert isinstance(answer, codec.Error) and answer.code == codec.ERR_OVERLOADED
+    assert answer.stream == 3
+    assert "etl-writes" in answer.message and "retry after 1.250 s" in answer.message
+    # the session goes on: a read no quota limits is served
+    raw.send(codec.Query(stream=4, query="SELECT * FROM ks.orders"))
+    assert isinstance(await raw.recv(), codec.Rows)
+    raw.close()
+    (rec,) = stack.audit("throttled")
+    assert (rec.decision, rec.reason, rec.rule) == ("deny", "throttled", "etl-read-write")
+    assert (rec.action, rec.object, rec.status) == ("write", "ks.orders", codec.ERR_OVERLOADED)
+    assert rec.detail["limit"] == "etl-writes" and rec.detail["kind"] == "rate"
+    assert rec.detail["retry_after"] == 1.25
+    assert rec.dag_id == "etl"
+    assert not [r for r in stack.audit("admitted") if r.action == "write"]  # nothing ran
+    assert counter._value.get() == before + 1
+    assert ("write", "ks.orders") in gate.asked
+
+
+async def test_denied_statement_never_asks_the_quota(stack: Stack) -> None:
+    gate = use_gate(stack, FakeGate())
+    raw = await etl_raw(stack)
+    raw.send(codec.Query(stream=3, query="INSERT INTO ks.secrets (id, v) VALUES (1, 'x')"))
+    answer = await raw.recv()
+    assert isinstance(answer, codec.Error) and answer.code == codec.ERR_UNAUTHORIZED
+    raw.close()
+    assert gate.asked == []
+
+
+async def test_batch_asks_once_per_object(stack: Stack) -> None:
+    gate = use_gate(stack, FakeGate())
+    raw = await etl_raw(stack)
+    batch = "BEGIN BATCH " + " ".join(INSERT.format(id=i) + ";" for i in range(5)) + " APPLY BATCH"
+    raw.send(codec.Query(stream=3, query=batch))
+    assert isinstance(await raw.recv(), codec.Result)
+    assert gate.asked == [("write", "ks.orders")]
+    await eventually(lambda: gate.held == 1)  # the session's slot only
+    raw.close()
+    await eventually(lambda: gate.held == 0)
+
+
+async def test_throttled_session_is_refused_at_login(stack: Stack) -> None:
+    gate = use_gate(stack, FakeGate(sessions="throttle", limit="etl-sessions"))
+    raw = await RawClient.open(stack.port)
+    answer = await raw.login(stack.token("etl"))
+    assert isinstance(answer, codec.Error) and answer.code == codec.ERR_OVERLOADED
+    assert "etl-sessions" in answer.message
+    assert await raw.closed()
+    (rec,) = stack.audit("throttled")
+    assert (rec.action, rec.decision, rec.reason) == ("connect", "deny", "throttled")
+    assert rec.detail["kind"] == "sessions" and rec.detail["limit"] == "etl-sessions"
+    assert gate.held == 0
+
+
+async def test_slots_are_given_back_when_answered_and_at_session_end(stack: Stack) -> None:
+    gate = use_gate(stack, FakeGate())
+    raw = await etl_raw(stack)
+    assert gate.held == 1  # the session
+    send_together(raw, *(codec.Query(stream=10 + i, query=INSERT.format(id=i)) for i in range(8)))
+    for _ in range(8):
+        assert isinstance(await raw.recv(), codec.Result)
+    await eventually(lambda: gate.held == 1)
+    raw.close()
+    await eventually(lambda: gate.held == 0)
+
+
+async def test_a_paced_statement_holds_later_frames_in_order(stack: Stack) -> None:
+    gate = use_gate(stack, FakeGate(statements="pace", actions=("write",), delay=0.3))
+    raw = await etl_raw(stack)
+    t0 = time.monotonic()
+    send_together(
+        raw,
+        codec.Query(stream=3, query=INSERT.format(id=42)),
+        codec.Query(stream=4, query="SELECT item FROM ks.orders WHERE id = 42"),
+    )
+    first, second = await raw.recv(), await raw.recv()
+    assert time.monotonic() - t0 >= 0.3
+    assert isinstance(first, codec.Result) and first.stream == 3
+    # the read waited for the paced write: it sees its row
+    assert isinstance(second, codec.Rows) and second.stream == 4 and len(second.rows) == 1
+    await eventually(lambda: gate.held == 1)
+    raw.close()
+    await eventually(lambda: gate.held == 0)
+
+
+async def test_a_paced_statement_is_dropped_when_the_client_leaves(stack: Stack) -> None:
+    gate = use_gate(stack, FakeGate(statements="pace", actions=("write",), delay=5.0))
+    raw = await etl_raw(stack)
+    raw.send(codec.Query(stream=3, query=INSERT.format(id=7)))
+    await asyncio.sleep(0.2)
+    raw.close()
+    await eventually(lambda: gate.cancelled == 1 and gate.held == 0)
+    assert not [r for r in stack.audit("admitted") if r.action == "write"]
+
+
+class RecordingSpan:
+    def __init__(self, name: str, attributes: dict[str, object], traceparent: object) -> None:
+        self.name, self.attributes, self.traceparent = name, attributes, traceparent
+        self.calls: list[tuple[str, object]] = []
+
+    def decided(self, *args: object) -> None:
+        self.calls.append(("decided", args))
+
+    def throttled(self, limit: str, retry_after: float) -> None:
+        self.calls.append(("throttled", limit))
+
+    @contextlib.contextmanager
+    def upstream_attempt(self, attempt: int) -> Iterator[None]:
+        self.calls.append(("attempt", attempt))
+        yield
+        self.calls.append(("attempt_done", attempt))
+
+    def retried(self, reason: str, delay: float) -> None:
+        self.calls.append(("retried", reason))
+
+    def end(self, *, status: object = None, error: object = None) -> None:
+        self.calls.append(("end", status))
+
+
+async def test_one_span_per_statement_without_its_text(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spans: list[RecordingSpan] = []
+
+    def start_request(protocol: str, resource: str, name: str, **kw: Any) -> RecordingSpan:
+        assert protocol == "cql" and resource == "cass"
+        spans.append(RecordingSpan(name, dict(kw["attributes"]), kw["traceparent"]))
+        return spans[-1]
+
+    monkeypatch.setattr(tracing, "enabled", lambda: True)
+    monkeypatch.setattr(tracing, "start_request", start_request)
+    use_gate(stack, FakeGate(statements="throttle", actions=("admin",)))
+    raw = await etl_raw(stack)
+    raw.send(codec.Query(stream=3, query=INSERT.format(id=5)))
+    assert isinstance(await raw.recv(), codec.Result)
+    raw.close()
+    (span,) = spans
+    assert span.name == "INSERT ks.orders"
+    attrs = span.attributes
+    assert attrs["db.system.name"] == "cassandra" and attrs["db.operation.name"] == "INSERT"
+    assert (attrs["db.namespace"], attrs["db.collection.name"]) == ("ks", "orders")
+    assert attrs["server.port"] == stack.fake.port and attrs["lockgate.dag_id"] == "etl"
+    assert not any("pen" in str(v) for v in attrs.values())  # no literal, no text
+    assert [c[0] for c in span.calls] == ["decided", "attempt", "attempt_done", "end"]
+    assert span.calls[-1] == ("end", codec.RESULT_VOID)
