@@ -3,29 +3,15 @@ denials, audit refusing records, upstream credential failures, rotation failures
 credentials and signing keys near expiry.
 
 The door: :class:`Alerts`, run by the serving process that runs the control plane.
+Inside: :mod:`.model` (an alert), :mod:`.trail_rules` (which records raise one, grouped per
+DAG), :mod:`.checks` (conditions looked at periodically), :mod:`.trail` (the cursor and the
+sender lease), :mod:`.senders` (the three formats, signing, retries) and :mod:`.dispatch`
+(bounded queues, rate limits, the metric).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from lockgate.alerts.model import Alert
+from lockgate.alerts.service import Alerts
 
-if TYPE_CHECKING:
-    from lockgate.config import LockgateConfig
-
-
-class Alerts:
-    """Watches what alerts are raised on and sends them; ``state`` is the gateway's
-    :class:`lockgate.state.State` (seen through what this room reads of it)."""
-
-    def __init__(self, config: LockgateConfig, state: Any) -> None:
-        self.config = config
-        self.state = state
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-__all__ = ["Alerts"]
+__all__ = ["Alert", "Alerts"]

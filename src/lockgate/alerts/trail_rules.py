@@ -1,0 +1,247 @@
+"""What in the audit trail raises an alert, and how a storm becomes a handful of them.
+
+- ``denials``: ``denied`` records, gathered per DAG (per principal when no DAG) for
+  ``alerts.denials.window`` seconds from the first one, then one alert with the count, the
+  first and last denial (principal, action, object, reason) and the run and task ids seen.
+  At most ``max_groups`` DAGs are alerted on by name per flush; the rest become one alert.
+- ``credential_failure``: the gateway could not use its upstream credential: an
+  ``upstream_error`` whose reason names the credential (``credential_unavailable``: none
+  stored, the token endpoint or federation refused), an upstream that refused the
+  gateway's login (a PostgreSQL 28xxx, a CQL authentication error: ``upstream_error`` whose
+  error says so), or an upstream answer 401 relayed after the retry with the rotated or
+  previous version (the credential itself is wrong). Gathered per resource like denials.
+- ``rotation_failure``: a rotation or refresh recorded as failed (``credential_rotated``,
+  ``credential_set``, ``key_rotated`` with decision ``error``, or a reason saying failed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lockgate.alerts.model import Alert, Severity
+from lockgate.audit.record import AuditRow
+
+#: How many run and task ids a grouped alert lists.
+MAX_IDS = 10
+_AUTH_ERROR = re.compile(
+    r"(?i)\b(28P01|28000|authenticat\w*|password|credential|unauthori[sz]ed|invalid_client|"
+    r"bad credentials|permission denied)"
+)
+_ROTATIONS = frozenset({"credential_rotated", "credential_set", "key_rotated"})
+
+
+def is_denial(row: AuditRow) -> bool:
+    return row.event == "denied"
+
+
+def is_credential_failure(row: AuditRow) -> bool:
+    reason = row.reason or ""
+    if row.event == "upstream_error":
+        if "credential" in reason:
+            return True
+        error = row.detail.get("error") if isinstance(row.detail, dict) else None
+        return isinstance(error, str) and bool(_AUTH_ERROR.search(error))
+    # the upstream refused the gateway's own credential (the client's token was verified)
+    return row.event == "allowed" and row.status == 401
+
+
+def is_rotation_failure(row: AuditRow) -> bool:
+    if row.event not in _ROTATIONS:
+        return False
+    return row.decision in {"error", "deny"} or "fail" in (row.reason or "")
+
+
+def _moment(row: AuditRow) -> dict[str, object]:
+    """What an alert shows of one record (the record carries no secret or literal)."""
+    out = {
+        "ts": row.ts,
+        "principal": row.principal,
+        "action": row.action,
+        "object": row.object,
+        "reason": row.reason,
+        "status": row.status,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass
+class Group:
+    """Records of one subject gathered in one window."""
+
+    subject: str
+    opened: float
+    first: AuditRow
+    last: AuditRow
+    count: int = 1
+    runs: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    resources: list[str] = field(default_factory=list)
+
+    def add(self, row: AuditRow) -> None:
+        self.count += 1
+        self.last = row
+        self.note(row)
+
+    def note(self, row: AuditRow) -> None:
+        for value, seen in ((row.run_id, self.runs), (row.task_id, self.tasks),
+                            (row.resource, self.resources)):  # fmt: skip
+            if value and value not in seen and len(seen) < MAX_IDS:
+                seen.append(value)
+
+
+class Grouper:
+    """Gathers matching records per subject for ``window`` seconds, then makes one alert."""
+
+    def __init__(
+        self,
+        kind: str,
+        severity: Severity,
+        window: float,
+        subject_of: Callable[[AuditRow], str],
+        describe: Callable[[Group], str],
+        search: Callable[[Group], dict[str, str]],
+        *,
+        max_groups: int = 1000,
+    ) -> None:
+        self.kind = kind
+        self.severity: Severity = severity
+        self.window = window
+        self.subject_of = subject_of
+        self.describe = describe
+        self.search = search
+        self.max_groups = max_groups
+        self.open: dict[str, Group] = {}
+
+    def add(self, row: AuditRow, now: float) -> None:
+        subject = self.subject_of(row)
+        group = self.open.get(subject)
+        if group is None:
+            group = self.open[subject] = Group(subject, now, row, row)
+            group.note(row)
+        else:
+            group.add(row)
+
+    def due(self, now: float, *, everything: bool = False) -> list[Alert]:
+        """Alerts of the groups whose window has passed (all of them with ``everything``)."""
+        done = [g for g in self.open.values() if everything or now - g.opened >= self.window]
+        for g in done:
+            del self.open[g.subject]
+        done.sort(key=lambda g: -g.count)
+        alerts = [self._alert(g) for g in done[: self.max_groups]]
+        rest = done[self.max_groups :]
+        if rest:
+            alerts.append(self._overflow(rest))
+        return alerts
+
+    def _alert(self, g: Group) -> Alert:
+        one_run = g.runs[0] if len(g.runs) == 1 else None
+        one_task = g.tasks[0] if len(g.tasks) == 1 else None
+        details: dict[str, object] = {
+            "count": g.count,
+            "window_seconds": self.window,
+            "first": _moment(g.first),
+            "last": _moment(g.last),
+        }
+        if g.runs:
+            details["run_ids"] = list(g.runs)
+        if g.tasks:
+            details["task_ids"] = list(g.tasks)
+        if len(g.resources) > 1:
+            details["resources"] = list(g.resources)
+        return Alert(
+            kind=self.kind,
+            severity=self.severity,
+            summary=self.describe(g),
+            subject=g.subject,
+            deployment=g.last.deployment,
+            dag_id=g.last.dag_id,
+            run_id=one_run,
+            task_id=one_task,
+            resource=g.resources[0] if len(g.resources) == 1 else None,
+            details=details,
+            search=self.search(g),
+        )
+
+    def _overflow(self, rest: list[Group]) -> Alert:
+        total = sum(g.count for g in rest)
+        return Alert(
+            kind=self.kind,
+            severity=self.severity,
+            summary=f"{total} more {self.kind} records in {len(rest)} more subjects "
+            f"(beyond the {self.max_groups} alerted on by name)",
+            subject="_more",
+            details={"count": total, "subjects": [g.subject for g in rest[:50]]},
+            # what the named groups are searched by, without the one subject
+            search={k: v for k, v in self.search(rest[0]).items() if k in {"event", "decision"}},
+        )
+
+
+def denial_grouper(window: float, max_groups: int) -> Grouper:
+    def subject(row: AuditRow) -> str:
+        return row.dag_id or f"principal:{row.principal or 'unknown'}"
+
+    def describe(g: Group) -> str:
+        who = f"DAG {g.last.dag_id}" if g.last.dag_id else f"{g.last.principal or 'unknown'}"
+        last = g.last
+        what = f"{last.action or '?'} on {last.resource or '?'}"
+        if last.object:
+            what += f" {last.object}"
+        times = "denial" if g.count == 1 else "denials"
+        return f"{g.count} {times} for {who} in {g.first.deployment or '?'}; last: {what} " \
+               f"({last.reason or 'denied'})"  # fmt: skip
+
+    def search(g: Group) -> dict[str, str]:
+        filters: dict[str, str] = {}
+        if g.last.dag_id:
+            filters["dag"] = g.last.dag_id
+        if len(g.runs) == 1:
+            filters["run"] = g.runs[0]
+        filters["event"] = "denied"
+        return filters
+
+    return Grouper("denials", "warning", window, subject, describe, search,
+                   max_groups=max_groups)  # fmt: skip
+
+
+def credential_grouper(window: float) -> Grouper:
+    def describe(g: Group) -> str:
+        return (
+            f"upstream credential of {g.subject} failing: {g.count} request(s) could not "
+            f"use it (last: {g.last.reason or g.last.status or 'refused'})"
+        )
+
+    def search(g: Group) -> dict[str, str]:
+        # a relayed 401 is an "allowed" record: only the resource finds both kinds
+        return {"resource": g.subject, "event": g.last.event}
+
+    return Grouper("credential_failure", "error", window,
+                   lambda r: r.resource or "unknown", describe, search)  # fmt: skip
+
+
+def rotation_alert(row: AuditRow) -> Alert:
+    """One alert per failed rotation record (they are rare, and each matters)."""
+    name = row.object or row.resource or "unknown"
+    return Alert(
+        kind="rotation_failure",
+        severity="error",
+        summary=f"{row.event.replace('_', ' ')} failed for {name}: {row.reason or 'error'}",
+        subject=name,
+        deployment=row.deployment,
+        resource=row.resource,
+        details={"event": row.event, **_moment(row)},
+        search={"event": row.event},
+    )
+
+
+__all__ = [
+    "Group",
+    "Grouper",
+    "credential_grouper",
+    "denial_grouper",
+    "is_credential_failure",
+    "is_denial",
+    "is_rotation_failure",
+    "rotation_alert",
+]
