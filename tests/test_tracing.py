@@ -1,0 +1,329 @@
+"""Spans of requests and mints: named and attributed per the conventions, children of the
+token's ``traceparent``, free of literals, tokens and query strings; nothing when off; and
+exported over OTLP/HTTP to a collector."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import ValidationError
+
+from lockgate import tracing
+from lockgate.config.tracing import TracingSettings
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_SPAN = "b7ad6b7169203331"
+SAMPLED = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
+UNSAMPLED = f"00-{TRACE_ID}-{PARENT_SPAN}-00"
+SECRET_LITERAL = "hunter2-Zx9"
+A_TOKEN = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True), service_instance="t", exporter=exporter)
+    yield exporter
+    tracing.shutdown()
+
+
+def finished(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    assert tracing.flush()
+    return list(exporter.get_finished_spans())
+
+
+def every_value(span: ReadableSpan) -> list[str]:
+    values = [span.name, *(str(v) for v in (span.attributes or {}).values())]
+    for event in span.events:
+        values += [event.name, *(str(v) for v in (event.attributes or {}).values())]
+    return values
+
+
+def test_off_by_default_costs_one_shared_no_op() -> None:
+    tracing.configure(TracingSettings())
+    assert not tracing.enabled()
+    assert tracing.start_request("http", "orders", "GET", traceparent=SAMPLED) is tracing.NO_SPAN
+    assert tracing.start_mint("prod", traceparent=SAMPLED) is tracing.NO_SPAN
+    span = tracing.NO_SPAN
+    span.decided("read", "x", "allow", "r", None)
+    with span.upstream_attempt(1):
+        span.retried("timeout", 0.1)
+    span.end(status=200)
+
+
+def test_http_request_span_is_a_child_of_the_tokens_traceparent(
+    spans: InMemorySpanExporter,
+) -> None:
+    span = tracing.start_request(
+        "http",
+        "orders-cosmos",
+        "GET /dbs/sales/colls/orders?sig=abc",
+        traceparent=SAMPLED,
+        attributes={
+            "http.request.method": "GET",
+            "url.path": "/dbs/sales/colls/orders?sig=abc",
+            "url.full": "https://acct/dbs/sales?sig=abc",
+            "url.query": "sig=abc",
+            "user_agent.original": "x",
+            "lockgate.token": A_TOKEN,
+            "enduser.id": "airflow:prod/etl/load",
+        },
+    )
+    span.decided("read", "sales/orders", "allow", "etl-read", "allowed by etl-read")
+    with span.upstream_attempt(1):
+        span.retried("429 from upstream", 0.25)
+    with span.upstream_attempt(2):
+        pass
+    span.end(status=200)
+    span.end(status=500)  # once only
+
+    by_kind = {s.kind: [] for s in finished(spans)}
+    for s in finished(spans):
+        by_kind[s.kind].append(s)
+    (server,) = by_kind[SpanKind.SERVER]
+    attempts = by_kind[SpanKind.CLIENT]
+    assert server.name == "GET /dbs/sales/colls/orders"
+    assert format(server.context.trace_id, "032x") == TRACE_ID
+    assert server.parent is not None and format(server.parent.span_id, "016x") == PARENT_SPAN
+    attrs = dict(server.attributes or {})
+    assert attrs["http.request.method"] == "GET"
+    assert attrs["url.path"] == "/dbs/sales/colls/orders"
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["lockgate.resource"] == "orders-cosmos"
+    assert attrs["lockgate.protocol"] == "http"
+    assert attrs["lockgate.decision"] == "allow" and attrs["lockgate.rule"] == "etl-read"
+    assert attrs["lockgate.object"] == "sales/orders"
+    assert attrs["enduser.id"] == "airflow:prod/etl/load"
+    assert not {"url.full", "url.query", "user_agent.original", "lockgate.token"} & set(attrs)
+    assert server.status.status_code is StatusCode.UNSET
+    assert [e.name for e in server.events] == ["lockgate.retry"]
+    assert sorted(dict(a.attributes or {})["lockgate.attempt"] for a in attempts) == [1, 2]
+    assert all(a.parent is not None and a.parent.span_id == server.context.span_id
+               for a in attempts)  # fmt: skip
+    assert all(a.context.trace_id == server.context.trace_id for a in attempts)
+    for s in finished(spans):
+        for value in every_value(s):
+            assert "sig=" not in value and "eyJ" not in value
+
+
+def test_statement_span_carries_no_literal(spans: InMemorySpanExporter) -> None:
+    statement = "SELECT * FROM ks.users WHERE name = 'bob' AND pw = '" + SECRET_LITERAL + "'"  # noqa: S608 - fed to a span, never run
+    span = tracing.start_request(
+        "cql",
+        "cass",
+        f"SELECT ks.users WHERE pw='{SECRET_LITERAL}'",
+        traceparent=SAMPLED,
+        attributes={
+            "db.query.text": statement,
+            "db.query.summary": statement,
+            "db.operation.name": "SELECT",
+            "db.namespace": "ks",
+            "db.collection.name": "users",
+            "lockgate.object": f"ks.users'{SECRET_LITERAL}",
+        },
+    )
+    span.decided("read", "ks.users", "deny", None, "no rule allows read on ks.users")
+    span.end(status="0x2100", error="unauthorized")
+    (s,) = finished(spans)
+    attrs = dict(s.attributes or {})
+    assert s.name == "SELECT ks.users"
+    assert attrs["db.system.name"] == "cassandra"
+    assert attrs["db.operation.name"] == "SELECT"
+    assert attrs["db.collection.name"] == "users" and attrs["db.namespace"] == "ks"
+    assert "db.query.text" not in attrs
+    assert attrs["db.response.status_code"] == "0x2100"
+    assert attrs["error.type"] == "unauthorized"
+    assert s.status.status_code is StatusCode.ERROR
+    assert not any(SECRET_LITERAL in v for v in every_value(s))
+
+
+def test_postgres_throttled_span(spans: InMemorySpanExporter) -> None:
+    span = tracing.start_request("postgres", "pg", "INSERT public.orders", traceparent=UNSAMPLED)
+    span.throttled("etl-writes", 1.23456)
+    span.end(status="53300", error="throttled")
+    (s,) = finished(spans)
+    assert dict(s.attributes or {})["db.system.name"] == "postgresql"
+    assert dict(s.attributes or {})["lockgate.reason"] == "throttled"
+    (event,) = s.events
+    assert event.name == "lockgate.throttled"
+    assert dict(event.attributes or {}) == {"lockgate.limit": "etl-writes",
+                                            "lockgate.retry_after": 1.235}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        f"00-{TRACE_ID.upper()}-{PARENT_SPAN}-01",
+        f"00-{'0' * 32}-{PARENT_SPAN}-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"01-{TRACE_ID}-{PARENT_SPAN}-01",
+        f"00-{TRACE_ID}-{PARENT_SPAN}-01-extra",
+        f"00-{TRACE_ID}-{PARENT_SPAN}-01\n",
+        "",
+    ],
+)
+def test_an_invalid_traceparent_starts_a_new_trace(spans: InMemorySpanExporter, bad: str) -> None:
+    assert tracing.valid_traceparent(bad) is None
+    tracing.start_request("http", "r", "GET", traceparent=bad).end(status=200)
+    (s,) = finished(spans)
+    assert s.parent is None
+    assert format(s.context.trace_id, "032x") != TRACE_ID
+
+
+def test_sampling_follows_a_sampled_parent_and_the_ratio_otherwise() -> None:
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True, sample_ratio=0.0), exporter=exporter)
+    try:
+        tracing.start_request("http", "r", "GET", traceparent=UNSAMPLED).end(status=200)
+        tracing.start_request("http", "r", "GET").end(status=200)
+        tracing.start_request("http", "r", "POST", traceparent=SAMPLED).end(status=200)
+        assert [s.name for s in finished(exporter)] == ["POST"]
+    finally:
+        tracing.shutdown()
+
+
+def test_mint_span(spans: InMemorySpanExporter) -> None:
+    span = tracing.start_mint("prod", traceparent=SAMPLED)
+    span.decided("mint", "orders-api", "allow", "etl", None)
+    span.end(status=200)
+    (s,) = finished(spans)
+    assert s.name == "lockgate.mint" and s.kind is SpanKind.SERVER
+    assert dict(s.attributes or {})["lockgate.deployment"] == "prod"
+    assert s.parent is not None and format(s.parent.span_id, "016x") == PARENT_SPAN
+    assert dict(s.resource.attributes)["service.name"] == "lockgate"
+    assert str(dict(s.resource.attributes)["service.instance.id"]).endswith("/t")
+
+
+def test_config_refuses_an_endpoint_in_clear_or_with_credentials(tmp_path: Path) -> None:
+    for url in ("http://collector.internal:4318", "https://u:p@collector", "https://c/x?k=v"):
+        with pytest.raises(ValidationError):
+            TracingSettings(enabled=True, otlp_endpoint=url)
+    with pytest.raises(ValidationError):
+        TracingSettings(enabled=True, otlp_headers_file=tmp_path / "h")
+    with pytest.raises(ValidationError):
+        TracingSettings(enabled=True, sample_ratio=1.5)
+    ok = TracingSettings(enabled=True, otlp_endpoint="https://otel.example.com:4318/")
+    assert ok.traces_url() == "https://otel.example.com:4318/v1/traces"
+    custom = TracingSettings(enabled=True, otlp_endpoint="http://127.0.0.1:4318/otlp/traces")
+    assert custom.traces_url() == "http://127.0.0.1:4318/otlp/traces"
+    bad = tmp_path / "bad"
+    bad.write_text("Authorization Bearer s3cr3t-value\n")
+    settings = TracingSettings(enabled=True, otlp_endpoint="https://c", otlp_headers_file=bad)
+    with pytest.raises(ValueError, match="bad:1") as exc:
+        settings.otlp_headers()
+    assert "s3cr3t" not in str(exc.value)
+
+
+class Collector:
+    """An OTLP/HTTP receiver: ``POST /v1/traces`` with a protobuf ExportTraceServiceRequest."""
+
+    def __init__(self) -> None:
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.headers: list[dict[str, str]] = []
+        self.arrived = asyncio.Event()
+
+    async def receive(self, request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        self.requests.append(message)
+        self.headers.append(dict(request.headers))
+        self.arrived.set()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[tuple[Collector, int]]:
+    receiver = Collector()
+    app = web.Application()
+    app.router.add_post("/v1/traces", receiver.receive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield receiver, port
+    await runner.cleanup()
+
+
+async def test_spans_reach_an_otlp_http_collector(
+    collector: tuple[Collector, int], tmp_path: Path
+) -> None:
+    receiver, port = collector
+    headers = tmp_path / "otlp-headers"
+    headers.write_text("# the collector's key\nX-Api-Key: k-123\n")
+    settings = TracingSettings(
+        enabled=True, otlp_endpoint=f"http://127.0.0.1:{port}", otlp_headers_file=headers
+    )
+    tracing.configure(settings, service_instance="worker-0")
+    try:
+        span = tracing.start_request("http", "orders", "GET", traceparent=SAMPLED)
+        span.decided("read", "orders", "allow", "etl", None)
+        span.end(status=200)
+        # The exporter posts from its own thread with a blocking client: flush off the loop.
+        assert await asyncio.to_thread(tracing.flush)
+        await asyncio.wait_for(receiver.arrived.wait(), 10)
+    finally:
+        await asyncio.to_thread(tracing.shutdown)
+    (request,) = receiver.requests
+    assert receiver.headers[0]["x-api-key"] == "k-123"
+    (resource_spans,) = request.resource_spans
+    resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert resource["service.name"] == "lockgate"
+    (scope,) = resource_spans.scope_spans
+    (span_pb,) = scope.spans
+    assert span_pb.name == "GET"
+    assert span_pb.trace_id.hex() == TRACE_ID and span_pb.parent_span_id.hex() == PARENT_SPAN
+    attrs = {a.key: a.value for a in span_pb.attributes}
+    assert attrs["lockgate.decision"].string_value == "allow"
+    assert attrs["http.response.status_code"].int_value == 200
+
+
+async def test_the_token_route_starts_a_mint_span_and_the_token_carries_the_traceparent(
+    tmp_path: Path,
+) -> None:
+    from lockgate.identity.tokens import unverified_claims
+
+    from .control._stack import basic, deployment, running_gateway
+
+    policy = (
+        "rules:\n"
+        "  - {id: all, effect: allow, principals: ['*'], actions: [read], resources: ['*']}\n"
+    )
+    api = {"name": "api", "kind": "http", "upstream": "http://127.0.0.1:9", "conn_id": "api"}
+    task = {"dag_id": "etl", "task_id": "load", "run_id": "r1", "try_number": "1",
+            "resource": "api"}  # fmt: skip
+    async with running_gateway(
+        tmp_path, policy=policy, deployments=[deployment("prod", "s3-Qm")], resources=[api]
+    ) as gw:
+        exporter = InMemorySpanExporter()
+        tracing.configure(TracingSettings(enabled=True), exporter=exporter)
+        try:
+            url = f"http://127.0.0.1:{gw.control_port}/v1/token"
+            answers = []
+            async with aiohttp.ClientSession() as session:
+                for header in (SAMPLED, "00-zz"):
+                    headers = {**basic("prod", "s3-Qm"), "traceparent": header}
+                    async with session.post(url, data=task, headers=headers) as resp:
+                        answers.append((resp.status, json.loads(await resp.read())))
+            mints = finished(exporter)
+        finally:
+            tracing.shutdown()
+    assert [status for status, _ in answers] == [200, 200]
+    with_trace, without = (unverified_claims(body["access_token"]) for _, body in answers)
+    assert with_trace["traceparent"] == SAMPLED
+    assert "traceparent" not in without
+    assert [s.name for s in mints] == ["lockgate.mint", "lockgate.mint"]
+    assert mints[0].parent is not None and format(mints[0].parent.span_id, "016x") == PARENT_SPAN
+    assert mints[1].parent is None
+    assert dict(mints[0].attributes or {})["lockgate.decision"] == "allow"
