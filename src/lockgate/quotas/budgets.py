@@ -25,9 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from lockgate.errors import StoreUnavailable
+
 #: Seconds a client is told to wait when a cap (not a rate) refused it: a slot frees when
 #: some request ends, which the gateway cannot foresee.
 CAP_RETRY_AFTER = 1.0
+#: Seconds between tries to open budgets that could not be opened.
+REOPEN_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +159,70 @@ class MemoryBudgets:
 
     def close(self) -> None:
         return None
+
+
+class OpenedOnFirstUse:
+    """Budgets opened when a quota first needs them (a gateway with no quota never opens
+    the quota database); while they cannot be opened, ``memory`` counts (retried every
+    :data:`REOPEN_SECONDS`). ``memory`` is also what the opened budgets fall back to, so a
+    slot taken during an outage is given back where it was taken."""
+
+    def __init__(
+        self,
+        open_budgets: Callable[[MemoryBudgets], Budgets],
+        *,
+        blocking: bool,
+        clock: Callable[[], float] = time.time,
+        on_failure: Callable[[Exception], None] = lambda exc: None,
+    ) -> None:
+        self.blocking = blocking
+        self.memory = MemoryBudgets(clock)
+        self._open = open_budgets
+        self._clock = clock
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+        self._budgets: Budgets | None = None
+        self._retry_at = 0.0
+
+    def _get(self) -> Budgets:
+        opened = self._budgets
+        if opened is not None:
+            return opened
+        with self._lock:
+            if self._budgets is None and self._clock() >= self._retry_at:
+                try:
+                    self._budgets = self._open(self.memory)
+                except StoreUnavailable as exc:
+                    self._retry_at = self._clock() + REOPEN_SECONDS
+                    self._on_failure(exc)
+            return self._budgets or self.memory
+
+    def take(self, key: str, rate: float, burst: float, max_debt: float) -> RateAnswer:
+        return self._get().take(key, rate, burst, max_debt)
+
+    def refund(self, key: str, rate: float, burst: float) -> None:
+        self._get().refund(key, rate, burst)
+
+    def acquire(self, key: str, cap: int) -> bool:
+        return self._get().acquire(key, cap)
+
+    def release(self, key: str) -> None:
+        (self._budgets or self.memory).release(key)
+
+    def reserve_run(self, key: str, cap: int) -> bool:
+        return self._get().reserve_run(key, cap)
+
+    def run_started(self, key: str, resource: str, run_id: str, max_age: float) -> None:
+        (self._budgets or self.memory).run_started(key, resource, run_id, max_age)
+
+    def run_finished(self, resource: str, run_id: str) -> None:
+        self.memory.run_finished(resource, run_id)
+        if self._budgets is not None:
+            self._budgets.run_finished(resource, run_id)
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._budgets = self._budgets, None
+            self._retry_at = float("inf")  # closed: never opened again
+        if opened is not None:
+            opened.close()

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from lockgate import _log
 from lockgate.policy.engine import PolicySet, Quota
 from lockgate.quotas import (
     NO_QUOTAS,
@@ -27,13 +28,16 @@ from lockgate.quotas import (
     RunAdmission,
     Throttled,
 )
-from lockgate.quotas.budgets import CAP_RETRY_AFTER, Budgets, MemoryBudgets
+from lockgate.quotas.budgets import CAP_RETRY_AFTER, Budgets, MemoryBudgets, OpenedOnFirstUse
+from lockgate.quotas.shared import DOMAIN, SharedBudgets
 
 if TYPE_CHECKING:
     from lockgate.config import LockgateConfig
     from lockgate.identity import Claims
     from lockgate.policy import PolicyStore
     from lockgate.store import Database
+
+log = _log.get("quotas")
 
 #: Matching quotas remembered per (principal, resource, what); cleared past this many.
 _CACHE_SIZE = 65536
@@ -272,7 +276,11 @@ def _asks(quota: Quota, what: str) -> bool:
 
 
 class QuotaService:
-    """Owns the gate of one process: :attr:`gate` for the engines, :meth:`close` at stop."""
+    """Owns the gate of one process: :attr:`gate` for the engines, :meth:`close` at stop.
+
+    Budgets live in the state database (domain ``quotas``: ``quotas.db`` on SQLite, shared
+    by every ``--workers`` process; the shared PostgreSQL database across replicas), opened
+    when a quota first needs them."""
 
     def __init__(
         self,
@@ -280,11 +288,25 @@ class QuotaService:
         policy: PolicyStore,
         database_for: Callable[[str], Database],
     ) -> None:
-        self.budgets: Budgets = MemoryBudgets()
+        def open_shared(memory: MemoryBudgets) -> Budgets:
+            return SharedBudgets(database_for(DOMAIN), memory=memory)
+
+        self.budgets = OpenedOnFirstUse(
+            open_shared,
+            blocking=config.state.postgresql is not None,
+            on_failure=_log_unopened,
+        )
         self.gate: QuotaGate = PolicyQuotaGate(lambda: policy.current, self.budgets)
 
     def close(self) -> None:
         self.budgets.close()
+
+
+def _log_unopened(exc: Exception) -> None:
+    log.error(
+        "quotas counted in this process's memory: quota state cannot be opened",
+        extra={"fields": {"error": str(exc)}},
+    )
 
 
 __all__ = ["NO_QUOTAS", "PolicyQuotaGate", "QuotaService", "budget_key"]
