@@ -42,6 +42,7 @@ from lockgate.gateway.engine import (
 )
 from lockgate.gateway.records import RecordBuilder
 from lockgate.gateway.refusals import RefusalRecorder
+from lockgate.quotas import QuotaGate
 
 from .cancel import CancelKeys
 from .catalog import RelationCatalogs
@@ -101,6 +102,8 @@ class EngineContext:
     clock: Clock = field(init=False)
     make_request: RequestFactory = field(init=False)
     records: RecordBuilder = field(init=False)
+    #: rates and caps asked after policy allowed (:mod:`lockgate.quotas`)
+    quotas: QuotaGate = field(init=False)
     #: ``record(event, claims, resource, t0, ...)``: audit an outcome or a refusal
     record: Callable[..., None] = field(init=False, repr=False)
     #: ``count(resource, action, decision, dag_id)``: ``lockgate_requests_total`` += 1
@@ -119,6 +122,7 @@ class EngineContext:
         self.clock = shared.clock
         self.make_request = shared.make_request
         self.records = shared.records
+        self.quotas = shared.quotas
         self.record = shared.records.emit
         self.count = shared.metrics.count
         self.observe_upstream = shared.metrics.observe_upstream

@@ -51,19 +51,42 @@ token that expired or was revoked mid-session: ``FATAL 42501`` naming the reason
 unavailable: ``53000`` (the gateway lacks a resource now; retry later), audited as
 ``upstream_error`` once the sink recovers, the session stays usable.
 
+Quotas (:mod:`lockgate.quotas`): once policy allowed a text (or an Execute), each of its
+statements that names an object asks the gate once per object, before any record is written
+ahead (SET, BEGIN and the like name none and ask nothing). Over a quota the text is refused
+whole with ``53300`` (too_many_connections) naming the limit and when to retry, an ERROR:
+the session goes on, and in an extended-protocol batch the refusal takes the usual path
+(the rest of the batch is discarded up to its Sync). Audited ``throttled`` (decision deny,
+rule the allowing one, detail limit/kind/retry_after). A paced answer (the quota's
+``max_delay``) is awaited where the statement stands, so every message after it waits too
+and the protocol's order holds. The tickets are given back with the statement's outcome
+(done, failed, not executed, lost, or the session's end).
+
+Tracing: one span per admitted statement (``"<COMMAND> <schema.table>"``, database
+semantic conventions, never the text), ended with the SQLSTATE or ``ok``.
+
 Server side: :mod:`.flow_answers`.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lockgate import _log
+from lockgate import _log, tracing
 from lockgate.errors import AuditUnavailable
+from lockgate.quotas import NO_QUOTAS, THROTTLED, QuotaTicket, Throttled
 
+from ..cql.quota import (
+    admit_each,
+    count_throttled,
+    release_all,
+    throttled_detail,
+    throttled_message,
+)
 from . import codec
 from .classified import Unplaceable
 from .flow_answers import AnswerRelay
@@ -84,7 +107,7 @@ from .flow_units import (
     mask_literals,
     raw,
 )
-from .judge import Admission, Judge, Judged, KeyedScope, Refusal
+from .judge import Admission, Judge, Judged, KeyedScope, Refusal, StatementRecord
 
 if TYPE_CHECKING:
     from lockgate.config import PostgresResource
@@ -97,6 +120,8 @@ if TYPE_CHECKING:
 log = _log.get("gateway.postgres")
 
 _SYNC = codec.sync()
+#: SQLSTATE of a quota's refusal (too_many_connections: what clients know as "try later")
+TOO_MANY_CONNECTIONS = "53300"
 #: A catalog-sensitive placing (:attr:`~.judge.Judged.catalog_sensitive`) stands on a
 #: relation catalog read at most this long ago, else the catalog is read again first. 0:
 #: always a read that starts after the text arrived (any window would let a relation
@@ -343,20 +368,34 @@ class Flow(AnswerRelay):
         """Write the admitted records ahead and wait until they are durable; or refuse."""
         ctx, claims = self.ctx, self.judge.claims
         records = admission.judged.records[:1] if first_only else admission.judged.records
+        tickets = await self._quota_tickets(records, admission)
+        if isinstance(tickets, Refusal):
+            return tickets
         pendings: list[Pending] = []
         try:
-            for rec in records:
+            for i, rec in enumerate(records):
                 # each record names the rule that allowed its own object(s)
                 rule, reason = admission.rule_for(rec)
                 detail = {**admission.detail_for(rec), **names}
                 admitted = ctx.records.admitted(
                     claims, self.name, rec.action, rec.obj, rule, reason, detail
                 )
-                pendings.append(Pending(t0, rec, ctx.audit.write_ahead(admitted), detail))
+                pending = Pending(t0, rec, ctx.audit.write_ahead(admitted), detail)
+                if tickets:
+                    pending.tickets = tickets[i]
+                if tracing.enabled():
+                    pending.span = self._span(rec, rule, reason)
+                pendings.append(pending)
             durable = ctx.audit.durable()
             if durable is not None:
                 await durable
-        except AuditUnavailable as exc:
+        except BaseException as exc:
+            for i in range(len(pendings), len(tickets)):
+                release_all(tickets[i])  # not written ahead: never to be forwarded
+            for pending in pendings:
+                pending.done("53000" if isinstance(exc, AuditUnavailable) else "cancelled")
+            if not isinstance(exc, AuditUnavailable):
+                raise
             log.error(
                 "postgres statement refused: audit unavailable",
                 extra={"fields": {"resource": self.name, "principal": claims.sub}},
@@ -377,7 +416,77 @@ class Flow(AnswerRelay):
             )
         for rec in records:
             ctx.count(self.name, rec.action, "allow", self.judge.claims.dag_id)
+        for pending in pendings:
+            if pending.span is not tracing.NO_SPAN:
+                pending.attempt = pending.span.upstream_attempt(1)
+                pending.attempt.__enter__()
         return pendings
+
+    async def _quota_tickets(
+        self, records: tuple[StatementRecord, ...], admission: Admission
+    ) -> list[list[QuotaTicket]] | Refusal:
+        """Ask the quotas for each statement's objects (a statement without one, e.g. SET
+        or BEGIN, asks none): its tickets per statement, or the refusal of the first one
+        over a quota (the tickets taken are given back). A paced statement is awaited here,
+        so the session's messages keep their order."""
+        gate = self.ctx.quotas
+        if gate is NO_QUOTAS:
+            return []
+        claims = self.judge.claims
+        taken: list[list[QuotaTicket]] = []
+        try:
+            for rec in records:
+                accesses = [(a.action, a.obj) for a in rec.statement.accesses if a.obj]
+                answer = admit_each(gate, claims, self.name, accesses) if accesses else []
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                if isinstance(answer, Throttled):
+                    for tickets in taken:
+                        release_all(tickets)
+                    return self._throttled(rec, admission, answer)
+                taken.append(answer)
+        except BaseException:  # the session ended meanwhile
+            for tickets in taken:
+                release_all(tickets)
+            raise
+        return taken
+
+    def _throttled(
+        self, rec: StatementRecord, admission: Admission, throttled: Throttled
+    ) -> Refusal:
+        """Over a quota: SQLSTATE 53300 (ERROR: the session goes on), audited ``throttled``
+        under the rule that allowed the statement."""
+        count_throttled(self.name, throttled)
+        if tracing.enabled():
+            span = self._span(rec, *admission.rule_for(rec))
+            span.throttled(throttled.limit, throttled.retry_after)
+            span.end(status=TOO_MANY_CONNECTIONS)
+        what = f"{rec.action} on {rec.obj}"
+        return Refusal(
+            TOO_MANY_CONNECTIONS,
+            throttled_message(throttled, what, self.judge.claims.sub, self.name),
+            THROTTLED,
+            action=rec.action,
+            obj=rec.obj,
+            rule=admission.rule_for(rec)[0],
+            event=THROTTLED,
+            detail=throttled_detail(throttled),
+        )
+
+    def _span(
+        self, rec: StatementRecord, rule: str | None, reason: str | None
+    ) -> tracing.RequestSpan:
+        """The statement's span (database conventions; never its text)."""
+        name, attributes = span_name_and_attributes(rec, self.info)
+        span = tracing.start_request(
+            "postgres",
+            self.name,
+            name,
+            traceparent=getattr(self.judge.claims, "traceparent", None),
+            attributes=attributes,
+        )
+        span.decided(rec.action, rec.obj, "allow", rule, reason)
+        return span
 
     def _refuse(
         self, refusal: Refusal, t0: float, detail: dict[str, Any], *, batch: bool = True
@@ -470,4 +579,33 @@ def _text_detail(text: str) -> dict[str, Any]:
     return {"statement": mask_literals(text)}
 
 
-__all__ = ["Flow", "Out", "SessionInfo"]
+def span_name_and_attributes(
+    rec: StatementRecord, info: SessionInfo
+) -> tuple[str, dict[str, tracing.AttributeValue]]:
+    """``"<COMMAND> <schema.table>"`` and the span's attributes (database semantic
+    conventions, the upstream server, the token's identity)."""
+    resource, claims = info.resource, info.claims
+    operation = rec.statement.command
+    attributes: dict[str, tracing.AttributeValue] = {
+        "db.system.name": "postgresql",
+        "db.operation.name": operation,
+        "db.namespace": resource.database,
+        "server.address": resource.host,
+        "server.port": resource.port,
+        "lockgate.resource": resource.name,
+        "lockgate.principal": claims.sub,
+        "lockgate.deployment": claims.deployment,
+        "lockgate.dag_id": claims.dag_id,
+        "lockgate.task_id": claims.task_id,
+        "lockgate.run_id": claims.run_id,
+        "lockgate.try_number": claims.try_number,
+    }
+    objects = dict.fromkeys(a.obj for a in rec.statement.accesses if a.obj)
+    if len(objects) != 1:
+        return operation, attributes
+    obj = next(iter(objects))
+    attributes["db.collection.name"] = obj
+    return f"{operation} {obj}", attributes
+
+
+__all__ = ["TOO_MANY_CONNECTIONS", "Flow", "Out", "SessionInfo"]

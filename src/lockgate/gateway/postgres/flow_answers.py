@@ -207,6 +207,8 @@ class AnswerRelay:
         pending = unit.pending
         if pending is None:
             return
+        if pending.tickets or pending.attempt is not None:  # quota slots, span: ended now
+            pending.done(sqlstate or ("ok" if outcome == "done" else outcome), reason)
         ctx, rec = self.ctx, pending.record
         ctx.observe_upstream(self.name, ctx.clock() - pending.t0)
         detail = {**pending.detail, "ref": pending.ref, "outcome": outcome}

@@ -24,6 +24,11 @@ Bytes for each side are collected while a chunk is processed and written with on
 a DDL command tag marks the shared catalog stale, and a session picks up a newer shared
 catalog (read by a later login) at its next Query or Parse, keeping its own changes on top.
 
+Quotas (:mod:`lockgate.quotas`): a ``sessions`` cap is asked once the token verified and
+before the upstream login; over it the client gets ``FATAL 53300`` (too_many_connections)
+naming the limit before any AuthenticationOk, audited ``throttled``. The slot is given back
+when the session ends, whatever ends it. Statements ask the gate in the flow (:mod:`.flow`).
+
 Endings: the client closes or sends Terminate -> Terminate upstream, both closed. The
 upstream closes or breaks (a restart mid-query) -> the flow records the lost statements, the
 client gets ``FATAL 08006 upstream connection lost`` (unless the server already said why,
@@ -39,16 +44,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ssl
 from dataclasses import dataclass
 
 from lockgate import _log
 from lockgate.errors import AuditUnavailable, AuthenticationError, UpstreamUnavailable
+from lockgate.quotas import NO_TICKET, THROTTLED, QuotaTicket, Throttled
 
+from ..cql.quota import (
+    count_throttled,
+    release_all,
+    settle,
+    throttled_detail,
+    throttled_message,
+)
 from . import codec, upstream
 from .catalog import CatalogUnavailable
 from .context import READ_SIZE, UPSTREAM_MAX_MESSAGE_BYTES, EngineContext
-from .flow import Flow, SessionInfo
+from .flow import TOO_MANY_CONNECTIONS, Flow, SessionInfo
 from .flow_answers import ANSWERS
 from .relation_catalog import RelationCatalog
 from .scope import SessionScope
@@ -110,6 +124,7 @@ class ClientSession:
         self._last_read = asyncio.get_running_loop().time()  # the client's last bytes
         self._terminated = False
         self._lost_recorded = False  # flow.upstream_lost() was called (once only)
+        self._session_quota: QuotaTicket = NO_TICKET  # the ``sessions`` slot, given back at end
         # Bytes bound for each side, in the order both pumps produced them, written with one
         # call per read chunk (not per message: a result of 1,000 rows is one write).
         self._to_server: list[bytes] = []
@@ -121,6 +136,8 @@ class ClientSession:
         try:
             self.login = await self._startup(t0)
             if self.login is None:
+                return
+            if not await self._open_session(self.login, t0):
                 return
             messages = await self._connect(self.login, t0)
             if messages is None:
@@ -150,6 +167,28 @@ class ClientSession:
                 reason="handshake_timeout", event="auth_failed", action="connect", t0=t0,
             )  # fmt: skip
             return None
+
+    async def _open_session(self, login: Login, t0: float) -> bool:
+        """Take a ``sessions`` quota slot before the upstream login; over the quota the
+        client gets ``FATAL 53300`` (before AuthenticationOk), audited ``throttled``."""
+        resource, claims = login.resource.name, login.claims
+        opened = self.ctx.quotas.open_session(claims, resource)
+        if inspect.isawaitable(opened):
+            opened = await settle(opened)
+        if not isinstance(opened, Throttled):
+            self._session_quota = opened
+            return True
+        self._fatal(
+            TOO_MANY_CONNECTIONS,
+            throttled_message(opened, "a new session", claims.sub, resource),
+        )
+        self.ctx.count(resource, "connect", "deny", claims.dag_id)
+        count_throttled(resource, opened)
+        self.ctx.record(
+            THROTTLED, claims, resource, t0, action="connect", decision="deny",
+            reason=THROTTLED, detail=throttled_detail(opened),
+        )  # fmt: skip
+        return False
 
     async def _connect(self, login: Login, t0: float) -> codec.MessageReader | None:
         """Log in upstream and read the relation catalog; then greet the client. The
@@ -245,7 +284,9 @@ class ClientSession:
             self.flow.upstream_lost(reason=reason)
 
     async def _close(self) -> None:
-        self._upstream_lost("session_ended")
+        self._upstream_lost("session_ended")  # statements' quota slots are given back there
+        quota, self._session_quota = self._session_quota, NO_TICKET
+        release_all([quota])
         if self.cancel_pid is not None:
             self.ctx.cancels.release(self.cancel_pid)
             self.cancel_pid = None
