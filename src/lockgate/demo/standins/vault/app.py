@@ -1,0 +1,395 @@
+"""A HashiCorp Vault / OpenBao server, as far as KV version 2, AppRole, JWT auth and tokens
+go, written from Vault's HTTP API docs.
+
+Routes (all under ``/v1``; ``X-Vault-Namespace: <ns>`` selects a namespace; a token works
+only in the namespace it was issued in):
+
+- ``POST /v1/auth/approle/login`` ``{"role_id", "secret_id"}`` -> ``{"auth": {...}}``;
+  a wrong pair is 400 ``invalid role or secret ID``;
+- ``POST /v1/auth/jwt/login`` ``{"role", "jwt"}``: the JWT's signature by a key of the
+  configured ``jwks_url`` (RS256/ES256), ``exp``/``nbf`` with 60 s leeway, ``iss`` =
+  ``bound_issuer`` when set, ``aud`` holding one of the role's ``bound_audiences``,
+  ``sub`` = ``bound_subject`` when set, every ``bound_claims`` entry; else 400
+  ``error validating token: ...`` / ``... does not match ...``;
+- ``POST /v1/auth/token/renew-self``, ``GET /v1/auth/token/lookup-self``;
+- ``GET /v1/{mount}/data/{path}[?version=N]`` -> ``{"data": {"data": {...}, "metadata":
+  {"version", "created_time", "deletion_time", "destroyed", "custom_metadata"}}}``;
+  ``POST|PUT /v1/{mount}/data/{path}`` ``{"data": {...}}`` writes a version;
+  ``GET /v1/{mount}/metadata/{path}``; ``GET /v1/sys/health``.
+
+Answers carry ``request_id``, ``lease_id``, ``renewable``, ``lease_duration``, ``data``,
+``wrap_info``, ``warnings``, ``auth``. Errors are ``{"errors": [...]}``: 403 ``permission
+denied`` (no, expired or foreign-namespace token, or a policy without the capability), 404
+``[]`` (no such secret or version), 400 for bad logins.
+
+Tokens carry policies; a policy here is a list of ``(path glob, capabilities)``. Token TTL:
+``token_ttl`` per role, renewable up to ``token_max_ttl``. ``requests`` records each request
+(method, path, namespace, status) -- never a token, a secret id, a JWT or a value.
+
+Part of a stand-in for demos and tests, written from the public docs: not the service.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
+
+LEEWAY = 60
+#: A policy: (path glob under the namespace, capabilities), e.g. ("secret/data/app/*", {"read"}).
+Policy = list[tuple[str, set[str]]]
+
+
+NAMESPACE_KEY = web.RequestKey("namespace", str)
+
+
+@dataclass
+class AppRole:
+    role_id: str
+    secret_ids: set[str] = field(default_factory=set, repr=False)
+    policies: list[str] = field(default_factory=list)
+    token_ttl: int = 3600
+    token_max_ttl: int = 86400
+
+
+@dataclass
+class JwtRole:
+    bound_audiences: list[str]
+    bound_subject: str | None = None
+    bound_claims: dict[str, Any] = field(default_factory=dict)
+    policies: list[str] = field(default_factory=list)
+    token_ttl: int = 3600
+    token_max_ttl: int = 86400
+
+
+@dataclass
+class _Token:
+    namespace: str
+    policies: list[str]
+    issued_at: float
+    ttl: int
+    max_until: float
+    renewable: bool = True
+
+    def expires_at(self) -> float:
+        return self.issued_at + self.ttl
+
+
+@dataclass
+class _KvVersion:
+    data: dict[str, Any] | None = field(repr=False)
+    created_time: str
+    destroyed: bool = False
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    path: str
+    namespace: str
+    status: int = 0
+
+
+@dataclass
+class FakeVault:
+    jwks_url: str | None = None
+    jwks_ca: Path | str | None = None
+    bound_issuer: str | None = None
+    approle_roles: dict[str, AppRole] = field(default_factory=dict)  # role name -> role
+    jwt_roles: dict[str, JwtRole] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
+    namespaces: set[str] = field(default_factory=lambda: {""})
+    kv: dict[tuple[str, str, str], list[_KvVersion]] = field(default_factory=dict)
+    requests: list[SeenRequest] = field(default_factory=list)
+    base_url: str = ""
+    available: bool = True  # False: 503 for everything (sealed / down)
+    logins: int = 0
+
+    def __post_init__(self) -> None:
+        self._tokens: dict[str, _Token] = {}
+        self._keys = IssuerKeys(self.jwks_ca, allow_http=True)
+
+    # -- what an operator does with the vault CLI --------------------------------------------
+    def add_approle(self, name: str, *, policies: list[str], token_ttl: int = 3600,
+                    token_max_ttl: int = 86400) -> tuple[str, str]:  # fmt: skip
+        """``vault write auth/approle/role/<name>``: returns (role_id, a new secret_id)."""
+        role = AppRole(str(uuid.uuid4()), {str(uuid.uuid4())}, policies, token_ttl, token_max_ttl)
+        self.approle_roles[name] = role
+        return role.role_id, next(iter(role.secret_ids))
+
+    def put(self, path: str, data: dict[str, Any], *, mount: str = "secret",
+            namespace: str = "") -> int:  # fmt: skip
+        """``vault kv put``: a new version of ``mount/path``; returns its number."""
+        versions = self.kv.setdefault((namespace, mount, path.strip("/")), [])
+        versions.append(_KvVersion(dict(data), _now_rfc3339()))
+        return len(versions)
+
+    def destroy(self, path: str, version: int, *, mount: str = "secret",
+                namespace: str = "") -> None:  # fmt: skip
+        v = self.kv[(namespace, mount, path.strip("/"))][version - 1]
+        v.data, v.destroyed = None, True
+
+    def revoke_all_tokens(self) -> None:
+        self._tokens.clear()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    @web.middleware
+    async def gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        namespace = request.headers.get("X-Vault-Namespace", "").strip("/")
+        seen = SeenRequest(request.method, request.path, namespace)
+        self.requests.append(seen)
+        if not self.available:
+            seen.status = 503
+            return _errors(503, ["Vault is sealed"])
+        if namespace not in self.namespaces:
+            # Vault answers a namespace it does not have as a denied request.
+            seen.status = 403
+            return _errors(403, ["permission denied"])
+        request[NAMESPACE_KEY] = namespace
+        response: web.StreamResponse = await handler(request)
+        seen.status = response.status
+        return response
+
+    def _caller(self, request: web.Request) -> _Token | None:
+        value = request.headers.get("X-Vault-Token", "")
+        if not value and request.headers.get("Authorization", "").startswith("Bearer "):
+            value = request.headers["Authorization"][7:]
+        token = self._tokens.get(value)
+        if token is None or token.namespace != request[NAMESPACE_KEY]:
+            return None
+        if time.time() >= token.expires_at():
+            self._tokens.pop(value, None)
+            return None
+        return token
+
+    def _may(self, token: _Token, path: str, capability: str) -> bool:
+        for name in token.policies:
+            for glob, capabilities in self.policies.get(name, []):
+                if fnmatch.fnmatchcase(path, glob) and capability in capabilities:
+                    return True
+        return False
+
+    def _issue(self, namespace: str, policies: list[str], ttl: int, max_ttl: int,
+               metadata: dict[str, str]) -> web.Response:  # fmt: skip
+        value = "hvs." + secrets.token_urlsafe(24)
+        now = time.time()
+        self._tokens[value] = _Token(namespace, ["default", *policies], now, ttl, now + max_ttl)
+        self.logins += 1
+        return _answer(auth={
+            "client_token": value, "accessor": secrets.token_urlsafe(18),
+            "policies": ["default", *policies], "token_policies": ["default", *policies],
+            "metadata": metadata, "lease_duration": ttl, "renewable": True,
+            "entity_id": str(uuid.uuid4()), "token_type": "service", "orphan": True,
+        })  # fmt: skip
+
+    # -- auth --------------------------------------------------------------------------------
+    async def approle_login(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        role_id, secret_id = body.get("role_id"), body.get("secret_id")
+        for name, role in self.approle_roles.items():
+            if role.role_id == role_id and secret_id in role.secret_ids:
+                return self._issue(request[NAMESPACE_KEY], role.policies, role.token_ttl,
+                                   role.token_max_ttl, {"role_name": name})  # fmt: skip
+        return _errors(400, ["invalid role or secret ID"])
+
+    async def jwt_login(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        role = self.jwt_roles.get(str(body.get("role", "")))
+        if role is None:
+            return _errors(400, [f'role "{body.get("role")}" could not be found'])
+        token = body.get("jwt")
+        if not isinstance(token, str) or self.jwks_url is None:
+            return _errors(400, ["missing token"])
+        try:
+            header = jwt.get_unverified_header(token)
+            alg = str(header.get("alg", ""))
+            if alg not in ("RS256", "ES256"):
+                raise jwt.InvalidAlgorithmError(alg)
+            claims = verify_signature(
+                token, await self._keys.key_at(self.jwks_url, header.get("kid")), alg
+            )
+        except (jwt.PyJWTError, IssuerKeyError):
+            return _errors(400, ["error validating token: failed to verify id token signature"])
+        now = time.time()
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        if not isinstance(exp, int | float) or now > exp + LEEWAY:
+            return _errors(400, ["error validating token: token is expired"])
+        if isinstance(nbf, int | float) and now + LEEWAY < nbf:
+            return _errors(400, ["error validating token: token not valid yet"])
+        if self.bound_issuer and claims.get("iss") != self.bound_issuer:
+            return _errors(400, ["error validating token: invalid issuer (iss) claim"])
+        audiences = claims.get("aud")
+        audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
+        if not set(audiences) & set(role.bound_audiences):
+            return _errors(
+                400,
+                ["error validating claims: invalid audience (aud) claim: "
+                 "audience claim does not match any expected audience"],
+            )  # fmt: skip
+        if role.bound_subject and claims.get("sub") != role.bound_subject:
+            return _errors(400, ["sub claim does not match bound subject"])
+        for claim, wanted in role.bound_claims.items():
+            allowed = wanted if isinstance(wanted, list) else [wanted]
+            if claims.get(claim) not in allowed:
+                return _errors(
+                    400, [f'claim "{claim}" does not match any associated bound claim values']
+                )
+        return self._issue(request[NAMESPACE_KEY], role.policies, role.token_ttl,
+                           role.token_max_ttl, {"role": str(body["role"])})  # fmt: skip
+
+    async def renew_self(self, request: web.Request) -> web.Response:
+        token = self._caller(request)
+        if token is None:
+            return _errors(403, ["permission denied"])
+        value = request.headers.get("X-Vault-Token", "")
+        now = time.time()
+        body = await _json(request)
+        wanted = int(body.get("increment", 0) or 0) or self._role_ttl(token)
+        # Renewal restarts the lease from now, never past the token's max TTL.
+        token.ttl = int(min(wanted, token.max_until - now))
+        token.issued_at = now
+        return _answer(
+            auth={
+                "client_token": value,
+                "policies": token.policies,
+                "token_policies": token.policies,
+                "lease_duration": token.ttl,
+                "renewable": token.ttl > 0,
+                "metadata": {},
+            },
+            warnings=(
+                ["TTL of the token was capped by its max TTL"] if token.ttl < wanted else None
+            ),
+        )
+
+    def _role_ttl(self, token: _Token) -> int:
+        return max(1, round(token.ttl))
+
+    async def lookup_self(self, request: web.Request) -> web.Response:
+        token = self._caller(request)
+        if token is None:
+            return _errors(403, ["permission denied"])
+        return _answer(data={
+            "policies": token.policies, "ttl": int(token.expires_at() - time.time()),
+            "renewable": token.renewable,
+            "namespace_path": token.namespace + ("/" if token.namespace else ""),
+            "expire_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at())),
+        })  # fmt: skip
+
+    # -- kv v2 -----------------------------------------------------------------------------
+    async def secrets_engine(self, request: web.Request) -> web.Response:
+        namespace, path = request[NAMESPACE_KEY], request.match_info["path"]
+        mount, kind, secret_path = self._split(path)
+        if kind is None:
+            if path == "sys/health":
+                return web.json_response({"initialized": True, "sealed": False, "standby": False,
+                                          "version": "1.17.0"})  # fmt: skip
+            return _errors(404, [])
+        token = self._caller(request)
+        capability = {"GET": "read", "POST": "create", "PUT": "update", "LIST": "list"}.get(
+            request.method, "read"
+        )
+        if token is None or not (
+            self._may(token, f"{mount}/{kind}/{secret_path}", capability)
+            or (
+                capability == "create"
+                and self._may(token, f"{mount}/{kind}/{secret_path}", "update")
+            )
+        ):
+            return _errors(403, ["permission denied"])
+        versions = self.kv.get((namespace, mount, secret_path))
+        if request.method in ("POST", "PUT") and kind == "data":
+            body = await _json(request)
+            data = body.get("data")
+            if not isinstance(data, dict):
+                return _errors(400, ["no data provided"])
+            number = self.put(secret_path, data, mount=mount, namespace=namespace)
+            v = self.kv[(namespace, mount, secret_path)][-1]
+            return _answer(data=_metadata(v, number))
+        if not versions:
+            return _errors(404, [])
+        if kind == "metadata":
+            return _answer(data={
+                "current_version": len(versions), "oldest_version": 1, "max_versions": 0,
+                "versions": {str(i + 1): _metadata(v, i + 1) for i, v in enumerate(versions)},
+                "custom_metadata": None, "cas_required": False,
+            })  # fmt: skip
+        wanted = request.query.get("version", "0")
+        number = int(wanted) if wanted.isdigit() and int(wanted) > 0 else len(versions)
+        if number > len(versions):
+            return _errors(404, [])
+        v = versions[number - 1]
+        answer = _answer(data={"data": v.data, "metadata": _metadata(v, number)})
+        if v.data is None:
+            answer.set_status(404)  # Vault: a deleted or destroyed version is a 404 with data
+        return answer
+
+    def _split(self, path: str) -> tuple[str, str | None, str]:
+        for kind in ("data", "metadata"):
+            marker = f"/{kind}/"
+            if marker in path:
+                mount, rest = path.split(marker, 1)
+                return mount, kind, rest.strip("/")
+        return path, None, ""
+
+
+def _now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+
+def _metadata(v: _KvVersion, number: int) -> dict[str, Any]:
+    return {"created_time": v.created_time, "custom_metadata": None, "deletion_time": "",
+            "destroyed": v.destroyed, "version": number}  # fmt: skip
+
+
+def _answer(
+    *, data: Any = None, auth: Any = None, warnings: list[str] | None = None
+) -> web.Response:
+    return web.json_response({
+        "request_id": str(uuid.uuid4()), "lease_id": "", "renewable": False,
+        "lease_duration": 0, "data": data, "wrap_info": None, "warnings": warnings,
+        "auth": auth, "mount_type": "kv" if data is not None and auth is None else "",
+    })  # fmt: skip
+
+
+def _errors(status: int, errors: list[str]) -> web.Response:
+    return web.json_response({"errors": errors}, status=status)
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def make_app(vault: FakeVault) -> web.Application:
+    app = web.Application(middlewares=[vault.gate])
+    app.router.add_post("/v1/auth/approle/login", vault.approle_login)
+    app.router.add_post("/v1/auth/jwt/login", vault.jwt_login)
+    app.router.add_post("/v1/auth/token/renew-self", vault.renew_self)
+    app.router.add_put("/v1/auth/token/renew-self", vault.renew_self)
+    app.router.add_get("/v1/auth/token/lookup-self", vault.lookup_self)
+    app.router.add_route("*", "/v1/{path:.+}", vault.secrets_engine)
+    return app
+
+
+async def start(vault: FakeVault, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
+    """Serve on 127.0.0.1 (HTTPS when ``ssl_context``); sets ``vault.base_url``."""
+    runner = web.AppRunner(make_app(vault), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
+    await site.start()
+    bound = runner.addresses[0][1]
+    vault.base_url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
+    return runner
