@@ -162,6 +162,8 @@ class Alerts:
         shared = self.state.database("audit") if self.state.shared else None
         self._follower = TrailFollower(db, self.config.data_dir / "audit.db",
                                        shared_trail=shared)  # fmt: skip
+        # the first start marks the tail now: what is written from here on is news
+        self._follower.load(time.time())
 
     async def close(self) -> None:
         logging.getLogger("lockgate.credentials").removeHandler(self._failures)
