@@ -1,11 +1,15 @@
-"""Secondary audit sinks: a JSON-lines mirror of committed records.
+"""Secondary audit sinks: mirrors of committed records, one JSON line each.
 
-Each committed row becomes one line ``{...record, "seq": n, "prev_hash": ..., "hash": ...}``.
-Shipping that file off the box (to a log pipeline or WORM storage) gives anchors that a
-person with write access to ``audit.db`` cannot rewrite.
+- ``audit.jsonl``: each committed row as ``{...record, "seq": n, "prev_hash": ..., "hash": ...}``.
+  Shipping that file off the box (to a log pipeline or WORM storage) gives anchors that a
+  person with write access to ``audit.db`` cannot rewrite.
+- ``audit.ocsf``: each committed row as one OCSF event (:mod:`lockgate.audit.ocsf`), for a
+  SIEM; the row itself rides along in ``unmapped.lockgate``.
 
-A failed write truncates the file back to where it was, so a retry never leaves half a line,
-and raises: the writer treats the sink as failing and the gateway fails closed.
+Both are written as one (:class:`Mirrors`): all or nothing. A failed write truncates every
+file back to where it was, so a retry never leaves half a line nor a line twice, and raises:
+the writer treats the sink as failing and the gateway fails closed (docs/audit.md says why
+the OCSF export fails closed too).
 """
 
 from __future__ import annotations
@@ -13,18 +17,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Protocol
 
 from lockgate import _log
+from lockgate.audit import ocsf
 from lockgate.audit.record import AuditRow
 
 log = _log.get("audit")
 
 
-class JsonlSink:
-    def __init__(self, path: Path) -> None:
+class Mirror(Protocol):
+    """What the writers hold: append committed rows (all or nothing, OSError), close."""
+
+    def write(self, rows: list[AuditRow]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LineSink:
+    """An append-only file of one JSON object per committed row (``encode(row)``)."""
+
+    def __init__(self, path: Path, encode: Callable[[AuditRow], dict[str, Any]]) -> None:
         self.path = path
+        self._encode = encode
         self._fh: IO[bytes] | None = None
 
     def _open(self) -> IO[bytes]:
@@ -36,8 +53,13 @@ class JsonlSink:
 
     def write(self, rows: list[AuditRow]) -> None:
         """Append ``rows``; all or nothing. Raises OSError when the file cannot be written."""
+        self.append(rows)
+
+    def append(self, rows: list[AuditRow]) -> int:
+        """Append ``rows`` (all or nothing); return the file's size before, for
+        :meth:`undo`. Raises OSError when the file cannot be written."""
         data = b"".join(
-            json.dumps(r.to_dict(), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            json.dumps(self._encode(r), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
             for r in rows
         )
         try:
@@ -51,13 +73,20 @@ class JsonlSink:
             while view:
                 n = fh.write(view)
                 if not n:
-                    raise OSError("short write to audit JSON-lines sink")
+                    raise OSError("short write to audit mirror")
                 view = view[n:]
         except OSError:
-            with contextlib.suppress(OSError):  # leave no half line behind for the retry
-                os.ftruncate(fh.fileno(), start)
-            self.close()
+            self.undo(start)
             raise
+        return start
+
+    def undo(self, start: int) -> None:
+        """Cut the file back to ``start`` (what :meth:`append` returned): no half line, no
+        line a retry would write again."""
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fh.fileno(), start)
+        self.close()
 
     def close(self) -> None:
         if self._fh is not None:
@@ -66,7 +95,60 @@ class JsonlSink:
             self._fh = None
 
 
-def mirror(sink: JsonlSink, rows: list[AuditRow]) -> None:
+class JsonlSink(LineSink):
+    """``audit.jsonl``: each row as its own dict (record fields, seq, prev_hash, hash)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, AuditRow.to_dict)
+
+
+class OcsfSink(LineSink):
+    """``audit.ocsf``: each row as one OCSF event; ``datastores`` names the resources whose
+    requests are Datastore Activity (:func:`lockgate.audit.ocsf.datastores`)."""
+
+    def __init__(self, path: Path, datastores: Mapping[str, int] | None = None) -> None:
+        names = dict(datastores or {})
+        super().__init__(path, lambda row: ocsf.event(row, names))
+
+
+class Mirrors:
+    """Several sinks written as one: a row is in every file or in none."""
+
+    def __init__(self, sinks: list[LineSink]) -> None:
+        self.sinks = sinks
+
+    def write(self, rows: list[AuditRow]) -> None:
+        done: list[tuple[LineSink, int]] = []
+        try:
+            for sink in self.sinks:
+                done.append((sink, sink.append(rows)))
+        except OSError:
+            for sink, start in done:  # the retry writes them again: leave them nowhere
+                sink.undo(start)
+            raise
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def open_mirrors(
+    jsonl: Path | None,
+    ocsf_path: Path | None = None,
+    datastores: Mapping[str, int] | None = None,
+) -> Mirror | None:
+    """The mirrors the ``audit`` section asks for (``jsonl``, ``ocsf``), or None."""
+    sinks: list[LineSink] = []
+    if jsonl:
+        sinks.append(JsonlSink(Path(jsonl)))
+    if ocsf_path:
+        sinks.append(OcsfSink(Path(ocsf_path), datastores))
+    if not sinks:
+        return None
+    return sinks[0] if len(sinks) == 1 else Mirrors(sinks)
+
+
+def mirror(sink: Mirror, rows: list[AuditRow]) -> None:
     """Mirror replayed rows; a failing mirror is reported, never a reason to lose them."""
     try:
         sink.write(rows)

@@ -1,12 +1,13 @@
 """The audit writer process: owns the SQLite chain, fed by gateway processes over a socket.
 
-    python -m lockgate.audit.writer --socket PATH DB [--jsonl FILE] [--parent-pid PID]
+    python -m lockgate.audit.writer --socket PATH DB [--jsonl FILE] [--ocsf FILE]
+        [--ocsf-datastore NAME=TYPE_ID ...] [--parent-pid PID]
 
 Strategy: one thread, one ``selectors`` loop. Senders (one per gateway process, see
 :mod:`lockgate.audit.remote`) connect to a Unix socket and stream batches of raw record
 values (:mod:`lockgate.audit.wire`). This process does everything that costs CPU per record:
 sanitising (but for written-ahead records, which their sender sanitised before journaling
-them), hashing, batched INSERTs, the JSON-lines mirror. Records from all senders go
+them), hashing, batched INSERTs, the JSON-lines and OCSF mirrors. Records from all senders go
 into one chain, gathered for up to ``batch_interval`` per transaction unless a sender marked
 a batch urgent (someone awaits durability).
 
@@ -49,7 +50,7 @@ from lockgate.audit.journal import journal_dir, replay
 from lockgate.audit.record import EVENTS, RECORD_FIELDS, AuditRecord, AuditRow, sanitize
 from lockgate.audit.shipper import Shipper
 from lockgate.audit.shipping import AuditShipping
-from lockgate.audit.sinks import JsonlSink, mirror
+from lockgate.audit.sinks import mirror, open_mirrors
 from lockgate.audit.wire import FrameBuffer, WireError, frame
 
 log = _log.get("audit.writer")
@@ -82,6 +83,8 @@ class Writer:
         busy_timeout: float = 0.5,
         parent_pid: int | None = None,
         shipping: AuditShipping | None = None,
+        ocsf_path: Path | None = None,
+        datastores: dict[str, int] | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.shipping = shipping
@@ -90,7 +93,7 @@ class Writer:
         self.batch_interval = batch_interval
         self.busy_timeout = busy_timeout
         self.parent_pid = parent_pid
-        self._sink = JsonlSink(Path(jsonl_path)) if jsonl_path else None
+        self._sink = open_mirrors(jsonl_path, ocsf_path, datastores)
         self._sel = selectors.DefaultSelector()
         self._conns: dict[str, _Conn] = {}  # sender id → its current connection
         # (sender, seq, values, clean): clean ones were sanitised by the sender (written ahead)
@@ -424,11 +427,27 @@ def _record(vals: Any, clean: bool, now: float) -> AuditRecord:
     return sanitize(odd, now)
 
 
+def _datastores(args: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for arg in args:
+        name, _, type_id = arg.rpartition("=")
+        out[name] = int(type_id)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lockgate.audit.writer")
     p.add_argument("db", type=Path)
     p.add_argument("--socket", type=Path, required=True)
     p.add_argument("--jsonl", type=Path)
+    p.add_argument("--ocsf", type=Path)
+    p.add_argument(
+        "--ocsf-datastore",
+        action="append",
+        default=[],
+        metavar="NAME=TYPE_ID",
+        help="a resource whose requests are OCSF Datastore Activity, with its database type",
+    )
     p.add_argument("--batch-interval", type=float, default=0.02)
     p.add_argument("--busy-timeout", type=float, default=0.5)
     p.add_argument("--parent-pid", type=int)
@@ -449,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         busy_timeout=a.busy_timeout,
         parent_pid=a.parent_pid,
         shipping=shipping,
+        ocsf_path=a.ocsf,
+        datastores=_datastores(a.ocsf_datastore),
     ).run()
     return 0
 

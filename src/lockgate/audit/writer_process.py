@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from lockgate import _log
@@ -34,9 +35,14 @@ class WriterProcess:
         busy_timeout: float = 0.5,
         batch_interval: float = 0.02,
         shipping: AuditShipping | None = None,
+        ocsf_path: Path | None = None,
+        datastores: Mapping[str, int] | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.jsonl_path = jsonl_path
+        # the OCSF mirror, and which resources' requests are Datastore Activity there
+        self.ocsf_path = ocsf_path
+        self.datastores = dict(datastores or {})
         self._tmp: str | None = None
         if socket_path is None:  # a private 0700 directory: only this user may connect
             self._tmp = tempfile.mkdtemp(prefix="lockgate-audit-")
@@ -62,6 +68,10 @@ class WriterProcess:
         ]  # fmt: skip
         if self.jsonl_path is not None:
             args += ["--jsonl", str(self.jsonl_path)]
+        if self.ocsf_path is not None:
+            args += ["--ocsf", str(self.ocsf_path)]
+            for name, type_id in sorted(self.datastores.items()):  # names: NAME_RE, no "="
+                args += ["--ocsf-datastore", f"{name}={type_id}"]
         if self.shipping is None:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
             return
