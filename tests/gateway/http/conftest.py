@@ -18,6 +18,7 @@ from aiohttp import web
 from lockgate.config import HttpResource as Resource
 from lockgate.gateway.engine import Collaborators
 from lockgate.gateway.http import HttpEngine
+from lockgate.quotas import NO_QUOTAS, QuotaGate
 
 from ..fakes import (
     FakeAudit,
@@ -139,6 +140,7 @@ async def make_gateway(upstream: Upstream) -> AsyncIterator[Any]:
         resources: list[Resource] | None = None,
         allow: list[tuple[str, str]] | None = None,
         deny: list[tuple[str, str]] | None = None,
+        quotas: QuotaGate = NO_QUOTAS,
         **engine_kw: Any,
     ) -> Gateway:
         res = resources or [
@@ -150,7 +152,7 @@ async def make_gateway(upstream: Upstream) -> AsyncIterator[Any]:
         broker = FakeBroker({"orders-key": list(SECRETS)})
         audit = FakeAudit()
         signer = FakeSigner()
-        shared = Collaborators(verifier, FakePolicy(pset), broker, audit, signer)
+        shared = Collaborators(verifier, FakePolicy(pset), broker, audit, signer, quotas=quotas)
         engine = HttpEngine(res, shared, **engine_kw)
         await engine.start("127.0.0.1", 0)
         engines.append(engine)

@@ -2,14 +2,18 @@
 
 Order matters for safety: the path is normalised before anything reads it; refusals (400,
 401, 403, 404, 413) never touch the upstream, are audited, and are answered even when audit
-is unhealthy; an allowed request is admitted only once its ``admitted`` record is written
-ahead (else 503 ``audit_unavailable``, fail closed). A profiled resource's request is
-authenticated here and classified by its profile (:meth:`Admission.admit_profiled`).
+is unhealthy; an allowed request then asks its quotas (a throttled one is answered 429 and
+audited ``throttled``: :mod:`.throttle`), and is admitted only once its ``admitted`` record
+is written ahead (else 503 ``audit_unavailable``, fail closed). A profiled resource's
+request is authenticated here and classified by its profile
+(:meth:`Admission.admit_profiled`). A quota that paces (its answer is awaitable) turns a
+request into a :class:`Held` one, served on a task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from lockgate import metrics
@@ -34,8 +38,17 @@ from lockgate.gateway.http.normalize import PathError, Target, split_mounted, sp
 from lockgate.gateway.http.profiles.hooks import Profile, ProfileRequest, UpstreamHeaders, Verdict
 from lockgate.gateway.http.resources import ResourceState, upstream_reading
 from lockgate.gateway.http.server import ClientConnection, RequestBody
+from lockgate.gateway.http.throttle import (
+    Quota,
+    request_span,
+    throttled_answer,
+    throttled_detail,
+)
 from lockgate.gateway.http.trail import Trail
 from lockgate.gateway.refusals import request_line
+from lockgate.quotas import NO_QUOTAS, NO_TICKET, THROTTLED, QuotaGate, Throttled
+from lockgate.quotas import Admission as QuotaAnswer
+from lockgate.tracing import RequestSpan
 
 if TYPE_CHECKING:
     from lockgate.identity import Claims
@@ -50,8 +63,8 @@ class Admitted:
     """A request that passed normalise → authenticate → classify → decide → write-ahead."""
 
     __slots__ = (
-        "action", "claims", "forwarded", "head_only", "method", "obj", "reason", "ref", "rs",
-        "rule", "t0", "target", "verdict",
+        "action", "claims", "forwarded", "head_only", "method", "obj", "quota", "reason",
+        "ref", "rs", "rule", "span", "t0", "target", "verdict",
     )  # fmt: skip
 
     def __init__(
@@ -66,6 +79,7 @@ class Admitted:
         rule: str | None,
         reason: str,
         t0: float,
+        span: RequestSpan,
     ) -> None:
         self.rs = rs
         self.target = target
@@ -80,6 +94,8 @@ class Admitted:
         self.verdict: Verdict | None = None  # a profile's verdict, for its response hooks
         self.ref: str | None = None  # its written-ahead "admitted" record, named in the outcome
         self.forwarded = b""  # the gateway's forwarding headers (:mod:`.forwarded`)
+        self.quota = Quota()  # its quota slots, given back when it ends (:meth:`Quota.release`)
+        self.span = span  # its tracing span (the no-op span when tracing is off)
 
     @property
     def resource(self) -> str:
@@ -96,6 +112,15 @@ class Pending(NamedTuple):
     method: str
     head_only: bool
     t0: float
+    span: RequestSpan
+
+
+class Held(NamedTuple):
+    """Allowed, waiting for its quota's answer (a pacing or shared gate): settle it with
+    :meth:`Admission.settle` once ``answer`` is awaited."""
+
+    adm: Admitted
+    answer: Awaitable[QuotaAnswer]
 
 
 def refusal(
@@ -118,8 +143,10 @@ class Admission:
         make_request: RequestFactory,
         trail: Trail,
         clock: Callable[[], float],
+        quotas: QuotaGate = NO_QUOTAS,
     ) -> None:
         self.resources: Mapping[str, ResourceState] = {}
+        self.quotas = quotas
         self._verifier = verifier
         self._policy = policy
         self._secrets = secrets
@@ -130,11 +157,12 @@ class Admission:
     # -- the synchronous part (every request) ----------------------------------------------
     def admit(
         self, conn: ClientConnection, head: framing.Head, body: RequestBody
-    ) -> Admitted | Pending | bool:
-        """Normalise, authenticate, classify, decide, write ahead; answer refusals.
+    ) -> Admitted | Pending | Held | bool:
+        """Normalise, authenticate, classify, decide, ask quotas, write ahead; answer
+        refusals.
 
-        Returns the admitted request, a :class:`Pending` one for a profiled resource, or
-        ``keep`` after writing a refusal.
+        Returns the admitted request, a :class:`Pending` one for a profiled resource, a
+        :class:`Held` one waiting for its quota, or ``keep`` after writing a refusal.
         """
         t0 = self._clock()
         method = head.method.decode("ascii")
@@ -206,8 +234,9 @@ class Admission:
                 )
             )  # fmt: skip
             return keep
+        span = request_span(rs, claims, method, target.path)
         if profile is not None:
-            return Pending(rs, profile, target, claims, method, head_only, t0)
+            return Pending(rs, profile, target, claims, method, head_only, t0, span)
         action, obj = rs.classifier.classify(method, target.path)
         decision = self.decide(claims, rs, action, obj)
         if decision.allowed:
@@ -216,20 +245,62 @@ class Admission:
                 decision, action, obj = self._judge_folded(
                     claims, rs, method, folded, decision, action, obj
                 )
+        span.decided(action, obj, "allow" if decision.allowed else "deny", decision.rule,
+                     decision.reason)  # fmt: skip
         if not decision.allowed:
             self.forbid(
                 conn, body, claims, rs, action, obj, t0, decision.rule, decision.reason,
                 decision.explain(), head_only,
             )  # fmt: skip
+            span.end(status=403)
             return keep
         adm = Admitted(
-            rs, target, claims, method, head_only, action, obj, decision.rule, decision.reason, t0
-        )
+            rs, target, claims, method, head_only, action, obj, decision.rule, decision.reason,
+            t0, span,
+        )  # fmt: skip
         adm.forwarded = forwarding_block(conn, head.host)
-        if not self.write_ahead(conn, body, adm):
+        answer = self.quotas.admit(claims, rs.name, action, obj)
+        if answer is not NO_TICKET and inspect.isawaitable(answer):
+            return Held(adm, answer)
+        if not self.settle(conn, body, adm, answer):
             return keep
-        rs.count(action, "allow", claims.dag_id)
         return adm
+
+    def settle(
+        self, conn: ClientConnection, body: RequestBody, adm: Admitted, answer: QuotaAnswer
+    ) -> bool:
+        """Take the quota's answer: throttled (answered 429, audited) or a ticket kept on
+        ``adm``; then write ahead. False when the request was answered here."""
+        if isinstance(answer, Throttled):
+            self.throttle(conn, body, adm, answer)
+            return False
+        adm.quota.ticket = answer
+        if not self.write_ahead(conn, body, adm):
+            adm.quota.release()
+            adm.span.end(status=503, error="audit_unavailable")
+            return False
+        adm.rs.count(adm.action, "allow", adm.claims.dag_id)
+        return True
+
+    def throttle(
+        self, conn: ClientConnection, body: RequestBody, adm: Admitted, over: Throttled
+    ) -> None:
+        """A request over a quota: 429 in the protocol's form, audited and counted."""
+        rs, claims = adm.rs, adm.claims
+        metrics.QUOTA_THROTTLED.labels(rs.name, over.limit, over.kind).inc()
+        rs.count(adm.action, "deny", claims.dag_id)
+        self._trail.records.emit(
+            THROTTLED, claims, rs.name, adm.t0, action=adm.action, obj=adm.obj, status=429,
+            decision="deny", rule=adm.rule, reason=THROTTLED, detail=throttled_detail(over),
+        )  # fmt: skip
+        conn.write(
+            throttled_answer(
+                rs, claims, adm.action, adm.obj, over, close=not body.complete,
+                head_only=adm.head_only,
+            )
+        )  # fmt: skip
+        adm.span.throttled(over.limit, over.retry_after)
+        adm.span.end(status=429)
 
     def decide(self, claims: Claims, rs: ResourceState, action: str, obj: str) -> Decision:
         return self._policy.current.decide(
@@ -357,7 +428,12 @@ class Admission:
             req, lambda action, obj: self.decide(claims, rs, action, obj), self._headers_for(rs)
         )
         keep = head.keep_alive and body.complete
+        p.span.decided(
+            verdict.action, verdict.obj, "allow" if verdict.allowed else "deny", verdict.rule,
+            verdict.reason,
+        )  # fmt: skip
         if not verdict.allowed:
+            p.span.end(status=verdict.status)
             if verdict.status != 403:
                 rs.count(verdict.action, "deny", claims.dag_id)
                 self._trail.records.emit(
@@ -379,14 +455,37 @@ class Admission:
             return keep
         adm = Admitted(
             rs, p.target, claims, p.method, p.head_only, verdict.action, verdict.obj,
-            verdict.rule, verdict.reason, p.t0,
+            verdict.rule, verdict.reason, p.t0, p.span,
         )  # fmt: skip
         adm.verdict = verdict
-        if not self.write_ahead(conn, body, adm):
+        try:
+            quota_answer = await self._quota_of(adm, verdict.starts_run)
+        except BaseException:  # the client left while held: nothing may stay taken
+            adm.quota.release()
+            raise
+        if not self.settle(conn, body, adm, quota_answer):
             return keep
-        rs.count(verdict.action, "allow", claims.dag_id)
         adm.forwarded = forwarding_block(conn, head.host)
         return adm, body
+
+    async def _quota_of(self, adm: Admitted, starts_run: bool) -> QuotaAnswer:
+        """The request's quota answer; a run start also asks the ``runs`` cap (its slot is
+        kept on ``adm`` until the upstream names the run)."""
+        gate, claims, resource = self.quotas, adm.claims, adm.rs.name
+        answer = gate.admit(claims, resource, adm.action, adm.obj)
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if not starts_run or isinstance(answer, Throttled):
+            return answer
+        adm.quota.ticket = answer  # (given back below if the run cap throttles)
+        run = gate.start_run(claims, resource, adm.obj)
+        if inspect.isawaitable(run):
+            run = await run
+        if isinstance(run, Throttled):
+            adm.quota.release()
+            return run
+        adm.quota.run = run
+        return answer
 
     def _headers_for(self, rs: ResourceState) -> UpstreamHeaders:
         async def headers() -> dict[str, str]:

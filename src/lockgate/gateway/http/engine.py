@@ -87,6 +87,7 @@ class HttpEngine:
             records=shared.records,
             make_request=shared.make_request,
             clock=shared.clock,
+            quotas=shared.quotas,
         )
         self._server: asyncio.Server | None = None
         self._connections: set[ClientConnection] = set()  # made and not yet lost

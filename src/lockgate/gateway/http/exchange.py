@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lockgate import _log, metrics
 from lockgate.errors import AuthenticationError, CredentialError, UpstreamUnavailable
@@ -42,9 +42,7 @@ from lockgate.gateway.http.retry import IDEMPOTENT_METHODS, retry_after
 from lockgate.gateway.http.server import ChunkedWriter, ClientConnection, RequestBody
 from lockgate.gateway.http.trail import Trail
 from lockgate.gateway.http.upstream import BodySink, UpstreamConnection
-
-if TYPE_CHECKING:
-    pass
+from lockgate.quotas import NO_QUOTAS, QuotaGate
 
 log = _log.get("gateway.http")
 
@@ -59,8 +57,10 @@ class Forwarder:
         assertions: AssertionCache,
         trail: Trail,
         clock: Callable[[], float],
+        quotas: QuotaGate = NO_QUOTAS,
     ) -> None:
         self._secrets = secrets
+        self.quotas = quotas
         self._assertions = assertions
         self._trail = trail
         self.clock = clock
@@ -119,12 +119,33 @@ class Forwarder:
             fields = {"resource": adm.rs.name, "reason": out.error, "status": out.status,
                       "jti": adm.claims.jti}  # fmt: skip
             log.warning("upstream failure", extra={"fields": fields})
+        detail = self._detail(adm, out)
         self._trail.records.emit(
             "upstream_error" if out.error else "allowed", adm.claims, adm.rs.name, adm.t0,
             action=adm.action, obj=adm.obj, status=out.status, decision=decision,
             rule=adm.rule, reason=out.error or adm.reason, bytes_in=fw.body.total,
-            bytes_out=fw.conn.bytes_out, detail=self._detail(adm, out),
+            bytes_out=fw.conn.bytes_out, detail=detail,
         )  # fmt: skip
+        self._settle_quota(adm, out, detail)
+        adm.span.end(status=out.status, error=out.error)
+
+    def _settle_quota(self, adm: Admitted, out: Outcome, detail: dict[str, Any]) -> None:
+        """The request ended: its quota slots go back; a run start's slot counts the run
+        the upstream named; a run the answer shows finished no longer counts."""
+        quota = adm.quota
+        answered = out.status == 200 and not out.error
+        if quota.run is not None:
+            quota.run_answered(detail.get("run_id") if answered else None)
+        quota.release()
+        v, profile = adm.verdict, adm.rs.profile
+        if v is None or profile is None or not answered:
+            return
+        try:
+            ended = profile.finished_run(v, detail)
+            if ended is not None:
+                self.quotas.run_finished(adm.rs.name, ended)
+        except Exception:  # a quota's bookkeeping must never fail a relayed request
+            log.exception("finished run bookkeeping failed")
 
     def record_client_lost(self, fw: Forwarding) -> None:
         """The client left mid-request: the upstream may have run it all the same."""
@@ -169,6 +190,7 @@ class Forwarder:
         token_refreshed = False  # a refused access token is re-fetched once before rotation
         stale_retry_used = False
         resent = 0  # sends that did not advance ``attempt``: each is still an upstream request
+        span = adm.span
         while True:
             streaming = False
             if first is not None:
@@ -176,7 +198,21 @@ class Forwarder:
                 up, resp_or_exc, secret = first  # (detached by the fast path)
                 first = None
             else:
-                made = await self._attempt(fw, fixed_bytes, previous, deadline_at, attempt + resent)
+                with span.upstream_attempt(attempt + resent + 1):
+                    made = await self._attempt(
+                        fw, fixed_bytes, previous, deadline_at, attempt + resent
+                    )
+                    if not isinstance(made, Outcome | Exception):
+                        up, head_fut, secret, streaming, sent_at = made
+                        try:
+                            resp_or_exc = await head_fut
+                        except (TimeoutError, UpstreamUnavailable) as exc:
+                            resp_or_exc = exc
+                        except asyncio.CancelledError:  # the client left: so does its upstream
+                            up.abort()
+                            raise
+                        else:
+                            rs.latency.observe(clock() - sent_at)
                 if isinstance(made, Outcome):
                     return made
                 if isinstance(made, Exception):  # connect failed, nothing sent
@@ -192,19 +228,10 @@ class Forwarder:
                         conn.write(refusal(rs, 502, answer, close=not body.complete))
                         return Outcome(502, True, slug, attempt + resent)
                     metrics.UPSTREAM_RETRIES.labels(rs.name, "connect").inc()
+                    span.retried("connect", wait)
                     await asyncio.sleep(wait)
                     attempt += 1
                     continue
-                up, head_fut, secret, streaming, sent_at = made
-                try:
-                    resp_or_exc = await head_fut
-                except (TimeoutError, UpstreamUnavailable) as exc:
-                    resp_or_exc = exc
-                except asyncio.CancelledError:  # the client left mid-request: so does its upstream
-                    up.abort()
-                    raise
-                else:
-                    rs.latency.observe(clock() - sent_at)
             if isinstance(resp_or_exc, TimeoutError):
                 up.abort()
                 metrics.UPSTREAM_ERRORS.labels(rs.name, "timeout").inc()
@@ -215,6 +242,7 @@ class Forwarder:
                 if not streaming and up.reused and not up.got_bytes and not stale_retry_used:
                     stale_retry_used = True  # a pooled connection closed under us: try a fresh one
                     if idempotent:
+                        span.retried("stale_connection", 0.0)
                         resent += 1  # the closed connection may have delivered it: say so
                         continue
                 wait = (
@@ -228,6 +256,7 @@ class Forwarder:
                     conn.write(refusal(rs, 502, answer, close=True))
                     return Outcome(502, False, "upstream_connection_failed", attempt + resent)
                 metrics.UPSTREAM_RETRIES.labels(rs.name, "connection").inc()
+                span.retried("connection", wait)
                 await asyncio.sleep(wait)
                 attempt += 1
                 continue
@@ -242,6 +271,7 @@ class Forwarder:
                     if wait is not None:
                         up.close()
                         metrics.UPSTREAM_RETRIES.labels(rs.name, str(status)).inc()
+                        span.retried(str(status), wait)
                         await asyncio.sleep(wait)
                         attempt += 1
                         continue
@@ -253,6 +283,7 @@ class Forwarder:
                     self._secrets.forget_token(rs.credential or "", secret.version)
                     up.close()
                     metrics.UPSTREAM_RETRIES.labels(rs.name, "token_refresh").inc()
+                    span.retried("token_refresh", 0.0)
                     resent += 1
                     continue
                 if not credential_retried:
@@ -262,6 +293,7 @@ class Forwarder:
                         up.close()
                         previous = use_previous
                         metrics.UPSTREAM_RETRIES.labels(rs.name, "rotation").inc()
+                        span.retried("rotation", 0.0)
                         resent += 1
                         continue
             return await self._relay(fw, up, resp, attempt + resent)

@@ -7,6 +7,9 @@ Two entries, called by the client connection:
   pooled connection and a cached secret are at hand, else on the task path;
 * :meth:`Proxy.handle` — the body is still arriving: it will stream upstream.
 
+A request whose quota answers later (pacing, shared budgets) is served on a task
+(:meth:`Proxy.serve_held`); its quota slots are given back when it ends, on every path.
+
 The parts: :mod:`.admission` (normalise → authenticate → classify → decide → write ahead),
 :mod:`.exchange` (forward → retry → relay → record), :mod:`.trail` (audit records),
 :mod:`.resources` (what is computed once per resource), profiles (:mod:`.profiles`) hooked
@@ -28,7 +31,7 @@ from lockgate.gateway.engine import (
     TokenVerifier,
 )
 from lockgate.gateway.http import framing, responses
-from lockgate.gateway.http.admission import Admission, Admitted, Pending, refusal
+from lockgate.gateway.http.admission import Admission, Admitted, Held, Pending, refusal
 from lockgate.gateway.http.exchange import Forwarder
 from lockgate.gateway.http.fast_path import Exchange
 from lockgate.gateway.http.outcome import FirstAttempt, Forwarding
@@ -37,6 +40,8 @@ from lockgate.gateway.http.server import ClientConnection, RequestBody
 from lockgate.gateway.http.trail import Trail
 from lockgate.gateway.records import RecordBuilder
 from lockgate.gateway.refusals import RefusalRecorder, request_line
+from lockgate.quotas import NO_QUOTAS, QuotaGate
+from lockgate.tracing import NO_SPAN
 
 
 class Proxy:
@@ -53,17 +58,18 @@ class Proxy:
         records: RecordBuilder,
         make_request: RequestFactory,
         clock: Callable[[], float] = time.monotonic,
+        quotas: QuotaGate = NO_QUOTAS,
     ) -> None:
         self._secrets = secrets
         self.clock = clock
         self.trail = Trail(audit, records, clock)
         self.admission = Admission(
             verifier=verifier, policy=policy, secrets=secrets, make_request=make_request,
-            trail=self.trail, clock=clock,
+            trail=self.trail, clock=clock, quotas=quotas,
         )  # fmt: skip
         self._hand_over = self.serve_admitted  # (bound once: the fast path's way back)
         self.forwarder = Forwarder(
-            secrets=secrets, assertions=assertions, trail=self.trail, clock=clock
+            secrets=secrets, assertions=assertions, trail=self.trail, clock=clock, quotas=quotas
         )
 
     @property
@@ -73,6 +79,16 @@ class Proxy:
     @resources.setter
     def resources(self, value: Mapping[str, ResourceState]) -> None:
         self.admission.resources = value
+
+    @property
+    def quotas(self) -> QuotaGate:
+        return self.admission.quotas
+
+    @quotas.setter
+    def quotas(self, gate: QuotaGate) -> None:
+        """Another quota gate for new requests (those in flight keep their tickets)."""
+        self.admission.quotas = gate
+        self.forwarder.quotas = gate
 
     @property
     def refusals(self) -> RefusalRecorder:
@@ -90,6 +106,9 @@ class Proxy:
         if isinstance(adm, Pending):
             conn.run(self.serve_profiled(conn, head, body, adm))
             return None
+        if isinstance(adm, Held):
+            conn.run(self.serve_held(conn, head, body, adm))
+            return None
         rs = adm.rs
         secret = None
         if rs.credential is not None:
@@ -100,6 +119,7 @@ class Proxy:
             (secret is not None or rs.credential is None)
             and not head.expect_continue
             and durable is None
+            and adm.span is NO_SPAN  # a traced request's attempts are spans: the task path
         ):
             up = rs.pool.take_idle()
             if up is not None and Exchange(self.forwarder, fw, up, secret, self._hand_over).start():
@@ -114,6 +134,8 @@ class Proxy:
             return adm
         if isinstance(adm, Pending):
             return await self.serve_profiled(conn, head, body, adm)
+        if isinstance(adm, Held):
+            return await self.serve_held(conn, head, body, adm)
         return await self.serve_admitted(Forwarding(conn, head, body, adm))
 
     def connection_refused(
@@ -137,6 +159,22 @@ class Proxy:
         adm, body = admitted
         return await self.serve_admitted(Forwarding(conn, head, body, adm))
 
+    async def serve_held(
+        self, conn: ClientConnection, head: framing.Head, body: RequestBody, held: Held
+    ) -> bool:
+        """An allowed request whose quota answers later (a pacing quota holds it up to its
+        ``max_delay``): settled, then forwarded. A client that leaves while held cancels
+        this task, and the gate's wait with it."""
+        adm = held.adm
+        try:
+            answer = await held.answer
+        except BaseException:
+            adm.span.end(error="client_closed")
+            raise
+        if not self.admission.settle(conn, body, adm, answer):
+            return head.keep_alive and body.complete
+        return await self.serve_admitted(Forwarding(conn, head, body, adm))
+
     async def serve_admitted(
         self,
         fw: Forwarding,
@@ -147,22 +185,26 @@ class Proxy:
         """Forward an admitted request (the task path), relay and audit it."""
         conn, head, body, adm = fw
         rs = adm.rs
-        if first is None:  # (a hand-over from the fast path was durable before it started)
-            wait = durable or self.trail.durable()
-            if wait is not None and not await self.trail.until_durable(wait, adm):
-                answer = {"error": "audit_unavailable"}
-                conn.write(refusal(rs, 503, answer, close=True, head_only=adm.head_only))
-                return False
-        if head.expect_continue and not body.complete:
-            conn.write(responses.CONTINUE)
-            conn.bytes_out = 0
         try:
-            out = await self.forwarder.forward(fw, first)
-        except asyncio.CancelledError:
-            self.forwarder.record_client_lost(fw)
-            raise
-        self.forwarder.record(fw, out)
-        return head.keep_alive and out.keep
+            if first is None:  # (a hand-over from the fast path was durable before it started)
+                wait = durable or self.trail.durable()
+                if wait is not None and not await self.trail.until_durable(wait, adm):
+                    answer = {"error": "audit_unavailable"}
+                    conn.write(refusal(rs, 503, answer, close=True, head_only=adm.head_only))
+                    adm.span.end(status=503, error="audit_unavailable")
+                    return False
+            if head.expect_continue and not body.complete:
+                conn.write(responses.CONTINUE)
+                conn.bytes_out = 0
+            try:
+                out = await self.forwarder.forward(fw, first)
+            except asyncio.CancelledError:
+                self.forwarder.record_client_lost(fw)
+                raise
+            self.forwarder.record(fw, out)
+            return head.keep_alive and out.keep
+        finally:
+            adm.quota.release()  # (already given back when recorded: this covers the rest)
 
 
 __all__ = ["Admitted", "Pending", "Proxy", "ResourceState", "upstream_reading"]

@@ -7,6 +7,7 @@ Profiles import these, never the package that makes them, so the graph has no ci
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -66,6 +67,7 @@ class Verdict:
     state: Any = None  # profile-private, handed back to on_response
     detail: dict[str, Any] = field(default_factory=dict)  # audit detail known up front
     drop_headers: frozenset[bytes] = frozenset()  # client headers not forwarded this time
+    starts_run: bool = False  # starts a job or pipeline run: asks the quota's ``runs`` cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,10 @@ class Profile(Protocol):
         self, verdict: Verdict, status: int, headers: Headers, body: bytes
     ) -> dict[str, Any]: ...
 
+    def throttle_headers(self, retry_after: float) -> list[tuple[str, str]]: ...
+
+    def finished_run(self, verdict: Verdict, detail: dict[str, Any]) -> str | None: ...
+
     async def close(self) -> None: ...
 
 
@@ -155,5 +161,19 @@ class ProfileBase:
     ) -> dict[str, Any]:
         return dict(verdict.detail)
 
+    def throttle_headers(self, retry_after: float) -> list[tuple[str, str]]:
+        """Headers of the gateway's 429 when a quota throttles (RFC 9110 ``Retry-After``)."""
+        return [("Retry-After", str(retry_after_seconds(retry_after)))]
+
+    def finished_run(self, verdict: Verdict, detail: dict[str, Any]) -> str | None:
+        """The id of a run this relayed answer shows in a terminal state (its ``runs``
+        quota slot is given back), else None; ``detail`` is :meth:`on_response`'s."""
+        return None
+
     async def close(self) -> None:
         return None
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """``Retry-After`` is whole seconds: rounded up, at least 1 (0 would invite a hot loop)."""
+    return max(1, math.ceil(seconds))

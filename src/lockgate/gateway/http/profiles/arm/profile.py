@@ -80,6 +80,8 @@ POLL_OPS = frozenset({"get_run", "cancel"})
 POLL_RULE = "arm-poll-token"
 #: poll tokens read runs started this recently (a trigger outlives no pipeline run longer)
 POLL_WINDOW = 7 * 86400.0
+#: a pipeline run's ``status`` once it will not change any more
+TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 
 
 def poll_refusal(claims: Claims | None, run_id: str, started: AdfRun | None) -> str | None:
@@ -162,6 +164,7 @@ class ArmProfile(ProfileBase):
         st.pop("started", None)
         v.state = {**st, "claims": req.claims}
         v.capture = st.get("op") in ("createrun", "get_run")
+        v.starts_run = st.get("op") == "createrun"
         v.detail = {k: st[k] for k in ("factory", "pipeline", "run_id") if st.get(k)}
         return v
 
@@ -189,9 +192,24 @@ class ArmProfile(ProfileBase):
                     detail[out] = data[key][:128]
         return detail
 
+    def finished_run(self, verdict: Verdict, detail: dict[str, Any]) -> str | None:
+        """A relayed pipeline run whose status is terminal names a finished run."""
+        st = verdict.state if isinstance(verdict.state, dict) else {}
+        if st.get("op") == "get_run" and detail.get("status") in TERMINAL_STATUSES:
+            run_id = st.get("run_id")
+            return str(run_id) if run_id else None
+        return None
+
     def error_body(self, status: int, body: dict[str, Any]) -> dict[str, Any]:
         """An ARM-shaped error around the gateway's own refusal body."""
-        if body.get("error") == "forbidden":
+        if body.get("error") == "throttled":
+            message = (
+                f"Lockgate: {body.get('principal')} is over quota {body.get('limit')} on "
+                f"{body.get('resource')} ({body.get('kind')}); retry after "
+                f"{body.get('retry_after')} s"
+            )
+            code = "TooManyRequests"
+        elif body.get("error") == "forbidden":
             message = (
                 f"Lockgate denied {body.get('principal')} {body.get('action')} on "
                 f"{body.get('object')} of {body.get('resource')}: {body.get('reason')}"

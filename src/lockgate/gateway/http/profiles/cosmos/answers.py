@@ -49,6 +49,15 @@ def error_body(status: int, body: dict[str, Any]) -> dict[str, Any]:
             else f"Lockgate refused the request: {reason}"
         )
         return {"code": "Unauthorized", "message": message}
+    if error == "throttled":
+        return {
+            "code": "TooManyRequests",
+            "message": f"Lockgate: {body.get('principal')} is over quota {body.get('limit')} "
+            f"on {body.get('resource')} ({body.get('kind')}); retry after "
+            f"{body.get('retry_after')} s",
+            "lockgate": {k: body.get(k) for k in ("principal", "action", "resource", "object",
+                                                  "limit", "kind", "retry_after")},
+        }  # fmt: skip
     if error == "body_too_large":
         return {"code": "RequestEntityTooLarge", "message": "request body too large"}
     if status >= 500:

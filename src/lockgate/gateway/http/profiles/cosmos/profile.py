@@ -178,6 +178,15 @@ class CosmosProfile(ProfileBase):
     def error_body(self, status: int, body: dict[str, Any]) -> dict[str, Any]:
         return error_body(status, body)
 
+    def throttle_headers(self, retry_after: float) -> list[tuple[str, str]]:
+        """Cosmos DB's own throttling answer: the SDK's ResourceThrottleRetryPolicy waits
+        ``x-ms-retry-after-ms`` and retries (substatus 3200: request rate too large)."""
+        return [
+            *super().throttle_headers(retry_after),
+            ("x-ms-retry-after-ms", str(max(1, round(retry_after * 1000)))),
+            ("x-ms-substatus", "3200"),
+        ]
+
     def rewrite_response(
         self, verdict: Verdict, status: int, headers: Headers, body: bytes, origin: str
     ) -> tuple[Headers, bytes]:

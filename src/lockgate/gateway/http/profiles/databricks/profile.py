@@ -88,6 +88,8 @@ _RUN_OPS = {
 }
 _JOB_OPS = {"jobs/run-now": "run", "jobs/runs/cancel-all": "run", "jobs/get": "read"}
 _CAPTURE_LIMIT = 256 * 1024
+#: ``state.life_cycle_state`` values of a run that will not change any more
+TERMINAL_STATES = frozenset({"TERMINATED", "SKIPPED", "INTERNAL_ERROR"})
 _NOT_FOUND = responses.json_response(
     404, {"error_code": "NOT_FOUND", "message": "not served by the Lockgate gateway"}
 )
@@ -174,6 +176,28 @@ class DatabricksProfile(ProfileBase):
             if isinstance(url, str) and isinstance(st.get("run_id"), int):
                 self.registry.set_page_url(self.name, st["run_id"], url, self._base)
         return detail
+
+    def finished_run(self, verdict: Verdict, detail: dict[str, Any]) -> str | None:
+        """A relayed ``runs/get`` whose life cycle state is terminal names a finished run."""
+        st = verdict.state if isinstance(verdict.state, dict) else {}
+        if st.get("op") == "jobs/runs/get" and detail.get("life_cycle_state") in TERMINAL_STATES:
+            run_id = st.get("run_id")
+            return str(run_id) if run_id is not None else None
+        return None
+
+    def error_body(self, status: int, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A throttled request is answered as the workspace answers a rate limit (the
+        Databricks SDK and hook retry ``REQUEST_LIMIT_EXCEEDED``); the rest in the gateway's
+        own shape."""
+        if body.get("error") != "throttled":
+            return None
+        return {
+            "error_code": "REQUEST_LIMIT_EXCEEDED",
+            "message": f"Lockgate: {body.get('principal')} is over quota {body.get('limit')} "
+            f"on {body.get('resource')} ({body.get('kind')}); retry after "
+            f"{body.get('retry_after')} s",
+            "lockgate": body,
+        }
 
     async def close(self) -> None:
         if self._http is not None:
@@ -360,9 +384,10 @@ def _cluster_detail(payload: dict[str, Any], job_id: int | None) -> dict[str, An
 
 
 def _admit(v: Verdict, st: dict[str, Any], payload: dict[str, Any]) -> Verdict:
-    """An allowed run: its clusters in the audit detail, its answer captured (run id)."""
+    """An allowed run: its clusters in the audit detail, its answer captured (run id), the
+    ``runs`` quota asked."""
     v.detail = _cluster_detail(payload, st.get("job_id"))
-    v.state, v.capture = st, True
+    v.state, v.capture, v.starts_run = st, True, True
     return v
 
 

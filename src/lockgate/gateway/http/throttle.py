@@ -1,0 +1,144 @@
+"""Quotas and spans in the HTTP engine: the gate's answer, the 429, the request's span.
+
+A request policy allowed asks the quota gate (:mod:`lockgate.quotas`) before its
+``admitted`` record is written ahead; a request that starts a Databricks job run or a Data
+Factory pipeline run (``Verdict.starts_run``) also asks the ``runs`` cap. The gate answers a
+ticket (kept on the :class:`~.admission.Admitted` request and given back when its response
+has been relayed or it failed, whatever the path: :meth:`Quota.release`) or
+:class:`~lockgate.quotas.Throttled`. A throttled request gets the protocol's own throttling
+answer, which stock clients back off on: 429 with ``Retry-After`` (whole seconds, at least
+1) and a JSON body naming principal, resource, action, object, limit and wait, in the
+upstream's error shape when the resource has a profile (Cosmos DB adds
+``x-ms-retry-after-ms`` and ``x-ms-substatus: 3200``). It is audited as ``throttled``
+(decision deny, reason ``throttled``, the allowing rule, ``detail.limit``) and counted.
+
+:func:`request_span` opens the request's tracing span (:mod:`lockgate.tracing`): with
+tracing off it is one call that returns the shared no-op span.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lockgate import tracing
+from lockgate.gateway.http import responses
+from lockgate.gateway.http.profiles.hooks import retry_after_seconds
+from lockgate.gateway.refusals import request_line
+from lockgate.quotas import NO_TICKET, QuotaTicket, RunSlot, Throttled
+from lockgate.tracing import NO_SPAN, AttributeValue, RequestSpan
+
+if TYPE_CHECKING:
+    from lockgate.gateway.http.resources import ResourceState
+    from lockgate.identity import Claims
+
+
+class Quota:
+    """What an admitted request holds of its quotas until it ends (see the module doc)."""
+
+    __slots__ = ("run", "ticket")
+
+    def __init__(self) -> None:
+        self.ticket: QuotaTicket = NO_TICKET
+        self.run: RunSlot | None = None  # a run start's slot under a ``runs`` cap
+
+    def run_answered(self, run_id: object | None) -> None:
+        """The upstream answered the run start: ``run_id`` when it started one, else None
+        (the slot is given back)."""
+        slot, self.run = self.run, None
+        if slot is None:
+            return
+        if run_id is None:
+            slot.release()
+        else:
+            slot.started(str(run_id))
+
+    def release(self) -> None:
+        """Give everything back (idempotent): the request ended, answered or not."""
+        ticket, self.ticket = self.ticket, NO_TICKET
+        slot, self.run = self.run, None
+        try:
+            ticket.release()
+        finally:
+            if slot is not None:
+                slot.release()
+
+
+def throttled_body(
+    claims: Claims, resource: str, action: str, obj: str, over: Throttled
+) -> dict[str, Any]:
+    """The JSON of a throttled request's 429 (the 403's style: who, what, why)."""
+    wait = round(over.retry_after, 3)
+    return {
+        "error": "throttled",
+        "principal": claims.sub,
+        "action": action,
+        "resource": resource,
+        "object": obj,
+        "limit": over.limit,
+        "kind": over.kind,
+        "retry_after": wait,
+        "reason": f"over quota {over.limit} ({over.kind}): retry after {wait} s",
+    }
+
+
+def throttled_answer(
+    rs: ResourceState,
+    claims: Claims,
+    action: str,
+    obj: str,
+    over: Throttled,
+    *,
+    close: bool,
+    head_only: bool,
+) -> bytes:
+    """The 429 of a throttled request, in the resource's profile's shape when it has one."""
+    body = throttled_body(claims, rs.name, action, obj, over)
+    profile = rs.profile
+    if profile is None:
+        extra = [("Retry-After", str(retry_after_seconds(over.retry_after)))]
+        return responses.json_response(429, body, close=close, head_only=head_only, extra=extra)
+    return responses.json_response(
+        429, body, close=close, head_only=head_only,
+        extra=profile.throttle_headers(over.retry_after), shape=profile.error_body,
+    )  # fmt: skip
+
+
+def throttled_detail(over: Throttled) -> dict[str, Any]:
+    """The ``throttled`` record's detail: the quota, its kind and the wait asked."""
+    return {"limit": over.limit, "kind": over.kind, "retry_after": round(over.retry_after, 3)}
+
+
+def request_span(rs: ResourceState, claims: Claims, method: str, path: str) -> RequestSpan:
+    """The SERVER span of one request (HTTP semantic conventions); the no-op span when
+    tracing is off. ``path`` is the upstream-relative path: no query, no token segment."""
+    if not tracing.enabled():
+        return NO_SPAN
+    attributes: dict[str, AttributeValue] = {
+        "http.request.method": method,
+        "url.path": request_line(path.encode("utf-8", "replace")).decode("utf-8", "replace"),
+        "server.address": rs.target.host,
+        "server.port": rs.target.port,
+        "lockgate.resource": rs.name,
+        "lockgate.principal": claims.sub,
+    }
+    for key, value in (
+        ("lockgate.deployment", claims.deployment),
+        ("lockgate.dag_id", claims.dag_id),
+        ("lockgate.task_id", claims.task_id),
+        ("lockgate.run_id", claims.run_id),
+    ):
+        if value is not None:
+            attributes[key] = value
+    return tracing.start_request(
+        "http", rs.name, method,
+        traceparent=getattr(claims, "traceparent", None), attributes=attributes,
+    )  # fmt: skip
+
+
+__all__ = [
+    "Quota",
+    "request_span",
+    "throttled_answer",
+    "throttled_body",
+    "throttled_detail",
+]
