@@ -1,8 +1,11 @@
-"""A quota gate for engine tests: throttles, paces or admits, and counts slots held."""
+"""A quota gate for engine tests (throttles, paces or admits, counts slots held) and a span
+that records what the engine told it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -68,6 +71,30 @@ class FakeGate:
 
     def run_finished(self, resource: str, run_id: str) -> None:
         return None
+
+
+class RecordingSpan:
+    def __init__(self, name: str, attributes: dict[str, object], traceparent: object) -> None:
+        self.name, self.attributes, self.traceparent = name, attributes, traceparent
+        self.calls: list[tuple[str, object]] = []
+
+    def decided(self, *args: object) -> None:
+        self.calls.append(("decided", args))
+
+    def throttled(self, limit: str, retry_after: float) -> None:
+        self.calls.append(("throttled", limit))
+
+    @contextlib.contextmanager
+    def upstream_attempt(self, attempt: int) -> Iterator[None]:
+        self.calls.append(("attempt", attempt))
+        yield
+        self.calls.append(("attempt_done", attempt))
+
+    def retried(self, reason: str, delay: float) -> None:
+        self.calls.append(("retried", reason))
+
+    def end(self, *, status: object = None, error: object = None) -> None:
+        self.calls.append(("end", status))
 
 
 async def eventually(check: Any, timeout: float = 3.0) -> None:

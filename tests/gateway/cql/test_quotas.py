@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from lockgate import metrics, tracing
 from lockgate.gateway.cql import codec
 
 from .engine_stack import RawClient, Stack, cql_context, stack_fixture
-from .quota_gate import FakeGate, eventually
+from .quota_gate import FakeGate, RecordingSpan, eventually
 
 INSERT = "INSERT INTO ks.orders (id, item) VALUES ({id}, 'pen')"
 
@@ -140,30 +139,6 @@ async def test_a_paced_statement_is_dropped_when_the_client_leaves(stack: Stack)
     raw.close()
     await eventually(lambda: gate.cancelled == 1 and gate.held == 0)
     assert not [r for r in stack.audit("admitted") if r.action == "write"]
-
-
-class RecordingSpan:
-    def __init__(self, name: str, attributes: dict[str, object], traceparent: object) -> None:
-        self.name, self.attributes, self.traceparent = name, attributes, traceparent
-        self.calls: list[tuple[str, object]] = []
-
-    def decided(self, *args: object) -> None:
-        self.calls.append(("decided", args))
-
-    def throttled(self, limit: str, retry_after: float) -> None:
-        self.calls.append(("throttled", limit))
-
-    @contextlib.contextmanager
-    def upstream_attempt(self, attempt: int) -> Iterator[None]:
-        self.calls.append(("attempt", attempt))
-        yield
-        self.calls.append(("attempt_done", attempt))
-
-    def retried(self, reason: str, delay: float) -> None:
-        self.calls.append(("retried", reason))
-
-    def end(self, *, status: object = None, error: object = None) -> None:
-        self.calls.append(("end", status))
 
 
 async def test_one_span_per_statement_without_its_text(
