@@ -13,7 +13,7 @@ import pytest
 from lockgate import metrics, tracing
 from lockgate.gateway.cql import codec
 
-from .engine_stack import RawClient, Stack, cql_context, stack_fixture
+from .engine_stack import RawClient, Stack, connect, cql_context, stack_fixture
 from .quota_gate import FakeGate, RecordingSpan, eventually
 
 INSERT = "INSERT INTO ks.orders (id, item) VALUES ({id}, 'pen')"
@@ -167,3 +167,64 @@ async def test_one_span_per_statement_without_its_text(
     assert not any("pen" in str(v) for v in attrs.values())  # no literal, no text
     assert [c[0] for c in span.calls] == ["decided", "attempt", "attempt_done", "end"]
     assert span.calls[-1] == ("end", codec.RESULT_VOID)
+
+
+# -- the real gate: quotas of a policy file, as the server builds them -------------------------
+def add_quotas(stack: Stack, text: str) -> None:
+    policies = Path(str(stack.gw.config.data_dir)).parent / "policies"
+    (policies / "quotas.yaml").write_text(text)
+    assert stack.gw.policy.reload_if_changed(), stack.gw.policy.last_error
+
+
+async def test_policy_quotas_rate_and_sessions(stack: Stack) -> None:
+    add_quotas(
+        stack,
+        "quotas:\n"
+        "  - {id: etl-writes, principals: ['airflow:prod/etl/*'], resources: [cass],"
+        " actions: [write], rate: 1/m, burst: 2}\n"
+        "  - {id: etl-sessions, principals: ['airflow:prod/etl/*'], resources: [cass],"
+        " sessions: 1}\n",
+    )
+    raw = await etl_raw(stack)
+    send_together(raw, *(codec.Query(stream=3 + i, query=INSERT.format(id=i)) for i in range(3)))
+    answers = [await raw.recv() for _ in range(3)]
+    assert [type(a).__name__ for a in answers].count("Error") == 1
+    (refused,) = [a for a in answers if isinstance(a, codec.Error)]
+    assert refused.code == codec.ERR_OVERLOADED and "etl-writes" in refused.message
+    second = await RawClient.open(stack.port)
+    answer = await second.login(stack.token("etl"))
+    assert isinstance(answer, codec.Error) and "etl-sessions" in answer.message
+    raw.close()
+    # the first session's slot comes back when it ends: a new login gets in
+    for _ in range(50):
+        third = await RawClient.open(stack.port)
+        if isinstance(await third.login(stack.token("etl")), codec.AuthSuccess):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the session slot was not given back")
+    third.close()
+    kinds = sorted(r.detail["kind"] for r in stack.audit("throttled"))
+    assert kinds[0] == "rate" and set(kinds[1:]) == {"sessions"}
+
+
+async def test_policy_quota_with_max_delay_paces_the_stock_driver(stack: Stack) -> None:
+    add_quotas(
+        stack,
+        "quotas:\n"
+        "  - {id: etl-paced, principals: ['airflow:prod/etl/*'], resources: [cass],"
+        " actions: [write], rate: 20/s, burst: 1, max_delay: 2s}\n",
+    )
+    session = await asyncio.to_thread(connect, stack.port, stack.token("etl"))
+    try:
+        prepared = await asyncio.to_thread(
+            session.prepare, "INSERT INTO ks.orders (id, item) VALUES (?, 'pen')"
+        )
+        t0 = time.monotonic()
+        for i in range(11):  # none fails: each waits for its token
+            await asyncio.to_thread(session.execute, prepared, (100 + i,))
+        elapsed = time.monotonic() - t0
+    finally:
+        await asyncio.to_thread(session.cluster.shutdown)
+    assert elapsed >= 0.45  # 10 tokens after the burst at 20/s
+    assert not stack.audit("throttled")
