@@ -16,7 +16,7 @@ from lockgate import metrics, tracing
 from tests.gateway.cql.quota_gate import FakeGate, RecordingSpan, eventually
 from tests.pgserver import PgServer
 
-from .stack import RESOURCE, PgStack, pg_stack
+from .stack import POLICY, RESOURCE, PgStack, pg_stack
 
 INSERT = "INSERT INTO sales.orders VALUES (%s, 'fig', 1)"
 
@@ -158,3 +158,33 @@ async def test_one_span_per_statement_without_its_text(
     assert not any("secret-fig" in str(v) for v in attrs.values())
     assert [c[0] for c in span.calls] == ["decided", "attempt", "attempt_done", "end"]
     assert span.calls[-1] == ("end", "ok")
+
+
+async def test_policy_quotas_sessions_cap_and_paced_writes(stack: PgStack) -> None:
+    stack.write_policy(
+        POLICY + "quotas:\n"
+        "  - {id: etl-sessions, principals: ['airflow:prod/etl/*'], resources: [pg],"
+        " sessions: 1}\n"
+        "  - {id: etl-paced, principals: ['airflow:prod/etl/*'], resources: [pg],"
+        " actions: [write], rate: 20/s, burst: 1, max_delay: 2s}\n"
+    )
+    conn = await stack.connect("etl")
+    try:
+        with pytest.raises(psycopg.OperationalError) as err:
+            await stack.connect("etl")
+        assert "etl-sessions" in str(err.value)
+        t0 = time.monotonic()
+        for i in range(11):  # none fails: each waits for its token
+            await conn.execute(INSERT, (60 + i,))
+        assert time.monotonic() - t0 >= 0.45
+    finally:
+        await conn.close()
+    for _ in range(50):  # the slot comes back with the session's end
+        try:
+            await (await stack.connect("etl")).close()
+            break
+        except psycopg.OperationalError:
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the session slot was not given back")
+    assert [r.detail["kind"] for r in stack.audit("throttled")] == ["sessions"]
