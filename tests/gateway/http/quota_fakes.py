@@ -4,6 +4,7 @@ it hands out, so a test fails when one is never given back."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,3 +92,28 @@ class FakeGate:
     def leaked(self) -> int:
         """Slots handed out and neither given back nor counting a started run."""
         return len(self.held)
+
+
+@dataclass
+class BucketGate(FakeGate):
+    """A token bucket: ``rate`` requests a second, ``burst`` at once; a request over it is
+    throttled with the wait until its token (what a rate quota answers)."""
+
+    rate: float = 10.0
+    burst: float = 2.0
+    throttled: int = 0
+    _tokens: float = -1.0
+    _at: float = 0.0
+
+    def _admit(self, resource: str, action: str, obj: str) -> Admission:
+        now = time.monotonic()
+        if self._tokens < 0:
+            self._tokens, self._at = self.burst, now
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self.asked.append((resource, action, obj))
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return self._take("request")
+        self.throttled += 1
+        return Throttled("cosmos-writes", "rate", (1.0 - self._tokens) / self.rate)
