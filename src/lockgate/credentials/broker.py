@@ -510,8 +510,10 @@ class CredentialBroker:
         )  # fmt: skip
 
     def _vault_kv_reader(self, cfg: VaultKvCredential) -> VaultKvReader:
-        def stored_secret_id() -> str:
-            # The AppRole secret id `lockgate creds set NAME` stored (loaded on first use).
+        async def stored_secret_id() -> str:
+            # The AppRole secret id `lockgate creds set NAME` stored, as of the store's latest.
+            await self._catch_up()
+            self._notice_changes()
             return self._current_version(cfg.name).value
 
         return VaultKvReader(

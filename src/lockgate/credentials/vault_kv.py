@@ -25,7 +25,7 @@ from __future__ import annotations
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -42,7 +42,7 @@ from lockgate.errors import CredentialError
 RENEW_AT = 2 / 3
 
 #: The stored AppRole secret id (the broker's current version of the credential).
-SecretIdSource = Callable[[], str]
+SecretIdSource = Callable[[], Awaitable[str]]
 
 
 @dataclass(slots=True)
@@ -118,7 +118,7 @@ class VaultKvReader:
         auth = self.cred.auth
         payload: dict[str, str]
         if isinstance(auth, VaultAppRole):
-            payload = {"role_id": auth.role_id, "secret_id": self._approle_secret_id(auth)}
+            payload = {"role_id": auth.role_id, "secret_id": await self._approle_secret_id(auth)}
         else:
             payload = {"role": auth.role, "jwt": self._sign_jwt(auth)}
         status, body = await self._call("POST", self._url(f"auth/{auth.mount}/login"), json=payload)
@@ -128,7 +128,7 @@ class VaultKvReader:
             raise self._refused("the", where, status, body)
         return token
 
-    def _approle_secret_id(self, auth: VaultAppRole) -> str:
+    async def _approle_secret_id(self, auth: VaultAppRole) -> str:
         if auth.secret_id_file is not None:
             try:
                 value = auth.secret_id_file.read_text(encoding="utf-8").strip()
@@ -138,7 +138,7 @@ class VaultKvReader:
                     f"{auth.secret_id_file}: {exc.strerror}"
                 ) from None
         else:
-            value = self._secret_id() if self._secret_id is not None else ""
+            value = await self._secret_id() if self._secret_id is not None else ""
         if not value:
             raise CredentialError(
                 f"credential {self.cred.name!r}: no AppRole secret_id "

@@ -35,6 +35,7 @@ import fnmatch
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ class FakeVault:
     base_url: str = ""
     available: bool = True  # False: 503 for everything (sealed / down)
     logins: int = 0
+    clock: Callable[[], float] = time.time  # token times (tests move it)
 
     def __post_init__(self) -> None:
         self._tokens: dict[str, _Token] = {}
@@ -166,7 +168,7 @@ class FakeVault:
         token = self._tokens.get(value)
         if token is None or token.namespace != request[NAMESPACE_KEY]:
             return None
-        if time.time() >= token.expires_at():
+        if self.clock() >= token.expires_at():
             self._tokens.pop(value, None)
             return None
         return token
@@ -181,7 +183,7 @@ class FakeVault:
     def _issue(self, namespace: str, policies: list[str], ttl: int, max_ttl: int,
                metadata: dict[str, str]) -> web.Response:  # fmt: skip
         value = "hvs." + secrets.token_urlsafe(24)
-        now = time.time()
+        now = self.clock()
         self._tokens[value] = _Token(namespace, ["default", *policies], now, ttl, now + max_ttl)
         self.logins += 1
         return _answer(auth={
@@ -219,7 +221,7 @@ class FakeVault:
             )
         except (jwt.PyJWTError, IssuerKeyError):
             return _errors(400, ["error validating token: failed to verify id token signature"])
-        now = time.time()
+        now = self.clock()
         exp, nbf = claims.get("exp"), claims.get("nbf", 0)
         if not isinstance(exp, int | float) or now > exp + LEEWAY:
             return _errors(400, ["error validating token: token is expired"])
@@ -251,7 +253,7 @@ class FakeVault:
         if token is None:
             return _errors(403, ["permission denied"])
         value = request.headers.get("X-Vault-Token", "")
-        now = time.time()
+        now = self.clock()
         body = await _json(request)
         wanted = int(body.get("increment", 0) or 0) or self._role_ttl(token)
         # Renewal restarts the lease from now, never past the token's max TTL.
@@ -279,7 +281,7 @@ class FakeVault:
         if token is None:
             return _errors(403, ["permission denied"])
         return _answer(data={
-            "policies": token.policies, "ttl": int(token.expires_at() - time.time()),
+            "policies": token.policies, "ttl": int(token.expires_at() - self.clock()),
             "renewable": token.renewable,
             "namespace_path": token.namespace + ("/" if token.namespace else ""),
             "expire_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at())),
