@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from lockgate.config import parse_config
@@ -53,7 +54,7 @@ def test_no_quota_opens_nothing_a_reload_adds_one(tmp_path: Path) -> None:
     os.utime(policy_file, (stamp, stamp))
     assert store.reload_if_changed()
     ticket = gate.admit(task_claims(), "orders-api", "read", "/o")
-    assert not isinstance(ticket, Throttled) and ticket is not NO_TICKET
+    assert not isinstance(ticket, Awaitable | Throttled) and ticket is not NO_TICKET
     assert opened == ["quotas"]
     refused = gate.admit(task_claims(task="other"), "orders-api", "read", "/o")
     assert refused == Throttled("etl-one-at-a-time", "concurrency", 1.0)
