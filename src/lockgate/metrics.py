@@ -189,6 +189,13 @@ QUOTA_THROTTLED = _counter(
     "Requests, statements, sessions and run starts refused by a quota (limit: its id)",
     "resource", "limit", "kind",
 )  # fmt: skip
+QUOTA_WAIT = Histogram(
+    "lockgate_quota_wait_seconds",
+    "Time a request or statement was held by a quota's pacing (max_delay) before it went on",
+    ["resource", "limit"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
 
 
 def render() -> bytes:
