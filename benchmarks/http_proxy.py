@@ -21,6 +21,11 @@ One run measures, against the same upstream and with the same load tool:
   audit writer process);
 * ``lockgate-fsync``: ``lockgate`` with ``audit.durability: fsync`` (an allowed request is
   forwarded once its journal line is on the device: group-committed ``fdatasync``);
+* ``lockgate-traced``: ``lockgate`` with ``tracing.enabled`` (sample ratio 1, a token
+  carrying a sampled ``traceparent``, so every request records a span and its upstream
+  attempt) exporting over OTLP/HTTP (batch processor) to a local sink that answers 200 to
+  every export; the ``tracing overhead`` line compares it with ``lockgate`` measured in the
+  same run (run both: ``--variants lockgate,lockgate-traced``);
 * ``engine``: ``HttpEngine`` alone with trivially cheap fakes for verifier, policy, broker
   and audit (the engine's own cost; the difference to ``lockgate`` is identity, policy and
   audit).
@@ -163,14 +168,31 @@ def run_fake_gateway(port: int, upstream_port: int, secret_value: str) -> None:
     loop.run_forever()
 
 
-def run_real_gateway(config_path: str, variant: str = "lockgate") -> None:
+def run_otlp_sink(port: int) -> None:
+    """An OTLP/HTTP collector stand-in: reads each export and answers 200, decoding nothing."""
+    from aiohttp import web
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", accept)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def run_real_gateway(config_path: str, variant: str = "lockgate", otlp_port: str = "") -> None:
     """The real Lockgate process: ``lockgate.server.run`` on uvloop."""
     import logging
 
     from lockgate import server
     from lockgate.config import load_config
+    from lockgate.config.tracing import TracingSettings
 
     cfg = load_config(config_path)
+    if variant == "lockgate-traced":  # every request's span exported to the local sink
+        traced = TracingSettings(enabled=True, otlp_endpoint=f"http://127.0.0.1:{otlp_port}")
+        cfg = cfg.model_copy(update={"tracing": traced})
     if variant == "lockgate-process":  # audit written by a separate writer process
         cfg = cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"writer": "process"})})
     elif variant == "lockgate-fsync":  # each request waits for its journal line's fdatasync
@@ -199,7 +221,11 @@ def make_lockgate_config(directory: Path, upstream_port: int, secret: str) -> tu
     state = State(config)
     state.credentials.set("orders-api-key", secret)
     identity = TaskIdentity("prod", "finance_daily", "read_orders", "bench", 1, -1)
-    token, _ = TokenIssuer(state.keys, config.issuer_url).mint(identity, "orders-api", 900)
+    # As the secrets backend's tokens do: the task's trace context (sampled), so a traced
+    # gateway records every request as a child of it.
+    task_trace = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    issuer = TokenIssuer(state.keys, config.issuer_url)
+    token, _ = issuer.mint(identity, "orders-api", 900, traceparent=task_trace)
     return written["config"], token
 
 
@@ -411,7 +437,7 @@ def _stop(proc: Any) -> None:
         proc.wait(5)
 
 
-VARIANTS = ("lockgate", "lockgate-process", "lockgate-w2", "lockgate-fsync")
+VARIANTS = ("lockgate", "lockgate-process", "lockgate-w2", "lockgate-fsync", "lockgate-traced")
 
 
 def _wait_closed(port: int, timeout: float = 10.0) -> None:
@@ -506,8 +532,12 @@ def main(argv: list[str] | None = None) -> int:
                 results["nginx"] = run(nginx_port, PATH, "client-token-ignored", a.conns)
                 results["nginx@moderate"] = run(nginx_port, PATH, "x", a.moderate)
                 _stop(nginx)
+            otlp_port = _free_port()
+            if "lockgate-traced" in variants:
+                procs.append(_spawn("otlp-sink", str(otlp_port)))
+                _wait_port(otlp_port)
             for variant in variants:
-                gw = _spawn("gateway", str(config_path), variant)
+                gw = _spawn("gateway", str(config_path), variant, str(otlp_port))
                 procs.append(gw)
                 _wait_port(gw_port)
                 time.sleep(1.0)  # every worker in the port group, writer connected
@@ -546,6 +576,18 @@ def main(argv: list[str] | None = None) -> int:
         figures = _figures(r, m, direct, ngx, dm)
         summary.update({f"{variant}_{k}": v for k, v in figures.items()})
         print(f"{variant}: " + ", ".join(_explain(k, v) for k, v in figures.items()))
+    traced, untraced = results.get("lockgate-traced"), results.get("lockgate")
+    if traced is not None and untraced is not None and untraced["rps"]:
+        on, off = results.get("lockgate-traced@moderate"), results.get("lockgate@moderate")
+        added = {k: on[k] - off[k] if on and off and on.get(k) is not None
+                 and off.get(k) is not None else None for k in ("p50_ms", "p99_ms")}  # fmt: skip
+        summary["tracing_ratio"] = traced["rps"] / untraced["rps"]
+        summary.update({f"tracing_added_{k}": v for k, v in added.items()})
+        print(
+            f"tracing overhead: traced/off {summary['tracing_ratio']:.3f}x req/s at saturation; "
+            + ", ".join(_explain(f"added_{k}", v) for k, v in added.items())
+            + f" at {a.moderate} connections"
+        )
     lockgate = results.get("lockgate")
     if lockgate is not None:  # the targets are for the default config, one process
         figures = _figures(lockgate, results.get("lockgate@moderate"), direct, ngx, dm)
@@ -568,7 +610,9 @@ if __name__ == "__main__":
     elif role == "engine":
         run_fake_gateway(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     elif role == "gateway":
-        run_real_gateway(sys.argv[2], *sys.argv[3:4])
+        run_real_gateway(sys.argv[2], *sys.argv[3:5])
+    elif role == "otlp-sink":
+        run_otlp_sink(int(sys.argv[2]))
     elif role == "load":
         run_load(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6]))
     else:

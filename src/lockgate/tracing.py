@@ -23,9 +23,12 @@ plane :func:`start_mint`. :func:`configure` is called once per process by the se
 
 from __future__ import annotations
 
+import functools
 import os
+import random
 import re
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -33,10 +36,10 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from lockgate import __version__
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import SpanKind, StatusCode
 
     from lockgate.config.tracing import TracingSettings
 
@@ -158,6 +161,7 @@ _NAME_WORD = re.compile(r'\A[A-Za-z0-9_.:/*{}"\[\]-]+\Z')
 _DB_SYSTEM = {"cql": "cassandra", "postgres": "postgresql"}
 
 
+@functools.lru_cache(maxsize=4096)  # resources, paths and rules repeat request after request
 def clean_text(value: str, limit: int = _MAX_VALUE) -> str:
     """``value`` cut before anything that may be a literal or a query string, capped."""
     if _JWT.search(value):
@@ -200,23 +204,118 @@ def clean_attributes(
 
 
 # -- the real thing -----------------------------------------------------------------------------
+#
+# Spans are recorded here, not through the SDK's Tracer: its start_span (sampler call,
+# attribute re-validation, locks, context objects) cost ~60 us a span, more than the HTTP
+# engine's whole request. A span is a few fields until it ends; then one ReadableSpan goes
+# to the SDK's span processor (batching, the exporters). Attributes are already clean.
+
+_SAMPLED = 1  # W3C trace-flags bit
+_ID_LIMIT = (1 << 64) - 1
+
+
+class _Recording:
+    """What the process records with: its span processor (None: spans are made and
+    dropped), resource and sampling bound, and the SDK's classes, imported once."""
+
+    def __init__(self, processor: SpanProcessor | None, resource: Resource, ratio: float) -> None:
+        from opentelemetry.sdk.trace import Event, ReadableSpan
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+        self.server, self.client, self.error = SpanKind.SERVER, SpanKind.CLIENT, StatusCode.ERROR
+        self._event, self._readable, self._context = Event, ReadableSpan, SpanContext
+        self._status, self._ok = Status, Status()
+        self._flags = TraceFlags(_SAMPLED)
+        self.processor = processor
+        self.resource = resource
+        self.scope = InstrumentationScope("lockgate", __version__)
+        # TraceIdRatioBased's rule: the low 64 bits of the trace id under ratio * 2**64.
+        self.bound = round(ratio * (_ID_LIMIT + 1))
+
+    def start(
+        self, name: str, traceparent: str | None, attributes: dict[str, AttributeValue]
+    ) -> RequestSpan:
+        parent: tuple[int, int] | None = None
+        if traceparent is not None and valid_traceparent(traceparent) is not None:
+            trace_id = int(traceparent[3:35], 16)
+            parent = (trace_id, int(traceparent[36:52], 16))
+            # Parent-based: a sampled caller is always recorded; others at the ratio.
+            sampled = (
+                bool(int(traceparent[53:55], 16) & _SAMPLED) or (trace_id & _ID_LIMIT) < self.bound
+            )
+        else:
+            trace_id = random.getrandbits(128) or 1
+            sampled = (trace_id & _ID_LIMIT) < self.bound
+        if not sampled:
+            return NO_SPAN
+        return _Span(self, clean_name(name) or "request", trace_id, parent, self.server, attributes)
+
+    def finish(self, span: _Span, end_ns: int) -> None:
+        if self.processor is None:
+            return
+        context, flags = self._context, self._flags
+        parent = span.parent
+        readable = self._readable(
+            name=span.name,
+            context=context(span.trace_id, span.span_id, is_remote=False, trace_flags=flags),
+            parent=None
+            if parent is None
+            else context(parent[0], parent[1], is_remote=True, trace_flags=flags),
+            resource=self.resource,
+            attributes=span.attributes,
+            events=tuple(self._event(name, attrs, at) for name, attrs, at in span.events),
+            kind=span.kind,
+            status=self._ok if span.status is None else self._status(span.status),
+            start_time=span.start_ns,
+            end_time=end_ns,
+            instrumentation_scope=self.scope,
+        )
+        self.processor.on_end(readable)
 
 
 class _Span:
-    """A recording :class:`RequestSpan` over an SDK span."""
+    """A recording :class:`RequestSpan`: plain fields until :meth:`end`."""
 
-    __slots__ = ("_ended", "_name", "_span", "_tracer")
+    __slots__ = (
+        "attributes",
+        "ended",
+        "events",
+        "kind",
+        "name",
+        "parent",
+        "recording",
+        "span_id",
+        "start_ns",
+        "status",
+        "trace_id",
+    )
 
-    def __init__(self, tracer: Tracer, span: Span, name: str) -> None:
-        self._tracer = tracer
-        self._span = span
-        self._name = name
-        self._ended = False
+    def __init__(
+        self,
+        recording: _Recording,
+        name: str,
+        trace_id: int,
+        parent: tuple[int, int] | None,
+        kind: SpanKind,
+        attributes: dict[str, AttributeValue],
+    ) -> None:
+        self.recording = recording
+        self.name = name
+        self.trace_id = trace_id
+        self.span_id = random.getrandbits(64) or 1
+        self.parent = parent
+        self.kind = kind
+        self.attributes = attributes
+        self.events: list[tuple[str, dict[str, AttributeValue], int]] = []
+        self.status: StatusCode | None = None  # StatusCode.ERROR once failed
+        self.start_ns = time.time_ns()
+        self.ended = False
 
     def decided(
         self, action: str, obj: str, decision: str, rule: str | None, reason: str | None
     ) -> None:
-        self._span.set_attributes(
+        self.attributes.update(
             clean_attributes(
                 {
                     "lockgate.action": action,
@@ -232,91 +331,56 @@ class _Span:
         attrs = clean_attributes(
             {"lockgate.limit": limit, "lockgate.retry_after": round(float(retry_after), 3)}
         )
-        self._span.set_attributes({"lockgate.decision": "deny", "lockgate.reason": "throttled"})
-        self._span.add_event("lockgate.throttled", attrs)
+        self.attributes.update({"lockgate.decision": "deny", "lockgate.reason": "throttled"})
+        self.events.append(("lockgate.throttled", attrs, time.time_ns()))
 
     @contextmanager
     def upstream_attempt(self, attempt: int) -> Iterator[None]:
-        from opentelemetry import trace
-        from opentelemetry.trace import SpanKind, StatusCode
-
-        child = self._tracer.start_span(
-            f"{self._name} upstream",
-            context=trace.set_span_in_context(self._span),
-            kind=SpanKind.CLIENT,
-            attributes={"lockgate.attempt": attempt, "http.request.resend_count": attempt - 1}
-            if attempt > 1
-            else {"lockgate.attempt": attempt},
+        attrs: dict[str, AttributeValue] = {"lockgate.attempt": attempt}
+        if attempt > 1:
+            attrs["http.request.resend_count"] = attempt - 1
+        child = _Span(
+            self.recording,
+            f"{self.name} upstream",
+            self.trace_id,
+            (self.trace_id, self.span_id),
+            self.recording.client,
+            attrs,
         )
         try:
             yield
         except BaseException as exc:
-            child.set_attribute("error.type", type(exc).__name__)
-            child.set_status(StatusCode.ERROR)
+            child.attributes["error.type"] = type(exc).__name__
+            child.status = self.recording.error
             raise
         finally:
-            child.end()
+            child.ended = True
+            self.recording.finish(child, time.time_ns())
 
     def retried(self, reason: str, delay: float) -> None:
-        self._span.add_event(
-            "lockgate.retry",
-            clean_attributes({"lockgate.reason": reason, "lockgate.delay": round(delay, 3)}),
-        )
+        attrs = clean_attributes({"lockgate.reason": reason, "lockgate.delay": round(delay, 3)})
+        self.events.append(("lockgate.retry", attrs, time.time_ns()))
 
     def end(self, *, status: int | str | None = None, error: str | None = None) -> None:
-        if self._ended:
+        if self.ended:
             return
-        self._ended = True
-        from opentelemetry.trace import StatusCode
-
+        self.ended = True
         failed = error is not None
         if isinstance(status, bool):  # not a status; never an attribute
             status = None
         if isinstance(status, int):
-            self._span.set_attribute("http.response.status_code", status)
+            self.attributes["http.response.status_code"] = status
             failed = failed or status >= 500
         elif isinstance(status, str) and (code := clean_text(status, 32)):
-            self._span.set_attribute("db.response.status_code", code)
+            self.attributes["db.response.status_code"] = code
             failed = True  # CQL and PostgreSQL name a status only when the statement failed
         if failed:
-            kind = clean_text(error or str(status), 64) or "error"
-            self._span.set_attribute("error.type", kind)
-            self._span.set_status(StatusCode.ERROR)
-        self._span.end()
+            self.attributes["error.type"] = clean_text(error or str(status), 64) or "error"
+            self.status = self.recording.error
+        self.recording.finish(self, time.time_ns())
 
 
-class _Tracing:
-    """The process's tracer provider and the tracer spans are started from."""
-
-    def __init__(self, provider: TracerProvider) -> None:
-        self.provider = provider
-        self.tracer = provider.get_tracer("lockgate", __version__)
-
-    def start(
-        self,
-        name: str,
-        traceparent: str | None,
-        attributes: dict[str, AttributeValue],
-    ) -> _Span:
-        from opentelemetry.trace import SpanKind
-
-        name = clean_name(name) or "request"
-        span = self.tracer.start_span(
-            name, context=_parent(traceparent), kind=SpanKind.SERVER, attributes=attributes
-        )
-        return _Span(self.tracer, span, name)
-
-
-def _parent(traceparent: str | None) -> Context | None:
-    """The OpenTelemetry context of a valid ``traceparent``, else None (a new root)."""
-    if valid_traceparent(traceparent) is None:
-        return None
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    return TraceContextTextMapPropagator().extract({"traceparent": traceparent})
-
-
-_tracing: _Tracing | None = None
+_tracing: _Recording | None = None
 
 
 def configure(
@@ -334,13 +398,8 @@ def configure(
     if not settings.enabled:
         return
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    ratio = TraceIdRatioBased(settings.sample_ratio)
-    # An unsampled remote parent (the task's own tracing off) gets the ratio, not silence.
-    sampler = ParentBased(ratio, remote_parent_not_sampled=ratio)
     instance = f"{socket.gethostname()}/{service_instance or os.getpid()}"
     resource = Resource.create(
         {
@@ -349,12 +408,11 @@ def configure(
             "service.instance.id": instance,
         }
     )
-    provider = TracerProvider(resource=resource, sampler=sampler)
     if exporter is None and settings.otlp_endpoint:
         exporter = _otlp_exporter(settings)
-    if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    _tracing = _Tracing(provider)
+    processor = BatchSpanProcessor(exporter) if exporter is not None else None
+    # An unsampled caller (the task's own tracing off) gets the ratio, not silence.
+    _tracing = _Recording(processor, resource, settings.sample_ratio)
 
 
 def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
@@ -368,15 +426,16 @@ def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
 
 def flush(timeout_millis: int = 5_000) -> bool:
     """Export what is batched now (tests; the server before it stops)."""
-    return _tracing.provider.force_flush(timeout_millis) if _tracing is not None else True
+    processor = _tracing.processor if _tracing is not None else None
+    return processor.force_flush(timeout_millis) if processor is not None else True
 
 
 def shutdown() -> None:
     """Flush and stop the exporter; tracing is off afterwards."""
     global _tracing
     current, _tracing = _tracing, None
-    if current is not None:
-        current.provider.shutdown()
+    if current is not None and current.processor is not None:
+        current.processor.shutdown()
 
 
 def enabled() -> bool:
