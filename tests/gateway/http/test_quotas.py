@@ -67,9 +67,11 @@ async def test_over_quota_is_429_with_retry_after_audited_and_counted(make_gatew
 async def test_a_denied_request_never_asks_the_quota(make_gateway, upstream):
     gate = FakeGate(limit=0)
     gw = await make_gateway(allow=[("read", "/public/*")], quotas=gate)
-    async with aiohttp.ClientSession() as s:
-        async with s.delete(f"{gw.url}/orders/public/1", headers=bearer()) as r:
-            assert r.status == 403
+    async with (
+        aiohttp.ClientSession() as s,
+        s.delete(f"{gw.url}/orders/public/1", headers=bearer()) as r,
+    ):
+        assert r.status == 403
     assert gate.asked == []
     assert gw.audit.events() == ["denied"]
 
@@ -130,9 +132,11 @@ async def test_no_slot_leaks_on_any_path(make_gateway, upstream):
         async with s.post(f"{gw.url}/orders/big", data=b"y" * 300_000, headers=bearer()) as r:
             await r.read()
     gw.verifier.tokens["tok-gone"] = claims_for("gone")
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"{gw.url}/gone/x", headers=bearer("tok-gone")) as r:
-            assert r.status == 502
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{gw.url}/gone/x", headers=bearer("tok-gone")) as r,
+    ):
+        assert r.status == 502
     # client gone while the upstream is slow, and mid-body of a large download
     for target in (b"/orders/slow?s=2", b"/orders/download?size=50000000"):
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
@@ -157,9 +161,11 @@ async def test_a_paced_request_is_held_then_served(make_gateway, upstream):
     gw = await make_gateway(quotas=gate)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    async with aiohttp.ClientSession() as s:
-        async with s.get(f"{gw.url}/orders/items/1", headers=bearer()) as r:
-            assert r.status == 200
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{gw.url}/orders/items/1", headers=bearer()) as r,
+    ):
+        assert r.status == 200
     assert loop.time() - t0 >= 0.3
     assert gw.audit.events() == ["allowed"] and len(gw.audit.ahead) == 1
     assert gate.leaked == 0
