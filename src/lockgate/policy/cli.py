@@ -89,11 +89,37 @@ def cmd_check(
         lines.append(f"  rule description: {rule.description}")
     if decision.rule is None:
         lines.append("  no rule decided; denied by default")
+    if decision.allowed:
+        lines.extend(_quota_lines(policy_set, principal, action, resource, obj))
     if undelegated:
         lines[0] = "DENY" + lines[0][len(verdict) :]
         lines.append(f"  {undelegated}")
         return 1, "\n".join(lines)
     return (0 if decision.allowed else 1), "\n".join(lines)
+
+
+def _quota_lines(
+    policy_set: PolicySet, principal: str, action: str, resource: str, obj: str
+) -> list[str]:
+    """The quotas an allowed request would count against (every one applies)."""
+    lines: list[str] = []
+    for q in policy_set.quotas_for(principal, resource):
+        if q.objects.match_all or q.objects(obj):
+            limits = [
+                f"rate {q.rate:g}/s (burst {q.burst:g}"
+                + (f", waits up to {q.max_delay:g}s)" if q.max_delay else ")")
+                if q.rate is not None and action in q.actions
+                else "",
+                f"{q.concurrency} in flight"
+                if q.concurrency is not None and action in q.actions
+                else "",
+                f"{q.sessions} sessions" if q.sessions is not None else "",
+                f"{q.runs} runs" if q.runs is not None and action == "run" else "",
+            ]
+            shown = ", ".join(limit for limit in limits if limit)
+            if shown:
+                lines.append(f"  quota {q.id} ({PurePath(q.source).name}): {shown} per {q.per}")
+    return lines
 
 
 def _principal_problem(
@@ -125,10 +151,13 @@ def cmd_lint(
     warnings = len(findings) - errors
     lines = [str(f) for f in findings]
     files = ", ".join(PurePath(s).name for s in policy_set.sources) or "no files"
+    counted = f"{len(policy_set)} rules"
+    if policy_set.quotas:
+        counted += f", {len(policy_set.quotas)} quotas"
     lines.append(
-        f"{len(policy_set)} rules in {files}: {errors} error(s), {warnings} warning(s)"
+        f"{counted} in {files}: {errors} error(s), {warnings} warning(s)"
         if findings
-        else f"{len(policy_set)} rules in {files}: no problems found"
+        else f"{counted} in {files}: no problems found"
     )
     failed = errors > 0 or (strict and warnings > 0)
     return (1 if failed else 0), "\n".join(lines)

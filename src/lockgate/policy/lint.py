@@ -11,6 +11,14 @@ Findings (severity in brackets):
 * **no-effect** — a rule with an empty ``principals``, ``actions``, ``resources`` or
   ``objects`` list [warning].
 
+Quotas (the ``quotas:`` list) [warnings: a quota is a brake, never an access decision]:
+
+* **quota-unknown-resource** — a quota's resource pattern matching no configured resource;
+* **quota-unreachable** — a quota no allow rule could ever reach (no allow rule's
+  principals, resources and actions can meet the quota's): it would never count anything;
+* **quota-no-effect** — a ``runs`` limit whose actions leave out ``run`` (run starts are
+  ``run`` requests), or an empty list.
+
 Subset checks use :func:`~lockgate.policy.globs.covers`, which is conservative: lint may miss
 a shadowed rule, but never calls a live rule shadowed.
 
@@ -28,8 +36,8 @@ from pathlib import Path, PurePath
 from typing import Literal
 
 from lockgate.errors import ConfigError
-from lockgate.policy.engine import PolicySet, Rule
-from lockgate.policy.globs import covers_all, match_one
+from lockgate.policy.engine import PolicySet, Quota, Rule
+from lockgate.policy.globs import covers_all, is_literal, match_one
 from lockgate.policy.loader import parse_policy_texts, read_text, yaml_lines
 from lockgate.policy.model import ACTIONS, located
 
@@ -51,7 +59,8 @@ class Finding:
 
     def __str__(self) -> str:
         where = PurePath(self.file).name if self.file else "<policy>"
-        rule = f" rule {self.rule}:" if self.rule else ""
+        kind = "quota" if (self.field or "").startswith("quotas") else "rule"
+        rule = f" {kind} {self.rule}:" if self.rule else ""
         return f"{self.severity}: {where}:{rule} {self.message}"
 
 
@@ -157,6 +166,79 @@ def lint(policy_set: PolicySet, known_resources: set[str]) -> list[Finding]:
                     )
                 )
         out.extend(_shadowing(rule, rules))
+    for quota in policy_set.quotas:
+        out.extend(_quota_findings(quota, rules, known_resources))
+    return out
+
+
+# -- quotas ------------------------------------------------------------------------------------
+_WILD = re.compile(r"[*?\[]")
+
+
+def _may_meet(a: str, b: str) -> bool:
+    """Whether two name globs could match one name. Conservative: only a literal the other
+    does not match, or fixed beginnings or endings that differ, prove they never meet."""
+    if is_literal(a) or is_literal(b):
+        literal, other = (a, b) if is_literal(a) else (b, a)
+        return match_one(other, literal, "name")
+    head_a, head_b = _WILD.split(a, 1)[0], _WILD.split(b, 1)[0]
+    # a class's "]" would be read as a fixed ending: with one, the endings prove nothing
+    tail_a = "" if "[" in a else _WILD.split(a)[-1]
+    tail_b = "" if "[" in b else _WILD.split(b)[-1]
+    heads_agree = head_a.startswith(head_b) or head_b.startswith(head_a)
+    tails_agree = tail_a.endswith(tail_b) or tail_b.endswith(tail_a)
+    return heads_agree and tails_agree
+
+
+def _lists_meet(a: Sequence[str], b: Sequence[str]) -> bool:
+    return any(_may_meet(x, y) for x in a for y in b)
+
+
+def _reaches(rule: Rule, quota: Quota) -> bool:
+    """Some request ``rule`` allows could count against ``quota``."""
+    if rule.effect != "allow" or _empty(rule):
+        return False
+    actions = set(ACTIONS) if "*" in rule.actions else set(rule.actions)
+    if quota.sessions is None and not actions & quota.actions:
+        return False  # a session cap counts logins, whatever the action
+    return _lists_meet(rule.principals.patterns, quota.principals.patterns) and _lists_meet(
+        rule.resources.patterns, quota.resources.patterns
+    )
+
+
+def _quota_findings(
+    quota: Quota, rules: tuple[Rule, ...], known_resources: set[str]
+) -> list[Finding]:
+    def finding(kind: str, message: str, field: str | None = None) -> Finding:
+        where = field or f"quotas[{quota.index}]"
+        return Finding("warning", quota.id, quota.source, message, kind, where)
+
+    empty = [
+        name
+        for name, value in (
+            ("principals", quota.principals.patterns),
+            ("actions", quota.actions),
+            ("resources", quota.resources.patterns),
+            ("objects", quota.objects.patterns),
+        )
+        if not value
+    ]
+    if empty:
+        return [finding("quota-no-effect", f"counts nothing: empty {', '.join(empty)} list(s)")]
+    out: list[Finding] = []
+    for k, pattern in enumerate(quota.resources.patterns):
+        if not any(match_one(pattern, name, "name") for name in known_resources):
+            out.append(
+                finding(
+                    "quota-unknown-resource",
+                    f"resource pattern {pattern!r} matches no configured resource",
+                    f"quotas[{quota.index}].resources[{k}]",
+                )
+            )
+    if quota.runs is not None and "run" not in quota.actions:
+        out.append(finding("quota-no-effect", "runs never counts: run starts are 'run' requests"))
+    if not any(_reaches(rule, quota) for rule in rules):
+        out.append(finding("quota-unreachable", "no allow rule reaches it: it would never count"))
     return out
 
 
