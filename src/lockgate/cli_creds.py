@@ -6,6 +6,11 @@
 Federated and managed identity credentials hold no secret (the gateway signs its own
 assertion, or the host hands out the token): ``set``/``rotate`` refuse them and say what
 the cloud must trust instead; ``list`` says for every credential whether it holds one.
+
+Vault-held credentials (``azure_key_vault``, ``vault_kv``) are rotated in the vault:
+``set``/``rotate`` refuse them and say how, except that a ``vault_kv`` AppRole login without
+``secret_id_file`` stores its secret id here. ``list`` shows where each is held (URL, secret,
+version) and when a gateway last fetched it, never the value.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import config_from as _config
 from lockgate._cli_state import open_state as _state
 from lockgate.config import FederatedCredential, LockgateConfig, ManagedIdentityCredential
+from lockgate.config.credentials import (
+    KeyVaultCredential,
+    VaultAppRole,
+    VaultCredential,
+    VaultKvCredential,
+)
 from lockgate.errors import LockgateError
 
 if TYPE_CHECKING:
@@ -58,7 +69,31 @@ def _no_secret(cfg: LockgateConfig, name: str) -> str | None:
         return f"federated: {cred.provider}"
     if isinstance(cred, ManagedIdentityCredential):
         return "managed identity"
+    if isinstance(cred, VaultCredential) and not _stores_secret_id(cred):
+        return f"held in {_vault_name(cred)}"
     return None
+
+
+def _stores_secret_id(cred: object) -> bool:
+    """A Vault AppRole login whose secret id is stored here (no ``secret_id_file``)."""
+    return (
+        isinstance(cred, VaultKvCredential)
+        and isinstance(cred.auth, VaultAppRole)
+        and cred.auth.secret_id_file is None
+    )
+
+
+def _vault_name(cred: VaultCredential) -> str:
+    return "Azure Key Vault" if isinstance(cred, KeyVaultCredential) else "Vault"
+
+
+def _rotate_in_vault_hint(cred: VaultCredential) -> str:
+    if isinstance(cred, KeyVaultCredential):
+        vault = cred.vault_url.removeprefix("https://").split(".", 1)[0]
+        return f"az keyvault secret set --vault-name {vault} --name {cred.secret} --file <path>"
+    mount = f"-mount={cred.mount} " if cred.mount != "secret" else ""
+    ns = f"VAULT_NAMESPACE={cred.namespace} " if cred.namespace else ""
+    return f"{ns}vault kv patch {mount}{cred.path} {cred.field}=@<path>"
 
 
 def _refuse_unstored(cfg: LockgateConfig, name: str) -> None:
@@ -74,6 +109,17 @@ def _refuse_unstored(cfg: LockgateConfig, name: str) -> None:
         raise LockgateError(
             f"credential {name!r} is the host's managed identity: there is nothing to store, "
             "the host hands out its token"
+        )
+    if isinstance(cred, VaultCredential) and not _stores_secret_id(cred):
+        pinned = (
+            "; it pins version " + str(cred.version) + ": change `version` in the file too"
+            if cred.version
+            else f"; the gateway uses the new version within {cred.ttl}s, the previous one "
+            f"for {cred.overlap}s more"
+        )
+        raise LockgateError(
+            f"credential {name!r} is held in {_vault_name(cred)} ({cred.held_at}): rotate it "
+            f"in the vault, e.g. `{_rotate_in_vault_hint(cred)}`{pinned}"
         )
 
 
@@ -98,7 +144,8 @@ def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
         detail={"credential": args.name, "version": version},
     )
     verb = "rotated" if rotate else "stored"
-    print(f"credential {args.name} {verb}: version {version} is current")
+    what = "the AppRole secret id of " if _stores_secret_id(st.config.credential(args.name)) else ""
+    print(f"{what}credential {args.name} {verb}: version {version} is current")
     if rotate:
         cred = st.config.credential(args.name)
         print(
@@ -110,18 +157,31 @@ def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
 def cmd_creds_list(args: argparse.Namespace) -> int:
     st = _state(args)
     secretless = 0
+    fetches = (
+        st.credentials.fetches()
+        if any(isinstance(c, VaultCredential) for c in st.config.credentials)
+        else {}
+    )
     for c in st.config.credentials:
+        if isinstance(c, VaultCredential):
+            print(f"{c.name:24} {c.type:26} {_vault_line(c, fetches.get(c.name))}")
+            if not _stores_secret_id(c):
+                secretless += 1
+                continue
         why_none = _no_secret(st.config, c.name)
         if why_none is not None:
             secretless += 1
             print(f"{c.name:24} {c.type:26} no secret ({why_none})")
             continue
         versions = st.credentials.versions(c.name)
+        what = "AppRole secret id " if _stores_secret_id(c) else ""
         if versions:
             v = versions[-1]
-            print(f"{c.name:24} {c.type:26} version {v.version}  set {time.ctime(v.created_at)}")
+            print(
+                f"{c.name:24} {c.type:26} {what}version {v.version}  set {time.ctime(v.created_at)}"
+            )
         else:
-            print(f"{c.name:24} {c.type:26} NOT SET (lockgate creds set {c.name})")
+            print(f"{c.name:24} {c.type:26} {what}NOT SET (lockgate creds set {c.name})")
     if st.config.credentials:
         print(f"{secretless} of {len(st.config.credentials)} credentials hold no secret")
     secretless_resources = [
@@ -132,6 +192,15 @@ def cmd_creds_list(args: argparse.Namespace) -> int:
     if secretless_resources:
         print(f"resources served with no stored secret: {', '.join(secretless_resources)}")
     return 0
+
+
+def _vault_line(cred: VaultCredential, fetched: tuple[str, str, float] | None) -> str:
+    """Where a vault-held credential lives and when a gateway last fetched which version."""
+    where = f"held in {_vault_name(cred)}: {cred.held_at}"
+    if fetched is None:
+        return f"{where}  not fetched yet"
+    _, version, at = fetched
+    return f"{where}  version {version} fetched {time.ctime(at)}"
 
 
 def add_creds_commands(sub: Subcommands) -> None:

@@ -18,7 +18,10 @@ check below passes, else 503; both carry every check's outcome as JSON::
   load, so every request is denied).
 - **credentials**: every credential a resource uses that needs a stored value (``static``,
   ``oauth2_client_credentials``) has one (``lockgate creds set``). Managed identities and
-  federated credentials store nothing and are not checked here.
+  federated credentials store nothing and are not checked here. A vault-held one
+  (``azure_key_vault``, ``vault_kv``) must have been fetched once by this process (the
+  gateway fetches on its first tick): until then it is named with the vault's last answer;
+  a ``vault_kv`` AppRole login without ``secret_id_file`` needs its stored secret id too.
 - **signing_keys**: the current signing key of every algorithm in use
   (``config.signing_algorithms()``: EdDSA, and RS256/ES256 when audiences or federated
   credentials need them) is loaded and not retired, and its files are on disk (a restart
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 from lockgate import metrics
 from lockgate.audit import AuditLog, RemoteAuditLog, ShipLag
 from lockgate.config import FederatedCredential, LockgateConfig, ManagedIdentityCredential
+from lockgate.config.credentials import VaultAppRole, VaultCredential, VaultKvCredential
 from lockgate.credentials import CredentialStore
 from lockgate.errors import AuditUnavailable, StoreUnavailable
 from lockgate.identity import KeyStore
@@ -120,15 +124,26 @@ class Readiness:
         self._clock = clock
         # credential name -> resources using it, for those that need a stored value
         self._needed: dict[str, list[str]] = {}
+        # vault-held credential name -> resources using it (fetched by the broker)
+        self._fetched: dict[str, list[str]] = {}
         for r in config.resources:
             cred = config.credential(r.credential) if r.credential else None
             unstored = isinstance(cred, ManagedIdentityCredential | FederatedCredential)
+            if isinstance(cred, VaultCredential):
+                self._fetched.setdefault(cred.name, []).append(r.name)
+                unstored = not (
+                    isinstance(cred, VaultKvCredential)
+                    and isinstance(cred.auth, VaultAppRole)
+                    and cred.auth.secret_id_file is None
+                )
             if cred is not None and not unstored:
                 self._needed.setdefault(cred.name, []).append(r.name)
         self._disk: tuple[float, str, str] | None = None  # (at, credentials, signing_keys)
 
     def report(self, started: bool) -> Report:
         credentials, signing_keys = self._disk_checks()
+        if credentials == OK:
+            credentials = self._vault_check()
         checks = {
             "started": OK if started else "not serving yet (starting or stopping)",
             "audit": self._audit_check(),
@@ -205,6 +220,24 @@ class Readiness:
         ]
         if missing:
             return f"no value stored for {'; '.join(missing)} (lockgate creds set NAME)"
+        return OK
+
+    def _vault_check(self) -> str:
+        """Every vault-held credential a resource uses was fetched by this process (memory
+        reads only: the broker's fetch state)."""
+        status_of = self._credentials.vault_status
+        if not self._fetched or status_of is None:
+            return OK
+        statuses = status_of()
+        waiting = []
+        for name, resources in self._fetched.items():
+            status = statuses.get(name)
+            if status is None or status.fetched_at is None:
+                why = status.error if status is not None and status.error else "no answer yet"
+                held = f" from {status.held_at}" if status is not None else ""
+                waiting.append(f"{name} (resource {', '.join(resources)}){held}: {why}")
+        if waiting:
+            return f"not fetched from the vault yet: {'; '.join(waiting)}"
         return OK
 
     def _keys_check(self) -> str:
