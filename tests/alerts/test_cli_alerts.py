@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import yaml
 from lockgate._cli_state import add_global_options
 from lockgate.cli_alerts import add_alerts_commands
 from lockgate.errors import LockgateError
-from tests.fakes.alert_receivers import PagerDutyReceiver, Receiver, WebhookReceiver
+from tests.fakes.alert_receivers import PagerDutyReceiver, WebhookReceiver, serving_in_thread
 
 ROUTING_KEY = "0123456789abcdef0123456789abcdef"
 
@@ -22,17 +20,9 @@ ROUTING_KEY = "0123456789abcdef0123456789abcdef"
 @pytest.fixture
 def receivers() -> Iterator[tuple[WebhookReceiver, PagerDutyReceiver]]:
     """Both receivers on a loop of their own (the command runs its own loop)."""
-    loop = asyncio.new_event_loop()
     hook, pd = WebhookReceiver(b"hmac-key"), PagerDutyReceiver(ROUTING_KEY)
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    for r in (hook, pd):
-        asyncio.run_coroutine_threadsafe(r.__aenter__(), loop).result(5)
-    yield hook, pd
-    for r in (hook, pd):
-        asyncio.run_coroutine_threadsafe(Receiver.__aexit__(r), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    with serving_in_thread(hook, pd):
+        yield hook, pd
 
 
 def run(config: Path, *argv: str) -> int:

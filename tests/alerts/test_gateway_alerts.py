@@ -4,9 +4,7 @@ lists the refusals; the token never appears in it."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,24 +16,16 @@ import yaml
 
 from lockgate.demo.stack import LocalStack
 from lockgate.identity import TaskIdentity
-from tests.fakes.alert_receivers import Receiver, SlackReceiver, WebhookReceiver
+from tests.fakes.alert_receivers import Receiver, SlackReceiver, WebhookReceiver, serving_in_thread
 
 RUN = "scheduled__2026-12-05T00:00:00+00:00"
 
 
 @pytest.fixture
 def receivers() -> Iterator[tuple[WebhookReceiver, SlackReceiver]]:
-    loop = asyncio.new_event_loop()
     hook, slack = WebhookReceiver(b"k" * 32), SlackReceiver()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    for r in (hook, slack):
-        asyncio.run_coroutine_threadsafe(r.__aenter__(), loop).result(5)
-    yield hook, slack
-    for r in (hook, slack):
-        asyncio.run_coroutine_threadsafe(Receiver.__aexit__(r), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    with serving_in_thread(hook, slack):
+        yield hook, slack
 
 
 def post(url: str, token: str) -> int:
@@ -76,6 +66,7 @@ def test_denied_writes_raise_one_grouped_alert(
     stack.config_path.write_text(yaml.safe_dump(config))
     with stack:
         ident = TaskIdentity("prod", "finance_daily", "load_orders", RUN, 1, -1)
+        assert stack.gateway is not None
         token = stack.gateway.issuer.mint(ident, "orders-api", 300)[0]
         url = stack.http_url + "/orders-api/orders"
         assert [post(url, token) for _ in range(6)] == [403] * 6

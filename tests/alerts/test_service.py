@@ -121,12 +121,13 @@ async def test_restart_resumes_without_alerting_again(
     tmp_path: Path, receiver: WebhookReceiver, state_of: Any
 ) -> None:
     config = make_config(tmp_path / "gw", receiver.url)
-    first = Alerts(config, state_of(config))
+    state = state_of(config)
+    first = Alerts(config, state)
     await first.start()
-    await write(first.state, denial("d1", "r1", "t1"))
+    await write(state, denial("d1", "r1", "t1"))
     await receiver.wait_for(1)
     await first.close()
-    await write(first.state, denial("d2", "r2", "t2"))  # while stopped: still news
+    await write(state, denial("d2", "r2", "t2"))  # while stopped: still news
     second = Alerts(config, state_of(config))
     await second.start()
     try:
@@ -141,13 +142,14 @@ async def test_two_gateways_on_one_state_send_once(
     tmp_path: Path, receiver: WebhookReceiver, state_of: Any
 ) -> None:
     config = make_config(tmp_path / "gw", receiver.url)
-    a, b = Alerts(config, state_of(config)), Alerts(config, state_of(config))
+    state = state_of(config)
+    a, b = Alerts(config, state), Alerts(config, state_of(config))
     await a.start()
     await b.start()
     try:
         await settle(0.2)
         assert [a.leading, b.leading].count(True) == 1
-        await write(a.state, *[denial("d1", "r1", "t1") for _ in range(5)])
+        await write(state, *[denial("d1", "r1", "t1") for _ in range(5)])
         await receiver.wait_for(1)
         await settle()
     finally:

@@ -30,9 +30,11 @@ import contextlib
 import hashlib
 import hmac
 import json
+import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -55,7 +57,7 @@ class Receiver:
         self.url = ""
         self._arrived = asyncio.Event()
 
-    async def __aenter__(self) -> Receiver:
+    async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post(self.path, self._handle)
         self._runner = web.AppRunner(app, access_log=None)
@@ -102,6 +104,25 @@ class Receiver:
 
     def answer(self, request: web.Request, raw: bytes) -> web.Response:
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def serving_in_thread(*receivers: Receiver) -> Iterator[None]:
+    """Run ``receivers`` on an event loop of their own thread, for code under test that runs
+    its own loop (a CLI command, a gateway in a background thread)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        for r in receivers:
+            asyncio.run_coroutine_threadsafe(r.__aenter__(), loop).result(5)
+        yield
+    finally:
+        for r in receivers:
+            asyncio.run_coroutine_threadsafe(r.__aexit__(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 class WebhookReceiver(Receiver):
@@ -263,4 +284,10 @@ def _payload_errors(payload: object) -> list[str]:
     return errors
 
 
-__all__ = ["PagerDutyReceiver", "Receiver", "SlackReceiver", "WebhookReceiver"]
+__all__ = [
+    "PagerDutyReceiver",
+    "Receiver",
+    "SlackReceiver",
+    "WebhookReceiver",
+    "serving_in_thread",
+]

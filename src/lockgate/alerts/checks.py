@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from lockgate.alerts.model import Alert, Severity
@@ -61,7 +61,7 @@ class SigningKeyLike(Protocol):
 class KeysLike(Protocol):
     def in_use(self) -> tuple[str, ...]: ...
     def current(self, alg: str = ...) -> SigningKeyLike: ...
-    def published(self) -> list[SigningKeyLike]: ...
+    def published(self) -> Sequence[SigningKeyLike]: ...
 
 
 class Conditions:

@@ -49,8 +49,6 @@ class Dispatcher:
         self._last_sent: dict[tuple[str, str], float] = {}  # (notifier, alert key) -> when
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        #: every delivery, newest last (tests and ``alerts test`` read it); bounded
-        self.deliveries: list[tuple[str, Alert, Delivery]] = []
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession()
@@ -137,8 +135,6 @@ class Dispatcher:
     ) -> Delivery:
         delivery = await notifier.deliver(session, alert)
         ALERTS_SENT.labels(notifier.name, alert.kind, delivery.outcome).inc()
-        self.deliveries.append((notifier.name, alert, delivery))
-        del self.deliveries[:-200]
         if delivery.outcome != "sent":
             log.warning(
                 "alert not delivered",

@@ -9,7 +9,7 @@ an environment variable (``*_env``) when the alerts start.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -24,14 +24,7 @@ AlertKind = Literal[
     "signing_key_expiry",
 ]
 #: Every alert kind, in the order the docs list them.
-ALERT_KINDS: tuple[AlertKind, ...] = (
-    "denials",
-    "audit_refusing",
-    "credential_failure",
-    "rotation_failure",
-    "credential_age",
-    "signing_key_expiry",
-)
+ALERT_KINDS: tuple[AlertKind, ...] = get_args(AlertKind)
 
 
 class NotifierSettings(Section):
