@@ -8,7 +8,9 @@ Rooms: ``master_key`` (where the key comes from, its fingerprint on shared state
 (AES-256-GCM rows, versions, overlap, memory that follows the change version), ``oauth2``
 (client-credentials token request), ``managed_identity`` (the host's identity),
 ``federation`` (an access token for a JWT the gateway signs: Entra ID, Databricks; nothing
-stored), ``broker`` (caching, single-flight, rotation pick-up off the event loop, metrics).
+stored), ``vaults`` (the cache of a secret held in a vault: ttl, overlap, outage grace) with
+``key_vault`` (Azure Key Vault) and ``vault_kv`` (HashiCorp Vault / OpenBao KV v2), ``broker``
+(caching, single-flight, rotation pick-up off the event loop, metrics).
 """
 
 from lockgate.credentials.broker import CredentialBroker, UpstreamSecret
