@@ -327,3 +327,42 @@ async def test_the_token_route_starts_a_mint_span_and_the_token_carries_the_trac
     assert mints[0].parent is not None and format(mints[0].parent.span_id, "016x") == PARENT_SPAN
     assert mints[1].parent is None
     assert dict(mints[0].attributes or {})["lockgate.decision"] == "allow"
+
+
+def test_the_hand_written_otlp_encoding_matches_the_sdks(spans: InMemorySpanExporter) -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from lockgate.tracing.otlp import encode
+
+    span = tracing.start_request(
+        "postgres",
+        "pg",
+        "UPDATE public.orders",
+        traceparent=SAMPLED,
+        attributes={
+            "server.port": 5432,
+            "lockgate.weight": 0.5,
+            "lockgate.cached": True,
+            "lockgate.offset": -3,
+            "db.namespace": "sales",
+        },
+    )
+    span.throttled("pg-writes", 0.5)
+    with pytest.raises(TimeoutError), span.upstream_attempt(1):
+        raise TimeoutError
+    span.retried("timeout", 0.2)
+    with span.upstream_attempt(2):
+        pass
+    span.end(status="57014", error="query_canceled")
+    tracing.start_mint("prod").end(status=200)  # a root span
+    recorded = finished(spans)
+    assert len(recorded) == 4
+
+    ours = ExportTraceServiceRequest()
+    ours.ParseFromString(encode(recorded))
+    sdk = encode_spans(recorded)
+    for resource_spans in sdk.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span_pb in scope_spans.spans:
+                span_pb.ClearField("flags")  # W3C flags and is_remote bits: not sent
+    assert ours == sdk

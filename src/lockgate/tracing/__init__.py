@@ -11,10 +11,11 @@ allow-list of keys, values cut at a query string or a string literal, lengths ca
 
 Sampling is parent-based: a task whose trace is sampled gets every span; an unsampled or
 absent parent (Airflow's own tracing off) is sampled at ``tracing.sample_ratio``, so the
-gateway's spans still carry the task's trace id. Spans leave through a batch processor and
-the OTLP/HTTP exporter when ``tracing.otlp_endpoint`` is set (headers read from
-``otlp_headers_file``, never logged); with no endpoint they are made and dropped, which is
-only useful to tests and the benchmark.
+gateway's spans still carry the task's trace id. Spans leave through the SDK's batch
+processor and the OTLP/HTTP exporter of :mod:`lockgate.tracing.otlp` when
+``tracing.otlp_endpoint`` is set (headers read from ``otlp_headers_file``, never logged);
+with no endpoint they are made and dropped, which is only useful to tests and the
+benchmark.
 
 Engines use :func:`start_request` and the :class:`RequestSpan` it returns; the control
 plane :func:`start_mint`. :func:`configure` is called once per process by the server,
@@ -416,12 +417,9 @@ def configure(
 
 
 def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from lockgate.tracing.otlp import OtlpHttpExporter
 
-    assert settings.otlp_endpoint is not None
-    return OTLPSpanExporter(
-        endpoint=settings.traces_url(), headers=settings.otlp_headers(), timeout=10
-    )
+    return OtlpHttpExporter(settings.traces_url(), settings.otlp_headers())
 
 
 def flush(timeout_millis: int = 5_000) -> bool:
