@@ -26,6 +26,8 @@ from lockgate.audit import ocsf
 from lockgate.audit.record import AuditRow
 
 log = _log.get("audit")
+# built once: json.dumps with options builds an encoder per call (half the cost of a line)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class Mirror(Protocol):
@@ -58,10 +60,8 @@ class LineSink:
     def append(self, rows: list[AuditRow]) -> int:
         """Append ``rows`` (all or nothing); return the file's size before, for
         :meth:`undo`. Raises OSError when the file cannot be written."""
-        data = b"".join(
-            json.dumps(self._encode(r), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-            for r in rows
-        )
+        encode = _ENCODER.encode
+        data = b"".join(encode(self._encode(r)).encode() + b"\n" for r in rows)
         try:
             fh = self._open()
             start = os.fstat(fh.fileno()).st_size
