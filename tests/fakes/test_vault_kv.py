@@ -1,0 +1,140 @@
+"""The test Vault against the real ``hvac`` client (the oracle for the stand-in): AppRole and
+JWT logins, KV v2 reads and writes with versions, token renewal and its max TTL, namespaces,
+and the errors the service answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lockgate.demo.standins.entra.thread import LoopThread
+from lockgate.demo.standins.vault import FakeVault, JwtRole
+from lockgate.demo.standins.vault import start as start_vault
+
+hvac = pytest.importorskip("hvac")
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+async def _jwks(request: web.Request) -> web.Response:
+    jwk = jwt.algorithms.RSAAlgorithm.to_jwk(KEY.public_key(), as_dict=True)
+    return web.json_response({"keys": [jwk | {"kid": "k1", "alg": "RS256"}]})
+
+
+async def _start_jwks() -> web.AppRunner:
+    app = web.Application()
+    app.router.add_get("/jwks", _jwks)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.fixture(scope="module")
+def vault() -> Iterator[FakeVault]:
+    lt = LoopThread()
+    keys = lt.serve(_start_jwks())
+    fake = FakeVault(
+        jwks_url=f"http://127.0.0.1:{keys.addresses[0][1]}/jwks",
+        bound_issuer="https://lockgate.example",
+        policies={"app-read": [("secret/data/app/*", {"read"})],
+                  "app-write": [("secret/data/app/*", {"read", "create", "update"}),
+                                ("secret/metadata/app/*", {"read"})]},
+        namespaces={"", "team-a"},
+    )  # fmt: skip
+    lt.serve(start_vault(fake))
+    yield fake
+    lt.stop()
+
+
+def _approle(vault: FakeVault, policies: list[str], **ttls: int) -> Any:
+    role_id, secret_id = vault.add_approle(
+        f"r{len(vault.approle_roles)}", policies=policies, **ttls
+    )
+    client = hvac.Client(url=vault.base_url)
+    client.auth.approle.login(role_id=role_id, secret_id=secret_id)
+    return client
+
+
+def test_approle_login_and_kv_v2_versions(vault: FakeVault) -> None:
+    writer = _approle(vault, ["app-write"])
+    assert writer.is_authenticated()
+    writer.secrets.kv.v2.create_or_update_secret(path="app/db", secret={"password": "one"})
+    writer.secrets.kv.v2.create_or_update_secret(path="app/db", secret={"password": "two"})
+    reader = _approle(vault, ["app-read"])
+    latest = reader.secrets.kv.v2.read_secret_version(path="app/db", raise_on_deleted_version=True)
+    assert latest["data"]["data"] == {"password": "two"}
+    assert latest["data"]["metadata"]["version"] == 2
+    first = reader.secrets.kv.v2.read_secret_version(
+        path="app/db", version=1, raise_on_deleted_version=True
+    )
+    assert first["data"]["data"]["password"] == "one"
+    meta = writer.secrets.kv.v2.read_secret_metadata(path="app/db")
+    assert meta["data"]["current_version"] == 2
+
+
+def test_errors_as_the_service_answers(vault: FakeVault) -> None:
+    role_id, _ = vault.add_approle("bad", policies=["app-read"])
+    client = hvac.Client(url=vault.base_url)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid role or secret ID"):
+        client.auth.approle.login(role_id=role_id, secret_id="nope")
+    reader = _approle(vault, ["app-read"])
+    with pytest.raises(hvac.exceptions.Forbidden, match="permission denied"):
+        reader.secrets.kv.v2.read_secret_version(path="other/x", raise_on_deleted_version=True)
+    with pytest.raises(hvac.exceptions.Forbidden):
+        reader.secrets.kv.v2.create_or_update_secret(path="app/x", secret={"a": "b"})
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        reader.secrets.kv.v2.read_secret_version(path="app/none", raise_on_deleted_version=True)
+
+
+def test_jwt_login_checks_audience_subject_and_issuer(vault: FakeVault) -> None:
+    vault.jwt_roles["gw"] = JwtRole(
+        bound_audiences=["vault"], bound_subject="lockgate:credential:db",
+        bound_claims={"env": ["prod"]}, policies=["app-read"],
+    )  # fmt: skip
+    now = int(time.time())
+    claims = {"iss": "https://lockgate.example", "sub": "lockgate:credential:db", "aud": "vault",
+              "iat": now, "exp": now + 300, "env": "prod"}  # fmt: skip
+
+    def login(**changes: Any) -> Any:
+        token = jwt.encode(claims | changes, KEY, algorithm="RS256", headers={"kid": "k1"})
+        client = hvac.Client(url=vault.base_url)
+        client.auth.jwt.jwt_login(role="gw", jwt=token)
+        return client
+
+    assert login().is_authenticated()
+    for changes, said in (
+        ({"aud": "other"}, "invalid audience"),
+        ({"sub": "someone"}, "bound subject"),
+        ({"iss": "https://evil.example"}, "invalid issuer"),
+        ({"env": "dev"}, "bound claim"),
+        ({"exp": now - 3600}, "expired"),
+    ):
+        with pytest.raises(hvac.exceptions.InvalidRequest, match=said):
+            login(**changes)
+
+
+def test_renew_self_is_capped_by_max_ttl(vault: FakeVault) -> None:
+    client = _approle(vault, ["app-read"], token_ttl=60, token_max_ttl=90)
+    looked = client.auth.token.lookup_self()["data"]
+    assert 0 < looked["ttl"] <= 60 and "app-read" in looked["policies"]
+    renewed = client.auth.token.renew_self(increment=600)
+    assert renewed["auth"]["lease_duration"] <= 90
+
+
+def test_namespaces_keep_tokens_apart(vault: FakeVault) -> None:
+    role_id, secret_id = vault.add_approle("ns", policies=["app-read"])
+    vault.put("app/ns", {"value": "in-team-a"}, namespace="team-a")
+    client = hvac.Client(url=vault.base_url, namespace="team-a")
+    client.auth.approle.login(role_id=role_id, secret_id=secret_id)
+    read = client.secrets.kv.v2.read_secret_version(path="app/ns", raise_on_deleted_version=True)
+    assert read["data"]["data"]["value"] == "in-team-a"
+    elsewhere = hvac.Client(url=vault.base_url, token=client.token)  # the root namespace
+    with pytest.raises(hvac.exceptions.Forbidden):
+        elsewhere.secrets.kv.v2.read_secret_version(path="app/ns", raise_on_deleted_version=True)
