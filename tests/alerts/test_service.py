@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,19 @@ async def test_no_notifier_no_work(tmp_path: Path, state_of: Any) -> None:
     await alerts.start()
     assert alerts.dispatcher is None
     await alerts.close()
+
+
+async def test_follower_skips_what_no_rule_takes(tmp_path: Path, state_of: Any) -> None:
+    from lockgate.alerts.trail import TrailFollower, open_alerts_db
+
+    config = parse_config({"data_dir": str(tmp_path / "gw")})
+    state = state_of(config)
+    follower = TrailFollower(open_alerts_db(state.database("alerts")),
+                             config.data_dir / "audit.db", shared_trail=None)  # fmt: skip
+    follower.load(time.time())
+    busy = [AuditRecord(event="allowed", dag_id="d", status=200) for _ in range(1500)]
+    await write(state, *busy[:700], denial("d", "r", "t"), *busy[700:],
+                AuditRecord(event="allowed", resource="api", status=401))  # fmt: skip
+    rows = follower.read(time.time(), limit=1000)
+    assert [(r.event, r.status) for r in rows] == [("denied", None), ("allowed", 401)]
+    assert follower.cursor == {"local": 1502} and follower.read(time.time()) == []

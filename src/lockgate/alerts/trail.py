@@ -21,6 +21,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from lockgate.alerts.trail_rules import SQL_CANDIDATES
 from lockgate.audit import chain
 from lockgate.audit.record import RECORD_FIELDS, AuditRow
 from lockgate.store import Database, Migration, migrate, pending, register_domain
@@ -43,10 +44,26 @@ register_domain(DOMAIN, MIGRATIONS)
 #: Records older than this (seconds) are never alerted on, whatever the cursor says.
 HORIZON = 3600.0
 LOCAL = "local"
-_SHARED_SELECT = (
-    f"SELECT seq, {', '.join(RECORD_FIELDS)}, prev_hash, hash FROM audit_records "  # noqa: S608 - constant column names
-    "WHERE replica = ? AND seq > ? ORDER BY seq LIMIT ?"
+_COLUMNS = f"seq, {', '.join(RECORD_FIELDS)}, prev_hash, hash"
+# Past the cursor, up to the head read before, only what a rule may take (constants only)
+_LOCAL_SELECT = (
+    f"SELECT {_COLUMNS} FROM audit WHERE seq > ? AND seq <= ? AND {SQL_CANDIDATES} "  # noqa: S608
+    "ORDER BY seq LIMIT ?"
 )
+_SHARED_SELECT = (
+    f"SELECT {_COLUMNS} FROM audit_records WHERE replica = ? AND seq > ? AND seq <= ? "  # noqa: S608
+    f"AND {SQL_CANDIDATES} ORDER BY seq LIMIT ?"
+)
+# Every replica with a shipped row, one index probe each (a loose index scan: a plain
+# DISTINCT would read the whole table)
+_REPLICAS = """
+WITH RECURSIVE r(replica) AS (
+    SELECT MIN(replica) FROM audit_records
+    UNION ALL
+    SELECT (SELECT MIN(replica) FROM audit_records WHERE replica > r.replica)
+    FROM r WHERE r.replica IS NOT NULL
+)
+SELECT replica FROM r WHERE replica IS NOT NULL"""
 
 
 def open_alerts_db(db: Database) -> Database:
@@ -124,7 +141,7 @@ class TrailFollower:
 
     # -- reading ---------------------------------------------------------------------------
     def heads(self) -> dict[str, int]:
-        """The last seq of every chain there is."""
+        """The last seq of every chain there is (index probes only)."""
         if self.shared_trail is None:
             conn = self._local()
             if conn is None:
@@ -136,37 +153,43 @@ class TrailFollower:
         if self._shared_pending():
             return {}
         with self.shared_trail.read() as cur:
-            rows = cur.execute(
-                "SELECT replica, MAX(seq) FROM audit_records GROUP BY replica"
-            ).fetchall()
-        return {str(r): int(s) for r, s in rows}
+            replicas = [str(r[0]) for r in cur.execute(_REPLICAS).fetchall()]
+            heads = {}
+            for name in replicas:
+                row = cur.execute(
+                    "SELECT MAX(seq) FROM audit_records WHERE replica = ?", (name,)
+                ).fetchone()
+                heads[name] = int(row[0]) if row and row[0] is not None else 0
+        return heads
 
-    def read(self, now: float, limit: int = 500) -> list[AuditRow]:
-        """Records past the cursor (at most ``limit`` per chain), the cursor moved past them
-        (in memory: :meth:`save` stores it). Records older than HORIZON are left out."""
+    def read(self, now: float, limit: int = 1000) -> list[AuditRow]:
+        """The records past the cursor a rule may take (at most ``limit`` per chain), the
+        cursor moved past everything read up to the head (in memory: :meth:`save` stores
+        it). Records older than HORIZON are left out."""
         out: list[AuditRow] = []
         for name, head in self.heads().items():
             after = self.cursor.get(name, 0)
             if head <= after:
                 continue
-            rows = self._after(name, after, limit)
-            if rows:
-                self.cursor[name] = rows[-1].seq
+            rows = self._between(name, after, head, limit)
+            # fewer than asked: nothing else up to the head is of interest
+            self.cursor[name] = rows[-1].seq if len(rows) == limit else head
             out.extend(r for r in rows if r.ts >= now - HORIZON)
         out.sort(key=lambda r: r.ts)
         return out
 
-    def _after(self, name: str, seq: int, limit: int) -> list[AuditRow]:
+    def _between(self, name: str, after: int, head: int, limit: int) -> list[AuditRow]:
         if self.shared_trail is None:
             conn = self._local()
             if conn is None:
                 return []
             try:
-                return [chain.row_from_columns(r) for r in chain.stored_after(conn, seq, limit)]
+                rows = conn.execute(_LOCAL_SELECT, (after, head, limit)).fetchall()
             finally:
                 conn.close()
+            return [chain.row_from_columns(r) for r in rows]
         with self.shared_trail.read() as cur:
-            rows = cur.execute(_SHARED_SELECT, (name, seq, limit)).fetchall()
+            rows = cur.execute(_SHARED_SELECT, (name, after, head, limit)).fetchall()
         found = [chain.row_from_columns(r) for r in rows]
         for row in found:
             row.replica = name

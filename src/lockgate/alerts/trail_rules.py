@@ -30,6 +30,13 @@ _AUTH_ERROR = re.compile(
     r"bad credentials|permission denied)"
 )
 _ROTATIONS = frozenset({"credential_rotated", "credential_set", "key_rotated"})
+#: The records any rule below may take, as SQL on the audit columns: the trail is read
+#: through it, so a busy gateway's allowed requests are never fetched.
+SQL_CANDIDATES = (
+    "(event IN ('denied', 'upstream_error', "
+    + ", ".join(f"'{e}'" for e in sorted(_ROTATIONS))
+    + ") OR (event = 'allowed' AND status = 401))"
+)
 
 
 def is_denial(row: AuditRow) -> bool:
@@ -236,6 +243,7 @@ def rotation_alert(row: AuditRow) -> Alert:
 
 
 __all__ = [
+    "SQL_CANDIDATES",
     "Group",
     "Grouper",
     "credential_grouper",
