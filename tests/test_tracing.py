@@ -133,7 +133,7 @@ def test_statement_span_carries_no_literal(spans: InMemorySpanExporter) -> None:
         },
     )
     span.decided("read", "ks.users", "deny", None, "no rule allows read on ks.users")
-    span.end(status="0x2100", error="unauthorized")
+    span.end(status=0x2100, error="unauthorized")
     (s,) = finished(spans)
     attrs = dict(s.attributes or {})
     assert s.name == "SELECT ks.users"
@@ -145,6 +145,38 @@ def test_statement_span_carries_no_literal(spans: InMemorySpanExporter) -> None:
     assert attrs["error.type"] == "unauthorized"
     assert s.status.status_code is StatusCode.ERROR
     assert not any(SECRET_LITERAL in v for v in every_value(s))
+
+
+@pytest.mark.parametrize(
+    ("protocol", "status", "attribute", "error"),
+    [
+        ("http", 200, ("http.response.status_code", 200), None),
+        ("http", 404, ("http.response.status_code", 404), None),
+        ("http", 503, ("http.response.status_code", 503), "503"),
+        ("cql", 2, None, None),  # a Rows result
+        ("cql", 0x1001, ("db.response.status_code", "0x1001"), "0x1001"),
+        ("cql", 0, ("db.response.status_code", "0x0000"), "0x0000"),  # server error
+        ("postgres", "ok", None, None),
+        ("postgres", "00000", ("db.response.status_code", "00000"), None),
+        ("postgres", "42501", ("db.response.status_code", "42501"), "42501"),
+        ("postgres", "cancelled", None, "cancelled"),
+        ("postgres", None, None, None),
+    ],
+)
+def test_a_protocols_status_is_named_per_the_conventions(
+    spans: InMemorySpanExporter,
+    protocol: tracing.Protocol_,
+    status: int | str | None,
+    attribute: tuple[str, object] | None,
+    error: str | None,
+) -> None:
+    tracing.start_request(protocol, "r", "X").end(status=status)
+    (s,) = finished(spans)
+    attrs = dict(s.attributes or {})
+    codes = {k: v for k, v in attrs.items() if k.endswith("status_code")}
+    assert codes == (dict([attribute]) if attribute else {})
+    assert attrs.get("error.type") == error
+    assert s.status.status_code is (StatusCode.ERROR if error else StatusCode.UNSET)
 
 
 def test_postgres_throttled_span(spans: InMemorySpanExporter) -> None:

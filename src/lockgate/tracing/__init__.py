@@ -235,7 +235,11 @@ class _Recording:
         self.bound = round(ratio * (_ID_LIMIT + 1))
 
     def start(
-        self, name: str, traceparent: str | None, attributes: dict[str, AttributeValue]
+        self,
+        protocol: str,
+        name: str,
+        traceparent: str | None,
+        attributes: dict[str, AttributeValue],
     ) -> RequestSpan:
         parent: tuple[int, int] | None = None
         if traceparent is not None and valid_traceparent(traceparent) is not None:
@@ -250,7 +254,8 @@ class _Recording:
             sampled = (trace_id & _ID_LIMIT) < self.bound
         if not sampled:
             return NO_SPAN
-        return _Span(self, clean_name(name) or "request", trace_id, parent, self.server, attributes)
+        name = clean_name(name) or "request"
+        return _Span(self, protocol, name, trace_id, parent, self.server, attributes)
 
     def finish(self, span: _Span, end_ns: int) -> None:
         if self.processor is None:
@@ -285,6 +290,7 @@ class _Span:
         "kind",
         "name",
         "parent",
+        "protocol",
         "recording",
         "span_id",
         "start_ns",
@@ -295,6 +301,7 @@ class _Span:
     def __init__(
         self,
         recording: _Recording,
+        protocol: str,
         name: str,
         trace_id: int,
         parent: tuple[int, int] | None,
@@ -302,6 +309,7 @@ class _Span:
         attributes: dict[str, AttributeValue],
     ) -> None:
         self.recording = recording
+        self.protocol = protocol
         self.name = name
         self.trace_id = trace_id
         self.span_id = random.getrandbits(64) or 1
@@ -342,6 +350,7 @@ class _Span:
             attrs["http.request.resend_count"] = attempt - 1
         child = _Span(
             self.recording,
+            self.protocol,
             f"{self.name} upstream",
             self.trace_id,
             (self.trace_id, self.span_id),
@@ -366,19 +375,40 @@ class _Span:
         if self.ended:
             return
         self.ended = True
-        failed = error is not None
-        if isinstance(status, bool):  # not a status; never an attribute
-            status = None
-        if isinstance(status, int):
-            self.attributes["http.response.status_code"] = status
-            failed = failed or status >= 500
-        elif isinstance(status, str) and (code := clean_text(status, 32)):
-            self.attributes["db.response.status_code"] = code
-            failed = True  # CQL and PostgreSQL name a status only when the statement failed
-        if failed:
-            self.attributes["error.type"] = clean_text(error or str(status), 64) or "error"
+        key, code, failed = _status(self.protocol, status)
+        if code is not None:
+            self.attributes[key] = code
+        if failed or error is not None:
+            kind = clean_text(error, 64) if error is not None else str(code or status)
+            self.attributes["error.type"] = kind or "error"
             self.status = self.recording.error
         self.recording.finish(self, time.time_ns())
+
+
+_SQLSTATE = re.compile(r"\A[0-9A-Z]{5}\Z")
+_SQL_SUCCESS = ("00", "01", "02")  # SQLSTATE classes: success, warning, no data
+_CQL_RESULT_KINDS = range(1, 6)  # Void .. SchemaChange: a successful answer, not an error
+
+
+def _status(protocol: str, status: int | str | None) -> tuple[str, AttributeValue | None, bool]:
+    """(attribute key, value or None, failed) of what a protocol answered: an HTTP status
+    (5xx failed), a CQL RESULT kind (success) or ERROR code (``0x2200``, failed), a
+    PostgreSQL SQLSTATE (failed outside classes 00-02) or an outcome word (``ok``: success,
+    anything else failed)."""
+    if status is None or isinstance(status, bool):
+        return "", None, False
+    if protocol == "http":
+        if isinstance(status, int):
+            return "http.response.status_code", status, status >= 500
+        return "", None, True
+    key = "db.response.status_code"
+    if isinstance(status, int):
+        if protocol == "cql" and status in _CQL_RESULT_KINDS:
+            return key, None, False
+        return key, f"0x{status:04X}" if protocol == "cql" else str(status), True
+    if _SQLSTATE.match(status):
+        return key, status, not status.startswith(_SQL_SUCCESS)
+    return "", None, status != "ok"
 
 
 _tracing: _Recording | None = None
@@ -458,7 +488,7 @@ def start_request(
     attrs["lockgate.protocol"] = protocol
     if protocol in _DB_SYSTEM:
         attrs.setdefault("db.system.name", _DB_SYSTEM[protocol])
-    return tracing.start(name, traceparent, attrs)
+    return tracing.start(protocol, name, traceparent, attrs)
 
 
 def start_mint(deployment: str, *, traceparent: str | None = None) -> RequestSpan:
@@ -466,9 +496,8 @@ def start_mint(deployment: str, *, traceparent: str | None = None) -> RequestSpa
     tracing = _tracing
     if tracing is None:
         return NO_SPAN
-    return tracing.start(
-        "lockgate.mint", traceparent, {"lockgate.deployment": clean_text(deployment)}
-    )
+    attrs: dict[str, AttributeValue] = {"lockgate.deployment": clean_text(deployment)}
+    return tracing.start("http", "lockgate.mint", traceparent, attrs)
 
 
 __all__ = [
