@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lockgate.audit import AuditRecord
 from lockgate.demo.stack import LocalStack
 from lockgate.identity import TaskIdentity
 from tests.fakes.alert_receivers import Receiver, SlackReceiver, WebhookReceiver, serving_in_thread
@@ -45,10 +46,10 @@ def wait(receiver: Receiver, n: int, timeout: float = 15.0) -> list[dict[str, ob
     return receiver.accepted
 
 
-def test_denied_writes_raise_one_grouped_alert(
-    tmp_path: Path, receivers: tuple[WebhookReceiver, SlackReceiver]
-) -> None:
-    hook, slack = receivers
+def stack_alerting(
+    tmp_path: Path, hook: WebhookReceiver, slack: SlackReceiver, hook_events: list[str]
+) -> LocalStack:
+    """A local stack (not started) whose alerts go to ``hook`` (signed) and ``slack``."""
     stack = LocalStack(tmp_path / "gw", tls=False)
     (tmp_path / "hook-url").write_text(hook.url)
     (tmp_path / "hook-key").write_text("k" * 32)
@@ -57,14 +58,22 @@ def test_denied_writes_raise_one_grouped_alert(
     config["alerts"] = {
         "notifiers": [
             {"name": "ops", "type": "webhook", "url_file": str(tmp_path / "hook-url"),
-             "hmac_key_file": str(tmp_path / "hook-key"), "events": ["denials"]},
+             "hmac_key_file": str(tmp_path / "hook-key"), "events": hook_events},
             {"name": "chat", "type": "slack", "url_file": str(tmp_path / "slack-url")},
         ],
         "poll_interval": 0.1,
+        "check_interval": 0.2,
         "denials": {"window": 1.0},
     }  # fmt: skip
     stack.config_path.write_text(yaml.safe_dump(config))
-    with stack:
+    return stack
+
+
+def test_denied_writes_raise_one_grouped_alert(
+    tmp_path: Path, receivers: tuple[WebhookReceiver, SlackReceiver]
+) -> None:
+    hook, slack = receivers
+    with stack_alerting(tmp_path, hook, slack, ["denials"]) as stack:
         ident = TaskIdentity("prod", "finance_daily", "load_orders", RUN, 1, -1)
         assert stack.gateway is not None
         token = stack.gateway.issuer.mint(ident, "orders-api", 300)[0]
@@ -85,3 +94,24 @@ def test_denied_writes_raise_one_grouped_alert(
     assert "finance_daily" in str(message["text"])
     for body in (alert, message):
         assert token not in json.dumps(body) and token[:20] not in json.dumps(body)
+
+
+def test_audit_refusing_is_raised_and_resolved(
+    tmp_path: Path, receivers: tuple[WebhookReceiver, SlackReceiver]
+) -> None:
+    hook, slack = receivers
+    with stack_alerting(tmp_path, hook, slack, ["audit_refusing"]) as stack:
+        assert stack.gateway is not None
+        audit = stack.gateway.audit
+        # every commit fails, as on a full disk, until told otherwise
+        audit.inject_fault("error", "OSError: [Errno 28] No space left on device")
+        try:
+            audit.emit(AuditRecord(event="policy_reloaded"))
+            (raised,) = wait(hook, 1)
+        finally:
+            audit.inject_fault("clear")
+        raised_and_resolved = wait(hook, 2)
+    assert (raised["kind"], raised["severity"], raised["action"]) == (
+        "audit_refusing", "critical", "trigger")  # fmt: skip
+    assert raised_and_resolved[1]["action"] == "resolve"
+    assert raised_and_resolved[1]["key"] == raised["key"]
