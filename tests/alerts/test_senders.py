@@ -242,3 +242,15 @@ async def test_events_filter(tmp_path: Path) -> None:
         d.offer(ALERT)
         await d.close(timeout=5)
         assert rx.accepted == []
+
+
+async def test_nothing_secret_shaped_leaves(tmp_path: Path) -> None:
+    jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXRoYXQtaXMtbG9uZw"
+    details = {"first": {"object": f"/orders?t={jwt}"}, "password": "hunter2"}
+    leaky = Alert(kind="denials", severity="warning", summary="s", subject="d", details=details)
+    async with WebhookReceiver(None) as rx, SlackReceiver() as slack:
+        for n in (notifier(tmp_path, "webhook", rx.url), notifier(tmp_path, "slack", slack.url)):
+            assert (await deliver(n, leaky)).outcome == "sent"
+        sent = json.dumps(rx.accepted + slack.accepted)
+    assert jwt not in sent and "hunter2" not in sent and "[redacted]" in sent
+    assert rx.url not in sent and slack.url not in sent  # the URL is the secret of a webhook
