@@ -40,6 +40,8 @@ log = _log.get("alerts")
 
 #: Seconds a sender lease lasts without renewal (renewed every round).
 LEASE_TTL = 30.0
+#: Seconds before a round failing the same way is logged again.
+REPEAT_LOG_AFTER = 60.0
 #: Log messages (lower case) that mean a refresh or rotation failed.
 _FAILURE_WORDS = ("refresh failed", "rotation failed", "rotate failed", "not refreshed")
 
@@ -131,7 +133,9 @@ class Alerts:
             trail_rules.denial_grouper(d.window, d.max_groups),
             trail_rules.credential_grouper(d.window),
         ]
+        self._refusing = AuditRefusing(audit, state.replica_id)
         self._clock = time.time
+        self._last_failure: tuple[str, float] = ("", 0.0)  # what the last failed round said
 
     @property
     def leading(self) -> bool:
@@ -147,7 +151,6 @@ class Alerts:
             return
         self.dispatcher = Dispatcher(notifiers)
         self.dispatcher.start()
-        self._refusing = AuditRefusing(self.audit, replica)
         try:
             await asyncio.to_thread(self._open)
         except Exception as exc:  # the alerts must never keep the gateway from serving
@@ -188,11 +191,20 @@ class Alerts:
         while True:
             try:
                 await self.round(check=time.monotonic() >= next_check)
-            except Exception:  # a failing round is retried next time; never the gateway's
-                log.exception("alerts round failed")
+            except Exception as exc:  # retried next round; never the gateway's problem
+                self._round_failed(exc)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self.settings.check_interval
             await asyncio.sleep(self.settings.poll_interval)
+
+    def _round_failed(self, exc: Exception) -> None:
+        """Log a failed round, the same failure at most once a minute (a database that is
+        down fails every round)."""
+        what, now = f"{type(exc).__name__}: {exc}", time.monotonic()
+        last, when = self._last_failure
+        if what != last or now - when >= REPEAT_LOG_AFTER:
+            self._last_failure = (what, now)
+            log.error("alerts round failed", extra={"fields": {"error": what}})
 
     async def round(self, *, check: bool) -> None:
         """One round: lease, trail, due groups, logged failures and (``check``) the checks."""
@@ -211,8 +223,9 @@ class Alerts:
         follower = self._follower
         if not was:  # (again) the sender: resume where the last sender stopped
             await asyncio.to_thread(follower.load, now)
+        before = dict(follower.cursor)
         rows = await asyncio.to_thread(follower.read, now)
-        if rows:
+        if follower.cursor != before:
             await asyncio.to_thread(follower.save, now)
         self._feed(rows, now)
         for g in self._groups:
