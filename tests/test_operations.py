@@ -49,7 +49,7 @@ def test_metrics_cover_requests_tokens_rejections_and_credential_age(stack: Loca
     text = body.decode()
     assert status == 200
     assert (
-        'lockgate_requests_total{action="read",dag="_other",decision="allow",resource="orders-api"}'
+        'lockgate_requests_total{action="read",dag="finance_daily",decision="allow",resource="orders-api"}'
         in text
     )
     assert 'lockgate_upstream_latency_seconds_bucket{le="0.005",resource="orders-api"}' in text

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from lockgate._cli_state import add_command, add_global_options, add_group
 from lockgate._cli_state import config_from as _config
+from lockgate.cli_alerts import add_alerts_commands
 from lockgate.cli_audit import add_audit_commands
 from lockgate.cli_creds import add_creds_commands
 from lockgate.cli_db import add_db_commands
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_db_commands(sub)
 
     add_keys_commands(sub)
+    add_alerts_commands(sub)
     add_creds_commands(sub)
 
     add_audit_commands(sub)

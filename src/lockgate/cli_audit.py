@@ -63,10 +63,13 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     log = _audit_log(args)
     if args.replay:  # an audit log chains stopped processes' journals as it starts
-        from lockgate.audit import AuditLog
+        from lockgate.audit import AuditLog, ocsf
 
         cfg = _config(args)
-        AuditLog(log.db_path, cfg.audit.jsonl, cfg.audit.write_timeout).close()
+        AuditLog(
+            log.db_path, cfg.audit.jsonl, cfg.audit.write_timeout, ocsf_path=cfg.audit.ocsf,
+            datastores=ocsf.datastores(cfg.resources),
+        ).close()  # fmt: skip
     result = log.verify()
     if not result.ok:
         print(f"audit chain BROKEN at record {result.first_bad_seq}: {result.problem}")

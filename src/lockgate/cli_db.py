@@ -37,6 +37,8 @@ SCHEMA_MODULES = (
     "lockgate.gateway.http.profiles.databricks.registry",
     "lockgate.gateway.http.profiles.arm.runs",
     "lockgate.audit.shared",
+    "lockgate.quotas.shared",
+    "lockgate.alerts.trail",
 )
 
 

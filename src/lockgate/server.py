@@ -108,7 +108,7 @@ class Gateway:
         # quotas: budgets shared by every worker and replica on the same state
         self.quotas = QuotaService(config, self.policy, self.state.database)
         # alerts follow the whole trail: one process (the control plane's) sends them
-        self.alerts = Alerts(config, self.state) if self.primary else None
+        self.alerts = Alerts(config, self.state, audit=self.audit) if self.primary else None
         # None with SQLite state; else how long decisions may rest on memory alone
         self.staleness = StalenessBound.for_config(config, self.state.revocations.database)
         self.readiness = Readiness(

@@ -21,7 +21,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockgate.audit import AuditLog, AuditReader, RemoteAuditLog
+from lockgate.audit import AuditLog, AuditReader, RemoteAuditLog, ocsf
 from lockgate.audit.shipping import AuditShipping, checkpoint_key
 from lockgate.config import LockgateConfig, TokenSettings
 from lockgate.credentials import CredentialStore, load_or_create_master_key
@@ -168,6 +168,7 @@ class State:
         return AuditLog(
             self.config.data_dir / "audit.db", a.jsonl, a.write_timeout,
             fsync=a.durability == "fsync", shipping=self.audit_shipping(),
+            ocsf_path=a.ocsf, datastores=ocsf.datastores(self.config.resources),
         )  # fmt: skip
 
     def remote_audit_log(self, socket_path: Path | None = None) -> RemoteAuditLog:
@@ -177,6 +178,7 @@ class State:
         return RemoteAuditLog(
             self.config.data_dir / "audit.db", a.jsonl, a.write_timeout, socket_path=socket_path,
             fsync=a.durability == "fsync", shipping=self.audit_shipping(),
+            ocsf_path=a.ocsf, datastores=ocsf.datastores(self.config.resources),
         )  # fmt: skip
 
     def audit_reader(self) -> AuditReader:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lockgate import _log
+from lockgate.audit import ocsf
 from lockgate.audit.writer_process import WriterProcess
 from lockgate.config import LockgateConfig
 from lockgate.errors import ConfigError
@@ -68,6 +69,7 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
     writer = WriterProcess(
         config.data_dir / "audit.db", a.jsonl, busy_timeout=max(0.05, min(a.write_timeout / 2, 1)),
         shipping=audit_shipping(config),  # shared state: the one writer ships the chain
+        ocsf_path=a.ocsf, datastores=ocsf.datastores(config.resources),
     )  # fmt: skip
     writer.start()
     ctx = multiprocessing.get_context("spawn")

@@ -3,7 +3,7 @@
 Strategy: the event loop never touches the disk. ``emit`` appends to a bounded in-memory
 queue; one background writer *thread* owns the SQLite connection (WAL, synchronous=NORMAL),
 takes whatever is queued (up to ``batch_size``), appends it to the chain in one transaction,
-mirrors it to the JSON-lines sink, then wakes anyone awaiting durability.
+mirrors it to the JSON-lines and OCSF sinks, then wakes anyone awaiting durability.
 
 Write-ahead. The record of an allowed request goes through :meth:`AuditLog.write_ahead`
 before the request is forwarded: it is sanitised, appended to this process's journal with one
@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -65,7 +65,7 @@ from lockgate.audit.record import (
 )
 from lockgate.audit.shipper import Shipper
 from lockgate.audit.shipping import AuditShipping
-from lockgate.audit.sinks import JsonlSink, mirror
+from lockgate.audit.sinks import mirror, open_mirrors
 
 log = _log.get("audit")
 
@@ -97,6 +97,8 @@ class AuditLog(AuditDoor):
         batch_interval: float = 0.02,
         fsync: bool = False,
         shipping: AuditShipping | None = None,
+        ocsf_path: Path | None = None,
+        datastores: Mapping[str, int] | None = None,
         _fault: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(db_path, write_timeout, max_queue, shipping)
@@ -105,7 +107,8 @@ class AuditLog(AuditDoor):
         # fewer, larger transactions cost the writer thread far less CPU under load.
         self.batch_interval = batch_interval
         self._fault = _fault
-        self._sink = JsonlSink(Path(jsonl_path)) if jsonl_path else None
+        # audit.jsonl and audit.ocsf, written as one (all or nothing)
+        self._sink = open_mirrors(jsonl_path, ocsf_path, datastores)
 
         # Open once here so a bad path or a corrupt file fails at start, not in the thread.
         self.db_path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ class RemoteAuditLog(AuditDoor):
         start_timeout: float = 15.0,
         fsync: bool = False,
         shipping: AuditShipping | None = None,
+        ocsf_path: Path | None = None,
+        datastores: Mapping[str, int] | None = None,
     ) -> None:
         # shipping: the writer process ships (this one's or, with socket_path, the
         # supervisor's, which must be given the same shipping); reads use it here
@@ -104,8 +107,9 @@ class RemoteAuditLog(AuditDoor):
             conn.close()
             busy = max(0.05, min(write_timeout / 2, 1.0))
             self.writer = WriterProcess(
-                self.db_path, jsonl_path, busy_timeout=busy, shipping=shipping
-            )
+                self.db_path, jsonl_path, busy_timeout=busy, shipping=shipping,
+                ocsf_path=ocsf_path, datastores=datastores,
+            )  # fmt: skip
             self.writer.start()
             socket_path = self.writer.socket_path
         self.socket_path = Path(socket_path)

@@ -35,9 +35,16 @@ _PATH_KEYS = frozenset(
         "jwks_file",
         "data_dir",
         "jsonl",
+        "ocsf",
         "ca_file",
         "password_file",
         "master_key_file",
+        # alerts' notifiers, vault AppRole secret ids, tracing's OTLP headers
+        "url_file",
+        "routing_key_file",
+        "hmac_key_file",
+        "secret_id_file",
+        "otlp_headers_file",
     }
 )
 # Quoted choices in pydantic's messages: "Input should be 'debug', 'info' or 'error'".
