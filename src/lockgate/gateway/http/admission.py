@@ -38,15 +38,10 @@ from lockgate.gateway.http.normalize import PathError, Target, split_mounted, sp
 from lockgate.gateway.http.profiles.hooks import Profile, ProfileRequest, UpstreamHeaders, Verdict
 from lockgate.gateway.http.resources import ResourceState, upstream_reading
 from lockgate.gateway.http.server import ClientConnection, RequestBody
-from lockgate.gateway.http.throttle import (
-    Quota,
-    request_span,
-    throttled_answer,
-    throttled_detail,
-)
+from lockgate.gateway.http.throttle import Quota, request_span, throttled
 from lockgate.gateway.http.trail import Trail
 from lockgate.gateway.refusals import request_line
-from lockgate.quotas import NO_QUOTAS, NO_TICKET, THROTTLED, QuotaGate, Throttled
+from lockgate.quotas import NO_QUOTAS, NO_TICKET, QuotaGate, Throttled
 from lockgate.quotas import Admission as QuotaAnswer
 from lockgate.tracing import RequestSpan
 
@@ -286,21 +281,7 @@ class Admission:
         self, conn: ClientConnection, body: RequestBody, adm: Admitted, over: Throttled
     ) -> None:
         """A request over a quota: 429 in the protocol's form, audited and counted."""
-        rs, claims = adm.rs, adm.claims
-        metrics.QUOTA_THROTTLED.labels(rs.name, over.limit, over.kind).inc()
-        rs.count(adm.action, "deny", claims.dag_id)
-        self._trail.records.emit(
-            THROTTLED, claims, rs.name, adm.t0, action=adm.action, obj=adm.obj, status=429,
-            decision="deny", rule=adm.rule, reason=THROTTLED, detail=throttled_detail(over),
-        )  # fmt: skip
-        conn.write(
-            throttled_answer(
-                rs, claims, adm.action, adm.obj, over, close=not body.complete,
-                head_only=adm.head_only,
-            )
-        )  # fmt: skip
-        adm.span.throttled(over.limit, over.retry_after)
-        adm.span.end(status=429)
+        conn.write(throttled(self._trail.records, adm, over, close=not body.complete))
 
     def decide(self, claims: Claims, rs: ResourceState, action: str, obj: str) -> Decision:
         return self._policy.current.decide(

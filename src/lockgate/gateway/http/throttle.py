@@ -20,15 +20,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lockgate import tracing
+from lockgate import metrics, tracing
 from lockgate.gateway.http import responses
 from lockgate.gateway.http.profiles.hooks import retry_after_seconds
 from lockgate.gateway.refusals import request_line
-from lockgate.quotas import NO_TICKET, QuotaTicket, RunSlot, Throttled
+from lockgate.quotas import NO_TICKET, THROTTLED, QuotaTicket, RunSlot, Throttled
 from lockgate.tracing import NO_SPAN, AttributeValue, RequestSpan
 
 if TYPE_CHECKING:
+    from lockgate.gateway.http.admission import Admitted
     from lockgate.gateway.http.resources import ResourceState
+    from lockgate.gateway.records import RecordBuilder
     from lockgate.identity import Claims
 
 
@@ -108,6 +110,22 @@ def throttled_detail(over: Throttled) -> dict[str, Any]:
     return {"limit": over.limit, "kind": over.kind, "retry_after": round(over.retry_after, 3)}
 
 
+def throttled(records: RecordBuilder, adm: Admitted, over: Throttled, *, close: bool) -> bytes:
+    """Count and audit a request over a quota, end its span; the 429 to write."""
+    rs, claims = adm.rs, adm.claims
+    metrics.QUOTA_THROTTLED.labels(rs.name, over.limit, over.kind).inc()
+    rs.count(adm.action, "deny", claims.dag_id)
+    records.emit(
+        THROTTLED, claims, rs.name, adm.t0, action=adm.action, obj=adm.obj, status=429,
+        decision="deny", rule=adm.rule, reason=THROTTLED, detail=throttled_detail(over),
+    )  # fmt: skip
+    adm.span.throttled(over.limit, over.retry_after)
+    adm.span.end(status=429)
+    return throttled_answer(
+        rs, claims, adm.action, adm.obj, over, close=close, head_only=adm.head_only
+    )
+
+
 def request_span(rs: ResourceState, claims: Claims, method: str, path: str) -> RequestSpan:
     """The SERVER span of one request (HTTP semantic conventions); the no-op span when
     tracing is off. ``path`` is the upstream-relative path: no query, no token segment."""
@@ -138,6 +156,7 @@ def request_span(rs: ResourceState, claims: Claims, method: str, path: str) -> R
 __all__ = [
     "Quota",
     "request_span",
+    "throttled",
     "throttled_answer",
     "throttled_body",
     "throttled_detail",

@@ -23,7 +23,12 @@ upstream byte, retries, size caps, framing checks); a profile only answers the h
   client's SDK shows the reason;
 * ``rewrite_response`` — change a small, fully buffered response (``Verdict.rewrite``);
 * ``on_response`` — see the allowed request's response (headers; the body when
-  ``Verdict.capture``) and return audit detail; state such as started run ids is kept here.
+  ``Verdict.capture``) and return audit detail; state such as started run ids is kept here;
+* ``throttle_headers`` — the headers of the gateway's 429 when a quota throttles (default
+  ``Retry-After``; Cosmos DB adds ``x-ms-retry-after-ms`` and ``x-ms-substatus``), its body
+  shaped by ``error_body``; ``Verdict.starts_run`` makes the request ask the ``runs`` cap
+  (the run id comes from ``on_response``'s ``run_id``);
+* ``finished_run`` — the run id a relayed answer shows finished (its ``runs`` slot is freed).
 
 Profiles import only these types (:mod:`.hooks`), never the proxy nor this package.
 Requests of profiled resources take the task path (no callback fast path): a profile may
