@@ -1,6 +1,7 @@
 """``lockgate audit``: read and check the audit trail.
 
     lockgate audit tail [-n N] | audit search --dag D [--run R] [--decision deny] | audit verify
+    lockgate audit export --format ocsf|jsonl [--since T] [--limit N]
 
 With ``state: sqlite`` they read this machine's chain (``data_dir/audit.db``). With
 ``state: postgresql`` they read the shared trail of every replica (``--replica R``: one of
@@ -90,6 +91,28 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """Print records as ``audit.jsonl`` or ``audit.ocsf`` would hold them, one per line."""
+    import json
+    from datetime import datetime
+
+    from lockgate.audit import ocsf
+
+    cfg = _config(args)
+    since: float | None = None
+    if args.since:
+        try:
+            since = float(args.since)
+        except ValueError:
+            since = datetime.fromisoformat(args.since).timestamp()
+    rows = _audit_log(args).search(since=since, limit=args.limit, replica=args.replica)
+    datastores = ocsf.datastores(cfg.resources)
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    for row in rows:
+        print(encode(ocsf.event(row, datastores) if args.format == "ocsf" else row.to_dict()))
+    return 0
+
+
 def _local_flag(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--local",
@@ -119,6 +142,16 @@ def add_audit_commands(sub: Subcommands) -> None:
     )
     sp.add_argument("--replica", metavar="R", help="shared state: only this replica's records")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    _local_flag(sp)
+    sp = add_command(
+        aud, "export", cmd_audit_export, "records as JSON lines, as they are or as OCSF events"
+    )
+    sp.add_argument("--format", choices=["ocsf", "jsonl"], default="ocsf")
+    sp.add_argument("--since", metavar="T", help="records at or after T (unix seconds or ISO 8601)")
+    sp.add_argument(
+        "--limit", type=int, default=1_000_000, metavar="N", help="at most the newest N records"
+    )
+    sp.add_argument("--replica", metavar="R", help="shared state: only this replica's records")
     _local_flag(sp)
     sp = add_command(
         aud,
