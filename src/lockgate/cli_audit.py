@@ -146,7 +146,12 @@ def add_audit_commands(sub: Subcommands) -> None:
     sp = add_command(
         aud, "export", cmd_audit_export, "records as JSON lines, as they are or as OCSF events"
     )
-    sp.add_argument("--format", choices=["ocsf", "jsonl"], default="ocsf")
+    sp.add_argument(
+        "--format",
+        choices=["ocsf", "jsonl"],
+        default="ocsf",
+        help="ocsf: one OCSF event per line (as audit.ocsf); jsonl: records as audit.jsonl",
+    )
     sp.add_argument("--since", metavar="T", help="records at or after T (unix seconds or ISO 8601)")
     sp.add_argument(
         "--limit", type=int, default=1_000_000, metavar="N", help="at most the newest N records"
