@@ -49,6 +49,12 @@ PAGERDUTY_SUMMARY_MAX = 1024
 SLACK_TEXT_MAX = 3000
 
 SENT, FAILED, REJECTED = "sent", "failed", "rejected"
+_SLACK_ICONS = {
+    "critical": ":rotating_light:",
+    "error": ":red_circle:",
+    "warning": ":warning:",
+    "info": ":information_source:",
+}
 
 
 @dataclass(frozen=True)
@@ -167,11 +173,7 @@ class Notifier:
         }
 
     def _slack(self, alert: Alert) -> dict[str, object]:
-        icon = {"critical": ":rotating_light:", "error": ":red_circle:"}.get(
-            alert.severity, ":warning:" if alert.action == "trigger" else ":white_check_mark:"
-        )
-        if alert.action == "resolve":
-            icon = ":white_check_mark:"
+        icon = ":white_check_mark:" if alert.action == "resolve" else _SLACK_ICONS[alert.severity]
         head = f"{icon} *Lockgate {alert.kind}* ({alert.severity}): {alert.summary}"
         blocks: list[dict[str, object]] = [
             {"type": "section", "text": {"type": "mrkdwn", "text": head[:SLACK_TEXT_MAX]}}
