@@ -5,11 +5,12 @@ back whichever way the request ends (a test fails when one leaks)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
+import time
 
 import aiohttp
-import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -76,26 +77,30 @@ async def test_a_denied_request_never_asks_the_quota(make_gateway, upstream):
     assert gw.audit.events() == ["denied"]
 
 
-async def test_requests_honours_retry_after_and_succeeds(make_gateway, upstream):
-    """The stock client's retry (urllib3, what HttpHook's session mounts) waits the
-    gateway's Retry-After, then gets through."""
-    gate = FakeGate(limit=1, retry_after=0.4)
+async def test_http_hook_with_a_retry_adapter_honours_retry_after(
+    make_gateway, upstream, monkeypatch
+):
+    """The stock HttpHook with urllib3's retry mounted (``adapter=``) waits the gateway's
+    Retry-After, then gets through."""
+    from airflow.providers.http.hooks.http import HttpHook
+
+    gate = FakeGate(limit=0, retry_after=0.4)  # throttled until freed below
     gw = await make_gateway(quotas=gate)
-    url = f"{gw.url}/orders/items/1"
-    loop = asyncio.get_running_loop()
-    gate.limit = 0  # throttled until freed below
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LOCKGATE_ORDERS",
+        json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": gw.port}),
+    )
 
     async def free_after(seconds: float) -> None:
         await asyncio.sleep(seconds)
         gate.limit = None
 
     def one_get() -> tuple[int, float]:
-        with requests.Session() as s:
-            retry = Retry(total=3, status_forcelist=[429], backoff_factor=0)
-            s.mount("http://", HTTPAdapter(max_retries=retry))
-            t0 = loop.time()
-            r = s.get(url, headers=bearer(), timeout=10)
-            return r.status_code, loop.time() - t0
+        retry = Retry(total=3, status_forcelist=[429], backoff_factor=0)
+        hook = HttpHook("GET", "lockgate_orders", adapter=HTTPAdapter(max_retries=retry))
+        t0 = time.monotonic()
+        r = hook.run("orders/items/1", headers=bearer())
+        return r.status_code, time.monotonic() - t0
 
     freeing = asyncio.create_task(free_after(0.2))
     status, took = await asyncio.to_thread(one_get)
