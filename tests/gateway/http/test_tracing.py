@@ -125,3 +125,37 @@ async def test_with_tracing_off_no_span_is_started(make_gateway, upstream, monke
     ):
         assert r.status == 200
     assert started == []
+
+
+async def test_with_the_real_tracer_attempts_are_client_children_of_the_request(
+    make_gateway, upstream
+):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from lockgate.config.tracing import TracingSettings
+
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True), service_instance="t", exporter=exporter)
+    try:
+        gw = await make_gateway()
+        gw.verifier.tokens["tok-orders"].traceparent = PARENT
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"{gw.url}/orders/flaky-2?sig=abc", headers=bearer()) as r,
+        ):
+            assert r.status == 200
+        assert tracing.flush()
+        recorded = exporter.get_finished_spans()
+    finally:
+        tracing.shutdown()
+    (request,) = [s for s in recorded if s.kind is SpanKind.SERVER]
+    attempts = [s for s in recorded if s.kind is SpanKind.CLIENT]
+    assert format(request.context.trace_id, "032x") == PARENT[3:35]
+    attrs = dict(request.attributes or {})
+    assert attrs["url.path"] == "/flaky-2" and attrs["http.response.status_code"] == 200
+    assert attrs["lockgate.decision"] == "allow" and attrs["lockgate.dag_id"] == "finance_daily"
+    assert "sig" not in str(attrs) and "tok-orders" not in str(attrs)
+    assert len(attempts) == 3  # two 503s retried, then 200
+    assert all(a.parent and a.parent.span_id == request.context.span_id for a in attempts)
+    assert [e.name for e in request.events].count("lockgate.retry") == 2
