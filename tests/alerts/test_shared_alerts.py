@@ -1,9 +1,11 @@
 """The alerts on shared state (a real PostgreSQL server): the sender lease is held by one
 replica at a time and passes on when its holder stops renewing; the trail follower reads
-every replica's shipped chain past the stored cursor, starting at the tail."""
+every replica's shipped chain past the stored cursor, starting at the tail; two replicas
+refusing one DAG raise one alert, sent by one of them."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -11,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from lockgate.alerts import Alerts
 from lockgate.alerts.trail import Lease, TrailFollower, open_alerts_db
 from lockgate.audit import AuditLog, AuditRecord
 from lockgate.store import PostgresDatabase
 from tests.audit.shared_helpers import ship_all, shipper_for
+from tests.fakes.alert_receivers import WebhookReceiver
 from tests.pgserver.fixtures import SharedStateFactory
+from tests.pgserver.state import replica_states
 
 
 @pytest.fixture
@@ -79,3 +84,36 @@ def test_follower_reads_every_replica_past_the_cursor(tmp_path: Path, db: Postgr
     again = TrailFollower(db, tmp_path / "unused.db", shared_trail=db)
     again.load(time.time())
     assert again.cursor == {"r1": 3, "r2": 2} and again.read(time.time()) == []
+
+
+async def test_two_replicas_alert_once_on_what_either_refused(
+    tmp_path: Path, pg_state: SharedStateFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with WebhookReceiver(None) as rx:
+        (tmp_path / "hook-url").write_text(rx.url)
+        alerts_section = {
+            "notifiers": [{"name": "hook", "type": "webhook",
+                           "url_file": str(tmp_path / "hook-url"), "min_interval": 0}],
+            "poll_interval": 0.1,
+            "denials": {"window": 2.0},
+        }  # fmt: skip
+        with replica_states(pg_state(), tmp_path, monkeypatch,
+                            lambda _data: {"alerts": alerts_section}) as states:  # fmt: skip
+            running = [Alerts(s.config, s) for s in states]
+            for a in running:
+                await a.start()
+            try:
+                for i, state in enumerate(states):  # each replica refuses one run of the DAG
+                    log = state.audit_log()
+                    for _ in range(3):
+                        await log.write(AuditRecord(event="denied", dag_id="etl",
+                                                    run_id=f"run{i}", decision="deny"))  # fmt: skip
+                    log.close()  # ships what it wrote
+                (alert,) = await rx.wait_for(1)
+                await asyncio.sleep(0.5)
+            finally:
+                for a in running:
+                    await a.close()
+        assert [a.leading for a in running].count(True) <= 1
+    assert len(rx.accepted) == 1
+    assert alert["details"]["count"] == 6 and alert["details"]["run_ids"] == ["run0", "run1"]
