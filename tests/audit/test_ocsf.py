@@ -252,3 +252,38 @@ def test_mirrors_are_all_or_nothing(tmp_path: Path) -> None:
     assert isinstance(open_mirrors(tmp_path / "j"), JsonlSink)
     assert isinstance(open_mirrors(None, tmp_path / "o"), OcsfSink)
     assert isinstance(open_mirrors(tmp_path / "j", tmp_path / "o"), Mirrors)
+
+
+def test_the_config_mirrors_to_the_ocsf_file_and_export_prints_the_same_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from lockgate.cli import main
+    from lockgate.config import load_config
+    from lockgate.state import State
+
+    config = tmp_path / "lockgate.yaml"
+    config.write_text(  # a relative path: next to the configuration file
+        yaml.safe_dump({"data_dir": str(tmp_path / "data"), "audit": {"ocsf": "audit.ocsf"}})
+    )
+    state = State(load_config(config))
+    try:
+        log = state.audit_log()  # the thread writer
+        try:
+            for rec, _, _ in _records():
+                log.emit(rec)
+            assert log.flush(10)
+        finally:
+            log.close()
+    finally:
+        state.close()
+    mirrored = [json.loads(x) for x in (tmp_path / "audit.ocsf").read_text().splitlines()]
+    assert len(mirrored) == len(_records())
+    assert _verify_from_export(mirrored) == len(mirrored)
+    for ev in mirrored:
+        _valid(ev)
+    capsys.readouterr()
+    assert main(["-c", str(config), "audit", "export", "--format", "ocsf"]) == 0
+    exported = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert exported == mirrored
