@@ -21,7 +21,7 @@ from lockgate.errors import AuditUnavailable
 from lockgate.state import State
 from tests.fakes.alert_receivers import WebhookReceiver
 
-WINDOW = 0.4
+WINDOW = 0.6
 
 
 def make_config(data_dir: Path, url: str, **alerts: Any) -> LockgateConfig:
@@ -77,10 +77,12 @@ def denial(dag: str, run: str, task: str, obj: str = "/orders") -> AuditRecord:
 
 
 async def write(state: State, *records: AuditRecord) -> None:
+    """Commit ``records`` at once (one batch: a storm, not a trickle)."""
     log = state.audit_log()
     try:
         for r in records:
-            await log.write(r)
+            log.emit(r)
+        assert log.flush(10)
     finally:
         log.close()
 
