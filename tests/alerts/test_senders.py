@@ -190,6 +190,14 @@ def test_secret_is_read_from_env_and_never_inline(
     assert n.body(ALERT)["text"]
 
 
+def test_plain_http_off_this_machine_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must be https"):
+        notifier(tmp_path, "slack", "http://hooks.slack.example/services/T/B/secret")
+    with pytest.raises(ConfigError, match="must be https"):
+        notifier(tmp_path, "pagerduty", "http://events.pagerduty.example/v2/enqueue")
+    assert notifier(tmp_path, "slack", "https://hooks.slack.com/services/T/B/secret")
+
+
 def test_console_link_replaces_the_command() -> None:
     look = ALERT.where_to_look("https://console.example/")
     assert look == {"link": "https://console.example/audit?dag=finance_daily&event=denied"}

@@ -12,8 +12,9 @@
 Retries: on 429, 5xx, a timeout or a connection error, after ``Retry-After`` when the
 receiver gives one (capped), else exponential backoff with full jitter; another 4xx means
 the receiver will never take this body: no retry. URLs and keys are secrets (a Slack
-webhook URL is its own credential): they are read from a file or an environment variable
-and never logged: log lines name the notifier only.
+webhook URL is its own credential): they are read from a file or an environment variable,
+never logged (log lines name the notifier only), and only ever sent over https (plain http
+to this machine alone, e.g. a local relay).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from lockgate import _log
+from lockgate._urls import private_channel
 from lockgate.alerts.model import Alert
 from lockgate.config.alerts import NotifierSettings
 from lockgate.errors import ConfigError
@@ -137,6 +139,8 @@ class Notifier:
         else:
             self._routing_key = ""
             self._url = read_secret(settings.url_file, settings.url_env, what, config_dir)
+        if not private_channel(self._url):  # the URL, the key or the alert would travel bare
+            raise ConfigError(f"{what}: the URL must be https (plain http only to this machine)")
         self._hmac_key: bytes | None = None
         if settings.hmac_key_file is not None or settings.hmac_key_env is not None:
             key = read_secret(settings.hmac_key_file, settings.hmac_key_env, what, config_dir)
