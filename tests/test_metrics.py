@@ -201,3 +201,26 @@ def test_the_dashboard_panels_do_not_overlap() -> None:
         }
         assert not mine & cells, panel["title"]
         cells |= mine
+
+
+def test_request_counts_carry_the_bounded_dag_label() -> None:
+    from lockgate.gateway.engine import RequestMetrics
+
+    def value(dag: str) -> float:
+        labels = {"resource": "metrics-test", "action": "read", "decision": "allow", "dag": dag}
+        return metrics.REGISTRY.get_sample_value("lockgate_requests_total", labels) or 0.0
+
+    try:
+        metrics.configure(MetricsSettings(dag_label=DagLabelSettings(top=1)))
+        counts = RequestMetrics()
+        before = value(metrics.OTHER_DAG)
+        counts.count("metrics-test", "read", "allow", "first_dag")
+        counts.count("metrics-test", "read", "allow", "first_dag")
+        counts.count("metrics-test", "read", "allow", "second_dag")
+        counts.count("metrics-test", "read", "allow", "manual__2026-01-01T00:00:00+00:00")
+        counts.count("metrics-test", "read", "allow", None)
+    finally:
+        metrics.configure(MetricsSettings())
+    assert value("first_dag") == 2
+    assert value("second_dag") == 0  # past top: _other
+    assert value(metrics.OTHER_DAG) == before + 3

@@ -173,28 +173,48 @@ def policy_request(
 
 
 # -- what engines share ---------------------------------------------------------------------
+class RequestCounter:
+    """``lockgate_requests_total`` of one resource. Labelled children are cached
+    (``labels()`` costs a lock and a dict of tuples per call); the ``dag`` label is bounded by
+    :func:`lockgate.metrics.dag_label`, but the cache is keyed by the DAG id itself (which
+    comes from tokens), so it starts over past :data:`_MAX_CACHED_CHILDREN` entries."""
+
+    __slots__ = ("_children", "resource")
+
+    def __init__(self, resource: str) -> None:
+        self.resource = resource
+        self._children: dict[tuple[str, str, str | None], Any] = {}
+
+    def count(self, action: str, decision: str, dag_id: str | None = None) -> None:
+        """+= 1; ``dag_id`` is the verified token's DAG (None before a token verified)."""
+        key = (action, decision, dag_id)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) > _MAX_CACHED_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metrics.REQUESTS.labels(
+                self.resource, action, decision, metrics.dag_label(dag_id)
+            )
+        child.inc()
+
+
 class RequestMetrics:
-    """``lockgate_requests_total`` and upstream latency; labelled children are cached
-    (``labels()`` costs a lock and a dict of tuples per call)."""
+    """``lockgate_requests_total`` and upstream latency, for engines that serve several
+    resources from one context (an HTTP resource holds its own :class:`RequestCounter`)."""
 
     __slots__ = ("_counters", "_latency")
 
     def __init__(self) -> None:
-        self._counters: dict[tuple[str, str, str, str | None], Any] = {}
+        self._counters: dict[str, RequestCounter] = {}
         self._latency: dict[str, Any] = {}
 
     def count(self, resource: str, action: str, decision: str, dag_id: str | None = None) -> None:
         """``lockgate_requests_total`` += 1; ``dag_id`` is the verified token's DAG (its
         label is bounded by :func:`lockgate.metrics.dag_label`)."""
-        key = (resource, action, decision, dag_id)
-        child = self._counters.get(key)
-        if child is None:
-            if len(self._counters) > _MAX_CACHED_CHILDREN:  # dag ids come from tokens
-                self._counters.clear()
-            child = self._counters[key] = metrics.REQUESTS.labels(
-                resource, action, decision, metrics.dag_label(dag_id)
-            )
-        child.inc()
+        counter = self._counters.get(resource)
+        if counter is None:  # resources come from the catalog: a bounded set
+            counter = self._counters[resource] = RequestCounter(resource)
+        counter.count(action, decision, dag_id)
 
     def observe_upstream(self, resource: str, seconds: float) -> None:
         child = self._latency.get(resource)
@@ -203,8 +223,8 @@ class RequestMetrics:
         child.observe(seconds)
 
 
-#: Cached metric children per process before the cache starts over (each DAG of each
-#: resource/action/decision is one entry).
+#: Cached metric children per resource before the cache starts over (each DAG of each
+#: action/decision is one entry).
 _MAX_CACHED_CHILDREN = 10_000
 
 
@@ -344,6 +364,7 @@ __all__ = [
     "Engine",
     "PolicySet",
     "PolicySource",
+    "RequestCounter",
     "RequestFactory",
     "RequestMetrics",
     "ResourceConfig",
