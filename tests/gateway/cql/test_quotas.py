@@ -228,3 +228,12 @@ async def test_policy_quota_with_max_delay_paces_the_stock_driver(stack: Stack) 
         await asyncio.to_thread(session.cluster.shutdown)
     assert elapsed >= 0.45  # 10 tokens after the burst at 20/s
     assert not stack.audit("throttled")
+
+
+async def test_a_prepare_asks_no_quota_its_executes_do(stack: Stack) -> None:
+    gate = use_gate(stack, FakeGate(statements="throttle", actions=("write",)))
+    raw = await etl_raw(stack)
+    raw.send(codec.Prepare(stream=3, query="INSERT INTO ks.orders (id, item) VALUES (?, ?)"))
+    assert isinstance(await raw.recv(), codec.Prepared)
+    assert gate.asked == []
+    raw.close()

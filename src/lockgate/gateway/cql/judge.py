@@ -317,8 +317,9 @@ class RequestJudging(SessionState):
         else:
             rule, reason = decision.rule, decision.reason
         span.decided(judged.action, judged.obj, "allow", rule, reason)
-        # USE and driver metadata reads are the driver's own machinery: no quota spends them.
-        if builtin or self.ctx.quotas is NO_QUOTAS:
+        # USE and driver metadata reads are the driver's own machinery, and a PREPARE runs
+        # nothing (its EXECUTEs ask): no quota spends them.
+        if builtin or judged.plan.op == "prepare" or self.ctx.quotas is NO_QUOTAS:
             self._write_ahead(event, judged, t0, rule, reason, [], span)
             return
         targets = ((t.action, t.object) for t in judged.to_decide)
