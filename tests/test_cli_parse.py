@@ -33,7 +33,7 @@ def test_every_verb_is_listed() -> None:
         "init", "serve", "config check", "policy check", "policy lint", "policy test",
         "token revoke", "token unblock", "token revocations", "keys rotate", "keys list",
         "keys retire", "creds set", "creds rotate", "creds list", "audit tail", "audit search",
-        "audit verify", "db upgrade", "db check", "demo",
+        "audit verify", "audit export", "db upgrade", "db check", "alerts test", "demo",
     }  # fmt: skip
 
 

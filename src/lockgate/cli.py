@@ -148,7 +148,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             print(f"lockgate: {problem}", file=sys.stderr)
         print(f"lockgate: {cfg.source}: {len(problems)} policy problem(s)", file=sys.stderr)
         return 2
-    trust = cfg.issuer_problems()
+    trust = cfg.issuer_problems() + _notifier_problems(cfg)
     if trust:
         for problem in trust:
             print(f"lockgate: {cfg.source}: {problem}", file=sys.stderr)
@@ -159,6 +159,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         f"{len(cfg.policy_files())} policy file(s)"
     )
     return 0
+
+
+def _notifier_problems(cfg: LockgateConfig) -> list[str]:
+    """Alert notifiers the gateway would leave out (secret unreadable, URL not https)."""
+    from lockgate.alerts.senders import Notifier
+
+    base = cfg.source.parent if cfg.source is not None else Path.cwd()
+    problems: list[str] = []
+    for i, n in enumerate(cfg.alerts.notifiers):
+        try:
+            Notifier(n, console_url=cfg.alerts.console_url, source=str(cfg.source), config_dir=base)
+        except LockgateError as exc:
+            problems.append(f"alerts.notifiers[{i}] ({n.name}): {exc}")
+    return problems
 
 
 # -- policy ---------------------------------------------------------------------------------
