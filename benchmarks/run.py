@@ -22,6 +22,7 @@ BENCHMARKS: list[tuple[str, str, list[str] | None]] = [
     ("PostgreSQL data path: pgbench direct vs PgBouncer vs Lockgate", "benchmarks.postgres", []),
     ("audit per allowed request: emit vs write-ahead, fsync", "benchmarks.audit", []),
     ("three replicas on one PostgreSQL: propagation and failures", "benchmarks.ha", []),
+    ("a rate quota shared by 2 worker processes: achieved vs configured", "benchmarks.quotas", []),
 ]
 
 

@@ -10,13 +10,15 @@ PostgreSQL database. Three tables:
 
 No database round trip per request:
 
-- a **rate** is *leased*: a process takes up to ``max(1, rate/20)`` tokens at once
-  (:data:`LEASE_SHARE` of a second's worth, never more than the burst) and spends them
-  locally for at most :data:`LEASE_SECONDS`; what is left when the lease ends goes back to
-  the bucket with the next take. A bucket found empty is remembered as empty until a token
-  would be due (at most :data:`LEASE_SECONDS`), so a flood of refused requests costs no
-  round trips either. Pacing (``max_delay``) takes one token at a time: the request waits
-  anyway, and the bucket's debt orders the waiters across processes;
+- a **rate** is *leased*: a process takes ``max(1, rate/20)`` tokens at once
+  (:data:`LEASE_SHARE` of a second's worth, never more than the burst), leaving the bucket
+  in debt if it held fewer; token k of the lease comes due when the bucket would have held
+  k, so the process spends its lease at the rate the bucket refills (a request before its
+  token is due is refused with the time until then, or, with ``max_delay``, held that
+  long). What is left when the lease ends (:data:`LEASE_SECONDS` after its last token
+  came due) goes back to the bucket with the next lease. A bucket deeper in debt than the
+  waiting allowed is remembered so until a token would be due, so a flood of refused
+  requests costs no round trips either;
 - a **cap** slot is taken with one short transaction (the cap's lock row, the live holders'
   sum, this holder's row); releasing it is local: a background thread writes what this
   process holds a moment later (coalescing many releases into one write), refreshes the
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from lockgate import _log
 from lockgate.errors import StoreUnavailable
-from lockgate.quotas.budgets import Bucket, MemoryBudgets, RateAnswer, refill, take
+from lockgate.quotas.budgets import Bucket, MemoryBudgets, RateAnswer, refill
 from lockgate.store import Cursor, Database, Migration, open_store, register_domain
 
 DOMAIN = "quotas"
@@ -82,9 +84,37 @@ log = _log.get("quotas")
 
 @dataclass(slots=True)
 class _Lease:
-    tokens: float = 0.0
-    until: float = 0.0  # when the tokens go back
-    empty_until: float = 0.0  # the bucket was found empty: refuse locally until then
+    """Tokens this process took from a bucket at once. The bucket held ``level`` at
+    ``since``; token k (1-based) of the lease is due when the bucket would have held k,
+    so a lease taken in debt spaces its tokens as the bucket refills (pacing, and no burst
+    beyond the bucket's own across processes)."""
+
+    size: int = 0
+    taken: int = 0
+    level: float = 0.0
+    since: float = 0.0
+    until: float = 0.0  # when what is left goes back to the bucket
+    empty_until: float = 0.0  # the bucket was too deep in debt: refuse locally until then
+
+    def start(self, now: float, level: float, size: int, rate: float) -> None:
+        self.size, self.taken, self.level, self.since = size, 0, level, now
+        self.until = self.due(size, rate) + LEASE_SECONDS
+        self.empty_until = 0.0
+
+    def due(self, k: int, rate: float) -> float:
+        return self.since + max(0.0, k - self.level) / rate
+
+    def spend(self, now: float, rate: float, max_delay: float) -> RateAnswer:
+        """The next token: now, after a wait of at most ``max_delay``, or refused with the
+        time until it could be had (it stays in the lease)."""
+        wait = self.due(self.taken + 1, rate) - now
+        if wait <= 0:
+            self.taken += 1
+            return RateAnswer(True, 0.0)
+        if wait <= max_delay:
+            self.taken += 1
+            return RateAnswer(True, wait)
+        return RateAnswer(False, max(0.001, round(wait - max_delay, 3)))
 
 
 @dataclass(slots=True)
@@ -125,6 +155,8 @@ class SharedBudgets:
         self._memory = memory or MemoryBudgets(clock)  # the fallback
         self._degraded = False
         self._last_purge = 0.0
+        #: Database transactions asked by requests (leases and cap slots), for benchmarks.
+        self.round_trips = 0
         settings = getattr(self.db, "settings", None)
         self._known_down_after = 3 * float(getattr(settings, "catch_up_interval", 1.0))
         self._wake = threading.Event()
@@ -137,30 +169,31 @@ class SharedBudgets:
     # -- rates ---------------------------------------------------------------------------------
     def take(self, key: str, rate: float, burst: float, max_debt: float) -> RateAnswer:
         now = self._clock()
+        max_delay = max_debt / rate
         with self._lock:
             lease = self._leases.setdefault(key, _Lease())
-            if lease.tokens >= 1 and now < lease.until:
-                lease.tokens -= 1
-                return RateAnswer(True, 0.0)
-            if now < lease.empty_until and max_debt == 0:
+            if lease.taken < lease.size and now < lease.until:
+                return lease.spend(now, rate, max_delay)
+            if now < lease.empty_until:
                 return RateAnswer(False, round(lease.empty_until - now, 3) or 0.001)
-            returned, lease.tokens = (lease.tokens, 0.0)
-        want = 1.0 if max_debt > 0 else max(1.0, min(burst, rate * LEASE_SHARE))
+            returned = lease.size - lease.taken  # unspent: back to the bucket
+            lease.size = lease.taken = 0
+        size = int(max(1.0, min(burst, rate * LEASE_SHARE)))
         try:
             self._refuse_if_known_down()
-            got, answer = self._lease_db(key, rate, burst, max_debt, want, returned, now)
+            leased, level = self._lease_db(key, rate, burst, max_debt, size, returned, now)
         except StoreUnavailable as exc:
             self._fell_back(exc)
             return self._memory.take(key, rate, burst, max_debt)
         self._recovered()
         with self._lock:
             lease = self._leases.setdefault(key, _Lease())
-            if answer.granted:
-                lease.tokens += got - 1
-                lease.until = now + LEASE_SECONDS
-            else:
-                lease.empty_until = now + min(answer.wait, LEASE_SECONDS)
-        return answer
+            if not leased:  # the bucket is deeper in debt than waiters may go
+                wait = max(0.001, (-max_debt - size - level) / rate)
+                lease.empty_until = now + min(wait, LEASE_SECONDS)
+                return RateAnswer(False, round(wait, 3))
+            lease.start(now, level, size, rate)
+            return lease.spend(now, rate, max_delay)
 
     def _lease_db(
         self,
@@ -168,23 +201,25 @@ class SharedBudgets:
         rate: float,
         burst: float,
         max_debt: float,
-        want: float,
+        size: int,
         returned: float,
         now: float,
-    ) -> tuple[float, RateAnswer]:
+    ) -> tuple[bool, float]:
+        """Lease ``size`` tokens (giving ``returned`` back) unless the bucket is more than
+        ``max_debt + size`` in debt; whether it did, and the bucket's level before (the lease's
+        tokens come due as it refills)."""
+        self.round_trips += 1
         with self.db.transaction() as cur:
             row = self._locked_row(cur, "quota_buckets", key, "tokens, updated_at", (burst, now))
-            level = refill(Bucket(row[0], row[1]), rate, burst, now)
-            level = min(level + returned, burst)
-            got = want if level >= want else level if level >= 1 else 1.0
-            answer, bucket = take(Bucket(level, now), rate, burst, now, got, max_debt)
-            if not answer.granted:
-                got = 0.0
+            level = min(refill(Bucket(row[0], row[1]), rate, burst, now) + returned, burst)
+            # Down to one lease past what waiters may wait: its tokens come due after those
+            # of the lease another process holds, and are asked for without a round trip.
+            leased = level >= -(max_debt + size)
             cur.execute(
                 "UPDATE quota_buckets SET tokens = ?, updated_at = ? WHERE name = ?",
-                (bucket.tokens, max(now, row[1]), key),
+                (level - size if leased else level, max(now, row[1]), key),
             )
-        return got, answer
+        return leased, level
 
     def _locked_row(
         self, cur: Cursor, table: str, key: str, columns: str, fresh: tuple[float, float]
@@ -205,12 +240,12 @@ class SharedBudgets:
         return tuple(float(value) for value in row)
 
     def refund(self, key: str, rate: float, burst: float) -> None:
-        # Back into the local lease: it goes back to the bucket with the next take.
+        # Back into the lease (the next request spends it; unspent, it goes back to the
+        # bucket with the next lease).
         with self._lock:
             lease = self._leases.get(key)
-            if lease is not None:
-                lease.tokens += 1
-                lease.empty_until = 0.0
+            if lease is not None and lease.taken > 0:
+                lease.taken -= 1
                 return
         self._memory.refund(key, rate, burst)
 
@@ -238,6 +273,7 @@ class SharedBudgets:
 
     def _reserve_db(self, key: str, cap: int, runs: bool) -> bool:
         now = self._clock()
+        self.round_trips += 1
         with self._write, self.db.transaction() as cur:
             # The cap's lock: a row of its own (a rate of the same quota has the key's bucket).
             self._locked_row(cur, "quota_buckets", f"cap:{key}", "tokens", (0.0, now))
