@@ -3,6 +3,7 @@ token (client credentials against the test Entra ID), against the test Key Vault
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -165,3 +166,41 @@ def test_challenge_parsing() -> None:
         "https://vault.azure.net"
     )
     assert challenge("Basic realm=x") == {} and challenged_audience({}) is None
+
+
+async def test_a_challenge_for_another_resource_says_which(tmp_path: Path, azure: Azure) -> None:
+    azure.vault.set_secret("orders-api-key", "key-one")
+    config = _config(tmp_path, azure)
+    # The identity asks for China cloud Key Vault tokens; this vault wants the public one.
+    reader = config.credentials[0].model_copy(update={"scope": "https://vault.azure.cn/.default"})
+    config = config.model_copy(update={"credentials": [reader, config.credentials[1]]})
+    broker = _broker(tmp_path, config)
+    try:
+        with pytest.raises(CredentialError) as err:
+            await broker.upstream_secret("orders-key")
+        assert str(err.value) == (
+            "credential 'orders-key': Key Vault asks for a token for https://vault.azure.net, "
+            "but identity 'kv-reader' gets tokens for https://vault.azure.cn"
+        )
+    finally:
+        await broker.close()
+
+
+async def test_the_servers_tick_fetches_before_the_first_request(
+    tmp_path: Path, azure: Azure
+) -> None:
+    azure.vault.set_secret("orders-api-key", "key-one")
+    broker = _broker(tmp_path, _config(tmp_path, azure))
+    try:
+        assert broker.vault_status()["orders-key"].fetched_at is None
+        broker.refresh()  # the server's tick
+        for _ in range(100):
+            if broker.vault_status()["orders-key"].fetched_at is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert broker.vault_status()["orders-key"].fetched_at is not None
+        requests_made = len(azure.vault.requests)
+        assert (await broker.upstream_secret("orders-key")).value == "key-one"
+        assert len(azure.vault.requests) == requests_made  # served from the cache
+    finally:
+        await broker.close()
