@@ -14,7 +14,8 @@ found wins:
    written once to the task log at INFO: a trace id is no secret, and it is how an
    operator finds the gateway's spans of that try.
 
-Standard library only, like the rest of the provider: OpenTelemetry is used when it is
+Standard library only, like the rest of the provider (the format rule is the gateway's own,
+from :mod:`lockgate.tracing`, which imports no SDK): OpenTelemetry is used when it is
 importable (Airflow 3 installs it), never required.
 """
 
@@ -22,27 +23,18 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import threading
 from collections.abc import Mapping
 
+# The gateway's own rule (version 00, lowercase hex, no all-zero ids); no SDK import.
+from lockgate.tracing import valid_traceparent as valid
+
 log = logging.getLogger("lockgate.airflow")
 
-# Version 00 only; 32 and 16 lowercase hex digits, neither all zeros (the gateway's rule).
-_TRACEPARENT_RE = re.compile(
-    r"\A00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}\Z", re.ASCII
-)
 _MAX_FRESH = 1024  # fresh trace ids kept (one per task try this process ran)
 _fresh: dict[tuple[object, ...], str] = {}
 _lock = threading.Lock()
-
-
-def valid(value: object) -> str | None:
-    """``value`` if it is a well-formed version-00 ``traceparent``, else None."""
-    if isinstance(value, str) and len(value) == 55 and _TRACEPARENT_RE.match(value):
-        return value
-    return None
 
 
 def task_traceparent(coords: Mapping[str, object]) -> str:
