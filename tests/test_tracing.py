@@ -398,3 +398,19 @@ def test_the_hand_written_otlp_encoding_matches_the_sdks(spans: InMemorySpanExpo
             for span_pb in scope_spans.spans:
                 span_pb.ClearField("flags")  # W3C flags and is_remote bits: not sent
     assert ours == sdk
+
+
+def test_an_unreadable_headers_file_is_a_config_error(tmp_path: Path) -> None:
+    from lockgate.errors import ConfigError
+
+    missing = TracingSettings(
+        enabled=True, otlp_endpoint="https://c", otlp_headers_file=tmp_path / "absent"
+    )
+    with pytest.raises(ConfigError, match="otlp_headers_file"):
+        tracing.configure(missing)
+    assert not tracing.enabled()
+    bad = tmp_path / "bad"
+    bad.write_text("X-Api-Key k-secret-1\n")
+    with pytest.raises(ConfigError, match="bad:1") as exc:
+        tracing.configure(missing.model_copy(update={"otlp_headers_file": bad}))
+    assert "k-secret-1" not in str(exc.value)

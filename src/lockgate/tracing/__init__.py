@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from lockgate import __version__
+from lockgate.errors import ConfigError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -423,13 +424,19 @@ def configure(
     """Set up the tracer provider and exporter of this process (once, at start).
 
     ``exporter`` replaces the OTLP one (tests, the benchmark). A second call replaces the
-    first, whose batched spans are flushed."""
+    first, whose batched spans are flushed. :class:`ConfigError` when the SDK is missing or
+    the headers file cannot be read (named by path and line, never by its values)."""
     global _tracing
     shutdown()
     if not settings.enabled:
         return
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        raise ConfigError(
+            "tracing.enabled needs the OpenTelemetry SDK: pip install 'lockgate[tracing]'"
+        ) from None
 
     instance = f"{socket.gethostname()}/{service_instance or os.getpid()}"
     resource = Resource.create(
@@ -440,7 +447,12 @@ def configure(
         }
     )
     if exporter is None and settings.otlp_endpoint:
-        exporter = _otlp_exporter(settings)
+        try:
+            exporter = _otlp_exporter(settings)
+        except (OSError, ValueError) as exc:
+            # ValueError names the file and line; OSError only says why it is unreadable.
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise ConfigError(f"tracing.otlp_headers_file: {why}") from None
     processor = BatchSpanProcessor(exporter) if exporter is not None else None
     # An unsampled caller (the task's own tracing off) gets the ratio, not silence.
     _tracing = _Recording(processor, resource, settings.sample_ratio)
