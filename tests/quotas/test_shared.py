@@ -248,3 +248,17 @@ def test_the_sqlite_file_is_the_quotas_domain(tmp_path: Path) -> None:
         row = cur.execute("SELECT version FROM lockgate_schema WHERE domain = ?", ("quotas",))
         assert row.fetchone() == (1,)
     db.close()
+
+
+def test_a_run_started_is_no_slot_to_reuse(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a, b = budgets(tmp_path / "q.db", clock, "a"), budgets(tmp_path / "q.db", clock, "b")
+    assert a.reserve_run("j", 2)
+    a.run_started("j", "dbx", "run-1", 3600)
+    assert a.reserve_run("j", 2)  # the second of two
+    assert not a.reserve_run("j", 2)  # run-1 counts before it is even written
+    a.flush()
+    assert not a.reserve_run("j", 2) and not b.reserve_run("j", 2)
+    a.release("j")  # the second start failed
+    a.flush()
+    assert b.reserve_run("j", 2)

@@ -17,6 +17,8 @@ One file per team; every file holds a ``rules`` list::
         description: "Finance DAGs read orders"
 
 Unknown fields are errors; times must be quoted (YAML reads ``06:00`` as a number).
+A file may also hold a ``quotas:`` list (rates and caps per DAG, see
+:mod:`lockgate.quotas` and ``docs/quotas.md``), compiled into ``PolicySet.quotas``.
 
 Globs are case-sensitive and anchored. Principals and resources use plain ``fnmatchcase``
 (``*`` also matches ``/``). Objects are path-aware: ``*`` stays within one ``/`` segment,

@@ -119,8 +119,13 @@ class _Lease:
 
 @dataclass(slots=True)
 class _Slots:
-    held: int = 0  # what the database says this process holds
-    used: int = 0  # what is held now (the difference goes back with the next write)
+    held: int = 0  # slots this process may use (what it was granted, less what went back)
+    used: int = 0  # slots in use now (the difference goes back with the next write)
+    written: int = 0  # what this process's row in the database says
+
+    @property
+    def dirty(self) -> bool:
+        return self.held != self.used or self.written != self.used
 
 
 @dataclass(slots=True)
@@ -290,11 +295,12 @@ class SharedBudgets:
                 others += int(row[0]) if row is not None else 0
             with self._lock:
                 slots = self._slots.setdefault(key, _Slots())
+                if runs:  # started here, not yet written
+                    others += sum(1 for *_, name, _until in self._pending.started if name == key)
                 if others + slots.used >= cap:
                     return False
                 slots.used += 1
-                slots.held = slots.used
-                held = slots.held
+                slots.held = slots.written = held = slots.used
             self._write_held(cur, key, held, now)
         return True
 
@@ -328,8 +334,9 @@ class SharedBudgets:
             slots = self._slots.get(key)
             if slots is None or slots.used == 0:
                 slots = None
-            else:
+            else:  # the reserved slot becomes the run (it is not this process's to reuse)
                 slots.used -= 1
+                slots.held -= 1
                 self._pending.started.append((resource, run_id, key, self._clock() + max_age))
         if slots is None:
             self._memory.run_started(key, resource, run_id, max_age)
@@ -364,7 +371,7 @@ class SharedBudgets:
         with self._write:
             with self._lock:
                 # From here on, what goes back is no longer this process's to use.
-                changed = [(k, s.held, s.used) for k, s in self._slots.items() if s.held != s.used]
+                changed = [(k, s.held, s.used) for k, s in self._slots.items() if s.dirty]
                 for key, _held, used in changed:
                     self._slots[key].held = used
                 pending, self._pending = self._pending, _Pending()
@@ -401,6 +408,9 @@ class SharedBudgets:
                     self._pending.started[:0] = pending.started
                     self._pending.finished[:0] = pending.finished
                 raise
+            with self._lock:
+                for key, _held, used in changed:
+                    self._slots[key].written = used
             if purge:
                 self._last_purge = now
         self._recovered()
