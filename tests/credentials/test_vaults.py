@@ -98,7 +98,12 @@ async def test_outage_serves_the_cache_until_ttl_plus_grace(clock: Clock) -> Non
     clock.now = 1_000_000.0 + 60 + 300 + 1  # past ttl + grace
     with pytest.raises(CredentialError, match="unreachable"):
         await held.get()
+    calls = vault.calls
     vault.down = False
+    with pytest.raises(CredentialError, match="unreachable"):
+        await held.get()  # the vault that just failed is not asked at the rate requests come
+    assert vault.calls == calls
+    clock.now += RETRY_AFTER
     assert (await held.get()).value == "key-1"
     assert held.status().error is None
 

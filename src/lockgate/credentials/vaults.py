@@ -107,9 +107,12 @@ class VaultHeldSecret:
         if held is not None and now < self._confirmed_at + self.cfg.ttl:
             return held
         servable = held is not None and now < self._confirmed_at + self.cfg.ttl + self.cfg.grace
-        if servable and now < self._failed_at + RETRY_AFTER:
-            assert held is not None
-            return held
+        if now < self._failed_at + RETRY_AFTER and not self._refreshing():
+            # A vault that just failed is not asked again at the rate requests come.
+            if servable:
+                assert held is not None
+                return held
+            raise CredentialError(self._error or f"credential {self.cfg.name!r}: vault refused")
         fut = self._start_refresh()
         if not servable:
             return await asyncio.shield(fut)
@@ -134,7 +137,7 @@ class VaultHeldSecret:
     def due(self) -> bool:
         """True when a background refresh would be worth starting now."""
         now = self._clock()
-        if self._inflight is not None and not self._inflight.done():
+        if self._refreshing():
             return False
         return now >= self._confirmed_at + self.cfg.ttl and now >= self._failed_at + RETRY_AFTER
 
@@ -156,6 +159,9 @@ class VaultHeldSecret:
             self._inflight.cancel()
 
     # -- refresh ---------------------------------------------------------------------------
+    def _refreshing(self) -> bool:
+        return self._inflight is not None and not self._inflight.done()
+
     def _start_refresh(self) -> asyncio.Future[Held]:
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self._refresh())
@@ -179,14 +185,18 @@ class VaultHeldSecret:
     def _failed(self, message: str) -> NoReturn:
         self._failed_at = self._clock()
         self._error = message
-        held = self.current
-        if held is not None and self._clock() < self._confirmed_at + self.cfg.ttl + self.cfg.grace:
+        left = self._confirmed_at + self.cfg.ttl + self.cfg.grace - self._clock()
+        if self.current is not None and left > 0:
             log.warning(
                 "vault refresh failed; serving the cached value",
                 extra={"fields": {"credential": self.cfg.name, "error": message,
-                                  "served_for": round(self._confirmed_at + self.cfg.ttl
-                                                      + self.cfg.grace - self._clock())}},
+                                  "served_for": round(left)}},
             )  # fmt: skip
+        else:
+            log.warning(
+                "vault fetch failed; the credential has no value to serve",
+                extra={"fields": {"credential": self.cfg.name, "error": message}},
+            )
         raise CredentialError(message)
 
     def _took(self, fetched: Fetched) -> Held:
