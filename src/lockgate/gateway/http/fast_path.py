@@ -3,12 +3,14 @@
 Taken when the request is complete, the secret cached and a warm pooled connection idle
 (see :mod:`.exchange`, whose :class:`~.exchange.Forwarder` builds the request bytes and
 records the outcome for both paths). Anything unusual is handed to the task path with the
-first attempt's result.
+first attempt's result. A traced request's attempt span opens at the send and closes at
+the response head (or the error).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, suppress
 
 from lockgate import metrics
 from lockgate.errors import UpstreamUnavailable
@@ -19,14 +21,15 @@ from lockgate.gateway.http.outcome import FirstAttempt, Forwarding, Outcome, ret
 from lockgate.gateway.http.relay import body_frame, response_head
 from lockgate.gateway.http.server import ChunkedWriter
 from lockgate.gateway.http.upstream import UpstreamConnection
+from lockgate.tracing import NO_SPAN
 
 
 class Exchange:
     """One request on the fast path (see the module docstring)."""
 
     __slots__ = (
-        "adm", "body", "chunked_out", "conn", "forwarder", "fw", "hand_over", "head", "keep",
-        "relayed", "secret", "sent_at", "status", "up",
+        "adm", "attempt", "body", "chunked_out", "conn", "forwarder", "fw", "hand_over", "head",
+        "keep", "relayed", "secret", "sent_at", "status", "up",
     )  # fmt: skip
 
     def __init__(
@@ -48,6 +51,8 @@ class Exchange:
         self.chunked_out = False
         self.status = 0
         self.sent_at = 0.0
+        # the traced attempt's CLIENT span, open from the send to the response head (or error)
+        self.attempt: AbstractContextManager[None] | None = None
 
     def start(self) -> bool:
         """Send the request; False (nothing sent) when its credential cannot go out: the
@@ -74,6 +79,9 @@ class Exchange:
         if body.total:
             parts.append(body.data())
         self.conn.inflight = self
+        if adm.span is not NO_SPAN:
+            self.attempt = adm.span.upstream_attempt(1)
+            self.attempt.__enter__()
         now = forwarder.clock()
         self.sent_at = now
         up.begin_listening(
@@ -84,6 +92,7 @@ class Exchange:
 
     # -- upstream callbacks --------------------------------------------------------------
     def on_head(self, resp: framing.Head) -> None:
+        self._attempt_ended()
         rs = self.adm.rs
         rs.latency.observe(self.forwarder.clock() - self.sent_at)
         status = resp.status
@@ -111,6 +120,7 @@ class Exchange:
         conn.finish(self.keep)
 
     def on_error(self, exc: Exception) -> None:
+        self._attempt_ended(exc)
         if not self.relayed:
             self._hand_over(exc)  # timeout, stale pooled connection, bad response head
             return
@@ -124,8 +134,16 @@ class Exchange:
 
     # -- client callback -----------------------------------------------------------------
     def on_client_lost(self) -> None:
+        self._attempt_ended()
         self.up.cancel()
         self.forwarder.record_client_lost(self.fw)
+
+    def _attempt_ended(self, exc: Exception | None = None) -> None:
+        attempt, self.attempt = self.attempt, None
+        if attempt is not None:
+            # (a generator context manager may re-raise what it is given: not here)
+            with suppress(Exception):
+                attempt.__exit__(type(exc) if exc else None, exc, None)
 
     def _hand_over(self, result: framing.Head | Exception) -> None:
         if not isinstance(result, Exception):

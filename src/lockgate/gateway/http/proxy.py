@@ -41,7 +41,6 @@ from lockgate.gateway.http.trail import Trail
 from lockgate.gateway.records import RecordBuilder
 from lockgate.gateway.refusals import RefusalRecorder, request_line
 from lockgate.quotas import NO_QUOTAS, QuotaGate
-from lockgate.tracing import NO_SPAN
 
 
 class Proxy:
@@ -119,7 +118,6 @@ class Proxy:
             (secret is not None or rs.credential is None)
             and not head.expect_continue
             and durable is None
-            and adm.span is NO_SPAN  # a traced request's attempts are spans: the task path
         ):
             up = rs.pool.take_idle()
             if up is not None and Exchange(self.forwarder, fw, up, secret, self._hand_over).start():
