@@ -348,6 +348,10 @@ async def test_the_token_route_starts_a_mint_span_and_the_token_carries_the_trac
                     headers = {**basic("prod", "s3-Qm"), "traceparent": header}
                     async with session.post(url, data=task, headers=headers) as resp:
                         answers.append((resp.status, json.loads(await resp.read())))
+                # A secret pasted as the client id: refused, and never a span attribute.
+                pasted = {**task, "client_id": "pasted-s3cr3t", "client_secret": "x"}
+                async with session.post(url, data=pasted, headers={"traceparent": SAMPLED}) as r:
+                    assert r.status == 401
             mints = finished(exporter)
         finally:
             tracing.shutdown()
@@ -355,10 +359,15 @@ async def test_the_token_route_starts_a_mint_span_and_the_token_carries_the_trac
     with_trace, without = (unverified_claims(body["access_token"]) for _, body in answers)
     assert with_trace["traceparent"] == SAMPLED
     assert "traceparent" not in without
-    assert [s.name for s in mints] == ["lockgate.mint", "lockgate.mint"]
+    assert [s.name for s in mints] == ["lockgate.mint"] * 3
     assert mints[0].parent is not None and format(mints[0].parent.span_id, "016x") == PARENT_SPAN
     assert mints[1].parent is None
     assert dict(mints[0].attributes or {})["lockgate.decision"] == "allow"
+    assert dict(mints[0].attributes or {})["lockgate.deployment"] == "prod"  # the Basic user
+    refused = dict(mints[2].attributes or {})
+    assert refused["lockgate.decision"] == "deny" and refused["http.response.status_code"] == 401
+    assert "lockgate.deployment" not in refused
+    assert not any("s3cr3t" in value for value in every_value(mints[2]))
 
 
 def test_the_hand_written_otlp_encoding_matches_the_sdks(spans: InMemorySpanExporter) -> None:

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from lockgate import tracing
 from lockgate.identity import MAX_BODY, OAuthError, TokenService, invalid_request, parse_body
+from lockgate.identity.client_auth import basic_credentials
 from lockgate.identity.service import JWT_TOKEN_TYPE
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -56,8 +57,10 @@ def token_handler(service: TokenService) -> Handler:
         span = tracing.NO_SPAN
         try:
             body = await read_body(request)
-            # The deployment it claims to be: the span's name for it, proven or not.
-            span = tracing.start_mint(body.get("client_id", ""), traceparent=traceparent)
+            span = tracing.start_mint(
+                _claimed_deployment(service, body, request.headers.get("Authorization")),
+                traceparent=traceparent,
+            )
             grant = await service.authorize(body, request.headers.get("Authorization"), ctx)
             await service.take_mint(grant.deployment.name)
         except OAuthError as exc:
@@ -84,6 +87,21 @@ def token_handler(service: TokenService) -> Handler:
         )
 
     return handle
+
+
+def _claimed_deployment(
+    service: TokenService, body: dict[str, str], authorization: str | None
+) -> str:
+    """The configured deployment the request names (Basic user or ``client_id``), proven or
+    not, for the mint's span; "" for any other name: an unknown "client id" may be a secret
+    pasted in the wrong field."""
+    try:
+        basic = basic_credentials(authorization)
+    except OAuthError:
+        basic = None
+    name = basic[0] if basic is not None else body.get("client_id")
+    deployment = service.config.deployment(name) if name else None
+    return deployment.name if deployment is not None else ""
 
 
 def _mint_refused(span: tracing.RequestSpan, exc: OAuthError, ctx: dict[str, Any]) -> None:

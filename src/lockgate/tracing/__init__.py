@@ -508,7 +508,7 @@ def start_mint(deployment: str, *, traceparent: str | None = None) -> RequestSpa
     tracing = _tracing
     if tracing is None:
         return NO_SPAN
-    attrs: dict[str, AttributeValue] = {"lockgate.deployment": clean_text(deployment)}
+    attrs = clean_attributes({"lockgate.deployment": deployment})  # "" (unknown): none
     return tracing.start("http", "lockgate.mint", traceparent, attrs)
 
 
