@@ -423,3 +423,52 @@ def test_an_unreadable_headers_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bad:1") as exc:
         tracing.configure(missing.model_copy(update={"otlp_headers_file": bad}))
     assert "k-secret-1" not in str(exc.value)
+
+
+def test_a_refused_export_drops_the_batch_and_says_so_without_the_headers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from lockgate.tracing.otlp import OtlpHttpExporter
+
+    seen: list[str | None] = []
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True), exporter=exporter)
+    try:
+        tracing.start_request("http", "r", "GET", traceparent=SAMPLED).end(status=200)
+        recorded = finished(exporter)
+    finally:
+        tracing.shutdown()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+    otlp = OtlpHttpExporter(url, {"Authorization": "Bearer otlp-key-77"})
+    try:
+        caplog.set_level("WARNING", logger="lockgate.tracing")
+        assert otlp.export(recorded) is SpanExportResult.FAILURE
+        assert otlp.export(recorded) is SpanExportResult.FAILURE
+    finally:
+        otlp.shutdown()
+        server.shutdown()
+    assert seen == ["Bearer otlp-key-77"] * 2
+    lines = [r for r in caplog.records if r.name == "lockgate.tracing"]
+    assert len(lines) == 1  # at most once a minute
+    assert "otlp-key-77" not in caplog.text and "HTTP 503" in str(lines[0].__dict__)
+    assert otlp.export(recorded) is SpanExportResult.FAILURE  # shut down: nothing sent
+    assert len(seen) == 2
