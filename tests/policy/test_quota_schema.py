@@ -87,9 +87,10 @@ def test_errors(tmp_path: Path, extra: str, says: str) -> None:
     assert says in load_error(tmp_path, "quotas:" + QUOTA + extra)
 
 
-def test_pacing_fields_need_a_rate(tmp_path: Path) -> None:
-    text = "quotas:" + QUOTA.replace("rate: 10", "concurrency: 2") + "    burst: 5\n"
-    assert "burst and max_delay shape a rate" in load_error(tmp_path, text)
+def test_burst_needs_a_rate_max_delay_does_not(tmp_path: Path) -> None:
+    capped = "quotas:" + QUOTA.replace("rate: 10", "concurrency: 2")
+    assert "burst is the size of a rate's bucket" in load_error(tmp_path, capped + "    burst: 5\n")
+    assert load(tmp_path, capped + "    max_delay: 1s\n").quotas[0].max_delay == 1.0
 
 
 def test_duplicate_quota_ids_across_files_name_both(tmp_path: Path) -> None:

@@ -228,7 +228,7 @@ class QuotaSpec(_Strict):
     runs: Count = None  # Databricks / Data Factory runs started and not finished
     run_max_age: OptionalDuration = None  # a run no longer counts after this (default 24h)
     per: QuotaScope = "dag"  # dag: a budget per deployment+DAG; task: per principal; all: one
-    max_delay: Delay = 0.0  # how long a request may wait for a rate token before refusal
+    max_delay: Delay = 0.0  # how long a request may wait for a token or a slot before refusal
     description: str = ""
 
     @field_validator("principals", "resources")
@@ -242,8 +242,8 @@ class QuotaSpec(_Strict):
             raise ValueError(
                 "a quota needs at least one limit: rate, concurrency, sessions or runs"
             )
-        if self.rate is None and (self.burst is not None or self.max_delay > 0):
-            raise ValueError("burst and max_delay shape a rate: set rate too (or drop them)")
+        if self.rate is None and self.burst is not None:
+            raise ValueError("burst is the size of a rate's bucket: set rate too (or drop it)")
         if self.runs is None and self.run_max_age is not None:
             raise ValueError("run_max_age is the age after which a run stops counting: set runs")
         return self

@@ -13,11 +13,12 @@ answer is then an awaitable that sleeps).
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from lockgate import _log
+from lockgate import _log, metrics
 from lockgate.policy.engine import PolicySet, Quota
 from lockgate.quotas import (
     NO_QUOTAS,
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from lockgate.store import Database
 
 log = _log.get("quotas")
+
+#: How often a request held for a cap's slot (``max_delay``) asks again.
+SLOT_POLL_SECONDS = 0.05
 
 #: Matching quotas remembered per (principal, resource, what); cleared past this many.
 _CACHE_SIZE = 65536
@@ -97,6 +101,8 @@ class _RunSlot:
             self._budgets.release(key)
 
 
+_A = TypeVar("_A", Admission, RunAdmission)
+
 # A cap one request or session takes a slot of: (quota, budget key, cap, kind).
 _Cap = tuple[Quota, str, int | None, LimitKind]
 
@@ -105,6 +111,7 @@ _Cap = tuple[Quota, str, int | None, LimitKind]
 class _Plan:
     """What one request asks of its quotas: rate takes and cap slots, in file order."""
 
+    resource: str
     rates: tuple[tuple[Quota, str], ...]
     caps: tuple[_Cap, ...]
 
@@ -153,6 +160,7 @@ class PolicyQuotaGate:
         if not quotas:
             return NO_TICKET
         plan = _Plan(
+            resource,
             tuple((q, budget_key(q, claims)) for q in quotas if q.rate is not None),
             tuple(
                 (q, budget_key(q, claims), q.concurrency, "concurrency")
@@ -173,9 +181,7 @@ class PolicyQuotaGate:
             for q in quotas
             if q.sessions is not None
         )
-        if self._budgets.blocking:
-            return asyncio.to_thread(self._hold, caps)
-        return self._hold(caps)
+        return self._hold_or_wait(_Plan(resource, (), caps))
 
     def start_run(
         self, claims: Claims, resource: str, obj: str
@@ -184,9 +190,16 @@ class PolicyQuotaGate:
         quotas = tuple(q for q in quotas if q.objects.match_all or q.objects(obj))
         if not quotas:
             return NO_TICKET
+
+        def attempt() -> RunAdmission:
+            return self._reserve_runs(claims, resource, quotas)
+
         if self._budgets.blocking:
-            return asyncio.to_thread(self._reserve_runs, claims, resource, quotas)
-        return self._reserve_runs(claims, resource, quotas)
+            return self._slot_off_loop(attempt, resource, quotas)
+        first = attempt()
+        if isinstance(first, Throttled) and _delay_of(quotas, first) > 0:
+            return self._wait_for_slot(attempt, first, resource, quotas)
+        return first
 
     def run_finished(self, resource: str, run_id: str) -> None:
         if self._policy().quotas:
@@ -197,45 +210,110 @@ class PolicyQuotaGate:
         taken = self._take_rates(plan.rates)
         if isinstance(taken, Throttled):
             return taken
-        if taken > 0:
-            return self._paced(plan, taken)
-        return self._hold_or_refund(plan)
+        wait, quota_id = taken
+        if wait > 0:
+            return self._paced(plan, wait, quota_id)
+        return self._hold_or_wait(plan)
 
     async def _admit_off_loop(self, plan: _Plan) -> Admission:
         taken = await asyncio.to_thread(self._take_rates, plan.rates)
         if isinstance(taken, Throttled):
             return taken
-        if taken > 0:
-            await self._sleep(taken)
-        return await asyncio.to_thread(self._hold_or_refund, plan)
+        wait, quota_id = taken
+        if wait > 0:
+            await self._sleep(wait)
+            metrics.QUOTA_WAIT.labels(plan.resource, quota_id).observe(wait)
+        if not plan.caps:
+            return NO_TICKET
+        quotas = [q for q, *_ in plan.caps]
+        return await self._slot_off_loop(
+            lambda: self._hold(plan.caps), plan.resource, quotas, plan.rates
+        )
 
-    async def _paced(self, plan: _Plan, wait: float) -> Admission:
+    async def _paced(self, plan: _Plan, wait: float, quota_id: str) -> Admission:
         await self._sleep(wait)
-        return self._hold_or_refund(plan)
+        metrics.QUOTA_WAIT.labels(plan.resource, quota_id).observe(wait)
+        held = self._hold_or_wait(plan)
+        return await held if inspect.isawaitable(held) else held
 
-    def _take_rates(self, rates: Sequence[tuple[Quota, str]]) -> float | Throttled:
-        """A token from every rate (the longest pacing wait), or the first refusal with
-        the tokens already taken given back."""
-        wait = 0.0
+    def _hold_or_wait(self, plan: _Plan) -> Admission | Awaitable[Admission]:
+        """The caps' slots; refused by a cap with ``max_delay``, an awaitable that waits for
+        one (the rate tokens are given back if none frees in time)."""
+        if not plan.caps:
+            return NO_TICKET
+        quotas = [q for q, *_ in plan.caps]
+        if self._budgets.blocking:
+            return self._slot_off_loop(
+                lambda: self._hold(plan.caps), plan.resource, quotas, plan.rates
+            )
+        first = self._hold(plan.caps)
+        if isinstance(first, Throttled):
+            if _delay_of(quotas, first) > 0:
+                return self._wait_for_slot(
+                    lambda: self._hold(plan.caps), first, plan.resource, quotas, plan.rates
+                )
+            self._refund(plan.rates)
+        return first
+
+    async def _slot_off_loop(
+        self,
+        attempt: Callable[[], _A],
+        resource: str,
+        quotas: Sequence[Quota],
+        rates: Sequence[tuple[Quota, str]] = (),
+    ) -> _A:
+        first = await asyncio.to_thread(attempt)
+        if isinstance(first, Throttled):
+            if _delay_of(quotas, first) > 0:
+                return await self._wait_for_slot(attempt, first, resource, quotas, rates)
+            self._refund(rates)
+        return first
+
+    async def _wait_for_slot(
+        self,
+        attempt: Callable[[], _A],
+        refusal: Throttled,
+        resource: str,
+        quotas: Sequence[Quota],
+        rates: Sequence[tuple[Quota, str]] = (),
+    ) -> _A:
+        """Ask ``attempt`` again every :data:`SLOT_POLL_SECONDS` for at most the refusing
+        quota's ``max_delay``; the last refusal if no slot freed (rate tokens given back)."""
+        delay = _delay_of(quotas, refusal)
+        waited = 0.0
+        answer: _A | Throttled = refusal
+        while waited < delay:
+            step = min(SLOT_POLL_SECONDS, delay - waited)
+            await self._sleep(step)
+            waited += step
+            if self._budgets.blocking:
+                answer = await asyncio.to_thread(attempt)
+            else:
+                answer = attempt()
+            if not isinstance(answer, Throttled):
+                metrics.QUOTA_WAIT.labels(resource, refusal.limit).observe(waited)
+                return answer
+        self._refund(rates)
+        return answer
+
+    def _take_rates(self, rates: Sequence[tuple[Quota, str]]) -> tuple[float, str] | Throttled:
+        """A token from every rate (the longest pacing wait and its quota), or the first
+        refusal with the tokens already taken given back."""
+        wait, longest = 0.0, ""
         for n, (quota, key) in enumerate(rates):
             assert quota.rate is not None
             answer = self._budgets.take(key, quota.rate, quota.burst, quota.rate * quota.max_delay)
             if not answer.granted:
                 self._refund(rates[:n])
                 return Throttled(quota.id, "rate", round(answer.wait, 3))
-            wait = max(wait, answer.wait)
-        return wait
+            if answer.wait > wait:
+                wait, longest = answer.wait, quota.id
+        return wait, longest
 
     def _refund(self, rates: Sequence[tuple[Quota, str]]) -> None:
         for quota, key in rates:
             assert quota.rate is not None
             self._budgets.refund(key, quota.rate, quota.burst)
-
-    def _hold_or_refund(self, plan: _Plan) -> Admission:
-        held = self._hold(plan.caps)
-        if isinstance(held, Throttled):
-            self._refund(plan.rates)
-        return held
 
     def _hold(self, caps: Sequence[_Cap]) -> Admission:
         """A slot of every cap, or the first refusal with the slots taken given back."""
@@ -262,6 +340,11 @@ class PolicyQuotaGate:
                 return Throttled(quota.id, "runs", CAP_RETRY_AFTER)
             reserved.append((key, float(quota.run_max_age)))
         return _RunSlot(self._budgets, resource, reserved)
+
+
+def _delay_of(quotas: Sequence[Quota], refusal: Throttled) -> float:
+    """How long the quota that refused may hold a request for a slot (its ``max_delay``)."""
+    return next((q.max_delay for q in quotas if q.id == refusal.limit), 0.0)
 
 
 def _asks(quota: Quota, what: str) -> bool:
