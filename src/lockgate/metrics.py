@@ -2,15 +2,29 @@
 
 Labels never carry a token, a secret or a free-form path: only resource names, actions,
 decisions and short reason slugs, so cardinality stays bounded.
+
+Under ``lockgate serve --workers N`` every worker counts into prometheus_client's
+multiprocess files (the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` in each worker's
+environment, see :func:`worker_environment`), and :func:`render` in the worker that serves
+/metrics aggregates them all with prometheus_client's ``MultiProcessCollector``. Counters and
+histograms add up (a dead worker's counts stay); each gauge says how its workers' values
+combine (``multiprocess_mode``, chosen per gauge in docs/metrics.md); gauges read at scrape
+time (``set_function``) and the process metrics are sampled into the files once a second by
+each worker. A single ``serve`` has no such variable: one in-memory registry, as fast as ever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import glob
+import os
 import re
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,23 +33,58 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     generate_latest,
+    multiprocess,
+    values,
 )
+
+from lockgate import _log
 
 if TYPE_CHECKING:
     from lockgate.config.metrics import MetricsSettings
 
+log = _log.get("metrics")
+
+#: The environment of a ``serve --workers`` worker: prometheus_client's directory of
+#: memory-mapped files, and the worker's index (the ``worker`` label of its process metrics).
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+WORKER_ENV = "LOCKGATE_METRICS_WORKER"
+
+# Decided by prometheus_client when it was imported (from the environment), like here.
+SHARED = bool(getattr(values.ValueClass, "_multiprocess", False))
+SAMPLE_INTERVAL = 1.0  # seconds between a worker's samples of what is read, not counted
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 # process_resident_memory_bytes, process_open_fds, process_max_fds, CPU seconds, start time
-# (read from /proc on each scrape; absent on platforms without it)
-PROCESS = ProcessCollector(registry=REGISTRY)
+# (read from /proc on each scrape; absent on platforms without it). Several workers: each
+# samples its own into the shared files with its ``worker`` label (see _process_metrics).
+PROCESS = ProcessCollector(registry=None if SHARED else REGISTRY)
+
+GaugeMode = Literal["livesum", "livemax"]
 
 
 def _counter(name: str, documentation: str, *labels: str) -> Counter:
     return Counter(name, documentation, labels, registry=REGISTRY)
 
 
-def _gauge(name: str, documentation: str, *labels: str) -> Gauge:
-    return Gauge(name, documentation, labels, registry=REGISTRY)
+def _gauge(name: str, documentation: str, *labels: str, workers: GaugeMode) -> Gauge:
+    """``workers``: how the workers' values combine in /metrics of ``serve --workers`` (a
+    dead worker's value is dropped when the supervisor replaces it)."""
+    return _SampledGauge(name, documentation, labels, registry=REGISTRY, multiprocess_mode=workers)
+
+
+# Gauges read when sampled (``set_function``) and the function each reads.
+_functions: dict[Gauge, Callable[[], float]] = {}
+
+
+class _SampledGauge(Gauge):
+    """A gauge whose ``set_function`` holds under ``serve --workers`` too: there the value
+    lives in the shared file, so a worker samples the function into it (see :func:`sample`);
+    alone, reading at scrape time as prometheus_client does."""
+
+    def set_function(self, f: Callable[[], float]) -> None:
+        super().set_function(f)
+        if SHARED:
+            _functions[self] = f
 
 
 REQUESTS = _counter(
@@ -67,6 +116,7 @@ CREDENTIAL_AGE = _gauge(
     "lockgate_credential_age_seconds",
     "Age of the current version of each upstream credential",
     "credential",
+    workers="livemax",
 )
 REFUSALS = _counter(
     "lockgate_refusals_total",
@@ -86,29 +136,35 @@ SHARED_STATE_STALE = _gauge(
     "lockgate_shared_state_stale_seconds",
     "Seconds since this replica last reached the shared state database (0 on SQLite state);"
     " past state.postgresql.max_staleness every request is refused",
+    workers="livemax",
 )
 AUDIT_SHIP_LAG_RECORDS = _gauge(
     "lockgate_audit_ship_lag_records",
     "Audit records committed to this replica's local chain and not yet shipped to PostgreSQL",
+    workers="livemax",
 )
 AUDIT_SHIP_LAG_SECONDS = _gauge(
     "lockgate_audit_ship_lag_seconds",
     "Age of the oldest audit record not yet shipped to PostgreSQL (0 when none)",
+    workers="livemax",
 )
 AUDIT_JOURNAL_LAG_RECORDS = _gauge(
     "lockgate_audit_journal_lag_records",
     "Allowed requests' records written ahead to this process's journal, not yet committed"
     " to the chain",
+    workers="livesum",
 )
 AUDIT_JOURNAL_LAG_SECONDS = _gauge(
     "lockgate_audit_journal_lag_seconds",
     "Age of the oldest record written ahead to this process's journal and not yet committed"
     " (0 when none)",
+    workers="livemax",
 )
 OPEN_CONNECTIONS = _gauge(
     "lockgate_open_connections",
     "Client connections accepted and not yet closed (TLS handshakes under way included)",
     "listener",
+    workers="livesum",
 )
 CONNECTIONS_REFUSED = _counter(
     "lockgate_connections_refused_total",
@@ -179,9 +235,12 @@ def dag_label(dag_id: str | None) -> str:
 
 def configure(settings: MetricsSettings) -> None:
     """Apply the ``metrics:`` section in this process (called once by the server, before
-    any request is counted; DAG ids seen before start over)."""
+    any request is counted; DAG ids seen before start over). Under ``serve --workers`` this
+    also starts the worker's sampler (see :func:`sample`)."""
     global _dag_labels
     _dag_labels = DagLabels(settings.dag_label.allow, settings.dag_label.top)
+    if SHARED:
+        _start_sampler()
 
 
 QUOTA_THROTTLED = _counter(
@@ -198,5 +257,96 @@ QUOTA_WAIT = Histogram(
 )
 
 
+# --- several processes (``serve --workers``) -------------------------------------------
+
+
+def worker_environment(directory: Path, worker: int) -> dict[str, str]:
+    """The variables a ``serve --workers`` worker starts with: its metrics go to the shared
+    ``directory`` (prometheus_client reads it at import), its process metrics carry
+    ``worker="<worker>"``."""
+    return {MULTIPROCESS_DIR_ENV: str(directory), WORKER_ENV: str(worker)}
+
+
+def process_exited(directory: Path, pid: int) -> None:
+    """The worker ``pid`` is gone: its gauges leave /metrics (prometheus_client's
+    ``mark_process_dead`` for the ``live*`` ones, and the files of any other mode, whose
+    values no process stands behind any more). Its counters and histograms stay counted."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+    for leftover in glob.glob(os.path.join(directory, f"gauge_*_{pid}.db")):
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+            os.remove(leftover)
+
+
+def _process_metrics() -> dict[str, Gauge | Counter]:
+    """This worker's process metrics in the shared files, by ProcessCollector's names, with a
+    ``worker`` label: RSS and file descriptors are per process (a sum hides the one that
+    leaks); CPU seconds a counter that keeps what dead workers used."""
+    made: dict[str, Gauge | Counter] = {}
+    for family in PROCESS.collect():
+        name, doc = family.name, family.documentation
+        if family.type == "counter":
+            made[name] = Counter(name, doc, ["worker"], registry=REGISTRY)
+        else:
+            made[name] = Gauge(
+                name, doc, ["worker"], registry=REGISTRY, multiprocess_mode="livesum"
+            )
+    return made
+
+
+_PROCESS_METRICS = _process_metrics() if SHARED else {}
+_WORKER = os.environ.get(WORKER_ENV) or str(os.getpid())
+_cpu_counted = 0.0  # CPU seconds of this process already added to process_cpu_seconds_total
+_sample_lock = threading.Lock()
+_sampler: threading.Thread | None = None
+
+
+def sample() -> None:
+    """Write what this worker reads rather than counts into the shared files: the gauges
+    with a function (open connections, journal lag) and its process metrics. Each worker
+    does it once a second; the one serving /metrics also right before rendering."""
+    global _cpu_counted
+    with _sample_lock:
+        for gauge, read in list(_functions.items()):
+            try:
+                Gauge.set(gauge, read())
+            except Exception:  # a failing reader keeps its last value; never ends the sampler
+                log.debug("metrics sample failed", exc_info=True)
+        for family in PROCESS.collect():
+            metric = _PROCESS_METRICS.get(family.name)
+            if metric is None or not family.samples:
+                continue
+            value = family.samples[0].value
+            if isinstance(metric, Counter):
+                metric.labels(_WORKER).inc(max(0.0, value - _cpu_counted))
+                _cpu_counted = max(_cpu_counted, value)
+            else:
+                metric.labels(_WORKER).set(value)
+
+
+def _start_sampler() -> None:
+    global _sampler
+    if _sampler is not None:
+        return
+
+    def run() -> None:
+        while True:
+            sample()
+            time.sleep(SAMPLE_INTERVAL)
+
+    _sampler = threading.Thread(target=run, name="lockgate-metrics-sampler", daemon=True)
+    _sampler.start()
+
+
+_shared_registry: CollectorRegistry | None = None
+
+
 def render() -> bytes:
-    return generate_latest(REGISTRY)
+    """The Prometheus text of this process, or under ``serve --workers`` of every worker."""
+    if not SHARED:
+        return generate_latest(REGISTRY)
+    global _shared_registry
+    if _shared_registry is None:
+        _shared_registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(_shared_registry)  # type: ignore[no-untyped-call]
+    sample()
+    return generate_latest(_shared_registry)

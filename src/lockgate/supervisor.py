@@ -5,7 +5,10 @@ Each worker runs a :class:`lockgate.server.Gateway` on the same http port (SO_RE
 kernel spreads connections) with its own verifier, policy store and broker, and sends its
 audit records to the shared writer (one chain). Only worker 0 serves the control plane
 (token service, catalog, /metrics, health) and the engines that cannot share a port
-(``every_worker = False``: the CQL engine), so /metrics covers worker 0's own traffic only.
+(``every_worker = False``: the CQL engine). Every worker counts its metrics into
+prometheus_client's multiprocess files in a directory of this run (``<data_dir>/metrics``,
+emptied at start and removed at stop), so worker 0's /metrics adds up all of them; a dead
+worker's gauges are dropped when it is replaced (:func:`lockgate.metrics.process_exited`).
 The supervisor restarts a worker or the writer that dies, passes SIGHUP on to every worker
 (each reloads its catalog from the config file), and on SIGINT or SIGTERM stops the workers
 (each drains its audit records) before the writer. With shared state the writer also ships
@@ -18,15 +21,18 @@ so this module never imports the server that imports it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from lockgate import _log
+from lockgate import _log, metrics
 from lockgate.audit import ocsf
 from lockgate.audit.writer_process import WriterProcess
 from lockgate.config import LockgateConfig
@@ -50,6 +56,31 @@ def event_loop_runner() -> Any:
 WorkerMain = Callable[[str, int, str, int], None]
 
 
+def fresh_metrics_directory(data_dir: Path) -> Path:
+    """The workers' shared metrics directory, empty (a killed run's files are stale counts)
+    and private (0700: the files name resources and DAGs)."""
+    directory = data_dir / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+@contextlib.contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """``variables`` in this process's environment while a child is started (it inherits
+    them), then as before: the audit writer and anything else started here stay without."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> None:
     """Run ``workers`` worker processes (``worker_main`` in each, spawned: it must be a
     module-level function) and one audit writer until SIGINT or SIGTERM."""
@@ -66,6 +97,7 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
         port = holder.getsockname()[1]
     a = config.audit
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    metrics_dir = fresh_metrics_directory(config.data_dir)
     writer = WriterProcess(
         config.data_dir / "audit.db", a.jsonl, busy_timeout=max(0.05, min(a.write_timeout / 2, 1)),
         shipping=audit_shipping(config),  # shared state: the one writer ships the chain
@@ -82,7 +114,8 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
         # held back meanwhile, then handled.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            p.start()
+            with environment(metrics.worker_environment(metrics_dir, i)):
+                p.start()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         return p
@@ -112,6 +145,7 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
                         "worker exited; restarting it",
                         extra={"fields": {"worker": i, "exit_code": p.exitcode}},
                     )
+                    metrics.process_exited(metrics_dir, p.pid)  # before its successor counts
                     procs[i] = spawn(i)
     finally:
         for p in procs.values():
@@ -123,6 +157,7 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
                 p.kill()
                 p.join(5)
         writer.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         if holder is not None:
             holder.close()
 
