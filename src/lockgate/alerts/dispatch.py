@@ -3,7 +3,10 @@
 Each notifier has a bounded queue and one task that empties it: a notifier that is down
 delays only its own alerts; a full queue drops the newest (counted as outcome ``dropped``
 and logged). ``min_interval`` holds back an alert whose key (kind and subject) the notifier
-sent less than that long ago (outcome ``suppressed``); a resolve always passes.
+sent less than that long ago (outcome ``suppressed``); a resolve always passes. What was
+sent when is remembered for :data:`MAX_REMEMBERED` keys at most (DAG ids come from tokens:
+a deployment may mint for thousands): past that, keys older than every ``min_interval`` are
+forgotten, then the oldest (at worst a repeat goes out early, never an alert lost).
 
 Metric: ``lockgate_alerts_sent_total{notifier, kind, outcome}``, outcome one of ``sent``,
 ``failed`` (retries spent), ``rejected`` (the receiver refused the body), ``dropped``,
@@ -26,6 +29,9 @@ from lockgate.alerts.senders import Delivery, Notifier
 from lockgate.metrics import REGISTRY
 
 log = _log.get("alerts")
+
+#: (notifier, alert key) pairs whose last send is remembered for ``min_interval``.
+MAX_REMEMBERED = 10_000
 
 ALERTS_SENT = Counter(
     "lockgate_alerts_sent_total",
@@ -84,6 +90,17 @@ class Dispatcher:
                 continue
             if alert.action == "trigger":
                 self._last_sent[seen] = now
+                if len(self._last_sent) > MAX_REMEMBERED:
+                    self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Keep what may still suppress a repeat; if that is still too much, the newest half."""
+        longest = max(n.settings.min_interval for n in self.notifiers)
+        recent = [(k, t) for k, t in self._last_sent.items() if now - t < longest]
+        if len(recent) > MAX_REMEMBERED // 2:
+            recent.sort(key=lambda kt: kt[1])
+            recent = recent[-(MAX_REMEMBERED // 2) :]
+        self._last_sent = dict(recent)
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for every queue to be sent; True if all were."""

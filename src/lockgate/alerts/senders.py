@@ -5,6 +5,9 @@
   receiver recomputes and compares (and rejects timestamps more than 5 minutes old), as
   Slack's and Stripe's signing work.
 - ``slack``: an incoming webhook: ``{"text": ..., "blocks": [...]}``; answered 200 ``ok``.
+  Every text is mrkdwn with ``&``, ``<`` and ``>`` escaped as Slack asks, and a value from a
+  request (an object path, a run id) is shown as code: a denied request naming
+  ``<!channel>`` or ``<https://evil|click>`` can neither ping a channel nor plant a link.
 - ``pagerduty``: Events API v2 (``POST /v2/enqueue``): ``routing_key``, ``event_action``
   ``trigger`` or ``resolve``, ``dedup_key`` (the alert's key: one incident per DAG and
   kind), ``payload.summary/source/severity/timestamp/custom_details``; answered 202.
@@ -178,12 +181,13 @@ class Notifier:
 
     def _slack(self, alert: Alert) -> dict[str, object]:
         icon = ":white_check_mark:" if alert.action == "resolve" else _SLACK_ICONS[alert.severity]
-        head = f"{icon} *Lockgate {alert.kind}* ({alert.severity}): {alert.summary}"
+        summary = _mrkdwn(alert.summary)
+        head = f"{icon} *Lockgate {alert.kind}* ({alert.severity}): {summary}"
         blocks: list[dict[str, object]] = [
             {"type": "section", "text": {"type": "mrkdwn", "text": head[:SLACK_TEXT_MAX]}}
         ]
-        fields = [f"*{k}*\n{v}" for k, v in alert.context().items()]
-        fields += [f"*{k}*\n{_short(v)}" for k, v in alert.facts().items()]
+        fields = [f"*{k}*\n{_slack_code(v)}" for k, v in alert.context().items()]
+        fields += [f"*{_mrkdwn(k)}*\n{_slack_code(_short(v))}" for k, v in alert.facts().items()]
         if fields:  # Slack takes at most 10 fields of 2000 characters in a section
             blocks.append(
                 {
@@ -193,11 +197,11 @@ class Notifier:
             )
         look = alert.where_to_look(self.console_url)
         if "link" in look:
-            blocks.append(_slack_context(f"<{look['link']}|Audit records>"))
+            blocks.append(_slack_context(f"<{_mrkdwn(look['link'])}|Audit records>"))
         elif "command" in look:
-            blocks.append(_slack_context(f"`{look['command']}`"))
+            blocks.append(_slack_context(_slack_code(look["command"])))
         return {
-            "text": f"Lockgate {alert.kind}: {alert.summary}"[:SLACK_TEXT_MAX],
+            "text": f"Lockgate {alert.kind}: {summary}"[:SLACK_TEXT_MAX],
             "blocks": blocks,
         }
 
@@ -277,6 +281,19 @@ class Notifier:
 def _short(value: object) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 500 else text[:500] + "…"
+
+
+def _mrkdwn(text: str) -> str:
+    """``text`` safe in Slack mrkdwn: the three characters Slack reads as control sequences
+    (``<!channel>``, ``<@U123>``, ``<url|label>``) escaped as its docs ask."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _slack_code(text: str) -> str:
+    """``text`` as inline code (no bold, italics, links or mentions inside), escaped; a
+    backtick or a line break in it would end the code early: a quote and a space stand in."""
+    plain = text.replace("`", "'").replace("\r", " ").replace("\n", " ")
+    return f"`{_mrkdwn(plain)}`"
 
 
 def _slack_context(text: str) -> dict[str, object]:

@@ -12,19 +12,29 @@
   previous version (the credential itself is wrong). Gathered per resource like denials.
 - ``rotation_failure``: a rotation or refresh recorded as failed (``credential_rotated``,
   ``credential_set``, ``key_rotated`` with decision ``error``, or a reason saying failed).
+
+A storm is bounded in memory as in alerts: a group keeps its first and last record cut
+to what an alert shows (texts of :data:`lockgate.alerts.model.MAX_TEXT` characters, no
+detail), and at most :data:`MAX_OPEN` subjects are gathered by name per window; records of
+further subjects are only counted, into the window's summary alert.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lockgate.alerts.model import Alert, Severity
+from lockgate.alerts.model import MAX_ITEMS, MAX_TEXT, Alert, Severity
 from lockgate.audit.record import AuditRow
 
 #: How many run and task ids a grouped alert lists.
 MAX_IDS = 10
+#: Subjects gathered by name at once; records of more are counted into the summary alert.
+MAX_OPEN = 10_000
+_TEXT_FIELDS = ("deployment", "dag_id", "task_id", "run_id", "principal", "resource",
+                "action", "object", "rule", "reason")  # fmt: skip
 _AUTH_ERROR = re.compile(
     r"(?i)\b(28P01|28000|authenticat\w*|password|credential|unauthori[sz]ed|invalid_client|"
     r"bad credentials|permission denied)"
@@ -73,6 +83,16 @@ def _moment(row: AuditRow) -> dict[str, object]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _kept(row: AuditRow) -> AuditRow:
+    """What a group keeps of ``row``: its texts capped, no detail (a request can make its
+    object megabytes long; a thousand open groups must not hold a thousand of those)."""
+    long = {n: getattr(row, n)[:MAX_TEXT] for n in _TEXT_FIELDS
+            if isinstance(getattr(row, n), str) and len(getattr(row, n)) > MAX_TEXT}  # fmt: skip
+    if not long and not row.detail:
+        return row
+    return dataclasses.replace(row, detail={}, **long)
+
+
 @dataclass
 class Group:
     """Records of one subject gathered in one window."""
@@ -88,14 +108,14 @@ class Group:
 
     def add(self, row: AuditRow) -> None:
         self.count += 1
-        self.last = row
+        self.last = _kept(row)
         self.note(row)
 
     def note(self, row: AuditRow) -> None:
         for value, seen in ((row.run_id, self.runs), (row.task_id, self.tasks),
                             (row.resource, self.resources)):  # fmt: skip
-            if value and value not in seen and len(seen) < MAX_IDS:
-                seen.append(value)
+            if value and len(seen) < MAX_IDS and value[:MAX_TEXT] not in seen:
+                seen.append(value[:MAX_TEXT])
 
 
 class Grouper:
@@ -119,16 +139,25 @@ class Grouper:
         self.describe = describe
         self.search = search
         self.max_groups = max_groups
+        self.max_open = MAX_OPEN
         self.open: dict[str, Group] = {}
+        # records of subjects past max_open: (opened, count, first subjects seen)
+        self._spilled: tuple[float, int, list[str]] | None = None
 
     def add(self, row: AuditRow, now: float) -> None:
         subject = self.subject_of(row)
         group = self.open.get(subject)
-        if group is None:
-            group = self.open[subject] = Group(subject, now, row, row)
+        if group is not None:
+            group.add(row)
+        elif len(self.open) < self.max_open:
+            kept = _kept(row)
+            group = self.open[subject] = Group(subject, now, kept, kept)
             group.note(row)
         else:
-            group.add(row)
+            opened, count, names = self._spilled or (now, 0, [])
+            if len(names) < MAX_ITEMS and subject[:MAX_TEXT] not in names:
+                names.append(subject[:MAX_TEXT])
+            self._spilled = (opened, count + 1, names)
 
     def due(self, now: float, *, everything: bool = False) -> list[Alert]:
         """Alerts of the groups whose window has passed (all of them with ``everything``)."""
@@ -138,8 +167,13 @@ class Grouper:
         done.sort(key=lambda g: -g.count)
         alerts = [self._alert(g) for g in done[: self.max_groups]]
         rest = done[self.max_groups :]
-        if rest:
-            alerts.append(self._overflow(rest))
+        spilled = self._spilled
+        if spilled is not None and not (everything or now - spilled[0] >= self.window):
+            spilled = None  # its window is still open
+        if spilled is not None:
+            self._spilled = None
+        if rest or spilled is not None:
+            alerts.append(self._overflow(rest, spilled))
         return alerts
 
     def _alert(self, g: Group) -> Alert:
@@ -171,17 +205,25 @@ class Grouper:
             search=self.search(g),
         )
 
-    def _overflow(self, rest: list[Group]) -> Alert:
+    def _overflow(self, rest: list[Group], spilled: tuple[float, int, list[str]] | None) -> Alert:
         total = sum(g.count for g in rest)
+        subjects = [g.subject for g in rest[:MAX_ITEMS]]
+        more = str(len(rest))
+        if spilled is not None:  # subjects never gathered by name: counted, some named
+            total += spilled[1]
+            subjects += spilled[2][: MAX_ITEMS - len(subjects)]
+            more = f"at least {len(rest) + len(spilled[2])}"
+        search = {"event": "denied"} if self.kind == "denials" else {}
+        if rest:  # what the named groups are searched by, without the one subject
+            search = {k: v for k, v in self.search(rest[0]).items() if k in {"event", "decision"}}
         return Alert(
             kind=self.kind,
             severity=self.severity,
-            summary=f"{total} more {self.kind} records in {len(rest)} more subjects "
+            summary=f"{total} more {self.kind} records in {more} more subjects "
             f"(beyond the {self.max_groups} alerted on by name)",
             subject="_more",
-            details={"count": total, "subjects": [g.subject for g in rest[:50]]},
-            # what the named groups are searched by, without the one subject
-            search={k: v for k, v in self.search(rest[0]).items() if k in {"event", "decision"}},
+            details={"count": total, "subjects": subjects},
+            search=search,
         )
 
 

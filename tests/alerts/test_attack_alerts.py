@@ -1,0 +1,236 @@
+"""Attacks on the alerts: what a request or a minted token can put in front of an operator.
+
+A denial's object path, a CQL identifier and a run id are chosen by whoever sends the
+request (a deployment may mint for any DAG name its delegation allows). They must reach no
+notifier as Slack control sequences, must not make a body a receiver refuses (and so drop
+the alert about the attacker), and a storm of them must stay a bounded number of alerts in
+bounded memory. A notifier that hangs or redirects must not hold up the others, nor learn
+anything it should not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from lockgate.alerts import Alert
+from lockgate.alerts import dispatch as dispatch_mod
+from lockgate.alerts.dispatch import Dispatcher
+from lockgate.alerts.model import MAX_KEY
+from lockgate.alerts.senders import Notifier
+from lockgate.alerts.trail_rules import Grouper, denial_grouper
+from lockgate.audit.record import AuditRow
+from lockgate.config.alerts import NotifierSettings
+from tests.fakes.alert_receivers import PagerDutyReceiver, SlackReceiver, WebhookReceiver
+
+ROUTING_KEY = "R" * 32
+HMAC_KEY = "h" * 40
+#: PagerDuty's Events API v2 refuses an event larger than this.
+PAGERDUTY_MAX_EVENT = 512 * 1024
+EVIL = "<!channel> <!here> <@U024BE7LH> <http://evil.example|click here> *bold* _it_ &amp;"
+
+
+def denial(dag: str, obj: str, *, run: str = "manual__1", seq: int = 1) -> AuditRow:
+    return AuditRow(
+        event="denied",
+        ts=time.time(),
+        deployment="prod",
+        dag_id=dag,
+        task_id="t",
+        run_id=run,
+        principal=f"airflow:prod/{dag}/t",
+        resource="orders-api",
+        action="write",
+        object=obj,
+        decision="deny",
+        reason="no_rule",
+        status=403,
+        seq=seq,
+    )
+
+
+def grouped(rows: list[AuditRow], grouper: Grouper | None = None) -> list[Alert]:
+    g = grouper or denial_grouper(300.0, 20)
+    for r in rows:
+        g.add(r, 0.0)
+    return g.due(0.0, everything=True)
+
+
+def notifier(tmp_path: Path, kind: str, url: str, **kw: Any) -> Notifier:
+    secret = tmp_path / f"{kind}-{kw.get('name', 'n')}-secret"
+    secret.write_text(ROUTING_KEY if kind == "pagerduty" else url)
+    fields: dict[str, Any] = {"name": f"n-{kind}", "type": kind, **kw}
+    if kind == "pagerduty":
+        fields.update(routing_key_file=secret, events_url=url)
+    else:
+        fields["url_file"] = secret
+    n = Notifier(
+        NotifierSettings(**fields), console_url=None, source="lockgate/t", config_dir=tmp_path
+    )
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    n.sleep = no_sleep
+    return n
+
+
+def texts(value: object) -> Iterator[str]:
+    """Every string in a JSON value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from texts(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from texts(v)
+
+
+async def test_attack_slack_control_sequences_from_a_denial_are_escaped(tmp_path: Path) -> None:
+    (alert,) = grouped([denial("finance_daily", f"/orders/{EVIL}", run=f"manual__{EVIL}")])
+    async with SlackReceiver() as rx:
+        d = await _deliver(notifier(tmp_path, "slack", rx.url), alert)
+        assert d.outcome == "sent"
+        (body,) = rx.accepted
+    for text in texts(body):
+        # a mention, a special mention or a link starts with "<" in Slack mrkdwn
+        assert "<!" not in text and "<@" not in text and "<http" not in text, text
+    head = body["blocks"][0]["text"]["text"]
+    assert "&lt;!channel&gt;" in head  # shown, as text
+    fields = [f["text"] for f in body["blocks"][1]["fields"]]
+    run_field = next(f for f in fields if f.startswith("*run_id*"))
+    assert run_field.endswith("`") and "&lt;!here&gt;" in run_field  # a code span
+
+
+async def test_attack_megabyte_object_and_longest_dag_id_still_page(tmp_path: Path) -> None:
+    dag = "d" * 250  # the longest DAG id a deployment may mint for
+    huge = "/" + "x" * (1024 * 1024)
+    (alert,) = grouped([denial(dag, huge, seq=1), denial(dag, huge + "y", seq=2)])
+    (other,) = grouped([denial(dag[:-1] + "e", "/o")])
+    assert len(alert.key) <= MAX_KEY and alert.key != other.key
+    async with (
+        PagerDutyReceiver(ROUTING_KEY) as pd,
+        WebhookReceiver(HMAC_KEY.encode()) as hook,
+        SlackReceiver() as slack,
+    ):
+        key_file = tmp_path / "hmac"
+        key_file.write_text(HMAC_KEY)
+        for n in (
+            notifier(tmp_path, "pagerduty", pd.url),
+            notifier(tmp_path, "webhook", hook.url, hmac_key_file=key_file),
+            notifier(tmp_path, "slack", slack.url),
+        ):
+            d = await _deliver(n, alert)
+            assert d.outcome == "sent", (n.name, d)
+            assert len(json.dumps(n.body(alert))) < 64 * 1024 <= PAGERDUTY_MAX_EVENT
+        assert pd.accepted[0]["dedup_key"] == alert.key
+
+
+def test_attack_a_group_keeps_no_megabytes() -> None:
+    g = denial_grouper(300.0, 20)
+    for i in range(200):
+        g.add(denial(f"dag_{i}", "/" + "x" * 100_000, seq=i), 0.0)
+    kept = sum(len(grp.first.object or "") + len(grp.last.object or "") for grp in g.open.values())
+    assert kept < 200 * 2 * 2000
+
+
+def test_attack_denial_storm_over_many_dags_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = denial_grouper(300.0, 20)
+    g.max_open = 500  # the cap, scaled down for the test
+    rows = [denial(f"dag_{i % 1000}", "/o", seq=i) for i in range(10_000)]
+    for r in rows:
+        g.add(r, 0.0)
+    assert len(g.open) == 500
+    alerts = g.due(0.0, everything=True)
+    assert len(alerts) == 21  # max_groups by name, one summary
+    summary = alerts[-1]
+    assert summary.subject == "_more" and summary.details["count"] == 10_000 - 20 * 10
+    assert len(summary.details["subjects"]) <= 50  # type: ignore[arg-type]
+    assert g.open == {} and g.due(0.0, everything=True) == []
+
+
+async def test_attack_dispatcher_remembers_a_bounded_number_of_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatch_mod, "MAX_REMEMBERED", 1000)
+    n = notifier(tmp_path, "webhook", "http://127.0.0.1:9/", queue_size=10, min_interval=60)
+    dispatcher = Dispatcher([n])  # not started: offers queue (and drop) only
+    for i in range(20_000):
+        dispatcher.offer(Alert("denials", "warning", "s", subject=f"dag_{i}"))
+    assert len(dispatcher._last_sent) <= 1000
+
+
+async def test_attack_a_hanging_or_redirecting_notifier_holds_up_no_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lockgate")
+    hits: dict[str, int] = {"elsewhere": 0}
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(3)  # far past the notifier's timeout
+        return web.Response()
+
+    async def slow_read(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200)
+        await resp.prepare(request)
+        for _ in range(6):  # a body trickled out, not finished within the timeout
+            await resp.write(b".")
+            await asyncio.sleep(0.5)
+        return resp
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(f"{elsewhere_url}/steal")
+
+    async def steal(request: web.Request) -> web.StreamResponse:
+        hits["elsewhere"] += 1
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/secret-path-hang", hang)
+    app.router.add_post("/secret-path-slow", slow_read)
+    app.router.add_post("/secret-path-redirect", redirect)
+    app.router.add_post("/steal", steal)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    elsewhere_url = base.replace("127.0.0.1", "localhost")
+    try:
+        async with SlackReceiver() as good:
+            bad = [
+                notifier(tmp_path, "webhook", f"{base}/secret-path-{what}", name=f"n-{what}",
+                         timeout=0.5, max_attempts=2)
+                for what in ("hang", "slow", "redirect")
+            ]  # fmt: skip
+            dispatcher = Dispatcher([*bad, notifier(tmp_path, "slack", good.url)])
+            dispatcher.start()
+            started = time.monotonic()
+            dispatcher.offer(Alert("denials", "warning", "s", subject="finance_daily"))
+            await good.wait_for(1, timeout=5)
+            assert time.monotonic() - started < 1.0  # the good one was not held up
+            assert await dispatcher.drain(5.0)  # the bad ones gave up in bounded time
+            await dispatcher.close()
+    finally:
+        await runner.cleanup()
+    assert hits["elsewhere"] == 0  # a redirect is not followed: the body goes nowhere else
+    logged = "\n".join(r.getMessage() + json.dumps(getattr(r, "fields", {}), default=str)
+                       for r in caplog.records)  # fmt: skip
+    assert "secret-path" not in logged and str(port) not in logged
+
+
+async def _deliver(n: Notifier, alert: Alert):  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession() as s:
+        return await n.deliver(s, alert)
