@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -180,21 +180,25 @@ OTHER_DAG = "_other"
 # What Airflow allows in a DAG id, ASCII only and at most 100 characters: anything else (a
 # crafted id from a federated issuer, a run id pasted by mistake) is never a label value.
 _SAFE_DAG_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-# Allow-listed DAG ids remembered by name; past this many the glob is matched again instead.
-_MAX_REMEMBERED = 10_000
+# DAG ids labelled by name because an allow glob matches them, at most: a glob matches any
+# number of ids and a deployment may mint tokens for any id its delegation allows, so past
+# this many a further one is _other (the series count stays bounded whatever is minted).
+_MAX_ALLOWED = 10_000
 
 
 class DagLabels:
     """The bounded ``dag`` label: allow-listed DAG ids (globs) keep their name, then the
     first ``top`` other DAG ids this process sees, in order; every other DAG is
-    :data:`OTHER_DAG`. A DAG keeps the label it got for the life of the process, so its
-    series never change name. Only DAG ids: never a run id nor a task-instance id."""
+    :data:`OTHER_DAG`. Globs label at most :data:`_MAX_ALLOWED` ids by name per process. A
+    DAG keeps the label it got for the life of the process, so its series never change
+    name. Only DAG ids: never a run id nor a task-instance id."""
 
     def __init__(self, allow: Iterable[str] = (), top: int = 20) -> None:
         globs = [fnmatch.translate(g) for g in allow]
         self._allow = re.compile("|".join(globs)) if globs else None
         self._top = top
         self._firsts = 0  # DAG ids labelled by name as one of the first ``top``
+        self._allowed = 0  # DAG ids labelled by name by an allow glob (_MAX_ALLOWED at most)
         self._named: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -206,17 +210,19 @@ class DagLabels:
             return named
         if type(dag_id) is not str or not _SAFE_DAG_ID.fullmatch(dag_id):
             return OTHER_DAG
-        if self._allow is not None and self._allow.fullmatch(dag_id):
-            if len(self._named) < _MAX_REMEMBERED:
-                self._named[dag_id] = dag_id
-            return dag_id
+        allowed = self._allow is not None and self._allow.fullmatch(dag_id) is not None
         with self._lock:  # first come, first labelled: count each DAG once
             named = self._named.get(dag_id)
             if named is not None:
                 return named
-            if self._firsts >= self._top:
-                return OTHER_DAG
-            self._firsts += 1
+            if allowed:
+                if self._allowed >= _MAX_ALLOWED:
+                    return OTHER_DAG
+                self._allowed += 1
+            else:
+                if self._firsts >= self._top:
+                    return OTHER_DAG
+                self._firsts += 1
             self._named[dag_id] = dag_id
             return dag_id
 
@@ -340,13 +346,25 @@ def _start_sampler() -> None:
 _shared_registry: CollectorRegistry | None = None
 
 
-def render() -> bytes:
-    """The Prometheus text of this process, or under ``serve --workers`` of every worker."""
+def _exposed() -> CollectorRegistry:
+    """What /metrics shows: this process's registry, or every worker's files."""
     if not SHARED:
-        return generate_latest(REGISTRY)
+        return REGISTRY
     global _shared_registry
     if _shared_registry is None:
         _shared_registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(_shared_registry)  # type: ignore[no-untyped-call]
     sample()
-    return generate_latest(_shared_registry)
+    return _shared_registry
+
+
+def render() -> bytes:
+    """The Prometheus text of this process, or under ``serve --workers`` of every worker."""
+    return generate_latest(_exposed())
+
+
+def sample_value(name: str, labels: Mapping[str, str] | None = None) -> float | None:
+    """One sample as /metrics shows it (every worker's under ``serve --workers``), like
+    ``CollectorRegistry.get_sample_value``; None when there is no such sample. Reading all
+    workers' files costs a scrape: for checks made every few seconds, not per request."""
+    return _exposed().get_sample_value(name, dict(labels) if labels else None)
