@@ -472,3 +472,25 @@ def test_a_refused_export_drops_the_batch_and_says_so_without_the_headers(
     assert "otlp-key-77" not in caplog.text and "HTTP 503" in str(lines[0].__dict__)
     assert otlp.export(recorded) is SpanExportResult.FAILURE  # shut down: nothing sent
     assert len(seen) == 2
+
+
+def test_clean_attributes() -> None:
+    cleaned = tracing.clean_attributes(
+        {
+            "lockgate.ratio": float("nan"),
+            "lockgate.limit": float("inf"),
+            "lockgate.weight": 0.5,
+            "lockgate.object": "x" * 100_000,
+            "lockgate.rule": f"prefix {A_TOKEN}",
+            "lockgate.api_key": "k",
+            "lockgate.secret_name": "s",
+            "lockgate.authorization": "a",
+            "db.query.summary": "SELECT ks.t WHERE a = 1",
+            "http.request.header.authorization": "Bearer x",
+        }
+    )
+    assert cleaned == {
+        "lockgate.weight": 0.5,
+        "lockgate.object": "x" * 256,
+        "db.query.summary": "SELECT ks.t",
+    }

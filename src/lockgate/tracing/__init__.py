@@ -25,6 +25,7 @@ plane :func:`start_mint`. :func:`configure` is called once per process by the se
 from __future__ import annotations
 
 import functools
+import math
 import os
 import random
 import re
@@ -163,9 +164,14 @@ _NAME_WORD = re.compile(r'\A[A-Za-z0-9_.:/*{}"\[\]-]+\Z')
 _DB_SYSTEM = {"cql": "cassandra", "postgres": "postgresql"}
 
 
-@functools.lru_cache(maxsize=4096)  # resources, paths and rules repeat request after request
 def clean_text(value: str, limit: int = _MAX_VALUE) -> str:
     """``value`` cut before anything that may be a literal or a query string, capped."""
+    # Past twice the cap nothing can reach the result; the cache keeps only short keys.
+    return _clean_text(value[: 2 * limit], limit)
+
+
+@functools.lru_cache(maxsize=4096)  # resources, paths and rules repeat request after request
+def _clean_text(value: str, limit: int) -> str:
     if _JWT.search(value):
         return ""
     match = _CUT.search(value)
@@ -200,7 +206,7 @@ def clean_attributes(
             text = clean_name(value) if key == "db.query.summary" else clean_text(value)
             if text:
                 out[key] = text
-        elif isinstance(value, bool | int | float):
+        elif isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
             out[key] = value
     return out
 
