@@ -198,17 +198,28 @@ def clean_attributes(
     """The attributes a span may carry: allowed keys, cleaned strings, finite numbers."""
     out: dict[str, AttributeValue] = {}
     for key, value in (attributes or {}).items():
-        if key not in ALLOWED_KEYS and not (
-            key.startswith("lockgate.") and not _SECRET_WORDS.search(key)
-        ):
-            continue
         if isinstance(value, str):
-            text = clean_name(value) if key == "db.query.summary" else clean_text(value)
+            text = _clean_string(key, value[: 2 * _MAX_VALUE])
             if text:
                 out[key] = text
+        elif not _allowed_key(key):
+            continue
         elif isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
             out[key] = value
     return out
+
+
+@functools.lru_cache(maxsize=512)
+def _allowed_key(key: str) -> bool:
+    return key in ALLOWED_KEYS or (key.startswith("lockgate.") and not _SECRET_WORDS.search(key))
+
+
+@functools.lru_cache(maxsize=8192)  # the same pairs come request after request
+def _clean_string(key: str, value: str) -> str:
+    """A string attribute's recorded value; "" when its key is not allowed."""
+    if not _allowed_key(key):
+        return ""
+    return clean_name(value) if key == "db.query.summary" else clean_text(value)
 
 
 # -- the real thing -----------------------------------------------------------------------------

@@ -65,8 +65,9 @@ def _fixed64(number: int, value: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=8192)
-def _key_value(key: str, value: str | bool | int | float, kind: str) -> bytes:
-    """One ``KeyValue`` (``kind``, the type's name, keeps True and 1 apart in the cache)."""
+def _attribute(number: int, key: str, value: str | bool | int | float, kind: str) -> bytes:
+    """Field ``number`` holding one ``KeyValue`` (``kind``, the value's type name, keeps True
+    and 1 apart in the cache)."""
     if kind == "bool":
         any_value = _ONE_BYTE[2 << 3] + _varint(int(value))
     elif kind == "int":
@@ -75,15 +76,19 @@ def _key_value(key: str, value: str | bool | int | float, kind: str) -> bytes:
         any_value = _ONE_BYTE[4 << 3 | 1] + struct.pack("<d", float(value))
     else:
         any_value = _field(1, str(value).encode())
-    return _field(1, key.encode()) + _field(2, any_value)
+    return _field(number, _field(1, key.encode()) + _field(2, any_value))
 
 
 def _attributes(number: int, attributes: Attributes) -> bytes:
-    out = b""
-    for key, value in (attributes or {}).items():
-        if isinstance(value, str | bool | int | float):
-            out += _field(number, _key_value(key, value, type(value).__name__))
-    return out
+    if not attributes:
+        return b""
+    return b"".join(
+        [
+            _attribute(number, key, value, type(value).__name__)
+            for key, value in attributes.items()
+            if isinstance(value, str | bool | int | float)
+        ]
+    )
 
 
 def _span(span: ReadableSpan) -> bytes:
