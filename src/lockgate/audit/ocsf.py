@@ -35,15 +35,22 @@ statement in the detail makes it a datastore.
 :func:`event` never raises: a row it cannot map (a bug, an event it does not know) becomes a
 minimal API Activity event with the row in ``unmapped`` (a mirror that raised would fail the
 gateway closed).
+
+The chain covers ``unmapped.lockgate`` only; what a SIEM indexes and shows is the mapped
+fields around it. :func:`verify_export` checks both: the chain, and that every event is
+exactly the mapping of the row it carries, so editing ``actor.user.name`` or ``status_id`` of
+an exported line (and leaving the row alone) is found as surely as editing the row.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lockgate import __version__
-from lockgate.audit.record import AuditRow
+from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow, hash_values
 
 #: The OCSF schema version of every event (``metadata.version``).
 OCSF_VERSION = "1.5.0"
@@ -289,6 +296,98 @@ def _status(ev: dict[str, Any], status_id: int) -> None:
     ev["status"] = {0: "Unknown", 1: "Success", 2: "Failure"}[status_id]
 
 
+# The version of Lockgate that wrote an event: not part of what the record says.
+_UNCHECKED = frozenset({("metadata", "product", "version")})
+_ROW_KEYS = frozenset({*RECORD_FIELDS, "seq", "prev_hash", "hash", "replica"})
+
+
+@dataclass
+class ExportCheck:
+    """What :func:`verify_export` found: events checked, the last hash, and problems as
+    ``(line number, what)`` (empty: the export is the chain, unaltered)."""
+
+    events: int = 0
+    head: str = GENESIS
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def altered_fields(ev: Mapping[str, Any]) -> list[str]:
+    """Where ``ev`` is not the mapping of the row in its ``unmapped.lockgate`` (dotted
+    paths; empty when it is). Which resources are datastores is taken from the event
+    itself (the catalog is not in the export): a datastore event must still be exactly
+    the Datastore Activity mapping of its row."""
+    unmapped = ev.get("unmapped")
+    data = unmapped.get("lockgate") if isinstance(unmapped, Mapping) else None
+    if not isinstance(data, Mapping) or not set(data) <= _ROW_KEYS:
+        return ["unmapped.lockgate"]
+    try:
+        row = AuditRow(**{k: v for k, v in data.items() if k != "replica"})
+        row.replica = data.get("replica")
+    except TypeError:
+        return ["unmapped.lockgate"]
+    names: dict[str, int] = {}
+    database = ev.get("database")
+    type_id = database.get("type_id") if isinstance(database, Mapping) else None
+    if ev.get("class_uid") == DATASTORE_ACTIVITY and isinstance(type_id, int):
+        names = {str(row.resource or ""): type_id}
+    expected = json.loads(json.dumps(event(row, names)))  # as read back from a line
+    return _differences(expected, ev, ())
+
+
+def _differences(expected: object, got: object, path: tuple[str, ...]) -> list[str]:
+    if path in _UNCHECKED:
+        return []
+    if isinstance(expected, Mapping) and isinstance(got, Mapping):
+        out: list[str] = []
+        for key in sorted(set(expected) | set(got)):
+            if key not in expected or key not in got:
+                out.append(".".join((*path, str(key))))
+            else:
+                out += _differences(expected[key], got[key], (*path, str(key)))
+        return out
+    if isinstance(expected, list) and isinstance(got, list) and len(expected) == len(got):
+        out = []
+        for i, (e, g) in enumerate(zip(expected, got, strict=True)):
+            out += _differences(e, g, (*path, str(i)))
+        return out
+    same = type(expected) is type(got) and expected == got
+    return [] if same else [".".join(path) or "(event)"]
+
+
+def verify_export(lines: Iterable[str | bytes], prev_hash: str = GENESIS) -> ExportCheck:
+    """Check OCSF lines (``audit.ocsf`` or ``lockgate audit export --format ocsf``) in
+    order: each row chains to the one before (from ``prev_hash``: GENESIS, or the
+    ``prev_hash`` of the first line kept) and re-hashes to its ``hash``, and each event is
+    exactly its row's mapping (:func:`altered_fields`)."""
+    check = ExportCheck(head=prev_hash)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        check.events += 1
+        try:
+            ev = json.loads(line)
+            row = ev["unmapped"]["lockgate"]
+            vals = tuple(row[name] for name in RECORD_FIELDS)
+            seq, prev, digest = row["seq"], row["prev_hash"], row["hash"]
+        except (ValueError, TypeError, KeyError) as exc:
+            check.problems.append((number, f"not an event with its row: {type(exc).__name__}"))
+            continue
+        if prev != check.head:
+            check.problems.append((number, f"seq {seq}: prev_hash does not chain"))
+        if hash_values(prev, vals, seq) != digest:
+            check.problems.append((number, f"seq {seq}: the row does not hash to its hash"))
+        altered = altered_fields(ev)
+        if altered:
+            shown = ", ".join(altered[:5])
+            check.problems.append((number, f"seq {seq}: not its row's mapping: {shown}"))
+        check.head = str(digest)
+    return check
+
+
 __all__ = [
     "API_ACTIVITY",
     "AUTHENTICATION",
@@ -296,6 +395,9 @@ __all__ = [
     "NOSQL",
     "OCSF_VERSION",
     "RELATIONAL",
+    "ExportCheck",
+    "altered_fields",
     "datastores",
     "event",
+    "verify_export",
 ]

@@ -1,0 +1,202 @@
+"""Attacks on the OCSF export: what a request can put in an event, editing an exported line,
+and the export failing to be written.
+
+Every field an attacker shapes (object path, CQL identifier, run id, reason text) must stay
+one line of valid OCSF of its class; editing any exported line, mapped fields included (what
+a SIEM shows), must be found by the documented check; a mirror that cannot be written leaves
+no half line and makes the audit log refuse (fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockgate.audit import AuditRecord
+from lockgate.audit import ocsf as ocsf_map
+from lockgate.audit.log import AuditLog
+from lockgate.audit.sinks import JsonlSink, Mirrors, OcsfSink
+from lockgate.errors import AuditUnavailable
+from tests.audit.test_ocsf import DATASTORES, WHO, _records, _rows, _valid, _verify_from_export
+
+EVIL = 'x"}\n{"class_uid":1}\r\n<script>\u2028\u0000 <!channel> \\ \ud800 é'
+
+
+def _attacks() -> list[AuditRecord]:
+    who = {**WHO, "run_id": f"manual__{EVIL}", "principal": f"airflow:prod/d/{EVIL}"}
+    return [
+        AuditRecord("denied", **who, resource="orders-api", action="write",
+                    object=f"/orders/{EVIL}" + "y" * 200_000, decision="deny",
+                    reason=f"no_rule {EVIL}", rule=EVIL, status=403),
+        AuditRecord("denied", **who, resource="orders-cql", action="read",
+                    object=f'ks."{EVIL}"', decision="deny",
+                    detail={"statement": f'SELECT * FROM ks."{EVIL}"',  # noqa: S608
+                            "nested": [EVIL, {}]}),
+        AuditRecord("allowed", **who, resource="orders-cosmos", action="read",
+                    object=EVIL, decision="allow",
+                    detail={"operation": f"read_{EVIL}", "ref": EVIL}),
+        AuditRecord("auth_failed", resource=EVIL, decision="deny", reason=EVIL),
+        AuditRecord("token_issued", **who, resource="orders-api", decision="allow",
+                    detail={"ttl": "900", "expires_at": float("inf")}),
+        AuditRecord("denied", **who, resource="orders-api", action=EVIL, decision=EVIL,
+                    status=2**70, latency_ms=float("nan")),  # type: ignore[arg-type]
+        AuditRecord("mint_blocked", deployment=EVIL, object=EVIL),
+    ]  # fmt: skip
+
+
+def _export(tmp_path: Path, records: list[AuditRecord]) -> list[str]:
+    path = tmp_path / "audit.ocsf"
+    sink = OcsfSink(path, DATASTORES)
+    sink.write(_rows(records))
+    sink.close()
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def test_attack_fields_stay_one_valid_ocsf_line_each(tmp_path: Path) -> None:
+    lines = _export(tmp_path, _attacks())
+    assert len(lines) == len(_attacks())  # no line broken by a newline in a value
+    for line in lines:
+        ev = json.loads(line)
+        _valid(ev)
+        assert isinstance(ev["time"], int) and isinstance(ev["status_id"], int)
+        assert not ocsf_map.altered_fields(ev)
+    assert ocsf_map.verify_export(lines).ok
+
+
+def _edit(line: str, change: Any) -> str:
+    ev = json.loads(line)
+    change(ev)
+    return json.dumps(ev, separators=(",", ":"), ensure_ascii=False)
+
+
+def _set(path: str, value: object) -> Any:
+    def change(ev: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = ev
+        for p in parents:
+            node = node[p]
+        node[last] = value
+
+    return change
+
+
+EDITS = {
+    "who (mapped only)": _set("actor.user.name", "airflow:prod/someone_else/t"),
+    "outcome (mapped only)": _set("status_id", 1),
+    "disposition (mapped only)": _set("disposition_id", 1),
+    "time (mapped only)": _set("time", 0),
+    "object (mapped only)": _set("resources", []),
+    "an added field": _set("observables", [{"name": "x", "type_id": 1, "value": "y"}]),
+    "the row": _set("unmapped.lockgate.principal", "airflow:prod/someone_else/t"),
+    "row and mapping together": lambda ev: (
+        _set("unmapped.lockgate.reason", "allowed")(ev),
+        _set("status_detail", "allowed")(ev),
+    ),
+}
+
+
+@pytest.mark.parametrize("what", sorted(EDITS))
+def test_attack_an_edited_exported_line_is_found(tmp_path: Path, what: str) -> None:
+    lines = _export(tmp_path, [r for r, _, _ in _records()])
+    assert ocsf_map.verify_export(lines).ok
+    denied = next(i for i, x in enumerate(lines) if '"denied"' in x)
+    lines[denied] = _edit(lines[denied], EDITS[what])
+    check = ocsf_map.verify_export(lines)
+    assert not check.ok and check.problems[0][0] == denied + 1, check.problems
+    if "mapped only" in what:  # re-hashing the rows alone does not see it
+        assert _verify_from_export([json.loads(x) for x in lines]) == len(lines)
+
+
+def test_attack_dropped_or_reordered_lines_are_found(tmp_path: Path) -> None:
+    lines = _export(tmp_path, [r for r, _, _ in _records()])
+    assert not ocsf_map.verify_export(lines[:3] + lines[4:]).ok
+    assert not ocsf_map.verify_export([lines[1], lines[0], *lines[2:]]).ok
+    # a tail kept from the middle verifies from its first prev_hash
+    first_prev = json.loads(lines[5])["unmapped"]["lockgate"]["prev_hash"]
+    assert ocsf_map.verify_export(lines[5:], first_prev).ok
+
+
+def test_attack_a_mirror_failing_mid_line_leaves_no_half_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = _rows([AuditRecord("allowed", resource="x", action="read")] * 3)
+    jsonl, ocsf = JsonlSink(tmp_path / "a.jsonl"), OcsfSink(tmp_path / "a.ocsf")
+    both = Mirrors([jsonl, ocsf])
+    both.write(rows[:1])
+    real_write = os.write
+
+    class DiskFull:  # the OCSF file takes half the batch, then the disk is full
+        def __init__(self, fd: int) -> None:
+            self.fd = fd
+
+        def write(self, data: memoryview) -> int:
+            real_write(self.fd, bytes(data[: len(data) // 2]))
+            raise OSError(28, "No space left on device")
+
+        def fileno(self) -> int:
+            return self.fd
+
+        def close(self) -> None:
+            os.close(self.fd)
+
+    fh = ocsf._open()
+    monkeypatch.setattr(ocsf, "_fh", DiskFull(os.dup(fh.fileno())))
+    fh.close()
+    with pytest.raises(OSError):
+        both.write(rows[1:])
+    for path in (tmp_path / "a.jsonl", tmp_path / "a.ocsf"):
+        text = path.read_text()
+        assert text.endswith("\n") and len(text.splitlines()) == 1, path
+    both.write(rows[1:])  # the retry writes each row once
+    assert [len((tmp_path / n).read_text().splitlines()) for n in ("a.jsonl", "a.ocsf")] == [3, 3]
+    assert ocsf_map.verify_export((tmp_path / "a.ocsf").read_text().splitlines()).ok
+
+
+def test_attack_an_unwritable_ocsf_file_refuses_requests_until_it_is_written(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.ocsf"
+    log = AuditLog(tmp_path / "audit.db", ocsf_path=path)
+    try:
+        log.emit(AuditRecord("allowed", resource="x", action="read"))
+        assert log.flush(10)
+        log.check_writable()
+        # the disk under the export goes read-only: the open file refuses, a reopen too
+        sink = log._sink
+        assert isinstance(sink, OcsfSink) and sink._fh is not None
+        path.rename(tmp_path / "aside")
+        path.mkdir()
+        sink._fh = os.fdopen(os.open(tmp_path / "aside", os.O_RDONLY), "rb", buffering=0)
+        log.emit(AuditRecord("allowed", resource="x", action="read"))
+        _eventually(lambda: _refuses(log))
+        time.sleep(0.2)
+        assert _refuses(log)  # still refusing while it cannot be written
+        path.rmdir()
+        (tmp_path / "aside").rename(path)
+        _eventually(lambda: not _refuses(log))
+        assert log.flush(10)
+    finally:
+        log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and ocsf_map.verify_export(lines).ok
+
+
+def _refuses(log: AuditLog) -> bool:
+    try:
+        log.check_writable()
+    except AuditUnavailable:
+        return True
+    return False
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
