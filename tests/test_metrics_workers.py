@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, values
 from prometheus_client.multiprocess import MultiProcessCollector
+from pytest import approx
 
 from lockgate import metrics
 from lockgate.supervisor import environment, fresh_metrics_directory
@@ -107,12 +108,32 @@ def test_workers_add_up_and_a_dead_workers_gauges_leave(tmp_path: Path) -> None:
     assert exposed.get_sample_value("lockgate_open_connections", {"listener": "http"}) == 3
     assert set(_series(exposed, "process_resident_memory_bytes")) == {(("worker", "0"),)}
     assert set(_series(exposed, "process_cpu_seconds_total")) == set(rss)  # a counter stays
-    # bounded: a process leaves a counter and a histogram file; a dead one's gauges are gone
+    # bounded: the dead worker's counts are merged into the retired files, its own files gone
     names = sorted(p.name for p in directory.iterdir())
-    pid1, pid2 = first["pid"], second["pid"]
-    kept = [f"{kind}_{pid}.db" for kind in ("counter", "histogram") for pid in (pid1, pid2)]
+    pid1 = first["pid"]
+    kept = [f"{kind}_{pid1}.db" for kind in ("counter", "histogram")]
+    retired = [f"{kind}_retired.db" for kind in ("counter", "histogram")]
     live = [f"gauge_{mode}_{pid1}.db" for mode in ("livemax", "livesum")]
-    assert names == sorted(kept + live)
+    assert names == sorted([*kept, *retired, *live, "lock"])
+
+    # a third worker, then every one replaced: the counts and the histogram's buckets add up
+    third = _worker(directory, 1, 1, 1.0, 1)
+    metrics.process_exited(directory, int(str(third["pid"])))
+    metrics.process_exited(directory, int(str(first["pid"])))
+    assert sorted(p.name for p in directory.iterdir()) == sorted([*retired, "lock"])
+    exposed = _exposed(directory)
+    assert exposed.get_sample_value(
+        "lockgate_requests_total",
+        {"resource": "orders-api", "action": "read", "decision": "allow", "dag": "finance_daily"},
+    ) == 13  # fmt: skip
+    assert exposed.get_sample_value("lockgate_upstream_latency_seconds_count", latency) == 3
+    bucket = {**latency, "le": "0.01"}
+    assert exposed.get_sample_value("lockgate_upstream_latency_seconds_bucket", bucket) == 3
+    below = {**latency, "le": "0.005"}
+    assert exposed.get_sample_value("lockgate_upstream_latency_seconds_bucket", below) == 0
+    total = exposed.get_sample_value("lockgate_upstream_latency_seconds_sum", latency)
+    assert total == approx(0.03)
+    assert exposed.get_sample_value("lockgate_credential_age_seconds", age) is None
 
 
 def test_render_in_a_worker_shows_every_worker(tmp_path: Path) -> None:

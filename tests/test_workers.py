@@ -158,7 +158,8 @@ def test_metrics_count_the_requests_of_every_worker(
             assert time.monotonic() < deadline, "worker not restarted"
             time.sleep(0.1)
         assert not list(metrics_dir.glob(f"gauge_*_{workers[-1]}.db"))
-        assert list(metrics_dir.glob(f"counter_{workers[-1]}.db"))
+        assert not list(metrics_dir.glob(f"counter_{workers[-1]}.db"))  # merged into:
+        assert (metrics_dir / "counter_retired.db").exists()
         deadline = time.monotonic() + 15
         while _workers_sampled(samples := _scrape(gw.control_port)) != {"0", "1"}:
             assert time.monotonic() < deadline, "the new worker's process metrics are missing"

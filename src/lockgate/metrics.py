@@ -16,13 +16,14 @@ each worker. A single ``serve`` has no such variable: one in-memory registry, as
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
 import glob
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -36,6 +37,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from lockgate import _log
 
@@ -273,14 +275,57 @@ def worker_environment(directory: Path, worker: int) -> dict[str, str]:
     return {MULTIPROCESS_DIR_ENV: str(directory), WORKER_ENV: str(worker)}
 
 
+#: The pid part of the files that hold the counts of every worker replaced so far.
+RETIRED = "retired"
+_LOCK_FILE = "lock"  # flock: a scrape reads while no worker's counts are being retired
+
+
+@contextlib.contextmanager
+def _files_locked(directory: str | Path, exclusive: bool) -> Iterator[None]:
+    with open(os.path.join(directory, _LOCK_FILE), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield  # closing the file releases the lock
+
+
 def process_exited(directory: Path, pid: int) -> None:
     """The worker ``pid`` is gone: its gauges leave /metrics (prometheus_client's
     ``mark_process_dead`` for the ``live*`` ones, and the files of any other mode, whose
-    values no process stands behind any more). Its counters and histograms stay counted."""
+    values no process stands behind any more). Its counters and histograms stay counted,
+    merged into the ``*_retired.db`` files, so the directory holds a few files per live
+    worker however often workers are replaced."""
     multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
     for leftover in glob.glob(os.path.join(directory, f"gauge_*_{pid}.db")):
         with contextlib.suppress(FileNotFoundError):  # removed meanwhile
             os.remove(leftover)
+    with _files_locked(directory, exclusive=True):  # no scrape sees them twice or not at all
+        for kind in ("counter", "histogram", "summary"):
+            _retire(Path(directory), kind, pid)
+
+
+def _retire(directory: Path, kind: str, pid: int) -> None:
+    """Add the dead ``pid``'s ``kind`` file to the retired one, by prometheus_client's own
+    merge (not accumulated: written back as it was counted), then drop it."""
+    dead = directory / f"{kind}_{pid}.db"
+    if not dead.exists():
+        return
+    retired = directory / f"{kind}_{RETIRED}.db"
+    sources = [str(f) for f in (retired, dead) if f.exists()]
+    merged = multiprocess.MultiProcessCollector.merge(sources, accumulate=False)  # type: ignore[no-untyped-call]
+    staging = directory / f"{kind}_{RETIRED}.new"  # not *.db: no scrape reads it half done
+    staging.unlink(missing_ok=True)
+    out = MmapedDict(str(staging))  # type: ignore[no-untyped-call]
+    try:
+        for metric in merged:
+            for s in metric.samples:
+                key = mmap_key(
+                    metric.name, s.name, list(s.labels), list(s.labels.values()),
+                    metric.documentation,
+                )  # fmt: skip
+                out.write_value(key, s.value, 0.0)  # type: ignore[no-untyped-call]
+    finally:
+        out.close()  # type: ignore[no-untyped-call]
+    os.replace(staging, retired)
+    dead.unlink()
 
 
 def _process_metrics() -> dict[str, Gauge | Counter]:
@@ -346,25 +391,31 @@ def _start_sampler() -> None:
 _shared_registry: CollectorRegistry | None = None
 
 
-def _exposed() -> CollectorRegistry:
-    """What /metrics shows: this process's registry, or every worker's files."""
+@contextlib.contextmanager
+def _exposed() -> Iterator[CollectorRegistry]:
+    """What /metrics shows: this process's registry, or every worker's files (read while no
+    dead worker's counts are being retired)."""
     if not SHARED:
-        return REGISTRY
+        yield REGISTRY
+        return
     global _shared_registry
     if _shared_registry is None:
         _shared_registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(_shared_registry)  # type: ignore[no-untyped-call]
     sample()
-    return _shared_registry
+    with _files_locked(os.environ[MULTIPROCESS_DIR_ENV], exclusive=False):
+        yield _shared_registry
 
 
 def render() -> bytes:
     """The Prometheus text of this process, or under ``serve --workers`` of every worker."""
-    return generate_latest(_exposed())
+    with _exposed() as registry:
+        return generate_latest(registry)
 
 
 def sample_value(name: str, labels: Mapping[str, str] | None = None) -> float | None:
     """One sample as /metrics shows it (every worker's under ``serve --workers``), like
     ``CollectorRegistry.get_sample_value``; None when there is no such sample. Reading all
     workers' files costs a scrape: for checks made every few seconds, not per request."""
-    return _exposed().get_sample_value(name, dict(labels) if labels else None)
+    with _exposed() as registry:
+        return registry.get_sample_value(name, dict(labels) if labels else None)
