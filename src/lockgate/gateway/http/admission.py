@@ -55,7 +55,8 @@ ECHO_METHODS = frozenset({"TRACE", "TRACK"})
 
 
 class Admitted:
-    """A request that passed normalise → authenticate → classify → decide → write-ahead."""
+    """A request that passed normalise → authenticate → classify → decide → quota →
+    write-ahead; it holds its quota slots (``quota``) and its span until it ends."""
 
     __slots__ = (
         "action", "claims", "forwarded", "head_only", "method", "obj", "quota", "reason",

@@ -166,8 +166,11 @@ class Proxy:
         adm = held.adm
         try:
             answer = await held.answer
-        except BaseException:
+        except asyncio.CancelledError:
             adm.span.end(error="client_closed")
+            raise
+        except BaseException as exc:
+            adm.span.end(error=type(exc).__name__)
             raise
         if not self.admission.settle(conn, body, adm, answer):
             return head.keep_alive and body.complete
