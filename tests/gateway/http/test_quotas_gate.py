@@ -6,6 +6,8 @@ response is relayed, and Data Factory run caps count createRun to a terminal pip
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -164,3 +166,37 @@ async def test_data_factory_run_cap_counts_runs_until_a_poll_shows_them_finished
     assert len(throttled) == 1
     assert throttled[0].detail["limit"] == "one-pipeline-run"
     assert throttled[0].detail["kind"] == "runs"
+
+
+async def test_a_client_gone_while_held_by_a_cap_leaves_its_slot_free(make_gateway, upstream):
+    gw = await gateway(
+        make_gateway,
+        """\
+        quotas:
+          - id: one-at-a-time
+            principals: ["airflow:prod/*"]
+            resources: [orders]
+            concurrency: 1
+            max_delay: 5s
+    """,
+    )
+    request = b"GET /orders/%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-orders\r\n\r\n"
+    async with aiohttp.ClientSession() as s:
+        slow = asyncio.create_task(s.get(f"{gw.url}/orders/slow?s=0.6", headers=bearer()))
+        await asyncio.sleep(0.2)
+        # held behind the slow one, then gone (a reset: after a FIN it would be answered)
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(request % b"items/held")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+        resp = await slow
+        assert resp.status == 200
+        resp.release()
+        t0 = time.monotonic()
+        async with s.get(f"{gw.url}/orders/items/next", headers=bearer()) as r:
+            assert r.status == 200
+        assert time.monotonic() - t0 < 1.0  # no slot was left taken by the request gone
+    assert "/items/held" not in upstream.received
