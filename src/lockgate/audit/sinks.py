@@ -9,7 +9,10 @@
 Both are written as one (:class:`Mirrors`): all or nothing. A failed write truncates every
 file back to where it was, so a retry never leaves half a line nor a line twice, and raises:
 the writer treats the sink as failing and the gateway fails closed (docs/audit.md says why
-the OCSF export fails closed too).
+the OCSF export fails closed too). A process killed in the middle of a write cannot cut its
+file back: the next one to open the file does, before its first line, so a half line is
+never glued to a whole one (the rows it held are in the chain; the export's check names the
+gap).
 """
 
 from __future__ import annotations
@@ -49,7 +52,12 @@ class LineSink:
     def _open(self) -> IO[bytes]:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                _cut_partial_line(fd, self.path)
+            except OSError:
+                os.close(fd)
+                raise
             self._fh = os.fdopen(fd, "ab", buffering=0)
         return self._fh
 
@@ -93,6 +101,27 @@ class LineSink:
             with contextlib.suppress(OSError):
                 self._fh.close()
             self._fh = None
+
+
+def _cut_partial_line(fd: int, path: Path) -> None:
+    """Cut the file back to its last newline when it ends in part of a line (a writer killed
+    mid-write): appending after it would glue the next line to the fragment."""
+    size = end = os.fstat(fd).st_size
+    if not size or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    os.ftruncate(fd, end)
+    log.warning(
+        "audit mirror ended in part of a line (a write was cut off): cut to its last whole line",
+        extra={"fields": {"path": str(path), "bytes_cut": size - end}},
+    )
 
 
 class JsonlSink(LineSink):
