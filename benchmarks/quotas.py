@@ -3,6 +3,7 @@
 Usage::
 
     .venv/bin/python -m benchmarks.quotas [--rate 200] [--seconds 60] [--processes 2]
+                                          [--postgres]
 
 Each process is a ``serve --workers`` worker in miniature: the real quota gate over the
 real shared budgets (one ``quotas.db`` SQLite file, as every worker of one gateway opens),
@@ -13,6 +14,8 @@ start together and count what was admitted for ``--seconds``; the achieved rate 
 run paces instead of refusing (``max_delay: 1s``, clients waiting their turn). Target:
 within 5% of the configured rate. The lease (rate/20 tokens per round trip) is what keeps
 the database out of the per-request path: round trips per 1000 admitted are printed too.
+With ``--postgres`` the processes are replicas on one shared PostgreSQL database (a private
+server from tests/pgserver) instead of workers on one SQLite file.
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ import argparse
 import asyncio
 import inspect
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from lockgate.config import PostgresStateSettings
 from lockgate.identity import Claims
 from lockgate.policy import parse_policy_texts
 from lockgate.quotas import Throttled
 from lockgate.quotas.gate import PolicyQuotaGate
 from lockgate.quotas.shared import SharedBudgets
+from lockgate.store import PostgresDatabase
 
 TARGET = 0.05  # achieved within 5% of configured
 CLIENTS = 16
@@ -72,15 +78,23 @@ async def _flood(gate: PolicyQuotaGate, start: float, end: float) -> int:
     return admitted
 
 
+def _open(where: str | dict[str, object]) -> SharedBudgets:
+    """A worker's budgets: the SQLite file ``where``, or a replica's on PostgreSQL."""
+    if isinstance(where, str):
+        return SharedBudgets(Path(where))
+    settings = PostgresStateSettings.model_validate(where)
+    return SharedBudgets(PostgresDatabase(settings, replica_id=f"bench-{os.getpid()}"))
+
+
 def _worker(
-    path: str,
+    where: str | dict[str, object],
     policy_text: str,
     seconds: float,
     queue: multiprocessing.Queue[tuple[int, int]],
     ready: multiprocessing.Queue[None],
     go: multiprocessing.Queue[float],
 ) -> None:
-    budgets = SharedBudgets(Path(path))
+    budgets = _open(where)
     policy = parse_policy_texts([("bench.yaml", policy_text)])
     gate = PolicyQuotaGate(lambda: policy, budgets)
     ready.put(None)
@@ -89,20 +103,32 @@ def _worker(
     admitted = asyncio.run(_flood(gate, start, start + seconds))
     queue.put((admitted, budgets.round_trips))
     budgets.close()
+    budgets.db.close()
 
 
-def measure(rate: float, seconds: float, processes: int, max_delay: float) -> tuple[float, int]:
+def measure(
+    rate: float, seconds: float, processes: int, max_delay: float, postgres: bool = False
+) -> tuple[float, int]:
     """(achieved rate, round trips per admitted request x 1000) over ``seconds``."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "quotas.db"
-        SharedBudgets(path, background=False).close()  # the schema, as the gateway's start
+        server = None
+        where: str | dict[str, object] = str(Path(tmp) / "quotas.db")
+        if postgres:
+            from tests.pgserver import start_pg_server
+            from tests.pgserver.state import shared_state_settings
+
+            server = start_pg_server(Path(tmp) / "pg")
+            where = shared_state_settings(server, Path(tmp) / "state").model_dump(mode="json")
+        first = _open(where)  # the schema, as the gateway's start
+        first.close()
+        first.db.close()
         policy_text = POLICY.format(rate=rate, max_delay=f"{max_delay}s")
         ctx = multiprocessing.get_context("spawn")
         queue: multiprocessing.Queue[tuple[int, int]] = ctx.Queue()
         ready: multiprocessing.Queue[None] = ctx.Queue()
         go: multiprocessing.Queue[float] = ctx.Queue()
         procs = [
-            ctx.Process(target=_worker, args=(str(path), policy_text, seconds, queue, ready, go))
+            ctx.Process(target=_worker, args=(where, policy_text, seconds, queue, ready, go))
             for _ in range(processes)
         ]
         for p in procs:
@@ -115,6 +141,8 @@ def measure(rate: float, seconds: float, processes: int, max_delay: float) -> tu
         results = [queue.get(timeout=seconds + 60) for _ in procs]
         for p in procs:
             p.join(30)
+        if server is not None:
+            server.stop()
     admitted = sum(a for a, _ in results)
     trips = sum(t for _, t in results)
     burst = max(1.0, rate)  # the default burst: what a full bucket gives at the start
@@ -127,16 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--postgres", action="store_true", help="replicas on one PostgreSQL")
     args = parser.parse_args(argv)
+    sharing = "replicas on one PostgreSQL" if args.postgres else "processes on one SQLite file"
     missed = 0
     for label, max_delay in (("refusing", 0.0), ("pacing (max_delay 1s)", 1.0)):
-        achieved, trips = measure(args.rate, args.seconds, args.processes, max_delay)
+        achieved, trips = measure(args.rate, args.seconds, args.processes, max_delay, args.postgres)
         error = achieved / args.rate - 1
         verdict = "PASS" if abs(error) <= TARGET else "MISS"
         missed += verdict == "MISS"
         print(
             f"{verdict} rate quota, {label}: configured {args.rate:g}/s, achieved "
-            f"{achieved:.1f}/s over {args.seconds:g} s with {args.processes} processes "
+            f"{achieved:.1f}/s over {args.seconds:g} s, {args.processes} {sharing} "
             f"({error:+.1%}; target within {TARGET:.0%}); "
             f"{trips} database round trips per 1000 admitted",
             flush=True,

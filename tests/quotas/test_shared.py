@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -262,3 +263,30 @@ def test_a_run_started_is_no_slot_to_reuse(tmp_path: Path) -> None:
     a.release("j")  # the second start failed
     a.flush()
     assert b.reserve_run("j", 2)
+
+
+def test_threads_of_one_process_lease_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the gate asks from worker threads: two finding the lease spent at once
+    must not both lease (the second lease would replace the first, its tokens lost)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clock = FakeClock()  # frozen: the burst is all there is
+    shared = budgets(tmp_path / "q.db", clock, "a")
+    lease_db = shared._lease_db
+
+    def slow_lease(*args: Any) -> tuple[bool, float]:
+        time.sleep(0.002)  # a network round trip: the other threads catch up meanwhile
+        return lease_db(*args)
+
+    monkeypatch.setattr(shared, "_lease_db", slow_lease)
+
+    def takes(_: int) -> int:
+        return sum(shared.take("r", 100.0, 100.0, 0.0).granted for _ in range(50))
+
+    with ThreadPoolExecutor(8) as pool:
+        granted = sum(pool.map(takes, range(8)))
+    assert granted == 100  # every token of the burst, none twice
+    # leases of 5, then one lease in debt whose tokens never come due (the clock stands)
+    assert shared.round_trips == 100 / 5 + 1

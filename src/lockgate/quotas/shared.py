@@ -91,6 +91,7 @@ class _Lease:
 
     size: int = 0
     taken: int = 0
+    carry: int = 0  # tokens given back while no lease was open (go back with the next)
     level: float = 0.0
     since: float = 0.0
     until: float = 0.0  # when what is left goes back to the bucket
@@ -155,6 +156,7 @@ class SharedBudgets:
         self._lock = threading.Lock()  # local state
         self._write = threading.Lock()  # this holder's rows: one writer at a time
         self._leases: dict[str, _Lease] = {}
+        self._fetch_locks: dict[str, threading.Lock] = {}
         self._slots: dict[str, _Slots] = {}
         self._pending = _Pending()
         self._memory = memory or MemoryBudgets(clock)  # the fallback
@@ -173,32 +175,52 @@ class SharedBudgets:
 
     # -- rates ---------------------------------------------------------------------------------
     def take(self, key: str, rate: float, burst: float, max_debt: float) -> RateAnswer:
-        now = self._clock()
         max_delay = max_debt / rate
+        answer = self._from_lease(key, rate, max_delay)
+        if answer is not None:
+            return answer
+        with self._fetching(key):  # one lease at a time per budget in this process
+            answer = self._from_lease(key, rate, max_delay)  # leased while this one waited?
+            if answer is not None:
+                return answer
+            now = self._clock()
+            with self._lock:
+                lease = self._leases[key]
+                returned = lease.size - lease.taken + lease.carry  # unspent: back to the bucket
+                lease.size = lease.taken = lease.carry = 0
+            size = int(max(1.0, min(burst, rate * LEASE_SHARE)))
+            try:
+                self._refuse_if_known_down()
+                leased, level = self._lease_db(key, rate, burst, max_debt, size, returned, now)
+            except StoreUnavailable as exc:
+                self._fell_back(exc)
+                return self._memory.take(key, rate, burst, max_debt)
+            self._recovered()
+            with self._lock:
+                if not leased:  # the bucket is deeper in debt than waiters may go
+                    wait = max(0.001, (-max_debt - size - level) / rate)
+                    lease.empty_until = now + min(wait, LEASE_SECONDS)
+                    return RateAnswer(False, round(wait, 3))
+                lease.start(now, level, size, rate)
+                return lease.spend(max(now, self._clock()), rate, max_delay)
+
+    def _from_lease(self, key: str, rate: float, max_delay: float) -> RateAnswer | None:
+        """The answer this process's lease gives without the database (None: lease again)."""
+        now = self._clock()
         with self._lock:
             lease = self._leases.setdefault(key, _Lease())
             if lease.taken < lease.size and now < lease.until:
                 return lease.spend(now, rate, max_delay)
             if now < lease.empty_until:
                 return RateAnswer(False, round(lease.empty_until - now, 3) or 0.001)
-            returned = lease.size - lease.taken  # unspent: back to the bucket
-            lease.size = lease.taken = 0
-        size = int(max(1.0, min(burst, rate * LEASE_SHARE)))
-        try:
-            self._refuse_if_known_down()
-            leased, level = self._lease_db(key, rate, burst, max_debt, size, returned, now)
-        except StoreUnavailable as exc:
-            self._fell_back(exc)
-            return self._memory.take(key, rate, burst, max_debt)
-        self._recovered()
+            return None
+
+    def _fetching(self, key: str) -> threading.Lock:
         with self._lock:
-            lease = self._leases.setdefault(key, _Lease())
-            if not leased:  # the bucket is deeper in debt than waiters may go
-                wait = max(0.001, (-max_debt - size - level) / rate)
-                lease.empty_until = now + min(wait, LEASE_SECONDS)
-                return RateAnswer(False, round(wait, 3))
-            lease.start(now, level, size, rate)
-            return lease.spend(now, rate, max_delay)
+            lock = self._fetch_locks.get(key)
+            if lock is None:
+                lock = self._fetch_locks[key] = threading.Lock()
+            return lock
 
     def _lease_db(
         self,
@@ -249,8 +271,11 @@ class SharedBudgets:
         # bucket with the next lease).
         with self._lock:
             lease = self._leases.get(key)
-            if lease is not None and lease.taken > 0:
-                lease.taken -= 1
+            if lease is not None:
+                if lease.taken > 0:
+                    lease.taken -= 1
+                else:
+                    lease.carry += 1
                 return
         self._memory.refund(key, rate, burst)
 
