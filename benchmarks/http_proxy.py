@@ -25,7 +25,8 @@ One run measures, against the same upstream and with the same load tool:
   carrying a sampled ``traceparent``, so every request records a span and its upstream
   attempt) exporting over OTLP/HTTP (batch processor) to a local sink that answers 200 to
   every export; the ``tracing overhead`` line compares it with ``lockgate`` measured in the
-  same run (run both: ``--variants lockgate,lockgate-traced``);
+  same run (run both: ``--variants lockgate,lockgate-traced``; on a busy machine add
+  ``--rounds 3``: the variants are measured in turn three times and each keeps its median);
 * ``engine``: ``HttpEngine`` alone with trivially cheap fakes for verifier, policy, broker
   and audit (the engine's own cost; the difference to ``lockgate`` is identity, policy and
   audit).
@@ -450,6 +451,12 @@ def _wait_closed(port: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median req/s (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: float(r["rps"]))
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def _fmt(name: str, r: dict[str, Any] | None) -> str:
     if r is None:
         return f"{name:>18}: (not measured)"
@@ -474,8 +481,8 @@ def _figures(
     return {
         "vs_direct": r["rps"] / direct["rps"] if direct["rps"] else None,
         "vs_nginx": r["rps"] / ngx["rps"] if ngx and ngx["rps"] else None,
-        "added_p50_ms": minus(m and m.get("p50_ms"), dm.get("p50_ms")),
-        "added_p99_ms": minus(m and m.get("p99_ms"), dm.get("p99_ms")),
+        "added_p50_ms": minus(m.get("p50_ms") if m else None, dm.get("p50_ms")),
+        "added_p99_ms": minus(m.get("p99_ms") if m else None, dm.get("p99_ms")),
         "p99_ms": m.get("p99_ms") if m else None,
     }
 
@@ -494,6 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--moderate", type=int, default=8, help="connections at moderate load")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the variants this many times, "
+        "interleaved, and keep each one's median run (by req/s) against noisy neighbours",
+    )
     p.add_argument("--no-engine", action="store_true", help="skip the engine-only (fakes) run")
     p.add_argument("--no-nginx", action="store_true")
     p.add_argument(
@@ -536,15 +550,19 @@ def main(argv: list[str] | None = None) -> int:
             if "lockgate-traced" in variants:
                 procs.append(_spawn("otlp-sink", str(otlp_port)))
                 _wait_port(otlp_port)
-            for variant in variants:
-                gw = _spawn("gateway", str(config_path), variant, str(otlp_port))
-                procs.append(gw)
-                _wait_port(gw_port)
-                time.sleep(1.0)  # every worker in the port group, writer connected
-                results[variant] = run(gw_port, gpath, token, a.conns)
-                results[f"{variant}@moderate"] = run(gw_port, gpath, token, a.moderate)
-                _stop(gw)
-                _wait_closed(gw_port)
+            rounds: dict[str, list[dict[str, Any]]] = {}
+            for _round in range(a.rounds):  # interleaved, so a busy moment hits every variant
+                for variant in variants:
+                    gw = _spawn("gateway", str(config_path), variant, str(otlp_port))
+                    procs.append(gw)
+                    _wait_port(gw_port)
+                    time.sleep(1.0)  # every worker in the port group, writer connected
+                    rounds.setdefault(variant, []).append(run(gw_port, gpath, token, a.conns))
+                    moderate = run(gw_port, gpath, token, a.moderate)
+                    rounds.setdefault(f"{variant}@moderate", []).append(moderate)
+                    _stop(gw)
+                    _wait_closed(gw_port)
+            results.update({key: _median(runs) for key, runs in rounds.items()})
             if not a.no_engine:
                 eng_port = _free_port()
                 eng = _spawn("engine", str(eng_port), str(up_port), secret)
