@@ -290,3 +290,17 @@ def test_threads_of_one_process_lease_one_at_a_time(
     assert granted == 100  # every token of the burst, none twice
     # leases of 5, then one lease in debt whose tokens never come due (the clock stands)
     assert shared.round_trips == 100 / 5 + 1
+
+
+def test_rows_of_the_past_are_purged(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a = budgets(tmp_path / "q.db", clock, "a")
+    assert a.take("r", 1.0, 5.0, 0.0).granted
+    assert a.reserve_run("j", 1)
+    a.run_started("j", "dbx", "run-1", 3600)
+    a.flush()
+    clock.advance(86401)
+    a.flush()
+    with a.db.read() as cur:
+        assert cur.execute("SELECT COUNT(*) FROM quota_runs").fetchone() == (0,)
+        assert cur.execute("SELECT COUNT(*) FROM quota_buckets").fetchone() == (0,)

@@ -426,6 +426,10 @@ class SharedBudgets:
                             (now - 4 * STALE_SECONDS,),
                         )
                         cur.execute("DELETE FROM quota_runs WHERE until_at < ?", (now,))
+                        # a bucket untouched for a day is full again: the same as no row
+                        cur.execute(
+                            "DELETE FROM quota_buckets WHERE updated_at < ?", (now - 86400,)
+                        )
             except StoreUnavailable:
                 with self._lock:  # the database still says the old counts: keep them
                     for key, held, _used in changed:
