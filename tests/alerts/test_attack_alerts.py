@@ -30,6 +30,7 @@ from lockgate.alerts.senders import Notifier
 from lockgate.alerts.trail_rules import Grouper, denial_grouper
 from lockgate.audit.record import AuditRow
 from lockgate.config.alerts import NotifierSettings
+from lockgate.errors import ConfigError
 from tests.fakes.alert_receivers import PagerDutyReceiver, SlackReceiver, WebhookReceiver
 
 ROUTING_KEY = "R" * 32
@@ -234,3 +235,17 @@ async def test_attack_a_hanging_or_redirecting_notifier_holds_up_no_other(
 async def _deliver(n: Notifier, alert: Alert):  # type: ignore[no-untyped-def]
     async with aiohttp.ClientSession() as s:
         return await n.deliver(s, alert)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://[::1/services/SECRET", "http://evil.example/services/SECRET"]
+)
+def test_attack_a_malformed_or_plain_url_leaves_the_notifier_out_unnamed(
+    tmp_path: Path, url: str
+) -> None:
+    secret = tmp_path / "url"
+    secret.write_text(url)
+    settings = NotifierSettings(name="n", type="slack", url_file=secret)
+    with pytest.raises(ConfigError) as raised:  # build_notifiers logs it and goes on
+        Notifier(settings, console_url=None, source="s", config_dir=tmp_path)
+    assert "SECRET" not in str(raised.value) and "services" not in str(raised.value)

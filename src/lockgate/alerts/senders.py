@@ -142,7 +142,11 @@ class Notifier:
         else:
             self._routing_key = ""
             self._url = read_secret(settings.url_file, settings.url_env, what, config_dir)
-        if not private_channel(self._url):  # the URL, the key or the alert would travel bare
+        try:
+            private = private_channel(self._url)
+        except ValueError:  # its text may be the secret: never repeated
+            raise ConfigError(f"{what}: the URL is not a valid URL") from None
+        if not private:  # the URL, the key or the alert would travel bare
             raise ConfigError(f"{what}: the URL must be https (plain http only to this machine)")
         self._hmac_key: bytes | None = None
         if settings.hmac_key_file is not None or settings.hmac_key_env is not None:
