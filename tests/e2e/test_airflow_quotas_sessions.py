@@ -21,10 +21,11 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+from lockgate.audit.record import AuditRow
 from lockgate.demo.run import run_dags
 from lockgate.demo.stack import EXAMPLE_DAGS
 
@@ -219,22 +220,23 @@ def cql_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_QuotaCqlSta
 def pg_stack(
     pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[_QuotaPgStack]:
-    with _QuotaPgStack(tmp_path_factory.mktemp("lockgate-pg-quotas"), pg_server) as s:
-        yield s
+    stack = _QuotaPgStack(tmp_path_factory.mktemp("lockgate-pg-quotas"), pg_server)
+    with stack:
+        yield stack
 
 
 def _state(value: object) -> str:
     return str(value).split(".")[-1].lower()
 
 
-def _trail(stack: CqlLocalStack | PgLocalStack, dag: str, run_id: str) -> list[Any]:
+def _trail(stack: CqlLocalStack | PgLocalStack, dag: str, run_id: str) -> list[AuditRow]:
     assert stack.gateway is not None
     stack.gateway.audit.flush(5.0)
     rows = stack.gateway.audit.tail(5000)
     return [r for r in rows if r.dag_id == dag and r.run_id == run_id]
 
 
-def _spread(records: list[Any]) -> float:
+def _spread(records: list[AuditRow]) -> float:
     times = sorted(r.ts for r in records)
     return times[-1] - times[0]
 
