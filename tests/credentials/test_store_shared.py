@@ -216,3 +216,16 @@ def test_key_file_in_a_secret_volume_layout_is_followed_inside_it_only(
     outside.symlink_to(real)  # a link out of its own directory is not followed
     with pytest.raises(CredentialError, match="cannot open"):
         load_or_create_master_key(tmp_path, env={}, key_file=outside)
+
+
+def test_vault_fetches_are_recorded_without_moving_the_change_version(
+    open_db: OpenDatabase, key: bytes
+) -> None:
+    store = CredentialStore(open_db(), key)
+    store.set("api", SECRET)
+    store.reload()
+    generation = store.generation
+    store.record_fetch("kv", "https://v.vault.azure.net/secrets/kv", "abc", 10.0)
+    store.record_fetch("kv", "https://v.vault.azure.net/secrets/kv", "def", 20.0)
+    assert store.fetches() == {"kv": ("https://v.vault.azure.net/secrets/kv", "def", 20.0)}
+    assert not store.stale() and store.generation == generation  # nothing cached depends on it
