@@ -219,20 +219,13 @@ class PolicyQuotaGate:
         taken = await asyncio.to_thread(self._take_rates, plan.rates)
         if isinstance(taken, Throttled):
             return taken
-        wait, quota_id = taken
+        return await self._paced(plan, *taken)
+
+    async def _paced(self, plan: _Plan, wait: float, quota_id: str) -> Admission:
+        """After the rate's pacing wait (none: 0), the caps' slots."""
         if wait > 0:
             await self._sleep(wait)
             metrics.QUOTA_WAIT.labels(plan.resource, quota_id).observe(wait)
-        if not plan.caps:
-            return NO_TICKET
-        quotas = [q for q, *_ in plan.caps]
-        return await self._slot_off_loop(
-            lambda: self._hold(plan.caps), plan.resource, quotas, plan.rates
-        )
-
-    async def _paced(self, plan: _Plan, wait: float, quota_id: str) -> Admission:
-        await self._sleep(wait)
-        metrics.QUOTA_WAIT.labels(plan.resource, quota_id).observe(wait)
         held = self._hold_or_wait(plan)
         return await held if inspect.isawaitable(held) else held
 
