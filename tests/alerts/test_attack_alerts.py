@@ -249,3 +249,56 @@ def test_attack_a_malformed_or_plain_url_leaves_the_notifier_out_unnamed(
     with pytest.raises(ConfigError) as raised:  # build_notifiers logs it and goes on
         Notifier(settings, console_url=None, source="s", config_dir=tmp_path)
     assert "SECRET" not in str(raised.value) and "services" not in str(raised.value)
+
+
+def test_attack_a_running_gateway_relays_crafted_denials_inert(tmp_path: Path) -> None:
+    """A deployment mints for the longest DAG id and a run id full of Slack controls, and
+    sends a crafted path: the real gateway denies it, and the alerts that reach Slack and
+    PagerDuty are escaped, capped and taken."""
+    import urllib.error
+    import urllib.request
+
+    import yaml
+
+    from lockgate.demo.stack import LocalStack
+    from lockgate.identity import TaskIdentity
+    from tests.fakes.alert_receivers import serving_in_thread
+
+    slack, pd = SlackReceiver(), PagerDutyReceiver(ROUTING_KEY)
+    dag, run = "d" * 250, "manual__<!here>|<http://evil.example|click>"
+    with serving_in_thread(slack, pd):
+        stack = LocalStack(tmp_path / "gw", tls=False)
+        (tmp_path / "slack-url").write_text(slack.url)
+        (tmp_path / "pd-key").write_text(ROUTING_KEY)
+        config = yaml.safe_load(stack.config_path.read_text())
+        config["alerts"] = {
+            "notifiers": [
+                {"name": "chat", "type": "slack", "url_file": str(tmp_path / "slack-url")},
+                {"name": "pager", "type": "pagerduty", "events_url": pd.url,
+                 "routing_key_file": str(tmp_path / "pd-key")},
+            ],
+            "poll_interval": 0.1,
+            "denials": {"window": 1.0},
+        }  # fmt: skip
+        stack.config_path.write_text(yaml.safe_dump(config))
+        with stack:
+            assert stack.gateway is not None
+            token = stack.gateway.issuer.mint(
+                TaskIdentity("prod", dag, "t", run, 1, -1), "orders-api", 300
+            )[0]
+            path = "/orders-api/<!channel>/%3C!everyone%3E/*bold*" + "x" * 6000
+            req = urllib.request.Request(stack.http_url + path.replace("<", "%3C").replace(
+                ">", "%3E"), data=b"{}", method="POST",
+                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(req, timeout=10)
+            assert refused.value.code == 403
+            deadline = time.monotonic() + 15
+            while (not slack.accepted or not pd.accepted) and time.monotonic() < deadline:
+                time.sleep(0.05)
+    (message,) = slack.accepted
+    (event,) = pd.accepted
+    for text in texts(message):
+        assert "<!" not in text and "<http" not in text, text
+    assert len(event["dedup_key"]) <= MAX_KEY and event["payload"]["group"] == dag
+    assert token not in json.dumps(message) and token not in json.dumps(event)
