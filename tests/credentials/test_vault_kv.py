@@ -264,3 +264,23 @@ async def test_vault_down_then_grace(tmp_path: Path, vault: FakeVault) -> None:
             await broker.upstream_secret("orders-key")
     finally:
         await broker.close()
+
+
+async def test_a_refused_login_names_no_role_id_nor_secret_id(
+    tmp_path: Path, vault: FakeVault
+) -> None:
+    role_id, secret_id = vault.add_approle("gateway", policies=["orders-read"])
+    (tmp_path / "sid").write_text("not-the-secret-id")
+    auth = {"method": "approle", "role_id": role_id, "secret_id_file": str(tmp_path / "sid")}
+    broker = _broker(tmp_path, _config(tmp_path, vault, auth))
+    try:
+        with pytest.raises(CredentialError) as err:
+            await broker.upstream_secret("orders-key")
+        text = str(err.value)
+        assert text == (
+            "credential 'orders-key': Vault refused the approle login (auth/approle) "
+            "(HTTP 400, invalid role or secret ID): check the role and its bindings"
+        )
+        assert role_id not in text and secret_id not in text
+    finally:
+        await broker.close()

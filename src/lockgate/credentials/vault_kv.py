@@ -124,8 +124,11 @@ class VaultKvReader:
         status, body = await self._call("POST", self._url(f"auth/{auth.mount}/login"), json=payload)
         token = self._auth_of(body) if status == 200 else None
         if token is None:
-            where = f"{auth.method} login (auth/{auth.mount}, role {self._role_name()})"
-            raise self._refused("the", where, status, body)
+            # A role id is a login name, but some keep it quiet: only a jwt role is named.
+            role = f", role {auth.role}" if isinstance(auth, VaultJwt) else ""
+            raise self._refused(
+                "the", f"{auth.method} login (auth/{auth.mount}{role})", status, body
+            )
         return token
 
     async def _approle_secret_id(self, auth: VaultAppRole) -> str:
@@ -184,10 +187,6 @@ class VaultKvReader:
         return _VaultToken(
             auth["client_token"], self._clock(), lease, bool(auth.get("renewable", False))
         )
-
-    def _role_name(self) -> str:
-        auth = self.cred.auth
-        return auth.role_id if isinstance(auth, VaultAppRole) else auth.role
 
     # -- requests --------------------------------------------------------------------------
     def _url(self, path: str) -> str:
@@ -252,12 +251,14 @@ class VaultKvReader:
         errors = body.get("errors")
         said = [safe_code(e) for e in errors] if isinstance(errors, list) else []
         named = "".join(f", {e}" for e in said if e)
-        hint = {
-            403: f": the token's policy must allow read on {self.cred.mount}/data/{self.cred.path}"
-            if doing == "reading"
-            else ": check the role and its bindings",
-            404: ": no such secret or version" if doing == "reading" else "",
-        }.get(status, "")
+        if doing == "reading":
+            hint = {
+                403: f": the token's policy must allow read on {self.cred.mount}/data/"
+                f"{self.cred.path}",
+                404: ": no such secret or version",
+            }.get(status, "")
+        else:
+            hint = ": check the role and its bindings" if status in (400, 403) else ""
         return CredentialError(
             f"credential {self.cred.name!r}: Vault refused {doing} {what} (HTTP {status}{named})"
             f"{hint}"
