@@ -107,7 +107,8 @@ _MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
 _BY = re.compile(r"\bby\s*\(([^)]*)\)")
 _SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",)}
 # labels Prometheus adds to every scraped series (the dashboard groups replicas by instance)
-_TARGET_LABELS = {"instance", "job", "le"}
+# instance and job come from the scrape; worker from serve --workers (one series per process)
+_TARGET_LABELS = {"instance", "job", "le", "worker"}
 
 
 def _exprs(dashboard: dict[str, Any]) -> Iterator[str]:

@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes sharing the HTTP ports (SO_REUSEPORT) and one audit writer; "
         "worker 0 alone serves the control plane and the CQL and PostgreSQL listeners, and "
-        "its /metrics covers its own traffic only",
+        "its /metrics adds up every worker's (prometheus_client multiprocess files in "
+        "<data_dir>/metrics)",
     )
 
     cfg = add_group(sub, "config", "configuration commands")

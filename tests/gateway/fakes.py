@@ -27,6 +27,10 @@ class FakeClaims:
     try_number: int | None = 1
     map_index: int | None = -1
 
+    @property
+    def principal(self) -> str:
+        return self.sub
+
 
 def claims_for(resource: str, jti: str = "jti-1", dag: str = "finance_daily") -> FakeClaims:
     return FakeClaims(sub=f"airflow:prod/{dag}/load_orders", aud=resource, jti=jti, dag_id=dag)

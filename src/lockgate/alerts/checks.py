@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from lockgate import metrics
 from lockgate.alerts.model import Alert, Severity
 from lockgate.config.alerts import AlertSettings
-from lockgate.metrics import REGISTRY
 
 _RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
@@ -111,7 +111,7 @@ class AuditRefusing:
 
     @staticmethod
     def _failure_count() -> float:
-        value = REGISTRY.get_sample_value("lockgate_audit_write_failures_total")
+        value = metrics.sample_value("lockgate_audit_write_failures_total")
         return value or 0.0
 
     def check(self) -> list[Alert]:

@@ -45,7 +45,10 @@ AUDIT_DROPPED = Counter(
     registry=metrics.REGISTRY,
 )
 AUDIT_QUEUE = Gauge(
-    "lockgate_audit_queue_depth", "Audit records waiting to be written", registry=metrics.REGISTRY
+    "lockgate_audit_queue_depth",
+    "Audit records waiting to be written",
+    registry=metrics.REGISTRY,
+    multiprocess_mode="livesum",  # serve --workers: the workers' queues add up
 )
 
 LOG_EVERY = 10.0  # seconds between repeated warnings of the same trouble

@@ -41,12 +41,19 @@ from lockgate.config._base import NAME_RE, Section
 from lockgate.config.alerts import AlertSettings
 from lockgate.config.credentials import (
     ENTRA_FEDERATION_AUDIENCE,
+    KEY_VAULT_AUDIENCES,
+    AnyCredential,
     Credential,
     FederatedCredential,
+    KeyVaultCredential,
     ManagedIdentityCredential,
     OAuth2ClientCredential,
     StaticCredential,
     TokenCredential,
+    VaultAppRole,
+    VaultCredential,
+    VaultJwt,
+    VaultKvCredential,
 )
 from lockgate.config.identity import (
     AirflowApi,
@@ -87,9 +94,11 @@ from lockgate.config.tracing import TracingSettings
 
 __all__ = [
     "ENTRA_FEDERATION_AUDIENCE",
+    "KEY_VAULT_AUDIENCES",
     "NAME_RE",
     "AirflowApi",
     "AlertSettings",
+    "AnyCredential",
     "AnyResource",
     "ArmSettings",
     "AuditSettings",
@@ -103,6 +112,7 @@ __all__ = [
     "FederatedCredential",
     "ForwardProxyConfig",
     "HttpResource",
+    "KeyVaultCredential",
     "ListenerConfig",
     "Listeners",
     "LockgateConfig",
@@ -128,6 +138,10 @@ __all__ = [
     "TokenSettings",
     "TracingSettings",
     "UpstreamAuth",
+    "VaultAppRole",
+    "VaultCredential",
+    "VaultJwt",
+    "VaultKvCredential",
     "format_validation_error",
     "load_config",
     "parse_config",
