@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lockgate import metrics, tracing
+from lockgate.config.tracing import TracingSettings
 from lockgate.gateway.cql import codec
+from lockgate.identity import TaskIdentity, TokenIssuer
 
 from .engine_stack import RawClient, Stack, connect, cql_context, stack_fixture
 from .quota_gate import FakeGate, RecordingSpan, eventually
@@ -237,3 +240,48 @@ async def test_a_prepare_asks_no_quota_its_executes_do(stack: Stack) -> None:
     assert isinstance(await raw.recv(), codec.Prepared)
     assert gate.asked == []
     raw.close()
+
+
+# -- the real tracing: spans of a statement, children of the token's traceparent -------------
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_SPAN = "b7ad6b7169203331"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True), service_instance="t", exporter=exporter)
+    yield exporter
+    tracing.shutdown()
+
+
+def traced_token(stack: Stack) -> str:
+    issuer = TokenIssuer(stack.gw.state.keys, stack.gw.config.issuer_url)
+    identity = TaskIdentity("prod", "etl", "load", "run-1", 1)
+    return issuer.mint(identity, "cass", 900, traceparent=f"00-{TRACE_ID}-{PARENT_SPAN}-01")[0]
+
+
+async def test_statement_spans_join_the_tasks_trace(
+    stack: Stack, spans: InMemorySpanExporter
+) -> None:
+    use_gate(stack, FakeGate(statements="throttle", actions=("admin",)))
+    raw = await RawClient.open(stack.port)
+    assert isinstance(await raw.login(traced_token(stack)), codec.AuthSuccess)
+    raw.send(codec.Query(stream=3, query="INSERT INTO ks.orders (id, item) VALUES (9, 'hunter2')"))
+    assert isinstance(await raw.recv(), codec.Result)
+    raw.send(codec.Query(stream=4, query="TRUNCATE ks.orders"))  # admin: denied by policy
+    assert isinstance(await raw.recv(), codec.Error)
+    raw.close()
+    assert tracing.flush()
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    server, upstream = finished["INSERT ks.orders"], finished["INSERT ks.orders upstream"]
+    assert server.context is not None and upstream.parent is not None
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None and f"{server.parent.span_id:016x}" == PARENT_SPAN
+    assert upstream.parent.span_id == server.context.span_id
+    attrs = dict(server.attributes or {})
+    assert attrs["db.system.name"] == "cassandra" and attrs["db.collection.name"] == "orders"
+    assert attrs["lockgate.decision"] == "allow" and attrs["lockgate.rule"] == "etl-read-write"
+    assert "hunter2" not in repr(attrs)
+    denied = dict(finished["TRUNCATE ks.orders"].attributes or {})
+    assert denied["lockgate.decision"] == "deny"

@@ -62,8 +62,8 @@ rule the allowing one, detail limit/kind/retry_after). A paced answer (the quota
 and the protocol's order holds. The tickets are given back with the statement's outcome
 (done, failed, not executed, lost, or the session's end).
 
-Tracing: one span per admitted statement (``"<COMMAND> <schema.table>"``, database
-semantic conventions, never the text), ended with the SQLSTATE or ``ok``.
+Tracing: one span per admitted or denied statement (``"<COMMAND> <schema.table>"``,
+database semantic conventions, never the text), ended with the SQLSTATE or ``ok``.
 
 Server side: :mod:`.flow_answers`.
 """
@@ -73,6 +73,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -477,7 +478,8 @@ class Flow(AnswerRelay):
         self, rec: StatementRecord, rule: str | None, reason: str | None
     ) -> tracing.RequestSpan:
         """The statement's span (database conventions; never its text)."""
-        name, attributes = span_name_and_attributes(rec, self.info)
+        objects = (a.obj for a in rec.statement.accesses)
+        name, attributes = span_name_and_attributes(rec.statement.command, objects, self.info)
         span = tracing.start_request(
             "postgres",
             self.name,
@@ -503,6 +505,8 @@ class Flow(AnswerRelay):
             )  # fmt: skip
         if refusal.action is not None:
             ctx.count(self.name, refusal.action, "deny", claims.dag_id if claims else None)
+            if refusal.event == "denied" and tracing.enabled():
+                self._denied_span(refusal, detail)
         if refusal.close:
             error = codec.error_response(refusal.sqlstate, refusal.message, severity="FATAL")
             return Out(to_client=[error], close=True)
@@ -518,6 +522,20 @@ class Flow(AnswerRelay):
             out.to_server.append(_SYNC)
             self._units.append(Unit(BATCH_END))
         return out
+
+    def _denied_span(self, refusal: Refusal, detail: Mapping[str, Any]) -> None:
+        """The span of a statement policy refused (named by its command when one)."""
+        command = str(detail.get("command") or refusal.action)
+        name, attributes = span_name_and_attributes(command, (refusal.obj or "",), self.info)
+        span = tracing.start_request(
+            "postgres",
+            self.name,
+            name,
+            traceparent=getattr(self.judge.claims, "traceparent", None),
+            attributes=attributes,
+        )
+        span.decided(refusal.action or "", refusal.obj or "", "deny", refusal.rule, "denied")
+        span.end(status=refusal.sqlstate)
 
     def _sent(self, pending: Pending) -> int:
         """Note an admitted statement as in flight; the token that settles it."""
@@ -580,12 +598,11 @@ def _text_detail(text: str) -> dict[str, Any]:
 
 
 def span_name_and_attributes(
-    rec: StatementRecord, info: SessionInfo
+    operation: str, objects: Iterable[str], info: SessionInfo
 ) -> tuple[str, dict[str, tracing.AttributeValue]]:
     """``"<COMMAND> <schema.table>"`` and the span's attributes (database semantic
     conventions, the upstream server, the token's identity)."""
     resource, claims = info.resource, info.claims
-    operation = rec.statement.command
     attributes: dict[str, tracing.AttributeValue] = {
         "db.system.name": "postgresql",
         "db.operation.name": operation,
@@ -600,10 +617,10 @@ def span_name_and_attributes(
         "lockgate.run_id": claims.run_id,
         "lockgate.try_number": claims.try_number,
     }
-    objects = dict.fromkeys(a.obj for a in rec.statement.accesses if a.obj)
-    if len(objects) != 1:
+    distinct = dict.fromkeys(obj for obj in objects if obj)
+    if len(distinct) != 1:
         return operation, attributes
-    obj = next(iter(objects))
+    obj = next(iter(distinct))
     attributes["db.collection.name"] = obj
     return f"{operation} {obj}", attributes
 
