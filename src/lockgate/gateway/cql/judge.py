@@ -26,7 +26,6 @@ share: the connection's keyspace, the requests in flight and how to write to the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,20 +33,17 @@ from typing import Any
 from lockgate import _log, tracing
 from lockgate.errors import AuditUnavailable, AuthenticationError
 from lockgate.gateway.engine import policy_request
-from lockgate.quotas import NO_QUOTAS, THROTTLED, QuotaTicket, Throttled
+from lockgate.quotas import NO_QUOTAS, QuotaTicket, Throttled
 
 from . import codec
-from .classify import ANY_OBJECT, Target
+from .classify import Target
 from .context import EngineContext
 from .handshake import Authenticated
 from .holds import UseHold
+from .pacing import StatementQuotas
 from .quota import (
-    Answer,
     admit_each,
-    count_throttled,
     release_all,
-    throttled_detail,
-    throttled_message,
 )
 from .statements import CACHE_TEXT_MAX, Plan, PreparedEntry, execute_plan, plan_for
 from .views import with_view_bases
@@ -175,10 +171,8 @@ class SessionState:
         raise NotImplementedError
 
 
-class RequestJudging(SessionState):
+class RequestJudging(SessionState, StatementQuotas):
     """Client → upstream: judge, refuse or forward each request."""
-
-    _paced: asyncio.Future[None] | None  # a statement a quota holds (:meth:`_pace`)
 
     _to_upstream: list[bytes]  # forwarded requests not yet written (coalesced)
     #: prepared id → (registry entry, view bases, judged plan) the judgement was made on
@@ -376,99 +370,6 @@ class RequestJudging(SessionState):
             pending.attempt.__enter__()
         self._forward(event, pending, changes_keyspace=judged.changes_keyspace)
 
-    def _throttled(
-        self,
-        event: codec.Event,
-        judged: Judged,
-        t0: float,
-        rule: str | None,
-        throttled: Throttled,
-        span: tracing.RequestSpan,
-    ) -> None:
-        """Over a quota: Overloaded on the statement's stream (the driver's retry policy
-        decides what next), audited ``throttled`` under the rule that allowed it."""
-        auth = self.auth
-        assert auth is not None
-        claims, name = auth.claims, auth.resource.name
-        span.throttled(throttled.limit, throttled.retry_after)
-        what = f"{judged.action} on {judged.obj}"
-        self._answer(
-            event, codec.ERR_OVERLOADED, throttled_message(throttled, what, claims.sub, name)
-        )
-        self.ctx.count(name, judged.action, "deny", claims.dag_id)
-        count_throttled(name, throttled)
-        self.ctx.record(
-            THROTTLED, claims, name, t0, action=judged.action, obj=judged.obj,
-            status=codec.ERR_OVERLOADED, decision="deny", rule=rule, reason=THROTTLED,
-            detail={**judged.detail, **throttled_detail(throttled)},
-        )  # fmt: skip
-        span.end(status=codec.ERR_OVERLOADED)
-
-    def _pace(
-        self,
-        event: codec.Event,
-        judged: Judged,
-        t0: float,
-        rule: str | None,
-        reason: str | None,
-        answer: Awaitable[Answer],
-        span: tracing.RequestSpan,
-    ) -> None:
-        """A quota holds this statement for a token: later frames wait behind it (it was
-        judged under the keyspace of now), other streams' answers keep flowing."""
-        self.holds.pace(event.stream)
-        self._paced = asyncio.ensure_future(
-            self._paced_admit(event, judged, t0, rule, reason, answer, span)
-        )
-
-    async def _paced_admit(
-        self,
-        event: codec.Event,
-        judged: Judged,
-        t0: float,
-        rule: str | None,
-        reason: str | None,
-        answer: Awaitable[Answer],
-        span: tracing.RequestSpan,
-    ) -> None:
-        try:
-            result = await answer
-        except asyncio.CancelledError:
-            span.end(error="session_ended")
-            raise
-        except Exception:  # a gate that fails refuses, it never lets a statement through
-            log.exception("cql quota check failed", extra={"fields": self._fields()})
-            self._refuse_request(
-                event, judged.plan, t0, codec.ERR_OVERLOADED,
-                "Lockgate could not check this statement's quota; retry later",
-                "quota_unavailable",
-            )  # fmt: skip
-            span.end(status=codec.ERR_OVERLOADED, error="quota_unavailable")
-        else:
-            if isinstance(result, Throttled):
-                self._throttled(event, judged, t0, rule, result, span)
-            else:
-                self._write_ahead(event, judged, t0, rule, reason, result, span)
-        self._paced = None
-        self.holds.paced()
-        while (held := self.holds.release_next()) is not None:
-            self._on_request(held)
-        self._flush_upstream()
-
-    def _span(self, judged: Judged) -> tracing.RequestSpan:
-        """The statement's span, named and described per the database conventions (never
-        its text: literals may be secrets)."""
-        auth = self.auth
-        assert auth is not None
-        name, attributes = span_name_and_attributes(judged.plan, auth)
-        return tracing.start_request(
-            "cql",
-            auth.resource.name,
-            name,
-            traceparent=getattr(auth.claims, "traceparent", None),
-            attributes=attributes,
-        )
-
     def _token_valid(self, event: codec.Event, plan: Plan, t0: float) -> bool:
         """Re-check the connection's token (expiry, revocation) for every statement.
 
@@ -596,40 +497,3 @@ def plan_detail(plan: Plan) -> dict[str, Any]:
         # "_name": a bare "keyspace" key would be taken for a secret and redacted.
         detail["keyspace_name"] = plan.keyspace
     return detail
-
-
-def span_name_and_attributes(
-    plan: Plan, auth: Authenticated
-) -> tuple[str, dict[str, tracing.AttributeValue]]:
-    """``"<OPERATION> <keyspace.table>"`` and the span's attributes (database semantic
-    conventions, the upstream node, the token's identity), for :func:`tracing.start_request`."""
-    targets = plan.targets
-    if plan.op == "batch":
-        operation = "BATCH"
-    else:
-        operation = (targets[0].statement_kind if targets else plan.op).upper()
-    claims = auth.claims
-    host, _, port = auth.link.contact_point.rpartition(":")
-    attributes: dict[str, tracing.AttributeValue] = {
-        "db.system.name": "cassandra",
-        "db.operation.name": operation,
-        "server.address": host.strip("[]"),
-        "lockgate.resource": auth.resource.name,
-        "lockgate.principal": claims.sub,
-        "lockgate.deployment": claims.deployment,
-        "lockgate.dag_id": claims.dag_id,
-        "lockgate.task_id": claims.task_id,
-        "lockgate.run_id": claims.run_id,
-        "lockgate.try_number": claims.try_number,
-    }
-    if port.isdigit():
-        attributes["server.port"] = int(port)
-    objects = dict.fromkeys(t.object for t in targets if t.object != ANY_OBJECT)
-    if len(objects) != 1:
-        return operation, attributes
-    obj = next(iter(objects))
-    keyspace, _, table = obj.partition(".")
-    attributes["db.namespace"] = keyspace
-    if table:
-        attributes["db.collection.name"] = table
-    return f"{operation} {obj}", attributes
