@@ -302,3 +302,39 @@ def test_attack_a_running_gateway_relays_crafted_denials_inert(tmp_path: Path) -
         assert "<!" not in text and "<http" not in text, text
     assert len(event["dedup_key"]) <= MAX_KEY and event["payload"]["group"] == dag
     assert token not in json.dumps(message) and token not in json.dumps(event)
+
+
+async def test_attack_a_lost_lease_loses_no_gathered_denials(tmp_path: Path) -> None:
+    """The sender stalls, another replica takes the lease and resumes at the stored cursor:
+    what the first one gathered is sent by it at once, and by nobody twice."""
+    from lockgate.alerts import Alerts
+    from lockgate.state import State
+    from tests.alerts.test_service import denial as service_denial
+    from tests.alerts.test_service import make_config, write
+
+    async with WebhookReceiver(None) as rx:
+        config = make_config(tmp_path / "gw", rx.url, denials={"window": 60})
+        state = State(config)
+        first, second = Alerts(config, state), Alerts(config, state)
+        try:
+            await first.start()
+            await write(state, *[service_denial("finance_daily", "r1", "t")] * 5)
+            deadline = time.monotonic() + 10
+            while not first._groups[0].open and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert first._groups[0].open  # gathered, its 60 s window open
+            await second.start()
+            assert second._lease is not None
+            with state.database("alerts").transaction() as cur:  # first stalled: lease lost
+                cur.execute(
+                    "UPDATE alerts_lease SET holder = ?, expires_at = ?",
+                    (second._lease.holder, time.time() + 30),
+                )
+            (alert,) = await rx.wait_for(1, timeout=5)
+            assert alert["dag_id"] == "finance_daily" and alert["details"]["count"] == 5
+            await asyncio.sleep(0.5)
+        finally:
+            await second.close()
+            await first.close()
+            state.close()
+        assert len(rx.accepted) == 1

@@ -217,8 +217,11 @@ class Alerts:
         was = self._leading
         self._leading = await asyncio.to_thread(self._lease.hold, now)
         if not self._leading:
-            for g in self._groups:  # another replica sends: what was gathered is its news
-                g.open.clear()
+            # another replica sends from here on, resuming at the stored cursor: past what
+            # was gathered here, so this holder sends it now or nobody ever does
+            if was:
+                for g in self._groups:
+                    self._offer(g.due(now, everything=True))
             return
         follower = self._follower
         if not was:  # (again) the sender: resume where the last sender stopped
