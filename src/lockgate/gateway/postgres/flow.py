@@ -51,46 +51,32 @@ token that expired or was revoked mid-session: ``FATAL 42501`` naming the reason
 unavailable: ``53000`` (the gateway lacks a resource now; retry later), audited as
 ``upstream_error`` once the sink recovers, the session stays usable.
 
-Quotas (:mod:`lockgate.quotas`): once policy allowed a text (or an Execute), each of its
-statements that names an object asks the gate once per object, before any record is written
-ahead (SET, BEGIN and the like name none and ask nothing). Over a quota the text is refused
-whole with ``53300`` (too_many_connections) naming the limit and when to retry, an ERROR:
-the session goes on, and in an extended-protocol batch the refusal takes the usual path
-(the rest of the batch is discarded up to its Sync). Audited ``throttled`` (decision deny,
-rule the allowing one, detail limit/kind/retry_after). A paced answer (the quota's
-``max_delay``) is awaited where the statement stands, so every message after it waits too
-and the protocol's order holds. The tickets are given back with the statement's outcome
-(done, failed, not executed, lost, or the session's end).
-
-Tracing: one span per admitted or denied statement (``"<COMMAND> <schema.table>"``,
-database semantic conventions, never the text), ended with the SQLSTATE or ``ok``.
+Quotas and spans (:mod:`.flow_quotas`): an allowed statement asks the quota gate before
+its record is written ahead; over a quota it is refused like a denial but with ``53300``
+(audited ``throttled``), a paced one waits where it stands, so the order holds. The
+tickets are given back with the statement's outcome (:mod:`.flow_answers`). One span per
+admitted or denied statement, never its text.
 
 Server side: :mod:`.flow_answers`.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lockgate import _log, tracing
 from lockgate.errors import AuditUnavailable
-from lockgate.quotas import NO_QUOTAS, THROTTLED, QuotaTicket, Throttled
 
 from ..cql.quota import (
-    admit_each,
-    count_throttled,
     release_all,
-    throttled_detail,
-    throttled_message,
 )
 from . import codec
 from .classified import Unplaceable
 from .flow_answers import AnswerRelay
+from .flow_quotas import TOO_MANY_CONNECTIONS, FlowQuotas
 from .flow_scope import FlowScope, WidenedScope
 from .flow_units import (
     BATCH_END,
@@ -108,7 +94,7 @@ from .flow_units import (
     mask_literals,
     raw,
 )
-from .judge import Admission, Judge, Judged, KeyedScope, Refusal, StatementRecord
+from .judge import Admission, Judge, Judged, KeyedScope, Refusal
 
 if TYPE_CHECKING:
     from lockgate.config import PostgresResource
@@ -121,8 +107,6 @@ if TYPE_CHECKING:
 log = _log.get("gateway.postgres")
 
 _SYNC = codec.sync()
-#: SQLSTATE of a quota's refusal (too_many_connections: what clients know as "try later")
-TOO_MANY_CONNECTIONS = "53300"
 #: A catalog-sensitive placing (:attr:`~.judge.Judged.catalog_sensitive`) stands on a
 #: relation catalog read at most this long ago, else the catalog is read again first. 0:
 #: always a read that starts after the text arrived (any window would let a relation
@@ -148,7 +132,7 @@ class SessionInfo:
     client: str = ""  # "host:port", for log lines only
 
 
-class Flow(AnswerRelay):
+class Flow(AnswerRelay, FlowQuotas):
     """The statement state machine of one client session (see the module docstring)."""
 
     def __init__(
@@ -423,73 +407,6 @@ class Flow(AnswerRelay):
                 pending.attempt.__enter__()
         return pendings
 
-    async def _quota_tickets(
-        self, records: tuple[StatementRecord, ...], admission: Admission
-    ) -> list[list[QuotaTicket]] | Refusal:
-        """Ask the quotas for each statement's objects (a statement without one, e.g. SET
-        or BEGIN, asks none): its tickets per statement, or the refusal of the first one
-        over a quota (the tickets taken are given back). A paced statement is awaited here,
-        so the session's messages keep their order."""
-        gate = self.ctx.quotas
-        if gate is NO_QUOTAS:
-            return []
-        claims = self.judge.claims
-        taken: list[list[QuotaTicket]] = []
-        try:
-            for rec in records:
-                accesses = [(a.action, a.obj) for a in rec.statement.accesses if a.obj]
-                answer = admit_each(gate, claims, self.name, accesses) if accesses else []
-                if inspect.isawaitable(answer):
-                    answer = await answer
-                if isinstance(answer, Throttled):
-                    for tickets in taken:
-                        release_all(tickets)
-                    return self._throttled(rec, admission, answer)
-                taken.append(answer)
-        except BaseException:  # the session ended meanwhile
-            for tickets in taken:
-                release_all(tickets)
-            raise
-        return taken
-
-    def _throttled(
-        self, rec: StatementRecord, admission: Admission, throttled: Throttled
-    ) -> Refusal:
-        """Over a quota: SQLSTATE 53300 (ERROR: the session goes on), audited ``throttled``
-        under the rule that allowed the statement."""
-        count_throttled(self.name, throttled)
-        if tracing.enabled():
-            span = self._span(rec, *admission.rule_for(rec))
-            span.throttled(throttled.limit, throttled.retry_after)
-            span.end(status=TOO_MANY_CONNECTIONS)
-        what = f"{rec.action} on {rec.obj}"
-        return Refusal(
-            TOO_MANY_CONNECTIONS,
-            throttled_message(throttled, what, self.judge.claims.sub, self.name),
-            THROTTLED,
-            action=rec.action,
-            obj=rec.obj,
-            rule=admission.rule_for(rec)[0],
-            event=THROTTLED,
-            detail=throttled_detail(throttled),
-        )
-
-    def _span(
-        self, rec: StatementRecord, rule: str | None, reason: str | None
-    ) -> tracing.RequestSpan:
-        """The statement's span (database conventions; never its text)."""
-        objects = (a.obj for a in rec.statement.accesses)
-        name, attributes = span_name_and_attributes(rec.statement.command, objects, self.info)
-        span = tracing.start_request(
-            "postgres",
-            self.name,
-            name,
-            traceparent=getattr(self.judge.claims, "traceparent", None),
-            attributes=attributes,
-        )
-        span.decided(rec.action, rec.obj, "allow", rule, reason)
-        return span
-
     def _refuse(
         self, refusal: Refusal, t0: float, detail: dict[str, Any], *, batch: bool = True
     ) -> Out:
@@ -522,20 +439,6 @@ class Flow(AnswerRelay):
             out.to_server.append(_SYNC)
             self._units.append(Unit(BATCH_END))
         return out
-
-    def _denied_span(self, refusal: Refusal, detail: Mapping[str, Any]) -> None:
-        """The span of a statement policy refused (named by its command when one)."""
-        command = str(detail.get("command") or refusal.action)
-        name, attributes = span_name_and_attributes(command, (refusal.obj or "",), self.info)
-        span = tracing.start_request(
-            "postgres",
-            self.name,
-            name,
-            traceparent=getattr(self.judge.claims, "traceparent", None),
-            attributes=attributes,
-        )
-        span.decided(refusal.action or "", refusal.obj or "", "deny", refusal.rule, "denied")
-        span.end(status=refusal.sqlstate)
 
     def _sent(self, pending: Pending) -> int:
         """Note an admitted statement as in flight; the token that settles it."""
@@ -595,34 +498,6 @@ def _text_detail(text: str) -> dict[str, Any]:
     # The classifier could not read it, so its literals cannot be told apart from
     # passwords: all of them are masked.
     return {"statement": mask_literals(text)}
-
-
-def span_name_and_attributes(
-    operation: str, objects: Iterable[str], info: SessionInfo
-) -> tuple[str, dict[str, tracing.AttributeValue]]:
-    """``"<COMMAND> <schema.table>"`` and the span's attributes (database semantic
-    conventions, the upstream server, the token's identity)."""
-    resource, claims = info.resource, info.claims
-    attributes: dict[str, tracing.AttributeValue] = {
-        "db.system.name": "postgresql",
-        "db.operation.name": operation,
-        "db.namespace": resource.database,
-        "server.address": resource.host,
-        "server.port": resource.port,
-        "lockgate.resource": resource.name,
-        "lockgate.principal": claims.sub,
-        "lockgate.deployment": claims.deployment,
-        "lockgate.dag_id": claims.dag_id,
-        "lockgate.task_id": claims.task_id,
-        "lockgate.run_id": claims.run_id,
-        "lockgate.try_number": claims.try_number,
-    }
-    distinct = dict.fromkeys(obj for obj in objects if obj)
-    if len(distinct) != 1:
-        return operation, attributes
-    obj = next(iter(distinct))
-    attributes["db.collection.name"] = obj
-    return f"{operation} {obj}", attributes
 
 
 __all__ = ["TOO_MANY_CONNECTIONS", "Flow", "Out", "SessionInfo"]
