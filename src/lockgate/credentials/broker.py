@@ -124,7 +124,6 @@ class CredentialBroker:
         self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
         self._vaults: dict[str, VaultHeldSecret] = {}  # vault-held credentials, made on use
         self._vault_changes = 0  # values that changed in a vault: caches follow them too
-        self._background: set[asyncio.Task[None]] = set()
         store.vault_status = self.vault_status
         if store.stale():  # baseline: nothing is cached yet, so earlier writes are no change
             self._reload_logged()
@@ -151,9 +150,8 @@ class CredentialBroker:
         if isinstance(cfg, _Unstored):  # nothing stored, no versions
             return None if previous else await self._unstored_secret(cfg)
         if isinstance(cfg, VaultCredential):
-            held = self._vault(cfg).previous_within_overlap() if previous else None
-            if not previous:
-                held = await self._vault(cfg).get()
+            vault = self._vault(cfg)
+            held = vault.previous_within_overlap() if previous else await vault.get()
             return None if held is None else UpstreamSecret(held.value, held.version, cfg.name)
         await self._catch_up(wait=not self._store.loaded)
         self._notice_changes()
@@ -267,8 +265,6 @@ class CredentialBroker:
         return out
 
     async def close(self) -> None:
-        for task in list(self._background):
-            task.cancel()
         for vault in self._vaults.values():
             vault.close()
         for fut in self._inflight.values():
