@@ -204,3 +204,15 @@ async def test_the_servers_tick_fetches_before_the_first_request(
         assert len(azure.vault.requests) == requests_made  # served from the cache
     finally:
         await broker.close()
+
+
+async def test_a_disabled_pinned_version_says_so(tmp_path: Path, azure: Azure) -> None:
+    v1 = azure.vault.set_secret("orders-api-key", "key-one")
+    azure.vault.disable("orders-api-key", v1)
+    broker = _broker(tmp_path, _config(tmp_path, azure, version=v1))
+    try:
+        with pytest.raises(CredentialError) as err:
+            await broker.upstream_secret("orders-key")
+        assert "(HTTP 403, Forbidden, SecretDisabled): that version is disabled" in str(err.value)
+    finally:
+        await broker.close()

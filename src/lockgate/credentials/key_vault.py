@@ -138,6 +138,11 @@ def _refused(cred: KeyVaultCredential, status: int, body: dict[str, object]) -> 
         if isinstance(inner, dict):
             codes.append(safe_code(inner.get("code")))
     named = "".join(f", {c}" for c in codes if c)
+    if "SecretDisabled" in codes:
+        return CredentialError(
+            f"credential {cred.name!r}: Key Vault refused reading {cred.held_at} "
+            f"(HTTP {status}{named}): that version is disabled; enable it or pin another"
+        )
     hint = {
         401: f": identity {cred.identity!r}'s token was refused",
         403: f": grant identity {cred.identity!r} the Key Vault Secrets User role on the "
