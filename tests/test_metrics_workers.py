@@ -13,12 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, values
 from prometheus_client.multiprocess import MultiProcessCollector
 from pytest import approx
 
 from lockgate import metrics
-from lockgate.supervisor import environment, fresh_metrics_directory
+from lockgate.supervisor import environment, forget_worker, fresh_metrics_directory
 
 # One worker's work: requests of one DAG, a credential's age, open connections read by a
 # function (as the listeners do), one upstream latency; then what render() would show.
@@ -162,3 +163,14 @@ def test_the_directory_is_fresh_and_private_and_the_environment_restored(
         assert os.environ[metrics.WORKER_ENV] == "3"
     assert metrics.MULTIPROCESS_DIR_ENV not in os.environ
     assert metrics.WORKER_ENV not in os.environ
+
+
+def test_a_dead_workers_files_that_cannot_be_read_never_end_the_supervisor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = fresh_metrics_directory(tmp_path)
+    torn = directory / "counter_999999.db"
+    torn.write_bytes(b"\xff\xff\x00\x00" + bytes(60))  # says more is used than there is
+    forget_worker(directory, 999_999)
+    assert "could not retire a dead worker's metrics" in caplog.text
+    assert not (directory / "counter_retired.db").exists()

@@ -381,7 +381,10 @@ def _start_sampler() -> None:
 
     def run() -> None:
         while True:
-            sample()
+            try:
+                sample()
+            except Exception:  # a sample missed, never the sampler
+                log.exception("metrics sample failed")
             time.sleep(SAMPLE_INTERVAL)
 
     _sampler = threading.Thread(target=run, name="lockgate-metrics-sampler", daemon=True)

@@ -65,6 +65,15 @@ def fresh_metrics_directory(data_dir: Path) -> Path:
     return directory
 
 
+def forget_worker(metrics_dir: Path, pid: int) -> None:
+    """A dead worker's gauges out of /metrics, its counts retired; a failure is logged, never
+    the end of the supervisor (the worst it leaves is a stale gauge until the next start)."""
+    try:
+        metrics.process_exited(metrics_dir, pid)
+    except Exception:
+        log.exception("could not retire a dead worker's metrics", extra={"fields": {"pid": pid}})
+
+
 @contextlib.contextmanager
 def environment(variables: Mapping[str, str]) -> Iterator[None]:
     """``variables`` in this process's environment while a child is started (it inherits
@@ -145,7 +154,7 @@ def supervise(config: LockgateConfig, workers: int, worker_main: WorkerMain) -> 
                         "worker exited; restarting it",
                         extra={"fields": {"worker": i, "exit_code": p.exitcode}},
                     )
-                    metrics.process_exited(metrics_dir, p.pid)  # before its successor counts
+                    forget_worker(metrics_dir, p.pid)  # before its successor counts
                     procs[i] = spawn(i)
     finally:
         for p in procs.values():
