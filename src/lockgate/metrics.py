@@ -111,8 +111,10 @@ UPSTREAM_ERRORS = _counter(
     "lockgate_upstream_errors_total", "Upstream failures after retries", "resource", "reason"
 )
 TOKENS_ISSUED = _counter(
-    "lockgate_tokens_issued_total", "Lockgate tokens minted", "deployment", "resource"
-)
+    "lockgate_tokens_issued_total",
+    "Lockgate tokens minted; dag is bounded (see dag_label)",
+    "deployment", "resource", "dag",
+)  # fmt: skip
 TOKEN_REJECTIONS = _counter("lockgate_token_rejections_total", "Tokens or proofs refused", "reason")
 CREDENTIAL_AGE = _gauge(
     "lockgate_credential_age_seconds",

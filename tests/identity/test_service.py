@@ -185,7 +185,9 @@ def last_event(env: Env) -> tuple[str, dict[str, Any]]:
 
 
 async def test_client_secret_ok(env: Env) -> None:
-    before = metrics.TOKENS_ISSUED.labels(deployment="prod", resource="orders-api")._value.get()
+    before = metrics.TOKENS_ISSUED.labels(
+        deployment="prod", resource="orders-api", dag=metrics.dag_label("finance_daily")
+    )._value.get()
     status, body = await env.token(requested_ttl="300")
     assert status == 200, body
     assert body["token_type"] == "Bearer"
@@ -201,7 +203,9 @@ async def test_client_secret_ok(env: Env) -> None:
     assert (
         kind == "token_issued" and fields["jti"] == claims.jti and fields["rule"] == "finance-etl"
     )
-    after = metrics.TOKENS_ISSUED.labels(deployment="prod", resource="orders-api")._value.get()
+    after = metrics.TOKENS_ISSUED.labels(
+        deployment="prod", resource="orders-api", dag=metrics.dag_label("finance_daily")
+    )._value.get()
     assert after == before + 1
 
 

@@ -238,7 +238,11 @@ class TokenService:
             metrics.TOKEN_REJECTIONS.labels(reason="audit_unavailable").inc()
             raise audit_unavailable() from None
         resource = grant.resource.name
-        metrics.TOKENS_ISSUED.labels(deployment=grant.deployment.name, resource=resource).inc()
+        metrics.TOKENS_ISSUED.labels(
+            deployment=grant.deployment.name,
+            resource=resource,
+            dag=metrics.dag_label(claims.dag_id),
+        ).inc()
         log.info("token issued", extra={"fields": {**ctx, "jti": claims.jti, "ttl": grant.ttl}})
 
     async def revoke(
