@@ -338,3 +338,24 @@ async def test_attack_a_lost_lease_loses_no_gathered_denials(tmp_path: Path) -> 
             await first.close()
             state.close()
         assert len(rx.accepted) == 1
+
+
+def test_attack_a_trickling_storm_is_max_groups_alerts_and_a_summary_per_window() -> None:
+    """1,000 DAGs refused one after another, not at once: each group's window ends at its
+    own time, yet a window of flushes names at most max_groups DAGs."""
+    g = denial_grouper(10.0, 20)
+    sent: list[Alert] = []
+    now = 0.0
+    for i in range(1000):  # a new DAG every 20 ms, a round every 20 ms
+        g.add(denial(f"dag_{i}", "/o", seq=i), now)
+        sent += g.due(now)
+        now += 0.02
+    while now < 60:
+        sent += g.due(now)
+        now += 0.5
+    sent += g.due(now, everything=True)
+    named = [a for a in sent if a.subject != "_more"]
+    summaries = [a for a in sent if a.subject == "_more"]
+    windows = int((1000 * 0.02 + 10) // 10) + 1  # the storm spans this many windows
+    assert len(named) <= 20 * windows and len(summaries) <= windows
+    assert len(named) + sum(a.details["count"] for a in summaries) == 1000  # type: ignore[misc]

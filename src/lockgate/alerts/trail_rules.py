@@ -3,7 +3,8 @@
 - ``denials``: ``denied`` records, gathered per DAG (per principal when no DAG) for
   ``alerts.denials.window`` seconds from the first one, then one alert with the count, the
   first and last denial (principal, action, object, reason) and the run and task ids seen.
-  At most ``max_groups`` DAGs are alerted on by name per flush; the rest become one alert.
+  At most ``max_groups`` DAGs are alerted on by name per window (counted from the first
+  alert, whenever each DAG's own window ends); the rest become one summary alert.
 - ``credential_failure``: the gateway could not use its upstream credential: an
   ``upstream_error`` whose reason names the credential (``credential_unavailable``: none
   stored, the token endpoint or federation refused), an upstream that refused the
@@ -143,6 +144,13 @@ class Grouper:
         self.open: dict[str, Group] = {}
         # records of subjects past max_open: (opened, count, first subjects seen)
         self._spilled: tuple[float, int, list[str]] | None = None
+        # the window of alerts (from the first one): when it began, how many subjects it
+        # named, whether its summary went out; what was due beyond max_groups (records,
+        # subjects, first names, their search) waits for the next summary
+        self._since: float | None = None
+        self._named = 0
+        self._summarized = False
+        self._held: tuple[int, int, list[str], dict[str, str]] | None = None
 
     def add(self, row: AuditRow, now: float) -> None:
         subject = self.subject_of(row)
@@ -160,21 +168,74 @@ class Grouper:
             self._spilled = (opened, count + 1, names)
 
     def due(self, now: float, *, everything: bool = False) -> list[Alert]:
-        """Alerts of the groups whose window has passed (all of them with ``everything``)."""
+        """Alerts of the groups whose window has passed (all of them with ``everything``).
+        Groups' windows end at their own times, so the bound is kept across calls: within
+        ``window`` seconds of the first alert, at most ``max_groups`` subjects are named and
+        one summary alert carries the rest; what is due after that summary waits for the
+        next window's."""
         done = [g for g in self.open.values() if everything or now - g.opened >= self.window]
         for g in done:
             del self.open[g.subject]
-        done.sort(key=lambda g: -g.count)
-        alerts = [self._alert(g) for g in done[: self.max_groups]]
-        rest = done[self.max_groups :]
+        if self._since is not None and now - self._since >= self.window:
+            self._since = None  # the next alert begins a new window
+        alerts: list[Alert] = []
+        if done:
+            self._begin(now)
+            done.sort(key=lambda g: -g.count)
+            room = max(0, self.max_groups - self._named)
+            alerts += [self._alert(g) for g in done[:room]]
+            self._named += min(room, len(done))
+            for g in done[room:]:
+                self._hold(g)
+        if everything or self._since is None or not self._summarized:
+            summary = self._summary(now, force=everything)
+            if summary:
+                self._begin(now)
+                self._summarized = True
+                alerts += summary
+        return alerts
+
+    def _begin(self, now: float) -> None:
+        if self._since is None:
+            self._since, self._named, self._summarized = now, 0, False
+
+    def _hold(self, g: Group) -> None:
+        count, subjects, names, search = self._held or (0, 0, [], {})
+        if len(names) < MAX_ITEMS:
+            names.append(g.subject)
+        if not search:  # what the named groups are searched by, without the one subject
+            search = {k: v for k, v in self.search(g).items() if k in {"event", "decision"}}
+        self._held = (count + g.count, subjects + 1, names, search)
+
+    def _summary(self, now: float, *, force: bool) -> list[Alert]:
+        """The one alert for what was held and spilled (spilled records once their own
+        window passed, or ``force``); none when there is nothing."""
         spilled = self._spilled
-        if spilled is not None and not (everything or now - spilled[0] >= self.window):
-            spilled = None  # its window is still open
+        if spilled is not None and not (force or now - spilled[0] >= self.window):
+            spilled = None
         if spilled is not None:
             self._spilled = None
-        if rest or spilled is not None:
-            alerts.append(self._overflow(rest, spilled))
-        return alerts
+        held, self._held = self._held, None
+        if held is None and spilled is None:
+            return []
+        total, subjects, names, search = held or (0, 0, [], {})
+        more = str(subjects)
+        if spilled is not None:  # subjects never gathered by name: counted, some named
+            total += spilled[1]
+            names = names + spilled[2][: MAX_ITEMS - len(names)]
+            more = f"at least {subjects + len(spilled[2])}"
+            search = search or ({"event": "denied"} if self.kind == "denials" else {})
+        return [
+            Alert(
+                kind=self.kind,
+                severity=self.severity,
+                summary=f"{total} more {self.kind} records in {more} more subjects "
+                f"(beyond the {self.max_groups} alerted on by name)",
+                subject="_more",
+                details={"count": total, "subjects": names},
+                search=search,
+            )
+        ]
 
     def _alert(self, g: Group) -> Alert:
         one_run = g.runs[0] if len(g.runs) == 1 else None
@@ -203,27 +264,6 @@ class Grouper:
             resource=g.resources[0] if len(g.resources) == 1 else None,
             details=details,
             search=self.search(g),
-        )
-
-    def _overflow(self, rest: list[Group], spilled: tuple[float, int, list[str]] | None) -> Alert:
-        total = sum(g.count for g in rest)
-        subjects = [g.subject for g in rest[:MAX_ITEMS]]
-        more = str(len(rest))
-        if spilled is not None:  # subjects never gathered by name: counted, some named
-            total += spilled[1]
-            subjects += spilled[2][: MAX_ITEMS - len(subjects)]
-            more = f"at least {len(rest) + len(spilled[2])}"
-        search = {"event": "denied"} if self.kind == "denials" else {}
-        if rest:  # what the named groups are searched by, without the one subject
-            search = {k: v for k, v in self.search(rest[0]).items() if k in {"event", "decision"}}
-        return Alert(
-            kind=self.kind,
-            severity=self.severity,
-            summary=f"{total} more {self.kind} records in {more} more subjects "
-            f"(beyond the {self.max_groups} alerted on by name)",
-            subject="_more",
-            details={"count": total, "subjects": subjects},
-            search=search,
         )
 
 
