@@ -11,6 +11,7 @@ anything it should not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -359,3 +360,47 @@ def test_attack_a_trickling_storm_is_max_groups_alerts_and_a_summary_per_window(
     windows = int((1000 * 0.02 + 10) // 10) + 1  # the storm spans this many windows
     assert len(named) <= 20 * windows and len(summaries) <= windows
     assert len(named) + sum(a.details["count"] for a in summaries) == 1000  # type: ignore[misc]
+
+
+def test_attack_alerts_test_and_config_check_print_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unreachable, malformed and redirected notifiers: the outcome is printed and logged,
+    never a URL path, a routing key or an HMAC key."""
+    import socket
+
+    import yaml
+
+    from lockgate.cli import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    (tmp_path / "down-url").write_text(f"http://127.0.0.1:{closed}/hooks/SECRET-PATH-1")
+    (tmp_path / "bad-url").write_text("https://[::1/services/SECRET-PATH-2")
+    (tmp_path / "hmac").write_text("SECRET-HMAC-3")
+    (tmp_path / "pd-key").write_text("SECRET-ROUTING-KEY-4-xxxxxxxxxxx")
+    config = {
+        "data_dir": str(tmp_path / "data"),
+        "alerts": {"notifiers": [
+            {"name": "down", "type": "webhook", "url_file": "down-url", "hmac_key_file": "hmac",
+             "max_attempts": 2, "timeout": 1},
+            {"name": "bad", "type": "slack", "url_file": "bad-url"},
+            {"name": "pager", "type": "pagerduty", "routing_key_file": "pd-key",
+             "events_url": f"http://127.0.0.1:{closed}/v2/enqueue", "max_attempts": 1},
+        ]},
+    }  # fmt: skip
+    path = tmp_path / "lockgate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    caplog.set_level(logging.DEBUG)
+    assert main(["-c", str(path), "alerts", "test"]) == 1
+    with contextlib.suppress(SystemExit):
+        main(["-c", str(path), "config", "check"])
+    out = capsys.readouterr()
+    printed = out.out + out.err
+    assert "down: failed" in printed and "bad: not usable" in printed
+    logged = "\n".join(
+        f"{r.getMessage()} {getattr(r, 'fields', '')} {r.exc_text or ''}" for r in caplog.records
+    )
+    for secret in ("SECRET-PATH-1", "SECRET-PATH-2", "SECRET-HMAC-3", "SECRET-ROUTING-KEY-4"):
+        assert secret not in printed and secret not in logged, secret
