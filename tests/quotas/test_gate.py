@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable
 
 import pytest
@@ -325,3 +326,44 @@ def test_a_paced_request_is_measured() -> None:
     admit(gate)
     admit(gate)  # waited 0.5 s for its token
     assert wait_count("orders-api", "etl-rate") == before + 1
+
+
+class SlowBudgets(MemoryBudgets):
+    """Budgets the gate must ask from a worker thread, slow to answer (a remote database)."""
+
+    blocking = True
+
+    def acquire(self, key: str, cap: int) -> bool:
+        time.sleep(0.05)
+        return super().acquire(key, cap)
+
+
+async def test_a_request_gone_while_its_slot_is_taken_gives_it_back() -> None:
+    gate = PolicyQuotaGate(constant(quota_policy(CAPS)), SlowBudgets())
+    asking = asyncio.ensure_future(gate.admit(task_claims(), "orders-api", "read", "/o"))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)  # the slot is being taken in the worker thread
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    await asyncio.sleep(0.1)  # it lands, and is given back
+    held = [await gate.admit(task_claims(), "orders-api", "read", "/o") for _ in range(2)]  # type: ignore[misc]
+    assert not any(isinstance(h, Throttled) for h in held)  # both slots of the cap are free
+
+
+async def test_a_paced_request_gone_while_it_waits_gives_its_token_back() -> None:
+    clock = FakeClock()
+    policy = quota_policy(RATE.replace("burst: 2", "burst: 1\n    max_delay: 1s"))
+    budgets = MemoryBudgets(clock)
+    gate = PolicyQuotaGate(constant(policy), budgets)  # real sleeps
+    assert gate.admit(task_claims(), "orders-api", "read", "/o") is NO_TICKET
+    waiting = gate.admit(task_claims(), "orders-api", "read", "/o")
+    assert inspect.isawaitable(waiting)
+    task = asyncio.ensure_future(waiting)
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    clock.advance(0.5)  # a token refilled (2/s): the bucket is back at 0 without the refund
+    assert budgets.take("etl-rate|prod/etl", 2.0, 1.0, 0.0).granted  # the refunded one
+    clock.advance(0.5)
+    assert gate.admit(task_claims(), "orders-api", "read", "/o") is NO_TICKET

@@ -102,6 +102,7 @@ class _RunSlot:
 
 
 _A = TypeVar("_A", Admission, RunAdmission)
+_T = TypeVar("_T")
 
 # A cap one request or session takes a slot of: (quota, budget key, cap, kind).
 _Cap = tuple[Quota, str, int | None, LimitKind]
@@ -216,15 +217,24 @@ class PolicyQuotaGate:
         return self._hold_or_wait(plan)
 
     async def _admit_off_loop(self, plan: _Plan) -> Admission:
-        taken = await asyncio.to_thread(self._take_rates, plan.rates)
+        def give_back(taken: tuple[float, str] | Throttled) -> None:
+            if not isinstance(taken, Throttled):  # a refusal gave its tokens back already
+                self._refund(plan.rates)
+
+        taken = await _off_loop(lambda: self._take_rates(plan.rates), give_back)
         if isinstance(taken, Throttled):
             return taken
         return await self._paced(plan, *taken)
 
     async def _paced(self, plan: _Plan, wait: float, quota_id: str) -> Admission:
-        """After the rate's pacing wait (none: 0), the caps' slots."""
+        """After the rate's pacing wait (none: 0), the caps' slots. A request cancelled
+        while it waits (its client went away) gives its tokens back."""
         if wait > 0:
-            await self._sleep(wait)
+            try:
+                await self._sleep(wait)
+            except asyncio.CancelledError:
+                self._refund(plan.rates)
+                raise
             metrics.QUOTA_WAIT.labels(plan.resource, quota_id).observe(wait)
         held = self._hold_or_wait(plan)
         return await held if inspect.isawaitable(held) else held
@@ -255,7 +265,7 @@ class PolicyQuotaGate:
         quotas: Sequence[Quota],
         rates: Sequence[tuple[Quota, str]] = (),
     ) -> _A:
-        first = await asyncio.to_thread(attempt)
+        first = await _off_loop(attempt, _release)
         if isinstance(first, Throttled):
             if _delay_of(quotas, first) > 0:
                 return await self._wait_for_slot(attempt, first, resource, quotas, rates)
@@ -275,17 +285,21 @@ class PolicyQuotaGate:
         delay = _delay_of(quotas, refusal)
         waited = 0.0
         answer: _A | Throttled = refusal
-        while waited < delay:
-            step = min(SLOT_POLL_SECONDS, delay - waited)
-            await self._sleep(step)
-            waited += step
-            if self._budgets.blocking:
-                answer = await asyncio.to_thread(attempt)
-            else:
-                answer = attempt()
-            if not isinstance(answer, Throttled):
-                metrics.QUOTA_WAIT.labels(resource, refusal.limit).observe(waited)
-                return answer
+        try:
+            while waited < delay:
+                step = min(SLOT_POLL_SECONDS, delay - waited)
+                await self._sleep(step)
+                waited += step
+                if self._budgets.blocking:
+                    answer = await _off_loop(attempt, _release)
+                else:
+                    answer = attempt()
+                if not isinstance(answer, Throttled):
+                    metrics.QUOTA_WAIT.labels(resource, refusal.limit).observe(waited)
+                    return answer
+        except asyncio.CancelledError:  # the client went away while it waited
+            self._refund(rates)
+            raise
         self._refund(rates)
         return answer
 
@@ -333,6 +347,27 @@ class PolicyQuotaGate:
                 return Throttled(quota.id, "runs", CAP_RETRY_AFTER)
             reserved.append((key, float(quota.run_max_age)))
         return _RunSlot(self._budgets, resource, reserved)
+
+
+async def _off_loop(work: Callable[[], _T], undo: Callable[[_T], None]) -> _T:
+    """``work()`` in a worker thread. Cancelled while it runs, its answer is undone when it
+    lands (a slot taken for a request that is gone would otherwise never be given back)."""
+    running = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        running.add_done_callback(lambda done: _undo_landed(done, undo))
+        raise
+
+
+def _undo_landed(done: asyncio.Future[_T], undo: Callable[[_T], None]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        undo(done.result())
+
+
+def _release(answer: Admission | RunAdmission) -> None:
+    if not isinstance(answer, Throttled):
+        answer.release()
 
 
 def _delay_of(quotas: Sequence[Quota], refusal: Throttled) -> float:
