@@ -118,17 +118,34 @@ async def test_a_paced_statement_keeps_the_session_in_order(stack: PgStack) -> N
     await eventually(lambda: gate.held == 0)
 
 
-async def test_a_client_that_leaves_while_paced_leaves_no_slot_behind(stack: PgStack) -> None:
-    gate = use_gate(stack, FakeGate(statements="pace", actions=("write",), delay=1.0))
+async def test_a_paced_statement_is_dropped_when_the_client_leaves(stack: PgStack) -> None:
+    gate = use_gate(stack, FakeGate(statements="pace", actions=("write",), delay=5.0))
     conn = await stack.connect("etl")
+    since = stack.server.log_position()
     running = asyncio.create_task(conn.execute(INSERT, (40,)))
     await asyncio.sleep(0.3)
     conn.pgconn.finish()  # the client vanishes while its statement waits for its quota
     with pytest.raises(psycopg.Error):
         await running
-    # the session reads the client again once the wait is over: it sees the end, and the
-    # statement's and the session's slots are given back with their outcomes
-    await eventually(lambda: gate.held == 0, timeout=5.0)
+    await eventually(lambda: gate.cancelled == 1 and gate.held == 0)
+    assert not [r for r in stack.audit("admitted") if r.action == "write"]
+    assert "fig" not in " ".join(stack.executed(since))  # it never reached the server
+
+
+async def test_what_the_client_sends_while_paced_is_judged_next_in_order(
+    stack: PgStack,
+) -> None:
+    gate = use_gate(stack, FakeGate(statements="pace", actions=("write",), delay=0.3))
+    conn = await stack.connect("etl")
+    try:
+        async with conn.pipeline():  # sent while the first INSERT waits: read ahead, kept
+            for i in range(5):
+                await conn.execute(INSERT, (70 + i,))
+            cur = await conn.execute("SELECT count(*) FROM sales.orders WHERE id >= 70")
+        assert await cur.fetchall() == [(5,)]
+    finally:
+        await conn.close()
+    await eventually(lambda: gate.held == 0)
 
 
 async def test_one_span_per_statement_without_its_text(

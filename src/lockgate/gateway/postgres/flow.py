@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +131,8 @@ class SessionInfo:
     resource: PostgresResource
     ctx: EngineContext
     client: str = ""  # "host:port", for log lines only
+    #: returns once the client closed its side (a paced statement then never runs)
+    client_gone: Callable[[], Awaitable[None]] | None = None
 
 
 class Flow(AnswerRelay, FlowQuotas):

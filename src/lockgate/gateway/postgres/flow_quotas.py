@@ -12,14 +12,16 @@ database semantic conventions (never its text).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lockgate import tracing
 from lockgate.quotas import NO_QUOTAS, THROTTLED, QuotaTicket, Throttled
 
 from ..cql.quota import (
+    Answer,
     admit_each,
     count_throttled,
     release_all,
@@ -31,6 +33,11 @@ from .judge import Admission, Judge, Refusal, StatementRecord
 if TYPE_CHECKING:
     from .context import EngineContext
     from .flow import SessionInfo
+
+
+class ClientGone(Exception):
+    """The client closed its side while a statement of it waited for its quota."""
+
 
 #: SQLSTATE of a quota's refusal (too_many_connections: what clients know as "try later")
 TOO_MANY_CONNECTIONS = "53300"
@@ -61,7 +68,7 @@ class FlowQuotas:
                 accesses = [(a.action, a.obj) for a in rec.statement.accesses if a.obj]
                 answer = admit_each(gate, claims, self.name, accesses) if accesses else []
                 if inspect.isawaitable(answer):
-                    answer = await answer
+                    answer = await self._paced(answer)
                 if isinstance(answer, Throttled):
                     for tickets in taken:
                         release_all(tickets)
@@ -72,6 +79,26 @@ class FlowQuotas:
                 release_all(tickets)
             raise
         return taken
+
+    async def _paced(self, answer: Awaitable[Answer]) -> Answer:
+        """Wait for a paced answer, unless the client leaves first (:class:`ClientGone`:
+        the statement is dropped unrun and its tickets given back)."""
+        gone = self.info.client_gone
+        if gone is None:
+            return await answer
+        waiting = asyncio.ensure_future(answer)
+        watching = asyncio.ensure_future(gone())
+        try:
+            done, _ = await asyncio.wait((waiting, watching), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiting.done():
+                waiting.cancel()  # its tickets are given back (:func:`..cql.quota.settle`)
+            watching.cancel()
+            # the client's reader is free again only once the watcher has left its read
+            await asyncio.wait((watching,))
+        if waiting in done:
+            return waiting.result()
+        raise ClientGone
 
     def _throttled(
         self, rec: StatementRecord, admission: Admission, throttled: Throttled
@@ -154,4 +181,4 @@ def span_name_and_attributes(
     return f"{operation} {obj}", attributes
 
 
-__all__ = ["TOO_MANY_CONNECTIONS", "FlowQuotas", "span_name_and_attributes"]
+__all__ = ["TOO_MANY_CONNECTIONS", "ClientGone", "FlowQuotas", "span_name_and_attributes"]

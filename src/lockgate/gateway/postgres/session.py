@@ -64,6 +64,7 @@ from .catalog import CatalogUnavailable
 from .context import READ_SIZE, UPSTREAM_MAX_MESSAGE_BYTES, EngineContext
 from .flow import TOO_MANY_CONNECTIONS, Flow, SessionInfo
 from .flow_answers import ANSWERS
+from .flow_quotas import ClientGone
 from .relation_catalog import RelationCatalog
 from .scope import SessionScope
 from .startup import PINNED_PARAMETERS, Login, Startup, safe_encoding
@@ -71,6 +72,8 @@ from .startup import PINNED_PARAMETERS, Login, Startup, safe_encoding
 log = _log.get("gateway.postgres")
 
 UPSTREAM_LOST = "upstream connection lost"
+#: Client reads kept while a statement waits for its quota (each up to READ_SIZE bytes).
+READ_AHEAD_CHUNKS = 16
 #: CommandComplete tags (first four bytes) after which the shared relation catalog is stale.
 _DDL_TAGS = frozenset({b"CREA", b"DROP", b"ALTE", b"IMPO"})
 
@@ -125,6 +128,9 @@ class ClientSession:
         self._terminated = False
         self._lost_recorded = False  # flow.upstream_lost() was called (once only)
         self._session_quota: QuotaTicket = NO_TICKET  # the ``sessions`` slot, given back at end
+        # Client bytes read while a statement waited for its quota (:meth:`_client_gone`),
+        # judged next, before anything read later.
+        self._read_ahead: list[bytes] = []
         # Bytes bound for each side, in the order both pumps produced them, written with one
         # call per read chunk (not per message: a result of 1,000 rows is one write).
         self._to_server: list[bytes] = []
@@ -246,7 +252,10 @@ class ClientSession:
         self.cancel_pid, secret = ctx.cancels.issue(
             resource, login.claims, link.backend_pid, link.backend_secret
         )
-        info = SessionInfo(login.claims, login.token, resource, ctx, client=self.client)
+        info = SessionInfo(
+            login.claims, login.token, resource, ctx, client=self.client,
+            client_gone=self._client_gone,
+        )  # fmt: skip
         # "$user" in a search path names the upstream login user, as the server expands it.
         self.scope = SessionScope(tuple(resource.search_path), catalog, user=resource.username)
         self._catalog = catalog
@@ -325,7 +334,10 @@ class ClientSession:
         loop = asyncio.get_running_loop()
         t0 = self.ctx.clock()
         while True:
-            data = await self.reader.read(READ_SIZE)
+            if self._read_ahead:
+                data = self._read_ahead.pop(0)
+            else:
+                data = await self.reader.read(READ_SIZE)
             self._last_read = loop.time()
             if not data:
                 return
@@ -350,6 +362,8 @@ class ClientSession:
             except AuditUnavailable:
                 self._fatal("58000", "Lockgate cannot write its audit trail; try again later")
                 raise _Ended from None
+            except ClientGone:  # while a statement waited for its quota: it never ran
+                return
             self._flush()
             await _drain(up)  # back-pressure: the upstream took this chunk before the next
             await _drain(self.writer)
@@ -381,6 +395,18 @@ class ClientSession:
         finally:
             if run < done:
                 self._to_server.append(block if done - run == len(block) else block[run:done])
+
+    async def _client_gone(self) -> None:
+        """Return once the client closed its side: what it sends meanwhile is kept for the
+        pump (at most :data:`READ_AHEAD_CHUNKS` reads; then it is not read until the wait
+        is over)."""
+        while len(self._read_ahead) < READ_AHEAD_CHUNKS:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                self._read_ahead.append(data)  # the pump sees the end too
+                return
+            self._read_ahead.append(data)
+        await asyncio.Event().wait()  # bounded: wait to be cancelled
 
     def _adopt_fresher_catalog(self, resource: str) -> None:
         """Judge on the newest shared relation catalog: one read by a later login or in the
