@@ -404,3 +404,20 @@ def test_attack_alerts_test_and_config_check_print_no_secret(
     )
     for secret in ("SECRET-PATH-1", "SECRET-PATH-2", "SECRET-HMAC-3", "SECRET-ROUTING-KEY-4"):
         assert secret not in printed and secret not in logged, secret
+
+
+def test_attack_a_token_in_a_logged_refresh_failure_is_withheld_from_the_alert() -> None:
+    from lockgate.alerts.service import _FailureLog
+
+    jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    failures = _FailureLog()
+    logger = logging.getLogger("lockgate.credentials.attack")
+    logger.addHandler(failures)
+    try:
+        logger.warning("token refresh failed: the endpoint said %s", f"bad assertion {jwt}",
+                       extra={"fields": {"credential": "c1", "error": f"bad {jwt}"}})  # fmt: skip
+    finally:
+        logger.removeHandler(failures)
+    (alert,) = failures.drain()
+    assert jwt not in alert.summary and "[redacted]" in alert.summary
+    assert jwt not in json.dumps(alert.facts())

@@ -62,8 +62,11 @@ class Alert:
         for name in ("summary", "subject", "deployment", "dag_id", "run_id", "task_id",
                      "resource"):  # fmt: skip
             value = getattr(self, name)
-            if isinstance(value, str) and len(value) > MAX_TEXT:
-                object.__setattr__(self, name, _cap_text(value))
+            if not isinstance(value, str):
+                continue
+            if "eyJ" in value:  # a token in a logged failure's text: withheld, as in the log
+                value = str(redact(value))
+            object.__setattr__(self, name, _cap_text(value))
 
     @property
     def key(self) -> str:
