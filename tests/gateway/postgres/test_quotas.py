@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lockgate import metrics, tracing
+from lockgate.config.tracing import TracingSettings
+from lockgate.identity import TaskIdentity, TokenIssuer
 from tests.gateway.cql.quota_gate import FakeGate, RecordingSpan, eventually
 from tests.pgserver import PgServer
 
@@ -205,3 +208,43 @@ async def test_policy_quotas_sessions_cap_and_paced_writes(stack: PgStack) -> No
     else:
         raise AssertionError("the session slot was not given back")
     assert [r.detail["kind"] for r in stack.audit("throttled")] == ["sessions"]
+
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_SPAN = "b7ad6b7169203331"
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True), service_instance="t", exporter=exporter)
+    yield exporter
+    tracing.shutdown()
+
+
+async def test_statement_spans_join_the_tasks_trace(
+    stack: PgStack, spans: InMemorySpanExporter
+) -> None:
+    issuer = TokenIssuer(stack.gw.state.keys, stack.gw.config.issuer_url)
+    identity = TaskIdentity("prod", "etl", "load", "run-1", 1)
+    token = issuer.mint(identity, RESOURCE, 900, traceparent=f"00-{TRACE_ID}-{PARENT_SPAN}-01")[0]
+    conn = await psycopg.AsyncConnection.connect(stack.dsn(token), autocommit=True)
+    try:
+        await conn.execute("INSERT INTO sales.orders VALUES (80, 'hunter2', 1)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("SELECT value FROM other.secret WHERE value = 'hunter2'")
+    finally:
+        await conn.close()
+    assert tracing.flush()
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    server, upstream = finished["INSERT sales.orders"], finished["INSERT sales.orders upstream"]
+    assert server.context is not None and server.parent is not None
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert f"{server.parent.span_id:016x}" == PARENT_SPAN
+    assert upstream.parent is not None and upstream.parent.span_id == server.context.span_id
+    attrs = dict(server.attributes or {})
+    assert attrs["db.system.name"] == "postgresql" and attrs["lockgate.rule"] == "etl-sales"
+    denied = dict(finished["SELECT other.secret"].attributes or {})
+    assert denied["lockgate.decision"] == "deny"
+    every = " ".join(f"{s.name} {dict(s.attributes or {})}" for s in finished.values())
+    assert "hunter2" not in every
