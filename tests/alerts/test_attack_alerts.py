@@ -421,3 +421,35 @@ def test_attack_a_token_in_a_logged_refresh_failure_is_withheld_from_the_alert()
     (alert,) = failures.drain()
     assert jwt not in alert.summary and "[redacted]" in alert.summary
     assert jwt not in json.dumps(alert.facts())
+
+
+async def test_attack_a_storm_in_the_trail_is_a_handful_of_alerts(tmp_path: Path) -> None:
+    """10,000 denials over 1,000 DAG ids committed to a real trail: max_groups DAGs named,
+    the rest in summaries, every denial counted once."""
+    from lockgate.alerts import Alerts
+    from lockgate.state import State
+    from tests.alerts.test_service import denial as service_denial
+    from tests.alerts.test_service import make_config, write
+
+    async with WebhookReceiver(None) as rx:
+        config = make_config(tmp_path / "gw", rx.url, denials={"window": 1.0, "max_groups": 20})
+        state = State(config)
+        alerts = Alerts(config, state)
+        try:
+            await alerts.start()
+            storm = [service_denial(f"dag_{i % 1000}", "r", "t") for i in range(10_000)]
+            await write(state, *storm)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if sum(int(b["details"]["count"]) for b in rx.accepted) >= 10_000:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.3)
+        finally:
+            await alerts.close()
+            state.close()
+    named = [b for b in rx.accepted if b["subject"] != "_more"]
+    summaries = [b for b in rx.accepted if b["subject"] == "_more"]
+    assert len(named) <= 20 * 2 and 1 <= len(summaries) <= 3, (len(named), len(summaries))
+    assert sum(int(b["details"]["count"]) for b in rx.accepted) == 10_000
+    assert all(len(json.dumps(b)) < 16_384 for b in rx.accepted)
