@@ -453,3 +453,20 @@ async def test_attack_a_storm_in_the_trail_is_a_handful_of_alerts(tmp_path: Path
     assert len(named) <= 20 * 2 and 1 <= len(summaries) <= 3, (len(named), len(summaries))
     assert sum(int(b["details"]["count"]) for b in rx.accepted) == 10_000
     assert all(len(json.dumps(b)) < 16_384 for b in rx.accepted)
+
+
+async def test_attack_a_replayed_or_retried_webhook_carries_the_same_id(tmp_path: Path) -> None:
+    """The signature bounds a replay to 5 minutes; the id lets a receiver refuse it then
+    (and drop a retried duplicate): every attempt of one alert carries the same id, two
+    alerts never share one, and the id is signed with the rest of the body."""
+    key = tmp_path / "hmac"
+    key.write_text(HMAC_KEY)
+    async with WebhookReceiver(HMAC_KEY.encode(), fail_first=2) as rx:
+        n = notifier(tmp_path, "webhook", rx.url, hmac_key_file=key)
+        first = Alert("denials", "warning", "s", subject="finance_daily")
+        second = Alert("denials", "warning", "s", subject="finance_daily")
+        assert (await _deliver(n, first)).attempts == 3
+        assert (await _deliver(n, second)).outcome == "sent"
+    ids = [b["id"] for b in rx.accepted]
+    assert ids == [first.id, second.id] and first.id != second.id
+    assert n.body(first)["id"] == n.body(first)["id"] == first.id  # each retry: the same

@@ -17,6 +17,7 @@ start and ends with a digest of the whole subject, so it still names one conditi
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class Alert:
     #: the audit search filters that show the records behind the alert (empty: none)
     search: dict[str, str] = field(default_factory=dict)
     ts: float = field(default_factory=time.time)
+    #: this alert, the same in every retry: a receiver drops a request it has seen
+    id: str = field(default_factory=lambda: secrets.token_hex(16), compare=False)
     _key: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:

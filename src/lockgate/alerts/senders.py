@@ -3,7 +3,8 @@
 - ``webhook``: the alert as JSON. With an HMAC key, ``X-Lockgate-Timestamp: <unix seconds>``
   and ``X-Lockgate-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">``, which a
   receiver recomputes and compares (and rejects timestamps more than 5 minutes old), as
-  Slack's and Stripe's signing work.
+  Slack's and Stripe's signing work. The body's ``id`` is the alert's, the same in every
+  retry: remembered for those 5 minutes, it refuses a replay and drops a retried duplicate.
 - ``slack``: an incoming webhook: ``{"text": ..., "blocks": [...]}``; answered 200 ``ok``.
   Every text is mrkdwn with ``&``, ``<`` and ``>`` escaped as Slack asks, and a value from a
   request (an object path, a run id) is shown as code: a denied request naming
@@ -170,6 +171,7 @@ class Notifier:
 
     def _webhook(self, alert: Alert) -> dict[str, object]:
         return {
+            "id": alert.id,
             "kind": alert.kind,
             "action": alert.action,
             "severity": alert.severity,
