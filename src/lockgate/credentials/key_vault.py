@@ -25,11 +25,14 @@ from urllib.parse import quote
 import aiohttp
 
 from lockgate.config.credentials import KeyVaultCredential
-from lockgate.credentials.vaults import Fetched, safe_code
+from lockgate.credentials.vaults import Fetched, safe_code, secret_like
 from lockgate.errors import CredentialError
 
 API_VERSION = "7.4"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_PLAIN_URL = re.compile(r"https://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._-]+)*/?")
+_VERSION = re.compile(r"[0-9A-Za-z]{1,64}")
+_HEX_VERSION = re.compile(r"[0-9a-f]{32}")
 
 
 class BearerToken(Protocol):
@@ -78,18 +81,20 @@ async def fetch_key_vault_secret(
         bearer = await token()
         status, body, www_authenticate = await _get(session, url, bearer.value, cred)
         if status == 200:
-            return _read_answer(cred, body)
+            return _read_answer(cred, body, bearer.value)
         if status == 401 and attempt == 1:
             asked = challenged_audience(challenge(www_authenticate))
             if asked is not None and asked != audience:
+                # No token is asked for another audience; what it named is said when plain.
+                named = _plain_audience(asked, bearer.value) or "another resource"
                 raise CredentialError(
-                    f"credential {cred.name!r}: Key Vault asks for a token for {asked}, but "
+                    f"credential {cred.name!r}: Key Vault asks for a token for {named}, but "
                     f"identity {cred.identity!r} gets tokens for {audience}"
                 )
             forget(bearer.version)  # refused before its expiry: fetch a fresh one
             continue
-        raise _refused(cred, status, body)
-    raise _refused(cred, 401, {})
+        raise _refused(cred, status, body, bearer.value)
+    raise _refused(cred, 401, {}, "")
 
 
 async def _get(
@@ -116,7 +121,24 @@ async def _get(
         ) from None
 
 
-def _read_answer(cred: KeyVaultCredential, body: dict[str, object]) -> Fetched:
+def _plain_audience(asked: str, bearer: str) -> str | None:
+    """A challenged audience fit to repeat: a short https URL of plain words, none of them
+    a piece of the bearer the request carried."""
+    if len(asked) > 100 or not _PLAIN_URL.fullmatch(asked):
+        return None
+    words = re.split(r"[/.:]+", asked)
+    return None if any(secret_like(w, (bearer,)) for w in words) else asked
+
+
+def _version_of(secret_id: str, bearer: str) -> str:
+    """The version segment of a secret's id (32 hex digits in Key Vault), or "" when the
+    answer's id ends in anything else."""
+    version = secret_id.rstrip("/").rsplit("/", 1)[-1]
+    plain = _VERSION.fullmatch(version) and not secret_like(version, (bearer,))
+    return version if plain or _HEX_VERSION.fullmatch(version) else ""
+
+
+def _read_answer(cred: KeyVaultCredential, body: dict[str, object], bearer: str) -> Fetched:
     value, secret_id = body.get("value"), body.get("id")
     if not isinstance(value, str) or not isinstance(secret_id, str):
         raise CredentialError(
@@ -125,18 +147,19 @@ def _read_answer(cred: KeyVaultCredential, body: dict[str, object]) -> Fetched:
     attributes = body.get("attributes")
     if isinstance(attributes, dict) and attributes.get("enabled") is False:
         raise CredentialError(f"credential {cred.name!r}: the secret version is disabled")
-    version = secret_id.rstrip("/").rsplit("/", 1)[-1]
-    return Fetched(value, version)
+    return Fetched(value, _version_of(secret_id, bearer))
 
 
-def _refused(cred: KeyVaultCredential, status: int, body: dict[str, object]) -> CredentialError:
+def _refused(
+    cred: KeyVaultCredential, status: int, body: dict[str, object], bearer: str
+) -> CredentialError:
     error = body.get("error")
     codes = []
     if isinstance(error, dict):
-        codes.append(safe_code(error.get("code")))
+        codes.append(safe_code(error.get("code"), sent=(bearer,)))
         inner = error.get("innererror")
         if isinstance(inner, dict):
-            codes.append(safe_code(inner.get("code")))
+            codes.append(safe_code(inner.get("code"), sent=(bearer,)))
     named = "".join(f", {c}" for c in codes if c)
     if "SecretDisabled" in codes:
         return CredentialError(

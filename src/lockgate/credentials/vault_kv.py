@@ -22,6 +22,7 @@ Refusals name the HTTP status and Vault's ``errors`` when they are short plain w
 
 from __future__ import annotations
 
+import re
 import secrets
 import ssl
 import time
@@ -38,6 +39,8 @@ from lockgate.credentials.federation import AssertionSigner
 from lockgate.credentials.vaults import Fetched, safe_code
 from lockgate.errors import CredentialError
 
+#: The first line of Vault's multierror text: ``1 error occurred:`` / ``2 errors occurred:``.
+_MULTIERROR = re.compile(r"[0-9]+ errors? occurred:\n")
 #: Renew (or log in again) once this share of the token's lease is gone.
 RENEW_AT = 2 / 3
 
@@ -79,6 +82,8 @@ class VaultKvReader:
         self._signer = signer
         self._clock = clock
         self._token: _VaultToken | None = None
+        # What the last request carried that an answer must not be allowed to repeat.
+        self._sent: tuple[str, ...] = ()
         self._ssl: ssl.SSLContext | None = (
             ssl.create_default_context(cafile=str(cred.ca_file)) if cred.ca_file else None
         )
@@ -202,6 +207,7 @@ class VaultKvReader:
         self, method: str, url: str, *, token: str | None = None, json: object = None
     ) -> tuple[int, dict[str, Any]]:
         headers = {"Accept": "application/json"}
+        self._sent = _secrets_in(token, json, self.cred)
         if token is not None:
             headers["X-Vault-Token"] = token
         if self.cred.namespace:
@@ -240,16 +246,23 @@ class VaultKvReader:
             )
         value = data.get(c.field)
         if not isinstance(value, str):
+            # Field names help, but a hostile answer may name one after the token.
+            named = sorted(n for n in (safe_code(k, sent=self._sent) for k in data) if n)
+            unnamed = len(data) - len(named)
+            fields = ", ".join(named + ([f"{unnamed} unnamed"] if unnamed else [])) or "none"
             raise CredentialError(
                 f"credential {c.name!r}: the secret has no string field {c.field!r} "
-                f"(fields: {', '.join(sorted(str(k) for k in data)) or 'none'})"
+                f"(fields: {fields})"
             )
         version = meta.get("version") if isinstance(meta, dict) else None
-        return Fetched(value, str(version) if version is not None else "")
+        return Fetched(value, _kv_version(version))
 
     def _refused(self, doing: str, what: str, status: int, body: dict[str, Any]) -> CredentialError:
         errors = body.get("errors")
-        said = [safe_code(e) for e in errors] if isinstance(errors, list) else []
+        said = [
+            safe_code(e, sent=self._sent)
+            for e in (_unwrapped(errors) if isinstance(errors, list) else [])
+        ]
         named = "".join(f", {e}" for e in said if e)
         if doing == "reading":
             hint = {
@@ -263,6 +276,37 @@ class VaultKvReader:
             f"credential {self.cred.name!r}: Vault refused {doing} {what} (HTTP {status}{named})"
             f"{hint}"
         )
+
+
+def _secrets_in(token: str | None, payload: object, cred: VaultKvCredential) -> tuple[str, ...]:
+    """The token, the login's values (secret id, role id, JWT) and the configured role id."""
+    values = [token] if token else []
+    if isinstance(payload, dict):
+        values += [v for v in payload.values() if isinstance(v, str)]
+    if isinstance(cred.auth, VaultAppRole):
+        values.append(cred.auth.role_id)
+    return tuple(values)
+
+
+def _unwrapped(errors: list[object]) -> list[object]:
+    """Vault's errors with a multierror's text (``1 error occurred:\n\t* permission
+    denied\n\n``) taken apart into its items."""
+    out: list[object] = []
+    for error in errors:
+        if isinstance(error, str) and _MULTIERROR.match(error):
+            out += [line.strip().removeprefix("* ") for line in error.splitlines()[1:]]
+        else:
+            out.append(error)
+    return [e for e in out if e]
+
+
+def _kv_version(version: object) -> str:
+    """KV v2's version number as text; anything else a vault answers is not repeated."""
+    if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < 10**18:
+        return str(version)
+    if isinstance(version, str) and version.isdecimal() and len(version) <= 18:
+        return str(int(version))
+    return ""
 
 
 __all__ = ["RENEW_AT", "VaultKvReader"]

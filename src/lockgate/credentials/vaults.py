@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -233,13 +233,29 @@ def _retrieved(fut: asyncio.Future[Held]) -> None:
             fut.exception()
 
 
-def safe_code(value: object, limit: int = 80) -> str | None:
+_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:")
+
+
+def safe_code(value: object, limit: int = 80, *, sent: Iterable[str] = ()) -> str | None:
     """An error code or message a vault answered, when it is short plain words (a slug,
-    ``permission denied``), else None: a body may echo anything back."""
+    ``permission denied``), else None: a body may echo anything back. ``sent``: what the
+    request carried (a token, a secret id, a role id); an answer repeating any of it, or a
+    word that looks like a credential (:func:`secret_like`), is not repeated either."""
     if not isinstance(value, str) or not value or len(value) > limit:
         return None
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:")
-    return value if set(value) <= allowed else None
+    if not set(value) <= _CODE_CHARS:
+        return None
+    sent = tuple(sent)
+    return None if any(secret_like(w, sent) for w in value.split()) else value
+
+
+def secret_like(word: str, sent: Iterable[str] = ()) -> bool:
+    """True for a word that may be (part of) a credential: a piece of what was ``sent``
+    (8 characters or more), or a long run mixing letters and digits (a token, a UUID) that
+    no error code of Key Vault (``SecretNotFound``) or Vault (``permission denied``) is."""
+    if len(word) >= 8 and any(len(s) >= 8 and (word in s or s in word) for s in sent):
+        return True
+    return len(word) >= 16 and any(c.isdigit() for c in word) and any(c.isalpha() for c in word)
 
 
 __all__ = [
@@ -250,4 +266,5 @@ __all__ = [
     "Held",
     "VaultHeldSecret",
     "safe_code",
+    "secret_like",
 ]

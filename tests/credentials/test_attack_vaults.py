@@ -1,0 +1,257 @@
+"""Attacks on vault-held upstream secrets: a hostile or broken Key Vault / Vault answering
+through the real broker (an Entra ID stand-in hands out Key Vault's bearer tokens), checking
+that no token, secret id, role id or value reaches an error, a log line or a status, and that
+odd answers (huge, deep, wrongly typed, expired, redirected, dripped) are refused in time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from lockgate.config import LockgateConfig
+from lockgate.credentials import CredentialBroker, CredentialStore
+from lockgate.demo.standins.entra import FakeEntra
+from lockgate.demo.standins.entra import start as start_entra
+from lockgate.errors import CredentialError
+
+APP_SECRET = "gw-app-secret-value"
+ROLE_ID = "5f1c2a0e-7d3b-4c1e-9a8f-2b6d4e0c1a93"
+SECRET_ID = "c0ffee00-1234-4bcd-8ef0-a1b2c3d4e5f6"
+VAULT_TOKEN = "s.Qx7Yb2Zk9Wm4Np1Rt6Vc3Hd8"  # an old-style Vault token: short, dotted
+VALUE = "the-upstream-secret-value"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Hostile:
+    """One HTTP server answering whatever the test scripts, recording what it was sent."""
+
+    url: str = ""
+    routes: dict[str, Handler] = field(default_factory=dict)
+    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.path, dict(request.headers)))
+        for prefix, handler in self.routes.items():
+            if request.path.startswith(prefix):
+                return await handler(request)
+        return web.json_response({"errors": ["no handler"]}, status=404)
+
+
+async def _serve(hostile: Hostile) -> web.AppRunner:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", hostile.dispatch)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    hostile.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return runner
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[Hostile]:
+    h = Hostile()
+    runner = await _serve(h)
+    yield h
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def elsewhere() -> AsyncIterator[Hostile]:
+    """Another host a redirect may point at."""
+    h = Hostile()
+    runner = await _serve(h)
+    yield h
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def entra() -> AsyncIterator[FakeEntra]:
+    e = FakeEntra()
+    e.client_secrets["gw-app"] = {APP_SECRET}
+    runner = await start_entra(e)
+    yield e
+    await runner.cleanup()
+
+
+def _key_vault_broker(
+    tmp_path: Path, entra: FakeEntra, vault_url: str, clock: Callable[[], float] = time.time,
+    **kv: Any,
+) -> CredentialBroker:  # fmt: skip
+    config = LockgateConfig.model_validate({
+        "data_dir": str(tmp_path),
+        "resources": [{"name": "orders-api", "kind": "http", "upstream": "http://127.0.0.1:1",
+                       "credential": "orders-key"}],
+        "credentials": [
+            {"name": "kv-reader", "type": "oauth2_client_credentials",
+             "token_url": entra.token_url, "client_id": "gw-app",
+             "scope": "https://vault.azure.net/.default"},
+            {"name": "orders-key", "type": "azure_key_vault", "vault_url": vault_url,
+             "secret": "orders-api-key", "identity": "kv-reader", "timeout": 2.0, **kv},
+        ],
+    })  # fmt: skip
+    store = CredentialStore(tmp_path / "c.db", b"k" * 32)
+    store.set("kv-reader", APP_SECRET)
+    return CredentialBroker(config, store, clock=clock)
+
+
+def _vault_broker(
+    tmp_path: Path, address: str, clock: Callable[[], float] = time.time, **kv: Any
+) -> CredentialBroker:
+    secret_id_file = tmp_path / "secret-id"
+    secret_id_file.write_text(SECRET_ID)
+    config = LockgateConfig.model_validate({
+        "data_dir": str(tmp_path),
+        "resources": [{"name": "orders-api", "kind": "http", "upstream": "http://127.0.0.1:1",
+                       "credential": "orders-key"}],
+        "credentials": [{"name": "orders-key", "type": "vault_kv", "address": address,
+                         "path": "orders/api", "timeout": 2.0,
+                         "auth": {"method": "approle", "role_id": ROLE_ID,
+                                  "secret_id_file": str(secret_id_file)}, **kv}],
+    })  # fmt: skip
+    return CredentialBroker(config, CredentialStore(tmp_path / "c.db", b"k" * 32), clock=clock)
+
+
+def _bearer_of(request: web.Request) -> str:
+    return request.headers.get("Authorization", "").removeprefix("Bearer ")
+
+
+def _kv_answer(data: object, version: object = 1) -> dict[str, Any]:
+    return {"data": {"data": data, "metadata": {"version": version}}}
+
+
+async def _vault_login(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"auth": {"client_token": VAULT_TOKEN, "lease_duration": 3600, "renewable": True}}
+    )
+
+
+def _everything_said(broker: CredentialBroker, caplog: pytest.LogCaptureFixture) -> str:
+    """Errors, logs and what `creds list` / readiness show of the credential."""
+    status = broker.vault_status()["orders-key"]
+    stored = broker._store.fetches().get("orders-key", ("", "", 0.0))
+    return "\n".join(
+        [caplog.text, str(status.error), str(status.vault_version), stored[1]]
+        + [json.dumps(getattr(r, "fields", {})) for r in caplog.records]
+    )
+
+
+# -- secrets echoed back ------------------------------------------------------------------
+async def test_a_vault_echoing_the_secret_id_role_id_and_token_in_errors_is_not_repeated(
+    tmp_path: Path, hostile: Hostile, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def login_refused(request: web.Request) -> web.Response:
+        sent = await request.json()
+        return web.json_response(
+            {"errors": [sent["secret_id"], sent["role_id"], "invalid role or secret ID"]},
+            status=400,
+        )
+
+    hostile.routes["/v1/auth/approle/login"] = login_refused
+    broker = _vault_broker(tmp_path, hostile.url)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(CredentialError) as err:
+            await broker.upstream_secret("orders-key")
+        said = str(err.value) + _everything_said(broker, caplog)
+        assert "invalid role or secret ID" in str(err.value)  # a plain message is kept
+        assert SECRET_ID not in said and ROLE_ID not in said
+
+        async def read_refused(request: web.Request) -> web.Response:
+            token = request.headers["X-Vault-Token"]
+            return web.json_response({"errors": [token, f"bad token {token}"]}, status=500)
+
+        hostile.routes["/v1/auth/approle/login"] = _vault_login
+        hostile.routes["/v1/secret/data/"] = read_refused
+        broker._vaults.clear()
+        with pytest.raises(CredentialError) as err:
+            await broker.upstream_secret("orders-key")
+        said = str(err.value) + _everything_said(broker, caplog)
+        assert "HTTP 500" in str(err.value) and VAULT_TOKEN not in said
+    finally:
+        await broker.close()
+
+
+async def test_field_names_and_version_of_a_hostile_answer_carry_no_token(
+    tmp_path: Path, hostile: Hostile, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def read(request: web.Request) -> web.Response:
+        token = request.headers["X-Vault-Token"]
+        return web.json_response(_kv_answer({token: "x", "username": "svc"}))
+
+    hostile.routes["/v1/auth/approle/login"] = _vault_login
+    hostile.routes["/v1/secret/data/"] = read
+    broker = _vault_broker(tmp_path, hostile.url)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(CredentialError) as err:
+            await broker.upstream_secret("orders-key")
+        assert "username" in str(err.value)  # what fields there are still helps
+        assert VAULT_TOKEN not in str(err.value) + _everything_said(broker, caplog)
+
+        async def version_is_the_token(request: web.Request) -> web.Response:
+            return web.json_response(_kv_answer({"value": VALUE}, request.headers["X-Vault-Token"]))
+
+        hostile.routes["/v1/secret/data/"] = version_is_the_token
+        broker._vaults.clear()
+        secret = await broker.upstream_secret("orders-key")
+        assert secret is not None and secret.value == VALUE
+        said = _everything_said(broker, caplog)
+        assert VAULT_TOKEN not in said and VALUE not in said
+    finally:
+        await broker.close()
+
+
+async def test_key_vault_echoing_the_bearer_in_a_challenge_or_error_is_not_repeated(
+    tmp_path: Path, hostile: Hostile, entra: FakeEntra, caplog: pytest.LogCaptureFixture
+) -> None:
+    bearers: list[str] = []
+
+    async def challenge_echo(request: web.Request) -> web.Response:
+        bearers.append(_bearer_of(request))
+        return web.json_response(
+            {"error": {"code": "Unauthorized", "message": bearers[-1]}},
+            status=401,
+            headers={"WWW-Authenticate": f'Bearer authorization="https://login.example/t", '
+                     f'resource="https://{bearers[-1]}.example"'},
+        )  # fmt: skip
+
+    hostile.routes["/secrets/"] = challenge_echo
+    broker = _key_vault_broker(tmp_path, entra, hostile.url)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(CredentialError, match="Key Vault asks for a token for another") as err:
+            await broker.upstream_secret("orders-key")
+        said = str(err.value) + _everything_said(broker, caplog)
+        assert bearers and all(b and b not in said for b in bearers)
+        # No token for another audience was ever asked of Entra ID.
+        assert {r.form.get("scope") for r in entra.token_requests} == {
+            "https://vault.azure.net/.default"
+        }
+
+        async def error_echo(request: web.Request) -> web.Response:
+            bearer = _bearer_of(request)
+            bearers.append(bearer)
+            short = bearer[:60]  # a code too short to be ruled out by its length alone
+            return web.json_response(
+                {"error": {"code": short, "innererror": {"code": bearer}}}, status=403
+            )
+
+        hostile.routes["/secrets/"] = error_echo
+        broker._vaults.clear()
+        with pytest.raises(CredentialError, match="HTTP 403") as err:
+            await broker.upstream_secret("orders-key")
+        said = str(err.value) + _everything_said(broker, caplog)
+        assert all(b[:60] not in said for b in bearers)
+    finally:
+        await broker.close()
