@@ -220,3 +220,38 @@ def test_attack_a_line_cut_by_a_killed_writer_is_not_glued_to_the_next(tmp_path:
     # the gap (row 2, in the chain, never mirrored) is what the check names
     check = ocsf_map.verify_export((tmp_path / "a.ocsf").read_text().splitlines())
     assert [n for n, _ in check.problems] == [2]
+
+
+def test_attack_rows_a_killed_writer_never_mirrored_are_caught_up(tmp_path: Path) -> None:
+    from lockgate.audit import chain
+    from lockgate.audit.sinks import catch_up, open_mirrors
+
+    jsonl, ocsf_path = tmp_path / "audit.jsonl", tmp_path / "audit.ocsf"
+    log = AuditLog(tmp_path / "audit.db", jsonl, ocsf_path=ocsf_path)
+    try:
+        for i in range(5):
+            log.emit(AuditRecord("denied", resource="x", action="read", object=f"/{i}"))
+        assert log.flush(10)
+    finally:
+        log.close()
+    # the writer was killed after committing rows 4 and 5, half way through mirroring 4
+    for path in (jsonl, ocsf_path):
+        lines = path.read_bytes().split(b"\n")
+        path.write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:40])
+    conn = chain.connect(tmp_path / "audit.db")
+    try:
+        head = chain.read_head(conn)[0]
+        mirrors = open_mirrors(jsonl, ocsf_path)
+        assert mirrors is not None
+        assert catch_up(mirrors, conn, head) == 2 * 2  # two rows, each file
+        assert catch_up(mirrors, conn, head) == 0  # nothing twice
+        stored = [r.to_dict() for r in chain.iter_rows(conn)]
+        mirrors.close()
+        fresh = open_mirrors(tmp_path / "new.jsonl")  # a file configured now starts now
+        assert fresh is not None and catch_up(fresh, conn, head) == 0
+        fresh.close()
+    finally:
+        conn.close()
+    assert [json.loads(x) for x in jsonl.read_text().splitlines()] == stored
+    check = ocsf_map.verify_export(ocsf_path.read_text().splitlines())
+    assert check.ok and check.events == 5

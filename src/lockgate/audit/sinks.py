@@ -11,8 +11,9 @@ file back to where it was, so a retry never leaves half a line nor a line twice,
 the writer treats the sink as failing and the gateway fails closed (docs/audit.md says why
 the OCSF export fails closed too). A process killed in the middle of a write cannot cut its
 file back: the next one to open the file does, before its first line, so a half line is
-never glued to a whole one (the rows it held are in the chain; the export's check names the
-gap).
+never glued to a whole one. Rows the chain committed but a killed writer never mirrored
+are written by :func:`catch_up` when the next writer opens the chain: each file gets the
+rows past its own last line, so the mirrors have no gap.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 from lockgate import _log
-from lockgate.audit import ocsf
+from lockgate.audit import chain, ocsf
 from lockgate.audit.record import AuditRow
 
 log = _log.get("audit")
@@ -44,10 +46,35 @@ class Mirror(Protocol):
 class LineSink:
     """An append-only file of one JSON object per committed row (``encode(row)``)."""
 
-    def __init__(self, path: Path, encode: Callable[[AuditRow], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        encode: Callable[[AuditRow], dict[str, Any]],
+        seq_of: Callable[[dict[str, Any]], int],
+    ) -> None:
         self.path = path
         self._encode = encode
+        self._seq_of = seq_of  # the row's seq, read back from one line's object
         self._fh: IO[bytes] | None = None
+
+    def last_seq(self) -> int | None:
+        """The seq of the file's last whole line; None when it has none (or it is not ours)."""
+        fd = self._open().fileno()  # opening cuts a partial last line
+        end = os.fstat(fd).st_size
+        if not end:
+            return None
+        start, pos = 0, end - 1  # the last line begins after the newline before its own
+        while pos > 0:
+            low = max(0, pos - 65536)
+            newline = os.pread(fd, pos - low, low).rfind(b"\n")
+            if newline >= 0:
+                start = low + newline + 1
+                break
+            pos = low
+        try:
+            return int(self._seq_of(json.loads(os.pread(fd, end - start, start))))
+        except (ValueError, TypeError, KeyError):
+            return None
 
     def _open(self) -> IO[bytes]:
         if self._fh is None:
@@ -128,7 +155,7 @@ class JsonlSink(LineSink):
     """``audit.jsonl``: each row as its own dict (record fields, seq, prev_hash, hash)."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, AuditRow.to_dict)
+        super().__init__(path, AuditRow.to_dict, lambda line: line["seq"])
 
 
 class OcsfSink(LineSink):
@@ -137,7 +164,9 @@ class OcsfSink(LineSink):
 
     def __init__(self, path: Path, datastores: Mapping[str, int] | None = None) -> None:
         names = dict(datastores or {})
-        super().__init__(path, lambda row: ocsf.event(row, names))
+        super().__init__(
+            path, lambda row: ocsf.event(row, names), lambda ev: ev["metadata"]["sequence"]
+        )
 
 
 class Mirrors:
@@ -182,8 +211,42 @@ def mirror(sink: Mirror, rows: list[AuditRow]) -> None:
     try:
         sink.write(rows)
     except OSError as exc:  # an OS error's text names the failure, never a record
-        error = f"{type(exc).__name__}: {exc}"[:200]
+        error = _error_text(exc)
         log.error(
             "audit mirror missed replayed records",
             extra={"fields": {"records": len(rows), "error": error}},
         )
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]  # an OS error's text names no record
+
+
+def catch_up(sink: Mirror, conn: sqlite3.Connection, start: int) -> int:
+    """Mirror what each file lacks of the chain in ``conn``: the rows past its last line (a
+    file still empty starts at ``start``, the chain's head: ``lockgate audit export`` gives
+    the past). Call it when the chain is opened, before the journal replay (whose rows are
+    mirrored as before). Best effort, as for replayed rows: a failure is logged, and the
+    chain holds the rows. The number of rows written, all files counted."""
+    sinks = sink.sinks if isinstance(sink, Mirrors) else [sink]
+    written = 0
+    for one in sinks:
+        if not isinstance(one, LineSink):
+            continue
+        try:
+            after = one.last_seq()
+            after = start if after is None else after
+            while rows := chain.stored_after(conn, after, 1000):
+                one.append([chain.row_from_columns(r) for r in rows])
+                written += len(rows)
+                after = rows[-1][0]
+        except (OSError, sqlite3.Error) as exc:
+            log.error(
+                "audit mirror not caught up with the chain",
+                extra={
+                    "fields": {"path": str(one.path), "error": f"{type(exc).__name__}: {exc}"[:200]}
+                },
+            )
+    if written:
+        log.warning("audit mirror caught up with the chain", extra={"fields": {"records": written}})
+    return written
