@@ -45,7 +45,12 @@ def vault() -> Iterator[FakeVault]:
         bound_issuer="https://lockgate.example",
         policies={"app-read": [("secret/data/app/*", {"read"})],
                   "app-write": [("secret/data/app/*", {"read", "create", "update"}),
-                                ("secret/metadata/app/*", {"read"})]},
+                                ("secret/metadata/app/*", {"read"})],
+                  "app-admin": [("secret/data/app/*", {"read", "create", "update", "delete"}),
+                                ("secret/metadata/app/*", {"read"}),
+                                ("secret/delete/app/*", {"update"}),
+                                ("secret/undelete/app/*", {"update"}),
+                                ("secret/destroy/app/*", {"update"})]},
         namespaces={"", "team-a"},
     )  # fmt: skip
     lt.serve(start_vault(fake))
@@ -138,3 +143,62 @@ def test_namespaces_keep_tokens_apart(vault: FakeVault) -> None:
     elsewhere = hvac.Client(url=vault.base_url, token=client.token)  # the root namespace
     with pytest.raises(hvac.exceptions.Forbidden):
         elsewhere.secrets.kv.v2.read_secret_version(path="app/ns", raise_on_deleted_version=True)
+
+
+def test_a_policys_refusal_is_vaults_multierror_text(vault: FakeVault) -> None:
+    # Vault appends the ACL's refusal to a multierror and answers its text; a request with
+    # no token or an unknown one is refused with the bare error. Sources:
+    # https://github.com/openbao/openbao/blob/main/vault/request_handling.go (checkToken:
+    # multierror.Append(retErr, logical.ErrPermissionDenied); fetchACLTokenEntryAndEntity:
+    # bare logical.ErrPermissionDenied), and the JSON Vault 1.5 answered in
+    # https://github.com/rajanadar/VaultSharp/issues/176:
+    # {"errors":["1 error occurred:\n\t* permission denied\n\n"]}
+    reader = _approle(vault, ["app-read"])
+    with pytest.raises(hvac.exceptions.Forbidden) as denied:
+        reader.secrets.kv.v2.read_secret_version(path="other/x", raise_on_deleted_version=True)
+    assert denied.value.json["errors"] == ["1 error occurred:\n\t* permission denied\n\n"]
+    stranger = hvac.Client(url=vault.base_url, token="hvs.unknown")
+    with pytest.raises(hvac.exceptions.Forbidden) as unknown:
+        stranger.secrets.kv.v2.read_secret_version(path="app/x", raise_on_deleted_version=True)
+    assert unknown.value.json["errors"] == ["permission denied"]
+
+
+def test_a_deleted_latest_version_is_a_404_with_its_metadata(vault: FakeVault) -> None:
+    # KV v2: a soft-deleted (or destroyed) version reads as 404 whose body holds its
+    # metadata and data null; reading the latest does not fall back to an older version.
+    # Sources: https://developer.hashicorp.com/vault/api-docs/secret/kv/kv-v2 ("Delete latest
+    # version of secret": DELETE /:mount/data/:path, "Undelete secret versions", "Destroy
+    # secret versions": POST /:mount/{undelete,destroy}/:path {"versions": [...]}), OpenBao's
+    # builtin/logical/kv/path_data.go (pathDataRead: RespondWithStatusCode(resp, 404)), and
+    # https://github.com/hashicorp/vault/issues/4935 (no automatic retrieval of the latest
+    # version still there). hvac reads such a body with raise_on_deleted_version=False.
+    admin = _approle(vault, ["app-admin"])
+    kv = admin.secrets.kv.v2
+    kv.create_or_update_secret(path="app/rotating", secret={"password": "one"})
+    kv.create_or_update_secret(path="app/rotating", secret={"password": "two"})
+    kv.delete_latest_version_of_secret(path="app/rotating")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(path="app/rotating", raise_on_deleted_version=True)
+    deleted = kv.read_secret_version(path="app/rotating", raise_on_deleted_version=False)
+    assert deleted["data"]["data"] is None
+    assert deleted["data"]["metadata"]["version"] == 2
+    assert deleted["data"]["metadata"]["deletion_time"] != ""
+    assert deleted["data"]["metadata"]["destroyed"] is False
+    older = kv.read_secret_version(path="app/rotating", version=1, raise_on_deleted_version=True)
+    assert older["data"]["data"] == {"password": "one"}
+    meta = kv.read_secret_metadata(path="app/rotating")["data"]
+    assert meta["current_version"] == 2 and meta["versions"]["2"]["deletion_time"] != ""
+    assert set(meta["versions"]["1"]) == {"created_time", "deletion_time", "destroyed"}
+    kv.undelete_secret_versions(path="app/rotating", versions=[2])
+    back = kv.read_secret_version(path="app/rotating", raise_on_deleted_version=True)
+    assert back["data"]["data"] == {"password": "two"}
+    kv.destroy_secret_versions(path="app/rotating", versions=[2])
+    with pytest.raises(hvac.exceptions.InvalidPath) as destroyed:
+        kv.read_secret_version(path="app/rotating", raise_on_deleted_version=True)
+    assert destroyed.value.json["data"]["metadata"]["destroyed"] is True
+    kv.undelete_secret_versions(path="app/rotating", versions=[2])  # destroyed stays so
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(path="app/rotating", raise_on_deleted_version=False)
+    vault.delete("app/rotating", 1, namespace="")  # the operator's `vault kv delete`
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        kv.read_secret_version(path="app/rotating", version=1, raise_on_deleted_version=True)

@@ -13,14 +13,19 @@ only in the namespace it was issued in):
   ``error validating token: ...`` / ``... does not match ...``;
 - ``POST /v1/auth/token/renew-self``, ``GET /v1/auth/token/lookup-self``;
 - ``GET /v1/{mount}/data/{path}[?version=N]`` -> ``{"data": {"data": {...}, "metadata":
-  {"version", "created_time", "deletion_time", "destroyed", "custom_metadata"}}}``;
+  {"version", "created_time", "deletion_time", "destroyed", "custom_metadata"}}}``; a
+  deleted or destroyed version is a 404 with that body, ``data`` null (never an older
+  version in its place);
   ``POST|PUT /v1/{mount}/data/{path}`` ``{"data": {...}}`` writes a version;
+  ``DELETE /v1/{mount}/data/{path}`` soft-deletes the latest version; ``POST
+  /v1/{mount}/{delete,undelete,destroy}/{path}`` ``{"versions": [...]}`` (204);
   ``GET /v1/{mount}/metadata/{path}``; ``GET /v1/sys/health``.
 
 Answers carry ``request_id``, ``lease_id``, ``renewable``, ``lease_duration``, ``data``,
 ``wrap_info``, ``warnings``, ``auth``. Errors are ``{"errors": [...]}``: 403 ``permission
-denied`` (no, expired or foreign-namespace token, or a policy without the capability), 404
-``[]`` (no such secret or version), 400 for bad logins.
+denied`` (no, expired or foreign-namespace token) or, from a policy without the capability,
+Vault's multierror text ``1 error occurred:\n\t* permission denied\n\n``; 404 ``[]`` (no
+such secret or version), 400 for bad logins.
 
 Tokens carry policies; a policy here is a list of ``(path glob, capabilities)``. Token TTL:
 ``token_ttl`` per role, renewable up to ``token_max_ttl``. ``requests`` records each request
@@ -32,6 +37,7 @@ Part of a stand-in for demos and tests, written from the public docs: not the se
 from __future__ import annotations
 
 import fnmatch
+import json
 import secrets
 import time
 import uuid
@@ -46,6 +52,8 @@ from aiohttp import web
 from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
 
 LEEWAY = 60
+#: What Vault answers a policy's refusal: the text of a one-error multierror.
+POLICY_DENIED = "1 error occurred:\n\t* permission denied\n\n"
 #: A policy: (path glob under the namespace, capabilities), e.g. ("secret/data/app/*", {"read"}).
 Policy = list[tuple[str, set[str]]]
 
@@ -90,6 +98,7 @@ class _KvVersion:
     data: dict[str, Any] | None = field(repr=False)
     created_time: str
     destroyed: bool = False
+    deletion_time: str = ""  # set by a soft delete, cleared by an undelete
 
 
 @dataclass
@@ -137,8 +146,16 @@ class FakeVault:
 
     def destroy(self, path: str, version: int, *, mount: str = "secret",
                 namespace: str = "") -> None:  # fmt: skip
+        """``vault kv destroy -versions=N``: the data is gone for good."""
         v = self.kv[(namespace, mount, path.strip("/"))][version - 1]
         v.data, v.destroyed = None, True
+
+    def delete(self, path: str, version: int | None = None, *, mount: str = "secret",
+               namespace: str = "") -> None:  # fmt: skip
+        """``vault kv delete [-versions=N]``: a soft delete (the latest version by default);
+        reads of that version are 404 until it is undeleted."""
+        versions = self.kv[(namespace, mount, path.strip("/"))]
+        versions[(version or len(versions)) - 1].deletion_time = _now_rfc3339()
 
     def revoke_all_tokens(self) -> None:
         self._tokens.clear()
@@ -195,7 +212,7 @@ class FakeVault:
 
     # -- auth --------------------------------------------------------------------------------
     async def approle_login(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await _body(request)
         role_id, secret_id = body.get("role_id"), body.get("secret_id")
         for name, role in self.approle_roles.items():
             if role.role_id == role_id and secret_id in role.secret_ids:
@@ -204,7 +221,7 @@ class FakeVault:
         return _errors(400, ["invalid role or secret ID"])
 
     async def jwt_login(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await _body(request)
         role = self.jwt_roles.get(str(body.get("role", "")))
         if role is None:
             return _errors(400, [f'role "{body.get("role")}" could not be found'])
@@ -254,7 +271,7 @@ class FakeVault:
             return _errors(403, ["permission denied"])
         value = request.headers.get("X-Vault-Token", "")
         now = self.clock()
-        body = await _json(request)
+        body = await _body(request)
         wanted = int(body.get("increment", 0) or 0) or self._role_ttl(token)
         # Renewal restarts the lease from now, never past the token's max TTL.
         token.ttl = int(min(wanted, token.max_until - now))
@@ -293,24 +310,30 @@ class FakeVault:
         mount, kind, secret_path = self._split(path)
         if kind is None:
             if path == "sys/health":
-                return web.json_response({"initialized": True, "sealed": False, "standby": False,
-                                          "version": "1.17.0"})  # fmt: skip
+                return _json({"initialized": True, "sealed": False, "standby": False,
+                              "version": "1.17.0"})  # fmt: skip
             return _errors(404, [])
         token = self._caller(request)
-        capability = {"GET": "read", "POST": "create", "PUT": "update", "LIST": "list"}.get(
-            request.method, "read"
-        )
-        if token is None or not (
+        capability = {"GET": "read", "POST": "create", "PUT": "update", "LIST": "list",
+                      "DELETE": "delete"}.get(request.method, "read")  # fmt: skip
+        if kind in ("delete", "undelete", "destroy"):
+            capability = "update"
+        if token is None:
+            return _errors(403, ["permission denied"])
+        if not (
             self._may(token, f"{mount}/{kind}/{secret_path}", capability)
             or (
                 capability == "create"
                 and self._may(token, f"{mount}/{kind}/{secret_path}", "update")
             )
         ):
-            return _errors(403, ["permission denied"])
+            # Vault appends the ACL's refusal to a multierror and answers its text.
+            return _errors(403, [POLICY_DENIED])
         versions = self.kv.get((namespace, mount, secret_path))
+        if kind in ("delete", "undelete", "destroy") or request.method == "DELETE":
+            return await self._version_states(request, kind, versions or [])
         if request.method in ("POST", "PUT") and kind == "data":
-            body = await _json(request)
+            body = await _body(request)
             data = body.get("data")
             if not isinstance(data, dict):
                 return _errors(400, ["no data provided"])
@@ -321,26 +344,58 @@ class FakeVault:
             return _errors(404, [])
         if kind == "metadata":
             return _answer(data={
-                "current_version": len(versions), "oldest_version": 1, "max_versions": 0,
-                "versions": {str(i + 1): _metadata(v, i + 1) for i, v in enumerate(versions)},
-                "custom_metadata": None, "cas_required": False,
+                "current_version": len(versions), "current_metadata_version": 1,
+                "oldest_version": 0, "max_versions": 0, "cas_required": False,
+                "metadata_cas_required": False, "delete_version_after": "0s",
+                "created_time": versions[0].created_time,
+                "updated_time": versions[-1].created_time, "custom_metadata": None,
+                "versions": {str(i + 1): {"created_time": v.created_time, "destroyed":
+                             v.destroyed, "deletion_time": v.deletion_time}
+                             for i, v in enumerate(versions)},
             })  # fmt: skip
         wanted = request.query.get("version", "0")
         number = int(wanted) if wanted.isdigit() and int(wanted) > 0 else len(versions)
         if number > len(versions):
             return _errors(404, [])
         v = versions[number - 1]
-        answer = _answer(data={"data": v.data, "metadata": _metadata(v, number)})
-        if v.data is None:
-            answer.set_status(404)  # Vault: a deleted or destroyed version is a 404 with data
-        return answer
+        if v.deletion_time or v.destroyed:
+            # Vault: a deleted or destroyed version is a 404 whose body has its metadata and
+            # data null; the latest version deleted does not bring back the one before.
+            answer = _answer(data={"data": None, "metadata": _metadata(v, number)})
+            answer.set_status(404)
+            return answer
+        return _answer(data={"data": v.data, "metadata": _metadata(v, number)})
+
+    async def _version_states(
+        self, request: web.Request, kind: str, versions: list[_KvVersion]
+    ) -> web.Response:
+        """Soft delete (DELETE data/ or POST delete/), undelete, destroy: 204 No Content."""
+        if request.method == "DELETE" and kind == "data":
+            if versions and not versions[-1].destroyed:
+                versions[-1].deletion_time = versions[-1].deletion_time or _now_rfc3339()
+            return web.Response(status=204)
+        body = await _body(request)
+        numbers = body.get("versions")
+        if not isinstance(numbers, list) or not numbers:
+            return _errors(400, ["no version number provided"])
+        for n in numbers:
+            if not isinstance(n, int) or not 0 < n <= len(versions):
+                continue  # Vault skips versions it does not hold
+            v = versions[n - 1]
+            if kind == "destroy":
+                v.data, v.destroyed = None, True
+            elif kind == "delete" and not v.destroyed:
+                v.deletion_time = v.deletion_time or _now_rfc3339()
+            elif kind == "undelete" and not v.destroyed:
+                v.deletion_time = ""
+        return web.Response(status=204)
 
     def _split(self, path: str) -> tuple[str, str | None, str]:
-        for kind in ("data", "metadata"):
-            marker = f"/{kind}/"
-            if marker in path:
-                mount, rest = path.split(marker, 1)
-                return mount, kind, rest.strip("/")
+        """``<mount>/<kind>/<secret path>`` at the first KV v2 kind in the path."""
+        parts = path.split("/")
+        for i, part in enumerate(parts[1:], start=1):
+            if part in ("data", "metadata", "delete", "undelete", "destroy"):
+                return "/".join(parts[:i]), part, "/".join(parts[i + 1 :]).strip("/")
         return path, None, ""
 
 
@@ -349,14 +404,24 @@ def _now_rfc3339() -> str:
 
 
 def _metadata(v: _KvVersion, number: int) -> dict[str, Any]:
-    return {"created_time": v.created_time, "custom_metadata": None, "deletion_time": "",
-            "destroyed": v.destroyed, "version": number}  # fmt: skip
+    return {"created_time": v.created_time, "custom_metadata": None,
+            "deletion_time": v.deletion_time, "destroyed": v.destroyed,
+            "version": number}  # fmt: skip
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
+    # Vault's Content-Type is exactly application/json (no charset): clients such as hvac
+    # read an error body's "errors" only then (sdk/logical/response_util.go RespondError).
+    return web.Response(
+        body=json.dumps(payload).encode(), status=status,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
 
 
 def _answer(
     *, data: Any = None, auth: Any = None, warnings: list[str] | None = None
 ) -> web.Response:
-    return web.json_response({
+    return _json({
         "request_id": str(uuid.uuid4()), "lease_id": "", "renewable": False,
         "lease_duration": 0, "data": data, "wrap_info": None, "warnings": warnings,
         "auth": auth, "mount_type": "kv" if data is not None and auth is None else "",
@@ -364,10 +429,10 @@ def _answer(
 
 
 def _errors(status: int, errors: list[str]) -> web.Response:
-    return web.json_response({"errors": errors}, status=status)
+    return _json({"errors": errors}, status)
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
+async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:
