@@ -16,6 +16,10 @@ POST jobs/runs/repair      run     ``run:<run_id>``  — idem
 GET  clusters/get          read    ``cluster:<cluster_id>``
 =========================  ======  ===============================================
 
+A run start (``run-now``, ``runs/submit``, and ``runs/repair``, which sets a finished run
+running again) asks the ``runs`` quota; the run counts until a ``runs/get`` shows it
+terminal.
+
 Ids come from the query string or the JSON body (the hook's async client sends GET
 parameters as a JSON body). A parameter named twice — twice in the query, in both the query
 and the body, or a key twice in one JSON object anywhere in the body — is refused (400):
@@ -235,6 +239,8 @@ class DatabricksProfile(ProfileBase):
                     return Verdict(False, v.action, v.obj, why, rule="databricks-run-ownership")
             v.state, v.capture = st, op == "jobs/runs/get"
             v.detail = {"run_id": run_id}
+            # A repair re-runs the run's tasks: it is running again, so it counts again.
+            v.starts_run = op == "jobs/runs/repair"
             return v
         if op == "clusters/get":
             cluster = str(params.get("cluster_id") or "")
