@@ -5,6 +5,8 @@ odd answers (huge, deep, wrongly typed, expired, redirected, dripped) are refuse
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -253,5 +255,152 @@ async def test_key_vault_echoing_the_bearer_in_a_challenge_or_error_is_not_repea
             await broker.upstream_secret("orders-key")
         said = str(err.value) + _everything_said(broker, caplog)
         assert all(b[:60] not in said for b in bearers)
+    finally:
+        await broker.close()
+
+
+# -- hostile answers ----------------------------------------------------------------------
+BIG = 100 * 1024 * 1024
+
+
+def _huge(sent: list[int]) -> Handler:
+    """200 with a 100 MB JSON body, streamed; ``sent`` counts what went out."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        chunk = b" " * (1024 * 1024)
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await resp.write(b'{"value": "')
+            while sent[0] < BIG:
+                await resp.write(chunk)
+                sent[0] += len(chunk)
+            await resp.write(b'", "id": "x"}')
+            await resp.write_eof()
+        return resp
+
+    return answer
+
+
+@pytest.mark.parametrize("kind", ["key_vault", "vault_kv"])
+async def test_a_100_mb_answer_is_cut_short_not_read_whole(
+    tmp_path: Path, hostile: Hostile, entra: FakeEntra, kind: str
+) -> None:
+    sent = [0]
+    huge = _huge(sent)
+    if kind == "key_vault":
+        hostile.routes["/secrets/"] = huge
+        broker = _key_vault_broker(tmp_path, entra, hostile.url, timeout=20.0)
+    else:
+        hostile.routes["/v1/auth/approle/login"] = _vault_login
+        hostile.routes["/v1/secret/data/"] = huge
+        broker = _vault_broker(tmp_path, hostile.url, timeout=20.0)
+    try:
+        with pytest.raises(CredentialError, match="answer is larger than"):
+            await broker.upstream_secret("orders-key")
+        await asyncio.sleep(0.2)
+        assert sent[0] < 32 * 1024 * 1024  # read no further than the cap (and buffers)
+    finally:
+        await broker.close()
+
+
+async def test_a_deep_or_wrongly_typed_vault_answer_is_refused_plainly(
+    tmp_path: Path, hostile: Hostile, caplog: pytest.LogCaptureFixture
+) -> None:
+    answers: list[tuple[bytes, str]] = [
+        (b'{"data": ' * 100_000 + b"1" + b"}" * 100_000, "holds no data"),
+        (json.dumps(_kv_answer({"value": 12345})).encode(), "no string field 'value'"),
+        (json.dumps(_kv_answer({"value": [VALUE]})).encode(), "no string field 'value'"),
+        (json.dumps({"data": {"metadata": {"version": 3}}}).encode(), "holds no data"),
+        (json.dumps({"data": [VALUE]}).encode(), "holds no data"),
+        (b"[]", "holds no data"),
+        (b"not json " + VALUE.encode(), "holds no data"),
+    ]
+    body: list[bytes] = []
+
+    async def read(request: web.Request) -> web.Response:
+        return web.Response(body=body[0], content_type="application/json")
+
+    hostile.routes["/v1/auth/approle/login"] = _vault_login
+    hostile.routes["/v1/secret/data/"] = read
+    broker = _vault_broker(tmp_path, hostile.url)
+    caplog.set_level(logging.DEBUG)
+    try:
+        for answer, said in answers:
+            body[:] = [answer]
+            broker._vaults.clear()
+            with pytest.raises(CredentialError, match=said) as err:
+                await broker.upstream_secret("orders-key")
+            assert VALUE not in str(err.value) + caplog.text
+        # A version said as a string, a float or a bool: the value is used, the version
+        # shown only when it is a plain number.
+        for version, shown in (("7", "7"), (7.5, ""), (True, ""), ([1], ""), (-1, "")):
+            body[:] = [json.dumps(_kv_answer({"value": VALUE}, version)).encode()]
+            broker._vaults.clear()
+            secret = await broker.upstream_secret("orders-key")
+            assert secret is not None and secret.value == VALUE
+            assert broker.vault_status()["orders-key"].vault_version == shown
+    finally:
+        await broker.close()
+
+
+@pytest.mark.parametrize("kind", ["key_vault", "vault_kv"])
+async def test_a_redirect_elsewhere_is_not_followed_and_carries_no_token(
+    tmp_path: Path, hostile: Hostile, elsewhere: Hostile, entra: FakeEntra, kind: str
+) -> None:
+    async def redirect(request: web.Request) -> web.Response:
+        target = elsewhere.url.replace("127.0.0.1", "localhost") + request.path_qs
+        raise web.HTTPTemporaryRedirect(target)
+
+    async def leaked(request: web.Request) -> web.Response:
+        return web.json_response(_kv_answer({"value": VALUE}) | {"value": VALUE, "id": "x/1"})
+
+    elsewhere.routes["/"] = leaked
+    if kind == "key_vault":
+        hostile.routes["/secrets/"] = redirect
+        broker = _key_vault_broker(tmp_path, entra, hostile.url)
+    else:
+        hostile.routes["/v1/auth/approle/login"] = redirect
+        broker = _vault_broker(tmp_path, hostile.url)
+    try:
+        with pytest.raises(CredentialError, match="HTTP 307"):
+            await broker.upstream_secret("orders-key")
+        if kind == "vault_kv":  # the login answered; the read is redirected
+            hostile.routes["/v1/auth/approle/login"] = _vault_login
+            hostile.routes["/v1/secret/data/"] = redirect
+            broker._vaults.clear()
+            with pytest.raises(CredentialError, match="HTTP 307"):
+                await broker.upstream_secret("orders-key")
+        assert elsewhere.seen == []  # neither bearer, token nor secret id went elsewhere
+    finally:
+        await broker.close()
+
+
+@pytest.mark.parametrize("kind", ["key_vault", "vault_kv"])
+async def test_a_vault_dripping_its_answer_is_given_up_on_at_the_timeout(
+    tmp_path: Path, hostile: Hostile, entra: FakeEntra, kind: str
+) -> None:
+    async def drip(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            for _ in range(60):
+                await resp.write(b" ")
+                await asyncio.sleep(0.1)
+        return resp
+
+    if kind == "key_vault":
+        hostile.routes["/secrets/"] = drip
+        broker = _key_vault_broker(tmp_path, entra, hostile.url, timeout=1.0)
+    else:
+        hostile.routes["/v1/auth/approle/login"] = drip
+        broker = _vault_broker(tmp_path, hostile.url, timeout=1.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CredentialError, match=r"did not answer|unreachable"):
+            await broker.upstream_secret("orders-key")
+        assert time.monotonic() - started < 2.5
     finally:
         await broker.close()

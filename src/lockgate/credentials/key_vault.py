@@ -25,7 +25,7 @@ from urllib.parse import quote
 import aiohttp
 
 from lockgate.config.credentials import KeyVaultCredential
-from lockgate.credentials.vaults import Fetched, safe_code, secret_like
+from lockgate.credentials.vaults import Fetched, json_answer, safe_code, secret_like
 from lockgate.errors import CredentialError
 
 API_VERSION = "7.4"
@@ -108,11 +108,7 @@ async def _get(
             timeout=aiohttp.ClientTimeout(total=cred.timeout),
             allow_redirects=False,  # never replay the token to wherever a redirect points
         ) as resp:
-            try:
-                decoded: object = await resp.json(content_type=None)
-            except (ValueError, RecursionError, aiohttp.ContentTypeError):
-                decoded = None
-            body = decoded if isinstance(decoded, dict) else {}
+            body = await json_answer(resp, cred.name)
             return resp.status, body, resp.headers.get("WWW-Authenticate")
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise CredentialError(

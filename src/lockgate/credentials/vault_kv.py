@@ -36,7 +36,7 @@ import aiohttp
 from lockgate.config import LockgateConfig
 from lockgate.config.credentials import VaultAppRole, VaultJwt, VaultKvCredential
 from lockgate.credentials.federation import AssertionSigner
-from lockgate.credentials.vaults import Fetched, safe_code
+from lockgate.credentials.vaults import Fetched, json_answer, safe_code
 from lockgate.errors import CredentialError
 
 #: The first line of Vault's multierror text: ``1 error occurred:`` / ``2 errors occurred:``.
@@ -222,11 +222,7 @@ class VaultKvReader:
                 timeout=aiohttp.ClientTimeout(total=self.cred.timeout),
                 allow_redirects=False,  # never replay a token or secret id elsewhere
             ) as resp:
-                try:
-                    decoded: object = await resp.json(content_type=None)
-                except (ValueError, RecursionError, aiohttp.ContentTypeError):
-                    decoded = None
-                return resp.status, decoded if isinstance(decoded, dict) else {}
+                return resp.status, await json_answer(resp, self.cred.name)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CredentialError(
                 f"credential {self.cred.name!r}: Vault {self.cred.address} unreachable "

@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
+
+import aiohttp
 
 from lockgate import _log
 from lockgate.config.credentials import VaultCredential
@@ -42,6 +45,9 @@ log = _log.get("credentials")
 REFRESH_WAIT = 0.5
 #: Seconds a failed refresh is not retried while the cached value is still servable.
 RETRY_AFTER = 5.0
+#: Bytes of a vault's answer read at most: a Key Vault secret is at most 25 KB and a KV
+#: secret a few; a longer answer is not read further (nor held in memory).
+MAX_ANSWER = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +239,26 @@ def _retrieved(fut: asyncio.Future[Held]) -> None:
             fut.exception()
 
 
+async def json_answer(resp: aiohttp.ClientResponse, credential: str) -> dict[str, Any]:
+    """The JSON object a vault answered (``{}`` for anything else: not JSON, too deep, not
+    an object), read no further than :data:`MAX_ANSWER` bytes."""
+    too_large = CredentialError(
+        f"credential {credential!r}: the vault's answer is larger than {MAX_ANSWER} bytes"
+    )
+    if (resp.content_length or 0) > MAX_ANSWER:
+        raise too_large
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            raise too_large
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
 _CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:")
 
 
@@ -259,12 +285,14 @@ def secret_like(word: str, sent: Iterable[str] = ()) -> bool:
 
 
 __all__ = [
+    "MAX_ANSWER",
     "REFRESH_WAIT",
     "RETRY_AFTER",
     "FetchStatus",
     "Fetched",
     "Held",
     "VaultHeldSecret",
+    "json_answer",
     "safe_code",
     "secret_like",
 ]
