@@ -14,7 +14,7 @@ import pytest
 
 from lockgate.errors import StoreUnavailable
 from lockgate.quotas.budgets import MemoryBudgets, OpenedOnFirstUse
-from lockgate.quotas.shared import LEASE_SECONDS, STALE_SECONDS, SharedBudgets
+from lockgate.quotas.shared import FULL_CAP_SECONDS, LEASE_SECONDS, STALE_SECONDS, SharedBudgets
 from lockgate.store import SqliteDatabase
 from tests.quotas.conftest import FakeClock
 
@@ -31,6 +31,8 @@ def test_a_cap_holds_across_holders_and_frees_on_release(tmp_path: Path) -> None
     a.release("k")
     assert not b.acquire("k", 2)  # released locally, not yet written
     a.flush()
+    assert not b.acquire("k", 2)  # b was just told the cap is full: it does not ask yet
+    clock.advance(FULL_CAP_SECONDS)
     assert b.acquire("k", 2)
     assert not a.acquire("k", 2)  # a gave its slot back: it holds one, b one
     a.close()
@@ -262,6 +264,7 @@ def test_a_run_started_is_no_slot_to_reuse(tmp_path: Path) -> None:
     assert not a.reserve_run("j", 2) and not b.reserve_run("j", 2)
     a.release("j")  # the second start failed
     a.flush()
+    clock.advance(FULL_CAP_SECONDS)  # (b was just told the cap is full)
     assert b.reserve_run("j", 2)
 
 

@@ -4,6 +4,7 @@ while the server is down."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from lockgate.quotas import NO_TICKET, Throttled
 from lockgate.quotas.gate import PolicyQuotaGate
-from lockgate.quotas.shared import DOMAIN, SharedBudgets
+from lockgate.quotas.shared import DOMAIN, FULL_CAP_SECONDS, SharedBudgets
 from tests.pgserver.fixtures import PgServerFactory, SharedStateFactory
 from tests.pgserver.state import replica_states, shared_state_settings
 from tests.quotas.conftest import constant, quota_policy, task_claims
@@ -50,6 +51,7 @@ def test_two_replicas_hold_one_cap(two_replicas: tuple[SharedBudgets, SharedBudg
     assert not second.acquire("c", 3) and not first.acquire("c", 3)
     first.release("c")
     first.flush()
+    time.sleep(FULL_CAP_SECONDS)  # (second was just told the cap is full)
     assert second.acquire("c", 3)
     assert second.reserve_run("j", 1)
     second.run_started("j", "adf", "run-1", 3600)
@@ -84,6 +86,7 @@ async def test_the_gate_answers_off_the_loop_on_postgresql(
     assert refused == Throttled("etl-rate", "concurrency", 1.0)
     ticket.release()
     first.flush()
+    await asyncio.sleep(FULL_CAP_SECONDS)  # (the second replica was just told the cap is full)
     again = await gates[1].admit(task_claims(), "orders-api", "read", "/o")  # type: ignore[misc]
     assert not isinstance(again, Throttled)  # the second token of the burst, the freed slot
     again.release()

@@ -77,6 +77,10 @@ HEARTBEAT_SECONDS = 3.0
 STALE_SECONDS = 15.0
 #: Releases are written this long after the first of them (many become one write).
 COALESCE_SECONDS = 0.02
+#: A cap the database said is full is refused without asking again for this long: requests
+#: held for a slot (``max_delay``) or flooding a full cap then cost one round trip per
+#: interval, not one each (a write transaction each would stall every other request).
+FULL_CAP_SECONDS = 0.05
 _PURGE_EVERY = 60.0
 
 log = _log.get("quotas")
@@ -123,6 +127,7 @@ class _Slots:
     held: int = 0  # slots this process may use (what it was granted, less what went back)
     used: int = 0  # slots in use now (the difference goes back with the next write)
     written: int = 0  # what this process's row in the database says
+    full_until: float = 0.0  # the database said the cap is full: refuse locally until then
 
     @property
     def dirty(self) -> bool:
@@ -292,6 +297,8 @@ class SharedBudgets:
             if slots.used < slots.held:  # a slot this process still holds: no round trip
                 slots.used += 1
                 return True
+            if self._clock() < slots.full_until:  # just said full: no round trip either
+                return False
         try:
             self._refuse_if_known_down()
             granted = self._reserve_db(key, cap, runs)
@@ -323,6 +330,7 @@ class SharedBudgets:
                 if runs:  # started here, not yet written
                     others += sum(1 for *_, name, _until in self._pending.started if name == key)
                 if others + slots.used >= cap:
+                    slots.full_until = now + FULL_CAP_SECONDS
                     return False
                 slots.used += 1
                 slots.held = slots.written = held = slots.used
@@ -349,6 +357,7 @@ class SharedBudgets:
                 slots = None
             else:
                 slots.used -= 1
+                slots.full_until = 0.0
         if slots is None:
             self._memory.release(key)  # taken while the database was out of reach
             return
@@ -372,6 +381,8 @@ class SharedBudgets:
         self._memory.run_finished(resource, run_id)
         with self._lock:
             self._pending.finished.append((resource, run_id))
+            for slots in self._slots.values():  # (which cap the run counted in is not known)
+                slots.full_until = 0.0
         self._wake.set()
 
     # -- the background writer -----------------------------------------------------------------
