@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -259,20 +260,23 @@ async def json_answer(resp: aiohttp.ClientResponse, credential: str) -> dict[str
     return decoded if isinstance(decoded, dict) else {}
 
 
-_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:")
+_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _-.:,()\"'")
+#: What splits a message into the words :func:`secret_like` looks at.
+_WORD_BREAKS = re.compile("[ ,()\"']+")
 
 
-def safe_code(value: object, limit: int = 80, *, sent: Iterable[str] = ()) -> str | None:
+def safe_code(value: object, limit: int = 120, *, sent: Iterable[str] = ()) -> str | None:
     """An error code or message a vault answered, when it is short plain words (a slug,
-    ``permission denied``), else None: a body may echo anything back. ``sent``: what the
-    request carried (a token, a secret id, a role id); an answer repeating any of it, or a
-    word that looks like a credential (:func:`secret_like`), is not repeated either."""
+    ``permission denied``, ``invalid subject (sub) claim``), else None: a body may echo
+    anything back. ``sent``: what the request carried (a token, a secret id, a role id); an
+    answer repeating any of it, or a word that looks like a credential
+    (:func:`secret_like`), is not repeated either."""
     if not isinstance(value, str) or not value or len(value) > limit:
         return None
     if not set(value) <= _CODE_CHARS:
         return None
     sent = tuple(sent)
-    return None if any(secret_like(w, sent) for w in value.split()) else value
+    return None if any(secret_like(w, sent) for w in _WORD_BREAKS.split(value)) else value
 
 
 def secret_like(word: str, sent: Iterable[str] = ()) -> bool:
