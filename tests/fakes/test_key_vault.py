@@ -100,8 +100,72 @@ def test_challenge_and_api_version_as_the_service_answers(env: dict[str, Any]) -
     r = requests.get(f"{base}/secrets/x?api-version=7.4", verify=ca, timeout=10)
     assert r.status_code == 401
     challenge = r.headers["WWW-Authenticate"]
-    assert challenge.startswith('Bearer authorization="https://login.microsoftonline.com/')
-    assert 'resource="https://vault.azure.net"' in challenge
+    # The service names login.windows.net/<tenant> (a 401 Key Vault answered, quoted in
+    # https://github.com/Azure/azure-sdk-for-go/issues/723 and
+    # https://github.com/Azure-Samples/azure-sdk-for-js-keyvault-secrets-get-nodejs-managedid/issues/4).
+    assert challenge == (
+        f'Bearer authorization="https://login.windows.net/{env["entra"].tenant}", '
+        'resource="https://vault.azure.net"'
+    )
+    assert r.json()["error"]["code"] == "Unauthorized"
     r = requests.get(f"{base}/secrets/x", headers={"Authorization": "Bearer forged"},
                      verify=ca, timeout=10)  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["code"] == "BadParameter"
+
+    # An api-version the service does not know: 400 BadParameter naming the latest one
+    # (https://github.com/Azure/azure-sdk-for-python/issues/28595: "The specified version
+    # (7.3) is not recognized. Consider using the latest supported version (7.1).").
+    r = requests.get(f"{base}/secrets/x?api-version=9.9", verify=ca, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "BadParameter"
+    assert "The specified version (9.9) is not recognized" in r.json()["error"]["message"]
+
+
+def test_a_disabled_latest_version_is_refused_not_skipped(env: dict[str, Any]) -> None:
+    # Reading the latest version when it is disabled is 403 Forbidden / SecretDisabled: Key
+    # Vault does not serve the newest enabled one instead. Sources: the answer to GET
+    # secrets/<name>/?api-version=7.4 (no version) in
+    # https://github.com/Azure/azure-sdk-for-js/issues/25759 ({"error": {"code": "Forbidden",
+    # "message": "Operation get is not allowed on a disabled secret.", "innerError": {"code":
+    # "SecretDisabled"}}}) and https://github.com/Azure/azure-powershell/issues/14740.
+    from azure.core.exceptions import HttpResponseError
+
+    vault: FakeKeyVault = env["vault"]
+    client = _client(env)
+    v1 = vault.set_secret("half-rotated", "old")
+    v2 = vault.set_secret("half-rotated", "new")
+    vault.disable("half-rotated", v2)
+    with pytest.raises(HttpResponseError) as disabled:
+        client.get_secret("half-rotated")
+    assert disabled.value.status_code == 403 and disabled.value.error.code == "Forbidden"
+    assert "disabled secret" in disabled.value.error.message
+    assert disabled.value.error.innererror == {"code": "SecretDisabled"}
+    assert client.get_secret("half-rotated", v1).value == "old"
+    listed = {
+        p.version: p.enabled for p in client.list_properties_of_secret_versions("half-rotated")
+    }
+    assert listed == {v1: True, v2: False}
+
+
+def test_expired_and_not_yet_valid_versions_are_still_served(env: dict[str, Any]) -> None:
+    # exp and nbf are not enforced on get: "A secret's get operation will work for
+    # not-yet-valid and expired secrets, outside the nbf / exp window"
+    # (https://learn.microsoft.com/en-us/azure/key-vault/secrets/about-secrets, "Date-time
+    # controlled operations"; seen so by https://github.com/Azure/AzureKeyVault/issues/19).
+    import time
+    from datetime import UTC, datetime
+
+    vault: FakeKeyVault = env["vault"]
+    client = _client(env)
+    now = int(time.time())
+    vault.set_secret("expired-key", "stale", expires=now - 3600)
+    got = client.get_secret("expired-key")
+    assert got.value == "stale"
+    assert got.properties.expires_on == datetime.fromtimestamp(now - 3600, UTC)
+    vault.set_secret("future-key", "early", not_before=now + 3600)
+    got = client.get_secret("future-key")
+    assert got.value == "early" and got.properties.not_before is not None
+    vault.writers = {"reader"}
+    updated = client.update_secret_properties(
+        "future-key", got.properties.version, expires_on=datetime.fromtimestamp(now + 60, UTC)
+    )
+    assert updated.expires_on == datetime.fromtimestamp(now + 60, UTC)

@@ -1,26 +1,30 @@
 """An Azure Key Vault data plane, as far as secrets go, written from Microsoft's Key Vault
 REST reference (api-version 7.4) and its authentication docs.
 
-Routes (every one needs ``?api-version=``; else 400 ``BadParameter``):
+Routes (every one needs ``?api-version=`` of a version the service knows; else 400
+``BadParameter``):
 
-- ``GET /secrets/{name}[/]`` — the latest enabled version;
+- ``GET /secrets/{name}[/]`` — the latest version: a disabled latest version is refused
+  (403 ``SecretDisabled``), never replaced by an older enabled one;
 - ``GET /secrets/{name}/{version}`` — one version;
 - ``GET /secrets/{name}/versions`` — the versions' ids and attributes (no values);
 - ``PUT /secrets/{name}`` ``{"value": ...}`` — a new version, which becomes the latest;
-- ``PATCH /secrets/{name}/{version}`` ``{"attributes": {"enabled": false}}`` — disable one.
+- ``PATCH /secrets/{name}/{version}`` ``{"attributes": {"enabled": false, "exp", "nbf"}}``.
 
 A secret bundle is ``{"value", "id": "https://<vault>/secrets/<name>/<version>",
-"attributes": {"enabled", "created", "updated", "recoveryLevel"}}``; versions are 32 hex
-digits. Errors are ``{"error": {"code", "message"}}``: 404 ``SecretNotFound``, 403
-``Forbidden`` (innererror ``ForbiddenByRbac`` when the caller holds no role on the vault,
-``SecretDisabled`` for a disabled version).
+"attributes": {"enabled", "created", "updated", "recoveryLevel"[, "exp", "nbf"]}}``;
+versions are 32 hex digits. ``exp`` and ``nbf`` are not enforced on a read: an expired or
+not yet valid version is served like any other (Key Vault's "date-time controlled
+operations"); only a disabled one is refused. Errors are ``{"error": {"code", "message"}}``:
+404 ``SecretNotFound``, 403 ``Forbidden`` (innererror ``ForbiddenByRbac`` when the caller
+holds no role on the vault, ``SecretDisabled`` for a disabled version).
 
 Authentication: ``Authorization: Bearer <Entra ID access token>`` checked like a resource
 server does (signature by the tenant's keys, issuer, ``aud`` https://vault.azure.net, time):
 :class:`~lockgate.demo.standins.entra.EntraTrust`. Without a token, or with one that fails,
 the answer is 401 with the challenge the SDKs read::
 
-    WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/<tenant>",
+    WWW-Authenticate: Bearer authorization="https://login.windows.net/<tenant>",
                       resource="https://vault.azure.net"
 
 ``readers`` (principal object ids or app ids holding *Key Vault Secrets User*; None: any
@@ -42,6 +46,11 @@ from aiohttp import web
 from lockgate.demo.standins.entra import EntraTrust, InvalidEntraToken
 
 AUDIENCE = "https://vault.azure.net"
+#: The data plane's api-versions (those azure-keyvault-secrets knows); others are refused.
+API_VERSIONS = frozenset(
+    {"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"}
+)
+LATEST_API_VERSION = "7.6"
 
 
 CALLER_KEY = web.RequestKey("caller", set[str])
@@ -53,6 +62,8 @@ class SecretVersion:
     value: str = field(repr=False)
     created: int
     enabled: bool = True
+    expires: int | None = None  # attributes.exp (seconds since the epoch)
+    not_before: int | None = None  # attributes.nbf
 
 
 @dataclass
@@ -75,11 +86,13 @@ class FakeKeyVault:
     available: bool = True  # False: every request is answered 503 (an outage)
 
     # -- what an operator does in the portal or with `az keyvault secret set` -----------
-    def set_secret(self, name: str, value: str) -> str:
+    def set_secret(
+        self, name: str, value: str, *, expires: int | None = None, not_before: int | None = None
+    ) -> str:
         """Add a version of ``name`` (the new latest); returns its version id."""
         version = secrets.token_hex(16)
         self.secrets.setdefault(name.lower(), []).append(
-            SecretVersion(version, value, int(time.time()))
+            SecretVersion(version, value, int(time.time()), True, expires, not_before)
         )
         return version
 
@@ -102,6 +115,11 @@ class FakeKeyVault:
         if "api-version" not in request.query:
             seen.status = 400
             return _error(400, "BadParameter", "The 'api-version' query parameter is missing.")
+        if request.query["api-version"] not in API_VERSIONS:
+            seen.status = 400
+            return _error(400, "BadParameter", f"The specified version "
+                          f"({request.query['api-version']}) is not recognized. Consider using "
+                          f"the latest supported version ({LATEST_API_VERSION}).")  # fmt: skip
         auth = request.headers.get("Authorization", "")
         if not auth.lower().startswith("bearer "):
             seen.status = 401
@@ -120,8 +138,7 @@ class FakeKeyVault:
     def _challenge(self, message: str) -> web.Response:
         response = _error(401, "Unauthorized", message)
         response.headers["WWW-Authenticate"] = (
-            f'Bearer authorization="https://login.microsoftonline.com/{self.tenant}", '
-            f'resource="{AUDIENCE}"'
+            f'Bearer authorization="https://login.windows.net/{self.tenant}", resource="{AUDIENCE}"'
         )
         return response
 
@@ -136,10 +153,8 @@ class FakeKeyVault:
         if not held:
             return _error(404, "SecretNotFound", f"A secret with (name/id) {name} was not found "
                           "in this key vault.")  # fmt: skip
-        if version:
-            found = next((v for v in held if v.version == version), None)
-        else:
-            found = next((v for v in reversed(held) if v.enabled), None)
+        # The latest is the last version written, enabled or not.
+        found = next((v for v in held if v.version == version), None) if version else held[-1]
         if found is None:
             return _error(404, "SecretNotFound", f"A secret with (name/id) {name}/{version} was "
                           "not found in this key vault.")  # fmt: skip
@@ -183,6 +198,9 @@ class FakeKeyVault:
         attributes = body.get("attributes", {}) if isinstance(body, dict) else {}
         if isinstance(attributes.get("enabled"), bool):
             found.enabled = attributes["enabled"]
+        for key, attr in (("exp", "expires"), ("nbf", "not_before")):
+            if key in attributes and (attributes[key] is None or isinstance(attributes[key], int)):
+                setattr(found, attr, attributes[key])
         return web.json_response(self._bundle(name, found, with_value=False))
 
     def _bundle(self, name: str, v: SecretVersion, *, with_value: bool) -> dict[str, Any]:
@@ -192,6 +210,10 @@ class FakeKeyVault:
                            "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90},
             "tags": {},
         }  # fmt: skip
+        if v.expires is not None:
+            bundle["attributes"]["exp"] = v.expires
+        if v.not_before is not None:
+            bundle["attributes"]["nbf"] = v.not_before
         if with_value:
             bundle["value"] = v.value
         return bundle
