@@ -236,7 +236,7 @@ async def test_jwt_login_signed_by_lockgate(
         with pytest.raises(CredentialError) as err:
             await broker.upstream_secret("orders-key")
         assert "jwt login (auth/jwt, role lockgate)" in str(err.value)
-        assert "HTTP 400, sub claim does not match bound subject" in str(err.value)
+        assert "HTTP 400, error validating token: invalid subject (sub) claim" in str(err.value)
     finally:
         await broker.close()
     broker = _broker(tmp_path, config)  # no signing keys in this process

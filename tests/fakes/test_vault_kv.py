@@ -114,15 +114,34 @@ def test_jwt_login_checks_audience_subject_and_issuer(vault: FakeVault) -> None:
         return client
 
     assert login().is_authenticated()
+    # Vault's words, in its order (iss, sub, aud, times, then bound claims). Sources:
+    # https://github.com/hashicorp/cap/blob/main/jwt/jwt.go (Validator.Validate) and
+    # https://github.com/hashicorp/vault-plugin-auth-jwt/blob/main/path_login.go
+    # ("error validating token: %s", "error validating claims: %s").
     for changes, said in (
-        ({"aud": "other"}, "invalid audience"),
-        ({"sub": "someone"}, "bound subject"),
-        ({"iss": "https://evil.example"}, "invalid issuer"),
-        ({"env": "dev"}, "bound claim"),
-        ({"exp": now - 3600}, "expired"),
-    ):
-        with pytest.raises(hvac.exceptions.InvalidRequest, match=said):
+        ({"aud": "other"}, "error validating token: invalid audience (aud) claim: audience "
+         "claim does not match any expected audience"),
+        ({"sub": "someone"}, "error validating token: invalid subject (sub) claim"),
+        ({"iss": "https://evil.example"}, "error validating token: invalid issuer (iss) claim"),
+        ({"env": "dev"}, 'error validating claims: claim "env" does not match any associated '
+         "bound claim values"),
+        ({"exp": now - 3600}, "error validating token: invalid expiration time (exp) claim: "
+         "token is expired"),
+        ({"nbf": now + 3600}, "error validating token: invalid not before (nbf) claim: token "
+         "not yet valid"),
+        ({"iat": now + 3600, "nbf": now, "exp": now + 7200},
+         "error validating token: invalid issued at (iat) claim: token issued in the future"),
+        ({"iss": "https://evil.example", "sub": "someone"}, "invalid issuer"),  # iss first
+    ):  # fmt: skip
+        with pytest.raises(hvac.exceptions.InvalidRequest) as refused:
             login(**changes)
+        assert said in refused.value.json["errors"][0]
+    # exp is optional for Vault: iat plus the 150 s expiration leeway stands for it.
+    no_exp = {k: v for k, v in claims.items() if k != "exp"}
+    token = jwt.encode(no_exp, KEY, algorithm="RS256", headers={"kid": "k1"})
+    hvac.Client(url=vault.base_url).auth.jwt.jwt_login(role="gw", jwt=token)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="missing role"):
+        hvac.Client(url=vault.base_url).auth.jwt.jwt_login(role="", jwt=token)
 
 
 def test_renew_self_is_capped_by_max_ttl(vault: FakeVault) -> None:

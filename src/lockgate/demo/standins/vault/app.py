@@ -7,10 +7,11 @@ only in the namespace it was issued in):
 - ``POST /v1/auth/approle/login`` ``{"role_id", "secret_id"}`` -> ``{"auth": {...}}``;
   a wrong pair is 400 ``invalid role or secret ID``;
 - ``POST /v1/auth/jwt/login`` ``{"role", "jwt"}``: the JWT's signature by a key of the
-  configured ``jwks_url`` (RS256/ES256), ``exp``/``nbf`` with 60 s leeway, ``iss`` =
-  ``bound_issuer`` when set, ``aud`` holding one of the role's ``bound_audiences``,
-  ``sub`` = ``bound_subject`` when set, every ``bound_claims`` entry; else 400
-  ``error validating token: ...`` / ``... does not match ...``;
+  configured ``jwks_url`` (RS256/ES256 here; Vault also takes RS384/512, ES384/512, PS*,
+  EdDSA), ``iss`` = ``bound_issuer`` when set, ``sub`` = ``bound_subject`` when set,
+  ``aud`` holding one of the role's ``bound_audiences``, ``iat``/``nbf``/``exp`` with 60 s
+  clock skew (``exp`` optional: ``iat`` + 150 s), every ``bound_claims`` entry; else 400
+  with Vault's words (``error validating token: invalid subject (sub) claim``, ...);
 - ``POST /v1/auth/token/renew-self``, ``GET /v1/auth/token/lookup-self``;
 - ``GET /v1/{mount}/data/{path}[?version=N]`` -> ``{"data": {"data": {...}, "metadata":
   {"version", "created_time", "deletion_time", "destroyed", "custom_metadata"}}}``; a
@@ -51,7 +52,8 @@ from aiohttp import web
 
 from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
 
-LEEWAY = 60
+LEEWAY = 60  # a jwt role's clock_skew_leeway (default 60 s)
+DEFAULT_LEEWAY = 150  # its expiration_leeway and not_before_leeway (default 150 s)
 #: What Vault answers a policy's refusal: the text of a one-error multierror.
 POLICY_DENIED = "1 error occurred:\n\t* permission denied\n\n"
 #: A policy: (path glob under the namespace, capabilities), e.g. ("secret/data/app/*", {"read"}).
@@ -222,11 +224,12 @@ class FakeVault:
 
     async def jwt_login(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        role = self.jwt_roles.get(str(body.get("role", "")))
+        name = str(body.get("role") or "")
+        role = self.jwt_roles.get(name)
         if role is None:
-            return _errors(400, [f'role "{body.get("role")}" could not be found'])
+            return _errors(400, [f'role "{name}" could not be found' if name else "missing role"])
         token = body.get("jwt")
-        if not isinstance(token, str) or self.jwks_url is None:
+        if not isinstance(token, str) or not token or self.jwks_url is None:
             return _errors(400, ["missing token"])
         try:
             header = jwt.get_unverified_header(token)
@@ -236,34 +239,55 @@ class FakeVault:
             claims = verify_signature(
                 token, await self._keys.key_at(self.jwks_url, header.get("kid")), alg
             )
-        except (jwt.PyJWTError, IssuerKeyError):
-            return _errors(400, ["error validating token: failed to verify id token signature"])
-        now = self.clock()
-        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
-        if not isinstance(exp, int | float) or now > exp + LEEWAY:
-            return _errors(400, ["error validating token: token is expired"])
-        if isinstance(nbf, int | float) and now + LEEWAY < nbf:
-            return _errors(400, ["error validating token: token not valid yet"])
+        except (jwt.PyJWTError, IssuerKeyError) as exc:
+            return _errors(400, ["error validating token: error verifying token signature: "
+                                 f"{type(exc).__name__}"])  # fmt: skip
+        refusal = self._jwt_refusal(role, claims)
+        if refusal is not None:
+            return _errors(400, [refusal])
+        return self._issue(request[NAMESPACE_KEY], role.policies, role.token_ttl,
+                           role.token_max_ttl, {"role": name})  # fmt: skip
+
+    def _jwt_refusal(self, role: JwtRole, claims: dict[str, Any]) -> str | None:
+        """What Vault's jwt auth says of a signed token's claims, in its order: issuer,
+        subject, audience, times (hashicorp/cap jwt.Validator.Validate, each prefixed
+        "error validating token: "), then bound claims ("error validating claims: ",
+        vault-plugin-auth-jwt path_login.go and claims.go)."""
         if self.bound_issuer and claims.get("iss") != self.bound_issuer:
-            return _errors(400, ["error validating token: invalid issuer (iss) claim"])
+            return "error validating token: invalid issuer (iss) claim"
+        if role.bound_subject and claims.get("sub") != role.bound_subject:
+            return "error validating token: invalid subject (sub) claim"
         audiences = claims.get("aud")
         audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
-        if not set(audiences) & set(role.bound_audiences):
-            return _errors(
-                400,
-                ["error validating claims: invalid audience (aud) claim: "
-                 "audience claim does not match any expected audience"],
-            )  # fmt: skip
-        if role.bound_subject and claims.get("sub") != role.bound_subject:
-            return _errors(400, ["sub claim does not match bound subject"])
+        if role.bound_audiences and not set(audiences) & set(role.bound_audiences):
+            return ("error validating token: invalid audience (aud) claim: audience claim "
+                    "does not match any expected audience")  # fmt: skip
+        times = [claims.get(c) for c in ("iat", "nbf", "exp")]
+        iat, nbf, exp = (float(t) if isinstance(t, int | float) else 0.0 for t in times)
+        if not (iat or nbf or exp):
+            return ("error validating token: no issued at (iat), not before (nbf), or "
+                    "expiration time (exp) claims in token")  # fmt: skip
+        # No exp: Vault takes the later of iat and nbf plus the expiration leeway (150 s).
+        exp = exp or max(iat, nbf) + DEFAULT_LEEWAY
+        nbf = nbf or iat or exp - DEFAULT_LEEWAY
+        now = self.clock()
+        if now + LEEWAY < nbf:
+            return "error validating token: invalid not before (nbf) claim: token not yet valid"
+        if now - LEEWAY > exp:
+            return "error validating token: invalid expiration time (exp) claim: token is expired"
+        if iat and now + LEEWAY < iat:
+            return ("error validating token: invalid issued at (iat) claim: token issued in "
+                    "the future")  # fmt: skip
+        if not role.bound_audiences and audiences:
+            return "audience claim found in JWT but no audiences bound to the role"
         for claim, wanted in role.bound_claims.items():
             allowed = wanted if isinstance(wanted, list) else [wanted]
-            if claims.get(claim) not in allowed:
-                return _errors(
-                    400, [f'claim "{claim}" does not match any associated bound claim values']
-                )
-        return self._issue(request[NAMESPACE_KEY], role.policies, role.token_ttl,
-                           role.token_max_ttl, {"role": str(body["role"])})  # fmt: skip
+            if claim not in claims:
+                return f'error validating claims: claim "{claim}" is missing'
+            if claims[claim] not in allowed:
+                return (f'error validating claims: claim "{claim}" does not match any '
+                        "associated bound claim values")  # fmt: skip
+        return None
 
     async def renew_self(self, request: web.Request) -> web.Response:
         token = self._caller(request)
