@@ -93,10 +93,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     """Print records as ``audit.jsonl`` or ``audit.ocsf`` would hold them, one per line."""
-    import json
     from datetime import datetime
 
     from lockgate.audit import ocsf
+    from lockgate.audit.sinks import encode_line
 
     cfg = _config(args)
     since: float | None = None
@@ -107,9 +107,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
             since = datetime.fromisoformat(args.since).timestamp()
     rows = _audit_log(args).search(since=since, limit=args.limit, replica=args.replica)
     datastores = ocsf.datastores(cfg.resources)
-    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    for row in rows:
-        print(encode(ocsf.event(row, datastores) if args.format == "ocsf" else row.to_dict()))
+    for row in rows:  # one line each, as the mirrors write them
+        print(encode_line(ocsf.event(row, datastores) if args.format == "ocsf" else row.to_dict()))
     return 0
 
 

@@ -255,3 +255,42 @@ def test_attack_rows_a_killed_writer_never_mirrored_are_caught_up(tmp_path: Path
     assert [json.loads(x) for x in jsonl.read_text().splitlines()] == stored
     check = ocsf_map.verify_export(ocsf_path.read_text().splitlines())
     assert check.ok and check.events == 5
+
+
+def test_attack_unicode_line_breaks_in_a_run_id_keep_each_event_one_line(tmp_path: Path) -> None:
+    """A run id may hold any character but ASCII controls: U+2028, U+2029 and NEL pass
+    JSON raw, and str.splitlines, JavaScript and some shippers break lines on them."""
+    run = "manual__a\u2028{}\u2029b\x85c"
+    records = [AuditRecord("denied", **{**WHO, "run_id": run}, resource="x", action="read")] * 3
+    rows = _rows(records)
+    sinks = (JsonlSink(tmp_path / "a.jsonl"), OcsfSink(tmp_path / "a.ocsf"))
+    for sink in sinks:
+        sink.write(rows)
+        sink.close()
+        lines = sink.path.read_text(encoding="utf-8").splitlines()
+        assert len(lines) == 3, sink.path
+        parsed = [json.loads(x) for x in lines]
+        assert {(p.get("run_id") or p["unmapped"]["lockgate"]["run_id"]) for p in parsed} == {run}
+    assert ocsf_map.verify_export((tmp_path / "a.ocsf").read_text().splitlines()).ok
+
+
+def test_attack_the_export_command_keeps_each_event_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from lockgate.cli import main
+
+    config = tmp_path / "lockgate.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data")}))
+    log = AuditLog(tmp_path / "data" / "audit.db")
+    try:
+        for _ in range(2):
+            log.emit(AuditRecord("denied", **{**WHO, "run_id": "r\u2028x\x85"}, resource="x"))
+        assert log.flush(10)
+    finally:
+        log.close()
+    for fmt in ("ocsf", "jsonl"):
+        capsys.readouterr()
+        assert main(["-c", str(config), "audit", "export", "--format", fmt]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 2, fmt

@@ -95,8 +95,7 @@ class LineSink:
     def append(self, rows: list[AuditRow]) -> int:
         """Append ``rows`` (all or nothing); return the file's size before, for
         :meth:`undo`. Raises OSError when the file cannot be written."""
-        encode = _ENCODER.encode
-        data = b"".join(encode(self._encode(r)).encode() + b"\n" for r in rows)
+        data = b"".join(encode_line(self._encode(r)).encode() + b"\n" for r in rows)
         try:
             fh = self._open()
             start = os.fstat(fh.fileno()).st_size
@@ -149,6 +148,23 @@ def _cut_partial_line(fd: int, path: Path) -> None:
         "audit mirror ended in part of a line (a write was cut off): cut to its last whole line",
         extra={"fields": {"path": str(path), "bytes_cut": size - end}},
     )
+
+
+# Characters JSON leaves raw (ensure_ascii=False) that many readers take as a line break
+# (Python's str.splitlines, JavaScript, some log shippers): escaped, an event stays one line
+# for every reader, and parses to the same text.
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def _one_line(text: str) -> str:
+    if text.isascii():  # the usual line: nothing to look for
+        return text
+    return text.translate(_LINE_BREAKS)
+
+
+def encode_line(obj: dict[str, Any]) -> str:
+    """``obj`` as one line of the mirrors (and of ``lockgate audit export``), no newline."""
+    return _one_line(_ENCODER.encode(obj))
 
 
 class JsonlSink(LineSink):
