@@ -6,18 +6,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import struct
 from collections.abc import Iterator
 from typing import Any, cast
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from lockgate.demo.standins.adf import FakeAdf
 from lockgate.demo.standins.databricks import FakeDatabricks
 from lockgate.gateway.http import HttpEngine
 
+from .conftest import bearer
 from .quota_fakes import FakeGate
 from .test_databricks import Env
 from .test_databricks import env as env  # a fixture
+from .test_forward_proxy_arm import PREFIX, arm_resource
+from .test_quotas_gate import adf as adf  # a fixture
+from .test_quotas_gate import gateway
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +74,84 @@ async def test_a_run_repair_counts_against_the_run_cap(env: Env) -> None:
     for _ in range(3):
         await env.call("GET", "/api/2.2/jobs/runs/get", tok, run_id=run_id)
     assert gate.running == {} and gate.leaked == 0
+
+
+ONE_RUN = """\
+quotas:
+  - id: one-pipeline-run
+    principals: ["airflow:prod/*"]
+    resources: [orders]
+    actions: [run]
+    runs: 1
+"""
+CREATE_RUN = (
+    b"POST /orders" + PREFIX.encode() + b"/factories/adf-prod/pipelines/load/createRun"
+    b"?api-version=2018-06-01 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-orders\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+@pytest.fixture
+def slow_create_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data Factory takes 0.4 s to answer a createRun (it starts the run all the same when
+    the caller is gone by then, as ARM does)."""
+    plain = FakeAdf.handle
+
+    async def handle(self: FakeAdf, request: web.Request) -> web.Response:
+        if request.path.lower().endswith("/createrun"):
+            await asyncio.sleep(0.4)
+        return await plain(self, request)
+
+    monkeypatch.setattr(FakeAdf, "handle", handle)
+
+
+async def _second_start(gw: Any) -> int:
+    url = f"{gw.url}/orders{PREFIX}/factories/adf-prod/pipelines/load/createRun"
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url + "?api-version=2018-06-01", headers=bearer()) as r,
+    ):
+        await r.read()
+        return r.status
+
+
+async def test_a_run_start_whose_client_hangs_up_still_counts(
+    slow_create_run: None, make_gateway: Any, adf: tuple[FakeAdf, str]
+) -> None:
+    fake, url = adf
+    gw = await gateway(make_gateway, ONE_RUN, resources=[arm_resource(url)])
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(CREATE_RUN)
+    await writer.drain()
+    await asyncio.sleep(0.2)  # upstream, not answered yet: hang up (a reset)
+    sock = writer.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    await asyncio.sleep(0.4)
+    assert len(fake.runs) == 1  # Data Factory started it
+    assert await _second_start(gw) == 429  # and it counts: the cap is not escaped
+    assert len(fake.calls("createRun")) == 1
+
+
+async def test_a_run_start_the_upstream_never_answers_in_time_still_counts(
+    slow_create_run: None, make_gateway: Any, adf: tuple[FakeAdf, str]
+) -> None:
+    fake, url = adf
+    resource = arm_resource(url, retry={"deadline": 0.2})
+    gw = await gateway(make_gateway, ONE_RUN, resources=[resource])
+    assert await _second_start(gw) == 504  # the gateway stopped waiting...
+    await asyncio.sleep(0.3)
+    assert len(fake.runs) == 1  # ...Data Factory started the run all the same
+    assert await _second_start(gw) == 429
+    assert len(fake.calls("createRun")) == 1
+
+
+async def test_a_run_start_the_upstream_refuses_gives_its_slot_back(
+    make_gateway: Any, adf: tuple[FakeAdf, str]
+) -> None:
+    fake, url = adf
+    gw = await gateway(make_gateway, ONE_RUN, resources=[arm_resource(url)])
+    fake.factories["adf-prod"].discard("load")  # PipelineNotFound: nothing started
+    assert await _second_start(gw) == 404
+    fake.factories["adf-prod"].add("load")
+    assert await _second_start(gw) == 200

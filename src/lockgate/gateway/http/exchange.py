@@ -135,7 +135,8 @@ class Forwarder:
         quota = adm.quota
         answered = out.status == 200 and not out.error
         if quota.run is not None:
-            quota.run_answered(detail.get("run_id") if answered else None)
+            run_id = detail.get("run_id") if answered else None
+            quota.run_settled(out.status, out.error, run_id, f"unanswered:{adm.ref}")
         quota.release()
         v, profile = adm.verdict, adm.rs.profile
         if v is None or profile is None or not answered:
@@ -197,6 +198,7 @@ class Forwarder:
                 # The fast path made attempt 0 and met a retry status or a failure.
                 up, resp_or_exc, secret = first  # (detached by the fast path)
                 first = None
+                adm.quota.sent = True
             else:
                 with span.upstream_attempt(attempt + resent + 1):
                     made = await self._attempt(
@@ -204,6 +206,7 @@ class Forwarder:
                     )
                     if not isinstance(made, Outcome | Exception):
                         up, head_fut, secret, streaming, sent_at = made
+                        adm.quota.sent = True
                         try:
                             resp_or_exc = await head_fut
                         except (TimeoutError, UpstreamUnavailable) as exc:

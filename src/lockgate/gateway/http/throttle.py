@@ -37,11 +37,12 @@ if TYPE_CHECKING:
 class Quota:
     """What an admitted request holds of its quotas until it ends (see the module doc)."""
 
-    __slots__ = ("run", "ticket")
+    __slots__ = ("run", "sent", "ticket")
 
     def __init__(self) -> None:
         self.ticket: QuotaTicket = NO_TICKET
         self.run: RunSlot | None = None  # a run start's slot under a ``runs`` cap
+        self.sent = False  # the request went upstream: what it starts may exist there
 
     def run_answered(self, run_id: object | None) -> None:
         """The upstream answered the run start: ``run_id`` when it started one, else None
@@ -53,6 +54,20 @@ class Quota:
             slot.release()
         else:
             slot.started(str(run_id))
+
+    def run_settled(
+        self, status: int, error: str | None, run_id: object | None, unnamed: str
+    ) -> None:
+        """A run start ended. Named by the answer: it counts as that run. Refused by the
+        upstream (a complete answer other than 200), or never sent: the slot goes back. Sent
+        and not refused, but no run named (the client left, the upstream timed out or cut
+        the answer short): the run may be running, so it counts as ``unnamed`` until its
+        maximum age; giving the slot back would let a task start runs past the cap by
+        hanging up after each start."""
+        refused = error is None and status != 200
+        if run_id is None and self.sent and not refused:
+            run_id = unnamed
+        self.run_answered(run_id)
 
     def release(self) -> None:
         """Give everything back (idempotent): the request ended, answered or not."""
