@@ -20,8 +20,12 @@ from aiohttp import web
 
 from lockgate.config import LockgateConfig
 from lockgate.credentials import CredentialBroker, CredentialStore
-from lockgate.demo.standins.entra import FakeEntra
+from lockgate.demo.standins.entra import EntraTrust, FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
+from lockgate.demo.standins.key_vault import FakeKeyVault
+from lockgate.demo.standins.key_vault import start as start_key_vault
+from lockgate.demo.standins.vault import FakeVault
+from lockgate.demo.standins.vault import start as start_vault
 from lockgate.errors import CredentialError
 
 APP_SECRET = "gw-app-secret-value"
@@ -404,3 +408,130 @@ async def test_a_vault_dripping_its_answer_is_given_up_on_at_the_timeout(
         assert time.monotonic() - started < 2.5
     finally:
         await broker.close()
+
+
+# -- values the vault takes back ------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture
+async def key_vault(entra: FakeEntra) -> AsyncIterator[FakeKeyVault]:
+    vault = FakeKeyVault(EntraTrust.of(entra), tenant=entra.tenant)
+    runner = await start_key_vault(vault)
+    yield vault
+    await runner.cleanup()
+
+
+async def test_an_expired_or_not_yet_valid_key_vault_secret_is_never_used(
+    tmp_path: Path, entra: FakeEntra, key_vault: FakeKeyVault
+) -> None:
+    now = int(time.time())
+    key_vault.set_secret("orders-api-key", "expired-key", expires=now - 60)
+    broker = _key_vault_broker(tmp_path, entra, key_vault.base_url)
+    try:
+        with pytest.raises(CredentialError, match="expired at"):
+            await broker.upstream_secret("orders-key")
+        key_vault.set_secret("orders-api-key", "future-key", not_before=now + 3600)
+        broker._vaults.clear()
+        with pytest.raises(CredentialError, match="not valid before"):
+            await broker.upstream_secret("orders-key")
+        key_vault.set_secret("orders-api-key", "forever-key", expires=10**400)
+        broker._vaults.clear()
+        assert (await broker.upstream_secret("orders-key")).value == "forever-key"
+    finally:
+        await broker.close()
+
+
+async def test_a_cached_value_is_not_used_past_its_expiry_nor_through_grace(
+    tmp_path: Path, entra: FakeEntra, key_vault: FakeKeyVault
+) -> None:
+    clock = Clock()
+    now = int(time.time())
+    key_vault.set_secret("orders-api-key", "key-one", expires=now + 100)
+    broker = _key_vault_broker(
+        tmp_path, entra, key_vault.base_url, clock, ttl=300, grace=900, overlap=600
+    )
+    try:
+        one = await broker.upstream_secret("orders-key")
+        assert one is not None and one.value == "key-one"
+        generation = broker.generation
+        clock.offset = 101  # within ttl, past the version's exp
+        with pytest.raises(CredentialError, match="has expired"):
+            await broker.upstream_secret("orders-key")
+        assert broker.generation != generation  # the engines' caches drop it at once
+        assert await broker.upstream_secret("orders-key", previous=True) is None
+        # A new version: used at the next refresh (RETRY_AFTER later).
+        key_vault.set_secret("orders-api-key", "key-two")
+        clock.offset = 110
+        assert (await broker.upstream_secret("orders-key")).value == "key-two"
+    finally:
+        await broker.close()
+
+
+async def test_a_version_disabled_in_key_vault_is_dropped_not_served_through_grace(
+    tmp_path: Path, entra: FakeEntra, key_vault: FakeKeyVault
+) -> None:
+    clock = Clock()
+    v1 = key_vault.set_secret("orders-api-key", "leaked-key")
+    broker = _key_vault_broker(tmp_path, entra, key_vault.base_url, clock, ttl=60, grace=900)
+    try:
+        assert (await broker.upstream_secret("orders-key")).value == "leaked-key"
+        key_vault.disable("orders-api-key", v1)  # the operator's answer to a leak
+        clock.offset = 61
+        with pytest.raises(CredentialError, match="disabled"):
+            await broker.upstream_secret("orders-key")
+        clock.offset = 62  # within RETRY_AFTER: still refused, never the cached value
+        with pytest.raises(CredentialError, match="disabled"):
+            await broker.upstream_secret("orders-key")
+        # An outage, by contrast, serves the cached value through grace.
+        key_vault.set_secret("orders-api-key", "new-key")
+        clock.offset = 70
+        assert (await broker.upstream_secret("orders-key")).value == "new-key"
+        key_vault.available = False
+        clock.offset = 70 + 61
+        assert (await broker.upstream_secret("orders-key")).value == "new-key"
+    finally:
+        await broker.close()
+
+
+async def test_a_deleted_or_destroyed_kv_version_is_dropped_not_served_through_grace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    vault = FakeVault(policies={"read": [("secret/data/orders/*", {"read"})]})
+    runner = await start_vault(vault)
+    role_id, secret_id = vault.add_approle("gateway", policies=["read"])
+    (tmp_path / "sid").write_text(secret_id)
+    config = LockgateConfig.model_validate({
+        "data_dir": str(tmp_path),
+        "resources": [{"name": "orders-api", "kind": "http", "upstream": "http://127.0.0.1:1",
+                       "credential": "orders-key"}],
+        "credentials": [{"name": "orders-key", "type": "vault_kv", "address": vault.base_url,
+                         "path": "orders/api", "ttl": 60, "grace": 900,
+                         "auth": {"method": "approle", "role_id": role_id,
+                                  "secret_id_file": str(tmp_path / "sid")}}],
+    })  # fmt: skip
+    clock = Clock()
+    broker = CredentialBroker(config, CredentialStore(tmp_path / "c.db", b"k" * 32), clock=clock)
+    try:
+        vault.put("orders/api", {"value": "key-one"})
+        assert (await broker.upstream_secret("orders-key")).value == "key-one"
+        vault.delete("orders/api")
+        clock.offset = 61
+        with pytest.raises(CredentialError, match=r"version 1 .* was deleted in Vault"):
+            await broker.upstream_secret("orders-key")
+        assert "no longer used" in caplog.text
+        vault.put("orders/api", {"value": "key-two"})
+        clock.offset = 70
+        assert (await broker.upstream_secret("orders-key")).value == "key-two"
+        vault.destroy("orders/api", 2)
+        clock.offset = 131
+        with pytest.raises(CredentialError, match="was destroyed in Vault"):
+            await broker.upstream_secret("orders-key")
+    finally:
+        await broker.close()
+        await runner.cleanup()

@@ -502,7 +502,7 @@ class CredentialBroker:
 
         return await fetch_key_vault_secret(
             self._session(), cfg, token, functools.partial(self.invalidate, cfg.identity),
-            audience=audience,
+            audience=audience, clock=self._clock,
         )  # fmt: skip
 
     def _vault_kv_reader(self, cfg: VaultKvCredential) -> VaultKvReader:

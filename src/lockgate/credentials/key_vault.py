@@ -17,15 +17,24 @@ one. Other refusals name the HTTP status and Key Vault's error code (``SecretNot
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
 
 from lockgate.config.credentials import KeyVaultCredential
-from lockgate.credentials.vaults import Fetched, json_answer, safe_code, secret_like
+from lockgate.credentials.vaults import (
+    Fetched,
+    SecretWithdrawn,
+    json_answer,
+    safe_code,
+    secret_like,
+)
 from lockgate.errors import CredentialError
 
 API_VERSION = "7.4"
@@ -74,6 +83,7 @@ async def fetch_key_vault_secret(
     forget: ForgetToken,
     *,
     audience: str,
+    clock: Callable[[], float] = time.time,
 ) -> Fetched:
     """The secret ``cred`` names, read with ``token``'s bearer (one retry after a 401)."""
     url = secret_url(cred)
@@ -81,7 +91,7 @@ async def fetch_key_vault_secret(
         bearer = await token()
         status, body, www_authenticate = await _get(session, url, bearer.value, cred)
         if status == 200:
-            return _read_answer(cred, body, bearer.value)
+            return _read_answer(cred, body, bearer.value, clock())
         if status == 401 and attempt == 1:
             asked = challenged_audience(challenge(www_authenticate))
             if asked is not None and asked != audience:
@@ -134,16 +144,55 @@ def _version_of(secret_id: str, bearer: str) -> str:
     return version if plain or _HEX_VERSION.fullmatch(version) else ""
 
 
-def _read_answer(cred: KeyVaultCredential, body: dict[str, object], bearer: str) -> Fetched:
+def _check_usable(cred: KeyVaultCredential, attributes: dict[str, object], now: float) -> None:
+    """Key Vault hands out a disabled, expired or not yet valid version's value on request
+    (``exp`` and ``nbf`` are the reader's to enforce): such a value is not used."""
+    if attributes.get("enabled") is False:
+        raise SecretWithdrawn(f"credential {cred.name!r}: the secret version is disabled")
+    expires, not_before = _epoch(attributes.get("exp")), _epoch(attributes.get("nbf"))
+    if expires is not None and now >= expires:
+        raise SecretWithdrawn(
+            f"credential {cred.name!r}: the secret version expired at {_utc(expires)}; set a "
+            "new version (or move its expiry)"
+        )
+    if not_before is not None and now < not_before:
+        raise SecretWithdrawn(
+            f"credential {cred.name!r}: the secret version is not valid before {_utc(not_before)}"
+        )
+
+
+def _epoch(value: object) -> float | None:
+    """Seconds since the epoch of an ``exp``/``nbf`` attribute (an int); None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int past any float: forever one way or the other
+        return math.inf if value > 0 else -math.inf
+    return None if math.isnan(seconds) else seconds
+
+
+def _utc(seconds: float) -> str:
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds:.0f} s past the epoch"
+
+
+def _read_answer(
+    cred: KeyVaultCredential, body: dict[str, object], bearer: str, now: float
+) -> Fetched:
     value, secret_id = body.get("value"), body.get("id")
     if not isinstance(value, str) or not isinstance(secret_id, str):
         raise CredentialError(
             f"credential {cred.name!r}: Key Vault's answer carries no secret value and id"
         )
     attributes = body.get("attributes")
-    if isinstance(attributes, dict) and attributes.get("enabled") is False:
-        raise CredentialError(f"credential {cred.name!r}: the secret version is disabled")
-    return Fetched(value, _version_of(secret_id, bearer))
+    expires = None
+    if isinstance(attributes, dict):
+        _check_usable(cred, attributes, now)
+        expires = _epoch(attributes.get("exp"))
+    return Fetched(value, _version_of(secret_id, bearer), expires)
 
 
 def _refused(
@@ -158,7 +207,7 @@ def _refused(
             codes.append(safe_code(inner.get("code"), sent=(bearer,)))
     named = "".join(f", {c}" for c in codes if c)
     if "SecretDisabled" in codes:
-        return CredentialError(
+        return SecretWithdrawn(
             f"credential {cred.name!r}: Key Vault refused reading {cred.held_at} "
             f"(HTTP {status}{named}): that version is disabled; enable it or pin another"
         )

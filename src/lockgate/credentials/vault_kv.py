@@ -36,7 +36,7 @@ import aiohttp
 from lockgate.config import LockgateConfig
 from lockgate.config.credentials import VaultAppRole, VaultJwt, VaultKvCredential
 from lockgate.credentials.federation import AssertionSigner
-from lockgate.credentials.vaults import Fetched, json_answer, safe_code
+from lockgate.credentials.vaults import Fetched, SecretWithdrawn, json_answer, safe_code
 from lockgate.errors import CredentialError
 
 #: The first line of Vault's multierror text: ``1 error occurred:`` / ``2 errors occurred:``.
@@ -96,6 +96,8 @@ class VaultKvReader:
             if status == 403 and attempt == 1:
                 self._token = None  # revoked or expired early: log in again, once
                 continue
+            if status in (200, 404):
+                self._check_not_deleted(body)
             if status != 200:
                 raise self._refused("reading", self.cred.held_at, status, body)
             return self._read_answer(body)
@@ -228,6 +230,24 @@ class VaultKvReader:
                 f"credential {self.cred.name!r}: Vault {self.cred.address} unreachable "
                 f"({type(exc).__name__})"
             ) from None
+
+    def _check_not_deleted(self, body: dict[str, Any]) -> None:
+        """KV v2 answers a deleted or destroyed version with its metadata and ``data``
+        null (a 404): the version was taken back, its cached value is not used either."""
+        outer = body.get("data")
+        if not isinstance(outer, dict) or outer.get("data") is not None:
+            return
+        meta = outer.get("metadata")
+        if not isinstance(meta, dict):
+            return
+        destroyed = meta.get("destroyed") is True
+        if destroyed or meta.get("deletion_time"):
+            version = _kv_version(meta.get("version"))
+            raise SecretWithdrawn(
+                f"credential {self.cred.name!r}: version {version or '?'} of "
+                f"{self.cred.held_at} was {'destroyed' if destroyed else 'deleted'} in Vault; "
+                "write a new version (or undelete it)"
+            )
 
     def _read_answer(self, body: dict[str, Any]) -> Fetched:
         c = self.cred

@@ -14,6 +14,10 @@ Cassandra or PostgreSQL password).
   grace``, then the credential fails (:class:`~lockgate.errors.CredentialError`, which the
   engines audit as any credential error). A failed refresh is not retried for
   :data:`RETRY_AFTER` s;
+- the vault taking the value back (:class:`SecretWithdrawn`: a disabled, expired or not yet
+  valid Key Vault version, a deleted or destroyed KV version) or the value reaching the
+  expiry the vault gave it: the cached value (and the previous one) is dropped at once,
+  never served through ``grace``;
 - each distinct value gets a local version number (1, 2, ...): what the engines compare and
   what ``UpstreamSecret.version`` carries; the vault's own version id is kept beside it.
 
@@ -51,12 +55,19 @@ RETRY_AFTER = 5.0
 MAX_ANSWER = 1024 * 1024
 
 
+class SecretWithdrawn(CredentialError):
+    """The vault says the value must not be used (a disabled, expired or not yet valid Key
+    Vault version; a deleted or destroyed KV version): unlike an outage, the cached copy is
+    dropped at once, not served through ``grace``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
     """One answer of a vault: the value and the vault's own version id of it."""
 
     value: str = field(repr=False)
     vault_version: str
+    expires_at: float | None = None  # the vault's own expiry of the value (Key Vault ``exp``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +79,7 @@ class Held:
     vault_version: str
     seen_at: float
     superseded_at: float | None = None
+    expires_at: float | None = None  # never used from then on, whatever ttl and grace say
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +123,8 @@ class VaultHeldSecret:
         """The current value: cached while fresh, else refreshed (see the module docstring)."""
         now = self._clock()
         held = self.current
+        if held is not None and held.expires_at is not None and now >= held.expires_at:
+            self._expired(held)
         if held is not None and now < self._confirmed_at + self.cfg.ttl:
             return held
         servable = held is not None and now < self._confirmed_at + self.cfg.ttl + self.cfg.grace
@@ -129,6 +143,8 @@ class VaultHeldSecret:
             return await asyncio.wait_for(asyncio.shield(fut), max(0.0, REFRESH_WAIT - waited))
         except TimeoutError:
             return held  # the refresh goes on; a slow vault must not stall requests
+        except SecretWithdrawn:
+            raise  # the vault took the value back: never served again
         except CredentialError:
             return held  # logged by the refresh; served until ttl + grace
 
@@ -137,7 +153,10 @@ class VaultHeldSecret:
         prev = self.previous
         if prev is None or prev.superseded_at is None:
             return None
-        if self._clock() >= prev.superseded_at + self.cfg.overlap:
+        now = self._clock()
+        if now >= prev.superseded_at + self.cfg.overlap:
+            return None
+        if prev.expires_at is not None and now >= prev.expires_at:
             return None
         return prev
 
@@ -183,11 +202,39 @@ class VaultHeldSecret:
         except TimeoutError:
             self._failed(f"credential {self.cfg.name!r}: the vault did not answer in "
                          f"{self.cfg.timeout:g}s")  # fmt: skip
+        except SecretWithdrawn as exc:
+            self._withdrawn(exc)
         except CredentialError as exc:
             self._failed(str(exc))
         if not fetched.value:
             self._failed(f"credential {self.cfg.name!r}: the vault holds an empty value")
         return self._took(fetched)
+
+    def _withdrawn(self, exc: SecretWithdrawn) -> NoReturn:
+        """Forget the value the vault took back (and the one before it: the vault's answer
+        is about what it holds now), so no request uses it from here on."""
+        had = self.current is not None
+        self.current = self.previous = None
+        self._confirmed_at = -math.inf
+        self._failed_at = self._clock()
+        self._error = str(exc)
+        log.warning(
+            "vault withdrew the credential's value; it is no longer used",
+            extra={"fields": {"credential": self.cfg.name, "error": self._error}},
+        )
+        if had and self._on_change is not None:
+            self._on_change()  # the engines' secret caches drop it too
+        raise exc
+
+    def _expired(self, held: Held) -> NoReturn:
+        """The cached value reached the expiry its vault gave it: withdrawn, like a vault's
+        refusal of it (the vault would say so at the next fetch)."""
+        self._withdrawn(
+            SecretWithdrawn(
+                f"credential {self.cfg.name!r}: the value fetched from {self.cfg.held_at} "
+                f"(version {held.vault_version or '?'}) has expired"
+            )
+        )
 
     def _failed(self, message: str) -> NoReturn:
         self._failed_at = self._clock()
@@ -212,17 +259,23 @@ class VaultHeldSecret:
         self._error = None
         held = self.current
         if held is not None and fetched.value == held.value:
-            if fetched.vault_version != held.vault_version:
-                # Same value under a new version id: nothing to rotate to.
-                held = Held(held.value, held.version, fetched.vault_version, held.seen_at)
+            if (fetched.vault_version, fetched.expires_at) != (held.vault_version, held.expires_at):
+                # Same value under a new version id or expiry: nothing to rotate to.
+                held = Held(
+                    held.value, held.version, fetched.vault_version, held.seen_at,
+                    expires_at=fetched.expires_at,
+                )  # fmt: skip
                 self.current = held
             return held
         version = held.version + 1 if held is not None else 1
         if held is not None:
             self.previous = Held(
-                held.value, held.version, held.vault_version, held.seen_at, superseded_at=now
-            )
-        self.current = Held(fetched.value, version, fetched.vault_version, now)
+                held.value, held.version, held.vault_version, held.seen_at, superseded_at=now,
+                expires_at=held.expires_at,
+            )  # fmt: skip
+        self.current = Held(
+            fetched.value, version, fetched.vault_version, now, expires_at=fetched.expires_at
+        )
         log.info(
             "vault-held credential fetched" if held is None else "vault-held credential rotated",
             extra={"fields": {"credential": self.cfg.name, "vault_version": fetched.vault_version,
@@ -295,6 +348,7 @@ __all__ = [
     "FetchStatus",
     "Fetched",
     "Held",
+    "SecretWithdrawn",
     "VaultHeldSecret",
     "json_answer",
     "safe_code",
