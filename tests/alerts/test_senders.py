@@ -171,6 +171,27 @@ async def test_pagerduty_429_is_retried(tmp_path: Path) -> None:
         assert (d.outcome, d.attempts) == ("sent", 2)
 
 
+async def test_pagerduty_rate_limit_window_is_waited_out(tmp_path: Path) -> None:
+    # PagerDuty refuses every event past its limit until its 60 s window has room, with no
+    # Retry-After (developer.pagerduty.com/docs/events-API-v2/rate-limits): retries seconds
+    # apart would all be refused and the alert lost.
+    now = [0.0]
+    async with PagerDutyReceiver(ROUTING_KEY, rate_limit=2, clock=lambda: now[0]) as rx:
+        n = notifier(tmp_path, "pagerduty", rx.url)
+        waited: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waited.append(seconds)
+            now[0] += seconds
+
+        n.sleep = sleep
+        assert (await deliver(n)).outcome == "sent"
+        assert (await deliver(n)).outcome == "sent"
+        third = await deliver(n)
+        assert (third.outcome, third.attempts) == ("sent", 3)
+        assert waited and min(waited) >= 30.0 and sum(waited) >= 60.0
+
+
 async def test_pagerduty_wrong_routing_key_is_rejected(tmp_path: Path) -> None:
     async with PagerDutyReceiver("X" * 32) as rx:
         d = await deliver(notifier(tmp_path, "pagerduty", rx.url))

@@ -15,7 +15,10 @@
   ``component``, ``group``, ``class``, ``custom_details`` (an object) and ``links``
   (``href``, ``text``). Valid: ``202 {"status": "success", "message": "Event processed",
   "dedup_key": ...}``; invalid: ``400 {"status": "invalid event", "message": "Event object
-  is invalid", "errors": [...]}``; throttled: ``429``.
+  is invalid", "errors": [...]}``; throttled: ``429``. ``rate_limit``: PagerDuty's limit
+  of events per integration key over a 60-second window looking back from now (about 120;
+  developer.pagerduty.com "Events API Rate Limits"): past it every event is 429 until the
+  window has room, however soon it is retried (no Retry-After is given).
 
 Each binds 127.0.0.1 on a free port, runs in the test's event loop and stops when its
 ``async with`` block ends. ``fail_first`` answers the first N requests with ``fail_status``
@@ -32,7 +35,7 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, Self
 
@@ -199,15 +202,29 @@ def _valid_blocks(blocks: object) -> bool:
 class PagerDutyReceiver(Receiver):
     path = "/v2/enqueue"
 
-    def __init__(self, routing_key: str, *, throttle_first: int = 0, **kw: Any) -> None:
+    def __init__(
+        self,
+        routing_key: str,
+        *,
+        throttle_first: int = 0,
+        rate_limit: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **kw: Any,
+    ) -> None:
         super().__init__(**kw)
         self.routing_key = routing_key
         self.throttle_first = throttle_first
+        self.rate_limit = rate_limit
+        self.clock = clock
+        self._taken: list[float] = []  # when events were taken, for the 60 s window
         self.incidents: dict[str, str] = {}  # dedup_key -> "triggered" | "resolved"
 
     def answer(self, request: web.Request, raw: bytes) -> web.Response:
-        if self.throttle_first > 0:
-            self.throttle_first -= 1
+        now = self.clock()
+        self._taken = [t for t in self._taken if now - t < 60.0]
+        over_limit = self.rate_limit is not None and len(self._taken) >= self.rate_limit
+        if self.throttle_first > 0 or over_limit:
+            self.throttle_first = max(0, self.throttle_first - 1)
             return web.json_response(
                 {"status": "throttle event", "message": "Requests for this service are "
                  "arriving too quickly.  Please retry later."}, status=429)  # fmt: skip
@@ -221,6 +238,7 @@ class PagerDutyReceiver(Receiver):
         key = event.get("dedup_key") or f"generated-{len(self.accepted)}"
         action = event["event_action"]
         self.incidents[key] = "resolved" if action == "resolve" else "triggered"
+        self._taken.append(now)
         return web.json_response(
             {"status": "success", "message": "Event processed", "dedup_key": key}, status=202
         )

@@ -14,8 +14,10 @@
   kind), ``payload.summary/source/severity/timestamp/custom_details``; answered 202.
 
 Retries: on 429, 5xx, a timeout or a connection error, after ``Retry-After`` when the
-receiver gives one (capped), else exponential backoff with full jitter; another 4xx means
-the receiver will never take this body: no retry. URLs and keys are secrets (a Slack
+receiver gives one (capped), else exponential backoff with full jitter, and a 429 without
+Retry-After at least :data:`RATE_LIMITED_BACKOFF` apart (PagerDuty's limit looks back 60 s
+and says no Retry-After: retries a few seconds apart would all be refused); another 4xx
+means the receiver will never take this body: no retry. URLs and keys are secrets (a Slack
 webhook URL is its own credential): they are read from a file or an environment variable,
 never logged (log lines name the notifier only), and only ever sent over https (plain http
 to this machine alone, e.g. a local relay).
@@ -50,6 +52,10 @@ BASE_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 #: A receiver's Retry-After is honoured up to this many seconds.
 MAX_RETRY_AFTER = 300.0
+#: A 429 without Retry-After is retried no sooner: PagerDuty's Events API v2 counts events
+#: per integration key over the last 60 s and advises retrying 30 s apart
+#: (developer.pagerduty.com/docs/events-API-v2/rate-limits).
+RATE_LIMITED_BACKOFF = 30.0
 #: PagerDuty's limit on payload.summary; Slack's on a section's text.
 PAGERDUTY_SUMMARY_MAX = 1024
 SLACK_TEXT_MAX = 3000
@@ -263,6 +269,8 @@ class Notifier:
             if attempt >= self.settings.max_attempts:
                 return Delivery(FAILED, attempt, status, error)
             delay = wait if wait is not None else backoff(attempt, self.rand)
+            if status == 429 and wait is None:
+                delay = max(delay, RATE_LIMITED_BACKOFF)
             log.info(
                 "alert not taken yet; retrying",
                 extra={"fields": {"notifier": self.name, "kind": alert.kind, "status": status,
