@@ -171,6 +171,20 @@ async def test_pagerduty_429_is_retried(tmp_path: Path) -> None:
         assert (d.outcome, d.attempts) == ("sent", 2)
 
 
+async def test_slack_refusals_that_will_not_pass_are_not_retried(tmp_path: Path) -> None:
+    # Slack answers an archived channel 410 channel_is_archived, a removed webhook 404
+    # no_service, a wrong token 403 invalid_token (api.slack.com/messaging/webhooks,
+    # "Handling errors"): none passes later, so none is retried.
+    for receiver in (SlackReceiver(archived=True), SlackReceiver(revoked=True)):
+        async with receiver as rx:
+            d = await deliver(notifier(tmp_path, "slack", rx.url))
+            assert (d.outcome, d.attempts) == ("rejected", 1)
+    async with SlackReceiver() as rx:
+        d = await deliver(notifier(tmp_path, "slack", rx.url.rsplit("/", 1)[0] + "/wrong"))
+        assert (d.outcome, d.status) == ("rejected", 403)
+        assert rx.refused == [(403, "invalid_token")]
+
+
 async def test_pagerduty_rate_limit_window_is_waited_out(tmp_path: Path) -> None:
     # PagerDuty refuses every event past its limit until its 60 s window has room, with no
     # Retry-After (developer.pagerduty.com/docs/events-API-v2/rate-limits): retries seconds

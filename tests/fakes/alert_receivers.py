@@ -6,7 +6,11 @@
   as a careful consumer of Slack's or Stripe's signed requests does.
 - :class:`SlackReceiver`: an incoming webhook (api.slack.com/messaging/webhooks): a JSON
   body with ``text`` (or ``blocks``) is answered ``200 ok`` (text/html); anything else
-  ``400 invalid_payload`` (``no_text`` when neither text nor blocks is given).
+  ``400 invalid_payload`` (``no_text`` when neither text nor blocks is given). A URL whose
+  token is wrong is ``403 invalid_token``, one Slack does not know (a removed webhook,
+  ``revoked``) ``404 no_service``, a post to an archived channel (``archived``) ``410
+  channel_is_archived`` (api.slack.com/messaging/webhooks "Handling errors"; the 2016
+  changelog "Improving error conditions for Incoming Webhooks").
 - :class:`PagerDutyReceiver`: Events API v2 (developer.pagerduty.com, "Send an Alert
   Event"): ``POST /v2/enqueue`` with ``routing_key`` (32 characters), ``event_action``
   (trigger, acknowledge, resolve), ``dedup_key`` (at most 255 characters; required unless
@@ -63,6 +67,7 @@ class Receiver:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post(self.path, self._handle)
+        app.router.add_post("/{elsewhere:.*}", self._elsewhere)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -107,6 +112,12 @@ class Receiver:
 
     def answer(self, request: web.Request, raw: bytes) -> web.Response:
         raise NotImplementedError
+
+    async def _elsewhere(self, request: web.Request) -> web.Response:
+        """A POST to another path than the receiver's."""
+        self.requests += 1
+        self.refused.append((404, "not the receiver's path"))
+        return web.Response(status=404, text="not found")
 
 
 @contextlib.contextmanager
@@ -162,7 +173,23 @@ class WebhookReceiver(Receiver):
 class SlackReceiver(Receiver):
     path = "/services/T000/B000/XXXX"
 
+    def __init__(self, *, archived: bool = False, revoked: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.archived = archived  # the channel was archived: 410 channel_is_archived
+        self.revoked = revoked  # the webhook was removed: 404 no_service
+
+    async def _elsewhere(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        same_hook = request.path.rsplit("/", 1)[0] == self.path.rsplit("/", 1)[0]
+        status, text = (403, "invalid_token") if same_hook else (404, "no_service")
+        self.refused.append((status, text))
+        return web.Response(status=status, text=text, content_type="text/html")
+
     def answer(self, request: web.Request, raw: bytes) -> web.Response:
+        if self.revoked:
+            return web.Response(status=404, text="no_service", content_type="text/html")
+        if self.archived:
+            return web.Response(status=410, text="channel_is_archived", content_type="text/html")
         try:
             body = json.loads(raw)
         except ValueError:
