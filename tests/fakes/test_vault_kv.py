@@ -89,6 +89,12 @@ def test_errors_as_the_service_answers(vault: FakeVault) -> None:
     client = hvac.Client(url=vault.base_url)
     with pytest.raises(hvac.exceptions.InvalidRequest, match="invalid role or secret ID"):
         client.auth.approle.login(role_id=role_id, secret_id="nope")
+    # https://github.com/openbao/openbao/blob/main/builtin/credential/approle/path_login.go:
+    # "missing role_id", "invalid role or secret ID" for an unknown one, "missing secret_id".
+    for role, secret, said in (("", "x", "missing role_id"), ("unknown", "x", "invalid role"),
+                               (role_id, "", "missing secret_id")):  # fmt: skip
+        with pytest.raises(hvac.exceptions.InvalidRequest, match=said):
+            client.auth.approle.login(role_id=role, secret_id=secret)
     reader = _approle(vault, ["app-read"])
     with pytest.raises(hvac.exceptions.Forbidden, match="permission denied"):
         reader.secrets.kv.v2.read_secret_version(path="other/x", raise_on_deleted_version=True)

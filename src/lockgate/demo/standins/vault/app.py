@@ -216,11 +216,20 @@ class FakeVault:
     async def approle_login(self, request: web.Request) -> web.Response:
         body = await _body(request)
         role_id, secret_id = body.get("role_id"), body.get("secret_id")
-        for name, role in self.approle_roles.items():
-            if role.role_id == role_id and secret_id in role.secret_ids:
-                return self._issue(request[NAMESPACE_KEY], role.policies, role.token_ttl,
-                                   role.token_max_ttl, {"role_name": name})  # fmt: skip
-        return _errors(400, ["invalid role or secret ID"])
+        # Vault's order and words (builtin/credential/approle/path_login.go): no role_id,
+        # an unknown one, no secret_id, a wrong one; all 400.
+        if not isinstance(role_id, str) or not role_id.strip():
+            return _errors(400, ["missing role_id"])
+        found = [(n, r) for n, r in self.approle_roles.items() if r.role_id == role_id.strip()]
+        if not found:
+            return _errors(400, ["invalid role or secret ID"])
+        name, role = found[0]
+        if not isinstance(secret_id, str) or not secret_id.strip():
+            return _errors(400, ["missing secret_id"])
+        if secret_id.strip() not in role.secret_ids:
+            return _errors(400, ["invalid role or secret ID"])
+        return self._issue(request[NAMESPACE_KEY], role.policies, role.token_ttl,
+                           role.token_max_ttl, {"role_name": name})  # fmt: skip
 
     async def jwt_login(self, request: web.Request) -> web.Response:
         body = await _body(request)
