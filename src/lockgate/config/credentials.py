@@ -148,6 +148,13 @@ def _vault_url_not_in_clear(url: str) -> str:
     return url.rstrip("/")
 
 
+def _no_dot_segments(value: str | None) -> str | None:
+    """A path piece of a Vault URL: no ``.``/``..`` segment (the URL would point elsewhere)."""
+    if value is not None and {".", ".."} & set(value.split("/")):
+        raise ValueError("must not have a '.' or '..' segment")
+    return value
+
+
 #: The audiences (``resource``, or ``scope`` without ``/.default``) of Key Vault's data plane
 #: in the public and sovereign clouds: what the ``identity`` of a Key Vault credential needs.
 KEY_VAULT_AUDIENCES = (
@@ -204,6 +211,7 @@ class VaultAppRole(Section):
     role_id: str = Field(min_length=1)
     secret_id_file: Path | None = None
     mount: str = Field(default="approle", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    check_mount = field_validator("mount")(_no_dot_segments)
 
 
 class VaultJwt(Section):
@@ -220,6 +228,7 @@ class VaultJwt(Section):
     algorithm: Literal["RS256", "ES256"] | None = None
     assertion_ttl: int = Field(default=300, ge=60, le=3600)
     mount: str = Field(default="jwt", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    check_mount = field_validator("mount")(_no_dot_segments)
 
 
 class VaultKvCredential(_VaultHeld):
@@ -233,13 +242,18 @@ class VaultKvCredential(_VaultHeld):
     path: str = Field(pattern=r"^[A-Za-z0-9_.@-]+(/[A-Za-z0-9_.@-]+)*$")
     field: str = Field(default="value", min_length=1, description="key inside the secret's data")
     version: int | None = Field(default=None, ge=1)
-    namespace: str | None = Field(default=None, description="Vault Enterprise / OpenBao namespace")
+    namespace: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/?$",  # a header value: no CR/LF
+        description="Vault Enterprise / OpenBao namespace",
+    )
     auth: Annotated[VaultAppRole | VaultJwt, Field(discriminator="method")]
     ca_file: Path | None = Field(
         default=None, description="CA bundle the vault's https is checked with"
     )
 
     check_address = field_validator("address")(_vault_url_not_in_clear)
+    check_segments = field_validator("mount", "path", "namespace")(_no_dot_segments)
 
     @property
     def held_at(self) -> str:
