@@ -44,6 +44,9 @@ _MULTIERROR = re.compile(r"[0-9]+ errors? occurred:\n")
 #: Renew (or log in again) once this share of the token's lease is gone.
 RENEW_AT = 2 / 3
 
+#: Seconds of a token's lease taken at most (a lease of 10**400 is not a float).
+MAX_LEASE = 10 * 365 * 86400
+
 #: The stored AppRole secret id (the broker's current version of the credential).
 SecretIdSource = Callable[[], Awaitable[str]]
 
@@ -190,7 +193,9 @@ class VaultKvReader:
         if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
             return None
         lease = auth.get("lease_duration", 0)
-        lease = float(lease) if isinstance(lease, int | float) and lease > 0 else 0.0
+        if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
+            lease = 0  # none said (or nonsense): kept until a read is refused, then a login
+        lease = float(min(lease, MAX_LEASE))
         return _VaultToken(
             auth["client_token"], self._clock(), lease, bool(auth.get("renewable", False))
         )
@@ -224,12 +229,20 @@ class VaultKvReader:
                 timeout=aiohttp.ClientTimeout(total=self.cred.timeout),
                 allow_redirects=False,  # never replay a token or secret id elsewhere
             ) as resp:
-                return resp.status, await json_answer(resp, self.cred.name)
+                status, body = resp.status, await json_answer(resp, self.cred.name)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CredentialError(
                 f"credential {self.cred.name!r}: Vault {self.cred.address} unreachable "
                 f"({type(exc).__name__})"
             ) from None
+        if isinstance(body.get("wrap_info"), dict):
+            # Its token unwraps the answer once: never repeated, never used here.
+            raise CredentialError(
+                f"credential {self.cred.name!r}: Vault answered {method} {url.split('?')[0]} "
+                "response-wrapped (a wrapping policy or control group on that path); "
+                "Lockgate reads unwrapped answers only"
+            )
+        return status, body
 
     def _check_not_deleted(self, body: dict[str, Any]) -> None:
         """KV v2 answers a deleted or destroyed version with its metadata and ``data``
@@ -325,4 +338,4 @@ def _kv_version(version: object) -> str:
     return ""
 
 
-__all__ = ["RENEW_AT", "VaultKvReader"]
+__all__ = ["MAX_LEASE", "RENEW_AT", "VaultKvReader"]
