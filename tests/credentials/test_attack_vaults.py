@@ -535,3 +535,137 @@ async def test_a_deleted_or_destroyed_kv_version_is_dropped_not_served_through_g
     finally:
         await broker.close()
         await runner.cleanup()
+
+
+# -- leases, namespaces, wrapping, rollback --------------------------------------------------
+@pytest.mark.parametrize(
+    "lease",
+    [0, -5, 10 * 365 * 86400, 10**400, "3600", None],
+    ids=["zero", "negative", "ten-years", "huge", "string", "null"],
+)
+async def test_any_lease_a_login_answers_leaves_the_reader_working(
+    tmp_path: Path, hostile: Hostile, lease: object
+) -> None:
+    logins: list[int] = []
+
+    async def login(request: web.Request) -> web.Response:
+        logins.append(1)
+        auth = {"client_token": VAULT_TOKEN, "lease_duration": lease, "renewable": True}
+        text = json.dumps({"auth": auth})  # 10**400 too: JSON has no limit
+        return web.Response(text=text, content_type="application/json")
+
+    reads: list[str] = []
+
+    async def read(request: web.Request) -> web.Response:
+        reads.append(request.headers["X-Vault-Token"])
+        return web.json_response(_kv_answer({"value": VALUE}))
+
+    hostile.routes["/v1/auth/approle/login"] = login
+    hostile.routes["/v1/secret/data/"] = read
+    clock = Clock()
+    broker = _vault_broker(tmp_path, hostile.url, clock, ttl=60)
+    try:
+        for step in range(3):
+            clock.offset = step * 61
+            assert (await broker.upstream_secret("orders-key")).value == VALUE
+        assert reads == [VAULT_TOKEN] * 3 and len(logins) == 1
+    finally:
+        await broker.close()
+
+
+@pytest.mark.parametrize(
+    "namespace", ["team-a\r\nX-Vault-Token: stolen", "team-a\nX", "a b", "team-a/../root", ""]
+)
+def test_a_namespace_that_would_inject_a_header_is_refused_at_load(namespace: str) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        LockgateConfig.model_validate({
+            "credentials": [{"name": "k", "type": "vault_kv", "address": "http://127.0.0.1:8200",
+                             "path": "a/b", "namespace": namespace,
+                             "auth": {"method": "approle", "role_id": "r"}}],
+        })  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("path", "orders/../../sys/raw"), ("mount", "secret/.."), ("path", "./a")]
+)
+def test_a_mount_or_path_pointing_elsewhere_is_refused_at_load(key: str, value: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        LockgateConfig.model_validate({
+            "credentials": [{"name": "k", "type": "vault_kv", "address": "http://127.0.0.1:8200",
+                             "path": "a/b", key: value,
+                             "auth": {"method": "approle", "role_id": "r"}}],
+        })  # fmt: skip
+    with pytest.raises(ValueError, match="mount"):  # the login's auth mount too
+        LockgateConfig.model_validate({
+            "credentials": [{"name": "k", "type": "vault_kv", "address": "http://127.0.0.1:8200",
+                             "path": "a/b", "auth": {"method": "jwt", "role": "r",
+                                                     "audience": "a", "mount": "jwt/../.."}}],
+        })  # fmt: skip
+
+
+def test_plain_namespaces_are_accepted() -> None:
+    for namespace in ("team-a", "admin/team-a", "admin/team_a.b/", "ns1"):
+        LockgateConfig.model_validate({
+            "credentials": [{"name": "k", "type": "vault_kv", "address": "http://127.0.0.1:8200",
+                             "path": "a/b", "namespace": namespace,
+                             "auth": {"method": "approle", "role_id": "r"}}],
+        })  # fmt: skip
+
+
+async def test_a_wrapped_answer_is_named_and_its_wrapping_token_never_repeated(
+    tmp_path: Path, hostile: Hostile, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrapping_token = "hvs.CAESIWrapWrapWrapWrapWrapWrap1234567890abcdef"
+    wrap_info = {"token": wrapping_token, "accessor": "acc1234567890abcdefXYZ", "ttl": 300,
+                 "creation_path": "secret/data/orders/api"}  # fmt: skip
+
+    async def wrapped(request: web.Request) -> web.Response:
+        return web.json_response({"data": None, "auth": None, "wrap_info": wrap_info})
+
+    hostile.routes["/v1/auth/approle/login"] = wrapped
+    broker = _vault_broker(tmp_path, hostile.url)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(CredentialError, match="response-wrapped") as err:
+            await broker.upstream_secret("orders-key")
+        assert wrapping_token not in str(err.value) + _everything_said(broker, caplog)
+        hostile.routes["/v1/auth/approle/login"] = _vault_login
+        hostile.routes["/v1/secret/data/"] = wrapped
+        broker._vaults.clear()
+        with pytest.raises(CredentialError, match="response-wrapped") as err:
+            await broker.upstream_secret("orders-key")
+        assert wrapping_token not in str(err.value) + _everything_said(broker, caplog)
+    finally:
+        await broker.close()
+
+
+async def test_a_vault_rolled_back_to_an_older_version_is_used_but_said_loudly(
+    tmp_path: Path, hostile: Hostile, caplog: pytest.LogCaptureFixture
+) -> None:
+    answer = [("key-one", 1)]
+
+    async def read(request: web.Request) -> web.Response:
+        value, version = answer[0]
+        return web.json_response(_kv_answer({"value": value}, version))
+
+    hostile.routes["/v1/auth/approle/login"] = _vault_login
+    hostile.routes["/v1/secret/data/"] = read
+    clock = Clock()
+    broker = _vault_broker(tmp_path, hostile.url, clock, ttl=60, overlap=120)
+    caplog.set_level(logging.INFO)
+    try:
+        assert (await broker.upstream_secret("orders-key")).value == "key-one"
+        answer[0] = ("key-two", 2)
+        clock.offset = 61
+        assert (await broker.upstream_secret("orders-key")).value == "key-two"
+        assert "went back" not in caplog.text
+        answer[0] = ("key-one", 1)  # a restored snapshot: the revoked value, an older version
+        clock.offset = 122
+        assert (await broker.upstream_secret("orders-key")).value == "key-one"
+        back = [r for r in caplog.records if "went back" in r.getMessage()]
+        assert back and back[0].levelno == logging.WARNING
+        fields = back[0].fields  # type: ignore[attr-defined]
+        assert fields["vault_version"] == "1" and fields["previous_vault_version"] == "2"
+        assert "key-one" not in caplog.text and "key-two" not in caplog.text
+    finally:
+        await broker.close()

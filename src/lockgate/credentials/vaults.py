@@ -268,6 +268,15 @@ class VaultHeldSecret:
                 self.current = held
             return held
         version = held.version + 1 if held is not None else 1
+        if held is not None and self._went_back(held, fetched):
+            # Used (the vault is the source of truth), but an operator must hear of it: a
+            # restored snapshot or a recreated secret may bring back a revoked value.
+            log.warning(
+                "vault-held credential went back to an earlier value or version",
+                extra={"fields": {"credential": self.cfg.name,
+                                  "vault_version": fetched.vault_version,
+                                  "previous_vault_version": held.vault_version}},
+            )  # fmt: skip
         if held is not None:
             self.previous = Held(
                 held.value, held.version, held.vault_version, held.seen_at, superseded_at=now,
@@ -284,6 +293,13 @@ class VaultHeldSecret:
         if self._on_change is not None:
             self._on_change()
         return self.current
+
+    def _went_back(self, held: Held, fetched: Fetched) -> bool:
+        """The new value is the one superseded before, or its version number is lower."""
+        if self.previous is not None and fetched.value == self.previous.value:
+            return True
+        new, old = fetched.vault_version, held.vault_version
+        return new.isdecimal() and old.isdecimal() and int(new) < int(old)
 
 
 def _retrieved(fut: asyncio.Future[Held]) -> None:
