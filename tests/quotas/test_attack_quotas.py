@@ -3,7 +3,10 @@
 - many requests held (``max_delay``) or refused by a full cap on shared budgets: each
   used to ask the state database again (a write transaction on the SQLite file, on the
   event loop) every poll, so a DAG flooding its own cap stalled every other request of the
-  worker. A cap the database just said is full is now refused locally for a moment.
+  worker. A cap the database just said is full is now refused locally for a moment;
+- a batch (``cost``: a CQL BATCH of many statements on one table) used to cost one token:
+  it is admitted on its first token and the rest are taken into debt, in memory and in
+  the shared bucket every worker draws from.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import time
 from pathlib import Path
 
 from lockgate.quotas import Throttled
+from lockgate.quotas.budgets import MemoryBudgets
 from lockgate.quotas.gate import SLOT_POLL_SECONDS, PolicyQuotaGate
 from lockgate.quotas.shared import SharedBudgets
-from tests.quotas.conftest import constant, quota_policy, task_claims
+from tests.quotas.conftest import FakeClock, constant, quota_policy, task_claims
 
 CAPPED = """\
 rules:
@@ -81,3 +85,51 @@ async def test_a_slot_freed_elsewhere_is_still_seen_by_a_waiter(tmp_path: Path) 
     finally:
         budgets.close()
         other.close()
+
+
+RATE = """\
+quotas:
+  - id: etl-writes
+    principals: ["airflow:prod/*"]
+    resources: [orders-api]
+    rate: 10/s
+    max_delay: 0.5s
+"""
+
+
+async def _admit(gate: PolicyQuotaGate, cost: int = 1) -> object:
+    answer = gate.admit(task_claims(), "orders-api", "write", "/o", cost=cost)
+    return await answer if asyncio.iscoroutine(answer) else answer
+
+
+async def test_a_batch_spends_one_token_per_statement_in_memory() -> None:
+    clock = FakeClock()
+    gate = PolicyQuotaGate(constant(quota_policy(RATE)), MemoryBudgets(clock), sleep=clock.sleep)
+    assert not isinstance(await _admit(gate, cost=40), Throttled)  # on its first token
+    refused = await _admit(gate)
+    assert isinstance(refused, Throttled) and refused.limit == "etl-writes"
+    assert 2.5 <= refused.retry_after <= 3.1, refused  # 31 tokens of debt at 10/s, less 0.5 s
+    clock.advance(3.1)
+    assert not isinstance(await _admit(gate), Throttled)  # the debt is paid off
+
+
+async def test_a_throttled_batch_costs_nothing() -> None:
+    clock = FakeClock()
+    gate = PolicyQuotaGate(constant(quota_policy(RATE)), MemoryBudgets(clock), sleep=clock.sleep)
+    assert not isinstance(await _admit(gate, cost=20), Throttled)
+    assert isinstance(await _admit(gate, cost=1000), Throttled)  # refused: nothing billed
+    clock.advance(1.6)  # 20 tokens taken from 10: 1.1 s to the next one, 0.5 s held
+    assert not isinstance(await _admit(gate), Throttled)
+
+
+async def test_a_batch_in_one_worker_is_debt_for_every_worker(tmp_path: Path) -> None:
+    first = SharedBudgets(tmp_path / "quotas.db", holder="w1", background=False)
+    second = SharedBudgets(tmp_path / "quotas.db", holder="w2", background=False)
+    try:
+        gates = [PolicyQuotaGate(constant(quota_policy(RATE)), b) for b in (first, second)]
+        assert not isinstance(await _admit(gates[0], cost=100), Throttled)
+        refused = await _admit(gates[1])
+        assert isinstance(refused, Throttled) and refused.retry_after > 5.0, refused
+    finally:
+        first.close()
+        second.close()

@@ -78,10 +78,12 @@ class QuotaGate(Protocol):
     matches returns :data:`NO_TICKET` at once, without I/O: the hot path pays one lookup."""
 
     def admit(
-        self, claims: Claims, resource: str, action: str, obj: str
+        self, claims: Claims, resource: str, action: str, obj: str, cost: int = 1
     ) -> Admission | Awaitable[Admission]:
         """One request or statement (rate, then in-flight cap); release the ticket when
-        its response has been relayed (or it failed)."""
+        its response has been relayed (or it failed). ``cost``: the statements of a batch
+        on this object (a CQL BATCH): admitted on one token, the rest taken into debt,
+        one in-flight slot."""
         ...
 
     def open_session(self, claims: Claims, resource: str) -> Admission | Awaitable[Admission]:
@@ -105,7 +107,9 @@ class _NoQuotas:
 
     __slots__ = ()
 
-    def admit(self, claims: Claims, resource: str, action: str, obj: str) -> Admission:
+    def admit(
+        self, claims: Claims, resource: str, action: str, obj: str, cost: int = 1
+    ) -> Admission:
         return NO_TICKET
 
     def open_session(self, claims: Claims, resource: str) -> Admission:

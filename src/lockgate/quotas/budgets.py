@@ -80,6 +80,12 @@ class Budgets(Protocol):
 
     def refund(self, key: str, rate: float, burst: float) -> None: ...
 
+    def charge(self, key: str, rate: float, burst: float, tokens: float) -> None:
+        """Take ``tokens`` more from an admitted request's bucket, into debt if need be: the
+        rest of a batch (its first token admitted it; later requests wait the debt out).
+        Never raises."""
+        ...
+
     def acquire(self, key: str, cap: int) -> bool: ...
 
     def release(self, key: str) -> None: ...
@@ -120,6 +126,14 @@ class MemoryBudgets:
                 self._buckets[key] = Bucket(
                     min(refill(bucket, rate, burst, now) + 1.0, burst), max(now, bucket.updated_at)
                 )
+
+    def charge(self, key: str, rate: float, burst: float, tokens: float) -> None:
+        with self._lock:
+            now = self._clock()
+            bucket = self._buckets.get(key)
+            level = refill(bucket, rate, burst, now)
+            stamp = max(now, bucket.updated_at) if bucket is not None else now
+            self._buckets[key] = Bucket(level - tokens, stamp)
 
     def acquire(self, key: str, cap: int) -> bool:
         with self._lock:
@@ -202,6 +216,9 @@ class OpenedOnFirstUse:
 
     def refund(self, key: str, rate: float, burst: float) -> None:
         self._get().refund(key, rate, burst)
+
+    def charge(self, key: str, rate: float, burst: float, tokens: float) -> None:
+        self._get().charge(key, rate, burst, tokens)
 
     def acquire(self, key: str, cap: int) -> bool:
         return self._get().acquire(key, cap)

@@ -152,7 +152,7 @@ class PolicyQuotaGate:
 
     # -- the door ----------------------------------------------------------------------------
     def admit(
-        self, claims: Claims, resource: str, action: str, obj: str
+        self, claims: Claims, resource: str, action: str, obj: str, cost: int = 1
     ) -> Admission | Awaitable[Admission]:
         quotas = self._matching(claims.principal, resource, action)
         if not quotas:
@@ -170,8 +170,39 @@ class PolicyQuotaGate:
             ),
         )
         if self._budgets.blocking:
-            return self._admit_off_loop(plan)
-        return self._admit_now(plan)
+            answer: Admission | Awaitable[Admission] = self._admit_off_loop(plan)
+        else:
+            answer = self._admit_now(plan)
+        if cost <= 1 or not plan.rates:
+            return answer
+        if inspect.isawaitable(answer):
+            return self._billed_later(plan.rates, cost - 1, answer)
+        if not isinstance(answer, Throttled):
+            self._bill(plan.rates, cost - 1)
+        return answer
+
+    # -- batches -----------------------------------------------------------------------------
+    def _bill(self, rates: Sequence[tuple[Quota, str]], tokens: int) -> None:
+        """An admitted batch of ``tokens + 1`` statements: its first token admitted it, the
+        rest are taken from each rate into debt (later requests wait it out), so a batch
+        is no way past a rate."""
+        for quota, key in rates:
+            assert quota.rate is not None
+            try:
+                self._budgets.charge(key, quota.rate, quota.burst, float(tokens))
+            except Exception:  # a brake's bookkeeping never fails an admitted request
+                log.exception("quota batch charge failed")
+
+    async def _billed_later(
+        self, rates: Sequence[tuple[Quota, str]], tokens: int, answer: Awaitable[Admission]
+    ) -> Admission:
+        admitted = await answer
+        if not isinstance(admitted, Throttled):
+            if self._budgets.blocking:
+                await asyncio.to_thread(self._bill, rates, tokens)
+            else:
+                self._bill(rates, tokens)
+        return admitted
 
     def open_session(self, claims: Claims, resource: str) -> Admission | Awaitable[Admission]:
         quotas = self._matching(claims.principal, resource, _SESSION)

@@ -284,6 +284,26 @@ class SharedBudgets:
                 return
         self._memory.refund(key, rate, burst)
 
+    def charge(self, key: str, rate: float, burst: float, tokens: float) -> None:
+        try:
+            self._refuse_if_known_down()
+            self.round_trips += 1
+            with self.db.transaction() as cur:
+                now = self._clock()
+                row = self._locked_row(
+                    cur, "quota_buckets", key, "tokens, updated_at", (burst, now)
+                )
+                level = refill(Bucket(row[0], row[1]), rate, burst, now)
+                cur.execute(
+                    "UPDATE quota_buckets SET tokens = ?, updated_at = ? WHERE name = ?",
+                    (level - tokens, max(now, row[1]), key),
+                )
+        except StoreUnavailable as exc:
+            self._fell_back(exc)
+            self._memory.charge(key, rate, burst, tokens)
+            return
+        self._recovered()
+
     # -- caps ----------------------------------------------------------------------------------
     def acquire(self, key: str, cap: int) -> bool:
         return self._reserve(key, cap, runs=False)

@@ -38,6 +38,7 @@ class FakeGate:
     limit: str = "etl-writes"
     held: int = 0
     asked: list[tuple[str, str]] = field(default_factory=list)
+    costs: list[int] = field(default_factory=list)  # of each ask: statements of a batch
     sessions_asked: int = 0
     cancelled: int = 0
 
@@ -56,8 +57,9 @@ class FakeGate:
             raise
         return FakeTicket(self)
 
-    def admit(self, claims: Any, resource: str, action: str, obj: str) -> Any:
+    def admit(self, claims: Any, resource: str, action: str, obj: str, cost: int = 1) -> Any:
         self.asked.append((action, obj))
+        self.costs.append(cost)
         if self.actions and action not in self.actions:
             return FakeTicket(self)
         return self._answer(self.statements, "rate")

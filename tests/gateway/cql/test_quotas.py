@@ -85,6 +85,7 @@ async def test_batch_asks_once_per_object(stack: Stack) -> None:
     raw.send(codec.Query(stream=3, query=batch))
     assert isinstance(await raw.recv(), codec.Result)
     assert gate.asked == [("write", "ks.orders")]
+    assert gate.costs == [5]  # every statement of the batch counts against a rate
     await eventually(lambda: gate.held == 1)  # the session's slot only
     raw.close()
     await eventually(lambda: gate.held == 0)

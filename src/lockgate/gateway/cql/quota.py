@@ -1,8 +1,10 @@
 """Asking the quota gate for a session's statements: what the CQL and PostgreSQL engines share.
 
 A statement may touch several objects (a CQL BATCH over two tables, a PostgreSQL text of
-three statements); each distinct ``(action, object)`` asks :meth:`QuotaGate.admit` once, so
-a quota on one table is spent by every statement that touches it. :func:`admit_each`
+three statements); each distinct ``(action, object)`` asks :meth:`QuotaGate.admit` once,
+with ``cost`` the number of targets naming it (the statements of a BATCH on that table), so
+a quota on one table is spent by every statement that touches it: a batch is no way past
+a rate. :func:`admit_each`
 returns the tickets, the first :class:`Throttled` (the tickets already taken are given
 back), or an awaitable of either when the gate paces (a quota's ``max_delay``): the engine
 then holds that statement, and only it, until the answer comes.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +38,9 @@ def admit_each(
 ) -> Answer | Awaitable[Answer]:
     """Ask ``gate`` once per distinct ``(action, object)``; see the module docstring."""
     tickets: Tickets = []
-    pending = list(dict.fromkeys(targets))
-    for i, (action, obj) in enumerate(pending):
-        answer = gate.admit(claims, resource, action, obj)
+    pending = list(Counter(targets).items())
+    for i, (target, cost) in enumerate(pending):
+        answer = _ask(gate, claims, resource, target, cost)
         if inspect.isawaitable(answer):
             return _admit_rest(gate, claims, resource, pending[i + 1 :], answer, tickets)
         if isinstance(answer, Throttled):
@@ -47,21 +50,30 @@ def admit_each(
     return tickets
 
 
+def _ask(
+    gate: QuotaGate, claims: Claims, resource: str, target: tuple[str, str], cost: int
+) -> QuotaTicket | Throttled | Awaitable[QuotaTicket | Throttled]:
+    action, obj = target
+    if cost > 1:
+        return gate.admit(claims, resource, action, obj, cost=cost)
+    return gate.admit(claims, resource, action, obj)
+
+
 async def _admit_rest(
     gate: QuotaGate,
     claims: Claims,
     resource: str,
-    rest: Sequence[tuple[str, str]],
+    rest: Sequence[tuple[tuple[str, str], int]],
     first: Awaitable[QuotaTicket | Throttled],
     tickets: Tickets,
 ) -> Answer:
     try:
         answer: Any = await settle(first)
-        for action, obj in rest:
+        for target, cost in rest:
             if isinstance(answer, Throttled):
                 break
             tickets.append(answer)
-            answer = gate.admit(claims, resource, action, obj)
+            answer = _ask(gate, claims, resource, target, cost)
             if inspect.isawaitable(answer):
                 answer = await settle(answer)
         if isinstance(answer, Throttled):

@@ -65,7 +65,10 @@ class FlowQuotas:
         taken: list[list[QuotaTicket]] = []
         try:
             for rec in records:
-                accesses = [(a.action, a.obj) for a in rec.statement.accesses if a.obj]
+                # one statement is one token per object, however often it names it
+                accesses = list(
+                    dict.fromkeys((a.action, a.obj) for a in rec.statement.accesses if a.obj)
+                )
                 answer = admit_each(gate, claims, self.name, accesses) if accesses else []
                 if inspect.isawaitable(answer):
                     answer = await self._paced(answer)
