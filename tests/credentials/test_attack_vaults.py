@@ -19,7 +19,9 @@ import pytest
 from aiohttp import web
 
 from lockgate.config import LockgateConfig
+from lockgate.config.credentials import VaultKvCredential
 from lockgate.credentials import CredentialBroker, CredentialStore
+from lockgate.credentials.vaults import Fetched, VaultHeldSecret
 from lockgate.demo.standins.entra import EntraTrust, FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
 from lockgate.demo.standins.key_vault import FakeKeyVault
@@ -669,3 +671,34 @@ async def test_a_vault_rolled_back_to_an_older_version_is_used_but_said_loudly(
         assert "key-one" not in caplog.text and "key-two" not in caplog.text
     finally:
         await broker.close()
+
+
+# -- errors that are not the vault's words ---------------------------------------------------
+@pytest.mark.parametrize("ca", ["missing.pem", "garbage.pem"])
+async def test_an_unusable_ca_file_is_a_credential_error_not_a_crash(
+    tmp_path: Path, hostile: Hostile, ca: str
+) -> None:
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    broker = _vault_broker(tmp_path, hostile.url, ca_file=str(tmp_path / ca))
+    try:
+        with pytest.raises(CredentialError, match="cannot use ca_file"):
+            await broker.upstream_secret("orders-key")
+        assert broker.vault_status()["orders-key"].error is not None
+    finally:
+        await broker.close()
+
+
+async def test_an_unexpected_failure_of_a_fetch_is_a_credential_error_naming_no_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken() -> Fetched:
+        raise ValueError(f"cannot parse {VALUE!r}")  # a library's text may hold anything
+
+    cfg = VaultKvCredential.model_validate({
+        "name": "k", "type": "vault_kv", "address": "http://127.0.0.1:8200", "path": "a/b",
+        "auth": {"method": "approle", "role_id": "r"},
+    })  # fmt: skip
+    held = VaultHeldSecret(cfg, broken)
+    with pytest.raises(CredentialError, match=r"reading the vault failed \(ValueError\)") as err:
+        await held.get()
+    assert VALUE not in str(err.value) + caplog.text + str(held.status())

@@ -87,9 +87,7 @@ class VaultKvReader:
         self._token: _VaultToken | None = None
         # What the last request carried that an answer must not be allowed to repeat.
         self._sent: tuple[str, ...] = ()
-        self._ssl: ssl.SSLContext | None = (
-            ssl.create_default_context(cafile=str(cred.ca_file)) if cred.ca_file else None
-        )
+        self._ssl: ssl.SSLContext | None = None  # made at the first request (ca_file read)
 
     async def fetch(self) -> Fetched:
         """The configured field of the secret (its KV version as the vault version)."""
@@ -225,7 +223,7 @@ class VaultKvReader:
                 url,
                 json=json,
                 headers=headers,
-                ssl=self._ssl if self._ssl is not None else True,
+                ssl=self._tls(),
                 timeout=aiohttp.ClientTimeout(total=self.cred.timeout),
                 allow_redirects=False,  # never replay a token or secret id elsewhere
             ) as resp:
@@ -243,6 +241,22 @@ class VaultKvReader:
                 "Lockgate reads unwrapped answers only"
             )
         return status, body
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        """The context checking the vault's https with ``ca_file``; True: the system's CAs.
+        A missing or unreadable ca_file is this credential's error, not the request's."""
+        ca_file = self.cred.ca_file
+        if ca_file is None:
+            return True
+        if self._ssl is None:
+            try:
+                self._ssl = ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no CA in it"
+                raise CredentialError(
+                    f"credential {self.cred.name!r}: cannot use ca_file {ca_file}: {why}"
+                ) from None
+        return self._ssl
 
     def _check_not_deleted(self, body: dict[str, Any]) -> None:
         """KV v2 answers a deleted or destroyed version with its metadata and ``data``

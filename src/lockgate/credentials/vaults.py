@@ -206,6 +206,11 @@ class VaultHeldSecret:
             self._withdrawn(exc)
         except CredentialError as exc:
             self._failed(str(exc))
+        except Exception as exc:  # a fetcher's bug or an odd answer: a credential error too,
+            # named by its type only (its text may carry whatever the vault sent)
+            self._failed(
+                f"credential {self.cfg.name!r}: reading the vault failed ({type(exc).__name__})"
+            )
         if not fetched.value:
             self._failed(f"credential {self.cfg.name!r}: the vault holds an empty value")
         return self._took(fetched)
