@@ -1,0 +1,122 @@
+"""A running gateway whose upstream key lives in Vault, and a vault-held value that is not
+fit to go out (CR/LF to inject a header, a NUL, a trailing newline): the request is refused
+with a credential error and audited, nothing reaches the upstream, and neither the answer,
+the log nor the trail carries the value."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from lockgate.audit import AuditReader
+from lockgate.config import parse_config
+from lockgate.demo.standins.vault import FakeVault
+from lockgate.demo.standins.vault import start as start_vault
+from lockgate.identity import TaskIdentity
+from lockgate.server import Gateway
+
+POLICY = """\
+rules:
+  - id: etl-reads-api
+    effect: allow
+    principals: ["airflow:prod/etl_*/*"]
+    actions: [read]
+    resources: [orders-api]
+"""
+
+
+@dataclass
+class Api:
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.seen.append(dict(request.headers))
+        return web.json_response({"ok": True})
+
+
+@dataclass
+class Stack:
+    gw: Gateway
+    api: Api
+    vault: FakeVault
+    url: str
+    token: str
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    api = Api()
+    app = web.Application()
+    app.router.add_get("/api/{tail:.*}", api.handle)
+    api_runner = web.AppRunner(app, access_log=None)
+    await api_runner.setup()
+    await web.TCPSite(api_runner, "127.0.0.1", 0).start()
+    api_url = f"http://127.0.0.1:{api_runner.addresses[0][1]}"
+    vault = FakeVault(policies={"orders": [("secret/data/orders/*", {"read"})]})
+    vault_runner = await start_vault(vault)
+    role_id, secret_id = vault.add_approle("gateway", policies=["orders"])
+    (tmp_path / "secret-id").write_text(secret_id)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text(POLICY)
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "listeners": {"control": {"port": 0}, "http": {"port": 0}},
+            "deployments": [
+                {"name": "prod", "proof": {"type": "client_secret", "secret_sha256": "0" * 64},
+                 "dags": ["etl_*"]}
+            ],
+            "resources": [
+                {"name": "orders-api", "kind": "http", "upstream": f"{api_url}/api",
+                 "credential": "orders-key"}
+            ],
+            "credentials": [
+                {"name": "orders-key", "type": "vault_kv", "address": vault.base_url,
+                 "path": "orders/api", "ttl": 1,
+                 "auth": {"method": "approle", "role_id": role_id,
+                          "secret_id_file": str(tmp_path / "secret-id")}},
+            ],
+            "policies": [str(tmp_path / "policies" / "*.yaml")],
+        },
+        tmp_path / "lockgate.yaml",
+    )  # fmt: skip
+    gw = Gateway(cfg)
+    await gw.start()
+    identity = TaskIdentity("prod", "etl_daily", "pull", "hostile-value", 1)
+    token = gw.issuer.mint(identity, "orders-api", 300)[0]
+    try:
+        yield Stack(gw, api, vault, f"http://127.0.0.1:{gw.http_port}/orders-api/o", token)
+    finally:
+        await gw.stop()
+        await vault_runner.cleanup()
+        await api_runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["key-one\r\nX-Injected: yes", "key-one\nX-Injected: yes", "key\x00one", "key-one\n"],
+    ids=["crlf", "lf", "nul", "trailing-newline"],
+)
+async def test_a_vault_value_unfit_for_a_header_is_refused_and_audited(
+    stack: Stack, value: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stack.vault.put("orders/api", {"value": value})
+    caplog.set_level(logging.DEBUG)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(stack.url, headers={"Authorization": f"Bearer {stack.token}"}) as r,
+    ):
+        body = await r.text()
+    assert r.status == 503 and "credential_unavailable" in body
+    assert stack.api.seen == []  # nothing went upstream, let alone an injected header
+    stack.gw.audit.flush(5.0)
+    rows = AuditReader(stack.gw.config.data_dir / "audit.db").search(run="hostile-value", limit=100)
+    assert any(r.reason == "credential_unavailable" for r in rows)
+    said = body + caplog.text + "".join(str(r) for r in rows)
+    assert value not in said and "X-Injected" not in said
