@@ -169,3 +169,35 @@ def test_expired_and_not_yet_valid_versions_are_still_served(env: dict[str, Any]
         "future-key", got.properties.version, expires_on=datetime.fromtimestamp(now + 60, UTC)
     )
     assert updated.expires_on == datetime.fromtimestamp(now + 60, UTC)
+
+
+def test_access_policy_and_firewall_refusals(env: dict[str, Any]) -> None:
+    # A vault on access policies refuses with 403 Forbidden / AccessDenied "... does not have
+    # secrets get permission on key vault ..." (answers quoted in
+    # https://github.com/Azure/azure-libraries-for-net/issues/1067 and
+    # https://github.com/MicrosoftDocs/azure-docs/issues/57072); its firewall with 403
+    # Forbidden / ForbiddenByFirewall "Client address is not authorized and caller is not a
+    # trusted service." (https://github.com/MicrosoftDocs/azure-devops-docs/issues/8581,
+    # https://learn.microsoft.com/en-us/azure/key-vault/general/rest-error-codes, HTTP 403).
+    from azure.core.exceptions import HttpResponseError
+
+    vault: FakeKeyVault = env["vault"]
+    vault.set_secret("policy-held", "p")
+    client = _client(env)
+    try:
+        vault.access_policies = {"someone-else": {"get"}}
+        with pytest.raises(HttpResponseError) as denied:
+            client.get_secret("policy-held")
+        assert denied.value.status_code == 403
+        assert denied.value.error.innererror == {"code": "AccessDenied"}
+        assert "does not have secrets get permission on key vault" in denied.value.error.message
+        vault.access_policies = {"reader": {"get"}}
+        assert client.get_secret("policy-held").value == "p"
+        vault.allowed_addresses = {"10.1.2.3"}
+        with pytest.raises(HttpResponseError) as walled:
+            client.get_secret("policy-held")
+        assert walled.value.status_code == 403
+        assert walled.value.error.innererror == {"code": "ForbiddenByFirewall"}
+        assert walled.value.error.message.startswith("Client address is not authorized")
+    finally:
+        vault.access_policies = vault.allowed_addresses = None

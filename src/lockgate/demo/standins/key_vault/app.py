@@ -27,6 +27,10 @@ the answer is 401 with the challenge the SDKs read::
     WWW-Authenticate: Bearer authorization="https://login.windows.net/<tenant>",
                       resource="https://vault.azure.net"
 
+``access_policies`` puts the vault on the access-policy model (403 ``Forbidden`` /
+``AccessDenied`` "... does not have secrets get permission on key vault ...");
+``allowed_addresses`` is its firewall (403 ``Forbidden`` / ``ForbiddenByFirewall`` "Client
+address is not authorized and caller is not a trusted service.").
 ``readers`` (principal object ids or app ids holding *Key Vault Secrets User*; None: any
 valid token) and ``writers`` (*Key Vault Secrets Officer*) play RBAC. ``requests`` records
 each request (method, path, status, the token's ``appid`` -- never the token or a value).
@@ -79,6 +83,11 @@ class FakeKeyVault:
     trust: EntraTrust
     tenant: str = "contoso-tenant"
     readers: set[str] | None = None
+    #: A vault on the access-policy model instead of RBAC: caller (app id or object id) ->
+    #: secret permissions ("get", "list", "set"); None: RBAC (readers/writers).
+    access_policies: dict[str, set[str]] | None = None
+    #: The vault's firewall: client addresses let through; None: public access.
+    allowed_addresses: set[str] | None = None
     writers: set[str] | None = None
     secrets: dict[str, list[SecretVersion]] = field(default_factory=dict)
     requests: list[SeenRequest] = field(default_factory=list)
@@ -131,6 +140,13 @@ class FakeKeyVault:
             return self._challenge(f"AKV10032: Invalid token: {exc}.")
         seen.appid = str(claims.get("appid") or claims.get("azp") or "")
         request[CALLER_KEY] = {seen.appid, str(claims.get("oid", ""))}
+        client = request.remote or ""
+        if self.allowed_addresses is not None and client not in self.allowed_addresses:
+            seen.status = 403
+            return _error(403, "Forbidden", "Client address is not authorized and caller is "
+                          f"not a trusted service.\r\nClient address: {client}\r\nCaller: "
+                          f"appid={seen.appid}\r\nVault: {self.name};location=westeurope",
+                          inner="ForbiddenByFirewall")  # fmt: skip
         response: web.StreamResponse = await handler(request)
         seen.status = response.status
         return response
@@ -145,9 +161,34 @@ class FakeKeyVault:
     def _allowed(self, request: web.Request, holders: set[str] | None) -> bool:
         return holders is None or bool(request[CALLER_KEY] & holders)
 
+    @property
+    def name(self) -> str:
+        return "contoso-vault"
+
+    def _refused(
+        self, request: web.Request, holders: set[str] | None, permission: str, action: str
+    ) -> web.Response | None:
+        """403 when the caller may not: by an access policy without ``permission`` (inner
+        error ``AccessDenied``), or, on an RBAC vault, without a role (``ForbiddenByRbac``)."""
+        if self.access_policies is not None:
+            callers: set[str] = request[CALLER_KEY]
+            granted = {p for c in callers for p in self.access_policies.get(c, set())}
+            if permission in granted:
+                return None
+            appid = min(callers, default="")
+            return _error(403, "Forbidden", f"The user, group or application 'appid={appid}' "
+                          f"does not have secrets {permission} permission on key vault "
+                          f"'{self.name};location=westeurope'. For help resolving this issue, "
+                          "please see https://go.microsoft.com/fwlink/?linkid=2125287",
+                          inner="AccessDenied")  # fmt: skip
+        return None if self._allowed(request, holders) else _forbidden_by_rbac(action)
+
     async def get_secret(self, request: web.Request) -> web.Response:
-        if not self._allowed(request, self.readers):
-            return _forbidden_by_rbac("Microsoft.KeyVault/vaults/secrets/getSecret/action")
+        refused = self._refused(
+            request, self.readers, "get", "Microsoft.KeyVault/vaults/secrets/getSecret/action"
+        )
+        if refused is not None:
+            return refused
         name, version = request.match_info["name"], request.match_info.get("version", "")
         held = self.secrets.get(name.lower())
         if not held:
@@ -164,8 +205,11 @@ class FakeKeyVault:
         return web.json_response(self._bundle(name, found, with_value=True))
 
     async def list_versions(self, request: web.Request) -> web.Response:
-        if not self._allowed(request, self.readers):
-            return _forbidden_by_rbac("Microsoft.KeyVault/vaults/secrets/readMetadata/action")
+        refused = self._refused(
+            request, self.readers, "list", "Microsoft.KeyVault/vaults/secrets/readMetadata/action"
+        )
+        if refused is not None:
+            return refused
         name = request.match_info["name"]
         held = self.secrets.get(name.lower(), [])
         return web.json_response(
@@ -173,8 +217,12 @@ class FakeKeyVault:
         )
 
     async def put_secret(self, request: web.Request) -> web.Response:
-        if not self._allowed(request, self.writers if self.writers is not None else self.readers):
-            return _forbidden_by_rbac("Microsoft.KeyVault/vaults/secrets/setSecret/action")
+        writers = self.writers if self.writers is not None else self.readers
+        refused = self._refused(
+            request, writers, "set", "Microsoft.KeyVault/vaults/secrets/setSecret/action"
+        )
+        if refused is not None:
+            return refused
         body = await request.json()
         value = body.get("value") if isinstance(body, dict) else None
         if not isinstance(value, str):
@@ -187,8 +235,12 @@ class FakeKeyVault:
         )
 
     async def patch_secret(self, request: web.Request) -> web.Response:
-        if not self._allowed(request, self.writers if self.writers is not None else self.readers):
-            return _forbidden_by_rbac("Microsoft.KeyVault/vaults/secrets/setSecret/action")
+        writers = self.writers if self.writers is not None else self.readers
+        refused = self._refused(
+            request, writers, "set", "Microsoft.KeyVault/vaults/secrets/setSecret/action"
+        )
+        if refused is not None:
+            return refused
         body = await request.json()
         name, version = request.match_info["name"], request.match_info["version"]
         found = next((v for v in self.secrets.get(name.lower(), []) if v.version == version), None)
