@@ -702,3 +702,40 @@ async def test_an_unexpected_failure_of_a_fetch_is_a_credential_error_naming_no_
     with pytest.raises(CredentialError, match=r"reading the vault failed \(ValueError\)") as err:
         await held.get()
     assert VALUE not in str(err.value) + caplog.text + str(held.status())
+
+
+async def test_upstream_refusals_never_stretch_the_overlap(
+    tmp_path: Path, hostile: Hostile
+) -> None:
+    answer = [("key-one", 1)]
+
+    async def read(request: web.Request) -> web.Response:
+        value, version = answer[0]
+        return web.json_response(_kv_answer({"value": value}, version))
+
+    hostile.routes["/v1/auth/approle/login"] = _vault_login
+    hostile.routes["/v1/secret/data/"] = read
+    clock = Clock()
+    broker = _vault_broker(tmp_path, hostile.url, clock, ttl=60, overlap=120)
+    try:
+        await broker.upstream_secret("orders-key")
+        answer[0] = ("key-two", 2)
+        clock.offset = 61
+        new = await broker.upstream_secret("orders-key")
+        assert new is not None and new.value == "key-two"
+        # A task provoking upstream 401s with the new key at every step: the old key is
+        # offered until 120 s after the rotation was seen, never later.
+        for offset in range(61, 61 + 300, 10):
+            clock.offset = offset
+            current = await broker.upstream_secret("orders-key")
+            assert current is not None and current.value == "key-two"
+            fallback = await broker.fallback_secret("orders-key", current)
+            older = await broker.upstream_secret("orders-key", previous=True)
+            inside = offset < 61 + 120
+            assert (fallback is not None) is inside and (older is not None) is inside
+            if fallback is not None:
+                assert fallback.value == "key-one"
+                # The old key refused too: nothing further back is offered.
+                assert await broker.fallback_secret("orders-key", fallback) is None
+    finally:
+        await broker.close()
