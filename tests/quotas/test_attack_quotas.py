@@ -4,6 +4,9 @@
   used to ask the state database again (a write transaction on the SQLite file, on the
   event loop) every poll, so a DAG flooding its own cap stalled every other request of the
   worker. A cap the database just said is full is now refused locally for a moment;
+- thousands of requests held at once for one budget's slot (``max_delay``), each polling
+  every 50 ms, kept a worker's event loop busy for everyone (10,000 held: 4 s of CPU a
+  second); at most ``MAX_HELD_PER_BUDGET`` wait now, the rest are refused at once;
 - a batch (``cost``: a CQL BATCH of many statements on one table) used to cost one token:
   it is admitted on its first token and the rest are taken into debt, in memory and in
   the shared bucket every worker draws from.
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from lockgate.quotas import Throttled
 from lockgate.quotas.budgets import MemoryBudgets
-from lockgate.quotas.gate import SLOT_POLL_SECONDS, PolicyQuotaGate
+from lockgate.quotas.gate import MAX_HELD_PER_BUDGET, SLOT_POLL_SECONDS, PolicyQuotaGate
 from lockgate.quotas.shared import SharedBudgets
 from tests.quotas.conftest import FakeClock, constant, quota_policy, task_claims
 
@@ -133,3 +136,36 @@ async def test_a_batch_in_one_worker_is_debt_for_every_worker(tmp_path: Path) ->
     finally:
         first.close()
         second.close()
+
+
+class CountingBudgets(MemoryBudgets):
+    def __init__(self) -> None:
+        super().__init__()
+        self.acquired = 0
+
+    def acquire(self, key: str, cap: int) -> bool:
+        self.acquired += 1
+        return super().acquire(key, cap)
+
+
+async def test_requests_held_for_one_budget_are_bounded() -> None:
+    budgets = CountingBudgets()
+    gate = PolicyQuotaGate(constant(quota_policy(CAPPED)), budgets)
+    claims = task_claims()
+    first = gate.admit(claims, "orders-api", "read", "/x")
+    assert not isinstance(first, Throttled) and not asyncio.iscoroutine(first)
+    crowd = 4 * MAX_HELD_PER_BUDGET
+
+    async def one() -> object:
+        answer = gate.admit(claims, "orders-api", "read", "/x")
+        return await answer if asyncio.iscoroutine(answer) else answer
+
+    t0 = time.monotonic()
+    answers = await asyncio.gather(*(one() for _ in range(crowd)))
+    assert all(isinstance(a, Throttled) and a.limit == "one-at-a-time" for a in answers)
+    assert time.monotonic() - t0 >= 0.5  # the ones held waited their max_delay
+    polls = round(0.5 / SLOT_POLL_SECONDS)
+    assert budgets.acquired <= 1 + crowd + MAX_HELD_PER_BUDGET * (polls + 1), budgets.acquired
+    first.release()
+    again = await one()  # nothing is left counted as waiting
+    assert not isinstance(again, Throttled)

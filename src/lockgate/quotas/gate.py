@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -42,6 +42,9 @@ log = _log.get("quotas")
 
 #: How often a request held for a cap's slot (``max_delay``) asks again.
 SLOT_POLL_SECONDS = 0.05
+#: Requests held at once for one budget's slot (per process); more are refused at once, so
+#: a DAG opening thousands of connections cannot make the worker spend itself on polls.
+MAX_HELD_PER_BUDGET = 64
 
 #: Matching quotas remembered per (principal, resource, what); cleared past this many.
 _CACHE_SIZE = 65536
@@ -130,6 +133,7 @@ class PolicyQuotaGate:
         self._policy = policy
         self._budgets = budgets
         self._sleep = sleep
+        self._held: dict[str, int] = {}  # requests waiting for a slot, per budget key
         self._cached_for: PolicySet | None = None
         self._cache: dict[tuple[str, str, str], tuple[Quota, ...]] = {}
 
@@ -226,11 +230,12 @@ class PolicyQuotaGate:
         def attempt() -> RunAdmission:
             return self._reserve_runs(claims, resource, quotas)
 
+        keys = {q.id: budget_key(q, claims) + "|runs" for q in quotas}
         if self._budgets.blocking:
-            return self._slot_off_loop(attempt, resource, quotas)
+            return self._slot_off_loop(attempt, resource, quotas, keys)
         first = attempt()
         if isinstance(first, Throttled) and _delay_of(quotas, first) > 0:
-            return self._wait_for_slot(attempt, first, resource, quotas)
+            return self._wait_for_slot(attempt, first, resource, quotas, keys)
         return first
 
     def run_finished(self, resource: str, run_id: str) -> None:
@@ -276,15 +281,16 @@ class PolicyQuotaGate:
         if not plan.caps:
             return NO_TICKET
         quotas = [q for q, *_ in plan.caps]
+        keys = {q.id: key for q, key, *_ in plan.caps}
         if self._budgets.blocking:
             return self._slot_off_loop(
-                lambda: self._hold(plan.caps), plan.resource, quotas, plan.rates
+                lambda: self._hold(plan.caps), plan.resource, quotas, keys, plan.rates
             )
         first = self._hold(plan.caps)
         if isinstance(first, Throttled):
             if _delay_of(quotas, first) > 0:
                 return self._wait_for_slot(
-                    lambda: self._hold(plan.caps), first, plan.resource, quotas, plan.rates
+                    lambda: self._hold(plan.caps), first, plan.resource, quotas, keys, plan.rates
                 )
             self._refund(plan.rates)
         return first
@@ -294,12 +300,13 @@ class PolicyQuotaGate:
         attempt: Callable[[], _A],
         resource: str,
         quotas: Sequence[Quota],
+        keys: Mapping[str, str],
         rates: Sequence[tuple[Quota, str]] = (),
     ) -> _A:
         first = await _off_loop(attempt, _release)
         if isinstance(first, Throttled):
             if _delay_of(quotas, first) > 0:
-                return await self._wait_for_slot(attempt, first, resource, quotas, rates)
+                return await self._wait_for_slot(attempt, first, resource, quotas, keys, rates)
             self._refund(rates)
         return first
 
@@ -309,11 +316,19 @@ class PolicyQuotaGate:
         refusal: Throttled,
         resource: str,
         quotas: Sequence[Quota],
+        keys: Mapping[str, str],
         rates: Sequence[tuple[Quota, str]] = (),
     ) -> _A:
         """Ask ``attempt`` again every :data:`SLOT_POLL_SECONDS` for at most the refusing
-        quota's ``max_delay``; the last refusal if no slot freed (rate tokens given back)."""
+        quota's ``max_delay``; the last refusal if no slot freed (rate tokens given back).
+        At most :data:`MAX_HELD_PER_BUDGET` requests wait for one budget's slot; more are
+        refused at once (each waiter costs the worker a wake-up per poll)."""
         delay = _delay_of(quotas, refusal)
+        held_key = keys.get(refusal.limit, refusal.limit)
+        if self._held.get(held_key, 0) >= MAX_HELD_PER_BUDGET:
+            self._refund(rates)
+            return refusal
+        self._held[held_key] = self._held.get(held_key, 0) + 1
         waited = 0.0
         answer: _A | Throttled = refusal
         try:
@@ -331,6 +346,10 @@ class PolicyQuotaGate:
         except asyncio.CancelledError:  # the client went away while it waited
             self._refund(rates)
             raise
+        finally:
+            left = self._held.pop(held_key) - 1
+            if left:
+                self._held[held_key] = left
         self._refund(rates)
         return answer
 
