@@ -137,6 +137,29 @@ async def test_refusals_say_what_to_fix_and_never_a_secret(tmp_path: Path, azure
         await broker.close()
 
 
+async def test_a_firewall_or_access_policy_refusal_says_which(tmp_path: Path, azure: Azure) -> None:
+    # Key Vault names the cause of a 403 in its inner error: ForbiddenByFirewall (the
+    # client's address), AccessDenied (an access-policy vault), ForbiddenByRbac (a role).
+    azure.vault.set_secret("orders-api-key", "key-one")
+    azure.vault.allowed_addresses = {"10.1.2.3"}
+    broker = _broker(tmp_path, _config(tmp_path, azure))
+    try:
+        with pytest.raises(CredentialError) as err:
+            await broker.upstream_secret("orders-key")
+        assert "(HTTP 403, Forbidden, ForbiddenByFirewall): the vault's firewall" in str(err.value)
+        azure.vault.allowed_addresses = None
+        azure.vault.access_policies = {"someone-else": {"get"}}
+        broker._vaults.clear()
+        with pytest.raises(CredentialError) as err:
+            await broker.upstream_secret("orders-key")
+        assert "(HTTP 403, Forbidden, AccessDenied): the vault uses access policies" in str(
+            err.value
+        )
+        assert "key-one" not in str(err.value)
+    finally:
+        await broker.close()
+
+
 async def test_a_refused_token_is_fetched_anew_once(tmp_path: Path, azure: Azure) -> None:
     azure.vault.set_secret("orders-api-key", "key-one")
     broker = _broker(tmp_path, _config(tmp_path, azure))

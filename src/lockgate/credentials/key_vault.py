@@ -213,13 +213,31 @@ def _refused(
         )
     hint = {
         401: f": identity {cred.identity!r}'s token was refused",
-        403: f": grant identity {cred.identity!r} the Key Vault Secrets User role on the "
-        "vault or secret (or a get-secret access policy)",
+        403: _forbidden_hint(cred, codes),
         404: f": no secret {cred.secret!r}" + (f" version {cred.version}" if cred.version else ""),
     }.get(status, "")
     return CredentialError(
         f"credential {cred.name!r}: Key Vault refused reading {cred.held_at} "
         f"(HTTP {status}{named}){hint}"
+    )
+
+
+def _forbidden_hint(cred: KeyVaultCredential, codes: list[str | None]) -> str:
+    """What to fix for a 403, by Key Vault's inner error: its firewall (the gateway's address),
+    an access policy (the vault is not on RBAC), else a role."""
+    if "ForbiddenByFirewall" in codes:
+        return (
+            ": the vault's firewall does not let this gateway's address through; allow it "
+            "(or reach the vault by a private endpoint or an allowed virtual network)"
+        )
+    if "AccessDenied" in codes:
+        return (
+            f": the vault uses access policies: give identity {cred.identity!r} the get "
+            "permission on secrets"
+        )
+    return (
+        f": grant identity {cred.identity!r} the Key Vault Secrets User role on the vault or "
+        "secret (or a get-secret access policy)"
     )
 
 
