@@ -17,6 +17,9 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
+from lockgate import metrics
+from lockgate.alerts.dispatch import ALERTS_SENT
+from lockgate.audit.door import AUDIT_QUEUE
 from lockgate.config.credentials import Credential
 from lockgate.config.model import LockgateConfig
 from lockgate.policy.loader import parse_policy_texts
@@ -106,3 +109,67 @@ def test_a_renamed_field_fails(page: str, block: str) -> None:
     """The check is strict: a field the models do not know is an error, not ignored."""
     with pytest.raises(Exception):  # noqa: B017 - ConfigError or ValidationError
         _validate(page, block)
+
+
+# -- metric names and labels the docs quote --------------------------------------------------
+
+#: Metrics registered outside lockgate.metrics (imported here so the registry holds them).
+_ELSEWHERE = (ALERTS_SENT, AUDIT_QUEUE)
+_SUFFIXES = "total|seconds|records|depth|connections"
+_METRIC_RE = re.compile(rf"\b(lockgate_[a-z_]+_(?:{_SUFFIXES}))\b(\{{[^}}`]*\}})?")
+_ROW_RE = re.compile(
+    r"^\| `(lockgate_[a-z_]+)` \| (?:counter|gauge|histogram) \| *([^|]*?) *\|", flags=re.M
+)
+_MODE_RE = re.compile(r"^\| `(lockgate_[a-z_]+)`[^|]*\| [a-z ]+\(`(\w+)`\) \|", flags=re.M)
+
+
+def _registered() -> dict[str, tuple[str, ...]]:
+    """Every lockgate metric a gateway registers (under each name it exposes), with labels."""
+    out: dict[str, tuple[str, ...]] = {}
+    for collector, names in metrics.REGISTRY._collector_to_names.items():
+        labels = tuple(getattr(collector, "_labelnames", ()) or ())
+        for name in names:
+            if name.startswith("lockgate_") and not name.endswith("_created"):
+                out[name] = labels
+    return out
+
+
+def test_every_metric_the_docs_name_exists_with_those_labels() -> None:
+    registered = _registered()
+    seen = 0
+    for path in sorted(DOCS.glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        for name, braces in _METRIC_RE.findall(text):
+            assert name in registered, f"{path.name}: {name} is no metric of the gateway"
+            seen += 1
+            for part in (braces or "{}")[1:-1].split(","):
+                label = part.split("=")[0].strip()
+                if label and label != "...":
+                    assert label in registered[name], f"{path.name}: {name} has no label {label}"
+    assert seen >= 20
+
+
+def test_the_metrics_tables_list_each_metrics_labels() -> None:
+    registered = _registered()
+    rows = _ROW_RE.findall((DOCS / "metrics.md").read_text(encoding="utf-8"))
+    assert len(rows) >= 20
+    for name, labels in rows:
+        documented = tuple(re.findall(r"`([a-z_]+)`", labels))
+        assert documented == registered[name], name
+    missing = {n for n in registered if not n.endswith(("_bucket", "_count", "_sum"))}
+    missing -= {name for name, _ in rows}
+    missing -= {n.removesuffix("_total") for n, _ in rows}  # a counter's family name
+    assert not missing, f"metrics.md does not list {sorted(missing)}"
+
+
+def test_the_workers_table_gives_each_gauges_mode() -> None:
+    """How a gauge combines under ``serve --workers`` is what its ``multiprocess_mode`` says."""
+    modes = {
+        name: getattr(collector, "_multiprocess_mode", None)
+        for collector, names in metrics.REGISTRY._collector_to_names.items()
+        for name in names
+    }
+    rows = _MODE_RE.findall((DOCS / "metrics.md").read_text(encoding="utf-8"))
+    assert len(rows) >= 6
+    for name, mode in rows:
+        assert modes[name] == mode, name
