@@ -702,6 +702,11 @@ async def test_an_unexpected_failure_of_a_fetch_is_a_credential_error_naming_no_
     with pytest.raises(CredentialError, match=r"reading the vault failed \(ValueError\)") as err:
         await held.get()
     assert VALUE not in str(err.value) + caplog.text + str(held.status())
+    # Nor in the chain a traceback would print.
+    cause: BaseException | None = err.value
+    while cause is not None:
+        assert VALUE not in str(cause)
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
 
 
 async def test_upstream_refusals_never_stretch_the_overlap(

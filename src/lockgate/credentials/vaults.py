@@ -256,7 +256,7 @@ class VaultHeldSecret:
                 "vault fetch failed; the credential has no value to serve",
                 extra={"fields": {"credential": self.cfg.name, "error": message}},
             )
-        raise CredentialError(message)
+        raise CredentialError(message) from None  # the cause's text is not ours to repeat
 
     def _took(self, fetched: Fetched) -> Held:
         now = self._clock()
