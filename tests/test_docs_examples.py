@@ -64,7 +64,9 @@ def _validate(page: str, block: str) -> str:
     unknown = sorted(set(data) - set(fields))
     assert not unknown, f"not a config section: {unknown}"
     for section, value in data.items():
-        TypeAdapter(fields[section].annotation).validate_python(value)
+        model = fields[section].annotation
+        assert model is not None
+        TypeAdapter(model).validate_python(value)
     return "config"
 
 
