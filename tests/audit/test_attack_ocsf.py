@@ -294,3 +294,42 @@ def test_attack_the_export_command_keeps_each_event_one_line(
         capsys.readouterr()
         assert main(["-c", str(config), "audit", "export", "--format", fmt]) == 0
         assert len(capsys.readouterr().out.splitlines()) == 2, fmt
+
+
+def _paths(node: object, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    if isinstance(node, dict):
+        items: list[tuple[str | int, object]] = list(node.items())
+    elif isinstance(node, list):
+        items = list(enumerate(node))
+    else:
+        return []
+    out = []
+    for key, value in items:
+        out.append((*path, key))
+        out += _paths(value, (*path, key))
+    return out
+
+
+def test_attack_any_value_edited_anywhere_is_found_and_never_crashes_the_check(
+    tmp_path: Path,
+) -> None:
+    lines = _export(tmp_path, [r for r, _, _ in _records()])
+    odd: list[object] = [None, 0, True, 1.5, "x", [], {"a": 1}, 10**30]
+    for index in (1, 7, 10, 14):  # an HTTP request, a datastore one, a login, a mint
+        event = json.loads(lines[index])
+        before = json.loads(lines[index - 1])["unmapped"]["lockgate"]["prev_hash"]
+        assert ocsf_map.verify_export([lines[index - 1], lines[index]], before).ok
+        for path in _paths(event):
+            if path == ("metadata", "product", "version"):
+                continue  # the writing Lockgate's version: not part of the record
+            for value in odd:
+                edited = json.loads(lines[index])
+                node = edited
+                for key in path[:-1]:
+                    node = node[key]
+                if node[path[-1]] == value and type(node[path[-1]]) is type(value):
+                    continue
+                node[path[-1]] = value
+                # the line before and the edited one suffice (the rest verifies as before)
+                tampered = [lines[index - 1], json.dumps(edited)]
+                assert not ocsf_map.verify_export(tampered, before).ok, (index, path, value)

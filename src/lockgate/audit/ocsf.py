@@ -317,9 +317,9 @@ class ExportCheck:
 
 def altered_fields(ev: Mapping[str, Any]) -> list[str]:
     """Where ``ev`` is not the mapping of the row in its ``unmapped.lockgate`` (dotted
-    paths; empty when it is). Which resources are datastores is taken from the event
-    itself (the catalog is not in the export): a datastore event must still be exactly
-    the Datastore Activity mapping of its row."""
+    paths; empty when it is). Which resources are datastores, and their database type,
+    is taken from the event itself (the catalog is not in the export): a datastore event
+    must still be exactly the Datastore Activity mapping of its row, of a known type."""
     unmapped = ev.get("unmapped")
     data = unmapped.get("lockgate") if isinstance(unmapped, Mapping) else None
     if not isinstance(data, Mapping) or not set(data) <= _ROW_KEYS:
@@ -332,9 +332,13 @@ def altered_fields(ev: Mapping[str, Any]) -> list[str]:
     names: dict[str, int] = {}
     database = ev.get("database")
     type_id = database.get("type_id") if isinstance(database, Mapping) else None
-    if ev.get("class_uid") == DATASTORE_ACTIVITY and isinstance(type_id, int):
+    known = type(type_id) is int and type_id in _DATABASE_TYPES  # bool is no type id
+    if ev.get("class_uid") == DATASTORE_ACTIVITY and isinstance(type_id, int) and known:
         names = {str(row.resource or ""): type_id}
-    expected = json.loads(json.dumps(event(row, names)))  # as read back from a line
+    try:  # a row edited into what no record can be (a ts that is no number) fails here
+        expected = json.loads(json.dumps(event(row, names)))  # as read back from a line
+    except (TypeError, ValueError, OverflowError):
+        return ["unmapped.lockgate"]
     return _differences(expected, ev, ())
 
 
@@ -378,7 +382,11 @@ def verify_export(lines: Iterable[str | bytes], prev_hash: str = GENESIS) -> Exp
             continue
         if prev != check.head:
             check.problems.append((number, f"seq {seq}: prev_hash does not chain"))
-        if hash_values(prev, vals, seq) != digest:
+        try:
+            hashes = hash_values(prev, vals, seq) == digest
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            hashes = False  # edited into what no row can be
+        if not hashes:
             check.problems.append((number, f"seq {seq}: the row does not hash to its hash"))
         altered = altered_fields(ev)
         if altered:
