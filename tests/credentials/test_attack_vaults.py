@@ -744,3 +744,40 @@ async def test_upstream_refusals_never_stretch_the_overlap(
                 assert await broker.fallback_secret("orders-key", fallback) is None
     finally:
         await broker.close()
+
+
+async def test_a_jwt_role_named_in_vaults_refusal_is_still_said(
+    tmp_path: Path, hostile: Hostile
+) -> None:
+    jwts: list[str] = []
+
+    async def login(request: web.Request) -> web.Response:
+        sent = await request.json()
+        jwts.append(sent["jwt"])
+        return web.json_response(
+            {"errors": [f'role "{sent["role"]}" could not be found', sent["jwt"][:40]]},
+            status=400,
+        )
+
+    hostile.routes["/v1/auth/jwt/login"] = login
+    config = LockgateConfig.model_validate({
+        "data_dir": str(tmp_path), "issuer": "https://lockgate.example",
+        "resources": [{"name": "orders-api", "kind": "http", "upstream": "http://127.0.0.1:1",
+                       "credential": "orders-key"}],
+        "credentials": [{"name": "orders-key", "type": "vault_kv", "address": hostile.url,
+                         "path": "orders/api",
+                         "auth": {"method": "jwt", "role": "lockgate-gw", "audience": "v"}}],
+    })  # fmt: skip
+
+    def sign(claims: dict[str, Any], alg: str) -> str:
+        return "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJsb2NrZ2F0ZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl"
+
+    broker = CredentialBroker(
+        config, CredentialStore(tmp_path / "c.db", b"k" * 32), assertion_signer=sign
+    )
+    try:
+        with pytest.raises(CredentialError, match='role "lockgate-gw" could not be found') as err:
+            await broker.upstream_secret("orders-key")
+        assert jwts and jwts[0][:40] not in str(err.value)
+    finally:
+        await broker.close()

@@ -324,8 +324,8 @@ class VaultKvReader:
 def _secrets_in(token: str | None, payload: object, cred: VaultKvCredential) -> tuple[str, ...]:
     """The token, the login's values (secret id, role id, JWT) and the configured role id."""
     values = [token] if token else []
-    if isinstance(payload, dict):
-        values += [v for v in payload.values() if isinstance(v, str)]
+    if isinstance(payload, dict):  # not the jwt role's name: Vault's errors name it
+        values += [v for k, v in payload.items() if k != "role" and isinstance(v, str)]
     if isinstance(cred.auth, VaultAppRole):
         values.append(cred.auth.role_id)
     return tuple(values)
