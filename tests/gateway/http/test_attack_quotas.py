@@ -19,14 +19,17 @@ from aiohttp import web
 from lockgate.demo.standins.adf import FakeAdf
 from lockgate.demo.standins.databricks import FakeDatabricks
 from lockgate.gateway.http import HttpEngine
+from lockgate.policy import parse_policy_texts
+from lockgate.quotas.budgets import MemoryBudgets
+from lockgate.quotas.gate import PolicyQuotaGate
 
-from .conftest import bearer
+from .conftest import TOKEN, bearer, resource
 from .quota_fakes import FakeGate
 from .test_databricks import Env
 from .test_databricks import env as env  # a fixture
 from .test_forward_proxy_arm import PREFIX, arm_resource
+from .test_quotas_gate import RULES, gateway, task_claims
 from .test_quotas_gate import adf as adf  # a fixture
-from .test_quotas_gate import gateway
 
 
 @pytest.fixture(autouse=True)
@@ -155,3 +158,56 @@ async def test_a_run_start_the_upstream_refuses_gives_its_slot_back(
     assert await _second_start(gw) == 404
     fake.factories["adf-prod"].add("load")
     assert await _second_start(gw) == 200
+
+
+IN_FLIGHT = """\
+quotas:
+  - id: two-in-flight
+    principals: ["airflow:prod/*"]
+    resources: [orders]
+    concurrency: 2
+    max_delay: 0.3s
+"""
+
+
+async def test_no_in_flight_slot_stays_taken_whatever_the_client_or_upstream_does(
+    make_gateway: Any, upstream: Any
+) -> None:
+    budgets = MemoryBudgets()
+    policy = parse_policy_texts([("team.yaml", RULES + IN_FLIGHT)])
+    gw = await make_gateway(
+        quotas=PolicyQuotaGate(lambda: policy, budgets),
+        resources=[resource("orders", upstream.url, retry={"deadline": 0.3})],
+    )
+    gw.verifier.tokens[TOKEN] = task_claims()
+    auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+
+    async def reset_after(request: bytes, wait: float, read: bool = False) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(request)
+        await writer.drain()
+        if read:
+            await reader.read(1000)
+        await asyncio.sleep(wait)
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    upload = b"POST /orders/up HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 900000\r\n\r\n"
+    await asyncio.gather(
+        reset_after(upload + b"x" * 300_000, 0.1),  # mid-body (the upload streams upstream)
+        reset_after(b"GET /orders/download?size=50000000 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n",
+                    0.05, read=True),  # mid-response
+        reset_after(b"GET /orders/slow?s=2 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n", 0.1),
+        reset_after(b"GET /orders/held HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n", 0.1),  # held
+    )  # fmt: skip
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{gw.url}/orders/slow?s=2", headers=bearer()) as r,
+    ):
+        assert r.status == 504  # the upstream timed out (the resource's deadline)
+    for _ in range(40):
+        if not budgets._held:
+            break
+        await asyncio.sleep(0.05)
+    assert budgets._held == {}  # the gate's own count: nothing held
