@@ -175,3 +175,32 @@ def test_the_workers_table_gives_each_gauges_mode() -> None:
     assert len(rows) >= 6
     for name, mode in rows:
         assert modes[name] == mode, name
+
+
+# -- links between the pages -----------------------------------------------------------------
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    return {_anchor(h) for h in re.findall(r"(?m)^#+ (.+)$", text)}
+
+
+def test_links_between_the_docs_resolve() -> None:
+    """A renamed heading or page breaks the links the other pages give to it."""
+    checked = 0
+    for page in [*sorted(DOCS.glob("*.md")), DOCS.parent / "README.md"]:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if link.startswith(("http://", "https://", "mailto:")):
+                continue
+            target, _, anchor = link.partition("#")
+            path = (page.parent / target).resolve() if target else page
+            assert path.exists(), f"{page.name}: {link}"
+            if anchor and path.suffix == ".md":
+                assert anchor in _anchors(path), f"{page.name}: {link}"
+            checked += 1
+    assert checked >= 50
