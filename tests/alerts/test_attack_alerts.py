@@ -470,3 +470,11 @@ async def test_attack_a_replayed_or_retried_webhook_carries_the_same_id(tmp_path
     ids = [b["id"] for b in rx.accepted]
     assert ids == [first.id, second.id] and first.id != second.id
     assert n.body(first)["id"] == n.body(first)["id"] == first.id  # each retry: the same
+
+
+def test_attack_a_receiver_asking_for_no_wait_is_backed_off_from() -> None:
+    from lockgate.alerts.senders import retry_after
+
+    assert retry_after("nan") is None and retry_after("NaN") is None  # backoff applies
+    assert retry_after("inf") == retry_after("1e999") == 300.0
+    assert retry_after("-inf") == 0.0

@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
 import os
 import random
 import time
@@ -117,6 +118,8 @@ def retry_after(value: str | None) -> float | None:
             seconds = parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError):
             return None
+    if math.isnan(seconds):  # "nan" parses as a float: no wait at all, so back off instead
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
