@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from lockgate import metrics
 from lockgate.alerts.dispatch import ALERTS_SENT
 from lockgate.audit.door import AUDIT_QUEUE
-from lockgate.config.credentials import Credential
+from lockgate.config.alerts import AlertSettings, NotifierSettings
+from lockgate.config.credentials import Credential, KeyVaultCredential, VaultKvCredential
 from lockgate.config.model import LockgateConfig
+from lockgate.config.tracing import TracingSettings
 from lockgate.policy.loader import parse_policy_texts
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -204,3 +206,76 @@ def test_links_between_the_docs_resolve() -> None:
                 assert anchor in _anchors(path), f"{page.name}: {link}"
             checked += 1
     assert checked >= 50
+
+
+# -- defaults the field tables give ----------------------------------------------------------
+
+_REQUIRED = {"required", "(required)"}
+_NONE = {"none", "latest", "system cas"}
+
+
+def _tables(page: str) -> list[list[list[str]]]:
+    """The Markdown tables of ``page`` whose header has a ``default`` column: rows of cells."""
+    out: list[list[list[str]]] = []
+    rows: list[list[str]] = []
+    for line in [*(DOCS / page).read_text(encoding="utf-8").splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows and "default" in rows[0]:
+            out.append(rows)
+        rows = []
+    return out
+
+
+def _model_at(model: type[BaseModel], dotted: str) -> tuple[type[BaseModel], str]:
+    *parents, name = dotted.split(".")
+    for parent in parents:
+        inner = model.model_fields[parent].annotation
+        assert isinstance(inner, type) and issubclass(inner, BaseModel), dotted
+        model = inner
+    return model, name
+
+
+def _check_defaults(page: str, table: int, model: type[BaseModel]) -> int:
+    """Every row of the table's field column is a field of ``model`` with that default."""
+    rows = _tables(page)[table]
+    column = rows[0].index("default")
+    checked = 0
+    for row in rows[2:]:
+        dotted, shown = row[0].strip("`"), row[column].strip("`").lower()
+        owner, name = _model_at(model, dotted)
+        field = owner.model_fields.get(name)
+        assert field is not None, f"{page}: {dotted} is no field of {owner.__name__}"
+        if shown in _REQUIRED:
+            assert field.is_required(), f"{page}: {dotted} is not required"
+        elif shown in _NONE:
+            unset = not field.is_required() and field.get_default() in (None, [])
+            assert unset, f"{page}: {dotted} has a default"
+        elif re.fullmatch(r"-?\d+(\.\d+)?", shown):
+            assert float(field.get_default()) == float(shown), f"{page}: {dotted}"
+        elif shown in ("true", "false"):
+            assert field.get_default() is (shown == "true"), f"{page}: {dotted}"
+        elif shown.startswith(("http", "lockgate", "secret", "value", "approle", "jwt")):
+            assert str(field.get_default()).lower() == shown, f"{page}: {dotted}"
+        else:
+            continue  # a default in words ("every kind"): read, not checked
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize(
+    ("page", "table", "model"),
+    [
+        ("alerts.md", 0, NotifierSettings),
+        ("alerts.md", 1, AlertSettings),
+        ("tracing.md", 0, TracingSettings),
+        ("credentials.md", 0, KeyVaultCredential),  # the fields both vault types share
+        ("credentials.md", 1, KeyVaultCredential),
+        ("credentials.md", 2, VaultKvCredential),
+    ],
+)
+def test_the_field_tables_give_the_models_defaults(
+    page: str, table: int, model: type[BaseModel]
+) -> None:
+    assert _check_defaults(page, table, model) >= 3
