@@ -420,6 +420,8 @@ def test_attack_a_token_in_a_logged_refresh_failure_is_withheld_from_the_alert()
         logger.removeHandler(failures)
     (alert,) = failures.drain()
     assert jwt not in alert.summary and "[redacted]" in alert.summary
+    keyed = Alert("rotation_failure", "error", "s", subject=f"cred {jwt}")
+    assert jwt not in keyed.key and jwt not in keyed.subject
     assert jwt not in json.dumps(alert.facts())
 
 

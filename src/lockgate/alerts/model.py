@@ -60,8 +60,7 @@ class Alert:
     _key: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
-        # the key is made of the whole subject; what is shown is capped
-        object.__setattr__(self, "_key", _key(self.kind, self.subject))
+        subject = self.subject
         for name in ("summary", "subject", "deployment", "dag_id", "run_id", "task_id",
                      "resource"):  # fmt: skip
             value = getattr(self, name)
@@ -69,7 +68,11 @@ class Alert:
                 continue
             if "eyJ" in value:  # a token in a logged failure's text: withheld, as in the log
                 value = str(redact(value))
+            if name == "subject":
+                subject = value
             object.__setattr__(self, name, _cap_text(value))
+        # the key is made of the whole subject (withheld tokens withheld), not the shown one
+        object.__setattr__(self, "_key", _key(self.kind, subject))
 
     @property
     def key(self) -> str:
