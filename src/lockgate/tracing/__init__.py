@@ -237,7 +237,13 @@ class _Recording:
     """What the process records with: its span processor (None: spans are made and
     dropped), resource and sampling bound, and the SDK's classes, imported once."""
 
-    def __init__(self, processor: SpanProcessor | None, resource: Resource, ratio: float) -> None:
+    def __init__(
+        self,
+        processor: SpanProcessor | None,
+        resource: Resource,
+        ratio: float,
+        exporter: SpanExporter | None = None,
+    ) -> None:
         from opentelemetry.sdk.trace import Event, ReadableSpan
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
         from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -247,6 +253,7 @@ class _Recording:
         self._status, self._ok = Status, Status()
         self._flags = TraceFlags(_SAMPLED)
         self.processor = processor
+        self.exporter = exporter  # its stop_by, if any, bounds a stop (a dead collector)
         self.resource = resource
         self.scope = InstrumentationScope("lockgate", __version__)
         # TraceIdRatioBased's rule: the low 64 bits of the trace id under ratio * 2**64.
@@ -430,6 +437,7 @@ def _status(protocol: str, status: int | str | None) -> tuple[str, AttributeValu
 
 
 _tracing: _Recording | None = None
+STOP_GRACE = 5.0  # seconds a stopping process keeps exporting its batched spans
 
 
 def configure(
@@ -472,7 +480,7 @@ def configure(
             raise ConfigError(f"tracing.otlp_headers_file: {why}") from None
     processor = BatchSpanProcessor(exporter) if exporter is not None else None
     # An unsampled caller (the task's own tracing off) gets the ratio, not silence.
-    _tracing = _Recording(processor, resource, settings.sample_ratio)
+    _tracing = _Recording(processor, resource, settings.sample_ratio, exporter)
 
 
 def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
@@ -488,10 +496,14 @@ def flush(timeout_millis: int = 5_000) -> bool:
 
 
 def shutdown() -> None:
-    """Flush and stop the exporter; tracing is off afterwards."""
+    """Flush and stop the exporter; tracing is off afterwards. A collector that does not
+    answer holds this for at most :data:`STOP_GRACE` seconds (what is left is dropped)."""
     global _tracing
     current, _tracing = _tracing, None
     if current is not None and current.processor is not None:
+        stop_by = getattr(current.exporter, "stop_by", None)
+        if stop_by is not None:
+            stop_by(STOP_GRACE)
         current.processor.shutdown()
 
 

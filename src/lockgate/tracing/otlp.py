@@ -11,13 +11,20 @@ request after request). The collector decodes it like any other OTLP/HTTP export
 
 A failed export drops its batch (spans are not worth holding a gateway's memory for) and
 is logged at most once a minute with the collector's status or the error's type: never the
-headers, which often carry an API key.
+headers, which often carry an API key. A collector is never waited on past ``timeout`` for
+one batch, whatever it does (a trickled answer resets a socket's timeout on every byte, so
+a watchdog closes the socket at the deadline); its answer is read up to 64 KiB; redirects
+are not followed (the headers would go along); and :meth:`OtlpHttpExporter.stop_by` bounds
+how long a stopping gateway keeps trying.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
+import math
+import socket
 import ssl
 import struct
 import threading
@@ -35,6 +42,7 @@ from lockgate import _log
 
 log = _log.get("tracing")
 _LOG_EVERY = 60.0  # seconds between two export-failure log lines
+_MAX_ANSWER = 64 * 1024  # a collector's answer is a short status; more is never read
 _U64 = (1 << 64) - 1
 
 
@@ -52,6 +60,12 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as protobuf strings must be: UTF-8. A lone surrogate (JSON's ``\\ud800``
+    decodes to one) becomes ``?`` instead of failing the whole batch it rides in."""
+    return text.encode("utf-8", "replace")
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -75,8 +89,8 @@ def _attribute(number: int, key: str, value: str | bool | int | float, kind: str
     elif kind == "float":
         any_value = _ONE_BYTE[4 << 3 | 1] + struct.pack("<d", float(value))
     else:
-        any_value = _field(1, str(value).encode())
-    return _field(number, _field(1, key.encode()) + _field(2, any_value))
+        any_value = _field(1, _utf8(str(value)))
+    return _field(number, _field(1, _utf8(key)) + _field(2, any_value))
 
 
 def _attributes(number: int, attributes: Attributes) -> bytes:
@@ -97,12 +111,12 @@ def _span(span: ReadableSpan) -> bytes:
     out = _field(1, ctx.trace_id.to_bytes(16, "big")) + _field(2, ctx.span_id.to_bytes(8, "big"))
     if span.parent is not None:
         out += _field(4, span.parent.span_id.to_bytes(8, "big"))
-    out += _field(5, span.name.encode())
+    out += _field(5, _utf8(span.name))
     out += _ONE_BYTE[6 << 3] + _ONE_BYTE[span.kind.value + 1]  # the proto counts from UNSPECIFIED
     out += _fixed64(7, span.start_time or 0) + _fixed64(8, span.end_time or 0)
     out += _attributes(9, span.attributes)
     for event in span.events:
-        body = _fixed64(1, event.timestamp) + _field(2, event.name.encode())
+        body = _fixed64(1, event.timestamp) + _field(2, _utf8(event.name))
         out += _field(11, body + _attributes(3, event.attributes))
     code = span.status.status_code.value  # UNSET 0, OK 1, ERROR 2: the proto's numbers
     return out + _field(15, _ONE_BYTE[3 << 3] + _ONE_BYTE[code] if code else b"")
@@ -115,7 +129,7 @@ def _resource(resource: Resource) -> bytes:
 
 @functools.lru_cache(maxsize=16)
 def _scope(scope: InstrumentationScope) -> bytes:
-    return _field(1, _field(1, scope.name.encode()) + _field(2, (scope.version or "").encode()))
+    return _field(1, _field(1, _utf8(scope.name)) + _field(2, _utf8(scope.version or "")))
 
 
 def encode(spans: Sequence[ReadableSpan]) -> bytes:
@@ -158,6 +172,8 @@ class OtlpHttpExporter(SpanExporter):
         self._lock = threading.Lock()
         self._last_logged = 0.0
         self._closed = False
+        self._give_up_at = math.inf  # monotonic time after which nothing more is sent
+        self.dropped = 0  # spans in batches that failed, since start
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -174,28 +190,43 @@ class OtlpHttpExporter(SpanExporter):
                 )
         return self._conn
 
-    def _post(self, body: bytes) -> int:
+    def _post(self, body: bytes, deadline: float) -> int:
         conn = self._connection()
+        # The socket's timeout bounds each read, not the answer: a collector trickling a
+        # byte at a time would hold the export thread (and the gateway's stop) for ever.
+        watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (conn,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             conn.request("POST", self._path, body=body, headers=self._headers)
             response = conn.getresponse()
-            response.read()
+            response.read(_MAX_ANSWER)
+            if not response.isclosed():  # an answer longer than a status: not kept alive
+                conn.close()
+                self._conn = None
             return response.status
         except (OSError, http.client.HTTPException):
             conn.close()
             self._conn = None
             raise
+        finally:
+            watchdog.cancel()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._closed:
+        if self._closed or time.monotonic() >= self._give_up_at:
+            self._failed("stopping", len(spans))
             return SpanExportResult.FAILURE
         body = encode(spans)
         with self._lock:
+            deadline = min(time.monotonic() + self._timeout, self._give_up_at)
             try:
                 try:
-                    status = self._post(body)
+                    status = self._post(body, deadline)
                 except (OSError, http.client.HTTPException):
-                    status = self._post(body)  # once more: a kept-alive connection may be stale
+                    if time.monotonic() >= deadline:
+                        raise
+                    # once more: a kept-alive connection may be stale
+                    status = self._post(body, deadline)
             except (OSError, http.client.HTTPException) as exc:
                 self._failed(type(exc).__name__, len(spans))
                 return SpanExportResult.FAILURE
@@ -205,20 +236,49 @@ class OtlpHttpExporter(SpanExporter):
         return SpanExportResult.FAILURE
 
     def _failed(self, why: str, count: int) -> None:
+        self.dropped += count
         now = time.monotonic()
         if now - self._last_logged >= _LOG_EVERY:
             self._last_logged = now
-            log.warning("spans not exported", extra={"fields": {"error": why, "dropped": count}})
+            log.warning(
+                "spans not exported",
+                extra={"fields": {"error": why, "dropped": count, "dropped_total": self.dropped}},
+            )
+
+    def stop_by(self, seconds: float) -> None:
+        """Give up exporting ``seconds`` from now: the batch being posted then is abandoned
+        (its socket closed) and later ones fail at once, so a stopping gateway flushes what
+        a live collector takes and never waits on a dead one for longer than that."""
+        self._give_up_at = time.monotonic() + seconds
+        timer = threading.Timer(seconds, self._abandon)
+        timer.daemon = True
+        timer.start()
+
+    def _abandon(self) -> None:
+        conn = self._conn  # read without the lock: the export holding it is what to end
+        if conn is not None:
+            _abort(conn)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True
 
     def shutdown(self) -> None:
         self._closed = True
+        self._abandon()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _abort(conn: http.client.HTTPConnection) -> None:
+    """End what ``conn`` is waiting for, from another thread: a blocked read returns."""
+    sock = conn.sock
+    if sock is not None:
+        # The plain socket's shutdown, even under TLS: SSLSocket.shutdown would drop its
+        # TLS state under the reading thread's feet (a ValueError, not a failed read).
+        with contextlib.suppress(OSError):  # already closed
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 __all__ = ["OtlpHttpExporter", "encode"]
