@@ -9,6 +9,7 @@ no half line and makes the audit log refuse (fail closed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -333,3 +334,44 @@ def test_attack_any_value_edited_anywhere_is_found_and_never_crashes_the_check(
                 # the line before and the edited one suffice (the rest verifies as before)
                 tampered = [lines[index - 1], json.dumps(edited)]
                 assert not ocsf_map.verify_export(tampered, before).ok, (index, path, value)
+
+
+def test_attack_a_running_gateway_exports_crafted_requests_as_valid_ocsf(tmp_path: Path) -> None:
+    """Crafted paths and a run id of odd characters through a real gateway: each record's
+    event in audit.ocsf is valid OCSF of its class, one line, and the export verifies."""
+    import urllib.error
+    import urllib.request
+
+    import yaml
+
+    from lockgate.demo.stack import LocalStack
+    from lockgate.identity import TaskIdentity
+
+    stack = LocalStack(tmp_path / "gw", tls=False)
+    config = yaml.safe_load(stack.config_path.read_text())
+    config.setdefault("audit", {})["ocsf"] = str(tmp_path / "audit.ocsf")
+    stack.config_path.write_text(yaml.safe_dump(config))
+    run = 'manual__"}\u2028<!channel>\x85é'
+    paths = ["/orders-api/orders", "/orders-api/%0A%22%7D%7B%22x%22:1%7D", "/orders-api/%E2%80%A8",
+             "/orders-api/" + "y" * 4000, "/nope/x"]  # fmt: skip
+    with stack:
+        assert stack.gateway is not None
+        token = stack.gateway.issuer.mint(
+            TaskIdentity("prod", "finance_daily", "load", run, 1, -1), "orders-api", 300
+        )[0]
+        auth = {"Authorization": f"Bearer {token}"}
+        for path in paths:
+            for body in (None, b"{}"):  # a read and a write
+                req = urllib.request.Request(stack.http_url + path, data=body, headers=auth)
+                with contextlib.suppress(urllib.error.HTTPError, urllib.error.URLError):
+                    urllib.request.urlopen(req, timeout=10).read()
+        assert stack.gateway.audit.flush(10)
+    lines = (tmp_path / "audit.ocsf").read_text(encoding="utf-8").splitlines()
+    assert len(lines) >= len(paths)
+    events = [json.loads(x) for x in lines]
+    for ev in events:
+        _valid(ev)
+    assert any(ev["unmapped"]["lockgate"].get("run_id") == run for ev in events)
+    first_prev = events[0]["unmapped"]["lockgate"]["prev_hash"]
+    assert ocsf_map.verify_export(lines, first_prev).ok
+    assert token not in "\n".join(lines)
