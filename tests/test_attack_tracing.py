@@ -180,3 +180,32 @@ def test_a_stop_never_waits_long_on_a_collector_that_does_not_answer(
         hold.set()
     assert took < 3.0
     assert heads  # it did try
+
+
+# -- cost ---------------------------------------------------------------------------------------
+def test_an_unsampled_request_is_decided_before_its_attributes_are_cleaned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tracing.configure(
+        TracingSettings(enabled=True, sample_ratio=0.0), exporter=InMemorySpanExporter()
+    )
+    try:
+
+        def never(*args: object) -> None:
+            raise AssertionError("attributes cleaned for a span that is not recorded")
+
+        monkeypatch.setattr(tracing, "clean_attributes", never)
+        attrs = {"url.path": "/items/1", "lockgate.dag_id": "etl"}
+        assert tracing.start_request("http", "api", "GET", traceparent=UNSAMPLED,
+                                     attributes=attrs) is tracing.NO_SPAN  # fmt: skip
+        assert tracing.start_request("http", "api", "GET", attributes=attrs) is tracing.NO_SPAN
+        assert tracing.start_mint("prod", traceparent=UNSAMPLED) is tracing.NO_SPAN
+    finally:
+        tracing.shutdown()
+
+
+def test_tracing_off_makes_nothing_per_attempt() -> None:
+    span = tracing.NO_SPAN
+    assert span.upstream_attempt(1) is span.upstream_attempt(2)  # one shared no-op
+    with pytest.raises(KeyError), span.upstream_attempt(1):
+        raise KeyError("an attempt's failure still propagates")

@@ -32,7 +32,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from lockgate import __version__
@@ -73,10 +73,9 @@ class RequestSpan(Protocol):
 
     def throttled(self, limit: str, retry_after: float) -> None: ...
 
-    @contextmanager
-    def upstream_attempt(self, attempt: int) -> Iterator[None]:
+    def upstream_attempt(self, attempt: int) -> AbstractContextManager[None]:
         """A CLIENT child span around one upstream attempt (1, 2, ...)."""
-        yield
+        ...
 
     def retried(self, reason: str, delay: float) -> None:
         """An event: the attempt is retried after ``delay`` seconds for ``reason``."""
@@ -98,9 +97,8 @@ class _NoSpan:
     def throttled(self, limit: str, retry_after: float) -> None:
         return None
 
-    @contextmanager
-    def upstream_attempt(self, attempt: int) -> Iterator[None]:
-        yield
+    def upstream_attempt(self, attempt: int) -> AbstractContextManager[None]:
+        return _NO_ATTEMPT  # shared: no generator made per attempt while tracing is off
 
     def retried(self, reason: str, delay: float) -> None:
         return None
@@ -109,6 +107,7 @@ class _NoSpan:
         return None
 
 
+_NO_ATTEMPT: AbstractContextManager[None] = nullcontext()
 NO_SPAN: RequestSpan = _NoSpan()
 
 # -- what may become an attribute ---------------------------------------------------------------
@@ -259,26 +258,28 @@ class _Recording:
         # TraceIdRatioBased's rule: the low 64 bits of the trace id under ratio * 2**64.
         self.bound = round(ratio * (_ID_LIMIT + 1))
 
+    def sample(self, traceparent: str | None) -> tuple[int, tuple[int, int] | None] | None:
+        """(trace id, parent) of a span to record, None when it is not sampled: decided
+        before anything else is done for the span, so an unsampled request costs little."""
+        if traceparent is not None and len(traceparent) == 55:  # the cache keeps short keys
+            parent = _parent(traceparent)
+            if parent is not None:
+                trace_id, span_id, caller_sampled = parent
+                # Parent-based: a sampled caller is always recorded; others at the ratio.
+                if caller_sampled or (trace_id & _ID_LIMIT) < self.bound:
+                    return trace_id, (trace_id, span_id)
+                return None
+        trace_id = random.getrandbits(128) or 1
+        return (trace_id, None) if (trace_id & _ID_LIMIT) < self.bound else None
+
     def start(
         self,
         protocol: str,
         name: str,
-        traceparent: str | None,
+        sampled: tuple[int, tuple[int, int] | None],
         attributes: dict[str, AttributeValue],
     ) -> RequestSpan:
-        parent: tuple[int, int] | None = None
-        if traceparent is not None and valid_traceparent(traceparent) is not None:
-            trace_id = int(traceparent[3:35], 16)
-            parent = (trace_id, int(traceparent[36:52], 16))
-            # Parent-based: a sampled caller is always recorded; others at the ratio.
-            sampled = (
-                bool(int(traceparent[53:55], 16) & _SAMPLED) or (trace_id & _ID_LIMIT) < self.bound
-            )
-        else:
-            trace_id = random.getrandbits(128) or 1
-            sampled = (trace_id & _ID_LIMIT) < self.bound
-        if not sampled:
-            return NO_SPAN
+        trace_id, parent = sampled
         name = clean_name(name) or "request"
         return _Span(self, protocol, name, trace_id, parent, self.server, attributes)
 
@@ -303,6 +304,18 @@ class _Recording:
             instrumentation_scope=self.scope,
         )
         self.processor.on_end(readable)
+
+
+@functools.lru_cache(maxsize=4096)  # one token, one traceparent: a task's requests repeat it
+def _parent(traceparent: str) -> tuple[int, int, bool] | None:
+    """(trace id, span id, sampled) of a valid ``traceparent``, else None."""
+    if valid_traceparent(traceparent) is None:
+        return None
+    return (
+        int(traceparent[3:35], 16),
+        int(traceparent[36:52], 16),
+        bool(int(traceparent[53:55], 16) & _SAMPLED),
+    )
 
 
 class _Span:
@@ -524,12 +537,15 @@ def start_request(
     tracing = _tracing
     if tracing is None:
         return NO_SPAN
+    sampled = tracing.sample(traceparent)
+    if sampled is None:
+        return NO_SPAN
     attrs = clean_attributes(attributes)
     attrs["lockgate.resource"] = clean_text(resource)
     attrs["lockgate.protocol"] = protocol
     if protocol in _DB_SYSTEM:
         attrs.setdefault("db.system.name", _DB_SYSTEM[protocol])
-    return tracing.start(protocol, name, traceparent, attrs)
+    return tracing.start(protocol, name, sampled, attrs)
 
 
 def start_mint(deployment: str, *, traceparent: str | None = None) -> RequestSpan:
@@ -537,8 +553,11 @@ def start_mint(deployment: str, *, traceparent: str | None = None) -> RequestSpa
     tracing = _tracing
     if tracing is None:
         return NO_SPAN
+    sampled = tracing.sample(traceparent)
+    if sampled is None:
+        return NO_SPAN
     attrs = clean_attributes({"lockgate.deployment": deployment})  # "" (unknown): none
-    return tracing.start("http", "lockgate.mint", traceparent, attrs)
+    return tracing.start("http", "lockgate.mint", sampled, attrs)
 
 
 __all__ = [
