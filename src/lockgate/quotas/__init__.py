@@ -16,7 +16,7 @@ configured, and in tests).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -78,12 +78,19 @@ class QuotaGate(Protocol):
     matches returns :data:`NO_TICKET` at once, without I/O: the hot path pays one lookup."""
 
     def admit(
-        self, claims: Claims, resource: str, action: str, obj: str, cost: int = 1
+        self,
+        claims: Claims,
+        resource: str,
+        action: str,
+        obj: str,
+        cost: int = 1,
+        also: Sequence[str] = (),
     ) -> Admission | Awaitable[Admission]:
         """One request or statement (rate, then in-flight cap); release the ticket when
         its response has been relayed (or it failed). ``cost``: the statements of a batch
         on this object (a CQL BATCH): admitted on one token, the rest taken into debt,
-        one in-flight slot."""
+        one in-flight slot. ``also``: other names of what it touches (a quota on any of
+        them counts it once)."""
         ...
 
     def open_session(self, claims: Claims, resource: str) -> Admission | Awaitable[Admission]:
@@ -91,10 +98,10 @@ class QuotaGate(Protocol):
         ...
 
     def start_run(
-        self, claims: Claims, resource: str, obj: str
+        self, claims: Claims, resource: str, obj: str, also: Sequence[str] = ()
     ) -> RunAdmission | Awaitable[RunAdmission]:
         """A Databricks job run or Data Factory pipeline run about to be started (``runs``
-        cap, also counted as a request by :meth:`admit`)."""
+        cap, also counted as a request by :meth:`admit`); ``also`` as for :meth:`admit`."""
         ...
 
     def run_finished(self, resource: str, run_id: str) -> None:
@@ -108,14 +115,22 @@ class _NoQuotas:
     __slots__ = ()
 
     def admit(
-        self, claims: Claims, resource: str, action: str, obj: str, cost: int = 1
+        self,
+        claims: Claims,
+        resource: str,
+        action: str,
+        obj: str,
+        cost: int = 1,
+        also: Sequence[str] = (),
     ) -> Admission:
         return NO_TICKET
 
     def open_session(self, claims: Claims, resource: str) -> Admission:
         return NO_TICKET
 
-    def start_run(self, claims: Claims, resource: str, obj: str) -> RunAdmission:
+    def start_run(
+        self, claims: Claims, resource: str, obj: str, also: Sequence[str] = ()
+    ) -> RunAdmission:
         return NO_TICKET
 
     def run_finished(self, resource: str, run_id: str) -> None:

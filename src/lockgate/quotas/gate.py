@@ -156,12 +156,18 @@ class PolicyQuotaGate:
 
     # -- the door ----------------------------------------------------------------------------
     def admit(
-        self, claims: Claims, resource: str, action: str, obj: str, cost: int = 1
+        self,
+        claims: Claims,
+        resource: str,
+        action: str,
+        obj: str,
+        cost: int = 1,
+        also: Sequence[str] = (),
     ) -> Admission | Awaitable[Admission]:
         quotas = self._matching(claims.principal, resource, action)
         if not quotas:
             return NO_TICKET
-        quotas = tuple(q for q in quotas if q.objects.match_all or q.objects(obj))
+        quotas = _on_objects(quotas, obj, also)
         if not quotas:
             return NO_TICKET
         plan = _Plan(
@@ -220,10 +226,9 @@ class PolicyQuotaGate:
         return self._hold_or_wait(_Plan(resource, (), caps))
 
     def start_run(
-        self, claims: Claims, resource: str, obj: str
+        self, claims: Claims, resource: str, obj: str, also: Sequence[str] = ()
     ) -> RunAdmission | Awaitable[RunAdmission]:
-        quotas = self._matching(claims.principal, resource, _RUN_START)
-        quotas = tuple(q for q in quotas if q.objects.match_all or q.objects(obj))
+        quotas = _on_objects(self._matching(claims.principal, resource, _RUN_START), obj, also)
         if not quotas:
             return NO_TICKET
 
@@ -423,6 +428,16 @@ def _release(answer: Admission | RunAdmission) -> None:
 def _delay_of(quotas: Sequence[Quota], refusal: Throttled) -> float:
     """How long the quota that refused may hold a request for a slot (its ``max_delay``)."""
     return next((q.max_delay for q in quotas if q.id == refusal.limit), 0.0)
+
+
+def _on_objects(quotas: tuple[Quota, ...], obj: str, also: Sequence[str]) -> tuple[Quota, ...]:
+    """The quotas whose objects hold ``obj`` or any of ``also`` (the other names of what the
+    request touches: its path as a case-blind upstream reads it, a job's id and name)."""
+    return tuple(
+        q
+        for q in quotas
+        if q.objects.match_all or q.objects(obj) or any(q.objects(o) for o in also)
+    )
 
 
 def _asks(quota: Quota, what: str) -> bool:

@@ -211,3 +211,28 @@ async def test_no_in_flight_slot_stays_taken_whatever_the_client_or_upstream_doe
             break
         await asyncio.sleep(0.05)
     assert budgets._held == {}  # the gate's own count: nothing held
+
+
+ITEM_READS = """\
+quotas:
+  - id: item-reads
+    principals: ["airflow:prod/*"]
+    resources: [orders]
+    objects: ["/items/*"]
+    rate: 1/s
+    burst: 1
+"""
+
+
+async def test_a_path_spelled_as_a_case_blind_upstream_reads_it_counts_too(
+    make_gateway: Any, upstream: Any
+) -> None:
+    gw = await gateway(make_gateway, ITEM_READS)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.url}/orders/items/1", headers=bearer()) as r:
+            assert r.status == 200
+        for spelled in ("ITEMS/2", "Items./3", "items./4"):  # /items/ on IIS, ASP.NET
+            async with s.get(f"{gw.url}/orders/{spelled}", headers=bearer()) as r:
+                assert r.status == 429, spelled
+                assert (await r.json())["limit"] == "item-reads"
+    assert not [p for p in upstream.received if "/items/" not in p]

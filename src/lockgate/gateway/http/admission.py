@@ -235,12 +235,15 @@ class Admission:
             return Pending(rs, profile, target, claims, method, head_only, t0, span)
         action, obj = rs.classifier.classify(method, target.path)
         decision = self.decide(claims, rs, action, obj)
+        also: tuple[str, ...] = ()  # the object as a lenient upstream reads it, for quotas
         if decision.allowed:
             folded = upstream_reading(target.path)
             if folded != target.path:
                 decision, action, obj = self._judge_folded(
                     claims, rs, method, folded, decision, action, obj
                 )
+                folded_obj = rs.classifier.classify(method, folded)[1]
+                also = (folded_obj,) if folded_obj != obj else ()
         span.decided(action, obj, "allow" if decision.allowed else "deny", decision.rule,
                      decision.reason)  # fmt: skip
         if not decision.allowed:
@@ -255,7 +258,10 @@ class Admission:
             t0, span,
         )  # fmt: skip
         adm.forwarded = forwarding_block(conn, head.host)
-        answer = self.quotas.admit(claims, rs.name, action, obj)
+        if also:  # a quota on /items/* also counts /ITEMS/x and /items./x
+            answer = self.quotas.admit(claims, rs.name, action, obj, also=also)
+        else:
+            answer = self.quotas.admit(claims, rs.name, action, obj)
         if answer is not NO_TICKET and inspect.isawaitable(answer):
             return Held(adm, answer)
         if not self.settle(conn, body, adm, answer):
