@@ -1,11 +1,15 @@
-"""The YAML examples of the operations docs load with the real loaders.
+"""The operations docs say what the code does: their examples load, their names exist.
 
-Every ```yaml block of the pages below is validated: a ``quotas:``/``rules:`` block as a
-policy file, a block of top-level config sections with each section's own model (a fragment
-need not be a whole config), a list of credentials (the fragments credentials.md shows one
-at a time) as credential entries. A renamed or removed field, a wrong default written as a
-value, a misspelt alert kind: the test fails and names the page and block. A block that is
-another program's file is listed in ``FOREIGN`` (page, first key) and skipped.
+- Every ```yaml block of the pages below is validated with the real loaders: a
+  ``quotas:``/``rules:`` block as a policy file, a block of top-level config sections with
+  each section's own model and then as a config of only those sections, a list of
+  credentials (the fragments credentials.md shows one at a time) as credential entries. A
+  renamed or removed field, a misspelt alert kind: the test fails and names the page and
+  block. A block that is another program's file is listed in ``FOREIGN`` and skipped.
+- Every ``lockgate_*`` metric a page names exists with the labels it gives; metrics.md lists
+  each one with its labels, and each gauge with how it combines under ``--workers``.
+- The field tables of alerts.md, tracing.md and credentials.md give the models' defaults.
+- Links and anchors between the pages resolve.
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ def _validate(page: str, block: str) -> str:
         model = fields[section].annotation
         assert model is not None
         TypeAdapter(model).validate_python(value)
+    # The sections together, as a config of only them: the checks across sections and
+    # entries (a Key Vault credential's identity, duplicate names) run too.
+    LockgateConfig.model_validate(data)
     return "config"
 
 
