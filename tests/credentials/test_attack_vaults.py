@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -780,4 +782,37 @@ async def test_a_jwt_role_named_in_vaults_refusal_is_still_said(
             await broker.upstream_secret("orders-key")
         assert jwts and jwts[0][:40] not in str(err.value)
     finally:
+        await broker.close()
+
+
+async def test_a_fifo_or_huge_secret_id_file_neither_holds_the_loop_nor_memory(
+    tmp_path: Path, hostile: Hostile
+) -> None:
+    hostile.routes["/v1/auth/approle/login"] = _vault_login
+    broker = _vault_broker(tmp_path, hostile.url)
+    fifo = tmp_path / "secret-id"
+    fifo.unlink()
+    os.mkfifo(fifo)
+
+    def late_writer() -> None:  # unblocks a reader that waits on the FIFO (the hole)
+        time.sleep(1.5)
+        with contextlib.suppress(OSError):
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, SECRET_ID.encode())
+            os.close(fd)
+
+    writer = threading.Thread(target=late_writer, daemon=True)
+    writer.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(CredentialError, match="not a regular file"):
+            await broker.upstream_secret("orders-key")
+        assert time.monotonic() - started < 1.0
+        fifo.unlink()
+        fifo.write_bytes(b"x" * (10 * 1024 * 1024))
+        broker._vaults.clear()
+        with pytest.raises(CredentialError, match="larger than 4096 bytes"):
+            await broker.upstream_secret("orders-key")
+    finally:
+        writer.join(3)
         await broker.close()

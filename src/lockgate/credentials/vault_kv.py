@@ -22,12 +22,15 @@ Refusals name the HTTP status and Vault's ``errors`` when they are short plain w
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import ssl
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -44,6 +47,8 @@ _MULTIERROR = re.compile(r"[0-9]+ errors? occurred:\n")
 #: Renew (or log in again) once this share of the token's lease is gone.
 RENEW_AT = 2 / 3
 
+#: Bytes of an AppRole ``secret_id_file`` read at most (a secret id is a 36-character UUID).
+MAX_SECRET_ID_FILE = 4096
 #: Seconds of a token's lease taken at most (a lease of 10**400 is not a float).
 MAX_LEASE = 10 * 365 * 86400
 
@@ -142,11 +147,12 @@ class VaultKvReader:
     async def _approle_secret_id(self, auth: VaultAppRole) -> str:
         if auth.secret_id_file is not None:
             try:
-                value = auth.secret_id_file.read_text(encoding="utf-8").strip()
-            except OSError as exc:
+                value = _read_secret_id_file(auth.secret_id_file)
+            except (OSError, ValueError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else str(exc)
                 raise CredentialError(
                     f"credential {self.cred.name!r}: cannot read auth.secret_id_file "
-                    f"{auth.secret_id_file}: {exc.strerror}"
+                    f"{auth.secret_id_file}: {why}"
                 ) from None
         else:
             value = await self._secret_id() if self._secret_id is not None else ""
@@ -321,6 +327,22 @@ class VaultKvReader:
         )
 
 
+def _read_secret_id_file(path: Path) -> str:
+    """The secret id in ``path``: a regular file only (a FIFO put in its place would hold the
+    event loop, and every request with it), of at most :data:`MAX_SECRET_ID_FILE` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        raw = fh.read(MAX_SECRET_ID_FILE + 1)
+    if len(raw) > MAX_SECRET_ID_FILE:
+        raise ValueError(f"larger than {MAX_SECRET_ID_FILE} bytes")
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+
+
 def _secrets_in(token: str | None, payload: object, cred: VaultKvCredential) -> tuple[str, ...]:
     """The token, the login's values (secret id, role id, JWT) and the configured role id."""
     values = [token] if token else []
@@ -352,4 +374,4 @@ def _kv_version(version: object) -> str:
     return ""
 
 
-__all__ = ["MAX_LEASE", "RENEW_AT", "VaultKvReader"]
+__all__ = ["MAX_LEASE", "MAX_SECRET_ID_FILE", "RENEW_AT", "VaultKvReader"]
