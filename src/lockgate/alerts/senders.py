@@ -6,9 +6,10 @@
   Slack's and Stripe's signing work. The body's ``id`` is the alert's, the same in every
   retry: remembered for those 5 minutes, it refuses a replay and drops a retried duplicate.
 - ``slack``: an incoming webhook: ``{"text": ..., "blocks": [...]}``; answered 200 ``ok``.
-  Every text is mrkdwn with ``&``, ``<`` and ``>`` escaped as Slack asks, and a value from a
-  request (an object path, a run id) is shown as code: a denied request naming
-  ``<!channel>`` or ``<https://evil|click>`` can neither ping a channel nor plant a link.
+  The summary is plain text, a value from a request (an object path, a run id) is shown as
+  code, and every mrkdwn text has ``&``, ``<`` and ``>`` escaped as Slack asks: a denied
+  request naming ``<!channel>``, ``<https://evil|click>`` or ``*bold*`` can neither ping a
+  channel, plant a link nor restyle the message.
 - ``pagerduty``: Events API v2 (``POST /v2/enqueue``): ``routing_key``, ``event_action``
   ``trigger`` or ``resolve``, ``dedup_key`` (the alert's key: one incident per DAG and
   kind), ``payload.summary/source/severity/timestamp/custom_details``; answered 202.
@@ -196,10 +197,13 @@ class Notifier:
 
     def _slack(self, alert: Alert) -> dict[str, object]:
         icon = ":white_check_mark:" if alert.action == "resolve" else _SLACK_ICONS[alert.severity]
-        summary = _mrkdwn(alert.summary)
-        head = f"{icon} *Lockgate {alert.kind}* ({alert.severity}): {summary}"
+        # plain text: a summary quoting a request shows its *stars* and <!channel> as typed
+        head = f"{icon} Lockgate {alert.kind} ({alert.severity}): {alert.summary}"
         blocks: list[dict[str, object]] = [
-            {"type": "section", "text": {"type": "mrkdwn", "text": head[:SLACK_TEXT_MAX]}}
+            {
+                "type": "section",
+                "text": {"type": "plain_text", "text": head[:SLACK_TEXT_MAX], "emoji": True},
+            }
         ]
         fields = [f"*{k}*\n{_slack_code(v)}" for k, v in alert.context().items()]
         fields += [f"*{_mrkdwn(k)}*\n{_slack_code(_short(v))}" for k, v in alert.facts().items()]
@@ -216,7 +220,7 @@ class Notifier:
         elif "command" in look:
             blocks.append(_slack_context(_slack_code(look["command"])))
         return {
-            "text": f"Lockgate {alert.kind}: {summary}"[:SLACK_TEXT_MAX],
+            "text": f"Lockgate {alert.kind}: {_mrkdwn(alert.summary)}"[:SLACK_TEXT_MAX],
             "blocks": blocks,
         }
 
