@@ -53,7 +53,7 @@ def token_handler(service: TokenService) -> Handler:
 
     async def handle(request: web.Request) -> web.Response:
         ctx: dict[str, Any] = {"remote": request.remote}
-        traceparent = tracing.valid_traceparent(request.headers.get("traceparent"))
+        traceparent = _traceparent(request)
         span = tracing.NO_SPAN
         try:
             body = await read_body(request)
@@ -87,6 +87,14 @@ def token_handler(service: TokenService) -> Handler:
         )
 
     return handle
+
+
+def _traceparent(request: web.Request) -> str | None:
+    """The caller's trace context when it sent one valid ``traceparent``. Two name no one
+    trace (W3C trace context treats a duplicated header as invalid): a trace of its own,
+    as for a malformed one. Only spans ever read it."""
+    sent = request.headers.getall("traceparent", [])
+    return tracing.valid_traceparent(sent[0]) if len(sent) == 1 else None
 
 
 def _claimed_deployment(
