@@ -676,11 +676,13 @@ async def test_a_vault_rolled_back_to_an_older_version_is_used_but_said_loudly(
 
 
 # -- errors that are not the vault's words ---------------------------------------------------
-@pytest.mark.parametrize("ca", ["missing.pem", "garbage.pem"])
+@pytest.mark.parametrize("ca", ["missing.pem", "garbage.pem", "fifo.pem"])
 async def test_an_unusable_ca_file_is_a_credential_error_not_a_crash(
     tmp_path: Path, hostile: Hostile, ca: str
 ) -> None:
     (tmp_path / "garbage.pem").write_text("not a certificate")
+    os.mkfifo(tmp_path / "fifo.pem")  # opened for reading, it would wait for a writer
+    threading.Thread(target=_unblock, args=(tmp_path / "fifo.pem",), daemon=True).start()
     broker = _vault_broker(tmp_path, hostile.url, ca_file=str(tmp_path / ca))
     try:
         with pytest.raises(CredentialError, match="cannot use ca_file"):
@@ -785,6 +787,16 @@ async def test_a_jwt_role_named_in_vaults_refusal_is_still_said(
         await broker.close()
 
 
+def _unblock(fifo: Path, data: bytes = b"") -> None:
+    """Open ``fifo`` for writing a little later: a reader the code under test should never
+    have started is let go (the test fails instead of hanging)."""
+    time.sleep(1.5)
+    with contextlib.suppress(OSError):
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, data)
+        os.close(fd)
+
+
 async def test_a_fifo_or_huge_secret_id_file_neither_holds_the_loop_nor_memory(
     tmp_path: Path, hostile: Hostile
 ) -> None:
@@ -794,14 +806,7 @@ async def test_a_fifo_or_huge_secret_id_file_neither_holds_the_loop_nor_memory(
     fifo.unlink()
     os.mkfifo(fifo)
 
-    def late_writer() -> None:  # unblocks a reader that waits on the FIFO (the hole)
-        time.sleep(1.5)
-        with contextlib.suppress(OSError):
-            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            os.write(fd, SECRET_ID.encode())
-            os.close(fd)
-
-    writer = threading.Thread(target=late_writer, daemon=True)
+    writer = threading.Thread(target=_unblock, args=(fifo, SECRET_ID.encode()), daemon=True)
     writer.start()
     try:
         started = time.monotonic()

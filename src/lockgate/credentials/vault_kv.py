@@ -255,6 +255,11 @@ class VaultKvReader:
         if ca_file is None:
             return True
         if self._ssl is None:
+            if ca_file.exists() and not ca_file.is_file():  # a FIFO would hold the event loop
+                raise CredentialError(
+                    f"credential {self.cred.name!r}: cannot use ca_file {ca_file}: not a "
+                    "regular file"
+                )
             try:
                 self._ssl = ssl.create_default_context(cafile=str(ca_file))
             except (OSError, ssl.SSLError) as exc:
