@@ -77,7 +77,7 @@ def _records() -> list[tuple[AuditRecord, int, int]]:
         (AuditRecord("auth_failed", resource="orders-api", decision="deny",
                      reason="expired"), 3002, 1),
         (AuditRecord("token_issued", **{**WHO, "resource": "orders-api"}, decision="allow",
-                     rule="mint-r", detail={"ttl": 900, "expires_at": 1.0}), 3002, 4),
+                     rule="mint-r", detail={"ttl": 900, "expires_at": 1.0}), 3003, 1),
         (AuditRecord("credential_rotated", object="orders-api-key"), 6003, 3),
         (AuditRecord("credential_set", object="orders-api-key"), 6003, 1),
         (AuditRecord("key_rotated", object="kid-2", detail={"alg": "EdDSA"}), 6003, 1),
@@ -102,7 +102,12 @@ def _rows(records: list[AuditRecord]) -> list[AuditRow]:
 
 
 _SCHEMA = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=ocsf_map.OCSF_VERSION))
-_CLASS_NAMES = {6003: "api_activity", 6005: "datastore_activity", 3002: "authentication"}
+_CLASS_NAMES = {
+    6003: "api_activity",
+    6005: "datastore_activity",
+    3002: "authentication",
+    3003: "authorize_session",
+}
 
 
 @cache
@@ -169,7 +174,9 @@ def test_status_follows_the_decision() -> None:
     assert events["config_reloadedNone"]["status_id"] == 2  # refused: nothing applied
     assert events["policy_reloadedNone"]["status_id"] == 1
     assert events["allowedwrite"]["metadata"]["correlation_uid"] == "s/1"
-    assert events["token_issuedNone"]["auth_protocol_id"] == 6
+    assert events["token_issuedNone"]["privileges"] == ["resource:orders-api"]
+    minted = events["token_issuedNone"]
+    assert minted["session"]["uid"] == minted["actor"]["session"]["uid"]
 
 
 def test_a_row_that_cannot_be_mapped_still_becomes_a_valid_event() -> None:

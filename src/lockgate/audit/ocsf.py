@@ -13,9 +13,9 @@ a CQL or PostgreSQL statement, a Cosmos DB             Datastore Activity 6005 (
 data-plane request                                     Write, Create, Delete, List, Other)
 a session's login (action ``connect``),                Authentication 3002 (Logon; Logoff for
 ``auth_failed``, ``session_ended``                     ``session_ended``)
-``token_issued``                                       Authentication 3002 (Service Ticket
-                                                       Request: a short-lived token for one
-                                                       resource, OAuth 2.0 token exchange)
+``token_issued``                                       Authorize Session 3003 (Assign
+                                                       Privileges: a short-lived token for one
+                                                       resource; ``privileges`` names it)
 keys, credentials, revocations, kill switch,           API Activity 6003 (Create, Update,
 policy and config reloads                              Delete; ``api.operation`` = the event)
 =====================================================  ==========================================
@@ -58,11 +58,13 @@ OCSF_VERSION = "1.5.0"
 API_ACTIVITY = 6003
 DATASTORE_ACTIVITY = 6005
 AUTHENTICATION = 3002
+AUTHORIZE_SESSION = 3003
 
 _CLASSES = {
     API_ACTIVITY: ("API Activity", "Application Activity"),
     DATASTORE_ACTIVITY: ("Datastore Activity", "Application Activity"),
     AUTHENTICATION: ("Authentication", "Identity & Access Management"),
+    AUTHORIZE_SESSION: ("Authorize Session", "Identity & Access Management"),
 }
 _ACTIVITIES: dict[int, dict[int, str]] = {
     API_ACTIVITY: {1: "Create", 2: "Read", 3: "Update", 4: "Delete", 99: "Other"},
@@ -78,6 +80,7 @@ _ACTIVITIES: dict[int, dict[int, str]] = {
         99: "Other",
     },
     AUTHENTICATION: {1: "Logon", 2: "Logoff", 4: "Service Ticket Request", 99: "Other"},
+    AUTHORIZE_SESSION: {1: "Assign Privileges", 2: "Assign Groups", 99: "Other"},
 }
 _PRODUCT = {"name": "Lockgate", "vendor_name": "Lockgate", "version": __version__}
 
@@ -165,9 +168,11 @@ def _event(row: AuditRow, datastore_names: Mapping[str, int]) -> dict[str, Any]:
         _status(ev, 2 if failed else 1)
         return ev
     if name == "token_issued":
-        ev = _base(row, AUTHENTICATION, 4)
-        ev["auth_protocol_id"], ev["auth_protocol"] = 6, "OAUTH 2.0"
-        ev["service"] = {"name": row.resource or "lockgate"}
+        # A Lockgate token is a session authorised for one resource, whose actions policy
+        # decides request by request: the privilege it assigns is reaching that resource.
+        ev = _base(row, AUTHORIZE_SESSION, 1)
+        ev["privileges"] = [f"resource:{row.resource}"] if row.resource else []
+        ev["dst_endpoint"] = {"svc_name": row.resource or "lockgate"}
         return _authentication(ev, row)
     if name in ("auth_failed", "session_ended") or action == "connect":
         ev = _base(row, AUTHENTICATION, 2 if name == "session_ended" else 1)
@@ -399,6 +404,7 @@ def verify_export(lines: Iterable[str | bytes], prev_hash: str = GENESIS) -> Exp
 __all__ = [
     "API_ACTIVITY",
     "AUTHENTICATION",
+    "AUTHORIZE_SESSION",
     "DATASTORE_ACTIVITY",
     "NOSQL",
     "OCSF_VERSION",

@@ -50,7 +50,7 @@ class AuditSettings(Section):
     # fdatasync per request, at a cost in latency and requests/s).
     durability: Literal["process", "fsync"] = "process"
     # A second JSON-lines mirror of committed records, each an OCSF event (API Activity,
-    # Datastore Activity, Authorize Session), for a SIEM (docs/audit.md).
+    # Datastore Activity, Authentication, Authorize Session), for a SIEM (docs/audit.md).
     ocsf: Path | None = None
 
 
