@@ -209,3 +209,33 @@ def test_tracing_off_makes_nothing_per_attempt() -> None:
     assert span.upstream_attempt(1) is span.upstream_attempt(2)  # one shared no-op
     with pytest.raises(KeyError), span.upstream_attempt(1):
         raise KeyError("an attempt's failure still propagates")
+
+
+def dropped(reason: str) -> float:
+    from lockgate.metrics import REGISTRY
+
+    value = REGISTRY.get_sample_value("lockgate_spans_dropped_total", {"reason": reason})
+    return value or 0.0
+
+
+def test_a_collector_slower_than_the_gateway_costs_counted_drops_not_memory(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "8")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
+    monkeypatch.setattr(tracing, "STOP_GRACE", 0.5)
+    caplog.set_level(logging.DEBUG)
+    hold = threading.Event()
+    full, failed = dropped("queue_full"), dropped("export_failed")
+    with collector(lambda conn: hold.wait(30)) as (port, _):
+        tracing.configure(TracingSettings(enabled=True, otlp_endpoint=f"http://127.0.0.1:{port}"))
+        for _ in range(200):
+            tracing.start_request("http", "api", "GET", traceparent=SAMPLED).end(status=200)
+        queued = tracing._tracing.handed - tracing._tracing.exporter.taken  # type: ignore[union-attr]
+        tracing.shutdown()
+        hold.set()
+    assert queued <= 8  # the queue's bound, whatever the collector does
+    assert dropped("queue_full") - full >= 200 - 8 - 4  # all but what was queued or posted
+    assert dropped("export_failed") - failed >= 1
+    # counted, not logged per span by the SDK
+    assert not [r for r in caplog.records if "Queue full" in r.getMessage()]

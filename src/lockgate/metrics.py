@@ -127,6 +127,11 @@ REFUSALS = _counter(
     "Requests, connections and handshakes refused, by protocol and reason slug",
     "protocol", "reason",
 )  # fmt: skip
+SPANS_DROPPED = _counter(
+    "lockgate_spans_dropped_total",
+    "Spans never exported: queue_full (the collector slower than the gateway) or export_failed",
+    "reason",
+)
 AUDIT_FAILURES = _counter(
     "lockgate_audit_write_failures_total", "Audit writes that failed or timed out"
 )

@@ -242,6 +242,7 @@ class _Recording:
         resource: Resource,
         ratio: float,
         exporter: SpanExporter | None = None,
+        queue_limit: int = 2048,
     ) -> None:
         from opentelemetry.sdk.trace import Event, ReadableSpan
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -253,6 +254,15 @@ class _Recording:
         self._flags = TraceFlags(_SAMPLED)
         self.processor = processor
         self.exporter = exporter  # its stop_by, if any, bounds a stop (a dead collector)
+        # An exporter that counts the spans it took (Lockgate's) lets the queue's bound be
+        # kept here: a span past it is dropped and counted before the SDK's processor, which
+        # would drop one too but only say so in a log line made per span.
+        self._counts = processor is not None and hasattr(exporter, "taken")
+        self.handed = 0  # spans given to the processor
+        self.queue_limit = queue_limit
+        from lockgate import metrics
+
+        self._queue_full = metrics.SPANS_DROPPED.labels("queue_full")
         self.resource = resource
         self.scope = InstrumentationScope("lockgate", __version__)
         # TraceIdRatioBased's rule: the low 64 bits of the trace id under ratio * 2**64.
@@ -286,6 +296,11 @@ class _Recording:
     def finish(self, span: _Span, end_ns: int) -> None:
         if self.processor is None:
             return
+        if self._counts:
+            if self.handed - self.exporter.taken >= self.queue_limit:  # type: ignore[union-attr]
+                self._queue_full.inc()
+                return
+            self.handed += 1
         context, flags = self._context, self._flags
         parent = span.parent
         readable = self._readable(
@@ -491,9 +506,20 @@ def configure(
             # ValueError names the file and line; OSError only says why it is unreadable.
             why = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise ConfigError(f"tracing.otlp_headers_file: {why}") from None
-    processor = BatchSpanProcessor(exporter) if exporter is not None else None
+    limit = _queue_limit()
+    processor = None
+    if exporter is not None:
+        processor = BatchSpanProcessor(exporter, max_queue_size=limit)
     # An unsampled caller (the task's own tracing off) gets the ratio, not silence.
-    _tracing = _Recording(processor, resource, settings.sample_ratio, exporter)
+    _tracing = _Recording(processor, resource, settings.sample_ratio, exporter, limit)
+
+
+def _queue_limit() -> int:
+    """The batch queue's bound: ``OTEL_BSP_MAX_QUEUE_SIZE`` as the SDK reads it, or 2048."""
+    try:
+        return max(1, int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048")))
+    except ValueError:
+        return 2048
 
 
 def _otlp_exporter(settings: TracingSettings) -> SpanExporter:

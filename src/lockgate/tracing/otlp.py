@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
 
-from lockgate import _log
+from lockgate import _log, metrics
 
 log = _log.get("tracing")
 _LOG_EVERY = 60.0  # seconds between two export-failure log lines
@@ -174,6 +174,8 @@ class OtlpHttpExporter(SpanExporter):
         self._closed = False
         self._give_up_at = math.inf  # monotonic time after which nothing more is sent
         self.dropped = 0  # spans in batches that failed, since start
+        self.taken = 0  # spans handed to export, since start (the queue's depth is kept by it)
+        self._export_failed = metrics.SPANS_DROPPED.labels("export_failed")
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -213,6 +215,7 @@ class OtlpHttpExporter(SpanExporter):
             watchdog.cancel()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.taken += len(spans)
         if self._closed or time.monotonic() >= self._give_up_at:
             self._failed("stopping", len(spans))
             return SpanExportResult.FAILURE
@@ -237,6 +240,7 @@ class OtlpHttpExporter(SpanExporter):
 
     def _failed(self, why: str, count: int) -> None:
         self.dropped += count
+        self._export_failed.inc(count)
         now = time.monotonic()
         if now - self._last_logged >= _LOG_EVERY:
             self._last_logged = now
