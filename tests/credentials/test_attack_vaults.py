@@ -95,6 +95,16 @@ async def test_field_names_and_version_of_a_hostile_answer_carry_no_token(
         assert "username" in str(err.value)  # what fields there are still helps
         assert VAULT_TOKEN not in str(err.value) + everything_said(broker, caplog)
 
+        async def many_fields(request: web.Request) -> web.Response:
+            return web.json_response(kv_answer({f"field-{i:05}": "x" for i in range(20_000)}))
+
+        hostile.routes["/v1/secret/data/"] = many_fields
+        broker._vaults.clear()
+        with pytest.raises(CredentialError, match="field-00009, 19990 more") as err:
+            await broker.upstream_secret("orders-key")
+        assert len(str(err.value)) < 500
+        hostile.routes["/v1/secret/data/"] = read
+
         async def version_is_the_token(request: web.Request) -> web.Response:
             return web.json_response(kv_answer({"value": VALUE}, request.headers["X-Vault-Token"]))
 

@@ -47,6 +47,8 @@ _MULTIERROR = re.compile(r"[0-9]+ errors? occurred:\n")
 #: Renew (or log in again) once this share of the token's lease is gone.
 RENEW_AT = 2 / 3
 
+#: Field names an error names at most (of a secret without the configured field).
+FIELDS_NAMED = 10
 #: Bytes of an AppRole ``secret_id_file`` read at most (a secret id is a 36-character UUID).
 MAX_SECRET_ID_FILE = 4096
 #: Seconds of a token's lease taken at most (a lease of 10**400 is not a float).
@@ -300,10 +302,12 @@ class VaultKvReader:
             )
         value = data.get(c.field)
         if not isinstance(value, str):
-            # Field names help, but a hostile answer may name one after the token.
-            named = sorted(n for n in (safe_code(k, sent=self._sent) for k in data) if n)
-            unnamed = len(data) - len(named)
-            fields = ", ".join(named + ([f"{unnamed} unnamed"] if unnamed else [])) or "none"
+            # Field names help, but a hostile answer may name one after the token, or
+            # thousands of them: a few plain ones are named, the rest counted.
+            plain = (safe_code(k, limit=40, sent=self._sent) for k in data)
+            named = sorted(n for n in plain if n)[:FIELDS_NAMED]
+            others = len(data) - len(named)
+            fields = ", ".join(named + ([f"{others} more"] if others else [])) or "none"
             raise CredentialError(
                 f"credential {c.name!r}: the secret has no string field {c.field!r} "
                 f"(fields: {fields})"
@@ -379,4 +383,4 @@ def _kv_version(version: object) -> str:
     return ""
 
 
-__all__ = ["MAX_LEASE", "MAX_SECRET_ID_FILE", "RENEW_AT", "VaultKvReader"]
+__all__ = ["FIELDS_NAMED", "MAX_LEASE", "MAX_SECRET_ID_FILE", "RENEW_AT", "VaultKvReader"]
