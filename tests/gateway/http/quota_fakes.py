@@ -60,7 +60,7 @@ class FakeGate:
         return self._take("request")
 
     def admit(
-        self, claims: Any, resource: str, action: str, obj: str
+        self, claims: Any, resource: str, action: str, obj: str, also: tuple[str, ...] = ()
     ) -> Admission | Awaitable[Admission]:
         if self.delay is None:
             return self._admit(resource, action, obj)
@@ -77,7 +77,9 @@ class FakeGate:
     def open_session(self, claims: Any, resource: str) -> Admission:
         return NO_TICKET
 
-    def start_run(self, claims: Any, resource: str, obj: str) -> RunAdmission:
+    def start_run(
+        self, claims: Any, resource: str, obj: str, also: tuple[str, ...] = ()
+    ) -> RunAdmission:
         runs = len(self.running) + sum(1 for t in self.tickets if t.kind == "run" and
                                        id(t) in self.held)  # fmt: skip
         if self.run_cap is not None and runs >= self.run_cap:

@@ -236,3 +236,38 @@ async def test_a_path_spelled_as_a_case_blind_upstream_reads_it_counts_too(
                 assert r.status == 429, spelled
                 assert (await r.json())["limit"] == "item-reads"
     assert not [p for p in upstream.received if "/items/" not in p]
+
+
+def _real_gate(env: Env, quotas: str) -> None:
+    policy = parse_policy_texts([("runs.yaml", quotas)])
+    http = cast(HttpEngine, env.gw.engines["http"])
+    http.proxy.quotas = PolicyQuotaGate(lambda: policy, MemoryBudgets())
+
+
+async def test_a_run_cap_on_a_job_counts_its_runs_by_id_name_or_submit(env: Env) -> None:
+    _real_gate(
+        env,
+        """\
+        quotas:
+          - id: etl-load-runs
+            principals: ["airflow:prod/*"]
+            resources: [dbx]
+            objects: ["job-name:etl-load"]
+            runs: 1
+            per: all
+        """.replace("        ", ""),
+    )
+    tok = env.token()
+    status, body = await env.call("POST", "/api/2.2/jobs/run-now", tok, {"job_id": 101})
+    assert status == 200, body  # job 101 is etl-load: its run counts under the name's cap
+    status, over = await env.call("POST", "/api/2.2/jobs/run-now", tok, {"job_id": 101})
+    assert status == 429 and "etl-load-runs" in over["message"]
+    submit = {
+        "run_name": "via-submit",
+        "timeout_seconds": 600,
+        "tasks": [{"task_key": "t", "run_job_task": {"job_id": 101}}],
+    }
+    status, over = await env.call("POST", "/api/2.2/jobs/runs/submit", tok, submit)
+    assert status == 429, over  # a submit that triggers the job is a run of it too
+    assert len(env.fake.api_calls("jobs/run-now")) == 1
+    assert len(env.fake.api_calls("jobs/runs/submit")) == 0

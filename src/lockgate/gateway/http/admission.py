@@ -38,7 +38,7 @@ from lockgate.gateway.http.normalize import PathError, Target, split_mounted, sp
 from lockgate.gateway.http.profiles.hooks import Profile, ProfileRequest, UpstreamHeaders, Verdict
 from lockgate.gateway.http.resources import ResourceState, upstream_reading
 from lockgate.gateway.http.server import ClientConnection, RequestBody
-from lockgate.gateway.http.throttle import Quota, request_span, throttled
+from lockgate.gateway.http.throttle import Quota, ask, ask_run, request_span, throttled
 from lockgate.gateway.http.trail import Trail
 from lockgate.gateway.refusals import request_line
 from lockgate.quotas import NO_QUOTAS, NO_TICKET, QuotaGate, Throttled
@@ -258,10 +258,7 @@ class Admission:
             t0, span,
         )  # fmt: skip
         adm.forwarded = forwarding_block(conn, head.host)
-        if also:  # a quota on /items/* also counts /ITEMS/x and /items./x
-            answer = self.quotas.admit(claims, rs.name, action, obj, also=also)
-        else:
-            answer = self.quotas.admit(claims, rs.name, action, obj)
+        answer = ask(self.quotas, claims, rs.name, action, obj, also)  # /ITEMS/x too
         if answer is not NO_TICKET and inspect.isawaitable(answer):
             return Held(adm, answer)
         if not self.settle(conn, body, adm, answer):
@@ -460,13 +457,14 @@ class Admission:
         """The request's quota answer; a run start also asks the ``runs`` cap (its slot is
         kept on ``adm`` until the upstream names the run)."""
         gate, claims, resource = self.quotas, adm.claims, adm.rs.name
-        answer = gate.admit(claims, resource, adm.action, adm.obj)
+        also = adm.verdict.quota_objects if adm.verdict is not None else ()
+        answer = ask(gate, claims, resource, adm.action, adm.obj, also)
         if inspect.isawaitable(answer):
             answer = await answer
         if not starts_run or isinstance(answer, Throttled):
             return answer
         adm.quota.ticket = answer  # (given back below if the run cap throttles)
-        run = gate.start_run(claims, resource, adm.obj)
+        run = ask_run(gate, claims, resource, adm.obj, also)
         if inspect.isawaitable(run):
             run = await run
         if isinstance(run, Throttled):

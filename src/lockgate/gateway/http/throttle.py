@@ -18,13 +18,23 @@ tracing off it is one call that returns the shared no-op span.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from lockgate import metrics, tracing
 from lockgate.gateway.http import responses
 from lockgate.gateway.http.profiles.hooks import retry_after_seconds
 from lockgate.gateway.refusals import request_line
-from lockgate.quotas import NO_TICKET, THROTTLED, QuotaTicket, RunSlot, Throttled
+from lockgate.quotas import (
+    NO_TICKET,
+    THROTTLED,
+    Admission,
+    QuotaGate,
+    QuotaTicket,
+    RunAdmission,
+    RunSlot,
+    Throttled,
+)
 from lockgate.tracing import NO_SPAN, AttributeValue, RequestSpan
 
 if TYPE_CHECKING:
@@ -78,6 +88,25 @@ class Quota:
         finally:
             if slot is not None:
                 slot.release()
+
+
+def ask(
+    gate: QuotaGate, claims: Claims, resource: str, action: str, obj: str, also: tuple[str, ...]
+) -> Admission | Awaitable[Admission]:
+    """The gate's answer for a request; ``also``: the other names of what it touches (given
+    only when there are any, so a gate that knows no other names keeps working)."""
+    if also:
+        return gate.admit(claims, resource, action, obj, also=also)
+    return gate.admit(claims, resource, action, obj)
+
+
+def ask_run(
+    gate: QuotaGate, claims: Claims, resource: str, obj: str, also: tuple[str, ...]
+) -> RunAdmission | Awaitable[RunAdmission]:
+    """The ``runs`` cap's answer for a run start (``also`` as for :func:`ask`)."""
+    if also:
+        return gate.start_run(claims, resource, obj, also=also)
+    return gate.start_run(claims, resource, obj)
 
 
 def throttled_body(
@@ -170,6 +199,8 @@ def request_span(rs: ResourceState, claims: Claims, method: str, path: str) -> R
 
 __all__ = [
     "Quota",
+    "ask",
+    "ask_run",
     "request_span",
     "throttled",
     "throttled_answer",

@@ -68,6 +68,9 @@ class Verdict:
     detail: dict[str, Any] = field(default_factory=dict)  # audit detail known up front
     drop_headers: frozenset[bytes] = frozenset()  # client headers not forwarded this time
     starts_run: bool = False  # starts a job or pipeline run: asks the quota's ``runs`` cap
+    # other names of what it touches (a job's id and name, the jobs a submit triggers): a
+    # quota on any of them counts the request
+    quota_objects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

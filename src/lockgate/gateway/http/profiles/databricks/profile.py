@@ -241,6 +241,10 @@ class DatabricksProfile(ProfileBase):
             v.detail = {"run_id": run_id}
             # A repair re-runs the run's tasks: it is running again, so it counts again.
             v.starts_run = op == "jobs/runs/repair"
+            if v.starts_run and v.allowed:
+                rec = self.registry.get(self.name, run_id, self._base)
+                if rec is not None and rec.job_id is not None:
+                    v.quota_objects = (f"job:{rec.job_id}",)  # a quota on its job counts it
             return v
         if op == "clusters/get":
             cluster = str(params.get("cluster_id") or "")
@@ -251,6 +255,7 @@ class DatabricksProfile(ProfileBase):
             v = _policy(decide, "run", "job:submit")
             if not v.allowed:
                 return v
+            touched: list[str] = []  # what a quota on a job or pipeline counts it as
             for pipeline in g.triggered(params, "pipeline_task", "pipeline_id"):
                 # An existing pipeline runs on its own clusters: no guardrail sees them.
                 if not isinstance(pipeline, str) or not _PIPELINE_ID.fullmatch(pipeline):
@@ -259,6 +264,7 @@ class DatabricksProfile(ProfileBase):
                 if not by_pipeline.allowed:
                     by_pipeline.reason = f"runs/submit starts a pipeline: {by_pipeline.reason}"
                     return by_pipeline
+                touched.append(f"pipeline:{pipeline}")
             for raw in g.triggered(params, "run_job_task", "job_id"):
                 triggered = await self._run_of_job(
                     req, decide, headers, _id({"job_id": raw}, "job_id")
@@ -266,9 +272,11 @@ class DatabricksProfile(ProfileBase):
                 if not triggered.allowed:
                     triggered.reason = f"runs/submit triggers a job: {triggered.reason}"
                     return triggered
+                touched.extend((triggered.obj, *triggered.quota_objects))
             why = self._violation(req, params)
             if why is not None:
                 return _guardrail_refusal(v, why, params, None)
+            v.quota_objects = tuple(dict.fromkeys(o for o in touched if o != v.obj))
             return _admit(v, st, params)
         job_id = _id(params, "job_id")
         st["job_id"] = job_id
@@ -313,6 +321,9 @@ class DatabricksProfile(ProfileBase):
         if why is not None:
             return _guardrail_refusal(v, why, job, job_id)
         v.state = job
+        name = job.get("name")
+        names = (f"job:{job_id}", f"job-name:{name}" if isinstance(name, str) and name else "")
+        v.quota_objects = tuple(o for o in names if o and o != v.obj)
         return v
 
     def _violation(self, req: ProfileRequest, payload: dict[str, Any]) -> str | None:
