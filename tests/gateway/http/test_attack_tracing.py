@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from azure.cosmos import CosmosClient
+from yarl import URL
 
 from lockgate import tracing
 from lockgate.config import parse_config
@@ -206,6 +207,11 @@ async def test_no_secret_reaches_any_exported_span(
         # A token in the path itself (a client that pasted it there).
         async with s.get(f"{stack.http}/api/t/{api_token}/x", headers=bearer) as r:
             assert r.status == 200
+        # ... and percent-encoded, so its dots are no dots until decoded.
+        encoded = api_token.replace(".", "%2E").replace("-", "%2D").replace("_", "%5F")
+        url = URL(f"{stack.http}/api/t/{encoded}/x", encoded=True)
+        async with s.get(url, headers=bearer) as r:
+            assert r.status == 200
         # Databricks: a PAT in the run's parameters.
         body = {"job_id": 101, "notebook_params": {"pat": PAT}}
         async with s.post(
@@ -250,7 +256,7 @@ async def test_no_secret_reaches_any_exported_span(
     upstream_tokens = list(stack.dbx.tokens)
     assert upstream_tokens  # the gateway did take a service principal token
     never = [
-        *secrets_of(api_token, cosmos_token, dbx_token, minted),
+        *secrets_of(api_token, cosmos_token, dbx_token, minted), *encoded.split("%2E"),
         STATIC_SECRET, SP_SECRET, DEPLOYMENT_SECRET, OTLP_KEY, SIG, CODE, PAT, LITERAL,
         stack.cosmos.keys[0], task_key, *upstream_tokens,
         base64.b64encode(f"prod:{DEPLOYMENT_SECRET}".encode()).decode(),
