@@ -65,7 +65,7 @@ from lockgate.audit.record import (
 )
 from lockgate.audit.shipper import Shipper
 from lockgate.audit.shipping import AuditShipping
-from lockgate.audit.sinks import mirror, open_mirrors
+from lockgate.audit.sinks import catch_up, mirror, open_mirrors
 
 log = _log.get("audit")
 
@@ -114,6 +114,8 @@ class AuditLog(AuditDoor):
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = chain.connect(self.db_path)
         try:
+            if self._sink is not None:  # rows a killed writer committed but never mirrored
+                catch_up(self._sink, conn, chain.read_head(conn)[0])
             replayed = replay(journal_dir(self.db_path), conn)
             seq, h = chain.read_head(conn)
         finally:

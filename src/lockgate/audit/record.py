@@ -62,6 +62,18 @@ EVENTS = frozenset(
 DECISIONS = frozenset({"allow", "deny", "error"})  # error: the gateway's own fault
 #: prev_hash of the first row.
 GENESIS = "0" * 64
+#: A text field longer than this (an object named by a 1 MB quoted CQL identifier, say) keeps
+#: its start and a digest of the whole: records, exports and alerts stay small, and two long
+#: values still differ.
+MAX_FIELD_CHARS = 2048
+
+
+def capped(value: str) -> str:
+    """``value`` cut to :data:`MAX_FIELD_CHARS`: its first characters and a digest of it."""
+    digest = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"{value[: MAX_FIELD_CHARS - 40]}...(sha256:{digest})"
+
+
 #: A detail dict larger than this (as JSON) is replaced by a marker: records stay small.
 MAX_DETAIL_BYTES = 4096
 
@@ -180,7 +192,10 @@ def _sanitize(rec: AuditRecord, now: float) -> AuditRecord:
             v = v.encode("utf-8", "replace").decode("utf-8")
             setattr(rec, name, v)
         if "eyJ" in v:  # cheap pre-check before the regex: the hot path is usually clean
-            setattr(rec, name, _JWT_RE.sub(REDACTED, v))
+            v = _JWT_RE.sub(REDACTED, v)
+            setattr(rec, name, v)
+        if len(v) > MAX_FIELD_CHARS:
+            setattr(rec, name, capped(v))
     for name in _INT_FIELDS:
         v = getattr(rec, name)
         if v is not None and (type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX):

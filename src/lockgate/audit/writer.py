@@ -50,7 +50,7 @@ from lockgate.audit.journal import journal_dir, replay
 from lockgate.audit.record import EVENTS, RECORD_FIELDS, AuditRecord, AuditRow, sanitize
 from lockgate.audit.shipper import Shipper
 from lockgate.audit.shipping import AuditShipping
-from lockgate.audit.sinks import mirror, open_mirrors
+from lockgate.audit.sinks import catch_up, mirror, open_mirrors
 from lockgate.audit.wire import FrameBuffer, WireError, frame
 
 log = _log.get("audit.writer")
@@ -123,6 +123,8 @@ class Writer:
         self._db = chain.connect(self.db_path, timeout=self.busy_timeout)
         self._done = chain.read_senders(self._db)
         self._accepted = dict(self._done)
+        if self._sink is not None:  # rows a killed writer committed but never mirrored
+            catch_up(self._sink, self._db, chain.read_head(self._db)[0])
         self._replay()  # before any sender connects: leftovers of a previous run first
         # shipping reads what is committed here, on a thread of its own (never blocks us)
         shipper = Shipper(self.db_path, self.shipping) if self.shipping is not None else None
