@@ -239,3 +239,21 @@ def test_a_collector_slower_than_the_gateway_costs_counted_drops_not_memory(
     assert dropped("export_failed") - failed >= 1
     # counted, not logged per span by the SDK
     assert not [r for r in caplog.records if "Queue full" in r.getMessage()]
+
+
+def test_a_status_that_is_no_code_goes_through_the_filter_too() -> None:
+    exporter = InMemorySpanExporter()
+    tracing.configure(TracingSettings(enabled=True), exporter=exporter)
+    try:
+        token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln"
+        for protocol, status in (
+            ("postgres", f"failed for {token}"),
+            ("http", "closed; password 'hunter2'"),
+            ("cql", "closed 'hunter2'"),
+        ):
+            tracing.start_request(protocol, "r", "GET").end(status=status)  # type: ignore[arg-type]
+        assert tracing.flush()
+        kinds = [dict(s.attributes or {}).get("error.type") for s in exporter.get_finished_spans()]
+    finally:
+        tracing.shutdown()
+    assert kinds == ["error", "closed", "closed"]

@@ -432,7 +432,8 @@ class _Span:
         if code is not None:
             self.attributes[key] = code
         if failed or error is not None:
-            kind = clean_text(error, 64) if error is not None else str(code or status)
+            # Through the filter too: a status that is no code (an outcome word) is free text.
+            kind = clean_text(error if error is not None else str(code or status), 64)
             self.attributes["error.type"] = kind or "error"
             self.status = self.recording.error
         self.recording.finish(self, time.time_ns())
