@@ -409,3 +409,26 @@ async def test_a_fifo_or_huge_secret_id_file_neither_holds_the_loop_nor_memory(
     finally:
         writer.join(3)
         await broker.close()
+
+
+@pytest.mark.parametrize("kind", ["key_vault", "vault_kv"])
+async def test_an_answer_for_another_version_than_the_pinned_one_is_not_used(
+    tmp_path: Path, hostile: Hostile, entra: FakeEntra, kind: str
+) -> None:
+    async def latest(request: web.Request) -> web.Response:  # the pin ignored on the way
+        return web.json_response(
+            kv_answer({"value": VALUE}, 7) | {"value": VALUE, "id": f"{hostile.url}/s/x/{'b' * 32}"}
+        )
+
+    if kind == "key_vault":
+        hostile.routes["/secrets/"] = latest
+        broker = key_vault_broker(tmp_path, entra, hostile.url, version="a" * 32)
+    else:
+        hostile.routes["/v1/auth/approle/login"] = vault_login
+        hostile.routes["/v1/secret/data/"] = latest
+        broker = vault_broker(tmp_path, hostile.url, version=3)
+    try:
+        with pytest.raises(CredentialError, match="answered another version"):
+            await broker.upstream_secret("orders-key")
+    finally:
+        await broker.close()

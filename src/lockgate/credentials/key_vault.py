@@ -192,7 +192,14 @@ def _read_answer(
     if isinstance(attributes, dict):
         _check_usable(cred, attributes, now)
         expires = _epoch(attributes.get("exp"))
-    return Fetched(value, _version_of(secret_id, bearer), expires)
+    version = _version_of(secret_id, bearer)
+    if cred.version and version.lower() != cred.version.lower():
+        # A pinned version is the operator's choice: another one is never used in its place.
+        raise CredentialError(
+            f"credential {cred.name!r}: Key Vault answered another version "
+            f"({version or 'unnamed'}) than the pinned {cred.version}"
+        )
+    return Fetched(value, version, expires)
 
 
 def _refused(

@@ -312,8 +312,14 @@ class VaultKvReader:
                 f"credential {c.name!r}: the secret has no string field {c.field!r} "
                 f"(fields: {fields})"
             )
-        version = meta.get("version") if isinstance(meta, dict) else None
-        return Fetched(value, _kv_version(version))
+        version = _kv_version(meta.get("version") if isinstance(meta, dict) else None)
+        if c.version and version != str(c.version):
+            # A pinned version is the operator's choice: another one is never used in its place.
+            raise CredentialError(
+                f"credential {c.name!r}: Vault answered another version ({version or 'unnamed'})"
+                f" than the pinned {c.version}"
+            )
+        return Fetched(value, version)
 
     def _refused(self, doing: str, what: str, status: int, body: dict[str, Any]) -> CredentialError:
         errors = body.get("errors")
