@@ -20,6 +20,11 @@ Cassandra or PostgreSQL password).
   never served through ``grace``;
 - each distinct value gets a local version number (1, 2, ...): what the engines compare and
   what ``UpstreamSecret.version`` carries; the vault's own version id is kept beside it.
+- a vault going back (to the value it had before, or to a lower KV version number: a
+  restored snapshot, a secret recreated) is followed, with a warning: it may have brought
+  back a revoked value;
+- what a vault answers is read up to :data:`MAX_ANSWER` bytes, and repeated in an error
+  only as :func:`safe_code` allows: never what the request carried (a token, a secret id).
 
 The fetchers (:mod:`.key_vault`, :mod:`.vault_kv`) never put a value, a vault token or a
 secret id in a message; neither does this module. :data:`FetchStatus` is what readiness and
