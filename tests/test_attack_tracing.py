@@ -257,3 +257,26 @@ def test_a_status_that_is_no_code_goes_through_the_filter_too() -> None:
     finally:
         tracing.shutdown()
     assert kinds == ["error", "closed", "closed"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "X-Api-Key: k\u00e9y-\u2603-s3cr3t",
+        "X Api Key: s3cr3t",
+        "X-Api-Key: s3cr3t\x00",
+        "X-Api-Key:",
+    ],
+)
+def test_a_header_http_cannot_carry_is_refused_at_start_by_line_only(
+    tmp_path: Any, line: str
+) -> None:
+    # A value outside Latin-1 failed every export (http.client raised in the export thread).
+    headers = tmp_path / "otlp-headers"
+    headers.write_text(f"# key\nContent-Encoding: identity\n{line}\n", encoding="utf-8")
+    settings = TracingSettings(
+        enabled=True, otlp_endpoint="https://otel.example", otlp_headers_file=headers
+    )
+    with pytest.raises(ValueError, match=r"otlp-headers:3: expected") as refused:
+        settings.otlp_headers()
+    assert "s3cr3t" not in str(refused.value)

@@ -7,6 +7,7 @@ spans name principals, resources and objects, and the headers often carry an API
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,6 +16,12 @@ from pydantic import Field, field_validator, model_validator
 from lockgate._urls import private_channel
 from lockgate.config._base import NAME_RE, Section
 
+# RFC 9110: a field name is a token; a value here printable Latin-1 (http.client sends
+# Latin-1), spaces and tabs inside.
+_HEADER_NAME = re.compile(r"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HEADER_VALUE = re.compile(
+    r"\A[\x21-\x7e\xa0-\xff](?:[\t\x20-\x7e\xa0-\xff]*[\x21-\x7e\xa0-\xff])?\Z"
+)
 TRACES_PATH = "/v1/traces"  # the OTLP/HTTP path of spans, appended to a bare collector URL
 
 
@@ -80,7 +87,12 @@ class TracingSettings(Section):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             name, sep, value = line.partition(":")
-            if not sep or not name.strip() or not value.strip():
-                raise ValueError(f"{self.otlp_headers_file}:{number}: expected 'Name: value'")
-            headers[name.strip().lower()] = value.strip()
+            name, value = name.strip(), value.strip()
+            if not sep or not _HEADER_NAME.match(name) or not _HEADER_VALUE.match(value):
+                # What HTTP cannot carry would fail every export: refused at start instead.
+                raise ValueError(
+                    f"{self.otlp_headers_file}:{number}: expected 'Name: value' (a token "
+                    "name, a value of printable Latin-1 characters)"
+                )
+            headers[name.lower()] = value
         return headers
