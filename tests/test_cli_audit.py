@@ -52,3 +52,34 @@ def test_shared_trail_and_local_chain(
     other_replica = ["--dag", "cli_dag", "--replica", "gw-9"]
     assert main(["-c", str(config), "audit", "search", *other_replica]) == 0
     assert "token_issued" not in capsys.readouterr().out
+
+
+def test_audit_verify_ocsf_checks_an_export_and_names_an_edited_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from lockgate.audit import ocsf
+    from lockgate.audit.record import GENESIS, AuditRow, hash_values, sanitize, values
+
+    lines, prev = [], GENESIS
+    for seq in (1, 2, 3):
+        rec = sanitize(
+            AuditRecord("denied", principal="airflow:prod/d/t", resource="orders-api",
+                        action="write", object=f"/orders/{seq}", decision="deny"),
+            1_767_225_600.0 + seq,
+        )  # fmt: skip
+        h = hash_values(prev, values(rec), seq)
+        row = AuditRow(**rec.to_dict(), seq=seq, prev_hash=prev, hash=h)
+        lines.append(json.dumps(ocsf.event(row)))
+        prev = h
+    export = tmp_path / "audit.ocsf.jsonl"
+    export.write_text("\n".join(lines) + "\n")
+    assert main(["audit", "verify", "--ocsf", str(export)]) == 0
+    assert "OCSF export intact: 3 events" in capsys.readouterr().out
+    edited = json.loads(lines[1])
+    edited["status_id"] = 1  # a SIEM would now show the denial as a success
+    export.write_text("\n".join([lines[0], json.dumps(edited), lines[2]]) + "\n")
+    assert main(["audit", "verify", "--ocsf", str(export)]) == 1
+    out = capsys.readouterr().out
+    assert f"{export}:2:" in out and "ALTERED" in out
