@@ -71,10 +71,12 @@ async def test_a_cached_value_is_not_used_past_its_expiry_nor_through_grace(
             await broker.upstream_secret("orders-key")
         assert broker.generation != generation  # the engines' caches drop it at once
         assert await broker.upstream_secret("orders-key", previous=True) is None
-        # A new version: used at the next refresh (RETRY_AFTER later).
+        # A new version: used at the next refresh (RETRY_AFTER later), under a local version
+        # number the withdrawn value never had (engines compare them).
         key_vault.set_secret("orders-api-key", "key-two")
         clock.offset = 110
-        assert (await broker.upstream_secret("orders-key")).value == "key-two"
+        two = await broker.upstream_secret("orders-key")
+        assert two is not None and two.value == "key-two" and two.version > one.version
     finally:
         await broker.close()
 

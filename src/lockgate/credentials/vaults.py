@@ -117,6 +117,7 @@ class VaultHeldSecret:
         self._on_change = on_change
         self.current: Held | None = None
         self.previous: Held | None = None
+        self._last_version = 0  # never reused, not even after a withdrawal emptied the cache
         self._confirmed_at = -math.inf  # wall clock of the last successful fetch
         self._failed_at = -math.inf
         self._error: str | None = None
@@ -277,7 +278,7 @@ class VaultHeldSecret:
                 )  # fmt: skip
                 self.current = held
             return held
-        version = held.version + 1 if held is not None else 1
+        version = self._last_version = self._last_version + 1
         if held is not None and self._went_back(held, fetched):
             # Used (the vault is the source of truth), but an operator must hear of it: a
             # restored snapshot or a recreated secret may bring back a revoked value.
