@@ -432,3 +432,26 @@ async def test_an_answer_for_another_version_than_the_pinned_one_is_not_used(
             await broker.upstream_secret("orders-key")
     finally:
         await broker.close()
+
+
+async def test_a_challenge_naming_another_authority_gets_no_token_from_it(
+    tmp_path: Path, hostile: Hostile, elsewhere: Hostile, entra: FakeEntra
+) -> None:
+    async def challenge(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": {"code": "Unauthorized"}},
+            status=401,
+            headers={"WWW-Authenticate": f'Bearer authorization="{elsewhere.url}/other-tenant", '
+                     'resource="https://vault.azure.net"'},
+        )  # fmt: skip
+
+    hostile.routes["/secrets/"] = challenge
+    broker = key_vault_broker(tmp_path, entra, hostile.url)
+    try:
+        with pytest.raises(CredentialError, match="HTTP 401"):
+            await broker.upstream_secret("orders-key")
+        assert elsewhere.seen == []  # the named authority is never asked for anything
+        assert len(hostile.seen) == 2  # one retry with a fresh token of our own, no more
+        assert len(entra.token_requests) == 2
+    finally:
+        await broker.close()
