@@ -79,7 +79,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from lockgate.airflow import task_env
 from lockgate.airflow._client import (
@@ -114,6 +114,12 @@ from lockgate.airflow.deferral import (
     unserved_trigger,
     with_trigger_extra,
 )
+from lockgate.airflow.task_try import (  # re-exported: the listener and tests use them here
+    TaskTry,
+    coordinates_of,
+    current_ttl,
+    task_coordinates,
+)
 from lockgate.airflow.trace_context import task_traceparent
 
 try:  # Airflow 3 task SDK
@@ -136,60 +142,6 @@ _Expiring = TypeVar("_Expiring", MintedToken, DbRole)
 
 # Backends that minted tokens in this process; the listener revokes through them.
 _ACTIVE: list[LockgateSecretsBackend] = []
-
-
-def task_coordinates() -> Coordinates | None:
-    """The running task try's coordinates, or None outside a task's execution context."""
-    try:
-        from airflow.sdk import get_current_context
-
-        ti = get_current_context()["ti"]
-    except Exception:
-        return None
-    return coordinates_of(ti)
-
-
-class TaskTry(Protocol):
-    """What a task instance tells about its try: Airflow's runtime task instance in the
-    task process, its database model in listeners that run elsewhere."""
-
-    @property
-    def dag_id(self) -> str: ...
-    @property
-    def task_id(self) -> str: ...
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def try_number(self) -> int: ...
-    @property
-    def map_index(self) -> int | None: ...
-
-
-def coordinates_of(ti: TaskTry) -> Coordinates:
-    return {
-        "dag_id": ti.dag_id,
-        "task_id": ti.task_id,
-        "run_id": ti.run_id,
-        "try_number": int(ti.try_number),
-        "map_index": int(ti.map_index if ti.map_index is not None else -1),
-    }
-
-
-def _requested_ttl(ti_task: object) -> int | None:
-    timeout = getattr(ti_task, "execution_timeout", None)
-    if timeout is None:
-        return None
-    return int(timeout.total_seconds()) + 120
-
-
-def _current_ttl() -> int | None:
-    """The lifetime to ask for: the running task's execution_timeout plus a margin."""
-    try:
-        from airflow.sdk import get_current_context
-
-        return _requested_ttl(get_current_context()["ti"].task)
-    except Exception:
-        return None
 
 
 def _denied(what: str, conn_id: str, exc: GatewayDenied) -> AirflowSecretsBackendAccessDenied:
@@ -404,7 +356,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
                 minted = self.client.mint(
                     conn_id=conn_id,
                     coords=coords,
-                    requested_ttl=_current_ttl(),
+                    requested_ttl=current_ttl(),
                     traceparent=task_traceparent(coords),  # the gateway's spans join it
                 )
             except GatewayDenied as exc:
@@ -447,7 +399,7 @@ class LockgateSecretsBackend(BaseSecretsBackend):
         def issue() -> DbRole:
             try:
                 role = self.client.db_role(
-                    conn_id=conn_id, coords=coords, requested_ttl=_current_ttl()
+                    conn_id=conn_id, coords=coords, requested_ttl=current_ttl()
                 )
             except GatewayDenied as exc:
                 what = f"a database role for {coords['dag_id']}.{coords['task_id']}"
