@@ -25,6 +25,9 @@ from lockgate.quotas.gate import PolicyQuotaGate
 
 from .conftest import TOKEN, bearer, resource
 from .quota_fakes import FakeGate
+from .test_cosmos import Env as CosmosEnv
+from .test_cosmos import env as cosmos_env  # noqa: F401 - a fixture
+from .test_cosmos import run as cosmos_run
 from .test_databricks import Env
 from .test_databricks import env as env  # a fixture
 from .test_forward_proxy_arm import PREFIX, arm_resource
@@ -160,6 +163,14 @@ async def test_a_run_start_the_upstream_refuses_gives_its_slot_back(
     assert await _second_start(gw) == 200
 
 
+COSMOS_WRITES = """\
+quotas:
+  - id: cosmos-writes
+    principals: ["airflow:prod/*"]
+    resources: [cosmos]
+    actions: [write]
+    rate: 10/s
+"""
 IN_FLIGHT = """\
 quotas:
   - id: two-in-flight
@@ -271,3 +282,20 @@ async def test_a_run_cap_on_a_job_counts_its_runs_by_id_name_or_submit(env: Env)
     assert status == 429, over  # a submit that triggers the job is a run of it too
     assert len(env.fake.api_calls("jobs/run-now")) == 1
     assert len(env.fake.api_calls("jobs/runs/submit")) == 0
+
+
+async def test_every_operation_of_a_cosmos_batch_counts_against_a_rate(
+    cosmos_env: CosmosEnv,  # noqa: F811
+) -> None:
+    policy = parse_policy_texts([("q.yaml", COSMOS_WRITES)])
+    budgets = MemoryBudgets()
+    http = cast(HttpEngine, cosmos_env.gw.engines["http"])
+    c = await cosmos_run(
+        lambda: cosmos_env.client().get_database_client("sales").get_container_client("orders")
+    )
+    await cosmos_run(lambda: c.read())
+    http.proxy.quotas = PolicyQuotaGate(lambda: policy, budgets)
+    ops = [("upsert", ({"id": f"b{i}", "pk": "p"},)) for i in range(50)]
+    await cosmos_run(lambda: c.execute_item_batch(ops, partition_key="p"))
+    (bucket,) = budgets._buckets.values()
+    assert bucket.tokens <= -39  # 50 writes against a burst of 10: 40 in debt, less refill

@@ -457,8 +457,9 @@ class Admission:
         """The request's quota answer; a run start also asks the ``runs`` cap (its slot is
         kept on ``adm`` until the upstream names the run)."""
         gate, claims, resource = self.quotas, adm.claims, adm.rs.name
-        also = adm.verdict.quota_objects if adm.verdict is not None else ()
-        answer = ask(gate, claims, resource, adm.action, adm.obj, also)
+        v = adm.verdict
+        also, cost = (v.quota_objects, v.cost) if v is not None else ((), 1)
+        answer = ask(gate, claims, resource, adm.action, adm.obj, also, cost)
         if inspect.isawaitable(answer):
             answer = await answer
         if not starts_run or isinstance(answer, Throttled):

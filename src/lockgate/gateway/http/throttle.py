@@ -91,10 +91,19 @@ class Quota:
 
 
 def ask(
-    gate: QuotaGate, claims: Claims, resource: str, action: str, obj: str, also: tuple[str, ...]
+    gate: QuotaGate,
+    claims: Claims,
+    resource: str,
+    action: str,
+    obj: str,
+    also: tuple[str, ...],
+    cost: int = 1,
 ) -> Admission | Awaitable[Admission]:
-    """The gate's answer for a request; ``also``: the other names of what it touches (given
-    only when there are any, so a gate that knows no other names keeps working)."""
+    """The gate's answer for a request; ``also``: the other names of what it touches,
+    ``cost``: the operations it carries (each given only when it says something, so a gate
+    that knows neither keeps working)."""
+    if cost > 1:
+        return gate.admit(claims, resource, action, obj, cost=cost, also=also)
     if also:
         return gate.admit(claims, resource, action, obj, also=also)
     return gate.admit(claims, resource, action, obj)

@@ -71,6 +71,7 @@ class Verdict:
     # other names of what it touches (a job's id and name, the jobs a submit triggers): a
     # quota on any of them counts the request
     quota_objects: tuple[str, ...] = ()
+    cost: int = 1  # operations it carries (a Cosmos DB batch): tokens of a rate quota
 
 
 @dataclass(frozen=True, slots=True)

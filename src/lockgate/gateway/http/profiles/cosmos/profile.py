@@ -31,6 +31,7 @@ links are refused (policy names objects by name); no token, key or signature is 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -69,6 +70,18 @@ SHOWN_PATH = f"/{TOKEN_SEGMENT}/<token>"  # what a record names instead of the t
 _JWT = re.compile(r"[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}")
 _PREFIX = re.compile(rf"^[^?]*?/{TOKEN_SEGMENT}/[^/?]+")
 _NO_ENCODING = frozenset({b"accept-encoding"})  # the discovery body is rewritten
+
+
+def _operations(name: str, body: bytes | None) -> int:
+    """How many operations a request carries: each of a batch's (bulk mode sends batches of
+    up to 100) counts against a rate, so a batch is no way past one."""
+    if name != "batch" or not body:
+        return 1
+    try:
+        ops = json.loads(body)
+    except (ValueError, RecursionError):
+        return 1  # not a batch the account would run
+    return max(1, len(ops)) if isinstance(ops, list) else 1
 
 
 class CosmosProfile(ProfileBase):
@@ -160,7 +173,7 @@ class CosmosProfile(ProfileBase):
             )
         return Verdict(
             True, op.action, op.obj, decision.reason, rule=decision.rule, decision=decision,
-            detail=detail,
+            detail=detail, cost=_operations(op.name, req.body),
         )  # fmt: skip
 
     def sign_upstream(self, call: UpstreamCall, secret: UpstreamSecret) -> bytes:
