@@ -41,6 +41,12 @@ STATEMENTS = [
     f"SELEC '{MARK}-syntax'",
     f"CREATE ROLE lg_attack WITH PASSWORD = '{MARK}-password' AND LOGIN = true",
     f"UPDATE ks.orders SET item = '{MARK}-update' WHERE id = 2",
+    f"UPDATE ks.orders SET item = 'x' WHERE id = 2 IF item = '{MARK}-lwt'",
+    f'INSERT INTO ks.orders JSON \'{{"id": 12, "item": "{MARK}-json"}}\'',
+    f"CREATE USER lg_attack_user WITH PASSWORD '{MARK}-user-password'",
+    f"ALTER ROLE lg_attack WITH PASSWORD = '{MARK}-alter-password'",
+    f"SELECT * FROM ks.orders WHERE item = textAsBlob('{MARK}-fn') ALLOW FILTERING",
+    f"INSERT INTO ks.orders (id, item) VALUES (13, '{MARK}-ttl') USING TTL 60",
 ]
 
 

@@ -44,6 +44,17 @@ STATEMENTS = [
     f"SET application_name = '{MARK}-app'",
     f"ALTER ROLE lockgate_nobody PASSWORD '{MARK}-password'",
     f"DO $$BEGIN PERFORM '{MARK}-do'; END$$",
+    f"SELECT * FROM dblink('host=x password={MARK}-dblink', 'select 1') AS t(a int)",
+    f"COPY sales.orders FROM PROGRAM 'echo {MARK}-program'",
+    f"CREATE SERVER lg_attack FOREIGN DATA WRAPPER x OPTIONS (host '{MARK}-server')",
+    f"CREATE USER MAPPING FOR PUBLIC SERVER lg_attack OPTIONS (password '{MARK}-mapping')",
+    f"PREPARE lg_p AS SELECT id FROM sales.orders WHERE item = '{MARK}-prepare'",
+    f"SELECT set_config('lg.x', '{MARK}-set-config', false)",
+    f"NOTIFY lg_channel, '{MARK}-notify'",
+    f"COMMENT ON TABLE sales.orders IS '{MARK}-comment-on'",
+    f"SELECT * FROM sales.orders WHERE item = B'1010' OR item = X'{MARK[:2]}ff' OR "
+    f"item = '{MARK}-after-bits'",
+    f"CREATE FUNCTION lg_f() RETURNS text LANGUAGE sql AS $body${MARK}-function$body$",
 ]
 
 
