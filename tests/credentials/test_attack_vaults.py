@@ -417,7 +417,8 @@ async def test_an_answer_for_another_version_than_the_pinned_one_is_not_used(
 ) -> None:
     async def latest(request: web.Request) -> web.Response:  # the pin ignored on the way
         return web.json_response(
-            kv_answer({"value": VALUE}, 7) | {"value": VALUE, "id": f"{hostile.url}/s/x/{'b' * 32}"}
+            kv_answer({"value": VALUE}, 7)
+            | {"value": VALUE, "id": f"{hostile.url}/secrets/orders-api-key/{'b' * 32}"}
         )
 
     if kind == "key_vault":
@@ -453,5 +454,28 @@ async def test_a_challenge_naming_another_authority_gets_no_token_from_it(
         assert elsewhere.seen == []  # the named authority is never asked for anything
         assert len(hostile.seen) == 2  # one retry with a fresh token of our own, no more
         assert len(entra.token_requests) == 2
+    finally:
+        await broker.close()
+
+
+async def test_key_vault_answering_with_another_secret_is_not_used(
+    tmp_path: Path, hostile: Hostile, entra: FakeEntra
+) -> None:
+    ids: list[str] = []
+
+    async def other(request: web.Request) -> web.Response:
+        return web.json_response({"value": VALUE, "id": ids[0]})
+
+    hostile.routes["/secrets/"] = other
+    broker = key_vault_broker(tmp_path, entra, hostile.url)
+    try:
+        for wrong in ("/secrets/dev-api-key/" + "a" * 32, "/keys/orders-api-key/" + "a" * 32, "x"):
+            ids[:] = [hostile.url + wrong]
+            broker._vaults.clear()
+            with pytest.raises(CredentialError, match="another secret than 'orders-api-key'"):
+                await broker.upstream_secret("orders-key")
+        ids[:] = [f"{hostile.url}/secrets/Orders-API-Key/{'a' * 32}"]  # names ignore case
+        broker._vaults.clear()
+        assert (await broker.upstream_secret("orders-key")).value == VALUE
     finally:
         await broker.close()

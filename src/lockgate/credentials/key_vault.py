@@ -192,6 +192,15 @@ def _read_answer(
     if isinstance(attributes, dict):
         _check_usable(cred, attributes, now)
         expires = _epoch(attributes.get("exp"))
+    segments = secret_id.rstrip("/").split("/")
+    if len(segments) < 3 or [x.lower() for x in segments[-3:-1]] != [
+        "secrets",
+        cred.secret.lower(),
+    ]:
+        # Another secret's answer (a misrouted request, a proxy's cache): never used for this.
+        raise CredentialError(
+            f"credential {cred.name!r}: Key Vault answered with another secret than {cred.secret!r}"
+        )
     version = _version_of(secret_id, bearer)
     if cred.version and version.lower() != cred.version.lower():
         # A pinned version is the operator's choice: another one is never used in its place.
