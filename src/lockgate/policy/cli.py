@@ -143,10 +143,15 @@ def _principal_problem(
 
 
 def cmd_lint(
-    policy_set: PolicySet, known_resources: set[str], *, strict: bool = False
+    policy_set: PolicySet,
+    known_resources: set[str],
+    *,
+    strict: bool = False,
+    upstreams: Mapping[str, str] | None = None,
 ) -> tuple[int, str]:
-    """Exit 1 on any error finding, or on any finding at all with ``strict``."""
-    findings = lint(policy_set, known_resources)
+    """Exit 1 on any error finding, or on any finding at all with ``strict``;
+    ``upstreams`` (resource name to upstream URL) adds the quota-alias check."""
+    findings = lint(policy_set, known_resources, upstreams)
     errors = sum(f.severity == "error" for f in findings)
     warnings = len(findings) - errors
     lines = [str(f) for f in findings]

@@ -17,7 +17,10 @@ Quotas (the ``quotas:`` list) [warnings: a quota is a brake, never an access dec
 * **quota-unreachable** — a quota no allow rule could ever reach (no allow rule's
   principals, resources and actions can meet the quota's): it would never count anything;
 * **quota-no-effect** — a ``runs`` limit whose actions leave out ``run`` (run starts are
-  ``run`` requests), or an empty list.
+  ``run`` requests), or an empty list;
+* **quota-alias** — a quota counting a resource but not another resource of the same
+  upstream that an allow rule opens to its principals: a DAG would spend its budget on one
+  name and go on through the other (given the upstreams: ``lockgate policy lint``).
 
 Subset checks use :func:`~lockgate.policy.globs.covers`, which is conservative: lint may miss
 a shadowed rule, but never calls a live rule shadowed.
@@ -30,7 +33,7 @@ files, and does every resource they name exist? Each problem is one line
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Literal
@@ -112,8 +115,13 @@ def _same_conditions(a: Rule, b: Rule) -> bool:
     )
 
 
-def lint(policy_set: PolicySet, known_resources: set[str]) -> list[Finding]:
-    """Report problems in ``policy_set``, in rule order."""
+def lint(
+    policy_set: PolicySet,
+    known_resources: set[str],
+    upstreams: Mapping[str, str] | None = None,
+) -> list[Finding]:
+    """Report problems in ``policy_set``, in rule order; ``upstreams`` (resource name to
+    upstream URL) lets quotas be checked for a second name of the same upstream."""
     out: list[Finding] = []
     rules = policy_set.rules
     for rule in rules:
@@ -168,6 +176,8 @@ def lint(policy_set: PolicySet, known_resources: set[str]) -> list[Finding]:
         out.extend(_shadowing(rule, rules))
     for quota in policy_set.quotas:
         out.extend(_quota_findings(quota, rules, known_resources))
+        if upstreams:
+            out.extend(_quota_aliases(quota, rules, upstreams))
     return out
 
 
@@ -239,6 +249,47 @@ def _quota_findings(
         out.append(finding("quota-no-effect", "runs never counts: run starts are 'run' requests"))
     if not any(_reaches(rule, quota) for rule in rules):
         out.append(finding("quota-unreachable", "no allow rule reaches it: it would never count"))
+    return out
+
+
+def _same_upstream(url: str) -> str:
+    return url.strip().lower().rstrip("/")
+
+
+def _quota_aliases(
+    quota: Quota, rules: tuple[Rule, ...], upstreams: Mapping[str, str]
+) -> list[Finding]:
+    """Resources of an upstream the quota counts under another name, that an allow rule
+    opens to the quota's principals while the quota does not count them."""
+    counted = {name for name in upstreams if quota.resources(name)}
+    targets = {_same_upstream(upstreams[name]) for name in counted}
+    out: list[Finding] = []
+    for name in sorted(upstreams):
+        if name in counted or _same_upstream(upstreams[name]) not in targets:
+            continue
+        actions = quota.actions if quota.sessions is None else frozenset(ACTIONS)
+        opened = any(
+            rule.effect == "allow"
+            and not _empty(rule)
+            and rule.resources(name)
+            and _lists_meet(rule.principals.patterns, quota.principals.patterns)
+            and ("*" in rule.actions or bool(set(rule.actions) & actions))
+            for rule in rules
+        )
+        if opened:
+            url = _same_upstream(upstreams[name])
+            same = sorted(n for n in counted if _same_upstream(upstreams[n]) == url)
+            out.append(
+                Finding(
+                    "warning",
+                    quota.id,
+                    quota.source,
+                    f"resource {name!r} reaches the same upstream as {', '.join(same)} but "
+                    "this quota does not count it: a DAG could go on through it",
+                    "quota-alias",
+                    f"quotas[{quota.index}].resources",
+                )
+            )
     return out
 
 
