@@ -479,3 +479,26 @@ async def test_key_vault_answering_with_another_secret_is_not_used(
         assert (await broker.upstream_secret("orders-key")).value == VALUE
     finally:
         await broker.close()
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["s.abc\r\nX-Injected: yes", "s.abc def", "", "x" * 5000],
+    ids=["crlf", "space", "empty", "long"],
+)
+async def test_a_login_answering_a_token_unfit_for_a_header_is_refused(
+    tmp_path: Path, hostile: Hostile, token: str
+) -> None:
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"auth": {"client_token": token, "lease_duration": 60}})
+
+    hostile.routes["/v1/auth/approle/login"] = login
+    broker = vault_broker(tmp_path, hostile.url)
+    try:
+        with pytest.raises(
+            CredentialError, match=r"Vault refused the approle login \(auth/approle\) \(HTTP 200\)"
+        ):
+            await broker.upstream_secret("orders-key")
+        assert [path for path, _ in hostile.seen] == ["/v1/auth/approle/login"]
+    finally:
+        await broker.close()

@@ -47,6 +47,8 @@ _MULTIERROR = re.compile(r"[0-9]+ errors? occurred:\n")
 #: Renew (or log in again) once this share of the token's lease is gone.
 RENEW_AT = 2 / 3
 
+#: What a Vault token looks like (hvs./hvb./s./b. and OpenBao's): printable, no space.
+_CLIENT_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")
 #: Field names an error names at most (of a secret without the configured field).
 FIELDS_NAMED = 10
 #: Bytes of an AppRole ``secret_id_file`` read at most (a secret id is a 36-character UUID).
@@ -198,6 +200,8 @@ class VaultKvReader:
         auth = body.get("auth")
         if not isinstance(auth, dict) or not isinstance(auth.get("client_token"), str):
             return None
+        if not _CLIENT_TOKEN.fullmatch(auth["client_token"]):
+            return None  # not a token that can go out as a header (CR/LF, spaces, 10 KB)
         lease = auth.get("lease_duration", 0)
         if isinstance(lease, bool) or not isinstance(lease, int | float) or not lease > 0:
             lease = 0  # none said (or nonsense): kept until a read is refused, then a login
