@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 from collections.abc import Iterator
@@ -299,3 +300,26 @@ async def test_every_operation_of_a_cosmos_batch_counts_against_a_rate(
     await cosmos_run(lambda: c.execute_item_batch(ops, partition_key="p"))
     (bucket,) = budgets._buckets.values()
     assert bucket.tokens <= -39  # 50 writes against a burst of 10: 40 in debt, less refill
+
+
+async def test_a_throttled_cosmos_request_names_no_token_in_its_answer_or_record(
+    cosmos_env: CosmosEnv,  # noqa: F811
+) -> None:
+    from azure.cosmos.exceptions import CosmosHttpResponseError
+
+    token, _ = cosmos_env.token()
+    c = await cosmos_run(
+        lambda: cosmos_env.client().get_database_client("sales").get_container_client("orders")
+    )
+    await cosmos_run(lambda: c.read())
+    gate = FakeGate(limit=0, retry_after=0.01)
+    cast(HttpEngine, cosmos_env.gw.engines["http"]).proxy.quotas = gate
+    with pytest.raises(CosmosHttpResponseError) as err:
+        await cosmos_run(lambda: c.upsert_item({"id": "t1", "pk": "p"}))
+    assert err.value.status_code == 429 and "orders-writes" in str(err.value)
+    records = cosmos_env.audit(event="throttled")
+    assert records and all(r.detail["limit"] == "orders-writes" for r in records)
+    seen = str(err.value) + json.dumps([r.to_dict() for r in records])
+    for part in (token, *token.split(".")):
+        assert part not in seen
+    assert not [e for e in cosmos_env.fake.executed if e.op == "upsert"]  # never ran upstream
