@@ -502,3 +502,20 @@ async def test_a_login_answering_a_token_unfit_for_a_header_is_refused(
         assert [path for path, _ in hostile.seen] == ["/v1/auth/approle/login"]
     finally:
         await broker.close()
+
+
+async def test_a_value_no_engine_could_encode_is_refused_by_the_vault_layer(
+    tmp_path: Path, hostile: Hostile
+) -> None:
+    async def read(request: web.Request) -> web.Response:
+        body = '{"data": {"data": {"value": "key\\ud800one"}, "metadata": {"version": 1}}}'
+        return web.Response(text=body, content_type="application/json")
+
+    hostile.routes["/v1/auth/approle/login"] = vault_login
+    hostile.routes["/v1/secret/data/"] = read
+    broker = vault_broker(tmp_path, hostile.url)
+    try:
+        with pytest.raises(CredentialError, match="not valid text"):
+            await broker.upstream_secret("orders-key")
+    finally:
+        await broker.close()

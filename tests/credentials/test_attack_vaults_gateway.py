@@ -100,8 +100,14 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 @pytest.mark.parametrize(
     "value",
-    ["key-one\r\nX-Injected: yes", "key-one\nX-Injected: yes", "key\x00one", "key-one\n"],
-    ids=["crlf", "lf", "nul", "trailing-newline"],
+    [
+        "key-one\r\nX-Injected: yes",
+        "key-one\nX-Injected: yes",
+        "key\x00one",
+        "key-one\n",
+        "key\ud800one",
+    ],
+    ids=["crlf", "lf", "nul", "trailing-newline", "lone-surrogate"],
 )
 async def test_a_vault_value_unfit_for_a_header_is_refused_and_audited(
     stack: Stack, value: str, caplog: pytest.LogCaptureFixture

@@ -219,6 +219,12 @@ class VaultHeldSecret:
             )
         if not fetched.value:
             self._failed(f"credential {self.cfg.name!r}: the vault holds an empty value")
+        if not fetched.value.isascii():
+            try:  # JSON may carry a lone surrogate: no engine could encode it to send it
+                fetched.value.encode("utf-8")
+            except UnicodeEncodeError:
+                self._failed(f"credential {self.cfg.name!r}: the vault holds a value that is "
+                             "not valid text (a lone surrogate)")  # fmt: skip
         return self._took(fetched)
 
     def _withdrawn(self, exc: SecretWithdrawn) -> NoReturn:
