@@ -169,3 +169,16 @@ async def test_requests_held_for_one_budget_are_bounded() -> None:
     first.release()
     again = await one()  # nothing is left counted as waiting
     assert not isinstance(again, Throttled)
+
+
+async def test_a_policy_reload_does_not_refill_a_budget(tmp_path: Path) -> None:
+    budgets = SharedBudgets(tmp_path / "quotas.db", holder="w1", background=False)
+    try:
+        current = [quota_policy(RATE)]
+        gate = PolicyQuotaGate(lambda: current[0], budgets)
+        assert not isinstance(await _admit(gate, cost=30), Throttled)  # drained, in debt
+        current[0] = quota_policy(RATE + "    # edited\n")  # a reload: a new policy set
+        refused = await _admit(gate)
+        assert isinstance(refused, Throttled) and refused.retry_after > 1.0
+    finally:
+        budgets.close()
