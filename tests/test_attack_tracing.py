@@ -280,3 +280,19 @@ def test_a_header_http_cannot_carry_is_refused_at_start_by_line_only(
     with pytest.raises(ValueError, match=r"otlp-headers:3: expected") as refused:
         settings.otlp_headers()
     assert "s3cr3t" not in str(refused.value)
+
+
+def test_a_header_http_client_refuses_fails_the_export_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Headers given to the exporter directly skip the configuration's check: http.client's
+    # ValueError escaped to the SDK, which logged its traceback on every batch.
+    caplog.set_level(logging.DEBUG)
+    with collector(lambda conn: None) as (port, _):
+        for value in ("k\u2603-" + API_KEY, API_KEY + "\r\nX-Injected: 1"):
+            exporter = OtlpHttpExporter(
+                f"http://127.0.0.1:{port}/v1/traces", {"x-api-key": value}, timeout=1.0
+            )
+            assert export_one(exporter) is SpanExportResult.FAILURE
+            exporter.shutdown()
+    assert all(API_KEY not in r.getMessage() + str(vars(r)) for r in caplog.records)

@@ -230,7 +230,9 @@ class OtlpHttpExporter(SpanExporter):
                         raise
                     # once more: a kept-alive connection may be stale
                     status = self._post(body, deadline)
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                # ValueError: a header http.client will not send (its message may quote the
+                # value, an API key): named by type only, like every failure here.
                 self._failed(type(exc).__name__, len(spans))
                 return SpanExportResult.FAILURE
         if 200 <= status < 300:
