@@ -33,7 +33,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from lockgate import __version__
 from lockgate.errors import ConfigError
@@ -232,6 +232,12 @@ _SAMPLED = 1  # W3C trace-flags bit
 _ID_LIMIT = (1 << 64) - 1
 
 
+class _Counting(Protocol):
+    """An exporter that counts the spans handed to it (:class:`OtlpHttpExporter`)."""
+
+    taken: int
+
+
 class _Recording:
     """What the process records with: its span processor (None: spans are made and
     dropped), resource and sampling bound, and the SDK's classes, imported once."""
@@ -257,9 +263,14 @@ class _Recording:
         # An exporter that counts the spans it took (Lockgate's) lets the queue's bound be
         # kept here: a span past it is dropped and counted before the SDK's processor, which
         # would drop one too but only say so in a log line made per span.
-        self._counts = processor is not None and hasattr(exporter, "taken")
+        self._counting = (
+            cast("_Counting", exporter)
+            if processor is not None and hasattr(exporter, "taken")
+            else None
+        )
         self.handed = 0  # spans given to the processor
         self.queue_limit = queue_limit
+        # Imported here: the Airflow provider imports this module for its format rule alone.
         from lockgate import metrics
 
         self._queue_full = metrics.SPANS_DROPPED.labels("queue_full")
@@ -296,8 +307,9 @@ class _Recording:
     def finish(self, span: _Span, end_ns: int) -> None:
         if self.processor is None:
             return
-        if self._counts:
-            if self.handed - self.exporter.taken >= self.queue_limit:  # type: ignore[union-attr]
+        counting = self._counting
+        if counting is not None:
+            if self.handed - counting.taken >= self.queue_limit:
                 self._queue_full.inc()
                 return
             self.handed += 1
