@@ -1,7 +1,21 @@
 """Attempts to get more than a quota gives through the HTTP engine, each a hole once:
 
 - a Databricks ``jobs/runs/repair`` re-runs a finished run's tasks (the run is running
-  again), so it is a run start under a ``runs`` cap, not a free pass past it.
+  again), so it is a run start under a ``runs`` cap, not a free pass past it;
+- a Databricks run-now spelled ``jobs/run-now/`` or ``JOBS/RUN-NOW`` was judged as some
+  other request (no run cap, no guardrails) though a lenient workspace would start a run;
+- a quota on a job (by id or by name) did not count a run-now by the other name, nor a
+  ``runs/submit`` whose ``run_job_task`` triggers the job;
+- a run start whose client leaves once the request is upstream (or whose answer never
+  comes: an upstream timeout) may well have started the run: its slot used to be given
+  back, so a task could start runs past the cap by hanging up after each request;
+- a quota on ``/items/*`` did not count ``/ITEMS/x`` or ``/items./x``, which a case-blind
+  upstream (IIS, ASP.NET) serves as the same items;
+- a Cosmos DB batch (bulk mode sends them, up to 100 operations each) cost one token of a
+  rate: each operation counts now.
+
+And what held: no in-flight slot stays taken whatever the client or upstream does, and a
+throttled request names no token and never reaches the upstream.
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ from .quota_fakes import FakeGate
 from .test_cosmos import Env as CosmosEnv
 from .test_cosmos import env as cosmos_env  # noqa: F401 - a fixture
 from .test_cosmos import run as cosmos_run
-from .test_databricks import Env
+from .test_databricks import Env, _audit
 from .test_databricks import env as env  # a fixture
 from .test_forward_proxy_arm import PREFIX, arm_resource
 from .test_quotas_gate import RULES, gateway, task_claims
@@ -38,8 +52,8 @@ from .test_quotas_gate import adf as adf  # a fixture
 
 @pytest.fixture(autouse=True)
 def workspace_repairs_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The test workspace answers ``jobs/runs/repair`` as Databricks does: the terminated
-    run is pending again and a repair id is returned."""
+    """The test workspace answers ``jobs/runs/repair`` as Databricks does (the terminated
+    run is pending again and a repair id is returned), and run-now under other spellings."""
     plain_app = FakeDatabricks.app
 
     def app(self: FakeDatabricks) -> web.Application:
@@ -53,6 +67,9 @@ def workspace_repairs_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         application = plain_app(self)
         for v in ("2.0", "2.1", "2.2"):
             application.router.add_post(f"/api/{v}/jobs/runs/repair", repair)
+        # a workspace lenient about case and trailing slashes (the gateway cannot know)
+        application.router.add_post("/api/2.2/jobs/run-now/", self.run_now)
+        application.router.add_post("/api/2.2/JOBS/RUN-NOW", self.run_now)
         return application
 
     monkeypatch.setattr(FakeDatabricks, "app", app)
@@ -323,3 +340,16 @@ async def test_a_throttled_cosmos_request_names_no_token_in_its_answer_or_record
     for part in (token, *token.split(".")):
         assert part not in seen
     assert not [e for e in cosmos_env.fake.executed if e.op == "upsert"]  # never ran upstream
+
+
+async def test_a_run_now_spelled_otherwise_still_asks_the_run_cap(env: Env) -> None:
+    gate = FakeGate(run_cap=1)
+    cast(HttpEngine, env.gw.engines["http"]).proxy.quotas = gate
+    tok = env.token()
+    status, body = await env.call("POST", "/api/2.2/jobs/run-now/", tok, {"job_id": 101})
+    assert status == 200, body
+    assert list(gate.running) == [str(body["run_id"])]  # counted as the run it is
+    status, over = await env.call("POST", "/api/2.2/JOBS/RUN-NOW", tok, {"job_id": 101})
+    assert status == 429 and over["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    rec = _audit(env, event="throttled")[-1]
+    assert (rec.action, rec.object) == ("run", "job:101")

@@ -79,7 +79,9 @@ POLL_TASK = "@poll"  # task_id of triggerer poll tokens (not a valid Airflow tas
 DEPLOYMENT_WIDE = "@triggerer"  # dag_id of a poll token not narrowed to one DAG
 ANY_RUN = "@any"  # run_id of a poll token not narrowed to one DAG run
 _PIPELINE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
-_API = re.compile(r"^/api/2\.[012]/(?P<op>[a-z/_-]+)$")
+# Case and trailing slashes aside: a workspace lenient about them must not see a run start
+# judged as some other request (no guardrails, no run cap).
+_API = re.compile(r"^/api/2\.[012]/(?P<op>[a-z/_-]+?)/*$", re.IGNORECASE)
 _BODY_OPS = frozenset(
     {"jobs/run-now", "jobs/runs/submit", "jobs/runs/get", "jobs/runs/get-output",
      "jobs/runs/cancel", "jobs/runs/repair", "jobs/runs/cancel-all", "jobs/get", "clusters/get"}
@@ -126,8 +128,7 @@ class DatabricksProfile(ProfileBase):
         return None
 
     def wants_body(self, method: str, path: str) -> bool:
-        m = _API.match(path)
-        return m is not None and m.group("op") in _BODY_OPS
+        return _op(path) in _BODY_OPS
 
     async def authorize(
         self, req: ProfileRequest, decide: Decide, headers: UpstreamHeaders
@@ -215,8 +216,7 @@ class DatabricksProfile(ProfileBase):
     ) -> Verdict:
         claims = req.claims
         poll = getattr(claims, "task_id", None) == POLL_TASK
-        m = _API.match(req.path)
-        op = m.group("op") if m else None
+        op = _op(req.path)
         if poll and not (op in ("jobs/runs/get", "jobs/runs/get-output") and req.method == "GET"):
             action, obj = req.default
             return Verdict(
@@ -413,6 +413,13 @@ def _guardrail_refusal(
 ) -> Verdict:
     detail = _cluster_detail(payload, job_id)
     return Verdict(False, v.action, v.obj, why, rule="databricks-guardrail", detail=detail)
+
+
+def _op(path: str) -> str | None:
+    """The API operation a path names (``jobs/run-now``), whatever its case or trailing
+    slashes; None outside the versioned API."""
+    m = _API.match(path)
+    return m.group("op").lower() if m else None
 
 
 def _policy(decide: Decide, action: str, obj: str) -> Verdict:
