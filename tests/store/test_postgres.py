@@ -195,7 +195,7 @@ def test_password_from_the_environment(
 
 def _connect_error(db: PostgresDatabase) -> BaseException:
     try:
-        db._connect_kwargs()
+        db._connections.kwargs()
     except psycopg.Error as exc:
         return exc
     raise AssertionError("expected the missing variable to fail the connection")

@@ -29,29 +29,29 @@ the worse of the feed's age and the time since the feed moved past what that sto
 
 The password is read from ``password_file`` (again at every new connection, so a rotated
 password is picked up) or ``password_env``; it never appears in a label or a message.
+How connections are made and failures worded: :mod:`lockgate.store.pg_connections`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
-from typing import Any, Self
+from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from lockgate.config.state import PostgresStateSettings
 from lockgate.errors import StoreUnavailable
 from lockgate.store.base import TOPICS, Cursor, Dialect
+from lockgate.store.pg_connections import Connections, ReportingConnection, dsn_label
 from lockgate.store.sql import to_postgres_params
 
 log = logging.getLogger("lockgate.store")
@@ -70,34 +70,6 @@ _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
 _POOL_RETRY_FOR = 4.0  # seconds: retry delays 1 s, 2 s, then a fresh start on demand
 _WATCH_TICK = 0.2  # longest wait in the watcher between checks of close()
-_REPORT_KWARG = "_lockgate_report_error"
-
-
-class _ReportingConnection(psycopg.Connection[TupleRow]):
-    """A connection that tells its database why a connection attempt failed, so a pool
-    timeout can say what is wrong (refused, bad password ...) rather than only "timeout"."""
-
-    @classmethod
-    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
-        report: Callable[[BaseException], None] | None = kwargs.pop(_REPORT_KWARG, None)
-        try:
-            return super().connect(conninfo, **kwargs)
-        except psycopg.Error as exc:
-            if report is not None:
-                report(exc)
-            raise
-
-
-def dsn_label(dsn: str) -> str:
-    """``postgresql://user@host:port/dbname``: enough to find the database, no secret."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return "postgresql://<unparsable dsn>"
-    user = f"{params['user']}@" if params.get("user") else ""
-    host = str(params.get("host") or params.get("hostaddr") or "localhost")
-    port = f":{params['port']}" if params.get("port") else ""
-    return f"postgresql://{user}{host}{port}/{params.get('dbname') or ''}"
 
 
 @lru_cache(maxsize=1024)
@@ -150,12 +122,12 @@ class PostgresDatabase:
     def __init__(self, settings: PostgresStateSettings, *, replica_id: str) -> None:
         self.settings = settings
         self.replica_id = replica_id
-        self.label = dsn_label(settings.dsn)
+        self._connections = Connections(settings, replica_id=replica_id)
+        self.label = self._connections.label
         self._versions: dict[str, int] = {}
         self._versions_lock = threading.Lock()
         self._last_contact: float | None = None  # versions last read (time.monotonic())
         self._last_reached: float | None = None  # any transaction last succeeded
-        self._last_connect_error: str | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._watcher_started = 0.0  # time.monotonic()
@@ -170,12 +142,12 @@ class PostgresDatabase:
         self._watch_lock = threading.Lock()
         self._pool = ConnectionPool(
             settings.dsn,
-            connection_class=_ReportingConnection,
-            kwargs=self._connect_kwargs,
+            connection_class=ReportingConnection,
+            kwargs=self._connections.kwargs,
             min_size=1,
             max_size=settings.pool_size,
             open=False,
-            configure=self._configure,
+            configure=self._connections.configure,
             timeout=settings.connect_timeout,
             # The pool retries a failed connection with a doubling delay for this long, then
             # gives up until the next caller asks: bounded, a server back after a long outage
@@ -193,82 +165,12 @@ class PostgresDatabase:
         except psycopg.Error as exc:
             log.warning("%s", self.unavailable(exc))
 
-    # -- connections ----------------------------------------------------------------------
-    def _password(self) -> str | None:
-        s = self.settings
-        if s.password_file is not None:
-            try:
-                return s.password_file.read_text(encoding="utf-8").strip("\r\n")
-            except OSError as exc:
-                raise psycopg.OperationalError(
-                    f"state.postgresql.password_file {s.password_file}: cannot read "
-                    f"({exc.strerror})"
-                ) from None
-            except UnicodeDecodeError:  # e.g. caught mid-rotation; the bytes are never shown
-                raise psycopg.OperationalError(
-                    f"state.postgresql.password_file {s.password_file}: not UTF-8 text"
-                ) from None
-        if s.password_env is not None:
-            value = os.environ.get(s.password_env)
-            if value is None:
-                raise psycopg.OperationalError(
-                    f"state.postgresql.password_env: {s.password_env} is not set"
-                )
-            return value
-        return None
-
-    def _connect_kwargs(self) -> dict[str, Any]:
-        """Connection parameters, computed per connection (the password may have rotated)."""
-        s = self.settings
-        kwargs: dict[str, Any] = {
-            "connect_timeout": max(2, math.ceil(s.connect_timeout)),
-            "application_name": f"lockgate/{self.replica_id}"[:63],
-            # A peer gone without a reset (a partition) is noticed in seconds, not hours.
-            "keepalives": 1,
-            "keepalives_idle": 5,
-            "keepalives_interval": 2,
-            "keepalives_count": 3,
-            "tcp_user_timeout": int(s.connect_timeout * 1000),
-            _REPORT_KWARG: self._record_connect_error,
-        }
-        password = self._password()
-        if password is not None:
-            kwargs["password"] = password
-        return kwargs
-
-    def _record_connect_error(self, exc: BaseException) -> None:
-        self._last_connect_error = self._scrub(str(exc).strip().splitlines()[0] if str(exc) else "")
-
-    def _configure(self, conn: psycopg.Connection[TupleRow]) -> None:
-        ms = str(int(self.settings.statement_timeout * 1000))
-        # Backslashes in '...' are text, as store/sql.py reads them, whatever the server says.
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false), "
-            "set_config('standard_conforming_strings', 'on', false)",
-            (ms,),
-        )
-        conn.commit()
-
-    def _scrub(self, text: str) -> str:
-        try:
-            password = self._password()
-        except psycopg.Error:
-            password = None
-        return text.replace(password, "***") if password else text
-
     def unavailable(self, exc: BaseException) -> StoreUnavailable:
         """The error a caller sees: what failed, on which database, never the password."""
-        if isinstance(exc, PoolTimeout):
-            why = f"no connection within {self.settings.connect_timeout:g} s"
-            if self._last_connect_error:
-                why += f" (last attempt: {self._last_connect_error})"
-        else:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            why = f"{type(exc).__name__}: {self._scrub(first)}" if first else type(exc).__name__
-        return StoreUnavailable(f"PostgreSQL {self.label}: {why}")
+        return self._connections.unavailable(exc)
 
     # -- transactions ---------------------------------------------------------------------
-    def _checked_connection(self) -> _ReportingConnection:
+    def _checked_connection(self) -> ReportingConnection:
         """A pooled connection that answered a ping. After a server restart every idle one
         is dead: each is handed back (the pool replaces it) until a live or new one comes,
         at once rather than after the pool's own check backoff."""
@@ -422,8 +324,8 @@ class PostgresDatabase:
         backoff = _BACKOFF_FIRST
         while not self._stop.is_set():
             try:
-                conn = _ReportingConnection.connect(
-                    self.settings.dsn, autocommit=True, **self._connect_kwargs()
+                conn = ReportingConnection.connect(
+                    self.settings.dsn, autocommit=True, **self._connections.kwargs()
                 )
             except Exception as exc:  # any failure: retry, never die
                 log.debug("state watcher: %s", self._failure(exc))
@@ -432,7 +334,7 @@ class PostgresDatabase:
                 continue
             try:
                 with conn:
-                    self._configure(conn)  # a hung server must not hang the poll either
+                    self._connections.configure(conn)  # a hung server must not hang the poll either
                     conn.execute("LISTEN lockgate_state")  # CHANNEL
                     if self._history_rewound(conn):
                         self._touch_every_topic(conn)
