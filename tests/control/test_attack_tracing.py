@@ -138,3 +138,24 @@ def test_only_spans_read_the_tokens_traceparent() -> None:
             if "traceparent" in line.lower() and not handed.match(line):
                 found.append(f"{relative}:{number}: {line.strip()}")
     assert found == []
+
+
+async def test_a_refused_mint_names_no_resource_the_catalog_does_not_know(gateway) -> None:  # type: ignore[no-untyped-def]
+    gw, exporter = gateway
+    asked = b"dag_id=etl&task_id=load&run_id=r1&try_number=1&resource=pasted-s3cr3t-value"
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.control_port)
+    auth = basic("prod", "s3-Qm")["Authorization"].encode()
+    writer.write(
+        b"POST /v1/token HTTP/1.1\r\nHost: g\r\nConnection: close\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nAuthorization: " + auth
+        + b"\r\ntraceparent: " + VALID.encode()
+        + b"\r\nContent-Length: " + str(len(asked)).encode() + b"\r\n\r\n" + asked
+    )  # fmt: skip
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert tracing.flush()
+    (mint,) = [s for s in exporter.get_finished_spans() if s.name == "lockgate.mint"]
+    attrs = dict(mint.attributes or {})
+    assert attrs["lockgate.decision"] == "deny"
+    assert "s3cr3t" not in str(attrs)

@@ -65,12 +65,12 @@ def token_handler(service: TokenService) -> Handler:
             await service.take_mint(grant.deployment.name)
         except OAuthError as exc:
             await service.refused(exc, ctx)
-            _mint_refused(span, exc, ctx)
+            _mint_refused(service, span, exc, ctx)
             return error_response(exc)
         try:
             issued = await service.issue(grant, ctx, traceparent=traceparent)
         except OAuthError as exc:  # the audit failed: nothing more can be recorded
-            _mint_refused(span, exc, ctx)
+            _mint_refused(service, span, exc, ctx)
             return error_response(exc)
         span.decided("mint", grant.resource.name, "allow", grant.decision.rule, None)
         span.end(status=200)
@@ -112,8 +112,14 @@ def _claimed_deployment(
     return deployment.name if deployment is not None else ""
 
 
-def _mint_refused(span: tracing.RequestSpan, exc: OAuthError, ctx: dict[str, Any]) -> None:
-    span.decided("mint", str(ctx.get("resource", "")), "deny", exc.fields.get("rule"), exc.reason)
+def _mint_refused(
+    service: TokenService, span: tracing.RequestSpan, exc: OAuthError, ctx: dict[str, Any]
+) -> None:
+    # A configured resource only: a name the catalog does not know may be anything pasted
+    # into the field, and spans leave for a backend more people read than the audit trail.
+    asked = str(ctx.get("resource", ""))
+    resource = asked if asked and service.config.resource(asked) is not None else ""
+    span.decided("mint", resource, "deny", exc.fields.get("rule"), exc.reason)
     span.end(status=exc.status)
 
 
