@@ -14,8 +14,9 @@ a denied one gets a normal ``ErrorResponse`` (SQLSTATE 42501) and the session st
   :mod:`.cancel` CancelRequest with the gateway's own keys, :mod:`.catalog` the upstream's
   relation names shared between sessions.
 * :mod:`.codec` — sans-I/O protocol v3 codec (bytes in, messages out).
-* :mod:`.classify` (with :mod:`.classify_query`, :mod:`.classify_ddl`, :mod:`.classified`,
-  :mod:`.scope`, :mod:`.relation_catalog`, :mod:`.functions`, :mod:`.redact`) — statement →
+* :mod:`.classify` (with :mod:`.classify_query`, :mod:`.resolver`, :mod:`.classify_ddl`,
+  :mod:`.classified`, :mod:`.scope`, :mod:`.relation_catalog`, :mod:`.functions`,
+  :mod:`.redact`) — statement →
   ``(action, object)`` with PostgreSQL's own parser (pglast), names resolved through the
   session's ``search_path``.
 * :mod:`.flow` (with :mod:`.flow_answers`, :mod:`.flow_scope`, :mod:`.flow_units`,

@@ -38,9 +38,10 @@ from pglast.enums.parsenodes import (
 
 from .classified import Access, Classified, Effect, Statement, Unplaceable, name_part
 from .classify_ddl import DDL_HANDLERS, create_relation
-from .classify_query import Resolver, Walker, present, unsafe_lexing
+from .classify_query import Walker, unsafe_lexing
 from .lexing import LEXING_SETTINGS, safe_lexing_value
 from .redact import redact
+from .resolver import Resolver, present
 from .scope import NameScope, TextScope, cursors_of
 
 __all__ = [

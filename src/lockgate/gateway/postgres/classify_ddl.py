@@ -19,7 +19,8 @@ from pglast import ast
 from pglast.enums.parsenodes import GrantTargetType, ObjectType, RoleSpecType
 
 from .classified import Effect, Unplaceable, name_part, qualified_object, split_object
-from .classify_query import Walker, present, qualified_name
+from .classify_query import Walker
+from .resolver import present, qualified_name
 
 __all__ = ["DDL_HANDLERS", "create_relation"]
 
