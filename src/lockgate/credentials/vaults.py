@@ -217,6 +217,11 @@ class VaultHeldSecret:
             self._failed(
                 f"credential {self.cfg.name!r}: reading the vault failed ({type(exc).__name__})"
             )
+        if fetched.value != fetched.value.strip():
+            # As `lockgate creds set` does: a value written from a file (`az keyvault secret
+            # set --file`, `vault kv put field=@file`) keeps the file's last newline, which
+            # no header, key or password means.
+            fetched = Fetched(fetched.value.strip(), fetched.vault_version, fetched.expires_at)
         if not fetched.value:
             self._failed(f"credential {self.cfg.name!r}: the vault holds an empty value")
         if not fetched.value.isascii():
