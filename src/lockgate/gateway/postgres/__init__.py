@@ -22,9 +22,9 @@ a denied one gets a normal ``ErrorResponse`` (SQLSTATE 42501) and the session st
 * :mod:`.flow` (with :mod:`.flow_answers`, :mod:`.flow_scope`, :mod:`.flow_units`,
   :mod:`.flow_quotas`, :mod:`.judge`) — the per-session statement state machine: judge,
   ask the quotas, write ahead, relay, keep the protocol exact.
-* :mod:`.upstream` (with :mod:`.scram`, :mod:`.upstream_credential`) — the gateway's own
-  login to the server; :mod:`.dynamic_roles` — per-task roles for clients that cannot come
-  through the gateway.
+* :mod:`.upstream` (with :mod:`.upstream_transport`, :mod:`.scram`,
+  :mod:`.upstream_credential`) — the gateway's own login to the server;
+  :mod:`.dynamic_roles` — per-task roles for clients that cannot come through the gateway.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Upstream side of the PostgreSQL engine: the gateway's own login to the server.
 
 :func:`connect` opens one authenticated connection for one client session, each login
-attempt bounded by the resource's ``connect_timeout``:
+attempt bounded by the resource's ``connect_timeout`` (steps 1 and 2:
+:mod:`.upstream_transport`):
 
 1. TCP to ``host:port``;
 2. TLS per ``resource.tls``: ``verify-full`` (the certificate chains to ``ca_file`` or the
@@ -39,11 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
 from lockgate import _log
@@ -53,12 +52,19 @@ from lockgate.gateway.caches import SecretCache, UpstreamSecret
 
 from . import codec, scram
 from .upstream_credential import CredentialChoice
+from .upstream_transport import (
+    READ_SIZE,
+    Transient,
+    address,
+    client_ssl_context,
+    describe,
+    open_stream,
+)
 
 log = _log.get("gateway.postgres")
 
 #: Largest message the server may send during the login (ParameterStatus, notices ...).
 LOGIN_MAX_MESSAGE_BYTES = 1024 * 1024
-_READ_SIZE = 65536
 #: Startup parameters the resource fixes, and ones never passed on from a client.
 _RESOURCE_PARAMS = frozenset({"user", "database", "search_path"})
 _NEVER_SENT = frozenset({"options", "replication"})
@@ -71,19 +77,7 @@ _RESTARTING_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 _RETRY_FIRST_DELAY = 0.05
 _RETRY_MAX_DELAY = 0.5
 
-#: TCP keepalive probes after 60 s idle, every 15 s, 4 unanswered = dead (where supported).
-_KEEPALIVE = [
-    (getattr(socket, name), value)
-    for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
-    if hasattr(socket, name)
-]
-
 _T = TypeVar("_T")
-
-
-class _Transient(UpstreamUnavailable):
-    """The server is starting up or shutting down (SQLSTATE 57P03), or closed the
-    connection without a word (as a server going down does)."""
 
 
 @dataclass(slots=True)
@@ -102,111 +96,6 @@ class UpstreamLink:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
-
-
-# -- TLS ----------------------------------------------------------------------------------
-_contexts: dict[tuple[str, str, int], ssl.SSLContext] = {}
-
-
-def client_ssl_context(resource: PostgresResource) -> ssl.SSLContext | None:
-    """The TLS context for ``resource.tls`` (None for ``disable``).
-
-    Contexts are shared per (mode, CA file and its modification time): loading a CA store
-    costs milliseconds, a login should not.
-    """
-    if resource.tls == "disable":
-        return None
-    ca = str(resource.ca_file) if resource.ca_file else ""
-    try:
-        stamp = Path(ca).stat().st_mtime_ns if ca else 0
-    except OSError as exc:
-        raise UpstreamUnavailable(
-            f"{_where(resource)}: cannot read ca_file {ca}: {exc.strerror}"
-        ) from None
-    key = (resource.tls, ca, stamp)
-    ctx = _contexts.get(key)
-    if ctx is None:
-        ctx = ssl.create_default_context(cafile=ca or None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        if resource.tls == "require":  # encrypt, verify nothing (libpq's sslmode=require)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if len(_contexts) > 64:  # CA files replaced many times over: start afresh
-            _contexts.clear()
-        _contexts[key] = ctx
-    return ctx
-
-
-def _where(resource: PostgresResource) -> str:
-    host = f"[{resource.host}]" if ":" in resource.host else resource.host
-    return f"{host}:{resource.port}"
-
-
-def _describe(exc: OSError) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):  # say why, not only that it failed
-        return f"TLS certificate verify failed: {exc.verify_message}"
-    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-    return f"{type(exc).__name__}: {reason}"
-
-
-def _tune(sock: socket.socket) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # A session may sit idle for an hour (idle_timeout) behind NATs and cloud load balancers
-    # that forget a silent flow after minutes: keepalives keep it known, and find a dead peer.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in _KEEPALIVE:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
-
-
-async def _tcp(host: str, port: int) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last: OSError = OSError(f"no address for {host}")
-    for family, type_, proto, _, addr in infos:
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, addr)
-            _tune(sock)
-            return sock
-        except OSError as exc:
-            sock.close()
-            last = exc
-        except BaseException:
-            sock.close()
-            raise
-    raise last
-
-
-async def _open(
-    resource: PostgresResource, ctx: ssl.SSLContext | None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the server, TLS negotiated when ``ctx`` is given."""
-    sock = await _tcp(resource.host, resource.port)
-    try:
-        if ctx is None:
-            return await asyncio.open_connection(sock=sock, limit=_READ_SIZE)
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(sock, codec.ssl_request())
-        # Exactly one byte: whatever follows it is read by the TLS handshake, never as clear.
-        answer = await loop.sock_recv(sock, 1)
-        if answer == b"S":
-            return await asyncio.open_connection(
-                sock=sock, ssl=ctx, server_hostname=resource.host, limit=_READ_SIZE
-            )
-        if answer == b"N":
-            why = f"the server does not accept TLS (tls: {resource.tls})"
-        elif not answer:
-            raise _Transient(
-                f"{_where(resource)}: the server closed the connection at the TLS request"
-            )
-        else:
-            why = f"unexpected answer {answer!r} to the TLS request"
-        raise UpstreamUnavailable(f"{_where(resource)}: {why}")
-    except BaseException:
-        sock.close()
-        raise
 
 
 # -- startup ------------------------------------------------------------------------------
@@ -246,9 +135,9 @@ class _Messages:
                 raise UpstreamUnavailable(f"{self._where}: protocol error: {exc}") from None
             if msg is not None:
                 return msg
-            data = await self._reader.read(_READ_SIZE)
+            data = await self._reader.read(READ_SIZE)
             if not data:
-                raise _Transient(f"{self._where}: the server closed the connection")
+                raise Transient(f"{self._where}: the server closed the connection")
             self._codec.feed(data)
             self._last = data
 
@@ -273,7 +162,7 @@ class _Login:
         self.ctx = ctx
         self.secret = secret
         self.startup = startup
-        self.where = _where(resource)
+        self.where = address(resource)
         self.sent_secret = False
 
     async def run(self) -> UpstreamLink:
@@ -286,8 +175,8 @@ class _Login:
                     try:
                         return await self._attempt()
                     except ConnectionError as exc:  # refused, reset, broken pipe
-                        last = _describe(exc)
-                    except _Transient as exc:
+                        last = describe(exc)
+                    except Transient as exc:
                         last = str(exc).removeprefix(f"{self.where}: ")
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX_DELAY)
@@ -297,7 +186,7 @@ class _Login:
                 + (f"; last: {last}" if last else "")
             ) from None
         except OSError as exc:  # refused, unreachable, TLS verification (ssl.SSLError)
-            raise UpstreamUnavailable(f"{self.where}: {_describe(exc)}") from None
+            raise UpstreamUnavailable(f"{self.where}: {describe(exc)}") from None
         except codec.ProtocolError as exc:
             raise UpstreamUnavailable(f"{self.where}: protocol error: {exc}") from None
         except ValueError:  # the encoders' refusal; its text could quote the secret: not kept
@@ -307,7 +196,7 @@ class _Login:
             ) from None
 
     async def _attempt(self) -> UpstreamLink:
-        reader, writer = await _open(self.resource, self.ctx)
+        reader, writer = await open_stream(self.resource, self.ctx)
         try:
             return await self._login(reader, writer)
         except BaseException:
@@ -438,7 +327,7 @@ class _Login:
         text = f"{self.where}: {fields.get('V') or fields.get('S', 'ERROR')} {sqlstate}: "
         text += fields.get("M", "(no message)")
         if sqlstate in _RESTARTING_SQLSTATES:
-            return _Transient(text)
+            return Transient(text)
         # Class 28: invalid authorization (28P01 wrong password, 28000 no pg_hba entry).
         return UpstreamAuthFailed(text) if sqlstate.startswith("28") else UpstreamUnavailable(text)
 
@@ -458,7 +347,7 @@ async def connect(
     try:
         secret = await choice.first()
     except CredentialError as exc:  # the message names the credential, never its value
-        raise UpstreamUnavailable(f"{_where(resource)}: {exc}") from None
+        raise UpstreamUnavailable(f"{address(resource)}: {exc}") from None
     while True:
         login = _Login(resource, ctx, secret, startup)
         try:
@@ -491,19 +380,19 @@ async def cancel(resource: PostgresResource, pid: int, secret: bytes) -> None:
     UpstreamUnavailable when the server cannot be reached; the server never answers
     whether a query was cancelled.
     """
-    where = _where(resource)
+    where = address(resource)
     try:
         async with asyncio.timeout(resource.connect_timeout):
-            reader, writer = await _open(resource, client_ssl_context(resource))
+            reader, writer = await open_stream(resource, client_ssl_context(resource))
             try:
                 writer.write(codec.cancel_request(pid, secret))
                 await writer.drain()
                 with contextlib.suppress(OSError):  # a TLS peer may close without notify
-                    while await reader.read(_READ_SIZE):
+                    while await reader.read(READ_SIZE):
                         pass
             finally:
                 writer.close()
     except TimeoutError:
         raise UpstreamUnavailable(f"{where}: cancel request timed out") from None
     except OSError as exc:
-        raise UpstreamUnavailable(f"{where}: cancel request: {_describe(exc)}") from None
+        raise UpstreamUnavailable(f"{where}: cancel request: {describe(exc)}") from None
