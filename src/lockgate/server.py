@@ -422,7 +422,7 @@ class Gateway:
         if self.alerts is not None:
             await self.alerts.close()
         self.quotas.close()
-        tracing.shutdown()  # flushes batched spans (a no-op when tracing is off)
+        await asyncio.to_thread(tracing.shutdown)  # flushes batched spans (at most ~5 s)
         if self.control is not None:  # before the broker: dropping roles needs the password
             await self.control.close()
         if self.broker is not None:
