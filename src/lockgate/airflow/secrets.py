@@ -114,12 +114,12 @@ from lockgate.airflow.deferral import (
     unserved_trigger,
     with_trigger_extra,
 )
-from lockgate.airflow.task_try import (  # re-exported: the listener and tests use them here
-    TaskTry,
-    coordinates_of,
-    current_ttl,
-    task_coordinates,
-)
+
+# Re-exported: the listener (plugin.py) and tests reach these through this module.
+from lockgate.airflow.task_try import TaskTry as TaskTry
+from lockgate.airflow.task_try import coordinates_of as coordinates_of
+from lockgate.airflow.task_try import current_ttl
+from lockgate.airflow.task_try import task_coordinates as task_coordinates
 from lockgate.airflow.trace_context import task_traceparent
 
 try:  # Airflow 3 task SDK
