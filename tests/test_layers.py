@@ -40,7 +40,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = "lockgate"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "config", "_log", "_urls", "metrics", "tracing", "tlsgen", "store"}),
+    frozenset(
+        {"errors", "config", "_log", "_urls", "_files", "metrics", "tracing", "tlsgen", "store"}
+    ),
     frozenset({"policy", "identity", "credentials", "audit", "quotas"}),
     frozenset({"gateway"}),
     frozenset({"control", "alerts"}),

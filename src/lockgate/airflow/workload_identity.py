@@ -32,10 +32,11 @@ import base64
 import binascii
 import json
 import os
-import stat
 import time
 from pathlib import Path
 from typing import Protocol
+
+from lockgate._files import FileTooLarge, NotRegularFile, read_regular_file
 
 #: ``spiffe_socket`` value meaning "the socket ``SPIFFE_ENDPOINT_SOCKET`` names".
 SOCKET_FROM_ENV = "env"
@@ -89,25 +90,23 @@ class TokenFile:
         when it is missing and ``missing_ok`` (the kubelet's swap removes the old payload
         directory: a path resolved through the old ``..data`` link finds nothing)."""
         try:
-            # Non-blocking: opening a FIFO waits for a writer otherwise.
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            return read_regular_file(self.path, _MAX_TOKEN_BYTES)
         except FileNotFoundError:
             if missing_ok:
                 return None
             raise WorkloadIdentityUnavailable(
                 f"cannot read {self.describe()}: no such file"
             ) from None
+        except NotRegularFile:
+            raise WorkloadIdentityUnavailable(f"{self.describe()} is not a regular file") from None
+        except FileTooLarge:
+            raise WorkloadIdentityUnavailable(
+                f"{self.describe()} is too large for a token"
+            ) from None
         except OSError as exc:
             raise WorkloadIdentityUnavailable(
                 f"cannot read {self.describe()}: {exc.strerror or type(exc).__name__}"
             ) from None
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise WorkloadIdentityUnavailable(f"{self.describe()} is not a regular file")
-            raw = fh.read(_MAX_TOKEN_BYTES + 1)
-        if len(raw) > _MAX_TOKEN_BYTES:
-            raise WorkloadIdentityUnavailable(f"{self.describe()} is too large for a token")
-        return raw
 
 
 class TokenFileFromEnv:

@@ -22,11 +22,9 @@ Refusals name the HTTP status and Vault's ``errors`` when they are short plain w
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import ssl
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from lockgate._files import read_regular_file
 from lockgate.config import LockgateConfig
 from lockgate.config.credentials import VaultAppRole, VaultJwt, VaultKvCredential
 from lockgate.credentials.federation import AssertionSigner
@@ -349,13 +348,7 @@ class VaultKvReader:
 def _read_secret_id_file(path: Path) -> str:
     """The secret id in ``path``: a regular file only (a FIFO put in its place would hold the
     event loop, and every request with it), of at most :data:`MAX_SECRET_ID_FILE` bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        raw = fh.read(MAX_SECRET_ID_FILE + 1)
-    if len(raw) > MAX_SECRET_ID_FILE:
-        raise ValueError(f"larger than {MAX_SECRET_ID_FILE} bytes")
+    raw = read_regular_file(path, MAX_SECRET_ID_FILE)
     try:
         return raw.decode("utf-8").strip()
     except UnicodeDecodeError:

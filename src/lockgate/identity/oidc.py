@@ -57,10 +57,8 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import os
 import re
 import ssl
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -72,6 +70,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lockgate import _log
+from lockgate._files import read_regular_file
 from lockgate._urls import private_channel
 from lockgate.config import OidcIssuer
 from lockgate.errors import AuthenticationError
@@ -252,7 +251,8 @@ class OidcVerifier:
         """The issuer's verification keys by kid; None when they could not be had."""
         try:
             if conf.jwks_file is not None:
-                doc = _json_object(_read_bounded(conf.jwks_file))
+                # A regular file only: a FIFO put in its place would hold the event loop
+                doc = _json_object(read_regular_file(conf.jwks_file, _MAX_DOC_BYTES))
             else:
                 doc = await self._get_json(await self._jwks_uri(conf), conf)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
@@ -412,19 +412,6 @@ def _spiffe_id(sub: str) -> bool:
         return False
     segments = sub[len(SPIFFE_SCHEME) :].split("/")[1:]
     return not any(segment in (".", "..") for segment in segments)
-
-
-def _read_bounded(path: Path) -> bytes:
-    """A JWKS file's bytes: a regular file only (a FIFO put in its place would hold the
-    event loop, and with it every request), no more than any key set needs."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        raw = fh.read(_MAX_DOC_BYTES + 1)
-    if len(raw) > _MAX_DOC_BYTES:
-        raise ValueError("document too large")
-    return raw
 
 
 def _stamp(path: Path) -> _FileStamp | None:
