@@ -1,0 +1,198 @@
+"""``lockgate policy suggest | unused``: least privilege from the audit trail.
+
+    lockgate policy suggest --dag D [--since 30d] [--deployment P] [--out DIR]
+    lockgate policy unused [--since 30d] [--deployment P] [--json]
+
+Both read the audit trail as ``audit search`` does (this machine's ``data_dir/audit.db``;
+with ``state: postgresql`` the shared trail of every replica, ``--local``: this replica's
+chain) and hand the rows, streamed, to :mod:`lockgate.policy.suggest` and
+:mod:`lockgate.policy.usage`. Nothing here writes a record or creates a database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lockgate._cli_state import add_command
+from lockgate._cli_state import config_from as _config
+
+if TYPE_CHECKING:
+    from lockgate._cli_state import Subcommands
+    from lockgate.config import LockgateConfig
+
+#: The record fields the suggestion and the usage report read.
+FIELDS = ("event", "ts", "deployment", "dag_id", "task_id", "run_id", "principal", "resource",
+          "action", "object", "decision", "rule")  # fmt: skip
+_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: Rows fetched per round trip while streaming.
+_BATCH = 5000
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``30d``, ``12h``, ``2w`` (ago), unix seconds or ISO 8601 -> unix seconds."""
+    now = time.time() if now is None else now
+    if m := _AGO.match(text):
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"bad --since {text!r}: expected a span like 30d or 12h, unix seconds or ISO 8601"
+        ) from None
+    return at.timestamp()
+
+
+def audit_rows(
+    cfg: LockgateConfig, *, dag: str | None, since: float | None, local: bool = False
+) -> Iterator[dict[str, Any]]:
+    """The audit rows of ``dag`` (every DAG: None) at or after ``since``, oldest first, one
+    at a time: a million rows are never all in memory (with shared state, the reader's
+    search answers instead, which holds the window)."""
+    if cfg.state.shared and not local:
+        yield from _shared_rows(cfg, dag, since)
+        return
+    from lockgate.audit import chain
+
+    db_path = cfg.data_dir / "audit.db"
+    if not db_path.exists():
+        return
+    conn = chain.connect(db_path, readonly=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='audit'").fetchone():
+            return
+        clause, args = chain.where({"dag_id": dag}, since)
+        cur = conn.execute(f"SELECT {', '.join(FIELDS)}, detail FROM audit{clause}", args)  # noqa: S608 - constant columns
+        while batch := cur.fetchmany(_BATCH):
+            for values in batch:
+                row = dict(zip(FIELDS, values[:-1], strict=True))
+                # only whether the record follows an "admitted" one matters: no JSON parse
+                row["detail"] = {"ref": True} if '"ref":' in (values[-1] or "") else {}
+                yield row
+    finally:
+        conn.close()
+
+
+def _shared_rows(
+    cfg: LockgateConfig, dag: str | None, since: float | None
+) -> Iterator[dict[str, Any]]:
+    from lockgate.audit import AuditReader
+    from lockgate.state import audit_shipping
+
+    reader = AuditReader(cfg.data_dir / "audit.db", shipping=audit_shipping(cfg))
+    try:
+        for row in reader.search(dag=dag, since=since, limit=sys.maxsize >> 1):
+            yield row.to_dict()
+    finally:
+        reader.close_shared()
+
+
+def cmd_policy_suggest(args: argparse.Namespace) -> int:
+    from lockgate.policy.suggest import suggest
+
+    cfg = _config(args)
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"lockgate: {exc}", file=sys.stderr)
+        return 2
+    rows = audit_rows(cfg, dag=args.dag, since=since, local=args.local)
+    if args.deployment:
+        rows = (r for r in rows if r.get("deployment") == args.deployment)
+    found = suggest(rows, args.dag, min_siblings=args.min_siblings, deep_after=args.deep_after)
+    if args.out is None:
+        print(found.policy_yaml(), end="")
+        print("---\n# policy tests (lockgate policy test FILE)")
+        print(found.tests_yaml(), end="")
+        return 0
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"suggested-{re.sub(r'[^A-Za-z0-9_.-]', '-', args.dag)}"
+    policy_path, tests_path = out / f"{name}.yaml", out / f"{name}.tests.yaml"
+    policy_path.write_text(found.policy_yaml(), encoding="utf-8")
+    tests_path.write_text(found.tests_yaml(), encoding="utf-8")
+    ev = found.evidence
+    print(
+        f"{len(found.rules)} rule(s) from {len(ev.used):,} distinct uses ({len(ev.denied):,} "
+        f"denied asks, not granted): {policy_path}, tests: {tests_path}"
+    )
+    return 0
+
+
+def cmd_policy_unused(args: argparse.Namespace) -> int:
+    from lockgate.policy import load_policy_files
+    from lockgate.policy.usage import format_usage, rule_usage
+
+    cfg = _config(args)
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"lockgate: {exc}", file=sys.stderr)
+        return 2
+    policy_set = load_policy_files(cfg.policy_files(), {r.name for r in cfg.resources})
+    rows = audit_rows(cfg, dag=None, since=since, local=args.local)
+    uses = rule_usage(policy_set, rows, deployment=args.deployment)
+    if args.json:
+        print(json.dumps([u.to_dict() for u in uses], indent=2))
+    else:
+        print(format_usage(uses))
+    return 0
+
+
+def _window_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--since",
+        default="30d",
+        metavar="T",
+        help="records at or after T: a span ago (30d, 12h), unix seconds or ISO 8601 (default 30d)",
+    )
+    sp.add_argument("--deployment", metavar="P", help="only principals of this deployment")
+    sp.add_argument(
+        "--local",
+        action="store_true",
+        help="shared state: this replica's local chain only, not the shared trail",
+    )
+
+
+def add_policy_usage_commands(pol: Subcommands) -> None:
+    """Register ``policy suggest`` and ``policy unused`` under the ``policy`` group."""
+    sp = add_command(
+        pol,
+        "suggest",
+        cmd_policy_suggest,
+        "the smallest rules covering what a DAG was allowed to do, with their policy tests",
+    )
+    sp.add_argument("--dag", required=True, metavar="D", help="DAG id")
+    _window_options(sp)
+    sp.add_argument("--out", type=Path, metavar="DIR", help="write the policy and its tests there")
+    sp.add_argument(
+        "--min-siblings",
+        type=int,
+        default=2,
+        metavar="N",
+        help="objects differing in one id segment needed for a one-segment glob (default 2)",
+    )
+    sp.add_argument(
+        "--deep-after",
+        type=int,
+        default=4,
+        metavar="N",
+        help="distinct depths under one prefix needed for a '**' glob (default 4)",
+    )
+    sp = add_command(
+        pol, "unused", cmd_policy_unused, "allow rules never used in the window, and by whom"
+    )
+    _window_options(sp)
+    sp.add_argument("--json", action="store_true", help="a JSON list, one object per rule")
