@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from lockgate.demo.standins._serving import serve
 from lockgate.demo.standins.entra.resource_trust import EntraTrust, InvalidEntraToken
 
 if TYPE_CHECKING:
@@ -143,9 +144,5 @@ class DemoUpstream:
 async def start_upstream(
     upstream: DemoUpstream, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(upstream.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, bound
+    served = await serve(upstream.app(), port, host=host)
+    return served.runner, served.port

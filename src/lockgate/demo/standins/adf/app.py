@@ -31,6 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
+from lockgate.demo.standins._serving import serve
+
 ARM = "https://management.azure.com"
 _BASE = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourcegroups/(?P<rg>[^/]+)"
@@ -182,10 +184,6 @@ def make_app(adf: FakeAdf) -> web.Application:
 
 
 async def start(adf: FakeAdf, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
-    runner = web.AppRunner(make_app(adf), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    bound = runner.addresses[0][1]
-    adf.base_url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
-    return runner
+    served = await serve(make_app(adf), port, ssl_context)
+    adf.base_url = served.url
+    return served.runner

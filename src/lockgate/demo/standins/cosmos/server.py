@@ -39,6 +39,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from lockgate.demo.standins._serving import serve
 from lockgate.demo.standins.entra.resource_trust import EntraTrust, InvalidEntraToken
 
 from .operations import Executed, operation_of
@@ -427,14 +428,10 @@ async def start_cosmos(
     fake.account_id = account
     app = web.Application(client_max_size=2 * 1024 * 1024)
     app.router.add_route("*", "/{tail:.*}", fake._handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl)
-    await site.start()
-    fake._runner = runner
-    sockets = site._server.sockets  # type: ignore[union-attr]
-    fake.port = sockets[0].getsockname()[1]
-    fake.url = f"{'https' if ssl else 'http'}://{host}:{fake.port}/"
+    served = await serve(app, port, ssl, host)
+    fake._runner = served.runner
+    fake.port = served.port
+    fake.url = f"{served.url}/"
     return fake
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lockgate.demo.standins._serving import serve
 from lockgate.demo.standins.entra.issuer_keys import IssuerKeys
 
 from .federation import TOKEN_EXCHANGE, FederationPolicies, FederationPolicy, Refused
@@ -382,10 +383,6 @@ async def start(
 ) -> tuple[web.AppRunner, int]:
     """Serve ``fake`` on 127.0.0.1 (free port by default; HTTPS with ``ssl_context``);
     returns (runner, port)."""
-    runner = web.AppRunner(fake.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.base_url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
-    return runner, bound
+    served = await serve(fake.app(), port, ssl_context)
+    fake.base_url = served.url
+    return served.runner, served.port

@@ -46,6 +46,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from lockgate.demo.standins._serving import serve
+
 from .federation import (
     ENTRA_EXCHANGE_AUDIENCE,
     MAX_FEDERATED_CREDENTIALS,
@@ -360,10 +362,6 @@ def make_app(entra: FakeEntra) -> web.Application:
 
 async def start(entra: FakeEntra, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
     """Serve on 127.0.0.1 (HTTPS when ``ssl_context``); sets ``entra.base_url``."""
-    runner = web.AppRunner(make_app(entra), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    bound = runner.addresses[0][1]
-    entra.base_url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
-    return runner
+    served = await serve(make_app(entra), port, ssl_context)
+    entra.base_url = served.url
+    return served.runner

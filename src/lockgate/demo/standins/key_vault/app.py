@@ -47,6 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
+from lockgate.demo.standins._serving import serve
 from lockgate.demo.standins.entra import EntraTrust, InvalidEntraToken
 
 AUDIENCE = "https://vault.azure.net"
@@ -300,10 +301,6 @@ def make_app(vault: FakeKeyVault) -> web.Application:
 
 async def start(vault: FakeKeyVault, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
     """Serve on 127.0.0.1 (HTTPS when ``ssl_context``); sets ``vault.base_url``."""
-    runner = web.AppRunner(make_app(vault), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    bound = runner.addresses[0][1]
-    vault.base_url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
-    return runner
+    served = await serve(make_app(vault), port, ssl_context)
+    vault.base_url = served.url
+    return served.runner

@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from lockgate.demo.standins._serving import serve
+
 DATA_DIR = "..data"  # the kubelet's atomic writer: the symlink to the current payload
 JWKS_PATH = "/openid/v1/jwks"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
@@ -256,11 +258,6 @@ def _atomic_write(path: Path, token: str) -> None:
 async def start(issuer: FakeClusterIssuer, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
     """Serve ``issuer``'s discovery and JWKS on 127.0.0.1:``port`` (0: a free one), over TLS
     with ``ssl_context``; sets ``issuer.issuer`` to the URL. Stop with ``runner.cleanup()``."""
-    runner = web.AppRunner(issuer.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    bound = runner.addresses[0][1]
-    scheme = "https" if ssl_context is not None else "http"
-    issuer.issuer = f"{scheme}://127.0.0.1:{bound}"
-    return runner
+    served = await serve(issuer.app(), port, ssl_context)
+    issuer.issuer = served.url
+    return served.runner

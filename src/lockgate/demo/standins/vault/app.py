@@ -50,6 +50,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from lockgate.demo.standins._serving import serve
 from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
 
 LEEWAY = 60  # a jwt role's clock_skew_leeway (default 60 s)
@@ -486,10 +487,6 @@ def make_app(vault: FakeVault) -> web.Application:
 
 async def start(vault: FakeVault, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
     """Serve on 127.0.0.1 (HTTPS when ``ssl_context``); sets ``vault.base_url``."""
-    runner = web.AppRunner(make_app(vault), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    bound = runner.addresses[0][1]
-    vault.base_url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{bound}"
-    return runner
+    served = await serve(make_app(vault), port, ssl_context)
+    vault.base_url = served.url
+    return served.runner
