@@ -28,6 +28,7 @@ per denied ask), so ``lockgate policy test`` passes on the suggestion.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -37,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from lockgate.policy.globs import match_one
+from lockgate.policy.globs import Matcher, match_one
 from lockgate.policy.model import ACTIONS
 
 #: Events that record a request the gateway let through (see the module docstring).
@@ -164,6 +165,7 @@ class SuggestedRule:
     actions: list[str]
     objects: list[Grant]
     seen: Seen
+    _matchers: tuple[Matcher, Matcher] | None = None
 
     @property
     def description(self) -> str:
@@ -172,12 +174,16 @@ class SuggestedRule:
         return "; ".join(parts)
 
     def grants(self, principal: str, resource: str, action: str, obj: str) -> bool:
-        return (
-            resource == self.resource
-            and action in self.actions
-            and match_one(self.principal, principal, "name")
-            and any(match_one(g.pattern, obj, "object") for g in self.objects)
-        )
+        """Whether this rule allows the request (as the engine's matchers would)."""
+        if resource != self.resource or action not in self.actions:
+            return False
+        if self._matchers is None:
+            self._matchers = (
+                Matcher([self.principal], "name"),
+                Matcher([g.pattern for g in self.objects], "object"),
+            )
+        principals, objects = self._matchers
+        return principals(principal) and objects(obj)
 
     def to_spec(self) -> dict[str, Any]:
         return {
@@ -237,7 +243,16 @@ class Suggestion:
         return cases
 
     def tests_yaml(self) -> str:
-        return _dump({"tests": self.tests()})
+        # Written by hand: a case per distinct use can be tens of thousands of flat string
+        # maps, which PyYAML's representer takes seconds over. A JSON string is a valid
+        # YAML double-quoted scalar, so every value stays exact.
+        lines = ["tests:"]
+        for case in self.tests():
+            mark = "  - "
+            for key, value in case.items():
+                lines.append(f"{mark}{key}: {json.dumps(value, ensure_ascii=False)}")
+                mark = "    "
+        return "\n".join(lines) + "\n" if len(lines) > 1 else "tests: []\n"
 
     def denied_asks(self) -> list[tuple[UseKey, Seen]]:
         return sorted(self.evidence.denied.items())
@@ -250,8 +265,12 @@ def _case(
             "object": obj, "expect": expect}  # fmt: skip
 
 
+# libyaml's emitter when PyYAML has it: tens of thousands of test cases dump in a blink
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def _dump(data: object) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def _dag_wide(deployment: str, dag: str) -> str:
