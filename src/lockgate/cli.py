@@ -202,10 +202,15 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_lint(args: argparse.Namespace) -> int:
+    from lockgate.config import HttpResource
     from lockgate.policy import cmd_lint
 
     ps, cfg = _policy_set(args)
-    code, text = cmd_lint(ps, {r.name for r in cfg.resources}, strict=args.strict)
+    # resources naming one upstream: a quota on one name must count the other (quota-alias)
+    upstreams = {r.name: str(r.upstream) for r in cfg.resources if isinstance(r, HttpResource)}
+    code, text = cmd_lint(
+        ps, {r.name for r in cfg.resources}, strict=args.strict, upstreams=upstreams
+    )
     print(text)
     return code
 
