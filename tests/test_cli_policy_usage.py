@@ -106,6 +106,7 @@ def test_suggest_prints_a_policy_and_its_tests(
         (["airflow:prod/finance/load"], ["/orders/*"]),
         (["airflow:prod/finance/report"], ["/summary"]),
     ]
+    assert rules[0]["description"].endswith("allowed so far by everything")
     assert "'/admin': seen 1 time" in policy_text  # asked but denied, shown, not granted
     assert [t["expect"] for t in yaml.safe_load(tests_text)["tests"]].count("deny") == 1
 

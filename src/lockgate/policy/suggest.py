@@ -72,19 +72,23 @@ class Seen:
     first: float = float("inf")
     last: float = float("-inf")
     runs: set[str] = field(default_factory=set)
+    rules: set[str] = field(default_factory=set)  # the rules that decided (when known)
 
-    def add(self, ts: float, run: str | None) -> None:
+    def add(self, ts: float, run: str | None, rule: str | None = None) -> None:
         self.count += 1
         self.first = min(self.first, ts)
         self.last = max(self.last, ts)
         if run:
             self.runs.add(run)
+        if rule:
+            self.rules.add(rule)
 
     def merge(self, other: Seen) -> None:
         self.count += other.count
         self.first = min(self.first, other.first)
         self.last = max(self.last, other.last)
         self.runs |= other.runs
+        self.rules |= other.rules
 
     def describe(self) -> str:
         runs = len(self.runs)
@@ -138,7 +142,7 @@ class Evidence:
         seen = book.get(key)
         if seen is None:
             seen = book[key] = Seen()
-        seen.add(float(row.get("ts") or 0.0), row.get("run_id"))
+        seen.add(float(row.get("ts") or 0.0), row.get("run_id"), row.get("rule"))
 
 
 def collect(rows: Iterable[Mapping[str, Any]], dag: str) -> Evidence:
@@ -171,6 +175,8 @@ class SuggestedRule:
     def description(self) -> str:
         parts = [self.seen.describe()]
         parts += [f"{g.pattern}: {g.why}" for g in self.objects if g.why]
+        if self.seen.rules:
+            parts.append("allowed so far by " + ", ".join(sorted(self.seen.rules)))
         return "; ".join(parts)
 
     def grants(self, principal: str, resource: str, action: str, obj: str) -> bool:
