@@ -15,20 +15,13 @@ import pytest
 from aiohttp import web
 
 from lockgate.audit import AuditReader
-from lockgate.config import parse_config
+from lockgate.demo.standins._serving import serve
 from lockgate.demo.standins.vault import FakeVault
 from lockgate.demo.standins.vault import start as start_vault
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway
 
-POLICY = """\
-rules:
-  - id: etl-reads-api
-    effect: allow
-    principals: ["airflow:prod/etl_*/*"]
-    actions: [read]
-    resources: [orders-api]
-"""
+from ._upstream_gateway import ORDERS_READ, gateway_config, vault_approle_credential
 
 
 @dataclass
@@ -54,38 +47,12 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     api = Api()
     app = web.Application()
     app.router.add_get("/api/{tail:.*}", api.handle)
-    api_runner = web.AppRunner(app, access_log=None)
-    await api_runner.setup()
-    await web.TCPSite(api_runner, "127.0.0.1", 0).start()
-    api_url = f"http://127.0.0.1:{api_runner.addresses[0][1]}"
-    vault = FakeVault(policies={"orders": [("secret/data/orders/*", {"read"})]})
+    api_served = await serve(app)
+    vault = FakeVault(policies=ORDERS_READ)
     vault_runner = await start_vault(vault)
-    role_id, secret_id = vault.add_approle("gateway", policies=["orders"])
-    (tmp_path / "secret-id").write_text(secret_id)
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "p.yaml").write_text(POLICY)
-    cfg = parse_config(
-        {
-            "data_dir": str(tmp_path / "data"),
-            "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-            "deployments": [
-                {"name": "prod", "proof": {"type": "client_secret", "secret_sha256": "0" * 64},
-                 "dags": ["etl_*"]}
-            ],
-            "resources": [
-                {"name": "orders-api", "kind": "http", "upstream": f"{api_url}/api",
-                 "credential": "orders-key"}
-            ],
-            "credentials": [
-                {"name": "orders-key", "type": "vault_kv", "address": vault.base_url,
-                 "path": "orders/api", "ttl": 1,
-                 "auth": {"method": "approle", "role_id": role_id,
-                          "secret_id_file": str(tmp_path / "secret-id")}},
-            ],
-            "policies": [str(tmp_path / "policies" / "*.yaml")],
-        },
-        tmp_path / "lockgate.yaml",
-    )  # fmt: skip
+    cfg = gateway_config(
+        tmp_path, f"{api_served.url}/api", [vault_approle_credential(vault, tmp_path, ttl=1)]
+    )
     gw = Gateway(cfg)
     await gw.start()
     identity = TaskIdentity("prod", "etl_daily", "pull", "hostile-value", 1)
@@ -95,7 +62,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     finally:
         await gw.stop()
         await vault_runner.cleanup()
-        await api_runner.cleanup()
+        await api_served.runner.cleanup()
 
 
 @pytest.mark.parametrize(

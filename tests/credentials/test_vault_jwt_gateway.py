@@ -9,21 +9,15 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from lockgate.config import parse_config
+from lockgate.demo.standins._serving import serve
 from lockgate.demo.standins.vault import FakeVault, JwtRole
 from lockgate.demo.standins.vault import start as start_vault
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway
 
+from ._upstream_gateway import ORDERS_READ, gateway_config
+
 ISSUER = "https://lockgate.example"
-POLICY = """\
-rules:
-  - id: etl-reads-api
-    effect: allow
-    principals: ["airflow:prod/etl_*/*"]
-    actions: [read]
-    resources: [orders-api]
-"""
 
 
 async def test_jwt_login_with_the_gateways_own_key(tmp_path: Path) -> None:
@@ -35,35 +29,19 @@ async def test_jwt_login_with_the_gateways_own_key(tmp_path: Path) -> None:
 
     app = web.Application()
     app.router.add_get("/api/{tail:.*}", api)
-    api_runner = web.AppRunner(app, access_log=None)
-    await api_runner.setup()
-    await web.TCPSite(api_runner, "127.0.0.1", 0).start()
-    api_url = f"http://127.0.0.1:{api_runner.addresses[0][1]}/api"
-    vault = FakeVault(policies={"orders": [("secret/data/orders/*", {"read"})]},
-                      bound_issuer=ISSUER)  # fmt: skip
+    api_served = await serve(app)
+    vault = FakeVault(policies=ORDERS_READ, bound_issuer=ISSUER)
     vault.jwt_roles["lockgate"] = JwtRole(
         bound_audiences=["vault.example"], bound_subject="lockgate:credential:orders-key",
         policies=["orders"],
     )  # fmt: skip
     vault.put("orders/api", {"value": "key-from-vault"})
     vault_runner = await start_vault(vault)
-    (tmp_path / "p.yaml").write_text(POLICY)
-    cfg = parse_config(
-        {
-            "data_dir": str(tmp_path / "data"), "issuer": ISSUER,
-            "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-            "deployments": [{"name": "prod", "dags": ["etl_*"],
-                             "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
-            "resources": [{"name": "orders-api", "kind": "http", "upstream": api_url,
-                           "credential": "orders-key"}],
-            "credentials": [{"name": "orders-key", "type": "vault_kv",
-                             "address": vault.base_url, "path": "orders/api",
-                             "auth": {"method": "jwt", "role": "lockgate",
-                                      "audience": "vault.example"}}],
-            "policies": [str(tmp_path / "p.yaml")],
-        },
-        tmp_path / "lockgate.yaml",
-    )  # fmt: skip
+    credential = {
+        "name": "orders-key", "type": "vault_kv", "address": vault.base_url, "path": "orders/api",
+        "auth": {"method": "jwt", "role": "lockgate", "audience": "vault.example"},
+    }  # fmt: skip
+    cfg = gateway_config(tmp_path, f"{api_served.url}/api", [credential], issuer=ISSUER)
     gw = Gateway(cfg)
     await gw.start()
     try:
@@ -85,4 +63,4 @@ async def test_jwt_login_with_the_gateways_own_key(tmp_path: Path) -> None:
     finally:
         await gw.stop()
         await vault_runner.cleanup()
-        await api_runner.cleanup()
+        await api_served.runner.cleanup()

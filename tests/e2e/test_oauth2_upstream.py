@@ -19,9 +19,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lockgate.config import parse_config
+from lockgate.demo.standins._serving import serve
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway, State
+from tests.credentials._upstream_gateway import gateway_config
 
 CLIENT_ID = "lockgate-gw"
 SCOPE = "api://orders/.default"
@@ -78,34 +79,16 @@ rules:
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[Gateway, EntraLike, Path]]:
     entra = EntraLike(client_secrets={"first-secret"})
-    runner = web.AppRunner(entra.app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "p.yaml").write_text(POLICY)
-    cfg_path = tmp_path / "lockgate.yaml"
-    cfg = parse_config(
-        {
-            "data_dir": str(tmp_path / "data"),
-            "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-            "deployments": [
-                {"name": "prod", "proof": {"type": "client_secret", "secret_sha256": "0" * 64},
-                 "dags": ["etl_*"]}
-            ],
-            "resources": [
-                {"name": "entra-api", "kind": "http", "upstream": f"http://127.0.0.1:{port}/api",
-                 "credential": "entra-app"}
-            ],
-            "credentials": [
-                {"name": "entra-app", "type": "oauth2_client_credentials",
-                 "token_url": f"http://127.0.0.1:{port}/tenant/oauth2/v2.0/token",
-                 "client_id": CLIENT_ID, "scope": SCOPE, "refresh_before": 1}
-            ],
-            "policies": [str(tmp_path / "policies" / "*.yaml")],
-        },
-        cfg_path,
+    served = await serve(entra.app())
+    runner = served.runner
+    credential = {
+        "name": "entra-app", "type": "oauth2_client_credentials",
+        "token_url": f"{served.url}/tenant/oauth2/v2.0/token",
+        "client_id": CLIENT_ID, "scope": SCOPE, "refresh_before": 1,
+    }  # fmt: skip
+    cfg = gateway_config(
+        tmp_path, f"{served.url}/api", [credential],
+        resource="entra-api", credential="entra-app", policy=POLICY,
     )  # fmt: skip
     State(cfg).credentials.set("entra-app", "first-secret")
     gw = Gateway(cfg)
@@ -117,7 +100,9 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[Gateway, EntraLike, Path]
         await runner.cleanup()
 
 
-async def test_gateway_fetches_caches_refreshes_and_rotates_the_upstream_token(setup) -> None:
+async def test_gateway_fetches_caches_refreshes_and_rotates_the_upstream_token(
+    setup: tuple[Gateway, EntraLike, Path],
+) -> None:
     gw, entra, _ = setup
     token = gw.issuer.mint(TaskIdentity("prod", "etl_daily", "pull", "r1", 1), "entra-api", 300)[0]
     url = f"http://127.0.0.1:{gw.http_port}/entra-api/items"

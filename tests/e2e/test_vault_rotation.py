@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lockgate.config import parse_config
+from lockgate.demo.standins._serving import serve
 from lockgate.demo.standins.entra import EntraTrust, FakeEntra
 from lockgate.demo.standins.entra import start as start_entra
 from lockgate.demo.standins.key_vault import FakeKeyVault
@@ -35,20 +35,17 @@ from lockgate.demo.standins.vault import FakeVault
 from lockgate.demo.standins.vault import start as start_vault
 from lockgate.identity import TaskIdentity
 from lockgate.server import Gateway, State
+from tests.credentials._upstream_gateway import (
+    ORDERS_READ,
+    gateway_config,
+    vault_approle_credential,
+)
 
 pytestmark = pytest.mark.slow
 
 TTL, OVERLAP = 1, 4
 #: The engines' secret cache (about a second) and a tick on top of the vault's ttl.
 PICKUP_SLACK = 2.5
-POLICY = """\
-rules:
-  - id: etl-reads-api
-    effect: allow
-    principals: ["airflow:prod/etl_*/*"]
-    actions: [read]
-    resources: [orders-api]
-"""
 
 
 @dataclass
@@ -73,14 +70,6 @@ class Rotation:
         raise NotImplementedError
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-
 @pytest.fixture(params=["azure_key_vault", "vault_kv"])
 async def stack(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -89,8 +78,8 @@ async def stack(
     app = web.Application()
     app.router.add_get("/api/{tail:.*}", api.handle)
     runners: list[web.AppRunner] = []
-    api_runner, api_url = await _serve(app)
-    runners.append(api_runner)
+    api_served = await serve(app)
+    runners.append(api_served.runner)
     credentials: list[dict[str, Any]]
     stored: dict[str, str] = {}
     if request.param == "azure_key_vault":
@@ -113,40 +102,15 @@ async def stack(
         ]  # fmt: skip
         stored["kv-reader"] = "gw-app-secret"
     else:
-        vault = FakeVault(policies={"orders": [("secret/data/orders/*", {"read"})]})
+        vault = FakeVault(policies=ORDERS_READ)
         runners.append(await start_vault(vault))
-        role_id, secret_id = vault.add_approle("gateway", policies=["orders"])
-        (tmp_path / "secret-id").write_text(secret_id)
         vault.put("orders/api", {"value": "key-one"})
 
         async def rotate(value: str) -> None:
             vault.put("orders/api", {"value": value})
 
-        credentials = [
-            {"name": "orders-key", "type": "vault_kv", "address": vault.base_url,
-             "path": "orders/api", "ttl": TTL, "overlap": OVERLAP,
-             "auth": {"method": "approle", "role_id": role_id,
-                      "secret_id_file": str(tmp_path / "secret-id")}},
-        ]  # fmt: skip
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "p.yaml").write_text(POLICY)
-    cfg = parse_config(
-        {
-            "data_dir": str(tmp_path / "data"),
-            "listeners": {"control": {"port": 0}, "http": {"port": 0}},
-            "deployments": [
-                {"name": "prod", "proof": {"type": "client_secret", "secret_sha256": "0" * 64},
-                 "dags": ["etl_*"]}
-            ],
-            "resources": [
-                {"name": "orders-api", "kind": "http", "upstream": f"{api_url}/api",
-                 "credential": "orders-key"}
-            ],
-            "credentials": credentials,
-            "policies": [str(tmp_path / "policies" / "*.yaml")],
-        },
-        tmp_path / "lockgate.yaml",
-    )  # fmt: skip
+        credentials = [vault_approle_credential(vault, tmp_path, ttl=TTL, overlap=OVERLAP)]
+    cfg = gateway_config(tmp_path, f"{api_served.url}/api", credentials)
     for name, value in stored.items():
         State(cfg).credentials.set(name, value)
     gw = Gateway(cfg)
