@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from lockgate.policy import Request, parse_policy_texts, run_policy_tests
 from lockgate.policy.suggest import Suggestion, generalise, looks_like_id, suggest
@@ -191,3 +192,12 @@ def test_rows_are_streamed_not_held() -> None:
     (rule,) = found.rules
     assert rule.to_spec()["objects"] == ["/orders/*"]
     assert "seen 20,000 times across 7 runs" in rule.description
+
+
+def test_tests_file_keeps_every_value_exact(tmp_path: Path) -> None:
+    odd = ['/a"b', "/ü/x: y", "/tab\there", "/#not-a-comment", 'ks."T"']
+    found = suggest([row("a", o) for o in odd], "finance")
+    cases = yaml.safe_load(found.tests_yaml())["tests"]
+    assert sorted(c["object"] for c in cases) == sorted(odd)
+    checked(found, tmp_path)
+    assert yaml.safe_load(suggest([], "finance").tests_yaml()) == {"tests": []}

@@ -28,12 +28,12 @@ per denied ask), so ``lockgate policy test`` passes on the suggestion.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _quoted  # JSON string, C speed
 from typing import Any
 
 import yaml
@@ -256,7 +256,7 @@ class Suggestion:
         for case in self.tests():
             mark = "  - "
             for key, value in case.items():
-                lines.append(f"{mark}{key}: {json.dumps(value, ensure_ascii=False)}")
+                lines.append(f"{mark}{key}: {_quoted(value)}")
                 mark = "    "
         return "\n".join(lines) + "\n" if len(lines) > 1 else "tests: []\n"
 
