@@ -99,16 +99,24 @@ def _shared_rows(
         reader.close_shared()
 
 
-def cmd_policy_suggest(args: argparse.Namespace) -> int:
-    from lockgate.policy.suggest import suggest
-
-    cfg = _config(args)
+def _window_rows(
+    args: argparse.Namespace, cfg: LockgateConfig, dag: str | None
+) -> Iterator[dict[str, Any]] | None:
+    """The rows of ``--since``'s window, or None (said on stderr) when it is not a time."""
     try:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
         print(f"lockgate: {exc}", file=sys.stderr)
+        return None
+    return audit_rows(cfg, dag=dag, since=since, local=args.local)
+
+
+def cmd_policy_suggest(args: argparse.Namespace) -> int:
+    from lockgate.policy.suggest import suggest
+
+    rows = _window_rows(args, _config(args), args.dag)
+    if rows is None:
         return 2
-    rows = audit_rows(cfg, dag=args.dag, since=since, local=args.local)
     if args.deployment:
         rows = (r for r in rows if r.get("deployment") == args.deployment)
     found = suggest(rows, args.dag, min_siblings=args.min_siblings, deep_after=args.deep_after)
@@ -136,13 +144,10 @@ def cmd_policy_unused(args: argparse.Namespace) -> int:
     from lockgate.policy.usage import format_usage, rule_usage
 
     cfg = _config(args)
-    try:
-        since = parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        print(f"lockgate: {exc}", file=sys.stderr)
-        return 2
     policy_set = load_policy_files(cfg.policy_files(), {r.name for r in cfg.resources})
-    rows = audit_rows(cfg, dag=None, since=since, local=args.local)
+    rows = _window_rows(args, cfg, None)
+    if rows is None:
+        return 2
     uses = rule_usage(policy_set, rows, deployment=args.deployment)
     if args.json:
         print(json.dumps([u.to_dict() for u in uses], indent=2))
