@@ -28,5 +28,6 @@ def bearer_upstream() -> Iterator[BearerUpstream]:
         up.stop()
 
 
-# The real PostgreSQL server fixtures (pg_server, pg_server_factory) for every test package.
-pytest_plugins = ["tests.pgserver.fixtures"]
+# For every test package: the real PostgreSQL server fixtures (pg_server, pg_server_factory)
+# and real tracing recorded in memory (spans).
+pytest_plugins = ["tests.pgserver.fixtures", "tests.tracing_helpers"]

@@ -4,7 +4,6 @@ request spans belong to the trace the task's backend sent (read from the task's 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from lockgate import tracing
-from lockgate.config.tracing import TracingSettings
 from lockgate.demo.run import run_dags
 from lockgate.demo.stack import LocalStack
 
@@ -20,17 +18,6 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 # The backend's log line of each minted token names the trace it sent.
 MINTED = re.compile(r"Lockgate token minted for conn_id (\S+) as (\S+) .*?trace ([0-9a-f]{32})\)")
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Tracing on in this process, where the stack's gateway runs (its own thread)."""
-    exporter = InMemorySpanExporter()
-    tracing.configure(TracingSettings(enabled=True), service_instance="e2e", exporter=exporter)
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
 
 
 def test_the_gateways_spans_join_the_tasks_trace(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,9 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lockgate import metrics, tracing
-from lockgate.config.tracing import TracingSettings
 from lockgate.gateway.cql import codec
 from lockgate.identity import TaskIdentity, TokenIssuer
+from tests.tracing_helpers import PARENT_SPAN, SAMPLED, TRACE_ID
 
 from .engine_stack import RawClient, Stack, connect, cql_context, stack_fixture
 from .quota_gate import FakeGate, RecordingSpan, eventually
@@ -244,22 +244,10 @@ async def test_a_prepare_asks_no_quota_its_executes_do(stack: Stack) -> None:
 
 
 # -- the real tracing: spans of a statement, children of the token's traceparent -------------
-TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-PARENT_SPAN = "b7ad6b7169203331"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.configure(TracingSettings(enabled=True), service_instance="t", exporter=exporter)
-    yield exporter
-    tracing.shutdown()
-
-
 def traced_token(stack: Stack) -> str:
     issuer = TokenIssuer(stack.gw.state.keys, stack.gw.config.issuer_url)
     identity = TaskIdentity("prod", "etl", "load", "run-1", 1)
-    return issuer.mint(identity, "cass", 900, traceparent=f"00-{TRACE_ID}-{PARENT_SPAN}-01")[0]
+    return issuer.mint(identity, "cass", 900, traceparent=SAMPLED)[0]
 
 
 async def test_statement_spans_join_the_tasks_trace(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,10 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lockgate import metrics, tracing
-from lockgate.config.tracing import TracingSettings
 from lockgate.identity import TaskIdentity, TokenIssuer
 from tests.gateway.cql.quota_gate import FakeGate, RecordingSpan, eventually
 from tests.pgserver import PgServer
+from tests.tracing_helpers import PARENT_SPAN, SAMPLED, TRACE_ID
 
 from .stack import POLICY, RESOURCE, PgStack, pg_stack
 
@@ -210,24 +210,12 @@ async def test_policy_quotas_sessions_cap_and_paced_writes(stack: PgStack) -> No
     assert [r.detail["kind"] for r in stack.audit("throttled")] == ["sessions"]
 
 
-TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
-PARENT_SPAN = "b7ad6b7169203331"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.configure(TracingSettings(enabled=True), service_instance="t", exporter=exporter)
-    yield exporter
-    tracing.shutdown()
-
-
 async def test_statement_spans_join_the_tasks_trace(
     stack: PgStack, spans: InMemorySpanExporter
 ) -> None:
     issuer = TokenIssuer(stack.gw.state.keys, stack.gw.config.issuer_url)
     identity = TaskIdentity("prod", "etl", "load", "run-1", 1)
-    token = issuer.mint(identity, RESOURCE, 900, traceparent=f"00-{TRACE_ID}-{PARENT_SPAN}-01")[0]
+    token = issuer.mint(identity, RESOURCE, 900, traceparent=SAMPLED)[0]
     conn = await psycopg.AsyncConnection.connect(stack.dsn(token), autocommit=True)
     try:
         await conn.execute("INSERT INTO sales.orders VALUES (80, 'hunter2', 1)")
