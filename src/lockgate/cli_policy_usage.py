@@ -133,7 +133,7 @@ def cmd_policy_suggest(args: argparse.Namespace) -> int:
     tests_path.write_text(found.tests_yaml(), encoding="utf-8")
     ev = found.evidence
     print(
-        f"{len(found.rules)} rule(s) from {len(ev.used):,} distinct uses ({len(ev.denied):,} "
+        f"{len(found.rules)} rule(s) from {len(ev.used):,} distinct uses ({len(found.denied_asks()):,} "
         f"denied asks, not granted): {policy_path}, tests: {tests_path}"
     )
     return 0

@@ -201,3 +201,12 @@ def test_tests_file_keeps_every_value_exact(tmp_path: Path) -> None:
     assert sorted(c["object"] for c in cases) == sorted(odd)
     checked(found, tmp_path)
     assert yaml.safe_load(suggest([], "finance").tests_yaml()) == {"tests": []}
+
+
+def test_an_ask_also_allowed_at_another_time_is_a_use(tmp_path: Path) -> None:
+    rows = [row("a", "/orders/1"), row("a", "/orders/2")]
+    rows.append(row("a", "/orders/1", event="denied", decision="deny"))  # e.g. token revoked
+    found = suggest(rows, "finance")
+    assert found.policy()["rules"][0]["objects"] == ["/orders/*"]
+    assert found.denied_asks() == [] and "Asked but denied" not in found.policy_yaml()
+    checked(found, tmp_path)

@@ -144,6 +144,10 @@ class Evidence:
             seen = book[key] = Seen()
         seen.add(float(row.get("ts") or 0.0), row.get("run_id"), row.get("rule"))
 
+    def only_denied(self) -> list[tuple[UseKey, Seen]]:
+        """The denied asks never allowed at another time, in order."""
+        return sorted((k, s) for k, s in self.denied.items() if k not in self.used)
+
 
 def collect(rows: Iterable[Mapping[str, Any]], dag: str) -> Evidence:
     evidence = Evidence(dag)
@@ -216,7 +220,7 @@ class Suggestion:
         head = (
             f"# Suggested from observed use of DAG {self.dag}: "
             f"{len(self.evidence.used)} distinct uses, "
-            f"{len(self.evidence.denied)} denied asks (not granted).\n"
+            f"{len(self.denied_asks())} denied asks (not granted).\n"
         )
         if not self.rules:
             head += "# Nothing was allowed in the window: no rule to suggest.\n"
@@ -242,7 +246,7 @@ class Suggestion:
             if rule is not None:
                 case["rule"] = rule.id
             cases.append(case)
-        for (dep, task, resource, action, obj), seen in sorted(self.evidence.denied.items()):
+        for (dep, task, resource, action, obj), seen in self.denied_asks():
             principal = f"airflow:{dep}/{self.dag}/{task}"
             name = f"asked but denied: {task} {action} {resource} {obj} ({seen.count:,}x)"
             cases.append(_case(name, principal, action, resource, obj, "deny"))
@@ -261,7 +265,9 @@ class Suggestion:
         return "\n".join(lines) + "\n" if len(lines) > 1 else "tests: []\n"
 
     def denied_asks(self) -> list[tuple[UseKey, Seen]]:
-        return sorted(self.evidence.denied.items())
+        """Requests only ever denied: one also allowed at another time (a revoked token, a
+        time window) is a use, and granted as one."""
+        return self.evidence.only_denied()
 
 
 def _case(
@@ -365,7 +371,7 @@ def suggest(
     for (dep, task, res, act, obj), seen in evidence.used.items():
         used[(dep, task, res, act)][obj] = seen
     refused: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
-    for dep, task, res, act, obj in evidence.denied:
+    for (dep, task, res, act, obj), _seen in evidence.only_denied():
         refused[(dep, task, res, act)].append(obj)
     # per task: (deployment, resource, action) -> grants
     per_task: dict[tuple[str, str], dict[tuple[str, str], tuple[Grant, ...]]] = defaultdict(dict)
