@@ -131,10 +131,10 @@ def cmd_policy_suggest(args: argparse.Namespace) -> int:
     policy_path, tests_path = out / f"{name}.yaml", out / f"{name}.tests.yaml"
     policy_path.write_text(found.policy_yaml(), encoding="utf-8")
     tests_path.write_text(found.tests_yaml(), encoding="utf-8")
-    ev = found.evidence
+    uses, asks = len(found.evidence.used), len(found.denied_asks())
     print(
-        f"{len(found.rules)} rule(s) from {len(ev.used):,} distinct uses ({len(found.denied_asks()):,} "
-        f"denied asks, not granted): {policy_path}, tests: {tests_path}"
+        f"{len(found.rules)} rule(s) from {uses:,} distinct uses ({asks:,} denied asks, "
+        f"not granted): {policy_path}, tests: {tests_path}"
     )
     return 0
 
