@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lockgate.policy import Request, parse_policy_texts, run_policy_tests
+from lockgate.policy import Request, lint, parse_policy_texts, run_policy_tests
 from lockgate.policy.suggest import Suggestion, generalise, looks_like_id, suggest
 
 DAY = 86400.0
@@ -38,8 +38,9 @@ def row(
 
 
 def checked(found: Suggestion, tmp_path: Path) -> None:
-    """The suggestion loads with the real loader and passes its own tests."""
+    """The suggestion loads with the real loader, lints clean and passes its own tests."""
     policy_set = parse_policy_texts([("suggested.yaml", found.policy_yaml())], {"api", "db"})
+    assert [str(f) for f in lint(policy_set, {"api", "db"})] == []
     tests = tmp_path / "suggested.tests.yaml"
     tests.write_text(found.tests_yaml())
     results = run_policy_tests(policy_set, tests)
