@@ -4,7 +4,7 @@ port unless told one, over TLS when given a context. Every HTTP stand-in starts 
 from __future__ import annotations
 
 import ssl
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from aiohttp import web
 
@@ -33,4 +33,19 @@ async def serve(
     return Serving(runner, bound, f"{scheme}://{host}:{bound}")
 
 
-__all__ = ["Serving", "serve"]
+class StandIn(Protocol):
+    """A stand-in that answers at the URL it is told (its discovery documents name it)."""
+
+    base_url: str
+
+
+async def serve_stand_in(
+    stand_in: StandIn, app: web.Application, port: int, ssl_context: ssl.SSLContext | None
+) -> web.AppRunner:
+    """Serve ``stand_in``'s ``app`` on 127.0.0.1 (see :func:`serve`) and tell it its URL."""
+    served = await serve(app, port, ssl_context)
+    stand_in.base_url = served.url
+    return served.runner
+
+
+__all__ = ["Serving", "StandIn", "serve", "serve_stand_in"]

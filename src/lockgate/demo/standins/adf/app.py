@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lockgate.demo.standins._serving import serve
+from lockgate.demo.standins._serving import serve_stand_in
 
 ARM = "https://management.azure.com"
 _BASE = re.compile(
@@ -184,6 +184,4 @@ def make_app(adf: FakeAdf) -> web.Application:
 
 
 async def start(adf: FakeAdf, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
-    served = await serve(make_app(adf), port, ssl_context)
-    adf.base_url = served.url
-    return served.runner
+    return await serve_stand_in(adf, make_app(adf), port, ssl_context)

@@ -46,7 +46,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from lockgate.demo.standins._serving import serve
+from lockgate.demo.standins._serving import serve_stand_in
 
 from .federation import (
     ENTRA_EXCHANGE_AUDIENCE,
@@ -362,6 +362,4 @@ def make_app(entra: FakeEntra) -> web.Application:
 
 async def start(entra: FakeEntra, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
     """Serve on 127.0.0.1 (HTTPS when ``ssl_context``); sets ``entra.base_url``."""
-    served = await serve(make_app(entra), port, ssl_context)
-    entra.base_url = served.url
-    return served.runner
+    return await serve_stand_in(entra, make_app(entra), port, ssl_context)

@@ -47,7 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lockgate.demo.standins._serving import serve
+from lockgate.demo.standins._serving import serve_stand_in
 from lockgate.demo.standins.entra import EntraTrust, InvalidEntraToken
 
 AUDIENCE = "https://vault.azure.net"
@@ -301,6 +301,4 @@ def make_app(vault: FakeKeyVault) -> web.Application:
 
 async def start(vault: FakeKeyVault, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
     """Serve on 127.0.0.1 (HTTPS when ``ssl_context``); sets ``vault.base_url``."""
-    served = await serve(make_app(vault), port, ssl_context)
-    vault.base_url = served.url
-    return served.runner
+    return await serve_stand_in(vault, make_app(vault), port, ssl_context)

@@ -50,7 +50,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from lockgate.demo.standins._serving import serve
+from lockgate.demo.standins._serving import serve_stand_in
 from lockgate.demo.standins.entra.issuer_keys import IssuerKeyError, IssuerKeys, verify_signature
 
 LEEWAY = 60  # a jwt role's clock_skew_leeway (default 60 s)
@@ -487,6 +487,4 @@ def make_app(vault: FakeVault) -> web.Application:
 
 async def start(vault: FakeVault, port: int = 0, ssl_context: Any = None) -> web.AppRunner:
     """Serve on 127.0.0.1 (HTTPS when ``ssl_context``); sets ``vault.base_url``."""
-    served = await serve(make_app(vault), port, ssl_context)
-    vault.base_url = served.url
-    return served.runner
+    return await serve_stand_in(vault, make_app(vault), port, ssl_context)
