@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,9 @@ import yaml
 from lockgate._cli_state import add_global_options, add_group
 from lockgate.audit import AuditLog, AuditRecord
 from lockgate.cli_policy_usage import add_policy_usage_commands, parse_since
+from lockgate.config import PostgresStateSettings, load_config
 from lockgate.policy import load_policy_files, run_policy_tests
+from lockgate.state import State
 
 from ._gateway_process import (
     RESOURCE,
@@ -196,3 +201,41 @@ def test_oracle_suggested_policy_serves_what_was_done_and_nothing_unseen(
     finally:
         gw.state.close()
         upstream.stop()
+
+
+def test_shared_state_reads_the_shared_trail_or_the_local_chain(
+    tmp_path: Path,
+    pg_state: Callable[..., PostgresStateSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LOCKGATE_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
+    path = tmp_path / "lockgate.yaml"
+    settings = pg_state(replica_id="gw-1")
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "state": {"postgresql": settings.model_dump(mode="json")},
+            }
+        )
+    )
+    st = State(load_config(path))
+    try:
+        log = st.audit_log()
+
+        async def write_all() -> None:
+            for n in (1, 2):
+                await log.write(record("load", f"/orders/{n}"))
+
+        try:
+            asyncio.run(write_all())
+        finally:
+            log.close()
+    finally:
+        st.close()
+    for local in ((), ("--local",)):
+        capsys.readouterr()
+        assert run("-c", str(path), "policy", "suggest", "--dag", "finance", *local) == 0
+        rules = yaml.safe_load(capsys.readouterr().out.split("\n---\n")[0])["rules"]
+        assert [r["objects"] for r in rules] == [["/orders/*"]], local
