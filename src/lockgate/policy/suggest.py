@@ -167,6 +167,8 @@ class Grant:
 
 @dataclass(slots=True)
 class SuggestedRule:
+    """One allow rule of a suggestion: a principal, a resource, its actions and objects."""
+
     id: str
     principal: str
     resource: str
@@ -209,6 +211,8 @@ class SuggestedRule:
 
 @dataclass(slots=True)
 class Suggestion:
+    """The rules suggested for ``dag`` and the evidence they stand on."""
+
     dag: str
     rules: list[SuggestedRule]
     evidence: Evidence
@@ -217,14 +221,13 @@ class Suggestion:
         return {"rules": [r.to_spec() for r in self.rules]}
 
     def policy_yaml(self) -> str:
+        asks = self.denied_asks()
         head = (
             f"# Suggested from observed use of DAG {self.dag}: "
-            f"{len(self.evidence.used)} distinct uses, "
-            f"{len(self.denied_asks())} denied asks (not granted).\n"
+            f"{len(self.evidence.used)} distinct uses, {len(asks)} denied asks (not granted).\n"
         )
         if not self.rules:
             head += "# Nothing was allowed in the window: no rule to suggest.\n"
-        asks = self.denied_asks()
         if asks:
             head += "# Asked but denied (never granted here; decide by hand):\n"
         for (dep, task, resource, action, obj), seen in asks[:_SHOWN_ASKS]:
@@ -238,11 +241,22 @@ class Suggestion:
         """One allow per observed use (with the rule that should decide it: the first that
         matches, as the engine picks), one deny per denied ask."""
         cases: list[dict[str, Any]] = []
+        candidates: dict[tuple[str, str], list[SuggestedRule]] = defaultdict(list)
+        for r in self.rules:  # in order: the first that matches decides
+            for action in r.actions:
+                candidates[(r.resource, action)].append(r)
         for (dep, task, resource, action, obj), seen in sorted(self.evidence.used.items()):
             principal = f"airflow:{dep}/{self.dag}/{task}"
             name = f"{task} {action} {resource} {obj} ({seen.count:,}x)"
             case = _case(name, principal, action, resource, obj, "allow")
-            rule = next((r for r in self.rules if r.grants(principal, resource, action, obj)), None)
+            rule = next(
+                (
+                    r
+                    for r in candidates[(resource, action)]
+                    if r.grants(principal, resource, action, obj)
+                ),
+                None,
+            )
             if rule is not None:
                 case["rule"] = rule.id
             cases.append(case)
