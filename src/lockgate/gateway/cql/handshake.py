@@ -24,6 +24,13 @@ Rules:
   the limit, audited ``throttled`` (action ``connect``), and the connection closes. The
   slot is :attr:`Authenticated.quota`, given back when the session ends (or the login fails
   after it was taken).
+* The upstream login (:func:`.upstream.login`) follows a rotation of the gateway's
+  credential: a password the cluster refuses is tried once more with the version the
+  rotation's overlap allows. A login that got in after a refusal or with another version
+  than the current one is audited ``allowed`` (action ``connect``, reason
+  ``credential_rotation``, detail: the credential, the version that logged in, the current
+  one and the one refused, if any); one refused with every version is ``upstream_error``
+  whose detail names the credential and the refused versions. Never a value.
 * A login whose resource is removed or changed while it is under way (the credential, the
   upstream connection and the view catalog are awaited) is refused ``resource_removed`` or
   ``resource_changed``, like the sessions the engine ends for that change: it would
@@ -144,10 +151,7 @@ async def _open(
 ) -> Authenticated | None:
     """Open the upstream connection for a verified login, then accept it; None: refused."""
     try:
-        secret = await ctx.secrets.get(resource.credential)
-        if secret is None:
-            raise UpstreamUnavailable(f"credential {resource.credential!r} has no value")
-        link = await upstream.connect(resource, secret.value)
+        link = await upstream.login(resource, ctx.secrets)
         if ctx.views.stale(resource.name):
             try:
                 await ctx.views.refresh(resource.name, link, generation=views_generation)
@@ -170,7 +174,7 @@ async def _open(
             action="connect",
             decision="error",
             reason="upstream_unavailable",
-            detail={"error": str(exc)[:1000]},
+            detail=_unavailable_detail(exc),
             status=codec.ERR_SERVER,
         )
         return None
@@ -201,7 +205,36 @@ async def _open(
         )  # fmt: skip
         return None
     io.write(login.accept())
+    if link.rotation_under_way:
+        _record_rotation(ctx, claims, resource, link, t0)
     return Authenticated(resource, claims, token, link)
+
+
+def _unavailable_detail(exc: UpstreamUnavailable) -> dict[str, object]:
+    """What an ``upstream_error`` login record says: the error (no secret in it) and, when
+    the cluster refused the password, the credential and the versions it refused."""
+    detail: dict[str, object] = {"error": str(exc)[:1000]}
+    if isinstance(exc, upstream.CredentialVersionsRefused):
+        detail["credential_name"] = exc.credential
+        detail["refused_versions"] = list(exc.versions)
+    return detail
+
+
+def _record_rotation(
+    ctx: EngineContext, claims: Any, resource: CqlResource, link: upstream.UpstreamLink, t0: float
+) -> None:
+    """A login the cluster took with another version than the current one, or only after
+    refusing one (a rotation under way): audited with the version numbers, never a value."""
+    ctx.record(
+        "allowed", claims, resource.name, t0, action="connect", decision="allow",
+        reason="credential_rotation",
+        detail={
+            "credential_name": resource.credential,
+            "version": link.credential_version,
+            "current_version": link.current_version,
+            "refused_version": link.refused_version,
+        },
+    )  # fmt: skip
 
 
 def _refuse(
