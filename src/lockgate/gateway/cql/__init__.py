@@ -5,7 +5,7 @@
   catalog live. :mod:`.context` is what its sessions share. :mod:`.session` (with :mod:`.judge` and
   :mod:`.answers`, its two halves), :mod:`.handshake`, :mod:`.upstream`, :mod:`.holds`,
   :mod:`.statements` and :mod:`.rewrite` are its parts; :mod:`.pacing` (quotas and spans
-  of statements) and :mod:`.quota` (asking the quota gate, shared with PostgreSQL) too.
+  of statements, asking the gate through :mod:`lockgate.quotas.engines`) too.
 * :mod:`lockgate.gateway.cql.codec` — sans-I/O protocol v4 frame codec (bytes in, events out).
 * :mod:`lockgate.gateway.cql.classify` — CQL statement → ``(action, object)`` targets for policy.
   Its lexer (:mod:`.lexer`) is written from Cassandra's Lexer.g; :mod:`.redact` hides

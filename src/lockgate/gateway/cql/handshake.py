@@ -47,10 +47,10 @@ from typing import Any, Protocol
 from lockgate.config import CqlResource
 from lockgate.errors import AuthenticationError, UpstreamUnavailable
 from lockgate.quotas import NO_TICKET, THROTTLED, QuotaTicket, Throttled
+from lockgate.quotas.engines import count_throttled, settle, throttled_detail, throttled_message
 
 from . import codec, upstream
 from .context import AUTHENTICATOR, SUPPORTED_OPTIONS, EngineContext
-from .quota import count_throttled, settle, throttled_detail, throttled_message
 
 
 @dataclass(slots=True)

@@ -34,6 +34,10 @@ from lockgate import _log, tracing
 from lockgate.errors import AuditUnavailable, AuthenticationError
 from lockgate.gateway.engine import policy_request
 from lockgate.quotas import NO_QUOTAS, QuotaTicket, Throttled
+from lockgate.quotas.engines import (
+    admit_each,
+    release_all,
+)
 
 from . import codec
 from .classify import Target
@@ -41,10 +45,6 @@ from .context import EngineContext
 from .handshake import Authenticated
 from .holds import UseHold
 from .pacing import StatementQuotas
-from .quota import (
-    admit_each,
-    release_all,
-)
 from .statements import CACHE_TEXT_MAX, Plan, PreparedEntry, execute_plan, plan_for
 from .views import with_view_bases
 

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 
 from lockgate import _log, tracing
 from lockgate.quotas import THROTTLED, QuotaTicket, Throttled
+from lockgate.quotas.engines import Answer, count_throttled, throttled_detail, throttled_message
 
 from . import codec
 from .classify import ANY_OBJECT
-from .quota import Answer, count_throttled, throttled_detail, throttled_message
 
 if TYPE_CHECKING:
     from .context import EngineContext

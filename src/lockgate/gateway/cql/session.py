@@ -33,6 +33,7 @@ from typing import Any
 from lockgate import _log
 from lockgate.errors import AuditUnavailable
 from lockgate.quotas import NO_TICKET, QuotaTicket
+from lockgate.quotas.engines import release_all
 
 from . import codec
 from .answers import READ_SIZE, AnswerRelay
@@ -40,7 +41,6 @@ from .context import PRE_AUTH_MAX_FRAME_BYTES, EngineContext
 from .handshake import Authenticated, handshake
 from .holds import UseHold
 from .judge import Pending, RequestJudging
-from .quota import release_all
 
 log = _log.get("gateway.cql")
 
@@ -134,7 +134,7 @@ class ClientSession(RequestJudging, AnswerRelay):
     async def _close(self) -> None:
         self.holds.drain()  # the client is gone: what waited for a USE is dropped, unjudged
         if self._paced is not None:
-            self._paced.cancel()  # its quota answer is given back (:mod:`.quota`)
+            self._paced.cancel()  # its quota answer is given back (:mod:`lockgate.quotas.engines`)
         for p in self.pending.values():  # unanswered statements give their quota slots back
             p.done(None, "session_ended")
         release_all([self._session_quota])

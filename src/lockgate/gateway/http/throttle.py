@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from lockgate import metrics, tracing
+from lockgate import tracing
 from lockgate.gateway.http import responses
 from lockgate.gateway.http.profiles.hooks import retry_after_seconds
 from lockgate.gateway.refusals import request_line
@@ -35,6 +35,7 @@ from lockgate.quotas import (
     RunSlot,
     Throttled,
 )
+from lockgate.quotas.engines import count_throttled, throttled_detail
 from lockgate.tracing import NO_SPAN, AttributeValue, RequestSpan
 
 if TYPE_CHECKING:
@@ -158,15 +159,10 @@ def throttled_answer(
     )  # fmt: skip
 
 
-def throttled_detail(over: Throttled) -> dict[str, Any]:
-    """The ``throttled`` record's detail: the quota, its kind and the wait asked."""
-    return {"limit": over.limit, "kind": over.kind, "retry_after": round(over.retry_after, 3)}
-
-
 def throttled(records: RecordBuilder, adm: Admitted, over: Throttled, *, close: bool) -> bytes:
     """Count and audit a request over a quota, end its span; the 429 to write."""
     rs, claims = adm.rs, adm.claims
-    metrics.QUOTA_THROTTLED.labels(rs.name, over.limit, over.kind).inc()
+    count_throttled(rs.name, over)
     rs.count(adm.action, "deny", claims.dag_id)
     records.emit(
         THROTTLED, claims, rs.name, adm.t0, action=adm.action, obj=adm.obj, status=429,
@@ -214,5 +210,4 @@ __all__ = [
     "throttled",
     "throttled_answer",
     "throttled_body",
-    "throttled_detail",
 ]

@@ -70,10 +70,10 @@ from typing import TYPE_CHECKING, Any
 
 from lockgate import _log, tracing
 from lockgate.errors import AuditUnavailable
-
-from ..cql.quota import (
+from lockgate.quotas.engines import (
     release_all,
 )
+
 from . import codec
 from .classified import Unplaceable
 from .flow_answers import AnswerRelay

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from lockgate import tracing
 from lockgate.quotas import NO_QUOTAS, THROTTLED, QuotaTicket, Throttled
-
-from ..cql.quota import (
+from lockgate.quotas.engines import (
     Answer,
     admit_each,
     count_throttled,
@@ -28,6 +27,7 @@ from ..cql.quota import (
     throttled_detail,
     throttled_message,
 )
+
 from .judge import Admission, Judge, Refusal, StatementRecord
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ class FlowQuotas:
             done, _ = await asyncio.wait((waiting, watching), return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not waiting.done():
-                waiting.cancel()  # its tickets are given back (:func:`..cql.quota.settle`)
+                # its tickets are given back (:func:`~lockgate.quotas.engines.settle`)
+                waiting.cancel()
             watching.cancel()
             # the client's reader is free again only once the watcher has left its read
             await asyncio.wait((watching,))

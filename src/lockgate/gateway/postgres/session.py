@@ -51,14 +51,14 @@ from dataclasses import dataclass
 from lockgate import _log
 from lockgate.errors import AuditUnavailable, AuthenticationError, UpstreamUnavailable
 from lockgate.quotas import NO_TICKET, THROTTLED, QuotaTicket, Throttled
-
-from ..cql.quota import (
+from lockgate.quotas.engines import (
     count_throttled,
     release_all,
     settle,
     throttled_detail,
     throttled_message,
 )
+
 from . import codec, upstream
 from .catalog import CatalogUnavailable
 from .context import READ_SIZE, UPSTREAM_MAX_MESSAGE_BYTES, EngineContext

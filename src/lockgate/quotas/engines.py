@@ -1,4 +1,5 @@
-"""Asking the quota gate for a session's statements: what the CQL and PostgreSQL engines share.
+"""Asking the quota gate from an engine, and answering a refusal: what the HTTP, CQL and
+PostgreSQL engines share.
 
 A statement may touch several objects (a CQL BATCH over two tables, a PostgreSQL text of
 three statements); each distinct ``(action, object)`` asks :meth:`QuotaGate.admit` once,
@@ -9,8 +10,9 @@ returns the tickets, the first :class:`Throttled` (the tickets already taken are
 back), or an awaitable of either when the gate paces (a quota's ``max_delay``): the engine
 then holds that statement, and only it, until the answer comes.
 
-:func:`throttled_detail` is the audit detail of a refusal, :func:`throttled_message` the
-client's message (it names the limit and when to retry, never the token).
+:func:`throttled_detail` is the audit detail of a refusal, :func:`count_throttled` its
+count, :func:`throttled_message` the client's message (it names the limit and when to
+retry, never the token).
 """
 
 from __future__ import annotations
