@@ -13,6 +13,8 @@ The real gateway (SQLite credential store, audit log) in front of the fake Cassa
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,20 +22,28 @@ from typing import Any
 
 import pytest
 
-from lockgate.demo.standins.cqlserver import CqlServer
+from lockgate.config import load_config
+from lockgate.demo.standins.cqlserver import CqlServer, start_cql_server
+from lockgate.demo.standins.vault import FakeVault
+from lockgate.demo.standins.vault import start as start_vault
 from lockgate.gateway.caches import SecretCache
 from lockgate.gateway.cql import codec, upstream
 from lockgate.gateway.postgres.upstream_credential import forget_refusals
+from lockgate.server import Gateway
 
 from ..fakes import FakeBroker
 from .engine_stack import (
+    CONFIG,
+    POLICY,
     UPSTREAM_PASSWORD,
     UPSTREAM_USER,
     RawClient,
     Stack,
     cql_context,
+    dead_port,
     run_on_fake,
     stack_fixture,
+    stop_stack,
 )
 from .test_engine_live import PASSWORD, cass
 from .test_engine_live import fake as fake
@@ -196,3 +206,62 @@ async def test_no_version_the_node_takes_is_an_auth_failure_naming_versions_only
     with pytest.raises(upstream.CredentialVersionsRefused) as info:
         await upstream.login(cass("one", fake.port), SecretCache(FakeBroker({"pw": ["x-1"]})))
     assert info.value.versions == (1,)
+
+
+# -- a vault-held password (HashiCorp Vault KV, the stand-in): the same path through the broker --
+VAULT_TTL = 1
+
+
+@pytest.fixture
+async def vault_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, FakeVault]]:
+    forget_refusals()
+    vault = FakeVault(policies={"cass": [("secret/data/cass/*", {"read"})]})
+    runner = await start_vault(vault)
+    vault.put("cass/login", {"value": UPSTREAM_PASSWORD})
+    role_id, secret_id = vault.add_approle("gateway", policies=["cass"])
+    (tmp_path / "secret-id").write_text(secret_id)
+    credential = {
+        "name": CREDENTIAL, "type": "vault_kv", "address": vault.base_url,
+        "path": "cass/login", "ttl": VAULT_TTL, "overlap": 600,
+        "auth": {"method": "approle", "role_id": role_id,
+                 "secret_id_file": str(tmp_path / "secret-id")},
+    }  # fmt: skip
+    node = await start_cql_server(
+        users={"cassandra": "cassandra", UPSTREAM_USER: UPSTREAM_PASSWORD},
+        superusers=("cassandra", UPSTREAM_USER),
+    )
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "team.yaml").write_text(POLICY)
+    text = CONFIG.format(data=tmp_path / "data", dead=dead_port(), live=node.port)
+    text = text.replace("{name: cass-pw, type: static}", json.dumps(credential))
+    (tmp_path / "lockgate.yaml").write_text(text)
+    gw = Gateway(load_config(tmp_path / "lockgate.yaml"))
+    await gw.start()
+    stack = Stack(gw, node, gw.cql_port)
+    try:
+        yield stack, vault
+    finally:
+        await stop_stack(stack)
+        await runner.cleanup()
+        forget_refusals()
+
+
+async def test_vault_rotated_first_logs_in_with_the_value_seen_before(
+    vault_stack: tuple[Stack, FakeVault],
+) -> None:
+    """The operator writes the new password into the vault while the cluster still has the
+    old one: once the gateway sees the new value, logins go in with the one seen before."""
+    stack, vault = vault_stack
+    assert isinstance(await _login(stack), codec.AuthSuccess)
+    vault.put("cass/login", {"value": NEW_PASSWORD})
+    deadline = time.monotonic() + VAULT_TTL + 4
+    while not _rotation_records(stack):
+        assert time.monotonic() < deadline, "the vault's new value was never seen"
+        login = await _login(stack)
+        assert isinstance(login, codec.AuthSuccess), login  # not one login fails meanwhile
+        await asyncio.sleep(0.1)
+    first = _rotation_records(stack)[0]
+    assert first["credential_name"] == CREDENTIAL
+    assert first["refused_version"] == first["current_version"] != first["version"]
+    assert not [r for r in stack.audit("upstream_error") if r.action == "connect"]
+    _no_secret_in_audit(stack)
