@@ -23,6 +23,7 @@ BENCHMARKS: list[tuple[str, str, list[str] | None]] = [
     ("audit per allowed request: emit vs write-ahead, fsync", "benchmarks.audit", []),
     ("three replicas on one PostgreSQL: propagation and failures", "benchmarks.ha", []),
     ("a rate quota shared by 2 worker processes: achieved vs configured", "benchmarks.quotas", []),
+    ("policy suggest / unused on 1M audit records", "benchmarks.policy_suggest", []),
 ]
 
 

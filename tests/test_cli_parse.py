@@ -14,13 +14,17 @@ COMMANDS = [words for words, _ in iter_commands(build_parser())]
 
 
 def _required_arguments(words: tuple[str, ...]) -> list[str]:
-    """A valid value for each positional argument of the command ``words``."""
+    """A valid value for each positional argument and required option of ``words``."""
     parser = dict(iter_commands(build_parser()))[words]
     values: list[str] = []
     for action in parser._actions:
-        if action.option_strings or isinstance(action, argparse._HelpAction):
+        if isinstance(action, argparse._HelpAction):
             continue
-        values.append(str(next(iter(action.choices))) if action.choices else "x")
+        value = str(next(iter(action.choices))) if action.choices else "x"
+        if not action.option_strings:
+            values.append(value)
+        elif action.required:  # a required option (policy suggest --dag D)
+            values += [action.option_strings[-1], value]
     return values
 
 
@@ -34,6 +38,7 @@ def test_every_verb_is_listed() -> None:
         "token revoke", "token unblock", "token revocations", "keys rotate", "keys list",
         "keys retire", "creds set", "creds rotate", "creds list", "audit tail", "audit search",
         "audit verify", "audit export", "db upgrade", "db check", "alerts test", "demo",
+        "policy suggest", "policy unused",
     }  # fmt: skip
 
 

@@ -5,6 +5,7 @@
     lockgate config check                  validate lockgate.yaml and the policy files it names
     lockgate policy check PRINCIPAL ACTION RESOURCE[/OBJECT] [--map-index N]
     lockgate policy lint | policy test FILE...
+    lockgate policy suggest --dag D [--since 30d] [--out DIR] | policy unused [--since 30d] [--json]
     lockgate token revoke --jti J | --dag D [--run R] [--deployment N] | --deployment N
     lockgate token revoke --dag D | --deployment N --block   kill switch: no new token either
     lockgate token unblock --dag D | --deployment N
@@ -37,6 +38,7 @@ from lockgate.cli_audit import add_audit_commands
 from lockgate.cli_creds import add_creds_commands
 from lockgate.cli_db import add_db_commands
 from lockgate.cli_keys import add_keys_commands
+from lockgate.cli_policy_usage import add_policy_usage_commands
 from lockgate.cli_token import add_token_commands
 from lockgate.config import LockgateConfig
 from lockgate.errors import LockgateError
@@ -316,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         pol, "test", cmd_policy_test, "run YAML policy test cases; exit 1 on a mismatch"
     )
     sp.add_argument("files", nargs="+", metavar="FILE", help="policy test file")
+    add_policy_usage_commands(pol)
 
     add_token_commands(sub)
     add_db_commands(sub)
