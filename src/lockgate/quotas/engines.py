@@ -12,7 +12,8 @@ then holds that statement, and only it, until the answer comes.
 
 :func:`throttled_detail` is the audit detail of a refusal, :func:`count_throttled` its
 count, :func:`throttled_message` the client's message (it names the limit and when to
-retry, never the token).
+retry, never the token). :class:`Outstanding` is what a forwarded statement holds until its
+answer (its tickets, its span), given back and ended once.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import asyncio
 import inspect
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lockgate import _log, metrics
+from lockgate import _log, metrics, tracing
 from lockgate.quotas import QuotaGate, QuotaTicket, Throttled
 
 if TYPE_CHECKING:
@@ -142,8 +145,36 @@ def count_throttled(resource: str, throttled: Throttled) -> None:
     metrics.QUOTA_THROTTLED.labels(resource, throttled.limit, throttled.kind).inc()
 
 
+@dataclass(slots=True, kw_only=True)
+class Outstanding:
+    """A statement forwarded upstream: the quota tickets and the span it holds until its
+    answer is relayed (or lost). The CQL and PostgreSQL engines' pending statements are
+    these."""
+
+    tickets: list[QuotaTicket] = field(default_factory=list)  # given back once answered
+    span: tracing.RequestSpan = tracing.NO_SPAN
+    attempt: AbstractContextManager[None] | None = None  # the span's upstream attempt
+
+    def forwarded(self) -> None:
+        """It goes upstream now: the span's (first) upstream attempt starts."""
+        if self.span is not tracing.NO_SPAN:
+            self.attempt = self.span.upstream_attempt(1)
+            self.attempt.__enter__()
+
+    def done(self, status: int | str | None, error: str | None = None) -> None:
+        """Its outcome is known: give the quota back, end the span (once)."""
+        tickets, self.tickets = self.tickets, []
+        release_all(tickets)
+        attempt, self.attempt = self.attempt, None
+        if attempt is not None:
+            attempt.__exit__(None, None, None)
+        self.span.end(status=status, error=error)
+        self.span = tracing.NO_SPAN
+
+
 __all__ = [
     "Answer",
+    "Outstanding",
     "Tickets",
     "admit_each",
     "count_throttled",

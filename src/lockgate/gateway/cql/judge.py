@@ -26,8 +26,7 @@ share: the connection's keyspace, the requests in flight and how to write to the
 from __future__ import annotations
 
 import asyncio
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lockgate import _log, tracing
@@ -35,6 +34,7 @@ from lockgate.errors import AuditUnavailable, AuthenticationError
 from lockgate.gateway.engine import policy_request
 from lockgate.quotas import NO_QUOTAS, QuotaTicket, Throttled
 from lockgate.quotas.engines import (
+    Outstanding,
     admit_each,
     release_all,
 )
@@ -59,8 +59,9 @@ MAX_JUDGED_PER_SESSION = 1024
 
 
 @dataclass(slots=True)
-class Pending:
-    """A request forwarded upstream and not answered yet."""
+class Pending(Outstanding):
+    """A request forwarded upstream and not answered yet (its tickets and span: see
+    :class:`~lockgate.quotas.engines.Outstanding`)."""
 
     t0: float
     plan: Plan | None
@@ -69,20 +70,6 @@ class Pending:
     obj: str | None = None
     ref: str | None = None  # the written-ahead "admitted" record, named in the outcome
     detail: dict[str, Any] | None = None  # the plan's audit detail (statement, op, keyspace)
-    tickets: list[QuotaTicket] = field(default_factory=list)  # given back once answered
-    span: tracing.RequestSpan = tracing.NO_SPAN
-    attempt: AbstractContextManager[None] | None = None  # the span's upstream attempt
-
-    def done(self, status: int | str | None, error: str | None = None) -> None:
-        """The answer was relayed (or lost): give the quota back, end the span."""
-        if self.tickets:
-            release_all(self.tickets)
-            self.tickets = []
-        if self.attempt is not None:
-            self.attempt.__exit__(None, None, None)
-            self.attempt = None
-        self.span.end(status=status, error=error)
-        self.span = tracing.NO_SPAN
 
 
 @dataclass(slots=True)
@@ -364,10 +351,10 @@ class RequestJudging(SessionState, StatementQuotas):
             span.end(status=codec.ERR_OVERLOADED, error="audit_unavailable")
             return
         self.ctx.count(name, action, "allow", claims.dag_id)
-        pending = Pending(t0, judged.plan, True, action, obj, ref, judged.detail, tickets, span)
-        if span is not tracing.NO_SPAN:
-            pending.attempt = span.upstream_attempt(1)
-            pending.attempt.__enter__()
+        pending = Pending(
+            t0, judged.plan, True, action, obj, ref, judged.detail, tickets=tickets, span=span
+        )
+        pending.forwarded()
         self._forward(event, pending, changes_keyspace=judged.changes_keyspace)
 
     def _token_valid(self, event: codec.Event, plan: Plan, t0: float) -> bool:

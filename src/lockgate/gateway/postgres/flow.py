@@ -405,9 +405,7 @@ class Flow(AnswerRelay, FlowQuotas):
         for rec in records:
             ctx.count(self.name, rec.action, "allow", self.judge.claims.dag_id)
         for pending in pendings:
-            if pending.span is not tracing.NO_SPAN:
-                pending.attempt = pending.span.upstream_attempt(1)
-                pending.attempt.__enter__()
+            pending.forwarded()
         return pendings
 
     def _refuse(

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from lockgate import tracing
-from lockgate.quotas import QuotaTicket
+from lockgate.quotas.engines import Outstanding
 
 from . import codec
 from .judge import StatementRecord
@@ -47,27 +45,14 @@ def raw(msg: codec.Message) -> bytes:
 
 
 @dataclass(slots=True)
-class Pending:
-    """An admitted statement: its record was written ahead as ``ref``."""
+class Pending(Outstanding):
+    """An admitted statement: its record was written ahead as ``ref`` (its tickets and span:
+    see :class:`~lockgate.quotas.engines.Outstanding`)."""
 
     t0: float
     record: StatementRecord
     ref: str
     detail: Mapping[str, Any]
-    tickets: list[QuotaTicket] = field(default_factory=list)  # given back with its outcome
-    span: tracing.RequestSpan = tracing.NO_SPAN
-    attempt: AbstractContextManager[None] | None = None  # the span's upstream attempt
-
-    def done(self, status: str, error: str | None = None) -> None:
-        """Its outcome is known: give the quota back, end the span (once)."""
-        tickets, self.tickets = self.tickets, []
-        for ticket in tickets:
-            ticket.release()
-        if self.attempt is not None:
-            self.attempt.__exit__(None, None, None)
-            self.attempt = None
-        self.span.end(status=status, error=error)
-        self.span = tracing.NO_SPAN
 
 
 @dataclass(slots=True)
