@@ -169,14 +169,18 @@ async def login(resource: CqlResource, secrets: SecretCache) -> UpstreamLink:
         choice.succeeded(secret)
         link.credential_version = secret.version
         link.refused_version = refused.version if refused is not None else None
-        link.current_version = await _current_version(secrets, resource.credential, secret)
+        try:
+            link.current_version = await _current_version(secrets, resource.credential, secret)
+        except BaseException:  # cancelled (the client's handshake timed out): no leaked link
+            link.close()
+            raise
         return link
 
 
 async def _current_version(secrets: SecretCache, name: str, used: UpstreamSecret) -> int:
     """The credential's current version (cached: the login just asked for it)."""
     try:
-        current = await secrets.get(name)
+        current = secrets.peek(name) or await secrets.get(name)
     except CredentialError:
         return used.version  # unknown now: nothing to say about a rotation
     return used.version if current is None else current.version
