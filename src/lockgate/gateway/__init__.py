@@ -29,6 +29,8 @@ Rooms inside:
 * :mod:`.engine`, :mod:`.registry` — the interface, the shared bundle, kind -> engine;
 * :mod:`.records` — the audit records of every engine (one builder, the same fields);
 * :mod:`.caches` — upstream secrets and identity assertions on the hot path;
+  :mod:`.upstream_credential` — which credential version a database login sends (CQL and
+  PostgreSQL), and what after a refusal during a rotation;
 * :mod:`.refusals` — refusals described safely and budgeted per peer before authentication;
 * :mod:`.listeners` — connection accounting, caps, TLS contexts from listener configs.
 

@@ -28,7 +28,7 @@ from lockgate.demo.standins.vault import FakeVault
 from lockgate.demo.standins.vault import start as start_vault
 from lockgate.gateway.caches import SecretCache
 from lockgate.gateway.cql import codec, upstream
-from lockgate.gateway.postgres.upstream_credential import forget_refusals
+from lockgate.gateway.upstream_credential import forget_refusals
 from lockgate.server import Gateway
 
 from ..fakes import FakeBroker

@@ -19,8 +19,9 @@ import pytest
 
 from lockgate.config import PostgresResource
 from lockgate.errors import UpstreamAuthFailed, UpstreamUnavailable
+from lockgate.gateway import upstream_credential
 from lockgate.gateway.caches import SecretCache
-from lockgate.gateway.postgres import codec, scram, upstream, upstream_credential
+from lockgate.gateway.postgres import codec, scram, upstream
 from lockgate.tlsgen import write_dev_tls
 from tests.gateway.fakes import FakeBroker
 from tests.pgserver import PgServer

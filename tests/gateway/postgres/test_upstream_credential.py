@@ -8,9 +8,9 @@ import pytest
 
 from lockgate.config import PostgresResource
 from lockgate.errors import CredentialError
+from lockgate.gateway import upstream_credential
 from lockgate.gateway.caches import SecretCache
-from lockgate.gateway.postgres import upstream_credential
-from lockgate.gateway.postgres.upstream_credential import CredentialChoice
+from lockgate.gateway.upstream_credential import CredentialChoice
 from tests.gateway.fakes import FakeBroker
 
 

@@ -13,7 +13,7 @@ reasons, never the password.
 Rotation (:func:`login`, what a client session uses): the login sends the credential's
 current version; a node that answers the AUTH_RESPONSE with AuthenticationError (0x0100) on
 every reachable point gets one more login with the version
-:class:`~lockgate.gateway.postgres.upstream_credential.CredentialChoice` gives, as the
+:class:`~lockgate.gateway.upstream_credential.CredentialChoice` gives, as the
 PostgreSQL engine does: the current version again when a rotation the cache had not seen yet
 changed it (the cluster was rotated first), else the previous version while the rotation's
 overlap lasts (the gateway was rotated first and the cluster still has the old password).
@@ -36,7 +36,7 @@ from lockgate import _log, metrics
 from lockgate.config import CqlResource
 from lockgate.errors import CredentialError, UpstreamAuthFailed, UpstreamUnavailable
 from lockgate.gateway.caches import SecretCache, UpstreamSecret
-from lockgate.gateway.postgres.upstream_credential import CredentialChoice
+from lockgate.gateway.upstream_credential import CredentialChoice
 
 from . import codec
 from .codec.handshake import describe
@@ -134,7 +134,7 @@ async def login(resource: CqlResource, secrets: SecretCache) -> UpstreamLink:
     """:func:`connect` with the credential's value, retried once with another version when
     the cluster refuses it (see the module docstring). Raises UpstreamUnavailable
     (UpstreamAuthFailed: the password was refused) naming the versions tried, never a value."""
-    choice = CredentialChoice(resource, secrets)  # type: ignore[arg-type]  # name, credential
+    choice = CredentialChoice(resource, secrets)
     try:
         secret = await choice.first()
     except CredentialError as exc:  # the message names the credential, never its value

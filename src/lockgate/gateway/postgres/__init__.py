@@ -23,7 +23,7 @@ a denied one gets a normal ``ErrorResponse`` (SQLSTATE 42501) and the session st
   :mod:`.flow_quotas`, :mod:`.judge`) — the per-session statement state machine: judge,
   ask the quotas, write ahead, relay, keep the protocol exact.
 * :mod:`.upstream` (with :mod:`.upstream_transport`, :mod:`.scram`,
-  :mod:`.upstream_credential`) — the gateway's own login to the server;
+  :mod:`lockgate.gateway.upstream_credential`) — the gateway's own login to the server;
   :mod:`.dynamic_roles` — per-task roles for clients that cannot come through the gateway.
 """
 

@@ -49,9 +49,9 @@ from lockgate import _log
 from lockgate.config import PostgresResource
 from lockgate.errors import CredentialError, UpstreamAuthFailed, UpstreamUnavailable
 from lockgate.gateway.caches import SecretCache, UpstreamSecret
+from lockgate.gateway.upstream_credential import CredentialChoice
 
 from . import codec, scram
-from .upstream_credential import CredentialChoice
 from .upstream_transport import (
     READ_SIZE,
     Transient,

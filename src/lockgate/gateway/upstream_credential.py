@@ -1,7 +1,8 @@
-"""Which version of the upstream credential a PostgreSQL login sends, and what after a refusal.
+"""Which version of the upstream credential a database login sends, and what after a refusal.
 
-A login sends the credential's current value. When the server refuses it (SQLSTATE class
-28) the login is tried once more (:meth:`CredentialChoice.after_refusal`):
+Shared by the PostgreSQL and CQL engines. A login sends the credential's current value. When
+the server refuses it (PostgreSQL SQLSTATE class 28, CQL AuthenticationError) the login is
+tried once more (:meth:`CredentialChoice.after_refusal`):
 
 * an access token (a secret with ``expires_at``) refused before its expiry — revoked, clock
   skew — is dropped from the caches and fetched afresh;
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from lockgate.config import PostgresResource
 from lockgate.errors import CredentialError
 from lockgate.gateway.caches import SecretCache, UpstreamSecret
 
@@ -28,6 +29,16 @@ REFUSED_MEMORY_SECONDS = 60.0
 
 #: (resource, credential, refused current version) -> remembered until (monotonic seconds)
 _refused: dict[tuple[str, str, int], float] = {}
+
+
+class LoginResource(Protocol):
+    """What a choice reads of a cql or postgres resource: its name and credential."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def credential(self) -> str: ...
 
 
 def forget_refusals() -> None:
@@ -45,7 +56,7 @@ class CredentialChoice:
 
     def __init__(
         self,
-        resource: PostgresResource,
+        resource: LoginResource,
         secrets: SecretCache,
         *,
         clock: Callable[[], float] = time.monotonic,
