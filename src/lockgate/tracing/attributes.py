@@ -3,6 +3,7 @@ anything that may be a literal, a query string or a token, lengths capped.
 
 Every value an engine passes to :mod:`lockgate.tracing` goes through here before it is
 recorded (docs/tracing.md, "What is never recorded"). Standard library only.
+:func:`identity_attributes` is the token's identity as every engine's request span names it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping
+from typing import Protocol
 
 AttributeValue = str | int | float | bool
 
@@ -122,10 +124,43 @@ def _clean_string(key: str, value: str) -> str:
     return clean_name(value) if key == "db.query.summary" else clean_text(value)
 
 
+class TaskClaims(Protocol):
+    """The identity fields of a verified Lockgate token (``lockgate.identity.Claims``)."""
+
+    @property
+    def sub(self) -> str: ...
+    @property
+    def deployment(self) -> str: ...
+    @property
+    def dag_id(self) -> str: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def try_number(self) -> int: ...
+
+
+def identity_attributes(claims: TaskClaims) -> dict[str, AttributeValue]:
+    """The token's identity as a request span's attributes; an empty or missing field is
+    left out (a span never carries a blank ``lockgate.dag_id``)."""
+    fields: tuple[tuple[str, AttributeValue | None], ...] = (
+        ("lockgate.principal", claims.sub),
+        ("lockgate.deployment", claims.deployment),
+        ("lockgate.dag_id", claims.dag_id),
+        ("lockgate.task_id", claims.task_id),
+        ("lockgate.run_id", claims.run_id),
+        ("lockgate.try_number", claims.try_number),
+    )
+    return {key: value for key, value in fields if value is not None and value != ""}
+
+
 __all__ = [
     "ALLOWED_KEYS",
     "AttributeValue",
+    "TaskClaims",
     "clean_attributes",
     "clean_name",
     "clean_text",
+    "identity_attributes",
 ]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from lockgate import _log, tracing
 from lockgate.quotas import THROTTLED, QuotaTicket, Throttled
 from lockgate.quotas.engines import Answer, count_throttled, throttled_detail, throttled_message
+from lockgate.tracing.attributes import identity_attributes
 
 from . import codec
 from .classify import ANY_OBJECT
@@ -188,12 +189,7 @@ def span_name_and_attributes(
         "db.operation.name": operation,
         "server.address": host.strip("[]"),
         "lockgate.resource": auth.resource.name,
-        "lockgate.principal": claims.sub,
-        "lockgate.deployment": claims.deployment,
-        "lockgate.dag_id": claims.dag_id,
-        "lockgate.task_id": claims.task_id,
-        "lockgate.run_id": claims.run_id,
-        "lockgate.try_number": claims.try_number,
+        **identity_attributes(claims),
     }
     if port.isdigit():
         attributes["server.port"] = int(port)

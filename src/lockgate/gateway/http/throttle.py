@@ -37,6 +37,7 @@ from lockgate.quotas import (
 )
 from lockgate.quotas.engines import count_throttled, throttled_detail
 from lockgate.tracing import NO_SPAN, AttributeValue, RequestSpan
+from lockgate.tracing.attributes import identity_attributes
 
 if TYPE_CHECKING:
     from lockgate.gateway.http.admission import Admitted
@@ -186,16 +187,8 @@ def request_span(rs: ResourceState, claims: Claims, method: str, path: str) -> R
         "server.address": rs.target.host,
         "server.port": rs.target.port,
         "lockgate.resource": rs.name,
-        "lockgate.principal": claims.sub,
+        **identity_attributes(claims),
     }
-    for key, value in (
-        ("lockgate.deployment", claims.deployment),
-        ("lockgate.dag_id", claims.dag_id),
-        ("lockgate.task_id", claims.task_id),
-        ("lockgate.run_id", claims.run_id),
-    ):
-        if value is not None:
-            attributes[key] = value
     return tracing.start_request(
         "http", rs.name, method,
         traceparent=getattr(claims, "traceparent", None), attributes=attributes,

@@ -27,6 +27,7 @@ from lockgate.quotas.engines import (
     throttled_detail,
     throttled_message,
 )
+from lockgate.tracing.attributes import identity_attributes
 
 from .judge import Admission, Judge, Refusal, StatementRecord
 
@@ -170,12 +171,7 @@ def span_name_and_attributes(
         "server.address": resource.host,
         "server.port": resource.port,
         "lockgate.resource": resource.name,
-        "lockgate.principal": claims.sub,
-        "lockgate.deployment": claims.deployment,
-        "lockgate.dag_id": claims.dag_id,
-        "lockgate.task_id": claims.task_id,
-        "lockgate.run_id": claims.run_id,
-        "lockgate.try_number": claims.try_number,
+        **identity_attributes(claims),
     }
     distinct = dict.fromkeys(obj for obj in objects if obj)
     if len(distinct) != 1:
