@@ -51,6 +51,7 @@ from lockgate.config.identity import RateLimitSettings
 from lockgate.errors import StoreUnavailable
 from lockgate.identity._request import OAuthError
 from lockgate.store import Database, Migration, off_loop, open_store, register_domain
+from lockgate.store.fallback import MemoryFallback
 
 DOMAIN = "rate_limits"
 MIGRATIONS = (
@@ -175,11 +176,13 @@ class RateLimiter:
         self._clock = clock
         self._lock = threading.Lock()  # guards the memory fallback and the purge clock
         self._local: dict[str, Bucket] = {}
-        self._degraded = False
+        self._fallback = MemoryFallback(
+            self.db, self._lock, log,
+            fell_back="rate limits decided in this process's memory: state database unavailable",
+            recovered="rate limits shared again", on_recovery=self._local.clear,
+        )  # fmt: skip
         self._last_purge = clock()
-        self.shared = self.db.dialect == "postgresql"
-        settings = getattr(self.db, "settings", None)
-        self._known_down_after = 3 * float(getattr(settings, "catch_up_interval", 1.0))
+        self.shared = self._fallback.shared
 
     # -- decisions (sync: the database step) ------------------------------------------------
     def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
@@ -187,7 +190,7 @@ class RateLimiter:
         wait."""
         now = self._clock()
         try:
-            self._refuse_if_known_down()
+            self._fallback.refuse_if_known_down()
             allowed, bucket = self._take_db(key, limit, now, cost)
         except StoreUnavailable as exc:
             allowed, bucket = self._take_local(key, limit, now, cost, exc)
@@ -204,7 +207,7 @@ class RateLimiter:
         if not keys:
             return 0
         try:
-            self._refuse_if_known_down()
+            self._fallback.refuse_if_known_down()
             marks = ", ".join("?" for _ in keys)
             with self.db.read() as cur:
                 rows = cur.execute(
@@ -212,24 +215,13 @@ class RateLimiter:
                     keys,
                 ).fetchall()
             until = [float(r[0]) for r in rows]
-            self._recovered()
+            self._fallback.recovered()
         except StoreUnavailable as exc:
-            self._fell_back(exc)
+            self._fallback.fell_back(exc)
             with self._lock:
                 until = [b.blocked_until for k in keys if (b := self._local.get(k)) is not None]
         longest = max(until, default=0.0) - now
         return max(1, math.ceil(longest)) if longest > 0 else 0
-
-    def _refuse_if_known_down(self) -> None:
-        """A shared database that has not answered for a few catch-up intervals is not
-        asked (each ask would wait out the connect timeout): memory decides. Reachability,
-        not freshness: a store stuck behind one locked table leaves the buckets' own table
-        worth asking."""
-        if not self.shared:
-            return
-        age = self.db.unreached_for()
-        if age > self._known_down_after:
-            raise StoreUnavailable(f"{self.db.label}: not reached for {age:.0f} s")
 
     def _take_db(self, key: str, limit: Limit, now: float, cost: float) -> tuple[bool, Bucket]:
         fresh_allowed, fresh = take(limit, None, now, cost)
@@ -250,13 +242,13 @@ class RateLimiter:
                 )
             row = cur.execute(sql, params).fetchone()
         assert row is not None  # an upsert always returns its row
-        self._recovered()
+        self._fallback.recovered()
         return bool(row[0]), Bucket(float(row[1]), float(row[2]), float(row[3]))
 
     def _take_local(
         self, key: str, limit: Limit, now: float, cost: float, exc: StoreUnavailable
     ) -> tuple[bool, Bucket]:
-        self._fell_back(exc)
+        self._fallback.fell_back(exc)
         with self._lock:
             allowed, bucket = take(limit, self._local.pop(key, None), now, cost)
             if len(self._local) >= MAX_LOCAL_BUCKETS:
@@ -272,22 +264,6 @@ class RateLimiter:
                 return False
             self._last_purge = now
             return True
-
-    def _fell_back(self, exc: StoreUnavailable) -> None:
-        with self._lock:
-            first, self._degraded = not self._degraded, True
-        if first:
-            log.error(
-                "rate limits decided in this process's memory: state database unavailable",
-                extra={"fields": {"error": str(exc)}},
-            )
-
-    def _recovered(self) -> None:
-        if self._degraded:
-            with self._lock:
-                self._degraded = False
-                self._local.clear()
-            log.info("rate limits shared again")
 
     # -- decisions (async: off the loop when the database is remote) ------------------------
     async def take_async(self, key: str, limit: Limit) -> Decision:

@@ -44,6 +44,7 @@ from lockgate import _log
 from lockgate.errors import StoreUnavailable
 from lockgate.quotas.budgets import Bucket, MemoryBudgets, RateAnswer, refill
 from lockgate.store import Cursor, Database, Migration, open_store, register_domain
+from lockgate.store.fallback import MemoryFallback
 
 DOMAIN = "quotas"
 MIGRATIONS = (
@@ -165,12 +166,14 @@ class SharedBudgets:
         self._slots: dict[str, _Slots] = {}
         self._pending = _Pending()
         self._memory = memory or MemoryBudgets(clock)  # the fallback
-        self._degraded = False
+        self._fallback = MemoryFallback(
+            self.db, self._lock, log,
+            fell_back="quotas counted in this process's memory: state database unavailable",
+            recovered="quotas shared again",
+        )  # fmt: skip
         self._last_purge = 0.0
         #: Database transactions asked by requests (leases and cap slots), for benchmarks.
         self.round_trips = 0
-        settings = getattr(self.db, "settings", None)
-        self._known_down_after = 3 * float(getattr(settings, "catch_up_interval", 1.0))
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -195,12 +198,12 @@ class SharedBudgets:
                 lease.size = lease.taken = lease.carry = 0
             size = int(max(1.0, min(burst, rate * LEASE_SHARE)))
             try:
-                self._refuse_if_known_down()
+                self._fallback.refuse_if_known_down()
                 leased, level = self._lease_db(key, rate, burst, max_debt, size, returned, now)
             except StoreUnavailable as exc:
-                self._fell_back(exc)
+                self._fallback.fell_back(exc)
                 return self._memory.take(key, rate, burst, max_debt)
-            self._recovered()
+            self._fallback.recovered()
             with self._lock:
                 if not leased:  # the bucket is deeper in debt than waiters may go
                     wait = max(0.001, (-max_debt - size - level) / rate)
@@ -286,7 +289,7 @@ class SharedBudgets:
 
     def charge(self, key: str, rate: float, burst: float, tokens: float) -> None:
         try:
-            self._refuse_if_known_down()
+            self._fallback.refuse_if_known_down()
             self.round_trips += 1
             with self.db.transaction() as cur:
                 now = self._clock()
@@ -299,10 +302,10 @@ class SharedBudgets:
                     (level - tokens, max(now, row[1]), key),
                 )
         except StoreUnavailable as exc:
-            self._fell_back(exc)
+            self._fallback.fell_back(exc)
             self._memory.charge(key, rate, burst, tokens)
             return
-        self._recovered()
+        self._fallback.recovered()
 
     # -- caps ----------------------------------------------------------------------------------
     def acquire(self, key: str, cap: int) -> bool:
@@ -320,12 +323,12 @@ class SharedBudgets:
             if self._clock() < slots.full_until:  # just said full: no round trip either
                 return False
         try:
-            self._refuse_if_known_down()
+            self._fallback.refuse_if_known_down()
             granted = self._reserve_db(key, cap, runs)
         except StoreUnavailable as exc:
-            self._fell_back(exc)
+            self._fallback.fell_back(exc)
             return self._memory.reserve_run(key, cap) if runs else self._memory.acquire(key, cap)
-        self._recovered()
+        self._fallback.recovered()
         return granted
 
     def _reserve_db(self, key: str, cap: int, runs: bool) -> bool:
@@ -414,7 +417,7 @@ class SharedBudgets:
             try:
                 self.flush()
             except StoreUnavailable as exc:
-                self._fell_back(exc)
+                self._fallback.fell_back(exc)
                 self._closed.wait(1.0)  # retried: nothing unwritten is forgotten
             except Exception:  # never let the writer die: slots would stick
                 log.exception("quota holder write failed")
@@ -473,31 +476,9 @@ class SharedBudgets:
                     self._slots[key].written = used
             if purge:
                 self._last_purge = now
-        self._recovered()
+        self._fallback.recovered()
 
     # -- outage ----------------------------------------------------------------------------------
-    def _refuse_if_known_down(self) -> None:
-        if not self.blocking:
-            return
-        age = self.db.unreached_for()
-        if age > self._known_down_after:
-            raise StoreUnavailable(f"{self.db.label}: not reached for {age:.0f} s")
-
-    def _fell_back(self, exc: StoreUnavailable) -> None:
-        with self._lock:
-            first, self._degraded = not self._degraded, True
-        if first:
-            log.error(
-                "quotas counted in this process's memory: state database unavailable",
-                extra={"fields": {"error": str(exc)}},
-            )
-
-    def _recovered(self) -> None:
-        if self._degraded:
-            with self._lock:
-                self._degraded = False
-            log.info("quotas shared again")
-
     def close(self) -> None:
         """Give back every slot this process holds (its runs still count) and stop."""
         self._closed.set()
