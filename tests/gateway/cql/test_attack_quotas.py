@@ -22,9 +22,9 @@ from lockgate.gateway.cql import codec
 from lockgate.policy import parse_policy_texts
 from lockgate.quotas.budgets import MemoryBudgets
 from lockgate.quotas.gate import PolicyQuotaGate
+from tests.gateway.quota_fakes import FakeGate, eventually
 
 from .engine_stack import POLICY, RawClient, Stack, cql_context, stack_fixture
-from .quota_gate import FakeGate, eventually
 from .test_engine_statement_checks import jti_of
 from .test_quotas import INSERT, etl_raw, send_together
 

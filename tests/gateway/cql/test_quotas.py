@@ -14,10 +14,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from lockgate import metrics, tracing
 from lockgate.gateway.cql import codec
 from lockgate.identity import TaskIdentity, TokenIssuer
+from tests.gateway.quota_fakes import FakeGate, RecordingSpan, eventually
 from tests.tracing_helpers import PARENT_SPAN, SAMPLED, TRACE_ID
 
 from .engine_stack import RawClient, Stack, connect, cql_context, stack_fixture
-from .quota_gate import FakeGate, RecordingSpan, eventually
 
 INSERT = "INSERT INTO ks.orders (id, item) VALUES ({id}, 'pen')"
 

@@ -37,9 +37,9 @@ from lockgate.gateway.http import HttpEngine
 from lockgate.policy import parse_policy_texts
 from lockgate.quotas.budgets import MemoryBudgets
 from lockgate.quotas.gate import PolicyQuotaGate
+from tests.gateway.quota_fakes import FakeGate
 
 from .conftest import TOKEN, bearer, resource
-from .quota_fakes import FakeGate
 from .test_cosmos import Env as CosmosEnv
 from .test_cosmos import env as cosmos_env  # noqa: F401 - a fixture
 from .test_cosmos import run as cosmos_run
@@ -329,7 +329,7 @@ async def test_a_throttled_cosmos_request_names_no_token_in_its_answer_or_record
         lambda: cosmos_env.client().get_database_client("sales").get_container_client("orders")
     )
     await cosmos_run(lambda: c.read())
-    gate = FakeGate(limit=0, retry_after=0.01)
+    gate = FakeGate(statements="throttle", limit="orders-writes", retry_after=0.01)
     cast(HttpEngine, cosmos_env.gw.engines["http"]).proxy.quotas = gate
     with pytest.raises(CosmosHttpResponseError) as err:
         await cosmos_run(lambda: c.upsert_item({"id": "t1", "pk": "p"}))

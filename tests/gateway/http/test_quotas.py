@@ -15,10 +15,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from lockgate.metrics import REGISTRY
+from tests.gateway.quota_fakes import FakeGate
 
 from ..fakes import claims_for
 from .conftest import bearer, raw_request, resource
-from .quota_fakes import FakeGate
 
 
 def _throttled_count(limit: str) -> float:
@@ -32,7 +32,7 @@ def _throttled_count(limit: str) -> float:
 
 
 async def test_over_quota_is_429_with_retry_after_audited_and_counted(make_gateway, upstream):
-    gate = FakeGate(limit=2, retry_after=1.2)
+    gate = FakeGate(admits=2, limit="orders-writes", retry_after=1.2)
     gw = await make_gateway(quotas=gate)
     before = _throttled_count("orders-writes")
     async with aiohttp.ClientSession() as s:
@@ -66,7 +66,7 @@ async def test_over_quota_is_429_with_retry_after_audited_and_counted(make_gatew
 
 
 async def test_a_denied_request_never_asks_the_quota(make_gateway, upstream):
-    gate = FakeGate(limit=0)
+    gate = FakeGate(statements="throttle")
     gw = await make_gateway(allow=[("read", "/public/*")], quotas=gate)
     async with (
         aiohttp.ClientSession() as s,
@@ -84,7 +84,7 @@ async def test_http_hook_with_a_retry_adapter_honours_retry_after(
     Retry-After, then gets through."""
     from airflow.providers.http.hooks.http import HttpHook
 
-    gate = FakeGate(limit=0, retry_after=0.4)  # throttled until freed below
+    gate = FakeGate(statements="throttle", retry_after=0.4)  # throttled until freed below
     gw = await make_gateway(quotas=gate)
     monkeypatch.setenv(
         "AIRFLOW_CONN_LOCKGATE_ORDERS",
@@ -93,7 +93,7 @@ async def test_http_hook_with_a_retry_adapter_honours_retry_after(
 
     async def free_after(seconds: float) -> None:
         await asyncio.sleep(seconds)
-        gate.limit = None
+        gate.statements = "admit"
 
     def one_get() -> tuple[int, float]:
         retry = Retry(total=3, status_forcelist=[429], backoff_factor=0)
@@ -157,12 +157,12 @@ async def test_no_slot_leaks_on_any_path(make_gateway, upstream):
             break
         await asyncio.sleep(0.05)
     assert len(gate.tickets) >= 9
-    assert gate.leaked == 0, [t for t in gate.tickets if id(t) in gate.held]
+    assert gate.leaked == 0, gate.outstanding
     assert all(t.released >= 1 for t in gate.tickets)
 
 
 async def test_a_paced_request_is_held_then_served(make_gateway, upstream):
-    gate = FakeGate(delay=0.3)
+    gate = FakeGate(statements="pace", delay=0.3)
     gw = await make_gateway(quotas=gate)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -177,7 +177,7 @@ async def test_a_paced_request_is_held_then_served(make_gateway, upstream):
 
 
 async def test_a_paced_throttle_is_answered_429(make_gateway, upstream):
-    gate = FakeGate(delay=0.05, limit=0)
+    gate = FakeGate(statements="pace", delay=0.05, admits=0)
     gw = await make_gateway(quotas=gate)
     raw = await raw_request(
         gw.port,
@@ -191,7 +191,7 @@ async def test_a_paced_throttle_is_answered_429(make_gateway, upstream):
 
 
 async def test_a_client_gone_while_held_leaves_nothing_taken(make_gateway, upstream):
-    gate = FakeGate(delay=5.0)
+    gate = FakeGate(statements="pace", delay=5.0)
     gw = await make_gateway(quotas=gate)
     _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(
@@ -204,9 +204,9 @@ async def test_a_client_gone_while_held_leaves_nothing_taken(make_gateway, upstr
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
     for _ in range(40):
-        if gate.waits_cancelled:
+        if gate.cancelled:
             break
         await asyncio.sleep(0.05)
-    assert gate.waits_cancelled == 1  # the gate's wait was given up with the client
+    assert gate.cancelled == 1  # the gate's wait was given up with the client
     assert gate.tickets == [] and gate.leaked == 0
     assert upstream.seen == [] and gw.audit.ahead == []

@@ -15,9 +15,9 @@ from lockgate.gateway.http.profiles.cosmos.profile import CosmosProfile
 from lockgate.gateway.http.profiles.databricks import DatabricksProfile
 from lockgate.gateway.http.throttle import throttled_answer
 from lockgate.quotas import Throttled
+from tests.gateway.quota_fakes import BucketGate, FakeGate
 
 from ..fakes import claims_for
-from .quota_fakes import BucketGate, FakeGate
 from .test_cosmos import Env as CosmosEnv
 from .test_cosmos import env as cosmos_env  # noqa: F401 - a fixture
 from .test_cosmos import run

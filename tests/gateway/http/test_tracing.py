@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from lockgate import tracing
+from tests.gateway.quota_fakes import FakeGate
 
 from .conftest import bearer
-from .quota_fakes import FakeGate
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -101,7 +101,10 @@ async def test_a_request_span_carries_the_decision_attempts_and_status(
 
 
 async def test_denied_and_throttled_requests_end_their_span(make_gateway, upstream, spans):
-    gw = await make_gateway(allow=[("read", "/public/*")], quotas=FakeGate(limit=0))
+    gw = await make_gateway(
+        allow=[("read", "/public/*")],
+        quotas=FakeGate(statements="throttle", limit="orders-writes", retry_after=1.2),
+    )
     async with aiohttp.ClientSession() as s:
         async with s.delete(f"{gw.url}/orders/public/1", headers=bearer()) as r:
             assert r.status == 403

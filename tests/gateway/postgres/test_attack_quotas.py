@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.gateway.cql.quota_gate import FakeGate, eventually
+from tests.gateway.quota_fakes import FakeGate, eventually
 from tests.pgserver import PgServer
 
 from .stack import RESOURCE, PgStack, pg_stack

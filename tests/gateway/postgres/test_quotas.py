@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from lockgate import metrics, tracing
 from lockgate.identity import TaskIdentity, TokenIssuer
-from tests.gateway.cql.quota_gate import FakeGate, RecordingSpan, eventually
+from tests.gateway.quota_fakes import FakeGate, RecordingSpan, eventually
 from tests.pgserver import PgServer
 from tests.tracing_helpers import PARENT_SPAN, SAMPLED, TRACE_ID
 
