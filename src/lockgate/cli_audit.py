@@ -1,6 +1,7 @@
 """``lockgate audit``: read and check the audit trail.
 
     lockgate audit tail [-n N] | audit search --dag D [--run R] [--decision deny] | audit verify
+    lockgate audit search --shadow     # what a shadow policy would decide otherwise
     lockgate audit export --format ocsf|jsonl [--since T] [--limit N]
 
 With ``state: sqlite`` they read this machine's chain (``data_dir/audit.db``). With
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +24,7 @@ from lockgate._cli_state import config_from as _config
 
 if TYPE_CHECKING:
     from lockgate._cli_state import Subcommands
-    from lockgate.audit import AuditReader
+    from lockgate.audit import AuditReader, AuditRecord
 
 
 def _audit_log(args: argparse.Namespace) -> AuditReader:
@@ -46,6 +48,11 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``audit search --shadow`` reads at most this many newest records (matching the other
+#: filters) to find those a shadow policy would decide otherwise.
+SHADOW_SCAN = 100_000
+
+
 def cmd_audit_search(args: argparse.Namespace) -> int:
     from lockgate.audit import format_records
 
@@ -56,11 +63,31 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
         decision=args.decision,
         event=args.event,
         resource=args.resource,
-        limit=args.limit,
+        limit=max(args.limit, SHADOW_SCAN) if args.shadow else args.limit,
         replica=args.replica,
     )
+    if args.shadow:
+        # Only differing verdicts are recorded (gateway/records.py): the detail says it all.
+        rows = [r for r in rows if isinstance(r.detail.get("shadow"), dict)][-args.limit :]
+        if not args.json:
+            print(_with_shadow_verdicts(format_records(rows), rows))
+            return 0
     print(format_records(rows, as_json=args.json))
     return 0
+
+
+def _with_shadow_verdicts(table: str, rows: Sequence[AuditRecord]) -> str:
+    """The record table (enforced decisions), each row followed by its shadow verdict."""
+    lines = table.split("\n")
+    if not rows:
+        return table
+    out = lines[:1]
+    for line, row in zip(lines[1:], rows, strict=True):
+        shadow = row.detail["shadow"]
+        would = "would allow" if shadow.get("decision") == "allow" else "would deny"
+        rule = f" rule={shadow['rule']}" if shadow.get("rule") else ""
+        out += [line, f"    shadow: {would}{rule} {shadow.get('reason') or ''}".rstrip()]
+    return "\n".join(out)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -165,6 +192,12 @@ def add_audit_commands(sub: Subcommands) -> None:
         "--limit", type=int, default=100, metavar="N", help="at most the newest N records"
     )
     sp.add_argument("--replica", metavar="R", help="shared state: only this replica's records")
+    sp.add_argument(
+        "--shadow",
+        action="store_true",
+        help="only records a shadow policy would decide otherwise (would deny / would allow), "
+        f"with both decisions; looks at the newest {SHADOW_SCAN} records matching the filters",
+    )
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     _local_flag(sp)
     sp = add_command(

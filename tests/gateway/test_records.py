@@ -42,7 +42,7 @@ def test_without_claims_no_one_is_named() -> None:
 
 
 def test_admitted_is_an_allow_without_outcome() -> None:
-    rec = RecordBuilder.admitted(
+    rec = RecordBuilder(FakeAudit()).admitted(
         claims_for("ks"), "ks", "write", "ks.t", "allow-ks", "matched", {"n": 1}
     )
     assert (rec.event, rec.decision, rec.rule, rec.reason, rec.detail) == (

@@ -114,6 +114,13 @@ class PolicySource(Protocol):
     def current(self) -> PolicySet: ...
 
 
+class ShadowPolicySource(PolicySource, Protocol):
+    """A policy source that may also hold a shadow set (``PolicyStore.shadow``)."""
+
+    @property
+    def shadow(self) -> PolicySet | None: ...
+
+
 @runtime_checkable
 class AuditSink(Protocol):
     def check_writable(self) -> None:
@@ -170,6 +177,35 @@ def policy_request(
         token_ttl=float(claims.exp) - float(claims.iat),
         map_index=claims.map_index,
     )
+
+
+class ShadowJudge:
+    """The shadow set's verdict on a recorded decision (:data:`~lockgate.gateway.records.
+    ShadowVerdict`): None when there is no shadow set (no decision asked) or it agrees."""
+
+    __slots__ = ("_make", "_source")
+
+    def __init__(self, source: ShadowPolicySource, make: RequestFactory) -> None:
+        self._source = source
+        self._make = make
+
+    def __call__(
+        self, claims: Claims, resource: str, action: str, obj: str, allowed: bool
+    ) -> dict[str, str | None] | None:
+        shadow = self._source.shadow
+        if shadow is None:
+            return None
+        req = policy_request(self._make, claims, action, resource, obj)
+        verdict = shadow.decide(req)
+        if verdict.allowed == allowed:
+            return None
+        if not allowed and self._source.current.decide(req).allowed:
+            return None  # the gateway refused it, not policy: nothing for a policy to change
+        return {
+            "decision": "allow" if verdict.allowed else "deny",
+            "rule": verdict.rule,
+            "reason": verdict.explain(),
+        }
 
 
 # -- what engines share ---------------------------------------------------------------------
@@ -277,7 +313,14 @@ class Collaborators:
         self.assertions = AssertionCache(
             self.sign_assertion, ttl=self.assertion_ttl, clock=self.clock
         )
-        self.records = RecordBuilder(self.audit, self.clock)
+        # A policy with a shadow set (PolicyStore) gets its verdicts audited; fakes without one
+        # cost nothing.
+        shadow = (
+            ShadowJudge(self.policy, self.make_request)  # type: ignore[arg-type]
+            if hasattr(self.policy, "shadow")
+            else None
+        )
+        self.records = RecordBuilder(self.audit, self.clock, shadow)
         self.metrics = RequestMetrics()
 
 
@@ -370,6 +413,8 @@ __all__ = [
     "ResourceConfig",
     "RevocationCheck",
     "SecretCache",
+    "ShadowJudge",
+    "ShadowPolicySource",
     "TokenVerifier",
     "UpstreamSecret",
     "default_request_factory",

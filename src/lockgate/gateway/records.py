@@ -10,6 +10,14 @@ token verified), then what was done, the decision and the outcome. Two moments:
   engine's clock), sent to the sink without blocking; a failing sink is logged, never
   raised into a request (:func:`emit_safely`).
 
+Shadow policies: when the policy has a shadow set (``mode: shadow`` files), the builder asks
+it about every ``admitted`` record and every policy ``denied`` one, and where it decides
+otherwise adds ``detail["shadow"] = {"decision", "rule", "reason"}`` ("would deny" / "would
+allow"). Only differing verdicts are written, so records stay small and ``audit search
+--shadow`` finds exactly what a shadow policy would change. Without a shadow set this costs
+one attribute read per record and no policy decision. The enforced outcome never depends on
+it: the record is built after the engine decided.
+
 Hot path: no dict of identity fields, no ``getattr``; one dataclass built per record.
 """
 
@@ -28,6 +36,10 @@ if TYPE_CHECKING:
 log = _log.get("gateway")
 
 Clock = Callable[[], float]
+
+#: ``verdict(claims, resource, action, obj, allowed)``: the shadow set's decision as a record
+#: detail when it differs from the enforced one (``allowed``), else None.
+ShadowVerdict = Callable[["Claims", str, str, str, bool], "dict[str, str | None] | None"]
 
 
 class RecordSink(Protocol):
@@ -80,14 +92,35 @@ def emit_safely(audit: RecordSink, rec: AuditRecord) -> None:
 class RecordBuilder:
     """Builds an engine's audit records and emits outcomes to its sink (one per engine)."""
 
-    __slots__ = ("_audit", "_clock")
+    __slots__ = ("_audit", "_clock", "_shadow")
 
-    def __init__(self, audit: RecordSink, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, audit: RecordSink, clock: Clock = time.monotonic, shadow: ShadowVerdict | None = None
+    ) -> None:
         self._audit = audit
         self._clock = clock
+        self._shadow = shadow
 
-    @staticmethod
+    def _with_shadow(
+        self,
+        detail: dict[str, Any] | None,
+        claims: Claims | None,
+        resource: str | None,
+        action: str | None,
+        obj: str | None,
+        allowed: bool,
+    ) -> dict[str, Any] | None:
+        """``detail`` plus the shadow verdict when there is one that differs."""
+        if claims is None or resource is None or action is None or obj is None:
+            return detail
+        assert self._shadow is not None
+        verdict = self._shadow(claims, resource, action, obj, allowed)
+        if verdict is None:
+            return detail
+        return {**(detail or {}), "shadow": verdict}  # the caller's dict is left as it was
+
     def admitted(
+        self,
         claims: Claims | None,
         resource: str,
         action: str,
@@ -97,6 +130,8 @@ class RecordBuilder:
         detail: dict[str, Any] | None = None,
     ) -> AuditRecord:
         """The ``admitted`` record of an allowed request, to write ahead."""
+        if self._shadow is not None:
+            detail = self._with_shadow(detail, claims, resource, action, obj, True)
         return record(
             "admitted", claims, resource, action=action, obj=obj, decision="allow",
             rule=rule, reason=reason, detail=detail,
@@ -120,6 +155,8 @@ class RecordBuilder:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """Record an outcome or a refusal, ``latency_ms`` counted from ``t0``; never raises."""
+        if self._shadow is not None and event == "denied" and decision == "deny":
+            detail = self._with_shadow(detail, claims, resource, action, obj, False)
         rec = record(
             event, claims, resource, action=action, obj=obj, decision=decision, rule=rule,
             reason=reason, status=status,
@@ -129,4 +166,4 @@ class RecordBuilder:
         emit_safely(self._audit, rec)
 
 
-__all__ = ["RecordBuilder", "RecordSink", "emit_safely", "record"]
+__all__ = ["RecordBuilder", "RecordSink", "ShadowVerdict", "emit_safely", "record"]

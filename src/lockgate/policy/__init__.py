@@ -16,6 +16,9 @@ One file per team; every file holds a ``rules`` list::
           mapped: true                   # true: mapped instances; false: unmapped tasks
         description: "Finance DAGs read orders"
 
+A file whose top level says ``mode: shadow`` is watched, never enforced: its verdicts are
+audited next to the enforced ones (``PolicyStore.shadow``; ``docs/policy.md``).
+
 Unknown fields are errors; times must be quoted (YAML reads ``06:00`` as a number).
 A file may also hold a ``quotas:`` list (rates and caps per DAG, see
 :mod:`lockgate.quotas` and ``docs/quotas.md``), compiled into ``PolicySet.quotas``.
@@ -37,7 +40,13 @@ Doors: :func:`load_policy_files` -> :class:`PolicySet` (``decide``, ``mint_check
 from lockgate.policy.cli import cmd_check, cmd_lint, cmd_test, split_target
 from lockgate.policy.engine import Decision, PolicySet, Request, Rule
 from lockgate.policy.lint import Finding, lint, policy_problems
-from lockgate.policy.loader import load_policy_files, parse_policies, parse_policy_texts
+from lockgate.policy.loader import (
+    LoadedPolicy,
+    load_policy_files,
+    load_policy_texts,
+    parse_policies,
+    parse_policy_texts,
+)
 from lockgate.policy.model import ACTIONS
 from lockgate.policy.store import PolicyStore
 from lockgate.policy.testrunner import TestResult, run_policy_tests
@@ -46,6 +55,7 @@ __all__ = [
     "ACTIONS",
     "Decision",
     "Finding",
+    "LoadedPolicy",
     "PolicySet",
     "PolicyStore",
     "Request",
@@ -56,6 +66,7 @@ __all__ = [
     "cmd_test",
     "lint",
     "load_policy_files",
+    "load_policy_texts",
     "parse_policies",
     "parse_policy_texts",
     "policy_problems",

@@ -14,7 +14,9 @@ rule). Rule ids are unique across all files; a clash names both files.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from lockgate.config.yaml_source import LineOf, parse_yaml, yaml_lines
@@ -24,7 +26,9 @@ from lockgate.policy.globs import is_literal
 from lockgate.policy.model import located, validate_file
 
 __all__ = [
+    "LoadedPolicy",
     "load_policy_files",
+    "load_policy_texts",
     "parse_policies",
     "parse_policy_texts",
     "parse_yaml",
@@ -37,15 +41,20 @@ def parse_policies(
     docs: Iterable[tuple[str, object]],
     known_resources: set[str] | None = None,
     texts: Mapping[str, str] | None = None,
+    *,
+    shadow: bool = False,
 ) -> PolicySet:
     """Build a PolicySet from ``(source, parsed_yaml)`` pairs, in order; ``texts`` (source ->
-    YAML text) lets errors name their line."""
+    YAML text) lets errors name their line. Only files of one mode are taken: the enforced
+    ones, or with ``shadow`` the shadow ones."""
     rules: list[Rule] = []
     quotas: list[Quota] = []
     sources: list[str] = []
     seen: dict[str, tuple[str, int]] = {}
     seen_quotas: dict[str, tuple[str, int]] = {}
     for source, data in docs:
+        if is_shadow(data) != shadow:
+            continue  # the other set's file (see load_policy_texts)
         sources.append(source)
         text = texts.get(source) if texts is not None else None
         line_of = yaml_lines(text) if text is not None else None
@@ -105,11 +114,82 @@ def _check_resources(
 def parse_policy_texts(
     docs: Iterable[tuple[str, str]], known_resources: set[str] | None = None
 ) -> PolicySet:
-    """Build a PolicySet from ``(source, yaml_text)`` pairs, in order."""
+    """Build the enforced PolicySet from ``(source, yaml_text)`` pairs, in order (shadow files
+    are left out)."""
+    return load_policy_texts(docs, known_resources).enforced
+
+
+def is_shadow(data: object) -> bool:
+    """Parsed YAML of a ``mode: shadow`` file."""
+    return isinstance(data, dict) and data.get("mode") == "shadow"
+
+
+# A top-level ``mode: shadow`` line: how a shadow file whose YAML does not parse is still told
+# apart (its error must not break the enforced set).
+_SHADOW_LINE = re.compile(r"""^mode:[ \t]*["']?shadow["']?[ \t]*(#.*)?$""", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    """The enforced set, and the shadow set (None without shadow files or when one is
+    broken: ``shadow_error`` then says where)."""
+
+    enforced: PolicySet
+    shadow: PolicySet | None = None
+    shadow_error: str | None = None
+
+
+def load_policy_texts(
+    docs: Iterable[tuple[str, str]], known_resources: set[str] | None = None
+) -> LoadedPolicy:
+    """Build the enforced set and the shadow set from ``(source, yaml_text)`` pairs.
+
+    Raises :class:`ConfigError` for an enforced file's error only."""
     pairs = list(docs)  # a file listed twice stays twice (its rule ids then clash)
-    return parse_policies(
-        ((src, parse_yaml(src, text)) for src, text in pairs), known_resources, dict(pairs)
-    )
+    texts = dict(pairs)
+    enforced_docs: list[tuple[str, object]] = []
+    shadow_docs: list[tuple[str, object]] = []
+    shadow_error: str | None = None
+    for src, text in pairs:
+        try:
+            data = parse_yaml(src, text)
+        except ConfigError as exc:
+            if _SHADOW_LINE.search(text) is None:
+                raise
+            shadow_error = shadow_error or str(exc)
+            continue
+        (shadow_docs if is_shadow(data) else enforced_docs).append((src, data))
+    enforced = parse_policies(enforced_docs, known_resources, texts)
+    if shadow_error is not None or not shadow_docs:
+        return LoadedPolicy(enforced, None, shadow_error)
+    try:
+        shadow = _shadow_set(enforced, shadow_docs, known_resources, texts)
+    except ConfigError as exc:
+        return LoadedPolicy(enforced, None, str(exc))
+    return LoadedPolicy(enforced, shadow)
+
+
+def _shadow_set(
+    enforced: PolicySet,
+    docs: list[tuple[str, object]],
+    known_resources: set[str] | None,
+    texts: Mapping[str, str],
+) -> PolicySet:
+    """The enforced rules with the shadow files' rules laid over them (same id: replaced;
+    new id: appended). A shadow file may not hold quotas (they would not be watched)."""
+    # Validate as enforced files would be (same messages, ids unique among shadow files).
+    watched = parse_policies(docs, known_resources, texts, shadow=True)
+    for src, data in docs:
+        if isinstance(data, dict) and data.get("quotas"):
+            line_of = yaml_lines(texts[src]) if src in texts else None
+            raise ConfigError(
+                f"{located(src, ('quotas',), line_of)}: quotas: a shadow file cannot hold "
+                "quotas (they would be neither enforced nor watched)"
+            )
+    overlay = {r.id: r for r in watched.rules}
+    rules = [overlay.pop(r.id, r) for r in enforced.rules]
+    rules.extend(overlay.values())
+    return PolicySet(rules, (*enforced.sources, *watched.sources))
 
 
 def read_text(path: Path) -> str:

@@ -260,7 +260,13 @@ class QuotaSpec(_Strict):
         return self.run_max_age if self.run_max_age is not None else DEFAULT_RUN_MAX_AGE
 
 
+#: ``enforce``: the file's rules decide. ``shadow``: its rules are only watched: their verdict
+#: is audited next to the enforced one, never acted on (see ``docs/policy.md``).
+PolicyMode = Literal["enforce", "shadow"]
+
+
 class PolicyFile(_Strict):
+    mode: PolicyMode = "enforce"
     rules: list[RuleSpec] = []
     quotas: list[QuotaSpec] = []
 

@@ -16,6 +16,10 @@ Strategy:
   a catalog changed live (:meth:`PolicyStore.update_known_resources`), which re-checks the
   files at once: a rule naming a resource just added is accepted, a file naming one just
   removed is refused like any broken file (the last good set stays).
+* Shadow files (``mode: shadow``) load into :attr:`PolicyStore.shadow`, apart from
+  ``current`` (which never includes them); None when there are none. A broken shadow file
+  turns the shadow set off (``shadow_error`` says where, logged once) and never stops the
+  enforced files from loading.
 * The first load happens in the constructor. If it fails, ``current`` is the empty set (which
   denies everything) and ``last_error`` says why; pass ``raise_on_error=True`` to get a
   :class:`ConfigError` instead (a gateway may prefer not to start on a broken policy).
@@ -33,7 +37,7 @@ from pathlib import Path
 from lockgate import _log, metrics
 from lockgate.errors import ConfigError
 from lockgate.policy.engine import PolicySet
-from lockgate.policy.loader import parse_policy_texts
+from lockgate.policy.loader import load_policy_texts
 
 log = _log.get("policy")
 
@@ -53,10 +57,12 @@ class PolicyStore:
         self._paths_fn = paths_fn
         self._known = set(known_resources) if known_resources is not None else None
         self._current = PolicySet.empty()
+        self._shadow: PolicySet | None = None
         self._lock = threading.Lock()
         self._stat_sig: tuple[tuple[str, int, int], ...] | None = None
         self._tried_digest: bytes | None = None
         self.last_error: str | None = None
+        self.shadow_error: str | None = None
         self.loaded_at: float | None = None
         self.reload_if_changed()
         if raise_on_error and self.loaded_at is None:
@@ -65,6 +71,11 @@ class PolicyStore:
     @property
     def current(self) -> PolicySet:
         return self._current
+
+    @property
+    def shadow(self) -> PolicySet | None:
+        """The shadow set (watched, never enforced); None without shadow files."""
+        return self._shadow
 
     def reload_if_changed(self) -> bool:
         """Reload if the file set or any file's content changed. True if a new set is live."""
@@ -101,10 +112,13 @@ class PolicyStore:
         self._tried_digest = digest
         try:
             texts = [(src, _decode(src, data)) for src, data in blobs]
-            new = parse_policy_texts(texts, self._known)
+            loaded = load_policy_texts(texts, self._known)
         except ConfigError as exc:
             return self._fail(str(exc))
+        new = loaded.enforced
         self._current = new  # the atomic swap
+        self._shadow = loaded.shadow
+        self._shadow_failed(loaded.shadow_error)
         self.last_error = None
         self.loaded_at = time.time()
         metrics.POLICY_RELOADS.labels(outcome="ok").inc()
@@ -123,6 +137,14 @@ class PolicyStore:
                 extra={"fields": {"error": message}},
             )
         return False
+
+    def _shadow_failed(self, message: str | None) -> None:
+        if message is not None and message != self.shadow_error:
+            log.error(
+                "shadow policy not loaded; enforcement unchanged",
+                extra={"fields": {"error": message}},
+            )
+        self.shadow_error = message
 
     async def watch(self, interval: float = 1.0) -> None:
         """Poll for changes until cancelled. Never dies on an error: it logs and goes on."""

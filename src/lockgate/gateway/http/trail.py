@@ -65,7 +65,7 @@ class Trail:
     def write_ahead(self, subject: Subject, detail: dict[str, Any] | None) -> bool:
         """Make ``subject``'s ``admitted`` record durable, setting its ``ref``; False when it
         cannot be (recorded as ``upstream_error``/``audit_unavailable``: answer 503)."""
-        record = RecordBuilder.admitted(
+        record = self.records.admitted(
             subject.claims, subject.resource, subject.action, subject.obj, subject.rule,
             subject.reason, detail,
         )  # fmt: skip
