@@ -59,8 +59,8 @@ def audit_rows(
     cfg: LockgateConfig, *, dag: str | None, since: float | None, local: bool = False
 ) -> Iterator[dict[str, Any]]:
     """The audit rows of ``dag`` (every DAG: None) at or after ``since``, oldest first, one
-    at a time: a million rows are never all in memory (with shared state, the reader's
-    search answers instead, which holds the window)."""
+    at a time: a million rows are never all in memory (with shared state, the shared trail
+    of every replica, paged by the reader)."""
     if cfg.state.shared and not local:
         yield from _shared_rows(cfg, dag, since)
         return
@@ -93,7 +93,7 @@ def _shared_rows(
 
     reader = AuditReader(cfg.data_dir / "audit.db", shipping=audit_shipping(cfg))
     try:
-        for row in reader.search(dag=dag, since=since, limit=sys.maxsize >> 1):
+        for row in reader.iter_rows(dag=dag, since=since, batch=_BATCH):
             yield row.to_dict()
     finally:
         reader.close_shared()

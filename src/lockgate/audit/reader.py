@@ -4,10 +4,10 @@ Every call opens its own short-lived read-only connection, so the CLI (another p
 query while the server writes: WAL lets readers see the last committed state without
 blocking the writer.
 
-With ``shipping`` (``state: postgresql``) tail and search answer from the shared trail (every
-replica's records), and verify checks this replica's local chain and then the shared trail
-(every replica's chain and every signed checkpoint, :mod:`lockgate.audit.shared`). The head
-and the journal backlog stay this replica's own.
+With ``shipping`` (``state: postgresql``) tail, search and iter_rows answer from the shared
+trail (every replica's records), and verify checks this replica's local chain and then the
+shared trail (every replica's chain and every signed checkpoint,
+:mod:`lockgate.audit.shared`). The head and the journal backlog stay this replica's own.
 """
 
 from __future__ import annotations
@@ -21,14 +21,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lockgate.audit import chain
+from lockgate.audit.chain import _SELECT as LOCAL_SELECT  # the chain's one row select
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.journal import Backlog, backlog, journal_dir
-from lockgate.audit.record import GENESIS, AuditRow
+from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow
 from lockgate.audit.shipping import AuditShipping, ShipLag, read_status, ship_lag
 
 if TYPE_CHECKING:
     from lockgate.audit.shared import SharedTrail
     from lockgate.store import Database
+
+# where ts sits in a row of the shared trail's select (replica, seq, *RECORD_FIELDS, ...)
+_SHARED_TS = 2 + RECORD_FIELDS.index("ts")
 
 
 class AuditReader:
@@ -119,6 +123,27 @@ class AuditReader:
                 limit=limit,
             )
 
+    def iter_rows(
+        self, dag: str | None = None, since: float | datetime | None = None, batch: int = 5000
+    ) -> Iterator[AuditRow]:
+        """Every row of ``dag`` (every DAG: None) at or after ``since`` (unix ts), oldest
+        first, as :meth:`search` returns them, fetched ``batch`` rows a round trip: a window
+        of millions is never all in memory. The shared trail is paged by its order
+        ``(ts, replica, seq)`` (every replica, interleaved by time); the local chain by seq.
+        Each page is its own read: rows written meanwhile past the last page show up."""
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        if isinstance(since, datetime):
+            since = since.timestamp()
+        if self.shipping is not None:
+            trail = self._shared()
+            if trail is not None:
+                yield from _shared_pages(trail, dag, since, batch)
+            return
+        with self._conn() as conn:
+            if conn is not None and _has_schema(conn):
+                yield from _local_pages(conn, dag, since, batch)
+
     def verify(self, anchors: Iterable[tuple[int, str]] = ()) -> VerifyResult:
         """Check the whole chain (see :func:`lockgate.audit.chain.verify`); with shipping,
         then the shared trail of every replica."""
@@ -207,6 +232,54 @@ class AuditReader:
             if not conn or not _has_schema(conn):
                 return (0, GENESIS)
             return chain.read_head(conn)
+
+
+def _shared_pages(
+    trail: SharedTrail, dag: str | None, since: float | None, batch: int
+) -> Iterator[AuditRow]:
+    """Keyset pages of the shared trail in ``(ts, replica, seq)`` order ((replica, seq) is
+    its key, so the order is total and no row is skipped or repeated at a page's edge);
+    ``ts >= last ts`` leads the cursor condition so the ``ts`` / ``(dag_id, ts)`` index
+    serves it."""
+    # one definition of the shared trail's select and row (NUL-safe) for search and this
+    from lockgate.audit.shared import _SELECT as SHARED_SELECT
+    from lockgate.audit.shared import _row as shared_row
+
+    clause, args = chain.where({"dag_id": dag}, since)
+    after: tuple[float, str, int] | None = None
+    while True:
+        sql, params = SHARED_SELECT + clause, list(args)
+        if after is not None:
+            sql += " AND " if clause else " WHERE "
+            sql += "ts >= ? AND (ts > ? OR replica > ? OR (replica = ? AND seq > ?))"
+            ts, replica, seq = after
+            params += [ts, ts, replica, replica, seq]
+        with trail.db.read() as cur:
+            page = cur.execute(
+                f"{sql} ORDER BY ts, replica, seq LIMIT ?", (*params, batch)
+            ).fetchall()
+        for r in page:
+            yield shared_row(r)
+        if len(page) < batch:
+            return
+        last = page[-1]  # (replica, seq, *RECORD_FIELDS, ...): the shared select's columns
+        after = (float(last[_SHARED_TS]), str(last[0]), int(last[1]))
+
+
+def _local_pages(
+    conn: sqlite3.Connection, dag: str | None, since: float | None, batch: int
+) -> Iterator[AuditRow]:
+    """Pages of the local chain by seq (its key and its order)."""
+    clause, args = chain.where({"dag_id": dag}, since)
+    sql = LOCAL_SELECT + clause + (" AND " if clause else " WHERE ") + "seq > ?"
+    after = 0
+    while True:
+        page = conn.execute(f"{sql} ORDER BY seq LIMIT ?", (*args, after, batch)).fetchall()
+        for r in page:
+            yield chain.row_from_columns(r)
+        if len(page) < batch:
+            return
+        after = int(page[-1][0])
 
 
 def _has_schema(conn: sqlite3.Connection) -> bool:
