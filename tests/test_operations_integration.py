@@ -1,0 +1,230 @@
+"""Issue 14's operations parts together, as an operator runs them: ``lockgate serve
+--workers 2`` on SQLite state with a quota, denial alerts to a signed webhook, tracing to a
+local OTLP/HTTP collector and the OCSF mirror, through a kill -9 of each worker and a SIGHUP.
+
+What must hold across it all: ``/metrics`` counts what the audit trail records (served,
+throttled, denied) whichever worker answered and whether it died since; a DAG's denials
+are alerted once, not again by the worker that replaced the alerting one; the spans of the
+requests served after the restarts reach the collector; every committed record is in the
+OCSF mirror, which verifies against the chain; ``lockgate config check`` accepts the
+configuration ``serve`` ran.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from lockgate.audit import AuditReader
+from lockgate.audit.ocsf import verify_export
+from tests._gateway_process import BearerUpstream, get_status, scaffold, serve, stop, wait_serving
+from tests.fakes.alert_receivers import WebhookReceiver, serving_in_thread
+from tests.test_workers import Samples, _children, _cmdline, _scrape
+
+pytestmark = pytest.mark.slow
+
+THROTTLED_DAG = "finance_paced"  # under a 2/s quota
+DENIED_DAG = "marketing_daily"  # no rule: every request denied
+
+
+class OtlpCollector:
+    """``POST /v1/traces`` (OTLP/HTTP protobuf) on 127.0.0.1: keeps each span's attributes."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, str]] = []
+        lock, spans = threading.Lock(), self.spans
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                message = ExportTraceServiceRequest()
+                message.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    for resource_spans in message.resource_spans:
+                        for scope in resource_spans.scope_spans:
+                            for span in scope.spans:
+                                spans.append({a.key: a.value.string_value for a in span.attributes})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def runs(self) -> list[str]:
+        return [s.get("lockgate.run_id", "") for s in list(self.spans)]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def until(check: Callable[[], bool], limit: float, what: str) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {limit} s"
+        time.sleep(0.1)
+
+
+def workers_of(proc: subprocess.Popen[bytes]) -> list[int]:
+    return [k for k in _children(proc.pid) if b"spawn_main" in _cmdline(k)]
+
+
+def kill_worker(proc: subprocess.Popen[bytes], pid: int) -> None:
+    """kill -9 one worker; until the supervisor has two again."""
+    os.kill(pid, signal.SIGKILL)
+    until(lambda: pid not in (now := workers_of(proc)) and len(now) == 2, 15, "worker replaced")
+
+
+def total(samples: Samples, name: str, **match: str) -> float:
+    return sum(
+        v
+        for labels, v in samples.get(name, [])
+        if all(labels.get(k) == want for k, want in match.items())
+    )
+
+
+def test_workers_quota_alerts_tracing_and_ocsf_through_kills_and_reload(
+    tmp_path: Path, bearer_upstream: BearerUpstream
+) -> None:
+    gw = scaffold(tmp_path / "lg", bearer_upstream)
+    hmac_key = secrets.token_hex(32).encode()  # the key file's text is the key
+    webhook = WebhookReceiver(hmac_key)
+    collector = OtlpCollector()
+    ocsf = tmp_path / "audit.ocsf.jsonl"
+    with serving_in_thread(webhook):
+        secrets_dir = tmp_path / "secrets"
+        secrets_dir.mkdir(mode=0o700)
+        (secrets_dir / "url").write_text(webhook.url)
+        (secrets_dir / "hmac").write_bytes(hmac_key)
+        for f in secrets_dir.iterdir():
+            f.chmod(0o600)
+        data = yaml.safe_load(gw.config_path.read_text())
+        data["audit"] = {**(data.get("audit") or {}), "ocsf": str(ocsf)}
+        data["tracing"] = {"enabled": True, "otlp_endpoint": f"http://127.0.0.1:{collector.port}"}
+        data["alerts"] = {
+            "notifiers": [
+                {
+                    "name": "ops",
+                    "type": "webhook",
+                    "url_file": str(secrets_dir / "url"),
+                    "hmac_key_file": str(secrets_dir / "hmac"),
+                    "events": ["denials"],
+                }
+            ],
+            "denials": {"window": 1},
+            "poll_interval": 0.2,
+        }
+        gw.config_path.write_text(yaml.safe_dump(data))
+        policy = gw.config_path.parent / "policies" / "orders.yaml"
+        rules = yaml.safe_load(policy.read_text())
+        rules["quotas"] = [
+            {
+                "id": "finance-pace",
+                "principals": [f"airflow:prod/{THROTTLED_DAG}/*"],
+                "resources": ["orders-api"],
+                "rate": 2,
+                "burst": 2,
+            }
+        ]
+        policy.write_text(yaml.safe_dump(rules))
+        check = subprocess.run(
+            [sys.executable, "-m", "lockgate", "--config", str(gw.config_path), "config", "check"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        warmup, _ = gw.mint("finance_daily", "warmup")
+        url = gw.url()
+        proc = serve(gw.config_path, "--workers", "2")
+        statuses: dict[str, list[int]] = {}
+
+        def burst(dag: str, run: str, n: int) -> None:
+            token, _ = gw.mint(dag, run)
+            statuses.setdefault(dag, []).extend(get_status(url, token) for _ in range(n))
+
+        try:
+            wait_serving(proc, url, warmup)
+            until(lambda: len(workers_of(proc)) == 2, 15, "two workers")
+            time.sleep(0.5)  # both in the port group
+            burst(THROTTLED_DAG, "before", 20)
+            burst(DENIED_DAG, "before", 5)
+            assert set(statuses[THROTTLED_DAG]) == {200, 429}, statuses
+            assert set(statuses[DENIED_DAG]) == {403}, statuses
+            time.sleep(0.5)  # records handed to the writer before a worker dies
+            delivered(webhook, 1)
+            for pid in workers_of(proc):  # each worker in turn, the alerting one included
+                kill_worker(proc, pid)
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            until(lambda: get_status(url, warmup) == 200, 15, "serving after the reload")
+            time.sleep(2.0)  # the bucket refills: the next burst starts as the first did
+            burst(THROTTLED_DAG, "after", 20)
+            assert set(statuses[THROTTLED_DAG][20:]) == {200, 429}, statuses
+            time.sleep(3.0)  # past the denial window: a re-alert would have been sent by now
+            # /metrics: the dead workers' counts kept; the same numbers as the clients saw
+            until(lambda: bool(_scrape(gw.control_port)), 10, "metrics served")
+            samples = _scrape(gw.control_port)
+            throttled_seen = statuses[THROTTLED_DAG].count(429)
+            served_seen = statuses[THROTTLED_DAG].count(200)
+            assert total(samples, "lockgate_quota_throttled_total") == throttled_seen
+            assert (
+                total(samples, "lockgate_requests_total", dag=THROTTLED_DAG, decision="allow")
+                == served_seen
+            )
+            assert (
+                total(samples, "lockgate_requests_total", dag=THROTTLED_DAG, decision="deny")
+                == throttled_seen
+            )
+            assert total(samples, "lockgate_requests_total", dag=DENIED_DAG) == 5
+        finally:
+            assert stop(proc) == 0
+            collector_runs = collector.runs()
+            collector.stop()
+        # one alert for the denied DAG, not a second from the worker that took over
+        denial_alerts = [a for a in webhook.accepted if a.get("kind") == "denials"]
+        assert len(denial_alerts) == 1, webhook.accepted
+        assert DENIED_DAG in json.dumps(denial_alerts[0])
+
+    # the audit trail says what the clients saw
+    reader = AuditReader(gw.config.data_dir / "audit.db")
+    assert reader.verify().ok
+    rows = reader.search(limit=100_000)
+    throttled = [r for r in rows if r.event == "throttled"]
+    assert len(throttled) == statuses[THROTTLED_DAG].count(429)
+    assert all(r.dag_id == THROTTLED_DAG for r in throttled)
+    denied = [r for r in rows if r.event == "denied" and r.dag_id == DENIED_DAG]
+    assert len(denied) == 5
+    # spans of the requests served after the restarts reached the collector
+    assert collector_runs.count("after") >= 20, collector_runs
+    # every committed record mirrored as OCSF, in chain order, verifying
+    lines = ocsf.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(rows)
+    check_export = verify_export(lines)
+    assert check_export.ok, check_export
+
+
+def delivered(receiver: WebhookReceiver, n: int, timeout: float = 15.0) -> None:
+    """Until ``receiver`` accepted ``n`` alerts (it runs on a thread's loop)."""
+    until(lambda: len(receiver.accepted) >= n, timeout, f"{n} alert(s) delivered")
