@@ -181,7 +181,9 @@ def policy_request(
 
 class ShadowJudge:
     """The shadow set's verdict on a recorded decision (:data:`~lockgate.gateway.records.
-    ShadowVerdict`): None when there is no shadow set (no decision asked) or it agrees."""
+    ShadowVerdict`): None when there is no shadow set (no decision asked), when it agrees, or
+    when the recorded decision was not the enforced policy's (asked again to know: cached,
+    and only while a shadow set exists)."""
 
     __slots__ = ("_make", "_source")
 
@@ -199,8 +201,10 @@ class ShadowJudge:
         verdict = shadow.decide(req)
         if verdict.allowed == allowed:
             return None
-        if not allowed and self._source.current.decide(req).allowed:
-            return None  # the gateway refused it, not policy: nothing for a policy to change
+        if self._source.current.decide(req).allowed != allowed:
+            # The gateway decided, not policy (a driver's metadata read let through, a
+            # request refused before policy): nothing a policy change would change.
+            return None
         return {
             "decision": "allow" if verdict.allowed else "deny",
             "rule": verdict.rule,
