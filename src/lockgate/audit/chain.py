@@ -267,11 +267,11 @@ def row_from_columns(r: sqlite3.Row | tuple[Any, ...]) -> AuditRow:
     return AuditRow(seq=seq, prev_hash=prev_hash, hash=h, **kw)
 
 
-_SELECT = f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, hash FROM audit"  # noqa: S608
+SELECT_ROWS = f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, hash FROM audit"  # noqa: S608
 
 
 def iter_rows(conn: sqlite3.Connection) -> Iterator[AuditRow]:
-    for r in conn.execute(f"{_SELECT} ORDER BY seq"):
+    for r in conn.execute(f"{SELECT_ROWS} ORDER BY seq"):
         yield row_from_columns(r)
 
 
@@ -279,12 +279,12 @@ def stored_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[tuple[A
     """Up to ``limit`` rows past ``seq`` in chain order, as stored: (seq, *record columns
     with ``detail`` as its canonical JSON text, prev_hash, hash). What the shipper copies,
     untouched: no parsing and re-encoding per row."""
-    rows = conn.execute(f"{_SELECT} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+    rows = conn.execute(f"{SELECT_ROWS} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
     return rows.fetchall()
 
 
 def tail(conn: sqlite3.Connection, n: int = 20) -> list[AuditRow]:
-    rows = conn.execute(f"{_SELECT} ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
+    rows = conn.execute(f"{SELECT_ROWS} ORDER BY seq DESC LIMIT ?", (n,)).fetchall()
     return [row_from_columns(r) for r in reversed(rows)]
 
 
@@ -318,7 +318,7 @@ def search(
     equal = {"dag_id": dag, "run_id": run, "decision": decision, "event": event,
              "resource": resource}  # fmt: skip
     clause, args = where(equal, since)
-    sql = f"{_SELECT}{clause} ORDER BY seq DESC LIMIT ?"
+    sql = f"{SELECT_ROWS}{clause} ORDER BY seq DESC LIMIT ?"
     rows = conn.execute(sql, (*args, int(limit))).fetchall()
     return [row_from_columns(r) for r in reversed(rows)]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lockgate.audit import chain
-from lockgate.audit.chain import _SELECT as LOCAL_SELECT  # the chain's one row select
+from lockgate.audit.chain import SELECT_ROWS as LOCAL_SELECT  # the chain's one row select
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.journal import Backlog, backlog, journal_dir
 from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow
@@ -242,8 +242,8 @@ def _shared_pages(
     ``ts >= last ts`` leads the cursor condition so the ``ts`` / ``(dag_id, ts)`` index
     serves it."""
     # one definition of the shared trail's select and row (NUL-safe) for search and this
-    from lockgate.audit.shared import _SELECT as SHARED_SELECT
-    from lockgate.audit.shared import _row as shared_row
+    from lockgate.audit.shared import SELECT_ROWS as SHARED_SELECT
+    from lockgate.audit.shared import trail_row as shared_row
 
     clause, args = chain.where({"dag_id": dag}, since)
     after: tuple[float, str, int] | None = None

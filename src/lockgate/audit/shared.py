@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 register_domain(DOMAIN, MIGRATIONS)
 
 _RECORD_COLUMNS = ("seq", *RECORD_FIELDS, "prev_hash", "hash")
-_SELECT = f"SELECT replica, {', '.join(_RECORD_COLUMNS)}, stored_json FROM audit_records"  # noqa: S608
+SELECT_ROWS = f"SELECT replica, {', '.join(_RECORD_COLUMNS)}, stored_json FROM audit_records"  # noqa: S608
 # stored_json: the row exactly as stored, as JSON text, only when a text value holds a NUL
 # character (PostgreSQL text cannot; its columns then hold U+FFFD instead, for searching)
 _SHIPPED_COLUMNS = ("replica", *_RECORD_COLUMNS, "shipped_at", "stored_json")
@@ -277,12 +277,12 @@ class SharedTrail:
         equal = {"dag_id": dag, "run_id": run, "decision": decision, "event": event,
                  "resource": resource, "replica": replica}  # fmt: skip
         clause, args = where(equal, since)
-        sql = _SELECT + clause
+        sql = SELECT_ROWS + clause
         with self.db.read() as cur:
             rows = cur.execute(
                 f"{sql} ORDER BY ts DESC, replica DESC, seq DESC LIMIT ?", (*args, int(limit))
             ).fetchall()
-        return [_row(r) for r in reversed(rows)]
+        return [trail_row(r) for r in reversed(rows)]
 
     def replicas(self) -> list[str]:
         with self.db.read() as cur:
@@ -297,11 +297,11 @@ class SharedTrail:
         while True:
             with self.db.read() as cur:
                 page = cur.execute(
-                    f"{_SELECT} WHERE replica = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    f"{SELECT_ROWS} WHERE replica = ? AND seq > ? ORDER BY seq LIMIT ?",
                     (replica, after, _PAGE),
                 ).fetchall()
             for r in page:
-                yield _row(r, checked=True)
+                yield trail_row(r, checked=True)
             if len(page) < _PAGE:
                 return
             after = int(page[-1][1])
@@ -427,7 +427,7 @@ class Relabelled(Exception):
         self.seq = seq
 
 
-def _row(r: tuple[Any, ...], *, checked: bool = False) -> AuditRow:
+def trail_row(r: tuple[Any, ...], *, checked: bool = False) -> AuditRow:
     """The AuditRow of a selected row. ``stored_json`` is the row itself when a text value
     holds a NUL; ``checked``: raise Relabelled unless it is exactly that (a NUL in it, and
     the columns are it with U+FFFD for NUL), or search, which filters on the columns, could
