@@ -12,7 +12,7 @@ import pytest
 
 from lockgate.gateway.engine import Collaborators
 from lockgate.gateway.http import HttpEngine
-from lockgate.policy import PolicyStore
+from lockgate.policy import Decision, PolicyStore, Request
 
 from ..fakes import FakeAudit, FakeBroker, FakeSigner, FakeVerifier, claims_for
 from .conftest import SECRETS, TOKEN, Upstream, bearer, resource
@@ -117,9 +117,12 @@ async def test_without_shadow_files_no_verdict_and_no_extra_decision(
     decided: list[str] = []
     enforced = store.current
     real_decide = enforced.decide
-    monkeypatch.setattr(
-        enforced, "decide", lambda req: decided.append(req.object) or real_decide(req)
-    )
+
+    def counted(req: Request) -> Decision:
+        decided.append(req.object)
+        return real_decide(req)
+
+    monkeypatch.setattr(enforced, "decide", counted)
     try:
         statuses = await get_all(engine, "/secret/keys", "/reports/q1")
     finally:
