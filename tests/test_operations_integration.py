@@ -12,10 +12,12 @@ configuration ``serve`` ran.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +32,20 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from lockgate.audit import AuditReader
 from lockgate.audit.ocsf import verify_export
-from tests._gateway_process import BearerUpstream, get_status, scaffold, serve, stop, wait_serving
+from lockgate.config import PostgresStateSettings, load_config
+from lockgate.demo.stack import free_port
+from lockgate.identity import TaskIdentity, TokenIssuer
+from lockgate.state import State
+from tests._gateway_process import (
+    CREDENTIAL,
+    RESOURCE,
+    BearerUpstream,
+    get_status,
+    scaffold,
+    serve,
+    stop,
+    wait_serving,
+)
 from tests.fakes.alert_receivers import WebhookReceiver, serving_in_thread
 from tests.test_workers import Samples, _children, _cmdline, _scrape
 
@@ -102,6 +117,54 @@ def total(samples: Samples, name: str, **match: str) -> float:
     )
 
 
+def operations_config(
+    config_path: Path, secrets_dir: Path, webhook: WebhookReceiver, hmac_key: bytes
+) -> None:
+    """Denial alerts (1 s window) to ``webhook`` signed with ``hmac_key``, secrets in files
+    as a deployment mounts them; a 2/s quota (burst 2) on each DAG named ``finance_paced``."""
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    (secrets_dir / "url").write_text(webhook.url)
+    (secrets_dir / "hmac").write_bytes(hmac_key)
+    for f in secrets_dir.iterdir():
+        f.chmod(0o600)
+    data = yaml.safe_load(config_path.read_text())
+    data["alerts"] = {
+        "notifiers": [
+            {
+                "name": "ops",
+                "type": "webhook",
+                "url_file": str(secrets_dir / "url"),
+                "hmac_key_file": str(secrets_dir / "hmac"),
+                "events": ["denials"],
+            }
+        ],
+        "denials": {"window": 1},
+        "poll_interval": 0.2,
+    }
+    config_path.write_text(yaml.safe_dump(data))
+    policy = config_path.parent / "policies" / "orders.yaml"
+    rules = yaml.safe_load(policy.read_text())
+    rules["quotas"] = [
+        {
+            "id": "finance-pace",
+            "principals": [f"airflow:prod/{THROTTLED_DAG}/*"],
+            "resources": ["orders-api"],
+            "rate": 2,
+            "burst": 2,
+        }
+    ]
+    policy.write_text(yaml.safe_dump(rules))
+
+
+def config_check(config_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lockgate", "--config", str(config_path), "config", "check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def test_workers_quota_alerts_tracing_and_ocsf_through_kills_and_reload(
     tmp_path: Path, bearer_upstream: BearerUpstream
 ) -> None:
@@ -111,47 +174,12 @@ def test_workers_quota_alerts_tracing_and_ocsf_through_kills_and_reload(
     collector = OtlpCollector()
     ocsf = tmp_path / "audit.ocsf.jsonl"
     with serving_in_thread(webhook):
-        secrets_dir = tmp_path / "secrets"
-        secrets_dir.mkdir(mode=0o700)
-        (secrets_dir / "url").write_text(webhook.url)
-        (secrets_dir / "hmac").write_bytes(hmac_key)
-        for f in secrets_dir.iterdir():
-            f.chmod(0o600)
+        operations_config(gw.config_path, tmp_path / "secrets", webhook, hmac_key)
         data = yaml.safe_load(gw.config_path.read_text())
         data["audit"] = {**(data.get("audit") or {}), "ocsf": str(ocsf)}
         data["tracing"] = {"enabled": True, "otlp_endpoint": f"http://127.0.0.1:{collector.port}"}
-        data["alerts"] = {
-            "notifiers": [
-                {
-                    "name": "ops",
-                    "type": "webhook",
-                    "url_file": str(secrets_dir / "url"),
-                    "hmac_key_file": str(secrets_dir / "hmac"),
-                    "events": ["denials"],
-                }
-            ],
-            "denials": {"window": 1},
-            "poll_interval": 0.2,
-        }
         gw.config_path.write_text(yaml.safe_dump(data))
-        policy = gw.config_path.parent / "policies" / "orders.yaml"
-        rules = yaml.safe_load(policy.read_text())
-        rules["quotas"] = [
-            {
-                "id": "finance-pace",
-                "principals": [f"airflow:prod/{THROTTLED_DAG}/*"],
-                "resources": ["orders-api"],
-                "rate": 2,
-                "burst": 2,
-            }
-        ]
-        policy.write_text(yaml.safe_dump(rules))
-        check = subprocess.run(
-            [sys.executable, "-m", "lockgate", "--config", str(gw.config_path), "config", "check"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        check = config_check(gw.config_path)
         assert check.returncode == 0, check.stdout + check.stderr
 
         warmup, _ = gw.mint("finance_daily", "warmup")
@@ -228,3 +256,103 @@ def test_workers_quota_alerts_tracing_and_ocsf_through_kills_and_reload(
 def delivered(receiver: WebhookReceiver, n: int, timeout: float = 15.0) -> None:
     """Until ``receiver`` accepted ``n`` alerts (it runs on a thread's loop)."""
     until(lambda: len(receiver.accepted) >= n, timeout, f"{n} alert(s) delivered")
+
+
+def denial_counts(receiver: WebhookReceiver, dag: str) -> list[tuple[str, int]]:
+    """(sender, count) of each denials alert on ``dag``."""
+    return [
+        (str(a["source"]), int(a["details"]["count"]))
+        for a in list(receiver.accepted)
+        if a.get("kind") == "denials" and a.get("dag_id") == dag
+    ]
+
+
+def test_two_replicas_share_the_quota_and_send_each_denial_once_across_a_handover(
+    tmp_path: Path,
+    bearer_upstream: BearerUpstream,
+    pg_state: Callable[..., PostgresStateSettings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCKGATE_MASTER_KEY", base64.b64encode(secrets.token_bytes(32)).decode())
+    hmac_key = secrets.token_hex(32).encode()
+    webhook = WebhookReceiver(hmac_key)
+    first = scaffold(tmp_path / "a", bearer_upstream)
+    shared = pg_state(catch_up_interval=0.25).model_dump(mode="json", exclude_none=True)
+    with serving_in_thread(webhook):
+        operations_config(first.config_path, tmp_path / "secrets", webhook, hmac_key)
+        shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns("data"))
+        replicas: dict[str, tuple[Path, int, int]] = {}  # name: (config, http port, control port)
+        for name in ("a", "b"):
+            path = tmp_path / name / first.config_path.name
+            data = yaml.safe_load(path.read_text())
+            http_port = first.http_port if name == "a" else free_port()
+            control_port = first.control_port if name == "a" else free_port()
+            data["listeners"]["http"]["port"] = http_port
+            data["listeners"]["control"]["port"] = control_port
+            data["state"] = {"postgresql": {**shared, "replica_id": f"replica-{name}"}}
+            data["issuer"] = first.config.issuer_url  # one issuer behind the load balancer
+            data["audit"] = {**(data.get("audit") or {}), "ocsf": str(tmp_path / f"{name}.ocsf")}
+            path.write_text(yaml.safe_dump(data))
+            check = config_check(path)
+            assert check.returncode == 0, check.stdout + check.stderr
+            replicas[name] = (path, http_port, control_port)
+        operator = State(load_config(replicas["a"][0]))
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            operator.credentials.set(CREDENTIAL, bearer_upstream.secret)
+            issuer = TokenIssuer(operator.keys, operator.config.issuer_url)
+
+            def mint(dag: str, run: str) -> str:
+                identity = TaskIdentity("prod", dag, "t", run, 1, -1)
+                return issuer.mint(identity, RESOURCE, 300)[0]
+
+            def url(name: str) -> str:
+                return f"http://127.0.0.1:{replicas[name][1]}/{RESOURCE}/orders"
+
+            warmup = mint("finance_daily", "warmup")
+            for name, (path, _, _) in replicas.items():
+                procs[name] = serve(path)
+            for name, proc in procs.items():
+                wait_serving(proc, url(name), warmup)
+
+            # one quota across both replicas: 2/s, burst 2
+            paced = mint(THROTTLED_DAG, "shared")
+            start = time.monotonic()
+            answers = [get_status(url("ab"[i % 2]), paced) for i in range(20)]
+            elapsed = time.monotonic() - start
+            assert set(answers) <= {200, 429} and 429 in answers, answers
+            # the bucket's burst, its refill while the requests ran and one lease per replica
+            assert answers.count(200) <= 2 + 2 * elapsed + 2, (answers, elapsed)
+
+            # denials on both replicas: alerted once, by one sender
+            denied = mint(DENIED_DAG, "both")
+            assert [get_status(url("ab"[i % 2]), denied) for i in range(6)] == [403] * 6
+            until(lambda: sum(c for _, c in denial_counts(webhook, DENIED_DAG)) >= 6, 20, "alert")
+            senders = {s for s, _ in denial_counts(webhook, DENIED_DAG)}
+            assert len(senders) == 1, webhook.accepted
+            (sender,) = senders
+            holder = "a" if "replica-a" in sender else "b"
+            survivor = "b" if holder == "a" else "a"
+            # the sender stops; the other takes over where it left off
+            assert stop(procs.pop(holder)) == 0
+            later = mint(f"{DENIED_DAG}_late", "after")
+            assert [get_status(url(survivor), later) for _ in range(4)] == [403] * 4
+            until(
+                lambda: sum(c for _, c in denial_counts(webhook, f"{DENIED_DAG}_late")) >= 4,
+                20,
+                "the survivor's alert",
+            )
+            time.sleep(2.0)  # a second window: an alert sent again would be in by now
+            assert sum(c for _, c in denial_counts(webhook, DENIED_DAG)) == 6, webhook.accepted
+            late = denial_counts(webhook, f"{DENIED_DAG}_late")
+            assert sum(c for _, c in late) == 4 and {s for s, _ in late} != {sender}, late
+        finally:
+            for proc in procs.values():
+                assert stop(proc) == 0
+            operator.close()
+    # each replica's OCSF mirror holds its whole chain
+    for name in replicas:
+        reader = AuditReader(tmp_path / name / "data" / "audit.db")
+        lines = (tmp_path / f"{name}.ocsf").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == len(reader.search(limit=100_000))
+        assert verify_export(lines).ok
