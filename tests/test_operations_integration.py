@@ -356,3 +356,94 @@ def test_two_replicas_share_the_quota_and_send_each_denial_once_across_a_handove
         lines = (tmp_path / f"{name}.ocsf").read_text(encoding="utf-8").splitlines()
         assert len(lines) == len(reader.search(limit=100_000))
         assert verify_export(lines).ok
+
+
+class SlowUpstream(BearerUpstream):
+    """The bearer-checking upstream, taking ``delay`` seconds over a path holding "slow"."""
+
+    def __init__(self, delay: float) -> None:
+        self.secret = secrets.token_urlsafe(16)
+        self.received = []
+        secret = self.secret
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                ok = self.headers.get("Authorization") == f"Bearer {secret}"
+                if ok and "slow" in self.path:
+                    time.sleep(delay)
+                body = b'{"ok":true}' if ok else b""
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_killed_gateway_frees_its_quota_slots_and_its_ocsf_mirror_has_no_gap(
+    tmp_path: Path,
+) -> None:
+    upstream = SlowUpstream(delay=5.0)
+    try:
+        gw = scaffold(tmp_path / "lg", upstream)
+        ocsf = tmp_path / "audit.ocsf.jsonl"
+        data = yaml.safe_load(gw.config_path.read_text())
+        data["audit"] = {**(data.get("audit") or {}), "ocsf": str(ocsf)}
+        gw.config_path.write_text(yaml.safe_dump(data))
+        policy = gw.config_path.parent / "policies" / "orders.yaml"
+        rules = yaml.safe_load(policy.read_text())
+        rules["quotas"] = [
+            {
+                "id": "one-at-a-time",
+                "principals": ["airflow:prod/finance_slow/*"],
+                "resources": ["orders-api"],
+                "concurrency": 1,
+            }
+        ]
+        policy.write_text(yaml.safe_dump(rules))
+        assert config_check(gw.config_path).returncode == 0
+        busy, _ = gw.mint("finance_slow", "held")
+        other, _ = gw.mint("finance_daily", "traffic")
+        slow_url, quick_url = gw.url("/orders/slow"), gw.url()
+        proc = serve(gw.config_path, "--workers", "2", own_group=True)
+        try:
+            wait_serving(proc, quick_url, other)
+            time.sleep(0.5)
+            held = threading.Thread(target=get_status, args=(slow_url, busy), daemon=True)
+            held.start()  # holds the one slot upstream for 5 s
+            time.sleep(0.5)
+            assert get_status(quick_url, busy) == 429
+            assert [get_status(quick_url, other) for _ in range(20)] == [200] * 20
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole gateway: supervisor, writer, workers
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        proc = serve(gw.config_path, "--workers", "2")
+        try:
+            wait_serving(proc, quick_url, other)
+            # the dead process's slot is given back once it is not heard from (15 s)
+            until(lambda: get_status(quick_url, busy) == 200, 25, "the killed slot freed")
+            assert time.monotonic() - killed_at < 25
+            assert [get_status(quick_url, other) for _ in range(10)] == [200] * 10
+        finally:
+            assert stop(proc) == 0
+    finally:
+        upstream.stop()
+    reader = AuditReader(gw.config.data_dir / "audit.db")
+    assert reader.verify().ok
+    rows = reader.search(limit=100_000)
+    lines = ocsf.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(rows)  # every chained row mirrored once: no gap, no repeat
+    check = verify_export(lines)
+    assert check.ok, check.problems
+    assert not (gw.config.data_dir / "metrics").exists()
