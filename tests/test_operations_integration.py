@@ -447,3 +447,30 @@ def test_a_killed_gateway_frees_its_quota_slots_and_its_ocsf_mirror_has_no_gap(
     check = verify_export(lines)
     assert check.ok, check.problems
     assert not (gw.config.data_dir / "metrics").exists()
+
+
+def test_config_check_refuses_the_tracing_headers_file_serve_refuses(
+    tmp_path: Path, bearer_upstream: BearerUpstream
+) -> None:
+    gw = scaffold(tmp_path / "lg", bearer_upstream)
+    data = yaml.safe_load(gw.config_path.read_text())
+    data["tracing"] = {
+        "enabled": True,
+        "otlp_endpoint": "http://127.0.0.1:4318",
+        "otlp_headers_file": str(tmp_path / "absent-otlp-headers"),
+    }
+    gw.config_path.write_text(yaml.safe_dump(data))
+    check = config_check(gw.config_path)
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert "tracing.otlp_headers_file: No such file or directory" in check.stderr
+    proc = serve(gw.config_path)
+    assert proc.wait(30) == 2  # serve refuses it too
+    # a headers file serve would take, check takes; one it cannot parse, both refuse
+    headers = tmp_path / "absent-otlp-headers"
+    headers.write_text("X-Api-Key: k-1\n")
+    assert config_check(gw.config_path).returncode == 0
+    headers.write_text("not a header line\n")
+    check = config_check(gw.config_path)
+    assert check.returncode == 2 and ":1: expected 'Name: value'" in check.stderr
+    assert "not a header line" not in check.stderr  # named by line, never by value
+    assert serve(gw.config_path).wait(30) == 2

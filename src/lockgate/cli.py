@@ -150,7 +150,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             print(f"lockgate: {problem}", file=sys.stderr)
         print(f"lockgate: {cfg.source}: {len(problems)} policy problem(s)", file=sys.stderr)
         return 2
-    trust = cfg.issuer_problems() + _notifier_problems(cfg)
+    trust = cfg.issuer_problems() + _notifier_problems(cfg) + _tracing_problems(cfg)
     if trust:
         for problem in trust:
             print(f"lockgate: {cfg.source}: {problem}", file=sys.stderr)
@@ -175,6 +175,20 @@ def _notifier_problems(cfg: LockgateConfig) -> list[str]:
         except LockgateError as exc:
             problems.append(f"alerts.notifiers[{i}] ({n.name}): {exc}")
     return problems
+
+
+def _tracing_problems(cfg: LockgateConfig) -> list[str]:
+    """What ``serve`` refuses to start with in ``tracing``: an export headers file it cannot
+    read or parse (named by path and line, never by its values)."""
+    t = cfg.tracing
+    if not (t.enabled and t.otlp_endpoint):
+        return []
+    try:
+        t.otlp_headers()
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        return [f"tracing.otlp_headers_file: {why}"]
+    return []
 
 
 # -- policy ---------------------------------------------------------------------------------
