@@ -41,7 +41,7 @@ from typing import Literal
 from lockgate.errors import ConfigError
 from lockgate.policy.engine import PolicySet, Quota, Rule
 from lockgate.policy.globs import covers_all, is_literal, match_one
-from lockgate.policy.loader import parse_policy_texts, read_text, yaml_lines
+from lockgate.policy.loader import load_policy_texts, parse_policy_texts, read_text, yaml_lines
 from lockgate.policy.model import ACTIONS, located
 
 Severity = Literal["warning", "error"]
@@ -357,11 +357,16 @@ def policy_problems(
     except ConfigError as exc:
         return [str(exc)]
     by_file = dict(texts)
-    return [
+    problems = [
         _located_finding(f, by_file.get(f.file or ""))
         for f in lint(policy_set, known_resources)
         if f.kind == "unknown-resource"
     ]
+    # a broken shadow file never stops enforcement, but it watches nothing: said here
+    shadow_error = load_policy_texts(texts, known_resources).shadow_error
+    if shadow_error:
+        problems += [f"shadow policy not loaded: {line}" for line in shadow_error.splitlines()]
+    return problems
 
 
 def _located_finding(f: Finding, text: str | None) -> str:
