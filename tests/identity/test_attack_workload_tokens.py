@@ -921,6 +921,8 @@ async def test_the_audit_names_the_workload_that_minted_or_tried(
             )
 
 
+# the attacker's weak key is the point of the test: PyJWT's warning about it is expected
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 async def test_an_issuer_key_under_2048_bits_verifies_nothing(tmp_path: Path) -> None:
     """As for a deployment's own key: a 1024-bit RSA key in an issuer's key set (a legacy
     IdP, or one an attacker factored) proves nothing."""
