@@ -267,7 +267,9 @@ def denial_counts(receiver: WebhookReceiver, dag: str) -> list[tuple[str, int]]:
     ]
 
 
+@pytest.mark.parametrize("ending", ["stopped", "killed"])
 def test_two_replicas_share_the_quota_and_send_each_denial_once_across_a_handover(
+    ending: str,
     tmp_path: Path,
     bearer_upstream: BearerUpstream,
     pg_state: Callable[..., PostgresStateSettings],
@@ -311,7 +313,7 @@ def test_two_replicas_share_the_quota_and_send_each_denial_once_across_a_handove
 
             warmup = mint("finance_daily", "warmup")
             for name, (path, _, _) in replicas.items():
-                procs[name] = serve(path)
+                procs[name] = serve(path, own_group=True)
             for name, proc in procs.items():
                 wait_serving(proc, url(name), warmup)
 
@@ -333,13 +335,19 @@ def test_two_replicas_share_the_quota_and_send_each_denial_once_across_a_handove
             (sender,) = senders
             holder = "a" if "replica-a" in sender else "b"
             survivor = "b" if holder == "a" else "a"
-            # the sender stops; the other takes over where it left off
-            assert stop(procs.pop(holder)) == 0
+            # the sender stops (or dies: its lease lapses, 30 s); the other takes over where
+            # it left off
+            ended = procs.pop(holder)
+            if ending == "stopped":
+                assert stop(ended) == 0
+            else:
+                os.killpg(ended.pid, signal.SIGKILL)
+                ended.wait(10)
             later = mint(f"{DENIED_DAG}_late", "after")
             assert [get_status(url(survivor), later) for _ in range(4)] == [403] * 4
             until(
                 lambda: sum(c for _, c in denial_counts(webhook, f"{DENIED_DAG}_late")) >= 4,
-                20,
+                20 if ending == "stopped" else 40,
                 "the survivor's alert",
             )
             time.sleep(2.0)  # a second window: an alert sent again would be in by now
@@ -350,7 +358,7 @@ def test_two_replicas_share_the_quota_and_send_each_denial_once_across_a_handove
             for proc in procs.values():
                 assert stop(proc) == 0
             operator.close()
-    # each replica's OCSF mirror holds its whole chain
+    # each replica's OCSF mirror holds its whole chain (a killed one's: up to its death)
     for name in replicas:
         reader = AuditReader(tmp_path / name / "data" / "audit.db")
         lines = (tmp_path / f"{name}.ocsf").read_text(encoding="utf-8").splitlines()
