@@ -13,6 +13,7 @@ configuration ``serve`` ran.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import os
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,16 @@ from lockgate.audit import AuditReader
 from lockgate.audit.ocsf import verify_export
 from lockgate.config import PostgresStateSettings, load_config
 from lockgate.demo.stack import free_port
+from lockgate.demo.standins.entra.thread import LoopThread
+from lockgate.demo.standins.vault import FakeVault
+from lockgate.demo.standins.vault import start as start_vault
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.state import State
 from tests._gateway_process import (
     CREDENTIAL,
     RESOURCE,
     BearerUpstream,
+    Scaffold,
     get_status,
     scaffold,
     serve,
@@ -165,10 +170,39 @@ def config_check(config_path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@contextlib.contextmanager
+def held_in_vault(config_path: Path, secret: str, workdir: Path) -> Iterator[FakeVault]:
+    """The upstream credential read from a Vault KV v2 stand-in (AppRole login)."""
+    loop = LoopThread()
+    vault = FakeVault(policies={"orders": [("secret/data/orders/*", {"read"})]})
+    loop.serve(start_vault(vault))
+    try:
+        role_id, secret_id = vault.add_approle("gateway", policies=["orders"])
+        (workdir / "secret-id").write_text(secret_id)
+        (workdir / "secret-id").chmod(0o600)
+        vault.put("orders/api", {"value": secret})
+        data = yaml.safe_load(config_path.read_text())
+        data["credentials"] = [
+            {"name": CREDENTIAL, "type": "vault_kv", "address": vault.base_url,
+             "path": "orders/api", "ttl": 2,
+             "auth": {"method": "approle", "role_id": role_id,
+                      "secret_id_file": str(workdir / "secret-id")}}
+        ]  # fmt: skip
+        config_path.write_text(yaml.safe_dump(data))
+        yield vault
+    finally:
+        loop.stop()
+
+
 def test_workers_quota_alerts_tracing_and_ocsf_through_kills_and_reload(
     tmp_path: Path, bearer_upstream: BearerUpstream
 ) -> None:
     gw = scaffold(tmp_path / "lg", bearer_upstream)
+    with held_in_vault(gw.config_path, bearer_upstream.secret, tmp_path) as vault:
+        serve_everything_at_once(gw, tmp_path, vault, bearer_upstream.secret)
+
+
+def serve_everything_at_once(gw: Scaffold, tmp_path: Path, vault: FakeVault, secret: str) -> None:
     hmac_key = secrets.token_hex(32).encode()  # the key file's text is the key
     webhook = WebhookReceiver(hmac_key)
     collector = OtlpCollector()
@@ -251,6 +285,9 @@ def test_workers_quota_alerts_tracing_and_ocsf_through_kills_and_reload(
     assert len(lines) == len(rows)
     check_export = verify_export(lines)
     assert check_export.ok, check_export
+    assert secret not in ocsf.read_text(encoding="utf-8")
+    # each worker, the replacements too, fetched the credential from the vault by itself
+    assert vault.logins >= 4
 
 
 def delivered(receiver: WebhookReceiver, n: int, timeout: float = 15.0) -> None:
