@@ -519,3 +519,67 @@ def test_config_check_refuses_the_tracing_headers_file_serve_refuses(
     assert check.returncode == 2 and ":1: expected 'Name: value'" in check.stderr
     assert "not a header line" not in check.stderr  # named by line, never by value
     assert serve(gw.config_path).wait(30) == 2
+
+
+def test_a_reload_changes_the_quota_in_every_worker_and_survives_new_ops_settings(
+    tmp_path: Path, bearer_upstream: BearerUpstream
+) -> None:
+    gw = scaffold(tmp_path / "lg", bearer_upstream)
+    hmac_key = secrets.token_hex(32).encode()
+    webhook = WebhookReceiver(hmac_key)
+    collector = OtlpCollector()
+    with serving_in_thread(webhook):
+        operations_config(gw.config_path, tmp_path / "secrets", webhook, hmac_key)
+        policy = gw.config_path.parent / "policies" / "orders.yaml"
+        paced_policy = policy.read_text()
+        token, _ = gw.mint(THROTTLED_DAG, "reloads")
+        url = gw.url()
+        proc = serve(gw.config_path, "--workers", "2")
+
+        def answers(n: int = 20) -> list[int]:
+            return [get_status(url, token) for _ in range(n)]  # both workers
+
+        def reload() -> None:
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            assert proc.poll() is None, "serve exited on a reload"
+
+        try:
+            wait_serving(proc, url, token)
+            until(lambda: len(workers_of(proc)) == 2, 15, "two workers")
+            time.sleep(0.5)
+            assert 429 in answers()
+            # the quota removed: every worker serves every request
+            rules = yaml.safe_load(paced_policy)
+            del rules["quotas"]
+            policy.write_text(yaml.safe_dump(rules))
+            reload()
+            until(lambda: answers() == [200] * 20, 15, "every worker without the quota")
+            # tracing switched on, the alerts' window changed: sections a reload refuses
+            # (they take effect at the next start); serving goes on, audited as refused
+            data = yaml.safe_load(gw.config_path.read_text())
+            data["tracing"] = {
+                "enabled": True,
+                "otlp_endpoint": f"http://127.0.0.1:{collector.port}",
+            }
+            data["alerts"]["denials"] = {"window": 2}
+            gw.config_path.write_text(yaml.safe_dump(data))
+            reload()
+            assert answers(10) == [200] * 10
+            # the quota back: every worker throttles again
+            policy.write_text(paced_policy)
+            reload()
+            time.sleep(1.0)
+            until(lambda: 429 in answers(), 15, "the quota back")
+            assert len(workers_of(proc)) == 2
+        finally:
+            assert stop(proc) == 0
+            collector.stop()
+    reader = AuditReader(gw.config.data_dir / "audit.db")
+    assert reader.verify().ok
+    reloads = [r for r in reader.search(limit=100_000) if r.event == "config_reloaded"]
+    # the two reloads after the change, refused by each worker, naming the sections
+    assert len(reloads) == 4
+    assert {r.reason for r in reloads} == {"refused"}
+    assert all(r.detail["sections"] == ["alerts", "tracing"] for r in reloads)
+    assert sorted(r.detail["worker"] for r in reloads) == [0, 0, 1, 1]
