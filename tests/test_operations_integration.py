@@ -17,6 +17,7 @@ import contextlib
 import http.server
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -38,6 +39,7 @@ from lockgate.demo.stack import free_port
 from lockgate.demo.standins.entra.thread import LoopThread
 from lockgate.demo.standins.vault import FakeVault
 from lockgate.demo.standins.vault import start as start_vault
+from lockgate.errors import ConfigError
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.state import State
 from tests._gateway_process import (
@@ -583,3 +585,27 @@ def test_a_reload_changes_the_quota_in_every_worker_and_survives_new_ops_setting
     assert {r.reason for r in reloads} == {"refused"}
     assert all(r.detail["sections"] == ["alerts", "tracing"] for r in reloads)
     assert sorted(r.detail["worker"] for r in reloads) == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("jsonl", "ocsf", "refusal"),
+    [
+        ("mirror.jsonl", "mirror.jsonl", "audit.ocsf: the same file as audit.jsonl"),
+        (None, "data/audit.db", "audit.ocsf: "),
+        ("data/revocations.db-wal", None, "audit.jsonl: "),
+        (None, "data/keys/index.json", "audit.ocsf: "),
+        (None, "data/audit-journal/x.jsonl", "audit.ocsf: "),
+    ],
+)
+def test_an_audit_mirror_over_the_other_or_over_state_is_refused_by_check_and_serve(
+    tmp_path: Path, jsonl: str | None, ocsf: str | None, refusal: str
+) -> None:
+    # the writer cuts a mirror back to its last whole line: over audit.db that is a wreck
+    config = tmp_path / "lockgate.yaml"
+    audit = {k: v for k, v in {"jsonl": jsonl, "ocsf": ocsf}.items() if v is not None}
+    config.write_text(yaml.safe_dump({"audit": audit}))
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        load_config(config)  # what both `config check` and `serve` load first
+    fine = {"jsonl": "data/audit.jsonl", "ocsf": "data/audit.ocsf.jsonl"}
+    config.write_text(yaml.safe_dump({"audit": fine}))
+    load_config(config)

@@ -7,6 +7,7 @@ validated on its own; the error names the field the way it is written in the fil
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -158,6 +159,7 @@ class LockgateConfig(Section):
                     "oidc_issuers entry names it, so nothing could ever authenticate as it "
                     "(add an oidc_issuers entry for its workload identity, or a proof)"
                 )
+        _check_audit_mirrors(self.audit, self.data_dir)
         return self
 
     def _check_assertion_names(
@@ -302,6 +304,37 @@ class LockgateConfig(Section):
                 matches = sorted(base.glob(pattern))
             found.extend(m for m in matches if m.is_file())
         return found
+
+
+# What the gateway keeps in data_dir: a mirror written over one of them would wreck it (the
+# writer cuts a mirror back to its last whole line, and a SQLite file has none).
+_STATE_SUFFIXES = (".db", ".db-wal", ".db-shm", ".db-journal", ".key", ".pem")
+_STATE_DIRS = ("keys", "audit-journal", "metrics")
+
+
+def _check_audit_mirrors(audit: AuditSettings, data_dir: Path) -> None:
+    """``audit.jsonl`` and ``audit.ocsf``: two files, neither one of the gateway's own."""
+    mirrors = {"jsonl": audit.jsonl, "ocsf": audit.ocsf}
+    same = (
+        audit.jsonl is not None
+        and audit.ocsf is not None
+        and (os.path.normpath(audit.jsonl) == os.path.normpath(audit.ocsf))
+    )
+    if same:
+        raise ValueError("audit.ocsf: the same file as audit.jsonl; each needs its own")
+    home = Path(os.path.normpath(data_dir))
+    for field, path in mirrors.items():
+        if path is None:
+            continue
+        where = Path(os.path.normpath(path))
+        if not where.is_relative_to(home):
+            continue
+        inside = where.relative_to(home).parts
+        if inside[0] in _STATE_DIRS or where.name.endswith(_STATE_SUFFIXES):
+            raise ValueError(
+                f"audit.{field}: {path} is the gateway's own state in data_dir; "
+                "choose a file of its own (for example data_dir/audit.{field}.jsonl)"
+            )
 
 
 def _unique(section: str, field: str, values: list[str | None]) -> None:
