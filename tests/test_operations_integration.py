@@ -609,3 +609,24 @@ def test_an_audit_mirror_over_the_other_or_over_state_is_refused_by_check_and_se
     fine = {"jsonl": "data/audit.jsonl", "ocsf": "data/audit.ocsf.jsonl"}
     config.write_text(yaml.safe_dump({"audit": fine}))
     load_config(config)
+
+
+def test_config_check_refuses_an_audit_mirror_serve_could_not_write(
+    tmp_path: Path, bearer_upstream: BearerUpstream
+) -> None:
+    # serve would start, then refuse every allowed request: the mirrors fail closed
+    gw = scaffold(tmp_path / "lg", bearer_upstream)
+    data = yaml.safe_load(gw.config_path.read_text())
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for ocsf, refusal in [
+        (a_file / "audit.ocsf.jsonl", f"audit.ocsf: {a_file} is not a directory"),
+        (tmp_path, f"audit.ocsf: {tmp_path} is a directory"),
+    ]:
+        data["audit"] = {**(data.get("audit") or {}), "ocsf": str(ocsf)}
+        gw.config_path.write_text(yaml.safe_dump(data))
+        check = config_check(gw.config_path)
+        assert check.returncode == 2 and refusal in check.stderr, check.stderr
+    data["audit"]["ocsf"] = str(tmp_path / "new" / "dirs" / "audit.ocsf.jsonl")  # made by serve
+    gw.config_path.write_text(yaml.safe_dump(data))
+    assert config_check(gw.config_path).returncode == 0

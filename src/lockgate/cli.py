@@ -24,6 +24,7 @@ Errors print one clear line (or a list of fields) to stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import sys
@@ -150,7 +151,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             print(f"lockgate: {problem}", file=sys.stderr)
         print(f"lockgate: {cfg.source}: {len(problems)} policy problem(s)", file=sys.stderr)
         return 2
-    trust = cfg.issuer_problems() + _notifier_problems(cfg) + _tracing_problems(cfg)
+    trust = (
+        cfg.issuer_problems()
+        + _notifier_problems(cfg)
+        + _tracing_problems(cfg)
+        + _mirror_problems(cfg)
+    )
     if trust:
         for problem in trust:
             print(f"lockgate: {cfg.source}: {problem}", file=sys.stderr)
@@ -189,6 +195,29 @@ def _tracing_problems(cfg: LockgateConfig) -> list[str]:
         why = exc.strerror if isinstance(exc, OSError) else str(exc)
         return [f"tracing.otlp_headers_file: {why}"]
     return []
+
+
+def _mirror_problems(cfg: LockgateConfig) -> list[str]:
+    """Audit mirrors the gateway could not write: it would start and refuse every allowed
+    request (fail closed). The nearest existing ancestor must be a writable directory."""
+    problems: list[str] = []
+    for field, path in (("jsonl", cfg.audit.jsonl), ("ocsf", cfg.audit.ocsf)):
+        if path is None:
+            continue
+        if path.exists():
+            if path.is_dir():
+                problems.append(f"audit.{field}: {path} is a directory")
+            elif not os.access(path, os.W_OK):
+                problems.append(f"audit.{field}: {path} is not writable")
+            continue
+        ancestor = path.parent  # serve creates the directories missing below it
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            problems.append(f"audit.{field}: {ancestor} is not a directory")
+        elif not os.access(ancestor, os.W_OK):
+            problems.append(f"audit.{field}: {ancestor} is not writable")
+    return problems
 
 
 # -- policy ---------------------------------------------------------------------------------
