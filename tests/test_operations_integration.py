@@ -365,6 +365,21 @@ def test_two_replicas_share_the_quota_and_send_each_denial_once_across_a_handove
             # the bucket's burst, its refill while the requests ran and one lease per replica
             assert answers.count(200) <= 2 + 2 * elapsed + 2, (answers, elapsed)
 
+            # each replica counts its own answers: together, what the clients saw (a request
+            # is counted as its answer goes out: allow the last one a moment)
+            def counted() -> tuple[float, float]:
+                scraped = [_scrape(replicas[name][2]) for name in replicas]
+                return (
+                    sum(total(m, "lockgate_quota_throttled_total") for m in scraped),
+                    sum(
+                        total(m, "lockgate_requests_total", dag=THROTTLED_DAG, decision="allow")
+                        for m in scraped
+                    ),
+                )
+
+            seen = (answers.count(429), answers.count(200))
+            until(lambda: counted() == seen, 5, f"/metrics {counted()} vs answers {seen}")
+
             # denials on both replicas: alerted once, by one sender
             denied = mint(DENIED_DAG, "both")
             assert [get_status(url("ab"[i % 2]), denied) for i in range(6)] == [403] * 6
