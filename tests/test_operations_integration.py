@@ -589,17 +589,24 @@ def test_a_reload_changes_the_quota_in_every_worker_and_survives_new_ops_setting
             time.sleep(1.0)
             until(lambda: 429 in answers(), 15, "the quota back")
             assert len(workers_of(proc)) == 2
+            # a broken quota (an id given twice): the reload fails, the running quota stays
+            rules = yaml.safe_load(paced_policy)
+            rules["quotas"].append({**rules["quotas"][0], "rate": 1000})
+            policy.write_text(yaml.safe_dump(rules))
+            reload()
+            time.sleep(1.5)  # the bucket refills
+            assert 429 in answers(), "the quota went with the failed reload"
         finally:
             assert stop(proc) == 0
             collector.stop()
     reader = AuditReader(gw.config.data_dir / "audit.db")
     assert reader.verify().ok
     reloads = [r for r in reader.search(limit=100_000) if r.event == "config_reloaded"]
-    # the two reloads after the change, refused by each worker, naming the sections
-    assert len(reloads) == 4
+    # the three reloads after the change, refused by each worker, naming the sections
+    assert len(reloads) == 6
     assert {r.reason for r in reloads} == {"refused"}
     assert all(r.detail["sections"] == ["alerts", "tracing"] for r in reloads)
-    assert sorted(r.detail["worker"] for r in reloads) == [0, 0, 1, 1]
+    assert sorted(r.detail["worker"] for r in reloads) == [0, 0, 0, 1, 1, 1]
 
 
 @pytest.mark.parametrize(
