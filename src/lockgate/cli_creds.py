@@ -38,6 +38,7 @@ from lockgate.errors import LockgateError
 
 if TYPE_CHECKING:
     from lockgate._cli_state import Subcommands
+    from lockgate.state import State
 
 
 def _read_secret(args: argparse.Namespace) -> str:
@@ -135,19 +136,26 @@ def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
     if not value:
         raise LockgateError("refusing to store an empty credential")
     st = State(cfg)
-    version = (st.credentials.rotate if rotate else st.credentials.set)(args.name, value)
+    try:
+        return _store(st, args.name, value, rotate=rotate)
+    finally:
+        st.close()  # its database pools: a command leaves nothing open behind it
+
+
+def _store(st: State, name: str, value: str, *, rotate: bool) -> int:
+    version = (st.credentials.rotate if rotate else st.credentials.set)(name, value)
     _audit_now(
         st,
         "credential_rotated" if rotate else "credential_set",
         resource=None,
-        object=args.name,
-        detail={"credential": args.name, "version": version},
+        object=name,
+        detail={"credential": name, "version": version},
     )
     verb = "rotated" if rotate else "stored"
-    what = "the AppRole secret id of " if _stores_secret_id(st.config.credential(args.name)) else ""
-    print(f"{what}credential {args.name} {verb}: version {version} is current")
+    what = "the AppRole secret id of " if _stores_secret_id(st.config.credential(name)) else ""
+    print(f"{what}credential {name} {verb}: version {version} is current")
     if rotate:
-        cred = st.config.credential(args.name)
+        cred = st.config.credential(name)
         print(
             f"the previous version stays usable for {getattr(cred, 'overlap', 0)}s on upstream 401"
         )
@@ -156,6 +164,13 @@ def cmd_creds_set(args: argparse.Namespace, rotate: bool = False) -> int:
 
 def cmd_creds_list(args: argparse.Namespace) -> int:
     st = _state(args)
+    try:
+        return _list(st)
+    finally:
+        st.close()
+
+
+def _list(st: State) -> int:
     secretless = 0
     fetches = (
         st.credentials.fetches()
