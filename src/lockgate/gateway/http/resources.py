@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from lockgate import metrics
 from lockgate.errors import UpstreamUnavailable
-from lockgate.gateway.engine import UpstreamSecret
+from lockgate.gateway.engine import RequestCounter, UpstreamSecret
 from lockgate.gateway.http import framing
 from lockgate.gateway.http.classify import Classifier
 from lockgate.gateway.http.forwarded import OVERRIDES, header_key
@@ -21,7 +21,7 @@ from lockgate.gateway.http.retry import Backoff
 from lockgate.gateway.http.upstream import UpstreamPool, UpstreamTarget
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Histogram
 
     from lockgate.config import HttpResource
     from lockgate.gateway.http.normalize import Target
@@ -99,22 +99,10 @@ class ResourceState:
         self._identity_cache: tuple[str, bytes] | None = None
         # id(head) -> (head, target, its request lines); the head is kept so its id stays its
         self._lines: dict[int, tuple[framing.Head, Target, bytes]] = {}
-        self._counters: dict[tuple[str, str, str | None], Counter] = {}
+        # ``count(action, decision, dag_id)``: lockgate_requests_total += 1 (children cached)
+        self.count = RequestCounter(self.name).count
         self.latency: Histogram = metrics.UPSTREAM_LATENCY.labels(self.name)
         self.profile: Profile | None = None  # set by the engine for ``profile:`` resources
-
-    def count(self, action: str, decision: str, dag_id: str | None = None) -> None:
-        """``lockgate_requests_total`` += 1; labelled children are cached (labels() is slow);
-        ``dag_id`` is the verified token's DAG (bounded by :func:`metrics.dag_label`)."""
-        key = (action, decision, dag_id)
-        child = self._counters.get(key)
-        if child is None:
-            if len(self._counters) > 10_000:  # dag ids come from tokens: keep memory bounded
-                self._counters.clear()
-            child = self._counters[key] = metrics.REQUESTS.labels(
-                self.name, action, decision, metrics.dag_label(dag_id)
-            )
-        child.inc()
 
     def auth_line(self, secret: UpstreamSecret) -> bytes:
         """The credential header line for ``secret`` (cached while the secret object is)."""
