@@ -83,3 +83,13 @@ def test_audit_verify_ocsf_checks_an_export_and_names_an_edited_line(
     assert main(["audit", "verify", "--ocsf", str(export)]) == 1
     out = capsys.readouterr().out
     assert f"{export}:2:" in out and "ALTERED" in out
+
+
+def test_audit_export_names_a_since_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "lockgate.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    assert main(["-c", str(config), "audit", "export", "--since", "last tuesday"]) == 2
+    err = capsys.readouterr().err
+    assert "--since 'last tuesday'" in err and "ISO 8601" in err

@@ -43,8 +43,8 @@ def _audit_log(args: argparse.Namespace) -> AuditReader:
 def cmd_audit_tail(args: argparse.Namespace) -> int:
     from lockgate.audit import format_records
 
-    log = _audit_log(args)
-    print(format_records(log.tail(args.n), as_json=args.json))
+    with _audit_log(args) as log:
+        print(format_records(log.tail(args.n), as_json=args.json))
     return 0
 
 
@@ -56,16 +56,16 @@ SHADOW_SCAN = 100_000
 def cmd_audit_search(args: argparse.Namespace) -> int:
     from lockgate.audit import format_records
 
-    log = _audit_log(args)
-    rows = log.search(
-        dag=args.dag,
-        run=args.run,
-        decision=args.decision,
-        event=args.event,
-        resource=args.resource,
-        limit=max(args.limit, SHADOW_SCAN) if args.shadow else args.limit,
-        replica=args.replica,
-    )
+    with _audit_log(args) as log:
+        rows = log.search(
+            dag=args.dag,
+            run=args.run,
+            decision=args.decision,
+            event=args.event,
+            resource=args.resource,
+            limit=max(args.limit, SHADOW_SCAN) if args.shadow else args.limit,
+            replica=args.replica,
+        )
     if args.shadow:
         # Only differing verdicts are recorded (gateway/records.py): the detail says it all.
         rows = [r for r in rows if isinstance(r.detail.get("shadow"), dict)][-args.limit :]
@@ -93,7 +93,11 @@ def _with_shadow_verdicts(table: str, rows: Sequence[AuditRecord]) -> str:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     if args.ocsf is not None:
         return _verify_ocsf_export(args.ocsf, args.prev_hash)
-    log = _audit_log(args)
+    with _audit_log(args) as log:
+        return _verify_chain(args, log)
+
+
+def _verify_chain(args: argparse.Namespace, log: AuditReader) -> int:
     if args.replay:  # an audit log chains stopped processes' journals as it starts
         from lockgate.audit import AuditLog, ocsf
 
@@ -156,8 +160,17 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         try:
             since = float(args.since)
         except ValueError:
-            since = datetime.fromisoformat(args.since).timestamp()
-    rows = _audit_log(args).search(since=since, limit=args.limit, replica=args.replica)
+            try:
+                since = datetime.fromisoformat(args.since).timestamp()
+            except ValueError:
+                print(
+                    f"lockgate: audit export --since {args.since!r}: expected unix seconds or "
+                    "an ISO 8601 time (2026-12-05T13:00:00+00:00)",
+                    file=sys.stderr,
+                )
+                return 2
+    with _audit_log(args) as log:
+        rows = log.search(since=since, limit=args.limit, replica=args.replica)
     datastores = ocsf.datastores(cfg.resources)
     for row in rows:  # one line each, as the mirrors write them
         print(encode_line(ocsf.event(row, datastores) if args.format == "ocsf" else row.to_dict()))

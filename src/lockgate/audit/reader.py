@@ -59,6 +59,12 @@ class AuditReader:
         if db is not None:
             db.close()
 
+    def __enter__(self) -> AuditReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_shared()  # a command leaves no pool to the garbage collector
+
     def shipping_lag(self) -> ShipLag | None:
         """How far this replica's shipping is behind its local chain; None without shipping."""
         return ship_lag(self.db_path) if self.shipping is not None else None
