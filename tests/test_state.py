@@ -106,3 +106,26 @@ def test_replicas_share_one_database(
     assert shipping is not None and shipping.replica_id == "a" and shipping.signing_key
     assert one.stale_for() < 5
     assert not (tmp_path / "one" / "revocations.db").exists()
+
+
+def test_a_store_that_refuses_closes_the_databases_opened_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store refusing at start (an old schema with migrate_on_start: false, another master
+    key) closes what State opened so far: a shared-state pool left to the garbage collector
+    is joined from its own thread and warns."""
+    closed: list[Path] = []
+    real_close = SqliteDatabase.close
+
+    def close(db: SqliteDatabase) -> None:
+        closed.append(db.path)
+        real_close(db)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise CredentialError("refused")
+
+    monkeypatch.setattr(SqliteDatabase, "close", close)
+    monkeypatch.setattr("lockgate.state.CredentialStore", refuse)
+    with pytest.raises(CredentialError, match="refused"):
+        State(LockgateConfig(data_dir=tmp_path))
+    assert tmp_path / "revocations.db" in closed

@@ -102,10 +102,19 @@ class State:
         self.master_key = load_or_create_master_key(
             data, key_file=self.config.master_key_file, shared=self.shared
         )
+        try:
+            self._open_stores()
+        except BaseException:
+            # a store that refuses (an old schema, a wrong master key) must not leave the
+            # databases opened before it to the garbage collector
+            self.close()
+            raise
+
+    def _open_stores(self) -> None:
         signing = self.config.signing
         self.keys = KeyStore(
             # PEM files under data_dir/keys as always, else the shared signing_keys table
-            self.database("keys") if self.shared else data,
+            self.database("keys") if self.shared else self.config.data_dir,
             master_key=self.master_key if self.shared else None,
             # a key of every algorithm some token or assertion is signed with (EdDSA always)
             algorithms=self.config.signing_algorithms(),
