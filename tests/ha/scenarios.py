@@ -20,6 +20,7 @@ Failures (a replica killed, PostgreSQL away): :mod:`tests.ha.failures`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import itertools
 import json
@@ -263,13 +264,24 @@ def _ended_busy(conn: psycopg.Connection[Any], revoke: Callable[[], None]) -> tu
 
 def _ended_idle(conn: psycopg.Connection[Any], revoke: Callable[[], None]) -> tuple[float, str]:
     """An idle session while ``revoke()`` runs: seconds from its return until the gateway
-    wrote to the connection (its FATAL, then the close), and the error of the next use."""
+    wrote to the connection (its FATAL, then the close), and that FATAL as libpq reads it.
+
+    libpq hands an error arriving on an idle connection to the notice processor; it is read
+    before anything is sent, since a statement sent to the closed socket draws a reset that
+    can discard the FATAL still unread (then the next use's error is all there is)."""
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
     revoke()
     start = time.monotonic()
     readable, _, _ = select.select([conn.fileno()], [], [], PROPAGATION_TIMEOUT)
     if not readable:
         return float("inf"), ""
     seconds = time.monotonic() - start
+    with contextlib.suppress(psycopg.OperationalError):  # the close right behind the FATAL
+        conn.pgconn.consume_input()
+        conn.pgconn.is_busy()  # parses what was read: the FATAL reaches the notice handler
+    if notices:
+        return seconds, notices[0]
     try:
         conn.execute("SELECT 1")
     except psycopg.Error as exc:
