@@ -10,7 +10,8 @@ Layers, low to high (a module may import its own layer and those below):
 3. ``control`` — the control listener's routes (over the rooms and the CQL engine's
    dynamic roles: ``/v1/db-role`` is a door to them, and the Cosmos DB and Databricks
    profiles name their token prefix and poll task, which the control routes must match);
-   ``alerts`` (notifiers following the audit trail and the rooms' health) sits here too
+   ``alerts`` (notifiers following the audit trail and the rooms' health) sits here too,
+   and ``console`` (the web console over the rooms)
 4. ``server``, ``state``, ``supervisor``, ``readiness``, ``cli*``, ``_cli_state``, ``demo``,
    ``scaffold``, ``airflow``, ``__main__`` — what wires or uses the whole
 
@@ -45,7 +46,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     ),
     frozenset({"policy", "identity", "credentials", "audit", "quotas"}),
     frozenset({"gateway"}),
-    frozenset({"control", "alerts"}),
+    frozenset({"control", "alerts", "console"}),
     frozenset({"server", "state", "supervisor", "readiness", "_cli_state", "demo"}),
 )
 # also layer 4: the rest of what wires or uses the whole; cli, cli_token, ... by prefix

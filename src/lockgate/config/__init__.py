@@ -39,6 +39,7 @@ across sections, ``loader`` for reading and error messages.
 
 from lockgate.config._base import NAME_RE, Section
 from lockgate.config.alerts import AlertSettings
+from lockgate.config.console import ConsoleOidc, ConsoleSettings
 from lockgate.config.credentials import (
     ENTRA_FEDERATION_AUDIENCE,
     KEY_VAULT_AUDIENCES,
@@ -103,6 +104,8 @@ __all__ = [
     "ArmSettings",
     "AuditSettings",
     "ClientSecretProof",
+    "ConsoleOidc",
+    "ConsoleSettings",
     "CosmosSettings",
     "CqlResource",
     "Credential",

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from lockgate.config._base import Section
 from lockgate.config.alerts import AlertSettings
+from lockgate.config.console import ConsoleSettings
 from lockgate.config.credentials import (
     KEY_VAULT_AUDIENCES,
     AnyCredential,
@@ -71,6 +72,7 @@ class LockgateConfig(Section):
     alerts: AlertSettings = AlertSettings()
     tracing: TracingSettings = TracingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    console: ConsoleSettings = ConsoleSettings()
     # Where durable state lives: SQLite files under data_dir, or one shared PostgreSQL.
     state: StateSettings = StateSettings()
     # The credentials master key as a file (else LOCKGATE_MASTER_KEY; with SQLite state and
