@@ -1,10 +1,11 @@
 #!/bin/sh
-# System packages the PostgreSQL tests and benchmarks need: the PostgreSQL server binaries
-# (initdb, postgres, pg_ctl, psql, pgbench) and PgBouncer (the benchmark's baseline).
+# System packages the PostgreSQL tests, the console's browser tests and the benchmarks need:
+# the PostgreSQL server binaries (initdb, postgres, pg_ctl, psql, pgbench), PgBouncer (the
+# benchmark's baseline) and Debian's Chromium (Playwright drives it; no browser download).
 # Idempotent and quiet; does nothing when they are present. Installs from Debian with apt-get
 # when run as root, without starting Debian's own cluster or pgbouncer service (the tests
 # start private servers on free ports). Without root or apt-get it says what is missing and
-# carries on: the PostgreSQL tests then skip (they fail instead when CI is set).
+# carries on: the PostgreSQL and browser tests then skip (they fail instead when CI is set).
 set -u
 have_pg_server() {
   [ -n "${PG_BIN:-}" ] && [ -x "$PG_BIN/postgres" ] && return 0
@@ -17,9 +18,12 @@ missing=""
 have_pg_server && command -v pgbench >/dev/null 2>&1 && command -v psql >/dev/null 2>&1 \
   || missing="$missing postgresql postgresql-contrib"
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || missing="$missing pgbouncer"
+# CHROMIUM names another build to drive; otherwise Debian's package provides the binary
+{ [ -n "${CHROMIUM:-}" ] && [ -x "$CHROMIUM" ]; } || command -v chromium >/dev/null 2>&1 \
+  || missing="$missing chromium"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "not root or no apt-get; PostgreSQL tests and benchmarks run without:$missing"
+  echo "not root or no apt-get; tests and benchmarks run without:$missing"
   exit 0
 fi
 echo "installing:$missing"
