@@ -28,11 +28,12 @@ from lockgate._cli_state import audit_now as _audit_now
 from lockgate._cli_state import config_from as _config
 from lockgate._cli_state import open_state as _state
 from lockgate.config import FederatedCredential, LockgateConfig, ManagedIdentityCredential
-from lockgate.config.credentials import (
-    KeyVaultCredential,
-    VaultAppRole,
-    VaultCredential,
-    VaultKvCredential,
+from lockgate.config.credentials import KeyVaultCredential, VaultCredential
+from lockgate.credentials.describe import (
+    CredentialFacts,
+    describe,
+    stores_secret_id,
+    vault_name,
 )
 from lockgate.errors import LockgateError
 
@@ -63,31 +64,6 @@ def _check_credential_name(cfg: LockgateConfig, name: str) -> None:
         raise LockgateError(f"{cfg.source}: no credential named {name!r} (known: {known})")
 
 
-def _no_secret(cfg: LockgateConfig, name: str) -> str | None:
-    """Why credential ``name`` holds no secret (for ``list`` and refusals), or None."""
-    cred = cfg.credential(name)
-    if isinstance(cred, FederatedCredential):
-        return f"federated: {cred.provider}"
-    if isinstance(cred, ManagedIdentityCredential):
-        return "managed identity"
-    if isinstance(cred, VaultCredential) and not _stores_secret_id(cred):
-        return f"held in {_vault_name(cred)}"
-    return None
-
-
-def _stores_secret_id(cred: object) -> bool:
-    """A Vault AppRole login whose secret id is stored here (no ``secret_id_file``)."""
-    return (
-        isinstance(cred, VaultKvCredential)
-        and isinstance(cred.auth, VaultAppRole)
-        and cred.auth.secret_id_file is None
-    )
-
-
-def _vault_name(cred: VaultCredential) -> str:
-    return "Azure Key Vault" if isinstance(cred, KeyVaultCredential) else "Vault"
-
-
 def _rotate_in_vault_hint(cred: VaultCredential) -> str:
     if isinstance(cred, KeyVaultCredential):
         vault = cred.vault_url.removeprefix("https://").split(".", 1)[0]
@@ -111,7 +87,7 @@ def _refuse_unstored(cfg: LockgateConfig, name: str) -> None:
             f"credential {name!r} is the host's managed identity: there is nothing to store, "
             "the host hands out its token"
         )
-    if isinstance(cred, VaultCredential) and not _stores_secret_id(cred):
+    if isinstance(cred, VaultCredential) and not stores_secret_id(cred):
         pinned = (
             "; it pins version " + str(cred.version) + ": change `version` in the file too"
             if cred.version
@@ -119,7 +95,7 @@ def _refuse_unstored(cfg: LockgateConfig, name: str) -> None:
             f"for {cred.overlap}s more"
         )
         raise LockgateError(
-            f"credential {name!r} is held in {_vault_name(cred)} ({cred.held_at}): rotate it "
+            f"credential {name!r} is held in {vault_name(cred)} ({cred.held_at}): rotate it "
             f"in the vault, e.g. `{_rotate_in_vault_hint(cred)}`{pinned}"
         )
 
@@ -152,7 +128,7 @@ def _store(st: State, name: str, value: str, *, rotate: bool) -> int:
         detail={"credential": name, "version": version},
     )
     verb = "rotated" if rotate else "stored"
-    what = "the AppRole secret id of " if _stores_secret_id(st.config.credential(name)) else ""
+    what = "the AppRole secret id of " if stores_secret_id(st.config.credential(name)) else ""
     print(f"{what}credential {name} {verb}: version {version} is current")
     if rotate:
         cred = st.config.credential(name)
@@ -171,51 +147,37 @@ def cmd_creds_list(args: argparse.Namespace) -> int:
 
 
 def _list(st: State) -> int:
-    secretless = 0
-    fetches = (
-        st.credentials.fetches()
-        if any(isinstance(c, VaultCredential) for c in st.config.credentials)
-        else {}
-    )
-    for c in st.config.credentials:
-        if isinstance(c, VaultCredential):
-            print(f"{c.name:24} {c.type:26} {_vault_line(c, fetches.get(c.name))}")
-            if not _stores_secret_id(c):
-                secretless += 1
+    report = describe(st.config, st.credentials)
+    for c in report.credentials:
+        if c.held_at is not None:  # vault-held
+            print(f"{c.name:24} {c.type:26} {_vault_line(c)}")
+            if not c.secret_id_only:
                 continue
-        why_none = _no_secret(st.config, c.name)
-        if why_none is not None:
-            secretless += 1
-            print(f"{c.name:24} {c.type:26} no secret ({why_none})")
+        if c.no_secret is not None:
+            print(f"{c.name:24} {c.type:26} no secret ({c.no_secret})")
             continue
-        versions = st.credentials.versions(c.name)
-        what = "AppRole secret id " if _stores_secret_id(c) else ""
-        if versions:
-            v = versions[-1]
+        what = "AppRole secret id " if c.secret_id_only else ""
+        if c.current is not None:
+            v = c.current
             print(
                 f"{c.name:24} {c.type:26} {what}version {v.version}  set {time.ctime(v.created_at)}"
             )
         else:
             print(f"{c.name:24} {c.type:26} {what}NOT SET (lockgate creds set {c.name})")
-    if st.config.credentials:
-        print(f"{secretless} of {len(st.config.credentials)} credentials hold no secret")
-    secretless_resources = [
-        r.name
-        for r in st.config.resources
-        if r.credential and _no_secret(st.config, r.credential) is not None
-    ]
-    if secretless_resources:
-        print(f"resources served with no stored secret: {', '.join(secretless_resources)}")
+    if report.credentials:
+        print(f"{report.holding_no_secret} of {len(report.credentials)} credentials hold no secret")
+    if served := report.served_without_stored_secret:
+        print(f"resources served with no stored secret: {', '.join(served)}")
     return 0
 
 
-def _vault_line(cred: VaultCredential, fetched: tuple[str, str, float] | None) -> str:
+def _vault_line(cred: CredentialFacts) -> str:
     """Where a vault-held credential lives and when a gateway last fetched which version."""
-    where = f"held in {_vault_name(cred)}: {cred.held_at}"
-    if fetched is None:
+    where = f"held in {cred.held_in}: {cred.held_at}"
+    if cred.fetched is None:
         return f"{where}  not fetched yet"
-    _, version, at = fetched
-    return f"{where}  version {version} fetched {time.ctime(at)}"
+    fetched = cred.fetched
+    return f"{where}  version {fetched.vault_version} fetched {time.ctime(fetched.fetched_at)}"
 
 
 def add_creds_commands(sub: Subcommands) -> None:
