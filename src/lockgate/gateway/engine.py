@@ -72,6 +72,7 @@ from lockgate.gateway.caches import (
     SecretCache,
     UpstreamSecret,
 )
+from lockgate.gateway.live_sessions import NoLiveSessions
 from lockgate.gateway.records import RecordBuilder
 from lockgate.quotas import NO_QUOTAS, QuotaGate
 
@@ -150,6 +151,18 @@ class ResourceConfig(Protocol):
 
     @property
     def kind(self) -> str: ...
+
+
+class SessionWatch(Protocol):
+    """Where engines whose clients hold sessions (CQL, PostgreSQL) report each one that
+    logged in and its end, whatever ends it (:class:`~lockgate.gateway.live_sessions.
+    SessionRegistry`: memory only, never a wait on a database)."""
+
+    def opened(self, kind: str, resource: str, claims: Claims, peer: str) -> str | None:
+        """The session's id, for :meth:`closed` (None: nothing is kept)."""
+        ...
+
+    def closed(self, session_id: str) -> None: ...
 
 
 RequestFactory = Callable[..., "Request"]
@@ -302,6 +315,8 @@ class Collaborators:
     # Rates and caps of policy files' ``quotas:`` (asked after policy allowed, before the
     # record is written ahead; :mod:`lockgate.quotas`).
     quotas: QuotaGate = NO_QUOTAS
+    # Sessions open now (:mod:`lockgate.gateway.live_sessions`): the console lists them.
+    live: SessionWatch = field(default_factory=NoLiveSessions)
     secrets: SecretCache = field(init=False)
     assertions: AssertionCache = field(init=False)
     records: RecordBuilder = field(init=False)
@@ -417,6 +432,7 @@ __all__ = [
     "ResourceConfig",
     "RevocationCheck",
     "SecretCache",
+    "SessionWatch",
     "ShadowJudge",
     "ShadowPolicySource",
     "TokenVerifier",

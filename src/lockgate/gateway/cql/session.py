@@ -81,6 +81,7 @@ class ClientSession(RequestJudging, AnswerRelay):
         self._to_client: list[bytes] = []  # upstream answers not yet written (coalesced)
         self._paced: asyncio.Future[None] | None = None  # a statement a quota holds
         self._session_quota: QuotaTicket = NO_TICKET  # the ``sessions`` slot, given back at end
+        self._live_id: str | None = None  # its row among the sessions open now (live_sessions)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -96,6 +97,8 @@ class ClientSession(RequestJudging, AnswerRelay):
                 return
             self._session_quota = self.auth.quota
             r = self.auth.resource
+            self._live_id = self.ctx.shared.live.opened("cql", r.name, self.auth.claims, _peer(
+                self.writer))  # fmt: skip
             self.keyspace = None
             self.client.max_frame_bytes = r.max_frame_bytes
             self._frame_timeout = r.handshake_timeout
@@ -139,6 +142,9 @@ class ClientSession(RequestJudging, AnswerRelay):
             p.done(None, "session_ended")
         release_all([self._session_quota])
         self._session_quota = NO_TICKET
+        if self._live_id is not None:
+            self.ctx.shared.live.closed(self._live_id)
+            self._live_id = None
         if self.auth is not None:
             self.auth.link.close()
         with contextlib.suppress(Exception):
@@ -250,3 +256,9 @@ class ClientSession(RequestJudging, AnswerRelay):
             writer.close()
         finally:
             self._durable_writer = None
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    """``host:port`` of the client (empty when the transport does not say)."""
+    peer = writer.get_extra_info("peername") or ("", 0)
+    return f"{peer[0]}:{peer[1]}" if peer[0] else ""

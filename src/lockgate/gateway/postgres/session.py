@@ -128,6 +128,7 @@ class ClientSession:
         self._terminated = False
         self._lost_recorded = False  # flow.upstream_lost() was called (once only)
         self._session_quota: QuotaTicket = NO_TICKET  # the ``sessions`` slot, given back at end
+        self._live_id: str | None = None  # its row among the sessions open now (live_sessions)
         # Client bytes read while a statement waited for its quota (:meth:`_client_gone`),
         # judged next, before anything read later.
         self._read_ahead: list[bytes] = []
@@ -268,6 +269,7 @@ class ClientSession:
             "allowed", login.claims, resource.name, t0, action="connect", decision="allow",
             detail={"user": login.user[:100], "tls": login.tls},
         )  # fmt: skip
+        self._live_id = ctx.shared.live.opened("postgres", resource.name, login.claims, self.client)
         return messages
 
     @property
@@ -296,6 +298,9 @@ class ClientSession:
         self._upstream_lost("session_ended")  # statements' quota slots are given back there
         quota, self._session_quota = self._session_quota, NO_TICKET
         release_all([quota])
+        if self._live_id is not None:
+            self.ctx.shared.live.closed(self._live_id)
+            self._live_id = None
         if self.cancel_pid is not None:
             self.ctx.cancels.release(self.cancel_pid)
             self.cancel_pid = None
