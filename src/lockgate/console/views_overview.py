@@ -1,0 +1,176 @@
+"""The console's home page: requests and denials per DAG over a chosen window.
+
+``GET /`` (viewer and above) shows, for the last hour, day, week or month: totals (requests,
+denials, throttles, distinct DAGs, tokens issued), a stacked bar chart of every DAG together
+and small multiples of the busiest DAGs (:mod:`lockgate.console.charts`), the DAGs and
+resources denied most, the last denials, and the sessions open now when the gateway keeps
+them. Every number links into the audit explorer with the matching filters.
+
+The audit trail is read off the event loop (``asyncio.to_thread``): a month of records is a
+scan the gateway's requests must not wait behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from lockgate.audit import AuditReader, AuditRow
+from lockgate.console import charts
+from lockgate.console.web import ConsoleContext, LiveSessions, context, render, requires
+
+#: window name -> (seconds shown, bucket seconds): 30 to 60 bars each
+WINDOWS: dict[str, tuple[float, float]] = {
+    "1h": (3600.0, 120.0),
+    "24h": (86400.0, 1800.0),
+    "7d": (7 * 86400.0, 4 * 3600.0),
+    "30d": (30 * 86400.0, 12 * 3600.0),
+}
+WINDOW_NAMES = {
+    "1h": "Last hour",
+    "24h": "Last 24 hours",
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+}
+DEFAULT_WINDOW = "24h"
+#: small multiples: this many DAGs, the rest together
+TOP_DAGS = 6
+#: the denials the "denied most" resources are counted over (the newest), and shown
+DENIAL_SAMPLE = 5000
+RECENT_DENIALS = 10
+TOP_LISTED = 5
+
+
+@dataclass
+class Overview:
+    """What the page shows, read from the trail in one go."""
+
+    buckets: list[charts.BucketLike]
+    tokens_issued: int
+    #: the newest denials of the window, newest first (at most DENIAL_SAMPLE)
+    denials: list[AuditRow]
+    #: more denials in the window than ``denials`` holds
+    denials_capped: bool
+    sessions: Counter[str] = field(default_factory=Counter)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", overview, name="overview")
+
+
+@requires("viewer")
+async def overview(request: web.Request) -> web.StreamResponse:
+    window = request.query.get("window", DEFAULT_WINDOW)
+    if window not in WINDOWS:
+        window = DEFAULT_WINDOW
+    span, bucket = WINDOWS[window]
+    axis = charts.TimeAxis.ending(time.time(), span, bucket)
+    ctx = context(request)
+    data = await asyncio.to_thread(_read, ctx, axis)
+    if ctx.live is not None:
+        data.sessions = await asyncio.to_thread(_open_sessions, ctx.live)
+    every, per_dag = charts.series_of(data.buckets, axis, top=TOP_DAGS)
+    totals = every.totals
+    denied_dags = _denied_dags(data.buckets)
+    return render(
+        request,
+        "overview.html",
+        window=window,
+        windows=[(name, WINDOW_NAMES[name]) for name in WINDOWS],
+        axis=axis,
+        since_text=charts.utc(axis.start),
+        until_text=charts.utc(axis.until),
+        bucket_text=charts.duration(bucket),
+        totals=totals,
+        dag_count=len({b.dag for b in data.buckets if (b.allowed + b.denied + b.throttled)}),
+        tokens_issued=data.tokens_issued,
+        chart_all=charts.stacked_bars(every, axis, ident="all"),
+        chart_dags=[
+            charts.stacked_bars(s, axis, frame=charts.SMALL, ident=f"dag-{i}")
+            for i, s in enumerate(per_dag)
+        ],
+        denied_dags=denied_dags,
+        denied_resources=Counter(r.resource or "" for r in data.denials).most_common(TOP_LISTED),
+        denials_counted=len(data.denials),
+        denials_capped=data.denials_capped,
+        recent=data.denials[:RECENT_DENIALS],
+        sessions=data.sessions,
+        live=ctx.live is not None,
+        href=charts.audit_href,
+        utc=charts.utc,
+        since=axis.start,
+    )
+
+
+def _denied_dags(buckets: list[charts.BucketLike]) -> list[tuple[str | None, int]]:
+    denied: Counter[str | None] = Counter()
+    for b in buckets:
+        if b.denied:
+            denied[b.dag] += b.denied
+    return sorted(denied.items(), key=lambda kv: (-kv[1], kv[0] or ""))[:TOP_LISTED]
+
+
+def _open_sessions(live: LiveSessions) -> Counter[str]:
+    return Counter(s.kind for s in live.open_sessions())
+
+
+def _read(ctx: ConsoleContext, axis: charts.TimeAxis) -> Overview:
+    with ctx.audit_reader() as reader:
+        return _scan(reader, axis)
+
+
+# -- until AuditReader.histogram/count/query land: one pass over the window's rows ----------
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    start: float
+    dag: str | None
+    allowed: int
+    denied: int
+    throttled: int
+
+
+#: the request outcomes a histogram counts (an admitted request's outcome follows it)
+_OUTCOMES = {"allowed": "allowed", "upstream_error": "allowed", "denied": "denied",
+             "throttled": "throttled"}  # fmt: skip
+
+
+def _scan(reader: AuditReader, axis: charts.TimeAxis) -> Overview:
+    counts: Counter[tuple[float, str | None, str]] = Counter()
+    tokens = 0
+    denials: deque[AuditRow] = deque(maxlen=DENIAL_SAMPLE)
+    seen_denials = 0
+    for row in _rows(reader, axis.start):
+        kind = _OUTCOMES.get(row.event)
+        i = axis.index(row.ts)
+        if kind is not None and i is not None:
+            start = axis.start + i * axis.bucket
+            counts[(start, row.dag_id, kind)] += 1
+            if kind == "denied":
+                denials.append(row)
+                seen_denials += 1
+        elif row.event == "token_issued":
+            tokens += 1
+    keys = {(start, dag) for start, dag, _ in counts}
+    buckets: list[charts.BucketLike] = [
+        _Bucket(
+            start,
+            dag,
+            counts[(start, dag, "allowed")],
+            counts[(start, dag, "denied")],
+            counts[(start, dag, "throttled")],
+        )
+        for start, dag in sorted(keys, key=lambda k: (k[0], k[1] or ""))
+    ]
+    newest_first = list(reversed(denials))
+    return Overview(buckets, tokens, newest_first, seen_denials > len(newest_first))
+
+
+def _rows(reader: AuditReader, since: float) -> Iterator[AuditRow]:
+    yield from reader.iter_rows(since=since)

@@ -1,0 +1,227 @@
+"""The console's overview page over a real audit trail (records written by AuditLog): totals,
+the charts, the DAGs and resources denied most, the newest denials, the window selector,
+the live sessions count, escaping of what pipelines named themselves, and viewers' access."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+
+from lockgate.audit import AuditLog, AuditReader, AuditRecord
+from lockgate.console import views_overview
+from lockgate.console.web import ConsoleContext, ConsoleUser, OpenSession
+from tests.console._views import signed_in, views_app
+
+NOW = time.time()
+
+
+def request(
+    event: str, dag: str | None, *, ago: float = 60.0, resource: str = "orders-api", **kw: Any
+) -> AuditRecord:
+    decision = {"allowed": "allow", "upstream_error": "allow", "admitted": "allow"}.get(event)
+    return AuditRecord(
+        event=event,
+        ts=NOW - ago,
+        deployment="prod",
+        dag_id=dag,
+        task_id="load",
+        run_id="run-1",
+        try_number=1,
+        principal=f"airflow:prod/{dag}/load",
+        resource=resource,
+        action="read",
+        object="/orders/1",
+        decision=decision or ("deny" if event in ("denied", "throttled") else None),
+        reason="no rule matches" if event == "denied" else None,
+        **kw,
+    )
+
+
+def write(path: Path, records: Iterable[AuditRecord]) -> None:
+    log = AuditLog(path)
+    try:
+        for r in records:
+            log.emit(r)
+        assert log.flush(10)
+    finally:
+        log.close()
+
+
+class Live:
+    def __init__(self, kinds: list[str]) -> None:
+        self.kinds = kinds
+
+    def open_sessions(self) -> list[OpenSession]:
+        return [
+            OpenSession(kind, "db", "p", "prod", "etl", "r", "t", 1, "j", NOW, "1.2.3.4", "a/0")
+            for kind in self.kinds
+        ]
+
+
+def console(db: Path, live: Live | None = None) -> ConsoleContext:
+    """Only the trail (and the live sessions) are the overview's; the rest is never used."""
+    unused = cast(Any, None)
+    return ConsoleContext(
+        config=unused,
+        audit_reader=lambda: AuditReader(db),
+        audit=unused,
+        policy=unused,
+        revocations=unused,
+        credentials=unused,
+        database=unused,
+        live=live,
+    )
+
+
+Get = Callable[..., Any]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Any]]:
+    servers: list[TestServer] = []
+    session = ClientSession()
+
+    async def start(ctx: ConsoleContext, user: ConsoleUser | None = None) -> Get:
+        server = TestServer(views_app(ctx, views_overview.add_routes, user), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+
+        async def get(path: str) -> tuple[int, str]:
+            async with session.get(server.make_url(path)) as resp:
+                return resp.status, await resp.text()
+
+        return get
+
+    yield start
+    await session.close()
+    for s in servers:
+        await s.close()
+
+
+class Page(HTMLParser):
+    """The parts of the page the tests read: text per element id, links, tables' captions."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.captions: list[str] = []
+        self.figures = 0
+        self._caption = False
+        self.text: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"] or "")
+        if tag == "figure":
+            self.figures += 1
+        self._caption = tag == "caption"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "caption":
+            self._caption = False
+
+    def handle_data(self, data: str) -> None:
+        if self._caption:
+            self.captions.append(data)
+        self.text.append(data)
+
+    @property
+    def words(self) -> str:
+        return " ".join(" ".join(self.text).split())
+
+
+TRAIL = [
+    *[request("allowed", "finance", ago=120 + i) for i in range(30)],
+    *[request("denied", "finance", ago=300 + i, resource="warehouse") for i in range(4)],
+    *[request("throttled", "finance", ago=400) for _ in range(2)],
+    *[request("upstream_error", "marketing", ago=500)],
+    *[request("denied", "marketing", ago=600 + i) for i in range(7)],
+    request("admitted", "finance", ago=130),  # an outcome follows: not counted twice
+    AuditRecord(event="token_issued", ts=NOW - 700, dag_id="finance", decision="allow"),
+    AuditRecord(event="token_issued", ts=NOW - 710, dag_id="marketing", decision="allow"),
+    request("denied", "finance", ago=3 * 86400),  # outside the last 24 hours
+]
+
+
+async def test_the_overview_counts_the_trail_and_links_every_number(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    write(tmp_path / "audit.db", TRAIL)
+    get = await serve(console(tmp_path / "audit.db"))
+    status, html = await get("/console/")
+    assert status == 200
+    page = Page(html)
+    words = page.words
+    assert "Requests 44" in words and "Denials 11" in words and "Throttled 2" in words
+    assert "DAGs 2" in words and "Tokens issued 2" in words
+    assert "Sessions open now" not in words  # the gateway keeps no live sessions here
+    assert page.figures == 3  # every DAG, then finance and marketing
+    assert "finance" in words and "marketing" in words
+    # denied most: marketing (7) before finance (4); resources: orders-api (7), warehouse (4)
+    assert words.index("marketing 7") < words.index("finance 4")
+    assert words.index("orders-api 7") < words.index("warehouse 4")
+    assert any("dag=marketing" in h and "decision=deny" in h for h in page.links)
+    assert any("resource=warehouse" in h and "decision=deny" in h for h in page.links)
+    assert any("dag=finance" in h and "run=run-1" in h for h in page.links)
+    assert sum("The 10 newest denied requests" in c for c in page.captions) == 1
+    assert "style=" not in html and "<script" not in html
+    assert '<link rel="stylesheet" href="/console/static/charts.css">' in html
+
+
+async def test_the_window_selector_changes_the_window_and_ignores_unknown_ones(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    write(tmp_path / "audit.db", TRAIL)
+    get = await serve(console(tmp_path / "audit.db"))
+    _, week = await get("/console/?window=7d")
+    assert "Denials 12" in Page(week).words  # the one three days ago is in the week
+    assert 'href="/console/?window=7d" aria-current="page"' in week
+    assert "one bar per 4 h" in Page(week).words
+    _, odd = await get("/console/?window=%3Cscript%3E")
+    assert 'href="/console/?window=24h" aria-current="page"' in odd
+    assert "<script" not in odd
+
+
+async def test_an_empty_trail_says_there_is_nothing_to_show(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    get = await serve(console(tmp_path / "audit.db"))  # not even a file yet
+    status, html = await get("/console/?window=1h")
+    assert status == 200
+    words = Page(html).words
+    assert "Requests 0" in words and "No requests in this window." in words
+    assert "No denials in this window." in words
+
+
+async def test_what_pipelines_name_themselves_is_text(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    write(tmp_path / "audit.db", [request("denied", evil, resource=evil)])
+    get = await serve(console(tmp_path / "audit.db"))
+    _, html = await get("/console/")
+    assert "<img" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+async def test_live_sessions_are_counted_when_the_gateway_keeps_them(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    get = await serve(console(tmp_path / "audit.db", Live(["cql", "cql", "postgres"])))
+    _, html = await get("/console/")
+    assert "Sessions open now 3 (2 cql, 1 postgres)" in Page(html).words
+
+
+async def test_a_viewer_sees_the_overview(tmp_path: Path, serve: Callable[..., Any]) -> None:
+    get = await serve(console(tmp_path / "audit.db"), signed_in("viewer"))
+    status, _ = await get("/console/")
+    assert status == 200
