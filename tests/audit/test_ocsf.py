@@ -87,6 +87,16 @@ def _records() -> list[tuple[AuditRecord, int, int]]:
         (AuditRecord("mint_unblocked", deployment="prod", object="finance_daily"), 6003, 3),
         (AuditRecord("policy_reloaded", reason="applied"), 6003, 3),
         (AuditRecord("config_reloaded", reason="refused"), 6003, 3),
+        (AuditRecord("console_signed_in", principal="console:u-1", decision="allow",
+                     detail={"name": "ann", "role": "admin", "via": "oidc"}), 3002, 1),
+        (AuditRecord("console_sign_in_failed", decision="deny", reason="wrong_nonce",
+                     detail={"via": "oidc"}), 3002, 1),
+        (AuditRecord("console_signed_out", principal="console:link:ab12cd34",
+                     decision="allow", detail={"name": "x", "role": "admin", "via": "link"}),
+         3002, 2),
+        # an operator's action in the console: the actor is a person
+        (AuditRecord("token_revoked", principal="console:u-1", object="tok-1",
+                     detail={"by": "ann", "role": "operator", "via": "oidc"}), 6003, 4),
     ]  # fmt: skip
 
 
@@ -156,7 +166,7 @@ def test_every_event_is_valid_ocsf_of_its_class(
     )
     if row.principal:
         assert ev["actor"]["user"]["name"] == row.principal
-        assert ev["src_endpoint"]["name"] == row.deployment
+        assert ev["src_endpoint"]["name"] == (row.deployment or "unknown")
 
 
 def test_status_follows_the_decision() -> None:

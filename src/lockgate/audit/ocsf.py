@@ -13,6 +13,8 @@ a CQL or PostgreSQL statement, a Cosmos DB             Datastore Activity 6005 (
 data-plane request                                     Write, Create, Delete, List, Other)
 a session's login (action ``connect``),                Authentication 3002 (Logon; Logoff for
 ``auth_failed``, ``session_ended``                     ``session_ended``)
+the console's ``console_signed_in``,                   Authentication 3002 (Logon; Logoff for
+``console_sign_in_failed``, ``console_signed_out``     ``console_signed_out``)
 ``token_issued``                                       Authorize Session 3003 (Assign
                                                        Privileges: a short-lived token for one
                                                        resource; ``privileges`` names it)
@@ -22,7 +24,9 @@ policy and config reloads                              Delete; ``api.operation``
 
 ``status_id`` comes from the decision (allow: Success; deny, error: Failure), ``status_detail``
 is the reason, ``actor.user.name`` the principal, ``actor.session.uid`` the token id (jti),
-``src_endpoint.name`` the Airflow deployment, ``time`` the record's time in milliseconds.
+``src_endpoint.name`` the Airflow deployment, ``time`` the record's time in milliseconds
+(a principal ``console:<subject>``, a person signed in to the console, is a User rather
+than an Airflow task).
 ``unmapped.lockgate`` holds the whole row (every record field, ``seq``, ``prev_hash``,
 ``hash``): the chain can be verified from the export alone (:func:`lockgate.audit.record.
 hash_values` over the fields in ``RECORD_FIELDS`` order), and nothing the record says is lost.
@@ -104,6 +108,9 @@ _ADMIN = {
     "policy_reloaded": (3, "policy"),
     "config_reloaded": (3, "configuration"),
 }
+# The console's sign-in events -> Authentication activity (Logon, Logoff).
+_CONSOLE_SIGN_IN = {"console_signed_in": 1, "console_sign_in_failed": 1, "console_signed_out": 2}
+_CONSOLE_PRINCIPAL = "console:"
 # reasons of config_reloaded that mean nothing was applied
 _NOT_APPLIED = frozenset({"refused", "invalid_file", "failed"})
 _FAILED = frozenset({"deny", "error"})
@@ -173,6 +180,11 @@ def _event(row: AuditRow, datastore_names: Mapping[str, int]) -> dict[str, Any]:
         ev = _base(row, AUTHORIZE_SESSION, 1)
         ev["privileges"] = [f"resource:{row.resource}"] if row.resource else []
         ev["dst_endpoint"] = {"svc_name": row.resource or "lockgate"}
+        return _authentication(ev, row)
+    if name in _CONSOLE_SIGN_IN:
+        ev = _base(row, AUTHENTICATION, _CONSOLE_SIGN_IN[name])
+        ev["service"] = {"name": "lockgate console"}
+        _status(ev, 2 if name == "console_sign_in_failed" else 1)
         return _authentication(ev, row)
     if name in ("auth_failed", "session_ended") or action == "connect":
         ev = _base(row, AUTHENTICATION, 2 if name == "session_ended" else 1)
@@ -248,7 +260,10 @@ def _base(row: AuditRow, class_uid: int, activity_id: int) -> dict[str, Any]:
         activity_name = str(row.action).capitalize()  # Other: the source's own word
     actor: dict[str, Any] = {}
     if row.principal:
-        actor["user"] = {"name": row.principal, "type_id": 99, "type": "Airflow task"}
+        if str(row.principal).startswith(_CONSOLE_PRINCIPAL):  # a person, not a task
+            actor["user"] = {"name": row.principal, "type_id": 1, "type": "User"}
+        else:
+            actor["user"] = {"name": row.principal, "type_id": 99, "type": "Airflow task"}
     else:
         actor["app_name"] = "lockgate"
     if row.jti:

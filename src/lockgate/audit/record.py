@@ -57,6 +57,12 @@ EVENTS = frozenset(
         # (sections that need a restart), "invalid_file" or "failed" (an engine could not
         # take it); nothing is applied unless applied
         "config_reloaded",
+        # the web console: a person signed in (detail: name, role, via "oidc" | "link"),
+        # was refused (reason; never a code or token) or signed out; principal
+        # console:<subject>
+        "console_signed_in",
+        "console_sign_in_failed",
+        "console_signed_out",
     }
 )
 DECISIONS = frozenset({"allow", "deny", "error"})  # error: the gateway's own fault

@@ -112,6 +112,11 @@ class ConsoleContext:
         """Audit ``record`` (fail closed: raises when the trail refuses)."""
         self.audit.emit(record)
 
+    async def write(self, record: AuditRecord) -> None:
+        """Audit ``record`` and wait until it is committed: what an action awaits before it
+        answers success (raises AuditUnavailable when the trail refuses or is too slow)."""
+        await self.audit.write(record)
+
 
 CTX: web.AppKey[ConsoleContext] = web.AppKey("lockgate_console_ctx", ConsoleContext)
 ENV: web.AppKey[jinja2.Environment] = web.AppKey("lockgate_console_jinja", jinja2.Environment)

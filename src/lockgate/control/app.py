@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -36,6 +36,9 @@ from lockgate.identity import KeyStore, RevocationStore, TokenIssuer, TokenServi
 from lockgate.identity.once import OnceLedger
 from lockgate.identity.rate_limit import RateLimits
 
+if TYPE_CHECKING:
+    from lockgate.console.web import ConsoleContext
+
 BODY_LIMIT = 64 * 1024  # every control request is a small form or JSON document
 
 
@@ -48,8 +51,13 @@ class ReadinessReport(Protocol):
     def body(self) -> dict[str, Any]: ...
 
 
-def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -> web.Application:
-    """Every route of the control listener, over ``ctx``."""
+def control_app(
+    ctx: ControlContext,
+    readiness: Callable[[], ReadinessReport],
+    console: ConsoleContext | None = None,
+) -> web.Application:
+    """Every route of the control listener, over ``ctx``; the web console at ``/console``
+    too when ``console`` is given and ``console.enabled``."""
     app = web.Application(client_max_size=BODY_LIMIT)
     add_token_routes(app, ctx.tokens)
 
@@ -72,6 +80,10 @@ def control_app(ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get(OPENAPI_PATH, openapi_page)
+    if console is not None and ctx.config.console.enabled:
+        from lockgate.console.app import mount  # the console's templates load only if served
+
+        mount(app, console)
     return app
 
 
@@ -86,9 +98,15 @@ _REFERENCE = openapi_document()  # built once: it depends on no config
 class ControlPlane:
     """The control listener of one gateway process."""
 
-    def __init__(self, ctx: ControlContext, readiness: Callable[[], ReadinessReport]) -> None:
+    def __init__(
+        self,
+        ctx: ControlContext,
+        readiness: Callable[[], ReadinessReport],
+        console: ConsoleContext | None = None,
+    ) -> None:
         self.ctx = ctx
         self._readiness = readiness
+        self.console = console
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -110,9 +128,11 @@ class ControlPlane:
         db_roles: DbRoles | None = None,
         assertion_ledger: OnceLedger | None = None,
         rate_limits: RateLimits | None = None,
+        console: ConsoleContext | None = None,
     ) -> ControlPlane:
         """``rate_limits``: the token service's buckets (default: in the revocations'
-        database when shared, else ``data_dir/rate_limits.db``)."""
+        database when shared, else ``data_dir/rate_limits.db``); ``console``: serve the web
+        console at ``/console`` (when ``console.enabled``)."""
         if rate_limits is None:
             shared = revocations.shared
             where = revocations.database if shared else config.data_dir / "rate_limits.db"
@@ -132,7 +152,7 @@ class ControlPlane:
         ctx = ControlContext(
             config, tokens, verifier, issuer, mint_policy, audit, master_key, ports, db_roles
         )
-        return cls(ctx, readiness)
+        return cls(ctx, readiness, console)
 
     def update_resources(self, resources: Iterable[AnyResource]) -> None:
         """Take a new catalog without a restart: from the next request on, tokens are minted
@@ -149,7 +169,9 @@ class ControlPlane:
         """Start the dynamic roles' sweeper and serve the routes; the port bound."""
         if self.ctx.db_roles is not None:
             self.ctx.db_roles.start()
-        self._runner = web.AppRunner(control_app(self.ctx, self._readiness), access_log=None)
+        self._runner = web.AppRunner(
+            control_app(self.ctx, self._readiness, self.console), access_log=None
+        )
         await self._runner.setup()
         self._server = await serve_control(self._runner, listener, tls)
         self.port = int(self._server.sockets[0].getsockname()[1])

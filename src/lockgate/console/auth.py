@@ -1,0 +1,324 @@
+"""Who may see the console: sign-in, sign-out, the session check and the security headers.
+
+Routes (relative to the console's root, ``/console``):
+
+- ``GET /login``                  the sign-in page (OIDC button, or how to get a link)
+- ``GET /auth/start``             starts an OIDC sign-in: PKCE, state, nonce; to the provider
+- ``GET /auth/callback``          the provider's answer: code exchanged, ID token verified
+- ``GET /login/link?token=``      a one-time link's confirmation page (a GET never uses it)
+- ``POST /login/link``            uses the link once and signs an admin in
+- ``POST /logout``                ends the session (CSRF-checked)
+
+:func:`session_middleware` lets through only those pages and ``/static/``; any other
+request needs a live session (cookie ``lockgate_console``: HttpOnly, SameSite=Strict,
+Path=/console, Secure over TLS) and else is sent to the sign-in page (a GET) or refused
+(401). :func:`security_headers` puts a strict CSP and its companions on every console
+response, errors and redirects included.
+
+Sign-ins, failed sign-ins and sign-outs are audited (``console_signed_in``,
+``console_sign_in_failed``, ``console_signed_out``) as ``console:<subject>``, before the
+answer: a trail that refuses means no session.
+
+Why the callback answers with a page instead of a redirect: the session cookie is
+SameSite=Strict, and a browser does not send a Strict cookie on a navigation that a
+cross-site redirect chain (the provider's) began; the page's own refresh is same-site.
+The OIDC pending sign-in is bound to the browser that began it by a short-lived
+``SameSite=Lax`` cookie holding its ``state`` (Lax: it must come back on the provider's
+redirect), so a callback URL sent to someone else signs nobody in (login CSRF).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+
+from lockgate import _log
+from lockgate.audit import AuditRecord
+from lockgate.console.links import LINK_PATH, link_subject
+from lockgate.console.oidc import OidcClient, SignInRefused, pkce_pair
+from lockgate.console.sessions import ConsoleStore, Pending, new_secret
+from lockgate.console.web import (
+    CSRF,
+    USER,
+    ConsoleContext,
+    ConsoleUser,
+    check_csrf,
+    context,
+    render,
+    same_origin,
+)
+from lockgate.errors import AuditUnavailable, StoreUnavailable
+from lockgate.store import off_loop
+
+log = _log.get("console.auth")
+
+SESSION_COOKIE = "lockgate_console"
+SIGNIN_COOKIE = "lockgate_console_signin"
+ROOT = "/console"
+HOME = "/console/"
+LOGIN = "/console/login"
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_PUBLIC = ("/console/login", "/console/auth/", "/console/static/")
+
+STORE: web.AppKey[ConsoleStore] = web.AppKey("lockgate_console_store", ConsoleStore)
+OIDC: web.AppKey[OidcClient | None] = web.AppKey("lockgate_console_oidc", OidcClient)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- headers and the session check -------------------------------------------------------
+def is_console(path: str) -> bool:
+    return path == ROOT or path.startswith(ROOT + "/")
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` of the control app: every console response, whoever made it
+    (a view, an error, a redirect, a 404), leaves with these headers."""
+    if not is_console(request.path):
+        return
+    headers = response.headers
+    headers["Content-Security-Policy"] = CSP
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "same-origin"
+    headers["X-Frame-Options"] = "DENY"
+    headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    if not request.path.startswith("/console/static/"):
+        headers["Cache-Control"] = "no-store"
+    if request.secure:
+        headers["Strict-Transport-Security"] = "max-age=31536000"
+
+
+def _public(path: str) -> bool:
+    return path == LOGIN or any(path.startswith(p) for p in _PUBLIC)
+
+
+@web.middleware
+async def session_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Every console request but the sign-in pages and static files needs a live session;
+    sets :data:`USER` and :data:`CSRF` for the views."""
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if session_id:
+        ctx = context(request)
+        store = request.app[STORE]
+        session = await off_loop(
+            store.db, store.lookup, session_id, idle_timeout=ctx.config.console.idle_timeout
+        )
+        if session is not None:
+            request[USER] = session.user
+            request[CSRF] = session.csrf
+    if USER in request or _public(request.path):
+        signing_in = request.method not in ("GET", "HEAD") and USER not in request
+        if signing_in and not same_origin(request):  # the sign-in POSTs: our forms only
+            raise web.HTTPForbidden(text="cross-origin request refused")
+        return await handler(request)
+    if request.method in ("GET", "HEAD"):
+        target = request.path_qs
+        raise web.HTTPFound(f"{LOGIN}?next={quote(target, safe='/')}")
+    raise web.HTTPUnauthorized(text="sign in first")
+
+
+def safe_next(value: str | None) -> str:
+    """Where to go after signing in: a console page of this host only (no open redirect)."""
+    if not value or any(c in value for c in "\\\r\n\t") or value.startswith("//"):
+        return HOME
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc or not parts.path.startswith(HOME):
+        return HOME
+    if _public(parts.path):
+        return HOME  # never back to a sign-in page
+    return value
+
+
+# -- pages -------------------------------------------------------------------------------
+async def login_page(request: web.Request) -> web.Response:
+    oidc = request.app[OIDC]
+    return render(
+        request,
+        "login.html",
+        next=safe_next(request.query.get("next")),
+        issuer_host=oidc.issuer_host if oidc is not None else None,
+        ended=request.query.get("ended") == "1",
+    )
+
+
+async def auth_start(request: web.Request) -> web.StreamResponse:
+    oidc = request.app[OIDC]
+    if oidc is None:
+        raise web.HTTPNotFound(text="no OIDC provider configured; use a one-time link")
+    state, nonce = new_secret(), new_secret()
+    verifier, challenge = pkce_pair()
+    pending = Pending(nonce, verifier, safe_next(request.query.get("next")))
+    store = request.app[STORE]
+    try:
+        await off_loop(store.db, store.remember, state, pending)
+        target = await oidc.authorize_url(state=state, nonce=nonce, challenge=challenge)
+    except SignInRefused as refused:
+        return await _refused(request, refused, status=502)
+    response = web.HTTPFound(target)
+    response.set_cookie(
+        SIGNIN_COOKIE, state, path=f"{ROOT}/auth/", max_age=600, httponly=True,
+        samesite="Lax", secure=request.secure,
+    )  # fmt: skip
+    raise response
+
+
+async def auth_callback(request: web.Request) -> web.StreamResponse:
+    oidc = request.app[OIDC]
+    if oidc is None:
+        raise web.HTTPNotFound(text="no OIDC provider configured")
+    query = request.query
+    try:
+        if "error" in query:
+            error = query.get("error", "")[:64]
+            text = query.get("error_description", "")[:300]
+            raise SignInRefused(
+                f"provider_{error}" if error.replace("_", "").isalnum() else "provider_error",
+                f"The sign-in provider said: {error}" + (f" — {text}" if text else ""),
+            )
+        state, code = query.get("state", ""), query.get("code", "")
+        bound = request.cookies.get(SIGNIN_COOKIE, "")
+        if not state or not code:
+            raise SignInRefused("incomplete_callback", "The sign-in answer is incomplete.")
+        if not bound or not hmac.compare_digest(bound.encode(), state.encode()):
+            raise SignInRefused("state_not_bound", "This sign-in was not started in this browser.")
+        store = request.app[STORE]
+        pending = await off_loop(store.db, store.take, state)
+        if pending is None:
+            raise SignInRefused("unknown_state", "This sign-in expired or was already used.")
+        who = await oidc.sign_in(code=code, verifier=pending.verifier, nonce=pending.nonce)
+    except SignInRefused as refused:
+        response = await _refused(request, refused, status=403)
+        response.del_cookie(SIGNIN_COOKIE, path=f"{ROOT}/auth/")
+        return response
+    user = ConsoleUser(subject=who.subject, name=who.name, role=who.role, via="oidc")
+    response = await _signed_in(request, user, pending.next_path)
+    response.del_cookie(SIGNIN_COOKIE, path=f"{ROOT}/auth/")
+    return response
+
+
+async def link_page(request: web.Request) -> web.Response:
+    token = request.query.get("token", "")
+    store = request.app[STORE]
+    state = await off_loop(store.db, store.link_state, token) if token else "unknown"
+    if state != "usable":
+        return render(request, "login_link_gone.html", status=410, state=state)
+    return render(request, "login_link.html", token=token, action=f"{ROOT}{LINK_PATH}")
+
+
+async def link_use(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    token = form.get("token")
+    token = token if isinstance(token, str) else ""
+    store = request.app[STORE]
+    if not token or not await off_loop(store.db, store.use_link, token):
+        state = await off_loop(store.db, store.link_state, token) if token else "unknown"
+        await _audit_failure(
+            request, f"link_{state}", subject=link_subject(token) if token else None, via="link"
+        )
+        return render(request, "login_link_gone.html", status=410, state=state)
+    user = ConsoleUser(
+        subject=link_subject(token), name="one-time link admin", role="admin", via="link"
+    )
+    return await _signed_in(request, user, HOME)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    await check_csrf(request)
+    user = request[USER]
+    ctx = context(request)
+    await _audit(ctx, _record("console_signed_out", user))
+    store = request.app[STORE]
+    await off_loop(store.db, store.end, request.cookies.get(SESSION_COOKIE, ""))
+    response = web.HTTPSeeOther(f"{LOGIN}?ended=1")
+    response.del_cookie(SESSION_COOKIE, path=ROOT)
+    raise response
+
+
+# -- the steps every sign-in shares ------------------------------------------------------
+async def _signed_in(request: web.Request, user: ConsoleUser, next_path: str) -> web.Response:
+    """Audit the sign-in (fail closed), start the session, set its cookie, and go on to
+    ``next_path`` with a page of our own (see the module docstring)."""
+    ctx = context(request)
+    await _audit(ctx, _record("console_signed_in", user))
+    settings = ctx.config.console
+    store = request.app[STORE]
+    session_id = await off_loop(store.db, store.start, user, ttl=settings.session_ttl)
+    response = render(request, "login_done.html", next=safe_next(next_path), name=user.name)
+    response.set_cookie(
+        SESSION_COOKIE, session_id, path=ROOT, max_age=int(settings.session_ttl),
+        httponly=True, samesite="Strict", secure=request.secure,
+    )  # fmt: skip
+    return response
+
+
+async def _refused(request: web.Request, refused: SignInRefused, *, status: int) -> web.Response:
+    await _audit_failure(request, refused.reason, subject=None, via="oidc")
+    return render(request, "login_failed.html", status=status, message=refused.message,
+                  reason=refused.reason, oidc=request.app[OIDC] is not None)  # fmt: skip
+
+
+async def _audit_failure(
+    request: web.Request, reason: str, *, subject: str | None, via: str
+) -> None:
+    record = AuditRecord(
+        event="console_sign_in_failed",
+        principal=f"console:{subject}" if subject else None,
+        decision="deny",
+        reason=reason,
+        detail={"via": via},
+    )
+    await _audit(context(request), record)
+
+
+def _record(event: str, user: ConsoleUser) -> AuditRecord:
+    return AuditRecord(
+        event=event,
+        principal=user.principal,
+        decision="allow",
+        detail={"name": user.name, "role": user.role, "via": user.via},
+    )
+
+
+async def _audit(ctx: ConsoleContext, record: AuditRecord) -> None:
+    try:
+        await ctx.write(record)
+    except (AuditUnavailable, StoreUnavailable) as exc:
+        log.error(
+            "console sign-in not audited; refused",
+            extra={"fields": {"event": record.event, "error": str(exc)[:200]}},
+        )
+        raise web.HTTPServiceUnavailable(
+            text="the audit trail cannot record this; try again shortly"
+        ) from None
+
+
+def add_routes(app: web.Application) -> None:
+    """The sign-in routes, relative to the console's root."""
+    app.router.add_get("/login", login_page)
+    app.router.add_get(LINK_PATH, link_page)
+    app.router.add_post(LINK_PATH, link_use)
+    app.router.add_get("/auth/start", auth_start)
+    app.router.add_get("/auth/callback", auth_callback)
+    app.router.add_post("/logout", logout)
+
+
+__all__ = [
+    "CSP",
+    "OIDC",
+    "SESSION_COOKIE",
+    "SIGNIN_COOKIE",
+    "STORE",
+    "add_routes",
+    "is_console",
+    "safe_next",
+    "security_headers",
+    "session_middleware",
+]
