@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lockgate.audit import chain
+from lockgate.audit import query as sql_query
 from lockgate.audit.chain import SELECT_ROWS as LOCAL_SELECT  # the chain's one row select
 from lockgate.audit.chain import VerifyResult
 from lockgate.audit.journal import Backlog, backlog, journal_dir
+from lockgate.audit.query import AuditPage, AuditQuery, HistogramBucket
 from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow
 from lockgate.audit.shipping import AuditShipping, ShipLag, read_status, ship_lag
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from lockgate.audit.shared import SharedTrail
     from lockgate.store import Database
 
+_T = TypeVar("_T")
+_LOCAL_STORE = sql_query.Store(LOCAL_SELECT, "audit", "sqlite", False, chain.row_from_columns)
 # where ts sits in a row of the shared trail's select (replica, seq, *RECORD_FIELDS, ...)
 _SHARED_TS = 2 + RECORD_FIELDS.index("ts")
 
@@ -101,33 +105,74 @@ class AuditReader:
         ``replica``: only that replica's records (the shared trail; ignored without it)."""
         if isinstance(since, datetime):
             since = since.timestamp()
-        if self.shipping is not None:
+        q = AuditQuery(dag=dag, run=run, decision=decision, event=event, resource=resource,
+                       since=since, replica=replica)  # fmt: skip
+        return self.query(q, limit=limit).rows[::-1]
+
+    def query(self, q: AuditQuery, *, limit: int = 100, older: str | None = None) -> AuditPage:
+        """Up to ``limit`` records matching ``q``, newest first, and the cursor of the next
+        (older) page; ``older``: a cursor from a previous page (ValueError if malformed)."""
+        return self._run(
+            lambda run, store: sql_query.page(run, store, q, limit=limit, older=older),
+            AuditPage([], None),
+        )
+
+    def count(self, q: AuditQuery) -> int:
+        """How many records match ``q``."""
+        return self._run(lambda run, store: sql_query.count(run, store, q), 0)
+
+    def histogram(self, q: AuditQuery, *, bucket: float) -> list[HistogramBucket]:
+        """Request outcomes (allowed, denied, throttled, upstream errors) per DAG per
+        ``bucket`` seconds, oldest first (see :func:`lockgate.audit.query.histogram`)."""
+        return self._run(lambda run, store: sql_query.histogram(run, store, q, bucket=bucket), [])
+
+    def record(self, seq: int, replica: str | None = None) -> AuditRow | None:
+        """One record: ``seq`` of this replica's local chain, or, with shipping and
+        ``replica`` given, of that replica's chain in the shared trail."""
+        if self.shipping is not None and replica is not None:
+            from lockgate.audit.shared import SELECT_ROWS as SHARED_SELECT
+            from lockgate.audit.shared import trail_row
+
             trail = self._shared()
             if trail is None:
-                return []
-            return trail.search(
-                dag=dag,
-                run=run,
-                decision=decision,
-                event=event,
-                resource=resource,
-                replica=replica,
-                since=since,
-                limit=limit,
-            )
+                return None
+            with trail.db.read() as cur:
+                found = cur.execute(
+                    f"{SHARED_SELECT} WHERE replica = ? AND seq = ?", (replica, seq)
+                ).fetchone()
+            return trail_row(found) if found else None
         with self._conn() as conn:
             if not conn or not _has_schema(conn):
-                return []
-            return chain.search(
-                conn,
-                dag=dag,
-                run=run,
-                decision=decision,
-                event=event,
-                resource=resource,
-                since=since,
-                limit=limit,
-            )
+                return None
+            row = conn.execute(f"{LOCAL_SELECT} WHERE seq = ?", (seq,)).fetchone()
+            return chain.row_from_columns(row) if row else None
+
+    def _run(self, ask: Callable[[sql_query.Execute, sql_query.Store], _T], nothing: _T) -> _T:
+        """``ask`` run against the trail this reader reads (the shared trail with shipping,
+        else the local chain); ``nothing`` when that holds no records yet."""
+        if self.shipping is not None:
+            from lockgate.audit.shared import SELECT_ROWS as SHARED_SELECT
+            from lockgate.audit.shared import trail_row
+
+            trail = self._shared()
+            if trail is None:
+                return nothing
+            db = trail.db
+
+            def run_shared(sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+                with db.read() as cur:
+                    return cur.execute(sql, params).fetchall()
+
+            store = sql_query.Store(SHARED_SELECT, "audit_records", db.dialect, True, trail_row)
+            return ask(run_shared, store)
+        with self._conn() as conn:
+            if not conn or not _has_schema(conn):
+                return nothing
+
+            def run_local(sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+                return conn.execute(sql, params).fetchall()
+
+            return ask(run_local, _LOCAL_STORE)
 
     def iter_rows(
         self, dag: str | None = None, since: float | datetime | None = None, batch: int = 5000
