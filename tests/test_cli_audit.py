@@ -93,3 +93,48 @@ def test_audit_export_names_a_since_it_cannot_read(
     assert main(["-c", str(config), "audit", "export", "--since", "last tuesday"]) == 2
     err = capsys.readouterr().err
     assert "--since 'last tuesday'" in err and "ISO 8601" in err
+
+
+def test_audit_search_filters_by_task_try_action_deployment_principal_jti_and_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from lockgate.audit import AuditLog
+
+    config = tmp_path / "lockgate.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    (tmp_path / "data").mkdir()
+    log = AuditLog(tmp_path / "data" / "audit.db")
+    try:
+        for i in range(12):
+            log.emit(
+                AuditRecord(
+                    "denied" if i % 3 == 0 else "allowed", ts=1_767_225_600.0 + 60 * i,
+                    deployment=("prod", "stage")[i % 2], dag_id="etl", task_id=f"t{i % 4}",
+                    run_id="r1", try_number=1 + i % 3, principal=f"airflow:prod/etl/t{i % 4}",
+                    resource="orders", action=("read", "write")[i % 2], object=f"o{i}",
+                    decision="deny" if i % 3 == 0 else "allow", jti=f"j{i % 5}",
+                    detail={"i": i},
+                )
+            )  # fmt: skip
+        assert log.flush(10)
+    finally:
+        log.close()
+
+    def search(*flags: str) -> list[int]:
+        capsys.readouterr()
+        assert main(["-c", str(config), "audit", "search", "--json", *flags]) == 0
+        out = capsys.readouterr().out.splitlines()
+        return [json.loads(line)["detail"]["i"] for line in out if line.strip()]
+
+    assert search() == list(range(12))  # oldest first, as before
+    assert search("--limit", "3") == [9, 10, 11]
+    assert search("--task", "t1") == [1, 5, 9]
+    assert search("--try", "3") == [2, 5, 8, 11]
+    assert search("--action", "write", "--deployment", "stage") == [1, 3, 5, 7, 9, 11]
+    assert search("--principal", "airflow:prod/etl/t2", "--jti", "j1") == [6]
+    assert search("--since", "2026-01-01T00:05:00", "--until", "1767226080") == [5, 6, 7]
+    assert search("--since", "2026-01-01T01:05:00+01:00", "--decision", "deny") == [6, 9]
+    assert main(["-c", str(config), "audit", "search", "--until", "noon"]) == 2
+    assert "--until 'noon'" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """``lockgate audit``: read and check the audit trail.
 
     lockgate audit tail [-n N] | audit search --dag D [--run R] [--decision deny] | audit verify
+    lockgate audit search --task T --try N --action A --principal P --jti ID --since T --until T
     lockgate audit search --shadow     # what a shadow policy would decide otherwise
     lockgate audit export --format ocsf|jsonl [--since T] [--limit N]
 
@@ -48,32 +49,48 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-#: ``audit search --shadow`` reads at most this many newest records (matching the other
-#: filters) to find those a shadow policy would decide otherwise.
-SHADOW_SCAN = 100_000
-
-
 def cmd_audit_search(args: argparse.Namespace) -> int:
-    from lockgate.audit import format_records
+    from lockgate.audit import AuditQuery, format_records
 
+    try:
+        since, until = _time(args.since, "since"), _time(args.until, "until")
+    except ValueError as exc:
+        print(f"lockgate: audit search {exc}", file=sys.stderr)
+        return 2
+    q = AuditQuery(
+        deployment=args.deployment, dag=args.dag, run=args.run, task=args.task,
+        try_number=args.try_number, resource=args.resource, action=args.action,
+        decision=args.decision, event=args.event, principal=args.principal, jti=args.jti,
+        since=since, until=until, shadow=args.shadow, replica=args.replica,
+    )  # fmt: skip
     with _audit_log(args) as log:
-        rows = log.search(
-            dag=args.dag,
-            run=args.run,
-            decision=args.decision,
-            event=args.event,
-            resource=args.resource,
-            limit=max(args.limit, SHADOW_SCAN) if args.shadow else args.limit,
-            replica=args.replica,
-        )
-    if args.shadow:
+        rows = log.query(q, limit=args.limit).rows[::-1]  # oldest first, as tail prints
+    if args.shadow and not args.json:
         # Only differing verdicts are recorded (gateway/records.py): the detail says it all.
-        rows = [r for r in rows if isinstance(r.detail.get("shadow"), dict)][-args.limit :]
-        if not args.json:
-            print(_with_shadow_verdicts(format_records(rows), rows))
-            return 0
+        print(_with_shadow_verdicts(format_records(rows), rows))
+        return 0
     print(format_records(rows, as_json=args.json))
     return 0
+
+
+def _time(text: str | None, flag: str) -> float | None:
+    """``--since``/``--until``: unix seconds or ISO 8601 (a time without an offset is UTC)."""
+    from datetime import UTC, datetime
+
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--{flag} {text!r}: expected unix seconds or an ISO 8601 time "
+            "(2026-12-05T13:00:00+00:00)"
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _with_shadow_verdicts(table: str, rows: Sequence[AuditRecord]) -> str:
@@ -149,26 +166,15 @@ def _verify_ocsf_export(path: Path, prev_hash: str | None) -> int:
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     """Print records as ``audit.jsonl`` or ``audit.ocsf`` would hold them, one per line."""
-    from datetime import datetime
-
     from lockgate.audit import ocsf
     from lockgate.audit.sinks import encode_line
 
     cfg = _config(args)
-    since: float | None = None
-    if args.since:
-        try:
-            since = float(args.since)
-        except ValueError:
-            try:
-                since = datetime.fromisoformat(args.since).timestamp()
-            except ValueError:
-                print(
-                    f"lockgate: audit export --since {args.since!r}: expected unix seconds or "
-                    "an ISO 8601 time (2026-12-05T13:00:00+00:00)",
-                    file=sys.stderr,
-                )
-                return 2
+    try:
+        since = _time(args.since, "since")
+    except ValueError as exc:
+        print(f"lockgate: audit export {exc}", file=sys.stderr)
+        return 2
     with _audit_log(args) as log:
         rows = log.search(since=since, limit=args.limit, replica=args.replica)
     datastores = ocsf.datastores(cfg.resources)
@@ -192,8 +198,11 @@ def add_audit_commands(sub: Subcommands) -> None:
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     _local_flag(sp)
     sp = add_command(aud, "search", cmd_audit_search, "records matching every filter given")
+    sp.add_argument("--deployment", metavar="NAME", help="Airflow deployment")
     sp.add_argument("--dag", metavar="D", help="DAG id")
     sp.add_argument("--run", metavar="R", help="DAG run id")
+    sp.add_argument("--task", metavar="T", help="task id")
+    sp.add_argument("--try", dest="try_number", type=int, metavar="N", help="try number")
     sp.add_argument(
         "--decision",
         choices=["allow", "deny", "error"],
@@ -201,6 +210,13 @@ def add_audit_commands(sub: Subcommands) -> None:
     )
     sp.add_argument("--event", metavar="E", help="record event, e.g. token_issued, denied")
     sp.add_argument("--resource", metavar="NAME", help="resource name")
+    sp.add_argument("--action", metavar="A", help="action, e.g. read, write, admin")
+    sp.add_argument(
+        "--principal", metavar="P", help="who acted, e.g. airflow:prod/etl/load, console:alice"
+    )
+    sp.add_argument("--jti", metavar="ID", help="token id: every record of one token")
+    sp.add_argument("--since", metavar="T", help="at or after T (unix seconds or ISO 8601)")
+    sp.add_argument("--until", metavar="T", help="before T (unix seconds or ISO 8601)")
     sp.add_argument(
         "--limit", type=int, default=100, metavar="N", help="at most the newest N records"
     )
@@ -209,7 +225,7 @@ def add_audit_commands(sub: Subcommands) -> None:
         "--shadow",
         action="store_true",
         help="only records a shadow policy would decide otherwise (would deny / would allow), "
-        f"with both decisions; looks at the newest {SHADOW_SCAN} records matching the filters",
+        "with both decisions",
     )
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     _local_flag(sp)
