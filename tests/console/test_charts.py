@@ -84,25 +84,31 @@ def test_labels_are_escaped_everywhere() -> None:
 
 
 def test_bars_and_table_cells_link_to_the_audit_explorer_for_their_window() -> None:
-    _, dags = charts.series_of([Bucket(T0 + HOUR, "etl", allowed=2, denied=3)], axis())
+    data = [Bucket(T0 + HOUR, "etl", allowed=2, denied=3), Bucket(T0 + 2 * HOUR, "etl", allowed=4)]
+    _, dags = charts.series_of(data, axis())
     fig = parse(charts.stacked_bars(dags[0], axis(), ident="d"))
-    links = {urlsplit(a.get("href", "")).path for a in fig.iter(f"{SVG}a")}
-    assert links == {"/console/audit"}
-    for a in fig.iter(f"{SVG}a"):
-        assert a.get("tabindex") == "-1"  # the table carries the same links for the keyboard
-    denied = next(a for a in fig.iter(f"{SVG}a") if "decision=deny" in a.get("href", ""))
-    query = parse_qs(urlsplit(denied.get("href", "")).query)
-    assert query == {"dag": ["etl"], "since": ["2026-12-05T01:00:00Z"],
-                     "until": ["2026-12-05T02:00:00Z"], "decision": ["deny"],
-                     "event": ["denied"]}  # fmt: skip
+    bars = list(fig.iter(f"{SVG}a"))
+    assert all(a.get("tabindex") == "-1" for a in bars)  # the table's links serve the keyboard
+    queries = [parse_qs(urlsplit(a.get("href", "")).query) for a in bars]
+    assert {urlsplit(a.get("href", "")).path for a in bars} == {"/console/audit"}
+    window = {"dag": ["etl"], "since": ["2026-12-05T01:00:00Z"], "until": ["2026-12-05T02:00:00Z"]}
+    assert queries[0] == {**window, "decision": ["deny"]}  # a bar with denials: its denials
+    assert queries[1] == {"dag": ["etl"], "since": ["2026-12-05T02:00:00Z"],
+                          "until": ["2026-12-05T03:00:00Z"]}  # fmt: skip
+    tip = bars[0].findtext(f"{SVG}title")
+    assert tip == "etl, 2026-12-05 01:00 to 02:00 UTC: 3 denied, 0 throttled, 2 allowed"
     table = fig.find("details/table")
     assert table is not None and table.findtext("caption", "").startswith("etl")
     rows = table.findall("tbody/tr")
-    assert len(rows) == 1  # buckets without requests are left out
+    assert len(rows) == 2  # buckets without requests are left out
     assert rows[0].findtext("th") == "2026-12-05 01:00"
     cells = rows[0].findall("td")
     assert [("".join(c.itertext())) for c in cells] == ["3", "0", "2", "5"]
-    assert cells[0].find("a") is not None and cells[1].find("a") is None
+    assert cells[1].find("a") is None  # nothing throttled: nothing to open
+    denied = parse_qs(urlsplit(cells[0].find("a").get("href", "")).query)  # type: ignore[union-attr]
+    assert denied == {**window, "decision": ["deny"], "event": ["denied"]}
+    allowed = parse_qs(urlsplit(cells[2].find("a").get("href", "")).query)  # type: ignore[union-attr]
+    assert allowed == {**window, "decision": ["allow"]}
 
 
 def test_the_picture_is_one_labelled_image_and_the_links_are_hidden_from_readers() -> None:

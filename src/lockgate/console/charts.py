@@ -5,13 +5,13 @@ bucket (denied at the bottom, where bars share a baseline and denials compare at
 then throttled, then allowed), y ticks, UTC time labels, a legend, and the same numbers as
 a table in a ``<details>`` ("Show as table"). No script and no ``style=""`` (the console's
 Content Security Policy blocks both): colours are CSS classes from ``static/charts.css``
-with SVG presentation attributes as the fallback. Every label (a DAG id is whatever a
+(lines also carry SVG presentation attributes). Every label (a DAG id is whatever a
 pipeline called itself) is escaped.
 
 Accessibility: the picture is one ``role="img"`` with an ``aria-label`` summary; the bars are
-links (to the audit explorer for that DAG, time window and decision) for the mouse only
-(``aria-hidden``, ``tabindex="-1"``): keyboard and screen-reader users follow the same
-links from the table.
+links (to the audit explorer for that DAG and time window, its denials when it has any) for
+the mouse only (``aria-hidden``, ``tabindex="-1"``): keyboard and screen-reader users follow
+the table's links, one per decision and bucket.
 
 Data comes in as buckets shaped like :class:`lockgate.audit.HistogramBucket` (``start``,
 ``dag``, ``allowed``, ``denied``, ``throttled``); :func:`series_of` folds them into one series
@@ -36,8 +36,6 @@ KINDS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("throttled", "Throttled", {"decision": "deny", "event": "throttled"}),
     ("allowed", "Allowed", {"decision": "allow"}),
 )
-#: SVG fill when charts.css is not loaded (the stylesheet's classes win when it is)
-FALLBACK_FILL = {"allowed": "#4a7ab8", "denied": "#c0392b", "throttled": "#d68910"}
 #: label steps a time axis may use (seconds): round times a reader expects
 TIME_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
               2 * 86400, 3 * 86400, 5 * 86400, 7 * 86400, 14 * 86400)  # fmt: skip
@@ -182,7 +180,7 @@ def audit_href(**filters: str | float | None) -> str:
         for k, v in filters.items()
         if v is not None
     }
-    return f"{AUDIT_PATH}?{urlencode(params)}"
+    return f"{AUDIT_PATH}?{urlencode(params, safe=':')}"  # ':' is fine in a query: shorter
 
 
 def nice_ticks(peak: int, most: int = 5) -> list[int]:
@@ -318,33 +316,37 @@ def _svg(series: Series, axis: TimeAxis, frame: Frame, ticks: list[int]) -> str:
 def _bar(
     series: Series, axis: TimeAxis, i: int, x: float, width: float, base: float, scale: float
 ) -> str:
-    """One bucket's stacked segments; each links to the audit explorer when the series
-    names one filter (mouse only: the table carries the same links for everyone)."""
+    """One bucket's stacked segments under one tooltip. With a filter to link to, the bar
+    opens the audit explorer on that DAG and window: its denials when it has any (what
+    people click a bar for), else all its requests. Mouse only: the table carries the
+    per-decision links for everyone."""
     counts = series.counts[i]
+    if counts.total == 0:
+        return ""
     start = axis.start + i * axis.bucket
     when = f"{utc(start)} to {utc(start + axis.bucket, '%H:%M')} UTC"
-    out = []
+    said = ", ".join(f"{counts.of(kind):,} {label.lower()}" for kind, label, _ in KINDS)
+    out = [f"<title>{escape(f'{series.label}, {when}: {said}')}</title>"]
     y = base
-    for kind, label, _ in KINDS:
+    for kind, _, _ in KINDS:
         n = counts.of(kind)
         if n == 0:
             continue
         h = round(n * scale, 2)
         y = round(y - h, 2)
-        tip = escape(f"{series.label}, {when}: {n:,} {label.lower()}")
-        rect = (
+        out.append(
             f'<rect class="seg seg-{kind}" x="{x:g}" y="{y:g}" width="{width:g}" '
-            f'height="{h:g}" fill="{FALLBACK_FILL[kind]}" data-count="{n}">'
-            f"<title>{tip}</title></rect>"
+            f'height="{h:g}" data-count="{n}"/>'
         )
-        if series.linked:
-            href = escape(_segment_href(series, kind, start, axis.bucket))
-            rect = f'<a href="{href}" tabindex="-1">{rect}</a>'
-        out.append(rect)
-    return "".join(out)
+    marks = "".join(out)
+    if not series.linked:
+        return f'<g class="bar">{marks}</g>'
+    denied = {"decision": "deny"} if counts.denied or counts.throttled else {}
+    href = audit_href(dag=series.dag, since=start, until=start + axis.bucket, **denied)
+    return f'<a class="bar" href="{escape(href)}" tabindex="-1">{marks}</a>'
 
 
-def _segment_href(series: Series, kind: str, start: float, bucket: float) -> str:
+def _decision_href(series: Series, kind: str, start: float, bucket: float) -> str:
     filters = next(f for k, _, f in KINDS if k == kind)
     return audit_href(dag=series.dag, since=start, until=start + bucket, **filters)
 
@@ -370,7 +372,7 @@ def _table(series: Series, axis: TimeAxis) -> str:
             n = counts.of(kind)
             text = f"{n:,}"
             if series.linked and n:
-                href = escape(_segment_href(series, kind, start, axis.bucket))
+                href = escape(_decision_href(series, kind, start, axis.bucket))
                 text = f'<a href="{href}">{text}</a>'
             cells.append(f'<td class="num">{text}</td>')
         rows.append(
