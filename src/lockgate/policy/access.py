@@ -64,8 +64,7 @@ class Grant:
     @property
     def where(self) -> str:
         """``team.yaml:12`` (the file's name, and the rule's line when known)."""
-        name = PurePath(self.source).name or self.source
-        return f"{name}:{self.line}" if self.line else name
+        return where(self.source, self.line)
 
     @property
     def unconditional(self) -> bool:
@@ -91,6 +90,12 @@ class Reach:
 
     grant: Grant
     dags: tuple[DagReach, ...] = field(default=())
+
+
+def where(source: str, line: int | None) -> str:
+    """``team.yaml:12``: a rule's file by name, and its line when known."""
+    name = PurePath(source).name or source
+    return f"{name}:{line}" if line else name
 
 
 def dag_principals(deployment: str, dag: str) -> str:
