@@ -1,0 +1,399 @@
+"""The console's least-privilege pages: what ``policy suggest`` and ``policy unused`` say,
+and what a shadow policy would decide otherwise.
+
+- ``GET /policy``: the DAGs the audit trail saw in the window (each a link to its
+  suggestion), the way to unused grants, and the shadow set's state.
+- ``GET /policy/suggest?dag=D&since=30d[&deployment=P]``: :func:`lockgate.policy.suggest.
+  suggest` over the DAG's audit rows: the rules with their evidence, the denied asks, the
+  policy file and its tests; ``/policy/suggest.yaml`` and ``/policy/suggest-tests.yaml``
+  download the very text ``lockgate policy suggest --out`` writes (``Suggestion.policy_yaml``
+  and ``tests_yaml``, the one rendering of both).
+- ``GET /policy/unused?since=30d[&deployment=P]``: :func:`lockgate.policy.usage.rule_usage`
+  of the enforced set: grants never exercised, and by whom.
+- ``GET /policy/shadow?since=30d``: records whose shadow verdict differs from the enforced
+  one, grouped by DAG, verdict and rule, each group a link into the audit explorer.
+
+Every page is for viewers. The trail is read off the event loop (``asyncio.to_thread``) and
+within bounds (:data:`READ_SECONDS`, :data:`READ_ROWS`): a page says how much it read and
+whether it stopped short; a download that would be cut short is refused instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from lockgate.audit import AuditQuery, AuditReader
+from lockgate.console.charts import audit_href
+from lockgate.console.views_credentials import when
+from lockgate.console.web import ConsoleContext, context, render, requires
+from lockgate.policy.suggest import Suggestion, suggest
+from lockgate.policy.usage import RuleUse, rule_usage
+
+#: Seconds a page may spend reading the audit trail before it answers with what it read.
+READ_SECONDS = 20.0
+#: Records a page reads at most.
+READ_ROWS = 2_000_000
+#: Shadow records grouped at most (the newest; the count says how many there are).
+SHADOW_ROWS = 10_000
+#: Test cases shown on the suggestion page (all of them are in the download).
+SHOWN_TESTS = 200
+DEFAULT_SINCE = "30d"
+
+_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_T = TypeVar("_T")
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """``30d``, ``12h``, ``2w`` (ago), unix seconds or ISO 8601 -> unix seconds (the rules
+    of ``lockgate policy suggest --since``)."""
+    now = time.time() if now is None else now
+    if m := _AGO.match(text):
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"bad since {text!r}: expected a span like 30d or 12h, unix seconds or ISO 8601"
+        ) from None
+
+
+def suggestion_name(dag: str) -> str:
+    """The file stem ``policy suggest --out`` writes a DAG's suggestion under."""
+    return f"suggested-{_FILE_UNSAFE.sub('-', dag)}"
+
+
+# -- reading the trail within bounds ----------------------------------------------------------
+@dataclass
+class Reading:
+    """How much of the trail a page read: rows, their time span, and whether it stopped."""
+
+    since: float | None
+    rows: int = 0
+    first: float | None = None
+    last: float | None = None
+    seconds: float = 0.0
+    stopped: str = ""  # why it stopped short ("" : it read the whole window)
+
+    @property
+    def summary(self) -> str:
+        read = f"read {self.rows:,} record{'s' * (self.rows != 1)}"
+        if self.first is not None and self.last is not None:
+            read += f" from {when(self.first)} to {when(self.last)}"
+        return f"{read} in {self.seconds:.1f} s"
+
+
+def bounded(
+    rows: Iterable[Any], reading: Reading, *, seconds: float, most: int
+) -> Iterator[dict[str, Any]]:
+    """``rows`` (AuditRow) as the dicts suggest/usage read, counted into ``reading``, until
+    the window ends, ``seconds`` pass or ``most`` rows were read."""
+    start = time.monotonic()
+    try:
+        for row in rows:
+            if reading.rows >= most:
+                reading.stopped = f"stopped at {most:,} records"
+                return
+            if reading.rows % 1024 == 0 and time.monotonic() - start > seconds:
+                reading.stopped = f"stopped after {seconds:g} s"
+                return
+            reading.rows += 1
+            if reading.first is None:
+                reading.first = row.ts
+            reading.last = row.ts
+            yield row.to_dict()
+    finally:
+        reading.seconds = time.monotonic() - start
+
+
+def _read(
+    ctx: ConsoleContext,
+    dag: str | None,
+    since: float | None,
+    use: Callable[[Iterator[dict[str, Any]]], _T],
+    *,
+    deployment: str | None = None,
+) -> tuple[_T, Reading]:
+    """``use`` over the bounded rows of ``dag`` since ``since`` (blocking: run in a thread)."""
+    reading = Reading(since)
+    with ctx.audit_reader() as reader:
+        rows = bounded(reader.iter_rows(dag=dag, since=since), reading,
+                       seconds=READ_SECONDS, most=READ_ROWS)  # fmt: skip
+        if deployment:
+            rows = (r for r in rows if r.get("deployment") == deployment)
+        return use(rows), reading
+
+
+@dataclass(frozen=True)
+class Window:
+    """The window a page was asked for: ``since`` as typed and as a time."""
+
+    text: str
+    since: float | None
+    error: str = ""
+
+
+def window_of(request: web.Request) -> Window:
+    text = request.query.get("since", DEFAULT_SINCE).strip() or DEFAULT_SINCE
+    try:
+        return Window(text, parse_since(text))
+    except ValueError as exc:
+        return Window(text, None, str(exc))
+
+
+def _text(request: web.Request, name: str) -> str | None:
+    return request.query.get(name, "").strip() or None
+
+
+# -- pages ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DagSeen:
+    dag: str
+    allowed: int
+    denied: int
+
+
+def _dags(reader: AuditReader, since: float | None) -> list[DagSeen]:
+    """Every DAG with a request in the window, with its allowed and denied counts (one
+    grouped query, not a scan)."""
+    now = time.time()
+    width = max(1.0, now - (since if since is not None else 0.0) + 1.0)
+    totals: dict[str, list[int]] = {}
+    for b in reader.histogram(AuditQuery(since=since), bucket=width):
+        if b.dag:
+            seen = totals.setdefault(b.dag, [0, 0])
+            seen[0] += b.allowed
+            seen[1] += b.denied
+    return [DagSeen(d, a, n) for d, (a, n) in sorted(totals.items())]
+
+
+def _dag_list(ctx: ConsoleContext, since: float | None) -> list[DagSeen]:
+    with ctx.audit_reader() as reader:
+        return _dags(reader, since)
+
+
+@requires("viewer")
+async def overview_page(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    window = window_of(request)
+    dags = [] if window.error else await asyncio.to_thread(_dag_list, ctx, window.since)
+    return render(
+        request,
+        "policy_overview.html",
+        window=window,
+        dags=dags,
+        shadow=ctx.policy.shadow is not None,
+        shadow_error=ctx.policy.shadow_error,
+        rules=len(ctx.policy.current.rules),
+        policy_error=ctx.policy.last_error,
+    )
+
+
+async def _suggestion(
+    request: web.Request,
+) -> tuple[str | None, Window, str | None, Suggestion | None, Reading | None, list[DagSeen]]:
+    ctx = context(request)
+    dag, deployment, window = (
+        _text(request, "dag"),
+        _text(request, "deployment"),
+        window_of(request),
+    )
+    if window.error:
+        return dag, window, deployment, None, None, []
+    if dag is None:
+        return (
+            dag,
+            window,
+            deployment,
+            None,
+            None,
+            await asyncio.to_thread(_dag_list, ctx, window.since),
+        )
+    found, reading = await asyncio.to_thread(
+        _read, ctx, dag, window.since, lambda rows: suggest(rows, dag), deployment=deployment
+    )
+    return dag, window, deployment, found, reading, []
+
+
+@requires("viewer")
+async def suggest_page(request: web.Request) -> web.StreamResponse:
+    dag, window, deployment, found, reading, dags = await _suggestion(request)
+    tests: list[dict[str, Any]] = found.tests() if found is not None else []
+    query = {
+        "dag": dag or "",
+        "since": window.text,
+        **({"deployment": deployment} if deployment else {}),
+    }
+    return render(
+        request,
+        "policy_suggest.html",
+        status=400 if window.error else 200,
+        dag=dag,
+        window=window,
+        deployment=deployment or "",
+        found=found,
+        reading=reading,
+        dags=dags,
+        asks=found.denied_asks() if found is not None else [],
+        policy_text=found.policy_yaml() if found is not None else "",
+        tests=tests[:SHOWN_TESTS],
+        tests_total=len(tests),
+        download=query,
+    )
+
+
+async def _download(request: web.Request, tests: bool) -> web.StreamResponse:
+    dag, window, _deployment, found, reading, _ = await _suggestion(request)
+    if window.error:
+        raise web.HTTPBadRequest(text=window.error)
+    if dag is None or found is None or reading is None:
+        raise web.HTTPBadRequest(text="dag: required")
+    if reading.stopped:
+        # a partial suggestion would look whole once saved: refuse rather than mislead
+        raise web.HTTPServiceUnavailable(
+            text=f"the window holds more than the console reads ({reading.stopped}): "
+            f"narrow it, or run lockgate policy suggest --dag {dag} --since {window.text}"
+        )
+    name = suggestion_name(dag) + (".tests.yaml" if tests else ".yaml")
+    return web.Response(
+        text=found.tests_yaml() if tests else found.policy_yaml(),
+        content_type="application/yaml",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@requires("viewer")
+async def suggest_download(request: web.Request) -> web.StreamResponse:
+    return await _download(request, tests=False)
+
+
+@requires("viewer")
+async def suggest_tests_download(request: web.Request) -> web.StreamResponse:
+    return await _download(request, tests=True)
+
+
+@requires("viewer")
+async def unused_page(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    window, deployment = window_of(request), _text(request, "deployment")
+    uses: list[RuleUse] = []
+    reading = None
+    if not window.error:
+        policy_set = ctx.policy.current  # what is enforced now
+        uses, reading = await asyncio.to_thread(
+            _read, ctx, None, window.since,
+            lambda rows: rule_usage(policy_set, rows, deployment=deployment),
+        )  # fmt: skip
+    return render(
+        request,
+        "policy_unused.html",
+        status=400 if window.error else 200,
+        window=window,
+        deployment=deployment or "",
+        uses=uses,
+        never=[u for u in uses if not u.used],
+        reading=reading,
+    )
+
+
+# -- shadow verdicts --------------------------------------------------------------------------
+@dataclass
+class ShadowGroup:
+    """Records of one DAG on which the shadow set says the same other thing."""
+
+    dag: str | None
+    would: str  # "would deny" | "would allow"
+    rule: str | None  # the shadow rule that decided (None: no shadow rule matched)
+    enforced_rule: str | None
+    resources: set[str] = field(default_factory=set)
+    count: int = 0
+    last: float = 0.0
+
+    def href(self, since: float | None) -> str:
+        return audit_href(shadow=1, dag=self.dag, since=since)
+
+
+@dataclass
+class ShadowReport:
+    total: int
+    read: int
+    groups: list[ShadowGroup]
+
+
+def shadow_groups(rows: Iterable[Any]) -> list[ShadowGroup]:
+    """Group shadow records (AuditRow) by DAG, verdict, shadow rule and enforced rule."""
+    groups: dict[tuple[str | None, str, str | None, str | None], ShadowGroup] = {}
+    for row in rows:
+        verdict = row.detail.get("shadow") if isinstance(row.detail, Mapping) else None
+        if not isinstance(verdict, Mapping):
+            continue
+        would = "would allow" if verdict.get("decision") == "allow" else "would deny"
+        rule = verdict.get("rule") if isinstance(verdict.get("rule"), str) else None
+        key = (row.dag_id, would, rule, row.rule)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = ShadowGroup(row.dag_id, would, rule, row.rule)
+        group.count += 1
+        group.last = max(group.last, row.ts or 0.0)
+        if row.resource:
+            group.resources.add(row.resource)
+    return sorted(groups.values(), key=lambda g: (-g.count, g.dag or "", g.would, g.rule or ""))
+
+
+def _shadow_report(ctx: ConsoleContext, since: float | None) -> ShadowReport:
+    q = AuditQuery(since=since, shadow=True)
+    rows: list[Any] = []
+    with ctx.audit_reader() as reader:
+        total = reader.count(q)
+        older: str | None = None
+        while len(rows) < SHADOW_ROWS:
+            page = reader.query(q, limit=min(1000, SHADOW_ROWS - len(rows)), older=older)
+            rows += page.rows
+            older = page.older
+            if older is None:
+                break
+    return ShadowReport(total, len(rows), shadow_groups(rows))
+
+
+@requires("viewer")
+async def shadow_page(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    window = window_of(request)
+    report = None if window.error else await asyncio.to_thread(_shadow_report, ctx, window.since)
+    return render(
+        request,
+        "policy_shadow.html",
+        status=400 if window.error else 200,
+        window=window,
+        report=report,
+        loaded=ctx.policy.shadow is not None,
+        shadow_rules=len(ctx.policy.shadow.rules) if ctx.policy.shadow is not None else 0,
+        shadow_error=ctx.policy.shadow_error,
+        all_href=audit_href(shadow=1, since=window.since),
+        when=when,
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/policy", overview_page, name="policy")
+    app.router.add_get("/policy/suggest", suggest_page, name="policy-suggest")
+    app.router.add_get("/policy/suggest.yaml", suggest_download, name="policy-suggest-yaml")
+    app.router.add_get(
+        "/policy/suggest-tests.yaml", suggest_tests_download, name="policy-suggest-tests"
+    )
+    app.router.add_get("/policy/unused", unused_page, name="policy-unused")
+    app.router.add_get("/policy/shadow", shadow_page, name="policy-shadow")
