@@ -335,6 +335,10 @@ class RevocationStore:
                 return blk
         return None
 
+    def blocks(self) -> list[Block]:
+        """Every block in force, oldest first (from memory)."""
+        return sorted(self._blocks.values(), key=lambda blk: blk.since)
+
     def is_revoked(self, claims: Claims) -> bool:
         deployments = self._jtis.get(claims.jti)
         if deployments is not None and (

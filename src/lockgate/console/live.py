@@ -1,0 +1,136 @@
+"""What the live page knows beyond the sessions registry: the tokens live now, and the audit
+record of an operator's revocation, block or unblock (the CLI's ``lockgate token`` writes
+the same record, through :func:`operator_record`).
+
+A token is live from its ``token_issued`` record until its expiry, unless revoked: the
+trail is read over the last ``tokens.max_ttl`` seconds (no token lives longer), each
+token's claims rebuilt from its record and asked of the revocation store (memory, as the
+verifier asks). Its last use is the newest record carrying its jti. Never a token string:
+records carry the jti only.
+
+No aiohttp here: the CLI imports this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from lockgate.audit import AuditQuery, AuditReader, AuditRecord, AuditRow
+from lockgate.identity import RevocationStore
+from lockgate.identity.model import Claims
+
+#: ``token_issued`` records read at most per page (the newest first).
+MAX_TOKENS = 500
+#: The action an operator's event is recorded with.
+_ACTIONS = {"token_revoked": "revoke", "mint_blocked": "revoke", "mint_unblocked": "unblock"}
+
+
+@dataclass(frozen=True, slots=True)
+class LiveToken:
+    """A token issued, not expired and not revoked, as the live page lists it."""
+
+    jti: str
+    principal: str | None
+    deployment: str | None
+    dag_id: str | None
+    run_id: str | None
+    task_id: str | None
+    try_number: int | None
+    map_index: int | None
+    resource: str | None
+    issued_at: float
+    expires_at: float
+    last_use: float | None = None
+    last_event: str | None = None  # what the last use was (allowed, denied ...)
+
+
+def live_tokens(
+    reader: AuditReader,
+    revocations: RevocationStore,
+    *,
+    max_ttl: float,
+    dag: str | None = None,
+    now: float | None = None,
+    limit: int = MAX_TOKENS,
+) -> list[LiveToken]:
+    """Tokens live now (of ``dag`` when given), newest first, at most ``limit``."""
+    now = time.time() if now is None else now
+    page = reader.query(AuditQuery(event="token_issued", dag=dag, since=now - max_ttl), limit=limit)
+    tokens: list[LiveToken] = []
+    seen: set[str] = set()
+    for row in page.rows:
+        token = _token(row)
+        if token is None or token.jti in seen or token.expires_at <= now:
+            continue
+        seen.add(token.jti)
+        if revocations.is_revoked(_claims(token)):
+            continue
+        tokens.append(_with_last_use(reader, token))
+    return tokens
+
+
+def _token(row: AuditRow) -> LiveToken | None:
+    """The token a ``token_issued`` record announces (None: a record without a jti or an
+    expiry, which no gateway writes)."""
+    expires = row.detail.get("expires_at")
+    if not row.jti or not isinstance(expires, int | float):
+        return None
+    return LiveToken(
+        jti=row.jti, principal=row.principal, deployment=row.deployment, dag_id=row.dag_id,
+        run_id=row.run_id, task_id=row.task_id, try_number=row.try_number,
+        map_index=row.map_index, resource=row.resource, issued_at=row.ts,
+        expires_at=float(expires),
+    )  # fmt: skip
+
+
+def _claims(token: LiveToken) -> Claims:
+    """Claims as the verifier would hold them, for the revocation store's question (iat:
+    the issue second, as the token carries it)."""
+    issued = int(token.issued_at)
+    return Claims(
+        iss="", sub=token.principal or "", aud=token.resource or "", exp=int(token.expires_at),
+        iat=issued, nbf=issued, jti=token.jti, deployment=token.deployment or "",
+        dag_id=token.dag_id or "", task_id=token.task_id or "", run_id=token.run_id or "",
+        try_number=token.try_number or 0,
+        map_index=-1 if token.map_index is None else token.map_index,
+    )  # fmt: skip
+
+
+def _with_last_use(reader: AuditReader, token: LiveToken) -> LiveToken:
+    """``token`` with its newest record other than its issue (its DAG and issue time narrow
+    the search to that DAG's records since then)."""
+    q = AuditQuery(dag=token.dag_id, jti=token.jti, since=token.issued_at)
+    for row in reader.query(q, limit=2).rows:
+        if row.event != "token_issued":
+            return replace(token, last_use=row.ts, last_event=row.event)
+    return token
+
+
+def operator_record(
+    event: str,
+    *,
+    by: str,
+    principal: str | None = None,
+    deployment: str | None = None,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    jti: str | None = None,
+    reason: str | None = None,
+    detail: Mapping[str, object] | None = None,
+) -> AuditRecord:
+    """The audit record of an operator's ``token_revoked``, ``mint_blocked`` or
+    ``mint_unblocked``: what it names, who did it (``by``; ``principal`` for a console user,
+    ``console:<subject>``) and ``detail`` (the console adds the role and how they signed
+    in)."""
+    if event not in _ACTIONS:
+        raise ValueError(f"not an operator event: {event!r}")
+    return AuditRecord(
+        event=event, action=_ACTIONS[event], principal=principal, deployment=deployment,
+        dag_id=dag_id, run_id=run_id, jti=jti, reason=reason or None,
+        detail={"by": by, **(detail or {})},
+    )  # fmt: skip
+
+
+__all__ = ["MAX_TOKENS", "LiveToken", "live_tokens", "operator_record"]
