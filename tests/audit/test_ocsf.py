@@ -94,6 +94,8 @@ def _records() -> list[tuple[AuditRecord, int, int]]:
         (AuditRecord("console_signed_out", principal="console:link:ab12cd34",
                      decision="allow", detail={"name": "x", "role": "admin", "via": "link"}),
          3002, 2),
+        (AuditRecord("console_link_created", object="link:ab12cd34", detail={"ttl": 900}),
+         6003, 1),
         # an operator's action in the console: the actor is a person
         (AuditRecord("token_revoked", principal="console:u-1", object="tok-1",
                      detail={"by": "ann", "role": "operator", "via": "oidc"}), 6003, 4),

@@ -19,7 +19,7 @@ the console's ``console_signed_in``,                   Authentication 3002 (Logo
                                                        Privileges: a short-lived token for one
                                                        resource; ``privileges`` names it)
 keys, credentials, revocations, kill switch,           API Activity 6003 (Create, Update,
-policy and config reloads                              Delete; ``api.operation`` = the event)
+policy and config reloads, console links               Delete; ``api.operation`` = the event)
 =====================================================  ==========================================
 
 ``status_id`` comes from the decision (allow: Success; deny, error: Failure), ``status_detail``
@@ -107,6 +107,7 @@ _ADMIN = {
     "mint_unblocked": (3, "deployment"),
     "policy_reloaded": (3, "policy"),
     "config_reloaded": (3, "configuration"),
+    "console_link_created": (1, "console_link"),
 }
 # The console's sign-in events -> Authentication activity (Logon, Logoff).
 _CONSOLE_SIGN_IN = {"console_signed_in": 1, "console_sign_in_failed": 1, "console_signed_out": 2}

@@ -63,6 +63,9 @@ EVENTS = frozenset(
         "console_signed_in",
         "console_sign_in_failed",
         "console_signed_out",
+        # a one-time admin link was made (object: the subject its session will have,
+        # link:<8 hex>; detail: ttl; never the link itself)
+        "console_link_created",
     }
 )
 DECISIONS = frozenset({"allow", "deny", "error"})  # error: the gateway's own fault

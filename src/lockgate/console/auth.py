@@ -30,6 +30,7 @@ redirect), so a callback URL sent to someone else signs nobody in (login CSRF).
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote, urlsplit
 
@@ -253,7 +254,7 @@ async def _signed_in(request: web.Request, user: ConsoleUser, next_path: str) ->
     session_id = await off_loop(store.db, store.start, user, ttl=settings.session_ttl)
     response = render(request, "login_done.html", next=safe_next(next_path), name=user.name)
     response.set_cookie(
-        SESSION_COOKIE, session_id, path=ROOT, max_age=int(settings.session_ttl),
+        SESSION_COOKIE, session_id, path=ROOT, max_age=max(1, math.ceil(settings.session_ttl)),
         httponly=True, samesite="Strict", secure=request.secure,
     )  # fmt: skip
     return response

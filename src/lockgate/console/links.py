@@ -13,6 +13,7 @@ links still work: they are the break-glass way in when the provider is down.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from lockgate.config import LockgateConfig
@@ -50,18 +51,48 @@ def create(store: ConsoleStore, ttl: float) -> str:
     return f"{LINK_PATH}?token={quote(store.add_link(ttl=ttl))}"
 
 
+@dataclass(frozen=True)
+class IssuedLink:
+    """A link just made: its URL (holds the token: print it, never log or audit it) and the
+    subject of the session it will start (what the audit trail may name)."""
+
+    url: str
+    subject: str
+    ttl: float
+
+
+def issue_link(
+    config: LockgateConfig, database: Database, *, base_url: str | None = None,
+    ttl: float | None = None,
+) -> IssuedLink:  # fmt: skip
+    """A new one-time admin link (``ttl`` default: ``console.link_ttl``), made in
+    ``database`` (the State's ``database("console")``)."""
+    seconds = config.console.link_ttl if ttl is None else ttl
+    if not 0 < seconds <= 86400:
+        raise ValueError("a link's ttl must be more than 0 and at most 86400 seconds")
+    store = ConsoleStore(database)
+    try:
+        token = store.add_link(ttl=seconds)
+    finally:
+        store.close()
+    url = f"{console_url(config, base_url)}{LINK_PATH}?token={quote(token)}"
+    return IssuedLink(url, link_subject(token), seconds)
+
+
 def console_link_url(
     config: LockgateConfig, database: Database, *, base_url: str | None = None,
     ttl: float | None = None,
 ) -> str:  # fmt: skip
-    """A new one-time admin link's full URL (``ttl`` default: ``console.link_ttl``), made
-    in ``database`` (the State's ``database("console")``)."""
-    store = ConsoleStore(database)
-    try:
-        path = create(store, config.console.link_ttl if ttl is None else ttl)
-    finally:
-        store.close()
-    return console_url(config, base_url) + path
+    """A new one-time admin link's full URL (see :func:`issue_link`)."""
+    return issue_link(config, database, base_url=base_url, ttl=ttl).url
 
 
-__all__ = ["LINK_PATH", "console_link_url", "console_url", "create", "link_subject"]
+__all__ = [
+    "LINK_PATH",
+    "IssuedLink",
+    "console_link_url",
+    "console_url",
+    "create",
+    "issue_link",
+    "link_subject",
+]
