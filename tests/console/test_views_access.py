@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -93,7 +93,7 @@ def admitted(dag: str, task: str, rule: str, *, ago: float = 60.0, **kw: Any) ->
     )
 
 
-def write(path: Path, records: list[AuditRecord]) -> None:
+def write(path: Path, records: Sequence[AuditRecord]) -> None:
     log = AuditLog(path)
     try:
         for r in records:
@@ -104,8 +104,8 @@ def write(path: Path, records: list[AuditRecord]) -> None:
 
 
 def console(
-    tmp_path: Path, *, shadow: bool = False, records: list[AuditRecord] = ()
-) -> ConsoleContext:  # type: ignore[assignment]
+    tmp_path: Path, *, shadow: bool = False, records: Sequence[AuditRecord] = ()
+) -> ConsoleContext:
     (tmp_path / "team.yaml").write_text(TEAM)
     files = [tmp_path / "team.yaml"]
     if shadow:
@@ -206,7 +206,7 @@ async def test_a_dags_grants_per_resource_with_lines_denies_and_use(
     # the deny refuses part of the read grant (/orders/**), none of the write one (/orders/*)
     assert page.count("in part no-pii team.yaml:15") == 1
     # seen in use: the three recent reads of this DAG, linked to the audit explorer
-    assert re.search(r'href="/console/audit\?[^"]*dag=etl[^"]*">3</a>', html)
+    assert re.search(r'href="/console/audit\?[^"]*dag=etl[^"]*event=admitted[^"]*">3</a>', html)
     assert "never used" in page  # the write grant
     assert "every task" in page and "some tasks" in page
     same = await get("/console/access/dag?ref=prod/etl")
@@ -305,3 +305,58 @@ async def test_missing_choices_and_viewers(tmp_path: Path, serve: Any) -> None:
     assert (await get("/console/access/resource"))[0] == 400
     status, html = await get("/console/access/principal?p=<script>x</script>")
     assert status == 200 and "<script>x" not in html and "&lt;script&gt;x" in html
+
+
+async def test_use_counted_past_the_rows_read_is_a_lower_bound(
+    tmp_path: Path, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(views_access, "USE_ROWS_READ", 4)
+    monkeypatch.setattr(views_access, "_USE_PAGE", 2)
+    records = [admitted("etl", "load", "etl-reads-orders", ago=10.0 + i) for i in range(7)]
+    get = await serve(console(tmp_path, records=records))
+    status, html = await get("/console/access/dag?deployment=prod&dag=etl")
+    assert status == 200
+    assert "(at least: the count stopped after the newest records)" in text(html)
+    assert re.search(r'event=admitted[^"]*">4</a>', html)
+
+
+async def test_a_trail_that_counts_by_rule_is_asked_once(tmp_path: Path, serve: Any) -> None:
+    ctx = console(tmp_path)
+    asked: list[tuple[Any, tuple[str, ...]]] = []
+
+    class Counting:
+        def __enter__(self) -> Counting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def histogram(self, q: Any, *, bucket: float) -> list[Any]:
+            return []
+
+        def count_by(self, q: Any, fields: tuple[str, ...]) -> dict[tuple[str, str], int]:
+            asked.append((q, fields))
+            return {("etl-reads-orders", "orders"): 1234, ("gone", "orders"): 5}
+
+    ctx.audit_reader = lambda: cast(AuditReader, Counting())
+    get = await serve(ctx)
+    status, html = await get("/console/access/dag?deployment=prod&dag=etl")
+    assert status == 200 and ">1,234</a>" in html
+    [(q, fields)] = asked
+    assert fields == ("rule", "resource")
+    assert (q.deployment, q.dag, q.event) == ("prod", "etl", "admitted")
+    assert q.since == pytest.approx(time.time() - views_access.USE_WINDOW, abs=60)
+
+
+async def test_the_dag_list_is_kept_a_minute(
+    tmp_path: Path, serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = console(tmp_path)
+    get = await serve(ctx)
+    assert "prod/finance_late" not in (await get("/console/access"))[1]
+    late = AuditRecord(event="allowed", ts=NOW, deployment="prod", dag_id="finance_late",
+                       resource="billing", action="read", decision="allow")  # fmt: skip
+    write(tmp_path / "audit.db", [late])
+    assert "prod/finance_late" not in (await get("/console/access"))[1]
+    monkeypatch.setattr(views_access, "DAGS_TTL", 0.0)
+    assert "prod/finance_late" in (await get("/console/access"))[1]

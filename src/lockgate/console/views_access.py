@@ -173,8 +173,9 @@ def _sections(grants: Sequence[Grant], resources: Sequence[str]) -> list[Resourc
     return sections
 
 
-def _audit_link(**filters: str | None) -> str:
-    return "/console/audit?" + urlencode({k: v for k, v in filters.items() if v})
+def _link(path: str, **query: str | None) -> str:
+    """``/console<path>?<query>`` with the empty values left out."""
+    return f"/console{path}?" + urlencode({k: v for k, v in query.items() if v})
 
 
 # -- pages -------------------------------------------------------------------------------------
@@ -210,6 +211,7 @@ async def _grants_page(
     ctx = context(request)
     uses: Counter[tuple[str, str]] = Counter()
     cut = False
+    use_since = str(int(use_query.since)) if use_query and use_query.since else ""
     if use_query is not None:
         uses, cut = await asyncio.to_thread(_allowed_use, ctx, use_query)
     sections = _sections(grants, _resources(ctx))
@@ -221,8 +223,9 @@ async def _grants_page(
         uses=uses,
         uses_counted=use_query is not None,
         uses_cut=cut,
+        use_since=use_since,
         use_days=int(USE_WINDOW // 86400),
-        audit_link=_audit_link,
+        link=_link,
         policy_error=ctx.policy.last_error,
         **extra,
     )
