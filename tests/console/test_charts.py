@@ -25,6 +25,7 @@ class Bucket:
     allowed: int = 0
     denied: int = 0
     throttled: int = 0
+    upstream_errors: int = 0
 
 
 def parse(markup: str) -> ET.Element:
@@ -96,19 +97,21 @@ def test_bars_and_table_cells_link_to_the_audit_explorer_for_their_window() -> N
     assert queries[1] == {"dag": ["etl"], "since": ["2026-12-05T02:00:00Z"],
                           "until": ["2026-12-05T03:00:00Z"]}  # fmt: skip
     tip = bars[0].findtext(f"{SVG}title")
-    assert tip == "etl, 2026-12-05 01:00 to 02:00 UTC: 3 denied, 0 throttled, 2 allowed"
+    assert tip == (
+        "etl, 2026-12-05 01:00 to 02:00 UTC: 3 denied, 0 throttled, 0 upstream errors, 2 allowed"
+    )
     table = fig.find("details/table")
     assert table is not None and table.findtext("caption", "").startswith("etl")
     rows = table.findall("tbody/tr")
     assert len(rows) == 2  # buckets without requests are left out
     assert rows[0].findtext("th") == "2026-12-05 01:00"
     cells = rows[0].findall("td")
-    assert [("".join(c.itertext())) for c in cells] == ["3", "0", "2", "5"]
+    assert [("".join(c.itertext())) for c in cells] == ["3", "0", "0", "2", "5"]
     assert cells[1].find("a") is None  # nothing throttled: nothing to open
     denied = parse_qs(urlsplit(cells[0].find("a").get("href", "")).query)  # type: ignore[union-attr]
     assert denied == {**window, "decision": ["deny"], "event": ["denied"]}
-    allowed = parse_qs(urlsplit(cells[2].find("a").get("href", "")).query)  # type: ignore[union-attr]
-    assert allowed == {**window, "decision": ["allow"]}
+    allowed = parse_qs(urlsplit(cells[3].find("a").get("href", "")).query)  # type: ignore[union-attr]
+    assert allowed == {**window, "event": ["allowed"]}
 
 
 def test_the_picture_is_one_labelled_image_and_the_links_are_hidden_from_readers() -> None:
@@ -119,7 +122,7 @@ def test_the_picture_is_one_labelled_image_and_the_links_are_hidden_from_readers
     image = svg.find(f"{SVG}g[@role='img']")
     assert image is not None
     label = image.get("aria-label", "")
-    assert "9 requests: 7 allowed, 2 denied, 0 throttled" in label
+    assert "9 requests: 2 denied, 0 throttled, 0 upstream errors, 7 allowed" in label
     assert "2026-12-05 00:00 UTC" in label
     marks = svg.find(f"{SVG}g[@aria-hidden='true']")
     assert marks is not None and len(segments(marks)) == 2
@@ -140,8 +143,8 @@ def test_the_busiest_dags_get_their_own_chart_and_the_rest_are_summed() -> None:
     data += [Bucket(T0 + HOUR, None, denied=1), Bucket(T0 + 9 * HOUR, "late", allowed=99)]
     every, dags = charts.series_of(data, axis(), top=2)
     assert [s.label for s in dags] == ["dag5", "dag4", "4 other DAGs"]
-    assert dags[-1].linked is False and dags[-1].totals == charts.Counts(60, 1, 0)
-    assert every.totals == charts.Counts(150, 1, 0)  # "late" is past the axis: left out
+    assert dags[-1].linked is False and dags[-1].totals == charts.Counts(60, 1, 0, 0)
+    assert every.totals == charts.Counts(150, 1, 0, 0)  # "late" is past the axis: left out
     every, dags = charts.series_of(data, axis(), top=10)
     assert dags[-1].label == charts.NO_DAG and not dags[-1].linked
     fig = parse(charts.stacked_bars(dags[-1], axis(), ident="n"))

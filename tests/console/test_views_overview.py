@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from lockgate.audit import AuditLog, AuditReader, AuditRecord
-from lockgate.console import views_overview
-from lockgate.console.web import ConsoleContext, ConsoleUser, OpenSession
-from tests.console._views import signed_in, views_app
+from lockgate.console import views_audit, views_overview
+from lockgate.console.web import CSRF_HEADER, ConsoleContext, ConsoleUser, OpenSession
+from tests.console._views import CSRF_TOKEN, signed_in, views_app
 
 NOW = time.time()
 
@@ -162,7 +162,7 @@ async def test_the_overview_counts_the_trail_and_links_every_number(
     page = Page(html)
     words = page.words
     assert "Requests 44" in words and "Denials 11" in words and "Throttled 2" in words
-    assert "DAGs 2" in words and "Tokens issued 2" in words
+    assert "DAGs 2" in words and "Tokens issued 2" in words and "Upstream errors 1" in words
     assert "Sessions open now" not in words  # the gateway keeps no live sessions here
     assert page.figures == 3  # every DAG, then finance and marketing
     assert "finance" in words and "marketing" in words
@@ -171,7 +171,9 @@ async def test_the_overview_counts_the_trail_and_links_every_number(
     assert words.index("orders-api 7") < words.index("warehouse 4")
     assert any("dag=marketing" in h and "decision=deny" in h for h in page.links)
     assert any("resource=warehouse" in h and "decision=deny" in h for h in page.links)
-    assert any("dag=finance" in h and "run=run-1" in h for h in page.links)
+    assert any(h.startswith("/console/audit/record/") for h in page.links)
+    assert any(h == "/console/audit/run?dag=finance&run=run-1" for h in page.links)
+    assert "Chain" not in words  # no audit explorer served here: no verification to show
     assert sum("The 10 newest denied requests" in c for c in page.captions) == 1
     assert "style=" not in html and "<script" not in html
     assert '<link rel="stylesheet" href="/console/static/charts.css">' in html
@@ -225,3 +227,27 @@ async def test_a_viewer_sees_the_overview(tmp_path: Path, serve: Callable[..., A
     get = await serve(console(tmp_path / "audit.db"), signed_in("viewer"))
     status, _ = await get("/console/")
     assert status == 200
+
+
+async def test_the_chain_badge_shows_the_explorer_s_last_verification(tmp_path: Path) -> None:
+    write(tmp_path / "audit.db", TRAIL)
+
+    def both(app: web.Application) -> None:
+        views_audit.add_routes(app)
+        views_overview.add_routes(app)
+
+    server = TestServer(views_app(console(tmp_path / "audit.db"), both), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as session:
+            async with session.get(server.make_url("/console/")) as resp:
+                assert "Chain not verified yet" in Page(await resp.text()).words
+            origin = str(server.make_url("")).rstrip("/")
+            headers = {CSRF_HEADER: CSRF_TOKEN, "Origin": origin}
+            async with session.post(server.make_url("/console/audit/verify"), headers=headers):
+                pass
+            async with session.get(server.make_url("/console/")) as resp:
+                words = Page(await resp.text()).words
+            assert f"Chain verified {len(TRAIL)} records" in words
+    finally:
+        await server.close()

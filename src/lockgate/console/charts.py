@@ -2,20 +2,20 @@
 
 Pure functions from counts to markup. A chart is a ``<figure>``: a stacked bar per time
 bucket (denied at the bottom, where bars share a baseline and denials compare at a glance,
-then throttled, then allowed), y ticks, UTC time labels, a legend, and the same numbers as
-a table in a ``<details>`` ("Show as table"). No script and no ``style=""`` (the console's
-Content Security Policy blocks both): colours are CSS classes from ``static/charts.css``
-(lines also carry SVG presentation attributes). Every label (a DAG id is whatever a
-pipeline called itself) is escaped.
+then throttled, upstream errors, allowed), y ticks, UTC time labels, a legend, and the same
+numbers as a table in a ``<details>`` ("Show as table"). No script and no ``style=""``
+(the console's Content Security Policy blocks both): colours are CSS classes from
+``static/charts.css`` (lines also carry SVG presentation attributes). Every label (a DAG id
+is whatever a pipeline called itself) is escaped.
 
 Accessibility: the picture is one ``role="img"`` with an ``aria-label`` summary; the bars are
 links (to the audit explorer for that DAG and time window, its denials when it has any) for
 the mouse only (``aria-hidden``, ``tabindex="-1"``): keyboard and screen-reader users follow
 the table's links, one per decision and bucket.
 
-Data comes in as buckets shaped like :class:`lockgate.audit.HistogramBucket` (``start``,
-``dag``, ``allowed``, ``denied``, ``throttled``); :func:`series_of` folds them into one series
-for every DAG together and small multiples for the busiest DAGs, the rest as "other DAGs".
+Data comes in as :class:`lockgate.audit.HistogramBucket` (or anything shaped like it);
+:func:`series_of` folds them into one series for every DAG together and small multiples for
+the busiest DAGs, the rest as "other DAGs".
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ AUDIT_PATH = "/console/audit"
 KINDS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("denied", "Denied", {"decision": "deny", "event": "denied"}),
     ("throttled", "Throttled", {"decision": "deny", "event": "throttled"}),
-    ("allowed", "Allowed", {"decision": "allow"}),
+    ("upstream_errors", "Upstream errors", {"event": "upstream_error"}),
+    ("allowed", "Allowed", {"event": "allowed"}),
 )
 #: label steps a time axis may use (seconds): round times a reader expects
 TIME_STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
@@ -55,6 +56,8 @@ class BucketLike(Protocol):
     def denied(self) -> int: ...
     @property
     def throttled(self) -> int: ...
+    @property
+    def upstream_errors(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -89,16 +92,18 @@ class Counts:
     allowed: int = 0
     denied: int = 0
     throttled: int = 0
+    upstream_errors: int = 0
 
     @property
     def total(self) -> int:
-        return self.allowed + self.denied + self.throttled
+        return self.allowed + self.denied + self.throttled + self.upstream_errors
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(
             self.allowed + other.allowed,
             self.denied + other.denied,
             self.throttled + other.throttled,
+            self.upstream_errors + other.upstream_errors,
         )
 
     def of(self, kind: str) -> int:
@@ -132,7 +137,7 @@ def series_of(
         if i is None:
             continue
         row = per_dag.setdefault(b.dag, [Counts()] * axis.count)
-        row[i] = row[i] + Counts(b.allowed, b.denied, b.throttled)
+        row[i] = row[i] + Counts(b.allowed, b.denied, b.throttled, b.upstream_errors)
     every = [Counts()] * axis.count
     for row in per_dag.values():
         every = [a + b for a, b in zip(every, row, strict=True)]
@@ -250,10 +255,11 @@ def summary(series: Series, axis: TimeAxis) -> str:
         return what + "No requests in this window."
     busiest = max(range(axis.count), key=lambda i: series.counts[i].total)
     peak = series.counts[busiest]
+    said = ", ".join(f"{t.of(kind):,} {label.lower()}" for kind, label, _ in KINDS)
+    when = utc(axis.start + busiest * axis.bucket)
     return (
-        f"{what}{t.total:,} requests: {t.allowed:,} allowed, {t.denied:,} denied, "
-        f"{t.throttled:,} throttled. Busiest {utc(axis.start + busiest * axis.bucket)} UTC "
-        f"with {peak.total:,} ({peak.denied:,} denied)."
+        f"{what}{t.total:,} requests: {said}. Busiest {when} UTC with {peak.total:,} "
+        f"({peak.denied:,} denied)."
     )
 
 

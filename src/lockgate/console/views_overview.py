@@ -1,10 +1,11 @@
 """The console's home page: requests and denials per DAG over a chosen window.
 
 ``GET /`` (viewer and above) shows, for the last hour, day, week or month: totals (requests,
-denials, throttles, distinct DAGs, tokens issued), a stacked bar chart of every DAG together
-and small multiples of the busiest DAGs (:mod:`lockgate.console.charts`), the DAGs and
-resources denied most, the last denials, and the sessions open now when the gateway keeps
-them. Every number links into the audit explorer with the matching filters.
+denials, throttles, upstream errors, distinct DAGs, tokens issued), a stacked bar chart of
+every DAG together and small multiples of the busiest DAGs (:mod:`lockgate.console.charts`),
+the DAGs and resources denied most, the last denials, the chain's last verification (the
+audit explorer's) and the sessions open now when the gateway keeps them. Every number links
+into the audit explorer with the matching filters.
 
 The audit trail is read off the event loop (``asyncio.to_thread``): a month of records is a
 scan the gateway's requests must not wait behind.
@@ -14,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
-from lockgate.audit import AuditReader, AuditRow
+from lockgate.audit import AuditQuery, AuditRow
 from lockgate.console import charts
+from lockgate.console.views_audit import VERIFIER, chain_status, record_href, run_href
 from lockgate.console.web import ConsoleContext, LiveSessions, context, render, requires
 
 #: window name -> (seconds shown, bucket seconds): 30 to 60 bars each
@@ -74,6 +75,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
     data = await asyncio.to_thread(_read, ctx, axis)
     if ctx.live is not None:
         data.sessions = await asyncio.to_thread(_open_sessions, ctx.live)
+    # the audit explorer's last verification of the chain, when the explorer is served
+    chain = await chain_status(request) if VERIFIER in request.app else None
     every, per_dag = charts.series_of(data.buckets, axis, top=TOP_DAGS)
     totals = every.totals
     denied_dags = _denied_dags(data.buckets)
@@ -87,7 +90,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         until_text=charts.utc(axis.until),
         bucket_text=charts.duration(bucket),
         totals=totals,
-        dag_count=len({b.dag for b in data.buckets if (b.allowed + b.denied + b.throttled)}),
+        dag_count=len({b.dag for b in data.buckets if b.dag is not None}),
         tokens_issued=data.tokens_issued,
         chart_all=charts.stacked_bars(every, axis, ident="all"),
         chart_dags=[
@@ -101,7 +104,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
         recent=data.denials[:RECENT_DENIALS],
         sessions=data.sessions,
         live=ctx.live is not None,
+        chain=chain,
         href=charts.audit_href,
+        record_href=record_href,
+        run_href=run_href,
         utc=charts.utc,
         since=axis.start,
     )
@@ -120,57 +126,9 @@ def _open_sessions(live: LiveSessions) -> Counter[str]:
 
 
 def _read(ctx: ConsoleContext, axis: charts.TimeAxis) -> Overview:
+    window = AuditQuery(since=axis.start)
     with ctx.audit_reader() as reader:
-        return _scan(reader, axis)
-
-
-# -- until AuditReader.histogram/count/query land: one pass over the window's rows ----------
-
-
-@dataclass(frozen=True)
-class _Bucket:
-    start: float
-    dag: str | None
-    allowed: int
-    denied: int
-    throttled: int
-
-
-#: the request outcomes a histogram counts (an admitted request's outcome follows it)
-_OUTCOMES = {"allowed": "allowed", "upstream_error": "allowed", "denied": "denied",
-             "throttled": "throttled"}  # fmt: skip
-
-
-def _scan(reader: AuditReader, axis: charts.TimeAxis) -> Overview:
-    counts: Counter[tuple[float, str | None, str]] = Counter()
-    tokens = 0
-    denials: deque[AuditRow] = deque(maxlen=DENIAL_SAMPLE)
-    seen_denials = 0
-    for row in _rows(reader, axis.start):
-        kind = _OUTCOMES.get(row.event)
-        i = axis.index(row.ts)
-        if kind is not None and i is not None:
-            start = axis.start + i * axis.bucket
-            counts[(start, row.dag_id, kind)] += 1
-            if kind == "denied":
-                denials.append(row)
-                seen_denials += 1
-        elif row.event == "token_issued":
-            tokens += 1
-    keys = {(start, dag) for start, dag, _ in counts}
-    buckets: list[charts.BucketLike] = [
-        _Bucket(
-            start,
-            dag,
-            counts[(start, dag, "allowed")],
-            counts[(start, dag, "denied")],
-            counts[(start, dag, "throttled")],
-        )
-        for start, dag in sorted(keys, key=lambda k: (k[0], k[1] or ""))
-    ]
-    newest_first = list(reversed(denials))
-    return Overview(buckets, tokens, newest_first, seen_denials > len(newest_first))
-
-
-def _rows(reader: AuditReader, since: float) -> Iterator[AuditRow]:
-    yield from reader.iter_rows(since=since)
+        buckets = reader.histogram(window, bucket=axis.bucket)
+        tokens = reader.count(replace(window, event="token_issued"))
+        denials = reader.query(replace(window, event="denied"), limit=DENIAL_SAMPLE)
+    return Overview(list(buckets), tokens, denials.rows, denials.older is not None)
