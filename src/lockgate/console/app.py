@@ -15,7 +15,14 @@ from types import ModuleType
 
 from aiohttp import web
 
-from lockgate.console import auth
+from lockgate.console import (
+    auth,
+    views_access,
+    views_credentials,
+    views_live,
+    views_overview,
+    views_policy,
+)
 from lockgate.console.links import console_url
 from lockgate.console.oidc import OidcClient
 from lockgate.console.sessions import ConsoleStore
@@ -24,7 +31,13 @@ from lockgate.console.web import CTX, ENV, ConsoleContext, environment
 STATIC = Path(__file__).resolve().parent / "static"
 
 #: The view modules; each exposes ``add_routes(app)``.
-VIEWS: tuple[ModuleType, ...] = ()
+VIEWS: tuple[ModuleType, ...] = (
+    views_overview,
+    views_access,
+    views_live,
+    views_credentials,
+    views_policy,
+)
 
 
 def redirect_uri(ctx: ConsoleContext) -> str:
