@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +49,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-
-Shot = Callable[[str], Path]
 
 
 def missing(reason: str) -> None:
@@ -102,9 +100,14 @@ def _test_dir(node: pytest.Item) -> Path:
     return artifacts_dir() / name
 
 
+#: set by ``tests/console/conftest.py`` when a test's call phase passed
+CALL_PASSED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A page in a fresh context; the test fails on any console error or page error."""
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A page in a fresh context; a test that passed fails on any console error or page
+    error seen meanwhile (a test that failed already says what went wrong first)."""
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(15_000)
     opened = context.new_page()
@@ -120,24 +123,33 @@ def page(browser: Browser) -> Iterator[Page]:
         yield opened
     finally:
         context.close()
-    assert not errors, "the browser reported errors:\n" + "\n".join(errors)
+    if request.node.stash.get(CALL_PASSED, False):
+        assert not errors, "the browser reported errors:\n" + "\n".join(errors)
+
+
+class Shot:
+    """``shot("step")`` saves a full-page screenshot of the test's page (or of ``of``) as
+    ``<nn>-<step>.png`` in the test's artifacts directory."""
+
+    def __init__(self, page: Page, directory: Path) -> None:
+        self.page = page
+        self.directory = directory
+        self.taken = 0
+
+    def __call__(self, step: str, of: Page | None = None) -> Path:
+        self.taken += 1
+        path = self.directory / f"{self.taken:02d}-{step}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (of or self.page).screenshot(path=str(path), full_page=True)
+        return path
 
 
 @pytest.fixture
 def shot(page: Page, request: pytest.FixtureRequest) -> Shot:
-    """``shot("step")``: a full-page screenshot of ``page`` saved as a test artifact."""
+    """Screenshots of ``page`` saved as the test's artifacts (see :class:`Shot`)."""
     directory = _test_dir(request.node)
     shutil.rmtree(directory, ignore_errors=True)
-    taken = [0]
-
-    def take(step: str) -> Path:
-        taken[0] += 1
-        path = directory / f"{taken[0]:02d}-{step}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(path), full_page=True)
-        return path
-
-    return take
+    return Shot(page, directory)
 
 
 def docs_shot(page: Page, name: str) -> None:

@@ -17,23 +17,32 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import yaml
+from playwright.sync_api import Page, expect
 
+from lockgate.demo.standins.entra import FakeEntra
+from lockgate.demo.standins.entra import start as start_entra
+from lockgate.demo.standins.entra.thread import LoopThread
 from tests._gateway_process import RESOURCE, BearerUpstream, Scaffold, scaffold, stop
+from tests.console.browser import Shot
 
 READ_RULE = "finance-read-orders"  # the rule of lockgate init's policy that allows the reads
-LINK = re.compile(r"https?://\S+/console/\S+")
+# a console URL as printed: on its own line or as a value in a JSON log line
+LINK = re.compile(r"https?://[^\s\"'<>]+/console/[^\s\"'<>]+")
 
 
 @dataclass
@@ -93,7 +102,7 @@ class ConsoleGateway:
         while True:
             found = LINK.search(self.output.read_text(errors="replace"))
             if found:
-                return found.group(0).rstrip(".,;)\"'")
+                return found.group(0).rstrip(".,;)")
             assert self.proc.poll() is None, "gateway exited:\n" + self.output.read_text()
             assert time.monotonic() < deadline, (
                 "lockgate serve printed no console link:\n" + self.output.read_text()
@@ -105,12 +114,17 @@ class ConsoleGateway:
 
 
 def start_gateway(
-    directory: Path, upstream: BearerUpstream, console: dict[str, Any]
+    directory: Path,
+    upstream: BearerUpstream,
+    console: dict[str, Any] | Callable[[str], dict[str, Any]],
 ) -> ConsoleGateway:
-    """``lockgate serve`` with ``console`` as its console section, ready to serve."""
+    """``lockgate serve`` with ``console`` as its console section (or what
+    ``console(<console URL>)`` makes of it, for settings that name the console's own URL,
+    such as an OIDC redirect URI), ready to serve."""
     made = scaffold(directory, upstream)
     data = yaml.safe_load(made.config_path.read_text())
-    data["console"] = console
+    console_url = f"http://127.0.0.1:{made.control_port}/console"
+    data["console"] = console(console_url) if callable(console) else console
     made.config_path.write_text(yaml.safe_dump(data))
     made.state.close()  # the gateway opens the state itself
     output = directory / "serve.out"
@@ -136,3 +150,77 @@ def _ready(control_url: str) -> bool:
             return int(answer.status) == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+# -- the console signed in through the test Entra ID -----------------------------------
+CLIENT_ID = "lockgate-console"
+ROLE_VALUES = ["Lockgate.Admin", "Lockgate.Operator", "Lockgate.Viewer"]
+
+
+@dataclass(frozen=True)
+class Person:
+    username: str
+    password: str
+    role: str
+
+
+OPERATOR = Person("olivia@contoso.test", secrets.token_urlsafe(12), "operator")
+VIEWER = Person("victor@contoso.test", secrets.token_urlsafe(12), "viewer")
+
+
+@dataclass
+class Console:
+    gateway: ConsoleGateway
+    entra: FakeEntra
+
+    @property
+    def url(self) -> str:
+        return self.gateway.console_url
+
+
+@pytest.fixture(scope="module")
+def console_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The test Entra ID with the console registered and two people; the gateway trusting
+    it for the console's sign-in."""
+    loop = LoopThread()
+    entra = FakeEntra()
+    loop.serve(start_entra(entra))
+    upstream = BearerUpstream()
+
+    def console_settings(console_url: str) -> dict[str, object]:
+        redirect = f"{console_url}/auth/callback"
+        entra.register_app(CLIENT_ID, [redirect], app_roles=ROLE_VALUES, name="Lockgate")
+        return {
+            "oidc": {
+                "issuer": f"{entra.base_url}/{entra.tenant}/v2.0",
+                "client_id": CLIENT_ID,
+                "redirect_uri": redirect,
+            }
+        }
+
+    for person, role in ((OPERATOR, "Lockgate.Operator"), (VIEWER, "Lockgate.Viewer")):
+        entra.add_user(person.username, person.password, name=person.username, roles=[role])
+    gateway = start_gateway(tmp_path_factory.mktemp("console"), upstream, console_settings)
+    try:
+        yield Console(gateway, entra)
+    finally:
+        gateway.stop()
+        upstream.stop()
+        loop.stop()
+
+
+def sign_in(page: Page, console: Console, person: Person, shot: Shot | None = None) -> None:
+    """From the console's door through the Entra sign-in form, back to the console."""
+    page.goto(console.url + "/")
+    if shot:
+        shot("sign-in-page")
+    page.get_by_role("button", name=re.compile("sign in", re.I)).or_(
+        page.get_by_role("link", name=re.compile("sign in", re.I))
+    ).first.click()
+    page.locator("#i0116").fill(person.username)
+    page.locator("#i0118").fill(person.password)
+    if shot:
+        shot("entra-form")
+    page.locator("#idSIButton9").click()
+    expect(page.get_by_role("navigation", name="Sections")).to_be_visible()
+    expect(page.locator(".who")).to_contain_text(person.role)
