@@ -28,6 +28,7 @@ from lockgate.errors import LockgateError
 
 if TYPE_CHECKING:
     from lockgate._cli_state import Subcommands
+    from lockgate.state import State
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
@@ -51,17 +52,33 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     else:
         print("lockgate token revoke: give --jti, --dag or --deployment", file=sys.stderr)
         return 2
-    _audit_now(
-        st,
-        "token_revoked",
-        deployment=args.deployment,
-        dag_id=args.dag,
-        run_id=args.run,
-        jti=args.jti,
-        reason=args.reason,
-    )
+    _record(
+        st, "token_revoked", deployment=args.deployment, dag_id=args.dag, run_id=args.run,
+        jti=args.jti, reason=args.reason,
+    )  # fmt: skip
     _say_when_applied()
     return 0
+
+
+def _record(
+    st: State,
+    event: str,
+    *,
+    deployment: str | None,
+    dag_id: str | None,
+    run_id: str | None = None,
+    jti: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Audit an operator's revocation, block or unblock: the record the console writes too
+    (:func:`lockgate.console.live.operator_record`), by the operator running the command."""
+    from lockgate.console.live import operator_record
+
+    record = operator_record(
+        event, by=_operator(), deployment=deployment, dag_id=dag_id, run_id=run_id, jti=jti,
+        reason=reason,
+    )  # fmt: skip
+    _audit_now(st, record.event, **{k: v for k, v in record.to_dict().items() if k != "event"})
 
 
 def _say_when_applied() -> None:
@@ -103,15 +120,7 @@ def _block(args: argparse.Namespace) -> int:
     if dag is not None and not _delegated(st.config, deployment, dag):
         print(f"warning: no configured deployment may act for dag {dag}", file=sys.stderr)
     blk = st.revocations.block(deployment, dag, _operator(), args.reason or "")
-    _audit_now(
-        st,
-        "mint_blocked",
-        action="revoke",
-        deployment=deployment,
-        dag_id=dag,
-        reason=args.reason,
-        detail={"by": blk.by},
-    )
+    _record(st, "mint_blocked", deployment=deployment, dag_id=dag, reason=args.reason)
     print(blk.message())
     print("its live tokens are revoked and it gets no new one until `lockgate token unblock`")
     _say_when_applied()
@@ -127,14 +136,7 @@ def cmd_token_unblock(args: argparse.Namespace) -> int:
         )
         print(f"lockgate: no block on {scope} (see lockgate token revocations)", file=sys.stderr)
         return 1
-    _audit_now(
-        st,
-        "mint_unblocked",
-        action="unblock",
-        deployment=deployment,
-        dag_id=dag,
-        detail={"by": _operator()},
-    )
+    _record(st, "mint_unblocked", deployment=deployment, dag_id=dag)
     print("unblocked: new tokens can be minted again; tokens revoked by the block stay revoked")
     return 0
 
