@@ -181,6 +181,8 @@ async def test_index_offers_configured_and_seen_dags(tmp_path: Path, serve: Any)
     options = re.findall(r'<option value="([^"]+)"', html)
     assert options[:3] == ["prod/etl", "prod/finance_*", "prod/finance_eu"]
     assert "orders" in options and "billing" in options
+    assert '<a href="/console/access/resource?name=orders">orders</a>' in html
+    assert "orders 3 rules" in text(html) and "billing 1 rule " in text(html)
     assert await get("/console/access?resource=orders") == (
         302,
         "/console/access/resource?name=orders",

@@ -187,15 +187,20 @@ async def index(request: web.Request) -> web.StreamResponse:
     resource = request.query.get("resource", "").strip()
     if resource:
         raise web.HTTPFound("/console/access/resource?" + urlencode({"name": resource}))
+    return render(request, "access_index.html", **await _choices(request, None))
+
+
+async def _choices(request: web.Request, problem: str | None) -> dict[str, Any]:
+    """What the index page offers: DAGs, resources (with the rules naming each)."""
     ctx = context(request)
-    return render(
-        request,
-        "access_index.html",
-        problem=None,
-        dags=await known_dags(request),
-        resources=_resources(ctx),
-        actions=ACTIONS,
-    )
+    resources = _resources(ctx)
+    rules = ctx.policy.current.rules
+    return {
+        "problem": problem,
+        "dags": await known_dags(request),
+        "resources": resources,
+        "rules_on": {name: sum(1 for r in rules if r.resources(name)) for name in resources},
+    }
 
 
 async def _grants_page(
@@ -239,7 +244,9 @@ async def dag_page(request: web.Request) -> web.StreamResponse:
     if ref and not (deployment or dag):
         deployment, _, dag = ref.partition("/")
     if not deployment or not dag:
-        return _bad_question(request, "Choose a DAG: a deployment and a DAG id are both needed.")
+        return await _bad_question(
+            request, "Choose a DAG: a deployment and a DAG id are both needed."
+        )
     ctx = context(request)
     policy_set = ctx.policy.current
     grants = grants_for(
@@ -269,7 +276,7 @@ async def dag_page(request: web.Request) -> web.StreamResponse:
 async def principal_page(request: web.Request) -> web.StreamResponse:
     principal = request.query.get("p", "").strip()
     if not principal:
-        return _bad_question(request, "Type a principal, like airflow:prod/etl_orders/load.")
+        return await _bad_question(request, "Type a principal, like airflow:prod/etl_orders/load.")
     ctx = context(request)
     policy_set = ctx.policy.current
     grants = grants_for(policy_set, principal, lines=await _lines(request, policy_set))
@@ -295,7 +302,7 @@ async def resource_page(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     resources = _resources(ctx)
     if not name:
-        return _bad_question(request, "Choose a resource.")
+        return await _bad_question(request, "Choose a resource.")
     policy_set = ctx.policy.current
     reach = reachers_of(
         policy_set, name, await known_dags(request), lines=await _lines(request, policy_set)
@@ -363,14 +370,6 @@ async def check_page(request: web.Request) -> web.StreamResponse:
     return render(request, "access_check.html", **values)
 
 
-def _bad_question(request: web.Request, message: str) -> web.Response:
-    ctx = context(request)
-    return render(
-        request,
-        "access_index.html",
-        status=400,
-        problem=message,
-        dags=request.app[KEPT].dags or _configured_dags(ctx),
-        resources=_resources(ctx),
-        actions=ACTIONS,
-    )
+async def _bad_question(request: web.Request, message: str) -> web.Response:
+    values = await _choices(request, message)
+    return render(request, "access_index.html", status=400, **values)
