@@ -1,11 +1,16 @@
-"""An Entra ID (v2.0) token endpoint, as far as the client-credentials grant goes, written
-from Microsoft's public protocol reference.
+"""An Entra ID (v2.0) token endpoint for apps (the client-credentials grant) and sign-in of
+people (the authorization code flow with PKCE, :mod:`.authcode`), written from Microsoft's
+public protocol reference.
 
 Routes (tenant = the one configured; any other tenant is 400 ``invalid_tenant``):
 
 - ``GET /{tenant}/v2.0/.well-known/openid-configuration`` — OIDC discovery (what MSAL reads
   with ``disable_instance_discovery=True``);
 - ``GET /{tenant}/discovery/v2.0/keys`` — JWKS of the RS256 signing key;
+- ``GET /{tenant}/oauth2/v2.0/authorize``, ``POST /{tenant}/login`` (the sign-in form),
+  ``GET /{tenant}/oauth2/v2.0/logout`` and ``grant_type=authorization_code`` at the token
+  endpoint: apps registered with :meth:`FakeEntra.register_app`, people added with
+  :meth:`FakeEntra.add_user` (see :mod:`.authcode` for what is checked);
 - ``POST /{tenant}/oauth2/v2.0/token`` — ``grant_type=client_credentials`` with
   ``scope=<resource>/.default`` and either ``client_secret`` or a ``client_assertion``
   (``urn:ietf:params:oauth:client-assertion-type:jwt-bearer``): an RS256/PS256 JWT whose
@@ -21,8 +26,9 @@ Routes (tenant = the one configured; any other tenant is 400 ``invalid_tenant``)
 Issued access tokens are RS256 JWTs: ``aud`` the resource, ``iss``
 ``https://sts.windows.net/{tenant}/``, ``appid``/``azp`` the client, ``tid``, ``exp``.
 Secrets, certificates and federated identity credentials can be added and withdrawn while
-running (rotation). ``token_requests`` records each token request (secrets and assertions
-replaced by ``<redacted>``; an assertion's header and claims kept, which are not secret).
+running (rotation). ``token_requests`` records each token request (secrets, assertions,
+codes and code verifiers replaced by ``<redacted>``; an assertion's header and claims kept,
+which are not secret).
 
 Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
@@ -48,6 +54,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lockgate.demo.standins._serving import serve_stand_in
 
+from .authcode import AuthCodeFlow
+from .directory import RegisteredApp, TestUser, oauth_error
 from .federation import (
     ENTRA_EXCHANGE_AUDIENCE,
     MAX_FEDERATED_CREDENTIALS,
@@ -58,7 +66,7 @@ from .federation import (
 from .issuer_keys import IssuerKeys
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-_REDACTED = ("client_secret", "client_assertion")
+_REDACTED = ("client_secret", "client_assertion", "code", "code_verifier")
 
 
 @dataclass
@@ -102,6 +110,37 @@ class FakeEntra:
         self.kid = secrets.token_hex(8)
         self._jtis: set[str] = set()
         self.issuer_keys = IssuerKeys(self.federation_ca)
+        self.sign_in = AuthCodeFlow(self)
+
+    # -- sign-in of people (the authorization code flow, see :mod:`.authcode`) -------------
+    def register_app(
+        self,
+        client_id: str,
+        redirect_uris: list[str] | tuple[str, ...],
+        secret: str | None = None,
+        app_roles: list[str] | tuple[str, ...] | None = None,
+        *,
+        require_pkce: bool = True,
+        name: str = "",
+    ) -> RegisteredApp:
+        """An app that signs people in: confidential with ``secret`` (or a certificate in
+        ``client_certs``), public without; ``app_roles`` the role values it defines (None:
+        every role a user holds reaches its ``roles`` claim)."""
+        return self.sign_in.register_app(
+            client_id, redirect_uris, secret, app_roles, require_pkce=require_pkce, name=name
+        )
+
+    def add_user(
+        self,
+        username: str,
+        password: str,
+        *,
+        name: str | None = None,
+        roles: list[str] | tuple[str, ...] = (),
+        oid: str | None = None,
+    ) -> TestUser:
+        """A person of the tenant; ``roles`` are the app role values assigned to them."""
+        return self.sign_in.add_user(username, password, name=name, roles=roles, oid=oid)
 
     # -- federated identity credentials (what ``az ad app federated-credential`` manages) --
     def add_federated_credential(
@@ -188,11 +227,18 @@ class FakeEntra:
                 "token_endpoint": f"{base}/oauth2/v2.0/token",
                 "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
                 "jwks_uri": f"{base}/discovery/v2.0/keys",
+                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
                 "token_endpoint_auth_methods_supported": [
                     "client_secret_post", "private_key_jwt", "client_secret_basic"],
+                "response_modes_supported": ["query", "fragment", "form_post"],
                 "response_types_supported": ["code", "id_token", "token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
                 "subject_types_supported": ["pairwise"],
                 "id_token_signing_alg_values_supported": ["RS256"],
+                "claims_supported": [
+                    "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "name",
+                    "preferred_username", "email", "oid", "tid", "roles", "ver"],
+                "request_uri_parameter_supported": False,
                 "tenant_region_scope": "EU",
             }
         )  # fmt: skip
@@ -219,8 +265,15 @@ class FakeEntra:
     async def _token(self, request: web.Request, form: Any) -> web.Response:
         if not self._tenant_ok(request):
             return self._refuse(400, "invalid_tenant", "tenant not found")
+        if form.get("grant_type") == "authorization_code":
+            answer = self.sign_in.redeem(form, request.headers.get("Authorization", ""))
+            if answer.status != 200 and isinstance(answer.body, bytes):
+                self.refusals.append(json.loads(answer.body)["error"])
+            return answer
         if form.get("grant_type") != "client_credentials":
-            return self._refuse(400, "unsupported_grant_type", "only client_credentials")
+            return self._refuse(
+                400, "unsupported_grant_type", "only client_credentials and authorization_code"
+            )
         client_id = str(form.get("client_id", ""))
         scope = str(form.get("scope", ""))
         if not scope.endswith("/.default") or " " in scope.strip():
@@ -257,6 +310,10 @@ class FakeEntra:
         if not secret or not any(hmac.compare_digest(secret, s) for s in known):
             return "AADSTS7000215: Invalid client secret provided."
         return None
+
+    def check_client_assertion(self, client_id: str, form: Any) -> str | None:
+        """Why a certificate credential's ``client_assertion`` fails (None: it passes)."""
+        return self._check_assertion(client_id, form)
 
     def _check_assertion(self, client_id: str, form: Any) -> str | None:
         if form.get("client_assertion_type") != ASSERTION_TYPE or "client_secret" in form:
@@ -343,13 +400,7 @@ def _is_clients_own(form: Any, client_id: str) -> bool:
     return client_id in (claims.get("iss"), claims.get("sub"))
 
 
-def _err(status: int, error: str, description: str) -> web.Response:
-    return web.json_response(
-        {"error": error, "error_description": description, "error_codes": [0],
-         "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ"), "trace_id": secrets.token_hex(8),
-         "correlation_id": secrets.token_hex(8)},
-        status=status,
-    )  # fmt: skip
+_err = oauth_error  # every error of this endpoint is worded one way
 
 
 def make_app(entra: FakeEntra) -> web.Application:
@@ -357,6 +408,9 @@ def make_app(entra: FakeEntra) -> web.Application:
     app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", entra.discovery)
     app.router.add_get("/{tenant}/discovery/v2.0/keys", entra.keys)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", entra.token)
+    app.router.add_get("/{tenant}/oauth2/v2.0/authorize", entra.sign_in.authorize)
+    app.router.add_post("/{tenant}/login", entra.sign_in.login)
+    app.router.add_get("/{tenant}/oauth2/v2.0/logout", entra.sign_in.logout)
     return app
 
 
