@@ -1,0 +1,355 @@
+"""The audit explorer: the trail filtered, a record in full, a run's timeline, the chain's
+status and exports.
+
+- ``GET /audit``: filters (the names the alerts and the other pages link with: ``dag``,
+  ``run``, ``decision``, ``event``, ``resource``, ``since`` ...), the matching records newest
+  first a page at a time (an opaque ``older`` cursor), how many match, the chain's badge.
+- ``GET /audit/record/<seq>`` (``?replica=`` on shared state): every field of one record,
+  its detail as JSON, its hash and the previous one.
+- ``GET /audit/run?dag=D&run=R``: the run's records as marks over time, a lane per task
+  try, denials drawn on top; the table below.
+- ``GET /audit/verify`` (viewer) and ``POST /audit/verify`` (operator): the last
+  verification of the chain, and one run now (off the event loop, one at a time).
+- ``GET /audit/export.csv`` and ``/audit/export.json`` (:mod:`.views_audit_export`).
+
+Every read of the trail runs in a thread (:func:`read`): a slow query never holds up other
+pages. Filters that cannot be read (a time, a try number, a cursor) answer 400 with the
+form and what is wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from lockgate.audit import EVENTS, AuditPage, AuditQuery, AuditReader, AuditRow, VerifyResult
+from lockgate.audit.record import RECORD_FIELDS
+from lockgate.console.views_audit_timeline import timeline
+from lockgate.console.web import ConsoleContext, action, context, render, requires
+from lockgate.errors import StoreUnavailable
+
+T = TypeVar("T")
+
+#: records per page of the explorer
+PAGE_SIZE = 50
+#: an export holds at most this many records (the newest that match)
+EXPORT_CAP = 1_000_000
+#: a run's timeline shows at most this many of its newest records
+TIMELINE_MAX = 2_000
+#: how long a POST to /audit/verify waits for the verification before answering (it goes on)
+VERIFY_WAIT = 5.0
+#: the query-string names of the filters, in the form's order
+FILTERS = ("deployment", "dag", "run", "task", "try", "resource", "action", "decision",
+           "event", "principal", "jti", "since", "until", "shadow", "replica")  # fmt: skip
+DECISIONS = ("allow", "deny", "error")
+_TRUE = {"1", "on", "true", "yes"}
+
+
+class BadFilter(ValueError):
+    """A filter the explorer cannot read (the message names it)."""
+
+
+# -- filters ---------------------------------------------------------------------------
+
+
+def parse_time(text: str, name: str) -> float:
+    """A time filter: unix seconds, or ISO 8601 / ``datetime-local`` (no offset: UTC)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadFilter(f"{name}: {text!r} is not a time (2026-12-05T13:00 UTC)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def form_time(ts: float | None) -> str:
+    """A time as a ``datetime-local`` input holds it (UTC, to the second)."""
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def filters_of(params: Mapping[str, str]) -> tuple[AuditQuery, dict[str, str]]:
+    """The query the page's parameters ask for, and the form's values (blank left out)."""
+    values = {k: params.get(k, "").strip() for k in FILTERS}
+    values = {k: v for k, v in values.items() if v}
+    text = {k: values.get(k) for k in FILTERS}
+    try_number = None
+    if "try" in values:
+        if not values["try"].isdigit():
+            raise BadFilter(f"try: {values['try']!r} is not a whole number")
+        try_number = int(values["try"])
+    since = parse_time(values["since"], "since") if "since" in values else None
+    until = parse_time(values["until"], "until") if "until" in values else None
+    shadow = values.get("shadow", "").lower() in _TRUE
+    q = AuditQuery(
+        deployment=text["deployment"], dag=text["dag"], run=text["run"], task=text["task"],
+        try_number=try_number, resource=text["resource"], action=text["action"],
+        decision=text["decision"], event=text["event"], principal=text["principal"],
+        jti=text["jti"], since=since, until=until, shadow=shadow, replica=text["replica"],
+    )  # fmt: skip
+    if since is not None:
+        values["since"] = form_time(since)
+    if until is not None:
+        values["until"] = form_time(until)
+    if shadow:
+        values["shadow"] = "1"
+    else:
+        values.pop("shadow", None)
+    return q, values
+
+
+def href(path: str, values: Mapping[str, str], **more: str | int | None) -> str:
+    """``/console<path>`` with the filter ``values`` and ``more`` (None left out)."""
+    params = {**values, **{k: str(v) for k, v in more.items() if v is not None}}
+    params = {k: v for k, v in params.items() if v}
+    return f"/console{path}" + (f"?{urlencode(params)}" if params else "")
+
+
+# -- display helpers (templates call these) --------------------------------------------
+
+
+def utc(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def record_href(row: AuditRow) -> str:
+    return href(f"/audit/record/{row.seq}", {"replica": row.replica or ""})
+
+
+def run_href(dag: str | None, run: str | None) -> str:
+    return href("/audit/run", {"dag": dag or "", "run": run or ""})
+
+
+def badge(row: AuditRow) -> str:
+    """The CSS class of a record's decision badge."""
+    return row.decision if row.decision in DECISIONS else ""
+
+
+def shadow_of(row: AuditRow) -> Mapping[str, object] | None:
+    verdict = row.detail.get("shadow")
+    return verdict if isinstance(verdict, dict) else None
+
+
+def short(text: str | None, most: int = 60) -> str:
+    if text is None:
+        return ""
+    return text if len(text) <= most else text[: most - 1] + "…"
+
+
+#: what the templates call (the functions above)
+HELPERS: dict[str, Any] = {
+    "utc": utc,
+    "record_href": record_href,
+    "run_href": run_href,
+    "badge": badge,
+    "shadow_of": shadow_of,
+    "short": short,
+}
+
+
+# -- reading the trail off the loop ----------------------------------------------------
+
+
+async def read(request: web.Request, ask: Callable[[AuditReader], T]) -> T:
+    """``ask`` with a fresh reader, in a thread (the reader's queries block)."""
+    return await read_with(context(request), ask)
+
+
+async def read_with(ctx: ConsoleContext, ask: Callable[[AuditReader], T]) -> T:
+    def work() -> T:
+        with ctx.audit_reader() as reader:
+            return ask(reader)
+
+    return await asyncio.to_thread(work)
+
+
+def problem_page(request: web.Request, message: str, status: int) -> web.Response:
+    return render(request, "audit_problem.html", status=status, message=message, **HELPERS)
+
+
+# -- chain verification ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One verification of the chain: what it found, up to which head, when, how long."""
+
+    result: VerifyResult
+    head_seq: int
+    at: float
+    took: float
+
+
+@dataclass
+class Verifier:
+    """The console's last verification and the one running now (one at a time)."""
+
+    last: Verification | None = None
+    running: asyncio.Task[Verification] | None = None
+    started: float | None = None
+
+    def start(self, ctx: ConsoleContext) -> asyncio.Task[Verification]:
+        """The verification running now, started if none is."""
+        if self.running is None or self.running.done():
+            self.started = time.time()
+            self.running = asyncio.get_running_loop().create_task(self._run(ctx))
+        return self.running
+
+    async def _run(self, ctx: ConsoleContext) -> Verification:
+        began, clock = time.time(), time.monotonic()
+
+        def check(reader: AuditReader) -> tuple[int, VerifyResult]:
+            head = reader.head()[0]  # read first: the verification covers at least this
+            return head, reader.verify()
+
+        try:
+            head, result = await read_with(ctx, check)
+        except StoreUnavailable as exc:
+            result, head = VerifyResult(False, 0, None, f"trail unreachable: {exc}"), 0
+        done = Verification(result, head, began, time.monotonic() - clock)
+        self.last = done
+        return done
+
+
+VERIFIER: web.AppKey[Verifier] = web.AppKey("lockgate_console_audit_verifier", Verifier)
+
+
+async def chain_status(request: web.Request) -> dict[str, object]:
+    """What the badge says: the last verification (cached) and how far the head moved."""
+    verifier = request.app[VERIFIER]
+    last = verifier.last
+    running = verifier.running is not None and not verifier.running.done()
+    newer = 0
+    if last is not None and last.result.ok:
+        try:
+            head = await read(request, lambda r: r.head()[0])
+            newer = max(0, head - last.head_seq)
+        except StoreUnavailable:
+            newer = 0
+    return {"last": last, "running": running, "started": verifier.started, "newer": newer}
+
+
+@requires("viewer")
+async def verify_page(request: web.Request) -> web.StreamResponse:
+    return render(request, "audit_verify.html", status_of=await chain_status(request), **HELPERS)
+
+
+@action("operator")
+async def verify_now(request: web.Request) -> web.StreamResponse:
+    task = request.app[VERIFIER].start(context(request))
+    # a short chain answers at once; a long one goes on while the page says so
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(task), VERIFY_WAIT)
+    raise web.HTTPSeeOther("/console/audit/verify")
+
+
+# -- pages -----------------------------------------------------------------------------
+
+
+@requires("viewer")
+async def explorer(request: web.Request) -> web.StreamResponse:
+    params = request.rel_url.query
+    values = {k: params.get(k, "") for k in FILTERS}
+    try:
+        q, values = filters_of(params)
+        older = params.get("older") or None
+
+        def ask(reader: AuditReader) -> tuple[AuditPage, int]:
+            return reader.query(q, limit=PAGE_SIZE, older=older), reader.count(q)
+
+        page, total = await read(request, ask)
+    except ValueError as exc:  # BadFilter, a malformed cursor
+        return _explorer_page(request, values, {}, error=str(exc), status=400)
+    except StoreUnavailable as exc:
+        problem = f"the trail is unreachable: {exc}"
+        return _explorer_page(request, values, {}, error=problem, status=503)
+    chain = await chain_status(request)
+    return _explorer_page(request, values, chain, page=page, total=total, older=older)
+
+
+def _explorer_page(
+    request: web.Request,
+    values: Mapping[str, str],
+    chain: Mapping[str, object],
+    *,
+    page: AuditPage | None = None,
+    total: int = 0,
+    older: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    return render(
+        request, "audit_index.html", status=status, values=values, error=error,
+        chain={"last": None, "running": False, "started": None, "newer": 0, **chain},
+        rows=page.rows if page else [], total=total, paged=older is not None,
+        older_href=href("/audit", values, older=page.older) if page and page.older else None,
+        newest_href=href("/audit", values), events=sorted(EVENTS), decisions=DECISIONS,
+        csv_href=href("/audit/export.csv", values), json_href=href("/audit/export.json", values),
+        export_cap=EXPORT_CAP, page_size=PAGE_SIZE, **HELPERS,
+    )  # fmt: skip
+
+
+@requires("viewer")
+async def record_page(request: web.Request) -> web.StreamResponse:
+    seq = int(request.match_info["seq"])
+    replica = request.rel_url.query.get("replica") or None
+    try:
+        row = await read(request, lambda r: r.record(seq, replica))
+    except StoreUnavailable as exc:
+        return problem_page(request, f"the trail is unreachable: {exc}", 503)
+    if row is None:
+        where = f" of replica {replica}" if replica else ""
+        return problem_page(request, f"no record {seq}{where}", 404)
+    fields = [(name, getattr(row, name)) for name in RECORD_FIELDS if name != "detail"]
+    detail = json.dumps(row.detail, indent=2, sort_keys=True, ensure_ascii=False)
+    return render(request, "audit_record.html", row=row, fields=fields, detail=detail, **HELPERS)
+
+
+@requires("viewer")
+async def run_page(request: web.Request) -> web.StreamResponse:
+    params = request.rel_url.query
+    dag, run = params.get("dag", "").strip() or None, params.get("run", "").strip()
+    if not run:
+        return problem_page(request, "run: required (a DAG run id)", 400)
+    q = AuditQuery(dag=dag, run=run)
+    try:
+        page = await read(request, lambda r: r.query(q, limit=TIMELINE_MAX))
+    except StoreUnavailable as exc:
+        return problem_page(request, f"the trail is unreachable: {exc}", 503)
+    rows = page.rows[::-1]  # oldest first: the timeline reads left to right
+    return render(
+        request, "audit_run.html", dag=dag, run=run, rows=page.rows, cut=page.older is not None,
+        timeline=timeline(rows, record_href), limit=TIMELINE_MAX,
+        audit_href=href("/audit", {"dag": dag or "", "run": run}), **HELPERS,
+    )  # fmt: skip
+
+
+def add_routes(app: web.Application) -> None:
+    from lockgate.console.views_audit_export import export_csv, export_json
+
+    app[VERIFIER] = Verifier()
+    app.router.add_get("/audit", explorer)
+    app.router.add_get(r"/audit/record/{seq:\d{1,18}}", record_page)
+    app.router.add_get("/audit/run", run_page)
+    app.router.add_get("/audit/verify", verify_page)
+    app.router.add_post("/audit/verify", verify_now)
+    app.router.add_get("/audit/export.csv", export_csv)
+    app.router.add_get("/audit/export.json", export_json)
+
+
+__all__ = ["FILTERS", "BadFilter", "add_routes", "filters_of", "parse_time"]

@@ -1,0 +1,115 @@
+"""The audit explorer's exports: the records its filters match, newest first, as CSV or as
+JSON lines (one record per line, as ``audit.jsonl`` holds them), streamed page by page
+(chunked; a page is read in a thread) and capped at
+:data:`~lockgate.console.views_audit.EXPORT_CAP` records.
+
+CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``,
+``@``, a tab or a carriage return) get a leading ``'``. Records never hold a token (the
+audit log redacts anything token-shaped before it is chained), so neither does an export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+
+from lockgate.audit import AuditPage, AuditQuery, AuditRow
+from lockgate.audit.record import RECORD_FIELDS, canonical_json
+from lockgate.audit.sinks import encode_line
+from lockgate.console.views_audit import (
+    EXPORT_CAP,
+    BadFilter,
+    filters_of,
+    read,
+    utc,
+)
+from lockgate.console.web import requires
+from lockgate.errors import StoreUnavailable
+
+#: records read per round trip while exporting
+EXPORT_PAGE = 5_000
+#: the CSV's columns: the chain position, a readable time, then every record field
+CSV_COLUMNS = ("replica", "seq", "time_utc", *RECORD_FIELDS, "prev_hash", "hash")
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """``value`` as a CSV cell no spreadsheet runs as a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        value = canonical_json(value)
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_LEAD) else text
+
+
+def csv_lines(rows: Iterable[AuditRow], header: bool) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        cells: dict[str, object] = {**row.to_dict(), "time_utc": utc(row.ts) + "Z"}
+        writer.writerow([csv_cell(cells.get(name)) for name in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def json_lines(rows: Iterable[AuditRow], header: bool) -> str:
+    return "".join(encode_line(row.to_dict()) + "\n" for row in rows)
+
+
+async def _export(
+    request: web.Request,
+    suffix: str,
+    content_type: str,
+    encode: Callable[[Iterable[AuditRow], bool], str],
+) -> web.StreamResponse:
+    try:
+        q, _ = filters_of(request.rel_url.query)
+        first = await _page(request, q, None)
+    except BadFilter as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    except StoreUnavailable as exc:
+        raise web.HTTPServiceUnavailable(text=f"the trail is unreachable: {exc}") from None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": f"{content_type}; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="lockgate-audit-{stamp}.{suffix}"',
+            "X-Lockgate-Export-Cap": str(EXPORT_CAP),
+            "Cache-Control": "no-store",
+        }
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    page, sent, header = first, 0, True
+    while True:
+        rows = page.rows[: EXPORT_CAP - sent]
+        await response.write(encode(rows, header).encode("utf-8"))
+        sent, header = sent + len(rows), False
+        if page.older is None or sent >= EXPORT_CAP:
+            break
+        page = await _page(request, q, page.older)  # a failure now cuts the stream short
+    await response.write_eof()
+    return response
+
+
+async def _page(request: web.Request, q: AuditQuery, older: str | None) -> AuditPage:
+    return await read(request, lambda r: r.query(q, limit=EXPORT_PAGE, older=older))
+
+
+@requires("viewer")
+async def export_csv(request: web.Request) -> web.StreamResponse:
+    return await _export(request, "csv", "text/csv", csv_lines)
+
+
+@requires("viewer")
+async def export_json(request: web.Request) -> web.StreamResponse:
+    return await _export(request, "jsonl", "application/x-ndjson", json_lines)
+
+
+__all__ = ["CSV_COLUMNS", "csv_cell", "export_csv", "export_json"]
