@@ -14,9 +14,10 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
-from lockgate.audit import AuditLog, AuditReader, AuditRecord
+from lockgate.audit import AuditLog, AuditQuery, AuditReader, AuditRecord, HistogramBucket
 from lockgate.console import views_audit, views_overview
 from lockgate.console.web import CSRF_HEADER, ConsoleContext, ConsoleUser, OpenSession
+from lockgate.errors import StoreUnavailable
 from tests.console._views import CSRF_TOKEN, signed_in, views_app
 
 NOW = time.time()
@@ -251,3 +252,23 @@ async def test_the_chain_badge_shows_the_explorer_s_last_verification(tmp_path: 
             assert f"Chain verified {len(TRAIL)} records" in words
     finally:
         await server.close()
+
+
+class Unreachable(AuditReader):
+    """A reader of a shared trail that is down."""
+
+    def histogram(self, q: AuditQuery, *, bucket: float) -> list[HistogramBucket]:
+        raise StoreUnavailable("shared trail (postgresql://db/lockgate): connection refused")
+
+
+async def test_an_unreachable_trail_is_a_503_that_says_so(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    ctx = console(tmp_path / "audit.db")
+    ctx.audit_reader = lambda: Unreachable(tmp_path / "audit.db")
+    get = await serve(ctx)
+    status, html = await get("/console/?window=7d")
+    assert status == 503
+    words = Page(html).words
+    assert "The audit trail cannot be read now: shared trail" in words
+    assert 'href="/console/?window=7d" aria-current="page"' in html  # still a page to leave

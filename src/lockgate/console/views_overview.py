@@ -24,6 +24,7 @@ from lockgate.audit import AuditQuery, AuditRow
 from lockgate.console import charts
 from lockgate.console.views_audit import VERIFIER, chain_status, record_href, run_href
 from lockgate.console.web import ConsoleContext, LiveSessions, context, render, requires
+from lockgate.errors import StoreUnavailable
 
 #: window name -> (seconds shown, bucket seconds): 30 to 60 bars each
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -72,7 +73,13 @@ async def overview(request: web.Request) -> web.StreamResponse:
     span, bucket = WINDOWS[window]
     axis = charts.TimeAxis.ending(time.time(), span, bucket)
     ctx = context(request)
-    data = await asyncio.to_thread(_read, ctx, axis)
+    windows = [(name, WINDOW_NAMES[name]) for name in WINDOWS]
+    try:
+        data = await asyncio.to_thread(_read, ctx, axis)
+    except StoreUnavailable as exc:  # the shared trail is down: say so, not a traceback
+        error = f"The audit trail cannot be read now: {exc}"
+        return render(request, "overview.html", status=503, window=window, windows=windows,
+                      error=error)  # fmt: skip
     if ctx.live is not None:
         data.sessions = await asyncio.to_thread(_open_sessions, ctx.live)
     # the audit explorer's last verification of the chain, when the explorer is served
@@ -84,7 +91,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
         request,
         "overview.html",
         window=window,
-        windows=[(name, WINDOW_NAMES[name]) for name in WINDOWS],
+        windows=windows,
+        error=None,
         axis=axis,
         since_text=charts.utc(axis.start),
         until_text=charts.utc(axis.until),
