@@ -14,7 +14,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from lockgate.audit import AuditLog, AuditReader, AuditRecord
+from lockgate.audit import AuditLog, AuditReader, AuditRecord, AuditRow
 from lockgate.cli import main
 from lockgate.config import LockgateConfig, load_config
 from lockgate.console import views_policy
@@ -201,16 +201,11 @@ async def test_a_read_cut_short_is_said_and_never_downloaded(
 
 
 def test_bounded_counts_what_it_read() -> None:
-    class Row:
-        def __init__(self, ts: float) -> None:
-            self.ts = ts
-
-        def to_dict(self) -> dict[str, Any]:
-            return {"ts": self.ts}
-
+    rows = [AuditRow(event="admitted", ts=float(i), dag_id="d") for i in range(10)]
     reading = Reading(None)
-    got = list(bounded([Row(float(i)) for i in range(10)], reading, seconds=60, most=3))
-    assert got == [{"ts": 0.0}, {"ts": 1.0}, {"ts": 2.0}] and reading.rows == 3
+    got = list(bounded(rows, reading, seconds=60, most=3))
+    assert [r["ts"] for r in got] == [0.0, 1.0, 2.0] and reading.rows == 3
+    assert got[0].get("dag_id") == "d" and got[0].get("nope") is None and "event" in got[0]
     assert (reading.first, reading.last, reading.stopped) == (0.0, 2.0, "stopped at 3 records")
 
 
