@@ -318,3 +318,19 @@ async def test_sessions_open_now_are_listed_from_the_registry(
         status, page = await c.get("/console/live", dag="other")
         assert "10.1.2.3:5000" not in page
     registry.close()
+
+
+def test_live_tokens_leave_out_expired_ones_and_say_when_more_were_issued(
+    state: State, trail: Trail
+) -> None:
+    from lockgate.console.live import live_tokens
+
+    _, old = mint(state, trail, run="run-old")
+    _, new = mint(state, trail, run="run-new")
+    with AuditReader(trail.path) as reader:
+        every = live_tokens(reader, state.revocations, max_ttl=3600)
+        assert [t.jti for t in every.tokens] == [new.jti, old.jti] and not every.more
+        newest = live_tokens(reader, state.revocations, max_ttl=3600, limit=1)
+        assert [t.jti for t in newest.tokens] == [new.jti] and newest.more
+        later = live_tokens(reader, state.revocations, max_ttl=3600, now=time.time() + 901)
+        assert later.tokens == []  # expired

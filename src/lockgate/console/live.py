@@ -21,8 +21,8 @@ from lockgate.audit import AuditQuery, AuditReader, AuditRecord, AuditRow
 from lockgate.identity import RevocationStore
 from lockgate.identity.model import Claims
 
-#: ``token_issued`` records read at most per page (the newest first).
-MAX_TOKENS = 500
+#: ``token_issued`` records read at most (the newest first): each costs a last-use lookup.
+MAX_TOKENS = 200
 #: The action an operator's event is recorded with.
 _ACTIONS = {"token_revoked": "revoke", "mint_blocked": "revoke", "mint_unblocked": "unblock"}
 
@@ -46,6 +46,15 @@ class LiveToken:
     last_event: str | None = None  # what the last use was (allowed, denied ...)
 
 
+@dataclass(frozen=True, slots=True)
+class LiveTokens:
+    """Tokens live now; ``more``: older tokens were issued within the window but not read
+    (narrow by DAG to see them)."""
+
+    tokens: list[LiveToken]
+    more: bool
+
+
 def live_tokens(
     reader: AuditReader,
     revocations: RevocationStore,
@@ -54,8 +63,9 @@ def live_tokens(
     dag: str | None = None,
     now: float | None = None,
     limit: int = MAX_TOKENS,
-) -> list[LiveToken]:
-    """Tokens live now (of ``dag`` when given), newest first, at most ``limit``."""
+) -> LiveTokens:
+    """Tokens live now (of ``dag`` when given), newest first, out of the newest ``limit``
+    issued within ``max_ttl``."""
     now = time.time() if now is None else now
     page = reader.query(AuditQuery(event="token_issued", dag=dag, since=now - max_ttl), limit=limit)
     tokens: list[LiveToken] = []
@@ -68,7 +78,7 @@ def live_tokens(
         if revocations.is_revoked(_claims(token)):
             continue
         tokens.append(_with_last_use(reader, token))
-    return tokens
+    return LiveTokens(tokens, more=page.older is not None)
 
 
 def _token(row: AuditRow) -> LiveToken | None:
@@ -101,7 +111,7 @@ def _claims(token: LiveToken) -> Claims:
 def _with_last_use(reader: AuditReader, token: LiveToken) -> LiveToken:
     """``token`` with its newest record other than its issue (its DAG and issue time narrow
     the search to that DAG's records since then)."""
-    q = AuditQuery(dag=token.dag_id, jti=token.jti, since=token.issued_at)
+    q = AuditQuery(jti=token.jti, since=token.issued_at)
     for row in reader.query(q, limit=2).rows:
         if row.event != "token_issued":
             return replace(token, last_use=row.ts, last_event=row.event)
@@ -133,4 +143,4 @@ def operator_record(
     )  # fmt: skip
 
 
-__all__ = ["MAX_TOKENS", "LiveToken", "live_tokens", "operator_record"]
+__all__ = ["MAX_TOKENS", "LiveToken", "LiveTokens", "live_tokens", "operator_record"]

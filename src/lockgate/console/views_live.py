@@ -31,7 +31,7 @@ from aiohttp import web
 
 from lockgate import _log
 from lockgate.audit import AuditRecord
-from lockgate.console.live import LiveToken, live_tokens, operator_record
+from lockgate.console.live import MAX_TOKENS, LiveTokens, live_tokens, operator_record
 from lockgate.console.web import (
     ConsoleContext,
     ConsoleUser,
@@ -93,7 +93,7 @@ def iso(ts: float | None) -> str:
 @dataclass(frozen=True)
 class LivePage:
     sessions: list[OpenSession]
-    tokens: list[LiveToken]
+    tokens: LiveTokens
     blocks: list[Block]
     tracked: bool  # sessions are registered by this gateway (else: not shown)
 
@@ -119,7 +119,7 @@ async def live_page(request: web.Request) -> web.StreamResponse:
     return render(
         request, "live_index.html", page=page, dag=dag, notice=notice(request.query),
         now=time.time(), when=when, iso=iso, confirm=confirm_href, any_dag=ANY_DAG,
-        any_deployment=ANY_DEPLOYMENT,
+        any_deployment=ANY_DEPLOYMENT, max_tokens=MAX_TOKENS,
     )  # fmt: skip
 
 
