@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from lockgate.console.links import console_link_url
 from lockgate.console.web import ConsoleContext
 from lockgate.errors import AuditUnavailable
 from lockgate.state import State
+from lockgate.tlsgen import write_dev_tls
 from tests.console import _oidc_provider as idp
 
 
@@ -124,12 +126,16 @@ async def make_console(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     opened: list[tuple[TestClient, TestServer, State]] = []  # type: ignore[type-arg]
 
     async def make(
-        *, oidc: bool = True, client_secret_file: str | None = None, **console: Any
+        *,
+        oidc: bool = True,
+        client_secret_file: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        **console: Any,
     ) -> Console:
         provider = idp.Provider()
-        server = TestServer(provider.app())
-        await server.start_server()
-        provider.url = str(server.make_url("")).rstrip("/")
+        provider_server = TestServer(provider.app())
+        await provider_server.start_server()
+        provider.url = str(provider_server.make_url("")).rstrip("/")
         settings = _settings(provider.url, client_secret_file, **console) if oidc else console
         config = LockgateConfig(data_dir=tmp_path / f"data{len(opened)}", console=settings)
         state = State(config)
@@ -140,10 +146,12 @@ async def make_console(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         )  # fmt: skip
         root = web.Application()
         mount(root, ctx)
-        client = TestClient(TestServer(root))
+        console_server = TestServer(root)
+        await console_server.start_server(ssl=tls)  # (TestClient would start it without)
+        client = TestClient(console_server)
         await client.start_server()
         ctx.base_url = str(client.make_url("")).rstrip("/")  # what the control listener is
-        opened.append((client, server, state))
+        opened.append((client, provider_server, state))
         return Console(client, state, audit, provider)
 
     yield make
@@ -319,6 +327,27 @@ async def test_every_console_answer_carries_the_security_headers(make_console: A
     assert answers[5].headers["Content-Type"].startswith("text/css")
     # the rest of the control listener is left alone
     assert "Content-Security-Policy" not in (await c.client.get("/healthz")).headers
+
+
+async def test_over_tls_the_cookie_is_secure_and_hsts_is_sent(
+    make_console: Any, tmp_path: Path
+) -> None:
+    paths = write_dev_tls(tmp_path / "tls")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(paths["cert"], paths["key"])
+    client_tls = ssl.create_default_context(cafile=str(paths["ca"]))
+    c: Console = await make_console(oidc=False, tls=server_tls)
+    assert c.origin.startswith("https://")
+    page = await c.client.get("/console/login", ssl=client_tls)
+    assert page.headers["Strict-Transport-Security"] == "max-age=31536000"
+    token = parse_qs(urlsplit(c.link()).query)["token"][0]
+    used = await c.client.post(
+        "/console/login/link", data={"token": token}, headers={"Origin": c.origin},
+        ssl=client_tls,
+    )  # fmt: skip
+    assert used.status == 200
+    cookie = used.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
 
 
 # -- open redirects ------------------------------------------------------------------------
