@@ -449,3 +449,44 @@ def test_discovery_names_the_sign_in_endpoints(tenant: Tenant) -> None:
     assert doc["end_session_endpoint"] == f"{tenant.authority}/oauth2/v2.0/logout"
     assert doc["issuer"] == f"{tenant.authority}/v2.0"
     assert "code_challenge_methods_supported" not in doc  # the service does not list it
+
+
+def test_an_expired_code_or_sign_in_page_is_refused(tenant: Tenant) -> None:
+    app = tenant.app()
+    flow = app.initiate_auth_code_flow(["User.Read"], redirect_uri=REDIRECT)
+    answer = _sign_in(tenant.browser(), flow["auth_uri"], ADMIN, ADMIN_PASSWORD)
+    tenant.entra.sign_in.codes[answer["code"]].expires = 0  # ten minutes have passed
+    result = app.acquire_token_by_auth_code_flow(flow, answer)
+    assert result["error"] == "invalid_grant" and "AADSTS70008" in result["error_description"]
+
+    browser = tenant.browser()
+    page = browser.get(app.initiate_auth_code_flow(["User.Read"], redirect_uri=REDIRECT)
+                       ["auth_uri"], timeout=10)  # fmt: skip
+    stale = _submit(browser, page, ctx="not-a-pending-sign-in", login=ADMIN,
+                    passwd=ADMIN_PASSWORD, action="signin")  # fmt: skip
+    assert stale.status_code == 400 and "AADSTS50089" in stale.text
+
+
+def test_client_secret_basic_fragment_answer_max_age_and_email(tenant: Tenant) -> None:
+    verifier = "b" * 50
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    page = _authorize(
+        tenant, code_challenge=challenge.rstrip(b"=").decode(), response_mode="fragment",
+        scope="openid profile email", max_age="600",
+    )  # fmt: skip
+    browser = tenant.browser()
+    answer = _submit(browser, page, login=VIEWER, passwd=VIEWER_PASSWORD, action="signin")
+    location = urlsplit(answer.headers["Location"])
+    assert location.query == ""  # the answer is in the fragment only
+    code = parse_qs(location.fragment)["code"][0]
+    tokens = requests.post(
+        tenant.entra.token_url, auth=(CONSOLE, SECRET),
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+              "code_verifier": verifier},
+        verify=str(tenant.ca), timeout=10,
+    )  # fmt: skip
+    assert tokens.status_code == 200, tokens.text
+    claims = _claims_checked_with_jwks(tenant, tokens.json()["id_token"], CONSOLE)
+    assert claims["email"] == VIEWER and claims["nonce"] == "n1"
+    assert abs(claims["auth_time"] - claims["iat"]) <= 2
+    assert tokens.json()["scope"] == "openid profile email https://graph.microsoft.com/User.Read"

@@ -16,21 +16,25 @@ checks:
   demands it of single-page apps) is refused without one; ``response_mode`` ``query``
   (default), ``fragment`` or ``form_post``; ``prompt=none`` without a signed-in session is
   ``login_required`` (AADSTS50058).
-- The sign-in form posts to ``/{tenant}/login``: a wrong password shows the form again with
-  AADSTS50126 (the same for an unknown user: no account enumeration), ten wrong ones lock
-  the account (AADSTS50053), Cancel answers ``access_denied`` (AADSTS65004), the right one
-  sets the session cookie and answers ``code`` (+ ``state``, ``session_state``, and
-  ``client_info`` when asked). A signed-in session signs in again silently unless
-  ``prompt=login`` (or ``max_age`` has passed).
+- The sign-in form (:mod:`.signin_pages`: inputs ``login``/``passwd``, ids ``i0116``,
+  ``i0118``, buttons ``idSIButton9`` and ``idBtn_Back``, as on the service's page) posts to
+  ``/{tenant}/login``: a wrong password shows the form again with AADSTS50126 (the same for
+  an unknown user: no account enumeration); ten wrong ones lock the account for good
+  (AADSTS50053; a test tenant has no lockout timer); Cancel answers ``access_denied``
+  (AADSTS65004); the right one sets the session cookie and answers ``code`` (+ ``state``,
+  ``session_state``, and ``client_info`` when asked). A signed-in session signs in again
+  silently unless ``prompt=login``/``select_account`` or ``max_age`` has passed;
+  ``GET /{tenant}/oauth2/v2.0/logout`` ends it (back to ``post_logout_redirect_uri`` only
+  when some app registered it).
 - A code is single use, lives 10 minutes and is bound to the client, the redirect URI, the
   PKCE challenge, the nonce and the user. ``POST /{tenant}/oauth2/v2.0/token`` with
   ``grant_type=authorization_code`` checks, in order: the client (unknown AADSTS700016; a
-  confidential one must authenticate with its secret, in the body or HTTP Basic, or a
+  confidential one authenticates with its secret, in the body or HTTP Basic, or with a
   certificate assertion: missing AADSTS7000218, wrong AADSTS7000215; a public client
   presenting one AADSTS700025), the code (unknown or another client's AADSTS70000,
-  redeemed AADSTS54005, expired AADSTS70008; any attempt uses it up), ``redirect_uri``
-  equal to the authorize one (AADSTS500112) and ``code_verifier`` against the challenge
-  (AADSTS501481).
+  redeemed AADSTS54005, expired AADSTS70008; any redemption by its authenticated client
+  uses it up, so a guessed verifier gets one try), ``redirect_uri`` equal to the authorize
+  one (AADSTS500112) and ``code_verifier`` against the challenge (AADSTS501481).
 - The answer: ``access_token`` (for the resource of the requested scope, Microsoft Graph
   when none), ``id_token`` (RS256, ``kid``; ``iss`` the v2.0 issuer of discovery; ``aud``
   the client; ``sub`` pairwise per app; ``oid``, ``tid``, ``name`` and
@@ -175,6 +179,7 @@ class AuthCodeFlow(CodeGrant):
             return self._issue(wanted, self.users[session.username], session)
         if session is not None and wanted.prompt not in ("login", "select_account"):
             return self._issue(wanted, self.users[session.username], session)
+        self._forget_expired()
         ctx = secrets.token_urlsafe(24)
         self._pending[ctx] = (wanted, time.time() + CODE_TTL)
         return sign_in_page(self._login_url, ctx, app.name, login_hint=wanted.login_hint)
@@ -248,9 +253,17 @@ class AuthCodeFlow(CodeGrant):
             return None
         return session
 
+    def _forget_expired(self) -> None:
+        """Drop pending sign-ins past their time and codes long past theirs (a code is kept
+        a while after it expires or is redeemed, so reuse is still named as such)."""
+        now = time.time()
+        self._pending = {k: p for k, p in self._pending.items() if p[1] >= now}
+        self.codes = {k: c for k, c in self.codes.items() if c.expires + CODE_TTL >= now}
+
     def _issue(
         self, wanted: AuthorizationRequest, user: TestUser, session: BrowserSession
     ) -> web.Response:
+        self._forget_expired()
         code = secrets.token_urlsafe(64)
         self.codes[code] = IssuedCode(
             wanted, user, session.auth_time, session.session_id, time.time() + CODE_TTL

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 import jwt
 from aiohttp import web
@@ -61,6 +62,11 @@ class CodeGrant:
     # -- the token endpoint: grant_type=authorization_code ---------------------------------
     def redeem(self, form: Mapping[str, Any], authorization: str) -> web.Response:
         client_id, secret = _basic_auth(authorization)
+        if client_id and form.get("client_id", client_id) != client_id:
+            return oauth_error(
+                400, "invalid_request",
+                "AADSTS90014: The client id of the Authorization header and of the body differ.",
+            )  # fmt: skip
         client_id = client_id or str(form.get("client_id", ""))
         secret = secret if secret is not None else form.get("client_secret")
         app = self.apps.get(client_id)
@@ -207,7 +213,8 @@ def _verifier_fits(wanted: AuthorizationRequest, verifier: Any) -> bool:
 
 
 def _basic_auth(header: str) -> tuple[str, str | None]:
-    """client_secret_basic: (client id, secret) from an HTTP Basic header, else ("", None)."""
+    """client_secret_basic: (client id, secret) from an HTTP Basic header, else ("", None).
+    Both are form-urlencoded before base64 (RFC 6749 §2.3.1)."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic" or not value:
         return "", None
@@ -215,4 +222,4 @@ def _basic_auth(header: str) -> tuple[str, str | None]:
         client_id, _, secret = base64.b64decode(value, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         return "", None
-    return client_id, secret
+    return unquote_plus(client_id), unquote_plus(secret)
