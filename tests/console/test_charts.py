@@ -178,3 +178,13 @@ def test_an_axis_ending_now_covers_the_window_in_whole_buckets() -> None:
     assert ax.start % 120 == 0 and ax.start <= T0 + 125 - 3600
     assert ax.index(T0 + 125.0) == ax.count - 1
     assert ax.index(ax.start - 1) is None and ax.index(T0 + 10_000) is None
+
+
+def test_small_multiples_share_one_legend() -> None:
+    every, _ = charts.series_of([Bucket(T0, "etl", allowed=1)], axis())
+    alone = parse(charts.stacked_bars(every, axis(), frame=charts.SMALL, ident="a", keyed=False))
+    assert alone.find("ul") is None
+    shared = ET.fromstring(str(charts.legend()))  # noqa: S314 - markup this module rendered
+    assert [("".join(li.itertext())) for li in shared] == [
+        "Allowed", "Upstream errors", "Throttled", "Denied"
+    ]  # fmt: skip

@@ -263,9 +263,12 @@ def summary(series: Series, axis: TimeAxis) -> str:
     )
 
 
-def stacked_bars(series: Series, axis: TimeAxis, *, frame: Frame = LARGE, ident: str) -> Markup:
-    """``series`` as a ``<figure>``: the SVG, its legend and its table. ``ident`` makes the
-    figure's element ids unique on the page (one per chart)."""
+def stacked_bars(
+    series: Series, axis: TimeAxis, *, frame: Frame = LARGE, ident: str, keyed: bool = True
+) -> Markup:
+    """``series`` as a ``<figure>``: the SVG, its legend (unless ``keyed`` is False: small
+    multiples share one :func:`legend`) and its table. ``ident`` makes the figure's element
+    ids unique on the page (one per chart)."""
     slug = escape(ident)
     title = escape(series.label)
     head = f'<figure class="chart" id="chart-{slug}"><figcaption>{title}</figcaption>'
@@ -273,7 +276,11 @@ def stacked_bars(series: Series, axis: TimeAxis, *, frame: Frame = LARGE, ident:
         return _built(f'{head}<p class="empty">No requests in this window.</p></figure>')
     ticks = nice_ticks(max(c.total for c in series.counts))
     return _built(
-        head + _svg(series, axis, frame, ticks) + _legend() + _table(series, axis) + "</figure>"
+        head
+        + _svg(series, axis, frame, ticks)
+        + (_legend() if keyed else "")
+        + _table(series, axis)
+        + "</figure>"
     )
 
 
@@ -355,6 +362,11 @@ def _bar(
 def _decision_href(series: Series, kind: str, start: float, bucket: float) -> str:
     filters = next(f for k, _, f in KINDS if k == kind)
     return audit_href(dag=series.dag, since=start, until=start + bucket, **filters)
+
+
+def legend() -> Markup:
+    """What the colours mean, for charts drawn without their own."""
+    return _built(_legend())
 
 
 def _legend() -> str:

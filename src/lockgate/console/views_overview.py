@@ -101,8 +101,9 @@ async def overview(request: web.Request) -> web.StreamResponse:
         dag_count=len({b.dag for b in data.buckets if b.dag is not None}),
         tokens_issued=data.tokens_issued,
         chart_all=charts.stacked_bars(every, axis, ident="all"),
+        legend=charts.legend(),
         chart_dags=[
-            charts.stacked_bars(s, axis, frame=charts.SMALL, ident=f"dag-{i}")
+            charts.stacked_bars(s, axis, frame=charts.SMALL, ident=f"dag-{i}", keyed=False)
             for i, s in enumerate(per_dag)
         ],
         denied_dags=denied_dags,
