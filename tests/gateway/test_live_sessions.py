@@ -15,6 +15,8 @@ from lockgate.errors import StoreUnavailable
 from lockgate.gateway.live_sessions import SessionRegistry
 from lockgate.identity.model import Claims
 from lockgate.store import Cursor, SqliteDatabase
+from tests.store import conftest as store_fixtures
+from tests.store.conftest import OpenDatabase
 
 
 def claims(jti: str = "j1", dag: str = "etl", run: str = "run-1") -> Claims:
@@ -197,3 +199,28 @@ async def test_the_running_registry_writes_within_a_second_off_the_loop(tmp_path
     await reg.aclose()  # its rows go with it
     assert reader.open_sessions() == []
     reader.close()
+
+
+open_db = store_fixtures.open_db  # the test taking it runs on SQLite and on PostgreSQL
+
+
+def test_replicas_share_the_registry_on_either_database(open_db: OpenDatabase) -> None:
+    clock = Clock()
+    a = SessionRegistry(open_db(), "a", 0, clock=clock, heartbeat_interval=5, stale_after=15)
+    b = SessionRegistry(open_db(), "b", 0, clock=clock, heartbeat_interval=5, stale_after=15)
+    a.start()
+    b.start()
+    ids = [a.opened("postgres", "pg", claims(f"a{i}"), "p:1") for i in range(450)]
+    b.opened("cql", "cass", claims("b0"), "p:2")
+    assert a.flush() == 450 and b.flush() == 1
+    assert len(b.open_sessions(limit=1000)) == 451
+    for sid in ids[:400]:
+        a.closed(sid)
+    a.flush()
+    assert {s.where for s in b.open_sessions(limit=1000)} == {"a/0", "b/0"}
+    assert len(a.open_sessions(limit=1000)) == 51
+    # replica a dies; b's heartbeats purge its sessions
+    for _ in range(4):
+        clock.now += 5
+        b.flush()
+    assert [s.jti for s in b.open_sessions()] == ["b0"]
