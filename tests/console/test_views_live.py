@@ -334,3 +334,25 @@ def test_live_tokens_leave_out_expired_ones_and_say_when_more_were_issued(
         assert [t.jti for t in newest.tokens] == [new.jti] and newest.more
         later = live_tokens(reader, state.revocations, max_ttl=3600, now=time.time() + 901)
         assert later.tokens == []  # expired
+
+
+async def test_a_record_that_cannot_be_written_after_the_change_is_said_so(
+    state: State, trail: Trail
+) -> None:
+    from lockgate.errors import AuditUnavailable
+
+    class FailingWrite:
+        def check_writable(self) -> None:
+            return None
+
+        async def write(self, record: AuditRecord) -> None:
+            raise AuditUnavailable("disk full")
+
+    token, claims = mint(state, trail)
+    ctx = context_of(state, trail)
+    ctx.audit = FailingWrite()
+    async for c in serve(ctx):
+        status, _, page = await c.post({"act": "revoke_token", "jti": claims.jti})
+        assert status == 503 and "in force" in page and "disk full" not in page
+    with pytest.raises(AuthenticationError):  # a revocation is never taken back
+        verifier(state).verify(token, RESOURCE)

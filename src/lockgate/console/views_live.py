@@ -194,31 +194,39 @@ async def act(request: web.Request) -> web.StreamResponse:
     if target["deployment"] and ctx.config.deployment(target["deployment"]) is None:
         raise web.HTTPBadRequest(text=f"deployment: no deployment named {target['deployment']!r}")
     check = getattr(ctx.audit, "check_writable", None)
+    stored = False
     try:
         if callable(check):  # refuse before anything is stored when the trail cannot write
             check()
         record = await ctx.revocations.off_loop(_apply, ctx, name, target, reason, user)
+        stored = True
         if record is not None:
             await _audit(ctx, record)
     except Exception as exc:
         log.error("console action failed", extra={"fields": {"act": name, "error": str(exc)}})
         return render(
             request, "live_confirm.html", status=503, act=name, spec=spec, target=target,
-            effect=effect(name, target), failed=_failure(exc),
+            effect=effect(name, target), failed=_failure(exc, stored),
         )  # fmt: skip
     done = name if record is not None else f"no_{name}"
     query = {"done": done, **{k: v for k, v in target.items() if v}}
     raise web.HTTPSeeOther("/console/live?" + urlencode(query))
 
 
-def _failure(exc: Exception) -> str:
+def _failure(exc: Exception, stored: bool) -> str:
+    """What the person is told: whether anything changed, never the error's text."""
     from lockgate.errors import AuditUnavailable, StoreUnavailable
 
+    if stored:  # it cannot be taken back: a revocation undone would let a token through
+        return (
+            "The change is in force, but its audit record could not be written; tell whoever "
+            "reads the trail. The gateway's log says more."
+        )
     if isinstance(exc, AuditUnavailable):
         return "The audit trail cannot be written: nothing was done. Try again shortly."
     if isinstance(exc, StoreUnavailable):
         return "The revocation store cannot be reached: nothing was done. Try again shortly."
-    return "The action failed; the gateway's log says more."
+    return "The action failed and nothing was done; the gateway's log says more."
 
 
 def _apply(
