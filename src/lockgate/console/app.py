@@ -53,7 +53,9 @@ def console_app(ctx: ConsoleContext) -> web.Application:
     app = web.Application(middlewares=[auth.session_middleware])
     app[CTX] = ctx
     app[ENV] = environment()
-    app[auth.STORE] = ConsoleStore(ctx.database("console"))
+    app[auth.STORE] = ConsoleStore(
+        ctx.database("console"), idle_timeout=ctx.config.console.idle_timeout
+    )
     settings = ctx.config.console.oidc
     oidc = OidcClient(settings, redirect_uri(ctx)) if settings is not None else None
     app[auth.OIDC] = oidc

@@ -83,10 +83,18 @@ class ConsoleStore:
     """Sessions, pending sign-ins and links over one database (see the module docstring).
 
     ``where``: the State's database (``ctx.database("console")``), a SQLite path, or None
-    (in memory: tests)."""
+    (in memory: tests). ``idle_timeout``: sessions idle that long are purged too (None:
+    only at their expiry; :meth:`lookup` refuses them either way)."""
 
-    def __init__(self, where: Database | None, *, migrate_schema: bool | None = None) -> None:
+    def __init__(
+        self,
+        where: Database | None,
+        *,
+        idle_timeout: float | None = None,
+        migrate_schema: bool | None = None,
+    ) -> None:
         self.db, self._owned = open_store(where, DOMAIN, MIGRATIONS, migrate_schema=migrate_schema)
+        self.idle_timeout = idle_timeout
         self._lock = threading.Lock()
         self._last_purge = float("-inf")
 
@@ -224,6 +232,9 @@ class ConsoleStore:
             self._last_purge = now
         with self.db.transaction() as cur:
             cur.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
+            if self.idle_timeout is not None:
+                idle_since = now - self.idle_timeout
+                cur.execute("DELETE FROM console_sessions WHERE last_seen <= ?", (idle_since,))
             cur.execute("DELETE FROM console_pending WHERE expires_at <= ?", (now,))
             cur.execute("DELETE FROM console_links WHERE expires_at <= ?", (now - 86400,))
 
