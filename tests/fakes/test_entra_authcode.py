@@ -490,3 +490,40 @@ def test_client_secret_basic_fragment_answer_max_age_and_email(tenant: Tenant) -
     assert claims["email"] == VIEWER and claims["nonce"] == "n1"
     assert abs(claims["auth_time"] - claims["iat"]) <= 2
     assert tokens.json()["scope"] == "openid profile email https://graph.microsoft.com/User.Read"
+
+
+def test_msal_refreshes_silently_for_another_resource_until_sessions_are_revoked(
+    tenant: Tenant,
+) -> None:
+    user, password = "erin@contoso.example", "erin-pw"
+    tenant.entra.add_user(user, password, roles=["Lockgate.Operator"])
+    app = tenant.app()
+    flow = app.initiate_auth_code_flow(["User.Read"], redirect_uri=REDIRECT)
+    signed_in = app.acquire_token_by_auth_code_flow(
+        flow, _sign_in(tenant.browser(), flow["auth_uri"], user, password)
+    )
+    assert signed_in["refresh_token"]  # MSAL asks offline_access
+    account = app.get_accounts(username=user)[0]
+    again = app.acquire_token_silent_with_error(["User.Read"], account, force_refresh=True)
+    assert again is not None and "access_token" in again, again
+    assert again["access_token"] != signed_in["access_token"]
+    refreshed = again["id_token_claims"]
+    assert "nonce" not in refreshed and refreshed["roles"] == ["Lockgate.Operator"]
+    assert refreshed["sub"] == signed_in["id_token_claims"]["sub"]
+    orders = app.acquire_token_silent_with_error(["api://orders/Orders.Read"], account)
+    assert orders is not None and "access_token" in orders, orders
+    assert tenant.entra.verify(orders["access_token"], "api://orders")["scp"] == "Orders.Read"
+    assert tenant.entra.token_requests[-1].form["refresh_token"] == "<redacted>"
+
+    stolen = requests.post(
+        tenant.entra.token_url,
+        data={"grant_type": "refresh_token", "client_id": OTHER, "client_secret": "other-secret",
+              "refresh_token": signed_in["refresh_token"], "scope": "User.Read"},
+        verify=str(tenant.ca), timeout=10,
+    )  # fmt: skip
+    assert stolen.status_code == 400 and "AADSTS70000" in stolen.json()["error_description"]
+
+    assert tenant.entra.revoke_sign_in_sessions(user) >= 1
+    revoked = app.acquire_token_silent_with_error(["User.Read"], account, force_refresh=True)
+    assert revoked is not None and revoked["error"] == "invalid_grant"
+    assert "AADSTS50173" in revoked["error_description"]

@@ -27,8 +27,8 @@ Issued access tokens are RS256 JWTs: ``aud`` the resource, ``iss``
 ``https://sts.windows.net/{tenant}/``, ``appid``/``azp`` the client, ``tid``, ``exp``.
 Secrets, certificates and federated identity credentials can be added and withdrawn while
 running (rotation). ``token_requests`` records each token request (secrets, assertions,
-codes and code verifiers replaced by ``<redacted>``; an assertion's header and claims kept,
-which are not secret).
+codes, code verifiers and refresh tokens replaced by ``<redacted>``; an assertion's header
+and claims kept, which are not secret).
 
 Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
@@ -66,7 +66,7 @@ from .federation import (
 from .issuer_keys import IssuerKeys
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-_REDACTED = ("client_secret", "client_assertion", "code", "code_verifier")
+_REDACTED = ("client_secret", "client_assertion", "code", "code_verifier", "refresh_token")
 
 
 @dataclass
@@ -141,6 +141,11 @@ class FakeEntra:
     ) -> TestUser:
         """A person of the tenant; ``roles`` are the app role values assigned to them."""
         return self.sign_in.add_user(username, password, name=name, roles=roles, oid=oid)
+
+    def revoke_sign_in_sessions(self, username: str) -> int:
+        """End the person's browser sessions and refresh tokens (Graph's
+        ``revokeSignInSessions``); how many refresh tokens there were."""
+        return self.sign_in.revoke_sign_in_sessions(username)
 
     # -- federated identity credentials (what ``az ad app federated-credential`` manages) --
     def add_federated_credential(
@@ -265,14 +270,21 @@ class FakeEntra:
     async def _token(self, request: web.Request, form: Any) -> web.Response:
         if not self._tenant_ok(request):
             return self._refuse(400, "invalid_tenant", "tenant not found")
-        if form.get("grant_type") == "authorization_code":
-            answer = self.sign_in.redeem(form, request.headers.get("Authorization", ""))
+        if form.get("grant_type") in ("authorization_code", "refresh_token"):
+            grant = (
+                self.sign_in.redeem
+                if form.get("grant_type") == "authorization_code"
+                else self.sign_in.refresh
+            )
+            answer = grant(form, request.headers.get("Authorization", ""))
             if answer.status != 200 and isinstance(answer.body, bytes):
                 self.refusals.append(json.loads(answer.body)["error"])
             return answer
         if form.get("grant_type") != "client_credentials":
             return self._refuse(
-                400, "unsupported_grant_type", "only client_credentials and authorization_code"
+                400,
+                "unsupported_grant_type",
+                "only client_credentials, authorization_code and refresh_token",
             )
         client_id = str(form.get("client_id", ""))
         scope = str(form.get("scope", ""))

@@ -35,12 +35,13 @@ checks:
   redeemed AADSTS54005, expired AADSTS70008; any redemption by its authenticated client
   uses it up, so a guessed verifier gets one try), ``redirect_uri`` equal to the authorize
   one (AADSTS500112) and ``code_verifier`` against the challenge (AADSTS501481).
+  ``grant_type=refresh_token`` is in :mod:`.code_grant`.
 - The answer: ``access_token`` (for the resource of the requested scope, Microsoft Graph
   when none), ``id_token`` (RS256, ``kid``; ``iss`` the v2.0 issuer of discovery; ``aud``
   the client; ``sub`` pairwise per app; ``oid``, ``tid``, ``name`` and
   ``preferred_username`` (scope ``profile``), ``roles`` (the user's app roles the app
   defines), ``nonce``, ``iat``/``nbf``/``exp`` one hour, ``ver`` 2.0), ``token_type``,
-  ``expires_in``, ``scope``. No refresh token is issued.
+  ``expires_in``, ``scope``, and a ``refresh_token`` when ``offline_access`` was asked.
 
 Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
@@ -88,6 +89,7 @@ class AuthCodeFlow(CodeGrant):
         self.apps: dict[str, RegisteredApp] = {}
         self.users: dict[str, TestUser] = {}  # by lower-cased username (UPNs ignore case)
         self.codes: dict[str, IssuedCode] = {}
+        self.refresh_tokens: dict[str, IssuedCode] = {}
         self.id_tokens: list[dict[str, Any]] = []  # claims of issued ID tokens
         self._pending: dict[str, tuple[AuthorizationRequest, float]] = {}
         self._sessions: dict[str, BrowserSession] = {}
@@ -243,9 +245,12 @@ class AuthCodeFlow(CodeGrant):
         answer.del_cookie(SESSION_COOKIE, path=f"/{self.entra.tenant}/")
         return answer
 
-    def sign_out_everyone(self) -> None:
-        """Forget every browser session (what revoking sign-in sessions does)."""
-        self._sessions.clear()
+    def revoke_sign_in_sessions(self, username: str) -> int:
+        """End the person's browser sessions and refresh tokens (Graph's
+        ``revokeSignInSessions``); how many refresh tokens there were."""
+        gone = username.lower()
+        self._sessions = {k: v for k, v in self._sessions.items() if v.username != gone}
+        return super().revoke_sign_in_sessions(username)
 
     def _session_of(self, request: web.Request) -> BrowserSession | None:
         session = self._sessions.get(request.cookies.get(SESSION_COOKIE, ""))

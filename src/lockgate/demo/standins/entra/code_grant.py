@@ -1,6 +1,13 @@
-"""The token endpoint's ``grant_type=authorization_code``: the client authenticates, the
-code is redeemed once against its redirect URI and PKCE verifier, and the answer carries an
-access token and (scope ``openid``) the ID token. See :mod:`.authcode` for the whole flow.
+"""The token endpoint's ``grant_type=authorization_code`` and ``refresh_token``: the client
+authenticates, the code is redeemed once against its redirect URI and PKCE verifier, and the
+answer carries an access token, (scope ``openid``) the ID token and (scope
+``offline_access``) a refresh token. See :mod:`.authcode` for the whole flow.
+
+A refresh token (opaque, 90 days, bound to the client) gets new tokens for any one resource
+(``scope``; the service's refresh tokens are multi-resource), an ID token without ``nonce``
+and a new refresh token; the old one stays valid, as the service's do for web apps.
+Revoking a person's sign-in sessions (what Graph's ``revokeSignInSessions`` does) ends
+their refresh tokens: AADSTS50173.
 
 Part of a stand-in for demos and tests, written from the public docs: not the service.
 """
@@ -15,6 +22,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -27,6 +35,7 @@ from .directory import (
     PKCE_VALUE,
     AuthorizationRequest,
     IssuedCode,
+    Refused,
     RegisteredApp,
     TestUser,
     b64,
@@ -39,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ["CodeGrant"]
 
+REFRESH_TTL = 90 * 24 * 3600
+
 
 class CodeGrant:
     """The token side of the flow; :class:`.authcode.AuthCodeFlow` holds the state."""
@@ -46,6 +57,7 @@ class CodeGrant:
     entra: FakeEntra
     apps: dict[str, RegisteredApp]
     codes: dict[str, IssuedCode]
+    refresh_tokens: dict[str, IssuedCode]  # what each refresh token stands for
     id_tokens: list[dict[str, Any]]
 
     def pairwise_subject(self, user: TestUser, client_id: str) -> str:
@@ -59,33 +71,28 @@ class CodeGrant:
     def _client_info(self, user: TestUser) -> str:
         return b64(json.dumps({"uid": user.oid, "utid": self.entra.tenant}).encode())
 
+    def revoke_sign_in_sessions(self, username: str) -> int:
+        """End every refresh token of ``username``; how many there were."""
+        ended = [
+            g for g in self.refresh_tokens.values()
+            if g.user.username.lower() == username.lower() and not g.revoked
+        ]  # fmt: skip
+        for grant in ended:
+            grant.revoked = True  # kept, so its use is answered as revoked
+        return len(ended)
+
     # -- the token endpoint: grant_type=authorization_code ---------------------------------
     def redeem(self, form: Mapping[str, Any], authorization: str) -> web.Response:
-        client_id, secret = _basic_auth(authorization)
-        if client_id and form.get("client_id", client_id) != client_id:
-            return oauth_error(
-                400, "invalid_request",
-                "AADSTS90014: The client id of the Authorization header and of the body differ.",
-            )  # fmt: skip
-        client_id = client_id or str(form.get("client_id", ""))
-        secret = secret if secret is not None else form.get("client_secret")
-        app = self.apps.get(client_id)
-        if app is None:
-            return oauth_error(
-                400, "unauthorized_client",
-                f"AADSTS700016: Application with identifier '{client_id}' was not found in "
-                f"the directory '{self.entra.tenant}'.",
-            )  # fmt: skip
-        refused = self._authenticate(app, None if secret is None else str(secret), form)
-        if refused is not None:
-            return oauth_error(401, "invalid_client", refused)
+        app = self._client(form, authorization)
+        if isinstance(app, web.Response):
+            return app
         if "code" not in form:
             return oauth_error(
                 400, "invalid_request",
                 "AADSTS900144: The request body must contain the following parameter: 'code'.",
             )  # fmt: skip
         issued = self.codes.get(str(form["code"]))
-        if issued is None or issued.request.app.client_id != client_id:
+        if issued is None or issued.request.app is not app:
             return oauth_error(
                 400, "invalid_grant",
                 "AADSTS70000: The provided value for the 'code' parameter is not valid.",
@@ -115,10 +122,80 @@ class CodeGrant:
                 "AADSTS501481: The Code_Verifier does not match the code_challenge supplied "
                 "in the authorization request.",
             )  # fmt: skip
+        return self._answer(issued, form)
+
+    # -- the token endpoint: grant_type=refresh_token --------------------------------------
+    def refresh(self, form: Mapping[str, Any], authorization: str) -> web.Response:
+        app = self._client(form, authorization)
+        if isinstance(app, web.Response):
+            return app
+        if "refresh_token" not in form:
+            return oauth_error(
+                400, "invalid_request",
+                "AADSTS900144: The request body must contain the following parameter: "
+                "'refresh_token'.",
+            )  # fmt: skip
+        grant = self.refresh_tokens.get(str(form["refresh_token"]))
+        if grant is None:
+            return oauth_error(
+                400, "invalid_grant",
+                "AADSTS9002313: Invalid request. Request is malformed or invalid.",
+            )  # fmt: skip
+        if grant.revoked:
+            return oauth_error(
+                400, "invalid_grant",
+                "AADSTS50173: The provided grant has expired due to it being revoked, a fresh "
+                "auth token is needed.",
+            )  # fmt: skip
+        if grant.request.app is not app:
+            return oauth_error(
+                400, "invalid_grant",
+                "AADSTS70000: The refresh token was issued to a different client.",
+            )  # fmt: skip
+        if grant.expires < time.time():
+            return oauth_error(
+                400, "invalid_grant",
+                "AADSTS700082: The refresh token has expired due to inactivity.",
+            )  # fmt: skip
+        scopes = tuple(str(form.get("scope", "")).split()) or grant.request.scopes
+        try:
+            resource_of(scopes)
+        except Refused as refused:
+            return oauth_error(400, refused.error, refused.description)
+        # The original sign-in's OIDC scopes hold; the resource is the one asked now. A
+        # refreshed ID token carries no nonce (OpenID Connect Core §12.2).
+        kept = tuple(s for s in grant.request.scopes if s in OIDC_SCOPES)
+        wanted = replace(grant.request, scopes=kept + tuple(s for s in scopes if s not in kept),
+                         nonce=None, max_age=None)  # fmt: skip
+        return self._answer(replace(grant, request=wanted), form)
+
+    def _answer(self, grant: IssuedCode, form: Mapping[str, Any]) -> web.Response:
         return web.json_response(
-            self._tokens(issued, client_info=form.get("client_info") == "1"),
+            self._tokens(grant, client_info=form.get("client_info") == "1"),
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
+
+    def _client(self, form: Mapping[str, Any], authorization: str) -> RegisteredApp | web.Response:
+        """The registered app the request authenticates as, or the refusal."""
+        client_id, secret = _basic_auth(authorization)
+        if client_id and form.get("client_id", client_id) != client_id:
+            return oauth_error(
+                400, "invalid_request",
+                "AADSTS90014: The client id of the Authorization header and of the body differ.",
+            )  # fmt: skip
+        client_id = client_id or str(form.get("client_id", ""))
+        secret = secret if secret is not None else form.get("client_secret")
+        app = self.apps.get(client_id)
+        if app is None:
+            return oauth_error(
+                400, "unauthorized_client",
+                f"AADSTS700016: Application with identifier '{client_id}' was not found in "
+                f"the directory '{self.entra.tenant}'.",
+            )  # fmt: skip
+        refused = self._authenticate(app, None if secret is None else str(secret), form)
+        if refused is not None:
+            return oauth_error(401, "invalid_client", refused)
+        return app
 
     def _authenticate(
         self, app: RegisteredApp, secret: str | None, form: Mapping[str, Any]
@@ -165,6 +242,10 @@ class CodeGrant:
         }  # fmt: skip
         if "openid" in wanted.scopes:
             answer["id_token"] = self._sign(self._id_claims(issued, now))
+        if "offline_access" in wanted.scopes:
+            refresh_token = secrets.token_urlsafe(96)
+            self.refresh_tokens[refresh_token] = replace(issued, expires=now + REFRESH_TTL)
+            answer["refresh_token"] = refresh_token
         if client_info:
             answer["client_info"] = self._client_info(user)
         return answer

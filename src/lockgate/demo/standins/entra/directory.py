@@ -98,12 +98,15 @@ class AuthorizationRequest:
 
 @dataclass
 class IssuedCode:
+    """What a code (or a refresh token) stands for: the sign-in it came from."""
+
     request: AuthorizationRequest
     user: TestUser
     auth_time: int
     session_id: str
     expires: float
     redeemed: bool = False
+    revoked: bool = False
 
 
 @dataclass
