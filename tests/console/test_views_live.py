@@ -356,3 +356,41 @@ async def test_a_record_that_cannot_be_written_after_the_change_is_said_so(
         assert status == 503 and "in force" in page and "disk full" not in page
     with pytest.raises(AuthenticationError):  # a revocation is never taken back
         verifier(state).verify(token, RESOURCE)
+
+
+async def test_every_input_has_a_label_and_every_table_a_caption(
+    state: State, trail: Trail, console: Console
+) -> None:
+    from html.parser import HTMLParser
+
+    class Page(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inputs: list[str] = []
+            self.labels: set[str] = set()
+            self.tables = self.captions = 0
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = dict(attrs)
+            if tag == "input" and a.get("type") != "hidden":
+                self.inputs.append(a.get("id") or "")
+            elif tag == "label":
+                self.labels.add(a.get("for") or "")
+            elif tag == "table":
+                self.tables += 1
+            elif tag == "caption":
+                self.captions += 1
+
+    _, claims = mint(state, trail)
+    state.revocations.block("prod", "reports", "someone", "test")
+    for path, params in (
+        ("/console/live", {}),
+        ("/console/live/confirm", {"act": "revoke_token", "jti": claims.jti}),
+    ):
+        status, html = await console.get(path, **params)
+        assert status == 200
+        page = Page()
+        page.feed(html)
+        assert page.inputs and all(i and i in page.labels for i in page.inputs), page.inputs
+        assert page.tables == page.captions
+        assert "style=" not in html and "<script" not in html
