@@ -18,6 +18,7 @@ from aiohttp import web
 from lockgate.console import (
     auth,
     views_access,
+    views_audit,
     views_credentials,
     views_live,
     views_overview,
@@ -33,6 +34,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 #: The view modules; each exposes ``add_routes(app)``.
 VIEWS: tuple[ModuleType, ...] = (
     views_overview,
+    views_audit,
     views_access,
     views_live,
     views_credentials,
@@ -68,19 +70,8 @@ def console_app(ctx: ConsoleContext) -> web.Application:
     auth.add_routes(app)
     for view in VIEWS:
         view.add_routes(app)
-    if not any(_serves_home(r) for r in app.router.resources()):
-        app.router.add_get("/", _home_placeholder)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
     return app
-
-
-def _serves_home(resource: web.AbstractResource) -> bool:
-    return resource.canonical == "/"
-
-
-async def _home_placeholder(request: web.Request) -> web.StreamResponse:
-    """Until the overview lands: the audit explorer is the console's front page."""
-    raise web.HTTPFound("/console/audit")
 
 
 def mount(root: web.Application, ctx: ConsoleContext) -> None:
