@@ -324,6 +324,8 @@ def test_a_confidential_client_must_present_its_secret(tenant: Tenant) -> None:
     # A refused client authentication does not use the code up (another client could
     # otherwise burn it); the right secret still redeems it.
     assert "id_token" in tenant.app().acquire_token_by_auth_code_flow(flow, answer)
+    no_code = _redeem(tenant, "")
+    assert no_code.status_code == 400 and "AADSTS900144" in no_code.json()["error_description"]
     missing = _redeem(tenant, "whatever", client_secret="")
     assert missing.status_code == 401 and "AADSTS7000218" in missing.json()["error_description"]
     basic = requests.post(

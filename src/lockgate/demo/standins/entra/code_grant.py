@@ -83,15 +83,11 @@ class CodeGrant:
 
     # -- the token endpoint: grant_type=authorization_code ---------------------------------
     def redeem(self, form: Mapping[str, Any], authorization: str) -> web.Response:
-        app = self._client(form, authorization)
-        if isinstance(app, web.Response):
-            return app
-        if "code" not in form:
-            return oauth_error(
-                400, "invalid_request",
-                "AADSTS900144: The request body must contain the following parameter: 'code'.",
-            )  # fmt: skip
-        issued = self.codes.get(str(form["code"]))
+        presented = self._presented(form, authorization, "code")
+        if isinstance(presented, web.Response):
+            return presented
+        app, code = presented
+        issued = self.codes.get(code)
         if issued is None or issued.request.app is not app:
             return oauth_error(
                 400, "invalid_grant",
@@ -126,16 +122,11 @@ class CodeGrant:
 
     # -- the token endpoint: grant_type=refresh_token --------------------------------------
     def refresh(self, form: Mapping[str, Any], authorization: str) -> web.Response:
-        app = self._client(form, authorization)
-        if isinstance(app, web.Response):
-            return app
-        if "refresh_token" not in form:
-            return oauth_error(
-                400, "invalid_request",
-                "AADSTS900144: The request body must contain the following parameter: "
-                "'refresh_token'.",
-            )  # fmt: skip
-        grant = self.refresh_tokens.get(str(form["refresh_token"]))
+        presented = self._presented(form, authorization, "refresh_token")
+        if isinstance(presented, web.Response):
+            return presented
+        app, refresh_token = presented
+        grant = self.refresh_tokens.get(refresh_token)
         if grant is None:
             return oauth_error(
                 400, "invalid_grant",
@@ -174,6 +165,22 @@ class CodeGrant:
             self._tokens(grant, client_info=form.get("client_info") == "1"),
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
+
+    def _presented(
+        self, form: Mapping[str, Any], authorization: str, parameter: str
+    ) -> tuple[RegisteredApp, str] | web.Response:
+        """The registered app the request authenticates as and the grant's ``parameter``
+        (the code or refresh token), or the refusal."""
+        app = self._client(form, authorization)
+        if isinstance(app, web.Response):
+            return app
+        if parameter not in form:
+            return oauth_error(
+                400, "invalid_request",
+                "AADSTS900144: The request body must contain the following parameter: "
+                f"'{parameter}'.",
+            )  # fmt: skip
+        return app, str(form[parameter])
 
     def _client(self, form: Mapping[str, Any], authorization: str) -> RegisteredApp | web.Response:
         """The registered app the request authenticates as, or the refusal."""
