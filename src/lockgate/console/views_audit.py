@@ -140,9 +140,12 @@ def badge(row: AuditRow) -> str:
     return row.decision if row.decision in DECISIONS else ""
 
 
-def shadow_of(row: AuditRow) -> Mapping[str, object] | None:
+def shadow_of(row: AuditRow) -> dict[str, str] | None:
+    """A record's shadow verdict (decision, rule, reason; "" where it has none), or None."""
     verdict = row.detail.get("shadow")
-    return verdict if isinstance(verdict, dict) else None
+    if not isinstance(verdict, dict):
+        return None
+    return {k: str(verdict.get(k) or "") for k in ("decision", "rule", "reason")}
 
 
 def short(text: str | None, most: int = 60) -> str:

@@ -12,7 +12,7 @@ from lockgate.audit import AuditRow
 
 WIDTH = 960
 LABELS = 200  # the lane labels' column
-RIGHT = 24
+RIGHT = 48  # room for the last time label
 TOP = 8
 LANE = 28
 AXIS = 36
