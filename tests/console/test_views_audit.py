@@ -56,6 +56,8 @@ def _records() -> list[AuditRecord]:
                 jti=f"jti-{i % 5}",
                 detail={"i": i, "shadow": {"decision": "deny", "rule": None}}
                 if i == 9
+                else {"i": i, "shadow": {"decision": "allow"}}
+                if i == 19
                 else {"i": i},
             )
         )
@@ -185,8 +187,8 @@ async def test_the_filters_alerts_link_with_and_the_form_keeps_them(
         ("since=2026-01-01T00:10&until=2026-01-01T00:20", 20),
         ("since=1767226200&until=1767226800", 20),
         ("deployment=stage", 0),
-        ("shadow=1", 1),
-        ("shadow=on&dag=etl", 1),
+        ("shadow=1", 2),
+        ("shadow=on&dag=etl", 2),
     ],
 )
 async def test_each_filter(trail: Path, serve: Callable[..., Any], query: str, count: int) -> None:
@@ -337,3 +339,48 @@ async def test_an_empty_trail(tmp_path: Path, serve: Callable[..., Any]) -> None
     assert status == 200 and "0 records match" in html and "No record matches" in html
     status, body, _ = await client.get("/console/audit/export.csv")
     assert status == 200 and body.splitlines() == [",".join(CSV_COLUMNS)]
+
+
+async def test_shared_trail_pages_and_records_by_replica(
+    tmp_path: Path, serve: Callable[..., Any], pg_state: Callable[..., Any]
+) -> None:
+    from tests.audit.shared_helpers import shipping
+
+    settings = pg_state()
+    for replica, records in (("r1", _records()[:70]), ("r2", _records()[70:])):
+        log = AuditLog(tmp_path / replica / "audit.db", shipping=shipping(replica, settings))
+        try:
+            for r in records:
+                log.emit(r)
+            assert log.flush(10)
+        finally:
+            log.close()  # ships what is committed
+    db = tmp_path / "r1" / "audit.db"
+    ctx = _context(db)
+    ctx.audit_reader = lambda: AuditReader(db, shipping=shipping("r1", settings))
+    app = views_app(ctx, views_audit.add_routes)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with ClientSession() as session:
+        client = Client(server, session)
+        status, html, _ = await client.get("/console/audit")
+        assert status == 200 and "120 records match" in html
+        links = re.findall(r'href="/console/audit/record/(\d+)\?replica=(r\d)"', html)
+        path, pages = _older(html), [links]
+        while path is not None:
+            status, html, _ = await client.get(path)
+            pages.append(re.findall(r'href="/console/audit/record/(\d+)\?replica=(r\d)"', html))
+            path = _older(html)
+        seen = [link for page in pages for link in page]
+        # newest first across both replicas (r2 holds the newer half), none twice
+        expected = [(str(s), "r2") for s in range(50, 0, -1)]
+        expected += [(str(s), "r1") for s in range(70, 0, -1)]
+        assert seen == expected
+        status, html, _ = await client.get("/console/audit/record/5?replica=r2")
+        assert status == 200 and "sales/orders/74" in html and "of replica r2" in html
+        status, html, _ = await client.get("/console/audit/record/71?replica=r1")
+        assert status == 404
+        status, body, _ = await client.get("/console/audit/export.csv?run=run-2")
+        table = list(csv.DictReader(io.StringIO(body)))
+        assert {r["replica"] for r in table} == {"r1", "r2"} and len(table) == 30
+    await server.close()
