@@ -62,6 +62,9 @@ async def test_cql_sessions_are_listed_while_open(
             ("cql", "cass", "ops", _jti(other)),
         }
         assert all(s.peer.startswith("127.0.0.1:") and s.where == "r1/0" for s in listed)
+        with reg.db.read() as cur:  # the jti names the token; the token is never stored
+            stored = repr(cur.execute("SELECT * FROM live_sessions").fetchall())
+        assert token not in stored and token.split(".")[2] not in stored
         first.close()  # the client goes
         [left] = await _listed(reg, 1)
         assert left.jti == _jti(other)
