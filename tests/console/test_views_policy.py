@@ -214,3 +214,18 @@ def test_parse_since_reads_what_the_cli_reads() -> None:
     assert parse_since("2026-01-01T00:00:00+00:00") == 1_767_225_600.0
     with pytest.raises(ValueError, match="bad since"):
         parse_since("yesterday")
+
+
+async def test_a_broken_shadow_file_is_named_and_enforcement_goes_on(
+    config_path: Path,
+) -> None:
+    (config_path.parent / "policies" / "tight.yaml").write_text("mode: shadow\nrules: [oops\n")
+    cfg = load_config(config_path)
+    app = views_app(context_of(cfg), add_routes, signed_in("viewer"))
+    async with TestClient(TestServer(app)) as c:
+        html = await page(c, "/console/policy/shadow?since=30d")
+        assert "The shadow policy is not loaded (enforcement is unchanged)" in html
+        assert "tight.yaml" in html
+        assert "shadow set not loaded" in await page(c, "/console/policy")
+        # the enforced set still decides: one rule of two never used, as before
+        assert "1 of 2 allow rules never used" in await page(c, "/console/policy/unused")
