@@ -42,6 +42,8 @@ WINDOW_NAMES = {
 DEFAULT_WINDOW = "24h"
 #: small multiples: this many DAGs, the rest together
 TOP_DAGS = 6
+#: the audit explorer's filter of denials
+DENIED = {"decision": "deny", "event": "denied"}
 #: the denials the "denied most" resources are counted over (the newest), and shown
 DENIAL_SAMPLE = 5000
 RECENT_DENIALS = 10
@@ -86,7 +88,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     chain = await chain_status(request) if VERIFIER in request.app else None
     every, per_dag = charts.series_of(data.buckets, axis, top=TOP_DAGS)
     totals = every.totals
-    denied_dags = _denied_dags(data.buckets)
+    since = axis.start
     return render(
         request,
         "overview.html",
@@ -106,8 +108,18 @@ async def overview(request: web.Request) -> web.StreamResponse:
             charts.stacked_bars(s, axis, frame=charts.SMALL, ident=f"dag-{i}", keyed=False)
             for i, s in enumerate(per_dag)
         ],
-        denied_dags=denied_dags,
-        denied_resources=Counter(r.resource or "" for r in data.denials).most_common(TOP_LISTED),
+        denied_dags=[
+            (charts.NO_DAG, None, n)
+            if dag is None
+            else (dag, charts.audit_href(dag=dag, since=since, **DENIED), n)
+            for dag, n in _denied_dags(data.buckets)
+        ],
+        denied_resources=[
+            (resource, charts.audit_href(resource=resource, since=since, **DENIED), n)
+            if resource
+            else ("(none)", None, n)
+            for resource, n in Counter(r.resource for r in data.denials).most_common(TOP_LISTED)
+        ],
         denials_counted=len(data.denials),
         denials_capped=data.denials_capped,
         recent=data.denials[:RECENT_DENIALS],
@@ -118,7 +130,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
         record_href=record_href,
         run_href=run_href,
         utc=charts.utc,
-        since=axis.start,
+        since=since,
     )
 
 
