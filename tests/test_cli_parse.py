@@ -38,7 +38,7 @@ def test_every_verb_is_listed() -> None:
         "token revoke", "token unblock", "token revocations", "keys rotate", "keys list",
         "keys retire", "creds set", "creds rotate", "creds list", "audit tail", "audit search",
         "audit verify", "audit export", "db upgrade", "db check", "alerts test", "demo",
-        "policy suggest", "policy unused",
+        "policy suggest", "policy unused", "console link",
     }  # fmt: skip
 
 

@@ -14,6 +14,7 @@
     lockgate creds set NAME | creds rotate NAME | creds list
     lockgate audit tail | audit search --dag D [--run R] [--decision deny] | audit verify
                                            (shared state: every replica; --local: this one)
+    lockgate console link [--ttl S]        a one-time admin sign-in link to the console (/console)
     lockgate db upgrade | db check         the state's schema (SQLite files or PostgreSQL)
     lockgate demo [--secretless]           run the end-to-end demo on embedded defaults
 
@@ -36,6 +37,7 @@ from lockgate._cli_state import add_command, add_global_options, add_group
 from lockgate._cli_state import config_from as _config
 from lockgate.cli_alerts import add_alerts_commands
 from lockgate.cli_audit import add_audit_commands
+from lockgate.cli_console import add_console_commands
 from lockgate.cli_creds import add_creds_commands
 from lockgate.cli_db import add_db_commands
 from lockgate.cli_keys import add_keys_commands
@@ -368,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_keys_commands(sub)
     add_alerts_commands(sub)
+    add_console_commands(sub)
     add_creds_commands(sub)
 
     add_audit_commands(sub)

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,10 @@ from lockgate.config import (
     LockgateConfig,
     load_config,
 )
+from lockgate.console.links import issue_link
+from lockgate.console.sessions import DOMAIN as CONSOLE_STORE
+from lockgate.console.views_live import LiveSessionsView
+from lockgate.console.web import ConsoleContext
 from lockgate.control import ControlPlane, MintPolicy, TokenAudit
 from lockgate.credentials import CredentialBroker
 from lockgate.errors import ConfigError
@@ -59,6 +64,8 @@ from lockgate.gateway import registry
 from lockgate.gateway.dynamic_roles import DbRoles, upstream_password
 from lockgate.gateway.engine import Collaborators, Engine, end_revoked_sessions
 from lockgate.gateway.listeners import server_ssl_context
+from lockgate.gateway.live_sessions import DOMAIN as LIVE_SESSIONS
+from lockgate.gateway.live_sessions import NoLiveSessions, SessionRegistry
 from lockgate.gateway.role_leases import DEFAULT_GRACE, RoleLeases
 from lockgate.gateway.role_leases import DOMAIN as ROLE_LEASES
 from lockgate.identity import TokenIssuer, TokenVerifier
@@ -136,6 +143,10 @@ class Gateway:
         self.broker: CredentialBroker | None = None
         self.engines: dict[str, Engine] = {}  # resource kind -> its engine, once started
         self.control: ControlPlane | None = None  # worker 0 only
+        self.console: ConsoleContext | None = None  # worker 0 only, when console.enabled
+        # CQL and PostgreSQL sessions open now, shared by every worker and replica (the
+        # console's live page reads them)
+        self.live_sessions: SessionRegistry | None = None
         self.db_roles: DbRoles | None = None
         self.db_role_sweep_interval = 15.0  # seconds; tests shorten it before start()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -174,6 +185,46 @@ class Gateway:
             readiness=lambda: self.readiness.report(self.serving),
             db_roles=self.db_roles,
             assertion_ledger=OnceLedger(self.state.database(ASSERTION_LEDGER)),
+            console=self._console_context(),
+        )
+
+    def _console_context(self) -> ConsoleContext | None:
+        if not self.config.console.enabled:
+            return None
+        live = self.live_sessions
+        self.console = ConsoleContext(
+            config=self.config,
+            audit_reader=self.state.audit_reader,
+            audit=self.audit,
+            policy=self.policy,
+            revocations=self.state.revocations,
+            # the broker's own store: the credentials page shows its vault fetch status
+            credentials=self.state.credentials,
+            database=self.state.database,
+            live=LiveSessionsView(live) if live is not None else None,
+        )
+        return self.console
+
+    async def _offer_console_link(self, control_url: str) -> None:
+        """The embedded default's way in: with no OIDC sign-in configured, a one-time admin
+        link on the terminal (never in the logs or the audit trail: it is a credential)."""
+        console = self.config.console
+        if self.console is None or console.oidc is not None or not console.print_link:
+            return
+        link = await asyncio.to_thread(
+            issue_link, self.config, self.state.database(CONSOLE_STORE), base_url=control_url
+        )
+        self.audit.emit(
+            AuditRecord(
+                event="console_link_created", object=link.subject, decision="allow",
+                reason="printed by lockgate serve", detail={"ttl": link.ttl},
+            )
+        )  # fmt: skip
+        print(
+            f"lockgate: console: sign in as admin with this one-time link (valid "
+            f"{int(link.ttl // 60)} min; `lockgate console link` makes another):\n  {link.url}",
+            file=sys.stderr,
+            flush=True,
         )
 
     def _catalog_entries(self, deployment: str) -> list[dict[str, Any]]:
@@ -198,6 +249,7 @@ class Gateway:
             self.verifier, self.policy, self.broker, self.audit, self.sign_assertion,
             data_dir=self.config.data_dir, database_for=self.state.database,
             master_key=self.state.master_key, quotas=self.quotas.gate,
+            live=self.live_sessions or NoLiveSessions(),
         )  # fmt: skip
         listeners = self._listeners()
         for kind in registry.kinds():
@@ -340,9 +392,18 @@ class Gateway:
         if self.policy.last_error:
             log.error("policy not loaded", extra={"fields": {"error": self.policy.last_error}})
         c = self.config.listeners.control
+        self.live_sessions = SessionRegistry(
+            self.state.database(LIVE_SESSIONS), self.state.replica_id, self.worker
+        )
+        await asyncio.to_thread(self.live_sessions.start)  # drops this worker's old rows
+        self.live_sessions.serve()
         if self.primary:
             self.control = self._start_control_plane()
             self.control_port = await self.control.start(c, server_ssl_context(c))
+            control_url = f"{c.scheme}://{c.host}:{self.control_port}"
+            if self.console is not None:
+                self.console.base_url = control_url
+                await self._offer_console_link(control_url)
         await self._start_engines()
         if self.alerts is not None:
             await self.alerts.start()
@@ -419,6 +480,8 @@ class Gateway:
                 await t
         for engine in self.engines.values():
             await engine.close()
+        if self.live_sessions is not None:  # after the engines: their sessions are closed
+            await self.live_sessions.aclose()
         if self.alerts is not None:
             await self.alerts.close()
         self.quotas.close()
