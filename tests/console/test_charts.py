@@ -188,3 +188,11 @@ def test_small_multiples_share_one_legend() -> None:
     assert [("".join(li.itertext())) for li in shared] == [
         "Allowed", "Upstream errors", "Throttled", "Denied"
     ]  # fmt: skip
+
+
+def test_a_time_of_day_carries_its_date_where_the_day_changes() -> None:
+    ax = charts.TimeAxis(T0 - 12 * HOUR, T0 + 12 * HOUR + 1, 1800.0)  # noon to noon: 49 bars
+    labels = list(charts.time_labels(ax, charts.label_step(ax, 7)).values())
+    assert labels == ["04 Dec 12:00", "18:00", "05 Dec 00:00", "06:00", "12:00"]
+    hour = charts.TimeAxis(T0 + HOUR, T0 + 2 * HOUR, 120.0)
+    assert list(charts.time_labels(hour, 600.0).values())[:2] == ["01:00", "01:10"]

@@ -210,12 +210,22 @@ def label_step(axis: TimeAxis, most: int) -> float:
     return axis.bucket * math.ceil(axis.count / most)
 
 
-def time_label(ts: float, step: float, axis: TimeAxis) -> str:
-    if step >= 86400:
-        return utc(ts, "%d %b")
-    if axis.count * axis.bucket > 86400:
-        return utc(ts, "%d %b %H:%M")
-    return utc(ts, "%H:%M")
+def time_labels(axis: TimeAxis, step: float) -> dict[int, str]:
+    """Bucket index -> its label, on every ``step`` (a round UTC time): days as ``05 Dec``;
+    times of day as ``06:00``, with the date where the day changes (and on the first label of
+    an axis longer than a day), so a reader never guesses which day a time is on."""
+    labels: dict[int, str] = {}
+    day = None if axis.count * axis.bucket > 86400 else utc(axis.start, "%d %b")
+    for i, start in enumerate(axis.starts()):
+        if start % step:
+            continue
+        if step >= 86400:
+            labels[i] = utc(start, "%d %b")
+            continue
+        today = utc(start, "%d %b")
+        labels[i] = utc(start, "%H:%M") if today == day else utc(start, "%d %b %H:%M")
+        day = today
+    return labels
 
 
 # -- the chart -------------------------------------------------------------------------------
@@ -306,16 +316,16 @@ def _svg(series: Series, axis: TimeAxis, frame: Frame, ticks: list[int]) -> str:
         )
     slot = f.plot_w / axis.count
     width = round(max(slot * 0.8, 1.0), 2)
-    step = label_step(axis, f.labels)
-    for i, start in enumerate(axis.starts()):
+    labels = time_labels(axis, label_step(axis, f.labels))
+    for i in range(axis.count):
         x = round(f.left + i * slot + (slot - width) / 2, 2)
         parts.append(_bar(series, axis, i, x, width, base, scale))
-        if start % step == 0:
+        if i in labels:
             cx = round(f.left + i * slot, 2)
             parts.append(
                 f'<line class="axis" x1="{cx:g}" x2="{cx:g}" y1="{base}" y2="{base + 4}" '
                 f'stroke="#888"/><text class="tick" x="{cx:g}" y="{base + 16}" '
-                f'text-anchor="middle">{escape(time_label(start, step, axis))}</text>'
+                f'text-anchor="middle">{escape(labels[i])}</text>'
             )
     parts.append(
         f'<line class="axis" x1="{f.left}" x2="{f.width - f.right}" y1="{base}" y2="{base}" '
