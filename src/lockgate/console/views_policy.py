@@ -229,61 +229,63 @@ async def overview_page(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def _suggestion(
-    request: web.Request,
-) -> tuple[str | None, Window, str | None, Suggestion | None, Reading | None, list[DagSeen]]:
+@dataclass
+class Asked:
+    """A suggestion as asked for (``dag``, ``window``, ``deployment``) and as found: the
+    suggestion and what was read for it, or without a DAG the DAGs to pick from."""
+
+    dag: str | None
+    window: Window
+    deployment: str | None
+    found: Suggestion | None = None
+    reading: Reading | None = None
+    dags: list[DagSeen] = field(default_factory=list)
+
+
+async def _suggestion(request: web.Request) -> Asked:
     ctx = context(request)
-    dag, deployment, window = (
-        _text(request, "dag"),
-        _text(request, "deployment"),
-        window_of(request),
-    )
-    if window.error:
-        return dag, window, deployment, None, None, []
+    asked = Asked(_text(request, "dag"), window_of(request), _text(request, "deployment"))
+    dag, since = asked.dag, asked.window.since
+    if asked.window.error:
+        return asked
     if dag is None:
-        return (
-            dag,
-            window,
-            deployment,
-            None,
-            None,
-            await asyncio.to_thread(_dag_list, ctx, window.since),
-        )
-    found, reading = await asyncio.to_thread(
-        _read, ctx, dag, window.since, lambda rows: suggest(rows, dag), deployment=deployment
+        asked.dags = await asyncio.to_thread(_dag_list, ctx, since)
+        return asked
+    asked.found, asked.reading = await asyncio.to_thread(
+        _read, ctx, dag, since, lambda rows: suggest(rows, dag), deployment=asked.deployment
     )
-    return dag, window, deployment, found, reading, []
+    return asked
 
 
 @requires("viewer")
 async def suggest_page(request: web.Request) -> web.StreamResponse:
-    dag, window, deployment, found, reading, dags = await _suggestion(request)
+    asked = await _suggestion(request)
+    found, window = asked.found, asked.window
     tests: list[dict[str, Any]] = found.tests() if found is not None else []
-    query = {
-        "dag": dag or "",
-        "since": window.text,
-        **({"deployment": deployment} if deployment else {}),
-    }
+    download = {"dag": asked.dag or "", "since": window.text}
+    if asked.deployment:
+        download["deployment"] = asked.deployment
     return render(
         request,
         "policy_suggest.html",
         status=400 if window.error else 200,
-        dag=dag,
+        dag=asked.dag,
         window=window,
-        deployment=deployment or "",
+        deployment=asked.deployment or "",
         found=found,
-        reading=reading,
-        dags=dags,
+        reading=asked.reading,
+        dags=asked.dags,
         asks=found.denied_asks() if found is not None else [],
         policy_text=found.policy_yaml() if found is not None else "",
         tests=tests[:SHOWN_TESTS],
         tests_total=len(tests),
-        download=query,
+        download=download,
     )
 
 
 async def _download(request: web.Request, tests: bool) -> web.StreamResponse:
-    dag, window, _deployment, found, reading, _ = await _suggestion(request)
+    asked = await _suggestion(request)
+    dag, window, found, reading = asked.dag, asked.window, asked.found, asked.reading
     if window.error:
         raise web.HTTPBadRequest(text=window.error)
     if dag is None or found is None or reading is None:
