@@ -301,6 +301,21 @@ async def test_a_sign_in_the_trail_cannot_record_starts_no_session(make_console:
     assert not await c.signed_in()
 
 
+async def test_sign_out_ends_the_session_even_when_the_trail_refuses(
+    make_console: Any,
+) -> None:
+    c: Console = await make_console(oidc=False)
+    await c.use_link(c.link())
+    token = await c.csrf()
+    c.audit.refuse = True
+    r = await c.client.post(
+        "/console/logout", data={"csrf": token}, headers={"Origin": c.origin},
+        allow_redirects=False,
+    )  # fmt: skip
+    assert r.status == 303
+    assert not await c.signed_in()
+
+
 # -- headers -------------------------------------------------------------------------------
 async def test_every_console_answer_carries_the_security_headers(make_console: Any) -> None:
     c: Console = await make_console(oidc=False)
@@ -348,6 +363,16 @@ async def test_over_tls_the_cookie_is_secure_and_hsts_is_sent(
     assert used.status == 200
     cookie = used.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+async def test_behind_a_tls_load_balancer_the_cookie_is_secure(make_console: Any) -> None:
+    """public_url https: the browser speaks TLS to the balancer, which forwards plain http."""
+    c: Console = await make_console(oidc=False, public_url="https://gate.example.com/console")
+    assert c.link().startswith("/console/login/link?token=")
+    page = await c.client.get("/console/login")
+    assert page.headers["Strict-Transport-Security"] == "max-age=31536000"
+    used = await c.use_link(c.link())
+    assert "Secure" in used.headers["Set-Cookie"]
 
 
 # -- open redirects ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ redirect), so a callback URL sent to someone else signs nobody in (login CSRF).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import math
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from lockgate.console.oidc import OidcClient, SignInRefused, pkce_pair
 from lockgate.console.sessions import ConsoleStore, Pending, new_secret
 from lockgate.console.web import (
     CSRF,
+    CTX,
     USER,
     ConsoleContext,
     ConsoleUser,
@@ -93,8 +95,18 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
     if not request.path.startswith("/console/static/"):
         headers["Cache-Control"] = "no-store"
-    if request.secure:
+    if served_over_tls(request):
         headers["Strict-Transport-Security"] = "max-age=31536000"
+
+
+def served_over_tls(request: web.Request) -> bool:
+    """TLS to the browser: on this listener, or at the load balancer ``public_url`` names
+    (which forwards in plain http: the cookie must still be Secure)."""
+    if request.secure:
+        return True
+    ctx = request.app.get(CTX)
+    public_url = ctx.config.console.public_url if ctx is not None else None
+    return bool(public_url and public_url.startswith("https:"))
 
 
 def _public(path: str) -> bool:
@@ -166,7 +178,7 @@ async def auth_start(request: web.Request) -> web.StreamResponse:
     response = web.HTTPFound(target)
     response.set_cookie(
         SIGNIN_COOKIE, state, path=f"{ROOT}/auth/", max_age=600, httponly=True,
-        samesite="Lax", secure=request.secure,
+        samesite="Lax", secure=served_over_tls(request),
     )  # fmt: skip
     raise response
 
@@ -232,12 +244,14 @@ async def link_use(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
+    """End the session, then audit it: signing out takes power away, so a trail that
+    refuses to record it must not keep the session alive (it is logged instead)."""
     await check_csrf(request)
     user = request[USER]
-    ctx = context(request)
-    await _audit(ctx, _record("console_signed_out", user))
     store = request.app[STORE]
     await off_loop(store.db, store.end, request.cookies.get(SESSION_COOKIE, ""))
+    with contextlib.suppress(web.HTTPServiceUnavailable):  # logged by _audit
+        await _audit(context(request), _record("console_signed_out", user))
     response = web.HTTPSeeOther(f"{LOGIN}?ended=1")
     response.del_cookie(SESSION_COOKIE, path=ROOT)
     raise response
@@ -255,7 +269,7 @@ async def _signed_in(request: web.Request, user: ConsoleUser, next_path: str) ->
     response = render(request, "login_done.html", next=safe_next(next_path), name=user.name)
     response.set_cookie(
         SESSION_COOKIE, session_id, path=ROOT, max_age=max(1, math.ceil(settings.session_ttl)),
-        httponly=True, samesite="Strict", secure=request.secure,
+        httponly=True, samesite="Strict", secure=served_over_tls(request),
     )  # fmt: skip
     return response
 
