@@ -31,9 +31,6 @@ from lockgate.store import Database
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: request keys the sign-in middleware sets on every signed-in request
-USER = "lockgate.console.user"
-CSRF = "lockgate.console.csrf"
 #: the form field (and header, for fetch) every POST carries the CSRF token in
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "X-Lockgate-CSRF"
@@ -57,6 +54,11 @@ class ConsoleUser:
     def principal(self) -> str:
         """The principal operator actions are audited as."""
         return f"console:{self.subject}"
+
+
+#: what the sign-in middleware puts on every signed-in request (see the module docstring)
+USER: web.RequestKey[ConsoleUser] = web.RequestKey("lockgate.console.user", ConsoleUser)
+CSRF: web.RequestKey[str] = web.RequestKey("lockgate.console.csrf", str)
 
 
 @dataclass(frozen=True)
