@@ -14,8 +14,9 @@ deciding rule of any request typed in.
   ``lockgate policy check`` prints, and the shadow policy's verdict when one is loaded.
 
 The answers come from :mod:`lockgate.policy.access` over ``ctx.policy.current`` (the set
-the gateway enforces now). The audit trail and the policy files are read off the event
-loop; the DAG list and each policy set's rule lines are kept (60 s; per set).
+the gateway enforces now). The audit trail, the policy files and the glob comparisons run
+off the event loop (the gateway's requests must not wait behind them); the DAG list and
+each policy set's rule lines are kept (60 s; per set).
 """
 
 from __future__ import annotations
@@ -249,8 +250,9 @@ async def dag_page(request: web.Request) -> web.StreamResponse:
         )
     ctx = context(request)
     policy_set = ctx.policy.current
-    grants = grants_for(
-        policy_set, deployment=deployment, dag=dag, lines=await _lines(request, policy_set)
+    lines = await _lines(request, policy_set)
+    grants = await asyncio.to_thread(
+        grants_for, policy_set, deployment=deployment, dag=dag, lines=lines
     )
     # use is counted for one DAG; a glob of DAGs (as a deployment's dags: names) is not
     literal = not any(c in dag for c in "*?[")
@@ -279,7 +281,8 @@ async def principal_page(request: web.Request) -> web.StreamResponse:
         return await _bad_question(request, "Type a principal, like airflow:prod/etl_orders/load.")
     ctx = context(request)
     policy_set = ctx.policy.current
-    grants = grants_for(policy_set, principal, lines=await _lines(request, policy_set))
+    lines = await _lines(request, policy_set)
+    grants = await asyncio.to_thread(grants_for, policy_set, principal, lines=lines)
     since = time.time() - USE_WINDOW
     return await _grants_page(
         request,
@@ -304,9 +307,9 @@ async def resource_page(request: web.Request) -> web.StreamResponse:
     if not name:
         return await _bad_question(request, "Choose a resource.")
     policy_set = ctx.policy.current
-    reach = reachers_of(
-        policy_set, name, await known_dags(request), lines=await _lines(request, policy_set)
-    )
+    dags, lines = await known_dags(request), await _lines(request, policy_set)
+    # globs compared pairwise (rules by DAGs): kept off the loop the gateway serves on
+    reach = await asyncio.to_thread(reachers_of, policy_set, name, dags, lines=lines)
     return render(
         request,
         "access_resource.html",

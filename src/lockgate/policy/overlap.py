@@ -17,8 +17,9 @@ segment, ``**`` crosses, a lone ``*`` or ``**`` matches everything).
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lockgate.policy.globs import Kind, is_match_all, translate
@@ -30,6 +31,7 @@ CharTest = Callable[[str], bool]
 class _Item:
     accepts: CharTest
     repeat: bool  # any run of accepted characters (a star), else exactly one
+    literal: str | None = None  # the one character it accepts, when it is a literal
 
 
 def _any(_: str) -> bool:
@@ -38,6 +40,10 @@ def _any(_: str) -> bool:
 
 def _not_slash(c: str) -> bool:
     return c != "/"
+
+
+#: the tests of ``?`` and ``*``: both accept plenty of characters other than "/"
+_BROAD: tuple[CharTest, ...] = (_any, _not_slash)
 
 
 def _literal(ch: str) -> CharTest:
@@ -66,10 +72,11 @@ def _class_test(bracket: str, kind: Kind) -> CharTest:
     return lambda c: match(c) is not None
 
 
-def items(pattern: str, kind: Kind) -> list[_Item]:
+@functools.lru_cache(maxsize=4096)
+def items(pattern: str, kind: Kind) -> tuple[_Item, ...]:
     """``pattern`` as items (see the module docstring)."""
     if is_match_all(pattern, kind):
-        return [_Item(_any, True)]
+        return (_Item(_any, True),)
     one = _any if kind == "name" else _not_slash
     out: list[_Item] = []
     i, n = 0, len(pattern)
@@ -89,11 +96,12 @@ def items(pattern: str, kind: Kind) -> list[_Item]:
             out.append(_Item(_class_test(pattern[i : end + 1], kind), False))
             i = end
         else:
-            out.append(_Item(_literal(c), False))
+            out.append(_Item(_literal(c), False, c))
         i += 1
-    return out
+    return tuple(out)
 
 
+@functools.lru_cache(maxsize=1024)
 def _alphabet(*patterns: str) -> list[str]:
     chars = {"/", "\x00", "\U0010ffff"}
     for p in patterns:
@@ -103,8 +111,43 @@ def _alphabet(*patterns: str) -> list[str]:
     return sorted(chars)
 
 
-def items_intersect(a: list[_Item], b: list[_Item], alphabet: list[str]) -> bool:
+def _share(x: _Item, y: _Item, alphabet: Callable[[], list[str]]) -> bool:
+    """Some character is accepted by both."""
+    if x.literal is not None:
+        return y.accepts(x.literal)
+    if y.literal is not None:
+        return x.accepts(y.literal)
+    if x.accepts in _BROAD and y.accepts in _BROAD:
+        return True  # "x" is in both
+    return any(x.accepts(c) and y.accepts(c) for c in alphabet())
+
+
+def _trimmed(
+    a: Sequence[_Item], b: Sequence[_Item]
+) -> tuple[Sequence[_Item], Sequence[_Item]] | None:
+    """``a`` and ``b`` without the literal characters both start (and end) with, which a
+    common string must begin (and end) with; None when those characters differ."""
+    start = 0
+    while start < min(len(a), len(b)) and a[start].literal and b[start].literal:
+        if a[start].literal != b[start].literal:
+            return None
+        start += 1
+    end_a, end_b = len(a), len(b)
+    while end_a > start and end_b > start and a[end_a - 1].literal and b[end_b - 1].literal:
+        if a[end_a - 1].literal != b[end_b - 1].literal:
+            return None
+        end_a, end_b = end_a - 1, end_b - 1
+    return a[start:end_a], b[start:end_b]
+
+
+def items_intersect(
+    a: Sequence[_Item], b: Sequence[_Item], alphabet: Callable[[], list[str]]
+) -> bool:
     """Some string is matched by both item lists (``alphabet`` as the module says)."""
+    trimmed = _trimmed(a, b)
+    if trimmed is None:
+        return False
+    a, b = trimmed
     start = (0, 0)
     seen = {start}
     todo = [start]
@@ -119,7 +162,7 @@ def items_intersect(a: list[_Item], b: list[_Item], alphabet: list[str]) -> bool
             steps.append((i, j + 1))
         if i < len(a) and j < len(b):
             x, y = a[i], b[j]
-            if any(x.accepts(c) and y.accepts(c) for c in alphabet):
+            if _share(x, y, alphabet):
                 steps.append((i if x.repeat else i + 1, j if y.repeat else j + 1))
         for step in steps:
             if step not in seen:
@@ -128,12 +171,37 @@ def items_intersect(a: list[_Item], b: list[_Item], alphabet: list[str]) -> bool
     return False
 
 
+_GLOB = frozenset("*?[]")
+
+
+def _ends(pattern: str) -> tuple[str, str]:
+    """The literal text every match starts and ends with (a ``]`` ends it too: safe)."""
+    head = next((i for i, c in enumerate(pattern) if c in _GLOB), len(pattern))
+    if head == len(pattern):
+        return pattern, pattern
+    tail = next((i for i in range(len(pattern) - 1, -1, -1) if pattern[i] in _GLOB), -1)
+    return pattern[:head], pattern[tail + 1 :]
+
+
+def _ends_agree(a: str, b: str) -> bool:
+    """Cheap first cut: two globs whose literal starts (or ends) differ share no string."""
+    head_a, tail_a = _ends(a)
+    head_b, tail_b = _ends(b)
+    return (head_a.startswith(head_b) or head_b.startswith(head_a)) and (
+        tail_a.endswith(tail_b) or tail_b.endswith(tail_a)
+    )
+
+
+@functools.lru_cache(maxsize=65536)
 def intersects(a: str, b: str, kind: Kind, kind_b: Kind | None = None) -> bool:
     """True when some string matches glob ``a`` (of ``kind``) and glob ``b`` (of ``kind_b``,
-    default the same)."""
-    if a == b and kind == (kind_b or kind):
+    default the same). Answers are kept: the access map asks the same pairs again."""
+    other: Kind = kind_b or kind
+    if a == b and kind == other:
         return True
-    return items_intersect(items(a, kind), items(b, kind_b or kind), _alphabet(a, b))
+    if not (is_match_all(a, kind) or is_match_all(b, other) or _ends_agree(a, b)):
+        return False
+    return items_intersect(items(a, kind), items(b, other), lambda: _alphabet(a, b))
 
 
 def any_intersect(wide: tuple[str, ...], narrow: tuple[str, ...], kind: Kind) -> bool:
