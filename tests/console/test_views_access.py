@@ -223,6 +223,10 @@ async def test_a_glob_of_dags_and_a_principal(tmp_path: Path, serve: Any) -> Non
     assert "finance-billing" in page and "etl-reads-orders" not in page
     assert "time_window 00:00-23:59 UTC" in page
     assert "Use is counted for one DAG at a time" in page
+    status, html = await get("/console/access/dag?deployment=prod&dag=nope")
+    assert "not delegated" in text(html) and "may act only for DAGs etl, finance_*" in text(html)
+    status, html = await get("/console/access/dag?deployment=qa&dag=etl")
+    assert "No deployment named qa is configured" in text(html)
     status, html = await get("/console/access/principal?p=airflow:prod/etl/extract")
     page = text(html)
     assert status == 200 and "etl-reads-orders" in page and "etl-writes-orders" not in page

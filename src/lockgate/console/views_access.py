@@ -270,6 +270,9 @@ async def dag_page(request: web.Request) -> web.StreamResponse:
         principal=None,
         principals=dag_principals(deployment, dag),
         delegated=delegated,
+        undelegated=delegated is not None
+        and literal
+        and not any(fnmatch.fnmatchcase(dag, g) for g in delegated),
         dag_filter=dag if literal else None,
     )
 
@@ -295,6 +298,7 @@ async def principal_page(request: web.Request) -> web.StreamResponse:
         principal=principal,
         principals=principal,
         delegated=None,
+        undelegated=False,
         dag_filter=None,
     )
 
