@@ -316,6 +316,20 @@ async def test_sign_out_ends_the_session_even_when_the_trail_refuses(
     assert not await c.signed_in()
 
 
+async def test_refusals_are_console_pages_with_their_status(make_console: Any) -> None:
+    c: Console = await make_console(oidc=False)
+    await c.use_link(c.link())
+    missing = await c.client.get("/console/no-such-page")
+    assert missing.status == 404 and missing.content_type == "text/html"
+    assert 'aria-label="Sections"' in await missing.text()  # the console around it
+    refused = await c.client.post("/console/logout", data={"csrf": "wrong"},
+                                  headers={"Origin": c.origin})  # fmt: skip
+    assert refused.status == 403 and refused.content_type == "text/html"
+    assert "missing or wrong CSRF token" in await refused.text()
+    wrong_method = await c.client.put("/console/logout")
+    assert wrong_method.status == 405 and "POST" in wrong_method.headers["Allow"]
+
+
 # -- headers -------------------------------------------------------------------------------
 async def test_every_console_answer_carries_the_security_headers(make_console: Any) -> None:
     c: Console = await make_console(oidc=False)

@@ -52,7 +52,8 @@ def redirect_uri(ctx: ConsoleContext) -> str:
 
 def console_app(ctx: ConsoleContext) -> web.Application:
     """The console, over ``ctx`` (mount it at ``/console``: see :func:`mount`)."""
-    app = web.Application(middlewares=[auth.session_middleware])
+    # error_pages outermost: refusals of the session check become pages too
+    app = web.Application(middlewares=[auth.error_pages, auth.session_middleware])
     app[CTX] = ctx
     app[ENV] = environment()
     app[auth.STORE] = ConsoleStore(

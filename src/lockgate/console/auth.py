@@ -138,6 +138,28 @@ async def session_middleware(request: web.Request, handler: _Handler) -> web.Str
     raise web.HTTPUnauthorized(text="sign in first")
 
 
+#: headers of a refusal that a page made in its place keeps
+_KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+
+
+@web.middleware
+async def error_pages(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """A refusal in plain text (a 404, a CSRF refusal, a view's 400 naming a field)
+    becomes a console page saying the same, with the same status: people see the console
+    around it and a way back."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type != "text/plain":
+            raise
+        page = render(request, "error.html", status=exc.status, reason=exc.reason,
+                      message=exc.text or exc.reason)  # fmt: skip
+        for name in _KEPT_HEADERS:
+            if name in exc.headers:
+                page.headers[name] = exc.headers[name]
+        return page
+
+
 def safe_next(value: str | None) -> str:
     """Where to go after signing in: a console page of this host only (no open redirect)."""
     if not value or any(c in value for c in "\\\r\n\t") or value.startswith("//"):
@@ -332,6 +354,7 @@ __all__ = [
     "SIGNIN_COOKIE",
     "STORE",
     "add_routes",
+    "error_pages",
     "is_console",
     "safe_next",
     "security_headers",
