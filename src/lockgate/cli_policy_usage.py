@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lockgate._cli_state import add_command
 from lockgate._cli_state import config_from as _config
+from lockgate.policy.suggest import suggestion_name
+from lockgate.policy.usage import parse_since
 
 if TYPE_CHECKING:
     from lockgate._cli_state import Subcommands
@@ -31,28 +30,8 @@ if TYPE_CHECKING:
 #: The record fields the suggestion and the usage report read.
 FIELDS = ("event", "ts", "deployment", "dag_id", "task_id", "run_id", "principal", "resource",
           "action", "object", "decision", "rule")  # fmt: skip
-_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 #: Rows fetched per round trip while streaming.
 _BATCH = 5000
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """``30d``, ``12h``, ``2w`` (ago), unix seconds or ISO 8601 -> unix seconds."""
-    now = time.time() if now is None else now
-    if m := _AGO.match(text):
-        return now - float(m.group(1)) * _UNIT[m.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(
-            f"bad --since {text!r}: expected a span like 30d or 12h, unix seconds or ISO 8601"
-        ) from None
-    return at.timestamp()
 
 
 def audit_rows(
@@ -127,7 +106,7 @@ def cmd_policy_suggest(args: argparse.Namespace) -> int:
         return 0
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    name = f"suggested-{re.sub(r'[^A-Za-z0-9_.-]', '-', args.dag)}"
+    name = suggestion_name(args.dag)
     policy_path, tests_path = out / f"{name}.yaml", out / f"{name}.tests.yaml"
     policy_path.write_text(found.policy_yaml(), encoding="utf-8")
     tests_path.write_text(found.tests_yaml(), encoding="utf-8")

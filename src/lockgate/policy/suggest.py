@@ -452,3 +452,12 @@ def _add(
         return
     rule.actions = sorted({*rule.actions, action}, key=ACTIONS.index)
     rule.seen.merge(seen)
+
+
+_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def suggestion_name(dag: str) -> str:
+    """The file stem a DAG's suggestion is written under (``policy suggest --out``, the
+    console's downloads)."""
+    return f"suggested-{_FILE_UNSAFE.sub('-', dag)}"

@@ -9,8 +9,11 @@ allowed by it. Nothing here reads a file or a database.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from lockgate.policy.engine import PolicySet
@@ -109,3 +112,26 @@ def format_usage(uses: list[RuleUse]) -> str:
         if u.unused_by:
             lines.append("    never used by " + ", ".join(u.unused_by))
     return "\n".join(lines)
+
+
+_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float | None = None, *, name: str = "--since") -> float:
+    """``30d``, ``12h``, ``2w`` (ago), unix seconds or ISO 8601 (UTC when it names no
+    offset) -> unix seconds. ``name``: how the error names the field."""
+    now = time.time() if now is None else now
+    if m := _AGO.match(text):
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"bad {name} {text!r}: expected a span like 30d or 12h, unix seconds or ISO 8601"
+        ) from None
+    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
