@@ -56,7 +56,7 @@ def policy(rules: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> PolicySe
     return parse_policies([("team.yaml", {"rules": list(rules)})])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     policies,
     st.sampled_from(["airflow:prod/etl/load", "airflow:prod/etl/x1", "airflow:dev/x/y"]),
@@ -198,3 +198,37 @@ def test_cmd_check_prints_what_explain_says(build: Build) -> None:
     answer = explain(ps, "airflow:prod/etl/load", "orders", "read", "/x")
     assert answer.allowed and answer.verdict == "ALLOW"
     assert cmd_check(ps, "airflow:prod/etl/load", "read", "orders/x")[1] == answer.text
+
+
+CONCRETE_OBJECTS = ["", "/a/1", "/a/1/2", "/b", "sales.orders", "/c"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(policies, st.sampled_from(["airflow:prod/etl/load", "airflow:prod/etl/x1"]))
+def test_what_the_shadows_claim_holds_in_the_engine(
+    rules: tuple[dict[str, Any], ...], principal: str
+) -> None:
+    """A deny shown refusing all of an allow refuses every request the allow matches; an
+    allow shown with no deny has no deny matching any request it matches."""
+    ps = policy(rules)
+    for grant in grants_for(ps, principal):
+        if grant.effect != "allow":
+            continue
+        allow = ps.rule(grant.rule)
+        assert allow is not None
+        whole = {s.rule for s in grant.shadowed_by if s.whole}
+        listed = {s.rule for s in grant.shadowed_by}
+        for resource, action, obj in itertools.product(
+            ["orders", "orders-v2", "pg"], ["read", "write", "admin", "run"], CONCRETE_OBJECTS
+        ):
+            if action not in grant.actions or not allow.matches(principal, resource, obj):
+                continue
+            denies = {
+                r.id
+                for r in ps.rules
+                if r.effect == "deny"
+                and (action in r.actions or "*" in r.actions)
+                and r.matches(principal, resource, obj)
+            }
+            assert whole <= denies, (resource, action, obj)
+            assert denies <= listed, (resource, action, obj)
