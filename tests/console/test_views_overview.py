@@ -4,6 +4,8 @@ the live sessions count, escaping of what pipelines named themselves, and viewer
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from html.parser import HTMLParser
@@ -272,3 +274,48 @@ async def test_an_unreachable_trail_is_a_503_that_says_so(
     words = Page(html).words
     assert "The audit trail cannot be read now: shared trail" in words
     assert 'href="/console/?window=7d" aria-current="page"' in html  # still a page to leave
+
+
+class Counting(AuditReader):
+    """A reader that notes the windows its histograms read."""
+
+    asked: list[tuple[float | None, float | None]] = []
+
+    def histogram(self, q: AuditQuery, *, bucket: float) -> list[HistogramBucket]:
+        self.asked.append((q.since, q.until))
+        return super().histogram(q, bucket=bucket)
+
+
+def test_settled_buckets_are_read_once_and_the_rest_every_time(tmp_path: Path) -> None:
+    bucket, now = 120.0, 1_800_000_000.0  # a multiple of the bucket
+    since = now - 6 * 3600
+    trail = [
+        dataclasses.replace(request("allowed", "etl"), ts=now - 3600 * h - 1) for h in range(6)
+    ]
+    write(tmp_path / "audit.db", trail)
+    reader = Counting(tmp_path / "audit.db")
+    reader.asked = []
+    cache = views_overview.HistogramCache()
+    whole = reader.histogram(AuditQuery(since=since), bucket=bucket)
+    reader.asked.clear()
+
+    assert cache.histogram(reader, since, bucket, now) == whole
+    settled = math.floor((now - views_overview.SETTLE) / bucket) * bucket
+    assert reader.asked == [(since, settled), (settled, None)]
+    reader.asked.clear()
+
+    later = now + 2 * bucket  # two more buckets settle; the window moves on with them
+    assert cache.histogram(reader, since + 2 * bucket, bucket, later) == reader.histogram(
+        AuditQuery(since=since + 2 * bucket), bucket=bucket
+    )
+    assert reader.asked[:2] == [(settled, settled + 2 * bucket), (settled + 2 * bucket, None)]
+    reader.asked.clear()
+
+    # a record shipped late into a settled bucket shows up when the cache is rebuilt
+    write(tmp_path / "audit.db", [dataclasses.replace(trail[0], ts=now - 2 * 3600)])
+    rebuilt = later + views_overview.REBUILD + 1
+    start = since + 2 * bucket
+    assert cache.histogram(reader, start, bucket, rebuilt) == reader.histogram(
+        AuditQuery(since=start), bucket=bucket
+    )
+    assert reader.asked[0][0] == start  # read again from the window's start

@@ -32,8 +32,12 @@ def _routes(app: web.Application) -> None:
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
 
 
+async def _csp(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Content-Security-Policy"] = auth.CSP  # the console's own policy
+
+
 async def _start(root: web.Application) -> web.AppRunner:
-    root.on_response_prepare.append(auth.security_headers)  # the console's CSP and headers
+    root.on_response_prepare.append(_csp)
     runner = web.AppRunner(root)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

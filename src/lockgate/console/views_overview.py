@@ -7,6 +7,11 @@ the DAGs and resources denied most, the last denials, the chain's last verificat
 audit explorer's) and the sessions open now when the gateway keeps them. Every number links
 into the audit explorer with the matching filters.
 
+Past buckets do not change: :class:`HistogramCache` keeps the histogram of the buckets that
+closed more than :data:`SETTLE` ago and reads only the rest from the trail (a month of a
+busy trail is a scan of every record in it), rebuilding all every :data:`REBUILD` seconds so
+that a replica's records shipped late still show up.
+
 The audit trail is read off the event loop (``asyncio.to_thread``): a month of records is a
 scan the gateway's requests must not wait behind.
 """
@@ -14,13 +19,15 @@ scan the gateway's requests must not wait behind.
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 
-from lockgate.audit import AuditQuery, AuditRow
+from lockgate.audit import AuditQuery, AuditReader, AuditRow, HistogramBucket
 from lockgate.console import charts
 from lockgate.console.views_audit import VERIFIER, chain_status, record_href, run_href
 from lockgate.console.web import ConsoleContext, LiveSessions, context, render, requires
@@ -50,6 +57,53 @@ RECENT_DENIALS = 10
 TOP_LISTED = 5
 
 
+#: buckets that ended this long ago are settled: cached, not read again
+SETTLE = 300.0
+#: the cached histogram is read again in full this often (records shipped later than SETTLE)
+REBUILD = 600.0
+
+
+@dataclass
+class _Settled:
+    since: float  # the first bucket it holds
+    until: float  # the end of the last settled bucket it holds
+    built: float  # when it was first read (rebuilt REBUILD seconds later)
+    rows: list[HistogramBucket]
+
+
+class HistogramCache:
+    """Per bucket size (one per window), the histogram of the settled buckets: a page reads
+    from the trail only the buckets since the last settled one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # one reader fills it; the others wait and reuse
+        self._settled: dict[float, _Settled] = {}
+
+    def histogram(
+        self, reader: AuditReader, since: float, bucket: float, now: float
+    ) -> list[HistogramBucket]:
+        """What ``reader.histogram(AuditQuery(since=since), bucket=bucket)`` answers."""
+        settled_until = math.floor((now - SETTLE) / bucket) * bucket
+        if settled_until <= since:
+            return reader.histogram(AuditQuery(since=since), bucket=bucket)
+        with self._lock:
+            kept = self._settled.get(bucket)
+            if kept is None or kept.since > since or now - kept.built > REBUILD:
+                kept = _Settled(since, since, now, [])
+            if kept.until < settled_until:
+                more = AuditQuery(since=kept.until, until=settled_until)
+                kept.rows += reader.histogram(more, bucket=bucket)
+                kept.until = settled_until
+            kept.rows = [b for b in kept.rows if b.start >= since]  # the window moved on
+            kept.since = since
+            self._settled[bucket] = kept
+            settled = list(kept.rows)
+        return settled + reader.histogram(AuditQuery(since=settled_until), bucket=bucket)
+
+
+CACHE: web.AppKey[HistogramCache] = web.AppKey("lockgate_console_overview_cache", HistogramCache)
+
+
 @dataclass
 class Overview:
     """What the page shows, read from the trail in one go."""
@@ -64,6 +118,7 @@ class Overview:
 
 
 def add_routes(app: web.Application) -> None:
+    app[CACHE] = HistogramCache()
     app.router.add_get("/", overview, name="overview")
 
 
@@ -73,11 +128,12 @@ async def overview(request: web.Request) -> web.StreamResponse:
     if window not in WINDOWS:
         window = DEFAULT_WINDOW
     span, bucket = WINDOWS[window]
-    axis = charts.TimeAxis.ending(time.time(), span, bucket)
+    now = time.time()
+    axis = charts.TimeAxis.ending(now, span, bucket)
     ctx = context(request)
     windows = [(name, WINDOW_NAMES[name]) for name in WINDOWS]
     try:
-        data = await asyncio.to_thread(_read, ctx, axis)
+        data = await asyncio.to_thread(_read, ctx, request.app[CACHE], axis, now)
     except StoreUnavailable as exc:  # the shared trail is down: say so, not a traceback
         error = f"The audit trail cannot be read now: {exc}"
         return render(request, "overview.html", status=503, window=window, windows=windows,
@@ -146,10 +202,12 @@ def _open_sessions(live: LiveSessions) -> Counter[str]:
     return Counter(s.kind for s in live.open_sessions())
 
 
-def _read(ctx: ConsoleContext, axis: charts.TimeAxis) -> Overview:
+def _read(
+    ctx: ConsoleContext, cache: HistogramCache, axis: charts.TimeAxis, now: float
+) -> Overview:
     window = AuditQuery(since=axis.start)
     with ctx.audit_reader() as reader:
-        buckets = reader.histogram(window, bucket=axis.bucket)
+        buckets = cache.histogram(reader, axis.start, axis.bucket, now)
         tokens = reader.count(replace(window, event="token_issued"))
         denials = reader.query(replace(window, event="denied"), limit=DENIAL_SAMPLE)
     return Overview(list(buckets), tokens, denials.rows, denials.older is not None)
