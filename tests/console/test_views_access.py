@@ -230,6 +230,8 @@ async def test_a_glob_of_dags_and_a_principal(tmp_path: Path, serve: Any) -> Non
     status, html = await get("/console/access/principal?p=airflow:prod/etl/extract")
     page = text(html)
     assert status == 200 and "etl-reads-orders" in page and "etl-writes-orders" not in page
+    assert 'href="/console/access/dag?deployment=prod&amp;dag=etl"' in html
+    assert 'href="/console/access/check?principal=airflow%3Aprod%2Fetl%2Fextract"' in html
     status, html = await get("/console/access/principal?p=airflow:dev/x/y")
     assert "No rule applies: everything is denied by default." in text(html)
 

@@ -268,6 +268,7 @@ async def dag_page(request: web.Request) -> web.StreamResponse:
         deployment=deployment,
         dag=dag,
         principal=None,
+        dag_of_principal=None,
         principals=dag_principals(deployment, dag),
         delegated=delegated,
         undelegated=delegated is not None
@@ -296,11 +297,20 @@ async def principal_page(request: web.Request) -> web.StreamResponse:
         deployment=None,
         dag=None,
         principal=principal,
+        dag_of_principal=_dag_of(principal),
         principals=principal,
         delegated=None,
         undelegated=False,
         dag_filter=None,
     )
+
+
+def _dag_of(principal: str) -> tuple[str, str] | None:
+    """(deployment, dag) of ``airflow:<deployment>/<dag>/<task>``, else None."""
+    if not principal.startswith("airflow:") or principal.count("/") != 2:
+        return None
+    deployment, dag, _task = principal[len("airflow:") :].split("/")
+    return (deployment, dag) if deployment and dag else None
 
 
 @requires("viewer")
