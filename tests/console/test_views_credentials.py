@@ -45,9 +45,9 @@ def encodings(value: str) -> set[str]:
     }
 
 
-@pytest.fixture
-def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[State]:
-    monkeypatch.delenv("LOCKGATE_MASTER_KEY", raising=False)
+def credentials_state(tmp_path: Path) -> State:
+    """A state directory whose credentials hold :data:`SECRETS` (LOCKGATE_MASTER_KEY unset:
+    the master key is made in the data directory)."""
     path = tmp_path / "lockgate.yaml"
     path.write_text(
         json.dumps(  # JSON is YAML
@@ -88,6 +88,13 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[State]:
         "pg-pw", "https://contoso.vault.azure.net/secrets/pg-password", "ver7", time.time() - 60
     )
     time.sleep(0.01)  # orders-key's current version is past its 1 ms max_age
+    return st
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[State]:
+    monkeypatch.delenv("LOCKGATE_MASTER_KEY", raising=False)
+    st = credentials_state(tmp_path)
     try:
         yield st
     finally:

@@ -71,9 +71,8 @@ RECORDS = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv("LOCKGATE_CONFIG", raising=False)
+def trail_config(tmp_path: Path) -> Path:
+    """A configuration over :data:`BROAD` and :data:`SHADOW` with :data:`RECORDS` written."""
     (tmp_path / "policies").mkdir()
     (tmp_path / "policies" / "broad.yaml").write_text(yaml.safe_dump(BROAD))
     (tmp_path / "policies" / "tight.yaml").write_text(yaml.safe_dump(SHADOW))
@@ -93,6 +92,12 @@ def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     finally:
         log.close()
     return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("LOCKGATE_CONFIG", raising=False)
+    return trail_config(tmp_path)
 
 
 def context_of(cfg: LockgateConfig) -> ConsoleContext:
