@@ -390,3 +390,19 @@ async def test_the_dag_list_is_kept_a_minute(
     assert "prod/finance_late" not in (await get("/console/access"))[1]
     monkeypatch.setattr(views_access, "DAGS_TTL", 0.0)
     assert "prod/finance_late" in (await get("/console/access"))[1]
+
+
+async def test_a_trail_that_cannot_be_read_leaves_the_grants(tmp_path: Path, serve: Any) -> None:
+    ctx = console(tmp_path)
+
+    def broken() -> AuditReader:
+        raise OSError("disk gone")
+
+    ctx.audit_reader = broken
+    get = await serve(ctx)
+    status, html = await get("/console/access")
+    assert status == 200 and '<option value="prod/finance_*">' in html
+    status, html = await get("/console/access/dag?deployment=prod&dag=etl")
+    assert status == 200
+    assert "etl-reads-orders" in text(html) and "use is not counted" in text(html)
+    assert "never used" not in text(html)

@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from lockgate import _log
 from lockgate.audit import AuditReader
 from lockgate.audit.query import AuditQuery
 from lockgate.console.web import ConsoleContext, context, render, requires
@@ -47,6 +48,8 @@ from lockgate.policy.access import (
     where,
 )
 from lockgate.policy.mapindex import NOT_MAPPED
+
+log = _log.get("console.access")
 
 #: how far back "seen in use" and the audit's DAGs look
 USE_WINDOW = 30 * 86400.0
@@ -118,7 +121,11 @@ async def known_dags(request: web.Request) -> list[tuple[str, str]]:
     ctx, kept = context(request), request.app[KEPT]
     now = time.time()
     if now - kept.dags_at >= DAGS_TTL:
-        seen = await asyncio.to_thread(_seen_dags, ctx, now)
+        try:
+            seen = await asyncio.to_thread(_seen_dags, ctx, now)
+        except Exception:  # a trail that cannot be read: the configured DAGs, asked again next time
+            log.warning("access map: the audit trail's DAGs could not be read", exc_info=True)
+            return _known_dags(ctx, ())
         kept.dags, kept.dags_at = _known_dags(ctx, seen), now
     return kept.dags
 
@@ -216,10 +223,14 @@ async def _grants_page(
     subject being a glob of DAGs)."""
     ctx = context(request)
     uses: Counter[tuple[str, str]] = Counter()
-    cut = False
+    cut = unread = False
     use_since = str(int(use_query.since)) if use_query and use_query.since else ""
     if use_query is not None:
-        uses, cut = await asyncio.to_thread(_allowed_use, ctx, use_query)
+        try:
+            uses, cut = await asyncio.to_thread(_allowed_use, ctx, use_query)
+        except Exception:  # the grants are policy's answer: shown without their use
+            log.warning("access map: use could not be counted", exc_info=True)
+            unread = True
     sections = _sections(grants, _resources(ctx))
     return render(
         request,
@@ -227,7 +238,8 @@ async def _grants_page(
         subject=subject,
         sections=sections,
         uses=uses,
-        uses_counted=use_query is not None,
+        uses_counted=use_query is not None and not unread,
+        uses_unread=unread,
         uses_cut=cut,
         use_since=use_since,
         use_days=int(USE_WINDOW // 86400),
