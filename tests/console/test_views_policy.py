@@ -18,7 +18,7 @@ from lockgate.audit import AuditLog, AuditReader, AuditRecord, AuditRow
 from lockgate.cli import main
 from lockgate.config import LockgateConfig, load_config
 from lockgate.console import views_policy
-from lockgate.console.views_policy import Reading, add_routes, bounded, parse_since
+from lockgate.console.views_policy import Reading, add_routes, bounded
 from lockgate.console.web import ConsoleContext
 from lockgate.policy import PolicyStore
 
@@ -212,13 +212,6 @@ def test_bounded_counts_what_it_read() -> None:
     assert [r["ts"] for r in got] == [0.0, 1.0, 2.0] and reading.rows == 3
     assert got[0].get("dag_id") == "d" and got[0].get("nope") is None and "event" in got[0]
     assert (reading.first, reading.last, reading.stopped) == (0.0, 2.0, "stopped at 3 records")
-
-
-def test_parse_since_reads_what_the_cli_reads() -> None:
-    assert parse_since("30d", now=100 * 86400.0) == 70 * 86400.0
-    assert parse_since("2026-01-01T00:00:00+00:00") == 1_767_225_600.0
-    with pytest.raises(ValueError, match="bad since"):
-        parse_since("yesterday")
 
 
 async def test_a_broken_shadow_file_is_named_and_enforcement_goes_on(

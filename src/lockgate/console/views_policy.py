@@ -21,11 +21,9 @@ whether it stopped short; a download that would be cut short is refused instead.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -35,8 +33,8 @@ from lockgate.audit.record import RECORD_FIELDS
 from lockgate.console.charts import audit_href
 from lockgate.console.views_credentials import when
 from lockgate.console.web import ConsoleContext, context, render, requires
-from lockgate.policy.suggest import Suggestion, suggest
-from lockgate.policy.usage import RuleUse, rule_usage
+from lockgate.policy.suggest import Suggestion, suggest, suggestion_name
+from lockgate.policy.usage import RuleUse, parse_since, rule_usage
 
 #: Seconds a page may spend reading the audit trail before it answers with what it read
 #: (about a million records of one DAG on a laptop's core).
@@ -49,33 +47,7 @@ SHADOW_ROWS = 10_000
 SHOWN_TESTS = 200
 DEFAULT_SINCE = "30d"
 
-_AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _T = TypeVar("_T")
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """``30d``, ``12h``, ``2w`` (ago), unix seconds or ISO 8601 -> unix seconds (the rules
-    of ``lockgate policy suggest --since``)."""
-    now = time.time() if now is None else now
-    if m := _AGO.match(text):
-        return now - float(m.group(1)) * _UNIT[m.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise ValueError(
-            f"bad since {text!r}: expected a span like 30d or 12h, unix seconds or ISO 8601"
-        ) from None
-
-
-def suggestion_name(dag: str) -> str:
-    """The file stem ``policy suggest --out`` writes a DAG's suggestion under."""
-    return f"suggested-{_FILE_UNSAFE.sub('-', dag)}"
 
 
 # -- reading the trail within bounds ----------------------------------------------------------
@@ -176,7 +148,7 @@ class Window:
 def window_of(request: web.Request) -> Window:
     text = request.query.get("since", DEFAULT_SINCE).strip() or DEFAULT_SINCE
     try:
-        return Window(text, parse_since(text))
+        return Window(text, parse_since(text, name="since"))
     except ValueError as exc:
         return Window(text, None, str(exc))
 
