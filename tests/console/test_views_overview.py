@@ -277,45 +277,59 @@ async def test_an_unreachable_trail_is_a_503_that_says_so(
 
 
 class Counting(AuditReader):
-    """A reader that notes the windows its histograms read."""
+    """A reader that notes the windows its histograms and counts read."""
 
-    asked: list[tuple[float | None, float | None]] = []
+    asked: list[tuple[str, float | None, float | None]]
 
     def histogram(self, q: AuditQuery, *, bucket: float) -> list[HistogramBucket]:
-        self.asked.append((q.since, q.until))
+        self.asked.append(("histogram", q.since, q.until))
         return super().histogram(q, bucket=bucket)
+
+    def count(self, q: AuditQuery) -> int:
+        self.asked.append(("count", q.since, q.until))
+        return super().count(q)
 
 
 def test_settled_buckets_are_read_once_and_the_rest_every_time(tmp_path: Path) -> None:
     bucket, now = 120.0, 1_800_000_000.0  # a multiple of the bucket
     since = now - 6 * 3600
     trail = [
-        dataclasses.replace(request("allowed", "etl"), ts=now - 3600 * h - 1) for h in range(6)
+        dataclasses.replace(record, ts=now - 3600 * h - 1)
+        for h in range(6)
+        for record in (request("allowed", "etl"), AuditRecord(event="token_issued"))
     ]
     write(tmp_path / "audit.db", trail)
     reader = Counting(tmp_path / "audit.db")
     reader.asked = []
     cache = views_overview.HistogramCache()
-    whole = reader.histogram(AuditQuery(since=since), bucket=bucket)
-    reader.asked.clear()
 
-    assert cache.histogram(reader, since, bucket, now) == whole
+    def direct(start: float) -> tuple[list[HistogramBucket], int]:
+        window = AuditQuery(since=start)
+        tokens = reader.count(dataclasses.replace(window, event="token_issued"))
+        return reader.histogram(window, bucket=bucket), tokens
+
+    whole = direct(since)
+    assert whole[1] == 6
+    reader.asked.clear()
+    assert cache.read(reader, since, bucket, now) == whole
     settled = math.floor((now - views_overview.SETTLE) / bucket) * bucket
-    assert reader.asked == [(since, settled), (settled, None)]
+    assert reader.asked[0] == ("histogram", since, settled)
+    assert reader.asked[-2:] == [("count", settled, None), ("histogram", settled, None)]
     reader.asked.clear()
 
     later = now + 2 * bucket  # two more buckets settle; the window moves on with them
-    assert cache.histogram(reader, since + 2 * bucket, bucket, later) == reader.histogram(
-        AuditQuery(since=since + 2 * bucket), bucket=bucket
-    )
-    assert reader.asked[:2] == [(settled, settled + 2 * bucket), (settled + 2 * bucket, None)]
+    assert cache.read(reader, since + 2 * bucket, bucket, later) == direct(since + 2 * bucket)
+    assert reader.asked[:4] == [
+        ("histogram", settled, settled + 2 * bucket),
+        ("count", settled, settled + bucket),
+        ("count", settled + bucket, settled + 2 * bucket),
+        ("count", settled + 2 * bucket, None),
+    ]
     reader.asked.clear()
 
     # a record shipped late into a settled bucket shows up when the cache is rebuilt
     write(tmp_path / "audit.db", [dataclasses.replace(trail[0], ts=now - 2 * 3600)])
     rebuilt = later + views_overview.REBUILD + 1
     start = since + 2 * bucket
-    assert cache.histogram(reader, start, bucket, rebuilt) == reader.histogram(
-        AuditQuery(since=start), bucket=bucket
-    )
-    assert reader.asked[0][0] == start  # read again from the window's start
+    assert cache.read(reader, start, bucket, rebuilt) == direct(start)
+    assert reader.asked[0] == ("histogram", start, math.floor((rebuilt - 300) / bucket) * bucket)

@@ -52,7 +52,7 @@ TOP_DAGS = 6
 #: the audit explorer's filter of denials
 DENIED = {"decision": "deny", "event": "denied"}
 #: the denials the "denied most" resources are counted over (the newest), and shown
-DENIAL_SAMPLE = 5000
+DENIAL_SAMPLE = 2000
 RECENT_DENIALS = 10
 TOP_LISTED = 5
 
@@ -63,42 +63,63 @@ SETTLE = 300.0
 REBUILD = 600.0
 
 
+TOKENS = "token_issued"
+
+
 @dataclass
 class _Settled:
     since: float  # the first bucket it holds
     until: float  # the end of the last settled bucket it holds
     built: float  # when it was first read (rebuilt REBUILD seconds later)
     rows: list[HistogramBucket]
+    tokens: dict[float, int]  # bucket start -> tokens issued in it
 
 
 class HistogramCache:
-    """Per bucket size (one per window), the histogram of the settled buckets: a page reads
-    from the trail only the buckets since the last settled one."""
+    """Per bucket size (one per window), the histogram and the tokens issued of the settled
+    buckets: a page reads from the trail only what came after the last settled bucket."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # one reader fills it; the others wait and reuse
         self._settled: dict[float, _Settled] = {}
 
-    def histogram(
+    def read(
         self, reader: AuditReader, since: float, bucket: float, now: float
-    ) -> list[HistogramBucket]:
-        """What ``reader.histogram(AuditQuery(since=since), bucket=bucket)`` answers."""
+    ) -> tuple[list[HistogramBucket], int]:
+        """What ``reader.histogram(AuditQuery(since=since), bucket=bucket)`` answers, and
+        how many tokens were issued since ``since``."""
         settled_until = math.floor((now - SETTLE) / bucket) * bucket
         if settled_until <= since:
-            return reader.histogram(AuditQuery(since=since), bucket=bucket)
+            return _fresh(reader, since, bucket)
         with self._lock:
             kept = self._settled.get(bucket)
             if kept is None or kept.since > since or now - kept.built > REBUILD:
-                kept = _Settled(since, since, now, [])
+                kept = _Settled(since, since, now, [], {})
             if kept.until < settled_until:
                 more = AuditQuery(since=kept.until, until=settled_until)
                 kept.rows += reader.histogram(more, bucket=bucket)
+                # one count a bucket (the ts index narrows each): a window's tokens are a sum
+                for start in _starts(kept.until, settled_until, bucket):
+                    one = replace(more, event=TOKENS, since=start, until=start + bucket)
+                    kept.tokens[start] = reader.count(one)
                 kept.until = settled_until
             kept.rows = [b for b in kept.rows if b.start >= since]  # the window moved on
+            kept.tokens = {t: n for t, n in kept.tokens.items() if t >= since}
             kept.since = since
             self._settled[bucket] = kept
-            settled = list(kept.rows)
-        return settled + reader.histogram(AuditQuery(since=settled_until), bucket=bucket)
+            rows, tokens = list(kept.rows), sum(kept.tokens.values())
+        newest, more_tokens = _fresh(reader, settled_until, bucket)
+        return rows + newest, tokens + more_tokens
+
+
+def _fresh(reader: AuditReader, since: float, bucket: float) -> tuple[list[HistogramBucket], int]:
+    window = AuditQuery(since=since)
+    tokens = reader.count(replace(window, event=TOKENS))
+    return reader.histogram(window, bucket=bucket), tokens
+
+
+def _starts(since: float, until: float, bucket: float) -> list[float]:
+    return [since + i * bucket for i in range(round((until - since) / bucket))]
 
 
 CACHE: web.AppKey[HistogramCache] = web.AppKey("lockgate_console_overview_cache", HistogramCache)
@@ -205,9 +226,8 @@ def _open_sessions(live: LiveSessions) -> Counter[str]:
 def _read(
     ctx: ConsoleContext, cache: HistogramCache, axis: charts.TimeAxis, now: float
 ) -> Overview:
-    window = AuditQuery(since=axis.start)
     with ctx.audit_reader() as reader:
-        buckets = cache.histogram(reader, axis.start, axis.bucket, now)
-        tokens = reader.count(replace(window, event="token_issued"))
-        denials = reader.query(replace(window, event="denied"), limit=DENIAL_SAMPLE)
+        buckets, tokens = cache.read(reader, axis.start, axis.bucket, now)
+        newest = AuditQuery(event="denied", since=axis.start)
+        denials = reader.query(newest, limit=DENIAL_SAMPLE)
     return Overview(list(buckets), tokens, denials.rows, denials.older is not None)
