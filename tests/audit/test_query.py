@@ -59,6 +59,7 @@ def _record(i: int, replica: str) -> AuditRecord:
             event, "allow"
         ),
         jti=f"jti-{i % 7}",
+        rule=f"r-{i % 4}",
         detail=detail,
     )
 
@@ -132,6 +133,7 @@ QUERIES = [
     AuditQuery(shadow=True),
     AuditQuery(shadow=True, dag="etl", since=BASE_TS + 10),
     AuditQuery(dag="no-such-dag"),
+    AuditQuery(rule="r-2", decision="allow"),
 ]
 
 
@@ -161,6 +163,27 @@ def test_every_filter_pages_and_counts_as_brute_force(
             break
     assert got == expected
     assert pages == max(1, math.ceil(len(expected) / 7))
+
+
+@pytest.mark.parametrize(
+    "names", [("rule", "resource"), ("dag",), ("dag_id", "event", "try_number")]
+)
+@pytest.mark.parametrize("q", [AuditQuery(), AuditQuery(event="allowed", since=BASE_TS + 99)])
+def test_count_by_is_a_brute_force_count(
+    reader: tuple[AuditReader, list[AuditRow]], q: AuditQuery, names: tuple[str, ...]
+) -> None:
+    r, every = reader
+    expected = Counter(
+        tuple(getattr(row, _FIELD_OF.get(f, f)) for f in names) for row in every if _matches(row, q)
+    )
+    assert r.count_by(q, names) == dict(expected)
+
+
+def test_count_by_only_named_fields(reader: tuple[AuditReader, list[AuditRow]]) -> None:
+    r, _ = reader
+    for names in [("detail",), ("rule; DROP TABLE audit",), ()]:
+        with pytest.raises(ValueError, match="cannot count by"):
+            r.count_by(AuditQuery(), names)
 
 
 def test_shadow_means_a_verdict_object_in_detail(

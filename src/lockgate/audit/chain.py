@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_dag ON audit(dag_id, seq);
 CREATE INDEX IF NOT EXISTS audit_run ON audit(run_id, seq);
 CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
+-- every record of one token (the console's live tokens: each one's last use)
+CREATE INDEX IF NOT EXISTS audit_jti ON audit(jti, seq) WHERE jti IS NOT NULL;
 CREATE TABLE IF NOT EXISTS audit_head (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,

@@ -38,7 +38,10 @@ _EQUAL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event", "event"),
     ("principal", "principal"),
     ("jti", "jti"),
+    ("rule", "rule"),
 )
+#: what :func:`count_by` may group by: the filters' names (and their columns' names)
+_GROUP_COLUMNS = {**dict(_EQUAL_COLUMNS), **{c: c for _, c in _EQUAL_COLUMNS}}
 #: the outcome events of a request (``admitted`` is written ahead of its outcome: counting
 #: it too would count an allowed request twice)
 REQUEST_OUTCOMES = ("allowed", "denied", "throttled", "upstream_error")
@@ -84,6 +87,7 @@ class AuditQuery:
     until: float | None = None
     shadow: bool = False
     replica: str | None = None
+    rule: str | None = None  # the rule that decided
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,21 @@ def count(execute: Execute, store: Store, q: AuditQuery) -> int:
     return int(row[0])
 
 
+def count_by(
+    execute: Execute, store: Store, q: AuditQuery, fields: Sequence[str]
+) -> dict[tuple[Any, ...], int]:
+    """How many records match ``q`` per distinct value of ``fields`` (filter names such as
+    ``dag``, ``rule``, ``resource``, or their columns); ValueError for any other name."""
+    unknown = [f for f in fields if f not in _GROUP_COLUMNS]
+    if unknown or not fields:
+        raise ValueError(f"cannot count by {unknown or 'nothing'}")
+    columns = ", ".join(_GROUP_COLUMNS[f] for f in fields)  # names from the table above
+    clauses, args = where(q, store)
+    sql = f"SELECT {columns}, count(*) FROM {store.table}{_sql_where(clauses)}"  # noqa: S608
+    sql += f" GROUP BY {columns}"
+    return {tuple(r[:-1]): int(r[-1]) for r in execute(sql, args)}
+
+
 def histogram(
     execute: Execute, store: Store, q: AuditQuery, *, bucket: float
 ) -> list[HistogramBucket]:
@@ -272,6 +291,7 @@ __all__ = [
     "HistogramBucket",
     "Store",
     "count",
+    "count_by",
     "decode_cursor",
     "encode_cursor",
     "histogram",

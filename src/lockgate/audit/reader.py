@@ -112,19 +112,24 @@ class AuditReader:
     def query(self, q: AuditQuery, *, limit: int = 100, older: str | None = None) -> AuditPage:
         """Up to ``limit`` records matching ``q``, newest first, and the cursor of the next
         (older) page; ``older``: a cursor from a previous page (ValueError if malformed)."""
-        return self._run(
+        return self._ask(
             lambda run, store: sql_query.page(run, store, q, limit=limit, older=older),
             AuditPage([], None),
         )
 
     def count(self, q: AuditQuery) -> int:
         """How many records match ``q``."""
-        return self._run(lambda run, store: sql_query.count(run, store, q), 0)
+        return self._ask(lambda run, store: sql_query.count(run, store, q), 0)
+
+    def count_by(self, q: AuditQuery, fields: Sequence[str]) -> dict[tuple[Any, ...], int]:
+        """How many records match ``q`` per distinct value of ``fields`` (filter names, e.g.
+        ``("rule", "resource")``): one grouped query."""
+        return self._ask(lambda run, store: sql_query.count_by(run, store, q, fields), {})
 
     def histogram(self, q: AuditQuery, *, bucket: float) -> list[HistogramBucket]:
         """Request outcomes (allowed, denied, throttled, upstream errors) per DAG per
         ``bucket`` seconds, oldest first (see :func:`lockgate.audit.query.histogram`)."""
-        return self._run(lambda run, store: sql_query.histogram(run, store, q, bucket=bucket), [])
+        return self._ask(lambda run, store: sql_query.histogram(run, store, q, bucket=bucket), [])
 
     def record(self, seq: int, replica: str | None = None) -> AuditRow | None:
         """One record: ``seq`` of this replica's local chain, or, with shipping and
@@ -147,7 +152,7 @@ class AuditReader:
             row = conn.execute(f"{LOCAL_SELECT} WHERE seq = ?", (seq,)).fetchone()
             return chain.row_from_columns(row) if row else None
 
-    def _run(self, ask: Callable[[sql_query.Execute, sql_query.Store], _T], nothing: _T) -> _T:
+    def _ask(self, ask: Callable[[sql_query.Execute, sql_query.Store], _T], nothing: _T) -> _T:
         """``ask`` run against the trail this reader reads (the shared trail with shipping,
         else the local chain); ``nothing`` when that holds no records yet."""
         if self.shipping is not None:
