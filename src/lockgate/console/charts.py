@@ -407,13 +407,13 @@ def _table(series: Series, axis: TimeAxis) -> str:
             f'<tr><th scope="row">{escape(utc(start))}</th>{"".join(cells)}'
             f'<td class="num">{counts.total:,}</td></tr>'
         )
-    head = "".join(f'<th scope="col">{label}</th>' for _, label, _ in KINDS)
+    head = "".join(f'<th scope="col" class="num">{label}</th>' for _, label, _ in KINDS)
     return (
         '<details class="chart-table"><summary>Show as table</summary>'
         f'<table class="data"><caption>{escape(series.label)}: requests per '
         f"{escape(duration(axis.bucket))} (UTC; buckets without requests left out)</caption>"
         f'<thead><tr><th scope="col">Bucket start (UTC)</th>{head}'
-        f'<th scope="col">Total</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f'<th scope="col" class="num">Total</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
         "</details>"
     )
 
