@@ -6,19 +6,21 @@ list, bad windows, and the read bound."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from lockgate.audit import AuditLog, AuditReader, AuditRecord, AuditRow
 from lockgate.cli import main
 from lockgate.config import LockgateConfig, load_config
 from lockgate.console import views_policy
-from lockgate.console.views_policy import Reading, add_routes, bounded
+from lockgate.console.views_policy import Reading, Reads, add_routes, bounded
 from lockgate.console.web import ConsoleContext
 from lockgate.policy import PolicyStore
 
@@ -227,3 +229,32 @@ async def test_a_broken_shadow_file_is_named_and_enforcement_goes_on(
         assert "shadow set not loaded" in await page(c, "/console/policy")
         # the enforced set still decides: one rule of two never used, as before
         assert "1 of 2 allow rules never used" in await page(c, "/console/policy/unused")
+
+
+async def test_reads_run_in_their_own_pool_and_beyond_it_are_told_to_retry() -> None:
+    reads = Reads(readers=1)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return threading.current_thread().name
+
+    first = asyncio.ensure_future(reads.run(slow))
+    assert await asyncio.to_thread(started.wait, 10)
+    with pytest.raises(web.HTTPServiceUnavailable) as refused:
+        await reads.run(slow)
+    assert refused.value.headers["Retry-After"] == "30"
+    release.set()
+    assert (await first).startswith("console-read")  # never the default executor
+    assert reads.running == 0
+    await reads.close()
+
+
+def test_a_closing_console_stops_a_read() -> None:
+    closing = threading.Event()
+    closing.set()
+    reading = Reading(None)
+    rows = [AuditRow(event="admitted", ts=float(i)) for i in range(5000)]
+    assert list(bounded(rows, reading, seconds=60, most=10**6, stop=closing)) == []
+    assert reading.stopped == "stopped: the console is closing"

@@ -13,16 +13,21 @@ and what a shadow policy would decide otherwise.
 - ``GET /policy/shadow?since=30d``: records whose shadow verdict differs from the enforced
   one, grouped by DAG, verdict and rule, each group a link into the audit explorer.
 
-Every page is for viewers. The trail is read off the event loop (``asyncio.to_thread``) and
-within bounds (:data:`READ_SECONDS`, :data:`READ_ROWS`): a page says how much it read and
-whether it stopped short; a download that would be cut short is refused instead.
+Every page is for viewers. The trail is read off the event loop, in a pool of the pages'
+own (:class:`Reads`: the default executor serves the gateway's engines, which must never
+wait behind a long read), at most :data:`READERS` reads at once (more are told to retry),
+and within bounds (:data:`READ_SECONDS`, :data:`READ_ROWS`): a page says how much it read
+and whether it stopped short; a download that would be cut short is refused instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -47,6 +52,8 @@ SHADOW_ROWS = 10_000
 SHOWN_TESTS = 200
 DEFAULT_SINCE = "30d"
 
+#: Reads of the trail running at once; a page asked for beyond them says to retry.
+READERS = 2
 _T = TypeVar("_T")
 
 
@@ -96,19 +103,29 @@ class RowFields(Mapping[str, Any]):
 
 
 def bounded(
-    rows: Iterable[AuditRow], reading: Reading, *, seconds: float, most: int
+    rows: Iterable[AuditRow],
+    reading: Reading,
+    *,
+    seconds: float,
+    most: int,
+    stop: threading.Event | None = None,
 ) -> Iterator[Mapping[str, Any]]:
     """``rows`` as the mappings suggest/usage read, counted into ``reading``, until the
-    window ends, ``seconds`` pass or ``most`` rows were read."""
+    window ends, ``seconds`` pass, ``most`` rows were read or ``stop`` is set (the
+    console is closing)."""
     start = time.monotonic()
     try:
         for row in rows:
             if reading.rows >= most:
                 reading.stopped = f"stopped at {most:,} records"
                 return
-            if reading.rows % 1024 == 0 and time.monotonic() - start > seconds:
-                reading.stopped = f"stopped after {seconds:g} s"
-                return
+            if reading.rows % 1024 == 0:
+                if time.monotonic() - start > seconds:
+                    reading.stopped = f"stopped after {seconds:g} s"
+                    return
+                if stop is not None and stop.is_set():
+                    reading.stopped = "stopped: the console is closing"
+                    return
             reading.rows += 1
             if reading.first is None:
                 reading.first = row.ts
@@ -125,15 +142,56 @@ def _read(
     use: Callable[[Iterator[Mapping[str, Any]]], _T],
     *,
     deployment: str | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[_T, Reading]:
     """``use`` over the bounded rows of ``dag`` since ``since`` (blocking: run in a thread)."""
     reading = Reading(since)
     with ctx.audit_reader() as reader:
         rows = bounded(reader.iter_rows(dag=dag, since=since), reading,
-                       seconds=READ_SECONDS, most=READ_ROWS)  # fmt: skip
+                       seconds=READ_SECONDS, most=READ_ROWS, stop=stop)  # fmt: skip
         if deployment:
             rows = (r for r in rows if r.get("deployment") == deployment)
         return use(rows), reading
+
+
+class Reads:
+    """The pages' reads of the trail: a pool of their own, a count of those running, and the
+    signal that stops them when the console closes."""
+
+    def __init__(self, readers: int = READERS) -> None:
+        self.readers = readers
+        self.running = 0
+        self.closing = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` in the pool; 503 when :data:`READERS` already run."""
+        if self.running >= self.readers:
+            raise web.HTTPServiceUnavailable(
+                text=f"{self.running} reads of the audit trail are running: try again shortly",
+                headers={"Retry-After": str(int(READ_SECONDS))},
+            )
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="console-read")
+        self.running += 1
+        try:
+            call = functools.partial(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        finally:
+            self.running -= 1
+
+    async def close(self, _: web.Application | None = None) -> None:
+        self.closing.set()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+READS: web.AppKey[Reads] = web.AppKey("lockgate_console_policy_reads", Reads)
+
+
+def reads_of(request: web.Request) -> Reads:
+    return request.app[READS]
 
 
 @dataclass(frozen=True)
@@ -188,7 +246,7 @@ def _dag_list(ctx: ConsoleContext, since: float | None) -> list[DagSeen]:
 async def overview_page(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     window = window_of(request)
-    dags = [] if window.error else await asyncio.to_thread(_dag_list, ctx, window.since)
+    dags = [] if window.error else await reads_of(request).run(_dag_list, ctx, window.since)
     return render(
         request,
         "policy_overview.html",
@@ -221,10 +279,17 @@ async def _suggestion(request: web.Request) -> Asked:
     if asked.window.error:
         return asked
     if dag is None:
-        asked.dags = await asyncio.to_thread(_dag_list, ctx, since)
+        asked.dags = await reads_of(request).run(_dag_list, ctx, since)
         return asked
-    asked.found, asked.reading = await asyncio.to_thread(
-        _read, ctx, dag, since, lambda rows: suggest(rows, dag), deployment=asked.deployment
+    reads = reads_of(request)
+    asked.found, asked.reading = await reads.run(
+        _read,
+        ctx,
+        dag,
+        since,
+        lambda rows: suggest(rows, dag),
+        deployment=asked.deployment,
+        stop=reads.closing,
     )
     return asked
 
@@ -295,9 +360,11 @@ async def unused_page(request: web.Request) -> web.StreamResponse:
     reading = None
     if not window.error:
         policy_set = ctx.policy.current  # what is enforced now
-        uses, reading = await asyncio.to_thread(
+        reads = reads_of(request)
+        uses, reading = await reads.run(
             _read, ctx, None, window.since,
             lambda rows: rule_usage(policy_set, rows, deployment=deployment),
+            stop=reads.closing,
         )  # fmt: skip
     return render(
         request,
@@ -374,7 +441,9 @@ def _shadow_report(ctx: ConsoleContext, since: float | None) -> ShadowReport:
 async def shadow_page(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     window = window_of(request)
-    report = None if window.error else await asyncio.to_thread(_shadow_report, ctx, window.since)
+    report = (
+        None if window.error else await reads_of(request).run(_shadow_report, ctx, window.since)
+    )
     return render(
         request,
         "policy_shadow.html",
@@ -390,6 +459,8 @@ async def shadow_page(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    app[READS] = reads = Reads()
+    app.on_cleanup.append(reads.close)
     app.router.add_get("/policy", overview_page, name="policy")
     app.router.add_get("/policy/suggest", suggest_page, name="policy-suggest")
     app.router.add_get("/policy/suggest.yaml", suggest_download, name="policy-suggest-yaml")
