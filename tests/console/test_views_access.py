@@ -406,3 +406,24 @@ async def test_a_trail_that_cannot_be_read_leaves_the_grants(tmp_path: Path, ser
     assert status == 200
     assert "etl-reads-orders" in text(html) and "use is not counted" in text(html)
     assert "never used" not in text(html)
+
+
+async def test_check_at_a_moment(tmp_path: Path, serve: Any) -> None:
+    (tmp_path / "late.yaml").write_text(
+        "rules:\n  - id: night-freeze\n    effect: deny\n    principals: ['*']\n"
+        "    actions: ['*']\n    resources: [billing]\n"
+        "    conditions: {time_window: {start: '23:00', end: '23:30'}}\n"
+    )
+    ctx = console(tmp_path)
+    files = [tmp_path / "team.yaml", tmp_path / "late.yaml"]
+    ctx.policy = PolicyStore(lambda: files, {"orders", "billing"}, raise_on_error=True)
+    get = await serve(ctx)
+    asked = "principal=airflow:prod/finance_eu/x&resource=billing&action=read&object=/x"
+    status, html = await get(f"/console/access/check?{asked}&at=2026-12-05T23:10")
+    assert status == 200
+    page = text(html)
+    assert "At 2026-12-05 23:10:00 UTC." in page and "Decided by rule night-freeze" in page
+    status, html = await get(f"/console/access/check?{asked}&at=2026-12-05T12:00:00")
+    assert "Decided by rule finance-billing" in text(html)
+    status, html = await get(f"/console/access/check?{asked}&at=noon")
+    assert status == 400 and "is not a time like" in text(html)

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -354,9 +355,12 @@ async def check_page(request: web.Request) -> web.StreamResponse:
     q = request.query
     asked = {k: q.get(k, "").strip() for k in ("principal", "resource", "action", "object")}
     map_text = q.get("map_index", "").strip()
+    at_text = q.get("at", "").strip()
     values: dict[str, Any] = {
         "asked": asked,
         "map_text": map_text,
+        "at_text": at_text,
+        "at_shown": None,
         "resources": _resources(ctx),
         "actions": ACTIONS,
         "problem": None,
@@ -372,6 +376,12 @@ async def check_page(request: web.Request) -> web.StreamResponse:
     except ValueError:
         values["problem"] = f"map index {map_text!r} is not a whole number"
         return render(request, "access_check.html", status=400, **values)
+    try:
+        at = _moment(at_text)
+    except ValueError:
+        values["problem"] = f"time {at_text!r} is not a time like 2026-12-05T13:00 (UTC)"
+        return render(request, "access_check.html", status=400, **values)
+    values["at_shown"] = at.strftime("%Y-%m-%d %H:%M:%S UTC")
     deployments = _deployments(ctx)
     problem = request_problem(
         asked["principal"],
@@ -386,7 +396,7 @@ async def check_page(request: web.Request) -> web.StreamResponse:
         values["problem"] = problem
         return render(request, "access_check.html", status=400, **values)
     policy_set = ctx.policy.current
-    args = (asked["principal"], asked["resource"], asked["action"], asked["object"], map_index)
+    args = (asked["principal"], asked["resource"], asked["action"], asked["object"], map_index, at)
     answer = explain(policy_set, *args, deployments=deployments)
     values["answer"] = answer
     decided_by = policy_set.rule(answer.decision.rule) if answer.decision.rule else None
@@ -397,6 +407,15 @@ async def check_page(request: web.Request) -> web.StreamResponse:
     if shadow_set is not None:
         values["shadow"] = explain(shadow_set, *args, deployments=deployments)
     return render(request, "access_check.html", **values)
+
+
+def _moment(text: str) -> datetime:
+    """The time a request is checked at: ISO 8601 or a ``datetime-local`` value (no offset:
+    UTC), else now."""
+    if not text:
+        return datetime.now(UTC)
+    when = datetime.fromisoformat(text)
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 async def _bad_question(request: web.Request, message: str) -> web.Response:
