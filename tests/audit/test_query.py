@@ -41,6 +41,8 @@ def _record(i: int, replica: str) -> AuditRecord:
         detail["shadow"] = "not a verdict"  # only an object is a shadow verdict
     if i % 13 == 0:
         detail["nul"] = "a\x00b"  # JSON escapes it; PostgreSQL's jsonb would refuse it
+    if i % 19 == 5:
+        detail["ref"] = f"req-{i}"  # an outcome following its admitted record
     if i % 17 == 0:
         detail["text"] = "\\u0000 \\\x00"  # a backslash before "u0000", and before a NUL
     return AuditRecord(
@@ -290,10 +292,33 @@ def test_search_keeps_its_answer(reader: tuple[AuditReader, list[AuditRow]]) -> 
     assert [_key(row) for row in r.search(dag="etl", limit=5)] == [_key(x) for x in newest[::-1]]
 
 
+@pytest.mark.parametrize(("dag", "since"), [(None, None), ("etl", BASE_TS + 300)])
+def test_usage_rows_are_the_rows_suggest_reads(
+    reader: tuple[AuditReader, list[AuditRow]], dag: str | None, since: float | None
+) -> None:
+    from lockgate.audit.reader import USAGE_FIELDS
+
+    r, every = reader
+    expected = [
+        {
+            **{f: getattr(row, f) for f in USAGE_FIELDS},
+            "detail": {"ref": True} if "ref" in row.detail else {},
+        }
+        for row in every[::-1]
+        if (dag is None or row.dag_id == dag) and (since is None or row.ts >= since)
+    ]
+    got = list(r.usage_rows(dag=dag, since=since, batch=7))
+    assert any(row["detail"] for row in got)
+    key = lambda row: (row["ts"], row["dag_id"] or "", row["object"])  # noqa: E731
+    assert sorted(got, key=key) == sorted(expected, key=key)
+    assert [row["ts"] for row in got] == sorted(row["ts"] for row in got)  # oldest first
+
+
 def test_nothing_written_yet(tmp_path: Path) -> None:
     r = AuditReader(tmp_path / "audit.db")
     assert r.query(AuditQuery()) == AuditPage([], None)
     assert r.count(AuditQuery(dag="x")) == 0
     assert r.histogram(AuditQuery(), bucket=60) == []
     assert r.record(1) is None
+    assert list(r.usage_rows()) == []
     assert not (tmp_path / "audit.db").exists()
