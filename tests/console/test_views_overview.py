@@ -58,10 +58,12 @@ def write(path: Path, records: Iterable[AuditRecord]) -> None:
 
 
 class Live:
-    def __init__(self, kinds: list[str]) -> None:
-        self.kinds = kinds
+    def __init__(self, kinds: list[str] | None) -> None:
+        self.kinds = kinds  # None: the shared registry is down
 
     def open_sessions(self) -> list[OpenSession]:
+        if self.kinds is None:
+            raise StoreUnavailable("live sessions (postgresql://db/lockgate): refused")
         return [
             OpenSession(kind, "db", "p", "prod", "etl", "r", "t", 1, "j", NOW, "1.2.3.4", "a/0")
             for kind in self.kinds
@@ -224,6 +226,10 @@ async def test_live_sessions_are_counted_when_the_gateway_keeps_them(
     get = await serve(console(tmp_path / "audit.db", Live(["cql", "cql", "postgres"])))
     _, html = await get("/console/")
     assert "Sessions open now 3 (2 cql, 1 postgres)" in Page(html).words
+    get = await serve(console(tmp_path / "audit.db", Live(None)))
+    status, html = await get("/console/")
+    assert status == 200
+    assert "Sessions open now ? (the session registry cannot be read now)" in Page(html).words
 
 
 async def test_a_viewer_sees_the_overview(tmp_path: Path, serve: Callable[..., Any]) -> None:

@@ -135,7 +135,8 @@ class Overview:
     denials: list[AuditRow]
     #: more denials in the window than ``denials`` holds
     denials_capped: bool
-    sessions: Counter[str] = field(default_factory=Counter)
+    #: open sessions per kind; None when the registry cannot be read now
+    sessions: Counter[str] | None = field(default_factory=Counter)
 
 
 def add_routes(app: web.Application) -> None:
@@ -219,8 +220,11 @@ def _denied_dags(buckets: list[charts.BucketLike]) -> list[tuple[str | None, int
     return sorted(denied.items(), key=lambda kv: (-kv[1], kv[0] or ""))[:TOP_LISTED]
 
 
-def _open_sessions(live: LiveSessions) -> Counter[str]:
-    return Counter(s.kind for s in live.open_sessions())
+def _open_sessions(live: LiveSessions) -> Counter[str] | None:
+    try:
+        return Counter(s.kind for s in live.open_sessions())
+    except StoreUnavailable:  # the shared registry is down: the rest of the page still is
+        return None
 
 
 def _read(
