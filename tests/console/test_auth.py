@@ -406,7 +406,7 @@ def test_next_keeps_a_console_page() -> None:
 async def test_sign_in_never_sends_anyone_off_site(make_console: Any) -> None:
     c: Console = await make_console()
     page = await (await c.client.get("/console/login?next=https://evil.example/")).text()
-    assert 'name="next" value="/console/"' in page
+    assert 'href="/console/auth/start?next=/console/"' in page
     done = await c.oidc_sign_in(next_path="//evil.example/x")
     assert done.status == 200
     assert 'content="0;url=/console/"' in await done.text()
