@@ -315,42 +315,7 @@ async def test_missing_choices_and_viewers(tmp_path: Path, serve: Any) -> None:
     assert status == 200 and "<script>x" not in html and "&lt;script&gt;x" in html
 
 
-async def test_use_counted_past_the_rows_read_is_a_lower_bound(
-    tmp_path: Path, serve: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(views_access, "USE_ROWS_READ", 4)
-    monkeypatch.setattr(views_access, "_USE_PAGE", 2)
-    records = [admitted("etl", "load", "etl-reads-orders", ago=10.0 + i) for i in range(7)]
-    ctx = console(tmp_path, records=records)
-    real = ctx.audit_reader
-
-    class Paging:
-        """A trail that pages rows but cannot count them by rule."""
-
-        def __init__(self) -> None:
-            self.reader = real()
-
-        def __enter__(self) -> Paging:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.reader.close_shared()
-
-        def histogram(self, q: Any, *, bucket: float) -> Any:
-            return self.reader.histogram(q, bucket=bucket)
-
-        def query(self, q: Any, *, limit: int, older: str | None) -> Any:
-            return self.reader.query(q, limit=limit, older=older)
-
-    ctx.audit_reader = lambda: cast(AuditReader, Paging())
-    get = await serve(ctx)
-    status, html = await get("/console/access/dag?deployment=prod&dag=etl")
-    assert status == 200
-    assert "(at least: the count stopped after the newest records)" in text(html)
-    assert re.search(r'event=admitted[^"]*">4</a>', html)
-
-
-async def test_a_trail_that_counts_by_rule_is_asked_once(tmp_path: Path, serve: Any) -> None:
+async def test_use_is_one_grouped_count(tmp_path: Path, serve: Any) -> None:
     ctx = console(tmp_path)
     asked: list[tuple[Any, tuple[str, ...]]] = []
 

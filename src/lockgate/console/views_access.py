@@ -25,7 +25,7 @@ import asyncio
 import fnmatch
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +34,6 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from lockgate import _log
-from lockgate.audit import AuditReader
 from lockgate.audit.query import AuditQuery
 from lockgate.console.web import ConsoleContext, context, render, requires
 from lockgate.policy import ACTIONS, PolicySet
@@ -54,9 +53,6 @@ log = _log.get("console.access")
 
 #: how far back "seen in use" and the audit's DAGs look
 USE_WINDOW = 30 * 86400.0
-#: allowed records read to count use per rule when the trail cannot count by rule itself
-USE_ROWS_READ = 20_000
-_USE_PAGE = 2_000
 #: how long the list of known DAGs is kept
 DAGS_TTL = 60.0
 
@@ -139,30 +135,11 @@ async def _lines(request: web.Request, policy_set: PolicySet) -> dict[str, int]:
     return kept.lines
 
 
-def _use_counts(reader: AuditReader, q: AuditQuery) -> tuple[Counter[tuple[str, str]], bool]:
-    """Allowed requests per (rule, resource) matching ``q`` and whether the count was cut
-    at :data:`USE_ROWS_READ` rows (then the numbers are lower bounds)."""
-    counter: Counter[tuple[str, str]] = Counter()
-    count_by: Callable[..., Any] | None = getattr(reader, "count_by", None)
-    if count_by is not None:
-        for key, n in count_by(q, ("rule", "resource")).items():
-            counter[(key[0] or "", key[1] or "")] += n
-        return counter, False
-    read, older = 0, None
-    while read < USE_ROWS_READ:
-        page = reader.query(q, limit=_USE_PAGE, older=older)
-        for row in page.rows:
-            counter[(row.rule or "", row.resource or "")] += 1
-        read += len(page.rows)
-        older = page.older
-        if older is None:
-            return counter, False
-    return counter, True
-
-
-def _allowed_use(ctx: ConsoleContext, q: AuditQuery) -> tuple[Counter[tuple[str, str]], bool]:
+def _allowed_use(ctx: ConsoleContext, q: AuditQuery) -> Counter[tuple[str, str]]:
+    """Allowed requests per (rule, resource) matching ``q``: one grouped count."""
     with ctx.audit_reader() as reader:
-        return _use_counts(reader, q)
+        counted = reader.count_by(q, ("rule", "resource"))
+    return Counter({(rule or "", resource or ""): n for (rule, resource), n in counted.items()})
 
 
 @dataclass(frozen=True)
@@ -224,11 +201,11 @@ async def _grants_page(
     subject being a glob of DAGs)."""
     ctx = context(request)
     uses: Counter[tuple[str, str]] = Counter()
-    cut = unread = False
+    unread = False
     use_since = str(int(use_query.since)) if use_query and use_query.since else ""
     if use_query is not None:
         try:
-            uses, cut = await asyncio.to_thread(_allowed_use, ctx, use_query)
+            uses = await asyncio.to_thread(_allowed_use, ctx, use_query)
         except Exception:  # the grants are policy's answer: shown without their use
             log.warning("access map: use could not be counted", exc_info=True)
             unread = True
@@ -241,7 +218,6 @@ async def _grants_page(
         uses=uses,
         uses_counted=use_query is not None and not unread,
         uses_unread=unread,
-        uses_cut=cut,
         use_since=use_since,
         use_days=int(USE_WINDOW // 86400),
         link=_link,
