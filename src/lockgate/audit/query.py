@@ -217,20 +217,8 @@ def histogram(
     clauses.append(f"event IN ({', '.join('?' * len(REQUEST_OUTCOMES))})")
     args += REQUEST_OUTCOMES
     sql_where = _sql_where(clauses)
-    lo, hi = q.since, q.until
-    if lo is None or hi is None:
-        sql = f"SELECT min(ts), max(ts) FROM {store.table}{sql_where}"  # noqa: S608
-        (span,) = execute(sql, args)
-        if span[0] is None:
-            return []
-        lo = float(span[0]) if lo is None else lo
-        hi = float(span[1]) if hi is None else hi
-    buckets = math.floor(hi / bucket) - math.floor(lo / bucket) + 1
-    if buckets > MAX_BUCKETS:
-        raise ValueError(
-            f"{buckets} buckets of {bucket:g} s: at most {MAX_BUCKETS} (a wider bucket, "
-            "or a shorter window)"
-        )
+    if q.since is not None and q.until is not None:  # refused before anything is read
+        _check_buckets(math.floor(q.since / bucket), math.floor(q.until / bucket), bucket)
     outcome = ", ".join(
         f"sum(CASE WHEN event = '{e}' THEN 1 ELSE 0 END)"  # constants, never input
         for e in REQUEST_OUTCOMES
@@ -240,12 +228,28 @@ def histogram(
         f"FROM {store.table}{sql_where} GROUP BY b, dag_id"
     )
     rows = execute(sql, [float(bucket), *args])
+    if not rows:
+        return []
+    # an open end of the window is the matching records' first or last bucket (one
+    # grouped read, no scan for min/max first)
+    first = math.floor(q.since / bucket) if q.since is not None else min(int(r[0]) for r in rows)
+    last = math.floor(q.until / bucket) if q.until is not None else max(int(r[0]) for r in rows)
+    _check_buckets(first, last, bucket)
     out = [
         HistogramBucket(int(b) * bucket, dag, int(a), int(d), int(t), int(e))
         for b, dag, a, d, t, e in rows
     ]
     out.sort(key=lambda h: (h.start, h.dag is not None, h.dag or ""))
     return out
+
+
+def _check_buckets(first: int, last: int, bucket: float) -> None:
+    buckets = last - first + 1
+    if buckets > MAX_BUCKETS:
+        raise ValueError(
+            f"{buckets} buckets of {bucket:g} s: at most {MAX_BUCKETS} (a wider bucket, "
+            "or a shorter window)"
+        )
 
 
 def encode_cursor(position: list[object]) -> str:
