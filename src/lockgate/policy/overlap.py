@@ -10,6 +10,10 @@ character either glob names, its neighbours, ``/`` and the two ends of Unicode. 
 non-empty intersection of the sets involved (unions of ranges and their complements)
 contains one of those characters, so the answer is exact, not an approximation.
 
+The access map asks many pairs (every rule by every known DAG), so the cheap answers come
+first: globs whose literal starts or ends differ share nothing, the literal characters both
+start and end with are trimmed before the walk, and answers are kept.
+
 Dialects follow :mod:`lockgate.policy.globs`: ``name`` globs are :func:`fnmatch.fnmatchcase`
 (``*`` crosses ``/``), ``object`` globs are path-aware (``*`` and ``?`` stay within one
 segment, ``**`` crosses, a lone ``*`` or ``**`` matches everything).
