@@ -232,3 +232,33 @@ def test_what_the_shadows_claim_holds_in_the_engine(
             }
             assert whole <= denies, (resource, action, obj)
             assert denies <= listed, (resource, action, obj)
+
+
+@settings(max_examples=150, deadline=None)
+@given(policies, st.sampled_from(["orders", "orders-v2", "pg"]))
+def test_the_dags_a_rule_reaches_are_those_some_task_of_them_matches(
+    rules: tuple[dict[str, Any], ...], resource: str
+) -> None:
+    ps = policy(rules)
+    names = ["etl", "e", "x1", "xy", "other", "load", "x"]
+    dags = [("prod", "etl"), ("prod", "e*"), ("prod", "x?"), ("dev", "other")]
+    for reach in reachers_of(ps, resource, dags):
+        rule_ = ps.rule(reach.grant.rule)
+        assert rule_ is not None and rule_.resources(resource)
+        expected = set()
+        for deployment, dag in dags:
+            tasks = [
+                f"airflow:{deployment}/{d}/{t}"
+                for d, t in itertools.product(names, names)
+                if fnmatchcase(d, dag)
+            ]
+            if any(rule_.principals(p) for p in tasks):
+                expected.add((deployment, dag))
+        assert {(d.deployment, d.dag) for d in reach.dags} == expected
+        for d in reach.dags:
+            if d.whole:  # every task of every DAG the glob names
+                dag_ids = [n for n in names if fnmatchcase(n, d.dag)]
+                assert all(
+                    rule_.principals(f"airflow:{d.deployment}/{n}/{t}")
+                    for n, t in itertools.product(dag_ids, names)
+                )
