@@ -201,6 +201,7 @@ async def test_a_dags_grants_per_resource_with_lines_denies_and_use(
     labelled(html)
     page = text(html)
     assert "What DAG etl of prod may do" in page
+    assert "2 grants on 1 resource; 1 not used in the last 30 days." in page
     assert "etl-reads-orders team.yaml:2" in page
     assert "etl-writes-orders team.yaml:9" in page and "no-pii team.yaml:15" in page
     assert "finance-billing" not in page

@@ -210,11 +210,22 @@ async def _grants_page(
             log.warning("access map: use could not be counted", exc_info=True)
             unread = True
     sections = _sections(grants, _resources(ctx))
+    # (rule, resource) grants of configured resources, and those no request used
+    granted = [
+        (g.rule, s.resource)
+        for s in sections
+        if s.resource
+        for g in s.grants
+        if g.effect == "allow"
+    ]
     return render(
         request,
         "access_grants.html",
         subject=subject,
         sections=sections,
+        granted=len(granted),
+        reachable=len({resource for _, resource in granted}),
+        unused=sum(1 for key in granted if not uses[key]),
         uses=uses,
         uses_counted=use_query is not None and not unread,
         uses_unread=unread,
