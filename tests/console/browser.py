@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, ViewportSize
+    from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize
 
 REPO = Path(__file__).resolve().parents[2]
 AXE_SCRIPT = REPO / "tests" / "node" / "node_modules" / "axe-core" / "axe.min.js"
@@ -112,12 +112,14 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     context.set_default_timeout(15_000)
     opened = context.new_page()
     errors: list[str] = []
-    opened.on(
-        "console",
-        lambda message: (
-            errors.append(f"{message.type}: {message.text}") if message.type == "error" else None
-        ),
-    )
+
+    def console_message(message: ConsoleMessage) -> None:
+        where = message.location.get("url", "")
+        # the browser's own favicon request is not the page's
+        if message.type == "error" and not where.endswith("/favicon.ico"):
+            errors.append(f"{message.text} ({where})")
+
+    opened.on("console", console_message)
     opened.on("pageerror", lambda error: errors.append(f"page error: {error}"))
     try:
         yield opened

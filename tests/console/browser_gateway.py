@@ -113,6 +113,10 @@ class ConsoleGateway:
         stop(self.proc)
 
 
+def serve_command(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "lockgate", "--config", str(config_path), "serve"]
+
+
 def start_gateway(
     directory: Path,
     upstream: BearerUpstream,
@@ -130,7 +134,7 @@ def start_gateway(
     output = directory / "serve.out"
     with output.open("wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lockgate", "--config", str(made.config_path), "serve"],
+            serve_command(made.config_path),
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

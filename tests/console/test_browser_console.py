@@ -15,7 +15,6 @@ import secrets
 import time
 from dataclasses import dataclass
 
-import pytest
 from playwright.sync_api import Page, expect
 
 from tests._gateway_process import RESOURCE
@@ -23,9 +22,7 @@ from tests.console.browser import Shot, docs_shot
 from tests.console.browser_gateway import OPERATOR, READ_RULE, VIEWER, Console, sign_in
 
 DAG = "finance_daily"
-
-# The console app and its pages are not on main yet.
-pytestmark = pytest.mark.xfail(strict=True, reason="the console is not served yet")
+OTHER_DAG = "finance_weekly"
 
 
 @dataclass(frozen=True)
@@ -37,21 +34,27 @@ class Run:
     jti: str
 
 
-def dag_run(console_site: Console, task: str = "load_orders") -> Run:
+def dag_run(console_site: Console, task: str = "load_orders", dag: str = DAG) -> Run:
     """A DAG run's task: a token from the control plane, a read (allowed) and a write
     (denied) through the HTTP listener."""
     run_id = f"manual__{secrets.token_hex(4)}"
-    token, jti = console_site.gateway.mint_task(DAG, run_id, task)
+    token, jti = console_site.gateway.mint_task(dag, run_id, task)
     assert console_site.gateway.request(token, "/orders") == 200
     assert console_site.gateway.request(token, "/orders", method="POST") == 403
-    return Run(DAG, run_id, task, token, jti)
+    return Run(dag, run_id, task, token, jti)
 
 
 # -- a) sign in --------------------------------------------------------------------------
 def test_sign_in_through_the_test_issuer(console_site: Console, page: Page, shot: Shot) -> None:
+    # runs first, so the home page has something to show: two DAGs' reads and refused writes
+    for _ in range(3):
+        dag_run(console_site)
+    weekly = dag_run(console_site, "extract", dag=OTHER_DAG)
+    assert console_site.gateway.request(weekly.token, "/orders/o-1") == 200
     sign_in(page, console_site, OPERATOR, shot)
     expect(page).to_have_url(re.compile(r"/console/?$"))
     expect(page.get_by_role("heading", level=1)).to_have_count(1)
+    expect(page.locator("main")).to_contain_text(OTHER_DAG)  # among the DAGs denied
     shot("home")
     docs_shot(page, "home")
 
@@ -109,13 +112,17 @@ def test_revoke_a_running_tasks_token(console_site: Console, page: Page, shot: S
     page.goto(console_site.url + "/live")
     row = page.locator("tr", has_text=run.jti)
     expect(row).to_have_count(1)
+    expect(row).to_contain_text(run.run)
     shot("live")
+    page.get_by_role("heading", name="Tokens live now").evaluate("el => el.scrollIntoView()")
     docs_shot(page, "live")
-    row.get_by_role("button", name=re.compile("revoke", re.I)).click()
-    page.wait_for_load_state("load")
-    if page.locator(".notice").count() == 0:  # a confirmation step, when the console asks
-        page.get_by_role("button", name=re.compile("revoke", re.I)).first.click()
+    row.get_by_role("link", name=f"Revoke token {run.jti}").click()
+    expect(page.locator("main")).to_contain_text(run.jti)  # the confirmation names it
+    page.get_by_label(re.compile("^Reason")).fill("stopping a runaway task")
+    shot("confirm-revoke")
+    page.get_by_role("button", name=re.compile("revoke", re.I)).click()
     expect(page.locator(".notice")).to_be_visible()
+    expect(page.locator("tr", has_text=run.jti)).to_have_count(0)
     shot("revoked")
     deadline = time.monotonic() + 10
     while (status := console_site.gateway.request(run.token, "/orders")) == 200:
@@ -130,15 +137,46 @@ def test_a_viewer_cannot_revoke(console_site: Console, page: Page, shot: Shot) -
     sign_in(page, console_site, VIEWER)
     page.goto(console_site.url + "/live")
     expect(page.locator("main")).to_contain_text(run.jti)
-    expect(page.get_by_role("button", name=re.compile("revoke|block", re.I))).to_have_count(0)
+    actions = re.compile(r"^(Revoke|Block|Unblock)", re.I)
+    expect(page.get_by_role("link", name=actions)).to_have_count(0)
+    expect(page.get_by_role("button", name=actions)).to_have_count(0)
     shot("live-viewer")
+    # the viewer's own session CSRF token (the sign-out form carries it)
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    assert csrf
     origin = console_site.gateway.control_url
-    for headers in ({"Origin": origin}, {"Origin": "https://evil.example"}):
+    forged = {"act": "revoke_token", "jti": run.jti, "reason": "forged"}
+    for headers, token in (
+        ({"Origin": origin}, csrf),  # the right token, but a viewer: refused by role
+        ({"Origin": origin}, "forged"),  # a wrong token
+        ({"Origin": "https://evil.example"}, csrf),  # another site
+        ({}, csrf),  # no Origin nor Referer
+    ):
         answer = page.request.post(
-            console_site.url + "/live/revoke",
-            form={"jti": run.jti, "csrf": "forged"},
+            console_site.url + "/live/act",
+            form={**forged, "csrf": token},
             headers=headers,
             max_redirects=0,
         )
-        assert answer.status == 403, (headers, answer.status)
+        assert answer.status == 403, (headers, token == csrf, answer.status)
     assert console_site.gateway.request(run.token, "/orders") == 200
+
+
+# -- least privilege from use: the smallest rules a DAG's run needed ---------------------
+def test_suggest_the_smallest_rules_of_a_dag(console_site: Console, page: Page, shot: Shot) -> None:
+    dag_run(console_site, task="suggested")
+    sign_in(page, console_site, VIEWER)
+    page.goto(console_site.url + "/policy")
+    shot("least-privilege")
+    dag_field = page.get_by_label("DAG", exact=True)
+    if dag_field.evaluate("el => el.tagName") == "SELECT":  # the DAGs seen in the trail
+        dag_field.select_option(DAG)
+    else:
+        dag_field.fill(DAG)
+    page.get_by_label("Since", exact=True).press("Enter")
+    expect(page).to_have_url(re.compile(r"/policy/suggest\?.*dag=" + DAG))
+    main = page.locator("main")
+    expect(main).to_contain_text("/orders")
+    expect(main).to_contain_text("read")
+    shot("suggest")
+    docs_shot(page, "suggest")
