@@ -75,22 +75,17 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
 
 def _time(text: str | None, flag: str) -> float | None:
     """``--since``/``--until``: unix seconds or ISO 8601 (a time without an offset is UTC)."""
-    from datetime import UTC, datetime
+    from lockgate.audit.query import parse_time
 
     if not text:
         return None
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
+        return parse_time(text)
     except ValueError:
         raise ValueError(
             f"--{flag} {text!r}: expected unix seconds or an ISO 8601 time "
             "(2026-12-05T13:00:00+00:00)"
         ) from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _with_shadow_verdicts(table: str, rows: Sequence[AuditRecord]) -> str:

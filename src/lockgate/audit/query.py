@@ -21,6 +21,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from lockgate.audit.record import AuditRow
@@ -252,6 +253,17 @@ def _check_buckets(first: int, last: int, bucket: float) -> None:
         )
 
 
+def parse_time(text: str) -> float:
+    """A time as people write it: unix seconds, or ISO 8601 (``2026-12-05T13:00:00Z``, or
+    an HTML ``datetime-local`` value); a time without an offset is UTC. ValueError else."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    when = datetime.fromisoformat(text)  # ValueError names what it cannot read
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 def encode_cursor(position: list[object]) -> str:
     text = json.dumps(position, separators=(",", ":"), allow_nan=False)
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -300,5 +312,6 @@ __all__ = [
     "encode_cursor",
     "histogram",
     "page",
+    "parse_time",
     "where",
 ]

@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from lockgate.audit import EVENTS, AuditPage, AuditQuery, AuditReader, AuditRow, VerifyResult
+from lockgate.audit.query import parse_time as read_time
 from lockgate.audit.record import RECORD_FIELDS
 from lockgate.console.views_audit_timeline import timeline
 from lockgate.console.web import ConsoleContext, action, context, render, requires
@@ -64,14 +65,9 @@ class BadFilter(ValueError):
 def parse_time(text: str, name: str) -> float:
     """A time filter: unix seconds, or ISO 8601 / ``datetime-local`` (no offset: UTC)."""
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
+        return read_time(text)
     except ValueError:
         raise BadFilter(f"{name}: {text!r} is not a time (2026-12-05T13:00 UTC)") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def form_time(ts: float | None) -> str:
