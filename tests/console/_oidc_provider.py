@@ -64,6 +64,8 @@ class Provider:
     )
     #: (claims, header) -> the ID token to send (None: sign them as they are)
     tamper: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
+    #: False: the JWKS is empty (the key withdrawn)
+    publish_key: bool = True
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)
 
@@ -88,7 +90,8 @@ class Provider:
 
     async def keys(self, request: web.Request) -> web.Response:
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(_KEY.public_key()))
-        return web.json_response({"keys": [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}]})
+        published = [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}] if self.publish_key else []
+        return web.json_response({"keys": published})
 
     async def authorize(self, request: web.Request) -> web.StreamResponse:
         q = request.query

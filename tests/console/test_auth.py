@@ -23,8 +23,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from lockgate.audit import AuditRecord
 from lockgate.config import LockgateConfig
 from lockgate.console.app import mount
-from lockgate.console.auth import CSP, safe_next
+from lockgate.console.auth import CSP, OIDC, safe_next
 from lockgate.console.links import console_link_url
+from lockgate.console.oidc import DISCOVERY_MAX_AGE
 from lockgate.console.web import ConsoleContext
 from lockgate.errors import AuditUnavailable
 from lockgate.state import State
@@ -473,6 +474,7 @@ def _claims(**changes: Any) -> Callable[[dict[str, Any], dict[str, Any]], str]:
         (_claims(iss="http://127.0.0.1:1/evil"), "id_token_wrong_issuer"),
         (_claims(aud="another-client"), "id_token_wrong_audience"),
         (_claims(exp=1_000_000), "id_token_expired"),
+        (_claims(aud=[idp.CLIENT_ID, "another-client"]), "id_token_wrong_azp"),
         (lambda claims, header: idp.unsigned(claims), "unsupported_alg"),
         (lambda claims, header: idp.hs256_with_public_key(claims), "unsupported_alg"),
         (lambda claims, header: idp.sign(claims, {"kid": "unknown"}), "unknown_kid"),
@@ -481,7 +483,17 @@ def _claims(**changes: Any) -> Callable[[dict[str, Any], dict[str, Any]], str]:
             "id_token_bad_signature",
         ),
     ],
-    ids=["nonce", "issuer", "audience", "expired", "alg-none", "hs256-public-key", "kid", "sig"],
+    ids=[
+        "nonce",
+        "issuer",
+        "audience",
+        "expired",
+        "azp",
+        "alg-none",
+        "hs256-public-key",
+        "kid",
+        "sig",
+    ],
 )
 async def test_a_bad_id_token_is_refused(make_console: Any, tamper: Any, reason: str) -> None:
     c: Console = await make_console()
@@ -493,6 +505,26 @@ async def test_a_bad_id_token_is_refused(make_console: Any, tamper: Any, reason:
     failed = c.audit.records[-1]
     assert failed.event == "console_sign_in_failed" and failed.reason == reason
     assert "eyJ" not in repr(failed)  # never a token in the trail
+
+
+async def test_several_audiences_are_fine_when_azp_names_the_console(make_console: Any) -> None:
+    c: Console = await make_console()
+    c.provider.tamper = _claims(aud=[idp.CLIENT_ID, "graph"], azp=idp.CLIENT_ID)
+    assert (await c.oidc_sign_in()).status == 200
+
+
+async def test_a_withdrawn_key_stops_working_within_the_hour(make_console: Any) -> None:
+    c: Console = await make_console()
+    assert (await c.oidc_sign_in()).status == 200
+    c.provider.publish_key = False
+    c.client.session.cookie_jar.clear()
+    assert (await c.oidc_sign_in()).status == 200  # keys an hour old are still trusted
+    oidc = c.client.server.app._subapps[0][OIDC]  # type: ignore[union-attr]
+    assert oidc is not None
+    oidc._keys_ok_at -= DISCOVERY_MAX_AGE  # an hour passes
+    c.client.session.cookie_jar.clear()
+    r = await c.oidc_sign_in()
+    assert r.status == 403 and c.audit.records[-1].reason == "unknown_kid"
 
 
 async def test_a_callback_is_used_once_and_only_in_the_browser_that_began_it(

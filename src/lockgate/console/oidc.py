@@ -11,8 +11,10 @@ The ID token is the only thing trusted, and only once verified with PyJWT: its `
 pinned to ``console.oidc.algorithms`` (``none`` and HMAC are never accepted: an HS256 token
 "signed" with the provider's public key is refused before any key is looked at), its
 signature against the provider's JWKS key of its ``kid`` (an unknown kid refetches the JWKS
-at most every 10 seconds), ``iss`` the issuer, ``aud`` the client id, ``exp``/``iat``/``nbf``
-with a small leeway, and ``nonce`` the one this sign-in sent. The role is the highest of
+at most every 10 seconds; keys an hour old are fetched again, so a withdrawn key stops
+working), ``iss`` the issuer, ``aud`` the client id (several audiences: ``azp`` must be the
+client id), ``exp``/``iat``/``nbf`` with a small leeway, and ``nonce`` the one this sign-in
+sent. The role is the highest of
 viewer < operator < admin whose configured claim values meet the ``roles_claim`` claim (a
 list or a string); none: refused, naming the claim expected. The subject is ``oid`` when
 present (Entra ID's stable user id), else ``sub``.
@@ -98,7 +100,8 @@ class OidcClient:
         self._provider: Provider | None = None
         self._provider_at = float("-inf")
         self._keys: dict[str, dict[str, Any]] = {}
-        self._keys_at = float("-inf")
+        self._keys_at = float("-inf")  # last fetch tried
+        self._keys_ok_at = float("-inf")  # last fetch that answered
         self._lock = asyncio.Lock()
 
     @property
@@ -204,6 +207,10 @@ class OidcClient:
             )  # fmt: skip
         except AuthenticationError as exc:
             raise SignInRefused(f"id_token_{exc}", "The ID token was not accepted.") from None
+        aud, azp = claims.get("aud"), claims.get("azp")
+        if isinstance(aud, list) and len(aud) > 1 and azp != self.settings.client_id:
+            # OIDC Core 3.1.3.7: a token for several parties must name us as its holder
+            raise SignInRefused("id_token_wrong_azp", "The ID token was issued to another app.")
         got = claims.get("nonce")
         if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
             raise SignInRefused("wrong_nonce", "The ID token was not issued for this sign-in.")
@@ -278,13 +285,24 @@ class OidcClient:
         return Provider(*endpoints)  # type: ignore[arg-type]
 
     async def _key(self, kid: str | None, alg: str) -> jwt.PyJWK:
-        jwk = self._pick(kid)
+        """The provider's key ``kid``: fetched again when unknown (at most every
+        :data:`JWKS_REFETCH_INTERVAL`) or older than :data:`DISCOVERY_MAX_AGE` (a key the
+        provider withdrew stops working); keys that old that cannot be fetched again are
+        dropped (fail closed)."""
+        stale = time.monotonic() - self._keys_ok_at >= DISCOVERY_MAX_AGE
+        jwk = None if stale else self._pick(kid)
         if jwk is None:
             async with self._lock:
-                jwk = self._pick(kid)
-                if jwk is None and time.monotonic() - self._keys_at >= JWKS_REFETCH_INTERVAL:
+                stale = time.monotonic() - self._keys_ok_at >= DISCOVERY_MAX_AGE
+                jwk = None if stale else self._pick(kid)
+                due = time.monotonic() - self._keys_at >= JWKS_REFETCH_INTERVAL
+                if jwk is None and (due or stale):
                     self._keys_at = time.monotonic()
-                    self._keys = await self._fetch_keys()
+                    fetched = await self._fetch_keys()
+                    if fetched is not None:
+                        self._keys, self._keys_ok_at = fetched, self._keys_at
+                    elif stale:
+                        self._keys = {}
                     jwk = self._pick(kid)
         if jwk is None:
             raise SignInRefused(
@@ -302,7 +320,8 @@ class OidcClient:
             return self._keys.get(kid)
         return next(iter(self._keys.values())) if len(self._keys) == 1 else None
 
-    async def _fetch_keys(self) -> dict[str, dict[str, Any]]:
+    async def _fetch_keys(self) -> dict[str, dict[str, Any]] | None:
+        """The provider's public keys by kid; None when they could not be had."""
         provider = await self.provider()
         try:
             doc = await self._get_json(provider.jwks_uri)
@@ -310,7 +329,7 @@ class OidcClient:
             log.warning(
                 "console oidc key fetch failed", extra={"fields": {"error": str(exc)[:200]}}
             )
-            return self._keys
+            return None
         keys: dict[str, dict[str, Any]] = {}
         for raw in doc.get("keys", []) if isinstance(doc.get("keys"), list) else []:
             if isinstance(raw, dict) and raw.get("kty") != "oct" and "d" not in raw:
