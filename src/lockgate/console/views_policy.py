@@ -42,7 +42,7 @@ from lockgate.policy.suggest import Suggestion, suggest, suggestion_name
 from lockgate.policy.usage import RuleUse, parse_since, rule_usage
 
 #: Seconds a page may spend reading the audit trail before it answers with what it read
-#: (about a million records of one DAG on a laptop's core).
+#: (200,000 records of one DAG took 7.6 s on a busy shared core; see the module's tests).
 READ_SECONDS = 30.0
 #: Records a page reads at most.
 READ_ROWS = 2_000_000
