@@ -157,6 +157,7 @@ async def test_the_page_shows_credentials_and_never_a_value(client: TestClient) 
     assert "https://contoso.vault.azure.net/secrets/pg-password" in page and "ver7" in page
     assert 'href="/console/access?resource=orders-api"' in page
     assert "3 of 6 credentials hold no secret" in page
+    assert 'href="/console/audit?event=credential_rotated"' in page
 
 
 async def test_a_viewer_is_enough_and_nobody_else_is_asked(state: State) -> None:

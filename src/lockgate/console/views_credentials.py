@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from lockgate.console.charts import audit_href
 from lockgate.console.web import context, render, requires
 from lockgate.credentials.describe import CredentialFacts, VersionFacts, describe
 
@@ -114,6 +115,8 @@ async def credentials_page(request: web.Request) -> web.StreamResponse:
         versions=versions,
         now=report.at,
         checked=when(report.at),
+        rotations_href=audit_href(event="credential_rotated"),
+        sets_href=audit_href(event="credential_set"),
     )
 
 
