@@ -170,3 +170,16 @@ async def test_a_viewer_is_enough_and_nobody_else_is_asked(state: State) -> None
 def test_span_reads_like_a_person_wrote_it() -> None:
     assert span(0) == "0s" and span(59) == "59s" and span(3600 * 26 + 5) == "1d 2h"
     assert span(600) == "10m" and span(None) == ""
+
+
+async def test_a_failing_vault_fetch_is_shown_by_what_the_broker_says(state: State) -> None:
+    from lockgate.credentials.vaults import FetchStatus
+
+    failed = "credential 'pg-pw': the vault did not answer in 10s"
+    held = "https://contoso.vault.azure.net/secrets/pg-password"
+    state.credentials.vault_status = lambda: {"pg-pw": FetchStatus(held, "ver7", 1.0, failed)}
+    app = views_app(context_of(state), add_routes, signed_in("viewer"))
+    async with TestClient(TestServer(app)) as c:
+        page = await (await c.get("/console/credentials")).text()
+    row = page.split('<th scope="row">pg-pw</th>', 1)[1].split("</tr>", 1)[0]
+    assert "last fetch failed" in row and "the vault did not answer in 10s" in row
