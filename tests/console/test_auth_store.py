@@ -3,6 +3,9 @@ expiry and idle timeout, purging."""
 
 from __future__ import annotations
 
+import pytest
+
+from lockgate.console import sessions
 from lockgate.console.sessions import PENDING_TTL, ConsoleStore, Pending, digest
 from lockgate.console.web import ConsoleUser
 
@@ -81,3 +84,15 @@ def test_expired_and_idle_rows_are_purged() -> None:
     assert len(_rows(store, "console_links")) == 2  # kept a day past expiry: "expired"
     store.add_link(ttl=10, now=100_000)
     assert len(_rows(store, "console_links")) == 1  # a day on, only the newest is left
+
+
+def test_pending_sign_ins_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone may start a sign-in: the table of pending ones must not grow without bound."""
+    monkeypatch.setattr(sessions, "MAX_PENDING", 3)
+    store = ConsoleStore(None)
+    pending = Pending("n", "v", "/console/")
+    assert all(store.remember(f"s{i}", pending, now=0) for i in range(3))
+    assert not store.remember("s3", pending, now=1)
+    assert store.take("s0", now=1) == pending
+    assert store.remember("s3", pending, now=1)  # room again
+    assert store.remember("s4", pending, now=PENDING_TTL + 100)  # the old ones expired

@@ -193,7 +193,10 @@ async def auth_start(request: web.Request) -> web.StreamResponse:
     pending = Pending(nonce, verifier, safe_next(request.query.get("next")))
     store = request.app[STORE]
     try:
-        await off_loop(store.db, store.remember, state, pending)
+        if not await off_loop(store.db, store.remember, state, pending):
+            raise SignInRefused(
+                "too_many_pending", "Too many sign-ins are under way; try again in a few minutes."
+            )
         target = await oidc.authorize_url(state=state, nonce=nonce, challenge=challenge)
     except SignInRefused as refused:
         return await _refused(request, refused, status=502)

@@ -46,6 +46,8 @@ register_domain(DOMAIN, MIGRATIONS)
 
 #: Seconds a pending OIDC sign-in (state, nonce, PKCE verifier) waits for its callback.
 PENDING_TTL = 600.0
+#: Pending sign-ins held at most (anyone may start one: the table must not grow unbounded).
+MAX_PENDING = 10_000
 #: last_seen is written at most this often per session (every request would be a write).
 _TOUCH_EVERY = 15.0
 _PURGE_EVERY = 60.0
@@ -148,16 +150,23 @@ class ConsoleStore:
             return cur.rowcount == 1
 
     # -- pending OIDC sign-ins ------------------------------------------------------------
-    def remember(self, state: str, pending: Pending, *, now: float | None = None) -> None:
+    def remember(self, state: str, pending: Pending, *, now: float | None = None) -> bool:
+        """Hold ``pending`` under ``state``; False (nothing held) when :data:`MAX_PENDING`
+        sign-ins are pending already."""
         now = time.time() if now is None else now
+        self._purge(now)
         with self.db.transaction() as cur:
+            cur.execute("SELECT COUNT(*) FROM console_pending WHERE expires_at > ?", (now,))
+            row = cur.fetchone()
+            if row is not None and int(row[0]) >= MAX_PENDING:
+                return False
             cur.execute(
                 "INSERT INTO console_pending (state_hash, nonce, verifier, next_path, "
                 "expires_at) VALUES (?, ?, ?, ?, ?)",
                 (digest(state), pending.nonce, pending.verifier, pending.next_path,
                  now + PENDING_TTL),
             )  # fmt: skip
-        self._purge(now)
+        return True
 
     def take(self, state: str, *, now: float | None = None) -> Pending | None:
         """The pending sign-in of ``state``, once: a second callback with it gets None, as
@@ -245,6 +254,7 @@ class ConsoleStore:
 
 __all__ = [
     "DOMAIN",
+    "MAX_PENDING",
     "MIGRATIONS",
     "PENDING_TTL",
     "ConsoleStore",
