@@ -12,12 +12,15 @@ Routes (relative to the console's root, ``/console``):
 :func:`session_middleware` lets through only those pages and ``/static/``; any other
 request needs a live session (cookie ``lockgate_console``: HttpOnly, SameSite=Strict,
 Path=/console, Secure over TLS) and else is sent to the sign-in page (a GET) or refused
-(401). :func:`security_headers` puts a strict CSP and its companions on every console
-response, errors and redirects included.
+(401). Secure means TLS on this listener or at the load balancer an https
+``console.public_url`` names. :func:`security_headers` puts a strict CSP and its companions
+on every console response, errors and redirects included; :func:`error_pages` turns a
+plain-text refusal (404, CSRF, a view's 400) into a console page with the same status.
 
 Sign-ins, failed sign-ins and sign-outs are audited (``console_signed_in``,
-``console_sign_in_failed``, ``console_signed_out``) as ``console:<subject>``, before the
-answer: a trail that refuses means no session.
+``console_sign_in_failed``, ``console_signed_out``) as ``console:<subject>``. A sign-in is
+audited before the answer: a trail that refuses means no session. A sign-out ends the
+session first: taking power away never waits on the trail.
 
 Why the callback answers with a page instead of a redirect: the session cookie is
 SameSite=Strict, and a browser does not send a Strict cookie on a navigation that a
