@@ -351,6 +351,7 @@ async def test_every_console_answer_carries_the_security_headers(make_console: A
         assert h["Referrer-Policy"] == "same-origin"
         assert h["X-Frame-Options"] == "DENY"
         assert h["Cross-Origin-Opener-Policy"] == "same-origin"
+        assert "camera=()" in h["Permissions-Policy"]
         assert "Strict-Transport-Security" not in h  # plain http here
     assert [r.status for r in answers] == [200, 302, 301, 401, 403, 200, 404]
     assert answers[0].headers["Cache-Control"] == "no-store"

@@ -96,6 +96,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers["X-Frame-Options"] = "DENY"
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
     if not request.path.startswith("/console/static/"):
         headers["Cache-Control"] = "no-store"
     if served_over_tls(request):
