@@ -384,3 +384,32 @@ async def test_shared_trail_pages_and_records_by_replica(
         table = list(csv.DictReader(io.StringIO(body)))
         assert {r["replica"] for r in table} == {"r1", "r2"} and len(table) == 30
     await server.close()
+
+
+async def test_the_dag_and_resource_fields_suggest_names_seen_lately(
+    tmp_path: Path, serve: Callable[..., Any]
+) -> None:
+    import time
+
+    now = time.time()
+    db = tmp_path / "audit.db"
+    _write(
+        db,
+        [
+            AuditRecord("allowed", ts=now - 60, dag_id="fresh_dag", resource="orders-api"),
+            AuditRecord("denied", ts=now - 30, dag_id=XSS, resource="billing-db"),
+            AuditRecord("allowed", ts=now - 90 * 86_400, dag_id="old_dag", resource="old-db"),
+        ],
+    )
+    client = await serve(db)
+    status, html, _ = await client.get("/console/audit")
+    assert status == 200
+    dags = re.search(r'<datalist id="dag-names">(.*?)</datalist>', html)
+    resources = re.search(r'<datalist id="resource-names">(.*?)</datalist>', html)
+    assert dags is not None and resources is not None
+    assert re.findall(r'value="([^"]*)"', dags.group(1)) == [
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "fresh_dag",
+    ]
+    assert re.findall(r'value="([^"]*)"', resources.group(1)) == ["billing-db", "orders-api"]
+    assert 'list="dag-names"' in html and 'list="resource-names"' in html

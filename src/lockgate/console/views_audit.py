@@ -22,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -44,6 +45,10 @@ T = TypeVar("T")
 PAGE_SIZE = 50
 #: an export holds at most this many records (the newest that match)
 EXPORT_CAP = 1_000_000
+#: the DAG and resource fields suggest names seen this long ago or later, re-read this often
+SUGGEST_WINDOW = 30 * 86_400.0
+SUGGEST_TTL = 60.0
+SUGGEST_MAX = 500
 #: a run's timeline shows at most this many of its newest records
 TIMELINE_MAX = 2_000
 #: how long a POST to /audit/verify waits for the verification before answering (it goes on)
@@ -257,6 +262,35 @@ async def verify_now(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther("/console/audit/verify")
 
 
+# -- what the filter fields suggest -----------------------------------------------------
+
+
+@dataclass
+class Suggestions:
+    """DAG and resource names seen in the last :data:`SUGGEST_WINDOW`, for the filter
+    fields' lists; read at most once per :data:`SUGGEST_TTL` (one grouped count)."""
+
+    dags: list[str] = field(default_factory=list)
+    resources: list[str] = field(default_factory=list)
+    read_at: float = -math.inf
+
+    async def fresh(self, request: web.Request) -> Suggestions:
+        now = time.monotonic()
+        if now - self.read_at >= SUGGEST_TTL:
+            self.read_at = now  # one read at a time, even when it fails
+            q = AuditQuery(since=time.time() - SUGGEST_WINDOW)
+            try:
+                seen = await read(request, lambda r: r.count_by(q, ("dag", "resource")))
+            except StoreUnavailable:
+                return self
+            self.dags = sorted({d for d, _ in seen if d})[:SUGGEST_MAX]
+            self.resources = sorted({r for _, r in seen if r})[:SUGGEST_MAX]
+        return self
+
+
+SUGGESTIONS: web.AppKey[Suggestions] = web.AppKey("lockgate_console_audit_names", Suggestions)
+
+
 # -- pages -----------------------------------------------------------------------------
 
 
@@ -278,7 +312,8 @@ async def explorer(request: web.Request) -> web.StreamResponse:
         problem = f"the trail is unreachable: {exc}"
         return _explorer_page(request, values, {}, error=problem, status=503)
     chain = await chain_status(request)
-    return _explorer_page(request, values, chain, page=page, total=total, older=older)
+    names = await request.app[SUGGESTIONS].fresh(request)
+    return _explorer_page(request, values, chain, page=page, total=total, older=older, names=names)
 
 
 def _explorer_page(
@@ -291,6 +326,7 @@ def _explorer_page(
     older: str | None = None,
     error: str | None = None,
     status: int = 200,
+    names: Suggestions | None = None,
 ) -> web.Response:
     return render(
         request, "audit_index.html", status=status, values=values, error=error,
@@ -299,7 +335,7 @@ def _explorer_page(
         older_href=href("/audit", values, older=page.older) if page and page.older else None,
         newest_href=href("/audit", values), events=sorted(EVENTS), decisions=DECISIONS,
         csv_href=href("/audit/export.csv", values), json_href=href("/audit/export.json", values),
-        export_cap=EXPORT_CAP, page_size=PAGE_SIZE, **HELPERS,
+        export_cap=EXPORT_CAP, page_size=PAGE_SIZE, names=names or Suggestions(), **HELPERS,
     )  # fmt: skip
 
 
@@ -342,6 +378,7 @@ def add_routes(app: web.Application) -> None:
     from lockgate.console.views_audit_export import export_csv, export_json
 
     app[VERIFIER] = Verifier()
+    app[SUGGESTIONS] = Suggestions()
     app.router.add_get("/audit", explorer)
     app.router.add_get(r"/audit/record/{seq:\d{1,18}}", record_page)
     app.router.add_get("/audit/run", run_page)
