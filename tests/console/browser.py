@@ -107,7 +107,8 @@ CALL_PASSED = pytest.StashKey[bool]()
 @pytest.fixture
 def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A page in a fresh context; a test that passed fails on any console error or page
-    error seen meanwhile (a test that failed already says what went wrong first)."""
+    error seen meanwhile (a test that failed already says what went wrong first, and leaves
+    ``failed.png``, the page as it was, among its artifacts)."""
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(15_000)
     opened = context.new_page()
@@ -123,6 +124,10 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     opened.on("pageerror", lambda error: errors.append(f"page error: {error}"))
     try:
         yield opened
+        if request.node.stash.get(CALL_PASSED, None) is False and not opened.is_closed():
+            failed = _test_dir(request.node) / "failed.png"
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            opened.screenshot(path=str(failed), full_page=True)
     finally:
         context.close()
     if request.node.stash.get(CALL_PASSED, False):
