@@ -106,16 +106,32 @@ def timeline(rows: Sequence[AuditRow], link: Callable[[AuditRow], str]) -> Timel
             ts = first + (span * i / (count - 1) if count > 1 else 0)
             ticks.append(Tick(x_of(ts), _clock(ts, span)))
     denied = sum(1 for m in marks if m.kind == "deny")
+    tries = "task try" if len(lanes) == 1 else "task tries"
     summary = (
-        f"{len(rows)} records in {len(lanes)} task tries over {span:,.1f} seconds; {denied} denied"
+        f"{len(rows)} record{'' if len(rows) == 1 else 's'} in {len(lanes)} {tries} over "
+        f"{duration(span)}; {denied} denied"
     )
     return Timeline(WIDTH, axis_y + AXIS, left, right, axis_y, lanes, marks, ticks, denied,
                     summary)  # fmt: skip
 
 
 def _clock(ts: float, span: float) -> str:
+    """A time on the axis, as precise as the run's span needs (UTC)."""
     when = datetime.fromtimestamp(ts, UTC)
+    if span < 10:
+        return when.strftime("%H:%M:%S.%f")[:-3]
     return when.strftime("%H:%M:%S" if span < 86_400 else "%m-%d %H:%M")
+
+
+def duration(seconds: float) -> str:
+    """``0.006`` -> ``6 ms``; ``42.5`` -> ``42.5 s``; ``3480`` -> ``58.0 min``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7_200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 __all__ = ["Lane", "Mark", "Tick", "Timeline", "timeline"]
