@@ -22,11 +22,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from lockgate.audit import AuditRecord
 from lockgate.config import LockgateConfig
-from lockgate.console.app import mount
+from lockgate.console.app import VIEWS, mount
 from lockgate.console.auth import CSP, OIDC, safe_next
 from lockgate.console.links import console_link_url
 from lockgate.console.oidc import DISCOVERY_MAX_AGE
-from lockgate.console.web import ConsoleContext
+from lockgate.console.web import ConsoleContext, ConsoleUser, nav_items
 from lockgate.errors import AuditUnavailable
 from lockgate.state import State
 from lockgate.tlsgen import write_dev_tls
@@ -329,6 +329,29 @@ async def test_refusals_are_console_pages_with_their_status(make_console: Any) -
     assert "missing or wrong CSRF token" in await refused.text()
     wrong_method = await c.client.put("/console/logout")
     assert wrong_method.status == 405 and "POST" in wrong_method.headers["Allow"]
+
+
+def test_every_view_module_is_served() -> None:
+    names = {view.__name__.rsplit(".", 1)[1] for view in VIEWS}
+    assert names == {"views_overview", "views_audit", "views_access", "views_live",
+                     "views_credentials", "views_policy"}  # fmt: skip
+
+
+async def test_every_section_is_behind_the_sign_in_and_served_once_signed_in(
+    make_console: Any,
+) -> None:
+    c: Console = await make_console(oidc=False)
+    admin = ConsoleUser(subject="x", name="x", role="admin", via="link")
+    sections = [href for href, _ in nav_items(admin)]
+    for href in sections:
+        r = await c.client.get(href, allow_redirects=False)
+        assert r.status == 302 and r.headers["Location"].startswith("/console/login?next=")
+    await c.use_link(c.link())
+    for href in sections:
+        r = await c.client.get(href)
+        assert r.status == 200, href
+        page = await r.text()
+        assert 'aria-current="page"' in page and "Sign out" in page, href
 
 
 # -- headers -------------------------------------------------------------------------------
