@@ -10,10 +10,13 @@ them a write. Each step is a screenshot under ``test-artifacts/console/<test>/``
 
 from __future__ import annotations
 
+import csv
+import json
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
@@ -180,3 +183,33 @@ def test_suggest_the_smallest_rules_of_a_dag(console_site: Console, page: Page, 
     expect(main).to_contain_text("read")
     shot("suggest")
     docs_shot(page, "suggest")
+
+
+# -- a run's records exported, and the chain verified by an operator ---------------------
+def test_export_a_run_and_verify_the_chain(console_site: Console, page: Page, shot: Shot) -> None:
+    run = dag_run(console_site, task="exported")
+    sign_in(page, console_site, OPERATOR)
+    page.goto(f"{console_site.url}/audit?dag={run.dag}&run={run.run}")
+    with page.expect_download() as csv_download:
+        page.get_by_role("link", name="Export CSV").click()
+    lines = Path(csv_download.value.path()).read_text().splitlines()
+    header, rows = lines[0].split(","), list(csv.DictReader(lines))
+    assert "run_id" in header and {r["run_id"] for r in rows} == {run.run}
+    assert {r["decision"] for r in rows} >= {"allow", "deny"}
+    with page.expect_download() as json_download:
+        page.get_by_role("link", name="Export JSON lines").click()
+    exported = Path(json_download.value.path()).read_text()
+    records = [json.loads(line) for line in exported.splitlines()]
+    assert len(records) == len(rows) and {r["run_id"] for r in records} == {run.run}
+    assert run.token not in exported  # ids only, never the token
+
+    page.get_by_role("link", name="Chain").first.click()
+    page.get_by_role("button", name="Verify the chain now").click()
+    badge = page.locator(".chain-status .badge")
+    deadline = time.monotonic() + 20
+    while "intact" not in badge.inner_text():
+        assert "BROKEN" not in badge.inner_text()
+        assert time.monotonic() < deadline, "the chain's verification did not finish"
+        time.sleep(0.5)
+        page.reload()
+    shot("chain-verified")
