@@ -24,7 +24,8 @@ PAGES = {
     "suggest": "/policy/suggest?dag=finance_daily",
     "unused": "/policy/unused",
     "shadow": "/policy/shadow",
-    "access-resource": "/access?resource=orders-api",
+    "access-resource": "/access/resource?name=orders-api",
+    "access-check": "/access/check",
     "audit-denials": "/audit?decision=deny",
 }
 

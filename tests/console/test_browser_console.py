@@ -107,6 +107,21 @@ def test_the_access_map_of_a_resource(console_site: Console, page: Page, shot: S
     shot("access-resource")
     docs_shot(page, "access-map")
 
+    # the deciding rule for one request typed in (what `lockgate policy check` explains)
+    page.goto(console_site.url + "/access/check")
+    page.get_by_label("Principal", exact=True).fill(f"airflow:prod/{DAG}/load_orders")
+    page.get_by_label("Resource", exact=True).select_option(RESOURCE)
+    page.get_by_label("Action", exact=True).select_option("read")
+    objects = page.get_by_label("Object", exact=True)
+    objects.fill("/orders/o-7")
+    objects.press("Enter")
+    expect(main).to_contain_text(READ_RULE)
+    shot("check-allowed")
+    page.get_by_label("Action", exact=True).select_option("write")
+    page.get_by_role("button", name="Check").click()
+    expect(main).to_contain_text(re.compile("no rule", re.I))
+    shot("check-denied")
+
 
 # -- d) revoke a running task's token ----------------------------------------------------
 def test_revoke_a_running_tasks_token(console_site: Console, page: Page, shot: Shot) -> None:
