@@ -10,6 +10,7 @@ audit log redacts anything token-shaped before it is chained), so neither does a
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import time
@@ -17,17 +18,11 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 
-from lockgate.audit import AuditPage, AuditQuery, AuditRow
+from lockgate.audit import AuditPage, AuditQuery, AuditReader, AuditRow
 from lockgate.audit.record import RECORD_FIELDS, canonical_json
 from lockgate.audit.sinks import encode_line
-from lockgate.console.views_audit import (
-    EXPORT_CAP,
-    BadFilter,
-    filters_of,
-    read,
-    utc,
-)
-from lockgate.console.web import requires
+from lockgate.console.views_audit import EXPORT_CAP, BadFilter, filters_of, utc
+from lockgate.console.web import context, requires
 from lockgate.errors import StoreUnavailable
 
 #: records read per round trip while exporting
@@ -70,11 +65,29 @@ async def _export(
 ) -> web.StreamResponse:
     try:
         q, _ = filters_of(request.rel_url.query)
-        first = await _page(request, q, None)
     except BadFilter as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    except StoreUnavailable as exc:
-        raise web.HTTPServiceUnavailable(text=f"the trail is unreachable: {exc}") from None
+    # one reader for every page: on shared state, one connection pool for the whole export
+    reader = context(request).audit_reader()
+    try:
+        try:
+            first = await _page(reader, q, None)
+        except StoreUnavailable as exc:
+            raise web.HTTPServiceUnavailable(text=f"the trail is unreachable: {exc}") from None
+        return await _stream(request, suffix, content_type, encode, reader, q, first)
+    finally:
+        await asyncio.to_thread(reader.close_shared)
+
+
+async def _stream(
+    request: web.Request,
+    suffix: str,
+    content_type: str,
+    encode: Callable[[Iterable[AuditRow], bool], str],
+    reader: AuditReader,
+    q: AuditQuery,
+    page: AuditPage,
+) -> web.StreamResponse:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     response = web.StreamResponse(
         headers={
@@ -86,20 +99,21 @@ async def _export(
     )
     response.enable_chunked_encoding()
     await response.prepare(request)
-    page, sent, header = first, 0, True
+    sent, header = 0, True
     while True:
         rows = page.rows[: EXPORT_CAP - sent]
         await response.write(encode(rows, header).encode("utf-8"))
         sent, header = sent + len(rows), False
         if page.older is None or sent >= EXPORT_CAP:
             break
-        page = await _page(request, q, page.older)  # a failure now cuts the stream short
+        page = await _page(reader, q, page.older)  # a failure now cuts the stream short
     await response.write_eof()
     return response
 
 
-async def _page(request: web.Request, q: AuditQuery, older: str | None) -> AuditPage:
-    return await read(request, lambda r: r.query(q, limit=EXPORT_PAGE, older=older))
+async def _page(reader: AuditReader, q: AuditQuery, older: str | None) -> AuditPage:
+    """The next page, read in a thread (the reader's queries block)."""
+    return await asyncio.to_thread(reader.query, q, limit=EXPORT_PAGE, older=older)
 
 
 @requires("viewer")
