@@ -39,6 +39,8 @@ SCHEMA_MODULES = (
     "lockgate.audit.shared",
     "lockgate.quotas.shared",
     "lockgate.alerts.trail",
+    "lockgate.gateway.live_sessions",
+    "lockgate.console.sessions",
 )
 
 

@@ -414,6 +414,21 @@ async def test_behind_a_tls_load_balancer_the_cookie_is_secure(make_console: Any
     assert "Secure" in used.headers["Set-Cookie"]
 
 
+async def test_behind_a_load_balancer_posts_from_the_public_origin_are_same_origin(
+    make_console: Any,
+) -> None:
+    """The browser sends the balancer's https origin; the gateway sees its own plain http:
+    the public_url's origin counts as the console's, any other origin still does not."""
+    c: Console = await make_console(oidc=False, public_url="https://gate.example.com/console")
+    for origin, status in (("https://evil.example", 403), ("https://gate.example.com", 200)):
+        token = parse_qs(urlsplit(c.link()).query)["token"][0]
+        used = await c.client.post(
+            "/console/login/link", data={"token": token}, headers={"Origin": origin},
+            allow_redirects=False,
+        )  # fmt: skip
+        assert used.status == status, origin
+
+
 # -- open redirects ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "given",

@@ -17,6 +17,7 @@ import hmac
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
@@ -227,14 +228,22 @@ async def check_csrf(request: web.Request) -> None:
 
 
 def same_origin(request: web.Request) -> bool:
-    """True when Origin (else Referer) names this host; a POST with neither is refused."""
+    """True when Origin (else Referer) names this host, or the origin of
+    ``console.public_url`` (a TLS load balancer in front: the browser's origin is the public
+    one while the gateway sees its own); a POST with neither header is refused."""
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     if not origin:
         return False
-    from urllib.parse import urlsplit
+    sent = _origin_of(origin)
+    if sent == f"{request.scheme}://{request.host}".lower():
+        return True
+    public = request.app[CTX].config.console.public_url if CTX in request.app else None
+    return public is not None and sent == _origin_of(public)
 
-    parts = urlsplit(origin)
-    return f"{parts.scheme}://{parts.netloc}" == f"{request.scheme}://{request.host}"
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def form_text(form: Mapping[str, Any], name: str, *, required: bool = True) -> str:
