@@ -15,9 +15,11 @@ import json
 import re
 import secrets
 import time
+import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests._gateway_process import RESOURCE
@@ -228,3 +230,35 @@ def test_export_a_run_and_verify_the_chain(console_site: Console, page: Page, sh
         time.sleep(0.5)
         page.reload()
     shot("chain-verified")
+
+
+# -- the kill switch: an operator blocks a DAG, then lifts the block ---------------------
+def test_block_a_dag_then_unblock_it(console_site: Console, page: Page, shot: Shot) -> None:
+    blocked_dag = "finance_blocked"
+    run = dag_run(console_site, task="blocked", dag=blocked_dag)
+    sign_in(page, console_site, OPERATOR)
+    page.goto(console_site.url + "/live")
+    page.get_by_label("DAG to block", exact=True).fill(blocked_dag)
+    page.get_by_role("button", name="Block DAG…").click()
+    page.get_by_label(re.compile("^Reason")).fill("a bad deploy, stop it")
+    shot("confirm-block")
+    page.get_by_role("button", name="Block DAG", exact=True).click()
+    expect(page.locator(".notice")).to_contain_text(f"DAG {blocked_dag}")
+    blocks = page.get_by_role("table", name=re.compile("^Blocks in force"))
+    expect(blocks).to_contain_text(blocked_dag)
+    expect(blocks).to_contain_text("a bad deploy, stop it")
+    shot("blocked")
+    gateway = console_site.gateway
+    deadline = time.monotonic() + 10
+    while gateway.request(run.token, "/orders") == 200:  # its tokens are refused...
+        assert time.monotonic() < deadline, "a blocked DAG's token still passes"
+        time.sleep(0.2)
+    with pytest.raises(urllib.error.HTTPError):  # ...and it gets no new one
+        gateway.mint_task(blocked_dag, "manual__after_block", "blocked")
+
+    blocks.get_by_role("link", name=f"Unblock DAG {blocked_dag}").click()
+    page.get_by_role("button", name="Unblock DAG", exact=True).click()
+    expect(page.locator(".notice")).to_contain_text("unblocked")
+    shot("unblocked")
+    token, _ = gateway.mint_task(blocked_dag, "manual__after_unblock", "blocked")
+    assert gateway.request(token, "/orders") == 200
