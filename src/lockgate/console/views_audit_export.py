@@ -1,7 +1,7 @@
 """The audit explorer's exports: the records its filters match, newest first, as CSV or as
 JSON lines (one record per line, as ``audit.jsonl`` holds them), streamed page by page
 (chunked; a page is read in a thread) and capped at
-:data:`~lockgate.console.views_audit.EXPORT_CAP` records.
+:data:`~lockgate.console.views_audit_filters.EXPORT_CAP` records.
 
 CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return) get a leading ``'``. Records never hold a token (the
@@ -21,7 +21,7 @@ from aiohttp import web
 from lockgate.audit import AuditPage, AuditQuery, AuditReader, AuditRow
 from lockgate.audit.record import RECORD_FIELDS, canonical_json
 from lockgate.audit.sinks import encode_line
-from lockgate.console.views_audit import EXPORT_CAP, BadFilter, filters_of, utc
+from lockgate.console.views_audit_filters import EXPORT_CAP, BadFilter, filters_of, utc
 from lockgate.console.web import context, requires
 from lockgate.errors import StoreUnavailable
 

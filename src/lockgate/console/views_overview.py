@@ -29,7 +29,8 @@ from aiohttp import web
 
 from lockgate.audit import AuditQuery, AuditReader, AuditRow, HistogramBucket
 from lockgate.console import charts
-from lockgate.console.views_audit import VERIFIER, chain_status, record_href, run_href
+from lockgate.console.views_audit import VERIFIER, chain_status
+from lockgate.console.views_audit_filters import record_href, run_href
 from lockgate.console.web import ConsoleContext, LiveSessions, context, render, requires
 from lockgate.errors import StoreUnavailable
 
