@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lockgate._cli_state import add_command
 from lockgate._cli_state import config_from as _config
+from lockgate.audit.reader import USAGE_FIELDS
 from lockgate.policy.suggest import suggestion_name
 from lockgate.policy.usage import parse_since
 
@@ -28,10 +29,7 @@ if TYPE_CHECKING:
     from lockgate.config import LockgateConfig
 
 #: The record fields the suggestion and the usage report read.
-FIELDS = ("event", "ts", "deployment", "dag_id", "task_id", "run_id", "principal", "resource",
-          "action", "object", "decision", "rule")  # fmt: skip
-#: Rows fetched per round trip while streaming.
-_BATCH = 5000
+FIELDS = USAGE_FIELDS
 
 
 def audit_rows(
@@ -39,43 +37,17 @@ def audit_rows(
 ) -> Iterator[dict[str, Any]]:
     """The audit rows of ``dag`` (every DAG: None) at or after ``since``, oldest first, one
     at a time: a million rows are never all in memory (with shared state, the shared trail
-    of every replica, paged by the reader)."""
-    if cfg.state.shared and not local:
-        yield from _shared_rows(cfg, dag, since)
-        return
-    from lockgate.audit import chain
-
-    db_path = cfg.data_dir / "audit.db"
-    if not db_path.exists():
-        return
-    conn = chain.connect(db_path, readonly=True)
-    try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='audit'").fetchone():
-            return
-        clause, args = chain.where({"dag_id": dag}, since)
-        cur = conn.execute(f"SELECT {', '.join(FIELDS)}, detail FROM audit{clause}", args)  # noqa: S608 - constant columns
-        while batch := cur.fetchmany(_BATCH):
-            for values in batch:
-                row = dict(zip(FIELDS, values[:-1], strict=True))
-                # only whether the record follows an "admitted" one matters: no JSON parse
-                row["detail"] = {"ref": True} if '"ref":' in (values[-1] or "") else {}
-                yield row
-    finally:
-        conn.close()
-
-
-def _shared_rows(
-    cfg: LockgateConfig, dag: str | None, since: float | None
-) -> Iterator[dict[str, Any]]:
+    of every replica, paged by the reader; ``local``: this replica's chain). The reader's
+    :meth:`~lockgate.audit.AuditReader.usage_rows` is the one read the console shares."""
     from lockgate.audit import AuditReader
-    from lockgate.state import audit_shipping
 
-    reader = AuditReader(cfg.data_dir / "audit.db", shipping=audit_shipping(cfg))
-    try:
-        for row in reader.iter_rows(dag=dag, since=since, batch=_BATCH):
-            yield row.to_dict()
-    finally:
-        reader.close_shared()
+    shipping = None
+    if cfg.state.shared and not local:
+        from lockgate.state import audit_shipping
+
+        shipping = audit_shipping(cfg)
+    with AuditReader(cfg.data_dir / "audit.db", shipping=shipping) as reader:
+        yield from reader.usage_rows(dag=dag, since=since)
 
 
 def _window_rows(
