@@ -166,7 +166,15 @@ def _act_of(values: Mapping[str, Any]) -> tuple[str, Act]:
 
 
 def _target(values: Mapping[str, Any]) -> dict[str, str]:
-    return {k: form_text(values, k, required=False)[:500] for k in _TARGET_FIELDS}
+    target = {k: form_text(values, k, required=False)[:500] for k in _TARGET_FIELDS}
+    # "*" is the store's "every DAG" / "every deployment": DAG "*" of prod would be prod
+    # itself, an admin's kill switch set or lifted by an operator's DAG action
+    if target["dag"] == ANY_DAG or target["deployment"] == ANY_DEPLOYMENT:
+        raise web.HTTPBadRequest(
+            text="dag, deployment: '*' is not a name (every DAG of a "
+            "deployment is the deployment's own action)"
+        )
+    return target
 
 
 @requires("operator")
