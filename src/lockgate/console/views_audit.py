@@ -32,7 +32,12 @@ from aiohttp import web
 
 from lockgate.audit import EVENTS, AuditPage, AuditQuery, AuditReader, VerifyResult
 from lockgate.audit.record import RECORD_FIELDS
-from lockgate.console.views_audit_export import export_csv, export_json
+from lockgate.console.views_audit_export import (
+    EXPORT_SLOTS,
+    ExportSlots,
+    export_csv,
+    export_json,
+)
 from lockgate.console.views_audit_filters import (
     DECISIONS,
     EXPORT_CAP,
@@ -282,6 +287,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application) -> None:
     app[VERIFIER] = Verifier()
     app[SUGGESTIONS] = Suggestions()
+    app[EXPORT_SLOTS] = ExportSlots()
     app.router.add_get("/audit", explorer)
     app.router.add_get(r"/audit/record/{seq:\d{1,18}}", record_page)
     app.router.add_get("/audit/run", run_page)

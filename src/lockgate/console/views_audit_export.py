@@ -6,15 +6,20 @@ JSON lines (one record per line, as ``audit.jsonl`` holds them), streamed page b
 CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``,
 ``@``, a tab or a carriage return) get a leading ``'``. Records never hold a token (the
 audit log redacts anything token-shaped before it is chained), so neither does an export.
+
+At most :data:`MAX_EXPORTS` exports run at once (each may read a million records in worker
+threads, the threads the primary worker mints tokens with): the next is answered 429 with a
+Retry-After until one ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
 
@@ -27,6 +32,10 @@ from lockgate.errors import StoreUnavailable
 
 #: records read per round trip while exporting
 EXPORT_PAGE = 5_000
+#: exports streaming at once, across every signed-in person
+MAX_EXPORTS = 2
+#: what a refused export is told to wait (seconds)
+RETRY_AFTER = 30
 #: the CSV's columns: the chain position, a readable time, then every record field
 CSV_COLUMNS = ("replica", "seq", "time_utc", *RECORD_FIELDS, "prev_hash", "hash")
 _FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
@@ -57,7 +66,41 @@ def json_lines(rows: Iterable[AuditRow], header: bool) -> str:
     return "".join(encode_line(row.to_dict()) + "\n" for row in rows)
 
 
+class ExportSlots:
+    """The exports streaming now (one per app): :meth:`take` or 429."""
+
+    def __init__(self, size: int = MAX_EXPORTS) -> None:
+        self.size = size
+        self.running = 0
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[None]:
+        if self.running >= self.size:
+            raise web.HTTPTooManyRequests(
+                text=f"{self.size} exports are running; try again when one ends",
+                headers={"Retry-After": str(RETRY_AFTER)},
+            )
+        self.running += 1  # one event loop: no lock needed between check and count
+        try:
+            yield
+        finally:
+            self.running -= 1
+
+
+EXPORT_SLOTS: web.AppKey[ExportSlots] = web.AppKey("lockgate_console_exports", ExportSlots)
+
+
 async def _export(
+    request: web.Request,
+    suffix: str,
+    content_type: str,
+    encode: Callable[[Iterable[AuditRow], bool], str],
+) -> web.StreamResponse:
+    with request.app[EXPORT_SLOTS].take():
+        return await _export_now(request, suffix, content_type, encode)
+
+
+async def _export_now(
     request: web.Request,
     suffix: str,
     content_type: str,
@@ -126,4 +169,12 @@ async def export_json(request: web.Request) -> web.StreamResponse:
     return await _export(request, "jsonl", "application/x-ndjson", json_lines)
 
 
-__all__ = ["CSV_COLUMNS", "csv_cell", "export_csv", "export_json"]
+__all__ = [
+    "CSV_COLUMNS",
+    "EXPORT_SLOTS",
+    "MAX_EXPORTS",
+    "ExportSlots",
+    "csv_cell",
+    "export_csv",
+    "export_json",
+]
