@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -25,13 +26,15 @@ from lockgate import metrics
 from lockgate.alerts.dispatch import ALERTS_SENT
 from lockgate.audit.door import AUDIT_QUEUE
 from lockgate.config.alerts import AlertSettings, NotifierSettings
+from lockgate.config.console import ConsoleOidc, ConsoleSettings
 from lockgate.config.credentials import Credential, KeyVaultCredential, VaultKvCredential
 from lockgate.config.model import LockgateConfig
 from lockgate.config.tracing import TracingSettings
 from lockgate.policy.loader import parse_policy_texts
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ("quotas.md", "alerts.md", "tracing.md", "credentials.md", "metrics.md", "audit.md")
+PAGES = ("quotas.md", "alerts.md", "tracing.md", "credentials.md", "metrics.md", "audit.md",
+         "console.md")  # fmt: skip
 #: Blocks that are not Lockgate's: (page, first top-level key).
 FOREIGN = {("tracing.md", "receivers")}  # an OpenTelemetry Collector config
 
@@ -239,6 +242,8 @@ def _model_at(model: type[BaseModel], dotted: str) -> tuple[type[BaseModel], str
     *parents, name = dotted.split(".")
     for parent in parents:
         inner = model.model_fields[parent].annotation
+        optional = [a for a in get_args(inner) if a is not type(None)]  # `X | None` is X here
+        inner = optional[0] if len(optional) == 1 else inner
         assert isinstance(inner, type) and issubclass(inner, BaseModel), dotted
         model = inner
     return model, name
@@ -286,3 +291,19 @@ def test_the_field_tables_give_the_models_defaults(
     page: str, table: int, model: type[BaseModel]
 ) -> None:
     assert _check_defaults(page, table, model) >= 3
+
+
+def test_the_console_tables_give_every_field_with_its_default() -> None:
+    """configuration.md's `console` tables: every field of ConsoleSettings and ConsoleOidc,
+    each with the model's default."""
+    tables = [t for t in _tables("configuration.md") if t[2][0] in ("`enabled`", "`oidc.issuer`")]
+    assert len(tables) == 2, "the console's two field tables"
+    named: set[str] = set()
+    for rows in tables:
+        named |= {row[0].strip("`") for row in rows[2:]}
+    fields = {*ConsoleSettings.model_fields}
+    fields |= {f"oidc.{name}" for name in ConsoleOidc.model_fields}
+    assert named == fields
+    index = _tables("configuration.md").index(tables[0])
+    assert _check_defaults("configuration.md", index, ConsoleSettings) >= 5
+    assert _check_defaults("configuration.md", index + 1, ConsoleSettings) >= 3
