@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
 
-from lockgate.audit import AuditLog, AuditReader, AuditRecord
+from lockgate.audit import AuditReader, AuditRecord
 from lockgate.config import LockgateConfig
 from lockgate.console import views_access
 from lockgate.console.web import ConsoleContext, ConsoleUser
 from lockgate.policy import PolicyStore, cmd_check
-from tests.console._views import signed_in, views_app
+from tests.console._views import serving, signed_in, write_trail
 
 NOW = time.time()
 
@@ -93,16 +91,6 @@ def admitted(dag: str, task: str, rule: str, *, ago: float = 60.0, **kw: Any) ->
     )
 
 
-def write(path: Path, records: Sequence[AuditRecord]) -> None:
-    log = AuditLog(path)
-    try:
-        for r in records:
-            log.emit(r)
-        assert log.flush(10)
-    finally:
-        log.close()
-
-
 def console(
     tmp_path: Path, *, shadow: bool = False, records: Sequence[AuditRecord] = ()
 ) -> ConsoleContext:
@@ -112,7 +100,7 @@ def console(
         (tmp_path / "watch.yaml").write_text(SHADOW)
         files.append(tmp_path / "watch.yaml")
     db = tmp_path / "audit.db"
-    write(db, list(records))
+    write_trail(db, records)
     unused = cast(Any, None)
     return ConsoleContext(
         config=LockgateConfig.model_validate(CONFIG),
@@ -129,26 +117,13 @@ Get = Callable[[str], Any]
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[TestServer] = []
-    session = ClientSession()
+async def serve() -> AsyncIterator[Callable[..., Awaitable[Get]]]:
+    async with serving() as start:
 
-    async def start(ctx: ConsoleContext, user: ConsoleUser | None = None) -> Get:
-        server = TestServer(views_app(ctx, views_access.add_routes, user), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
+        async def served(ctx: ConsoleContext, user: ConsoleUser | None = None) -> Get:
+            return (await start(ctx, views_access.add_routes, user)).page
 
-        async def get(path: str) -> tuple[int, str]:
-            async with session.get(server.make_url(path), allow_redirects=False) as resp:
-                where = resp.headers.get("Location", "")
-                return resp.status, where or await resp.text()
-
-        return get
-
-    yield start
-    await session.close()
-    for s in servers:
-        await s.close()
+        yield served
 
 
 def text(html: str) -> str:
@@ -352,7 +327,7 @@ async def test_the_dag_list_is_kept_a_minute(
     assert "prod/finance_late" not in (await get("/console/access"))[1]
     late = AuditRecord(event="allowed", ts=NOW, deployment="prod", dag_id="finance_late",
                        resource="billing", action="read", decision="allow")  # fmt: skip
-    write(tmp_path / "audit.db", [late])
+    write_trail(tmp_path / "audit.db", [late])
     assert "prod/finance_late" not in (await get("/console/access"))[1]
     monkeypatch.setattr(views_access, "DAGS_TTL", 0.0)
     assert "prod/finance_late" in (await get("/console/access"))[1]

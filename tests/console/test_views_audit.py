@@ -10,21 +10,18 @@ import io
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
 from html import unescape
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
 
-from lockgate.audit import AuditLog, AuditReader, AuditRecord
+from lockgate.audit import AuditReader, AuditRecord
 from lockgate.console import views_audit
 from lockgate.console.views_audit_export import CSV_COLUMNS
 from lockgate.console.web import ConsoleContext, ConsoleUser
-from tests.console._views import CSRF_TOKEN, signed_in, views_app
+from tests.console._views import CSRF_TOKEN, Served, serving, signed_in, write_trail
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 XSS = "<script>alert(1)</script>"
@@ -64,16 +61,6 @@ def _records() -> list[AuditRecord]:
     return out
 
 
-def _write(path: Path, records: Iterable[AuditRecord]) -> None:
-    log = AuditLog(path)
-    try:
-        for r in records:
-            log.emit(r)
-        assert log.flush(10)
-    finally:
-        log.close()
-
-
 def _context(db: Path) -> ConsoleContext:
     unused = cast(Any, None)  # the explorer only reads the trail
     return ConsoleContext(
@@ -82,49 +69,21 @@ def _context(db: Path) -> ConsoleContext:
     )  # fmt: skip
 
 
-@dataclass
-class Client:
-    server: TestServer
-    session: ClientSession
-
-    def url(self, path: str) -> str:
-        return str(self.server.make_url(path))
-
-    async def get(self, path: str) -> tuple[int, str, dict[str, str]]:
-        async with self.session.get(self.url(path), allow_redirects=False) as resp:
-            return resp.status, await resp.text(), dict(resp.headers)
-
-    async def post(self, path: str, data: dict[str, str], origin: bool = True) -> int:
-        headers = {"Origin": self.url("/").rstrip("/")} if origin else {}
-        async with self.session.post(
-            self.url(path), data=data, headers=headers, allow_redirects=False
-        ) as resp:
-            return resp.status
-
-
 @pytest.fixture
 def trail(tmp_path: Path) -> Path:
     db = tmp_path / "audit.db"
-    _write(db, _records())
+    write_trail(db, _records())
     return db
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[TestServer] = []
-    session = ClientSession()
+async def serve() -> AsyncIterator[Callable[..., Awaitable[Served]]]:
+    async with serving() as start:
 
-    async def start(db: Path, user: ConsoleUser | None = None) -> Client:
-        app = views_app(_context(db), views_audit.add_routes, user)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return Client(server, session)
+        async def served(db: Path, user: ConsoleUser | None = None) -> Served:
+            return await start(_context(db), views_audit.add_routes, user)
 
-    yield start
-    await session.close()
-    for s in servers:
-        await s.close()
+        yield served
 
 
 def _seqs(html: str) -> list[int]:
@@ -348,21 +307,13 @@ async def test_shared_trail_pages_and_records_by_replica(
 
     settings = pg_state()
     for replica, records in (("r1", _records()[:70]), ("r2", _records()[70:])):
-        log = AuditLog(tmp_path / replica / "audit.db", shipping=shipping(replica, settings))
-        try:
-            for r in records:
-                log.emit(r)
-            assert log.flush(10)
-        finally:
-            log.close()  # ships what is committed
+        # closing the log ships what is committed
+        write_trail(tmp_path / replica / "audit.db", records, shipping=shipping(replica, settings))
     db = tmp_path / "r1" / "audit.db"
     ctx = _context(db)
     ctx.audit_reader = lambda: AuditReader(db, shipping=shipping("r1", settings))
-    app = views_app(ctx, views_audit.add_routes)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    async with ClientSession() as session:
-        client = Client(server, session)
+    async with serving() as start:
+        client = await start(ctx, views_audit.add_routes)
         status, html, _ = await client.get("/console/audit")
         assert status == 200 and "120 records match" in html
         links = re.findall(r'href="/console/audit/record/(\d+)\?replica=(r\d)"', html)
@@ -383,7 +334,6 @@ async def test_shared_trail_pages_and_records_by_replica(
         status, body, _ = await client.get("/console/audit/export.csv?run=run-2")
         table = list(csv.DictReader(io.StringIO(body)))
         assert {r["replica"] for r in table} == {"r1", "r2"} and len(table) == 30
-    await server.close()
 
 
 async def test_the_dag_and_resource_fields_suggest_names_seen_lately(
@@ -393,7 +343,7 @@ async def test_the_dag_and_resource_fields_suggest_names_seen_lately(
 
     now = time.time()
     db = tmp_path / "audit.db"
-    _write(
+    write_trail(
         db,
         [
             AuditRecord("allowed", ts=now - 60, dag_id="fresh_dag", resource="orders-api"),

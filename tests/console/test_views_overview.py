@@ -7,20 +7,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
+from aiohttp import web
 
-from lockgate.audit import AuditLog, AuditQuery, AuditReader, AuditRecord, HistogramBucket
+from lockgate.audit import AuditQuery, AuditReader, AuditRecord, HistogramBucket
 from lockgate.console import views_audit, views_overview
 from lockgate.console.web import CSRF_HEADER, ConsoleContext, ConsoleUser, OpenSession
 from lockgate.errors import StoreUnavailable
-from tests.console._views import CSRF_TOKEN, signed_in, views_app
+from tests.console._views import CSRF_TOKEN, serving, signed_in, write_trail
 
 NOW = time.time()
 
@@ -45,16 +44,6 @@ def request(
         reason="no rule matches" if event == "denied" else None,
         **kw,
     )
-
-
-def write(path: Path, records: Iterable[AuditRecord]) -> None:
-    log = AuditLog(path)
-    try:
-        for r in records:
-            log.emit(r)
-        assert log.flush(10)
-    finally:
-        log.close()
 
 
 class Live:
@@ -89,25 +78,13 @@ Get = Callable[..., Any]
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[TestServer] = []
-    session = ClientSession()
+async def serve() -> AsyncIterator[Callable[..., Awaitable[Get]]]:
+    async with serving() as start:
 
-    async def start(ctx: ConsoleContext, user: ConsoleUser | None = None) -> Get:
-        server = TestServer(views_app(ctx, views_overview.add_routes, user), host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
+        async def served(ctx: ConsoleContext, user: ConsoleUser | None = None) -> Get:
+            return (await start(ctx, views_overview.add_routes, user)).page
 
-        async def get(path: str) -> tuple[int, str]:
-            async with session.get(server.make_url(path)) as resp:
-                return resp.status, await resp.text()
-
-        return get
-
-    yield start
-    await session.close()
-    for s in servers:
-        await s.close()
+        yield served
 
 
 class Page(HTMLParser):
@@ -160,7 +137,7 @@ TRAIL = [
 async def test_the_overview_counts_the_trail_and_links_every_number(
     tmp_path: Path, serve: Callable[..., Any]
 ) -> None:
-    write(tmp_path / "audit.db", TRAIL)
+    write_trail(tmp_path / "audit.db", TRAIL)
     get = await serve(console(tmp_path / "audit.db"))
     status, html = await get("/console/")
     assert status == 200
@@ -187,7 +164,7 @@ async def test_the_overview_counts_the_trail_and_links_every_number(
 async def test_the_window_selector_changes_the_window_and_ignores_unknown_ones(
     tmp_path: Path, serve: Callable[..., Any]
 ) -> None:
-    write(tmp_path / "audit.db", TRAIL)
+    write_trail(tmp_path / "audit.db", TRAIL)
     get = await serve(console(tmp_path / "audit.db"))
     _, week = await get("/console/?window=7d")
     assert "Denials 12" in Page(week).words  # the one three days ago is in the week
@@ -213,7 +190,7 @@ async def test_what_pipelines_name_themselves_is_text(
     tmp_path: Path, serve: Callable[..., Any]
 ) -> None:
     evil = "<img src=x onerror=alert(1)>"
-    write(tmp_path / "audit.db", [request("denied", evil, resource=evil)])
+    write_trail(tmp_path / "audit.db", [request("denied", evil, resource=evil)])
     get = await serve(console(tmp_path / "audit.db"))
     _, html = await get("/console/")
     assert "<img" not in html
@@ -239,27 +216,18 @@ async def test_a_viewer_sees_the_overview(tmp_path: Path, serve: Callable[..., A
 
 
 async def test_the_chain_badge_shows_the_explorer_s_last_verification(tmp_path: Path) -> None:
-    write(tmp_path / "audit.db", TRAIL)
+    write_trail(tmp_path / "audit.db", TRAIL)
 
     def both(app: web.Application) -> None:
         views_audit.add_routes(app)
         views_overview.add_routes(app)
 
-    server = TestServer(views_app(console(tmp_path / "audit.db"), both), host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with ClientSession() as session:
-            async with session.get(server.make_url("/console/")) as resp:
-                assert "Chain not verified yet" in Page(await resp.text()).words
-            origin = str(server.make_url("")).rstrip("/")
-            headers = {CSRF_HEADER: CSRF_TOKEN, "Origin": origin}
-            async with session.post(server.make_url("/console/audit/verify"), headers=headers):
-                pass
-            async with session.get(server.make_url("/console/")) as resp:
-                words = Page(await resp.text()).words
-            assert f"Chain verified {len(TRAIL)} records" in words
-    finally:
-        await server.close()
+    async with serving() as start:
+        served = await start(console(tmp_path / "audit.db"), both)
+        assert "Chain not verified yet" in Page((await served.page("/console/"))[1]).words
+        await served.post("/console/audit/verify", headers={CSRF_HEADER: CSRF_TOKEN})
+        words = Page((await served.page("/console/"))[1]).words
+        assert f"Chain verified {len(TRAIL)} records" in words
 
 
 class Unreachable(AuditReader):
@@ -304,7 +272,7 @@ def test_settled_buckets_are_read_once_and_the_rest_every_time(tmp_path: Path) -
         for h in range(6)
         for record in (request("allowed", "etl"), AuditRecord(event="token_issued"))
     ]
-    write(tmp_path / "audit.db", trail)
+    write_trail(tmp_path / "audit.db", trail)
     reader = Counting(tmp_path / "audit.db")
     reader.asked = []
     cache = views_overview.HistogramCache()
@@ -334,7 +302,7 @@ def test_settled_buckets_are_read_once_and_the_rest_every_time(tmp_path: Path) -
     reader.asked.clear()
 
     # a record shipped late into a settled bucket shows up when the cache is rebuilt
-    write(tmp_path / "audit.db", [dataclasses.replace(trail[0], ts=now - 2 * 3600)])
+    write_trail(tmp_path / "audit.db", [dataclasses.replace(trail[0], ts=now - 2 * 3600)])
     rebuilt = later + views_overview.REBUILD + 1
     start = since + 2 * bucket
     assert cache.read(reader, start, bucket, rebuilt) == direct(start)
