@@ -24,6 +24,7 @@ BENCHMARKS: list[tuple[str, str, list[str] | None]] = [
     ("three replicas on one PostgreSQL: propagation and failures", "benchmarks.ha", []),
     ("a rate quota shared by 2 worker processes: achieved vs configured", "benchmarks.quotas", []),
     ("policy suggest / unused on 1M audit records", "benchmarks.policy_suggest", []),
+    ("the web console's pages on 100k audit records vs an empty trail", "benchmarks.console", []),
 ]
 
 
