@@ -1,40 +1,141 @@
 """The console's pages under attack: what a pipeline wrote into the audit trail (a DAG id, a
-run id, an object) and what a signed-in person types into a form must never do more than
-the page says. Each test is one attack that once worked, or one that must stay refused:
-an operator lifting or setting an admin's deployment-wide kill switch through a DAG named
-``*``; a viewer holding every worker thread with exports; ..."""
+run id, an object) and what a signed-in person types into a form or a query string must never
+do more than the page says. Each test is one attack that once worked: an operator lifting or
+setting an admin's deployment-wide kill switch through a DAG named ``*``; a viewer holding
+every worker thread with exports; filters past what the trail or a calendar holds answered
+with a 500 and a traceback."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from lockgate.audit import AuditPage, AuditQuery, AuditReader
-from lockgate.console import views_audit, views_audit_export
+from lockgate.audit import AuditLog, AuditPage, AuditQuery, AuditReader, AuditRecord, AuditRow
+from lockgate.config import load_config
+from lockgate.console import views_audit, views_audit_export, views_live
+from lockgate.console.web import ConsoleContext, ConsoleUser
 from lockgate.identity.revocation import ANY_DAG
 from lockgate.state import State
-from tests.console import test_views_audit as audit_views
-from tests.console._views import signed_in, views_app
-from tests.console.test_views_live import (
-    Console,
-    Trail,
-    context_of,
-    serve,
-    state,
-    trail,
-)
+from tests.console._views import CSRF_TOKEN, signed_in, views_app
 
-__all__ = ["state", "trail"]  # the fixtures, imported
+
+# -- a console over real state ----------------------------------------------------------------
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[State]:
+    monkeypatch.delenv("LOCKGATE_MASTER_KEY", raising=False)
+    path = tmp_path / "lockgate.yaml"
+    path.write_text(
+        json.dumps(  # JSON is YAML
+            {"data_dir": str(tmp_path / "data"),
+             "deployments": [{"name": "prod", "dags": ["*"],
+                              "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
+             "resources": [{"name": "orders-api", "kind": "http",
+                            "upstream": "https://orders.example.com"}]}
+        )
+    )  # fmt: skip
+    st = State(load_config(path))
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+class Trail:
+    """The audit trail the console reads and writes (a real AuditLog)."""
+
+    def __init__(self, st: State) -> None:
+        self.path = st.config.data_dir / "audit.db"
+        self.log = AuditLog(self.path)
+
+    def write(self, *records: AuditRecord) -> None:
+        for r in records:
+            self.log.emit(r)
+        assert self.log.flush(10)
+
+    def rows(self, event: str) -> list[AuditRow]:
+        self.log.flush(10)
+        with AuditReader(self.path) as reader:
+            return [r for r in reader.tail(500) if r.event == event]
+
+
+@pytest.fixture
+def trail(state: State) -> Iterator[Trail]:
+    t = Trail(state)
+    try:
+        yield t
+    finally:
+        t.log.close()
+
+
+def request_records(n: int = 3) -> list[AuditRecord]:
+    return [
+        AuditRecord(event="allowed", ts=1_767_225_600.0 + i, deployment="prod", dag_id="etl",
+                    run_id="run-1", task_id="load", resource="orders-api", action="read",
+                    object=f"/orders/{i}", decision="allow", rule="etl-read")
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def context_of(st: State, trail: Trail) -> ConsoleContext:
+    cfg = st.config
+    return ConsoleContext(
+        config=cfg, audit_reader=lambda: AuditReader(cfg.data_dir / "audit.db"),
+        audit=trail.log, policy=cast(Any, None), revocations=st.revocations,
+        credentials=st.credentials, database=st.database,
+    )  # fmt: skip
+
+
+class Console:
+    """Views served on a socket, asked as a signed-in browser would."""
+
+    def __init__(self, server: TestServer, http: ClientSession) -> None:
+        self.server, self.http = server, http
+        self.origin = str(server.make_url("/")).rstrip("/")
+
+    async def get(self, path: str, **params: str) -> tuple[int, str]:
+        async with self.http.get(self.server.make_url(path), params=params) as r:
+            return r.status, await r.text()
+
+    async def post(self, data: dict[str, str]) -> tuple[int, str, str]:
+        form = {**data, "csrf": CSRF_TOKEN}
+        async with self.http.post(
+            self.server.make_url("/console/live/act"), data=form,
+            headers={"Origin": self.origin}, allow_redirects=False,
+        ) as r:  # fmt: skip
+            return r.status, r.headers.get("Location", ""), await r.text()
+
+
+async def serve(
+    ctx: ConsoleContext, add_routes: Any, user: ConsoleUser | None = None
+) -> AsyncIterator[Console]:
+    server = TestServer(views_app(ctx, add_routes, user), host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as http:
+            yield Console(server, http)
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def explorer(state: State, trail: Trail) -> AsyncIterator[Console]:
+    trail.write(*request_records())
+    async for c in serve(context_of(state, trail), views_audit.add_routes):
+        yield c
 
 
 @pytest.fixture
 async def operator(state: State, trail: Trail) -> AsyncIterator[Console]:
-    async for c in serve(context_of(state, trail), signed_in("operator", "olivia")):
+    async for c in serve(
+        context_of(state, trail), views_live.add_routes, signed_in("operator", "olivia")
+    ):
         yield c
 
 
@@ -57,13 +158,12 @@ async def test_a_dag_named_star_is_refused_it_would_be_the_whole_deployment(
 
 # -- exports: bounded work per person ---------------------------------------------------------
 async def test_exports_at_once_are_capped_the_next_is_told_to_retry(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    state: State, trail: Trail, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each export may read up to EXPORT_CAP records in worker threads: a page of export
     links opened fifty times over would hold every worker thread of the primary (where
     tokens are minted) reading the trail. Past MAX_EXPORTS at once: 429, Retry-After."""
-    db = tmp_path / "audit.db"
-    audit_views._write(db, audit_views._records())
+    trail.write(*request_records())
     release = asyncio.Event()
     real_page = views_audit_export._page
 
@@ -72,24 +172,43 @@ async def test_exports_at_once_are_capped_the_next_is_told_to_retry(
         return await real_page(reader, q, older)
 
     monkeypatch.setattr(views_audit_export, "_page", slow_page)
-    server = TestServer(views_app(audit_views._context(db), views_audit.add_routes))
-    await server.start_server()
-    try:
-        async with ClientSession() as http:
-            url = server.make_url("/console/audit/export.csv")
-            running = [
-                asyncio.create_task(http.get(url)) for _ in range(views_audit_export.MAX_EXPORTS)
-            ]
-            await asyncio.sleep(0.2)  # they hold their slots, waiting on the trail
-            async with http.get(url) as refused:
-                assert refused.status == 429
-                assert refused.headers["Retry-After"].isdigit()
-            release.set()
-            for task in running:
-                async with await task as answer:
-                    assert answer.status == 200
-                    assert "orders" in await answer.text()
-            async with http.get(url) as again:  # the slots are given back
-                assert again.status == 200
-    finally:
-        await server.close()
+    async for console in serve(context_of(state, trail), views_audit.add_routes):
+        url = console.server.make_url("/console/audit/export.csv")
+        running = [
+            asyncio.create_task(console.http.get(url))
+            for _ in range(views_audit_export.MAX_EXPORTS)
+        ]
+        await asyncio.sleep(0.2)  # they hold their slots, waiting on the trail
+        async with console.http.get(url) as refused:
+            assert refused.status == 429
+            assert refused.headers["Retry-After"].isdigit()
+        release.set()
+        for task in running:
+            async with await task as answer:
+                assert answer.status == 200
+                assert "/orders/2" in await answer.text()
+        status, text = await console.get("/console/audit/export.csv")  # slots given back
+        assert status == 200 and "/orders/2" in text
+
+
+# -- filters: a query string the trail cannot hold is a 400 naming it, never a 500 -------------
+@pytest.mark.parametrize(
+    "query",
+    [
+        "try=²",  # a digit to str.isdigit, not to int()
+        "try=99999999999999999999999",  # past SQLite's integers
+        "try=" + "9" * 5000,  # past int()'s digits
+        "since=1e308",  # past any calendar
+        "until=-1e20",
+        "since=inf",
+        "since=nan",
+    ],
+)
+@pytest.mark.parametrize("path", ["/console/audit", "/console/audit/export.csv"])
+async def test_a_filter_out_of_range_is_refused_naming_it(
+    explorer: Console, path: str, query: str
+) -> None:
+    async with explorer.http.get(explorer.server.make_url(f"{path}?{query}")) as got:
+        text = await got.text()
+    assert got.status == 400, text
+    assert query.split("=")[0] in text and "Traceback" not in text

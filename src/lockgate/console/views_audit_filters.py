@@ -3,6 +3,8 @@ the query string into an :class:`~lockgate.audit.AuditQuery`, links, times, badg
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from urllib.parse import urlencode
@@ -27,6 +29,10 @@ FILTERS = ("deployment", "dag", "run", "task", "try", "resource", "action", "dec
            "event", "principal", "jti", "since", "until", "shadow", "replica")  # fmt: skip
 DECISIONS = ("allow", "deny", "error")
 _TRUE = {"1", "on", "true", "yes"}
+#: a try number: what an Airflow task could reach, and within SQLite's integers
+_TRY = re.compile(r"[0-9]{1,6}")
+#: the last time a filter may name: 9999-12-31T23:59:59Z
+LAST_TIME = 253_402_300_799.0
 
 
 class BadFilter(ValueError):
@@ -37,11 +43,15 @@ class BadFilter(ValueError):
 
 
 def parse_time(text: str, name: str) -> float:
-    """A time filter: unix seconds, or ISO 8601 / ``datetime-local`` (no offset: UTC)."""
+    """A time filter: unix seconds, or ISO 8601 / ``datetime-local`` (no offset: UTC), from
+    1970 to the year 9999 (a time past any calendar cannot be shown back in the form)."""
     try:
-        return read_time(text)
-    except ValueError:
-        raise BadFilter(f"{name}: {text!r} is not a time (2026-12-05T13:00 UTC)") from None
+        ts = read_time(text)
+    except (ValueError, OverflowError):
+        ts = math.nan
+    if not 0 <= ts <= LAST_TIME:  # NaN fails this too
+        raise BadFilter(f"{name}: {short(text, 40)!r} is not a time (2026-12-05T13:00 UTC)")
+    return ts
 
 
 def form_time(ts: float | None) -> str:
@@ -58,8 +68,8 @@ def filters_of(params: Mapping[str, str]) -> tuple[AuditQuery, dict[str, str]]:
     text = {k: values.get(k) for k in FILTERS}
     try_number = None
     if "try" in values:
-        if not values["try"].isdigit():
-            raise BadFilter(f"try: {values['try']!r} is not a whole number")
+        if not _TRY.fullmatch(values["try"]):  # ASCII digits: "²" is a digit to isdigit()
+            raise BadFilter(f"try: {short(values['try'], 40)!r} is not a whole number")
         try_number = int(values["try"])
     since = parse_time(values["since"], "since") if "since" in values else None
     until = parse_time(values["until"], "until") if "until" in values else None
