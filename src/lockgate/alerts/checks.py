@@ -17,7 +17,6 @@ A condition is alerted on when it appears or gets worse, and resolved when it cl
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
@@ -25,6 +24,7 @@ from typing import Protocol
 from lockgate import metrics
 from lockgate.alerts.model import Alert, Severity
 from lockgate.config.alerts import AlertSettings
+from lockgate.credentials.describe import max_age_of
 
 _RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
@@ -148,7 +148,7 @@ def credential_age(
         return []
     out: list[Alert] = []
     for name in credentials.names():
-        limit = next((r.max_age for r in rules if fnmatch.fnmatchcase(name, r.credentials)), None)
+        limit = max_age_of(name, rules)
         if limit is None:
             continue
         versions = list(credentials.versions(name))
