@@ -132,8 +132,10 @@ async def session_middleware(request: web.Request, handler: _Handler) -> web.Str
             request[USER] = session.user
             request[CSRF] = session.csrf
     if USER in request or _public(request.path):
-        signing_in = request.method not in ("GET", "HEAD") and USER not in request
-        if signing_in and not same_origin(request):  # the sign-in POSTs: our forms only
+        # the sign-in POSTs take our own forms only, signed in or not: SameSite=Strict is
+        # per site, so a sibling host's cross-origin POST still carries the cookie
+        signing_in = request.method not in ("GET", "HEAD") and _public(request.path)
+        if signing_in and not same_origin(request):
             raise web.HTTPForbidden(text="cross-origin request refused")
         return await handler(request)
     if request.method in ("GET", "HEAD"):
@@ -294,6 +296,9 @@ async def _signed_in(request: web.Request, user: ConsoleUser, next_path: str) ->
     await _audit(ctx, _record("console_signed_in", user))
     settings = ctx.config.console
     store = request.app[STORE]
+    earlier = request.cookies.get(SESSION_COOKIE)
+    if earlier:  # a session id the browser held before (planted or not) dies here
+        await off_loop(store.db, store.end, earlier)
     session_id = await off_loop(store.db, store.start, user, ttl=settings.session_ttl)
     response = render(request, "login_done.html", next=safe_next(next_path), name=user.name)
     response.set_cookie(

@@ -21,6 +21,8 @@ from lockgate.console.sessions import ConsoleStore, digest
 from lockgate.store import Database
 
 LINK_PATH = "/login/link"
+#: what a link's session subject starts with (an OIDC user's may not: see oidc.user_of)
+LINK_SUBJECT_PREFIX = "link:"
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 
 
@@ -43,7 +45,7 @@ def console_url(config: LockgateConfig, base_url: str | None = None) -> str:
 
 def link_subject(token: str) -> str:
     """The subject of a session a link started: stable per link, never the token."""
-    return f"link:{digest(token)[:8]}"
+    return f"{LINK_SUBJECT_PREFIX}{digest(token)[:8]}"
 
 
 def create(store: ConsoleStore, ttl: float) -> str:
@@ -89,6 +91,7 @@ def console_link_url(
 
 __all__ = [
     "LINK_PATH",
+    "LINK_SUBJECT_PREFIX",
     "IssuedLink",
     "console_link_url",
     "console_url",

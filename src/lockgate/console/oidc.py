@@ -17,7 +17,8 @@ client id), ``exp``/``iat``/``nbf`` with a small leeway, and ``nonce`` the one t
 sent. The role is the highest of
 viewer < operator < admin whose configured claim values meet the ``roles_claim`` claim (a
 list or a string); none: refused, naming the claim expected. The subject is ``oid`` when
-present (Entra ID's stable user id), else ``sub``.
+present (Entra ID's stable user id), else ``sub``; a subject of the shape of a one-time
+link's (``link:...``) is refused, so the trail never mistakes a user for a link's admin.
 
 A refusal is :class:`SignInRefused` with a short reason fit for the audit trail and the
 page: never a token, a code or a claim's value.
@@ -43,6 +44,7 @@ from lockgate import _log
 from lockgate._files import read_regular_file
 from lockgate._urls import private_channel
 from lockgate.config.console import ROLES, ConsoleOidc
+from lockgate.console.links import LINK_SUBJECT_PREFIX
 from lockgate.errors import AuthenticationError
 from lockgate.identity.tokens import split_jwt, verified_claims
 
@@ -222,6 +224,9 @@ class OidcClient:
         subject = oid if isinstance(oid, str) and oid else sub
         if not isinstance(subject, str) or not subject:
             raise SignInRefused("no_subject", "The ID token names no user.")
+        if subject.startswith(LINK_SUBJECT_PREFIX):
+            # console:link:<digest> names a one-time link's admin in the audit trail
+            raise SignInRefused("reserved_subject", "The ID token's user id is not accepted.")
         role = self.role_of(claims)
         if role is None:
             raise SignInRefused(
