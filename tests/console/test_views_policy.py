@@ -16,24 +16,17 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from lockgate.audit import AuditLog, AuditReader, AuditRecord, AuditRow
+from lockgate.audit import AuditReader, AuditRecord, AuditRow
 from lockgate.cli import main
 from lockgate.config import LockgateConfig, load_config
 from lockgate.console import views_policy
 from lockgate.console.views_policy import Reading, Reads, add_routes, bounded
 from lockgate.console.web import ConsoleContext
 from lockgate.policy import PolicyStore
+from tests.test_cli_policy_usage import BROAD, record, write_records
 
 from ._views import signed_in, views_app
 
-BROAD = {
-    "rules": [
-        {"id": "everything", "effect": "allow", "principals": ["airflow:prod/*"],
-         "actions": ["read"], "resources": ["*"]},
-        {"id": "never-used", "effect": "allow", "principals": ["airflow:prod/finance/*"],
-         "actions": ["write"], "resources": ["orders-*"]},
-    ]
-}  # fmt: skip
 SHADOW = {
     "mode": "shadow",
     "rules": [
@@ -41,16 +34,6 @@ SHADOW = {
          "actions": ["read"], "resources": ["orders-api"], "objects": ["/orders/*"]},
     ],
 }  # fmt: skip
-
-
-def record(task: str, obj: str, event: str = "admitted", **kw: Any) -> AuditRecord:
-    fields: dict[str, Any] = {
-        "deployment": "prod", "dag_id": "finance", "task_id": task, "run_id": "r1",
-        "principal": f"airflow:prod/finance/{task}", "resource": "orders-api",
-        "action": "read", "object": obj, "decision": "allow", "rule": "everything",
-    }  # fmt: skip
-    fields.update(kw)
-    return AuditRecord(event=event, **fields)
 
 
 def would_deny(task: str, obj: str) -> AuditRecord:
@@ -83,16 +66,7 @@ def trail_config(tmp_path: Path) -> Path:
         yaml.safe_dump({"data_dir": str(tmp_path / "data"), "policies": ["policies/*.yaml"]})
     )
     (tmp_path / "data").mkdir()
-    log = AuditLog(tmp_path / "data" / "audit.db")
-
-    async def write_all() -> None:
-        for r in RECORDS:
-            await log.write(r)
-
-    try:
-        asyncio.run(write_all())
-    finally:
-        log.close()
+    write_records(tmp_path / "data" / "audit.db", RECORDS)
     return path
 
 
