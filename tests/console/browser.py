@@ -1,7 +1,7 @@
 """Driving the console in a real browser: Debian's Chromium under Playwright, in front of a
 real ``lockgate serve``.
 
-- :func:`browser` (session scope, one per xdist worker): headless Chromium launched from
+- :func:`browser` (module scope): headless Chromium launched from
   ``$CHROMIUM`` or ``chromium`` on the PATH (Playwright's own browser download is never
   used). Without Playwright or Chromium the tests skip, naming what is missing -- unless
   ``CI`` is set, where they fail (CI cannot pass by skipping the console's tests), as the
@@ -18,7 +18,8 @@ real ``lockgate serve``.
   that bypasses the CSP (axe is injected as a script; the console itself is never checked
   with its CSP off), with the signed-in cookies copied over.
 
-Playwright's sync API runs its own event loop: use these fixtures from plain (sync) tests.
+Playwright's sync API runs an event loop of its own: use these fixtures from plain (sync)
+tests, in modules without asyncio tests.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ def artifacts_dir() -> Path:
     return Path(os.environ.get("LOCKGATE_ARTIFACTS") or "test-artifacts") / "console"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Debian Chromium under Playwright, one per test process."""
+    """Headless Debian Chromium under Playwright, one per test module: Playwright's sync
+    API holds an event loop of its own while it runs, and an asyncio test run after it in
+    the same process (pytest-asyncio) could not start its loop."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
