@@ -35,6 +35,8 @@ async def test_a_read_runs_in_the_consoles_threads() -> None:
     reads = Reads(readers=2)
     name = await reads.run(lambda: threading.current_thread().name)
     assert name.startswith("console-read")
+    assert await reads.run(divmod, 7, 2) == (3, 1)
+    assert await reads.run(int, "ff", base=16) == 255
     assert reads.running == 0
     await reads.close()
 

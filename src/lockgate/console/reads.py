@@ -21,7 +21,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -66,9 +66,9 @@ class Reads:
         until its thread is done)."""
         return self._running
 
-    async def run(self, fn: Callable[[], _T]) -> _T:
-        """``fn()`` in the pool; 503 when every reader stays busy for :attr:`wait` seconds or
-        the console is closing."""
+    async def run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` in the pool; 503 when every reader stays busy for
+        :attr:`wait` seconds or the console is closing."""
         if self.closing.is_set():
             raise self._refusal("the console is closing")
         if self._slots is None:
@@ -88,7 +88,7 @@ class Reads:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="console-read")
         try:
-            done = self._pool.submit(fn)
+            done = self._pool.submit(fn, *args, **kwargs)
         except RuntimeError:  # shut down between the check above and now
             free()
             raise self._refusal("the console is closing") from None
@@ -135,9 +135,9 @@ def reads_of(request: web.Request) -> Reads:
     return request.app[READS]
 
 
-async def run_read(request: web.Request, fn: Callable[[], _T]) -> _T:
-    """``fn()`` (blocking) in the console's pool."""
-    return await reads_of(request).run(fn)
+async def run_read(request: web.Request, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``fn(*args, **kwargs)`` (blocking) in the console's pool."""
+    return await reads_of(request).run(fn, *args, **kwargs)
 
 
 async def read_trail(request: web.Request, ask: Callable[[AuditReader], _T]) -> _T:
