@@ -24,7 +24,7 @@ from pathlib import Path
 from lockgate.alerts.trail_rules import SQL_CANDIDATES
 from lockgate.audit import chain
 from lockgate.audit.record import RECORD_FIELDS, AuditRow
-from lockgate.store import Database, Migration, migrate, pending, register_domain
+from lockgate.store import Database, Migration, migrate, register_domain
 
 DOMAIN = "alerts"
 MIGRATIONS = (
@@ -206,11 +206,12 @@ class TrailFollower:
         return conn
 
     def _shared_pending(self) -> bool:
-        from lockgate.audit.shared import DOMAIN as AUDIT_DOMAIN
-        from lockgate.audit.shared import MIGRATIONS as AUDIT_MIGRATIONS
+        """No shared trail to read yet: its tables are missing (a step that only adds
+        indexes may still be pending: the trail reads the same without it)."""
+        from lockgate.audit.shared import readable
 
         assert self.shared_trail is not None
-        return bool(pending(self.shared_trail, AUDIT_DOMAIN, AUDIT_MIGRATIONS))
+        return not readable(self.shared_trail)
 
 
 __all__ = ["DOMAIN", "HORIZON", "LOCAL", "MIGRATIONS", "Lease", "TrailFollower", "open_alerts_db"]

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from lockgate.audit.chain import VerifyResult, row_from_columns, walk, where
 from lockgate.audit.record import GENESIS, RECORD_FIELDS, AuditRow, canonical_json
 from lockgate.audit.shipping import ChainMismatch
-from lockgate.store import Cursor, Database, Migration, register_domain
+from lockgate.store import Cursor, Database, Migration, pending, register_domain
 
 DOMAIN = "audit"
 
@@ -74,8 +74,30 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints (
 );
 """,
     ),
+    Migration(
+        2,
+        "audit_records indexes by token id and by event (the console's lookups)",
+        # jti: a live token's last use (its records since its issue); event: counts and
+        # pages of one event over a window (tokens issued, denials), and, with dag_id in
+        # the index, the request histogram read from the index alone
+        """
+CREATE INDEX IF NOT EXISTS audit_records_jti ON audit_records (jti, ts);
+CREATE INDEX IF NOT EXISTS audit_records_event ON audit_records (event, ts, dag_id);
+""",
+    ),
 )
 register_domain(DOMAIN, MIGRATIONS)
+#: The steps a reader needs: the tables. Later steps only add indexes, so a trail whose
+#: newer steps wait for ``lockgate db upgrade`` is read as it is, only slower.
+READ_STEPS = 1
+
+
+def readable(db: Database) -> bool:
+    """Whether ``db`` holds the shared trail's tables (the steps up to :data:`READ_STEPS`):
+    all a reader needs (the search, the console, the alerts' follower), whatever later
+    step is still pending. Writers (the shipper) still migrate to the newest step."""
+    return not any(m.version <= READ_STEPS for m in pending(db, DOMAIN, MIGRATIONS))
+
 
 _RECORD_COLUMNS = ("seq", *RECORD_FIELDS, "prev_hash", "hash")
 SELECT_ROWS = f"SELECT replica, {', '.join(_RECORD_COLUMNS)}, stored_json FROM audit_records"  # noqa: S608
@@ -462,10 +484,12 @@ def public_key(seed: bytes) -> Ed25519PublicKey:
 __all__ = [
     "DOMAIN",
     "MIGRATIONS",
+    "READ_STEPS",
     "Checkpoint",
     "SharedTrail",
     "checkpoint_payload",
     "key_id",
     "public_key",
+    "readable",
     "signing_key",
 ]
