@@ -19,9 +19,10 @@ from aiohttp.test_utils import TestServer
 
 from lockgate.audit import AuditLog, AuditPage, AuditQuery, AuditReader, AuditRecord, AuditRow
 from lockgate.config import load_config
-from lockgate.console import views_audit, views_audit_export, views_live
+from lockgate.console import views_audit, views_audit_export, views_live, views_policy
 from lockgate.console.web import ConsoleContext, ConsoleUser
 from lockgate.identity.revocation import ANY_DAG
+from lockgate.policy import PolicyStore
 from lockgate.state import State
 from tests.console._views import CSRF_TOKEN, signed_in, views_app
 
@@ -212,3 +213,34 @@ async def test_a_filter_out_of_range_is_refused_naming_it(
         text = await got.text()
     assert got.status == 400, text
     assert query.split("=")[0] in text and "Traceback" not in text
+
+
+POLICY = """\
+rules:
+  - id: etl-read
+    effect: allow
+    principals: ["airflow:prod/etl/*"]
+    actions: [read]
+    resources: [orders-api]
+"""
+
+
+@pytest.fixture
+async def least_privilege(state: State, trail: Trail, tmp_path: Path) -> AsyncIterator[Console]:
+    trail.write(*request_records())
+    (tmp_path / "team.yaml").write_text(POLICY)
+    ctx = context_of(state, trail)
+    ctx.policy = PolicyStore(lambda: [tmp_path / "team.yaml"], {"orders-api"})
+    async for c in serve(ctx, views_policy.add_routes):
+        yield c
+
+
+@pytest.mark.parametrize("since", ["1e308", "nan", "-inf", "9" * 30, "99999999999d"])
+@pytest.mark.parametrize("page", ["/console/policy", "/console/policy/unused",
+                                  "/console/policy/shadow", "/console/policy/suggest"])  # fmt: skip
+async def test_a_least_privilege_window_past_any_calendar_is_refused_naming_it(
+    least_privilege: Console, page: str, since: str
+) -> None:
+    status, text = await least_privilege.get(page, since=since, dag="etl")
+    assert status == 400, text
+    assert "since" in text and "Traceback" not in text

@@ -36,6 +36,7 @@ from aiohttp import web
 from lockgate.audit import AuditQuery, AuditReader, AuditRow
 from lockgate.audit.record import RECORD_FIELDS
 from lockgate.console.charts import audit_href
+from lockgate.console.views_audit_filters import LAST_TIME
 from lockgate.console.views_credentials import when
 from lockgate.console.web import ConsoleContext, context, render, requires
 from lockgate.policy.suggest import Suggestion, suggest, suggestion_name
@@ -206,9 +207,12 @@ class Window:
 def window_of(request: web.Request) -> Window:
     text = request.query.get("since", DEFAULT_SINCE).strip() or DEFAULT_SINCE
     try:
-        return Window(text, parse_since(text, name="since"))
-    except ValueError as exc:
+        since = parse_since(text, name="since")
+    except (ValueError, OverflowError) as exc:
         return Window(text, None, str(exc))
+    if not 0 <= since <= LAST_TIME:  # NaN too: past any calendar, nothing can be read or shown
+        return Window(text, None, f"bad since {text[:40]!r}: not between 1970 and 9999")
+    return Window(text, since)
 
 
 def _text(request: web.Request, name: str) -> str | None:
@@ -250,6 +254,7 @@ async def overview_page(request: web.Request) -> web.StreamResponse:
     return render(
         request,
         "policy_overview.html",
+        status=400 if window.error else 200,
         window=window,
         dags=dags,
         shadow=ctx.policy.shadow is not None,
