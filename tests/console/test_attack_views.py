@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from lockgate.audit import AuditLog, AuditPage, AuditQuery, AuditReader, AuditRecord, AuditRow
 from lockgate.config import load_config
 from lockgate.console import views_audit, views_audit_export, views_live, views_policy
+from lockgate.console.app import VIEWS
 from lockgate.console.web import ConsoleContext, ConsoleUser
 from lockgate.identity.revocation import ANY_DAG
 from lockgate.policy import PolicyStore
@@ -244,3 +245,77 @@ async def test_a_least_privilege_window_past_any_calendar_is_refused_naming_it(
     status, text = await least_privilege.get(page, since=since, dag="etl")
     assert status == 400, text
     assert "since" in text and "Traceback" not in text
+
+
+# -- authorization: every route of every view, by role ----------------------------------------
+def console_routes() -> list[tuple[str, str, Any]]:
+    """(method, path, handler) of every view module's routes, as the console serves them."""
+    app = web.Application()
+    for view in VIEWS:
+        view.add_routes(app)
+    return [
+        (r.method, r.resource.canonical, r.handler)
+        for r in app.router.routes()
+        if r.method != "HEAD" and r.resource is not None and "static" not in r.resource.canonical
+    ]
+
+
+def test_every_view_route_is_behind_a_role() -> None:
+    """A handler not wrapped by requires() or action() would answer anyone signed in (and
+    a POST without the CSRF check): every route's handler is one of theirs."""
+    routes = console_routes()
+    assert len(routes) > 20
+    naked = [(m, p) for m, p, h in routes if not hasattr(h, "__wrapped__")]
+    assert naked == []
+
+
+@pytest.fixture
+async def every_view(state: State, trail: Trail, tmp_path: Path) -> AsyncIterator[Any]:
+    trail.write(*request_records())
+    (tmp_path / "team.yaml").write_text(POLICY)
+    ctx = context_of(state, trail)
+    ctx.policy = PolicyStore(lambda: [tmp_path / "team.yaml"], {"orders-api"})
+
+    def add(app: web.Application) -> None:
+        for view in VIEWS:
+            view.add_routes(app)
+
+    async def as_user(role: str) -> AsyncIterator[Console]:
+        async for c in serve(ctx, add, signed_in(role, role)):
+            yield c
+
+    yield as_user
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator"])
+async def test_a_post_above_ones_role_changes_nothing(
+    state: State, trail: Trail, every_view: Any, role: str
+) -> None:
+    state.revocations.block("prod", None, "admin@example.com", "incident 7")
+    state.revocations.block("prod", "etl", "olivia@example.com", "incident 8")
+    posts = [p for m, p, _ in console_routes() if m == "POST"]
+    assert "/live/act" in posts and "/audit/verify" in posts
+    forms = [  # what each role may not do
+        {"act": "unblock_deployment", "deployment": "prod"},
+        {"act": "block_deployment", "deployment": "prod"},
+    ]
+    if role == "viewer":
+        forms += [{"act": "unblock_dag", "deployment": "prod", "dag": "etl"},
+                  {"act": "revoke_token", "jti": "j1"},
+                  {"act": "block_dag", "deployment": "prod", "dag": "etl"}]  # fmt: skip
+    async for console in every_view(role):
+        for form in forms:
+            status, _, _ = await console.post(form)
+            assert status == 403, form
+            status, _ = await console.get("/console/live/confirm", **form)
+            assert status == 403, form
+        if role == "viewer":
+            async with console.http.post(
+                console.server.make_url("/console/audit/verify"),
+                data={"csrf": CSRF_TOKEN}, headers={"Origin": console.origin},
+            ) as verify:  # fmt: skip
+                assert verify.status == 403
+    blocks = {(b.deployment, b.dag_id) for b in state.revocations.blocks()}
+    assert blocks == {("prod", "*"), ("prod", "etl")}
+    for event in ("mint_blocked", "mint_unblocked", "token_revoked"):
+        assert not trail.rows(event), event
