@@ -14,9 +14,9 @@ import pytest
 
 from lockgate.alerts.trail import TrailFollower
 from lockgate.audit import AuditLog, AuditRecord
-from lockgate.audit.shared import DOMAIN, MIGRATIONS, READ_STEPS, readable
+from lockgate.audit.shared import _LAST_USE, DOMAIN, MIGRATIONS, READ_STEPS, SharedTrail, readable
 from lockgate.errors import StoreUnavailable
-from lockgate.store import Database, PostgresDatabase, migrate, pending
+from lockgate.store import Database, PostgresDatabase, SqliteDatabase, migrate, pending
 from tests.audit.shared_helpers import ship_all, shipper_for
 from tests.pgserver.fixtures import SharedStateFactory
 
@@ -125,3 +125,33 @@ def test_the_consoles_lookups_have_an_index(tmp_path: Path, pg: PostgresDatabase
         (3600.0, since, "allowed", "denied", "throttled", "upstream_error"),
     )
     assert "audit_records_event" in histogram  # read from the index alone once vacuumed
+
+
+def _last_uses_are_the_newest_use_since_issue(tmp_path: Path, db: Database) -> None:
+    _ship_records(db, tmp_path)
+    trail = SharedTrail(db)
+    with db.read() as cur:
+        rows = cur.execute("SELECT jti, ts, event FROM audit_records ORDER BY seq").fetchall()
+    issued = {str(j): float(ts) for j, ts, event in rows if event == "token_issued"}
+    denied = {str(j): float(ts) for j, ts, event in rows if event == "denied"}
+    asked = {**issued, "never-used": time.time() - 60, "j0": denied["j0"] + 1}
+    found = trail.last_uses(asked)
+    # j0: its use is before the time asked from; never-used: no record at all
+    assert found == {j: (denied[j], "denied") for j in issued if j != "j0"}
+    assert trail.last_uses({}) == {}
+
+
+def test_last_uses_in_one_statement(tmp_path: Path, pg: PostgresDatabase) -> None:
+    _last_uses_are_the_newest_use_since_issue(tmp_path, pg)
+    since = time.time() - 3600
+    plan = _plan(pg, _LAST_USE, (f'[{{"jti": "j1", "since": {since}}}]',))
+    assert "audit_records_jti" in plan
+
+
+def test_last_uses_on_sqlite(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "shared.db")
+    try:
+        migrate(db, DOMAIN, MIGRATIONS)
+        _last_uses_are_the_newest_use_since_issue(tmp_path, db)
+    finally:
+        db.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +147,21 @@ WHERE json_extract(h.value, '$[0]') > 0
 ORDER BY h.key, json_extract(h.value, '$[0]'), c.replica, c.n
 LIMIT 1""",
 }
+# The newest record of each token (its jti) at or after its ``since``, other than its issue:
+# one statement for every token (a query per token costs a round trip each), each an index
+# probe of audit_records_jti. SQLite (tests, one process) asks token by token.
+_LAST_USE = """
+SELECT t.jti, r.ts, r.event
+FROM jsonb_to_recordset(?::jsonb) AS t(jti text, since double precision)
+CROSS JOIN LATERAL (
+    SELECT ts, event FROM audit_records
+    WHERE jti = t.jti AND ts >= t.since AND event <> 'token_issued'
+    ORDER BY ts DESC, replica DESC, seq DESC LIMIT 1
+) AS r"""
+_LAST_USE_ONE = (
+    "SELECT ts, event FROM audit_records WHERE jti = ? AND ts >= ? AND event <> 'token_issued' "
+    "ORDER BY ts DESC, replica DESC, seq DESC LIMIT 1"
+)
 _ROWS_PER_INSERT = 30  # SQLite: bind parameters per statement stay below its limit
 _PAGE = 5_000  # rows per read while verifying (memory stays flat on a long trail)
 
@@ -305,6 +320,27 @@ class SharedTrail:
                 f"{sql} ORDER BY ts DESC, replica DESC, seq DESC LIMIT ?", (*args, int(limit))
             ).fetchall()
         return [trail_row(r) for r in reversed(rows)]
+
+    def last_uses(self, tokens: Mapping[str, float]) -> dict[str, tuple[float, str]]:
+        """Per token id (jti -> the time it was issued): (ts, event) of its newest record
+        since then other than its ``token_issued``; tokens never used are left out."""
+        # as the column holds it (a NUL stored as U+FFFD, see _storable)
+        stored = {jti.replace("\x00", "\ufffd"): jti for jti in tokens}
+        found: dict[str, tuple[float, str]] = {}
+        if not tokens:
+            return found
+        with self.db.read() as cur:
+            if self.db.dialect == "postgresql":
+                wanted = [{"jti": s, "since": float(tokens[t])} for s, t in stored.items()]
+                text = json.dumps(wanted, allow_nan=False)
+                for jti, ts, event in cur.execute(_LAST_USE, (text,)).fetchall():
+                    found[stored[str(jti)]] = (float(ts), str(event))
+                return found
+            for key, jti in stored.items():
+                row = cur.execute(_LAST_USE_ONE, (key, float(tokens[jti]))).fetchone()
+                if row is not None:
+                    found[jti] = (float(row[0]), str(row[1]))
+        return found
 
     def replicas(self) -> list[str]:
         with self.db.read() as cur:
