@@ -137,7 +137,7 @@ async def test_readiness_waits_for_the_first_fetch(conf: Path) -> None:
         async def fetched() -> Fetched:
             return Fetched("the-key", "v1")
 
-        vault = broker._vault(cfg.credential("orders-key"))  # type: ignore[arg-type]
+        vault = broker._vaults.of(cfg.credential("orders-key"))  # type: ignore[arg-type]
         vault._fetch = fetched
         await vault.get()
         assert ready.report(True).checks["credentials"] == "ok"

@@ -7,10 +7,10 @@
   (:mod:`.federation`: Entra ID workload identity federation, Databricks token federation),
   nothing stored; cached and refreshed like OAuth2 tokens, a fresh assertion per exchange.
 - ``azure_key_vault`` / ``vault_kv``: a secret held in Azure Key Vault or HashiCorp Vault /
-  OpenBao (:mod:`.vaults`, :mod:`.key_vault`, :mod:`.vault_kv`), used as a static secret
-  is; cached for the credential's ``ttl``, the value seen before a change kept for its
-  ``overlap``, the cached value served for ``grace`` while the vault is out of reach. The
-  server's tick (:meth:`CredentialBroker.refresh`) fetches ahead of requests.
+  OpenBao (:mod:`.vault_secrets` over :mod:`.vaults`, :mod:`.key_vault`, :mod:`.vault_kv`),
+  used as a static secret is; cached for the credential's ``ttl``, the value seen before a
+  change kept for its ``overlap``, the cached value served for ``grace`` while the vault is
+  out of reach. The server's tick (:meth:`CredentialBroker.refresh`) fetches ahead of requests.
 - ``oauth2_client_credentials``: an access token obtained with the stored client secret,
   cached per (credential, version), refreshed ``refresh_before`` seconds before expiry
   (capped at half the lifetime). Concurrent callers share one in-flight request. If a
@@ -56,19 +56,14 @@ from lockgate.config import (
 )
 from lockgate.config.credentials import (
     AnyCredential,
-    KeyVaultCredential,
-    TokenCredential,
     VaultCredential,
-    VaultKvCredential,
-    key_vault_audience,
 )
 from lockgate.credentials.federation import AssertionSigner, fetch_federated_token
-from lockgate.credentials.key_vault import fetch_key_vault_secret
 from lockgate.credentials.managed_identity import fetch_mi_token
 from lockgate.credentials.oauth2 import AccessToken, fetch_token
 from lockgate.credentials.store import CredentialStore, Version
-from lockgate.credentials.vault_kv import VaultKvReader
-from lockgate.credentials.vaults import Fetched, FetchStatus, VaultHeldSecret
+from lockgate.credentials.vault_secrets import VaultSecrets
+from lockgate.credentials.vaults import FetchStatus
 from lockgate.errors import CredentialError, StoreUnavailable
 
 log = _log.get("credentials")
@@ -122,8 +117,11 @@ class CredentialBroker:
         self._failed_at: dict[_Key, float] = {}  # last failed refresh of each token
         self._reloading: asyncio.Future[bool] | None = None  # one worker-thread reload at once
         self._retry_at = 0.0  # time.monotonic() before which a failed reload is not retried
-        self._vaults: dict[str, VaultHeldSecret] = {}  # vault-held credentials, made on use
-        self._vault_changes = 0  # values that changed in a vault: caches follow them too
+        self._vaults = VaultSecrets(
+            config, store, self._session, access_token=self._identity_token,
+            invalidate=self.invalidate, stored_value=self._stored_value,
+            signer=assertion_signer, clock=clock,
+        )  # fmt: skip
         store.vault_status = self.vault_status
         if store.stale():  # baseline: nothing is cached yet, so earlier writes are no change
             self._reload_logged()
@@ -134,7 +132,7 @@ class CredentialBroker:
         """Moves whenever the broker takes in a change of the stored credentials (a rotation
         here, by the CLI, another worker or another replica, or a new value in a vault):
         caches of secrets compare it."""
-        return self._generation + self._vault_changes
+        return self._generation + self._vaults.changes
 
     # -- the engines' API ------------------------------------------------------------------
     async def upstream_secret(
@@ -150,7 +148,7 @@ class CredentialBroker:
         if isinstance(cfg, _Unstored):  # nothing stored, no versions
             return None if previous else await self._unstored_secret(cfg)
         if isinstance(cfg, VaultCredential):
-            vault = self._vault(cfg)
+            vault = self._vaults.of(cfg)
             held = vault.previous_within_overlap() if previous else await vault.get()
             return None if held is None else UpstreamSecret(held.value, held.version, cfg.name)
         await self._catch_up(wait=not self._store.loaded)
@@ -177,7 +175,7 @@ class CredentialBroker:
         if isinstance(cfg, _Unstored):
             return None
         if isinstance(cfg, VaultCredential):
-            vault = self._vault(cfg)
+            vault = self._vaults.of(cfg)
             seen_before = vault.previous_within_overlap()
             newest = vault.current
             if newest is None or failed.version != newest.version or seen_before is None:
@@ -223,7 +221,7 @@ class CredentialBroker:
         if self._store.stale() and time.monotonic() >= self._retry_at:
             self._reload_logged()
         changed = self._notice_changes()
-        self._refresh_vaults()
+        self._vaults.refresh_due()
         for cred in self._config.credentials:
             with contextlib.suppress(CredentialError):
                 self.age_seconds(cred.name)
@@ -232,7 +230,7 @@ class CredentialBroker:
     def age_seconds(self, name: str) -> float | None:
         """Seconds since the current version was created (vault-held: since this process
         first saw its value); None when unset."""
-        vault = self._vaults.get(name)
+        vault = self._vaults.held(name)
         if vault is not None:
             if vault.current is None:
                 return None
@@ -252,21 +250,10 @@ class CredentialBroker:
     def vault_status(self) -> dict[str, FetchStatus]:
         """Every vault-held credential a resource uses (or that was asked for): where it is
         held, the version fetched, when, and the last error (never a value)."""
-        used = {r.credential for r in self._config.resources if r.credential}
-        out: dict[str, FetchStatus] = {}
-        for cred in self._config.credentials:
-            if isinstance(cred, VaultCredential) and (
-                cred.name in used or cred.name in self._vaults
-            ):
-                vault = self._vaults.get(cred.name)
-                out[cred.name] = (
-                    vault.status() if vault else FetchStatus(cred.held_at, None, None, None)
-                )
-        return out
+        return self._vaults.status()
 
     async def close(self) -> None:
-        for vault in self._vaults.values():
-            vault.close()
+        self._vaults.close()
         for fut in self._inflight.values():
             fut.cancel()
         if self._own_http and self._http is not None:
@@ -450,84 +437,24 @@ class CredentialBroker:
         )
         return token
 
-    # -- vault-held credentials ------------------------------------------------------------
-    def _vault(self, cfg: VaultCredential) -> VaultHeldSecret:
-        vault = self._vaults.get(cfg.name)
-        if vault is None:
-            fetch = (
-                functools.partial(self._fetch_key_vault, cfg)
-                if isinstance(cfg, KeyVaultCredential)
-                else self._vault_kv_reader(cfg).fetch
-            )
-            vault = VaultHeldSecret(
-                cfg, functools.partial(self._fetch_vault, cfg, fetch), clock=self._clock,
-                on_change=self._vault_changed,
-            )  # fmt: skip
-            self._vaults[cfg.name] = vault
-        return vault
-
-    def _vault_changed(self) -> None:
-        self._vault_changes += 1
-
+    # -- vault-held credentials: made by .vault_secrets, fed from here ----------------------
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = aiohttp.ClientSession()
         return self._http
 
-    async def _fetch_vault(
-        self, cfg: VaultCredential, fetch: Callable[[], Awaitable[Fetched]]
-    ) -> Fetched:
-        fetched = await fetch()
-        try:  # for `lockgate creds list` in other processes; a failure costs nothing here
-            await asyncio.to_thread(
-                self._store.record_fetch, cfg.name, cfg.held_at, fetched.vault_version,
-                self._clock(),
-            )  # fmt: skip
-        except Exception as exc:  # the fetch itself succeeded
-            log.warning(
-                "vault fetch not recorded in the store",
-                extra={"fields": {"credential": cfg.name, "error": type(exc).__name__}},
-            )
-        return fetched
+    async def _identity_token(self, name: str) -> UpstreamSecret:
+        """An identity credential's access token (what a Key Vault read carries)."""
+        secret = await self.upstream_secret(name)
+        assert secret is not None  # an identity credential always has one
+        return secret
 
-    async def _fetch_key_vault(self, cfg: KeyVaultCredential) -> Fetched:
-        identity = self._config.credential(cfg.identity)
-        assert isinstance(identity, TokenCredential)  # checked at load
-        audience = key_vault_audience(identity) or ""
-
-        async def token() -> UpstreamSecret:
-            secret = await self.upstream_secret(cfg.identity)
-            assert secret is not None
-            return secret
-
-        return await fetch_key_vault_secret(
-            self._session(), cfg, token, functools.partial(self.invalidate, cfg.identity),
-            audience=audience, clock=self._clock,
-        )  # fmt: skip
-
-    def _vault_kv_reader(self, cfg: VaultKvCredential) -> VaultKvReader:
-        async def stored_secret_id() -> str:
-            # The AppRole secret id `lockgate creds set NAME` stored, as of the store's latest.
-            await self._catch_up()
-            self._notice_changes()
-            return self._current_version(cfg.name).value
-
-        return VaultKvReader(
-            self._session, self._config, cfg, secret_id=stored_secret_id,
-            signer=self._assertion_signer, clock=self._clock,
-        )  # fmt: skip
-
-    def _refresh_vaults(self) -> None:
-        """On the server's tick: fetch every used vault-held credential that is due, in the
-        background (before the first request; rotations picked up without traffic)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # a CLI or a test without a loop: fetched on first use instead
-        used = {r.credential for r in self._config.resources if r.credential}
-        for cred in self._config.credentials:
-            if isinstance(cred, VaultCredential) and cred.name in used:
-                self._vault(cred).refresh_soon()
+    async def _stored_value(self, name: str) -> str:
+        """What ``lockgate creds set NAME`` stored (a Vault AppRole's secret id), as of the
+        store's latest."""
+        await self._catch_up()
+        self._notice_changes()
+        return self._current_version(name).value
 
     def _fetch_done(self, key: _Key, fut: asyncio.Future[AccessToken]) -> None:
         if self._inflight.get(key) is fut:
