@@ -9,8 +9,9 @@ Rooms: ``master_key`` (where the key comes from, its fingerprint on shared state
 (client-credentials token request), ``managed_identity`` (the host's identity),
 ``federation`` (an access token for a JWT the gateway signs: Entra ID, Databricks; nothing
 stored), ``vaults`` (the cache of a secret held in a vault: ttl, overlap, outage grace) with
-``key_vault`` (Azure Key Vault) and ``vault_kv`` (HashiCorp Vault / OpenBao KV v2), ``broker``
-(caching, single-flight, rotation pick-up off the event loop, metrics).
+``key_vault`` (Azure Key Vault) and ``vault_kv`` (HashiCorp Vault / OpenBao KV v2), kept per
+credential for the broker by ``vault_secrets``, ``broker`` (caching, single-flight, rotation
+pick-up off the event loop, metrics).
 """
 
 from lockgate.credentials.broker import CredentialBroker, UpstreamSecret
