@@ -333,14 +333,14 @@ def measure_suggest(config: Path, path: str) -> dict[str, Any]:
     """In this (fresh) process: ``policy suggest --dag finance`` over the whole trail through
     the console's read or the CLI's; seconds and peak RSS (MiB)."""
     from lockgate.audit import AuditReader
+    from lockgate.cli_policy_usage import audit_rows
     from lockgate.config import load_config
+    from lockgate.console import views_policy
     from lockgate.policy.suggest import Suggestion, suggest
 
     cfg = load_config(config)
     start = time.perf_counter()
     if path == "console":
-        from lockgate.console import views_policy
-
         bound, views_policy.READ_SECONDS = views_policy.READ_SECONDS, float("inf")
 
         class Ctx:  # what _read uses of ConsoleContext
@@ -356,8 +356,6 @@ def measure_suggest(config: Path, path: str) -> dict[str, Any]:
         finally:
             views_policy.READ_SECONDS = bound
     else:
-        from lockgate.cli_policy_usage import audit_rows
-
         found = suggest(audit_rows(cfg, dag="finance", since=0.0), "finance")
     text = found.policy_yaml()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -261,12 +261,18 @@ def _set_marks(conn: sqlite3.Connection, senders: dict[str, int]) -> None:
     )
 
 
+_loads = json.loads  # a global, looked up once per row
+
+
 def row_from_columns(r: sqlite3.Row | tuple[Any, ...]) -> AuditRow:
-    """An AuditRow from (seq, *record columns, prev_hash, hash), as stored."""
-    seq, *vals, prev_hash, h = r
-    kw = dict(zip(_COLUMNS, vals, strict=True))
-    kw["detail"] = json.loads(kw["detail"]) if kw["detail"] else {}
-    return AuditRow(seq=seq, prev_hash=prev_hash, hash=h, **kw)
+    """An AuditRow from (seq, *record columns, prev_hash, hash), as stored.
+
+    Positional: the columns are the record's fields in order, detail last (asserted above);
+    a page or an export builds a row per record, and keywords cost twice as much. An empty
+    detail (most records but requests) is not parsed."""
+    text = r[-3]
+    detail = _loads(text) if text and text != "{}" else {}
+    return AuditRow(*r[1:-3], detail, seq=r[0], prev_hash=r[-2], hash=r[-1])  # type: ignore[call-arg]
 
 
 SELECT_ROWS = f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, hash FROM audit"  # noqa: S608
