@@ -10,6 +10,10 @@ Tables (domain ``audit``, created by ``lockgate db upgrade`` or at start):
   :func:`lockgate.audit.shipping.checkpoint_key`) the heads ``{replica: [seq, hash]}`` of all
   the chains it sees here; ``n`` counts each replica's checkpoints 1, 2, 3 ...
 
+Step 2 only adds indexes for the console (a token's last use; one event over a window; the
+request histogram from the index alone): readers need step 1 (:func:`readable`), so a trail
+whose newer step waits for ``lockgate db upgrade`` is read as it is, only slower.
+
 :meth:`SharedTrail.verify` proves: each replica's chain links from seq 1 to its last shipped
 row (no row edited, inserted, removed or reordered), every checkpoint is signed by the
 gateway's key and numbered without gaps, and every head a checkpoint names is still there
