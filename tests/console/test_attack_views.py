@@ -189,7 +189,11 @@ async def test_exports_at_once_are_capped_the_next_is_told_to_retry(
             async with await task as answer:
                 assert answer.status == 200
                 assert "/orders/2" in await answer.text()
-        status, text = await console.get("/console/audit/export.csv")  # slots given back
+        for _ in range(50):  # the slots are given back as the handlers return
+            status, text = await console.get("/console/audit/export.csv")
+            if status != 429:
+                break
+            await asyncio.sleep(0.05)
         assert status == 200 and "/orders/2" in text
 
 
@@ -319,3 +323,49 @@ async def test_a_post_above_ones_role_changes_nothing(
     assert blocks == {("prod", "*"), ("prod", "etl")}
     for event in ("mint_blocked", "mint_unblocked", "token_revoked"):
         assert not trail.rows(event), event
+
+
+# -- the live page's confirmations say exactly what will be done ------------------------------
+@pytest.fixture
+async def admin_live(state: State, trail: Trail) -> AsyncIterator[Console]:
+    async for c in serve(context_of(state, trail), views_live.add_routes):
+        yield c
+
+
+async def test_a_bidi_override_in_a_dag_id_cannot_reorder_the_confirmation(
+    state: State, trail: Trail, admin_live: Console
+) -> None:
+    """A DAG named ``etl<RLO>...`` would reverse, on screen, the rest of the sentence an
+    operator confirms ("... gets no new token until unblocked"): bidi controls are shown as
+    their code points; the action still names the DAG exactly."""
+    dag = "etl\u202egnp.exe\u2066"
+    status, page = await admin_live.get(
+        "/console/live/confirm", act="block_dag", deployment="prod", dag=dag
+    )
+    assert status == 200
+    shown = page.split('<form method="post"')[0]  # what is read (the form carries it exactly)
+    assert "\u202e" not in shown and "\u2066" not in shown
+    assert "etl&lt;U+202E&gt;gnp.exe&lt;U+2066&gt;" in shown or "etl<U+202E>" in shown
+    assert f'name="dag" value="{dag}"' in page
+    status, location, _ = await admin_live.post(
+        {"act": "block_dag", "deployment": "prod", "dag": dag}
+    )
+    assert status == 303
+    assert [(b.deployment, b.dag_id) for b in state.revocations.blocks()] == [("prod", dag)]
+    [record] = trail.rows("mint_blocked")
+    assert record.dag_id == dag and record.principal == "console:alice"
+    status, page = await admin_live.get(location)
+    notice = page.split('<p class="notice" role="status">')[1].split("</p>")[0]
+    assert notice.startswith("DAG etl&lt;U+202E&gt;gnp.exe&lt;U+2066&gt; of deployment prod")
+
+
+async def test_a_target_longer_than_the_form_takes_is_refused_not_cut(
+    state: State, trail: Trail, admin_live: Console
+) -> None:
+    """Cutting a 600-character DAG id to 500 would block a different DAG than the one named."""
+    dag = "d" * 600
+    status, _ = await admin_live.get("/console/live/confirm", act="block_dag", dag=dag)
+    assert status == 400
+    status, _, _ = await admin_live.post({"act": "block_dag", "dag": dag})
+    assert status == 400
+    assert state.revocations.blocks() == [] and not trail.rows("mint_blocked")

@@ -13,6 +13,7 @@ No aiohttp here: the CLI imports this module.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -23,6 +24,9 @@ from lockgate.identity.model import Claims
 
 #: ``token_issued`` records read at most (the newest first): each costs a last-use lookup.
 MAX_TOKENS = 200
+#: what reorders or hides the text after it on screen: C0/C1 controls, bidi embeddings,
+#: overrides, isolates and marks (a DAG id is whatever a pipeline called itself)
+_UNSEEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 #: The action an operator's event is recorded with.
 _ACTIONS = {"token_revoked": "revoke", "mint_blocked": "revoke", "mint_unblocked": "unblock"}
 
@@ -143,4 +147,18 @@ def operator_record(
     )  # fmt: skip
 
 
-__all__ = ["MAX_TOKENS", "LiveToken", "LiveTokens", "live_tokens", "operator_record"]
+def visible(text: str) -> str:
+    """``text`` as a sentence may show it: each character that would reorder or hide what
+    follows (a right-to-left override in a DAG id turns the rest of a confirmation around)
+    written as its code point, ``<U+202E>``."""
+    return _UNSEEN.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
+
+
+__all__ = [
+    "MAX_TOKENS",
+    "LiveToken",
+    "LiveTokens",
+    "live_tokens",
+    "operator_record",
+    "visible",
+]

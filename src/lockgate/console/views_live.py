@@ -31,7 +31,7 @@ from aiohttp import web
 
 from lockgate import _log
 from lockgate.audit import AuditRecord
-from lockgate.console.live import MAX_TOKENS, LiveTokens, live_tokens, operator_record
+from lockgate.console.live import MAX_TOKENS, LiveTokens, live_tokens, operator_record, visible
 from lockgate.console.web import (
     ConsoleContext,
     ConsoleUser,
@@ -146,6 +146,8 @@ ACTS: Mapping[str, Act] = {
     ),
 }
 _TARGET_FIELDS = ("jti", "deployment", "dag", "run")
+#: the longest jti, deployment, DAG or run id an action takes (Airflow's ids are shorter)
+MAX_TARGET = 500
 
 
 def confirm_href(act: str, **target: str | None) -> str:
@@ -166,7 +168,10 @@ def _act_of(values: Mapping[str, Any]) -> tuple[str, Act]:
 
 
 def _target(values: Mapping[str, Any]) -> dict[str, str]:
-    target = {k: form_text(values, k, required=False)[:500] for k in _TARGET_FIELDS}
+    target = {k: form_text(values, k, required=False) for k in _TARGET_FIELDS}
+    for name, value in target.items():  # cut short it would name another DAG, run or token
+        if len(value) > MAX_TARGET:
+            raise web.HTTPBadRequest(text=f"{name}: longer than {MAX_TARGET} characters")
     # "*" is the store's "every DAG" / "every deployment": DAG "*" of prod would be prod
     # itself, an admin's kill switch set or lifted by an operator's DAG action
     if target["dag"] == ANY_DAG or target["deployment"] == ANY_DEPLOYMENT:
@@ -185,7 +190,7 @@ async def confirm_page(request: web.Request) -> web.StreamResponse:
     target = _target(request.query)
     return render(
         request, "live_confirm.html", act=name, spec=act, target=target,
-        effect=effect(name, target),
+        shown=_shown(target), effect=effect(name, target),
     )  # fmt: skip
 
 
@@ -214,7 +219,7 @@ async def act(request: web.Request) -> web.StreamResponse:
         log.error("console action failed", extra={"fields": {"act": name, "error": str(exc)}})
         return render(
             request, "live_confirm.html", status=503, act=name, spec=spec, target=target,
-            effect=effect(name, target), failed=_failure(exc, stored),
+            shown=_shown(target), effect=effect(name, target), failed=_failure(exc, stored),
         )  # fmt: skip
     done = name if record is not None else f"no_{name}"
     query = {"done": done, **{k: v for k, v in target.items() if v}}
@@ -286,8 +291,15 @@ async def _audit(ctx: ConsoleContext, record: AuditRecord) -> None:
 _APPLIED = "every gateway refuses its next request within a second"
 
 
-def effect(name: str, t: Mapping[str, str]) -> str:
-    """What ``name`` on ``t`` will do, for the confirm page."""
+def _shown(target: Mapping[str, str]) -> dict[str, str]:
+    """``target`` as the page shows it (see :func:`~lockgate.console.live.visible`); the
+    form carries it as it is."""
+    return {k: visible(v) for k, v in target.items()}
+
+
+def effect(name: str, target: Mapping[str, str]) -> str:
+    """What ``name`` on ``target`` will do, for the confirm page."""
+    t = _shown(target)
     dag, run, dep = t.get("dag", ""), t.get("run", ""), t.get("deployment", "")
     of = f" of deployment {dep}" if dep else ""
     return {
@@ -313,7 +325,7 @@ def notice(query: Mapping[str, str]) -> str | None:
     done = query.get("done")
     if not done:
         return None
-    dag, run, dep, jti = (query.get(k, "") for k in ("dag", "run", "deployment", "jti"))
+    dag, run, dep, jti = (visible(query.get(k, "")) for k in ("dag", "run", "deployment", "jti"))
     of = f" of deployment {dep}" if dep else ""
     notices = {
         "revoke_token": f"Token {jti} revoked; its next request will be refused within a second.",
