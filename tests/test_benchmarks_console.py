@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.console import measure_suggest, pages, serve, time_pages, write_trail
+from benchmarks.console import (
+    healthz_during,
+    measure_suggest,
+    pages,
+    serve,
+    time_pages,
+    write_trail,
+)
 from benchmarks.policy_suggest import build
 
 from lockgate.audit import AuditReader
@@ -30,11 +37,13 @@ def test_a_small_run_signs_in_and_every_page_answers(tmp_path: Path) -> None:
     try:
         assert served.cookie
         timings = time_pages(served, asked)
+        median, worst, seconds = healthz_during(served, "/console/audit/export.csv")
     finally:
         served.stop()
     assert [label for label, _ in pages(asked)] == list(timings)
     assert {label: t.status for label, t in timings.items() if t.status != 200} == {}
     assert all(t.cold > 0 and t.warm > 0 for t in timings.values())
+    assert 0 < median <= worst and seconds > 0
 
 
 def test_both_suggest_paths_read_the_same_rows(tmp_path: Path) -> None:
