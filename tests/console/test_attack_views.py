@@ -369,3 +369,17 @@ async def test_a_target_longer_than_the_form_takes_is_refused_not_cut(
     status, _, _ = await admin_live.post({"act": "block_dag", "dag": dag})
     assert status == 400
     assert state.revocations.blocks() == [] and not trail.rows("mint_blocked")
+
+
+# -- exports: a cell a spreadsheet would run ----------------------------------------------------
+@pytest.mark.parametrize(
+    "value",
+    [" =HYPERLINK(\"http://evil.example\")", "\n=1+1", "\r\n@SUM(A1)", "\uff1d1+1", "\uff0b1",
+     "\u00a0-1+1", "\t=1"],
+)  # fmt: skip
+def test_a_formula_behind_blanks_or_in_full_width_is_not_a_formula_in_the_csv(value: str) -> None:
+    """Spreadsheets trim blanks on import (LibreOffice's "trim spaces", Excel's newline in a
+    quoted cell) and some read a full-width equals sign as =: such a cell starts with ' too."""
+    assert views_audit_export.csv_cell(value) == "'" + value
+    # a value that only looks like one further in stays as it was
+    assert views_audit_export.csv_cell("sales=1+1") == "sales=1+1"

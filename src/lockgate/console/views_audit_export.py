@@ -4,7 +4,8 @@ JSON lines (one record per line, as ``audit.jsonl`` holds them), streamed page b
 :data:`~lockgate.console.views_audit_filters.EXPORT_CAP` records.
 
 CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``,
-``@``, a tab or a carriage return) get a leading ``'``. Records never hold a token (the
+``@``, a tab or a carriage return, also behind blanks a spreadsheet trims, or with the
+full-width forms of those signs) get a leading ``'``. Records never hold a token (the
 audit log redacts anything token-shaped before it is chained), so neither does an export.
 
 At most :data:`MAX_EXPORTS` exports run at once (each may read a million records in worker
@@ -39,6 +40,10 @@ RETRY_AFTER = 30
 #: the CSV's columns: the chain position, a readable time, then every record field
 CSV_COLUMNS = ("replica", "seq", "time_utc", *RECORD_FIELDS, "prev_hash", "hash")
 _FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+#: what a spreadsheet may trim before it looks for a formula, and the full-width = + - @
+#: some read as the plain ones
+_TRIMMED = " \t\r\n\u00a0\u3000"
+_FULL_WIDTH_LEAD = ("\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 def csv_cell(value: object) -> str:
@@ -48,7 +53,9 @@ def csv_cell(value: object) -> str:
     if isinstance(value, dict):
         value = canonical_json(value)
     text = str(value)
-    return "'" + text if text.startswith(_FORMULA_LEAD) else text
+    lead = text.lstrip(_TRIMMED)
+    formula = text.startswith(_FORMULA_LEAD) or lead.startswith(_FORMULA_LEAD + _FULL_WIDTH_LEAD)
+    return "'" + text if formula else text
 
 
 def csv_lines(rows: Iterable[AuditRow], header: bool) -> str:
