@@ -322,3 +322,18 @@ def test_nothing_written_yet(tmp_path: Path) -> None:
     assert r.record(1) is None
     assert list(r.usage_rows()) == []
     assert not (tmp_path / "audit.db").exists()
+
+
+def test_last_uses_is_each_tokens_newest_record_after_its_issue(
+    reader: tuple[AuditReader, list[AuditRow]],
+) -> None:
+    """Against brute force over every record, on both stores: the newest record of each
+    token at or after the given time, other than its token_issued; unused ones left out."""
+    r, every = reader
+    since = {f"jti-{n}": BASE_TS + 300.0 * n for n in range(7)} | {"jti-unknown": 0.0}
+    expected: dict[str, tuple[float, str]] = {}
+    for row in every:  # newest first: the first seen per token is its newest
+        if row.jti in since and row.event != "token_issued" and row.ts >= since[row.jti]:
+            expected.setdefault(row.jti, (row.ts, row.event))
+    assert r.last_uses(since) == expected
+    assert "jti-unknown" not in expected

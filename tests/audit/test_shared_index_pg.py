@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from lockgate.alerts.trail import TrailFollower
-from lockgate.audit import AuditLog, AuditRecord
+from lockgate.audit import AuditLog, AuditQuery, AuditReader, AuditRecord
 from lockgate.audit.shared import _LAST_USE, DOMAIN, MIGRATIONS, READ_STEPS, SharedTrail, readable
 from lockgate.errors import StoreUnavailable
 from lockgate.store import Database, PostgresDatabase, SqliteDatabase, migrate, pending
-from tests.audit.shared_helpers import ship_all, shipper_for
+from tests.audit.shared_helpers import ship_all, shipper_for, shipping
 from tests.pgserver.fixtures import SharedStateFactory
 
 INDEXES = {"audit_records_jti", "audit_records_event"}
@@ -85,6 +85,10 @@ def test_a_trail_one_step_behind_is_read_until_the_upgrade(
     assert readable(pg)
     follower = TrailFollower(pg, tmp_path / "unused.db", shared_trail=pg)
     assert follower.heads() == {"r1": 12}  # not "no shared trail"
+    with AuditReader(tmp_path / "reader.db", shipping=shipping("r1", pg.settings)) as reader:
+        assert reader.count(AuditQuery()) == 12  # search and the console read it too
+        used = reader.last_uses({"j1": 0.0, "never": 0.0})
+        assert set(used) == {"j1"} and used["j1"][1] == "denied"
     follower.cursor = {"r1": 0}
     rows = follower.read(time.time())
     assert [r.event for r in rows] == ["denied"] * 6 and {r.replica for r in rows} == {"r1"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -47,22 +47,48 @@ class AuditReader:
         self.db_path = Path(db_path)
         self.shipping = shipping
         self._shared_db: Database | None = None
+        self._trail: SharedTrail | None = None
 
     def _shared(self) -> SharedTrail | None:
-        """The shared trail, or None when it has no tables yet (nothing shipped)."""
-        from lockgate.audit.shared import DOMAIN, MIGRATIONS, SharedTrail
-        from lockgate.store import PostgresDatabase, pending
+        """The shared trail, or None when it has no tables yet (nothing shipped). A step
+        that only adds indexes may be pending (``lockgate db upgrade`` not run yet): readers
+        need the tables alone."""
+        from lockgate.audit.shared import SharedTrail, readable
+        from lockgate.store import PostgresDatabase
 
         assert self.shipping is not None
         if self._shared_db is None:
             s = self.shipping
             self._shared_db = PostgresDatabase(s.settings, replica_id=s.replica_id)
-        if pending(self._shared_db, DOMAIN, MIGRATIONS):
-            return None
-        return SharedTrail(self._shared_db)
+        if self._trail is None:
+            if not readable(self._shared_db):
+                return None
+            self._trail = SharedTrail(self._shared_db)  # tables never go away: ask once
+        return self._trail
+
+    def last_uses(self, tokens: Mapping[str, float]) -> dict[str, tuple[float, str]]:
+        """Per token id (jti -> when issued): (ts, event) of its newest record since then
+        other than its ``token_issued``; tokens never used are left out."""
+        if self.shipping is not None:
+            trail = self._shared()
+            return trail.last_uses(tokens) if trail is not None else {}
+        found: dict[str, tuple[float, str]] = {}
+        with self._conn() as conn:
+            if conn is None or not _has_schema(conn):
+                return found
+            for jti, since in tokens.items():  # the audit(jti, seq) index: a probe each
+                row = conn.execute(
+                    "SELECT ts, event FROM audit WHERE jti = ? AND ts >= ? "
+                    "AND event <> 'token_issued' ORDER BY seq DESC LIMIT 1",
+                    (jti, since),
+                ).fetchone()
+                if row is not None:
+                    found[jti] = (float(row[0]), str(row[1]))
+        return found
 
     def close_shared(self) -> None:
         db, self._shared_db = self._shared_db, None
+        self._trail = None
         if db is not None:
             db.close()
 
