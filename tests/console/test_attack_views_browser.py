@@ -23,7 +23,7 @@ from lockgate.audit import AuditLog, AuditReader, AuditRecord
 from lockgate.config import load_config
 from lockgate.console import auth
 from lockgate.console.app import VIEWS
-from lockgate.console.web import ConsoleContext
+from lockgate.console.web import ConsoleContext, OpenSession
 from lockgate.demo.standins.entra.thread import LoopThread
 from lockgate.identity import TaskIdentity, TokenIssuer
 from lockgate.policy import PolicyStore
@@ -88,6 +88,18 @@ def hostile_trail(st: State) -> None:
         log.close()
 
 
+class HostileSessions:
+    """Sessions open now whose every field a client chose (a peer, a where, a DAG id)."""
+
+    def open_sessions(self) -> list[OpenSession]:
+        return [
+            OpenSession(kind="cql", resource="orders-api", principal=f"airflow:prod/{v}/t",
+                        deployment="prod", dag_id=v, run_id=v, task_id=v, try_number=1,
+                        jti=v, opened_at=time.time() - 5, peer=v, where=v)
+            for v in PAYLOADS
+        ]  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -109,11 +121,14 @@ def hostile_console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }))  # fmt: skip
     st = State(load_config(tmp / "lockgate.yaml"))
     hostile_trail(st)
+    for value in PAYLOADS[:3]:  # blocks an operator named and explained
+        st.revocations.block("prod", value, by=value, reason=value)
     cfg = st.config
     ctx = ConsoleContext(
         config=cfg, audit_reader=lambda: AuditReader(cfg.data_dir / "audit.db"),
         audit=cast(Any, None), policy=PolicyStore(lambda: [tmp / "team.yaml"], {"orders-api"}),
         revocations=st.revocations, credentials=st.credentials, database=st.database,
+        live=HostileSessions(),
     )  # fmt: skip
 
     def every_view(app: web.Application) -> None:
@@ -175,6 +190,8 @@ def pages() -> list[str]:
     return [*plain, *asked, *records]
 
 
+#: pages that list what the trail, the blocks and the sessions hold
+SHOWN_AS_TEXT = ("/", "/audit", "/live", "/policy/shadow")
 SCAN = """() => {
   const bad = [];
   if (document.contentType !== 'text/html') return bad;  // a plain-text refusal, as sent
@@ -230,6 +247,8 @@ def test_no_payload_written_to_the_trail_or_the_policy_runs_on_any_page(
                 details.evaluate("d => d.open = true")
             for link in page.locator("svg a").all()[:3]:  # hover: title tooltips, handlers
                 link.hover(force=True)
+            if path in SHOWN_AS_TEXT:  # the payloads are on the page, as text
+                assert PAYLOADS[1] in page.inner_text("body"), path
             bad = page.evaluate(SCAN)
             if JWT in page.content():
                 bad.append("a token-shaped string shown")
