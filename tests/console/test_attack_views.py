@@ -383,3 +383,25 @@ def test_a_formula_behind_blanks_or_in_full_width_is_not_a_formula_in_the_csv(va
     assert views_audit_export.csv_cell(value) == "'" + value
     # a value that only looks like one further in stays as it was
     assert views_audit_export.csv_cell("sales=1+1") == "sales=1+1"
+
+
+async def test_a_link_cannot_claim_an_action_was_done(
+    state: State, trail: Trail, admin_live: Console
+) -> None:
+    """``/console/live?done=block_dag&dag=etl`` sent to an operator said "DAG etl blocked"
+    when nothing was: the notice is shown only on the page the action itself redirected to
+    (signed with the session's CSRF token, which a link's author does not know)."""
+    for done, target in (
+        ("block_dag", {"dag": "etl"}),
+        ("unblock_deployment", {"deployment": "prod"}),
+    ):
+        status, page = await admin_live.get("/console/live", done=done, **target)
+        assert status == 200 and 'role="status"' not in page, done
+    status, location, _ = await admin_live.post(
+        {"act": "block_dag", "deployment": "prod", "dag": "etl"}
+    )
+    assert status == 303
+    status, page = await admin_live.get(location)
+    assert "DAG etl of deployment prod blocked" in page
+    status, page = await admin_live.get(location.replace("etl", "billing"))
+    assert 'role="status"' not in page  # the signature is over the target too

@@ -19,6 +19,8 @@ with a notice. A trail that cannot write refuses the action before anything is s
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from lockgate import _log
 from lockgate.audit import AuditRecord
 from lockgate.console.live import MAX_TOKENS, LiveTokens, live_tokens, operator_record, visible
 from lockgate.console.web import (
+    CSRF,
     ConsoleContext,
     ConsoleUser,
     OpenSession,
@@ -117,7 +120,7 @@ async def live_page(request: web.Request) -> web.StreamResponse:
     dag = request.query.get("dag", "").strip()
     page = await asyncio.to_thread(_read_page, ctx, dag or None)
     return render(
-        request, "live_index.html", page=page, dag=dag, notice=notice(request.query),
+        request, "live_index.html", page=page, dag=dag, notice=_signed_notice(request),
         now=time.time(), when=when, iso=iso, confirm=confirm_href, any_dag=ANY_DAG,
         any_deployment=ANY_DEPLOYMENT, max_tokens=MAX_TOKENS,
     )  # fmt: skip
@@ -146,6 +149,8 @@ ACTS: Mapping[str, Act] = {
     ),
 }
 _TARGET_FIELDS = ("jti", "deployment", "dag", "run")
+#: the query parameter a "done" notice's signature travels in
+NOTICE_SIG = "sig"
 #: the longest jti, deployment, DAG or run id an action takes (Airflow's ids are shorter)
 MAX_TARGET = 500
 
@@ -223,7 +228,27 @@ async def act(request: web.Request) -> web.StreamResponse:
         )  # fmt: skip
     done = name if record is not None else f"no_{name}"
     query = {"done": done, **{k: v for k, v in target.items() if v}}
+    query[NOTICE_SIG] = _notice_sig(request, query)
     raise web.HTTPSeeOther("/console/live?" + urlencode(query))
+
+
+def _notice_sig(request: web.Request, query: Mapping[str, str]) -> str:
+    """What makes a "done" notice the action's own: an HMAC of the notice and its target
+    under the session's CSRF token (a link's author cannot make one, so a crafted link never
+    says "DAG etl blocked" when nothing was)."""
+    said = urlencode(sorted((k, v) for k, v in query.items() if k != NOTICE_SIG))
+    key = request.get(CSRF, "").encode()
+    return hmac.new(key, said.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _signed_notice(request: web.Request) -> str | None:
+    """The notice the query asks for, when the action that redirected here signed it."""
+    sent = request.query.get(NOTICE_SIG, "")
+    if not sent or not request.get(CSRF):
+        return None
+    if not hmac.compare_digest(sent.encode(), _notice_sig(request, request.query).encode()):
+        return None
+    return notice(request.query)
 
 
 def _failure(exc: Exception, stored: bool) -> str:
