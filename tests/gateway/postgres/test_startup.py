@@ -305,12 +305,10 @@ async def test_database_defaults_cannot_change_how_the_server_lexes(stack: PgSta
 
 
 def test_a_server_that_reports_other_lexing_settings_is_refused() -> None:
-    from lockgate.gateway.postgres.session import _lexing_mismatch
+    from lockgate.gateway.postgres.session_login import lexing_mismatch
 
-    assert (
-        _lexing_mismatch({"standard_conforming_strings": "on", "client_encoding": "UTF8"}) is None
-    )
-    assert _lexing_mismatch({"standard_conforming_strings": "off"}) == (
+    assert lexing_mismatch({"standard_conforming_strings": "on", "client_encoding": "UTF8"}) is None
+    assert lexing_mismatch({"standard_conforming_strings": "off"}) == (
         "standard_conforming_strings=off"
     )
-    assert _lexing_mismatch({"client_encoding": "SJIS"}) == "client_encoding=SJIS"
+    assert lexing_mismatch({"client_encoding": "SJIS"}) == "client_encoding=SJIS"

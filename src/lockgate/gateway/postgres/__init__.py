@@ -10,7 +10,8 @@ a denied one gets a normal ``ErrorResponse`` (SQLSTATE 42501) and the session st
   listener, connection limits, the live catalog. :mod:`.context` is what its sessions share
   (collaborators, catalog of resources, relation catalogs, decision cache, cancel keys,
   refusal budget); :mod:`.startup` is the client's login (SSLRequest and TLS,
-  StartupMessage, token as password), :mod:`.session` the upstream login and the two pumps,
+  StartupMessage, token as password), :mod:`.session` the upstream login and the two pumps
+  (:mod:`.session_login`: whether a session logged in upstream may be greeted),
   :mod:`.cancel` CancelRequest with the gateway's own keys, :mod:`.catalog` the upstream's
   relation names shared between sessions.
 * :mod:`.codec` — sans-I/O protocol v3 codec (bytes in, messages out).

@@ -49,7 +49,7 @@ import ssl
 from dataclasses import dataclass
 
 from lockgate import _log
-from lockgate.errors import AuditUnavailable, AuthenticationError, UpstreamUnavailable
+from lockgate.errors import AuditUnavailable, UpstreamUnavailable
 from lockgate.quotas import NO_TICKET, THROTTLED, QuotaTicket, Throttled
 from lockgate.quotas.engines import (
     count_throttled,
@@ -67,7 +67,8 @@ from .flow_answers import ANSWERS
 from .flow_quotas import ClientGone
 from .relation_catalog import RelationCatalog
 from .scope import SessionScope
-from .startup import PINNED_PARAMETERS, Login, Startup, safe_encoding
+from .session_login import LoginRefusal, greeting, refusal_after_login, unreachable
+from .startup import Login, Startup
 
 log = _log.get("gateway.postgres")
 
@@ -76,15 +77,6 @@ UPSTREAM_LOST = "upstream connection lost"
 READ_AHEAD_CHUNKS = 16
 #: CommandComplete tags (first four bytes) after which the shared relation catalog is stale.
 _DDL_TAGS = frozenset({b"CREA", b"DROP", b"ALTE", b"IMPO"})
-
-
-def _lexing_mismatch(parameters: dict[str, str]) -> str | None:
-    """A reported setting under which the server would lex statements unlike the gateway."""
-    for name, value in PINNED_PARAMETERS.items():
-        if parameters.get(name, value) != value:
-            return f"{name}={parameters[name]}"
-    encoding = parameters.get("client_encoding", "UTF8")
-    return None if safe_encoding(encoding) else f"client_encoding={encoding}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,45 +201,14 @@ class ClientSession:
                 catalog = await ctx.relations.get(resource.name, link.writer, link.reader, messages)
         except (UpstreamUnavailable, CatalogUnavailable, OSError, TimeoutError,
                 codec.ProtocolError) as exc:  # fmt: skip
-            self._fatal(
-                "08006",
-                f"Lockgate could not connect to the server of {resource.name!r}; try again later",
-            )
+            refusal: LoginRefusal | None = unreachable(resource.name, exc)
+        else:
+            refusal = refusal_after_login(ctx, login, link)
+        if refusal is not None:
+            self._fatal(refusal.sqlstate, refusal.message)
             ctx.record(
-                "upstream_error", login.claims, resource.name, t0, action="connect",
-                decision="error", reason="upstream_unavailable",
-                detail={"error": (str(exc) or type(exc).__name__)[:1000]},
-            )  # fmt: skip
-            return None
-        unsafe = _lexing_mismatch(link.parameters)
-        if unsafe is not None:  # fail closed: the server would lex statements otherwise
-            self._fatal("08006", f"Lockgate: the server of {resource.name!r} runs with {unsafe}")
-            ctx.record(
-                "upstream_error", login.claims, resource.name, t0, action="connect",
-                decision="error", reason="upstream_session_unsafe", detail={"setting": unsafe},
-            )  # fmt: skip
-            return None
-        # The catalog may have changed while the upstream was awaited; the engine ends only
-        # sessions already logged in, so this login must not finish on the old resource.
-        current = ctx.resources.get(resource.name)
-        if current != resource:
-            reason = "resource_removed" if current is None else "resource_changed"
-            self._fatal("08006", f"Lockgate: resource {resource.name!r} changed; connect again")
-            ctx.record(
-                "auth_failed", login.claims, resource.name, t0, action="connect",
-                decision="deny", reason=reason,
-            )  # fmt: skip
-            return None
-        # Likewise a revocation reloaded meanwhile: the engine ends only sessions logged in,
-        # so the token is verified again (in memory) before the client is greeted.
-        try:
-            ctx.verifier.verify(login.token, resource.name)
-        except AuthenticationError as exc:
-            reason = str(getattr(exc, "reason", "invalid"))
-            self._fatal("28000", f"Lockgate token refused ({reason}); connect with a fresh one")
-            ctx.record(
-                "auth_failed", login.claims, resource.name, t0, action="connect",
-                decision="deny", reason=reason,
+                refusal.event, login.claims, resource.name, t0, action="connect",
+                decision=refusal.decision, reason=refusal.reason, detail=refusal.detail,
             )  # fmt: skip
             return None
         self.cancel_pid, secret = ctx.cancels.issue(
@@ -261,10 +222,7 @@ class ClientSession:
         self.scope = SessionScope(tuple(resource.search_path), catalog, user=resource.username)
         self._catalog = catalog
         self.flow = Flow(info, self.scope)
-        greeting = [codec.authentication_ok()]
-        greeting += [codec.parameter_status(k, v) for k, v in link.parameters.items()]
-        greeting += [codec.backend_key_data(self.cancel_pid, secret), codec.ready_for_query("I")]
-        self.writer.write(b"".join(greeting))
+        self.writer.write(greeting(link, self.cancel_pid, secret))
         ctx.record(
             "allowed", login.claims, resource.name, t0, action="connect", decision="allow",
             detail={"user": login.user[:100], "tls": login.tls},
