@@ -19,7 +19,13 @@ from aiohttp.test_utils import TestServer
 
 from lockgate.audit import AuditLog, AuditPage, AuditQuery, AuditReader, AuditRecord, AuditRow
 from lockgate.config import load_config
-from lockgate.console import views_audit, views_audit_export, views_live, views_policy
+from lockgate.console import (
+    views_access,
+    views_audit,
+    views_audit_export,
+    views_live,
+    views_policy,
+)
 from lockgate.console.app import VIEWS
 from lockgate.console.web import ConsoleContext, ConsoleUser
 from lockgate.identity.revocation import ANY_DAG
@@ -405,3 +411,18 @@ async def test_a_link_cannot_claim_an_action_was_done(
     assert "DAG etl of deployment prod blocked" in page
     status, page = await admin_live.get(location.replace("etl", "billing"))
     assert 'role="status"' not in page  # the signature is over the target too
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"])
+async def test_a_check_at_a_moment_past_the_calendar_is_refused_naming_it(
+    state: State, trail: Trail, tmp_path: Path, at: str
+) -> None:
+    (tmp_path / "team.yaml").write_text(POLICY)
+    ctx = context_of(state, trail)
+    ctx.policy = PolicyStore(lambda: [tmp_path / "team.yaml"], {"orders-api"})
+    async for console in serve(ctx, views_access.add_routes):
+        status, page = await console.get(
+            "/console/access/check", principal="airflow:prod/etl/load", resource="orders-api",
+            action="read", object="/orders/1", at=at,
+        )  # fmt: skip
+        assert status == 400 and "is not a time" in page

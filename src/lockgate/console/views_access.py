@@ -402,7 +402,10 @@ def _moment(text: str) -> datetime:
     if not text:
         return datetime.now(UTC)
     when = datetime.fromisoformat(text)
-    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    except OverflowError:  # 9999-12-31T23:59-14:00 is past the calendar in UTC
+        raise ValueError(f"{text!r} is past the calendar in UTC") from None
 
 
 async def _bad_question(request: web.Request, message: str) -> web.Response:
