@@ -161,6 +161,13 @@ def page(
     if limit < 1:
         raise ValueError("limit must be at least 1")
     clauses, args = where(q, store)
+    if q.since is not None and not store.shared:
+        # newest first by seq: with few matches in a recent window the scan would walk the
+        # whole chain back; the window's first seq (read off the ts index: "+ 0" keeps the
+        # planner from taking min over the rowid) bounds it. A bound, not a filter: every
+        # row at or after since has a seq at least that (ts need not grow with seq).
+        clauses.append(f"seq >= (SELECT min(seq + 0) FROM {store.table} WHERE ts >= ?)")  # noqa: S608
+        args.append(float(q.since))
     if older is not None:
         position = decode_cursor(older, shared=store.shared)
         if store.shared:
