@@ -6,7 +6,6 @@ nothing."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,8 +15,7 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from lockgate.audit import AuditLog, AuditReader, AuditRecord, AuditRow
-from lockgate.config import load_config
+from lockgate.audit import AuditReader, AuditRecord
 from lockgate.console import views_live
 from lockgate.console.web import ConsoleContext, ConsoleUser
 from lockgate.errors import AuthenticationError
@@ -25,47 +23,15 @@ from lockgate.gateway.live_sessions import SessionRegistry
 from lockgate.identity import TaskIdentity, TokenIssuer, TokenVerifier
 from lockgate.identity.model import Claims
 from lockgate.state import State
+from tests.console._state import RESOURCE, Trail, real_state
 from tests.console._views import CSRF_TOKEN, signed_in, views_app
-
-RESOURCE = "orders-api"
 
 
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[State]:
     monkeypatch.delenv("LOCKGATE_MASTER_KEY", raising=False)
-    path = tmp_path / "lockgate.yaml"
-    path.write_text(
-        json.dumps(  # JSON is YAML
-            {"data_dir": str(tmp_path / "data"),
-             "deployments": [{"name": "prod", "dags": ["*"],
-                              "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
-             "resources": [{"name": RESOURCE, "kind": "http",
-                            "upstream": "https://orders.example.com"}]}
-        )
-    )  # fmt: skip
-    st = State(load_config(path))
-    try:
+    with real_state(tmp_path) as st:
         yield st
-    finally:
-        st.close()
-
-
-class Trail:
-    """The audit trail the console reads and writes (a real AuditLog)."""
-
-    def __init__(self, st: State) -> None:
-        self.path = st.config.data_dir / "audit.db"
-        self.log = AuditLog(self.path)
-
-    def write(self, *records: AuditRecord) -> None:
-        for r in records:
-            self.log.emit(r)
-        assert self.log.flush(10)
-
-    def rows(self, event: str) -> list[AuditRow]:
-        self.log.flush(10)
-        with AuditReader(self.path) as reader:
-            return [r for r in reader.tail(500) if r.event == event]
 
 
 @pytest.fixture
@@ -74,7 +40,7 @@ def trail(state: State) -> Iterator[Trail]:
     try:
         yield t
     finally:
-        t.log.close()
+        t.close()
 
 
 def mint(st: State, trail: Trail, dag: str = "etl", run: str = "run-1") -> tuple[str, Claims]:
