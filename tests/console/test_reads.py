@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -20,7 +21,16 @@ from lockgate.console.web import ConsoleContext
 from ._views import views_app
 
 
-def blocking() -> tuple[threading.Event, threading.Event, Any]:
+@dataclass
+class Busy:
+    """A read holding a reader of ``reads`` until :attr:`release` is set."""
+
+    release: threading.Event
+    first: asyncio.Future[str]
+
+
+async def busy(reads: Reads) -> Busy:
+    """Start a read that blocks its thread, once it runs."""
     started, release = threading.Event(), threading.Event()
 
     def slow() -> str:
@@ -28,7 +38,9 @@ def blocking() -> tuple[threading.Event, threading.Event, Any]:
         release.wait(10)
         return threading.current_thread().name
 
-    return started, release, slow
+    first = asyncio.ensure_future(reads.run(slow))
+    assert await asyncio.to_thread(started.wait, 10)
+    return Busy(release, first)
 
 
 async def test_a_read_runs_in_the_consoles_threads() -> None:
@@ -43,14 +55,12 @@ async def test_a_read_runs_in_the_consoles_threads() -> None:
 
 async def test_past_its_readers_a_page_waits_then_is_told_to_retry() -> None:
     reads = Reads(readers=1, wait=0.05, retry_after=7)
-    started, release, slow = blocking()
-    first = asyncio.ensure_future(reads.run(slow))
-    assert await asyncio.to_thread(started.wait, 10)
+    held = await busy(reads)
     with pytest.raises(web.HTTPServiceUnavailable) as refused:
-        await reads.run(slow)
+        await reads.run(lambda: None)
     assert refused.value.headers["Retry-After"] == "7"
-    release.set()
-    assert (await first).startswith("console-read")
+    held.release.set()
+    assert (await held.first).startswith("console-read")
     # the slot is free again: the next read runs
     assert await reads.run(lambda: 42) == 42
     assert reads.running == 0
@@ -59,29 +69,25 @@ async def test_past_its_readers_a_page_waits_then_is_told_to_retry() -> None:
 
 async def test_a_waiting_page_gets_the_reader_freed_within_its_wait() -> None:
     reads = Reads(readers=1, wait=10)
-    started, release, slow = blocking()
-    first = asyncio.ensure_future(reads.run(slow))
-    assert await asyncio.to_thread(started.wait, 10)
+    held = await busy(reads)
     second = asyncio.ensure_future(reads.run(lambda: "second"))
     await asyncio.sleep(0.05)
     assert not second.done()
-    release.set()
+    held.release.set()
     assert await second == "second"
-    await first
+    await held.first
     await reads.close()
 
 
 async def test_a_page_that_went_away_holds_its_reader_until_the_thread_is_done() -> None:
     reads = Reads(readers=1, wait=0.05)
-    started, release, slow = blocking()
-    first = asyncio.ensure_future(reads.run(slow))
-    assert await asyncio.to_thread(started.wait, 10)
-    first.cancel()
+    held = await busy(reads)
+    held.first.cancel()
     await asyncio.sleep(0.01)
     assert reads.running == 1  # the thread still reads: no second read may start beside it
     with pytest.raises(web.HTTPServiceUnavailable):
         await reads.run(lambda: None)
-    release.set()
+    held.release.set()
     for _ in range(200):
         if reads.running == 0:
             break
