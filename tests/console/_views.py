@@ -9,13 +9,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
-from lockgate.audit import AuditLog, AuditRecord
-from lockgate.console.web import CSRF, CTX, ENV, USER, ConsoleContext, ConsoleUser, environment
+from lockgate.audit import AuditLog, AuditReader, AuditRecord
+from lockgate.console.web import (
+    CSRF,
+    CTX,
+    ENV,
+    USER,
+    ConsoleContext,
+    ConsoleUser,
+    Handler,
+    environment,
+)
 
 CSRF_TOKEN = "test-csrf-token"
 STATIC = Path(__file__).resolve().parents[2] / "src" / "lockgate" / "console" / "static"
@@ -35,7 +44,7 @@ def views_app(
     who = user or signed_in()
 
     @web.middleware
-    async def sign_in(request: web.Request, handler: Callable) -> web.StreamResponse:  # type: ignore[type-arg]
+    async def sign_in(request: web.Request, handler: Handler) -> web.StreamResponse:
         request[USER] = who
         request[CSRF] = CSRF_TOKEN
         return await handler(request)
@@ -131,3 +140,38 @@ async def serving() -> AsyncIterator[Start]:
         await session.close()
         for s in servers:
             await s.close()
+
+
+def trail_context(db: Path, **given: Any) -> ConsoleContext:
+    """A context whose pages read the trail at ``db``; the collaborators ``given`` too, every
+    other one None (a page that touches it fails loudly)."""
+    unused = cast(Any, None)
+    fields: dict[str, Any] = {
+        "config": unused, "audit_reader": lambda: AuditReader(db), "audit": unused,
+        "policy": unused, "revocations": unused, "credentials": unused, "database": unused,
+    }  # fmt: skip
+    fields.update(given)
+    return ConsoleContext(**fields)
+
+
+#: ``status, body = await get(path)`` (the body is where a redirect points)
+Get = Callable[[str], Awaitable[tuple[int, str]]]
+#: ``get = await serve(ctx, user=None)``
+Serve = Callable[..., Awaitable[Get]]
+
+
+def page_server(
+    add_routes: Callable[[web.Application], None],
+) -> Callable[[], AsyncIterator[Serve]]:
+    """A test module's ``serve`` fixture for the views ``add_routes`` adds:
+    ``serve = pytest.fixture(page_server(views_x.add_routes))``."""
+
+    async def serve() -> AsyncIterator[Serve]:
+        async with serving() as start:
+
+            async def served(ctx: ConsoleContext, user: ConsoleUser | None = None) -> Get:
+                return (await start(ctx, add_routes, user)).page
+
+            yield served
+
+    return serve

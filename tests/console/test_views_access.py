@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,9 +16,9 @@ import pytest
 from lockgate.audit import AuditReader, AuditRecord
 from lockgate.config import LockgateConfig
 from lockgate.console import views_access
-from lockgate.console.web import ConsoleContext, ConsoleUser
+from lockgate.console.web import ConsoleContext
 from lockgate.policy import PolicyStore, cmd_check
-from tests.console._views import serving, signed_in, write_trail
+from tests.console._views import page_server, signed_in, trail_context, write_trail
 
 NOW = time.time()
 
@@ -101,29 +101,14 @@ def console(
         files.append(tmp_path / "watch.yaml")
     db = tmp_path / "audit.db"
     write_trail(db, records)
-    unused = cast(Any, None)
-    return ConsoleContext(
+    return trail_context(
+        db,
         config=LockgateConfig.model_validate(CONFIG),
-        audit_reader=lambda: AuditReader(db),
-        audit=unused,
         policy=PolicyStore(lambda: files, {"orders", "billing"}, raise_on_error=True),
-        revocations=unused,
-        credentials=unused,
-        database=unused,
     )
 
 
-Get = Callable[[str], Any]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[Get]]]:
-    async with serving() as start:
-
-        async def served(ctx: ConsoleContext, user: ConsoleUser | None = None) -> Get:
-            return (await start(ctx, views_access.add_routes, user)).page
-
-        yield served
+serve = pytest.fixture(page_server(views_access.add_routes))
 
 
 def text(html: str) -> str:

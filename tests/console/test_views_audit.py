@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from html import unescape
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -21,7 +21,14 @@ from lockgate.audit import AuditReader, AuditRecord
 from lockgate.console import views_audit
 from lockgate.console.views_audit_export import CSV_COLUMNS
 from lockgate.console.web import ConsoleContext, ConsoleUser
-from tests.console._views import CSRF_TOKEN, Served, serving, signed_in, write_trail
+from tests.console._views import (
+    CSRF_TOKEN,
+    Served,
+    serving,
+    signed_in,
+    trail_context,
+    write_trail,
+)
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 XSS = "<script>alert(1)</script>"
@@ -62,11 +69,7 @@ def _records() -> list[AuditRecord]:
 
 
 def _context(db: Path) -> ConsoleContext:
-    unused = cast(Any, None)  # the explorer only reads the trail
-    return ConsoleContext(
-        config=unused, audit_reader=lambda: AuditReader(db), audit=unused, policy=unused,
-        revocations=unused, credentials=unused, database=unused,
-    )  # fmt: skip
+    return trail_context(db)  # the explorer only reads the trail
 
 
 @pytest.fixture

@@ -7,19 +7,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from lockgate.audit import AuditQuery, AuditReader, AuditRecord, HistogramBucket
 from lockgate.console import views_audit, views_overview
-from lockgate.console.web import CSRF_HEADER, ConsoleContext, ConsoleUser, OpenSession
+from lockgate.console.web import CSRF_HEADER, ConsoleContext, OpenSession
 from lockgate.errors import StoreUnavailable
-from tests.console._views import CSRF_TOKEN, serving, signed_in, write_trail
+from tests.console._views import (
+    CSRF_TOKEN,
+    page_server,
+    serving,
+    signed_in,
+    trail_context,
+    write_trail,
+)
 
 NOW = time.time()
 
@@ -61,30 +68,10 @@ class Live:
 
 def console(db: Path, live: Live | None = None) -> ConsoleContext:
     """Only the trail (and the live sessions) are the overview's; the rest is never used."""
-    unused = cast(Any, None)
-    return ConsoleContext(
-        config=unused,
-        audit_reader=lambda: AuditReader(db),
-        audit=unused,
-        policy=unused,
-        revocations=unused,
-        credentials=unused,
-        database=unused,
-        live=live,
-    )
+    return trail_context(db, live=live)
 
 
-Get = Callable[..., Any]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[Get]]]:
-    async with serving() as start:
-
-        async def served(ctx: ConsoleContext, user: ConsoleUser | None = None) -> Get:
-            return (await start(ctx, views_overview.add_routes, user)).page
-
-        yield served
+serve = pytest.fixture(page_server(views_overview.add_routes))
 
 
 class Page(HTMLParser):
