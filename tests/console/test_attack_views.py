@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from lockgate.audit import AuditLog, AuditPage, AuditQuery, AuditReader, AuditRecord, AuditRow
 from lockgate.config import load_config
 from lockgate.console import (
+    reads,
     views_access,
     views_audit,
     views_audit_export,
@@ -175,9 +177,11 @@ async def test_exports_at_once_are_capped_the_next_is_told_to_retry(
     release = asyncio.Event()
     real_page = views_audit_export._page
 
-    async def slow_page(reader: AuditReader, q: AuditQuery, older: str | None) -> AuditPage:
+    async def slow_page(
+        request: web.Request, reader: AuditReader, q: AuditQuery, older: str | None
+    ) -> AuditPage:
         await release.wait()  # an export reading a long trail
-        return await real_page(reader, q, older)
+        return await real_page(request, reader, q, older)
 
     monkeypatch.setattr(views_audit_export, "_page", slow_page)
     async for console in serve(context_of(state, trail), views_audit.add_routes):
@@ -426,3 +430,37 @@ async def test_a_check_at_a_moment_past_the_calendar_is_refused_naming_it(
             action="read", object="/orders/1", at=at,
         )  # fmt: skip
         assert status == 400 and "is not a time" in page
+
+
+# -- the trail read over and over: on the console's own bounded pool --------------------------
+async def test_a_burst_of_explorer_pages_waits_on_the_console_pool_not_the_engines(
+    state: State, trail: Trail
+) -> None:
+    """Every page load counts its matches over the whole trail: a burst of them ran in the
+    default executor the engines share. They run on the console's pool now, and past it
+    a page is told to retry."""
+    trail.write(*request_records())
+    ctx = context_of(state, trail)
+    opened = ctx.audit_reader
+    hold, threads = threading.Event(), []
+
+    def slow_reader() -> AuditReader:
+        threads.append(threading.current_thread().name)
+        hold.wait(5)  # a count over a long trail
+        return opened()
+
+    ctx.audit_reader = slow_reader
+
+    def add(app: web.Application) -> None:
+        reads.install(app, reads.Reads(readers=1, wait=0.1, retry_after=7))
+        views_audit.add_routes(app)
+
+    async for console in serve(ctx, add):
+        first = asyncio.create_task(console.get("/console/audit"))
+        await asyncio.sleep(0.2)
+        status, page = await console.get("/console/audit", dag="etl")
+        assert status == 503
+        hold.set()
+        status, page = await first
+        assert status == 200 and "/orders/2" in page
+    assert threads and all(name.startswith("console-read") for name in threads)

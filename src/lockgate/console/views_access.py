@@ -35,6 +35,8 @@ from aiohttp import web
 
 from lockgate import _log
 from lockgate.audit.query import AuditQuery
+from lockgate.console import reads
+from lockgate.console.reads import run_read
 from lockgate.console.web import ConsoleContext, context, render, requires
 from lockgate.policy import ACTIONS, PolicySet
 from lockgate.policy.access import (
@@ -71,6 +73,7 @@ KEPT: web.AppKey[_Kept] = web.AppKey("lockgate_console_access", _Kept)
 
 
 def add_routes(app: web.Application) -> None:
+    reads.install(app)  # the trail's DAGs and the grants' use are read on the console's pool
     app[KEPT] = _Kept()
     app.router.add_get("/access", index, name="access")
     app.router.add_get("/access/dag", dag_page, name="access_dag")
@@ -119,7 +122,7 @@ async def known_dags(request: web.Request) -> list[tuple[str, str]]:
     now = time.time()
     if now - kept.dags_at >= DAGS_TTL:
         try:
-            seen = await asyncio.to_thread(_seen_dags, ctx, now)
+            seen = await run_read(request, _seen_dags, ctx, now)
         except Exception:  # a trail that cannot be read: the configured DAGs, asked again next time
             log.warning("access map: the audit trail's DAGs could not be read", exc_info=True)
             return _known_dags(ctx, ())
@@ -205,7 +208,7 @@ async def _grants_page(
     use_since = str(int(use_query.since)) if use_query and use_query.since else ""
     if use_query is not None:
         try:
-            uses = await asyncio.to_thread(_allowed_use, ctx, use_query)
+            uses = await run_read(request, _allowed_use, ctx, use_query)
         except Exception:  # the grants are policy's answer: shown without their use
             log.warning("access map: use could not be counted", exc_info=True)
             unread = True

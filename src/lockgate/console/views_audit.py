@@ -12,9 +12,10 @@ status and exports.
   verification of the chain, and one run now (off the event loop, one at a time).
 - ``GET /audit/export.csv`` and ``/audit/export.json`` (:mod:`.views_audit_export`).
 
-Every read of the trail runs in a thread (:func:`read`): a slow query never holds up other
-pages. Filters that cannot be read (a time, a try number, a cursor) answer 400 with the
-form and what is wrong.
+Every read of the trail runs on the console's read pool (:func:`read`, :mod:`.reads`): a
+slow query never holds up other pages, and a burst of them never the gateway's engines.
+Filters that cannot be read (a time, a try number, a cursor) answer 400 with the form and
+what is wrong.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from aiohttp import web
 
 from lockgate.audit import EVENTS, AuditPage, AuditQuery, AuditReader, VerifyResult
 from lockgate.audit.record import RECORD_FIELDS
+from lockgate.console import reads
+from lockgate.console.reads import Reads, read_trail
 from lockgate.console.views_audit_export import (
     EXPORT_SLOTS,
     ExportSlots,
@@ -80,16 +83,14 @@ HELPERS: dict[str, Any] = {
 
 
 async def read(request: web.Request, ask: Callable[[AuditReader], T]) -> T:
-    """``ask`` with a fresh reader, in a thread (the reader's queries block)."""
-    return await read_with(context(request), ask)
+    """``ask`` with a fresh reader, on the console's read pool (:mod:`.reads`: bounded, 503
+    with Retry-After when every reader stays busy; never the engines' executor)."""
+    return await read_trail(request, ask)
 
 
-async def read_with(ctx: ConsoleContext, ask: Callable[[AuditReader], T]) -> T:
-    def work() -> T:
-        with ctx.audit_reader() as reader:
-            return ask(reader)
-
-    return await asyncio.to_thread(work)
+def _with_reader(ctx: ConsoleContext, ask: Callable[[AuditReader], T]) -> T:
+    with ctx.audit_reader() as reader:
+        return ask(reader)
 
 
 def problem_page(request: web.Request, message: str, status: int) -> web.Response:
@@ -113,6 +114,7 @@ class Verification:
 class Verifier:
     """The console's last verification and the one running now (one at a time)."""
 
+    pool: Reads
     last: Verification | None = None
     running: asyncio.Task[Verification] | None = None
     started: float | None = None
@@ -132,12 +134,26 @@ class Verifier:
             return head, reader.verify()
 
         try:
-            head, result = await read_with(ctx, check)
+            head, result = await self._when_a_reader_is_free(ctx, check)
         except StoreUnavailable as exc:
             result, head = VerifyResult(False, 0, None, f"trail unreachable: {exc}"), 0
         done = Verification(result, head, began, time.monotonic() - clock)
         self.last = done
         return done
+
+    async def _when_a_reader_is_free(
+        self, ctx: ConsoleContext, check: Callable[[AuditReader], T]
+    ) -> T:
+        """``check`` on the read pool, waiting as long as every reader is busy (it runs in
+        the background: a busy console delays a verification, never fails it); a closing
+        console's refusal goes through."""
+        while True:
+            try:
+                return await self.pool.run(_with_reader, ctx, check)
+            except web.HTTPServiceUnavailable:
+                if self.pool.closing.is_set():
+                    raise
+                await asyncio.sleep(1.0)
 
 
 VERIFIER: web.AppKey[Verifier] = web.AppKey("lockgate_console_audit_verifier", Verifier)
@@ -285,7 +301,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app[VERIFIER] = Verifier()
+    app[VERIFIER] = Verifier(reads.install(app))
     app[SUGGESTIONS] = Suggestions()
     app[EXPORT_SLOTS] = ExportSlots()
     app.router.add_get("/audit", explorer)

@@ -27,6 +27,7 @@ from aiohttp import web
 from lockgate.audit import AuditPage, AuditQuery, AuditReader, AuditRow
 from lockgate.audit.record import RECORD_FIELDS, canonical_json
 from lockgate.audit.sinks import encode_line
+from lockgate.console.reads import run_read
 from lockgate.console.views_audit_filters import EXPORT_CAP, BadFilter, filters_of, utc
 from lockgate.console.web import context, requires
 from lockgate.errors import StoreUnavailable
@@ -121,7 +122,7 @@ async def _export_now(
     reader = context(request).audit_reader()
     try:
         try:
-            first = await _page(reader, q, None)
+            first = await _page(request, reader, q, None)
         except StoreUnavailable as exc:
             raise web.HTTPServiceUnavailable(text=f"the trail is unreachable: {exc}") from None
         return await _stream(request, suffix, content_type, encode, reader, q, first)
@@ -156,14 +157,17 @@ async def _stream(
         sent, header = sent + len(rows), False
         if page.older is None or sent >= EXPORT_CAP:
             break
-        page = await _page(reader, q, page.older)  # a failure now cuts the stream short
+        page = await _page(request, reader, q, page.older)  # a failure now cuts the stream short
     await response.write_eof()
     return response
 
 
-async def _page(reader: AuditReader, q: AuditQuery, older: str | None) -> AuditPage:
-    """The next page, read in a thread (the reader's queries block)."""
-    return await asyncio.to_thread(reader.query, q, limit=EXPORT_PAGE, older=older)
+async def _page(
+    request: web.Request, reader: AuditReader, q: AuditQuery, older: str | None
+) -> AuditPage:
+    """The next page, read on the console's read pool (one page per turn: an export takes
+    turns with the other pages' reads instead of holding a reader for its whole stream)."""
+    return await run_read(request, reader.query, q, limit=EXPORT_PAGE, older=older)
 
 
 @requires("viewer")

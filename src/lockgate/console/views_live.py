@@ -18,7 +18,6 @@ with a notice. A trail that cannot write refuses the action before anything is s
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
@@ -33,7 +32,9 @@ from aiohttp import web
 
 from lockgate import _log
 from lockgate.audit import AuditRecord
+from lockgate.console import reads
 from lockgate.console.live import MAX_TOKENS, LiveTokens, live_tokens, operator_record, visible
+from lockgate.console.reads import run_read
 from lockgate.console.web import (
     CSRF,
     ConsoleContext,
@@ -118,7 +119,7 @@ def _read_page(ctx: ConsoleContext, dag: str | None) -> LivePage:
 async def live_page(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     dag = request.query.get("dag", "").strip()
-    page = await asyncio.to_thread(_read_page, ctx, dag or None)
+    page = await run_read(request, _read_page, ctx, dag or None)  # live tokens: the trail
     return render(
         request, "live_index.html", page=page, dag=dag, notice=_signed_notice(request),
         now=time.time(), when=when, iso=iso, confirm=confirm_href, any_dag=ANY_DAG,
@@ -368,6 +369,7 @@ def notice(query: Mapping[str, str]) -> str | None:
 
 
 def add_routes(app: web.Application) -> None:
+    reads.install(app)
     app.router.add_get("/live", live_page)
     app.router.add_get("/live/confirm", confirm_page)
     app.router.add_post("/live/act", act)

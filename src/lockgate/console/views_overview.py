@@ -12,8 +12,8 @@ closed more than :data:`SETTLE` ago and reads only the rest from the trail (a mo
 busy trail is a scan of every record in it), rebuilding all every :data:`REBUILD` seconds so
 that a replica's records shipped late still show up.
 
-The audit trail is read off the event loop (``asyncio.to_thread``): a month of records is a
-scan the gateway's requests must not wait behind.
+The audit trail is read on the console's read pool (:mod:`.reads`): a month of records is a
+scan neither the event loop nor the engines' executor must wait behind.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field, replace
 from aiohttp import web
 
 from lockgate.audit import AuditQuery, AuditReader, AuditRow, HistogramBucket
-from lockgate.console import charts
+from lockgate.console import charts, reads
+from lockgate.console.reads import run_read
 from lockgate.console.views_audit import VERIFIER, chain_status
 from lockgate.console.views_audit_filters import record_href, run_href
 from lockgate.console.web import ConsoleContext, LiveSessions, context, render, requires
@@ -141,6 +142,7 @@ class Overview:
 
 
 def add_routes(app: web.Application) -> None:
+    reads.install(app)
     app[CACHE] = HistogramCache()
     app.router.add_get("/", overview, name="overview")
 
@@ -156,7 +158,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     windows = [(name, WINDOW_NAMES[name]) for name in WINDOWS]
     try:
-        data = await asyncio.to_thread(_read, ctx, request.app[CACHE], axis, now)
+        data = await run_read(request, _read, ctx, request.app[CACHE], axis, now)
     except StoreUnavailable as exc:  # the shared trail is down: say so, not a traceback
         error = f"The audit trail cannot be read now: {exc}"
         return render(request, "overview.html", status=503, window=window, windows=windows,
