@@ -15,7 +15,10 @@ serve`` on it, signs in with ``lockgate console link`` and the link's POST (as a
 does), and times every console page over HTTP: cold (the first request after start) and
 warm (the median of five more). The same for an empty trail: the ratio column is the
 page's warm time over its warm time on the empty trail. Then Chromium (Playwright, the
-browser tests' ``/usr/bin/chromium``) loads three pages to their load event.
+browser tests' ``/usr/bin/chromium``) loads three pages to their load event, and
+``/healthz`` is timed again and again while a whole export and the unused-grants page are
+served: the console shares the primary worker's event loop with the gateway, so a page
+that holds the loop shows there as the gateway's own delay.
 
 Last, least privilege on ``--suggest-records`` records (``benchmarks.policy_suggest``'s
 trail): ``policy suggest`` through the console's read (``views_policy._read``, its 30 s
