@@ -272,7 +272,8 @@ def row_from_columns(r: sqlite3.Row | tuple[Any, ...]) -> AuditRow:
     detail (most records but requests) is not parsed."""
     text = r[-3]
     detail = _loads(text) if text and text != "{}" else {}
-    return AuditRow(*r[1:-3], detail, seq=r[0], prev_hash=r[-2], hash=r[-1])  # type: ignore[call-arg]
+    # mypy cannot count a slice's length: the columns are the fields (asserted above)
+    return AuditRow(*r[1:-3], detail, seq=r[0], prev_hash=r[-2], hash=r[-1])  # type: ignore[call-arg, misc]
 
 
 SELECT_ROWS = f"SELECT seq, {', '.join(_COLUMNS)}, prev_hash, hash FROM audit"  # noqa: S608
