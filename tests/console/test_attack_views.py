@@ -11,6 +11,7 @@ import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -464,3 +465,34 @@ async def test_a_burst_of_explorer_pages_waits_on_the_console_pool_not_the_engin
         status, page = await first
         assert status == 200 and "/orders/2" in page
     assert threads and all(name.startswith("console-read") for name in threads)
+
+
+RLO_RUN = "manual\u202e2026-12-05"
+
+
+async def test_a_bidi_override_in_a_run_id_cannot_turn_the_run_pages_heading_around(
+    state: State, trail: Trail
+) -> None:
+    trail.write(*[replace(r, run_id=RLO_RUN) for r in request_records()])
+    async for console in serve(context_of(state, trail), views_audit.add_routes):
+        status, page = await console.get("/console/audit/run", dag="etl", run=RLO_RUN)
+        assert status == 200 and "/orders/2" in page
+        heading = page.split("<h1>")[1].split("</h1>")[0]
+        assert heading.startswith("Run manual&lt;U+202E&gt;2026-12-05")
+        title = page.split("<title>")[1].split("</title>")[0]
+        assert "\u202e" not in title
+
+
+async def test_a_bidi_override_in_a_dag_id_cannot_turn_the_access_pages_heading_around(
+    state: State, trail: Trail, tmp_path: Path
+) -> None:
+    (tmp_path / "team.yaml").write_text(POLICY)
+    ctx = context_of(state, trail)
+    ctx.policy = PolicyStore(lambda: [tmp_path / "team.yaml"], {"orders-api"})
+    async for console in serve(ctx, views_access.add_routes):
+        status, page = await console.get(
+            "/console/access/principal", p="airflow:prod/etl\u202e/load"
+        )
+        assert status == 200
+        heading = page.split("<h1>")[1].split("</h1>")[0]
+        assert "&lt;U+202E&gt;" in heading and "\u202e" not in heading

@@ -36,6 +36,7 @@ from aiohttp import web
 from lockgate import _log
 from lockgate.audit.query import AuditQuery
 from lockgate.console import reads
+from lockgate.console.live import visible
 from lockgate.console.reads import run_read
 from lockgate.console.web import ConsoleContext, context, render, requires
 from lockgate.policy import ACTIONS, PolicySet
@@ -224,6 +225,7 @@ async def _grants_page(
     return render(
         request,
         "access_grants.html",
+        shown=visible,
         subject=subject,
         sections=sections,
         granted=len(granted),
@@ -330,6 +332,7 @@ async def resource_page(request: web.Request) -> web.StreamResponse:
     return render(
         request,
         "access_resource.html",
+        shown=visible,
         name=name,
         configured=name in resources,
         resources=resources,

@@ -34,6 +34,7 @@ from aiohttp import web
 from lockgate.audit import EVENTS, AuditPage, AuditQuery, AuditReader, VerifyResult
 from lockgate.audit.record import RECORD_FIELDS
 from lockgate.console import reads
+from lockgate.console.live import visible
 from lockgate.console.reads import Reads, read_trail
 from lockgate.console.views_audit_export import (
     EXPORT_SLOTS,
@@ -76,6 +77,9 @@ HELPERS: dict[str, Any] = {
     "badge": badge,
     "shadow_of": shadow_of,
     "short": short,
+    # a heading or a sentence with a run or DAG id in it (a bidi override in one turns the
+    # rest around); form values and links keep the id as it is
+    "shown": visible,
 }
 
 
