@@ -197,7 +197,9 @@ SCAN = """() => {
   if (document.contentType !== 'text/html') return bad;  // a plain-text refusal, as sent
   for (const a of document.querySelectorAll('a[href], area[href]')) {
     const href = a.getAttribute('href') || a.getAttribute('xlink:href') || '';
-    if (!/^(\\/|#|https?:\\/\\/127\\.0\\.0\\.1)/.test(href.trim())) bad.push('link ' + href);
+    // this console's own pages only: no scheme, no other host (//host is another host)
+    const own = /^(\\/(?!\\/)|#|https?:\\/\\/127\\.0\\.0\\.1[:/])/;
+    if (!own.test(href.trim())) bad.push('link ' + href);
   }
   for (const el of document.querySelectorAll('svg a')) {
     const href = el.getAttribute('href') || el.getAttribute('xlink:href') || '';
