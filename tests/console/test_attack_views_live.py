@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from lockgate.console import views_live
+from lockgate.audit import AuditRecord
+from lockgate.console import views_audit, views_live
 from lockgate.errors import AuthenticationError
 from lockgate.identity import TaskIdentity, TokenIssuer, TokenVerifier
 from lockgate.state import State
@@ -50,3 +51,23 @@ async def test_a_run_id_with_glob_characters_revokes_that_run_only(
     assert (record.deployment, record.dag_id, record.run_id) == ("prod", "etl", run)
     assert record.principal == "console:olivia" and record.reason == "incident <7>"
     assert record.detail == {"by": "olivia@example.com", "role": "operator", "via": "oidc"}
+
+
+async def test_a_record_page_shows_every_bidi_control_as_its_code_point(
+    state: State, trail: Trail
+) -> None:
+    """The record page is where a record is read closely: an override in a field or in the
+    detail JSON would show a reordered value there."""
+    rlo = "etl\u202e\u2066txt.exe\u200f"
+    trail.write(
+        AuditRecord(event="denied", deployment="prod", dag_id=rlo, run_id=rlo, task_id=rlo,
+                    resource=RESOURCE, action="read", object=f"/orders/{rlo}", decision="deny",
+                    reason=rlo, detail={"note": rlo, rlo: 1})
+    )  # fmt: skip
+    async for console in serve(context_of(state, trail), views_audit.add_routes):
+        status, page = await console.get("/console/audit/record/1")
+        assert status == 200
+        assert not set(page) & {"\u202e", "\u2066", "\u200f"}
+        assert "etl&lt;U+202E&gt;&lt;U+2066&gt;txt.exe&lt;U+200F&gt;" in page
+        detail = page.split('<pre class="detail"><code>')[1].split("</code>")[0]
+        assert detail.count("\n") >= 3  # the JSON keeps its lines

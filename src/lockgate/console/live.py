@@ -147,11 +147,16 @@ def operator_record(
     )  # fmt: skip
 
 
-def visible(text: str) -> str:
+def visible(text: str, *, lines: bool = False) -> str:
     """``text`` as a sentence may show it: each character that would reorder or hide what
     follows (a right-to-left override in a DAG id turns the rest of a confirmation around)
-    written as its code point, ``<U+202E>``."""
-    return _UNSEEN.sub(lambda m: f"<U+{ord(m.group()):04X}>", text)
+    written as its code point, ``<U+202E>``; ``lines``: newlines kept (a block of text)."""
+
+    def code_point(m: re.Match[str]) -> str:
+        char = m.group()
+        return char if lines and char == "\n" else f"<U+{ord(char):04X}>"
+
+    return _UNSEEN.sub(code_point, text)
 
 
 __all__ = [

@@ -281,7 +281,9 @@ async def record_page(request: web.Request) -> web.StreamResponse:
         where = f" of replica {replica}" if replica else ""
         return problem_page(request, f"no record {seq}{where}", 404)
     fields = [(name, getattr(row, name)) for name in RECORD_FIELDS if name != "detail"]
+    # the record read closely: a bidi control in the JSON shown as its code point
     detail = json.dumps(row.detail, indent=2, sort_keys=True, ensure_ascii=False)
+    detail = visible(detail, lines=True)
     return render(request, "audit_record.html", row=row, fields=fields, detail=detail, **HELPERS)
 
 
