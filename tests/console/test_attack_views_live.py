@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from lockgate.audit import AuditRecord
-from lockgate.console import views_audit, views_live
+from lockgate.audit import AuditRecord, HistogramBucket
+from lockgate.console import charts, views_audit, views_live
 from lockgate.errors import AuthenticationError
 from lockgate.identity import TaskIdentity, TokenIssuer, TokenVerifier
 from lockgate.state import State
@@ -71,3 +71,16 @@ async def test_a_record_page_shows_every_bidi_control_as_its_code_point(
         assert "etl&lt;U+202E&gt;&lt;U+2066&gt;txt.exe&lt;U+200F&gt;" in page
         detail = page.split('<pre class="detail"><code>')[1].split("</code>")[0]
         assert detail.count("\n") >= 3  # the JSON keeps its lines
+
+
+def test_a_charts_label_shows_a_dag_ids_bidi_controls_its_links_keep_the_id() -> None:
+    """A chart's caption, summary and bar tooltips say the DAG id in a sentence."""
+    dag = "etl\u202egnp.exe"
+    axis = charts.TimeAxis(0.0, 3600.0, 600.0)
+    bucket = HistogramBucket(start=0.0, dag=dag, allowed=3, denied=1, throttled=0)
+    _, per_dag = charts.series_of([bucket], axis)
+    [series] = per_dag
+    assert series.label == "etl<U+202E>gnp.exe" and series.dag == dag
+    html = str(charts.stacked_bars(series, axis, ident="d1"))
+    assert "\u202e" not in html and "etl&lt;U+202E&gt;gnp.exe" in html
+    assert "dag=etl%E2%80%AEgnp.exe" in html  # the links filter on the id itself

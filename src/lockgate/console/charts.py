@@ -29,6 +29,8 @@ from urllib.parse import urlencode
 
 from markupsafe import Markup, escape
 
+from lockgate.console.live import visible
+
 AUDIT_PATH = "/console/audit"
 #: stacking order, bottom first: (field, legend label, audit explorer filter of a segment)
 KINDS: tuple[tuple[str, str, dict[str, str]], ...] = (
@@ -142,8 +144,8 @@ def series_of(
     for row in per_dag.values():
         every = [a + b for a, b in zip(every, row, strict=True)]
     ranked = sorted(per_dag.items(), key=lambda kv: (-sum(c.total for c in kv[1]), kv[0] or ""))
-    shown = [
-        Series(NO_DAG if dag is None else dag, tuple(row), dag=dag, linked=dag is not None)
+    shown = [  # the label says the id in sentences (bidi controls as code points); links use dag
+        Series(NO_DAG if dag is None else visible(dag), tuple(row), dag=dag, linked=dag is not None)
         for dag, row in ranked[:top]
     ]
     rest = ranked[top:]
