@@ -38,96 +38,27 @@ from typing import ParamSpec, TypeVar
 from lockgate import _log
 from lockgate.errors import StoreUnavailable
 from lockgate.identity.model import Claims
-from lockgate.store import (
-    Cursor,
-    Database,
-    Migration,
-    off_loop,
-    open_store,
-    register_domain,
+from lockgate.identity.revocation_schema import (
+    DOMAIN,
+    EXPIRING_TABLES,
+    MIGRATE_UNSCOPED_JTI,
+    MIGRATIONS,
+    TOPIC,
+    UPSERT_BLOCK,
+    UPSERT_DAG,
+    UPSERT_JTI,
+    UPSERT_TRY,
 )
+from lockgate.store import Cursor, Database, off_loop, open_store, register_domain
 
 ANY_DEPLOYMENT = "*"  # stored for revoke_dag(deployment=None)
 ANY_DAG = "*"  # every DAG of a deployment (Airflow dag_ids cannot contain "*")
 #: Seconds between two :meth:`RevocationStore.refresh` calls of a running gateway: one
 #: version read each when nothing changed, so revocations land in well under 1 s.
 REFRESH_INTERVAL = 0.2
-#: The schema's domain in ``lockgate_schema`` and the topic every write touches.
-DOMAIN = TOPIC = "revocations"
 #: Seconds between two purges of expired rows (each also reloads memory).
 PURGE_INTERVAL = 60.0
-
-MIGRATIONS = (
-    Migration(
-        1,
-        "revoked tokens, DAGs, runs and task tries; mint blocks",
-        # IF NOT EXISTS: SQLite files written before schema versions existed hold these
-        # tables already, with the same columns.
-        """
-        CREATE TABLE IF NOT EXISTS revoked_jti (
-            jti TEXT NOT NULL, deployment TEXT NOT NULL,
-            expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
-            PRIMARY KEY (jti, deployment)
-        );
-        CREATE TABLE IF NOT EXISTS revoked_dag (
-            deployment TEXT NOT NULL, dag_id TEXT NOT NULL, run_id TEXT NOT NULL DEFAULT '',
-            before REAL NOT NULL, expires_at REAL NOT NULL, reason TEXT NOT NULL,
-            PRIMARY KEY (deployment, dag_id, run_id)
-        );
-        CREATE TABLE IF NOT EXISTS revoked_try (
-            deployment TEXT NOT NULL, dag_id TEXT NOT NULL, task_id TEXT NOT NULL,
-            run_id TEXT NOT NULL, try_number INTEGER NOT NULL, map_index INTEGER NOT NULL,
-            expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
-            PRIMARY KEY (deployment, dag_id, task_id, run_id, try_number, map_index)
-        );
-        CREATE TABLE IF NOT EXISTS mint_block (
-            deployment TEXT NOT NULL, dag_id TEXT NOT NULL,
-            blocked_at REAL NOT NULL, blocked_by TEXT NOT NULL, reason TEXT NOT NULL,
-            PRIMARY KEY (deployment, dag_id)
-        );
-        """,
-    ),
-)
 register_domain(DOMAIN, MIGRATIONS)
-
-# SQLite files written before jti revocations were scoped to a deployment hold them for any.
-_MIGRATE_UNSCOPED_JTI = (
-    "ALTER TABLE revoked_jti RENAME TO revoked_jti_unscoped",
-    """CREATE TABLE revoked_jti (
-        jti TEXT NOT NULL, deployment TEXT NOT NULL,
-        expires_at REAL NOT NULL, reason TEXT NOT NULL, revoked_at REAL NOT NULL,
-        PRIMARY KEY (jti, deployment)
-    )""",
-    "INSERT INTO revoked_jti SELECT jti, '*', expires_at, reason, revoked_at "
-    "FROM revoked_jti_unscoped",
-    "DROP TABLE revoked_jti_unscoped",
-)
-
-# Writes: one upsert per table, keyed on its primary key (a second revocation of the same
-# target replaces the first, as INSERT OR REPLACE did).
-_UPSERT_JTI = (
-    "INSERT INTO revoked_jti (jti, deployment, expires_at, reason, revoked_at) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (jti, deployment) DO UPDATE SET "
-    "expires_at = excluded.expires_at, reason = excluded.reason, revoked_at = excluded.revoked_at"
-)
-_UPSERT_DAG = (
-    "INSERT INTO revoked_dag (deployment, dag_id, run_id, before, expires_at, reason) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, dag_id, run_id) DO UPDATE SET "
-    "before = excluded.before, expires_at = excluded.expires_at, reason = excluded.reason"
-)
-_UPSERT_TRY = (
-    "INSERT INTO revoked_try (deployment, dag_id, task_id, run_id, try_number, map_index, "
-    "expires_at, reason, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (deployment, dag_id, task_id, run_id, try_number, map_index) DO UPDATE SET "
-    "expires_at = excluded.expires_at, reason = excluded.reason, revoked_at = excluded.revoked_at"
-)
-_UPSERT_BLOCK = (
-    "INSERT INTO mint_block (deployment, dag_id, blocked_at, blocked_by, reason) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (deployment, dag_id) DO UPDATE SET "
-    "blocked_at = excluded.blocked_at, blocked_by = excluded.blocked_by, "
-    "reason = excluded.reason"
-)
-_EXPIRING_TABLES = ("revoked_jti", "revoked_dag", "revoked_try")
 
 log = _log.get("identity.revocation")
 _P = ParamSpec("_P")
@@ -238,7 +169,7 @@ class RevocationStore:
                 return
         with self.database.transaction() as cur:  # another process may convert the same file
             if not _jti_scoped(cur):
-                for statement in _MIGRATE_UNSCOPED_JTI:
+                for statement in MIGRATE_UNSCOPED_JTI:
                     cur.execute(statement)
                 cur.touch(TOPIC)
 
@@ -260,7 +191,7 @@ class RevocationStore:
         now = self._clock()
         dep = deployment or ANY_DEPLOYMENT
         with self._lock:
-            self._write((_UPSERT_JTI, (jti, dep, expires_at, reason, now)))
+            self._write((UPSERT_JTI, (jti, dep, expires_at, reason, now)))
             self._jtis = {**self._jtis, jti: self._jtis.get(jti, frozenset()) | {dep}}
 
     def revoke_dag(
@@ -272,7 +203,7 @@ class RevocationStore:
         dep = deployment or ANY_DEPLOYMENT
         run = run_id or ""
         with self._lock:
-            self._write((_UPSERT_DAG, (dep, dag_id, run, now, now + self._retention, reason)))
+            self._write((UPSERT_DAG, (dep, dag_id, run, now, now + self._retention, reason)))
             self._dags.setdefault((dep, dag_id), {})[run] = now
 
     def revoke_task_try(
@@ -289,7 +220,7 @@ class RevocationStore:
         now = self._clock()
         key: TryKey = (deployment, dag_id, task_id, run_id, int(try_number), int(map_index))
         with self._lock:
-            self._write((_UPSERT_TRY, (*key, now + self._retention, reason, now)))
+            self._write((UPSERT_TRY, (*key, now + self._retention, reason, now)))
             self._tries.add(key)
 
     def block(self, deployment: str | None, dag_id: str | None, by: str, reason: str = "") -> Block:
@@ -301,10 +232,10 @@ class RevocationStore:
         blk = Block(deployment or ANY_DEPLOYMENT, dag_id or ANY_DAG, now, by, reason)
         with self._lock:
             self._write(
-                (_UPSERT_BLOCK, (blk.deployment, blk.dag_id, now, by, reason)),
+                (UPSERT_BLOCK, (blk.deployment, blk.dag_id, now, by, reason)),
                 # The revocation outlives the block: tokens issued before it stay dead after
                 # an unblock.
-                (_UPSERT_DAG, (blk.deployment, blk.dag_id, "", now, now + self._retention,
+                (UPSERT_DAG, (blk.deployment, blk.dag_id, "", now, now + self._retention,
                                reason)),
             )  # fmt: skip
             self._dags.setdefault((blk.deployment, blk.dag_id), {})[""] = now
@@ -458,7 +389,7 @@ class RevocationStore:
         # something to delete, and touch nothing: a row that can no longer match a valid
         # token changes no decision, so other processes need not reload for it.
         with self.database.transaction() as cur:
-            for table in _EXPIRING_TABLES:
+            for table in EXPIRING_TABLES:
                 sql = f"SELECT 1 FROM {table} WHERE expires_at < ? LIMIT 1"  # noqa: S608
                 if cur.execute(sql, (now,)).fetchone() is not None:
                     cur.execute(f"DELETE FROM {table} WHERE expires_at < ?", (now,))  # noqa: S608
