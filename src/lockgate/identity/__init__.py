@@ -6,7 +6,8 @@
                       (:mod:`.key_files`) or, on shared state, a table whose private halves
                       are encrypted under the master key (:mod:`.key_table`); :mod:`.signing_key`
 - :mod:`.revocation`  revoked tokens / DAGs / runs / task tries and blocks (SQLite or shared
-                      PostgreSQL, answered from memory, reloaded when their version moves)
+                      PostgreSQL, answered from memory, reloaded when their version moves);
+                      its tables and statements in :mod:`.revocation_schema`
 - :mod:`.staleness`   the bound past which decisions stop without the shared database
 - :mod:`.rate_limit`  mint and failed-authentication budgets, shared by workers and replicas
 - :mod:`.tokens`      TokenIssuer and TokenVerifier (JWTs, audience = resource name; EdDSA
