@@ -37,12 +37,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockgate import _log
 from lockgate.errors import StoreUnavailable
 from lockgate.quotas.budgets import Bucket, MemoryBudgets, RateAnswer, refill
+from lockgate.quotas.shared_local import LEASE_SECONDS, LEASE_SHARE, Lease, Pending, Slots
 from lockgate.store import Cursor, Database, Migration, open_store, register_domain
 from lockgate.store.fallback import MemoryFallback
 
@@ -68,10 +68,6 @@ MIGRATIONS = (
 )
 register_domain(DOMAIN, MIGRATIONS)
 
-#: A lease takes this share of a second's tokens (at least one, at most the burst).
-LEASE_SHARE = 0.05
-#: Seconds a process may spend a lease before what is left goes back.
-LEASE_SECONDS = 0.1
 #: How often a process says its slots are still held.
 HEARTBEAT_SECONDS = 3.0
 #: A holder not heard from for this long (a killed worker) holds nothing.
@@ -85,60 +81,6 @@ FULL_CAP_SECONDS = 0.05
 _PURGE_EVERY = 60.0
 
 log = _log.get("quotas")
-
-
-@dataclass(slots=True)
-class _Lease:
-    """Tokens this process took from a bucket at once. The bucket held ``level`` at
-    ``since``; token k (1-based) of the lease is due when the bucket would have held k,
-    so a lease taken in debt spaces its tokens as the bucket refills (pacing, and no burst
-    beyond the bucket's own across processes)."""
-
-    size: int = 0
-    taken: int = 0
-    carry: int = 0  # tokens given back while no lease was open (go back with the next)
-    level: float = 0.0
-    since: float = 0.0
-    until: float = 0.0  # when what is left goes back to the bucket
-    empty_until: float = 0.0  # the bucket was too deep in debt: refuse locally until then
-
-    def start(self, now: float, level: float, size: int, rate: float) -> None:
-        self.size, self.taken, self.level, self.since = size, 0, level, now
-        self.until = self.due(size, rate) + LEASE_SECONDS
-        self.empty_until = 0.0
-
-    def due(self, k: int, rate: float) -> float:
-        return self.since + max(0.0, k - self.level) / rate
-
-    def spend(self, now: float, rate: float, max_delay: float) -> RateAnswer:
-        """The next token: now, after a wait of at most ``max_delay``, or refused with the
-        time until it could be had (it stays in the lease)."""
-        wait = self.due(self.taken + 1, rate) - now
-        if wait <= 0:
-            self.taken += 1
-            return RateAnswer(True, 0.0)
-        if wait <= max_delay:
-            self.taken += 1
-            return RateAnswer(True, wait)
-        return RateAnswer(False, max(0.001, round(wait - max_delay, 3)))
-
-
-@dataclass(slots=True)
-class _Slots:
-    held: int = 0  # slots this process may use (what it was granted, less what went back)
-    used: int = 0  # slots in use now (the difference goes back with the next write)
-    written: int = 0  # what this process's row in the database says
-    full_until: float = 0.0  # the database said the cap is full: refuse locally until then
-
-    @property
-    def dirty(self) -> bool:
-        return self.held != self.used or self.written != self.used
-
-
-@dataclass(slots=True)
-class _Pending:
-    started: list[tuple[str, str, str, float]] = field(default_factory=list)
-    finished: list[tuple[str, str]] = field(default_factory=list)
 
 
 class SharedBudgets:
@@ -161,10 +103,10 @@ class SharedBudgets:
         self.blocking = self.db.dialect == "postgresql"
         self._lock = threading.Lock()  # local state
         self._write = threading.Lock()  # this holder's rows: one writer at a time
-        self._leases: dict[str, _Lease] = {}
+        self._leases: dict[str, Lease] = {}
         self._fetch_locks: dict[str, threading.Lock] = {}
-        self._slots: dict[str, _Slots] = {}
-        self._pending = _Pending()
+        self._slots: dict[str, Slots] = {}
+        self._pending = Pending()
         self._memory = memory or MemoryBudgets(clock)  # the fallback
         self._fallback = MemoryFallback(
             self.db, self._lock, log,
@@ -216,7 +158,7 @@ class SharedBudgets:
         """The answer this process's lease gives without the database (None: lease again)."""
         now = self._clock()
         with self._lock:
-            lease = self._leases.setdefault(key, _Lease())
+            lease = self._leases.setdefault(key, Lease())
             if lease.taken < lease.size and now < lease.until:
                 return lease.spend(now, rate, max_delay)
             if now < lease.empty_until:
@@ -316,7 +258,7 @@ class SharedBudgets:
 
     def _reserve(self, key: str, cap: int, *, runs: bool) -> bool:
         with self._lock:
-            slots = self._slots.setdefault(key, _Slots())
+            slots = self._slots.setdefault(key, Slots())
             if slots.used < slots.held:  # a slot this process still holds: no round trip
                 slots.used += 1
                 return True
@@ -349,7 +291,7 @@ class SharedBudgets:
                 ).fetchone()
                 others += int(row[0]) if row is not None else 0
             with self._lock:
-                slots = self._slots.setdefault(key, _Slots())
+                slots = self._slots.setdefault(key, Slots())
                 if runs:  # started here, not yet written
                     others += sum(1 for *_, name, _until in self._pending.started if name == key)
                 if others + slots.used >= cap:
@@ -433,7 +375,7 @@ class SharedBudgets:
                 changed = [(k, s.held, s.used) for k, s in self._slots.items() if s.dirty]
                 for key, _held, used in changed:
                     self._slots[key].held = used
-                pending, self._pending = self._pending, _Pending()
+                pending, self._pending = self._pending, Pending()
             purge = now - self._last_purge >= _PURGE_EVERY
             try:
                 with self.db.transaction() as cur:
