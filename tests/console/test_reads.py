@@ -158,5 +158,9 @@ async def test_read_trail_opens_a_reader_in_the_pool_and_closes_it() -> None:
         resp = await client.get("/console/counted")
         dags, thread, running = (await resp.text()).split()
     assert (dags, running) == ("3", "0")
+    # without a request (a verification in the background): the same, on a pool of its own
+    reads = Reads()
+    assert await reads.read_trail(ctx, lambda r: r.count(AuditQuery(dag="x"))) == 0
+    await reads.close()
     assert thread.startswith("console-read")
     assert opened == closed and opened[0].startswith("console-read")

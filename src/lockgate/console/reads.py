@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from lockgate.audit import AuditReader
-from lockgate.console.web import context
+from lockgate.console.web import ConsoleContext, context
 
 #: Reads running at once (threads of the console's pool). Each holds the GIL for much of its
 #: work, so more would slow the gateway's event loop on a small machine without reading more.
@@ -97,6 +97,11 @@ class Reads:
         done.add_done_callback(lambda _: _call_soon(loop, free))
         return await asyncio.wrap_future(done)
 
+    async def read_trail(self, ctx: ConsoleContext, ask: Callable[[AuditReader], _T]) -> _T:
+        """``ask(reader)`` in the pool over a reader of ``ctx``'s trail opened in the pool's
+        thread and closed there (work without a request: a verification in the background)."""
+        return await self.run(_with_reader, ctx, ask)
+
     def _refusal(self, why: str) -> web.HTTPServiceUnavailable:
         return web.HTTPServiceUnavailable(
             text=f"{why}: try again shortly",
@@ -109,6 +114,11 @@ class Reads:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _with_reader(ctx: ConsoleContext, ask: Callable[[AuditReader], _T]) -> _T:
+    with ctx.audit_reader() as reader:
+        return ask(reader)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
@@ -142,14 +152,8 @@ async def run_read(request: web.Request, fn: Callable[..., _T], *args: Any, **kw
 
 async def read_trail(request: web.Request, ask: Callable[[AuditReader], _T]) -> _T:
     """``ask(reader)`` in the console's pool, over a reader of the audit trail opened for it
-    and closed after (its connection never crosses threads)."""
-    ctx = context(request)
-
-    def read() -> _T:
-        with ctx.audit_reader() as reader:
-            return ask(reader)
-
-    return await run_read(request, read)
+    and closed after (see :meth:`Reads.read_trail`)."""
+    return await reads_of(request).read_trail(context(request), ask)
 
 
 __all__ = [
