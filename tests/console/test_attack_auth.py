@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from lockgate.console.web import CTX
@@ -36,7 +37,9 @@ _STREAMED = ("/console/audit/export.csv", "/console/audit/export.json")
 
 def console_subapp(c: Console) -> web.Application:
     """The console sub-app mounted on the control app (its router lists every route)."""
-    for resource in c.client.server.app.router.resources():
+    server = c.client.server
+    assert isinstance(server, TestServer)
+    for resource in server.app.router.resources():
         if isinstance(resource, web.PrefixedSubAppResource):
             return resource._app
     raise AssertionError("no console mounted")
@@ -85,10 +88,13 @@ async def test_a_forged_or_replayed_cookie_signs_nobody_in(make_console: Any) ->
     real = session_cookie(used)
     with c.state.database("console").read() as cur:
         cur.execute("SELECT id_hash FROM console_sessions")
-        (stored,) = cur.fetchone()
+        row = cur.fetchone()
+    assert row is not None
+    stored = row[0]
     token = await c.csrf()
     await c.client.post("/console/logout", data={"csrf": token}, headers={"Origin": c.origin})
     for forged in (real, stored, real[:-1], real + "A", "", "x" * 4096):
+        c.client.session.cookie_jar.clear()
         c.client.session.cookie_jar.update_cookies({"lockgate_console": forged})
         assert not await c.signed_in(), forged[:8]
 

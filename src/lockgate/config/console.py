@@ -30,6 +30,11 @@ class ConsoleOidc(Section):
         description="file holding the client secret (a confidential client); None: a public "
         "client, PKCE alone",
     )
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle the provider's discovery, keys and token endpoint are verified "
+        "with (a provider on a private CA); None: the system's trust store",
+    )
     redirect_uri: str | None = Field(
         default=None,
         description="the callback registered with the provider; default "

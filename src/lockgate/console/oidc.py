@@ -2,7 +2,10 @@
 
 The provider (Entra ID, Okta, Keycloak ...) is found by discovery
 (``<issuer>/.well-known/openid-configuration``, cached an hour; it must name this very
-issuer, and every endpoint it names must be https, or plain http to this machine). The
+issuer, and every endpoint it names must be https, or plain http to this machine). TLS to
+the provider is checked against the system's trust store, or ``ca_file``'s CAs alone (a
+provider on a private CA); redirects are never followed and a document is read up to
+512 KiB within 10 seconds. The
 code is exchanged at the token endpoint with the PKCE verifier, and with
 ``client_secret_post`` when ``client_secret_file`` is set (the secret is read from the file
 on each exchange and never logged); otherwise the console is a public client.
@@ -13,12 +16,12 @@ pinned to ``console.oidc.algorithms`` (``none`` and HMAC are never accepted: an 
 signature against the provider's JWKS key of its ``kid`` (an unknown kid refetches the JWKS
 at most every 10 seconds; keys an hour old are fetched again, so a withdrawn key stops
 working), ``iss`` the issuer, ``aud`` the client id (several audiences: ``azp`` must be the
-client id), ``exp``/``iat``/``nbf`` with a small leeway, and ``nonce`` the one this sign-in
-sent. The role is the highest of
-viewer < operator < admin whose configured claim values meet the ``roles_claim`` claim (a
-list or a string); none: refused, naming the claim expected. The subject is ``oid`` when
-present (Entra ID's stable user id), else ``sub``; a subject of the shape of a one-time
-link's (``link:...``) is refused, so the trail never mistakes a user for a link's admin.
+client id; an ``azp`` present must be it too), ``exp``/``iat``/``nbf`` with a small leeway,
+and ``nonce`` the one this sign-in sent. The role is the highest of viewer < operator <
+admin whose configured claim values meet the ``roles_claim`` claim (a list or a string);
+none: refused, naming the claim expected. The subject is ``oid`` when present (Entra ID's
+stable user id), else ``sub``; a subject of the shape of a one-time link's
+(``link:...``) is refused, so the trail never mistakes a user for a link's admin.
 
 A refusal is :class:`SignInRefused` with a short reason fit for the audit trail and the
 page: never a token, a code or a claim's value.
@@ -32,6 +35,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -210,8 +214,10 @@ class OidcClient:
         except AuthenticationError as exc:
             raise SignInRefused(f"id_token_{exc}", "The ID token was not accepted.") from None
         aud, azp = claims.get("aud"), claims.get("azp")
-        if isinstance(aud, list) and len(aud) > 1 and azp != self.settings.client_id:
-            # OIDC Core 3.1.3.7: a token for several parties must name us as its holder
+        several = isinstance(aud, list) and len(aud) > 1
+        if (several or azp is not None) and azp != self.settings.client_id:
+            # OIDC Core 3.1.3.7: a token for several parties must name us as its holder, and
+            # one that names a holder must name us
             raise SignInRefused("id_token_wrong_azp", "The ID token was issued to another app.")
         got = claims.get("nonce")
         if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
@@ -297,13 +303,15 @@ class OidcClient:
         stale = time.monotonic() - self._keys_ok_at >= DISCOVERY_MAX_AGE
         jwk = None if stale else self._pick(kid)
         if jwk is None:
+            # before the lock: discovery takes it too (asyncio's lock is not reentrant)
+            provider = await self.provider()
             async with self._lock:
                 stale = time.monotonic() - self._keys_ok_at >= DISCOVERY_MAX_AGE
                 jwk = None if stale else self._pick(kid)
                 due = time.monotonic() - self._keys_at >= JWKS_REFETCH_INTERVAL
                 if jwk is None and (due or stale):
                     self._keys_at = time.monotonic()
-                    fetched = await self._fetch_keys()
+                    fetched = await self._fetch_keys(provider)
                     if fetched is not None:
                         self._keys, self._keys_ok_at = fetched, self._keys_at
                     elif stale:
@@ -325,9 +333,8 @@ class OidcClient:
             return self._keys.get(kid)
         return next(iter(self._keys.values())) if len(self._keys) == 1 else None
 
-    async def _fetch_keys(self) -> dict[str, dict[str, Any]] | None:
+    async def _fetch_keys(self, provider: Provider) -> dict[str, dict[str, Any]] | None:
         """The provider's public keys by kid; None when they could not be had."""
-        provider = await self.provider()
         try:
             doc = await self._get_json(provider.jwks_uri)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -351,8 +358,22 @@ class OidcClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._tls()))
         return self._session
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        """TLS to the provider: the system's trust store, or ``ca_file``'s CAs alone (a
+        provider on a private CA); ValueError when that file cannot be loaded."""
+        ca_file = self.settings.ca_file
+        if ca_file is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=str(ca_file))
+        except (OSError, ssl.SSLError):
+            log.error(
+                "console oidc ca_file cannot be loaded", extra={"fields": {"path": str(ca_file)}}
+            )
+            raise ValueError(f"cannot load CA file {ca_file}") from None
 
 
 async def _read_json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
