@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from lockgate.console import sessions
 from lockgate.console.web import CTX
 from tests.console.test_auth import Console, make_console
 
@@ -97,6 +98,25 @@ async def test_a_forged_or_replayed_cookie_signs_nobody_in(make_console: Any) ->
         c.client.session.cookie_jar.clear()
         c.client.session.cookie_jar.update_cookies({"lockgate_console": forged})
         assert not await c.signed_in(), forged[:8]
+
+
+async def test_a_burst_of_unsigned_sign_in_starts_shuts_nobody_out(
+    make_console: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone may start a sign-in; a burst filling the pending table (a few thousand
+    requests) once answered every real sign-in "try again later" for ten minutes."""
+    monkeypatch.setattr(sessions, "MAX_PENDING", 5)
+    c: Console = await make_console()
+    async with aiohttp.ClientSession() as attacker:
+        for _ in range(8):
+            async with attacker.get(c.client.make_url("/console/auth/start"),
+                                    allow_redirects=False) as r:  # fmt: skip
+                assert r.status == 302
+    assert (await c.oidc_sign_in()).status == 200
+    with c.state.database("console").read() as cur:
+        cur.execute("SELECT COUNT(*) FROM console_pending")
+        row = cur.fetchone()
+    assert row is not None and row[0] <= 5
 
 
 # -- CSRF ----------------------------------------------------------------------------------

@@ -87,12 +87,16 @@ def test_expired_and_idle_rows_are_purged() -> None:
 
 
 def test_pending_sign_ins_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Anyone may start a sign-in: the table of pending ones must not grow without bound."""
+    """Anyone may start a sign-in: the table of pending ones must not grow without bound,
+    and a full table drops its oldest rather than refusing the next sign-in."""
     monkeypatch.setattr(sessions, "MAX_PENDING", 3)
     store = ConsoleStore(None)
     pending = Pending("n", "v", "/console/")
-    assert all(store.remember(f"s{i}", pending, now=0) for i in range(3))
-    assert not store.remember("s3", pending, now=1)
-    assert store.take("s0", now=1) == pending
-    assert store.remember("s3", pending, now=1)  # room again
-    assert store.remember("s4", pending, now=PENDING_TTL + 100)  # the old ones expired
+    for i in range(3):
+        store.remember(f"s{i}", pending, now=i)
+    store.remember("s3", pending, now=3)
+    assert len(_rows(store, "console_pending")) == 3
+    assert store.take("s0", now=4) is None  # the oldest made room
+    assert store.take("s3", now=4) == pending
+    store.remember("s4", pending, now=PENDING_TTL + 100)  # the old ones expired
+    assert len(_rows(store, "console_pending")) == 1

@@ -199,10 +199,7 @@ async def auth_start(request: web.Request) -> web.StreamResponse:
     pending = Pending(nonce, verifier, safe_next(request.query.get("next")))
     store = request.app[STORE]
     try:
-        if not await off_loop(store.db, store.remember, state, pending):
-            raise SignInRefused(
-                "too_many_pending", "Too many sign-ins are under way; try again in a few minutes."
-            )
+        await off_loop(store.db, store.remember, state, pending)
         target = await oidc.authorize_url(state=state, nonce=nonce, challenge=challenge)
     except SignInRefused as refused:
         return await _refused(request, refused, status=502)

@@ -46,7 +46,8 @@ register_domain(DOMAIN, MIGRATIONS)
 
 #: Seconds a pending OIDC sign-in (state, nonce, PKCE verifier) waits for its callback.
 PENDING_TTL = 600.0
-#: Pending sign-ins held at most (anyone may start one: the table must not grow unbounded).
+#: Pending sign-ins held at most (anyone may start one: the table must not grow unbounded;
+#: past it the oldest are dropped).
 MAX_PENDING = 10_000
 #: last_seen is written at most this often per session (every request would be a write).
 _TOUCH_EVERY = 15.0
@@ -150,23 +151,29 @@ class ConsoleStore:
             return cur.rowcount == 1
 
     # -- pending OIDC sign-ins ------------------------------------------------------------
-    def remember(self, state: str, pending: Pending, *, now: float | None = None) -> bool:
-        """Hold ``pending`` under ``state``; False (nothing held) when :data:`MAX_PENDING`
-        sign-ins are pending already."""
+    def remember(self, state: str, pending: Pending, *, now: float | None = None) -> None:
+        """Hold ``pending`` under ``state``. With :data:`MAX_PENDING` held already the
+        oldest make room: refusing instead would let one burst of unsigned requests shut
+        every sign-in out until the burst expired, while dropping the oldest makes an
+        attacker keep up a flood faster than people sign in."""
         now = time.time() if now is None else now
         self._purge(now)
         with self.db.transaction() as cur:
-            cur.execute("SELECT COUNT(*) FROM console_pending WHERE expires_at > ?", (now,))
+            cur.execute("SELECT COUNT(*) FROM console_pending")
             row = cur.fetchone()
-            if row is not None and int(row[0]) >= MAX_PENDING:
-                return False
+            excess = int(row[0]) - MAX_PENDING + 1 if row is not None else 0
+            if excess > 0:
+                cur.execute(
+                    "DELETE FROM console_pending WHERE state_hash IN (SELECT state_hash "
+                    "FROM console_pending ORDER BY expires_at LIMIT ?)",
+                    (excess,),
+                )
             cur.execute(
                 "INSERT INTO console_pending (state_hash, nonce, verifier, next_path, "
                 "expires_at) VALUES (?, ?, ?, ?, ?)",
                 (digest(state), pending.nonce, pending.verifier, pending.next_path,
                  now + PENDING_TTL),
             )  # fmt: skip
-        return True
 
     def take(self, state: str, *, now: float | None = None) -> Pending | None:
         """The pending sign-in of ``state``, once: a second callback with it gets None, as
