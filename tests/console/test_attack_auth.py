@@ -119,6 +119,22 @@ async def test_a_burst_of_unsigned_sign_in_starts_shuts_nobody_out(
     assert row is not None and row[0] <= 5
 
 
+async def test_a_crafted_provider_error_puts_no_text_on_the_console(make_console: Any) -> None:
+    """``/console/auth/callback?error=...&error_description=Call++1-555...`` sent to someone:
+    the console's origin shows no attacker's words (only the answer to a sign-in this
+    browser began carries the provider's description), and an error slug is a slug."""
+    c: Console = await make_console()
+    lure = "Your account is locked: call +1-555-0100 with your password"
+    for error in ("access_denied", "<b>x</b> call us"):
+        r = await c.client.get(
+            "/console/auth/callback",
+            params={"error": error, "error_description": lure, "state": "guessed"},
+        )
+        text = await r.text()
+        assert r.status == 403 and "555-0100" not in text and "call us" not in text
+    assert c.audit.records[-1].reason == "provider_error"
+
+
 # -- CSRF ----------------------------------------------------------------------------------
 async def test_a_sign_in_post_from_another_origin_is_refused_even_while_signed_in(
     make_console: Any,

@@ -599,10 +599,13 @@ async def test_a_callback_is_used_once_and_only_in_the_browser_that_began_it(
 
 async def test_the_provider_refusing_is_shown_and_audited(make_console: Any) -> None:
     c: Console = await make_console()
+    start = await c.client.get("/console/auth/start", allow_redirects=False)
+    state = parse_qs(urlsplit(start.headers["Location"]).query)["state"][0]
     r = await c.client.get(
         "/console/auth/callback",
-        params={"error": "access_denied", "error_description": "the user said no"},
-    )
+        params={"error": "access_denied", "error_description": "the user said no",
+                "state": state},
+    )  # fmt: skip
     assert r.status == 403
     text = await r.text()
     assert "access_denied" in text and "the user said no" in text

@@ -216,21 +216,27 @@ async def auth_callback(request: web.Request) -> web.StreamResponse:
     if oidc is None:
         raise web.HTTPNotFound(text="no OIDC provider configured")
     query = request.query
+    state, code = query.get("state", ""), query.get("code", "")
+    bound = request.cookies.get(SIGNIN_COOKIE, "")
+    ours = bool(state and bound) and hmac.compare_digest(bound.encode(), state.encode())
+    store = request.app[STORE]
     try:
         if "error" in query:
             error = query.get("error", "")[:64]
-            text = query.get("error_description", "")[:300]
+            slug = error if error.replace("_", "").isalnum() else ""
+            # the provider's words only on the answer to this browser's own sign-in: a
+            # crafted callback URL must not put an attacker's text on the console's origin
+            text = query.get("error_description", "")[:300] if ours else ""
+            if ours:
+                await off_loop(store.db, store.take, state)  # that sign-in is over
             raise SignInRefused(
-                f"provider_{error}" if error.replace("_", "").isalnum() else "provider_error",
-                f"The sign-in provider said: {error}" + (f" — {text}" if text else ""),
+                f"provider_{slug}" if slug else "provider_error",
+                f"The sign-in provider said: {slug or 'error'}" + (f" — {text}" if text else ""),
             )
-        state, code = query.get("state", ""), query.get("code", "")
-        bound = request.cookies.get(SIGNIN_COOKIE, "")
         if not state or not code:
             raise SignInRefused("incomplete_callback", "The sign-in answer is incomplete.")
-        if not bound or not hmac.compare_digest(bound.encode(), state.encode()):
+        if not ours:
             raise SignInRefused("state_not_bound", "This sign-in was not started in this browser.")
-        store = request.app[STORE]
         pending = await off_loop(store.db, store.take, state)
         if pending is None:
             raise SignInRefused("unknown_state", "This sign-in expired or was already used.")
