@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +25,7 @@ from yarl import URL
 
 from lockgate.console import sessions
 from lockgate.console.web import CTX
+from lockgate.tlsgen import write_dev_tls
 from tests.console.test_auth import Console, make_console
 
 __all__ = ["make_console"]  # the fixture, shared with the sign-in tests
@@ -133,6 +136,40 @@ async def test_a_crafted_provider_error_puts_no_text_on_the_console(make_console
         text = await r.text()
         assert r.status == 403 and "555-0100" not in text and "call us" not in text
     assert c.audit.records[-1].reason == "provider_error"
+
+
+async def test_a_planted_sign_in_cookie_binds_no_one_over_tls(
+    make_console: Any, tmp_path: Path
+) -> None:
+    """Login CSRF by cookie tossing: the attacker begins a sign-in of their own, plants its
+    state in the victim's browser as ``lockgate_console_signin`` (a sibling host may set a
+    cookie for the whole domain) and sends the victim the callback. Over TLS the binding
+    cookie is ``__Host-`` (only this host sets it): the planted one binds nothing."""
+    paths = write_dev_tls(tmp_path / "tls")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(paths["cert"], paths["key"])
+    client_tls = ssl.create_default_context(cafile=str(paths["ca"]))
+    c: Console = await make_console(tls=server_tls)
+
+    async def begin() -> tuple[aiohttp.ClientResponse, str]:
+        start = await c.client.get("/console/auth/start", allow_redirects=False, ssl=client_tls)
+        back = await _provider_answer(start.headers["Location"])
+        return start, f"{back.path}?{back.query}"
+
+    start, honest = await begin()  # an honest sign-in: the cookie only this host sets
+    assert start.cookies["__Host-lockgate_console_signin"]["path"] == "/"
+    assert start.cookies["__Host-lockgate_console_signin"]["secure"]
+    assert (await c.client.get(honest, allow_redirects=False, ssl=client_tls)).status == 200
+
+    _, lure = await begin()  # the attacker's own sign-in
+    state = parse_qs(urlsplit(lure).query)["state"][0]
+    c.client.session.cookie_jar.clear()  # the victim's browser
+    c.client.session.cookie_jar.update_cookies(
+        {"lockgate_console_signin": state}, response_url=c.client.make_url("/console/auth/")
+    )
+    r = await c.client.get(lure, allow_redirects=False, ssl=client_tls)
+    assert r.status == 403 and c.audit.records[-1].reason == "state_not_bound"
+    assert "lockgate_console" not in r.cookies
 
 
 # -- CSRF ----------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ SameSite=Strict, and a browser does not send a Strict cookie on a navigation tha
 cross-site redirect chain (the provider's) began; the page's own refresh is same-site.
 The OIDC pending sign-in is bound to the browser that began it by a short-lived
 ``SameSite=Lax`` cookie holding its ``state`` (Lax: it must come back on the provider's
-redirect), so a callback URL sent to someone else signs nobody in (login CSRF).
+redirect), so a callback URL sent to someone else signs nobody in (login CSRF); over TLS it
+is a ``__Host-`` cookie, which a sibling host cannot plant.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ log = _log.get("console.auth")
 
 SESSION_COOKIE = "lockgate_console"
 SIGNIN_COOKIE = "lockgate_console_signin"
+#: the binding cookie over TLS: a sibling host (evil.example.com beside gate.example.com)
+#: may set a cookie for the whole domain, its own sign-in's state in it, and so sign a
+#: victim in as itself; a ``__Host-`` cookie only this host can set (Secure, Path=/)
+HOST_SIGNIN_COOKIE = "__Host-" + SIGNIN_COOKIE
 ROOT = "/console"
 HOME = "/console/"
 LOGIN = "/console/login"
@@ -204,11 +209,20 @@ async def auth_start(request: web.Request) -> web.StreamResponse:
     except SignInRefused as refused:
         return await _refused(request, refused, status=502)
     response = web.HTTPFound(target)
+    name, path = _signin_cookie(request)
     response.set_cookie(
-        SIGNIN_COOKIE, state, path=f"{ROOT}/auth/", max_age=600, httponly=True,
-        samesite="Lax", secure=served_over_tls(request),
+        name, state, path=path, max_age=600, httponly=True, samesite="Lax",
+        secure=served_over_tls(request),
     )  # fmt: skip
     raise response
+
+
+def _signin_cookie(request: web.Request) -> tuple[str, str]:
+    """The name and path of the cookie binding a sign-in to its browser (see
+    :data:`HOST_SIGNIN_COOKIE`); plain http (a laptop) cannot have a ``__Host-`` one."""
+    if served_over_tls(request):
+        return HOST_SIGNIN_COOKIE, "/"
+    return SIGNIN_COOKIE, f"{ROOT}/auth/"
 
 
 async def auth_callback(request: web.Request) -> web.StreamResponse:
@@ -217,7 +231,8 @@ async def auth_callback(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(text="no OIDC provider configured")
     query = request.query
     state, code = query.get("state", ""), query.get("code", "")
-    bound = request.cookies.get(SIGNIN_COOKIE, "")
+    signin_cookie, signin_path = _signin_cookie(request)
+    bound = request.cookies.get(signin_cookie, "")
     ours = bool(state and bound) and hmac.compare_digest(bound.encode(), state.encode())
     store = request.app[STORE]
     try:
@@ -243,11 +258,11 @@ async def auth_callback(request: web.Request) -> web.StreamResponse:
         who = await oidc.sign_in(code=code, verifier=pending.verifier, nonce=pending.nonce)
     except SignInRefused as refused:
         response = await _refused(request, refused, status=403)
-        response.del_cookie(SIGNIN_COOKIE, path=f"{ROOT}/auth/")
+        response.del_cookie(signin_cookie, path=signin_path)
         return response
     user = ConsoleUser(subject=who.subject, name=who.name, role=who.role, via="oidc")
     response = await _signed_in(request, user, pending.next_path)
-    response.del_cookie(SIGNIN_COOKIE, path=f"{ROOT}/auth/")
+    response.del_cookie(signin_cookie, path=signin_path)
     return response
 
 
@@ -364,6 +379,7 @@ def add_routes(app: web.Application) -> None:
 
 __all__ = [
     "CSP",
+    "HOST_SIGNIN_COOKIE",
     "OIDC",
     "SESSION_COOKIE",
     "SIGNIN_COOKIE",
