@@ -138,13 +138,12 @@ async def test_a_crafted_provider_error_puts_no_text_on_the_console(make_console
     assert c.audit.records[-1].reason == "provider_error"
 
 
-async def test_a_planted_sign_in_cookie_binds_no_one_over_tls(
-    make_console: Any, tmp_path: Path
-) -> None:
+async def test_planted_cookies_bind_no_one_over_tls(make_console: Any, tmp_path: Path) -> None:
     """Login CSRF by cookie tossing: the attacker begins a sign-in of their own, plants its
     state in the victim's browser as ``lockgate_console_signin`` (a sibling host may set a
-    cookie for the whole domain) and sends the victim the callback. Over TLS the binding
-    cookie is ``__Host-`` (only this host sets it): the planted one binds nothing."""
+    cookie for the whole domain) and sends the victim the callback; or plants their own
+    session. Over TLS both cookies are ``__Host-`` ones (only this host sets them): the
+    planted ones bind nothing."""
     paths = write_dev_tls(tmp_path / "tls")
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(paths["cert"], paths["key"])
@@ -159,7 +158,10 @@ async def test_a_planted_sign_in_cookie_binds_no_one_over_tls(
     start, honest = await begin()  # an honest sign-in: the cookie only this host sets
     assert start.cookies["__Host-lockgate_console_signin"]["path"] == "/"
     assert start.cookies["__Host-lockgate_console_signin"]["secure"]
-    assert (await c.client.get(honest, allow_redirects=False, ssl=client_tls)).status == 200
+    signed_in = await c.client.get(honest, allow_redirects=False, ssl=client_tls)
+    assert signed_in.status == 200
+    attacker_session = signed_in.cookies["__Host-lockgate_console"].value
+    assert signed_in.cookies["__Host-lockgate_console"]["path"] == "/"
 
     _, lure = await begin()  # the attacker's own sign-in
     state = parse_qs(urlsplit(lure).query)["state"][0]
@@ -169,7 +171,15 @@ async def test_a_planted_sign_in_cookie_binds_no_one_over_tls(
     )
     r = await c.client.get(lure, allow_redirects=False, ssl=client_tls)
     assert r.status == 403 and c.audit.records[-1].reason == "state_not_bound"
-    assert "lockgate_console" not in r.cookies
+    assert "__Host-lockgate_console" not in r.cookies
+
+    # the attacker's own session, planted the same way, opens nothing either
+    c.client.session.cookie_jar.clear()
+    c.client.session.cookie_jar.update_cookies(
+        {"lockgate_console": attacker_session}, response_url=c.client.make_url("/console/")
+    )
+    r = await c.client.get("/console/audit", allow_redirects=False, ssl=client_tls)
+    assert r.status == 302 and r.headers["Location"].startswith("/console/login")
 
 
 # -- CSRF ----------------------------------------------------------------------------------

@@ -11,11 +11,12 @@ Routes (relative to the console's root, ``/console``):
 
 :func:`session_middleware` lets through only those pages and ``/static/``; any other
 request needs a live session (cookie ``lockgate_console``: HttpOnly, SameSite=Strict,
-Path=/console, Secure over TLS) and else is sent to the sign-in page (a GET) or refused
-(401). Secure means TLS on this listener or at the load balancer an https
-``console.public_url`` names. :func:`security_headers` puts a strict CSP and its companions
-on every console response, errors and redirects included; :func:`error_pages` turns a
-plain-text refusal (404, CSRF, a view's 400) into a console page with the same status.
+Path=/console; over TLS ``__Host-lockgate_console``, Secure, Path=/) and else is sent to
+the sign-in page (a GET) or refused (401). Secure means TLS on this listener or at the
+load balancer an https ``console.public_url`` names. :func:`security_headers` puts a
+strict CSP and its companions on every console response, errors and redirects included;
+:func:`error_pages` turns a plain-text refusal (404, CSRF, a view's 400) into a console
+page with the same status.
 
 Sign-ins, failed sign-ins and sign-outs are audited (``console_signed_in``,
 ``console_sign_in_failed``, ``console_signed_out``) as ``console:<subject>``. A sign-in is
@@ -27,8 +28,8 @@ SameSite=Strict, and a browser does not send a Strict cookie on a navigation tha
 cross-site redirect chain (the provider's) began; the page's own refresh is same-site.
 The OIDC pending sign-in is bound to the browser that began it by a short-lived
 ``SameSite=Lax`` cookie holding its ``state`` (Lax: it must come back on the provider's
-redirect), so a callback URL sent to someone else signs nobody in (login CSRF); over TLS it
-is a ``__Host-`` cookie, which a sibling host cannot plant.
+redirect), so a callback URL sent to someone else signs nobody in (login CSRF). Over TLS
+both cookies are ``__Host-`` ones (Path=/), which a sibling host cannot plant.
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ log = _log.get("console.auth")
 
 SESSION_COOKIE = "lockgate_console"
 SIGNIN_COOKIE = "lockgate_console_signin"
-#: the binding cookie over TLS: a sibling host (evil.example.com beside gate.example.com)
-#: may set a cookie for the whole domain, its own sign-in's state in it, and so sign a
-#: victim in as itself; a ``__Host-`` cookie only this host can set (Secure, Path=/)
-HOST_SIGNIN_COOKIE = "__Host-" + SIGNIN_COOKIE
+#: over TLS both cookies are ``__Host-`` ones (Secure, Path=/, only this host sets them): a
+#: sibling host (evil.example.com beside gate.example.com) may set a cookie for the whole
+#: domain, and so plant its own sign-in's state or session in a victim's browser
+HOST_PREFIX = "__Host-"
 ROOT = "/console"
 HOME = "/console/"
 LOGIN = "/console/login"
@@ -126,7 +127,7 @@ def _public(path: str) -> bool:
 async def session_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """Every console request but the sign-in pages and static files needs a live session;
     sets :data:`USER` and :data:`CSRF` for the views."""
-    session_id = request.cookies.get(SESSION_COOKIE)
+    session_id = request.cookies.get(_session_cookie(request)[0])
     if session_id:
         ctx = context(request)
         store = request.app[STORE]
@@ -217,12 +218,22 @@ async def auth_start(request: web.Request) -> web.StreamResponse:
     raise response
 
 
-def _signin_cookie(request: web.Request) -> tuple[str, str]:
-    """The name and path of the cookie binding a sign-in to its browser (see
-    :data:`HOST_SIGNIN_COOKIE`); plain http (a laptop) cannot have a ``__Host-`` one."""
+def _cookie(request: web.Request, name: str, path: str) -> tuple[str, str]:
+    """The name and path of the console's cookie ``name`` (see :data:`HOST_PREFIX`);
+    plain http (a laptop) cannot have a ``__Host-`` one."""
     if served_over_tls(request):
-        return HOST_SIGNIN_COOKIE, "/"
-    return SIGNIN_COOKIE, f"{ROOT}/auth/"
+        return HOST_PREFIX + name, "/"
+    return name, path
+
+
+def _signin_cookie(request: web.Request) -> tuple[str, str]:
+    """The cookie binding a sign-in to the browser that began it."""
+    return _cookie(request, SIGNIN_COOKIE, f"{ROOT}/auth/")
+
+
+def _session_cookie(request: web.Request) -> tuple[str, str]:
+    """The cookie holding the session id."""
+    return _cookie(request, SESSION_COOKIE, ROOT)
 
 
 async def auth_callback(request: web.Request) -> web.StreamResponse:
@@ -298,11 +309,12 @@ async def logout(request: web.Request) -> web.StreamResponse:
     await check_csrf(request)
     user = request[USER]
     store = request.app[STORE]
-    await off_loop(store.db, store.end, request.cookies.get(SESSION_COOKIE, ""))
+    cookie, cookie_path = _session_cookie(request)
+    await off_loop(store.db, store.end, request.cookies.get(cookie, ""))
     with contextlib.suppress(web.HTTPServiceUnavailable):  # logged by _audit
         await _audit(context(request), _record("console_signed_out", user))
     response = web.HTTPSeeOther(f"{LOGIN}?ended=1")
-    response.del_cookie(SESSION_COOKIE, path=ROOT)
+    response.del_cookie(cookie, path=cookie_path)
     raise response
 
 
@@ -314,13 +326,14 @@ async def _signed_in(request: web.Request, user: ConsoleUser, next_path: str) ->
     await _audit(ctx, _record("console_signed_in", user))
     settings = ctx.config.console
     store = request.app[STORE]
-    earlier = request.cookies.get(SESSION_COOKIE)
+    cookie, cookie_path = _session_cookie(request)
+    earlier = request.cookies.get(cookie)
     if earlier:  # a session id the browser held before (planted or not) dies here
         await off_loop(store.db, store.end, earlier)
     session_id = await off_loop(store.db, store.start, user, ttl=settings.session_ttl)
     response = render(request, "login_done.html", next=safe_next(next_path), name=user.name)
     response.set_cookie(
-        SESSION_COOKIE, session_id, path=ROOT, max_age=max(1, math.ceil(settings.session_ttl)),
+        cookie, session_id, path=cookie_path, max_age=max(1, math.ceil(settings.session_ttl)),
         httponly=True, samesite="Strict", secure=served_over_tls(request),
     )  # fmt: skip
     return response
@@ -379,7 +392,7 @@ def add_routes(app: web.Application) -> None:
 
 __all__ = [
     "CSP",
-    "HOST_SIGNIN_COOKIE",
+    "HOST_PREFIX",
     "OIDC",
     "SESSION_COOKIE",
     "SIGNIN_COOKIE",
