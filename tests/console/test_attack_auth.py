@@ -256,6 +256,25 @@ async def test_every_post_route_refuses_a_viewer_and_the_unsigned(make_console: 
     assert await c.signed_in()
 
 
+async def test_every_get_route_is_behind_the_sign_in_and_whole_for_a_viewer(
+    make_console: Any,
+) -> None:
+    """Every page but the sign-in's and the static files sends the unsigned to sign in; a
+    viewer gets each page or a 403 naming the role needed, never a 500."""
+    c: Console = await make_console()
+    public = ("/console/login", "/console/login/link", "/console/auth/start",
+              "/console/auth/callback", "/console/static")  # fmt: skip
+    gets = [p for p in routes(c, "GET") if p not in public]
+    assert len(gets) > 10
+    for path in gets:
+        r = await c.client.get(path, allow_redirects=False)
+        assert r.status == 302 and r.headers["Location"].startswith("/console/login?"), path
+    await sign_in_as(c, "Lockgate.Viewer")
+    for path in gets:
+        r = await c.client.get(path, allow_redirects=False)
+        assert r.status in (200, 400, 403, 404), (path, r.status)
+
+
 async def test_no_get_route_changes_anything(make_console: Any) -> None:
     """An admin (who may do everything) opening every GET route, even with the form of an
     action in its query, changes no state: nothing is audited, no store row is written."""
