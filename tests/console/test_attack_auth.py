@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from lockgate.console import sessions
+from lockgate.console.auth import _public
 from lockgate.console.web import CTX
 from lockgate.tlsgen import write_dev_tls
 from tests.console.test_auth import Console, make_console
@@ -354,6 +355,17 @@ async def test_an_oidc_subject_cannot_pass_for_a_one_time_link(make_console: Any
     assert r.status == 403 and c.audit.records[-1].reason == "reserved_subject"
     assert not await c.signed_in()
     assert all(r.principal != "console:link:0badc0de" for r in c.audit.records)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/console/login-history", "/console/loginx", "/console/login/link/extra",
+     "/console/auth/other", "/console/auth/", "/console/static"],
+)  # fmt: skip
+def test_only_the_sign_in_pages_themselves_are_public(path: str) -> None:
+    """A page added later whose path merely begins like a sign-in page's is not public."""
+    assert not _public(path)
+    assert _public("/console/login") and _public("/console/static/console.css")
 
 
 # -- headers, static files, errors ---------------------------------------------------------

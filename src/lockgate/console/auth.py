@@ -77,7 +77,10 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-_PUBLIC = ("/console/login", "/console/auth/", "/console/static/")
+#: the sign-in's own pages, by exact path: a page added later under a name that merely
+#: begins like one of them (``/console/login-history``) must not be public by accident
+_PUBLIC = frozenset({LOGIN, f"{ROOT}{LINK_PATH}", f"{ROOT}/auth/start", f"{ROOT}/auth/callback"})
+_STATIC = "/console/static/"
 
 STORE: web.AppKey[ConsoleStore] = web.AppKey("lockgate_console_store", ConsoleStore)
 OIDC: web.AppKey[OidcClient | None] = web.AppKey("lockgate_console_oidc", OidcClient)
@@ -103,7 +106,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
     headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
-    if not request.path.startswith("/console/static/"):
+    if not request.path.startswith(_STATIC):
         headers["Cache-Control"] = "no-store"
     if served_over_tls(request):
         headers["Strict-Transport-Security"] = "max-age=31536000"
@@ -120,7 +123,7 @@ def served_over_tls(request: web.Request) -> bool:
 
 
 def _public(path: str) -> bool:
-    return path == LOGIN or any(path.startswith(p) for p in _PUBLIC)
+    return path in _PUBLIC or path.startswith(_STATIC)
 
 
 @web.middleware
