@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
+from lockgate.config import load_config
 from lockgate.config.console import ConsoleOidc
 from lockgate.console import oidc as oidc_module
 from lockgate.console.auth import OIDC
@@ -348,3 +349,13 @@ async def test_keys_fetched_once_discovery_went_stale_do_not_hang(make_console: 
     token = _id_token(c.provider.url, idp.CLIENT_ID)
     claims = await asyncio.wait_for(client.verify(token, nonce="n"), timeout=5)
     assert claims["sub"] == "s"
+
+
+def test_a_relative_ca_file_is_read_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "lockgate.yaml").write_text(
+        "console:\n  oidc:\n    issuer: https://idp.example.com\n    client_id: c\n"
+        "    ca_file: certs/idp-ca.pem\n"
+    )
+    config = load_config(tmp_path / "lockgate.yaml")
+    assert config.console.oidc is not None
+    assert config.console.oidc.ca_file == tmp_path / "certs" / "idp-ca.pem"
