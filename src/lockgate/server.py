@@ -144,6 +144,9 @@ class Gateway:
         self.engines: dict[str, Engine] = {}  # resource kind -> its engine, once started
         self.control: ControlPlane | None = None  # worker 0 only
         self.console: ConsoleContext | None = None  # worker 0 only, when console.enabled
+        # `lockgate serve` sets it: a one-time admin link on the terminal at start (gateways
+        # embedded in other programs and tests make their own with issue_link)
+        self.offer_console_link = False
         # CQL and PostgreSQL sessions open now, shared by every worker and replica (the
         # console's live page reads them)
         self.live_sessions: SessionRegistry | None = None
@@ -209,7 +212,12 @@ class Gateway:
         """The embedded default's way in: with no OIDC sign-in configured, a one-time admin
         link on the terminal (never in the logs or the audit trail: it is a credential)."""
         console = self.config.console
-        if self.console is None or console.oidc is not None or not console.print_link:
+        if (
+            not self.offer_console_link
+            or self.console is None
+            or console.oidc is not None
+            or not console.print_link
+        ):
             return
         link = await asyncio.to_thread(
             issue_link, self.config, self.state.database(CONSOLE_STORE), base_url=control_url
@@ -535,6 +543,7 @@ def _worker_main(source: str, index: int, audit_socket: str, http_port: int) -> 
     gw = Gateway(
         config, worker=index, audit_socket=Path(audit_socket), reuse_port=True, http_port=http_port
     )
+    gw.offer_console_link = True
     with contextlib.suppress(KeyboardInterrupt):
         event_loop_runner()(gw.serve_forever())
 
@@ -546,8 +555,10 @@ def run(config: LockgateConfig, workers: int = 1) -> None:
     if workers > 1:
         supervise(config, workers, _worker_main)
         return
+    gw = Gateway(config)
+    gw.offer_console_link = True
     with contextlib.suppress(KeyboardInterrupt):
-        event_loop_runner()(Gateway(config).serve_forever())
+        event_loop_runner()(gw.serve_forever())
 
 
 __all__ = ["Gateway", "State", "run", "server_ssl_context"]
