@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 FIELDS = USAGE_FIELDS
 
 
+#: Rows fetched per round trip from the shared trail while streaming.
+_BATCH = 5000
+
+
 def audit_rows(
     cfg: LockgateConfig, *, dag: str | None, since: float | None, local: bool = False
 ) -> Iterator[dict[str, Any]]:
@@ -47,7 +51,7 @@ def audit_rows(
 
         shipping = audit_shipping(cfg)
     with AuditReader(cfg.data_dir / "audit.db", shipping=shipping) as reader:
-        yield from reader.usage_rows(dag=dag, since=since)
+        yield from reader.usage_rows(dag=dag, since=since, batch=_BATCH)
 
 
 def _window_rows(
