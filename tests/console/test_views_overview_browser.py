@@ -19,9 +19,9 @@ from playwright.sync_api import Browser, Page, expect
 
 from lockgate.console import auth, views_audit, views_overview
 from lockgate.demo.standins.entra.thread import LoopThread
-from tests.console._views import STATIC, signed_in, views_app
+from tests.console._views import STATIC, signed_in, views_app, write_trail
 from tests.console.browser import Shot, axe_violations, describe_violations
-from tests.console.test_views_overview import console, request, write
+from tests.console.test_views_overview import console, request
 
 DAG = "finance_daily"
 
@@ -51,7 +51,7 @@ def overview_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     trail = [request("allowed", DAG, ago=3600 + i) for i in range(20)]
     trail += [request("denied", DAG, ago=3700) for _ in range(5)]  # one bar holds them all
     trail += [request("allowed", "marketing_hourly", ago=600 + i) for i in range(8)]
-    write(db, trail)
+    write_trail(db, trail)
     loop = LoopThread()
     runner = loop.serve(_start(views_app(console(db), _routes, signed_in("viewer"))))
     port = runner.addresses[0][1]
