@@ -13,6 +13,7 @@ privilege from observed use (``policy suggest``/``unused``, shadow verdicts).
 - :mod:`.auth`      sign-in routes, the session check, the security headers (CSP ...)
 - :mod:`.oidc`      OIDC authorization code + PKCE client, ID token checks
 - :mod:`.sessions`  store domain ``console``: sessions, pending sign-ins, links (digests only)
+- :mod:`.reads`     the one bounded pool every trail read runs on (its own threads; 503 past it)
 - :mod:`.links`     one-time admin links (``lockgate serve`` prints one, ``lockgate console
   link`` makes another)
 - views, one module each: :mod:`.views_overview` (home, charts drawn by :mod:`.charts`),
