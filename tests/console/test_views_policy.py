@@ -16,11 +16,12 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from lockgate.audit import AuditReader, AuditRecord, AuditRow
+from lockgate.audit import AuditReader, AuditRecord
 from lockgate.cli import main
 from lockgate.config import LockgateConfig, load_config
 from lockgate.console import views_policy
-from lockgate.console.views_policy import Reading, Reads, add_routes, bounded
+from lockgate.console.reads import READS, Reads
+from lockgate.console.views_policy import Reading, add_routes, bounded
 from lockgate.console.web import ConsoleContext
 from lockgate.policy import PolicyStore
 from tests.test_cli_policy_usage import BROAD, record, write_records
@@ -182,7 +183,8 @@ async def test_a_read_cut_short_is_said_and_never_downloaded(
 
 
 def test_bounded_counts_what_it_read() -> None:
-    rows = [AuditRow(event="admitted", ts=float(i), dag_id="d") for i in range(10)]
+    # what AuditReader.usage_rows yields: plain mappings of the fields suggest/usage read
+    rows = [{"event": "admitted", "ts": float(i), "dag_id": "d"} for i in range(10)]
     reading = Reading(None)
     got = list(bounded(rows, reading, seconds=60, most=3))
     assert [r["ts"] for r in got] == [0.0, 1.0, 2.0] and reading.rows == 3
@@ -206,7 +208,11 @@ async def test_a_broken_shadow_file_is_named_and_enforcement_goes_on(
 
 
 async def test_reads_run_in_their_own_pool_and_beyond_it_are_told_to_retry() -> None:
-    reads = Reads(readers=1)
+    # the pages read on the console's shared pool (lockgate.console.reads): installed once
+    app = web.Application()
+    add_routes(app)
+    assert isinstance(app[READS], Reads)
+    reads = Reads(readers=1, wait=0.05, retry_after=30)
     started, release = threading.Event(), threading.Event()
 
     def slow() -> str:
@@ -229,6 +235,6 @@ def test_a_closing_console_stops_a_read() -> None:
     closing = threading.Event()
     closing.set()
     reading = Reading(None)
-    rows = [AuditRow(event="admitted", ts=float(i)) for i in range(5000)]
+    rows = [{"event": "admitted", "ts": float(i)} for i in range(5000)]
     assert list(bounded(rows, reading, seconds=60, most=10**6, stop=closing)) == []
     assert reading.stopped == "stopped: the console is closing"

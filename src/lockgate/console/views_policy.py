@@ -13,29 +13,29 @@ and what a shadow policy would decide otherwise.
 - ``GET /policy/shadow?since=30d``: records whose shadow verdict differs from the enforced
   one, grouped by DAG, verdict and rule, each group a link into the audit explorer.
 
-Every page is for viewers. The trail is read off the event loop, in a pool of the pages'
-own (:class:`Reads`: the default executor serves the gateway's engines, which must never
-wait behind a long read), at most :data:`READERS` reads at once (more are told to retry),
-and within bounds (:data:`READ_SECONDS`, :data:`READ_ROWS`): a page says how much it read
-and whether it stopped short; a download that would be cut short is refused instead.
+Every page is for viewers. The trail is read off the event loop, on the console's read pool
+(:mod:`lockgate.console.reads`: the default executor serves the gateway's engines, which
+must never wait behind a long read; a page finding every reader busy is told to retry),
+through :meth:`~lockgate.audit.AuditReader.usage_rows` (the CLI's read: only the fields
+suggest/usage use, no row objects), and within bounds (:data:`READ_SECONDS`,
+:data:`READ_ROWS`): a page says how much it read and whether it stopped short; a download
+that would be cut short is refused instead.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from lockgate.audit import AuditQuery, AuditReader, AuditRow
-from lockgate.audit.record import RECORD_FIELDS
+from lockgate.audit import AuditQuery, AuditReader
+from lockgate.console import reads as console_reads
 from lockgate.console.charts import audit_href
+from lockgate.console.reads import reads_of
 from lockgate.console.views_audit_filters import LAST_TIME
 from lockgate.console.views_credentials import when
 from lockgate.console.web import ConsoleContext, context, render, requires
@@ -53,8 +53,6 @@ SHADOW_ROWS = 10_000
 SHOWN_TESTS = 200
 DEFAULT_SINCE = "30d"
 
-#: Reads of the trail running at once; a page asked for beyond them says to retry.
-READERS = 2
 _T = TypeVar("_T")
 
 
@@ -78,40 +76,15 @@ class Reading:
         return f"{read} in {self.seconds:.1f} s"
 
 
-class RowFields(Mapping[str, Any]):
-    """An audit row read as the mapping suggest/usage take, its fields not copied (a dict
-    per row costs a third of a million-row read)."""
-
-    __slots__ = ("_row",)
-
-    def __init__(self, row: AuditRow) -> None:
-        self._row = row
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return getattr(self._row, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self._row, key, default)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(RECORD_FIELDS)
-
-    def __len__(self) -> int:
-        return len(RECORD_FIELDS)
-
-
 def bounded(
-    rows: Iterable[AuditRow],
+    rows: Iterable[Mapping[str, Any]],
     reading: Reading,
     *,
     seconds: float,
     most: int,
     stop: threading.Event | None = None,
 ) -> Iterator[Mapping[str, Any]]:
-    """``rows`` as the mappings suggest/usage read, counted into ``reading``, until the
+    """``rows`` (the mappings suggest/usage read), counted into ``reading``, until the
     window ends, ``seconds`` pass, ``most`` rows were read or ``stop`` is set (the
     console is closing)."""
     start = time.monotonic()
@@ -128,10 +101,11 @@ def bounded(
                     reading.stopped = "stopped: the console is closing"
                     return
             reading.rows += 1
+            ts = row["ts"]
             if reading.first is None:
-                reading.first = row.ts
-            reading.last = row.ts
-            yield RowFields(row)
+                reading.first = ts
+            reading.last = ts
+            yield row
     finally:
         reading.seconds = time.monotonic() - start
 
@@ -148,51 +122,11 @@ def _read(
     """``use`` over the bounded rows of ``dag`` since ``since`` (blocking: run in a thread)."""
     reading = Reading(since)
     with ctx.audit_reader() as reader:
-        rows = bounded(reader.iter_rows(dag=dag, since=since), reading,
+        rows = bounded(reader.usage_rows(dag=dag, since=since), reading,
                        seconds=READ_SECONDS, most=READ_ROWS, stop=stop)  # fmt: skip
         if deployment:
             rows = (r for r in rows if r.get("deployment") == deployment)
         return use(rows), reading
-
-
-class Reads:
-    """The pages' reads of the trail: a pool of their own, a count of those running, and the
-    signal that stops them when the console closes."""
-
-    def __init__(self, readers: int = READERS) -> None:
-        self.readers = readers
-        self.running = 0
-        self.closing = threading.Event()
-        self._pool: ThreadPoolExecutor | None = None
-
-    async def run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``fn(*args, **kwargs)`` in the pool; 503 when :data:`READERS` already run."""
-        if self.running >= self.readers:
-            raise web.HTTPServiceUnavailable(
-                text=f"{self.running} reads of the audit trail are running: try again shortly",
-                headers={"Retry-After": str(int(READ_SECONDS))},
-            )
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.readers, thread_name_prefix="console-read")
-        self.running += 1
-        try:
-            call = functools.partial(fn, *args, **kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        finally:
-            self.running -= 1
-
-    async def close(self, _: web.Application | None = None) -> None:
-        self.closing.set()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-
-
-READS: web.AppKey[Reads] = web.AppKey("lockgate_console_policy_reads", Reads)
-
-
-def reads_of(request: web.Request) -> Reads:
-    return request.app[READS]
 
 
 @dataclass(frozen=True)
@@ -464,8 +398,7 @@ async def shadow_page(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    app[READS] = reads = Reads()
-    app.on_cleanup.append(reads.close)
+    console_reads.install(app)
     app.router.add_get("/policy", overview_page, name="policy")
     app.router.add_get("/policy/suggest", suggest_page, name="policy-suggest")
     app.router.add_get("/policy/suggest.yaml", suggest_download, name="policy-suggest-yaml")
