@@ -192,11 +192,15 @@ async def _slow(provider: BadProvider) -> web.Response:
     return web.json_response(provider.doc())
 
 
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=302, headers={"Location": location})
+
+
 @pytest.mark.parametrize(
     ("answer", "reason"),
     [
         (lambda p: web.json_response({**p.doc(), "pad": "x" * 600_000}), "discovery_failed"),
-        (lambda p: web.HTTPFound("https://evil.example/.well-known/openid-configuration"),
+        (lambda p: _redirect("https://evil.example/.well-known/openid-configuration"),
          "discovery_failed"),
         (_slow, "discovery_failed"),
         (lambda p: web.Response(text="<html>not json</html>"), "discovery_failed"),
@@ -237,7 +241,7 @@ async def test_a_bad_discovery_answer_refuses_the_sign_in(
             {"keys": [{**_attacker_jwk(), "kid": idp.KID, "d": "cHJpdmF0ZQ"}]}
         ),
         lambda p: web.json_response({"keys": [{}], "pad": "x" * 600_000}),
-        lambda p: web.HTTPFound("https://evil.example/keys"),
+        lambda p: _redirect("https://evil.example/keys"),
         lambda p: web.json_response({"keys": "not a list"}),
     ],
     ids=["symmetric-key", "private-key", "huge", "redirect", "not-a-list"],
