@@ -303,9 +303,6 @@ async def test_no_get_route_changes_anything(make_console: Any) -> None:
     assert console_rows() == rows
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the audit export streams its rows on HEAD too (views_audit_export)"
-)
 async def test_head_of_a_streamed_answer_sends_no_body(make_console: Any) -> None:
     """Bytes after a HEAD's headers are read as the next answer on a kept-alive connection
     (a proxy pooling connections would hand them to someone else)."""

@@ -8,9 +8,15 @@ CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``,
 full-width forms of those signs) get a leading ``'``. Records never hold a token (the
 audit log redacts anything token-shaped before it is chained), so neither does an export.
 
-At most :data:`MAX_EXPORTS` exports run at once (each may read a million records in worker
-threads, the threads the primary worker mints tokens with): the next is answered 429 with a
-Retry-After until one ends.
+At most :data:`MAX_EXPORTS` exports run at once (each may read a million records): the next
+is answered 429 with a Retry-After until one ends. The event loop is the primary worker's
+(the gateway's engines, token minting): each page is read AND encoded on the console's read
+pool, one pool turn per page (the next page read with the current one's encoding), so the
+loop only hands the bytes to the socket. An export whose client stops reading for
+:data:`WRITE_SECONDS`, or that is still streaming after :data:`EXPORT_SECONDS`, is cut off
+(the connection closed before the last chunk, so no client takes it for whole): a slow
+reader cannot hold a slot for ever. ``HEAD`` answers the headers only (aiohttp would
+otherwise stream the rows after them, read by a kept-alive client as its next answer).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
 
+from lockgate import _log
 from lockgate.audit import AuditPage, AuditQuery, AuditReader, AuditRow
 from lockgate.audit.record import RECORD_FIELDS, canonical_json
 from lockgate.audit.sinks import encode_line
@@ -38,6 +45,11 @@ EXPORT_PAGE = 5_000
 MAX_EXPORTS = 2
 #: what a refused export is told to wait (seconds)
 RETRY_AFTER = 30
+#: seconds an export may stream in all (a whole million-record export takes well under a
+#: minute here); past it the export is cut off and its slot freed
+EXPORT_SECONDS = 600.0
+#: seconds one chunk may wait on a client that does not read before the export is cut off
+WRITE_SECONDS = 60.0
 #: the CSV's columns: the chain position, a readable time, then every record field
 CSV_COLUMNS = ("replica", "seq", "time_utc", *RECORD_FIELDS, "prev_hash", "hash")
 _FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
@@ -45,6 +57,10 @@ _FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
 #: some read as the plain ones
 _TRIMMED = " \t\r\n\u00a0\u3000"
 _FULL_WIDTH_LEAD = ("\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+log = _log.get("console.export")
+
+Encode = Callable[[Iterable[AuditRow], bool], str]
 
 
 def csv_cell(value: object) -> str:
@@ -99,20 +115,14 @@ EXPORT_SLOTS: web.AppKey[ExportSlots] = web.AppKey("lockgate_console_exports", E
 
 
 async def _export(
-    request: web.Request,
-    suffix: str,
-    content_type: str,
-    encode: Callable[[Iterable[AuditRow], bool], str],
+    request: web.Request, suffix: str, content_type: str, encode: Encode
 ) -> web.StreamResponse:
     with request.app[EXPORT_SLOTS].take():
         return await _export_now(request, suffix, content_type, encode)
 
 
 async def _export_now(
-    request: web.Request,
-    suffix: str,
-    content_type: str,
-    encode: Callable[[Iterable[AuditRow], bool], str],
+    request: web.Request, suffix: str, content_type: str, encode: Encode
 ) -> web.StreamResponse:
     try:
         q, _ = filters_of(request.rel_url.query)
@@ -121,7 +131,7 @@ async def _export_now(
     # one reader for every page: on shared state, one connection pool for the whole export
     reader = context(request).audit_reader()
     try:
-        try:
+        try:  # the first page before any header: an unreachable trail is a 503, not a cut
             first = await _page(request, reader, q, None)
         except StoreUnavailable as exc:
             raise web.HTTPServiceUnavailable(text=f"the trail is unreachable: {exc}") from None
@@ -134,7 +144,7 @@ async def _stream(
     request: web.Request,
     suffix: str,
     content_type: str,
-    encode: Callable[[Iterable[AuditRow], bool], str],
+    encode: Encode,
     reader: AuditReader,
     q: AuditQuery,
     page: AuditPage,
@@ -150,14 +160,21 @@ async def _stream(
     )
     response.enable_chunked_encoding()
     await response.prepare(request)
+    if request.method == "HEAD":  # the headers only: bytes after them desync the connection
+        await response.write_eof()
+        return response
+    deadline = asyncio.get_running_loop().time() + EXPORT_SECONDS
     sent, header = 0, True
-    while True:
-        rows = page.rows[: EXPORT_CAP - sent]
-        await response.write(encode(rows, header).encode("utf-8"))
-        sent, header = sent + len(rows), False
-        if page.older is None or sent >= EXPORT_CAP:
-            break
-        page = await _page(request, reader, q, page.older)  # a failure now cuts the stream short
+    next_page: AuditPage | None = page
+    while next_page is not None:
+        rows = next_page.rows[: EXPORT_CAP - sent]
+        sent += len(rows)
+        older = next_page.older if sent < EXPORT_CAP else None
+        # a failure reading the next page now cuts the stream short
+        data, next_page = await _chunk(request, reader, q, rows, header, older, encode)
+        header = False
+        if not await _send(request, response, data, deadline):
+            return response
     await response.write_eof()
     return response
 
@@ -165,9 +182,49 @@ async def _stream(
 async def _page(
     request: web.Request, reader: AuditReader, q: AuditQuery, older: str | None
 ) -> AuditPage:
-    """The next page, read on the console's read pool (one page per turn: an export takes
-    turns with the other pages' reads instead of holding a reader for its whole stream)."""
+    """A page read on the console's read pool (one page per turn: an export takes turns
+    with the other pages' reads instead of holding a reader for its whole stream)."""
     return await run_read(request, reader.query, q, limit=EXPORT_PAGE, older=older)
+
+
+async def _chunk(
+    request: web.Request,
+    reader: AuditReader,
+    q: AuditQuery,
+    rows: list[AuditRow],
+    header: bool,
+    older: str | None,
+    encode: Encode,
+) -> tuple[bytes, AuditPage | None]:
+    """``rows`` encoded, and the page after them (None: the last was sent), in one turn on
+    the read pool: a page's encoding holds the GIL 60-160 ms, never on the event loop."""
+
+    def work() -> tuple[bytes, AuditPage | None]:
+        data = encode(rows, header).encode("utf-8")
+        after = reader.query(q, limit=EXPORT_PAGE, older=older) if older is not None else None
+        return data, after
+
+    return await run_read(request, work)
+
+
+async def _send(
+    request: web.Request, response: web.StreamResponse, data: bytes, deadline: float
+) -> bool:
+    """``data`` written to the client; False when the client took longer than
+    :data:`WRITE_SECONDS` or the export passed its deadline: then the connection is closed
+    before the last chunk (the client sees a cut answer, never a short one that looks whole)."""
+    left = min(WRITE_SECONDS, deadline - asyncio.get_running_loop().time())
+    try:
+        if left <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(left):
+            await response.write(data)
+        return True
+    except TimeoutError:
+        log.warning("audit export cut off: its client read too slowly or for too long")
+        if request.transport is not None:
+            request.transport.abort()
+        return False
 
 
 @requires("viewer")
@@ -182,8 +239,10 @@ async def export_json(request: web.Request) -> web.StreamResponse:
 
 __all__ = [
     "CSV_COLUMNS",
+    "EXPORT_SECONDS",
     "EXPORT_SLOTS",
     "MAX_EXPORTS",
+    "WRITE_SECONDS",
     "ExportSlots",
     "csv_cell",
     "export_csv",
