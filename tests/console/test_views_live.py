@@ -302,6 +302,35 @@ def test_live_tokens_leave_out_expired_ones_and_say_when_more_were_issued(
         assert later.tokens == []  # expired
 
 
+def test_every_live_tokens_last_use_is_read_at_once(
+    state: State, trail: Trail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newest record since the issue other than the issue, one read for every token (a
+    query per token made the page cost 200+ read transactions on the shared trail)."""
+    from lockgate.console.live import live_tokens
+
+    _, used = mint(state, trail, run="run-used")
+    _, idle = mint(state, trail, run="run-idle")
+    now = time.time()
+    trail.write(
+        AuditRecord(event="allowed", ts=now, dag_id="etl", jti=used.jti, decision="allow"),
+        AuditRecord(event="denied", ts=now + 1, dag_id="etl", jti=used.jti, decision="deny"),
+    )  # fmt: skip
+    asked: list[dict[str, float]] = []
+    real = AuditReader.last_uses
+
+    def counted(self: AuditReader, tokens: dict[str, float]) -> dict[str, tuple[float, str]]:
+        asked.append(dict(tokens))
+        return real(self, tokens)
+
+    monkeypatch.setattr(AuditReader, "last_uses", counted)
+    with AuditReader(trail.path) as reader:
+        found = {t.jti: t for t in live_tokens(reader, state.revocations, max_ttl=3600).tokens}
+    assert asked == [{idle.jti: float(idle.iat), used.jti: float(used.iat)}]
+    assert (found[used.jti].last_use, found[used.jti].last_event) == (now + 1, "denied")
+    assert (found[idle.jti].last_use, found[idle.jti].last_event) == (None, None)
+
+
 async def test_a_record_that_cannot_be_written_after_the_change_is_said_so(
     state: State, trail: Trail
 ) -> None:

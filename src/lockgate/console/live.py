@@ -5,7 +5,8 @@ the same record, through :func:`operator_record`).
 A token is live from its ``token_issued`` record until its expiry, unless revoked: the
 trail is read over the last ``tokens.max_ttl`` seconds (no token lives longer), each
 token's claims rebuilt from its record and asked of the revocation store (memory, as the
-verifier asks). Its last use is the newest record carrying its jti. Never a token string:
+verifier asks). Its last use is the newest record carrying its jti, read for every live token
+at once (:meth:`~lockgate.audit.AuditReader.last_uses`). Never a token string:
 records carry the jti only.
 
 No aiohttp here: the CLI imports this module.
@@ -81,7 +82,10 @@ def live_tokens(
         seen.add(token.jti)
         if revocations.is_revoked(_claims(token)):
             continue
-        tokens.append(_with_last_use(reader, token))
+        tokens.append(token)
+    # every token's last use in one read (one statement on the shared trail), not one each
+    uses = reader.last_uses({t.jti: t.issued_at for t in tokens}) if tokens else {}
+    tokens = [_used(t, uses.get(t.jti)) for t in tokens]
     return LiveTokens(tokens, more=page.older is not None)
 
 
@@ -112,14 +116,12 @@ def _claims(token: LiveToken) -> Claims:
     )  # fmt: skip
 
 
-def _with_last_use(reader: AuditReader, token: LiveToken) -> LiveToken:
-    """``token`` with its newest record other than its issue (its DAG and issue time narrow
-    the search to that DAG's records since then)."""
-    q = AuditQuery(jti=token.jti, since=token.issued_at)
-    for row in reader.query(q, limit=2).rows:
-        if row.event != "token_issued":
-            return replace(token, last_use=row.ts, last_event=row.event)
-    return token
+def _used(token: LiveToken, last: tuple[float, str] | None) -> LiveToken:
+    """``token`` with its last use: (when, event) of its newest record since its issue other
+    than the issue (:meth:`AuditReader.last_uses`); None: never used."""
+    if last is None:
+        return token
+    return replace(token, last_use=last[0], last_event=last[1])
 
 
 def operator_record(
