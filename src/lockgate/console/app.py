@@ -17,6 +17,7 @@ from aiohttp import web
 
 from lockgate.console import (
     auth,
+    reads,
     views_access,
     views_audit,
     views_credentials,
@@ -68,6 +69,7 @@ def console_app(ctx: ConsoleContext) -> web.Application:
             await oidc.close()
 
     app.on_cleanup.append(close_oidc)
+    reads.install(app)  # the one read pool, whichever view is first to use it
     auth.add_routes(app)
     for view in VIEWS:
         view.add_routes(app)

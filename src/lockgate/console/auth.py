@@ -164,6 +164,8 @@ async def error_pages(request: web.Request, handler: _Handler) -> web.StreamResp
     around it and a way back."""
     try:
         return await handler(request)
+    except StoreUnavailable as exc:
+        return _state_down(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type != "text/plain":
             raise
@@ -173,6 +175,26 @@ async def error_pages(request: web.Request, handler: _Handler) -> web.StreamResp
             if name in exc.headers:
                 page.headers[name] = exc.headers[name]
         return page
+
+
+#: seconds a browser is asked to wait when the state store is down
+STATE_RETRY_AFTER = 5
+
+
+def _state_down(request: web.Request, exc: StoreUnavailable) -> web.Response:
+    """503 naming the state store when it cannot be reached (PostgreSQL down: the session
+    check itself cannot run), never a traceback; the store's label goes to the log only."""
+    log.error(
+        "console page refused: state store unavailable",
+        extra={"fields": {"path": request.path, "error": str(exc)[:200]}},
+    )
+    backend = context(request).config.state.backend
+    store = "state database (PostgreSQL)" if backend == "postgresql" else "state store"
+    page = render(request, "error.html", status=503, reason="State store unavailable",
+                  message=f"The console's {store} cannot be reached, so no session can be "
+                  "checked and nothing can be shown. Try again shortly.")  # fmt: skip
+    page.headers["Retry-After"] = str(STATE_RETRY_AFTER)
+    return page
 
 
 def safe_next(value: str | None) -> str:

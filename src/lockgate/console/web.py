@@ -7,20 +7,24 @@ user and the session's CSRF token on the request under :data:`USER` and :data:`C
 never read cookies themselves. Pages are Jinja2 templates under ``templates/`` with
 autoescape on: a value from the audit trail (a DAG id, an object, a reason) is text, never
 markup. Nothing here renders a secret, a token or a password: views pass ids (jti), never
-token strings.
+token strings. The ``shown`` filter writes the characters that would reorder or hide text
+(bidi controls, zero-width and other format or control characters) as code points, for
+text positions; form values and links keep an id exactly as it is.
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup
 
 from lockgate.audit import AuditReader, AuditRecord
 from lockgate.config import LockgateConfig
@@ -86,12 +90,6 @@ class LiveSessions(Protocol):
     def open_sessions(self) -> list[OpenSession]: ...
 
 
-class CredentialView(Protocol):
-    """Per credential: versions, age, rotation, overlap, where it is held — never a value."""
-
-    def describe(self) -> list[Mapping[str, Any]]: ...
-
-
 @dataclass
 class ConsoleContext:
     """The console's collaborators, built by the gateway's primary worker."""
@@ -134,7 +132,34 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["shown"] = shown
     return env
+
+
+_Shown = TypeVar("_Shown")
+#: Unicode categories written as code points: format (bidi embeddings, overrides, isolates
+#: and marks, zero-width characters) and control characters
+_UNSEEN_CATEGORIES = frozenset({"Cf", "Cc"})
+_KEPT = frozenset("\t\n")  # whitespace a cell or a block of text may hold as it is
+
+
+def shown(value: _Shown) -> _Shown | str:
+    """``value`` as text on a page (``{{ dag | shown }}``): each format or control character
+    but tab and newline written as its code point, ``<U+202E>``, so a right-to-left override
+    in a DAG id cannot turn the rest of a sentence around or hide what follows. Not for
+    form values or links: they must carry the id exactly. Anything but text is as it was."""
+    if not isinstance(value, str) or value.isprintable():
+        return value  # the common case, checked in C
+    markup = isinstance(value, Markup)
+    out = []
+    for char in value:
+        if char not in _KEPT and unicodedata.category(char) in _UNSEEN_CATEGORIES:
+            point = f"<U+{ord(char):04X}>"
+            out.append(Markup.escape(point) if markup else point)
+        else:
+            out.append(char)
+    # markup in, markup out: its own characters were safe already, each code point escaped
+    return Markup("".join(out)) if markup else "".join(out)  # noqa: S704
 
 
 def context(request: web.Request) -> ConsoleContext:
@@ -278,7 +303,6 @@ __all__ = [
     "USER",
     "ConsoleContext",
     "ConsoleUser",
-    "CredentialView",
     "Handler",
     "LiveSessions",
     "OpenSession",
@@ -292,5 +316,6 @@ __all__ = [
     "render",
     "requires",
     "same_origin",
+    "shown",
     "user_of",
 ]
