@@ -23,7 +23,10 @@ from lockgate.audit import AuditQuery, AuditReader, AuditRecord, AuditRow
 from lockgate.identity import RevocationStore
 from lockgate.identity.model import Claims
 
-#: ``token_issued`` records read at most (the newest first): each costs a last-use lookup.
+#: ``token_issued`` records read at most (the newest first). Their last uses are one read
+#: (4.5 ms for 200 tokens, 45 ms for 1,000 on a 100k-record chain), but each listed token is
+#: ~1 KB of HTML rendered on the event loop the gateway shares (1,000 tokens: ~1 MB, 120-175 ms
+#: a page): the cap bounds that; a DAG filter shows a DAG's older tokens.
 MAX_TOKENS = 200
 #: what reorders or hides the text after it on screen: C0/C1 controls, bidi embeddings,
 #: overrides, isolates and marks (a DAG id is whatever a pipeline called itself)
