@@ -19,7 +19,9 @@ strict CSP and its companions on every console response, errors and redirects in
 page with the same status.
 
 Sign-ins, failed sign-ins and sign-outs are audited (``console_signed_in``,
-``console_sign_in_failed``, ``console_signed_out``) as ``console:<subject>``. A sign-in is
+``console_sign_in_failed``, ``console_signed_out``) as ``console:<subject>``; failed
+sign-ins one by one up to a bound per client address and minute, then 429 and a count
+(:mod:`.auth_limits`). A sign-in is
 audited before the answer: a trail that refuses means no session. A sign-out ends the
 session first: taking power away never waits on the trail.
 
@@ -44,6 +46,7 @@ from aiohttp import web
 
 from lockgate import _log
 from lockgate.audit import AuditRecord
+from lockgate.console.auth_limits import FailureAudit, Flood
 from lockgate.console.links import LINK_PATH, link_subject
 from lockgate.console.oidc import OidcClient, SignInRefused, pkce_pair
 from lockgate.console.sessions import ConsoleStore, Pending, new_secret
@@ -84,6 +87,7 @@ _STATIC = "/console/static/"
 
 STORE: web.AppKey[ConsoleStore] = web.AppKey("lockgate_console_store", ConsoleStore)
 OIDC: web.AppKey[OidcClient | None] = web.AppKey("lockgate_console_oidc", OidcClient)
+FAILURES: web.AppKey[FailureAudit] = web.AppKey("lockgate_console_failures", FailureAudit)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -318,9 +322,10 @@ async def link_use(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     if not token or not await off_loop(store.db, store.use_link, token):
         state = await off_loop(store.db, store.link_state, token) if token else "unknown"
-        await _audit_failure(
-            request, f"link_{state}", subject=link_subject(token) if token else None, via="link"
-        )
+        subject = link_subject(token) if token else None
+        retry_after = await _audit_failure(request, f"link_{state}", subject=subject, via="link")
+        if retry_after is not None:
+            return _too_many(request, retry_after)
         return render(request, "login_link_gone.html", status=410, state=state)
     user = ConsoleUser(
         subject=link_subject(token), name="one-time link admin", role="admin", via="link"
@@ -365,22 +370,46 @@ async def _signed_in(request: web.Request, user: ConsoleUser, next_path: str) ->
 
 
 async def _refused(request: web.Request, refused: SignInRefused, *, status: int) -> web.Response:
-    await _audit_failure(request, refused.reason, subject=None, via="oidc")
+    retry_after = await _audit_failure(request, refused.reason, subject=None, via="oidc")
+    if retry_after is not None:
+        return _too_many(request, retry_after)
     return render(request, "login_failed.html", status=status, message=refused.message,
                   reason=refused.reason, oidc=request.app[OIDC] is not None)  # fmt: skip
 
 
 async def _audit_failure(
     request: web.Request, reason: str, *, subject: str | None, via: str
-) -> None:
-    record = AuditRecord(
+) -> int | None:
+    """Audit a failed sign-in, within the client's bound (:mod:`.auth_limits`): the
+    seconds to wait when the client is over it (answer 429), else None."""
+    verdict = await request.app[FAILURES].failed(request.remote or "unknown", reason)
+    if verdict.audit:
+        record = AuditRecord(
+            event="console_sign_in_failed",
+            principal=f"console:{subject}" if subject else None,
+            decision="deny",
+            reason=reason,
+            detail={"via": via},
+        )
+        await _audit(context(request), record)
+    return verdict.retry_after
+
+
+def _too_many(request: web.Request, retry_after: int) -> web.Response:
+    page = render(request, "error.html", status=429, reason="Too many failed sign-ins",
+                  message="Too many sign-ins from your address failed in the last minute. "
+                  f"Try again in {retry_after} seconds.")  # fmt: skip
+    page.headers["Retry-After"] = str(retry_after)
+    return page
+
+
+def _flood_record(flood: Flood) -> AuditRecord:
+    return AuditRecord(
         event="console_sign_in_failed",
-        principal=f"console:{subject}" if subject else None,
         decision="deny",
-        reason=reason,
-        detail={"via": via},
+        reason="too_many_failures",
+        detail=flood.detail(),
     )
-    await _audit(context(request), record)
 
 
 def _record(event: str, user: ConsoleUser) -> AuditRecord:
@@ -406,7 +435,18 @@ async def _audit(ctx: ConsoleContext, record: AuditRecord) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    """The sign-in routes, relative to the console's root."""
+    """The sign-in routes, relative to the console's root, and the bound on failed
+    sign-ins audited one by one (its counts audited by the end of the app)."""
+
+    async def report(flood: Flood) -> None:
+        await _audit(app[CTX], _flood_record(flood))
+
+    app[FAILURES] = failures = FailureAudit(report)
+
+    async def close_failures(_: web.Application) -> None:
+        await failures.close()
+
+    app.on_cleanup.append(close_failures)
     app.router.add_get("/login", login_page)
     app.router.add_get(LINK_PATH, link_page)
     app.router.add_post(LINK_PATH, link_use)
