@@ -10,7 +10,8 @@ privilege from observed use (``policy suggest``/``unused``, shadow verdicts).
 - :mod:`.web`       what every page shares: the signed-in user, roles, rendering,
   CSRF-checked actions, :class:`ConsoleContext` (the collaborators)
 - :mod:`.app`       the sub-app (``console_app``, ``mount``) and its list of views
-- :mod:`.auth`      sign-in routes, the session check, the security headers (CSP ...)
+- :mod:`.auth`      sign-in routes, the session check, the security headers (CSP ...);
+  :mod:`.auth_limits` bounds how many failed sign-ins per address are audited one by one
 - :mod:`.oidc`      OIDC authorization code + PKCE client, ID token checks
 - :mod:`.sessions`  store domain ``console``: sessions, pending sign-ins, links (digests only)
 - :mod:`.reads`     the one bounded pool every trail read runs on (its own threads; 503 past it)
