@@ -136,6 +136,16 @@ class KeyTable:
 
     def open(self, now: float, algorithms: tuple[str, ...]) -> dict[str, SigningKey]:
         version = self.db.version(TOPIC)
+        # First keys are made before the lock: an RSA key takes seconds on a busy machine,
+        # and replicas starting together wait on the lock (SQLite: BEGIN IMMEDIATE, a 5 s
+        # busy timeout) while it is held. Under the lock only the still missing are written.
+        with self.db.read() as cur:
+            had = kept_algorithms(self._read(cur, {}))
+        made = {
+            alg: generate_key(alg, now, rsa_key_size=self.rsa_key_size)
+            for alg in algorithms
+            if alg not in had
+        }
         with self.db.transaction() as cur:
             self._lock(cur)
             keys = self._read(cur, {})
@@ -143,7 +153,7 @@ class KeyTable:
             have = kept_algorithms(keys)
             missing = [alg for alg in algorithms if alg not in have]
             for alg in missing:  # under the lock: one first key per algorithm, cluster-wide
-                first = generate_key(alg, now, rsa_key_size=self.rsa_key_size)
+                first = made.get(alg) or generate_key(alg, now, rsa_key_size=self.rsa_key_size)
                 self._write(cur, first)
                 keys[first.kid] = first
             if missing:
