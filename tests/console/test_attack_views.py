@@ -8,7 +8,6 @@ with a 500 and a traceback."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -19,8 +18,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
-from lockgate.audit import AuditLog, AuditPage, AuditQuery, AuditReader, AuditRecord, AuditRow
-from lockgate.config import load_config
+from lockgate.audit import AuditPage, AuditQuery, AuditReader, AuditRecord
 from lockgate.console import (
     reads,
     views_access,
@@ -34,6 +32,7 @@ from lockgate.console.web import ConsoleContext, ConsoleUser
 from lockgate.identity.revocation import ANY_DAG
 from lockgate.policy import PolicyStore
 from lockgate.state import State
+from tests.console._state import Trail, real_state
 from tests.console._views import CSRF_TOKEN, signed_in, views_app
 
 
@@ -41,39 +40,8 @@ from tests.console._views import CSRF_TOKEN, signed_in, views_app
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[State]:
     monkeypatch.delenv("LOCKGATE_MASTER_KEY", raising=False)
-    path = tmp_path / "lockgate.yaml"
-    path.write_text(
-        json.dumps(  # JSON is YAML
-            {"data_dir": str(tmp_path / "data"),
-             "deployments": [{"name": "prod", "dags": ["*"],
-                              "proof": {"type": "client_secret", "secret_sha256": "0" * 64}}],
-             "resources": [{"name": "orders-api", "kind": "http",
-                            "upstream": "https://orders.example.com"}]}
-        )
-    )  # fmt: skip
-    st = State(load_config(path))
-    try:
+    with real_state(tmp_path) as st:
         yield st
-    finally:
-        st.close()
-
-
-class Trail:
-    """The audit trail the console reads and writes (a real AuditLog)."""
-
-    def __init__(self, st: State) -> None:
-        self.path = st.config.data_dir / "audit.db"
-        self.log = AuditLog(self.path)
-
-    def write(self, *records: AuditRecord) -> None:
-        for r in records:
-            self.log.emit(r)
-        assert self.log.flush(10)
-
-    def rows(self, event: str) -> list[AuditRow]:
-        self.log.flush(10)
-        with AuditReader(self.path) as reader:
-            return [r for r in reader.tail(500) if r.event == event]
 
 
 @pytest.fixture
@@ -82,7 +50,7 @@ def trail(state: State) -> Iterator[Trail]:
     try:
         yield t
     finally:
-        t.log.close()
+        t.close()
 
 
 def request_records(n: int = 3) -> list[AuditRecord]:
